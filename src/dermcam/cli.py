@@ -1,0 +1,400 @@
+"""The ``dermcam`` command line: a thin typer app, one command per stage.
+
+User errors (:class:`~dermcam.errors.DermcamError`) print one line and exit 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dermcam.errors import DermcamError
+
+app = typer.Typer(
+    name="dermcam", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    help="Train, compare and audit dermoscopy classifiers (benign vs malignant): honest "
+         "metrics with confidence intervals and size-aware Grad-CAM attention leakage.\n\n"
+         "Pipeline: synth/download -> info -> train -> evaluate -> explain -> report, each "
+         "stage reading the previous one's files in a run folder. 'dermcam demo' runs it all "
+         "on the synthetic benchmark.")
+# Wide enough for the comparison tables when output goes to a file or CI log.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+_state = {"debug": False, "quiet": False}
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+          = False,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+          = False) -> None:
+    _state["debug"] = debug
+    _state["quiet"] = quiet or not sys.stdout.isatty() and os.environ.get("CI") == "true"
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+@contextlib.contextmanager
+def progress_bar(description: str):
+    """Yield a ``callback(done, total)`` that drives a rich progress bar."""
+    if _state["quiet"]:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                  transient=False) as prog:
+        task = prog.add_task(description, total=None)
+
+        def cb(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        yield cb
+
+
+# ----------------------------------------------------------------------- synth
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the data set into.")],
+    preset: Annotated[str, typer.Option(help="'clean': artifacts independent of the label; "
+                                              "'shortcut': rulers tied to malignancy in "
+                                              "training only.")] = "clean",
+    n_train: Annotated[int, typer.Option(help="Training images (ISIC 2016: 900).")] = 900,
+    n_test: Annotated[int, typer.Option(help="Test images (ISIC 2016: 379).")] = 379,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+    prevalence: Annotated[float, typer.Option(help="Malignant share.")] = 0.19,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing data set.")] = False,
+) -> None:
+    """Write the synthetic dermoscopy benchmark in the ISIC 2016 Part 3B layout.
+
+    Lesions differ by the ABCD cues (asymmetry, border, colour, diameter; malignant
+    larger on average), with exact masks, and background artifacts (ruler, ink, colour
+    patch, vignette, hair) recorded per pixel in ISIC_xxx_Artifacts.png and per image in
+    metadata.csv, so attention on them can be measured.
+    """
+    from dermcam.data.synth import SynthConfig, generate
+
+    _guard_out(out, overwrite, marker="synth.json")
+    try:
+        cfg = SynthConfig.from_preset(preset, n_train=n_train, n_test=n_test,
+                                      image_size=size, prevalence=prevalence, seed=seed)
+    except ValueError as exc:
+        raise DermcamError(str(exc)) from exc
+    t0 = time.perf_counter()
+    with progress_bar("synth") as cb:
+        generate(out, cfg, progress=cb)
+    console.print(f"wrote {n_train + n_test} images ({preset} preset) to {out} "
+                  f"in {time.perf_counter() - t0:.1f} s")
+    _print_info(out)
+
+
+def _guard_out(out: Path, overwrite: bool, marker: str) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DermcamError("folder is not empty; choose a new folder or pass --overwrite",
+                               out)
+        if not (out / marker).exists():
+            raise DermcamError(f"--overwrite only replaces folders dermcam wrote (no {marker})",
+                               out)
+        import shutil
+
+        shutil.rmtree(out)
+
+
+# ------------------------------------------------------------------------ info
+
+@app.command()
+def info(data: Annotated[Path, typer.Argument(help="Data set folder (ISIC 2016 layout or "
+                                                   "generic labels.csv).")],
+         check: Annotated[bool, typer.Option(help="Open every image and mask to check it "
+                                                   "decodes and sizes match.")] = False) -> None:
+    """Describe a data set: counts per split and class, masks, image sizes, artifacts."""
+    _print_info(data, check)
+
+
+def _print_info(root: Path, check: bool = False) -> None:
+    from dermcam.data.describe import describe
+
+    d = describe(root, check=check)
+    t = Table(title=f"{d['name']} ({d['layout']} layout) — {root}")
+    for col in ("split", "images", "benign", "malignant", "malignant %", "with mask",
+                "mean lesion area"):
+        t.add_column(col, justify="right" if col != "split" else "left")
+    for split, s in d["splits"].items():
+        area = s.get("mean_lesion_area")
+        t.add_row(split, str(s["n"]), str(s["benign"]), str(s["malignant"]),
+                  f"{100 * s['malignant'] / max(s['n'], 1):.1f}", str(s["with_mask"]),
+                  "-" if area is None else f"{area:.3f}")
+    console.print(t)
+    if d.get("image_sizes"):
+        console.print(f"image sizes (sampled): {d['image_sizes']}")
+    if d.get("artifacts"):
+        at = Table(title="background artifacts: share of images carrying each")
+        at.add_column("artifact")
+        cols = list(next(iter(d["artifacts"].values())).keys())
+        for c in cols:
+            at.add_column(c, justify="right")
+        for art, rates in d["artifacts"].items():
+            at.add_row(art, *[f"{100 * rates[c]:.0f} %" for c in cols])
+        console.print(at)
+    if d.get("official_check"):
+        console.print(d["official_check"])
+    for note in d.get("notes", []):
+        console.print(f"note: {note}")
+
+
+# ----------------------------------------------------------------------- train
+
+@app.command()
+def models() -> None:
+    """List the architectures dermcam knows, their Grad-CAM layer and ImageNet cache state."""
+    from dermcam.models import REGISTRY, imagenet_available, imagenet_weights_path
+
+    t = Table(title="models (any other torchvision classifier also works by name)")
+    for c in ("name", "architecture", "CAM layer", "ImageNet weights"):
+        t.add_column(c)
+    for name, (disp, layer, _) in REGISTRY.items():
+        cached = "cached" if imagenet_available(name) else f"not cached ({imagenet_weights_path(name)})"
+        t.add_row(name, disp, layer, cached)
+    console.print(t)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Data set folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")]
+    = Path("runs/run"),
+    models: Annotated[str, typer.Option(help="Comma-separated torchvision model names.")]
+    = "resnet18,efficientnet_b0,mobilenet_v2",
+    weights: Annotated[str, typer.Option(help="'imagenet' (torchvision weights API and "
+                                               "TORCH_HOME cache), 'none' (from scratch) or a "
+                                               "state-dict PATH.")] = "imagenet",
+    image_size: Annotated[int, typer.Option(help="Input side in pixels (224 on real data).")]
+    = 224,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end "
+                                              "sooner).")] = 30,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    monitor: Annotated[str, typer.Option(help="Best checkpoint by val_auc or val_loss.")]
+    = "val_auc",
+    imbalance: Annotated[str, typer.Option(help="weighted_loss, balanced_sampler or none.")]
+    = "weighted_loss",
+    val_fraction: Annotated[float, typer.Option(help="Stratified validation share of the "
+                                                     "training split.")] = 0.2,
+    seed: Annotated[int, typer.Option()] = 42,
+    augment: Annotated[bool, typer.Option(help="Flips, rotation, colour jitter.")] = True,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu, auto (Lightning).")] = "auto",
+    devices: Annotated[str, typer.Option(help="Lightning devices, e.g. 1, 2, auto.")] = "1",
+    strategy: Annotated[str, typer.Option(help="Lightning strategy, e.g. auto, ddp.")] = "auto",
+    precision: Annotated[str, typer.Option(help="32-true, 16-mixed, bf16-mixed.")] = "32-true",
+    num_workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")]
+    = False,
+) -> None:
+    """Fine-tune each model; keep its best checkpoint; choose its threshold on validation."""
+    from dermcam.training import TrainConfig
+    from dermcam.training import train as do_train
+
+    cfg = TrainConfig(
+        data=str(data), out=str(out), models=[m.strip() for m in models.split(",") if m.strip()],
+        weights=weights, image_size=image_size, max_epochs=epochs, batch_size=batch_size, lr=lr,
+        patience=patience, monitor=monitor, imbalance=imbalance, val_fraction=val_fraction,
+        seed=seed, augment=augment, accelerator=accelerator, devices=devices,
+        strategy=strategy, precision=precision, num_workers=num_workers,
+        progress=not _state["quiet"])
+    with progress_bar("decode + cache images") as cb:
+        manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
+    _print_training(manifest)
+    console.print(f"run folder: {out}  (next: dermcam evaluate {out})")
+
+
+def _print_training(manifest) -> None:
+    t = Table(title="training")
+    for c in ("model", "weights", "best epoch", "val AUC", "threshold", "time"):
+        t.add_column(c)
+    for name, m in manifest["models"].items():
+        t.add_row(m.get("display_name", name), m.get("weights_source", "?"),
+                  str(m.get("best_epoch")), f"{m.get('val_auc', float('nan')):.3f}",
+                  f"{m.get('threshold', float('nan')):.3f}", f"{m.get('wall_time_s', 0):.0f} s")
+    console.print(t)
+
+
+# -------------------------------------------------------------------- evaluate
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train'.")],
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs.")] = 1000,
+) -> None:
+    """Test-set metrics with 95 % CIs, baselines, and paired model comparisons."""
+    from dermcam.pipeline import run_evaluate
+
+    with progress_bar("load test images") as cb:
+        result = run_evaluate(run_dir, n_boot=n_boot, progress=cb)
+    _print_metrics(result)
+    console.print(f"wrote {run_dir}/metrics.json, metrics.csv, predictions.csv, figures/")
+
+
+def _print_metrics(result) -> None:
+    from dermcam.evaluation import format_comparison
+
+    rows = format_comparison(result)
+    t = Table(title="test set: point estimate [95 % CI]")
+    for c in rows[0]:
+        t.add_column(str(c))
+    for r in rows[1:]:
+        t.add_row(*[str(c) for c in r])
+    console.print(t)
+    for p in result.get("pairwise", []):
+        console.print("  " + p.get("sentence", ""))
+
+
+# --------------------------------------------------------------------- explain
+
+def _method_help() -> str:
+    from dermcam.attribution import METHODS
+
+    return "Comma-separated CAM methods: " + ", ".join(METHODS) + "."
+
+
+@app.command()
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train'.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated CAM methods (pytorch-grad-cam):"
+                                              " gradcam, gradcam++, hirescam, layercam, "
+                                              "eigencam, xgradcam.")] = "gradcam",
+    target: Annotated[str, typer.Option(help="Class each heatmap explains: predicted (the "
+                                             "study's choice), true or malignant.")]
+    = "predicted",
+    normalize: Annotated[str, typer.Option(help="minmax (ReLU + per-image min-max, the study's) "
+                                                "or raw (ReLU only).")] = "minmax",
+    limit: Annotated[int | None, typer.Option(help="Only the first N test images.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per Grad-CAM batch.")] = 16,
+    sanity: Annotated[bool, typer.Option(help="Randomised-weights sanity check "
+                                              "(Adebayo et al. 2018).")] = True,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
+) -> None:
+    """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
+
+    Writes attention.csv (one row per image x model x method: the study's leakage,
+    inside and outside scores, and size-aware scores: chance and excess leakage,
+    localisation gain, pixel AUROC, rank accuracy, pointing game), attention_summary.json
+    (CIs, class tests, the lesion-size confound test, sanity check, artifact attention)
+    and figures. Interrupted runs resume from the saved heatmap batches.
+    """
+    from dermcam.explain import run_explain
+
+    with progress_bar("Grad-CAM batches") as cb:
+        summary = run_explain(run_dir, methods=[m.strip() for m in methods.split(",")],
+                              target=target, normalize=normalize, limit=limit,
+                              batch_size=batch_size, sanity=sanity, n_boot=n_boot, progress=cb)
+    _print_attention(summary)
+    console.print(f"wrote {run_dir}/attention.csv, attention_summary.json, figures/")
+
+
+def _print_attention(summary) -> None:
+    t = Table(title="attention: mean [95 % CI] by class")
+    for c in ("model/method", "class", "n", "leakage", "chance leakage", "excess leakage",
+              "pixel AUROC"):
+        t.add_column(c)
+    rows = {}
+    for r in summary["by_class"]:
+        key = (r["model"], r["method"], r["label"])
+        rows.setdefault(key, {})[r["metric"]] = r
+    for (model, method, label), ms in sorted(rows.items()):
+        def cell(m, ms=ms):
+            r = ms.get(m)
+            if not r or r.get("mean") is None:
+                return "-"
+            return f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        t.add_row(f"{model}/{method}", "malignant" if label == 1 else "benign",
+                  str(ms["leakage"]["n"]), cell("leakage"), cell("chance_leakage"),
+                  cell("excess_leakage"), cell("pixel_auroc"))
+    console.print(t)
+    for key, entry in summary["tests"].items():
+        sc = entry.get("size_confound", {})
+        if sc.get("summary"):
+            console.print(f"  {key}: {sc['summary']}")
+        san = entry.get("sanity")
+        if san:
+            verdict = {True: "passed", False: "FAILED"}.get(san.get("passed"),
+                                                            "undetermined (constant heatmaps)")
+            console.print(f"  {key}: sanity check {verdict} (median rank correlation with "
+                          f"random-weights heatmaps {san.get('median', float('nan')):.2f})")
+
+
+# ------------------------------------------------------------------------ demo
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the data and the run.")]
+    = Path("dermcam-demo"),
+    preset: Annotated[str, typer.Option(help="Synthetic preset: clean or shortcut.")] = "clean",
+    n_train: Annotated[int, typer.Option(help="Synthetic training images.")] = 900,
+    n_test: Annotated[int, typer.Option(help="Synthetic test images.")] = 379,
+    image_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 64,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per model.")] = 12,
+    models: Annotated[str, typer.Option(help="Comma-separated models.")]
+    = "resnet18,efficientnet_b0,mobilenet_v2",
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = True,
+) -> None:
+    """The whole study on the synthetic benchmark: synth -> train -> evaluate -> explain -> report.
+
+    Uses ImageNet weights when they are in torchvision's cache for every model; otherwise
+    trains from scratch and says so (only the demo makes that choice by itself).
+    """
+    from dermcam.demo import run_demo
+
+    run_demo(out, preset=preset, n_train=n_train, n_test=n_test, image_size=image_size,
+             epochs=epochs, models=[m.strip() for m in models.split(",")], seed=seed,
+             overwrite=overwrite, say=console.print, progress_bar=progress_bar,
+             quiet=_state["quiet"], show=(_print_training, _print_metrics, _print_attention))
+
+
+# -------------------------------------------------------------- entry point
+
+def main() -> None:
+    """Console entry: run the app, turning user errors into one line and exit code 2."""
+    debug = "--debug" in sys.argv
+    try:
+        app()
+    except DermcamError as exc:
+        if debug:
+            raise
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished files are intact; resume with --resume where offered")
+        sys.exit(130)

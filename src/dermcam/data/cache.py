@@ -1,0 +1,162 @@
+"""Decode-and-resize cache.
+
+Real ISIC JPEGs are up to several thousand pixels wide; decoding them every
+epoch was the reference study's main waste. Each (file, size) is decoded and
+resized once, stored as an uncompressed ``.npz`` under the cache folder, and
+reused across epochs and runs. The key holds the file's resolved path, byte size
+and modification time, so an edited file is decoded again.
+
+Shape contracts: an item is ``image (S, S, 3) uint8``, ``mask (S, S) uint8`` in
+{0, 1} or ``None``, ``artifacts (S, S) uint8`` artifact codes or ``None``.
+Images are squashed to a square, as ``torchvision.transforms.Resize((S, S))``
+would do (the reference study's preprocessing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dermcam.data.dataset import Sample
+from dermcam.data.images import open_image_sized, open_mask
+from dermcam.errors import DermcamError
+from dermcam.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 2
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("DERMCAM_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dermcam"
+
+
+def _stat_key(path: Path | None) -> str:
+    if path is None:
+        return "-"
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+@dataclass
+class Arrays:
+    """A split held as arrays: ``images (N, S, S, 3) uint8``, ``labels (N,) int64``."""
+
+    ids: list[str]
+    labels: np.ndarray
+    images: np.ndarray
+    masks: np.ndarray | None
+    artifacts: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ImageCache:
+    """Decode/resize cache keyed by (file identity, size). ``enabled=False`` bypasses disk."""
+
+    def __init__(self, cache_dir: str | Path | None = None, enabled: bool = True):
+        self.dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, sample: Sample, size: int) -> str:
+        raw = "||".join([str(CACHE_VERSION), str(size), _stat_key(sample.image_path),
+                         _stat_key(sample.mask_path), _stat_key(sample.artifact_path)])
+        return hashlib.sha1(raw.encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.npz"
+
+    def get(self, sample: Sample, size: int) -> dict[str, np.ndarray | None]:
+        try:
+            key = self.key(sample, size)
+        except FileNotFoundError as exc:
+            raise DermcamError("file not found", exc.filename) from exc
+        path = self._path(key)
+        if self.enabled and path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    item = {k: z[k] for k in z.files}
+                self.hits += 1
+                return {k: item.get(k) for k in ("image", "mask", "artifacts")}
+            except Exception as exc:  # a damaged cache entry is rebuilt, not trusted
+                log.warning("%s: unreadable cache entry, rebuilding (%s)", path, exc)
+        self.misses += 1
+        item = decode_sample(sample, size)
+        if self.enabled:
+            try:
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.savez(fh, **{k: v for k, v in item.items() if v is not None})
+            except DermcamError as exc:
+                log.warning("cache not written: %s", exc)
+        return item
+
+
+def decode_sample(sample: Sample, size: int) -> dict[str, np.ndarray | None]:
+    """Decode one sample's image (and mask, artifacts) resized to ``(size, size)``."""
+    img, full = open_image_sized(sample.image_path, draft_size=size)
+    image = np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=2.0), np.uint8)
+    mask = None
+    if sample.mask_path is not None:
+        m = open_mask(sample.mask_path)
+        if m.size != full:
+            raise DermcamError(
+                f"mask is {m.size[0]}x{m.size[1]} but its image is {full[0]}x{full[1]}",
+                sample.mask_path)
+        mask = (np.asarray(m.resize((size, size), Image.BILINEAR)) >= 128).astype(np.uint8)
+    artifacts = None
+    if sample.artifact_path is not None:
+        a = Image.open(sample.artifact_path)
+        if a.size != full:
+            raise DermcamError("artifact map size differs from its image", sample.artifact_path)
+        artifacts = np.asarray(a.convert("L").resize((size, size), Image.NEAREST), np.uint8)
+    return {"image": image, "mask": mask, "artifacts": artifacts}
+
+
+def load_arrays(samples: Sequence[Sample], size: int, cache: ImageCache | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                workers: int | None = None) -> Arrays:
+    """Decode (or fetch from the cache) every sample at ``size`` into arrays.
+
+    Masks are returned only if every sample has one; otherwise ``masks`` is None.
+    """
+    cache = cache or ImageCache(enabled=False)
+    n = len(samples)
+    images = np.empty((n, size, size, 3), np.uint8)
+    all_masks = all(s.mask_path is not None for s in samples) and n > 0
+    all_art = all(s.artifact_path is not None for s in samples) and n > 0
+    masks = np.empty((n, size, size), np.uint8) if all_masks else None
+    arts = np.empty((n, size, size), np.uint8) if all_art else None
+    workers = workers or min(4, os.cpu_count() or 1)
+
+    def one(i: int):
+        return i, cache.get(samples[i], size)
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, item in pool.map(one, range(n)):
+            images[i] = item["image"]
+            if masks is not None:
+                masks[i] = item["mask"]
+            if arts is not None:
+                arts[i] = item["artifacts"]
+            done += 1
+            if progress:
+                progress(done, n)
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    return Arrays([s.image_id for s in samples], labels, images, masks, arts)

@@ -1,0 +1,145 @@
+"""Samples, data sets and layout detection.
+
+A :class:`Sample` is one image with its label (0 = benign, 1 = malignant), its
+lesion mask when present, its split and its id. A :class:`DataSet` is the list of
+samples found under a data root plus what the layout told us about it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dermcam.data.paths import safe_join
+from dermcam.errors import DermcamError
+
+log = logging.getLogger(__name__)
+
+LABEL_NAMES = ("benign", "malignant")
+SPLITS = ("train", "test")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_id: str
+    image_path: Path
+    label: int
+    split: str
+    mask_path: Path | None = None
+    artifact_path: Path | None = None
+
+
+@dataclass
+class DataSet:
+    name: str
+    root: Path
+    layout: str
+    samples: list[Sample]
+    metadata_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    @property
+    def has_masks(self) -> bool:
+        return any(s.mask_path is not None for s in self.samples)
+
+    def fingerprint(self) -> str:
+        """A short hash of ids, labels, splits and file sizes/mtimes: changes when data do."""
+        h = hashlib.sha256()
+        for s in sorted(self.samples, key=lambda s: (s.split, s.image_id)):
+            st = s.image_path.stat()
+            h.update(f"{s.split}|{s.image_id}|{s.label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            if s.mask_path is not None:
+                mst = s.mask_path.stat()
+                h.update(f"m|{mst.st_size}|{mst.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def parse_label(value: str, source: str | Path, line: int | None = None) -> int:
+    """Map ``benign|malignant|0|1|0.0|1.0`` (any case, padded) to 0/1."""
+    v = str(value).strip().lower()
+    if v in ("benign", "0", "0.0", "false"):
+        return 0
+    if v in ("malignant", "1", "1.0", "true"):
+        return 1
+    where = f"line {line}: " if line is not None else ""
+    if not v:
+        raise DermcamError(f"{where}blank label (expected benign/malignant or 0/1)", source)
+    raise DermcamError(
+        f"{where}label {value!r} is neither benign/malignant nor 0/1", source)
+
+
+def read_csv_rows(path: Path) -> list[list[str]]:
+    """Read a small CSV robustly: UTF-8 with or without BOM, CRLF or LF, blank lines skipped."""
+    if not path.exists():
+        raise DermcamError("file not found", path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DermcamError(f"not a UTF-8 text CSV ({exc.reason})", path) from exc
+    if "\x00" in text:
+        raise DermcamError("not a text CSV (contains NUL bytes)", path)
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r)]
+    except csv.Error as exc:
+        raise DermcamError(f"malformed CSV ({exc})", path) from exc
+    return [[c.strip() for c in r] for r in rows]
+
+
+def find_image(folder: Path, image_id: str, source: Path) -> Path:
+    for ext in IMAGE_EXTS:
+        p = safe_join(folder, image_id + ext, source)
+        if p.exists():
+            return p
+    raise DermcamError(f"no image file for id {image_id!r} in {folder}", source)
+
+
+def check_duplicates(samples: list[Sample], source: Path) -> None:
+    counts = Counter(s.image_id for s in samples)
+    dups = [i for i, c in counts.items() if c > 1]
+    if dups:
+        raise DermcamError(f"duplicate image id(s): {', '.join(sorted(dups)[:5])}", source)
+
+
+def class_counts(samples: list[Sample]) -> dict[str, int]:
+    c = Counter(s.label for s in samples)
+    return {LABEL_NAMES[0]: c.get(0, 0), LABEL_NAMES[1]: c.get(1, 0)}
+
+
+def detect_layout(root: str | Path) -> str:
+    """Name the layout of ``root``: ``isic2016`` or ``generic``."""
+    from dermcam.data import generic, isic2016
+
+    root = Path(root)
+    if not root.exists():
+        raise DermcamError("data folder not found", root)
+    if not root.is_dir():
+        raise DermcamError("not a folder (expected a data set folder)", root)
+    if isic2016.matches(root):
+        return "isic2016"
+    if generic.matches(root):
+        return "generic"
+    raise DermcamError(
+        "no known data layout found: expected the ISIC 2016 Part 3B files "
+        f"({isic2016.TRAIN_CSV}, ...) or a generic '{generic.CSV_NAME}' with image_id,label "
+        "columns; create one with 'dermcam synth'", root)
+
+
+def load_dataset(root: str | Path, check_files: bool = True) -> DataSet:
+    """Load any supported layout under ``root``."""
+    from dermcam.data import generic, isic2016
+
+    layout = detect_layout(root)
+    loader = {"isic2016": isic2016.load, "generic": generic.load}[layout]
+    ds = loader(Path(root), check_files=check_files)
+    if not ds.samples:
+        raise DermcamError("the data set holds no images", root)
+    return ds

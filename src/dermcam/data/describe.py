@@ -1,0 +1,95 @@
+"""What ``dermcam info`` reports about a data set."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermcam.data.dataset import LABEL_NAMES, load_dataset
+from dermcam.errors import DermcamError
+
+log = logging.getLogger(__name__)
+
+
+def _metadata(ds):
+    if ds.metadata_path is None:
+        return None
+    import pandas as pd
+
+    from dermcam.data.paths import check_id
+
+    try:
+        meta = pd.read_csv(ds.metadata_path)
+    except Exception as exc:
+        raise DermcamError(f"unreadable metadata CSV ({exc})", ds.metadata_path) from exc
+    if "image_id" not in meta.columns:
+        raise DermcamError("metadata CSV has no image_id column", ds.metadata_path)
+    for i in meta["image_id"]:
+        check_id(i, ds.metadata_path)
+    return meta
+
+
+def artifact_columns(meta) -> list[str]:
+    return [c for c in meta.columns if c.startswith("artifact_")] if meta is not None else []
+
+
+def describe(root: str | Path, check: bool = False) -> dict[str, Any]:
+    """Counts per split and class, mask coverage, sampled image sizes, artifact rates."""
+    from PIL import Image
+
+    ds = load_dataset(root)
+    meta = _metadata(ds)
+    area = dict(zip(meta["image_id"], meta["lesion_area"])) if (
+        meta is not None and "lesion_area" in meta.columns) else {}
+    out: dict[str, Any] = {"name": ds.name, "layout": ds.layout, "root": str(ds.root),
+                           "splits": {}, "notes": list(ds.notes)}
+    for split in ("train", "test"):
+        samples = ds.split(split)
+        c = Counter(s.label for s in samples)
+        areas = [area[s.image_id] for s in samples if s.image_id in area]
+        if check and not areas:
+            from dermcam.data.images import read_mask
+
+            areas = [float(read_mask(s.mask_path).mean()) for s in samples if s.mask_path]
+        out["splits"][split] = {
+            "n": len(samples), LABEL_NAMES[0]: c.get(0, 0), LABEL_NAMES[1]: c.get(1, 0),
+            "with_mask": sum(1 for s in samples if s.mask_path is not None),
+            "mean_lesion_area": float(np.mean(areas)) if areas else None}
+    sizes = Counter()
+    probe = ds.samples if check else ds.samples[:: max(1, len(ds.samples) // 20)]
+    for s in probe:
+        if check:
+            from dermcam.data.cache import decode_sample
+
+            decode_sample(s, 32)  # decodes image and mask, checks sizes match
+        try:
+            with Image.open(s.image_path) as im:
+                sizes[f"{im.size[0]}x{im.size[1]}"] += 1
+        except Exception as exc:
+            raise DermcamError(f"not a readable image ({exc})", s.image_path) from exc
+    out["image_sizes"] = ", ".join(f"{k} ({v})" for k, v in sizes.most_common(5))
+    cols = artifact_columns(meta)
+    if cols:
+        arts: dict[str, dict[str, float]] = {}
+        for col in cols:
+            rates = {}
+            for split in ("train", "test"):
+                for label, lname in enumerate(LABEL_NAMES):
+                    sel = meta[(meta["split"] == split) & (meta["label"] == label)]
+                    rates[f"{split} {lname}"] = float(sel[col].mean()) if len(sel) else 0.0
+            arts[col.removeprefix("artifact_")] = rates
+        out["artifacts"] = arts
+    if ds.name == "ISIC 2016 Part 3B":
+        from dermcam.data.isic2016 import OFFICIAL_COUNTS
+
+        got = {sp: {LABEL_NAMES[0]: out["splits"][sp][LABEL_NAMES[0]],
+                    LABEL_NAMES[1]: out["splits"][sp][LABEL_NAMES[1]]} for sp in ("train", "test")}
+        out["official_check"] = ("counts match the published ISIC 2016 Part 3B counts"
+                                 if got == OFFICIAL_COUNTS else
+                                 f"counts differ from the published ISIC 2016 Part 3B counts "
+                                 f"{OFFICIAL_COUNTS} (a subset or a modified copy?)")
+    return out

@@ -1,0 +1,98 @@
+"""A generic layout for bringing other data sets::
+
+    labels.csv      header: image_id,label[,mask][,split]
+    images/<image_id>.jpg|.png
+    masks/<image_id>.png            (optional; or a relative path in the 'mask' column)
+
+``label`` is benign/malignant or 0/1; ``split`` is train/test. Without a split
+column, a seeded stratified 20 % of the images is held out as the test split
+(and ``dermcam info`` says so).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from dermcam.data.dataset import (
+    SPLITS,
+    DataSet,
+    Sample,
+    check_duplicates,
+    find_image,
+    parse_label,
+    read_csv_rows,
+)
+from dermcam.data.paths import check_id, safe_join
+from dermcam.errors import DermcamError
+
+CSV_NAME = "labels.csv"
+IMAGE_DIR = "images"
+MASK_DIR = "masks"
+TEST_FRACTION = 0.2
+
+
+def matches(root: Path) -> bool:
+    return (root / CSV_NAME).exists()
+
+
+def _holdout(samples: list[Sample], seed: int = 0) -> list[Sample]:
+    rng = random.Random(seed)
+    out = []
+    for label in (0, 1):
+        group = sorted((s for s in samples if s.label == label), key=lambda s: s.image_id)
+        rng.shuffle(group)
+        n_test = round(len(group) * TEST_FRACTION)
+        test_ids = {s.image_id for s in group[:n_test]}
+        out += [Sample(s.image_id, s.image_path, s.label,
+                       "test" if s.image_id in test_ids else "train", s.mask_path)
+                for s in group]
+    return sorted(out, key=lambda s: s.image_id)
+
+
+def load(root: Path, check_files: bool = True) -> DataSet:
+    csv_path = root / CSV_NAME
+    rows = read_csv_rows(csv_path)
+    if not rows:
+        raise DermcamError("empty CSV", csv_path)
+    header = [h.lower() for h in rows[0]]
+    if "image_id" not in header or "label" not in header:
+        raise DermcamError(
+            f"header row must name 'image_id' and 'label' columns, got {','.join(rows[0])!r}",
+            csv_path)
+    col = {name: header.index(name) for name in header}
+    img_dir = root / IMAGE_DIR
+    mask_dir = root / MASK_DIR
+    samples = []
+    for i, row in enumerate(rows[1:], start=2):
+        row = row + [""] * (len(header) - len(row))
+        image_id = check_id(row[col["image_id"]], csv_path)
+        label = parse_label(row[col["label"]], csv_path, i)
+        split = row[col["split"]].lower() if "split" in col else ""
+        if split and split not in SPLITS:
+            raise DermcamError(f"line {i}: split {split!r} is not one of {SPLITS}", csv_path)
+        image_path = (find_image(img_dir, image_id, csv_path) if check_files
+                      else safe_join(img_dir, image_id + ".jpg", csv_path))
+        mask_path = None
+        if "mask" in col and row[col["mask"]]:
+            mask_path = safe_join(root, row[col["mask"]], csv_path)
+            if not mask_path.exists():
+                raise DermcamError(f"line {i}: mask file {row[col['mask']]!r} not found",
+                                   csv_path)
+        elif mask_dir.is_dir():
+            for ext in (".png", "_segmentation.png", "_Segmentation.png", ".jpg"):
+                p = safe_join(mask_dir, image_id + ext, csv_path)
+                if p.exists():
+                    mask_path = p
+                    break
+        samples.append(Sample(image_id, image_path, label, split, mask_path))
+    check_duplicates(samples, csv_path)
+    ds = DataSet(name=root.name, root=root, layout="generic", samples=samples)
+    if "split" not in col or all(not s.split for s in samples):
+        ds.samples = _holdout(samples)
+        ds.notes.append(f"no split column: a seeded stratified {TEST_FRACTION:.0%} "
+                        "of images is held out as the test split")
+    elif any(not s.split for s in samples):
+        raise DermcamError("some rows have a split and some do not; fill the split column",
+                           csv_path)
+    return ds

@@ -1,0 +1,85 @@
+"""ISIC 2016 Challenge Part 3B (lesion classification) in its official layout.
+
+::
+
+    ISBI2016_ISIC_Part3B_Training_Data/ISIC_0000000.jpg
+    ISBI2016_ISIC_Part3B_Training_Data/ISIC_0000000_Segmentation.png   (0/255 mask)
+    ISBI2016_ISIC_Part3B_Test_Data/...
+    ISBI2016_ISIC_Part3B_Training_GroundTruth.csv    no header: ISIC_0000000,benign|malignant
+    ISBI2016_ISIC_Part3B_Test_GroundTruth.csv        no header: ISIC_0000000,0.0|1.0
+
+The synthetic benchmark writes the same layout, plus ``ISIC_xxx_Artifacts.png``
+maps and ``metadata.csv``, which this loader picks up when present.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dermcam.data.dataset import (
+    DataSet,
+    Sample,
+    check_duplicates,
+    find_image,
+    parse_label,
+    read_csv_rows,
+)
+from dermcam.data.paths import check_id, safe_join
+from dermcam.errors import DermcamError
+
+TRAIN_DIR = "ISBI2016_ISIC_Part3B_Training_Data"
+TEST_DIR = "ISBI2016_ISIC_Part3B_Test_Data"
+TRAIN_CSV = "ISBI2016_ISIC_Part3B_Training_GroundTruth.csv"
+TEST_CSV = "ISBI2016_ISIC_Part3B_Test_GroundTruth.csv"
+MASK_SUFFIX = "_Segmentation.png"
+ARTIFACT_SUFFIX = "_Artifacts.png"
+
+# Counts the challenge published, for checking a real download.
+OFFICIAL_COUNTS = {"train": {"benign": 727, "malignant": 173},
+                   "test": {"benign": 304, "malignant": 75}}
+
+
+def matches(root: Path) -> bool:
+    return (root / TRAIN_CSV).exists() or (root / TEST_CSV).exists()
+
+
+def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files: bool):
+    csv_path = root / csv_name
+    if not csv_path.exists():
+        return []
+    img_dir = safe_join(root, folder, csv_path)
+    if not img_dir.is_dir():
+        raise DermcamError(f"image folder {folder} is missing beside the ground truth", csv_path)
+    samples = []
+    for i, row in enumerate(read_csv_rows(csv_path), start=1):
+        if i == 1 and row and row[0].lower() in ("image_id", "image", "id", "isic_id"):
+            continue  # tolerate a header row some re-packagings add
+        if len(row) < 2:
+            raise DermcamError(f"line {i}: expected 'image_id,label', got {','.join(row)!r}",
+                               csv_path)
+        image_id = check_id(row[0], csv_path)
+        label = parse_label(row[1], csv_path, i)
+        if check_files:
+            image_path = find_image(img_dir, image_id, csv_path)
+        else:
+            image_path = safe_join(img_dir, image_id + ".jpg", csv_path)
+        mask = safe_join(img_dir, image_id + MASK_SUFFIX, csv_path)
+        art = safe_join(img_dir, image_id + ARTIFACT_SUFFIX, csv_path)
+        samples.append(Sample(image_id, image_path, label, split,
+                              mask if mask.exists() else None,
+                              art if art.exists() else None))
+    return samples
+
+
+def load(root: Path, check_files: bool = True) -> DataSet:
+    samples = (_read_split(root, TRAIN_CSV, TRAIN_DIR, "train", check_files)
+               + _read_split(root, TEST_CSV, TEST_DIR, "test", check_files))
+    check_duplicates(samples, root / TRAIN_CSV)
+    meta = root / "metadata.csv"
+    name = "synthetic dermoscopy benchmark" if (root / "synth.json").exists() else "ISIC 2016 Part 3B"
+    ds = DataSet(name=name, root=root, layout="isic2016", samples=samples,
+                 metadata_path=meta if meta.exists() else None)
+    missing = sum(1 for s in samples if s.mask_path is None)
+    if missing:
+        ds.notes.append(f"{missing} image(s) have no {MASK_SUFFIX} mask")
+    return ds

@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+A :class:`DermcamError` carries one line that names the file (or option) and the
+problem, and says what to do where that is known. The CLI prints it without a
+traceback and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DermcamError(Exception):
+    """An error caused by the user's input, with a one-line message."""
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{path}: {message}" if path is not None else message)

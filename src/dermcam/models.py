@@ -1,0 +1,206 @@
+"""One factory: model name -> torchvision classifier with a 2-class head.
+
+The registry knows, for every supported architecture, which layer Grad-CAM
+should hook (the last convolutional block) and how the weights were obtained.
+Any other torchvision classification model can be built by name too; its CAM
+layer defaults to the last ``Conv2d``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dermcam.errors import DermcamError
+
+log = logging.getLogger(__name__)
+
+NUM_CLASSES = 2
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: name -> (display name, CAM target layer, head attribute path)
+REGISTRY: dict[str, tuple[str, str, str]] = {
+    "resnet18": ("ResNet18", "layer4", "fc"),
+    "efficientnet_b0": ("EfficientNet-B0", "features.8", "classifier.1"),
+    "mobilenet_v2": ("MobileNet-V2", "features.18", "classifier.1"),
+}
+DEFAULT_MODELS = tuple(REGISTRY)
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    display_name: str
+    target_layer: str
+    weights_source: str  # "imagenet:<enum>" | "none (random init)" | "file:<path>"
+
+
+def display_name(name: str) -> str:
+    return REGISTRY.get(name, (name,))[0]
+
+
+def available_models() -> list[str]:
+    from torchvision import models as tvm
+
+    return sorted(set(REGISTRY) | set(tvm.list_models(module=tvm)))
+
+
+def _get_submodule(model, dotted: str):
+    return model.get_submodule(dotted)
+
+
+def _set_submodule(model, dotted: str, module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _last_linear(model) -> str:
+    import torch.nn as nn
+
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise DermcamError(f"model {type(model).__name__} has no Linear head to replace")
+    return names[-1]
+
+
+def _last_conv(model) -> str:
+    import torch.nn as nn
+
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not names:
+        raise DermcamError(f"model {type(model).__name__} has no Conv2d layer for Grad-CAM")
+    return names[-1]
+
+
+def check_model_name(name: str) -> str:
+    from torchvision import models as tvm
+
+    if name in REGISTRY:
+        return name
+    if name in tvm.list_models(module=tvm):
+        return name
+    raise DermcamError(
+        f"unknown model {name!r}; choose one of {', '.join(REGISTRY)} "
+        "or another torchvision classification model (see 'dermcam models')")
+
+
+def imagenet_weights_path(name: str) -> Path:
+    """Where torchvision's weights API caches ``name``'s default ImageNet weights."""
+    import torch
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(name).DEFAULT
+    filename = os.path.basename(weights.url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def imagenet_available(name: str) -> bool:
+    try:
+        return imagenet_weights_path(name).exists()
+    except Exception:
+        return False
+
+
+def _load_imagenet(name: str):
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(name).DEFAULT
+    path = imagenet_weights_path(name)
+    if not path.exists():
+        log.info("ImageNet weights for %s not cached at %s; downloading", name, path)
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=False)
+    except Exception as exc:
+        raise DermcamError(
+            f"ImageNet weights for {name} are not cached at {path} and could not be downloaded "
+            f"({type(exc).__name__}). Fix: on a machine with internet run "
+            f"python -c \"import torchvision; torchvision.models.get_model_weights('{name}')"
+            f".DEFAULT.get_state_dict()\" and copy {path.name} into {path.parent} "
+            "(or set TORCH_HOME), or train from scratch with --weights none") from exc
+    return weights, state
+
+
+def load_state_file(path: str | Path) -> dict:
+    """Load a checkpoint or state dict safely (``weights_only=True``: no code is executed)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise DermcamError("weights file not found", path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DermcamError(
+            "refused: the file holds Python objects other than tensors "
+            "(loaded with weights_only=True, nothing was executed)", path) from exc
+    except Exception as exc:
+        raise DermcamError(f"not a readable PyTorch weights file ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120]})", path) from exc
+    if not isinstance(obj, dict):
+        raise DermcamError("expected a state dict or a dermcam checkpoint", path)
+    return obj
+
+
+def build_model(name: str, weights: str = "none", num_classes: int = NUM_CLASSES):
+    """Build ``name`` with a ``num_classes`` head.
+
+    ``weights``: ``"imagenet"`` (torchvision's weights API and its TORCH_HOME
+    cache; a clear error when they are neither cached nor downloadable; never a
+    silent fallback), ``"none"`` (random init) or a path to a state dict or a
+    dermcam checkpoint. Returns ``(model, ModelInfo)``.
+    """
+    import torch.nn as nn
+    from torchvision.models import get_model
+
+    name = check_model_name(name)
+    disp, target, head = REGISTRY.get(name, (name, None, None))
+    source = "none (random init)"
+    file_state = None
+    if weights == "imagenet":
+        wenum, state = _load_imagenet(name)
+        model = get_model(name, weights=None)
+        model.load_state_dict(state)
+        source = f"imagenet:{wenum}"
+    elif weights in ("none", "", None):
+        model = get_model(name, weights=None)
+    else:
+        file_state = load_state_file(weights)
+        model = get_model(name, weights=None)
+        source = f"file:{Path(weights).resolve()}"
+    head = head or _last_linear(model)
+    target = target or _last_conv(model)
+    old = _get_submodule(model, head)
+    if old.out_features != num_classes:
+        _set_submodule(model, head, nn.Linear(old.in_features, num_classes))
+    if file_state is not None:
+        load_weights_into(model, name, file_state, weights, head)
+    return model, ModelInfo(name, disp, target, source)
+
+
+def load_weights_into(model, name: str, obj: dict, path, head: str | None = None) -> None:
+    """Load a state dict (or dermcam checkpoint dict) into ``model``, checking the architecture."""
+    state = obj.get("state_dict", obj)
+    arch = obj.get("arch")
+    if arch is not None and arch != name:
+        raise DermcamError(f"checkpoint is for architecture {arch!r}, not {name!r}", path)
+    if not isinstance(state, dict) or not state:
+        raise DermcamError("checkpoint holds no state dict", path)
+    own = model.state_dict()
+    head = head or _last_linear(model)
+    # An ImageNet (1000-class) state dict fits everything but the head: keep our head.
+    state = {k: v for k, v in state.items()
+             if not (k.startswith(head + ".") and k in own and v.shape != own[k].shape)}
+    missing = [k for k in own if k not in state and not k.startswith(head + ".")]
+    unexpected = [k for k in state if k not in own]
+    shape_bad = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shape_bad:
+        raise DermcamError(
+            f"weights do not fit {name} (missing {len(missing)}, unexpected {len(unexpected)}, "
+            f"wrong shape {len(shape_bad)} tensors): checkpoint for another architecture?", path)
+    model.load_state_dict(state, strict=False)

@@ -1,0 +1,96 @@
+"""Run-level stages that read and write the run folder: evaluate (and the demo's glue)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dermcam import run as runmod
+from dermcam.errors import DermcamError
+from dermcam.io import write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+
+def load_test_arrays(manifest: dict[str, Any], limit: int | None = None,
+                     require_masks: bool = False, progress=None, cache_dir=None):
+    """The run's test split as arrays at the run's image size."""
+    from dermcam.data import load_dataset
+    from dermcam.data.cache import ImageCache, load_arrays
+
+    ds = load_dataset(manifest["data"]["root"])
+    if ds.fingerprint() != manifest["data"]["fingerprint"]:
+        log.warning("data under %s changed since training (fingerprint differs)", ds.root)
+    samples = ds.split("test")
+    if require_masks:
+        samples = [s for s in samples if s.mask_path is not None]
+    if limit:
+        samples = samples[:limit]
+    if not samples:
+        what = "test images with masks" if require_masks else "test images"
+        raise DermcamError(f"the data set has no {what}", ds.root)
+    size = manifest["config"]["image_size"]
+    cache = ImageCache(cache_dir or manifest["config"].get("cache_dir"))
+    return ds, samples, load_arrays(samples, size, cache, progress=progress)
+
+
+def trained_models(manifest: dict[str, Any]) -> list[str]:
+    return [m for m in manifest["config"]["models"]
+            if manifest.get("models", {}).get(m, {}).get("status") == "complete"]
+
+
+def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = None,
+                 progress=None) -> dict[str, Any]:
+    """Predict the test split with every model's best checkpoint and write the metrics."""
+    from dermcam import plots
+    from dermcam.evaluation import evaluate_predictions, metrics_table
+    from dermcam.training import load_checkpoint, predict_proba
+
+    run_dir = Path(run_dir)
+    manifest = runmod.read_manifest(run_dir, require="train")
+    seed = manifest["seed"] if seed is None else seed
+    t0 = time.perf_counter()
+    runmod.set_stage(run_dir, "evaluate", "running")
+    ds, samples, arrays = load_test_arrays(manifest, progress=progress)
+    if len(np.unique(arrays.labels)) < 2:
+        raise DermcamError("the test split holds only one class; AUC and F1 are undefined",
+                           ds.root)
+    rows = []
+    thresholds = {}
+    for name in trained_models(manifest):
+        model, info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
+        prob = predict_proba(model, arrays.images)
+        thr = float(payload["threshold"])
+        thresholds[name] = thr
+        rows.append(pd.DataFrame({
+            "image_id": arrays.ids, "model": name, "label": arrays.labels,
+            "prob_malignant": np.round(prob.astype(np.float64), 6),
+            "pred": (prob >= thr).astype(int), "threshold": round(thr, 6)}))
+    preds = pd.concat(rows, ignore_index=True)
+    write_csv(run_dir / "predictions.csv", preds)
+    result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed)
+    result["display_names"] = {m: manifest["models"][m]["display_name"] for m in thresholds}
+    write_json(run_dir / "metrics.json", result)
+    write_csv(run_dir / "metrics.csv", metrics_table(result))
+    figs = run_dir / "figures"
+    plots.plot_model_comparison(result, figs / "model_comparison.png")
+    plots.plot_roc_curves(result, figs / "roc_curves.png")
+    plots.plot_pr_curves(result, figs / "pr_curves.png")
+    plots.plot_reliability(result, figs / "reliability.png")
+    for name in thresholds:
+        cm = result["models"][name]["confusion_matrix"]
+        plots.plot_confusion_matrix(np.array(cm), ["benign", "malignant"],
+                                    figs / f"{name}_confusion_matrix.png",
+                                    title=manifest["models"][name]["display_name"])
+        hist = run_dir / "models" / name / "history.csv"
+        if hist.exists():
+            plots.plot_training_history(pd.read_csv(hist), figs / f"{name}_history.png")
+    runmod.set_stage(run_dir, "evaluate", "complete",
+                     wall_time_s=round(time.perf_counter() - t0, 2), n_test=len(samples),
+                     n_boot=n_boot)
+    return result

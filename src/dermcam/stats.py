@@ -1,0 +1,445 @@
+"""Shared statistics helpers: stratified bootstrap, paired tests, DeLong, McNemar.
+
+Everything here is a pure function on arrays (no I/O, no plotting). Labels are
+binary ``{0, 1}`` with ``1`` = malignant; scores are any real numbers where
+larger means "more malignant".
+
+Conventions used throughout dermcam:
+
+* **Stratified bootstrap.** Resamples are drawn with replacement *within each
+  class*, so every resample keeps the test set's class counts (75 malignant of
+  379 stays 75 of 379). This treats the test set's composition as fixed by design
+  and is the usual choice for skewed medical test sets: without it, some
+  resamples of a small positive class change prevalence a lot (or lose a class),
+  which widens or breaks AUC/AP intervals for reasons unrelated to the models.
+  A consequence: a rule that ignores the image (e.g. "all benign") has a
+  zero-width interval for accuracy.
+* **Percentile intervals.** ``(alpha/2, 1 - alpha/2)`` quantiles of the bootstrap
+  distribution; the point estimate is always the metric on the full data, never
+  the bootstrap mean.
+* **Differences are ``b - a``.** Paired functions take ``(a, b)`` and report how
+  much higher ``b`` scores than ``a``.
+* **Undefined is NaN.** A metric that is undefined on the data (one class only,
+  0/0) is NaN, never a crash and never a silent 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import stats as _sstats
+
+__all__ = [
+    "stratified_bootstrap_indices",
+    "bootstrap_indices",
+    "bootstrap_counts",
+    "bootstrap_ci",
+    "percentile_interval",
+    "paired_bootstrap_diff",
+    "summarise_paired_diff",
+    "delong_test",
+    "mcnemar",
+    "holm",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A bootstrap summary is NaN when fewer than this fraction of resamples gave a
+#: defined (finite) metric: the surviving resamples would be a biased subset.
+MIN_VALID_FRACTION = 0.9
+
+#: McNemar switches from the exact binomial test to chi-square (with continuity
+#: correction) when the number of discordant pairs b + c reaches this.
+MCNEMAR_EXACT_BELOW = 25
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _as_labels(y: Any, name: str = "y_true") -> np.ndarray:
+    """``(N,)`` array of 0/1 ints; ValueError with the offending shape/values."""
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (N,), got shape {arr.shape}")
+    if arr.size and not np.isin(arr, (0, 1)).all():
+        bad = np.unique(arr[~np.isin(arr, (0, 1))])[:5]
+        raise ValueError(f"{name} must contain only 0/1 labels, found {bad.tolist()}")
+    return arr.astype(np.int64)
+
+
+def _as_scores(s: Any, n: int, name: str) -> np.ndarray:
+    """``(N,)`` finite float array matching ``n`` labels."""
+    arr = np.asarray(s, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match y_true, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def stratified_bootstrap_indices(
+    y: Any, n_boot: int, seed: int | np.random.Generator = 0
+) -> np.ndarray:
+    """Bootstrap index arrays that keep each class's count.
+
+    ``y``: ``(N,)`` labels (any values; each distinct value is a stratum).
+    Returns an ``(n_boot, N)`` int array; row ``b`` indexes one resample. Within
+    each class the indices are drawn uniformly with replacement from that class,
+    so ``y[idx[b]]`` has the same class counts as ``y``. Seeded by a numpy
+    ``Generator`` (``np.random.default_rng(seed)``): same seed, same resamples.
+    """
+    return bootstrap_indices(y, n_boot, seed, stratified=True)
+
+
+def bootstrap_indices(
+    y: Any, n_boot: int, seed: int | np.random.Generator = 0, stratified: bool = True
+) -> np.ndarray:
+    """``(n_boot, N)`` bootstrap indices, stratified by ``y`` or plain.
+
+    See :func:`stratified_bootstrap_indices`. With ``stratified=False`` each row
+    is ``N`` draws with replacement from all of ``0..N-1``.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (N,), got shape {y.shape}")
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    n_boot = int(n_boot)
+    rng = np.random.default_rng(seed)
+    n = y.size
+    if n == 0:
+        raise ValueError("cannot bootstrap an empty sample")
+    if not stratified:
+        return rng.integers(0, n, size=(n_boot, n))
+    out = np.empty((n_boot, n), dtype=np.int64)
+    col = 0
+    for cls in np.unique(y):  # sorted, so the layout is deterministic
+        members = np.flatnonzero(y == cls)
+        k = members.size
+        out[:, col : col + k] = members[rng.integers(0, k, size=(n_boot, k))]
+        col += k
+    return out
+
+
+def bootstrap_counts(indices: np.ndarray, n: int) -> np.ndarray:
+    """Multiplicity of each sample in each resample.
+
+    ``indices``: ``(B, M)`` ints in ``[0, n)``. Returns ``(B, n)`` float64 where
+    ``out[b, i]`` is how many times sample ``i`` appears in resample ``b``. Any
+    metric that is a weighted sum over samples can then be evaluated for all
+    resamples at once with matrix products.
+    """
+    indices = np.asarray(indices)
+    if indices.ndim != 2:
+        raise ValueError(f"indices must be 2-D (B, M), got shape {indices.shape}")
+    b = indices.shape[0]
+    flat = (indices + (np.arange(b)[:, None] * n)).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def percentile_interval(
+    boot: Any,
+    alpha: float = 0.05,
+    min_valid_fraction: float = MIN_VALID_FRACTION,
+    what: str = "metric",
+) -> tuple[float, float]:
+    """Percentile interval of a bootstrap distribution, NaN-safe.
+
+    ``boot``: ``(B,)`` bootstrap values; non-finite ones (resamples where the
+    metric is undefined) are dropped. Returns ``(lo, hi)``, or ``(nan, nan)``
+    when fewer than ``min_valid_fraction`` of the resamples were finite.
+    """
+    boot = np.asarray(boot, dtype=np.float64).ravel()
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    ok = np.isfinite(boot)
+    n_ok = int(ok.sum())
+    if boot.size == 0 or n_ok < min_valid_fraction * boot.size:
+        if boot.size and n_ok < boot.size:
+            logger.warning(
+                "%s: only %d of %d bootstrap resamples defined; interval is NaN",
+                what,
+                n_ok,
+                boot.size,
+            )
+        return math.nan, math.nan
+    if n_ok < boot.size:
+        logger.info(
+            "%s: dropped %d of %d bootstrap resamples where it is undefined",
+            what,
+            boot.size - n_ok,
+            boot.size,
+        )
+    lo, hi = np.quantile(boot[ok], [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    metric_fn: Callable[..., float],
+    y_true: Any,
+    *arrays: Any,
+    n_boot: int = 1000,
+    seed: int | np.random.Generator = 0,
+    alpha: float = 0.05,
+    stratified: bool = True,
+    min_valid_fraction: float = MIN_VALID_FRACTION,
+) -> tuple[float, float, float]:
+    """Percentile bootstrap CI of ``metric_fn(y_true, *arrays)``.
+
+    ``y_true``: ``(N,)`` labels; each of ``arrays`` has ``N`` rows and is
+    resampled with the same indices. ``metric_fn`` may return NaN (or raise
+    ``ValueError``, treated as NaN) on resamples where it is undefined; those
+    are dropped, and if fewer than ``min_valid_fraction`` survive the interval
+    is ``(nan, nan)``. Returns ``(point, lo, hi)`` with ``point`` the metric on
+    the full data. Stratified by ``y_true`` by default (see module docstring).
+
+    This generic version calls ``metric_fn`` once per resample; for many metrics
+    on many models :mod:`dermcam.evaluation` uses a vectorised path instead.
+    """
+    y = np.asarray(y_true)
+    arrs = [np.asarray(a) for a in arrays]
+    for i, a in enumerate(arrs):
+        if a.shape[:1] != y.shape[:1]:
+            raise ValueError(f"array {i} has shape {a.shape}, expected {y.shape[0]} rows")
+    point = _safe_call(metric_fn, y, *arrs)
+    idx = bootstrap_indices(y, n_boot, seed, stratified=stratified)
+    boot = np.array([_safe_call(metric_fn, y[r], *(a[r] for a in arrs)) for r in idx])
+    if not math.isfinite(point):
+        return point, math.nan, math.nan
+    lo, hi = percentile_interval(
+        boot, alpha, min_valid_fraction, getattr(metric_fn, "__name__", "metric")
+    )
+    return point, lo, hi
+
+
+def _safe_call(fn: Callable[..., float], *args: Any) -> float:
+    try:
+        value = float(fn(*args))
+    except ValueError:  # sklearn raises ValueError for e.g. AUC with one class
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
+def summarise_paired_diff(
+    point_diff: float,
+    boot_diff: Any,
+    alpha: float = 0.05,
+    min_valid_fraction: float = MIN_VALID_FRACTION,
+    what: str = "difference",
+) -> dict[str, float]:
+    """Interval and two-sided p-value from a paired bootstrap distribution.
+
+    ``boot_diff``: ``(B,)`` bootstrap values of the difference (``b - a``),
+    non-finite entries dropped. The p-value is the percentile-bootstrap one,
+    ``p = min(1, 2 * min((1 + #{d* <= 0}) / (B + 1), (1 + #{d* >= 0}) / (B + 1)))``:
+    it is consistent with the percentile interval (p < alpha roughly when the
+    interval excludes 0), the +1 keeps it from being exactly 0, and its
+    resolution is about ``2 / B`` (so ``n_boot=1000`` cannot show p < 0.002).
+    Returns ``{"diff", "lo", "hi", "p", "n_valid"}``.
+    """
+    d = np.asarray(boot_diff, dtype=np.float64).ravel()
+    lo, hi = percentile_interval(d, alpha, min_valid_fraction, what)
+    ok = d[np.isfinite(d)]
+    if not math.isfinite(point_diff) or math.isnan(lo):
+        return {
+            "diff": float(point_diff),
+            "lo": math.nan,
+            "hi": math.nan,
+            "p": math.nan,
+            "n_valid": int(ok.size),
+        }
+    b = ok.size
+    p_le = (1 + np.count_nonzero(ok <= 0)) / (b + 1)
+    p_ge = (1 + np.count_nonzero(ok >= 0)) / (b + 1)
+    p = min(1.0, 2 * min(p_le, p_ge))
+    return {"diff": float(point_diff), "lo": lo, "hi": hi, "p": float(p), "n_valid": int(b)}
+
+
+def paired_bootstrap_diff(
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    y_true: Any,
+    score_a: Any,
+    score_b: Any,
+    n_boot: int = 1000,
+    seed: int | np.random.Generator = 0,
+    alpha: float = 0.05,
+    stratified: bool = True,
+    min_valid_fraction: float = MIN_VALID_FRACTION,
+) -> dict[str, float]:
+    """Paired bootstrap of ``metric_fn(y, score_b) - metric_fn(y, score_a)``.
+
+    Both models are evaluated on the *same* resamples, so the interval accounts
+    for their correlation (they saw the same images). ``score_a``/``score_b``:
+    ``(N,)`` scores or predictions, whatever ``metric_fn`` takes. Returns
+    ``{"diff", "lo", "hi", "p", "n_valid"}`` with ``diff = b - a``; see
+    :func:`summarise_paired_diff` for the p-value.
+    """
+    y = np.asarray(y_true)
+    a = np.asarray(score_a)
+    b = np.asarray(score_b)
+    if a.shape[:1] != y.shape[:1] or b.shape[:1] != y.shape[:1]:
+        raise ValueError(f"score shapes {a.shape}, {b.shape} do not match y_true {y.shape}")
+    point = _safe_call(metric_fn, y, b) - _safe_call(metric_fn, y, a)
+    idx = bootstrap_indices(y, n_boot, seed, stratified=stratified)
+    boot = np.array(
+        [_safe_call(metric_fn, y[r], b[r]) - _safe_call(metric_fn, y[r], a[r]) for r in idx]
+    )
+    return summarise_paired_diff(
+        point,
+        boot,
+        alpha,
+        min_valid_fraction,
+        getattr(metric_fn, "__name__", "metric") + " difference",
+    )
+
+
+# --------------------------------------------------------------------------- DeLong
+
+
+def _delong_components(
+    y: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fast DeLong (Sun & Xu 2014) for ``scores`` of shape ``(K, N)``.
+
+    Returns ``(auc (K,), v10 (K, m), v01 (K, n))``: the AUCs and the structural
+    components (placement values) of the m positives and n negatives. Uses
+    midranks, so ties count 1/2 as in the Mann-Whitney statistic.
+    """
+    pos = scores[:, y == 1]
+    neg = scores[:, y == 0]
+    m, n = pos.shape[1], neg.shape[1]
+    tx = _sstats.rankdata(pos, axis=1)  # midranks within positives
+    ty = _sstats.rankdata(neg, axis=1)  # midranks within negatives
+    tz = _sstats.rankdata(np.concatenate([pos, neg], axis=1), axis=1)
+    auc = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
+    v10 = (tz[:, :m] - tx) / n  # P(score_neg < this positive), ties 1/2
+    v01 = 1.0 - (tz[:, m:] - ty) / m  # P(score_pos > this negative), ties 1/2
+    return auc, v10, v01
+
+
+def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) -> dict[str, float]:
+    """DeLong test for two correlated ROC AUCs (same images, two models).
+
+    Implements the fast O(N log N) algorithm of Sun & Xu (2014, IEEE SPL 21:1389)
+    for the DeLong, DeLong & Clarke-Pearson (1988) covariance. ``y_true``:
+    ``(N,)`` 0/1 labels; ``score_a``, ``score_b``: ``(N,)`` scores (higher = more
+    malignant; any monotone scale).
+
+    Returns ``{"auc_a", "auc_b", "se_a", "se_b", "diff", "se", "z", "p", "lo",
+    "hi"}`` with ``diff = auc_b - auc_a``, ``se`` its standard error,
+    ``z = diff / se``, two-sided normal ``p`` and the Wald interval
+    ``diff +- z_(1-alpha/2) * se``. Identical scores give ``diff = 0, se = 0,
+    z = 0, p = 1``. With only one class present everything is NaN.
+    """
+    y = _as_labels(y_true)
+    a = _as_scores(score_a, y.size, "score_a")
+    b = _as_scores(score_b, y.size, "score_b")
+    m, n = int(y.sum()), int((1 - y).sum())
+    keys = ("auc_a", "auc_b", "se_a", "se_b", "diff", "se", "z", "p", "lo", "hi")
+    if m < 2 or n < 2:
+        # One class: AUC undefined. One sample in a class: variance undefined.
+        out = dict.fromkeys(keys, math.nan)
+        if m >= 1 and n >= 1:
+            auc, _, _ = _delong_components(y, np.vstack([a, b]))
+            out.update(auc_a=float(auc[0]), auc_b=float(auc[1]), diff=float(auc[1] - auc[0]))
+        return out
+    auc, v10, v01 = _delong_components(y, np.vstack([a, b]))
+    s = np.cov(v10) / m + np.cov(v01) / n  # (2, 2), ddof=1 as in DeLong and pROC
+    var = s[0, 0] + s[1, 1] - 2 * s[0, 1]
+    se = math.sqrt(max(var, 0.0))
+    diff = float(auc[1] - auc[0])
+    if se <= 1e-15 * max(1.0, abs(diff)):
+        # Degenerate: identical (or identically ranked) scores.
+        z, p = (0.0, 1.0) if abs(diff) < 1e-15 else (math.copysign(math.inf, diff), 0.0)
+        se = 0.0
+    else:
+        z = diff / se
+        p = float(2 * _sstats.norm.sf(abs(z)))
+    q = float(_sstats.norm.ppf(1 - alpha / 2))
+    return {
+        "auc_a": float(auc[0]),
+        "auc_b": float(auc[1]),
+        "se_a": math.sqrt(max(s[0, 0], 0.0)),
+        "se_b": math.sqrt(max(s[1, 1], 0.0)),
+        "diff": diff,
+        "se": se,
+        "z": float(z),
+        "p": float(p),
+        "lo": diff - q * se,
+        "hi": diff + q * se,
+    }
+
+
+# --------------------------------------------------------------------------- McNemar
+
+
+def mcnemar(correct_a: Any, correct_b: Any) -> dict[str, Any]:
+    """McNemar test for paired accuracies (same images, two classifiers).
+
+    ``correct_a``, ``correct_b``: ``(N,)`` booleans, whether each model got each
+    image right. ``b`` = images only A got right, ``c`` = images only B got right;
+    concordant images carry no information about the difference.
+
+    * ``b + c < 25`` (:data:`MCNEMAR_EXACT_BELOW`): exact two-sided binomial test
+      of ``b`` out of ``b + c`` at 1/2 (``scipy.stats.binomtest``);
+      ``statistic = min(b, c)``, ``method = "exact"``. The chi-square
+      approximation is poor with few discordant pairs.
+    * otherwise: chi-square with continuity correction,
+      ``(|b - c| - 1)^2 / (b + c)`` on 1 degree of freedom,
+      ``method = "chi2_cc"``.
+
+    ``b + c = 0`` (the models agree everywhere) gives ``p = 1``.
+    Returns ``{"b", "c", "statistic", "p", "method"}``.
+    """
+    ca = np.asarray(correct_a).astype(bool)
+    cb = np.asarray(correct_b).astype(bool)
+    if ca.ndim != 1 or ca.shape != cb.shape:
+        raise ValueError(
+            f"correct_a and correct_b must be (N,) of equal length, got {ca.shape} and {cb.shape}"
+        )
+    b = int(np.count_nonzero(ca & ~cb))
+    c = int(np.count_nonzero(~ca & cb))
+    if b + c < MCNEMAR_EXACT_BELOW:
+        p = 1.0 if b + c == 0 else float(_sstats.binomtest(b, b + c, 0.5).pvalue)
+        return {"b": b, "c": c, "statistic": float(min(b, c)), "p": min(p, 1.0), "method": "exact"}
+    stat = (abs(b - c) - 1) ** 2 / (b + c)
+    return {
+        "b": b,
+        "c": c,
+        "statistic": float(stat),
+        "p": float(_sstats.chi2.sf(stat, 1)),
+        "method": "chi2_cc",
+    }
+
+
+# --------------------------------------------------------------------------- multiplicity
+
+
+def holm(pvalues: Any) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, ``(K,)`` in, ``(K,)`` out.
+
+    Controls the family-wise error rate over the K comparisons (e.g. all model
+    pairs). NaN p-values are left NaN and do not count towards K.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"pvalues must be 1-D (K,), got shape {p.shape}")
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    k = ok.size
+    if k == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.maximum.accumulate((k - np.arange(k)) * p[order])
+    out[order] = np.minimum(adj, 1.0)
+    return out

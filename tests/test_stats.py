@@ -1,0 +1,247 @@
+"""Tests for dermcam.stats: closed-form cases, scikit-learn/scipy references, brute force."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sstats
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from dermcam.stats import (
+    bootstrap_ci,
+    bootstrap_counts,
+    bootstrap_indices,
+    delong_test,
+    holm,
+    mcnemar,
+    paired_bootstrap_diff,
+    stratified_bootstrap_indices,
+    summarise_paired_diff,
+)
+
+
+def _scores(n_neg: int, n_pos: int, sep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n_neg, int), np.ones(n_pos, int)]
+    return y, rng.normal(size=y.size) + sep * y
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def test_stratified_resamples_keep_class_counts_and_stay_in_class():
+    y = np.r_[np.zeros(304, int), np.ones(75, int)]
+    np.random.default_rng(0).shuffle(y)
+    idx = stratified_bootstrap_indices(y, 500, seed=1)
+    assert idx.shape == (500, 379)
+    assert (y[idx].sum(axis=1) == 75).all()
+    # positions of each class hold only members of that class
+    assert (y[idx] == np.sort(y)[None, :]).all()
+
+
+def test_resamples_are_seeded():
+    y = np.r_[np.zeros(30, int), np.ones(10, int)]
+    a = stratified_bootstrap_indices(y, 50, seed=7)
+    b = stratified_bootstrap_indices(y, 50, seed=7)
+    c = stratified_bootstrap_indices(y, 50, seed=8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_plain_bootstrap_does_not_keep_counts():
+    y = np.r_[np.zeros(30, int), np.ones(10, int)]
+    idx = bootstrap_indices(y, 200, seed=0, stratified=False)
+    assert idx.shape == (200, 40)
+    assert len(np.unique(y[idx].sum(axis=1))) > 1
+
+
+def test_bootstrap_counts_are_multiplicities():
+    idx = np.array([[0, 0, 2], [1, 2, 2]])
+    np.testing.assert_array_equal(bootstrap_counts(idx, 4), [[2, 0, 1, 0], [0, 1, 2, 0]])
+
+
+def test_bad_inputs_raise_value_error():
+    with pytest.raises(ValueError, match="1-D"):
+        stratified_bootstrap_indices(np.zeros((3, 2)), 10, 0)
+    with pytest.raises(ValueError, match="n_boot"):
+        stratified_bootstrap_indices(np.zeros(3), 0, 0)
+    with pytest.raises(ValueError, match="0/1"):
+        delong_test([0, 2, 1], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="shape"):
+        delong_test([0, 1, 1], [0.1, 0.2], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="equal length"):
+        mcnemar([True, False], [True])
+
+
+# --------------------------------------------------------------------------- bootstrap CI
+
+
+def test_bootstrap_ci_covers_point_and_narrows_with_n():
+    widths = {}
+    for n in (100, 2000):
+        rng = np.random.default_rng(n)
+        y = (rng.random(n) < 0.3).astype(int)
+        pred = np.where(rng.random(n) < 0.8, y, 1 - y)  # ~80 % accurate
+        point, lo, hi = bootstrap_ci(accuracy_score, y, pred, n_boot=400, seed=0)
+        assert point == pytest.approx(accuracy_score(y, pred))
+        assert lo <= point <= hi
+        widths[n] = hi - lo
+    # width shrinks like 1/sqrt(n): expected ratio sqrt(100/2000) = 0.22
+    assert widths[2000] < 0.4 * widths[100]
+    # and the n=100 width is near the binomial normal-approximation width
+    assert widths[100] == pytest.approx(2 * 1.96 * math.sqrt(0.8 * 0.2 / 100), rel=0.35)
+
+
+def test_bootstrap_ci_nan_safe_and_stratification_keeps_auc_defined():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(19, int), 1]
+    s = rng.random(20)
+    # Plain resampling loses the single positive in (19/20)^20 ~ 36 % of resamples:
+    # too many undefined AUCs, so the interval is NaN (not a crash, not a biased CI).
+    point, lo, hi = bootstrap_ci(roc_auc_score, y, s, n_boot=300, seed=0, stratified=False)
+    assert point == pytest.approx(roc_auc_score(y, s))
+    assert math.isnan(lo) and math.isnan(hi)
+    # Stratified resampling always keeps both classes.
+    point, lo, hi = bootstrap_ci(roc_auc_score, y, s, n_boot=300, seed=0)
+    assert lo <= point <= hi
+
+
+def test_bootstrap_ci_undefined_point_is_nan():
+    y = np.zeros(10, int)
+    point, lo, hi = bootstrap_ci(roc_auc_score, y, np.linspace(0, 1, 10), n_boot=20)
+    assert math.isnan(point) and math.isnan(lo) and math.isnan(hi)
+
+
+# --------------------------------------------------------------------------- paired bootstrap
+
+
+def test_paired_bootstrap_identical_scores():
+    y, s = _scores(80, 20, 1.0, 0)
+    out = paired_bootstrap_diff(roc_auc_score, y, s, s, n_boot=200, seed=0)
+    assert out["diff"] == 0 and out["lo"] == 0 and out["hi"] == 0
+    assert out["p"] == 1.0
+
+
+def test_paired_bootstrap_detects_a_clearly_better_model_with_sign_b_minus_a():
+    y, weak = _scores(200, 100, 0.2, 1)
+    strong = weak + 3.0 * y
+    out = paired_bootstrap_diff(roc_auc_score, y, weak, strong, n_boot=300, seed=0)
+    assert out["diff"] > 0.2
+    assert 0 < out["lo"] <= out["diff"] <= out["hi"]
+    assert out["p"] == pytest.approx(2 / 301)  # the smallest p 300 resamples can give
+
+
+def test_summarise_paired_diff_p_value():
+    d = np.r_[np.full(90, 1.0), np.full(10, -1.0)]
+    out = summarise_paired_diff(0.5, d, alpha=0.05)
+    assert out["p"] == pytest.approx(2 * 11 / 101)
+
+
+# --------------------------------------------------------------------------- DeLong
+
+
+def _delong_brute_force(y, a, b):
+    """DeLong, DeLong & Clarke-Pearson (1988) from the O(m n) kernel definition."""
+    pos, neg = y == 1, y == 0
+    comps10, comps01, aucs = [], [], []
+    for s in (a, b):
+        x, z = s[pos][:, None], s[neg][None, :]
+        psi = (x > z) + 0.5 * (x == z)
+        aucs.append(psi.mean())
+        comps10.append(psi.mean(axis=1))  # one per positive
+        comps01.append(psi.mean(axis=0))  # one per negative
+    s10, s01 = np.cov(np.array(comps10)), np.cov(np.array(comps01))
+    cov = s10 / pos.sum() + s01 / neg.sum()
+    return aucs, cov
+
+
+def test_delong_identical_scores():
+    y, s = _scores(60, 30, 1.0, 2)
+    out = delong_test(y, s, s)
+    assert out["diff"] == 0 and out["se"] == 0 and out["z"] == 0 and out["p"] == 1.0
+    assert out["auc_a"] == pytest.approx(roc_auc_score(y, s))
+
+
+def test_delong_matches_brute_force_with_ties():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(70, int), np.ones(30, int)]
+    a = np.round(rng.normal(size=100) + y, 1)  # rounding creates ties
+    b = np.round(0.5 * a + rng.normal(size=100) + 0.5 * y, 1)
+    out = delong_test(y, a, b)
+    aucs, cov = _delong_brute_force(y, a, b)
+    assert out["auc_a"] == pytest.approx(roc_auc_score(y, a), abs=1e-12)
+    assert out["auc_b"] == pytest.approx(roc_auc_score(y, b), abs=1e-12)
+    assert out["auc_a"] == pytest.approx(aucs[0], abs=1e-12)
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    assert out["se"] == pytest.approx(math.sqrt(var), rel=1e-9)
+    assert out["se_a"] == pytest.approx(math.sqrt(cov[0, 0]), rel=1e-9)
+    z = (aucs[1] - aucs[0]) / math.sqrt(var)
+    assert out["p"] == pytest.approx(2 * sstats.norm.sf(abs(z)), rel=1e-9)
+    assert out["lo"] < out["diff"] < out["hi"]
+
+
+def test_delong_se_agrees_with_bootstrap_se():
+    rng = np.random.default_rng(4)
+    y = np.r_[np.zeros(250, int), np.ones(80, int)]
+    a = rng.normal(size=y.size) + 1.0 * y
+    b = 0.6 * a + 0.8 * rng.normal(size=y.size) + 0.5 * y
+    out = delong_test(y, a, b)
+    idx = stratified_bootstrap_indices(y, 2000, seed=0)
+    m, n = int(y.sum()), int((1 - y).sum())
+
+    def aucs(s):  # Mann-Whitney AUC of every resample at once
+        ranks = sstats.rankdata(s[idx], axis=1)
+        return ((ranks * (y[idx] == 1)).sum(axis=1) - m * (m + 1) / 2) / (m * n)
+
+    auc_a, auc_b = aucs(a), aucs(b)
+    assert auc_a[0] == pytest.approx(roc_auc_score(y[idx[0]], a[idx[0]]))
+    assert out["se"] == pytest.approx((auc_b - auc_a).std(ddof=1), rel=0.2)
+    assert out["se_a"] == pytest.approx(auc_a.std(ddof=1), rel=0.2)
+    assert out["se_b"] == pytest.approx(auc_b.std(ddof=1), rel=0.2)
+
+
+def test_delong_one_class_is_nan():
+    out = delong_test(np.zeros(5, int), np.arange(5.0), np.arange(5.0))
+    assert all(math.isnan(v) for v in out.values())
+
+
+# --------------------------------------------------------------------------- McNemar
+
+
+def _table(b: int, c: int, both: int = 50, neither: int = 5):
+    ca = np.r_[np.ones(b, bool), np.zeros(c, bool), np.ones(both, bool), np.zeros(neither, bool)]
+    cb = np.r_[np.zeros(b, bool), np.ones(c, bool), np.ones(both, bool), np.zeros(neither, bool)]
+    return ca, cb
+
+
+def test_mcnemar_exact_hand_computed():
+    out = mcnemar(*_table(10, 2))
+    # 2 * P(X <= 2 | n = 12, p = 1/2) = 2 * (1 + 12 + 66) / 4096
+    assert out["b"] == 10 and out["c"] == 2 and out["method"] == "exact"
+    assert out["p"] == pytest.approx(2 * 79 / 4096)
+    assert out["p"] == pytest.approx(0.0386, abs=1e-4)
+    assert out["statistic"] == 2
+
+
+def test_mcnemar_chi2_with_continuity_correction():
+    out = mcnemar(*_table(30, 10))
+    stat = (abs(30 - 10) - 1) ** 2 / 40  # 9.025
+    assert out["method"] == "chi2_cc"
+    assert out["statistic"] == pytest.approx(stat)
+    assert out["p"] == pytest.approx(math.erfc(math.sqrt(stat / 2)))  # chi2(1) survival
+
+
+def test_mcnemar_switch_point_and_no_discordance():
+    assert mcnemar(*_table(12, 12))["method"] == "exact"  # b + c = 24
+    assert mcnemar(*_table(13, 12))["method"] == "chi2_cc"  # b + c = 25
+    out = mcnemar(*_table(0, 0))
+    assert out["p"] == 1.0 and out["b"] == 0 and out["c"] == 0
+
+
+def test_holm_known_values():
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    out = holm([0.5, np.nan, 0.9])
+    assert math.isnan(out[1])
+    np.testing.assert_allclose(out[[0, 2]], [1.0, 1.0])
