@@ -91,8 +91,10 @@ class ImageCache:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     item = {k: z[k] for k in z.files}
+                item = {k: item.get(k) for k in ("image", "mask", "artifacts")}
+                _check_item(item, sample, size)
                 self.hits += 1
-                return {k: item.get(k) for k in ("image", "mask", "artifacts")}
+                return item
             except Exception as exc:  # a damaged cache entry is rebuilt, not trusted
                 log.warning("%s: unreadable cache entry, rebuilding (%s)", path, exc)
         self.misses += 1
@@ -105,6 +107,17 @@ class ImageCache:
             except DermcamError as exc:
                 log.warning("cache not written: %s", exc)
         return item
+
+
+def _check_item(item: dict[str, np.ndarray | None], sample: Sample, size: int) -> None:
+    """Raise ``ValueError`` unless a cached item has the arrays ``sample`` needs at ``size``."""
+    want = {"image": (size, size, 3), "mask": (size, size) if sample.mask_path else None,
+            "artifacts": (size, size) if sample.artifact_path else None}
+    for k, shape in want.items():
+        a = item.get(k)
+        got = None if a is None else (a.shape, a.dtype)
+        if got != (None if shape is None else (shape, np.dtype(np.uint8))):
+            raise ValueError(f"{k}: expected {shape} uint8, got {got}")
 
 
 def decode_sample(sample: Sample, size: int) -> dict[str, np.ndarray | None]:

@@ -142,4 +142,8 @@ def load_dataset(root: str | Path, check_files: bool = True) -> DataSet:
     ds = loader(Path(root), check_files=check_files)
     if not ds.samples:
         raise DermcamError("the data set holds no images", root)
+    for split in SPLITS:
+        if not ds.split(split):
+            ds.notes.append(f"the {split} split holds no images: training and evaluation "
+                            "need both splits")
     return ds

@@ -413,9 +413,9 @@ def _lesion_params(rng: np.random.Generator, label: int) -> dict[str, Any]:
     mal = label == 1
     lognorm = lambda med, sd: float(np.exp(rng.normal(math.log(med), sd)))  # noqa: E731
     params: dict[str, Any] = {
-        "area": float(np.clip(lognorm(0.24 if mal else 0.135, 0.48), 0.03, 0.5)),
-        "asymmetry": float(np.clip(lognorm(0.12 if mal else 0.05, 0.5), 0.005, 0.35)),
-        "border": float(np.clip(lognorm(0.05 if mal else 0.02, 0.5), 0.003, 0.15)),
+        "area": float(np.clip(lognorm(0.23 if mal else 0.14, 0.5), 0.03, 0.5)),
+        "asymmetry": float(np.clip(lognorm(0.11 if mal else 0.06, 0.5), 0.005, 0.35)),
+        "border": float(np.clip(lognorm(0.045 if mal else 0.025, 0.5), 0.003, 0.15)),
         "elongation": float(rng.uniform(0.0, 0.16)),
         "edge_width": float(rng.uniform(0.08, 0.4) if mal else rng.uniform(0.18, 0.5)),
         "edge_alpha": float(rng.uniform(0.4, 0.75) if mal else rng.uniform(0.25, 0.55)),

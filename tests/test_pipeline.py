@@ -1,0 +1,170 @@
+"""End to end on tiny generated data: train -> evaluate -> explain, outputs and contracts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from dermcam.errors import DermcamError
+from dermcam.training import TrainConfig, load_checkpoint, predict_proba, stratified_split, train
+
+
+def _easy_generic(root, n=60, size=24, seed=0):
+    """Generic layout where malignant lesions are dark blobs, benign ones pale: easy."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = ["image_id,label,split"]
+    for i in range(n):
+        label = int(i % 4 == 0)
+        split = "test" if i % 3 == 0 else "train"
+        img = np.full((size, size, 3), 200, np.uint8) + rng.integers(0, 20, (size, size, 3),
+                                                                     dtype=np.uint8)
+        yy, xx = np.mgrid[:size, :size]
+        r = rng.uniform(4, 7)
+        cy, cx = rng.uniform(8, size - 8, 2)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+        img[mask] = (40, 20, 10) if label else (170, 120, 90)
+        Image.fromarray(img).save(root / "images" / f"img{i:03d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"img{i:03d}.png")
+        rows.append(f"img{i:03d},{'malignant' if label else 'benign'},{split}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from dermcam.explain import run_explain
+    from dermcam.pipeline import run_evaluate
+
+    base = tmp_path_factory.mktemp("pipe")
+    data = _easy_generic(base / "data")
+    out = base / "run"
+    cfg = TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
+                      image_size=32, max_epochs=4, batch_size=8, lr=1e-3, patience=3,
+                      seed=1, progress=False, cache_dir=str(base / "cache"))
+    train(cfg)
+    run_evaluate(out, n_boot=100)
+    run_explain(out, n_boot=100)
+    return out
+
+
+def test_run_folder_contents(tiny_run):
+    for f in ("manifest.json", "predictions.csv", "metrics.json", "metrics.csv",
+              "attention.csv", "attention_summary.json", "models/resnet18/model.pt",
+              "models/resnet18/history.csv", "figures/model_comparison.png",
+              "figures/resnet18_confusion_matrix.png", "figures/leakage_vs_area.png",
+              "figures/attention_leakage_analysis_resnet18.png"):
+        assert (tiny_run / f).exists(), f
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    assert m["stages"]["train"]["status"] == "complete"
+    assert m["stages"]["evaluate"]["status"] == "complete"
+    assert m["stages"]["explain"]["status"] == "complete"
+    assert m["models"]["resnet18"]["weights_source"].startswith("none")
+    assert 0.0 <= m["models"]["resnet18"]["threshold"] <= 1.0
+    assert m["versions"]["torch"] == torch.__version__
+    hist = pd.read_csv(tiny_run / "models/resnet18/history.csv")
+    assert list(hist["epoch"]) == list(range(1, len(hist) + 1))
+
+
+def test_learned_model_beats_chance_on_easy_data(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    auc = metrics["models"]["resnet18"]["threshold_free"]["roc_auc"]["value"]
+    assert auc > 0.8
+
+
+def test_best_checkpoint_restored_and_round_trips(tiny_run):
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    hist = pd.read_csv(tiny_run / "models/resnet18/history.csv")
+    best = int(hist["val_auc"].idxmax()) + 1
+    # best epoch by val AUC (ties: the first), not the last epoch
+    assert m["models"]["resnet18"]["best_epoch"] == hist.loc[hist["val_auc"] == hist["val_auc"]
+                                                             .max(), "epoch"].iloc[0] == best
+    model, info, payload = load_checkpoint(tiny_run / "models/resnet18/model.pt")
+    assert info.name == "resnet18" and payload["image_size"] == 32
+    preds = pd.read_csv(tiny_run / "predictions.csv")
+    from dermcam.data import load_dataset
+    from dermcam.data.cache import load_arrays
+
+    ds = load_dataset(m["data"]["root"])
+    arrays = load_arrays(ds.split("test"), 32)
+    prob = predict_proba(model, arrays.images)
+    np.testing.assert_allclose(prob, preds["prob_malignant"].to_numpy(), atol=1e-5)
+
+
+def test_attention_rows_complete_and_consistent(tiny_run):
+    att = pd.read_csv(tiny_run / "attention.csv", keep_default_na=False, na_values=[""])
+    preds = pd.read_csv(tiny_run / "predictions.csv")
+    assert len(att) == len(preds)  # every test image has a mask: one row each
+    assert not att.duplicated(["image_id", "model", "method"]).any()
+    valid = att[att["reason"].isna()]
+    np.testing.assert_allclose(valid["chance_leakage"], 1 - valid["lesion_area"], atol=1e-6)
+    np.testing.assert_allclose(valid["excess_leakage"],
+                               valid["leakage"] - valid["chance_leakage"], atol=2e-6)
+    merged = att.merge(preds, on=["image_id", "model"], suffixes=("", "_eval"))
+    np.testing.assert_allclose(merged["prob_malignant"], merged["prob_malignant_eval"],
+                               atol=1e-4)
+
+
+def test_explain_resumes_and_rescoring_is_identical(tiny_run):
+    from dermcam.explain import run_explain
+
+    before = (tiny_run / "attention.csv").read_bytes()
+    batches = sorted((tiny_run / "attention/resnet18/gradcam").glob("batch_*.npz"))
+    assert batches
+    stamps = {b: b.stat().st_mtime_ns for b in batches}
+    batches[-1].unlink()  # as if interrupted before the last batch
+    run_explain(tiny_run, n_boot=100)
+    after = (tiny_run / "attention.csv").read_bytes()
+    assert after == before
+    for b in batches[:-1]:  # finished batches were not recomputed
+        assert b.stat().st_mtime_ns == stamps[b]
+    assert batches[-1].exists()
+
+
+def test_stages_refuse_an_incomplete_run(tmp_path):
+    from dermcam import run as runmod
+    from dermcam.pipeline import run_evaluate
+
+    runmod.prepare_run_dir(tmp_path / "r", overwrite=False)
+    runmod.write_manifest(tmp_path / "r", {"stages": {"train": {"status": "running"}}})
+    with pytest.raises(DermcamError, match="incomplete"):
+        run_evaluate(tmp_path / "r")
+
+
+def test_output_folder_holding_a_run_is_refused(tiny_run, tmp_path):
+    cfg = TrainConfig(data="unused", out=str(tiny_run), models=["resnet18"], weights="none")
+    with pytest.raises(DermcamError, match="--overwrite"):
+        from dermcam import run as runmod
+
+        runmod.prepare_run_dir(tiny_run, overwrite=False)
+    assert cfg.out == str(tiny_run)
+
+
+def test_stratified_split_errors_and_balance():
+    labels = np.array([0] * 40 + [1] * 10)
+    tr, va = stratified_split(labels, 0.2, seed=0)
+    assert len(va) == 10 and labels[va].sum() == 2
+    assert set(tr).isdisjoint(va)
+    tr2, va2 = stratified_split(labels, 0.2, seed=0)
+    assert np.array_equal(va, va2)
+    with pytest.raises(DermcamError, match="no malignant"):
+        stratified_split(np.zeros(10, int), 0.2, 0)
+    with pytest.raises(DermcamError, match="too small"):
+        stratified_split(np.array([0, 0, 0, 1]), 0.2, 0)
+
+
+def test_cli_train_unknown_model_is_one_line(tmp_path):
+    data = _easy_generic(tmp_path / "d", n=12)
+    r = subprocess.run([sys.executable, "-m", "dermcam", "train", str(data), "--out",
+                        str(tmp_path / "r"), "--models", "resnet9000", "--weights", "none"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "unknown model 'resnet9000'" in r.stderr and "Traceback" not in r.stderr
