@@ -4,12 +4,13 @@ The helpers are handed to tests through the ``dh`` fixture (no ``import conftest
 
 ``make_isic`` writes the ISIC 2016 Part 3B layout (both ground-truth dialects);
 ``make_generic`` writes the generic ``labels.csv`` layout. Images are 40x30 px
-(W x H) with a bright lesion box whose mask is stored beside them, so every
+(W x H) with a dark lesion box whose mask is stored beside them, so every
 answer a test checks (labels, splits, mask pixels) is known in advance.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,22 +33,34 @@ ISIC_TRAIN = {"ISIC_0000000": 0, "ISIC_0000001": 1, "ISIC_0000002": 0,
 ISIC_TEST = {"ISIC_0000010": 0, "ISIC_0000011": 1, "ISIC_0000012": 0}
 
 
+def _box(size: tuple[int, int]) -> tuple[slice, slice]:
+    """:data:`LESION` scaled from 40 x 30 px to ``size`` (W, H)."""
+    fx, fy = size[0] // W, size[1] // H
+    if (fx * W, fy * H) != tuple(size):
+        return LESION
+    r, c = LESION
+    return slice(r.start * fy, r.stop * fy), slice(c.start * fx, c.stop * fx)
+
+
 def lesion_image(label: int, size: tuple[int, int] = (W, H), seed: int = 0) -> np.ndarray:
-    """``(H, W, 3) uint8``: skin-coloured background, a dark box where the lesion is."""
+    """``(H, W, 3) uint8``: skin-coloured background, a dark box where the lesion is.
+
+    The box is :data:`LESION`, scaled when ``size`` is a multiple of 40 x 30.
+    """
     w, h = size
     rng = np.random.default_rng(seed)
     img = np.empty((h, w, 3), np.uint8)
     img[:] = (200, 160, 140)
     img += rng.integers(0, 10, img.shape, dtype=np.uint8)
-    img[LESION] = (120, 40, 30) if label else (90, 60, 40)
+    img[_box(size)] = (120, 40, 30) if label else (90, 60, 40)
     return img
 
 
 def lesion_mask(size: tuple[int, int] = (W, H)) -> np.ndarray:
-    """``(H, W) uint8`` in {0, 255}, 255 on the lesion box."""
+    """``(H, W) uint8`` in {0, 255}, 255 on the lesion box (scaled like the image's)."""
     w, h = size
     m = np.zeros((h, w), np.uint8)
-    m[LESION] = 255
+    m[_box(size)] = 255
     return m
 
 
@@ -156,8 +169,6 @@ def generic_root(make_generic) -> Path:
 
 def rewrite(path: Path, data: bytes | None = None, mtime_step_s: float = 10.0) -> None:
     """Replace a file's bytes (if given) and move its mtime forward by ``mtime_step_s``."""
-    import os
-
     st = path.stat()
     if data is not None:
         path.write_bytes(data)

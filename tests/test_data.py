@@ -360,3 +360,57 @@ def test_load_arrays_drops_masks_unless_every_sample_has_one(isic_root, dh):
     (isic_root / dh.TRAIN_DIR / "ISIC_0000000_Segmentation.png").unlink()
     arr = load_arrays(load_dataset(isic_root).split("train"), 8)
     assert arr.masks is None and arr.images.shape == (5, 8, 8, 3)
+
+
+def test_big_jpeg_is_draft_decoded_and_still_checked_against_its_full_size_mask(tmp_path, dh):
+    from dermcam.data import Sample
+
+    big = (400, 300)
+    img = dh.write_image(tmp_path / "big.jpg", 1, size=big)
+    dh.write_mask(tmp_path / "big_mask.png", size=big)  # the lesion box scaled 10x
+    item = decode_sample(Sample("big", img, 1, "train", tmp_path / "big_mask.png"), 20)
+    assert item["image"].shape == (20, 20, 3) and item["mask"].shape == (20, 20)
+    assert item["mask"].mean() == pytest.approx(14 * 20 / (30 * 40), abs=0.06)
+    # the lesion is dark, the skin bright: the decoded image agrees with the mask
+    lum = item["image"].mean(axis=2)
+    assert lum[item["mask"] == 1].mean() < 100 < lum[item["mask"] == 0].mean()
+    dh.write_mask(tmp_path / "small_mask.png")  # 40 x 30: the draft size must not fool it
+    with pytest.raises(DermcamError, match="mask is 40x30 but its image is 400x300") as e:
+        decode_sample(Sample("big", img, 1, "train", tmp_path / "small_mask.png"), 20)
+    assert e.value.path == str(tmp_path / "small_mask.png")
+
+
+def test_grayscale_jpeg_through_the_cache(tmp_path):
+    from dermcam.data import Sample
+
+    Image.fromarray(np.full((60, 80), 90, np.uint8), "L").save(tmp_path / "g.jpg")
+    item = decode_sample(Sample("g", tmp_path / "g.jpg", 0, "train"), 16)
+    assert item["image"].shape == (16, 16, 3) and abs(int(item["image"].mean()) - 90) <= 2
+    assert item["mask"] is None and item["artifacts"] is None
+
+
+def test_artifact_map_is_decoded_and_a_bad_one_named(tmp_path, dh):
+    from dermcam.data import Sample
+
+    img = dh.write_image(tmp_path / "a.jpg")
+    codes = np.zeros((dh.H, dh.W), np.uint8)
+    codes[:, :20] = 3
+    Image.fromarray(codes).save(tmp_path / "a_Artifacts.png")
+    s = Sample("a", img, 0, "train", None, tmp_path / "a_Artifacts.png")
+    arts = decode_sample(s, 8)["artifacts"]
+    assert arts.shape == (8, 8) and set(np.unique(arts)) == {0, 3} and (arts[:, :3] == 3).all()
+    (tmp_path / "a_Artifacts.png").write_bytes(b"not a png")
+    with pytest.raises(DermcamError) as e:
+        decode_sample(s, 8)
+    assert e.value.path == str(tmp_path / "a_Artifacts.png")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_threaded_load_refuses_images_over_the_pixel_limit(isic_root, monkeypatch):
+    import warnings
+
+    filters = list(warnings.filters)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # each image is 1200 px (< 2x)
+    with pytest.raises(DermcamError, match="decompression bomb"):
+        load_arrays(load_dataset(isic_root).samples, 8, workers=4)
+    assert list(warnings.filters) == filters  # decoding leaves the warning filters alone

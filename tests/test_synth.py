@@ -312,6 +312,42 @@ def test_refuses_a_folder_with_other_files(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_never_overwrites_a_real_isic_folder(tmp_path):
+    """Same file names as a real download, but no synth.json: refuse, touch nothing."""
+    (tmp_path / TRAIN_DIR).mkdir()
+    (tmp_path / TRAIN_DIR / "ISIC_0000123.jpg").write_bytes(b"real")
+    (tmp_path / TRAIN_CSV).write_text("ISIC_0000123,benign\n")
+    with pytest.raises(DermcamError):
+        generate(tmp_path, SynthConfig(n_train=6, n_test=6, image_size=32))
+    assert (tmp_path / TRAIN_DIR / "ISIC_0000123.jpg").read_bytes() == b"real"
+    assert (tmp_path / TRAIN_CSV).exists()
+
+
+def test_interrupted_run_is_not_complete_and_can_be_rerun(tmp_path, monkeypatch):
+    import dermcam.data.synth as synth
+
+    calls = {"n": 0}
+    real = synth._make_and_write
+
+    def flaky(job, size, rates):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("disk gone")
+        return real(job, size, rates)
+
+    monkeypatch.setattr(synth, "_make_and_write", flaky)
+    cfg = SynthConfig(n_train=8, n_test=6, image_size=32)
+    with pytest.raises(RuntimeError):
+        generate(tmp_path / "set", cfg, workers=1)
+    out = tmp_path / "set"
+    assert not (out / TRAIN_CSV).exists() and not (out / "metadata.csv").exists()
+    assert json.loads((out / "synth.json").read_text())["status"] == "generating"
+    monkeypatch.setattr(synth, "_make_and_write", real)
+    generate(out, cfg)
+    assert json.loads((out / "synth.json").read_text())["status"] == "complete"
+    assert len((out / TRAIN_CSV).read_text().splitlines()) == 8
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(preset="noisy"),
     dict(image_size=31),

@@ -331,7 +331,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
         max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=devices,
         strategy=cfg.strategy, precision=cfg.precision, callbacks=callbacks,
         logger=False, enable_progress_bar=cfg.progress, enable_model_summary=False,
-        deterministic=True, num_sanity_val_steps=0, default_root_dir=str(mdir),
+        deterministic=False, num_sanity_val_steps=0, default_root_dir=str(mdir),
         limit_train_batches=cfg.limit_train_batches, log_every_n_steps=1)
     last = ckdir / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None

@@ -81,8 +81,12 @@ def read_csv_rows(path: Path) -> list[list[str]]:
     """Read a small CSV robustly: UTF-8 with or without BOM, CRLF or LF, blank lines skipped."""
     if not path.exists():
         raise DermcamError("file not found", path)
+    if not path.is_file():
+        raise DermcamError("not a file (expected a CSV file)", path)
     try:
         text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise DermcamError(f"could not read file ({exc.strerror or exc})", path) from exc
     except UnicodeDecodeError as exc:
         raise DermcamError(f"not a UTF-8 text CSV ({exc.reason})", path) from exc
     if "\x00" in text:

@@ -61,8 +61,8 @@ def load(root: Path, check_files: bool = True) -> DataSet:
             f"header row must name 'image_id' and 'label' columns, got {','.join(rows[0])!r}",
             csv_path)
     col = {name: header.index(name) for name in header}
-    img_dir = root / IMAGE_DIR
-    mask_dir = root / MASK_DIR
+    img_dir = safe_join(root, IMAGE_DIR, csv_path)
+    mask_dir = safe_join(root, MASK_DIR, csv_path)
     samples = []
     for i, row in enumerate(rows[1:], start=2):
         row = row + [""] * (len(header) - len(row))

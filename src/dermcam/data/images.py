@@ -10,7 +10,6 @@ Shape contracts:
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +28,24 @@ def _open(path: Path, draft_size: int | None = None) -> Image.Image:
     if path.is_file() and path.stat().st_size == 0:
         raise DermcamError("file is empty (0 bytes)", path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            full_size = img.size
-            if draft_size and img.format == "JPEG":
-                # Decode big JPEGs at a reduced DCT scale: the single largest saving
-                # when real ISIC images (up to ~4000 px) are resized to 224 px.
-                img.draft("RGB", (draft_size, draft_size))
-            img.load()
-            img._dermcam_full_size = full_size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        img = Image.open(path)  # raises DecompressionBombError above 2x the limit
+        full_size = img.size
+        # Between 1x and 2x PIL only warns. Check here rather than turn the warning into
+        # an error: warnings.catch_warnings() is not thread-safe and load_arrays decodes
+        # in threads.
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and full_size[0] * full_size[1] > limit:
+            img.close()
+            raise DermcamError(
+                f"image too large, refused as a possible decompression bomb ({full_size[0]}x"
+                f"{full_size[1]} px exceeds PIL's limit of {limit} px)", path)
+        if draft_size and img.format == "JPEG":
+            # Decode big JPEGs at a reduced DCT scale: the single largest saving
+            # when real ISIC images (up to ~4000 px) are resized to 224 px.
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        img._dermcam_full_size = full_size
+    except Image.DecompressionBombError as exc:
         raise DermcamError(f"image too large, refused as a possible decompression bomb ({exc})",
                            path) from exc
     except UnidentifiedImageError as exc:

@@ -68,13 +68,18 @@ def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files:
         samples.append(Sample(image_id, image_path, label, split,
                               mask if mask.exists() else None,
                               art if art.exists() else None))
+    check_duplicates(samples, csv_path)
     return samples
 
 
 def load(root: Path, check_files: bool = True) -> DataSet:
-    samples = (_read_split(root, TRAIN_CSV, TRAIN_DIR, "train", check_files)
-               + _read_split(root, TEST_CSV, TEST_DIR, "test", check_files))
-    check_duplicates(samples, root / TRAIN_CSV)
+    train = _read_split(root, TRAIN_CSV, TRAIN_DIR, "train", check_files)
+    test = _read_split(root, TEST_CSV, TEST_DIR, "test", check_files)
+    both = sorted({s.image_id for s in train} & {s.image_id for s in test})
+    if both:
+        raise DermcamError(f"image id(s) also in {TRAIN_CSV}: {', '.join(both[:5])}",
+                           root / TEST_CSV)
+    samples = train + test
     meta = root / "metadata.csv"
     name = "synthetic dermoscopy benchmark" if (root / "synth.json").exists() else "ISIC 2016 Part 3B"
     ds = DataSet(name=name, root=root, layout="isic2016", samples=samples,

@@ -34,6 +34,7 @@ table { border-collapse: collapse; margin: 8px 0 12px; font-size: 0.9rem; }
 th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: var(--panel); font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.ci { display: block; font-size: 0.82em; color: var(--muted); }
 tr.baseline td { color: var(--muted); font-style: italic; }
 .scroll { overflow-x: auto; }
 .kv th { width: 220px; }
@@ -45,9 +46,10 @@ tr.baseline td { color: var(--muted); font-style: italic; }
 .fail { color: var(--bad); font-weight: 700; }
 .undetermined { color: #7a5200; font-weight: 700; }
 .sig { font-weight: 700; }
-.figs { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+.figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 16px;
+  align-items: start; }
+.figs.one { grid-template-columns: minmax(0, 960px); }
 figure { margin: 8px 0; }
-.figs figure { flex: 1 1 420px; max-width: 100%; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
 figcaption { font-size: 0.85rem; color: var(--muted); }
 .gallery { display: flex; flex-wrap: wrap; gap: 12px; }

@@ -1,0 +1,922 @@
+"""``report.html``: one self-contained page built from a run folder's own files.
+
+Sections: summary, model comparison, attention, gallery, method notes. Every
+number on the page is read from the run (``manifest.json``, ``metrics.json``,
+``attention.csv``, ``attention_summary.json``, ``figures/``, the saved heatmaps);
+a file a stage did not write becomes a visible "missing: <reason>" box. Every
+string taken from the run is passed through :func:`esc` before it reaches the
+page, and figures are embedded as base64 PNG data URIs, so the file opens
+offline in any browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dermcam.errors import DermcamError
+from dermcam.report import template
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "report.html"
+
+#: Largest figure file embedded; larger ones become a "missing" box (keeps the page openable).
+MAX_FIGURE_BYTES = 8_000_000
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+#: Gallery caps per model and method.
+N_EXTREME = 3
+N_MISSED = 12
+
+#: Size-aware attention table: metric -> column title.
+SIZE_AWARE = {"leakage": "Leakage", "chance_leakage": "Chance leakage",
+              "excess_leakage": "Excess leakage", "localisation_gain": "Localisation gain",
+              "pixel_auroc": "Pixel AUROC", "pointing_game": "Pointing game"}
+
+#: Main comparison table: (section of metrics.json, metric, column title).
+MAIN_COLUMNS = (("at_threshold", "accuracy", "Accuracy"),
+                ("at_threshold", "balanced_accuracy", "Balanced accuracy"),
+                ("at_threshold", "f1_benign", "Benign F1"),
+                ("at_threshold", "f1_malignant", "Malignant F1"),
+                ("at_threshold", "sensitivity", "Sensitivity"),
+                ("at_threshold", "specificity", "Specificity"),
+                ("threshold_free", "roc_auc", "ROC AUC"),
+                ("threshold_free", "average_precision", "Average precision"))
+SECOND_COLUMNS = (("at_0.5", "accuracy", "Accuracy @0.5"),
+                  ("at_0.5", "balanced_accuracy", "Balanced acc. @0.5"),
+                  ("at_0.5", "f1_benign", "Benign F1 @0.5"),
+                  ("at_0.5", "f1_malignant", "Malignant F1 @0.5"),
+                  ("at_0.5", "sensitivity", "Sensitivity @0.5"),
+                  ("at_0.5", "specificity", "Specificity @0.5"),
+                  ("threshold_free", "spec_at_95_sens", "Specificity at 95 % sensitivity"),
+                  ("threshold_free", "ece", "ECE (lower is better)"))
+
+#: Classification and statistics notes (the attention metrics' notes come from the run).
+CLASSIFICATION_NOTES = (
+    ("Accuracy", "Share of test images whose predicted class (malignant if prob_malignant >= "
+     "the model's threshold) equals the label. With few malignant lesions, predicting "
+     "'benign' for everything already scores high: compare against the all-benign row."),
+    ("Balanced accuracy", "Mean of sensitivity and specificity; 0.5 is chance and the "
+     "all-benign baseline, whatever the class balance."),
+    ("Precision, recall, F1 (per class)", "Precision: share of images predicted as the class "
+     "that truly are; recall: share of the class found. F1 is their harmonic mean, reported "
+     "separately for benign and malignant as in the reference study."),
+    ("Sensitivity / specificity", "Sensitivity is recall of malignant lesions (missed "
+     "melanomas lower it); specificity is recall of benign lesions."),
+    ("Decision threshold", "Each model's threshold maximises Youden's J (sensitivity + "
+     "specificity - 1) on its validation split and is applied unchanged to the test set; "
+     "the '@0.5' columns use the fixed 0.5 rule of the reference study."),
+    ("ROC AUC", "Probability that a random malignant lesion gets a higher score than a random "
+     "benign one; threshold-free, 0.5 = chance."),
+    ("Average precision", "Area under the precision-recall curve (step-wise sum, the ISIC 2016 "
+     "ranking metric); chance equals the malignant prevalence of the test set."),
+    ("Specificity at 95 % sensitivity", "Specificity at the highest threshold that still "
+     "finds at least 95 % of malignant lesions: the operating point a screening tool needs."),
+    ("ECE", "Expected calibration error: bin the predicted probabilities, take the gap "
+     "between mean predicted probability and observed malignant share per bin, weighted by "
+     "bin size; 0 = perfectly calibrated."),
+)
+STATISTICS_NOTES = (
+    ("Bootstrap CI", "Every 'value [lo, hi]' is the point estimate with a {pct} % percentile "
+     "bootstrap interval from {n_boot} resamples of the test set ({ci_method})."),
+    ("DeLong test", "Compares the ROC AUCs of two models scored on the same test images, "
+     "accounting for their correlation (DeLong et al., 1988); gives the AUC difference, its "
+     "CI and p-value."),
+    ("McNemar test", "Compares the accuracies of two models on the same images using only "
+     "the images exactly one of them gets right; exact binomial when such images are few, "
+     "chi-square with continuity correction otherwise."),
+    ("Holm correction", "Step-down adjustment of the p-values of all model pairs that keeps "
+     "the family-wise error rate at alpha; a pair is 'significant' when its Holm-adjusted "
+     "p < {alpha}."),
+)
+ATTENTION_STAT_NOTES = (
+    ("Heatmaps", "Class activation maps from pytorch-grad-cam at each model's target layer, "
+     "for the class given by 'target', ReLU'd and normalised as recorded in the explain "
+     "stage, resized to the image size and compared with the lesion mask pixel by pixel."),
+    ("Class comparison", "Mann-Whitney U test of a metric between benign and malignant "
+     "lesions, with the rank-biserial correlation as effect size (0 = no difference)."),
+    ("Lesion-area confound", "Leakage falls as the lesion covers more of the image. Ordinary "
+     "least squares of leakage on class, then on class + lesion area: a class effect that "
+     "vanishes after adding area was a size effect."),
+    ("Sanity check", "Model randomisation (Adebayo et al., 2018): Spearman rank correlation "
+     "between heatmaps of the trained model and of the same architecture with random weights. "
+     "The method passes when the median correlation is below the recorded threshold."),
+    ("Undefined scores", "An image whose heatmap is all zero, not finite or negative, or "
+     "whose mask is empty or covers the whole image, has no defined leakage; it is counted, "
+     "with its reason, and left out of means and tests."),
+)
+
+REASON_TEXT = {"zero_heatmap": "heatmap is zero everywhere",
+               "nonfinite_heatmap": "heatmap has non-finite values",
+               "negative_heatmap": "heatmap has negative values",
+               "empty_mask": "lesion mask is empty",
+               "full_mask": "lesion mask covers the whole image"}
+
+
+# ----------------------------------------------------------------- formatting
+
+
+def esc(value: Any) -> str:
+    """HTML-escape any value from the run (``None`` -> empty string)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def fmt_num(v: Any, digits: int = 3) -> str:
+    """``0.8166`` -> ``"0.817"``; ``None``/NaN -> ``"n/a"``."""
+    return f"{float(v):.{digits}f}" if _finite(v) else "n/a"
+
+
+def fmt_ci(d: Any, digits: int = 3, value_key: str = "value", lo_key: str = "lo",
+           hi_key: str = "hi") -> str:
+    """``{"value", "lo", "hi"}`` -> ``'0.817 <span class="ci">[0.750, 0.883]</span>'`` (HTML;
+    ``n/a`` where undefined). The CI shows on its own line under the value."""
+    if not isinstance(d, dict) or not _finite(d.get(value_key)):
+        return "n/a"
+    out = fmt_num(d[value_key], digits)
+    if _finite(d.get(lo_key)) and _finite(d.get(hi_key)):
+        out += f' <span class="ci">[{fmt_num(d[lo_key], digits)}, {fmt_num(d[hi_key], digits)}]</span>'
+    return out
+
+
+def fmt_p(p: Any) -> str:
+    if not _finite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_seconds(s: Any) -> str:
+    if not _finite(s):
+        return "n/a"
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min ({s:.0f} s)"
+
+
+def missing(reason: str) -> str:
+    """The visible box for a missing piece; ``reason`` is plain text (escaped here)."""
+    return f'<div class="missing" role="note"><b>missing:</b> {esc(reason)}</div>'
+
+
+def _table(head: Sequence[str], rows: Iterable[Sequence[str]], numeric_from: int = 1,
+           numeric_to: int | None = None, row_classes: Sequence[str] | None = None) -> str:
+    """``head`` and ``rows`` hold escaped HTML cells; columns ``numeric_from`` up to (not
+    including) ``numeric_to`` are right-aligned numbers."""
+    out = ['<div class="scroll"><table><thead><tr>']
+    out += [f"<th>{h}</th>" for h in head]
+    out.append("</tr></thead><tbody>")
+    for k, r in enumerate(rows):
+        cls = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
+        cells = [f'<td class="num">{c}</td>'
+                 if j >= numeric_from and (numeric_to is None or j < numeric_to)
+                 else f"<td>{c}</td>" for j, c in enumerate(r)]
+        out.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _kv(rows: Iterable[tuple[str, str]]) -> str:
+    """Key/value table; keys are literal text, values escaped HTML."""
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    return f'<table class="kv"><tbody>{body}</tbody></table>'
+
+
+def data_uri_png(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+# ----------------------------------------------------------------- run files
+
+
+class RunFiles:
+    """A run folder's files, each loaded or with the reason it is not there."""
+
+    def __init__(self, run_dir: Path):
+        from dermcam import run as runmod
+
+        self.dir = Path(run_dir)
+        self.manifest = runmod.read_manifest(self.dir)
+        m = self.manifest
+        self.stages = m.get("stages", {}) if isinstance(m.get("stages"), dict) else {}
+        self.metrics, self.metrics_reason = self._json("metrics.json", "evaluate")
+        self.summary, self.summary_reason = self._json("attention_summary.json", "explain")
+        self.att, self.att_reason = self._attention_csv()
+        names = list(m.get("config", {}).get("models") or [])
+        for extra in list(m.get("models", {})) + list((self.metrics or {}).get("models", {})):
+            if extra not in names:
+                names.append(extra)
+        self.names = names
+
+    def display(self, name: str) -> str:
+        d = self.manifest.get("models", {}).get(name, {}).get("display_name")
+        if not d and self.metrics:
+            d = self.metrics.get("display_names", {}).get(name) or \
+                self.metrics.get("models", {}).get(name, {}).get("display_name")
+        return str(d or name)
+
+    def stage_status(self, stage: str) -> str | None:
+        st = self.stages.get(stage)
+        return st.get("status") if isinstance(st, dict) else None
+
+    def absent_reason(self, file: str, stage: str) -> str:
+        how = f"run 'dermcam {stage} {self.dir}'"
+        if stage == "explain" and self.manifest.get("data", {}).get("has_masks") is False:
+            return (f"{file} not found: the data set has no lesion masks, so attention "
+                    "leakage cannot be computed")
+        status = self.stage_status(stage)
+        if status is None:
+            return f"{file} not found: the {stage} stage has not run ({how})"
+        if status != "complete":
+            return f"{file} not found: the {stage} stage is '{status}' ({how})"
+        return f"{file} not found although the {stage} stage is recorded as complete ({how})"
+
+    def stale_note(self, stage: str) -> str:
+        """A warning when a stage's files exist but the stage is not recorded complete."""
+        status = self.stage_status(stage)
+        if status == "complete":
+            return ""
+        what = "has no record in manifest.json" if status is None else f"is recorded as '{status}'"
+        return (f'<p class="missing"><b>note:</b> the {esc(stage)} stage {esc(what)}; the '
+                "files shown may come from an earlier or unfinished run.</p>")
+
+    def _json(self, file: str, stage: str) -> tuple[dict | None, str]:
+        from dermcam.io import read_json
+
+        path = self.dir / file
+        if not path.exists():
+            return None, self.absent_reason(file, stage)
+        try:
+            obj = read_json(path)
+        except DermcamError as exc:
+            return None, f"{file} could not be read ({exc})"
+        if not isinstance(obj, dict):
+            return None, f"{file} does not hold a JSON object"
+        return obj, ""
+
+    def _attention_csv(self):
+        import pandas as pd
+
+        path = self.dir / "attention.csv"
+        if not path.exists():
+            return None, self.absent_reason("attention.csv", "explain")
+        try:
+            df = pd.read_csv(path, dtype={"image_id": str, "model": str, "method": str,
+                                          "reason": str},
+                             keep_default_na=False, na_values=[""])
+        except Exception as exc:
+            return None, f"attention.csv could not be read ({type(exc).__name__}: {exc})"
+        need = {"image_id", "model", "method", "label", "pred", "prob_malignant",
+                "excess_leakage", "reason"}
+        if not need <= set(df.columns):
+            return None, f"attention.csv lacks columns {sorted(need - set(df.columns))}"
+        df["reason"] = df["reason"].fillna("")
+        return df, ""
+
+    def figure(self, rel: str, caption: str, alt: str | None = None) -> str:
+        """A ``<figure>`` with ``figures/<rel>`` embedded, or a missing box."""
+        path = self.dir / "figures" / rel
+        shown = f"figures/{rel}"
+        if not path.is_file():
+            return missing(f"{shown} not found")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return missing(f"{shown} could not be read ({exc.strerror})")
+        if not data.startswith(_PNG_MAGIC):
+            return missing(f"{shown} is not a PNG image")
+        if len(data) > MAX_FIGURE_BYTES:
+            return missing(f"{shown} is {len(data) / 1e6:.1f} MB, too large to embed")
+        return (f'<figure><img src="{data_uri_png(data)}" alt="{esc(alt or caption)}">'
+                f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
+# ----------------------------------------------------------------- sections
+
+
+def _weights_phrase(src: Any) -> str:
+    s = str(src or "")
+    if s.startswith("imagenet"):
+        return "ImageNet transfer learning" + (f" ({s.split(':', 1)[1]})" if ":" in s else "")
+    if s.startswith("none"):
+        return "trained from scratch (random initialisation)"
+    if s.startswith("file:"):
+        return f"initialised from the weights file {s[5:]}"
+    return s or "not recorded"
+
+
+def section_summary(r: RunFiles) -> str:
+    m = r.manifest
+    data = m.get("data", {}) or {}
+    cfg = m.get("config", {}) or {}
+    out = ['<section id="summary"><h2>1. Summary</h2>']
+    has_masks = data.get("has_masks")
+    size = cfg.get("image_size")
+    rows = [("Data set", esc(data.get("name", "not recorded"))),
+            ("Layout", esc(data.get("layout", "not recorded"))),
+            ("Location", f'<span class="mono">{esc(data.get("root", "not recorded"))}</span>'),
+            ("Fingerprint", f'<span class="mono">{esc(data.get("fingerprint", ""))}</span>'),
+            ("Lesion masks", "present" if has_masks else
+             ("absent (no attention leakage possible)" if has_masks is False else "not recorded")),
+            ("Image size", f"{esc(size)} × {esc(size)} pixels (images resized to a square)"
+             if size else "not recorded"),
+            ("Seed", esc(m.get("seed", cfg.get("seed", "not recorded")))),
+            ("Run status", esc(m.get("status", "not recorded"))),
+            ("Created", esc(m.get("created", ""))),
+            ("Last updated", esc(m.get("updated", "")))]
+    out.append(_kv(rows))
+    notes = data.get("notes") or []
+    if notes:
+        items = "".join(f"<li>{esc(n)}</li>" for n in (notes if isinstance(notes, list) else [notes]))
+        out.append(f"<h4>Data set notes</h4><ul>{items}</ul>")
+
+    counts = data.get("counts") or {}
+    if counts:
+        crow = []
+        for split, c in counts.items():
+            c = c if isinstance(c, dict) else {}
+            b, mal = c.get("benign", 0) or 0, c.get("malignant", 0) or 0
+            tot = b + mal
+            share = f"{mal / tot:.1%}" if tot else "n/a"
+            crow.append([esc(split), esc(b), esc(mal), esc(tot), share])
+        out.append("<h3>Images per split and class</h3>")
+        out.append(_table(["Split", "Benign", "Malignant", "Total", "Malignant share"], crow))
+        tr = r.stages.get("train", {}) or {}
+        if "n_train" in tr and "n_val" in tr:
+            out.append(f'<p class="note">The training split was divided (stratified, seed '
+                       f'{esc(m.get("seed"))}) into {esc(tr["n_train"])} images for fitting and '
+                       f'{esc(tr["n_val"])} for validation (early stopping and the decision '
+                       "threshold); the test split was used only for evaluation.</p>")
+    else:
+        out.append(missing("image counts per split are not recorded in manifest.json"))
+
+    models = m.get("models", {}) or {}
+    out.append("<h3>Models</h3>")
+    if not models:
+        out.append(missing("no trained models are recorded in manifest.json"))
+    else:
+        phrases = {_weights_phrase(v.get("weights_source")) for v in models.values()}
+        srcs = [str(v.get("weights_source", "")) for v in models.values()]
+        if all(s.startswith("none") for s in srcs):
+            out.append(f"<p><b>Weights:</b> all {len(models)} models were trained from scratch "
+                       "(random initialisation); no ImageNet transfer learning was used.</p>")
+        elif all(s.startswith("imagenet") for s in srcs):
+            out.append("<p><b>Weights:</b> all models were fine-tuned from ImageNet weights "
+                       "(transfer learning).</p>")
+        else:
+            out.append(f"<p><b>Weights:</b> models differ ({esc('; '.join(sorted(phrases)))}); "
+                       "see the table.</p>")
+        rows = []
+        for name in r.names:
+            v = models.get(name)
+            if v is None:
+                rows.append([esc(r.display(name)), "not trained", "", "", "", "", "", ""])
+                continue
+            rows.append([f"{esc(r.display(name))} <span class=\"note mono\">{esc(name)}</span>",
+                         esc(_weights_phrase(v.get("weights_source"))),
+                         f'<span class="mono">{esc(v.get("target_layer", ""))}</span>',
+                         f'{esc(v.get("epochs_run", "?"))} (best {esc(v.get("best_epoch", "?"))})',
+                         f'{esc(v.get("monitor", ""))} {fmt_num(v.get("best_score"))}',
+                         fmt_num(v.get("threshold")),
+                         fmt_seconds(v.get("wall_time_s")),
+                         esc(v.get("status", ""))])
+        out.append(_table(["Model", "Weights", "CAM layer", "Epochs run", "Best validation",
+                           "Threshold", "Training time", "Status"], rows, numeric_from=3,
+                          numeric_to=7))
+
+    keys = ("max_epochs", "batch_size", "lr", "weight_decay", "patience", "monitor",
+            "imbalance", "val_fraction", "augment", "precision", "accelerator")
+    settings = [f"{esc(k)} = {esc(cfg[k])}" for k in keys if k in cfg]
+    if settings:
+        out.append(f'<p class="note">Training settings: {", ".join(settings)}.</p>')
+
+    out.append("<h3>Stages</h3>")
+    srows = []
+    for stage in ("train", "evaluate", "explain"):
+        st = r.stages.get(stage)
+        if not isinstance(st, dict):
+            srows.append([stage, '<span class="undetermined">not run</span>', "", "", ""])
+            continue
+        detail = []
+        for k in ("n_train", "n_val", "n_test", "n_boot", "n_images", "target", "normalize"):
+            if k in st and st[k] is not None:
+                detail.append(f"{esc(k)} {esc(st[k])}")
+        if st.get("methods"):
+            detail.append("methods " + esc(", ".join(map(str, st["methods"]))))
+        status = st.get("status", "?")
+        cls = "pass" if status == "complete" else "fail"
+        srows.append([stage, f'<span class="{cls}">{esc(status)}</span>',
+                      fmt_seconds(st.get("wall_time_s")), esc(st.get("at", "")),
+                      "; ".join(detail)])
+    out.append(_table(["Stage", "Status", "Wall time", "Finished", "Details"], srows,
+                      numeric_from=2, numeric_to=3))
+    ver = m.get("versions", {}) or {}
+    others = ", ".join(f"{esc(k)} {esc(v)}" for k, v in ver.items() if k not in ("dermcam", "torch"))
+    out.append(f"<p><b>Software:</b> dermcam {esc(ver.get('dermcam', 'not recorded'))}, "
+               f"torch {esc(ver.get('torch', 'not recorded'))}"
+               + (f' <span class="note">({others})</span>' if others else "") + "</p>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _metric_cells(block: dict, columns) -> list[str]:
+    return [fmt_ci((block.get(sec) or {}).get(met)) for sec, met, _ in columns]
+
+
+def section_comparison(r: RunFiles) -> str:
+    out = ['<section id="comparison"><h2>2. Model comparison</h2>']
+    res = r.metrics
+    if res is None:
+        out.append(missing(r.metrics_reason))
+        out.append("</section>")
+        return "\n".join(out)
+    out.append(r.stale_note("evaluate"))
+    test = res.get("test", {}) or {}
+    alpha = res.get("alpha", 0.05)
+    pct = f"{100 * (1 - alpha):g}" if _finite(alpha) else "95"
+    out.append(f"<p>Test set: {esc(test.get('n', '?'))} images, "
+               f"{esc(test.get('n_malignant', '?'))} malignant and "
+               f"{esc(test.get('n_benign', '?'))} benign (malignant prevalence "
+               f"{fmt_num(test.get('prevalence'))}). Values are "
+               f"<b>point estimate [{esc(pct)} % CI]</b>; threshold-dependent columns use each "
+               "model's validation threshold.</p>")
+    models = res.get("models", {}) or {}
+    order = [n for n in r.names if n in models] + [n for n in models if n not in r.names]
+    rows, classes = [], []
+    for name in order:
+        b = models[name]
+        rows.append([esc(r.display(name)), fmt_num(b.get("threshold"))]
+                    + _metric_cells(b, MAIN_COLUMNS))
+        classes.append("")
+    base = (res.get("baselines", {}) or {}).get("all_benign")
+    if isinstance(base, dict):
+        rows.append(["All benign (baseline)", "—"]
+                    + [fmt_ci(base.get(met)) for _, met, _ in MAIN_COLUMNS])
+        classes.append("baseline")
+    head = ["Model", "Threshold"] + [t for _, _, t in MAIN_COLUMNS]
+    out.append(_table(head, rows, numeric_from=1, row_classes=classes))
+    bl = res.get("baselines", {}) or {}
+    out.append(f"<p><b>Chance level:</b> ROC AUC {fmt_num(bl.get('chance_roc_auc'))}, "
+               f"average precision {fmt_num(bl.get('chance_average_precision'))} (the malignant "
+               "prevalence of the test set). The all-benign row is the classifier that never "
+               "predicts malignant.</p>")
+    out.append('<p class="note">CIs: '
+               f"{esc(res.get('ci_method', 'bootstrap'))}, {esc(res.get('n_boot', '?'))} "
+               f"resamples, seed {esc(res.get('seed', '?'))}. Decision rule: "
+               f"{esc(res.get('threshold_rule', 'malignant if prob_malignant >= threshold'))}."
+               "</p>")
+    out.append("<h3>At the fixed 0.5 threshold, and calibration</h3>")
+    rows2 = [[esc(r.display(n))] + _metric_cells(models[n], SECOND_COLUMNS) for n in order]
+    out.append(_table(["Model"] + [t for _, _, t in SECOND_COLUMNS], rows2))
+
+    out.append("<h3>Paired comparisons</h3>")
+    pairs = res.get("pairwise") or []
+    if not pairs:
+        n_models = len(models)
+        out.append(missing("no paired comparisons in metrics.json") if n_models > 1 else
+                   f"<p>Only {n_models} model was evaluated, so there is no pair to compare.</p>")
+    else:
+        items = []
+        for p in pairs:
+            sent = p.get("sentence") or ""
+            cls = ' class="sig"' if p.get("significant") else ""
+            acc = p.get("accuracy") or {}
+            mc = acc.get("mcnemar") or {}
+            extra = ""
+            if _finite(acc.get("diff")):
+                extra = ('<br><span class="note">Accuracy difference '
+                         f"({esc(r.display(p.get('b')))} − "
+                         f"{esc(r.display(p.get('a')))}) {acc['diff']:+.3f} "
+                         f"[{fmt_num(acc.get('lo'))}, {fmt_num(acc.get('hi'))}], McNemar p = "
+                         f"{fmt_p(mc.get('p'))} ({esc(mc.get('method', ''))}).</span>")
+            items.append(f"<li><span{cls}>{esc(sent)}.</span>{extra}</li>")
+        out.append(f'<ul class="sentences">{"".join(items)}</ul>')
+        out.append('<p class="note">AUC differences: DeLong test; p-values Holm-adjusted '
+                   f"across all {len(pairs)} pairs; differences are "
+                   f"{esc(res.get('pairwise_diff', 'b - a'))}.</p>")
+
+    out.append("<h3>Figures</h3>")
+    out.append('<div class="figs">'
+               + r.figure("model_comparison.png", "Metrics per model with 95 % CIs")
+               + r.figure("roc_curves.png", "ROC curves on the test set")
+               + r.figure("pr_curves.png", "Precision-recall curves on the test set")
+               + r.figure("reliability.png", "Reliability diagram (calibration)")
+               + "</div>")
+    out.append("<h3>Confusion matrices</h3><div class=\"figs\">")
+    for name in order:
+        cm = models[name].get("confusion_matrix")
+        cap = f"{r.display(name)} at threshold {fmt_num(models[name].get('threshold'))}"
+        try:
+            (tn, fp), (fn, tp) = cm
+            cap += f": TN {tn}, FP {fp}, FN {fn}, TP {tp}"
+        except (TypeError, ValueError):
+            pass
+        out.append(r.figure(f"{name}_confusion_matrix.png", cap))
+    out.append("</div><h3>Training history</h3><div class=\"figs\">")
+    for name in order:
+        out.append(r.figure(f"{name}_history.png",
+                            f"{r.display(name)}: loss and validation metrics per epoch"))
+    out.append("</div></section>")
+    return "\n".join(out)
+
+
+def _rows_by(records: Any, keys: Sequence[str]) -> dict[tuple, dict[str, dict]]:
+    """``[{model, method, label, metric, ...}]`` -> ``{(model, method, label): {metric: rec}}``."""
+    out: dict[tuple, dict[str, dict]] = {}
+    for rec in records or []:
+        if isinstance(rec, dict):
+            out.setdefault(tuple(rec.get(k) for k in keys), {})[rec.get("metric")] = rec
+    return out
+
+
+def _label_name(v: Any) -> str:
+    try:
+        return {0: "benign", 1: "malignant"}[int(v)]
+    except (TypeError, ValueError, KeyError):
+        return str(v)
+
+
+def _sanity_html(s: Any) -> str:
+    if not isinstance(s, dict):
+        return '<span class="undetermined">not run</span>'
+    passed = s.get("passed")
+    tag = ('<span class="pass">passed</span>' if passed is True else
+           '<span class="fail">FAILED</span>' if passed is False else
+           '<span class="undetermined">undetermined</span>')
+    return f"{tag} — {esc(s.get('summary', ''))}"
+
+
+def section_attention(r: RunFiles) -> str:
+    out = ['<section id="attention"><h2>3. Attention</h2>']
+    s, att = r.summary, r.att
+    if s is None and att is None:
+        out.append(missing(r.summary_reason))
+        if r.att_reason != r.summary_reason:
+            out.append(missing(r.att_reason))
+        out.append("</section>")
+        return "\n".join(out)
+    out.append(r.stale_note("explain"))
+    ex = r.stages.get("explain", {}) or {}
+    if ex:
+        out.append(f"<p>Heatmaps: {esc(', '.join(map(str, ex.get('methods') or [])))} for the "
+                   f"<b>{esc(ex.get('target', '?'))}</b> class, normalised "
+                   f"<b>{esc(ex.get('normalize', '?'))}</b>, on "
+                   f"{esc(ex.get('n_images', '?'))} test images with a lesion mask.</p>")
+    if s is None:
+        out.append(missing(r.summary_reason))
+    models = (s or {}).get("models") or (sorted(att["model"].unique()) if att is not None else [])
+    order = [n for n in r.names if n in models] + [n for n in models if n not in r.names]
+
+    out.append("<h3>Leakage per model</h3>")
+    out.append('<p class="note">The reference study\'s 2×2 figure per model: leakage, inside '
+               "and outside scores by class and correctness.</p>")
+    out.append('<div class="figs one">')
+    for name in order:
+        out.append(r.figure(f"attention_leakage_analysis_{name}.png",
+                            f"{r.display(name)}: attention leakage analysis"))
+    out.append("</div>")
+    out.append('<div class="figs">'
+               + r.figure("leakage_vs_accuracy.png", "Leakage against correctness per model")
+               + r.figure("leakage_vs_area.png",
+                          "Leakage against lesion area: small lesions leak more by chance")
+               + "</div>" + '<div class="figs one">'
+               + r.figure("size_aware_scores.png", "Size-aware scores per model") + "</div>")
+
+    if s is not None:
+        out.append("<h3>Size-aware scores by class</h3>")
+        by = _rows_by(s.get("by_class"), ("model", "method", "label"))
+        defs = s.get("metric_definitions", {}) or {}
+        if not by:
+            out.append(missing("attention_summary.json has no by_class records"))
+        else:
+            head = ["Model", "Method", "Class", "n (undefined)"]
+            for met, title in SIZE_AWARE.items():
+                d = defs.get(met, {}) or {}
+                hint = []
+                if d.get("higher_is_better") is True:
+                    hint.append("↑")
+                elif d.get("higher_is_better") is False:
+                    hint.append("↓")
+                if _finite(d.get("chance")):
+                    hint.append(f"chance {d['chance']:g}")
+                head.append(esc(title) + (f'<br><span class="note">{esc(" ".join(hint))}'
+                                          "</span>" if hint else ""))
+            rows = []
+            keys = sorted(by, key=lambda k: (order.index(k[0]) if k[0] in order else 99,
+                                             str(k[1]), str(k[2])))
+            for key in keys:
+                recs = by[key]
+                any_rec = next(iter(recs.values()))
+                rows.append([esc(r.display(key[0])), esc(key[1]), esc(_label_name(key[2])),
+                             f"{esc(any_rec.get('n'))} ({esc(any_rec.get('n_nan'))})"]
+                            + [fmt_ci(recs.get(met), value_key="mean", lo_key="ci_low",
+                                      hi_key="ci_high") for met in SIZE_AWARE])
+            out.append(_table(head, rows, numeric_from=3))
+            out.append('<p class="note">Mean over images with a defined score [95 % bootstrap '
+                       "CI]; n counts those images, undefined ones are in brackets. ↑/↓: "
+                       "higher/lower is better.</p>")
+
+        tests = s.get("tests", {}) or {}
+        out.append("<h3>Benign vs malignant</h3>")
+        trow = []
+        for key in sorted(tests):
+            t = tests[key] or {}
+            for met in ("leakage", "excess_leakage", "pixel_auroc"):
+                c = t.get(f"classes_{met}")
+                if not isinstance(c, dict):
+                    continue
+                if "error" in c or c.get("reason"):
+                    trow.append([esc(key), esc(met), "", "", "", "",
+                                 esc(c.get("error") or c.get("reason"))])
+                    continue
+                trow.append([esc(key), esc(met), fmt_num(c.get("median_benign")),
+                             fmt_num(c.get("median_malignant")), fmt_p(c.get("p_value")),
+                             fmt_num(c.get("rank_biserial"), 2),
+                             f"{esc(c.get('n_benign'))} / {esc(c.get('n_malignant'))}"])
+        if trow:
+            out.append(_table(["Model / method", "Metric", "Median benign", "Median malignant",
+                               "Mann-Whitney p", "Rank-biserial", "n benign / malignant"],
+                              trow, numeric_from=2, numeric_to=6))
+        else:
+            out.append(missing("no class comparisons in attention_summary.json"))
+
+        out.append("<h3>Lesion-area confound</h3>")
+        items = []
+        for key in sorted(tests):
+            sc = (tests[key] or {}).get("size_confound")
+            if not isinstance(sc, dict):
+                text = "not computed"
+            else:
+                text = sc.get("summary") or sc.get("error") or sc.get("reason") or "not computed"
+            model = key.split("/", 1)[0]
+            items.append(f"<li><b>{esc(r.display(model))}</b> "
+                         f'<span class="note">{esc(key)}</span>: {esc(text)}</li>')
+        out.append(f'<ul class="sentences">{"".join(items)}</ul>' if items else
+                   missing("no lesion-area confound results in attention_summary.json"))
+
+        out.append("<h3>Sanity check (model randomisation)</h3>")
+        items = [f"<li><b>{esc(key)}</b>: {_sanity_html((tests[key] or {}).get('sanity'))}</li>"
+                 for key in sorted(tests)]
+        out.append(f'<ul class="sentences">{"".join(items)}</ul>' if items else
+                   missing("no sanity check results in attention_summary.json"))
+
+        out.append("<h3>Attention on artifacts</h3>")
+        arows = []
+        for key in sorted(tests):
+            recs = (tests[key] or {}).get("artifacts")
+            if isinstance(recs, dict) and "error" in recs:
+                arows.append([esc(key), "", "", "", "", esc(recs["error"])])
+            for a in recs if isinstance(recs, list) else []:
+                arows.append([esc(key), esc(a.get("artifact")),
+                              "present" if a.get("present") else "absent", esc(a.get("n")),
+                              fmt_num(a.get("mean_mass")) + f" (n {esc(a.get('n_mass'))})",
+                              fmt_num(a.get("mean_excess_leakage"), 4)
+                              + f" (n {esc(a.get('n_excess'))})"])
+        if arows:
+            out.append('<p class="note">Mean share of heatmap mass on each artifact (images '
+                       "with that artifact), and mean excess leakage of images with and "
+                       "without it.</p>")
+            out.append(_table(["Model / method", "Artifact", "On image", "Images",
+                               "Mean heatmap mass on artifact", "Mean excess leakage"], arows,
+                              numeric_from=3))
+        else:
+            out.append(missing("artifact attention is not known for this data set (it needs "
+                               "per-pixel artifact maps, which only the synthetic benchmark "
+                               "provides)"))
+
+    out.append("<h3>Undefined scores</h3>")
+    out.append(_undefined_html(r))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _undefined_html(r: RunFiles) -> str:
+    s, att = r.summary, r.att
+    if att is not None:
+        total = att.groupby(["model", "method"]).size()
+        bad = att[att["reason"] != ""]
+        rows = []
+        for (model, method), n in total.items():
+            g = bad[(bad["model"] == model) & (bad["method"] == method)]
+            counts = g["reason"].value_counts()
+            text = "; ".join(f"{esc(k)}: {int(v)} ({esc(REASON_TEXT.get(k, k))})"
+                             for k, v in counts.items()) or "none"
+            rows.append([esc(r.display(model)), esc(method), f"{len(g)} of {int(n)}", text])
+        return _table(["Model", "Method", "Undefined images", "Reasons"], rows, numeric_from=2,
+                      numeric_to=3)
+    und = (s or {}).get("undefined")
+    if isinstance(und, dict):
+        if not und:
+            return "<p>Every image had defined scores.</p>"
+        items = "".join(f"<li>{esc(k)}: {esc(v)} ({esc(REASON_TEXT.get(k, k))})</li>"
+                        for k, v in und.items())
+        return f"<p>Image × model × method rows with undefined scores:</p><ul>{items}</ul>"
+    return missing("undefined-score counts are not recorded")
+
+
+def _case_caption(r: RunFiles, case, model: str, method: str, threshold: Any,
+                  note: str) -> str:
+    row = case.row
+    label = _label_name(row.get("label"))
+    pred = _label_name(row.get("pred"))
+    from dermcam.report.gallery import KINDS
+
+    tags = "".join(f'<span class="tag{" missed" if k == "missed" else ""}">'
+                   f"{esc(KINDS.get(k, k))}</span>" for k in case.kinds)
+    reason = row.get("reason") or ""
+    if reason:
+        scores = f"scores undefined: {esc(REASON_TEXT.get(reason, reason))}"
+    else:
+        scores = (f"leakage {fmt_num(row.get('leakage'))}, chance "
+                  f"{fmt_num(row.get('chance_leakage'))}, excess "
+                  f"{_signed(row.get('excess_leakage'))}, lesion area "
+                  f"{fmt_num(row.get('lesion_area'))}, pixel AUROC "
+                  f"{fmt_num(row.get('pixel_auroc'))}, pointing game "
+                  f"{fmt_num(row.get('pointing_game'), 2)}")
+    prob = row.get("prob_malignant")
+    digits = 3 if fmt_num(prob) != fmt_num(threshold) else 6  # show what decided a tie
+    return (f"<figcaption>{tags}<br><b class=\"mono\">{esc(row.get('image_id'))}</b> · "
+            f"{esc(r.display(model))} ({esc(method)}) · label <b>{esc(label)}</b> · "
+            f"p(malignant) {fmt_num(prob, digits)} vs threshold "
+            f"{fmt_num(threshold, digits)} → predicted {esc(pred)}<br>{scores}"
+            + (f"<br><i>{esc(note)}</i>" if note else "") + "</figcaption>")
+
+
+def _signed(v: Any) -> str:
+    return f"{float(v):+.3f}" if _finite(v) else "n/a"
+
+
+def section_gallery(r: RunFiles) -> str:
+    from dermcam.report import gallery as gal
+
+    out = ['<section id="gallery"><h2>4. Gallery</h2>']
+    att = r.att
+    if att is None:
+        out.append(missing(r.att_reason))
+        out.append("</section>")
+        return "\n".join(out)
+    out.append(f"<p>Per model and method: the {N_EXTREME} images with the highest and the "
+               f"{N_EXTREME} with the lowest excess leakage, and the misclassified malignant "
+               f"lesions (up to {N_MISSED}). Each strip: image | heatmap over the image "
+               "(white line = lesion border) | lesion mask | leak overlay (<b style=\"color:"
+               "#c00\">red</b> = heatmap outside the lesion, <b style=\"color:#080\">green</b> "
+               "= inside). Rendered from the saved heatmaps.</p>")
+    pairs = sorted({(str(a), str(b)) for a, b in zip(att["model"], att["method"])},
+                   key=lambda p: (r.names.index(p[0]) if p[0] in r.names else 99, p[1]))
+    source = None
+    cards, notes = [], []
+    for model, method in pairs:
+        g = att[(att["model"] == model) & (att["method"] == method)]
+        cases, left = gal.select_cases(g, N_EXTREME, N_MISSED)
+        threshold = r.manifest.get("models", {}).get(model, {}).get("threshold")
+        if not cases:
+            notes.append(missing(f"{r.display(model)} ({method}): no image has a defined excess "
+                                 "leakage and no malignant lesion was missed"))
+            continue
+        if left:
+            notes.append(f'<p class="note">{esc(r.display(model))} ({esc(method)}): '
+                         f"{len(left)} more missed malignant lesions not shown: "
+                         f'<span class="mono">{esc(", ".join(left))}</span></p>')
+        if not any(k != "missed" for c in cases for k in c.kinds):
+            notes.append(missing(f"{r.display(model)} ({method}): no image has a defined excess "
+                                 "leakage, so no highest/lowest examples"))
+        folder = r.dir / "attention" / model / method
+        maps = gal.load_heatmaps(folder, {str(c.row["image_id"]) for c in cases})
+        if source is None:
+            source = gal.ImageSource(r.manifest)
+            if source.reason:
+                notes.insert(0, missing(f"images and masks: {source.reason}; the gallery shows "
+                                        "heatmaps only"))
+            elif source.warning:
+                notes.insert(0, f'<p class="missing"><b>note:</b> {esc(source.warning)}</p>')
+        for c in cases:
+            iid = str(c.row["image_id"])
+            note = ""
+            cam = maps.get(iid)
+            if cam is None:
+                body = missing(f"saved heatmap for {iid} not found under "
+                               f"attention/{model}/{method}/")
+            else:
+                image, mask, why = source.get(iid)
+                if why and not source.reason:
+                    note = f"heatmap only: {why}"
+                try:
+                    png = gal.render_strip(cam, image, mask)
+                    body = (f'<img src="{data_uri_png(png)}" alt="image, heatmap, mask and '
+                            f'leak overlay for {esc(iid)}">')
+                except ValueError as exc:
+                    body = missing(f"strip for {iid} could not be drawn ({exc})")
+            kinds = " ".join(c.kinds)
+            cards.append(f'<figure class="card" data-model="{esc(model)}" '
+                         f'data-method="{esc(method)}" '
+                         f'data-cls="{esc(_label_name(c.row.get("label")))}" '
+                         f'data-kind="{esc(kinds)}">{body}'
+                         + _case_caption(r, c, model, method, threshold, note) + "</figure>")
+    out.extend(notes)
+    if cards:
+        def options(values):
+            return "".join(f'<option value="{esc(v)}">{esc(t)}</option>' for v, t in values)
+
+        models = list(dict.fromkeys(m for m, _ in pairs))
+        methods = list(dict.fromkeys(m for _, m in pairs))
+        out.append('<div class="filters">'
+                   '<label>Model <select class="filter" data-key="model">'
+                   f'<option value="">all</option>{options((m, r.display(m)) for m in models)}'
+                   "</select></label>"
+                   + ('<label>Method <select class="filter" data-key="method">'
+                      f'<option value="">all</option>{options((m, m) for m in methods)}'
+                      "</select></label>" if len(methods) > 1 else "")
+                   + '<label>Class <select class="filter" data-key="cls">'
+                   '<option value="">all</option><option value="benign">benign</option>'
+                   '<option value="malignant">malignant</option></select></label>'
+                   '<label>Shown because <select class="filter" data-key="kind">'
+                   f'<option value="">any</option>{options(gal.KINDS.items())}'
+                   "</select></label>"
+                   f'<span class="note"><span id="gallery-count">{len(cards)}</span> of '
+                   f"{len(cards)} shown</span></div>")
+        out.append(f'<div class="gallery">{"".join(cards)}</div>')
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def section_notes(r: RunFiles) -> str:
+    out = ['<section id="notes"><h2>5. Method notes</h2>']
+    res = r.metrics or {}
+    alpha = res.get("alpha", 0.05)
+    fill = {"pct": f"{100 * (1 - alpha):g}" if _finite(alpha) else "95",
+            "n_boot": res.get("n_boot", "the recorded number of"),
+            "ci_method": res.get("ci_method", "see metrics.json"), "alpha": alpha}
+    out.append("<h3>Classification</h3><dl class=\"defs\">")
+    out += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in CLASSIFICATION_NOTES]
+    out.append("</dl><h3>Statistics</h3><dl class=\"defs\">")
+    out += [f"<dt>{esc(k)}</dt><dd>{esc(v.format(**fill))}</dd>" for k, v in STATISTICS_NOTES]
+    out.append("</dl><h3>Attention metrics</h3>")
+    defs = (r.summary or {}).get("metric_definitions")
+    if isinstance(defs, dict) and defs:
+        out.append('<dl class="defs">')
+        for name, d in defs.items():
+            d = d or {}
+            hib = d.get("higher_is_better")
+            direction = ("higher is better" if hib is True else "lower is better"
+                         if hib is False else "a descriptor, no better direction")
+            chance = f"; chance level {d['chance']:g}" if _finite(d.get("chance")) else ""
+            out.append(f"<dt>{esc(name)}</dt><dd>{esc(d.get('definition', ''))}.<br>"
+                       f"{esc(direction)}{esc(chance)}.</dd>")
+        out.append("</dl>")
+    else:
+        out.append(missing("attention metric definitions: " + (r.summary_reason or
+                                                                "not in attention_summary.json")))
+    out.append('<dl class="defs">')
+    out += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in ATTENTION_STAT_NOTES]
+    out.append("</dl></section>")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------- page
+
+
+def render(run_dir: str | Path) -> str:
+    """The report page for ``run_dir`` as a string."""
+    from dermcam import __version__
+
+    r = RunFiles(Path(run_dir))
+    data_name = (r.manifest.get("data", {}) or {}).get("name") or "unnamed data set"
+    names = ", ".join(r.display(n) for n in r.names) or "no models"
+    header = (f"<h1>dermcam report</h1><p class=\"sub\">{esc(data_name)} · {esc(names)} · run "
+              f'folder <span class="mono">{esc(r.dir.resolve())}</span></p>'
+              '<nav><a href="#summary">Summary</a><a href="#comparison">Model comparison</a>'
+              '<a href="#attention">Attention</a><a href="#gallery">Gallery</a>'
+              '<a href="#notes">Method notes</a></nav>')
+    body = "\n".join([section_summary(r), section_comparison(r), section_attention(r),
+                      section_gallery(r), section_notes(r)])
+    built = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    footer = (f"Built {esc(built)} by dermcam {esc(__version__)} from the files in "
+              f'<span class="mono">{esc(r.dir.resolve())}</span>. This page is self-contained: '
+              "figures are embedded and nothing is loaded from the network.")
+    return template.page(f"dermcam report: {esc(data_name)}", header, body, footer)
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the run's self-contained HTML report; returns its path.
+
+    ``out`` defaults to ``RUN_DIR/report.html``; an existing folder gets
+    ``report.html`` inside it. Raises :class:`DermcamError` when ``run_dir`` is not
+    a dermcam run folder; any later stage that has not run shows as a "missing" box.
+    """
+    from dermcam.io import write_text
+
+    run_dir = Path(run_dir)
+    target = Path(out) if out is not None else run_dir / REPORT_NAME
+    if target.is_dir():
+        target = target / REPORT_NAME
+    text = render(run_dir)
+    write_text(target, text)
+    log.info("wrote %s (%.1f MB)", target, len(text.encode("utf-8")) / 1e6)
+    return target

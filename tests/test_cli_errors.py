@@ -1,0 +1,370 @@
+"""Bad input gives one clear line naming the file, in the library and on the command line.
+
+Each case damages a freshly written data set (ISIC 2016 or generic layout) in one
+way. The library must raise :class:`DermcamError` whose message and ``path`` name
+the offending file; ``dermcam info`` must exit 2 with exactly one stderr line that
+starts with ``error:`` and holds no traceback. Then the happy paths of the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermcam import cli
+from dermcam.data import load_dataset
+from dermcam.data.cache import decode_sample
+from dermcam.data.describe import describe
+from dermcam.data.images import read_image, read_mask
+from dermcam.errors import DermcamError
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+DERMCAM = Path(sys.executable).with_name("dermcam")
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run ``dermcam.cli.main()`` in this process; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["dermcam", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    out, err = capsys.readouterr()
+    return e.value.code, ANSI.sub("", out), ANSI.sub("", err)
+
+
+# ---------------------------------------------------------------------------
+# Files that are not what they claim
+# ---------------------------------------------------------------------------
+
+
+def random_bytes(n: int = 2000, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def noisy_jpeg_bytes() -> bytes:
+    """A 40 x 30 JPEG whose scan data dominate, so cutting it in half truncates the scan."""
+    import io
+
+    a = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=100)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A 1-bit PNG that claims ``width x height`` px: a bomb's header, a few bytes on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
+
+
+BAD_FILES = {
+    "corrupt_jpeg": (".jpg", lambda: random_bytes()),
+    "truncated_jpeg": (".jpg", lambda: noisy_jpeg_bytes()[: len(noisy_jpeg_bytes()) // 2]),
+    "zero_bytes": (".jpg", lambda: b""),
+    "text_as_png": (".png", lambda: b"image_id,label\nthis is not a picture\n"),
+    "bomb_png": (".png", lambda: png_header_only(20000, 20000)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_bad_image_file_is_a_one_line_error_naming_it(kind, tmp_path):
+    ext, make = BAD_FILES[kind]
+    path = tmp_path / f"bad{ext}"
+    path.write_bytes(make())
+    for reader in (read_image, read_mask):
+        with pytest.raises(DermcamError) as e:
+            reader(path)
+        assert e.value.path == str(path) and str(e.value).startswith(f"{path}: ")
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_decompression_bomb_limit_is_kept_and_refused(tmp_path, monkeypatch):
+    import dermcam.data.cache  # noqa: F401  (importing the data layer must keep the limit)
+    import dermcam.data.describe  # noqa: F401
+    import dermcam.data.synth  # noqa: F401
+
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS <= 2 ** 28
+    # An image just over the limit (where PIL only warns) is refused as well.
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30)).save(path)
+    assert read_image(path).shape == (30, 40, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1200 px: over, but under 2x
+    with pytest.raises(DermcamError, match="decompression bomb") as e:
+        read_image(path)
+    assert e.value.path == str(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # over 2x: PIL raises itself
+    with pytest.raises(DermcamError, match="decompression bomb"):
+        read_image(path)
+
+
+# ---------------------------------------------------------------------------
+# Damaged data sets: library error and CLI error
+# ---------------------------------------------------------------------------
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (old, text)
+    path.write_text(text.replace(old, new))
+
+
+def _case(kind: str, make_isic, make_generic, tmp_path, dh):
+    """Damage a data set; return (root, offending file, text the message holds, needs --check).
+
+    ``isic_*`` cases start from the ISIC 2016 fixture (5 train + 3 test images),
+    ``generic_*`` ones from a generic layout: img000-img002 benign/train,
+    img003-img004 malignant/test, masks in ``masks/``.
+    """
+    isic = kind.startswith("isic_")
+    if isic:
+        root = make_isic()
+    else:
+        labels = dh.generic_labels(3, 2)
+        root = make_generic(labels, masks=True,
+                            split={i: "train" if i < "img003" else "test" for i in labels})
+    train_csv, test_csv, labels = root / dh.TRAIN_CSV, root / dh.TEST_CSV, root / "labels.csv"
+    train_dir = root / dh.TRAIN_DIR
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    name = kind.split("_", 1)[1]
+    if name == "missing_image":
+        (train_dir / "ISIC_0000003.jpg").unlink()
+        return root, train_csv, "ISIC_0000003", False
+    if name == "missing_root":
+        shutil.rmtree(root)
+        return root, root, "data folder not found", False
+    if name == "missing_image_folder":
+        shutil.rmtree(root / dh.TEST_DIR)
+        return root, test_csv, dh.TEST_DIR, False
+    if name == "bad_label":
+        _edit(train_csv, "ISIC_0000001,malignant", "ISIC_0000001,melanoma")
+        return root, train_csv, "'melanoma'", False
+    if name == "bad_test_label":
+        _edit(test_csv, "ISIC_0000011,1.0", "ISIC_0000011,2")
+        return root, test_csv, "line 2", False
+    if name == "blank_label" and isic:
+        _edit(train_csv, "ISIC_0000001,malignant", "ISIC_0000001,  ")
+        return root, train_csv, "blank label", False
+    if name == "blank_label":
+        _edit(labels, "img001,0,", "img001,,")
+        return root, labels, "line 3: blank label", False
+    if name == "mask_size":
+        dh.write_mask(train_dir / "ISIC_0000002_Segmentation.png", size=(20, 20))
+        return root, train_dir / "ISIC_0000002_Segmentation.png", "20x20", True
+    if name in ("corrupt_jpeg", "truncated_jpeg", "zero_bytes"):
+        path = train_dir / "ISIC_0000004.jpg"
+        path.write_bytes(BAD_FILES[name][1]())
+        return root, path, "", name == "truncated_jpeg"
+    if name in ("text_as_png", "bomb_png"):
+        path = root / "images" / "img001.png"
+        path.write_bytes(BAD_FILES[name][1]())
+        return root, path, "", False
+    if name == "dotdot_id":
+        _edit(train_csv, "ISIC_0000001,", "../ISIC_0000001,")
+        return root, train_csv, "../ISIC_0000001", False
+    if name == "separator_id":
+        _edit(test_csv, "ISIC_0000011,", "sub/ISIC_0000011,")
+        return root, test_csv, "sub/ISIC_0000011", False
+    if name == "backslash_id":
+        _edit(labels, "img002,", "sub\\img002,")
+        return root, labels, "img002", False
+    if name == "mask_column_escapes":
+        dh.write_mask(tmp_path / "x.png")
+        labels.write_text("image_id,label,mask\nimg000,benign,../x.png\n")
+        return root, labels, "../x.png", False
+    if name == "mask_column_absolute":
+        labels.write_text(f"image_id,label,mask\nimg000,benign,{dh.write_mask(outside / 'm.png')}\n")
+        return root, labels, "escapes", False
+    if name == "symlinked_image":
+        target = dh.write_image(outside / "elsewhere.jpg")
+        (train_dir / "ISIC_0000001.jpg").unlink()
+        (train_dir / "ISIC_0000001.jpg").symlink_to(target)
+        return root, train_csv, "ISIC_0000001.jpg", False
+    if name == "symlinked_mask":
+        target = dh.write_mask(outside / "elsewhere.png")
+        (train_dir / "ISIC_0000000_Segmentation.png").unlink()
+        (train_dir / "ISIC_0000000_Segmentation.png").symlink_to(target)
+        return root, train_csv, "ISIC_0000000_Segmentation.png", False
+    if name == "symlinked_images_folder":
+        shutil.move(root / "images", outside / "images")
+        (root / "images").symlink_to(outside / "images", target_is_directory=True)
+        return root, labels, "outside the data folder", False
+    if name == "duplicate_train_id":
+        _edit(train_csv, "ISIC_0000002,benign\n", "ISIC_0000002,benign\nISIC_0000002,benign\n")
+        return root, train_csv, "duplicate image id(s): ISIC_0000002", False
+    if name == "duplicate_test_id":
+        _edit(test_csv, "ISIC_0000012,0.0\n", "ISIC_0000012,0.0\nISIC_0000012,0.0\n")
+        return root, test_csv, "duplicate image id(s): ISIC_0000012", False
+    if name == "id_in_both_splits":
+        shutil.copy(train_dir / "ISIC_0000000.jpg", root / dh.TEST_DIR / "ISIC_0000000.jpg")
+        _edit(test_csv, "ISIC_0000012,0.0\n", "ISIC_0000012,0.0\nISIC_0000000,0.0\n")
+        return root, test_csv, "ISIC_0000000", False
+    if name == "duplicate_id":
+        _edit(labels, "img001,", "img000,")
+        return root, labels, "duplicate image id(s): img000", False
+    if name == "no_header":
+        labels.write_text("img000,benign,train\nimg001,benign,train\n")
+        return root, labels, "header row", False
+    if name == "bad_split":
+        _edit(labels, "img004,1,test", "img004,1,validation")
+        return root, labels, "'validation'", False
+    if name == "binary_csv" and not isic:
+        labels.write_bytes(random_bytes(500, seed=3))
+        return root, labels, "CSV", False
+    if name == "binary_csv":
+        train_csv.write_bytes(random_bytes(500, seed=4))
+        return root, train_csv, "CSV", False
+    if name == "nul_csv":
+        train_csv.write_bytes(train_csv.read_bytes() + b"\x00\x00")
+        return root, train_csv, "NUL", False
+    if name == "csv_is_a_folder":
+        train_csv.unlink()
+        train_csv.mkdir()
+        return root, train_csv, "not a file", False
+    if name == "empty_csv":
+        labels.write_text("")
+        return root, labels, "empty CSV", False
+    raise AssertionError(kind)
+
+
+CASES = [
+    "isic_missing_image", "isic_missing_root", "isic_missing_image_folder", "isic_bad_label",
+    "isic_bad_test_label", "isic_blank_label", "isic_mask_size", "isic_corrupt_jpeg",
+    "isic_truncated_jpeg", "isic_zero_bytes", "generic_text_as_png", "generic_bomb_png",
+    "isic_dotdot_id", "isic_separator_id", "generic_backslash_id",
+    "generic_mask_column_escapes", "generic_mask_column_absolute", "isic_symlinked_image",
+    "isic_symlinked_mask", "generic_symlinked_images_folder", "isic_duplicate_train_id",
+    "isic_duplicate_test_id", "isic_id_in_both_splits", "generic_duplicate_id",
+    "generic_no_header", "generic_bad_split", "generic_binary_csv", "isic_binary_csv",
+    "isic_nul_csv", "generic_empty_csv", "generic_blank_label", "isic_csv_is_a_folder",
+]
+
+
+@pytest.fixture
+def case(request, make_isic, make_generic, tmp_path, dh):
+    return _case(request.param, make_isic, make_generic, tmp_path, dh)
+
+
+def _assert_names(exc: DermcamError, offending: Path, fragment: str) -> None:
+    msg = str(exc)
+    assert exc.path == str(offending), msg
+    assert msg.startswith(f"{offending}: ") and fragment in msg, msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("case", CASES, indirect=True)
+def test_library_raises_naming_the_offending_file(case):
+    root, offending, fragment, _ = case
+    with pytest.raises(DermcamError) as e:
+        describe(root, check=True)
+    _assert_names(e.value, offending, fragment)
+
+
+@pytest.mark.parametrize("case", CASES, indirect=True)
+def test_cli_info_prints_one_error_line_and_exits_2(case, monkeypatch, capsys):
+    root, offending, fragment, needs_check = case
+    code, _, err = run_cli(monkeypatch, capsys, "info", root, *(["--check"] if needs_check else []))
+    assert code == 2
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith(f"error: {offending}: ") and fragment in err, err
+    assert "Traceback" not in err
+
+
+def test_truncated_and_mismatched_files_are_found_by_check_only(make_isic, dh, monkeypatch,
+                                                                capsys):
+    """Without --check, 'info' reads headers only: a truncated scan is not yet seen."""
+    root = make_isic()
+    path = root / dh.TRAIN_DIR / "ISIC_0000004.jpg"
+    path.write_bytes(BAD_FILES["truncated_jpeg"][1]())
+    dh.write_mask(root / dh.TEST_DIR / "ISIC_0000010_Segmentation.png", size=(20, 20))
+    assert run_cli(monkeypatch, capsys, "info", root)[0] == 0
+    sample = next(s for s in load_dataset(root).samples if s.image_id == "ISIC_0000004")
+    with pytest.raises(DermcamError, match="truncated") as e:
+        decode_sample(sample, 16)
+    assert e.value.path == str(path)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_just_over_the_pixel_limit_fails_info_check(make_isic, dh, monkeypatch, capsys):
+    root = make_isic()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # each image is 1200 px
+    code, _, err = run_cli(monkeypatch, capsys, "info", root, "--check")
+    assert code == 2 and "decompression bomb" in err and err.count("\n") == 1
+    assert re.match(rf"error: {re.escape(str(root))}/ISBI2016_ISIC_Part3B_\w+/ISIC_\d+(_Segmentation\.png|\.jpg): ",
+                    err), err
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_real_process_error_has_no_traceback_unless_debug(make_isic, dh, debug):
+    root = make_isic()
+    bad = root / dh.TRAIN_DIR / "ISIC_0000004.jpg"
+    bad.write_bytes(b"")
+    args = [str(DERMCAM), *(["--debug"] if debug else []), "info", str(root)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    if debug:
+        assert r.returncode != 0 and "Traceback" in r.stderr and "DermcamError" in r.stderr
+    else:
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        lines = ANSI.sub("", r.stderr).splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: "), r.stderr
+
+
+# ---------------------------------------------------------------------------
+# Happy paths
+# ---------------------------------------------------------------------------
+
+
+def _row(out: str, split: str) -> list[int]:
+    """The numbers of one split's row in the info table: images, benign, malignant, ..."""
+    line = next(ln for ln in out.splitlines() if re.search(rf"\b{split}\b", ln)
+                and re.search(r"\d", ln) and "split" not in ln)
+    return [int(float(x)) for x in re.findall(r"\d+(?:\.\d+)?", line)]
+
+
+def test_info_prints_counts_per_split_and_class(make_isic, monkeypatch, capsys):
+    root = make_isic()
+    code, out, err = run_cli(monkeypatch, capsys, "info", root, "--check")
+    assert code == 0 and err == ""
+    assert _row(out, "train")[:3] == [5, 3, 2] and _row(out, "train")[4] == 5
+    assert _row(out, "test")[:3] == [3, 2, 1]
+    assert "ISIC 2016 Part 3B" in out and "40x30 (8)" in out
+
+
+def test_info_on_generic_layout_reports_the_holdout(make_generic, dh, monkeypatch, capsys):
+    root = make_generic(dh.generic_labels(10, 5))
+    code, out, _ = run_cli(monkeypatch, capsys, "info", root)
+    assert code == 0
+    assert _row(out, "train")[:3] == [12, 8, 4] and _row(out, "test")[:3] == [3, 2, 1]
+    assert "no split column" in out
+
+
+def test_info_notes_an_empty_split(make_isic, dh, monkeypatch, capsys):
+    root = make_isic()
+    (root / dh.TEST_CSV).unlink()
+    code, out, _ = run_cli(monkeypatch, capsys, "info", root)
+    assert code == 0 and _row(out, "test")[:3] == [0, 0, 0]
+    assert "the test split holds no images" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("args", [[str(DERMCAM), "--help"], [str(DERMCAM), "info", "--help"],
+                                  [sys.executable, "-m", "dermcam", "--help"]])
+def test_help_exits_0(args):
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Usage" in r.stdout and ("info" in r.stdout)
+    assert "--check" in r.stdout or args[-2:] != ["info", "--help"]
