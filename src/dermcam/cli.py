@@ -233,6 +233,8 @@ def train(
         progress=not _state["quiet"])
     with progress_bar("decode + cache images") as cb:
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
+    if not manifest:  # a worker process of multi-process training: rank 0 reports
+        return
     _print_training(manifest)
     console.print(f"run folder: {out}  (next: dermcam evaluate {out})")
 
@@ -350,6 +352,25 @@ def _print_attention(summary) -> None:
                                                             "undetermined (constant heatmaps)")
             console.print(f"  {key}: sanity check {verdict} (median rank correlation with "
                           f"random-weights heatmaps {san.get('median', float('nan')):.2f})")
+
+
+# ---------------------------------------------------------------------- report
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (after evaluate; explain adds "
+                                                 "the attention sections).")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write (default "
+                                                     "RUN_DIR/report.html).")] = None,
+) -> None:
+    """One self-contained HTML report (opens offline) for reviewers: summary, model comparison
+    with CIs and tests, attention analysis, a gallery of leaking images, method notes."""
+    from dermcam import run as runmod
+    from dermcam.report import build_report
+
+    path = build_report(run_dir, out)
+    runmod.set_stage(run_dir, "report", "complete", path=str(path))
+    console.print(f"wrote {path}")
 
 
 # ------------------------------------------------------------------------ demo

@@ -94,6 +94,36 @@ class _Images(torch.utils.data.Dataset):
         return self.images[i], self.labels[i]
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled (or class-balanced) order that depends only on ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before each epoch, so a run resumed from a
+    checkpoint sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, labels: np.ndarray, seed: int, balanced: bool = False):
+        self.n = len(labels)
+        self.seed = seed
+        self.balanced = balanced
+        self.epoch = 0
+        counts = np.bincount(labels, minlength=2).astype(np.float64)
+        self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.balanced:
+            idx = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        else:
+            idx = torch.randperm(self.n, generator=g)
+        return iter(idx.tolist())
+
+
 def predict_proba(model, images: np.ndarray, batch_size: int = 64,
                   device: str | torch.device = "cpu") -> np.ndarray:
     """Malignant probability for ``(N, S, S, 3) uint8`` images -> ``(N,)``; restores the mode."""
@@ -121,7 +151,7 @@ def _lightning():
 
 
 def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tensor | None,
-                augment: bool, monitor: str):
+                augment: bool, monitor: str, seed: int = 0):
     pl = _lightning()
     from dermcam.augment import augment as augment_fn
     from dermcam.augment import normalize, to_float
@@ -136,6 +166,7 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
             self.weight_decay = weight_decay
             self.do_augment = augment
             self.monitor = monitor
+            self.seed = seed
             if class_weights is not None:
                 self.register_buffer("class_weights", class_weights.float())
             else:
@@ -149,6 +180,10 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
 
         def training_step(self, batch, batch_idx):
             images, labels = batch
+            # Augmentation and dropout draw from a stream fixed by (seed, epoch, batch, rank):
+            # a resumed run repeats an uninterrupted run's randomness exactly.
+            torch.manual_seed(self.seed * 1_000_003 + self.current_epoch * 10_007
+                              + batch_idx * 101 + self.global_rank)
             x = to_float(images)
             if self.do_augment:
                 x = augment_fn(x)
@@ -299,20 +334,13 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     ckdir.mkdir(parents=True, exist_ok=True)
     ytr = arrays.labels[tr_idx]
     weights = _class_weights(ytr) if cfg.imbalance == "weighted_loss" else None
-    module = make_module(model, cfg.lr, cfg.weight_decay, weights, cfg.augment, cfg.monitor)
+    module = make_module(model, cfg.lr, cfg.weight_decay, weights, cfg.augment, cfg.monitor,
+                         cfg.seed)
     train_ds = _Images(arrays.images[tr_idx], ytr)
     val_ds = _Images(arrays.images[va_idx], arrays.labels[va_idx])
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.imbalance == "balanced_sampler":
-        w = _class_weights(ytr).numpy()[ytr]
-        sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double),
-                                                         num_samples=len(ytr),
-                                                         replacement=True, generator=gen)
-        train_dl = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size,
-                                               sampler=sampler, num_workers=cfg.num_workers)
-    else:
-        train_dl = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True,
-                                               generator=gen, num_workers=cfg.num_workers)
+    sampler = EpochSampler(ytr, cfg.seed, balanced=cfg.imbalance == "balanced_sampler")
+    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
+                                           num_workers=cfg.num_workers)
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=max(cfg.batch_size, 64),
                                          num_workers=cfg.num_workers)
     mode = "max" if cfg.monitor == "val_auc" else "min"
@@ -393,6 +421,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
                            f"not {cfg.imbalance!r}")
     out = Path(cfg.out)
     t0 = time.perf_counter()
+    rank = _launched_rank()
     if resume:
         manifest = runmod.read_manifest(out)
         saved = manifest["config"]
@@ -402,7 +431,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     test_samples = ds.split("test")
     if not train_samples:
         raise DermcamError("the data set has no training split", cfg.data)
-    if not resume:
+    if rank != 0:
+        # A process started by Lightning's DDP launcher: rank 0 owns the run folder.
+        manifest = manifest if resume else {"models": {}}
+    elif not resume:
         runmod.prepare_run_dir(out, overwrite)
         manifest = {
             "kind": "dermcam-run", "created": runmod.now(), "status": "training",
@@ -425,11 +457,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
             log.info("%s already trained; skipping", name)
             continue
         result = train_one(name, cfg, arrays, tr_idx, va_idx, out, resume=resume)
-        if not result:  # non-zero rank in multi-process training
+        if not result or rank != 0:  # non-zero rank in multi-process training
             continue
         manifest = runmod.read_manifest(out)
         manifest["models"][name] = {**result, "status": "complete"}
         runmod.write_manifest(out, manifest)
+    if rank != 0:
+        return {}
     manifest = runmod.read_manifest(out)
     manifest["status"] = "trained"
     manifest["stages"]["train"] = {"status": "complete", "at": runmod.now(),
@@ -437,6 +471,14 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
                                    "n_train": int(len(tr_idx)), "n_val": int(len(va_idx))}
     runmod.write_manifest(out, manifest)
     return manifest
+
+
+def _launched_rank() -> int:
+    """The global rank set by Lightning's process launcher (0 when not launched)."""
+    for var in ("GLOBAL_RANK", "RANK", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
 
 
 def _counts(samples) -> dict[str, int]:

@@ -53,7 +53,7 @@ figure { margin: 8px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
 figcaption { font-size: 0.85rem; color: var(--muted); }
 .gallery { display: flex; flex-wrap: wrap; gap: 12px; }
-.card { width: 490px; max-width: 100%; border: 1px solid var(--line); border-radius: 4px;
+.card { flex: 0 1 calc(50% - 6px); min-width: 320px; border: 1px solid var(--line); border-radius: 4px;
   padding: 6px; background: var(--panel); margin: 0; }
 .card img { width: 100%; image-rendering: auto; border: 0; }
 .card figcaption { color: var(--fg); }
