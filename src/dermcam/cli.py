@@ -44,7 +44,10 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks f
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not debug:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric",
+                     "lightning.pytorch.utilities.rank_zero",
+                     "lightning.fabric.utilities.rank_zero",
+                     "lightning.fabric.utilities.distributed"):
             logging.getLogger(name).setLevel(logging.ERROR)
         import warnings
 
@@ -304,6 +307,11 @@ def explain(
     sanity: Annotated[bool, typer.Option(help="Randomised-weights sanity check "
                                               "(Adebayo et al. 2018).")] = True,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
+    shard: Annotated[str | None, typer.Option(help="Compute only part i/n of the batches "
+                                                   "(e.g. 0/4), for several processes or "
+                                                   "machines; then run --merge.")] = None,
+    merge: Annotated[bool, typer.Option(help="Score the batches written by all shards "
+                                             "into one attention.csv.")] = False,
 ) -> None:
     """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
 
@@ -315,10 +323,23 @@ def explain(
     """
     from dermcam.explain import run_explain
 
+    shard_t = None
+    if shard is not None:
+        try:
+            i, n = (int(v) for v in shard.split("/"))
+            shard_t = (i, n)
+        except ValueError as exc:
+            raise DermcamError(f"--shard must look like 0/4, got {shard!r}") from exc
     with progress_bar("Grad-CAM batches") as cb:
         summary = run_explain(run_dir, methods=[m.strip() for m in methods.split(",")],
                               target=target, normalize=normalize, limit=limit,
-                              batch_size=batch_size, sanity=sanity, n_boot=n_boot, progress=cb)
+                              batch_size=batch_size, sanity=sanity, n_boot=n_boot, progress=cb,
+                              shard=shard_t, merge=merge)
+    if shard_t is not None:
+        console.print(f"shard {shard}: {summary['batches']} batch(es) written under "
+                      f"{run_dir}/attention; when every shard is done: dermcam explain "
+                      f"{run_dir} --merge")
+        return
     _print_attention(summary)
     console.print(f"wrote {run_dir}/attention.csv, attention_summary.json, figures/")
 
@@ -360,7 +381,7 @@ def _print_attention(summary) -> None:
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Run folder (after evaluate; explain adds "
                                                  "the attention sections).")],
-    out: Annotated[Optional[Path], typer.Option(help="Where to write (default "
+    out: Annotated[Path | None, typer.Option(help="Where to write (default "
                                                      "RUN_DIR/report.html).")] = None,
 ) -> None:
     """One self-contained HTML report (opens offline) for reviewers: summary, model comparison
@@ -400,6 +421,99 @@ def demo(
              epochs=epochs, models=[m.strip() for m in models.split(",")], seed=seed,
              overwrite=overwrite, say=console.print, progress_bar=progress_bar,
              quiet=_state["quiet"], show=(_print_training, _print_metrics, _print_attention))
+
+
+# -------------------------------------------------------------------- download
+
+@app.command()
+def download(
+    dataset: Annotated[str, typer.Argument(help="Data set to fetch: isic2016 (Part 3B).")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to download and unpack into.")],
+    base_url: Annotated[str | None, typer.Option(
+        help="Where the files live (default: the ISIC challenge bucket, "
+             "https://isic-challenge-data.s3.amazonaws.com/2016/); http(s):// or file:// "
+             "for a local mirror.")] = None,
+    checksums: Annotated[Path | None, typer.Option(
+        help="File of 'SHA256  FILENAME' lines to verify against (sha256sum format).")]
+    = None,
+    retries: Annotated[int, typer.Option(help="Extra attempts after a dropped transfer "
+                                              "(each resumes).")] = 2,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait on the network.")] = 60.0,
+) -> None:
+    """Fetch, verify and safely unpack a public data set, then check its published counts.
+
+    Interrupted downloads resume from NAME.part; files are renamed into place only after
+    their size (and SHA-256, when known) is checked; download.json records what was
+    fetched and whether each file was verified.
+    """
+    from dermcam.data import download as dl
+
+    if dataset.lower().replace("-", "").replace("_", "") != "isic2016":
+        raise DermcamError(f"cannot download {dataset!r}: only isic2016 is supported; fetch "
+                           "ISIC 2017, HAM10000 or PH2 by hand and point 'dermcam info' at "
+                           "the folder")
+    with progress_bar("download") as cb:
+        res = dl.download_isic2016(to, base_url=base_url or dl.DEFAULT_BASE_URL,
+                                   checksums=checksums, progress=cb, say=console.print,
+                                   retries=retries, timeout=timeout)
+    for line in res.summary_lines():
+        console.print(line, highlight=False)
+    _print_info(to)
+    console.print(f"wrote {to / dl.RECORD}  (next: dermcam train {to})")
+
+
+# --------------------------------------------------------------------- predict
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by 'dermcam train' "
+                                                    "(RUN/models/<name>/model.pt).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (scanned "
+                                                      "for .jpg/.jpeg/.png/.bmp, not "
+                                                      "recursively).")],
+    masks: Annotated[Path | None, typer.Option(help="Folder of lesion masks "
+                                                    "(<stem>_Segmentation.png, "
+                                                    "<stem>_segmentation.png or <stem>.png): "
+                                                    "adds attention leakage scores.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.csv and "
+                                                          "overlays/.")] = Path("predictions"),
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images with a warning "
+                                                "instead of stopping.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+) -> None:
+    """Classify new images: malignancy probability, decision and Grad-CAM overlay per image.
+
+    The decision uses the threshold chosen on validation and stored in the checkpoint.
+    Research use only: not validated for clinical decisions.
+    """
+    from dermcam.predict import model_card_lines
+    from dermcam.predict import predict as run_predict
+
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with progress_bar("predict") as cb:
+        res = run_predict(checkpoint, images, out, masks=masks, batch_size=batch_size,
+                          skip_bad=skip_bad, device=device, progress=cb,
+                          warn=lambda msg: err.print(f"warning: {msg}", highlight=False,
+                                                     soft_wrap=True))
+    console.print("[bold]model card[/]")
+    for line in model_card_lines(res.card):
+        console.print(f"  {line}", highlight=False)
+    t = Table(title=f"predictions (threshold {res.table['threshold'].iloc[0]:.3f})")
+    cols = ["image_id", "prob_malignant", "decision"] + (
+        ["leakage", "pixel_auroc"] if "leakage" in res.table else [])
+    for c in cols:
+        t.add_column(c)
+    for _, r in res.table.head(20).iterrows():
+        t.add_row(*[("-" if r[c] != r[c] else f"{r[c]:.3f}") if isinstance(r[c], float)
+                    else str(r[c]) for c in cols])
+    console.print(t)
+    more = f" (first 20 of {len(res.table)} shown)" if len(res.table) > 20 else ""
+    console.print(f"wrote {res.csv_path} and {len(res.table)} overlays in {out / 'overlays'}"
+                  f"{more}; {len(res.skipped)} skipped")
 
 
 # -------------------------------------------------------------- entry point

@@ -65,8 +65,14 @@ def _explain_samples(manifest, limit):
 def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predicted",
                 normalize: str = "minmax", limit: int | None = None, batch_size: int = 16,
                 fast: bool = True, sanity: bool = True, n_boot: int = 1000,
-                progress=None, figures: bool = True) -> dict[str, Any]:
-    """Compute (or resume) heatmaps for every trained model and ``methods``, then score."""
+                progress=None, figures: bool = True, shard: tuple[int, int] | None = None,
+                merge: bool = False) -> dict[str, Any]:
+    """Compute (or resume) heatmaps for every trained model and ``methods``, then score.
+
+    ``shard=(i, n)`` computes only batches ``k`` with ``k % n == i`` (for several processes
+    or machines sharing the run folder) and does not score; ``merge=True`` computes
+    nothing, checks every batch is present, and scores them all into one attention.csv.
+    """
     import torch
 
     from dermcam.attribution import TARGETS, CamExplainer, check_method
@@ -84,14 +90,30 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
     if prev.get("normalize", normalize) != normalize or prev.get("target", target) != target:
         raise DermcamError("saved heatmaps use another --target/--normalize; delete "
                            f"{run_dir / HEATMAP_DIR} to recompute", run_dir)
+    if shard is not None:
+        i, n = shard
+        if not (n >= 1 and 0 <= i < n):
+            raise DermcamError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
     t0 = time.perf_counter()
-    runmod.set_stage(run_dir, "explain", "running", methods=methods, target=target,
-                     normalize=normalize, limit=limit)
+    if shard is None:
+        runmod.set_stage(run_dir, "explain", "running", methods=methods, target=target,
+                         normalize=normalize, limit=limit)
     ds, samples = _explain_samples(manifest, limit)
     size = manifest["config"]["image_size"]
     cache = ImageCache(manifest["config"].get("cache_dir"))
     names = trained_models(manifest)
     starts = list(range(0, len(samples), batch_size))
+    if merge:
+        missing = [str(_batch_file(run_dir, nm, me, st)) for nm in trained_models(manifest)
+                   for me in methods for st in starts
+                   if not _batch_file(run_dir, nm, me, st).exists()]
+        if missing:
+            raise DermcamError(f"cannot merge: {len(missing)} heatmap batch(es) missing, e.g. "
+                               f"{missing[0]}; run the missing --shard (same --batch-size)",
+                               run_dir)
+        starts = []
+    elif shard is not None:
+        starts = [st for k, st in enumerate(starts) if k % shard[1] == shard[0]]
     total = len(names) * len(methods) * len(starts)
     done = 0
     n_computed = 0
@@ -129,11 +151,13 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
                     done += 1
                     if progress:
                         progress(done, total)
+    timing = {"cam_seconds": round(t_cam, 3), "images_computed": n_computed,
+              "images_per_second": round(n_computed / t_cam, 2) if t_cam > 0 else None}
+    if shard is not None:
+        return {"shard": list(shard), "batches": len(starts), "timing": timing}
     sanity_res = {}
     if sanity:
         sanity_res = _sanity(run_dir, names, methods, samples, size, cache, target, normalize)
-    timing = {"cam_seconds": round(t_cam, 3), "images_computed": n_computed,
-              "images_per_second": round(n_computed / t_cam, 2) if t_cam > 0 else None}
     t_score = time.perf_counter()
     summary = score_run(run_dir, methods=methods, sanity=sanity_res, n_boot=n_boot,
                         figures=figures, extra={"timing": timing})

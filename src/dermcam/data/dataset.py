@@ -118,8 +118,17 @@ def class_counts(samples: list[Sample]) -> dict[str, int]:
     return {LABEL_NAMES[0]: c.get(0, 0), LABEL_NAMES[1]: c.get(1, 0)}
 
 
+def layouts() -> dict:
+    """Layout name -> loader module (``matches(root)``, ``load(root, check_files)``), in
+    detection order: the official layouts first, the generic ``labels.csv`` last."""
+    from dermcam.data import generic, ham10000, isic2016, isic2017, ph2
+
+    return {"isic2016": isic2016, "isic2017": isic2017, "ham10000": ham10000, "ph2": ph2,
+            "generic": generic}
+
+
 def detect_layout(root: str | Path) -> str:
-    """Name the layout of ``root``: ``isic2016`` or ``generic``."""
+    """Name the layout of ``root``: one of :func:`layouts` (``isic2016``, ..., ``generic``)."""
     from dermcam.data import generic, isic2016
 
     root = Path(root)
@@ -127,23 +136,20 @@ def detect_layout(root: str | Path) -> str:
         raise DermcamError("data folder not found", root)
     if not root.is_dir():
         raise DermcamError("not a folder (expected a data set folder)", root)
-    if isic2016.matches(root):
-        return "isic2016"
-    if generic.matches(root):
-        return "generic"
+    for name, module in layouts().items():
+        if module.matches(root):
+            return name
     raise DermcamError(
         "no known data layout found: expected the ISIC 2016 Part 3B files "
-        f"({isic2016.TRAIN_CSV}, ...) or a generic '{generic.CSV_NAME}' with image_id,label "
+        f"({isic2016.TRAIN_CSV}, ...), ISIC 2017, HAM10000 (HAM10000_metadata.csv), PH2 "
+        f"(PH2_dataset.txt) or a generic '{generic.CSV_NAME}' with image_id,label "
         "columns; create one with 'dermcam synth'", root)
 
 
 def load_dataset(root: str | Path, check_files: bool = True) -> DataSet:
     """Load any supported layout under ``root``."""
-    from dermcam.data import generic, isic2016
-
     layout = detect_layout(root)
-    loader = {"isic2016": isic2016.load, "generic": generic.load}[layout]
-    ds = loader(Path(root), check_files=check_files)
+    ds = layouts()[layout].load(Path(root), check_files=check_files)
     if not ds.samples:
         raise DermcamError("the data set holds no images", root)
     for split in SPLITS:

@@ -84,12 +84,27 @@ def describe(root: str | Path, check: bool = False) -> dict[str, Any]:
             arts[col.removeprefix("artifact_")] = rates
         out["artifacts"] = arts
     if ds.name == "ISIC 2016 Part 3B":
-        from dermcam.data.isic2016 import OFFICIAL_COUNTS
-
-        got = {sp: {LABEL_NAMES[0]: out["splits"][sp][LABEL_NAMES[0]],
-                    LABEL_NAMES[1]: out["splits"][sp][LABEL_NAMES[1]]} for sp in ("train", "test")}
-        out["official_check"] = ("counts match the published ISIC 2016 Part 3B counts"
-                                 if got == OFFICIAL_COUNTS else
-                                 f"counts differ from the published ISIC 2016 Part 3B counts "
-                                 f"{OFFICIAL_COUNTS} (a subset or a modified copy?)")
+        out["official_check"] = compare_official(out["splits"])[1]
     return out
+
+
+def compare_official(splits: dict[str, dict[str, Any]], official: dict | None = None,
+                     name: str = "ISIC 2016 Part 3B") -> tuple[bool, str]:
+    """Compare per-split class counts (``describe()["splits"]``) with published ones.
+
+    ``official`` defaults to :data:`dermcam.data.isic2016.OFFICIAL_COUNTS`. Returns
+    ``(match, sentence)``; the sentence says "match" or "differ".
+    """
+    if official is None:
+        from dermcam.data.isic2016 import OFFICIAL_COUNTS as official
+
+    def fmt(c: dict) -> str:
+        return "; ".join(f"{sp} {c[sp][LABEL_NAMES[0]] + c[sp][LABEL_NAMES[1]]} = "
+                         f"{c[sp][LABEL_NAMES[0]]} {LABEL_NAMES[0]} + {c[sp][LABEL_NAMES[1]]} "
+                         f"{LABEL_NAMES[1]}" for sp in official)
+
+    got = {sp: {k: int(splits.get(sp, {}).get(k, 0)) for k in LABEL_NAMES} for sp in official}
+    if got == official:
+        return True, f"counts match the published {name} counts ({fmt(official)})"
+    return False, (f"counts differ from the published {name} counts: found {fmt(got)}, "
+                   f"published {fmt(official)} (a subset or a modified copy?)")

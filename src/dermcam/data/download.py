@@ -1,0 +1,487 @@
+"""Fetch the official ISIC 2016 Part 3B files, verify them and unpack them safely.
+
+::
+
+    download_isic2016(DIR)        # the four official files, into DIR
+    DIR/ISBI2016_ISIC_Part3B_Training_Data.zip -> DIR/ISBI2016_ISIC_Part3B_Training_Data/
+    DIR/ISBI2016_ISIC_Part3B_Test_Data.zip     -> DIR/ISBI2016_ISIC_Part3B_Test_Data/
+    DIR/ISBI2016_ISIC_Part3B_{Training,Test}_GroundTruth.csv
+    DIR/download.json             URLs, sizes, SHA-256 and whether each was verified
+
+Each file is streamed to ``NAME.part`` with urllib (http, https or ``file://``
+for a local mirror). An interrupted transfer resumes from the ``.part`` file
+with an HTTP ``Range`` request; a server that ignores the range (200 instead of
+206) gets a clean restart. The byte count is checked against Content-Length and
+the SHA-256 against the expected value when one is known (``--checksums FILE``
+or :data:`KNOWN_SHA256`); only then is ``.part`` renamed to ``NAME``. When no
+checksum is known the computed one is recorded in ``download.json`` and the
+file is reported as *not verified*, never as verified.
+
+Archives are unpacked member by member after every member has been checked: no
+absolute paths, no ``..``, no symbolic links or special files, no member over
+:data:`MAX_MEMBER_BYTES`. A refused archive writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import shutil
+import stat
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import urljoin, urlparse
+from urllib.request import Request, urlopen
+
+from dermcam.data import isic2016
+from dermcam.errors import DermcamError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2016/"
+TRAIN_ZIP = "ISBI2016_ISIC_Part3B_Training_Data.zip"
+TEST_ZIP = "ISBI2016_ISIC_Part3B_Test_Data.zip"
+#: The official ISIC 2016 Part 3B files, in download order.
+ISIC2016_FILES = (isic2016.TRAIN_CSV, isic2016.TEST_CSV, TRAIN_ZIP, TEST_ZIP)
+ARCHIVES = {TRAIN_ZIP: isic2016.TRAIN_DIR, TEST_ZIP: isic2016.TEST_DIR}
+
+#: file name -> expected SHA-256 (hex). Empty: the challenge publishes no checksums,
+#: so none is assumed; pass ``checksums=`` (``--checksums FILE``) or fill this in.
+KNOWN_SHA256: dict[str, str] = {}
+
+RECORD = "download.json"
+PART_SUFFIX = ".part"
+TIMEOUT_S = 60.0  # per socket operation (connect, each read)
+RETRIES = 2  # extra attempts after a dropped or truncated transfer (each resumes)
+BACKOFF_S = 2.0  # wait before retry k: k * BACKOFF_S
+CHUNK = 1 << 20
+MAX_DOWNLOAD_BYTES = 64 << 30  # no official file is near this; stops an endless stream
+MAX_MEMBER_BYTES = 512 << 20  # the largest ISIC image is a few MB
+MAX_ARCHIVE_BYTES = 32 << 30  # sum of uncompressed member sizes
+MAX_MEMBERS = 100_000
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+Progress = Callable[[int, "int | None"], None]
+
+
+class _Retryable(Exception):
+    """A transfer that stopped early (drop, timeout, truncation): worth resuming."""
+
+
+class _RangeRefused(_Retryable):
+    """HTTP 416: the partial file does not fit the server's file; start afresh."""
+
+
+@dataclass
+class Fetched:
+    """One downloaded file: where from, where to, how big, its SHA-256 and how it was checked."""
+
+    name: str
+    url: str
+    path: str
+    size: int
+    sha256: str
+    verified: bool  # True only when compared with a known checksum
+    resumed: bool = False
+    status: str = "downloaded"  # downloaded | already present
+
+
+# --------------------------------------------------------------------- checksums
+
+def read_checksums(path: str | Path) -> dict[str, str]:
+    """Parse ``sha256sum`` output (``HEX  NAME`` or ``HEX *NAME``; ``#`` comments) -> {name: hex}."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise DermcamError("checksum file not found", path) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DermcamError(f"could not read checksum file ({exc})", path) from exc
+    out: dict[str, str] = {}
+    for i, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2 or not _HEX64.match(parts[0]):
+            raise DermcamError(f"line {i}: expected 'SHA256  FILENAME' (64 hex digits), "
+                               f"got {line[:80]!r}", path)
+        out[parts[1].strip().lstrip("*")] = parts[0].lower()
+    return out
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for buf in iter(lambda: fh.read(CHUNK), b""):
+            h.update(buf)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------- fetching
+
+def normalize_base_url(base_url: str) -> str:
+    """``http(s)://`` or ``file://`` URL ending in ``/``; a local folder becomes a file URL."""
+    base = str(base_url).strip()
+    scheme = urlparse(base).scheme.lower()
+    if not scheme and Path(base).is_dir():
+        base = Path(base).resolve().as_uri()
+        scheme = "file"
+    if scheme not in ("http", "https", "file"):
+        raise DermcamError(f"--base-url must be an http(s):// or file:// URL (or a local "
+                           f"folder), got {base_url!r}")
+    return base if base.endswith("/") else base + "/"
+
+
+def _content_range_start(value: str | None) -> tuple[int | None, int | None]:
+    """``bytes START-END/TOTAL`` -> (START, TOTAL or None)."""
+    m = re.match(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", value or "")
+    if not m:
+        return None, None
+    return int(m.group(1)), (None if m.group(3) == "*" else int(m.group(3)))
+
+
+def _open_url(url: str, have: int, timeout: float):
+    req = Request(url, headers={"User-Agent": "dermcam", "Accept-Encoding": "identity"})
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    try:
+        return urlopen(req, timeout=timeout)
+    except HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and have:
+            raise _RangeRefused("the server refused to resume (HTTP 416)") from exc
+        if 500 <= exc.code < 600:
+            raise _Retryable(f"HTTP {exc.code} {exc.reason}") from exc
+        raise DermcamError(f"HTTP {exc.code} {exc.reason}", url) from exc
+    except URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, FileNotFoundError) or (
+                isinstance(reason, str) and "No such file" in reason):
+            raise DermcamError("not found (file:// mirror)", url) from exc
+        raise _Retryable(f"network error ({reason})") from exc
+    except TimeoutError as exc:
+        raise _Retryable(f"no answer within {timeout:g} s") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Retryable(f"network error ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_chunk(resp, done: int, timeout: float) -> bytes:
+    try:
+        return resp.read(CHUNK)
+    except TimeoutError as exc:
+        raise _Retryable(f"transfer stalled for {timeout:g} s after {done} bytes") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Retryable(f"transfer interrupted after {done} bytes "
+                         f"({type(exc).__name__})") from exc
+
+
+def _fetch_once(url: str, dest: Path, part: Path, expected: str | None,
+                progress: Progress | None, timeout: float, max_bytes: int) -> Fetched:
+    have = part.stat().st_size if part.exists() else 0
+    try:
+        resp = _open_url(url, have, timeout)
+    except _RangeRefused:
+        log.info("%s: the server refused the resume range; restarting", url)
+        part.unlink(missing_ok=True)
+        have = 0
+        resp = _open_url(url, have, timeout)
+    h = hashlib.sha256()
+    resumed = False
+    with resp:
+        status = getattr(resp, "status", None) or 200  # file:// responses carry no status
+        length_hdr = resp.headers.get("Content-Length", "")
+        length = int(length_hdr) if length_hdr.strip().isdigit() else None
+        if status == 206 and have:
+            start, total = _content_range_start(resp.headers.get("Content-Range"))
+            if start != have:
+                part.unlink(missing_ok=True)
+                raise _Retryable(f"the server resumed at byte {start}, not {have}; restarting")
+            if total is None and length is not None:
+                total = have + length
+            with open(part, "rb") as fh:  # the hash covers the bytes already on disk
+                for buf in iter(lambda: fh.read(CHUNK), b""):
+                    h.update(buf)
+            done, mode, resumed = have, "ab", True
+        elif status == 200:
+            if have:
+                log.info("%s: the server ignored the Range request; restarting", url)
+            done, mode, total = 0, "wb", length
+        else:
+            raise DermcamError(f"unexpected HTTP status {status}", url)
+        if total is not None and total > max_bytes:
+            raise DermcamError(f"file is {total} bytes, over the {max_bytes}-byte limit", url)
+        if progress:
+            progress(done, total)
+        limit = total if total is not None else max_bytes
+        try:
+            with open(part, mode) as fh:
+                # Bounded: every pass reads at least one byte or ends, the byte count is
+                # capped by Content-Length (or max_bytes) and each read times out.
+                while True:
+                    buf = _read_chunk(resp, done, timeout)
+                    if not buf:
+                        break
+                    done += len(buf)
+                    if done > limit:
+                        break
+                    fh.write(buf)
+                    h.update(buf)
+                    if progress:
+                        progress(done, total)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise DermcamError(f"could not write ({exc.strerror or exc})", part) from exc
+    if done > limit:
+        part.unlink(missing_ok=True)
+        raise DermcamError(f"the server sent more than the announced {total} bytes"
+                           if total is not None else f"download exceeds {max_bytes} bytes", url)
+    if total is not None and done < total:
+        raise _Retryable(f"transfer truncated: got {done} of {total} bytes")
+    digest = h.hexdigest()
+    if expected is not None and digest != expected.lower():
+        part.unlink(missing_ok=True)
+        raise DermcamError(f"SHA-256 mismatch: expected {expected.lower()}, got {digest} "
+                           f"(the partial file {part.name} was removed)", url)
+    os.replace(part, dest)
+    return Fetched(dest.name, url, str(dest), done, digest, expected is not None, resumed)
+
+
+def fetch(url: str, dest: str | Path, expected_sha256: str | None = None,
+          progress: Progress | None = None, timeout: float = TIMEOUT_S,
+          retries: int = RETRIES, backoff_s: float = BACKOFF_S,
+          max_bytes: int = MAX_DOWNLOAD_BYTES) -> Fetched:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial file.
+
+    ``progress(done_bytes, total_bytes)`` is called as bytes arrive (``total_bytes``
+    is None when the server sends no Content-Length). A dropped or truncated
+    transfer is retried ``retries`` times, each attempt resuming; the ``.part``
+    file is kept after the last failure so a later call resumes it. A checksum
+    mismatch removes the ``.part`` file. ``dest`` appears only after the size (and
+    the checksum, when ``expected_sha256`` is given) has been verified.
+    """
+    dest = Path(dest)
+    if expected_sha256 is not None and not _HEX64.match(expected_sha256):
+        raise DermcamError(f"expected SHA-256 for {dest.name} is not 64 hex digits")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + PART_SUFFIX)
+    last: _Retryable | None = None
+    for attempt in range(max(0, int(retries)) + 1):
+        if attempt:
+            log.warning("%s: %s; retrying (%d of %d)", url, last, attempt, retries)
+            time.sleep(backoff_s * attempt)
+        try:
+            return _fetch_once(url, dest, part, expected_sha256, progress, timeout, max_bytes)
+        except _Retryable as exc:
+            last = exc
+    kept = f"; run again to resume from {part.name}" if part.exists() else ""
+    raise DermcamError(f"{last} (after {max(0, int(retries)) + 1} attempt(s)){kept}", url)
+
+
+# -------------------------------------------------------------------- extraction
+
+def _unsafe_reason(info: zipfile.ZipInfo, max_member_bytes: int) -> str | None:
+    name = info.filename
+    if not name or "\x00" in name:
+        return "has an empty or NUL-containing name"
+    if "\\" in name:
+        return "uses backslashes in its path"
+    p = PurePosixPath(name)
+    if p.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        return "is an absolute path"
+    if ".." in p.parts:
+        return "climbs out of the target folder with '..'"
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind == stat.S_IFLNK:
+        return "is a symbolic link"
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "is a special file (device, fifo or socket)"
+    if info.file_size > max_member_bytes:
+        return f"is {info.file_size} bytes, over the {max_member_bytes}-byte limit per member"
+    return None
+
+
+def safe_extract(archive: str | Path, dest: str | Path,
+                 max_member_bytes: int = MAX_MEMBER_BYTES,
+                 max_total_bytes: int = MAX_ARCHIVE_BYTES,
+                 max_members: int = MAX_MEMBERS,
+                 progress: Progress | None = None) -> dict[str, int]:
+    """Unpack ``archive`` under ``dest`` after checking every member; returns counts.
+
+    Refuses (one-line :class:`DermcamError` naming the archive and member, nothing
+    written) absolute paths, ``..``, backslash paths, symbolic links, special files,
+    members over ``max_member_bytes`` and archives over ``max_members`` /
+    ``max_total_bytes``. Each file is written atomically; a file already present
+    with the member's size is kept (re-runs are cheap). ``__MACOSX/`` is skipped.
+    """
+    from dermcam.data.paths import safe_join
+    from dermcam.io import atomic_path
+
+    archive, dest = Path(archive), Path(dest)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DermcamError(f"not a readable zip archive ({exc}); delete it and download "
+                           "again", archive) from exc
+    counts = {"written": 0, "kept": 0, "folders": 0}
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > max_members:
+            raise DermcamError(f"refused to extract: {len(infos)} members, over the "
+                               f"{max_members} limit", archive)
+        plan = []
+        total = 0
+        for info in infos:
+            if info.filename.startswith("__MACOSX/"):
+                continue
+            reason = _unsafe_reason(info, max_member_bytes)
+            if reason:
+                raise DermcamError(f"refused to extract: member {info.filename!r} {reason}",
+                                   archive)
+            total += info.file_size
+            plan.append(info)
+        if total > max_total_bytes:
+            raise DermcamError(f"refused to extract: {total} bytes uncompressed, over the "
+                               f"{max_total_bytes}-byte limit", archive)
+        dest.mkdir(parents=True, exist_ok=True)
+        # Resolve every target before writing any (an existing symlinked folder in
+        # dest could otherwise lead a member out).
+        targets = [safe_join(dest, info.filename.rstrip("/"), archive) for info in plan]
+        done_bytes = 0
+        for info, target in zip(plan, targets):
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                counts["folders"] += 1
+                continue
+            if target.is_file() and target.stat().st_size == info.file_size:
+                counts["kept"] += 1
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with atomic_path(target) as tmp, zf.open(info) as src, \
+                            open(tmp, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)  # zipfile stops at file_size
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+                    raise DermcamError(f"damaged member {info.filename!r} ({exc}); delete the "
+                                       "archive and download again", archive) from exc
+                counts["written"] += 1
+            done_bytes += info.file_size
+            if progress:
+                progress(done_bytes, total)
+    return counts
+
+
+# ---------------------------------------------------------------------- ISIC 2016
+
+@dataclass
+class DownloadResult:
+    root: Path
+    files: list[Fetched]
+    extracted: dict[str, dict[str, int]]
+    counts_match: bool | None
+    official_check: str
+    info: dict[str, Any]
+
+    def summary_lines(self) -> list[str]:
+        """One line per file and archive (the official count check is in ``official_check``)."""
+        lines = []
+        for f in self.files:
+            check = ("SHA-256 verified" if f.verified else
+                     f"SHA-256 not verified (no known checksum; recorded in {RECORD})")
+            how = f.status + (" (resumed)" if f.resumed else "")
+            lines.append(f"{f.name}: {how}, {f.size} bytes, {check}")
+        for name, c in self.extracted.items():
+            lines.append(f"{name}: {c['written']} file(s) extracted, {c['kept']} already "
+                         "present")
+        return lines
+
+
+def download_isic2016(dest: str | Path, base_url: str = DEFAULT_BASE_URL,
+                      checksums: str | Path | Mapping[str, str] | None = None,
+                      progress: Progress | None = None,
+                      say: Callable[[str], None] | None = None,
+                      timeout: float = TIMEOUT_S, retries: int = RETRIES,
+                      backoff_s: float = BACKOFF_S,
+                      max_member_bytes: int = MAX_MEMBER_BYTES) -> DownloadResult:
+    """Fetch, verify and unpack ISIC 2016 Part 3B into ``dest``; compare its counts.
+
+    ``checksums``: a ``sha256sum``-style file or a ``{name: hex}`` mapping; it
+    overrides :data:`KNOWN_SHA256`. ``progress(done, total)`` reports bytes of the
+    file in flight (and members while unpacking); ``say(line)`` reports each step.
+    Files already present are not fetched again (their checksum is checked when
+    known). Writes ``dest/download.json``.
+    """
+    from dermcam import __version__
+    from dermcam.data.describe import compare_official, describe
+    from dermcam.io import read_json, write_json
+
+    dest = Path(dest).resolve()
+    if dest.exists() and not dest.is_dir():
+        raise DermcamError("not a folder", dest)
+    base = normalize_base_url(base_url)
+    expected = dict(KNOWN_SHA256)
+    if checksums is not None:
+        expected.update(read_checksums(checksums) if isinstance(checksums, (str, Path))
+                        else {k: v.lower() for k, v in checksums.items()})
+    say = say or (lambda line: None)
+    dest.mkdir(parents=True, exist_ok=True)
+    record_path = dest / RECORD
+    try:
+        previous = read_json(record_path).get("files", {}) if record_path.exists() else {}
+    except (DermcamError, AttributeError):
+        previous = {}
+    files: list[Fetched] = []
+    for name in ISIC2016_FILES:
+        url = urljoin(base, name)
+        target = dest / name
+        want = expected.get(name)
+        if target.exists():
+            digest = sha256_file(target)
+            if want is not None and digest != want:
+                raise DermcamError(f"file exists but its SHA-256 {digest} differs from the "
+                                   f"expected {want}; delete it to download again", target)
+            recorded = previous.get(name, {}).get("sha256")
+            if want is None and recorded and recorded != digest:
+                log.warning("%s: SHA-256 differs from the one recorded at download", target)
+            files.append(Fetched(name, url, str(target), target.stat().st_size, digest,
+                                 want is not None, status="already present"))
+            say(f"{name}: already present")
+            continue
+        say(f"fetching {url}")
+        files.append(fetch(url, target, want, progress=progress, timeout=timeout,
+                           retries=retries, backoff_s=backoff_s))
+    extracted = {}
+    for archive, folder in ARCHIVES.items():
+        say(f"unpacking {archive}")
+        extracted[archive] = safe_extract(dest / archive, dest, max_member_bytes,
+                                          progress=progress)
+        if not (dest / folder).is_dir():
+            raise DermcamError(f"the archive holds no {folder}/ folder (not the ISIC 2016 "
+                               "Part 3B archive?)", dest / archive)
+    info = describe(dest)
+    match, text = compare_official(info["splits"])
+    result = DownloadResult(dest, files, extracted, match, text, info)
+    write_json(record_path, {
+        "schema_version": 1, "dermcam": __version__, "data_set": "ISIC 2016 Part 3B",
+        "base_url": base, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": {f.name: {k: v for k, v in asdict(f).items() if k != "name"} for f in files},
+        "checksum_note": ("every file was verified against a known SHA-256"
+                          if all(f.verified for f in files) else
+                          "SHA-256 values of files marked verified=false were computed here, "
+                          "not checked against a published value"),
+        "extracted": extracted,
+        "counts": {sp: {k: v for k, v in s.items() if k in ("n", "benign", "malignant",
+                                                             "with_mask")}
+                   for sp, s in info["splits"].items()},
+        "counts_match_official": match, "official_check": text})
+    return result

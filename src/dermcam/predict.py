@@ -1,0 +1,333 @@
+"""Classify new dermoscopy images with a trained dermcam checkpoint, with Grad-CAM overlays.
+
+::
+
+    OUT/predictions.csv      path, image_id, prob_malignant, decision, threshold
+                             (+ mask_path, the attention metrics and metric_note with masks)
+    OUT/overlays/<id>.png    the input and its Grad-CAM heatmap over it (lesion outline
+                             in white when a mask was given)
+    OUT/manifest.json        checkpoint, model card, inputs, skipped files
+
+Images are decoded and resized exactly as for training (:func:`dermcam.data.cache.
+decode_sample`: EXIF orientation, RGB, squashed to ``S x S``), so a probability here
+equals :func:`dermcam.training.predict_proba` on the same image. The decision uses
+the threshold chosen on validation and stored in the checkpoint; heatmaps explain
+that decision (Grad-CAM, ``target="predicted"`` at that threshold).
+
+Shape contracts: a batch is ``(N, S, S, 3) uint8`` -> probabilities ``(N,)`` and
+heatmaps ``(N, S, S)`` in [0, 1]; masks ``(N, S, S)`` bool.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermcam.errors import DermcamError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+#: Files with these stem endings are masks or maps, not images, when a folder is scanned.
+NOT_IMAGE_STEMS = ("_segmentation", "_superpixels", "_artifacts", "_lesion")
+MASK_NAMES = ("{stem}_Segmentation.png", "{stem}_segmentation.png", "{stem}.png")
+MANIFEST_KIND = "dermcam-predictions"
+OVERLAY_PANEL = 224  # overlay panels are at least this many pixels wide
+NOT_VALIDATED_FOR = (
+    "clinical decisions (diagnosis, triage or reassurance): research use only. Inputs unlike the training data (another dermatoscope or camera, "
+    "clinical photographs, other body sites, populations or skin types, other diagnoses) "
+    "can give confident but wrong probabilities, and the threshold was chosen on the "
+    "training data's validation split, not for any clinical operating point.")
+
+
+@dataclass
+class PredictResult:
+    out: Path
+    table: Any  # pandas.DataFrame, one row per image in input order
+    card: dict[str, Any]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out / "predictions.csv"
+
+
+# ------------------------------------------------------------------------- inputs
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders scanned (not recursively, sorted) for .jpg/.jpeg/.png/.bmp.
+
+    Files in a folder whose stem ends in ``_segmentation``, ``_superpixels``,
+    ``_artifacts`` or ``_lesion`` are masks or maps and are left out.
+    """
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir()
+                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not f.stem.lower().endswith(NOT_IMAGE_STEMS))
+            if not found:
+                raise DermcamError("folder holds no .jpg, .jpeg, .png or .bmp images", p)
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DermcamError("image file or folder not found", p)
+    if not out:
+        raise DermcamError("no images given")
+    return out
+
+
+def find_mask(mask_dir: Path, image: Path) -> Path | None:
+    """``<stem>_Segmentation.png``, ``<stem>_segmentation.png`` or ``<stem>.png`` in ``mask_dir``."""
+    for pattern in MASK_NAMES:
+        p = mask_dir / pattern.format(stem=image.stem)
+        if p.is_file() and p.resolve() != image.resolve():
+            return p
+    return None
+
+
+def _ids(paths: Sequence[Path]) -> list[str]:
+    """File-name-safe, unique ids from the stems (``a b.jpg`` -> ``a_b``; repeats get ``__2``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", p.stem).lstrip(".") or "image"
+        seen[base] = seen.get(base, 0) + 1
+        out.append(base if seen[base] == 1 else f"{base}__{seen[base]}")
+    return out
+
+
+# --------------------------------------------------------------------- model card
+
+def load_classifier(checkpoint: str | Path):
+    """``(model, info, payload)`` from a dermcam checkpoint, checking the fields predict needs."""
+    from dermcam.training import load_checkpoint
+
+    path = Path(checkpoint)
+    if path.is_file():
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+            raise DermcamError("not a PyTorch checkpoint file (expected a dermcam "
+                               "RUN/models/<name>/model.pt)", path)
+    model, info, payload = load_checkpoint(checkpoint)
+    size, thr = payload.get("image_size"), payload.get("threshold")
+    if not isinstance(size, int) or size < 8 or not isinstance(thr, (int, float)) or not (
+            0.0 <= float(thr) <= 1.0):
+        raise DermcamError("not a trained dermcam classifier checkpoint (no image_size and "
+                           "validation threshold); use RUN/models/<name>/model.pt", checkpoint)
+    return model, info, payload
+
+
+def model_card(payload: dict[str, Any], info) -> dict[str, Any]:
+    """The checkpoint's model card, with fields older checkpoints lack filled from the payload."""
+    card = dict(payload.get("model_card") or {})
+    card.setdefault("architecture", info.display_name)
+    card.setdefault("weights_source", payload.get("weights_source", info.weights_source))
+    card.setdefault("trained_on", "unknown (not recorded in the checkpoint)")
+    card.setdefault("image_size", payload["image_size"])
+    card.setdefault("threshold", float(payload["threshold"]))
+    card.setdefault("val_auc", None)
+    card.setdefault("intended_use", "research on dermoscopy classification and attention "
+                                    "auditing; not validated for clinical use")
+    card["not_validated_for"] = NOT_VALIDATED_FOR
+    return card
+
+
+def model_card_lines(card: dict[str, Any]) -> list[str]:
+    """What the model is and what it is not validated for, as printable lines."""
+    auc = card.get("val_auc")
+    auc_txt = f"{auc:.3f}" if isinstance(auc, (int, float)) else "not recorded"
+    n = ""
+    if card.get("n_train") is not None:
+        n = f" ({card['n_train']} training, {card.get('n_val', '?')} validation images)"
+    rule = f" ({card['threshold_rule']})" if card.get("threshold_rule") else ""
+    return [
+        f"model: {card['architecture']}, weights {card['weights_source']}, input "
+        f"{card['image_size']} px",
+        f"trained on: {card['trained_on']}{n}",
+        f"validation AUC {auc_txt}; decision threshold {float(card['threshold']):.3f}{rule}",
+        f"intended use: {card['intended_use']}",
+        f"not validated for: {card['not_validated_for']}",
+    ]
+
+
+# ------------------------------------------------------------------------ overlay
+
+def _jet(x: np.ndarray) -> np.ndarray:
+    """Jet colour map: ``(H, W)`` in [0, 1] -> ``(H, W, 3)`` floats."""
+    return np.stack([np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3, 2, 1)], axis=-1)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1, mode="edge")
+    return mask & ~(p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:])
+
+
+def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None,
+                panel: int = OVERLAY_PANEL) -> bytes:
+    """PNG bytes: the image beside its heatmap over it (jet, 50 %), lesion outline in white.
+
+    ``image (S, S, 3) uint8``, ``cam (S, S)`` non-negative, ``mask (S, S)`` bool or None.
+    """
+    import io
+
+    from PIL import Image
+
+    if image.ndim != 3 or cam.shape != image.shape[:2] or (
+            mask is not None and mask.shape != cam.shape):
+        raise ValueError(f"image {image.shape}, cam {cam.shape} and mask "
+                         f"{None if mask is None else mask.shape} must be (S, S, 3), (S, S)")
+    c = np.nan_to_num(np.asarray(cam, np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(0)
+    c = c / c.max() if c.max() > 0 else c
+    heat = 0.5 * image.astype(np.float64) / 255.0 + 0.5 * _jet(c)
+    if mask is not None and mask.any() and not mask.all():
+        heat[_outline(mask.astype(bool))] = 1.0
+    side = max(panel, image.shape[0])
+    tiles = [Image.fromarray(image), Image.fromarray((heat * 255).round().astype(np.uint8))]
+    gap = 4
+    strip = Image.new("RGB", (2 * side + gap, side), (255, 255, 255))
+    for k, t in enumerate(tiles):
+        strip.paste(t.resize((side, side), Image.NEAREST), (k * (side + gap), 0))
+    buf = io.BytesIO()
+    strip.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------ predict
+
+def _prepare_out(out: Path) -> None:
+    import shutil
+
+    from dermcam.io import MANIFEST, read_json
+
+    if out.exists() and not out.is_dir():
+        raise DermcamError("output path exists and is not a folder", out)
+    manifest = out / MANIFEST
+    if manifest.exists():
+        kind = None
+        try:
+            m = read_json(manifest)
+            kind = m.get("kind") if isinstance(m, dict) else None
+        except DermcamError:
+            pass
+        if kind != MANIFEST_KIND:
+            raise DermcamError("output folder holds another dermcam output (a run?); choose "
+                               "a new --out folder", out)
+        shutil.rmtree(out / "overlays", ignore_errors=True)  # ours: stale overlays go
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
+            masks: str | Path | None = None, batch_size: int = 16, skip_bad: bool = False,
+            device: str = "cpu", progress: Callable[[int, int], None] | None = None,
+            warn: Callable[[str], None] | None = None) -> PredictResult:
+    """Probability of malignancy, decision and Grad-CAM overlay for each input image.
+
+    ``inputs``: image files and/or folders (see :func:`collect_images`). ``masks``: a
+    folder of lesion masks (see :func:`find_mask`); images with a mask also get the
+    attention metrics of :func:`dermcam.leakage.score_batch`. An unreadable image (or
+    mask) raises a one-line :class:`DermcamError` naming it, or with ``skip_bad`` is
+    reported through ``warn`` and left out. ``progress(done, total)`` counts images.
+    """
+    import pandas as pd
+    import torch
+
+    from dermcam.attribution import CamExplainer
+    from dermcam.augment import preprocess
+    from dermcam.data.cache import decode_sample
+    from dermcam.data.dataset import Sample
+    from dermcam.io import write_bytes, write_csv, write_json
+    from dermcam.leakage import METRICS, score_batch
+    from dermcam.run import now, versions
+
+    if batch_size < 1:
+        raise DermcamError(f"--batch-size must be at least 1, got {batch_size}")
+    warn = warn or log.warning
+    out = Path(out)
+    checkpoint = Path(checkpoint)
+    model, info, payload = load_classifier(checkpoint)
+    size, thr = int(payload["image_size"]), float(payload["threshold"])
+    card = model_card(payload, info)
+    paths = collect_images(inputs)
+    mask_dir = None
+    if masks is not None:
+        mask_dir = Path(masks)
+        if not mask_dir.is_dir():
+            raise DermcamError("mask folder not found", mask_dir)
+    _prepare_out(out)
+    ids = _ids(paths)
+    rows: list[dict[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    model = model.to(device)
+    total, done = len(paths), 0
+    with CamExplainer(model, info.target_layer, "gradcam") as ex:
+        for start in range(0, total, batch_size):
+            items = []
+            for path, image_id in zip(paths[start:start + batch_size],
+                                      ids[start:start + batch_size]):
+                mask_path = find_mask(mask_dir, path) if mask_dir is not None else None
+                try:
+                    item = decode_sample(Sample(image_id, path, 0, "test", mask_path), size)
+                except DermcamError as exc:
+                    if not skip_bad:
+                        raise
+                    warn(f"skipped: {exc}")
+                    skipped.append((str(path), str(exc)))
+                    continue
+                items.append((path, image_id, mask_path, item))
+            if items:
+                batch = np.stack([it[3]["image"] for it in items])
+                x = preprocess(torch.from_numpy(batch).to(device))
+                cams = ex.compute(x, target="predicted", threshold=thr, size=size)
+                has = np.array([it[3]["mask"] is not None for it in items])
+                scores: dict[str, np.ndarray] = {}
+                reasons = np.full(len(items), "no mask", dtype=object)
+                if has.any():
+                    m = np.stack([it[3]["mask"].astype(bool) for it, h in zip(items, has) if h])
+                    vals, why = score_batch(cams.heatmaps[has], m)
+                    for name in METRICS:
+                        col = np.full(len(items), np.nan)
+                        col[has] = vals[name]
+                        scores[name] = col
+                    reasons[has] = why
+                for k, (path, image_id, mask_path, item) in enumerate(items):
+                    prob = float(cams.probs[k])
+                    row = {"path": str(path), "image_id": image_id, "prob_malignant": prob,
+                           "decision": "malignant" if prob >= thr else "benign",
+                           "threshold": thr}
+                    if mask_dir is not None:
+                        row["mask_path"] = "" if mask_path is None else str(mask_path)
+                        for name in METRICS:
+                            row[name] = float(scores[name][k]) if scores else np.nan
+                        row["metric_note"] = reasons[k]
+                    rows.append(row)
+                    mask = None if item["mask"] is None else item["mask"].astype(bool)
+                    write_bytes(out / "overlays" / f"{image_id}.png",
+                                overlay_png(item["image"], cams.heatmaps[k], mask))
+            done = min(total, start + batch_size)
+            if progress:
+                progress(done, total)
+    if not rows:
+        raise DermcamError("every input image was unreadable and skipped; nothing to predict")
+    if mask_dir is not None and not any(r["mask_path"] for r in rows):
+        warn(f"{mask_dir}: no mask matched any image (expected <stem>_Segmentation.png, "
+             "<stem>_segmentation.png or <stem>.png); no attention metrics")
+    table = pd.DataFrame(rows)
+    write_csv(out / "predictions.csv", table)
+    write_json(out / "manifest.json", {
+        "schema_version": 1, "kind": MANIFEST_KIND, "created": now(), "status": "complete",
+        "versions": versions(), "checkpoint": str(checkpoint.resolve()), "model_card": card,
+        "image_size": size, "threshold": thr, "cam_method": "gradcam",
+        "cam_target": "predicted (decision at the threshold)",
+        "masks": None if mask_dir is None else str(mask_dir),
+        "n_images": len(rows), "skipped": [{"path": p, "error": e} for p, e in skipped]})
+    return PredictResult(out, table, card, skipped)
