@@ -19,6 +19,8 @@ from test_pipeline import _easy_generic
 
 ARGS = ["--weights", "none", "--image-size", "32", "--epochs", "4", "--batch-size", "8",
         "--models", "resnet18", "--patience", "4", "--seed", "3", "--accelerator", "cpu"]
+EVAL = ["evaluate", "--n-boot", "100"]
+EXPLAIN = ["explain", "--n-boot", "100", "--no-sanity"]
 
 
 def _cli(*args, **kw):
@@ -36,8 +38,8 @@ def data(tmp_path_factory):
 def reference(data, tmp_path_factory):
     """An uninterrupted run: train, evaluate, explain."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    for cmd in (["train", str(data), "--out", str(out), *ARGS], ["evaluate", str(out)],
-                ["explain", str(out)]):
+    for cmd in (["train", str(data), "--out", str(out), *ARGS], EVAL + [str(out)],
+                EXPLAIN + [str(out)]):
         r = _cli(*cmd)
         assert r.returncode == 0, r.stderr
     return out
@@ -45,8 +47,8 @@ def reference(data, tmp_path_factory):
 
 def test_same_seed_same_bytes(data, reference, tmp_path):
     out = tmp_path / "again"
-    for cmd in (["train", str(data), "--out", str(out), *ARGS], ["evaluate", str(out)],
-                ["explain", str(out)]):
+    for cmd in (["train", str(data), "--out", str(out), *ARGS], EVAL + [str(out)],
+                EXPLAIN + [str(out)]):
         assert _cli(*cmd).returncode == 0
     for f in ("predictions.csv", "attention.csv", "models/resnet18/history.csv"):
         if f.endswith("history.csv"):  # elapsed time differs; everything else must not
@@ -115,7 +117,7 @@ def test_ddp_two_processes_on_cpu(data, reference, tmp_path):
     assert ck_one["global_step"] == 4 * per_epoch_one
     assert ck_ddp["global_step"] == 4 * per_epoch_ddp < ck_one["global_step"]
     # and the result means the same thing: a working classifier
-    r = _cli("evaluate", str(out))
+    r = _cli(*EVAL, str(out))
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["models"]["resnet18"]["threshold_free"]["roc_auc"]["value"] > 0.8
@@ -126,13 +128,13 @@ def test_explain_shards_merge_to_the_single_run(reference, tmp_path):
     shutil.copytree(reference, run)
     shutil.rmtree(run / "attention")
     (run / "attention.csv").unlink()
-    r = _cli("explain", str(run), "--shard", "0/2", "--batch-size", "8")
+    r = _cli(*EXPLAIN, str(run), "--shard", "0/2", "--batch-size", "8")
     assert r.returncode == 0, r.stderr
-    r = _cli("explain", str(run), "--merge", "--batch-size", "8")
+    r = _cli(*EXPLAIN, str(run), "--merge", "--batch-size", "8")
     assert r.returncode == 2 and "missing" in r.stderr  # shard 1 not done yet
-    r = _cli("explain", str(run), "--shard", "1/2", "--batch-size", "8")
+    r = _cli(*EXPLAIN, str(run), "--shard", "1/2", "--batch-size", "8")
     assert r.returncode == 0, r.stderr
-    r = _cli("explain", str(run), "--merge", "--batch-size", "8")
+    r = _cli(*EXPLAIN, str(run), "--merge", "--batch-size", "8")
     assert r.returncode == 0, r.stderr
     a = pd.read_csv(reference / "attention.csv")
     b = pd.read_csv(run / "attention.csv")
@@ -147,7 +149,7 @@ def test_stage_refuses_run_from_an_older_dermcam(reference, tmp_path):
     m = json.loads((run / "manifest.json").read_text())
     m["schema_version"] = 0
     (run / "manifest.json").write_text(json.dumps(m))
-    r = _cli("evaluate", str(run))
+    r = _cli(*EVAL, str(run))
     assert r.returncode == 2 and "incompatible dermcam" in r.stderr
     assert "Traceback" not in r.stderr
     np.testing.assert_equal(r.stdout.count("\n") <= 1, True)

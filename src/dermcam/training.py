@@ -345,8 +345,11 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
                                          num_workers=cfg.num_workers)
     mode = "max" if cfg.monitor == "val_auc" else "min"
     ckpt_cb = ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode,
-                              save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks = [ckpt_cb, EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
+                              save_top_k=1, enable_version_counter=False)
+    # Lightning's save_last only follows improvements; resuming needs every epoch's state.
+    last_cb = ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1,
+                              every_n_epochs=1, enable_version_counter=False)
+    callbacks = [ckpt_cb, last_cb, EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
                  make_history_callback(mdir / "history.csv")]
     if cfg.progress:
         from lightning.pytorch.callbacks import RichProgressBar
