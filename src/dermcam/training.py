@@ -56,6 +56,7 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int = 0
+    channels_last: str = "auto"  # "auto": on for depthwise nets (EfficientNet, MobileNet)
     cache_dir: str | None = None
     limit_train_batches: float | int = 1.0
     progress: bool = True
@@ -307,6 +308,14 @@ def load_checkpoint(path: str | Path):
 
 # ------------------------------------------------------------------------ train
 
+def use_channels_last(name: str, setting: str = "auto") -> bool:
+    if setting in ("on", "true", True):
+        return True
+    if setting in ("off", "false", False):
+        return False
+    return name.startswith(("efficientnet", "mobilenet"))
+
+
 def _seed(seed: int) -> None:
     pl = _lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -329,6 +338,9 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     t0 = time.perf_counter()
     _seed(cfg.seed)
     model, info = build_model(name, cfg.weights)
+    if use_channels_last(name, cfg.channels_last):
+        # oneDNN runs depthwise convolutions ~30 % faster in NHWC on CPU (benchmarks/).
+        model = model.to(memory_format=torch.channels_last)
     mdir = run_dir / "models" / name
     ckdir = mdir / "lightning"
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -378,7 +390,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
         raise DermcamError(f"{name}: training produced no checkpoint", ckdir)
     state = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
-    model = module.model.cpu()
+    model = module.model.cpu().to(memory_format=torch.contiguous_format)
     best_epoch = int(state.get("epoch", -1)) + 1
     val_prob = predict_proba(model, arrays.images[va_idx])
     yva = arrays.labels[va_idx]
