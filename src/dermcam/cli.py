@@ -404,7 +404,9 @@ def demo(
     n_train: Annotated[int, typer.Option(help="Synthetic training images.")] = 900,
     n_test: Annotated[int, typer.Option(help="Synthetic test images.")] = 379,
     image_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per model.")] = 12,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per model.")] = 8,
+    source_size: Annotated[int, typer.Option(help="Side of the generated images in pixels.")]
+    = 128,
     models: Annotated[str, typer.Option(help="Comma-separated models.")]
     = "resnet18,efficientnet_b0,mobilenet_v2",
     seed: Annotated[int, typer.Option()] = 0,
@@ -418,7 +420,7 @@ def demo(
     from dermcam.demo import run_demo
 
     run_demo(out, preset=preset, n_train=n_train, n_test=n_test, image_size=image_size,
-             epochs=epochs, models=[m.strip() for m in models.split(",")], seed=seed,
+             epochs=epochs, source_size=source_size, models=[m.strip() for m in models.split(",")], seed=seed,
              overwrite=overwrite, say=console.print, progress_bar=progress_bar,
              quiet=_state["quiet"], show=(_print_training, _print_metrics, _print_attention))
 

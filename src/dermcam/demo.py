@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int = 379,
-             image_size: int = 64, epochs: int = 12, models=("resnet18", "efficientnet_b0",
+             image_size: int = 64, epochs: int = 8, source_size: int = 128, models=("resnet18", "efficientnet_b0",
                                                                 "mobilenet_v2"),
              seed: int = 0, overwrite: bool = True, say=print, progress_bar=None,
              quiet: bool = False, show=None) -> Path:
@@ -40,7 +40,8 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
         return progress_bar(desc) if progress_bar else _null()
 
     say(f"[1/5] synthetic benchmark ({preset}): {n_train} train + {n_test} test images")
-    cfg = SynthConfig.from_preset(preset, n_train=n_train, n_test=n_test, seed=seed)
+    cfg = SynthConfig.from_preset(preset, n_train=n_train, n_test=n_test, seed=seed,
+                                  image_size=source_size)
     with bar("synth") as cb:
         generate(data, cfg, progress=cb)
     models = list(models)

@@ -77,6 +77,32 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
     result["display_names"] = {m: manifest["models"][m]["display_name"] for m in thresholds}
     write_json(run_dir / "metrics.json", result)
     write_csv(run_dir / "metrics.csv", metrics_table(result))
+    # Each checkpoint's model card gets its test metrics with CIs ('dermcam predict' shows
+    # the card). Rewritten atomically; plain values and tensors only (weights_only loads).
+    import torch
+
+    from dermcam.io import atomic_path
+    from dermcam.models import load_state_file
+
+    card_metrics = (("threshold_free", ("roc_auc", "average_precision")),
+                    ("at_threshold", ("sensitivity", "specificity", "balanced_accuracy")))
+    evaluated_at = runmod.now()
+    for name in thresholds:
+        path = run_dir / "models" / name / "model.pt"
+        payload = load_state_file(path)
+        entry = result["models"][name]
+        card = dict(payload.get("model_card") or {})
+        card["test_metrics"] = {k: {f: entry[block][k][f] for f in ("value", "lo", "hi")}
+                                for block, keys in card_metrics for k in keys}
+        card["test_set"] = {"name": str(ds.name), "n": int(result["test"]["n"]),
+                            "n_malignant": int(result["test"]["n_malignant"])}
+        card["test_ci"] = (f"{1 - result['alpha']:.0%} percentile bootstrap, stratified, "
+                           f"{result['n_boot']} resamples; sensitivity, specificity and balanced "
+                           "accuracy at the validation-chosen threshold")
+        card["evaluated_at"] = evaluated_at
+        payload["model_card"] = card
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
     figs = run_dir / "figures"
     plots.plot_model_comparison(result, figs / "model_comparison.png")
     plots.plot_roc_curves(result, figs / "roc_curves.png")

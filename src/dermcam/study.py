@@ -1,0 +1,403 @@
+"""The reference study's two scripts, kept working on top of dermcam.
+
+People arriving from the published study run, in the folder holding the ISIC 2016
+Part 3B files::
+
+    python skin_lesion_analysis.py     # train and compare ResNet18, EfficientNet-B0, MobileNet-V2
+    python gradcam_analysis.py         # Grad-CAM attention leakage
+
+Both scripts are thin wrappers over :func:`main_train` and :func:`main_gradcam`. The work
+is dermcam's (``train`` -> ``evaluate`` -> ``explain`` in the run folder
+``results_visualization/run``); the study's figure and file names are then written as
+copies of the run's outputs::
+
+    results_visualization/model_comparison.png
+    results_visualization/<model>_confusion_matrix.png
+    results_visualization/summary_plots/attention_leakage_analysis.png   (EfficientNet-B0
+                                                  when trained, as in the study, else the first)
+    results_visualization/summary_plots/leakage_vs_accuracy.png
+    results_visualization/gradcam_plots/<model>_gradcam_<most|least>_<id>.png
+    results_visualization/gradcam_leakage_results.csv
+
+What differs from the study (and why) is dermcam's: the best checkpoint rather than the
+last epoch, class-imbalance handling, a validation-chosen threshold, CIs, every test
+image rather than the first 20. User errors print one line (``error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dermcam.errors import DermcamError
+
+__all__ = ["main_train", "main_gradcam", "train_study", "gradcam_study", "RESULTS_DIR",
+           "RUN_SUBDIR", "STUDY_MODELS", "LEAKAGE_COLUMNS"]
+
+RESULTS_DIR = "results_visualization"
+RUN_SUBDIR = "run"
+STUDY_MODELS = ("resnet18", "efficientnet_b0", "mobilenet_v2")
+#: The study's own names for its models (its ``--models`` may use them).
+STUDY_ALIASES = {"efficientnet": "efficientnet_b0", "mobilenet": "mobilenet_v2"}
+#: The model the study's gradcam_analysis.py analysed.
+STUDY_GRADCAM_MODEL = "efficientnet_b0"
+METHOD = "gradcam"
+#: gradcam_leakage_results.csv: the study's columns (in its order), then dermcam's.
+STUDY_LEAKAGE_COLUMNS = ("image_id", "true_label", "pred_label", "correct", "inside_score",
+                         "outside_score", "leakage")
+DERMCAM_LEAKAGE_COLUMNS = ("model", "prob_malignant", "lesion_area", "chance_leakage",
+                           "excess_leakage", "localisation_gain", "pixel_auroc",
+                           "rank_accuracy", "pointing_game", "reason")
+LEAKAGE_COLUMNS = STUDY_LEAKAGE_COLUMNS + DERMCAM_LEAKAGE_COLUMNS
+
+_HINT = ("run this script in the folder holding the ISIC 2016 Part 3B files, or pass "
+         "--data DIR")
+
+
+# ----------------------------------------------------------------------- helpers
+
+def _say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    """Copy ``src`` to ``dst`` atomically (a real copy: the run folder may be deleted)."""
+    from dermcam.io import write_bytes
+
+    if not src.is_file():
+        raise DermcamError("expected output is missing; re-run the stage that writes it", src)
+    return write_bytes(dst, src.read_bytes())
+
+
+def _models(text: str) -> list[str]:
+    names = [STUDY_ALIASES.get(m.strip(), m.strip()) for m in text.split(",") if m.strip()]
+    if not names:
+        raise DermcamError("--models is empty; name at least one model, e.g. resnet18")
+    return list(dict.fromkeys(names))
+
+
+def _check_data(data: Path) -> Path:
+    from dermcam.data.dataset import detect_layout
+
+    try:
+        detect_layout(data)
+    except DermcamError as exc:
+        raise DermcamError(f"{exc} ({_HINT})") from exc
+    return data.resolve()
+
+
+def _text_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of strings (first row the header) as left-aligned plain-text columns."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _quiet_libraries(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric",
+                     "lightning.pytorch.utilities.rank_zero",
+                     "lightning.fabric.utilities.rank_zero"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def _run(args: argparse.Namespace, work) -> int:
+    """Call ``work(args)``; a :class:`DermcamError` becomes one line on stderr and exit 2."""
+    _quiet_libraries(args.debug)
+    try:
+        work(args)
+    except DermcamError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished files are intact; skin_lesion_analysis.py --resume "
+              "continues training", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path("."),
+                   help="folder holding the ISIC 2016 Part 3B files (default: the current "
+                        "folder, as in the study)")
+    p.add_argument("--results", type=Path, default=Path(RESULTS_DIR),
+                   help=f"where the study's figures go (default: {RESULTS_DIR}); dermcam's "
+                        f"run folder is RESULTS/{RUN_SUBDIR}")
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="bootstrap resamples for the 95%% confidence intervals (default 1000)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+# ---------------------------------------------------------------- training script
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="skin_lesion_analysis.py",
+        description="Train and compare ResNet18, EfficientNet-B0 and MobileNet-V2 on ISIC 2016 "
+                    "Part 3B (the reference study's script, now run by dermcam): best "
+                    "checkpoint, class-imbalance handling, validation-chosen threshold, test "
+                    "metrics with 95 % CIs. Writes results_visualization/model_comparison.png "
+                    "and <model>_confusion_matrix.png; dermcam's full run (metrics.json, "
+                    "predictions.csv, every figure) is in results_visualization/run. "
+                    "Re-running retrains from scratch (use --resume to continue an "
+                    "interrupted run). Next: python gradcam_analysis.py")
+    _common(p)
+    p.add_argument("--models", default=",".join(STUDY_MODELS),
+                   help="comma-separated models (default: the study's three; the study's "
+                        "names efficientnet and mobilenet also work; 'dermcam models' lists "
+                        "more)")
+    p.add_argument("--epochs", type=int, default=30,
+                   help="maximum epochs per model; early stopping may end sooner (default 30)")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="model input side in pixels (default 224, as in the study)")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (default, as in the study; from torchvision's cache), none "
+                        "(from scratch) or a state-dict PATH")
+    p.add_argument("--batch-size", type=int, default=16, help="default 16, as in the study")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in results_visualization/run")
+    return p
+
+
+def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
+                models: Sequence[str] = STUDY_MODELS, weights: str = "imagenet",
+                image_size: int = 224, epochs: int = 30, batch_size: int = 16, seed: int = 42,
+                n_boot: int = 1000, resume: bool = False, progress: bool = False,
+                say=_say) -> dict[str, Any]:
+    """dermcam train + evaluate into ``results/run``; the study's figures under ``results``.
+
+    Returns the evaluation result (:func:`dermcam.evaluation.evaluate_predictions`).
+    """
+    from dermcam.pipeline import run_evaluate
+    from dermcam.training import TrainConfig, train
+
+    results = Path(results)
+    run = results / RUN_SUBDIR
+    data = _check_data(Path(data))
+    cfg = TrainConfig(data=str(data), out=str(run), models=list(models), weights=weights,
+                      image_size=image_size, max_epochs=epochs, batch_size=batch_size,
+                      seed=seed, progress=progress)
+    if weights == "imagenet" and not resume:
+        # Fail on missing ImageNet weights before the earlier run's folder is replaced.
+        from dermcam.models import build_model, check_model_name, imagenet_available
+
+        for name in cfg.models:
+            if not imagenet_available(check_model_name(name)):
+                build_model(name, "imagenet")  # downloads into torchvision's cache, or says how
+    say(f"Training {', '.join(cfg.models)} on {data} ({image_size} px, up to {epochs} epochs, "
+        f"weights {weights}); run folder {run}")
+    train(cfg, overwrite=True, resume=resume)
+    say("Evaluating on the test set (95% bootstrap CIs)...")
+    result = run_evaluate(run, n_boot=n_boot)
+    figs = run / "figures"
+    written = [_copy(figs / "model_comparison.png", results / "model_comparison.png")]
+    for name in result["models"]:
+        fname = f"{name}_confusion_matrix.png"
+        written.append(_copy(figs / fname, results / fname))
+    print_comparison(result, say)
+    say("\nPlots saved to:")
+    for path in written:
+        say(f"  - {path}")
+    say(f"dermcam's run folder: {run} (metrics.json, predictions.csv, figures/); next: "
+        "python gradcam_analysis.py")
+    return result
+
+
+def print_comparison(result: dict[str, Any], say=_say) -> None:
+    """The study's comparison table, then dermcam's with 95 % CIs and the paired tests."""
+    from dermcam.evaluation import format_comparison
+
+    study_cols = (("Accuracy", "accuracy"), ("Benign_Precision", "precision_benign"),
+                  ("Malignant_Precision", "precision_malignant"),
+                  ("Benign_Recall", "recall_benign"), ("Malignant_Recall", "recall_malignant"),
+                  ("Benign_F1", "f1_benign"), ("Malignant_F1", "f1_malignant"))
+    rows = [["Model"] + [c for c, _ in study_cols]]
+    for name, entry in result["models"].items():
+        cells = []
+        for _, key in study_cols:
+            v = entry["at_threshold"][key]["value"]
+            cells.append("nan" if v is None else f"{v:.4f}")
+        rows.append([name] + cells)
+    say("\nComparison of all models (test set, at each model's validation-chosen threshold):")
+    say(_text_table(rows))
+    say("\nWith 95% confidence intervals, and the predict-all-benign baseline:")
+    say(_text_table(format_comparison(result)))
+    for p in result.get("pairwise", []):
+        if p.get("sentence"):
+            say("  " + p["sentence"])
+
+
+def _train_main(args: argparse.Namespace) -> None:
+    train_study(data=args.data, results=args.results, models=_models(args.models),
+                weights=args.weights, image_size=args.image_size, epochs=args.epochs,
+                batch_size=args.batch_size, seed=args.seed, n_boot=args.n_boot,
+                resume=args.resume, progress=sys.stdout.isatty())
+
+
+def main_train(argv: Sequence[str] | None = None) -> int:
+    """``python skin_lesion_analysis.py``: returns the exit code."""
+    return _run(train_parser().parse_args(argv), _train_main)
+
+
+# ---------------------------------------------------------------- Grad-CAM script
+
+def gradcam_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gradcam_analysis.py",
+        description="Grad-CAM attention leakage on every test image with a lesion mask (the "
+                    "reference study's script, now run by dermcam), for the models that "
+                    "skin_lesion_analysis.py trained. Writes results_visualization/"
+                    "summary_plots/attention_leakage_analysis.png (EfficientNet-B0 when "
+                    "trained, as in the study), summary_plots/leakage_vs_accuracy.png, "
+                    "gradcam_plots/ and gradcam_leakage_results.csv (the study's columns, "
+                    "then dermcam's size-aware scores). Interrupted runs resume.")
+    _common(p)
+    p.add_argument("--model", default=None,
+                   help="model for the summary figure and the CSV (default: efficientnet_b0 "
+                        "when trained, as in the study, else the first trained model)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per Grad-CAM batch")
+    return p
+
+
+def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
+                  model: str | None = None, batch_size: int = 16, n_boot: int = 1000,
+                  progress=None, say=_say) -> dict[str, Any]:
+    """dermcam explain (Grad-CAM) on ``results/run``; the study's figures and CSV under
+    ``results``. Returns the attention summary (:func:`dermcam.explain.run_explain`)."""
+    import pandas as pd
+
+    from dermcam import run as runmod
+    from dermcam.explain import run_explain
+    from dermcam.io import MANIFEST, write_csv
+    from dermcam.pipeline import trained_models
+
+    results = Path(results)
+    run = results / RUN_SUBDIR
+    if not (run / MANIFEST).is_file():
+        raise DermcamError("no trained models here: run 'python skin_lesion_analysis.py' "
+                           "in this folder first", run)
+    manifest = runmod.read_manifest(run, require="train")
+    data = Path(data).resolve()
+    trained_on = Path(manifest["data"]["root"])
+    if data != trained_on:
+        raise DermcamError(f"the models in {run} were trained on {trained_on}, not on "
+                           f"{data}; pass --data {trained_on} or re-run "
+                           "skin_lesion_analysis.py", data)
+    names = trained_models(manifest)
+    if not names:
+        raise DermcamError("no model finished training; re-run 'python "
+                           "skin_lesion_analysis.py' (--resume continues)", run)
+    if model is not None:
+        model = STUDY_ALIASES.get(model, model)
+        if model not in names:
+            raise DermcamError(f"--model {model} was not trained here; trained: "
+                               f"{', '.join(names)}")
+    chosen = model or (STUDY_GRADCAM_MODEL if STUDY_GRADCAM_MODEL in names else names[0])
+    say(f"Running Grad-CAM analysis with attention leakage ({', '.join(names)}; every test "
+        "image with a mask)...")
+    t_start = time.time()
+    summary = run_explain(run, methods=[METHOD], batch_size=batch_size, n_boot=n_boot,
+                          progress=progress)
+    figs = run / "figures"
+    summary_dir = results / "summary_plots"
+    written = [
+        _copy(figs / f"attention_leakage_analysis_{chosen}.png",
+              summary_dir / "attention_leakage_analysis.png"),
+        _copy(figs / "leakage_vs_accuracy.png", summary_dir / "leakage_vs_accuracy.png"),
+    ]
+    plots_dir = results / "gradcam_plots"
+    n_examples = _copy_examples(figs / "examples", plots_dir, names, since=t_start - 2.0)
+    att = pd.read_csv(run / "attention.csv", dtype={"image_id": str, "reason": str},
+                      keep_default_na=False, na_values=[""])
+    g = att[(att["model"] == chosen) & (att["method"] == METHOD)]
+    table = study_leakage_table(g)
+    csv_path = write_csv(results / "gradcam_leakage_results.csv", table)
+    display = manifest["models"].get(chosen, {}).get("display_name", chosen)
+    print_leakage(table, display, summary.get("tests", {}).get(f"{chosen}/{METHOD}", {}), say)
+    say(f"Results saved to '{csv_path}'")
+    say("\nPlots saved to:")
+    for path in written:
+        say(f"  - {path}")
+    say(f"  - {plots_dir}/ ({n_examples} individual visualizations: the most and least "
+        "leaking images per model)")
+    say(f"dermcam's attention.csv, attention_summary.json and figures: {run}")
+    return summary
+
+
+def _copy_examples(src_dir: Path, dst_dir: Path, models: Sequence[str], since: float) -> int:
+    """Copy this explain run's Grad-CAM example panels; drop earlier ones of ours."""
+    prefixes = tuple(f"{m}_{METHOD}_{kind}_" for m in models for kind in ("most", "least"))
+    fresh = sorted(p for p in src_dir.glob("*.png")
+                   if p.name.startswith(prefixes) and p.stat().st_mtime >= since)
+    for p in fresh:
+        _copy(p, dst_dir / p.name)
+    keep = {p.name for p in fresh}
+    if dst_dir.is_dir():
+        for old in dst_dir.glob("*.png"):
+            if old.name.startswith(prefixes) and old.name not in keep:
+                old.unlink()
+    return len(fresh)
+
+
+def study_leakage_table(att):
+    """attention.csv rows of one model and method -> the study's CSV columns, then dermcam's.
+
+    ``pred_label`` is dermcam's decision at the validation-chosen threshold (the study
+    used argmax, i.e. 0.5).
+    """
+    import pandas as pd
+
+    out = pd.DataFrame({
+        "image_id": att["image_id"].astype(str).to_numpy(),
+        "true_label": att["label"].astype(int).to_numpy(),
+        "pred_label": att["pred"].astype(int).to_numpy(),
+        "correct": (att["label"].astype(int) == att["pred"].astype(int)).to_numpy(),
+    })
+    for col in LEAKAGE_COLUMNS[4:]:
+        out[col] = att[col].to_numpy() if col in att else float("nan")
+    out["reason"] = out["reason"].fillna("").astype(str)
+    return out.reset_index(drop=True)
+
+
+def print_leakage(table, display: str, tests: dict[str, Any], say=_say) -> None:
+    """The study's printed summary, with dermcam's chance and excess leakage beside it."""
+    say(f"\nAttention Leakage Analysis Results ({display}, Grad-CAM):")
+    say(f"Total samples analyzed: {len(table)}")
+    say(f"Overall mean leakage: {table['leakage'].mean():.4f}")
+    say(f"Std leakage: {table['leakage'].std():.4f}")
+    for label, cls in ((0, "Benign"), (1, "Malignant")):
+        g = table[table["true_label"] == label]
+        if len(g):
+            say(f"{cls} lesions:")
+            say(f"  Mean leakage: {g['leakage'].mean():.4f}")
+            say(f"  Mean inside attention: {g['inside_score'].mean():.4f}")
+            say(f"  Mean outside attention: {g['outside_score'].mean():.4f}")
+            say(f"  Mean chance leakage (1 - lesion area): {g['chance_leakage'].mean():.4f}")
+            say(f"  Mean excess leakage (leakage - chance): {g['excess_leakage'].mean():+.4f}")
+    size = tests.get("size_confound", {}).get("summary")
+    if size:
+        say(f"Lesion size: {size}")
+
+
+def _gradcam_main(args: argparse.Namespace) -> None:
+    gradcam_study(data=args.data, results=args.results, model=args.model,
+                  batch_size=args.batch_size, n_boot=args.n_boot)
+
+
+def main_gradcam(argv: Sequence[str] | None = None) -> int:
+    """``python gradcam_analysis.py``: returns the exit code."""
+    return _run(gradcam_parser().parse_args(argv), _gradcam_main)
