@@ -404,7 +404,7 @@ def demo(
     n_train: Annotated[int, typer.Option(help="Synthetic training images.")] = 900,
     n_test: Annotated[int, typer.Option(help="Synthetic test images.")] = 379,
     image_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per model.")] = 8,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per model.")] = 10,
     source_size: Annotated[int, typer.Option(help="Side of the generated images in pixels.")]
     = 128,
     models: Annotated[str, typer.Option(help="Comma-separated models.")]

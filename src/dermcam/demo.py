@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int = 379,
-             image_size: int = 64, epochs: int = 8, source_size: int = 128, models=("resnet18", "efficientnet_b0",
+             image_size: int = 64, epochs: int = 10, source_size: int = 128, models=("resnet18", "efficientnet_b0",
                                                                 "mobilenet_v2"),
              seed: int = 0, overwrite: bool = True, say=print, progress_bar=None,
              quiet: bool = False, show=None) -> Path:
@@ -53,7 +53,7 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
         say("[2/5] ImageNet weights are not in torchvision's cache, so the demo trains from "
             "scratch (--weights none); 'dermcam train --weights imagenet' uses them when cached")
     tcfg = TrainConfig(data=str(data), out=str(run), models=models, weights=weights,
-                       image_size=image_size, max_epochs=epochs, batch_size=32, lr=2e-3,
+                       image_size=image_size, max_epochs=epochs, batch_size=32, lr=1e-3,
                        patience=4, seed=seed, progress=not quiet)
     with bar("decode + cache images") as cb:
         manifest = train(tcfg, overwrite=True, progress=cb)

@@ -150,14 +150,32 @@ def model_card_lines(card: dict[str, Any]) -> list[str]:
     if card.get("n_train") is not None:
         n = f" ({card['n_train']} training, {card.get('n_val', '?')} validation images)"
     rule = f" ({card['threshold_rule']})" if card.get("threshold_rule") else ""
-    return [
+    lines = [
         f"model: {card['architecture']}, weights {card['weights_source']}, input "
         f"{card['image_size']} px",
         f"trained on: {card['trained_on']}{n}",
         f"validation AUC {auc_txt}; decision threshold {float(card['threshold']):.3f}{rule}",
-        f"intended use: {card['intended_use']}",
-        f"not validated for: {card['not_validated_for']}",
     ]
+    tm = card.get("test_metrics")
+    if tm:
+        def ci(name: str) -> str:
+            m = tm.get(name) or {}
+            if m.get("value") is None:
+                return f"{name.replace('_', ' ')} n/a"
+            lo, hi = m.get("lo"), m.get("hi")
+            rng = f" ({lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else ""
+            return f"{name.replace('_', ' ')} {m['value']:.3f}{rng}"
+
+        ts = card.get("test_set") or {}
+        lines.append(f"test set {ts.get('name', '?')} (n={ts.get('n', '?')}, "
+                     f"{ts.get('n_malignant', '?')} malignant), 95 % CI: "
+                     + ", ".join(ci(k) for k in ("roc_auc", "average_precision", "sensitivity",
+                                                 "specificity", "balanced_accuracy")))
+    else:
+        lines.append("test metrics: not recorded (run 'dermcam evaluate' on the training run)")
+    lines += [f"intended use: {card['intended_use']}",
+              f"not validated for: {card['not_validated_for']}"]
+    return lines
 
 
 # ------------------------------------------------------------------------ overlay

@@ -107,7 +107,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 _GENERATOR = "dermcam.data.synth"
 
 ARTIFACTS: tuple[str, ...] = ("ruler", "ink", "patch", "vignette", "hair")
@@ -405,9 +405,9 @@ _EXTRA_WEIGHTS = np.array([0.33, 0.30, 0.20, 0.17])
 def _colour_set(rng: np.random.Generator, label: int) -> list[str]:
     """Distinct lesion colours: benign mostly 1-2 browns, malignant mostly 2-5 colours."""
     if label == 0:
-        n = int(rng.choice([1, 2, 3], p=[0.48, 0.44, 0.08]))
+        n = int(rng.choice([1, 2, 3], p=[0.55, 0.40, 0.05]))
     else:
-        n = int(rng.choice([1, 2, 3, 4, 5], p=[0.05, 0.22, 0.35, 0.25, 0.13]))
+        n = int(rng.choice([1, 2, 3, 4, 5], p=[0.03, 0.15, 0.35, 0.30, 0.17]))
     browns = ["light_brown", "dark_brown"]
     if n == 1:
         return [browns[int(rng.uniform() < 0.4)]]
@@ -430,7 +430,7 @@ def _lesion_params(rng: np.random.Generator, label: int) -> dict[str, Any]:
     params: dict[str, Any] = {
         "area": float(np.clip(lognorm(0.23 if mal else 0.14, 0.5), 0.03, 0.5)),
         "asymmetry": float(np.clip(lognorm(0.11 if mal else 0.06, 0.5), 0.005, 0.35)),
-        "border": float(np.clip(lognorm(0.045 if mal else 0.025, 0.5), 0.003, 0.15)),
+        "border": float(np.clip(lognorm(0.05 if mal else 0.022, 0.5), 0.003, 0.15)),
         "elongation": float(rng.uniform(0.0, 0.16)),
         "edge_width": float(rng.uniform(0.08, 0.4) if mal else rng.uniform(0.18, 0.5)),
         "edge_alpha": float(rng.uniform(0.4, 0.75) if mal else rng.uniform(0.25, 0.55)),
