@@ -80,8 +80,14 @@ class CamExplainer:
     """
 
     def __init__(self, model: torch.nn.Module, target_layer: str, method: str = "gradcam",
-                 fast: bool = True):
+                 fast: bool = True, channels_last: bool | None = None):
         self.model = model
+        # NHWC runs depthwise convolutions (EfficientNet, MobileNet) ~30 % faster on CPU;
+        # None = decide from the model (any depthwise convolution).
+        if channels_last is None:
+            channels_last = any(isinstance(m, torch.nn.Conv2d) and m.groups > 1
+                                and m.groups == m.in_channels for m in model.modules())
+        self.channels_last = channels_last
         self.layer_name = target_layer
         self.method = check_method(method)
         self.fast = fast
@@ -97,6 +103,8 @@ class CamExplainer:
             raise DermcamError(f"model has no layer {self.layer_name!r} to hook") from exc
         self._was_training = self.model.training
         self.model.eval()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         params = list(self.model.parameters())
         self._saved_grad = [p.requires_grad for p in params]
         if self.fast:
@@ -117,6 +125,8 @@ class CamExplainer:
         self._handles.clear()
         for p, rg in zip(self.model.parameters(), self._saved_grad):
             p.requires_grad_(rg)
+        if self.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
         self.model.train(self._was_training)
 
     def compute(self, x: torch.Tensor, target: str | np.ndarray = "predicted",
@@ -138,6 +148,8 @@ class CamExplainer:
                                f"{', '.join(NORMALIZATIONS)}")
         cam = self._cam
         size = size or x.shape[-1]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         needs_grad = cam.uses_gradients
         ctx = torch.enable_grad() if needs_grad else torch.no_grad()
         with ctx:

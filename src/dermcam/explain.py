@@ -162,6 +162,8 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
     summary = score_run(run_dir, methods=methods, sanity=sanity_res, n_boot=n_boot,
                         figures=figures, extra={"timing": timing})
     timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
+    timing["metric_seconds"] = summary["timing"]["metric_seconds"]
+    timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
     runmod.set_stage(run_dir, "explain", "complete", methods=methods, target=target,
                      normalize=normalize, limit=limit, n_images=len(samples),
                      wall_time_s=round(time.perf_counter() - t0, 2), timing=timing)
@@ -223,6 +225,7 @@ def score_run(run_dir: str | Path, methods=None, sanity: dict | None = None,
     meta_by_id = meta.set_index("image_id") if meta is not None else None
     thresholds = {m: manifest["models"][m]["threshold"] for m in trained_models(manifest)}
     frames = []
+    metric_seconds = 0.0
     for name in trained_models(manifest):
         mdir = run_dir / HEATMAP_DIR / name
         for method in (methods or sorted(p.name for p in mdir.iterdir() if p.is_dir())):
@@ -239,7 +242,9 @@ def score_run(run_dir: str | Path, methods=None, sanity: dict | None = None,
                 items = [cache.get(by_id[i], size) for i in ids]
                 masks = np.stack([it["mask"] for it in items]).astype(bool)
                 cams = b["heatmaps"].astype(np.float32)
+                t_m = time.perf_counter()
                 values, reasons = lk.score_batch(cams, masks)
+                metric_seconds += time.perf_counter() - t_m
                 probs = b["probs"].astype(np.float64)
                 labels = b["labels"].astype(int)
                 pred = (probs >= thresholds[name]).astype(int)
@@ -272,6 +277,7 @@ def score_run(run_dir: str | Path, methods=None, sanity: dict | None = None,
                                   seed=manifest["seed"])
     if extra:
         summary.update(extra)
+    summary.setdefault("timing", {})["metric_seconds"] = round(metric_seconds, 3)
     write_json(run_dir / "attention_summary.json", summary)
     if figures:
         attention_figures(run_dir, att, manifest)
