@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run_preset(Path(tmp), p, args) for p in ("clean", "shortcut")]
