@@ -1,0 +1,66 @@
+"""Proof that the leakage metric measures what it claims, against planted ground truth.
+
+The same architecture is trained on the synthetic benchmark's ``clean`` and ``shortcut``
+presets (same seed: identical skin and lesions; only ruler pixels differ). The shortcut
+model must put clearly more heatmap mass on the rulers of test images that carry one,
+and show higher excess leakage there, than the clean model. This is the slowest test
+(about two minutes): the shortcut only shows once the model has learned it.
+benchmarks/bench_shortcut.py prints the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def _audit(root, preset):
+    from dermcam.data import load_dataset
+    from dermcam.data.cache import ImageCache
+    from dermcam.data.synth import SynthConfig, generate
+    from dermcam.explain import run_explain
+    from dermcam.training import TrainConfig, train
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.ERROR)
+    data, run, cache = root / preset / "data", root / preset / "run", root / "cache"
+    generate(data, SynthConfig.from_preset(preset, image_size=128, seed=0))
+    train(TrainConfig(data=str(data), out=str(run), models=["resnet18"], weights="none",
+                      image_size=64, max_epochs=8, batch_size=32, lr=2e-3, patience=8,
+                      seed=0, progress=False, cache_dir=str(cache)))
+    run_explain(run, n_boot=50, sanity=False, figures=False)
+    att = pd.read_csv(run / "attention.csv", keep_default_na=False, na_values=[""])
+    by_id = {s.image_id: s for s in load_dataset(data).split("test")}
+    c = ImageCache(cache)
+    att["ruler_area"] = [float((c.get(by_id[i], 64)["artifacts"] == 1).mean())
+                         for i in att["image_id"]]
+    return att
+
+
+@pytest.fixture(scope="module")
+def audits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shortcut")
+    return {p: _audit(root, p) for p in ("clean", "shortcut")}
+
+
+def test_shortcut_model_attends_to_the_planted_ruler(audits):
+    enrich = {}
+    for preset, att in audits.items():
+        r = att[(att["artifact_ruler"] == 1) & (att["ruler_area"] > 0)]
+        assert len(r) > 30
+        enrich[preset] = float(np.mean(r["mass_ruler"] / r["ruler_area"]))
+    assert 0.7 < enrich["clean"] < 1.3  # about uniform: the clean model ignores rulers
+    assert enrich["shortcut"] > 1.4
+    assert enrich["shortcut"] > enrich["clean"] + 0.4
+
+
+def test_shortcut_raises_excess_leakage_only_where_the_ruler_is(audits):
+    s, c = audits["shortcut"], audits["clean"]
+    gap_ruler = (s.loc[s["artifact_ruler"] == 1, "excess_leakage"].mean()
+                 - c.loc[c["artifact_ruler"] == 1, "excess_leakage"].mean())
+    gap_plain = (s.loc[s["artifact_ruler"] == 0, "excess_leakage"].mean()
+                 - c.loc[c["artifact_ruler"] == 0, "excess_leakage"].mean())
+    assert gap_ruler > 0.01
+    assert gap_ruler > gap_plain + 0.01
