@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -13,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_pipeline import _easy_generic
 
 from dermcam.errors import DermcamError
-from test_pipeline import _easy_generic
 
 ARGS = ["--weights", "none", "--image-size", "32", "--epochs", "4", "--batch-size", "8",
         "--models", "resnet18", "--patience", "4", "--seed", "3", "--accelerator", "cpu"]
@@ -112,8 +113,8 @@ def test_ddp_two_processes_on_cpu(data, reference, tmp_path):
     ck_one = torch.load(reference / "models/resnet18/lightning/last.ckpt", weights_only=True)
     # disjoint shards: each process runs half the optimizer steps per epoch
     n_train = m["stages"]["train"]["n_train"]
-    per_epoch_one = -(-n_train // 8)
-    per_epoch_ddp = -(-(-(-n_train // 2)) // 8)
+    per_epoch_one = math.ceil(n_train / 8)
+    per_epoch_ddp = math.ceil(math.ceil(n_train / 2) / 8)
     assert ck_one["global_step"] == 4 * per_epoch_one
     assert ck_ddp["global_step"] == 4 * per_epoch_ddp < ck_one["global_step"]
     # and the result means the same thing: a working classifier
