@@ -98,7 +98,7 @@ def study(model, samples, size, batch):
 def dermcam_epoch(model, arrays, batch):
     import lightning.pytorch as pl
 
-    from dermcam.training import EpochSampler, _Images, make_module
+    from dermcam.training import EpochSampler, make_module
 
     times = []
 
@@ -110,7 +110,7 @@ def dermcam_epoch(model, arrays, batch):
             times.append(time.perf_counter() - self.t)
 
     module = make_module(model, 1e-4, 0.0, None, True, "train_loss")
-    ds = _Images(arrays.images, arrays.labels)
+    ds = arrays.dataset(np.arange(len(arrays)))  # streamed from the cache, as in train
     dl = torch.utils.data.DataLoader(ds, batch_size=batch,
                                      sampler=EpochSampler(arrays.labels, 0))
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False,
@@ -140,7 +140,7 @@ def main() -> None:
     from dermcam.data import load_dataset
     from dermcam.data.cache import ImageCache, load_arrays
     from dermcam.models import build_model
-    from dermcam.training import use_channels_last
+    from dermcam.training import CachedSplit, use_channels_last
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_jpegs(Path(tmp), args.n)
@@ -150,8 +150,9 @@ def main() -> None:
         load_arrays(samples, args.size, cache)
         t_cold = time.perf_counter() - t
         t = time.perf_counter()
-        arrays = load_arrays(samples, args.size, cache)
+        load_arrays(samples, args.size, cache)
         t_warm = time.perf_counter() - t
+        arrays = CachedSplit(samples, args.size, cache)
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {len(samples)} "
               f"JPEGs of 2048x1536 -> {args.size} px, batch {args.batch}")
         print(f"decode cache: cold {len(samples) / t_cold:.0f} img/s, warm "

@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 def load_test_arrays(manifest: dict[str, Any], limit: int | None = None,
                      require_masks: bool = False, progress=None, cache_dir=None):
-    """The run's test split as arrays at the run's image size."""
+    """The run's test split at the run's image size, streamed from the decode cache."""
     from dermcam.data import load_dataset
-    from dermcam.data.cache import ImageCache, load_arrays
+    from dermcam.data.cache import ImageCache, warm_cache
+    from dermcam.training import CachedSplit
 
     ds = load_dataset(manifest["data"]["root"])
     if ds.fingerprint() != manifest["data"]["fingerprint"]:
@@ -36,7 +37,9 @@ def load_test_arrays(manifest: dict[str, Any], limit: int | None = None,
         raise DermcamError(f"the data set has no {what}", ds.root)
     size = manifest["config"]["image_size"]
     cache = ImageCache(cache_dir or manifest["config"].get("cache_dir"))
-    return ds, samples, load_arrays(samples, size, cache, progress=progress)
+    if cache.enabled:
+        warm_cache(samples, size, cache, progress=progress)
+    return ds, samples, CachedSplit(samples, size, cache)
 
 
 def trained_models(manifest: dict[str, Any]) -> list[str]:
@@ -49,7 +52,7 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
     """Predict the test split with every model's best checkpoint and write the metrics."""
     from dermcam import plots
     from dermcam.evaluation import evaluate_predictions, metrics_table
-    from dermcam.training import load_checkpoint, predict_proba
+    from dermcam.training import load_checkpoint, predict_dataset
 
     run_dir = Path(run_dir)
     manifest = runmod.read_manifest(run_dir, require="train")
@@ -64,11 +67,11 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
     thresholds = {}
     for name in trained_models(manifest):
         model, info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
-        prob = predict_proba(model, arrays.images)
+        prob = predict_dataset(model, arrays.dataset(np.arange(len(arrays))))
         thr = float(payload["threshold"])
         thresholds[name] = thr
         rows.append(pd.DataFrame({
-            "image_id": arrays.ids, "model": name, "label": arrays.labels,
+            "image_id": [s.image_id for s in samples], "model": name, "label": arrays.labels,
             "prob_malignant": np.round(prob.astype(np.float64), 6),
             "pred": (prob >= thr).astype(int), "threshold": round(thr, 6)}))
     preds = pd.concat(rows, ignore_index=True)

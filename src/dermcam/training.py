@@ -125,6 +125,56 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(idx.tolist())
 
 
+class CachedSplit:
+    """A split streamed from the decode cache: only labels live in memory.
+
+    ``dataset(idx)`` is a torch Dataset of ``(uint8 (S, S, 3), label)`` for those rows;
+    each item is read from the cache when the loader asks for it, so memory does not grow
+    with the number of images.
+    """
+
+    def __init__(self, samples, size: int, cache):
+        self.samples = list(samples)
+        self.size = size
+        self.cache = cache
+        self.labels = np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def dataset(self, idx) -> torch.utils.data.Dataset:
+        return _CachedImages([self.samples[i] for i in idx], self.labels[idx], self.size,
+                             self.cache)
+
+
+class _CachedImages(torch.utils.data.Dataset):
+    def __init__(self, samples, labels: np.ndarray, size: int, cache):
+        self.samples, self.labels, self.size, self.cache = samples, labels, size, cache
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        img = self.cache.get(self.samples[i], self.size)["image"]
+        return torch.from_numpy(np.ascontiguousarray(img)), int(self.labels[i])
+
+
+def predict_dataset(model, dataset, batch_size: int = 64) -> np.ndarray:
+    """Malignant probability for every item of a ``(image, label)`` dataset, in order."""
+    from dermcam.augment import preprocess
+
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for images, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+                out.append(torch.softmax(model(preprocess(images)).float(), 1)[:, 1])
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
 def predict_proba(model, images: np.ndarray, batch_size: int = 64,
                   device: str | torch.device = "cpu") -> np.ndarray:
     """Malignant probability for ``(N, S, S, 3) uint8`` images -> ``(N,)``; restores the mode."""
@@ -348,8 +398,8 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     weights = _class_weights(ytr) if cfg.imbalance == "weighted_loss" else None
     module = make_module(model, cfg.lr, cfg.weight_decay, weights, cfg.augment, cfg.monitor,
                          cfg.seed)
-    train_ds = _Images(arrays.images[tr_idx], ytr)
-    val_ds = _Images(arrays.images[va_idx], arrays.labels[va_idx])
+    train_ds = arrays.dataset(tr_idx)
+    val_ds = arrays.dataset(va_idx)
     sampler = EpochSampler(ytr, cfg.seed, balanced=cfg.imbalance == "balanced_sampler")
     train_dl = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
                                            num_workers=cfg.num_workers)
@@ -392,7 +442,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     module.load_state_dict(state["state_dict"])
     model = module.model.cpu().to(memory_format=torch.contiguous_format)
     best_epoch = int(state.get("epoch", -1)) + 1
-    val_prob = predict_proba(model, arrays.images[va_idx])
+    val_prob = predict_dataset(model, val_ds)
     yva = arrays.labels[va_idx]
     threshold = float(youden_threshold(yva, val_prob))
     from sklearn.metrics import roc_auc_score
@@ -424,7 +474,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     """Train every model in ``cfg.models`` into the run folder ``cfg.out``."""
     from dermcam import run as runmod
     from dermcam.data import load_dataset
-    from dermcam.data.cache import ImageCache, load_arrays
+    from dermcam.data.cache import ImageCache, warm_cache
     from dermcam.models import check_model_name
 
     for m in cfg.models:
@@ -465,7 +515,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
         raise DermcamError("the data changed since this run started; start a new run", cfg.data)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     cache = ImageCache(cfg.cache_dir)
-    arrays = load_arrays(train_samples, cfg.image_size, cache, progress=progress)
+    if cache.enabled:
+        warm_cache(train_samples, cfg.image_size, cache, progress=progress)
+    arrays = CachedSplit(train_samples, cfg.image_size, cache)
     tr_idx, va_idx = stratified_split(arrays.labels, cfg.val_fraction, cfg.seed)
     for name in cfg.models:
         if manifest["models"].get(name, {}).get("status") == "complete":

@@ -173,3 +173,17 @@ def load_arrays(samples: Sequence[Sample], size: int, cache: ImageCache | None =
                 progress(done, n)
     labels = np.array([s.label for s in samples], dtype=np.int64)
     return Arrays([s.image_id for s in samples], labels, images, masks, arts)
+
+
+def warm_cache(samples: Sequence[Sample], size: int, cache: ImageCache,
+               progress: Callable[[int, int], None] | None = None,
+               workers: int | None = None) -> None:
+    """Decode every sample once into the cache (nothing is kept in memory)."""
+    n = len(samples)
+    workers = workers or min(4, os.cpu_count() or 1)
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(lambda s: cache.get(s, size) and None, samples):
+            done += 1
+            if progress:
+                progress(done, n)
