@@ -39,7 +39,8 @@ def main() -> None:
     dermcam = [sys.executable, "-m", "dermcam", "-q"]
     print(f"{args.model}, {args.image_size} px, 1 epoch; explain = gradcam on every test image")
     print(f"{'N train':>8s} {'N test':>7s} {'train s':>8s} {'train MiB':>10s} "
-          f"{'explain s':>10s} {'explain MiB':>12s} {'explain img/s':>14s}")
+          f"{'explain s':>10s} {'explain MiB':>12s} {'explain img/s':>14s} "
+          f"{'metrics share':>14s}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(v) for v in args.sizes.split(",")):
             data, out = Path(tmp) / f"d{n}", Path(tmp) / f"r{n}"
@@ -49,8 +50,13 @@ def main() -> None:
                          "1", "--models", args.model]
             t_tr, m_tr = run([*dermcam, "train", str(data), "--out", str(out), *env_cache])
             t_ex, m_ex = run([*dermcam, "explain", str(out), "--no-sanity", "--n-boot", "200"])
+            import json
+
+            timing = json.loads((out / "manifest.json").read_text())["stages"]["explain"][
+                "timing"]
+            share = 100 * timing["metric_seconds"] / timing["explain_seconds"]
             print(f"{n:8d} {n // 2:7d} {t_tr:8.1f} {m_tr:10.0f} {t_ex:10.1f} {m_ex:12.0f} "
-                  f"{(n // 2) / t_ex:14.1f}")
+                  f"{(n // 2) / t_ex:14.1f} {share:13.1f}%", flush=True)
 
 
 if __name__ == "__main__":

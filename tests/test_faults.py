@@ -60,7 +60,8 @@ def test_same_seed_same_bytes(data, reference, tmp_path):
             assert (reference / f).read_bytes() == (out / f).read_bytes(), f
 
 
-def test_resume_after_sigkill_matches_uninterrupted(data, reference, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_resume_after_kill_or_ctrl_c_matches_uninterrupted(data, reference, tmp_path, sig):
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "dermcam", "-q", "train", str(data),
                              "--out", str(out), *ARGS], stdout=subprocess.DEVNULL,
@@ -70,8 +71,12 @@ def test_resume_after_sigkill_matches_uninterrupted(data, reference, tmp_path):
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # polling for the first epoch's checkpoint, bounded
     assert last.exists() and proc.poll() is None, "training ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, sig)
+    rc = proc.wait(timeout=120)
+    if sig == signal.SIGINT:  # Ctrl-C: a clean exit, the checkpoints so far intact
+        assert rc == 130
+        torch.load(last, weights_only=True)
+        torch.load(out / "models/resnet18/lightning/best.ckpt", weights_only=True)
     assert not (out / "models/resnet18/model.pt").exists()
     r = _cli("train", str(data), "--out", str(out), "--resume")
     assert r.returncode == 0, r.stderr

@@ -430,7 +430,12 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path:
         log.info("%s: resuming from %s", name, last)
-    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+    except SystemExit as exc:  # Lightning turns Ctrl-C into sys.exit(1) after its shutdown
+        if trainer.interrupted:
+            raise KeyboardInterrupt from exc
+        raise
     if trainer.interrupted:
         raise KeyboardInterrupt
     if not trainer.is_global_zero:
