@@ -26,12 +26,16 @@ STATUS_COMPLETE = "complete"
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"dermcam": __version__, "python": platform.python_version()}
-    for mod in ("torch", "torchvision", "lightning", "numpy", "sklearn", "pytorch_grad_cam"):
-        try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except Exception:
+    # module name as recorded -> distribution name on PyPI
+    for mod, dist in (("torch", "torch"), ("torchvision", "torchvision"),
+                      ("lightning", "lightning"), ("numpy", "numpy"), ("sklearn", "scikit-learn"),
+                      ("pytorch_grad_cam", "grad-cam")):
+        try:  # the module's own string where it has one (torch's names its CUDA build)
+            out[mod] = getattr(__import__(mod), "__version__", None) or version(dist)
+        except (ImportError, PackageNotFoundError):
             pass
     return out
 
