@@ -168,3 +168,19 @@ def test_cli_train_unknown_model_is_one_line(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "unknown model 'resnet9000'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_validation_split_keeps_groups_together():
+    """HAM10000-style: several images per lesion never straddle train and validation."""
+    rng = np.random.default_rng(0)
+    groups = [f"L{g}" for g in range(60) for _ in range(int(rng.integers(1, 4)))]
+    glabel = {f"L{g}": int(g % 5 == 0) for g in range(60)}
+    labels = np.array([glabel[g] for g in groups])
+    tr, va = stratified_split(labels, 0.2, seed=0, groups=groups)
+    g_tr, g_va = {groups[i] for i in tr}, {groups[i] for i in va}
+    assert g_tr.isdisjoint(g_va)
+    assert len(tr) + len(va) == len(groups)
+    assert set(labels[va]) == {0, 1}
+    assert 0.1 < len(va) / len(groups) < 0.3
+    tr2, va2 = stratified_split(labels, 0.2, seed=0, groups=groups)
+    assert np.array_equal(va, va2)

@@ -65,8 +65,13 @@ class TrainConfig:
 # --------------------------------------------------------------------------- data
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
-                     source: str = "training split") -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified train/validation indices; clear errors when it cannot be done."""
+                     source: str = "training split", groups=None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified train/validation indices; clear errors when it cannot be done.
+
+    With ``groups`` (e.g. HAM10000 lesion ids) that repeat, the split is stratified by
+    group (scikit-learn's StratifiedGroupKFold, first fold), so no group straddles it.
+    """
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(labels, minlength=2)
@@ -79,6 +84,16 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
             f"the {source} is too small to stratify ({counts[0]} benign, {counts[1]} "
             "malignant): each class needs at least 2 images")
     idx = np.arange(len(labels))
+    if groups is not None and None not in groups and len(set(groups)) < len(groups):
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        k = max(2, round(1 / val_fraction))
+        sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        tr, va = next(sgkf.split(idx, labels, groups))
+        if len(np.unique(labels[va])) < 2:
+            raise DermcamError(f"the {source} has too few groups to hold out both classes "
+                               "for validation")
+        return np.sort(tr), np.sort(va)
     tr, va = train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
     return np.sort(tr), np.sort(va)
 
@@ -523,7 +538,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     if cache.enabled:
         warm_cache(train_samples, cfg.image_size, cache, progress=progress)
     arrays = CachedSplit(train_samples, cfg.image_size, cache)
-    tr_idx, va_idx = stratified_split(arrays.labels, cfg.val_fraction, cfg.seed)
+    tr_idx, va_idx = stratified_split(arrays.labels, cfg.val_fraction, cfg.seed,
+                                      groups=[s.group for s in train_samples])
     for name in cfg.models:
         if manifest["models"].get(name, {}).get("status") == "complete":
             log.info("%s already trained; skipping", name)

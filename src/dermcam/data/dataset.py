@@ -33,6 +33,7 @@ class Sample:
     split: str
     mask_path: Path | None = None
     artifact_path: Path | None = None
+    group: str | None = None  # e.g. HAM10000's lesion_id: images of one lesion stay together
 
 
 @dataclass

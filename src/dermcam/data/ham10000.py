@@ -149,7 +149,8 @@ def load(root: Path, check_files: bool = True,
                 raise DermcamError(f"line {i}: no image file for id {image_id!r} in "
                                    f"{' or '.join(IMAGE_DIRS[:3])}", csv_path)
             path = dirs[0] / f"{image_id}.jpg"
-        samples.append(Sample(image_id, path, int(dx in malignant), "", masks.get(image_id)))
+        samples.append(Sample(image_id, path, int(dx in malignant), "", masks.get(image_id),
+                              group=lesion))
         groups[image_id] = lesion
         dx_counts[dx] = dx_counts.get(dx, 0) + 1
     check_duplicates(samples, csv_path)
