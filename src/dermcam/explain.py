@@ -369,8 +369,7 @@ def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: in
             ap.plot_example(item["image"], heat, item["mask"].astype(bool),
                             figs / "examples" / f"{model}_{method}_{kind}_{r.image_id}.png",
                             title=f"{r.image_id} ({'malignant' if r.label else 'benign'}, "
-                                  f"p={r.prob_malignant:.2f}) leakage {r.leakage:.2f}, "
-                                  f"excess {r.excess_leakage:+.2f}")
+                                  f"p={r.prob_malignant:.2f}, {model}/{method})")
 
 
 def _heatmap_for(run_dir: Path, model: str, method: str, image_id: str) -> np.ndarray:
