@@ -184,3 +184,34 @@ def test_validation_split_keeps_groups_together():
     assert 0.1 < len(va) / len(groups) < 0.3
     tr2, va2 = stratified_split(labels, 0.2, seed=0, groups=groups)
     assert np.array_equal(va, va2)
+
+
+def test_demo_end_to_end_small(tmp_path):
+    """`dermcam demo` (the README's first command) at a tiny size: every stage and the report."""
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(out),
+                        "--n-train", "60", "--n-test", "30", "--epochs", "1", "--image-size",
+                        "64", "--source-size", "64", "--models", "resnet18"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "trains from scratch" in r.stdout or "ImageNet weights from" in r.stdout
+    for f in ("data/metadata.csv", "run/metrics.json", "run/attention.csv",
+              "run/report.html"):
+        assert (out / f).exists(), f
+    m = json.loads((out / "run/manifest.json").read_text())
+    assert all(m["stages"][s]["status"] == "complete" for s in ("train", "evaluate",
+                                                                "explain"))
+    # a second demo into the same folder replaces the first (it is a demo folder)
+    r2 = subprocess.run([sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(out),
+                         "--n-train", "60", "--n-test", "30", "--epochs", "1",
+                         "--image-size", "64", "--source-size", "64", "--models",
+                         "resnet18"], capture_output=True, text=True)
+    assert r2.returncode == 0, r2.stderr
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    r = subprocess.run([sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not a dermcam demo" in r.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
