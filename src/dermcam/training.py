@@ -533,7 +533,11 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
         runmod.write_manifest(out, manifest)
     elif manifest["data"]["fingerprint"] != ds.fingerprint():
         raise DermcamError("the data changed since this run started; start a new run", cfg.data)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    n_dev = int(cfg.devices) if str(cfg.devices).isdigit() else 1
+    on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto"
+                                          and not torch.cuda.is_available())
+    # Several CPU processes each running all cores' threads thrash; share the cores.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // (n_dev if on_cpu else 1)))
     cache = ImageCache(cfg.cache_dir)
     if cache.enabled:
         warm_cache(train_samples, cfg.image_size, cache, progress=progress)
