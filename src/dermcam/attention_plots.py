@@ -16,8 +16,6 @@ Rows with NaN in a plotted column are left out of that panel.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,19 +48,9 @@ def _figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path, dpi: int = 150) -> Path:
     """Write ``fig`` to ``path`` atomically and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    log.debug("wrote %s", path)
-    return path
+    from dermcam.io import save_figure
+
+    return save_figure(fig, path, dpi=dpi)
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:

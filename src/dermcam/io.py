@@ -109,16 +109,17 @@ def write_csv(path: str | Path, df) -> Path:
     return Path(path)
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Save a matplotlib Figure atomically and close it."""
-    path = Path(path)
-    fmt = path.suffix.lstrip(".") or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-    try:
-        import matplotlib.pyplot as plt
+def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
+    """Save a matplotlib Figure atomically; the format is the path's suffix.
 
-        plt.close(fig)
-    except Exception:  # pragma: no cover - Figure() objects need no closing
-        pass
+    A failed write (disk full, read-only folder) is a one-line :class:`DermcamError`
+    naming the file, and leaves no partial image behind.
+    """
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if not fmt:
+        raise ValueError(f"{path}: give the figure path a suffix such as .png or .pdf")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format=fmt, dpi=dpi)
+    log.debug("wrote %s", path)
     return path

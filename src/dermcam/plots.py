@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,28 +63,11 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = _DPI) -> Path:
-    """Write ``fig`` to ``path`` atomically; the format is the path's suffix.
+    """Write ``fig`` to ``path`` atomically; the format is the path's suffix
+    (:func:`dermcam.io.save_figure`)."""
+    from dermcam.io import save_figure as _save_atomic
 
-    Creates the parent folder. Saves to a temporary file beside the target with
-    an explicit ``format`` and moves it into place with ``os.replace``.
-    """
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower()
-    if not fmt:
-        raise ValueError(f"{path}: give the figure path a suffix such as .png or .pdf")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # open(..., "xb") rather than mkstemp: the file gets the usual umask
-    # permissions instead of mkstemp's 0600.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fig.savefig(fh, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    logger.debug("wrote %s", path)
-    return path
+    return _save_atomic(fig, path, dpi=dpi)
 
 
 def _num(x: Any) -> float:

@@ -12,7 +12,6 @@ wall time. Lightning provides the loop, so ``--devices``/``--strategy``/
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -96,18 +95,6 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
         return np.sort(tr), np.sort(va)
     tr, va = train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
     return np.sort(tr), np.sort(va)
-
-
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
-        self.labels = torch.from_numpy(labels.astype(np.int64))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -577,17 +564,3 @@ def _counts(samples) -> dict[str, int]:
     from dermcam.data.dataset import class_counts
 
     return class_counts(samples)
-
-
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Silence Lightning's info chatter (GPU available: False, ...) in library use."""
-    names = ["lightning.pytorch", "lightning.fabric", "lightning"]
-    old = [logging.getLogger(n).level for n in names]
-    for n in names:
-        logging.getLogger(n).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for n, lv in zip(names, old):
-            logging.getLogger(n).setLevel(lv)
