@@ -17,7 +17,7 @@ from dermcam.io import write_csv, write_json
 log = logging.getLogger(__name__)
 
 
-def load_test_arrays(manifest: dict[str, Any], limit: int | None = None,
+def load_test_split(manifest: dict[str, Any], limit: int | None = None,
                      require_masks: bool = False, progress=None, cache_dir=None):
     """The run's test split at the run's image size, streamed from the decode cache."""
     from dermcam.data import load_dataset
@@ -59,7 +59,7 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
     seed = manifest["seed"] if seed is None else seed
     t0 = time.perf_counter()
     runmod.set_stage(run_dir, "evaluate", "running")
-    ds, samples, arrays = load_test_arrays(manifest, progress=progress)
+    ds, samples, arrays = load_test_split(manifest, progress=progress)
     if len(np.unique(arrays.labels)) < 2:
         raise DermcamError("the test split holds only one class; AUC and F1 are undefined",
                            ds.root)

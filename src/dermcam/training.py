@@ -161,25 +161,23 @@ class _CachedImages(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(img)), int(self.labels[i])
 
 
-def predict_dataset(model, dataset, batch_size: int = 64) -> np.ndarray:
-    """Malignant probability for every item of a ``(image, label)`` dataset, in order."""
-    from dermcam.augment import preprocess
-
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        with torch.inference_mode():
-            for images, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-                out.append(torch.softmax(model(preprocess(images)).float(), 1)[:, 1])
-    finally:
-        model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+def predict_dataset(model, dataset, batch_size: int = 64,
+                    device: str | torch.device = "cpu") -> np.ndarray:
+    """Malignant probability for every item of an ``(image, label)`` dataset, in order."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    return _malignant_probs(model, (images for images, _ in loader), device)
 
 
 def predict_proba(model, images: np.ndarray, batch_size: int = 64,
                   device: str | torch.device = "cpu") -> np.ndarray:
     """Malignant probability for ``(N, S, S, 3) uint8`` images -> ``(N,)``; restores the mode."""
+    batches = (torch.from_numpy(images[i:i + batch_size])
+               for i in range(0, len(images), batch_size))
+    return _malignant_probs(model, batches, device)
+
+
+def _malignant_probs(model, batches, device) -> np.ndarray:
+    """Softmax malignant probability over ``uint8 (B, S, S, 3)`` batches; restores the mode."""
     from dermcam.augment import preprocess
 
     was_training = model.training
@@ -187,8 +185,8 @@ def predict_proba(model, images: np.ndarray, batch_size: int = 64,
     out = []
     try:
         with torch.inference_mode():
-            for i in range(0, len(images), batch_size):
-                x = preprocess(torch.from_numpy(images[i:i + batch_size]).to(device))
+            for images in batches:
+                x = preprocess(images.to(device))
                 out.append(torch.softmax(model(x).float(), dim=1)[:, 1].cpu())
     finally:
         model.train(was_training)
