@@ -363,8 +363,9 @@ def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: in
         valid = g[g["reason"] == ""].sort_values("excess_leakage")
         picks = [("least", r) for r in valid.head(n_examples).itertuples()] + \
                 [("most", r) for r in valid.tail(n_examples).itertuples()]
+        heats = _heatmaps_for(run_dir, model, method, {r.image_id for _, r in picks})
         for kind, r in picks:
-            heat = _heatmap_for(run_dir, model, method, r.image_id)
+            heat = heats[r.image_id]
             item = cache.get(by_id[r.image_id], size)
             ap.plot_example(item["image"], heat, item["mask"].astype(bool),
                             figs / "examples" / f"{model}_{method}_{kind}_{r.image_id}.png",
@@ -372,10 +373,19 @@ def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: in
                                   f"p={r.prob_malignant:.2f}, {model}/{method})")
 
 
-def _heatmap_for(run_dir: Path, model: str, method: str, image_id: str) -> np.ndarray:
+def _heatmaps_for(run_dir: Path, model: str, method: str, image_ids: set[str]
+                  ) -> dict[str, np.ndarray]:
+    """The saved heatmaps of ``image_ids``, reading each batch file once."""
+    found: dict[str, np.ndarray] = {}
     for f in sorted((run_dir / HEATMAP_DIR / model / method).glob("batch_*.npz")):
+        if len(found) == len(image_ids):
+            break
         b = _load_batch(f)
-        hit = np.nonzero(b["ids"] == image_id)[0]
-        if len(hit):
-            return b["heatmaps"][hit[0]].astype(np.float32)
-    raise DermcamError(f"no saved heatmap for {image_id}", run_dir / HEATMAP_DIR / model)
+        for i, image_id in enumerate(b["ids"]):
+            if str(image_id) in image_ids:
+                found[str(image_id)] = b["heatmaps"][i].astype(np.float32)
+    missing = image_ids - found.keys()
+    if missing:
+        raise DermcamError(f"no saved heatmap for {sorted(missing)[0]}",
+                           run_dir / HEATMAP_DIR / model)
+    return found
