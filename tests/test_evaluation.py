@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pandas as pd
@@ -317,6 +316,23 @@ def test_identical_models_are_not_significant():
     assert not pw["significant"]
 
 
+def test_zero_variance_delong_pair_is_undefined_not_significant():
+    # a perfect model against a constant score: DeLong's variance is exactly 0
+    y = np.r_[np.zeros(20, int), np.ones(10, int)]
+    ids = [f"img{i}" for i in range(y.size)]
+    df = pd.concat([
+        pd.DataFrame({"image_id": ids, "model": "a", "label": y, "prob_malignant": 0.1 + 0.8 * y}),
+        pd.DataFrame({"image_id": ids, "model": "b", "label": y, "prob_malignant": 0.5}),
+    ], ignore_index=True)
+    res = evaluate_predictions(df, {"a": 0.5, "b": 0.5}, n_boot=50)
+    pw = res["pairwise"][0]
+    assert pw["auc"]["diff"] == -0.5 and pw["auc"]["reason"] == "zero_variance"
+    assert pw["auc"]["p"] is None and pw["p_holm"] is None  # NaN, stored as JSON null
+    assert pw["significant"] is False
+    assert "p undefined (zero variance)" in pw["sentence"]
+    assert pw["sentence"].endswith("not significant")
+
+
 def test_seeded_and_order_independent():
     df = _isic_like()
     r1 = evaluate_predictions(df, _thresholds(df), n_boot=100, seed=4)
@@ -359,11 +375,35 @@ def test_single_class_test_set_does_not_crash():
     assert res["pairwise"][0]["significant"] is False
 
 
-def test_three_models_379_images_1000_resamples_is_fast():
+def test_three_models_379_images_1000_resamples_match_the_generic_bootstrap():
+    """At the ISIC 2016 size the vectorised path shares one set of resamples across models:
+    every model's AUC CI and a pair's paired AUC difference equal a per-resample loop.
+    (Its speed is a benchmark's business, not a test's.)"""
+    from scipy.stats import rankdata
+
+    def auc(yy, p):  # Mann-Whitney with average ranks: sklearn's AUC, without its overhead
+        n1 = yy.sum()
+        return (rankdata(p)[yy == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * (yy.size - n1))
+
     df = _isic_like()
-    t0 = time.perf_counter()
-    evaluate_predictions(df, _thresholds(df), n_boot=1000, seed=0)
-    assert time.perf_counter() - t0 < 10.0  # ~0.3 s on a laptop-class CPU
+    res = evaluate_predictions(df, _thresholds(df), n_boot=1000, seed=0)
+    wide = df.pivot(index="image_id", columns="model", values="prob_malignant").sort_index()
+    y = df[df["model"] == "resnet18"].set_index("image_id").loc[wide.index, "label"].to_numpy()
+    for name in ("resnet18", "efficientnet_b0", "mobilenet_v2"):
+        p = wide[name].to_numpy()
+        assert auc(y, p) == pytest.approx(skm.roc_auc_score(y, p))
+        ci = res["models"][name]["threshold_free"]["roc_auc"]
+        assert (ci["value"], ci["lo"], ci["hi"]) == pytest.approx(
+            bootstrap_ci(auc, y, p, n_boot=1000, seed=0)), name
+        acc = res["models"][name]["at_threshold"]["accuracy"]
+        assert acc["value"] == pytest.approx(skm.accuracy_score(y, p >= 0.3)), name
+    pa, pb = wide["resnet18"].to_numpy(), wide["mobilenet_v2"].to_numpy()
+    pair = next(pw for pw in res["pairwise"] if (pw["a"], pw["b"]) == ("resnet18",
+                                                                        "mobilenet_v2"))
+    diff = pair["auc_bootstrap"]
+    ref = bootstrap_ci(lambda yy, a, b: auc(yy, b) - auc(yy, a), y, pa, pb, n_boot=1000, seed=0)
+    assert (diff["diff"], diff["lo"], diff["hi"]) == pytest.approx(ref)
+    assert diff["n_valid"] == 1000  # stratified: every resample holds both classes
 
 
 # --------------------------------------------------------------------------- tables

@@ -204,7 +204,29 @@ def test_delong_se_agrees_with_bootstrap_se():
 
 def test_delong_one_class_is_nan():
     out = delong_test(np.zeros(5, int), np.arange(5.0), np.arange(5.0))
+    assert out.pop("reason") == "one_class"
     assert all(math.isnan(v) for v in out.values())
+    few = delong_test([1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3], [0.2, 0.1, 0.3, 0.4])
+    assert few["reason"] == "too_few" and few["auc_a"] == 1.0 and math.isnan(few["p"])
+
+
+def test_delong_zero_variance_is_undefined_not_significant():
+    # A perfect model against a constant score: every placement value is constant,
+    # so the DeLong variance is exactly 0 while the AUCs differ by 0.5.
+    out = delong_test([1, 1, 0, 0], [1, 1, 0, 0], [0.5, 0.5, 0.5, 0.5])
+    assert (out["auc_a"], out["auc_b"], out["diff"]) == (1.0, 0.5, -0.5)
+    assert out["se"] == 0.0 and out["reason"] == "zero_variance"
+    assert all(math.isnan(out[k]) for k in ("z", "p", "lo", "hi"))
+    # holm() leaves it NaN (not counted, never below alpha)
+    adj = holm([out["p"], 0.01])
+    assert math.isnan(adj[0]) and adj[1] == pytest.approx(0.01)
+    # equal AUCs with zero variance (two perfect models): exactly no difference
+    same = delong_test([1, 1, 0, 0], [1, 1, 0, 0], [5, 4, 1, 2])
+    assert same["reason"] == "zero_variance" and same["p"] == 1.0
+    assert (same["lo"], same["hi"]) == (0.0, 0.0)
+    # a defined test has an empty reason
+    y, s = _scores(40, 20, 1.0, 5)
+    assert delong_test(y, s, s + np.random.default_rng(6).normal(size=s.size))["reason"] == ""
 
 
 # --------------------------------------------------------------------------- McNemar

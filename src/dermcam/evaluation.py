@@ -630,10 +630,12 @@ def evaluate_predictions(
         dl = pw["auc"]
         level = round(100 * (1 - alpha))
         holm_note = f" (Holm-adjusted {_fmt_p(pa)})" if len(pairwise) > 1 else ""
+        # DeLong is undefined on degenerate data (dl["reason"]): say why, never "significant".
+        why = f" ({dl['reason'].replace('_', ' ')})" if not math.isfinite(dl["p"]) else ""
         pw["sentence"] = (
             f"{names[pw['b']]} vs {names[pw['a']]}: AUC difference "
             f"{_fmt_num(dl['diff'])}, {level} % CI {_fmt_num(dl['lo'])}..{_fmt_num(dl['hi'])}, "
-            f"{_fmt_p(dl['p'])}{holm_note}, "
+            f"{_fmt_p(dl['p'])}{why}{holm_note}, "
             f"{'significant' if pw['significant'] else 'not significant'}"
         )
 

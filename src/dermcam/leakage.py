@@ -26,7 +26,8 @@ scores :func:`excess_leakage`, :func:`localisation_gain`, :func:`pixel_auroc`,
 
 The second half of the module holds the statistics run on a per-image table
 (one row per image x model x method): :func:`summarise`,
-:func:`compare_classes`, :func:`size_confound`, :func:`sanity_check`,
+:func:`compare_classes`, :func:`size_confound` (and :func:`size_confounds` for
+several metrics), :func:`sanity_check`,
 :func:`artifact_summary`.
 """
 
@@ -65,6 +66,10 @@ __all__ = [
     "compare_classes",
     "ols_fit",
     "size_confound",
+    "size_confounds",
+    "CONFOUND_METRICS",
+    "VERDICTS",
+    "EXACT_RTOL",
     "sanity_check",
     "artifact_summary",
 ]
@@ -550,8 +555,17 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
 
     Columns: the ``by`` columns, ``metric``, ``higher_is_better``, ``n`` (values
     used), ``n_nan`` (NaNs dropped), ``mean``, ``median``, ``std``, ``ci_low``,
-    ``ci_high`` (95 % percentile bootstrap CI of the mean, ``n_boot`` resamples,
-    the same ``seed`` for every group so a group's CI does not depend on the others).
+    ``ci_high`` (95 % CI of the mean) and ``ci_method``, which says how that CI was
+    made:
+
+    - ``"wilson"`` when every value in the group is 0 or 1 (the pointing game with a
+      unique maximum, or any score that is a hit/miss): the mean is a proportion, and
+      the Wilson score interval (``statsmodels`` ``proportion_confint``) keeps its
+      coverage near 0 and 1, where a percentile bootstrap collapses (10 hits of 10
+      give the bootstrap CI [1, 1]). Defined from one value on.
+    - ``"percentile bootstrap"`` otherwise: ``n_boot`` resamples, the same ``seed``
+      for every group so a group's CI does not depend on the others; NaN below two
+      values.
     """
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     by = [by] if isinstance(by, str) else list(by)
@@ -563,7 +577,12 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
         for metric in metrics:
             x = pd.to_numeric(g[metric], errors="coerce").to_numpy(dtype=np.float64)
             valid = x[~np.isnan(x)]
-            lo, hi = bootstrap_mean_ci(valid, n_boot=n_boot, seed=seed)
+            if valid.size and np.isin(valid, (0.0, 1.0)).all():
+                lo, hi = _wilson_ci(int(np.count_nonzero(valid)), int(valid.size))
+                ci_method = "wilson"
+            else:
+                lo, hi = bootstrap_mean_ci(valid, n_boot=n_boot, seed=seed)
+                ci_method = "percentile bootstrap"
             entry = METRICS.get(metric)
             rows.append({
                 **dict(zip(by, key, strict=True)),
@@ -576,16 +595,47 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
                 "std": float(valid.std(ddof=1)) if valid.size > 1 else np.nan,
                 "ci_low": lo,
                 "ci_high": hi,
+                "ci_method": ci_method,
             })
     cols = [*by, "metric", "higher_is_better", "n", "n_nan", "mean", "median", "std",
-            "ci_low", "ci_high"]
+            "ci_low", "ci_high", "ci_method"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (statsmodels)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(successes, n, alpha=1.0 - level, method="wilson")
+    return float(lo), float(hi)
+
+
+def _labels(df: pd.DataFrame, label_col: str) -> np.ndarray:
+    """The label column as ``(N,)`` float64: 0 benign, 1 malignant, NaN missing.
+
+    The one place labels are checked for :func:`compare_classes` and
+    :func:`size_confound`. A missing label (NaN, None) is allowed: those rows are
+    dropped and counted. Any other value that is not 0 or 1 (2, -1, 0.5, the text
+    ``"malignant"``) raises ValueError naming the values, instead of being counted
+    as benign or dropped without a count.
+    """
+    raw = df[label_col]
+    lab = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = raw.notna().to_numpy() & ~np.isin(lab, (0.0, 1.0))
+    if bad.any():
+        values = pd.unique(raw[bad])
+        shown = ", ".join(repr(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        raise ValueError(
+            f"column {label_col!r} must hold 0 (benign) or 1 (malignant), found "
+            f"{int(bad.sum())} row(s) with other values: {shown}"
+        )
+    return lab
 
 
 def _split_classes(df: pd.DataFrame, metric: str, label_col: str):
     _require(df, [metric, label_col])
     x = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64)
-    lab = pd.to_numeric(df[label_col], errors="coerce").to_numpy(dtype=np.float64)
+    lab = _labels(df, label_col)
     ok = ~np.isnan(x) & ~np.isnan(lab)
     return x[ok & (lab == 0)], x[ok & (lab == 1)], int((~ok).sum())
 
@@ -593,11 +643,13 @@ def _split_classes(df: pd.DataFrame, metric: str, label_col: str):
 def compare_classes(df: pd.DataFrame, metric: str, label_col: str = "label") -> dict:
     """Benign (label 0) vs malignant (label 1) on one metric: two-sided Mann-Whitney U.
 
-    Returns a dict: ``n_benign``, ``n_malignant``, ``n_nan``, medians and means per
-    class, ``u_statistic`` (U of the malignant sample), ``p_value``, ``cles`` (common
-    language effect size: P(malignant > benign) + 0.5 P(tie)), ``rank_biserial``
-    (``2 * cles - 1``, in [-1, 1], positive = malignant higher), and ``reason``
-    (``""``, or ``"too_few"`` when a class has no values: statistics are NaN).
+    Returns a dict: ``n_benign``, ``n_malignant``, ``n_nan`` (rows without a metric
+    value or without a label), medians and means per class, ``u_statistic`` (U of the
+    malignant sample), ``p_value``, ``cles`` (common language effect size:
+    P(malignant > benign) + 0.5 P(tie)), ``rank_biserial`` (``2 * cles - 1``, in
+    [-1, 1], positive = malignant higher), and ``reason`` (``""``, or ``"too_few"``
+    when a class has no values: statistics are NaN). Labels other than 0, 1 or
+    missing raise ValueError.
     """
     ben, mal, n_nan = _split_classes(df, metric, label_col)
     out = {
@@ -620,15 +672,35 @@ def compare_classes(df: pd.DataFrame, metric: str, label_col: str = "label") -> 
     return out
 
 
-def ols_fit(y, X, names: Sequence[str], level: float = 0.95) -> dict:
-    """Ordinary least squares with classical (homoscedastic) standard errors.
+#: A residual (or a spread) smaller than this times ``max|y|`` is floating-point
+#: round-off, not variation: ``1 - area`` computed in float64 leaves residuals near
+#: 1e-16, real metrics vary by more than 1e-4.
+EXACT_RTOL = 1e-10
+
+
+def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC3") -> dict:
+    """Ordinary least squares (statsmodels ``OLS``) with robust or classical standard errors.
 
     ``y`` ``(n,)``, ``X`` ``(n, p)`` design matrix (include the intercept column),
-    ``names`` ``p`` labels. Returns ``{"n", "df_resid", "r2", "coef": {name: {"coef",
-    "se", "t", "p", "ci_low", "ci_high"}}}``; p-values and CIs from Student's t with
-    ``n - p`` degrees of freedom. Raises ValueError for a rank-deficient design or
-    ``n <= p``.
+    ``names`` ``p`` labels. ``cov_type``: ``"HC3"`` (default; heteroscedasticity-
+    robust, MacKinnon & White 1985, the variant that holds its level in small
+    samples) or ``"nonrobust"`` (classical). p-values and CIs use Student's t with
+    ``n - p`` degrees of freedom for both.
+
+    Returns ``{"n", "df_resid", "r2", "cov_type", "reason", "coef": {name: {"coef",
+    "se", "t", "p", "ci_low", "ci_high"}}}``. When inference is undefined the
+    coefficients are still given but ``se``, ``t``, ``p`` and the CI are NaN, and
+    ``reason`` says why (never a p-value made of round-off):
+
+    - ``"constant_outcome"``: ``y`` does not vary (spread <= :data:`EXACT_RTOL` x max|y|);
+    - ``"perfect_fit"``: the residuals are round-off (RMS <= :data:`EXACT_RTOL` x
+      max|y|), i.e. ``y`` is an exact linear function of the columns;
+    - ``"leverage_one"`` (HC3 only): a row has leverage 1, where HC3 divides by 0.
+
+    Raises ValueError for a rank-deficient design, ``n <= p`` or an unknown ``cov_type``.
     """
+    if cov_type not in ("HC3", "nonrobust"):
+        raise ValueError(f"cov_type must be 'HC3' or 'nonrobust', got {cov_type!r}")
     y = np.asarray(y, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
     if y.ndim != 1 or X.ndim != 2 or X.shape[0] != y.shape[0] or X.shape[1] != len(names):
@@ -637,60 +709,215 @@ def ols_fit(y, X, names: Sequence[str], level: float = 0.95) -> dict:
     n, p = X.shape
     if n <= p:
         raise ValueError(f"ols_fit needs more rows than columns, got X {X.shape}")
-    beta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
+    if not (np.isfinite(y).all() and np.isfinite(X).all()):
+        raise ValueError("ols_fit needs finite y and X (drop NaN rows first)")
+    q_mat = np.linalg.qr(X)[0]  # leverages are the row sums of q_mat ** 2
+    rank = int(np.linalg.matrix_rank(X))
     if rank < p:
         raise ValueError(f"ols_fit: design matrix X {X.shape} is rank deficient (rank {rank})")
+    from statsmodels.regression.linear_model import OLS
+
+    res = OLS(y, X).fit(use_t=True)
+    beta = np.asarray(res.params, dtype=np.float64)
     resid = y - X @ beta
-    dof = n - p
-    sigma2 = float(resid @ resid) / dof
-    cov = sigma2 * np.linalg.inv(X.T @ X)
-    se = np.sqrt(np.diag(cov))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = beta / se
-    pval = 2.0 * stats.t.sf(np.abs(t), dof)
-    q = stats.t.ppf(0.5 + level / 2.0, dof)
+    rss = float(resid @ resid)
     tss = float(((y - y.mean()) ** 2).sum())
+    scale = float(np.abs(y).max()) or 1.0
+    reason = ""
+    if np.ptp(y) <= EXACT_RTOL * scale:
+        reason = "constant_outcome"
+    elif np.sqrt(rss / n) <= EXACT_RTOL * scale:
+        reason = "perfect_fit"
+    elif cov_type == "HC3" and ((q_mat ** 2).sum(axis=1) > 1.0 - 1e-10).any():
+        reason = "leverage_one"
+    if reason:
+        nan = np.full(p, np.nan)
+        se, t, pval, lo, hi = nan, nan, nan, nan, nan
+    else:
+        if cov_type == "HC3":
+            res = res.get_robustcov_results(cov_type="HC3", use_t=True)
+        se = np.asarray(res.bse, dtype=np.float64)
+        t = np.asarray(res.tvalues, dtype=np.float64)
+        pval = np.asarray(res.pvalues, dtype=np.float64)
+        ci = np.asarray(res.conf_int(alpha=1.0 - level), dtype=np.float64)
+        lo, hi = ci[:, 0], ci[:, 1]
     return {
-        "n": n, "df_resid": dof,
-        "r2": 1.0 - float(resid @ resid) / tss if tss > 0 else np.nan,
+        "n": n, "df_resid": n - p,
+        "r2": 1.0 - rss / tss if tss > 0 else np.nan,
+        "cov_type": cov_type, "reason": reason,
         "coef": {name: {"coef": float(b), "se": float(s), "t": float(tt), "p": float(pp),
-                        "ci_low": float(b - q * s), "ci_high": float(b + q * s)}
-                 for name, b, s, tt, pp in zip(names, beta, se, t, pval, strict=True)},
+                        "ci_low": float(lw), "ci_high": float(up)}
+                 for name, b, s, tt, pp, lw, up in zip(names, beta, se, t, pval, lo, hi,
+                                                       strict=True)},
     }
 
 
 def _fmt_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "p undefined"
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
+def _area_basis(area: np.ndarray, mal: np.ndarray, df: int
+                ) -> tuple[np.ndarray, list[str], str]:
+    """Columns for the lesion-area term, ``(n,)`` -> ``(n, k)``, its names and formula.
+
+    A natural cubic regression spline with ``df`` degrees of freedom (patsy
+    ``cr(area, df, constraints="center")``: knots at quantiles of the area, linear
+    beyond the outer knots, centred so it sits beside an intercept; it contains the
+    straight line, so ``1 - area`` is fitted exactly). Where that design would be
+    rank deficient beside the intercept and the class column (few distinct areas),
+    ``df`` is lowered; below 2 the term is the plain linear area. Raises ValueError
+    when even that is rank deficient (constant area, or area equal to the class).
+    """
+    import patsy
+
+    ones = np.ones_like(area)
+    for k in range(int(df), 1, -1):
+        term = f"cr(lesion_area, df={k}, constraints='center')"
+        basis = np.asarray(patsy.dmatrix(f"{term} - 1", {"lesion_area": area}),
+                           dtype=np.float64)
+        design = np.column_stack([ones, mal, basis])
+        if np.linalg.matrix_rank(design) == design.shape[1]:
+            return basis, [f"area_spline_{i}" for i in range(k)], f"cr(lesion_area, df={k})"
+    design = np.column_stack([ones, mal, area])
+    if np.linalg.matrix_rank(design) < 3:
+        raise ValueError("lesion area is constant or collinear with the class, so it "
+                         "cannot be adjusted for")
+    return area[:, None], ["lesion_area"], "lesion_area"
+
+
+def _tost_p(est: float, se: float, dof: int, margin: float) -> float:
+    """Two one-sided t tests of H0 ``|effect| >= margin``; the larger one-sided p.
+
+    p < alpha exactly when the ``1 - 2 alpha`` CI ``est +- t * se`` lies inside
+    ``(-margin, margin)`` (Schuirmann 1987). NaN without a positive finite ``se``.
+    """
+    if not (np.isfinite(est) and np.isfinite(se) and se > 0):
+        return np.nan
+    p_lower = stats.t.sf((est + margin) / se, dof)  # H0: effect <= -margin
+    p_upper = stats.t.cdf((est - margin) / se, dof)  # H0: effect >= +margin
+    return float(max(p_lower, p_upper))
+
+
+def _share_explained_boot(y: np.ndarray, mal: np.ndarray, design: np.ndarray, n_boot: int,
+                          seed: int, level: float) -> tuple[float, float]:
+    """Percentile CI of ``1 - adjusted gap / unadjusted gap``, resampling within class.
+
+    Each resample keeps the class counts (as every dermcam bootstrap) and refits both
+    models by least squares on the same area basis (knots fixed at the full data's).
+    Resamples where the unadjusted gap is 0 or the design loses rank give NaN; the CI
+    is NaN if more than 10 % do.
+    """
+    from dermcam.stats import percentile_interval, stratified_bootstrap_indices
+
+    idx = stratified_bootstrap_indices(mal, n_boot, seed)
+    shares = np.full(n_boot, np.nan)
+    is_mal = mal == 1
+    for b, r in enumerate(idx):
+        yb, mb = y[r], is_mal[r]
+        gap = yb[mb].mean() - yb[~mb].mean()
+        beta, _, rank, _ = np.linalg.lstsq(design[r], yb, rcond=None)
+        if gap != 0 and rank == design.shape[1]:
+            shares[b] = 1.0 - beta[1] / gap
+    return percentile_interval(shares, alpha=1.0 - level, what="share of the gap explained")
+
+
+#: Images per degree of freedom of the area spline: :func:`size_confound` uses at
+#: most ``n // 15`` (below 30 images the area term is linear), so a small sample is
+#: not fitted with a wiggly curve whose extrapolation swamps the class estimate.
+_N_PER_AREA_DF = 15
+
+#: Metrics :func:`size_confounds` runs the confound analysis on by default.
+CONFOUND_METRICS = ("leakage", "excess_leakage", "pixel_auroc")
+
+#: The three verdicts of :func:`size_confound`.
+VERDICTS = ("remains", "explained by size", "inconclusive")
+
+
 def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "lesion_area",
-                  label_col: str = "label", alpha: float = 0.05) -> dict:
-    """Is a class difference in ``metric`` explained by lesion size?
+                  label_col: str = "label", alpha: float = 0.05, margin: float = 0.02,
+                  spline_df: int = 4, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Is a class difference in ``metric`` explained by lesion size? Estimates, then a verdict.
 
-    Uses rows where the metric, area and label are all present. Returns a dict:
+    Uses the rows where the metric, area and label are all present (labels must be
+    0, 1 or missing; anything else raises ValueError). Two models, both OLS with HC3
+    standard errors and t tests on ``n - p`` degrees of freedom:
 
+    - unadjusted: ``metric ~ 1 + malignant`` (its class coefficient is the
+      difference of class means, malignant minus benign);
+    - adjusted: ``metric ~ 1 + malignant + cr(area, df=spline_df)``, a natural cubic
+      spline in area, so a non-linear dependence on size is not read as a class
+      effect. ``df`` is lowered to ``n // 15`` for small samples (linear in area below
+      30 images) and where the distinct areas do not support it; the ``model`` key
+      states what was fitted.
+
+    The result says, for ``margin`` in the metric's units (0.02 leakage by default;
+    choose it for other metrics):
+
+    - ``class_coef_unadjusted``, ``class_ci_unadjusted``, ``class_p_unadjusted``;
+    - ``class_coef_adjusted``, ``class_ci_adjusted``, ``class_p_adjusted``;
+    - ``share_explained``: ``1 - adjusted / unadjusted``, the share of the gap that
+      lesion area accounts for (1 = all of it, > 1 = the sign reverses, NaN when the
+      unadjusted gap is 0), and ``share_explained_ci``, a percentile bootstrap
+      (``n_boot`` resamples within class, ``seed``);
+    - ``equivalence``: ``{"margin", "p", "equivalent", "level", "ci"}``, the TOST of
+      the adjusted gap against ``+-margin`` (``equivalent``: p < ``alpha``, i.e. the
+      ``1 - 2 alpha`` CI in ``ci`` lies inside the margin);
+    - ``verdict``, one of :data:`VERDICTS`, decided in this order:
+
+      1. ``"explained by size"``: the adjusted gap is equivalent to zero within
+         ``+-margin``. This holds even when its CI excludes 0: a difference smaller
+         than the margin is taken as negligible (the sentence says so).
+      2. ``"remains"``: the adjusted CI excludes 0, and it does not point against a
+         clear unadjusted gap (one whose CI excludes 0). A gap that only appears
+         after the adjustment (no clear unadjusted gap) also counts as remaining.
+      3. ``"inconclusive"``: everything else. That is the adjusted CI containing 0
+         but reaching beyond the margin (p >= alpha is not absence), a sign reversal
+         (the adjusted gap opposite to a clear unadjusted one: area accounts for more
+         than the whole difference), and cases where nothing can be estimated
+         (``reason`` says which).
+
+    - ``class_effect_survives``: ``verdict == "remains"``; None when the models could
+      not be fitted;
+    - ``model``: the fitted formulas and the standard errors used; ``spline_df``;
+    - ``ols_class``, ``ols_class_area``: the :func:`ols_fit` results of the
+      unadjusted and the adjusted (spline) model;
     - ``spearman_rho``, ``spearman_p``, ``pearson_r``, ``pearson_p``: the metric
-      against ``lesion_area``;
-    - ``ols_class``: :func:`ols_fit` of metric ~ 1 + malignant;
-    - ``ols_class_area``: metric ~ 1 + malignant + lesion_area;
-    - ``class_coef_unadjusted``, ``class_p_unadjusted``, ``class_coef_adjusted``,
-      ``class_ci_adjusted`` (low, high), ``class_p_adjusted``;
-    - ``class_effect_survives``: adjusted class p < ``alpha`` (None if not computable);
-    - ``summary``: one plain sentence; ``reason``: ``""`` or why it is NaN.
+      against the area;
+    - ``n``, ``n_benign``, ``n_malignant``, ``n_dropped``, ``alpha``;
+    - ``summary``: a sentence built from the numbers above; ``reason``: ``""`` or why a
+      quantity is undefined (``"constant_metric"``, ``"perfect_fit"``, ...).
+
+    Degenerate data never produce a p-value from round-off: a metric that is constant
+    gives verdict "inconclusive" with reason ``"constant_metric"`` (there is no class
+    difference to explain); a metric that is an exact function of area (e.g. leakage
+    = 1 - area, what uniform heatmaps give) gives NaN p-values, reason
+    ``"perfect_fit"``, verdict "explained by size".
     """
     _require(df, [metric, area_col, label_col])
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0 (in units of {metric}), got {margin}")
     y = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64)
     area = pd.to_numeric(df[area_col], errors="coerce").to_numpy(dtype=np.float64)
-    lab = pd.to_numeric(df[label_col], errors="coerce").to_numpy(dtype=np.float64)
-    ok = ~(np.isnan(y) | np.isnan(area) | np.isnan(lab))
-    y, area, mal = y[ok], area[ok], (lab[ok] == 1).astype(np.float64)
+    lab = _labels(df, label_col)
+    ok = np.isfinite(y) & np.isfinite(area) & ~np.isnan(lab)
+    y, area, mal = y[ok], area[ok], lab[ok]
+    level = 1.0 - alpha
     out: dict = {
-        "metric": metric, "n": int(ok.sum()), "n_dropped": int((~ok).sum()),
+        "metric": metric, "n": int(ok.sum()), "n_benign": int((mal == 0).sum()),
+        "n_malignant": int((mal == 1).sum()), "n_dropped": int((~ok).sum()),
+        "alpha": alpha, "model": "", "spline_df": None,
         "spearman_rho": np.nan, "spearman_p": np.nan, "pearson_r": np.nan, "pearson_p": np.nan,
         "ols_class": None, "ols_class_area": None,
-        "class_coef_unadjusted": np.nan, "class_p_unadjusted": np.nan,
+        "class_coef_unadjusted": np.nan, "class_ci_unadjusted": (np.nan, np.nan),
+        "class_p_unadjusted": np.nan,
         "class_coef_adjusted": np.nan, "class_ci_adjusted": (np.nan, np.nan),
-        "class_p_adjusted": np.nan, "class_effect_survives": None, "reason": "",
+        "class_p_adjusted": np.nan,
+        "share_explained": np.nan, "share_explained_ci": (np.nan, np.nan),
+        "equivalence": {"margin": margin, "p": np.nan, "equivalent": None,
+                        "level": 1.0 - 2.0 * alpha, "ci": (np.nan, np.nan)},
+        "verdict": "inconclusive", "class_effect_survives": None, "reason": "",
     }
     if y.size >= 3 and np.ptp(y) > 0 and np.ptp(area) > 0:
         sp = stats.spearmanr(y, area)
@@ -699,80 +926,178 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
                    pearson_r=float(pe.statistic), pearson_p=float(pe.pvalue))
     ones = np.ones_like(y)
     try:
-        m1 = ols_fit(y, np.column_stack([ones, mal]), ["intercept", "malignant"])
-        m2 = ols_fit(y, np.column_stack([ones, mal, area]),
-                     ["intercept", "malignant", "lesion_area"])
+        basis, area_names, area_term = _area_basis(area, mal,
+                                                   min(spline_df, y.size // _N_PER_AREA_DF))
+        design = np.column_stack([ones, mal, basis])
+        m1 = ols_fit(y, np.column_stack([ones, mal]), ["intercept", "malignant"], level)
+        m2 = ols_fit(y, design, ["intercept", "malignant", *area_names], level)
     except ValueError as exc:
         out["reason"] = f"ols_failed: {exc}"
         out["summary"] = (f"The size-confound check for {metric} could not be run "
                           f"({out['n']} usable rows; {exc}).")
         return out
+    spline = area_term.startswith("cr(")
+    out["model"] = (f"unadjusted: {metric} ~ 1 + malignant; adjusted: {metric} ~ 1 + "
+                    f"malignant + {area_term} ("
+                    + (f"natural cubic regression spline in {area_col}, knots at its quantiles"
+                       if spline else f"linear in {area_col}: too few images for a spline")
+                    + "); OLS, HC3 standard errors, t tests on n - p df")
+    out["spline_df"] = len(area_names) if spline else 1
     c1, c2 = m1["coef"]["malignant"], m2["coef"]["malignant"]
-    survives = bool(c2["p"] < alpha)
-    out.update(ols_class=m1, ols_class_area=m2, class_coef_unadjusted=c1["coef"],
-               class_p_unadjusted=c1["p"], class_coef_adjusted=c2["coef"],
-               class_ci_adjusted=(c2["ci_low"], c2["ci_high"]), class_p_adjusted=c2["p"],
-               class_effect_survives=survives)
-    direction = "lower" if c1["coef"] < 0 else "higher"
-    out["summary"] = (
-        f"Mean {metric} is {abs(c1['coef']):.3f} {direction} for malignant than benign "
-        f"lesions ({_fmt_p(c1['p'])}), but after adjusting for lesion area "
-        f"(Spearman rho with area = {out['spearman_rho']:.2f}) the class difference is "
-        f"{c2['coef']:+.3f} (95 % CI {c2['ci_low']:+.3f} to {c2['ci_high']:+.3f}, "
-        f"{_fmt_p(c2['p'])}), so the class effect "
-        f"{'survives' if survives else 'does not survive'} the size adjustment."
+    du, da = c1["coef"], c2["coef"]
+    out.update(ols_class=m1, ols_class_area=m2, class_coef_unadjusted=du,
+               class_ci_unadjusted=(c1["ci_low"], c1["ci_high"]), class_p_unadjusted=c1["p"],
+               class_coef_adjusted=da, class_ci_adjusted=(c2["ci_low"], c2["ci_high"]),
+               class_p_adjusted=c2["p"])
+    scale = float(np.abs(y).max()) or 1.0
+    if m1["reason"] == "constant_outcome":
+        out.update(reason="constant_metric", class_effect_survives=False)
+        out["summary"] = (
+            f"{metric} takes the same value ({y[0]:.3g}) on all {y.size} images, so there "
+            "is no class difference for lesion area to explain and nothing to test; "
+            "verdict: inconclusive.")
+        return out
+    if abs(du) > EXACT_RTOL * scale:
+        out["share_explained"] = 1.0 - da / du
+        out["share_explained_ci"] = _share_explained_boot(y, mal, design, n_boot, seed, level)
+    eq = out["equivalence"]
+    if m2["reason"] == "perfect_fit":
+        # No residual variance: the adjusted gap is known exactly, but has no p-value.
+        only_area = ols_fit(y, np.column_stack([ones, basis]), ["intercept", *area_names],
+                            level)
+        exact_area = only_area["reason"] == "perfect_fit"
+        within = exact_area or abs(da) < margin
+        eq["equivalent"] = bool(within)
+        out["verdict"] = "explained by size" if within else "remains"
+        out["class_effect_survives"] = out["verdict"] == "remains"
+        out["reason"] = "perfect_fit"
+        if exact_area:  # the class coefficient is round-off of an exact 0
+            out["class_coef_adjusted"] = 0.0
+            if np.isfinite(out["share_explained"]):
+                out["share_explained"] = 1.0
+            out["summary"] = (
+                f"{metric} is an exact function of lesion area on these {y.size} images "
+                f"(no residual variance with the area term {area_term}): the unadjusted gap of "
+                f"{du:+.3f} (malignant minus benign) is fully explained by area, and there "
+                "is no class effect to estimate, so no p-value; verdict: explained by size.")
+        else:
+            out["summary"] = (
+                f"{metric} is an exact function of lesion area and class on these {y.size} "
+                f"images (no residual variance): the gap is {du:+.3f} unadjusted and "
+                f"exactly {da:+.3f} adjusted for area, with no p-value; verdict: "
+                f"{out['verdict']} ({'within' if within else 'beyond'} the margin "
+                f"+-{margin:g}).")
+        return out
+    if m2["reason"]:
+        out["reason"] = f"adjusted model: {m2['reason']}"
+        out["summary"] = (f"The size-adjusted model for {metric} has no standard error "
+                          f"({m2['reason']}); the unadjusted gap is {du:+.3f}; verdict: "
+                          "inconclusive.")
+        return out
+
+    dof = m2["df_resid"]
+    q = stats.t.ppf(1.0 - alpha, dof)
+    eq.update(p=_tost_p(da, c2["se"], dof, margin),
+              ci=(da - q * c2["se"], da + q * c2["se"]))
+    eq["equivalent"] = bool(eq["p"] < alpha)
+    lo_u, hi_u = out["class_ci_unadjusted"]
+    lo_a, hi_a = out["class_ci_adjusted"]
+    clear_u = lo_u > 0 or hi_u < 0
+    clear_a = lo_a > 0 or hi_a < 0
+    reversed_ = clear_u and clear_a and np.sign(da) != np.sign(du)
+    if eq["equivalent"]:
+        verdict = "explained by size"
+    elif clear_a and not reversed_:
+        verdict = "remains"
+    else:
+        verdict = "inconclusive"
+    out.update(verdict=verdict, class_effect_survives=verdict == "remains")
+    out["summary"] = _confound_sentence(out, metric, margin)
+    return out
+
+
+def _confound_sentence(r: dict, metric: str, margin: float) -> str:
+    """The summary sentence of :func:`size_confound`, from the numbers in ``r`` only."""
+    pct = round(100 * (1 - r["alpha"]))
+    du, da = r["class_coef_unadjusted"], r["class_coef_adjusted"]
+    lo_u, hi_u = r["class_ci_unadjusted"]
+    lo_a, hi_a = r["class_ci_adjusted"]
+    eq = r["equivalence"]
+    clear_u = lo_u > 0 or hi_u < 0
+    clear_a = lo_a > 0 or hi_a < 0
+    text = (
+        f"Malignant minus benign mean {metric} is {du:+.3f} ({pct} % CI {lo_u:+.3f} to "
+        f"{hi_u:+.3f}, {_fmt_p(r['class_p_unadjusted'])}) before and {da:+.3f} ({pct} % CI "
+        f"{lo_a:+.3f} to {hi_a:+.3f}, {_fmt_p(r['class_p_adjusted'])}) after adjusting for "
+        f"lesion area (Spearman rho with area {r['spearman_rho']:.2f})"
     )
-    if not c1["p"] < alpha:
-        out["summary"] = out["summary"].replace(", but after", "; after", 1)
+    share, (s_lo, s_hi) = r["share_explained"], r["share_explained_ci"]
+    if clear_u and np.isfinite(share):
+        ci = (f" ({pct} % CI {100 * s_lo:.0f} to {100 * s_hi:.0f} %)"
+              if np.isfinite(s_lo) else "")
+        text += f"; lesion area accounts for {100 * share:.0f} % of the gap{ci}"
+    text += (f"; equivalence test against +-{margin:g}: {_fmt_p(eq['p'])}. "
+             f"Verdict: {r['verdict']}: ")
+    no_gap = "there is no clear unadjusted gap, and " if not clear_u else ""
+    if r["verdict"] == "explained by size":
+        why = (f"{no_gap}the adjusted gap is equivalent to zero within +-{margin:g}"
+               + (", so lesion area accounts for the class difference" if clear_u else "")
+               + (" (it differs from zero, but by less than the margin)" if clear_a else ""))
+    elif r["verdict"] == "remains":
+        why = ("the adjusted CI excludes 0 in the same direction as the unadjusted gap, so "
+               "the class difference remains after adjusting for lesion area" if clear_u else
+               "there is no clear unadjusted gap, but the adjusted CI excludes 0: a class "
+               "difference appears once lesion area is accounted for")
+    elif clear_u and clear_a:
+        why = ("the adjusted gap points the other way from the unadjusted one: lesion area "
+               "accounts for more than the whole difference, and the reversed remainder is "
+               "not equivalent to zero")
+    else:
+        why = (f"{no_gap}the adjusted CI contains 0 but reaches beyond +-{margin:g}, so the "
+               "data neither show a class difference after the size adjustment nor rule "
+               "one out")
+        if clear_u and lo_a <= du <= hi_a:
+            why += f" (the CI still contains the unadjusted gap {du:+.3f})"
+    return text + why + "."
+
+
+def size_confounds(df: pd.DataFrame, metrics: Sequence[str] = CONFOUND_METRICS,
+                   margins: Mapping[str, float] | None = None, **kwargs) -> dict[str, dict]:
+    """:func:`size_confound` for each of ``metrics``: ``{metric: result}``.
+
+    ``margins`` maps a metric to its equivalence margin (in that metric's units);
+    metrics not in it use ``kwargs["margin"]`` or the default 0.02. Other keyword
+    arguments go to :func:`size_confound` unchanged.
+    """
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    margins = dict(margins or {})
+    out = {}
+    for metric in metrics:
+        kw = dict(kwargs)
+        if metric in margins:
+            kw["margin"] = margins[metric]
+        out[metric] = size_confound(df, metric, **kw)
     return out
 
 
 def sanity_check(cams_trained, cams_random, threshold: float = 0.5) -> dict:
-    """Model-randomisation sanity check (Adebayo et al., 2018).
+    """Model-randomisation sanity check (Adebayo et al., 2018); see :mod:`dermcam.sanity`.
 
-    ``cams_trained`` and ``cams_random`` ``(N, H, W)`` each: heatmaps of the same
-    images from the trained model and from the same architecture with randomised
-    weights. A method whose heatmaps barely change when the weights are destroyed
-    explains the image, not the model. Returns a dict: ``rank_correlation`` ``(N,)``
-    (per-image Spearman, average ranks for ties, NaN where either map is constant),
-    ``median``, ``mean``, ``n_valid``, ``threshold``, ``passed`` (median < threshold;
-    None when no image is valid) and a one-line ``summary``.
+    Kept for existing callers; delegates to :func:`dermcam.sanity.sanity_verdict`.
+    ``cams_trained`` ``(N, H, W)``: heatmaps of the trained model; ``cams_random``
+    the same images' heatmaps from randomised weights, ``(N, H, W)`` for one init or
+    ``(K, N, H, W)`` / a list for several. Similarity is |Spearman rho|, so inverted
+    maps fail like identical ones; ``passed`` is True only when the bootstrap 95 % CI
+    of the median |rho| lies below ``threshold``, False when the median is at or above
+    it, None when inconclusive. Returns the verdict dict (``rank_correlation`` ``(N,)``
+    signed rho, ``median`` = median |rho|, ``ci_low``, ``ci_high``, ``n_valid``,
+    ``passed``, ``summary``, ...) plus ``mean``, the mean |rho| over valid images.
     """
-    a = _as_cams(cams_trained, "cams_trained")
-    b = _as_cams(cams_random, "cams_random")
-    if a.shape != b.shape:
-        raise ValueError(f"cams_trained {a.shape} and cams_random {b.shape} must have the "
-                         "same (N, H, W) shape")
-    n = a.shape[0]
-    rho = np.full(n, np.nan)
-    for s in range(0, n, _CHUNK):
-        fa = a[s:s + _CHUNK].reshape(-1, a.shape[1] * a.shape[2]).astype(np.float64)
-        fb = b[s:s + _CHUNK].reshape(fa.shape).astype(np.float64)
-        good = np.isfinite(fa).all(axis=1) & np.isfinite(fb).all(axis=1)
-        ra = stats.rankdata(np.where(good[:, None], fa, 0.0), axis=1)
-        rb = stats.rankdata(np.where(good[:, None], fb, 0.0), axis=1)
-        ra -= ra.mean(axis=1, keepdims=True)
-        rb -= rb.mean(axis=1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = (ra * rb).sum(axis=1) / np.sqrt((ra ** 2).sum(axis=1) * (rb ** 2).sum(axis=1))
-        r[~good] = np.nan
-        rho[s:s + _CHUNK] = r
-    valid = rho[~np.isnan(rho)]
-    med = float(np.median(valid)) if valid.size else np.nan
-    passed = bool(med < threshold) if valid.size else None
-    if passed is None:
-        summary = "Sanity check undefined: no image had two non-constant, finite heatmaps."
-    else:
-        summary = (f"Median rank correlation between trained and randomised-weight heatmaps is "
-                   f"{med:.2f} over {valid.size} images: the method "
-                   f"{'passes' if passed else 'FAILS'} the model-randomisation check "
-                   f"(threshold {threshold}).")
-    if passed is False:
-        log.warning(summary)
-    return {"rank_correlation": rho, "median": med,
-            "mean": float(valid.mean()) if valid.size else np.nan,
-            "n_valid": int(valid.size), "threshold": threshold, "passed": passed,
-            "summary": summary}
+    from dermcam.sanity import sanity_verdict
+
+    out = sanity_verdict(cams_trained, cams_random, threshold=threshold)
+    out["mean"] = out["mean_abs_rho"]
+    return out
 
 
 def artifact_summary(df: pd.DataFrame, artifacts: Iterable[str],

@@ -56,6 +56,9 @@ MIN_VALID_FRACTION = 0.9
 #: correction) when the number of discordant pairs b + c reaches this.
 MCNEMAR_EXACT_BELOW = 25
 
+#: DeLong standard errors at or below this are zero variance (round-off of 0).
+DELONG_ZERO_SE = 1e-12
+
 
 # --------------------------------------------------------------------------- checks
 
@@ -327,7 +330,7 @@ def _delong_components(
     return auc, v10, v01
 
 
-def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) -> dict[str, float]:
+def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) -> dict[str, Any]:
     """DeLong test for two correlated ROC AUCs (same images, two models).
 
     Implements the fast O(N log N) algorithm of Sun & Xu (2014, IEEE SPL 21:1389)
@@ -336,10 +339,20 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) ->
     malignant; any monotone scale).
 
     Returns ``{"auc_a", "auc_b", "se_a", "se_b", "diff", "se", "z", "p", "lo",
-    "hi"}`` with ``diff = auc_b - auc_a``, ``se`` its standard error,
+    "hi", "reason"}`` with ``diff = auc_b - auc_a``, ``se`` its standard error,
     ``z = diff / se``, two-sided normal ``p`` and the Wald interval
-    ``diff +- z_(1-alpha/2) * se``. Identical scores give ``diff = 0, se = 0,
-    z = 0, p = 1``. With only one class present everything is NaN.
+    ``diff +- z_(1-alpha/2) * se``; ``reason`` is ``""`` when the test is defined.
+    Where it is not, nothing is reported as significant:
+
+    * ``"one_class"``: only one class present; everything is NaN.
+    * ``"too_few"``: a class has a single image, so its variance is undefined; the
+      AUCs and ``diff`` are given, the rest is NaN.
+    * ``"zero_variance"``: the variance of the difference is zero (e.g. every
+      placement value constant: a perfect model against a constant score). With
+      ``diff != 0`` the normal approximation has nothing to scale by, so ``z``,
+      ``p``, ``lo`` and ``hi`` are NaN (use the bootstrap instead). With
+      ``diff == 0`` (identical or identically ranked scores) the AUCs are equal
+      on every resample: ``se = 0, z = 0, p = 1`` and the interval is ``[0, 0]``.
     """
     y = _as_labels(y_true)
     a = _as_scores(score_a, y.size, "score_a")
@@ -348,7 +361,8 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) ->
     keys = ("auc_a", "auc_b", "se_a", "se_b", "diff", "se", "z", "p", "lo", "hi")
     if m < 2 or n < 2:
         # One class: AUC undefined. One sample in a class: variance undefined.
-        out = dict.fromkeys(keys, math.nan)
+        out: dict[str, Any] = dict.fromkeys(keys, math.nan)
+        out["reason"] = "one_class" if m == 0 or n == 0 else "too_few"
         if m >= 1 and n >= 1:
             auc, _, _ = _delong_components(y, np.vstack([a, b]))
             out.update(auc_a=float(auc[0]), auc_b=float(auc[1]), diff=float(auc[1] - auc[0]))
@@ -358,14 +372,20 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) ->
     var = s[0, 0] + s[1, 1] - 2 * s[0, 1]
     se = math.sqrt(max(var, 0.0))
     diff = float(auc[1] - auc[0])
-    if se <= 1e-15 * max(1.0, abs(diff)):
-        # Degenerate: identical (or identically ranked) scores.
-        z, p = (0.0, 1.0) if abs(diff) < 1e-15 else (math.copysign(math.inf, diff), 0.0)
-        se = 0.0
+    q = float(_sstats.norm.ppf(1 - alpha / 2))
+    reason = ""
+    if se <= DELONG_ZERO_SE:
+        # Degenerate: constant placement values (multiples of 1/(2m) or 1/(2n)), so a
+        # true zero variance comes out as 0 or round-off of it, far below any real SE.
+        reason, se = "zero_variance", 0.0
+        if abs(diff) < 1e-15:  # identical (or identically ranked) scores
+            z, p, lo, hi = 0.0, 1.0, 0.0, 0.0
+        else:
+            z = p = lo = hi = math.nan
     else:
         z = diff / se
         p = float(2 * _sstats.norm.sf(abs(z)))
-    q = float(_sstats.norm.ppf(1 - alpha / 2))
+        lo, hi = diff - q * se, diff + q * se
     return {
         "auc_a": float(auc[0]),
         "auc_b": float(auc[1]),
@@ -375,8 +395,9 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) ->
         "se": se,
         "z": float(z),
         "p": float(p),
-        "lo": diff - q * se,
-        "hi": diff + q * se,
+        "lo": float(lo),
+        "hi": float(hi),
+        "reason": reason,
     }
 
 
