@@ -9,7 +9,23 @@ this module only decides how the forward and backward passes run:
   the hooked activation (it returns the activation detached, with
   ``requires_grad``). Grad-CAM needs gradients only down to that layer, so the
   backward pass covers just the classifier head instead of the whole network.
-  The heatmaps are identical to the full-backward ones (tested).
+  The heatmaps are identical to the full-backward ones (tested), also when the
+  layer is followed by an in-place op (AlexNet's and VGG's ``ReLU(inplace=True)``):
+  the hook returns a copy of the new leaf, never the leaf itself.
+
+Target layers: :func:`default_target_layer` picks one for any torchvision
+classifier: the last ``Conv2d`` that runs in the forward pass for CNNs, the last
+block's input norm for ViT (the class token reads the patch tokens only through
+that block's attention), the final norm for Swin, the last block for MaxViT.
+Token layers need a pytorch-grad-cam ``reshape_transform`` to ``(N, C, h, w)``
+(:func:`layer_reshape_transform`, which :class:`CamExplainer` applies by default).
+
+EigenCAM orientation: the first principal component's sign is arbitrary (LAPACK
+picks it, and it changes with the activations' memory layout, e.g. channels-last),
+so pytorch-grad-cam's EigenCAM can return the inverted map. dermcam orients each
+raw projection, before ReLU and min-max, to correlate positively with the hooked
+layer's channel-mean activation (:func:`orient_eigencam`); its maps equal
+pytorch-grad-cam's up to that sign (tested).
 
 Heatmap direction: high = attended (tests fix this). Normalisation:
 ``"minmax"`` (the reference study's and pytorch-grad-cam's: ReLU, then per-image
@@ -24,6 +40,8 @@ float32 at the analysis size ``S`` and logits ``(N, C)``.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,8 +86,120 @@ class CamBatch:
 
 
 def _reroot_hook(module, inputs, output):
-    # A new leaf: backward stops here instead of running through the backbone.
-    return output.detach().requires_grad_(True)
+    if not torch.is_grad_enabled():
+        return None  # gradient-free method (EigenCAM): nothing to re-root
+    # A new leaf: backward stops here instead of running through the backbone. The
+    # layer's output becomes a copy of that leaf, not the leaf itself, because the next
+    # op may be in place (AlexNet features.10 -> ReLU(inplace=True), VGG, DenseNet's
+    # F.relu(..., inplace=True)) and autograd refuses in-place ops on a leaf (or a view
+    # of one) that requires grad.
+    #
+    # The copy also keeps pytorch-grad-cam's own behaviour (what reference_cams and
+    # fast=False compute), which with an in-place op is this: its forward hooks run
+    # after ours and see the copy. The activation it stores is `output.cpu().detach()`:
+    # on CPU that shares the output's storage, so the in-place op overwrites it and the
+    # CAM uses the *post-op* activation (ReLU'd for AlexNet); on CUDA `.cpu()` copies
+    # at hook time, so the stored activation is the *pre-op* one. Its gradient hook is
+    # registered before the op and so receives d(score)/d(pre-op output) on either
+    # device. Returning the leaf's copy reproduces this exactly (tested on CPU against
+    # fast=False, reference_cams and a closed-form case; the CUDA case is read from
+    # grad-cam 1.5.7's activations_and_gradients.py, not tested here).
+    leaf = output.detach().requires_grad_(True)
+    return leaf.clone()
+
+
+def orient_eigencam(projections: np.ndarray, activations: np.ndarray) -> np.ndarray:
+    """Fix the arbitrary SVD sign of EigenCAM projections.
+
+    ``projections (N, h, w)`` raw first-component projections (before ReLU),
+    ``activations (N, C, h, w)`` the hooked layer's activations -> ``(N, h, w)``:
+    each map, negated where it correlates negatively with the channel-mean
+    activation ``activations.mean(1)``. A map uncorrelated with it (including a
+    constant one) is left as it is.
+    """
+    projections = np.asarray(projections)
+    activations = np.asarray(activations)
+    if activations.ndim != 4 or projections.shape != (activations.shape[0],
+                                                      *activations.shape[2:]):
+        raise ValueError(f"expected projections (N, h, w) and activations (N, C, h, w), got "
+                         f"shapes {projections.shape} and {activations.shape}")
+    n = len(projections)
+    # NaN -> 0 as pytorch-grad-cam's get_2d_projection does before its SVD.
+    mean = np.nan_to_num(activations.astype(np.float64)).mean(1).reshape(n, -1)
+    proj = projections.astype(np.float64).reshape(n, -1)
+    cov = ((proj - proj.mean(1, keepdims=True)) * (mean - mean.mean(1, keepdims=True))).sum(1)
+    sign = np.where(cov < 0, -1.0, 1.0).astype(projections.dtype)
+    return projections * sign[:, None, None]
+
+
+def vit_reshape_transform(tokens: torch.Tensor) -> torch.Tensor:
+    """torchvision ViT tokens ``(N, 1 + h*w, C)`` -> ``(N, C, h, w)``, class token dropped."""
+    if tokens.ndim != 3:
+        raise ValueError(f"expected ViT tokens (N, 1 + h*w, C), got shape {tuple(tokens.shape)}")
+    n, length, c = tokens.shape
+    side = math.isqrt(length - 1) if length > 1 else 0
+    if side == 0 or side * side != length - 1:
+        raise ValueError(f"expected 1 class token + a square grid of patch tokens, got shape "
+                         f"{tuple(tokens.shape)}")
+    return tokens[:, 1:, :].reshape(n, side, side, c).permute(0, 3, 1, 2)
+
+
+def nhwc_reshape_transform(x: torch.Tensor) -> torch.Tensor:
+    """Swin feature maps ``(N, h, w, C)`` -> ``(N, C, h, w)``."""
+    if x.ndim != 4:
+        raise ValueError(f"expected (N, h, w, C) feature maps, got shape {tuple(x.shape)}")
+    return x.permute(0, 3, 1, 2)
+
+
+def layer_reshape_transform(model: torch.nn.Module, layer_name: str) -> Callable | None:
+    """The ``reshape_transform`` pytorch-grad-cam needs for ``layer_name``, or None.
+
+    ViT encoder layers emit token sequences, Swin's stages and final norm NHWC maps;
+    every other layer (any CNN's, Swin's patch-embedding conv, MaxViT's) is already
+    ``(N, C, h, w)``.
+    """
+    from torchvision.models import SwinTransformer, VisionTransformer
+
+    def under(prefix: str) -> bool:
+        return layer_name == prefix or layer_name.startswith(prefix + ".")
+
+    if isinstance(model, VisionTransformer) and under("encoder"):
+        return vit_reshape_transform
+    if isinstance(model, SwinTransformer) and (
+            under("norm") or (under("features") and not under("features.0.0"))):
+        return nhwc_reshape_transform
+    return None
+
+
+def default_target_layer(model: torch.nn.Module) -> tuple[str, Callable | None]:
+    """``(layer name, reshape_transform or None)``: where Grad-CAM should hook ``model``.
+
+    * ViT: the last encoder block's ``ln_1`` (the head reads only the class token of
+      the last block's output, so the patch tokens there get no gradient);
+    * Swin: the final ``norm`` (NHWC, just before the pooling);
+    * MaxViT: the last block (NCHW);
+    * anything else: the last ``Conv2d``, skipping auxiliary classifiers (GoogLeNet's
+      ``aux2``, Inception-v3's ``AuxLogits``) that do not run in eval mode.
+    """
+    from torchvision.models import MaxVit, SwinTransformer, VisionTransformer
+    from torchvision.models.googlenet import InceptionAux as GoogLeNetAux
+    from torchvision.models.inception import InceptionAux
+
+    if isinstance(model, VisionTransformer):
+        last = list(model.encoder.layers.named_children())[-1][0]
+        name = f"encoder.layers.{last}.ln_1"
+    elif isinstance(model, SwinTransformer):
+        name = "norm"
+    elif isinstance(model, MaxVit):
+        name = f"blocks.{len(model.blocks) - 1}"
+    else:
+        aux = [n for n, m in model.named_modules() if isinstance(m, InceptionAux | GoogLeNetAux)]
+        names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
+                 and not any(n.startswith(a + ".") for a in aux)]
+        if not names:
+            raise DermcamError(f"model {type(model).__name__} has no Conv2d layer for Grad-CAM")
+        name = names[-1]
+    return name, layer_reshape_transform(model, name)
 
 
 class CamExplainer:
@@ -77,11 +207,17 @@ class CamExplainer:
 
     On exit it removes every hook, restores each parameter's ``requires_grad`` and
     the model's train/eval mode (pytorch-grad-cam switches models to eval).
+    ``reshape_transform`` (pytorch-grad-cam's: the layer's output -> ``(N, C, h, w)``)
+    defaults to :func:`layer_reshape_transform`'s, so ViT / Swin token layers work as given.
     """
 
     def __init__(self, model: torch.nn.Module, target_layer: str, method: str = "gradcam",
-                 fast: bool = True, channels_last: bool | None = None):
+                 fast: bool = True, channels_last: bool | None = None,
+                 reshape_transform: Callable | None = None):
         self.model = model
+        # pytorch-grad-cam's reshape_transform (activations and gradients -> (N, C, h, w));
+        # None = derive it from the model and layer (token layers of ViT / Swin).
+        self.reshape_transform = reshape_transform
         # NHWC runs depthwise convolutions (EfficientNet, MobileNet) ~30 % faster on CPU;
         # None = decide from the model (any depthwise convolution).
         if channels_last is None:
@@ -110,9 +246,12 @@ class CamExplainer:
         if self.fast:
             for p in params:
                 p.requires_grad_(False)
-            # Registered before pytorch-grad-cam's hooks (prepend), so theirs see the leaf.
+            # Registered before pytorch-grad-cam's hooks (prepend), so theirs see the
+            # re-rooted output (a copy of the new leaf, see _reroot_hook).
             self._handles.append(layer.register_forward_hook(_reroot_hook, prepend=True))
-        self._cam = _methods()[self.method](model=self.model, target_layers=[layer])
+        reshape = self.reshape_transform or layer_reshape_transform(self.model, self.layer_name)
+        self._cam = _methods()[self.method](model=self.model, target_layers=[layer],
+                                            reshape_transform=reshape)
         self._layer = layer
         return self
 
@@ -154,6 +293,9 @@ class CamExplainer:
         ctx = torch.enable_grad() if needs_grad else torch.no_grad()
         with ctx:
             outputs = cam.activations_and_grads(x)
+            if not cam.activations_and_grads.activations:
+                raise DermcamError(f"layer {self.layer_name!r} did not run in the forward "
+                                   "pass (an auxiliary head?); hook one that does")
             logits = outputs.detach().float()
             probs = torch.softmax(logits, 1)[:, 1].cpu().numpy()
             if isinstance(target, str):
@@ -182,6 +324,8 @@ class CamExplainer:
         grads = (cam.activations_and_grads.gradients[0].numpy()
                  if cam.activations_and_grads.gradients else None)
         raw = cam.get_cam_image(x, self._layer, targets, acts, grads, False)
+        if self.method == "eigencam":
+            raw = orient_eigencam(raw, acts)
         raw = np.maximum(raw, 0).astype(np.float32)
         cam.activations_and_grads.clear()
         heat = _resize(raw, size, normalize)
@@ -201,15 +345,21 @@ def _resize(raw: np.ndarray, size: int, normalize: str) -> np.ndarray:
         if len(raw) else np.zeros((0, size, size), np.float32)
 
 
-def reference_cams(model, target_layer: str, x: torch.Tensor, classes, method: str = "gradcam"
-                   ) -> np.ndarray:
-    """pytorch-grad-cam's own ``cam(input_tensor, targets)`` (full backward), for tests/benchmarks."""
+def reference_cams(model, target_layer: str, x: torch.Tensor, classes, method: str = "gradcam",
+                   reshape_transform: Callable | None = None) -> np.ndarray:
+    """pytorch-grad-cam's own ``cam(input_tensor, targets)`` (full backward), for tests/benchmarks.
+
+    Unlike :class:`CamExplainer`, EigenCAM maps keep the library's arbitrary SVD sign.
+    ``reshape_transform`` None = :func:`layer_reshape_transform`, as in CamExplainer.
+    """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     was_training = model.training
     layer = model.get_submodule(target_layer)
+    reshape = reshape_transform or layer_reshape_transform(model, target_layer)
     try:
-        with _methods()[method](model=model, target_layers=[layer]) as cam:
+        with _methods()[method](model=model, target_layers=[layer],
+                                reshape_transform=reshape) as cam:
             out = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
     finally:
         model.train(was_training)
