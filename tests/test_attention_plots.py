@@ -69,10 +69,17 @@ def test_attention_summary_one_class_and_overwrite(tmp_path):
     df = df[df["label"] == 0].drop(columns=["lesion_area"])
     path = tmp_path / "sub" / "a.png"  # parent folder is created
     P.plot_attention_summary(df, path)
-    first = path.stat().st_size
+    _assert_png(path, path)
+    with Image.open(path) as im:
+        first = np.asarray(im.convert("RGB"))
     P.plot_attention_summary(_table(seed=1), path)  # atomic overwrite
     _assert_png(path, path)
-    assert path.stat().st_size != first or first > 0
+    reference = P.plot_attention_summary(_table(seed=1), tmp_path / "reference.png")
+    with Image.open(path) as im, Image.open(reference) as ref:
+        second, expected = np.asarray(im.convert("RGB")), np.asarray(ref.convert("RGB"))
+    # the file now holds the second figure, pixel for pixel, not the first one
+    np.testing.assert_array_equal(second, expected)
+    assert first.shape != second.shape or not np.array_equal(first, second)
 
 
 def test_leakage_vs_accuracy(tmp_path):
