@@ -97,6 +97,38 @@ def test_best_checkpoint_restored_and_round_trips(tiny_run):
     arrays = load_arrays(ds.split("test"), 32)
     prob = predict_proba(model, arrays.images)
     np.testing.assert_allclose(prob, preds["prob_malignant"].to_numpy(), atol=1e-5)
+    # everything above came from model.pt: Lightning's checkpoints went once it was saved
+    assert not (tiny_run / "models/resnet18/lightning").exists()
+    assert [p.name for p in (tiny_run / "models/resnet18").iterdir()
+            if p.suffix in (".pt", ".ckpt")] == ["model.pt"]
+
+
+def test_keep_checkpoints_and_resume_skips_a_finished_model(tiny_run, tmp_path):
+    """A run interrupted in its second model: the first, finished and without Lightning
+    files, is skipped; the second trains, and keeps its checkpoints when asked to."""
+    import shutil
+
+    from dermcam import run as runmod
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    m = runmod.read_manifest(run)
+    m["status"] = "training"
+    m["stages"] = {"train": {"status": "running"}}
+    m["config"].update(models=["resnet18", "mobilenet_v2"], max_epochs=1, keep_checkpoints=True)
+    runmod.write_manifest(run, m)
+    finished = (run / "models/resnet18/model.pt").read_bytes()
+    out = train(TrainConfig(data=m["config"]["data"], out=str(run), progress=False),
+                resume=True)
+    assert out["stages"]["train"]["status"] == "complete"
+    assert set(out["models"]) == {"resnet18", "mobilenet_v2"}
+    assert (run / "models/resnet18/model.pt").read_bytes() == finished  # not retrained
+    assert not (run / "models/resnet18/lightning").exists()
+    kept = run / "models/mobilenet_v2/lightning"
+    assert sorted(p.name for p in kept.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert "optimizer_states" in torch.load(kept / "last.ckpt", weights_only=True)
+    _, info, _ = load_checkpoint(run / "models/mobilenet_v2/model.pt")
+    assert info.name == "mobilenet_v2"
 
 
 def test_attention_rows_complete_and_consistent(tiny_run):
@@ -117,7 +149,7 @@ def test_explain_resumes_and_rescoring_is_identical(tiny_run):
     from dermcam.explain import run_explain
 
     before = (tiny_run / "attention.csv").read_bytes()
-    batches = sorted((tiny_run / "attention/resnet18/gradcam").glob("batch_*.npz"))
+    batches = sorted((tiny_run / "attention/resnet18/gradcam").glob("*/batch_*.npz"))
     assert batches
     stamps = {b: b.stat().st_mtime_ns for b in batches}
     batches[-1].unlink()  # as if interrupted before the last batch
@@ -186,27 +218,49 @@ def test_validation_split_keeps_groups_together():
     assert np.array_equal(va, va2)
 
 
-def test_demo_end_to_end_small(tmp_path):
+def test_demo_end_to_end_small(tmp_path, monkeypatch):
     """`dermcam demo` (the README's first command) at a tiny size: every stage and the report."""
+    import torchvision
+
+    from dermcam.models import imagenet_weights_path
+
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(out),
-                        "--n-train", "60", "--n-test", "30", "--epochs", "1", "--image-size",
-                        "64", "--source-size", "64", "--models", "resnet18"],
-                       capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(out), "--n-train", "60",
+           "--n-test", "30", "--epochs", "1", "--image-size", "64", "--source-size", "64",
+           "--models", "resnet18"]
+    # torchvision's cache (under TORCH_HOME) decides the demo's weights: first an empty one
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-empty"))
+    r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "trains from scratch" in r.stdout or "ImageNet weights from" in r.stdout
+    assert "trains from scratch" in r.stdout and "ImageNet weights from" not in r.stdout
     for f in ("data/metadata.csv", "run/metrics.json", "run/attention.csv",
-              "run/report.html"):
+              "run/report.html", "run/models/resnet18/model.pt", "shortcut/run/attention.csv",
+              "run/shortcut_experiment.json"):
         assert (out / f).exists(), f
+    exp = json.loads((out / "run/shortcut_experiment.json").read_text())
+    summ = json.loads((out / "run/attention_summary.json").read_text())
+    chosen = {s["model"]: s["layer"] for s in summ["layer_choice"]}
+    # the shortcut model is audited at its control's layer, with the same method
+    assert exp["runs"]["shortcut"]["layer"] == exp["runs"]["control"]["layer"] == chosen["resnet18"]
+    assert summ["localisation"] and {"better_than_uniform", "median_pixel_auroc"} <= \
+        set(summ["localisation"][0])
+    assert "planted shortcut" in r.stdout and "Planted shortcut" in \
+        (out / "run/report.html").read_text()
+    assert not (out / "run/models/resnet18/lightning").exists()
     m = json.loads((out / "run/manifest.json").read_text())
+    assert m["config"]["weights"] == "none"
     assert all(m["stages"][s]["status"] == "complete" for s in ("train", "evaluate",
                                                                 "explain"))
-    # a second demo into the same folder replaces the first (it is a demo folder)
-    r2 = subprocess.run([sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(out),
-                         "--n-train", "60", "--n-test", "30", "--epochs", "1",
-                         "--image-size", "64", "--source-size", "64", "--models",
-                         "resnet18"], capture_output=True, text=True)
+    # a second demo into the same folder replaces the first (it is a demo folder); now the
+    # cache holds resnet18's weights file (random weights stand in for ImageNet's)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-cached"))
+    cached = imagenet_weights_path("resnet18")
+    cached.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), cached)
+    r2 = subprocess.run(cmd, capture_output=True, text=True)
     assert r2.returncode == 0, r2.stderr
+    assert "ImageNet weights from" in r2.stdout and "trains from scratch" not in r2.stdout
+    assert json.loads((out / "run/manifest.json").read_text())["config"]["weights"] == "imagenet"
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
@@ -215,3 +269,41 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "not a dermcam demo" in r.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_explain_records_layer_choice_in_attention_manifest_and_checkpoint(tiny_run):
+    """The CAM layer is a choice: recorded per row, in the manifest and in the checkpoint."""
+    from dermcam.models import load_state_file
+
+    att = pd.read_csv(tiny_run / "attention.csv", keep_default_na=False, na_values=[""])
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    sel = m["stages"]["explain"]["layers"]
+    assert [s["model"] for s in sel] == ["resnet18"] and sel[0]["reason"]
+    assert set(att["layer"]) == {sel[0]["layer"]} and set(att["method"]) == {sel[0]["method"]}
+    payload = load_state_file(tiny_run / "models/resnet18/model.pt")
+    assert payload["cam"]["layer"] == sel[0]["layer"]
+    summary = json.loads((tiny_run / "attention_summary.json").read_text())
+    rows = summary["localisation"]
+    # every method x candidate layer was scored, and the chosen one is among them
+    assert {(r["method"], r["layer"]) for r in rows} >= {(sel[0]["method"], sel[0]["layer"])}
+    assert all(isinstance(r["better_than_uniform"], bool) for r in rows)
+    guard = summary["tests"][f"resnet18/{sel[0]['method']}"]["uniform_guard"]
+    assert isinstance(guard["better_than_uniform"], bool) and guard["sentence"]
+
+
+def test_explain_at_a_named_layer(tiny_run, tmp_path):
+    import shutil
+
+    from dermcam.explain import run_explain
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    summary = run_explain(run, methods=["gradcam"], layer="layer3", n_boot=50, sanity=False,
+                          figures=False)
+    att = pd.read_csv(run / "attention.csv", keep_default_na=False, na_values=[""])
+    assert set(att["layer"]) == {"layer3"} and set(att["method"]) == {"gradcam"}
+    assert summary["tests"]["resnet18/gradcam"]["layer"] == "layer3"
+    assert (run / "attention/resnet18/gradcam/layer3").is_dir()
+    with pytest.raises(DermcamError, match="no layer"):
+        run_explain(run, methods=["gradcam"], layer="layer9", n_boot=50, sanity=False,
+                    figures=False)

@@ -30,12 +30,13 @@ def _audit(root, preset):
     train(TrainConfig(data=str(data), out=str(run), models=["resnet18"], weights="none",
                       image_size=64, max_epochs=8, batch_size=32, lr=2e-3, patience=8,
                       seed=0, progress=False, cache_dir=str(cache)))
-    run_explain(run, n_boot=50, sanity=False, figures=False)
+    summary = run_explain(run, n_boot=200, sanity=False, figures=False, layer="last")
     att = pd.read_csv(run / "attention.csv", keep_default_na=False, na_values=[""])
     by_id = {s.image_id: s for s in load_dataset(data).split("test")}
     c = ImageCache(cache)
     att["ruler_area"] = [float((c.get(by_id[i], 64)["artifacts"] == 1).mean())
                          for i in att["image_id"]]
+    att.attrs["summary"] = summary
     return att
 
 
@@ -64,3 +65,20 @@ def test_shortcut_raises_excess_leakage_only_where_the_ruler_is(audits):
                  - c.loc[c["artifact_ruler"] == 0, "excess_leakage"].mean())
     assert gap_ruler > 0.01
     assert gap_ruler > gap_plain + 0.01
+
+
+def test_artifact_ratio_ci_flags_the_shortcut_model_and_not_the_control(audits):
+    """attention_summary.json's `artifacts`: ratio CI above 1 for the shortcut model only."""
+    rows = {}
+    for preset, att in audits.items():
+        found = [r for r in att.attrs["summary"]["artifacts"] if r["artifact"] == "ruler"]
+        assert len(found) == 1
+        rows[preset] = found[0]
+    s, c = rows["shortcut"], rows["clean"]
+    assert s["ratio_ci_low"] > 1 and s["attends"] is True
+    assert c["ratio_ci_low"] <= 1 <= c["ratio_ci_high"] and c["attends"] is False
+    # the ratio is a ratio of means over the ruler-bearing images (cross-check by hand)
+    att = audits["shortcut"]
+    r = att[(att["artifact_ruler"] == 1) & (att["area_ruler"] > 0) & att["mass_ruler"].notna()]
+    assert s["n"] == len(r)
+    assert s["ratio"] == pytest.approx(r["mass_ruler"].mean() / r["area_ruler"].mean(), rel=1e-4)

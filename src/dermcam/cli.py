@@ -7,7 +7,7 @@ User errors (:class:`~dermcam.errors.DermcamError`) print one line and exit 2;
 from __future__ import annotations
 
 import contextlib
-import logging
+import inspect
 import os
 import sys
 import time
@@ -19,8 +19,40 @@ from rich.console import Console
 from rich.table import Table
 
 from dermcam.errors import DermcamError
+from dermcam.logs import quiet_libraries
+from dermcam.models import DEFAULT_MODELS
 
-app = typer.Typer(
+
+def _paragraphs(doc: str | None) -> str | None:
+    """A docstring with each paragraph on one line, for the help formatter to wrap.
+
+    Typer's rich help keeps a docstring's hard line breaks, so text wrapped at 88
+    columns in the source breaks mid-sentence in a wider terminal. Paragraphs are
+    separated by blank lines; one that starts with ``\\b`` keeps its breaks (click's
+    convention for verbatim blocks).
+    """
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(s.strip() for s in p.splitlines())
+                       for p in paragraphs)
+
+
+class _App(typer.Typer):
+    """A Typer app whose commands' docstrings are rewrapped by the help formatter."""
+
+    def command(self, name: str | None = None, **kwargs):
+        register = super().command
+
+        def decorator(f):
+            if kwargs.get("help") is None:
+                kwargs["help"] = _paragraphs(f.__doc__)
+            return register(name, **kwargs)(f)
+
+        return decorator
+
+
+app = _App(
     name="dermcam", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
     pretty_exceptions_enable=False,
     help="Train, compare and audit dermoscopy classifiers (benign vs malignant): honest "
@@ -41,17 +73,7 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks f
           = False) -> None:
     _state["debug"] = debug
     _state["quiet"] = quiet or not sys.stdout.isatty() and os.environ.get("CI") == "true"
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not debug:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric",
-                     "lightning.pytorch.utilities.rank_zero",
-                     "lightning.fabric.utilities.rank_zero",
-                     "lightning.fabric.utilities.distributed"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        import warnings
-
-        warnings.filterwarnings("ignore")
+    quiet_libraries(debug)
 
 
 @contextlib.contextmanager
@@ -176,16 +198,34 @@ def _print_info(root: Path, check: bool = False) -> None:
 # ----------------------------------------------------------------------- train
 
 @app.command()
-def models() -> None:
-    """List the architectures dermcam knows, their Grad-CAM layer and ImageNet cache state."""
-    from dermcam.models import REGISTRY, imagenet_available, imagenet_weights_path
+def models(
+    image_size: Annotated[int, typer.Option(help="Input side in pixels at which to show each "
+                                                 "candidate layer's spatial size.")] = 224,
+    run_dir: Annotated[Path | None, typer.Option("--run", help="A run folder: use its input "
+                                                               "size.")] = None,
+) -> None:
+    """List the architectures dermcam knows: the study's Grad-CAM layer, the candidate layers
+    the localisation benchmark scores (with their spatial size at the input size), and
+    whether ImageNet weights are cached."""
+    from dermcam.models import REGISTRY, build_model, imagenet_available, imagenet_weights_path
 
-    t = Table(title="models (any other torchvision classifier also works by name)")
-    for c in ("name", "architecture", "CAM layer", "ImageNet weights"):
+    if run_dir is not None:
+        from dermcam import run as runmod
+
+        image_size = int(runmod.read_manifest(run_dir)["config"]["image_size"])
+    t = Table(title=f"models at {image_size} px input (any other torchvision classifier also "
+                    "works by name)")
+    for c in ("name", "architecture", "study's CAM layer", "candidate layers (h x w)",
+              "ImageNet weights"):
         t.add_column(c)
-    for name, (disp, layer, _) in REGISTRY.items():
+    from dermcam.models import layer_grid
+
+    for name, spec in REGISTRY.items():
+        model, _ = build_model(name, weights="none")
+        grid = layer_grid(model, spec.candidate_layers, image_size)
+        layers = ", ".join(f"{ly} ({grid[ly][0]}x{grid[ly][1]})" for ly in spec.candidate_layers)
         cached = "cached" if imagenet_available(name) else f"not cached ({imagenet_weights_path(name)})"
-        t.add_row(name, disp, layer, cached)
+        t.add_row(name, spec.display_name, spec.cam_layer, layers, cached)
     console.print(t)
 
 
@@ -206,6 +246,11 @@ def train(
     batch_size: Annotated[int, typer.Option()] = 16,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    schedule: Annotated[str, typer.Option(help="Learning-rate schedule: plateau (halve on a "
+                                               "validation plateau, the study's) or onecycle "
+                                               "(warm-up, then cosine annealing to zero over "
+                                               "--epochs; best for short runs).")]
+    = "plateau",
     monitor: Annotated[str, typer.Option(help="Best checkpoint by val_auc or val_loss.")]
     = "val_auc",
     imbalance: Annotated[str, typer.Option(help="weighted_loss, balanced_sampler or none.")]
@@ -222,6 +267,10 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")]
     = False,
+    keep_checkpoints: Annotated[bool, typer.Option(
+        "--keep-checkpoints", help="Keep Lightning's best.ckpt and last.ckpt (weights and "
+                                   "optimizer state) in models/NAME/lightning/ after a model "
+                                   "finishes; by default only model.pt is kept.")] = False,
 ) -> None:
     """Fine-tune each model; keep its best checkpoint; choose its threshold on validation."""
     from dermcam.training import TrainConfig
@@ -230,10 +279,11 @@ def train(
     cfg = TrainConfig(
         data=str(data), out=str(out), models=[m.strip() for m in models.split(",") if m.strip()],
         weights=weights, image_size=image_size, max_epochs=epochs, batch_size=batch_size, lr=lr,
-        patience=patience, monitor=monitor, imbalance=imbalance, val_fraction=val_fraction,
+        patience=patience, schedule=schedule, monitor=monitor, imbalance=imbalance,
+        val_fraction=val_fraction,
         seed=seed, augment=augment, accelerator=accelerator, devices=devices,
         strategy=strategy, precision=precision, num_workers=num_workers,
-        progress=not _state["quiet"])
+        progress=not _state["quiet"], keep_checkpoints=keep_checkpoints)
     with progress_bar("decode + cache images") as cb:
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
     if not manifest:  # a worker process of multi-process training: rank 0 reports
@@ -296,7 +346,9 @@ def explain(
     run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train'.")],
     methods: Annotated[str, typer.Option(help="Comma-separated CAM methods (pytorch-grad-cam):"
                                               " gradcam, gradcam++, hirescam, layercam, "
-                                              "eigencam, xgradcam.")] = "gradcam",
+                                              "eigencam, xgradcam; or auto: the localisation "
+                                              "benchmark chooses each model's method with "
+                                              "its layer.")] = "auto",
     target: Annotated[str, typer.Option(help="Class each heatmap explains: predicted (the "
                                              "study's choice), true or malignant.")]
     = "predicted",
@@ -312,6 +364,22 @@ def explain(
                                                    "machines; then run --merge.")] = None,
     merge: Annotated[bool, typer.Option(help="Score the batches written by all shards "
                                              "into one attention.csv.")] = False,
+    layer: Annotated[str, typer.Option(help="CAM layer: auto (the localisation benchmark "
+                                            "picks, per model and method, the layer whose maps "
+                                            "localise best on masked validation images and "
+                                            "pass the sanity check), last (the study's: the "
+                                            "last convolutional block), a layer name for "
+                                            "every model, or model=layer,model=layer. "
+                                            "'dermcam models' lists the candidates.")]
+    = "auto",
+    bench_methods: Annotated[str | None, typer.Option(
+        help="Methods the localisation benchmark scores at every candidate layer "
+             "(comma-separated, or all; default: all).")] = None,
+    bench_images: Annotated[int, typer.Option(help="Validation images the localisation "
+                                                   "benchmark scores.")] = 64,
+    cascade: Annotated[bool, typer.Option(help="Cascading randomisation in the sanity check "
+                                               "(one step per block, from the output down).")]
+    = True,
 ) -> None:
     """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
 
@@ -334,7 +402,10 @@ def explain(
         summary = run_explain(run_dir, methods=[m.strip() for m in methods.split(",")],
                               target=target, normalize=normalize, limit=limit,
                               batch_size=batch_size, sanity=sanity, n_boot=n_boot, progress=cb,
-                              shard=shard_t, merge=merge)
+                              shard=shard_t, merge=merge, layer=layer,
+                              bench_methods=(None if bench_methods in (None, "all") else
+                                             [m.strip() for m in bench_methods.split(",")]),
+                              bench_images=bench_images, cascade=cascade)
     if shard_t is not None:
         console.print(f"shard {shard}: {summary['batches']} batch(es) written under "
                       f"{run_dir}/attention; when every shard is done: dermcam explain "
@@ -344,35 +415,90 @@ def explain(
     console.print(f"wrote {run_dir}/attention.csv, attention_summary.json, figures/")
 
 
+def _num(v, fmt: str = ".2f") -> str:
+    """A number for a table cell; '-' for a missing or undefined one (None or NaN)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if v != v else format(v, fmt)
+
+
+def _print_localisation(rows) -> None:
+    if not rows:
+        return
+    t = Table(title=f"localisation benchmark ({rows[0]['n']} {rows[0]['images']} images): "
+                    "median pixel AUROC [95 % CI], 0.5 = uniform")
+    for c in ("model", "method", "layer", "grid", "pixel AUROC", "undefined", "sanity |rho|",
+              "ms/image"):
+        t.add_column(c)
+    for r in rows:
+        verdict = {True: "passed", False: "FAILED", None: "inconclusive"}[r.get("sanity_passed")]
+        t.add_row(r["model"], r["method"], r["layer"], "x".join(map(str, r["grid"])),
+                  f"{_num(r['median_pixel_auroc'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
+                  _num(r["undefined_share"], ".0%"),
+                  f"{_num(r.get('sanity_median_abs_rho'))} {verdict}",
+                  _num(r["ms_per_image"], ".1f"))
+    console.print(t)
+
+
 def _print_attention(summary) -> None:
+    _print_localisation(summary.get("localisation"))
+    for sel in summary.get("layer_choice") or []:
+        console.print(f"  layer for {sel['model']}/{sel['method']}: {sel['reason']}")
     t = Table(title="attention: mean [95 % CI] by class")
-    for c in ("model/method", "class", "n", "leakage", "chance leakage", "excess leakage",
-              "pixel AUROC"):
+    for c in ("model/method", "layer", "class", "n", "leakage", "chance leakage",
+              "excess leakage", "pixel AUROC"):
         t.add_column(c)
     rows = {}
     for r in summary["by_class"]:
         key = (r["model"], r["method"], r["label"])
         rows.setdefault(key, {})[r["metric"]] = r
+    tests = summary.get("tests", {})
     for (model, method, label), ms in sorted(rows.items()):
         def cell(m, ms=ms):
             r = ms.get(m)
             if not r or r.get("mean") is None:
                 return "-"
             return f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        t.add_row(f"{model}/{method}", "malignant" if label == 1 else "benign",
+        t.add_row(f"{model}/{method}", tests.get(f"{model}/{method}", {}).get("layer", ""),
+                  "malignant" if label == 1 else "benign",
                   str(ms["leakage"]["n"]), cell("leakage"), cell("chance_leakage"),
                   cell("excess_leakage"), cell("pixel_auroc"))
     console.print(t)
-    for key, entry in summary["tests"].items():
+    for key, entry in tests.items():
+        guard = entry.get("uniform_guard") or {}
+        if guard.get("sentence"):
+            console.print(f"  {key}: {guard['sentence']}")
         sc = entry.get("size_confound", {})
         if sc.get("summary"):
             console.print(f"  {key}: {sc['summary']}")
         san = entry.get("sanity")
         if san:
-            verdict = {True: "passed", False: "FAILED"}.get(san.get("passed"),
-                                                            "undetermined (constant heatmaps)")
-            console.print(f"  {key}: sanity check {verdict} (median rank correlation with "
-                          f"random-weights heatmaps {san.get('median', float('nan')):.2f})")
+            console.print(f"  {key}: {_sanity_line(san)}")
+    _print_artifacts(summary.get("artifacts"))
+
+
+def _sanity_line(san) -> str:
+    full = san.get("full", san)
+    return full.get("summary") or "sanity check: no summary"
+
+
+def _print_artifacts(rows) -> None:
+    rows = [r for r in rows or [] if r.get("n", 0) >= 2]
+    if not rows:
+        return
+    t = Table(title="heatmap mass on artifacts relative to their area (1 = uniform), "
+                    "on images that carry them")
+    for c in ("model/method", "layer", "artifact", "n", "mass share", "area share",
+              "ratio [95 % CI]", "attends"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(f"{r['model']}/{r['method']}", r["layer"], r["artifact"], str(r["n"]),
+                  _num(r["mass_share"], ".3f"), _num(r["area_share"], ".3f"),
+                  f"{_num(r['ratio'])} [{_num(r['ratio_ci_low'])}, {_num(r['ratio_ci_high'])}]",
+                  "YES" if r["attends"] else "no")
+    console.print(t)
 
 
 # ---------------------------------------------------------------------- report
@@ -408,11 +534,21 @@ def demo(
     source_size: Annotated[int, typer.Option(help="Side of the generated images in pixels.")]
     = 128,
     models: Annotated[str, typer.Option(help="Comma-separated models.")]
-    = "resnet18,efficientnet_b0,mobilenet_v2",
+    = ",".join(DEFAULT_MODELS),
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = True,
+    shortcut: Annotated[bool, typer.Option(help="Also train one model where rulers mark "
+                                                "malignancy in training only, and audit it "
+                                                "beside its control.")] = True,
 ) -> None:
-    """The whole study on the synthetic benchmark: synth -> train -> evaluate -> explain -> report.
+    """The whole study on the synthetic benchmark: synth -> train -> evaluate -> explain ->
+    report, plus a planted shortcut that the audit must catch.
+
+    The study's three models are trained on data whose artifacts are independent of the
+    label; their CAM layer is chosen per model on masked validation images (the
+    localisation benchmark). Then ResNet18 is trained on the same seed's images with rulers
+    tied to malignancy in training only; its heatmap mass on the rulers, relative to their
+    area, is shown with a 95 % CI beside the control's, with both test AUCs.
 
     Uses ImageNet weights when they are in torchvision's cache for every model; otherwise
     trains from scratch and says so (only the demo makes that choice by itself).
@@ -420,9 +556,26 @@ def demo(
     from dermcam.demo import run_demo
 
     run_demo(out, preset=preset, n_train=n_train, n_test=n_test, image_size=image_size,
-             epochs=epochs, source_size=source_size, models=[m.strip() for m in models.split(",")], seed=seed,
+             epochs=epochs, source_size=source_size,
+             models=[m.strip() for m in models.split(",")], seed=seed,
              overwrite=overwrite, say=console.print, progress_bar=progress_bar,
-             quiet=_state["quiet"], show=(_print_training, _print_metrics, _print_attention))
+             quiet=_state["quiet"], shortcut=shortcut,
+             show=(_print_training, _print_metrics, _print_attention, _print_shortcut))
+
+
+def _print_shortcut(exp) -> None:
+    t = Table(title=f"planted shortcut: heatmap mass on the {exp['artifact']} / its area "
+                    "(1 = uniform), test images carrying one")
+    for c in ("model", "layer", "n", "ratio [95 % CI]", "attends", "test ROC AUC [95 % CI]"):
+        t.add_column(c)
+    for role, r in exp["runs"].items():
+        t.add_row(f"{exp['model']} ({role})", r["layer"], str(r["n"]),
+                  f"{_num(r['ratio'])} [{_num(r['ratio_ci_low'])}, {_num(r['ratio_ci_high'])}]",
+                  "YES" if r["flagged"] else "no",
+                  f"{_num(r['test_auc'], '.3f')} [{_num(r['test_auc_ci_low'], '.3f')}, "
+                  f"{_num(r['test_auc_ci_high'], '.3f')}]")
+    console.print(t)
+    console.print(f"  {exp['sentence']}")
 
 
 # -------------------------------------------------------------------- download

@@ -1,4 +1,19 @@
-"""``dermcam demo``: the whole study on the synthetic benchmark, end to end."""
+"""``dermcam demo``: the whole study on the synthetic benchmark, end to end, plus the
+planted-shortcut experiment that shows what the audit is for.
+
+Folder layout (``--out``)::
+
+    data/                 synthetic benchmark, the study's setting (artifacts independent
+                          of the label)
+    run/                  the study's three models: train, evaluate, explain, report
+    shortcut/data/        the same seed's images, but rulers tied to malignancy in the
+                          *training* split only (80 % of malignant, 5 % of benign; 20 % of
+                          both at test time, so the test images are the same as data/'s)
+    shortcut/run/         one model trained on it, audited at the control's CAM layer
+    run/shortcut_experiment.json   the shortcut model beside its control (the same
+                          architecture in run/): heatmap mass on the rulers relative to
+                          their area with 95 % CIs, and test AUC, the cost of the shortcut
+"""
 
 from __future__ import annotations
 
@@ -6,17 +21,28 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from dermcam.errors import DermcamError
+from dermcam.io import read_json, write_json
+from dermcam.models import DEFAULT_MODELS
 
 log = logging.getLogger(__name__)
 
+#: Methods the demo's localisation benchmark scores (EigenCAM's per-image SVD is the
+#: slowest by far; ``dermcam explain`` scores every method by default).
+DEMO_BENCH_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam")
+#: The demo's CAM method: chosen per model with its layer by the localisation benchmark.
+DEMO_METHOD = "auto"
+SHORTCUT_EXPERIMENT = "shortcut_experiment.json"
+SHORTCUT_ARTIFACT = "ruler"
+
 
 def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int = 379,
-             image_size: int = 64, epochs: int = 10, source_size: int = 128, models=("resnet18", "efficientnet_b0",
-                                                                "mobilenet_v2"),
-             seed: int = 0, overwrite: bool = True, say=print, progress_bar=None,
-             quiet: bool = False, show=None) -> Path:
+             image_size: int = 64, epochs: int = 10, source_size: int = 128,
+             models=DEFAULT_MODELS, seed: int = 0, overwrite: bool = True, say=print,
+             progress_bar=None, quiet: bool = False, show=None, shortcut: bool = True,
+             shortcut_model: str = "resnet18", method: str = DEMO_METHOD) -> Path:
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.explain import run_explain
     from dermcam.models import imagenet_available
@@ -35,50 +61,149 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text('{"kind": "dermcam-demo"}\n')
+    models = list(models)
+    steps = 6 if shortcut else 5
 
     def bar(desc):
         return progress_bar(desc) if progress_bar else _null()
 
-    say(f"[1/5] synthetic benchmark ({preset}): {n_train} train + {n_test} test images")
+    say(f"[1/{steps}] synthetic benchmark ({preset}): {n_train} train + {n_test} test images")
     cfg = SynthConfig.from_preset(preset, n_train=n_train, n_test=n_test, seed=seed,
                                   image_size=source_size)
     with bar("synth") as cb:
         generate(data, cfg, progress=cb)
-    models = list(models)
     if all(imagenet_available(m) for m in models):
         weights = "imagenet"
-        say("[2/5] training with ImageNet weights from torchvision's cache")
+        say(f"[2/{steps}] training with ImageNet weights from torchvision's cache")
     else:
         weights = "none"
-        say("[2/5] ImageNet weights are not in torchvision's cache, so the demo trains from "
-            "scratch (--weights none); 'dermcam train --weights imagenet' uses them when cached")
-    tcfg = TrainConfig(data=str(data), out=str(run), models=models, weights=weights,
-                       image_size=image_size, max_epochs=epochs, batch_size=32, lr=1e-3,
-                       patience=4, seed=seed, progress=not quiet)
+        say(f"[2/{steps}] ImageNet weights are not in torchvision's cache, so the demo trains "
+            "from scratch (--weights none); 'dermcam train --weights imagenet' uses them "
+            "when cached")
+
+    def train_cfg(data_dir, run_dir, names):
+        return TrainConfig(data=str(data_dir), out=str(run_dir), models=list(names),
+                           weights=weights, image_size=image_size, max_epochs=epochs,
+                           batch_size=32, lr=1e-3, patience=4, schedule="plateau",
+                           seed=seed, progress=not quiet)
+
     with bar("decode + cache images") as cb:
-        manifest = train(tcfg, overwrite=True, progress=cb)
+        manifest = train(train_cfg(data, run, models), overwrite=True, progress=cb)
     if show:
         show[0](manifest)
-    say("[3/5] evaluation on the test split (bootstrap CIs, paired tests)")
+    say(f"[3/{steps}] evaluation on the test split (bootstrap CIs, paired tests)")
     with bar("evaluate") as cb:
         result = run_evaluate(run, progress=cb)
     if show:
         show[1](result)
-    say("[4/5] attention leakage (Grad-CAM on every test image, every model)")
-    with bar("Grad-CAM batches") as cb:
-        summary = run_explain(run, batch_size=32, progress=cb)
+    say(f"[4/{steps}] attention on every test image, every model; the CAM method and layer "
+        "chosen per model on masked validation images")
+    with bar("CAM batches") as cb:
+        summary = run_explain(run, methods=[method], batch_size=32, progress=cb,
+                              bench_methods=list(DEMO_BENCH_METHODS), cascade=False)
     if show:
         show[2](summary)
-    say("[5/5] report")
-    try:
-        from dermcam.report import build_report
+    if shortcut:
+        if shortcut_model not in models:
+            raise DermcamError(f"the shortcut experiment's control is {shortcut_model}, which "
+                               "is not among --models")
+        say(f"[5/{steps}] planted shortcut: {shortcut_model} trained where rulers mark "
+            "malignancy in training only, audited beside its control")
+        sdata, srun = out / "shortcut" / "data", out / "shortcut" / "run"
+        with bar("synth (shortcut)") as cb:
+            generate(sdata, SynthConfig.from_preset("shortcut", n_train=n_train,
+                                                    n_test=n_test, seed=seed,
+                                                    image_size=source_size), progress=cb)
+        with bar("decode + cache images") as cb:
+            train(train_cfg(sdata, srun, [shortcut_model]), overwrite=True, progress=cb)
+        with bar("evaluate") as cb:
+            run_evaluate(srun, progress=cb)
+        cmethod, clayer = _chosen(summary, shortcut_model)
+        with bar("CAM batches") as cb:
+            run_explain(srun, methods=[cmethod], batch_size=32, progress=cb,
+                        layer={shortcut_model: clayer}, sanity=False, figures=False)
+        experiment = shortcut_experiment(run, srun, shortcut_model, cmethod)
+        write_json(run / SHORTCUT_EXPERIMENT, experiment)
+        if show and len(show) > 3:
+            show[3](experiment)
+    say(f"[{steps}/{steps}] report")
+    from dermcam import run as runmod
+    from dermcam.report import build_report
 
-        path = build_report(run)
-        say(f"report: {path}")
-    except ImportError:
-        say("report: not available in this version")
+    path = build_report(run)
+    runmod.set_stage(run, "report", "complete", path=str(path))
+    say(f"report: {path}")
     say(f"demo finished in {time.perf_counter() - t0:.0f} s; run folder: {run}")
     return run
+
+
+def _chosen(summary: dict[str, Any], model: str) -> tuple[str, str]:
+    """The control's CAM method and layer, so the shortcut model is audited like it."""
+    for sel in summary.get("layer_choice") or []:
+        if sel["model"] == model:
+            return sel["method"], sel["layer"]
+    raise DermcamError(f"explain recorded no layer for {model}")
+
+
+def _artifact_row(summary: dict[str, Any], model: str, method: str, artifact: str) -> dict:
+    for r in summary.get("artifacts") or []:
+        if r["model"] == model and r["method"] == method and r["artifact"] == artifact:
+            return r
+    raise DermcamError(f"attention_summary.json has no {artifact} entry for {model}/{method}")
+
+
+def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, method: str,
+                        artifact: str = SHORTCUT_ARTIFACT) -> dict[str, Any]:
+    """The shortcut model beside its control: artifact attention ratio and test AUC, with CIs.
+
+    Both runs must have been evaluated and explained with ``method`` at the same layer.
+    ``flagged`` is True where the ratio's 95 % CI lies above 1 (more heatmap mass on the
+    artifact than its area); the AUCs are on test images where the artifact is independent
+    of the label, so the shortcut model's lower AUC is what the shortcut costs.
+    """
+    out: dict[str, Any] = {"artifact": artifact, "model": model, "method": method,
+                           "description": (
+                               f"{model} trained on the 'shortcut' preset (rulers in 80 % of "
+                               "malignant and 5 % of benign training images; 20 % of both at "
+                               "test time) beside the same architecture trained on the "
+                               "default data of the same seed (the control). Ratio = heatmap "
+                               f"mass on the {artifact} / its area, on test images that carry "
+                               "one (1 = uniform attention)."),
+                           "runs": {}}
+    for role, run in (("control", Path(control_run)), ("shortcut", Path(shortcut_run))):
+        summ = read_json(run / "attention_summary.json")
+        metrics = read_json(run / "metrics.json")
+        art = _artifact_row(summ, model, method, artifact)
+        auc = metrics["models"][model]["threshold_free"]["roc_auc"]
+        out["runs"][role] = {
+            "run": str(run), "layer": art["layer"], "n": art["n"],
+            "mass_share": art["mass_share"], "area_share": art["area_share"],
+            "ratio": art["ratio"], "ratio_ci_low": art["ratio_ci_low"],
+            "ratio_ci_high": art["ratio_ci_high"], "flagged": bool(art["attends"]),
+            "test_auc": auc["value"], "test_auc_ci_low": auc["lo"],
+            "test_auc_ci_high": auc["hi"]}
+    c, s = out["runs"]["control"], out["runs"]["shortcut"]
+    out["caught"] = bool(s["flagged"] and not c["flagged"])
+    f = _num
+    out["sentence"] = (
+        f"The shortcut-trained {model} puts {f(s['ratio'])}x its area's share of heatmap mass "
+        f"on the {artifact} (95 % CI {f(s['ratio_ci_low'])}-{f(s['ratio_ci_high'])}, "
+        f"n = {s['n']}): {'flagged' if s['flagged'] else 'not flagged'} as attending to it; "
+        f"the control {f(c['ratio'])}x (CI {f(c['ratio_ci_low'])}-{f(c['ratio_ci_high'])}, "
+        f"n = {c['n']}): {'flagged' if c['flagged'] else 'not flagged'}. Test ROC AUC with "
+        f"the {artifact} independent of the label: {f(s['test_auc'], '.3f')} "
+        f"({f(s['test_auc_ci_low'], '.3f')}-{f(s['test_auc_ci_high'], '.3f')}) against the "
+        f"control's {f(c['test_auc'], '.3f')} ({f(c['test_auc_ci_low'], '.3f')}-"
+        f"{f(c['test_auc_ci_high'], '.3f')}).")
+    return out
+
+
+def _num(v, fmt: str = ".2f") -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if v != v else format(v, fmt)
 
 
 class _null:

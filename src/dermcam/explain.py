@@ -29,8 +29,13 @@ log = logging.getLogger(__name__)
 HEATMAP_DIR = "attention"
 
 
-def _batch_file(root: Path, model: str, method: str, start: int) -> Path:
-    return root / HEATMAP_DIR / model / method / f"batch_{start:06d}.npz"
+def heatmap_dir(root: Path, model: str, method: str, layer: str) -> Path:
+    """Where one model x method x layer's heatmap batches live."""
+    return Path(root) / HEATMAP_DIR / model / method / layer
+
+
+def _batch_file(root: Path, model: str, method: str, layer: str, start: int) -> Path:
+    return heatmap_dir(root, model, method, layer) / f"batch_{start:06d}.npz"
 
 
 def _load_batch(path: Path) -> dict[str, np.ndarray]:
@@ -62,28 +67,236 @@ def _explain_samples(manifest, limit):
     return ds, samples[:limit] if limit else samples
 
 
+def parse_layer_spec(spec: str | dict | None, names) -> dict[str, str]:
+    """``--layer`` -> ``{model: choice}``; a choice is ``auto``, ``last`` or a layer name.
+
+    ``auto`` (the default) runs the localisation benchmark; ``last`` is the study's layer
+    (the last convolutional block); ``NAME`` applies one layer to every model;
+    ``resnet18=layer2,mobilenet_v2=features.13`` names one per model (others: auto).
+    """
+    if isinstance(spec, dict):
+        return {n: spec.get(n, "auto") for n in names}
+    spec = (spec or "auto").strip()
+    if "=" not in spec:
+        return {n: spec for n in names}
+    out = {n: "auto" for n in names}
+    for part in spec.split(","):
+        model, sep, layer = part.partition("=")
+        model, layer = model.strip(), layer.strip()
+        if not sep or not layer:
+            raise DermcamError(f"--layer entries must look like model=layer, got {part!r}")
+        if model not in out:
+            raise DermcamError(f"--layer names model {model!r}, which this run did not train "
+                               f"({', '.join(names)})")
+        out[model] = layer
+    return out
+
+
+def _validation_samples(manifest) -> list:
+    """The run's validation images (the training split's held-out part) that have masks."""
+    from dermcam.data import load_dataset
+    from dermcam.training import stratified_split
+
+    ds = load_dataset(manifest["data"]["root"])
+    train = ds.split("train")
+    if not train:
+        return []
+    labels = np.array([s.label for s in train], np.int64)
+    cfg = manifest["config"]
+    try:
+        _, va = stratified_split(labels, cfg["val_fraction"], cfg["seed"],
+                                 groups=[s.group for s in train])
+    except DermcamError:
+        return []
+    return [train[i] for i in va if train[i].mask_path is not None]
+
+
+def _benchmark_images(manifest, test_samples, n: int, seed: int):
+    """Images for the localisation benchmark: validation images with masks, else test."""
+    val = _validation_samples(manifest)
+    if len(val) >= min(n, 16):
+        pool, where = val, "validation"
+    else:
+        pool, where = test_samples, "test"
+        log.warning("localisation benchmark: the training split has too few masked validation "
+                    "images, so layers are chosen on test images (optimistic)")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(pool), size=min(n, len(pool)), replace=False))
+    return [pool[i] for i in pick], where
+
+
+def _stack(cache, samples, size):
+    import torch
+
+    from dermcam.augment import preprocess
+
+    items = [cache.get(s, size) for s in samples]
+    x = preprocess(torch.from_numpy(np.stack([it["image"] for it in items])))
+    masks = np.stack([it["mask"] for it in items]).astype(bool)
+    return x, masks, np.array([s.label for s in samples], np.int64)
+
+
+def _random_copies(name: str, k: int, seed: int) -> list:
+    """``k`` freshly initialised copies of architecture ``name`` (the sanity check's nulls)."""
+    import torch
+
+    from dermcam.models import build_model
+
+    out = []
+    for i in range(k):
+        torch.manual_seed(seed + 1000 + i)
+        out.append(build_model(name, weights="none")[0].eval())
+    return out
+
+
+def localisation_benchmark(run_dir, manifest, names, methods, n_images: int = 64,
+                           n_inits: int = 2, normalize: str = "minmax", target="predicted",
+                           n_boot: int = 1000, progress=None) -> list[dict[str, Any]]:
+    """Every model x method x candidate layer scored on masked validation images."""
+    from dermcam.data.cache import ImageCache
+    from dermcam.localisation import score_candidates
+    from dermcam.training import load_checkpoint
+
+    size = manifest["config"]["image_size"]
+    seed = manifest["seed"]
+    _, test_samples = _explain_samples(manifest, None)
+    samples, where = _benchmark_images(manifest, test_samples, n_images, seed)
+    cache = ImageCache(manifest["config"].get("cache_dir"))
+    x, masks, labels = _stack(cache, samples, size)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        model, info, payload = load_checkpoint(Path(run_dir) / "models" / name / "model.pt")
+        classes = _target_classes(model, x, target, labels, float(payload["threshold"]))
+        rows += score_candidates(model, name, info.candidate_layers, methods, x, masks,
+                                 classes, size, _random_copies(name, n_inits, seed),
+                                 normalize=normalize, n_boot=n_boot, seed=seed, images=where)
+        if progress:
+            progress(len(rows), len(names))
+    return rows
+
+
+def _target_classes(model, x, target, labels, threshold) -> np.ndarray:
+    import torch
+
+    if target == "true":
+        return labels
+    if target == "malignant":
+        return np.ones(len(labels), np.int64)
+    model.eval()
+    with torch.inference_mode():
+        probs = torch.softmax(model(x).float(), 1)[:, 1].numpy()
+    return (probs >= threshold).astype(np.int64)
+
+
+def resolve_layers(run_dir, manifest, names, methods, spec, bench_methods=None,
+                   bench_images: int = 64, normalize="minmax", target="predicted",
+                   n_boot: int = 1000) -> tuple[list[dict[str, str]], list]:
+    """``(selection [{model, method, layer, reason}], benchmark rows)``.
+
+    ``methods`` may be ``["auto"]``: then each model's method is chosen with its layer,
+    over ``bench_methods``, by the localisation benchmark.
+    """
+    from dermcam.attribution import METHODS, check_method
+    from dermcam.localisation import choose
+    from dermcam.training import load_checkpoint
+
+    choice = parse_layer_spec(spec, names)
+    auto_method = list(methods) == ["auto"]
+    loaded = {name: load_checkpoint(Path(run_dir) / "models" / name / "model.pt")[:2]
+              for name in names}
+    infos = {name: info for name, (_, info) in loaded.items()}
+    for name, c in choice.items():
+        if c not in ("auto", "last", "study"):
+            try:
+                loaded[name][0].get_submodule(c)
+            except AttributeError:
+                raise DermcamError(f"--layer: {name} has no layer {c!r}; 'dermcam models' "
+                                   "lists the candidates") from None
+    auto = [n for n in names if choice[n] == "auto" or auto_method]
+    bench = [check_method(m) for m in (bench_methods or METHODS)]
+    if not auto_method:
+        bench = list(dict.fromkeys([*methods, *bench]))
+    rows: list[dict[str, Any]] = []
+    scored = names if bench_methods else auto
+    if scored:
+        key = _bench_key(scored, bench, bench_images, normalize, target)
+        rows = _cached_benchmark(run_dir, key)
+        if rows is None:
+            rows = localisation_benchmark(run_dir, manifest, scored, bench, bench_images,
+                                          normalize=normalize, target=target, n_boot=n_boot)
+            write_json(Path(run_dir) / LOCALISATION_FILE, {"key": key, "rows": rows})
+    selection = []
+    for name in names:
+        info = infos[name]
+        mine = [r for r in rows if r["model"] == name]
+        c = choice[name]
+        if auto_method:
+            if c != "auto":
+                raise DermcamError("--methods auto chooses the layer too; drop --layer or "
+                                   "name the methods")
+            method, layer, why = choose(mine, info.target_layer, bench[0])
+            selection.append({"model": name, "method": method, "layer": layer,
+                              "reason": why})
+            continue
+        for method in methods:
+            if c == "auto":
+                _, layer, why = choose([r for r in mine if r["method"] == method],
+                                       info.target_layer, method)
+            elif c in ("last", "study"):
+                layer, why = info.target_layer, "the study's layer (last convolutional block)"
+            else:
+                layer, why = c, "chosen by the user (--layer)"
+            selection.append({"model": name, "method": method, "layer": layer,
+                              "reason": why})
+    return selection, rows
+
+
+LOCALISATION_FILE = "localisation.json"
+
+
+def _bench_key(names, methods, n, normalize, target) -> dict:
+    return {"models": list(names), "methods": list(methods), "n_images": int(n),
+            "normalize": normalize, "target": target}
+
+
+def _cached_benchmark(run_dir, key):
+    path = Path(run_dir) / LOCALISATION_FILE
+    if not path.exists():
+        return None
+    from dermcam.io import read_json
+
+    try:
+        saved = read_json(path)
+    except Exception:
+        return None
+    if saved.get("key") != key:
+        return None
+    return saved["rows"]
+
+
 def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predicted",
                 normalize: str = "minmax", limit: int | None = None, batch_size: int = 16,
                 fast: bool = True, sanity: bool = True, n_boot: int = 1000,
                 progress=None, figures: bool = True, shard: tuple[int, int] | None = None,
-                merge: bool = False) -> dict[str, Any]:
+                merge: bool = False, layer: str | dict | None = "auto",
+                bench_methods=None, bench_images: int = 64, cascade: bool = True
+                ) -> dict[str, Any]:
     """Compute (or resume) heatmaps for every trained model and ``methods``, then score.
 
-    ``shard=(i, n)`` computes only batches ``k`` with ``k % n == i`` (for several processes
-    or machines sharing the run folder) and does not score; ``merge=True`` computes
-    nothing, checks every batch is present, and scores them all into one attention.csv.
+    ``layer``: see :func:`parse_layer_spec` (default ``auto``: the localisation benchmark
+    picks each model x method's layer on masked validation images). ``shard=(i, n)``
+    computes only batches ``k`` with ``k % n == i`` (for several processes or machines
+    sharing the run folder) and does not score; ``merge=True`` computes nothing, checks
+    every batch is present, and scores them all into one attention.csv.
     """
-    import torch
-
     from dermcam.attribution import TARGETS, CamExplainer, check_method
-    from dermcam.augment import preprocess
     from dermcam.data.cache import ImageCache
     from dermcam.pipeline import trained_models
     from dermcam.training import load_checkpoint
 
     run_dir = Path(run_dir)
     manifest = runmod.read_manifest(run_dir, require="train")
-    methods = [check_method(m) for m in methods]
+    methods = ["auto"] if list(methods) == ["auto"] else [check_method(m) for m in methods]
     if target not in TARGETS:
         raise DermcamError(f"unknown --target {target!r}; choose from {', '.join(TARGETS)}")
     prev = manifest.get("stages", {}).get("explain", {})
@@ -95,18 +308,23 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
         if not (n >= 1 and 0 <= i < n):
             raise DermcamError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
     t0 = time.perf_counter()
+    names = trained_models(manifest)
     if shard is None:
         runmod.set_stage(run_dir, "explain", "running", methods=methods, target=target,
                          normalize=normalize, limit=limit)
     ds, samples = _explain_samples(manifest, limit)
+    t_bench = time.perf_counter()
+    selection, bench_rows = resolve_layers(
+        run_dir, manifest, names, methods, layer, bench_methods, bench_images,
+        normalize=normalize, target=target, n_boot=n_boot)
+    bench_seconds = time.perf_counter() - t_bench
     size = manifest["config"]["image_size"]
     cache = ImageCache(manifest["config"].get("cache_dir"))
-    names = trained_models(manifest)
     starts = list(range(0, len(samples), batch_size))
     if merge:
-        missing = [str(_batch_file(run_dir, nm, me, st)) for nm in trained_models(manifest)
-                   for me in methods for st in starts
-                   if not _batch_file(run_dir, nm, me, st).exists()]
+        missing = [str(p) for sel in selection for st in starts
+                   if not (p := _batch_file(run_dir, sel["model"], sel["method"], sel["layer"],
+                                            st)).exists()]
         if missing:
             raise DermcamError(f"cannot merge: {len(missing)} heatmap batch(es) missing, e.g. "
                                f"{missing[0]}; run the missing --shard (same --batch-size)",
@@ -114,17 +332,18 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
         starts = []
     elif shard is not None:
         starts = [st for k, st in enumerate(starts) if k % shard[1] == shard[0]]
-    total = len(names) * len(methods) * len(starts)
+    total = len(selection) * len(starts)
     done = 0
     n_computed = 0
     t_cam = 0.0
     for name in names:
         model, info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
         threshold = float(payload["threshold"])
-        for method in methods:
-            with CamExplainer(model, info.target_layer, method, fast=fast) as ex:
+        for sel in (s for s in selection if s["model"] == name):
+            method, lay = sel["method"], sel["layer"]
+            with CamExplainer(model, lay, method, fast=fast) as ex:
                 for start in starts:
-                    path = _batch_file(run_dir, name, method, start)
+                    path = _batch_file(run_dir, name, method, lay, start)
                     chunk = samples[start:start + batch_size]
                     ids = np.array([s.image_id for s in chunk])
                     if path.exists():
@@ -137,9 +356,7 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
                         except DermcamError:
                             pass
                         log.warning("%s: stale heatmap batch, recomputing", path)
-                    items = [cache.get(s, size) for s in chunk]
-                    labels = np.array([s.label for s in chunk], np.int64)
-                    x = preprocess(torch.from_numpy(np.stack([it["image"] for it in items])))
+                    x, _, labels = _stack(cache, chunk, size)
                     t1 = time.perf_counter()
                     cb = ex.compute(x, target=target, labels=labels, size=size,
                                     normalize=normalize, threshold=threshold)
@@ -152,50 +369,92 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
                     if progress:
                         progress(done, total)
     timing = {"cam_seconds": round(t_cam, 3), "images_computed": n_computed,
-              "images_per_second": round(n_computed / t_cam, 2) if t_cam > 0 else None}
+              "images_per_second": round(n_computed / t_cam, 2) if t_cam > 0 else None,
+              "benchmark_seconds": round(bench_seconds, 3)}
     if shard is not None:
         return {"shard": list(shard), "batches": len(starts), "timing": timing}
+    _record_cam_choice(run_dir, selection)
     sanity_res = {}
+    t_s = time.perf_counter()
     if sanity:
-        sanity_res = _sanity(run_dir, names, methods, samples, size, cache, target, normalize)
+        sanity_res = _sanity(run_dir, selection, samples, size, cache, normalize,
+                             n_boot=n_boot, seed=manifest["seed"], cascade=cascade)
+    timing["sanity_seconds"] = round(time.perf_counter() - t_s, 3)
     t_score = time.perf_counter()
-    summary = score_run(run_dir, methods=methods, sanity=sanity_res, n_boot=n_boot,
-                        figures=figures, extra={"timing": timing})
+    summary = score_run(run_dir, selection=selection, sanity=sanity_res, n_boot=n_boot,
+                        figures=figures,
+                        extra={"timing": timing, "layer_choice": selection,
+                               "localisation": bench_rows})
     timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
     timing["metric_seconds"] = summary["timing"]["metric_seconds"]
     timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
-    runmod.set_stage(run_dir, "explain", "complete", methods=methods, target=target,
+    runmod.set_stage(run_dir, "explain", "complete",
+                     methods=sorted({sel["method"] for sel in selection}), target=target,
                      normalize=normalize, limit=limit, n_images=len(samples),
-                     wall_time_s=round(time.perf_counter() - t0, 2), timing=timing)
+                     layers=selection, wall_time_s=round(time.perf_counter() - t0, 2),
+                     timing=timing)
     return summary
 
 
-def _sanity(run_dir, names, methods, samples, size, cache, target, normalize, k: int = 16):
-    """Adebayo et al. (2018): heatmaps of the same architecture with random weights."""
+def _record_cam_choice(run_dir: Path, selection) -> None:
+    """Store each model's chosen CAM method and layer in its checkpoint ('dermcam predict'
+    uses them for its overlays). Rewritten atomically; plain values only."""
     import torch
 
-    from dermcam.attribution import CamExplainer
-    from dermcam.augment import preprocess
-    from dermcam.leakage import sanity_check
-    from dermcam.models import build_model
+    from dermcam.models import load_state_file
+
+    for sel in selection:
+        path = Path(run_dir) / "models" / sel["model"] / "model.pt"
+        payload = load_state_file(path)
+        cam = {k: sel[k] for k in ("method", "layer", "reason")}
+        if payload.get("cam") == cam:
+            continue
+        payload["cam"] = cam
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+
+def _sanity(run_dir, selection, samples, size, cache, normalize, k: int = 64,
+            n_boot: int = 1000, seed: int = 0, cascade: bool = True):
+    """Adebayo et al. (2018) on the chosen layers: full and cascading randomisation."""
+    from dermcam.sanity import model_randomisation
+    from dermcam.training import load_checkpoint
 
     chunk = samples[:k]
-    items = [cache.get(s, size) for s in chunk]
-    x = preprocess(torch.from_numpy(np.stack([it["image"] for it in items])))
+    x, _, _ = _stack(cache, chunk, size)
     out = {}
-    for name in names:
-        torch.manual_seed(0)
-        rnd, info = build_model(name, weights="none")
-        for method in methods:
-            trained = _load_batch(_batch_file(run_dir, name, method, 0))
-            n = min(len(chunk), len(trained["ids"]))
-            with CamExplainer(rnd, info.target_layer, method) as ex:
-                # same target classes as the trained model's heatmaps
-                cb = ex.compute(x[:n], target=trained["targets"][:n], size=size,
-                                normalize=normalize)
-            res = sanity_check(trained["heatmaps"][:n].astype(np.float32), cb.heatmaps)
-            out[f"{name}/{method}"] = res
+    models = {}
+    for sel in selection:
+        name, method, lay = sel["model"], sel["method"], sel["layer"]
+        if name not in models:
+            models[name] = load_checkpoint(Path(run_dir) / "models" / name / "model.pt")[0]
+        trained = _heatmaps_in_order(run_dir, name, method, lay, [s.image_id for s in chunk])
+        targets = trained["targets"]
+        res = model_randomisation(models[name], lay, method, x, targets, trained["heatmaps"],
+                                  size, normalize=normalize, seed=seed, cascade=cascade,
+                                  n_boot=n_boot)
+        out[f"{name}/{method}"] = res
     return out
+
+
+def _heatmaps_in_order(run_dir, model, method, layer, ids) -> dict[str, np.ndarray]:
+    """Saved heatmaps and target classes of ``ids``, in that order."""
+    want = set(map(str, ids))
+    heat, targ = {}, {}
+    for f in sorted(heatmap_dir(run_dir, model, method, layer).glob("batch_*.npz")):
+        if len(heat) == len(want):
+            break
+        b = _load_batch(f)
+        for i, iid in enumerate(b["ids"]):
+            if str(iid) in want:
+                heat[str(iid)] = b["heatmaps"][i].astype(np.float32)
+                targ[str(iid)] = int(b["targets"][i])
+    missing = want - heat.keys()
+    if missing:
+        raise DermcamError(f"no saved heatmap for {sorted(missing)[0]}",
+                           heatmap_dir(run_dir, model, method, layer))
+    return {"heatmaps": np.stack([heat[str(i)] for i in ids]),
+            "targets": np.array([targ[str(i)] for i in ids], np.int64)}
 
 
 def _metadata(ds) -> pd.DataFrame | None:
@@ -206,16 +465,28 @@ def _metadata(ds) -> pd.DataFrame | None:
     return read_meta(ds)
 
 
-def score_run(run_dir: str | Path, methods=None, sanity: dict | None = None,
-              n_boot: int = 1000, figures: bool = True, extra: dict | None = None
-              ) -> dict[str, Any]:
-    """Score every saved heatmap batch against its mask; write attention.csv, summary, figures."""
+def _selection(run_dir: Path, manifest) -> list[dict[str, str]]:
+    """The model x method x layer triples the last explain run scored (from the manifest)."""
+    sel = manifest.get("stages", {}).get("explain", {}).get("layers")
+    if sel:
+        return [dict(s) for s in sel]
+    raise DermcamError("no explain selection recorded; run 'dermcam explain' first", run_dir)
+
+
+def score_run(run_dir: str | Path, selection: list[dict] | None = None,
+              sanity: dict | None = None, n_boot: int = 1000, figures: bool = True,
+              extra: dict | None = None) -> dict[str, Any]:
+    """Score saved heatmap batches against their masks; write attention.csv, summary, figures.
+
+    ``selection``: ``[{model, method, layer}]`` to score (default: what the last explain
+    run recorded in the manifest).
+    """
     from dermcam import leakage as lk
     from dermcam.data.cache import ImageCache
-    from dermcam.pipeline import trained_models
 
     run_dir = Path(run_dir)
     manifest = runmod.read_manifest(run_dir, require="train")
+    selection = selection or _selection(run_dir, manifest)
     ds, samples = _explain_samples(manifest, None)
     by_id = {s.image_id: s for s in samples}
     size = manifest["config"]["image_size"]
@@ -223,50 +494,52 @@ def score_run(run_dir: str | Path, methods=None, sanity: dict | None = None,
     meta = _metadata(ds)
     art_names = _artifact_names()
     meta_by_id = meta.set_index("image_id") if meta is not None else None
-    thresholds = {m: manifest["models"][m]["threshold"] for m in trained_models(manifest)}
+    thresholds = {m: manifest["models"][m]["threshold"] for m in manifest["models"]}
     frames = []
     metric_seconds = 0.0
-    for name in trained_models(manifest):
-        mdir = run_dir / HEATMAP_DIR / name
-        for method in (methods or sorted(p.name for p in mdir.iterdir() if p.is_dir())):
-            files = sorted((mdir / method).glob("batch_*.npz"))
-            if not files:
-                raise DermcamError(f"no saved heatmaps for {name}/{method}; run 'dermcam "
-                                   "explain' first", mdir)
-            for f in files:
-                b = _load_batch(f)
-                ids = [str(i) for i in b["ids"]]
-                unknown = [i for i in ids if i not in by_id]
-                if unknown:
-                    raise DermcamError(f"heatmaps for unknown image id(s) {unknown[:3]}", f)
-                items = [cache.get(by_id[i], size) for i in ids]
-                masks = np.stack([it["mask"] for it in items]).astype(bool)
-                cams = b["heatmaps"].astype(np.float32)
-                t_m = time.perf_counter()
-                values, reasons = lk.score_batch(cams, masks)
-                metric_seconds += time.perf_counter() - t_m
-                probs = b["probs"].astype(np.float64)
-                labels = b["labels"].astype(int)
-                pred = (probs >= thresholds[name]).astype(int)
-                df = pd.DataFrame({"image_id": ids, "model": name, "method": method,
-                                   "label": labels, "prob_malignant": np.round(probs, 6),
-                                   "pred": pred, "correct": (pred == labels),
-                                   "cam_target": b["targets"].astype(int)})
-                for k, v in values.items():
-                    df[k] = v
-                df["reason"] = reasons
-                if all(it["artifacts"] is not None for it in items):
-                    arts = np.stack([it["artifacts"] for it in items])
-                    codes = list(range(1, len(art_names) + 1))
-                    mass = lk.artifact_mass(cams, arts, codes)
-                    for code, an in zip(codes, art_names):
-                        df[f"mass_{an}"] = mass[code]
-                if meta_by_id is not None:
-                    for an in art_names:
-                        col = f"artifact_{an}"
-                        if col in meta_by_id.columns:
-                            df[col] = meta_by_id.loc[ids, col].to_numpy()
-                frames.append(df)
+    for sel in selection:
+        name, method, layer = sel["model"], sel["method"], sel["layer"]
+        folder = heatmap_dir(run_dir, name, method, layer)
+        files = sorted(folder.glob("batch_*.npz"))
+        if not files:
+            raise DermcamError(f"no saved heatmaps for {name}/{method} at {layer}; run "
+                               "'dermcam explain' first", folder)
+        for f in files:
+            b = _load_batch(f)
+            ids = [str(i) for i in b["ids"]]
+            unknown = [i for i in ids if i not in by_id]
+            if unknown:
+                raise DermcamError(f"heatmaps for unknown image id(s) {unknown[:3]}", f)
+            items = [cache.get(by_id[i], size) for i in ids]
+            masks = np.stack([it["mask"] for it in items]).astype(bool)
+            cams = b["heatmaps"].astype(np.float32)
+            t_m = time.perf_counter()
+            values, reasons = lk.score_batch(cams, masks)
+            metric_seconds += time.perf_counter() - t_m
+            probs = b["probs"].astype(np.float64)
+            labels = b["labels"].astype(int)
+            pred = (probs >= thresholds[name]).astype(int)
+            df = pd.DataFrame({"image_id": ids, "model": name, "method": method,
+                               "layer": layer, "label": labels,
+                               "prob_malignant": np.round(probs, 6),
+                               "pred": pred, "correct": (pred == labels),
+                               "cam_target": b["targets"].astype(int)})
+            for k, v in values.items():
+                df[k] = v
+            df["reason"] = reasons
+            if all(it["artifacts"] is not None for it in items):
+                arts = np.stack([it["artifacts"] for it in items])
+                codes = list(range(1, len(art_names) + 1))
+                mass = lk.artifact_mass(cams, arts, codes)
+                for code, an in zip(codes, art_names):
+                    df[f"mass_{an}"] = mass[code]
+                    df[f"area_{an}"] = (arts == code).reshape(len(ids), -1).mean(axis=1)
+            if meta_by_id is not None:
+                for an in art_names:
+                    col = f"artifact_{an}"
+                    if col in meta_by_id.columns:
+                        df[col] = meta_by_id.loc[ids, col].to_numpy()
+            frames.append(df)
     att = pd.concat(frames, ignore_index=True)
     att = att.drop_duplicates(["image_id", "model", "method"], keep="last")
     att = att.sort_values(["model", "method", "image_id"], kind="stable").reset_index(drop=True)
@@ -292,7 +565,10 @@ SUMMARY_METRICS = ("leakage", "inside_score", "outside_score", "lesion_area", "c
 def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, seed: int
                         ) -> dict[str, Any]:
     from dermcam import leakage as lk
+    from dermcam.localisation import artifact_ratios, uniform_guard
 
+    if "layer" not in att.columns:
+        att = att.assign(layer="")
     by_class = lk.summarise(att, SUMMARY_METRICS, by=("model", "method", "label"),
                             n_boot=n_boot, seed=seed)
     by_correct = lk.summarise(att, ("leakage", "excess_leakage", "pixel_auroc"),
@@ -300,9 +576,12 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
     overall = lk.summarise(att, SUMMARY_METRICS, by=("model", "method"), n_boot=n_boot,
                            seed=seed)
     tests = {}
+    artifact_rows = []
     for (model, method), g in att.groupby(["model", "method"], sort=True):
         key = f"{model}/{method}"
-        entry: dict[str, Any] = {}
+        layer = str(g["layer"].iloc[0])
+        entry: dict[str, Any] = {"layer": layer,
+                                 "uniform_guard": uniform_guard(g, n_boot=n_boot, seed=seed)}
         for metric in ("leakage", "excess_leakage", "pixel_auroc"):
             try:
                 entry[f"classes_{metric}"] = lk.compare_classes(g, metric)
@@ -319,6 +598,8 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
                 entry["artifacts"] = lk.artifact_summary(g, arts).to_dict(orient="records")
             except ValueError as exc:
                 entry["artifacts"] = {"error": str(exc)}
+            artifact_rows += [{"model": model, "method": method, "layer": layer, **r}
+                              for r in artifact_ratios(g, arts, n_boot=n_boot, seed=seed)]
         if key in sanity:
             entry["sanity"] = sanity[key]
         tests[key] = entry
@@ -333,6 +614,7 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
             "by_class": by_class.to_dict(orient="records"),
             "by_correct": by_correct.to_dict(orient="records"),
             "overall": overall.to_dict(orient="records"),
+            "artifacts": artifact_rows,
             "tests": tests}
 
 
@@ -363,29 +645,22 @@ def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: in
         valid = g[g["reason"] == ""].sort_values("excess_leakage")
         picks = [("least", r) for r in valid.head(n_examples).itertuples()] + \
                 [("most", r) for r in valid.tail(n_examples).itertuples()]
-        heats = _heatmaps_for(run_dir, model, method, {r.image_id for _, r in picks})
+        layer = str(g["layer"].iloc[0])
+        heats = _heatmaps_for(run_dir, model, method, layer, {r.image_id for _, r in picks})
         for kind, r in picks:
             heat = heats[r.image_id]
             item = cache.get(by_id[r.image_id], size)
             ap.plot_example(item["image"], heat, item["mask"].astype(bool),
                             figs / "examples" / f"{model}_{method}_{kind}_{r.image_id}.png",
                             title=f"{r.image_id} ({'malignant' if r.label else 'benign'}, "
-                                  f"p={r.prob_malignant:.2f}, {model}/{method})")
+                                  f"p={r.prob_malignant:.2f}, {model}/{method} at {layer})")
 
 
-def _heatmaps_for(run_dir: Path, model: str, method: str, image_ids: set[str]
+def _heatmaps_for(run_dir: Path, model: str, method: str, layer: str, image_ids: set[str]
                   ) -> dict[str, np.ndarray]:
     """The saved heatmaps of ``image_ids``, reading each batch file once."""
-    found: dict[str, np.ndarray] = {}
-    for f in sorted((run_dir / HEATMAP_DIR / model / method).glob("batch_*.npz")):
-        if len(found) == len(image_ids):
-            break
-        b = _load_batch(f)
-        for i, image_id in enumerate(b["ids"]):
-            if str(image_id) in image_ids:
-                found[str(image_id)] = b["heatmaps"][i].astype(np.float32)
-    missing = image_ids - found.keys()
-    if missing:
-        raise DermcamError(f"no saved heatmap for {sorted(missing)[0]}",
-                           run_dir / HEATMAP_DIR / model)
-    return found
+    ids = sorted(image_ids)
+    if not ids:
+        return {}
+    got = _heatmaps_in_order(run_dir, model, method, layer, ids)
+    return dict(zip(ids, got["heatmaps"]))

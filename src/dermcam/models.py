@@ -21,12 +21,33 @@ NUM_CLASSES = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: name -> (display name, CAM target layer, head attribute path)
-REGISTRY: dict[str, tuple[str, str, str]] = {
-    "resnet18": ("ResNet18", "layer4", "fc"),
-    "efficientnet_b0": ("EfficientNet-B0", "features.8", "classifier.1"),
-    "mobilenet_v2": ("MobileNet-V2", "features.18", "classifier.1"),
-}
+@dataclass(frozen=True)
+class ModelSpec:
+    """What dermcam knows about one architecture (cf. timm's pretrained configs).
+
+    ``cam_layer`` is the study's Grad-CAM layer (the last convolutional block);
+    ``candidate_layers`` are the depths the localisation benchmark scores, shallow to
+    deep, each a module name (``model.get_submodule``); ``head`` is the Linear layer
+    replaced by a 2-class one.
+    """
+
+    name: str
+    display_name: str
+    cam_layer: str
+    candidate_layers: tuple[str, ...]
+    head: str
+
+
+#: The architectures dermcam was built and validated for; the CLI's default triple.
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
+    ModelSpec("resnet18", "ResNet18", "layer4", ("layer1", "layer2", "layer3", "layer4"), "fc"),
+    ModelSpec("efficientnet_b0", "EfficientNet-B0", "features.8",
+              ("features.2", "features.3", "features.4", "features.5", "features.6",
+               "features.8"), "classifier.1"),
+    ModelSpec("mobilenet_v2", "MobileNet-V2", "features.18",
+              ("features.3", "features.6", "features.10", "features.13", "features.17",
+               "features.18"), "classifier.1"),
+)}
 DEFAULT_MODELS = tuple(REGISTRY)
 
 
@@ -36,10 +57,35 @@ class ModelInfo:
     display_name: str
     target_layer: str
     weights_source: str  # "imagenet:<enum>" | "none (random init)" | "file:<path>"
+    candidate_layers: tuple[str, ...] = ()
 
 
 def display_name(name: str) -> str:
-    return REGISTRY.get(name, (name,))[0]
+    spec = REGISTRY.get(name)
+    return spec.display_name if spec else name
+
+
+def layer_grid(model, layers, image_size: int) -> dict[str, tuple[int, int]]:
+    """Spatial size ``(h, w)`` of each named layer's output at ``image_size`` (one dry run)."""
+    import torch
+
+    sizes: dict[str, tuple[int, int]] = {}
+    handles = []
+    for name in layers:
+        def hook(_m, _i, out, name=name):
+            t = out[0] if isinstance(out, (tuple, list)) else out
+            sizes[name] = tuple(int(v) for v in t.shape[-2:]) if t.ndim == 4 else (0, 0)
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return sizes
 
 
 def available_models() -> list[str]:
@@ -59,20 +105,16 @@ def _set_submodule(model, dotted: str, module) -> None:
 
 
 def _last_linear(model) -> str:
+    """The classifier head: the last Linear layer, or SqueezeNet's 1x1 Conv2d classifier."""
     import torch.nn as nn
 
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
+        convs = [n for n, m in model.named_modules()
+                 if isinstance(m, nn.Conv2d) and n.startswith("classifier.")]
+        if convs:
+            return convs[-1]
         raise DermcamError(f"model {type(model).__name__} has no Linear head to replace")
-    return names[-1]
-
-
-def _last_conv(model) -> str:
-    import torch.nn as nn
-
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not names:
-        raise DermcamError(f"model {type(model).__name__} has no Conv2d layer for Grad-CAM")
     return names[-1]
 
 
@@ -159,7 +201,9 @@ def build_model(name: str, weights: str = "none", num_classes: int = NUM_CLASSES
     from torchvision.models import get_model
 
     name = check_model_name(name)
-    disp, target, head = REGISTRY.get(name, (name, None, None))
+    spec = REGISTRY.get(name)
+    disp, target, head = (spec.display_name, spec.cam_layer, spec.head) if spec else \
+        (name, None, None)
     source = "none (random init)"
     file_state = None
     if weights == "imagenet":
@@ -173,14 +217,20 @@ def build_model(name: str, weights: str = "none", num_classes: int = NUM_CLASSES
         file_state = load_state_file(weights)
         model = get_model(name, weights=None)
         source = f"file:{Path(weights).resolve()}"
+    from dermcam.attribution import default_target_layer
+
     head = head or _last_linear(model)
-    target = target or _last_conv(model)
+    target = target or default_target_layer(model)[0]
     old = _get_submodule(model, head)
-    if old.out_features != num_classes:
+    if isinstance(old, nn.Conv2d):  # SqueezeNet: a 1x1 convolution scores the classes
+        if old.out_channels != num_classes:
+            _set_submodule(model, head, nn.Conv2d(old.in_channels, num_classes, 1))
+    elif old.out_features != num_classes:
         _set_submodule(model, head, nn.Linear(old.in_features, num_classes))
     if file_state is not None:
         load_weights_into(model, name, file_state, weights, head)
-    return model, ModelInfo(name, disp, target, source)
+    return model, ModelInfo(name, disp, target, source,
+                            spec.candidate_layers if spec else (target,))
 
 
 def load_weights_into(model, name: str, obj: dict, path, head: str | None = None) -> None:

@@ -287,7 +287,11 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
     skipped: list[tuple[str, str]] = []
     model = model.to(device)
     total, done = len(paths), 0
-    with CamExplainer(model, info.target_layer, "gradcam") as ex:
+    # The method and layer 'dermcam explain' chose on validation masks, where it has run;
+    # otherwise Grad-CAM at the study's layer.
+    cam = payload.get("cam") or {}
+    cam_method, cam_layer = cam.get("method", "gradcam"), cam.get("layer", info.target_layer)
+    with CamExplainer(model, cam_layer, cam_method) as ex:
         for start in range(0, total, batch_size):
             items = []
             for path, image_id in zip(paths[start:start + batch_size],
@@ -344,7 +348,7 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
     write_json(out / "manifest.json", {
         "schema_version": 1, "kind": MANIFEST_KIND, "created": now(), "status": "complete",
         "versions": versions(), "checkpoint": str(checkpoint.resolve()), "model_card": card,
-        "image_size": size, "threshold": thr, "cam_method": "gradcam",
+        "image_size": size, "threshold": thr, "cam_method": cam_method, "cam_layer": cam_layer,
         "cam_target": "predicted (decision at the threshold)",
         "masks": None if mask_dir is None else str(mask_dir),
         "n_images": len(rows), "skipped": [{"path": p, "error": e} for p, e in skipped]})

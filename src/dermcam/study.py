@@ -27,7 +27,6 @@ image rather than the first 20. User errors print one line (``error: ...``) and 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -99,22 +98,11 @@ def _text_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _quiet_libraries(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not debug:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric",
-                     "lightning.pytorch.utilities.rank_zero",
-                     "lightning.fabric.utilities.rank_zero"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        import warnings
-
-        warnings.filterwarnings("ignore")
-
-
 def _run(args: argparse.Namespace, work) -> int:
     """Call ``work(args)``; a :class:`DermcamError` becomes one line on stderr and exit 2."""
-    _quiet_libraries(args.debug)
+    from dermcam.logs import quiet_libraries
+
+    quiet_libraries(args.debug)
     try:
         work(args)
     except DermcamError as exc:
@@ -310,8 +298,10 @@ def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     say(f"Running Grad-CAM analysis with attention leakage ({', '.join(names)}; every test "
         "image with a mask)...")
     t_start = time.time()
+    # The study's layer (the last convolutional block), to reproduce its numbers;
+    # 'dermcam explain' chooses a layer that localises instead (--layer auto).
     summary = run_explain(run, methods=[METHOD], batch_size=batch_size, n_boot=n_boot,
-                          progress=progress)
+                          progress=progress, layer="last")
     figs = run / "figures"
     summary_dir = results / "summary_plots"
     written = [

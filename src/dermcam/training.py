@@ -45,6 +45,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 5
+    schedule: str = "plateau"  # or "onecycle": warm-up then cosine annealing, per step
     monitor: str = "val_auc"  # or "val_loss"
     imbalance: str = "weighted_loss"  # "balanced_sampler" | "none"
     val_fraction: float = 0.2
@@ -59,6 +60,9 @@ class TrainConfig:
     cache_dir: str | None = None
     limit_train_batches: float | int = 1.0
     progress: bool = True
+    # Lightning's best.ckpt and last.ckpt (weights plus optimizer state) are what --resume
+    # needs while a model trains; once its model.pt is saved they are deleted unless kept.
+    keep_checkpoints: bool = False
 
 
 # --------------------------------------------------------------------------- data
@@ -201,8 +205,11 @@ def _lightning():
     return pl
 
 
+SCHEDULES = ("plateau", "onecycle")
+
+
 def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tensor | None,
-                augment: bool, monitor: str, seed: int = 0):
+                augment: bool, monitor: str, seed: int = 0, schedule: str = "plateau"):
     pl = _lightning()
     from dermcam.augment import augment as augment_fn
     from dermcam.augment import normalize, to_float
@@ -282,6 +289,15 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
         def configure_optimizers(self):
             opt = torch.optim.Adam(self.model.parameters(), lr=self.lr,
                                    weight_decay=self.weight_decay)
+            if schedule == "onecycle":
+                # Warm-up to lr over the first 30 % of steps, then cosine annealing: a
+                # short run ends at a low learning rate instead of on a noisy plateau.
+                total = int(self.trainer.estimated_stepping_batches)
+                sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr,
+                                                            total_steps=max(1, total),
+                                                            pct_start=0.3)
+                return {"optimizer": opt,
+                        "lr_scheduler": {"scheduler": sched, "interval": "step"}}
             mode = "max" if self.monitor == "val_auc" else "min"
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5,
                                                                patience=2)
@@ -289,6 +305,53 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
                     "lr_scheduler": {"scheduler": sched, "monitor": self.monitor}}
 
     return DermClassifier()
+
+
+def make_ctrl_c_guard():
+    """A callback and context manager: Ctrl-C during ``fit`` stops at a batch boundary.
+
+    Raised where the signal lands, a KeyboardInterrupt can be lost: CPython discards an
+    exception raised while it evaluates a file's ``closed`` property in a finalizer, which
+    is where Ctrl-C often lands while Lightning saves a checkpoint (fsspec's file object),
+    and training then carries on as if nothing was pressed. Inside ``with guard:`` the
+    SIGINT handler only records the signal; the callback raises KeyboardInterrupt after
+    the current training or validation batch, so Lightning's own interrupt handling runs
+    and every checkpoint written so far is whole. A second Ctrl-C raises at once. The
+    handler is installed only in the main thread and only over Python's default one.
+    """
+    import signal
+    import threading
+
+    pl = _lightning()
+
+    class CtrlCAtBatchBoundary(pl.Callback):
+        def __init__(self):
+            self.pending = False
+            self._previous = None
+
+        def __enter__(self):
+            if (threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+                self._previous = signal.signal(signal.SIGINT, self._record)
+            return self
+
+        def __exit__(self, *exc) -> None:
+            if self._previous is not None:
+                signal.signal(signal.SIGINT, self._previous)
+                self._previous = None
+
+        def _record(self, signum, frame) -> None:
+            if self.pending:
+                raise KeyboardInterrupt
+            self.pending = True
+
+        def check(self, *args, **kwargs) -> None:
+            if self.pending:
+                raise KeyboardInterrupt
+
+        on_train_batch_end = on_validation_batch_end = on_train_epoch_start = check
+
+    return CtrlCAtBatchBoundary()
 
 
 def make_history_callback(path: Path):
@@ -397,7 +460,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     ytr = arrays.labels[tr_idx]
     weights = _class_weights(ytr) if cfg.imbalance == "weighted_loss" else None
     module = make_module(model, cfg.lr, cfg.weight_decay, weights, cfg.augment, cfg.monitor,
-                         cfg.seed)
+                         cfg.seed, cfg.schedule)
     train_ds = arrays.dataset(tr_idx)
     val_ds = arrays.dataset(va_idx)
     sampler = EpochSampler(ytr, cfg.seed, balanced=cfg.imbalance == "balanced_sampler")
@@ -413,6 +476,8 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
                               every_n_epochs=1, enable_version_counter=False)
     callbacks = [ckpt_cb, last_cb, EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
                  make_history_callback(mdir / "history.csv")]
+    ctrl_c = make_ctrl_c_guard()
+    callbacks.append(ctrl_c)
     if cfg.progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -431,12 +496,13 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     if ckpt_path:
         log.info("%s: resuming from %s", name, last)
     try:
-        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+        with ctrl_c:
+            trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
     except SystemExit as exc:  # Lightning turns Ctrl-C into sys.exit(1) after its shutdown
         if trainer.interrupted:
             raise KeyboardInterrupt from exc
         raise
-    if trainer.interrupted:
+    if trainer.interrupted or ctrl_c.pending:  # pending: pressed after the last batch
         raise KeyboardInterrupt
     if not trainer.is_global_zero:
         return {}
@@ -486,6 +552,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
         check_model_name(m)
     if cfg.monitor not in ("val_auc", "val_loss"):
         raise DermcamError(f"--monitor must be val_auc or val_loss, not {cfg.monitor!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise DermcamError(f"--schedule must be one of {', '.join(SCHEDULES)}, not "
+                           f"{cfg.schedule!r}")
     if cfg.imbalance not in ("weighted_loss", "balanced_sampler", "none"):
         raise DermcamError(f"--imbalance must be weighted_loss, balanced_sampler or none, "
                            f"not {cfg.imbalance!r}")
@@ -532,6 +601,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     for name in cfg.models:
         if manifest["models"].get(name, {}).get("status") == "complete":
             log.info("%s already trained; skipping", name)
+            if rank == 0:
+                _drop_lightning_checkpoints(out, name, cfg)  # left by an interruption
             continue
         result = train_one(name, cfg, arrays, tr_idx, va_idx, out, resume=resume)
         if not result or rank != 0:  # non-zero rank in multi-process training
@@ -539,6 +610,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
         manifest = runmod.read_manifest(out)
         manifest["models"][name] = {**result, "status": "complete"}
         runmod.write_manifest(out, manifest)
+        # Only now: until the manifest says complete, a resume needs last.ckpt.
+        _drop_lightning_checkpoints(out, name, cfg)
     if rank != 0:
         return {}
     manifest = runmod.read_manifest(out)
@@ -548,6 +621,21 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
                                    "n_train": int(len(tr_idx)), "n_val": int(len(va_idx))}
     runmod.write_manifest(out, manifest)
     return manifest
+
+
+def _drop_lightning_checkpoints(run_dir: Path, name: str, cfg: TrainConfig) -> None:
+    """Delete ``models/<name>/lightning/`` of a finished model unless ``keep_checkpoints``.
+
+    Each of its two files holds the weights and Adam's two moment buffers (ResNet18:
+    about 130 MB each, whatever the input size); ``model.pt`` is all later stages read.
+    With ``--resume`` the run's saved setting applies, like every other option.
+    """
+    import shutil
+
+    ckdir = Path(run_dir) / "models" / name / "lightning"
+    if not cfg.keep_checkpoints and ckdir.is_dir():
+        shutil.rmtree(ckdir)
+        log.info("%s: removed %s (pass --keep-checkpoints to keep it)", name, ckdir)
 
 
 def _launched_rank() -> int:

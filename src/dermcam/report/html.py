@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dermcam.errors import DermcamError
+from dermcam.explain import heatmap_dir
 from dermcam.report import template
 
 log = logging.getLogger(__name__)
@@ -546,11 +547,106 @@ def _label_name(v: Any) -> str:
 def _sanity_html(s: Any) -> str:
     if not isinstance(s, dict):
         return '<span class="undetermined">not run</span>'
-    passed = s.get("passed")
+    full = s.get("full", s) if isinstance(s.get("full"), dict) else s
+    passed = full.get("passed")
     tag = ('<span class="pass">passed</span>' if passed is True else
            '<span class="fail">FAILED</span>' if passed is False else
-           '<span class="undetermined">undetermined</span>')
-    return f"{tag} — {esc(s.get('summary', ''))}"
+           '<span class="undetermined">inconclusive</span>')
+    text = f"{tag} — {esc(full.get('summary', ''))}"
+    steps = s.get("cascade") or []
+    if steps:
+        cells = "; ".join(f"{esc(c.get('block'))} {fmt_num(c.get('median_abs_rho'), 2)}"
+                          for c in steps)
+        text += (f'<br><span class="note">Cascading randomisation from the output down '
+                 f"(median |rank correlation| with the trained maps after each block is "
+                 f"re-initialised): {cells}</span>")
+    return text
+
+
+def _localisation_html(s: dict[str, Any], r: RunFiles) -> str:
+    """The localisation benchmark table, the layer each model x method uses, and why."""
+    out = ["<h3>Which layer, and do the maps localise?</h3>"]
+    rows = s.get("localisation") or []
+    if rows:
+        first = rows[0]
+        out.append(f'<p class="note">Every method × candidate layer scored on {esc(first["n"])} '
+                   f"masked {esc(first['images'])} images: median pixel AUROC (0.5 = uniform "
+                   "attention) with a 95 % bootstrap CI, share of undefined maps, and the "
+                   "model-randomisation check against freshly initialised copies.</p>")
+        body = []
+        for row in rows:
+            verdict = {True: "passed", False: "FAILED"}.get(row.get("sanity_passed"),
+                                                            "inconclusive")
+            body.append([esc(r.display(row["model"])), esc(row["method"]), esc(row["layer"]),
+                         esc("×".join(map(str, row.get("grid") or []))),
+                         f"{fmt_num(row.get('median_pixel_auroc'), 2)} "
+                         f"[{fmt_num(row.get('ci_low'), 2)}, {fmt_num(row.get('ci_high'), 2)}]",
+                         f"{100 * row.get('undefined_share', float('nan')):.0f} %",
+                         f"{fmt_num(row.get('sanity_median_abs_rho'), 2)} {verdict}",
+                         fmt_num(row.get("ms_per_image"), 1)])
+        out.append(_table(["Model", "Method", "Layer", "Grid", "Pixel AUROC [95 % CI]",
+                           "Undefined", "Sanity |ρ|", "ms / image"], body, numeric_from=4))
+    choice = s.get("layer_choice") or []
+    if choice:
+        items = "".join(f"<li><b>{esc(r.display(c['model']))}</b> ({esc(c['method'])}): "
+                        f"{esc(c['reason'])}</li>" for c in choice)
+        out.append(f'<p>Layers used:</p><ul class="sentences">{items}</ul>')
+    guards = [(k, (t or {}).get("uniform_guard")) for k, t in (s.get("tests") or {}).items()]
+    items = "".join(f"<li><b>{esc(k)}</b>: {esc(g['sentence'])}</li>" for k, g in guards
+                    if isinstance(g, dict) and g.get("sentence"))
+    if items:
+        out.append(f'<ul class="sentences">{items}</ul>')
+    return "\n".join(out)
+
+
+def _artifact_ratio_html(s: dict[str, Any], r: RunFiles) -> str:
+    rows = [a for a in s.get("artifacts") or [] if a.get("n", 0) >= 2]
+    if not rows:
+        return ""
+    body = [[esc(r.display(a["model"])), esc(a["method"]), esc(a["layer"]), esc(a["artifact"]),
+             esc(a["n"]), fmt_num(a["mass_share"]), fmt_num(a["area_share"]),
+             f"{fmt_num(a['ratio'], 2)} [{fmt_num(a['ratio_ci_low'], 2)}, "
+             f"{fmt_num(a['ratio_ci_high'], 2)}]",
+             '<span class="fail">yes</span>' if a.get("attends") else "no"] for a in rows]
+    return ('<p class="note">Heatmap mass on each artifact relative to its area, on the test '
+            "images that carry it (1 = uniform attention; a CI above 1 flags the model as "
+            "attending to the artifact).</p>"
+            + _table(["Model", "Method", "Layer", "Artifact", "Images", "Mass share",
+                      "Area share", "Ratio [95 % CI]", "Attends"], body, numeric_from=4))
+
+
+def section_shortcut(r: RunFiles) -> str:
+    """The demo's planted-shortcut experiment, when the run folder carries one."""
+    from dermcam.io import read_json
+
+    path = r.dir / "shortcut_experiment.json"
+    if not path.exists():
+        return ""
+    try:
+        exp = read_json(path)
+        runs = exp["runs"]
+    except Exception as exc:  # a damaged file costs its section, not the report
+        return (f'<section id="shortcut"><h2>Planted shortcut</h2>'
+                f"{missing(f'shortcut_experiment.json unreadable ({exc})')}</section>")
+    body = []
+    for role in ("control", "shortcut"):
+        x = runs[role]
+        body.append([f"{esc(exp['model'])} ({role})", esc(x["layer"]), esc(x["n"]),
+                     f"{fmt_num(x['ratio'], 2)} [{fmt_num(x['ratio_ci_low'], 2)}, "
+                     f"{fmt_num(x['ratio_ci_high'], 2)}]",
+                     '<span class="fail">yes</span>' if x["flagged"] else "no",
+                     f"{fmt_num(x['test_auc'])} [{fmt_num(x['test_auc_ci_low'])}, "
+                     f"{fmt_num(x['test_auc_ci_high'])}]"])
+    verdict = ('<p><span class="pass">The audit catches the planted shortcut</span>: the '
+               "shortcut model is flagged and its control is not.</p>" if exp.get("caught")
+               else '<p><span class="fail">The audit does not separate the shortcut model '
+               "from its control here.</span></p>")
+    return ('<section id="shortcut"><h2>Planted shortcut</h2>'
+            f"<p>{esc(exp.get('description', ''))}</p>" + verdict
+            + _table(["Model", "Layer", "Images with the artifact",
+                      f"Mass on {esc(exp['artifact'])} / its area [95 % CI]", "Flagged",
+                      "Test ROC AUC [95 % CI]"], body, numeric_from=2)
+            + f'<p class="note">{esc(exp.get("sentence", ""))}</p></section>')
 
 
 def section_attention(r: RunFiles) -> str:
@@ -574,6 +670,8 @@ def section_attention(r: RunFiles) -> str:
     models = (s or {}).get("models") or (sorted(att["model"].unique()) if att is not None else [])
     order = [n for n in r.names if n in models] + [n for n in models if n not in r.names]
 
+    if s is not None:
+        out.append(_localisation_html(s, r))
     out.append("<h3>Leakage per model</h3>")
     out.append('<p class="note">The reference study\'s 2×2 figure per model: leakage, inside '
                "and outside scores by class and correctness.</p>")
@@ -646,6 +744,10 @@ def section_attention(r: RunFiles) -> str:
                               trow, numeric_from=2, numeric_to=6))
         else:
             out.append(missing("no class comparisons in attention_summary.json"))
+        for key in sorted(tests):
+            guard = (tests[key] or {}).get("uniform_guard") or {}
+            if guard and not guard.get("better_than_uniform"):
+                out.append(f'<p class="caution"><b>{esc(key)}:</b> {esc(guard["sentence"])}</p>')
 
         out.append("<h3>Lesion-area confound</h3>")
         items = []
@@ -656,6 +758,9 @@ def section_attention(r: RunFiles) -> str:
             else:
                 text = sc.get("summary") or sc.get("error") or sc.get("reason") or "not computed"
             model = key.split("/", 1)[0]
+            guard = (tests[key] or {}).get("uniform_guard") or {}
+            if guard and not guard.get("better_than_uniform"):
+                text = f"{guard.get('sentence', '')} {text}"
             items.append(f"<li><b>{esc(r.display(model))}</b> "
                          f'<span class="note">{esc(key)}</span>: {esc(text)}</li>')
         out.append(f'<ul class="sentences">{"".join(items)}</ul>' if items else
@@ -679,6 +784,7 @@ def section_attention(r: RunFiles) -> str:
                               fmt_num(a.get("mean_mass")) + f" (n {esc(a.get('n_mass'))})",
                               fmt_num(a.get("mean_excess_leakage"), 4)
                               + f" (n {esc(a.get('n_excess'))})"])
+        out.append(_artifact_ratio_html(s, r))
         if arows:
             out.append('<p class="note">Mean share of heatmap mass on each artifact (images '
                        "with that artifact), and mean excess leakage of images with and "
@@ -787,7 +893,8 @@ def section_gallery(r: RunFiles) -> str:
         if not any(k != "missed" for c in cases for k in c.kinds):
             notes.append(missing(f"{r.display(model)} ({method}): no image has a defined excess "
                                  "leakage, so no highest/lowest examples"))
-        folder = r.dir / "attention" / model / method
+        layer = str(g["layer"].iloc[0]) if "layer" in g.columns and len(g) else ""
+        folder = heatmap_dir(r.dir, model, method, layer)
         maps = gal.load_heatmaps(folder, {str(c.row["image_id"]) for c in cases})
         if source is None:
             source = gal.ImageSource(r.manifest)
@@ -802,7 +909,7 @@ def section_gallery(r: RunFiles) -> str:
             cam = maps.get(iid)
             if cam is None:
                 body = missing(f"saved heatmap for {iid} not found under "
-                               f"attention/{model}/{method}/")
+                               f"attention/{model}/{method}/{layer}/")
             else:
                 image, mask, why = source.get(iid)
                 if why and not source.reason:
@@ -895,6 +1002,7 @@ def render(run_dir: str | Path) -> str:
               '<a href="#attention">Attention</a><a href="#gallery">Gallery</a>'
               '<a href="#notes">Method notes</a></nav>')
     body = "\n".join([section_summary(r), section_comparison(r), section_attention(r),
+                      section_shortcut(r),
                       section_gallery(r), section_notes(r)])
     built = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     footer = (f"Built {esc(built)} by dermcam {esc(__version__)} from the files in "

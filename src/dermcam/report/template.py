@@ -42,6 +42,7 @@ tr.baseline td { color: var(--muted); font-style: italic; }
   background: var(--warn-bg); padding: 8px 12px; margin: 10px 0; }
 .missing b { color: #7a5200; }
 .note { color: var(--muted); font-size: 0.9rem; }
+.caution { border-left: 6px solid var(--bad); padding: 0.3rem 0.6rem; }
 .pass { color: var(--good); font-weight: 700; }
 .fail { color: var(--bad); font-weight: 700; }
 .undetermined { color: #7a5200; font-weight: 700; }
