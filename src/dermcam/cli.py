@@ -417,11 +417,9 @@ def explain(
 
 def _num(v, fmt: str = ".2f") -> str:
     """A number for a table cell; '-' for a missing or undefined one (None or NaN)."""
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return "-"
-    return "-" if v != v else format(v, fmt)
+    from dermcam.formatting import num
+
+    return num(v, fmt, missing="-")
 
 
 def _print_localisation(rows) -> None:

@@ -184,7 +184,8 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
             "test_auc_ci_high": auc["hi"]}
     c, s = out["runs"]["control"], out["runs"]["shortcut"]
     out["caught"] = bool(s["flagged"] and not c["flagged"])
-    f = _num
+    from dermcam.formatting import num as f
+
     out["sentence"] = (
         f"The shortcut-trained {model} puts {f(s['ratio'])}x its area's share of heatmap mass "
         f"on the {artifact} (95 % CI {f(s['ratio_ci_low'])}-{f(s['ratio_ci_high'])}, "
@@ -196,14 +197,6 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
         f"control's {f(c['test_auc'], '.3f')} ({f(c['test_auc_ci_low'], '.3f')}-"
         f"{f(c['test_auc_ci_high'], '.3f')}).")
     return out
-
-
-def _num(v, fmt: str = ".2f") -> str:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return "n/a"
-    return "n/a" if v != v else format(v, fmt)
 
 
 class _null:
