@@ -38,19 +38,14 @@ MAX_UNDEFINED = 0.05
 def median_ci(x, n_boot: int = 1000, seed: int = 0, level: float = 0.95
               ) -> tuple[float, float, float]:
     """Median of the finite values of ``x`` with a percentile bootstrap CI -> (med, lo, hi)."""
-    from dermcam.stats import bootstrap_indices
+    from dermcam.stats import bootstrap_median_ci
 
     v = np.asarray(x, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
         return (np.nan, np.nan, np.nan)
-    med = float(np.median(v))
-    if v.size < 2 or n_boot < 1:
-        return (med, np.nan, np.nan)
-    boot = np.median(v[bootstrap_indices(v, n_boot, seed, stratified=False)], axis=1)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(boot, [a, 1 - a])
-    return med, float(lo), float(hi)
+    lo, hi = bootstrap_median_ci(v, n_boot, seed, alpha=1 - level)
+    return float(np.median(v)), lo, hi
 
 
 def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,

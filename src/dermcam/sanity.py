@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as _sstats
 
-from dermcam.stats import bootstrap_indices, percentile_interval
+from dermcam.stats import bootstrap_median_ci
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +165,7 @@ def map_rank_correlation(cams_a, cams_b) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 def _median_ci(v: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    if v.size < 2:
-        return math.nan, math.nan
-    idx = bootstrap_indices(np.zeros(v.size), n_boot, seed, stratified=False)
-    return percentile_interval(np.median(v[idx], axis=1), 0.05, what="median |rho|")
+    return bootstrap_median_ci(v, n_boot, seed, what="median |rho|")
 
 
 def _mean_over_inits(x: np.ndarray, ok: np.ndarray, count: np.ndarray) -> np.ndarray:

@@ -187,6 +187,19 @@ def percentile_interval(
     return float(lo), float(hi)
 
 
+def bootstrap_median_ci(v: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                        what: str = "median") -> tuple[float, float]:
+    """Percentile bootstrap CI ``(lo, hi)`` of the median of a 1-D sample (plain resampling).
+
+    ``(nan, nan)`` for fewer than 2 values. Seeded like :func:`bootstrap_indices`.
+    """
+    v = np.asarray(v, dtype=np.float64).ravel()
+    if v.size < 2 or int(n_boot) < 1:
+        return math.nan, math.nan
+    idx = bootstrap_indices(v, n_boot, seed, stratified=False)
+    return percentile_interval(np.median(v[idx], axis=1), alpha, what=what)
+
+
 def bootstrap_ci(
     metric_fn: Callable[..., float],
     y_true: Any,
