@@ -127,16 +127,17 @@ def _case(kind: str, make_isic, make_generic, tmp_path, dh):
     """Damage a data set; return (root, offending file, text the message holds, needs --check).
 
     ``isic_*`` cases start from the ISIC 2016 fixture (5 train + 3 test images),
-    ``generic_*`` ones from a generic layout: img000-img002 benign/train,
-    img003-img004 malignant/test, masks in ``masks/``.
+    ``generic_*`` ones from a generic layout: img000-img002 benign, img003-img004
+    malignant, img002 and img004 in the test split, masks in ``masks/``.
     """
     isic = kind.startswith("isic_")
     if isic:
         root = make_isic()
     else:
         labels = dh.generic_labels(3, 2)
-        root = make_generic(labels, masks=True,
-                            split={i: "train" if i < "img003" else "test" for i in labels})
+        root = make_generic(labels, masks=True,  # both classes in each split
+                            split={i: "test" if i in ("img002", "img004") else "train"
+                                   for i in labels})
     train_csv, test_csv, labels = root / dh.TRAIN_CSV, root / dh.TEST_CSV, root / "labels.csv"
     train_dir = root / dh.TRAIN_DIR
     outside = tmp_path / "outside"
@@ -162,10 +163,10 @@ def _case(kind: str, make_isic, make_generic, tmp_path, dh):
         return root, train_csv, "blank label", False
     if name == "blank_label":
         _edit(labels, "img001,0,", "img001,,")
-        return root, labels, "line 3: blank label", False
-    if name == "mask_size":
+        return root, labels, "line 3", False
+    if name == "mask_size":  # seen in the file headers: no --check needed
         dh.write_mask(train_dir / "ISIC_0000002_Segmentation.png", size=(20, 20))
-        return root, train_dir / "ISIC_0000002_Segmentation.png", "20x20", True
+        return root, train_dir / "ISIC_0000002_Segmentation.png", "20x20", False
     if name in ("corrupt_jpeg", "truncated_jpeg", "zero_bytes"):
         path = train_dir / "ISIC_0000004.jpg"
         path.write_bytes(BAD_FILES[name][1]())
@@ -206,17 +207,17 @@ def _case(kind: str, make_isic, make_generic, tmp_path, dh):
         return root, labels, "outside the data folder", False
     if name == "duplicate_train_id":
         _edit(train_csv, "ISIC_0000002,benign\n", "ISIC_0000002,benign\nISIC_0000002,benign\n")
-        return root, train_csv, "duplicate image id(s): ISIC_0000002", False
+        return root, train_csv, "duplicate image id", False
     if name == "duplicate_test_id":
         _edit(test_csv, "ISIC_0000012,0.0\n", "ISIC_0000012,0.0\nISIC_0000012,0.0\n")
-        return root, test_csv, "duplicate image id(s): ISIC_0000012", False
+        return root, test_csv, "duplicate image id", False
     if name == "id_in_both_splits":
         shutil.copy(train_dir / "ISIC_0000000.jpg", root / dh.TEST_DIR / "ISIC_0000000.jpg")
         _edit(test_csv, "ISIC_0000012,0.0\n", "ISIC_0000012,0.0\nISIC_0000000,0.0\n")
         return root, test_csv, "ISIC_0000000", False
     if name == "duplicate_id":
         _edit(labels, "img001,", "img000,")
-        return root, labels, "duplicate image id(s): img000", False
+        return root, labels, "duplicate image id", False
     if name == "no_header":
         labels.write_text("img000,benign,train\nimg001,benign,train\n")
         return root, labels, "header row", False
@@ -275,24 +276,49 @@ def test_library_raises_naming_the_offending_file(case):
     _assert_names(e.value, offending, fragment)
 
 
+def _info_lines(err: str) -> tuple[list[str], list[str], str]:
+    """stderr of a failed 'dermcam info': (error lines, warning lines, the count line)."""
+    lines = err.splitlines()
+    assert err.endswith("\n") and lines, err
+    errors = [ln for ln in lines[:-1] if ln.startswith("error: ")]
+    warnings = [ln for ln in lines[:-1] if ln.startswith("warning: ")]
+    assert len(errors) + len(warnings) == len(lines) - 1, err  # nothing else, no traceback
+    assert re.match(r"\d+ errors?, \d+ warnings? in ", lines[-1]), err
+    assert lines[-1].startswith(f"{len(errors)} error"), err
+    return errors, warnings, lines[-1]
+
+
 @pytest.mark.parametrize("case", CASES, indirect=True)
-def test_cli_info_prints_one_error_line_and_exits_2(case, monkeypatch, capsys):
+def test_cli_info_prints_one_error_line_and_exits_2(case, monkeypatch, capsys, tmp_path):
+    """One damaged thing: exactly one error line naming it, then the count; exit 2."""
     root, offending, fragment, needs_check = case
-    code, _, err = run_cli(monkeypatch, capsys, "info", root, *(["--check"] if needs_check else []))
+    monkeypatch.setenv("DERMCAM_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_cli(monkeypatch, capsys, "info", root, "--image-size", "32",
+                             *(["--check"] if needs_check else []))
     assert code == 2
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith(f"error: {offending}: ") and fragment in err, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err + out
+    errors, _, count = _info_lines(err)
+    assert len(errors) == 1, err
+    assert errors[0].startswith(f"error: {offending}: ") and fragment in errors[0], err
+    assert count.startswith("1 error,"), err
 
 
-def test_truncated_and_mismatched_files_are_found_by_check_only(make_isic, dh, monkeypatch,
-                                                                capsys):
-    """Without --check, 'info' reads headers only: a truncated scan is not yet seen."""
+def test_truncated_data_are_found_by_check_only(make_isic, dh, monkeypatch, capsys, tmp_path):
+    """Without --check, 'info' reads headers only: a truncated scan is not yet seen, but a
+    mask whose size differs is; --check decodes every file and lists both."""
+    monkeypatch.setenv("DERMCAM_CACHE", str(tmp_path / "cache"))
     root = make_isic()
     path = root / dh.TRAIN_DIR / "ISIC_0000004.jpg"
     path.write_bytes(BAD_FILES["truncated_jpeg"][1]())
-    dh.write_mask(root / dh.TEST_DIR / "ISIC_0000010_Segmentation.png", size=(20, 20))
-    assert run_cli(monkeypatch, capsys, "info", root)[0] == 0
+    mask = dh.write_mask(root / dh.TEST_DIR / "ISIC_0000010_Segmentation.png", size=(20, 20))
+    code, _, err = run_cli(monkeypatch, capsys, "info", root, "--image-size", "32")
+    errors = _info_lines(err)[0]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith(f"error: {mask}: "), err
+    code, _, err = run_cli(monkeypatch, capsys, "info", root, "--image-size", "32", "--check")
+    errors = _info_lines(err)[0]
+    assert code == 2 and len(errors) == 2, err
+    assert {e.split(": ")[1] for e in errors} == {str(path), str(mask)}
+    assert any("truncated" in e for e in errors)
     sample = next(s for s in load_dataset(root).samples if s.image_id == "ISIC_0000004")
     with pytest.raises(DermcamError, match="truncated") as e:
         decode_sample(sample, 16)
@@ -300,28 +326,149 @@ def test_truncated_and_mismatched_files_are_found_by_check_only(make_isic, dh, m
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_just_over_the_pixel_limit_fails_info_check(make_isic, dh, monkeypatch, capsys):
+def test_just_over_the_pixel_limit_fails_info_check(make_isic, dh, monkeypatch, capsys,
+                                                    tmp_path):
+    monkeypatch.setenv("DERMCAM_CACHE", str(tmp_path / "cache"))
     root = make_isic()
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # each image is 1200 px
-    code, _, err = run_cli(monkeypatch, capsys, "info", root, "--check")
-    assert code == 2 and "decompression bomb" in err and err.count("\n") == 1
-    assert re.match(rf"error: {re.escape(str(root))}/ISBI2016_ISIC_Part3B_\w+/ISIC_\d+(_Segmentation\.png|\.jpg): ",
-                    err), err
+    code, _, err = run_cli(monkeypatch, capsys, "info", root, "--check", "--image-size", "32")
+    errors, _, count = _info_lines(err)
+    assert code == 2 and len(errors) == 16 and count.startswith("16 errors"), err  # 8 + 8 masks
+    for line in errors:
+        assert "decompression bomb" in line
+        assert re.match(rf"error: {re.escape(str(root))}/ISBI2016_ISIC_Part3B_\w+/ISIC_\d+"
+                        r"(_Segmentation\.png|\.jpg): ", line), line
 
 
-@pytest.mark.parametrize("debug", [False, True])
-def test_real_process_error_has_no_traceback_unless_debug(make_isic, dh, debug):
+def test_info_with_a_bad_image_has_no_traceback_in_a_real_process(make_isic, dh):
     root = make_isic()
     bad = root / dh.TRAIN_DIR / "ISIC_0000004.jpg"
     bad.write_bytes(b"")
-    args = [str(DERMCAM), *(["--debug"] if debug else []), "info", str(root)]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([str(DERMCAM), "info", str(root), "--image-size", "32"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = _info_lines(ANSI.sub("", r.stderr))[0]
+    assert errors == [f"error: {bad}: file is empty (0 bytes)"], r.stderr
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_real_process_error_has_no_traceback_unless_debug(tmp_path, debug):
+    run = tmp_path / "no-such-run"
+    args = [str(DERMCAM), *(["--debug"] if debug else []), "evaluate", str(run)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
     if debug:
         assert r.returncode != 0 and "Traceback" in r.stderr and "DermcamError" in r.stderr
     else:
         assert r.returncode == 2 and "Traceback" not in r.stderr
         lines = ANSI.sub("", r.stderr).splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: "), r.stderr
+        assert lines == [f"error: {run}: run folder not found"], r.stderr
+
+
+# ---------------------------------------------------------------------------
+# The whole data set in one run: every problem listed, warnings apart
+# ---------------------------------------------------------------------------
+
+
+def _several_defects(make_isic, dh) -> tuple[Path, dict[str, str]]:
+    """The ISIC fixture with five defects; returns (root, {file or 'csv:line': fragment})."""
+    root = make_isic()
+    train, test = root / dh.TRAIN_DIR, root / dh.TEST_DIR
+    (train / "ISIC_0000004.jpg").write_bytes(BAD_FILES["truncated_jpeg"][1]())
+    (train / "ISIC_0000002_Segmentation.png").write_text("this is not a mask\n")
+    dh.write_mask(test / "ISIC_0000010_Segmentation.png", size=(20, 20))
+    _edit(root / dh.TRAIN_CSV, "ISIC_0000001,malignant", "ISIC_0000001,melanoma")
+    _edit(root / dh.TEST_CSV, "ISIC_0000012,0.0", "ISIC_0000099,0.0")
+    return root, {
+        str(train / "ISIC_0000004.jpg"): "truncated",
+        str(train / "ISIC_0000002_Segmentation.png"): "not a readable image",
+        str(test / "ISIC_0000010_Segmentation.png"): "mask is 20x20 but its image is 40x30",
+        f"{root / dh.TRAIN_CSV}: line 2 (ISIC_0000001)": "'melanoma'",
+        f"{root / dh.TEST_CSV}: line 3 (ISIC_0000099)": "no image file",
+    }
+
+
+def test_info_check_lists_every_defect_in_one_run(make_isic, dh, monkeypatch, capsys,
+                                                  tmp_path):
+    monkeypatch.setenv("DERMCAM_CACHE", str(tmp_path / "cache"))
+    root, want = _several_defects(make_isic, dh)
+    code, out, err = run_cli(monkeypatch, capsys, "info", root, "--check", "--image-size", "32")
+    errors, _, count = _info_lines(err)
+    assert code == 2 and "Traceback" not in err and count.startswith("5 errors,"), err
+    for where, fragment in want.items():
+        hits = [e for e in errors if e.startswith(f"error: {where}: ")]
+        assert len(hits) == 1 and fragment in hits[0], (where, err)
+    # without --check the same run finds all but the truncated scan
+    code, _, err = run_cli(monkeypatch, capsys, "info", root, "--image-size", "32")
+    errors = _info_lines(err)[0]
+    assert code == 2 and len(errors) == 4 and not any("truncated" in e for e in errors), err
+
+
+def test_check_dataset_returns_records_and_logs(make_isic, dh, tmp_path, caplog):
+    import logging
+
+    from dermcam.data.cache import ImageCache
+    from dermcam.data.check import check_dataset
+
+    root, want = _several_defects(make_isic, dh)
+    with caplog.at_level(logging.INFO, logger="dermcam.data.check"):
+        rep = check_dataset(root, image_size=32, cache=ImageCache(tmp_path / "cache"))
+    assert not rep.ok and len(rep.errors) == 5
+    bad_label = next(p for p in rep.errors if p.line == 2)
+    assert (bad_label.path, bad_label.image_id) == (str(root / dh.TRAIN_CSV), "ISIC_0000001")
+    assert {str(p) for p in rep.errors} == {
+        next(str(p) for p in rep.errors if str(p).startswith(f"{w}: ")) for w in want}
+    assert "5 errors" in caplog.text
+
+
+def test_check_fills_the_decode_cache(make_isic, monkeypatch, capsys, tmp_path):
+    from dermcam.data.cache import ImageCache
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DERMCAM_CACHE", str(cache))
+    root = make_isic()
+    code, _, _ = run_cli(monkeypatch, capsys, "info", root, "--check", "--image-size", "32")
+    assert code == 0
+    assert len(list(cache.glob("*/*.npz"))) == 8  # one entry per image (with its mask)
+    c = ImageCache(cache)
+    for s in load_dataset(root).samples:  # what training at 32 px will ask for: all hits
+        c.get(s, 32)
+    assert (c.hits, c.misses) == (8, 0)
+
+
+def _odd_inputs(make_generic, dh):
+    """A usable generic data set whose img000-img004 are each odd in one way."""
+    labels = dh.generic_labels(6, 6)
+    split = {i: "test" if i in ("img002", "img008") else "train" for i in labels}
+    root = make_generic(labels, split=split, masks=True)
+    img, msk = root / "images", root / "masks"
+    a16 = (dh.lesion_image(0)[..., 0].astype(np.uint16) * 257)
+    Image.fromarray(a16).save(img / "img000.png")  # 16-bit grey
+    Image.fromarray(dh.lesion_image(0)).convert("P").save(img / "img001.png")  # palette
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 30 x 40, shown 40 x 30 like its mask
+    Image.fromarray(np.ascontiguousarray(dh.lesion_image(0).transpose(1, 0, 2))).save(
+        img / "img002.png", exif=exif)
+    soft = dh.lesion_mask().astype(np.float64)
+    soft[5:7, :] = 100  # grey levels: thresholded at half intensity
+    Image.fromarray(soft.astype(np.uint8)).save(msk / "img003.png")
+    dh.write_image(img / "img004.png", size=(8, 6))  # tiny beside a 32 px input
+    dh.write_mask(msk / "img004.png", size=(8, 6))
+    return root, {"img000.png": "16-bit", "img001.png": "palette",
+                  "img002.png": "EXIF orientation 6", "img003.png": "not binary",
+                  "img004.png": "much smaller than the 32 px"}
+
+
+def test_odd_but_usable_inputs_are_warnings(make_generic, dh, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("DERMCAM_CACHE", str(tmp_path / "cache"))
+    root, want = _odd_inputs(make_generic, dh)
+    code, out, err = run_cli(monkeypatch, capsys, "info", root, "--check", "--image-size", "32")
+    assert code == 0 and "Traceback" not in err, err
+    assert _row(out, "train")[:3] == [10, 5, 5]  # the table is still printed
+    lines = err.splitlines()
+    assert lines[-1].startswith("0 errors, 5 warnings in "), err
+    for name, fragment in want.items():
+        hits = [ln for ln in lines if ln.startswith("warning: ") and f"/{name}: " in ln]
+        assert len(hits) == 1 and fragment in hits[0], (name, err)
 
 
 # ---------------------------------------------------------------------------
@@ -336,10 +483,14 @@ def _row(out: str, split: str) -> list[int]:
     return [int(float(x)) for x in re.findall(r"\d+(?:\.\d+)?", line)]
 
 
-def test_info_prints_counts_per_split_and_class(make_isic, monkeypatch, capsys):
+def test_info_prints_counts_per_split_and_class(make_isic, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("DERMCAM_CACHE", str(tmp_path / "cache"))
     root = make_isic()
-    code, out, err = run_cli(monkeypatch, capsys, "info", root, "--check")
-    assert code == 0 and err == ""
+    code, out, err = run_cli(monkeypatch, capsys, "info", root, "--check", "--image-size", "32")
+    assert code == 0
+    # usable, but 3 benign + 2 malignant is too few for the default validation split
+    assert err.startswith("warning: ") and "needs at least 5 of each class" in err, err
+    assert err.splitlines()[-1].startswith("0 errors, 1 warning in "), err
     assert _row(out, "train")[:3] == [5, 3, 2] and _row(out, "train")[4] == 5
     assert _row(out, "test")[:3] == [3, 2, 1]
     assert "ISIC 2016 Part 3B" in out and "40x30 (8)" in out
@@ -353,12 +504,13 @@ def test_info_on_generic_layout_reports_the_holdout(make_generic, dh, monkeypatc
     assert "no split column" in out
 
 
-def test_info_notes_an_empty_split(make_isic, dh, monkeypatch, capsys):
+def test_info_refuses_a_missing_test_split(make_isic, dh, monkeypatch, capsys):
     root = make_isic()
     (root / dh.TEST_CSV).unlink()
-    code, out, _ = run_cli(monkeypatch, capsys, "info", root)
-    assert code == 0 and _row(out, "test")[:3] == [0, 0, 0]
-    assert "the test split holds no images" in " ".join(out.split())
+    code, _, err = run_cli(monkeypatch, capsys, "info", root, "--image-size", "32")
+    errors = _info_lines(err)[0]
+    assert code == 2 and errors == [f"error: {root / dh.TEST_CSV}: file not found: the test "
+                                    "split is empty (train and evaluate need both splits)"]
 
 
 @pytest.mark.parametrize("args", [[str(DERMCAM), "--help"], [str(DERMCAM), "info", "--help"],

@@ -158,16 +158,74 @@ def _guard_out(out: Path, overwrite: bool, marker: str) -> None:
 @app.command()
 def info(data: Annotated[Path, typer.Argument(help="Data set folder (ISIC 2016 layout or "
                                                    "generic labels.csv).")],
-         check: Annotated[bool, typer.Option(help="Open every image and mask to check it "
-                                                   "decodes and sizes match.")] = False) -> None:
-    """Describe a data set: counts per split and class, masks, image sizes, artifacts."""
-    _print_info(data, check)
+         check: Annotated[bool, typer.Option(help="Decode every image and mask (in parallel, "
+                                                   "filling the decode cache at "
+                                                   "--image-size), so truncated image data "
+                                                   "are found too; run it once before "
+                                                   "training.")] = False,
+         image_size: Annotated[int, typer.Option(help="The model input side 'dermcam train' "
+                                                      "will use: the size --check caches "
+                                                      "images at, and what 'much smaller' "
+                                                      "means.")] = 224) -> None:
+    """Describe a data set and check all of it: counts per split and class, masks, image
+    sizes, artifacts, then every problem found, one line each.
+
+    Every CSV row and every image, mask and artifact-map header is checked; --check also
+    decodes every file. Errors (exit 2) make the data set unusable as it is; warnings are
+    odd but usable inputs (16-bit, palette, EXIF-rotated, non-binary masks, small images).
+    """
+    report = _check_data(data, decode=check, image_size=image_size)
+    if report.ok:
+        _print_info(data, mask_areas=report.mask_areas)
+    _print_problems(report)
+    if not report.ok:
+        raise typer.Exit(2)
 
 
-def _print_info(root: Path, check: bool = False) -> None:
+def _check_data(root: Path, decode: bool, image_size: int):
+    from dermcam.data.check import check_dataset
+
+    if image_size < 8:
+        raise DermcamError(f"--image-size must be at least 8, got {image_size}")
+    with progress_bar("check images" + (" (decode)" if decode else "")) as cb:
+        return check_dataset(root, decode=decode, image_size=image_size, progress=cb)
+
+
+#: At most this many lines of one kind of warning; the rest are counted.
+_WARNINGS_SHOWN = 10
+
+
+def _print_problems(report) -> None:
+    """Every error, one line each, then the warnings (a few per kind), then the count."""
+    import re
+    from collections import defaultdict
+
+    from rich.markup import escape
+
+    def say(line: str) -> None:
+        err.print(escape(line), highlight=False, soft_wrap=True)
+
+    if not report.problems:
+        console.print(report.summary(), highlight=False, soft_wrap=True)
+        return
+    for p in report.errors:
+        say(f"error: {p}")
+    kinds = defaultdict(list)
+    for p in report.warnings:  # one kind: the same message but for its numbers
+        kinds[re.sub(r"\d+", "#", p.message)].append(p)
+    for group in kinds.values():
+        for p in group[:_WARNINGS_SHOWN]:
+            say(f"warning: {p}")
+        if len(group) > _WARNINGS_SHOWN:
+            say(f"warning: ... and {len(group) - _WARNINGS_SHOWN} more like the above")
+    say(report.summary())
+
+
+def _print_info(root: Path, check: bool = False,
+                mask_areas: dict[str, float] | None = None) -> None:
     from dermcam.data.describe import describe
 
-    d = describe(root, check=check)
+    d = describe(root, check=check, mask_areas=mask_areas)
     t = Table(title=f"{d['name']} ({d['layout']} layout) — {root}")
     for col in ("split", "images", "benign", "malignant", "malignant %", "with mask",
                 "mean lesion area"):

@@ -36,6 +36,43 @@ class Sample:
     group: str | None = None  # e.g. HAM10000's lesion_id: images of one lesion stay together
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a data set: the file, the CSV line and image id where known.
+
+    ``severity`` is ``"error"`` (the data set cannot be used as it is) or ``"warning"``
+    (odd but usable: converted, rotated or resized on the way in).
+    """
+
+    path: str
+    message: str
+    severity: str = "error"
+    line: int | None = None
+    image_id: str | None = None
+
+    def __str__(self) -> str:
+        where = self.path
+        if self.line is not None:
+            where += f": line {self.line}" + (f" ({self.image_id})" if self.image_id else "")
+        elif self.image_id:
+            where += f": {self.image_id}"
+        return f"{where}: {self.message}"
+
+    @classmethod
+    def from_error(cls, exc: DermcamError, default_path: str | Path = "",
+                   line: int | None = None, image_id: str | None = None,
+                   severity: str = "error") -> Problem:
+        """A :class:`DermcamError` as a Problem, its ``path:`` and ``line N:`` prefixes moved
+        into the fields."""
+        msg = str(exc)
+        path = exc.path if exc.path is not None else str(default_path)
+        if exc.path is not None and msg.startswith(f"{exc.path}: "):
+            msg = msg[len(exc.path) + 2:]
+        if line is not None and msg.startswith(f"line {line}: "):
+            msg = msg[len(f"line {line}: "):]
+        return cls(path, msg, severity, line, image_id)
+
+
 @dataclass
 class DataSet:
     name: str
@@ -147,11 +184,23 @@ def detect_layout(root: str | Path) -> str:
         "columns; create one with 'dermcam synth'", root)
 
 
-def load_dataset(root: str | Path, check_files: bool = True) -> DataSet:
-    """Load any supported layout under ``root``."""
+def load_dataset(root: str | Path, check_files: bool = True,
+                 problems: list[Problem] | None = None) -> DataSet:
+    """Load any supported layout under ``root``.
+
+    With a ``problems`` list, the layouts that support it (ISIC 2016, generic) record
+    each bad CSV row there and skip it instead of raising at the first one, so a checker
+    can list them all; an empty data set is then left for the caller to report.
+    """
+    import inspect
+
     layout = detect_layout(root)
-    ds = layouts()[layout].load(Path(root), check_files=check_files)
-    if not ds.samples:
+    module = layouts()[layout]
+    if problems is not None and "problems" in inspect.signature(module.load).parameters:
+        ds = module.load(Path(root), check_files=check_files, problems=problems)
+    else:
+        ds = module.load(Path(root), check_files=check_files)
+    if not ds.samples and problems is None:
         raise DermcamError("the data set holds no images", root)
     for split in SPLITS:
         if not ds.split(split):

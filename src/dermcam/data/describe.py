@@ -37,8 +37,14 @@ def artifact_columns(meta) -> list[str]:
     return [c for c in meta.columns if c.startswith("artifact_")] if meta is not None else []
 
 
-def describe(root: str | Path, check: bool = False) -> dict[str, Any]:
-    """Counts per split and class, mask coverage, sampled image sizes, artifact rates."""
+def describe(root: str | Path, check: bool = False,
+             mask_areas: dict[str, float] | None = None) -> dict[str, Any]:
+    """Counts per split and class, mask coverage, sampled image sizes, artifact rates.
+
+    ``mask_areas`` (image id -> lesion share, e.g. from
+    :func:`dermcam.data.check.check_dataset`) fills the mean lesion area where the
+    metadata has none, without decoding the masks again.
+    """
     from PIL import Image
 
     ds = load_dataset(root)
@@ -51,6 +57,8 @@ def describe(root: str | Path, check: bool = False) -> dict[str, Any]:
         samples = ds.split(split)
         c = Counter(s.label for s in samples)
         areas = [area[s.image_id] for s in samples if s.image_id in area]
+        if not areas and mask_areas:
+            areas = [mask_areas[s.image_id] for s in samples if s.image_id in mask_areas]
         if check and not areas:
             from dermcam.data.images import read_mask
 

@@ -1,12 +1,14 @@
 """A generic layout for bringing other data sets::
 
-    labels.csv      header: image_id,label[,mask][,split]
+    labels.csv      header: image_id,label[,mask][,split][,group]
     images/<image_id>.jpg|.png
     masks/<image_id>.png            (optional; or a relative path in the 'mask' column)
 
 ``label`` is benign/malignant or 0/1; ``split`` is train/test. Without a split
 column, a seeded stratified 20 % of the images is held out as the test split
-(and ``dermcam info`` says so).
+(and ``dermcam info`` says so). ``group`` (optional) names the lesion or patient an
+image belongs to: images of one group stay on one side of every split, and bootstrap
+CIs and paired tests resample whole groups.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from dermcam.data.dataset import (
     SPLITS,
     DataSet,
+    Problem,
     Sample,
     check_duplicates,
     find_image,
@@ -45,12 +48,16 @@ def _holdout(samples: list[Sample], seed: int = 0) -> list[Sample]:
         n_test = round(len(group) * TEST_FRACTION)
         test_ids = {s.image_id for s in group[:n_test]}
         out += [Sample(s.image_id, s.image_path, s.label,
-                       "test" if s.image_id in test_ids else "train", s.mask_path)
+                       "test" if s.image_id in test_ids else "train", s.mask_path,
+                       group=s.group)
                 for s in group]
     return sorted(out, key=lambda s: s.image_id)
 
 
-def load(root: Path, check_files: bool = True) -> DataSet:
+def load(root: Path, check_files: bool = True, problems: list[Problem] | None = None
+         ) -> DataSet:
+    """The data set under ``root``; with ``problems``, each bad row is recorded there and
+    left out instead of raising at the first."""
     csv_path = root / CSV_NAME
     rows = read_csv_rows(csv_path)
     if not rows:
@@ -64,34 +71,56 @@ def load(root: Path, check_files: bool = True) -> DataSet:
     img_dir = safe_join(root, IMAGE_DIR, csv_path)
     mask_dir = safe_join(root, MASK_DIR, csv_path)
     samples = []
+    seen: dict[str, int] = {}
     for i, row in enumerate(rows[1:], start=2):
         row = row + [""] * (len(header) - len(row))
-        image_id = check_id(row[col["image_id"]], csv_path)
-        label = parse_label(row[col["label"]], csv_path, i)
-        split = row[col["split"]].lower() if "split" in col else ""
-        if split and split not in SPLITS:
-            raise DermcamError(f"line {i}: split {split!r} is not one of {SPLITS}", csv_path)
-        image_path = (find_image(img_dir, image_id, csv_path) if check_files
-                      else safe_join(img_dir, image_id + ".jpg", csv_path))
-        mask_path = None
-        if "mask" in col and row[col["mask"]]:
-            mask_path = safe_join(root, row[col["mask"]], csv_path)
-            if not mask_path.exists():
-                raise DermcamError(f"line {i}: mask file {row[col['mask']]!r} not found",
+        try:
+            image_id = check_id(row[col["image_id"]], csv_path)
+            label = parse_label(row[col["label"]], csv_path, i)
+            split = row[col["split"]].lower() if "split" in col else ""
+            if split and split not in SPLITS:
+                raise DermcamError(f"line {i}: split {split!r} is not one of {SPLITS}",
                                    csv_path)
-        elif mask_dir.is_dir():
-            for ext in (".png", "_segmentation.png", "_Segmentation.png", ".jpg"):
-                p = safe_join(mask_dir, image_id + ext, csv_path)
-                if p.exists():
-                    mask_path = p
-                    break
-        samples.append(Sample(image_id, image_path, label, split, mask_path))
+            image_path = (find_image(img_dir, image_id, csv_path) if check_files
+                          else safe_join(img_dir, image_id + ".jpg", csv_path))
+            mask_path = None
+            if "mask" in col and row[col["mask"]]:
+                mask_path = safe_join(root, row[col["mask"]], csv_path)
+                if not mask_path.exists():
+                    raise DermcamError(f"line {i}: mask file {row[col['mask']]!r} not found",
+                                       csv_path)
+            elif mask_dir.is_dir():
+                for ext in (".png", "_segmentation.png", "_Segmentation.png", ".jpg"):
+                    p = safe_join(mask_dir, image_id + ext, csv_path)
+                    if p.exists():
+                        mask_path = p
+                        break
+        except DermcamError as exc:
+            if problems is None:
+                raise
+            problems.append(Problem.from_error(exc, csv_path, i, row[col["image_id"]] or None))
+            continue
+        if problems is not None and image_id in seen:
+            problems.append(Problem(str(csv_path), f"duplicate image id (first on line "
+                                                   f"{seen[image_id]})", "error", i, image_id))
+            continue
+        seen.setdefault(image_id, i)
+        group = row[col["group"]].strip() if "group" in col else ""
+        samples.append(Sample(image_id, image_path, label, split, mask_path,
+                              group=group or None))
     check_duplicates(samples, csv_path)
     ds = DataSet(name=root.name, root=root, layout="generic", samples=samples)
     if "split" not in col or all(not s.split for s in samples):
-        ds.samples = _holdout(samples)
+        if any(s.group for s in samples):  # whole groups, as HAM10000's lesion_id
+            from dermcam.data.ham10000 import lesion_holdout
+
+            ds.samples = lesion_holdout(samples, {s.image_id: s.group or "\0" + s.image_id
+                                                  for s in samples}, TEST_FRACTION)
+        else:
+            ds.samples = _holdout(samples)
         ds.notes.append(f"no split column: a seeded stratified {TEST_FRACTION:.0%} "
-                        "of images is held out as the test split")
+                        "of images is held out as the test split"
+                        + (" (whole groups)" if any(s.group for s in samples) else ""))
     elif any(not s.split for s in samples):
         raise DermcamError("some rows have a split and some do not; fill the split column",
                            csv_path)

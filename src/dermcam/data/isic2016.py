@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dermcam.data.dataset import (
     DataSet,
+    Problem,
     Sample,
     check_duplicates,
     find_image,
@@ -43,7 +44,9 @@ def matches(root: Path) -> bool:
     return (root / TRAIN_CSV).exists() or (root / TEST_CSV).exists()
 
 
-def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files: bool):
+def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files: bool,
+                problems: list[Problem] | None = None):
+    """The split's samples; with ``problems``, bad rows are recorded there and skipped."""
     csv_path = root / csv_name
     if not csv_path.exists():
         return []
@@ -51,20 +54,32 @@ def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files:
     if not img_dir.is_dir():
         raise DermcamError(f"image folder {folder} is missing beside the ground truth", csv_path)
     samples = []
+    seen: dict[str, int] = {}
     for i, row in enumerate(read_csv_rows(csv_path), start=1):
         if i == 1 and row and row[0].lower() in ("image_id", "image", "id", "isic_id"):
             continue  # tolerate a header row some re-packagings add
-        if len(row) < 2:
-            raise DermcamError(f"line {i}: expected 'image_id,label', got {','.join(row)!r}",
-                               csv_path)
-        image_id = check_id(row[0], csv_path)
-        label = parse_label(row[1], csv_path, i)
-        if check_files:
-            image_path = find_image(img_dir, image_id, csv_path)
-        else:
-            image_path = safe_join(img_dir, image_id + ".jpg", csv_path)
-        mask = safe_join(img_dir, image_id + MASK_SUFFIX, csv_path)
-        art = safe_join(img_dir, image_id + ARTIFACT_SUFFIX, csv_path)
+        try:
+            if len(row) < 2:
+                raise DermcamError(f"line {i}: expected 'image_id,label', got "
+                                   f"{','.join(row)!r}", csv_path)
+            image_id = check_id(row[0], csv_path)
+            label = parse_label(row[1], csv_path, i)
+            if check_files:
+                image_path = find_image(img_dir, image_id, csv_path)
+            else:
+                image_path = safe_join(img_dir, image_id + ".jpg", csv_path)
+            mask = safe_join(img_dir, image_id + MASK_SUFFIX, csv_path)
+            art = safe_join(img_dir, image_id + ARTIFACT_SUFFIX, csv_path)
+        except DermcamError as exc:
+            if problems is None:
+                raise
+            problems.append(Problem.from_error(exc, csv_path, i, row[0] if row else None))
+            continue
+        if problems is not None and image_id in seen:
+            problems.append(Problem(str(csv_path), f"duplicate image id (first on line "
+                                                   f"{seen[image_id]})", "error", i, image_id))
+            continue
+        seen.setdefault(image_id, i)
         samples.append(Sample(image_id, image_path, label, split,
                               mask if mask.exists() else None,
                               art if art.exists() else None))
@@ -72,13 +87,30 @@ def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files:
     return samples
 
 
-def load(root: Path, check_files: bool = True) -> DataSet:
-    train = _read_split(root, TRAIN_CSV, TRAIN_DIR, "train", check_files)
-    test = _read_split(root, TEST_CSV, TEST_DIR, "test", check_files)
+def load(root: Path, check_files: bool = True, problems: list[Problem] | None = None
+         ) -> DataSet:
+    """The data set under ``root``; with ``problems``, every bad row (or unreadable ground
+    truth) is recorded there and left out instead of raising at the first."""
+
+    def read(csv_name: str, folder: str, split: str) -> list[Sample]:
+        if problems is None:
+            return _read_split(root, csv_name, folder, split, check_files)
+        try:
+            return _read_split(root, csv_name, folder, split, check_files, problems)
+        except DermcamError as exc:
+            problems.append(Problem.from_error(exc, root / csv_name))
+            return []
+
+    train = read(TRAIN_CSV, TRAIN_DIR, "train")
+    test = read(TEST_CSV, TEST_DIR, "test")
     both = sorted({s.image_id for s in train} & {s.image_id for s in test})
-    if both:
+    if both and problems is None:
         raise DermcamError(f"image id(s) also in {TRAIN_CSV}: {', '.join(both[:5])}",
                            root / TEST_CSV)
+    for image_id in both:
+        problems.append(Problem(str(root / TEST_CSV), f"image id also in {TRAIN_CSV}",
+                                image_id=image_id))
+    test = [s for s in test if s.image_id not in both]
     samples = train + test
     meta = root / "metadata.csv"
     name = "synthetic dermoscopy benchmark" if (root / "synth.json").exists() else "ISIC 2016 Part 3B"
