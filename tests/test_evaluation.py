@@ -445,3 +445,85 @@ def test_metrics_table_and_format_comparison():
     named = evaluate_predictions(df, _thresholds(df), n_boot=20, display_names={"resnet18": "R"})
     assert named["models"]["resnet18"]["display_name"] == "R"
     assert named["pairwise"][0]["sentence"].startswith("EfficientNet-B0 vs R:")
+
+
+# --------------------------------------------------------------------------- issue #13:
+# multiplicity families (item 6) and clustered resampling (item 8)
+
+
+def test_every_pairwise_family_is_holm_adjusted_with_raw_p_kept():
+    from statsmodels.stats.multitest import multipletests
+
+    df = _isic_like(n_neg=150, n_pos=40)
+    res = evaluate_predictions(df, _thresholds(df), n_boot=200, seed=0)
+    pw = res["pairwise"]
+    fams = res["multiplicity"]["families"]
+    assert res["multiplicity"]["method"] == "Holm" and res["resampling"] == "images"
+    getters = {"auc_delong": lambda r: r["auc"], "auc_bootstrap": lambda r: r["auc_bootstrap"],
+               "average_precision": lambda r: r["average_precision"],
+               "accuracy_bootstrap": lambda r: r["accuracy"],
+               "accuracy_mcnemar": lambda r: r["accuracy"]["mcnemar"]}
+    assert set(fams) == set(getters)
+    for fam, get in getters.items():
+        raw = np.array([get(r)["p"] for r in pw], dtype=float)
+        want = multipletests(raw, method="holm")[1]
+        got = np.array([get(r)["p_adjusted"] for r in pw], dtype=float)
+        np.testing.assert_allclose(got, want)
+        assert all(get(r)["family"] == fam for r in pw) and fams[fam]["k"] == len(pw)
+        assert (got >= raw - 1e-15).all()
+    for r in pw:  # the primary AUC test is DeLong without clusters
+        assert r["auc_test"] == "DeLong" and r["p_holm"] == r["auc"]["p_adjusted"]
+
+
+def _duplicated(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Every image k times under new ids, one group per original image."""
+    parts = []
+    for j in range(k):
+        parts.append(df.assign(group=df["image_id"], image_id=df["image_id"] + f"_copy{j}"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_cluster_bootstrap_ci_of_duplicated_images_equals_single_copy_naive_shrinks():
+    df = _isic_like(n_neg=120, n_pos=40, models=(("a", 1.0), ("b", 1.4)), seed=2)
+    thr = {"a": 0.3, "b": 0.3}
+    k = 4
+    single = evaluate_predictions(df, thr, n_boot=400, seed=7)
+    clustered = evaluate_predictions(_duplicated(df, k), thr, n_boot=400, seed=7)
+    naive = evaluate_predictions(_duplicated(df, k).drop(columns="group"), thr, n_boot=400,
+                                 seed=7)
+    assert clustered["resampling"] == "cluster (group), 160 clusters"
+    assert single["resampling"] == naive["resampling"] == "images"
+    assert "cluster bootstrap" in clustered["ci_method"]
+    for block, metric in (("threshold_free", "roc_auc"), ("threshold_free", "average_precision"),
+                          ("at_threshold", "accuracy")):
+        s = single["models"]["b"][block][metric]
+        c = clustered["models"]["b"][block][metric]
+        n = naive["models"]["b"][block][metric]
+        assert c["value"] == pytest.approx(s["value"])
+        assert (c["lo"], c["hi"]) == pytest.approx((s["lo"], s["hi"]), abs=1e-9)
+        assert (n["hi"] - n["lo"]) < 0.7 * (s["hi"] - s["lo"])  # about 1/sqrt(4) as wide
+    sp, cp = single["pairwise"][0], clustered["pairwise"][0]
+    assert (cp["auc_bootstrap"]["lo"], cp["auc_bootstrap"]["hi"], cp["auc_bootstrap"]["p"]) == \
+        pytest.approx((sp["auc_bootstrap"]["lo"], sp["auc_bootstrap"]["hi"],
+                       sp["auc_bootstrap"]["p"]))
+    # with clusters the verdict uses the cluster bootstrap, not DeLong (which assumes
+    # independent images), and the sentence says so
+    assert cp["auc_test"] == "paired cluster bootstrap"
+    assert cp["p_holm"] == cp["auc_bootstrap"]["p_adjusted"]
+    assert "paired bootstrap over 160 group clusters" in cp["sentence"]
+    assert clustered["multiplicity"]["primary_auc"] == "auc_bootstrap"
+
+
+def test_groups_that_are_all_distinct_change_nothing():
+    df = _isic_like(n_neg=100, n_pos=30)
+    plain = evaluate_predictions(df, _thresholds(df), n_boot=150, seed=3)
+    grouped = evaluate_predictions(df.assign(group=df["image_id"] + "_lesion"),
+                                   _thresholds(df), n_boot=150, seed=3)
+    assert json.dumps(plain, sort_keys=True) == json.dumps(grouped, sort_keys=True)
+
+
+def test_groups_must_agree_across_models():
+    df = _isic_like(n_neg=20, n_pos=10, models=(("a", 1.0), ("b", 1.0)))
+    df["group"] = np.where(df["model"] == "a", df["image_id"], "one")
+    with pytest.raises(ValueError, match="different groups"):
+        evaluate_predictions(df, {"a": 0.5, "b": 0.5}, n_boot=20)

@@ -267,3 +267,86 @@ def test_holm_known_values():
     out = holm([0.5, np.nan, 0.9])
     assert math.isnan(out[1])
     np.testing.assert_allclose(out[[0, 2]], [1.0, 1.0])
+
+
+# --------------------------------------------------------------------------- multiplicity
+# (issue #13 item 6) and clustered resampling (item 8)
+
+
+def test_adjust_pvalues_matches_statsmodels_multipletests_and_skips_nan():
+    from statsmodels.stats.multitest import multipletests
+
+    from dermcam.stats import adjust_pvalues
+
+    p = np.array([0.001, 0.2, np.nan, 0.03, 0.04, 0.5])
+    ok = np.isfinite(p)
+    for method in ("holm", "fdr_bh"):
+        got = adjust_pvalues(p, method)
+        assert math.isnan(got[2])
+        np.testing.assert_allclose(got[ok], multipletests(p[ok], method=method)[1])
+    np.testing.assert_allclose(adjust_pvalues(p, "holm"), holm(p))  # the old helper agrees
+    # BH by hand: sorted 0.001 0.03 0.04 0.2 0.5 -> min over j >= i of p_j * 5 / j:
+    # 0.001*5, min(0.03*5/2, 0.04*5/3), 0.04*5/3, 0.2*5/4, 0.5
+    np.testing.assert_allclose(adjust_pvalues([0.001, 0.03, 0.04, 0.2, 0.5], "fdr_bh"),
+                               [0.005, 0.2 / 3, 0.2 / 3, 0.25, 0.5])
+    with pytest.raises(ValueError):
+        adjust_pvalues(p, "bonferroni-ish")
+
+
+def test_cluster_info_singletons_and_missing_ids():
+    from dermcam.stats import cluster_info
+
+    assert cluster_info(None) is None
+    assert cluster_info(["a", "b", "c"]) is None  # every cluster one image: no clustering
+    assert cluster_info(["a", None, float("nan"), ""]) is None  # missing ids: own clusters
+    cl, k = cluster_info(["b", "a", "b", None])
+    assert k == 3 and cl[0] == cl[2] and len({cl[0], cl[1], cl[3]}) == 3
+
+
+def test_cluster_bootstrap_with_one_image_per_cluster_is_the_plain_bootstrap():
+    from dermcam.stats import bootstrap_indices, cluster_bootstrap_counts
+
+    y = np.array([0, 1, 0, 0, 1, 1, 0, 1, 0, 0])
+    for stratified in (True, False):
+        plain = bootstrap_counts(bootstrap_indices(y, 50, 3, stratified=stratified), y.size)
+        clus = cluster_bootstrap_counts(y, np.arange(y.size), y.size, 50, 3, stratified)
+        np.testing.assert_array_equal(plain, clus)
+
+
+def test_cluster_bootstrap_moves_whole_clusters_and_keeps_cluster_counts_per_class():
+    from dermcam.stats import cluster_info, resampling_weights
+
+    # clusters: a (3 benign), b (2 malignant), c (1 benign + 1 malignant -> malignant),
+    # d (1 benign), e (2 benign)
+    groups = ["a", "a", "a", "b", "b", "c", "c", "d", "e", "e"]
+    y = np.array([0, 0, 0, 1, 1, 0, 1, 0, 0, 0])
+    w = resampling_weights(y, 200, seed=1, groups=groups)
+    cl, k = cluster_info(groups)
+    assert w.shape == (200, 10) and k == 5
+    for c in range(k):  # one weight per cluster in every resample
+        members = np.flatnonzero(cl == c)
+        assert (w[:, members] == w[:, members[:1]]).all()
+    per_cluster = np.stack([w[:, np.flatnonzero(cl == c)[0]] for c in range(k)], axis=1)
+    # malignant clusters b, c (2 of them) and benign a, d, e (3): counts kept per resample
+    np.testing.assert_array_equal(per_cluster[:, [1, 2]].sum(axis=1), 2)
+    np.testing.assert_array_equal(per_cluster[:, [0, 3, 4]].sum(axis=1), 3)
+
+
+def test_cluster_bootstrap_ci_ignores_duplicated_images_naive_one_shrinks():
+    from dermcam.leakage import bootstrap_mean_ci
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=60)
+    k = 4
+    dup = np.repeat(x, k)  # every image k times, e.g. k photos of one lesion
+    groups = np.repeat([f"lesion{i:03d}" for i in range(x.size)], k)
+    single = bootstrap_mean_ci(x, n_boot=2000, seed=5)
+    clustered = bootstrap_mean_ci(dup, n_boot=2000, seed=5, groups=groups)
+    naive = bootstrap_mean_ci(dup, n_boot=2000, seed=5)
+    # same cluster draws as the single copy's image draws: the same interval
+    np.testing.assert_allclose(clustered, single, rtol=0, atol=1e-12)
+    w_single, w_naive = single[1] - single[0], naive[1] - naive[0]
+    assert w_naive / w_single == pytest.approx(1 / math.sqrt(k), rel=0.15)  # falsely narrow
+    # groups that are all distinct change nothing
+    assert bootstrap_mean_ci(x, n_boot=500, seed=2, groups=[str(i) for i in range(60)]) == \
+        bootstrap_mean_ci(x, n_boot=500, seed=2)

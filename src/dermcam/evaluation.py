@@ -35,11 +35,14 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from dermcam.stats import (
+    ADJUST_METHODS,
     _as_labels,
     _as_scores,
+    adjust_pvalues,
     bootstrap_counts,
+    cluster_info,
+    cluster_labels,
     delong_test,
-    holm,
     mcnemar,
     percentile_interval,
     stratified_bootstrap_indices,
@@ -409,6 +412,20 @@ def _validate_predictions(
     return models, wide.index.to_numpy(), y, probs
 
 
+def _image_groups(predictions: pd.DataFrame, image_ids: np.ndarray) -> np.ndarray | None:
+    """The ``group`` column per image (aligned with ``image_ids``), or None without one."""
+    if "group" not in predictions.columns:
+        return None
+    g = predictions.loc[:, ["image_id", "group"]]
+    g = g.assign(group=g["group"].astype(object).where(g["group"].notna(), None))
+    n_groups = g.groupby("image_id")["group"].nunique(dropna=False)
+    if (n_groups > 1).any():
+        bad = n_groups.index[n_groups > 1][:3].tolist()
+        raise ValueError(f"image_ids with different groups across models: {bad}")
+    per_image = g.drop_duplicates("image_id").set_index("image_id")["group"]
+    return per_image.loc[image_ids].to_numpy(dtype=object)
+
+
 def _ci(value: float, boot: np.ndarray, alpha: float, what: str) -> dict[str, float]:
     if not math.isfinite(value):
         return {"value": math.nan, "lo": math.nan, "hi": math.nan}
@@ -455,6 +472,7 @@ def evaluate_predictions(
     alpha: float = 0.05,
     n_bins: int = 10,
     display_names: Mapping[str, str] | None = None,
+    cluster_name: str = "group",
 ) -> dict[str, Any]:
     """Evaluate and compare models on one test set, with CIs for every figure.
 
@@ -469,6 +487,20 @@ def evaluate_predictions(
     CIs: one set of ``n_boot`` stratified bootstrap resamples (seeded) is shared
     by all models and the baseline, so paired differences use the same
     resamples; percentile intervals at level ``1 - alpha``.
+
+    Clusters: an optional ``group`` column (one lesion or patient per value, e.g.
+    HAM10000's lesion_id; ``cluster_name`` names it in the output) makes every
+    resample draw whole clusters (stratified by the cluster's class, see
+    :func:`dermcam.stats.cluster_bootstrap_counts`), for every CI and every paired
+    bootstrap test. DeLong and McNemar assume independent images, so with clusters
+    they are still reported but the AUC verdict (``p_holm``, ``significant``) uses
+    the paired cluster bootstrap instead. Without a ``group`` column, or when every
+    group holds one image, nothing changes. ``resampling`` says which was used.
+
+    Multiplicity: each kind of paired test forms one family over the model pairs
+    (``multiplicity["families"]``: DeLong AUC, paired bootstrap AUC, AP and accuracy,
+    McNemar) and is Holm-adjusted within it; every test dict keeps its raw ``p`` and
+    gets ``p_adjusted`` and ``family`` beside it.
 
     Returns a JSON-ready dict (plain floats/ints/lists; NaN -> ``None``)::
 
@@ -492,15 +524,18 @@ def evaluate_predictions(
                        "average_precision": {...same...},
                        "accuracy": {"diff", "lo", "hi", "p", "n_valid",
                                     "mcnemar": {"b", "c", "statistic", "p", "method"}},
-                       "p_holm", "significant", "sentence"}]}
+                       "auc_test", "p_holm", "significant", "sentence"}],
+         "resampling", "multiplicity": {"method", "families", "primary_auc"}}
 
     Pairwise entries cover every model pair in order of first appearance; all
-    differences are ``b - a``. ``significant`` is the DeLong AUC test after Holm
-    correction over all pairs (``p_holm < alpha``). The all-benign baseline is a
+    differences are ``b - a``. ``significant`` is the primary AUC test (``auc_test``:
+    DeLong, or the paired cluster bootstrap with clusters) after Holm correction
+    over all pairs (``p_holm < alpha``). The all-benign baseline is a
     constant score 0 at threshold 0.5 (so its AUC is 0.5, its AP the prevalence).
     """
     t0 = time.perf_counter()
-    models, _, y, probs = _validate_predictions(predictions)
+    models, image_ids, y, probs = _validate_predictions(predictions)
+    clusters = cluster_info(_image_groups(predictions, image_ids))
     if "all_benign" in models:
         raise ValueError("'all_benign' is reserved for the baseline; rename that model")
     missing = [m for m in models if m not in thresholds]
@@ -519,14 +554,21 @@ def evaluate_predictions(
     prevalence = n_mal / n
 
     # -- bootstrap distributions, all models on the same resamples, chunked for memory
-    idx = stratified_bootstrap_indices(y, n_boot, seed)
+    if clusters is None:
+        idx = stratified_bootstrap_indices(y, n_boot, seed)
+        n_units, expand = n, None
+    else:  # resample whole clusters: indices over clusters, weights expanded to images
+        expand, n_units = clusters
+        idx = stratified_bootstrap_indices(cluster_labels(y, expand, n_units), n_boot, seed)
     baseline_prob = np.zeros(n)
     subjects = {**{m: probs[i] for i, m in enumerate(models)}, "all_benign": baseline_prob}
     sub_thr = {**thr, "all_benign": 0.5}
     boot: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in subjects}
     chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
     for start in range(0, idx.shape[0], chunk):
-        w = bootstrap_counts(idx[start : start + chunk], n)
+        w = bootstrap_counts(idx[start : start + chunk], n_units)
+        if expand is not None:
+            w = w[:, expand]
         for s, p in subjects.items():
             parts = {
                 f"thr:{key}": v
@@ -623,15 +665,38 @@ def evaluate_predictions(
                 "accuracy": acc,
             }
         )
-    p_adj = holm([pw["auc"]["p"] for pw in pairwise]) if pairwise else np.array([])
-    for pw, pa in zip(pairwise, p_adj, strict=True):
+    # -- multiplicity: one family per kind of paired test, Holm within it
+    families = {
+        "auc_delong": ("DeLong test of the AUC difference", lambda pw: pw["auc"]),
+        "auc_bootstrap": ("paired bootstrap of the AUC difference",
+                          lambda pw: pw["auc_bootstrap"]),
+        "average_precision": ("paired bootstrap of the AP difference",
+                              lambda pw: pw["average_precision"]),
+        "accuracy_bootstrap": ("paired bootstrap of the accuracy difference",
+                               lambda pw: pw["accuracy"]),
+        "accuracy_mcnemar": ("McNemar test of the accuracies",
+                             lambda pw: pw["accuracy"]["mcnemar"]),
+    }
+    for family, (_, get) in families.items():
+        adj = adjust_pvalues([get(pw)["p"] for pw in pairwise], "holm")
+        for pw, pa in zip(pairwise, adj, strict=True):
+            get(pw).update(p_adjusted=float(pa), family=family)
+    primary = "auc_delong" if clusters is None else "auc_bootstrap"
+    level = round(100 * (1 - alpha))
+    for pw in pairwise:
+        dl = pw["auc"] if clusters is None else pw["auc_bootstrap"]
+        pa = dl["p_adjusted"]
+        pw["auc_test"] = "DeLong" if clusters is None else "paired cluster bootstrap"
         pw["p_holm"] = float(pa)
         pw["significant"] = bool(math.isfinite(pa) and pa < alpha)
-        dl = pw["auc"]
-        level = round(100 * (1 - alpha))
         holm_note = f" (Holm-adjusted {_fmt_p(pa)})" if len(pairwise) > 1 else ""
-        # DeLong is undefined on degenerate data (dl["reason"]): say why, never "significant".
-        why = f" ({dl['reason'].replace('_', ' ')})" if not math.isfinite(dl["p"]) else ""
+        if clusters is None:
+            # DeLong is undefined on degenerate data (dl["reason"]): say why, never
+            # "significant".
+            why = f" ({dl['reason'].replace('_', ' ')})" if not math.isfinite(dl["p"]) else ""
+        else:
+            why = (f" (paired bootstrap over {clusters[1]} {cluster_name} clusters"
+                   + ("; undefined" if not math.isfinite(dl["p"]) else "") + ")")
         pw["sentence"] = (
             f"{names[pw['b']]} vs {names[pw['a']]}: AUC difference "
             f"{_fmt_num(dl['diff'])}, {level} % CI {_fmt_num(dl['lo'])}..{_fmt_num(dl['hi'])}, "
@@ -645,7 +710,25 @@ def evaluate_predictions(
         "seed": seed,
         "alpha": float(alpha),
         "n_bins": int(n_bins),
-        "ci_method": "percentile bootstrap, resampled within each class (stratified)",
+        "ci_method": (
+            "percentile bootstrap, resampled within each class (stratified)"
+            if clusters is None
+            else f"percentile cluster bootstrap: whole {cluster_name} clusters resampled "
+            "within each class (a cluster is malignant if any of its images is)"
+        ),
+        "resampling": (
+            "images" if clusters is None
+            else f"cluster ({cluster_name}), {clusters[1]} clusters"
+        ),
+        "multiplicity": {
+            "method": ADJUST_METHODS["holm"],
+            "families": {
+                f: {"test": desc, "over": "model pairs",
+                    "k": int(sum(math.isfinite(get(pw)["p"]) for pw in pairwise))}
+                for f, (desc, get) in families.items()
+            },
+            "primary_auc": primary,
+        },
         "threshold_rule": "malignant if prob_malignant >= threshold",
         "pairwise_diff": "b - a",
         "test": {"n": n, "n_malignant": n_mal, "n_benign": n - n_mal, "prevalence": prevalence},

@@ -44,6 +44,11 @@ __all__ = [
     "delong_test",
     "mcnemar",
     "holm",
+    "adjust_pvalues",
+    "cluster_info",
+    "cluster_labels",
+    "cluster_bootstrap_counts",
+    "resampling_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,6 +134,99 @@ def bootstrap_indices(
         out[:, col : col + k] = members[rng.integers(0, k, size=(n_boot, k))]
         col += k
     return out
+
+
+def cluster_info(groups: Any) -> tuple[np.ndarray, int] | None:
+    """``(cluster index per sample (N,), number of clusters)``, or None without clusters.
+
+    ``groups``: ``(N,)`` cluster ids (a lesion or a patient), or None. A missing id (None,
+    NaN, ``""``) makes that sample its own cluster. Returns None when ``groups`` is None
+    or every cluster holds one sample: then resampling clusters is resampling samples, and
+    callers keep the plain (per-sample) bootstrap, number for number.
+    """
+    if groups is None:
+        return None
+    g = _group_strings(groups)
+    if g.ndim != 1:
+        raise ValueError(f"groups must be 1-D (N,), got shape {g.shape}")
+    missing = np.array([v == "" for v in g], dtype=bool)
+    if missing.any():  # own cluster each, named so they cannot collide with real ids
+        g = g.copy()
+        g[missing] = [f"\x00missing{i}" for i in np.flatnonzero(missing)]
+    _, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
+    if counts.size == g.size:
+        return None
+    return inverse.astype(np.int64).ravel(), int(counts.size)
+
+
+def _group_strings(values: Any) -> np.ndarray:
+    """``(N,)`` object array of strings; None/NaN become ``""``."""
+    arr = np.asarray(values, dtype=object).ravel() if np.ndim(values) else np.asarray(
+        [values], dtype=object)
+    out = np.empty(arr.size, dtype=object)
+    for i, v in enumerate(arr):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out[i] = ""
+        else:
+            out[i] = str(v)
+    return out
+
+
+def cluster_labels(y: Any, cluster: np.ndarray, n_clusters: int) -> np.ndarray:
+    """``(n_clusters,)`` class of each cluster: the largest label among its samples."""
+    y = np.asarray(y)
+    cluster = np.asarray(cluster, dtype=np.int64)
+    if cluster.shape != y.shape:
+        raise ValueError(f"cluster {cluster.shape} must match y {y.shape}")
+    yc = np.full(int(n_clusters), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(yc, cluster, y.astype(np.int64))
+    return yc
+
+
+def cluster_bootstrap_counts(
+    y: Any, cluster: np.ndarray, n_clusters: int, n_boot: int,
+    seed: int | np.random.Generator = 0, stratified: bool = True,
+) -> np.ndarray:
+    """Cluster bootstrap as sample weights: ``(n_boot, N)`` float64.
+
+    ``y``: ``(N,)`` labels; ``cluster``: ``(N,)`` cluster index in ``[0, n_clusters)``
+    (from :func:`cluster_info`). Whole clusters are drawn with replacement and every
+    sample gets its cluster's multiplicity, so images of one lesion or patient enter a
+    resample together (or not at all). Stratified (default): the clusters of each class
+    are drawn within that class, keeping the number of clusters per class; a cluster's
+    class is malignant when any of its samples is (the class used by the group-aware
+    splits). The draws are those of :func:`bootstrap_indices` on the cluster-level labels
+    (same seed, same generator use), so with one sample per cluster, in cluster order, the
+    weights equal ``bootstrap_counts(bootstrap_indices(y, ...))``.
+    """
+    cluster = np.asarray(cluster, dtype=np.int64)
+    idx = bootstrap_indices(cluster_labels(y, cluster, n_clusters), n_boot, seed,
+                            stratified=stratified)
+    mult = bootstrap_counts(idx, int(n_clusters))
+    return mult[:, cluster]
+
+
+def resampling_weights(
+    y: Any, n_boot: int, seed: int | np.random.Generator = 0, stratified: bool = True,
+    groups: Any = None,
+) -> np.ndarray:
+    """``(n_boot, N)`` bootstrap multiplicities: per sample, or per cluster with ``groups``.
+
+    Without clusters (``groups`` None or all singletons, see :func:`cluster_info`) this is
+    ``bootstrap_counts(bootstrap_indices(y, n_boot, seed, stratified), N)``.
+    """
+    y = np.asarray(y)
+    info = cluster_info(groups)
+    if info is None:
+        return bootstrap_counts(bootstrap_indices(y, n_boot, seed, stratified=stratified),
+                                y.size)
+    return cluster_bootstrap_counts(y, info[0], info[1], n_boot, seed, stratified)
+
+
+def resampling_label(groups: Any, name: str = "group") -> str:
+    """The ``resampling`` field: ``"cluster (NAME), k clusters"`` or ``"images"``."""
+    info = cluster_info(groups)
+    return "images" if info is None else f"cluster ({name}), {info[1]} clusters"
 
 
 def bootstrap_counts(indices: np.ndarray, n: int) -> np.ndarray:
@@ -476,4 +574,30 @@ def holm(pvalues: Any) -> np.ndarray:
     order = ok[np.argsort(p[ok], kind="stable")]
     adj = np.maximum.accumulate((k - np.arange(k)) * p[order])
     out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+#: Names used in outputs for the adjustment methods :func:`adjust_pvalues` accepts.
+ADJUST_METHODS = {"holm": "Holm", "fdr_bh": "Benjamini-Hochberg"}
+
+
+def adjust_pvalues(pvalues: Any, method: str = "holm") -> np.ndarray:
+    """Multiplicity-adjusted p-values within one family, ``(K,)`` in, ``(K,)`` out.
+
+    ``method``: ``"holm"`` (Holm-Bonferroni, family-wise error rate) or ``"fdr_bh"``
+    (Benjamini-Hochberg, false discovery rate); computed by
+    ``statsmodels.stats.multitest.multipletests``. NaN p-values (undefined tests) stay
+    NaN and do not count towards the family size.
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    if method not in ADJUST_METHODS:
+        raise ValueError(f"method must be one of {sorted(ADJUST_METHODS)}, got {method!r}")
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"pvalues must be 1-D (K,), got shape {p.shape}")
+    out = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method=method)[1]
     return out
