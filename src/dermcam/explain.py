@@ -279,15 +279,17 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
                 fast: bool = True, sanity: bool = True, n_boot: int = 1000,
                 progress=None, figures: bool = True, shard: tuple[int, int] | None = None,
                 merge: bool = False, layer: str | dict | None = "auto",
-                bench_methods=None, bench_images: int = 64, cascade: bool = True
-                ) -> dict[str, Any]:
+                bench_methods=None, bench_images: int = 64, cascade: bool = True,
+                margin: float = 0.02) -> dict[str, Any]:
     """Compute (or resume) heatmaps for every trained model and ``methods``, then score.
 
     ``layer``: see :func:`parse_layer_spec` (default ``auto``: the localisation benchmark
     picks each model x method's layer on masked validation images). ``shard=(i, n)``
     computes only batches ``k`` with ``k % n == i`` (for several processes or machines
     sharing the run folder) and does not score; ``merge=True`` computes nothing, checks
-    every batch is present, and scores them all into one attention.csv.
+    every batch is present, and scores them all into one attention.csv. ``margin``: the
+    equivalence margin of the size-confound TOST (in each metric's units), stored in the
+    summary.
     """
     from dermcam.attribution import TARGETS, CamExplainer, check_method
     from dermcam.data.cache import ImageCache
@@ -297,6 +299,8 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
     run_dir = Path(run_dir)
     manifest = runmod.read_manifest(run_dir, require="train")
     methods = ["auto"] if list(methods) == ["auto"] else [check_method(m) for m in methods]
+    if not margin > 0:
+        raise DermcamError(f"--margin must be > 0, got {margin}")
     if target not in TARGETS:
         raise DermcamError(f"unknown --target {target!r}; choose from {', '.join(TARGETS)}")
     prev = manifest.get("stages", {}).get("explain", {})
@@ -382,7 +386,7 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
     timing["sanity_seconds"] = round(time.perf_counter() - t_s, 3)
     t_score = time.perf_counter()
     summary = score_run(run_dir, selection=selection, sanity=sanity_res, n_boot=n_boot,
-                        figures=figures,
+                        figures=figures, margin=margin,
                         extra={"timing": timing, "layer_choice": selection,
                                "localisation": bench_rows})
     timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
@@ -473,9 +477,14 @@ def _selection(run_dir: Path, manifest) -> list[dict[str, str]]:
     raise DermcamError("no explain selection recorded; run 'dermcam explain' first", run_dir)
 
 
+def cluster_name(ds) -> str:
+    """What a sample's ``group`` is called in outputs: lesion_id for HAM10000, else group."""
+    return "lesion_id" if getattr(ds, "layout", "") == "ham10000" else "group"
+
+
 def score_run(run_dir: str | Path, selection: list[dict] | None = None,
               sanity: dict | None = None, n_boot: int = 1000, figures: bool = True,
-              extra: dict | None = None) -> dict[str, Any]:
+              extra: dict | None = None, margin: float = 0.02) -> dict[str, Any]:
     """Score saved heatmap batches against their masks; write attention.csv, summary, figures.
 
     ``selection``: ``[{model, method, layer}]`` to score (default: what the last explain
@@ -524,6 +533,8 @@ def score_run(run_dir: str | Path, selection: list[dict] | None = None,
                                "prob_malignant": np.round(probs, 6),
                                "pred": pred, "correct": (pred == labels),
                                "cam_target": b["targets"].astype(int)})
+            if any(s.group is not None for s in samples):
+                df["group"] = [by_id[i].group for i in ids]
             for k, v in values.items():
                 df[k] = v
             df["reason"] = reasons
@@ -547,7 +558,8 @@ def score_run(run_dir: str | Path, selection: list[dict] | None = None,
     att[float_cols] = att[float_cols].round(6)
     write_csv(run_dir / "attention.csv", att)
     summary = summarise_attention(att, manifest, sanity or {}, n_boot=n_boot,
-                                  seed=manifest["seed"])
+                                  seed=manifest["seed"], margin=margin,
+                                  cluster_name=cluster_name(ds))
     if extra:
         summary.update(extra)
     summary.setdefault("timing", {})["metric_seconds"] = round(metric_seconds, 3)
@@ -562,35 +574,93 @@ SUMMARY_METRICS = ("leakage", "inside_score", "outside_score", "lesion_area", "c
                    "pointing_game")
 
 
-def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, seed: int
-                        ) -> dict[str, Any]:
+#: Metrics the class comparison, the size-confound model and the missingness analysis
+#: run on.
+TEST_METRICS = ("leakage", "excess_leakage", "pixel_auroc")
+
+#: Multiplicity families of the attention summary: name -> (method, what it holds).
+ATTENTION_FAMILIES = {
+    "class_pooled": ("fdr_bh", "Mann-Whitney benign vs malignant, pooled over the explained "
+                     "class: one test per metric x model x method (each at its layer)"),
+    "class_within_target": ("fdr_bh", "Mann-Whitney benign vs malignant within heatmaps "
+                            "explaining one class: one test per explained class x metric x "
+                            "model x method"),
+    "size_confound": ("fdr_bh", "t test of the size-adjusted class coefficient (HC3): one per "
+                      "metric x model x method"),
+    "equivalence": ("fdr_bh", "TOST of the size-adjusted class coefficient against the "
+                    "margin: one per metric x model x method"),
+}
+
+
+def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, seed: int,
+                        margin: float = 0.02, cluster_name: str = "group") -> dict[str, Any]:
+    """attention_summary.json from attention.csv rows (see README, "Attention analysis").
+
+    ``margin``: TOST equivalence margin of the size-confound models. Images that share a
+    ``group`` (lesion or patient; ``cluster_name`` names it) are resampled together in
+    every bootstrap CI of the per-class summaries; ``resampling`` says which was used.
+    Every p-value is kept raw beside its adjusted value (``p_adjusted``, within the
+    families of :data:`ATTENTION_FAMILIES`, Benjamini-Hochberg).
+    """
     from dermcam import leakage as lk
     from dermcam.localisation import artifact_ratios, uniform_guard
+    from dermcam.stats import ADJUST_METHODS, adjust_pvalues, resampling_label
 
     if "layer" not in att.columns:
         att = att.assign(layer="")
+    cluster_col = "group" if "group" in att.columns else None
+    if cluster_col is not None:
+        per_image = att.drop_duplicates("image_id")[cluster_col]
+        resampling = resampling_label(per_image.to_numpy(dtype=object), cluster_name)
+        if resampling == "images":
+            cluster_col = None
+    else:
+        resampling = "images"
+    target = (manifest or {}).get("stages", {}).get("explain", {}).get("target")
     by_class = lk.summarise(att, SUMMARY_METRICS, by=("model", "method", "label"),
-                            n_boot=n_boot, seed=seed)
+                            n_boot=n_boot, seed=seed, cluster_col=cluster_col)
     by_correct = lk.summarise(att, ("leakage", "excess_leakage", "pixel_auroc"),
-                              by=("model", "method", "correct"), n_boot=n_boot, seed=seed)
+                              by=("model", "method", "correct"), n_boot=n_boot, seed=seed,
+                              cluster_col=cluster_col)
     overall = lk.summarise(att, SUMMARY_METRICS, by=("model", "method"), n_boot=n_boot,
-                           seed=seed)
+                           seed=seed, cluster_col=cluster_col)
     tests = {}
     artifact_rows = []
+    family_members: dict[str, list[dict]] = {f: [] for f in ATTENTION_FAMILIES}
     for (model, method), g in att.groupby(["model", "method"], sort=True):
         key = f"{model}/{method}"
         layer = str(g["layer"].iloc[0])
         entry: dict[str, Any] = {"layer": layer,
                                  "uniform_guard": uniform_guard(g, n_boot=n_boot, seed=seed)}
-        for metric in ("leakage", "excess_leakage", "pixel_auroc"):
+        comparisons = {}
+        for metric in TEST_METRICS:
             try:
-                entry[f"classes_{metric}"] = lk.compare_classes(g, metric)
+                if "cam_target" in g.columns:
+                    comparisons[metric] = lk.compare_classes_by_target(g, metric)
+                    entry[f"classes_{metric}"] = comparisons[metric]["pooled"]
+                else:
+                    entry[f"classes_{metric}"] = lk.compare_classes(g, metric)
             except ValueError as exc:
                 entry[f"classes_{metric}"] = {"error": str(exc)}
+                continue
+            family_members["class_pooled"].append(entry[f"classes_{metric}"])
+            if metric in comparisons:
+                family_members["class_within_target"] += comparisons[metric][
+                    "by_target"].values()
+        if comparisons:
+            entry["class_comparison"] = comparisons
         try:
-            entry["size_confound"] = lk.size_confound(g, "leakage")
+            entry["size_confounds"] = lk.size_confounds(g, TEST_METRICS, margin=margin)
+            for res in entry["size_confounds"].values():
+                family_members["size_confound"].append(res)
+                family_members["equivalence"].append(res["equivalence"])
+            entry["size_confound"] = entry["size_confounds"]["leakage"]
         except ValueError as exc:
             entry["size_confound"] = {"error": str(exc)}
+        try:
+            entry["missingness"] = lk.missing_at_chance(g, TEST_METRICS)
+        except ValueError as exc:
+            entry["missingness"] = {"error": str(exc)}
         arts = [c.removeprefix("artifact_") for c in g.columns if c.startswith("artifact_")
                 and f"mass_{c.removeprefix('artifact_')}" in g.columns]
         if arts:
@@ -603,10 +673,24 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
         if key in sanity:
             entry["sanity"] = sanity[key]
         tests[key] = entry
+    multiplicity = _adjust_families(family_members, adjust_pvalues, ADJUST_METHODS)
+    for entry in tests.values():
+        for res in (entry.get("class_comparison") or {}).values():
+            res["sentence"] = lk.class_comparison_sentence(res, target,
+                                                           clustered=cluster_col is not None)
+        for res in (entry.get("size_confounds") or {}).values():
+            if res.get("summary") and np.isfinite(res.get("class_p_adjusted", np.nan)):
+                k = multiplicity["size_confound"]["k"]
+                res["summary"] += (f" Across the {k} size-confound tests of this run the "
+                                   f"adjusted-gap {lk._fmt_p(res['class_p_adjusted'])} is "
+                                   f"{res['adjust_method']}-adjusted "
+                                   f"{lk._fmt_p(res['p_adjusted'])}.")
     reasons = att.loc[att["reason"] != "", "reason"].value_counts().to_dict()
     return {"schema_version": 1, "n_images": int(att["image_id"].nunique()),
             "models": sorted(att["model"].unique().tolist()),
             "methods": sorted(att["method"].unique().tolist()),
+            "target": target, "equivalence_margin": margin, "resampling": resampling,
+            "multiplicity": multiplicity,
             "undefined": reasons,
             "metric_definitions": {k: {"definition": v.definition,
                                        "higher_is_better": v.higher_is_better,
@@ -616,6 +700,23 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
             "overall": overall.to_dict(orient="records"),
             "artifacts": artifact_rows,
             "tests": tests}
+
+
+def _adjust_families(members: dict[str, list[dict]], adjust, names) -> dict[str, Any]:
+    """Adjust each family's p-values in place (``p_adjusted``, ``adjust_method``,
+    ``family`` beside the raw p) and describe the families."""
+    raw_key = {"class_pooled": "p_value", "class_within_target": "p_value",
+               "size_confound": "class_p_adjusted", "equivalence": "p"}
+    out = {}
+    for family, dicts in members.items():
+        method, what = ATTENTION_FAMILIES[family]
+        raw = [float(d.get(raw_key[family], np.nan)) for d in dicts]
+        adj = adjust(raw, method) if dicts else np.array([])
+        for d, pa in zip(dicts, adj, strict=True):
+            d.update(p_adjusted=float(pa), adjust_method=names[method], family=family)
+        out[family] = {"method": names[method], "tests": what,
+                       "k": int(np.isfinite(np.asarray(raw, dtype=np.float64)).sum())}
+    return out
 
 
 def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: int = 3) -> None:

@@ -526,17 +526,38 @@ def _require(df: pd.DataFrame, columns: Iterable[str]) -> None:
 
 
 def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float]:
+                      level: float = 0.95, groups=None) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of a 1-D sample (NaNs dropped).
 
     Returns ``(low, high)``; ``(nan, nan)`` for fewer than 2 values. Seeded with
     ``numpy.random.default_rng(seed)``, so the same sample gives the same CI.
+    ``groups``: ``(N,)`` cluster ids (e.g. lesion_id) or None. When some cluster holds
+    more than one value, whole clusters are resampled (plain, unstratified) and each
+    resample's mean weights a value by its cluster's multiplicity; otherwise (the
+    default) the values themselves are resampled, exactly as without ``groups``.
     """
+    from dermcam.stats import cluster_bootstrap_counts, cluster_info
+
     x = np.asarray(x, dtype=np.float64).ravel()
-    x = x[~np.isnan(x)]
+    keep = ~np.isnan(x)
+    x = x[keep]
     n = x.size
     if n < 2 or n_boot < 1:
         return (np.nan, np.nan)
+    info = None
+    if groups is not None:
+        g = np.asarray(groups, dtype=object).ravel()
+        if g.size != keep.size:
+            raise ValueError(f"groups {g.shape} must match x ({keep.size},)")
+        info = cluster_info(g[keep])
+    if info is not None:
+        if info[1] < 2:
+            return (np.nan, np.nan)
+        w = cluster_bootstrap_counts(np.zeros(n, np.int64), info[0], info[1], n_boot, seed,
+                                     stratified=False)
+        alpha = (1.0 - level) / 2.0
+        lo, hi = np.quantile((w @ x) / w.sum(axis=1), [alpha, 1.0 - alpha])
+        return float(lo), float(hi)
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
     step = max(1, int(4_000_000 // n))  # bound the (boot, n) index array
@@ -550,7 +571,8 @@ def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0,
 
 def summarise(df: pd.DataFrame, metrics: Sequence[str],
               by: Sequence[str] = ("model", "method", "label"),
-              n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+              n_boot: int = 1000, seed: int = 0, cluster_col: str | None = None
+              ) -> pd.DataFrame:
     """Per-group descriptive statistics of each metric, one row per group x metric.
 
     Columns: the ``by`` columns, ``metric``, ``higher_is_better``, ``n`` (values
@@ -566,7 +588,16 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
     - ``"percentile bootstrap"`` otherwise: ``n_boot`` resamples, the same ``seed``
       for every group so a group's CI does not depend on the others; NaN below two
       values.
+
+    ``cluster_col``: a column of cluster ids (e.g. ``group``: HAM10000's lesion_id).
+    Where a group's values share clusters, the bootstrap resamples whole clusters
+    (``"percentile cluster bootstrap"``) and the Wilson interval uses the effective
+    sample size ``n / deff``, with the design effect ``deff`` (at least 1) the cluster
+    bootstrap variance of the proportion over the binomial one (``"wilson, design
+    effect <deff> from the cluster bootstrap"``). Groups without shared clusters are
+    summarised exactly as without ``cluster_col``.
     """
+    from dermcam.stats import cluster_info
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     by = [by] if isinstance(by, str) else list(by)
     _require(df, [*by, *metrics])
@@ -577,12 +608,26 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
         for metric in metrics:
             x = pd.to_numeric(g[metric], errors="coerce").to_numpy(dtype=np.float64)
             valid = x[~np.isnan(x)]
+            clusters = None
+            if cluster_col is not None and cluster_col in g.columns:
+                clusters = g[cluster_col].to_numpy(dtype=object)[~np.isnan(x)]
+                if cluster_info(clusters) is None:
+                    clusters = None
             if valid.size and np.isin(valid, (0.0, 1.0)).all():
-                lo, hi = _wilson_ci(int(np.count_nonzero(valid)), int(valid.size))
-                ci_method = "wilson"
-            else:
+                if clusters is None:
+                    lo, hi = _wilson_ci(int(np.count_nonzero(valid)), int(valid.size))
+                    ci_method = "wilson"
+                else:
+                    deff = _design_effect(valid, clusters, n_boot, seed)
+                    n_eff = valid.size / deff
+                    lo, hi = _wilson_ci(float(valid.mean() * n_eff), n_eff)
+                    ci_method = f"wilson, design effect {deff:.2f} from the cluster bootstrap"
+            elif clusters is None:
                 lo, hi = bootstrap_mean_ci(valid, n_boot=n_boot, seed=seed)
                 ci_method = "percentile bootstrap"
+            else:
+                lo, hi = bootstrap_mean_ci(valid, n_boot=n_boot, seed=seed, groups=clusters)
+                ci_method = "percentile cluster bootstrap"
             entry = METRICS.get(metric)
             rows.append({
                 **dict(zip(by, key, strict=True)),
@@ -602,7 +647,24 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
     return pd.DataFrame(rows, columns=cols)
 
 
-def _wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+def _design_effect(x: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> float:
+    """Cluster-bootstrap variance of the mean of ``x`` over the i.i.d. ``var / n``; >= 1.
+
+    1 when ``x`` is constant (nothing varies, clustered or not).
+    """
+    from dermcam.stats import cluster_bootstrap_counts, cluster_info
+
+    info = cluster_info(groups)
+    var = float(x.var())
+    if info is None or var == 0 or n_boot < 2:
+        return 1.0
+    w = cluster_bootstrap_counts(np.zeros(x.size, np.int64), info[0], info[1], n_boot, seed,
+                                 stratified=False)
+    boot = (w @ x) / w.sum(axis=1)
+    return max(1.0, float(boot.var(ddof=1)) / (var / x.size))
+
+
+def _wilson_ci(successes: float, n: float, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion ``successes / n`` (statsmodels)."""
     from statsmodels.stats.proportion import proportion_confint
 
@@ -644,7 +706,8 @@ def compare_classes(df: pd.DataFrame, metric: str, label_col: str = "label") -> 
     """Benign (label 0) vs malignant (label 1) on one metric: two-sided Mann-Whitney U.
 
     Returns a dict: ``n_benign``, ``n_malignant``, ``n_nan`` (rows without a metric
-    value or without a label), medians and means per class, ``u_statistic`` (U of the
+    value or without a label), ``n_nan_benign``, ``n_nan_malignant`` (rows of that class
+    without a metric value: left out of its mean), medians and means per class, ``u_statistic`` (U of the
     malignant sample), ``p_value``, ``cles`` (common language effect size:
     P(malignant > benign) + 0.5 P(tie)), ``rank_biserial`` (``2 * cles - 1``, in
     [-1, 1], positive = malignant higher), and ``reason`` (``""``, or ``"too_few"``
@@ -652,9 +715,12 @@ def compare_classes(df: pd.DataFrame, metric: str, label_col: str = "label") -> 
     missing raise ValueError.
     """
     ben, mal, n_nan = _split_classes(df, metric, label_col)
+    lab = _labels(df, label_col)
+    missing = np.isnan(pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64))
     out = {
         "metric": metric, "n_benign": int(ben.size), "n_malignant": int(mal.size),
-        "n_nan": n_nan,
+        "n_nan": n_nan, "n_nan_benign": int((missing & (lab == 0)).sum()),
+        "n_nan_malignant": int((missing & (lab == 1)).sum()),
         "median_benign": float(np.median(ben)) if ben.size else np.nan,
         "median_malignant": float(np.median(mal)) if mal.size else np.nan,
         "mean_benign": float(ben.mean()) if ben.size else np.nan,
@@ -669,6 +735,159 @@ def compare_classes(df: pd.DataFrame, metric: str, label_col: str = "label") -> 
     cles = float(res.statistic) / (mal.size * ben.size)
     out.update(u_statistic=float(res.statistic), p_value=float(res.pvalue), cles=cles,
                rank_biserial=2.0 * cles - 1.0)
+    return out
+
+
+#: Names of the explained (CAM target) classes, by class index.
+TARGET_NAMES = {0: "benign", 1: "malignant"}
+
+
+def compare_classes_by_target(df: pd.DataFrame, metric: str, target_col: str = "cam_target",
+                              label_col: str = "label") -> dict:
+    """Benign vs malignant on ``metric``, pooled and within each explained class.
+
+    With ``--target predicted`` a benign image's heatmap usually explains "benign" and a
+    malignant one's "malignant", so the pooled comparison mixes lesion type with the
+    class the heatmap explains (and with the prediction's outcome). Stratifying by
+    ``target_col`` (the class each heatmap explains) compares lesion types for a fixed
+    target. Returns ``{"metric", "pooled": compare_classes(df), "by_target": {name:
+    compare_classes(rows explaining that class)}, "n_explained": {name: rows},
+    "fixed_target"}``; ``fixed_target`` is the explained class's name when every row
+    explains the same class (then the pooled comparison is already for a fixed
+    target), else None. Classes no row explains are left out of ``by_target``.
+    """
+    _require(df, [metric, label_col, target_col])
+    tgt = pd.to_numeric(df[target_col], errors="coerce").to_numpy(dtype=np.float64)
+    out: dict = {"metric": metric, "pooled": compare_classes(df, metric, label_col),
+                 "by_target": {}, "n_explained": {}}
+    for code, name in TARGET_NAMES.items():
+        sel = tgt == code
+        out["n_explained"][name] = int(sel.sum())
+        if sel.any():
+            out["by_target"][name] = compare_classes(df[sel], metric, label_col)
+    present = [name for name, n in out["n_explained"].items() if n]
+    out["fixed_target"] = present[0] if len(present) == 1 and np.isfinite(tgt).all() else None
+    return out
+
+
+def _p_text(c: dict) -> str:
+    """``p = 0.012`` and, when known, its multiplicity-adjusted value beside it."""
+    text = _fmt_p(c.get("p_value", np.nan))
+    if "p_adjusted" in c:
+        text += f", {c.get('adjust_method', 'adjusted')}-adjusted {_fmt_p(c['p_adjusted'])}"
+    return text
+
+
+def _gap_text(c: dict) -> str:
+    if c.get("reason"):
+        return (f"not testable (benign n {c['n_benign']}, malignant n {c['n_malignant']}: "
+                "a class has no values)")
+    return (f"median {c['median_benign']:.3f} benign (n {c['n_benign']}, {c['n_nan_benign']} "
+            f"undefined) vs {c['median_malignant']:.3f} malignant (n {c['n_malignant']}, "
+            f"{c['n_nan_malignant']} undefined), rank-biserial {c['rank_biserial']:+.2f}, "
+            f"Mann-Whitney {_p_text(c)}")
+
+
+def class_comparison_sentence(res: dict, target_mode: str | None = None,
+                              clustered: bool = False) -> str:
+    """One sentence for a :func:`compare_classes_by_target` result, from its numbers.
+
+    It names which comparison each figure is: pooled over the explained classes, or
+    within heatmaps that explain one class. ``target_mode`` (``predicted``, ``true``,
+    ``malignant``) is the explain stage's ``--target``.
+    """
+    metric = res["metric"]
+    fixed = res.get("fixed_target")
+    mode = f"--target {target_mode}; " if target_mode else ""
+    if fixed is not None:
+        text = (f"{metric}, benign vs malignant with every heatmap explaining the {fixed} "
+                f"class ({mode}a fixed target): {_gap_text(res['pooled'])}")
+    else:
+        n_exp = ", ".join(f"{n} explain {name}" for name, n in res["n_explained"].items())
+        text = (f"{metric}, benign vs malignant pooled over the explained class ({mode}"
+                f"heatmaps: {n_exp}; this mixes lesion type with the class each heatmap "
+                f"explains): {_gap_text(res['pooled'])}")
+        for name, c in res["by_target"].items():
+            text += f"; within heatmaps explaining {name}: {_gap_text(c)}"
+    if clustered:
+        text += " (Mann-Whitney treats images of one lesion as independent)"
+    return text + "."
+
+
+def _chance_values(df: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """``(N,)`` the score a uniform heatmap gets on each row, or None if it has none."""
+    area = (pd.to_numeric(df["lesion_area"], errors="coerce").to_numpy(dtype=np.float64)
+            if "lesion_area" in df.columns else None)
+    if metric in CHANCE:
+        return np.full(len(df), CHANCE[metric], dtype=np.float64)
+    if area is None:
+        return None
+    if metric == "leakage":
+        return 1.0 - area
+    if metric in ("rank_accuracy", "pointing_game"):
+        return area.copy()
+    return None
+
+
+#: How :func:`missing_at_chance` scores an undefined heatmap, per metric.
+CHANCE_TEXT = {"leakage": "leakage = chance leakage = 1 - lesion area",
+               "excess_leakage": "excess leakage 0", "pixel_auroc": "pixel AUROC 0.5",
+               "localisation_gain": "localisation gain 1",
+               "rank_accuracy": "rank accuracy = lesion area",
+               "pointing_game": "pointing game = lesion area"}
+
+
+def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "excess_leakage",
+                                                                   "pixel_auroc"),
+                      label_col: str = "label") -> dict[str, dict]:
+    """Sensitivity of the class comparison to undefined heatmaps, scored at chance.
+
+    A heatmap that is all zero (or constant before min-max normalisation, which makes it
+    zero) has no defined score and is left out of class means; if one class has more
+    of them, dropping them is informative. Here every row whose ``metric`` is NaN but
+    whose mask is usable (the chance score is finite) is scored at chance
+    (:data:`CHANCE_TEXT`), and the class means and the Mann-Whitney test are repeated.
+    Returns ``{metric: {"n_nan_benign", "n_nan_malignant", "n_imputed_benign",
+    "n_imputed_malignant", "observed": compare_classes, "at_chance": compare_classes
+    on the imputed table, "diff_observed", "diff_at_chance" (malignant minus benign
+    mean), "chance", "sentence"}}``; metrics without a chance level are skipped.
+    """
+    _require(df, [label_col])
+    lab = _labels(df, label_col)
+    out = {}
+    for metric in ([metrics] if isinstance(metrics, str) else list(metrics)):
+        if metric not in df.columns:
+            continue
+        chance = _chance_values(df, metric)
+        if chance is None:
+            continue
+        x = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64)
+        fill = np.isnan(x) & np.isfinite(chance)
+        filled = df.assign(**{metric: np.where(fill, chance, x)})
+        obs, imp = compare_classes(df, metric, label_col), compare_classes(filled, metric,
+                                                                           label_col)
+        r = {"metric": metric, "chance": CHANCE_TEXT[metric],
+             "n_nan_benign": obs["n_nan_benign"], "n_nan_malignant": obs["n_nan_malignant"],
+             "n_imputed_benign": int((fill & (lab == 0)).sum()),
+             "n_imputed_malignant": int((fill & (lab == 1)).sum()),
+             "observed": obs, "at_chance": imp,
+             "diff_observed": obs["mean_malignant"] - obs["mean_benign"],
+             "diff_at_chance": imp["mean_malignant"] - imp["mean_benign"]}
+        n_b, n_m = obs["n_benign"] + obs["n_nan_benign"], obs["n_malignant"] + obs[
+            "n_nan_malignant"]
+        head = (f"{metric}: {r['n_nan_benign']} of {n_b} benign and {r['n_nan_malignant']} of "
+                f"{n_m} malignant images have no defined score")
+        if r["n_imputed_benign"] + r["n_imputed_malignant"] == 0:
+            r["sentence"] = head + ("; none can be scored at chance (no undefined heatmap on a "
+                                    "usable mask), so the class means stand as they are.")
+        else:
+            r["sentence"] = (
+                head + f"; scoring the {r['n_imputed_benign'] + r['n_imputed_malignant']} "
+                f"undefined heatmaps at chance ({r['chance']}) moves the malignant minus benign "
+                f"mean from {r['diff_observed']:+.3f} to {r['diff_at_chance']:+.3f}, and the "
+                f"Mann-Whitney p (unadjusted) from {_bare_p(obs['p_value'])} to "
+                f"{_bare_p(imp['p_value'])}.")
+        out[metric] = r
     return out
 
 
@@ -750,6 +969,11 @@ def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC
                  for name, b, s, tt, pp, lw, up in zip(names, beta, se, t, pval, lo, hi,
                                                        strict=True)},
     }
+
+
+def _bare_p(p: float) -> str:
+    """A p-value without the ``p =``: ``0.012``, ``< 0.001`` or ``undefined``."""
+    return _fmt_p(p).removeprefix("p = ").removeprefix("p ")
 
 
 def _fmt_p(p: float) -> str:
