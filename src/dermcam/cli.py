@@ -438,13 +438,19 @@ def explain(
     cascade: Annotated[bool, typer.Option(help="Cascading randomisation in the sanity check "
                                                "(one step per block, from the output down).")]
     = True,
+    margin: Annotated[float, typer.Option(help="Equivalence margin of the lesion-size "
+                                               "confound test (TOST), in units of each metric "
+                                               "(leakage, excess leakage, pixel AUROC): an "
+                                               "adjusted class gap within +-margin counts as "
+                                               "explained by size.")] = 0.02,
 ) -> None:
     """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
 
     Writes attention.csv (one row per image x model x method: the study's leakage,
     inside and outside scores, and size-aware scores: chance and excess leakage,
     localisation gain, pixel AUROC, rank accuracy, pointing game), attention_summary.json
-    (CIs, class tests, the lesion-size confound test, sanity check, artifact attention)
+    (CIs, class tests pooled and by explained class with adjusted p-values, the lesion-size
+    confound test, undefined heatmaps scored at chance, sanity check, artifact attention)
     and figures. Interrupted runs resume from the saved heatmap batches.
     """
     from dermcam.explain import run_explain
@@ -463,7 +469,7 @@ def explain(
                               shard=shard_t, merge=merge, layer=layer,
                               bench_methods=(None if bench_methods in (None, "all") else
                                              [m.strip() for m in bench_methods.split(",")]),
-                              bench_images=bench_images, cascade=cascade)
+                              bench_images=bench_images, cascade=cascade, margin=margin)
     if shard_t is not None:
         console.print(f"shard {shard}: {summary['batches']} batch(es) written under "
                       f"{run_dir}/attention; when every shard is done: dermcam explain "
@@ -502,8 +508,9 @@ def _print_attention(summary) -> None:
     _print_localisation(summary.get("localisation"))
     for sel in summary.get("layer_choice") or []:
         console.print(f"  layer for {sel['model']}/{sel['method']}: {sel['reason']}")
-    t = Table(title="attention: mean [95 % CI] by class")
-    for c in ("model/method", "layer", "class", "n", "leakage", "chance leakage",
+    t = Table(title="attention: mean [95 % CI] by class; n (undefined, left out of the mean); "
+                    f"resampling: {summary.get('resampling', 'images')}")
+    for c in ("model/method", "layer", "class", "n (undefined)", "leakage", "chance leakage",
               "excess leakage", "pixel AUROC"):
         t.add_column(c)
     rows = {}
@@ -519,20 +526,33 @@ def _print_attention(summary) -> None:
             return f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         t.add_row(f"{model}/{method}", tests.get(f"{model}/{method}", {}).get("layer", ""),
                   "malignant" if label == 1 else "benign",
-                  str(ms["leakage"]["n"]), cell("leakage"), cell("chance_leakage"),
+                  f"{ms['leakage']['n']} ({ms['leakage'].get('n_nan', 0)})",
+                  cell("leakage"), cell("chance_leakage"),
                   cell("excess_leakage"), cell("pixel_auroc"))
     console.print(t)
     for key, entry in tests.items():
         guard = entry.get("uniform_guard") or {}
         if guard.get("sentence"):
             console.print(f"  {key}: {guard['sentence']}")
-        sc = entry.get("size_confound", {})
-        if sc.get("summary"):
-            console.print(f"  {key}: {sc['summary']}")
+        for cmp in (entry.get("class_comparison") or {}).values():
+            if cmp.get("sentence"):
+                console.print(f"  {key}: {cmp['sentence']}")
+        confounds = entry.get("size_confounds") or {"leakage": entry.get("size_confound", {})}
+        for sc in confounds.values():
+            if sc.get("summary"):
+                console.print(f"  {key}: {sc['summary']}")
+        for miss in (entry.get("missingness") or {}).values():
+            if isinstance(miss, dict) and miss.get("sentence"):
+                console.print(f"  {key}: {miss['sentence']}")
         san = entry.get("sanity")
         if san:
             console.print(f"  {key}: {_sanity_line(san)}")
     _print_artifacts(summary.get("artifacts"))
+    fams = summary.get("multiplicity") or {}
+    if fams:
+        console.print("  p-values adjusted within families: " + "; ".join(
+            f"{name} ({f['k']} tests, {f['method']})" for name, f in fams.items())
+            + "; raw p beside each in attention_summary.json")
 
 
 def _sanity_line(san) -> str:

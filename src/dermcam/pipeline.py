@@ -75,8 +75,13 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
             "prob_malignant": np.round(prob.astype(np.float64), 6),
             "pred": (prob >= thr).astype(int), "threshold": round(thr, 6)}))
     preds = pd.concat(rows, ignore_index=True)
+    if any(s.group is not None for s in samples):  # lesion/patient: bootstrap by cluster
+        preds["group"] = [s.group for s in samples] * len(rows)
     write_csv(run_dir / "predictions.csv", preds)
-    result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed)
+    from dermcam.explain import cluster_name
+
+    result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
+                                  cluster_name=cluster_name(ds))
     result["display_names"] = {m: manifest["models"][m]["display_name"] for m in thresholds}
     write_json(run_dir / "metrics.json", result)
     write_csv(run_dir / "metrics.csv", metrics_table(result))
@@ -100,6 +105,7 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
         card["test_set"] = {"name": str(ds.name), "n": int(result["test"]["n"]),
                             "n_malignant": int(result["test"]["n_malignant"])}
         card["test_ci"] = (f"{1 - result['alpha']:.0%} percentile bootstrap, stratified, "
+                           f"resampling {result['resampling']}, "
                            f"{result['n_boot']} resamples; sensitivity, specificity and balanced "
                            "accuracy at the validation-chosen threshold")
         card["evaluated_at"] = evaluated_at

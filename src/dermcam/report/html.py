@@ -86,32 +86,67 @@ CLASSIFICATION_NOTES = (
 )
 STATISTICS_NOTES = (
     ("Bootstrap CI", "Every 'value [lo, hi]' is the point estimate with a {pct} % percentile "
-     "bootstrap interval from {n_boot} resamples of the test set ({ci_method})."),
+     "bootstrap interval from {n_boot} resamples of the test set ({ci_method}). Resampling "
+     "in this run: {resampling}."),
+    ("Cluster bootstrap", "Where test images share a lesion or patient (HAM10000's "
+     "lesion_id, or a 'group' column in the generic layout), every resample draws whole "
+     "clusters, within each class (a cluster is malignant if any of its images is), for every "
+     "CI and every paired bootstrap test; DeLong and McNemar assume independent images, so "
+     "with clusters they are shown but a pair's AUC verdict uses the paired cluster bootstrap. "
+     "Without shared clusters images are resampled one by one."),
+    ("Paired bootstrap", "AUC, average-precision and accuracy differences (b - a) of two "
+     "models on the same resamples, so their correlation is kept; percentile CI and a "
+     "two-sided bootstrap p-value."),
     ("DeLong test", "Compares the ROC AUCs of two models scored on the same test images, "
      "accounting for their correlation (DeLong et al., 1988); gives the AUC difference, its "
      "CI and p-value."),
     ("McNemar test", "Compares the accuracies of two models on the same images using only "
      "the images exactly one of them gets right; exact binomial when such images are few, "
      "chi-square with continuity correction otherwise."),
-    ("Holm correction", "Step-down adjustment of the p-values of all model pairs that keeps "
-     "the family-wise error rate at alpha; a pair is 'significant' when its Holm-adjusted "
+    ("Multiplicity (Holm)", "Each kind of paired test (DeLong AUC, paired bootstrap AUC, "
+     "average precision and accuracy, McNemar) is one family over all model pairs and is "
+     "Holm-adjusted within it (statsmodels multipletests); raw and adjusted p-values sit side "
+     "by side in metrics.json. A pair is 'significant' when its AUC test's Holm-adjusted "
      "p < {alpha}."),
 )
 ATTENTION_STAT_NOTES = (
     ("Heatmaps", "Class activation maps from pytorch-grad-cam at each model's target layer, "
      "for the class given by 'target', ReLU'd and normalised as recorded in the explain "
      "stage, resized to the image size and compared with the lesion mask pixel by pixel."),
+    ("Attention CIs", "Means by class get a 95 % percentile bootstrap CI; scores that are "
+     "only 0 or 1 (pointing game with a unique maximum) get a Wilson score interval instead. "
+     "Resampling in this run: {att_resampling} (with clusters: whole clusters are "
+     "resampled, and the Wilson interval uses the effective sample size n / design effect)."),
     ("Class comparison", "Mann-Whitney U test of a metric between benign and malignant "
-     "lesions, with the rank-biserial correlation as effect size (0 = no difference)."),
-    ("Lesion-area confound", "Leakage falls as the lesion covers more of the image. Ordinary "
-     "least squares of leakage on class, then on class + lesion area: a class effect that "
-     "vanishes after adding area was a size effect."),
+     "lesions, with the rank-biserial correlation as effect size (0 = no difference). It is "
+     "reported pooled and within heatmaps that explain one class (the CAM target): with "
+     "target 'predicted' the pooled comparison mixes lesion type with the class each "
+     "heatmap explains; the sentences say which comparison each figure is. Mann-Whitney "
+     "treats images as independent."),
+    ("Multiplicity (Benjamini-Hochberg)", "The attention tests form four families, each "
+     "adjusted with Benjamini-Hochberg (false discovery rate; statsmodels multipletests): "
+     "pooled class comparisons (metric x model x method, each at its layer), class "
+     "comparisons within an explained class, the size-adjusted class coefficients, and the "
+     "equivalence tests. Raw and adjusted p-values sit side by side in "
+     "attention_summary.json."),
+    ("Lesion-area confound", "Leakage falls as the lesion covers more of the image. For "
+     "leakage, excess leakage and pixel AUROC: ordinary least squares of the metric on "
+     "class, then on class + a natural cubic regression spline in lesion area (knots at "
+     "area quantiles; linear in area below 30 images), with HC3 heteroscedasticity-robust "
+     "standard errors and t tests; the share of the class gap explained by area gets a "
+     "bootstrap CI. An equivalence test (TOST) of the adjusted class gap against "
+     "+-{margin} (in the metric's units) decides 'explained by size'; an adjusted CI "
+     "excluding 0 in the direction of the gap means 'remains'; anything else is "
+     "'inconclusive'. These models treat images as independent."),
     ("Sanity check", "Model randomisation (Adebayo et al., 2018): Spearman rank correlation "
      "between heatmaps of the trained model and of the same architecture with random weights. "
      "The method passes when the median correlation is below the recorded threshold."),
-    ("Undefined scores", "An image whose heatmap is all zero, not finite or negative, or "
-     "whose mask is empty or covers the whole image, has no defined leakage; it is counted, "
-     "with its reason, and left out of means and tests."),
+    ("Undefined scores", "An image whose heatmap is all zero (a constant map is zero after "
+     "min-max normalisation), not finite or negative, or whose mask is empty or covers the "
+     "whole image, has no defined leakage; it is counted per class beside every mean "
+     "(n_nan) and left out of means and tests. A sensitivity analysis scores undefined "
+     "heatmaps at chance (leakage = 1 - lesion area, excess leakage 0, pixel AUROC 0.5) "
+     "and repeats the class comparison."),
 )
 
 REASON_TEXT = {"zero_heatmap": "heatmap is zero everywhere",
@@ -959,7 +994,12 @@ def section_notes(r: RunFiles) -> str:
     alpha = res.get("alpha", 0.05)
     fill = {"pct": f"{100 * (1 - alpha):g}" if _finite(alpha) else "95",
             "n_boot": res.get("n_boot", "the recorded number of"),
-            "ci_method": res.get("ci_method", "see metrics.json"), "alpha": alpha}
+            "ci_method": res.get("ci_method", "see metrics.json"), "alpha": alpha,
+            "resampling": res.get("resampling", "images")}
+    summ = r.summary or {}
+    margin = summ.get("equivalence_margin")
+    att_fill = {"margin": f"{margin:g}" if _finite(margin) else "the recorded margin",
+                "att_resampling": summ.get("resampling", "images")}
     out.append("<h3>Classification</h3><dl class=\"defs\">")
     out += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in CLASSIFICATION_NOTES]
     out.append("</dl><h3>Statistics</h3><dl class=\"defs\">")
@@ -981,7 +1021,8 @@ def section_notes(r: RunFiles) -> str:
         out.append(missing("attention metric definitions: " + (r.summary_reason or
                                                                 "not in attention_summary.json")))
     out.append('<dl class="defs">')
-    out += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in ATTENTION_STAT_NOTES]
+    out += [f"<dt>{esc(k)}</dt><dd>{esc(v.format(**att_fill))}</dd>"
+            for k, v in ATTENTION_STAT_NOTES]
     out.append("</dl></section>")
     return "\n".join(out)
 
