@@ -245,3 +245,22 @@ def test_explain_margin_option_is_passed_through(monkeypatch, tmp_path):
     assert seen["margin"] == 0.05
     CliRunner().invoke(app, ["explain", str(tmp_path), "--shard", "0/1"])
     assert seen["margin"] == 0.02
+
+
+def test_report_method_notes_name_every_model_and_test_with_the_run_values():
+    from types import SimpleNamespace
+
+    from dermcam.report.html import section_notes
+
+    run = SimpleNamespace(
+        metrics={"alpha": 0.05, "n_boot": 500, "ci_method": "cluster",
+                 "resampling": "cluster (lesion_id), 12 clusters"},
+        summary={"equivalence_margin": 0.03, "resampling": "cluster (lesion_id), 9 clusters",
+                 "metric_definitions": {}}, summary_reason="")
+    notes = section_notes(run)
+    for phrase in ("natural cubic regression spline in lesion area", "HC3", "TOST",
+                   "+-0.03", "Wilson", "Holm", "Benjamini-Hochberg", "Mann-Whitney",
+                   "DeLong", "McNemar", "cluster (lesion_id), 12 clusters",
+                   "cluster (lesion_id), 9 clusters", "within heatmaps that explain one class",
+                   "scores undefined heatmaps at chance"):
+        assert phrase in notes, phrase
