@@ -591,6 +591,9 @@ def report(
     from dermcam import run as runmod
     from dermcam.report import build_report
 
+    # Training must be done; a later stage may be absent (shown as missing) but not
+    # running or failed, whose files on disk would be stale or partial.
+    runmod.read_manifest(run_dir, require="train", settled=("evaluate", "explain"))
     path = build_report(run_dir, out)
     runmod.set_stage(run_dir, "report", "complete", path=str(path))
     console.print(f"wrote {path}")

@@ -49,20 +49,35 @@ def trained_models(manifest: dict[str, Any]) -> list[str]:
 
 def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = None,
                  progress=None) -> dict[str, Any]:
-    """Predict the test split with every model's best checkpoint and write the metrics."""
-    from dermcam import plots
-    from dermcam.evaluation import evaluate_predictions, metrics_table
-    from dermcam.training import load_checkpoint, predict_dataset
+    """Predict the test split with every model's best checkpoint and write the metrics.
 
+    Refused before the stage starts (one line) when training is not complete or the test
+    split holds one class; a failure once it has started is recorded as 'failed'.
+    """
     run_dir = Path(run_dir)
     manifest = runmod.read_manifest(run_dir, require="train")
     seed = manifest["seed"] if seed is None else seed
     t0 = time.perf_counter()
-    runmod.set_stage(run_dir, "evaluate", "running")
     ds, samples, arrays = load_test_split(manifest, progress=progress)
-    if len(np.unique(arrays.labels)) < 2:
-        raise DermcamError("the test split holds only one class; AUC and F1 are undefined",
-                           ds.root)
+    if len(np.unique(arrays.labels)) < 2:  # refused before the stage starts
+        have, lack = ("malignant", "benign") if arrays.labels[0] else ("benign", "malignant")
+        raise DermcamError(f"the test split holds only {have} images ({len(samples)}), no "
+                           f"{lack}: ROC AUC, average precision, sensitivity and specificity "
+                           f"are undefined; add {lack} test images", ds.root)
+    runmod.set_stage(run_dir, "evaluate", "running")
+    try:
+        return _evaluate(run_dir, manifest, ds, samples, arrays, n_boot, seed, t0)
+    except Exception as exc:  # recorded, so 'report' says why rather than using old files
+        runmod.set_stage(run_dir, "evaluate", "failed", error=str(exc).splitlines()[0][:300])
+        raise
+
+
+def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_boot: int,
+              seed: int, t0: float) -> dict[str, Any]:
+    from dermcam import plots
+    from dermcam.evaluation import evaluate_predictions, metrics_table
+    from dermcam.training import load_checkpoint, predict_dataset
+
     rows = []
     thresholds = {}
     for name in trained_models(manifest):

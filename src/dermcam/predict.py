@@ -240,7 +240,9 @@ def _prepare_out(out: Path) -> None:
         if kind != MANIFEST_KIND:
             raise DermcamError("output folder holds another dermcam output (a run?); choose "
                                "a new --out folder", out)
-        shutil.rmtree(out / "overlays", ignore_errors=True)  # ours: stale overlays go
+        manifest.unlink()  # ours: not complete again until this run finishes
+        (out / "predictions.csv").unlink(missing_ok=True)
+        shutil.rmtree(out / "overlays", ignore_errors=True)  # stale overlays go
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -272,15 +274,20 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
     warn = warn or log.warning
     out = Path(out)
     checkpoint = Path(checkpoint)
-    model, info, payload = load_classifier(checkpoint)
-    size, thr = int(payload["image_size"]), float(payload["threshold"])
-    card = model_card(payload, info)
+    # Inputs first: a bad folder or mask folder is refused before the model is loaded.
     paths = collect_images(inputs)
     mask_dir = None
     if masks is not None:
         mask_dir = Path(masks)
         if not mask_dir.is_dir():
             raise DermcamError("mask folder not found", mask_dir)
+        if not any(find_mask(mask_dir, p) for p in paths):
+            raise DermcamError(f"no mask matches any of the {len(paths)} image(s) (expected "
+                               "<stem>_Segmentation.png, <stem>_segmentation.png or "
+                               "<stem>.png for an image <stem>.jpg)", mask_dir)
+    model, info, payload = load_classifier(checkpoint)
+    size, thr = int(payload["image_size"]), float(payload["threshold"])
+    card = model_card(payload, info)
     _prepare_out(out)
     ids = _ids(paths)
     rows: list[dict[str, Any]] = []
@@ -341,8 +348,7 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
     if not rows:
         raise DermcamError("every input image was unreadable and skipped; nothing to predict")
     if mask_dir is not None and not any(r["mask_path"] for r in rows):
-        warn(f"{mask_dir}: no mask matched any image (expected <stem>_Segmentation.png, "
-             "<stem>_segmentation.png or <stem>.png); no attention metrics")
+        warn(f"{mask_dir}: no mask matched any readable image; no attention metrics")
     table = pd.DataFrame(rows)
     write_csv(out / "predictions.csv", table)
     write_json(out / "manifest.json", {

@@ -55,7 +55,7 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
             raise DermcamError(f"output folder already holds {what}; choose a new folder or "
                                "pass --overwrite", out)
         if (out / MANIFEST).exists():
-            for child in ("models", "figures", "attention", "report_files"):
+            for child in ("models", "figures", "attention", "probe", "report_files"):
                 shutil.rmtree(out / child, ignore_errors=True)
             for f in out.glob("*"):
                 if f.is_file():
@@ -72,8 +72,14 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
         raise DermcamError(f"output folder is not writable ({exc.strerror})", out) from exc
 
 
-def read_manifest(run_dir: str | Path, require: str | None = None) -> dict[str, Any]:
-    """Read a run's manifest; with ``require`` the named stage must have completed."""
+def read_manifest(run_dir: str | Path, require: str | None = None,
+                  settled: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a run's manifest, refusing (one line) what a later stage must not read.
+
+    ``require``: the named stage must have completed. ``settled``: these stages may be
+    absent or complete, but not still running (or interrupted) or failed, since their
+    files on disk may then be stale or missing.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DermcamError("run folder not found", run_dir)
@@ -88,13 +94,34 @@ def read_manifest(run_dir: str | Path, require: str | None = None) -> dict[str, 
         raise DermcamError(f"run written by an incompatible dermcam (schema "
                            f"{m['schema_version']}, this dermcam reads {SCHEMA_VERSION}); "
                            "re-run 'dermcam train'", path)
-    if require:
-        stage = m.get("stages", {}).get(require, {})
-        if stage.get("status") != STATUS_COMPLETE:
-            raise DermcamError(
-                f"run is incomplete: stage '{require}' is {stage.get('status', 'missing')}; "
-                f"finish it first (dermcam {require} or dermcam train --resume)", run_dir)
+    stages = m.get("stages") if isinstance(m.get("stages"), dict) else {}
+    for stage in ([require] if require else []) + list(settled):
+        entry = stages.get(stage) if isinstance(stages.get(stage), dict) else {}
+        status = entry.get("status", "missing")
+        if status == STATUS_COMPLETE or (status == "missing" and stage != require):
+            continue
+        raise DermcamError(f"run is incomplete: {_stage_problem(stage, entry, run_dir)}",
+                           run_dir)
     return m
+
+
+def _stage_problem(stage: str, entry: dict[str, Any], run_dir: Path) -> str:
+    """Why a stage is not usable, and what to run, in one line."""
+    status = entry.get("status", "missing")
+    again = (f"'dermcam train DATA --out {run_dir} --overwrite'" if stage == "train"
+             else f"'dermcam {stage} {run_dir}'")
+    if status == "missing":
+        return f"stage '{stage}' has not run; run {again} first"
+    if status == "failed":
+        why = str(entry.get("error") or "no reason recorded").replace("\n", " ")
+        return f"stage '{stage}' failed ({why}); fix that and run {again}"
+    if status == "running":
+        resume = (f"'dermcam train DATA --out {run_dir} --resume'" if stage == "train"
+                  else again)
+        return (f"stage '{stage}' is still running or was interrupted (started "
+                f"{entry.get('at', 'at an unknown time')}); wait for it to finish, or "
+                f"resume it with {resume}")
+    return f"stage '{stage}' is {status}; run {again}"
 
 
 def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
@@ -107,6 +134,8 @@ def set_stage(run_dir: str | Path, stage: str, status: str, **info: Any) -> dict
     m = read_manifest(run_dir)
     entry = m.setdefault("stages", {}).setdefault(stage, {})
     entry.update(info)
+    if status != "failed":
+        entry.pop("error", None)  # a failure's reason, once the stage runs again
     entry["status"] = status
     entry["at"] = now()
     write_manifest(run_dir, m)

@@ -68,24 +68,34 @@ class TrainConfig:
 # --------------------------------------------------------------------------- data
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
-                     source: str = "training split", groups=None
+                     source: str = "training split", groups=None, path=None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified train/validation indices; clear errors when it cannot be done.
 
-    With ``groups`` (e.g. HAM10000 lesion ids) that repeat, the split is stratified by
-    group (scikit-learn's StratifiedGroupKFold, first fold), so no group straddles it.
+    Each class needs at least ``max(2, ceil(1 / val_fraction))`` images, so that the
+    validation split holds both classes whatever the seed (the threshold and the
+    validation AUC need both). With ``groups`` (e.g. HAM10000 lesion ids) that repeat,
+    the split is stratified by group (scikit-learn's StratifiedGroupKFold, first fold),
+    so no group straddles it. ``path`` (the data folder) is named in the errors.
     """
     from sklearn.model_selection import train_test_split
 
+    if not 0.0 < val_fraction < 1.0:
+        raise DermcamError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     counts = np.bincount(labels, minlength=2)
     if counts.min() == 0:
         missing = "benign" if counts[0] == 0 else "malignant"
-        raise DermcamError(f"the {source} has no {missing} images; both classes are needed")
+        raise DermcamError(f"the {source} has no {missing} images; both classes are needed",
+                           path)
     n_val = max(2, round(len(labels) * val_fraction))
-    if counts.min() < 2 or n_val >= len(labels) - 1:
+    need = max(2, math.ceil(1 / val_fraction - 1e-9))
+    if counts.min() < need or n_val >= len(labels) - 1:
+        few = "malignant" if counts[1] < counts[0] else "benign"
         raise DermcamError(
             f"the {source} is too small to stratify ({counts[0]} benign, {counts[1]} "
-            "malignant): each class needs at least 2 images")
+            f"malignant): a {val_fraction:.0%} validation split needs at least {need} "
+            f"images of each class to hold both; add {few} images or raise --val-fraction",
+            path)
     idx = np.arange(len(labels))
     if groups is not None and None not in groups and len(set(groups)) < len(groups):
         from sklearn.model_selection import StratifiedGroupKFold
@@ -93,11 +103,11 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
         k = max(2, round(1 / val_fraction))
         sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         tr, va = next(sgkf.split(idx, labels, groups))
-        if len(np.unique(labels[va])) < 2:
-            raise DermcamError(f"the {source} has too few groups to hold out both classes "
-                               "for validation")
-        return np.sort(tr), np.sort(va)
-    tr, va = train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
+    else:
+        tr, va = train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
+    if len(np.unique(labels[va])) < 2 or len(np.unique(labels[tr])) < 2:
+        raise DermcamError(f"the {source} has too few images (or lesion groups) of a class "
+                           "to hold out both classes for validation", path)
     return np.sort(tr), np.sort(va)
 
 
@@ -570,22 +580,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     test_samples = ds.split("test")
     if not train_samples:
         raise DermcamError("the data set has no training split", cfg.data)
-    if rank != 0:
-        # A process started by Lightning's DDP launcher: rank 0 owns the run folder.
-        manifest = manifest if resume else {"models": {}}
-    elif not resume:
+    # Refuse a split that cannot be made before any folder is created or image decoded.
+    labels = np.array([s.label for s in train_samples], dtype=np.int64)
+    tr_idx, va_idx = stratified_split(labels, cfg.val_fraction, cfg.seed,
+                                      groups=[s.group for s in train_samples], path=cfg.data)
+    if rank == 0 and not resume:
         runmod.prepare_run_dir(out, overwrite)
-        manifest = {
-            "kind": "dermcam-run", "created": runmod.now(), "status": "training",
-            "config": asdict(cfg), "seed": cfg.seed, "versions": runmod.versions(),
-            "data": {"root": str(Path(cfg.data).resolve()), "name": ds.name,
-                     "layout": ds.layout, "fingerprint": ds.fingerprint(),
-                     "has_masks": ds.has_masks, "notes": ds.notes,
-                     "counts": {"train": _counts(train_samples), "test": _counts(test_samples)}},
-            "models": {}, "stages": {"train": {"status": "running"}},
-        }
-        runmod.write_manifest(out, manifest)
-    elif manifest["data"]["fingerprint"] != ds.fingerprint():
+    elif rank == 0 and manifest["data"]["fingerprint"] != ds.fingerprint():
         raise DermcamError("the data changed since this run started; start a new run", cfg.data)
     n_dev = int(cfg.devices) if str(cfg.devices).isdigit() else 1
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto"
@@ -593,25 +594,44 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     # Several CPU processes each running all cores' threads thrash; share the cores.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // (n_dev if on_cpu else 1)))
     cache = ImageCache(cfg.cache_dir)
-    if cache.enabled:
+    if cache.enabled:  # a bad image stops here, before the run's manifest exists
         warm_cache(train_samples, cfg.image_size, cache, progress=progress)
-    arrays = CachedSplit(train_samples, cfg.image_size, cache)
-    tr_idx, va_idx = stratified_split(arrays.labels, cfg.val_fraction, cfg.seed,
-                                      groups=[s.group for s in train_samples])
-    for name in cfg.models:
-        if manifest["models"].get(name, {}).get("status") == "complete":
-            log.info("%s already trained; skipping", name)
-            if rank == 0:
-                _drop_lightning_checkpoints(out, name, cfg)  # left by an interruption
-            continue
-        result = train_one(name, cfg, arrays, tr_idx, va_idx, out, resume=resume)
-        if not result or rank != 0:  # non-zero rank in multi-process training
-            continue
-        manifest = runmod.read_manifest(out)
-        manifest["models"][name] = {**result, "status": "complete"}
+    if rank != 0:
+        # A process started by Lightning's DDP launcher: rank 0 owns the run folder.
+        manifest = manifest if resume else {"models": {}}
+    elif not resume:
+        manifest = {
+            "kind": "dermcam-run", "created": runmod.now(), "status": "training",
+            "config": asdict(cfg), "seed": cfg.seed, "versions": runmod.versions(),
+            "data": {"root": str(Path(cfg.data).resolve()), "name": ds.name,
+                     "layout": ds.layout, "fingerprint": ds.fingerprint(),
+                     "has_masks": ds.has_masks, "notes": ds.notes,
+                     "counts": {"train": _counts(train_samples), "test": _counts(test_samples)}},
+            "models": {}, "stages": {"train": {"status": "running", "at": runmod.now()}},
+        }
         runmod.write_manifest(out, manifest)
-        # Only now: until the manifest says complete, a resume needs last.ckpt.
-        _drop_lightning_checkpoints(out, name, cfg)
+    else:
+        runmod.set_stage(out, "train", "running")
+    arrays = CachedSplit(train_samples, cfg.image_size, cache)
+    try:
+        for name in cfg.models:
+            if manifest["models"].get(name, {}).get("status") == "complete":
+                log.info("%s already trained; skipping", name)
+                if rank == 0:
+                    _drop_lightning_checkpoints(out, name, cfg)  # left by an interruption
+                continue
+            result = train_one(name, cfg, arrays, tr_idx, va_idx, out, resume=resume)
+            if not result or rank != 0:  # non-zero rank in multi-process training
+                continue
+            manifest = runmod.read_manifest(out)
+            manifest["models"][name] = {**result, "status": "complete"}
+            runmod.write_manifest(out, manifest)
+            # Only now: until the manifest says complete, a resume needs last.ckpt.
+            _drop_lightning_checkpoints(out, name, cfg)
+    except Exception as exc:  # recorded, so later stages say why; Ctrl-C stays 'running'
+        if rank == 0:
+            runmod.set_stage(out, "train", "failed", error=str(exc).splitlines()[0][:300])
+        raise
     if rank != 0:
         return {}
     manifest = runmod.read_manifest(out)
