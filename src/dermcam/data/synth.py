@@ -101,6 +101,7 @@ __all__ = [
     "SynthConfig",
     "SynthSample",
     "generate",
+    "paint_artifact",
     "render_sample",
     "split_labels",
 ]
@@ -756,6 +757,69 @@ def _hair(rng: np.random.Generator, size: int, mask: np.ndarray,
     return alpha, col
 
 
+def _lesion_geometry(mask: np.ndarray) -> dict[str, float]:
+    """Centre ``cx, cy`` and ``reach`` (largest centre-to-pixel distance) of a ``(S, S)`` mask.
+
+    An empty mask counts as a point lesion in the image centre.
+    """
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        c = 0.5 * mask.shape[0]
+        return {"cx": c, "cy": c, "reach": 0.0}
+    lesion = {"cx": float(xs.mean()) + 0.5, "cy": float(ys.mean()) + 0.5}
+    lesion["reach"] = float(np.hypot(xs + 0.5 - lesion["cx"], ys + 0.5 - lesion["cy"]).max())
+    return lesion
+
+
+def _composite(img: np.ndarray, alpha: np.ndarray, col: np.ndarray, allowed: np.ndarray):
+    """Blend a painter's output into ``img (S, S, 3) float32`` in place, only where ``allowed``.
+
+    Returns ``(window, changed)``: the bounding window of the painted pixels and, within it,
+    the ``bool`` pixels whose rounded value changed (``(None, None)`` when nothing painted).
+    """
+    alpha = np.where(allowed, np.clip(alpha, 0.0, 1.0), np.float32(0.0))
+    rows, cols = np.nonzero(alpha.any(1))[0], np.nonzero(alpha.any(0))[0]
+    if rows.size == 0:
+        return None, None
+    win = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    old = img[win]
+    col = col[win] if np.ndim(col) == 3 else col
+    new = old + (col - old) * alpha[win][..., None]
+    np.clip(new, 0.0, 255.0, out=new)
+    changed = (np.rint(new) != np.rint(old)).any(-1)
+    old[changed] = new[changed]  # a view: writes into img
+    return win, changed
+
+
+def paint_artifact(image: np.ndarray, keep_clear: np.ndarray, name: str,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paint artifact ``name`` (one of :data:`ARTIFACTS`) onto a copy of ``image``.
+
+    ``image``: ``(S, S, 3) uint8``; ``keep_clear``: ``(S, S) bool``, pixels that must stay
+    bit-identical (the lesion, usually dilated). The painter is the synthetic generator's
+    own, placed by ``rng`` (same seed, same pixels). Returns ``(new (S, S, 3) uint8,
+    changed (S, S) bool)``.
+    """
+    if name not in _PAINTERS:
+        raise ValueError(f"unknown artifact {name!r}; choose from {', '.join(ARTIFACTS)}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"image must be (S, S, 3), got shape {image.shape}")
+    keep_clear = np.asarray(keep_clear, bool)
+    if keep_clear.shape != image.shape[:2]:
+        raise ValueError(f"keep_clear must be {image.shape[:2]}, got {keep_clear.shape}")
+    size = image.shape[0]
+    img = image.astype(np.float32)
+    alpha, col = _PAINTERS[name](rng, size, keep_clear, _lesion_geometry(keep_clear))
+    win, ch = _composite(img, alpha, col, ~keep_clear)
+    changed = np.zeros(image.shape[:2], bool)
+    out = image.copy()
+    if win is not None:
+        changed[win] = ch
+        out[changed] = np.rint(img[changed]).astype(np.uint8)
+    return out, changed
+
+
 # Each painter returns ``alpha (S, S)`` in [0, 1] and a colour ``(3,)`` or ``(S, S, 3)``;
 # the caller zeroes alpha inside the lesion and composites ``img + (colour - img) * alpha``.
 _PAINTERS = {"ruler": _ruler, "ink": _ink, "patch": _patch, "vignette": _vignette, "hair": _hair}
@@ -800,9 +864,7 @@ def _render(seed: int, split: str, index: int, label: int, size: int,
     img += rng.random((size, size, 3), dtype=np.float32) * np.float32(3.4) - np.float32(1.7)
     np.clip(img, 0.0, 255.0, out=img)
 
-    ys, xs = np.nonzero(mask)
-    lesion = {"cx": float(xs.mean()) + 0.5, "cy": float(ys.mean()) + 0.5}
-    lesion["reach"] = float(np.hypot(xs + 0.5 - lesion["cx"], ys + 0.5 - lesion["cy"]).max())
+    lesion = _lesion_geometry(mask)
 
     draws = rng_draw.random(len(ARTIFACTS))  # drawn in full, so rates never shift streams
     codes = np.zeros((size, size), np.uint8)
@@ -813,18 +875,9 @@ def _render(seed: int, split: str, index: int, label: int, size: int,
             continue
         planted.append(name)
         alpha, col = _PAINTERS[name](streams[2 + k], size, mask, lesion)
-        alpha = np.where(outside, np.clip(alpha, 0.0, 1.0), np.float32(0.0))
-        rows, cols = np.nonzero(alpha.any(1))[0], np.nonzero(alpha.any(0))[0]
-        if rows.size == 0:
-            continue
-        win = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        old = img[win]
-        col = col[win] if np.ndim(col) == 3 else col
-        new = old + (col - old) * alpha[win][..., None]
-        np.clip(new, 0.0, 255.0, out=new)
-        changed = (np.rint(new) != np.rint(old)).any(-1)
-        old[changed] = new[changed]  # a view: writes into img
-        codes[win][changed] = k + 1
+        win, changed = _composite(img, alpha, col, outside)
+        if win is not None:
+            codes[win][changed] = k + 1
     image = np.rint(img).astype(np.uint8)
     present = tuple(a for k, a in enumerate(ARTIFACTS) if (codes == k + 1).any())
     return SynthSample(
