@@ -235,7 +235,8 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     assert "trains from scratch" in r.stdout and "ImageNet weights from" not in r.stdout
     for f in ("data/metadata.csv", "run/metrics.json", "run/attention.csv",
               "run/report.html", "run/models/resnet18/model.pt", "shortcut/run/attention.csv",
-              "run/shortcut_experiment.json"):
+              "run/shortcut_experiment.json", "run/probe.csv", "run/probe_summary.json",
+              "shortcut/run/probe_summary.json", "run/figures/probe_auc.png"):
         assert (out / f).exists(), f
     exp = json.loads((out / "run/shortcut_experiment.json").read_text())
     summ = json.loads((out / "run/attention_summary.json").read_text())
@@ -250,7 +251,13 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     m = json.loads((out / "run/manifest.json").read_text())
     assert m["config"]["weights"] == "none"
     assert all(m["stages"][s]["status"] == "complete" for s in ("train", "evaluate",
-                                                                "explain"))
+                                                                "explain", "probe"))
+    # the behavioural evidence sits beside the heatmap evidence, for both roles
+    for role in ("control", "shortcut"):
+        ev = exp["runs"][role]["probe"]
+        assert ev["insert_n"] == 30 and ev["insert_ci_low"] <= ev["insert_delta"]
+    assert "caught_by_probe" in exp and exp["probe_sentence"].startswith("Inserting a ruler")
+    assert "Behavioural probes" in (out / "run/report.html").read_text()
     # a second demo into the same folder replaces the first (it is a demo folder); now the
     # cache holds resnet18's weights file (random weights stand in for ImageNet's)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-cached"))

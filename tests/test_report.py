@@ -41,6 +41,7 @@ def run_dir(tmp_path_factory) -> Path:
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.explain import run_explain
     from dermcam.pipeline import run_evaluate
+    from dermcam.probe import run_probe
     from dermcam.training import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("report_run")
@@ -53,6 +54,7 @@ def run_dir(tmp_path_factory) -> Path:
                       cache_dir=str(tmp / "cache")))
     run_evaluate(run, n_boot=50)
     run_explain(run, n_boot=50)
+    run_probe(run, placements=1, n_boot=50, artifacts=("ruler", "patch"))
     return run
 
 
@@ -132,6 +134,26 @@ def test_all_sections_present(page):
     assert 'class="missing"' not in page
 
 
+def test_probe_section_shows_every_entry_and_its_sentence(page, run_dir):
+    from dermcam.probe import CAVEAT, sentences
+
+    entries = json.loads((run_dir / "probe_summary.json").read_text())
+    s = _section(page, "probe")
+    assert 'href="#probe"' in page
+    for line in sentences(entries, {"resnet18": "ResNet18"}):
+        assert html.escape(line, quote=True) in s
+    assert html.escape(CAVEAT) in s
+    table = _table_with(s, "Probe", "Images", "Δ P(malignant) [95 % CI]")
+    assert len(table) - 1 == len(entries)  # one row per model x probe [x artifact]
+    les = next(e for e in entries if e["probe"] == "lesion_removed")
+    row = next(r for r in table if r[0] == "lesion removed")
+    assert row[1] == str(les["n"])
+    assert row[2] == f"{les['delta_mean']:.3f} [{les['delta_ci_low']:.3f}, " \
+                     f"{les['delta_ci_high']:.3f}]"
+    assert s.count('<img src="data:image/png;base64,') == 3  # the three probe figures
+    assert 'class="missing"' not in s
+
+
 def test_summary_states_data_weights_seed_and_versions(page, run_dir):
     m = json.loads((run_dir / "manifest.json").read_text())
     s = _section(page, "summary")
@@ -148,7 +170,7 @@ def test_summary_states_data_weights_seed_and_versions(page, run_dir):
     assert kv["Lesion masks"] == "present"
     assert f"dermcam {m['versions']['dermcam']}, torch {m['versions']['torch']}" in s
     stages = _table_with(s, "Stage", "Status", "Wall time")
-    assert [r[1] for r in stages[1:]] == ["complete"] * 3
+    assert [r[1] for r in stages[1:]] == ["complete"] * 4
 
 
 def test_numbers_match_metrics_json(page, run_dir):

@@ -57,7 +57,7 @@ app = _App(
     pretty_exceptions_enable=False,
     help="Train, compare and audit dermoscopy classifiers (benign vs malignant): honest "
          "metrics with confidence intervals and size-aware Grad-CAM attention leakage.\n\n"
-         "Pipeline: synth/download -> info -> train -> evaluate -> explain -> report, each "
+         "Pipeline: synth/download -> info -> train -> evaluate -> explain -> probe -> report, each "
          "stage reading the previous one's files in a run folder. 'dermcam demo' runs it all "
          "on the synthetic benchmark.")
 # Wide enough for the comparison tables when output goes to a file or CI log.
@@ -577,6 +577,81 @@ def _print_artifacts(rows) -> None:
     console.print(t)
 
 
+# ----------------------------------------------------------------------- probe
+
+@app.command()
+def probe(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train' "
+                                                 "(explain first to also test whether the "
+                                                 "heatmaps track the behaviour).")],
+    probes: Annotated[str, typer.Option(help="Comma-separated probes: lesion_removed, "
+                                             "background_removed, artifact_inserted, "
+                                             "artifact_removed (default: all).")]
+    = "lesion_removed,background_removed,artifact_inserted,artifact_removed",
+    artifacts: Annotated[str | None, typer.Option(help="Artifacts to insert/remove "
+                                                       "(default: ruler, ink, patch, "
+                                                       "vignette, hair).")] = None,
+    placements: Annotated[int, typer.Option(help="Seeded placements per image and inserted "
+                                                 "artifact.")] = 3,
+    seed: Annotated[int | None, typer.Option(help="Seed for placements and bootstrap "
+                                                  "(default: the run's).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N test images.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images perturbed per batch (each makes "
+                                                 "about 20 variants).")] = 32,
+    inpaint: Annotated[str, typer.Option(help="OpenCV inpainting: telea or ns "
+                                              "(Navier-Stokes).")] = "telea",
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs.")] = 1000,
+) -> None:
+    """Behavioural audit: change the image, watch the malignant probability.
+
+    For every trained model and every test image with a lesion mask: the lesion inpainted
+    away, the background replaced by flat skin, artifacts (ruler, ink, colour patch, dark
+    corners, hair) pasted outside the lesion, and, where the data carry artifact maps, each
+    artifact inpainted away. Prints the mean change in malignant probability with 95 % CIs,
+    decision flip rates at the run's threshold, AUC without the lesion or the background, and
+    whether the CAM leakage predicts the change. Writes probe.csv, probe_summary.json and
+    figures/probe_*.png; resumes per batch.
+
+    Inpainting leaves traces a model may react to; a changed prediction shows reliance, an
+    unchanged one does not prove its absence.
+    """
+    from dermcam.probe import run_probe
+
+    names = [p.strip() for p in probes.split(",") if p.strip()]
+    arts = [a.strip() for a in artifacts.split(",") if a.strip()] if artifacts else None
+    with progress_bar("probe batches") as cb:
+        entries = run_probe(run_dir, probes=names, artifacts=arts, placements=placements,
+                            seed=seed, limit=limit, batch_size=batch_size,
+                            inpaint_method=inpaint, n_boot=n_boot, progress=cb)
+    _print_probe(entries, run_dir)
+    console.print(f"wrote {run_dir}/probe.csv, probe_summary.json, figures/probe_*.png")
+
+
+def _print_probe(entries, run_dir=None) -> None:
+    from dermcam.formatting import num
+    from dermcam.probe import CAVEAT, PROBE_TITLES, sentences
+
+    t = Table(title="probes: change in malignant probability, mean [95 % CI]")
+    for c in ("model", "probe", "n", "Δ P(malignant)", "flips b→m", "flips m→b",
+              "AUC [95 % CI]", "AUC intact"):
+        t.add_column(c)
+    for e in entries:
+        what = PROBE_TITLES[e["probe"]]
+        if e.get("artifact"):
+            what = f"{e['artifact']} {what}"
+        auc = (f"{num(e['auc'], '.3f')} [{num(e['auc_ci_low'], '.3f')}, "
+               f"{num(e['auc_ci_high'], '.3f')}]" if "auc" in e else "")
+        t.add_row(e["model"], what, str(e["n"]),
+                  f"{num(e['delta_mean'], '+.3f')} [{num(e['delta_ci_low'], '+.3f')}, "
+                  f"{num(e['delta_ci_high'], '+.3f')}]",
+                  num(e["flip_to_malignant"], ".1%"), num(e["flip_to_benign"], ".1%"),
+                  auc, num(e.get("auc_intact"), ".3f") if "auc" in e else "")
+    console.print(t)
+    for line in sentences(entries):
+        console.print("  " + line)
+    console.print(f"  {CAVEAT}")
+
+
 # ---------------------------------------------------------------------- report
 
 @app.command()
@@ -621,13 +696,15 @@ def demo(
                                                 "beside its control.")] = True,
 ) -> None:
     """The whole study on the synthetic benchmark: synth -> train -> evaluate -> explain ->
-    report, plus a planted shortcut that the audit must catch.
+    probe -> report, plus a planted shortcut that the audit must catch.
 
     The study's three models are trained on data whose artifacts are independent of the
     label; their CAM layer is chosen per model on masked validation images (the
     localisation benchmark). Then ResNet18 is trained on the same seed's images with rulers
     tied to malignancy in training only; its heatmap mass on the rulers, relative to their
-    area, is shown with a 95 % CI beside the control's, with both test AUCs.
+    area, is shown with a 95 % CI beside the control's, with both test AUCs, and the
+    behavioural probes show how its malignant probability moves when a ruler is inserted or
+    removed.
 
     Uses ImageNet weights when they are in torchvision's cache for every model; otherwise
     trains from scratch and says so (only the demo makes that choice by itself).
@@ -639,7 +716,8 @@ def demo(
              models=[m.strip() for m in models.split(",")], seed=seed,
              overwrite=overwrite, say=console.print, progress_bar=progress_bar,
              quiet=_state["quiet"], shortcut=shortcut,
-             show=(_print_training, _print_metrics, _print_attention, _print_shortcut))
+             show=(_print_training, _print_metrics, _print_attention, _print_shortcut,
+                   _print_probe))
 
 
 def _print_shortcut(exp) -> None:
@@ -655,6 +733,8 @@ def _print_shortcut(exp) -> None:
                   f"{_num(r['test_auc_ci_high'], '.3f')}]")
     console.print(t)
     console.print(f"  {exp['sentence']}")
+    if exp.get("probe_sentence"):
+        console.print(f"  {exp['probe_sentence']}")
 
 
 # -------------------------------------------------------------------- download

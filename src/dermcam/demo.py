@@ -10,9 +10,12 @@ Folder layout (``--out``)::
                           *training* split only (80 % of malignant, 5 % of benign; 20 % of
                           both at test time, so the test images are the same as data/'s)
     shortcut/run/         one model trained on it, audited at the control's CAM layer
+                          and probed with rulers inserted and removed
     run/shortcut_experiment.json   the shortcut model beside its control (the same
                           architecture in run/): heatmap mass on the rulers relative to
-                          their area with 95 % CIs, and test AUC, the cost of the shortcut
+                          their area with 95 % CIs, the behavioural evidence (change in
+                          malignant probability when a ruler is inserted or removed), and
+                          test AUC, the cost of the shortcut
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ DEMO_BENCH_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam"
 DEMO_METHOD = "auto"
 SHORTCUT_EXPERIMENT = "shortcut_experiment.json"
 SHORTCUT_ARTIFACT = "ruler"
+#: Seeded placements per image and inserted artifact in the demo's probes.
+DEMO_PLACEMENTS = 2
 
 
 def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int = 379,
@@ -47,6 +52,7 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
     from dermcam.explain import run_explain
     from dermcam.models import imagenet_available
     from dermcam.pipeline import run_evaluate
+    from dermcam.probe import run_probe
     from dermcam.training import TrainConfig, train
 
     out = Path(out)
@@ -62,7 +68,7 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text('{"kind": "dermcam-demo"}\n')
     models = list(models)
-    steps = 6 if shortcut else 5
+    steps = 7 if shortcut else 6
 
     def bar(desc):
         return progress_bar(desc) if progress_bar else _null()
@@ -103,11 +109,17 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
                               bench_methods=list(DEMO_BENCH_METHODS), cascade=False)
     if show:
         show[2](summary)
+    say(f"[5/{steps}] behavioural probes: lesion removed, background removed, artifacts "
+        "inserted and removed, every test image and model")
+    with bar("probe batches") as cb:
+        entries = run_probe(run, placements=DEMO_PLACEMENTS, progress=cb)
+    if show and len(show) > 4:
+        show[4](entries)
     if shortcut:
         if shortcut_model not in models:
             raise DermcamError(f"the shortcut experiment's control is {shortcut_model}, which "
                                "is not among --models")
-        say(f"[5/{steps}] planted shortcut: {shortcut_model} trained where rulers mark "
+        say(f"[6/{steps}] planted shortcut: {shortcut_model} trained where rulers mark "
             "malignancy in training only, audited beside its control")
         sdata, srun = out / "shortcut" / "data", out / "shortcut" / "run"
         with bar("synth (shortcut)") as cb:
@@ -122,6 +134,10 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
         with bar("CAM batches") as cb:
             run_explain(srun, methods=[cmethod], batch_size=32, progress=cb,
                         layer={shortcut_model: clayer}, sanity=False, figures=False)
+        with bar("probe batches") as cb:
+            run_probe(srun, probes=("artifact_inserted", "artifact_removed"),
+                      artifacts=(SHORTCUT_ARTIFACT,), placements=DEMO_PLACEMENTS,
+                      progress=cb, figures=False)
         experiment = shortcut_experiment(run, srun, shortcut_model, cmethod)
         write_json(run / SHORTCUT_EXPERIMENT, experiment)
         if show and len(show) > 3:
@@ -182,8 +198,12 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
             "ratio_ci_high": art["ratio_ci_high"], "flagged": bool(art["attends"]),
             "test_auc": auc["value"], "test_auc_ci_low": auc["lo"],
             "test_auc_ci_high": auc["hi"]}
+    for role, run in (("control", Path(control_run)), ("shortcut", Path(shortcut_run))):
+        out["runs"][role]["probe"] = _probe_evidence(run, model, artifact)
     c, s = out["runs"]["control"], out["runs"]["shortcut"]
     out["caught"] = bool(s["flagged"] and not c["flagged"])
+    if c["probe"] and s["probe"]:
+        out["caught_by_probe"] = bool(s["probe"]["reacts"] and not c["probe"]["reacts"])
     from dermcam.formatting import num as f
 
     out["sentence"] = (
@@ -196,7 +216,48 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
         f"({f(s['test_auc_ci_low'], '.3f')}-{f(s['test_auc_ci_high'], '.3f')}) against the "
         f"control's {f(c['test_auc'], '.3f')} ({f(c['test_auc_ci_low'], '.3f')}-"
         f"{f(c['test_auc_ci_high'], '.3f')}).")
+    if c["probe"] and s["probe"]:
+        sp, cp = s["probe"], c["probe"]
+        out["probe_sentence"] = (
+            f"Inserting a {artifact} outside the lesion changes the shortcut model's malignant "
+            f"probability by {f(sp['insert_delta'], '+.3f')} (95 % CI "
+            f"{f(sp['insert_ci_low'], '+.3f')} to {f(sp['insert_ci_high'], '+.3f')}, n = "
+            f"{sp['insert_n']}; {f(100 * sp['insert_flip_to_malignant'], '.0f')} % of benign "
+            f"decisions flip to malignant) and the control's by {f(cp['insert_delta'], '+.3f')} "
+            f"({f(cp['insert_ci_low'], '+.3f')} to {f(cp['insert_ci_high'], '+.3f')}); "
+            f"removing it from ruler-bearing malignant test images changes the shortcut "
+            f"model's by {f(sp.get('remove_malignant_delta'), '+.3f')} "
+            f"({f(sp.get('remove_malignant_ci_low'), '+.3f')} to "
+            f"{f(sp.get('remove_malignant_ci_high'), '+.3f')}, n = {sp.get('remove_n_malignant')}).")
     return out
+
+
+def _probe_evidence(run: Path, model: str, artifact: str) -> dict[str, Any] | None:
+    """Ruler insertion and removal from a run's probe_summary.json (None without probes).
+
+    ``reacts``: the insertion CI lies above 0 and the mean change is at least the
+    probes' negligible margin (0.02).
+    """
+    from dermcam.probe import NEGLIGIBLE_DELTA, find, read_summary
+
+    entries = read_summary(run)
+    if not entries:
+        return None
+    ins = find(entries, model, "artifact_inserted", artifact)
+    rem = find(entries, model, "artifact_removed", artifact)
+    if ins is None:
+        return None
+    ev = {"insert_delta": ins["delta_mean"], "insert_ci_low": ins["delta_ci_low"],
+          "insert_ci_high": ins["delta_ci_high"], "insert_n": ins["n"],
+          "insert_flip_to_malignant": ins["flip_to_malignant"],
+          "insert_flip_to_benign": ins["flip_to_benign"],
+          "reacts": bool(ins["delta_ci_low"] > 0 and ins["delta_mean"] >= NEGLIGIBLE_DELTA)}
+    if rem is not None:
+        ev.update({"remove_malignant_delta": rem["delta_malignant"],
+                   "remove_malignant_ci_low": rem["delta_malignant_ci_low"],
+                   "remove_malignant_ci_high": rem["delta_malignant_ci_high"],
+                   "remove_n_malignant": rem["n_malignant"]})
+    return ev
 
 
 class _null:

@@ -435,7 +435,7 @@ def section_summary(r: RunFiles) -> str:
 
     out.append("<h3>Stages</h3>")
     srows = []
-    for stage in ("train", "evaluate", "explain"):
+    for stage in ("train", "evaluate", "explain", "probe"):
         st = r.stages.get(stage)
         if not isinstance(st, dict):
             srows.append([stage, '<span class="undetermined">not run</span>', "", "", ""])
@@ -681,7 +681,9 @@ def section_shortcut(r: RunFiles) -> str:
             + _table(["Model", "Layer", "Images with the artifact",
                       f"Mass on {esc(exp['artifact'])} / its area [95 % CI]", "Flagged",
                       "Test ROC AUC [95 % CI]"], body, numeric_from=2)
-            + f'<p class="note">{esc(exp.get("sentence", ""))}</p></section>')
+            + f'<p class="note">{esc(exp.get("sentence", ""))}</p>'
+            + (f'<p class="note">{esc(exp["probe_sentence"])}</p>'
+               if exp.get("probe_sentence") else "") + "</section>")
 
 
 def section_attention(r: RunFiles) -> str:
@@ -1040,10 +1042,13 @@ def render(run_dir: str | Path) -> str:
     header = (f"<h1>dermcam report</h1><p class=\"sub\">{esc(data_name)} · {esc(names)} · run "
               f'folder <span class="mono">{esc(r.dir.resolve())}</span></p>'
               '<nav><a href="#summary">Summary</a><a href="#comparison">Model comparison</a>'
-              '<a href="#attention">Attention</a><a href="#gallery">Gallery</a>'
+              '<a href="#attention">Attention</a><a href="#probe">Probes</a>'
+              '<a href="#gallery">Gallery</a>'
               '<a href="#notes">Method notes</a></nav>')
+    from dermcam.report.probe_section import section_probe
+
     body = "\n".join([section_summary(r), section_comparison(r), section_attention(r),
-                      section_shortcut(r),
+                      section_probe(r), section_shortcut(r),
                       section_gallery(r), section_notes(r)])
     built = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     footer = (f"Built {esc(built)} by dermcam {esc(__version__)} from the files in "

@@ -1,0 +1,934 @@
+"""The probe stage: does the model *use* what lies outside the lesion?
+
+A heatmap says where gradients flow, not what a model relies on. The probes change
+the image and watch the malignant probability (Bissoto et al. 2019; Winkler et al.
+2019; Nauta et al. 2022):
+
+``lesion_removed``
+    the lesion (its mask dilated by a small margin) inpainted from the surrounding
+    skin (OpenCV's Telea method by default, or Navier-Stokes). A model that still
+    ranks malignant above benign images without the lesion uses context.
+``background_removed``
+    everything outside the dilated lesion replaced by one flat skin colour: the
+    median of the image's own skin pixels (dark vignette corners, near-saturated
+    pixels and known artifact pixels excluded).
+``artifact_inserted``
+    each of the synthetic generator's artifact painters (ruler, ink, colour patch,
+    dark corners, hair) pasted outside the dilated lesion, ``placements`` seeded
+    placements per image and artifact.
+``artifact_removed``
+    where the data carry per-pixel artifact maps (the synthetic benchmark), each
+    artifact an image carries inpainted away.
+
+Perturbations are made at the run's input size, once per image (not per model), and
+every model scores them in batches. Pure functions here change only the pixels they
+name (tested bit for bit); :func:`run_probe` is the stage over a run folder: resumable
+per batch (``RUN_DIR/probe/batch_<start>.csv``), then ``probe.csv`` (one row per image x
+model x probe x artifact x placement, with the intact and perturbed probability),
+``probe_summary.json`` (a list of entries, one per model x probe [x artifact]) and
+figures. :func:`sentences` turns the entries into the plain sentences the CLI and the
+report print.
+
+Caveats the outputs repeat: inpainting leaves traces a model may react to; a changed
+prediction shows reliance, an unchanged one does not prove its absence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dermcam import run as runmod
+from dermcam.errors import DermcamError
+from dermcam.io import read_json, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+PROBES: tuple[str, ...] = ("lesion_removed", "background_removed", "artifact_inserted",
+                           "artifact_removed")
+"""Probe names, in the order they run and are reported."""
+
+PROBE_TITLES = {"lesion_removed": "lesion removed", "background_removed": "background removed",
+                "artifact_inserted": "inserted", "artifact_removed": "removed"}
+INPAINT_METHODS = ("telea", "ns")
+PROBE_DIR = "probe"
+PROBE_CSV = "probe.csv"
+PROBE_SUMMARY = "probe_summary.json"
+#: Inpainting neighbourhood radius in pixels.
+INPAINT_RADIUS = 3.0
+#: The dilated lesion's margin, as a fraction of the image side (at least one pixel).
+DILATE_FRACTION = 0.03
+#: A mean change within +/- this is called "no material reaction" when its CI lies inside.
+NEGLIGIBLE_DELTA = 0.02
+CAVEAT = ("Inpainting leaves traces a model may react to; a changed prediction shows "
+          "reliance, an unchanged one does not prove its absence.")
+CSV_COLUMNS = ["image_id", "label", "model", "probe", "artifact", "placement", "prob_intact",
+               "prob_perturbed", "delta", "threshold", "decision_intact", "decision_perturbed",
+               "changed_share", "lesion_area"]
+
+
+def _artifact_names() -> tuple[str, ...]:
+    from dermcam.data.synth import ARTIFACTS
+
+    return tuple(ARTIFACTS)
+
+
+# ------------------------------------------------------------------ perturbations (pure)
+
+
+def _check_image(image: np.ndarray, mask: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask must be {image.shape[:2]}, got shape {mask.shape}")
+
+
+def dilate_mask(mask: np.ndarray, fraction: float = DILATE_FRACTION) -> np.ndarray:
+    """``(H, W)`` mask -> ``(H, W) bool`` dilated by ``max(1, round(fraction * side))`` pixels.
+
+    An elliptical structuring element (OpenCV), so the margin is round, not square.
+    ``fraction=0`` returns the mask itself as ``bool``.
+    """
+    import cv2
+
+    m = np.asarray(mask).astype(bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
+    if fraction <= 0:
+        return m
+    r = max(1, int(round(fraction * max(m.shape))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.dilate(m.astype(np.uint8), kernel).astype(bool)
+
+
+def inpaint(image: np.ndarray, region: np.ndarray, method: str = "telea",
+            radius: float | None = None) -> np.ndarray:
+    """Fill ``region`` of ``image`` from its surroundings; pixels outside stay bit-identical.
+
+    ``image``: ``(H, W, 3) uint8``; ``region``: ``(H, W) bool``. ``method``: ``telea``
+    (Telea 2004, :data:`cv2.INPAINT_TELEA`) or ``ns`` (Navier-Stokes). ``radius``: the
+    neighbourhood each filled pixel is estimated from, :data:`INPAINT_RADIUS` pixels by
+    default (OpenCV's usual 3; larger radii cost quadratically more and blur more).
+    """
+    import cv2
+
+    image = np.asarray(image)
+    region = np.asarray(region, bool)
+    _check_image(image, region)
+    if method not in INPAINT_METHODS:
+        raise ValueError(f"unknown inpainting method {method!r}; choose from "
+                         f"{', '.join(INPAINT_METHODS)}")
+    if not region.any():
+        return image.copy()
+    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+    radius = radius or INPAINT_RADIUS
+    filled = cv2.inpaint(np.ascontiguousarray(image), region.astype(np.uint8), radius, flag)
+    out = image.copy()
+    out[region] = filled[region]
+    return out
+
+
+def skin_colour(image: np.ndarray, exclude: np.ndarray,
+                artifacts: np.ndarray | None = None) -> np.ndarray:
+    """The median colour ``(3,) uint8`` of an image's own skin.
+
+    Skin is every pixel outside ``exclude`` (the dilated lesion), minus known artifact
+    pixels (``artifacts`` codes > 0), dark pixels (luminance below half the median, e.g.
+    vignette corners) and near-saturated ones (a channel >= 250). Falls back to all
+    pixels outside ``exclude``, then to the whole image, when too few remain.
+    """
+    image = np.asarray(image)
+    exclude = np.asarray(exclude, bool)
+    _check_image(image, exclude)
+    lum = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    outside = ~exclude
+    if artifacts is not None:
+        outside &= np.asarray(artifacts) == 0
+    if outside.sum() < 16:
+        outside = ~exclude
+    if outside.sum() < 16:
+        outside = np.ones_like(exclude)
+    ref = float(np.median(lum[outside]))
+    keep = outside & (lum >= 0.5 * ref) & (image.max(-1) < 250)
+    if keep.sum() < 16:
+        keep = outside
+    return np.median(image[keep], axis=0).round().astype(np.uint8)
+
+
+def remove_lesion(image: np.ndarray, region: np.ndarray, method: str = "telea") -> np.ndarray:
+    """The lesion ``region`` (dilated mask, ``(H, W) bool``) inpainted from the skin around it."""
+    return inpaint(image, region, method)
+
+
+def remove_background(image: np.ndarray, region: np.ndarray,
+                      artifacts: np.ndarray | None = None) -> np.ndarray:
+    """Everything outside ``region`` (the dilated lesion) set to the image's skin colour."""
+    image = np.asarray(image)
+    region = np.asarray(region, bool)
+    out = image.copy()
+    out[~region] = skin_colour(image, region, artifacts)
+    return out
+
+
+def insert_artifact(image: np.ndarray, region: np.ndarray, name: str,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Artifact ``name`` painted outside ``region`` by the synthetic generator's painter.
+
+    Returns ``(image (H, W, 3) uint8, changed (H, W) bool)``; ``region`` stays bit-identical.
+    """
+    from dermcam.data.synth import paint_artifact
+
+    return paint_artifact(image, region, name, rng)
+
+
+def remove_artifact(image: np.ndarray, artifact_pixels: np.ndarray, keep: np.ndarray,
+                    method: str = "telea") -> np.ndarray:
+    """Inpaint ``artifact_pixels`` (grown by one pixel to catch anti-aliased edges), never
+    touching ``keep`` (the lesion)."""
+    import cv2
+
+    px = np.asarray(artifact_pixels, bool)
+    grown = cv2.dilate(px.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return inpaint(image, grown & ~np.asarray(keep, bool), method)
+
+
+@dataclass
+class Variant:
+    """One perturbed copy of an image: ``image (S, S, 3) uint8`` and what was done to it."""
+
+    probe: str
+    artifact: str
+    placement: int
+    image: np.ndarray
+    changed_share: float
+
+
+@dataclass
+class ProbeConfig:
+    """What :func:`perturb` makes for each image (recorded in the manifest)."""
+
+    probes: tuple[str, ...] = PROBES
+    artifacts: tuple[str, ...] = field(default_factory=_artifact_names)
+    placements: int = 3
+    seed: int = 0
+    dilate: float = DILATE_FRACTION
+    inpaint: str = "telea"
+
+    def __post_init__(self) -> None:
+        self.probes = tuple(self.probes)
+        self.artifacts = tuple(self.artifacts)
+        bad = [p for p in self.probes if p not in PROBES]
+        if bad or not self.probes:
+            raise DermcamError(f"unknown probe {', '.join(bad) or '(none given)'}; choose from "
+                               f"{', '.join(PROBES)}")
+        known = _artifact_names()
+        bad = [a for a in self.artifacts if a not in known]
+        if bad:
+            raise DermcamError(f"unknown artifact {', '.join(bad)}; choose from "
+                               f"{', '.join(known)}")
+        if self.placements < 1:
+            raise DermcamError(f"--placements must be at least 1, got {self.placements}")
+        if self.inpaint not in INPAINT_METHODS:
+            raise DermcamError(f"unknown --inpaint {self.inpaint!r}; choose from "
+                               f"{', '.join(INPAINT_METHODS)}")
+
+    def key(self) -> str:
+        return hashlib.sha1(repr(sorted(asdict(self).items())).encode()).hexdigest()[:12]
+
+
+def _rng(seed: int, image_id: str, artifact: str, placement: int) -> np.random.Generator:
+    """A placement's generator: same seed, image, artifact and placement -> same pixels."""
+    words = [seed, zlib.crc32(image_id.encode()), zlib.crc32(artifact.encode()), placement]
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def skip_reason(mask: np.ndarray | None) -> str | None:
+    """Why an image cannot be probed, or None."""
+    if mask is None:
+        return "no lesion mask"
+    m = np.asarray(mask).astype(bool)
+    if not m.any():
+        return "empty lesion mask"
+    if m.all():
+        return "lesion mask covers the whole image"
+    return None
+
+
+class _Clock:
+    """Thread-safe accumulator of seconds spent in inpainting."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, s: float) -> None:
+        with self._lock:
+            self.seconds += s
+
+
+def perturb(image: np.ndarray, mask: np.ndarray, artifacts: np.ndarray | None, image_id: str,
+            cfg: ProbeConfig, clock: _Clock | None = None) -> list[Variant]:
+    """Every perturbation ``cfg`` asks for of one image, in a fixed order.
+
+    ``image (S, S, 3) uint8``, ``mask (S, S)`` lesion, ``artifacts (S, S) uint8`` codes
+    (``index + 1`` into the generator's artifact list, 0 none) or None.
+    """
+    image = np.asarray(image)
+    mask = np.asarray(mask).astype(bool)
+    _check_image(image, mask)
+    region = dilate_mask(mask, cfg.dilate)
+    n_px = float(mask.size)
+    out: list[Variant] = []
+
+    def add(probe, artifact, placement, new):
+        share = float((new != image).any(-1).sum() / n_px)
+        out.append(Variant(probe, artifact, placement, new, share))
+
+    def timed_inpaint(fn, *args):
+        t = time.perf_counter()
+        res = fn(*args)
+        if clock is not None:
+            clock.add(time.perf_counter() - t)
+        return res
+
+    known = _artifact_names()
+    for probe in cfg.probes:
+        if probe == "lesion_removed":
+            add(probe, "", 0, timed_inpaint(remove_lesion, image, region, cfg.inpaint))
+        elif probe == "background_removed":
+            add(probe, "", 0, remove_background(image, region, artifacts))
+        elif probe == "artifact_inserted":
+            for name in cfg.artifacts:
+                for p in range(cfg.placements):
+                    new, _ = insert_artifact(image, region, name, _rng(cfg.seed, image_id, name, p))
+                    add(probe, name, p, new)
+        elif probe == "artifact_removed" and artifacts is not None:
+            for name in cfg.artifacts:
+                px = np.asarray(artifacts) == known.index(name) + 1
+                if px.any():
+                    add(probe, name, 0,
+                        timed_inpaint(remove_artifact, image, px, mask, cfg.inpaint))
+    return out
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def _load_models(run_dir: Path, names: Sequence[str], device) -> list[tuple[str, Any, float]]:
+    import torch
+
+    from dermcam.training import load_checkpoint, use_channels_last
+
+    models = []
+    for name in names:
+        model, _info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
+        model.to(device)
+        if use_channels_last(name):
+            model.to(memory_format=torch.channels_last)
+        models.append((name, model, float(payload["threshold"])))
+    return models
+
+
+def score_images(model, images: np.ndarray, batch_size: int = 64, device="cpu") -> np.ndarray:
+    """Malignant probability of ``(N, S, S, 3) uint8`` images -> ``(N,)`` float64."""
+    from dermcam.training import predict_proba
+
+    return predict_proba(model, images, batch_size=batch_size, device=device).astype(np.float64)
+
+
+def _batch_rows(models, chunk, items, cfg: ProbeConfig, batch_size: int, pool, clock,
+                timing: dict[str, float], device) -> pd.DataFrame:
+    """Perturb one batch of images (once) and score every variant with every model."""
+    t0 = time.perf_counter()
+    jobs = [(s.image_id, it["image"], it["mask"], it.get("artifacts")) for s, it in
+            zip(chunk, items)]
+    variants = list(pool.map(lambda j: perturb(j[1], j[2], j[3], j[0], cfg, clock), jobs))
+    timing["perturb_seconds"] += time.perf_counter() - t0
+    intact = np.stack([j[1] for j in jobs])
+    stack = np.stack([v.image for vs in variants for v in vs]) if any(variants) else intact[:0]
+    owner = np.repeat(np.arange(len(jobs)), [len(vs) for vs in variants])
+    flat = [v for vs in variants for v in vs]
+    areas = np.array([float(np.asarray(j[2]).astype(bool).mean()) for j in jobs])
+    labels = np.array([s.label for s in chunk], np.int64)
+    frames = []
+    for name, model, thr in models:
+        t1 = time.perf_counter()
+        p0 = score_images(model, intact, batch_size, device)
+        p1 = score_images(model, stack, batch_size, device) if len(stack) else np.zeros(0)
+        timing["predict_seconds"] += time.perf_counter() - t1
+        timing["images_scored"] += len(intact) + len(stack)
+        frames.append(pd.DataFrame({
+            "image_id": [jobs[k][0] for k in owner], "label": labels[owner], "model": name,
+            "probe": [v.probe for v in flat], "artifact": [v.artifact for v in flat],
+            "placement": [v.placement for v in flat], "prob_intact": p0[owner],
+            "prob_perturbed": p1, "delta": p1 - p0[owner], "threshold": thr,
+            "decision_intact": (p0[owner] >= thr).astype(int),
+            "decision_perturbed": (p1 >= thr).astype(int),
+            "changed_share": [v.changed_share for v in flat], "lesion_area": areas[owner]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CSV_COLUMNS)
+
+
+def _batch_path(run_dir: Path, start: int) -> Path:
+    return run_dir / PROBE_DIR / f"batch_{start:06d}.csv"
+
+
+def read_rows(path: str | Path) -> pd.DataFrame:
+    """A ``probe.csv`` (or one batch of it) as a DataFrame; ``artifact`` is "" where none."""
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str, "model": str, "probe": str,
+                                      "artifact": str}, keep_default_na=False, na_values=[""])
+    except Exception as exc:
+        raise DermcamError(f"unreadable probe file ({type(exc).__name__}); delete it and "
+                           "re-run 'dermcam probe'", path) from exc
+    missing = [c for c in CSV_COLUMNS if c not in df.columns]
+    if missing:
+        raise DermcamError(f"probe file lacks columns {', '.join(missing)}; delete it and "
+                           "re-run 'dermcam probe'", path)
+    return _normalise(df)
+
+
+def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(artifact=df["artifact"].fillna("").astype(str))
+
+
+def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
+              artifacts: Sequence[str] | None = None, placements: int = 3,
+              seed: int | None = None, limit: int | None = None, batch_size: int = 32,
+              inpaint_method: str = "telea", dilate: float = DILATE_FRACTION,
+              n_boot: int = 1000, progress=None, figures: bool = True, workers: int | None = None,
+              device: str = "cpu") -> list[dict[str, Any]]:
+    """Run the probes on every trained model and every masked test image; write the outputs.
+
+    Resumes per batch of ``batch_size`` images when the same configuration ran before
+    (another configuration starts over). Returns the ``probe_summary.json`` entries.
+    """
+    import shutil
+
+    from dermcam.pipeline import load_test_split, trained_models
+
+    run_dir = Path(run_dir)
+    manifest = runmod.read_manifest(run_dir, require="train")
+    seed = manifest["seed"] if seed is None else int(seed)
+    cfg = ProbeConfig(probes=tuple(probes),
+                      artifacts=tuple(artifacts) if artifacts else _artifact_names(),
+                      placements=int(placements), seed=seed, dilate=float(dilate),
+                      inpaint=inpaint_method)
+    names = trained_models(manifest)
+    if not names:
+        raise DermcamError("no trained model in this run; finish 'dermcam train' first", run_dir)
+    t0 = time.perf_counter()
+    ds, all_samples, split = load_test_split(manifest, limit=limit)
+    cache, size = split.cache, split.size
+    prev = manifest.get("stages", {}).get(PROBE_DIR, {})
+    if prev.get("config_key") != cfg.key() or prev.get("limit") != limit or \
+            prev.get("batch_size") != batch_size:
+        shutil.rmtree(run_dir / PROBE_DIR, ignore_errors=True)
+    runmod.set_stage(run_dir, "probe", "running", config=asdict(cfg), config_key=cfg.key(),
+                     limit=limit, batch_size=batch_size)
+    samples, skipped = [], []
+    for s in all_samples:
+        why = "no lesion mask" if s.mask_path is None else None
+        (skipped.append({"image_id": s.image_id, "reason": why}) if why else samples.append(s))
+    models = _load_models(run_dir, names, device)
+    clock = _Clock()
+    timing = {"perturb_seconds": 0.0, "predict_seconds": 0.0, "images_scored": 0}
+    starts = list(range(0, len(samples), batch_size))
+    frames = []
+    workers = workers or min(4, os.cpu_count() or 1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for k, start in enumerate(starts):
+                path = _batch_path(run_dir, start)
+                chunk = samples[start:start + batch_size]
+                if path.exists():
+                    rows = read_rows(path)
+                    ids = {s.image_id for s in chunk}
+                    if len(rows) and set(rows["image_id"]) <= ids and \
+                            set(rows["model"]) == set(names):
+                        frames.append(rows)
+                        for s in chunk:  # images this batch skipped when it was computed
+                            if s.image_id not in set(rows["image_id"]):
+                                why = skip_reason(cache.get(s, size)["mask"])
+                                skipped.append({"image_id": s.image_id, "reason": why})
+                        if progress:
+                            progress(k + 1, len(starts))
+                        continue
+                items = [cache.get(s, size) for s in chunk]
+                keep = []
+                for s, it in zip(chunk, items):
+                    why = skip_reason(it["mask"])
+                    if why:
+                        skipped.append({"image_id": s.image_id, "reason": why})
+                    else:
+                        keep.append((s, it))
+                rows = _batch_rows(models, [s for s, _ in keep], [it for _, it in keep], cfg,
+                                   batch_size * 2, pool, clock, timing, device) if keep else \
+                    pd.DataFrame(columns=CSV_COLUMNS)
+                write_csv(path, rows[CSV_COLUMNS])
+                frames.append(rows)
+                if progress:
+                    progress(k + 1, len(starts))
+    except BaseException as exc:  # Ctrl-C too: the batches on disk resume next time
+        runmod.set_stage(run_dir, "probe", "failed",
+                         error=(str(exc) or type(exc).__name__)[:500])
+        raise
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CSV_COLUMNS)
+    df = df[CSV_COLUMNS].sort_values(["model", "image_id", "probe", "artifact", "placement"],
+                                     kind="stable").reset_index(drop=True)
+    if df.empty:
+        runmod.set_stage(run_dir, "probe", "failed", error="no test image could be probed")
+        raise DermcamError("no test image could be probed (the probes need lesion masks): "
+                           f"{len(skipped)} skipped", ds.root)
+    write_csv(run_dir / PROBE_CSV, df)
+    attention = _attention_for_tracking(run_dir, manifest)
+    entries = summarise(df, cfg, n_boot=n_boot, seed=seed, attention=attention)
+    write_json(run_dir / PROBE_SUMMARY, entries)
+    if figures:
+        _figures(run_dir, df, entries, samples, cache, size, cfg)
+    n_rows = int(len(df) / max(1, len(names)))
+    n_images = int(df["image_id"].nunique())
+    scored = timing["images_scored"]
+    timing.update({
+        "inpaint_seconds": round(clock.seconds, 3),
+        "perturb_seconds": round(timing["perturb_seconds"], 3),
+        "predict_seconds": round(timing["predict_seconds"], 3),
+        "scored_images_per_second": round(scored / timing["predict_seconds"], 1)
+        if timing["predict_seconds"] > 0 else None,
+        "probed_images_per_second": round(n_images / (time.perf_counter() - t0), 2),
+        "wall_seconds": round(time.perf_counter() - t0, 2)})
+    runmod.set_stage(run_dir, "probe", "complete", config=asdict(cfg), config_key=cfg.key(),
+                     limit=limit, batch_size=batch_size, n_images=n_images,
+                     rows_per_model=n_rows, skipped=skipped,
+                     inpaint=f"OpenCV {cfg.inpaint}", timing=timing,
+                     wall_time_s=round(time.perf_counter() - t0, 2))
+    if skipped:
+        log.warning("%d test image(s) skipped by the probes, e.g. %s: %s", len(skipped),
+                    skipped[0]["image_id"], skipped[0]["reason"])
+    return entries
+
+
+def _attention_for_tracking(run_dir: Path, manifest) -> pd.DataFrame | None:
+    """attention.csv rows at each model's chosen method and layer (None without explain)."""
+    path = run_dir / "attention.csv"
+    st = manifest.get("stages", {}).get("explain", {})
+    if not path.exists() or st.get("status") != runmod.STATUS_COMPLETE:
+        return None
+    att = pd.read_csv(path, dtype={"image_id": str, "model": str, "method": str, "layer": str},
+                      keep_default_na=False, na_values=[""])
+    keep = []
+    for sel in st.get("layers") or []:
+        m = (att["model"] == sel["model"]) & (att["method"] == sel["method"])
+        if "layer" in att.columns:
+            m &= att["layer"] == sel["layer"]
+        if m.any() and sel["model"] not in {k["model"].iloc[0] for k in keep}:
+            keep.append(att[m].assign(cam=f"{sel['method']}@{sel['layer']}"))
+    return pd.concat(keep, ignore_index=True) if keep else None
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def _mean_ci(v: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    from dermcam.stats import bootstrap_indices, percentile_interval
+
+    v = np.asarray(v, np.float64)
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    if v.size < 2:
+        return float(v.mean()), math.nan, math.nan
+    idx = bootstrap_indices(v, n_boot, seed, stratified=False)
+    lo, hi = percentile_interval(v[idx].mean(1), what="mean probability change")
+    return float(v.mean()), lo, hi
+
+
+def _rate(num: int, den: int) -> float:
+    return num / den if den else math.nan
+
+
+def _spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int
+                 ) -> tuple[float, float, float, int]:
+    from scipy.stats import spearmanr
+
+    from dermcam.stats import bootstrap_indices, percentile_interval
+
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan, math.nan, int(x.size)
+    rho = float(spearmanr(x, y).statistic)
+    idx = bootstrap_indices(x, n_boot, seed, stratified=False)
+    boot = np.array([spearmanr(x[r], y[r]).statistic if np.ptp(x[r]) and np.ptp(y[r])
+                     else np.nan for r in idx], np.float64)
+    lo, hi = percentile_interval(boot, what="Spearman rho")
+    return rho, lo, hi, int(x.size)
+
+
+def _auc_block(y: np.ndarray, p_intact: np.ndarray, p_pert: np.ndarray, n_boot: int,
+               seed: int) -> dict[str, Any]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from dermcam.stats import bootstrap_ci, delong_test
+
+    if np.unique(y).size < 2:
+        return {"auc": math.nan, "auc_ci_low": math.nan, "auc_ci_high": math.nan,
+                "ap": math.nan, "ap_ci_low": math.nan, "ap_ci_high": math.nan,
+                "auc_intact": math.nan, "auc_reason": "the test images are of one class"}
+    out: dict[str, Any] = {}
+    for key, fn in (("auc", roc_auc_score), ("ap", average_precision_score)):
+        for suffix, p in (("", p_pert), ("_intact", p_intact)):
+            v, lo, hi = bootstrap_ci(fn, y, p, n_boot=n_boot, seed=seed)
+            out[f"{key}{suffix}"] = v
+            out[f"{key}{suffix}_ci_low"], out[f"{key}{suffix}_ci_high"] = lo, hi
+    d = delong_test(y, p_intact, p_pert)
+    out["auc_diff_p"] = d.get("p")
+    return out
+
+
+def summarise(df: pd.DataFrame, cfg: ProbeConfig | None = None, n_boot: int = 1000,
+              seed: int = 0, attention: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    """``probe.csv`` rows -> one entry per model x probe [x artifact].
+
+    Per entry: ``n`` images; ``delta_mean`` with a 95 % bootstrap CI over images (each
+    image's change averaged over its placements first, so placements are not counted as
+    independent images), the same per class (``delta_benign``, ``delta_malignant``);
+    ``flip_to_malignant`` = share of (image, placement) rows decided benign intact and
+    malignant perturbed among those decided benign intact (``flip_to_benign`` likewise).
+    For lesion and background removal also ``auc``/``ap`` with stratified bootstrap CIs,
+    ``auc_intact``/``ap_intact`` on the same images, the DeLong p of the AUC change, and,
+    when ``attention`` (attention.csv at the chosen CAM) is given, Spearman's rho between
+    each image's leakage (and excess leakage) and the size of its probability change
+    ``|delta|`` with a bootstrap CI.
+    """
+    entries: list[dict[str, Any]] = []
+    cfg = cfg or ProbeConfig()
+    df = _normalise(df)
+    for (model, probe, artifact), g in df.groupby(["model", "probe", "artifact"], sort=False,
+                                                  dropna=False):
+        per_img = g.groupby("image_id", sort=True).agg(
+            delta=("delta", "mean"), label=("label", "first"),
+            prob_intact=("prob_intact", "first"), prob_perturbed=("prob_perturbed", "mean"))
+        d = per_img["delta"].to_numpy(np.float64)
+        mean, lo, hi = _mean_ci(d, n_boot, seed)
+        ben, mal = g[g["decision_intact"] == 0], g[g["decision_intact"] == 1]
+        e: dict[str, Any] = {
+            "model": model, "probe": probe, "artifact": artifact or None,
+            "n": int(len(per_img)), "placements": int(g["placement"].nunique()),
+            "delta_mean": mean, "delta_ci_low": lo, "delta_ci_high": hi,
+            "flip_to_malignant": _rate(int((ben["decision_perturbed"] == 1).sum()), len(ben)),
+            "flip_to_benign": _rate(int((mal["decision_perturbed"] == 0).sum()), len(mal)),
+            "n_decided_benign": int(len(ben)), "n_decided_malignant": int(len(mal)),
+            "changed_share": float(g["changed_share"].mean()),
+        }
+        for cls, lab in (("benign", 0), ("malignant", 1)):
+            v = per_img.loc[per_img["label"] == lab, "delta"].to_numpy(np.float64)
+            m_, l_, h_ = _mean_ci(v, n_boot, seed)
+            e.update({f"delta_{cls}": m_, f"delta_{cls}_ci_low": l_,
+                      f"delta_{cls}_ci_high": h_, f"n_{cls}": int(v.size)})
+        if probe in ("lesion_removed", "background_removed"):
+            y = per_img["label"].to_numpy(np.int64)
+            e.update(_auc_block(y, per_img["prob_intact"].to_numpy(np.float64),
+                                per_img["prob_perturbed"].to_numpy(np.float64), n_boot, seed))
+            e["method"] = (f"OpenCV inpainting ({cfg.inpaint}) of the lesion dilated by "
+                           f"{cfg.dilate:.0%} of the side" if probe == "lesion_removed" else
+                           "pixels outside the dilated lesion set to the median skin colour")
+            if attention is not None:
+                e.update(_tracking(attention, model, per_img, n_boot, seed))
+        elif probe == "artifact_inserted":
+            e["method"] = (f"the synthetic generator's {artifact} painter, outside the dilated "
+                           f"lesion, {e['placements']} seeded placement(s) per image")
+        else:
+            e["method"] = f"OpenCV inpainting ({cfg.inpaint}) of the {artifact} pixels"
+        entries.append(e)
+    order = {p: i for i, p in enumerate(PROBES)}
+    entries.sort(key=lambda e: (str(e["model"]), order.get(e["probe"], 99), e["artifact"] or ""))
+    return entries
+
+
+def _tracking(att: pd.DataFrame, model: str, per_img: pd.DataFrame, n_boot: int, seed: int
+              ) -> dict[str, Any]:
+    a = att[att["model"] == model].drop_duplicates("image_id").set_index("image_id")
+    ids = per_img.index.intersection(a.index)
+    if len(ids) == 0:
+        return {}
+    mag = np.abs(per_img.loc[ids, "delta"].to_numpy(np.float64))
+    out: dict[str, Any] = {"cam": str(a["cam"].iloc[0])}
+    for metric in ("leakage", "excess_leakage"):
+        if metric not in a.columns:
+            continue
+        x = a.loc[ids, metric].to_numpy(np.float64)
+        rho, lo, hi, n = _spearman_ci(x, mag, n_boot, seed)
+        out.update({f"{metric}_rho": rho, f"{metric}_rho_ci_low": lo,
+                    f"{metric}_rho_ci_high": hi, "rho_n": n})
+    return out
+
+
+# ------------------------------------------------------------------ sentences
+
+
+def _f(v: Any, fmt: str = ".3f") -> str:
+    from dermcam.formatting import num
+
+    return num(v, fmt)
+
+
+def _signed(v: Any) -> str:
+    return _f(v, "+.3f")
+
+
+def _finite(*vs: Any) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in vs)
+
+
+ARTIFACT_PHRASES = {"ruler": "a ruler", "ink": "ink marks", "patch": "a colour patch",
+                    "vignette": "dark corners", "hair": "hair"}
+
+
+def delta_verdict(e: dict[str, Any], prefix: str = "delta") -> str:
+    """What a mean change's 95 % CI shows.
+
+    ``raises`` / ``lowers``: the CI excludes 0 and reaches beyond +/-``NEGLIGIBLE_DELTA``;
+    ``slightly raises`` / ``slightly lowers``: it excludes 0 but lies within the margin;
+    ``negligible``: it includes 0 and lies within the margin (an equivalence statement);
+    ``inconclusive``: it includes 0 and reaches beyond the margin, or is undefined.
+    """
+    lo, hi = e.get(f"{prefix}_ci_low"), e.get(f"{prefix}_ci_high")
+    if not _finite(lo, hi):
+        return "inconclusive"
+    small = -NEGLIGIBLE_DELTA < lo and hi < NEGLIGIBLE_DELTA
+    if lo > 0:
+        return "slightly raises" if small else "raises"
+    if hi < 0:
+        return "slightly lowers" if small else "lowers"
+    return "negligible" if small else "inconclusive"
+
+
+def _pct(v: Any) -> str:
+    return _f(v * 100 if _finite(v) else None, ".0f") + " %"
+
+
+def sentence(e: dict[str, Any], display: str | None = None) -> str:
+    """One plain sentence for one entry, following from the numbers in it."""
+    who = display or e["model"]
+    probe, art = e["probe"], e.get("artifact")
+    change = (f"{_signed(e['delta_mean'])} (95 % CI {_signed(e['delta_ci_low'])} to "
+              f"{_signed(e['delta_ci_high'])}, n = {e['n']} images)")
+    if probe == "lesion_removed":
+        auc = (f"AUC {_f(e.get('auc'))} (95 % CI {_f(e.get('auc_ci_low'))}-"
+               f"{_f(e.get('auc_ci_high'))}, n = {e['n']}; intact {_f(e.get('auc_intact'))})")
+        lo, hi = e.get("auc_ci_low"), e.get("auc_ci_high")
+        if _finite(lo) and lo > 0.5:
+            return (f"With the lesion inpainted away, {who} still ranks malignant above benign "
+                    f"images, {auc}: it uses what lies outside the lesion.")
+        if _finite(hi) and hi < 0.5:
+            return (f"With the lesion inpainted away, {who} ranks benign above malignant "
+                    f"images, {auc}: the context it sees points the other way.")
+        if _finite(lo, hi):
+            return (f"With the lesion inpainted away, {who}'s ranking is not distinguishable "
+                    f"from chance, {auc}: no evidence that it ranks by context alone (which "
+                    "does not prove it ignores context).")
+        return (f"With the lesion inpainted away, {who}'s AUC is undefined "
+                f"({e.get('auc_reason', 'n/a')}).")
+    if probe == "background_removed":
+        return (f"With the background replaced by flat skin, {who}'s AUC is {_f(e.get('auc'))} "
+                f"(95 % CI {_f(e.get('auc_ci_low'))}-{_f(e.get('auc_ci_high'))}) against "
+                f"{_f(e.get('auc_intact'))} intact (DeLong p = {_f(e.get('auc_diff_p'))}); its "
+                f"malignant probability changes by {change}.")
+    thing = ARTIFACT_PHRASES.get(art, art)
+    what = (f"Inserting {thing}" if probe == "artifact_inserted"
+            else f"Removing the {art} from the images that carry it")
+    v = delta_verdict(e)
+    flips = (f"; {_pct(e['flip_to_malignant'])} of benign decisions flip to malignant and "
+             f"{_pct(e['flip_to_benign'])} of malignant ones to benign")
+    if v in ("raises", "lowers"):
+        return (f"{what} {v} {who}'s malignant probability by {change}{flips}: the model "
+                f"reacts to the {art}.")
+    if v in ("slightly raises", "slightly lowers"):
+        return (f"{what} {v} {who}'s malignant probability, by {change}: detectable but "
+                f"within ±{NEGLIGIBLE_DELTA}.")
+    if v == "negligible":
+        return (f"{what} changes {who}'s malignant probability by {change}, within "
+                f"±{NEGLIGIBLE_DELTA}: no material reaction to the {art}.")
+    return (f"{what} changes {who}'s malignant probability by {change}: inconclusive (neither "
+            f"a reaction nor its absence within ±{NEGLIGIBLE_DELTA} is shown).")
+
+
+def tracking_sentence(e: dict[str, Any], display: str | None = None) -> str | None:
+    """Whether the CAM's leakage predicts the probability change under this probe."""
+    if "leakage_rho" not in e:
+        return None
+    who = display or e["model"]
+    rho, lo, hi = e["leakage_rho"], e.get("leakage_rho_ci_low"), e.get("leakage_rho_ci_high")
+    what = PROBE_TITLES[e["probe"]]
+    head = (f"{who}'s CAM leakage ({e.get('cam')}) against the size of the probability change "
+            f"with the {what.replace(' removed', '')} removed: Spearman rho {_f(rho, '+.2f')} "
+            f"(95 % CI {_f(lo, '+.2f')} to {_f(hi, '+.2f')}, n = {e.get('rho_n')})")
+    if not _finite(lo, hi):
+        return head + ": undefined."
+    if lo > 0 or hi < 0:
+        return head + ": the heatmap tracks the model's behaviour on these images."
+    return head + ": no detectable link, so leakage does not predict this reliance here."
+
+
+def sentences(entries: Sequence[dict[str, Any]], displays: dict[str, str] | None = None
+              ) -> list[str]:
+    """Every entry's sentence (and the heatmap-tracking sentences), model by model."""
+    displays = displays or {}
+    out = []
+    for e in entries:
+        d = displays.get(e["model"])
+        out.append(sentence(e, d))
+        t = tracking_sentence(e, d)
+        if t:
+            out.append(t)
+    return out
+
+
+def read_summary(run_dir: str | Path) -> list[dict[str, Any]] | None:
+    path = Path(run_dir) / PROBE_SUMMARY
+    if not path.exists():
+        return None
+    obj = read_json(path)
+    if not isinstance(obj, list):
+        raise DermcamError("probe_summary.json is not a list of entries", path)
+    return obj
+
+
+def find(entries: Sequence[dict[str, Any]], model: str, probe: str,
+         artifact: str | None = None) -> dict[str, Any] | None:
+    for e in entries:
+        if e["model"] == model and e["probe"] == probe and (e.get("artifact") or None) == artifact:
+            return e
+    return None
+
+
+# ------------------------------------------------------------------ figures
+
+
+def _label(e: dict[str, Any]) -> str:
+    if e["probe"] in ("artifact_inserted", "artifact_removed"):
+        return f"{e['artifact']} {PROBE_TITLES[e['probe']]}"
+    return PROBE_TITLES[e["probe"]]
+
+
+def build_delta_figure(df: pd.DataFrame, displays: dict[str, str] | None = None):
+    """Per model, the per-image change in malignant probability under each probe (box plots)."""
+    from dermcam.plots import _new_figure
+
+    displays = displays or {}
+    df = _normalise(df)
+    models = list(dict.fromkeys(df["model"]))
+    fig = _new_figure((max(6.0, 0.55 * df.groupby(["probe", "artifact"]).ngroups + 2),
+                       2.6 * len(models)))
+    axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
+    order = {p: i for i, p in enumerate(PROBES)}
+    for ax, model in zip(axes, models):
+        g = df[df["model"] == model]
+        keys = sorted(g.groupby(["probe", "artifact"]).groups,
+                      key=lambda k: (order.get(k[0], 99), k[1]))
+        data = [g[(g["probe"] == p) & (g["artifact"] == a)].groupby("image_id")["delta"].mean()
+                for p, a in keys]
+        ax.boxplot(data, showfliers=False)
+        ax.set_xticks(range(1, len(keys) + 1))
+        ax.set_xticklabels([_label({"probe": p, "artifact": a}) for p, a in keys],
+                           rotation=30, ha="right", fontsize=8)
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_ylabel("Δ P(malignant)")
+        ax.set_title(displays.get(model, model), fontsize=10)
+    return fig
+
+
+def build_auc_figure(entries: Sequence[dict[str, Any]], displays: dict[str, str] | None = None):
+    """ROC AUC intact vs lesion removed vs background removed, with 95 % CIs, per model."""
+    from dermcam.plots import _new_figure
+
+    displays = displays or {}
+    models = list(dict.fromkeys(e["model"] for e in entries))
+    fig = _new_figure((max(5.0, 1.8 * len(models) + 1.5), 3.6))
+    ax = fig.subplots()
+    colours = {"intact": "#4c72b0", "lesion_removed": "#c44e52", "background_removed": "#55a868"}
+    for i, model in enumerate(models):
+        rows = []
+        for probe in ("lesion_removed", "background_removed"):
+            e = find(entries, model, probe)
+            if e is None:
+                continue
+            if not rows:
+                rows.append(("intact", e.get("auc_intact"), e.get("auc_intact_ci_low"),
+                             e.get("auc_intact_ci_high")))
+            rows.append((probe, e.get("auc"), e.get("auc_ci_low"), e.get("auc_ci_high")))
+        for j, (key, v, lo, hi) in enumerate(rows):
+            if not _finite(v):
+                continue
+            x = i + (j - 1) * 0.22
+            err = [[v - lo], [hi - v]] if _finite(lo, hi) else None
+            ax.errorbar([x], [v], yerr=err, fmt="o", color=colours[key], capsize=3,
+                        label=key.replace("_", " ") if i == 0 else None)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(models)))
+    ax.set_xticklabels([displays.get(m, m) for m in models])
+    ax.set_ylabel("ROC AUC [95 % CI]")
+    ax.set_ylim(0.0, 1.02)
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def build_examples_figure(examples: Sequence[tuple[str, int, list[Variant], np.ndarray]]):
+    """A grid: one row per example image, its intact pixels then every perturbation."""
+    from dermcam.plots import _new_figure
+
+    ncol = 1 + max((len(v) for _, _, v, _ in examples), default=0)
+    fig = _new_figure((1.35 * ncol, 1.55 * len(examples)))
+    axes = fig.subplots(len(examples), ncol, squeeze=False)
+    for r, (image_id, label, variants, intact) in enumerate(examples):
+        cells = [("intact", intact)] + [
+            (_label({"probe": v.probe, "artifact": v.artifact}) +
+             (f" #{v.placement + 1}" if v.probe == "artifact_inserted" else ""), v.image)
+            for v in variants]
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if c < len(cells):
+                ax.imshow(cells[c][1])
+                title = cells[c][0] if c else f"{image_id}\n({'malignant' if label else 'benign'})"
+                ax.set_title(title, fontsize=6)
+    return fig
+
+
+def _figures(run_dir: Path, df: pd.DataFrame, entries, samples, cache, size: int,
+             cfg: ProbeConfig) -> None:
+    from dermcam.io import save_figure
+
+    manifest = runmod.read_manifest(run_dir)
+    displays = {k: v.get("display_name", k) for k, v in manifest.get("models", {}).items()}
+    figdir = run_dir / "figures"
+    save_figure(build_delta_figure(df, displays), figdir / "probe_delta.png")
+    if any(e["probe"] in ("lesion_removed", "background_removed") for e in entries):
+        save_figure(build_auc_figure(entries, displays), figdir / "probe_auc.png")
+    examples = []
+    one_cfg = ProbeConfig(probes=cfg.probes, artifacts=cfg.artifacts, placements=1,
+                          seed=cfg.seed, dilate=cfg.dilate, inpaint=cfg.inpaint)
+    probed = set(df["image_id"])
+    for want in (1, 0):  # a malignant then a benign image, the first carrying an artifact
+        pool = [s for s in samples if s.label == want and s.image_id in probed]
+        if not pool:
+            continue
+        items = [(s, cache.get(s, size)) for s in pool[:40]]
+        s, it = next(((s, it) for s, it in items if it.get("artifacts") is not None
+                      and it["artifacts"].any()), items[0])
+        examples.append((s.image_id, s.label, perturb(it["image"], it["mask"],
+                                                      it.get("artifacts"), s.image_id, one_cfg),
+                         it["image"]))
+    if examples:
+        save_figure(build_examples_figure(examples), figdir / "probe_examples.png", dpi=110)

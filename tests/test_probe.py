@@ -1,0 +1,340 @@
+"""The probe stage: each perturbation changes only the pixels it names; known-answer
+statistics; the stage over a run (rows, resume, skipped images, CLI).
+
+The proof that the probes measure what they claim (a shortcut model reacts to inserted
+rulers, a clean one does not; lesion removal drops the clean model's AUC) is in
+tests/test_shortcut.py, which trains the twin models once for both audits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dermcam import probe as pr
+from dermcam.errors import DermcamError
+
+SKIN = (200, 160, 140)
+
+
+def _image(size=48, seed=0):
+    """Flat skin with light noise, a dark disc lesion; returns ``(image, mask)``."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = SKIN
+    img = (img.astype(int) + rng.integers(-3, 4, img.shape)).clip(0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    mask = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 5) ** 2
+    img[mask] = (70, 40, 30)
+    return img, mask
+
+
+# ------------------------------------------------------------------ perturbations
+
+
+def test_dilate_mask_grows_by_the_stated_radius():
+    m = np.zeros((41, 41), bool)
+    m[20, 20] = True
+    d = pr.dilate_mask(m, fraction=3 / 41)  # r = round(3) = 3 px
+    ys, xs = np.nonzero(d)
+    assert ys.min() == 17 and ys.max() == 23 and xs.min() == 17 and xs.max() == 23
+    assert not d[17, 17]  # a disc, not a square
+    assert np.array_equal(pr.dilate_mask(m, 0), m)
+    with pytest.raises(ValueError, match="2-D"):
+        pr.dilate_mask(np.zeros((4, 4, 3)))
+
+
+def test_lesion_removal_changes_only_the_dilated_lesion_and_fills_it_with_skin():
+    img, mask = _image()
+    region = pr.dilate_mask(mask)
+    out = pr.remove_lesion(img, region)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert np.array_equal(out[~region], img[~region])  # bit-identical outside
+    filled = out[mask].astype(float).mean(0)
+    assert np.all(np.abs(filled - SKIN) < 8)  # the dark lesion is now skin-coloured
+    ns = pr.remove_lesion(img, region, method="ns")
+    assert np.array_equal(ns[~region], img[~region])
+    with pytest.raises(ValueError, match="inpainting"):
+        pr.inpaint(img, region, method="magic")
+
+
+def test_skin_colour_ignores_lesion_dark_corners_saturation_and_artifacts():
+    img, mask = _image(64)
+    img[:10, :10] = (5, 5, 5)  # vignette corner
+    img[-6:, -6:] = (255, 255, 255)  # glare
+    arts = np.zeros(mask.shape, np.uint8)
+    arts[30:34, :8] = 1
+    img[30:34, :8] = (40, 40, 40)  # a ruler, known from the artifact map
+    got = pr.skin_colour(img, pr.dilate_mask(mask), arts)
+    assert np.all(np.abs(got.astype(int) - SKIN) <= 1)
+
+
+def test_background_removal_keeps_the_lesion_and_flattens_the_rest():
+    img, mask = _image()
+    region = pr.dilate_mask(mask)
+    out = pr.remove_background(img, region)
+    assert np.array_equal(out[region], img[region])
+    outside = out[~region]
+    assert (outside == outside[0]).all()
+    assert np.all(np.abs(outside[0].astype(int) - SKIN) <= 1)
+
+
+@pytest.mark.parametrize("name", ["ruler", "ink", "patch", "vignette", "hair"])
+def test_artifact_insertion_leaves_the_lesion_bit_identical_and_is_seeded(name):
+    img, mask = _image(96)
+    region = pr.dilate_mask(mask)
+    a, changed = pr.insert_artifact(img, region, name, np.random.default_rng(1))
+    b, _ = pr.insert_artifact(img, region, name, np.random.default_rng(1))
+    c, _ = pr.insert_artifact(img, region, name, np.random.default_rng(2))
+    assert np.array_equal(a[region], img[region])
+    assert changed.any() and not (changed & region).any()
+    assert np.array_equal((a != img).any(-1), changed)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_artifact_removal_on_a_rendered_ruler():
+    from dermcam.data.synth import ARTIFACTS, SynthConfig, render_sample
+
+    cfg = SynthConfig.from_preset("shortcut", n_train=40, n_test=10, image_size=96, seed=0)
+    s = next(r for i in range(40) if "ruler" in (r := render_sample(cfg, "train", i)).present)
+    ruler = s.artifacts == ARTIFACTS.index("ruler") + 1
+    out = pr.remove_artifact(s.image, ruler, s.mask)
+    touched = (out != s.image).any(-1)
+    from scipy.ndimage import binary_dilation
+
+    grown = binary_dilation(ruler, np.ones((3, 3), bool))  # one pixel, 8-connected
+    assert not (touched & ~grown).any()  # nothing outside the (grown) ruler
+    assert np.array_equal(out[s.mask], s.image[s.mask])  # the lesion untouched
+    lum = (s.image[ruler].astype(float).mean(), out[ruler].astype(float).mean())
+    assert lum[1] > lum[0] + 30  # the dark band is gone
+
+
+def test_perturb_lists_every_variant_in_order_and_is_deterministic():
+    img, mask = _image(64)
+    arts = np.zeros(mask.shape, np.uint8)
+    arts[2:6, 5:40] = 1  # a ruler
+    cfg = pr.ProbeConfig(placements=2, seed=3)
+    v1 = pr.perturb(img, mask, arts, "ISIC_1", cfg)
+    v2 = pr.perturb(img, mask, arts, "ISIC_1", cfg)
+    keys = [(v.probe, v.artifact, v.placement) for v in v1]
+    assert keys[:2] == [("lesion_removed", "", 0), ("background_removed", "", 0)]
+    ins = [k for k in keys if k[0] == "artifact_inserted"]
+    assert len(ins) == 2 * len(cfg.artifacts)
+    assert [k for k in keys if k[0] == "artifact_removed"] == [("artifact_removed", "ruler", 0)]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(v1, v2))
+    other = pr.perturb(img, mask, arts, "ISIC_2", cfg)  # placements depend on the image id
+    assert not all(np.array_equal(a.image, b.image) for a, b in zip(v1[2:], other[2:]))
+    assert not any(v.probe == "artifact_removed" for v in pr.perturb(img, mask, None, "x", cfg))
+    for v in v1:
+        assert 0 < v.changed_share <= 1
+
+
+def test_skip_reasons_and_config_errors():
+    assert pr.skip_reason(None) == "no lesion mask"
+    assert pr.skip_reason(np.zeros((4, 4))) == "empty lesion mask"
+    assert pr.skip_reason(np.ones((4, 4))) == "lesion mask covers the whole image"
+    assert pr.skip_reason(np.eye(4)) is None
+    with pytest.raises(DermcamError, match="unknown probe"):
+        pr.ProbeConfig(probes=("lesion_gone",))
+    with pytest.raises(DermcamError, match="unknown artifact"):
+        pr.ProbeConfig(artifacts=("tattoo",))
+    with pytest.raises(DermcamError, match="placements"):
+        pr.ProbeConfig(placements=0)
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def _table():
+    """Four images x one model: a lesion probe and an insertion with two placements."""
+    rows = []
+    intact = {"a": (0, 0.1), "b": (0, 0.3), "c": (1, 0.6), "d": (1, 0.9)}
+    lesion = {"a": 0.2, "b": 0.1, "c": 0.7, "d": 0.4}
+    ruler = {"a": (0.6, 0.2), "b": (0.3, 0.5), "c": (0.6, 0.8), "d": (0.9, 0.3)}
+    for i, (y, p0) in intact.items():
+        rows.append((i, y, "m", "lesion_removed", "", 0, p0, lesion[i]))
+        for k, p1 in enumerate(ruler[i]):
+            rows.append((i, y, "m", "artifact_inserted", "ruler", k, p0, p1))
+    df = pd.DataFrame(rows, columns=["image_id", "label", "model", "probe", "artifact",
+                                     "placement", "prob_intact", "prob_perturbed"])
+    df["delta"] = df["prob_perturbed"] - df["prob_intact"]
+    df["threshold"] = 0.5
+    df["decision_intact"] = (df["prob_intact"] >= 0.5).astype(int)
+    df["decision_perturbed"] = (df["prob_perturbed"] >= 0.5).astype(int)
+    df["changed_share"] = 0.1
+    df["lesion_area"] = 0.2
+    return df
+
+
+def test_summary_entries_have_known_answers():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    df = _table()
+    entries = pr.summarise(df, n_boot=400, seed=0)
+    les = pr.find(entries, "m", "lesion_removed")
+    ins = pr.find(entries, "m", "artifact_inserted", "ruler")
+    assert les["n"] == 4 and ins["n"] == 4 and ins["placements"] == 2
+    # per image: placements averaged first -> a +0.3, b +0.1, c +0.1, d -0.3
+    assert ins["delta_mean"] == pytest.approx(np.mean([0.3, 0.1, 0.1, -0.3]))
+    assert ins["delta_ci_low"] <= ins["delta_mean"] <= ins["delta_ci_high"]
+    assert ins["delta_benign"] == pytest.approx(0.2) and ins["n_benign"] == 2
+    assert ins["delta_malignant"] == pytest.approx(-0.1)
+    # flips over (image, placement) rows: benign-decided a, b (4 rows): a@0.6, b@0.5 -> 2/4
+    assert ins["flip_to_malignant"] == pytest.approx(2 / 4)
+    # malignant-decided c, d (4 rows): c@0.6, c@0.8 stay, d@0.9 stays, d@0.3 flips -> 1/4
+    assert ins["flip_to_benign"] == pytest.approx(1 / 4)
+    y = np.array([0, 0, 1, 1])
+    assert les["auc"] == pytest.approx(roc_auc_score(y, [0.2, 0.1, 0.7, 0.4]))
+    assert les["auc_intact"] == pytest.approx(roc_auc_score(y, [0.1, 0.3, 0.6, 0.9]))
+    assert les["ap"] == pytest.approx(average_precision_score(y, [0.2, 0.1, 0.7, 0.4]))
+    assert "auc" not in ins
+    assert [e["probe"] for e in entries] == ["lesion_removed", "artifact_inserted"]
+
+
+def test_tracking_correlates_leakage_with_the_size_of_the_change():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    n = 60
+    ids = [f"i{k:02d}" for k in range(n)]
+    leak = rng.uniform(0, 1, n)
+    p0 = rng.uniform(0.2, 0.8, n)
+    change = 0.3 * leak * np.where(rng.uniform(size=n) < 0.5, -1, 1)  # |delta| = 0.3 leak
+    df = pd.DataFrame({"image_id": ids, "label": np.arange(n) % 2, "model": "m",
+                       "probe": "background_removed", "artifact": "", "placement": 0,
+                       "prob_intact": p0, "prob_perturbed": p0 + change})
+    df["delta"] = df["prob_perturbed"] - df["prob_intact"]
+    df["threshold"], df["changed_share"], df["lesion_area"] = 0.5, 0.5, 0.2
+    df["decision_intact"] = (df["prob_intact"] >= 0.5).astype(int)
+    df["decision_perturbed"] = (df["prob_perturbed"] >= 0.5).astype(int)
+    att = pd.DataFrame({"image_id": ids, "model": "m", "leakage": leak,
+                        "excess_leakage": -leak, "cam": "gradcam@layer3"})
+    e = pr.summarise(df, n_boot=200, attention=att)[0]
+    expect = spearmanr(leak, np.abs(df["delta"])).statistic
+    assert e["leakage_rho"] == pytest.approx(expect) and e["leakage_rho"] > 0.99
+    assert e["excess_leakage_rho"] == pytest.approx(-expect)
+    assert e["leakage_rho_ci_low"] > 0 and e["rho_n"] == n and e["cam"] == "gradcam@layer3"
+    assert "tracks the model's behaviour" in pr.tracking_sentence(e)
+
+
+@pytest.mark.parametrize("lo, hi, verdict", [
+    (0.05, 0.10, "raises"), (-0.10, -0.03, "lowers"), (0.001, 0.004, "slightly raises"),
+    (-0.004, -0.001, "slightly lowers"), (-0.01, 0.01, "negligible"),
+    (-0.01, 0.05, "inconclusive"), (math.nan, math.nan, "inconclusive")])
+def test_delta_verdicts(lo, hi, verdict):
+    assert pr.delta_verdict({"delta_ci_low": lo, "delta_ci_high": hi}) == verdict
+
+
+def test_sentences_follow_from_the_numbers():
+    base = {"model": "m", "n": 100, "delta_mean": 0.0, "delta_ci_low": -0.01,
+            "delta_ci_high": 0.01, "flip_to_malignant": 0.0, "flip_to_benign": 0.0}
+    context = dict(base, probe="lesion_removed", artifact=None, auc=0.7, auc_ci_low=0.62,
+                   auc_ci_high=0.78, auc_intact=0.9)
+    assert "still ranks malignant above benign" in pr.sentence(context, "ResNet18")
+    chance = dict(context, auc=0.52, auc_ci_low=0.45, auc_ci_high=0.6)
+    assert "not distinguishable from chance" in pr.sentence(chance)
+    ruler = dict(base, probe="artifact_inserted", artifact="ruler", delta_mean=0.2,
+                 delta_ci_low=0.15, delta_ci_high=0.25, flip_to_malignant=0.4)
+    s = pr.sentence(ruler, "ResNet18")
+    assert s.startswith("Inserting a ruler raises ResNet18's") and "40 %" in s
+    flat = dict(base, probe="artifact_inserted", artifact="ink")
+    assert "no material reaction" in pr.sentence(flat)
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def _data(root, n=36, size=32, seed=0, drop_mask=None):
+    """Generic layout, dark malignant blobs, pale benign ones; optionally one mask missing."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = ["image_id,label,split"]
+    for i in range(n):
+        label = int(i % 3 == 0)
+        img = np.full((size, size, 3), SKIN, np.uint8)
+        yy, xx = np.mgrid[:size, :size]
+        cy, cx = rng.uniform(10, size - 10, 2)
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(4, 7) ** 2
+        img[m] = (40, 20, 10) if label else (170, 120, 90)
+        Image.fromarray(img).save(root / "images" / f"img{i:03d}.png")
+        if f"img{i:03d}" != drop_mask:
+            Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / f"img{i:03d}.png")
+        rows.append(f"img{i:03d},{label},{'test' if i % 2 else 'train'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    from dermcam.training import TrainConfig, train
+
+    base = tmp_path_factory.mktemp("probe")
+    data = _data(base / "data", drop_mask="img001")
+    run = base / "run"
+    train(TrainConfig(data=str(data), out=str(run), models=["resnet18"], weights="none",
+                      image_size=32, max_epochs=1, batch_size=8, seed=0, progress=False,
+                      cache_dir=str(base / "cache")))
+    entries = pr.run_probe(run, placements=2, batch_size=8, n_boot=100,
+                           artifacts=("ruler", "ink"))
+    return run, entries
+
+
+def test_stage_writes_one_row_per_image_model_probe_placement(probed):
+    run, entries = probed
+    df = pr.read_rows(run / pr.PROBE_CSV)
+    test_ids = {f"img{i:03d}" for i in range(1, 36, 2)}
+    assert set(df["image_id"]) == test_ids - {"img001"}  # the mask-less image is skipped
+    per_image = df.groupby("image_id").size()
+    assert (per_image == 2 + 2 * 2).all()  # lesion, background, 2 artifacts x 2 placements
+    assert np.allclose(df["delta"], df["prob_perturbed"] - df["prob_intact"])
+    assert ((df["decision_intact"] == 1) == (df["prob_intact"] >= df["threshold"])).all()
+    manifest = json.loads((run / "manifest.json").read_text())
+    st = manifest["stages"]["probe"]
+    assert st["status"] == "complete"
+    assert st["skipped"] == [{"image_id": "img001", "reason": "no lesion mask"}]
+    assert json.loads((run / pr.PROBE_SUMMARY).read_text()) == json.loads(
+        json.dumps(entries, default=float).replace("NaN", "null"))
+    for f in ("probe_delta.png", "probe_auc.png", "probe_examples.png"):
+        assert (run / "figures" / f).stat().st_size > 1000
+
+
+def test_stage_resumes_from_its_batches_with_identical_output(probed):
+    run, _ = probed
+    before = (run / pr.PROBE_CSV).read_bytes()
+    batches = sorted((run / pr.PROBE_DIR).glob("batch_*.csv"))
+    assert len(batches) == 3  # 17 probed images (18 minus the mask-less one), batches of 8
+    batches[-1].unlink()
+    (run / pr.PROBE_CSV).unlink()
+    pr.run_probe(run, placements=2, batch_size=8, n_boot=100, artifacts=("ruler", "ink"),
+                 figures=False)
+    assert (run / pr.PROBE_CSV).read_bytes() == before
+
+
+def test_cli_probe_prints_the_table_and_refuses_bad_options(probed, monkeypatch, capsys):
+    import sys
+
+    from dermcam import cli
+
+    run, _ = probed
+
+    def invoke(*args):
+        monkeypatch.setattr(sys, "argv", ["dermcam", "-q", *map(str, args)])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        out, err = capsys.readouterr()
+        return e.value.code, out, err
+
+    code, out, _ = invoke("probe", run, "--probes", "lesion_removed", "--n-boot", "50",
+                          "--limit", "10")
+    assert code == 0
+    assert "lesion removed" in out and "does not prove its absence" in out
+    code, _, err = invoke("probe", run, "--probes", "lesion_gone")
+    assert code == 2 and "unknown probe lesion_gone" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
