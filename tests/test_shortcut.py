@@ -3,7 +3,10 @@
 The same architecture is trained on the synthetic benchmark's ``clean`` and ``shortcut``
 presets (same seed: identical skin and lesions; only ruler pixels differ). The shortcut
 model must put clearly more heatmap mass on the rulers of test images that carry one,
-and show higher excess leakage there, than the clean model. This is the slowest test
+and show higher excess leakage there, than the clean model. The behavioural probes
+(``dermcam probe``) must agree: an inserted ruler raises the shortcut model's malignant
+probability and not the clean model's, removing the ruler lowers it, and with the lesion
+inpainted away the clean model's AUC falls towards chance. This is the slowest test
 (about two minutes): the shortcut only shows once the model has learned it.
 benchmarks/bench_shortcut.py prints the same numbers.
 """
@@ -22,6 +25,7 @@ def _audit(root, preset):
     from dermcam.data.cache import ImageCache
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.explain import run_explain
+    from dermcam.probe import run_probe
     from dermcam.training import TrainConfig, train
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.ERROR)
@@ -31,12 +35,15 @@ def _audit(root, preset):
                       image_size=64, max_epochs=8, batch_size=32, lr=2e-3, patience=8,
                       seed=0, progress=False, cache_dir=str(cache)))
     summary = run_explain(run, n_boot=200, sanity=False, figures=False, layer="last")
+    probes = run_probe(run, probes=("lesion_removed", "artifact_inserted", "artifact_removed"),
+                       artifacts=("ruler",), placements=2, n_boot=500, figures=False)
     att = pd.read_csv(run / "attention.csv", keep_default_na=False, na_values=[""])
     by_id = {s.image_id: s for s in load_dataset(data).split("test")}
     c = ImageCache(cache)
     att["ruler_area"] = [float((c.get(by_id[i], 64)["artifacts"] == 1).mean())
                          for i in att["image_id"]]
     att.attrs["summary"] = summary
+    att.attrs["probes"] = probes
     return att
 
 
@@ -82,3 +89,39 @@ def test_artifact_ratio_ci_flags_the_shortcut_model_and_not_the_control(audits):
     r = att[(att["artifact_ruler"] == 1) & (att["area_ruler"] > 0) & att["mass_ruler"].notna()]
     assert s["n"] == len(r)
     assert s["ratio"] == pytest.approx(r["mass_ruler"].mean() / r["area_ruler"].mean(), rel=1e-4)
+
+
+def _probe(audits, preset, probe, artifact=None):
+    from dermcam.probe import find
+
+    e = find(audits[preset].attrs["probes"], "resnet18", probe, artifact)
+    assert e is not None
+    return e
+
+
+def test_inserted_ruler_moves_the_shortcut_model_and_not_the_control(audits):
+    s = _probe(audits, "shortcut", "artifact_inserted", "ruler")
+    c = _probe(audits, "clean", "artifact_inserted", "ruler")
+    assert s["n"] == c["n"] > 300 and s["placements"] == 2
+    assert s["delta_ci_low"] > 0.1  # paired CI well above 0 (measured +0.41 [0.38, 0.44])
+    assert s["flip_to_malignant"] > 0.3  # benign decisions flip (measured 71 %)
+    # The control is not indifferent to a dark band beside the lesion (measured +0.034
+    # [0.029, 0.039], although rulers are slightly rarer on its malignant training images),
+    # but its reaction is an order of magnitude smaller than the shortcut model's.
+    assert abs(c["delta_mean"]) < 0.1 and c["flip_to_malignant"] < 0.15
+    assert s["delta_ci_low"] > c["delta_ci_high"] + 0.2
+
+
+def test_removing_the_ruler_lowers_the_shortcut_models_malignant_probability(audits):
+    s = _probe(audits, "shortcut", "artifact_removed", "ruler")
+    c = _probe(audits, "clean", "artifact_removed", "ruler")
+    assert s["n_malignant"] == c["n_malignant"] >= 5  # the same test images carry them
+    assert s["delta_malignant_ci_high"] < 0  # measured -0.46 [-0.57, -0.35], n = 15
+    assert s["delta_malignant"] < c["delta_malignant"] - 0.2
+
+
+def test_lesion_removal_drops_the_clean_models_auc_towards_chance(audits):
+    c = _probe(audits, "clean", "lesion_removed")
+    assert c["auc_intact"] > 0.85
+    assert c["auc"] < 0.7
+    assert c["auc_ci_high"] < c["auc_intact"] - 0.15
