@@ -367,14 +367,34 @@ def _print_training(manifest) -> None:
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train'.")],
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs.")] = 1000,
+    data: Annotated[Path | None, typer.Option(
+        help="Score the run's models on another data set (any layout) instead: external "
+             "validation, written to RUN/external/NAME/.")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Name of the external set's folder (default: the data folder's name).")] = None,
+    by: Annotated[str | None, typer.Option(
+        help="Metrics per subgroup of these comma-separated columns: any metadata column "
+             "of the layout, or 'ita' (skin tone estimated from the image).")] = None,
+    min_group: Annotated[int, typer.Option(
+        help="Subgroups with fewer images (or under 5 of a class) are too few to "
+             "estimate.")] = 20,
+    exclude_duplicates: Annotated[bool, typer.Option(
+        help="Leave out external images that duplicate the run's own images.")] = False,
 ) -> None:
     """Test-set metrics with 95 % CIs, baselines, and paired model comparisons."""
+    from dermcam.external import by_columns
     from dermcam.pipeline import run_evaluate
 
     with progress_bar("load test images") as cb:
-        result = run_evaluate(run_dir, n_boot=n_boot, progress=cb)
+        result = run_evaluate(run_dir, n_boot=n_boot, progress=cb, data=data, name=name,
+                              by=by_columns(by), min_group=min_group,
+                              exclude_duplicates=exclude_duplicates)
     _print_metrics(result)
-    console.print(f"wrote {run_dir}/metrics.json, metrics.csv, predictions.csv, figures/")
+    _print_external(run_dir, result)
+    _print_subgroups(result)
+    where = (f"{run_dir}/external/{result['external']['name']}" if "external" in result
+             else str(run_dir))
+    console.print(f"wrote {where}/metrics.json, metrics.csv, predictions.csv, figures/")
 
 
 def _print_metrics(result) -> None:
@@ -389,6 +409,60 @@ def _print_metrics(result) -> None:
     console.print(t)
     for p in result.get("pairwise", []):
         console.print("  " + p.get("sentence", ""))
+
+
+def _ci_text(d) -> str:
+    from dermcam.formatting import num
+
+    if not isinstance(d, dict) or d.get("value") is None:
+        return "n/a"
+    return f"{num(d['value'])} [{num(d.get('lo'))}, {num(d.get('hi'))}]"
+
+
+def _print_external(run_dir: Path, result) -> None:
+    """Internal versus external, side by side, and the duplicates found."""
+    ext = result.get("external")
+    if not ext:
+        return
+    from dermcam.external import SIDE_BY_SIDE, side_by_side
+    from dermcam.io import read_json
+
+    internal = None
+    with contextlib.suppress(DermcamError):
+        internal = read_json(Path(run_dir) / "metrics.json")
+    t = Table(title=f"internal test vs external {ext['name']} ({ext['data']}, "
+                    f"{ext['images']}): point estimate [95 % CI]")
+    for c in ["model", "test set", "n (malignant)"] + [c for _, _, c in SIDE_BY_SIDE]:
+        t.add_column(c)
+    for r in side_by_side(internal, [(ext["name"], result)]):
+        t.add_row(result.get("display_names", {}).get(r["model"], r["model"]), r["set"],
+                  f"{r['n']} ({r['n_malignant']})",
+                  *[_ci_text(r[k]) for _, k, _ in SIDE_BY_SIDE])
+    console.print(t)
+    d = ext["duplicates"]
+    ids = ", ".join((d["exact"] + d["near"])[:8])
+    console.print(f"  {d['n_exact']} exact and {d['n_near']} near-duplicate image(s) of "
+                  f"{d['against']}" + (f": {ids}" if ids else "") + (
+                      "; left out" if d["excluded"] else
+                      "; kept (--exclude-duplicates leaves them out)" if ids else ""))
+    console.print(f"  thresholds: {ext['thresholds']}")
+
+
+def _print_subgroups(result) -> None:
+    from dermcam.subgroups import heterogeneity_sentence, subgroup_table
+
+    for col, analysis in (result.get("subgroups") or {}).items():
+        for model in analysis["models"]:
+            rows = subgroup_table(analysis, model)
+            disp = result.get("display_names", {}).get(model, model)
+            t = Table(title=f"{disp} by {col} ({analysis['binning']}): point estimate "
+                            "[95 % CI]")
+            for c in rows[0]:
+                t.add_column(c)
+            for r in rows[1:]:
+                t.add_row(*r)
+            console.print(t)
+            console.print("  " + heterogeneity_sentence(analysis, model))
 
 
 # --------------------------------------------------------------------- explain

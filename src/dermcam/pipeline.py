@@ -48,12 +48,24 @@ def trained_models(manifest: dict[str, Any]) -> list[str]:
 
 
 def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = None,
-                 progress=None) -> dict[str, Any]:
+                 progress=None, data: str | Path | None = None, name: str | None = None,
+                 by: tuple[str, ...] = (), min_group: int | None = None,
+                 exclude_duplicates: bool = False) -> dict[str, Any]:
     """Predict the test split with every model's best checkpoint and write the metrics.
 
     Refused before the stage starts (one line) when training is not complete or the test
     split holds one class; a failure once it has started is recorded as 'failed'.
+    ``data``: score another data set instead, into ``RUN/external/<name>/``
+    (:func:`dermcam.external.run_external`). ``by``: metadata columns (or ``ita``) for
+    per-subgroup metrics (:mod:`dermcam.subgroups`), groups under ``min_group`` images
+    reported as too few to estimate.
     """
+    if data is not None:
+        from dermcam.external import run_external
+
+        return run_external(run_dir, data, name=name, n_boot=n_boot, seed=seed, by=by,
+                            min_group=min_group, exclude_duplicates=exclude_duplicates,
+                            progress=progress)
     run_dir = Path(run_dir)
     manifest = runmod.read_manifest(run_dir, require="train")
     seed = manifest["seed"] if seed is None else seed
@@ -64,18 +76,23 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
         raise DermcamError(f"the test split holds only {have} images ({len(samples)}), no "
                            f"{lack}: ROC AUC, average precision, sensitivity and specificity "
                            f"are undefined; add {lack} test images", ds.root)
+    if by:
+        from dermcam.external import check_by
+
+        check_by(ds, by)
     runmod.set_stage(run_dir, "evaluate", "running")
     try:
-        return _evaluate(run_dir, manifest, ds, samples, arrays, n_boot, seed, t0)
+        return _evaluate(run_dir, manifest, ds, samples, arrays, n_boot, seed, t0, by,
+                         min_group)
     except Exception as exc:  # recorded, so 'report' says why rather than using old files
         runmod.set_stage(run_dir, "evaluate", "failed", error=str(exc).splitlines()[0][:300])
         raise
 
 
-def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_boot: int,
-              seed: int, t0: float) -> dict[str, Any]:
-    from dermcam import plots
-    from dermcam.evaluation import evaluate_predictions, metrics_table
+def predict_models(run_dir: Path, manifest: dict[str, Any], samples, arrays
+                   ) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Long predictions (one row per model and sample) of every trained model, and each
+    model's validation-chosen threshold."""
     from dermcam.training import load_checkpoint, predict_dataset
 
     rows = []
@@ -92,11 +109,25 @@ def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_bo
     preds = pd.concat(rows, ignore_index=True)
     if any(s.group is not None for s in samples):  # lesion/patient: bootstrap by cluster
         preds["group"] = [s.group for s in samples] * len(rows)
+    return preds, thresholds
+
+
+def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_boot: int,
+              seed: int, t0: float, by: tuple[str, ...] = (),
+              min_group: int | None = None) -> dict[str, Any]:
+    from dermcam import plots
+    from dermcam.evaluation import evaluate_predictions, metrics_table
+    from dermcam.external import annotate_predictions, subgroups_for
+
+    preds, thresholds = predict_models(run_dir, manifest, samples, arrays)
+    preds = annotate_predictions(preds, ds, samples, arrays, by)
     write_csv(run_dir / "predictions.csv", preds)
     from dermcam.explain import cluster_name
 
     result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
                                   cluster_name=cluster_name(ds))
+    if by:
+        result["subgroups"] = subgroups_for(preds, by, thresholds, n_boot, seed, min_group)
     result["display_names"] = {m: manifest["models"][m]["display_name"] for m in thresholds}
     write_json(run_dir / "metrics.json", result)
     write_csv(run_dir / "metrics.csv", metrics_table(result))

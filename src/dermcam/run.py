@@ -8,6 +8,7 @@
     RUN_DIR/predictions.csv, metrics.json, metrics.csv, figures/   (evaluate)
     RUN_DIR/attention/, attention.csv, attention_summary.json      (explain)
     RUN_DIR/report.html                                             (report)
+    RUN_DIR/external/<name>/          predictions, metrics, figures on another data set
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
             raise DermcamError(f"output folder already holds {what}; choose a new folder or "
                                "pass --overwrite", out)
         if (out / MANIFEST).exists():
-            for child in ("models", "figures", "attention", "probe", "report_files"):
+            for child in ("models", "figures", "attention", "probe", "report_files",
+                          "external"):
                 shutil.rmtree(out / child, ignore_errors=True)
             for f in out.glob("*"):
                 if f.is_file():

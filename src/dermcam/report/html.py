@@ -1042,12 +1042,15 @@ def render(run_dir: str | Path) -> str:
     header = (f"<h1>dermcam report</h1><p class=\"sub\">{esc(data_name)} · {esc(names)} · run "
               f'folder <span class="mono">{esc(r.dir.resolve())}</span></p>'
               '<nav><a href="#summary">Summary</a><a href="#comparison">Model comparison</a>'
+              '<a href="#external">External</a><a href="#subgroups">Subgroups</a>'
               '<a href="#attention">Attention</a><a href="#probe">Probes</a>'
               '<a href="#gallery">Gallery</a>'
               '<a href="#notes">Method notes</a></nav>')
+    from dermcam.report.external_section import section_external, section_subgroups
     from dermcam.report.probe_section import section_probe
 
-    body = "\n".join([section_summary(r), section_comparison(r), section_attention(r),
+    body = "\n".join([section_summary(r), section_comparison(r), section_external(r),
+                      section_subgroups(r), section_attention(r),
                       section_probe(r), section_shortcut(r),
                       section_gallery(r), section_notes(r)])
     built = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,292 @@
+"""External validation (``dermcam evaluate RUN --data OTHER``) and the per-image columns
+every evaluation records (skin tone, ``--by`` metadata).
+
+A run's models score another data set of any supported layout, with the thresholds
+chosen on the training data's validation split, into ``RUN/external/<name>/``
+(``predictions.csv``, ``metrics.json``, ``metrics.csv``, ``figures/``), recorded in the
+manifest as stage ``external:<name>``. Which images are scored:
+
+- ISIC 2016, ISIC 2017 and a generic ``labels.csv`` whose split column holds both
+  splits: the layout's test split;
+- PH2, HAM10000 (no official split), a generic folder without a split column or whose
+  split column is all ``test``: every image.
+
+Images that also occur in the run's own data (training and test) are flagged, by file
+content (SHA-256) or as near-duplicates (:mod:`dermcam.duplicates`), and left out with
+``exclude_duplicates``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dermcam import run as runmod
+from dermcam.errors import DermcamError
+from dermcam.io import write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+#: ``--by`` names served by the image itself rather than the metadata.
+SKIN_COLUMNS = ("ita", "ita_category")
+#: Layouts whose test split is official; the others are scored whole.
+_OFFICIAL_SPLIT = ("isic2016", "isic2017")
+
+
+# ------------------------------------------------------------------ per-image columns
+
+def by_columns(by) -> tuple[str, ...]:
+    """``"age,sex"`` or ``["age", "sex"]`` -> ``("age", "sex")`` (empty parts dropped)."""
+    if not by:
+        return ()
+    parts = [by] if isinstance(by, str) else list(by)
+    return tuple(dict.fromkeys(c.strip() for p in parts for c in str(p).split(",")
+                               if c.strip()))
+
+
+def available_columns(ds) -> list[str]:
+    from dermcam.data.metadata import metadata_table
+
+    meta = metadata_table(ds)
+    cols = list(SKIN_COLUMNS) + (list(meta.columns) if meta is not None else [])
+    if any(s.group is not None for s in ds.samples) and "group" not in cols:
+        cols.append("group")
+    return cols
+
+
+def check_by(ds, by) -> None:
+    """Refuse (one line) a ``--by`` column the data set does not carry."""
+    cols = available_columns(ds)
+    for c in by_columns(by):
+        if c not in cols:
+            raise DermcamError(f"--by {c}: no such column; {ds.name} offers "
+                               f"{', '.join(cols)}", ds.root)
+
+
+def annotate_predictions(preds: pd.DataFrame, ds, samples, split, by=()) -> pd.DataFrame:
+    """``preds`` with ``ita``, ``ita_category``, ``ita_source`` and each ``by`` column.
+
+    ITA (:mod:`dermcam.skin`) is estimated from each sample's cached image at the run's
+    size (``split``: a :class:`~dermcam.training.CachedSplit`), outside its lesion mask
+    where it has one (``ita_source``: ``outside lesion mask``, ``whole image (no mask)``,
+    or why it is undefined).
+    """
+    from dermcam.data.metadata import metadata_table
+    from dermcam.skin import ita_category, ita_with_reason
+
+    angle, source = {}, {}
+    for s in samples:
+        item = split.cache.get(s, split.size)
+        a, why = ita_with_reason(item["image"], item["mask"])
+        angle[s.image_id] = round(a, 2) if np.isfinite(a) else np.nan
+        source[s.image_id] = (f"undefined: {why}" if why else
+                              "outside lesion mask" if item["mask"] is not None else
+                              "whole image (no mask)")
+    out = preds.copy()
+    out["ita"] = out["image_id"].map(angle)
+    out["ita_category"] = out["ita"].map(ita_category)
+    out["ita_source"] = out["image_id"].map(source)
+    wanted = [c for c in by_columns(by) if c not in out.columns]
+    if wanted:
+        check_by(ds, wanted)
+        meta = metadata_table(ds)
+        for c in wanted:
+            out[c] = out["image_id"].map(meta[c]) if meta is not None else np.nan
+    return out
+
+
+def subgroups_for(preds: pd.DataFrame, by, thresholds: dict[str, float], n_boot: int,
+                  seed: int, min_group: int | None = None) -> dict[str, Any]:
+    """``metrics.json["subgroups"]``: :func:`dermcam.subgroups.subgroup_analyses` over the
+    ``by`` columns (``ita_category`` is served by ``ita``, binned into its categories)."""
+    from dermcam.subgroups import MIN_GROUP, subgroup_analyses
+
+    cols = list(dict.fromkeys("ita" if c in SKIN_COLUMNS else c for c in by_columns(by)))
+    return subgroup_analyses(preds, cols, thresholds, n_boot=n_boot, seed=seed,
+                             min_group=MIN_GROUP if min_group is None else min_group)
+
+
+# ------------------------------------------------------------------ external stage
+
+def safe_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    if not name:
+        raise DermcamError(f"--name {text!r} holds no usable characters (letters, digits, . _ -)")
+    return name
+
+
+def external_samples(ds) -> tuple[list, str]:
+    """The samples scored from ``ds`` and a phrase saying which (see the module docstring)."""
+    if ds.layout in _OFFICIAL_SPLIT and ds.split("test"):
+        return ds.split("test"), "its official test split"
+    if ds.layout == "generic":
+        from dermcam.data.dataset import read_csv_rows
+        from dermcam.data.generic import CSV_NAME
+
+        header = [h.lower() for h in read_csv_rows(Path(ds.root) / CSV_NAME)[0]]
+        if "split" in header and ds.split("train") and ds.split("test"):
+            return ds.split("test"), "its test split (split column)"
+    return list(ds.samples), "every image (no official split)"
+
+
+def _hashes(samples, split) -> list[tuple[str, str, int]]:
+    from dermcam.duplicates import phash, sha256_file
+
+    return [(s.image_id, sha256_file(s.image_path),
+             phash(split.cache.get(s, split.size)["image"])) for s in samples]
+
+
+def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
+                 n_boot: int = 1000, seed: int | None = None, by=(),
+                 min_group: int | None = None, exclude_duplicates: bool = False,
+                 progress=None) -> dict[str, Any]:
+    """Score the run's models on ``data``; write ``RUN/external/<name>/``. Returns the
+    metrics (``metrics.json``), with ``external`` describing the set and its duplicates."""
+    from dermcam.data import load_dataset
+    from dermcam.data.cache import ImageCache, warm_cache
+    from dermcam.training import CachedSplit
+
+    run_dir = Path(run_dir)
+    manifest = runmod.read_manifest(run_dir, require="train")
+    seed = manifest["seed"] if seed is None else seed
+    t0 = time.perf_counter()
+    ds = load_dataset(data)
+    check_by(ds, by)
+    name = safe_name(name or Path(data).resolve().name)
+    samples, which = external_samples(ds)
+    labels = {s.label for s in samples}
+    if len(labels) < 2:
+        raise DermcamError(f"the external set holds only {'malignant' if 1 in labels else 'benign'}"
+                           " images: ROC AUC, sensitivity and specificity are undefined", ds.root)
+    stage = f"external:{name}"
+    out = run_dir / "external" / name
+    runmod.set_stage(run_dir, stage, "running", data=str(Path(data).resolve()))
+    try:
+        size = manifest["config"]["image_size"]
+        cache = ImageCache(manifest["config"].get("cache_dir"))
+        if cache.enabled:
+            warm_cache(samples, size, cache, progress=progress)
+        split = CachedSplit(samples, size, cache)
+        own = load_dataset(manifest["data"]["root"])
+        own_split = CachedSplit(own.samples, size, cache)
+        dups = _duplicates(samples, split, own.samples, own_split)
+        n_all = len(samples)
+        if exclude_duplicates and dups:
+            samples = [s for s in samples if s.image_id not in dups]
+            if len({s.label for s in samples}) < 2:
+                raise DermcamError("without its duplicates the external set holds one class",
+                                   ds.root)
+            split = CachedSplit(samples, size, cache)
+        return _score(run_dir, manifest, ds, samples, split, out, stage, which, dups, n_all,
+                      exclude_duplicates, n_boot, seed, by, min_group, t0)
+    except Exception as exc:
+        runmod.set_stage(run_dir, stage, "failed", error=str(exc).splitlines()[0][:300])
+        raise
+
+
+def _duplicates(samples, split, own_samples, own_split) -> dict[str, dict[str, Any]]:
+    from dermcam.duplicates import find_duplicates
+
+    return find_duplicates(_hashes(samples, split), _hashes(own_samples, own_split))
+
+
+def _score(run_dir: Path, manifest, ds, samples, split, out: Path, stage: str, which: str,
+           dups: dict, n_all: int, excluded: bool, n_boot: int, seed: int, by, min_group,
+           t0: float) -> dict[str, Any]:
+    from dermcam import plots
+    from dermcam.duplicates import NEAR_DISTANCE
+    from dermcam.evaluation import evaluate_predictions, metrics_table
+    from dermcam.explain import cluster_name
+    from dermcam.pipeline import predict_models
+
+    preds, thresholds = predict_models(run_dir, manifest, samples, split)
+    preds = annotate_predictions(preds, ds, samples, split, by)
+    preds["duplicate"] = preds["image_id"].map(lambda i: dups.get(i, {}).get("kind", ""))
+    preds["duplicate_of"] = preds["image_id"].map(lambda i: dups.get(i, {}).get("match", ""))
+    write_csv(out / "predictions.csv", preds)
+    result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
+                                  cluster_name=cluster_name(ds))
+    if by:
+        result["subgroups"] = subgroups_for(preds, by, thresholds, n_boot, seed, min_group)
+    result["display_names"] = {m: manifest["models"][m]["display_name"] for m in thresholds}
+    exact = sorted(i for i, d in dups.items() if d["kind"] == "exact")
+    near = sorted(i for i, d in dups.items() if d["kind"] == "near")
+    result["external"] = {
+        "name": out.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
+        "layout": ds.layout, "images": which, "n_available": n_all,
+        "thresholds": "each model's threshold chosen on the training data's validation split",
+        "trained_on": manifest.get("data", {}).get("name"),
+        "duplicates": {
+            "against": f"the run's data set ({manifest.get('data', {}).get('name')}), "
+                       "training and test images",
+            "method": f"exact: SHA-256 of the file; near: 64-bit DCT pHash of the image at "
+                      f"{manifest['config']['image_size']} px, Hamming distance <= "
+                      f"{NEAR_DISTANCE}",
+            "n_exact": len(exact), "n_near": len(near), "exact": exact, "near": near,
+            "matches": dups, "excluded": bool(excluded and dups)}}
+    write_json(out / "metrics.json", result)
+    write_csv(out / "metrics.csv", metrics_table(result))
+    figs = out / "figures"
+    plots.plot_model_comparison(result, figs / "model_comparison.png")
+    plots.plot_roc_curves(result, figs / "roc_curves.png")
+    plots.plot_pr_curves(result, figs / "pr_curves.png")
+    plots.plot_reliability(result, figs / "reliability.png")
+    for name in thresholds:
+        plots.plot_confusion_matrix(np.array(result["models"][name]["confusion_matrix"]),
+                                    ["benign", "malignant"],
+                                    figs / f"{name}_confusion_matrix.png",
+                                    title=manifest["models"][name]["display_name"])
+    runmod.set_stage(run_dir, stage, "complete", wall_time_s=round(time.perf_counter() - t0, 2),
+                     data=str(Path(ds.root).resolve()), folder=f"external/{out.name}",
+                     n_test=len(samples), n_boot=n_boot, n_exact_duplicates=len(exact),
+                     n_near_duplicates=len(near), duplicates_excluded=bool(excluded and dups))
+    return result
+
+
+def external_sets(run_dir: str | Path, manifest: dict[str, Any] | None = None
+                  ) -> list[tuple[str, Path, dict[str, Any]]]:
+    """``(name, folder, stage entry)`` of every external set the manifest records."""
+    run_dir = Path(run_dir)
+    manifest = manifest or runmod.read_manifest(run_dir)
+    out = []
+    for key, entry in sorted((manifest.get("stages") or {}).items()):
+        if key.startswith("external:") and isinstance(entry, dict):
+            name = key.split(":", 1)[1]
+            out.append((name, run_dir / "external" / name, entry))
+    return out
+
+
+#: (metrics.json block, key, column title) of the internal-versus-external table.
+SIDE_BY_SIDE = (("threshold_free", "roc_auc", "ROC AUC"),
+                ("threshold_free", "average_precision", "AP"),
+                ("at_threshold", "sensitivity", "sensitivity"),
+                ("at_threshold", "specificity", "specificity"),
+                ("at_threshold", "balanced_accuracy", "balanced accuracy"))
+
+
+def side_by_side(internal: dict[str, Any] | None, externals: list[tuple[str, dict[str, Any]]]
+                 ) -> list[dict[str, Any]]:
+    """One record per model and test set: ``{"model", "set", "n", "n_malignant", key:
+    {"value", "lo", "hi"}}`` for the keys of :data:`SIDE_BY_SIDE`, the internal test set
+    first (``set`` = ``"internal test"``), then each external set by name."""
+    sets = ([("internal test", internal)] if internal else []) + list(externals)
+    models = list(dict.fromkeys(m for _, res in sets for m in (res.get("models") or {})))
+    rows = []
+    for m in models:
+        for set_name, res in sets:
+            entry = (res.get("models") or {}).get(m)
+            if entry is None:
+                continue
+            test = res.get("test") or {}
+            row = {"model": m, "set": set_name, "n": test.get("n"),
+                   "n_malignant": test.get("n_malignant")}
+            for block, key, _ in SIDE_BY_SIDE:
+                row[key] = (entry.get(block) or {}).get(key) or {}
+            rows.append(row)
+    return rows

@@ -1,0 +1,241 @@
+"""Metrics with CIs per subgroup (``dermcam evaluate --by COLUMN``), and heterogeneity tests.
+
+Pure functions on a predictions table (``image_id, model, label, prob_malignant`` plus
+the grouping column, optionally ``group`` for lesion/patient clusters):
+
+- :func:`bin_column` turns a metadata column into group labels: text and numbers with
+  at most :data:`MAX_LEVELS` distinct values are kept as they are; other numbers are cut
+  at their quartiles (``pd.qcut``, 4 bins, edges shown); ``ita`` uses the standard ITA
+  categories (:mod:`dermcam.skin`); a missing value is its own group, ``missing``.
+- :func:`subgroup_metrics` gives, per model and group, n, n malignant, ROC AUC, accuracy,
+  sensitivity and specificity (at the model's validation threshold) with percentile
+  bootstrap CIs (stratified by class, whole clusters when a ``group`` column has them),
+  or "too few to estimate" when the group holds fewer than ``min_group`` images or fewer
+  than ``min_per_class`` of either class.
+- Heterogeneity across the estimable groups, two tests: Cochran's Q on the group AUCs
+  with DeLong variances (chi-square, k - 1 df; undefined when a group's AUC variance is
+  zero, e.g. a perfectly separated group), and a chi-square test of independence of
+  correct/incorrect against group (accuracy; note it also moves with each group's
+  prevalence). :func:`subgroup_analyses` Holm-adjusts each test kind over all columns
+  and models of one evaluation (``p_adjusted`` beside the raw ``p``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["MIN_GROUP", "MIN_PER_CLASS", "SUBGROUP_METRICS", "bin_column",
+           "subgroup_metrics", "subgroup_analyses", "cochran_q_auc"]
+
+MIN_GROUP = 20
+MIN_PER_CLASS = 5
+MAX_LEVELS = 8
+N_QUANTILE_BINS = 4
+SUBGROUP_METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")
+TOO_FEW = "too few to estimate"
+MISSING = "missing"
+
+
+def _edge(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() or abs(x) >= 100 else f"{x:.3g}"
+
+
+def bin_column(values: pd.Series, name: str = "") -> tuple[pd.Series, str]:
+    """``(group label per row (str), how the groups were made)``; see the module docstring."""
+    from dermcam.skin import ita_category
+
+    v = pd.Series(values).reset_index(drop=True)
+    num = pd.to_numeric(v, errors="coerce")
+    is_num = num.notna().sum() > 0 and num.notna().sum() == v.notna().sum()
+    if name == "ita" and is_num:
+        labels = num.map(lambda a: ita_category(a) or MISSING)
+        return labels, "ITA categories (very light > 55°, light 41–55, intermediate 28–41, " \
+                       "tan 10–28, brown −30–10, dark ≤ −30)"
+    if is_num and num.nunique() > MAX_LEVELS:
+        cut = pd.qcut(num, N_QUANTILE_BINS, duplicates="drop")
+        labels = cut.astype(object).map(lambda iv: f"{_edge(iv.left)}–{_edge(iv.right)}"
+                                        if isinstance(iv, pd.Interval) else MISSING)
+        return labels.astype(str), (f"quartile bins of the values ({cut.cat.categories.size} "
+                                    "bins, left edge exclusive)")
+    if is_num:
+        labels = num.map(lambda x: MISSING if pd.isna(x) else _edge(x))
+        return labels.astype(str), "each value its own group"
+    labels = v.map(lambda x: MISSING if pd.isna(x) or str(x).strip() == "" else str(x).strip())
+    return labels.astype(str), "each value its own group"
+
+
+def _auc_var(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """``(AUC, DeLong variance)`` of one score; NaN where a class has < 2 images."""
+    from dermcam.stats import _delong_components
+
+    m, n = int(y.sum()), int((1 - y).sum())
+    if m < 2 or n < 2:
+        return math.nan, math.nan
+    auc, v10, v01 = _delong_components(y, p[None, :])
+    return float(auc[0]), float(np.var(v10[0], ddof=1) / m + np.var(v01[0], ddof=1) / n)
+
+
+def cochran_q_auc(aucs, variances) -> dict[str, Any]:
+    """Cochran's Q for equal AUCs across independent groups: ``{q, df, p, reason}``.
+
+    ``Q = sum w_i (AUC_i - AUC_pooled)^2`` with ``w_i = 1 / var_i``; chi-square on
+    ``k - 1`` df. NaN with a reason for fewer than 2 groups or a zero variance.
+    """
+    from scipy import stats as st
+
+    a = np.asarray(aucs, dtype=np.float64)
+    v = np.asarray(variances, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(v)
+    a, v = a[ok], v[ok]
+    if a.size < 2:
+        return {"q": math.nan, "df": int(max(a.size - 1, 0)), "p": math.nan,
+                "reason": "fewer than 2 estimable groups"}
+    if (v <= 1e-12).any():
+        return {"q": math.nan, "df": int(a.size - 1), "p": math.nan,
+                "reason": "a group's AUC has zero variance (perfect or constant ranking)"}
+    w = 1 / v
+    pooled = float((w * a).sum() / w.sum())
+    q = float((w * (a - pooled) ** 2).sum())
+    return {"q": q, "df": int(a.size - 1), "p": float(st.chi2.sf(q, a.size - 1)),
+            "pooled_auc": pooled, "reason": ""}
+
+
+def _accuracy_chi2(correct_by_group: list[np.ndarray]) -> dict[str, Any]:
+    from scipy import stats as st
+
+    table = np.array([[int(c.sum()), int((~c).sum())] for c in correct_by_group])
+    if table.shape[0] < 2:
+        return {"chi2": math.nan, "df": 0, "p": math.nan,
+                "reason": "fewer than 2 estimable groups"}
+    if (table.sum(axis=0) == 0).any():
+        return {"chi2": math.nan, "df": int(table.shape[0] - 1), "p": math.nan,
+                "reason": "every image correct (or every one wrong)"}
+    chi2, p, df, _ = st.chi2_contingency(table, correction=False)
+    return {"chi2": float(chi2), "df": int(df), "p": float(p), "reason": ""}
+
+
+def _group_rows(d: pd.DataFrame, thr: float, n_boot: int, seed: int, alpha: float,
+                min_group: int, min_per_class: int) -> tuple[list[dict], dict, dict]:
+    from dermcam.evaluation import (
+        _batch_ranking_metrics,
+        _batch_threshold_metrics,
+        classification_metrics,
+    )
+    from dermcam.stats import percentile_interval, resampling_weights
+
+    rows, aucs, correct = [], {}, {}
+    for level, g in d.groupby("_level", sort=True):
+        y = g["label"].to_numpy(dtype=np.int64)
+        p = g["prob_malignant"].to_numpy(dtype=np.float64)
+        n, n_mal = int(y.size), int(y.sum())
+        row: dict[str, Any] = {"group": str(level), "n": n, "n_malignant": n_mal,
+                               "n_benign": n - n_mal}
+        if n < min_group or min(n_mal, n - n_mal) < min_per_class:
+            row.update(estimable=False, note=TOO_FEW)
+            rows.append(row)
+            continue
+        pt = classification_metrics(y, p, thr)
+        w = resampling_weights(y, n_boot, seed, stratified=True,
+                               groups=g["group"].to_numpy(dtype=object)
+                               if "group" in g.columns else None)
+        boot = {**_batch_threshold_metrics(w, y, p >= thr), **_batch_ranking_metrics(w, y, p, 10)}
+        for k in SUBGROUP_METRICS:
+            lo, hi = percentile_interval(boot[k], alpha, what=f"{level} {k}")
+            row[k] = {"value": float(pt[k]), "lo": lo, "hi": hi}
+        row.update(estimable=True, note="")
+        rows.append(row)
+        aucs[str(level)] = _auc_var(y, p)
+        correct[str(level)] = (p >= thr).astype(int) == y
+    return rows, aucs, correct
+
+
+def subgroup_metrics(preds: pd.DataFrame, column: str, thresholds: dict[str, float],
+                     n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                     min_group: int = MIN_GROUP, min_per_class: int = MIN_PER_CLASS
+                     ) -> dict[str, Any]:
+    """Per-group metrics with CIs and heterogeneity tests for one grouping ``column``.
+
+    ``preds``: long predictions (one row per model and image) holding ``column``.
+    Returns ``{"column", "binning", "min_group", "min_per_class", "models": {model:
+    {"groups": [{"group", "n", "n_malignant", "n_benign", "estimable", "note",
+    metric: {"value", "lo", "hi"}}], "heterogeneity": {"auc": {q, df, p, reason},
+    "accuracy": {chi2, df, p, reason}}}}}``.
+    """
+    if column not in preds.columns:
+        raise ValueError(f"no column {column!r} in the predictions")
+    levels, binning = bin_column(preds[column], column)
+    d = preds.reset_index(drop=True).assign(_level=levels.to_numpy())
+    out: dict[str, Any] = {"column": column, "binning": binning, "min_group": int(min_group),
+                           "min_per_class": int(min_per_class), "models": {}}
+    for model, dm in d.groupby("model", sort=False):
+        rows, aucs, correct = _group_rows(dm, float(thresholds[model]), n_boot, seed, alpha,
+                                          min_group, min_per_class)
+        het_auc = cochran_q_auc([a for a, _ in aucs.values()], [v for _, v in aucs.values()])
+        out["models"][str(model)] = {
+            "groups": rows,
+            "heterogeneity": {"auc": {**het_auc, "test": "Cochran's Q of group AUCs, DeLong "
+                                      "variances"},
+                              "accuracy": {**_accuracy_chi2(list(correct.values())),
+                                           "test": "chi-square, correct x group"}}}
+    return out
+
+
+def subgroup_analyses(preds: pd.DataFrame, columns: list[str], thresholds: dict[str, float],
+                      n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                      min_group: int = MIN_GROUP, min_per_class: int = MIN_PER_CLASS
+                      ) -> dict[str, Any]:
+    """:func:`subgroup_metrics` for each column, each test kind Holm-adjusted over all
+    columns and models (``p_adjusted``, ``family`` beside ``p``)."""
+    from dermcam.stats import adjust_pvalues
+
+    out = {c: subgroup_metrics(preds, c, thresholds, n_boot, seed, alpha, min_group,
+                               min_per_class) for c in columns}
+    for kind in ("auc", "accuracy"):
+        tests = [m["heterogeneity"][kind] for r in out.values() for m in r["models"].values()]
+        adj = adjust_pvalues([t["p"] for t in tests], "holm") if tests else []
+        for t, pa in zip(tests, adj):
+            t.update(p_adjusted=float(pa), adjust_method="Holm",
+                     family=f"subgroup heterogeneity ({kind}) over {len(columns)} column(s) "
+                            "x models")
+    return out
+
+
+def subgroup_table(analysis: dict[str, Any], model: str, digits: int = 2) -> list[list[str]]:
+    """Rows for a printed table: header, then one row per group (``n/a`` where undefined)."""
+    from dermcam.formatting import num
+
+    def cell(d) -> str:
+        if not isinstance(d, dict) or num(d.get("value")) == "n/a":
+            return "n/a"
+        f = f".{digits}f"
+        return f"{num(d['value'], f)} [{num(d.get('lo'), f)}, {num(d.get('hi'), f)}]"
+
+    head = ["group", "n", "malignant", "ROC AUC", "accuracy", "sensitivity", "specificity"]
+    rows = [head]
+    for g in analysis["models"][model]["groups"]:
+        if not g["estimable"]:
+            rows.append([g["group"], str(g["n"]), str(g["n_malignant"]), g["note"], "", "", ""])
+        else:
+            rows.append([g["group"], str(g["n"]), str(g["n_malignant"])]
+                        + [cell(g[k]) for k in SUBGROUP_METRICS])
+    return rows
+
+
+def heterogeneity_sentence(analysis: dict[str, Any], model: str) -> str:
+    """One sentence on both heterogeneity tests of ``model`` for ``analysis['column']``."""
+    h = analysis["models"][model]["heterogeneity"]
+
+    def p(t) -> str:
+        v = t.get("p_adjusted", t.get("p"))
+        if v is None or not math.isfinite(v):
+            return f"undefined ({t.get('reason') or 'no test'})"
+        return ("p < 0.001" if v < 0.001 else f"p = {v:.3f}") + (
+            " (Holm)" if "p_adjusted" in t else "")
+
+    return (f"Heterogeneity across {analysis['column']} groups: AUC (Cochran's Q, DeLong "
+            f"variances) {p(h['auc'])}; accuracy (chi-square) {p(h['accuracy'])}; p ≥ 0.05 "
+            "is inconclusive, not evidence of equal performance.")
