@@ -265,8 +265,77 @@ def test_ph2_table_dialects_and_errors(tmp_path, dh):
     table.unlink()
     (root / "PH2Dataset" / ph2.TABLE_XLSX).write_bytes(b"PK\x03\x04")
     assert detect_layout(root) == "ph2"
-    with pytest.raises(DermcamError, match="is not read; use PH2_dataset.txt"):
+    with pytest.raises(DermcamError, match="unreadable spreadsheet") as exc:
         load_dataset(root)
+    assert exc.value.path == str(root / "PH2Dataset" / ph2.TABLE_XLSX)
+
+
+def write_ph2_tab(path: Path, codes=PH2) -> None:
+    """A tab-separated PH2_dataset.txt with CRLF line ends, as copies in circulation."""
+    lines = ["Name\tHistological Diagnosis\tClinical Diagnosis\tAsymmetry\tColors"]
+    lines += [f"{i}\t{'Melanoma' if c == 2 else ''}\t{c}\t0\t3 4" for i, c in codes.items()]
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+
+
+def write_ph2_xlsx(path: Path, codes=PH2) -> None:
+    """PH2_dataset.xlsx as distributed: title rows, a two-row header whose second row
+    names the three clinical classes, one X per image."""
+    from openpyxl import Workbook
+
+    wb = Workbook()
+    ws = wb.active
+    ws.append(["PH2 dataset: dermoscopic images"])
+    ws.append([])
+    ws.append(["Image Name", "Histological Diagnosis", "Clinical Diagnosis", None, None,
+               "Asymmetry"])
+    ws.append([None, None, "Common Nevus", "Atypical Nevus", "Melanoma", None])
+    for i, c in codes.items():
+        marks = ["X" if k == c else None for k in range(3)]
+        ws.append([i, "Melanoma" if c == 2 else None, *marks, 0])
+    ws.append([])
+    ws.append(["Legend: X marks the clinical diagnosis"])
+    wb.save(path)
+
+
+@pytest.mark.parametrize("form", ["tab_crlf", "xlsx_only", "xlsx_beside_txt"])
+def test_ph2_forms_in_circulation(form, tmp_path, dh):
+    """The tab-separated CRLF text and the spreadsheet give the published file's labels."""
+    root = make_ph2(tmp_path / "ph2", dh)
+    base = root / "PH2Dataset"
+    published = ph2.read_table(base / ph2.TABLE)
+    assert published == PH2
+    if form == "tab_crlf":
+        write_ph2_tab(base / ph2.TABLE)
+        assert b"\r\n" in (base / ph2.TABLE).read_bytes()
+    else:
+        write_ph2_xlsx(base / ph2.TABLE_XLSX)
+        assert ph2.read_table(base / ph2.TABLE_XLSX) == PH2
+        if form == "xlsx_only":
+            (base / ph2.TABLE).unlink()
+    assert detect_layout(root) == "ph2"
+    ds = load_dataset(root)
+    assert {s.image_id: s.label for s in ds.samples} == {i: int(c == 2) for i, c in PH2.items()}
+    assert [s.image_id for s in ds.samples] == list(PH2)  # file order kept
+
+
+def test_ph2_spreadsheet_and_tab_errors(tmp_path):
+    xlsx = tmp_path / ph2.TABLE_XLSX
+    write_ph2_xlsx(xlsx, {"IMD002": 1})
+    from openpyxl import load_workbook
+
+    wb = load_workbook(xlsx)
+    wb.active["E5"] = "X"  # IMD002 now marked atypical and melanoma
+    wb.save(xlsx)
+    with pytest.raises(DermcamError, match="row 5: IMD002 has 2 of the Common Nevus"):
+        ph2.read_table(xlsx)
+    tab = tmp_path / ph2.TABLE
+    write_ph2_tab(tab, {"IMD002": 1, "IMD003": 0})
+    tab.write_bytes(tab.read_bytes().replace(b"IMD003\t\t0", b"IMD003\t\tnevus"))
+    with pytest.raises(DermcamError, match="line 3: clinical diagnosis 'nevus' for IMD003"):
+        ph2.read_table(tab)
+    tab.write_bytes(b"Name\tClinical Diagnosis\r\n")
+    with pytest.raises(DermcamError, match="no image rows"):
+        ph2.read_table(tab)
 
 
 # ---------------------------------------------------------------------------
@@ -274,10 +343,16 @@ def test_ph2_table_dialects_and_errors(tmp_path, dh):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["isic2017", "ham10000", "ph2"])
+@pytest.mark.parametrize("layout", ["isic2017", "ham10000", "ph2", "ph2_tab", "ph2_xlsx"])
 def test_cli_info(layout, tmp_path, dh, monkeypatch, capsys):
-    make = {"isic2017": make_isic2017, "ham10000": make_ham, "ph2": make_ph2}[layout]
+    make = {"isic2017": make_isic2017, "ham10000": make_ham}.get(layout, make_ph2)
     root = make(tmp_path / layout, dh)
+    if layout == "ph2_tab":  # the copies that stopped 'dermcam info' (#16 item 6)
+        write_ph2_tab(root / "PH2Dataset" / ph2.TABLE)
+    elif layout == "ph2_xlsx":
+        write_ph2_xlsx(root / "PH2Dataset" / ph2.TABLE_XLSX)
+        (root / "PH2Dataset" / ph2.TABLE).unlink()
+    layout = layout.partition("_")[0]
     monkeypatch.setattr(sys, "argv", ["dermcam", "info", str(root)])
     with pytest.raises(SystemExit) as e:
         cli.main()

@@ -11,8 +11,11 @@ The data root may be the folder holding ``PH2Dataset/`` or ``PH2Dataset`` itself
 ``|| IMD003 ||   (histology)   ||   0 ||   0 |  T | ...``: name, histological
 diagnosis (often blank), **clinical diagnosis** (0 common nevus, 1 atypical
 nevus, 2 melanoma), then the dermoscopic criteria. The column is found by its
-header, ``Clinical Diagnosis``. Label 1 = melanoma. (``PH2_dataset.xlsx`` is
-not read: use the ``.txt`` shipped beside it.)
+header, ``Clinical Diagnosis``. Label 1 = melanoma. Copies in circulation may hold a
+tab-separated ``PH2_dataset.txt`` (``Name<TAB>Clinical Diagnosis<TAB>...``, CRLF line
+ends) or only ``PH2_dataset.xlsx`` (the clinical diagnosis as three columns, Common
+Nevus / Atypical Nevus / Melanoma, marked ``X``; read with openpyxl); both are read
+(:func:`read_table`), the ``.txt`` first when both are there.
 
 There is no official split: a seeded stratified 20 % is held out as the test
 split, as for the generic layout.
@@ -40,6 +43,9 @@ _SPLIT = re.compile(r"\|{1,2}")
 #: Cell index of the clinical diagnosis in a row split on '|' or '||' (name is cell 1).
 DEFAULT_COLUMN = 3
 _ID = re.compile(r"^IMD\d+$")
+#: Clinical diagnosis cell (normalised) -> code; "0.0" as a spreadsheet saved as text has it.
+_CODES = {**{str(k): k for k in CLINICAL}, **{f"{k}.0": k for k in CLINICAL},
+          **{v: k for k, v in CLINICAL.items()}}
 
 
 def base_dir(root: Path) -> Path:
@@ -53,47 +59,110 @@ def matches(root: Path) -> bool:
     return (base / IMAGES).is_dir() and ((base / TABLE).exists() or (base / TABLE_XLSX).exists())
 
 
-def read_table(path: Path) -> dict[str, int]:
-    """``{image id: clinical diagnosis code}`` from ``PH2_dataset.txt``, in file order."""
+def _text_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """``(line number, cells)`` of a ``||``/``|``- or tab-separated text table (any line
+    ends); in the tab dialect a leading empty cell is added, so the name is cell 1 in both."""
     try:
         text = path.read_bytes().decode("utf-8-sig", errors="replace")
     except OSError as exc:
         raise DermcamError(f"could not read file ({exc.strerror or exc})", path) from exc
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):  # \n, \r\n and \r
+        if "|" in line:
+            rows.append((i, [c.strip() for c in _SPLIT.split(line)]))
+        elif "\t" in line:
+            rows.append((i, [""] + [c.strip() for c in line.split("\t")]))
+    return rows
+
+
+def _sheet_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """``(sheet row number, cells)`` of the first sheet of ``PH2_dataset.xlsx``."""
+    import pandas as pd
+
+    try:
+        df = pd.read_excel(path, header=None, dtype=str, engine="openpyxl")
+    except ImportError as exc:
+        raise DermcamError("reading PH2_dataset.xlsx needs openpyxl (pip install openpyxl)",
+                           path) from exc
+    except Exception as exc:  # zip/XML errors of a damaged file
+        raise DermcamError(f"unreadable spreadsheet ({type(exc).__name__}: {exc})",
+                           path) from exc
+    return [(i + 1, [""] + ["" if pd.isna(v) else str(v).strip() for v in row])
+            for i, row in enumerate(df.itertuples(index=False, name=None))]
+
+
+def _norm(cell: str) -> str:
+    return " ".join(cell.lower().split())
+
+
+def read_table(path: Path) -> dict[str, int]:
+    """``{image id: clinical diagnosis code}`` from the PH2 table, in file order.
+
+    Reads the three forms in circulation: the published ``||``-separated
+    ``PH2_dataset.txt``; a tab-separated ``PH2_dataset.txt`` (``Name<TAB>Clinical
+    Diagnosis<TAB>...``, any line ends); and ``PH2_dataset.xlsx``, whose clinical
+    diagnosis is three columns, ``Common Nevus``, ``Atypical Nevus`` and ``Melanoma``,
+    one of them marked ``X`` per image. In the text forms the ``Clinical Diagnosis``
+    column holds 0, 1 or 2 (or the class name); it is found by its header.
+    """
+    path = Path(path)
+    xlsx = path.suffix.lower() in (".xlsx", ".xlsm")
+    rows = _sheet_rows(path) if xlsx else _text_rows(path)
+    where = "row" if xlsx else "line"
     col = None
+    marks: list[int] | None = None  # columns of the three X-marked classes
     out: dict[str, int] = {}
-    for i, line in enumerate(text.splitlines(), start=1):
-        if "|" not in line:
+    for i, cells in rows:
+        lowered = [_norm(c) for c in cells]
+        if not out and all(name in lowered for name in CLINICAL.values()):
+            # the spreadsheet's sub-header under "Clinical Diagnosis": X-marked classes
+            marks, col = [lowered.index(name) for name in CLINICAL.values()], None
             continue
-        cells = [c.strip() for c in _SPLIT.split(line)]
-        lowered = [" ".join(c.lower().split()) for c in cells]
-        if col is None and "clinical diagnosis" in lowered:
+        if col is None and marks is None and "clinical diagnosis" in lowered:
             col = lowered.index("clinical diagnosis")
             continue
         if len(cells) < 2 or not _ID.match(cells[1]):
-            continue  # the legend and blank rows
-        if col is None:
-            col = DEFAULT_COLUMN  # no header: the published file's position
+            continue  # the legend, sub-headers and blank rows
         image_id = check_id(cells[1], path)
-        value = cells[col] if col < len(cells) else ""
-        if value not in ("0", "1", "2"):
-            raise DermcamError(f"line {i}: clinical diagnosis {value!r} for {image_id} is not "
-                               "0 (common nevus), 1 (atypical nevus) or 2 (melanoma)", path)
+        if marks is not None:
+            marked = [k for k, c in zip(CLINICAL, marks) if c < len(cells) and cells[c]]
+            if len(marked) != 1:
+                raise DermcamError(
+                    f"{where} {i}: {image_id} has {len(marked)} of the Common Nevus / "
+                    "Atypical Nevus / Melanoma columns marked; exactly one is expected", path)
+            code = marked[0]
+        else:
+            if col is None:
+                if xlsx:
+                    raise DermcamError("no 'Common Nevus', 'Atypical Nevus' and 'Melanoma' "
+                                       "header row above the first image row", path)
+                col = DEFAULT_COLUMN  # no header: the published file's position
+            value = cells[col] if col < len(cells) else ""
+            code = _CODES.get(_norm(value))
+            if code is None:
+                raise DermcamError(f"{where} {i}: clinical diagnosis {value!r} for {image_id} "
+                                   "is not 0 (common nevus), 1 (atypical nevus) or 2 "
+                                   "(melanoma)", path)
         if image_id in out:
-            raise DermcamError(f"line {i}: {image_id} is listed twice", path)
-        out[image_id] = int(value)
+            raise DermcamError(f"{where} {i}: {image_id} is listed twice", path)
+        out[image_id] = code
     if not out:
-        raise DermcamError("no image rows (|| IMDxxx || ...) found", path)
+        raise DermcamError("no image rows (IMDxxx) found: expected the '||'-separated or "
+                           "tab-separated PH2_dataset.txt, or PH2_dataset.xlsx", path)
     return out
+
+
+def table_path(root: Path) -> Path:
+    """The table ``load`` reads: ``PH2_dataset.txt`` when present, else the spreadsheet."""
+    base = base_dir(root)
+    return base / TABLE if (base / TABLE).exists() else base / TABLE_XLSX
 
 
 def load(root: Path, check_files: bool = True, seed: int = 0) -> DataSet:
     from dermcam.data.generic import TEST_FRACTION, _holdout
 
     base = base_dir(root)
-    table = base / TABLE
-    if not table.exists():
-        raise DermcamError(f"{TABLE_XLSX} is not read; use {TABLE} from the PH2 archive "
-                           "(or save the sheet as that text table)", base / TABLE_XLSX)
+    table = table_path(root)
     codes = read_table(table)
     images = safe_join(base, IMAGES, table)
     samples = []
