@@ -278,6 +278,8 @@ class CamExplainer:
         """
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+        from dermcam.calibration import temperature_of
+
         if self._cam is None:
             raise RuntimeError("use CamExplainer as a context manager")
         if x.ndim != 4:
@@ -297,7 +299,8 @@ class CamExplainer:
                 raise DermcamError(f"layer {self.layer_name!r} did not run in the forward "
                                    "pass (an auxiliary head?); hook one that does")
             logits = outputs.detach().float()
-            probs = torch.softmax(logits, 1)[:, 1].cpu().numpy()
+            # calibrated as everywhere else (the model's temperature); arg-max unchanged
+            probs = torch.softmax(logits / temperature_of(self.model), 1)[:, 1].cpu().numpy()
             if isinstance(target, str):
                 if target == "predicted" and threshold is not None:
                     classes = (probs >= threshold).astype(np.int64)

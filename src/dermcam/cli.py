@@ -313,6 +313,11 @@ def train(
     = "val_auc",
     imbalance: Annotated[str, typer.Option(help="weighted_loss, balanced_sampler or none.")]
     = "weighted_loss",
+    calibration: Annotated[str, typer.Option(help="temperature: fit temperature scaling on "
+                                                  "the validation split after training and "
+                                                  "choose the threshold on the calibrated "
+                                                  "probabilities; none: raw softmax.")]
+    = "temperature",
     val_fraction: Annotated[float, typer.Option(help="Stratified validation share of the "
                                                      "training split.")] = 0.2,
     seed: Annotated[int, typer.Option()] = 42,
@@ -338,7 +343,7 @@ def train(
         data=str(data), out=str(out), models=[m.strip() for m in models.split(",") if m.strip()],
         weights=weights, image_size=image_size, max_epochs=epochs, batch_size=batch_size, lr=lr,
         patience=patience, schedule=schedule, monitor=monitor, imbalance=imbalance,
-        val_fraction=val_fraction,
+        calibration=calibration, val_fraction=val_fraction,
         seed=seed, augment=augment, accelerator=accelerator, devices=devices,
         strategy=strategy, precision=precision, num_workers=num_workers,
         progress=not _state["quiet"], keep_checkpoints=keep_checkpoints)
@@ -352,11 +357,17 @@ def train(
 
 def _print_training(manifest) -> None:
     t = Table(title="training")
-    for c in ("model", "weights", "best epoch", "val AUC", "threshold", "time"):
+    for c in ("model", "weights", "best epoch", "val AUC", "T", "val ECE", "threshold",
+              "time"):
         t.add_column(c)
     for name, m in manifest["models"].items():
+        cal = m.get("calibration") or {}
+        ece = "" if not cal else (f"{cal['before']['ece']:.3f} -> {cal['after']['ece']:.3f}"
+                                  if cal.get("method") == "temperature"
+                                  else f"{cal['before']['ece']:.3f}")
         t.add_row(m.get("display_name", name), m.get("weights_source", "?"),
                   str(m.get("best_epoch")), f"{m.get('val_auc', float('nan')):.3f}",
+                  f"{m.get('temperature', 1.0):.2f}", ece,
                   f"{m.get('threshold', float('nan')):.3f}", f"{m.get('wall_time_s', 0):.0f} s")
     console.print(t)
 
@@ -390,6 +401,7 @@ def evaluate(
                               by=by_columns(by), min_group=min_group,
                               exclude_duplicates=exclude_duplicates)
     _print_metrics(result)
+    _print_calibration(result)
     _print_external(run_dir, result)
     _print_subgroups(result)
     where = (f"{run_dir}/external/{result['external']['name']}" if "external" in result
@@ -409,6 +421,22 @@ def _print_metrics(result) -> None:
     console.print(t)
     for p in result.get("pairwise", []):
         console.print("  " + p.get("sentence", ""))
+
+
+def _print_calibration(result) -> None:
+    """ECE and Brier before and after temperature scaling (#16)."""
+    calib = result.get("calibration") or {}
+    if not calib:
+        return
+    t = Table(title="calibration on the test set: before -> after temperature scaling")
+    for c in ("model", "T", "ECE before", "ECE after", "Brier before", "Brier after"):
+        t.add_column(c)
+    names = result.get("display_names") or {}
+    for name, c in calib.items():
+        t.add_row(names.get(name, name), f"{c.get('temperature', float('nan')):.2f}",
+                  *[_ci_text(c[when][k]) for k in ("ece", "brier") for when in ("before",
+                                                                                 "after")])
+    console.print(t)
 
 
 def _ci_text(d) -> str:

@@ -182,9 +182,11 @@ def _target_classes(model, x, target, labels, threshold) -> np.ndarray:
         return labels
     if target == "malignant":
         return np.ones(len(labels), np.int64)
+    from dermcam.calibration import temperature_of
+
     model.eval()
-    with torch.inference_mode():
-        probs = torch.softmax(model(x).float(), 1)[:, 1].numpy()
+    with torch.inference_mode():  # calibrated, as the threshold was chosen on them
+        probs = torch.softmax(model(x).float() / temperature_of(model), 1)[:, 1].numpy()
     return (probs >= threshold).astype(np.int64)
 
 

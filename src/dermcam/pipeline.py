@@ -93,19 +93,23 @@ def predict_models(run_dir: Path, manifest: dict[str, Any], samples, arrays
                    ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Long predictions (one row per model and sample) of every trained model, and each
     model's validation-chosen threshold."""
-    from dermcam.training import load_checkpoint, predict_dataset
+    from dermcam.calibration import apply_temperature, temperature_of
+    from dermcam.training import load_checkpoint, predict_logit_diff
 
     rows = []
     thresholds = {}
     for name in trained_models(manifest):
         model, info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
-        prob = predict_dataset(model, arrays.dataset(np.arange(len(arrays))))
+        z = predict_logit_diff(model, arrays.dataset(np.arange(len(arrays))))
+        prob = apply_temperature(z, temperature_of(model))  # what every stage uses
         thr = float(payload["threshold"])
         thresholds[name] = thr
         rows.append(pd.DataFrame({
             "image_id": [s.image_id for s in samples], "model": name, "label": arrays.labels,
             "prob_malignant": np.round(prob.astype(np.float64), 6),
-            "pred": (prob >= thr).astype(int), "threshold": round(thr, 6)}))
+            "pred": (prob >= thr).astype(int), "threshold": round(thr, 6),
+            "prob_malignant_uncalibrated": np.round(apply_temperature(z, 1.0), 6),
+            "temperature": round(temperature_of(model), 6)}))
     preds = pd.concat(rows, ignore_index=True)
     if any(s.group is not None for s in samples):  # lesion/patient: bootstrap by cluster
         preds["group"] = [s.group for s in samples] * len(rows)
@@ -128,6 +132,10 @@ def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_bo
                                   cluster_name=cluster_name(ds))
     if by:
         result["subgroups"] = subgroups_for(preds, by, thresholds, n_boot, seed, min_group)
+    from dermcam.calibration import calibration_summary
+
+    # ECE and Brier before and after temperature scaling, with CIs
+    result["calibration"] = calibration_summary(preds, n_boot=n_boot, seed=seed)
     result["display_names"] = {m: manifest["models"][m]["display_name"] for m in thresholds}
     write_json(run_dir / "metrics.json", result)
     write_csv(run_dir / "metrics.csv", metrics_table(result))

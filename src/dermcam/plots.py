@@ -306,8 +306,13 @@ def plot_pr_curves(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
 def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Reliability diagram: observed malignant fraction against mean predicted
     probability per bin for every model (ECE with CI in the legend), the
-    diagonal of perfect calibration, and a histogram of predictions below."""
+    diagonal of perfect calibration, and a histogram of predictions below.
+
+    With ``result["calibration"]`` (:func:`dermcam.calibration.calibration_summary`)
+    each model's curve before temperature scaling is drawn dashed beside the calibrated
+    one (solid), ECE before and after and ``T`` in the legend."""
     models = _models(result)
+    calib = result.get("calibration") or {}
     fig = _new_figure((5.2, 6.0))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], ls=":", color="0.5", label="Perfect calibration")
@@ -324,8 +329,16 @@ def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) ->
             color=f"C{i}",
             ms=4,
             lw=1.3,
-            label=f"{_label(name, entry)}: ECE {_ci_text(ece)}",
+            label=f"{_label(name, entry)}: ECE {_ci_text(ece)}"
+            + (f" (T = {_num(calib[name]['temperature']):.2f})" if name in calib else ""),
         )
+        if name in calib:  # before temperature scaling, dashed
+            before = calib[name]["reliability_before"]
+            mb = np.array([_num(v) for v in before["mean_predicted"]])
+            fb = np.array([_num(v) for v in before["fraction_positive"]])
+            okb = np.isfinite(mb) & np.isfinite(fb)
+            top.plot(mb[okb], fb[okb], "x--", color=f"C{i}", ms=4, lw=1.0, alpha=0.6,
+                     label=f"  before scaling: ECE {_ci_text(calib[name]['before']['ece'])}")
         lower = np.array([_num(v) for v in rel["bin_lower"]])
         upper = np.array([_num(v) for v in rel["bin_upper"]])
         count = np.array([_num(v) for v in rel["count"]])
@@ -336,7 +349,8 @@ def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) ->
     top.set_ylabel("Observed malignant fraction")
     top.legend(fontsize=7, loc="upper left")
     top.grid(alpha=0.3)
-    top.set_title("Reliability (equal-width bins)", fontsize=9)
+    top.set_title("Reliability (equal-width bins)" + (
+        "; dashed: before temperature scaling" if calib else ""), fontsize=9)
     bottom.set_yscale("symlog", linthresh=10)
     bottom.set_xlabel("Predicted probability of malignant")
     bottom.set_ylabel("Images")

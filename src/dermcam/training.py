@@ -63,6 +63,9 @@ class TrainConfig:
     # Lightning's best.ckpt and last.ckpt (weights plus optimizer state) are what --resume
     # needs while a model trains; once its model.pt is saved they are deleted unless kept.
     keep_checkpoints: bool = False
+    # "temperature": fit T on the validation logits after training (dermcam.calibration);
+    # the threshold is then chosen on the calibrated probabilities. "none": T = 1.
+    calibration: str = "temperature"
 
 
 # --------------------------------------------------------------------------- data
@@ -177,9 +180,19 @@ class _CachedImages(torch.utils.data.Dataset):
 
 def predict_dataset(model, dataset, batch_size: int = 64,
                     device: str | torch.device = "cpu") -> np.ndarray:
-    """Malignant probability for every item of an ``(image, label)`` dataset, in order."""
+    """Malignant probability for every item of an ``(image, label)`` dataset, in order
+    (temperature-scaled by the model's temperature, :mod:`dermcam.calibration`)."""
+    from dermcam.calibration import apply_temperature, temperature_of
+
+    return apply_temperature(predict_logit_diff(model, dataset, batch_size, device),
+                             temperature_of(model))
+
+
+def predict_logit_diff(model, dataset, batch_size: int = 64,
+                       device: str | torch.device = "cpu") -> np.ndarray:
+    """Logit difference ``z_malignant - z_benign`` (no temperature) per item, ``(N,)``."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    return _malignant_probs(model, (images for images, _ in loader), device)
+    return _logit_diffs(model, (images for images, _ in loader), device)
 
 
 def predict_proba(model, images: np.ndarray, batch_size: int = 64,
@@ -191,7 +204,15 @@ def predict_proba(model, images: np.ndarray, batch_size: int = 64,
 
 
 def _malignant_probs(model, batches, device) -> np.ndarray:
-    """Softmax malignant probability over ``uint8 (B, S, S, 3)`` batches; restores the mode."""
+    """Malignant probability ``softmax(z / T)[:, 1]`` over ``uint8 (B, S, S, 3)`` batches,
+    ``T`` the model's temperature (1 when none is recorded); restores the mode."""
+    from dermcam.calibration import apply_temperature, temperature_of
+
+    return apply_temperature(_logit_diffs(model, batches, device), temperature_of(model))
+
+
+def _logit_diffs(model, batches, device) -> np.ndarray:
+    """``z1 - z0`` (float64) over ``uint8 (B, S, S, 3)`` batches; restores the mode."""
     from dermcam.augment import preprocess
 
     was_training = model.training
@@ -201,10 +222,11 @@ def _malignant_probs(model, batches, device) -> np.ndarray:
         with torch.inference_mode():
             for images in batches:
                 x = preprocess(images.to(device))
-                out.append(torch.softmax(model(x).float(), dim=1)[:, 1].cpu())
+                z = model(x).double()
+                out.append((z[:, 1] - z[:, 0]).cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float64)
 
 
 # ------------------------------------------------------------------- lightning
@@ -415,7 +437,10 @@ def save_checkpoint(path: Path, model, info, extra: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path):
-    """Load a dermcam checkpoint safely; returns ``(model, info, payload)``."""
+    """Load a dermcam checkpoint safely; returns ``(model, info, payload)``.
+
+    The model carries the checkpoint's ``temperature`` (:func:`dermcam.calibration.
+    temperature_of`), which :func:`predict_proba` and the CAM explainer apply."""
     from dermcam.models import build_model, load_state_file, load_weights_into
 
     payload = load_state_file(path)
@@ -425,6 +450,12 @@ def load_checkpoint(path: str | Path):
     model, info = build_model(payload["arch"], weights="none")
     load_weights_into(model, payload["arch"], payload, path)
     info.weights_source = payload.get("weights_source", info.weights_source)
+    from dermcam.calibration import set_temperature
+
+    try:  # checkpoints from before calibration (#16) hold none: T = 1
+        set_temperature(model, payload.get("temperature", 1.0))
+    except ValueError as exc:
+        raise DermcamError(f"bad temperature in the checkpoint ({exc})", path) from None
     model.eval()
     return model, info, payload
 
@@ -455,6 +486,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     pl = _lightning()
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    from dermcam.calibration import apply_temperature, set_temperature
     from dermcam.evaluation import youden_threshold
     from dermcam.models import build_model
 
@@ -523,9 +555,12 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     module.load_state_dict(state["state_dict"])
     model = module.model.cpu().to(memory_format=torch.contiguous_format)
     best_epoch = int(state.get("epoch", -1)) + 1
-    val_prob = predict_dataset(model, val_ds)
     yva = arrays.labels[va_idx]
-    threshold = float(youden_threshold(yva, val_prob))
+    val_logit = predict_logit_diff(model, val_ds)
+    temperature, calibration = _calibrate(val_logit, yva, cfg.calibration)
+    set_temperature(model, temperature)
+    val_prob = apply_temperature(val_logit, temperature)
+    threshold = float(youden_threshold(yva, val_prob))  # on the calibrated probabilities
     from sklearn.metrics import roc_auc_score
 
     val_auc = float(roc_auc_score(yva, val_prob))
@@ -535,19 +570,40 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
         "trained_on": str(Path(cfg.data).resolve()), "image_size": cfg.image_size,
         "n_train": int(len(tr_idx)), "n_val": int(len(va_idx)),
         "val_auc": val_auc, "threshold": threshold, "threshold_rule": "Youden J on validation",
+        "temperature": temperature, "calibration": calibration["method"],
         "intended_use": "research on dermoscopy classification and attention auditing; "
                         "not validated for clinical use",
     }
     save_checkpoint(mdir / "model.pt", model, info, {
         "image_size": cfg.image_size, "threshold": threshold, "best_epoch": best_epoch,
         "monitor": cfg.monitor, "best_score": float(ckpt_cb.best_model_score or math.nan),
-        "model_card": card})
+        "temperature": temperature, "calibration": calibration, "model_card": card})
     return {"display_name": info.display_name, "weights_source": info.weights_source,
             "target_layer": info.target_layer, "best_epoch": best_epoch,
             "epochs_run": int(trainer.current_epoch), "monitor": cfg.monitor,
             "best_score": float(ckpt_cb.best_model_score or math.nan),
-            "val_auc": val_auc, "threshold": threshold, "wall_time_s": round(wall, 2),
+            "val_auc": val_auc, "threshold": threshold, "temperature": temperature,
+            "calibration": calibration, "wall_time_s": round(wall, 2),
             "checkpoint": f"models/{name}/model.pt"}
+
+
+def _calibrate(val_logit: np.ndarray, yva: np.ndarray, method: str
+               ) -> tuple[float, dict[str, Any]]:
+    """``(T, record)``: the temperature fitted on validation (1 with ``"none"``) and NLL,
+    ECE and Brier on validation before and after it (plain floats, for the checkpoint)."""
+    from dermcam import calibration as cal
+
+    t = cal.fit_temperature(val_logit, yva) if method == "temperature" else 1.0
+    record: dict[str, Any] = {
+        "method": method, "fitted_on": "validation", "n": int(len(yva)),
+        "before": cal.calibration_scores(yva, cal.apply_temperature(val_logit, 1.0)),
+        "after": cal.calibration_scores(yva, cal.apply_temperature(val_logit, t))}
+    lo, hi = cal.T_BOUNDS
+    if method == "temperature" and not lo * 1.01 < t < hi / 1.01:
+        record["note"] = (f"T = {t:.3g} is at the edge of the search interval {cal.T_BOUNDS}: the "
+                          "validation NLL has no interior minimum (e.g. perfectly separated)")
+        log.warning("temperature scaling: %s", record["note"])
+    return t, record
 
 
 def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
@@ -565,6 +621,11 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     if cfg.schedule not in SCHEDULES:
         raise DermcamError(f"--schedule must be one of {', '.join(SCHEDULES)}, not "
                            f"{cfg.schedule!r}")
+    from dermcam.calibration import CALIBRATIONS
+
+    if cfg.calibration not in CALIBRATIONS:
+        raise DermcamError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, not "
+                           f"{cfg.calibration!r}")
     if cfg.imbalance not in ("weighted_loss", "balanced_sampler", "none"):
         raise DermcamError(f"--imbalance must be weighted_loss, balanced_sampler or none, "
                            f"not {cfg.imbalance!r}")

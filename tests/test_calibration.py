@@ -1,0 +1,162 @@
+"""Temperature scaling (#16 item 4): known temperatures recovered, scipy cross-check,
+scores with known values, the checkpoint's temperature applied by every stage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.optimize import minimize_scalar
+
+from dermcam import calibration as cal
+
+
+def simulated(t_true: float, n: int = 40_000, seed: int = 0):
+    """Labels drawn from sigmoid(true_logit); the model reports true_logit * T_true."""
+    rng = np.random.default_rng(seed)
+    true_logit = rng.normal(0.0, 2.0, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    return true_logit * t_true, y
+
+
+@pytest.mark.parametrize("t_true", [0.5, 1.0, 2.0, 3.5])
+def test_fit_recovers_known_temperature(t_true):
+    d, y = simulated(t_true)
+    t = cal.fit_temperature(d, y)
+    # n = 40 000: the MLE's sampling SD is about 1 % of T; 5 % is a loose bound
+    assert t == pytest.approx(t_true, rel=0.05)
+    # (N, 2) logits give the same answer as their difference
+    z = np.stack([-d / 2, d / 2], axis=1)
+    assert cal.fit_temperature(z, y) == pytest.approx(t, rel=1e-4)
+
+
+def test_fit_is_the_nll_minimum_found_by_scipy_directly():
+    d, y = simulated(2.0, n=5000, seed=1)
+
+    def nll_of_t(t):  # from the probabilities, not the module's log-sum-exp form
+        return cal.nll(y, 1 / (1 + np.exp(-d / t)))
+
+    ref = minimize_scalar(nll_of_t, bounds=(0.05, 20), method="bounded",
+                          options={"xatol": 1e-8}).x
+    t = cal.fit_temperature(d, y)
+    assert t == pytest.approx(ref, rel=1e-3)
+    assert nll_of_t(t) <= nll_of_t(t * 1.05) and nll_of_t(t) <= nll_of_t(t / 1.05)
+
+
+def test_calibration_lowers_ece_and_brier_of_overconfident_logits():
+    d, y = simulated(3.0, n=20_000, seed=2)
+    t = cal.fit_temperature(d, y)
+    before = cal.calibration_scores(y, cal.apply_temperature(d, 1.0))
+    after = cal.calibration_scores(y, cal.apply_temperature(d, t))
+    assert after["nll"] < before["nll"] and after["brier"] < before["brier"]
+    assert after["ece"] < 0.02 < before["ece"]
+
+
+def test_apply_and_scores_closed_form():
+    z = np.array([[0.0, 0.0], [0.0, 2.0], [1.0, -1.0]])
+    np.testing.assert_allclose(cal.apply_temperature(z, 2.0),
+                               [0.5, 1 / (1 + math.e ** -1), 1 / (1 + math.e)])
+    np.testing.assert_allclose(cal.apply_temperature(np.array([800.0, -800.0]), 1.0), [1, 0])
+    assert cal.brier([1, 0, 1, 0], [1.0, 0.0, 0.5, 0.5]) == pytest.approx(0.125)
+    assert cal.nll([1, 0], [0.5, 0.5]) == pytest.approx(math.log(2))
+
+
+@pytest.mark.parametrize("bad", [
+    (np.zeros((3, 3)), [0, 1, 0], "got shape"),
+    (np.zeros(3), [0, 1], "labels of shape"),
+    (np.zeros(3), [1, 1, 1], "both classes"),
+    (np.array([0.0, np.inf]), [0, 1], "finite"),
+])
+def test_fit_refuses_bad_input(bad):
+    z, y, msg = bad
+    with pytest.raises(ValueError, match=msg):
+        cal.fit_temperature(z, y)
+    with pytest.raises(ValueError, match="> 0"):
+        cal.apply_temperature([0.0], 0.0)
+
+
+def test_calibration_summary_before_after_with_cis():
+    d, y = simulated(3.0, n=600, seed=3)
+    t = cal.fit_temperature(d, y)
+    preds = pd.DataFrame({"model": "m", "label": y, "temperature": t,
+                          "prob_malignant": cal.apply_temperature(d, t),
+                          "prob_malignant_uncalibrated": cal.apply_temperature(d, 1.0)})
+    s = cal.calibration_summary(preds, n_boot=200, seed=0)["m"]
+    assert s["temperature"] == pytest.approx(t)
+    for k in ("ece", "brier"):
+        want_b = cal.calibration_scores(y, preds["prob_malignant_uncalibrated"])[k]
+        assert s["before"][k]["value"] == pytest.approx(want_b)
+        assert s["before"][k]["lo"] <= s["before"][k]["value"] <= s["before"][k]["hi"]
+        assert s["change"][k]["value"] < 0 and s["change"][k]["hi"] < 0
+    assert sum(s["reliability_before"]["count"]) == len(y)
+    assert cal.calibration_summary(preds.drop(columns="prob_malignant_uncalibrated")) == {}
+
+
+class Fixed(torch.nn.Module):
+    """Logits (0, 1) for every image."""
+
+    def forward(self, x):
+        return torch.tensor([[0.0, 1.0]]).repeat(len(x), 1)
+
+
+def test_model_temperature_applied_by_predict_proba_and_cam_targets():
+    from dermcam.explain import _target_classes
+    from dermcam.training import predict_proba
+
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    model = Fixed()
+    assert cal.temperature_of(model) == 1.0  # old checkpoints: T = 1
+    np.testing.assert_allclose(predict_proba(model, images), 1 / (1 + math.e ** -1), rtol=1e-6)
+    cal.set_temperature(model, 4.0)
+    p = 1 / (1 + math.e ** -0.25)
+    np.testing.assert_allclose(predict_proba(model, images), p, rtol=1e-6)
+    x = torch.zeros(3, 3, 8, 8)
+    # a threshold between the raw (0.73) and the calibrated (0.56) probability
+    assert _target_classes(model, x, "predicted", None, 0.6).tolist() == [0, 0, 0]
+
+
+def test_train_fits_temperature_and_evaluate_reports_before_after(make_generic, dh, tmp_path):
+    """A tiny run: T fitted on validation and stored; evaluate scores with it and reports
+    ECE and Brier before and after; --calibration none stores T = 1."""
+    import json
+
+    from dermcam.pipeline import run_evaluate
+    from dermcam.training import TrainConfig, load_checkpoint, train
+
+    labels = dh.generic_labels(14, 10)
+    split = {i: ("test" if k % 3 == 0 else "train") for k, i in enumerate(labels)}
+    data = make_generic(labels, split=split, masks=True)
+    runs = {}
+    for method in ("temperature", "none"):
+        out = tmp_path / method
+        cfg = TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
+                          image_size=32, max_epochs=1, batch_size=8, seed=1, progress=False,
+                          val_fraction=0.3, calibration=method,
+                          cache_dir=str(tmp_path / "cache"))
+        runs[method] = train(cfg)["models"]["resnet18"]
+        model, _, payload = load_checkpoint(out / "models/resnet18/model.pt")
+        assert payload["temperature"] == runs[method]["temperature"]
+        assert cal.temperature_of(model) == payload["temperature"]
+        assert payload["calibration"]["method"] == method
+    fitted, none = runs["temperature"], runs["none"]
+    assert none["temperature"] == 1.0
+    assert fitted["temperature"] != 1.0
+    # same seed, same weights: the fit can only lower the validation NLL
+    assert fitted["calibration"]["before"] == pytest.approx(none["calibration"]["before"])
+    assert fitted["calibration"]["after"]["nll"] <= fitted["calibration"]["before"]["nll"]
+    result = run_evaluate(tmp_path / "temperature", n_boot=50)
+    preds = pd.read_csv(tmp_path / "temperature" / "predictions.csv")
+    t = fitted["temperature"]
+    raw = preds["prob_malignant_uncalibrated"].clip(1e-6, 1 - 1e-6)
+    expect = 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / t))
+    np.testing.assert_allclose(preds["prob_malignant"], expect, atol=1e-4)
+    c = result["calibration"]["resnet18"]
+    assert c["temperature"] == pytest.approx(t, rel=1e-5)
+    assert c["after"]["ece"]["value"] == pytest.approx(
+        result["models"]["resnet18"]["threshold_free"]["ece"]["value"])
+    saved = json.loads((tmp_path / "temperature" / "metrics.json").read_text())
+    assert set(saved["calibration"]["resnet18"]) >= {"before", "after", "change"}
+    assert (tmp_path / "temperature" / "figures" / "reliability.png").exists()
