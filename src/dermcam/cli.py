@@ -391,11 +391,18 @@ def evaluate(
              "estimate.")] = 20,
     exclude_duplicates: Annotated[bool, typer.Option(
         help="Leave out external images that duplicate the run's own images.")] = False,
+    artifact_labels: Annotated[Path | None, typer.Option(
+        "--artifacts", "--artifact-labels",
+        help="Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
+             "';'-separated, image;dark_corner;hair;...), joined by image id as "
+             "artifact_<name> columns and kept for the run's later stages.")] = None,
 ) -> None:
     """Test-set metrics with 95 % CIs, baselines, and paired model comparisons."""
     from dermcam.external import by_columns
     from dermcam.pipeline import run_evaluate
 
+    if artifact_labels is not None:  # and split the metrics by each artifact's presence
+        by = ",".join([*by_columns(by), *_use_artifact_labels(run_dir, artifact_labels)])
     with progress_bar("load test images") as cb:
         result = run_evaluate(run_dir, n_boot=n_boot, progress=cb, data=data, name=name,
                               by=by_columns(by), min_group=min_group,
@@ -407,6 +414,15 @@ def evaluate(
     where = (f"{run_dir}/external/{result['external']['name']}" if "external" in result
              else str(run_dir))
     console.print(f"wrote {where}/metrics.json, metrics.csv, predictions.csv, figures/")
+
+
+def _use_artifact_labels(run_dir: Path, path: Path) -> list[str]:
+    """Record per-image artifact labels in the run (#16); prints the join, returns the
+    artifact_<name> columns."""
+    from dermcam.data.artifact_labels import artifact_columns, read_artifact_labels, record_in_run
+
+    console.print(record_in_run(run_dir, path))
+    return artifact_columns(read_artifact_labels(path))
 
 
 def _print_metrics(result) -> None:
@@ -545,6 +561,11 @@ def explain(
                                                "(leakage, excess leakage, pixel AUROC): an "
                                                "adjusted class gap within +-margin counts as "
                                                "explained by size.")] = 0.02,
+    artifact_labels: Annotated[Path | None, typer.Option(
+        "--artifacts", "--artifact-labels",
+        help="Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
+             "';'-separated, image;dark_corner;hair;...), joined by image id as "
+             "artifact_<name> columns and kept for the run's later stages.")] = None,
 ) -> None:
     """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
 
@@ -557,6 +578,8 @@ def explain(
     """
     from dermcam.explain import run_explain
 
+    if artifact_labels is not None:  # attention summary by artifact presence
+        _use_artifact_labels(run_dir, artifact_labels)
     shard_t = None
     if shard is not None:
         try:
@@ -703,6 +726,11 @@ def probe(
     inpaint: Annotated[str, typer.Option(help="OpenCV inpainting: telea or ns "
                                               "(Navier-Stokes).")] = "telea",
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs.")] = 1000,
+    artifact_labels: Annotated[Path | None, typer.Option(
+        "--artifact-labels",
+        help="Per-image artifact labels (e.g. isic_bias.csv), joined by image id and kept "
+             "for the run's later stages (--artifacts here names artifacts to "
+             "insert).")] = None,
 ) -> None:
     """Behavioural audit: change the image, watch the malignant probability.
 
@@ -719,6 +747,8 @@ def probe(
     """
     from dermcam.probe import run_probe
 
+    if artifact_labels is not None:
+        _use_artifact_labels(run_dir, artifact_labels)
     names = [p.strip() for p in probes.split(",") if p.strip()]
     arts = [a.strip() for a in artifacts.split(",") if a.strip()] if artifacts else None
     with progress_bar("probe batches") as cb:

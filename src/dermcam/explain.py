@@ -59,7 +59,7 @@ def _artifact_names() -> tuple[str, ...]:
 def _explain_samples(manifest, limit):
     from dermcam.data import load_dataset
 
-    ds = load_dataset(manifest["data"]["root"])
+    ds = load_dataset(manifest["data"]["root"], artifacts=manifest["data"].get("artifacts"))
     samples = [s for s in ds.split("test") if s.mask_path is not None]
     if not samples:
         raise DermcamError("no test images with lesion masks: attention leakage needs masks",
@@ -505,6 +505,8 @@ def score_run(run_dir: str | Path, selection: list[dict] | None = None,
     meta = _metadata(ds)
     art_names = _artifact_names()
     meta_by_id = meta.set_index("image_id") if meta is not None else None
+    labels = getattr(ds, "artifact_labels", None)  # joined --artifacts FILE (#16)
+    labels_by_id = labels.set_index("image_id") if labels is not None else None
     thresholds = {m: manifest["models"][m]["threshold"] for m in manifest["models"]}
     frames = []
     metric_seconds = 0.0
@@ -552,6 +554,10 @@ def score_run(run_dir: str | Path, selection: list[dict] | None = None,
                     col = f"artifact_{an}"
                     if col in meta_by_id.columns:
                         df[col] = meta_by_id.loc[ids, col].to_numpy()
+            if labels_by_id is not None:
+                for col in labels_by_id.columns:
+                    if col not in df.columns:
+                        df[col] = labels_by_id.reindex(ids)[col].to_numpy()
             frames.append(df)
     att = pd.concat(frames, ignore_index=True)
     att = att.drop_duplicates(["image_id", "model", "method"], keep="last")
@@ -672,6 +678,13 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
                 entry["artifacts"] = {"error": str(exc)}
             artifact_rows += [{"model": model, "method": method, "layer": layer, **r}
                               for r in artifact_ratios(g, arts, n_boot=n_boot, seed=seed)]
+        presence = [c for c in g.columns if c.startswith("artifact_")
+                    and f"mass_{c.removeprefix('artifact_')}" not in g.columns]
+        if presence:  # labels without pixel maps (real images): leakage by presence
+            from dermcam.data.artifact_labels import split_by_presence
+
+            entry["artifact_presence"] = split_by_presence(
+                g, presence, ("leakage", "excess_leakage", "pixel_auroc"))
         if key in sanity:
             entry["sanity"] = sanity[key]
         tests[key] = entry

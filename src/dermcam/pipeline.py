@@ -24,7 +24,7 @@ def load_test_split(manifest: dict[str, Any], limit: int | None = None,
     from dermcam.data.cache import ImageCache, warm_cache
     from dermcam.training import CachedSplit
 
-    ds = load_dataset(manifest["data"]["root"])
+    ds = load_dataset(manifest["data"]["root"], artifacts=manifest["data"].get("artifacts"))
     if ds.fingerprint() != manifest["data"]["fingerprint"]:
         log.warning("data under %s changed since training (fingerprint differs)", ds.root)
     samples = ds.split("test")

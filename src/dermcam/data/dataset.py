@@ -185,8 +185,13 @@ def detect_layout(root: str | Path) -> str:
 
 
 def load_dataset(root: str | Path, check_files: bool = True,
-                 problems: list[Problem] | None = None) -> DataSet:
+                 problems: list[Problem] | None = None,
+                 artifacts: str | Path | None = None) -> DataSet:
     """Load any supported layout under ``root``.
+
+    ``artifacts``: a per-image artifact label table (e.g. Bissoto et al.'s
+    ``isic_bias.csv``) joined by image id as ``artifact_<name>`` metadata columns
+    (:mod:`dermcam.data.artifact_labels`).
 
     With a ``problems`` list, the layouts that support it (ISIC 2016, generic) record
     each bad CSV row there and skip it instead of raising at the first one, so a checker
@@ -202,6 +207,10 @@ def load_dataset(root: str | Path, check_files: bool = True,
         ds = module.load(Path(root), check_files=check_files)
     if not ds.samples and problems is None:
         raise DermcamError("the data set holds no images", root)
+    if artifacts is not None and ds.samples:
+        from dermcam.data.artifact_labels import attach
+
+        attach(ds, artifacts)
     for split in SPLITS:
         if not ds.split(split):
             ds.notes.append(f"the {split} split holds no images: training and evaluation "

@@ -1,0 +1,175 @@
+"""Per-image artifact annotations a user holds, joined to any layout by image id (#16 item 5).
+
+The reference format is ``isic_bias.csv`` of Bissoto et al. (2020), ``;``-separated with
+a header::
+
+    image;dark_corner;hair;gel_border;gel_bubble;ruler;ink;patches;label;label_string
+    ISIC_0000000.jpg;0;1;0;0;0;0;0;0;benign
+
+Any such table is read the same way: the first column (or one named ``image`` /
+``image_id``) holds image ids with or without a file extension; every other column whose
+values are all 0/1 is an artifact flag, kept as ``artifact_<name>`` (the synthetic
+benchmark's metadata names), so ``evaluate --by artifact_hair``, the attention summary
+and the probes split by artifact presence on real images. The table's own diagnosis
+(``label``, ``label_string``) is not used: the layout's labels are. A comma-separated
+table is accepted too.
+
+:func:`attach` joins the table to a loaded :class:`~dermcam.data.dataset.DataSet` as the
+DataFrame attribute ``artifact_labels`` (read by :func:`dermcam.data.metadata.
+metadata_table`), and notes ids the data set does not hold and images without a row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from dermcam.data.paths import check_id
+from dermcam.errors import DermcamError
+
+__all__ = ["PREFIX", "KNOWN", "read_artifact_labels", "attach", "artifact_columns"]
+
+PREFIX = "artifact_"
+#: The artifact columns of Bissoto et al.'s isic_bias.csv.
+KNOWN = ("dark_corner", "hair", "gel_border", "gel_bubble", "ruler", "ink", "patches")
+#: Columns that are never artifact flags.
+_NOT_FLAGS = {"label", "label_string", "diagnosis", "split", "mask"}
+_ID_NAMES = ("image", "image_id", "image_name", "isic_id", "name")
+_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def _strip_ext(name: str) -> str:
+    return name[: -len(ext)] if (ext := next((e for e in _EXTS if name.lower().endswith(e)),
+                                             "")) else name
+
+
+def read_artifact_labels(path: str | Path) -> pd.DataFrame:
+    """``DataFrame`` with ``image_id`` and one 0/1 ``artifact_<name>`` column per flag.
+
+    Raises one-line :class:`DermcamError` naming the file, line and image id for a bad
+    row (a flag that is not 0/1, a repeated id, a short row).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DermcamError("artifact label file not found", path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DermcamError(f"not a UTF-8 text table ({exc.reason})", path) from exc
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    delim = ";" if first.count(";") >= first.count(",") else ","
+    rows = [(i, [c.strip() for c in r]) for i, r in
+            enumerate(csv.reader(io.StringIO("\n".join(lines)), delimiter=delim), start=1)
+            if any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise DermcamError("no header and rows found (expected e.g. "
+                           "image;dark_corner;hair;...;ruler;ink;patches)", path)
+    _, header = rows[0]
+    lower = [h.lower() for h in header]
+    id_col = next((lower.index(n) for n in _ID_NAMES if n in lower), 0)
+    cand = [k for k, h in enumerate(lower) if k != id_col and h and h not in _NOT_FLAGS]
+    ids: list[str] = []
+    values: dict[int, list[int | None]] = {k: [] for k in cand}
+    flags = set(cand)
+    seen: dict[str, int] = {}
+    for line, cells in rows[1:]:
+        if len(cells) < len(header):
+            raise DermcamError(f"line {line}: {len(cells)} fields, the header has "
+                               f"{len(header)}", path)
+        image_id = check_id(_strip_ext(cells[id_col]), path)
+        if image_id in seen:
+            raise DermcamError(f"line {line}: image {image_id} is listed twice (first on line "
+                               f"{seen[image_id]})", path)
+        seen[image_id] = line
+        ids.append(image_id)
+        for k in cand:
+            v = cells[k]
+            values[k].append(int(float(v)) if v in ("0", "1", "0.0", "1.0") else None)
+            if v not in ("0", "1", "0.0", "1.0") and header[k].lower() in KNOWN:
+                raise DermcamError(f"line {line}: image {image_id}: {header[k]} is {v!r}, "
+                                   "expected 0 or 1", path)
+            if values[k][-1] is None:
+                flags.discard(k)  # not a 0/1 column: not an artifact flag
+    if not flags:
+        raise DermcamError("no 0/1 artifact columns found", path)
+    out = pd.DataFrame({"image_id": ids})
+    for k in cand:
+        if k in flags:
+            name = header[k].lower().removeprefix(PREFIX).replace(" ", "_")
+            out[PREFIX + name] = pd.array(values[k], dtype="Int64")
+    return out
+
+
+def artifact_columns(table: pd.DataFrame | None) -> list[str]:
+    """The ``artifact_<name>`` columns of a table (none for None)."""
+    return [] if table is None else [c for c in table.columns if c.startswith(PREFIX)]
+
+
+def attach(ds, path: str | Path):
+    """Join the labels in ``path`` to ``ds`` by image id (as ``ds.artifact_labels``, only
+    the data set's images); a note says how many matched, which ids are unknown, and how
+    many images have no row. Refuses a table matching none of the images. Returns ``ds``."""
+    table = read_artifact_labels(path)
+    have = {s.image_id for s in ds.samples}
+    known = table["image_id"].isin(have)
+    if not known.any():
+        raise DermcamError(f"none of the {len(table)} image ids (e.g. "
+                           f"{table['image_id'].iloc[0]}) is an image of {ds.name}", path)
+    unknown = table.loc[~known, "image_id"].tolist()
+    ds.artifact_labels = table[known].reset_index(drop=True)
+    n_missing = len(have) - int(known.sum())
+    note = (f"artifact labels from {Path(path).name}: {int(known.sum())} of {len(have)} "
+            f"images ({', '.join(c.removeprefix(PREFIX) for c in artifact_columns(table))})")
+    if unknown:
+        note += (f"; {len(unknown)} id(s) in the file are not in the data set (e.g. "
+                 f"{', '.join(unknown[:3])})")
+    if n_missing:
+        note += f"; {n_missing} image(s) have no row (their flags are missing)"
+    ds.notes.append(note)
+    return ds
+
+
+def record_in_run(run_dir: str | Path, path: str | Path) -> str:
+    """Check ``path`` against a run's data set and record it in the run's manifest
+    (``data.artifacts``), so every later stage (evaluate, explain, probe, report) joins
+    it. Returns the join's note; refuses (one line) before writing anything."""
+    from dermcam import run as runmod
+    from dermcam.data.dataset import load_dataset
+
+    manifest = runmod.read_manifest(run_dir)
+    path = Path(path).resolve()
+    ds = load_dataset(manifest["data"]["root"], check_files=False, artifacts=path)
+    manifest["data"]["artifacts"] = str(path)
+    runmod.write_manifest(run_dir, manifest)
+    return ds.notes[-1]
+
+
+def split_by_presence(df: pd.DataFrame, columns, metrics) -> list[dict]:
+    """Each metric on images with versus without each artifact (a pure table function).
+
+    ``df``: one row per image (e.g. one model x method of attention.csv) with the 0/1
+    ``columns`` and the ``metrics``. Per column and metric: ``n`` and mean with and
+    without the artifact (undefined values, NaN, left out), ``diff`` = with - without,
+    and a two-sided Mann-Whitney ``p`` (NaN when a side has no value). Rows with a
+    missing flag are in neither side.
+    """
+    from scipy.stats import mannwhitneyu
+
+    rows = []
+    for col in columns:
+        flag = pd.to_numeric(df[col], errors="coerce")
+        for metric in metrics:
+            v = pd.to_numeric(df[metric], errors="coerce")
+            a, b = v[flag == 1].dropna(), v[flag == 0].dropna()
+            p = float(mannwhitneyu(a, b).pvalue) if len(a) and len(b) else float("nan")
+            rows.append({"artifact": col.removeprefix(PREFIX), "metric": metric,
+                         "n_with": int(len(a)), "n_without": int(len(b)),
+                         "mean_with": float(a.mean()) if len(a) else float("nan"),
+                         "mean_without": float(b.mean()) if len(b) else float("nan"),
+                         "diff": float(a.mean() - b.mean()) if len(a) and len(b)
+                         else float("nan"), "p": p})
+    return rows
