@@ -59,6 +59,12 @@ def test_imagenet_weights_come_from_torchvision_cache(tmp_path, monkeypatch):
     assert str(path).startswith(str(tmp_path))
     path.parent.mkdir(parents=True)
     torch.save(ref.state_dict(), path)
+    # random weights under torchvision's name fail its hash, in one line naming the file
+    with pytest.raises(DermcamError, match="does not match torchvision's: its SHA-256 begins") \
+            as exc:
+        build_model("resnet18", weights="imagenet")
+    assert str(path) in str(exc.value) and path.name.split("-")[1][:8] in str(exc.value)
+    monkeypatch.setenv("DERMCAM_TRUST_WEIGHTS", "1")  # weights of one's own making
     model, info = build_model("resnet18", weights="imagenet")
     assert info.weights_source.startswith("imagenet:")
     assert torch.equal(model.conv1.weight, ref.conv1.weight)

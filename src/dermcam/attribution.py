@@ -289,6 +289,9 @@ class CamExplainer:
                                f"{', '.join(NORMALIZATIONS)}")
         cam = self._cam
         size = size or x.shape[-1]
+        param = next(self.model.parameters(), None)
+        if param is not None:  # the batch goes where the model is (--device)
+            x = x.to(param.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         needs_grad = cam.uses_gradients

@@ -325,8 +325,18 @@ def train(
     accelerator: Annotated[str, typer.Option(help="cpu, gpu, auto (Lightning).")] = "auto",
     devices: Annotated[str, typer.Option(help="Lightning devices, e.g. 1, 2, auto.")] = "1",
     strategy: Annotated[str, typer.Option(help="Lightning strategy, e.g. auto, ddp.")] = "auto",
-    precision: Annotated[str, typer.Option(help="32-true, 16-mixed, bf16-mixed.")] = "32-true",
-    num_workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 0,
+    precision: Annotated[str, typer.Option(help="32-true, bf16-mixed, 16-mixed (GPU) or "
+                                               "bf16-true. bf16-mixed is faster on CPUs only "
+                                               "with AVX-512 BF16 or AMX.")] = "32-true",
+    num_workers: Annotated[int | None, typer.Option(
+        help="DataLoader workers per process (default: from the CPU count on a GPU, 0 on "
+             "the CPU).")] = None,
+    num_nodes: Annotated[int, typer.Option(help="Machines (Lightning num_nodes), for "
+                                                "SLURM or torchrun across nodes.")] = 1,
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic", help="Deterministic algorithms (Lightning 'warn' mode, cuDNN "
+                                "without benchmark): the same bytes on the same GPU, "
+                                "slower.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")]
     = False,
@@ -346,6 +356,7 @@ def train(
         calibration=calibration, val_fraction=val_fraction,
         seed=seed, augment=augment, accelerator=accelerator, devices=devices,
         strategy=strategy, precision=precision, num_workers=num_workers,
+        num_nodes=num_nodes, deterministic=deterministic,
         progress=not _state["quiet"], keep_checkpoints=keep_checkpoints)
     with progress_bar("decode + cache images") as cb:
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
@@ -396,6 +407,9 @@ def evaluate(
         help="Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
              "';'-separated, image;dark_corner;hair;...), joined by image id as "
              "artifact_<name> columns and kept for the run's later stages.")] = None,
+    device: Annotated[str, typer.Option(help="Where the models run: auto (CUDA when "
+                                             "available, else CPU), cpu, cuda or "
+                                             "cuda:INDEX.")] = "auto",
 ) -> None:
     """Test-set metrics with 95 % CIs, baselines, and paired model comparisons."""
     from dermcam.external import by_columns
@@ -406,7 +420,7 @@ def evaluate(
     with progress_bar("load test images") as cb:
         result = run_evaluate(run_dir, n_boot=n_boot, progress=cb, data=data, name=name,
                               by=by_columns(by), min_group=min_group,
-                              exclude_duplicates=exclude_duplicates)
+                              exclude_duplicates=exclude_duplicates, device=device)
     _print_metrics(result)
     _print_calibration(result)
     _print_external(run_dir, result)
@@ -566,6 +580,11 @@ def explain(
         help="Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
              "';'-separated, image;dark_corner;hair;...), joined by image id as "
              "artifact_<name> columns and kept for the run's later stages.")] = None,
+    device: Annotated[str, typer.Option(help="Where the heatmaps are computed: auto (CUDA "
+                                             "when available), cpu, cuda or cuda:INDEX; "
+                                             "with --shard i/n, auto puts each shard on its "
+                                             "own GPU, and on the CPU the shards split the "
+                                             "cores.")] = "auto",
 ) -> None:
     """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
 
@@ -594,7 +613,8 @@ def explain(
                               shard=shard_t, merge=merge, layer=layer,
                               bench_methods=(None if bench_methods in (None, "all") else
                                              [m.strip() for m in bench_methods.split(",")]),
-                              bench_images=bench_images, cascade=cascade, margin=margin)
+                              bench_images=bench_images, cascade=cascade, margin=margin,
+                              device=device)
     if shard_t is not None:
         console.print(f"shard {shard}: {summary['batches']} batch(es) written under "
                       f"{run_dir}/attention; when every shard is done: dermcam explain "
@@ -731,6 +751,9 @@ def probe(
         help="Per-image artifact labels (e.g. isic_bias.csv), joined by image id and kept "
              "for the run's later stages (--artifacts here names artifacts to "
              "insert).")] = None,
+    device: Annotated[str, typer.Option(help="Where the models run: auto (CUDA when "
+                                             "available, else CPU), cpu, cuda or "
+                                             "cuda:INDEX.")] = "auto",
 ) -> None:
     """Behavioural audit: change the image, watch the malignant probability.
 
@@ -745,6 +768,7 @@ def probe(
     Inpainting leaves traces a model may react to; a changed prediction shows reliance, an
     unchanged one does not prove its absence.
     """
+    from dermcam.device import resolve_device
     from dermcam.probe import run_probe
 
     if artifact_labels is not None:
@@ -754,7 +778,8 @@ def probe(
     with progress_bar("probe batches") as cb:
         entries = run_probe(run_dir, probes=names, artifacts=arts, placements=placements,
                             seed=seed, limit=limit, batch_size=batch_size,
-                            inpaint_method=inpaint, n_boot=n_boot, progress=cb)
+                            inpaint_method=inpaint, n_boot=n_boot, progress=cb,
+                            device=str(resolve_device(device)))
     _print_probe(entries, run_dir)
     console.print(f"wrote {run_dir}/probe.csv, probe_summary.json, figures/probe_*.png")
 
@@ -923,23 +948,26 @@ def predict(
                                                     "adds attention leakage scores.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.csv and "
                                                           "overlays/.")] = Path("predictions"),
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per batch (default: 16 on the CPU, 64 on a GPU).")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images with a warning "
                                                 "instead of stopping.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    device: Annotated[str, typer.Option(help="Where the models run: auto (CUDA when "
+                                             "available, else CPU), cpu, cuda or "
+                                             "cuda:INDEX.")] = "auto",
 ) -> None:
     """Classify new images: malignancy probability, decision and Grad-CAM overlay per image.
 
     The decision uses the threshold chosen on validation and stored in the checkpoint.
     Research use only: not validated for clinical decisions.
     """
+    from dermcam.device import inference_batch_size, resolve_device
     from dermcam.predict import model_card_lines
     from dermcam.predict import predict as run_predict
 
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = resolve_device(device)
+    batch_size = inference_batch_size(dev, batch_size, cpu=16, gpu=64)
+    device = str(dev)
     with progress_bar("predict") as cb:
         res = run_predict(checkpoint, images, out, masks=masks, batch_size=batch_size,
                           skip_bad=skip_bad, device=device, progress=cb,

@@ -282,7 +282,7 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
                 progress=None, figures: bool = True, shard: tuple[int, int] | None = None,
                 merge: bool = False, layer: str | dict | None = "auto",
                 bench_methods=None, bench_images: int = 64, cascade: bool = True,
-                margin: float = 0.02) -> dict[str, Any]:
+                margin: float = 0.02, device: str = "cpu") -> dict[str, Any]:
     """Compute (or resume) heatmaps for every trained model and ``methods``, then score.
 
     ``layer``: see :func:`parse_layer_spec` (default ``auto``: the localisation benchmark
@@ -291,7 +291,10 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
     sharing the run folder) and does not score; ``merge=True`` computes nothing, checks
     every batch is present, and scores them all into one attention.csv. ``margin``: the
     equivalence margin of the size-confound TOST (in each metric's units), stored in the
-    summary.
+    summary. ``device``: where the heatmaps are computed (auto, cpu, cuda, cuda:i); with a
+    shard, ``auto``/``cuda`` put shard ``i`` on GPU ``i % count`` and on the CPU each of
+    ``n`` shards takes ``1/n`` of the cores. The localisation benchmark and the sanity
+    check run on the CPU.
     """
     from dermcam.attribution import TARGETS, CamExplainer, check_method
     from dermcam.data.cache import ImageCache
@@ -313,6 +316,10 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
         i, n = shard
         if not (n >= 1 and 0 <= i < n):
             raise DermcamError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+    from dermcam.device import resolve_device, set_shard_threads
+
+    dev = resolve_device(device, shard)
+    set_shard_threads(dev, shard)
     t0 = time.perf_counter()
     names = trained_models(manifest)
     if shard is None:
@@ -344,6 +351,7 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
     t_cam = 0.0
     for name in names:
         model, info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
+        model.to(dev)  # CamExplainer.compute moves each batch to the model's device
         threshold = float(payload["threshold"])
         for sel in (s for s in selection if s["model"] == name):
             method, lay = sel["method"], sel["layer"]
@@ -374,7 +382,7 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
                     done += 1
                     if progress:
                         progress(done, total)
-    timing = {"cam_seconds": round(t_cam, 3), "images_computed": n_computed,
+    timing = {"cam_seconds": round(t_cam, 3), "images_computed": n_computed, "device": str(dev),
               "images_per_second": round(n_computed / t_cam, 2) if t_cam > 0 else None,
               "benchmark_seconds": round(bench_seconds, 3)}
     if shard is not None:

@@ -154,8 +154,13 @@ def _load_imagenet(name: str):
     path = imagenet_weights_path(name)
     if not path.exists():
         log.info("ImageNet weights for %s not cached at %s; downloading", name, path)
+    cached = path.exists()
     try:
+        if cached:  # a hand-copied file is checked before torch unpickles it
+            verify_weights_file(path)
         state = weights.get_state_dict(progress=False, check_hash=False)
+    except DermcamError:
+        raise
     except Exception as exc:
         raise DermcamError(
             f"ImageNet weights for {name} are not cached at {path} and could not be downloaded "
@@ -163,7 +168,39 @@ def _load_imagenet(name: str):
             f"python -c \"import torchvision; torchvision.models.get_model_weights('{name}')"
             f".DEFAULT.get_state_dict()\" and copy {path.name} into {path.parent} "
             "(or set TORCH_HOME), or train from scratch with --weights none") from exc
+    if not cached:
+        verify_weights_file(path)  # a fresh download too, checked the same way
     return weights, state
+
+
+def verify_weights_file(path: str | Path) -> None:
+    """Check a torchvision weights file against the hash prefix in its name.
+
+    torchvision names its files ``<arch>-<first hex digits of the SHA-256>.pth``;
+    torch.hub's ``check_hash`` compares that prefix with the file's digest, which is what
+    this does for a file that was copied by hand. No prefix in the name: nothing to check.
+    ``DERMCAM_TRUST_WEIGHTS=1`` skips the check, for weights of one's own making saved
+    under torchvision's name (the test suite's stand-ins for ImageNet weights).
+    """
+    import hashlib
+    import re
+
+    path = Path(path)
+    m = re.search(r"-([a-f0-9]{6,})\.", path.name)
+    if m is None or not path.exists() or os.environ.get("DERMCAM_TRUST_WEIGHTS") == "1":
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    got = digest.hexdigest()
+    if not got.startswith(m.group(1)):
+        raise DermcamError(
+            f"ImageNet weights file does not match torchvision's: its SHA-256 begins "
+            f"{got[:len(m.group(1))]}, the name says {m.group(1)} (truncated or damaged copy, "
+            f"or another file under that name); delete it and download or copy it again "
+            "(DERMCAM_TRUST_WEIGHTS=1 accepts weights of your own making)",
+            path)
 
 
 def load_state_file(path: str | Path) -> dict:

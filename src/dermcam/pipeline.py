@@ -50,8 +50,11 @@ def trained_models(manifest: dict[str, Any]) -> list[str]:
 def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = None,
                  progress=None, data: str | Path | None = None, name: str | None = None,
                  by: tuple[str, ...] = (), min_group: int | None = None,
-                 exclude_duplicates: bool = False) -> dict[str, Any]:
+                 exclude_duplicates: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Predict the test split with every model's best checkpoint and write the metrics.
+
+    ``device``: where the models run (:func:`dermcam.device.resolve_device`: auto, cpu,
+    cuda, cuda:i), with a batch size that suits it.
 
     Refused before the stage starts (one line) when training is not complete or the test
     split holds one class; a failure once it has started is recorded as 'failed'.
@@ -83,24 +86,27 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
     runmod.set_stage(run_dir, "evaluate", "running")
     try:
         return _evaluate(run_dir, manifest, ds, samples, arrays, n_boot, seed, t0, by,
-                         min_group)
+                         min_group, device=device)
     except Exception as exc:  # recorded, so 'report' says why rather than using old files
         runmod.set_stage(run_dir, "evaluate", "failed", error=str(exc).splitlines()[0][:300])
         raise
 
 
-def predict_models(run_dir: Path, manifest: dict[str, Any], samples, arrays
-                   ) -> tuple[pd.DataFrame, dict[str, float]]:
+def predict_models(run_dir: Path, manifest: dict[str, Any], samples, arrays,
+                   device: str = "cpu") -> tuple[pd.DataFrame, dict[str, float]]:
     """Long predictions (one row per model and sample) of every trained model, and each
     model's validation-chosen threshold."""
     from dermcam.calibration import apply_temperature, temperature_of
+    from dermcam.device import inference_batch_size, resolve_device
     from dermcam.training import load_checkpoint, predict_logit_diff
 
+    dev = resolve_device(device)
     rows = []
     thresholds = {}
     for name in trained_models(manifest):
         model, info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
-        z = predict_logit_diff(model, arrays.dataset(np.arange(len(arrays))))
+        z = predict_logit_diff(model.to(dev), arrays.dataset(np.arange(len(arrays))),
+                               batch_size=inference_batch_size(dev, None), device=dev)
         prob = apply_temperature(z, temperature_of(model))  # what every stage uses
         thr = float(payload["threshold"])
         thresholds[name] = thr
@@ -118,12 +124,12 @@ def predict_models(run_dir: Path, manifest: dict[str, Any], samples, arrays
 
 def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_boot: int,
               seed: int, t0: float, by: tuple[str, ...] = (),
-              min_group: int | None = None) -> dict[str, Any]:
+              min_group: int | None = None, device: str = "cpu") -> dict[str, Any]:
     from dermcam import plots
     from dermcam.evaluation import evaluate_predictions, metrics_table
     from dermcam.external import annotate_predictions, subgroups_for
 
-    preds, thresholds = predict_models(run_dir, manifest, samples, arrays)
+    preds, thresholds = predict_models(run_dir, manifest, samples, arrays, device=device)
     preds = annotate_predictions(preds, ds, samples, arrays, by)
     write_csv(run_dir / "predictions.csv", preds)
     from dermcam.explain import cluster_name

@@ -21,8 +21,10 @@ heatmaps ``(N, S, S)`` in [0, 1]; masks ``(N, S, S)`` bool.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,7 +218,7 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
     for k, t in enumerate(tiles):
         strip.paste(t.resize((side, side), Image.NEAREST), (k * (side + gap), 0))
     buf = io.BytesIO()
-    strip.save(buf, format="PNG", optimize=True)
+    strip.save(buf, format="PNG")  # optimize=True: 2 % smaller, 12 % slower (224 px)
     return buf.getvalue()
 
 
@@ -298,19 +300,27 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
     # otherwise Grad-CAM at the study's layer.
     cam = payload.get("cam") or {}
     cam_method, cam_layer = cam.get("method", "gradcam"), cam.get("layer", info.target_layer)
-    with CamExplainer(model, cam_layer, cam_method) as ex:
+    def decode(job):
+        path, image_id = job
+        mask_path = find_mask(mask_dir, path) if mask_dir is not None else None
+        try:
+            return path, image_id, mask_path, decode_sample(
+                Sample(image_id, path, 0, "test", mask_path), size)
+        except DermcamError as exc:
+            return path, image_id, mask_path, exc
+
+    # Images are decoded by all cores (PIL releases the GIL), in input order.
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    with pool, CamExplainer(model, cam_layer, cam_method) as ex:
         for start in range(0, total, batch_size):
             items = []
-            for path, image_id in zip(paths[start:start + batch_size],
-                                      ids[start:start + batch_size]):
-                mask_path = find_mask(mask_dir, path) if mask_dir is not None else None
-                try:
-                    item = decode_sample(Sample(image_id, path, 0, "test", mask_path), size)
-                except DermcamError as exc:
+            for path, image_id, mask_path, item in pool.map(
+                    decode, zip(paths[start:start + batch_size], ids[start:start + batch_size])):
+                if isinstance(item, DermcamError):
                     if not skip_bad:
-                        raise
-                    warn(f"skipped: {exc}")
-                    skipped.append((str(path), str(exc)))
+                        raise item
+                    warn(f"skipped: {item}")
+                    skipped.append((str(path), str(item)))
                     continue
                 items.append((path, image_id, mask_path, item))
             if items:

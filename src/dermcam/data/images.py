@@ -105,12 +105,18 @@ def read_image(path: str | Path) -> np.ndarray:
 def mask_to_bool(arr: np.ndarray) -> np.ndarray:
     """Reduce a mask array ``(H, W)`` or ``(H, W, C)`` to ``(H, W) bool``."""
     arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.dtype == np.uint8 and arr.shape[2] >= 3:
+        # integer mean test (mean >= t <=> sum >= 3 t): no float64 copy of a 4000 px mask
+        total = arr[..., :3].sum(axis=2, dtype=np.uint16)
+        return total > 0 if total.max(initial=0) <= 3 else total >= 3 * MASK_THRESHOLD
     if arr.ndim == 3:
         arr = arr[..., :3].mean(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
     if arr.ndim != 2:
         raise ValueError(f"mask must be (H, W) or (H, W, C), got shape {arr.shape}")
     if arr.dtype == bool:
         return arr
+    if arr.dtype == np.uint8:  # the common case, kept in uint8
+        return arr > 0 if arr.max(initial=0) <= 1 else arr >= MASK_THRESHOLD
     arr = arr.astype(np.float64)
     if arr.max(initial=0) > 255:  # 16-bit masks
         arr = arr / 257.0

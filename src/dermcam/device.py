@@ -1,0 +1,88 @@
+"""Where a stage runs its model: one resolver for every command's ``--device``.
+
+``auto`` is the first CUDA device when one is available, else the CPU; ``cpu``,
+``cuda`` and ``cuda:i`` name a device. An unavailable device is refused in one line.
+Batch sizes and CPU threads that suit the device live here too, so that evaluate,
+explain, probe and predict choose them the same way.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dermcam.errors import DermcamError
+
+DEVICE_HELP = ("auto (CUDA when available, else CPU), cpu, cuda or cuda:INDEX.")
+
+
+def cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(spec: str | None = "auto", shard: tuple[int, int] | None = None):
+    """``'auto' | 'cpu' | 'cuda' | 'cuda:i'`` -> ``torch.device``; DermcamError if unavailable.
+
+    With ``shard=(i, n)`` and ``auto`` or ``cuda`` on a machine with several GPUs, shard
+    ``i`` runs on GPU ``i % count`` (each shard its own GPU while there are enough).
+    """
+    import torch
+
+    text = (spec or "auto").strip().lower()
+    n = cuda_count()
+    if text == "auto":
+        text = "cuda" if n else "cpu"
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise DermcamError(f"--device must be auto, cpu, cuda or cuda:INDEX, not {spec!r}")
+    if n == 0:
+        raise DermcamError(f"--device {spec}: no CUDA device is available here (torch "
+                           f"{torch.__version__}); use --device cpu or auto")
+    if index:
+        i = int(index)
+        if i >= n:
+            raise DermcamError(f"--device {spec}: this machine has {n} CUDA device(s), "
+                               f"cuda:0 to cuda:{n - 1}")
+        return torch.device("cuda", i)
+    if shard is not None:
+        return torch.device("cuda", shard[0] % n)
+    return torch.device("cuda", 0)
+
+
+def inference_batch_size(device, requested: int | None, cpu: int = 64, gpu: int = 256) -> int:
+    """``requested`` when given, else a batch that suits ``device`` (larger on a GPU)."""
+    if requested is not None:
+        if requested < 1:
+            raise DermcamError(f"--batch-size must be >= 1, got {requested}")
+        return int(requested)
+    return gpu if str(device).startswith("cuda") else cpu
+
+
+def shard_threads(n_shards: int, cpus: int | None = None) -> int:
+    """CPU threads for one of ``n_shards`` processes sharing this machine's cores."""
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, cpus // max(1, n_shards))
+
+
+def set_shard_threads(device, shard: tuple[int, int] | None) -> None:
+    """On the CPU, shards split the cores instead of each taking all of them."""
+    import torch
+
+    if shard is not None and str(device) == "cpu":
+        torch.set_num_threads(shard_threads(shard[1]))
+
+
+def default_num_workers(on_gpu: bool, processes: int = 1, cpus: int | None = None) -> int:
+    """DataLoader workers per training process.
+
+    On a GPU: the cores left after the main process, shared by the processes, at most 8
+    (items are uint8 arrays read from the decode cache; a few workers keep a GPU fed).
+    On the CPU: 0, since the cores are busy computing and workers would compete with them.
+    """
+    if not on_gpu:
+        return 0
+    cpus = cpus or os.cpu_count() or 1
+    return max(0, min(8, cpus // max(1, processes) - 1))
