@@ -145,12 +145,21 @@ def test_ddp_two_processes_on_cpu(data, reference, tmp_path):
     assert m["stages"]["train"]["status"] == "complete"
     ck_ddp = torch.load(out / "models/resnet18/lightning/last.ckpt", weights_only=True)
     ck_one = torch.load(reference / "models/resnet18/lightning/last.ckpt", weights_only=True)
-    # disjoint shards: each process runs half the optimizer steps per epoch
+    # the single-device recipe (#15): --batch-size is the global batch, split over the two
+    # processes, so both runs take the same optimizer steps with the same learning rate
     n_train = m["stages"]["train"]["n_train"]
     per_epoch_one = math.ceil(n_train / 8)
-    per_epoch_ddp = math.ceil(math.ceil(n_train / 2) / 8)
-    assert ck_one["global_step"] == 4 * per_epoch_one
-    assert ck_ddp["global_step"] == 4 * per_epoch_ddp < ck_one["global_step"]
+    assert ck_one["global_step"] == ck_ddp["global_step"] == 4 * per_epoch_one
+    rec = m["models"]["resnet18"]
+    one = json.loads((reference / "manifest.json").read_text())["models"]["resnet18"]
+    assert (rec["global_batch_size"], rec["world_size"], rec["per_process_batch_size"]) == \
+        (8, 2, 4)
+    assert rec["optimizer_steps"] == one["optimizer_steps"] == ck_one["global_step"]
+    # validation AUC counts each validation image once (an odd n, padded, is tested in
+    # test_gpu_path.py): gathered from both processes, n is the validation split's
+    n_val = m["stages"]["train"]["n_val"]
+    hist = pd.read_csv(out / "models/resnet18/history.csv")
+    assert (hist["val_n"] == n_val).all()
     # and the result means the same thing: a working classifier
     r = _cli(*EVAL, str(out))
     assert r.returncode == 0, r.stderr

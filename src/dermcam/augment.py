@@ -37,14 +37,18 @@ def preprocess(batch: torch.Tensor) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, rotation: float = 20.0, jitter: float = 0.2,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None,
+            draws: torch.Tensor | None = None) -> torch.Tensor:
     """Random flips, rotation (±``rotation`` degrees) and colour jitter, per sample.
 
-    ``x`` is ``(N, 3, H, W)`` in [0, 1] (before normalisation).
+    ``x`` is ``(N, 3, H, W)`` in [0, 1] (before normalisation). ``draws``: the ``(N, 6)``
+    uniform numbers to use instead of drawing them (a process's rows of a global batch's).
     """
     n = x.shape[0]
     dev = x.device
-    r = torch.rand(n, 6, generator=generator).to(dev)
+    if draws is not None and tuple(draws.shape) != (n, 6):
+        raise ValueError(f"draws must be ({n}, 6), got {tuple(draws.shape)}")
+    r = (torch.rand(n, 6, generator=generator) if draws is None else draws).to(dev)
     angle = (r[:, 0] * 2 - 1) * math.radians(rotation)
     sx = torch.where(r[:, 1] < 0.5, -1.0, 1.0).to(dev)  # horizontal flip
     sy = torch.where(r[:, 2] < 0.5, -1.0, 1.0).to(dev)  # vertical flip

@@ -43,7 +43,7 @@ HARMLESS_WARNINGS: tuple[tuple[type[Warning], str, str, str], ...] = (
      r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
      "the same: Lightning's all_gather calls a deprecated torch function"),
     (UserWarning, r"lightning\.pytorch\.trainer\.connectors\.logger_connector\.result\Z",
-     r"It is recommended to use `self\.log\('val_(loss|auc|ap)', \.\.\., sync_dist=True\)`",
+     r"It is recommended to use `self\.log\('val_(loss|auc|ap|n)', \.\.\., sync_dist=True\)`",
      "the validation outputs are gathered from every process before they are scored, so "
      "each process logs the same value"),
 )

@@ -54,8 +54,12 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: str = "1"
     strategy: str = "auto"
-    precision: str = "32-true"
-    num_workers: int = 0
+    precision: str = "32-true"  # PRECISIONS; bf16-mixed is faster only with AVX-512 BF16/AMX
+    num_workers: int | None = None  # None: from the CPU count (dermcam.device)
+    num_nodes: int = 1
+    # Lightning's deterministic="warn" and cuDNN's deterministic algorithms (no benchmark):
+    # the same bytes on the same GPU; without it only CPU runs repeat byte for byte.
+    deterministic: bool = False
     channels_last: str = "auto"  # "auto": on for depthwise nets (EfficientNet, MobileNet)
     cache_dir: str | None = None
     limit_train_batches: float | int = 1.0
@@ -142,6 +146,138 @@ class EpochSampler(torch.utils.data.Sampler):
         else:
             idx = torch.randperm(self.n, generator=g)
         return iter(idx.tolist())
+
+
+def rank_slice(n: int, world: int, rank: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of an ``n``-row global batch that process ``rank`` of ``world`` takes.
+
+    Contiguous, sizes differing by at most one (as ``np.array_split``); ``lo == hi`` when the
+    batch has fewer rows than processes and this one gets none.
+    """
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """One process's share of the single-device recipe's batches (a batch sampler).
+
+    The global order is :class:`EpochSampler`'s; global batch ``k`` is
+    ``order[k * batch_size:(k + 1) * batch_size]`` whatever the number of processes, and
+    process ``rank`` takes :func:`rank_slice` of it. So ``--batch-size`` is the global batch
+    and an epoch has the same optimizer steps on 1 or N devices. A process left without a
+    row (a last batch smaller than the number of processes) gets the batch's first image
+    again as index ``i + n``, which :class:`_Keep` marks with loss weight 0.
+    """
+
+    def __init__(self, order: EpochSampler, batch_size: int, rank: int = 0, world: int = 1):
+        if batch_size < 1:
+            raise DermcamError(f"--batch-size must be >= 1, got {batch_size}")
+        self.order, self.batch_size, self.rank, self.world = order, batch_size, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.order.n / self.batch_size)
+
+    def __iter__(self):
+        idx = list(self.order)
+        for start in range(0, len(idx), self.batch_size):
+            chunk = idx[start:start + self.batch_size]
+            lo, hi = rank_slice(len(chunk), self.world, self.rank)
+            yield chunk[lo:hi] if hi > lo else [chunk[0] + self.order.n]
+
+
+class RankPositions(torch.utils.data.Sampler):
+    """Validation batches of one process: positions ``rank::world`` of the split, padded
+    with repeats of the first images so that every process has as many (Lightning's
+    DistributedSampler pads the same way); the gathered outputs are de-duplicated by index
+    (:func:`dedupe_by_index`), so the metrics count each image once."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+
+    def _mine(self) -> list[int]:
+        total = math.ceil(self.n / self.world) * self.world
+        return [i % self.n for i in range(self.rank, total, self.world)]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self._mine()) / self.batch_size)
+
+    def __iter__(self):
+        mine = self._mine()
+        for start in range(0, len(mine), self.batch_size):
+            yield mine[start:start + self.batch_size]
+
+
+class _Keep(torch.utils.data.Dataset):
+    """``(image, label, keep)``: index ``i + n`` is item ``i`` again with ``keep = 0``."""
+
+    def __init__(self, ds):
+        self.ds, self.n = ds, len(ds)
+
+    def __len__(self) -> int:
+        return 2 * self.n
+
+    def __getitem__(self, j):
+        img, label = self.ds[j % self.n]
+        return img, label, torch.tensor(1.0 if j < self.n else 0.0)
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """``(image, label, index)``: the validation image's position in its split."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, j):
+        img, label = self.ds[j]
+        return img, label, j
+
+
+def dedupe_by_index(index: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Keep the first row of each index, ordered by index: gathered validation outputs
+    (``(N,)`` each) without the repeats that pad processes to equal length."""
+    if index.ndim != 1 or any(v.shape[:1] != index.shape for v in values):
+        raise ValueError(f"expected (N,) index and values, got {tuple(index.shape)} and "
+                         f"{[tuple(v.shape) for v in values]}")
+    idx = index.cpu().numpy()
+    _, first = np.unique(idx, return_index=True)  # sorted by index
+    keep = torch.as_tensor(first, device=index.device)
+    return tuple(v[keep.to(v.device)] for v in values)
+
+
+def _as_param_dtype(x: torch.Tensor, model) -> torch.Tensor:
+    """Cast input to the weights' dtype under --precision bf16-true / 16-true."""
+    p = next(model.parameters(), None)
+    return x if p is None or p.dtype == x.dtype else x.to(p.dtype)
+
+
+def _global_mean_loss(module, logits, labels, keep) -> torch.Tensor:
+    """The single-device loss whatever the number of processes.
+
+    One process: weighted cross-entropy, ``sum(w l) / sum(w)`` over the batch. Under DDP
+    each process returns ``world * sum_local(w l) / sum_global(w)``; DDP averages gradients
+    over processes, which then equals the one-device gradient of the whole global batch
+    (padded repeats have ``w = 0``). Per-process means would weight a process's images by
+    its share of the batch and the class weights by the local class mix.
+    """
+    cw = module.class_weights
+    world = module.trainer.world_size if module._trainer is not None else 1
+    if world == 1 and keep is None:
+        return F.cross_entropy(logits, labels, weight=cw)
+    w = cw[labels] if cw is not None else torch.ones_like(logits[:, 0])
+    if keep is not None:
+        w = w * keep.to(w.dtype)
+    per = F.cross_entropy(logits, labels, reduction="none")
+    total = w.sum().detach().clone()
+    if world > 1:
+        total = module.trainer.strategy.reduce(total, reduce_op="sum")
+    return (w * per).sum() * world / total
 
 
 class CachedSplit:
@@ -264,21 +400,39 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
             self._val_probs: list[torch.Tensor] = []
             self._val_labels: list[torch.Tensor] = []
             self._val_loss: list[torch.Tensor] = []
+            self._val_index: list[torch.Tensor] = []
+            # set by train_one: the global batch (single-device recipe) and training set size
+            self.global_batch: int | None = None
+            self.n_train: int | None = None
 
         def forward(self, x):
             return self.model(x)
 
+        def _rows(self, batch_idx: int, n_local: int) -> tuple[int, int]:
+            """``(rows of the global batch, this process's first row)``."""
+            world = self.trainer.world_size if self._trainer is not None else 1
+            if self.global_batch is None or self.n_train is None or world == 1:
+                return n_local, 0
+            n_global = min(self.global_batch, self.n_train - batch_idx * self.global_batch)
+            lo, hi = rank_slice(n_global, world, self.global_rank)
+            return (n_global, lo) if hi > lo else (max(n_global, n_local), 0)
+
         def training_step(self, batch, batch_idx):
-            images, labels = batch
-            # Augmentation and dropout draw from a stream fixed by (seed, epoch, batch, rank):
-            # a resumed run repeats an uninterrupted run's randomness exactly.
-            torch.manual_seed(self.seed * 1_000_003 + self.current_epoch * 10_007
-                              + batch_idx * 101 + self.global_rank)
+            images, labels, *rest = batch  # rest: (keep,) weights, 0 for a padded repeat
+            # Augmentation draws from a stream fixed by (seed, epoch, batch): a resumed run
+            # repeats an uninterrupted run's randomness, and under DDP each process takes its
+            # own rows of the global batch's draws, so every image is augmented as it would
+            # be on one device. Dropout then draws per process.
+            base = self.seed * 1_000_003 + self.current_epoch * 10_007 + batch_idx * 101
+            torch.manual_seed(base)
             x = to_float(images)
             if self.do_augment:
-                x = augment_fn(x)
-            logits = self.model(normalize(x))
-            loss = F.cross_entropy(logits.float(), labels, weight=self.class_weights)
+                n_global, lo = self._rows(batch_idx, len(labels))
+                x = augment_fn(x, draws=torch.rand(n_global, 6)[lo:lo + len(labels)])
+            if self.global_rank:
+                torch.manual_seed(base + self.global_rank)
+            logits = self.model(_as_param_dtype(normalize(x), self.model))
+            loss = _global_mean_loss(self, logits.float(), labels, rest[0] if rest else None)
             if not torch.isfinite(loss):
                 raise DermcamError(
                     f"training diverged: loss is {loss.item()} at epoch {self.current_epoch}, "
@@ -288,12 +442,15 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
             return loss
 
         def validation_step(self, batch, batch_idx):
-            images, labels = batch
-            logits = self.model(normalize(to_float(images))).float()
+            images, labels, *rest = batch  # rest: (index,) of each image in the split
+            logits = self.model(_as_param_dtype(normalize(to_float(images)),
+                                                self.model)).float()
             loss = F.cross_entropy(logits, labels, reduction="none")
             self._val_probs.append(torch.softmax(logits, 1)[:, 1].detach())
             self._val_labels.append(labels.detach())
             self._val_loss.append(loss.detach())
+            if rest:
+                self._val_index.append(rest[0].detach())
 
         def on_validation_epoch_end(self):
             from sklearn.metrics import average_precision_score, roc_auc_score
@@ -303,15 +460,22 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
             probs = torch.cat(self._val_probs)
             labels = torch.cat(self._val_labels)
             losses = torch.cat(self._val_loss)
+            index = torch.cat(self._val_index) if self._val_index else None
             self._val_probs.clear()
             self._val_labels.clear()
             self._val_loss.clear()
+            self._val_index.clear()
             if self.trainer.world_size > 1:
                 probs = self.all_gather(probs).reshape(-1)
                 labels = self.all_gather(labels).reshape(-1)
                 losses = self.all_gather(losses).reshape(-1)
+                if index is not None:  # the sampler pads ranks to equal length: repeats
+                    index = self.all_gather(index).reshape(-1)
+            if index is not None:
+                probs, labels, losses = dedupe_by_index(index, probs, labels, losses)
             y = labels.cpu().numpy()
             p = probs.cpu().numpy()
+            self.log("val_n", float(len(y)), sync_dist=False)
             auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
             ap = float(average_precision_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
             self.log("val_loss", losses.mean(), prog_bar=True, sync_dist=False)
@@ -404,7 +568,7 @@ def make_history_callback(path: Path):
                 return
             m = trainer.callback_metrics
             row = {"epoch": trainer.current_epoch + 1}
-            for k in ("train_loss", "val_loss", "val_auc", "val_ap"):
+            for k in ("train_loss", "val_loss", "val_auc", "val_ap", "val_n"):
                 v = m.get(k)
                 row[k] = float(v) if v is not None else float("nan")
             row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
@@ -487,6 +651,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from dermcam.calibration import apply_temperature, set_temperature
+    from dermcam.device import default_num_workers
     from dermcam.evaluation import youden_threshold
     from dermcam.models import build_model
 
@@ -498,18 +663,13 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
         model = model.to(memory_format=torch.channels_last)
     mdir = run_dir / "models" / name
     ckdir = mdir / "lightning"
-    ckdir.mkdir(parents=True, exist_ok=True)
     ytr = arrays.labels[tr_idx]
     weights = _class_weights(ytr) if cfg.imbalance == "weighted_loss" else None
     module = make_module(model, cfg.lr, cfg.weight_decay, weights, cfg.augment, cfg.monitor,
                          cfg.seed, cfg.schedule)
+    module.global_batch, module.n_train = cfg.batch_size, len(tr_idx)
     train_ds = arrays.dataset(tr_idx)
     val_ds = arrays.dataset(va_idx)
-    sampler = EpochSampler(ytr, cfg.seed, balanced=cfg.imbalance == "balanced_sampler")
-    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
-                                           num_workers=cfg.num_workers)
-    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=max(cfg.batch_size, 64),
-                                         num_workers=cfg.num_workers)
     mode = "max" if cfg.monitor == "val_auc" else "min"
     ckpt_cb = ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode,
                               save_top_k=1, enable_version_counter=False)
@@ -524,15 +684,30 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar(leave=True))
-    devices: Any = cfg.devices
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
+    callbacks.append(_run_folder_barrier())
     trainer = pl.Trainer(
-        max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=devices,
-        strategy=cfg.strategy, precision=cfg.precision, callbacks=callbacks,
+        max_epochs=cfg.max_epochs, callbacks=callbacks,
         logger=False, enable_progress_bar=cfg.progress, enable_model_summary=False,
-        deterministic=False, num_sanity_val_steps=0, default_root_dir=str(mdir),
-        limit_train_batches=cfg.limit_train_batches, log_every_n_steps=1)
+        num_sanity_val_steps=0, default_root_dir=str(mdir),
+        limit_train_batches=cfg.limit_train_batches, log_every_n_steps=1,
+        **_trainer_kwargs(cfg))
+    rank, world = trainer.global_rank, trainer.world_size
+    if rank == 0:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    on_gpu = trainer.strategy.root_device.type == "cuda"
+    workers = (cfg.num_workers if cfg.num_workers is not None
+               else default_num_workers(on_gpu, trainer.num_devices))
+    loader_kw = {"num_workers": workers, "pin_memory": on_gpu,
+                 "persistent_workers": workers > 0}
+    # --batch-size is the global batch: each of the world's processes takes its share of
+    # the single-device batches (RankBatches), so N devices run the 1-device recipe.
+    order = EpochSampler(ytr, cfg.seed, balanced=cfg.imbalance == "balanced_sampler")
+    train_dl = torch.utils.data.DataLoader(
+        _Keep(train_ds), batch_sampler=RankBatches(order, cfg.batch_size, rank, world),
+        **loader_kw)
+    val_dl = torch.utils.data.DataLoader(
+        _Indexed(val_ds), batch_sampler=RankPositions(len(val_ds), max(cfg.batch_size, 64),
+                                                      rank, world), **loader_kw)
     last = ckdir / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path:
@@ -553,7 +728,8 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
         raise DermcamError(f"{name}: training produced no checkpoint", ckdir)
     state = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
-    model = module.model.cpu().to(memory_format=torch.contiguous_format)
+    # float32 again after --precision bf16-true / 16-true: model.pt is always float32
+    model = module.model.cpu().float().to(memory_format=torch.contiguous_format)
     best_epoch = int(state.get("epoch", -1)) + 1
     yva = arrays.labels[va_idx]
     val_logit = predict_logit_diff(model, val_ds)
@@ -583,6 +759,9 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
             "epochs_run": int(trainer.current_epoch), "monitor": cfg.monitor,
             "best_score": float(ckpt_cb.best_model_score or math.nan),
             "val_auc": val_auc, "threshold": threshold, "temperature": temperature,
+            "global_batch_size": cfg.batch_size, "world_size": world,
+            "per_process_batch_size": math.ceil(cfg.batch_size / world),
+            "optimizer_steps": int(trainer.global_step), "precision": cfg.precision,
             "calibration": calibration, "wall_time_s": round(wall, 2),
             "checkpoint": f"models/{name}/model.pt"}
 
@@ -631,11 +810,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
                            f"not {cfg.imbalance!r}")
     out = Path(cfg.out)
     t0 = time.perf_counter()
-    rank = _launched_rank()
     if resume:
         manifest = runmod.read_manifest(out)
         saved = manifest["config"]
         cfg = TrainConfig(**{**saved, "progress": cfg.progress})
+    # The rank as Lightning's Trainer sees it (SLURM, torchrun, MPI, its own launcher):
+    # only rank 0 prepares the run folder; the others wait for it in fit's setup (barrier).
+    rank, _ = launch_rank(cfg)
     ds = load_dataset(cfg.data)
     train_samples = ds.split("train")
     test_samples = ds.split("test")
@@ -719,12 +900,80 @@ def _drop_lightning_checkpoints(run_dir: Path, name: str, cfg: TrainConfig) -> N
         log.info("%s: removed %s (pass --keep-checkpoints to keep it)", name, ckdir)
 
 
-def _launched_rank() -> int:
-    """The global rank set by Lightning's process launcher (0 when not launched)."""
-    for var in ("GLOBAL_RANK", "RANK", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
+# Rank variables of launchers; a process that one of them numbers > 0 must not be rank 0.
+LAUNCHER_RANKS = ("SLURM_PROCID", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+
+
+def _trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The Trainer arguments that decide devices, processes, precision and determinism."""
+    if cfg.precision == "16-true":  # measured: NaN loss in the first epochs on this CPU
+        raise DermcamError("--precision 16-true is not supported: float16 weights under Adam "
+                           "overflow (its eps 1e-8 is 0 in float16); use 16-mixed, bf16-mixed "
+                           "or bf16-true")
+    if cfg.precision not in PRECISIONS:
+        raise DermcamError(f"--precision must be one of {', '.join(PRECISIONS)}, not "
+                           f"{cfg.precision!r}")
+    devices: Any = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
+    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto"
+                                                     and torch.cuda.is_available())
+    several = cfg.num_nodes > 1 or devices not in (1, "1")
+    return {"accelerator": cfg.accelerator, "devices": devices, "strategy": cfg.strategy,
+            "num_nodes": cfg.num_nodes, "precision": cfg.precision,
+            # the samplers split the single-device batches themselves (RankBatches)
+            "use_distributed_sampler": False,
+            # BatchNorm statistics over the global batch, as on one device (CUDA only:
+            # torch's SyncBatchNorm refuses CPU tensors, so CPU DDP normalises per process)
+            "sync_batchnorm": on_gpu and several,
+            "deterministic": "warn" if cfg.deterministic else False,
+            # every input has the same size: let cuDNN pick its fastest kernels, unless
+            # --deterministic asks for repeatable ones
+            "benchmark": not cfg.deterministic}
+
+
+def launch_rank(cfg: TrainConfig) -> tuple[int, int]:
+    """``(global rank, world size)`` of this process, as Lightning's Trainer detects them.
+
+    The Trainer knows its cluster environment (SLURM's ``srun``, torchrun, MPI with mpi4py,
+    LSF, its own subprocess launcher) as soon as it is built. A process that a launcher
+    numbered above 0 but that the Trainer would run as rank 0 (``srun -n 4`` with
+    ``--devices 1``, ``mpirun`` without mpi4py) is refused, in one line, before it can touch
+    the run folder.
+    """
+    pl = _lightning()
+    try:
+        trainer = pl.Trainer(logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False,
+                             **_trainer_kwargs(cfg))
+    except DermcamError:
+        raise
+    except Exception as exc:  # Lightning's MisconfigurationException, ValueError, ...
+        raise DermcamError("--accelerator/--devices/--strategy/--num-nodes/--precision: "
+                           + str(exc).strip().splitlines()[0][:300]) from None
+    rank, world = int(trainer.global_rank), int(trainer.world_size)
+    if rank == 0:
+        for var in LAUNCHER_RANKS:
+            v = os.environ.get(var, "")
+            if v.isdigit() and int(v) > 0:
+                env = type(getattr(trainer.strategy, "cluster_environment", None)).__name__
+                raise DermcamError(
+                    f"this process is rank {v} of its launcher ({var}) but Lightning would run "
+                    f"it as rank 0 of {world} ({env}): set --devices and --num-nodes to the "
+                    "launched processes per node and nodes (with --strategy ddp), or for MPI "
+                    "install mpi4py")
+    return rank, world
+
+
+def _run_folder_barrier():
+    """Callback: every process waits in fit's setup until rank 0 has prepared the run
+    folder (rank 0 does so before fit; the process group exists from setup on)."""
+    pl = _lightning()
+
+    class RunFolderBarrier(pl.Callback):
+        def setup(self, trainer, pl_module, stage):
+            trainer.strategy.barrier("dermcam-run-folder")
+
+    return RunFolderBarrier()
 
 
 def _counts(samples) -> dict[str, int]:
