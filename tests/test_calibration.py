@@ -1,5 +1,6 @@
-"""Temperature scaling (#16 item 4): known temperatures recovered, scipy cross-check,
-scores with known values, the checkpoint's temperature applied by every stage."""
+"""Platt and temperature scaling (#16 item 4): known temperatures and biases recovered,
+scipy and statsmodels cross-checks, scores with known values, the checkpoint's calibration
+applied by every stage."""
 
 from __future__ import annotations
 
@@ -53,6 +54,45 @@ def test_calibration_lowers_ece_and_brier_of_overconfident_logits():
     after = cal.calibration_scores(y, cal.apply_temperature(d, t))
     assert after["nll"] < before["nll"] and after["brier"] < before["brier"]
     assert after["ece"] < 0.02 < before["ece"]
+
+
+def test_platt_matches_statsmodels_logistic_regression():
+    """Platt scaling is a logistic regression of the labels on z1 - z0: slope 1 / T, b."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(3)
+    d = rng.normal(1.0, 3.0, 3000)
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(0.4 * d - 1.5)))).astype(int)
+    t, b = cal.fit_platt(d, y)
+    fit = sm.Logit(y, sm.add_constant(d)).fit(disp=0)
+    assert 1 / t == pytest.approx(fit.params[1], rel=1e-4)
+    assert b == pytest.approx(fit.params[0], rel=1e-4, abs=1e-5)
+
+
+def test_platt_undoes_a_shift_that_sends_temperature_to_its_bound():
+    """Every logit shifted by +4 (a weighted loss, batch-norm drift): temperature scaling
+    has no interior minimum and squeezes every probability towards 0.5; Platt recovers
+    the shift and the probabilities."""
+    true_logit, y = simulated(1.0, n=20_000, seed=4)
+    d = true_logit + 4.0
+    t_only = cal.fit_temperature(d, y)
+    t, b = cal.fit_platt(d, y)
+    assert t == pytest.approx(1.0, rel=0.05) and b == pytest.approx(-4.0, abs=0.15)
+    p_platt = cal.apply_temperature(d, t, b)
+    p_temp = cal.apply_temperature(d, t_only)
+    assert cal.nll(y, p_platt) < cal.nll(y, p_temp) - 0.05
+    assert cal.calibration_scores(y, p_platt)["ece"] < 0.02
+    # the same model's probabilities from the torch path (calibrated_prob) agree
+    model = torch.nn.Identity()
+    cal.set_temperature(model, t, b)
+    z = torch.from_numpy(np.stack([np.zeros_like(d), d], axis=1))
+    np.testing.assert_allclose(cal.calibrated_prob(model, z).numpy(), p_platt, atol=1e-6)
+    assert cal.fit_calibration(d, y, "none") == (1.0, 0.0)
+    assert cal.fit_calibration(d, y, "temperature") == (t_only, 0.0)
+    with pytest.raises(ValueError, match="platt, temperature, none"):
+        cal.fit_calibration(d, y, "isotonic")
+    with pytest.raises(ValueError, match="bias"):
+        cal.apply_temperature(d, 1.0, float("nan"))
 
 
 def test_apply_and_scores_closed_form():
@@ -116,11 +156,16 @@ def test_model_temperature_applied_by_predict_proba_and_cam_targets():
     x = torch.zeros(3, 3, 8, 8)
     # a threshold between the raw (0.73) and the calibrated (0.56) probability
     assert _target_classes(model, x, "predicted", None, 0.6).tolist() == [0, 0, 0]
+    cal.set_temperature(model, 4.0, -1.0)  # Platt: sigmoid(1 / 4 - 1)
+    np.testing.assert_allclose(predict_proba(model, images), 1 / (1 + math.e ** 0.75),
+                               rtol=1e-6)
+    assert _target_classes(model, x, "predicted", None, 0.4).tolist() == [0, 0, 0]
+    assert _target_classes(model, x, "predicted", None, 0.3).tolist() == [1, 1, 1]
 
 
 def test_train_fits_temperature_and_evaluate_reports_before_after(make_generic, dh, tmp_path):
-    """A tiny run: T fitted on validation and stored; evaluate scores with it and reports
-    ECE and Brier before and after; --calibration none stores T = 1."""
+    """A tiny run: T (and with platt, b) fitted on validation and stored; evaluate scores
+    with them and reports ECE and Brier before and after; --calibration none stores T = 1."""
     import json
 
     from dermcam.pipeline import run_evaluate
@@ -130,7 +175,7 @@ def test_train_fits_temperature_and_evaluate_reports_before_after(make_generic, 
     split = {i: ("test" if k % 3 == 0 else "train") for k, i in enumerate(labels)}
     data = make_generic(labels, split=split, masks=True)
     runs = {}
-    for method in ("temperature", "none"):
+    for method in ("platt", "temperature", "none"):
         out = tmp_path / method
         cfg = TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
                           image_size=32, max_epochs=1, batch_size=8, seed=1, progress=False,
@@ -140,6 +185,8 @@ def test_train_fits_temperature_and_evaluate_reports_before_after(make_generic, 
         model, _, payload = load_checkpoint(out / "models/resnet18/model.pt")
         assert payload["temperature"] == runs[method]["temperature"]
         assert cal.temperature_of(model) == payload["temperature"]
+        assert cal.bias_of(model) == payload["calibration_bias"] == runs[method][
+            "calibration_bias"]
         assert payload["calibration"]["method"] == method
     fitted, none = runs["temperature"], runs["none"]
     assert none["temperature"] == 1.0
@@ -147,6 +194,16 @@ def test_train_fits_temperature_and_evaluate_reports_before_after(make_generic, 
     # same seed, same weights: the fit can only lower the validation NLL
     assert fitted["calibration"]["before"] == pytest.approx(none["calibration"]["before"])
     assert fitted["calibration"]["after"]["nll"] <= fitted["calibration"]["before"]["nll"]
+    assert fitted["calibration_bias"] == 0.0 and none["calibration_bias"] == 0.0
+    platt = runs["platt"]  # two parameters: never a worse validation NLL than T alone
+    assert platt["calibration"]["after"]["nll"] <= fitted["calibration"]["after"]["nll"] + 1e-9
+    run_evaluate(tmp_path / "platt", n_boot=50)
+    pp = pd.read_csv(tmp_path / "platt" / "predictions.csv")
+    raw = pp["prob_malignant_uncalibrated"].clip(1e-6, 1 - 1e-6)
+    expect = 1 / (1 + np.exp(-(np.log(raw / (1 - raw)) / platt["temperature"]
+                               + platt["calibration_bias"])))
+    np.testing.assert_allclose(pp["prob_malignant"], expect, atol=1e-4)
+    assert pp["calibration_bias"].iloc[0] == pytest.approx(platt["calibration_bias"], abs=1e-6)
     result = run_evaluate(tmp_path / "temperature", n_boot=50)
     preds = pd.read_csv(tmp_path / "temperature" / "predictions.csv")
     t = fitted["temperature"]

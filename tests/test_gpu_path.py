@@ -16,8 +16,16 @@ import torch.nn.functional as F
 
 from dermcam.device import inference_batch_size, resolve_device, shard_threads
 from dermcam.errors import DermcamError
-from dermcam.training import (EpochSampler, RankBatches, RankPositions, TrainConfig,
-                              _global_mean_loss, dedupe_by_index, launch_rank, rank_slice)
+from dermcam.training import (
+    EpochSampler,
+    RankBatches,
+    RankPositions,
+    TrainConfig,
+    _global_mean_loss,
+    dedupe_by_index,
+    launch_rank,
+    rank_slice,
+)
 
 # ------------------------------------------------------------------- device
 
@@ -121,7 +129,6 @@ def test_ddp_loss_gives_the_single_device_gradient(weighted):
 
 def test_validation_outputs_are_deduplicated_by_index():
     """9 validation images on 2 processes: the padded repeat is counted once (n = 9)."""
-    from sklearn.metrics import roc_auc_score
 
     n, world = 9, 2
     parts = [list(RankPositions(n, 4, r, world)) for r in range(world)]
@@ -195,8 +202,9 @@ def test_a_launched_nonzero_rank_is_never_run_as_rank_zero(env, monkeypatch):
 
 def test_only_rank_zero_prepares_the_run_folder(tmp_path, monkeypatch):
     """Under srun, task 1 must not delete (--overwrite) or rewrite the run folder."""
-    import dermcam.training as tr
     from test_pipeline import _easy_generic
+
+    import dermcam.training as tr
 
     data = _easy_generic(tmp_path / "data", n=40)
     out = tmp_path / "run"

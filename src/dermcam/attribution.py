@@ -278,7 +278,7 @@ class CamExplainer:
         """
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        from dermcam.calibration import temperature_of
+        from dermcam.calibration import calibrated_prob
 
         if self._cam is None:
             raise RuntimeError("use CamExplainer as a context manager")
@@ -302,13 +302,13 @@ class CamExplainer:
                 raise DermcamError(f"layer {self.layer_name!r} did not run in the forward "
                                    "pass (an auxiliary head?); hook one that does")
             logits = outputs.detach().float()
-            # calibrated as everywhere else (the model's temperature); arg-max unchanged
-            probs = torch.softmax(logits / temperature_of(self.model), 1)[:, 1].cpu().numpy()
+            # calibrated as everywhere else (the model's temperature and bias)
+            probs = calibrated_prob(self.model, logits).cpu().numpy()
             if isinstance(target, str):
                 if target == "predicted" and threshold is not None:
                     classes = (probs >= threshold).astype(np.int64)
-                elif target == "predicted":
-                    classes = logits.argmax(1).cpu().numpy()
+                elif target == "predicted":  # the calibrated arg-max
+                    classes = (probs >= 0.5).astype(np.int64)
                 elif target == "true":
                     if labels is None:
                         raise ValueError("target='true' needs labels")

@@ -1,26 +1,37 @@
-"""Temperature scaling of the malignant probability, and calibration scores (#16 item 4).
+"""Platt and temperature scaling of the malignant probability, and calibration scores
+(#16 item 4).
 
-A weighted loss or a balanced sampler shifts and stretches a classifier's probabilities;
-temperature scaling (Guo et al. 2017) divides the logits by one number ``T > 0`` fitted
+A weighted loss or a balanced sampler shifts and stretches a classifier's probabilities.
+Temperature scaling (Guo et al. 2017) divides the logits by one number ``T > 0`` fitted
 on the validation split by minimising the negative log-likelihood, so
-``p = softmax(z / T)[:, 1] = sigmoid((z1 - z0) / T)``. ``T`` changes no ranking (AUC,
-arg-max) but moves every probability, so the decision threshold is chosen afterwards, on
-the calibrated probabilities.
+``p = softmax(z / T)[:, 1] = sigmoid((z1 - z0) / T)``: it undoes a stretch but not a
+shift. A class-weighted loss shifts the logit difference by about the log of the weight
+ratio (and a short training run's batch-norm statistics can add more); with every
+validation logit offset, the NLL is then lowest at ``T -> inf`` and temperature scaling
+squeezes every probability towards 0.5 (measured on the planted-shortcut twin: ``T = 66``,
+every test probability within 0.47..0.54, validation NLL 0.693 against 0.32 with a bias).
+Platt scaling (Platt 1999), the binary case's standard and the default here, fits the
+shift too: ``p = sigmoid((z1 - z0) / T + b)``. Neither changes a ranking (AUC) for
+``T > 0``, but both move every probability, so the decision threshold is chosen
+afterwards, on the calibrated probabilities.
 
 Pure functions on arrays:
 
 - :func:`fit_temperature` ``(N, 2)`` logits or ``(N,)`` logit differences and ``(N,)``
-  0/1 labels -> ``T`` (scipy's bounded scalar minimiser on ``log T``);
-- :func:`apply_temperature` -> ``(N,)`` malignant probabilities;
+  0/1 labels -> ``T`` (scipy's bounded scalar minimiser on ``log T``); :func:`fit_platt`
+  -> ``(T, b)`` (L-BFGS-B on ``(log T, b)``); :func:`fit_calibration` either by name;
+- :func:`apply_temperature` ``(logits, T, b=0)`` -> ``(N,)`` malignant probabilities;
+  :func:`calibrated_prob` the same in torch, from a model's ``(N, 2)`` logits;
 - :func:`nll`, :func:`brier` -> float, lower is better; ECE is
   :func:`dermcam.evaluation.expected_calibration_error`;
 - :func:`calibration_scores` the three before and after, :func:`calibration_summary`
   the same per model with bootstrap CIs from a predictions table (what evaluate reports).
 
-The fitted ``T`` lives in the checkpoint (``temperature``; older checkpoints read as 1)
-and on the loaded model as the attribute :data:`ATTR` (:func:`set_temperature`,
-:func:`temperature_of`), so every stage that turns logits into probabilities
-(evaluate, explain, probe, predict) applies it the same way.
+The fitted ``T`` and ``b`` live in the checkpoint (``temperature``, ``calibration_bias``;
+older checkpoints read as 1 and 0) and on the loaded model as the attributes :data:`ATTR`
+and :data:`BIAS_ATTR` (:func:`set_temperature`, :func:`temperature_of`, :func:`bias_of`),
+so every stage that turns logits into probabilities (evaluate, explain, probe, predict)
+applies them the same way.
 """
 
 from __future__ import annotations
@@ -30,16 +41,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ATTR", "CALIBRATIONS", "T_BOUNDS", "fit_temperature", "apply_temperature",
-           "logit_diff", "nll", "brier", "calibration_scores", "calibration_summary",
-           "set_temperature", "temperature_of"]
+__all__ = ["ATTR", "BIAS_ATTR", "CALIBRATIONS", "T_BOUNDS", "fit_temperature", "fit_platt",
+           "fit_calibration", "apply_temperature", "calibrated_prob", "logit_diff", "nll",
+           "brier", "calibration_scores", "calibration_summary", "set_temperature",
+           "temperature_of", "bias_of"]
 
-#: ``--calibration`` choices.
-CALIBRATIONS = ("temperature", "none")
+#: ``--calibration`` choices; the first is the default.
+CALIBRATIONS = ("platt", "temperature", "none")
 #: The search interval of ``T``: a fit at either end means the NLL had no interior minimum.
 T_BOUNDS = (1e-2, 1e2)
 #: Attribute of a loaded model holding its temperature (a plain float; absent = 1).
 ATTR = "dermcam_temperature"
+#: Attribute of a loaded model holding its calibration bias ``b`` (absent = 0).
+BIAS_ATTR = "dermcam_calibration_bias"
 
 
 def logit_diff(logits: Any) -> np.ndarray:
@@ -61,8 +75,8 @@ def _labels(labels: Any, n: int) -> np.ndarray:
     return y.astype(np.float64)
 
 
-def _nll(d: np.ndarray, y: np.ndarray, t: float) -> float:
-    z = d / t
+def _nll(d: np.ndarray, y: np.ndarray, t: float, b: float = 0.0) -> float:
+    z = d / t + b
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
@@ -82,6 +96,16 @@ def brier(labels: Any, prob: Any) -> float:
     return float(np.mean((p - y) ** 2)) if p.size else math.nan
 
 
+def _fit_inputs(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    d = logit_diff(logits)
+    y = _labels(labels, d.size)
+    if not np.isfinite(d).all():
+        raise ValueError("logits must be finite")
+    if y.min() == y.max():
+        raise ValueError("fitting a temperature needs both classes in the labels")
+    return d, y
+
+
 def fit_temperature(logits: Any, labels: Any) -> float:
     """The ``T`` minimising the NLL of ``sigmoid((z1 - z0) / T)``; see the module docstring.
 
@@ -91,25 +115,73 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     """
     from scipy.optimize import minimize_scalar
 
-    d = logit_diff(logits)
-    y = _labels(labels, d.size)
-    if not np.isfinite(d).all():
-        raise ValueError("logits must be finite")
-    if y.min() == y.max():
-        raise ValueError("fitting a temperature needs both classes in the labels")
+    d, y = _fit_inputs(logits, labels)
     lo, hi = (math.log(b) for b in T_BOUNDS)
     res = minimize_scalar(lambda s: _nll(d, y, math.exp(s)), bounds=(lo, hi),
                           method="bounded", options={"xatol": 1e-6})
     return float(math.exp(res.x))
 
 
-def apply_temperature(logits: Any, temperature: float) -> np.ndarray:
-    """``(N, 2)`` logits or ``(N,)`` differences -> ``(N,)`` ``sigmoid((z1 - z0) / T)``."""
-    t = float(temperature)
+def fit_platt(logits: Any, labels: Any) -> tuple[float, float]:
+    """``(T, b)`` minimising the NLL of ``sigmoid((z1 - z0) / T + b)`` (Platt scaling with
+    a positive slope ``1 / T``, so rankings are kept); inputs as :func:`fit_temperature`.
+
+    L-BFGS-B on ``(log T, b)`` with ``T`` in :data:`T_BOUNDS`, started from the
+    temperature-only fit; the same minimum as an unpenalised logistic regression of the
+    labels on ``z1 - z0`` whenever that slope is positive (tested against statsmodels).
+    """
+    from scipy.optimize import minimize
+
+    d, y = _fit_inputs(logits, labels)
+    lo, hi = (math.log(b) for b in T_BOUNDS)
+
+    def f(v: np.ndarray) -> tuple[float, np.ndarray]:
+        t = math.exp(v[0])
+        z = d / t + v[1]
+        r = np.exp(-np.logaddexp(0.0, -z)) - y  # dNLL/dz per row
+        return (float(np.mean(np.logaddexp(0.0, z) - y * z)),
+                np.array([float(np.mean(r * (-d / t))), float(np.mean(r))]))
+
+    start = np.array([math.log(fit_temperature(d, y)), 0.0])
+    res = minimize(f, start, jac=True, method="L-BFGS-B", bounds=[(lo, hi), (None, None)],
+                   options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
+    return float(math.exp(res.x[0])), float(res.x[1])
+
+
+def fit_calibration(logits: Any, labels: Any, method: str) -> tuple[float, float]:
+    """``(T, b)`` for ``method`` in :data:`CALIBRATIONS` (``"none"``: ``(1, 0)``)."""
+    if method == "platt":
+        return fit_platt(logits, labels)
+    if method == "temperature":
+        return fit_temperature(logits, labels), 0.0
+    if method == "none":
+        return 1.0, 0.0
+    raise ValueError(f"calibration must be one of {', '.join(CALIBRATIONS)}, not {method!r}")
+
+
+def _check(temperature: float, bias: float) -> tuple[float, float]:
+    t, b = float(temperature), float(bias)
     if not (math.isfinite(t) and t > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    z = logit_diff(logits) / t
+    if not math.isfinite(b):
+        raise ValueError(f"calibration bias must be a finite number, got {bias}")
+    return t, b
+
+
+def apply_temperature(logits: Any, temperature: float, bias: float = 0.0) -> np.ndarray:
+    """``(N, 2)`` logits or ``(N,)`` differences -> ``(N,)`` ``sigmoid((z1 - z0) / T + b)``."""
+    t, b = _check(temperature, bias)
+    z = logit_diff(logits) / t + b
     return np.exp(-np.logaddexp(0.0, -z))  # sigmoid without overflow
+
+
+def calibrated_prob(model, logits):
+    """Torch ``(N, 2)`` logits of ``model`` -> ``(N,)`` calibrated malignant probability,
+    with the model's recorded ``T`` and ``b`` (as :func:`apply_temperature`)."""
+    import torch
+
+    z = logits.float()
+    return torch.sigmoid((z[:, 1] - z[:, 0]) / temperature_of(model) + bias_of(model))
 
 
 def calibration_scores(labels: Any, prob: Any, n_bins: int = 10) -> dict[str, float]:
@@ -120,18 +192,23 @@ def calibration_scores(labels: Any, prob: Any, n_bins: int = 10) -> dict[str, fl
             "brier": brier(labels, prob)}
 
 
-def set_temperature(model, temperature: float):
-    """Record ``temperature`` on ``model`` (see :data:`ATTR`); returns the model."""
-    t = float(temperature)
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+def set_temperature(model, temperature: float, bias: float = 0.0):
+    """Record ``temperature`` and ``bias`` on ``model`` (:data:`ATTR`, :data:`BIAS_ATTR`);
+    returns the model."""
+    t, b = _check(temperature, bias)
     setattr(model, ATTR, t)
+    setattr(model, BIAS_ATTR, b)
     return model
 
 
 def temperature_of(model) -> float:
     """The temperature recorded on ``model``; 1 (no scaling) when none was."""
     return float(getattr(model, ATTR, 1.0))
+
+
+def bias_of(model) -> float:
+    """The calibration bias recorded on ``model``; 0 when none was."""
+    return float(getattr(model, BIAS_ATTR, 0.0))
 
 
 def _boot_scores(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int
@@ -149,12 +226,13 @@ def _boot_scores(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int
 def calibration_summary(predictions, temperatures: dict[str, float] | None = None,
                         n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                         n_bins: int = 10) -> dict[str, Any]:
-    """ECE and Brier before and after temperature scaling, per model, with CIs.
+    """ECE and Brier before and after calibration (Platt or temperature), per model, with CIs.
 
     ``predictions``: long table ``model, label, prob_malignant`` and
     ``prob_malignant_uncalibrated`` (plus ``group`` for cluster resampling;
-    ``temperature`` read from a column of that name unless ``temperatures`` gives it). Returns
-    ``{model: {"temperature", "before": {"ece", "brier"}, "after": {...}, "change":
+    ``temperature`` read from a column of that name unless ``temperatures`` gives it, and
+    ``calibration_bias`` from its column when there is one). Returns
+    ``{model: {"temperature", "bias", "before": {"ece", "brier"}, "after": {...}, "change":
     {...}, "reliability_before"}}``, each score ``{"value", "lo", "hi"}`` (percentile
     bootstrap, stratified by class, whole clusters with ``group``; the change is
     ``after - before`` on the same resamples). Models without the uncalibrated column
@@ -184,6 +262,8 @@ def calibration_summary(predictions, temperatures: dict[str, float] | None = Non
             t = df["temperature"].iloc[0]
         entry: dict[str, Any] = {
             "temperature": math.nan if t is None else float(t),
+            "bias": (float(df["calibration_bias"].iloc[0])
+                     if "calibration_bias" in df.columns else 0.0),
             "before": {k: ci(b_pt[k], b_boot[k], f"{model} {k}") for k in ("ece", "brier")},
             "after": {k: ci(a_pt[k], a_boot[k], f"{model} {k}") for k in ("ece", "brier")},
             "change": {k: ci(a_pt[k] - b_pt[k], a_boot[k] - b_boot[k], f"{model} d{k}")

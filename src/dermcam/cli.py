@@ -313,11 +313,13 @@ def train(
     = "val_auc",
     imbalance: Annotated[str, typer.Option(help="weighted_loss, balanced_sampler or none.")]
     = "weighted_loss",
-    calibration: Annotated[str, typer.Option(help="temperature: fit temperature scaling on "
-                                                  "the validation split after training and "
-                                                  "choose the threshold on the calibrated "
-                                                  "probabilities; none: raw softmax.")]
-    = "temperature",
+    calibration: Annotated[str, typer.Option(help="platt: fit p = sigmoid((z1 - z0) / T + b) "
+                                                  "on the validation split after training "
+                                                  "(undoes the shift a weighted loss puts on "
+                                                  "the logits); temperature: T only; none: "
+                                                  "raw softmax. The threshold is chosen on "
+                                                  "the calibrated probabilities.")]
+    = "platt",
     val_fraction: Annotated[float, typer.Option(help="Stratified validation share of the "
                                                      "training split.")] = 0.2,
     seed: Annotated[int, typer.Option()] = 42,
@@ -368,17 +370,18 @@ def train(
 
 def _print_training(manifest) -> None:
     t = Table(title="training")
-    for c in ("model", "weights", "best epoch", "val AUC", "T", "val ECE", "threshold",
+    for c in ("model", "weights", "best epoch", "val AUC", "T, b", "val ECE", "threshold",
               "time"):
         t.add_column(c)
     for name, m in manifest["models"].items():
         cal = m.get("calibration") or {}
         ece = "" if not cal else (f"{cal['before']['ece']:.3f} -> {cal['after']['ece']:.3f}"
-                                  if cal.get("method") == "temperature"
+                                  if cal.get("method") in ("platt", "temperature")
                                   else f"{cal['before']['ece']:.3f}")
         t.add_row(m.get("display_name", name), m.get("weights_source", "?"),
                   str(m.get("best_epoch")), f"{m.get('val_auc', float('nan')):.3f}",
-                  f"{m.get('temperature', 1.0):.2f}", ece,
+                  f"{m.get('temperature', 1.0):.2f}, {m.get('calibration_bias', 0.0):+.2f}",
+                  ece,
                   f"{m.get('threshold', float('nan')):.3f}", f"{m.get('wall_time_s', 0):.0f} s")
     console.print(t)
 
@@ -454,16 +457,17 @@ def _print_metrics(result) -> None:
 
 
 def _print_calibration(result) -> None:
-    """ECE and Brier before and after temperature scaling (#16)."""
+    """ECE and Brier before and after calibration (#16)."""
     calib = result.get("calibration") or {}
     if not calib:
         return
-    t = Table(title="calibration on the test set: before -> after temperature scaling")
-    for c in ("model", "T", "ECE before", "ECE after", "Brier before", "Brier after"):
+    t = Table(title="calibration on the test set: before -> after scaling")
+    for c in ("model", "T, b", "ECE before", "ECE after", "Brier before", "Brier after"):
         t.add_column(c)
     names = result.get("display_names") or {}
     for name, c in calib.items():
-        t.add_row(names.get(name, name), f"{c.get('temperature', float('nan')):.2f}",
+        t.add_row(names.get(name, name),
+                  f"{c.get('temperature', float('nan')):.2f}, {c.get('bias', 0.0):+.2f}",
                   *[_ci_text(c[when][k]) for k in ("ece", "brier") for when in ("before",
                                                                                  "after")])
     console.print(t)

@@ -182,11 +182,11 @@ def _target_classes(model, x, target, labels, threshold) -> np.ndarray:
         return labels
     if target == "malignant":
         return np.ones(len(labels), np.int64)
-    from dermcam.calibration import temperature_of
+    from dermcam.calibration import calibrated_prob
 
     model.eval()
     with torch.inference_mode():  # calibrated, as the threshold was chosen on them
-        probs = torch.softmax(model(x).float() / temperature_of(model), 1)[:, 1].numpy()
+        probs = calibrated_prob(model, model(x)).numpy()
     return (probs >= threshold).astype(np.int64)
 
 

@@ -96,7 +96,7 @@ def predict_models(run_dir: Path, manifest: dict[str, Any], samples, arrays,
                    device: str = "cpu") -> tuple[pd.DataFrame, dict[str, float]]:
     """Long predictions (one row per model and sample) of every trained model, and each
     model's validation-chosen threshold."""
-    from dermcam.calibration import apply_temperature, temperature_of
+    from dermcam.calibration import apply_temperature, bias_of, temperature_of
     from dermcam.device import inference_batch_size, resolve_device
     from dermcam.training import load_checkpoint, predict_logit_diff
 
@@ -107,7 +107,7 @@ def predict_models(run_dir: Path, manifest: dict[str, Any], samples, arrays,
         model, info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
         z = predict_logit_diff(model.to(dev), arrays.dataset(np.arange(len(arrays))),
                                batch_size=inference_batch_size(dev, None), device=dev)
-        prob = apply_temperature(z, temperature_of(model))  # what every stage uses
+        prob = apply_temperature(z, temperature_of(model), bias_of(model))  # every stage's
         thr = float(payload["threshold"])
         thresholds[name] = thr
         rows.append(pd.DataFrame({
@@ -115,7 +115,8 @@ def predict_models(run_dir: Path, manifest: dict[str, Any], samples, arrays,
             "prob_malignant": np.round(prob.astype(np.float64), 6),
             "pred": (prob >= thr).astype(int), "threshold": round(thr, 6),
             "prob_malignant_uncalibrated": np.round(apply_temperature(z, 1.0), 6),
-            "temperature": round(temperature_of(model), 6)}))
+            "temperature": round(temperature_of(model), 6),
+            "calibration_bias": round(bias_of(model), 6)}))
     preds = pd.concat(rows, ignore_index=True)
     if any(s.group is not None for s in samples):  # lesion/patient: bootstrap by cluster
         preds["group"] = [s.group for s in samples] * len(rows)

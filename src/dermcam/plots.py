@@ -330,9 +330,10 @@ def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) ->
             ms=4,
             lw=1.3,
             label=f"{_label(name, entry)}: ECE {_ci_text(ece)}"
-            + (f" (T = {_num(calib[name]['temperature']):.2f})" if name in calib else ""),
+            + (f" (T = {_num(calib[name]['temperature']):.2f}, "
+               f"b = {_num(calib[name].get('bias', 0.0)):+.2f})" if name in calib else ""),
         )
-        if name in calib:  # before temperature scaling, dashed
+        if name in calib:  # before calibration, dashed
             before = calib[name]["reliability_before"]
             mb = np.array([_num(v) for v in before["mean_predicted"]])
             fb = np.array([_num(v) for v in before["fraction_positive"]])
@@ -350,7 +351,7 @@ def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) ->
     top.legend(fontsize=7, loc="upper left")
     top.grid(alpha=0.3)
     top.set_title("Reliability (equal-width bins)" + (
-        "; dashed: before temperature scaling" if calib else ""), fontsize=9)
+        "; dashed: before calibration" if calib else ""), fontsize=9)
     bottom.set_yscale("symlog", linthresh=10)
     bottom.set_xlabel("Predicted probability of malignant")
     bottom.set_ylabel("Images")

@@ -67,9 +67,10 @@ class TrainConfig:
     # Lightning's best.ckpt and last.ckpt (weights plus optimizer state) are what --resume
     # needs while a model trains; once its model.pt is saved they are deleted unless kept.
     keep_checkpoints: bool = False
-    # "temperature": fit T on the validation logits after training (dermcam.calibration);
-    # the threshold is then chosen on the calibrated probabilities. "none": T = 1.
-    calibration: str = "temperature"
+    # "platt": fit T and a bias b on the validation logits after training, "temperature":
+    # T only (dermcam.calibration); the threshold is then chosen on the calibrated
+    # probabilities. "none": T = 1, b = 0.
+    calibration: str = "platt"
 
 
 # --------------------------------------------------------------------------- data
@@ -318,10 +319,10 @@ def predict_dataset(model, dataset, batch_size: int = 64,
                     device: str | torch.device = "cpu") -> np.ndarray:
     """Malignant probability for every item of an ``(image, label)`` dataset, in order
     (temperature-scaled by the model's temperature, :mod:`dermcam.calibration`)."""
-    from dermcam.calibration import apply_temperature, temperature_of
+    from dermcam.calibration import apply_temperature, bias_of, temperature_of
 
     return apply_temperature(predict_logit_diff(model, dataset, batch_size, device),
-                             temperature_of(model))
+                             temperature_of(model), bias_of(model))
 
 
 def predict_logit_diff(model, dataset, batch_size: int = 64,
@@ -342,9 +343,10 @@ def predict_proba(model, images: np.ndarray, batch_size: int = 64,
 def _malignant_probs(model, batches, device) -> np.ndarray:
     """Malignant probability ``softmax(z / T)[:, 1]`` over ``uint8 (B, S, S, 3)`` batches,
     ``T`` the model's temperature (1 when none is recorded); restores the mode."""
-    from dermcam.calibration import apply_temperature, temperature_of
+    from dermcam.calibration import apply_temperature, bias_of, temperature_of
 
-    return apply_temperature(_logit_diffs(model, batches, device), temperature_of(model))
+    return apply_temperature(_logit_diffs(model, batches, device), temperature_of(model),
+                             bias_of(model))
 
 
 def _logit_diffs(model, batches, device) -> np.ndarray:
@@ -616,8 +618,9 @@ def load_checkpoint(path: str | Path):
     info.weights_source = payload.get("weights_source", info.weights_source)
     from dermcam.calibration import set_temperature
 
-    try:  # checkpoints from before calibration (#16) hold none: T = 1
-        set_temperature(model, payload.get("temperature", 1.0))
+    try:  # checkpoints from before calibration (#16) hold none: T = 1, b = 0
+        set_temperature(model, payload.get("temperature", 1.0),
+                        payload.get("calibration_bias", 0.0))
     except ValueError as exc:
         raise DermcamError(f"bad temperature in the checkpoint ({exc})", path) from None
     model.eval()
@@ -733,9 +736,9 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     best_epoch = int(state.get("epoch", -1)) + 1
     yva = arrays.labels[va_idx]
     val_logit = predict_logit_diff(model, val_ds)
-    temperature, calibration = _calibrate(val_logit, yva, cfg.calibration)
-    set_temperature(model, temperature)
-    val_prob = apply_temperature(val_logit, temperature)
+    temperature, bias, calibration = _calibrate(val_logit, yva, cfg.calibration)
+    set_temperature(model, temperature, bias)
+    val_prob = apply_temperature(val_logit, temperature, bias)
     threshold = float(youden_threshold(yva, val_prob))  # on the calibrated probabilities
     from sklearn.metrics import roc_auc_score
 
@@ -746,19 +749,22 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
         "trained_on": str(Path(cfg.data).resolve()), "image_size": cfg.image_size,
         "n_train": int(len(tr_idx)), "n_val": int(len(va_idx)),
         "val_auc": val_auc, "threshold": threshold, "threshold_rule": "Youden J on validation",
-        "temperature": temperature, "calibration": calibration["method"],
+        "temperature": temperature, "calibration_bias": bias,
+        "calibration": calibration["method"],
         "intended_use": "research on dermoscopy classification and attention auditing; "
                         "not validated for clinical use",
     }
     save_checkpoint(mdir / "model.pt", model, info, {
         "image_size": cfg.image_size, "threshold": threshold, "best_epoch": best_epoch,
         "monitor": cfg.monitor, "best_score": float(ckpt_cb.best_model_score or math.nan),
-        "temperature": temperature, "calibration": calibration, "model_card": card})
+        "temperature": temperature, "calibration_bias": bias, "calibration": calibration,
+        "model_card": card})
     return {"display_name": info.display_name, "weights_source": info.weights_source,
             "target_layer": info.target_layer, "best_epoch": best_epoch,
             "epochs_run": int(trainer.current_epoch), "monitor": cfg.monitor,
             "best_score": float(ckpt_cb.best_model_score or math.nan),
             "val_auc": val_auc, "threshold": threshold, "temperature": temperature,
+            "calibration_bias": bias,
             "global_batch_size": cfg.batch_size, "world_size": world,
             "per_process_batch_size": math.ceil(cfg.batch_size / world),
             "optimizer_steps": int(trainer.global_step), "precision": cfg.precision,
@@ -767,22 +773,27 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
 
 
 def _calibrate(val_logit: np.ndarray, yva: np.ndarray, method: str
-               ) -> tuple[float, dict[str, Any]]:
-    """``(T, record)``: the temperature fitted on validation (1 with ``"none"``) and NLL,
-    ECE and Brier on validation before and after it (plain floats, for the checkpoint)."""
+               ) -> tuple[float, float, dict[str, Any]]:
+    """``(T, b, record)``: the calibration fitted on validation (``(1, 0)`` with ``"none"``)
+    and NLL, ECE and Brier on validation before and after it (plain floats, for the
+    checkpoint)."""
     from dermcam import calibration as cal
 
-    t = cal.fit_temperature(val_logit, yva) if method == "temperature" else 1.0
+    t, b = cal.fit_calibration(val_logit, yva, method)
     record: dict[str, Any] = {
         "method": method, "fitted_on": "validation", "n": int(len(yva)),
+        "temperature": t, "bias": b,
         "before": cal.calibration_scores(yva, cal.apply_temperature(val_logit, 1.0)),
-        "after": cal.calibration_scores(yva, cal.apply_temperature(val_logit, t))}
+        "after": cal.calibration_scores(yva, cal.apply_temperature(val_logit, t, b))}
     lo, hi = cal.T_BOUNDS
-    if method == "temperature" and not lo * 1.01 < t < hi / 1.01:
+    if method != "none" and not lo * 1.01 < t < hi / 1.01:
         record["note"] = (f"T = {t:.3g} is at the edge of the search interval {cal.T_BOUNDS}: the "
-                          "validation NLL has no interior minimum (e.g. perfectly separated)")
-        log.warning("temperature scaling: %s", record["note"])
-    return t, record
+                          "validation NLL has no interior minimum (perfectly separated, or "
+                          "no signal on validation"
+                          + (", or an offset only a bias can fit: try --calibration platt)"
+                             if method == "temperature" else ")"))
+        log.warning("%s scaling: %s", method, record["note"])
+    return t, b, record
 
 
 def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,

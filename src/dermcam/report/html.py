@@ -467,23 +467,27 @@ def _metric_cells(block: dict, columns) -> list[str]:
 
 
 def _calibration_table(r: RunFiles, calib: dict, order: list[str]) -> str:
-    """ECE and Brier before and after temperature scaling (``metrics.json['calibration']``)."""
+    """ECE and Brier before and after calibration (``metrics.json['calibration']``)."""
     names = [n for n in order if n in calib]
     if not names:
         return ""
     rows = []
     for n in names:
         c = calib[n]
-        rows.append([esc(r.display(n)), fmt_num(c.get("temperature"))]
+        rows.append([esc(r.display(n)), fmt_num(c.get("temperature")),
+                     fmt_num(c.get("bias", 0.0))]
                     + [fmt_ci((c.get(when) or {}).get(k)) for k in ("ece", "brier")
                        for when in ("before", "after", "change")])
-    head = ["Model", "T", "ECE before", "ECE after", "ECE change", "Brier before",
+    head = ["Model", "T", "b", "ECE before", "ECE after", "ECE change", "Brier before",
             "Brier after", "Brier change"]
-    return ("<p>Temperature scaling (<code>--calibration</code>): each model's logits are "
-            "divided by <i>T</i>, fitted on the validation split by minimising the negative "
-            "log-likelihood; the threshold is chosen afterwards, on the calibrated "
-            "probabilities. <i>T</i> &gt; 1 softens over-confident probabilities. Ranking "
-            "(ROC AUC) is unchanged; change = after − before on the same resamples.</p>"
+    return ("<p>Calibration (<code>--calibration</code>): the malignant probability is "
+            "sigmoid((<i>z</i><sub>1</sub> − <i>z</i><sub>0</sub>) / <i>T</i> + <i>b</i>), "
+            "<i>T</i> and <i>b</i> fitted on the validation split by minimising the negative "
+            "log-likelihood (Platt scaling; temperature scaling fixes <i>b</i> = 0); the "
+            "threshold is chosen afterwards, on the calibrated probabilities. <i>T</i> &gt; 1 "
+            "softens over-confident probabilities, <i>b</i> undoes the shift a weighted loss "
+            "puts on them. Ranking (ROC AUC) is unchanged; change = after − before on the "
+            "same resamples.</p>"
             + _table(head, rows, numeric_from=1))
 
 
