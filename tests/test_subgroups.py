@@ -109,3 +109,82 @@ def test_holm_across_columns_and_printed_table():
     rows = sg.subgroup_table(res["site"], "m")
     assert rows[0][:3] == ["group", "n", "malignant"] and len(rows) == 3
     assert "Holm" in sg.heterogeneity_sentence(res["site"], "m")
+
+
+# ------------------------------------------- attention and probe summaries by subgroup
+
+
+def _attention(n=40, seed=0):
+    """Two models x one method; site 'head' leaks about 0.6, 'trunk' about 0.3, 'arm' has 5
+    images; pixel AUROC the same distribution everywhere; one undefined leakage per model."""
+    rng = np.random.default_rng(seed)
+    sites = ["head"] * n + ["trunk"] * n + ["arm"] * 5
+    ids = [f"i{k:03d}" for k in range(len(sites))]
+    frames = []
+    for model in ("a", "b"):
+        leak = np.where(np.array(sites) == "head", 0.6, 0.3) + rng.normal(0, 0.05, len(ids))
+        leak[0] = np.nan
+        frames.append(pd.DataFrame({"image_id": ids, "model": model, "method": "gradcam",
+                                    "site": sites, "leakage": leak,
+                                    "pixel_auroc": rng.uniform(0.6, 0.9, len(ids))}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_attention_by_group_recovers_a_planted_difference():
+    att = _attention()
+    res = sg.subgroup_summaries(att, "site", ["leakage", "pixel_auroc"], ["model", "method"],
+                                n_boot=2000, seed=0, min_group=10)
+    assert res["column"] == "site" and len(res["entries"]) == 2
+    entry = next(e for e in res["entries"] if e["model"] == "a")
+    assert entry["method"] == "gradcam"
+    groups = {g["group"]: g for g in entry["groups"]}
+    assert groups["arm"]["note"] == sg.TOO_FEW and "leakage" not in groups["arm"]
+    for site in ("head", "trunk"):
+        v = att[(att["model"] == "a") & (att["site"] == site)]["leakage"]
+        got = groups[site]["leakage"]
+        assert groups[site]["n"] == 40
+        assert got["n"] == v.notna().sum() and got["n_nan"] == v.isna().sum()
+        assert got["value"] == pytest.approx(v.mean())
+        # the bootstrap CI of a mean is about the normal one, 1.96 sd / sqrt(n)
+        half = 1.96 * v.std(ddof=1) / math.sqrt(v.notna().sum())
+        assert got["lo"] == pytest.approx(got["value"] - half, abs=0.006)
+        assert got["hi"] == pytest.approx(got["value"] + half, abs=0.006)
+    assert groups["head"]["n"] == 40 and groups["head"]["leakage"]["n"] == 39
+    assert groups["head"]["leakage"]["lo"] > groups["trunk"]["leakage"]["hi"]
+    het = entry["heterogeneity"]
+    assert het["leakage"]["df"] == 1 and het["leakage"]["p"] < 1e-10  # arm left out
+    assert het["pixel_auroc"]["p"] > 0.05
+
+
+def test_attention_by_group_holm_over_columns_and_bins_each_image_once():
+    att = _attention()
+    att["age"] = att["image_id"].map({i: 20 + k for k, i in
+                                      enumerate(att["image_id"].unique())})
+    res = sg.subgroup_summary_analyses(att, ["site", "age"], ["leakage"], ["model", "method"],
+                                       n_boot=200, min_group=10, what="models x methods")
+    levels, how = sg.image_levels(att, "age")
+    assert "quartile" in how and len(levels) == 85 and (levels.value_counts() >= 21).all()
+    age = res["age"]["entries"][0]["groups"]
+    assert sum(g["n"] for g in age) == 85  # images, not rows of both models
+    tests = [e["heterogeneity"]["leakage"] for c in ("site", "age")
+             for e in res[c]["entries"]]
+    raw = np.array([t["p"] for t in tests])
+    from dermcam.stats import holm
+
+    assert np.allclose([t["p_adjusted"] for t in tests], holm(raw))
+    assert all(t["adjust_method"] == "Holm" and "2 column(s)" in t["family"] for t in tests)
+    entry = res["site"]["entries"][0]
+    rows = sg.summary_table(res["site"], entry, ["leakage"], ["leakage"])
+    assert rows[0] == ["group", "n", "leakage"] and rows[1][2] == sg.TOO_FEW
+    assert "Kruskal-Wallis across site groups: leakage p < 0.001 (Holm)" in \
+        sg.kruskal_sentence(res["site"], entry)
+
+
+def test_kruskal_undefined_cases():
+    assert sg.kruskal_across([np.ones(5)])["reason"] == "fewer than 2 estimable groups"
+    assert sg.kruskal_across([np.ones(5), np.ones(4)])["reason"] == "every value is the same"
+    from scipy.stats import kruskal
+
+    a, b = np.arange(6.0), np.arange(6.0) + 3
+    assert sg.kruskal_across([a, b, np.array([np.nan])])["p"] == pytest.approx(
+        kruskal(a, b).pvalue)

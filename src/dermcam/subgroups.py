@@ -18,6 +18,14 @@ the grouping column, optionally ``group`` for lesion/patient clusters):
   correct/incorrect against group (accuracy; note it also moves with each group's
   prevalence). :func:`subgroup_analyses` Holm-adjusts each test kind over all columns
   and models of one evaluation (``p_adjusted`` beside the raw ``p``).
+
+The attention and probe summaries (``explain --by``, ``probe --by``) group per-image
+scores the same way (:func:`image_levels` bins each image once), with
+:func:`subgroup_summaries`: per entry (model x method, or model x probe) and group, the
+mean of each score with its 95 % CI and n (:func:`dermcam.leakage.summarise`: a
+percentile bootstrap over images, or a Wilson interval for a 0/1 score), "too few to
+estimate" under ``min_group`` images, and a Kruskal-Wallis test across the estimable
+groups, Holm-adjusted per score over all columns and entries.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["MIN_GROUP", "MIN_PER_CLASS", "SUBGROUP_METRICS", "bin_column",
-           "subgroup_metrics", "subgroup_analyses", "cochran_q_auc"]
+           "subgroup_metrics", "subgroup_analyses", "cochran_q_auc", "image_levels",
+           "kruskal_across", "subgroup_summaries", "subgroup_summary_analyses"]
 
 MIN_GROUP = 20
 MIN_PER_CLASS = 5
@@ -190,17 +199,115 @@ def subgroup_analyses(preds: pd.DataFrame, columns: list[str], thresholds: dict[
                       ) -> dict[str, Any]:
     """:func:`subgroup_metrics` for each column, each test kind Holm-adjusted over all
     columns and models (``p_adjusted``, ``family`` beside ``p``)."""
-    from dermcam.stats import adjust_pvalues
-
     out = {c: subgroup_metrics(preds, c, thresholds, n_boot, seed, alpha, min_group,
                                min_per_class) for c in columns}
     for kind in ("auc", "accuracy"):
-        tests = [m["heterogeneity"][kind] for r in out.values() for m in r["models"].values()]
-        adj = adjust_pvalues([t["p"] for t in tests], "holm") if tests else []
-        for t, pa in zip(tests, adj):
-            t.update(p_adjusted=float(pa), adjust_method="Holm",
-                     family=f"subgroup heterogeneity ({kind}) over {len(columns)} column(s) "
-                            "x models")
+        holm_in_place([m["heterogeneity"][kind] for r in out.values()
+                       for m in r["models"].values()],
+                      f"subgroup heterogeneity ({kind}) over {len(columns)} column(s) x models")
+    return out
+
+
+def holm_in_place(tests: list[dict[str, Any]], family: str) -> None:
+    """Holm-adjust the ``p`` of each test dict in place: ``p_adjusted``, ``adjust_method``
+    and ``family`` beside the raw ``p`` (NaN p stays NaN and does not count)."""
+    from dermcam.stats import adjust_pvalues
+
+    adj = adjust_pvalues([t["p"] for t in tests], "holm") if tests else []
+    for t, pa in zip(tests, adj):
+        t.update(p_adjusted=float(pa), adjust_method="Holm", family=family)
+
+
+# ------------------------------------------------ attention and probe summaries by group
+
+def image_levels(table: pd.DataFrame, column: str) -> tuple[pd.Series, str]:
+    """``(group label per image_id, how the groups were made)``: :func:`bin_column` on one
+    value per image, so a long table (one row per image x model) bins each image once."""
+    if column not in table.columns:
+        raise ValueError(f"no column {column!r} in the table")
+    per = table.drop_duplicates("image_id").set_index("image_id")[column]
+    labels, how = bin_column(per, column)
+    return pd.Series(labels.to_numpy(), index=per.index, name=column), how
+
+
+def kruskal_across(samples: list[np.ndarray]) -> dict[str, Any]:
+    """Kruskal-Wallis H test that the groups' values come from one distribution:
+    ``{h, df, p, reason}`` (scipy); NaN with a reason for fewer than 2 groups with values
+    or when every value is the same."""
+    from scipy import stats as st
+
+    vals = [np.asarray(v, dtype=np.float64) for v in samples]
+    vals = [v[np.isfinite(v)] for v in vals]
+    vals = [v for v in vals if v.size]
+    if len(vals) < 2:
+        return {"h": math.nan, "df": int(max(len(vals) - 1, 0)), "p": math.nan,
+                "reason": "fewer than 2 estimable groups"}
+    if np.ptp(np.concatenate(vals)) == 0:
+        return {"h": math.nan, "df": len(vals) - 1, "p": math.nan,
+                "reason": "every value is the same"}
+    h, p = st.kruskal(*vals)
+    return {"h": float(h), "df": len(vals) - 1, "p": float(p), "reason": ""}
+
+
+def subgroup_summaries(table: pd.DataFrame, column: str, metrics, keys,
+                       n_boot: int = 1000, seed: int = 0, min_group: int = MIN_GROUP,
+                       cluster_col: str | None = None) -> dict[str, Any]:
+    """Per-group means with CIs of per-image ``metrics`` for one grouping ``column``.
+
+    ``table``: one row per image and entry (the ``keys`` columns, e.g. ``model, method``)
+    holding ``image_id``, ``column`` and the metrics. Returns ``{"column", "binning",
+    "min_group", "entries": [{key: value, ..., "groups": [{"group", "n", "estimable",
+    "note", metric: {"value", "lo", "hi", "n", "n_nan", "ci_method"}}], "heterogeneity":
+    {metric: {h, df, p, reason, test}}}]}``; ``n`` is the group's images, a metric's
+    ``n`` those with a defined value. Groups under ``min_group`` images are too few to
+    estimate and left out of the test.
+    """
+    from dermcam import leakage as lk
+
+    keys, metrics = list(keys), list(metrics)
+    levels, binning = image_levels(table, column)
+    d = table.assign(_level=table["image_id"].map(levels).to_numpy())
+    out: dict[str, Any] = {"column": column, "binning": binning, "min_group": int(min_group),
+                           "entries": []}
+    for key, g in d.groupby(keys, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        stats = lk.summarise(g, metrics, by=["_level"], n_boot=n_boot, seed=seed,
+                             cluster_col=cluster_col if cluster_col in g.columns else None)
+        rows, values = [], {m: [] for m in metrics}
+        for level, gl in g.groupby("_level", sort=True):
+            n = int(gl["image_id"].nunique())
+            row: dict[str, Any] = {"group": str(level), "n": n}
+            if n < min_group:
+                row.update(estimable=False, note=TOO_FEW)
+                rows.append(row)
+                continue
+            row.update(estimable=True, note="")
+            for r in stats[stats["_level"] == level].to_dict(orient="records"):
+                row[r["metric"]] = {"value": r["mean"], "lo": r["ci_low"], "hi": r["ci_high"],
+                                    "n": int(r["n"]), "n_nan": int(r["n_nan"]),
+                                    "ci_method": r["ci_method"]}
+            for m in metrics:
+                values[m].append(pd.to_numeric(gl[m], errors="coerce").to_numpy(np.float64))
+            rows.append(row)
+        het = {m: {**kruskal_across(values[m]), "test": "Kruskal-Wallis across groups"}
+               for m in metrics}
+        out["entries"].append({**{k: (None if pd.isna(v) else v) for k, v in zip(keys, key)},
+                               "groups": rows, "heterogeneity": het})
+    return out
+
+
+def subgroup_summary_analyses(table: pd.DataFrame, columns, metrics, keys,
+                              n_boot: int = 1000, seed: int = 0,
+                              min_group: int = MIN_GROUP, cluster_col: str | None = None,
+                              what: str = "entries") -> dict[str, Any]:
+    """:func:`subgroup_summaries` for each column; each metric's Kruskal-Wallis tests
+    Holm-adjusted over all columns and entries (``what`` names the entries)."""
+    columns = list(columns)
+    out = {c: subgroup_summaries(table, c, metrics, keys, n_boot, seed, min_group,
+                                 cluster_col) for c in columns}
+    for m in metrics:
+        holm_in_place([e["heterogeneity"][m] for r in out.values() for e in r["entries"]],
+                      f"subgroup heterogeneity ({m}) over {len(columns)} column(s) x {what}")
     return out
 
 
@@ -239,3 +346,42 @@ def heterogeneity_sentence(analysis: dict[str, Any], model: str) -> str:
     return (f"Heterogeneity across {analysis['column']} groups: AUC (Cochran's Q, DeLong "
             f"variances) {p(h['auc'])}; accuracy (chi-square) {p(h['accuracy'])}; p ≥ 0.05 "
             "is inconclusive, not evidence of equal performance.")
+
+
+def summary_table(analysis: dict[str, Any], entry: dict[str, Any], metrics,
+                  titles=None, digits: int = 3) -> list[list[str]]:
+    """Rows for a printed table of one :func:`subgroup_summaries` entry: header, then one
+    row per group (``mean [lo, hi]``, ``n/a`` where undefined)."""
+    from dermcam.formatting import num
+
+    titles = list(titles or metrics)
+    f = f".{digits}f"
+
+    def cell(d) -> str:
+        if not isinstance(d, dict) or num(d.get("value")) == "n/a":
+            return "n/a"
+        return f"{num(d['value'], f)} [{num(d.get('lo'), f)}, {num(d.get('hi'), f)}]"
+
+    rows = [["group", "n", *titles]]
+    for g in entry["groups"]:
+        rows.append([g["group"], str(g["n"])] + ([g["note"]] + [""] * (len(metrics) - 1)
+                                                 if not g["estimable"] else
+                                                 [cell(g.get(m)) for m in metrics]))
+    return rows
+
+
+def kruskal_sentence(analysis: dict[str, Any], entry: dict[str, Any], titles=None) -> str:
+    """One sentence on the Kruskal-Wallis tests of one :func:`subgroup_summaries` entry."""
+    het = entry["heterogeneity"]
+    titles = dict(titles or {})
+
+    def p(t) -> str:
+        v = t.get("p_adjusted", t.get("p"))
+        if v is None or not math.isfinite(v):
+            return f"undefined ({t.get('reason') or 'no test'})"
+        return ("p < 0.001" if v < 0.001 else f"p = {v:.3f}") + (
+            " (Holm)" if "p_adjusted" in t else "")
+
+    parts = "; ".join(f"{titles.get(m, m)} {p(t)}" for m, t in het.items())
+    return (f"Kruskal-Wallis across {analysis['column']} groups: {parts}; p ≥ 0.05 is "
+            "inconclusive, not evidence of equal behaviour.")
