@@ -299,8 +299,12 @@ def test_stage_writes_one_row_per_image_model_probe_placement(probed):
     st = manifest["stages"]["probe"]
     assert st["status"] == "complete"
     assert st["skipped"] == [{"image_id": "img001", "reason": "no lesion mask"}]
-    assert json.loads((run / pr.PROBE_SUMMARY).read_text()) == json.loads(
+    summary = json.loads((run / pr.PROBE_SUMMARY).read_text())
+    assert summary["schema_version"] == pr.SUMMARY_SCHEMA
+    assert summary["entries"] == json.loads(
         json.dumps(entries, default=float).replace("NaN", "null"))
+    assert "subgroups" not in summary and "artifact_presence" not in summary  # none asked
+    assert pr.read_summary(run) == summary["entries"]
     for f in ("probe_delta.png", "probe_auc.png", "probe_examples.png"):
         assert (run / "figures" / f).stat().st_size > 1000
 
@@ -338,3 +342,93 @@ def test_cli_probe_prints_the_table_and_refuses_bad_options(probed, monkeypatch,
     code, _, err = invoke("probe", run, "--probes", "lesion_gone")
     assert code == 2 and "unknown probe lesion_gone" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------- by subgroup and by artifact presence
+
+
+def _planted(n=20, seed=0):
+    """``2n`` images: site A's lesion removal lowers the probability by about 0.2, site B's
+    leaves it; an insertion with two placements; decisions at 0.5."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(2 * n):
+        site, y = ("A" if k < n else "B"), int(k % 3 == 0)
+        p0 = 0.55 + rng.uniform(-0.02, 0.02)
+        d = -0.2 if site == "A" else rng.normal(0, 0.01)
+        rows.append((f"i{k:02d}", y, "lesion_removed", "", 0, p0, p0 + d))
+        for p in range(2):
+            rows.append((f"i{k:02d}", y, "artifact_inserted", "ink", p, p0,
+                         p0 + (-0.1 if (k + p) % 2 else 0.0)))
+    df = pd.DataFrame(rows, columns=["image_id", "label", "probe", "artifact", "placement",
+                                     "prob_intact", "prob_perturbed"])
+    df["model"] = "m"
+    df["delta"] = df["prob_perturbed"] - df["prob_intact"]
+    df["threshold"], df["changed_share"], df["lesion_area"] = 0.5, 0.1, 0.2
+    df["decision_intact"] = (df["prob_intact"] >= 0.5).astype(int)
+    df["decision_perturbed"] = (df["prob_perturbed"] >= 0.5).astype(int)
+    sites = pd.DataFrame({"image_id": [f"i{k:02d}" for k in range(2 * n)],
+                          "site": ["A"] * n + ["B"] * n})
+    return df, sites
+
+
+def test_probe_subgroups_recover_a_planted_effect_with_paired_and_wilson_cis():
+    from statsmodels.stats.proportion import proportion_confint
+
+    df, sites = _planted()
+    res = pr.probe_subgroups(df, sites, ["site"], n_boot=500, seed=0, min_group=5)["site"]
+    les = next(e for e in res["entries"] if e["probe"] == "lesion_removed")
+    g = {x["group"]: x for x in les["groups"]}
+    assert g["A"]["n"] == g["B"]["n"] == 20
+    assert g["A"]["delta"]["value"] == pytest.approx(-0.2)
+    b = df[(df["probe"] == "lesion_removed") & df["image_id"].isin(sites["image_id"][20:])]
+    assert g["B"]["delta"]["value"] == pytest.approx(b["delta"].mean())
+    assert g["B"]["delta"]["lo"] < b["delta"].mean() < g["B"]["delta"]["hi"]
+    assert g["A"]["delta"]["hi"] < g["B"]["delta"]["lo"]
+    # site A: every decision flips (0.55 -> 0.35); site B: none. One decision per image.
+    for site, k in (("A", 20), ("B", 0)):
+        f = g[site]["flip_rate"]
+        assert f["value"] == pytest.approx(k / 20) and f["ci_method"] == "wilson"
+        assert (f["lo"], f["hi"]) == pytest.approx(proportion_confint(k, 20, method="wilson"))
+    assert les["heterogeneity"]["delta"]["p"] < 1e-6
+    assert les["heterogeneity"]["delta"]["adjust_method"] == "Holm"
+    ins = next(e for e in res["entries"] if e["probe"] == "artifact_inserted")
+    assert ins["artifact"] == "ink"
+    fl = {x["group"]: x["flip_rate"] for x in ins["groups"]}
+    # two placements, one flips: each image's share is 0.5, so the CI is a bootstrap
+    assert fl["A"]["value"] == pytest.approx(0.5) and "bootstrap" in fl["A"]["ci_method"]
+
+
+def test_artifact_presence_with_known_counts():
+    from scipy.stats import mannwhitneyu
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    df, _ = _planted()
+    ids = [f"i{k:02d}" for k in range(40)]
+    ruler = [1 if k < 12 else 0 for k in range(40)]  # 12 of site A
+    ruler[38] = ruler[39] = None  # flags missing: on neither side
+    flags = pd.DataFrame({"image_id": ids, "artifact_ruler": pd.array(ruler, dtype="Int64"),
+                          "artifact_hair": 0})
+    rows = pr.artifact_presence(df, flags, n_boot=100)
+    assert [(r["probe"], r["artifact"]) for r in rows] == [("lesion_removed", "hair"),
+                                                           ("lesion_removed", "ruler")]
+    r = rows[1]
+    les = df[df["probe"] == "lesion_removed"].set_index("image_id")
+    w, wo = les.loc[ids[:12]], les.loc[ids[12:38]]
+    assert r["with"]["n"] == 12 and r["without"]["n"] == 26
+    assert r["with"]["n_malignant"] == int(w["label"].sum()) == 4
+    assert r["without"]["n_malignant"] == int(wo["label"].sum())
+    assert r["with"]["delta_mean"] == pytest.approx(-0.2)
+    assert r["without"]["delta_mean"] == pytest.approx(wo["delta"].mean())
+    assert r["with"]["auc"] == pytest.approx(roc_auc_score(w["label"], w["prob_perturbed"]))
+    assert r["with"]["auc_intact"] == pytest.approx(roc_auc_score(w["label"], w["prob_intact"]))
+    assert r["without"]["ap"] == pytest.approx(average_precision_score(wo["label"],
+                                                                       wo["prob_perturbed"]))
+    assert r["with"]["auc_ci_low"] <= r["with"]["auc"] <= r["with"]["auc_ci_high"]
+    assert r["delta_p"] == pytest.approx(mannwhitneyu(w["delta"], wo["delta"]).pvalue)
+    hair = rows[0]
+    assert hair["with"]["n"] == 0 and hair["with"]["auc_reason"] == "no images"
+    assert hair["without"]["n"] == 40 and math.isnan(hair["delta_p"])
+    # Holm over the defined tests: hair's is undefined, so ruler's is a family of one
+    assert r["delta_p_adjusted"] == pytest.approx(r["delta_p"])
+    assert math.isnan(hair["delta_p_adjusted"])

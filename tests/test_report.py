@@ -137,7 +137,7 @@ def test_all_sections_present(page):
 def test_probe_section_shows_every_entry_and_its_sentence(page, run_dir):
     from dermcam.probe import CAVEAT, sentences
 
-    entries = json.loads((run_dir / "probe_summary.json").read_text())
+    entries = json.loads((run_dir / "probe_summary.json").read_text())["entries"]
     s = _section(page, "probe")
     assert 'href="#probe"' in page
     for line in sentences(entries, {"resnet18": "ResNet18"}):
@@ -152,6 +152,27 @@ def test_probe_section_shows_every_entry_and_its_sentence(page, run_dir):
                      f"{les['delta_ci_high']:.3f}]"
     assert s.count('<img src="data:image/png;base64,') == 3  # the three probe figures
     assert 'class="missing"' not in s
+
+
+def test_probe_split_by_the_synthetic_benchmarks_artifact_flags(page, run_dir):
+    """Without a label file, the benchmark's metadata.csv flags split the removal probes."""
+    import pandas as pd
+
+    summary = json.loads((run_dir / "probe_summary.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    meta = pd.read_csv(Path(manifest["data"]["root"]) / "metadata.csv", dtype={"image_id": str})
+    probed = set(pd.read_csv(run_dir / "probe.csv", dtype={"image_id": str})["image_id"])
+    meta = meta[meta["image_id"].isin(probed)].set_index("image_id")
+    rows = summary["artifact_presence"]
+    assert {r["artifact"] for r in rows} == {"ruler", "ink", "patch", "vignette", "hair"}
+    for r in rows:
+        flag = meta[f"artifact_{r['artifact']}"]
+        assert r["with"]["n"] == int((flag == 1).sum())
+        assert r["without"]["n"] == int((flag == 0).sum())
+        assert r["with"]["n_malignant"] == int(meta.loc[flag == 1, "label"].sum())
+    s = _section(page, "probe")
+    table = _table_with(s, "Artifact", "Δ with", "AUC without")
+    assert len(table) - 1 == len(rows)
 
 
 def test_summary_states_data_weights_seed_and_versions(page, run_dir):

@@ -589,6 +589,18 @@ def explain(
                                              "with --shard i/n, auto puts each shard on its "
                                              "own GPU, and on the CPU the shards split the "
                                              "cores.")] = "auto",
+    data: Annotated[Path | None, typer.Option(
+        help="Audit the run's models on another data set's masked images (any layout) "
+             "instead, into RUN/external/NAME/ (as evaluate --data); layers and thresholds "
+             "are the run's. --artifacts then labels that set's images.")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Name of the external set's folder (default: the data folder's name).")] = None,
+    by: Annotated[str | None, typer.Option(
+        help="Attention summary per subgroup of these comma-separated columns: any "
+             "metadata column of the layout, or 'ita' (skin tone estimated from the "
+             "image).")] = None,
+    min_group: Annotated[int, typer.Option(
+        help="Subgroups with fewer images are too few to estimate.")] = 20,
 ) -> None:
     """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
 
@@ -600,8 +612,9 @@ def explain(
     and figures. Interrupted runs resume from the saved heatmap batches.
     """
     from dermcam.explain import run_explain
+    from dermcam.external import by_columns
 
-    if artifact_labels is not None:  # attention summary by artifact presence
+    if artifact_labels is not None and data is None:  # attention summary by artifact presence
         _use_artifact_labels(run_dir, artifact_labels)
     shard_t = None
     if shard is not None:
@@ -618,14 +631,22 @@ def explain(
                               bench_methods=(None if bench_methods in (None, "all") else
                                              [m.strip() for m in bench_methods.split(",")]),
                               bench_images=bench_images, cascade=cascade, margin=margin,
-                              device=device)
+                              device=device, data=data, name=name, by=by_columns(by),
+                              min_group=min_group,
+                              artifacts=artifact_labels if data is not None else None)
+    ext = summary.get("external") or {}
+    where = f"{run_dir}/external/{ext['name']}" if ext else str(run_dir)
     if shard_t is not None:
+        again = f" --data {data}" + (f" --name {name}" if name else "") if data else ""
         console.print(f"shard {shard}: {summary['batches']} batch(es) written under "
-                      f"{run_dir}/attention; when every shard is done: dermcam explain "
-                      f"{run_dir} --merge")
+                      f"{summary.get('folder', where)}/attention; when every shard is done: dermcam explain "
+                      f"{run_dir}{again} --merge")
         return
+    if ext:
+        console.print(f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): "
+                      f"{ext['images']}; {ext['thresholds']}; layers {ext['layers']}")
     _print_attention(summary)
-    console.print(f"wrote {run_dir}/attention.csv, attention_summary.json, figures/")
+    console.print(f"wrote {where}/attention.csv, attention_summary.json, figures/")
 
 
 def _num(v, fmt: str = ".2f") -> str:
@@ -702,6 +723,28 @@ def _print_attention(summary) -> None:
         console.print("  p-values adjusted within families: " + "; ".join(
             f"{name} ({f['k']} tests, {f['method']})" for name, f in fams.items())
             + "; raw p beside each in attention_summary.json")
+    from dermcam.explain import SUBGROUP_TITLES
+
+    _print_summary_subgroups(summary.get("subgroups"), SUBGROUP_TITLES,
+                             lambda e: f"{e['model']}/{e['method']}", "attention")
+
+
+def _print_summary_subgroups(subgroups, titles: dict[str, str], label, what: str) -> None:
+    """One table per --by column and entry of an attention or probe summary, each with
+    its Kruskal-Wallis sentence."""
+    from dermcam.subgroups import kruskal_sentence, summary_table
+
+    for col, analysis in (subgroups or {}).items():
+        for entry in analysis["entries"]:
+            rows = summary_table(analysis, entry, list(titles), list(titles.values()))
+            t = Table(title=f"{what}, {label(entry)}, by {col} ({analysis['binning']}): "
+                            "mean [95 % CI]")
+            for c in rows[0]:
+                t.add_column(c)
+            for r in rows[1:]:
+                t.add_row(*r)
+            console.print(t)
+            console.print("  " + kruskal_sentence(analysis, entry, titles))
 
 
 def _sanity_line(san) -> str:
@@ -754,10 +797,22 @@ def probe(
         "--artifact-labels",
         help="Per-image artifact labels (e.g. isic_bias.csv), joined by image id and kept "
              "for the run's later stages (--artifacts here names artifacts to "
-             "insert).")] = None,
+             "insert); lesion and background removal are then split by each artifact's "
+             "presence. With --data they label that set's images.")] = None,
     device: Annotated[str, typer.Option(help="Where the models run: auto (CUDA when "
                                              "available, else CPU), cpu, cuda or "
                                              "cuda:INDEX.")] = "auto",
+    data: Annotated[Path | None, typer.Option(
+        help="Probe the run's models on another data set's masked images (any layout) "
+             "instead, into RUN/external/NAME/ (as evaluate --data), at the run's "
+             "thresholds.")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Name of the external set's folder (default: the data folder's name).")] = None,
+    by: Annotated[str | None, typer.Option(
+        help="Probe summary per subgroup of these comma-separated columns: any metadata "
+             "column of the layout, or 'ita' (skin tone estimated from the image).")] = None,
+    min_group: Annotated[int, typer.Option(
+        help="Subgroups with fewer images are too few to estimate.")] = 20,
 ) -> None:
     """Behavioural audit: change the image, watch the malignant probability.
 
@@ -773,9 +828,10 @@ def probe(
     unchanged one does not prove its absence.
     """
     from dermcam.device import resolve_device
-    from dermcam.probe import run_probe
+    from dermcam.external import by_columns
+    from dermcam.probe import SUBGROUP_TITLES, read_summary_object, run_probe
 
-    if artifact_labels is not None:
+    if artifact_labels is not None and data is None:
         _use_artifact_labels(run_dir, artifact_labels)
     names = [p.strip() for p in probes.split(",") if p.strip()]
     arts = [a.strip() for a in artifacts.split(",") if a.strip()] if artifacts else None
@@ -783,9 +839,67 @@ def probe(
         entries = run_probe(run_dir, probes=names, artifacts=arts, placements=placements,
                             seed=seed, limit=limit, batch_size=batch_size,
                             inpaint_method=inpaint, n_boot=n_boot, progress=cb,
-                            device=str(resolve_device(device)))
+                            device=str(resolve_device(device)), data=data, name=name,
+                            by=by_columns(by), min_group=min_group,
+                            artifact_labels=artifact_labels if data is not None else None)
+    where = Path(run_dir)
+    if data is not None:
+        from dermcam.external import safe_name
+
+        where = where / "external" / safe_name(name or Path(data).resolve().name)
+    summary = read_summary_object(where) or {}
+    ext = summary.get("external") or {}
+    if ext:
+        console.print(f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): "
+                      f"{ext['thresholds']}")
     _print_probe(entries, run_dir)
-    console.print(f"wrote {run_dir}/probe.csv, probe_summary.json, figures/probe_*.png")
+    _print_summary_subgroups(summary.get("subgroups"), SUBGROUP_TITLES,
+                             lambda e: " ".join(filter(None, [e["model"], e.get("artifact"),
+                                                              _probe_title(e["probe"])])),
+                             "probe")
+    _print_probe_presence(summary.get("artifact_presence"))
+    console.print(f"wrote {where}/probe.csv, probe_summary.json, figures/probe_*.png")
+
+
+def _probe_title(probe: str) -> str:
+    from dermcam.probe import PROBE_TITLES as titles
+
+    return titles.get(probe, probe)
+
+
+def _print_probe_presence(rows) -> None:
+    """Lesion and background removal on images with vs without each labelled artifact."""
+    if not rows:
+        return
+    from dermcam.formatting import num
+
+    t = Table(title="removal probes by artifact presence: Δ P(malignant) mean [95 % CI], "
+                    "AUC [95 % CI]; with | without the artifact")
+    for c in ("model", "probe", "artifact", "n with", "Δ with", "AUC with", "n without",
+              "Δ without", "AUC without", "Δ differs p"):
+        t.add_column(c)
+
+    def delta(b) -> str:
+        if num(b.get("delta_mean")) == "n/a":
+            return "n/a"
+        return (f"{num(b.get('delta_mean'), '+.3f')} [{num(b.get('delta_ci_low'), '+.3f')}, "
+                f"{num(b.get('delta_ci_high'), '+.3f')}]")
+
+    def auc(b) -> str:
+        if num(b.get("auc")) == "n/a":
+            return "n/a"
+        return (f"{num(b.get('auc'), '.3f')} [{num(b.get('auc_ci_low'), '.3f')}, "
+                f"{num(b.get('auc_ci_high'), '.3f')}]")
+
+    for r in rows:
+        w, wo = r["with"], r["without"]
+        t.add_row(r["model"], _probe_title(r["probe"]), r["artifact"],
+                  f"{w['n']} ({w['n_malignant']} m)", delta(w), auc(w),
+                  f"{wo['n']} ({wo['n_malignant']} m)", delta(wo), auc(wo),
+                  num(r.get("delta_p_adjusted", r.get("delta_p")), ".3f"))
+    console.print(t)
+    console.print("  Δ differs p: two-sided Mann-Whitney of the per-image change, with vs "
+                  "without, Holm-adjusted over the rows; p ≥ 0.05 is inconclusive.")
 
 
 def _print_probe(entries, run_dir=None) -> None:

@@ -282,7 +282,9 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
                 progress=None, figures: bool = True, shard: tuple[int, int] | None = None,
                 merge: bool = False, layer: str | dict | None = "auto",
                 bench_methods=None, bench_images: int = 64, cascade: bool = True,
-                margin: float = 0.02, device: str = "cpu") -> dict[str, Any]:
+                margin: float = 0.02, device: str = "cpu", data: str | Path | None = None,
+                name: str | None = None, by=(), min_group: int | None = None,
+                artifacts: str | Path | None = None) -> dict[str, Any]:
     """Compute (or resume) heatmaps for every trained model and ``methods``, then score.
 
     ``layer``: see :func:`parse_layer_spec` (default ``auto``: the localisation benchmark
@@ -295,9 +297,19 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
     shard, ``auto``/``cuda`` put shard ``i`` on GPU ``i % count`` and on the CPU each of
     ``n`` shards takes ``1/n`` of the cores. The localisation benchmark and the sanity
     check run on the CPU.
+
+    ``data``: audit another data set's masked images instead (the images
+    :func:`dermcam.external.external_samples` picks), into ``RUN/external/<name>/``
+    (heatmaps, attention.csv, attention_summary.json, figures) as stage
+    ``external:<name>/explain``; layers are chosen on the run's own validation images and
+    the heatmaps' predicted class uses the run's thresholds. ``artifacts``: an artifact
+    label file joined to that set. ``by``: columns (metadata, ``ita``) for the attention
+    summary by subgroup (``subgroups``), groups under ``min_group`` images too few to
+    estimate.
     """
     from dermcam.attribution import TARGETS, CamExplainer, check_method
     from dermcam.data.cache import ImageCache
+    from dermcam.external import by_columns
     from dermcam.pipeline import trained_models
     from dermcam.training import load_checkpoint
 
@@ -308,10 +320,23 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
         raise DermcamError(f"--margin must be > 0, got {margin}")
     if target not in TARGETS:
         raise DermcamError(f"unknown --target {target!r}; choose from {', '.join(TARGETS)}")
-    prev = manifest.get("stages", {}).get("explain", {})
+    if data is not None:
+        from dermcam.external import load_external, stage_key
+
+        ds, every, which, name = load_external(data, name, artifacts)
+        root, stage = run_dir / "external" / name, stage_key(name, "explain")
+    else:
+        ds, every = _explain_samples(manifest, None)
+        root, stage, which = run_dir, "explain", None
+    samples = every[:limit] if limit else every
+    if by:
+        from dermcam.external import check_by
+
+        check_by(ds, by)
+    prev = manifest.get("stages", {}).get(stage, {})
     if prev.get("normalize", normalize) != normalize or prev.get("target", target) != target:
         raise DermcamError("saved heatmaps use another --target/--normalize; delete "
-                           f"{run_dir / HEATMAP_DIR} to recompute", run_dir)
+                           f"{root / HEATMAP_DIR} to recompute", run_dir)
     if shard is not None:
         i, n = shard
         if not (n >= 1 and 0 <= i < n):
@@ -323,9 +348,10 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
     t0 = time.perf_counter()
     names = trained_models(manifest)
     if shard is None:
-        runmod.set_stage(run_dir, "explain", "running", methods=methods, target=target,
-                         normalize=normalize, limit=limit)
-    ds, samples = _explain_samples(manifest, limit)
+        where = {} if data is None else {"data": str(Path(ds.root).resolve()),
+                                         "folder": f"external/{name}"}
+        runmod.set_stage(run_dir, stage, "running", methods=methods, target=target,
+                         normalize=normalize, limit=limit, **where)
     t_bench = time.perf_counter()
     selection, bench_rows = resolve_layers(
         run_dir, manifest, names, methods, layer, bench_methods, bench_images,
@@ -336,7 +362,7 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
     starts = list(range(0, len(samples), batch_size))
     if merge:
         missing = [str(p) for sel in selection for st in starts
-                   if not (p := _batch_file(run_dir, sel["model"], sel["method"], sel["layer"],
+                   if not (p := _batch_file(root, sel["model"], sel["method"], sel["layer"],
                                             st)).exists()]
         if missing:
             raise DermcamError(f"cannot merge: {len(missing)} heatmap batch(es) missing, e.g. "
@@ -349,15 +375,15 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
     done = 0
     n_computed = 0
     t_cam = 0.0
-    for name in names:
-        model, info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
+    for model_name in names:
+        model, info, payload = load_checkpoint(run_dir / "models" / model_name / "model.pt")
         model.to(dev)  # CamExplainer.compute moves each batch to the model's device
         threshold = float(payload["threshold"])
-        for sel in (s for s in selection if s["model"] == name):
+        for sel in (s for s in selection if s["model"] == model_name):
             method, lay = sel["method"], sel["layer"]
             with CamExplainer(model, lay, method, fast=fast) as ex:
                 for start in starts:
-                    path = _batch_file(run_dir, name, method, lay, start)
+                    path = _batch_file(root, model_name, method, lay, start)
                     chunk = samples[start:start + batch_size]
                     ids = np.array([s.image_id for s in chunk])
                     if path.exists():
@@ -386,27 +412,35 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predic
               "images_per_second": round(n_computed / t_cam, 2) if t_cam > 0 else None,
               "benchmark_seconds": round(bench_seconds, 3)}
     if shard is not None:
-        return {"shard": list(shard), "batches": len(starts), "timing": timing}
-    _record_cam_choice(run_dir, selection)
+        return {"shard": list(shard), "batches": len(starts), "timing": timing,
+                "folder": str(root)}
+    if data is None:
+        _record_cam_choice(run_dir, selection)
     sanity_res = {}
     t_s = time.perf_counter()
     if sanity:
         sanity_res = _sanity(run_dir, selection, samples, size, cache, normalize,
-                             n_boot=n_boot, seed=manifest["seed"], cascade=cascade)
+                             n_boot=n_boot, seed=manifest["seed"], cascade=cascade, root=root)
     timing["sanity_seconds"] = round(time.perf_counter() - t_s, 3)
     t_score = time.perf_counter()
-    summary = score_run(run_dir, selection=selection, sanity=sanity_res, n_boot=n_boot,
-                        figures=figures, margin=margin,
-                        extra={"timing": timing, "layer_choice": selection,
-                               "localisation": bench_rows})
+    extra = {"timing": timing, "layer_choice": selection, "localisation": bench_rows}
+    if data is not None:
+        extra["external"] = {
+            "name": name, "data": ds.name, "root": str(Path(ds.root).resolve()),
+            "layout": ds.layout, "images": f"{which}, those with a lesion mask",
+            "thresholds": "each model's threshold chosen on the training data's validation "
+                          "split", "layers": "chosen on the run's own validation images",
+            "trained_on": manifest.get("data", {}).get("name")}
+    summary = _score(run_dir, manifest, root, ds, every, selection, sanity_res, n_boot,
+                     figures, extra, margin, by, min_group)
     timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
     timing["metric_seconds"] = summary["timing"]["metric_seconds"]
     timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
-    runmod.set_stage(run_dir, "explain", "complete",
+    runmod.set_stage(run_dir, stage, "complete",
                      methods=sorted({sel["method"] for sel in selection}), target=target,
                      normalize=normalize, limit=limit, n_images=len(samples),
                      layers=selection, wall_time_s=round(time.perf_counter() - t0, 2),
-                     timing=timing)
+                     timing=timing, by=list(by_columns(by)))
     return summary
 
 
@@ -429,8 +463,9 @@ def _record_cam_choice(run_dir: Path, selection) -> None:
 
 
 def _sanity(run_dir, selection, samples, size, cache, normalize, k: int = 64,
-            n_boot: int = 1000, seed: int = 0, cascade: bool = True):
-    """Adebayo et al. (2018) on the chosen layers: full and cascading randomisation."""
+            n_boot: int = 1000, seed: int = 0, cascade: bool = True, root=None):
+    """Adebayo et al. (2018) on the chosen layers: full and cascading randomisation
+    (heatmaps read from ``root``, default the run folder)."""
     from dermcam.sanity import model_randomisation
     from dermcam.training import load_checkpoint
 
@@ -442,7 +477,8 @@ def _sanity(run_dir, selection, samples, size, cache, normalize, k: int = 64,
         name, method, lay = sel["model"], sel["method"], sel["layer"]
         if name not in models:
             models[name] = load_checkpoint(Path(run_dir) / "models" / name / "model.pt")[0]
-        trained = _heatmaps_in_order(run_dir, name, method, lay, [s.image_id for s in chunk])
+        trained = _heatmaps_in_order(root or run_dir, name, method, lay,
+                                     [s.image_id for s in chunk])
         targets = trained["targets"]
         res = model_randomisation(models[name], lay, method, x, targets, trained["heatmaps"],
                                   size, normalize=normalize, seed=seed, cascade=cascade,
@@ -494,19 +530,30 @@ def cluster_name(ds) -> str:
 
 def score_run(run_dir: str | Path, selection: list[dict] | None = None,
               sanity: dict | None = None, n_boot: int = 1000, figures: bool = True,
-              extra: dict | None = None, margin: float = 0.02) -> dict[str, Any]:
+              extra: dict | None = None, margin: float = 0.02, by=(),
+              min_group: int | None = None) -> dict[str, Any]:
     """Score saved heatmap batches against their masks; write attention.csv, summary, figures.
 
     ``selection``: ``[{model, method, layer}]`` to score (default: what the last explain
-    run recorded in the manifest).
+    run recorded in the manifest). ``by``, ``min_group``: the summary by subgroup (see
+    :func:`run_explain`).
     """
-    from dermcam import leakage as lk
-    from dermcam.data.cache import ImageCache
-
     run_dir = Path(run_dir)
     manifest = runmod.read_manifest(run_dir, require="train")
     selection = selection or _selection(run_dir, manifest)
     ds, samples = _explain_samples(manifest, None)
+    return _score(run_dir, manifest, run_dir, ds, samples, selection, sanity, n_boot,
+                  figures, extra, margin, by, min_group)
+
+
+def _score(run_dir: Path, manifest, root: Path, ds, samples, selection, sanity, n_boot: int,
+           figures: bool, extra: dict | None, margin: float, by=(),
+           min_group: int | None = None) -> dict[str, Any]:
+    """:func:`score_run` on ``samples`` of ``ds`` whose heatmaps lie under ``root`` (the
+    run folder, or an external set's folder); writes there."""
+    from dermcam import leakage as lk
+    from dermcam.data.cache import ImageCache
+
     by_id = {s.image_id: s for s in samples}
     size = manifest["config"]["image_size"]
     cache = ImageCache(manifest["config"].get("cache_dir"))
@@ -520,7 +567,7 @@ def score_run(run_dir: str | Path, selection: list[dict] | None = None,
     metric_seconds = 0.0
     for sel in selection:
         name, method, layer = sel["model"], sel["method"], sel["layer"]
-        folder = heatmap_dir(run_dir, name, method, layer)
+        folder = heatmap_dir(root, name, method, layer)
         files = sorted(folder.glob("batch_*.npz"))
         if not files:
             raise DermcamError(f"no saved heatmaps for {name}/{method} at {layer}; run "
@@ -570,18 +617,24 @@ def score_run(run_dir: str | Path, selection: list[dict] | None = None,
     att = pd.concat(frames, ignore_index=True)
     att = att.drop_duplicates(["image_id", "model", "method"], keep="last")
     att = att.sort_values(["model", "method", "image_id"], kind="stable").reset_index(drop=True)
+    if by:  # the --by columns (ita from the image), one value per image
+        from dermcam.external import image_columns
+
+        cols = image_columns(ds, [by_id[i] for i in att["image_id"].unique()], cache, size, by)
+        att = att.merge(cols[[c for c in cols.columns if c == "image_id"
+                              or c not in att.columns]], on="image_id", how="left")
     float_cols = att.select_dtypes("float").columns
     att[float_cols] = att[float_cols].round(6)
-    write_csv(run_dir / "attention.csv", att)
+    write_csv(root / "attention.csv", att)
     summary = summarise_attention(att, manifest, sanity or {}, n_boot=n_boot,
                                   seed=manifest["seed"], margin=margin,
-                                  cluster_name=cluster_name(ds))
+                                  cluster_name=cluster_name(ds), by=by, min_group=min_group)
     if extra:
         summary.update(extra)
     summary.setdefault("timing", {})["metric_seconds"] = round(metric_seconds, 3)
-    write_json(run_dir / "attention_summary.json", summary)
+    write_json(root / "attention_summary.json", summary)
     if figures:
-        attention_figures(run_dir, att, manifest)
+        attention_figures(root, att, manifest, samples=samples)
     return summary
 
 
@@ -593,6 +646,10 @@ SUMMARY_METRICS = ("leakage", "inside_score", "outside_score", "lesion_area", "c
 #: Metrics the class comparison, the size-confound model and the missingness analysis
 #: run on.
 TEST_METRICS = ("leakage", "excess_leakage", "pixel_auroc")
+
+#: The scores of the attention summary by subgroup (``--by``) and their titles.
+SUBGROUP_TITLES = {"leakage": "leakage", "excess_leakage": "excess leakage",
+                   "pixel_auroc": "pixel AUROC"}
 
 #: Multiplicity families of the attention summary: name -> (method, what it holds).
 ATTENTION_FAMILIES = {
@@ -609,7 +666,8 @@ ATTENTION_FAMILIES = {
 
 
 def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, seed: int,
-                        margin: float = 0.02, cluster_name: str = "group") -> dict[str, Any]:
+                        margin: float = 0.02, cluster_name: str = "group", by=(),
+                        min_group: int | None = None) -> dict[str, Any]:
     """attention_summary.json from attention.csv rows (see README, "Attention analysis").
 
     ``margin``: TOST equivalence margin of the size-confound models. Images that share a
@@ -617,6 +675,11 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
     every bootstrap CI of the per-class summaries; ``resampling`` says which was used.
     Every p-value is kept raw beside its adjusted value (``p_adjusted``, within the
     families of :data:`ATTENTION_FAMILIES`, Benjamini-Hochberg).
+
+    ``by``: columns of ``att`` (metadata, ``ita``) to summarise by subgroup
+    (``subgroups``: per model x method and group, leakage, excess leakage and pixel AUROC
+    means with CIs and n, and a Kruskal-Wallis test per metric, Holm over columns and
+    models x methods; :func:`dermcam.subgroups.subgroup_summary_analyses`).
     """
     from dermcam import leakage as lk
     from dermcam.localisation import artifact_ratios, uniform_guard
@@ -709,7 +772,17 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
                                    f"{res['adjust_method']}-adjusted "
                                    f"{lk._fmt_p(res['p_adjusted'])}.")
     reasons = att.loc[att["reason"] != "", "reason"].value_counts().to_dict()
-    return {"schema_version": 1, "n_images": int(att["image_id"].nunique()),
+    extra: dict[str, Any] = {}
+    if by:
+        from dermcam.external import by_names
+        from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
+
+        extra["subgroups"] = subgroup_summary_analyses(
+            att, by_names(by), list(SUBGROUP_TITLES), ("model", "method"), n_boot=n_boot,
+            seed=seed,
+            min_group=MIN_GROUP if min_group is None else int(min_group),
+            cluster_col=cluster_col, what="models x methods")
+    return {**extra, "schema_version": 1, "n_images": int(att["image_id"].nunique()),
             "models": sorted(att["model"].unique().tolist()),
             "methods": sorted(att["method"].unique().tolist()),
             "target": target, "equivalence_margin": margin, "resampling": resampling,
@@ -742,7 +815,11 @@ def _adjust_families(members: dict[str, list[dict]], adjust, names) -> dict[str,
     return out
 
 
-def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: int = 3) -> None:
+def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: int = 3,
+                      samples=None) -> None:
+    """The attention figures into ``run_dir/figures`` (``run_dir``: the run folder, or an
+    external set's folder holding its heatmaps; ``samples``: the images scored, default
+    the run's test split)."""
     from dermcam import attention_plots as ap
     from dermcam import leakage as lk
     from dermcam.data import load_dataset
@@ -750,8 +827,9 @@ def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: in
 
     figs = run_dir / "figures"
     size = manifest["config"]["image_size"]
-    ds = load_dataset(manifest["data"]["root"])
-    by_id = {s.image_id: s for s in ds.split("test")}
+    if samples is None:
+        samples = load_dataset(manifest["data"]["root"]).split("test")
+    by_id = {s.image_id: s for s in samples}
     cache = ImageCache(manifest["config"].get("cache_dir"))
     first_method = sorted(att["method"].unique())[0]
     for model, g in att.groupby("model"):

@@ -1,5 +1,6 @@
-"""External validation (``dermcam evaluate RUN --data OTHER``) and the per-image columns
-every evaluation records (skin tone, ``--by`` metadata).
+"""External validation (``dermcam evaluate RUN --data OTHER``, also ``explain`` and
+``probe``) and the per-image columns every evaluation records (skin tone, ``--by``
+metadata).
 
 A run's models score another data set of any supported layout, with the thresholds
 chosen on the training data's validation split, into ``RUN/external/<name>/``
@@ -14,6 +15,11 @@ manifest as stage ``external:<name>``. Which images are scored:
 Images that also occur in the run's own data (training and test) are flagged, by file
 content (SHA-256) or as near-duplicates (:mod:`dermcam.duplicates`), and left out with
 ``exclude_duplicates``.
+
+``explain --data`` and ``probe --data`` audit the same images (those with a lesion mask)
+into the same folder (``attention.csv``, ``attention_summary.json``, ``probe.csv``,
+``probe_summary.json``, their figures), with the run's thresholds and CAM choice, recorded
+as stages ``external:<name>/explain`` and ``external:<name>/probe``.
 """
 
 from __future__ import annotations
@@ -78,16 +84,9 @@ def annotate_predictions(preds: pd.DataFrame, ds, samples, split, by=()) -> pd.D
     or why it is undefined).
     """
     from dermcam.data.metadata import metadata_table
-    from dermcam.skin import ita_category, ita_with_reason
+    from dermcam.skin import ita_category
 
-    angle, source = {}, {}
-    for s in samples:
-        item = split.cache.get(s, split.size)
-        a, why = ita_with_reason(item["image"], item["mask"])
-        angle[s.image_id] = round(a, 2) if np.isfinite(a) else np.nan
-        source[s.image_id] = (f"undefined: {why}" if why else
-                              "outside lesion mask" if item["mask"] is not None else
-                              "whole image (no mask)")
+    angle, source = _ita(samples, split.cache, split.size)
     out = preds.copy()
     out["ita"] = out["image_id"].map(angle)
     out["ita_category"] = out["ita"].map(ita_category)
@@ -101,14 +100,59 @@ def annotate_predictions(preds: pd.DataFrame, ds, samples, split, by=()) -> pd.D
     return out
 
 
+def _ita(samples, cache, size: int) -> tuple[dict[str, float], dict[str, str]]:
+    """``({image_id: ITA in degrees or NaN}, {image_id: where it was measured})``."""
+    from dermcam.skin import ita_with_reason
+
+    angle, source = {}, {}
+    for s in samples:
+        item = cache.get(s, size)
+        a, why = ita_with_reason(item["image"], item["mask"])
+        angle[s.image_id] = round(a, 2) if np.isfinite(a) else np.nan
+        source[s.image_id] = (f"undefined: {why}" if why else
+                              "outside lesion mask" if item["mask"] is not None else
+                              "whole image (no mask)")
+    return angle, source
+
+
+def by_names(by) -> list[str]:
+    """The ``--by`` columns as analysed: ``ita_category`` is served by ``ita`` (binned into
+    its categories), each name once."""
+    return list(dict.fromkeys("ita" if c in SKIN_COLUMNS else c for c in by_columns(by)))
+
+
+def image_columns(ds, samples, cache, size: int, by) -> pd.DataFrame:
+    """One row per sample: ``image_id`` and each ``--by`` column (:func:`by_names`), for
+    the attention and probe summaries; ``ita`` is estimated from the cached image at the
+    run's ``size`` as for evaluate (``ita_source`` beside it)."""
+    from dermcam.data.metadata import metadata_table
+
+    check_by(ds, by)
+    ids = [s.image_id for s in samples]
+    out = pd.DataFrame({"image_id": ids})
+    cols = by_names(by)
+    if "ita" in cols:
+        angle, source = _ita(samples, cache, size)
+        out["ita"] = out["image_id"].map(angle)
+        out["ita_source"] = out["image_id"].map(source)
+    meta = metadata_table(ds)
+    for c in cols:
+        if c == "ita":
+            continue
+        if c == "group":
+            out[c] = [s.group for s in samples]
+        else:
+            out[c] = out["image_id"].map(meta[c]) if meta is not None else np.nan
+    return out
+
+
 def subgroups_for(preds: pd.DataFrame, by, thresholds: dict[str, float], n_boot: int,
                   seed: int, min_group: int | None = None) -> dict[str, Any]:
     """``metrics.json["subgroups"]``: :func:`dermcam.subgroups.subgroup_analyses` over the
     ``by`` columns (``ita_category`` is served by ``ita``, binned into its categories)."""
     from dermcam.subgroups import MIN_GROUP, subgroup_analyses
 
-    cols = list(dict.fromkeys("ita" if c in SKIN_COLUMNS else c for c in by_columns(by)))
-    return subgroup_analyses(preds, cols, thresholds, n_boot=n_boot, seed=seed,
+    return subgroup_analyses(preds, by_names(by), thresholds, n_boot=n_boot, seed=seed,
                              min_group=MIN_GROUP if min_group is None else min_group)
 
 
@@ -133,6 +177,32 @@ def external_samples(ds) -> tuple[list, str]:
         if "split" in header and ds.split("train") and ds.split("test"):
             return ds.split("test"), "its test split (split column)"
     return list(ds.samples), "every image (no official split)"
+
+
+def stage_key(name: str, stage: str) -> str:
+    """The manifest key of ``explain`` or ``probe`` on external set ``name``:
+    ``external:<name>/<stage>`` (names never hold ``/``; ``external:<name>`` alone is
+    evaluate's)."""
+    return f"external:{name}/{stage}"
+
+
+def load_external(data: str | Path, name: str | None = None,
+                  artifacts: str | Path | None = None, what: str = "attention leakage"
+                  ) -> tuple[Any, list, str, str]:
+    """``(data set, its masked samples to audit, which images, folder name)`` for
+    ``explain --data`` and ``probe --data``: the images :func:`external_samples` scores,
+    those with a lesion mask; refused in one line when none has one. ``artifacts``: a
+    per-image artifact label file joined to the external set."""
+    from dermcam.data import load_dataset
+
+    ds = load_dataset(data, artifacts=artifacts)
+    name = safe_name(name or Path(data).resolve().name)
+    samples, which = external_samples(ds)
+    masked = [s for s in samples if s.mask_path is not None]
+    if not masked:
+        raise DermcamError(f"the external set has no lesion masks among the {len(samples)} "
+                           f"images scored ({which}): {what} needs them", ds.root)
+    return ds, masked, which, name
 
 
 def _hashes(samples, split) -> list[tuple[str, str, int]]:
@@ -256,9 +326,22 @@ def external_sets(run_dir: str | Path, manifest: dict[str, Any] | None = None
     manifest = manifest or runmod.read_manifest(run_dir)
     out = []
     for key, entry in sorted((manifest.get("stages") or {}).items()):
-        if key.startswith("external:") and isinstance(entry, dict):
+        if key.startswith("external:") and "/" not in key and isinstance(entry, dict):
             name = key.split(":", 1)[1]
             out.append((name, run_dir / "external" / name, entry))
+    return out
+
+
+def external_audits(run_dir: str | Path, manifest: dict[str, Any] | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """``{name: {"explain": stage entry, "probe": stage entry}}`` of every external set
+    that ``explain --data`` or ``probe --data`` ran on (each stage only where it ran)."""
+    manifest = manifest or runmod.read_manifest(run_dir)
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in sorted((manifest.get("stages") or {}).items()):
+        if key.startswith("external:") and "/" in key and isinstance(entry, dict):
+            name, stage = key.split(":", 1)[1].split("/", 1)
+            out.setdefault(name, {})[stage] = entry
     return out
 
 

@@ -25,9 +25,11 @@ every model scores them in batches. Pure functions here change only the pixels t
 name (tested bit for bit); :func:`run_probe` is the stage over a run folder: resumable
 per batch (``RUN_DIR/probe/batch_<start>.csv``), then ``probe.csv`` (one row per image x
 model x probe x artifact x placement, with the intact and perturbed probability),
-``probe_summary.json`` (a list of entries, one per model x probe [x artifact]) and
+``probe_summary.json`` (``entries``: one per model x probe [x artifact]; with ``--by``
+also ``subgroups``; where images carry artifact labels also ``artifact_presence``) and
 figures. :func:`sentences` turns the entries into the plain sentences the CLI and the
-report print.
+report print. ``run_probe(data=OTHER)`` probes another data set's masked images into
+``RUN/external/<name>/`` with the run's thresholds.
 
 Caveats the outputs repeat: inpainting leaves traces a model may react to; a changed
 prediction shows reliance, an unchanged one does not prove its absence.
@@ -67,6 +69,9 @@ INPAINT_METHODS = ("telea", "ns")
 PROBE_DIR = "probe"
 PROBE_CSV = "probe.csv"
 PROBE_SUMMARY = "probe_summary.json"
+#: probe_summary.json's layout: 2 = ``{"entries", "subgroups", "artifact_presence"}`` (1 was
+#: the bare list of entries, still read).
+SUMMARY_SCHEMA = 2
 #: Inpainting neighbourhood radius in pixels.
 INPAINT_RADIUS = 3.0
 #: The dilated lesion's margin, as a fraction of the image side (at least one pixel).
@@ -409,14 +414,26 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
               seed: int | None = None, limit: int | None = None, batch_size: int = 32,
               inpaint_method: str = "telea", dilate: float = DILATE_FRACTION,
               n_boot: int = 1000, progress=None, figures: bool = True, workers: int | None = None,
-              device: str = "cpu") -> list[dict[str, Any]]:
+              device: str = "cpu", data: str | Path | None = None, name: str | None = None,
+              by=(), min_group: int | None = None,
+              artifact_labels: str | Path | None = None) -> list[dict[str, Any]]:
     """Run the probes on every trained model and every masked test image; write the outputs.
 
     Resumes per batch of ``batch_size`` images when the same configuration ran before
-    (another configuration starts over). Returns the ``probe_summary.json`` entries.
+    (another configuration starts over). Returns the ``probe_summary.json`` entries
+    (:func:`read_summary_object` reads the whole summary).
+
+    ``data``: probe another data set's masked images instead (those
+    :func:`dermcam.external.external_samples` picks) into ``RUN/external/<name>/``, stage
+    ``external:<name>/probe``, at the run's thresholds; ``artifact_labels``: a label file
+    joined to that set. ``by``: columns (metadata, ``ita``) for the summary by subgroup,
+    groups under ``min_group`` images too few to estimate. Where the images carry artifact
+    flags (``artifact_<name>`` metadata: the synthetic benchmark's, or joined labels), the
+    lesion and background removal are also split by each artifact's presence.
     """
     import shutil
 
+    from dermcam.external import by_columns
     from dermcam.pipeline import load_test_split, trained_models
 
     run_dir = Path(run_dir)
@@ -430,14 +447,29 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
     if not names:
         raise DermcamError("no trained model in this run; finish 'dermcam train' first", run_dir)
     t0 = time.perf_counter()
-    ds, all_samples, split = load_test_split(manifest, limit=limit)
+    if data is not None:
+        from dermcam.external import stage_key
+
+        ds, all_samples, split, name = _external_split(manifest, data, name, limit,
+                                                       artifact_labels)
+        root, stage = run_dir / "external" / name, stage_key(name, "probe")
+        explain_stage = stage_key(name, "explain")
+    else:
+        ds, all_samples, split = load_test_split(manifest, limit=limit)
+        root, stage, explain_stage = run_dir, "probe", "explain"
     cache, size = split.cache, split.size
-    prev = manifest.get("stages", {}).get(PROBE_DIR, {})
+    if by:
+        from dermcam.external import check_by
+
+        check_by(ds, by)
+    prev = manifest.get("stages", {}).get(stage, {})
     if prev.get("config_key") != cfg.key() or prev.get("limit") != limit or \
             prev.get("batch_size") != batch_size:
-        shutil.rmtree(run_dir / PROBE_DIR, ignore_errors=True)
-    runmod.set_stage(run_dir, "probe", "running", config=asdict(cfg), config_key=cfg.key(),
-                     limit=limit, batch_size=batch_size)
+        shutil.rmtree(root / PROBE_DIR, ignore_errors=True)
+    where = {} if data is None else {"data": str(Path(ds.root).resolve()),
+                                     "folder": f"external/{name}"}
+    runmod.set_stage(run_dir, stage, "running", config=asdict(cfg), config_key=cfg.key(),
+                     limit=limit, batch_size=batch_size, **where)
     samples, skipped = [], []
     for s in all_samples:
         why = "no lesion mask" if s.mask_path is None else None
@@ -451,7 +483,7 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for k, start in enumerate(starts):
-                path = _batch_path(run_dir, start)
+                path = _batch_path(root, start)
                 chunk = samples[start:start + batch_size]
                 if path.exists():
                     rows = read_rows(path)
@@ -482,22 +514,40 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
                 if progress:
                     progress(k + 1, len(starts))
     except BaseException as exc:  # Ctrl-C too: the batches on disk resume next time
-        runmod.set_stage(run_dir, "probe", "failed",
+        runmod.set_stage(run_dir, stage, "failed",
                          error=(str(exc) or type(exc).__name__)[:500])
         raise
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CSV_COLUMNS)
     df = df[CSV_COLUMNS].sort_values(["model", "image_id", "probe", "artifact", "placement"],
                                      kind="stable").reset_index(drop=True)
     if df.empty:
-        runmod.set_stage(run_dir, "probe", "failed", error="no test image could be probed")
+        runmod.set_stage(run_dir, stage, "failed", error="no test image could be probed")
         raise DermcamError("no test image could be probed (the probes need lesion masks): "
                            f"{len(skipped)} skipped", ds.root)
-    write_csv(run_dir / PROBE_CSV, df)
-    attention = _attention_for_tracking(run_dir, manifest)
+    write_csv(root / PROBE_CSV, df)
+    attention = _attention_for_tracking(root, manifest.get("stages", {}).get(explain_stage))
     entries = summarise(df, cfg, n_boot=n_boot, seed=seed, attention=attention)
-    write_json(run_dir / PROBE_SUMMARY, entries)
+    summary: dict[str, Any] = {"schema_version": SUMMARY_SCHEMA, "entries": entries}
+    probed_ids = set(df["image_id"])
+    probed = [s for s in samples if s.image_id in probed_ids]
+    if by:
+        from dermcam.external import image_columns
+
+        summary["subgroups"] = probe_subgroups(
+            df, image_columns(ds, probed, cache, size, by), by, n_boot=n_boot, seed=seed,
+            min_group=min_group)
+    flags = artifact_flags(ds, probed)
+    if flags is not None:
+        summary["artifact_presence"] = artifact_presence(df, flags, n_boot=n_boot, seed=seed)
+    if data is not None:
+        summary["external"] = {
+            "name": name, "data": ds.name, "root": str(Path(ds.root).resolve()),
+            "layout": ds.layout, "thresholds": "each model's threshold chosen on the "
+                                               "training data's validation split",
+            "trained_on": manifest.get("data", {}).get("name")}
+    write_json(root / PROBE_SUMMARY, summary)
     if figures:
-        _figures(run_dir, df, entries, samples, cache, size, cfg)
+        _figures(run_dir, df, entries, samples, cache, size, cfg, root=root)
     n_rows = int(len(df) / max(1, len(names)))
     n_images = int(df["image_id"].nunique())
     scored = timing["images_scored"]
@@ -509,21 +559,39 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
         if timing["predict_seconds"] > 0 else None,
         "probed_images_per_second": round(n_images / (time.perf_counter() - t0), 2),
         "wall_seconds": round(time.perf_counter() - t0, 2)})
-    runmod.set_stage(run_dir, "probe", "complete", config=asdict(cfg), config_key=cfg.key(),
+    runmod.set_stage(run_dir, stage, "complete", config=asdict(cfg), config_key=cfg.key(),
                      limit=limit, batch_size=batch_size, n_images=n_images,
                      rows_per_model=n_rows, skipped=skipped,
                      inpaint=f"OpenCV {cfg.inpaint}", timing=timing,
-                     wall_time_s=round(time.perf_counter() - t0, 2))
+                     wall_time_s=round(time.perf_counter() - t0, 2), by=list(by_columns(by)),
+                     artifact_presence=sorted({r["artifact"] for r in
+                                               summary.get("artifact_presence", [])}))
     if skipped:
         log.warning("%d test image(s) skipped by the probes, e.g. %s: %s", len(skipped),
                     skipped[0]["image_id"], skipped[0]["reason"])
     return entries
 
 
-def _attention_for_tracking(run_dir: Path, manifest) -> pd.DataFrame | None:
-    """attention.csv rows at each model's chosen method and layer (None without explain)."""
-    path = run_dir / "attention.csv"
-    st = manifest.get("stages", {}).get("explain", {})
+def _external_split(manifest, data, name, limit, artifact_labels):
+    """``(data set, masked samples, CachedSplit, folder name)`` of an external set."""
+    from dermcam.data.cache import ImageCache, warm_cache
+    from dermcam.external import load_external
+    from dermcam.training import CachedSplit
+
+    ds, samples, _, name = load_external(data, name, artifact_labels, what="the probes")
+    samples = samples[:limit] if limit else samples
+    size = manifest["config"]["image_size"]
+    cache = ImageCache(manifest["config"].get("cache_dir"))
+    if cache.enabled:
+        warm_cache(samples, size, cache)
+    return ds, samples, CachedSplit(samples, size, cache), name
+
+
+def _attention_for_tracking(root: Path, st: dict | None) -> pd.DataFrame | None:
+    """attention.csv rows under ``root`` at each model's chosen method and layer (``st``:
+    the explain stage's manifest entry; None without a complete explain)."""
+    path = root / "attention.csv"
+    st = st or {}
     if not path.exists() or st.get("status") != runmod.STATUS_COMPLETE:
         return None
     att = pd.read_csv(path, dtype={"image_id": str, "model": str, "method": str, "layer": str},
@@ -655,6 +723,142 @@ def summarise(df: pd.DataFrame, cfg: ProbeConfig | None = None, n_boot: int = 10
     order = {p: i for i, p in enumerate(PROBES)}
     entries.sort(key=lambda e: (str(e["model"]), order.get(e["probe"], 99), e["artifact"] or ""))
     return entries
+
+
+def per_image(df: pd.DataFrame) -> pd.DataFrame:
+    """``probe.csv`` rows -> one row per model x probe x artifact x image: ``delta`` (its
+    placements averaged), ``flip_rate`` (share of its placements whose decision at the
+    run's threshold changed, either way; 0 or 1 with one placement), ``label``,
+    ``prob_intact``, ``prob_perturbed`` (mean) and ``placements``."""
+    d = _normalise(df)
+    d = d.assign(flipped=(d["decision_perturbed"] != d["decision_intact"]).astype(float))
+    return d.groupby(["model", "probe", "artifact", "image_id"], sort=True).agg(
+        delta=("delta", "mean"), flip_rate=("flipped", "mean"), label=("label", "first"),
+        prob_intact=("prob_intact", "first"), prob_perturbed=("prob_perturbed", "mean"),
+        placements=("placement", "nunique")).reset_index()
+
+
+#: The per-image scores :func:`probe_subgroups` summarises per group, and their titles.
+SUBGROUP_TITLES = {"delta": "Δ P(malignant)", "flip_rate": "flip rate"}
+
+
+def probe_subgroups(df: pd.DataFrame, columns: pd.DataFrame, by, n_boot: int = 1000,
+                    seed: int = 0, min_group: int | None = None) -> dict[str, Any]:
+    """``probe_summary.json["subgroups"]``: per ``--by`` column, model x probe [x artifact]
+    and group, the mean change in malignant probability with a paired 95 % CI (bootstrap
+    over images of each image's perturbed minus intact probability) and the flip rate
+    (Wilson CI where each image has one decision, else a bootstrap over images), n
+    images, and Kruskal-Wallis across groups (Holm over columns and entries);
+    :func:`dermcam.subgroups.subgroup_summary_analyses`. ``columns``: ``image_id`` and
+    the ``by`` columns (:func:`dermcam.external.image_columns`)."""
+    from dermcam.external import by_names
+    from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
+
+    table = per_image(df).merge(columns, on="image_id", how="left")
+    out = subgroup_summary_analyses(
+        table, by_names(by), list(SUBGROUP_TITLES), ("model", "probe", "artifact"),
+        n_boot=n_boot, seed=seed, min_group=MIN_GROUP if min_group is None else int(min_group),
+        what="models x probes")
+    order = {p: i for i, p in enumerate(PROBES)}
+    for analysis in out.values():  # in the order the probes run, as the entries
+        analysis["entries"].sort(key=lambda e: (str(e["model"]), order.get(e["probe"], 99),
+                                                e["artifact"] or ""))
+    return out
+
+
+def artifact_flags(ds, samples) -> pd.DataFrame | None:
+    """``image_id`` and the 0/1 ``artifact_<name>`` metadata of ``samples`` (the synthetic
+    benchmark's ``metadata.csv`` or joined artifact labels), or None when there are none."""
+    from dermcam.data.artifact_labels import PREFIX
+    from dermcam.data.metadata import metadata_table
+
+    meta = metadata_table(ds)
+    cols = [c for c in (meta.columns if meta is not None else []) if c.startswith(PREFIX)]
+    if not cols:
+        return None
+    ids = [s.image_id for s in samples]
+    out = meta.reindex(ids)[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
+    out = out.loc[:, out.notna().any()]
+    return None if out.empty or not len(out.columns) else \
+        out.rename_axis("image_id").reset_index()
+
+
+def _auc_fast(y: np.ndarray, p_intact: np.ndarray, p_pert: np.ndarray, n_boot: int,
+              seed: int) -> dict[str, Any]:
+    """ROC AUC and AP of the perturbed and intact probabilities with stratified percentile
+    bootstrap CIs (the same resamples for all four, vectorised as evaluate does, matching
+    scikit-learn), and the DeLong p of the AUC change; NaN with ``auc_reason`` when the
+    images hold one class (or none)."""
+    from dermcam.evaluation import _batch_ranking_metrics
+    from dermcam.stats import delong_test, percentile_interval, resampling_weights
+
+    y = np.asarray(y, np.int64)
+    if np.unique(y).size < 2:
+        return {"auc": math.nan, "auc_intact": math.nan,
+                "auc_reason": "no images" if y.size == 0 else "the images are of one class"}
+    w = np.vstack([np.ones(y.size), resampling_weights(y, n_boot, seed, stratified=True)])
+    out: dict[str, Any] = {}
+    for suffix, p in (("", p_pert), ("_intact", p_intact)):
+        m = _batch_ranking_metrics(w, y, np.asarray(p, np.float64), 10)
+        for key, name in (("auc", "roc_auc"), ("ap", "average_precision")):
+            lo, hi = percentile_interval(m[name][1:], what=f"{key}{suffix}")
+            out.update({f"{key}{suffix}": float(m[name][0]), f"{key}{suffix}_ci_low": lo,
+                        f"{key}{suffix}_ci_high": hi})
+    out["auc_diff_p"] = delong_test(y, p_intact, p_pert).get("p")
+    return out
+
+
+def artifact_presence(df: pd.DataFrame, flags: pd.DataFrame, n_boot: int = 1000,
+                      seed: int = 0) -> list[dict[str, Any]]:
+    """Lesion and background removal on images with versus without each artifact.
+
+    ``flags``: ``image_id`` and 0/1 ``artifact_<name>`` columns (:func:`artifact_flags`;
+    an image whose flag is missing is on neither side). One record per model x removal
+    probe x artifact: ``with`` and ``without`` each hold ``n``, ``n_malignant``, the mean
+    change with its 95 % bootstrap CI (``delta_mean``, ``delta_ci_low``,
+    ``delta_ci_high``) and the ROC AUC and AP on those images, perturbed and intact, with
+    CIs (:func:`_auc_fast`); ``delta_diff`` (with - without) and ``delta_p``
+    (two-sided Mann-Whitney, :func:`dermcam.data.artifact_labels.split_by_presence`),
+    Holm-adjusted over all records (``delta_p_adjusted``).
+    """
+    from dermcam.data.artifact_labels import PREFIX, split_by_presence
+
+    cols = [c for c in flags.columns if c.startswith(PREFIX)]
+    pi = per_image(df)
+    pi = pi[pi["probe"].isin(("lesion_removed", "background_removed"))]
+    flags = flags.assign(**{c: pd.to_numeric(flags[c], errors="coerce").astype("float64")
+                            for c in cols})  # a missing flag (NA) becomes NaN
+    pi = pi.merge(flags[["image_id", *cols]], on="image_id", how="left")
+    rows: list[dict[str, Any]] = []
+    for (model, probe), g in pi.groupby(["model", "probe"], sort=True):
+        tests = {r["artifact"]: r for r in split_by_presence(g, cols, ("delta",))}
+        for col in cols:
+            art = col.removeprefix(PREFIX)
+            flag = g[col]
+            row: dict[str, Any] = {"model": model, "probe": probe, "artifact": art,
+                                   "delta_diff": tests[art]["diff"], "delta_p": tests[art]["p"],
+                                   "test": "Mann-Whitney of the per-image change, with vs "
+                                           "without"}
+            for side, sel in (("with", flag == 1), ("without", flag == 0)):
+                h = g[sel.to_numpy()]
+                y = h["label"].to_numpy(np.int64)
+                mean, lo, hi = _mean_ci(h["delta"].to_numpy(np.float64), n_boot, seed)
+                block: dict[str, Any] = {"n": int(len(h)), "n_malignant": int(y.sum()),
+                                         "delta_mean": mean, "delta_ci_low": lo,
+                                         "delta_ci_high": hi}
+                block.update(_auc_fast(y, h["prob_intact"].to_numpy(np.float64),
+                                       h["prob_perturbed"].to_numpy(np.float64), n_boot, seed))
+                row[side] = block
+            rows.append(row)
+    order = {p: i for i, p in enumerate(PROBES)}
+    rows.sort(key=lambda r: (str(r["model"]), order.get(r["probe"], 99), r["artifact"]))
+    from dermcam.stats import adjust_pvalues
+
+    adj = adjust_pvalues([r["delta_p"] for r in rows], "holm") if rows else []
+    for r, pa in zip(rows, adj):
+        r.update(delta_p_adjusted=float(pa), adjust_method="Holm",
+                 family="artifact presence: models x removal probes x artifacts")
+    return rows
 
 
 def _tracking(att: pd.DataFrame, model: str, per_img: pd.DataFrame, n_boot: int, seed: int
@@ -796,14 +1000,25 @@ def sentences(entries: Sequence[dict[str, Any]], displays: dict[str, str] | None
     return out
 
 
-def read_summary(run_dir: str | Path) -> list[dict[str, Any]] | None:
-    path = Path(run_dir) / PROBE_SUMMARY
+def read_summary_object(folder: str | Path) -> dict[str, Any] | None:
+    """The whole ``probe_summary.json`` in ``folder`` (a run or an external set's folder):
+    ``{"entries", ...}``; a summary written before schema 2 (a bare list of entries) is
+    read as its entries. None when there is none."""
+    path = Path(folder) / PROBE_SUMMARY
     if not path.exists():
         return None
     obj = read_json(path)
-    if not isinstance(obj, list):
-        raise DermcamError("probe_summary.json is not a list of entries", path)
+    if isinstance(obj, list):
+        return {"schema_version": 1, "entries": obj}
+    if not isinstance(obj, dict) or not isinstance(obj.get("entries"), list):
+        raise DermcamError("probe_summary.json holds no list of entries", path)
     return obj
+
+
+def read_summary(run_dir: str | Path) -> list[dict[str, Any]] | None:
+    """The entries of ``probe_summary.json`` in ``run_dir`` (None when there is none)."""
+    obj = read_summary_object(run_dir)
+    return None if obj is None else obj["entries"]
 
 
 def find(entries: Sequence[dict[str, Any]], model: str, probe: str,
@@ -907,12 +1122,12 @@ def build_examples_figure(examples: Sequence[tuple[str, int, list[Variant], np.n
 
 
 def _figures(run_dir: Path, df: pd.DataFrame, entries, samples, cache, size: int,
-             cfg: ProbeConfig) -> None:
+             cfg: ProbeConfig, root: Path | None = None) -> None:
     from dermcam.io import save_figure
 
     manifest = runmod.read_manifest(run_dir)
     displays = {k: v.get("display_name", k) for k, v in manifest.get("models", {}).items()}
-    figdir = run_dir / "figures"
+    figdir = (root or run_dir) / "figures"
     save_figure(build_delta_figure(df, displays), figdir / "probe_delta.png")
     if any(e["probe"] in ("lesion_removed", "background_removed") for e in entries):
         save_figure(build_auc_figure(entries, displays), figdir / "probe_auc.png")

@@ -1,8 +1,10 @@
 """The report's "External validation" and "Subgroups" sections.
 
 External sets are those the manifest records as ``external:<name>`` stages, each read
-from ``RUN/external/<name>/metrics.json``; subgroups come from ``metrics.json``'s
-``subgroups`` (internal test set) and each external set's.
+from ``RUN/external/<name>/metrics.json``, and ``external:<name>/explain`` and
+``external:<name>/probe`` stages, read from the same folder's ``attention_summary.json``
+and ``probe_summary.json``; subgroups come from ``metrics.json``'s ``subgroups``
+(internal test set) and each external set's.
 """
 
 from __future__ import annotations
@@ -44,15 +46,17 @@ def _externals(r) -> list[tuple[str, dict[str, Any] | None, str, Any]]:
 
 def section_external(r) -> str:
     """Internal and external test results side by side, with the duplicates found."""
-    from dermcam.external import SIDE_BY_SIDE, side_by_side
+    from dermcam.external import SIDE_BY_SIDE, external_audits, side_by_side
     from dermcam.report.html import RunFiles, _table, esc, fmt_ci, missing
 
     head = '<section id="external"><h2>External validation</h2>'
     sets = _externals(r)
-    if not sets:
+    audits = external_audits(r.dir, r.manifest)
+    if not sets and not audits:
         return (head + "<p>No external data set has been scored. Run <span class=\"mono\">"
                 f"dermcam evaluate {esc(r.dir)} --data OTHER</span> to test the models on "
-                "another data set.</p></section>")
+                "another data set (and explain / probe with the same --data to audit their "
+                "attention and behaviour there).</p></section>")
     out = [head, "<p>The run's models on other data sets, each model at the threshold it "
                  "chose on the training data's validation split; point estimate [95 % CI]. "
                  "The internal test set comes first.</p>"]
@@ -87,8 +91,109 @@ def section_external(r) -> str:
                    + RunFiles.figure(view, "roc_curves.png", f"ROC curves on {name}")
                    + RunFiles.figure(view, "reliability.png", f"Reliability on {name}")
                    + "</div>")
+    for name, stages in audits.items():
+        out.append(_audit_html(r, name, stages))
     out.append("</section>")
     return "\n".join(out)
+
+
+#: Attention scores shown side by side for the internal and external sets.
+_ATTENTION_SIDE = (("leakage", "Leakage"), ("excess_leakage", "Excess leakage"),
+                   ("pixel_auroc", "Pixel AUROC"))
+
+
+def _read(folder, file: str, stage: dict[str, Any] | None, name: str, kind: str):
+    """``(object or None, why missing)`` of one external audit file."""
+    from dermcam.io import read_json
+
+    if stage is None:
+        return None, ""
+    if stage.get("status") != "complete":
+        return None, (f"external set {name}: its {kind} stage is '{stage.get('status')}' "
+                      f"({stage.get('error', '')})")
+    try:
+        return read_json(folder / file), ""
+    except DermcamError as exc:
+        return None, f"external/{name}/{file}: {exc}"
+
+
+def _audit_html(r, name: str, stages: dict[str, Any]) -> str:
+    """Attention (``explain --data``) and probes (``probe --data``) on external set ``name``,
+    each beside the internal test set's."""
+    from dermcam import probe as pr
+    from dermcam.explain import SUBGROUP_TITLES
+    from dermcam.report.html import _table, esc, fmt_num, missing
+    from dermcam.report.subgroup_tables import (
+        attention_label,
+        presence_html,
+        probe_label,
+        summary_subgroups_html,
+    )
+
+    folder = r.dir / "external" / name
+    out = [f"<h3>Attention and probes on {esc(name)}</h3>"]
+    att, why = _read(folder, "attention_summary.json", stages.get("explain"), name,
+                     "explain")
+    if why:
+        out.append(missing(why))
+    if att is not None:
+        ext = att.get("external") or {}
+        out.append(f"<p>Heatmaps on {esc(ext.get('data'))} ({esc(ext.get('layout'))} layout), "
+                   f"{esc(ext.get('images'))}: {esc(att.get('n_images'))} images. Layers "
+                   f"{esc(ext.get('layers'))}; thresholds: {esc(ext.get('thresholds'))}. Mean "
+                   "[95 % CI] over images with a defined score.</p>")
+        rows = []
+        for set_name, summ in (("internal test", r.summary), (name, att)):
+            recs: dict[tuple, dict] = {}
+            for rec in (summ or {}).get("overall") or []:
+                recs.setdefault((rec.get("model"), rec.get("method")), {})[rec.get("metric")] = rec
+            for (model, method), ms in sorted(recs.items()):
+                n = (ms.get("leakage") or {}).get("n")
+                rows.append([esc(r.display(model)), esc(method), esc(set_name), esc(n)]
+                            + [_mean_ci(ms.get(k)) for k, _ in _ATTENTION_SIDE])
+        out.append(_table(["Model", "Method", "Test set", "Images",
+                           *[t for _, t in _ATTENTION_SIDE]], rows, numeric_from=3))
+        out.append(summary_subgroups_html(r, att.get("subgroups"), SUBGROUP_TITLES,
+                                          attention_label(r), f"external set {name}"))
+    prb, why = _read(folder, "probe_summary.json", stages.get("probe"), name, "probe")
+    if why:
+        out.append(missing(why))
+    if prb is not None:
+        entries = prb.get("entries", []) if isinstance(prb, dict) else prb
+        internal = []
+        try:
+            internal = pr.read_summary(r.dir) or []
+        except DermcamError:
+            pass
+        rows = []
+        for set_name, es in (("internal test", internal), (name, entries)):
+            for e in es:
+                if e.get("probe") not in ("lesion_removed", "background_removed"):
+                    continue
+                rows.append([esc(r.display(e.get("model"))),
+                             esc(pr.PROBE_TITLES.get(e["probe"])), esc(set_name), esc(e.get("n")),
+                             f'{fmt_num(e.get("delta_mean"))} <span class="ci">['
+                             f'{fmt_num(e.get("delta_ci_low"))}, '
+                             f'{fmt_num(e.get("delta_ci_high"))}]</span>',
+                             f'{fmt_num(e.get("auc"))} <span class="ci">['
+                             f'{fmt_num(e.get("auc_ci_low"))}, {fmt_num(e.get("auc_ci_high"))}'
+                             f']</span> (intact {fmt_num(e.get("auc_intact"))})'])
+        out.append("<p>Behavioural probes on the same images, at the run's thresholds "
+                   f"({len(entries)} entries in external/{esc(name)}/probe_summary.json); "
+                   "the removal probes beside the internal test set's:</p>")
+        out.append(_table(["Model", "Probe", "Test set", "Images", "Δ P(malignant) [95 % CI]",
+                           "ROC AUC [95 % CI]"], rows, numeric_from=3))
+        if isinstance(prb, dict):
+            out.append(presence_html(r, prb.get("artifact_presence")))
+            out.append(summary_subgroups_html(r, prb.get("subgroups"), pr.SUBGROUP_TITLES,
+                                              probe_label(r), f"external set {name}"))
+    return "\n".join(out)
+
+
+def _mean_ci(rec: Any) -> str:
+    from dermcam.report.html import fmt_ci
+
+    return fmt_ci(rec, value_key="mean", lo_key="ci_low", hi_key="ci_high")
 
 
 def _subgroup_html(r, analysis: dict[str, Any], set_name: str) -> str:

@@ -860,6 +860,16 @@ def section_attention(r: RunFiles) -> str:
                                "per-pixel artifact maps, which only the synthetic benchmark "
                                "provides)"))
 
+        from dermcam.explain import SUBGROUP_TITLES
+        from dermcam.report.subgroup_tables import attention_label, summary_subgroups_html
+
+        out.append("<h3>By subgroup</h3>")
+        out.append(summary_subgroups_html(r, s.get("subgroups"), SUBGROUP_TITLES,
+                                          attention_label(r), "internal test set")
+                   or '<p class="note">No subgroup analysis of the attention: <span '
+                      f'class="mono">dermcam explain {esc(r.dir)} --by COLUMN</span> adds one '
+                      "(any metadata column, or ita).</p>")
+
     out.append("<h3>Undefined scores</h3>")
     out.append(_undefined_html(r))
     out.append("</section>")

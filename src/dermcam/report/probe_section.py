@@ -1,4 +1,5 @@
-"""The report's "Behavioural probes" section, built from ``probe_summary.json``."""
+"""The report's "Behavioural probes" section, built from ``probe_summary.json`` (entries,
+and where present the split by artifact presence and by subgroup)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ def section_probe(r) -> str:
 
     head = '<section id="probe"><h2>Behavioural probes</h2>'
     try:
-        entries = pr.read_summary(r.dir)
+        summary = pr.read_summary_object(r.dir)
     except DermcamError as exc:
         return head + missing(f"probe_summary.json could not be read ({exc})") + "</section>"
-    if entries is None:
+    if summary is None:
         return head + missing(r.absent_reason("probe_summary.json", "probe")) + "</section>"
+    entries = summary["entries"]
     out = [head, r.stale_note("probe"),
            "<p>Each test image is changed and the model's malignant probability watched: the "
            "lesion inpainted away (OpenCV), the background replaced by flat skin, artifacts "
@@ -63,6 +65,17 @@ def section_probe(r) -> str:
         out.append(_table(["Probe", "Images", "Δ P(malignant) [95 % CI]", "Δ benign",
                            "Δ malignant", "Flips benign→malignant", "Flips malignant→benign",
                            "ROC AUC [95 % CI]", "Change"], rows, numeric_from=1))
+    from dermcam.report.subgroup_tables import presence_html, probe_label, summary_subgroups_html
+
+    out.append(presence_html(r, summary.get("artifact_presence")))
+    sub = summary_subgroups_html(r, summary.get("subgroups"), pr.SUBGROUP_TITLES,
+                                 probe_label(r), "internal test set")
+    if sub:
+        out.append("<h3>By subgroup</h3>"
+                   '<p class="note">Δ: mean change in malignant probability with a paired 95 % '
+                   "bootstrap CI over images; flip rate: share of decisions at the run's "
+                   "threshold that change either way (Wilson CI where each image has one "
+                   "decision, else a bootstrap over images).</p>" + sub)
     out.append(r.figure("probe_auc.png", "ROC AUC on intact images, with the lesion removed "
                                          "and with the background removed (95 % CIs; dashed: "
                                          "chance)."))
