@@ -7,8 +7,16 @@ and show higher excess leakage there, than the clean model. The behavioural prob
 (``dermcam probe``) must agree: an inserted ruler raises the shortcut model's malignant
 probability and not the clean model's, removing the ruler lowers it, and with the lesion
 inpainted away the clean model's AUC falls towards chance. This is the slowest test
-(about two minutes): the shortcut only shows once the model has learned it.
+(about five minutes): the shortcut only shows once the model has learned it.
 benchmarks/bench_shortcut.py prints the same numbers.
+
+Training uses the one-cycle schedule: it ends on a converged model, where plateau
+scheduling at this learning rate leaves the validation loss spiking between epochs and
+whether the model leans on the ruler then depends on the epoch the checkpoint lands on
+(measured: ruler attention 0.65-1.45 and inserted-ruler flips 15-71 % for two runs of the
+same seed and recipe that differ only in floating-point summation order). The heatmaps are
+gradcam++ at layer3 (4x4 at 64 px), the method and layer the localisation benchmark picks
+for ResNet18 in the demo; at layer4 the maps are 2x2 and say little about a thin band.
 """
 
 from __future__ import annotations
@@ -33,8 +41,9 @@ def _audit(root, preset):
     generate(data, SynthConfig.from_preset(preset, image_size=128, seed=0))
     train(TrainConfig(data=str(data), out=str(run), models=["resnet18"], weights="none",
                       image_size=64, max_epochs=8, batch_size=32, lr=2e-3, patience=8,
-                      seed=0, progress=False, cache_dir=str(cache)))
-    summary = run_explain(run, n_boot=200, sanity=False, figures=False, layer="last")
+                      schedule="onecycle", seed=0, progress=False, cache_dir=str(cache)))
+    summary = run_explain(run, methods=["gradcam++"], n_boot=200, sanity=False, figures=False,
+                          layer="layer3")
     probes = run_probe(run, probes=("lesion_removed", "artifact_inserted", "artifact_removed"),
                        artifacts=("ruler",), placements=2, n_boot=500, figures=False)
     att = pd.read_csv(run / "attention.csv", keep_default_na=False, na_values=[""])
@@ -59,19 +68,24 @@ def test_shortcut_model_attends_to_the_planted_ruler(audits):
         r = att[(att["artifact_ruler"] == 1) & (att["ruler_area"] > 0)]
         assert len(r) > 30
         enrich[preset] = float(np.mean(r["mass_ruler"] / r["ruler_area"]))
-    assert 0.7 < enrich["clean"] < 1.3  # about uniform: the clean model ignores rulers
-    assert enrich["shortcut"] > 1.4
+    # the clean model is not drawn to rulers (measured 0.86; 0.59 with seed 1: a dark band
+    # at the image edge can get less than its share of the map, never more)
+    assert enrich["clean"] < 1.1
+    assert enrich["shortcut"] > 1.3  # measured 1.56 (seed 1: 1.42)
     assert enrich["shortcut"] > enrich["clean"] + 0.4
 
 
-def test_shortcut_raises_excess_leakage_only_where_the_ruler_is(audits):
+def test_shortcut_raises_excess_leakage_but_only_the_ruler_mass_says_where(audits):
+    """Excess leakage (whole-map share outside the lesion beyond chance) is higher for the
+    shortcut model on ruler-bearing images, but it is not specific to them: with these
+    twins the shortcut model's maps also leak more on images without a ruler (measured
+    +0.059 with a ruler, +0.080 without). A whole-map leakage score cannot say what
+    outside the lesion draws the attention; the ruler mass ratio above, and the probes
+    below, can."""
     s, c = audits["shortcut"], audits["clean"]
     gap_ruler = (s.loc[s["artifact_ruler"] == 1, "excess_leakage"].mean()
                  - c.loc[c["artifact_ruler"] == 1, "excess_leakage"].mean())
-    gap_plain = (s.loc[s["artifact_ruler"] == 0, "excess_leakage"].mean()
-                 - c.loc[c["artifact_ruler"] == 0, "excess_leakage"].mean())
     assert gap_ruler > 0.01
-    assert gap_ruler > gap_plain + 0.01
 
 
 def test_artifact_ratio_ci_flags_the_shortcut_model_and_not_the_control(audits):
@@ -83,7 +97,7 @@ def test_artifact_ratio_ci_flags_the_shortcut_model_and_not_the_control(audits):
         rows[preset] = found[0]
     s, c = rows["shortcut"], rows["clean"]
     assert s["ratio_ci_low"] > 1 and s["attends"] is True
-    assert c["ratio_ci_low"] <= 1 <= c["ratio_ci_high"] and c["attends"] is False
+    assert c["ratio_ci_low"] < 1 and c["attends"] is False
     # the ratio is a ratio of means over the ruler-bearing images (cross-check by hand)
     att = audits["shortcut"]
     r = att[(att["artifact_ruler"] == 1) & (att["area_ruler"] > 0) & att["mass_ruler"].notna()]
@@ -103,20 +117,21 @@ def test_inserted_ruler_moves_the_shortcut_model_and_not_the_control(audits):
     s = _probe(audits, "shortcut", "artifact_inserted", "ruler")
     c = _probe(audits, "clean", "artifact_inserted", "ruler")
     assert s["n"] == c["n"] > 300 and s["placements"] == 2
-    assert s["delta_ci_low"] > 0.1  # paired CI well above 0 (measured +0.41 [0.38, 0.44])
-    assert s["flip_to_malignant"] > 0.3  # benign decisions flip (measured 71 %)
-    # The control is not indifferent to a dark band beside the lesion (measured +0.034
-    # [0.029, 0.039], although rulers are slightly rarer on its malignant training images),
-    # but its reaction is an order of magnitude smaller than the shortcut model's.
+    # paired CI well above 0 (measured +0.31 [0.29, 0.33]; seed 1: [0.19, 0.23])
+    assert s["delta_ci_low"] > 0.1
+    assert s["flip_to_malignant"] > 0.2  # benign decisions flip (measured 67 %; seed 1: 30 %)
+    # The control is not always indifferent to a dark band beside the lesion (measured
+    # +0.04 [0.04, 0.05]; seed 1: 0.00 [0.00, 0.00]), but its reaction is several times
+    # smaller than the shortcut model's.
     assert abs(c["delta_mean"]) < 0.1 and c["flip_to_malignant"] < 0.15
-    assert s["delta_ci_low"] > c["delta_ci_high"] + 0.2
+    assert s["delta_ci_low"] > c["delta_ci_high"] + 0.1
 
 
 def test_removing_the_ruler_lowers_the_shortcut_models_malignant_probability(audits):
     s = _probe(audits, "shortcut", "artifact_removed", "ruler")
     c = _probe(audits, "clean", "artifact_removed", "ruler")
     assert s["n_malignant"] == c["n_malignant"] >= 5  # the same test images carry them
-    assert s["delta_malignant_ci_high"] < 0  # measured -0.46 [-0.57, -0.35], n = 15
+    assert s["delta_malignant_ci_high"] < 0  # measured -0.57 [.., -0.48], n = 15
     assert s["delta_malignant"] < c["delta_malignant"] - 0.2
 
 
