@@ -163,25 +163,43 @@ def test_model_temperature_applied_by_predict_proba_and_cam_targets():
     assert _target_classes(model, x, "predicted", None, 0.3).tolist() == [1, 1, 1]
 
 
-def test_train_fits_temperature_and_evaluate_reports_before_after(make_generic, dh, tmp_path):
+@pytest.fixture(scope="module")
+def calibrated_runs(tmp_path_factory, dh):
+    """Three tiny runs (ResNet18 from scratch, 32 px, one epoch) on one generic data set
+    (14 benign, 10 malignant, every third image a test image), one per calibration:
+    ``(folder, {method: the run's manifest entry for resnet18})``."""
+    from dermcam.training import TrainConfig, train
+
+    base = tmp_path_factory.mktemp("calib")
+    data = base / "data"
+    labels = dh.generic_labels(14, 10)
+    lines = ["image_id,label,split"]
+    for k, (image_id, label) in enumerate(labels.items()):
+        dh.write_image(data / "images" / f"{image_id}.png", label, seed=k)
+        dh.write_mask(data / "masks" / f"{image_id}.png")
+        lines.append(f"{image_id},{label},{'test' if k % 3 == 0 else 'train'}")
+    (data / "labels.csv").write_text("\n".join(lines) + "\n")
+    runs = {}
+    for method in ("platt", "temperature", "none"):
+        cfg = TrainConfig(data=str(data), out=str(base / method), models=["resnet18"],
+                          weights="none", image_size=32, max_epochs=1, batch_size=8, seed=1,
+                          progress=False, val_fraction=0.3, calibration=method,
+                          cache_dir=str(base / "cache"))
+        runs[method] = train(cfg)["models"]["resnet18"]
+    return base, runs
+
+
+def test_train_fits_temperature_and_evaluate_reports_before_after(calibrated_runs):
     """A tiny run: T (and with platt, b) fitted on validation and stored; evaluate scores
     with them and reports ECE and Brier before and after; --calibration none stores T = 1."""
     import json
 
     from dermcam.pipeline import run_evaluate
-    from dermcam.training import TrainConfig, load_checkpoint, train
+    from dermcam.training import load_checkpoint
 
-    labels = dh.generic_labels(14, 10)
-    split = {i: ("test" if k % 3 == 0 else "train") for k, i in enumerate(labels)}
-    data = make_generic(labels, split=split, masks=True)
-    runs = {}
+    tmp_path, runs = calibrated_runs
     for method in ("platt", "temperature", "none"):
         out = tmp_path / method
-        cfg = TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
-                          image_size=32, max_epochs=1, batch_size=8, seed=1, progress=False,
-                          val_fraction=0.3, calibration=method,
-                          cache_dir=str(tmp_path / "cache"))
-        runs[method] = train(cfg)["models"]["resnet18"]
         model, _, payload = load_checkpoint(out / "models/resnet18/model.pt")
         assert payload["temperature"] == runs[method]["temperature"]
         assert cal.temperature_of(model) == payload["temperature"]
@@ -217,3 +235,41 @@ def test_train_fits_temperature_and_evaluate_reports_before_after(make_generic, 
     saved = json.loads((tmp_path / "temperature" / "metrics.json").read_text())
     assert set(saved["calibration"]["resnet18"]) >= {"before", "after", "change"}
     assert (tmp_path / "temperature" / "figures" / "reliability.png").exists()
+
+
+def _validation_logits(run):
+    """``(z1 - z0, labels)`` of a run's validation images, recomputed from its saved model:
+    the training split, its seeded stratified validation part, the run's image size."""
+    from dermcam import run as runmod
+    from dermcam.data import load_dataset
+    from dermcam.data.cache import ImageCache
+    from dermcam.training import CachedSplit, load_checkpoint, predict_logit_diff, stratified_split
+
+    cfg = runmod.read_manifest(run)["config"]
+    train_samples = load_dataset(cfg["data"]).split("train")
+    y = np.array([s.label for s in train_samples])
+    _, va = stratified_split(y, cfg["val_fraction"], cfg["seed"],
+                             groups=[s.group for s in train_samples])
+    arrays = CachedSplit(train_samples, cfg["image_size"], ImageCache(cfg["cache_dir"]))
+    model, _, payload = load_checkpoint(run / "models/resnet18/model.pt")
+    return predict_logit_diff(model, arrays.dataset(va)), y[va], payload
+
+
+@pytest.mark.parametrize("method", ["platt", "temperature", "none"])
+def test_threshold_is_youden_on_calibrated_validation_probabilities(calibrated_runs, method):
+    """The recorded threshold is Youden's J on the validation probabilities after the run's
+    calibration; with Platt or temperature scaling the raw probabilities give another."""
+    from dermcam.evaluation import youden_threshold
+
+    base, runs = calibrated_runs
+    z, y, payload = _validation_logits(base / method)
+    t, b = payload["temperature"], payload["calibration_bias"]
+    raw = youden_threshold(y, cal.apply_temperature(z, 1.0))
+    calibrated = youden_threshold(y, cal.apply_temperature(z, t, b))
+    thr = runs[method]["threshold"]
+    assert payload["threshold"] == thr
+    assert thr == pytest.approx(calibrated, abs=1e-6)
+    if method == "none":
+        assert (t, b) == (1.0, 0.0) and thr == pytest.approx(raw, abs=1e-6)
+    else:  # the test can tell the two apart: the raw rule would record another number
+        assert abs(raw - calibrated) > 1e-3

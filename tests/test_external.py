@@ -147,3 +147,176 @@ def test_external_cli_report_and_duplicates(ext_run):
     # left out on request
     res = run_evaluate(run, n_boot=20, data=other, name="isic_clean", exclude_duplicates=True)
     assert res["test"]["n"] == 12 and res["external"]["duplicates"]["excluded"]
+
+
+def _invoke(monkeypatch, capsys, *args):
+    """``dermcam ARGS`` through the console entry: ``(exit code, stdout, stderr)``."""
+    import sys
+
+    from dermcam import cli
+
+    monkeypatch.setattr(sys, "argv", ["dermcam", "-q", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def _evaluate_external(run, data, name, **kw):
+    from dermcam.pipeline import run_evaluate
+
+    return run_evaluate(run, n_boot=30, data=data, name=name, **kw)
+
+
+def test_external_metrics_carry_the_calibration_block(ext_run, monkeypatch):
+    """External metrics.json: ECE and Brier before and after the run's calibration, equal
+    to the scores recomputed from its predictions.csv; the reliability figure gets them."""
+    from dermcam import plots
+    from dermcam.evaluation import expected_calibration_error
+
+    run, _, other = ext_run
+    seen = {}
+    draw = plots.plot_reliability
+    monkeypatch.setattr(plots, "plot_reliability",
+                        lambda result, path: seen.update(result) or draw(result, path))
+    res = _evaluate_external(run, other, "isic_cal")
+    folder = run / "external" / "isic_cal"
+    saved = json.loads((folder / "metrics.json").read_text())
+    c = saved["calibration"]["resnet18"]
+    preds = pd.read_csv(folder / "predictions.csv")
+    y = preds["label"].to_numpy()
+    for when, col in (("before", "prob_malignant_uncalibrated"), ("after", "prob_malignant")):
+        p = preds[col].to_numpy()
+        assert c[when]["ece"]["value"] == pytest.approx(expected_calibration_error(y, p))
+        assert c[when]["brier"]["value"] == pytest.approx(np.mean((p - y) ** 2))
+        assert c[when]["brier"]["lo"] <= c[when]["brier"]["value"] <= c[when]["brier"]["hi"]
+    assert c["after"]["ece"]["value"] == pytest.approx(
+        saved["models"]["resnet18"]["threshold_free"]["ece"]["value"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert c["temperature"] == pytest.approx(manifest["models"]["resnet18"]["temperature"],
+                                             rel=1e-5)
+    # the dashed (uncalibrated) curves of the reliability diagram
+    drawn = seen["calibration"]["resnet18"]["reliability_before"]
+    for k in ("mean_predicted", "fraction_positive"):  # NaN in memory, null in the file
+        np.testing.assert_array_equal(np.array(drawn[k], float),
+                                      np.array(c["reliability_before"][k], float))
+    assert set(res["calibration"]) == {"resnet18"}
+    assert (folder / "figures" / "reliability.png").exists()
+
+
+def test_external_device_reaches_the_models_and_a_bad_one_is_refused(ext_run, monkeypatch,
+                                                                      capsys):
+    from dermcam import pipeline
+    from dermcam.device import resolve_device
+
+    run, _, other = ext_run
+    before = (run / "manifest.json").read_bytes()
+    code, _, err = _invoke(monkeypatch, capsys, "evaluate", run, "--data", other,
+                           "--name", "isic_dev", "--device", "cuda:9")
+    assert code == 2 and "--device cuda:9" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert (run / "manifest.json").read_bytes() == before  # refused before the stage
+    assert not (run / "external" / "isic_dev").exists()
+    calls = []
+    predict = pipeline.predict_models
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("device"))
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "predict_models", spy)
+    _evaluate_external(run, other, "isic_dev", device="auto")
+    assert calls == [str(resolve_device("auto"))]
+
+
+ISIC_OTHER_TEST = [f"ISIC_00002{i:02d}" for i in range(12)] + ["ISIC_0000100", "ISIC_0000101"]
+RULER = ISIC_OTHER_TEST[:5]
+BIAS_HEADER = "image;dark_corner;hair;gel_border;gel_bubble;ruler;ink;patches;label;label_string"
+
+
+def _bias_csv(path, ids, ruler=()):
+    """Bissoto et al.'s isic_bias.csv layout: ``ruler`` flagged, every other flag 0."""
+    path.write_text("\n".join([BIAS_HEADER] + [f"{i}.jpg;0;0;0;0;{int(i in ruler)};0;0;0;x"
+                                               for i in ids]) + "\n")
+    return path
+
+
+def test_external_artifact_labels_give_per_artifact_subgroups(ext_run, monkeypatch, capsys,
+                                                              tmp_path):
+    run, _, other = ext_run
+    labels = _bias_csv(tmp_path / "isic_bias.csv", ISIC_OTHER_TEST, RULER)
+    before = json.loads((run / "manifest.json").read_text())
+    code, out, err = _invoke(monkeypatch, capsys, "evaluate", run, "--data", other, "--name",
+                             "isic_art", "--n-boot", "30", "--min-group", "3",
+                             "--artifacts", labels)
+    assert code == 0, err
+    assert "artifact labels from isic_bias.csv: 14 of 16 images" in out  # 2: training
+    m = json.loads((run / "external" / "isic_art" / "metrics.json").read_text())
+    assert set(m["subgroups"]) == {f"artifact_{a}" for a in (
+        "dark_corner", "hair", "gel_border", "gel_bubble", "ruler", "ink", "patches")}
+    ruler = {g["group"]: g for g in m["subgroups"]["artifact_ruler"]["models"]["resnet18"]
+             ["groups"]}
+    labs = dict(pd.read_csv(other / "ISBI2016_ISIC_Part3B_Test_GroundTruth.csv",
+                            header=None).itertuples(index=False))
+    assert {k: (g["n"], g["n_malignant"]) for k, g in ruler.items()} == {
+        "1": (5, sum(int(labs[i]) for i in RULER)),
+        "0": (9, sum(int(labs[i]) for i in ISIC_OTHER_TEST[5:]))}
+    hair = m["subgroups"]["artifact_hair"]["models"]["resnet18"]["groups"]
+    assert [(g["group"], g["n"]) for g in hair] == [("0", 14)]
+    preds = pd.read_csv(run / "external" / "isic_art" / "predictions.csv")
+    assert sorted(preds.loc[preds["artifact_ruler"] == 1, "image_id"]) == RULER
+    assert m["artifact_labels"]["file"] == str(labels.resolve())
+    after = json.loads((run / "manifest.json").read_text())
+    assert after["data"] == before["data"]  # the run's own data keeps its labels (none)
+    assert after["stages"]["external:isic_art"]["artifacts"] == str(labels.resolve())
+
+
+def test_bad_artifact_labels_leave_the_manifest_unchanged(ext_run, monkeypatch, capsys,
+                                                          tmp_path):
+    run, own, other = ext_run
+    own_ids = [f"img{i:03d}" for i in range(40)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(BIAS_HEADER + "\nISIC_0000200.jpg;0;yes;0;0;0;0;0;0;x\n")
+    before = (run / "manifest.json").read_bytes()
+    for args, want in (
+            # the run's own images: they label none of the external set
+            (["--data", other, "--artifacts", _bias_csv(tmp_path / "own.csv", own_ids)],
+             "none of the 40 image ids"),
+            (["--data", other, "--artifacts", bad], "hair is 'yes', expected 0 or 1"),
+            (["--artifacts", bad], "hair is 'yes', expected 0 or 1"),
+            # internal: the labels fit, another check fails: nothing recorded either
+            (["--artifacts", _bias_csv(tmp_path / "own2.csv", own_ids), "--by", "colour"],
+             "--by colour: no such column")):
+        code, _, err = _invoke(monkeypatch, capsys, "evaluate", run, "--name", "isic_bad",
+                               *args)
+        assert code == 2 and want in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert (run / "manifest.json").read_bytes() == before, args
+    assert not (run / "external" / "isic_bad").exists()
+
+
+@pytest.mark.parametrize("split, n_scored", [
+    (None, 10),  # no split column: every image
+    ("test", 10),  # a split column that is all 'test': every image
+    ("mixed", 3),  # both splits: the test split only
+])
+def test_generic_external_folder_scored_whole_without_a_train_split(ext_run, make_generic,
+                                                                    dh, split, n_scored):
+    from dermcam.data import load_dataset
+    from dermcam.external import external_samples
+
+    run, _, _ = ext_run
+    labels = dh.generic_labels(6, 4, prefix="ext")
+    splits = (None if split is None else
+              {i: "test" if split == "test" or k in (0, 1, 6) else "train"
+               for k, i in enumerate(labels)})
+    root = make_generic(labels, split=splits, masks=True, name=f"ext_{split}")
+    samples, which = external_samples(load_dataset(root))
+    want = sorted(labels) if n_scored == 10 else ["ext000", "ext001", "ext006"]
+    assert dh.ids_of(samples) == want
+    assert ("every image" in which) == (n_scored == 10)
+    res = _evaluate_external(run, root, f"generic_{split}")
+    assert res["test"]["n"] == n_scored and res["external"]["n_available"] == n_scored
+    preds = pd.read_csv(run / "external" / f"generic_{split}" / "predictions.csv")
+    assert sorted(preds["image_id"]) == want

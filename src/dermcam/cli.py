@@ -409,7 +409,8 @@ def evaluate(
         "--artifacts", "--artifact-labels",
         help="Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
              "';'-separated, image;dark_corner;hair;...), joined by image id as "
-             "artifact_<name> columns and kept for the run's later stages.")] = None,
+             "artifact_<name> columns and kept for the run's later stages; with --data "
+             "they label that set's images instead.")] = None,
     device: Annotated[str, typer.Option(help="Where the models run: auto (CUDA when "
                                              "available, else CPU), cpu, cuda or "
                                              "cuda:INDEX.")] = "auto",
@@ -419,11 +420,17 @@ def evaluate(
     from dermcam.pipeline import run_evaluate
 
     if artifact_labels is not None:  # and split the metrics by each artifact's presence
-        by = ",".join([*by_columns(by), *_use_artifact_labels(run_dir, artifact_labels)])
+        from dermcam.data.artifact_labels import artifact_columns, read_artifact_labels
+
+        by = ",".join([*by_columns(by), *artifact_columns(read_artifact_labels(artifact_labels))])
     with progress_bar("load test images") as cb:
+        # the labels join the set scored (--data's, or the run's, recorded once checked)
         result = run_evaluate(run_dir, n_boot=n_boot, progress=cb, data=data, name=name,
                               by=by_columns(by), min_group=min_group,
-                              exclude_duplicates=exclude_duplicates, device=device)
+                              exclude_duplicates=exclude_duplicates, device=device,
+                              artifacts=artifact_labels)
+    if result.get("artifact_labels"):
+        console.print(result["artifact_labels"]["note"])
     _print_metrics(result)
     _print_calibration(result)
     _print_external(run_dir, result)

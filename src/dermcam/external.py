@@ -5,7 +5,11 @@ metadata).
 A run's models score another data set of any supported layout, with the thresholds
 chosen on the training data's validation split, into ``RUN/external/<name>/``
 (``predictions.csv``, ``metrics.json``, ``metrics.csv``, ``figures/``), recorded in the
-manifest as stage ``external:<name>``. Which images are scored:
+manifest as stage ``external:<name>``. ``metrics.json`` holds the internal evaluation's
+blocks (:func:`dermcam.pipeline.score_predictions`: CIs, subgroups, calibration before and
+after); the models run on ``--device``; ``--artifacts FILE`` labels the external images
+(``artifact_<name>`` subgroups) without touching the run's own manifest. Which images are
+scored:
 
 - ISIC 2016, ISIC 2017 and a generic ``labels.csv`` whose split column holds both
   splits: the layout's test split;
@@ -215,18 +219,29 @@ def _hashes(samples, split) -> list[tuple[str, str, int]]:
 def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
                  n_boot: int = 1000, seed: int | None = None, by=(),
                  min_group: int | None = None, exclude_duplicates: bool = False,
-                 progress=None) -> dict[str, Any]:
+                 progress=None, device: str = "cpu",
+                 artifacts: str | Path | None = None) -> dict[str, Any]:
     """Score the run's models on ``data``; write ``RUN/external/<name>/``. Returns the
-    metrics (``metrics.json``), with ``external`` describing the set and its duplicates."""
+    metrics (``metrics.json``, the internal evaluation's blocks, calibration included:
+    :func:`dermcam.pipeline.score_predictions`), with ``external`` describing the set and
+    its duplicates.
+
+    ``device``: where the models run (:func:`dermcam.device.resolve_device`).
+    ``artifacts``: a per-image artifact label file joined to ``data`` (as ``explain
+    --data`` and ``probe --data`` do), so ``by`` may name its ``artifact_<name>``
+    columns; the run's own manifest is not changed. Everything is checked (device,
+    labels, ``by``, both classes) before the stage is recorded."""
     from dermcam.data import load_dataset
     from dermcam.data.cache import ImageCache, warm_cache
+    from dermcam.device import resolve_device
     from dermcam.training import CachedSplit
 
     run_dir = Path(run_dir)
     manifest = runmod.read_manifest(run_dir, require="train")
     seed = manifest["seed"] if seed is None else seed
+    device = str(resolve_device(device))
     t0 = time.perf_counter()
-    ds = load_dataset(data)
+    ds = load_dataset(data, artifacts=artifacts)
     check_by(ds, by)
     name = safe_name(name or Path(data).resolve().name)
     samples, which = external_samples(ds)
@@ -236,7 +251,14 @@ def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
                            " images: ROC AUC, sensitivity and specificity are undefined", ds.root)
     stage = f"external:{name}"
     out = run_dir / "external" / name
-    runmod.set_stage(run_dir, stage, "running", data=str(Path(data).resolve()))
+    joined = None
+    if artifacts is not None:
+        from dermcam.data.artifact_labels import join_note
+        from dermcam.pipeline import labels_info
+
+        joined = labels_info(artifacts, join_note(ds))
+    runmod.set_stage(run_dir, stage, "running", data=str(Path(data).resolve()),
+                     artifacts=joined["file"] if joined else None)
     try:
         size = manifest["config"]["image_size"]
         cache = ImageCache(manifest["config"].get("cache_dir"))
@@ -254,7 +276,7 @@ def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
                                    ds.root)
             split = CachedSplit(samples, size, cache)
         return _score(run_dir, manifest, ds, samples, split, out, stage, which, dups, n_all,
-                      exclude_duplicates, n_boot, seed, by, min_group, t0)
+                      exclude_duplicates, n_boot, seed, by, min_group, t0, device, joined)
     except Exception as exc:
         runmod.set_stage(run_dir, stage, "failed", error=str(exc).splitlines()[0][:300])
         raise
@@ -268,23 +290,20 @@ def _duplicates(samples, split, own_samples, own_split) -> dict[str, dict[str, A
 
 def _score(run_dir: Path, manifest, ds, samples, split, out: Path, stage: str, which: str,
            dups: dict, n_all: int, excluded: bool, n_boot: int, seed: int, by, min_group,
-           t0: float) -> dict[str, Any]:
-    from dermcam import plots
+           t0: float, device: str = "cpu", labels: dict[str, str] | None = None
+           ) -> dict[str, Any]:
     from dermcam.duplicates import NEAR_DISTANCE
-    from dermcam.evaluation import evaluate_predictions, metrics_table
-    from dermcam.explain import cluster_name
-    from dermcam.pipeline import predict_models
+    from dermcam.evaluation import metrics_table
+    from dermcam.pipeline import plot_results, predict_models, score_predictions
 
-    preds, thresholds = predict_models(run_dir, manifest, samples, split)
+    preds, thresholds = predict_models(run_dir, manifest, samples, split, device=device)
     preds = annotate_predictions(preds, ds, samples, split, by)
     preds["duplicate"] = preds["image_id"].map(lambda i: dups.get(i, {}).get("kind", ""))
     preds["duplicate_of"] = preds["image_id"].map(lambda i: dups.get(i, {}).get("match", ""))
     write_csv(out / "predictions.csv", preds)
-    result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
-                                  cluster_name=cluster_name(ds))
-    if by:
-        result["subgroups"] = subgroups_for(preds, by, thresholds, n_boot, seed, min_group)
-    result["display_names"] = {m: manifest["models"][m]["display_name"] for m in thresholds}
+    result = score_predictions(preds, thresholds, ds, manifest, n_boot, seed, by, min_group)
+    if labels:
+        result["artifact_labels"] = labels
     exact = sorted(i for i, d in dups.items() if d["kind"] == "exact")
     near = sorted(i for i, d in dups.items() if d["kind"] == "near")
     result["external"] = {
@@ -302,16 +321,7 @@ def _score(run_dir: Path, manifest, ds, samples, split, out: Path, stage: str, w
             "matches": dups, "excluded": bool(excluded and dups)}}
     write_json(out / "metrics.json", result)
     write_csv(out / "metrics.csv", metrics_table(result))
-    figs = out / "figures"
-    plots.plot_model_comparison(result, figs / "model_comparison.png")
-    plots.plot_roc_curves(result, figs / "roc_curves.png")
-    plots.plot_pr_curves(result, figs / "pr_curves.png")
-    plots.plot_reliability(result, figs / "reliability.png")
-    for name in thresholds:
-        plots.plot_confusion_matrix(np.array(result["models"][name]["confusion_matrix"]),
-                                    ["benign", "malignant"],
-                                    figs / f"{name}_confusion_matrix.png",
-                                    title=manifest["models"][name]["display_name"])
+    plot_results(result, out / "figures", manifest)
     runmod.set_stage(run_dir, stage, "complete", wall_time_s=round(time.perf_counter() - t0, 2),
                      data=str(Path(ds.root).resolve()), folder=f"external/{out.name}",
                      n_test=len(samples), n_boot=n_boot, n_exact_duplicates=len(exact),

@@ -18,13 +18,17 @@ log = logging.getLogger(__name__)
 
 
 def load_test_split(manifest: dict[str, Any], limit: int | None = None,
-                     require_masks: bool = False, progress=None, cache_dir=None):
-    """The run's test split at the run's image size, streamed from the decode cache."""
+                     require_masks: bool = False, progress=None, cache_dir=None,
+                     artifacts: str | Path | None = None):
+    """The run's test split at the run's image size, streamed from the decode cache.
+
+    ``artifacts``: an artifact label file joined instead of the one the run records."""
     from dermcam.data import load_dataset
     from dermcam.data.cache import ImageCache, warm_cache
     from dermcam.training import CachedSplit
 
-    ds = load_dataset(manifest["data"]["root"], artifacts=manifest["data"].get("artifacts"))
+    ds = load_dataset(manifest["data"]["root"],
+                      artifacts=artifacts or manifest["data"].get("artifacts"))
     if ds.fingerprint() != manifest["data"]["fingerprint"]:
         log.warning("data under %s changed since training (fingerprint differs)", ds.root)
     samples = ds.split("test")
@@ -50,30 +54,38 @@ def trained_models(manifest: dict[str, Any]) -> list[str]:
 def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = None,
                  progress=None, data: str | Path | None = None, name: str | None = None,
                  by: tuple[str, ...] = (), min_group: int | None = None,
-                 exclude_duplicates: bool = False, device: str = "cpu") -> dict[str, Any]:
+                 exclude_duplicates: bool = False, device: str = "cpu",
+                 artifacts: str | Path | None = None) -> dict[str, Any]:
     """Predict the test split with every model's best checkpoint and write the metrics.
 
     ``device``: where the models run (:func:`dermcam.device.resolve_device`: auto, cpu,
     cuda, cuda:i), with a batch size that suits it.
 
-    Refused before the stage starts (one line) when training is not complete or the test
-    split holds one class; a failure once it has started is recorded as 'failed'.
+    Refused before the stage starts (one line) when training is not complete, the device
+    is unavailable, a ``by`` column or the artifact labels do not fit, or the test split
+    holds one class; a failure once it has started is recorded as 'failed'.
     ``data``: score another data set instead, into ``RUN/external/<name>/``
     (:func:`dermcam.external.run_external`). ``by``: metadata columns (or ``ita``) for
     per-subgroup metrics (:mod:`dermcam.subgroups`), groups under ``min_group`` images
-    reported as too few to estimate.
+    reported as too few to estimate. ``artifacts``: a per-image artifact label file
+    (:mod:`dermcam.data.artifact_labels`) joined to the data scored; for the run's own
+    test split it is recorded in the manifest (``data.artifacts``, for the later stages)
+    once every check has passed, for ``data`` it labels that set only.
     """
+    from dermcam.device import resolve_device
+
+    device = str(resolve_device(device))  # an unavailable device: refused here, once
     if data is not None:
         from dermcam.external import run_external
 
         return run_external(run_dir, data, name=name, n_boot=n_boot, seed=seed, by=by,
                             min_group=min_group, exclude_duplicates=exclude_duplicates,
-                            progress=progress)
+                            progress=progress, device=device, artifacts=artifacts)
     run_dir = Path(run_dir)
     manifest = runmod.read_manifest(run_dir, require="train")
     seed = manifest["seed"] if seed is None else seed
     t0 = time.perf_counter()
-    ds, samples, arrays = load_test_split(manifest, progress=progress)
+    ds, samples, arrays = load_test_split(manifest, progress=progress, artifacts=artifacts)
     if len(np.unique(arrays.labels)) < 2:  # refused before the stage starts
         have, lack = ("malignant", "benign") if arrays.labels[0] else ("benign", "malignant")
         raise DermcamError(f"the test split holds only {have} images ({len(samples)}), no "
@@ -83,10 +95,16 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
         from dermcam.external import check_by
 
         check_by(ds, by)
+    labels_note = None
+    if artifacts is not None:  # every check passed: now the run keeps the labels
+        from dermcam.data.artifact_labels import record_in_run
+
+        labels_note = record_in_run(run_dir, artifacts, ds=ds)
     runmod.set_stage(run_dir, "evaluate", "running")
     try:
         return _evaluate(run_dir, manifest, ds, samples, arrays, n_boot, seed, t0, by,
-                         min_group, device=device)
+                         min_group, device=device,
+                         labels=labels_info(artifacts, labels_note))
     except Exception as exc:  # recorded, so 'report' says why rather than using old files
         runmod.set_stage(run_dir, "evaluate", "failed", error=str(exc).splitlines()[0][:300])
         raise
@@ -123,27 +141,67 @@ def predict_models(run_dir: Path, manifest: dict[str, Any], samples, arrays,
     return preds, thresholds
 
 
-def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_boot: int,
-              seed: int, t0: float, by: tuple[str, ...] = (),
-              min_group: int | None = None, device: str = "cpu") -> dict[str, Any]:
-    from dermcam import plots
-    from dermcam.evaluation import evaluate_predictions, metrics_table
-    from dermcam.external import annotate_predictions, subgroups_for
+def labels_info(artifacts: str | Path | None, note: str | None) -> dict[str, str] | None:
+    """``metrics.json["artifact_labels"]``: the label file joined and its join note."""
+    if artifacts is None:
+        return None
+    return {"file": str(Path(artifacts).resolve()), "note": note or ""}
 
-    preds, thresholds = predict_models(run_dir, manifest, samples, arrays, device=device)
-    preds = annotate_predictions(preds, ds, samples, arrays, by)
-    write_csv(run_dir / "predictions.csv", preds)
+
+def score_predictions(preds: pd.DataFrame, thresholds: dict[str, float], ds,
+                      manifest: dict[str, Any], n_boot: int, seed: int, by=(),
+                      min_group: int | None = None) -> dict[str, Any]:
+    """``metrics.json`` of a predictions table (:func:`predict_models`, annotated), the
+    same for the run's test split and an external set: the metrics with CIs
+    (:func:`dermcam.evaluation.evaluate_predictions`, by ``ds``'s clusters), per subgroup
+    of ``by``, ECE and Brier before and after calibration (``calibration``:
+    :func:`dermcam.calibration.calibration_summary`) and the models' display names."""
+    from dermcam.calibration import calibration_summary
+    from dermcam.evaluation import evaluate_predictions
     from dermcam.explain import cluster_name
+    from dermcam.external import subgroups_for
 
     result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
                                   cluster_name=cluster_name(ds))
     if by:
         result["subgroups"] = subgroups_for(preds, by, thresholds, n_boot, seed, min_group)
-    from dermcam.calibration import calibration_summary
-
-    # ECE and Brier before and after temperature scaling, with CIs
+    # ECE and Brier before and after calibration (Platt or temperature), with CIs
     result["calibration"] = calibration_summary(preds, n_boot=n_boot, seed=seed)
     result["display_names"] = {m: manifest["models"][m]["display_name"] for m in thresholds}
+    return result
+
+
+def plot_results(result: dict[str, Any], figs: Path, manifest: dict[str, Any]) -> None:
+    """The evaluation figures of ``result`` into ``figs``: model comparison, ROC and PR
+    curves, the reliability diagram (dashed: before calibration) and each model's
+    confusion matrix."""
+    from dermcam import plots
+
+    plots.plot_model_comparison(result, figs / "model_comparison.png")
+    plots.plot_roc_curves(result, figs / "roc_curves.png")
+    plots.plot_pr_curves(result, figs / "pr_curves.png")
+    plots.plot_reliability(result, figs / "reliability.png")
+    for name in result["models"]:
+        plots.plot_confusion_matrix(np.array(result["models"][name]["confusion_matrix"]),
+                                    ["benign", "malignant"],
+                                    figs / f"{name}_confusion_matrix.png",
+                                    title=manifest["models"][name]["display_name"])
+
+
+def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_boot: int,
+              seed: int, t0: float, by: tuple[str, ...] = (),
+              min_group: int | None = None, device: str = "cpu",
+              labels: dict[str, str] | None = None) -> dict[str, Any]:
+    from dermcam import plots
+    from dermcam.evaluation import metrics_table
+    from dermcam.external import annotate_predictions
+
+    preds, thresholds = predict_models(run_dir, manifest, samples, arrays, device=device)
+    preds = annotate_predictions(preds, ds, samples, arrays, by)
+    write_csv(run_dir / "predictions.csv", preds)
+    result = score_predictions(preds, thresholds, ds, manifest, n_boot, seed, by, min_group)
+    if labels:
+        result["artifact_labels"] = labels
     write_json(run_dir / "metrics.json", result)
     write_csv(run_dir / "metrics.csv", metrics_table(result))
     # Each checkpoint's model card gets its test metrics with CIs ('dermcam predict' shows
@@ -174,15 +232,8 @@ def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_bo
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
     figs = run_dir / "figures"
-    plots.plot_model_comparison(result, figs / "model_comparison.png")
-    plots.plot_roc_curves(result, figs / "roc_curves.png")
-    plots.plot_pr_curves(result, figs / "pr_curves.png")
-    plots.plot_reliability(result, figs / "reliability.png")
+    plot_results(result, figs, manifest)
     for name in thresholds:
-        cm = result["models"][name]["confusion_matrix"]
-        plots.plot_confusion_matrix(np.array(cm), ["benign", "malignant"],
-                                    figs / f"{name}_confusion_matrix.png",
-                                    title=manifest["models"][name]["display_name"])
         hist = run_dir / "models" / name / "history.csv"
         if hist.exists():
             plots.plot_training_history(pd.read_csv(hist), figs / f"{name}_history.png")
