@@ -264,3 +264,93 @@ def test_report_method_notes_name_every_model_and_test_with_the_run_values():
                    "cluster (lesion_id), 9 clusters", "within heatmaps that explain one class",
                    "scores undefined heatmaps at chance"):
         assert phrase in notes, phrase
+
+
+def test_verdicts_and_readings_follow_the_adjusted_p():
+    from dermcam.explain import TEST_METRICS, summarise_attention
+
+    s = summarise_attention(_att(), MANIFEST, {}, n_boot=50, seed=0)
+    flipped = 0
+    for entry in s["tests"].values():
+        for metric in TEST_METRICS:
+            res = entry["class_comparison"][metric]
+            for c in [res["pooled"], *res["by_target"].values()]:
+                raw, adj = c["p_value"], c["p_adjusted"]
+                flipped += raw < 0.05 <= adj
+                reading = L._reading(c)
+                assert reading.startswith("the classes differ") == (adj < 0.05), (raw, adj)
+                assert "Benjamini-Hochberg-adjusted level" in reading
+                assert f"{L._fmt_p(raw)}, Benjamini-Hochberg-adjusted {L._fmt_p(adj)}: " \
+                       f"{reading}" in res["sentence"]
+            sc = entry["size_confounds"][metric]
+            eq = sc["equivalence"]
+            assert sc["verdict_basis"] == "Benjamini-Hochberg-adjusted p"
+            assert (sc["verdict"] == "explained by size") == (eq["p_adjusted"] < 0.05)
+            if sc["verdict"] == "remains":
+                assert sc["p_adjusted"] < 0.05
+            assert f"{L._fmt_p(sc['class_p_adjusted'])}, Benjamini-Hochberg-adjusted " \
+                   f"{L._fmt_p(sc['p_adjusted'])} over 6 size-confound tests" in sc["summary"]
+            assert f"TOST) against +-0.02: {L._fmt_p(eq['p'])}, Benjamini-Hochberg-adjusted " \
+                   f"{L._fmt_p(eq['p_adjusted'])} over 6 equivalence tests" in sc["summary"]
+            assert "Across the" not in sc["summary"]  # no p-value appended after the verdict
+    assert flipped  # a comparison with raw p < 0.05 but adjusted p >= 0.05 is in the table
+
+
+def _presence_att(seed: int = 0) -> pd.DataFrame:
+    """_att with an artifact flag: 30 with (2 undefined), 50 without (1 undefined), 10 unknown."""
+    att = _att(seed, two_methods=False)
+    rng = np.random.default_rng(seed + 100)
+    flag = np.r_[np.ones(30), np.zeros(50), np.full(10, np.nan)]
+    leak = np.where(flag == 1, 0.8, 0.5) + rng.normal(0, 0.02, 90)
+    leak[[1, 4, 31]] = np.nan  # two with the artifact, one without
+    att["artifact_hair"] = pd.array([None if np.isnan(f) else int(f) for f in flag],
+                                    dtype="Int64")
+    att["leakage"] = leak
+    att["excess_leakage"] = leak - att["chance_leakage"]
+    att["pixel_auroc"] = np.where(np.isnan(leak), np.nan, att["pixel_auroc"].fillna(0.7))
+    return att
+
+
+def test_artifact_presence_has_cis_counts_and_its_own_family():
+    from dermcam.explain import TEST_METRICS, summarise_attention
+
+    att = _presence_att()
+    s = summarise_attention(att, MANIFEST, {}, n_boot=200, seed=3)
+    rows = s["tests"]["m/gradcam"]["artifact_presence"]
+    assert [(r["artifact"], r["metric"]) for r in rows] == [("hair", m) for m in TEST_METRICS]
+    r = rows[0]
+    assert (r["n_with"], r["n_nan_with"], r["n_without"], r["n_nan_without"]) == (28, 2, 49, 1)
+    with_v = att.loc[att["artifact_hair"] == 1, "leakage"].dropna().to_numpy()
+    without_v = att.loc[att["artifact_hair"] == 0, "leakage"].dropna().to_numpy()
+    assert r["mean_with"] == pytest.approx(with_v.mean())
+    assert r["diff"] == pytest.approx(with_v.mean() - without_v.mean())
+    assert r["diff"] == pytest.approx(0.3, abs=0.02)  # the planted difference
+    assert tuple(r["ci_with"]) == pytest.approx(L.bootstrap_mean_ci(with_v, 200, 3))
+    assert tuple(r["ci_without"]) == pytest.approx(L.bootstrap_mean_ci(without_v, 200, 3))
+    assert r["ci_with"][0] < 0.8 < r["ci_with"][1] and r["ci_without"][1] < r["ci_with"][0]
+    assert r["p"] == pytest.approx(stats.mannwhitneyu(with_v, without_v).pvalue)
+    fam = s["multiplicity"]["artifact_presence"]
+    assert fam["method"] == "Benjamini-Hochberg" and fam["k"] == 3
+    np.testing.assert_allclose([x["p_adjusted"] for x in rows],
+                               multipletests([x["p"] for x in rows], method="fdr_bh")[1])
+    assert all(x["family"] == "artifact_presence" for x in rows)
+
+
+def test_clustered_summary_says_which_numbers_stay_per_image():
+    from dermcam.explain import PER_IMAGE_WHEN_CLUSTERED, summarise_attention
+
+    plain = summarise_attention(_att(two_methods=False), MANIFEST, {}, n_boot=50, seed=0)
+    assert plain["per_image"] == [] and "Resampling: images" in plain["resampling_note"]
+    s = summarise_attention(_att(groups=True, two_methods=False), MANIFEST, {}, n_boot=50,
+                            seed=0, cluster_name="lesion_id")
+    assert s["per_image"] == list(PER_IMAGE_WHEN_CLUSTERED)
+    for item in ("HC3", "share of the class gap", "uniform_guard", "artifact mass / area"):
+        assert any(item in x for x in s["per_image"]), item
+    note = s["resampling_note"]
+    assert note.startswith("Resampling: cluster (lesion_id), 30 clusters")
+    assert "Still per image" in note and all(x in note for x in s["per_image"])
+    sc = s["tests"]["m/gradcam"]["size_confounds"]["leakage"]
+    assert "but these numbers are per image" in sc["summary"]
+    assert "HC3 standard errors" in sc["summary"] and "lesion_id" in sc["summary"]
+    assert "per image" not in plain["tests"]["m/gradcam"]["size_confounds"]["leakage"][
+        "summary"]

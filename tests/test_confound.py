@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_ind
 
 from dermcam import leakage as L
@@ -298,3 +299,138 @@ def test_missing_labels_are_dropped_and_counted():
     # booleans are labels too
     out_bool = L.size_confound(_table(10, n=30).astype({"label": bool}))
     assert out_bool["n"] == 30
+
+
+# --------------------------------------------------------------------------- round-off floor
+
+
+def _uniform_224(n: int = 36, seed: int = 11) -> pd.DataFrame:
+    """Uniform heatmaps on n random rectangular 224 x 224 masks, scored by score_batch."""
+    rng = np.random.default_rng(seed)
+    size = 224
+    masks = np.zeros((n, size, size), bool)
+    for i in range(n):
+        h, w = rng.integers(20, 200, 2)
+        y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
+        masks[i, y0:y0 + h, x0:x0 + w] = True
+    values, reasons = L.score_batch(np.ones((n, size, size), np.float32), masks)
+    assert (reasons == "").all()
+    return pd.DataFrame({"label": (np.arange(n) % 3 == 0).astype(int), **values})
+
+
+def test_uniform_heatmaps_at_224_give_no_round_off_p_values():
+    df = _uniform_224()
+    ex = df["excess_leakage"].to_numpy()
+    # the case: excess leakage is round-off of 0, not exactly 0, and the relative rule
+    # alone (EXACT_RTOL x max|y|) would call that noise variation
+    assert 0 < np.ptp(ex) < 1e-12 and np.ptp(ex) > L.EXACT_RTOL * np.abs(ex).max()
+    res = L.size_confounds(df)
+    assert res["leakage"]["reason"] == "perfect_fit"
+    assert res["leakage"]["verdict"] == "explained by size"
+    for metric in ("excess_leakage", "pixel_auroc"):
+        out = res[metric]
+        assert out["reason"] == "constant_metric", metric
+        assert out["verdict"] == "inconclusive" and out["class_effect_survives"] is False
+        assert math.isnan(out["class_p_adjusted"]) and math.isnan(out["class_p_unadjusted"])
+        assert math.isnan(out["equivalence"]["p"]) and math.isnan(out["spearman_rho"])
+        assert "p =" not in out["summary"] and "differs" not in out["summary"]
+    # no Mann-Whitney on round-off either
+    c = L.compare_classes(df, "excess_leakage")
+    assert c["reason"] == "constant_metric" and math.isnan(c["p_value"])
+    fit = L.ols_fit(ex, np.column_stack([np.ones(len(ex)), df["label"]]), ["c", "m"])
+    assert fit["reason"] == "constant_outcome"
+
+
+def test_absolute_floor_leaves_small_real_variation_tested():
+    # a spread of 1e-6 is variation (far above the 1e-9 floor): the fit has a p-value
+    rng = np.random.default_rng(12)
+    x = rng.random(40)
+    y = 1e-6 * (x + rng.normal(0, 0.3, 40))
+    fit = L.ols_fit(y, np.column_stack([np.ones(40), x]), ["c", "x"])
+    assert fit["reason"] == "" and fit["coef"]["x"]["p"] < 0.05
+    assert L.round_off_tol(y) == L.EXACT_ATOL
+    assert L.round_off_tol([5.0, 1e3]) == pytest.approx(L.EXACT_RTOL * 1e3)
+
+
+# --------------------------------------------------------------------------- multiplicity
+
+
+def _with_family(out: dict, others=(0.6, 0.9)) -> dict:
+    """``out`` adjusted as one member of a Benjamini-Hochberg family with ``others``."""
+    p_cls = multipletests([out["class_p_adjusted"], *others], method="fdr_bh")[1][0]
+    p_eq = multipletests([out["equivalence"]["p"], *others], method="fdr_bh")[1][0]
+    out["p_adjusted"], out["adjust_method"] = float(p_cls), "Benjamini-Hochberg"
+    out["equivalence"]["p_adjusted"] = float(p_eq)
+    return L.adjust_confound(out, 1 + len(others), 1 + len(others))
+
+
+def test_remains_on_raw_p_but_not_on_adjusted_p_is_inconclusive():
+    out = L.size_confound(_table(0, effect=-0.02), n_boot=50)
+    raw = out["class_p_adjusted"]
+    assert raw < 0.05 and out["verdict"] == "remains"  # the single-test verdict
+    _with_family(out)
+    assert out["p_adjusted"] >= 0.05  # the case: raw < 0.05 <= adjusted
+    assert out["verdict"] == "inconclusive" and out["class_effect_survives"] is False
+    assert out["verdict_unadjusted"] == "remains"
+    assert out["verdict_basis"] == "Benjamini-Hochberg-adjusted p"
+    s = out["summary"]
+    assert "remains" not in s and "Verdict: inconclusive" in s
+    assert f"{L._fmt_p(raw)}, Benjamini-Hochberg-adjusted {L._fmt_p(out['p_adjusted'])} " \
+           "over 3 size-confound tests" in s
+    assert f"Benjamini-Hochberg-adjusted {L._fmt_p(out['equivalence']['p_adjusted'])} over " \
+           "3 equivalence tests" in s
+
+
+def test_equivalent_on_raw_tost_but_not_on_adjusted_is_inconclusive():
+    out = L.size_confound(_table(1), margin=0.015, n_boot=50)
+    assert out["equivalence"]["p"] < 0.05 and out["verdict"] == "explained by size"
+    _with_family(out)
+    assert out["equivalence"]["p_adjusted"] >= 0.05
+    assert out["verdict"] == "inconclusive" and out["verdict_unadjusted"] == "explained by size"
+    assert out["equivalence"]["equivalent"] is False
+    assert out["equivalence"]["equivalent_unadjusted"] is True
+    assert "would call it equivalent" in out["summary"]
+    assert "explained by size" not in out["summary"]
+
+
+def test_adjusted_p_below_alpha_keeps_the_verdict():
+    out = L.size_confound(_table(1, effect=-0.10), n_boot=50)
+    _with_family(out)
+    assert out["p_adjusted"] < 0.05 and out["verdict"] == "remains"
+    assert "differs from 0 at the adjusted level" in out["summary"]
+
+
+# --------------------------------------------------------------------------- model and pooling
+
+
+def test_sentence_states_the_model_and_the_pooling_over_explained_classes():
+    df = _table(13, n=200)
+    df["cam_target"] = np.where(np.arange(200) % 4 == 0, 1 - df["label"], df["label"])
+    n_b, n_m = int((df["cam_target"] == 0).sum()), int((df["cam_target"] == 1).sum())
+    out = L.size_confound(df, target_mode="predicted", n_boot=20)
+    assert "natural cubic spline in lesion area (4 df), OLS with HC3 SEs" in out["summary"]
+    assert out["pooled_over_targets"] is True
+    assert out["explained_classes"] == {"benign": n_b, "malignant": n_m}
+    assert (f"pooled over the explained classes (--target predicted; {n_b} heatmaps explain "
+            f"benign, {n_m} explain malignant)") in out["summary"]
+    miss = L.missing_at_chance(df.assign(chance_leakage=1 - df["lesion_area"]), ["leakage"],
+                               target_mode="predicted")["leakage"]
+    assert miss["pooled_over_targets"] is True and "pooled over the explained" in \
+        miss["sentence"]
+    fixed = L.size_confound(df.assign(cam_target=1), n_boot=20)
+    assert fixed["pooled_over_targets"] is False and "pooled" not in fixed["summary"]
+    small = L.size_confound(df.iloc[:25], n_boot=20)
+    assert ("linear in lesion area (the fallback for small samples: fewer than 30 images "
+            "for a spline), OLS with HC3 SEs") in small["summary"]
+
+
+def test_cam_target_is_checked_like_the_labels():
+    df = _table(14, n=30).assign(cam_target=1)
+    df["cam_target"] = df["cam_target"].astype(object)
+    df.loc[2, "cam_target"] = 2
+    with pytest.raises(ValueError, match="'cam_target'.*0 \\(benign\\) or 1 \\(malignant\\)"):
+        L.size_confound(df)
+    with pytest.raises(ValueError, match="cam_target"):
+        L.compare_classes_by_target(df, "leakage")
+    df.loc[2, "cam_target"] = None  # missing is allowed, as for labels
+    assert L.compare_classes_by_target(df, "leakage")["n_explained"]["malignant"] == 29

@@ -438,3 +438,78 @@ def test_renders_in_headless_chromium(page, run_dir, tmp_path):
     assert len(visible) == n_malignant
     assert all('data-cls="malignant"' in c for c in visible)
     assert f'id="gallery-count">{n_malignant}<' in dom
+
+
+def _hand_summary(n: int = 90, seed: int = 0) -> dict:
+    """attention_summary.json of a hand-made table: one model, one method, clusters of 3,
+    heatmaps explaining both classes, an artifact flag."""
+    from dermcam.explain import summarise_attention
+
+    rng = np.random.default_rng(seed)
+    lab = (np.arange(n) % 3 == 0).astype(int)
+    area = rng.uniform(0.05, 0.5, n)
+    leak = np.clip(1 - area - 0.2 + 0.05 * lab + rng.normal(0, 0.05, n), 0, 1)
+    leak[[1, 4]] = np.nan
+    att = pd.DataFrame({
+        "image_id": [f"i{i:03d}" for i in range(n)], "model": "m", "method": "gradcam",
+        "layer": "layer4", "label": lab, "prob_malignant": 0.5, "pred": lab, "correct": True,
+        "cam_target": np.where(rng.random(n) < 0.8, lab, 1 - lab), "leakage": leak,
+        "lesion_area": area, "chance_leakage": 1 - area, "excess_leakage": leak - (1 - area),
+        "pixel_auroc": np.where(np.isnan(leak), np.nan, rng.uniform(0.5, 0.9, n)),
+        "inside_score": 0.5, "outside_score": 0.2, "localisation_gain": 1.2,
+        "rank_accuracy": 0.3, "pointing_game": 0.5,
+        "reason": np.where(np.isnan(leak), "zero_heatmap", ""),
+        "group": [f"lesion{i // 3}" for i in range(n)],
+        "artifact_hair": (np.arange(n) < 30).astype(int)})
+    sanity = {"m/gradcam": {"passed": None, "threshold": 0.4, "summary": "inconclusive"}}
+    return summarise_attention(att, {"stages": {"explain": {"target": "predicted"}}}, sanity,
+                               n_boot=50, seed=0, cluster_name="lesion_id")
+
+
+def test_attention_tables_and_notes_show_what_the_statistics_claim(tmp_path):
+    from dermcam.io import MANIFEST, SCHEMA_VERSION, write_json
+    from dermcam.report.html import RunFiles, fmt_p, section_attention, section_notes
+
+    s = _hand_summary()
+    write_json(tmp_path / MANIFEST, {"schema_version": SCHEMA_VERSION, "config": {
+        "models": ["m"]}, "models": {}, "stages": {"explain": {"status": "complete",
+                                                               "target": "predicted"}}})
+    write_json(tmp_path / "attention_summary.json", s)
+    r = RunFiles(tmp_path)
+    att, notes = section_attention(r), section_notes(r)
+    t = s["tests"]["m/gradcam"]
+    # class comparisons: pooled and within each explained class, n (undefined), raw and BH p
+    table = _table_with(att, "Heatmaps compared", "n benign (undefined)",
+                        "Mann-Whitney p (raw)", "p adjusted (BH)")
+    for metric, res in t["class_comparison"].items():
+        comps = {"pooled over the explained class": res["pooled"],
+                 **{f"within heatmaps explaining {k}": c for k, c in res["by_target"].items()}}
+        assert len(comps) == 3
+        for what, c in comps.items():
+            row = next(x for x in table[1:] if x[1] == metric and x[2] == what)
+            assert row[5] == f"{c['n_benign']} ({c['n_nan_benign']})"
+            assert row[6] == f"{c['n_malignant']} ({c['n_nan_malignant']})"
+            assert (row[7], row[8]) == (fmt_p(c["p_value"]), fmt_p(c["p_adjusted"]))
+            assert row[10] == ("differ" if c["p_adjusted"] < 0.05 else "inconclusive")
+    assert any(x[5].endswith("(2)") for x in table[1:])  # the two undefined benign maps
+    # the size confound for all three metrics, raw and adjusted p, TOST both ways
+    conf = _table_with(att, "Gap after area [95 % CI]", "p adjusted (BH)",
+                       "TOST p adjusted (BH)", "Verdict")
+    for metric, sc in t["size_confounds"].items():
+        row = next(x for x in conf[1:] if x[1] == metric)
+        assert row[4:8] == [fmt_p(sc["class_p_adjusted"]), fmt_p(sc["p_adjusted"]),
+                            fmt_p(sc["equivalence"]["p"]),
+                            fmt_p(sc["equivalence"]["p_adjusted"])]
+        assert row[8] == sc["verdict"]
+        assert html.escape(sc["summary"]) in att
+    # artifact presence with CIs and both p-values
+    pres = _table_with(att, "Artifact", "With", "Without", "p adjusted (BH)")
+    assert {x[2] for x in pres[1:]} == {"leakage", "excess_leakage", "pixel_auroc"}
+    # method notes: the correlations, the guard, the sanity rule as implemented, per image
+    for phrase in ("Spearman rank correlation", "Pearson", "Uniform-attention guard",
+                   "95 % bootstrap CI of the median |rho| lies below the threshold (0.4)",
+                   "fails when the median itself is at or above it",
+                   "artifact-presence comparisons", "decided on the adjusted p-values",
+                   "Still per image, treating images of one lesion as independent: "
+                   + "; ".join(s["per_image"])):
+        assert html.escape(phrase) in notes, phrase

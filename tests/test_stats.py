@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from scipy import stats as sstats
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from dermcam.stats import (
+    as_labels,
     bootstrap_ci,
     bootstrap_counts,
     bootstrap_indices,
@@ -350,3 +352,36 @@ def test_cluster_bootstrap_ci_ignores_duplicated_images_naive_one_shrinks():
     # groups that are all distinct change nothing
     assert bootstrap_mean_ci(x, n_boot=500, seed=2, groups=[str(i) for i in range(60)]) == \
         bootstrap_mean_ci(x, n_boot=500, seed=2)
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def test_one_label_check_with_and_without_missing_labels():
+    import pandas as pd
+
+    from dermcam import leakage as L
+
+    np.testing.assert_array_equal(as_labels([0, 1, True, 1.0]), [0, 1, 1, 1])
+    assert as_labels([0, 1]).dtype == np.int64
+    got = as_labels(pd.Series([0, None, 1], dtype=object), "label", allow_missing=True)
+    np.testing.assert_array_equal(got, [0.0, np.nan, 1.0])
+    nullable = as_labels(pd.array([1, pd.NA, 0], dtype="Int64"), allow_missing=True)
+    np.testing.assert_array_equal(nullable, [1.0, np.nan, 0.0])
+    with pytest.raises(ValueError, match="missing labels are not allowed"):
+        as_labels([0, np.nan, 1])
+    for bad in (2, -1, 0.5, "malignant", "1"):
+        with pytest.raises(ValueError, match=f"found 1 value.*{re.escape(repr(bad))}"):
+            as_labels(np.array([0, bad, 1], dtype=object), allow_missing=True)
+    with pytest.raises(ValueError, match=r"1-D \(N,\), got shape \(2, 2\)"):
+        as_labels(np.zeros((2, 2)))
+    # the same rule serves the DeLong test (no missing) and the attention tables (missing
+    # allowed): a 2 is refused by both, a missing label only by the former
+    with pytest.raises(ValueError, match="0 \\(benign\\) or 1 \\(malignant\\)"):
+        delong_test([0, 2, 1, 0], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match="missing"):
+        delong_test([0, np.nan, 1, 0], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4])
+    df = pd.DataFrame({"label": [0, 0, 1, 1, None], "x": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    assert L.compare_classes(df, "x")["n_nan"] == 1
+    with pytest.raises(ValueError, match="'label'"):
+        L.compare_classes(df.assign(label=[0, 0, 1, 2, 1]), "x")

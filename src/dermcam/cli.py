@@ -725,6 +725,8 @@ def _print_attention(summary) -> None:
         if san:
             console.print(f"  {key}: {_sanity_line(san)}")
     _print_artifacts(summary.get("artifacts"))
+    if summary.get("resampling_note"):
+        console.print(f"  {summary['resampling_note']}")
     fams = summary.get("multiplicity") or {}
     if fams:
         console.print("  p-values adjusted within families: " + "; ".join(

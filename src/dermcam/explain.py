@@ -662,7 +662,19 @@ ATTENTION_FAMILIES = {
                       "metric x model x method"),
     "equivalence": ("fdr_bh", "TOST of the size-adjusted class coefficient against the "
                     "margin: one per metric x model x method"),
+    "artifact_presence": ("fdr_bh", "Mann-Whitney with vs without an artifact (artifact "
+                          "labels): one test per artifact x metric x model x method"),
 }
+
+#: What the attention summary still computes per image when it resamples clusters.
+PER_IMAGE_WHEN_CLUSTERED = (
+    "Mann-Whitney p-values (class comparisons, artifact presence)",
+    "size-confound models (HC3 standard errors, t tests, TOST)",
+    "the bootstrap CI of the share of the class gap explained by area",
+    "uniform_guard CIs (median pixel AUROC, mean excess leakage)",
+    "artifact mass / area ratio CIs",
+    "the sanity check's CI of the median |rank correlation|",
+)
 
 
 def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, seed: int,
@@ -674,7 +686,11 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
     ``group`` (lesion or patient; ``cluster_name`` names it) are resampled together in
     every bootstrap CI of the per-class summaries; ``resampling`` says which was used.
     Every p-value is kept raw beside its adjusted value (``p_adjusted``, within the
-    families of :data:`ATTENTION_FAMILIES`, Benjamini-Hochberg).
+    families of :data:`ATTENTION_FAMILIES`, Benjamini-Hochberg); the size-confound
+    verdicts and the class-comparison sentences are decided on the adjusted values
+    (:func:`dermcam.leakage.adjust_confound`). With clusters, ``per_image`` lists the
+    numbers that still treat images as independent (:data:`PER_IMAGE_WHEN_CLUSTERED`)
+    and ``resampling_note`` says it in a sentence.
 
     ``by``: columns of ``att`` (metadata, ``ita``) to summarise by subgroup
     (``subgroups``: per model x method and group, leakage, excess leakage and pixel AUROC
@@ -729,7 +745,9 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
         if comparisons:
             entry["class_comparison"] = comparisons
         try:
-            entry["size_confounds"] = lk.size_confounds(g, TEST_METRICS, margin=margin)
+            entry["size_confounds"] = lk.size_confounds(
+                g, TEST_METRICS, margin=margin, target_mode=target,
+                cluster_name=cluster_name if cluster_col is not None else None)
             for res in entry["size_confounds"].values():
                 family_members["size_confound"].append(res)
                 family_members["equivalence"].append(res["equivalence"])
@@ -737,7 +755,7 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
         except ValueError as exc:
             entry["size_confound"] = {"error": str(exc)}
         try:
-            entry["missingness"] = lk.missing_at_chance(g, TEST_METRICS)
+            entry["missingness"] = lk.missing_at_chance(g, TEST_METRICS, target_mode=target)
         except ValueError as exc:
             entry["missingness"] = {"error": str(exc)}
         arts = [c.removeprefix("artifact_") for c in g.columns if c.startswith("artifact_")
@@ -752,10 +770,13 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
         presence = [c for c in g.columns if c.startswith("artifact_")
                     and f"mass_{c.removeprefix('artifact_')}" not in g.columns]
         if presence:  # labels without pixel maps (real images): leakage by presence
-            from dermcam.data.artifact_labels import split_by_presence
-
-            entry["artifact_presence"] = split_by_presence(
-                g, presence, ("leakage", "excess_leakage", "pixel_auroc"))
+            try:
+                entry["artifact_presence"] = lk.presence_comparison(
+                    g, presence, TEST_METRICS, n_boot=n_boot, seed=seed,
+                    cluster_col=cluster_col)
+                family_members["artifact_presence"] += entry["artifact_presence"]
+            except ValueError as exc:
+                entry["artifact_presence"] = {"error": str(exc)}
         if key in sanity:
             entry["sanity"] = sanity[key]
         tests[key] = entry
@@ -765,13 +786,20 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
             res["sentence"] = lk.class_comparison_sentence(res, target,
                                                            clustered=cluster_col is not None)
         for res in (entry.get("size_confounds") or {}).values():
-            if res.get("summary") and np.isfinite(res.get("class_p_adjusted", np.nan)):
-                k = multiplicity["size_confound"]["k"]
-                res["summary"] += (f" Across the {k} size-confound tests of this run the "
-                                   f"adjusted-gap {lk._fmt_p(res['class_p_adjusted'])} is "
-                                   f"{res['adjust_method']}-adjusted "
-                                   f"{lk._fmt_p(res['p_adjusted'])}.")
+            lk.adjust_confound(res, multiplicity["size_confound"]["k"],
+                               multiplicity["equivalence"]["k"])
     reasons = att.loc[att["reason"] != "", "reason"].value_counts().to_dict()
+    if cluster_col is not None:
+        per_image_numbers = list(PER_IMAGE_WHEN_CLUSTERED)
+        resampling_note = (
+            f"Resampling: {resampling}: the CIs of the means by class, by correctness, "
+            "overall, by subgroup and by artifact presence resample whole clusters. Still "
+            "per image, treating images of one lesion as independent: "
+            + "; ".join(per_image_numbers) + ".")
+    else:
+        per_image_numbers = []
+        resampling_note = ("Resampling: images (no cluster ids, or none shared by two "
+                           "images), so every CI and test here treats images as independent.")
     extra: dict[str, Any] = {}
     if by:
         from dermcam.external import by_names
@@ -786,6 +814,7 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
             "models": sorted(att["model"].unique().tolist()),
             "methods": sorted(att["method"].unique().tolist()),
             "target": target, "equivalence_margin": margin, "resampling": resampling,
+            "per_image": per_image_numbers, "resampling_note": resampling_note,
             "multiplicity": multiplicity,
             "undefined": reasons,
             "metric_definitions": {k: {"definition": v.definition,
@@ -802,7 +831,8 @@ def _adjust_families(members: dict[str, list[dict]], adjust, names) -> dict[str,
     """Adjust each family's p-values in place (``p_adjusted``, ``adjust_method``,
     ``family`` beside the raw p) and describe the families."""
     raw_key = {"class_pooled": "p_value", "class_within_target": "p_value",
-               "size_confound": "class_p_adjusted", "equivalence": "p"}
+               "size_confound": "class_p_adjusted", "equivalence": "p",
+               "artifact_presence": "p"}
     out = {}
     for family, dicts in members.items():
         method, what = ATTENTION_FAMILIES[family]

@@ -27,8 +27,10 @@ scores :func:`excess_leakage`, :func:`localisation_gain`, :func:`pixel_auroc`,
 The second half of the module holds the statistics run on a per-image table
 (one row per image x model x method): :func:`summarise`,
 :func:`compare_classes`, :func:`size_confound` (and :func:`size_confounds` for
-several metrics), :func:`sanity_check`,
-:func:`artifact_summary`.
+several metrics; :func:`adjust_confound` decides again on multiplicity-adjusted
+p-values), :func:`sanity_check`, :func:`artifact_summary`,
+:func:`presence_comparison`. Values that differ only by floating-point round-off
+(:func:`round_off_tol`) are constant: no test, no p-value.
 """
 
 from __future__ import annotations
@@ -70,8 +72,12 @@ __all__ = [
     "CONFOUND_METRICS",
     "VERDICTS",
     "EXACT_RTOL",
+    "EXACT_ATOL",
+    "round_off_tol",
     "sanity_check",
     "artifact_summary",
+    "presence_comparison",
+    "adjust_confound",
 ]
 
 # Images per internal chunk: bounds the temporary memory (about 16 x H x W x 8 bytes
@@ -675,23 +681,24 @@ def _wilson_ci(successes: float, n: float, level: float = 0.95) -> tuple[float, 
 def _labels(df: pd.DataFrame, label_col: str) -> np.ndarray:
     """The label column as ``(N,)`` float64: 0 benign, 1 malignant, NaN missing.
 
-    The one place labels are checked for :func:`compare_classes` and
-    :func:`size_confound`. A missing label (NaN, None) is allowed: those rows are
-    dropped and counted. Any other value that is not 0 or 1 (2, -1, 0.5, the text
-    ``"malignant"``) raises ValueError naming the values, instead of being counted
-    as benign or dropped without a count.
+    The label check of :func:`compare_classes`, :func:`size_confound` and
+    :func:`missing_at_chance`: :func:`dermcam.stats.as_labels` with missing labels
+    allowed (those rows are dropped and counted). Any other value that is not 0 or 1
+    (2, -1, 0.5, the text ``"malignant"``) raises ValueError naming the values, instead
+    of being counted as benign or dropped without a count. The same check, under the
+    name ``cam_target``, validates the class each heatmap explains (:func:`_targets`).
     """
-    raw = df[label_col]
-    lab = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-    bad = raw.notna().to_numpy() & ~np.isin(lab, (0.0, 1.0))
-    if bad.any():
-        values = pd.unique(raw[bad])
-        shown = ", ".join(repr(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
-        raise ValueError(
-            f"column {label_col!r} must hold 0 (benign) or 1 (malignant), found "
-            f"{int(bad.sum())} row(s) with other values: {shown}"
-        )
-    return lab
+    from dermcam.stats import as_labels
+
+    return as_labels(df[label_col].to_numpy(), f"column {label_col!r}", allow_missing=True)
+
+
+def _targets(df: pd.DataFrame, target_col: str) -> np.ndarray:
+    """``(N,)`` float64 explained class per row (0 benign, 1 malignant, NaN missing).
+
+    Checked like the labels (:func:`_labels`): a class index other than 0 or 1 raises.
+    """
+    return _labels(df, target_col)
 
 
 def _split_classes(df: pd.DataFrame, metric: str, label_col: str):
@@ -710,9 +717,11 @@ def compare_classes(df: pd.DataFrame, metric: str, label_col: str = "label") -> 
     without a metric value: left out of its mean), medians and means per class, ``u_statistic`` (U of the
     malignant sample), ``p_value``, ``cles`` (common language effect size:
     P(malignant > benign) + 0.5 P(tie)), ``rank_biserial`` (``2 * cles - 1``, in
-    [-1, 1], positive = malignant higher), and ``reason`` (``""``, or ``"too_few"``
-    when a class has no values: statistics are NaN). Labels other than 0, 1 or
-    missing raise ValueError.
+    [-1, 1], positive = malignant higher), and ``reason`` (``""``; ``"too_few"``
+    when a class has no values; ``"constant_metric"`` when the values do not vary beyond
+    round-off (:func:`round_off_tol`; e.g. the excess leakage of uniform heatmaps, about
+    1e-16), where ranks would be ordering round-off: statistics are NaN). Labels other
+    than 0, 1 or missing raise ValueError.
     """
     ben, mal, n_nan = _split_classes(df, metric, label_col)
     lab = _labels(df, label_col)
@@ -730,6 +739,9 @@ def compare_classes(df: pd.DataFrame, metric: str, label_col: str = "label") -> 
     }
     if ben.size == 0 or mal.size == 0:
         out["reason"] = "too_few"
+        return out
+    if _is_constant(np.concatenate([ben, mal])):
+        out["reason"] = "constant_metric"
         return out
     res = stats.mannwhitneyu(mal, ben, alternative="two-sided")
     cles = float(res.statistic) / (mal.size * ben.size)
@@ -755,9 +767,11 @@ def compare_classes_by_target(df: pd.DataFrame, metric: str, target_col: str = "
     "fixed_target"}``; ``fixed_target`` is the explained class's name when every row
     explains the same class (then the pooled comparison is already for a fixed
     target), else None. Classes no row explains are left out of ``by_target``.
+    ``target_col`` is checked like the labels: a value other than 0, 1 or missing
+    raises ValueError.
     """
     _require(df, [metric, label_col, target_col])
-    tgt = pd.to_numeric(df[target_col], errors="coerce").to_numpy(dtype=np.float64)
+    tgt = _targets(df, target_col)
     out: dict = {"metric": metric, "pooled": compare_classes(df, metric, label_col),
                  "by_target": {}, "n_explained": {}}
     for code, name in TARGET_NAMES.items():
@@ -778,14 +792,30 @@ def _p_text(c: dict) -> str:
     return text
 
 
+def _reading(c: dict, alpha: float = 0.05) -> str:
+    """What a comparison shows, read on its multiplicity-adjusted p where it has one."""
+    adjusted = np.isfinite(c.get("p_adjusted", np.nan))
+    p = c["p_adjusted"] if adjusted else c.get("p_value", np.nan)
+    if not np.isfinite(p):
+        return "no test"
+    level = f"at the {c.get('adjust_method', 'adjusted')}-adjusted level" if adjusted else \
+        "unadjusted"
+    if p < alpha:
+        return f"the classes differ ({level})"
+    return f"no difference shown ({level}; inconclusive, not evidence of no difference)"
+
+
 def _gap_text(c: dict) -> str:
+    if c.get("reason") == "constant_metric":
+        return (f"not testable ({c['metric']} takes the same value on all "
+                f"{c['n_benign'] + c['n_malignant']} images, up to round-off)")
     if c.get("reason"):
         return (f"not testable (benign n {c['n_benign']}, malignant n {c['n_malignant']}: "
                 "a class has no values)")
     return (f"median {c['median_benign']:.3f} benign (n {c['n_benign']}, {c['n_nan_benign']} "
             f"undefined) vs {c['median_malignant']:.3f} malignant (n {c['n_malignant']}, "
             f"{c['n_nan_malignant']} undefined), rank-biserial {c['rank_biserial']:+.2f}, "
-            f"Mann-Whitney {_p_text(c)}")
+            f"Mann-Whitney {_p_text(c)}: {_reading(c)}")
 
 
 def class_comparison_sentence(res: dict, target_mode: str | None = None,
@@ -839,7 +869,8 @@ CHANCE_TEXT = {"leakage": "leakage = chance leakage = 1 - lesion area",
 
 def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "excess_leakage",
                                                                    "pixel_auroc"),
-                      label_col: str = "label") -> dict[str, dict]:
+                      label_col: str = "label", target_col: str | None = "cam_target",
+                      target_mode: str | None = None) -> dict[str, dict]:
     """Sensitivity of the class comparison to undefined heatmaps, scored at chance.
 
     A heatmap that is all zero (or constant before min-max normalisation, which makes it
@@ -850,10 +881,21 @@ def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "ex
     Returns ``{metric: {"n_nan_benign", "n_nan_malignant", "n_imputed_benign",
     "n_imputed_malignant", "observed": compare_classes, "at_chance": compare_classes
     on the imputed table, "diff_observed", "diff_at_chance" (malignant minus benign
-    mean), "chance", "sentence"}}``; metrics without a chance level are skipped.
+    mean), "chance", "sentence", "pooled_over_targets"}}``; metrics without a chance level
+    are skipped. Where ``target_col`` shows heatmaps explaining both classes (``--target
+    predicted``; ``target_mode`` names it), the comparison is pooled over the explained
+    classes and the sentence says so.
     """
     _require(df, [label_col])
     lab = _labels(df, label_col)
+    pooled = ""
+    if target_col is not None and target_col in df.columns:
+        tgt = _targets(df, target_col)
+        n_exp = {name: int((tgt == code).sum()) for code, name in TARGET_NAMES.items()}
+        if all(n_exp.values()):
+            mode = f"--target {target_mode}; " if target_mode else ""
+            pooled = (f" This is pooled over the explained classes ({mode}{n_exp['benign']} "
+                      f"heatmaps explain benign, {n_exp['malignant']} explain malignant).")
     out = {}
     for metric in ([metrics] if isinstance(metrics, str) else list(metrics)):
         if metric not in df.columns:
@@ -887,6 +929,8 @@ def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "ex
                 f"mean from {r['diff_observed']:+.3f} to {r['diff_at_chance']:+.3f}, and the "
                 f"Mann-Whitney p (unadjusted) from {_bare_p(obs['p_value'])} to "
                 f"{_bare_p(imp['p_value'])}.")
+        r["sentence"] += pooled
+        r["pooled_over_targets"] = bool(pooled)
         out[metric] = r
     return out
 
@@ -895,6 +939,32 @@ def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "ex
 #: round-off, not variation: ``1 - area`` computed in float64 leaves residuals near
 #: 1e-16, real metrics vary by more than 1e-4.
 EXACT_RTOL = 1e-10
+
+#: ... and so is one below this in absolute terms, whatever ``max|y|``. The relative
+#: rule alone fails where the values themselves are round-off: the excess leakage of
+#: uniform heatmaps is ``leakage - (1 - area)``, about 1e-16 at 224 x 224, and relative
+#: to its own size that noise is "variation" that a test turns into p-values. Every
+#: localisation metric is a share, a ratio or an AUROC of order 1, so a spread below
+#: 1e-9 is never a real difference between images.
+EXACT_ATOL = 1e-9
+
+
+def round_off_tol(y) -> float:
+    """The spread below which ``y`` counts as constant (or a fit as exact).
+
+    ``max(EXACT_RTOL * max|y|, EXACT_ATOL)`` (:data:`EXACT_RTOL`, :data:`EXACT_ATOL`);
+    ``y`` any array of finite values (NaNs ignored).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    scale = float(np.nanmax(np.abs(y))) if np.isfinite(y).any() else 0.0
+    return max(EXACT_RTOL * scale, EXACT_ATOL)
+
+
+def _is_constant(y) -> bool:
+    """True when the finite values of ``y`` vary by no more than :func:`round_off_tol`."""
+    y = np.asarray(y, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    return y.size == 0 or float(np.ptp(y)) <= round_off_tol(y)
 
 
 def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC3") -> dict:
@@ -911,9 +981,10 @@ def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC
     coefficients are still given but ``se``, ``t``, ``p`` and the CI are NaN, and
     ``reason`` says why (never a p-value made of round-off):
 
-    - ``"constant_outcome"``: ``y`` does not vary (spread <= :data:`EXACT_RTOL` x max|y|);
-    - ``"perfect_fit"``: the residuals are round-off (RMS <= :data:`EXACT_RTOL` x
-      max|y|), i.e. ``y`` is an exact linear function of the columns;
+    - ``"constant_outcome"``: ``y`` does not vary (spread <= :func:`round_off_tol`:
+      :data:`EXACT_RTOL` x max|y|, and at least :data:`EXACT_ATOL`);
+    - ``"perfect_fit"``: the residuals are round-off (RMS <= the same tolerance),
+      i.e. ``y`` is an exact linear function of the columns;
     - ``"leverage_one"`` (HC3 only): a row has leverage 1, where HC3 divides by 0.
 
     Raises ValueError for a rank-deficient design, ``n <= p`` or an unknown ``cov_type``.
@@ -941,11 +1012,11 @@ def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC
     resid = y - X @ beta
     rss = float(resid @ resid)
     tss = float(((y - y.mean()) ** 2).sum())
-    scale = float(np.abs(y).max()) or 1.0
+    tol = round_off_tol(y)
     reason = ""
-    if np.ptp(y) <= EXACT_RTOL * scale:
+    if np.ptp(y) <= tol:
         reason = "constant_outcome"
-    elif np.sqrt(rss / n) <= EXACT_RTOL * scale:
+    elif np.sqrt(rss / n) <= tol:
         reason = "perfect_fit"
     elif cov_type == "HC3" and ((q_mat ** 2).sum(axis=1) > 1.0 - 1e-10).any():
         reason = "leverage_one"
@@ -1061,7 +1132,9 @@ VERDICTS = ("remains", "explained by size", "inconclusive")
 
 def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "lesion_area",
                   label_col: str = "label", alpha: float = 0.05, margin: float = 0.02,
-                  spline_df: int = 4, n_boot: int = 1000, seed: int = 0) -> dict:
+                  spline_df: int = 4, n_boot: int = 1000, seed: int = 0,
+                  target_col: str | None = "cam_target", target_mode: str | None = None,
+                  cluster_name: str | None = None) -> dict:
     """Is a class difference in ``metric`` explained by lesion size? Estimates, then a verdict.
 
     Uses the rows where the metric, area and label are all present (labels must be
@@ -1091,9 +1164,10 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
     - ``verdict``, one of :data:`VERDICTS`, decided in this order:
 
       1. ``"explained by size"``: the adjusted gap is equivalent to zero within
-         ``+-margin``. This holds even when its CI excludes 0: a difference smaller
+         ``+-margin`` (TOST p < ``alpha``). This holds even when its CI excludes 0: a difference smaller
          than the margin is taken as negligible (the sentence says so).
-      2. ``"remains"``: the adjusted CI excludes 0, and it does not point against a
+      2. ``"remains"``: the adjusted gap differs from 0 (its t test's p < ``alpha``,
+         i.e. its CI excludes 0), and it does not point against a
          clear unadjusted gap (one whose CI excludes 0). A gap that only appears
          after the adjustment (no clear unadjusted gap) also counts as remaining.
       3. ``"inconclusive"``: everything else. That is the adjusted CI containing 0
@@ -1102,14 +1176,30 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
          than the whole difference), and cases where nothing can be estimated
          (``reason`` says which).
 
+      The p-values the verdict reads are the raw ones here. In a family of tests
+      (the attention summary's ``size_confound`` and ``equivalence`` families),
+      :func:`adjust_confound` decides again on the multiplicity-adjusted p-values and
+      rewrites the sentence with both; ``verdict_unadjusted`` keeps the single-test
+      verdict and ``verdict_basis`` says which p-values decided.
+
     - ``class_effect_survives``: ``verdict == "remains"``; None when the models could
       not be fitted;
-    - ``model``: the fitted formulas and the standard errors used; ``spline_df``;
+    - ``model``: the fitted formulas and the standard errors used; ``model_text``: the
+      same in a few words (stated in the sentence); ``spline_df``;
     - ``ols_class``, ``ols_class_area``: the :func:`ols_fit` results of the
       unadjusted and the adjusted (spline) model;
     - ``spearman_rho``, ``spearman_p``, ``pearson_r``, ``pearson_p``: the metric
       against the area;
     - ``n``, ``n_benign``, ``n_malignant``, ``n_dropped``, ``alpha``;
+    - ``explained_classes``: ``{"benign": n, "malignant": n}`` heatmaps explaining each
+      class among the rows used (from ``target_col``, checked like the labels; None
+      without that column) and ``pooled_over_targets``: True when both classes are
+      explained, i.e. lesion type is mixed with the explained class (``--target
+      predicted``); the sentence then says the result is pooled (``target_mode``, the
+      explain stage's ``--target``, is named in it);
+    - ``per_image``: with ``cluster_name`` (the run resamples clusters of that name
+      elsewhere), the numbers here that still treat images as independent; the
+      sentence says so;
     - ``summary``: a sentence built from the numbers above; ``reason``: ``""`` or why a
       quantity is undefined (``"constant_metric"``, ``"perfect_fit"``, ...).
 
@@ -1126,12 +1216,16 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
     area = pd.to_numeric(df[area_col], errors="coerce").to_numpy(dtype=np.float64)
     lab = _labels(df, label_col)
     ok = np.isfinite(y) & np.isfinite(area) & ~np.isnan(lab)
+    explained = None
+    if target_col is not None and target_col in df.columns:
+        tgt = _targets(df, target_col)[ok]
+        explained = {name: int((tgt == code).sum()) for code, name in TARGET_NAMES.items()}
     y, area, mal = y[ok], area[ok], lab[ok]
     level = 1.0 - alpha
     out: dict = {
         "metric": metric, "n": int(ok.sum()), "n_benign": int((mal == 0).sum()),
         "n_malignant": int((mal == 1).sum()), "n_dropped": int((~ok).sum()),
-        "alpha": alpha, "model": "", "spline_df": None,
+        "alpha": alpha, "model": "", "model_text": "", "spline_df": None,
         "spearman_rho": np.nan, "spearman_p": np.nan, "pearson_r": np.nan, "pearson_p": np.nan,
         "ols_class": None, "ols_class_area": None,
         "class_coef_unadjusted": np.nan, "class_ci_unadjusted": (np.nan, np.nan),
@@ -1141,17 +1235,23 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
         "share_explained": np.nan, "share_explained_ci": (np.nan, np.nan),
         "equivalence": {"margin": margin, "p": np.nan, "equivalent": None,
                         "level": 1.0 - 2.0 * alpha, "ci": (np.nan, np.nan)},
-        "verdict": "inconclusive", "class_effect_survives": None, "reason": "",
+        "verdict": "inconclusive", "verdict_unadjusted": "inconclusive",
+        "verdict_basis": "unadjusted p", "class_effect_survives": None, "reason": "",
+        "explained_classes": explained,
+        "pooled_over_targets": bool(explained and all(explained.values())),
+        "target_mode": target_mode,
+        "per_image": list(CONFOUND_PER_IMAGE) if cluster_name else [],
+        "cluster_name": cluster_name,
     }
-    if y.size >= 3 and np.ptp(y) > 0 and np.ptp(area) > 0:
+    if y.size >= 3 and not _is_constant(y) and not _is_constant(area):
         sp = stats.spearmanr(y, area)
         pe = stats.pearsonr(y, area)
         out.update(spearman_rho=float(sp.statistic), spearman_p=float(sp.pvalue),
                    pearson_r=float(pe.statistic), pearson_p=float(pe.pvalue))
     ones = np.ones_like(y)
+    wanted_df = min(spline_df, y.size // _N_PER_AREA_DF)
     try:
-        basis, area_names, area_term = _area_basis(area, mal,
-                                                   min(spline_df, y.size // _N_PER_AREA_DF))
+        basis, area_names, area_term = _area_basis(area, mal, wanted_df)
         design = np.column_stack([ones, mal, basis])
         m1 = ols_fit(y, np.column_stack([ones, mal]), ["intercept", "malignant"], level)
         m2 = ols_fit(y, design, ["intercept", "malignant", *area_names], level)
@@ -1166,6 +1266,14 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
                     + (f"natural cubic regression spline in {area_col}, knots at its quantiles"
                        if spline else f"linear in {area_col}: too few images for a spline")
                     + "); OLS, HC3 standard errors, t tests on n - p df")
+    if spline:
+        out["model_text"] = (f"natural cubic spline in lesion area ({len(area_names)} df), "
+                             "OLS with HC3 SEs")
+    else:
+        why = (f"fewer than {2 * _N_PER_AREA_DF} images" if wanted_df < 2
+               else "too few distinct areas")
+        out["model_text"] = (f"linear in lesion area (the fallback for small samples: {why} "
+                             "for a spline), OLS with HC3 SEs")
     out["spline_df"] = len(area_names) if spline else 1
     c1, c2 = m1["coef"]["malignant"], m2["coef"]["malignant"]
     du, da = c1["coef"], c2["coef"]
@@ -1173,15 +1281,14 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
                class_ci_unadjusted=(c1["ci_low"], c1["ci_high"]), class_p_unadjusted=c1["p"],
                class_coef_adjusted=da, class_ci_adjusted=(c2["ci_low"], c2["ci_high"]),
                class_p_adjusted=c2["p"])
-    scale = float(np.abs(y).max()) or 1.0
     if m1["reason"] == "constant_outcome":
         out.update(reason="constant_metric", class_effect_survives=False)
         out["summary"] = (
-            f"{metric} takes the same value ({y[0]:.3g}) on all {y.size} images, so there "
-            "is no class difference for lesion area to explain and nothing to test; "
-            "verdict: inconclusive.")
+            f"{metric} takes the same value ({y[0]:.3g}, up to round-off) on all {y.size} "
+            "images, so there is no class difference for lesion area to explain and nothing "
+            "to test; verdict: inconclusive.")
         return out
-    if abs(du) > EXACT_RTOL * scale:
+    if abs(du) > round_off_tol(y):
         out["share_explained"] = 1.0 - da / du
         out["share_explained_ci"] = _share_explained_boot(y, mal, design, n_boot, seed, level)
     eq = out["equivalence"]
@@ -1191,8 +1298,10 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
                             level)
         exact_area = only_area["reason"] == "perfect_fit"
         within = exact_area or abs(da) < margin
-        eq["equivalent"] = bool(within)
-        out["verdict"] = "explained by size" if within else "remains"
+        eq["equivalent"] = eq["equivalent_unadjusted"] = bool(within)
+        out["verdict"] = out["verdict_unadjusted"] = ("explained by size" if within
+                                                      else "remains")
+        out["verdict_basis"] = "exact fit, no p-value"
         out["class_effect_survives"] = out["verdict"] == "remains"
         out["reason"] = "perfect_fit"
         if exact_area:  # the class coefficient is round-off of an exact 0
@@ -1201,85 +1310,207 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
                 out["share_explained"] = 1.0
             out["summary"] = (
                 f"{metric} is an exact function of lesion area on these {y.size} images "
-                f"(no residual variance with the area term {area_term}): the unadjusted gap of "
-                f"{du:+.3f} (malignant minus benign) is fully explained by area, and there "
-                "is no class effect to estimate, so no p-value; verdict: explained by size.")
+                f"(no residual variance with the area term {area_term}; model: "
+                f"{out['model_text']}): the unadjusted gap of {du:+.3f} (malignant minus "
+                "benign) is fully explained by area, and there is no class effect to "
+                "estimate, so no p-value; verdict: explained by size.")
         else:
             out["summary"] = (
                 f"{metric} is an exact function of lesion area and class on these {y.size} "
-                f"images (no residual variance): the gap is {du:+.3f} unadjusted and "
-                f"exactly {da:+.3f} adjusted for area, with no p-value; verdict: "
-                f"{out['verdict']} ({'within' if within else 'beyond'} the margin "
-                f"+-{margin:g}).")
+                f"images (no residual variance; model: {out['model_text']}): the gap is "
+                f"{du:+.3f} unadjusted and exactly {da:+.3f} adjusted for area, with no "
+                f"p-value; verdict: {out['verdict']} ({'within' if within else 'beyond'} the "
+                f"margin +-{margin:g}).")
+        out["summary"] += _confound_notes(out, tested=False)
         return out
     if m2["reason"]:
         out["reason"] = f"adjusted model: {m2['reason']}"
-        out["summary"] = (f"The size-adjusted model for {metric} has no standard error "
-                          f"({m2['reason']}); the unadjusted gap is {du:+.3f}; verdict: "
-                          "inconclusive.")
+        out["summary"] = (f"The size-adjusted model for {metric} ({out['model_text']}) has "
+                          f"no standard error ({m2['reason']}); the unadjusted gap is "
+                          f"{du:+.3f}; verdict: inconclusive."
+                          + _confound_notes(out, tested=False))
         return out
 
     dof = m2["df_resid"]
     q = stats.t.ppf(1.0 - alpha, dof)
     eq.update(p=_tost_p(da, c2["se"], dof, margin),
               ci=(da - q * c2["se"], da + q * c2["se"]))
-    eq["equivalent"] = bool(eq["p"] < alpha)
-    lo_u, hi_u = out["class_ci_unadjusted"]
-    lo_a, hi_a = out["class_ci_adjusted"]
-    clear_u = lo_u > 0 or hi_u < 0
-    clear_a = lo_a > 0 or hi_a < 0
-    reversed_ = clear_u and clear_a and np.sign(da) != np.sign(du)
-    if eq["equivalent"]:
-        verdict = "explained by size"
-    elif clear_a and not reversed_:
-        verdict = "remains"
-    else:
-        verdict = "inconclusive"
-    out.update(verdict=verdict, class_effect_survives=verdict == "remains")
-    out["summary"] = _confound_sentence(out, metric, margin)
+    _decide(out)
     return out
+
+
+#: The numbers of :func:`size_confound` that treat images as independent even where the
+#: rest of the attention summary resamples whole clusters (lesions, patients).
+CONFOUND_PER_IMAGE = ("HC3 standard errors, t tests and TOST of the size-confound models",
+                      "the bootstrap CI of the share of the gap explained by area")
+
+
+def _decide(r: dict) -> None:
+    """Set ``verdict``, ``class_effect_survives`` and ``summary`` of a fitted result.
+
+    Decides on the multiplicity-adjusted p-values where they exist (``p_adjusted`` of the
+    size-adjusted class coefficient, ``equivalence["p_adjusted"]`` of the TOST), on the
+    raw ones otherwise; ``verdict_unadjusted`` is always the raw decision.
+    """
+    eq = r["equivalence"]
+    p_class, p_eq = r["class_p_adjusted"], eq["p"]
+    r["verdict_unadjusted"] = _verdict(r, p_class, p_eq)
+    eq["equivalent_unadjusted"] = bool(p_eq < r["alpha"])
+    pa_class = r.get("p_adjusted", np.nan)
+    pa_eq = eq.get("p_adjusted", np.nan)
+    adjusted = bool(np.isfinite(pa_class) or np.isfinite(pa_eq))
+    if adjusted:
+        p_class = pa_class if np.isfinite(pa_class) else p_class
+        p_eq = pa_eq if np.isfinite(pa_eq) else p_eq
+        r["verdict_basis"] = f"{r.get('adjust_method', 'multiplicity')}-adjusted p"
+    else:
+        r["verdict_basis"] = "unadjusted p"
+    r["verdict"] = _verdict(r, p_class, p_eq)
+    eq["equivalent"] = bool(p_eq < r["alpha"])
+    r["class_effect_survives"] = r["verdict"] == "remains"
+    r["summary"] = _confound_sentence(r, r["metric"], eq["margin"]) + _confound_notes(r)
+
+
+def _verdict(r: dict, p_class: float, p_eq: float) -> str:
+    """The verdict of :func:`size_confound` from the class and TOST p-values given."""
+    alpha = r["alpha"]
+    du, da = r["class_coef_unadjusted"], r["class_coef_adjusted"]
+    lo_u, hi_u = r["class_ci_unadjusted"]
+    clear_u = lo_u > 0 or hi_u < 0
+    clear_a = bool(p_class < alpha)
+    reversed_ = clear_u and clear_a and np.sign(da) != np.sign(du)
+    if p_eq < alpha:
+        return "explained by size"
+    if clear_a and not reversed_:
+        return "remains"
+    return "inconclusive"
+
+
+def adjust_confound(r: dict, k_class: int | None = None,
+                    k_equivalence: int | None = None) -> dict:
+    """Decide a :func:`size_confound` result again on its multiplicity-adjusted p-values.
+
+    ``r`` carries ``p_adjusted`` (the size-adjusted class coefficient's p, adjusted in
+    its family), ``adjust_method`` and ``equivalence["p_adjusted"]`` (the TOST p,
+    adjusted in its family), as :func:`dermcam.explain.summarise_attention` sets them;
+    ``k_class``, ``k_equivalence`` are the family sizes, named in the sentence. The
+    verdict, ``class_effect_survives``, ``equivalence["equivalent"]`` and the sentence
+    follow the adjusted p-values (raw and adjusted both shown); ``verdict_unadjusted``
+    and ``equivalence["equivalent_unadjusted"]`` keep the single-test decision. A result
+    without p-values (degenerate data) is returned unchanged. Modifies and returns ``r``.
+    """
+    eq = r.get("equivalence") or {}
+    if not (np.isfinite(r.get("class_p_adjusted", np.nan)) and np.isfinite(eq.get("p", np.nan))):
+        return r
+    r["family_sizes"] = {"size_confound": k_class, "equivalence": k_equivalence}
+    _decide(r)
+    return r
+
+
+def _adj_text(p_adj: float, method: str | None, k: int | None, what: str) -> str:
+    """``, Benjamini-Hochberg-adjusted p = 0.080 over 9 size-confound tests`` or ``""``."""
+    if not np.isfinite(p_adj):
+        return ""
+    over = f" over {k} {what} tests" if k else ""
+    return f", {method or 'multiplicity'}-adjusted {_fmt_p(p_adj)}{over}"
+
+
+def _confound_notes(r: dict, tested: bool = True) -> str:
+    """The sentences after a confound verdict: pooled targets, and (``tested``: there are
+    standard errors) the numbers that stay per image under cluster resampling."""
+    text = ""
+    if r.get("pooled_over_targets"):
+        ex = r["explained_classes"]
+        mode = f"--target {r['target_mode']}; " if r.get("target_mode") else ""
+        text += (f" This is pooled over the explained classes ({mode}{ex['benign']} heatmaps "
+                 f"explain benign, {ex['malignant']} explain malignant), so lesion type is "
+                 "mixed with the class each heatmap explains.")
+    if tested and r.get("per_image"):
+        text += (f" The CIs of the class means resample whole clusters "
+                 f"({r.get('cluster_name') or 'group'}), but these numbers are per image, "
+                 f"treating images of one lesion as independent: {'; '.join(r['per_image'])}.")
+    return text
 
 
 def _confound_sentence(r: dict, metric: str, margin: float) -> str:
     """The summary sentence of :func:`size_confound`, from the numbers in ``r`` only."""
     pct = round(100 * (1 - r["alpha"]))
+    alpha = r["alpha"]
     du, da = r["class_coef_unadjusted"], r["class_coef_adjusted"]
     lo_u, hi_u = r["class_ci_unadjusted"]
     lo_a, hi_a = r["class_ci_adjusted"]
     eq = r["equivalence"]
+    method = r.get("adjust_method")
+    sizes = r.get("family_sizes") or {}
+    pa_class, pa_eq = r.get("p_adjusted", np.nan), eq.get("p_adjusted", np.nan)
+    adjusted = r.get("verdict_basis", "unadjusted p") != "unadjusted p"
     clear_u = lo_u > 0 or hi_u < 0
-    clear_a = lo_a > 0 or hi_a < 0
+    raw_a = bool(r["class_p_adjusted"] < alpha)  # the adjusted CI excludes 0
+    raw_eq = bool(eq["p"] < alpha)
+    p_a = pa_class if adjusted and np.isfinite(pa_class) else r["class_p_adjusted"]
+    p_e = pa_eq if adjusted and np.isfinite(pa_eq) else eq["p"]
+    clear_a, equiv = bool(p_a < alpha), bool(p_e < alpha)
     text = (
         f"Malignant minus benign mean {metric} is {du:+.3f} ({pct} % CI {lo_u:+.3f} to "
         f"{hi_u:+.3f}, {_fmt_p(r['class_p_unadjusted'])}) before and {da:+.3f} ({pct} % CI "
-        f"{lo_a:+.3f} to {hi_a:+.3f}, {_fmt_p(r['class_p_adjusted'])}) after adjusting for "
-        f"lesion area (Spearman rho with area {r['spearman_rho']:.2f})"
+        f"{lo_a:+.3f} to {hi_a:+.3f}, {_fmt_p(r['class_p_adjusted'])}"
+        f"{_adj_text(pa_class, method, sizes.get('size_confound'), 'size-confound')}) after "
+        f"adjusting for lesion area (model: {r.get('model_text') or r.get('model')}; "
+        f"Spearman rho with area {r['spearman_rho']:.2f})"
     )
     share, (s_lo, s_hi) = r["share_explained"], r["share_explained_ci"]
     if clear_u and np.isfinite(share):
         ci = (f" ({pct} % CI {100 * s_lo:.0f} to {100 * s_hi:.0f} %)"
               if np.isfinite(s_lo) else "")
         text += f"; lesion area accounts for {100 * share:.0f} % of the gap{ci}"
-    text += (f"; equivalence test against +-{margin:g}: {_fmt_p(eq['p'])}. "
-             f"Verdict: {r['verdict']}: ")
+    text += (f"; equivalence test (TOST) against +-{margin:g}: {_fmt_p(eq['p'])}"
+             f"{_adj_text(pa_eq, method, sizes.get('equivalence'), 'equivalence')}. "
+             f"Verdict: {r['verdict']}"
+             + (f" (decided on the {method}-adjusted p-values)" if adjusted else "") + ": ")
     no_gap = "there is no clear unadjusted gap, and " if not clear_u else ""
+    differs = (f"the size-adjusted gap differs from 0 at the adjusted level "
+               f"({method}-adjusted {_fmt_p(p_a)})" if adjusted else
+               "the adjusted CI excludes 0")
     if r["verdict"] == "explained by size":
         why = (f"{no_gap}the adjusted gap is equivalent to zero within +-{margin:g}"
+               + (f" ({method}-adjusted TOST {_fmt_p(p_e)})" if adjusted else "")
                + (", so lesion area accounts for the class difference" if clear_u else "")
                + (" (it differs from zero, but by less than the margin)" if clear_a else ""))
     elif r["verdict"] == "remains":
-        why = ("the adjusted CI excludes 0 in the same direction as the unadjusted gap, so "
-               "the class difference remains after adjusting for lesion area" if clear_u else
-               "there is no clear unadjusted gap, but the adjusted CI excludes 0: a class "
-               "difference appears once lesion area is accounted for")
+        why = (f"{differs} in the same direction as the unadjusted gap, so the class "
+               "difference remains after adjusting for lesion area" if clear_u else
+               f"there is no clear unadjusted gap, but {differs}: a class difference "
+               "appears once lesion area is accounted for")
     elif clear_u and clear_a:
         why = ("the adjusted gap points the other way from the unadjusted one: lesion area "
                "accounts for more than the whole difference, and the reversed remainder is "
                "not equivalent to zero")
     else:
-        why = (f"{no_gap}the adjusted CI contains 0 but reaches beyond +-{margin:g}, so the "
-               "data neither show a class difference after the size adjustment nor rule "
-               "one out")
+        lost_diff = adjusted and raw_a and not clear_a
+        lost_eq = adjusted and raw_eq and not equiv
+        if not (lost_diff or lost_eq):
+            why = (f"{no_gap}the adjusted CI contains 0 but reaches beyond +-{margin:g}, so "
+                   "the data neither show a class difference after the size adjustment nor "
+                   "rule one out")
+        else:
+            parts = []
+            if lost_diff:
+                parts.append(f"the adjusted CI excludes 0 ({_fmt_p(r['class_p_adjusted'])}) "
+                             f"but the {method}-adjusted {_fmt_p(p_a)} does not reach "
+                             f"{alpha:g}")
+            else:
+                parts.append("the size-adjusted gap does not differ from 0 "
+                             f"({method}-adjusted {_fmt_p(p_a)})")
+            if lost_eq:
+                parts.append(f"the TOST {_fmt_p(eq['p'])} would call it equivalent to zero "
+                             f"within +-{margin:g}, but the {method}-adjusted {_fmt_p(p_e)} "
+                             "does not")
+            else:
+                parts.append(f"it is not equivalent to zero within +-{margin:g} ({method}-"
+                             f"adjusted TOST {_fmt_p(p_e)})")
+            why = (f"{no_gap}{'; '.join(parts)}; after the multiplicity adjustment the data "
+                   "neither show a class difference after the size adjustment nor rule one "
+                   "out")
         if clear_u and lo_a <= du <= hi_a:
             why += f" (the CI still contains the unadjusted gap {du:+.3f})"
     return text + why + "."
@@ -1321,6 +1552,62 @@ def sanity_check(cams_trained, cams_random, threshold: float = 0.5) -> dict:
 
     out = sanity_verdict(cams_trained, cams_random, threshold=threshold)
     out["mean"] = out["mean_abs_rho"]
+    return out
+
+
+def presence_comparison(df: pd.DataFrame, columns: Sequence[str], metrics: Sequence[str],
+                        n_boot: int = 1000, seed: int = 0,
+                        cluster_col: str | None = None) -> list[dict]:
+    """Each metric on images with versus without each artifact flag, with CIs and counts.
+
+    ``df``: one model x method's attention.csv rows with the 0/1 flag ``columns``
+    (``artifact_<name>``, from artifact labels; a missing flag puts the row on neither
+    side) and the ``metrics``. The rows of
+    :func:`dermcam.data.artifact_labels.split_by_presence` (``artifact``, ``metric``,
+    ``n_with``, ``n_without``, ``mean_with``, ``mean_without``, ``diff`` = with - without,
+    two-sided Mann-Whitney ``p``, raw), each with
+
+    - ``n_nan_with``, ``n_nan_without``: rows of that side whose metric is undefined
+      (left out of its mean and test);
+    - ``ci_with``, ``ci_without``: 95 % percentile bootstrap CIs of the two means
+      (:func:`bootstrap_mean_ci`, ``n_boot`` resamples, ``seed``; whole clusters of
+      ``cluster_col`` where images share one) and ``ci_method``;
+    - ``reason``: ``""``, ``"too_few"`` (a side has no value) or ``"constant_metric"``
+      (the values do not vary beyond round-off: no test, ``p`` NaN).
+
+    The caller adjusts ``p`` for multiplicity (the attention summary's
+    ``artifact_presence`` family) and keeps the raw value beside ``p_adjusted``.
+    """
+    from dermcam.data.artifact_labels import split_by_presence
+    from dermcam.stats import cluster_info
+
+    _require(df, [*columns, *metrics])
+    rows = split_by_presence(df, list(columns), list(metrics))
+    groups = (df[cluster_col].to_numpy(dtype=object)
+              if cluster_col is not None and cluster_col in df.columns else None)
+    clustered = groups is not None and cluster_info(groups) is not None
+    out = []
+    for row, (col, metric) in zip(rows, [(c, m) for c in columns for m in metrics],
+                                  strict=True):
+        flag = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+        v = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64)
+        r = dict(row)
+        for side, sel in (("with", flag == 1), ("without", flag == 0)):
+            vals = v[sel]
+            g = groups[sel][~np.isnan(vals)] if clustered else None
+            r[f"n_nan_{side}"] = int(np.isnan(vals).sum())
+            r[f"ci_{side}"] = list(bootstrap_mean_ci(vals[~np.isnan(vals)], n_boot=n_boot,
+                                                     seed=seed, groups=g))
+        r["ci_method"] = "percentile cluster bootstrap" if clustered else \
+            "percentile bootstrap"
+        both = v[((flag == 1) | (flag == 0)) & ~np.isnan(v)]
+        if not (r["n_with"] and r["n_without"]):
+            r["reason"] = "too_few"
+        elif _is_constant(both):
+            r.update(reason="constant_metric", p=float("nan"))
+        else:
+            r["reason"] = ""
+        out.append(r)
     return out
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "cluster_labels",
     "cluster_bootstrap_counts",
     "resampling_weights",
+    "as_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,15 +69,50 @@ DELONG_ZERO_SE = 1e-12
 # --------------------------------------------------------------------------- checks
 
 
-def _as_labels(y: Any, name: str = "y_true") -> np.ndarray:
-    """``(N,)`` array of 0/1 ints; ValueError with the offending shape/values."""
+def as_labels(y: Any, name: str = "y_true", allow_missing: bool = False) -> np.ndarray:
+    """The one label check of dermcam: ``(N,)`` values that are 0 (benign) or 1 (malignant).
+
+    ``y``: a 1-D array, list or pandas Series of numbers or booleans. Returns ``(N,)``
+    int64 labels, or with ``allow_missing=True`` ``(N,)`` float64 labels where a missing
+    value (None, NaN, ``pd.NA``) is NaN (callers drop and count those rows). Anything
+    else (2, -1, 0.5, text such as ``"malignant"`` or ``"1"``, or a missing value when
+    ``allow_missing`` is False) raises ValueError naming ``name``, how many values are
+    bad and the first few of them; a shape that is not ``(N,)`` raises ValueError with
+    the shape. Used for class labels (``label``) and the class a heatmap explains
+    (``cam_target``) alike.
+    """
     arr = np.asarray(y)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D (N,), got shape {arr.shape}")
-    if arr.size and not np.isin(arr, (0, 1)).all():
-        bad = np.unique(arr[~np.isin(arr, (0, 1))])[:5]
-        raise ValueError(f"{name} must contain only 0/1 labels, found {bad.tolist()}")
-    return arr.astype(np.int64)
+    if arr.dtype.kind in "biuf":
+        values = arr.astype(np.float64)
+        missing = np.isnan(values)
+    else:  # object (pandas nullable integers, mixed), text, ...
+        import pandas as pd
+
+        obj = arr.astype(object)
+        missing = np.asarray(pd.isna(obj), dtype=bool)
+        values = np.full(obj.size, np.nan)
+        for i, v in enumerate(obj):
+            if not missing[i] and isinstance(v, (bool, int, float, np.bool_, np.number)):
+                values[i] = float(v)
+    bad = ~((values == 0) | (values == 1) | (missing & allow_missing))
+    if bad.any():
+        shown = []
+        for v in arr.astype(object)[bad]:
+            if repr(v) not in shown:
+                shown.append(repr(v))
+        more = ", ..." if len(shown) > 5 else ""
+        extra = "" if allow_missing else " (missing labels are not allowed here)"
+        raise ValueError(
+            f"{name} must hold 0/1 labels, 0 (benign) or 1 (malignant){extra}; found "
+            f"{int(bad.sum())} value(s) that are not: {', '.join(shown[:5])}{more}")
+    return values if allow_missing else values.astype(np.int64)
+
+
+def _as_labels(y: Any, name: str = "y_true") -> np.ndarray:
+    """``(N,)`` array of 0/1 ints, no missing labels (:func:`as_labels`)."""
+    return as_labels(y, name)
 
 
 def _as_scores(s: Any, n: int, name: str) -> np.ndarray:

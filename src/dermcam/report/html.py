@@ -116,31 +116,52 @@ ATTENTION_STAT_NOTES = (
     ("Attention CIs", "Means by class get a 95 % percentile bootstrap CI; scores that are "
      "only 0 or 1 (pointing game with a unique maximum) get a Wilson score interval instead. "
      "Resampling in this run: {att_resampling} (with clusters: whole clusters are "
-     "resampled, and the Wilson interval uses the effective sample size n / design effect)."),
+     "resampled, and the Wilson interval uses the effective sample size n / design effect). "
+     "Still per image, treating images of one lesion as independent: {att_per_image}."),
+    ("Uniform-attention guard", "For every model x method x layer the maps must beat "
+     "uniform attention on the audited images: the 95 % bootstrap CI of the median pixel "
+     "AUROC above 0.5 and the 95 % bootstrap CI of the mean excess leakage below 0. Where "
+     "either fails, a caution beside the leakage numbers says their leakage and any class "
+     "difference in it say nothing about where the model looks."),
     ("Class comparison", "Mann-Whitney U test of a metric between benign and malignant "
      "lesions, with the rank-biserial correlation as effect size (0 = no difference). It is "
      "reported pooled and within heatmaps that explain one class (the CAM target): with "
      "target 'predicted' the pooled comparison mixes lesion type with the class each "
-     "heatmap explains; the sentences say which comparison each figure is. Mann-Whitney "
-     "treats images as independent."),
-    ("Multiplicity (Benjamini-Hochberg)", "The attention tests form four families, each "
+     "heatmap explains; the sentences say which comparison each figure is, and the table "
+     "gives n and undefined images per class, the raw and the adjusted p. Mann-Whitney "
+     "treats images as independent. A metric that does not vary beyond floating-point "
+     "round-off (e.g. excess leakage of uniform heatmaps) is not tested."),
+    ("Multiplicity (Benjamini-Hochberg)", "The attention tests form five families, each "
      "adjusted with Benjamini-Hochberg (false discovery rate; statsmodels multipletests): "
      "pooled class comparisons (metric x model x method, each at its layer), class "
-     "comparisons within an explained class, the size-adjusted class coefficients, and the "
-     "equivalence tests. Raw and adjusted p-values sit side by side in "
-     "attention_summary.json."),
+     "comparisons within an explained class, the size-adjusted class coefficients, the "
+     "equivalence tests, and the artifact-presence comparisons. Raw and adjusted p-values "
+     "sit side by side in attention_summary.json and in the tables; the confound verdicts "
+     "and the readings of the class comparisons are decided on the adjusted p-values."),
     ("Lesion-area confound", "Leakage falls as the lesion covers more of the image. For "
      "leakage, excess leakage and pixel AUROC: ordinary least squares of the metric on "
      "class, then on class + a natural cubic regression spline in lesion area (knots at "
      "area quantiles; linear in area below 30 images), with HC3 heteroscedasticity-robust "
      "standard errors and t tests; the share of the class gap explained by area gets a "
-     "bootstrap CI. An equivalence test (TOST) of the adjusted class gap against "
-     "+-{margin} (in the metric's units) decides 'explained by size'; an adjusted CI "
-     "excluding 0 in the direction of the gap means 'remains'; anything else is "
-     "'inconclusive'. These models treat images as independent."),
-    ("Sanity check", "Model randomisation (Adebayo et al., 2018): Spearman rank correlation "
-     "between heatmaps of the trained model and of the same architecture with random weights. "
-     "The method passes when the median correlation is below the recorded threshold."),
+     "bootstrap CI, and the Spearman rank correlation (Pearson too, in "
+     "attention_summary.json) of the metric with lesion area is given beside it. An "
+     "equivalence test (TOST) of the adjusted class gap against +-{margin} (in the "
+     "metric's units) decides 'explained by size'; an adjusted class gap that differs from "
+     "0 in the direction of the gap means 'remains'; anything else is 'inconclusive'. Both "
+     "tests are read on their Benjamini-Hochberg-adjusted p-values; the verdict the raw "
+     "p-values would give is shown beside it. With --target predicted the models pool the explained classes. A metric "
+     "that is constant, or an exact function of area, up to round-off gets no p-value. "
+     "These models treat images as independent."),
+    ("Sanity check", "Model randomisation (Adebayo et al., 2018): |Spearman rank "
+     "correlation| between each image's heatmap from the trained model and from the same "
+     "architecture with random weights (an inverted map counts as similar). The method "
+     "passes when the 95 % bootstrap CI of the median |rho| lies below the threshold "
+     "({sanity_threshold}) with at least 6 valid images, fails when the median itself is at "
+     "or above it, and is inconclusive otherwise."),
+    ("Artifact presence", "Where images carry artifact labels: each score's mean on images "
+     "with versus without the artifact, with 95 % bootstrap CIs (whole clusters where "
+     "images share one), n and undefined counts, and a two-sided Mann-Whitney test, "
+     "Benjamini-Hochberg-adjusted in its own family."),
     ("Undefined scores", "An image whose heatmap is all zero (a constant map is zero after "
      "min-max normalisation), not finite or negative, or whose mask is empty or covers the "
      "whole image, has no defined leakage; it is counted per class beside every mean "
@@ -712,6 +733,79 @@ def section_shortcut(r: RunFiles) -> str:
                if exp.get("probe_sentence") else "") + "</section>")
 
 
+def _reading(c: dict[str, Any]) -> str:
+    """How a class comparison reads, on its adjusted p where it has one."""
+    p = c.get("p_adjusted") if _finite(c.get("p_adjusted")) else c.get("p_value")
+    if not _finite(p):
+        return "no test"
+    return "differ" if p < 0.05 else "inconclusive"
+
+
+def _class_comparison_rows(tests: dict[str, Any]) -> list[list[str]]:
+    """One row per model/method x metric x comparison (pooled, within each explained class)."""
+    rows = []
+    for key in sorted(tests):
+        t = tests[key] or {}
+        for met in ("leakage", "excess_leakage", "pixel_auroc"):
+            res = (t.get("class_comparison") or {}).get(met)
+            if isinstance(res, dict):
+                fixed = res.get("fixed_target")
+                pairs = [(f"all, each explaining {fixed}" if fixed else "pooled over the "
+                          "explained class", res.get("pooled"))]
+                if not fixed:
+                    pairs += [(f"within heatmaps explaining {name}", c)
+                              for name, c in (res.get("by_target") or {}).items()]
+            else:
+                pairs = [("pooled", t.get(f"classes_{met}"))]
+            for what, c in pairs:
+                if not isinstance(c, dict):
+                    continue
+                if "error" in c or c.get("reason"):
+                    rows.append([esc(key), esc(met), esc(what)] + [""] * 7
+                                + [esc(c.get("error") or c.get("reason"))])
+                    continue
+                rows.append([esc(key), esc(met), esc(what), fmt_num(c.get("median_benign")),
+                             fmt_num(c.get("median_malignant")),
+                             f"{esc(c.get('n_benign'))} ({esc(c.get('n_nan_benign'))})",
+                             f"{esc(c.get('n_malignant'))} ({esc(c.get('n_nan_malignant'))})",
+                             fmt_p(c.get("p_value")), fmt_p(c.get("p_adjusted")),
+                             fmt_num(c.get("rank_biserial"), 2), esc(_reading(c))])
+    return rows
+
+
+def _confound_row(key: str, met: str, sc: dict[str, Any]) -> list[str]:
+    eq = sc.get("equivalence") or {}
+
+    def gap(v, ci):
+        ci = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+        return fmt_ci({"value": v, "lo": ci[0], "hi": ci[1]})
+
+    return [esc(key), esc(met), gap(sc.get("class_coef_unadjusted"),
+                                    sc.get("class_ci_unadjusted")),
+            gap(sc.get("class_coef_adjusted"), sc.get("class_ci_adjusted")),
+            fmt_p(sc.get("class_p_adjusted")), fmt_p(sc.get("p_adjusted")),
+            fmt_p(eq.get("p")), fmt_p(eq.get("p_adjusted")), esc(sc.get("verdict")),
+            esc(sc.get("verdict_unadjusted", sc.get("verdict")))]
+
+
+def _presence_rows(tests: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for key in sorted(tests):
+        recs = (tests[key] or {}).get("artifact_presence")
+        for a in recs if isinstance(recs, list) else []:
+            cells = []
+            for side in ("with", "without"):
+                ci = a.get(f"ci_{side}") or [None, None]
+                cells.append(fmt_ci({"value": a.get(f"mean_{side}"), "lo": ci[0],
+                                     "hi": ci[1]})
+                             + f" (n {esc(a.get(f'n_{side}'))}, "
+                               f"{esc(a.get(f'n_nan_{side}', '?'))} undefined)")
+            rows.append([esc(key), esc(a.get("artifact")), esc(a.get("metric")), *cells,
+                         fmt_num(a.get("diff")), fmt_p(a.get("p")),
+                         fmt_p(a.get("p_adjusted"))])
+    return rows
+
+
 def section_attention(r: RunFiles) -> str:
     out = ['<section id="attention"><h2>3. Attention</h2>']
     s, att = r.summary, r.att
@@ -786,25 +880,20 @@ def section_attention(r: RunFiles) -> str:
 
         tests = s.get("tests", {}) or {}
         out.append("<h3>Benign vs malignant</h3>")
-        trow = []
-        for key in sorted(tests):
-            t = tests[key] or {}
-            for met in ("leakage", "excess_leakage", "pixel_auroc"):
-                c = t.get(f"classes_{met}")
-                if not isinstance(c, dict):
-                    continue
-                if "error" in c or c.get("reason"):
-                    trow.append([esc(key), esc(met), "", "", "", "",
-                                 esc(c.get("error") or c.get("reason"))])
-                    continue
-                trow.append([esc(key), esc(met), fmt_num(c.get("median_benign")),
-                             fmt_num(c.get("median_malignant")), fmt_p(c.get("p_value")),
-                             fmt_num(c.get("rank_biserial"), 2),
-                             f"{esc(c.get('n_benign'))} / {esc(c.get('n_malignant'))}"])
+        trow = _class_comparison_rows(tests)
         if trow:
-            out.append(_table(["Model / method", "Metric", "Median benign", "Median malignant",
-                               "Mann-Whitney p", "Rank-biserial", "n benign / malignant"],
-                              trow, numeric_from=2, numeric_to=6))
+            out.append(_table(["Model / method", "Metric", "Heatmaps compared",
+                               "Median benign", "Median malignant",
+                               "n benign (undefined)", "n malignant (undefined)",
+                               "Mann-Whitney p (raw)", "p adjusted (BH)", "Rank-biserial",
+                               "Reading"], trow, numeric_from=3, numeric_to=10))
+            out.append('<p class="note">Pooled: every heatmap of the model and method. '
+                       "Within heatmaps explaining one class: the same comparison for a fixed "
+                       "explained class (with --target predicted the pooled one mixes lesion "
+                       "type with the class each heatmap explains). Undefined images (no "
+                       "score) are counted in brackets and left out. The raw Mann-Whitney p "
+                       "sits beside its Benjamini-Hochberg-adjusted p (families in the method "
+                       "notes); the reading uses the adjusted p.</p>")
         else:
             out.append(missing("no class comparisons in attention_summary.json"))
         for key in sorted(tests):
@@ -813,19 +902,34 @@ def section_attention(r: RunFiles) -> str:
                 out.append(f'<p class="caution"><b>{esc(key)}:</b> {esc(guard["sentence"])}</p>')
 
         out.append("<h3>Lesion-area confound</h3>")
-        items = []
+        crow, items = [], []
         for key in sorted(tests):
-            sc = (tests[key] or {}).get("size_confound")
-            if not isinstance(sc, dict):
-                text = "not computed"
-            else:
-                text = sc.get("summary") or sc.get("error") or sc.get("reason") or "not computed"
+            t = tests[key] or {}
+            confounds = t.get("size_confounds")
+            if not isinstance(confounds, dict) or not confounds:
+                confounds = {"leakage": t.get("size_confound")}
             model = key.split("/", 1)[0]
-            guard = (tests[key] or {}).get("uniform_guard") or {}
+            guard = t.get("uniform_guard") or {}
             if guard and not guard.get("better_than_uniform"):
-                text = f"{guard.get('sentence', '')} {text}"
-            items.append(f"<li><b>{esc(r.display(model))}</b> "
-                         f'<span class="note">{esc(key)}</span>: {esc(text)}</li>')
+                items.append(f"<li><b>{esc(r.display(model))}</b> "
+                             f'<span class="note">{esc(key)}</span>: '
+                             f"{esc(guard.get('sentence', ''))}</li>")
+            for met, sc in confounds.items():
+                if not isinstance(sc, dict):
+                    text = "not computed"
+                else:
+                    text = (sc.get("summary") or sc.get("error") or sc.get("reason")
+                            or "not computed")
+                    if "verdict" in sc:
+                        crow.append(_confound_row(key, met, sc))
+                items.append(f"<li><b>{esc(r.display(model))}</b> "
+                             f'<span class="note">{esc(key)}, {esc(met)}</span>: '
+                             f"{esc(text)}</li>")
+        if crow:
+            out.append(_table(["Model / method", "Metric", "Gap before [95 % CI]",
+                               "Gap after area [95 % CI]", "p (raw)", "p adjusted (BH)",
+                               "TOST p (raw)", "TOST p adjusted (BH)", "Verdict",
+                               "Verdict on raw p"], crow, numeric_from=2, numeric_to=8))
         out.append(f'<ul class="sentences">{"".join(items)}</ul>' if items else
                    missing("no lesion-area confound results in attention_summary.json"))
 
@@ -855,10 +959,19 @@ def section_attention(r: RunFiles) -> str:
             out.append(_table(["Model / method", "Artifact", "On image", "Images",
                                "Mean heatmap mass on artifact", "Mean excess leakage"], arows,
                               numeric_from=3))
-        else:
+        presence = _presence_rows(tests)
+        if presence:
+            out.append('<p class="note">Scores of images with versus without each labelled '
+                       "artifact: mean [95 % bootstrap CI] (n, undefined), two-sided "
+                       "Mann-Whitney p raw and Benjamini-Hochberg-adjusted within the "
+                       "artifact-presence family.</p>")
+            out.append(_table(["Model / method", "Artifact", "Metric", "With", "Without",
+                               "Difference", "p (raw)", "p adjusted (BH)"], presence,
+                              numeric_from=3))
+        elif not arows:
             out.append(missing("artifact attention is not known for this data set (it needs "
                                "per-pixel artifact maps, which only the synthetic benchmark "
-                               "provides)"))
+                               "provides, or artifact labels: --artifacts FILE)"))
 
         from dermcam.explain import SUBGROUP_TITLES
         from dermcam.report.subgroup_tables import attention_label, summary_subgroups_html
@@ -1036,8 +1149,20 @@ def section_notes(r: RunFiles) -> str:
             "resampling": res.get("resampling", "images")}
     summ = r.summary or {}
     margin = summ.get("equivalence_margin")
+    per_image = summ.get("per_image")
+    sanities = [t["sanity"] for t in (summ.get("tests") or {}).values()
+                if isinstance(t, dict) and isinstance(t.get("sanity"), dict)]
+    sanities = [x.get("full") if isinstance(x.get("full"), dict) else x for x in sanities]
+    thresholds = sorted({float(x["threshold"]) for x in sanities
+                         if _finite(x.get("threshold"))})
     att_fill = {"margin": f"{margin:g}" if _finite(margin) else "the recorded margin",
-                "att_resampling": summ.get("resampling", "images")}
+                "att_resampling": summ.get("resampling", "images"),
+                "att_per_image": ("; ".join(map(str, per_image)) if per_image else
+                                  "everything (no clusters are resampled)"
+                                  if summ.get("resampling", "images") == "images" else
+                                  "not recorded"),
+                "sanity_threshold": (", ".join(f"{t:g}" for t in thresholds) if thresholds
+                                     else "0.5 unless set otherwise")}
     out.append("<h3>Classification</h3><dl class=\"defs\">")
     out += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in CLASSIFICATION_NOTES]
     out.append("</dl><h3>Statistics</h3><dl class=\"defs\">")
