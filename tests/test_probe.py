@@ -197,6 +197,29 @@ def test_summary_entries_have_known_answers():
     assert [e["probe"] for e in entries] == ["lesion_removed", "artifact_inserted"]
 
 
+def test_removal_auc_cis_equal_scikit_learn_on_the_same_resamples():
+    """The vectorised AUC/AP bootstrap gives the interval that calling scikit-learn on each
+    stratified resample gives (ties included), and NaN with a reason for one class."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from dermcam.stats import bootstrap_ci
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(120) < 0.25).astype(np.int64)
+    intact = np.round(rng.random(120) * 0.5 + 0.4 * y, 2)  # rounded: many ties
+    pert = np.round(rng.random(120) * 0.8 + 0.1 * y, 2)
+    got = pr._auc_fast(y, intact, pert, n_boot=300, seed=5)
+    for key, fn in (("auc", roc_auc_score), ("ap", average_precision_score)):
+        for suffix, p in (("", pert), ("_intact", intact)):
+            v, lo, hi = bootstrap_ci(fn, y, p, n_boot=300, seed=5)
+            assert got[f"{key}{suffix}"] == pytest.approx(v, abs=1e-12)
+            assert got[f"{key}{suffix}_ci_low"] == pytest.approx(lo, abs=1e-12)
+            assert got[f"{key}{suffix}_ci_high"] == pytest.approx(hi, abs=1e-12)
+    one = pr._auc_fast(np.zeros(5, np.int64), intact[:5], pert[:5], n_boot=50, seed=0)
+    assert one["auc_reason"] == "the images are of one class"
+    assert all(np.isnan(one[k]) for k in ("auc", "ap_ci_low", "auc_intact_ci_high"))
+
+
 def test_tracking_correlates_leakage_with_the_size_of_the_change():
     from scipy.stats import spearmanr
 
@@ -243,6 +266,12 @@ def test_sentences_follow_from_the_numbers():
                  delta_ci_low=0.15, delta_ci_high=0.25, flip_to_malignant=0.4)
     s = pr.sentence(ruler, "ResNet18")
     assert s.startswith("Inserting a ruler raises ResNet18's") and "40 %" in s
+    removed = dict(ruler, probe="artifact_removed", delta_mean=-0.07, delta_ci_low=-0.1,
+                   delta_ci_high=-0.04)
+    s = pr.sentence(removed, "ResNet18")
+    # the verb carries the direction; the signed number is not read as "lowers by -0.07"
+    assert "lowers ResNet18's malignant probability (mean change -0.070" in s
+    assert "by -" not in s
     flat = dict(base, probe="artifact_inserted", artifact="ink")
     assert "no material reaction" in pr.sentence(flat)
 

@@ -644,27 +644,6 @@ def _spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int
     return rho, lo, hi, int(x.size)
 
 
-def _auc_block(y: np.ndarray, p_intact: np.ndarray, p_pert: np.ndarray, n_boot: int,
-               seed: int) -> dict[str, Any]:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    from dermcam.stats import bootstrap_ci, delong_test
-
-    if np.unique(y).size < 2:
-        return {"auc": math.nan, "auc_ci_low": math.nan, "auc_ci_high": math.nan,
-                "ap": math.nan, "ap_ci_low": math.nan, "ap_ci_high": math.nan,
-                "auc_intact": math.nan, "auc_reason": "the test images are of one class"}
-    out: dict[str, Any] = {}
-    for key, fn in (("auc", roc_auc_score), ("ap", average_precision_score)):
-        for suffix, p in (("", p_pert), ("_intact", p_intact)):
-            v, lo, hi = bootstrap_ci(fn, y, p, n_boot=n_boot, seed=seed)
-            out[f"{key}{suffix}"] = v
-            out[f"{key}{suffix}_ci_low"], out[f"{key}{suffix}_ci_high"] = lo, hi
-    d = delong_test(y, p_intact, p_pert)
-    out["auc_diff_p"] = d.get("p")
-    return out
-
-
 def summarise(df: pd.DataFrame, cfg: ProbeConfig | None = None, n_boot: int = 1000,
               seed: int = 0, attention: pd.DataFrame | None = None) -> list[dict[str, Any]]:
     """``probe.csv`` rows -> one entry per model x probe [x artifact].
@@ -707,8 +686,8 @@ def summarise(df: pd.DataFrame, cfg: ProbeConfig | None = None, n_boot: int = 10
                       f"delta_{cls}_ci_high": h_, f"n_{cls}": int(v.size)})
         if probe in ("lesion_removed", "background_removed"):
             y = per_img["label"].to_numpy(np.int64)
-            e.update(_auc_block(y, per_img["prob_intact"].to_numpy(np.float64),
-                                per_img["prob_perturbed"].to_numpy(np.float64), n_boot, seed))
+            e.update(_auc_fast(y, per_img["prob_intact"].to_numpy(np.float64),
+                               per_img["prob_perturbed"].to_numpy(np.float64), n_boot, seed))
             e["method"] = (f"OpenCV inpainting ({cfg.inpaint}) of the lesion dilated by "
                            f"{cfg.dilate:.0%} of the side" if probe == "lesion_removed" else
                            "pixels outside the dilated lesion set to the median skin colour")
@@ -794,7 +773,8 @@ def _auc_fast(y: np.ndarray, p_intact: np.ndarray, p_pert: np.ndarray, n_boot: i
 
     y = np.asarray(y, np.int64)
     if np.unique(y).size < 2:
-        return {"auc": math.nan, "auc_intact": math.nan,
+        return {**{f"{k}{s}{c}": math.nan for k in ("auc", "ap") for s in ("", "_intact")
+                   for c in ("", "_ci_low", "_ci_high")},
                 "auc_reason": "no images" if y.size == 0 else "the images are of one class"}
     w = np.vstack([np.ones(y.size), resampling_weights(y, n_boot, seed, stratified=True)])
     out: dict[str, Any] = {}
@@ -957,11 +937,11 @@ def sentence(e: dict[str, Any], display: str | None = None) -> str:
     flips = (f"; {_pct(e['flip_to_malignant'])} of benign decisions flip to malignant and "
              f"{_pct(e['flip_to_benign'])} of malignant ones to benign")
     if v in ("raises", "lowers"):
-        return (f"{what} {v} {who}'s malignant probability by {change}{flips}: the model "
-                f"reacts to the {art}.")
+        return (f"{what} {v} {who}'s malignant probability (mean change {change}){flips}: "
+                f"the model reacts to the {art}.")
     if v in ("slightly raises", "slightly lowers"):
-        return (f"{what} {v} {who}'s malignant probability, by {change}: detectable but "
-                f"within ±{NEGLIGIBLE_DELTA}.")
+        return (f"{what} {v} {who}'s malignant probability (mean change {change}): "
+                f"detectable but within ±{NEGLIGIBLE_DELTA}.")
     if v == "negligible":
         return (f"{what} changes {who}'s malignant probability by {change}, within "
                 f"±{NEGLIGIBLE_DELTA}: no material reaction to the {art}.")
