@@ -82,6 +82,19 @@ def test_attention_summary_one_class_and_overwrite(tmp_path):
     assert first.shape != second.shape or not np.array_equal(first, second)
 
 
+def test_attention_summary_malignant_only_labels_the_chance_line(tmp_path):
+    """The chance tick's legend entry used to hang on the benign bar only: with no benign
+    image matplotlib warned 'No artists with labels' and the tick went unexplained."""
+    import warnings
+
+    df = _table()
+    df = df[df["label"] == 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        P.plot_attention_summary(df, tmp_path / "m.png")
+    _assert_png(tmp_path / "m.png", tmp_path / "m.png")
+
+
 def test_leakage_vs_accuracy(tmp_path):
     df = _table(methods=("gradcam", "gradcam++"))
     _assert_png(P.plot_leakage_vs_accuracy(df, tmp_path / "lva.png"), tmp_path / "lva.png")

@@ -152,11 +152,12 @@ def plot_attention_summary(df: pd.DataFrame, path, title: str = "Attention leaka
     if "lesion_area" in df.columns:
         chance = _by_class(df.assign(_chance=1 - pd.to_numeric(df["lesion_area"],
                                                                 errors="coerce")), "_chance")
-        for x in (0, 1):
-            if chance[x].size:
-                ax_bar.hlines(chance[x].mean(), x - 0.4, x + 0.4, color="black", lw=2,
-                              label="mean chance leakage (1 - area)" if x == 0 else None)
-        ax_bar.legend(fontsize=8, loc="lower right")
+        drawn = [x for x in (0, 1) if chance[x].size]
+        for x in drawn:  # one legend entry, on the first line drawn
+            ax_bar.hlines(chance[x].mean(), x - 0.4, x + 0.4, color="black", lw=2,
+                          label="mean chance leakage (1 - area)" if x == drawn[0] else None)
+        if drawn:
+            ax_bar.legend(fontsize=8, loc="lower right")
     ax_bar.set_xticks([0, 1], names)
     ax_bar.set_ylim(0, 1)
     ax_bar.set_ylabel("mean leakage (95 % bootstrap CI)")
