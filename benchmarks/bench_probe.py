@@ -50,7 +50,8 @@ def twin(root: Path, preset: str, args) -> dict:
     train(TrainConfig(data=str(data), out=str(run), models=[args.model], weights="none",
                       image_size=args.size, max_epochs=args.epochs, batch_size=32, lr=2e-3,
                       patience=args.epochs, schedule="onecycle", seed=args.seed,
-                      progress=False, cache_dir=str(root / "cache")))
+                      progress=False, cache_dir=str(root / "cache"),
+                      precision="32-true"))  # as tests/test_shortcut.py, on any CPU
     run_evaluate(run, n_boot=200)
     entries = run_probe(run, probes=("lesion_removed", "artifact_inserted", "artifact_removed"),
                         artifacts=("ruler",), placements=args.placements, n_boot=1000,

@@ -264,6 +264,54 @@ def rec_n(manifest) -> int:
     return manifest["stages"]["train"]["n_train"]
 
 
+def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native_and_faster(monkeypatch):
+    import dermcam.device as dev
+
+    caps = {"avx2": True, "avx512_f": True, "avx512_bf16": False, "amx_bf16": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(caps))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # AVX-512 without its BF16 instructions: oneDNN would emulate bf16, slower than fp32
+    assert dev.resolve_precision("auto", "cpu") == "32-true"
+    assert dev.resolve_precision("auto", "auto", image_size=224) == "32-true"
+    caps["avx512_bf16"] = True
+    assert dev.resolve_precision("auto", "cpu", image_size=64) == "bf16-mixed"
+    # depthwise nets: float32 below 128 px on the CPU (bf16 measured slower there)
+    assert dev.resolve_precision("auto", "cpu", depthwise=True, image_size=64) == "32-true"
+    assert dev.resolve_precision("auto", "cpu", depthwise=True, image_size=127) == "32-true"
+    assert dev.resolve_precision("auto", "cpu", depthwise=True, image_size=128) == "bf16-mixed"
+    caps["avx512_bf16"], caps["amx_bf16"] = False, True
+    assert dev.resolve_precision("auto", "auto", depthwise=True, image_size=224) == "bf16-mixed"
+    # an explicit choice is never changed
+    assert dev.resolve_precision("32-true", "cpu") == "32-true"
+    assert dev.resolve_precision("bf16-true", "cpu", depthwise=True, image_size=32) == "bf16-true"
+    # a GPU decides by its own bf16 support, whatever the CPU has, at any size
+    caps["amx_bf16"] = False
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: False)
+    assert dev.resolve_precision("auto", "gpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: True)
+    assert dev.resolve_precision("auto", "gpu", depthwise=True, image_size=32) == "bf16-mixed"
+
+
+def test_precision_auto_is_resolved_per_model_and_recorded(tmp_path, monkeypatch):
+    """The config keeps 'auto'; each model's entry says what it trained in."""
+    from test_pipeline import _easy_generic
+
+    import dermcam.device as dev
+    from dermcam.training import train
+
+    monkeypatch.setattr(dev, "native_bf16", lambda on_gpu: True)
+    data = _easy_generic(tmp_path / "data", n=30)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"),
+                      models=["resnet18", "mobilenet_v2"], weights="none", image_size=32,
+                      max_epochs=1, batch_size=8, seed=1, progress=False,
+                      cache_dir=str(tmp_path / "cache"), accelerator="cpu")
+    assert cfg.precision == "auto"  # the default
+    m = train(cfg)
+    assert m["config"]["precision"] == "auto"
+    assert m["models"]["resnet18"]["precision"] == "bf16-mixed"
+    assert m["models"]["mobilenet_v2"]["precision"] == "32-true"  # depthwise at 32 px
+
+
 # --------------------------------------------------------------- weights integrity
 
 
@@ -284,3 +332,36 @@ def test_weights_file_checked_against_the_hash_in_its_name(tmp_path, monkeypatch
     with pytest.raises(DermcamError, match=f"the name says {digest[:8]}") as exc:
         verify_weights_file(damaged)
     assert str(damaged) in str(exc.value) and "delete it" in str(exc.value)
+
+
+# ------------------------------------------------------------------------ optimizer
+
+
+def test_fused_adam_takes_the_same_steps_as_the_default(monkeypatch):
+    from dermcam.training import make_adam
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 3), torch.nn.Linear(8, 3)
+    b.load_state_dict(a.state_dict())
+    fused = make_adam(a.parameters(), 1e-2, 1e-4)
+    plain = torch.optim.Adam(b.parameters(), lr=1e-2, weight_decay=1e-4)
+    assert fused.defaults["fused"] is True  # the CPU has the kernel
+    x = torch.randn(16, 8)
+    for _ in range(5):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    # a device or dtype without the kernel falls back to the default implementation
+    real = torch.optim.Adam
+
+    def no_fused(params, **kw):
+        if kw.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point")
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    opt = make_adam(a.parameters(), 1e-3, 0.0)
+    assert not opt.defaults.get("fused")

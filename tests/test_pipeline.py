@@ -315,3 +315,26 @@ def test_explain_at_a_named_layer(tiny_run, tmp_path):
     with pytest.raises(DermcamError, match="no layer"):
         run_explain(run, methods=["gradcam"], layer="layer9", n_boot=50, sanity=False,
                     figures=False)
+
+
+def test_lr_spec_gives_each_model_its_rate(tmp_path):
+    from dermcam.training import parse_lr
+
+    assert parse_lr("2e-3") == (2e-3, {})
+    assert parse_lr(0.01) == (0.01, {})
+    assert parse_lr("1e-3,mobilenet_v2=3e-3") == (1e-3, {"mobilenet_v2": 3e-3})
+    assert parse_lr("resnet18=5e-4") == (1e-3, {"resnet18": 5e-4})  # default 1e-3
+    for bad in ("0", "-1e-3", "fast", "1e-3,=2e-3", "resnet18=x", "1e-3,2e-3", "nan"):
+        with pytest.raises(DermcamError, match="--lr entries"):
+            parse_lr(bad)
+    data = _easy_generic(tmp_path / "data", n=30)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"),
+                      models=["resnet18", "mobilenet_v2"], weights="none", image_size=24,
+                      max_epochs=1, batch_size=8, lr=1e-3, lr_by_model={"mobilenet_v2": 3e-3},
+                      seed=0, progress=False, cache_dir=str(tmp_path / "cache"))
+    m = train(cfg)
+    assert m["models"]["resnet18"]["lr"] == 1e-3
+    assert m["models"]["mobilenet_v2"]["lr"] == 3e-3
+    with pytest.raises(DermcamError, match="not among --models"):
+        train(TrainConfig(**{**cfg.__dict__, "lr_by_model": {"vgg11": 1e-2},
+                             "out": str(tmp_path / "run2")}))

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dermcam.device import PRECISION_HELP
 from dermcam.errors import DermcamError
 from dermcam.logs import quiet_libraries
 from dermcam.models import DEFAULT_MODELS
@@ -302,7 +303,9 @@ def train(
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end "
                                               "sooner).")] = 30,
     batch_size: Annotated[int, typer.Option()] = 16,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    lr: Annotated[str, typer.Option(help="Adam learning rate: one for every model (1e-3), or "
+                                         "with per-model rates, e.g. "
+                                         "1e-3,mobilenet_v2=3e-3.")] = "1e-3",
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
     schedule: Annotated[str, typer.Option(help="Learning-rate schedule: plateau (halve on a "
                                                "validation plateau, the study's) or onecycle "
@@ -327,9 +330,7 @@ def train(
     accelerator: Annotated[str, typer.Option(help="cpu, gpu, auto (Lightning).")] = "auto",
     devices: Annotated[str, typer.Option(help="Lightning devices, e.g. 1, 2, auto.")] = "1",
     strategy: Annotated[str, typer.Option(help="Lightning strategy, e.g. auto, ddp.")] = "auto",
-    precision: Annotated[str, typer.Option(help="32-true, bf16-mixed, 16-mixed (GPU) or "
-                                               "bf16-true. bf16-mixed is faster on CPUs only "
-                                               "with AVX-512 BF16 or AMX.")] = "32-true",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     num_workers: Annotated[int | None, typer.Option(
         help="DataLoader workers per process (default: from the CPU count on a GPU, 0 on "
              "the CPU).")] = None,
@@ -348,12 +349,14 @@ def train(
                                    "finishes; by default only model.pt is kept.")] = False,
 ) -> None:
     """Fine-tune each model; keep its best checkpoint; choose its threshold on validation."""
-    from dermcam.training import TrainConfig
+    from dermcam.training import TrainConfig, parse_lr
     from dermcam.training import train as do_train
 
+    lr_default, lr_by_model = parse_lr(lr)
     cfg = TrainConfig(
         data=str(data), out=str(out), models=[m.strip() for m in models.split(",") if m.strip()],
-        weights=weights, image_size=image_size, max_epochs=epochs, batch_size=batch_size, lr=lr,
+        weights=weights, image_size=image_size, max_epochs=epochs, batch_size=batch_size,
+        lr=lr_default, lr_by_model=lr_by_model,
         patience=patience, schedule=schedule, monitor=monitor, imbalance=imbalance,
         calibration=calibration, val_fraction=val_fraction,
         seed=seed, augment=augment, accelerator=accelerator, devices=devices,
@@ -978,6 +981,8 @@ def demo(
     shortcut: Annotated[bool, typer.Option(help="Also train one model where rulers mark "
                                                 "malignancy in training only, and audit it "
                                                 "beside its control.")] = True,
+    precision: Annotated[str, typer.Option(help="Training precision: " + PRECISION_HELP)]
+    = "auto",
 ) -> None:
     """The whole study on the synthetic benchmark: synth -> train -> evaluate -> explain ->
     probe -> report, plus a planted shortcut that the audit must catch.
@@ -999,7 +1004,7 @@ def demo(
              epochs=epochs, source_size=source_size,
              models=[m.strip() for m in models.split(",")], seed=seed,
              overwrite=overwrite, say=console.print, progress_bar=progress_bar,
-             quiet=_state["quiet"], shortcut=shortcut,
+             quiet=_state["quiet"], shortcut=shortcut, precision=precision,
              show=(_print_training, _print_metrics, _print_attention, _print_shortcut,
                    _print_probe))
 

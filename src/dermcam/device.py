@@ -13,6 +13,9 @@ import os
 from dermcam.errors import DermcamError
 
 DEVICE_HELP = ("auto (CUDA when available, else CPU), cpu, cuda or cuda:INDEX.")
+PRECISION_HELP = ("auto (bf16-mixed where the hardware computes bfloat16 natively: a CUDA "
+                  "GPU with bf16, or a CPU with AVX-512 BF16 or AMX; else 32-true), "
+                  "32-true, bf16-mixed, 16-mixed (GPU) or bf16-true.")
 
 
 def cuda_count() -> int:
@@ -50,6 +53,59 @@ def resolve_device(spec: str | None = "auto", shard: tuple[int, int] | None = No
     if shard is not None:
         return torch.device("cuda", shard[0] % n)
     return torch.device("cuda", 0)
+
+
+def native_bf16(on_gpu: bool) -> bool:
+    """Whether this machine computes bfloat16 natively (so bf16 autocast is a speed-up).
+
+    CUDA: ``torch.cuda.is_bf16_supported(including_emulation=False)`` (Ampere and newer).
+    CPU: the AVX-512 BF16 or AMX-BF16 instructions (``torch.cpu.get_capabilities()``);
+    oneDNN also runs bf16 on plain AVX-512 or AVX2 by emulation, which is slower than
+    float32, so those do not count.
+    """
+    import torch
+
+    if on_gpu:
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # older torch without the keyword
+            return bool(torch.cuda.is_bf16_supported())
+    caps = getattr(torch.cpu, "get_capabilities", None)
+    if caps is None:
+        return False
+    c = caps()
+    return bool(c.get("avx512_bf16") or c.get("amx_bf16"))
+
+
+#: Below this input side, oneDNN's bf16 depthwise convolutions are slower than float32
+#: on the CPU (benchmarks/bench_precision.py: EfficientNet-B0 0.61x, MobileNet-V2 0.63x
+#: the float32 speed at 64 px; 1.15x and 1.46x faster at 224 px; ResNet18 1.47x and 1.90x).
+CPU_BF16_DEPTHWISE_MIN_SIDE = 128
+
+
+def resolve_precision(spec: str, accelerator: str = "auto", depthwise: bool = False,
+                      image_size: int | None = None) -> str:
+    """``--precision auto`` -> the precision one model trains in here; others as given.
+
+    ``auto`` is ``bf16-mixed`` where bfloat16 is native (:func:`native_bf16`), else
+    ``32-true``; on the CPU a depthwise-separable network (``depthwise``: EfficientNet,
+    MobileNet) below :data:`CPU_BF16_DEPTHWISE_MIN_SIDE` px stays ``32-true``, where
+    bf16 was measured slower. A fixed rule, not a timing, so that the same machine and
+    seed give the same bytes. ``accelerator`` is Lightning's: ``auto`` means the GPU when
+    CUDA is available.
+    """
+    if spec != "auto":
+        return spec
+    import torch
+
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto"
+                                                 and torch.cuda.is_available())
+    if not native_bf16(on_gpu):
+        return "32-true"
+    if (not on_gpu and depthwise and image_size is not None
+            and image_size < CPU_BF16_DEPTHWISE_MIN_SIDE):
+        return "32-true"
+    return "bf16-mixed"
 
 
 def inference_batch_size(device, requested: int | None, cpu: int = 64, gpu: int = 256) -> int:

@@ -1,0 +1,82 @@
+"""Training step time at 32-true vs bf16-mixed, per model and input size, on this machine.
+
+One training step is what ``dermcam train`` does per batch: forward, weighted cross-entropy,
+backward, Adam, on tensors in memory (channels-last where dermcam uses it). ``bf16-mixed``
+is ``torch.autocast("cpu", torch.bfloat16)`` around forward and loss, as Lightning's
+``--precision bf16-mixed`` does on the CPU. Each cell is the median of ``--repeats`` timings
+of ``--steps`` steps after warm-up; the ratio is fp32 time / bf16 time (above 1: bf16 is
+faster). Also prints what ``--precision auto`` resolves to here.
+
+    python benchmarks/bench_precision.py --sizes 64,224 --batch 32 --steps 5 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def step_time(model, size: int, batch: int, steps: int, bf16: bool, channels_last: bool
+              ) -> float:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch,))
+    w = torch.tensor([1.0, 4.0])
+    model.train()
+
+    def one():
+        ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
+               else contextlib.nullcontext())
+        with ctx:
+            loss = F.cross_entropy(model(x), y, weight=w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    one()  # warm-up: oneDNN primitive creation
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one()
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    from dermcam.device import resolve_precision
+    from dermcam.models import DEFAULT_MODELS, build_model
+    from dermcam.training import use_channels_last
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    ap.add_argument("--sizes", default="64,224")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 "
+          f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}; --precision auto -> "
+          f"{resolve_precision('auto', 'cpu')}")
+    print(f"{'model':<16} {'size':>4} {'fp32 s/step':>12} {'bf16 s/step':>12} {'ratio':>6}")
+    for name in args.models.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            torch.manual_seed(0)
+            model, _ = build_model(name, "none")
+            cl = use_channels_last(name)
+            if cl:
+                model = model.to(memory_format=torch.channels_last)
+            t = {bf16: statistics.median(step_time(model, size, args.batch, args.steps, bf16,
+                                                   cl) for _ in range(args.repeats))
+                 for bf16 in (False, True)}
+            print(f"{name:<16} {size:>4} {t[False]:>12.3f} {t[True]:>12.3f} "
+                  f"{t[False] / t[True]:>6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
