@@ -39,10 +39,12 @@ def run_preset(root: Path, preset: str, args) -> dict:
     train(TrainConfig(data=str(data), out=str(run), models=[args.model], weights="none",
                       image_size=args.size, max_epochs=args.epochs, batch_size=32, lr=2e-3,
                       patience=args.epochs, schedule="onecycle", seed=args.seed,
-                      progress=False, cache_dir=str(root / "cache")))
+                      progress=False, cache_dir=str(root / "cache"),
+                      precision="32-true"))  # as tests/test_shortcut.py, on any CPU
     run_evaluate(run, n_boot=200)
     # the test's recipe (tests/test_shortcut.py): gradcam++ at layer3
     run_explain(run, methods=["gradcam++"], n_boot=200, sanity=False, figures=False,
+                target="predicted",  # as tests/test_shortcut.py
                 layer="layer3")
     att = pd.read_csv(run / "attention.csv", keep_default_na=False, na_values=[""])
     meta = pd.read_csv(data / "metadata.csv").set_index("image_id")

@@ -553,9 +553,15 @@ def explain(
                                               "eigencam, xgradcam; or auto: the localisation "
                                               "benchmark chooses each model's method with "
                                               "its layer.")] = "auto",
-    target: Annotated[str, typer.Option(help="Class each heatmap explains: predicted (the "
-                                             "study's choice), true or malignant.")]
-    = "predicted",
+    target: Annotated[str, typer.Option(help="Class each heatmap explains: malignant (where "
+                                             "the evidence for malignancy lies, for every "
+                                             "image: one fixed target, so benign and "
+                                             "malignant lesions are compared on the same "
+                                             "question), predicted (the study's: "
+                                             "benign-predicted images are explained for "
+                                             "the benign class, whose evidence is largely "
+                                             "wherever the lesion is not) or true.")]
+    = "malignant",
     normalize: Annotated[str, typer.Option(help="minmax (ReLU + per-image min-max, the study's) "
                                                 "or raw (ReLU only).")] = "minmax",
     limit: Annotated[int | None, typer.Option(help="Only the first N test images.")] = None,

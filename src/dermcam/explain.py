@@ -150,7 +150,7 @@ def _random_copies(name: str, k: int, seed: int) -> list:
 
 
 def localisation_benchmark(run_dir, manifest, names, methods, n_images: int = 64,
-                           n_inits: int = 2, normalize: str = "minmax", target="predicted",
+                           n_inits: int = 2, normalize: str = "minmax", target="malignant",
                            n_boot: int = 1000, progress=None) -> list[dict[str, Any]]:
     """Every model x method x candidate layer scored on masked validation images."""
     from dermcam.data.cache import ImageCache
@@ -191,7 +191,7 @@ def _target_classes(model, x, target, labels, threshold) -> np.ndarray:
 
 
 def resolve_layers(run_dir, manifest, names, methods, spec, bench_methods=None,
-                   bench_images: int = 64, normalize="minmax", target="predicted",
+                   bench_images: int = 64, normalize="minmax", target="malignant",
                    n_boot: int = 1000) -> tuple[list[dict[str, str]], list]:
     """``(selection [{model, method, layer, reason}], benchmark rows)``.
 
@@ -276,7 +276,7 @@ def _cached_benchmark(run_dir, key):
     return saved["rows"]
 
 
-def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "predicted",
+def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "malignant",
                 normalize: str = "minmax", limit: int | None = None, batch_size: int = 16,
                 fast: bool = True, sanity: bool = True, n_boot: int = 1000,
                 progress=None, figures: bool = True, shard: tuple[int, int] | None = None,

@@ -298,10 +298,11 @@ def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     say(f"Running Grad-CAM analysis with attention leakage ({', '.join(names)}; every test "
         "image with a mask)...")
     t_start = time.time()
-    # The study's layer (the last convolutional block), to reproduce its numbers;
-    # 'dermcam explain' chooses a layer that localises instead (--layer auto).
+    # The study's layer (the last convolutional block) and target (the predicted class), to
+    # reproduce its numbers; 'dermcam explain' chooses a layer that localises instead
+    # (--layer auto) and explains the malignant class of every image.
     summary = run_explain(run, methods=[METHOD], batch_size=batch_size, n_boot=n_boot,
-                          progress=progress, layer="last")
+                          progress=progress, layer="last", target="predicted")
     figs = run / "figures"
     summary_dir = results / "summary_plots"
     written = [
