@@ -461,3 +461,17 @@ def test_artifact_presence_with_known_counts():
     # Holm over the defined tests: hair's is undefined, so ruler's is a family of one
     assert r["delta_p_adjusted"] == pytest.approx(r["delta_p"])
     assert math.isnan(hair["delta_p_adjusted"])
+
+
+def test_bootstrap_spearman_rows_equal_scipy_on_each_resample():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(1)
+    x = np.round(rng.random((200, 30)), 1)  # ties within rows
+    y = x + rng.normal(0, 0.3, x.shape)
+    x[7] = 0.5  # a constant row: undefined, not a number
+    got = pr._spearman_rows(x, y)
+    want = np.array([spearmanr(a, b).statistic if np.ptp(a) and np.ptp(b) else np.nan
+                     for a, b in zip(x, y)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert np.isnan(got[7]) and np.isfinite(np.delete(got, 7)).all()

@@ -626,6 +626,21 @@ def _rate(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
+def _spearman_rows(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair of ``(B, n)`` arrays, ``(B,)``: the Pearson
+    correlation of average ranks, as scipy's ``spearmanr`` computes it, for all rows at
+    once; NaN for a row where either side is constant."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(xs, axis=1), rankdata(ys, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = (rx * ry).sum(axis=1) / den
+    return np.where(den > 0, np.clip(rho, -1.0, 1.0), np.nan)
+
+
 def _spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int
                  ) -> tuple[float, float, float, int]:
     from scipy.stats import spearmanr
@@ -638,9 +653,7 @@ def _spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int
         return math.nan, math.nan, math.nan, int(x.size)
     rho = float(spearmanr(x, y).statistic)
     idx = bootstrap_indices(x, n_boot, seed, stratified=False)
-    boot = np.array([spearmanr(x[r], y[r]).statistic if np.ptp(x[r]) and np.ptp(y[r])
-                     else np.nan for r in idx], np.float64)
-    lo, hi = percentile_interval(boot, what="Spearman rho")
+    lo, hi = percentile_interval(_spearman_rows(x[idx], y[idx]), what="Spearman rho")
     return rho, lo, hi, int(x.size)
 
 
