@@ -75,6 +75,7 @@ def speed(root: Path, args) -> dict:
     from dermcam.io import read_json
     from dermcam.pipeline import load_test_split
     from dermcam.probe import ProbeConfig, perturb, run_probe
+    from dermcam.run import Run
     from dermcam.training import TrainConfig, load_checkpoint, train
 
     data, run = root / "speed" / "data", root / "speed" / "run"
@@ -98,8 +99,7 @@ def speed(root: Path, args) -> dict:
     n_variants = stage["rows_per_model"]
     n_images = stage["n_images"]
     # naive: per image, per model, perturb again and score each variant alone
-    manifest = read_json(run / "manifest.json")
-    _, samples, split = load_test_split(manifest)
+    _, samples, split = load_test_split(Run.open(run))
     cfg = ProbeConfig(placements=args.placements, seed=args.seed)
     nets = [load_checkpoint(run / "models" / m / "model.pt")[0] for m in models]
     from dermcam.training import predict_proba

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dermcam import run as runmod
 from dermcam.device import PRECISION_HELP
 from dermcam.errors import DermcamError
 from dermcam.logs import quiet_libraries
@@ -501,7 +502,7 @@ def _print_external(run_dir: Path, result) -> None:
 
     internal = None
     with contextlib.suppress(DermcamError):
-        internal = read_json(Path(run_dir) / "metrics.json")
+        internal = read_json(runmod.Outputs(run_dir).metrics)
     t = Table(title=f"internal test vs external {ext['name']} ({ext['data']}, "
                     f"{ext['images']}): point estimate [95 % CI]")
     for c in ["model", "test set", "n (malignant)"] + [c for _, _, c in SIDE_BY_SIDE]:
@@ -864,7 +865,7 @@ def probe(
     if data is not None:
         from dermcam.external import safe_name
 
-        where = where / "external" / safe_name(name or Path(data).resolve().name)
+        where = where / runmod.EXTERNAL_DIR / safe_name(name or Path(data).resolve().name)
     summary = read_summary_object(where) or {}
     ext = summary.get("external") or {}
     if ext:
@@ -956,14 +957,9 @@ def report(
 ) -> None:
     """One self-contained HTML report (opens offline) for reviewers: summary, model comparison
     with CIs and tests, attention analysis, a gallery of leaking images, method notes."""
-    from dermcam import run as runmod
-    from dermcam.report import build_report
+    from dermcam.report import run_report
 
-    # Training must be done; a later stage may be absent (shown as missing) but not
-    # running or failed, whose files on disk would be stale or partial.
-    runmod.read_manifest(run_dir, require="train", settled=("evaluate", "explain"))
-    path = build_report(run_dir, out)
-    runmod.set_stage(run_dir, "report", "complete", path=str(path))
+    path = run_report(run_dir, out)
     console.print(f"wrote {path}")
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dermcam import run as runmod
 from dermcam.errors import DermcamError
 from dermcam.io import read_json, write_json
 from dermcam.models import DEFAULT_MODELS
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 DEMO_BENCH_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam")
 #: The demo's CAM method: chosen per model with its layer by the localisation benchmark.
 DEMO_METHOD = "auto"
-SHORTCUT_EXPERIMENT = "shortcut_experiment.json"
+SHORTCUT_EXPERIMENT = runmod.SHORTCUT_EXPERIMENT
 SHORTCUT_ARTIFACT = "ruler"
 #: Seeded placements per image and inserted artifact in the demo's probes.
 DEMO_PLACEMENTS = 2
@@ -152,11 +153,9 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
         if show and len(show) > 3:
             show[3](experiment)
     say(f"[{steps}/{steps}] report")
-    from dermcam import run as runmod
-    from dermcam.report import build_report
+    from dermcam.report import run_report
 
-    path = build_report(run)
-    runmod.set_stage(run, "report", "complete", path=str(path))
+    path = run_report(run)
     say(f"report: {path}")
     say(f"demo finished in {time.perf_counter() - t0:.0f} s; run folder: {run}")
     return run
@@ -196,8 +195,9 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
                                "one (1 = uniform attention)."),
                            "runs": {}}
     for role, run in (("control", Path(control_run)), ("shortcut", Path(shortcut_run))):
-        summ = read_json(run / "attention_summary.json")
-        metrics = read_json(run / "metrics.json")
+        files = runmod.Outputs(run)
+        summ = read_json(files.attention_summary)
+        metrics = read_json(files.metrics)
         art = _artifact_row(summ, model, method, artifact)
         auc = metrics["models"][model]["threshold_free"]["roc_auc"]
         out["runs"][role] = {

@@ -26,7 +26,7 @@ from dermcam.io import atomic_path, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-HEATMAP_DIR = "attention"
+HEATMAP_DIR = runmod.HEATMAP_DIR  # file names: dermcam.run, the one place they are spelled
 
 
 def heatmap_dir(root: Path, model: str, method: str, layer: str) -> Path:
@@ -56,11 +56,9 @@ def _artifact_names() -> tuple[str, ...]:
         return ("ruler", "ink", "patch", "vignette", "hair")
 
 
-def _explain_samples(manifest, limit):
-    from dermcam.data import load_dataset
-
-    ds = load_dataset(manifest["data"]["root"], artifacts=manifest["data"].get("artifacts"))
-    samples = [s for s in ds.split("test") if s.mask_path is not None]
+def _explain_samples(run: runmod.Run, limit):
+    ds = run.dataset
+    samples = run.test_samples(require_masks=True)
     if not samples:
         raise DermcamError("no test images with lesion masks: attention leakage needs masks",
                            ds.root)
@@ -92,28 +90,26 @@ def parse_layer_spec(spec: str | dict | None, names) -> dict[str, str]:
     return out
 
 
-def _validation_samples(manifest) -> list:
+def _validation_samples(run: runmod.Run) -> list:
     """The run's validation images (the training split's held-out part) that have masks."""
-    from dermcam.data import load_dataset
     from dermcam.training import stratified_split
 
-    ds = load_dataset(manifest["data"]["root"])
-    train = ds.split("train")
+    train = run.dataset.split("train")
     if not train:
         return []
     labels = np.array([s.label for s in train], np.int64)
-    cfg = manifest["config"]
+    cfg = run.config
     try:
-        _, va = stratified_split(labels, cfg["val_fraction"], cfg["seed"],
+        _, va = stratified_split(labels, cfg.val_fraction, cfg.seed,
                                  groups=[s.group for s in train])
     except DermcamError:
         return []
     return [train[i] for i in va if train[i].mask_path is not None]
 
 
-def _benchmark_images(manifest, test_samples, n: int, seed: int):
+def _benchmark_images(run: runmod.Run, test_samples, n: int, seed: int):
     """Images for the localisation benchmark: validation images with masks, else test."""
-    val = _validation_samples(manifest)
+    val = _validation_samples(run)
     if len(val) >= min(n, 16):
         pool, where = val, "validation"
     else:
@@ -149,23 +145,21 @@ def _random_copies(name: str, k: int, seed: int) -> list:
     return out
 
 
-def localisation_benchmark(run_dir, manifest, names, methods, n_images: int = 64,
+def localisation_benchmark(run: runmod.Run, names, methods, n_images: int = 64,
                            n_inits: int = 2, normalize: str = "minmax", target="malignant",
                            n_boot: int = 1000, progress=None) -> list[dict[str, Any]]:
-    """Every model x method x candidate layer scored on masked validation images."""
-    from dermcam.data.cache import ImageCache
+    """Every model x method x candidate layer scored on masked validation images (on the
+    CPU)."""
     from dermcam.localisation import score_candidates
-    from dermcam.training import load_checkpoint
 
-    size = manifest["config"]["image_size"]
-    seed = manifest["seed"]
-    _, test_samples = _explain_samples(manifest, None)
-    samples, where = _benchmark_images(manifest, test_samples, n_images, seed)
-    cache = ImageCache(manifest["config"].get("cache_dir"))
-    x, masks, labels = _stack(cache, samples, size)
+    size, seed = run.image_size, run.seed
+    _, test_samples = _explain_samples(run, None)
+    samples, where = _benchmark_images(run, test_samples, n_images, seed)
+    x, masks, labels = _stack(run.cache, samples, size)
     rows: list[dict[str, Any]] = []
     for name in names:
-        model, info, payload = load_checkpoint(Path(run_dir) / "models" / name / "model.pt")
+        model, info, payload = run.load_model(name)
+        model.cpu()
         classes = _target_classes(model, x, target, labels, float(payload["threshold"]))
         rows += score_candidates(model, name, info.candidate_layers, methods, x, masks,
                                  classes, size, _random_copies(name, n_inits, seed),
@@ -190,7 +184,7 @@ def _target_classes(model, x, target, labels, threshold) -> np.ndarray:
     return (probs >= threshold).astype(np.int64)
 
 
-def resolve_layers(run_dir, manifest, names, methods, spec, bench_methods=None,
+def resolve_layers(run: runmod.Run, names, methods, spec, bench_methods=None,
                    bench_images: int = 64, normalize="minmax", target="malignant",
                    n_boot: int = 1000) -> tuple[list[dict[str, str]], list]:
     """``(selection [{model, method, layer, reason}], benchmark rows)``.
@@ -200,12 +194,10 @@ def resolve_layers(run_dir, manifest, names, methods, spec, bench_methods=None,
     """
     from dermcam.attribution import METHODS, check_method
     from dermcam.localisation import choose
-    from dermcam.training import load_checkpoint
 
     choice = parse_layer_spec(spec, names)
     auto_method = list(methods) == ["auto"]
-    loaded = {name: load_checkpoint(Path(run_dir) / "models" / name / "model.pt")[:2]
-              for name in names}
+    loaded = {name: run.load_model(name)[:2] for name in names}
     infos = {name: info for name, (_, info) in loaded.items()}
     for name, c in choice.items():
         if c not in ("auto", "last", "study"):
@@ -222,11 +214,11 @@ def resolve_layers(run_dir, manifest, names, methods, spec, bench_methods=None,
     scored = names if bench_methods else auto
     if scored:
         key = _bench_key(scored, bench, bench_images, normalize, target)
-        rows = _cached_benchmark(run_dir, key)
+        rows = _cached_benchmark(run, key)
         if rows is None:
-            rows = localisation_benchmark(run_dir, manifest, scored, bench, bench_images,
+            rows = localisation_benchmark(run, scored, bench, bench_images,
                                           normalize=normalize, target=target, n_boot=n_boot)
-            write_json(Path(run_dir) / LOCALISATION_FILE, {"key": key, "rows": rows})
+            write_json(run.outputs.localisation, {"key": key, "rows": rows})
     selection = []
     for name in names:
         info = infos[name]
@@ -253,7 +245,7 @@ def resolve_layers(run_dir, manifest, names, methods, spec, bench_methods=None,
     return selection, rows
 
 
-LOCALISATION_FILE = "localisation.json"
+LOCALISATION_FILE = runmod.LOCALISATION
 
 
 def _bench_key(names, methods, n, normalize, target) -> dict:
@@ -261,8 +253,8 @@ def _bench_key(names, methods, n, normalize, target) -> dict:
             "normalize": normalize, "target": target}
 
 
-def _cached_benchmark(run_dir, key):
-    path = Path(run_dir) / LOCALISATION_FILE
+def _cached_benchmark(run: runmod.Run, key):
+    path = run.outputs.localisation
     if not path.exists():
         return None
     from dermcam.io import read_json
@@ -307,14 +299,10 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "malign
     summary by subgroup (``subgroups``), groups under ``min_group`` images too few to
     estimate.
     """
-    from dermcam.attribution import TARGETS, CamExplainer, check_method
-    from dermcam.data.cache import ImageCache
-    from dermcam.external import by_columns
-    from dermcam.pipeline import trained_models
-    from dermcam.training import load_checkpoint
+    from dermcam.attribution import TARGETS, check_method
+    from dermcam.device import resolve_device, set_shard_threads
 
-    run_dir = Path(run_dir)
-    manifest = runmod.read_manifest(run_dir, require="train")
+    run = runmod.Run.open(run_dir, require="train")
     methods = ["auto"] if list(methods) == ["auto"] else [check_method(m) for m in methods]
     if not margin > 0:
         raise DermcamError(f"--margin must be > 0, got {margin}")
@@ -324,66 +312,124 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "malign
         from dermcam.external import load_external, stage_key
 
         ds, every, which, name = load_external(data, name, artifacts)
-        root, stage = run_dir / "external" / name, stage_key(name, "explain")
+        out, stage = run.external(name), stage_key(name, "explain")
     else:
-        ds, every = _explain_samples(manifest, None)
-        root, stage, which = run_dir, "explain", None
+        ds, every = _explain_samples(run, None)
+        out, stage, which = run.outputs, "explain", None
     samples = every[:limit] if limit else every
     if by:
         from dermcam.external import check_by
 
         check_by(ds, by)
-    prev = manifest.get("stages", {}).get(stage, {})
+    prev = run.stage_entry(stage)
     if prev.get("normalize", normalize) != normalize or prev.get("target", target) != target:
         raise DermcamError("saved heatmaps use another --target/--normalize; delete "
-                           f"{root / HEATMAP_DIR} to recompute", run_dir)
+                           f"{out.heatmaps} to recompute", run.dir)
     if shard is not None:
         i, n = shard
         if not (n >= 1 and 0 <= i < n):
             raise DermcamError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
-    from dermcam.device import resolve_device, set_shard_threads
-
     dev = resolve_device(device, shard)
     set_shard_threads(dev, shard)
+    work = dict(methods=methods, target=target, normalize=normalize, limit=limit,
+                batch_size=batch_size, fast=fast, sanity=sanity, n_boot=n_boot,
+                progress=progress, figures=figures, shard=shard, merge=merge, layer=layer,
+                bench_methods=bench_methods, bench_images=bench_images, cascade=cascade,
+                margin=margin, dev=dev, data=data, by=by, min_group=min_group)
+    if shard is not None:  # a shard only computes its heatmap batches and records nothing
+        return _explain_stage(run, out, ds, every, samples, which, {}, **work)
+    where = {} if data is None else {"data": str(Path(ds.root).resolve()),
+                                     "folder": f"{runmod.EXTERNAL_DIR}/{name}"}
+    with run.stage(stage, methods=methods, target=target, normalize=normalize, limit=limit,
+                   **where) as record:
+        return _explain_stage(run, out, ds, every, samples, which, record, **work)
+
+
+def _explain_stage(run: runmod.Run, out: runmod.Outputs, ds, every, samples, which,
+                   record: dict[str, Any], *, methods, target, normalize, limit, batch_size,
+                   fast, sanity, n_boot, progress, figures, shard, merge, layer,
+                   bench_methods, bench_images, cascade, margin, dev, data, by,
+                   min_group) -> dict[str, Any]:
+    """The explain stage's work once its inputs are checked: layer choice, heatmaps (or one
+    shard of them), sanity check, scores and summary; ``record`` receives what the
+    manifest keeps of it."""
+    from dermcam.external import by_columns
+
     t0 = time.perf_counter()
-    names = trained_models(manifest)
-    if shard is None:
-        where = {} if data is None else {"data": str(Path(ds.root).resolve()),
-                                         "folder": f"external/{name}"}
-        runmod.set_stage(run_dir, stage, "running", methods=methods, target=target,
-                         normalize=normalize, limit=limit, **where)
-    t_bench = time.perf_counter()
+    names = run.trained_models
     selection, bench_rows = resolve_layers(
-        run_dir, manifest, names, methods, layer, bench_methods, bench_images,
+        run, names, methods, layer, bench_methods, bench_images,
         normalize=normalize, target=target, n_boot=n_boot)
-    bench_seconds = time.perf_counter() - t_bench
-    size = manifest["config"]["image_size"]
-    cache = ImageCache(manifest["config"].get("cache_dir"))
+    bench_seconds = time.perf_counter() - t0
     starts = list(range(0, len(samples), batch_size))
     if merge:
         missing = [str(p) for sel in selection for st in starts
-                   if not (p := _batch_file(root, sel["model"], sel["method"], sel["layer"],
-                                            st)).exists()]
+                   if not (p := _batch_file(out.root, sel["model"], sel["method"],
+                                            sel["layer"], st)).exists()]
         if missing:
             raise DermcamError(f"cannot merge: {len(missing)} heatmap batch(es) missing, e.g. "
                                f"{missing[0]}; run the missing --shard (same --batch-size)",
-                               run_dir)
+                               run.dir)
         starts = []
     elif shard is not None:
         starts = [st for k, st in enumerate(starts) if k % shard[1] == shard[0]]
+    t_cam, n_computed = _compute_heatmaps(run, out, names, selection, samples, starts,
+                                          batch_size, dev, fast, target, normalize, progress)
+    timing = {"cam_seconds": round(t_cam, 3), "images_computed": n_computed, "device": str(dev),
+              "images_per_second": round(n_computed / t_cam, 2) if t_cam > 0 else None,
+              "benchmark_seconds": round(bench_seconds, 3)}
+    if shard is not None:
+        return {"shard": list(shard), "batches": len(starts), "timing": timing,
+                "folder": str(out.root)}
+    if data is None:
+        _record_cam_choice(run, selection)
+    sanity_res = {}
+    t_s = time.perf_counter()
+    if sanity:
+        sanity_res = _sanity(run, selection, samples, normalize, n_boot=n_boot,
+                             cascade=cascade, out=out)
+    timing["sanity_seconds"] = round(time.perf_counter() - t_s, 3)
+    t_score = time.perf_counter()
+    extra = {"timing": timing, "layer_choice": selection, "localisation": bench_rows}
+    if data is not None:
+        extra["external"] = {
+            "name": out.root.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
+            "layout": ds.layout, "images": f"{which}, those with a lesion mask",
+            "thresholds": "each model's threshold chosen on the training data's validation "
+                          "split", "layers": "chosen on the run's own validation images",
+            "trained_on": run.data.get("name")}
+    summary = _score(run, out, ds, every, selection, sanity_res, n_boot, figures, extra,
+                     margin, by, min_group)
+    timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
+    timing["metric_seconds"] = summary["timing"]["metric_seconds"]
+    timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
+    record.update(methods=sorted({sel["method"] for sel in selection}), target=target,
+                  normalize=normalize, limit=limit, n_images=len(samples), layers=selection,
+                  timing=timing, by=list(by_columns(by)))
+    return summary
+
+
+def _compute_heatmaps(run: runmod.Run, out: runmod.Outputs, names, selection, samples,
+                      starts, batch_size: int, dev, fast: bool, target: str, normalize: str,
+                      progress) -> tuple[float, int]:
+    """Heatmap batches ``starts`` of every model x method x layer in ``selection``, written
+    under ``out`` (a batch already there for the same images is kept: resuming).
+    Returns ``(seconds computing CAMs, images computed)``."""
+    from dermcam.attribution import CamExplainer
+
+    size, cache = run.image_size, run.cache
     total = len(selection) * len(starts)
-    done = 0
-    n_computed = 0
+    done = n_computed = 0
     t_cam = 0.0
     for model_name in names:
-        model, info, payload = load_checkpoint(run_dir / "models" / model_name / "model.pt")
+        model, info, payload = run.load_model(model_name)
         model.to(dev)  # CamExplainer.compute moves each batch to the model's device
         threshold = float(payload["threshold"])
         for sel in (s for s in selection if s["model"] == model_name):
             method, lay = sel["method"], sel["layer"]
             with CamExplainer(model, lay, method, fast=fast) as ex:
                 for start in starts:
-                    path = _batch_file(root, model_name, method, lay, start)
+                    path = _batch_file(out.root, model_name, method, lay, start)
                     chunk = samples[start:start + batch_size]
                     ids = np.array([s.image_id for s in chunk])
                     if path.exists():
@@ -408,43 +454,10 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "malign
                     done += 1
                     if progress:
                         progress(done, total)
-    timing = {"cam_seconds": round(t_cam, 3), "images_computed": n_computed, "device": str(dev),
-              "images_per_second": round(n_computed / t_cam, 2) if t_cam > 0 else None,
-              "benchmark_seconds": round(bench_seconds, 3)}
-    if shard is not None:
-        return {"shard": list(shard), "batches": len(starts), "timing": timing,
-                "folder": str(root)}
-    if data is None:
-        _record_cam_choice(run_dir, selection)
-    sanity_res = {}
-    t_s = time.perf_counter()
-    if sanity:
-        sanity_res = _sanity(run_dir, selection, samples, size, cache, normalize,
-                             n_boot=n_boot, seed=manifest["seed"], cascade=cascade, root=root)
-    timing["sanity_seconds"] = round(time.perf_counter() - t_s, 3)
-    t_score = time.perf_counter()
-    extra = {"timing": timing, "layer_choice": selection, "localisation": bench_rows}
-    if data is not None:
-        extra["external"] = {
-            "name": name, "data": ds.name, "root": str(Path(ds.root).resolve()),
-            "layout": ds.layout, "images": f"{which}, those with a lesion mask",
-            "thresholds": "each model's threshold chosen on the training data's validation "
-                          "split", "layers": "chosen on the run's own validation images",
-            "trained_on": manifest.get("data", {}).get("name")}
-    summary = _score(run_dir, manifest, root, ds, every, selection, sanity_res, n_boot,
-                     figures, extra, margin, by, min_group)
-    timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
-    timing["metric_seconds"] = summary["timing"]["metric_seconds"]
-    timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
-    runmod.set_stage(run_dir, stage, "complete",
-                     methods=sorted({sel["method"] for sel in selection}), target=target,
-                     normalize=normalize, limit=limit, n_images=len(samples),
-                     layers=selection, wall_time_s=round(time.perf_counter() - t0, 2),
-                     timing=timing, by=list(by_columns(by)))
-    return summary
+    return t_cam, n_computed
 
 
-def _record_cam_choice(run_dir: Path, selection) -> None:
+def _record_cam_choice(run: runmod.Run, selection) -> None:
     """Store each model's chosen CAM method and layer in its checkpoint ('dermcam predict'
     uses them for its overlays). Rewritten atomically; plain values only."""
     import torch
@@ -452,7 +465,7 @@ def _record_cam_choice(run_dir: Path, selection) -> None:
     from dermcam.models import load_state_file
 
     for sel in selection:
-        path = Path(run_dir) / "models" / sel["model"] / "model.pt"
+        path = run.model_file(sel["model"])
         payload = load_state_file(path)
         cam = {k: sel[k] for k in ("method", "layer", "reason")}
         if payload.get("cam") == cam:
@@ -462,36 +475,32 @@ def _record_cam_choice(run_dir: Path, selection) -> None:
             torch.save(payload, tmp)
 
 
-def _sanity(run_dir, selection, samples, size, cache, normalize, k: int = 64,
-            n_boot: int = 1000, seed: int = 0, cascade: bool = True, root=None):
-    """Adebayo et al. (2018) on the chosen layers: full and cascading randomisation
-    (heatmaps read from ``root``, default the run folder)."""
+def _sanity(run: runmod.Run, selection, samples, normalize, k: int = 64,
+            n_boot: int = 1000, cascade: bool = True, out: runmod.Outputs | None = None):
+    """Adebayo et al. (2018) on the chosen layers, on the CPU: full and cascading
+    randomisation (the trained heatmaps read from ``out``, default the run's own)."""
     from dermcam.sanity import model_randomisation
-    from dermcam.training import load_checkpoint
 
+    size = run.image_size
     chunk = samples[:k]
-    x, _, _ = _stack(cache, chunk, size)
-    out = {}
-    models = {}
+    x, _, _ = _stack(run.cache, chunk, size)
+    res = {}
     for sel in selection:
         name, method, lay = sel["model"], sel["method"], sel["layer"]
-        if name not in models:
-            models[name] = load_checkpoint(Path(run_dir) / "models" / name / "model.pt")[0]
-        trained = _heatmaps_in_order(root or run_dir, name, method, lay,
+        trained = _heatmaps_in_order((out or run.outputs).root, name, method, lay,
                                      [s.image_id for s in chunk])
-        targets = trained["targets"]
-        res = model_randomisation(models[name], lay, method, x, targets, trained["heatmaps"],
-                                  size, normalize=normalize, seed=seed, cascade=cascade,
-                                  n_boot=n_boot)
-        out[f"{name}/{method}"] = res
-    return out
+        res[f"{name}/{method}"] = model_randomisation(
+            run.load_model(name)[0].cpu(), lay, method, x, trained["targets"],
+            trained["heatmaps"], size, normalize=normalize, seed=run.seed, cascade=cascade,
+            n_boot=n_boot)
+    return res
 
 
-def _heatmaps_in_order(run_dir, model, method, layer, ids) -> dict[str, np.ndarray]:
+def _heatmaps_in_order(root, model, method, layer, ids) -> dict[str, np.ndarray]:
     """Saved heatmaps and target classes of ``ids``, in that order."""
     want = set(map(str, ids))
     heat, targ = {}, {}
-    for f in sorted(heatmap_dir(run_dir, model, method, layer).glob("batch_*.npz")):
+    for f in sorted(heatmap_dir(root, model, method, layer).glob("batch_*.npz")):
         if len(heat) == len(want):
             break
         b = _load_batch(f)
@@ -502,7 +511,7 @@ def _heatmaps_in_order(run_dir, model, method, layer, ids) -> dict[str, np.ndarr
     missing = want - heat.keys()
     if missing:
         raise DermcamError(f"no saved heatmap for {sorted(missing)[0]}",
-                           heatmap_dir(run_dir, model, method, layer))
+                           heatmap_dir(root, model, method, layer))
     return {"heatmaps": np.stack([heat[str(i)] for i in ids]),
             "targets": np.array([targ[str(i)] for i in ids], np.int64)}
 
@@ -515,12 +524,12 @@ def _metadata(ds) -> pd.DataFrame | None:
     return read_meta(ds)
 
 
-def _selection(run_dir: Path, manifest) -> list[dict[str, str]]:
+def _selection(run: runmod.Run) -> list[dict[str, str]]:
     """The model x method x layer triples the last explain run scored (from the manifest)."""
-    sel = manifest.get("stages", {}).get("explain", {}).get("layers")
+    sel = run.stage_entry("explain").get("layers")
     if sel:
         return [dict(s) for s in sel]
-    raise DermcamError("no explain selection recorded; run 'dermcam explain' first", run_dir)
+    raise DermcamError("no explain selection recorded; run 'dermcam explain' first", run.dir)
 
 
 def cluster_name(ds) -> str:
@@ -538,36 +547,33 @@ def score_run(run_dir: str | Path, selection: list[dict] | None = None,
     run recorded in the manifest). ``by``, ``min_group``: the summary by subgroup (see
     :func:`run_explain`).
     """
-    run_dir = Path(run_dir)
-    manifest = runmod.read_manifest(run_dir, require="train")
-    selection = selection or _selection(run_dir, manifest)
-    ds, samples = _explain_samples(manifest, None)
-    return _score(run_dir, manifest, run_dir, ds, samples, selection, sanity, n_boot,
-                  figures, extra, margin, by, min_group)
+    run = runmod.Run.open(run_dir, require="train")
+    selection = selection or _selection(run)
+    ds, samples = _explain_samples(run, None)
+    return _score(run, run.outputs, ds, samples, selection, sanity, n_boot, figures, extra,
+                  margin, by, min_group)
 
 
-def _score(run_dir: Path, manifest, root: Path, ds, samples, selection, sanity, n_boot: int,
-           figures: bool, extra: dict | None, margin: float, by=(),
+def _score(run: runmod.Run, out: runmod.Outputs, ds, samples, selection, sanity,
+           n_boot: int, figures: bool, extra: dict | None, margin: float, by=(),
            min_group: int | None = None) -> dict[str, Any]:
-    """:func:`score_run` on ``samples`` of ``ds`` whose heatmaps lie under ``root`` (the
-    run folder, or an external set's folder); writes there."""
+    """:func:`score_run` on ``samples`` of ``ds`` whose heatmaps lie under ``out`` (the
+    run's own outputs, or an external set's); writes there."""
     from dermcam import leakage as lk
-    from dermcam.data.cache import ImageCache
 
     by_id = {s.image_id: s for s in samples}
-    size = manifest["config"]["image_size"]
-    cache = ImageCache(manifest["config"].get("cache_dir"))
+    size, cache = run.image_size, run.cache
     meta = _metadata(ds)
     art_names = _artifact_names()
     meta_by_id = meta.set_index("image_id") if meta is not None else None
     labels = getattr(ds, "artifact_labels", None)  # joined --artifacts FILE (#16)
     labels_by_id = labels.set_index("image_id") if labels is not None else None
-    thresholds = {m: manifest["models"][m]["threshold"] for m in manifest["models"]}
+    thresholds = {m: run.model_record(m)["threshold"] for m in run.manifest["models"]}
     frames = []
     metric_seconds = 0.0
     for sel in selection:
         name, method, layer = sel["model"], sel["method"], sel["layer"]
-        folder = heatmap_dir(root, name, method, layer)
+        folder = heatmap_dir(out.root, name, method, layer)
         files = sorted(folder.glob("batch_*.npz"))
         if not files:
             raise DermcamError(f"no saved heatmaps for {name}/{method} at {layer}; run "
@@ -625,16 +631,16 @@ def _score(run_dir: Path, manifest, root: Path, ds, samples, selection, sanity, 
                               or c not in att.columns]], on="image_id", how="left")
     float_cols = att.select_dtypes("float").columns
     att[float_cols] = att[float_cols].round(6)
-    write_csv(root / "attention.csv", att)
-    summary = summarise_attention(att, manifest, sanity or {}, n_boot=n_boot,
-                                  seed=manifest["seed"], margin=margin,
+    write_csv(out.attention, att)
+    summary = summarise_attention(att, run.manifest, sanity or {}, n_boot=n_boot,
+                                  seed=run.seed, margin=margin,
                                   cluster_name=cluster_name(ds), by=by, min_group=min_group)
     if extra:
         summary.update(extra)
     summary.setdefault("timing", {})["metric_seconds"] = round(metric_seconds, 3)
-    write_json(root / "attention_summary.json", summary)
+    write_json(out.attention_summary, summary)
     if figures:
-        attention_figures(root, att, manifest, samples=samples)
+        attention_figures(run, out, att, samples=samples)
     return summary
 
 
@@ -845,26 +851,23 @@ def _adjust_families(members: dict[str, list[dict]], adjust, names) -> dict[str,
     return out
 
 
-def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: int = 3,
-                      samples=None) -> None:
-    """The attention figures into ``run_dir/figures`` (``run_dir``: the run folder, or an
-    external set's folder holding its heatmaps; ``samples``: the images scored, default
-    the run's test split)."""
+def attention_figures(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame,
+                      n_examples: int = 3, samples=None) -> None:
+    """The attention figures into ``out.figures`` (``out``: the run's own outputs, or an
+    external set's, holding the heatmaps; ``samples``: the images scored, default the
+    run's test split)."""
     from dermcam import attention_plots as ap
     from dermcam import leakage as lk
-    from dermcam.data import load_dataset
-    from dermcam.data.cache import ImageCache
 
-    figs = run_dir / "figures"
-    size = manifest["config"]["image_size"]
+    figs = out.figures
+    size, cache = run.image_size, run.cache
     if samples is None:
-        samples = load_dataset(manifest["data"]["root"]).split("test")
+        samples = run.test_samples()
     by_id = {s.image_id: s for s in samples}
-    cache = ImageCache(manifest["config"].get("cache_dir"))
     first_method = sorted(att["method"].unique())[0]
     for model, g in att.groupby("model"):
         gm = g[g["method"] == first_method]
-        disp = manifest["models"].get(model, {}).get("display_name", model)
+        disp = run.model_record(model).get("display_name", model)
         ap.plot_attention_summary(gm, figs / f"attention_leakage_analysis_{model}.png",
                                   title=f"{disp} ({first_method}): attention leakage")
     ap.plot_leakage_vs_accuracy(att[att["method"] == first_method],
@@ -878,7 +881,7 @@ def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: in
         picks = [("least", r) for r in valid.head(n_examples).itertuples()] + \
                 [("most", r) for r in valid.tail(n_examples).itertuples()]
         layer = str(g["layer"].iloc[0])
-        heats = _heatmaps_for(run_dir, model, method, layer, {r.image_id for _, r in picks})
+        heats = _heatmaps_for(out.root, model, method, layer, {r.image_id for _, r in picks})
         for kind, r in picks:
             heat = heats[r.image_id]
             item = cache.get(by_id[r.image_id], size)
@@ -888,11 +891,11 @@ def attention_figures(run_dir: Path, att: pd.DataFrame, manifest, n_examples: in
                                   f"p={r.prob_malignant:.2f}, {model}/{method} at {layer})")
 
 
-def _heatmaps_for(run_dir: Path, model: str, method: str, layer: str, image_ids: set[str]
+def _heatmaps_for(root: Path, model: str, method: str, layer: str, image_ids: set[str]
                   ) -> dict[str, np.ndarray]:
     """The saved heatmaps of ``image_ids``, reading each batch file once."""
     ids = sorted(image_ids)
     if not ids:
         return {}
-    got = _heatmaps_in_order(run_dir, model, method, layer, ids)
+    got = _heatmaps_in_order(root, model, method, layer, ids)
     return dict(zip(ids, got["heatmaps"]))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -183,11 +182,11 @@ def external_samples(ds) -> tuple[list, str]:
     return list(ds.samples), "every image (no official split)"
 
 
-def stage_key(name: str, stage: str) -> str:
-    """The manifest key of ``explain`` or ``probe`` on external set ``name``:
-    ``external:<name>/<stage>`` (names never hold ``/``; ``external:<name>`` alone is
-    evaluate's)."""
-    return f"external:{name}/{stage}"
+def stage_key(name: str, stage: str | None = None) -> str:
+    """The manifest key of a stage on external set ``name``: ``external:<name>`` for
+    evaluate (``stage`` None), ``external:<name>/<stage>`` for ``explain`` or ``probe``
+    (names never hold ``/``)."""
+    return f"external:{name}" if stage is None else f"external:{name}/{stage}"
 
 
 def load_external(data: str | Path, name: str | None = None,
@@ -232,15 +231,13 @@ def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
     columns; the run's own manifest is not changed. Everything is checked (device,
     labels, ``by``, both classes) before the stage is recorded."""
     from dermcam.data import load_dataset
-    from dermcam.data.cache import ImageCache, warm_cache
+    from dermcam.data.cache import warm_cache
     from dermcam.device import resolve_device
     from dermcam.training import CachedSplit
 
-    run_dir = Path(run_dir)
-    manifest = runmod.read_manifest(run_dir, require="train")
-    seed = manifest["seed"] if seed is None else seed
+    run = runmod.Run.open(run_dir, require="train")
+    seed = run.seed if seed is None else seed
     device = str(resolve_device(device))
-    t0 = time.perf_counter()
     ds = load_dataset(data, artifacts=artifacts)
     check_by(ds, by)
     name = safe_name(name or Path(data).resolve().name)
@@ -249,23 +246,21 @@ def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
     if len(labels) < 2:
         raise DermcamError(f"the external set holds only {'malignant' if 1 in labels else 'benign'}"
                            " images: ROC AUC, sensitivity and specificity are undefined", ds.root)
-    stage = f"external:{name}"
-    out = run_dir / "external" / name
+    stage = stage_key(name)
+    out = run.external(name)
     joined = None
     if artifacts is not None:
         from dermcam.data.artifact_labels import join_note
         from dermcam.pipeline import labels_info
 
         joined = labels_info(artifacts, join_note(ds))
-    runmod.set_stage(run_dir, stage, "running", data=str(Path(data).resolve()),
-                     artifacts=joined["file"] if joined else None)
-    try:
-        size = manifest["config"]["image_size"]
-        cache = ImageCache(manifest["config"].get("cache_dir"))
+    with run.stage(stage, data=str(Path(data).resolve()),
+                   artifacts=joined["file"] if joined else None) as record:
+        size, cache = run.image_size, run.cache
         if cache.enabled:
             warm_cache(samples, size, cache, progress=progress)
         split = CachedSplit(samples, size, cache)
-        own = load_dataset(manifest["data"]["root"])
+        own = load_dataset(run.data_root)
         own_split = CachedSplit(own.samples, size, cache)
         dups = _duplicates(samples, split, own.samples, own_split)
         n_all = len(samples)
@@ -275,11 +270,14 @@ def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
                 raise DermcamError("without its duplicates the external set holds one class",
                                    ds.root)
             split = CachedSplit(samples, size, cache)
-        return _score(run_dir, manifest, ds, samples, split, out, stage, which, dups, n_all,
-                      exclude_duplicates, n_boot, seed, by, min_group, t0, device, joined)
-    except Exception as exc:
-        runmod.set_stage(run_dir, stage, "failed", error=str(exc).splitlines()[0][:300])
-        raise
+        result = _score(run, ds, samples, split, out, which, dups, n_all, exclude_duplicates,
+                        n_boot, seed, by, min_group, device, joined)
+        dup = result["external"]["duplicates"]
+        record.update(data=str(Path(ds.root).resolve()), folder=f"external/{name}",
+                      n_test=int(result["test"]["n"]), n_boot=n_boot,
+                      n_exact_duplicates=dup["n_exact"], n_near_duplicates=dup["n_near"],
+                      duplicates_excluded=dup["excluded"])
+    return result
 
 
 def _duplicates(samples, split, own_samples, own_split) -> dict[str, dict[str, Any]]:
@@ -288,44 +286,39 @@ def _duplicates(samples, split, own_samples, own_split) -> dict[str, dict[str, A
     return find_duplicates(_hashes(samples, split), _hashes(own_samples, own_split))
 
 
-def _score(run_dir: Path, manifest, ds, samples, split, out: Path, stage: str, which: str,
+def _score(run: runmod.Run, ds, samples, split, out: runmod.Outputs, which: str,
            dups: dict, n_all: int, excluded: bool, n_boot: int, seed: int, by, min_group,
-           t0: float, device: str = "cpu", labels: dict[str, str] | None = None
-           ) -> dict[str, Any]:
+           device: str = "cpu", labels: dict[str, str] | None = None) -> dict[str, Any]:
     from dermcam.duplicates import NEAR_DISTANCE
     from dermcam.evaluation import metrics_table
     from dermcam.pipeline import plot_results, predict_models, score_predictions
 
-    preds, thresholds = predict_models(run_dir, manifest, samples, split, device=device)
+    preds, thresholds = predict_models(run, samples, split, device=device)
     preds = annotate_predictions(preds, ds, samples, split, by)
     preds["duplicate"] = preds["image_id"].map(lambda i: dups.get(i, {}).get("kind", ""))
     preds["duplicate_of"] = preds["image_id"].map(lambda i: dups.get(i, {}).get("match", ""))
-    write_csv(out / "predictions.csv", preds)
-    result = score_predictions(preds, thresholds, ds, manifest, n_boot, seed, by, min_group)
+    write_csv(out.predictions, preds)
+    result = score_predictions(preds, thresholds, ds, run, n_boot, seed, by, min_group)
     if labels:
         result["artifact_labels"] = labels
     exact = sorted(i for i, d in dups.items() if d["kind"] == "exact")
     near = sorted(i for i, d in dups.items() if d["kind"] == "near")
     result["external"] = {
-        "name": out.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
+        "name": out.root.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
         "layout": ds.layout, "images": which, "n_available": n_all,
         "thresholds": "each model's threshold chosen on the training data's validation split",
-        "trained_on": manifest.get("data", {}).get("name"),
+        "trained_on": run.data.get("name"),
         "duplicates": {
-            "against": f"the run's data set ({manifest.get('data', {}).get('name')}), "
+            "against": f"the run's data set ({run.data.get('name')}), "
                        "training and test images",
             "method": f"exact: SHA-256 of the file; near: 64-bit DCT pHash of the image at "
-                      f"{manifest['config']['image_size']} px, Hamming distance <= "
+                      f"{run.image_size} px, Hamming distance <= "
                       f"{NEAR_DISTANCE}",
             "n_exact": len(exact), "n_near": len(near), "exact": exact, "near": near,
             "matches": dups, "excluded": bool(excluded and dups)}}
-    write_json(out / "metrics.json", result)
-    write_csv(out / "metrics.csv", metrics_table(result))
-    plot_results(result, out / "figures", manifest)
-    runmod.set_stage(run_dir, stage, "complete", wall_time_s=round(time.perf_counter() - t0, 2),
-                     data=str(Path(ds.root).resolve()), folder=f"external/{out.name}",
-                     n_test=len(samples), n_boot=n_boot, n_exact_duplicates=len(exact),
-                     n_near_duplicates=len(near), duplicates_excluded=bool(excluded and dups))
+    write_json(out.metrics, result)
+    write_csv(out.metrics_csv, metrics_table(result))
+    plot_results(result, out.figures, run)
     return result
 
 
@@ -338,7 +331,7 @@ def external_sets(run_dir: str | Path, manifest: dict[str, Any] | None = None
     for key, entry in sorted((manifest.get("stages") or {}).items()):
         if key.startswith("external:") and "/" not in key and isinstance(entry, dict):
             name = key.split(":", 1)[1]
-            out.append((name, run_dir / "external" / name, entry))
+            out.append((name, run_dir / runmod.EXTERNAL_DIR / name, entry))
     return out
 
 

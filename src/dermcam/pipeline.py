@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,17 @@ from dermcam.io import write_csv, write_json
 log = logging.getLogger(__name__)
 
 
-def load_test_split(manifest: dict[str, Any], limit: int | None = None,
-                     require_masks: bool = False, progress=None, cache_dir=None,
-                     artifacts: str | Path | None = None):
-    """The run's test split at the run's image size, streamed from the decode cache.
+def load_test_split(run: runmod.Run, limit: int | None = None, require_masks: bool = False,
+                    progress=None, artifacts: str | Path | None = None):
+    """``(dataset, samples, CachedSplit)``: the run's test split at the run's image size,
+    streamed from the run's decode cache (warmed here).
 
     ``artifacts``: an artifact label file joined instead of the one the run records."""
     from dermcam.data import load_dataset
-    from dermcam.data.cache import ImageCache, warm_cache
+    from dermcam.data.cache import warm_cache
     from dermcam.training import CachedSplit
 
-    ds = load_dataset(manifest["data"]["root"],
-                      artifacts=artifacts or manifest["data"].get("artifacts"))
-    if ds.fingerprint() != manifest["data"]["fingerprint"]:
-        log.warning("data under %s changed since training (fingerprint differs)", ds.root)
+    ds = run.dataset if artifacts is None else load_dataset(run.data_root, artifacts=artifacts)
     samples = ds.split("test")
     if require_masks:
         samples = [s for s in samples if s.mask_path is not None]
@@ -39,16 +35,9 @@ def load_test_split(manifest: dict[str, Any], limit: int | None = None,
     if not samples:
         what = "test images with masks" if require_masks else "test images"
         raise DermcamError(f"the data set has no {what}", ds.root)
-    size = manifest["config"]["image_size"]
-    cache = ImageCache(cache_dir or manifest["config"].get("cache_dir"))
-    if cache.enabled:
-        warm_cache(samples, size, cache, progress=progress)
-    return ds, samples, CachedSplit(samples, size, cache)
-
-
-def trained_models(manifest: dict[str, Any]) -> list[str]:
-    return [m for m in manifest["config"]["models"]
-            if manifest.get("models", {}).get(m, {}).get("status") == "complete"]
+    if run.cache.enabled:
+        warm_cache(samples, run.image_size, run.cache, progress=progress)
+    return ds, samples, CachedSplit(samples, run.image_size, run.cache)
 
 
 def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = None,
@@ -81,11 +70,9 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
         return run_external(run_dir, data, name=name, n_boot=n_boot, seed=seed, by=by,
                             min_group=min_group, exclude_duplicates=exclude_duplicates,
                             progress=progress, device=device, artifacts=artifacts)
-    run_dir = Path(run_dir)
-    manifest = runmod.read_manifest(run_dir, require="train")
-    seed = manifest["seed"] if seed is None else seed
-    t0 = time.perf_counter()
-    ds, samples, arrays = load_test_split(manifest, progress=progress, artifacts=artifacts)
+    run = runmod.Run.open(run_dir, require="train")
+    seed = run.seed if seed is None else seed
+    ds, samples, arrays = load_test_split(run, progress=progress, artifacts=artifacts)
     if len(np.unique(arrays.labels)) < 2:  # refused before the stage starts
         have, lack = ("malignant", "benign") if arrays.labels[0] else ("benign", "malignant")
         raise DermcamError(f"the test split holds only {have} images ({len(samples)}), no "
@@ -99,30 +86,29 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
     if artifacts is not None:  # every check passed: now the run keeps the labels
         from dermcam.data.artifact_labels import record_in_run
 
-        labels_note = record_in_run(run_dir, artifacts, ds=ds)
-    runmod.set_stage(run_dir, "evaluate", "running")
-    try:
-        return _evaluate(run_dir, manifest, ds, samples, arrays, n_boot, seed, t0, by,
-                         min_group, device=device,
-                         labels=labels_info(artifacts, labels_note))
-    except Exception as exc:  # recorded, so 'report' says why rather than using old files
-        runmod.set_stage(run_dir, "evaluate", "failed", error=str(exc).splitlines()[0][:300])
-        raise
+        labels_note = record_in_run(run.dir, artifacts, ds=ds)
+        run.refresh()
+    # a failure from here on is recorded, so 'report' says why rather than using old files
+    with run.stage("evaluate") as record:
+        result = _evaluate(run, ds, samples, arrays, n_boot, seed, by, min_group,
+                           device=device, labels=labels_info(artifacts, labels_note))
+        record.update(n_test=len(samples), n_boot=n_boot)
+    return result
 
 
-def predict_models(run_dir: Path, manifest: dict[str, Any], samples, arrays,
-                   device: str = "cpu") -> tuple[pd.DataFrame, dict[str, float]]:
+def predict_models(run: runmod.Run, samples, arrays, device: str = "cpu"
+                   ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Long predictions (one row per model and sample) of every trained model, and each
     model's validation-chosen threshold."""
     from dermcam.calibration import apply_temperature, bias_of, temperature_of
     from dermcam.device import inference_batch_size, resolve_device
-    from dermcam.training import load_checkpoint, predict_logit_diff
+    from dermcam.training import predict_logit_diff
 
     dev = resolve_device(device)
     rows = []
     thresholds = {}
-    for name in trained_models(manifest):
-        model, info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
+    for name in run.trained_models:
+        model, info, payload = run.load_model(name)
         z = predict_logit_diff(model.to(dev), arrays.dataset(np.arange(len(arrays))),
                                batch_size=inference_batch_size(dev, None), device=dev)
         prob = apply_temperature(z, temperature_of(model), bias_of(model))  # every stage's
@@ -149,7 +135,7 @@ def labels_info(artifacts: str | Path | None, note: str | None) -> dict[str, str
 
 
 def score_predictions(preds: pd.DataFrame, thresholds: dict[str, float], ds,
-                      manifest: dict[str, Any], n_boot: int, seed: int, by=(),
+                      run: runmod.Run, n_boot: int, seed: int, by=(),
                       min_group: int | None = None) -> dict[str, Any]:
     """``metrics.json`` of a predictions table (:func:`predict_models`, annotated), the
     same for the run's test split and an external set: the metrics with CIs
@@ -167,11 +153,11 @@ def score_predictions(preds: pd.DataFrame, thresholds: dict[str, float], ds,
         result["subgroups"] = subgroups_for(preds, by, thresholds, n_boot, seed, min_group)
     # ECE and Brier before and after calibration (Platt or temperature), with CIs
     result["calibration"] = calibration_summary(preds, n_boot=n_boot, seed=seed)
-    result["display_names"] = {m: manifest["models"][m]["display_name"] for m in thresholds}
+    result["display_names"] = {m: run.model_record(m)["display_name"] for m in thresholds}
     return result
 
 
-def plot_results(result: dict[str, Any], figs: Path, manifest: dict[str, Any]) -> None:
+def plot_results(result: dict[str, Any], figs: Path, run: runmod.Run) -> None:
     """The evaluation figures of ``result`` into ``figs``: model comparison, ROC and PR
     curves, the reliability diagram (dashed: before calibration) and each model's
     confusion matrix."""
@@ -185,25 +171,25 @@ def plot_results(result: dict[str, Any], figs: Path, manifest: dict[str, Any]) -
         plots.plot_confusion_matrix(np.array(result["models"][name]["confusion_matrix"]),
                                     ["benign", "malignant"],
                                     figs / f"{name}_confusion_matrix.png",
-                                    title=manifest["models"][name]["display_name"])
+                                    title=run.model_record(name)["display_name"])
 
 
-def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_boot: int,
-              seed: int, t0: float, by: tuple[str, ...] = (),
-              min_group: int | None = None, device: str = "cpu",
+def _evaluate(run: runmod.Run, ds, samples, arrays, n_boot: int, seed: int,
+              by: tuple[str, ...] = (), min_group: int | None = None, device: str = "cpu",
               labels: dict[str, str] | None = None) -> dict[str, Any]:
     from dermcam import plots
     from dermcam.evaluation import metrics_table
     from dermcam.external import annotate_predictions
 
-    preds, thresholds = predict_models(run_dir, manifest, samples, arrays, device=device)
+    out = run.outputs
+    preds, thresholds = predict_models(run, samples, arrays, device=device)
     preds = annotate_predictions(preds, ds, samples, arrays, by)
-    write_csv(run_dir / "predictions.csv", preds)
-    result = score_predictions(preds, thresholds, ds, manifest, n_boot, seed, by, min_group)
+    write_csv(out.predictions, preds)
+    result = score_predictions(preds, thresholds, ds, run, n_boot, seed, by, min_group)
     if labels:
         result["artifact_labels"] = labels
-    write_json(run_dir / "metrics.json", result)
-    write_csv(run_dir / "metrics.csv", metrics_table(result))
+    write_json(out.metrics, result)
+    write_csv(out.metrics_csv, metrics_table(result))
     # Each checkpoint's model card gets its test metrics with CIs ('dermcam predict' shows
     # the card). Rewritten atomically; plain values and tensors only (weights_only loads).
     import torch
@@ -215,7 +201,7 @@ def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_bo
                     ("at_threshold", ("sensitivity", "specificity", "balanced_accuracy")))
     evaluated_at = runmod.now()
     for name in thresholds:
-        path = run_dir / "models" / name / "model.pt"
+        path = run.model_file(name)
         payload = load_state_file(path)
         entry = result["models"][name]
         card = dict(payload.get("model_card") or {})
@@ -231,13 +217,9 @@ def _evaluate(run_dir: Path, manifest: dict[str, Any], ds, samples, arrays, n_bo
         payload["model_card"] = card
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-    figs = run_dir / "figures"
-    plot_results(result, figs, manifest)
+    plot_results(result, out.figures, run)
     for name in thresholds:
-        hist = run_dir / "models" / name / "history.csv"
+        hist = run.history_file(name)
         if hist.exists():
-            plots.plot_training_history(pd.read_csv(hist), figs / f"{name}_history.png")
-    runmod.set_stage(run_dir, "evaluate", "complete",
-                     wall_time_s=round(time.perf_counter() - t0, 2), n_test=len(samples),
-                     n_boot=n_boot)
+            plots.plot_training_history(pd.read_csv(hist), out.figures / f"{name}_history.png")
     return result

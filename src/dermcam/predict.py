@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from dermcam.errors import DermcamError
+from dermcam.io import MANIFEST
+from dermcam.run import PREDICTIONS  # the file name every predictions table has
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class PredictResult:
 
     @property
     def csv_path(self) -> Path:
-        return self.out / "predictions.csv"
+        return self.out / PREDICTIONS
 
 
 # ------------------------------------------------------------------------- inputs
@@ -243,7 +245,7 @@ def _prepare_out(out: Path) -> None:
             raise DermcamError("output folder holds another dermcam output (a run?); choose "
                                "a new --out folder", out)
         manifest.unlink()  # ours: not complete again until this run finishes
-        (out / "predictions.csv").unlink(missing_ok=True)
+        (out / PREDICTIONS).unlink(missing_ok=True)
         shutil.rmtree(out / "overlays", ignore_errors=True)  # stale overlays go
     out.mkdir(parents=True, exist_ok=True)
 
@@ -360,8 +362,8 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
     if mask_dir is not None and not any(r["mask_path"] for r in rows):
         warn(f"{mask_dir}: no mask matched any readable image; no attention metrics")
     table = pd.DataFrame(rows)
-    write_csv(out / "predictions.csv", table)
-    write_json(out / "manifest.json", {
+    write_csv(out / PREDICTIONS, table)
+    write_json(out / MANIFEST, {
         "schema_version": 1, "kind": MANIFEST_KIND, "created": now(), "status": "complete",
         "versions": versions(), "checkpoint": str(checkpoint.resolve()), "model_card": card,
         "image_size": size, "threshold": thr, "cam_method": cam_method, "cam_layer": cam_layer,

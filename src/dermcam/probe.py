@@ -66,9 +66,9 @@ PROBES: tuple[str, ...] = ("lesion_removed", "background_removed", "artifact_ins
 PROBE_TITLES = {"lesion_removed": "lesion removed", "background_removed": "background removed",
                 "artifact_inserted": "inserted", "artifact_removed": "removed"}
 INPAINT_METHODS = ("telea", "ns")
-PROBE_DIR = "probe"
-PROBE_CSV = "probe.csv"
-PROBE_SUMMARY = "probe_summary.json"
+PROBE_DIR = runmod.PROBE_DIR  # file names: dermcam.run, the one place they are spelled
+PROBE_CSV = runmod.PROBE_CSV
+PROBE_SUMMARY = runmod.PROBE_SUMMARY
 #: probe_summary.json's layout: 2 = ``{"entries", "subgroups", "artifact_presence"}`` (1 was
 #: the bare list of entries, still read).
 SUMMARY_SCHEMA = 2
@@ -332,14 +332,15 @@ def perturb(image: np.ndarray, mask: np.ndarray, artifacts: np.ndarray | None, i
 # ------------------------------------------------------------------ the stage
 
 
-def _load_models(run_dir: Path, names: Sequence[str], device) -> list[tuple[str, Any, float]]:
+def _load_models(run: runmod.Run, names: Sequence[str], device
+                 ) -> list[tuple[str, Any, float]]:
     import torch
 
-    from dermcam.training import load_checkpoint, use_channels_last
+    from dermcam.training import use_channels_last
 
     models = []
     for name in names:
-        model, _info, payload = load_checkpoint(run_dir / "models" / name / "model.pt")
+        model, _info, payload = run.load_model(name)
         model.to(device)
         if use_channels_last(name):
             model.to(memory_format=torch.channels_last)
@@ -386,8 +387,8 @@ def _batch_rows(models, chunk, items, cfg: ProbeConfig, batch_size: int, pool, c
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CSV_COLUMNS)
 
 
-def _batch_path(run_dir: Path, start: int) -> Path:
-    return run_dir / PROBE_DIR / f"batch_{start:06d}.csv"
+def _batch_path(out: runmod.Outputs, start: int) -> Path:
+    return out.probe_batches / f"batch_{start:06d}.csv"
 
 
 def read_rows(path: str | Path) -> pd.DataFrame:
@@ -433,99 +434,69 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
     """
     import shutil
 
-    from dermcam.external import by_columns
-    from dermcam.pipeline import load_test_split, trained_models
+    from dermcam.pipeline import load_test_split
 
-    run_dir = Path(run_dir)
-    manifest = runmod.read_manifest(run_dir, require="train")
-    seed = manifest["seed"] if seed is None else int(seed)
+    run = runmod.Run.open(run_dir, require="train")
+    seed = run.seed if seed is None else int(seed)
     cfg = ProbeConfig(probes=tuple(probes),
                       artifacts=tuple(artifacts) if artifacts else _artifact_names(),
                       placements=int(placements), seed=seed, dilate=float(dilate),
                       inpaint=inpaint_method)
-    names = trained_models(manifest)
+    names = run.trained_models
     if not names:
-        raise DermcamError("no trained model in this run; finish 'dermcam train' first", run_dir)
+        raise DermcamError("no trained model in this run; finish 'dermcam train' first", run.dir)
     t0 = time.perf_counter()
     if data is not None:
         from dermcam.external import stage_key
 
-        ds, all_samples, split, name = _external_split(manifest, data, name, limit,
+        ds, all_samples, split, name = _external_split(run, data, name, limit,
                                                        artifact_labels)
-        root, stage = run_dir / "external" / name, stage_key(name, "probe")
+        out, stage = run.external(name), stage_key(name, "probe")
         explain_stage = stage_key(name, "explain")
     else:
-        ds, all_samples, split = load_test_split(manifest, limit=limit)
-        root, stage, explain_stage = run_dir, "probe", "explain"
-    cache, size = split.cache, split.size
+        ds, all_samples, split = load_test_split(run, limit=limit)
+        out, stage, explain_stage = run.outputs, "probe", "explain"
     if by:
         from dermcam.external import check_by
 
         check_by(ds, by)
-    prev = manifest.get("stages", {}).get(stage, {})
+    prev = run.stage_entry(stage)
     if prev.get("config_key") != cfg.key() or prev.get("limit") != limit or \
             prev.get("batch_size") != batch_size:
-        shutil.rmtree(root / PROBE_DIR, ignore_errors=True)
+        shutil.rmtree(out.probe_batches, ignore_errors=True)
     where = {} if data is None else {"data": str(Path(ds.root).resolve()),
-                                     "folder": f"external/{name}"}
-    runmod.set_stage(run_dir, stage, "running", config=asdict(cfg), config_key=cfg.key(),
-                     limit=limit, batch_size=batch_size, **where)
+                                     "folder": f"{runmod.EXTERNAL_DIR}/{name}"}
+    # a failure (Ctrl-C too) is recorded; the batches on disk resume next time
+    with run.stage(stage, config=asdict(cfg), config_key=cfg.key(), limit=limit,
+                   batch_size=batch_size, **where) as record:
+        entries = _probe_stage(run, out, ds, all_samples, split, names, cfg, seed, t0,
+                               explain_stage, record, batch_size=batch_size, n_boot=n_boot,
+                               progress=progress, figures=figures, workers=workers,
+                               device=device, data=data, by=by, min_group=min_group)
+    return entries
+
+
+def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, names, cfg,
+                 seed: int, t0: float, explain_stage: str, record: dict[str, Any], *,
+                 batch_size: int, n_boot: int, progress, figures: bool, workers, device,
+                 data, by, min_group) -> list[dict[str, Any]]:
+    """The probe stage's work once its inputs are checked: batches, summary, figures;
+    ``record`` receives what the manifest keeps of it."""
+    from dermcam.external import by_columns
+
+    cache, size = split.cache, split.size
     samples, skipped = [], []
     for s in all_samples:
         why = "no lesion mask" if s.mask_path is None else None
         (skipped.append({"image_id": s.image_id, "reason": why}) if why else samples.append(s))
-    models = _load_models(run_dir, names, device)
-    clock = _Clock()
-    timing = {"perturb_seconds": 0.0, "predict_seconds": 0.0, "images_scored": 0}
-    starts = list(range(0, len(samples), batch_size))
-    frames = []
-    workers = workers or min(4, os.cpu_count() or 1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for k, start in enumerate(starts):
-                path = _batch_path(root, start)
-                chunk = samples[start:start + batch_size]
-                if path.exists():
-                    rows = read_rows(path)
-                    ids = {s.image_id for s in chunk}
-                    if len(rows) and set(rows["image_id"]) <= ids and \
-                            set(rows["model"]) == set(names):
-                        frames.append(rows)
-                        for s in chunk:  # images this batch skipped when it was computed
-                            if s.image_id not in set(rows["image_id"]):
-                                why = skip_reason(cache.get(s, size)["mask"])
-                                skipped.append({"image_id": s.image_id, "reason": why})
-                        if progress:
-                            progress(k + 1, len(starts))
-                        continue
-                items = [cache.get(s, size) for s in chunk]
-                keep = []
-                for s, it in zip(chunk, items):
-                    why = skip_reason(it["mask"])
-                    if why:
-                        skipped.append({"image_id": s.image_id, "reason": why})
-                    else:
-                        keep.append((s, it))
-                rows = _batch_rows(models, [s for s, _ in keep], [it for _, it in keep], cfg,
-                                   batch_size * 2, pool, clock, timing, device) if keep else \
-                    pd.DataFrame(columns=CSV_COLUMNS)
-                write_csv(path, rows[CSV_COLUMNS])
-                frames.append(rows)
-                if progress:
-                    progress(k + 1, len(starts))
-    except BaseException as exc:  # Ctrl-C too: the batches on disk resume next time
-        runmod.set_stage(run_dir, stage, "failed",
-                         error=(str(exc) or type(exc).__name__)[:500])
-        raise
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CSV_COLUMNS)
-    df = df[CSV_COLUMNS].sort_values(["model", "image_id", "probe", "artifact", "placement"],
-                                     kind="stable").reset_index(drop=True)
+    models = _load_models(run, names, device)
+    df, clock, timing = _probe_batches(out, samples, names, models, cfg, cache, size,
+                                       skipped, batch_size, progress, workers, device)
     if df.empty:
-        runmod.set_stage(run_dir, stage, "failed", error="no test image could be probed")
         raise DermcamError("no test image could be probed (the probes need lesion masks): "
                            f"{len(skipped)} skipped", ds.root)
-    write_csv(root / PROBE_CSV, df)
-    attention = _attention_for_tracking(root, manifest.get("stages", {}).get(explain_stage))
+    write_csv(out.probe_csv, df)
+    attention = _attention_for_tracking(out, run.stage_entry(explain_stage))
     entries = summarise(df, cfg, n_boot=n_boot, seed=seed, attention=attention)
     summary: dict[str, Any] = {"schema_version": SUMMARY_SCHEMA, "entries": entries}
     probed_ids = set(df["image_id"])
@@ -541,13 +512,13 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
         summary["artifact_presence"] = artifact_presence(df, flags, n_boot=n_boot, seed=seed)
     if data is not None:
         summary["external"] = {
-            "name": name, "data": ds.name, "root": str(Path(ds.root).resolve()),
+            "name": out.root.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
             "layout": ds.layout, "thresholds": "each model's threshold chosen on the "
                                                "training data's validation split",
-            "trained_on": manifest.get("data", {}).get("name")}
-    write_json(root / PROBE_SUMMARY, summary)
+            "trained_on": run.data.get("name")}
+    write_json(out.probe_summary, summary)
     if figures:
-        _figures(run_dir, df, entries, samples, cache, size, cfg, root=root)
+        _figures(run, df, entries, samples, cache, size, cfg, out)
     n_rows = int(len(df) / max(1, len(names)))
     n_images = int(df["image_id"].nunique())
     scored = timing["images_scored"]
@@ -559,38 +530,81 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
         if timing["predict_seconds"] > 0 else None,
         "probed_images_per_second": round(n_images / (time.perf_counter() - t0), 2),
         "wall_seconds": round(time.perf_counter() - t0, 2)})
-    runmod.set_stage(run_dir, stage, "complete", config=asdict(cfg), config_key=cfg.key(),
-                     limit=limit, batch_size=batch_size, n_images=n_images,
-                     rows_per_model=n_rows, skipped=skipped,
-                     inpaint=f"OpenCV {cfg.inpaint}", timing=timing,
-                     wall_time_s=round(time.perf_counter() - t0, 2), by=list(by_columns(by)),
-                     artifact_presence=sorted({r["artifact"] for r in
-                                               summary.get("artifact_presence", [])}))
+    record.update(n_images=n_images, rows_per_model=n_rows, skipped=skipped,
+                  inpaint=f"OpenCV {cfg.inpaint}", timing=timing, by=list(by_columns(by)),
+                  artifact_presence=sorted({r["artifact"] for r in
+                                            summary.get("artifact_presence", [])}))
     if skipped:
         log.warning("%d test image(s) skipped by the probes, e.g. %s: %s", len(skipped),
                     skipped[0]["image_id"], skipped[0]["reason"])
     return entries
 
 
-def _external_split(manifest, data, name, limit, artifact_labels):
+def _probe_batches(out: runmod.Outputs, samples, names, models, cfg, cache, size: int,
+                   skipped: list, batch_size: int, progress, workers, device):
+    """``(probe rows, inpainting clock, timing)``: every batch of ``samples`` perturbed once
+    and scored by every model, or read back from ``probe/`` where an earlier run of the same
+    configuration wrote it. Images that cannot be probed are appended to ``skipped``."""
+    clock = _Clock()
+    timing = {"perturb_seconds": 0.0, "predict_seconds": 0.0, "images_scored": 0}
+    starts = list(range(0, len(samples), batch_size))
+    frames = []
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for k, start in enumerate(starts):
+            path = _batch_path(out, start)
+            chunk = samples[start:start + batch_size]
+            if path.exists():
+                rows = read_rows(path)
+                ids = {s.image_id for s in chunk}
+                if len(rows) and set(rows["image_id"]) <= ids and \
+                        set(rows["model"]) == set(names):
+                    frames.append(rows)
+                    for s in chunk:  # images this batch skipped when it was computed
+                        if s.image_id not in set(rows["image_id"]):
+                            why = skip_reason(cache.get(s, size)["mask"])
+                            skipped.append({"image_id": s.image_id, "reason": why})
+                    if progress:
+                        progress(k + 1, len(starts))
+                    continue
+            items = [cache.get(s, size) for s in chunk]
+            keep = []
+            for s, it in zip(chunk, items):
+                why = skip_reason(it["mask"])
+                if why:
+                    skipped.append({"image_id": s.image_id, "reason": why})
+                else:
+                    keep.append((s, it))
+            rows = _batch_rows(models, [s for s, _ in keep], [it for _, it in keep], cfg,
+                               batch_size * 2, pool, clock, timing, device) if keep else \
+                pd.DataFrame(columns=CSV_COLUMNS)
+            write_csv(path, rows[CSV_COLUMNS])
+            frames.append(rows)
+            if progress:
+                progress(k + 1, len(starts))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CSV_COLUMNS)
+    df = df[CSV_COLUMNS].sort_values(["model", "image_id", "probe", "artifact", "placement"],
+                                     kind="stable").reset_index(drop=True)
+    return df, clock, timing
+
+
+def _external_split(run: runmod.Run, data, name, limit, artifact_labels):
     """``(data set, masked samples, CachedSplit, folder name)`` of an external set."""
-    from dermcam.data.cache import ImageCache, warm_cache
+    from dermcam.data.cache import warm_cache
     from dermcam.external import load_external
     from dermcam.training import CachedSplit
 
     ds, samples, _, name = load_external(data, name, artifact_labels, what="the probes")
     samples = samples[:limit] if limit else samples
-    size = manifest["config"]["image_size"]
-    cache = ImageCache(manifest["config"].get("cache_dir"))
-    if cache.enabled:
-        warm_cache(samples, size, cache)
-    return ds, samples, CachedSplit(samples, size, cache), name
+    if run.cache.enabled:
+        warm_cache(samples, run.image_size, run.cache)
+    return ds, samples, CachedSplit(samples, run.image_size, run.cache), name
 
 
-def _attention_for_tracking(root: Path, st: dict | None) -> pd.DataFrame | None:
-    """attention.csv rows under ``root`` at each model's chosen method and layer (``st``:
+def _attention_for_tracking(out: runmod.Outputs, st: dict | None) -> pd.DataFrame | None:
+    """attention.csv rows of ``out`` at each model's chosen method and layer (``st``:
     the explain stage's manifest entry; None without a complete explain)."""
-    path = root / "attention.csv"
+    path = out.attention
     st = st or {}
     if not path.exists() or st.get("status") != runmod.STATUS_COMPLETE:
         return None
@@ -1114,13 +1128,12 @@ def build_examples_figure(examples: Sequence[tuple[str, int, list[Variant], np.n
     return fig
 
 
-def _figures(run_dir: Path, df: pd.DataFrame, entries, samples, cache, size: int,
-             cfg: ProbeConfig, root: Path | None = None) -> None:
+def _figures(run: runmod.Run, df: pd.DataFrame, entries, samples, cache, size: int,
+             cfg: ProbeConfig, out: runmod.Outputs) -> None:
     from dermcam.io import save_figure
 
-    manifest = runmod.read_manifest(run_dir)
-    displays = {k: v.get("display_name", k) for k, v in manifest.get("models", {}).items()}
-    figdir = (root or run_dir) / "figures"
+    displays = {k: v.get("display_name", k) for k, v in run.manifest.get("models", {}).items()}
+    figdir = out.figures
     save_figure(build_delta_figure(df, displays), figdir / "probe_delta.png")
     if any(e["probe"] in ("lesion_removed", "background_removed") for e in entries):
         save_figure(build_auc_figure(entries, displays), figdir / "probe_auc.png")

@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import platform
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +58,8 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
             raise DermcamError(f"output folder already holds {what}; choose a new folder or "
                                "pass --overwrite", out)
         if (out / MANIFEST).exists():
-            for child in ("models", "figures", "attention", "probe", "report_files",
-                          "external"):
+            for child in (MODELS_DIR, FIGURES_DIR, HEATMAP_DIR, PROBE_DIR, "report_files",
+                          EXTERNAL_DIR):
                 shutil.rmtree(out / child, ignore_errors=True)
             for f in out.glob("*"):
                 if f.is_file():
@@ -142,3 +144,228 @@ def set_stage(run_dir: str | Path, stage: str, status: str, **info: Any) -> dict
     entry["at"] = now()
     write_manifest(run_dir, m)
     return m
+
+
+# --------------------------------------------------------------------------- file names
+# The one place a run folder's file names are spelled; every stage asks for them here.
+
+MODELS_DIR = "models"
+MODEL_FILE = "model.pt"
+HISTORY_FILE = "history.csv"
+EXTERNAL_DIR = "external"
+FIGURES_DIR = "figures"
+HEATMAP_DIR = "attention"  # explain's heatmap batches, per model / method / layer
+PROBE_DIR = "probe"  # probe's per-batch rows, for resuming
+PREDICTIONS = "predictions.csv"
+METRICS = "metrics.json"
+METRICS_CSV = "metrics.csv"
+ATTENTION = "attention.csv"
+ATTENTION_SUMMARY = "attention_summary.json"
+LOCALISATION = "localisation.json"
+PROBE_CSV = "probe.csv"
+PROBE_SUMMARY = "probe_summary.json"
+REPORT = "report.html"
+SHORTCUT_EXPERIMENT = "shortcut_experiment.json"
+
+
+class Outputs:
+    """The files one audit of a run writes, under ``root``: the run folder itself for the
+    run's own test split, ``RUN/external/<name>/`` for another data set. Paths only;
+    nothing is read or created."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Outputs({str(self.root)!r})"
+
+    predictions = property(lambda self: self.root / PREDICTIONS)
+    metrics = property(lambda self: self.root / METRICS)
+    metrics_csv = property(lambda self: self.root / METRICS_CSV)
+    attention = property(lambda self: self.root / ATTENTION)
+    attention_summary = property(lambda self: self.root / ATTENTION_SUMMARY)
+    localisation = property(lambda self: self.root / LOCALISATION)
+    probe_csv = property(lambda self: self.root / PROBE_CSV)
+    probe_summary = property(lambda self: self.root / PROBE_SUMMARY)
+    figures = property(lambda self: self.root / FIGURES_DIR)
+    heatmaps = property(lambda self: self.root / HEATMAP_DIR)
+    probe_batches = property(lambda self: self.root / PROBE_DIR)
+
+
+class Run:
+    """A typed handle on one run folder, opened once and passed to every stage.
+
+    Paths by name (``run.outputs.metrics``, ``run.model_file(name)``, ``run.report``), the
+    training configuration as a :class:`dermcam.training.TrainConfig` (``run.config``,
+    ``run.image_size``, ``run.seed``), the data set and the decode cache opened once and
+    kept (``run.dataset``, ``run.cache``), the trained models (``run.trained_models``,
+    ``run.load_model(name)``, loaded once), and ``with run.stage("explain"):``, which records
+    the stage as running, then complete (with its wall time) or failed (with the error).
+    Nothing outside this module reads manifest keys or spells a run-folder file name.
+
+        run = Run.open("runs/r1", require="train")
+        run.image_size, run.trained_models
+        with run.stage("evaluate") as record:
+            ...
+            record["n_test"] = 379   # stored with the stage's entry
+    """
+
+    def __init__(self, run_dir: str | Path, manifest: dict[str, Any]):
+        self.dir = Path(run_dir)
+        self.manifest = manifest
+        self._dataset = None
+        self._cache = None
+        self._models: dict[str, tuple] = {}
+
+    @classmethod
+    def open(cls, run_dir: str | Path, require: str | None = None,
+             settled: tuple[str, ...] = ()) -> Run:
+        """Open a run folder; one-line DermcamError where :func:`read_manifest` refuses it."""
+        return cls(run_dir, read_manifest(run_dir, require=require, settled=settled))
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r})"
+
+    def refresh(self) -> Run:
+        """Re-read the manifest (another process or stage may have written it)."""
+        self.manifest = read_manifest(self.dir)
+        return self
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def outputs(self) -> Outputs:
+        """The files of the run's own audit (test split), in the run folder."""
+        return Outputs(self.dir)
+
+    def external(self, name: str) -> Outputs:
+        """The files of the audit of another data set, ``external/<name>/``."""
+        return Outputs(self.dir / EXTERNAL_DIR / name)
+
+    @property
+    def report(self) -> Path:
+        return self.dir / REPORT
+
+    @property
+    def models_dir(self) -> Path:
+        return self.dir / MODELS_DIR
+
+    def model_file(self, name: str) -> Path:
+        return self.dir / MODELS_DIR / name / MODEL_FILE
+
+    def history_file(self, name: str) -> Path:
+        return self.dir / MODELS_DIR / name / HISTORY_FILE
+
+    # ---------------------------------------------------------------- config
+    @property
+    def config(self):
+        """The training configuration, as :class:`dermcam.training.TrainConfig`."""
+        from dermcam.training import TrainConfig
+
+        known = set(TrainConfig.__dataclass_fields__)
+        return TrainConfig(**{k: v for k, v in self.manifest["config"].items() if k in known})
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["config"]["image_size"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.manifest["seed"])
+
+    @property
+    def cache_dir(self) -> str | None:
+        return self.manifest["config"].get("cache_dir")
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """What training recorded of its data: root, name, layout, fingerprint, ..."""
+        return self.manifest.get("data", {})
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.data["root"])
+
+    @property
+    def stages(self) -> dict[str, Any]:
+        st = self.manifest.get("stages")
+        return st if isinstance(st, dict) else {}
+
+    def stage_entry(self, name: str) -> dict[str, Any]:
+        entry = self.stages.get(name)
+        return entry if isinstance(entry, dict) else {}
+
+    @property
+    def trained_models(self) -> list[str]:
+        """Models whose training completed, in the order they were asked for."""
+        done = self.manifest.get("models", {})
+        return [m for m in self.manifest["config"]["models"]
+                if done.get(m, {}).get("status") == STATUS_COMPLETE]
+
+    def model_record(self, name: str) -> dict[str, Any]:
+        return self.manifest.get("models", {}).get(name, {})
+
+    # ------------------------------------------------------- opened once, kept
+    @property
+    def cache(self):
+        """The decode/resize cache the run was trained with (opened once)."""
+        if self._cache is None:
+            from dermcam.data.cache import ImageCache
+
+            self._cache = ImageCache(self.cache_dir)
+        return self._cache
+
+    @property
+    def dataset(self):
+        """The training data set, with the run's artifact labels joined (opened once)."""
+        if self._dataset is None:
+            import logging
+
+            from dermcam.data import load_dataset
+
+            self._dataset = load_dataset(self.data["root"],
+                                         artifacts=self.data.get("artifacts"))
+            if self._dataset.fingerprint() != self.data.get("fingerprint"):
+                logging.getLogger(__name__).warning(
+                    "data under %s changed since training (fingerprint differs)",
+                    self._dataset.root)
+        return self._dataset
+
+    def test_samples(self, require_masks: bool = False, limit: int | None = None) -> list:
+        """The test split (only images with a lesion mask with ``require_masks``)."""
+        samples = self.dataset.split("test")
+        if require_masks:
+            samples = [s for s in samples if s.mask_path is not None]
+        return samples[:limit] if limit else samples
+
+    def load_model(self, name: str):
+        """``(model, info, payload)`` of a trained model's ``model.pt`` (loaded once; the
+        caller moves it to a device and may change its mode)."""
+        if name not in self._models:
+            from dermcam.training import load_checkpoint
+
+            self._models[name] = load_checkpoint(self.model_file(name))
+        return self._models[name]
+
+    # ---------------------------------------------------------------- stages
+    @contextlib.contextmanager
+    def stage(self, name: str, **info: Any) -> Iterator[dict[str, Any]]:
+        """Record stage ``name``: running (with ``info``) on entry; on exit complete, with
+        its wall time and whatever the body put in the yielded dict, or failed, with the
+        error's first line (Ctrl-C: 'interrupted'); the exception is re-raised."""
+        import time
+
+        t0 = time.perf_counter()
+        self.manifest = set_stage(self.dir, name, "running", **info)
+        record: dict[str, Any] = {}
+        try:
+            yield record
+        except BaseException as exc:
+            why = ("interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt)
+                   else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
+            try:
+                self.manifest = set_stage(self.dir, name, "failed", error=why)
+            except DermcamError:  # the folder itself went away: the original error matters
+                pass
+            raise
+        self.manifest = set_stage(self.dir, name, STATUS_COMPLETE,
+                                  wall_time_s=round(time.perf_counter() - t0, 2), **record)

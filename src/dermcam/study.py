@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dermcam import run as runmod
 from dermcam.errors import DermcamError
 
 __all__ = ["main_train", "main_gradcam", "train_study", "gradcam_study", "RESULTS_DIR",
@@ -191,7 +192,7 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     train(cfg, overwrite=True, resume=resume)
     say("Evaluating on the test set (95% bootstrap CIs)...")
     result = run_evaluate(run, n_boot=n_boot)
-    figs = run / "figures"
+    figs = runmod.Outputs(run).figures
     written = [_copy(figs / "model_comparison.png", results / "model_comparison.png")]
     for name in result["models"]:
         fname = f"{name}_confusion_matrix.png"
@@ -271,21 +272,20 @@ def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     from dermcam import run as runmod
     from dermcam.explain import run_explain
     from dermcam.io import MANIFEST, write_csv
-    from dermcam.pipeline import trained_models
 
     results = Path(results)
     run = results / RUN_SUBDIR
     if not (run / MANIFEST).is_file():
         raise DermcamError("no trained models here: run 'python skin_lesion_analysis.py' "
                            "in this folder first", run)
-    manifest = runmod.read_manifest(run, require="train")
+    opened = runmod.Run.open(run, require="train")
     data = Path(data).resolve()
-    trained_on = Path(manifest["data"]["root"])
+    trained_on = opened.data_root
     if data != trained_on:
         raise DermcamError(f"the models in {run} were trained on {trained_on}, not on "
                            f"{data}; pass --data {trained_on} or re-run "
                            "skin_lesion_analysis.py", data)
-    names = trained_models(manifest)
+    names = opened.trained_models
     if not names:
         raise DermcamError("no model finished training; re-run 'python "
                            "skin_lesion_analysis.py' (--resume continues)", run)
@@ -303,7 +303,7 @@ def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     # (--layer auto) and explains the malignant class of every image.
     summary = run_explain(run, methods=[METHOD], batch_size=batch_size, n_boot=n_boot,
                           progress=progress, layer="last", target="predicted")
-    figs = run / "figures"
+    figs = runmod.Outputs(run).figures
     summary_dir = results / "summary_plots"
     written = [
         _copy(figs / f"attention_leakage_analysis_{chosen}.png",
@@ -312,12 +312,12 @@ def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     ]
     plots_dir = results / "gradcam_plots"
     n_examples = _copy_examples(figs / "examples", plots_dir, names, since=t_start - 2.0)
-    att = pd.read_csv(run / "attention.csv", dtype={"image_id": str, "reason": str},
+    att = pd.read_csv(runmod.Outputs(run).attention, dtype={"image_id": str, "reason": str},
                       keep_default_na=False, na_values=[""])
     g = att[(att["model"] == chosen) & (att["method"] == METHOD)]
     table = study_leakage_table(g)
     csv_path = write_csv(results / "gradcam_leakage_results.csv", table)
-    display = manifest["models"].get(chosen, {}).get("display_name", chosen)
+    display = opened.model_record(chosen).get("display_name", chosen)
     print_leakage(table, display, summary.get("tests", {}).get(f"{chosen}/{METHOD}", {}), say)
     say(f"Results saved to '{csv_path}'")
     say("\nPlots saved to:")

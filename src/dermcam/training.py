@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dermcam import run as runmod
 from dermcam.errors import DermcamError
 
 log = logging.getLogger(__name__)
@@ -712,7 +713,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     if use_channels_last(name, cfg.channels_last):
         # oneDNN runs depthwise convolutions ~30 % faster in NHWC on CPU (benchmarks/).
         model = model.to(memory_format=torch.channels_last)
-    mdir = run_dir / "models" / name
+    mdir = run_dir / runmod.MODELS_DIR / name
     ckdir = mdir / "lightning"
     ytr = arrays.labels[tr_idx]
     weights = _class_weights(ytr) if cfg.imbalance == "weighted_loss" else None
@@ -729,7 +730,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     last_cb = ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1,
                               every_n_epochs=1, enable_version_counter=False)
     callbacks = [ckpt_cb, last_cb, EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
-                 make_history_callback(mdir / "history.csv")]
+                 make_history_callback(mdir / runmod.HISTORY_FILE)]
     ctrl_c = make_ctrl_c_guard()
     callbacks.append(ctrl_c)
     if cfg.progress:
@@ -806,7 +807,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
         "intended_use": "research on dermoscopy classification and attention auditing; "
                         "not validated for clinical use",
     }
-    save_checkpoint(mdir / "model.pt", model, info, {
+    save_checkpoint(mdir / runmod.MODEL_FILE, model, info, {
         "image_size": cfg.image_size, "threshold": threshold, "best_epoch": best_epoch,
         "monitor": cfg.monitor, "best_score": float(ckpt_cb.best_model_score or math.nan),
         "temperature": temperature, "calibration_bias": bias, "calibration": calibration,
@@ -821,7 +822,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
             "per_process_batch_size": math.ceil(cfg.batch_size / world),
             "optimizer_steps": int(trainer.global_step), "precision": precision, "lr": lr,
             "calibration": calibration, "wall_time_s": round(wall, 2),
-            "checkpoint": f"models/{name}/model.pt"}
+            "checkpoint": f"{runmod.MODELS_DIR}/{name}/{runmod.MODEL_FILE}"}
 
 
 def _calibrate(val_logit: np.ndarray, yva: np.ndarray, method: str
@@ -851,7 +852,6 @@ def _calibrate(val_logit: np.ndarray, yva: np.ndarray, method: str
 def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
           progress=None) -> dict[str, Any]:
     """Train every model in ``cfg.models`` into the run folder ``cfg.out``."""
-    from dermcam import run as runmod
     from dermcam.data import load_dataset
     from dermcam.data.cache import ImageCache, warm_cache
     from dermcam.models import check_model_name
@@ -961,7 +961,7 @@ def _drop_lightning_checkpoints(run_dir: Path, name: str, cfg: TrainConfig) -> N
     """
     import shutil
 
-    ckdir = Path(run_dir) / "models" / name / "lightning"
+    ckdir = Path(run_dir) / runmod.MODELS_DIR / name / "lightning"
     if not cfg.keep_checkpoints and ckdir.is_dir():
         shutil.rmtree(ckdir)
         log.info("%s: removed %s (pass --keep-checkpoints to keep it)", name, ckdir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from dermcam import run as runmod
 from dermcam.errors import DermcamError
 
 ITA_NOTE = ("Skin tone is estimated from each image, not recorded: the individual typology "
@@ -31,7 +32,7 @@ def _externals(r) -> list[tuple[str, dict[str, Any] | None, str, Any]]:
 
     out = []
     for name, folder, entry in external_sets(r.dir, r.manifest):
-        path = folder / "metrics.json"
+        path = folder / runmod.METRICS
         if entry.get("status") != "complete":
             out.append((name, None, f"external set {name}: the stage is "
                                     f"'{entry.get('status')}' ({entry.get('error', '')})",
@@ -130,9 +131,9 @@ def _audit_html(r, name: str, stages: dict[str, Any]) -> str:
         summary_subgroups_html,
     )
 
-    folder = r.dir / "external" / name
+    folder = r.dir / runmod.EXTERNAL_DIR / name
     out = [f"<h3>Attention and probes on {esc(name)}</h3>"]
-    att, why = _read(folder, "attention_summary.json", stages.get("explain"), name,
+    att, why = _read(folder, runmod.ATTENTION_SUMMARY, stages.get("explain"), name,
                      "explain")
     if why:
         out.append(missing(why))
@@ -155,7 +156,7 @@ def _audit_html(r, name: str, stages: dict[str, Any]) -> str:
                            *[t for _, t in _ATTENTION_SIDE]], rows, numeric_from=3))
         out.append(summary_subgroups_html(r, att.get("subgroups"), SUBGROUP_TITLES,
                                           attention_label(r), f"external set {name}"))
-    prb, why = _read(folder, "probe_summary.json", stages.get("probe"), name, "probe")
+    prb, why = _read(folder, runmod.PROBE_SUMMARY, stages.get("probe"), name, "probe")
     if why:
         out.append(missing(why))
     if prb is not None:

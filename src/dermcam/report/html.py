@@ -20,13 +20,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dermcam import run as runmod
 from dermcam.errors import DermcamError
 from dermcam.explain import heatmap_dir
 from dermcam.report import template
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "report.html"
+REPORT_NAME = runmod.REPORT
 
 #: Largest figure file embedded; larger ones become a "missing" box (keeps the page openable).
 MAX_FIGURE_BYTES = 8_000_000
@@ -257,14 +258,12 @@ class RunFiles:
     """A run folder's files, each loaded or with the reason it is not there."""
 
     def __init__(self, run_dir: Path):
-        from dermcam import run as runmod
-
         self.dir = Path(run_dir)
         self.manifest = runmod.read_manifest(self.dir)
         m = self.manifest
         self.stages = m.get("stages", {}) if isinstance(m.get("stages"), dict) else {}
-        self.metrics, self.metrics_reason = self._json("metrics.json", "evaluate")
-        self.summary, self.summary_reason = self._json("attention_summary.json", "explain")
+        self.metrics, self.metrics_reason = self._json(runmod.METRICS, "evaluate")
+        self.summary, self.summary_reason = self._json(runmod.ATTENTION_SUMMARY, "explain")
         self.att, self.att_reason = self._attention_csv()
         names = list(m.get("config", {}).get("models") or [])
         for extra in list(m.get("models", {})) + list((self.metrics or {}).get("models", {})):
@@ -321,9 +320,9 @@ class RunFiles:
     def _attention_csv(self):
         import pandas as pd
 
-        path = self.dir / "attention.csv"
+        path = self.dir / runmod.ATTENTION
         if not path.exists():
-            return None, self.absent_reason("attention.csv", "explain")
+            return None, self.absent_reason(runmod.ATTENTION, "explain")
         try:
             df = pd.read_csv(path, dtype={"image_id": str, "model": str, "method": str,
                                           "reason": str},
@@ -339,7 +338,7 @@ class RunFiles:
 
     def figure(self, rel: str, caption: str, alt: str | None = None) -> str:
         """A ``<figure>`` with ``figures/<rel>`` embedded, or a missing box."""
-        path = self.dir / "figures" / rel
+        path = self.dir / runmod.FIGURES_DIR / rel
         shown = f"figures/{rel}"
         if not path.is_file():
             return missing(f"{shown} not found")
@@ -701,7 +700,7 @@ def section_shortcut(r: RunFiles) -> str:
     """The demo's planted-shortcut experiment, when the run folder carries one."""
     from dermcam.io import read_json
 
-    path = r.dir / "shortcut_experiment.json"
+    path = r.dir / runmod.SHORTCUT_EXPERIMENT
     if not path.exists():
         return ""
     try:
@@ -1219,6 +1218,20 @@ def render(run_dir: str | Path) -> str:
               f'<span class="mono">{esc(r.dir.resolve())}</span>. This page is self-contained: '
               "figures are embedded and nothing is loaded from the network.")
     return template.page(f"dermcam report: {esc(data_name)}", header, body, footer)
+
+
+def run_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """The report stage: :func:`build_report`, recorded in the manifest (running, then
+    complete with the report's path, or failed with the error).
+
+    Training must be complete; evaluate and explain may be absent (shown as missing) but
+    not running or failed, whose files on disk would be stale or partial.
+    """
+    run = runmod.Run.open(run_dir, require="train", settled=("evaluate", "explain"))
+    with run.stage("report") as record:
+        path = build_report(run.dir, out)
+        record["path"] = str(path)
+    return path
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

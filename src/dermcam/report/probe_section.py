@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dermcam import run as runmod
 from dermcam.errors import DermcamError
 
 
@@ -33,7 +34,7 @@ def section_probe(r) -> str:
     except DermcamError as exc:
         return head + missing(f"probe_summary.json could not be read ({exc})") + "</section>"
     if summary is None:
-        return head + missing(r.absent_reason("probe_summary.json", "probe")) + "</section>"
+        return head + missing(r.absent_reason(runmod.PROBE_SUMMARY, "probe")) + "</section>"
     entries = summary["entries"]
     out = [head, r.stale_note("probe"),
            "<p>Each test image is changed and the model's malignant probability watched: the "

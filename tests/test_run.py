@@ -1,0 +1,142 @@
+"""dermcam.run.Run: one typed handle on a run folder, and stage records every stage keeps."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from test_pipeline import _easy_generic
+
+from dermcam import run as runmod
+from dermcam.errors import DermcamError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    from dermcam.training import TrainConfig, train
+
+    base = tmp_path_factory.mktemp("runobj")
+    data = _easy_generic(base / "data", n=30)
+    out = base / "run"
+    train(TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
+                      image_size=24, max_epochs=1, batch_size=8, seed=3, progress=False,
+                      cache_dir=str(base / "cache")))
+    return out
+
+
+def _copy(trained: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    return run
+
+
+def _status(run: Path, stage: str) -> dict:
+    return json.loads((run / "manifest.json").read_text())["stages"].get(stage, {})
+
+
+def test_run_opens_once_and_answers_by_name(trained):
+    from dermcam.training import TrainConfig
+
+    run = runmod.Run.open(trained, require="train")
+    m = json.loads((trained / "manifest.json").read_text())
+    assert isinstance(run.config, TrainConfig) and run.config.image_size == 24
+    assert run.image_size == m["config"]["image_size"] and run.seed == m["seed"] == 3
+    assert run.trained_models == ["resnet18"]
+    assert run.model_file("resnet18") == trained / "models" / "resnet18" / "model.pt"
+    assert run.model_file("resnet18").is_file() and run.history_file("resnet18").is_file()
+    assert run.outputs.metrics == trained / "metrics.json"
+    assert run.external("ph2").attention == trained / "external" / "ph2" / "attention.csv"
+    assert run.report == trained / "report.html"
+    # opened once: the same objects on every ask
+    assert run.dataset is run.dataset and run.cache is run.cache
+    assert run.load_model("resnet18") is run.load_model("resnet18")
+    n_test = len([s for s in run.dataset.samples if s.split == "test"])
+    assert len(run.test_samples()) == n_test and len(run.test_samples(limit=2)) == 2
+
+
+def test_open_refuses_what_a_stage_must_not_read(tmp_path):
+    with pytest.raises(DermcamError, match="run folder not found"):
+        runmod.Run.open(tmp_path / "nope")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DermcamError, match="no manifest.json"):
+        runmod.Run.open(tmp_path / "x")
+
+
+def test_stage_records_complete_with_its_record_or_failed_with_the_error(trained, tmp_path):
+    run = runmod.Run.open(_copy(trained, tmp_path))
+    with run.stage("evaluate", note="first") as record:
+        assert _status(run.dir, "evaluate")["status"] == "running"
+        record["n_test"] = 7
+    st = _status(run.dir, "evaluate")
+    assert st["status"] == "complete" and st["n_test"] == 7 and st["note"] == "first"
+    assert st["wall_time_s"] >= 0 and run.stage_entry("evaluate")["n_test"] == 7
+    with pytest.raises(RuntimeError, match="disk"):
+        with run.stage("evaluate"):
+            raise RuntimeError("disk full\nsecond line")
+    st = _status(run.dir, "evaluate")
+    assert st["status"] == "failed" and st["error"] == "disk full"
+    with pytest.raises(KeyboardInterrupt):
+        with run.stage("probe"):
+            raise KeyboardInterrupt
+    assert _status(run.dir, "probe") == {**_status(run.dir, "probe"), "status": "failed",
+                                         "error": "interrupted (Ctrl-C)"}
+    # a later stage refuses a failed one in one line, naming it and its error
+    with pytest.raises(DermcamError, match=r"stage 'evaluate' failed \(disk full\)"):
+        runmod.Run.open(run.dir, require="evaluate")
+
+
+def test_explain_failing_midway_is_recorded_failed(trained, tmp_path, monkeypatch):
+    """explain used to record 'running' and never 'failed'."""
+    from dermcam import attribution
+    from dermcam.explain import run_explain
+
+    run = _copy(trained, tmp_path)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(attribution.CamExplainer, "compute", boom)
+    with pytest.raises(RuntimeError):
+        run_explain(run, methods=["gradcam"], layer="layer3", sanity=False, n_boot=20,
+                    figures=False)
+    st = _status(run, "explain")
+    assert st["status"] == "failed" and st["error"] == "CUDA out of memory"
+    from dermcam.report import run_report
+
+    with pytest.raises(DermcamError, match="stage 'explain' failed"):
+        run_report(run)
+
+
+def test_report_stage_is_recorded(trained, tmp_path, monkeypatch):
+    from dermcam.report import html, run_report
+
+    run = _copy(trained, tmp_path)
+    path = run_report(run)
+    st = _status(run, "report")
+    assert path == run / "report.html" and path.is_file()
+    assert st["status"] == "complete" and st["path"] == str(path)
+
+    def broken(run_dir):
+        raise ValueError("template missing")
+
+    monkeypatch.setattr(html, "render", broken)
+    with pytest.raises(ValueError):
+        run_report(run)
+    assert _status(run, "report")["status"] == "failed"
+
+
+def test_no_module_but_run_spells_a_run_folder_file_name():
+    """dermcam.run is the one place a run folder's file names are written down."""
+    names = [getattr(runmod, k) for k in (
+        "PREDICTIONS", "METRICS", "METRICS_CSV", "ATTENTION", "ATTENTION_SUMMARY",
+        "LOCALISATION", "PROBE_CSV", "PROBE_SUMMARY", "REPORT", "MODEL_FILE", "HISTORY_FILE",
+        "SHORTCUT_EXPERIMENT")]
+    pattern = re.compile(r"[\"'](" + "|".join(re.escape(n) for n in names) + r")[\"']")
+    src = Path(runmod.__file__).parent
+    found = [f"{p.relative_to(src)}:{i}"
+             for p in sorted(src.rglob("*.py")) if p.name != "run.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert found == []
