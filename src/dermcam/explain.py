@@ -132,17 +132,13 @@ def _stack(cache, samples, size):
     return x, masks, np.array([s.label for s in samples], np.int64)
 
 
-def _random_copies(name: str, k: int, seed: int) -> list:
-    """``k`` freshly initialised copies of architecture ``name`` (the sanity check's nulls)."""
-    import torch
+def _random_copies(model, k: int, seed: int) -> list:
+    """``k`` randomised copies of ``model``: the nulls of the reported sanity check
+    (:func:`dermcam.sanity.randomised_copies`, same seeds), so that a layer chosen for
+    passing it on validation images is judged as the final check judges it."""
+    from dermcam.sanity import randomised_copies
 
-    from dermcam.models import build_model
-
-    out = []
-    for i in range(k):
-        torch.manual_seed(seed + 1000 + i)
-        out.append(build_model(name, weights="none")[0].eval())
-    return out
+    return [m.eval() for m in randomised_copies(model, k, seed)]
 
 
 def localisation_benchmark(run: runmod.Run, names, methods, n_images: int = 64,
@@ -162,7 +158,7 @@ def localisation_benchmark(run: runmod.Run, names, methods, n_images: int = 64,
         model.cpu()
         classes = _target_classes(model, x, target, labels, float(payload["threshold"]))
         rows += score_candidates(model, name, info.candidate_layers, methods, x, masks,
-                                 classes, size, _random_copies(name, n_inits, seed),
+                                 classes, size, _random_copies(model, n_inits, seed),
                                  normalize=normalize, n_boot=n_boot, seed=seed, images=where)
         if progress:
             progress(len(rows), len(names))

@@ -381,6 +381,24 @@ def _randomise_on_cpu(module, seed: int, device) -> list[str]:
         module.to(device)
 
 
+def randomised_copies(model, n_inits: int, seed: int, not_reset: set[str] | None = None):
+    """The full randomisation's null models, one at a time: copy ``i`` of ``n_inits`` is a
+    deep copy of ``model`` re-initialised by :func:`randomise_parameters` with seed
+    ``seed + i`` (on the CPU, then moved to ``model``'s device). ``model`` is never
+    modified. :func:`model_randomisation` and the localisation benchmark
+    (:mod:`dermcam.localisation`) draw their nulls here, so a layer chosen for passing
+    the sanity check is held to the same null the reported check uses. Names of
+    parameters no reset covers are added to ``not_reset``.
+    """
+    device = next(iter(model.parameters())).device
+    for i in range(int(n_inits)):
+        m = copy.deepcopy(model)
+        missed = _randomise_on_cpu(m, seed + i, device)
+        if not_reset is not None:
+            not_reset.update(missed)
+        yield m
+
+
 def _jsonable(v: dict) -> dict:
     out = {}
     for key, val in v.items():
@@ -459,12 +477,7 @@ def model_randomisation(model, target_layer: str, method: str, x, targets, train
         return np.concatenate(out) if out else np.zeros((0, size, size), np.float32)
 
     not_reset: set[str] = set()
-    full_maps = []
-    for i in range(int(n_inits)):
-        m = copy.deepcopy(model)
-        not_reset.update(_randomise_on_cpu(m, seed + i, device))
-        full_maps.append(heatmaps(m))
-        del m
+    full_maps = [heatmaps(m) for m in randomised_copies(model, n_inits, seed, not_reset)]
     full = sanity_verdict(trained, full_maps, threshold=threshold, n_boot=n_boot, seed=seed)
 
     names = list(blocks) if blocks is not None else cascade_blocks(model, target_layer)
