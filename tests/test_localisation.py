@@ -15,6 +15,7 @@ from dermcam.localisation import (
     choose,
     median_ci,
     multi_layer_cams,
+    paired_artifact_ratio,
     uniform_guard,
 )
 from dermcam.models import build_model, layer_grid
@@ -128,6 +129,38 @@ def test_artifact_ratio_known_answers():
     assert r["mass_share"] == pytest.approx(2 * area.mean())
     i = rows["ink"]
     assert i["n"] == n + 5 and i["ratio"] == pytest.approx(1.0) and i["attends"] is False
+
+
+def test_paired_ratio_against_a_control_known_answers():
+    """Both models over-weight the ruler (ratio vs uniform 1.5 and 3.0, both 'attending');
+    against the control the shortcut model puts exactly twice the mass on it; images
+    only one model audited, or without the ruler, are left out."""
+    rng = np.random.default_rng(0)
+    n = 60
+    area = rng.uniform(0.02, 0.08, n)
+    ids = [f"im{i:03d}" for i in range(n)]
+    control = pd.DataFrame({"image_id": ids, "artifact_ruler": 1, "mass_ruler": 1.5 * area,
+                            "area_ruler": area})
+    shortcut = control.assign(mass_ruler=3.0 * area)
+    shortcut.loc[0, "artifact_ruler"] = 0  # no ruler on this image: not counted
+    extra = pd.DataFrame({"image_id": ["only_here"], "artifact_ruler": [1],
+                          "mass_ruler": [0.9], "area_ruler": [0.01]})
+    shortcut = pd.concat([shortcut, extra], ignore_index=True)
+    for df in (control, shortcut):  # both exceed uniform attention on their own
+        assert artifact_ratios(df, ["ruler"], n_boot=200)[0]["attends"] is True
+    r = paired_artifact_ratio(shortcut, control, "ruler", n_boot=300)
+    assert r["n"] == n - 1 and r["relative"] == pytest.approx(2.0)
+    assert r["ci_low"] == pytest.approx(2.0) and r["more_than_control"] is True
+    same = paired_artifact_ratio(control, control, "ruler", n_boot=300)
+    assert same["relative"] == pytest.approx(1.0) and same["more_than_control"] is False
+    # the control's masses shuffled across images: the same total, so relative is 1,
+    # image by image it differs, so the CI has width around 1; not flagged
+    noisy = control.assign(mass_ruler=rng.permutation(control["mass_ruler"].to_numpy()))
+    r = paired_artifact_ratio(noisy, control, "ruler", n_boot=500)
+    assert r["relative"] == pytest.approx(1.0)
+    assert r["ci_low"] < 1 < r["ci_high"] and r["more_than_control"] is False
+    with pytest.raises(ValueError, match="mass_ink"):
+        paired_artifact_ratio(shortcut, control, "ink")
 
 
 def test_parse_layer_spec():

@@ -251,7 +251,16 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     m = json.loads((out / "run/manifest.json").read_text())
     assert m["config"]["weights"] == "none"
     assert all(m["stages"][s]["status"] == "complete" for s in ("train", "evaluate",
-                                                                "explain", "probe"))
+                                                                "explain", "probe", "report"))
+    # the shortcut model against its control on the same images, beside the absolute ratio
+    # (one epoch: the maps may all be undefined, then n = 0 and nothing is claimed)
+    rel = exp["relative_to_control"]
+    assert rel["n"] <= min(exp["runs"][r]["n"] for r in ("control", "shortcut"))
+    if rel["n"] >= 2:
+        assert rel["ci_low"] <= rel["relative"] <= rel["ci_high"]
+    assert exp["caught_vs_control"] == (rel["n"] >= 2 and rel["ci_low"] > 1)
+    assert ("x the control's heatmap mass" in exp["sentence"]) == (rel["n"] >= 2)
+    assert "n/ax the control" not in exp["sentence"]
     # the behavioural evidence sits beside the heatmap evidence, for both roles
     for role in ("control", "shortcut"):
         ev = exp["runs"][role]["probe"]

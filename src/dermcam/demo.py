@@ -211,6 +211,12 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
         out["runs"][role]["probe"] = _probe_evidence(run, model, artifact)
     c, s = out["runs"]["control"], out["runs"]["shortcut"]
     out["caught"] = bool(s["flagged"] and not c["flagged"])
+    # the same test images, so the two models' masses compare image by image: an
+    # early-layer map can exceed uniform on any high-contrast band, the control's too
+    rel = _relative_to_control(Path(control_run), Path(shortcut_run), model, method,
+                               c["layer"], artifact)
+    out["relative_to_control"] = rel
+    out["caught_vs_control"] = bool(rel["more_than_control"])
     if c["probe"] and s["probe"]:
         out["caught_by_probe"] = bool(s["probe"]["reacts"] and not c["probe"]["reacts"])
     from dermcam.formatting import num as f
@@ -220,7 +226,13 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
         f"on the {artifact} (95 % CI {f(s['ratio_ci_low'])}-{f(s['ratio_ci_high'])}, "
         f"n = {s['n']}): {'flagged' if s['flagged'] else 'not flagged'} as attending to it; "
         f"the control {f(c['ratio'])}x (CI {f(c['ratio_ci_low'])}-{f(c['ratio_ci_high'])}, "
-        f"n = {c['n']}): {'flagged' if c['flagged'] else 'not flagged'}. Test ROC AUC with "
+        f"n = {c['n']}): {'flagged' if c['flagged'] else 'not flagged'}. "
+        + (f"On the same {rel['n']} images the shortcut model puts {f(rel['relative'])}x "
+           f"the control's heatmap mass on the {artifact} (95 % CI {f(rel['ci_low'])}-"
+           f"{f(rel['ci_high'])}). " if rel["n"] >= 2 else
+           f"Too few {artifact}-bearing images have defined maps in both runs to compare "
+           "the two models image by image. ")
+        + f"Test ROC AUC with "
         f"the {artifact} independent of the label: {f(s['test_auc'], '.3f')} "
         f"({f(s['test_auc_ci_low'], '.3f')}-{f(s['test_auc_ci_high'], '.3f')}) against the "
         f"control's {f(c['test_auc'], '.3f')} ({f(c['test_auc_ci_low'], '.3f')}-"
@@ -239,6 +251,23 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
             f"({f(sp.get('remove_malignant_ci_low'), '+.3f')} to "
             f"{f(sp.get('remove_malignant_ci_high'), '+.3f')}, n = {sp.get('remove_n_malignant')}).")
     return out
+
+
+def _relative_to_control(control_run: Path, shortcut_run: Path, model: str, method: str,
+                         layer: str, artifact: str) -> dict[str, Any]:
+    """:func:`dermcam.localisation.paired_artifact_ratio` of the two runs' attention.csv
+    rows at ``model`` / ``method`` / ``layer``."""
+    import pandas as pd
+
+    from dermcam.localisation import paired_artifact_ratio
+
+    rows = []
+    for run in (shortcut_run, control_run):
+        att = pd.read_csv(runmod.Outputs(run).attention, dtype={"image_id": str},
+                          keep_default_na=False, na_values=[""])
+        rows.append(att[(att["model"] == model) & (att["method"] == method)
+                        & (att["layer"] == layer)])
+    return paired_artifact_ratio(rows[0], rows[1], artifact)
 
 
 def _probe_evidence(run: Path, model: str, artifact: str) -> dict[str, Any] | None:

@@ -297,3 +297,47 @@ def artifact_ratios(df, artifacts: Sequence[str], n_boot: int = 1000, seed: int 
                         "attends": bool(lo > 1)})
         rows.append(row)
     return rows
+
+
+def paired_artifact_ratio(df, control, artifact: str, n_boot: int = 1000, seed: int = 0
+                          ) -> dict[str, Any]:
+    """How much more heatmap mass one model puts on an artifact than a control, on the
+    same images: ``relative = mean(mass) / mean(mass_control)`` over the images both
+    audited that carry it (their artifact areas are the same pixels, so this is the ratio
+    of the two models' mass/area ratios), with a paired percentile bootstrap CI over
+    images. ``more_than_control`` is True when the CI lies above 1.
+
+    An artifact's ratio against uniform attention (:func:`artifact_ratios`) can exceed 1
+    for a model that does not use it: early-layer maps follow high-contrast structure
+    wherever it is. Against a control trained without the shortcut, the same low-level
+    pull cancels. ``df`` and ``control``: attention.csv rows of one model x method x layer
+    each, with ``image_id``, ``artifact_<a>``, ``mass_<a>`` and ``area_<a>``.
+    """
+    from dermcam.stats import bootstrap_indices
+
+    cols = [f"artifact_{artifact}", f"mass_{artifact}", f"area_{artifact}"]
+    out: dict[str, Any] = {"artifact": artifact, "n": 0, "relative": np.nan,
+                           "ci_low": np.nan, "ci_high": np.nan, "more_than_control": False}
+    for frame in (df, control):
+        missing = [c for c in ["image_id", *cols] if c not in frame.columns]
+        if missing:
+            raise ValueError(f"attention rows lack column(s) {missing}")
+    a = df.set_index(df["image_id"].astype(str))
+    b = control.set_index(control["image_id"].astype(str))
+    ids = a.index.intersection(b.index)
+    a, b = a.loc[ids], b.loc[ids]
+    m, mc = (np.asarray(x[cols[1]], dtype=np.float64) for x in (a, b))
+    area = np.asarray(a[cols[2]], dtype=np.float64)
+    ok = ((np.asarray(a[cols[0]]) == 1) & np.isfinite(m) & np.isfinite(mc)
+          & np.isfinite(area) & (area > 0))
+    m, mc = m[ok], mc[ok]
+    out["n"] = n = int(ok.sum())
+    if n < 2 or mc.mean() <= 0:
+        return out
+    idx = bootstrap_indices(m, n_boot, seed, stratified=False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = m[idx].mean(axis=1) / mc[idx].mean(axis=1)
+    lo, hi = np.quantile(boot[np.isfinite(boot)], [0.025, 0.975])
+    out.update({"relative": float(m.mean() / mc.mean()), "ci_low": float(lo),
+                "ci_high": float(hi), "more_than_control": bool(lo > 1)})
+    return out

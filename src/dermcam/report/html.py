@@ -718,10 +718,19 @@ def section_shortcut(r: RunFiles) -> str:
                      '<span class="fail">yes</span>' if x["flagged"] else "no",
                      f"{fmt_num(x['test_auc'])} [{fmt_num(x['test_auc_ci_low'])}, "
                      f"{fmt_num(x['test_auc_ci_high'])}]"])
-    verdict = ('<p><span class="pass">The audit catches the planted shortcut</span>: the '
-               "shortcut model is flagged and its control is not.</p>" if exp.get("caught")
-               else '<p><span class="fail">The audit does not separate the shortcut model '
-               "from its control here.</span></p>")
+    if exp.get("caught"):
+        verdict = ('<p><span class="pass">The audit catches the planted shortcut</span>: the '
+                   "shortcut model is flagged and its control is not.</p>")
+    elif exp.get("caught_vs_control"):
+        verdict = ('<p><span class="pass">The audit catches the planted shortcut against its '
+                   "control</span>: on the same images the shortcut model puts more heatmap "
+                   "mass on the artifact than the control (paired CI above 1). Against "
+                   "uniform attention alone the control is flagged too: maps at this layer "
+                   "follow high-contrast bands whatever the model uses, so the control, not "
+                   "uniform attention, is the reference that counts here.</p>")
+    else:
+        verdict = ('<p><span class="fail">The audit does not separate the shortcut model '
+                   "from its control here.</span></p>")
     return ('<section id="shortcut"><h2>Planted shortcut</h2>'
             f"<p>{esc(exp.get('description', ''))}</p>" + verdict
             + _table(["Model", "Layer", "Images with the artifact",
