@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_attribution import _Toy, reference_cams
+from test_attribution import _Toy
 
+from dermcam.attribution import reference_cams
 from dermcam.audit import audit_folder, audit_images, audit_summary
 from dermcam.errors import DermcamError
 

@@ -266,6 +266,9 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
         ev = exp["runs"][role]["probe"]
         assert ev["insert_n"] == 30 and ev["insert_ci_low"] <= ev["insert_delta"]
     assert "caught_by_probe" in exp and exp["probe_sentence"].startswith("Inserting a ruler")
+    pvc = exp["probe_vs_control"]  # the same 30 images and placements in both runs
+    assert pvc["n"] == 30 and pvc["ci_low"] <= pvc["diff"] <= pvc["ci_high"]
+    assert exp["caught_by_probe_vs_control"] == (pvc["ci_low"] > pvc["margin"])
     assert "Behavioural probes" in (out / "run/report.html").read_text()
     # a second demo into the same folder replaces the first (it is a demo folder); now the
     # cache holds resnet18's weights file (random weights stand in for ImageNet's)

@@ -475,3 +475,33 @@ def test_bootstrap_spearman_rows_equal_scipy_on_each_resample():
                      for a, b in zip(x, y)])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     assert np.isnan(got[7]) and np.isfinite(np.delete(got, 7)).all()
+
+
+def test_shortcut_probe_against_its_control_pairs_images_and_placements(tmp_path):
+    """demo._probe_vs_control: the shortcut model's change minus the control's, per image
+    and seeded placement; other probes, artifacts, models and unmatched rows are ignored."""
+    from dermcam.demo import _probe_vs_control
+
+    def rows(shift, ids):
+        out = []
+        for k, i in enumerate(ids):
+            for p in (0, 1):
+                base = 0.01 * k + 0.02 * p
+                out.append({"image_id": i, "model": "resnet18", "probe": "artifact_inserted",
+                            "artifact": "ruler", "placement": p, "delta": base + shift})
+                out.append({"image_id": i, "model": "resnet18", "probe": "artifact_inserted",
+                            "artifact": "ink", "placement": p, "delta": 0.9})
+                out.append({"image_id": i, "model": "other", "probe": "artifact_inserted",
+                            "artifact": "ruler", "placement": p, "delta": -0.9})
+        return pd.DataFrame(out)
+
+    ids = [f"im{i}" for i in range(12)]
+    for name, shift, which in (("control", 0.0, ids), ("shortcut", 0.3, ids + ["extra"])):
+        (tmp_path / name).mkdir()
+        rows(shift, which).to_csv(tmp_path / name / "probe.csv", index=False)
+    r = _probe_vs_control(tmp_path / "control", tmp_path / "shortcut", "resnet18", "ruler")
+    assert r["n"] == 12 and r["diff"] == pytest.approx(0.3)
+    assert r["ci_low"] == pytest.approx(0.3) and r["ci_high"] == pytest.approx(0.3)
+    assert r["margin"] == pr.NEGLIGIBLE_DELTA
+    same = _probe_vs_control(tmp_path / "control", tmp_path / "control", "resnet18", "ruler")
+    assert same["diff"] == pytest.approx(0.0)

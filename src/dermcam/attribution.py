@@ -52,22 +52,19 @@ from dermcam.errors import DermcamError
 log = logging.getLogger(__name__)
 
 
-def _methods() -> dict[str, type]:
-    from pytorch_grad_cam import (
-        EigenCAM,
-        GradCAM,
-        GradCAMPlusPlus,
-        HiResCAM,
-        LayerCAM,
-        XGradCAM,
-    )
-
-    return {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM,
-            "layercam": LayerCAM, "eigencam": EigenCAM, "xgradcam": XGradCAM}
+#: The CAM methods dermcam offers: name -> pytorch-grad-cam class, the one registry (the
+#: CLI's choices, the localisation benchmark's candidates and every lookup come from it).
+#: The classes are imported when first used (:func:`cam_class`), keeping import light.
+CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM",
+               "layercam": "LayerCAM", "eigencam": "EigenCAM", "xgradcam": "XGradCAM"}
+METHODS = tuple(CAM_METHODS)
 
 
-#: CAM method names offered by dermcam (the registry the CLI's choices come from).
-METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "xgradcam")
+def cam_class(method: str) -> type:
+    """pytorch-grad-cam's class for a dermcam method name (DermcamError if unknown)."""
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, CAM_METHODS[check_method(method)])
 TARGETS = ("predicted", "true", "malignant")
 NORMALIZATIONS = ("minmax", "raw")
 
@@ -250,7 +247,7 @@ class CamExplainer:
             # re-rooted output (a copy of the new leaf, see _reroot_hook).
             self._handles.append(layer.register_forward_hook(_reroot_hook, prepend=True))
         reshape = self.reshape_transform or layer_reshape_transform(self.model, self.layer_name)
-        self._cam = _methods()[self.method](model=self.model, target_layers=[layer],
+        self._cam = cam_class(self.method)(model=self.model, target_layers=[layer],
                                             reshape_transform=reshape)
         self._layer = layer
         return self
@@ -364,7 +361,7 @@ def reference_cams(model, target_layer: str, x: torch.Tensor, classes, method: s
     layer = model.get_submodule(target_layer)
     reshape = reshape_transform or layer_reshape_transform(model, target_layer)
     try:
-        with _methods()[method](model=model, target_layers=[layer],
+        with cam_class(method)(model=model, target_layers=[layer],
                                 reshape_transform=reshape) as cam:
             out = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
     finally:

@@ -295,7 +295,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")]
     = Path("runs/run"),
     models: Annotated[str, typer.Option(help="Comma-separated torchvision model names.")]
-    = "resnet18,efficientnet_b0,mobilenet_v2",
+    = ",".join(DEFAULT_MODELS),
     weights: Annotated[str, typer.Option(help="'imagenet' (torchvision weights API and "
                                                "TORCH_HOME cache), 'none' (from scratch) or a "
                                                "state-dict PATH.")] = "imagenet",

@@ -219,6 +219,11 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
     out["caught_vs_control"] = bool(rel["more_than_control"])
     if c["probe"] and s["probe"]:
         out["caught_by_probe"] = bool(s["probe"]["reacts"] and not c["probe"]["reacts"])
+        # the same seeded placements on the same images: the reactions pair up
+        pvc = _probe_vs_control(Path(control_run), Path(shortcut_run), model, artifact)
+        out["probe_vs_control"] = pvc
+        out["caught_by_probe_vs_control"] = bool(pvc["n"] >= 2
+                                                 and pvc["ci_low"] > pvc["margin"])
     from dermcam.formatting import num as f
 
     out["sentence"] = (
@@ -250,6 +255,11 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
             f"model's by {f(sp.get('remove_malignant_delta'), '+.3f')} "
             f"({f(sp.get('remove_malignant_ci_low'), '+.3f')} to "
             f"{f(sp.get('remove_malignant_ci_high'), '+.3f')}, n = {sp.get('remove_n_malignant')}).")
+        if pvc["n"] >= 2:
+            out["probe_sentence"] += (
+                f" Paired over the same {pvc['n']} images and ruler placements, the shortcut "
+                f"model's change exceeds the control's by {f(pvc['diff'], '+.3f')} (95 % CI "
+                f"{f(pvc['ci_low'], '+.3f')} to {f(pvc['ci_high'], '+.3f')}).")
     return out
 
 
@@ -268,6 +278,37 @@ def _relative_to_control(control_run: Path, shortcut_run: Path, model: str, meth
         rows.append(att[(att["model"] == model) & (att["method"] == method)
                         & (att["layer"] == layer)])
     return paired_artifact_ratio(rows[0], rows[1], artifact)
+
+
+def _probe_vs_control(control_run: Path, shortcut_run: Path, model: str, artifact: str,
+                      n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The shortcut model's change in malignant probability minus the control's when the
+    artifact is inserted, paired by image and seeded placement (both runs paste the same
+    pixels), averaged per image; percentile bootstrap CI over images. ``margin``: the
+    probes' negligible change, which the CI must clear for a difference that matters."""
+    import numpy as np
+    import pandas as pd
+
+    from dermcam.probe import NEGLIGIBLE_DELTA
+    from dermcam.stats import bootstrap_indices
+
+    keys = ["image_id", "placement"]
+    parts = []
+    for run in (shortcut_run, control_run):
+        d = pd.read_csv(runmod.Outputs(run).probe_csv, dtype={"image_id": str})
+        d = d[(d["model"] == model) & (d["probe"] == "artifact_inserted")
+              & (d["artifact"] == artifact)]
+        parts.append(d[keys + ["delta"]])
+    both = parts[0].merge(parts[1], on=keys, suffixes=("", "_control"))
+    per_image = (both["delta"] - both["delta_control"]).groupby(both["image_id"]).mean()
+    diff = per_image.to_numpy(np.float64)
+    out = {"n": int(diff.size), "diff": float("nan"), "ci_low": float("nan"),
+           "ci_high": float("nan"), "margin": NEGLIGIBLE_DELTA}
+    if diff.size >= 2:
+        boot = diff[bootstrap_indices(diff, n_boot, seed, stratified=False)].mean(axis=1)
+        lo, hi = np.quantile(boot, [0.025, 0.975])
+        out.update(diff=float(diff.mean()), ci_low=float(lo), ci_high=float(hi))
+    return out
 
 
 def _probe_evidence(run: Path, model: str, artifact: str) -> dict[str, Any] | None:

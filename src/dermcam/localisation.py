@@ -63,7 +63,7 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from dermcam.attribution import _methods, _resize, orient_eigencam
+    from dermcam.attribution import _resize, cam_class, orient_eigencam
 
     order = [n for n, _ in model.named_modules() if n in set(layers)]
     if len(order) != len(set(layers)):
@@ -108,7 +108,7 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
         a = acts[name].float().contiguous().cpu().numpy()
         g = grads[name].float().contiguous().cpu().numpy() if name in grads else None
         for method in methods:
-            cam = _methods()[method](model=model, target_layers=[layer])
+            cam = cam_class(method)(model=model, target_layers=[layer])
             cam.activations_and_grads.release()
             raw = cam.get_cam_image(x, layer, targets, a, g, False)
             if method == "eigencam":

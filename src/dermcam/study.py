@@ -35,13 +35,14 @@ from typing import Any
 
 from dermcam import run as runmod
 from dermcam.errors import DermcamError
+from dermcam.models import DEFAULT_MODELS
 
 __all__ = ["main_train", "main_gradcam", "train_study", "gradcam_study", "RESULTS_DIR",
            "RUN_SUBDIR", "STUDY_MODELS", "LEAKAGE_COLUMNS"]
 
 RESULTS_DIR = "results_visualization"
 RUN_SUBDIR = "run"
-STUDY_MODELS = ("resnet18", "efficientnet_b0", "mobilenet_v2")
+STUDY_MODELS = DEFAULT_MODELS  # the study's three: dermcam's default models
 #: The study's own names for its models (its ``--models`` may use them).
 STUDY_ALIASES = {"efficientnet": "efficientnet_b0", "mobilenet": "mobilenet_v2"}
 #: The model the study's gradcam_analysis.py analysed.
