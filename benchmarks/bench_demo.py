@@ -3,8 +3,9 @@
 Runs ``dermcam -q demo`` once per seed (and ``--repeats`` times at the first seed, for a
 median wall time) in a temporary folder, then prints per run: wall seconds, each model's
 test ROC AUC, the default CAM layer's median pixel AUROC and undefined share on the test
-images, the sanity verdict, and the planted-shortcut ratio CIs for the shortcut model and
-its control.
+images, the sanity verdict, the planted-shortcut ratio CIs for the shortcut model and
+its control and the shortcut model's mass against the control's on the same images, and
+the run's stage times.
 
     python benchmarks/bench_demo.py --seeds 0,1,2 --repeats 3
     python benchmarks/bench_demo.py --seeds 0 -- --epochs 6     # extra demo options
@@ -58,7 +59,21 @@ def one(seed: int, extra: list[str], root: Path) -> dict:
             row[f"ratio_{role}"] = (f"{x['ratio']:.2f} [{x['ratio_ci_low']:.2f}, "
                                     f"{x['ratio_ci_high']:.2f}]")
             row[f"auc_{role}"] = round(x["test_auc"], 3)
+        rel = exp.get("relative_to_control") or {}
+        if rel.get("n"):
+            row["shortcut_vs_control"] = (f"{rel['relative']:.2f} [{rel['ci_low']:.2f}, "
+                                          f"{rel['ci_high']:.2f}]")
         row["caught"] = exp["caught"]
+        row["caught_vs_control"] = exp.get("caught_vs_control")
+        row["caught_by_probe"] = exp.get("caught_by_probe")
+        pvc = exp.get("probe_vs_control") or {}
+        if pvc.get("n"):
+            row["probe_vs_control"] = (f"{pvc['diff']:+.3f} [{pvc['ci_low']:+.3f}, "
+                                       f"{pvc['ci_high']:+.3f}]")
+        row["caught_by_probe_vs_control"] = exp.get("caught_by_probe_vs_control")
+    for stage, entry in json.loads((run / "manifest.json").read_text())["stages"].items():
+        if entry.get("wall_time_s") is not None:
+            row[f"s_{stage}"] = entry["wall_time_s"]
     return row
 
 

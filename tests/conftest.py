@@ -189,3 +189,18 @@ def dh() -> SimpleNamespace:
         TEST_CSV=ISIC_TEST_CSV, lesion_image=lesion_image, lesion_mask=lesion_mask,
         write_image=write_image, write_mask=write_mask, rewrite=rewrite, ids_of=ids_of,
         generic_labels=generic_labels)
+
+
+def invoke_cli(monkeypatch, capsys, *args):
+    """``dermcam -q ARGS`` through the console entry in this process: ``(exit code,
+    stdout, stderr)``."""
+    import sys
+
+    from dermcam import cli
+
+    monkeypatch.setattr(sys, "argv", ["dermcam", "-q", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    out, err = capsys.readouterr()
+    return e.value.code, out, err

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import invoke_cli
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -149,18 +150,6 @@ def test_external_cli_report_and_duplicates(ext_run):
     assert res["test"]["n"] == 12 and res["external"]["duplicates"]["excluded"]
 
 
-def _invoke(monkeypatch, capsys, *args):
-    """``dermcam ARGS`` through the console entry: ``(exit code, stdout, stderr)``."""
-    import sys
-
-    from dermcam import cli
-
-    monkeypatch.setattr(sys, "argv", ["dermcam", "-q", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def _evaluate_external(run, data, name, **kw):
@@ -212,7 +201,7 @@ def test_external_device_reaches_the_models_and_a_bad_one_is_refused(ext_run, mo
 
     run, _, other = ext_run
     before = (run / "manifest.json").read_bytes()
-    code, _, err = _invoke(monkeypatch, capsys, "evaluate", run, "--data", other,
+    code, _, err = invoke_cli(monkeypatch, capsys, "evaluate", run, "--data", other,
                            "--name", "isic_dev", "--device", "cuda:9")
     assert code == 2 and "--device cuda:9" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -247,7 +236,7 @@ def test_external_artifact_labels_give_per_artifact_subgroups(ext_run, monkeypat
     run, _, other = ext_run
     labels = _bias_csv(tmp_path / "isic_bias.csv", ISIC_OTHER_TEST, RULER)
     before = json.loads((run / "manifest.json").read_text())
-    code, out, err = _invoke(monkeypatch, capsys, "evaluate", run, "--data", other, "--name",
+    code, out, err = invoke_cli(monkeypatch, capsys, "evaluate", run, "--data", other, "--name",
                              "isic_art", "--n-boot", "30", "--min-group", "3",
                              "--artifacts", labels)
     assert code == 0, err
@@ -288,7 +277,7 @@ def test_bad_artifact_labels_leave_the_manifest_unchanged(ext_run, monkeypatch, 
             # internal: the labels fit, another check fails: nothing recorded either
             (["--artifacts", _bias_csv(tmp_path / "own2.csv", own_ids), "--by", "colour"],
              "--by colour: no such column")):
-        code, _, err = _invoke(monkeypatch, capsys, "evaluate", run, "--name", "isic_bad",
+        code, _, err = invoke_cli(monkeypatch, capsys, "evaluate", run, "--name", "isic_bad",
                                *args)
         assert code == 2 and want in err, err
         assert len(err.strip().splitlines()) == 1, err

@@ -17,6 +17,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import invoke_cli
 from PIL import Image
 
 SIZE = 32
@@ -170,7 +171,7 @@ def test_cli_and_report_show_the_subgroups(audited, monkeypatch, capsys):
     from dermcam.report.html import render
 
     run = audited["run"]
-    code, out, err = _invoke(monkeypatch, capsys, "explain", run, "--methods", "gradcam",
+    code, out, err = invoke_cli(monkeypatch, capsys, "explain", run, "--methods", "gradcam",
                              "--layer", "layer2", "--no-sanity", "--n-boot", "50", "--by",
                              "site", "--min-group", "5")
     assert code == 0, err
@@ -185,17 +186,6 @@ def test_cli_and_report_show_the_subgroups(audited, monkeypatch, capsys):
     assert "by site" in p and "flip rate" in p
 
 
-def _invoke(monkeypatch, capsys, *args):
-    import sys
-
-    from dermcam import cli
-
-    monkeypatch.setattr(sys, "argv", ["dermcam", "-q", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def test_explain_and_probe_on_an_external_set(audited, monkeypatch, capsys):
@@ -204,7 +194,7 @@ def test_explain_and_probe_on_an_external_set(audited, monkeypatch, capsys):
 
     run, base = audited["run"], audited["base"]
     other = _isic(base / "isic_masked")
-    code, out, err = _invoke(monkeypatch, capsys, "explain", run, "--data", other,
+    code, out, err = invoke_cli(monkeypatch, capsys, "explain", run, "--data", other,
                              "--methods", "gradcam", "--layer", "layer2", "--no-sanity",
                              "--n-boot", "50", "--by", "ita", "--min-group", "3")
     assert code == 0, err
@@ -224,7 +214,7 @@ def test_explain_and_probe_on_an_external_set(audited, monkeypatch, capsys):
     # the internal attention is untouched
     assert len(pd.read_csv(run / "attention.csv")) == 20
 
-    code, out, err = _invoke(monkeypatch, capsys, "probe", run, "--data", other, "--probes",
+    code, out, err = invoke_cli(monkeypatch, capsys, "probe", run, "--data", other, "--probes",
                              "lesion_removed,background_removed", "--n-boot", "50")
     assert code == 0, err
     assert f"wrote {folder}/probe.csv" in out
@@ -253,7 +243,7 @@ def test_bad_input_is_one_line(audited, monkeypatch, capsys):
             (["explain", run, "--by", "colour", "--layer", "layer2"],
              "--by colour: no such column"),
             (["probe", run, "--by", "colour"], "--by colour: no such column")):
-        code, _, err = _invoke(monkeypatch, capsys, *args)
+        code, _, err = invoke_cli(monkeypatch, capsys, *args)
         assert code == 2 and want in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     manifest = json.loads((run / "manifest.json").read_text())
