@@ -201,7 +201,9 @@ class Run:
     kept (``run.dataset``, ``run.cache``), the trained models (``run.trained_models``,
     ``run.load_model(name)``, loaded once), and ``with run.stage("explain"):``, which records
     the stage as running, then complete (with its wall time) or failed (with the error).
-    Nothing outside this module reads manifest keys or spells a run-folder file name.
+    No other module spells a run-folder file name (a test checks); evaluate, explain,
+    probe and report read the manifest through this class (training, which writes it, the
+    report's RunFiles and the CLI's printers still read some keys directly).
 
         run = Run.open("runs/r1", require="train")
         run.image_size, run.trained_models
