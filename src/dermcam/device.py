@@ -55,6 +55,15 @@ def resolve_device(spec: str | None = "auto", shard: tuple[int, int] | None = No
     return torch.device("cuda", 0)
 
 
+def accelerator_is_gpu(accelerator: str) -> bool:
+    """Whether Lightning's ``--accelerator`` puts training on a CUDA GPU (``auto``: when
+    CUDA is available)."""
+    import torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto"
+                                              and torch.cuda.is_available())
+
+
 def native_bf16(on_gpu: bool) -> bool:
     """Whether this machine computes bfloat16 natively (so bf16 autocast is a speed-up).
 
@@ -96,10 +105,7 @@ def resolve_precision(spec: str, accelerator: str = "auto", depthwise: bool = Fa
     """
     if spec != "auto":
         return spec
-    import torch
-
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto"
-                                                 and torch.cuda.is_available())
+    on_gpu = accelerator_is_gpu(accelerator)
     if not native_bf16(on_gpu):
         return "32-true"
     if (not on_gpu and depthwise and image_size is not None

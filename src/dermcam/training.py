@@ -683,6 +683,12 @@ def use_channels_last(name: str, setting: str = "auto") -> bool:
         return True
     if setting in ("off", "false", False):
         return False
+    return depthwise_net(name)
+
+
+def depthwise_net(name: str) -> bool:
+    """EfficientNet and MobileNet: depthwise-separable convolutions, which oneDNN runs
+    faster channels-last and, below 128 px, slower in bf16 (benchmarks/)."""
     return name.startswith(("efficientnet", "mobilenet"))
 
 
@@ -977,7 +983,7 @@ def model_precision(cfg: TrainConfig, name: str) -> str:
     from dermcam.device import resolve_precision
 
     return resolve_precision(cfg.precision, cfg.accelerator,
-                             depthwise=name.startswith(("efficientnet", "mobilenet")),
+                             depthwise=depthwise_net(name),
                              image_size=cfg.image_size)
 
 
@@ -999,8 +1005,9 @@ def _trainer_kwargs(cfg: TrainConfig, precision: str | None = None) -> dict[str,
         raise DermcamError(f"--precision must be one of {', '.join(('auto',) + PRECISIONS)}, not "
                            f"{cfg.precision!r}")
     devices: Any = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
-    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto"
-                                                     and torch.cuda.is_available())
+    from dermcam.device import accelerator_is_gpu
+
+    on_gpu = accelerator_is_gpu(cfg.accelerator)
     several = cfg.num_nodes > 1 or devices not in (1, "1")
     return {"accelerator": cfg.accelerator, "devices": devices, "strategy": cfg.strategy,
             "num_nodes": cfg.num_nodes, "precision": cfg.precision,
