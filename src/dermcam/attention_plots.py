@@ -1,7 +1,9 @@
 """Figures for the attention-leakage audit: the reference study's and size-aware ones.
 
-Every function takes a per-image table (or arrays) and an output path, writes
-one figure there atomically (a temporary file in the same folder, then
+Each figure comes in two forms: ``build_*`` takes a per-image table (or
+arrays) and returns the :class:`~matplotlib.figure.Figure`, so tests can look at
+what was drawn; ``plot_*`` takes the same data and an output path, writes the
+built figure there atomically (a temporary file in the same folder, then
 ``os.replace``) and returns the path as a :class:`pathlib.Path`. Figures are
 built on :class:`matplotlib.figure.Figure` with the Agg canvas: no pyplot, no
 window, no global state. The file format follows the path's suffix (PNG when
@@ -29,6 +31,11 @@ from dermcam.leakage import CHANCE, LABEL_NAMES, METRICS, bootstrap_mean_ci, sco
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "build_attention_summary",
+    "build_leakage_vs_accuracy",
+    "build_leakage_vs_area",
+    "build_size_aware_table",
+    "build_example",
     "plot_attention_summary",
     "plot_leakage_vs_accuracy",
     "plot_leakage_vs_area",
@@ -70,8 +77,8 @@ def _no_data(ax, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
-def plot_attention_summary(df: pd.DataFrame, path, title: str = "Attention leakage analysis"
-                           ) -> Path:
+def build_attention_summary(df: pd.DataFrame, title: str = "Attention leakage analysis"
+                            ) -> Figure:
     """The study's 2 x 2 figure (``attention_leakage_analysis.png``), for one table.
 
     Panels: leakage box plot by class; leakage histogram with the mean line
@@ -164,11 +171,17 @@ def plot_attention_summary(df: pd.DataFrame, path, title: str = "Attention leaka
     ax_bar.set_title("Mean leakage by class")
 
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
-def plot_leakage_vs_accuracy(df: pd.DataFrame, path,
-                             title: str = "Attention leakage vs accuracy") -> Path:
+def plot_attention_summary(df: pd.DataFrame, path, title: str = "Attention leakage analysis"
+                           ) -> Path:
+    """Write :func:`build_attention_summary` to ``path`` and return the path."""
+    return _save(build_attention_summary(df, title), path)
+
+
+def build_leakage_vs_accuracy(df: pd.DataFrame,
+                              title: str = "Attention leakage vs accuracy") -> Figure:
     """Per model (x method where several) and class: mean leakage vs accuracy.
 
     Coloured points are per class (accuracy within a class is its recall), black
@@ -205,11 +218,17 @@ def plot_leakage_vs_accuracy(df: pd.DataFrame, path,
     ax.set_xlabel("mean attention leakage")
     ax.set_ylabel("accuracy")
     ax.set_title(title)
-    return _save(fig, path)
+    return fig
 
 
-def plot_leakage_vs_area(df: pd.DataFrame, path,
-                         title: str = "Leakage vs lesion area") -> Path:
+def plot_leakage_vs_accuracy(df: pd.DataFrame, path,
+                             title: str = "Attention leakage vs accuracy") -> Path:
+    """Write :func:`build_leakage_vs_accuracy` to ``path`` and return the path."""
+    return _save(build_leakage_vs_accuracy(df, title), path)
+
+
+def build_leakage_vs_area(df: pd.DataFrame,
+                          title: str = "Leakage vs lesion area") -> Figure:
     """Leakage against lesion area, coloured by class, with the chance line.
 
     The dashed line ``leakage = 1 - area`` is what a uniform heatmap scores:
@@ -235,7 +254,13 @@ def plot_leakage_vs_area(df: pd.DataFrame, path,
     ax.set_ylabel("attention leakage")
     ax.legend(fontsize=8)
     ax.set_title(title)
-    return _save(fig, path)
+    return fig
+
+
+def plot_leakage_vs_area(df: pd.DataFrame, path,
+                         title: str = "Leakage vs lesion area") -> Path:
+    """Write :func:`build_leakage_vs_area` to ``path`` and return the path."""
+    return _save(build_leakage_vs_area(df, title), path)
 
 
 def _table_values(summary_df: pd.DataFrame, metric: str):
@@ -263,9 +288,9 @@ def _table_values(summary_df: pd.DataFrame, metric: str):
     return models, methods, grid
 
 
-def plot_size_aware_table(summary_df: pd.DataFrame, path,
-                          metrics: Sequence[str] = SIZE_AWARE,
-                          title: str = "Size-aware localisation scores") -> Path:
+def build_size_aware_table(summary_df: pd.DataFrame,
+                           metrics: Sequence[str] = SIZE_AWARE,
+                           title: str = "Size-aware localisation scores") -> Figure:
     """Model x method heat-tables of the size-aware scores, one panel per metric.
 
     ``summary_df`` is either :func:`dermcam.leakage.summarise` output (long:
@@ -313,11 +338,18 @@ def plot_size_aware_table(summary_df: pd.DataFrame, path,
         sub = "" if chance is None else f", chance {chance:g}"
         ax.set_title(f"{metric}\n({arrow} is better{sub})", fontsize=10)
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
-def plot_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, path,
-                 title: str = "") -> Path:
+def plot_size_aware_table(summary_df: pd.DataFrame, path,
+                          metrics: Sequence[str] = SIZE_AWARE,
+                          title: str = "Size-aware localisation scores") -> Path:
+    """Write :func:`build_size_aware_table` to ``path`` and return the path."""
+    return _save(build_size_aware_table(summary_df, metrics, title), path)
+
+
+def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray,
+                  title: str = "") -> Figure:
     """Four panels for one image: image, heatmap (jet overlay), mask, leak overlay.
 
     ``image`` ``(H, W, 3) uint8``, ``cam`` ``(H, W)`` non-negative, ``mask`` ``(H, W)``
@@ -372,4 +404,10 @@ def plot_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, path,
         for ax in (axes[1], axes[3]):
             ax.contour(m.astype(float), levels=[0.5], colors="white", linewidths=1)
     fig.suptitle(f"{title} - {leak_text}" if title else leak_text)
-    return _save(fig, path)
+    return fig
+
+
+def plot_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, path,
+                 title: str = "") -> Path:
+    """Write :func:`build_example` to ``path`` and return the path."""
+    return _save(build_example(image, cam, mask, title), path)

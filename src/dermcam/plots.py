@@ -1,9 +1,11 @@
 """Figures for the evaluation: model comparison, confusion matrix, ROC/PR, calibration, training.
 
-Every function takes the ``metrics.json`` dict of
+Each figure comes in two forms. ``build_*`` takes the ``metrics.json`` dict of
 :func:`dermcam.evaluation.evaluate_predictions` (or plain arrays/DataFrames) and
-a path, writes one figure there and returns the path as a :class:`pathlib.Path`.
-The format comes from the path's suffix (``.png``, ``.pdf``, ``.svg``).
+returns the :class:`~matplotlib.figure.Figure`, so tests and notebooks can look
+at what was drawn. ``plot_*`` takes the same data and a path, writes the built
+figure there and returns the path as a :class:`pathlib.Path`. The format comes
+from the path's suffix (``.png``, ``.pdf``, ``.svg``).
 
 Figures are built with :class:`matplotlib.figure.Figure` on the Agg canvas, never
 through ``pyplot``: no global figure state, no windows, nothing to close, safe
@@ -27,6 +29,12 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "save_figure",
+    "build_model_comparison",
+    "build_confusion_matrix",
+    "build_roc_curves",
+    "build_pr_curves",
+    "build_reliability",
+    "build_training_history",
     "plot_model_comparison",
     "plot_confusion_matrix",
     "plot_roc_curves",
@@ -97,12 +105,11 @@ def _label(name: str, entry: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- comparison
 
 
-def plot_model_comparison(
+def build_model_comparison(
     result: Mapping[str, Any],
-    path: str | os.PathLike[str],
     metrics: Sequence[str] = ("accuracy", "f1_benign", "f1_malignant"),
     at: str = "at_threshold",
-) -> Path:
+) -> Figure:
     """Grouped bars per metric, one bar per model, 95 % CI whiskers.
 
     The reference study's figure (accuracy and per-class F1), made honest: each
@@ -180,15 +187,23 @@ def plot_model_comparison(
         frameon=False,
     )
     ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_model_comparison(
+    result: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    metrics: Sequence[str] = ("accuracy", "f1_benign", "f1_malignant"),
+    at: str = "at_threshold",
+) -> Path:
+    """Write :func:`build_model_comparison` to ``path`` and return the path."""
+    return save_figure(build_model_comparison(result, metrics, at), path)
 
 
 # --------------------------------------------------------------------------- confusion matrix
 
 
-def plot_confusion_matrix(
-    cm: Any, labels: Sequence[str], path: str | os.PathLike[str], title: str | None = None
-) -> Path:
+def build_confusion_matrix(cm: Any, labels: Sequence[str], title: str | None = None) -> Figure:
     """Confusion matrix ``(K, K)`` (rows = true, columns = predicted) with counts
     and row percentages; the colour is the row-normalised rate."""
     cm = np.asarray(cm, dtype=np.float64)
@@ -220,7 +235,14 @@ def plot_confusion_matrix(
     ax.set_ylabel("True")
     if title:
         ax.set_title(title, fontsize=10)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_confusion_matrix(
+    cm: Any, labels: Sequence[str], path: str | os.PathLike[str], title: str | None = None
+) -> Path:
+    """Write :func:`build_confusion_matrix` to ``path`` and return the path."""
+    return save_figure(build_confusion_matrix(cm, labels, title), path)
 
 
 # --------------------------------------------------------------------------- ROC / PR
@@ -233,7 +255,7 @@ def _operating_point(entry: Mapping[str, Any]) -> tuple[float, float]:
     return sens, spec
 
 
-def plot_roc_curves(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+def build_roc_curves(result: Mapping[str, Any]) -> Figure:
     """All models' ROC curves on one axis, AUC with 95 % CI in the legend, the
     chance diagonal, and each model's operating point at its chosen threshold."""
     models = _models(result)
@@ -261,10 +283,15 @@ def plot_roc_curves(result: Mapping[str, Any], path: str | os.PathLike[str]) -> 
     ax.set_title("ROC (dots: operating point at the chosen threshold)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_pr_curves(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+def plot_roc_curves(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write :func:`build_roc_curves` to ``path`` and return the path."""
+    return save_figure(build_roc_curves(result), path)
+
+
+def build_pr_curves(result: Mapping[str, Any]) -> Figure:
     """All models' precision-recall curves, AP with 95 % CI in the legend, and
     the prevalence line (the AP of a classifier without skill)."""
     models = _models(result)
@@ -297,13 +324,18 @@ def plot_pr_curves(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     ax.set_title("Precision-recall (ISIC 2016 ranked by AP)", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_pr_curves(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write :func:`build_pr_curves` to ``path`` and return the path."""
+    return save_figure(build_pr_curves(result), path)
 
 
 # --------------------------------------------------------------------------- calibration
 
 
-def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+def build_reliability(result: Mapping[str, Any]) -> Figure:
     """Reliability diagram: observed malignant fraction against mean predicted
     probability per bin for every model (ECE with CI in the legend), the
     diagonal of perfect calibration, and a histogram of predictions below.
@@ -356,7 +388,12 @@ def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) ->
     bottom.set_xlabel("Predicted probability of malignant")
     bottom.set_ylabel("Images")
     bottom.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write :func:`build_reliability` to ``path`` and return the path."""
+    return save_figure(build_reliability(result), path)
 
 
 # --------------------------------------------------------------------------- training
@@ -365,7 +402,7 @@ def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) ->
 _HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc")
 
 
-def plot_training_history(history_df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+def build_training_history(history_df: pd.DataFrame) -> Figure:
     """Per-epoch train/validation loss (left) and validation AUC (right).
 
     ``history_df`` needs columns ``epoch, train_loss, val_loss, val_auc``; an
@@ -418,4 +455,9 @@ def plot_training_history(history_df: pd.DataFrame, path: str | os.PathLike[str]
     ax_auc.set_title("Validation AUC (star: best epoch)", fontsize=10)
     ax_auc.legend(fontsize=7)
     ax_auc.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_training_history(history_df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write :func:`build_training_history` to ``path`` and return the path."""
+    return save_figure(build_training_history(history_df), path)

@@ -33,6 +33,7 @@ import numpy as np
 
 from dermcam.errors import DermcamError
 from dermcam.io import MANIFEST
+from dermcam.overlay import jet, outline
 from dermcam.run import PREDICTIONS  # the file name every predictions table has
 
 log = logging.getLogger(__name__)
@@ -184,16 +185,6 @@ def model_card_lines(card: dict[str, Any]) -> list[str]:
 
 # ------------------------------------------------------------------------ overlay
 
-def _jet(x: np.ndarray) -> np.ndarray:
-    """Jet colour map: ``(H, W)`` in [0, 1] -> ``(H, W, 3)`` floats."""
-    return np.stack([np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3, 2, 1)], axis=-1)
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    p = np.pad(mask, 1, mode="edge")
-    return mask & ~(p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:])
-
-
 def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None,
                 panel: int = OVERLAY_PANEL) -> bytes:
     """PNG bytes: the image beside its heatmap over it (jet, 50 %), lesion outline in white.
@@ -210,9 +201,9 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
                          f"{None if mask is None else mask.shape} must be (S, S, 3), (S, S)")
     c = np.nan_to_num(np.asarray(cam, np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(0)
     c = c / c.max() if c.max() > 0 else c
-    heat = 0.5 * image.astype(np.float64) / 255.0 + 0.5 * _jet(c)
+    heat = 0.5 * image.astype(np.float64) / 255.0 + 0.5 * jet(c)
     if mask is not None and mask.any() and not mask.all():
-        heat[_outline(mask.astype(bool))] = 1.0
+        heat[outline(mask.astype(bool))] = 1.0
     side = max(panel, image.shape[0])
     tiles = [Image.fromarray(image), Image.fromarray((heat * 255).round().astype(np.uint8))]
     gap = 4

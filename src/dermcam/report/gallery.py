@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dermcam.overlay import jet, outline
+
 log = logging.getLogger(__name__)
 
 #: Edge of one panel in the strip, pixels.
@@ -128,18 +130,6 @@ class ImageSource:
         return item["image"], (None if mask is None else np.asarray(mask).astype(bool)), ""
 
 
-def _jet(x: np.ndarray) -> np.ndarray:
-    """The jet colour map on ``[0, 1]`` values: ``(H, W)`` -> ``(H, W, 3)`` floats."""
-    return np.stack([np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3, 2, 1)], axis=-1)
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels of a boolean ``(H, W)`` mask (the mask minus its 4-neighbour erosion)."""
-    p = np.pad(mask, 1, mode="edge")
-    inner = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
-    return mask & ~inner
-
-
 def _panel(arr: np.ndarray, size: int, nearest: bool = False):
     from PIL import Image
 
@@ -170,7 +160,7 @@ def render_strip(cam: np.ndarray, image: np.ndarray | None = None,
     peak = c.max()
     cn = c / peak if peak > 0 else c
     if image is None or mask is None:
-        panels = [_panel(_jet(cn), panel)]
+        panels = [_panel(jet(cn), panel)]
     else:
         image = np.asarray(image)
         m = np.asarray(mask).astype(bool)
@@ -178,8 +168,8 @@ def render_strip(cam: np.ndarray, image: np.ndarray | None = None,
             raise ValueError(f"image {image.shape} and mask {m.shape} must match cam "
                              f"{cam.shape} as (H, W, 3) and (H, W)")
         img = image.astype(np.float64) / 255.0
-        edge = _outline(m)[..., None] if (m.any() and not m.all()) else np.zeros(m.shape + (1,), bool)
-        heat = np.where(edge, 1.0, 0.5 * img + 0.5 * _jet(cn))
+        edge = outline(m)[..., None] if (m.any() and not m.all()) else np.zeros(m.shape + (1,), bool)
+        heat = np.where(edge, 1.0, 0.5 * img + 0.5 * jet(cn))
         alpha = (0.85 * cn)[..., None]
         colour = np.where(m[..., None], np.array([0.0, 0.8, 0.0]), np.array([0.9, 0.0, 0.0]))
         grey = img.mean(axis=2, keepdims=True) * 0.6
