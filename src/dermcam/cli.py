@@ -788,6 +788,111 @@ def _print_artifacts(rows) -> None:
     console.print(t)
 
 
+# ----------------------------------------------------------------------- audit
+
+@app.command()
+def audit(
+    weights: Annotated[Path, typer.Argument(help="The model: a state dict saved with "
+                                                 "torch.save(model.state_dict(), path), or a "
+                                                 "TorchScript file (torch.jit.save).")],
+    data: Annotated[Path, typer.Option(help="Data folder of any layout dermcam reads (ISIC "
+                                            "2016/2017, HAM10000, PH2, a generic labels.csv); "
+                                            "its images with lesion masks are audited.")],
+    arch: Annotated[str | None, typer.Option(help="The torchvision architecture the weights "
+                                                  "belong to, with a 2-class head (e.g. "
+                                                  "resnet18; 'dermcam models' lists them). "
+                                                  "Needed for TorchScript files too.")] = None,
+    layer: Annotated[str | None, typer.Option(help="Module name of the layer to hook (e.g. "
+                                                   "layer3); default: the architecture's CAM "
+                                                   "layer, its last convolutional block.")]
+    = None,
+    method: Annotated[str, typer.Option(help="CAM method (pytorch-grad-cam): gradcam, "
+                                             "gradcam++, hirescam, layercam, eigencam, "
+                                             "xgradcam.")] = "gradcam",
+    target: Annotated[str, typer.Option(help="Class each heatmap explains: malignant (the "
+                                             "same question for every image), predicted or "
+                                             "true.")] = "malignant",
+    split: Annotated[str, typer.Option(help="Which images: test, train or all.")] = "test",
+    image_size: Annotated[int, typer.Option(help="Side the images are resized to, as the "
+                                                 "model was trained.")] = 224,
+    limit: Annotated[int | None, typer.Option(help="Only the first N masked images.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the results "
+                                                                 "(default: audit-<weights "
+                                                                 "file name>).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per Grad-CAM batch.")] = 32,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
+    device: Annotated[str, typer.Option(help="Where the heatmaps are computed: cpu, cuda, "
+                                             "cuda:INDEX or auto.")] = "cpu",
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+    = False,
+) -> None:
+    """Audit the attention of a two-class model trained outside dermcam, without a run.
+
+    The model must output two logits per image, \\[benign, malignant] (a one-logit model
+    can be wrapped as torch.cat(\\[-z, z], 1) / 2 before saving). A state dict is loaded
+    safely (weights_only=True: no code runs) into the torchvision architecture named by
+    --arch. A TorchScript model takes no Python hooks, so its weights are loaded into
+    --arch as well, and both must give the same outputs. Images are normalised with the
+    ImageNet mean and standard deviation, as dermcam normalises its own inputs.
+
+    Writes attention.csv (one row per image: leakage, chance and excess leakage, pixel
+    AUROC and the other scores of 'dermcam explain'), attention_summary.json (means with
+    95 % CIs per class, whether the maps beat uniform attention, the lesion-size confound
+    test) and manifest.json into --out, and prints a short summary.
+    """
+    from dermcam.audit import audit_folder, audit_summary, load_model, write_audit
+
+    _state["debug"] = _state["debug"] or debug
+    if image_size < 8:
+        raise DermcamError(f"--image-size must be at least 8, got {image_size}")
+    if split not in ("test", "train", "all"):
+        raise DermcamError(f"--split must be test, train or all, got {split!r}")
+    if target not in ("malignant", "predicted", "true"):
+        raise DermcamError(f"--target must be malignant, predicted or true, got {target!r}")
+    model, layer, kind = load_model(weights, arch, layer, image_size=image_size)
+    table = audit_folder(model, layer, data, image_size=image_size, split=split, limit=limit,
+                         method=method, target=target, batch_size=batch_size, device=device)
+    summary = audit_summary(table, n_boot=n_boot)
+    out = out if out is not None else Path(f"audit-{weights.stem}")
+    write_audit(out, table, summary, config={
+        "weights": str(weights.resolve()), "format": kind, "arch": arch, "layer": layer,
+        "method": method, "target": target, "data": str(data.resolve()), "split": split,
+        "image_size": image_size, "limit": limit, "n_boot": n_boot})
+    _print_audit(table, summary, f"{weights.name} ({kind}, {arch}) {method} at {layer}")
+    console.print(f"wrote {out}/attention.csv, attention_summary.json, manifest.json")
+
+
+def _print_audit(table, summary, what: str) -> None:
+    guard = summary["guard"]
+    lo, hi = guard["pixel_auroc_ci"]
+    counts = table["label"].value_counts()
+    console.print(f"{what}: {len(table)} images ({counts.get(0, 0)} benign, "
+                  f"{counts.get(1, 0)} malignant); median pixel AUROC "
+                  f"{_num(guard['median_pixel_auroc'])} [{_num(lo)}, {_num(hi)}] "
+                  "(0.5 = uniform)", highlight=False)
+    t = Table(title="attention: mean [95 % CI] by class; n (undefined, left out of the mean)")
+    for c in ("class", "n (undefined)", "leakage", "excess leakage", "pixel AUROC"):
+        t.add_column(c)
+    rows = {}
+    for r in summary["by_class"].to_dict(orient="records"):
+        rows.setdefault(int(r["label"]), {})[r["metric"]] = r
+
+    def cell(r) -> str:
+        return "-" if r is None or r["mean"] != r["mean"] else \
+            f"{r['mean']:.3f} [{_num(r['ci_low'], '.3f')}, {_num(r['ci_high'], '.3f')}]"
+
+    for label, ms in sorted(rows.items()):
+        leak = ms["leakage"]
+        t.add_row("malignant" if label == 1 else "benign",
+                  f"{leak['n']} ({leak.get('n_nan', 0)})", cell(leak),
+                  cell(ms.get("excess_leakage")), cell(ms.get("pixel_auroc")))
+    console.print(t)
+    console.print(f"  {guard['sentence']}", highlight=False)
+    sc = summary.get("size_confound") or {}
+    if sc.get("summary"):
+        console.print(f"  {sc['summary']}", highlight=False)
+
+
 # ----------------------------------------------------------------------- probe
 
 @app.command()
