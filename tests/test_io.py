@@ -57,3 +57,38 @@ def test_full_disk_during_training_output_is_a_clean_error(tmp_path, monkeypatch
     monkeypatch.setattr(type(tmp_path), "write_bytes", no_space)
     with pytest.raises(DermcamError, match="not writable"):
         runmod.prepare_run_dir(tmp_path / "run", overwrite=False)
+
+
+def test_link_identical_links_only_files_with_the_same_bytes(tmp_path):
+    ref, folder = tmp_path / "ref", tmp_path / "copy"
+    for root in (ref, folder):
+        (root / "sub").mkdir(parents=True)
+        (root / "sub" / "same.bin").write_bytes(b"abc" * 100)
+    (ref / "differs.bin").write_bytes(b"x" * 50)
+    (folder / "differs.bin").write_bytes(b"y" * 50)  # same size, other bytes
+    (folder / "alone.bin").write_bytes(b"only here")
+    (ref / "shorter.bin").write_bytes(b"abc")
+    (folder / "shorter.bin").write_bytes(b"abcd")
+    assert dio.link_identical(ref, folder) == (1, 300)
+    same, ref_same = folder / "sub" / "same.bin", ref / "sub" / "same.bin"
+    assert same.stat().st_ino == ref_same.stat().st_ino and same.read_bytes() == b"abc" * 100
+    assert (folder / "differs.bin").read_bytes() == b"y" * 50
+    assert (folder / "differs.bin").stat().st_ino != (ref / "differs.bin").stat().st_ino
+    assert (folder / "alone.bin").read_bytes() == b"only here"
+    assert not list(folder.rglob("*.link-tmp"))
+    assert dio.link_identical(ref, folder) == (0, 0)  # already linked: nothing to do
+
+
+def test_link_identical_keeps_copies_where_links_are_refused(tmp_path, monkeypatch):
+    ref, folder = tmp_path / "ref", tmp_path / "copy"
+    ref.mkdir(), folder.mkdir()
+    (ref / "a.bin").write_bytes(b"1234")
+    (folder / "a.bin").write_bytes(b"1234")
+
+    def refuse(*_a, **_k):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(dio.os, "link", refuse)
+    assert dio.link_identical(ref, folder) == (0, 0)
+    assert (folder / "a.bin").read_bytes() == b"1234"
+    assert (folder / "a.bin").stat().st_ino != (ref / "a.bin").stat().st_ino

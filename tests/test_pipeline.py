@@ -248,6 +248,11 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     assert "planted shortcut" in r.stdout and "Planted shortcut" in \
         (out / "run/report.html").read_text()
     assert not (out / "run/models/resnet18/lightning").exists()
+    # the shortcut data's test split is the default data's, byte for byte: hard links
+    test_dir = "data/ISBI2016_ISIC_Part3B_Test_Data"
+    for f in sorted((out / test_dir).iterdir())[:3]:
+        twin = out / "shortcut" / test_dir / f.name
+        assert twin.stat().st_ino == f.stat().st_ino and twin.read_bytes() == f.read_bytes()
     m = json.loads((out / "run/manifest.json").read_text())
     assert m["config"]["weights"] == "none"
     assert all(m["stages"][s]["status"] == "complete" for s in ("train", "evaluate",
