@@ -140,3 +140,44 @@ def test_no_module_but_run_spells_a_run_folder_file_name():
              for p in sorted(src.rglob("*.py")) if p.name != "run.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert found == []
+
+
+def test_accessors_added_for_stages_on_a_hand_built_run(tmp_path):
+    """display_names, thresholds, stage_setting, the predict folder's paths, recorded_kind."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    runmod.write_manifest(run_dir, {
+        "kind": "dermcam-run", "config": {"image_size": 32, "models": ["a", "b", "c"]},
+        "seed": 1, "models": {"a": {"display_name": "ResNet-A", "threshold": 0.25,
+                                    "status": "complete"},
+                              "b": {"threshold": 0.5, "status": "complete"},
+                              "c": {"status": "failed"}},
+        "stages": {"explain": {"status": "complete", "target": "predicted"},
+                   "probe": "not a dict"}})
+    run = runmod.Run.open(run_dir)
+    assert run.display_names == {"a": "ResNet-A", "b": "b", "c": "c"}
+    assert run.thresholds == {"a": 0.25, "b": 0.5}
+    assert run.stage_setting("explain", "target") == "predicted"
+    assert run.stage_setting("explain", "normalize", "minmax") == "minmax"
+    assert run.stage_setting("probe", "target") is None  # a malformed entry reads as absent
+    assert run.stage_setting("evaluate", "target", "x") == "x"  # never ran
+
+    out = runmod.Outputs(tmp_path / "pred")
+    assert out.manifest == tmp_path / "pred" / "manifest.json"
+    assert out.overlay("ISIC_1") == out.overlays / "ISIC_1.png"
+    assert runmod.recorded_kind(run_dir) == "dermcam-run"
+    assert runmod.recorded_kind(tmp_path / "pred") is None  # no folder, no manifest
+    (tmp_path / "pred").mkdir()
+    out.manifest.write_text("{broken")
+    assert runmod.recorded_kind(out.root) is None
+    out.manifest.write_text("[1, 2]")
+    assert runmod.recorded_kind(out.root) is None
+
+
+def test_summarise_attention_reads_the_target_from_a_run_a_manifest_or_a_name():
+    from dermcam.explain import _explained_class
+
+    m = {"stages": {"explain": {"target": "true"}}}
+    assert _explained_class("predicted") == "predicted" and _explained_class(None) is None
+    assert _explained_class(m) == "true" and _explained_class({}) is None
+    assert _explained_class(runmod.Run(Path("x"), m)) == "true"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,19 +191,11 @@ def resolve_layers(run: runmod.Run, names, methods, spec, bench_methods=None,
     over ``bench_methods``, by the localisation benchmark.
     """
     from dermcam.attribution import METHODS, check_method
-    from dermcam.localisation import choose
 
     choice = parse_layer_spec(spec, names)
     auto_method = list(methods) == ["auto"]
     loaded = {name: run.load_model(name)[:2] for name in names}
-    infos = {name: info for name, (_, info) in loaded.items()}
-    for name, c in choice.items():
-        if c not in ("auto", "last", "study"):
-            try:
-                loaded[name][0].get_submodule(c)
-            except AttributeError:
-                raise DermcamError(f"--layer: {name} has no layer {c!r}; 'dermcam models' "
-                                   "lists the candidates") from None
+    _check_layer_names(loaded, choice)
     auto = [n for n in names if choice[n] == "auto" or auto_method]
     bench = [check_method(m) for m in (bench_methods or METHODS)]
     if not auto_method:
@@ -217,28 +211,46 @@ def resolve_layers(run: runmod.Run, names, methods, spec, bench_methods=None,
             write_json(run.outputs.localisation, {"key": key, "rows": rows})
     selection = []
     for name in names:
-        info = infos[name]
-        mine = [r for r in rows if r["model"] == name]
-        c = choice[name]
-        if auto_method:
-            if c != "auto":
-                raise DermcamError("--methods auto chooses the layer too; drop --layer or "
-                                   "name the methods")
-            method, layer, why = choose(mine, info.target_layer, bench[0])
-            selection.append({"model": name, "method": method, "layer": layer,
-                              "reason": why})
-            continue
-        for method in methods:
-            if c == "auto":
-                _, layer, why = choose([r for r in mine if r["method"] == method],
-                                       info.target_layer, method)
-            elif c in ("last", "study"):
-                layer, why = info.target_layer, "the study's layer (last convolutional block)"
-            else:
-                layer, why = c, "chosen by the user (--layer)"
-            selection.append({"model": name, "method": method, "layer": layer,
-                              "reason": why})
+        selection += _select_layers(name, loaded[name][1], choice[name], methods,
+                                    [r for r in rows if r["model"] == name], bench[0])
     return selection, rows
+
+
+def _check_layer_names(loaded, choice: dict[str, str]) -> None:
+    """Refuse a ``--layer`` name that a model does not have."""
+    for name, c in choice.items():
+        if c not in ("auto", "last", "study"):
+            try:
+                loaded[name][0].get_submodule(c)
+            except AttributeError:
+                raise DermcamError(f"--layer: {name} has no layer {c!r}; 'dermcam models' "
+                                   "lists the candidates") from None
+
+
+def _select_layers(name: str, info, c: str, methods, mine: list[dict], first_bench: str
+                   ) -> list[dict[str, str]]:
+    """Model ``name``'s ``{model, method, layer, reason}`` rows for layer choice ``c``, from
+    its benchmark rows ``mine`` where the benchmark decides (``methods == ["auto"]``: the
+    method too, defaulting to ``first_bench``)."""
+    from dermcam.localisation import choose
+
+    if list(methods) == ["auto"]:
+        if c != "auto":
+            raise DermcamError("--methods auto chooses the layer too; drop --layer or "
+                               "name the methods")
+        method, layer, why = choose(mine, info.target_layer, first_bench)
+        return [{"model": name, "method": method, "layer": layer, "reason": why}]
+    out = []
+    for method in methods:
+        if c == "auto":
+            _, layer, why = choose([r for r in mine if r["method"] == method],
+                                   info.target_layer, method)
+        elif c in ("last", "study"):
+            layer, why = info.target_layer, "the study's layer (last convolutional block)"
+        else:
+            layer, why = c, "chosen by the user (--layer)"
+        out.append({"model": name, "method": method, "layer": layer, "reason": why})
+    return out
 
 
 LOCALISATION_FILE = runmod.LOCALISATION
@@ -295,36 +307,13 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "malign
     summary by subgroup (``subgroups``), groups under ``min_group`` images too few to
     estimate.
     """
-    from dermcam.attribution import TARGETS, check_method
     from dermcam.device import resolve_device, set_shard_threads
 
     run = runmod.Run.open(run_dir, require="train")
-    methods = ["auto"] if list(methods) == ["auto"] else [check_method(m) for m in methods]
-    if not margin > 0:
-        raise DermcamError(f"--margin must be > 0, got {margin}")
-    if target not in TARGETS:
-        raise DermcamError(f"unknown --target {target!r}; choose from {', '.join(TARGETS)}")
-    if data is not None:
-        from dermcam.external import load_external, stage_key
-
-        ds, every, which, name = load_external(data, name, artifacts)
-        out, stage = run.external(name), stage_key(name, "explain")
-    else:
-        ds, every = _explain_samples(run, None)
-        out, stage, which = run.outputs, "explain", None
-    samples = every[:limit] if limit else every
-    if by:
-        from dermcam.external import check_by
-
-        check_by(ds, by)
-    prev = run.stage_entry(stage)
-    if prev.get("normalize", normalize) != normalize or prev.get("target", target) != target:
-        raise DermcamError("saved heatmaps use another --target/--normalize; delete "
-                           f"{out.heatmaps} to recompute", run.dir)
-    if shard is not None:
-        i, n = shard
-        if not (n >= 1 and 0 <= i < n):
-            raise DermcamError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+    methods = _check_options(methods, margin, target)
+    src = _explain_source(run, data, name, artifacts, limit, by)
+    _check_saved_settings(run, src, normalize, target)
+    _check_shard(shard)
     dev = resolve_device(device, shard)
     set_shard_threads(dev, shard)
     work = dict(methods=methods, target=target, normalize=normalize, limit=limit,
@@ -333,42 +322,88 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "malign
                 bench_methods=bench_methods, bench_images=bench_images, cascade=cascade,
                 margin=margin, dev=dev, data=data, by=by, min_group=min_group)
     if shard is not None:  # a shard only computes its heatmap batches and records nothing
-        return _explain_stage(run, out, ds, every, samples, which, {}, **work)
-    where = {} if data is None else {"data": str(Path(ds.root).resolve()),
-                                     "folder": f"{runmod.EXTERNAL_DIR}/{name}"}
-    with run.stage(stage, methods=methods, target=target, normalize=normalize, limit=limit,
-                   **where) as record:
-        return _explain_stage(run, out, ds, every, samples, which, record, **work)
+        return _explain_stage(run, src, {}, **work)
+    with run.stage(src.stage, methods=methods, target=target, normalize=normalize,
+                   limit=limit, **src.where) as record:
+        return _explain_stage(run, src, record, **work)
 
 
-def _explain_stage(run: runmod.Run, out: runmod.Outputs, ds, every, samples, which,
-                   record: dict[str, Any], *, methods, target, normalize, limit, batch_size,
-                   fast, sanity, n_boot, progress, figures, shard, merge, layer,
-                   bench_methods, bench_images, cascade, margin, dev, data, by,
-                   min_group) -> dict[str, Any]:
+def _check_options(methods, margin: float, target: str) -> list[str]:
+    """``methods`` checked (``["auto"]`` kept); a bad ``--margin`` or ``--target`` refused."""
+    from dermcam.attribution import TARGETS, check_method
+
+    methods = ["auto"] if list(methods) == ["auto"] else [check_method(m) for m in methods]
+    if not margin > 0:
+        raise DermcamError(f"--margin must be > 0, got {margin}")
+    if target not in TARGETS:
+        raise DermcamError(f"unknown --target {target!r}; choose from {', '.join(TARGETS)}")
+    return methods
+
+
+def _check_shard(shard: tuple[int, int] | None) -> None:
+    if shard is not None:
+        i, n = shard
+        if not (n >= 1 and 0 <= i < n):
+            raise DermcamError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+
+
+@dataclass
+class _Source:
+    """The images one explain run audits and where its outputs go."""
+    ds: Any  # the data set (the run's, or the external one)
+    every: list  # its masked test images
+    samples: list  # those explained (``every[:limit]``)
+    which: str | None  # the external set's images, in words (None for the run's own)
+    out: runmod.Outputs
+    stage: str  # the manifest's stage name
+    where: dict[str, str]  # what the stage's entry records of an external set
+
+
+def _explain_source(run: runmod.Run, data, name, artifacts, limit, by) -> _Source:
+    """The run's own masked test images, or with ``data`` another set's (see
+    :func:`run_explain`); the ``--by`` columns checked against it."""
+    if data is not None:
+        from dermcam.external import load_external, stage_key
+
+        ds, every, which, name = load_external(data, name, artifacts)
+        out, stage = run.external(name), stage_key(name, "explain")
+        where = {"data": str(Path(ds.root).resolve()),
+                 "folder": f"{runmod.EXTERNAL_DIR}/{name}"}
+    else:
+        ds, every = _explain_samples(run, None)
+        out, stage, which, where = run.outputs, "explain", None, {}
+    if by:
+        from dermcam.external import check_by
+
+        check_by(ds, by)
+    return _Source(ds, every, every[:limit] if limit else every, which, out, stage, where)
+
+
+def _check_saved_settings(run: runmod.Run, src: _Source, normalize: str, target: str) -> None:
+    """Refuse to mix heatmaps of another ``--target``/``--normalize`` into saved ones."""
+    if (run.stage_setting(src.stage, "normalize", normalize) != normalize
+            or run.stage_setting(src.stage, "target", target) != target):
+        raise DermcamError("saved heatmaps use another --target/--normalize; delete "
+                           f"{src.out.heatmaps} to recompute", run.dir)
+
+
+def _explain_stage(run: runmod.Run, src: _Source, record: dict[str, Any], *, methods,
+                   target, normalize, limit, batch_size, fast, sanity, n_boot, progress,
+                   figures, shard, merge, layer, bench_methods, bench_images, cascade,
+                   margin, dev, data, by, min_group) -> dict[str, Any]:
     """The explain stage's work once its inputs are checked: layer choice, heatmaps (or one
     shard of them), sanity check, scores and summary; ``record`` receives what the
     manifest keeps of it."""
     from dermcam.external import by_columns
 
+    out, samples = src.out, src.samples
     t0 = time.perf_counter()
     names = run.trained_models
     selection, bench_rows = resolve_layers(
         run, names, methods, layer, bench_methods, bench_images,
         normalize=normalize, target=target, n_boot=n_boot)
     bench_seconds = time.perf_counter() - t0
-    starts = list(range(0, len(samples), batch_size))
-    if merge:
-        missing = [str(p) for sel in selection for st in starts
-                   if not (p := _batch_file(out.root, sel["model"], sel["method"],
-                                            sel["layer"], st)).exists()]
-        if missing:
-            raise DermcamError(f"cannot merge: {len(missing)} heatmap batch(es) missing, e.g. "
-                               f"{missing[0]}; run the missing --shard (same --batch-size)",
-                               run.dir)
-        starts = []
-    elif shard is not None:
-        starts = [st for k, st in enumerate(starts) if k % shard[1] == shard[0]]
+    starts = _batch_starts(run, out, selection, len(samples), batch_size, shard, merge)
     t_cam, n_computed = _compute_heatmaps(run, out, names, selection, samples, starts,
                                           batch_size, dev, fast, target, normalize, progress)
     timing = {"cam_seconds": round(t_cam, 3), "images_computed": n_computed, "device": str(dev),
@@ -388,13 +423,8 @@ def _explain_stage(run: runmod.Run, out: runmod.Outputs, ds, every, samples, whi
     t_score = time.perf_counter()
     extra = {"timing": timing, "layer_choice": selection, "localisation": bench_rows}
     if data is not None:
-        extra["external"] = {
-            "name": out.root.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
-            "layout": ds.layout, "images": f"{which}, those with a lesion mask",
-            "thresholds": "each model's threshold chosen on the training data's validation "
-                          "split", "layers": "chosen on the run's own validation images",
-            "trained_on": run.data.get("name")}
-    summary = _score(run, out, ds, every, selection, sanity_res, n_boot, figures, extra,
+        extra["external"] = _external_note(run, out, src.ds, src.which)
+    summary = _score(run, out, src.ds, src.every, selection, sanity_res, n_boot, figures, extra,
                      margin, by, min_group)
     timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
     timing["metric_seconds"] = summary["timing"]["metric_seconds"]
@@ -403,6 +433,35 @@ def _explain_stage(run: runmod.Run, out: runmod.Outputs, ds, every, samples, whi
                   normalize=normalize, limit=limit, n_images=len(samples), layers=selection,
                   timing=timing, by=list(by_columns(by)))
     return summary
+
+
+def _batch_starts(run: runmod.Run, out: runmod.Outputs, selection, n_samples: int,
+                  batch_size: int, shard, merge: bool) -> list[int]:
+    """The first image of each heatmap batch to compute: all, one shard's (every ``n``-th
+    from ``i``), or none when merging (every batch must then be on disk already)."""
+    starts = list(range(0, n_samples, batch_size))
+    if merge:
+        missing = [str(p) for sel in selection for st in starts
+                   if not (p := _batch_file(out.root, sel["model"], sel["method"],
+                                            sel["layer"], st)).exists()]
+        if missing:
+            raise DermcamError(f"cannot merge: {len(missing)} heatmap batch(es) missing, e.g. "
+                               f"{missing[0]}; run the missing --shard (same --batch-size)",
+                               run.dir)
+        return []
+    if shard is not None:
+        return [st for k, st in enumerate(starts) if k % shard[1] == shard[0]]
+    return starts
+
+
+def _external_note(run: runmod.Run, out: runmod.Outputs, ds, which) -> dict[str, Any]:
+    """The attention summary's ``external``: which set was audited, and how."""
+    return {
+        "name": out.root.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
+        "layout": ds.layout, "images": f"{which}, those with a lesion mask",
+        "thresholds": "each model's threshold chosen on the training data's validation "
+                      "split", "layers": "chosen on the run's own validation images",
+        "trained_on": run.data.get("name")}
 
 
 def _compute_heatmaps(run: runmod.Run, out: runmod.Outputs, names, selection, samples,
@@ -522,7 +581,7 @@ def _metadata(ds) -> pd.DataFrame | None:
 
 def _selection(run: runmod.Run) -> list[dict[str, str]]:
     """The model x method x layer triples the last explain run scored (from the manifest)."""
-    sel = run.stage_entry("explain").get("layers")
+    sel = run.stage_setting("explain", "layers")
     if sel:
         return [dict(s) for s in sel]
     raise DermcamError("no explain selection recorded; run 'dermcam explain' first", run.dir)
@@ -555,16 +614,54 @@ def _score(run: runmod.Run, out: runmod.Outputs, ds, samples, selection, sanity,
            min_group: int | None = None) -> dict[str, Any]:
     """:func:`score_run` on ``samples`` of ``ds`` whose heatmaps lie under ``out`` (the
     run's own outputs, or an external set's); writes there."""
-    from dermcam import leakage as lk
+    sc = _Scoring.of(run, ds, samples)
+    att, metric_seconds = _attention_table(out, selection, sc)
+    if by:  # the --by columns (ita from the image), one value per image
+        att = _with_image_columns(att, ds, sc, by)
+    float_cols = att.select_dtypes("float").columns
+    att[float_cols] = att[float_cols].round(6)
+    write_csv(out.attention, att)
+    summary = summarise_attention(att, run.stage_setting("explain", "target"), sanity or {},
+                                  n_boot=n_boot, seed=run.seed, margin=margin,
+                                  cluster_name=cluster_name(ds), by=by, min_group=min_group)
+    if extra:
+        summary.update(extra)
+    summary.setdefault("timing", {})["metric_seconds"] = round(metric_seconds, 3)
+    write_json(out.attention_summary, summary)
+    if figures:
+        attention_figures(run, out, att, samples=samples)
+    return summary
 
-    by_id = {s.image_id: s for s in samples}
-    size, cache = run.image_size, run.cache
-    meta = _metadata(ds)
-    art_names = _artifact_names()
-    meta_by_id = meta.set_index("image_id") if meta is not None else None
-    labels = getattr(ds, "artifact_labels", None)  # joined --artifacts FILE (#16)
-    labels_by_id = labels.set_index("image_id") if labels is not None else None
-    thresholds = {m: run.model_record(m)["threshold"] for m in run.manifest["models"]}
+
+@dataclass
+class _Scoring:
+    """What scoring a heatmap batch needs besides the batch: the images by id, the run's
+    cache, size and thresholds, and the artifact labels to join."""
+    by_id: dict[str, Any]
+    size: int
+    cache: Any
+    thresholds: dict[str, float]
+    grouped: bool  # some image has a group (lesion or patient id)
+    art_names: tuple[str, ...]
+    meta_by_id: pd.DataFrame | None  # metadata.csv (artifact_<name> columns)
+    labels_by_id: pd.DataFrame | None  # a joined --artifacts FILE (#16)
+
+    @classmethod
+    def of(cls, run: runmod.Run, ds, samples) -> _Scoring:
+        by_id = {s.image_id: s for s in samples}
+        size, cache = run.image_size, run.cache
+        meta = _metadata(ds)
+        labels = getattr(ds, "artifact_labels", None)
+        return cls(by_id, size, cache, run.thresholds,
+                   any(s.group is not None for s in samples), _artifact_names(),
+                   meta.set_index("image_id") if meta is not None else None,
+                   labels.set_index("image_id") if labels is not None else None)
+
+
+def _attention_table(out: runmod.Outputs, selection, sc: _Scoring
+                     ) -> tuple[pd.DataFrame, float]:
+    """``(attention rows, seconds scoring)``: every saved batch of ``selection`` scored,
+    one row per image x model x method (the last batch wins), sorted."""
     frames = []
     metric_seconds = 0.0
     for sel in selection:
@@ -575,69 +672,80 @@ def _score(run: runmod.Run, out: runmod.Outputs, ds, samples, selection, sanity,
             raise DermcamError(f"no saved heatmaps for {name}/{method} at {layer}; run "
                                "'dermcam explain' first", folder)
         for f in files:
-            b = _load_batch(f)
-            ids = [str(i) for i in b["ids"]]
-            unknown = [i for i in ids if i not in by_id]
-            if unknown:
-                raise DermcamError(f"heatmaps for unknown image id(s) {unknown[:3]}", f)
-            items = [cache.get(by_id[i], size) for i in ids]
-            masks = np.stack([it["mask"] for it in items]).astype(bool)
-            cams = b["heatmaps"].astype(np.float32)
-            t_m = time.perf_counter()
-            values, reasons = lk.score_batch(cams, masks)
-            metric_seconds += time.perf_counter() - t_m
-            probs = b["probs"].astype(np.float64)
-            labels = b["labels"].astype(int)
-            pred = (probs >= thresholds[name]).astype(int)
-            df = pd.DataFrame({"image_id": ids, "model": name, "method": method,
-                               "layer": layer, "label": labels,
-                               "prob_malignant": np.round(probs, 6),
-                               "pred": pred, "correct": (pred == labels),
-                               "cam_target": b["targets"].astype(int)})
-            if any(s.group is not None for s in samples):
-                df["group"] = [by_id[i].group for i in ids]
-            for k, v in values.items():
-                df[k] = v
-            df["reason"] = reasons
-            if all(it["artifacts"] is not None for it in items):
-                arts = np.stack([it["artifacts"] for it in items])
-                codes = list(range(1, len(art_names) + 1))
-                mass = lk.artifact_mass(cams, arts, codes)
-                for code, an in zip(codes, art_names):
-                    df[f"mass_{an}"] = mass[code]
-                    df[f"area_{an}"] = (arts == code).reshape(len(ids), -1).mean(axis=1)
-            if meta_by_id is not None:
-                for an in art_names:
-                    col = f"artifact_{an}"
-                    if col in meta_by_id.columns:
-                        df[col] = meta_by_id.loc[ids, col].to_numpy()
-            if labels_by_id is not None:
-                for col in labels_by_id.columns:
-                    if col not in df.columns:
-                        df[col] = labels_by_id.reindex(ids)[col].to_numpy()
+            df, seconds = _batch_frame(f, name, method, layer, sc)
             frames.append(df)
+            metric_seconds += seconds
     att = pd.concat(frames, ignore_index=True)
     att = att.drop_duplicates(["image_id", "model", "method"], keep="last")
     att = att.sort_values(["model", "method", "image_id"], kind="stable").reset_index(drop=True)
-    if by:  # the --by columns (ita from the image), one value per image
-        from dermcam.external import image_columns
+    return att, metric_seconds
 
-        cols = image_columns(ds, [by_id[i] for i in att["image_id"].unique()], cache, size, by)
-        att = att.merge(cols[[c for c in cols.columns if c == "image_id"
-                              or c not in att.columns]], on="image_id", how="left")
-    float_cols = att.select_dtypes("float").columns
-    att[float_cols] = att[float_cols].round(6)
-    write_csv(out.attention, att)
-    summary = summarise_attention(att, run.manifest, sanity or {}, n_boot=n_boot,
-                                  seed=run.seed, margin=margin,
-                                  cluster_name=cluster_name(ds), by=by, min_group=min_group)
-    if extra:
-        summary.update(extra)
-    summary.setdefault("timing", {})["metric_seconds"] = round(metric_seconds, 3)
-    write_json(out.attention_summary, summary)
-    if figures:
-        attention_figures(run, out, att, samples=samples)
-    return summary
+
+def _batch_frame(f: Path, name: str, method: str, layer: str, sc: _Scoring
+                 ) -> tuple[pd.DataFrame, float]:
+    """``(rows, seconds scoring)`` of one saved heatmap batch against its masks."""
+    from dermcam import leakage as lk
+
+    b = _load_batch(f)
+    ids = [str(i) for i in b["ids"]]
+    unknown = [i for i in ids if i not in sc.by_id]
+    if unknown:
+        raise DermcamError(f"heatmaps for unknown image id(s) {unknown[:3]}", f)
+    items = [sc.cache.get(sc.by_id[i], sc.size) for i in ids]
+    masks = np.stack([it["mask"] for it in items]).astype(bool)
+    cams = b["heatmaps"].astype(np.float32)
+    t_m = time.perf_counter()
+    values, reasons = lk.score_batch(cams, masks)
+    seconds = time.perf_counter() - t_m
+    probs = b["probs"].astype(np.float64)
+    labels = b["labels"].astype(int)
+    pred = (probs >= sc.thresholds[name]).astype(int)
+    df = pd.DataFrame({"image_id": ids, "model": name, "method": method,
+                       "layer": layer, "label": labels,
+                       "prob_malignant": np.round(probs, 6),
+                       "pred": pred, "correct": (pred == labels),
+                       "cam_target": b["targets"].astype(int)})
+    if sc.grouped:
+        df["group"] = [sc.by_id[i].group for i in ids]
+    for k, v in values.items():
+        df[k] = v
+    df["reason"] = reasons
+    _add_artifact_columns(df, ids, items, cams, sc)
+    return df, seconds
+
+
+def _add_artifact_columns(df: pd.DataFrame, ids: list[str], items, cams: np.ndarray,
+                          sc: _Scoring) -> None:
+    """Heatmap mass and area per artifact (pixel maps, synthetic data), artifact presence
+    (metadata.csv) and a joined label file's columns, added to ``df`` in place."""
+    from dermcam import leakage as lk
+
+    if all(it["artifacts"] is not None for it in items):
+        arts = np.stack([it["artifacts"] for it in items])
+        codes = list(range(1, len(sc.art_names) + 1))
+        mass = lk.artifact_mass(cams, arts, codes)
+        for code, an in zip(codes, sc.art_names):
+            df[f"mass_{an}"] = mass[code]
+            df[f"area_{an}"] = (arts == code).reshape(len(ids), -1).mean(axis=1)
+    if sc.meta_by_id is not None:
+        for an in sc.art_names:
+            col = f"artifact_{an}"
+            if col in sc.meta_by_id.columns:
+                df[col] = sc.meta_by_id.loc[ids, col].to_numpy()
+    if sc.labels_by_id is not None:
+        for col in sc.labels_by_id.columns:
+            if col not in df.columns:
+                df[col] = sc.labels_by_id.reindex(ids)[col].to_numpy()
+
+
+def _with_image_columns(att: pd.DataFrame, ds, sc: _Scoring, by) -> pd.DataFrame:
+    """``att`` with the ``--by`` columns (metadata, ``ita`` from the image) per image."""
+    from dermcam.external import image_columns
+
+    cols = image_columns(ds, [sc.by_id[i] for i in att["image_id"].unique()], sc.cache,
+                         sc.size, by)
+    return att.merge(cols[[c for c in cols.columns if c == "image_id"
+                           or c not in att.columns]], on="image_id", how="left")
 
 
 SUMMARY_METRICS = ("leakage", "inside_score", "outside_score", "lesion_area", "chance_leakage",
@@ -679,11 +787,14 @@ PER_IMAGE_WHEN_CLUSTERED = (
 )
 
 
-def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, seed: int,
+def summarise_attention(att: pd.DataFrame, target, sanity: dict, n_boot: int, seed: int,
                         margin: float = 0.02, cluster_name: str = "group", by=(),
                         min_group: int | None = None) -> dict[str, Any]:
     """attention_summary.json from attention.csv rows (see README, "Attention analysis").
 
+    ``target``: the class the heatmaps explain (explain's ``--target``: ``malignant``,
+    ``true`` or ``predicted``; None where unknown), or a :class:`dermcam.run.Run` (or,
+    as older callers pass, a manifest dict) whose explain stage recorded it.
     ``margin``: TOST equivalence margin of the size-confound models. Images that share a
     ``group`` (lesion or patient; ``cluster_name`` names it) are resampled together in
     every bootstrap CI of the per-class summaries; ``resampling`` says which was used.
@@ -700,118 +811,29 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
     models x methods; :func:`dermcam.subgroups.subgroup_summary_analyses`).
     """
     from dermcam import leakage as lk
-    from dermcam.localisation import artifact_ratios, uniform_guard
-    from dermcam.stats import ADJUST_METHODS, adjust_pvalues, resampling_label
 
     if "layer" not in att.columns:
         att = att.assign(layer="")
-    cluster_col = "group" if "group" in att.columns else None
-    if cluster_col is not None:
-        per_image = att.drop_duplicates("image_id")[cluster_col]
-        resampling = resampling_label(per_image.to_numpy(dtype=object), cluster_name)
-        if resampling == "images":
-            cluster_col = None
-    else:
-        resampling = "images"
-    target = (manifest or {}).get("stages", {}).get("explain", {}).get("target")
-    by_class = lk.summarise(att, SUMMARY_METRICS, by=("model", "method", "label"),
-                            n_boot=n_boot, seed=seed, cluster_col=cluster_col)
+    cluster_col, resampling = _resampling(att, cluster_name)
+    target = _explained_class(target)
+    stats = dict(n_boot=n_boot, seed=seed, cluster_col=cluster_col)
+    by_class = lk.summarise(att, SUMMARY_METRICS, by=("model", "method", "label"), **stats)
     by_correct = lk.summarise(att, ("leakage", "excess_leakage", "pixel_auroc"),
-                              by=("model", "method", "correct"), n_boot=n_boot, seed=seed,
-                              cluster_col=cluster_col)
-    overall = lk.summarise(att, SUMMARY_METRICS, by=("model", "method"), n_boot=n_boot,
-                           seed=seed, cluster_col=cluster_col)
-    tests = {}
-    artifact_rows = []
-    family_members: dict[str, list[dict]] = {f: [] for f in ATTENTION_FAMILIES}
+                              by=("model", "method", "correct"), **stats)
+    overall = lk.summarise(att, SUMMARY_METRICS, by=("model", "method"), **stats)
+    tests, artifact_rows = {}, []
+    families: dict[str, list[dict]] = {f: [] for f in ATTENTION_FAMILIES}
     for (model, method), g in att.groupby(["model", "method"], sort=True):
         key = f"{model}/{method}"
-        layer = str(g["layer"].iloc[0])
-        entry: dict[str, Any] = {"layer": layer,
-                                 "uniform_guard": uniform_guard(g, n_boot=n_boot, seed=seed)}
-        comparisons = {}
-        for metric in TEST_METRICS:
-            try:
-                if "cam_target" in g.columns:
-                    comparisons[metric] = lk.compare_classes_by_target(g, metric)
-                    entry[f"classes_{metric}"] = comparisons[metric]["pooled"]
-                else:
-                    entry[f"classes_{metric}"] = lk.compare_classes(g, metric)
-            except ValueError as exc:
-                entry[f"classes_{metric}"] = {"error": str(exc)}
-                continue
-            family_members["class_pooled"].append(entry[f"classes_{metric}"])
-            if metric in comparisons:
-                family_members["class_within_target"] += comparisons[metric][
-                    "by_target"].values()
-        if comparisons:
-            entry["class_comparison"] = comparisons
-        try:
-            entry["size_confounds"] = lk.size_confounds(
-                g, TEST_METRICS, margin=margin, target_mode=target,
-                cluster_name=cluster_name if cluster_col is not None else None)
-            for res in entry["size_confounds"].values():
-                family_members["size_confound"].append(res)
-                family_members["equivalence"].append(res["equivalence"])
-            entry["size_confound"] = entry["size_confounds"]["leakage"]
-        except ValueError as exc:
-            entry["size_confound"] = {"error": str(exc)}
-        try:
-            entry["missingness"] = lk.missing_at_chance(g, TEST_METRICS, target_mode=target)
-        except ValueError as exc:
-            entry["missingness"] = {"error": str(exc)}
-        arts = [c.removeprefix("artifact_") for c in g.columns if c.startswith("artifact_")
-                and f"mass_{c.removeprefix('artifact_')}" in g.columns]
-        if arts:
-            try:
-                entry["artifacts"] = lk.artifact_summary(g, arts).to_dict(orient="records")
-            except ValueError as exc:
-                entry["artifacts"] = {"error": str(exc)}
-            artifact_rows += [{"model": model, "method": method, "layer": layer, **r}
-                              for r in artifact_ratios(g, arts, n_boot=n_boot, seed=seed)]
-        presence = [c for c in g.columns if c.startswith("artifact_")
-                    and f"mass_{c.removeprefix('artifact_')}" not in g.columns]
-        if presence:  # labels without pixel maps (real images): leakage by presence
-            try:
-                entry["artifact_presence"] = lk.presence_comparison(
-                    g, presence, TEST_METRICS, n_boot=n_boot, seed=seed,
-                    cluster_col=cluster_col)
-                family_members["artifact_presence"] += entry["artifact_presence"]
-            except ValueError as exc:
-                entry["artifact_presence"] = {"error": str(exc)}
+        tests[key], rows = _pair_tests(g, model, method, target, margin, cluster_name,
+                                       cluster_col, n_boot, seed, families)
         if key in sanity:
-            entry["sanity"] = sanity[key]
-        tests[key] = entry
-    multiplicity = _adjust_families(family_members, adjust_pvalues, ADJUST_METHODS)
-    for entry in tests.values():
-        for res in (entry.get("class_comparison") or {}).values():
-            res["sentence"] = lk.class_comparison_sentence(res, target,
-                                                           clustered=cluster_col is not None)
-        for res in (entry.get("size_confounds") or {}).values():
-            lk.adjust_confound(res, multiplicity["size_confound"]["k"],
-                               multiplicity["equivalence"]["k"])
+            tests[key]["sanity"] = sanity[key]
+        artifact_rows += rows
+    multiplicity = _finish_tests(tests, families, target, cluster_col is not None)
     reasons = att.loc[att["reason"] != "", "reason"].value_counts().to_dict()
-    if cluster_col is not None:
-        per_image_numbers = list(PER_IMAGE_WHEN_CLUSTERED)
-        resampling_note = (
-            f"Resampling: {resampling}: the CIs of the means by class, by correctness, "
-            "overall, by subgroup and by artifact presence resample whole clusters. Still "
-            "per image, treating images of one lesion as independent: "
-            + "; ".join(per_image_numbers) + ".")
-    else:
-        per_image_numbers = []
-        resampling_note = ("Resampling: images (no cluster ids, or none shared by two "
-                           "images), so every CI and test here treats images as independent.")
-    extra: dict[str, Any] = {}
-    if by:
-        from dermcam.external import by_names
-        from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
-
-        extra["subgroups"] = subgroup_summary_analyses(
-            att, by_names(by), list(SUBGROUP_TITLES), ("model", "method"), n_boot=n_boot,
-            seed=seed,
-            min_group=MIN_GROUP if min_group is None else int(min_group),
-            cluster_col=cluster_col, what="models x methods")
+    per_image_numbers, resampling_note = _resampling_note(resampling, cluster_col is not None)
+    extra = _subgroups(att, by, n_boot, seed, min_group, cluster_col) if by else {}
     return {**extra, "schema_version": 1, "n_images": int(att["image_id"].nunique()),
             "models": sorted(att["model"].unique().tolist()),
             "methods": sorted(att["method"].unique().tolist()),
@@ -827,6 +849,160 @@ def summarise_attention(att: pd.DataFrame, manifest, sanity: dict, n_boot: int, 
             "overall": overall.to_dict(orient="records"),
             "artifacts": artifact_rows,
             "tests": tests}
+
+
+def _explained_class(target) -> str | None:
+    """:func:`summarise_attention`'s ``target`` as the class mode: as given, or what the
+    explain stage of a Run (or of a manifest dict, the older calling convention)
+    recorded."""
+    if isinstance(target, Mapping):  # wrapped only to read it through Run's accessor
+        target = runmod.Run(Path(), dict(target))
+    if isinstance(target, runmod.Run):
+        return target.stage_setting("explain", "target")
+    return target
+
+
+def _resampling(att: pd.DataFrame, cluster_name: str) -> tuple[str | None, str]:
+    """``(cluster column or None, resampling label)``: whole clusters where images share a
+    ``group``, else images."""
+    from dermcam.stats import resampling_label
+
+    if "group" not in att.columns:
+        return None, "images"
+    per_image = att.drop_duplicates("image_id")["group"]
+    resampling = resampling_label(per_image.to_numpy(dtype=object), cluster_name)
+    return (None if resampling == "images" else "group"), resampling
+
+
+def _pair_tests(g: pd.DataFrame, model: str, method: str, target, margin: float,
+                cluster_name: str, cluster_col: str | None, n_boot: int, seed: int,
+                families: dict[str, list[dict]]) -> tuple[dict[str, Any], list[dict]]:
+    """``(tests entry, artifact ratio rows)`` of one model x method; its p-values join
+    ``families``."""
+    from dermcam.localisation import uniform_guard
+
+    layer = str(g["layer"].iloc[0])
+    entry: dict[str, Any] = {"layer": layer,
+                             "uniform_guard": uniform_guard(g, n_boot=n_boot, seed=seed)}
+    _class_tests(g, entry, families)
+    _confound_tests(g, entry, families, target, margin,
+                    cluster_name if cluster_col is not None else None)
+    rows = _artifact_tests(g, entry, families, n_boot, seed, cluster_col)
+    return entry, [{"model": model, "method": method, "layer": layer, **r} for r in rows]
+
+
+def _class_tests(g: pd.DataFrame, entry: dict[str, Any], families) -> None:
+    """``classes_<metric>``: benign vs malignant (pooled over the explained class), and with
+    ``cam_target`` ``class_comparison`` (also within each explained class)."""
+    from dermcam import leakage as lk
+
+    comparisons = {}
+    for metric in TEST_METRICS:
+        try:
+            if "cam_target" in g.columns:
+                comparisons[metric] = lk.compare_classes_by_target(g, metric)
+                entry[f"classes_{metric}"] = comparisons[metric]["pooled"]
+            else:
+                entry[f"classes_{metric}"] = lk.compare_classes(g, metric)
+        except ValueError as exc:
+            entry[f"classes_{metric}"] = {"error": str(exc)}
+            continue
+        families["class_pooled"].append(entry[f"classes_{metric}"])
+        if metric in comparisons:
+            families["class_within_target"] += comparisons[metric]["by_target"].values()
+    if comparisons:
+        entry["class_comparison"] = comparisons
+
+
+def _confound_tests(g: pd.DataFrame, entry: dict[str, Any], families, target,
+                    margin: float, cluster_name: str | None) -> None:
+    """``size_confounds`` (class effect adjusted for lesion area, with TOST) and
+    ``missingness`` (are undefined scores missing at chance)."""
+    from dermcam import leakage as lk
+
+    try:
+        entry["size_confounds"] = lk.size_confounds(
+            g, TEST_METRICS, margin=margin, target_mode=target, cluster_name=cluster_name)
+        for res in entry["size_confounds"].values():
+            families["size_confound"].append(res)
+            families["equivalence"].append(res["equivalence"])
+        entry["size_confound"] = entry["size_confounds"]["leakage"]
+    except ValueError as exc:
+        entry["size_confound"] = {"error": str(exc)}
+    try:
+        entry["missingness"] = lk.missing_at_chance(g, TEST_METRICS, target_mode=target)
+    except ValueError as exc:
+        entry["missingness"] = {"error": str(exc)}
+
+
+def _artifact_tests(g: pd.DataFrame, entry: dict[str, Any], families, n_boot: int,
+                    seed: int, cluster_col: str | None) -> list[dict]:
+    """``artifacts`` (heatmap mass on artifact pixel maps) and ``artifact_presence``
+    (leakage with vs without a labelled artifact); returns the artifact ratio rows."""
+    from dermcam import leakage as lk
+    from dermcam.localisation import artifact_ratios
+
+    rows: list[dict] = []
+    arts = [c.removeprefix("artifact_") for c in g.columns if c.startswith("artifact_")
+            and f"mass_{c.removeprefix('artifact_')}" in g.columns]
+    if arts:
+        try:
+            entry["artifacts"] = lk.artifact_summary(g, arts).to_dict(orient="records")
+        except ValueError as exc:
+            entry["artifacts"] = {"error": str(exc)}
+        rows = artifact_ratios(g, arts, n_boot=n_boot, seed=seed)
+    presence = [c for c in g.columns if c.startswith("artifact_")
+                and f"mass_{c.removeprefix('artifact_')}" not in g.columns]
+    if presence:  # labels without pixel maps (real images): leakage by presence
+        try:
+            entry["artifact_presence"] = lk.presence_comparison(
+                g, presence, TEST_METRICS, n_boot=n_boot, seed=seed, cluster_col=cluster_col)
+            families["artifact_presence"] += entry["artifact_presence"]
+        except ValueError as exc:
+            entry["artifact_presence"] = {"error": str(exc)}
+    return rows
+
+
+def _finish_tests(tests: dict[str, dict], families, target, clustered: bool
+                  ) -> dict[str, Any]:
+    """Adjust each family's p-values, then write the class-comparison sentences and the
+    size-confound verdicts on the adjusted values; returns the families' description."""
+    from dermcam import leakage as lk
+    from dermcam.stats import ADJUST_METHODS, adjust_pvalues
+
+    multiplicity = _adjust_families(families, adjust_pvalues, ADJUST_METHODS)
+    for entry in tests.values():
+        for res in (entry.get("class_comparison") or {}).values():
+            res["sentence"] = lk.class_comparison_sentence(res, target, clustered=clustered)
+        for res in (entry.get("size_confounds") or {}).values():
+            lk.adjust_confound(res, multiplicity["size_confound"]["k"],
+                               multiplicity["equivalence"]["k"])
+    return multiplicity
+
+
+def _resampling_note(resampling: str, clustered: bool) -> tuple[list[str], str]:
+    """``(numbers still per image, the sentence saying how CIs resample)``."""
+    if not clustered:
+        return [], ("Resampling: images (no cluster ids, or none shared by two "
+                    "images), so every CI and test here treats images as independent.")
+    per_image_numbers = list(PER_IMAGE_WHEN_CLUSTERED)
+    return per_image_numbers, (
+        f"Resampling: {resampling}: the CIs of the means by class, by correctness, "
+        "overall, by subgroup and by artifact presence resample whole clusters. Still "
+        "per image, treating images of one lesion as independent: "
+        + "; ".join(per_image_numbers) + ".")
+
+
+def _subgroups(att: pd.DataFrame, by, n_boot: int, seed: int, min_group: int | None,
+               cluster_col: str | None) -> dict[str, Any]:
+    """``{"subgroups": ...}``: the attention summary by the ``--by`` columns."""
+    from dermcam.external import by_names
+    from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
+
+    return {"subgroups": subgroup_summary_analyses(
+        att, by_names(by), list(SUBGROUP_TITLES), ("model", "method"), n_boot=n_boot,
+        seed=seed, min_group=MIN_GROUP if min_group is None else int(min_group),
+        cluster_col=cluster_col, what="models x methods")}
 
 
 def _adjust_families(members: dict[str, list[dict]], adjust, names) -> dict[str, Any]:
@@ -863,7 +1039,7 @@ def attention_figures(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame,
     first_method = sorted(att["method"].unique())[0]
     for model, g in att.groupby("model"):
         gm = g[g["method"] == first_method]
-        disp = run.model_record(model).get("display_name", model)
+        disp = run.display_names.get(model, model)
         ap.plot_attention_summary(gm, figs / f"attention_leakage_analysis_{model}.png",
                                   title=f"{disp} ({first_method}): attention leakage")
     ap.plot_leakage_vs_accuracy(att[att["method"] == first_method],

@@ -26,15 +26,15 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dermcam.errors import DermcamError
-from dermcam.io import MANIFEST
 from dermcam.overlay import jet, outline
-from dermcam.run import PREDICTIONS  # the file name every predictions table has
+from dermcam.run import Outputs, recorded_kind  # run-folder-style file names live there
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class PredictResult:
 
     @property
     def csv_path(self) -> Path:
-        return self.out / PREDICTIONS
+        return Outputs(self.out).predictions
 
 
 # ------------------------------------------------------------------------- inputs
@@ -217,28 +217,189 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
 
 # ------------------------------------------------------------------------ predict
 
-def _prepare_out(out: Path) -> None:
+def _prepare_out(out: Outputs) -> None:
+    """Create ``out``; clear a previous prediction there, refuse any other dermcam output."""
     import shutil
 
-    from dermcam.io import MANIFEST, read_json
-
-    if out.exists() and not out.is_dir():
-        raise DermcamError("output path exists and is not a folder", out)
-    manifest = out / MANIFEST
-    if manifest.exists():
-        kind = None
-        try:
-            m = read_json(manifest)
-            kind = m.get("kind") if isinstance(m, dict) else None
-        except DermcamError:
-            pass
-        if kind != MANIFEST_KIND:
+    if out.root.exists() and not out.root.is_dir():
+        raise DermcamError("output path exists and is not a folder", out.root)
+    if out.manifest.exists():
+        if recorded_kind(out.root) != MANIFEST_KIND:
             raise DermcamError("output folder holds another dermcam output (a run?); choose "
-                               "a new --out folder", out)
-        manifest.unlink()  # ours: not complete again until this run finishes
-        (out / PREDICTIONS).unlink(missing_ok=True)
-        shutil.rmtree(out / "overlays", ignore_errors=True)  # stale overlays go
-    out.mkdir(parents=True, exist_ok=True)
+                               "a new --out folder", out.root)
+        out.manifest.unlink()  # ours: not complete again until this run finishes
+        out.predictions.unlink(missing_ok=True)
+        shutil.rmtree(out.overlays, ignore_errors=True)  # stale overlays go
+    out.root.mkdir(parents=True, exist_ok=True)
+
+
+def _mask_folder(masks: str | Path | None, paths: Sequence[Path]) -> Path | None:
+    """``masks`` as a folder that matches at least one of ``paths``, or None without one."""
+    if masks is None:
+        return None
+    mask_dir = Path(masks)
+    if not mask_dir.is_dir():
+        raise DermcamError("mask folder not found", mask_dir)
+    if not any(find_mask(mask_dir, p) for p in paths):
+        raise DermcamError(f"no mask matches any of the {len(paths)} image(s) (expected "
+                           "<stem>_Segmentation.png, <stem>_segmentation.png or "
+                           "<stem>.png for an image <stem>.jpg)", mask_dir)
+    return mask_dir
+
+
+@dataclass
+class _Classifier:
+    """A loaded checkpoint and what predict takes from it."""
+    model: Any
+    card: dict[str, Any]
+    size: int
+    threshold: float
+    cam_method: str
+    cam_layer: str
+
+
+def _load(checkpoint: Path) -> _Classifier:
+    """The checkpoint's model, card, input size and threshold, and the CAM method and layer
+    'dermcam explain' chose on validation masks where it has run (otherwise Grad-CAM at
+    the study's layer)."""
+    model, info, payload = load_classifier(checkpoint)
+    cam = payload.get("cam") or {}
+    return _Classifier(model, model_card(payload, info), int(payload["image_size"]),
+                       float(payload["threshold"]), cam.get("method", "gradcam"),
+                       cam.get("layer", info.target_layer))
+
+
+def _decode(job: tuple[Path, str], mask_dir: Path | None, size: int):
+    """``(path, image_id, mask_path, item or the DermcamError decoding it raised)``."""
+    from dermcam.data.cache import decode_sample
+    from dermcam.data.dataset import Sample
+
+    path, image_id = job
+    mask_path = find_mask(mask_dir, path) if mask_dir is not None else None
+    try:
+        return path, image_id, mask_path, decode_sample(
+            Sample(image_id, path, 0, "test", mask_path), size)
+    except DermcamError as exc:
+        return path, image_id, mask_path, exc
+
+
+def _readable(decoded, skip_bad: bool, warn: Callable[[str], None],
+              skipped: list[tuple[str, str]]) -> list[tuple]:
+    """The decoded items of one batch. An unreadable one raises its error, or with
+    ``skip_bad`` is reported through ``warn`` and added to ``skipped``."""
+    items = []
+    for path, image_id, mask_path, item in decoded:
+        if isinstance(item, DermcamError):
+            if not skip_bad:
+                raise item
+            warn(f"skipped: {item}")
+            skipped.append((str(path), str(item)))
+            continue
+        items.append((path, image_id, mask_path, item))
+    return items
+
+
+def _mask_scores(items, heatmaps: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``({metric: (N,)}, reasons (N,))`` of the items that have a mask (NaN and "no mask"
+    for the others; no metrics when none has one). ``heatmaps (N, S, S)``."""
+    from dermcam.leakage import METRICS, score_batch
+
+    has = np.array([it[3]["mask"] is not None for it in items])
+    scores: dict[str, np.ndarray] = {}
+    reasons = np.full(len(items), "no mask", dtype=object)
+    if has.any():
+        m = np.stack([it[3]["mask"].astype(bool) for it, h in zip(items, has) if h])
+        vals, why = score_batch(heatmaps[has], m)
+        for name in METRICS:
+            col = np.full(len(items), np.nan)
+            col[has] = vals[name]
+            scores[name] = col
+        reasons[has] = why
+    return scores, reasons
+
+
+def _batch_rows(items, probs: np.ndarray, thr: float, with_masks: bool,
+                scores: dict[str, np.ndarray], reasons: np.ndarray) -> list[dict[str, Any]]:
+    """The predictions.csv rows of one batch (mask columns only ``with_masks``)."""
+    from dermcam.leakage import METRICS
+
+    rows = []
+    for k, (path, image_id, mask_path, _) in enumerate(items):
+        prob = float(probs[k])
+        row = {"path": str(path), "image_id": image_id, "prob_malignant": prob,
+               "decision": "malignant" if prob >= thr else "benign", "threshold": thr}
+        if with_masks:
+            row["mask_path"] = "" if mask_path is None else str(mask_path)
+            for name in METRICS:
+                row[name] = float(scores[name][k]) if scores else np.nan
+            row["metric_note"] = reasons[k]
+        rows.append(row)
+    return rows
+
+
+def _write_overlays(out: Outputs, items, heatmaps: np.ndarray) -> None:
+    from dermcam.io import write_bytes
+
+    for k, (_, image_id, _, item) in enumerate(items):
+        mask = None if item["mask"] is None else item["mask"].astype(bool)
+        write_bytes(out.overlay(image_id), overlay_png(item["image"], heatmaps[k], mask))
+
+
+def _predict_batch(ex, clf: _Classifier, items, device: str, out: Outputs,
+                   with_masks: bool) -> list[dict[str, Any]]:
+    """Probabilities, heatmaps (explaining the decision) and scores of one batch of decoded
+    items; writes their overlays and returns their rows."""
+    import torch
+
+    from dermcam.augment import preprocess
+
+    batch = np.stack([it[3]["image"] for it in items])
+    x = preprocess(torch.from_numpy(batch).to(device))
+    cams = ex.compute(x, target="predicted", threshold=clf.threshold, size=clf.size)
+    scores, reasons = _mask_scores(items, cams.heatmaps)
+    rows = _batch_rows(items, cams.probs, clf.threshold, with_masks, scores, reasons)
+    _write_overlays(out, items, cams.heatmaps)
+    return rows
+
+
+def _predict_all(clf: _Classifier, paths: list[Path], mask_dir: Path | None, out: Outputs,
+                 batch_size: int, device: str, skip_bad: bool, warn: Callable[[str], None],
+                 progress: Callable[[int, int], None] | None
+                 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """``(rows, skipped)`` over every batch of ``paths``; images are decoded by all cores
+    (PIL releases the GIL), in input order."""
+    from dermcam.attribution import CamExplainer
+
+    ids = _ids(paths)
+    rows: list[dict[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    decode = partial(_decode, mask_dir=mask_dir, size=clf.size)
+    total = len(paths)
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    with pool, CamExplainer(clf.model, clf.cam_layer, clf.cam_method) as ex:
+        for start in range(0, total, batch_size):
+            jobs = zip(paths[start:start + batch_size], ids[start:start + batch_size])
+            items = _readable(pool.map(decode, jobs), skip_bad, warn, skipped)
+            if items:
+                rows += _predict_batch(ex, clf, items, device, out, mask_dir is not None)
+            if progress:
+                progress(min(total, start + batch_size), total)
+    return rows, skipped
+
+
+def _output_manifest(checkpoint: Path, clf: _Classifier, mask_dir: Path | None,
+                     n_images: int, skipped: list[tuple[str, str]]) -> dict[str, Any]:
+    """OUT/manifest.json: what was predicted, with what, and what was skipped."""
+    from dermcam.run import now, versions
+
+    return {
+        "schema_version": 1, "kind": MANIFEST_KIND, "created": now(), "status": "complete",
+        "versions": versions(), "checkpoint": str(checkpoint.resolve()),
+        "model_card": clf.card, "image_size": clf.size, "threshold": clf.threshold,
+        "cam_method": clf.cam_method, "cam_layer": clf.cam_layer,
+        "cam_target": "predicted (decision at the threshold)",
+        "masks": None if mask_dir is None else str(mask_dir),
+        "n_images": n_images, "skipped": [{"path": p, "error": e} for p, e in skipped]}
 
 
 def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
@@ -254,111 +415,26 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
     reported through ``warn`` and left out. ``progress(done, total)`` counts images.
     """
     import pandas as pd
-    import torch
 
-    from dermcam.attribution import CamExplainer
-    from dermcam.augment import preprocess
-    from dermcam.data.cache import decode_sample
-    from dermcam.data.dataset import Sample
-    from dermcam.io import write_bytes, write_csv, write_json
-    from dermcam.leakage import METRICS, score_batch
-    from dermcam.run import now, versions
+    from dermcam.io import write_csv, write_json
 
     if batch_size < 1:
         raise DermcamError(f"--batch-size must be at least 1, got {batch_size}")
     warn = warn or log.warning
-    out = Path(out)
-    checkpoint = Path(checkpoint)
+    outs, checkpoint = Outputs(out), Path(checkpoint)
     # Inputs first: a bad folder or mask folder is refused before the model is loaded.
     paths = collect_images(inputs)
-    mask_dir = None
-    if masks is not None:
-        mask_dir = Path(masks)
-        if not mask_dir.is_dir():
-            raise DermcamError("mask folder not found", mask_dir)
-        if not any(find_mask(mask_dir, p) for p in paths):
-            raise DermcamError(f"no mask matches any of the {len(paths)} image(s) (expected "
-                               "<stem>_Segmentation.png, <stem>_segmentation.png or "
-                               "<stem>.png for an image <stem>.jpg)", mask_dir)
-    model, info, payload = load_classifier(checkpoint)
-    size, thr = int(payload["image_size"]), float(payload["threshold"])
-    card = model_card(payload, info)
-    _prepare_out(out)
-    ids = _ids(paths)
-    rows: list[dict[str, Any]] = []
-    skipped: list[tuple[str, str]] = []
-    model = model.to(device)
-    total, done = len(paths), 0
-    # The method and layer 'dermcam explain' chose on validation masks, where it has run;
-    # otherwise Grad-CAM at the study's layer.
-    cam = payload.get("cam") or {}
-    cam_method, cam_layer = cam.get("method", "gradcam"), cam.get("layer", info.target_layer)
-    def decode(job):
-        path, image_id = job
-        mask_path = find_mask(mask_dir, path) if mask_dir is not None else None
-        try:
-            return path, image_id, mask_path, decode_sample(
-                Sample(image_id, path, 0, "test", mask_path), size)
-        except DermcamError as exc:
-            return path, image_id, mask_path, exc
-
-    # Images are decoded by all cores (PIL releases the GIL), in input order.
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-    with pool, CamExplainer(model, cam_layer, cam_method) as ex:
-        for start in range(0, total, batch_size):
-            items = []
-            for path, image_id, mask_path, item in pool.map(
-                    decode, zip(paths[start:start + batch_size], ids[start:start + batch_size])):
-                if isinstance(item, DermcamError):
-                    if not skip_bad:
-                        raise item
-                    warn(f"skipped: {item}")
-                    skipped.append((str(path), str(item)))
-                    continue
-                items.append((path, image_id, mask_path, item))
-            if items:
-                batch = np.stack([it[3]["image"] for it in items])
-                x = preprocess(torch.from_numpy(batch).to(device))
-                cams = ex.compute(x, target="predicted", threshold=thr, size=size)
-                has = np.array([it[3]["mask"] is not None for it in items])
-                scores: dict[str, np.ndarray] = {}
-                reasons = np.full(len(items), "no mask", dtype=object)
-                if has.any():
-                    m = np.stack([it[3]["mask"].astype(bool) for it, h in zip(items, has) if h])
-                    vals, why = score_batch(cams.heatmaps[has], m)
-                    for name in METRICS:
-                        col = np.full(len(items), np.nan)
-                        col[has] = vals[name]
-                        scores[name] = col
-                    reasons[has] = why
-                for k, (path, image_id, mask_path, item) in enumerate(items):
-                    prob = float(cams.probs[k])
-                    row = {"path": str(path), "image_id": image_id, "prob_malignant": prob,
-                           "decision": "malignant" if prob >= thr else "benign",
-                           "threshold": thr}
-                    if mask_dir is not None:
-                        row["mask_path"] = "" if mask_path is None else str(mask_path)
-                        for name in METRICS:
-                            row[name] = float(scores[name][k]) if scores else np.nan
-                        row["metric_note"] = reasons[k]
-                    rows.append(row)
-                    mask = None if item["mask"] is None else item["mask"].astype(bool)
-                    write_bytes(out / "overlays" / f"{image_id}.png",
-                                overlay_png(item["image"], cams.heatmaps[k], mask))
-            done = min(total, start + batch_size)
-            if progress:
-                progress(done, total)
+    mask_dir = _mask_folder(masks, paths)
+    clf = _load(checkpoint)
+    _prepare_out(outs)
+    clf.model = clf.model.to(device)
+    rows, skipped = _predict_all(clf, paths, mask_dir, outs, batch_size, device, skip_bad,
+                                 warn, progress)
     if not rows:
         raise DermcamError("every input image was unreadable and skipped; nothing to predict")
     if mask_dir is not None and not any(r["mask_path"] for r in rows):
         warn(f"{mask_dir}: no mask matched any readable image; no attention metrics")
     table = pd.DataFrame(rows)
-    write_csv(out / PREDICTIONS, table)
-    write_json(out / MANIFEST, {
-        "schema_version": 1, "kind": MANIFEST_KIND, "created": now(), "status": "complete",
-        "versions": versions(), "checkpoint": str(checkpoint.resolve()), "model_card": card,
-        "image_size": size, "threshold": thr, "cam_method": cam_method, "cam_layer": cam_layer,
-        "cam_target": "predicted (decision at the threshold)",
-        "masks": None if mask_dir is None else str(mask_dir),
-        "n_images": len(rows), "skipped": [{"path": p, "error": e} for p, e in skipped]})
-    return PredictResult(out, table, card, skipped)
+    write_csv(outs.predictions, table)
+    write_json(outs.manifest, _output_manifest(checkpoint, clf, mask_dir, len(rows), skipped))
+    return PredictResult(outs.root, table, clf.card, skipped)

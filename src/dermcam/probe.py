@@ -1132,7 +1132,7 @@ def _figures(run: runmod.Run, df: pd.DataFrame, entries, samples, cache, size: i
              cfg: ProbeConfig, out: runmod.Outputs) -> None:
     from dermcam.io import save_figure
 
-    displays = {k: v.get("display_name", k) for k, v in run.manifest.get("models", {}).items()}
+    displays = run.display_names
     figdir = out.figures
     save_figure(build_delta_figure(df, displays), figdir / "probe_delta.png")
     if any(e["probe"] in ("lesion_removed", "background_removed") for e in entries):

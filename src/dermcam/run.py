@@ -166,6 +166,7 @@ PROBE_CSV = "probe.csv"
 PROBE_SUMMARY = "probe_summary.json"
 REPORT = "report.html"
 SHORTCUT_EXPERIMENT = "shortcut_experiment.json"
+OVERLAY_DIR = "overlays"  # 'dermcam predict': one overlay PNG per image
 
 
 class Outputs:
@@ -190,6 +191,23 @@ class Outputs:
     figures = property(lambda self: self.root / FIGURES_DIR)
     heatmaps = property(lambda self: self.root / HEATMAP_DIR)
     probe_batches = property(lambda self: self.root / PROBE_DIR)
+    # 'dermcam predict' writes into an Outputs folder of its own: its manifest, overlays
+    manifest = property(lambda self: self.root / MANIFEST)
+    overlays = property(lambda self: self.root / OVERLAY_DIR)
+
+    def overlay(self, image_id: str) -> Path:
+        """One image's overlay PNG (``dermcam predict``)."""
+        return self.root / OVERLAY_DIR / f"{image_id}.png"
+
+
+def recorded_kind(folder: str | Path) -> str | None:
+    """The ``kind`` a folder's manifest.json records (``dermcam-run``, ``dermcam-predictions``),
+    or None where there is none or it cannot be read."""
+    try:
+        m = read_json(Path(folder) / MANIFEST)
+    except DermcamError:
+        return None
+    return m.get("kind") if isinstance(m, dict) else None
 
 
 class Run:
@@ -305,6 +323,22 @@ class Run:
 
     def model_record(self, name: str) -> dict[str, Any]:
         return self.manifest.get("models", {}).get(name, {})
+
+    @property
+    def display_names(self) -> dict[str, str]:
+        """``{model: display name}`` of every model training recorded (the name where none)."""
+        return {k: v.get("display_name", k) for k, v in self.manifest.get("models", {}).items()}
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """``{model: decision threshold}`` (chosen on validation) of every recorded model."""
+        return {k: v["threshold"] for k, v in self.manifest.get("models", {}).items()
+                if "threshold" in v}
+
+    def stage_setting(self, stage: str, key: str, default: Any = None) -> Any:
+        """What stage ``stage`` recorded under ``key`` (e.g. explain's ``target``), or
+        ``default`` where it has not run or did not record it."""
+        return self.stage_entry(stage).get(key, default)
 
     # ------------------------------------------------------- opened once, kept
     @property

@@ -704,46 +704,79 @@ def _class_weights(labels: np.ndarray) -> torch.Tensor:
 
 def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path,
               resume: bool = False) -> dict[str, Any]:
-    """Train one architecture, restore its best checkpoint, choose the threshold, save."""
-    pl = _lightning()
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    """Train one architecture, restore its best checkpoint, choose the threshold, save.
 
-    from dermcam.calibration import apply_temperature, set_temperature
-    from dermcam.device import default_num_workers
-    from dermcam.evaluation import youden_threshold
+    Returns the model's manifest record (``{}`` on a process of rank > 0)."""
+    t0 = time.perf_counter()
+    mdir = run_dir / runmod.MODELS_DIR / name
+    ckdir = mdir / "lightning"
+    ytr = arrays.labels[tr_idx]
+    module, info, lr = _build_module(name, cfg, ytr, len(tr_idx))
+    train_ds, val_ds = arrays.dataset(tr_idx), arrays.dataset(va_idx)
+    callbacks, best_cb, ctrl_c = _callbacks(cfg, mdir, ckdir)
+    trainer, precision = _trainer(name, cfg, callbacks, mdir)
+    if trainer.global_rank == 0:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    train_dl, val_dl = _loaders(cfg, trainer, ytr, train_ds, val_ds)
+    _fit(name, trainer, module, train_dl, val_dl, ctrl_c, ckdir / "last.ckpt", resume)
+    if not trainer.is_global_zero:
+        return {}
+    model, best_epoch = _restore_best(name, module, best_cb, ckdir)
+    decision = _choose_threshold(model, val_ds, arrays.labels[va_idx], cfg.calibration)
+    wall = time.perf_counter() - t0
+    best_score = float(best_cb.best_model_score or math.nan)
+    card = _model_card(info, cfg, len(tr_idx), len(va_idx), decision)
+    save_checkpoint(mdir / runmod.MODEL_FILE, model, info, {
+        "image_size": cfg.image_size, "threshold": decision.threshold,
+        "best_epoch": best_epoch, "monitor": cfg.monitor, "best_score": best_score,
+        "temperature": decision.temperature, "calibration_bias": decision.bias,
+        "calibration": decision.calibration, "model_card": card})
+    return _model_record(name, info, cfg, trainer, decision, best_epoch, best_score,
+                         precision, lr, wall)
+
+
+def _build_module(name: str, cfg: TrainConfig, ytr: np.ndarray, n_train: int):
+    """``(module, info, lr)``: the seeded model ``name`` in its Lightning module."""
     from dermcam.models import build_model
 
-    t0 = time.perf_counter()
     _seed(cfg.seed)
     model, info = build_model(name, cfg.weights)
     if use_channels_last(name, cfg.channels_last):
         # oneDNN runs depthwise convolutions ~30 % faster in NHWC on CPU (benchmarks/).
         model = model.to(memory_format=torch.channels_last)
-    mdir = run_dir / runmod.MODELS_DIR / name
-    ckdir = mdir / "lightning"
-    ytr = arrays.labels[tr_idx]
     weights = _class_weights(ytr) if cfg.imbalance == "weighted_loss" else None
     lr = cfg.lr_by_model.get(name, cfg.lr)
     module = make_module(model, lr, cfg.weight_decay, weights, cfg.augment, cfg.monitor,
                          cfg.seed, cfg.schedule)
-    module.global_batch, module.n_train = cfg.batch_size, len(tr_idx)
-    train_ds = arrays.dataset(tr_idx)
-    val_ds = arrays.dataset(va_idx)
+    module.global_batch, module.n_train = cfg.batch_size, n_train
+    return module, info, lr
+
+
+def _callbacks(cfg: TrainConfig, mdir: Path, ckdir: Path):
+    """``(callbacks, best checkpoint callback, Ctrl-C guard)`` of one model's Trainer."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
     mode = "max" if cfg.monitor == "val_auc" else "min"
-    ckpt_cb = ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode,
+    best_cb = ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode,
                               save_top_k=1, enable_version_counter=False)
     # Lightning's save_last only follows improvements; resuming needs every epoch's state.
     last_cb = ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1,
                               every_n_epochs=1, enable_version_counter=False)
-    callbacks = [ckpt_cb, last_cb, EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
-                 make_history_callback(mdir / runmod.HISTORY_FILE)]
     ctrl_c = make_ctrl_c_guard()
-    callbacks.append(ctrl_c)
+    callbacks = [best_cb, last_cb,
+                 EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
+                 make_history_callback(mdir / runmod.HISTORY_FILE), ctrl_c]
     if cfg.progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar(leave=True))
     callbacks.append(_run_folder_barrier())
+    return callbacks, best_cb, ctrl_c
+
+
+def _trainer(name: str, cfg: TrainConfig, callbacks: list, mdir: Path):
+    """``(Trainer, precision)`` for model ``name`` (its precision: :func:`model_precision`)."""
+    pl = _lightning()
     precision = model_precision(cfg, name)
     if precision != cfg.precision:
         log.info("%s: --precision %s trains in %s here", name, cfg.precision, precision)
@@ -753,9 +786,14 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
         num_sanity_val_steps=0, default_root_dir=str(mdir),
         limit_train_batches=cfg.limit_train_batches, log_every_n_steps=1,
         **_trainer_kwargs(cfg, precision))
+    return trainer, precision
+
+
+def _loaders(cfg: TrainConfig, trainer, ytr: np.ndarray, train_ds, val_ds):
+    """``(train, validation)`` DataLoaders of this process's share of each batch."""
+    from dermcam.device import default_num_workers
+
     rank, world = trainer.global_rank, trainer.world_size
-    if rank == 0:
-        ckdir.mkdir(parents=True, exist_ok=True)
     on_gpu = trainer.strategy.root_device.type == "cuda"
     workers = (cfg.num_workers if cfg.num_workers is not None
                else default_num_workers(on_gpu, trainer.num_devices))
@@ -770,7 +808,13 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     val_dl = torch.utils.data.DataLoader(
         _Indexed(val_ds), batch_sampler=RankPositions(len(val_ds), max(cfg.batch_size, 64),
                                                       rank, world), **loader_kw)
-    last = ckdir / "last.ckpt"
+    return train_dl, val_dl
+
+
+def _fit(name: str, trainer, module, train_dl, val_dl, ctrl_c, last: Path,
+         resume: bool) -> None:
+    """``trainer.fit``, from ``last`` (Lightning's last.ckpt) where resuming and it exists;
+    Ctrl-C, however Lightning reports it, becomes KeyboardInterrupt."""
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path:
         log.info("%s: resuming from %s", name, last)
@@ -783,51 +827,78 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
         raise
     if trainer.interrupted or ctrl_c.pending:  # pending: pressed after the last batch
         raise KeyboardInterrupt
-    if not trainer.is_global_zero:
-        return {}
-    best_path = ckpt_cb.best_model_path
+
+
+def _restore_best(name: str, module, best_cb, ckdir: Path):
+    """``(model, best epoch)``: the best checkpoint's weights, on the CPU in float32."""
+    best_path = best_cb.best_model_path
     if not best_path or not Path(best_path).exists():
         raise DermcamError(f"{name}: training produced no checkpoint", ckdir)
     state = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     # float32 again after --precision bf16-true / 16-true: model.pt is always float32
     model = module.model.cpu().float().to(memory_format=torch.contiguous_format)
-    best_epoch = int(state.get("epoch", -1)) + 1
-    yva = arrays.labels[va_idx]
+    return model, int(state.get("epoch", -1)) + 1
+
+
+@dataclass
+class _Decision:
+    """What validation decides for a trained model: calibration and threshold."""
+    temperature: float
+    bias: float
+    calibration: dict[str, Any]
+    threshold: float
+    val_auc: float
+
+
+def _choose_threshold(model, val_ds, yva: np.ndarray, method: str) -> _Decision:
+    """Calibrate ``model`` on validation (set on it), then Youden's threshold and the AUC on
+    the calibrated validation probabilities."""
+    from sklearn.metrics import roc_auc_score
+
+    from dermcam.calibration import apply_temperature, set_temperature
+    from dermcam.evaluation import youden_threshold
+
     val_logit = predict_logit_diff(model, val_ds)
-    temperature, bias, calibration = _calibrate(val_logit, yva, cfg.calibration)
+    temperature, bias, calibration = _calibrate(val_logit, yva, method)
     set_temperature(model, temperature, bias)
     val_prob = apply_temperature(val_logit, temperature, bias)
     threshold = float(youden_threshold(yva, val_prob))  # on the calibrated probabilities
-    from sklearn.metrics import roc_auc_score
+    return _Decision(temperature, bias, calibration, threshold,
+                     float(roc_auc_score(yva, val_prob)))
 
-    val_auc = float(roc_auc_score(yva, val_prob))
-    wall = time.perf_counter() - t0
-    card = {
+
+def _model_card(info, cfg: TrainConfig, n_train: int, n_val: int,
+                decision: _Decision) -> dict[str, Any]:
+    """The model card stored in model.pt ('dermcam predict' prints it)."""
+    return {
         "architecture": info.display_name, "weights_source": info.weights_source,
         "trained_on": str(Path(cfg.data).resolve()), "image_size": cfg.image_size,
-        "n_train": int(len(tr_idx)), "n_val": int(len(va_idx)),
-        "val_auc": val_auc, "threshold": threshold, "threshold_rule": "Youden J on validation",
-        "temperature": temperature, "calibration_bias": bias,
-        "calibration": calibration["method"],
+        "n_train": int(n_train), "n_val": int(n_val),
+        "val_auc": decision.val_auc, "threshold": decision.threshold,
+        "threshold_rule": "Youden J on validation",
+        "temperature": decision.temperature, "calibration_bias": decision.bias,
+        "calibration": decision.calibration["method"],
         "intended_use": "research on dermoscopy classification and attention auditing; "
                         "not validated for clinical use",
     }
-    save_checkpoint(mdir / runmod.MODEL_FILE, model, info, {
-        "image_size": cfg.image_size, "threshold": threshold, "best_epoch": best_epoch,
-        "monitor": cfg.monitor, "best_score": float(ckpt_cb.best_model_score or math.nan),
-        "temperature": temperature, "calibration_bias": bias, "calibration": calibration,
-        "model_card": card})
+
+
+def _model_record(name: str, info, cfg: TrainConfig, trainer, decision: _Decision,
+                  best_epoch: int, best_score: float, precision: str, lr: float,
+                  wall: float) -> dict[str, Any]:
+    """The model's entry in the manifest's ``models`` (status added by :func:`train`)."""
+    world = trainer.world_size
     return {"display_name": info.display_name, "weights_source": info.weights_source,
             "target_layer": info.target_layer, "best_epoch": best_epoch,
             "epochs_run": int(trainer.current_epoch), "monitor": cfg.monitor,
-            "best_score": float(ckpt_cb.best_model_score or math.nan),
-            "val_auc": val_auc, "threshold": threshold, "temperature": temperature,
-            "calibration_bias": bias,
+            "best_score": best_score,
+            "val_auc": decision.val_auc, "threshold": decision.threshold,
+            "temperature": decision.temperature, "calibration_bias": decision.bias,
             "global_batch_size": cfg.batch_size, "world_size": world,
             "per_process_batch_size": math.ceil(cfg.batch_size / world),
             "optimizer_steps": int(trainer.global_step), "precision": precision, "lr": lr,
-            "calibration": calibration, "wall_time_s": round(wall, 2),
+            "calibration": decision.calibration, "wall_time_s": round(wall, 2),
             "checkpoint": f"{runmod.MODELS_DIR}/{name}/{runmod.MODEL_FILE}"}
 
 

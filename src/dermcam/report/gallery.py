@@ -91,26 +91,33 @@ def load_heatmaps(folder: Path, ids: set[str]) -> dict[str, np.ndarray]:
 
 
 class ImageSource:
-    """The run's test images and masks at the run's size, or the reason they are unavailable."""
+    """The run's test images and masks at the run's size, or the reason they are unavailable.
 
-    def __init__(self, manifest: dict[str, Any]):
+    ``run``: a :class:`dermcam.run.Run`, or its manifest dict (what the report's
+    ``RunFiles`` holds), read through the same accessors."""
+
+    def __init__(self, run):
+        from dermcam import run as runmod
+
+        if not isinstance(run, runmod.Run):
+            run = runmod.Run(Path(), run)  # a manifest alone; no path of the run is used
         self.reason = ""
         self.warning = ""
         self._by_id: dict[str, Any] = {}
         self._cache = None
-        self._size = int(manifest.get("config", {}).get("image_size") or 0)
-        root = manifest.get("data", {}).get("root")
+        self._size = _recorded_size(run)
+        root = run.data.get("root")
         try:
             from dermcam.data import load_dataset
             from dermcam.data.cache import ImageCache
 
             ds = load_dataset(root)
             self._by_id = {s.image_id: s for s in ds.split("test")}
-            recorded = manifest.get("data", {}).get("fingerprint")
+            recorded = run.data.get("fingerprint")
             if recorded and ds.fingerprint() != recorded:
                 self.warning = (f"the data under {root} changed since training (fingerprint "
                                 "differs), so images and masks may not be the ones scored")
-            self._cache = ImageCache(manifest.get("config", {}).get("cache_dir"))
+            self._cache = ImageCache(run.cache_dir)
         except Exception as exc:
             self.reason = f"the data set at {root} could not be read ({exc})"
             log.warning("report gallery without images: %s", self.reason)
@@ -128,6 +135,14 @@ class ImageSource:
             return None, None, f"image {image_id} could not be read ({exc})"
         mask = item.get("mask")
         return item["image"], (None if mask is None else np.asarray(mask).astype(bool)), ""
+
+
+def _recorded_size(run) -> int:
+    """The run's image size, 0 where the manifest records none (images then unreadable)."""
+    try:
+        return run.image_size
+    except (KeyError, TypeError, ValueError):
+        return 0
 
 
 def _panel(arr: np.ndarray, size: int, nearest: bool = False):
