@@ -318,14 +318,15 @@ def write_audit(out: str | Path, table, summary: dict[str, Any],
     as lists of records, NaN as null) and, last, ``manifest.json`` (``config``, versions,
     status complete). Each file is written to a temporary name and renamed into place.
     Returns the paths by name."""
-    from dermcam.io import MANIFEST, write_csv, write_json
-    from dermcam.run import now, versions
+    from dermcam.io import write_csv, write_json
+    from dermcam.run import Outputs, now, versions
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DermcamError("output path exists and is not a folder", out)
-    paths = {"table": out / "attention.csv", "summary": out / "attention_summary.json",
-             "manifest": out / MANIFEST}
+    files = Outputs(out)
+    paths = {"table": files.attention, "summary": files.attention_summary,
+             "manifest": files.manifest}
     write_csv(paths["table"], table)
     write_json(paths["summary"], {k: _records(v) for k, v in summary.items()})
     write_json(paths["manifest"], {
