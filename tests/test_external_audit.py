@@ -196,7 +196,8 @@ def test_explain_and_probe_on_an_external_set(audited, monkeypatch, capsys):
     other = _isic(base / "isic_masked")
     code, out, err = invoke_cli(monkeypatch, capsys, "explain", run, "--data", other,
                              "--methods", "gradcam", "--layer", "layer2", "--no-sanity",
-                             "--n-boot", "50", "--by", "ita", "--min-group", "3")
+                             "--n-boot", "50", "--by", "ita", "--min-group", "3",
+                             "--target", "predicted")
     assert code == 0, err
     folder = run / "external" / "isic_masked"
     assert f"wrote {folder}/attention.csv" in out and "external set isic_masked" in out
@@ -207,6 +208,9 @@ def test_explain_and_probe_on_an_external_set(audited, monkeypatch, capsys):
     assert ((att["prob_malignant"] >= thr).astype(int) == att["pred"]).all()
     summ = json.loads((folder / "attention_summary.json").read_text())
     assert summ["external"]["layout"] == "isic2016" and summ["n_images"] == 12
+    # the summary names the class this set's heatmaps explain, not the run's own explain's
+    own = json.loads((run / "attention_summary.json").read_text())["target"]
+    assert summ["target"] == "predicted" != own
     assert "ita" in summ["subgroups"]
     assert (folder / "attention" / "resnet18" / "gradcam" / "layer2").is_dir()
     st = manifest["stages"]["external:isic_masked/explain"]

@@ -425,7 +425,7 @@ def _explain_stage(run: runmod.Run, src: _Source, record: dict[str, Any], *, met
     if data is not None:
         extra["external"] = _external_note(run, out, src.ds, src.which)
     summary = _score(run, out, src.ds, src.every, selection, sanity_res, n_boot, figures, extra,
-                     margin, by, min_group)
+                     margin, by, min_group, stage=src.stage)
     timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
     timing["metric_seconds"] = summary["timing"]["metric_seconds"]
     timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
@@ -611,9 +611,10 @@ def score_run(run_dir: str | Path, selection: list[dict] | None = None,
 
 def _score(run: runmod.Run, out: runmod.Outputs, ds, samples, selection, sanity,
            n_boot: int, figures: bool, extra: dict | None, margin: float, by=(),
-           min_group: int | None = None) -> dict[str, Any]:
+           min_group: int | None = None, stage: str = "explain") -> dict[str, Any]:
     """:func:`score_run` on ``samples`` of ``ds`` whose heatmaps lie under ``out`` (the
-    run's own outputs, or an external set's); writes there."""
+    run's own outputs, or an external set's); writes there. ``stage``: the manifest entry
+    that recorded the heatmaps' target (``external:<name>/explain`` for another set)."""
     sc = _Scoring.of(run, ds, samples)
     att, metric_seconds = _attention_table(out, selection, sc)
     if by:  # the --by columns (ita from the image), one value per image
@@ -621,7 +622,7 @@ def _score(run: runmod.Run, out: runmod.Outputs, ds, samples, selection, sanity,
     float_cols = att.select_dtypes("float").columns
     att[float_cols] = att[float_cols].round(6)
     write_csv(out.attention, att)
-    summary = summarise_attention(att, run.stage_setting("explain", "target"), sanity or {},
+    summary = summarise_attention(att, run.stage_setting(stage, "target"), sanity or {},
                                   n_boot=n_boot, seed=run.seed, margin=margin,
                                   cluster_name=cluster_name(ds), by=by, min_group=min_group)
     if extra:
