@@ -447,6 +447,53 @@ def test_metrics_table_and_format_comparison():
     assert named["pairwise"][0]["sentence"].startswith("EfficientNet-B0 vs R:")
 
 
+def test_format_comparison_by_hand():
+    """Header from the metric-label registry's short labels; cells ``value (lo–hi)`` with a
+    typographic minus, the value alone without a CI, ``n/a`` when undefined."""
+    from dermcam.formatting import metric_label
+
+    def ci(v, lo=None, hi=None):
+        return {"value": v, "lo": lo, "hi": hi}
+
+    keys = ("accuracy", "balanced_accuracy", "f1_malignant", "sensitivity", "specificity",
+            "roc_auc", "average_precision", "ece")
+    free = {"roc_auc", "average_precision", "ece"}
+    cells = {"accuracy": ci(0.8166, 0.75, 0.8834), "balanced_accuracy": ci(0.5),
+             "f1_malignant": ci(None, 0.1, 0.2), "sensitivity": ci(-0.1, -0.2, 0.05),
+             "specificity": ci(1.0, 1.0, 1.0), "roc_auc": ci(0.5, None, 0.7),
+             "average_precision": ci(0.25, 0.2, 0.3), "ece": ci(0.0004, 0.0, 0.001)}
+    entry = {"display_name": "M", "threshold": 0.3,
+             "at_threshold": {k: v for k, v in cells.items() if k not in free},
+             "at_0.5": {k: v for k, v in cells.items() if k not in free},
+             "threshold_free": {k: v for k, v in cells.items() if k in free}}
+    res = {"models": {"m": entry}, "baselines": {"all_benign": cells}}
+    rows = format_comparison(res)
+    assert rows[0] == ["Model", "Threshold", "Accuracy", "Balanced acc.", "F1 malignant",
+                       "Sensitivity", "Specificity", "ROC AUC", "Avg. precision", "ECE"]
+    assert rows[0][2:] == [metric_label(k, short=True) for k in keys]
+    expected = ["0.817 (0.750\u20130.883)", "0.500", "n/a", "\u22120.100 (\u22120.200\u20130.050)",
+                "1.000 (1.000\u20131.000)", "0.500", "0.250 (0.200\u20130.300)",
+                "0.000 (0.000\u20130.001)"]
+    assert rows[1] == ["M", "0.300"] + expected
+    assert rows[2] == ["All benign (baseline)", "\u2014"] + expected
+    assert format_comparison(res, at="at_0.5")[1][1] == "0.500"
+
+
+def test_pair_sentence_numbers_and_p_value_style():
+    df = _isic_like(models=(("resnet18", 1.2), ("efficientnet_b0", 0.2)))
+    res = evaluate_predictions(df, _thresholds(df), n_boot=100)
+    pw = res["pairwise"][0]
+    dl = pw["auc"]
+
+    def n(x):
+        return f"{x:.3f}".replace("-", "\u2212")
+
+    p = "p < 0.001" if dl["p"] < 0.001 else f"p = {dl['p']:.2g}"
+    assert pw["sentence"] == (f"EfficientNet-B0 vs ResNet18: AUC difference {n(dl['diff'])}, "
+                              f"95 % CI {n(dl['lo'])}..{n(dl['hi'])}, {p}, "
+                              + ("significant" if pw["significant"] else "not significant"))
+
+
 # --------------------------------------------------------------------------- issue #13:
 # multiplicity families (item 6) and clustered resampling (item 8)
 

@@ -513,3 +513,56 @@ def test_attention_tables_and_notes_show_what_the_statistics_claim(tmp_path):
                    "Still per image, treating images of one lesion as independent: "
                    + "; ".join(s["per_image"])):
         assert html.escape(phrase) in notes, phrase
+
+
+def test_comparison_column_titles_come_from_the_metric_label_registry(page):
+    from dermcam.formatting import metric_label
+    from dermcam.report.html import MAIN_COLUMNS, SECOND_COLUMNS
+
+    main = _table_with(page, "Model", "Threshold", "Benign F1")
+    assert main[0][2:] == [metric_label(k) for _, k, _ in MAIN_COLUMNS] == [
+        "Accuracy", "Balanced accuracy", "Benign F1", "Malignant F1", "Sensitivity",
+        "Specificity", "ROC AUC", "Average precision"]
+    second = _table_with(page, "Model", "Accuracy @0.5")
+    assert second[0][1:] == [t for _, _, t in SECOND_COLUMNS] == [
+        "Accuracy @0.5", "Balanced acc. @0.5", "Benign F1 @0.5", "Malignant F1 @0.5",
+        "Sensitivity @0.5", "Specificity @0.5", "Specificity at 95 % sensitivity",
+        "ECE (lower is better)"]
+    calib = _table_with(page, "Model", "T", "b", "ECE before")
+    assert calib[0][3:] == ["ECE before", "ECE after", "ECE change", "Brier before",
+                            "Brier after", "Brier change"]
+
+
+def test_attention_helpers_by_hand():
+    """The pieces section_attention is built from, on hand-made summaries."""
+    from types import SimpleNamespace
+
+    from dermcam.report import html as H
+
+    r = SimpleNamespace(display=lambda name: name.upper())
+    guard = {"better_than_uniform": False, "sentence": "no better than uniform <b>"}
+    tests = {"m/gradcam": {"uniform_guard": guard, "sanity": None,
+                           "size_confound": {"summary": "explained by size"},
+                           "artifacts": {"error": "no artifact maps"}}}
+    comp = H._class_comparison_html(tests)
+    assert comp[0] == "<h3>Benign vs malignant</h3>" and 'class="missing"' in comp[1]
+    assert comp[2] == ('<p class="caution"><b>m/gradcam:</b> no better than uniform '
+                       "&lt;b&gt;</p>")
+    conf = H._confound_html(r, tests)
+    assert conf == ["<h3>Lesion-area confound</h3>",
+                    '<ul class="sentences"><li><b>M</b> <span class="note">m/gradcam</span>: '
+                    "no better than uniform &lt;b&gt;</li><li><b>M</b> <span class=\"note\">"
+                    'm/gradcam, leakage</span>: explained by size</li></ul>']
+    assert H._sanity_section(tests)[1] == (
+        '<ul class="sentences"><li><b>m/gradcam</b>: <span class="undetermined">not run'
+        "</span></li></ul>")
+    assert 'class="missing"' in H._sanity_section({})[1]
+    assert H._artifact_mass_rows(tests) == [["m/gradcam", "", "", "", "", "no artifact maps"]]
+    art = H._artifacts_html({}, r, {})
+    assert art[:2] == ["<h3>Attention on artifacts</h3>", ""]
+    assert "artifact attention is not known" in art[2] and len(art) == 3
+    size = H._size_aware_html({"by_class": []}, r, [])
+    assert 'class="missing"' in size[1] and len(size) == 2
+    head = H._size_aware_head({"leakage": {"higher_is_better": False, "chance": 0.5}})
+    assert head[4] == 'Leakage<br><span class="note">↓ chance 0.5</span>'
+    assert head[5] == "Chance leakage"

@@ -27,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
@@ -34,6 +35,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from dermcam.formatting import METRIC_LABELS, MINUS, fmt_ci, fmt_num, fmt_p, metric_label
 from dermcam.stats import (
     ADJUST_METHODS,
     _as_labels,
@@ -90,13 +92,10 @@ THRESHOLD_FREE_METRICS: tuple[str, ...] = (
     "spec_at_95_sens",
     "ece",
 )
-#: Score direction of every reported metric.
+#: Score direction of every reported metric (from :data:`dermcam.formatting.METRIC_LABELS`).
 HIGHER_IS_BETTER: dict[str, bool] = {
-    **dict.fromkeys(THRESHOLD_METRICS, True),
-    "roc_auc": True,
-    "average_precision": True,
-    "spec_at_95_sens": True,
-    "ece": False,
+    key: METRIC_LABELS[key].higher_is_better
+    for key in THRESHOLD_METRICS + THRESHOLD_FREE_METRICS
 }
 
 _SENS_TARGET = 0.95  # the "95" in spec_at_95_sens
@@ -452,16 +451,319 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _fmt_p(p: float) -> str:
-    if not math.isfinite(p):
-        return "p undefined"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+    """A p-value in the library's sentences: ``p < 0.001``, ``p = 0.023`` (two significant
+    digits), ``p undefined``."""
+    return fmt_p(p, 2, significant=True, label="p", missing="p undefined")
 
 
-def _fmt_num(x: float, digits: int = 3) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    s = f"{x:.{digits}f}"
-    return s.replace("-", "\u2212")
+def _fmt_num(x: float) -> str:
+    """A number in the library's sentences and terminal tables: 3 decimals, typographic
+    minus, ``n/a`` when undefined."""
+    return fmt_num(x, minus=MINUS)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The checked inputs of :func:`evaluate_predictions`, aligned on image_id."""
+
+    models: list[str]
+    y: np.ndarray  # (N,) 0/1 labels
+    probs: np.ndarray  # (K, N) malignant probabilities, one row per model
+    clusters: tuple[np.ndarray, int] | None  # (image -> cluster index, n_clusters)
+    thr: dict[str, float]
+    names: dict[str, str]
+
+
+def _prepare_inputs(
+    predictions: pd.DataFrame,
+    thresholds: Mapping[str, float],
+    display_names: Mapping[str, str] | None,
+) -> _Inputs:
+    """Validate the predictions and thresholds; ``ValueError`` on anything unusable."""
+    models, image_ids, y, probs = _validate_predictions(predictions)
+    clusters = cluster_info(_image_groups(predictions, image_ids))
+    if "all_benign" in models:
+        raise ValueError("'all_benign' is reserved for the baseline; rename that model")
+    missing = [m for m in models if m not in thresholds]
+    if missing:
+        raise ValueError(
+            f"no threshold for models {missing}; choose them on validation "
+            "(e.g. youden_threshold) or pass 0.5 explicitly"
+        )
+    thr = {m: float(thresholds[m]) for m in models}
+    names = {m: str((display_names or {}).get(m) or display_name(m)) for m in models}
+    for m, t in thr.items():
+        if not math.isfinite(t):
+            raise ValueError(f"threshold for {m!r} must be finite, got {t}")
+    return _Inputs(models, y, probs, clusters, thr, names)
+
+
+def _resample_indices(
+    y: np.ndarray, clusters: tuple[np.ndarray, int] | None, n_boot: int, seed: int
+) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """``(idx (B, n_units), n_units, expand)``: stratified resamples of the images, or of
+    whole clusters (``expand`` maps each image to its cluster; None without clusters)."""
+    if clusters is None:
+        return stratified_bootstrap_indices(y, n_boot, seed), y.size, None
+    expand, n_units = clusters
+    return stratified_bootstrap_indices(cluster_labels(y, expand, n_units), n_boot, seed), \
+        n_units, expand
+
+
+def _resample_metrics(
+    w: np.ndarray, y: np.ndarray, p: np.ndarray, thr: float, at_half: bool, n_bins: int
+) -> dict[str, np.ndarray]:
+    """Every bootstrap metric of one subject on the resamples ``w`` (``(B, N)``):
+    ``thr:<metric>`` at its threshold, ``half:<metric>`` at 0.5 (with ``at_half``) and
+    the threshold-free metrics under their own keys, each ``(B,)``."""
+    parts = {f"thr:{key}": v for key, v in _batch_threshold_metrics(w, y, p >= thr).items()}
+    if at_half:
+        parts.update(
+            {f"half:{key}": v for key, v in _batch_threshold_metrics(w, y, p >= 0.5).items()}
+        )
+    parts.update(_batch_ranking_metrics(w, y, p, n_bins))
+    return parts
+
+
+def _bootstrap_distributions(
+    data: _Inputs, baseline_prob: np.ndarray, n_boot: int, seed: int, n_bins: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """``{subject: {key: (B,)}}`` for every model and ``all_benign``, all on the same
+    resamples, computed in chunks of resamples to bound memory."""
+    y, n = data.y, data.y.size
+    idx, n_units, expand = _resample_indices(y, data.clusters, n_boot, seed)
+    subjects = {**{m: data.probs[i] for i, m in enumerate(data.models)},
+                "all_benign": baseline_prob}
+    sub_thr = {**data.thr, "all_benign": 0.5}
+    boot: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in subjects}
+    chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    for start in range(0, idx.shape[0], chunk):
+        w = bootstrap_counts(idx[start : start + chunk], n_units)
+        if expand is not None:
+            w = w[:, expand]
+        for s, p in subjects.items():
+            parts = _resample_metrics(w, y, p, sub_thr[s], s != "all_benign", n_bins)
+            for key, v in parts.items():
+                boot[s].setdefault(key, []).append(v)
+    return {s: {key: np.concatenate(v) for key, v in d.items()} for s, d in boot.items()}
+
+
+def _ci_block(
+    point: Mapping[str, Any], boot: Mapping[str, np.ndarray], keys: tuple[str, ...],
+    prefix: str, alpha: float, what: str,
+) -> dict[str, dict[str, float]]:
+    """``{metric: {"value", "lo", "hi"}}`` for ``keys``; the bootstrap of ``metric`` is
+    ``boot[prefix + metric]``, ``what`` (plus the metric) names it in warnings."""
+    return {key: _ci(point[key], boot[f"{prefix}{key}"], alpha, f"{what} {key}")
+            for key in keys}
+
+
+def _curves(y: np.ndarray, p: np.ndarray) -> dict[str, dict[str, Any]]:
+    """ROC and precision-recall curves of one model (empty with one class only)."""
+    both = _both_classes(y)
+    fpr, tpr, _ = skm.roc_curve(y, p) if both else ([], [], None)
+    prec, rec, _ = skm.precision_recall_curve(y, p) if both else ([], [], None)
+    return {"roc_curve": {"fpr": fpr, "tpr": tpr}, "pr_curve": {"precision": prec, "recall": rec}}
+
+
+def _model_entry(
+    m: str, data: _Inputs, p: np.ndarray, b: Mapping[str, np.ndarray], alpha: float,
+    n_bins: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(models[m] entry of the result, point metrics at m's threshold)`` for one model
+    with scores ``p`` and bootstrap distributions ``b``."""
+    y = data.y
+    pt = classification_metrics(y, p, data.thr[m], n_bins)
+    pt_half = classification_metrics(y, p, 0.5, n_bins)
+    curves = _curves(y, p)
+    entry = {
+        "display_name": data.names[m],
+        "threshold": data.thr[m],
+        "at_threshold": _ci_block(pt, b, THRESHOLD_METRICS, "thr:", alpha, m),
+        "at_0.5": {key: _ci(pt_half[key], b[f"half:{key}"], alpha, f"{m} {key} @0.5")
+                   for key in THRESHOLD_METRICS},
+        "threshold_free": _ci_block(pt, b, THRESHOLD_FREE_METRICS, "", alpha, m),
+        "confusion_matrix": pt["confusion_matrix"],
+        "confusion_matrix_at_0.5": pt_half["confusion_matrix"],
+        "roc_curve": curves["roc_curve"],
+        "pr_curve": curves["pr_curve"],
+        "reliability": reliability_curve(y, p, n_bins),
+    }
+    return entry, pt
+
+
+def _baseline_block(
+    y: np.ndarray, baseline_prob: np.ndarray, bb: Mapping[str, np.ndarray], alpha: float,
+    n_bins: int,
+) -> dict[str, dict[str, float]]:
+    """All metrics of the all-benign classifier (constant score 0 at threshold 0.5)."""
+    pb = classification_metrics(y, baseline_prob, 0.5, n_bins)
+    out = _ci_block(pb, bb, THRESHOLD_METRICS, "thr:", alpha, "all_benign")
+    out.update(_ci_block(pb, bb, THRESHOLD_FREE_METRICS, "", alpha, "all_benign"))
+    return out
+
+
+def _paired_diff(
+    metric: str, a: str, b: str, points: Mapping[str, Mapping[str, Any]],
+    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float, what: str,
+    boot_key: str | None = None,
+) -> dict[str, Any]:
+    """Paired bootstrap of ``metric`` b - a on the shared resamples."""
+    key = boot_key or metric
+    return summarise_paired_diff(
+        points[b][metric] - points[a][metric],
+        bootc[b][key] - bootc[a][key],
+        alpha,
+        what=f"{what} {b} - {a}",
+    )
+
+
+def _pair_entry(
+    a: str, b: str, data: _Inputs, points: Mapping[str, Mapping[str, Any]],
+    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float,
+) -> dict[str, Any]:
+    """DeLong, paired bootstraps (AUC, AP, accuracy) and McNemar for one model pair."""
+    y, probs, thr = data.y, data.probs, data.thr
+    ia, ib = data.models.index(a), data.models.index(b)
+    dl = delong_test(y, probs[ia], probs[ib], alpha=alpha)
+    auc_bs = _paired_diff("roc_auc", a, b, points, bootc, alpha, "AUC")
+    ap_bs = _paired_diff("average_precision", a, b, points, bootc, alpha, "AP")
+    acc = _paired_diff("accuracy", a, b, points, bootc, alpha, "accuracy", "thr:accuracy")
+    correct_a = (probs[ia] >= thr[a]).astype(int) == y
+    correct_b = (probs[ib] >= thr[b]).astype(int) == y
+    acc["mcnemar"] = mcnemar(correct_a, correct_b)
+    return {"a": a, "b": b, "auc": dl, "auc_bootstrap": auc_bs,
+            "average_precision": ap_bs, "accuracy": acc}
+
+
+#: One multiplicity family per kind of paired test: name -> (description, test dict).
+_PAIR_FAMILIES: dict[str, tuple[str, Any]] = {
+    "auc_delong": ("DeLong test of the AUC difference", lambda pw: pw["auc"]),
+    "auc_bootstrap": ("paired bootstrap of the AUC difference", lambda pw: pw["auc_bootstrap"]),
+    "average_precision": ("paired bootstrap of the AP difference",
+                          lambda pw: pw["average_precision"]),
+    "accuracy_bootstrap": ("paired bootstrap of the accuracy difference",
+                           lambda pw: pw["accuracy"]),
+    "accuracy_mcnemar": ("McNemar test of the accuracies", lambda pw: pw["accuracy"]["mcnemar"]),
+}
+
+
+def _adjust_families(pairwise: list[dict[str, Any]]) -> None:
+    """Holm-adjust each family of :data:`_PAIR_FAMILIES` over the pairs, in place:
+    every test dict gets ``p_adjusted`` and ``family``."""
+    for family, (_, get) in _PAIR_FAMILIES.items():
+        adj = adjust_pvalues([get(pw)["p"] for pw in pairwise], "holm")
+        for pw, pa in zip(pairwise, adj, strict=True):
+            get(pw).update(p_adjusted=float(pa), family=family)
+
+
+def _pair_sentence(
+    pw: Mapping[str, Any], dl: Mapping[str, Any], n_pairs: int, names: Mapping[str, str],
+    clusters: tuple[np.ndarray, int] | None, cluster_name: str, alpha: float,
+) -> str:
+    """The plain sentence of one pair's primary AUC test ``dl``."""
+    pa = dl["p_adjusted"]
+    holm_note = f" (Holm-adjusted {_fmt_p(pa)})" if n_pairs > 1 else ""
+    if clusters is None:
+        # DeLong is undefined on degenerate data (dl["reason"]): say why, never
+        # "significant".
+        why = f" ({dl['reason'].replace('_', ' ')})" if not math.isfinite(dl["p"]) else ""
+    else:
+        why = (f" (paired bootstrap over {clusters[1]} {cluster_name} clusters"
+               + ("; undefined" if not math.isfinite(dl["p"]) else "") + ")")
+    level = round(100 * (1 - alpha))
+    return (
+        f"{names[pw['b']]} vs {names[pw['a']]}: AUC difference "
+        f"{_fmt_num(dl['diff'])}, {level} % CI {_fmt_num(dl['lo'])}..{_fmt_num(dl['hi'])}, "
+        f"{_fmt_p(dl['p'])}{why}{holm_note}, "
+        f"{'significant' if pw['significant'] else 'not significant'}"
+    )
+
+
+def _pair_verdicts(
+    pairwise: list[dict[str, Any]], data: _Inputs, cluster_name: str, alpha: float
+) -> None:
+    """Add each pair's primary AUC verdict (``auc_test``, ``p_holm``, ``significant``,
+    ``sentence``) in place: DeLong, or the paired cluster bootstrap with clusters."""
+    clusters = data.clusters
+    for pw in pairwise:
+        dl = pw["auc"] if clusters is None else pw["auc_bootstrap"]
+        pa = dl["p_adjusted"]
+        pw["auc_test"] = "DeLong" if clusters is None else "paired cluster bootstrap"
+        pw["p_holm"] = float(pa)
+        pw["significant"] = bool(math.isfinite(pa) and pa < alpha)
+        pw["sentence"] = _pair_sentence(pw, dl, len(pairwise), data.names, clusters,
+                                        cluster_name, alpha)
+
+
+def _pairwise(
+    data: _Inputs, points: Mapping[str, Mapping[str, Any]],
+    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float, cluster_name: str,
+) -> list[dict[str, Any]]:
+    """Every model pair in order of first appearance, tested, adjusted and worded."""
+    pairwise = [_pair_entry(a, b, data, points, bootc, alpha)
+                for a, b in combinations(data.models, 2)]
+    _adjust_families(pairwise)
+    _pair_verdicts(pairwise, data, cluster_name, alpha)
+    return pairwise
+
+
+def _resampling_fields(
+    clusters: tuple[np.ndarray, int] | None, cluster_name: str
+) -> dict[str, str]:
+    """``ci_method`` and ``resampling``: images, or whole clusters."""
+    if clusters is None:
+        return {"ci_method": "percentile bootstrap, resampled within each class (stratified)",
+                "resampling": "images"}
+    return {
+        "ci_method": f"percentile cluster bootstrap: whole {cluster_name} clusters resampled "
+        "within each class (a cluster is malignant if any of its images is)",
+        "resampling": f"cluster ({cluster_name}), {clusters[1]} clusters",
+    }
+
+
+def _multiplicity(pairwise: list[dict[str, Any]], clusters: Any) -> dict[str, Any]:
+    """The ``multiplicity`` block: method, families with their sizes, primary AUC test."""
+    return {
+        "method": ADJUST_METHODS["holm"],
+        "families": {
+            f: {"test": desc, "over": "model pairs",
+                "k": int(sum(math.isfinite(get(pw)["p"]) for pw in pairwise))}
+            for f, (desc, get) in _PAIR_FAMILIES.items()
+        },
+        "primary_auc": "auc_delong" if clusters is None else "auc_bootstrap",
+    }
+
+
+def _assemble(
+    data: _Inputs, settings: Mapping[str, Any], models: dict[str, Any],
+    all_benign: dict[str, Any], pairwise: list[dict[str, Any]], cluster_name: str,
+) -> dict[str, Any]:
+    """The result dict of :func:`evaluate_predictions`, in its documented key order
+    (before :func:`_jsonable`); ``settings``: ``n_boot``, ``seed``, ``alpha``, ``n_bins``."""
+    n, n_mal = data.y.size, int(data.y.sum())
+    prevalence = n_mal / n
+    fields = _resampling_fields(data.clusters, cluster_name)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "n_boot": int(settings["n_boot"]),
+        "seed": settings["seed"],
+        "alpha": float(settings["alpha"]),
+        "n_bins": int(settings["n_bins"]),
+        "ci_method": fields["ci_method"],
+        "resampling": fields["resampling"],
+        "multiplicity": _multiplicity(pairwise, data.clusters),
+        "threshold_rule": "malignant if prob_malignant >= threshold",
+        "pairwise_diff": "b - a",
+        "test": {"n": n, "n_malignant": n_mal, "n_benign": n - n_mal, "prevalence": prevalence},
+        "models": models,
+        "baselines": {
+            "all_benign": all_benign,
+            "chance_roc_auc": 0.5,
+            "chance_average_precision": prevalence,
+        },
+        "pairwise": pairwise,
+    }
 
 
 def evaluate_predictions(
@@ -534,218 +836,25 @@ def evaluate_predictions(
     constant score 0 at threshold 0.5 (so its AUC is 0.5, its AP the prevalence).
     """
     t0 = time.perf_counter()
-    models, image_ids, y, probs = _validate_predictions(predictions)
-    clusters = cluster_info(_image_groups(predictions, image_ids))
-    if "all_benign" in models:
-        raise ValueError("'all_benign' is reserved for the baseline; rename that model")
-    missing = [m for m in models if m not in thresholds]
-    if missing:
-        raise ValueError(
-            f"no threshold for models {missing}; choose them on validation "
-            "(e.g. youden_threshold) or pass 0.5 explicitly"
-        )
-    thr = {m: float(thresholds[m]) for m in models}
-    names = {m: str((display_names or {}).get(m) or display_name(m)) for m in models}
-    for m, t in thr.items():
-        if not math.isfinite(t):
-            raise ValueError(f"threshold for {m!r} must be finite, got {t}")
-    n, k = y.size, len(models)
-    n_mal = int(y.sum())
-    prevalence = n_mal / n
-
-    # -- bootstrap distributions, all models on the same resamples, chunked for memory
-    if clusters is None:
-        idx = stratified_bootstrap_indices(y, n_boot, seed)
-        n_units, expand = n, None
-    else:  # resample whole clusters: indices over clusters, weights expanded to images
-        expand, n_units = clusters
-        idx = stratified_bootstrap_indices(cluster_labels(y, expand, n_units), n_boot, seed)
-    baseline_prob = np.zeros(n)
-    subjects = {**{m: probs[i] for i, m in enumerate(models)}, "all_benign": baseline_prob}
-    sub_thr = {**thr, "all_benign": 0.5}
-    boot: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in subjects}
-    chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, idx.shape[0], chunk):
-        w = bootstrap_counts(idx[start : start + chunk], n_units)
-        if expand is not None:
-            w = w[:, expand]
-        for s, p in subjects.items():
-            parts = {
-                f"thr:{key}": v
-                for key, v in _batch_threshold_metrics(w, y, p >= sub_thr[s]).items()
-            }
-            if s != "all_benign":
-                parts.update(
-                    {
-                        f"half:{key}": v
-                        for key, v in _batch_threshold_metrics(w, y, p >= 0.5).items()
-                    }
-                )
-            parts.update(_batch_ranking_metrics(w, y, p, n_bins))
-            for key, v in parts.items():
-                boot[s].setdefault(key, []).append(v)
-    bootc = {s: {key: np.concatenate(v) for key, v in d.items()} for s, d in boot.items()}
+    data = _prepare_inputs(predictions, thresholds, display_names)
+    baseline_prob = np.zeros(data.y.size)
+    bootc = _bootstrap_distributions(data, baseline_prob, n_boot, seed, n_bins)
     t_boot = time.perf_counter() - t0
 
-    # -- per model
     out_models: dict[str, Any] = {}
     points: dict[str, dict[str, Any]] = {}
-    for i, m in enumerate(models):
-        p = probs[i]
-        pt = classification_metrics(y, p, thr[m], n_bins)
-        pt_half = classification_metrics(y, p, 0.5, n_bins)
-        points[m] = pt
-        b = bootc[m]
-        both = _both_classes(y)
-        fpr, tpr, _ = skm.roc_curve(y, p) if both else ([], [], None)
-        prec, rec, _ = skm.precision_recall_curve(y, p) if both else ([], [], None)
-        out_models[m] = {
-            "display_name": names[m],
-            "threshold": thr[m],
-            "at_threshold": {
-                key: _ci(pt[key], b[f"thr:{key}"], alpha, f"{m} {key}") for key in THRESHOLD_METRICS
-            },
-            "at_0.5": {
-                key: _ci(pt_half[key], b[f"half:{key}"], alpha, f"{m} {key} @0.5")
-                for key in THRESHOLD_METRICS
-            },
-            "threshold_free": {
-                key: _ci(pt[key], b[key], alpha, f"{m} {key}") for key in THRESHOLD_FREE_METRICS
-            },
-            "confusion_matrix": pt["confusion_matrix"],
-            "confusion_matrix_at_0.5": pt_half["confusion_matrix"],
-            "roc_curve": {"fpr": fpr, "tpr": tpr},
-            "pr_curve": {"precision": prec, "recall": rec},
-            "reliability": reliability_curve(y, p, n_bins),
-        }
-
-    # -- baseline
-    pb = classification_metrics(y, baseline_prob, 0.5, n_bins)
-    bb = bootc["all_benign"]
-    all_benign = {
-        key: _ci(pb[key], bb[f"thr:{key}"], alpha, f"all_benign {key}") for key in THRESHOLD_METRICS
-    }
-    all_benign.update(
-        {key: _ci(pb[key], bb[key], alpha, f"all_benign {key}") for key in THRESHOLD_FREE_METRICS}
-    )
-
-    # -- pairwise
-    pairwise: list[dict[str, Any]] = []
-    for a, b in combinations(models, 2):
-        ia, ib = models.index(a), models.index(b)
-        dl = delong_test(y, probs[ia], probs[ib], alpha=alpha)
-        auc_bs = summarise_paired_diff(
-            points[b]["roc_auc"] - points[a]["roc_auc"],
-            bootc[b]["roc_auc"] - bootc[a]["roc_auc"],
-            alpha,
-            what=f"AUC {b} - {a}",
-        )
-        ap_bs = summarise_paired_diff(
-            points[b]["average_precision"] - points[a]["average_precision"],
-            bootc[b]["average_precision"] - bootc[a]["average_precision"],
-            alpha,
-            what=f"AP {b} - {a}",
-        )
-        acc = summarise_paired_diff(
-            points[b]["accuracy"] - points[a]["accuracy"],
-            bootc[b]["thr:accuracy"] - bootc[a]["thr:accuracy"],
-            alpha,
-            what=f"accuracy {b} - {a}",
-        )
-        correct_a = (probs[ia] >= thr[a]).astype(int) == y
-        correct_b = (probs[ib] >= thr[b]).astype(int) == y
-        acc["mcnemar"] = mcnemar(correct_a, correct_b)
-        pairwise.append(
-            {
-                "a": a,
-                "b": b,
-                "auc": dl,
-                "auc_bootstrap": auc_bs,
-                "average_precision": ap_bs,
-                "accuracy": acc,
-            }
-        )
-    # -- multiplicity: one family per kind of paired test, Holm within it
-    families = {
-        "auc_delong": ("DeLong test of the AUC difference", lambda pw: pw["auc"]),
-        "auc_bootstrap": ("paired bootstrap of the AUC difference",
-                          lambda pw: pw["auc_bootstrap"]),
-        "average_precision": ("paired bootstrap of the AP difference",
-                              lambda pw: pw["average_precision"]),
-        "accuracy_bootstrap": ("paired bootstrap of the accuracy difference",
-                               lambda pw: pw["accuracy"]),
-        "accuracy_mcnemar": ("McNemar test of the accuracies",
-                             lambda pw: pw["accuracy"]["mcnemar"]),
-    }
-    for family, (_, get) in families.items():
-        adj = adjust_pvalues([get(pw)["p"] for pw in pairwise], "holm")
-        for pw, pa in zip(pairwise, adj, strict=True):
-            get(pw).update(p_adjusted=float(pa), family=family)
-    primary = "auc_delong" if clusters is None else "auc_bootstrap"
-    level = round(100 * (1 - alpha))
-    for pw in pairwise:
-        dl = pw["auc"] if clusters is None else pw["auc_bootstrap"]
-        pa = dl["p_adjusted"]
-        pw["auc_test"] = "DeLong" if clusters is None else "paired cluster bootstrap"
-        pw["p_holm"] = float(pa)
-        pw["significant"] = bool(math.isfinite(pa) and pa < alpha)
-        holm_note = f" (Holm-adjusted {_fmt_p(pa)})" if len(pairwise) > 1 else ""
-        if clusters is None:
-            # DeLong is undefined on degenerate data (dl["reason"]): say why, never
-            # "significant".
-            why = f" ({dl['reason'].replace('_', ' ')})" if not math.isfinite(dl["p"]) else ""
-        else:
-            why = (f" (paired bootstrap over {clusters[1]} {cluster_name} clusters"
-                   + ("; undefined" if not math.isfinite(dl["p"]) else "") + ")")
-        pw["sentence"] = (
-            f"{names[pw['b']]} vs {names[pw['a']]}: AUC difference "
-            f"{_fmt_num(dl['diff'])}, {level} % CI {_fmt_num(dl['lo'])}..{_fmt_num(dl['hi'])}, "
-            f"{_fmt_p(dl['p'])}{why}{holm_note}, "
-            f"{'significant' if pw['significant'] else 'not significant'}"
-        )
-
-    result = {
-        "schema_version": SCHEMA_VERSION,
-        "n_boot": int(n_boot),
-        "seed": seed,
-        "alpha": float(alpha),
-        "n_bins": int(n_bins),
-        "ci_method": (
-            "percentile bootstrap, resampled within each class (stratified)"
-            if clusters is None
-            else f"percentile cluster bootstrap: whole {cluster_name} clusters resampled "
-            "within each class (a cluster is malignant if any of its images is)"
-        ),
-        "resampling": (
-            "images" if clusters is None
-            else f"cluster ({cluster_name}), {clusters[1]} clusters"
-        ),
-        "multiplicity": {
-            "method": ADJUST_METHODS["holm"],
-            "families": {
-                f: {"test": desc, "over": "model pairs",
-                    "k": int(sum(math.isfinite(get(pw)["p"]) for pw in pairwise))}
-                for f, (desc, get) in families.items()
-            },
-            "primary_auc": primary,
-        },
-        "threshold_rule": "malignant if prob_malignant >= threshold",
-        "pairwise_diff": "b - a",
-        "test": {"n": n, "n_malignant": n_mal, "n_benign": n - n_mal, "prevalence": prevalence},
-        "models": out_models,
-        "baselines": {
-            "all_benign": all_benign,
-            "chance_roc_auc": 0.5,
-            "chance_average_precision": prevalence,
-        },
-        "pairwise": pairwise,
-    }
+    for i, m in enumerate(data.models):
+        out_models[m], points[m] = _model_entry(m, data, data.probs[i], bootc[m], alpha, n_bins)
+    all_benign = _baseline_block(data.y, baseline_prob, bootc["all_benign"], alpha, n_bins)
+    pairwise = _pairwise(data, points, bootc, alpha, cluster_name)
+    settings = {"n_boot": n_boot, "seed": seed, "alpha": alpha, "n_bins": n_bins}
+    result = _assemble(data, settings, out_models, all_benign, pairwise, cluster_name)
     logger.info(
         "evaluated %d models on %d images (%d malignant), %d resamples: "
         "bootstrap %.2fs, total %.2fs",
-        k,
-        n,
-        n_mal,
+        len(data.models),
+        data.y.size,
+        int(data.y.sum()),
         n_boot,
         t_boot,
         time.perf_counter() - t0,
@@ -826,25 +935,22 @@ def metrics_table(result: Mapping[str, Any], at: str = "at_threshold") -> pd.Dat
     return pd.DataFrame(rows, columns=columns)
 
 
-_COMPARISON_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("accuracy", "Accuracy"),
-    ("balanced_accuracy", "Balanced acc."),
-    ("f1_malignant", "F1 malignant"),
-    ("sensitivity", "Sensitivity"),
-    ("specificity", "Specificity"),
-    ("roc_auc", "ROC AUC"),
-    ("average_precision", "Avg. precision"),
-    ("ece", "ECE"),
+#: Metric columns of :func:`format_comparison` (short labels from the registry).
+_COMPARISON_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "f1_malignant",
+    "sensitivity",
+    "specificity",
+    "roc_auc",
+    "average_precision",
+    "ece",
 )
 
 
 def _cell(ci: Mapping[str, Any]) -> str:
-    v, lo, hi = _nan(ci["value"]), _nan(ci["lo"]), _nan(ci["hi"])
-    if not math.isfinite(v):
-        return "n/a"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return _fmt_num(v)
-    return f"{_fmt_num(v)} ({_fmt_num(lo)}\u2013{_fmt_num(hi)})"
+    """``value (lo–hi)`` of a ``{"value", "lo", "hi"}`` dict for a terminal table."""
+    return fmt_ci(ci["value"], ci["lo"], ci["hi"], template="{v} ({lo}\u2013{hi})", minus=MINUS)
 
 
 def format_comparison(result: Mapping[str, Any], at: str = "at_threshold") -> list[list[str]]:
@@ -857,14 +963,14 @@ def format_comparison(result: Mapping[str, Any], at: str = "at_threshold") -> li
     """
     if at not in ("at_threshold", "at_0.5"):
         raise ValueError(f"at must be 'at_threshold' or 'at_0.5', got {at!r}")
-    header = ["Model", "Threshold"] + [label for _, label in _COMPARISON_COLUMNS]
+    header = ["Model", "Threshold"] + [metric_label(k, short=True) for k in _COMPARISON_METRICS]
     rows = [header]
     for m, entry in result["models"].items():
         t = entry["threshold"] if at == "at_threshold" else 0.5
         rows.append(
             [entry.get("display_name", m), _fmt_num(t)]
-            + [_cell(_model_metric(entry, key, at)) for key, _ in _COMPARISON_COLUMNS]
+            + [_cell(_model_metric(entry, key, at)) for key in _COMPARISON_METRICS]
         )
     base = result["baselines"]["all_benign"]
-    rows.append([_BASELINE_NAME, "\u2014"] + [_cell(base[key]) for key, _ in _COMPARISON_COLUMNS])
+    rows.append([_BASELINE_NAME, "\u2014"] + [_cell(base[key]) for key in _COMPARISON_METRICS])
     return rows

@@ -1,12 +1,168 @@
-"""Number formatting shared by the CLI and the library's sentences."""
+"""Number, p-value and CI formatting, and the labels of the classification metrics.
+
+The one home for how dermcam writes a number (the report, the library's sentences,
+the terminal tables). Imports nothing heavy: no numpy, pandas or torch.
+
+Conventions: a value that is None, NaN, infinite, a bool or not a number at all is
+shown as ``missing`` (``"n/a"`` unless the caller says otherwise); ``digits`` is the
+number of decimals; ``minus`` is the character written for a negative sign (the
+library's sentences use the typographic minus :data:`MINUS`).
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
 
-def num(v, fmt: str = ".2f", missing: str = "n/a") -> str:
-    """``v`` formatted with ``fmt``; ``missing`` for None, NaN or a non-number."""
+__all__ = [
+    "MINUS",
+    "MetricLabel",
+    "METRIC_LABELS",
+    "metric_label",
+    "is_number",
+    "fmt_num",
+    "fmt_p",
+    "fmt_ci",
+    "fmt_seconds",
+    "num",
+]
+
+#: The typographic minus sign (U+2212).
+MINUS = "\u2212"
+
+#: ``fmt_ci``'s default layout: ``0.817 [0.750, 0.883]``.
+CI_BRACKETS = "{v} [{lo}, {hi}]"
+
+
+# ----------------------------------------------------------------- numbers
+
+
+def is_number(v: Any) -> bool:
+    """True for a finite ``int`` or ``float`` (numpy's float64 included); False for None,
+    NaN, +-inf, bools, strings and other types."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def fmt_num(v: Any, digits: int = 3, *, missing: str = "n/a", sign: bool = False,
+            minus: str = "-") -> str:
+    """``v`` with ``digits`` decimals (``0.8166`` -> ``"0.817"``); ``missing`` where
+    :func:`is_number` is False. ``sign``: always write the sign (``+0.012``);
+    ``minus``: the character that replaces ``-`` (e.g. :data:`MINUS`)."""
+    if not is_number(v):
+        return missing
+    s = f"{float(v):{'+' if sign else ''}.{int(digits)}f}"
+    return s.replace("-", minus) if minus != "-" else s
+
+
+def fmt_p(p: Any, digits: int = 3, *, significant: bool = False, label: str = "",
+          missing: str = "n/a", floor: float = 0.001) -> str:
+    """A p-value: ``"< 0.001"`` below ``floor``, else ``digits`` decimals (``"0.012"``),
+    or ``digits`` significant digits with ``significant=True`` (``"0.0015"``, ``"1"``).
+
+    ``label`` (e.g. ``"p"``) is written in front: ``"p < 0.001"``, ``"p = 0.012"``;
+    ``missing`` is returned as it is for a p that is not a finite number.
+    """
+    if not is_number(p):
+        return missing
+    if p < floor:
+        text = f"< {floor:g}"
+    else:
+        text = f"{p:.{int(digits)}{'g' if significant else 'f'}}"
+        if label:
+            text = f"= {text}"
+    return f"{label} {text}" if label else text
+
+
+def fmt_ci(value: Any, lo: Any, hi: Any, digits: int = 3, *, template: str = CI_BRACKETS,
+           collapse: bool = True, missing: str = "n/a", sign: bool = False,
+           minus: str = "-") -> str:
+    """A point estimate with its interval, laid out by ``template`` (fields ``{v}``,
+    ``{lo}``, ``{hi}``; default ``"0.817 [0.750, 0.883]"``, e.g. ``"{v} ({lo}–{hi})"``
+    for a range). Numbers as :func:`fmt_num` with ``digits``, ``sign`` and ``minus``.
+
+    ``collapse=True``: ``missing`` when the value is undefined, the value alone when a
+    bound is; ``collapse=False``: every part is formatted on its own (``missing`` in
+    its place), the template always filled.
+    """
+    def f(x: Any) -> str:
+        return fmt_num(x, digits, missing=missing, sign=sign, minus=minus)
+
+    if collapse:
+        if not is_number(value):
+            return missing
+        if not (is_number(lo) and is_number(hi)):
+            return f(value)
+    return template.format(v=f(value), lo=f(lo), hi=f(hi))
+
+
+def fmt_seconds(s: Any) -> str:
+    """A duration: ``"12.3 s"`` under two minutes, ``"2.5 min (150 s)"`` from there on;
+    ``"n/a"`` when not a finite number."""
+    if not is_number(s):
+        return "n/a"
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min ({s:.0f} s)"
+
+
+def num(v: Any, fmt: str = ".2f", missing: str = "n/a") -> str:
+    """``v`` formatted with the format spec ``fmt`` (``".1%"``, ``"+.3f"``); ``missing``
+    for None, NaN or a non-number.
+
+    The lenient variant the terminal tables use: unlike :func:`fmt_num` it converts
+    anything ``float()`` accepts (bools, numeric strings) and writes infinities as
+    ``inf``.
+    """
     try:
         v = float(v)
     except (TypeError, ValueError):
         return missing
     return missing if v != v else format(v, fmt)
+
+
+# ----------------------------------------------------------------- metric labels
+
+
+@dataclass(frozen=True)
+class MetricLabel:
+    """How a classification metric is named and read: ``label`` for the report,
+    ``short`` for narrow tables (defaults to ``label``), and its direction."""
+
+    label: str
+    higher_is_better: bool
+    short: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.short:
+            object.__setattr__(self, "short", self.label)
+
+
+#: Every classification metric dermcam reports, by its key in ``metrics.json``
+#: (``at_threshold`` / ``at_0.5`` / ``threshold_free`` blocks, and ``calibration``'s
+#: ``ece`` / ``brier``).
+METRIC_LABELS: dict[str, MetricLabel] = {
+    "accuracy": MetricLabel("Accuracy", True),
+    "balanced_accuracy": MetricLabel("Balanced accuracy", True, "Balanced acc."),
+    "precision_benign": MetricLabel("Benign precision", True, "Precision benign"),
+    "recall_benign": MetricLabel("Benign recall", True, "Recall benign"),
+    "f1_benign": MetricLabel("Benign F1", True, "F1 benign"),
+    "precision_malignant": MetricLabel("Malignant precision", True, "Precision malignant"),
+    "recall_malignant": MetricLabel("Malignant recall", True, "Recall malignant"),
+    "f1_malignant": MetricLabel("Malignant F1", True, "F1 malignant"),
+    "sensitivity": MetricLabel("Sensitivity", True),
+    "specificity": MetricLabel("Specificity", True),
+    "roc_auc": MetricLabel("ROC AUC", True),
+    "average_precision": MetricLabel("Average precision", True, "Avg. precision"),
+    "spec_at_95_sens": MetricLabel("Specificity at 95 % sensitivity", True),
+    "ece": MetricLabel("ECE", False),
+    "brier": MetricLabel("Brier score", False, "Brier"),
+}
+
+
+def metric_label(key: str, short: bool = False) -> str:
+    """The display label of metric ``key`` (its ``short`` form with ``short=True``).
+    Raises ``KeyError`` naming the known keys for an unknown one."""
+    try:
+        entry = METRIC_LABELS[key]
+    except KeyError:
+        raise KeyError(f"no label for metric {key!r}; known: {sorted(METRIC_LABELS)}") from None
+    return entry.short if short else entry.label

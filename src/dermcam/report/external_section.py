@@ -123,7 +123,8 @@ def _audit_html(r, name: str, stages: dict[str, Any]) -> str:
     each beside the internal test set's."""
     from dermcam import probe as pr
     from dermcam.explain import SUBGROUP_TITLES
-    from dermcam.report.html import _table, esc, fmt_num, missing
+    from dermcam.formatting import fmt_ci as format_ci
+    from dermcam.report.html import HTML_CI, _table, esc, fmt_num, missing
     from dermcam.report.subgroup_tables import (
         attention_label,
         presence_html,
@@ -173,12 +174,12 @@ def _audit_html(r, name: str, stages: dict[str, Any]) -> str:
                     continue
                 rows.append([esc(r.display(e.get("model"))),
                              esc(pr.PROBE_TITLES.get(e["probe"])), esc(set_name), esc(e.get("n")),
-                             f'{fmt_num(e.get("delta_mean"))} <span class="ci">['
-                             f'{fmt_num(e.get("delta_ci_low"))}, '
-                             f'{fmt_num(e.get("delta_ci_high"))}]</span>',
-                             f'{fmt_num(e.get("auc"))} <span class="ci">['
-                             f'{fmt_num(e.get("auc_ci_low"))}, {fmt_num(e.get("auc_ci_high"))}'
-                             f']</span> (intact {fmt_num(e.get("auc_intact"))})'])
+                             format_ci(e.get("delta_mean"), e.get("delta_ci_low"),
+                                       e.get("delta_ci_high"), template=HTML_CI,
+                                       collapse=False),
+                             format_ci(e.get("auc"), e.get("auc_ci_low"), e.get("auc_ci_high"),
+                                       template=HTML_CI, collapse=False)
+                             + f' (intact {fmt_num(e.get("auc_intact"))})'])
         out.append("<p>Behavioural probes on the same images, at the run's thresholds "
                    f"({len(entries)} entries in external/{esc(name)}/probe_summary.json); "
                    "the removal probes beside the internal test set's:</p>")
@@ -198,6 +199,7 @@ def _mean_ci(rec: Any) -> str:
 
 
 def _subgroup_html(r, analysis: dict[str, Any], set_name: str) -> str:
+    from dermcam.formatting import metric_label
     from dermcam.report.html import _table, esc, fmt_ci
     from dermcam.subgroups import SUBGROUP_METRICS, heterogeneity_sentence
 
@@ -215,8 +217,8 @@ def _subgroup_html(r, analysis: dict[str, Any], set_name: str) -> str:
                    f"<p class=\"note\">Groups: {esc(analysis.get('binning'))}; fewer than "
                    f"{esc(analysis.get('min_group'))} images or {esc(analysis.get('min_per_class'))}"
                    " of a class: too few to estimate.</p>")
-        out.append(_table(["Group", "Images", "Malignant", "ROC AUC", "Accuracy",
-                           "Sensitivity", "Specificity"], rows, numeric_from=1))
+        out.append(_table(["Group", "Images", "Malignant"]
+                          + [metric_label(k) for k in SUBGROUP_METRICS], rows, numeric_from=1))
         out.append(f"<p>{esc(heterogeneity_sentence(analysis, model))}</p>")
     return "\n".join(out)
 

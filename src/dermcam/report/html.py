@@ -15,7 +15,6 @@ import base64
 import datetime as _dt
 import html
 import logging
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,15 @@ from typing import Any
 from dermcam import run as runmod
 from dermcam.errors import DermcamError
 from dermcam.explain import heatmap_dir
+from dermcam.formatting import (
+    METRIC_LABELS,
+    fmt_num,
+    fmt_p,
+    fmt_seconds,
+    is_number,
+    metric_label,
+)
+from dermcam.formatting import fmt_ci as format_ci
 from dermcam.report import template
 
 log = logging.getLogger(__name__)
@@ -42,31 +50,39 @@ SIZE_AWARE = {"leakage": "Leakage", "chance_leakage": "Chance leakage",
               "excess_leakage": "Excess leakage", "localisation_gain": "Localisation gain",
               "pixel_auroc": "Pixel AUROC", "pointing_game": "Pointing game"}
 
+
+def _column(section: str, key: str, short: bool = False) -> tuple[str, str, str]:
+    """``(section of metrics.json, metric, column title)``; the title comes from the
+    metric-label registry, with ``@0.5`` for the fixed threshold and a note on the
+    direction of lower-is-better metrics."""
+    title = metric_label(key, short)
+    if section == "at_0.5":
+        title += " @0.5"
+    if not METRIC_LABELS[key].higher_is_better:
+        title += " (lower is better)"
+    return section, key, title
+
+
 #: Main comparison table: (section of metrics.json, metric, column title).
-MAIN_COLUMNS = (("at_threshold", "accuracy", "Accuracy"),
-                ("at_threshold", "balanced_accuracy", "Balanced accuracy"),
-                ("at_threshold", "f1_benign", "Benign F1"),
-                ("at_threshold", "f1_malignant", "Malignant F1"),
-                ("at_threshold", "sensitivity", "Sensitivity"),
-                ("at_threshold", "specificity", "Specificity"),
-                ("threshold_free", "roc_auc", "ROC AUC"),
-                ("threshold_free", "average_precision", "Average precision"))
-SECOND_COLUMNS = (("at_0.5", "accuracy", "Accuracy @0.5"),
-                  ("at_0.5", "balanced_accuracy", "Balanced acc. @0.5"),
-                  ("at_0.5", "f1_benign", "Benign F1 @0.5"),
-                  ("at_0.5", "f1_malignant", "Malignant F1 @0.5"),
-                  ("at_0.5", "sensitivity", "Sensitivity @0.5"),
-                  ("at_0.5", "specificity", "Specificity @0.5"),
-                  ("threshold_free", "spec_at_95_sens", "Specificity at 95 % sensitivity"),
-                  ("threshold_free", "ece", "ECE (lower is better)"))
+MAIN_COLUMNS = tuple(_column(sec, key) for sec, key in (
+    ("at_threshold", "accuracy"), ("at_threshold", "balanced_accuracy"),
+    ("at_threshold", "f1_benign"), ("at_threshold", "f1_malignant"),
+    ("at_threshold", "sensitivity"), ("at_threshold", "specificity"),
+    ("threshold_free", "roc_auc"), ("threshold_free", "average_precision")))
+SECOND_COLUMNS = (_column("at_0.5", "accuracy"),
+                  _column("at_0.5", "balanced_accuracy", short=True),
+                  _column("at_0.5", "f1_benign"), _column("at_0.5", "f1_malignant"),
+                  _column("at_0.5", "sensitivity"), _column("at_0.5", "specificity"),
+                  _column("threshold_free", "spec_at_95_sens"),
+                  _column("threshold_free", "ece"))
 
 #: Classification and statistics notes (the attention metrics' notes come from the run).
 CLASSIFICATION_NOTES = (
-    ("Accuracy", "Share of test images whose predicted class (malignant if prob_malignant >= "
-     "the model's threshold) equals the label. With few malignant lesions, predicting "
+    (metric_label("accuracy"), "Share of test images whose predicted class (malignant if "
+     "prob_malignant >= the model's threshold) equals the label. With few malignant lesions, predicting "
      "'benign' for everything already scores high: compare against the all-benign row."),
-    ("Balanced accuracy", "Mean of sensitivity and specificity; 0.5 is chance and the "
-     "all-benign baseline, whatever the class balance."),
+    (metric_label("balanced_accuracy"), "Mean of sensitivity and specificity; 0.5 is chance "
+     "and the all-benign baseline, whatever the class balance."),
     ("Precision, recall, F1 (per class)", "Precision: share of images predicted as the class "
      "that truly are; recall: share of the class found. F1 is their harmonic mean, reported "
      "separately for benign and malignant as in the reference study."),
@@ -75,14 +91,14 @@ CLASSIFICATION_NOTES = (
     ("Decision threshold", "Each model's threshold maximises Youden's J (sensitivity + "
      "specificity - 1) on its validation split and is applied unchanged to the test set; "
      "the '@0.5' columns use the fixed 0.5 rule of the reference study."),
-    ("ROC AUC", "Probability that a random malignant lesion gets a higher score than a random "
-     "benign one; threshold-free, 0.5 = chance."),
-    ("Average precision", "Area under the precision-recall curve (step-wise sum, the ISIC 2016 "
-     "ranking metric); chance equals the malignant prevalence of the test set."),
-    ("Specificity at 95 % sensitivity", "Specificity at the highest threshold that still "
+    (metric_label("roc_auc"), "Probability that a random malignant lesion gets a higher score "
+     "than a random benign one; threshold-free, 0.5 = chance."),
+    (metric_label("average_precision"), "Area under the precision-recall curve (step-wise "
+     "sum, the ISIC 2016 ranking metric); chance equals the malignant prevalence of the test set."),
+    (metric_label("spec_at_95_sens"), "Specificity at the highest threshold that still "
      "finds at least 95 % of malignant lesions: the operating point a screening tool needs."),
-    ("ECE", "Expected calibration error: bin the predicted probabilities, take the gap "
-     "between mean predicted probability and observed malignant share per bin, weighted by "
+    (metric_label("ece"), "Expected calibration error: bin the predicted probabilities, take "
+     "the gap between mean predicted probability and observed malignant share per bin, weighted by "
      "bin size; 0 = perfectly calibrated."),
 )
 STATISTICS_NOTES = (
@@ -186,37 +202,19 @@ def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+_finite = is_number  # kept under this name for the report's other modules
 
-
-def fmt_num(v: Any, digits: int = 3) -> str:
-    """``0.8166`` -> ``"0.817"``; ``None``/NaN -> ``"n/a"``."""
-    return f"{float(v):.{digits}f}" if _finite(v) else "n/a"
+#: How the report lays out a CI: the interval on its own line under the value.
+HTML_CI = '{v} <span class="ci">[{lo}, {hi}]</span>'
 
 
 def fmt_ci(d: Any, digits: int = 3, value_key: str = "value", lo_key: str = "lo",
            hi_key: str = "hi") -> str:
     """``{"value", "lo", "hi"}`` -> ``'0.817 <span class="ci">[0.750, 0.883]</span>'`` (HTML;
     ``n/a`` where undefined). The CI shows on its own line under the value."""
-    if not isinstance(d, dict) or not _finite(d.get(value_key)):
+    if not isinstance(d, dict):
         return "n/a"
-    out = fmt_num(d[value_key], digits)
-    if _finite(d.get(lo_key)) and _finite(d.get(hi_key)):
-        out += f' <span class="ci">[{fmt_num(d[lo_key], digits)}, {fmt_num(d[hi_key], digits)}]</span>'
-    return out
-
-
-def fmt_p(p: Any) -> str:
-    if not _finite(p):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def fmt_seconds(s: Any) -> str:
-    if not _finite(s):
-        return "n/a"
-    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min ({s:.0f} s)"
+    return format_ci(d.get(value_key), d.get(lo_key), d.get(hi_key), digits, template=HTML_CI)
 
 
 def missing(reason: str) -> str:
@@ -491,15 +489,14 @@ def _calibration_table(r: RunFiles, calib: dict, order: list[str]) -> str:
     names = [n for n in order if n in calib]
     if not names:
         return ""
+    cells = [(k, when) for k in ("ece", "brier") for when in ("before", "after", "change")]
     rows = []
     for n in names:
         c = calib[n]
         rows.append([esc(r.display(n)), fmt_num(c.get("temperature")),
                      fmt_num(c.get("bias", 0.0))]
-                    + [fmt_ci((c.get(when) or {}).get(k)) for k in ("ece", "brier")
-                       for when in ("before", "after", "change")])
-    head = ["Model", "T", "b", "ECE before", "ECE after", "ECE change", "Brier before",
-            "Brier after", "Brier change"]
+                    + [fmt_ci((c.get(when) or {}).get(k)) for k, when in cells])
+    head = ["Model", "T", "b"] + [f"{metric_label(k, short=True)} {when}" for k, when in cells]
     return ("<p>Calibration (<code>--calibration</code>): the malignant probability is "
             "sigmoid((<i>z</i><sub>1</sub> − <i>z</i><sub>0</sub>) / <i>T</i> + <i>b</i>), "
             "<i>T</i> and <i>b</i> fitted on the validation split by minimising the negative "
@@ -575,7 +572,7 @@ def section_comparison(r: RunFiles) -> str:
             if _finite(acc.get("diff")):
                 extra = ('<br><span class="note">Accuracy difference '
                          f"({esc(r.display(p.get('b')))} − "
-                         f"{esc(r.display(p.get('a')))}) {acc['diff']:+.3f} "
+                         f"{esc(r.display(p.get('a')))}) {fmt_num(acc['diff'], sign=True)} "
                          f"[{fmt_num(acc.get('lo'))}, {fmt_num(acc.get('hi'))}], McNemar p = "
                          f"{fmt_p(mc.get('p'))} ({esc(mc.get('method', ''))}).</span>")
             items.append(f"<li><span{cls}>{esc(sent)}.</span>{extra}</li>")
@@ -660,8 +657,8 @@ def _localisation_html(s: dict[str, Any], r: RunFiles) -> str:
                                                             "inconclusive")
             body.append([esc(r.display(row["model"])), esc(row["method"]), esc(row["layer"]),
                          esc("×".join(map(str, row.get("grid") or []))),
-                         f"{fmt_num(row.get('median_pixel_auroc'), 2)} "
-                         f"[{fmt_num(row.get('ci_low'), 2)}, {fmt_num(row.get('ci_high'), 2)}]",
+                         format_ci(row.get("median_pixel_auroc"), row.get("ci_low"),
+                                   row.get("ci_high"), 2, collapse=False),
                          f"{100 * row.get('undefined_share', float('nan')):.0f} %",
                          f"{fmt_num(row.get('sanity_median_abs_rho'), 2)} {verdict}",
                          fmt_num(row.get("ms_per_image"), 1)])
@@ -686,8 +683,7 @@ def _artifact_ratio_html(s: dict[str, Any], r: RunFiles) -> str:
         return ""
     body = [[esc(r.display(a["model"])), esc(a["method"]), esc(a["layer"]), esc(a["artifact"]),
              esc(a["n"]), fmt_num(a["mass_share"]), fmt_num(a["area_share"]),
-             f"{fmt_num(a['ratio'], 2)} [{fmt_num(a['ratio_ci_low'], 2)}, "
-             f"{fmt_num(a['ratio_ci_high'], 2)}]",
+             format_ci(a["ratio"], a["ratio_ci_low"], a["ratio_ci_high"], 2, collapse=False),
              '<span class="fail">yes</span>' if a.get("attends") else "no"] for a in rows]
     return ('<p class="note">Heatmap mass on each artifact relative to its area, on the test '
             "images that carry it (1 = uniform attention; a CI above 1 flags the model as "
@@ -713,11 +709,11 @@ def section_shortcut(r: RunFiles) -> str:
     for role in ("control", "shortcut"):
         x = runs[role]
         body.append([f"{esc(exp['model'])} ({role})", esc(x["layer"]), esc(x["n"]),
-                     f"{fmt_num(x['ratio'], 2)} [{fmt_num(x['ratio_ci_low'], 2)}, "
-                     f"{fmt_num(x['ratio_ci_high'], 2)}]",
+                     format_ci(x["ratio"], x["ratio_ci_low"], x["ratio_ci_high"], 2,
+                               collapse=False),
                      '<span class="fail">yes</span>' if x["flagged"] else "no",
-                     f"{fmt_num(x['test_auc'])} [{fmt_num(x['test_auc_ci_low'])}, "
-                     f"{fmt_num(x['test_auc_ci_high'])}]"])
+                     format_ci(x["test_auc"], x["test_auc_ci_low"], x["test_auc_ci_high"],
+                               collapse=False)])
     if exp.get("caught"):
         verdict = ('<p><span class="pass">The audit catches the planted shortcut</span>: the '
                    "shortcut model is flagged and its control is not.</p>")
@@ -814,33 +810,34 @@ def _presence_rows(tests: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def section_attention(r: RunFiles) -> str:
-    out = ['<section id="attention"><h2>3. Attention</h2>']
-    s, att = r.summary, r.att
-    if s is None and att is None:
-        out.append(missing(r.summary_reason))
-        if r.att_reason != r.summary_reason:
-            out.append(missing(r.att_reason))
-        out.append("</section>")
-        return "\n".join(out)
-    out.append(r.stale_note("explain"))
+def _attention_intro(r: RunFiles) -> list[str]:
+    """The stale-stage note, what the explain stage computed, and a missing summary."""
+    out = [r.stale_note("explain")]
     ex = r.stages.get("explain", {}) or {}
     if ex:
         out.append(f"<p>Heatmaps: {esc(', '.join(map(str, ex.get('methods') or [])))} for the "
                    f"<b>{esc(ex.get('target', '?'))}</b> class, normalised "
                    f"<b>{esc(ex.get('normalize', '?'))}</b>, on "
                    f"{esc(ex.get('n_images', '?'))} test images with a lesion mask.</p>")
-    if s is None:
+    if r.summary is None:
         out.append(missing(r.summary_reason))
-    models = (s or {}).get("models") or (sorted(att["model"].unique()) if att is not None else [])
-    order = [n for n in r.names if n in models] + [n for n in models if n not in r.names]
+    return out
 
-    if s is not None:
-        out.append(_localisation_html(s, r))
-    out.append("<h3>Leakage per model</h3>")
-    out.append('<p class="note">The reference study\'s 2×2 figure per model: leakage, inside '
-               "and outside scores by class and correctness.</p>")
-    out.append('<div class="figs one">')
+
+def _attention_order(r: RunFiles) -> list[str]:
+    """The audited models, the run's order first."""
+    att = r.att
+    models = ((r.summary or {}).get("models")
+              or (sorted(att["model"].unique()) if att is not None else []))
+    return [n for n in r.names if n in models] + [n for n in models if n not in r.names]
+
+
+def _leakage_figures(r: RunFiles, order: list[str]) -> list[str]:
+    """The reference study's 2x2 figure per model, then the leakage and size figures."""
+    out = ["<h3>Leakage per model</h3>",
+           '<p class="note">The reference study\'s 2×2 figure per model: leakage, inside '
+           "and outside scores by class and correctness.</p>",
+           '<div class="figs one">']
     for name in order:
         out.append(r.figure(f"attention_leakage_analysis_{name}.png",
                             f"{r.display(name)}: attention leakage analysis"))
@@ -851,146 +848,207 @@ def section_attention(r: RunFiles) -> str:
                           "Leakage against lesion area: small lesions leak more by chance")
                + "</div>" + '<div class="figs one">'
                + r.figure("size_aware_scores.png", "Size-aware scores per model") + "</div>")
+    return out
 
+
+def _size_aware_head(defs: dict[str, Any]) -> list[str]:
+    """Column titles of the size-aware table, each with its direction and chance level."""
+    head = ["Model", "Method", "Class", "n (undefined)"]
+    for met, title in SIZE_AWARE.items():
+        d = defs.get(met, {}) or {}
+        hint = []
+        if d.get("higher_is_better") is True:
+            hint.append("↑")
+        elif d.get("higher_is_better") is False:
+            hint.append("↓")
+        if _finite(d.get("chance")):
+            hint.append(f"chance {d['chance']:g}")
+        head.append(esc(title) + (f'<br><span class="note">{esc(" ".join(hint))}'
+                                  "</span>" if hint else ""))
+    return head
+
+
+def _size_aware_html(s: dict[str, Any], r: RunFiles, order: list[str]) -> list[str]:
+    """Mean [CI] of every size-aware score per model x method x class."""
+    out = ["<h3>Size-aware scores by class</h3>"]
+    by = _rows_by(s.get("by_class"), ("model", "method", "label"))
+    if not by:
+        out.append(missing("attention_summary.json has no by_class records"))
+        return out
+    head = _size_aware_head(s.get("metric_definitions", {}) or {})
+    rows = []
+    keys = sorted(by, key=lambda k: (order.index(k[0]) if k[0] in order else 99,
+                                     str(k[1]), str(k[2])))
+    for key in keys:
+        recs = by[key]
+        any_rec = next(iter(recs.values()))
+        rows.append([esc(r.display(key[0])), esc(key[1]), esc(_label_name(key[2])),
+                     f"{esc(any_rec.get('n'))} ({esc(any_rec.get('n_nan'))})"]
+                    + [fmt_ci(recs.get(met), value_key="mean", lo_key="ci_low",
+                              hi_key="ci_high") for met in SIZE_AWARE])
+    out.append(_table(head, rows, numeric_from=3))
+    out.append('<p class="note">Mean over images with a defined score [95 % bootstrap '
+               "CI]; n counts those images, undefined ones are in brackets. ↑/↓: "
+               "higher/lower is better.</p>")
+    return out
+
+
+def _class_comparison_html(tests: dict[str, Any]) -> list[str]:
+    """The benign-versus-malignant table, then a caution per map no better than uniform."""
+    out = ["<h3>Benign vs malignant</h3>"]
+    trow = _class_comparison_rows(tests)
+    if trow:
+        out.append(_table(["Model / method", "Metric", "Heatmaps compared",
+                           "Median benign", "Median malignant",
+                           "n benign (undefined)", "n malignant (undefined)",
+                           "Mann-Whitney p (raw)", "p adjusted (BH)", "Rank-biserial",
+                           "Reading"], trow, numeric_from=3, numeric_to=10))
+        out.append('<p class="note">Pooled: every heatmap of the model and method. '
+                   "Within heatmaps explaining one class: the same comparison for a fixed "
+                   "explained class (with --target predicted the pooled one mixes lesion "
+                   "type with the class each heatmap explains). Undefined images (no "
+                   "score) are counted in brackets and left out. The raw Mann-Whitney p "
+                   "sits beside its Benjamini-Hochberg-adjusted p (families in the method "
+                   "notes); the reading uses the adjusted p.</p>")
+    else:
+        out.append(missing("no class comparisons in attention_summary.json"))
+    for key in sorted(tests):
+        guard = (tests[key] or {}).get("uniform_guard") or {}
+        if guard and not guard.get("better_than_uniform"):
+            out.append(f'<p class="caution"><b>{esc(key)}:</b> {esc(guard["sentence"])}</p>')
+    return out
+
+
+def _confound_items(r: RunFiles, key: str, t: dict[str, Any],
+                    crow: list[list[str]]) -> list[str]:
+    """The sentences of one model/method's size confounds; table rows go to ``crow``."""
+    confounds = t.get("size_confounds")
+    if not isinstance(confounds, dict) or not confounds:
+        confounds = {"leakage": t.get("size_confound")}
+    model = key.split("/", 1)[0]
+    items = []
+    guard = t.get("uniform_guard") or {}
+    if guard and not guard.get("better_than_uniform"):
+        items.append(f"<li><b>{esc(r.display(model))}</b> "
+                     f'<span class="note">{esc(key)}</span>: '
+                     f"{esc(guard.get('sentence', ''))}</li>")
+    for met, sc in confounds.items():
+        if not isinstance(sc, dict):
+            text = "not computed"
+        else:
+            text = sc.get("summary") or sc.get("error") or sc.get("reason") or "not computed"
+            if "verdict" in sc:
+                crow.append(_confound_row(key, met, sc))
+        items.append(f"<li><b>{esc(r.display(model))}</b> "
+                     f'<span class="note">{esc(key)}, {esc(met)}</span>: '
+                     f"{esc(text)}</li>")
+    return items
+
+
+def _confound_html(r: RunFiles, tests: dict[str, Any]) -> list[str]:
+    """The lesion-area confound table and its sentences."""
+    out = ["<h3>Lesion-area confound</h3>"]
+    crow: list[list[str]] = []
+    items: list[str] = []
+    for key in sorted(tests):
+        items += _confound_items(r, key, tests[key] or {}, crow)
+    if crow:
+        out.append(_table(["Model / method", "Metric", "Gap before [95 % CI]",
+                           "Gap after area [95 % CI]", "p (raw)", "p adjusted (BH)",
+                           "TOST p (raw)", "TOST p adjusted (BH)", "Verdict",
+                           "Verdict on raw p"], crow, numeric_from=2, numeric_to=8))
+    out.append(f'<ul class="sentences">{"".join(items)}</ul>' if items else
+               missing("no lesion-area confound results in attention_summary.json"))
+    return out
+
+
+def _sanity_section(tests: dict[str, Any]) -> list[str]:
+    """The model-randomisation verdict per model/method."""
+    items = [f"<li><b>{esc(key)}</b>: {_sanity_html((tests[key] or {}).get('sanity'))}</li>"
+             for key in sorted(tests)]
+    return ["<h3>Sanity check (model randomisation)</h3>",
+            f'<ul class="sentences">{"".join(items)}</ul>' if items else
+            missing("no sanity check results in attention_summary.json")]
+
+
+def _artifact_mass_rows(tests: dict[str, Any]) -> list[list[str]]:
+    """Heatmap mass on each artifact and excess leakage with/without it, per model/method."""
+    arows = []
+    for key in sorted(tests):
+        recs = (tests[key] or {}).get("artifacts")
+        if isinstance(recs, dict) and "error" in recs:
+            arows.append([esc(key), "", "", "", "", esc(recs["error"])])
+        for a in recs if isinstance(recs, list) else []:
+            arows.append([esc(key), esc(a.get("artifact")),
+                          "present" if a.get("present") else "absent", esc(a.get("n")),
+                          fmt_num(a.get("mean_mass")) + f" (n {esc(a.get('n_mass'))})",
+                          fmt_num(a.get("mean_excess_leakage"), 4)
+                          + f" (n {esc(a.get('n_excess'))})"])
+    return arows
+
+
+def _artifacts_html(s: dict[str, Any], r: RunFiles, tests: dict[str, Any]) -> list[str]:
+    """Attention on artifacts: mass ratio, mass and excess leakage, presence comparisons."""
+    out = ["<h3>Attention on artifacts</h3>", _artifact_ratio_html(s, r)]
+    arows = _artifact_mass_rows(tests)
+    if arows:
+        out.append('<p class="note">Mean share of heatmap mass on each artifact (images '
+                   "with that artifact), and mean excess leakage of images with and "
+                   "without it.</p>")
+        out.append(_table(["Model / method", "Artifact", "On image", "Images",
+                           "Mean heatmap mass on artifact", "Mean excess leakage"], arows,
+                          numeric_from=3))
+    presence = _presence_rows(tests)
+    if presence:
+        out.append('<p class="note">Scores of images with versus without each labelled '
+                   "artifact: mean [95 % bootstrap CI] (n, undefined), two-sided "
+                   "Mann-Whitney p raw and Benjamini-Hochberg-adjusted within the "
+                   "artifact-presence family.</p>")
+        out.append(_table(["Model / method", "Artifact", "Metric", "With", "Without",
+                           "Difference", "p (raw)", "p adjusted (BH)"], presence,
+                          numeric_from=3))
+    elif not arows:
+        out.append(missing("artifact attention is not known for this data set (it needs "
+                           "per-pixel artifact maps, which only the synthetic benchmark "
+                           "provides, or artifact labels: --artifacts FILE)"))
+    return out
+
+
+def _attention_subgroups(s: dict[str, Any], r: RunFiles) -> list[str]:
+    """The attention by subgroup (``explain --by``), or how to get it."""
+    from dermcam.explain import SUBGROUP_TITLES
+    from dermcam.report.subgroup_tables import attention_label, summary_subgroups_html
+
+    return ["<h3>By subgroup</h3>",
+            summary_subgroups_html(r, s.get("subgroups"), SUBGROUP_TITLES,
+                                   attention_label(r), "internal test set")
+            or '<p class="note">No subgroup analysis of the attention: <span '
+               f'class="mono">dermcam explain {esc(r.dir)} --by COLUMN</span> adds one '
+               "(any metadata column, or ita).</p>"]
+
+
+def section_attention(r: RunFiles) -> str:
+    out = ['<section id="attention"><h2>3. Attention</h2>']
+    s = r.summary
+    if s is None and r.att is None:
+        out.append(missing(r.summary_reason))
+        if r.att_reason != r.summary_reason:
+            out.append(missing(r.att_reason))
+        out.append("</section>")
+        return "\n".join(out)
+    out += _attention_intro(r)
+    order = _attention_order(r)
     if s is not None:
-        out.append("<h3>Size-aware scores by class</h3>")
-        by = _rows_by(s.get("by_class"), ("model", "method", "label"))
-        defs = s.get("metric_definitions", {}) or {}
-        if not by:
-            out.append(missing("attention_summary.json has no by_class records"))
-        else:
-            head = ["Model", "Method", "Class", "n (undefined)"]
-            for met, title in SIZE_AWARE.items():
-                d = defs.get(met, {}) or {}
-                hint = []
-                if d.get("higher_is_better") is True:
-                    hint.append("↑")
-                elif d.get("higher_is_better") is False:
-                    hint.append("↓")
-                if _finite(d.get("chance")):
-                    hint.append(f"chance {d['chance']:g}")
-                head.append(esc(title) + (f'<br><span class="note">{esc(" ".join(hint))}'
-                                          "</span>" if hint else ""))
-            rows = []
-            keys = sorted(by, key=lambda k: (order.index(k[0]) if k[0] in order else 99,
-                                             str(k[1]), str(k[2])))
-            for key in keys:
-                recs = by[key]
-                any_rec = next(iter(recs.values()))
-                rows.append([esc(r.display(key[0])), esc(key[1]), esc(_label_name(key[2])),
-                             f"{esc(any_rec.get('n'))} ({esc(any_rec.get('n_nan'))})"]
-                            + [fmt_ci(recs.get(met), value_key="mean", lo_key="ci_low",
-                                      hi_key="ci_high") for met in SIZE_AWARE])
-            out.append(_table(head, rows, numeric_from=3))
-            out.append('<p class="note">Mean over images with a defined score [95 % bootstrap '
-                       "CI]; n counts those images, undefined ones are in brackets. ↑/↓: "
-                       "higher/lower is better.</p>")
-
+        out.append(_localisation_html(s, r))
+    out += _leakage_figures(r, order)
+    if s is not None:
         tests = s.get("tests", {}) or {}
-        out.append("<h3>Benign vs malignant</h3>")
-        trow = _class_comparison_rows(tests)
-        if trow:
-            out.append(_table(["Model / method", "Metric", "Heatmaps compared",
-                               "Median benign", "Median malignant",
-                               "n benign (undefined)", "n malignant (undefined)",
-                               "Mann-Whitney p (raw)", "p adjusted (BH)", "Rank-biserial",
-                               "Reading"], trow, numeric_from=3, numeric_to=10))
-            out.append('<p class="note">Pooled: every heatmap of the model and method. '
-                       "Within heatmaps explaining one class: the same comparison for a fixed "
-                       "explained class (with --target predicted the pooled one mixes lesion "
-                       "type with the class each heatmap explains). Undefined images (no "
-                       "score) are counted in brackets and left out. The raw Mann-Whitney p "
-                       "sits beside its Benjamini-Hochberg-adjusted p (families in the method "
-                       "notes); the reading uses the adjusted p.</p>")
-        else:
-            out.append(missing("no class comparisons in attention_summary.json"))
-        for key in sorted(tests):
-            guard = (tests[key] or {}).get("uniform_guard") or {}
-            if guard and not guard.get("better_than_uniform"):
-                out.append(f'<p class="caution"><b>{esc(key)}:</b> {esc(guard["sentence"])}</p>')
-
-        out.append("<h3>Lesion-area confound</h3>")
-        crow, items = [], []
-        for key in sorted(tests):
-            t = tests[key] or {}
-            confounds = t.get("size_confounds")
-            if not isinstance(confounds, dict) or not confounds:
-                confounds = {"leakage": t.get("size_confound")}
-            model = key.split("/", 1)[0]
-            guard = t.get("uniform_guard") or {}
-            if guard and not guard.get("better_than_uniform"):
-                items.append(f"<li><b>{esc(r.display(model))}</b> "
-                             f'<span class="note">{esc(key)}</span>: '
-                             f"{esc(guard.get('sentence', ''))}</li>")
-            for met, sc in confounds.items():
-                if not isinstance(sc, dict):
-                    text = "not computed"
-                else:
-                    text = (sc.get("summary") or sc.get("error") or sc.get("reason")
-                            or "not computed")
-                    if "verdict" in sc:
-                        crow.append(_confound_row(key, met, sc))
-                items.append(f"<li><b>{esc(r.display(model))}</b> "
-                             f'<span class="note">{esc(key)}, {esc(met)}</span>: '
-                             f"{esc(text)}</li>")
-        if crow:
-            out.append(_table(["Model / method", "Metric", "Gap before [95 % CI]",
-                               "Gap after area [95 % CI]", "p (raw)", "p adjusted (BH)",
-                               "TOST p (raw)", "TOST p adjusted (BH)", "Verdict",
-                               "Verdict on raw p"], crow, numeric_from=2, numeric_to=8))
-        out.append(f'<ul class="sentences">{"".join(items)}</ul>' if items else
-                   missing("no lesion-area confound results in attention_summary.json"))
-
-        out.append("<h3>Sanity check (model randomisation)</h3>")
-        items = [f"<li><b>{esc(key)}</b>: {_sanity_html((tests[key] or {}).get('sanity'))}</li>"
-                 for key in sorted(tests)]
-        out.append(f'<ul class="sentences">{"".join(items)}</ul>' if items else
-                   missing("no sanity check results in attention_summary.json"))
-
-        out.append("<h3>Attention on artifacts</h3>")
-        arows = []
-        for key in sorted(tests):
-            recs = (tests[key] or {}).get("artifacts")
-            if isinstance(recs, dict) and "error" in recs:
-                arows.append([esc(key), "", "", "", "", esc(recs["error"])])
-            for a in recs if isinstance(recs, list) else []:
-                arows.append([esc(key), esc(a.get("artifact")),
-                              "present" if a.get("present") else "absent", esc(a.get("n")),
-                              fmt_num(a.get("mean_mass")) + f" (n {esc(a.get('n_mass'))})",
-                              fmt_num(a.get("mean_excess_leakage"), 4)
-                              + f" (n {esc(a.get('n_excess'))})"])
-        out.append(_artifact_ratio_html(s, r))
-        if arows:
-            out.append('<p class="note">Mean share of heatmap mass on each artifact (images '
-                       "with that artifact), and mean excess leakage of images with and "
-                       "without it.</p>")
-            out.append(_table(["Model / method", "Artifact", "On image", "Images",
-                               "Mean heatmap mass on artifact", "Mean excess leakage"], arows,
-                              numeric_from=3))
-        presence = _presence_rows(tests)
-        if presence:
-            out.append('<p class="note">Scores of images with versus without each labelled '
-                       "artifact: mean [95 % bootstrap CI] (n, undefined), two-sided "
-                       "Mann-Whitney p raw and Benjamini-Hochberg-adjusted within the "
-                       "artifact-presence family.</p>")
-            out.append(_table(["Model / method", "Artifact", "Metric", "With", "Without",
-                               "Difference", "p (raw)", "p adjusted (BH)"], presence,
-                              numeric_from=3))
-        elif not arows:
-            out.append(missing("artifact attention is not known for this data set (it needs "
-                               "per-pixel artifact maps, which only the synthetic benchmark "
-                               "provides, or artifact labels: --artifacts FILE)"))
-
-        from dermcam.explain import SUBGROUP_TITLES
-        from dermcam.report.subgroup_tables import attention_label, summary_subgroups_html
-
-        out.append("<h3>By subgroup</h3>")
-        out.append(summary_subgroups_html(r, s.get("subgroups"), SUBGROUP_TITLES,
-                                          attention_label(r), "internal test set")
-                   or '<p class="note">No subgroup analysis of the attention: <span '
-                      f'class="mono">dermcam explain {esc(r.dir)} --by COLUMN</span> adds one '
-                      "(any metadata column, or ita).</p>")
-
+        out += _size_aware_html(s, r, order)
+        out += _class_comparison_html(tests)
+        out += _confound_html(r, tests)
+        out += _sanity_section(tests)
+        out += _artifacts_html(s, r, tests)
+        out += _attention_subgroups(s, r)
     out.append("<h3>Undefined scores</h3>")
     out.append(_undefined_html(r))
     out.append("</section>")
@@ -1036,7 +1094,7 @@ def _case_caption(r: RunFiles, case, model: str, method: str, threshold: Any,
     else:
         scores = (f"leakage {fmt_num(row.get('leakage'))}, chance "
                   f"{fmt_num(row.get('chance_leakage'))}, excess "
-                  f"{_signed(row.get('excess_leakage'))}, lesion area "
+                  f"{fmt_num(row.get('excess_leakage'), sign=True)}, lesion area "
                   f"{fmt_num(row.get('lesion_area'))}, pixel AUROC "
                   f"{fmt_num(row.get('pixel_auroc'))}, pointing game "
                   f"{fmt_num(row.get('pointing_game'), 2)}")
@@ -1047,10 +1105,6 @@ def _case_caption(r: RunFiles, case, model: str, method: str, threshold: Any,
             f"p(malignant) {fmt_num(prob, digits)} vs threshold "
             f"{fmt_num(threshold, digits)} → predicted {esc(pred)}<br>{scores}"
             + (f"<br><i>{esc(note)}</i>" if note else "") + "</figcaption>")
-
-
-def _signed(v: Any) -> str:
-    return f"{float(v):+.3f}" if _finite(v) else "n/a"
 
 
 def section_gallery(r: RunFiles) -> str:
