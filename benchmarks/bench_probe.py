@@ -93,7 +93,8 @@ def speed(root: Path, args) -> dict:
 
         shutil.rmtree(run / "probe", ignore_errors=True)
         t = time.perf_counter()
-        run_probe(run, placements=args.placements, n_boot=200, figures=False)
+        run_probe(run, placements=args.placements, n_boot=200, figures=False,
+                  precision=args.precision)
         walls.append(time.perf_counter() - t)
         stage = read_json(run / "manifest.json")["stages"]["probe"]
     n_variants = stage["rows_per_model"]
@@ -101,7 +102,13 @@ def speed(root: Path, args) -> dict:
     # naive: per image, per model, perturb again and score each variant alone
     _, samples, split = load_test_split(Run.open(run))
     cfg = ProbeConfig(placements=args.placements, seed=args.seed)
+    from dermcam.probe import inference_precision
+    from dermcam.training import Bf16Inference
+
     nets = [load_checkpoint(run / "models" / m / "model.pt")[0] for m in models]
+    # the naive loop scores in the same precision as the stage
+    nets = [Bf16Inference(n) if inference_precision(args.precision, m, "cpu", args.size)
+            == "bf16-mixed" else n for m, n in zip(models, nets)]
     from dermcam.training import predict_proba
 
     sub = samples[:args.naive_images]
@@ -117,7 +124,8 @@ def speed(root: Path, args) -> dict:
     naive_s = time.perf_counter() - t
     per_image_naive = naive_s / len(sub)
     wall = statistics.median(walls)
-    return {"images": n_images, "models": 3, "variants_per_image": n_variants / n_images,
+    return {"images": n_images, "models": 3, "precision": stage["precision"],
+            "variants_per_image": n_variants / n_images,
             "size": args.size, "torch_threads": torch.get_num_threads(),
             "wall_s_runs": [round(w, 1) for w in walls], "wall_s_median": round(wall, 1),
             "dermcam_images_per_s": round(n_images / wall, 2),
@@ -145,6 +153,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--naive-images", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="32-true",
+                    help="--speed: the probe's inference precision (32-true, bf16-mixed, auto)")
     args = ap.parse_args()
     _quiet()
     out = {}

@@ -350,6 +350,64 @@ def test_stage_resumes_from_its_batches_with_identical_output(probed):
     assert (run / pr.PROBE_CSV).read_bytes() == before
 
 
+def test_bf16_inference_is_recorded_close_to_float32_and_never_mixed_with_it(probed):
+    run, _ = probed
+    kw = dict(placements=2, batch_size=8, n_boot=100, artifacts=("ruler", "ink"),
+              figures=False)
+    before = (run / pr.PROBE_CSV).read_bytes()
+    fp32 = pr.read_rows(run / pr.PROBE_CSV)
+    pr.run_probe(run, precision="bf16-mixed", **kw)
+    st = json.loads((run / "manifest.json").read_text())["stages"]["probe"]
+    assert st["precision"] == {"resnet18": "bf16-mixed"}
+    bf16 = pr.read_rows(run / pr.PROBE_CSV)
+    key = ["image_id", "model", "probe", "artifact", "placement"]
+    both = fp32.merge(bf16, on=key, suffixes=("_32", "_16"))
+    assert len(both) == len(fp32) == len(bf16)
+    diff = (both["prob_perturbed_32"] - both["prob_perturbed_16"]).abs()
+    assert diff.max() < 0.1  # bf16 rounding of the logits (a one-epoch model, T applied)
+    # every image re-scored in bf16, none kept from the float32 batches
+    assert (diff.groupby(both["image_id"]).max() > 0).all()
+    # back to float32: the batches of the bf16 run are not reused
+    pr.run_probe(run, precision="32-true", **kw)
+    assert (run / pr.PROBE_CSV).read_bytes() == before
+    with pytest.raises(DermcamError, match="--precision must be one of"):
+        pr.run_probe(run, precision="fp8", **kw)
+
+
+def test_bf16_inference_wrapper_runs_bf16_convolutions_and_keeps_the_temperature():
+    import torch
+    import torchvision
+
+    from dermcam.calibration import ATTR, temperature_of
+    from dermcam.training import Bf16Inference, predict_proba
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=2).eval()
+    setattr(net, ATTR, 2.5)
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    p32 = predict_proba(net, images)
+    seen = []
+    net.conv1.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    wrapped = Bf16Inference(net)
+    assert temperature_of(wrapped) == 2.5
+    p16 = predict_proba(wrapped, images)
+    assert seen == [torch.bfloat16]
+    assert net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.abs(p16 - p32).max() < 0.05 and not np.array_equal(p16, p32)
+
+
+def test_auto_inference_precision_follows_the_training_rule(monkeypatch):
+    from dermcam import device
+
+    monkeypatch.setattr(device, "native_bf16", lambda on_gpu: True)
+    assert pr.inference_precision("auto", "resnet18", "cpu", 64) == "bf16-mixed"
+    assert pr.inference_precision("auto", "mobilenet_v2", "cpu", 64) == "32-true"
+    assert pr.inference_precision("auto", "mobilenet_v2", "cpu", 224) == "bf16-mixed"
+    assert pr.inference_precision("32-true", "resnet18", "cpu", 224) == "32-true"
+    monkeypatch.setattr(device, "native_bf16", lambda on_gpu: False)
+    assert pr.inference_precision("auto", "resnet18", "cpu", 224) == "32-true"
+
+
 def test_cli_probe_prints_the_table_and_refuses_bad_options(probed, monkeypatch, capsys):
     import sys
 

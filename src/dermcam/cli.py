@@ -937,6 +937,11 @@ def probe(
              "column of the layout, or 'ita' (skin tone estimated from the image).")] = None,
     min_group: Annotated[int, typer.Option(
         help="Subgroups with fewer images are too few to estimate.")] = 20,
+    precision: Annotated[str, typer.Option(
+        help="Inference precision: 32-true (float32, as evaluate scores), bf16-mixed "
+             "(bfloat16 autocast, channels-last: faster where bfloat16 is native, "
+             "probabilities about 1e-2 away from float32's) or auto (bf16-mixed per model "
+             "where training's --precision auto would choose it).")] = "32-true",
 ) -> None:
     """Behavioural audit: change the image, watch the malignant probability.
 
@@ -965,7 +970,8 @@ def probe(
                             inpaint_method=inpaint, n_boot=n_boot, progress=cb,
                             device=str(resolve_device(device)), data=data, name=name,
                             by=by_columns(by), min_group=min_group,
-                            artifact_labels=artifact_labels if data is not None else None)
+                            artifact_labels=artifact_labels if data is not None else None,
+                            precision=precision)
     where = Path(run_dir)
     if data is not None:
         from dermcam.external import safe_name

@@ -332,17 +332,39 @@ def perturb(image: np.ndarray, mask: np.ndarray, artifacts: np.ndarray | None, i
 # ------------------------------------------------------------------ the stage
 
 
-def _load_models(run: runmod.Run, names: Sequence[str], device
+#: ``--precision`` of the probe's inference: float32 (as ``dermcam evaluate`` scores), or
+#: bfloat16 autocast (``auto``: where the hardware computes it natively and it is faster
+#: for the model at the run's input size, the rule training uses).
+INFERENCE_PRECISIONS = ("32-true", "bf16-mixed", "auto")
+
+
+def inference_precision(spec: str, name: str, device, image_size: int) -> str:
+    """The precision model ``name`` is scored in: ``32-true`` or ``bf16-mixed``."""
+    import torch
+
+    from dermcam.device import resolve_precision
+    from dermcam.training import depthwise_net
+
+    if spec not in INFERENCE_PRECISIONS:
+        raise DermcamError(f"--precision must be one of {', '.join(INFERENCE_PRECISIONS)}, "
+                           f"not {spec!r}")
+    on_gpu = torch.device(device).type == "cuda"
+    return resolve_precision(spec, "gpu" if on_gpu else "cpu", depthwise_net(name), image_size)
+
+
+def _load_models(run: runmod.Run, names: Sequence[str], device, precision: str = "32-true"
                  ) -> list[tuple[str, Any, float]]:
     import torch
 
-    from dermcam.training import use_channels_last
+    from dermcam.training import Bf16Inference, use_channels_last
 
     models = []
     for name in names:
         model, _info, payload = run.load_model(name)
         model.to(device)
-        if use_channels_last(name):
+        if inference_precision(precision, name, device, run.image_size) == "bf16-mixed":
+            model = Bf16Inference(model, torch.device(device).type)
+        elif use_channels_last(name):
             model.to(memory_format=torch.channels_last)
         models.append((name, model, float(payload["threshold"])))
     return models
@@ -417,7 +439,8 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
               n_boot: int = 1000, progress=None, figures: bool = True, workers: int | None = None,
               device: str = "cpu", data: str | Path | None = None, name: str | None = None,
               by=(), min_group: int | None = None,
-              artifact_labels: str | Path | None = None) -> list[dict[str, Any]]:
+              artifact_labels: str | Path | None = None,
+              precision: str = "32-true") -> list[dict[str, Any]]:
     """Run the probes on every trained model and every masked test image; write the outputs.
 
     Resumes per batch of ``batch_size`` images when the same configuration ran before
@@ -431,6 +454,9 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
     groups under ``min_group`` images too few to estimate. Where the images carry artifact
     flags (``artifact_<name>`` metadata: the synthetic benchmark's, or joined labels), the
     lesion and background removal are also split by each artifact's presence.
+    ``precision``: ``32-true`` scores in float32, as ``dermcam evaluate`` does;
+    ``bf16-mixed`` under bfloat16 autocast (faster where bfloat16 is native, probabilities
+    about 1e-2 away); ``auto`` per model, by the rule ``--precision auto`` trains with.
     """
     import shutil
 
@@ -461,25 +487,28 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
 
         check_by(ds, by)
     prev = run.stage_entry(stage)
+    precisions = {m: inference_precision(precision, m, device, run.image_size) for m in names}
     if prev.get("config_key") != cfg.key() or prev.get("limit") != limit or \
-            prev.get("batch_size") != batch_size:
+            prev.get("batch_size") != batch_size or \
+            prev.get("precision", dict.fromkeys(names, "32-true")) != precisions:
         shutil.rmtree(out.probe_batches, ignore_errors=True)
     where = {} if data is None else {"data": str(Path(ds.root).resolve()),
                                      "folder": f"{runmod.EXTERNAL_DIR}/{name}"}
     # a failure (Ctrl-C too) is recorded; the batches on disk resume next time
     with run.stage(stage, config=asdict(cfg), config_key=cfg.key(), limit=limit,
-                   batch_size=batch_size, **where) as record:
+                   batch_size=batch_size, precision=precisions, **where) as record:
         entries = _probe_stage(run, out, ds, all_samples, split, names, cfg, seed, t0,
                                explain_stage, record, batch_size=batch_size, n_boot=n_boot,
                                progress=progress, figures=figures, workers=workers,
-                               device=device, data=data, by=by, min_group=min_group)
+                               device=device, data=data, by=by, min_group=min_group,
+                               precision=precision)
     return entries
 
 
 def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, names, cfg,
                  seed: int, t0: float, explain_stage: str, record: dict[str, Any], *,
                  batch_size: int, n_boot: int, progress, figures: bool, workers, device,
-                 data, by, min_group) -> list[dict[str, Any]]:
+                 data, by, min_group, precision: str = "32-true") -> list[dict[str, Any]]:
     """The probe stage's work once its inputs are checked: batches, summary, figures;
     ``record`` receives what the manifest keeps of it."""
     from dermcam.external import by_columns
@@ -489,7 +518,7 @@ def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, n
     for s in all_samples:
         why = "no lesion mask" if s.mask_path is None else None
         (skipped.append({"image_id": s.image_id, "reason": why}) if why else samples.append(s))
-    models = _load_models(run, names, device)
+    models = _load_models(run, names, device, precision)
     df, clock, timing = _probe_batches(out, samples, names, models, cfg, cache, size,
                                        skipped, batch_size, progress, workers, device)
     if df.empty:
