@@ -49,8 +49,8 @@ def step_time(model, size: int, batch: int, steps: int, bf16: bool, channels_las
 
 def main() -> None:
     from dermcam.device import resolve_precision
+    from dermcam.inference import use_channels_last
     from dermcam.models import DEFAULT_MODELS, build_model
-    from dermcam.training import use_channels_last
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))

@@ -71,12 +71,13 @@ def twin(root: Path, preset: str, args) -> dict:
 def speed(root: Path, args) -> dict:
     import torch
 
+    from dermcam.checkpoints import load_checkpoint
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.io import read_json
     from dermcam.pipeline import load_test_split
     from dermcam.probe import ProbeConfig, perturb, run_probe
     from dermcam.run import Run
-    from dermcam.training import TrainConfig, load_checkpoint, train
+    from dermcam.training import TrainConfig, train
 
     data, run = root / "speed" / "data", root / "speed" / "run"
     generate(data, SynthConfig.from_preset("clean", n_train=48, n_test=args.n_test,
@@ -102,14 +103,14 @@ def speed(root: Path, args) -> dict:
     # naive: per image, per model, perturb again and score each variant alone
     _, samples, split = load_test_split(Run.open(run))
     cfg = ProbeConfig(placements=args.placements, seed=args.seed)
+    from dermcam.inference import Bf16Inference
     from dermcam.probe import inference_precision
-    from dermcam.training import Bf16Inference
 
     nets = [load_checkpoint(run / "models" / m / "model.pt")[0] for m in models]
     # the naive loop scores in the same precision as the stage
     nets = [Bf16Inference(n) if inference_precision(args.precision, m, "cpu", args.size)
             == "bf16-mixed" else n for m, n in zip(models, nets)]
-    from dermcam.training import predict_proba
+    from dermcam.inference import predict_proba
 
     sub = samples[:args.naive_images]
     t = time.perf_counter()

@@ -279,10 +279,10 @@ def compare_heatmaps(run: Path, models: list[str], dev, n_images: int,
 
     from dermcam.attribution import CamExplainer
     from dermcam.augment import preprocess
+    from dermcam.checkpoints import load_checkpoint
     from dermcam.data import load_dataset
     from dermcam.data.cache import decode_sample
     from dermcam.io import read_json
-    from dermcam.training import load_checkpoint
 
     manifest = read_json(run / "manifest.json")
     size = int(manifest["config"]["image_size"])

@@ -144,7 +144,7 @@ class Fixed(torch.nn.Module):
 
 def test_model_temperature_applied_by_predict_proba_and_cam_targets():
     from dermcam.explain import _target_classes
-    from dermcam.training import predict_proba
+    from dermcam.inference import predict_proba
 
     images = np.zeros((3, 8, 8, 3), np.uint8)
     model = Fixed()
@@ -194,8 +194,8 @@ def test_train_fits_temperature_and_evaluate_reports_before_after(calibrated_run
     with them and reports ECE and Brier before and after; --calibration none stores T = 1."""
     import json
 
+    from dermcam.checkpoints import load_checkpoint
     from dermcam.pipeline import run_evaluate
-    from dermcam.training import load_checkpoint
 
     tmp_path, runs = calibrated_runs
     for method in ("platt", "temperature", "none"):
@@ -241,9 +241,11 @@ def _validation_logits(run):
     """``(z1 - z0, labels)`` of a run's validation images, recomputed from its saved model:
     the training split, its seeded stratified validation part, the run's image size."""
     from dermcam import run as runmod
+    from dermcam.checkpoints import load_checkpoint
     from dermcam.data import load_dataset
     from dermcam.data.cache import ImageCache
-    from dermcam.training import CachedSplit, load_checkpoint, predict_logit_diff, stratified_split
+    from dermcam.inference import predict_logit_diff
+    from dermcam.training import CachedSplit, stratified_split
 
     cfg = runmod.read_manifest(run)["config"]
     train_samples = load_dataset(cfg["data"]).split("train")

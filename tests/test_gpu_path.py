@@ -246,7 +246,8 @@ def test_bf16_true_trains_and_saves_float32(tmp_path):
     """bf16 weights used to meet float32 images from augment.py and crash."""
     from test_pipeline import _easy_generic
 
-    from dermcam.training import load_checkpoint, train
+    from dermcam.checkpoints import load_checkpoint
+    from dermcam.training import train
 
     data = _easy_generic(tmp_path / "data", n=30)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), models=["resnet18"],

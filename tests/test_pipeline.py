@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from dermcam.checkpoints import load_checkpoint
 from dermcam.errors import DermcamError
-from dermcam.training import TrainConfig, load_checkpoint, predict_proba, stratified_split, train
+from dermcam.inference import predict_proba
+from dermcam.training import TrainConfig, stratified_split, train
 
 
 def _easy_generic(root, n=60, size=24, seed=0):

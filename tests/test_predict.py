@@ -17,12 +17,13 @@ import pytest
 import torch
 
 from dermcam import cli
+from dermcam.checkpoints import load_checkpoint, save_checkpoint
 from dermcam.data.cache import decode_sample
 from dermcam.data.dataset import Sample
 from dermcam.errors import DermcamError
+from dermcam.inference import predict_proba
 from dermcam.leakage import METRICS
 from dermcam.predict import collect_images, predict
-from dermcam.training import load_checkpoint, predict_proba, save_checkpoint
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 SIZE = 64  # ResNet18 layer4 is 2 x 2 here: a heatmap with structure

@@ -379,7 +379,7 @@ def test_bf16_inference_wrapper_runs_bf16_convolutions_and_keeps_the_temperature
     import torchvision
 
     from dermcam.calibration import ATTR, temperature_of
-    from dermcam.training import Bf16Inference, predict_proba
+    from dermcam.inference import Bf16Inference, predict_proba
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=2).eval()

@@ -88,9 +88,9 @@ def test_leakage_csv_has_the_study_columns_and_one_row_per_test_image(study_dir)
 
 
 def test_model_card_carries_test_metrics_from_evaluate(study_dir):
+    from dermcam.checkpoints import load_checkpoint
     from dermcam.models import load_state_file
     from dermcam.predict import model_card
-    from dermcam.training import load_checkpoint
 
     run = study_dir[0] / "results_visualization" / "run"
     metrics = json.loads((run / "metrics.json").read_text())

@@ -102,7 +102,7 @@ def predict_models(run: runmod.Run, samples, arrays, device: str = "cpu"
     model's validation-chosen threshold."""
     from dermcam.calibration import apply_temperature, bias_of, temperature_of
     from dermcam.device import inference_batch_size, resolve_device
-    from dermcam.training import predict_logit_diff
+    from dermcam.inference import predict_logit_diff
 
     dev = resolve_device(device)
     rows = []
@@ -190,36 +190,37 @@ def _evaluate(run: runmod.Run, ds, samples, arrays, n_boot: int, seed: int,
         result["artifact_labels"] = labels
     write_json(out.metrics, result)
     write_csv(out.metrics_csv, metrics_table(result))
-    # Each checkpoint's model card gets its test metrics with CIs ('dermcam predict' shows
-    # the card). Rewritten atomically; plain values and tensors only (weights_only loads).
-    import torch
+    # each checkpoint's model card gets its test metrics with CIs ('dermcam predict')
+    from dermcam.checkpoints import update_model_card
 
-    from dermcam.io import atomic_path
-    from dermcam.models import load_state_file
-
-    card_metrics = (("threshold_free", ("roc_auc", "average_precision")),
-                    ("at_threshold", ("sensitivity", "specificity", "balanced_accuracy")))
     evaluated_at = runmod.now()
     for name in thresholds:
-        path = run.model_file(name)
-        payload = load_state_file(path)
-        entry = result["models"][name]
-        card = dict(payload.get("model_card") or {})
-        card["test_metrics"] = {k: {f: entry[block][k][f] for f in ("value", "lo", "hi")}
-                                for block, keys in card_metrics for k in keys}
-        card["test_set"] = {"name": str(ds.name), "n": int(result["test"]["n"]),
-                            "n_malignant": int(result["test"]["n_malignant"])}
-        card["test_ci"] = (f"{1 - result['alpha']:.0%} percentile bootstrap, stratified, "
-                           f"resampling {result['resampling']}, "
-                           f"{result['n_boot']} resamples; sensitivity, specificity and balanced "
-                           "accuracy at the validation-chosen threshold")
-        card["evaluated_at"] = evaluated_at
-        payload["model_card"] = card
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        update_model_card(run.model_file(name), _card_test_fields(result, name, ds,
+                                                                  evaluated_at))
     plot_results(result, out.figures, run)
     for name in thresholds:
         hist = run.history_file(name)
         if hist.exists():
             plots.plot_training_history(pd.read_csv(hist), out.figures / f"{name}_history.png")
     return result
+
+
+_CARD_METRICS = (("threshold_free", ("roc_auc", "average_precision")),
+                 ("at_threshold", ("sensitivity", "specificity", "balanced_accuracy")))
+
+
+def _card_test_fields(result: dict[str, Any], name: str, ds, evaluated_at: str
+                      ) -> dict[str, Any]:
+    """Model-card entries for ``name`` from ``metrics.json`` (``result``): the test
+    metrics with CIs, the test set and how the CIs were made."""
+    entry = result["models"][name]
+    return {
+        "test_metrics": {k: {f: entry[block][k][f] for f in ("value", "lo", "hi")}
+                         for block, keys in _CARD_METRICS for k in keys},
+        "test_set": {"name": str(ds.name), "n": int(result["test"]["n"]),
+                     "n_malignant": int(result["test"]["n_malignant"])},
+        "test_ci": (f"{1 - result['alpha']:.0%} percentile bootstrap, stratified, "
+                    f"resampling {result['resampling']}, "
+                    f"{result['n_boot']} resamples; sensitivity, specificity and balanced "
+                    "accuracy at the validation-chosen threshold"),
+        "evaluated_at": evaluated_at}

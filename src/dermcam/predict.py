@@ -10,7 +10,7 @@
 
 Images are decoded and resized exactly as for training (:func:`dermcam.data.cache.
 decode_sample`: EXIF orientation, RGB, squashed to ``S x S``), so a probability here
-equals :func:`dermcam.training.predict_proba` on the same image. The decision uses
+equals :func:`dermcam.inference.predict_proba` on the same image. The decision uses
 the threshold chosen on validation and stored in the checkpoint; heatmaps explain
 that decision (Grad-CAM, ``target="predicted"`` at that threshold).
 
@@ -114,7 +114,7 @@ def _ids(paths: Sequence[Path]) -> list[str]:
 
 def load_classifier(checkpoint: str | Path):
     """``(model, info, payload)`` from a dermcam checkpoint, checking the fields predict needs."""
-    from dermcam.training import load_checkpoint
+    from dermcam.checkpoints import load_checkpoint
 
     path = Path(checkpoint)
     if path.is_file():

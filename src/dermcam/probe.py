@@ -343,7 +343,7 @@ def inference_precision(spec: str, name: str, device, image_size: int) -> str:
     import torch
 
     from dermcam.device import resolve_precision
-    from dermcam.training import depthwise_net
+    from dermcam.inference import depthwise_net
 
     if spec not in INFERENCE_PRECISIONS:
         raise DermcamError(f"--precision must be one of {', '.join(INFERENCE_PRECISIONS)}, "
@@ -356,7 +356,7 @@ def _load_models(run: runmod.Run, names: Sequence[str], device, precision: str =
                  ) -> list[tuple[str, Any, float]]:
     import torch
 
-    from dermcam.training import Bf16Inference, use_channels_last
+    from dermcam.inference import Bf16Inference, use_channels_last
 
     models = []
     for name in names:
@@ -372,7 +372,7 @@ def _load_models(run: runmod.Run, names: Sequence[str], device, precision: str =
 
 def score_images(model, images: np.ndarray, batch_size: int = 64, device="cpu") -> np.ndarray:
     """Malignant probability of ``(N, S, S, 3) uint8`` images -> ``(N,)`` float64."""
-    from dermcam.training import predict_proba
+    from dermcam.inference import predict_proba
 
     return predict_proba(model, images, batch_size=batch_size, device=device).astype(np.float64)
 

@@ -377,7 +377,7 @@ class Run:
         """``(model, info, payload)`` of a trained model's ``model.pt`` (loaded once; the
         caller moves it to a device and may change its mode)."""
         if name not in self._models:
-            from dermcam.training import load_checkpoint
+            from dermcam.checkpoints import load_checkpoint
 
             self._models[name] = load_checkpoint(self.model_file(name))
         return self._models[name]

@@ -8,6 +8,9 @@ decision threshold is chosen on validation (Youden's J) and recorded, everything
 is seeded, and the run folder records config, versions, data fingerprint and
 wall time. Lightning provides the loop, so ``--devices``/``--strategy``/
 ``--precision`` scale the same command from this CPU to many GPUs.
+
+The checkpoint format lives in :mod:`dermcam.checkpoints`, running a model over images
+in :mod:`dermcam.inference`.
 """
 
 from __future__ import annotations
@@ -25,12 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from dermcam import run as runmod
+from dermcam.checkpoints import save_checkpoint
 from dermcam.errors import DermcamError
+from dermcam.inference import depthwise_net, predict_logit_diff, use_channels_last
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "dermcam-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -349,80 +351,6 @@ class _CachedImages(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(img)), int(self.labels[i])
 
 
-def predict_dataset(model, dataset, batch_size: int = 64,
-                    device: str | torch.device = "cpu") -> np.ndarray:
-    """Malignant probability for every item of an ``(image, label)`` dataset, in order
-    (temperature-scaled by the model's temperature, :mod:`dermcam.calibration`)."""
-    from dermcam.calibration import apply_temperature, bias_of, temperature_of
-
-    return apply_temperature(predict_logit_diff(model, dataset, batch_size, device),
-                             temperature_of(model), bias_of(model))
-
-
-def predict_logit_diff(model, dataset, batch_size: int = 64,
-                       device: str | torch.device = "cpu") -> np.ndarray:
-    """Logit difference ``z_malignant - z_benign`` (no temperature) per item, ``(N,)``."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    return _logit_diffs(model, (images for images, _ in loader), device)
-
-
-class Bf16Inference(torch.nn.Module):
-    """``model`` for inference under bfloat16 autocast on channels-last input (oneDNN's
-    fast bf16 convolutions want channels-last); logits come back as float32. The
-    calibration temperature and bias recorded on ``model`` are carried over. A speed lever
-    where bfloat16 is native (:func:`dermcam.device.native_bf16`): probabilities move by
-    about 1e-2 against float32, so compare runs of one precision only."""
-
-    def __init__(self, model: torch.nn.Module, device_type: str = "cpu"):
-        from dermcam.calibration import ATTR, BIAS_ATTR
-
-        super().__init__()
-        self.model = model.to(memory_format=torch.channels_last)
-        self.device_type = device_type
-        for attr in (ATTR, BIAS_ATTR):
-            if hasattr(model, attr):
-                setattr(self, attr, float(getattr(model, attr)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            return self.model(x.contiguous(memory_format=torch.channels_last)).float()
-
-
-def predict_proba(model, images: np.ndarray, batch_size: int = 64,
-                  device: str | torch.device = "cpu") -> np.ndarray:
-    """Malignant probability for ``(N, S, S, 3) uint8`` images -> ``(N,)``; restores the mode."""
-    batches = (torch.from_numpy(images[i:i + batch_size])
-               for i in range(0, len(images), batch_size))
-    return _malignant_probs(model, batches, device)
-
-
-def _malignant_probs(model, batches, device) -> np.ndarray:
-    """Malignant probability ``softmax(z / T)[:, 1]`` over ``uint8 (B, S, S, 3)`` batches,
-    ``T`` the model's temperature (1 when none is recorded); restores the mode."""
-    from dermcam.calibration import apply_temperature, bias_of, temperature_of
-
-    return apply_temperature(_logit_diffs(model, batches, device), temperature_of(model),
-                             bias_of(model))
-
-
-def _logit_diffs(model, batches, device) -> np.ndarray:
-    """``z1 - z0`` (float64) over ``uint8 (B, S, S, 3)`` batches; restores the mode."""
-    from dermcam.augment import preprocess
-
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        with torch.inference_mode():
-            for images in batches:
-                x = preprocess(images.to(device))
-                z = model(x).double()
-                out.append((z[:, 1] - z[:, 0]).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float64)
-
-
 # ------------------------------------------------------------------- lightning
 
 def make_adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -658,61 +586,7 @@ def make_history_callback(path: Path):
     return HistoryWriter()
 
 
-# --------------------------------------------------------------------- checkpoint
-
-def save_checkpoint(path: Path, model, info, extra: dict[str, Any]) -> Path:
-    """Write a dermcam checkpoint atomically (tensors and plain values only)."""
-    from dermcam.io import atomic_path
-
-    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": info.name,
-               "target_layer": info.target_layer, "weights_source": info.weights_source,
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    payload.update(extra)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
-
-
-def load_checkpoint(path: str | Path):
-    """Load a dermcam checkpoint safely; returns ``(model, info, payload)``.
-
-    The model carries the checkpoint's ``temperature`` (:func:`dermcam.calibration.
-    temperature_of`), which :func:`predict_proba` and the CAM explainer apply."""
-    from dermcam.models import build_model, load_state_file, load_weights_into
-
-    payload = load_state_file(path)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise DermcamError("not a dermcam checkpoint (use --weights PATH for plain state dicts)",
-                           path)
-    model, info = build_model(payload["arch"], weights="none")
-    load_weights_into(model, payload["arch"], payload, path)
-    info.weights_source = payload.get("weights_source", info.weights_source)
-    from dermcam.calibration import set_temperature
-
-    try:  # checkpoints from before calibration (#16) hold none: T = 1, b = 0
-        set_temperature(model, payload.get("temperature", 1.0),
-                        payload.get("calibration_bias", 0.0))
-    except ValueError as exc:
-        raise DermcamError(f"bad temperature in the checkpoint ({exc})", path) from None
-    model.eval()
-    return model, info, payload
-
-
 # ------------------------------------------------------------------------ train
-
-def use_channels_last(name: str, setting: str = "auto") -> bool:
-    if setting in ("on", "true", True):
-        return True
-    if setting in ("off", "false", False):
-        return False
-    return depthwise_net(name)
-
-
-def depthwise_net(name: str) -> bool:
-    """EfficientNet and MobileNet: depthwise-separable convolutions, which oneDNN runs
-    faster channels-last and, below 128 px, slower in bf16 (benchmarks/)."""
-    return name.startswith(("efficientnet", "mobilenet"))
-
 
 def _seed(seed: int) -> None:
     pl = _lightning()

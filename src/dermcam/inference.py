@@ -1,0 +1,103 @@
+"""Inference: running a model (or a checkpoint's model) over images.
+
+Malignant probabilities and logit differences over arrays and datasets (the calibration
+temperature applied where the model records one), the bfloat16 autocast wrapper, and
+the memory-format choice (channels-last for depthwise-separable networks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def predict_dataset(model, dataset, batch_size: int = 64,
+                    device: str | torch.device = "cpu") -> np.ndarray:
+    """Malignant probability for every item of an ``(image, label)`` dataset, in order
+    (temperature-scaled by the model's temperature, :mod:`dermcam.calibration`)."""
+    from dermcam.calibration import apply_temperature, bias_of, temperature_of
+
+    return apply_temperature(predict_logit_diff(model, dataset, batch_size, device),
+                             temperature_of(model), bias_of(model))
+
+
+def predict_logit_diff(model, dataset, batch_size: int = 64,
+                       device: str | torch.device = "cpu") -> np.ndarray:
+    """Logit difference ``z_malignant - z_benign`` (no temperature) per item, ``(N,)``."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    return _logit_diffs(model, (images for images, _ in loader), device)
+
+
+class Bf16Inference(torch.nn.Module):
+    """``model`` for inference under bfloat16 autocast on channels-last input (oneDNN's
+    fast bf16 convolutions want channels-last); logits come back as float32. The
+    calibration temperature and bias recorded on ``model`` are carried over. A speed lever
+    where bfloat16 is native (:func:`dermcam.device.native_bf16`): probabilities move by
+    about 1e-2 against float32, so compare runs of one precision only."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str = "cpu"):
+        from dermcam.calibration import ATTR, BIAS_ATTR
+
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+        self.device_type = device_type
+        for attr in (ATTR, BIAS_ATTR):
+            if hasattr(model, attr):
+                setattr(self, attr, float(getattr(model, attr)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.model(x.contiguous(memory_format=torch.channels_last)).float()
+
+
+def predict_proba(model, images: np.ndarray, batch_size: int = 64,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """Malignant probability for ``(N, S, S, 3) uint8`` images -> ``(N,)``; restores the mode."""
+    batches = (torch.from_numpy(images[i:i + batch_size])
+               for i in range(0, len(images), batch_size))
+    return _malignant_probs(model, batches, device)
+
+
+def _malignant_probs(model, batches, device) -> np.ndarray:
+    """Malignant probability ``softmax(z / T)[:, 1]`` over ``uint8 (B, S, S, 3)`` batches,
+    ``T`` the model's temperature (1 when none is recorded); restores the mode."""
+    from dermcam.calibration import apply_temperature, bias_of, temperature_of
+
+    return apply_temperature(_logit_diffs(model, batches, device), temperature_of(model),
+                             bias_of(model))
+
+
+def _logit_diffs(model, batches, device) -> np.ndarray:
+    """``z1 - z0`` (float64) over ``uint8 (B, S, S, 3)`` batches; restores the mode."""
+    from dermcam.augment import preprocess
+
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for images in batches:
+                x = preprocess(images.to(device))
+                z = model(x).double()
+                out.append((z[:, 1] - z[:, 0]).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float64)
+
+
+# ------------------------------------------------------------ memory format
+
+def use_channels_last(name: str, setting: str = "auto") -> bool:
+    """Whether model ``name`` runs channels-last: ``setting`` on/off, or ``auto``:
+    depthwise-separable networks only (:func:`depthwise_net`)."""
+    if setting in ("on", "true", True):
+        return True
+    if setting in ("off", "false", False):
+        return False
+    return depthwise_net(name)
+
+
+def depthwise_net(name: str) -> bool:
+    """EfficientNet and MobileNet: depthwise-separable convolutions, which oneDNN runs
+    faster channels-last and, below 128 px, slower in bf16 (benchmarks/)."""
+    return name.startswith(("efficientnet", "mobilenet"))
