@@ -11,7 +11,7 @@ ruler-bearing malignant test images, and the ROC AUC with the lesion inpainted a
 
 ``--speed``: every probe on ``--n-test`` test images x the three study models at
 ``--size`` px (a run trained for one epoch on a small split: weights do not change the
-cost), through ``dermcam.probe.run_probe`` (perturbations made once per image, shared
+cost), through ``dermcam.stages.probe.run_probe`` (perturbations made once per image, shared
 by the models, scored in batches), against a one-image-at-a-time loop that perturbs
 each image again for each model and scores each variant alone, timed on
 ``--naive-images`` images and compared per image. Also prints the share of the probe
@@ -40,9 +40,9 @@ def _quiet():
 
 def twin(root: Path, preset: str, args) -> dict:
     from dermcam.data.synth import SynthConfig, generate
-    from dermcam.pipeline import run_evaluate
-    from dermcam.probe import find, run_probe
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.probe import find, run_probe
+    from dermcam.stages.train import TrainConfig, train
 
     data, run = root / preset / "data", root / preset / "run"
     generate(data, SynthConfig.from_preset(preset, n_train=args.n_train, n_test=args.n_test,
@@ -74,10 +74,10 @@ def speed(root: Path, args) -> dict:
     from dermcam.checkpoints import load_checkpoint
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.io import read_json
-    from dermcam.pipeline import load_test_split
-    from dermcam.probe import ProbeConfig, perturb, run_probe
     from dermcam.run import Run
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.evaluate import load_test_split
+    from dermcam.stages.probe import ProbeConfig, perturb, run_probe
+    from dermcam.stages.train import TrainConfig, train
 
     data, run = root / "speed" / "data", root / "speed" / "run"
     generate(data, SynthConfig.from_preset("clean", n_train=48, n_test=args.n_test,
@@ -104,7 +104,7 @@ def speed(root: Path, args) -> dict:
     _, samples, split = load_test_split(Run.open(run))
     cfg = ProbeConfig(placements=args.placements, seed=args.seed)
     from dermcam.inference import Bf16Inference
-    from dermcam.probe import inference_precision
+    from dermcam.stages.probe import inference_precision
 
     nets = [load_checkpoint(run / "models" / m / "model.pt")[0] for m in models]
     # the naive loop scores in the same precision as the stage

@@ -28,9 +28,9 @@ def run_preset(root: Path, preset: str, args) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from dermcam.data.synth import SynthConfig, generate
-    from dermcam.explain import run_explain
-    from dermcam.pipeline import run_evaluate
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.train import TrainConfig, train
 
     data = root / preset / "data"
     run = root / preset / "run"

@@ -98,7 +98,7 @@ def study(model, samples, size, batch):
 def dermcam_epoch(model, arrays, batch):
     import lightning.pytorch as pl
 
-    from dermcam.training import EpochSampler, make_module
+    from dermcam.stages.train import EpochSampler, make_module
 
     times = []
 
@@ -141,7 +141,7 @@ def main() -> None:
     from dermcam.data.cache import ImageCache, load_arrays
     from dermcam.inference import use_channels_last
     from dermcam.models import build_model
-    from dermcam.training import CachedSplit
+    from dermcam.stages.train import CachedSplit
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_jpegs(Path(tmp), args.n)

@@ -167,12 +167,12 @@ def run_stages(args, dev, out: Path) -> tuple[dict[str, dict[str, Any]], dict[st
     import pytorch_grad_cam  # noqa: F401
 
     from dermcam.data.synth import SynthConfig, generate
-    from dermcam.explain import run_explain
     from dermcam.io import read_json
-    from dermcam.pipeline import run_evaluate
     from dermcam.predict import predict
-    from dermcam.probe import run_probe
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.probe import run_probe
+    from dermcam.stages.train import TrainConfig, train
 
     data, run = out / "data", out / "run"
     t = time.perf_counter()

@@ -122,7 +122,7 @@ MANIFEST = {"stages": {"explain": {"target": "predicted"}}}
 
 
 def test_summary_families_adjusted_with_statsmodels_and_confound_on_three_metrics():
-    from dermcam.explain import TEST_METRICS, summarise_attention
+    from dermcam.stages.explain import TEST_METRICS, summarise_attention
 
     s = summarise_attention(_att(), MANIFEST, {}, n_boot=100, seed=0, margin=0.03)
     assert s["equivalence_margin"] == 0.03 and s["target"] == "predicted"
@@ -161,7 +161,7 @@ def test_summary_families_adjusted_with_statsmodels_and_confound_on_three_metric
 
 
 def test_summary_without_groups_keeps_the_image_bootstrap_numbers():
-    from dermcam.explain import SUMMARY_METRICS, summarise_attention
+    from dermcam.stages.explain import SUMMARY_METRICS, summarise_attention
 
     att = _att(two_methods=False)
     s = summarise_attention(att, MANIFEST, {}, n_boot=100, seed=4)
@@ -173,7 +173,7 @@ def test_summary_without_groups_keeps_the_image_bootstrap_numbers():
 
 
 def test_summary_with_lesion_groups_bootstraps_clusters_and_says_so():
-    from dermcam.explain import summarise_attention
+    from dermcam.stages.explain import summarise_attention
 
     att = _att(groups=True, two_methods=False)
     s = summarise_attention(att, MANIFEST, {}, n_boot=200, seed=0, cluster_name="lesion_id")
@@ -230,7 +230,7 @@ def test_generic_layout_reads_group_and_keeps_groups_on_one_side(make_generic):
 def test_explain_margin_option_is_passed_through(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import dermcam.explain as ex
+    import dermcam.stages.explain as ex
     from dermcam.cli import app
 
     seen = {}
@@ -267,7 +267,7 @@ def test_report_method_notes_name_every_model_and_test_with_the_run_values():
 
 
 def test_verdicts_and_readings_follow_the_adjusted_p():
-    from dermcam.explain import TEST_METRICS, summarise_attention
+    from dermcam.stages.explain import TEST_METRICS, summarise_attention
 
     s = summarise_attention(_att(), MANIFEST, {}, n_boot=50, seed=0)
     flipped = 0
@@ -312,7 +312,7 @@ def _presence_att(seed: int = 0) -> pd.DataFrame:
 
 
 def test_artifact_presence_has_cis_counts_and_its_own_family():
-    from dermcam.explain import TEST_METRICS, summarise_attention
+    from dermcam.stages.explain import TEST_METRICS, summarise_attention
 
     att = _presence_att()
     s = summarise_attention(att, MANIFEST, {}, n_boot=200, seed=3)
@@ -337,7 +337,7 @@ def test_artifact_presence_has_cis_counts_and_its_own_family():
 
 
 def test_clustered_summary_says_which_numbers_stay_per_image():
-    from dermcam.explain import PER_IMAGE_WHEN_CLUSTERED, summarise_attention
+    from dermcam.stages.explain import PER_IMAGE_WHEN_CLUSTERED, summarise_attention
 
     plain = summarise_attention(_att(two_methods=False), MANIFEST, {}, n_boot=50, seed=0)
     assert plain["per_image"] == [] and "Resampling: images" in plain["resampling_note"]

@@ -143,8 +143,8 @@ class Fixed(torch.nn.Module):
 
 
 def test_model_temperature_applied_by_predict_proba_and_cam_targets():
-    from dermcam.explain import _target_classes
     from dermcam.inference import predict_proba
+    from dermcam.stages.explain import _target_classes
 
     images = np.zeros((3, 8, 8, 3), np.uint8)
     model = Fixed()
@@ -168,7 +168,7 @@ def calibrated_runs(tmp_path_factory, dh):
     """Three tiny runs (ResNet18 from scratch, 32 px, one epoch) on one generic data set
     (14 benign, 10 malignant, every third image a test image), one per calibration:
     ``(folder, {method: the run's manifest entry for resnet18})``."""
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.train import TrainConfig, train
 
     base = tmp_path_factory.mktemp("calib")
     data = base / "data"
@@ -195,7 +195,7 @@ def test_train_fits_temperature_and_evaluate_reports_before_after(calibrated_run
     import json
 
     from dermcam.checkpoints import load_checkpoint
-    from dermcam.pipeline import run_evaluate
+    from dermcam.stages.evaluate import run_evaluate
 
     tmp_path, runs = calibrated_runs
     for method in ("platt", "temperature", "none"):
@@ -245,7 +245,7 @@ def _validation_logits(run):
     from dermcam.data import load_dataset
     from dermcam.data.cache import ImageCache
     from dermcam.inference import predict_logit_diff
-    from dermcam.training import CachedSplit, stratified_split
+    from dermcam.stages.train import CachedSplit, stratified_split
 
     cfg = runmod.read_manifest(run)["config"]
     train_samples = load_dataset(cfg["data"]).split("train")

@@ -80,7 +80,7 @@ def _isic(root, own, n=12, seed=5):
 
 @pytest.fixture(scope="module")
 def ext_run(tmp_path_factory):
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.train import TrainConfig, train
 
     base = tmp_path_factory.mktemp("ext")
     own = _generic(base / "own")
@@ -93,7 +93,7 @@ def ext_run(tmp_path_factory):
 
 
 def test_internal_evaluate_by_metadata_and_ita(ext_run):
-    from dermcam.pipeline import run_evaluate
+    from dermcam.stages.evaluate import run_evaluate
 
     run, _, _ = ext_run
     res = run_evaluate(run, n_boot=50, by=("site", "age", "ita"), min_group=5)
@@ -116,8 +116,8 @@ def test_internal_evaluate_by_metadata_and_ita(ext_run):
 
 def test_external_cli_report_and_duplicates(ext_run):
     from dermcam.cli import app
-    from dermcam.pipeline import run_evaluate
     from dermcam.report.html import render
+    from dermcam.stages.evaluate import run_evaluate
 
     run, _, other = ext_run
     if not (run / "metrics.json").exists():
@@ -153,7 +153,7 @@ def test_external_cli_report_and_duplicates(ext_run):
 
 
 def _evaluate_external(run, data, name, **kw):
-    from dermcam.pipeline import run_evaluate
+    from dermcam.stages.evaluate import run_evaluate
 
     return run_evaluate(run, n_boot=30, data=data, name=name, **kw)
 
@@ -196,8 +196,8 @@ def test_external_metrics_carry_the_calibration_block(ext_run, monkeypatch):
 
 def test_external_device_reaches_the_models_and_a_bad_one_is_refused(ext_run, monkeypatch,
                                                                       capsys):
-    from dermcam import pipeline
     from dermcam.device import resolve_device
+    from dermcam.stages import evaluate as pipeline
 
     run, _, other = ext_run
     before = (run / "manifest.json").read_bytes()
@@ -293,7 +293,7 @@ def test_bad_artifact_labels_leave_the_manifest_unchanged(ext_run, monkeypatch, 
 def test_generic_external_folder_scored_whole_without_a_train_split(ext_run, make_generic,
                                                                     dh, split, n_scored):
     from dermcam.data import load_dataset
-    from dermcam.external import external_samples
+    from dermcam.stages.external import external_samples
 
     run, _, _ = ext_run
     labels = dh.generic_labels(6, 4, prefix="ext")

@@ -83,10 +83,10 @@ RULER = [f"img{i:03d}" for i in range(8, 40, 4)]
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
-    from dermcam import probe as pr
     from dermcam.data.artifact_labels import record_in_run
-    from dermcam.explain import run_explain
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages import probe as pr
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.train import TrainConfig, train
 
     base = tmp_path_factory.mktemp("audit")
     data = _generic(base / "own")
@@ -130,7 +130,7 @@ def test_attention_summary_by_subgroup(audited):
 
 
 def test_probe_by_subgroup_recovers_the_planted_effect(audited):
-    from dermcam import probe as pr
+    from dermcam.stages import probe as pr
 
     obj = pr.read_summary_object(audited["run"])
     assert obj["schema_version"] == 2 and len(obj["entries"]) == 2
@@ -151,7 +151,7 @@ def test_probe_by_subgroup_recovers_the_planted_effect(audited):
 
 
 def test_probe_split_by_artifact_presence_with_known_counts(audited):
-    from dermcam import probe as pr
+    from dermcam.stages import probe as pr
 
     rows = pr.read_summary_object(audited["run"])["artifact_presence"]
     ruler = next(r for r in rows if r["probe"] == "lesion_removed" and r["artifact"] == "ruler")
@@ -189,8 +189,8 @@ def test_cli_and_report_show_the_subgroups(audited, monkeypatch, capsys):
 
 
 def test_explain_and_probe_on_an_external_set(audited, monkeypatch, capsys):
-    from dermcam import probe as pr
     from dermcam.report.html import render
+    from dermcam.stages import probe as pr
 
     run, base = audited["run"], audited["base"]
     other = _isic(base / "isic_masked")

@@ -96,7 +96,7 @@ def test_resume_after_kill_or_ctrl_c_matches_uninterrupted(data, reference, tmp_
 
 def test_ctrl_c_during_fit_waits_for_the_batch_boundary():
     """Ctrl-C is recorded, then raised by the callback after the batch; twice: at once."""
-    from dermcam.training import make_ctrl_c_guard
+    from dermcam.stages.train import make_ctrl_c_guard
 
     if (signal.getsignal(signal.SIGINT) is not signal.default_int_handler
             or threading.current_thread() is not threading.main_thread()):
@@ -119,7 +119,7 @@ def test_ctrl_c_during_fit_waits_for_the_batch_boundary():
 
 
 def test_nonfinite_loss_names_epoch_and_batch():
-    from dermcam.training import make_module
+    from dermcam.stages.train import make_module
 
     class NaNNet(torch.nn.Module):
         def forward(self, x):

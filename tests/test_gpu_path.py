@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dermcam.device import inference_batch_size, resolve_device, shard_threads
 from dermcam.errors import DermcamError
-from dermcam.training import (
+from dermcam.stages.train import (
     EpochSampler,
     RankBatches,
     RankPositions,
@@ -204,7 +204,7 @@ def test_only_rank_zero_prepares_the_run_folder(tmp_path, monkeypatch):
     """Under srun, task 1 must not delete (--overwrite) or rewrite the run folder."""
     from test_pipeline import _easy_generic
 
-    import dermcam.training as tr
+    import dermcam.stages.train as tr
 
     data = _easy_generic(tmp_path / "data", n=40)
     out = tmp_path / "run"
@@ -230,7 +230,7 @@ def test_only_rank_zero_prepares_the_run_folder(tmp_path, monkeypatch):
 
 
 def test_unsupported_precisions_are_refused_in_one_line(tmp_path):
-    from dermcam.training import train
+    from dermcam.stages.train import train
 
     for prec, msg in (("16-true", "overflow"), ("fp8", "--precision must be one of")):
         cfg = TrainConfig(data=str(tmp_path), out=str(tmp_path / "o"), precision=prec,
@@ -247,7 +247,7 @@ def test_bf16_true_trains_and_saves_float32(tmp_path):
     from test_pipeline import _easy_generic
 
     from dermcam.checkpoints import load_checkpoint
-    from dermcam.training import train
+    from dermcam.stages.train import train
 
     data = _easy_generic(tmp_path / "data", n=30)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), models=["resnet18"],
@@ -298,7 +298,7 @@ def test_precision_auto_is_resolved_per_model_and_recorded(tmp_path, monkeypatch
     from test_pipeline import _easy_generic
 
     import dermcam.device as dev
-    from dermcam.training import train
+    from dermcam.stages.train import train
 
     monkeypatch.setattr(dev, "native_bf16", lambda on_gpu: True)
     data = _easy_generic(tmp_path / "data", n=30)
@@ -339,7 +339,7 @@ def test_weights_file_checked_against_the_hash_in_its_name(tmp_path, monkeypatch
 
 
 def test_fused_adam_takes_the_same_steps_as_the_default(monkeypatch):
-    from dermcam.training import make_adam
+    from dermcam.stages.train import make_adam
 
     torch.manual_seed(0)
     a, b = torch.nn.Linear(8, 3), torch.nn.Linear(8, 3)

@@ -9,7 +9,6 @@ import torch
 
 from dermcam.attribution import METHODS, CamExplainer
 from dermcam.errors import DermcamError
-from dermcam.explain import parse_layer_spec
 from dermcam.localisation import (
     artifact_ratios,
     choose,
@@ -19,6 +18,7 @@ from dermcam.localisation import (
     uniform_guard,
 )
 from dermcam.models import build_model, layer_grid
+from dermcam.stages.explain import parse_layer_spec
 
 
 def _model(name):

@@ -15,7 +15,7 @@ from PIL import Image
 from dermcam.checkpoints import load_checkpoint
 from dermcam.errors import DermcamError
 from dermcam.inference import predict_proba
-from dermcam.training import TrainConfig, stratified_split, train
+from dermcam.stages.train import TrainConfig, stratified_split, train
 
 
 def _easy_generic(root, n=60, size=24, seed=0):
@@ -43,8 +43,8 @@ def _easy_generic(root, n=60, size=24, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from dermcam.explain import run_explain
-    from dermcam.pipeline import run_evaluate
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.explain import run_explain
 
     base = tmp_path_factory.mktemp("pipe")
     data = _easy_generic(base / "data")
@@ -148,7 +148,7 @@ def test_attention_rows_complete_and_consistent(tiny_run):
 
 
 def test_explain_resumes_and_rescoring_is_identical(tiny_run):
-    from dermcam.explain import run_explain
+    from dermcam.stages.explain import run_explain
 
     before = (tiny_run / "attention.csv").read_bytes()
     batches = sorted((tiny_run / "attention/resnet18/gradcam").glob("*/batch_*.npz"))
@@ -165,7 +165,7 @@ def test_explain_resumes_and_rescoring_is_identical(tiny_run):
 
 def test_stages_refuse_an_incomplete_run(tmp_path):
     from dermcam import run as runmod
-    from dermcam.pipeline import run_evaluate
+    from dermcam.stages.evaluate import run_evaluate
 
     runmod.prepare_run_dir(tmp_path / "r", overwrite=False)
     runmod.write_manifest(tmp_path / "r", {"stages": {"train": {"status": "running"}}})
@@ -322,7 +322,7 @@ def test_explain_records_layer_choice_in_attention_manifest_and_checkpoint(tiny_
 def test_explain_at_a_named_layer(tiny_run, tmp_path):
     import shutil
 
-    from dermcam.explain import run_explain
+    from dermcam.stages.explain import run_explain
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -338,7 +338,7 @@ def test_explain_at_a_named_layer(tiny_run, tmp_path):
 
 
 def test_lr_spec_gives_each_model_its_rate(tmp_path):
-    from dermcam.training import parse_lr
+    from dermcam.stages.train import parse_lr
 
     assert parse_lr("2e-3") == (2e-3, {})
     assert parse_lr(0.01) == (0.01, {})

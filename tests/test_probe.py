@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermcam import probe as pr
 from dermcam.errors import DermcamError
+from dermcam.stages import probe as pr
 
 SKIN = (200, 160, 140)
 
@@ -302,7 +302,7 @@ def _data(root, n=36, size=32, seed=0, drop_mask=None):
 
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory):
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.train import TrainConfig, train
 
     base = tmp_path_factory.mktemp("probe")
     data = _data(base / "data", drop_mask="img001")

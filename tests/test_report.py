@@ -39,10 +39,10 @@ HOSTILE_ID = '"><img src=x onerror=alert(2)>'
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     from dermcam.data.synth import SynthConfig, generate
-    from dermcam.explain import run_explain
-    from dermcam.pipeline import run_evaluate
-    from dermcam.probe import run_probe
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.probe import run_probe
+    from dermcam.stages.train import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("report_run")
     data = tmp / "data"
@@ -135,7 +135,7 @@ def test_all_sections_present(page):
 
 
 def test_probe_section_shows_every_entry_and_its_sentence(page, run_dir):
-    from dermcam.probe import CAVEAT, sentences
+    from dermcam.stages.probe import CAVEAT, sentences
 
     entries = json.loads((run_dir / "probe_summary.json").read_text())["entries"]
     s = _section(page, "probe")
@@ -443,7 +443,7 @@ def test_renders_in_headless_chromium(page, run_dir, tmp_path):
 def _hand_summary(n: int = 90, seed: int = 0) -> dict:
     """attention_summary.json of a hand-made table: one model, one method, clusters of 3,
     heatmaps explaining both classes, an artifact flag."""
-    from dermcam.explain import summarise_attention
+    from dermcam.stages.explain import summarise_attention
 
     rng = np.random.default_rng(seed)
     lab = (np.arange(n) % 3 == 0).astype(int)

@@ -16,7 +16,7 @@ from dermcam.errors import DermcamError
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.train import TrainConfig, train
 
     base = tmp_path_factory.mktemp("runobj")
     data = _easy_generic(base / "data", n=30)
@@ -38,7 +38,7 @@ def _status(run: Path, stage: str) -> dict:
 
 
 def test_run_opens_once_and_answers_by_name(trained):
-    from dermcam.training import TrainConfig
+    from dermcam.stages.train import TrainConfig
 
     run = runmod.Run.open(trained, require="train")
     m = json.loads((trained / "manifest.json").read_text())
@@ -91,7 +91,7 @@ def test_stage_records_complete_with_its_record_or_failed_with_the_error(trained
 def test_explain_failing_midway_is_recorded_failed(trained, tmp_path, monkeypatch):
     """explain used to record 'running' and never 'failed'."""
     from dermcam import attribution
-    from dermcam.explain import run_explain
+    from dermcam.stages.explain import run_explain
 
     run = _copy(trained, tmp_path)
 
@@ -104,14 +104,15 @@ def test_explain_failing_midway_is_recorded_failed(trained, tmp_path, monkeypatc
                     figures=False)
     st = _status(run, "explain")
     assert st["status"] == "failed" and st["error"] == "CUDA out of memory"
-    from dermcam.report import run_report
+    from dermcam.stages.report import run_report
 
     with pytest.raises(DermcamError, match="stage 'explain' failed"):
         run_report(run)
 
 
 def test_report_stage_is_recorded(trained, tmp_path, monkeypatch):
-    from dermcam.report import html, run_report
+    from dermcam.report import html
+    from dermcam.stages.report import run_report
 
     run = _copy(trained, tmp_path)
     path = run_report(run)
@@ -175,7 +176,7 @@ def test_accessors_added_for_stages_on_a_hand_built_run(tmp_path):
 
 
 def test_summarise_attention_reads_the_target_from_a_run_a_manifest_or_a_name():
-    from dermcam.explain import _explained_class
+    from dermcam.stages.explain import _explained_class
 
     m = {"stages": {"explain": {"target": "true"}}}
     assert _explained_class("predicted") == "predicted" and _explained_class(None) is None

@@ -339,7 +339,7 @@ def test_layer_choice_and_reported_check_draw_the_same_nulls():
     median |rho| 0.20 on validation, 0.50 on test). Both now draw randomised_copies."""
     import torchvision
 
-    from dermcam.explain import _random_copies
+    from dermcam.stages.explain import _random_copies
 
     torch.manual_seed(0)
     trained = torchvision.models.resnet18(num_classes=2).eval()

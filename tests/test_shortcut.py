@@ -33,9 +33,9 @@ def _audit(root, preset):
     from dermcam.data import load_dataset
     from dermcam.data.cache import ImageCache
     from dermcam.data.synth import SynthConfig, generate
-    from dermcam.explain import run_explain
-    from dermcam.probe import run_probe
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.probe import run_probe
+    from dermcam.stages.train import TrainConfig, train
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.ERROR)
     data, run, cache = root / preset / "data", root / preset / "run", root / "cache"
@@ -111,7 +111,7 @@ def test_artifact_ratio_ci_flags_the_shortcut_model_and_not_the_control(audits):
 
 
 def _probe(audits, preset, probe, artifact=None):
-    from dermcam.probe import find
+    from dermcam.stages.probe import find
 
     e = find(audits[preset].attrs["probes"], "resnet18", probe, artifact)
     assert e is not None

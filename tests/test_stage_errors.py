@@ -88,7 +88,7 @@ TRAIN = ["--models", "resnet18", "--weights", "none", "--image-size", "32", "--e
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(data folder, run folder) of one finished tiny training run."""
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.train import TrainConfig, train
 
     base = tmp_path_factory.mktemp("stages")
     data = _data(base / "data")
@@ -269,7 +269,7 @@ def test_train_resume_without_a_run(monkeypatch, capsys, tmp_path):
 def test_train_failure_is_recorded_and_named_by_later_stages(monkeypatch, capsys, tmp_path):
     """A model failing mid-training leaves the stage 'failed' with its reason; evaluate
     then refuses naming it."""
-    import dermcam.training as training
+    import dermcam.stages.train as training
 
     def boom(*a, **k):
         raise DermcamError("resnet18: loss is NaN at epoch 0, batch 1")
@@ -342,7 +342,7 @@ def test_evaluate_one_class_test_split(trained, monkeypatch, capsys, tmp_path):
 
 def test_evaluate_failure_is_recorded_so_report_refuses(trained, monkeypatch, capsys,
                                                         tmp_path):
-    import dermcam.pipeline as pipeline
+    import dermcam.stages.evaluate as pipeline
 
     def boom(*a, **k):
         raise DermcamError("could not write file (No space left on device)", "metrics.json")

@@ -350,8 +350,8 @@ def train(
                                    "finishes; by default only model.pt is kept.")] = False,
 ) -> None:
     """Fine-tune each model; keep its best checkpoint; choose its threshold on validation."""
-    from dermcam.training import TrainConfig, parse_lr
-    from dermcam.training import train as do_train
+    from dermcam.stages.train import TrainConfig, parse_lr
+    from dermcam.stages.train import train as do_train
 
     lr_default, lr_by_model = parse_lr(lr)
     cfg = TrainConfig(
@@ -420,8 +420,8 @@ def evaluate(
                                              "cuda:INDEX.")] = "auto",
 ) -> None:
     """Test-set metrics with 95 % CIs, baselines, and paired model comparisons."""
-    from dermcam.external import by_columns
-    from dermcam.pipeline import run_evaluate
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.external import by_columns
 
     if artifact_labels is not None:  # and split the metrics by each artifact's presence
         from dermcam.data.artifact_labels import artifact_columns, read_artifact_labels
@@ -497,8 +497,8 @@ def _print_external(run_dir: Path, result) -> None:
     ext = result.get("external")
     if not ext:
         return
-    from dermcam.external import SIDE_BY_SIDE, side_by_side
     from dermcam.io import read_json
+    from dermcam.stages.external import SIDE_BY_SIDE, side_by_side
 
     internal = None
     with contextlib.suppress(DermcamError):
@@ -628,8 +628,8 @@ def explain(
     confound test, undefined heatmaps scored at chance, sanity check, artifact attention)
     and figures. Interrupted runs resume from the saved heatmap batches.
     """
-    from dermcam.explain import run_explain
-    from dermcam.external import by_columns
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.external import by_columns
 
     if artifact_labels is not None and data is None:  # attention summary by artifact presence
         _use_artifact_labels(run_dir, artifact_labels)
@@ -742,7 +742,7 @@ def _print_attention(summary) -> None:
         console.print("  p-values adjusted within families: " + "; ".join(
             f"{name} ({f['k']} tests, {f['method']})" for name, f in fams.items())
             + "; raw p beside each in attention_summary.json")
-    from dermcam.explain import SUBGROUP_TITLES
+    from dermcam.stages.explain import SUBGROUP_TITLES
 
     _print_summary_subgroups(summary.get("subgroups"), SUBGROUP_TITLES,
                              lambda e: f"{e['model']}/{e['method']}", "attention")
@@ -957,8 +957,8 @@ def probe(
     unchanged one does not prove its absence.
     """
     from dermcam.device import resolve_device
-    from dermcam.external import by_columns
-    from dermcam.probe import SUBGROUP_TITLES, read_summary_object, run_probe
+    from dermcam.stages.external import by_columns
+    from dermcam.stages.probe import SUBGROUP_TITLES, read_summary_object, run_probe
 
     if artifact_labels is not None and data is None:
         _use_artifact_labels(run_dir, artifact_labels)
@@ -974,7 +974,7 @@ def probe(
                             precision=precision)
     where = Path(run_dir)
     if data is not None:
-        from dermcam.external import safe_name
+        from dermcam.stages.external import safe_name
 
         where = where / runmod.EXTERNAL_DIR / safe_name(name or Path(data).resolve().name)
     summary = read_summary_object(where) or {}
@@ -992,7 +992,7 @@ def probe(
 
 
 def _probe_title(probe: str) -> str:
-    from dermcam.probe import PROBE_TITLES as titles
+    from dermcam.stages.probe import PROBE_TITLES as titles
 
     return titles.get(probe, probe)
 
@@ -1034,7 +1034,7 @@ def _print_probe_presence(rows) -> None:
 
 def _print_probe(entries, run_dir=None) -> None:
     from dermcam.formatting import num
-    from dermcam.probe import CAVEAT, PROBE_TITLES, sentences
+    from dermcam.stages.probe import CAVEAT, PROBE_TITLES, sentences
 
     t = Table(title="probes: change in malignant probability, mean [95 % CI]")
     for c in ("model", "probe", "n", "Δ P(malignant)", "flips b→m", "flips m→b",
@@ -1068,7 +1068,7 @@ def report(
 ) -> None:
     """One self-contained HTML report (opens offline) for reviewers: summary, model comparison
     with CIs and tests, attention analysis, a gallery of leaking images, method notes."""
-    from dermcam.report import run_report
+    from dermcam.stages.report import run_report
 
     path = run_report(run_dir, out)
     console.print(f"wrote {path}")

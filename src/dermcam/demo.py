@@ -57,11 +57,11 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
              shortcut_model: str = "resnet18", method: str = DEMO_METHOD,
              precision: str = "auto") -> Path:
     from dermcam.data.synth import SynthConfig, generate
-    from dermcam.explain import run_explain
     from dermcam.models import imagenet_available
-    from dermcam.pipeline import run_evaluate
-    from dermcam.probe import run_probe
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.probe import run_probe
+    from dermcam.stages.train import TrainConfig, train
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -158,7 +158,7 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
         if show and len(show) > 3:
             show[3](experiment)
     say(f"[{steps}/{steps}] report")
-    from dermcam.report import run_report
+    from dermcam.stages.report import run_report
 
     path = run_report(run)
     say(f"report: {path}")
@@ -294,7 +294,7 @@ def _probe_vs_control(control_run: Path, shortcut_run: Path, model: str, artifac
     import numpy as np
     import pandas as pd
 
-    from dermcam.probe import NEGLIGIBLE_DELTA
+    from dermcam.stages.probe import NEGLIGIBLE_DELTA
     from dermcam.stats import bootstrap_indices
 
     keys = ["image_id", "placement"]
@@ -322,7 +322,7 @@ def _probe_evidence(run: Path, model: str, artifact: str) -> dict[str, Any] | No
     ``reacts``: the insertion CI lies above 0 and the mean change is at least the
     probes' negligible margin (0.02).
     """
-    from dermcam.probe import NEGLIGIBLE_DELTA, find, read_summary
+    from dermcam.stages.probe import NEGLIGIBLE_DELTA, find, read_summary
 
     entries = read_summary(run)
     if not entries:

@@ -1392,7 +1392,7 @@ def adjust_confound(r: dict, k_class: int | None = None,
 
     ``r`` carries ``p_adjusted`` (the size-adjusted class coefficient's p, adjusted in
     its family), ``adjust_method`` and ``equivalence["p_adjusted"]`` (the TOST p,
-    adjusted in its family), as :func:`dermcam.explain.summarise_attention` sets them;
+    adjusted in its family), as :func:`dermcam.stages.explain.summarise_attention` sets them;
     ``k_class``, ``k_equivalence`` are the family sizes, named in the sentence. The
     verdict, ``class_effect_survives``, ``equivalence["equivalent"]`` and the sentence
     follow the adjusted p-values (raw and adjusted both shown); ``verdict_unadjusted``

@@ -214,7 +214,7 @@ class Run:
     """A typed handle on one run folder, opened once and passed to every stage.
 
     Paths by name (``run.outputs.metrics``, ``run.model_file(name)``, ``run.report``), the
-    training configuration as a :class:`dermcam.training.TrainConfig` (``run.config``,
+    training configuration as a :class:`dermcam.stages.train.TrainConfig` (``run.config``,
     ``run.image_size``, ``run.seed``), the data set and the decode cache opened once and
     kept (``run.dataset``, ``run.cache``), the trained models (``run.trained_models``,
     ``run.load_model(name)``, loaded once), and ``with run.stage("explain"):``, which records
@@ -278,8 +278,8 @@ class Run:
     # ---------------------------------------------------------------- config
     @property
     def config(self):
-        """The training configuration, as :class:`dermcam.training.TrainConfig`."""
-        from dermcam.training import TrainConfig
+        """The training configuration, as :class:`dermcam.stages.train.TrainConfig`."""
+        from dermcam.stages.train import TrainConfig
 
         known = set(TrainConfig.__dataclass_fields__)
         return TrainConfig(**{k: v for k, v in self.manifest["config"].items() if k in known})

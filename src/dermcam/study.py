@@ -172,8 +172,8 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
 
     Returns the evaluation result (:func:`dermcam.evaluation.evaluate_predictions`).
     """
-    from dermcam.pipeline import run_evaluate
-    from dermcam.training import TrainConfig, train
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.train import TrainConfig, train
 
     results = Path(results)
     run = results / RUN_SUBDIR
@@ -267,12 +267,12 @@ def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
                   model: str | None = None, batch_size: int = 16, n_boot: int = 1000,
                   progress=None, say=_say) -> dict[str, Any]:
     """dermcam explain (Grad-CAM) on ``results/run``; the study's figures and CSV under
-    ``results``. Returns the attention summary (:func:`dermcam.explain.run_explain`)."""
+    ``results``. Returns the attention summary (:func:`dermcam.stages.explain.run_explain`)."""
     import pandas as pd
 
     from dermcam import run as runmod
-    from dermcam.explain import run_explain
     from dermcam.io import MANIFEST, write_csv
+    from dermcam.stages.explain import run_explain
 
     results = Path(results)
     run = results / RUN_SUBDIR

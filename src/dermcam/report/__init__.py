@@ -4,6 +4,6 @@ One self-contained page (figures as base64 data URIs, inline stylesheet, a few
 lines of inline script) built only from the run folder's own files.
 """
 
-from dermcam.report.html import build_report, render, run_report
+from dermcam.report.html import build_report, render
 
-__all__ = ["build_report", "render", "run_report"]
+__all__ = ["build_report", "render"]

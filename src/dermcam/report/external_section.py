@@ -27,8 +27,8 @@ ITA_NOTE = ("Skin tone is estimated from each image, not recorded: the individua
 
 def _externals(r) -> list[tuple[str, dict[str, Any] | None, str, Any]]:
     """``(name, metrics or None, why missing, folder)`` per recorded external set."""
-    from dermcam.external import external_sets
     from dermcam.io import read_json
+    from dermcam.stages.external import external_sets
 
     out = []
     for name, folder, entry in external_sets(r.dir, r.manifest):
@@ -47,8 +47,8 @@ def _externals(r) -> list[tuple[str, dict[str, Any] | None, str, Any]]:
 
 def section_external(r) -> str:
     """Internal and external test results side by side, with the duplicates found."""
-    from dermcam.external import SIDE_BY_SIDE, external_audits, side_by_side
     from dermcam.report.html import RunFiles, _table, esc, fmt_ci, missing
+    from dermcam.stages.external import SIDE_BY_SIDE, external_audits, side_by_side
 
     head = '<section id="external"><h2>External validation</h2>'
     sets = _externals(r)
@@ -121,8 +121,6 @@ def _read(folder, file: str, stage: dict[str, Any] | None, name: str, kind: str)
 def _audit_html(r, name: str, stages: dict[str, Any]) -> str:
     """Attention (``explain --data``) and probes (``probe --data``) on external set ``name``,
     each beside the internal test set's."""
-    from dermcam import probe as pr
-    from dermcam.explain import SUBGROUP_TITLES
     from dermcam.formatting import fmt_ci as format_ci
     from dermcam.report.html import HTML_CI, _table, esc, fmt_num, missing
     from dermcam.report.subgroup_tables import (
@@ -131,6 +129,8 @@ def _audit_html(r, name: str, stages: dict[str, Any]) -> str:
         probe_label,
         summary_subgroups_html,
     )
+    from dermcam.stages import probe as pr
+    from dermcam.stages.explain import SUBGROUP_TITLES
 
     folder = r.dir / runmod.EXTERNAL_DIR / name
     out = [f"<h3>Attention and probes on {esc(name)}</h3>"]

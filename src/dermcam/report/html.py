@@ -21,7 +21,6 @@ from typing import Any
 
 from dermcam import run as runmod
 from dermcam.errors import DermcamError
-from dermcam.explain import heatmap_dir
 from dermcam.formatting import (
     METRIC_LABELS,
     fmt_num,
@@ -32,6 +31,7 @@ from dermcam.formatting import (
 )
 from dermcam.formatting import fmt_ci as format_ci
 from dermcam.report import template
+from dermcam.stages.explain import heatmap_dir
 
 log = logging.getLogger(__name__)
 
@@ -1016,8 +1016,8 @@ def _artifacts_html(s: dict[str, Any], r: RunFiles, tests: dict[str, Any]) -> li
 
 def _attention_subgroups(s: dict[str, Any], r: RunFiles) -> list[str]:
     """The attention by subgroup (``explain --by``), or how to get it."""
-    from dermcam.explain import SUBGROUP_TITLES
     from dermcam.report.subgroup_tables import attention_label, summary_subgroups_html
+    from dermcam.stages.explain import SUBGROUP_TITLES
 
     return ["<h3>By subgroup</h3>",
             summary_subgroups_html(r, s.get("subgroups"), SUBGROUP_TITLES,
@@ -1281,20 +1281,6 @@ def render(run_dir: str | Path) -> str:
               f'<span class="mono">{esc(r.dir.resolve())}</span>. This page is self-contained: '
               "figures are embedded and nothing is loaded from the network.")
     return template.page(f"dermcam report: {esc(data_name)}", header, body, footer)
-
-
-def run_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """The report stage: :func:`build_report`, recorded in the manifest (running, then
-    complete with the report's path, or failed with the error).
-
-    Training must be complete; evaluate and explain may be absent (shown as missing) but
-    not running or failed, whose files on disk would be stale or partial.
-    """
-    run = runmod.Run.open(run_dir, require="train", settled=("evaluate", "explain"))
-    with run.stage("report") as record:
-        path = build_report(run.dir, out)
-        record["path"] = str(path)
-    return path
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

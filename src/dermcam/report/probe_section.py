@@ -25,8 +25,8 @@ def _pct(v: Any) -> str:
 
 def section_probe(r) -> str:
     """Plain sentences, one table per model, and the three probe figures."""
-    from dermcam import probe as pr
     from dermcam.report.html import _table, esc, fmt_num, missing
+    from dermcam.stages import probe as pr
 
     head = '<section id="probe"><h2>Behavioural probes</h2>'
     try:

@@ -49,7 +49,7 @@ def attention_label(r) -> Callable[[dict[str, Any]], str]:
 
 
 def probe_label(r) -> Callable[[dict[str, Any]], str]:
-    from dermcam.probe import PROBE_TITLES as titles
+    from dermcam.stages.probe import PROBE_TITLES as titles
 
     return lambda e: " ".join(filter(None, [r.display(e.get("model")), "—", e.get("artifact"),
                                             titles.get(e.get("probe"), e.get("probe"))]))
@@ -57,8 +57,8 @@ def probe_label(r) -> Callable[[dict[str, Any]], str]:
 
 def presence_html(r, rows: list[dict[str, Any]] | None) -> str:
     """Lesion and background removal on images with vs without each labelled artifact."""
-    from dermcam.probe import PROBE_TITLES as titles
     from dermcam.report.html import _table, esc, fmt_num, fmt_p
+    from dermcam.stages.probe import PROBE_TITLES as titles
 
     if not rows:
         return ""

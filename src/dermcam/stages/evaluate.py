@@ -24,7 +24,7 @@ def load_test_split(run: runmod.Run, limit: int | None = None, require_masks: bo
     ``artifacts``: an artifact label file joined instead of the one the run records."""
     from dermcam.data import load_dataset
     from dermcam.data.cache import warm_cache
-    from dermcam.training import CachedSplit
+    from dermcam.stages.train import CachedSplit
 
     ds = run.dataset if artifacts is None else load_dataset(run.data_root, artifacts=artifacts)
     samples = ds.split("test")
@@ -54,7 +54,7 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
     is unavailable, a ``by`` column or the artifact labels do not fit, or the test split
     holds one class; a failure once it has started is recorded as 'failed'.
     ``data``: score another data set instead, into ``RUN/external/<name>/``
-    (:func:`dermcam.external.run_external`). ``by``: metadata columns (or ``ita``) for
+    (:func:`dermcam.stages.external.run_external`). ``by``: metadata columns (or ``ita``) for
     per-subgroup metrics (:mod:`dermcam.subgroups`), groups under ``min_group`` images
     reported as too few to estimate. ``artifacts``: a per-image artifact label file
     (:mod:`dermcam.data.artifact_labels`) joined to the data scored; for the run's own
@@ -65,7 +65,7 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
 
     device = str(resolve_device(device))  # an unavailable device: refused here, once
     if data is not None:
-        from dermcam.external import run_external
+        from dermcam.stages.external import run_external
 
         return run_external(run_dir, data, name=name, n_boot=n_boot, seed=seed, by=by,
                             min_group=min_group, exclude_duplicates=exclude_duplicates,
@@ -79,7 +79,7 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
                            f"{lack}: ROC AUC, average precision, sensitivity and specificity "
                            f"are undefined; add {lack} test images", ds.root)
     if by:
-        from dermcam.external import check_by
+        from dermcam.stages.external import check_by
 
         check_by(ds, by)
     labels_note = None
@@ -144,8 +144,8 @@ def score_predictions(preds: pd.DataFrame, thresholds: dict[str, float], ds,
     :func:`dermcam.calibration.calibration_summary`) and the models' display names."""
     from dermcam.calibration import calibration_summary
     from dermcam.evaluation import evaluate_predictions
-    from dermcam.explain import cluster_name
-    from dermcam.external import subgroups_for
+    from dermcam.stages.explain import cluster_name
+    from dermcam.stages.external import subgroups_for
 
     result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
                                   cluster_name=cluster_name(ds))
@@ -179,7 +179,7 @@ def _evaluate(run: runmod.Run, ds, samples, arrays, n_boot: int, seed: int,
               labels: dict[str, str] | None = None) -> dict[str, Any]:
     from dermcam import plots
     from dermcam.evaluation import metrics_table
-    from dermcam.external import annotate_predictions
+    from dermcam.stages.external import annotate_predictions
 
     out = run.outputs
     preds, thresholds = predict_models(run, samples, arrays, device=device)

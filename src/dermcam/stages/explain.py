@@ -94,7 +94,7 @@ def parse_layer_spec(spec: str | dict | None, names) -> dict[str, str]:
 
 def _validation_samples(run: runmod.Run) -> list:
     """The run's validation images (the training split's held-out part) that have masks."""
-    from dermcam.training import stratified_split
+    from dermcam.stages.train import stratified_split
 
     train = run.dataset.split("train")
     if not train:
@@ -299,7 +299,7 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "malign
     check run on the CPU.
 
     ``data``: audit another data set's masked images instead (the images
-    :func:`dermcam.external.external_samples` picks), into ``RUN/external/<name>/``
+    :func:`dermcam.stages.external.external_samples` picks), into ``RUN/external/<name>/``
     (heatmaps, attention.csv, attention_summary.json, figures) as stage
     ``external:<name>/explain``; layers are chosen on the run's own validation images and
     the heatmaps' predicted class uses the run's thresholds. ``artifacts``: an artifact
@@ -363,7 +363,7 @@ def _explain_source(run: runmod.Run, data, name, artifacts, limit, by) -> _Sourc
     """The run's own masked test images, or with ``data`` another set's (see
     :func:`run_explain`); the ``--by`` columns checked against it."""
     if data is not None:
-        from dermcam.external import load_external, stage_key
+        from dermcam.stages.external import load_external, stage_key
 
         ds, every, which, name = load_external(data, name, artifacts)
         out, stage = run.external(name), stage_key(name, "explain")
@@ -373,7 +373,7 @@ def _explain_source(run: runmod.Run, data, name, artifacts, limit, by) -> _Sourc
         ds, every = _explain_samples(run, None)
         out, stage, which, where = run.outputs, "explain", None, {}
     if by:
-        from dermcam.external import check_by
+        from dermcam.stages.external import check_by
 
         check_by(ds, by)
     return _Source(ds, every, every[:limit] if limit else every, which, out, stage, where)
@@ -394,7 +394,7 @@ def _explain_stage(run: runmod.Run, src: _Source, record: dict[str, Any], *, met
     """The explain stage's work once its inputs are checked: layer choice, heatmaps (or one
     shard of them), sanity check, scores and summary; ``record`` receives what the
     manifest keeps of it."""
-    from dermcam.external import by_columns
+    from dermcam.stages.external import by_columns
 
     out, samples = src.out, src.samples
     t0 = time.perf_counter()
@@ -741,7 +741,7 @@ def _add_artifact_columns(df: pd.DataFrame, ids: list[str], items, cams: np.ndar
 
 def _with_image_columns(att: pd.DataFrame, ds, sc: _Scoring, by) -> pd.DataFrame:
     """``att`` with the ``--by`` columns (metadata, ``ita`` from the image) per image."""
-    from dermcam.external import image_columns
+    from dermcam.stages.external import image_columns
 
     cols = image_columns(ds, [sc.by_id[i] for i in att["image_id"].unique()], sc.cache,
                          sc.size, by)
@@ -997,7 +997,7 @@ def _resampling_note(resampling: str, clustered: bool) -> tuple[list[str], str]:
 def _subgroups(att: pd.DataFrame, by, n_boot: int, seed: int, min_group: int | None,
                cluster_col: str | None) -> dict[str, Any]:
     """``{"subgroups": ...}``: the attention summary by the ``--by`` columns."""
-    from dermcam.external import by_names
+    from dermcam.stages.external import by_names
     from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
 
     return {"subgroups": subgroup_summary_analyses(

@@ -448,7 +448,7 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
     (:func:`read_summary_object` reads the whole summary).
 
     ``data``: probe another data set's masked images instead (those
-    :func:`dermcam.external.external_samples` picks) into ``RUN/external/<name>/``, stage
+    :func:`dermcam.stages.external.external_samples` picks) into ``RUN/external/<name>/``, stage
     ``external:<name>/probe``, at the run's thresholds; ``artifact_labels``: a label file
     joined to that set. ``by``: columns (metadata, ``ita``) for the summary by subgroup,
     groups under ``min_group`` images too few to estimate. Where the images carry artifact
@@ -460,7 +460,7 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
     """
     import shutil
 
-    from dermcam.pipeline import load_test_split
+    from dermcam.stages.evaluate import load_test_split
 
     run = runmod.Run.open(run_dir, require="train")
     seed = run.seed if seed is None else int(seed)
@@ -473,7 +473,7 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
         raise DermcamError("no trained model in this run; finish 'dermcam train' first", run.dir)
     t0 = time.perf_counter()
     if data is not None:
-        from dermcam.external import stage_key
+        from dermcam.stages.external import stage_key
 
         ds, all_samples, split, name = _external_split(run, data, name, limit,
                                                        artifact_labels)
@@ -483,7 +483,7 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
         ds, all_samples, split = load_test_split(run, limit=limit)
         out, stage, explain_stage = run.outputs, "probe", "explain"
     if by:
-        from dermcam.external import check_by
+        from dermcam.stages.external import check_by
 
         check_by(ds, by)
     prev = run.stage_entry(stage)
@@ -511,7 +511,7 @@ def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, n
                  data, by, min_group, precision: str = "32-true") -> list[dict[str, Any]]:
     """The probe stage's work once its inputs are checked: batches, summary, figures;
     ``record`` receives what the manifest keeps of it."""
-    from dermcam.external import by_columns
+    from dermcam.stages.external import by_columns
 
     cache, size = split.cache, split.size
     samples, skipped = [], []
@@ -531,7 +531,7 @@ def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, n
     probed_ids = set(df["image_id"])
     probed = [s for s in samples if s.image_id in probed_ids]
     if by:
-        from dermcam.external import image_columns
+        from dermcam.stages.external import image_columns
 
         summary["subgroups"] = probe_subgroups(
             df, image_columns(ds, probed, cache, size, by), by, n_boot=n_boot, seed=seed,
@@ -620,8 +620,8 @@ def _probe_batches(out: runmod.Outputs, samples, names, models, cfg, cache, size
 def _external_split(run: runmod.Run, data, name, limit, artifact_labels):
     """``(data set, masked samples, CachedSplit, folder name)`` of an external set."""
     from dermcam.data.cache import warm_cache
-    from dermcam.external import load_external
-    from dermcam.training import CachedSplit
+    from dermcam.stages.external import load_external
+    from dermcam.stages.train import CachedSplit
 
     ds, samples, _, name = load_external(data, name, artifact_labels, what="the probes")
     samples = samples[:limit] if limit else samples
@@ -785,8 +785,8 @@ def probe_subgroups(df: pd.DataFrame, columns: pd.DataFrame, by, n_boot: int = 1
     (Wilson CI where each image has one decision, else a bootstrap over images), n
     images, and Kruskal-Wallis across groups (Holm over columns and entries);
     :func:`dermcam.subgroups.subgroup_summary_analyses`. ``columns``: ``image_id`` and
-    the ``by`` columns (:func:`dermcam.external.image_columns`)."""
-    from dermcam.external import by_names
+    the ``by`` columns (:func:`dermcam.stages.external.image_columns`)."""
+    from dermcam.stages.external import by_names
     from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
 
     table = per_image(df).merge(columns, on="image_id", how="left")

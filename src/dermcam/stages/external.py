@@ -6,7 +6,7 @@ A run's models score another data set of any supported layout, with the threshol
 chosen on the training data's validation split, into ``RUN/external/<name>/``
 (``predictions.csv``, ``metrics.json``, ``metrics.csv``, ``figures/``), recorded in the
 manifest as stage ``external:<name>``. ``metrics.json`` holds the internal evaluation's
-blocks (:func:`dermcam.pipeline.score_predictions`: CIs, subgroups, calibration before and
+blocks (:func:`dermcam.stages.evaluate.score_predictions`: CIs, subgroups, calibration before and
 after); the models run on ``--device``; ``--artifacts FILE`` labels the external images
 (``artifact_<name>`` subgroups) without touching the run's own manifest. Which images are
 scored:
@@ -82,7 +82,7 @@ def annotate_predictions(preds: pd.DataFrame, ds, samples, split, by=()) -> pd.D
     """``preds`` with ``ita``, ``ita_category``, ``ita_source`` and each ``by`` column.
 
     ITA (:mod:`dermcam.skin`) is estimated from each sample's cached image at the run's
-    size (``split``: a :class:`~dermcam.training.CachedSplit`), outside its lesion mask
+    size (``split``: a :class:`~dermcam.stages.train.CachedSplit`), outside its lesion mask
     where it has one (``ita_source``: ``outside lesion mask``, ``whole image (no mask)``,
     or why it is undefined).
     """
@@ -222,7 +222,7 @@ def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
                  artifacts: str | Path | None = None) -> dict[str, Any]:
     """Score the run's models on ``data``; write ``RUN/external/<name>/``. Returns the
     metrics (``metrics.json``, the internal evaluation's blocks, calibration included:
-    :func:`dermcam.pipeline.score_predictions`), with ``external`` describing the set and
+    :func:`dermcam.stages.evaluate.score_predictions`), with ``external`` describing the set and
     its duplicates.
 
     ``device``: where the models run (:func:`dermcam.device.resolve_device`).
@@ -233,7 +233,7 @@ def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
     from dermcam.data import load_dataset
     from dermcam.data.cache import warm_cache
     from dermcam.device import resolve_device
-    from dermcam.training import CachedSplit
+    from dermcam.stages.train import CachedSplit
 
     run = runmod.Run.open(run_dir, require="train")
     seed = run.seed if seed is None else seed
@@ -251,7 +251,7 @@ def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
     joined = None
     if artifacts is not None:
         from dermcam.data.artifact_labels import join_note
-        from dermcam.pipeline import labels_info
+        from dermcam.stages.evaluate import labels_info
 
         joined = labels_info(artifacts, join_note(ds))
     with run.stage(stage, data=str(Path(data).resolve()),
@@ -291,7 +291,7 @@ def _score(run: runmod.Run, ds, samples, split, out: runmod.Outputs, which: str,
            device: str = "cpu", labels: dict[str, str] | None = None) -> dict[str, Any]:
     from dermcam.duplicates import NEAR_DISTANCE
     from dermcam.evaluation import metrics_table
-    from dermcam.pipeline import plot_results, predict_models, score_predictions
+    from dermcam.stages.evaluate import plot_results, predict_models, score_predictions
 
     preds, thresholds = predict_models(run, samples, split, device=device)
     preds = annotate_predictions(preds, ds, samples, split, by)

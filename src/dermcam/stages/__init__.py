@@ -1,0 +1,16 @@
+"""The pipeline's stages, one module and one entry each, in the order they run:
+
+    train.py      train(TrainConfig)             -> models/<name>/model.pt, history, manifest
+    evaluate.py   run_evaluate(run)              -> predictions.csv, metrics.json, figures
+    external.py   run_external(run, data)        -> external/<name>/ (evaluate on another set)
+    explain.py    run_explain(run)               -> attention.csv, attention_summary.json
+    probe.py      run_probe(run)                 -> probe.csv, probe_summary.json
+    report.py     run_report(run)                -> report.html (the page: dermcam.report)
+
+Each takes a run folder and opens it as one :class:`dermcam.run.Run` (paths by name,
+config, data set, decode cache and checkpoints), and records itself in the manifest with
+``with run.stage(name):`` (running, then complete or failed). The pure pieces they
+compose live beside this package: metrics and tests (evaluation, stats, calibration,
+subgroups), CAMs and their scores (attribution, localisation, sanity, leakage),
+checkpoints and inference, data layouts (data/).
+"""
