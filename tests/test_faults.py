@@ -118,6 +118,36 @@ def test_ctrl_c_during_fit_waits_for_the_batch_boundary():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_ctrl_c_after_the_last_batch_stops_before_model_pt(data, tmp_path, monkeypatch):
+    """Pressed while the threshold is chosen (no batch boundary left): recorded by the
+    guard, raised before model.pt is written; before, it could land in a finalizer and be
+    lost, and training finished as if nothing was pressed."""
+    from dermcam.stages import train as tr
+
+    if (signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            or threading.current_thread() is not threading.main_thread()):
+        pytest.skip("needs Python's own SIGINT handler in the main thread")
+    choose = tr._choose_threshold
+
+    def press_then_choose(*a, **k):
+        try:  # where Ctrl-C lands in a finalizer, CPython discards the KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return choose(*a, **k)
+
+    monkeypatch.setattr(tr, "_choose_threshold", press_then_choose)
+    out = tmp_path / "run"
+    cfg = tr.TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
+                         image_size=32, max_epochs=1, batch_size=8, seed=3, progress=False,
+                         accelerator="cpu", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg)
+    assert (out / "models/resnet18/lightning/last.ckpt").exists()  # resume needs it
+    assert not (out / "models/resnet18/model.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_nonfinite_loss_names_epoch_and_batch():
     from dermcam.stages.train import make_module
 

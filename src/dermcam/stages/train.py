@@ -614,19 +614,24 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     if trainer.global_rank == 0:
         ckdir.mkdir(parents=True, exist_ok=True)
     train_dl, val_dl = _loaders(cfg, trainer, ytr, train_ds, val_ds)
-    _fit(name, trainer, module, train_dl, val_dl, ctrl_c, ckdir / "last.ckpt", resume)
-    if not trainer.is_global_zero:
-        return {}
-    model, best_epoch = _restore_best(name, module, best_cb, ckdir)
-    decision = _choose_threshold(model, val_ds, arrays.labels[va_idx], cfg.calibration)
-    wall = time.perf_counter() - t0
-    best_score = float(best_cb.best_model_score or math.nan)
-    card = _model_card(info, cfg, len(tr_idx), len(va_idx), decision)
-    save_checkpoint(mdir / runmod.MODEL_FILE, model, info, {
-        "image_size": cfg.image_size, "threshold": decision.threshold,
-        "best_epoch": best_epoch, "monitor": cfg.monitor, "best_score": best_score,
-        "temperature": decision.temperature, "calibration_bias": decision.bias,
-        "calibration": decision.calibration, "model_card": card})
+    # The guard stays on until model.pt is written: a Ctrl-C after the last batch (while
+    # the best checkpoint is restored and the threshold chosen) stops before the save
+    # instead of landing, possibly lost, in code that has no batch boundary.
+    with ctrl_c:
+        _fit(name, trainer, module, train_dl, val_dl, ctrl_c, ckdir / "last.ckpt", resume)
+        if not trainer.is_global_zero:
+            return {}
+        model, best_epoch = _restore_best(name, module, best_cb, ckdir)
+        decision = _choose_threshold(model, val_ds, arrays.labels[va_idx], cfg.calibration)
+        ctrl_c.check()
+        wall = time.perf_counter() - t0
+        best_score = float(best_cb.best_model_score or math.nan)
+        card = _model_card(info, cfg, len(tr_idx), len(va_idx), decision)
+        save_checkpoint(mdir / runmod.MODEL_FILE, model, info, {
+            "image_size": cfg.image_size, "threshold": decision.threshold,
+            "best_epoch": best_epoch, "monitor": cfg.monitor, "best_score": best_score,
+            "temperature": decision.temperature, "calibration_bias": decision.bias,
+            "calibration": decision.calibration, "model_card": card})
     return _model_record(name, info, cfg, trainer, decision, best_epoch, best_score,
                          precision, lr, wall)
 
@@ -709,14 +714,14 @@ def _loaders(cfg: TrainConfig, trainer, ytr: np.ndarray, train_ds, val_ds):
 
 def _fit(name: str, trainer, module, train_dl, val_dl, ctrl_c, last: Path,
          resume: bool) -> None:
-    """``trainer.fit``, from ``last`` (Lightning's last.ckpt) where resuming and it exists;
-    Ctrl-C, however Lightning reports it, becomes KeyboardInterrupt."""
+    """``trainer.fit``, from ``last`` (Lightning's last.ckpt) where resuming and it exists,
+    inside the ``ctrl_c`` guard the caller entered; Ctrl-C, however Lightning reports it,
+    becomes KeyboardInterrupt."""
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path:
         log.info("%s: resuming from %s", name, last)
     try:
-        with ctrl_c:
-            trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
     except SystemExit as exc:  # Lightning turns Ctrl-C into sys.exit(1) after its shutdown
         if trainer.interrupted:
             raise KeyboardInterrupt from exc
