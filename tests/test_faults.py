@@ -30,6 +30,18 @@ def _cli(*args, **kw):
                           text=True, **kw)
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test, however the suite was launched (a job
+    started in the background without job control inherits SIG_IGN, and Python then
+    installs none); the previous disposition comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be set in the main thread")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
@@ -98,13 +110,10 @@ def test_resume_after_kill_or_ctrl_c_matches_uninterrupted(data, reference, tmp_
         torch.testing.assert_close(v, b["state_dict"][k], atol=1e-4, rtol=1e-4)
 
 
-def test_ctrl_c_during_fit_waits_for_the_batch_boundary():
+def test_ctrl_c_during_fit_waits_for_the_batch_boundary(python_sigint):
     """Ctrl-C is recorded, then raised by the callback after the batch; twice: at once."""
     from dermcam.stages.train import make_ctrl_c_guard
 
-    if (signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-            or threading.current_thread() is not threading.main_thread()):
-        pytest.skip("needs Python's own SIGINT handler in the main thread")
     guard = make_ctrl_c_guard()
 
     def press() -> str:
@@ -122,15 +131,13 @@ def test_ctrl_c_during_fit_waits_for_the_batch_boundary():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_after_the_last_batch_stops_before_model_pt(data, tmp_path, monkeypatch):
+def test_ctrl_c_after_the_last_batch_stops_before_model_pt(data, tmp_path, monkeypatch,
+                                                           python_sigint):
     """Pressed while the threshold is chosen (no batch boundary left): recorded by the
     guard, raised before model.pt is written; before, it could land in a finalizer and be
     lost, and training finished as if nothing was pressed."""
     from dermcam.stages import train as tr
 
-    if (signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-            or threading.current_thread() is not threading.main_thread()):
-        pytest.skip("needs Python's own SIGINT handler in the main thread")
     choose = tr._choose_threshold
 
     def press_then_choose(*a, **k):
