@@ -114,3 +114,19 @@ def test_weights_file_that_is_not_torch(tmp_path):
     path.write_text("hello")
     with pytest.raises(DermcamError, match="notes.pt"):
         build_model("resnet18", weights=str(path))
+
+
+def test_weights_saved_from_data_parallel_load_without_their_prefix():
+    import torch
+
+    from dermcam.models import build_model, load_weights_into, state_dict_of
+
+    src, _ = build_model("resnet18", "none")
+    wrapped = {f"module.{k}": v for k, v in src.state_dict().items()}
+    assert set(state_dict_of({"state_dict": wrapped})) == set(src.state_dict())
+    dst, _ = build_model("resnet18", "none")
+    load_weights_into(dst, "resnet18", wrapped, "dp.pt")
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+    # a key that merely starts with "module" elsewhere is left alone
+    assert state_dict_of({"module.a": 1, "b": 2}) == {"module.a": 1, "b": 2}

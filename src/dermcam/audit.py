@@ -181,6 +181,7 @@ def load_model(weights: str | Path, arch: str | None = None, layer: str | None =
         check_model_name,
         load_state_file,
         load_weights_into,
+        state_dict_of,
     )
 
     path = Path(weights)
@@ -210,10 +211,7 @@ def load_model(weights: str | Path, arch: str | None = None, layer: str | None =
     model, info = build_model(arch, "none")
     spec = REGISTRY.get(arch)
     head = spec.head if spec else _last_linear(model)
-    state = obj.get("state_dict", obj)
-    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel
-        obj = {**obj, "state_dict": state} if "state_dict" in obj else state
+    state = state_dict_of(obj)
     load_weights_into(model, arch, obj, path, head)  # the body fits arch, or a clear error
     # load_weights_into keeps a random 2-class head where the file has none or another
     # one (ImageNet weights to fine-tune); an audit needs the model's own head.

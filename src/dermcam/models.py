@@ -270,9 +270,19 @@ def build_model(name: str, weights: str = "none", num_classes: int = NUM_CLASSES
                             spec.candidate_layers if spec else (target,))
 
 
-def load_weights_into(model, name: str, obj: dict, path, head: str | None = None) -> None:
-    """Load a state dict (or dermcam checkpoint dict) into ``model``, checking the architecture."""
+def state_dict_of(obj: dict):
+    """The state dict in ``obj`` (a dermcam checkpoint's ``state_dict``, or ``obj`` itself),
+    with the ``module.`` prefix ``torch.nn.DataParallel`` adds to every key removed."""
     state = obj.get("state_dict", obj)
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights_into(model, name: str, obj: dict, path, head: str | None = None) -> None:
+    """Load a state dict (or dermcam checkpoint dict) into ``model``, checking the
+    architecture; keys saved from ``DataParallel`` (``module.`` prefix) are accepted."""
+    state = state_dict_of(obj)
     arch = obj.get("arch")
     if arch is not None and arch != name:
         raise DermcamError(f"checkpoint is for architecture {arch!r}, not {name!r}", path)
