@@ -352,8 +352,10 @@ def inference_precision(spec: str, name: str, device, image_size: int) -> str:
     return resolve_precision(spec, "gpu" if on_gpu else "cpu", depthwise_net(name), image_size)
 
 
-def _load_models(run: runmod.Run, names: Sequence[str], device, precision: str = "32-true"
-                 ) -> list[tuple[str, Any, float]]:
+def _load_models(run: runmod.Run, names: Sequence[str], device,
+                 precisions: dict[str, str] | None = None) -> list[tuple[str, Any, float]]:
+    """``(name, model, threshold)`` per model, each scored in its resolved precision
+    (``precisions``: :func:`inference_precision` per model; float32 where absent)."""
     import torch
 
     from dermcam.inference import Bf16Inference, use_channels_last
@@ -362,7 +364,7 @@ def _load_models(run: runmod.Run, names: Sequence[str], device, precision: str =
     for name in names:
         model, _info, payload = run.load_model(name)
         model.to(device)
-        if inference_precision(precision, name, device, run.image_size) == "bf16-mixed":
+        if (precisions or {}).get(name) == "bf16-mixed":
             model = Bf16Inference(model, torch.device(device).type)
         elif use_channels_last(name):
             model.to(memory_format=torch.channels_last)
@@ -501,14 +503,15 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
                                explain_stage, record, batch_size=batch_size, n_boot=n_boot,
                                progress=progress, figures=figures, workers=workers,
                                device=device, data=data, by=by, min_group=min_group,
-                               precision=precision)
+                               precisions=precisions)
     return entries
 
 
 def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, names, cfg,
                  seed: int, t0: float, explain_stage: str, record: dict[str, Any], *,
                  batch_size: int, n_boot: int, progress, figures: bool, workers, device,
-                 data, by, min_group, precision: str = "32-true") -> list[dict[str, Any]]:
+                 data, by, min_group, precisions: dict[str, str] | None = None
+                 ) -> list[dict[str, Any]]:
     """The probe stage's work once its inputs are checked: batches, summary, figures;
     ``record`` receives what the manifest keeps of it."""
     from dermcam.stages.external import by_columns
@@ -518,7 +521,7 @@ def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, n
     for s in all_samples:
         why = "no lesion mask" if s.mask_path is None else None
         (skipped.append({"image_id": s.image_id, "reason": why}) if why else samples.append(s))
-    models = _load_models(run, names, device, precision)
+    models = _load_models(run, names, device, precisions)
     df, clock, timing = _probe_batches(out, samples, names, models, cfg, cache, size,
                                        skipped, batch_size, progress, workers, device)
     if df.empty:
