@@ -182,3 +182,57 @@ def test_summarise_attention_reads_the_target_from_a_run_a_manifest_or_a_name():
     assert _explained_class("predicted") == "predicted" and _explained_class(None) is None
     assert _explained_class(m) == "true" and _explained_class({}) is None
     assert _explained_class(runmod.Run(Path("x"), m)) == "true"
+
+
+def test_training_writes_the_manifest_through_run(tmp_path):
+    """create, record_model (re-reads, so another writer's stage survives), set_stage with
+    the run's own status, and model_complete."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run = runmod.Run.create(run_dir, {"kind": "dermcam-run", "status": "training",
+                                      "config": {"models": ["a", "b"]}, "models": {},
+                                      "stages": {"train": {"status": "running"}}})
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "training"
+    runmod.set_stage(run_dir, "evaluate", "failed", error="x")  # written by someone else
+    run.record_model("a", {"threshold": 0.3})
+    on_disk = json.loads((run_dir / "manifest.json").read_text())
+    assert on_disk["models"] == {"a": {"threshold": 0.3, "status": "complete"}}
+    assert on_disk["stages"]["evaluate"]["status"] == "failed"
+    assert run.model_complete("a") and not run.model_complete("b")
+    run.set_stage("train", "failed", error="boom")
+    run.set_stage("train", "complete", run_status="trained", n_train=5)
+    on_disk = json.loads((run_dir / "manifest.json").read_text())
+    assert on_disk["status"] == "trained" and run.manifest == on_disk
+    assert on_disk["stages"]["train"]["n_train"] == 5
+    assert "error" not in on_disk["stages"]["train"]  # the failure's reason is cleared
+    assert runmod.Run.open(run_dir).trained_models == ["a"]
+
+
+def test_no_module_but_run_reads_or_writes_the_manifest_by_key():
+    """Stages, the report and the CLI go through Run's accessors: no ``manifest[...]``,
+    ``manifest.get(...)``, read_manifest/write_manifest call or module-level set_stage
+    outside dermcam.run."""
+    pattern = re.compile(r"manifest\s*\[|manifest\.get\(|read_manifest\(|write_manifest\("
+                         r"|runmod\.set_stage\(|\[\"(config|stages)\"\]")
+    src = Path(runmod.__file__).parent
+    found = [f"{p.relative_to(src)}:{i}: {line.strip()}"
+             for p in sorted(src.rglob("*.py")) if p.name != "run.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert found == []
+
+
+def test_a_stage_takes_a_run_and_keeps_what_it_loaded(trained, tmp_path):
+    """Run.of: a folder is opened; a Run is kept (its data set not reloaded) and its
+    manifest re-read under the stage's checks."""
+    from dermcam.stages.evaluate import run_evaluate
+
+    run_dir = _copy(trained, tmp_path)
+    run = runmod.Run.open(run_dir)
+    ds = run.dataset
+    run_evaluate(run, n_boot=20)
+    assert run.dataset is ds
+    assert run.stage_entry("evaluate")["status"] == "complete"  # the run saw the write
+    assert runmod.Run.of(run) is run and runmod.Run.of(run_dir).dir == run_dir
+    runmod.set_stage(run_dir, "train", "failed", error="disk full")
+    with pytest.raises(DermcamError, match="disk full"):
+        runmod.Run.of(run, require="train")

@@ -2,7 +2,8 @@
 
 ``save_checkpoint`` writes it (atomically, tensors and plain values only),
 ``load_checkpoint`` reads it back (``torch.load(weights_only=True)``: no code is
-executed) and ``update_model_card`` rewrites the model card of a saved one in place.
+executed), ``update_checkpoint`` sets top-level fields of a saved one in place (explain
+records its CAM choice so) and ``update_model_card`` merges into its model card.
 """
 
 from __future__ import annotations
@@ -56,16 +57,29 @@ def load_checkpoint(path: str | Path):
     return model, info, payload
 
 
-def update_model_card(path: str | Path, fields: dict[str, Any]) -> None:
-    """Merge ``fields`` into the model card of the checkpoint at ``path`` ('dermcam
-    predict' shows the card). Rewritten atomically; plain values and tensors only, so the
-    file still loads with ``weights_only=True``."""
+def update_checkpoint(path: str | Path, fields: dict[str, Any]) -> bool:
+    """Set the top-level ``fields`` of the checkpoint at ``path`` (e.g. ``{"cam": ...}``,
+    the CAM method and layer explain chose). Rewritten atomically, plain values and
+    tensors only, so the file still loads with ``weights_only=True``; not rewritten when
+    every field already holds its value. Returns whether the file was rewritten."""
     import torch
 
     from dermcam.io import atomic_path
     from dermcam.models import load_state_file
 
     payload = load_state_file(path)
-    payload["model_card"] = {**(payload.get("model_card") or {}), **fields}
+    if all(k in payload and payload[k] == v for k, v in fields.items()):
+        return False
+    payload.update(fields)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+    return True
+
+
+def update_model_card(path: str | Path, fields: dict[str, Any]) -> None:
+    """Merge ``fields`` into the model card of the checkpoint at ``path`` ('dermcam
+    predict' shows the card), through :func:`update_checkpoint`."""
+    from dermcam.models import load_state_file
+
+    card = load_state_file(path).get("model_card") or {}
+    update_checkpoint(path, {"model_card": {**card, **fields}})

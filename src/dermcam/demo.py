@@ -106,7 +106,7 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
     with bar("decode + cache images") as cb:
         manifest = train(train_cfg(data, run, models), overwrite=True, progress=cb)
     if show:
-        show[0](manifest)
+        show[0](runmod.Run(run, manifest))
     say(f"[3/{steps}] evaluation on the test split (bootstrap CIs, paired tests)")
     with bar("evaluate") as cb:
         result = run_evaluate(run, progress=cb)
@@ -229,7 +229,10 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
         out["probe_vs_control"] = pvc
         out["caught_by_probe_vs_control"] = bool(pvc["n"] >= 2
                                                  and pvc["ci_low"] > pvc["margin"])
-    from dermcam.formatting import num as f
+    from dermcam.formatting import fmt_num
+
+    def f(v, digits: int = 2, sign: bool = False) -> str:
+        return fmt_num(v, digits, sign=sign)
 
     out["sentence"] = (
         f"The shortcut-trained {model} puts {f(s['ratio'])}x its area's share of heatmap mass "
@@ -243,28 +246,28 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
            f"Too few {artifact}-bearing images have defined maps in both runs to compare "
            "the two models image by image. ")
         + f"Test ROC AUC with "
-        f"the {artifact} independent of the label: {f(s['test_auc'], '.3f')} "
-        f"({f(s['test_auc_ci_low'], '.3f')}-{f(s['test_auc_ci_high'], '.3f')}) against the "
-        f"control's {f(c['test_auc'], '.3f')} ({f(c['test_auc_ci_low'], '.3f')}-"
-        f"{f(c['test_auc_ci_high'], '.3f')}).")
+        f"the {artifact} independent of the label: {f(s['test_auc'], 3)} "
+        f"({f(s['test_auc_ci_low'], 3)}-{f(s['test_auc_ci_high'], 3)}) against the "
+        f"control's {f(c['test_auc'], 3)} ({f(c['test_auc_ci_low'], 3)}-"
+        f"{f(c['test_auc_ci_high'], 3)}).")
     if c["probe"] and s["probe"]:
         sp, cp = s["probe"], c["probe"]
         out["probe_sentence"] = (
             f"Inserting a {artifact} outside the lesion changes the shortcut model's malignant "
-            f"probability by {f(sp['insert_delta'], '+.3f')} (95 % CI "
-            f"{f(sp['insert_ci_low'], '+.3f')} to {f(sp['insert_ci_high'], '+.3f')}, n = "
-            f"{sp['insert_n']}; {f(100 * sp['insert_flip_to_malignant'], '.0f')} % of benign "
-            f"decisions flip to malignant) and the control's by {f(cp['insert_delta'], '+.3f')} "
-            f"({f(cp['insert_ci_low'], '+.3f')} to {f(cp['insert_ci_high'], '+.3f')}); "
+            f"probability by {f(sp['insert_delta'], 3, True)} (95 % CI "
+            f"{f(sp['insert_ci_low'], 3, True)} to {f(sp['insert_ci_high'], 3, True)}, n = "
+            f"{sp['insert_n']}; {f(100 * sp['insert_flip_to_malignant'], 0)} % of benign "
+            f"decisions flip to malignant) and the control's by {f(cp['insert_delta'], 3, True)} "
+            f"({f(cp['insert_ci_low'], 3, True)} to {f(cp['insert_ci_high'], 3, True)}); "
             f"removing it from ruler-bearing malignant test images changes the shortcut "
-            f"model's by {f(sp.get('remove_malignant_delta'), '+.3f')} "
-            f"({f(sp.get('remove_malignant_ci_low'), '+.3f')} to "
-            f"{f(sp.get('remove_malignant_ci_high'), '+.3f')}, n = {sp.get('remove_n_malignant')}).")
+            f"model's by {f(sp.get('remove_malignant_delta'), 3, True)} "
+            f"({f(sp.get('remove_malignant_ci_low'), 3, True)} to "
+            f"{f(sp.get('remove_malignant_ci_high'), 3, True)}, n = {sp.get('remove_n_malignant')}).")
         if pvc["n"] >= 2:
             out["probe_sentence"] += (
                 f" Paired over the same {pvc['n']} images and ruler placements, the shortcut "
-                f"model's change exceeds the control's by {f(pvc['diff'], '+.3f')} (95 % CI "
-                f"{f(pvc['ci_low'], '+.3f')} to {f(pvc['ci_high'], '+.3f')}).")
+                f"model's change exceeds the control's by {f(pvc['diff'], 3, True)} (95 % CI "
+                f"{f(pvc['ci_low'], 3, True)} to {f(pvc['ci_high'], 3, True)}).")
     return out
 
 

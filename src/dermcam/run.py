@@ -134,8 +134,14 @@ def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
     write_json(Path(run_dir) / MANIFEST, manifest)
 
 
-def set_stage(run_dir: str | Path, stage: str, status: str, **info: Any) -> dict[str, Any]:
+def set_stage(run_dir: str | Path, stage: str, status: str, run_status: str | None = None,
+              **info: Any) -> dict[str, Any]:
+    """Record ``stage`` as ``status`` (with ``info`` merged into its entry and the time);
+    ``run_status`` also sets the run's own status (training's ``"trained"``). One write;
+    returns the manifest written."""
     m = read_manifest(run_dir)
+    if run_status is not None:
+        m["status"] = run_status
     entry = m.setdefault("stages", {}).setdefault(stage, {})
     entry.update(info)
     if status != "failed":
@@ -219,9 +225,9 @@ class Run:
     kept (``run.dataset``, ``run.cache``), the trained models (``run.trained_models``,
     ``run.load_model(name)``, loaded once), and ``with run.stage("explain"):``, which records
     the stage as running, then complete (with its wall time) or failed (with the error).
-    No other module spells a run-folder file name (a test checks); evaluate, explain,
-    probe and report read the manifest through this class (training, which writes it, the
-    report's RunFiles and the CLI's printers still read some keys directly).
+    Training writes the manifest through it (``Run.create``, ``record_model``,
+    ``set_stage``). No other module spells a run-folder file name or indexes the
+    manifest (tests check both).
 
         run = Run.open("runs/r1", require="train")
         run.image_size, run.trained_models
@@ -242,6 +248,18 @@ class Run:
              settled: tuple[str, ...] = ()) -> Run:
         """Open a run folder; one-line DermcamError where :func:`read_manifest` refuses it."""
         return cls(run_dir, read_manifest(run_dir, require=require, settled=settled))
+
+    @classmethod
+    def of(cls, run: Run | str | Path, require: str | None = None,
+           settled: tuple[str, ...] = ()) -> Run:
+        """What every stage entry calls on its first argument: a folder is opened; a
+        :class:`Run` is kept (with the data set, cache and models it already loaded) and
+        its manifest re-read under the same checks, since another stage may have
+        written it since."""
+        if isinstance(run, cls):
+            run.manifest = read_manifest(run.dir, require=require, settled=settled)
+            return run
+        return cls.open(run, require=require, settled=settled)
 
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r})"
@@ -297,9 +315,47 @@ class Run:
         return self.manifest["config"].get("cache_dir")
 
     @property
+    def recorded_config(self) -> dict[str, Any]:
+        """The configuration exactly as the manifest records it (``{}`` where none), for
+        showing what was set; :attr:`config` fills in defaults."""
+        cfg = self.manifest.get("config")
+        return cfg if isinstance(cfg, dict) else {}
+
+    @property
+    def configured_models(self) -> list[str]:
+        """The models training was asked for, in order (``[]`` where none recorded)."""
+        return list(self.recorded_config.get("models") or [])
+
+    @property
+    def recorded_seed(self) -> Any:
+        """The run's seed as recorded, or None (:attr:`seed` is the int, and raises)."""
+        return self.manifest.get("seed")
+
+    @property
+    def status(self) -> str | None:
+        """The run's own status (``training``, ``trained``), or None."""
+        return self.manifest.get("status")
+
+    @property
+    def created(self) -> str | None:
+        return self.manifest.get("created")
+
+    @property
+    def updated(self) -> str | None:
+        return self.manifest.get("updated")
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """Software versions recorded when the run was created (``{}`` where none)."""
+        v = self.manifest.get("versions")
+        return v if isinstance(v, dict) else {}
+
+    @property
     def data(self) -> dict[str, Any]:
-        """What training recorded of its data: root, name, layout, fingerprint, ..."""
-        return self.manifest.get("data", {})
+        """What training recorded of its data: root, name, layout, fingerprint, ...
+        (``{}`` where nothing, or something other than a mapping, is recorded)."""
+        d = self.manifest.get("data")
+        return d if isinstance(d, dict) else {}
 
     @property
     def data_root(self) -> Path:
@@ -320,6 +376,14 @@ class Run:
         done = self.manifest.get("models", {})
         return [m for m in self.manifest["config"]["models"]
                 if done.get(m, {}).get("status") == STATUS_COMPLETE]
+
+    @property
+    def model_records(self) -> dict[str, dict[str, Any]]:
+        """``{model: record}`` of every model training recorded, in the order recorded
+        (best epoch, validation AUC, threshold, calibration, status, ...)."""
+        recs = self.manifest.get("models")
+        return {k: v for k, v in recs.items() if isinstance(v, dict)} \
+            if isinstance(recs, dict) else {}
 
     def model_record(self, name: str) -> dict[str, Any]:
         return self.manifest.get("models", {}).get(name, {})
@@ -381,6 +445,41 @@ class Run:
 
             self._models[name] = load_checkpoint(self.model_file(name))
         return self._models[name]
+
+    # ------------------------------------------------- written by training
+    @classmethod
+    def create(cls, run_dir: str | Path, manifest: dict[str, Any]) -> Run:
+        """Write a new run's first manifest (training does, in a prepared folder)."""
+        write_manifest(run_dir, manifest)
+        return cls(run_dir, manifest)
+
+    def model_complete(self, name: str) -> bool:
+        """Whether training recorded ``name`` as complete."""
+        return self.model_record(name).get("status") == STATUS_COMPLETE
+
+    def record_model(self, name: str, record: dict[str, Any]) -> None:
+        """Record a trained model: ``record`` (best epoch, threshold, calibration, ...) with
+        status complete. The manifest is re-read first, so nothing written meanwhile is lost."""
+        m = read_manifest(self.dir)
+        m.setdefault("models", {})[name] = {**record, "status": STATUS_COMPLETE}
+        write_manifest(self.dir, m)
+        self.manifest = m
+
+    def record_artifacts(self, path: str | Path) -> None:
+        """Record a per-image artifact-label file (``data.artifacts``) that every later
+        stage joins (the manifest is re-read first)."""
+        m = read_manifest(self.dir)
+        if not isinstance(m.get("data"), dict):
+            raise DermcamError("manifest.json records no data set", self.dir / MANIFEST)
+        m["data"]["artifacts"] = str(path)
+        write_manifest(self.dir, m)
+        self.manifest = m
+
+    def set_stage(self, stage: str, status: str, run_status: str | None = None,
+                  **info: Any) -> None:
+        """:func:`set_stage` on this run (for a stage that is not one ``with`` block, as
+        training, which leaves an interrupted stage 'running' so --resume can continue)."""
+        self.manifest = set_stage(self.dir, stage, status, run_status=run_status, **info)
 
     # ---------------------------------------------------------------- stages
     @contextlib.contextmanager

@@ -148,12 +148,11 @@ def record_in_run(run_dir: str | Path, path: str | Path, ds=None) -> str:
     from dermcam import run as runmod
     from dermcam.data.dataset import load_dataset
 
-    manifest = runmod.read_manifest(run_dir)
+    run = runmod.Run.open(run_dir)
     path = Path(path).resolve()
     if ds is None or getattr(ds, "artifact_labels", None) is None:
-        ds = load_dataset(manifest["data"]["root"], check_files=False, artifacts=path)
-    manifest["data"]["artifacts"] = str(path)
-    runmod.write_manifest(run_dir, manifest)
+        ds = load_dataset(run.data_root, check_files=False, artifacts=path)
+    run.record_artifacts(path)
     return join_note(ds)
 
 

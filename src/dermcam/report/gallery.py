@@ -73,19 +73,19 @@ def select_cases(att: pd.DataFrame, n_extreme: int = 3, n_missed: int = 12
 
 def load_heatmaps(folder: Path, ids: set[str]) -> dict[str, np.ndarray]:
     """Heatmaps ``(S, S) float32`` for ``ids`` from the ``batch_*.npz`` files in ``folder``."""
+    from dermcam.errors import DermcamError
+    from dermcam.stages.explain import heatmap_batches, read_heatmap_batch
+
     out: dict[str, np.ndarray] = {}
-    for f in sorted(Path(folder).glob("batch_*.npz")):
+    for f in heatmap_batches(folder):
         if len(out) == len(ids):
             break
         try:
-            with np.load(f, allow_pickle=False) as z:
-                bids = [str(i) for i in z["ids"]]
-                hit = [k for k, i in enumerate(bids) if i in ids]
-                if hit:
-                    maps = z["heatmaps"]
-                    for k in hit:
-                        out[bids[k]] = maps[k].astype(np.float32)
-        except Exception as exc:  # a damaged batch costs its cards, not the report
+            b = read_heatmap_batch(f)
+            bids = [str(i) for i in b["ids"]]
+            for k in (k for k, i in enumerate(bids) if i in ids):
+                out[bids[k]] = b["heatmaps"][k].astype(np.float32)
+        except (DermcamError, KeyError) as exc:  # a damaged batch costs its cards only
             log.warning("%s: unreadable heatmap batch (%s)", f, exc)
     return out
 
@@ -93,8 +93,8 @@ def load_heatmaps(folder: Path, ids: set[str]) -> dict[str, np.ndarray]:
 class ImageSource:
     """The run's test images and masks at the run's size, or the reason they are unavailable.
 
-    ``run``: a :class:`dermcam.run.Run`, or its manifest dict (what the report's
-    ``RunFiles`` holds), read through the same accessors."""
+    ``run``: a :class:`dermcam.run.Run` (what the report's ``RunFiles`` holds as
+    ``.run``), or a manifest dict alone, read through the same accessors."""
 
     def __init__(self, run):
         from dermcam import run as runmod

@@ -7,9 +7,11 @@
     probe.py      run_probe(run)                 -> probe.csv, probe_summary.json
     report.py     run_report(run)                -> report.html (the page: dermcam.report)
 
-Each takes a run folder and opens it as one :class:`dermcam.run.Run` (paths by name,
-config, data set, decode cache and checkpoints), and records itself in the manifest with
-``with run.stage(name):`` (running, then complete or failed). The pure pieces they
+Each takes a :class:`dermcam.run.Run` (or a run folder, which it opens as one:
+:meth:`dermcam.run.Run.of`) with paths by name, config, data set, decode cache and
+checkpoints, and records itself in the manifest with ``with run.stage(name):``
+(running, then complete or failed); training writes the manifest through
+``Run.create`` / ``record_model`` / ``set_stage``. The pure pieces they
 compose live beside this package: metrics and tests (evaluation, stats, calibration,
 subgroups), CAMs and their scores (attribution, localisation, sanity, leakage),
 checkpoints and inference, data layouts (data/).

@@ -40,7 +40,7 @@ def load_test_split(run: runmod.Run, limit: int | None = None, require_masks: bo
     return ds, samples, CachedSplit(samples, run.image_size, run.cache)
 
 
-def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = None,
+def run_evaluate(run_dir: runmod.Run | str | Path, n_boot: int = 1000, seed: int | None = None,
                  progress=None, data: str | Path | None = None, name: str | None = None,
                  by: tuple[str, ...] = (), min_group: int | None = None,
                  exclude_duplicates: bool = False, device: str = "cpu",
@@ -70,7 +70,8 @@ def run_evaluate(run_dir: str | Path, n_boot: int = 1000, seed: int | None = Non
         return run_external(run_dir, data, name=name, n_boot=n_boot, seed=seed, by=by,
                             min_group=min_group, exclude_duplicates=exclude_duplicates,
                             progress=progress, device=device, artifacts=artifacts)
-    run = runmod.Run.open(run_dir, require="train")
+    run = runmod.Run.of(run_dir, require="train")
+    run_dir = run.dir
     seed = run.seed if seed is None else seed
     ds, samples, arrays = load_test_split(run, progress=progress, artifacts=artifacts)
     if len(np.unique(arrays.labels)) < 2:  # refused before the stage starts

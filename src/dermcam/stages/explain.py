@@ -40,7 +40,23 @@ def _batch_file(root: Path, model: str, method: str, layer: str, start: int) -> 
     return heatmap_dir(root, model, method, layer) / f"batch_{start:06d}.npz"
 
 
-def _load_batch(path: Path) -> dict[str, np.ndarray]:
+def heatmap_batches(folder: Path) -> list[Path]:
+    """The heatmap batch files of one model x method x layer folder, in image order."""
+    return sorted(Path(folder).glob("batch_*.npz"))
+
+
+def write_heatmap_batch(path: Path, ids, heatmaps, probs, targets, labels) -> None:
+    """Write one batch of heatmaps atomically: ``ids`` (B,) str, ``heatmaps`` (B, S, S)
+    stored as float16, the malignant ``probs``, explained ``targets`` and true ``labels``
+    (B,). :func:`read_heatmap_batch` reads it back."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, ids=ids, heatmaps=heatmaps.astype(np.float16), probs=probs,
+                            targets=targets, labels=labels)
+
+
+def read_heatmap_batch(path: Path) -> dict[str, np.ndarray]:
+    """One batch written by :func:`write_heatmap_batch` (``allow_pickle=False``); a
+    damaged file is a one-line DermcamError naming it and what to do."""
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -276,7 +292,7 @@ def _cached_benchmark(run: runmod.Run, key):
     return saved["rows"]
 
 
-def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "malignant",
+def run_explain(run_dir: runmod.Run | str | Path, methods=("gradcam",), target: str = "malignant",
                 normalize: str = "minmax", limit: int | None = None, batch_size: int = 16,
                 fast: bool = True, sanity: bool = True, n_boot: int = 1000,
                 progress=None, figures: bool = True, shard: tuple[int, int] | None = None,
@@ -309,7 +325,8 @@ def run_explain(run_dir: str | Path, methods=("gradcam",), target: str = "malign
     """
     from dermcam.device import resolve_device, set_shard_threads
 
-    run = runmod.Run.open(run_dir, require="train")
+    run = runmod.Run.of(run_dir, require="train")
+    run_dir = run.dir
     methods = _check_options(methods, margin, target)
     src = _explain_source(run, data, name, artifacts, limit, by)
     _check_saved_settings(run, src, normalize, target)
@@ -489,7 +506,7 @@ def _compute_heatmaps(run: runmod.Run, out: runmod.Outputs, names, selection, sa
                     ids = np.array([s.image_id for s in chunk])
                     if path.exists():
                         try:
-                            if np.array_equal(_load_batch(path)["ids"], ids):
+                            if np.array_equal(read_heatmap_batch(path)["ids"], ids):
                                 done += 1
                                 if progress:
                                     progress(done, total)
@@ -503,9 +520,7 @@ def _compute_heatmaps(run: runmod.Run, out: runmod.Outputs, names, selection, sa
                                     normalize=normalize, threshold=threshold)
                     t_cam += time.perf_counter() - t1
                     n_computed += len(chunk)
-                    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                        np.savez_compressed(fh, ids=ids, heatmaps=cb.heatmaps.astype(np.float16),
-                                            probs=cb.probs, targets=cb.targets, labels=labels)
+                    write_heatmap_batch(path, ids, cb.heatmaps, cb.probs, cb.targets, labels)
                     done += 1
                     if progress:
                         progress(done, total)
@@ -514,20 +529,12 @@ def _compute_heatmaps(run: runmod.Run, out: runmod.Outputs, names, selection, sa
 
 def _record_cam_choice(run: runmod.Run, selection) -> None:
     """Store each model's chosen CAM method and layer in its checkpoint ('dermcam predict'
-    uses them for its overlays). Rewritten atomically; plain values only."""
-    import torch
-
-    from dermcam.models import load_state_file
+    uses them for its overlays)."""
+    from dermcam.checkpoints import update_checkpoint
 
     for sel in selection:
-        path = run.model_file(sel["model"])
-        payload = load_state_file(path)
-        cam = {k: sel[k] for k in ("method", "layer", "reason")}
-        if payload.get("cam") == cam:
-            continue
-        payload["cam"] = cam
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        update_checkpoint(run.model_file(sel["model"]),
+                          {"cam": {k: sel[k] for k in ("method", "layer", "reason")}})
 
 
 def _sanity(run: runmod.Run, selection, samples, normalize, k: int = 64,
@@ -555,10 +562,10 @@ def _heatmaps_in_order(root, model, method, layer, ids) -> dict[str, np.ndarray]
     """Saved heatmaps and target classes of ``ids``, in that order."""
     want = set(map(str, ids))
     heat, targ = {}, {}
-    for f in sorted(heatmap_dir(root, model, method, layer).glob("batch_*.npz")):
+    for f in heatmap_batches(heatmap_dir(root, model, method, layer)):
         if len(heat) == len(want):
             break
-        b = _load_batch(f)
+        b = read_heatmap_batch(f)
         for i, iid in enumerate(b["ids"]):
             if str(iid) in want:
                 heat[str(iid)] = b["heatmaps"][i].astype(np.float32)
@@ -592,7 +599,7 @@ def cluster_name(ds) -> str:
     return "lesion_id" if getattr(ds, "layout", "") == "ham10000" else "group"
 
 
-def score_run(run_dir: str | Path, selection: list[dict] | None = None,
+def score_run(run_dir: runmod.Run | str | Path, selection: list[dict] | None = None,
               sanity: dict | None = None, n_boot: int = 1000, figures: bool = True,
               extra: dict | None = None, margin: float = 0.02, by=(),
               min_group: int | None = None) -> dict[str, Any]:
@@ -602,7 +609,8 @@ def score_run(run_dir: str | Path, selection: list[dict] | None = None,
     run recorded in the manifest). ``by``, ``min_group``: the summary by subgroup (see
     :func:`run_explain`).
     """
-    run = runmod.Run.open(run_dir, require="train")
+    run = runmod.Run.of(run_dir, require="train")
+    run_dir = run.dir
     selection = selection or _selection(run)
     ds, samples = _explain_samples(run, None)
     return _score(run, run.outputs, ds, samples, selection, sanity, n_boot, figures, extra,
@@ -668,7 +676,7 @@ def _attention_table(out: runmod.Outputs, selection, sc: _Scoring
     for sel in selection:
         name, method, layer = sel["model"], sel["method"], sel["layer"]
         folder = heatmap_dir(out.root, name, method, layer)
-        files = sorted(folder.glob("batch_*.npz"))
+        files = heatmap_batches(folder)
         if not files:
             raise DermcamError(f"no saved heatmaps for {name}/{method} at {layer}; run "
                                "'dermcam explain' first", folder)
@@ -687,7 +695,7 @@ def _batch_frame(f: Path, name: str, method: str, layer: str, sc: _Scoring
     """``(rows, seconds scoring)`` of one saved heatmap batch against its masks."""
     from dermcam import leakage as lk
 
-    b = _load_batch(f)
+    b = read_heatmap_batch(f)
     ids = [str(i) for i in b["ids"]]
     unknown = [i for i in ids if i not in sc.by_id]
     if unknown:

@@ -38,6 +38,7 @@ import pandas as pd
 
 from dermcam import run as runmod
 from dermcam.errors import DermcamError
+from dermcam.formatting import metric_label
 from dermcam.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def _hashes(samples, split) -> list[tuple[str, str, int]]:
              phash(split.cache.get(s, split.size)["image"])) for s in samples]
 
 
-def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
+def run_external(run_dir: runmod.Run | str | Path, data: str | Path, name: str | None = None,
                  n_boot: int = 1000, seed: int | None = None, by=(),
                  min_group: int | None = None, exclude_duplicates: bool = False,
                  progress=None, device: str = "cpu",
@@ -235,7 +236,8 @@ def run_external(run_dir: str | Path, data: str | Path, name: str | None = None,
     from dermcam.device import resolve_device
     from dermcam.stages.train import CachedSplit
 
-    run = runmod.Run.open(run_dir, require="train")
+    run = runmod.Run.of(run_dir, require="train")
+    run_dir = run.dir
     seed = run.seed if seed is None else seed
     device = str(resolve_device(device))
     ds = load_dataset(data, artifacts=artifacts)
@@ -322,38 +324,50 @@ def _score(run: runmod.Run, ds, samples, split, out: runmod.Outputs, which: str,
     return result
 
 
-def external_sets(run_dir: str | Path, manifest: dict[str, Any] | None = None
+def _as_run(run: runmod.Run | str | Path, manifest: dict[str, Any] | None) -> runmod.Run:
+    """``run`` itself, or the run folder ``run`` opened (with ``manifest`` where given,
+    else read from the folder)."""
+    if isinstance(run, runmod.Run):
+        return run
+    return runmod.Run(run, manifest) if manifest else runmod.Run.open(run)
+
+
+def external_sets(run: runmod.Run | str | Path, manifest: dict[str, Any] | None = None
                   ) -> list[tuple[str, Path, dict[str, Any]]]:
-    """``(name, folder, stage entry)`` of every external set the manifest records."""
-    run_dir = Path(run_dir)
-    manifest = manifest or runmod.read_manifest(run_dir)
+    """``(name, folder, stage entry)`` of every external set the run records.
+
+    ``run``: a :class:`dermcam.run.Run`, or a run folder (its manifest read unless
+    ``manifest`` is given)."""
+    run = _as_run(run, manifest)
     out = []
-    for key, entry in sorted((manifest.get("stages") or {}).items()):
+    for key, entry in sorted(run.stages.items()):
         if key.startswith("external:") and "/" not in key and isinstance(entry, dict):
             name = key.split(":", 1)[1]
-            out.append((name, run_dir / runmod.EXTERNAL_DIR / name, entry))
+            out.append((name, run.external(name).root, entry))
     return out
 
 
-def external_audits(run_dir: str | Path, manifest: dict[str, Any] | None = None
+def external_audits(run: runmod.Run | str | Path, manifest: dict[str, Any] | None = None
                     ) -> dict[str, dict[str, Any]]:
     """``{name: {"explain": stage entry, "probe": stage entry}}`` of every external set
-    that ``explain --data`` or ``probe --data`` ran on (each stage only where it ran)."""
-    manifest = manifest or runmod.read_manifest(run_dir)
+    that ``explain --data`` or ``probe --data`` ran on (each stage only where it ran).
+
+    ``run``: a :class:`dermcam.run.Run`, or a run folder (as :func:`external_sets`)."""
+    run = _as_run(run, manifest)
     out: dict[str, dict[str, Any]] = {}
-    for key, entry in sorted((manifest.get("stages") or {}).items()):
+    for key, entry in sorted(run.stages.items()):
         if key.startswith("external:") and "/" in key and isinstance(entry, dict):
             name, stage = key.split(":", 1)[1].split("/", 1)
             out.setdefault(name, {})[stage] = entry
     return out
 
 
-#: (metrics.json block, key, column title) of the internal-versus-external table.
-SIDE_BY_SIDE = (("threshold_free", "roc_auc", "ROC AUC"),
-                ("threshold_free", "average_precision", "AP"),
-                ("at_threshold", "sensitivity", "sensitivity"),
-                ("at_threshold", "specificity", "specificity"),
-                ("at_threshold", "balanced_accuracy", "balanced accuracy"))
+#: (metrics.json block, key, column title) of the internal-versus-external table; the
+#: titles are the metric-label registry's short labels.
+SIDE_BY_SIDE = tuple((block, key, metric_label(key, short=True)) for block, key in (
+    ("threshold_free", "roc_auc"), ("threshold_free", "average_precision"),
+    ("at_threshold", "sensitivity"), ("at_threshold", "specificity"),
+    ("at_threshold", "balanced_accuracy")))
 
 
 def side_by_side(internal: dict[str, Any] | None, externals: list[tuple[str, dict[str, Any]]]

@@ -434,7 +434,7 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(artifact=df["artifact"].fillna("").astype(str))
 
 
-def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
+def run_probe(run_dir: runmod.Run | str | Path, probes: Sequence[str] = PROBES,
               artifacts: Sequence[str] | None = None, placements: int = 3,
               seed: int | None = None, limit: int | None = None, batch_size: int = 32,
               inpaint_method: str = "telea", dilate: float = DILATE_FRACTION,
@@ -464,7 +464,8 @@ def run_probe(run_dir: str | Path, probes: Sequence[str] = PROBES,
 
     from dermcam.stages.evaluate import load_test_split
 
-    run = runmod.Run.open(run_dir, require="train")
+    run = runmod.Run.of(run_dir, require="train")
+    run_dir = run.dir
     seed = run.seed if seed is None else int(seed)
     cfg = ProbeConfig(probes=tuple(probes),
                       artifacts=tuple(artifacts) if artifacts else _artifact_names(),
@@ -921,14 +922,14 @@ def _tracking(att: pd.DataFrame, model: str, per_img: pd.DataFrame, n_boot: int,
 # ------------------------------------------------------------------ sentences
 
 
-def _f(v: Any, fmt: str = ".3f") -> str:
-    from dermcam.formatting import num
+def _f(v: Any, digits: int = 3, sign: bool = False) -> str:
+    from dermcam.formatting import fmt_num
 
-    return num(v, fmt)
+    return fmt_num(v, digits, sign=sign)
 
 
 def _signed(v: Any) -> str:
-    return _f(v, "+.3f")
+    return _f(v, sign=True)
 
 
 def _finite(*vs: Any) -> bool:
@@ -959,7 +960,7 @@ def delta_verdict(e: dict[str, Any], prefix: str = "delta") -> str:
 
 
 def _pct(v: Any) -> str:
-    return _f(v * 100 if _finite(v) else None, ".0f") + " %"
+    return _f(v * 100 if _finite(v) else None, 0) + " %"
 
 
 def sentence(e: dict[str, Any], display: str | None = None) -> str:
@@ -1016,8 +1017,8 @@ def tracking_sentence(e: dict[str, Any], display: str | None = None) -> str | No
     rho, lo, hi = e["leakage_rho"], e.get("leakage_rho_ci_low"), e.get("leakage_rho_ci_high")
     what = PROBE_TITLES[e["probe"]]
     head = (f"{who}'s CAM leakage ({e.get('cam')}) against the size of the probability change "
-            f"with the {what.replace(' removed', '')} removed: Spearman rho {_f(rho, '+.2f')} "
-            f"(95 % CI {_f(lo, '+.2f')} to {_f(hi, '+.2f')}, n = {e.get('rho_n')})")
+            f"with the {what.replace(' removed', '')} removed: Spearman rho {_f(rho, 2, True)} "
+            f"(95 % CI {_f(lo, 2, True)} to {_f(hi, 2, True)}, n = {e.get('rho_n')})")
     if not _finite(lo, hi):
         return head + ": undefined."
     if lo > 0 or hi < 0:
@@ -1079,12 +1080,12 @@ def _label(e: dict[str, Any]) -> str:
 
 def build_delta_figure(df: pd.DataFrame, displays: dict[str, str] | None = None):
     """Per model, the per-image change in malignant probability under each probe (box plots)."""
-    from dermcam.plots import _new_figure
+    from dermcam.plots import new_figure
 
     displays = displays or {}
     df = _normalise(df)
     models = list(dict.fromkeys(df["model"]))
-    fig = _new_figure((max(6.0, 0.55 * df.groupby(["probe", "artifact"]).ngroups + 2),
+    fig = new_figure((max(6.0, 0.55 * df.groupby(["probe", "artifact"]).ngroups + 2),
                        2.6 * len(models)))
     axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
     order = {p: i for i, p in enumerate(PROBES)}
@@ -1106,11 +1107,11 @@ def build_delta_figure(df: pd.DataFrame, displays: dict[str, str] | None = None)
 
 def build_auc_figure(entries: Sequence[dict[str, Any]], displays: dict[str, str] | None = None):
     """ROC AUC intact vs lesion removed vs background removed, with 95 % CIs, per model."""
-    from dermcam.plots import _new_figure
+    from dermcam.plots import new_figure
 
     displays = displays or {}
     models = list(dict.fromkeys(e["model"] for e in entries))
-    fig = _new_figure((max(5.0, 1.8 * len(models) + 1.5), 3.6))
+    fig = new_figure((max(5.0, 1.8 * len(models) + 1.5), 3.6))
     ax = fig.subplots()
     colours = {"intact": "#4c72b0", "lesion_removed": "#c44e52", "background_removed": "#55a868"}
     for i, model in enumerate(models):
@@ -1141,10 +1142,10 @@ def build_auc_figure(entries: Sequence[dict[str, Any]], displays: dict[str, str]
 
 def build_examples_figure(examples: Sequence[tuple[str, int, list[Variant], np.ndarray]]):
     """A grid: one row per example image, its intact pixels then every perturbation."""
-    from dermcam.plots import _new_figure
+    from dermcam.plots import new_figure
 
     ncol = 1 + max((len(v) for _, _, v, _ in examples), default=0)
-    fig = _new_figure((1.35 * ncol, 1.55 * len(examples)))
+    fig = new_figure((1.35 * ncol, 1.55 * len(examples)))
     axes = fig.subplots(len(examples), ncol, squeeze=False)
     for r, (image_id, label, variants, intact) in enumerate(examples):
         cells = [("intact", intact)] + [

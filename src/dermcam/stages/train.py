@@ -856,9 +856,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     out = Path(cfg.out)
     t0 = time.perf_counter()
     if resume:
-        manifest = runmod.read_manifest(out)
-        saved = manifest["config"]
-        cfg = TrainConfig(**{**saved, "progress": cfg.progress})
+        run = runmod.Run.open(out)
+        cfg = replace(run.config, progress=cfg.progress)
     # The rank as Lightning's Trainer sees it (SLURM, torchrun, MPI, its own launcher):
     # only rank 0 prepares the run folder; the others wait for it in fit's setup (barrier).
     rank, _ = launch_rank(cfg)
@@ -873,7 +872,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
                                       groups=[s.group for s in train_samples], path=cfg.data)
     if rank == 0 and not resume:
         runmod.prepare_run_dir(out, overwrite)
-    elif rank == 0 and manifest["data"]["fingerprint"] != ds.fingerprint():
+    elif rank == 0 and run.data.get("fingerprint") != ds.fingerprint():
         raise DermcamError("the data changed since this run started; start a new run", cfg.data)
     n_dev = int(cfg.devices) if str(cfg.devices).isdigit() else 1
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto"
@@ -885,9 +884,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
         warm_cache(train_samples, cfg.image_size, cache, progress=progress)
     if rank != 0:
         # A process started by Lightning's DDP launcher: rank 0 owns the run folder.
-        manifest = manifest if resume else {"models": {}}
+        run = run if resume else runmod.Run(out, {"models": {}})  # read, never written
     elif not resume:
-        manifest = {
+        run = runmod.Run.create(out, {
             "kind": "dermcam-run", "created": runmod.now(), "status": "training",
             "config": asdict(cfg), "seed": cfg.seed, "versions": runmod.versions(),
             "data": {"root": str(Path(cfg.data).resolve()), "name": ds.name,
@@ -895,14 +894,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
                      "has_masks": ds.has_masks, "notes": ds.notes,
                      "counts": {"train": _counts(train_samples), "test": _counts(test_samples)}},
             "models": {}, "stages": {"train": {"status": "running", "at": runmod.now()}},
-        }
-        runmod.write_manifest(out, manifest)
+        })
     else:
-        runmod.set_stage(out, "train", "running")
+        run.set_stage("train", "running")
     arrays = CachedSplit(train_samples, cfg.image_size, cache)
     try:
         for name in cfg.models:
-            if manifest["models"].get(name, {}).get("status") == "complete":
+            if run.model_complete(name):
                 log.info("%s already trained; skipping", name)
                 if rank == 0:
                     _drop_lightning_checkpoints(out, name, cfg)  # left by an interruption
@@ -910,24 +908,19 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
             result = train_one(name, cfg, arrays, tr_idx, va_idx, out, resume=resume)
             if not result or rank != 0:  # non-zero rank in multi-process training
                 continue
-            manifest = runmod.read_manifest(out)
-            manifest["models"][name] = {**result, "status": "complete"}
-            runmod.write_manifest(out, manifest)
+            run.record_model(name, result)
             # Only now: until the manifest says complete, a resume needs last.ckpt.
             _drop_lightning_checkpoints(out, name, cfg)
     except Exception as exc:  # recorded, so later stages say why; Ctrl-C stays 'running'
         if rank == 0:
-            runmod.set_stage(out, "train", "failed", error=str(exc).splitlines()[0][:300])
+            run.set_stage("train", "failed", error=str(exc).splitlines()[0][:300])
         raise
     if rank != 0:
         return {}
-    manifest = runmod.read_manifest(out)
-    manifest["status"] = "trained"
-    manifest["stages"]["train"] = {"status": "complete", "at": runmod.now(),
-                                   "wall_time_s": round(time.perf_counter() - t0, 2),
-                                   "n_train": int(len(tr_idx)), "n_val": int(len(va_idx))}
-    runmod.write_manifest(out, manifest)
-    return manifest
+    run.set_stage("train", runmod.STATUS_COMPLETE, run_status="trained",
+                  wall_time_s=round(time.perf_counter() - t0, 2),
+                  n_train=int(len(tr_idx)), n_val=int(len(va_idx)))
+    return run.manifest
 
 
 def _drop_lightning_checkpoints(run_dir: Path, name: str, cfg: TrainConfig) -> None:
