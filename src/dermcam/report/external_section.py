@@ -31,7 +31,7 @@ def _externals(r) -> list[tuple[str, dict[str, Any] | None, str, Any]]:
     from dermcam.stages.external import external_sets
 
     out = []
-    for name, folder, entry in external_sets(r.dir, r.manifest):
+    for name, folder, entry in external_sets(r.run):
         path = folder / runmod.METRICS
         if entry.get("status") != "complete":
             out.append((name, None, f"external set {name}: the stage is "
@@ -52,7 +52,7 @@ def section_external(r) -> str:
 
     head = '<section id="external"><h2>External validation</h2>'
     sets = _externals(r)
-    audits = external_audits(r.dir, r.manifest)
+    audits = external_audits(r.run)
     if not sets and not audits:
         return (head + "<p>No external data set has been scored. Run <span class=\"mono\">"
                 f"dermcam evaluate {esc(r.dir)} --data OTHER</span> to test the models on "

@@ -253,36 +253,40 @@ def data_uri_png(data: bytes) -> str:
 
 
 class RunFiles:
-    """A run folder's files, each loaded or with the reason it is not there."""
+    """A run folder's files, each loaded or with the reason it is not there; the manifest
+    is read through :class:`dermcam.run.Run` (``self.run``)."""
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
-        self.manifest = runmod.read_manifest(self.dir)
-        m = self.manifest
-        self.stages = m.get("stages", {}) if isinstance(m.get("stages"), dict) else {}
+        self.run = runmod.Run.open(self.dir)
         self.metrics, self.metrics_reason = self._json(runmod.METRICS, "evaluate")
         self.summary, self.summary_reason = self._json(runmod.ATTENTION_SUMMARY, "explain")
         self.att, self.att_reason = self._attention_csv()
-        names = list(m.get("config", {}).get("models") or [])
-        for extra in list(m.get("models", {})) + list((self.metrics or {}).get("models", {})):
+        names = self.run.configured_models
+        for extra in list(self.run.display_names) + list((self.metrics or {}).get("models", {})):
             if extra not in names:
                 names.append(extra)
         self.names = names
 
+    @property
+    def stages(self) -> dict[str, Any]:
+        """The run's stage entries (``{}`` where the manifest records none)."""
+        return self.run.stages
+
     def display(self, name: str) -> str:
-        d = self.manifest.get("models", {}).get(name, {}).get("display_name")
+        d = self.run.model_record(name).get("display_name")
         if not d and self.metrics:
             d = self.metrics.get("display_names", {}).get(name) or \
                 self.metrics.get("models", {}).get(name, {}).get("display_name")
         return str(d or name)
 
     def stage_status(self, stage: str) -> str | None:
-        st = self.stages.get(stage)
+        st = self.run.stages.get(stage)
         return st.get("status") if isinstance(st, dict) else None
 
     def absent_reason(self, file: str, stage: str) -> str:
         how = f"run 'dermcam {stage} {self.dir}'"
-        if stage == "explain" and self.manifest.get("data", {}).get("has_masks") is False:
+        if stage == "explain" and self.run.data.get("has_masks") is False:
             return (f"{file} not found: the data set has no lesion masks, so attention "
                     "leakage cannot be computed")
         status = self.stage_status(stage)
@@ -367,9 +371,8 @@ def _weights_phrase(src: Any) -> str:
 
 
 def section_summary(r: RunFiles) -> str:
-    m = r.manifest
-    data = m.get("data", {}) or {}
-    cfg = m.get("config", {}) or {}
+    data = r.run.data or {}
+    cfg = r.run.recorded_config
     out = ['<section id="summary"><h2>1. Summary</h2>']
     has_masks = data.get("has_masks")
     size = cfg.get("image_size")
@@ -381,10 +384,11 @@ def section_summary(r: RunFiles) -> str:
              ("absent (no attention leakage possible)" if has_masks is False else "not recorded")),
             ("Image size", f"{esc(size)} × {esc(size)} pixels (images resized to a square)"
              if size else "not recorded"),
-            ("Seed", esc(m.get("seed", cfg.get("seed", "not recorded")))),
-            ("Run status", esc(m.get("status", "not recorded"))),
-            ("Created", esc(m.get("created", ""))),
-            ("Last updated", esc(m.get("updated", "")))]
+            ("Seed", esc(r.run.recorded_seed if r.run.recorded_seed is not None
+                         else cfg.get("seed", "not recorded"))),
+            ("Run status", esc(r.run.status or "not recorded")),
+            ("Created", esc(r.run.created or "")),
+            ("Last updated", esc(r.run.updated or ""))]
     out.append(_kv(rows))
     notes = data.get("notes") or []
     if notes:
@@ -402,16 +406,17 @@ def section_summary(r: RunFiles) -> str:
             crow.append([esc(split), esc(b), esc(mal), esc(tot), share])
         out.append("<h3>Images per split and class</h3>")
         out.append(_table(["Split", "Benign", "Malignant", "Total", "Malignant share"], crow))
-        tr = r.stages.get("train", {}) or {}
+        tr = r.run.stage_entry("train")
         if "n_train" in tr and "n_val" in tr:
+            seed = r.run.recorded_seed
             out.append(f'<p class="note">The training split was divided (stratified, seed '
-                       f'{esc(m.get("seed"))}) into {esc(tr["n_train"])} images for fitting and '
+                       f'{esc(seed)}) into {esc(tr["n_train"])} images for fitting and '
                        f'{esc(tr["n_val"])} for validation (early stopping and the decision '
                        "threshold); the test split was used only for evaluation.</p>")
     else:
         out.append(missing("image counts per split are not recorded in manifest.json"))
 
-    models = m.get("models", {}) or {}
+    models = {name: r.run.model_record(name) for name in r.run.display_names}
     out.append("<h3>Models</h3>")
     if not models:
         out.append(missing("no trained models are recorded in manifest.json"))
@@ -454,7 +459,7 @@ def section_summary(r: RunFiles) -> str:
     out.append("<h3>Stages</h3>")
     srows = []
     for stage in ("train", "evaluate", "explain", "probe"):
-        st = r.stages.get(stage)
+        st = r.run.stages.get(stage)
         if not isinstance(st, dict):
             srows.append([stage, '<span class="undetermined">not run</span>', "", "", ""])
             continue
@@ -471,7 +476,7 @@ def section_summary(r: RunFiles) -> str:
                       "; ".join(detail)])
     out.append(_table(["Stage", "Status", "Wall time", "Finished", "Details"], srows,
                       numeric_from=2, numeric_to=3))
-    ver = m.get("versions", {}) or {}
+    ver = r.run.versions
     others = ", ".join(f"{esc(k)} {esc(v)}" for k, v in ver.items() if k not in ("dermcam", "torch"))
     out.append(f"<p><b>Software:</b> dermcam {esc(ver.get('dermcam', 'not recorded'))}, "
                f"torch {esc(ver.get('torch', 'not recorded'))}"
@@ -813,7 +818,7 @@ def _presence_rows(tests: dict[str, Any]) -> list[list[str]]:
 def _attention_intro(r: RunFiles) -> list[str]:
     """The stale-stage note, what the explain stage computed, and a missing summary."""
     out = [r.stale_note("explain")]
-    ex = r.stages.get("explain", {}) or {}
+    ex = r.run.stage_entry("explain")
     if ex:
         out.append(f"<p>Heatmaps: {esc(', '.join(map(str, ex.get('methods') or [])))} for the "
                    f"<b>{esc(ex.get('target', '?'))}</b> class, normalised "
@@ -1129,7 +1134,7 @@ def section_gallery(r: RunFiles) -> str:
     for model, method in pairs:
         g = att[(att["model"] == model) & (att["method"] == method)]
         cases, left = gal.select_cases(g, N_EXTREME, N_MISSED)
-        threshold = r.manifest.get("models", {}).get(model, {}).get("threshold")
+        threshold = r.run.thresholds.get(model)
         if not cases:
             notes.append(missing(f"{r.display(model)} ({method}): no image has a defined excess "
                                  "leakage and no malignant lesion was missed"))
@@ -1145,7 +1150,7 @@ def section_gallery(r: RunFiles) -> str:
         folder = heatmap_dir(r.dir, model, method, layer)
         maps = gal.load_heatmaps(folder, {str(c.row["image_id"]) for c in cases})
         if source is None:
-            source = gal.ImageSource(r.manifest)
+            source = gal.ImageSource(r.run)
             if source.reason:
                 notes.insert(0, missing(f"images and masks: {source.reason}; the gallery shows "
                                         "heatmaps only"))
@@ -1260,7 +1265,7 @@ def render(run_dir: str | Path) -> str:
     from dermcam import __version__
 
     r = RunFiles(Path(run_dir))
-    data_name = (r.manifest.get("data", {}) or {}).get("name") or "unnamed data set"
+    data_name = (r.run.data or {}).get("name") or "unnamed data set"
     names = ", ".join(r.display(n) for n in r.names) or "no models"
     header = (f"<h1>dermcam report</h1><p class=\"sub\">{esc(data_name)} · {esc(names)} · run "
               f'folder <span class="mono">{esc(r.dir.resolve())}</span></p>'
