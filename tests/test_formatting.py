@@ -18,14 +18,15 @@ from dermcam.formatting import (
     fmt_ci,
     fmt_num,
     fmt_p,
+    fmt_pct,
     fmt_seconds,
     is_number,
     metric_label,
-    num,
 )
 
 NAN, INF = float("nan"), float("inf")
-UNDEFINED = (None, NAN, INF, -INF, True, False, "0.5", [0.5], {"value": 0.5})
+UNDEFINED = (None, NAN, INF, -INF, True, False, "0.5", [0.5], {"value": 0.5},
+             np.bool_(True), np.float32("nan"), np.float64("-inf"))
 
 
 # ----------------------------------------------------------------- numbers
@@ -36,8 +37,16 @@ def test_undefined_values_are_missing(v):
     assert not is_number(v)
     assert fmt_num(v) == "n/a"
     assert fmt_num(v, missing="-") == "-"
+    assert fmt_pct(v) == "n/a"
+    assert fmt_pct(v, missing="-") == "-"
     assert fmt_p(v) == "n/a"
     assert fmt_seconds(v) == "n/a"
+
+
+def test_numpy_scalars_are_numbers():
+    """A stage's in-memory results may hold numpy's other scalar types."""
+    assert is_number(np.float32(0.5)) and is_number(np.int64(3)) and is_number(np.uint8(0))
+    assert is_number(np.float16(1.5))
 
 
 @pytest.mark.parametrize("v, digits, expected", [
@@ -55,6 +64,8 @@ def test_undefined_values_are_missing(v):
     (1e-300, 3, "0.000"),
     (123456.789, 1, "123456.8"),
     (np.float64(0.25), 2, "0.25"),  # numpy's float64 is a float
+    (np.float32(0.25), 2, "0.25"),  # 0.25 is exact in float32 too
+    (np.int64(3), 1, "3.0"),
 ])
 def test_fmt_num(v, digits, expected):
     assert fmt_num(v, digits) == expected
@@ -68,6 +79,31 @@ def test_fmt_num_sign_and_minus():
     assert fmt_num(-0.5, sign=True, minus=MINUS) == "\u22120.500"
     assert fmt_num(0.5, sign=True, minus=MINUS) == "+0.500"
     assert fmt_num(None, minus=MINUS) == "n/a"
+
+
+# ----------------------------------------------------------------- percentages
+
+
+@pytest.mark.parametrize("v, digits, expected", [
+    (0.123, 1, "12.3%"),
+    (0.5, 0, "50%"),
+    (1, 1, "100.0%"),  # an int share
+    (0, 1, "0.0%"),
+    (2 / 3, 1, "66.7%"),
+    (0.875, 0, "88%"),  # 87.5 exactly: round half to even
+    (0.625, 0, "62%"),  # 62.5 exactly: round half to even
+    (0.125, 2, "12.50%"),
+    (-0.0004, 1, "-0.0%"),  # the sign of a value rounded to zero is kept
+    (1.5, 1, "150.0%"),  # not clipped
+    (np.float32(0.25), 1, "25.0%"),
+])
+def test_fmt_pct(v, digits, expected):
+    assert fmt_pct(v, digits) == expected
+
+
+def test_fmt_pct_defaults_to_one_decimal():
+    assert fmt_pct(0.0449) == "4.5%"  # 4.49 -> 4.5
+    assert fmt_pct(0.0444) == "4.4%"
 
 
 # ----------------------------------------------------------------- p-values
@@ -148,15 +184,6 @@ def test_fmt_seconds():
     assert fmt_seconds(119.96) == "120.0 s"  # under two minutes, rounded
     assert fmt_seconds(120) == "2.0 min (120 s)"
     assert fmt_seconds(3725.5) == "62.1 min (3726 s)"
-
-
-def test_num_is_the_lenient_terminal_variant():
-    assert num(0.123) == "0.12"
-    assert num(0.123, ".1%") == "12.3%"
-    assert num(-0.0123, "+.3f") == "-0.012"
-    assert num(None, missing="-") == "-" and num(NAN) == "n/a" and num("x") == "n/a"
-    # unlike fmt_num: numeric strings and bools convert, infinities print
-    assert num("0.5") == "0.50" and num(True) == "1.00" and num(INF) == "inf"
 
 
 def test_report_and_evaluation_use_the_shared_formatters():

@@ -307,12 +307,12 @@ def test_build_training_history_lines_and_best_epoch():
     auc, best = ax_auc.get_lines()
     assert list(auc.get_ydata()) == [0.6, 0.7, 0.68]
     assert (list(best.get_xdata()), list(best.get_ydata())) == ([1], [0.7])  # the best epoch
-    assert _legend(ax_loss) == ["train loss", "val loss"] and _legend(ax_auc) == ["val AUC"]
+    assert _legend(ax_loss) == ["train loss", "val loss"] and _legend(ax_auc) == ["val ROC AUC"]
     assert (ax_loss.get_ylabel(), ax_auc.get_ylabel()) == ("Loss", "Validation ROC AUC")
     two = pd.concat([hist.assign(model="a"), hist.assign(model="b", val_auc=hist["val_auc"] / 2)])
     ax_loss, ax_auc = plots.build_training_history(two).axes
     assert _legend(ax_loss) == ["a train loss", "a val loss", "b train loss", "b val loss"]
-    assert _legend(ax_auc) == ["a val AUC", "b val AUC"]
+    assert _legend(ax_auc) == ["a val ROC AUC", "b val ROC AUC"]
     assert list(ax_auc.get_lines()[2].get_ydata()) == [0.3, 0.35, 0.34]
 
 
@@ -323,3 +323,22 @@ def test_plot_writes_what_build_draws(result, tmp_path):
     out = plots.plot_model_comparison(result, tmp_path / "plotted.png",
                                       metrics=("accuracy", "roc_auc"), at="at_0.5")
     assert out.read_bytes() == expected
+
+
+def test_model_comparison_ticks_are_the_registry_short_labels(result):
+    """Tick labels come from dermcam.formatting.METRIC_LABELS (short form), a long one
+    broken over two lines; plots keeps no label table of its own."""
+    entry = result["models"]["resnet18"]
+    metrics = ("accuracy", "balanced_accuracy", "precision_malignant", "average_precision",
+               "spec_at_95_sens", "ece")
+    assert all(m in entry["at_threshold"] or m in entry["threshold_free"] for m in metrics)
+    (ax,) = plots.build_model_comparison(result, metrics=metrics).axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "Accuracy", "Balanced acc.", "Precision malignant", "Avg. precision",
+        "Specificity at 95 %\nsensitivity", "ECE"]
+    assert not hasattr(plots, "_METRIC_LABELS")
+
+
+def test_model_comparison_refuses_a_metric_without_a_label(result):
+    with pytest.raises(KeyError, match="no label for metric 'auroc'; known: "):
+        plots.build_model_comparison(result, metrics=("accuracy", "auroc"))

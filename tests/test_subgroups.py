@@ -188,3 +188,25 @@ def test_kruskal_undefined_cases():
     a, b = np.arange(6.0), np.arange(6.0) + 3
     assert sg.kruskal_across([a, b, np.array([np.nan])])["p"] == pytest.approx(
         kruskal(a, b).pvalue)
+
+
+def test_printed_tables_cells_and_registry_headers():
+    """Cells are ``value [lo, hi]`` with n/a for an undefined bound and n/a for an
+    undefined value; metric headers are the registry's short labels."""
+    analysis = {"models": {"m": {"groups": [
+        {"group": "head", "n": 30, "n_malignant": 6, "estimable": True,
+         "roc_auc": {"value": 0.8125, "lo": 0.7, "hi": 0.9}, "accuracy": {"value": 0.5},
+         "sensitivity": {"value": float("nan"), "lo": 0.1, "hi": 0.2},
+         "specificity": {"value": 1.0, "lo": None, "hi": 1.0}},
+        {"group": "arm", "n": 3, "n_malignant": 0, "estimable": False,
+         "note": "too few to estimate"}]}}}
+    rows = sg.subgroup_table(analysis, "m")
+    assert rows == [["group", "n", "malignant", "ROC AUC", "Accuracy", "Sensitivity",
+                     "Specificity"],
+                    ["head", "30", "6", "0.81 [0.70, 0.90]", "0.50 [n/a, n/a]", "n/a",
+                     "1.00 [n/a, 1.00]"],
+                    ["arm", "3", "0", "too few to estimate", "", "", ""]]
+    entry = {"groups": [{"group": "g", "n": 4, "estimable": True,
+                         "leakage": {"value": 0.25, "lo": 0.125, "hi": 0.375}}]}
+    assert sg.summary_table({}, entry, ["leakage"], ["leak"]) == [
+        ["group", "n", "leak"], ["g", "4", "0.250 [0.125, 0.375]"]]

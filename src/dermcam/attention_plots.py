@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dermcam.leakage import CHANCE, LABEL_NAMES, METRICS, bootstrap_mean_ci, score_batch
@@ -48,9 +47,9 @@ SIZE_AWARE = ("excess_leakage", "localisation_gain", "pixel_auroc", "pointing_ga
 
 
 def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    from dermcam.plots import new_figure
+
+    return new_figure((width, height))
 
 
 def _save(fig: Figure, path, dpi: int = 150) -> Path:

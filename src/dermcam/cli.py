@@ -16,13 +16,32 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table as _RichTable
+from rich.text import Text
 
 from dermcam import run as runmod
 from dermcam.device import PRECISION_HELP
 from dermcam.errors import DermcamError
+from dermcam.formatting import fmt_ci, fmt_num, fmt_pct, is_number, metric_label
 from dermcam.logs import quiet_libraries
 from dermcam.models import DEFAULT_MODELS
+
+
+class Table(_RichTable):
+    """A rich Table whose title, headers and cells are plain text, never markup: a CI
+    cell such as ``0.03 [n/a, 0.06]`` or a data set named ``[ISIC]`` prints as written
+    (rich would read ``[n/a, 0.06]`` as a style tag and drop it)."""
+
+    def __init__(self, *args, title=None, **kwargs):
+        super().__init__(*args, title=Text(title) if isinstance(title, str) else title,
+                         **kwargs)
+
+    def add_column(self, header="", *args, **kwargs):
+        super().add_column(Text(header) if isinstance(header, str) else header, *args,
+                           **kwargs)
+
+    def add_row(self, *cells, **kwargs):
+        super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **kwargs)
 
 
 def _paragraphs(doc: str | None) -> str | None:
@@ -272,7 +291,7 @@ def models(
     if run_dir is not None:
         from dermcam import run as runmod
 
-        image_size = int(runmod.read_manifest(run_dir)["config"]["image_size"])
+        image_size = runmod.Run.open(run_dir).image_size
     t = Table(title=f"models at {image_size} px input (any other torchvision classifier also "
                     "works by name)")
     for c in ("name", "architecture", "study's CAM layer", "candidate layers (h x w)",
@@ -368,16 +387,16 @@ def train(
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
     if not manifest:  # a worker process of multi-process training: rank 0 reports
         return
-    _print_training(manifest)
+    _print_training(runmod.Run(out, manifest))
     console.print(f"run folder: {out}  (next: dermcam evaluate {out})")
 
 
-def _print_training(manifest) -> None:
+def _print_training(run: runmod.Run) -> None:
     t = Table(title="training")
-    for c in ("model", "weights", "best epoch", "val AUC", "T, b", "val ECE", "threshold",
-              "time"):
+    for c in ("model", "weights", "best epoch", f"val {metric_label('roc_auc', short=True)}",
+              "T, b", f"val {metric_label('ece', short=True)}", "threshold", "time"):
         t.add_column(c)
-    for name, m in manifest["models"].items():
+    for name, m in run.model_records.items():
         cal = m.get("calibration") or {}
         ece = "" if not cal else (f"{cal['before']['ece']:.3f} -> {cal['after']['ece']:.3f}"
                                   if cal.get("method") in ("platt", "temperature")
@@ -473,23 +492,23 @@ def _print_calibration(result) -> None:
     if not calib:
         return
     t = Table(title="calibration on the test set: before -> after scaling")
-    for c in ("model", "T, b", "ECE before", "ECE after", "Brier before", "Brier after"):
+    cells = [(k, when) for k in ("ece", "brier") for when in ("before", "after")]
+    for c in ("model", "T, b", *[f"{metric_label(k, short=True)} {when}" for k, when in cells]):
         t.add_column(c)
     names = result.get("display_names") or {}
     for name, c in calib.items():
         t.add_row(names.get(name, name),
                   f"{c.get('temperature', float('nan')):.2f}, {c.get('bias', 0.0):+.2f}",
-                  *[_ci_text(c[when][k]) for k in ("ece", "brier") for when in ("before",
-                                                                                 "after")])
+                  *[_ci_text(c[when][k]) for k, when in cells])
     console.print(t)
 
 
 def _ci_text(d) -> str:
-    from dermcam.formatting import num
-
+    """A metric's ``{"value", "lo", "hi"}`` as ``0.82 [0.75, 0.88]`` (2 decimals, ``n/a``
+    for each undefined part); ``n/a`` alone when there is no value."""
     if not isinstance(d, dict) or d.get("value") is None:
         return "n/a"
-    return f"{num(d['value'])} [{num(d.get('lo'))}, {num(d.get('hi'))}]"
+    return fmt_ci(d["value"], d.get("lo"), d.get("hi"), 2, collapse=False)
 
 
 def _print_external(run_dir: Path, result) -> None:
@@ -666,11 +685,15 @@ def explain(
     console.print(f"wrote {where}/attention.csv, attention_summary.json, figures/")
 
 
-def _num(v, fmt: str = ".2f") -> str:
-    """A number for a table cell; '-' for a missing or undefined one (None or NaN)."""
-    from dermcam.formatting import num
+def _num(v, digits: int = 2) -> str:
+    """A number for a table cell with ``digits`` decimals; '-' for a missing or undefined
+    one (None, NaN)."""
+    return fmt_num(v, digits, missing="-")
 
-    return num(v, fmt, missing="-")
+
+def _ci(v, lo, hi, digits: int = 2) -> str:
+    """``v [lo, hi]`` for a table cell, each part as :func:`_num`."""
+    return fmt_ci(v, lo, hi, digits, collapse=False, missing="-")
 
 
 def _print_localisation(rows) -> None:
@@ -684,10 +707,10 @@ def _print_localisation(rows) -> None:
     for r in rows:
         verdict = {True: "passed", False: "FAILED", None: "inconclusive"}[r.get("sanity_passed")]
         t.add_row(r["model"], r["method"], r["layer"], "x".join(map(str, r["grid"])),
-                  f"{_num(r['median_pixel_auroc'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
-                  _num(r["undefined_share"], ".0%"),
+                  _ci(r["median_pixel_auroc"], r["ci_low"], r["ci_high"]),
+                  fmt_pct(r["undefined_share"], 0, missing="-"),
                   f"{_num(r.get('sanity_median_abs_rho'))} {verdict}",
-                  _num(r["ms_per_image"], ".1f"))
+                  _num(r["ms_per_image"], 1))
     console.print(t)
 
 
@@ -782,8 +805,8 @@ def _print_artifacts(rows) -> None:
         t.add_column(c)
     for r in rows:
         t.add_row(f"{r['model']}/{r['method']}", r["layer"], r["artifact"], str(r["n"]),
-                  _num(r["mass_share"], ".3f"), _num(r["area_share"], ".3f"),
-                  f"{_num(r['ratio'])} [{_num(r['ratio_ci_low'])}, {_num(r['ratio_ci_high'])}]",
+                  _num(r["mass_share"], 3), _num(r["area_share"], 3),
+                  _ci(r["ratio"], r["ratio_ci_low"], r["ratio_ci_high"]),
                   "YES" if r["attends"] else "no")
     console.print(t)
 
@@ -868,8 +891,8 @@ def _print_audit(table, summary, what: str) -> None:
     counts = table["label"].value_counts()
     console.print(f"{what}: {len(table)} images ({counts.get(0, 0)} benign, "
                   f"{counts.get(1, 0)} malignant); median pixel AUROC "
-                  f"{_num(guard['median_pixel_auroc'])} [{_num(lo)}, {_num(hi)}] "
-                  "(0.5 = uniform)", highlight=False)
+                  f"{_ci(guard['median_pixel_auroc'], lo, hi)} (0.5 = uniform)",
+                  highlight=False)
     t = Table(title="attention: mean [95 % CI] by class; n (undefined, left out of the mean)")
     for c in ("class", "n (undefined)", "leakage", "excess leakage", "pixel AUROC"):
         t.add_column(c)
@@ -879,7 +902,7 @@ def _print_audit(table, summary, what: str) -> None:
 
     def cell(r) -> str:
         return "-" if r is None or r["mean"] != r["mean"] else \
-            f"{r['mean']:.3f} [{_num(r['ci_low'], '.3f')}, {_num(r['ci_high'], '.3f')}]"
+            _ci(r["mean"], r["ci_low"], r["ci_high"], 3)
 
     for label, ms in sorted(rows.items()):
         leak = ms["leakage"]
@@ -1001,56 +1024,55 @@ def _print_probe_presence(rows) -> None:
     """Lesion and background removal on images with vs without each labelled artifact."""
     if not rows:
         return
-    from dermcam.formatting import num
-
     t = Table(title="removal probes by artifact presence: Δ P(malignant) mean [95 % CI], "
                     "AUC [95 % CI]; with | without the artifact")
-    for c in ("model", "probe", "artifact", "n with", "Δ with", "AUC with", "n without",
-              "Δ without", "AUC without", "Δ differs p"):
+    roc_auc = metric_label("roc_auc", short=True)
+    for c in ("model", "probe", "artifact", "n with", "Δ with", f"{roc_auc} with", "n without",
+              "Δ without", f"{roc_auc} without", "Δ differs p"):
         t.add_column(c)
 
-    def delta(b) -> str:
-        if num(b.get("delta_mean")) == "n/a":
+    def ci(b, value: str, prefix: str, sign: bool = False) -> str:  # 'n/a' alone: no value
+        if not is_number(b.get(value)):
             return "n/a"
-        return (f"{num(b.get('delta_mean'), '+.3f')} [{num(b.get('delta_ci_low'), '+.3f')}, "
-                f"{num(b.get('delta_ci_high'), '+.3f')}]")
+        return fmt_ci(b[value], b.get(f"{prefix}_ci_low"), b.get(f"{prefix}_ci_high"), 3,
+                      sign=sign, collapse=False)
+
+    def delta(b) -> str:
+        return ci(b, "delta_mean", "delta", sign=True)
 
     def auc(b) -> str:
-        if num(b.get("auc")) == "n/a":
-            return "n/a"
-        return (f"{num(b.get('auc'), '.3f')} [{num(b.get('auc_ci_low'), '.3f')}, "
-                f"{num(b.get('auc_ci_high'), '.3f')}]")
+        return ci(b, "auc", "auc")
 
     for r in rows:
         w, wo = r["with"], r["without"]
         t.add_row(r["model"], _probe_title(r["probe"]), r["artifact"],
                   f"{w['n']} ({w['n_malignant']} m)", delta(w), auc(w),
                   f"{wo['n']} ({wo['n_malignant']} m)", delta(wo), auc(wo),
-                  num(r.get("delta_p_adjusted", r.get("delta_p")), ".3f"))
+                  fmt_num(r.get("delta_p_adjusted", r.get("delta_p")), 3))
     console.print(t)
     console.print("  Δ differs p: two-sided Mann-Whitney of the per-image change, with vs "
                   "without, Holm-adjusted over the rows; p ≥ 0.05 is inconclusive.")
 
 
 def _print_probe(entries, run_dir=None) -> None:
-    from dermcam.formatting import num
     from dermcam.stages.probe import CAVEAT, PROBE_TITLES, sentences
 
     t = Table(title="probes: change in malignant probability, mean [95 % CI]")
+    roc_auc = metric_label("roc_auc", short=True)
     for c in ("model", "probe", "n", "Δ P(malignant)", "flips b→m", "flips m→b",
-              "AUC [95 % CI]", "AUC intact"):
+              f"{roc_auc} [95 % CI]", f"{roc_auc} intact"):
         t.add_column(c)
     for e in entries:
         what = PROBE_TITLES[e["probe"]]
         if e.get("artifact"):
             what = f"{e['artifact']} {what}"
-        auc = (f"{num(e['auc'], '.3f')} [{num(e['auc_ci_low'], '.3f')}, "
-               f"{num(e['auc_ci_high'], '.3f')}]" if "auc" in e else "")
+        auc = (fmt_ci(e["auc"], e.get("auc_ci_low"), e.get("auc_ci_high"), 3, collapse=False)
+               if "auc" in e else "")
         t.add_row(e["model"], what, str(e["n"]),
-                  f"{num(e['delta_mean'], '+.3f')} [{num(e['delta_ci_low'], '+.3f')}, "
-                  f"{num(e['delta_ci_high'], '+.3f')}]",
-                  num(e["flip_to_malignant"], ".1%"), num(e["flip_to_benign"], ".1%"),
-                  auc, num(e.get("auc_intact"), ".3f") if "auc" in e else "")
+                  fmt_ci(e["delta_mean"], e["delta_ci_low"], e["delta_ci_high"], 3, sign=True,
+                         collapse=False),
+                  fmt_pct(e["flip_to_malignant"]), fmt_pct(e["flip_to_benign"]),
+                  auc, fmt_num(e.get("auc_intact"), 3) if "auc" in e else "")
     console.print(t)
     for line in sentences(entries):
         console.print("  " + line)
@@ -1125,14 +1147,14 @@ def demo(
 def _print_shortcut(exp) -> None:
     t = Table(title=f"planted shortcut: heatmap mass on the {exp['artifact']} / its area "
                     "(1 = uniform), test images carrying one")
-    for c in ("model", "layer", "n", "ratio [95 % CI]", "attends", "test ROC AUC [95 % CI]"):
+    for c in ("model", "layer", "n", "ratio [95 % CI]", "attends",
+              f"test {metric_label('roc_auc', short=True)} [95 % CI]"):
         t.add_column(c)
     for role, r in exp["runs"].items():
         t.add_row(f"{exp['model']} ({role})", r["layer"], str(r["n"]),
-                  f"{_num(r['ratio'])} [{_num(r['ratio_ci_low'])}, {_num(r['ratio_ci_high'])}]",
+                  _ci(r["ratio"], r["ratio_ci_low"], r["ratio_ci_high"]),
                   "YES" if r["flagged"] else "no",
-                  f"{_num(r['test_auc'], '.3f')} [{_num(r['test_auc_ci_low'], '.3f')}, "
-                  f"{_num(r['test_auc_ci_high'], '.3f')}]")
+                  _ci(r["test_auc"], r["test_auc_ci_low"], r["test_auc_ci_high"], 3))
     console.print(t)
     console.print(f"  {exp['sentence']}")
     if exp.get("probe_sentence"):

@@ -12,6 +12,7 @@ library's sentences use the typographic minus :data:`MINUS`).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +23,10 @@ __all__ = [
     "metric_label",
     "is_number",
     "fmt_num",
+    "fmt_pct",
     "fmt_p",
     "fmt_ci",
     "fmt_seconds",
-    "num",
 ]
 
 #: The typographic minus sign (U+2212).
@@ -39,9 +40,10 @@ CI_BRACKETS = "{v} [{lo}, {hi}]"
 
 
 def is_number(v: Any) -> bool:
-    """True for a finite ``int`` or ``float`` (numpy's float64 included); False for None,
-    NaN, +-inf, bools, strings and other types."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """True for a finite real number: ``int``, ``float`` and numpy's integer and floating
+    scalars (``float32``, ``int64``: a stage's in-memory results may hold them); False for
+    None, NaN, +-inf, bools (numpy's too), strings and other types."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def fmt_num(v: Any, digits: int = 3, *, missing: str = "n/a", sign: bool = False,
@@ -53,6 +55,15 @@ def fmt_num(v: Any, digits: int = 3, *, missing: str = "n/a", sign: bool = False
         return missing
     s = f"{float(v):{'+' if sign else ''}.{int(digits)}f}"
     return s.replace("-", minus) if minus != "-" else s
+
+
+def fmt_pct(v: Any, digits: int = 1, *, missing: str = "n/a") -> str:
+    """A share as a percentage with ``digits`` decimals and no space before the ``%``
+    (``0.123`` -> ``"12.3%"``, Python's ``%`` format spec); ``missing`` where
+    :func:`is_number` is False."""
+    if not is_number(v):
+        return missing
+    return f"{float(v):.{int(digits)}%}"
 
 
 def fmt_p(p: Any, digits: int = 3, *, significant: bool = False, label: str = "",
@@ -102,21 +113,6 @@ def fmt_seconds(s: Any) -> str:
     if not is_number(s):
         return "n/a"
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min ({s:.0f} s)"
-
-
-def num(v: Any, fmt: str = ".2f", missing: str = "n/a") -> str:
-    """``v`` formatted with the format spec ``fmt`` (``".1%"``, ``"+.3f"``); ``missing``
-    for None, NaN or a non-number.
-
-    The lenient variant the terminal tables use: unlike :func:`fmt_num` it converts
-    anything ``float()`` accepts (bools, numeric strings) and writes infinities as
-    ``inf``.
-    """
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return missing
-    return missing if v != v else format(v, fmt)
 
 
 # ----------------------------------------------------------------- metric labels

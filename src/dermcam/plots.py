@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dermcam.formatting import metric_label
+
 __all__ = [
+    "new_figure",
     "save_figure",
     "build_model_comparison",
     "build_confusion_matrix",
@@ -46,25 +50,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DPI = 150
-_METRIC_LABELS = {
-    "accuracy": "Accuracy",
-    "balanced_accuracy": "Balanced accuracy",
-    "f1_benign": "F1 benign",
-    "f1_malignant": "F1 malignant",
-    "precision_benign": "Precision benign",
-    "recall_benign": "Recall benign",
-    "precision_malignant": "Precision malignant",
-    "recall_malignant": "Recall malignant",
-    "sensitivity": "Sensitivity",
-    "specificity": "Specificity",
-    "roc_auc": "ROC AUC",
-    "average_precision": "Average precision",
-    "spec_at_95_sens": "Specificity @ 95% sens.",
-    "ece": "ECE",
-}
+#: Tick labels wider than this are broken at spaces over lines, so a long metric name
+#: (``spec_at_95_sens``) does not run into its neighbours' labels.
+_TICK_WIDTH = 20
 
 
-def _new_figure(figsize: tuple[float, float]) -> Figure:
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure with its own Agg canvas (no pyplot state: nothing is shown, nothing
+    leaks between calls) and constrained layout; every dermcam plot starts here."""
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -102,6 +95,13 @@ def _label(name: str, entry: Mapping[str, Any]) -> str:
     return str(entry.get("display_name", name))
 
 
+def _metric_tick(key: str) -> str:
+    """The tick label of metric ``key``: its short label in
+    :data:`dermcam.formatting.METRIC_LABELS` (a ``KeyError`` naming the known keys for
+    an unknown one), broken over lines of at most ``_TICK_WIDTH`` characters."""
+    return textwrap.fill(metric_label(key, short=True), _TICK_WIDTH)
+
+
 # --------------------------------------------------------------------------- comparison
 
 
@@ -118,10 +118,11 @@ def build_model_comparison(
     ``"at_0.5"``; threshold-free metrics (``roc_auc`` ...) may be listed too.
     """
     models = _models(result)
+    ticks = [_metric_tick(m) for m in metrics]  # an unknown metric fails before drawing
     baseline = result.get("baselines", {}).get("all_benign", {})
     n_m, n_k = len(models), len(metrics)
     width = 0.8 / n_m
-    fig = _new_figure((max(6.0, 1.6 * n_k + 1.5 * n_m), 4.5))
+    fig = new_figure((max(6.0, 1.6 * n_k + 1.5 * n_m), 4.5))
     ax = fig.add_subplot()
     colors = [f"C{i}" for i in range(n_m)]
     for i, (name, entry) in enumerate(models):
@@ -170,7 +171,7 @@ def build_model_comparison(
                 label=None if drew_baseline else "All-benign baseline",
             )
             drew_baseline = True
-    ax.set_xticks(np.arange(n_k), [_METRIC_LABELS.get(m, m) for m in metrics])
+    ax.set_xticks(np.arange(n_k), ticks)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("Score (95 % CI)")
     test = result.get("test", {})
@@ -214,7 +215,7 @@ def build_confusion_matrix(cm: Any, labels: Sequence[str], title: str | None = N
     rows = cm.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where(rows > 0, cm / rows, 0.0)
-    fig = _new_figure((4.2, 3.8))
+    fig = new_figure((4.2, 3.8))
     ax = fig.add_subplot()
     im = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, label="Row rate")
@@ -259,7 +260,7 @@ def build_roc_curves(result: Mapping[str, Any]) -> Figure:
     """All models' ROC curves on one axis, AUC with 95 % CI in the legend, the
     chance diagonal, and each model's operating point at its chosen threshold."""
     models = _models(result)
-    fig = _new_figure((5.2, 5.0))
+    fig = new_figure((5.2, 5.0))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls=":", color="0.5", label="Chance (AUC 0.5)")
     for i, (name, entry) in enumerate(models):
@@ -296,7 +297,7 @@ def build_pr_curves(result: Mapping[str, Any]) -> Figure:
     the prevalence line (the AP of a classifier without skill)."""
     models = _models(result)
     prevalence = _num(result.get("test", {}).get("prevalence"))
-    fig = _new_figure((5.2, 5.0))
+    fig = new_figure((5.2, 5.0))
     ax = fig.add_subplot()
     if math.isfinite(prevalence):
         ax.axhline(
@@ -345,7 +346,7 @@ def build_reliability(result: Mapping[str, Any]) -> Figure:
     one (solid), ECE before and after and ``T`` in the legend."""
     models = _models(result)
     calib = result.get("calibration") or {}
-    fig = _new_figure((5.2, 6.0))
+    fig = new_figure((5.2, 6.0))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], ls=":", color="0.5", label="Perfect calibration")
     for i, (name, entry) in enumerate(models):
@@ -417,7 +418,7 @@ def build_training_history(history_df: pd.DataFrame) -> Figure:
         groups = [(str(m), g) for m, g in history_df.groupby("model", sort=False)]
     else:
         groups = [("", history_df)]
-    fig = _new_figure((9.0, 3.8))
+    fig = new_figure((9.0, 3.8))
     ax_loss, ax_auc = fig.subplots(1, 2)
     for i, (name, g) in enumerate(groups):
         prefix = f"{name} " if name else ""
@@ -439,7 +440,7 @@ def build_training_history(history_df: pd.DataFrame) -> Figure:
                 s["val_auc"],
                 color=f"C{i}",
                 marker=".",
-                label=f"{prefix}val AUC".strip(),
+                label=f"{prefix}val {metric_label('roc_auc', short=True)}".strip(),
             )
             best = s.loc[s["val_auc"].idxmax()]
             ax_auc.plot(

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dermcam.formatting import fmt_ci, is_number, metric_label
+
 __all__ = ["MIN_GROUP", "MIN_PER_CLASS", "SUBGROUP_METRICS", "bin_column",
            "subgroup_metrics", "subgroup_analyses", "cochran_q_auc", "image_levels",
            "kruskal_across", "subgroup_summaries", "subgroup_summary_analyses"]
@@ -311,17 +313,21 @@ def subgroup_summary_analyses(table: pd.DataFrame, columns, metrics, keys,
     return out
 
 
+def _ci_cell(d: Any, digits: int) -> str:
+    """``value [lo, hi]`` of a ``{"value", "lo", "hi"}`` dict (``n/a`` for an undefined
+    bound), or ``n/a`` where the value itself is undefined."""
+    if not isinstance(d, dict) or not is_number(d.get("value")):
+        return "n/a"
+    return fmt_ci(d["value"], d.get("lo"), d.get("hi"), digits, collapse=False)
+
+
 def subgroup_table(analysis: dict[str, Any], model: str, digits: int = 2) -> list[list[str]]:
     """Rows for a printed table: header, then one row per group (``n/a`` where undefined)."""
-    from dermcam.formatting import num
-
     def cell(d) -> str:
-        if not isinstance(d, dict) or num(d.get("value")) == "n/a":
-            return "n/a"
-        f = f".{digits}f"
-        return f"{num(d['value'], f)} [{num(d.get('lo'), f)}, {num(d.get('hi'), f)}]"
+        return _ci_cell(d, digits)
 
-    head = ["group", "n", "malignant", "ROC AUC", "accuracy", "sensitivity", "specificity"]
+    head = ["group", "n", "malignant",
+            *(metric_label(k, short=True) for k in SUBGROUP_METRICS)]
     rows = [head]
     for g in analysis["models"][model]["groups"]:
         if not g["estimable"]:
@@ -352,15 +358,10 @@ def summary_table(analysis: dict[str, Any], entry: dict[str, Any], metrics,
                   titles=None, digits: int = 3) -> list[list[str]]:
     """Rows for a printed table of one :func:`subgroup_summaries` entry: header, then one
     row per group (``mean [lo, hi]``, ``n/a`` where undefined)."""
-    from dermcam.formatting import num
-
     titles = list(titles or metrics)
-    f = f".{digits}f"
 
     def cell(d) -> str:
-        if not isinstance(d, dict) or num(d.get("value")) == "n/a":
-            return "n/a"
-        return f"{num(d['value'], f)} [{num(d.get('lo'), f)}, {num(d.get('hi'), f)}]"
+        return _ci_cell(d, digits)
 
     rows = [["group", "n", *titles]]
     for g in entry["groups"]:
