@@ -281,8 +281,7 @@ class RunFiles:
         return str(d or name)
 
     def stage_status(self, stage: str) -> str | None:
-        st = self.run.stages.get(stage)
-        return st.get("status") if isinstance(st, dict) else None
+        return self.run.stage_entry(stage).get("status")
 
     def absent_reason(self, file: str, stage: str) -> str:
         how = f"run 'dermcam {stage} {self.dir}'"
@@ -371,7 +370,7 @@ def _weights_phrase(src: Any) -> str:
 
 
 def section_summary(r: RunFiles) -> str:
-    data = r.run.data or {}
+    data = r.run.data
     cfg = r.run.recorded_config
     out = ['<section id="summary"><h2>1. Summary</h2>']
     has_masks = data.get("has_masks")
@@ -416,7 +415,7 @@ def section_summary(r: RunFiles) -> str:
     else:
         out.append(missing("image counts per split are not recorded in manifest.json"))
 
-    models = {name: r.run.model_record(name) for name in r.run.display_names}
+    models = r.run.model_records
     out.append("<h3>Models</h3>")
     if not models:
         out.append(missing("no trained models are recorded in manifest.json"))
@@ -1265,7 +1264,7 @@ def render(run_dir: str | Path) -> str:
     from dermcam import __version__
 
     r = RunFiles(Path(run_dir))
-    data_name = (r.run.data or {}).get("name") or "unnamed data set"
+    data_name = r.run.data.get("name") or "unnamed data set"
     names = ", ".join(r.display(n) for n in r.names) or "no models"
     header = (f"<h1>dermcam report</h1><p class=\"sub\">{esc(data_name)} · {esc(names)} · run "
               f'folder <span class="mono">{esc(r.dir.resolve())}</span></p>'
