@@ -275,3 +275,18 @@ def test_metric_label_unknown_key_and_frozen_entries():
     with pytest.raises(dataclasses.FrozenInstanceError):
         METRIC_LABELS["ece"].label = "x"  # type: ignore[misc]
     assert MetricLabel("Accuracy", True).short == "Accuracy"
+
+
+def test_fmt_ci_entry_reads_a_value_lo_hi_mapping():
+    from dermcam.formatting import fmt_ci_entry
+
+    full = {"value": 0.8166, "lo": 0.75, "hi": 0.8834}
+    assert fmt_ci_entry(full) == "0.817 [0.750, 0.883]"
+    assert fmt_ci_entry(full, 2, collapse=False) == "0.82 [0.75, 0.88]"
+    one_bound = {"value": 0.5, "lo": None, "hi": 0.6}
+    assert fmt_ci_entry(one_bound) == "0.500"  # collapse: the value alone
+    assert fmt_ci_entry(one_bound, 2, collapse=False) == "0.50 [n/a, 0.60]"
+    for undefined in (None, "x", {}, {"value": None, "lo": 0.1, "hi": 0.2},
+                      {"value": float("nan"), "lo": 0.1, "hi": 0.2}):
+        assert fmt_ci_entry(undefined) == "n/a"
+        assert fmt_ci_entry(undefined, collapse=False, missing="-") == "-"

@@ -289,8 +289,6 @@ def models(
     from dermcam.models import REGISTRY, build_model, imagenet_available, imagenet_weights_path
 
     if run_dir is not None:
-        from dermcam import run as runmod
-
         image_size = runmod.Run.open(run_dir).image_size
     t = Table(title=f"models at {image_size} px input (any other torchvision classifier also "
                     "works by name)")

@@ -26,6 +26,7 @@ __all__ = [
     "fmt_pct",
     "fmt_p",
     "fmt_ci",
+    "fmt_ci_entry",
     "fmt_seconds",
 ]
 
@@ -105,6 +106,18 @@ def fmt_ci(value: Any, lo: Any, hi: Any, digits: int = 3, *, template: str = CI_
         if not (is_number(lo) and is_number(hi)):
             return f(value)
     return template.format(v=f(value), lo=f(lo), hi=f(hi))
+
+
+def fmt_ci_entry(entry: Any, digits: int = 3, *, collapse: bool = True,
+                 missing: str = "n/a") -> str:
+    """:func:`fmt_ci` of a ``{"value", "lo", "hi"}`` mapping (how metrics.json and the
+    subgroup analyses store an estimate): ``missing`` where ``entry`` is not a mapping or
+    its value is not a number; otherwise the bounds as ``collapse`` says (True: the value
+    alone when a bound is undefined; False: ``missing`` in its place)."""
+    if not isinstance(entry, dict) or not is_number(entry.get("value")):
+        return missing
+    return fmt_ci(entry["value"], entry.get("lo"), entry.get("hi"), digits, collapse=collapse,
+                  missing=missing)
 
 
 def fmt_seconds(s: Any) -> str:

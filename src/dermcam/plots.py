@@ -28,7 +28,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dermcam.formatting import metric_label
+from dermcam.formatting import fmt_ci_entry, metric_label
 
 __all__ = [
     "new_figure",
@@ -76,12 +76,7 @@ def _num(x: Any) -> float:
 
 
 def _ci_text(ci: Mapping[str, Any], digits: int = 3) -> str:
-    v, lo, hi = _num(ci.get("value")), _num(ci.get("lo")), _num(ci.get("hi"))
-    if not math.isfinite(v):
-        return "n/a"
-    if math.isfinite(lo) and math.isfinite(hi):
-        return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-    return f"{v:.{digits}f}"
+    return fmt_ci_entry(dict(ci), digits)
 
 
 def _models(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:

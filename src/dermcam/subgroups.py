@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dermcam.formatting import fmt_ci, is_number, metric_label
+from dermcam.formatting import fmt_ci_entry, metric_label
 
 __all__ = ["MIN_GROUP", "MIN_PER_CLASS", "SUBGROUP_METRICS", "bin_column",
            "subgroup_metrics", "subgroup_analyses", "cochran_q_auc", "image_levels",
@@ -313,18 +313,10 @@ def subgroup_summary_analyses(table: pd.DataFrame, columns, metrics, keys,
     return out
 
 
-def _ci_cell(d: Any, digits: int) -> str:
-    """``value [lo, hi]`` of a ``{"value", "lo", "hi"}`` dict (``n/a`` for an undefined
-    bound), or ``n/a`` where the value itself is undefined."""
-    if not isinstance(d, dict) or not is_number(d.get("value")):
-        return "n/a"
-    return fmt_ci(d["value"], d.get("lo"), d.get("hi"), digits, collapse=False)
-
-
 def subgroup_table(analysis: dict[str, Any], model: str, digits: int = 2) -> list[list[str]]:
     """Rows for a printed table: header, then one row per group (``n/a`` where undefined)."""
     def cell(d) -> str:
-        return _ci_cell(d, digits)
+        return fmt_ci_entry(d, digits, collapse=False)
 
     head = ["group", "n", "malignant",
             *(metric_label(k, short=True) for k in SUBGROUP_METRICS)]
@@ -361,7 +353,7 @@ def summary_table(analysis: dict[str, Any], entry: dict[str, Any], metrics,
     titles = list(titles or metrics)
 
     def cell(d) -> str:
-        return _ci_cell(d, digits)
+        return fmt_ci_entry(d, digits, collapse=False)
 
     rows = [["group", "n", *titles]]
     for g in entry["groups"]:
