@@ -19,6 +19,7 @@ stage spent inpainting.
 
     python benchmarks/bench_probe.py --twins --size 64 --epochs 8
     python benchmarks/bench_probe.py --twins --recipe demo --placements 2 --seed 2
+    python benchmarks/bench_probe.py --twins --recipe demo --train-precision 32-true --seed 0
     python benchmarks/bench_probe.py --speed --size 224 --n-test 379 --repeats 3
 """
 
@@ -48,18 +49,19 @@ def twin(root: Path, preset: str, args) -> dict:
     data, run = root / preset / "data", root / preset / "run"
     generate(data, SynthConfig.from_preset(preset, n_train=args.n_train, n_test=args.n_test,
                                            image_size=args.source_size, seed=args.seed))
-    if args.recipe == "demo":  # dermcam demo's training: plateau, 10 epochs, bf16 where it pays
-        from dermcam.demo import DEMO_LR, DEMO_LR_BY_MODEL
+    if args.recipe == "demo":  # dermcam demo's training: plateau, 10 epochs
+        from dermcam.demo import demo_train_config
 
-        recipe = dict(max_epochs=10, lr=DEMO_LR, patience=4, schedule="plateau",
-                      lr_by_model={m: r for m, r in DEMO_LR_BY_MODEL.items()
-                                   if m == args.model}, precision="auto")
-    else:  # as tests/test_shortcut.py, on any CPU
-        recipe = dict(max_epochs=args.epochs, lr=2e-3, patience=args.epochs,
-                      schedule="onecycle", precision="32-true")
-    train(TrainConfig(data=str(data), out=str(run), models=[args.model], weights="none",
-                      image_size=args.size, batch_size=32, seed=args.seed, progress=False,
-                      cache_dir=str(root / "cache"), **recipe))
+        cfg = demo_train_config(data, run, [args.model], image_size=args.size, seed=args.seed,
+                                precision=args.train_precision,
+                                cache_dir=str(root / "cache"))
+    else:  # one-cycle, lr 2e-3, for --epochs
+        cfg = TrainConfig(data=str(data), out=str(run), models=[args.model], weights="none",
+                          image_size=args.size, batch_size=32, seed=args.seed, progress=False,
+                          cache_dir=str(root / "cache"), max_epochs=args.epochs, lr=2e-3,
+                          patience=args.epochs, schedule="onecycle",
+                          precision=args.train_precision)
+    train(cfg)
     run_evaluate(run, n_boot=200)
     entries = run_probe(run, probes=("lesion_removed", "artifact_inserted", "artifact_removed"),
                         artifacts=("ruler",), placements=args.placements, n_boot=1000,
@@ -160,8 +162,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--recipe", choices=("bench", "demo"), default="bench",
                     help="--twins: training recipe; 'bench' = one-cycle lr 2e-3 for --epochs "
-                         "in float32 (as tests/test_shortcut.py), 'demo' = dermcam demo's "
-                         "(plateau, lr 1e-3, 10 epochs, --precision auto)")
+                         "in float32, 'demo' = dermcam demo's "
+                         "(plateau, lr 1e-3, 10 epochs)")
+    ap.add_argument("--train-precision", default=None,
+                    help="--twins: training precision; default 'auto' (bf16 where it pays) "
+                         "for --recipe demo, as dermcam demo, and '32-true' for --recipe "
+                         "bench; tests/test_shortcut.py trains the demo recipe in 32-true")
     ap.add_argument("--placements", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--naive-images", type=int, default=10)
@@ -169,6 +175,8 @@ def main() -> None:
     ap.add_argument("--precision", default="32-true",
                     help="--speed: the probe's inference precision (32-true, bf16-mixed, auto)")
     args = ap.parse_args()
+    if args.train_precision is None:
+        args.train_precision = "auto" if args.recipe == "demo" else "32-true"
     _quiet()
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,7 +61,7 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
     from dermcam.stages.evaluate import run_evaluate
     from dermcam.stages.explain import run_explain
     from dermcam.stages.probe import run_probe
-    from dermcam.stages.train import TrainConfig, train
+    from dermcam.stages.train import train
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -96,12 +96,9 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
             "when cached")
 
     def train_cfg(data_dir, run_dir, names):
-        return TrainConfig(data=str(data_dir), out=str(run_dir), models=list(names),
-                           weights=weights, image_size=image_size, max_epochs=epochs,
-                           batch_size=32, lr=DEMO_LR, patience=4, schedule="plateau",
-                           lr_by_model={m: r for m, r in DEMO_LR_BY_MODEL.items()
-                                        if m in names},
-                           seed=seed, progress=not quiet, precision=precision)
+        return demo_train_config(data_dir, run_dir, names, weights=weights,
+                                 image_size=image_size, epochs=epochs, seed=seed,
+                                 progress=not quiet, precision=precision)
 
     with bar("decode + cache images") as cb:
         manifest = train(train_cfg(data, run, models), overwrite=True, progress=cb)
@@ -164,6 +161,23 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
     say(f"report: {path}")
     say(f"demo finished in {time.perf_counter() - t0:.0f} s; run folder: {run}")
     return run
+
+
+def demo_train_config(data: str | Path, out: str | Path, models, *, weights: str = "none",
+                      image_size: int = 64, epochs: int = 10, seed: int = 0,
+                      progress: bool = False, precision: str = "auto", **overrides: Any):
+    """The demo's training recipe (Adam, plateau schedule, :data:`DEMO_LR` and
+    :data:`DEMO_LR_BY_MODEL`, batch 32, patience 4) as a :class:`TrainConfig`; the
+    benchmarks and the twin test train with it too. ``overrides`` are further
+    ``TrainConfig`` fields (e.g. ``cache_dir``)."""
+    from dermcam.stages.train import TrainConfig
+
+    names = list(models)
+    return TrainConfig(data=str(data), out=str(out), models=names, weights=weights,
+                       image_size=image_size, max_epochs=epochs, batch_size=32, lr=DEMO_LR,
+                       patience=4, schedule="plateau",
+                       lr_by_model={m: r for m, r in DEMO_LR_BY_MODEL.items() if m in names},
+                       seed=seed, progress=progress, precision=precision, **overrides)
 
 
 def _chosen(summary: dict[str, Any], model: str) -> tuple[str, str]:
