@@ -387,13 +387,78 @@ def test_bf16_inference_wrapper_runs_bf16_convolutions_and_keeps_the_temperature
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     p32 = predict_proba(net, images)
     seen = []
-    net.conv1.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     wrapped = Bf16Inference(net)
+    wrapped.model.conv1.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     assert temperature_of(wrapped) == 2.5
     p16 = predict_proba(wrapped, images)
     assert seen == [torch.bfloat16]
-    assert net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert wrapped.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert np.abs(p16 - p32).max() < 0.05 and not np.array_equal(p16, p32)
+    # BatchNorm is folded into a copy: the wrapped network itself is left as it was
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in wrapped.modules())
+    assert isinstance(net.bn1, torch.nn.BatchNorm2d)
+    assert np.array_equal(predict_proba(net, images), p32)
+
+
+def _perturbed_batchnorm(net, seed=0):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+            m.weight.data.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+            m.bias.data.copy_(0.2 * torch.rand(m.bias.shape, generator=gen) - 0.1)
+    return net
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "efficientnet_b0"])
+def test_folding_batchnorm_keeps_the_function_and_removes_every_batchnorm(arch):
+    import torch
+    import torchvision
+
+    from dermcam.inference import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = _perturbed_batchnorm(getattr(torchvision.models, arch)(num_classes=2)).train()
+    folded = fold_batchnorm(net)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert n_bn > 10
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert net.training and not folded.training  # the caller's mode is restored
+    x = torch.rand(3, 3, 48, 48)
+    with torch.no_grad():
+        ref, out = net.eval()(x), folded(x)
+    assert ref.abs().max() > 0.05  # a non-trivial output, so the comparison means something
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_fx_cannot_trace_is_used_unfolded():
+    import torch
+
+    from dermcam.inference import Bf16Inference, fold_batchnorm
+
+    class Branchy(torch.nn.Module):  # data-dependent control flow: torch.fx refuses it
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.bn = torch.nn.BatchNorm2d(4)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            if y.mean() > 0:
+                y = -y
+            return self.head(y.mean((2, 3)))
+
+    net = Branchy().eval()
+    assert fold_batchnorm(net) is net
+    images = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    from dermcam.inference import predict_proba
+
+    p32, p16 = predict_proba(net, images), predict_proba(Bf16Inference(net), images)
+    assert np.abs(p16 - p32).max() < 0.05
 
 
 def test_auto_inference_precision_follows_the_training_rule(monkeypatch):

@@ -7,8 +7,12 @@ the memory-format choice (channels-last for depthwise-separable networks).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def predict_dataset(model, dataset, batch_size: int = 64,
@@ -30,16 +34,18 @@ def predict_logit_diff(model, dataset, batch_size: int = 64,
 
 class Bf16Inference(torch.nn.Module):
     """``model`` for inference under bfloat16 autocast on channels-last input (oneDNN's
-    fast bf16 convolutions want channels-last); logits come back as float32. The
-    calibration temperature and bias recorded on ``model`` are carried over. A speed lever
-    where bfloat16 is native (:func:`dermcam.device.native_bf16`): probabilities move by
-    about 1e-2 against float32, so compare runs of one precision only."""
+    fast bf16 convolutions want channels-last); logits come back as float32. Each
+    BatchNorm is first folded into the convolution before it (:func:`fold_batchnorm`, on a
+    copy: ``model`` itself is left as it was). The calibration temperature and bias
+    recorded on ``model`` are carried over. A speed lever where bfloat16 is native
+    (:func:`dermcam.device.native_bf16`): probabilities move by about 1e-2 against float32,
+    so compare runs of one precision only."""
 
     def __init__(self, model: torch.nn.Module, device_type: str = "cpu"):
         from dermcam.calibration import ATTR, BIAS_ATTR
 
         super().__init__()
-        self.model = model.to(memory_format=torch.channels_last)
+        self.model = fold_batchnorm(model).to(memory_format=torch.channels_last)
         self.device_type = device_type
         for attr in (ATTR, BIAS_ATTR):
             if hasattr(model, attr):
@@ -48,6 +54,29 @@ class Bf16Inference(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
             return self.model(x.contiguous(memory_format=torch.channels_last)).float()
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode copy of ``model`` with every BatchNorm that follows a convolution folded
+    into that convolution's weights and bias (``torch.fx``'s ``fuse``): the same function
+    up to rounding, one memory pass fewer per block. Measured at 224 px in bf16 on a
+    2-core AVX-512 BF16 CPU: MobileNet-V2 1.7x faster, EfficientNet-B0 1.3x, ResNet18
+    1.05x (``benchmarks/bench_inference.py``). A model ``torch.fx`` cannot trace
+    (data-dependent control flow) is returned as it is, and the log says so. ``model``'s
+    mode is restored."""
+    from torch.fx.experimental.optimization import fuse
+    from torch.fx.proxy import TraceError
+
+    was_training = model.training
+    model.eval()
+    try:
+        return fuse(model)
+    except (TraceError, TypeError, RuntimeError, NotImplementedError) as exc:
+        log.info("BatchNorm not folded for %s (torch.fx cannot trace it: %s)",
+                 type(model).__name__, exc)
+        return model
+    finally:
+        model.train(was_training)
 
 
 def predict_proba(model, images: np.ndarray, batch_size: int = 64,
