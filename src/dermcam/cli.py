@@ -960,8 +960,9 @@ def probe(
         help="Subgroups with fewer images are too few to estimate.")] = 20,
     precision: Annotated[str, typer.Option(
         help="Inference precision: 32-true (float32, as evaluate scores), bf16-mixed "
-             "(bfloat16 autocast, channels-last: faster where bfloat16 is native, "
-             "probabilities about 1e-2 away from float32's) or auto (bf16-mixed per model "
+             "(bfloat16 autocast, channels-last, BatchNorm folded into the convolutions: "
+             "about 2x faster where bfloat16 is native, probabilities about 1e-2 away from "
+             "float32's) or auto (bf16-mixed per model "
              "where training's --precision auto would choose it).")] = "32-true",
 ) -> None:
     """Behavioural audit: change the image, watch the malignant probability.
