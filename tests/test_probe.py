@@ -437,7 +437,7 @@ def test_folding_batchnorm_keeps_the_function_and_removes_every_batchnorm(arch):
 def test_a_model_fx_cannot_trace_is_used_unfolded():
     import torch
 
-    from dermcam.inference import Bf16Inference, fold_batchnorm
+    from dermcam.inference import Bf16Inference, fold_batchnorm, predict_proba
 
     class Branchy(torch.nn.Module):  # data-dependent control flow: torch.fx refuses it
         def __init__(self):
@@ -455,8 +455,6 @@ def test_a_model_fx_cannot_trace_is_used_unfolded():
     net = Branchy().eval()
     assert fold_batchnorm(net) is net
     images = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-    from dermcam.inference import predict_proba
-
     p32, p16 = predict_proba(net, images), predict_proba(Bf16Inference(net), images)
     assert np.abs(p16 - p32).max() < 0.05
 
