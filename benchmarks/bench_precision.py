@@ -8,6 +8,7 @@ of ``--steps`` steps after warm-up; the ratio is fp32 time / bf16 time (above 1:
 faster). Also prints what ``--precision auto`` resolves to here.
 
     python benchmarks/bench_precision.py --sizes 64,224 --batch 32 --steps 5 --repeats 3
+    python benchmarks/bench_precision.py --compile --sizes 64 --batch 32 --steps 5 --repeats 3
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ import torch.nn.functional as F
 
 def step_time(model, size: int, batch: int, steps: int, bf16: bool, channels_last: bool
               ) -> float:
+    return timed_steps(model, size, batch, steps, bf16, channels_last)[1]
+
+
+def timed_steps(model, size: int, batch: int, steps: int, bf16: bool, channels_last: bool
+                ) -> tuple[float, float]:
+    """``(seconds of the first step, mean seconds per step of the ``steps`` after it)``."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size)
     if channels_last:
@@ -40,11 +47,13 @@ def step_time(model, size: int, batch: int, steps: int, bf16: bool, channels_las
         loss.backward()
         opt.step()
 
-    one()  # warm-up: oneDNN primitive creation
+    t0 = time.perf_counter()
+    one()  # warm-up: oneDNN primitive creation (and compilation for a compiled model)
+    first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
         one()
-    return (time.perf_counter() - t0) / steps
+    return first, (time.perf_counter() - t0) / steps
 
 
 def main() -> None:
@@ -58,7 +67,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true",
+                    help="instead: eager vs torch.compile'd steps in the precision "
+                         "--precision auto picks per model and size, with the compilation "
+                         "time and the steps it takes to earn it back")
     args = ap.parse_args()
+    if args.compile:
+        compile_table(args)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 "
           f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}; --precision auto -> "
@@ -76,6 +92,38 @@ def main() -> None:
                  for bf16 in (False, True)}
             print(f"{name:<16} {size:>4} {t[False]:>12.3f} {t[True]:>12.3f} "
                   f"{t[False] / t[True]:>6.2f}", flush=True)
+
+
+def compile_table(args) -> None:
+    """Eager vs ``torch.compile`` (inductor) training steps, one row per model and size."""
+    from dermcam.device import resolve_precision
+    from dermcam.inference import depthwise_net, use_channels_last
+    from dermcam.models import build_model
+
+    print(f"{'model':<16} {'size':>4} {'precision':>10} {'eager s/step':>13} "
+          f"{'compiled s/step':>16} {'compile s':>10} {'break-even steps':>17}")
+    for name in args.models.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            bf16 = resolve_precision("auto", "cpu", depthwise_net(name), size) == "bf16-mixed"
+            cl = use_channels_last(name)
+            times = {}
+            for compiled in (False, True):
+                torch.manual_seed(0)
+                model, _ = build_model(name, "none")
+                if cl:
+                    model = model.to(memory_format=torch.channels_last)
+                if compiled:
+                    model = torch.compile(model)
+                first, per_step = timed_steps(model, size, args.batch, args.steps, bf16, cl)
+                reps = [per_step] + [timed_steps(model, size, args.batch, args.steps, bf16,
+                                                 cl)[1] for _ in range(args.repeats - 1)]
+                times[compiled] = (first, statistics.median(reps))
+            eager, comp = times[False][1], times[True][1]
+            compile_s = times[True][0] - comp
+            gain = eager - comp
+            even = f"{compile_s / gain:.0f}" if gain > 0 else "never"
+            print(f"{name:<16} {size:>4} {'bf16' if bf16 else 'fp32':>10} {eager:>13.3f} "
+                  f"{comp:>16.3f} {compile_s:>10.1f} {even:>17}", flush=True)
 
 
 if __name__ == "__main__":
