@@ -230,8 +230,8 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
         out["runs"][role]["probe"] = _probe_evidence(run, model, artifact)
     c, s = out["runs"]["control"], out["runs"]["shortcut"]
     out["caught"] = bool(s["flagged"] and not c["flagged"])
-    # the same test images, so the two models' masses compare image by image: an
-    # early-layer map can exceed uniform on any high-contrast band, the control's too
+    # the same test images, so the two models' masses compare image by image: a model
+    # trained without the shortcut can exceed uniform on the artifact too
     rel = _relative_to_control(Path(control_run), Path(shortcut_run), model, method,
                                c["layer"], artifact)
     out["relative_to_control"] = rel

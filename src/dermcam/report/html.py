@@ -725,9 +725,11 @@ def section_shortcut(r: RunFiles) -> str:
         verdict = ('<p><span class="pass">The audit catches the planted shortcut against its '
                    "control</span>: on the same images the shortcut model puts more heatmap "
                    "mass on the artifact than the control (paired CI above 1). Against "
-                   "uniform attention alone the control is flagged too: maps at this layer "
-                   "follow high-contrast bands whatever the model uses, so the control, not "
-                   "uniform attention, is the reference that counts here.</p>")
+                   "uniform attention alone the control is flagged too: a model trained without "
+                   "the shortcut can still put more than the artifact's share of its heatmap "
+                   "on it (its features respond to the artifact, however little it relies on "
+                   "it), so the control, not uniform attention, is the reference that counts "
+                   "here.</p>")
     else:
         verdict = ('<p><span class="fail">The audit does not separate the shortcut model '
                    "from its control here.</span></p>")
