@@ -257,6 +257,12 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
         assert twin.stat().st_ino == f.stat().st_ino and twin.read_bytes() == f.read_bytes()
     m = json.loads((out / "run/manifest.json").read_text())
     assert m["config"]["weights"] == "none"
+    # both runs were trained with the demo's recipe (demo.demo_train_config)
+    for cfg in (m["config"], json.loads((out / "shortcut/run/manifest.json").read_text())
+                ["config"]):
+        assert (cfg["schedule"], cfg["lr"], cfg["patience"], cfg["batch_size"]) == \
+            ("plateau", 1e-3, 4, 32)
+        assert cfg["lr_by_model"] == {} and cfg["max_epochs"] == 1
     assert all(m["stages"][s]["status"] == "complete" for s in ("train", "evaluate",
                                                                 "explain", "probe", "report"))
     # the shortcut model against its control on the same images, beside the absolute ratio
@@ -289,6 +295,23 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     assert r2.returncode == 0, r2.stderr
     assert "ImageNet weights from" in r2.stdout and "trains from scratch" not in r2.stdout
     assert json.loads((out / "run/manifest.json").read_text())["config"]["weights"] == "imagenet"
+
+
+def test_demo_train_config_is_the_demos_recipe():
+    from dermcam.demo import DEMO_LR, DEMO_LR_BY_MODEL, demo_train_config
+
+    cfg = demo_train_config("d", "o", ["resnet18", "mobilenet_v2"], seed=3, cache_dir="c",
+                            precision="32-true")
+    assert isinstance(cfg, TrainConfig)
+    assert (cfg.data, cfg.out, cfg.models, cfg.seed, cfg.cache_dir, cfg.precision) == \
+        ("d", "o", ["resnet18", "mobilenet_v2"], 3, "c", "32-true")
+    assert (cfg.schedule, cfg.lr, cfg.patience, cfg.batch_size, cfg.max_epochs,
+            cfg.image_size, cfg.weights) == ("plateau", DEMO_LR, 4, 32, 10, 64, "none")
+    # a model's own learning rate only where that model is trained
+    assert cfg.lr_by_model == {"mobilenet_v2": DEMO_LR_BY_MODEL["mobilenet_v2"]} != {}
+    assert demo_train_config("d", "o", ["resnet18"]).lr_by_model == {}
+    with pytest.raises(TypeError):  # an override that is no TrainConfig field
+        demo_train_config("d", "o", ["resnet18"], no_such_field=1)
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
