@@ -29,7 +29,7 @@ def step_time(model, size: int, batch: int, steps: int, bf16: bool, channels_las
 
 def timed_steps(model, size: int, batch: int, steps: int, bf16: bool, channels_last: bool
                 ) -> tuple[float, float]:
-    """``(seconds of the first step, mean seconds per step of the ``steps`` after it)``."""
+    """(seconds of the first step, mean seconds per step of the ``steps`` after it)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size)
     if channels_last:

@@ -7,8 +7,7 @@ and show higher excess leakage there, than the clean model. The behavioural prob
 (``dermcam probe``) must agree: an inserted ruler raises the shortcut model's malignant
 probability and not the clean model's, removing the ruler lowers it, and with the lesion
 inpainted away the clean model's AUC falls towards chance. This is the slowest test
-(about five minutes): the shortcut only shows once the model has learned it.
-benchmarks/bench_shortcut.py prints the same numbers.
+(about two and a half minutes): the shortcut only shows once the model has learned it.
 
 Training uses ``dermcam demo``'s recipe (:func:`dermcam.demo.demo_train_config`: plateau
 schedule, lr 1e-3, 10 epochs, patience 4), pinned to float32 so that the test takes the
