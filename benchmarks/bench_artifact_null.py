@@ -9,8 +9,15 @@ whose weights are re-initialised (:func:`dermcam.sanity.randomise_parameters`), 
 bootstrap CIs (:func:`dermcam.localisation.artifact_ratios`). A trained ratio above the
 randomised copies' is attention the training put there.
 
+``--grid``: instead, the trained model's ratio at every method and layer the localisation
+benchmark scored (``--methods``), for choosing a method on ground truth: on a demo's
+control (rulers independent of the label) and shortcut model (rulers tied to malignancy
+in training), a method fit for the artifact audit puts the control at or below 1 and the
+shortcut model above it.
+
     python benchmarks/bench_artifact_null.py dermcam-demo/run dermcam-demo/shortcut/run \\
         --model resnet18 --artifact ruler --inits 3
+    python benchmarks/bench_artifact_null.py dermcam-demo/run dermcam-demo/shortcut/run --grid
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ def main() -> None:
     ap.add_argument("--artifact", default="ruler", choices=ARTIFACTS)
     ap.add_argument("--inits", type=int, default=3)
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--grid", action="store_true",
+                    help="the trained model's ratio at every method x layer instead")
+    ap.add_argument("--methods", default="gradcam,gradcam++,hirescam,layercam,xgradcam",
+                    help="with --grid: comma-separated CAM methods")
     args = ap.parse_args()
     code = ARTIFACTS.index(args.artifact) + 1
     for folder in args.runs:
@@ -64,7 +75,21 @@ def main() -> None:
         keep = [it for it in items if it["artifacts"] is not None and (it["artifacts"] == code).any()]
         images = np.stack([it["image"] for it in keep])
         art_maps = np.stack([it["artifacts"] for it in keep])
-        model, _info, _payload = run.load_model(args.model)
+        model, info, _payload = run.load_model(args.model)
+        if args.grid:
+            print(f"{folder}: {args.model}, target {target}, {len(keep)} test images with a "
+                  f"{args.artifact}; ratio [95 % CI] per method (rows) and layer (columns)")
+            layers = list(info.candidate_layers)
+            print(f"  {'method':<10}" + "".join(f"{la:>22}" for la in layers))
+            for method in args.methods.split(","):
+                cells = []
+                for la in layers:
+                    r = ratio_row(model, method, la, target, images, art_maps, code,
+                                  args.artifact, args.n_boot)
+                    cells.append(f"{r['ratio']:.2f} [{r['ratio_ci_low']:.2f}, "
+                                 f"{r['ratio_ci_high']:.2f}]")
+                print(f"  {method:<10}" + "".join(f"{c:>22}" for c in cells), flush=True)
+            continue
         rows = [("trained", ratio_row(model, sel["method"], sel["layer"], target, images,
                                       art_maps, code, args.artifact, args.n_boot))]
         for seed in range(args.inits):

@@ -9,6 +9,7 @@ the run's stage times.
 
     python benchmarks/bench_demo.py --seeds 0,1,2 --repeats 3
     python benchmarks/bench_demo.py --seeds 0 -- --epochs 6     # extra demo options
+    python benchmarks/bench_demo.py --existing dermcam-demo      # a finished demo's figures
 """
 
 from __future__ import annotations
@@ -32,16 +33,21 @@ def one(seed: int, extra: list[str], root: Path) -> dict:
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"demo failed (seed {seed}):\n{r.stderr[-2000:]}")
+    return summarise(out, seed, wall)
+
+
+def summarise(out: Path, seed: int, wall: float | None) -> dict:
+    """One demo folder's figures (``wall``: its seconds, when this script timed it)."""
     run = out / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     summary = json.loads((run / "attention_summary.json").read_text())
-    row = {"seed": seed, "wall_s": round(wall, 1)}
+    row = {"seed": seed, "wall_s": None if wall is None else round(wall, 1)}
     for name, m in metrics["models"].items():
         row[f"auc_{name}"] = round(m["threshold_free"]["roc_auc"]["value"], 3)
     for key, t in summary["tests"].items():
         g = t.get("uniform_guard") or {}
         model = key.split("/")[0]
-        row[f"layer_{model}"] = t.get("layer")
+        row[f"layer_{model}"] = f"{key.split('/')[1]}@{t.get('layer')}"
         row[f"pixauroc_{model}"] = round(g.get("median_pixel_auroc", float("nan")), 3)
         full = (t.get("sanity") or {}).get("full") or {}
         row[f"sanity_{model}"] = full.get("verdict")
@@ -81,8 +87,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--repeats", type=int, default=1, help="runs at the first seed")
+    ap.add_argument("--existing", nargs="+", type=Path, metavar="DEMO_FOLDER",
+                    help="instead: summarise these finished demo folders (no wall time)")
     ap.add_argument("extra", nargs="*", help="options passed to dermcam demo (after --)")
     args = ap.parse_args()
+    if args.existing:
+        for out in args.existing:
+            seed = json.loads((out / "run" / "manifest.json").read_text())["seed"]
+            print(json.dumps(summarise(out, seed, None)), flush=True)
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     plan = [seeds[0]] * args.repeats + seeds[1:]
     rows = []

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from dermcam.checkpoints import load_checkpoint
+from dermcam.demo import DEMO_BENCH_METHODS, DEMO_METHOD
 from dermcam.errors import DermcamError
 from dermcam.inference import predict_proba
 from dermcam.stages.train import TrainConfig, stratified_split, train
@@ -243,8 +244,11 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     exp = json.loads((out / "run/shortcut_experiment.json").read_text())
     summ = json.loads((out / "run/attention_summary.json").read_text())
     chosen = {s["model"]: s["layer"] for s in summ["layer_choice"]}
-    # the shortcut model is audited at its control's layer, with the same method
+    # the shortcut model is audited at its control's layer, with the same method: the
+    # demo's (HiResCAM), whose layer the benchmark chose among its own rows
     assert exp["runs"]["shortcut"]["layer"] == exp["runs"]["control"]["layer"] == chosen["resnet18"]
+    assert {s["method"] for s in summ["layer_choice"]} == {DEMO_METHOD} == {exp["method"]}
+    assert {r["method"] for r in summ["localisation"]} == set(DEMO_BENCH_METHODS)
     assert summ["localisation"] and {"better_than_uniform", "median_pixel_auroc"} <= \
         set(summ["localisation"][0])
     assert "planted shortcut" in r.stdout and "Planted shortcut" in \
@@ -312,6 +316,14 @@ def test_demo_train_config_is_the_demos_recipe():
     assert demo_train_config("d", "o", ["resnet18"]).lr_by_model == {}
     with pytest.raises(TypeError):  # an override that is no TrainConfig field
         demo_train_config("d", "o", ["resnet18"], no_such_field=1)
+
+
+def test_demo_refuses_an_unknown_method_before_any_work(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(out),
+                        "--method", "gradkam"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown CAM method 'gradkam'" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):

@@ -1117,13 +1117,19 @@ def demo(
                                                 "beside its control.")] = True,
     precision: Annotated[str, typer.Option(help="Training precision: " + PRECISION_HELP)]
     = "auto",
+    method: Annotated[str, typer.Option(
+        help="CAM method of the audit, its layer chosen per model by the localisation "
+             "benchmark; 'auto' chooses the method too. HiResCAM credits a location only "
+             "where the output is sensitive to it there: on the planted shortcut, "
+             "Grad-CAM-style methods at early layers also put the rulers above their "
+             "area share for the control, which does not use them.")] = "hirescam",
 ) -> None:
     """The whole study on the synthetic benchmark: synth -> train -> evaluate -> explain ->
     probe -> report, plus a planted shortcut that the audit must catch.
 
     The study's three models are trained on data whose artifacts are independent of the
-    label; their CAM layer is chosen per model on masked validation images (the
-    localisation benchmark). Then ResNet18 is trained on the same seed's images with rulers
+    label; their HiResCAM layer is chosen per model on masked validation images (the
+    localisation benchmark, which scores five methods at every candidate layer). Then ResNet18 is trained on the same seed's images with rulers
     tied to malignancy in training only; its heatmap mass on the rulers, relative to their
     area, is shown with a 95 % CI beside the control's, with both test AUCs, and the
     behavioural probes show how its malignant probability moves when a ruler is inserted or
@@ -1139,7 +1145,7 @@ def demo(
              models=[m.strip() for m in models.split(",")], seed=seed,
              overwrite=overwrite, say=console.print, progress_bar=progress_bar,
              quiet=_state["quiet"], shortcut=shortcut, precision=precision,
-             show=(_print_training, _print_metrics, _print_attention, _print_shortcut,
+             method=method, show=(_print_training, _print_metrics, _print_attention, _print_shortcut,
                    _print_probe))
 
 
