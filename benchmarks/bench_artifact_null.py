@@ -25,30 +25,10 @@ from __future__ import annotations
 import argparse
 import copy
 
-import numpy as np
-
-
-def ratio_row(model, method: str, layer: str, target: str, images, art_maps, code: int,
-              artifact: str, n_boot: int) -> dict:
-    import pandas as pd
-    import torch
-
-    from dermcam.attribution import CamExplainer
-    from dermcam.augment import preprocess
-    from dermcam.leakage import artifact_mass
-    from dermcam.localisation import artifact_ratios
-
-    with CamExplainer(model, layer, method) as ex:
-        heat = ex.compute(preprocess(torch.from_numpy(images)), target=target).heatmaps
-    on = art_maps == code
-    df = pd.DataFrame({f"artifact_{artifact}": 1,
-                       f"mass_{artifact}": artifact_mass(heat, art_maps, {artifact: code})[artifact],
-                       f"area_{artifact}": on.mean((1, 2))})
-    return artifact_ratios(df, [artifact], n_boot=n_boot)[0]
-
 
 def main() -> None:
     from dermcam.data.synth import ARTIFACTS
+    from dermcam.localisation import artifact_ratio_at, artifact_test_images
     from dermcam.run import Run
     from dermcam.sanity import randomise_parameters
 
@@ -58,48 +38,50 @@ def main() -> None:
     ap.add_argument("--artifact", default="ruler", choices=ARTIFACTS)
     ap.add_argument("--inits", type=int, default=3)
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--target", default=None,
+                    help="class the maps explain (default: the one explain recorded)")
     ap.add_argument("--grid", action="store_true",
                     help="the trained model's ratio at every method x layer instead")
     ap.add_argument("--methods", default="gradcam,gradcam++,hirescam,layercam,xgradcam",
                     help="with --grid: comma-separated CAM methods")
     args = ap.parse_args()
-    code = ARTIFACTS.index(args.artifact) + 1
     for folder in args.runs:
         run = Run.of(folder)
         explain = run.stage_entry("explain")
         sel = next((c for c in explain.get("layers", []) if c["model"] == args.model), None)
         if sel is None:
             raise SystemExit(f"{folder}: explain recorded no layer for {args.model}")
-        target = explain.get("target", "malignant")
-        items = [run.cache.get(s, run.image_size) for s in run.test_samples(require_masks=True)]
-        keep = [it for it in items if it["artifacts"] is not None and (it["artifacts"] == code).any()]
-        images = np.stack([it["image"] for it in keep])
-        art_maps = np.stack([it["artifacts"] for it in keep])
-        model, info, _payload = run.load_model(args.model)
+        target = args.target or explain.get("target", "malignant")
+        images, art_maps, code = artifact_test_images(run, args.artifact)
+        model, info, payload = run.load_model(args.model)
+        cut = float(payload["threshold"])  # the decision, for --target predicted
         if args.grid:
-            print(f"{folder}: {args.model}, target {target}, {len(keep)} test images with a "
+            print(f"{folder}: {args.model}, target {target}, {len(images)} test images with a "
                   f"{args.artifact}; ratio [95 % CI] per method (rows) and layer (columns)")
             layers = list(info.candidate_layers)
             print(f"  {'method':<10}" + "".join(f"{la:>22}" for la in layers))
             for method in args.methods.split(","):
                 cells = []
                 for la in layers:
-                    r = ratio_row(model, method, la, target, images, art_maps, code,
-                                  args.artifact, args.n_boot)
+                    r = artifact_ratio_at(model, method, la, images, art_maps, code,
+                                          args.artifact, target, args.n_boot,
+                                          threshold=cut)
                     cells.append(f"{r['ratio']:.2f} [{r['ratio_ci_low']:.2f}, "
                                  f"{r['ratio_ci_high']:.2f}]")
                 print(f"  {method:<10}" + "".join(f"{c:>22}" for c in cells), flush=True)
             continue
-        rows = [("trained", ratio_row(model, sel["method"], sel["layer"], target, images,
-                                      art_maps, code, args.artifact, args.n_boot))]
+        rows = [("trained", artifact_ratio_at(model, sel["method"], sel["layer"], images,
+                                              art_maps, code, args.artifact, target,
+                                              args.n_boot, threshold=cut))]
         for seed in range(args.inits):
             rand = copy.deepcopy(model)
             randomise_parameters(rand, seed)
             rows.append((f"randomised (seed {seed})",
-                         ratio_row(rand, sel["method"], sel["layer"], target, images, art_maps,
-                                   code, args.artifact, args.n_boot)))
+                         artifact_ratio_at(rand, sel["method"], sel["layer"], images,
+                                           art_maps, code, args.artifact, target,
+                                           args.n_boot, threshold=cut)))
         print(f"{folder}: {args.model}, {sel['method']} at {sel['layer']}, target {target}, "
-              f"{len(keep)} test images with a {args.artifact}")
+              f"{len(images)} test images with a {args.artifact}")
         for label, r in rows:
             print(f"  {label:<22} ratio {r['ratio']:.2f} [{r['ratio_ci_low']:.2f}, "
                   f"{r['ratio_ci_high']:.2f}] (n = {r['n']})")

@@ -251,8 +251,9 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     assert {r["method"] for r in summ["localisation"]} == set(DEMO_BENCH_METHODS)
     assert summ["localisation"] and {"better_than_uniform", "median_pixel_auroc"} <= \
         set(summ["localisation"][0])
-    assert "planted shortcut" in r.stdout and "Planted shortcut" in \
+    assert "planted shortcut (hirescam maps)" in r.stdout and "Planted shortcut" in \
         (out / "run/report.html").read_text()
+    assert f"{DEMO_METHOD} at {chosen['resnet18']}" in (out / "run/report.html").read_text()
     assert not (out / "run/models/resnet18/lightning").exists()
     # the shortcut data's test split is the default data's, byte for byte: hard links
     test_dir = "data/ISBI2016_ISIC_Part3B_Test_Data"

@@ -1150,8 +1150,9 @@ def demo(
 
 
 def _print_shortcut(exp) -> None:
-    t = Table(title=f"planted shortcut: heatmap mass on the {exp['artifact']} / its area "
-                    "(1 = uniform), test images carrying one")
+    maps = f" ({exp['method']} maps)" if exp.get("method") else ""
+    t = Table(title=f"planted shortcut{maps}: heatmap mass on the {exp['artifact']} / its "
+                    "area (1 = uniform), test images carrying one")
     for c in ("model", "layer", "n", "ratio [95 % CI]", "attends",
               f"test {metric_label('roc_auc', short=True)} [95 % CI]"):
         t.add_column(c)

@@ -65,14 +65,13 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
              progress_bar=None, quiet: bool = False, show=None, shortcut: bool = True,
              shortcut_model: str = "resnet18", method: str = DEMO_METHOD,
              precision: str = "auto") -> Path:
+    from dermcam.attribution import check_method
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.models import imagenet_available
     from dermcam.stages.evaluate import run_evaluate
     from dermcam.stages.explain import run_explain
     from dermcam.stages.probe import run_probe
     from dermcam.stages.train import train
-
-    from dermcam.attribution import check_method
 
     if method != "auto":
         check_method(method)  # before minutes of data and training, not after

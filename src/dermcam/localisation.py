@@ -299,6 +299,45 @@ def artifact_ratios(df, artifacts: Sequence[str], n_boot: int = 1000, seed: int 
     return rows
 
 
+def artifact_test_images(run, artifact: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(images, artifact maps, code)``: a run's masked test images that carry
+    ``artifact`` (per-pixel artifact maps, as the synthetic benchmark writes), at the run's
+    input size, ``(N, H, W, 3) uint8`` and ``(N, H, W)`` codes; ``code`` is the artifact's."""
+    from dermcam.data.synth import ARTIFACTS
+
+    code = ARTIFACTS.index(artifact) + 1
+    items = [run.cache.get(s, run.image_size) for s in run.test_samples(require_masks=True)]
+    keep = [it for it in items if it["artifacts"] is not None and (it["artifacts"] == code).any()]
+    if not keep:
+        size = run.image_size
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8), code
+    return np.stack([it["image"] for it in keep]), np.stack([it["artifacts"] for it in keep]), code
+
+
+def artifact_ratio_at(model, method: str, layer: str, images: np.ndarray, maps: np.ndarray,
+                      code: int, artifact: str, target: str = "malignant",
+                      n_boot: int = 1000, seed: int = 0,
+                      threshold: float | None = None) -> dict[str, Any]:
+    """:func:`artifact_ratios` of ``model``'s ``method`` maps at ``layer`` on ``images``
+    (computed here, not read from attention.csv): for comparing methods and layers, or a
+    model with its weights re-initialised, on the same images. ``threshold``: with
+    ``target="predicted"``, the run's decision threshold (as explain uses it)."""
+    import pandas as pd
+    import torch
+
+    from dermcam.attribution import CamExplainer
+    from dermcam.augment import preprocess
+    from dermcam.leakage import artifact_mass
+
+    with CamExplainer(model, layer, method) as ex:
+        heat = ex.compute(preprocess(torch.from_numpy(images)), target=target,
+                          threshold=threshold).heatmaps
+    df = pd.DataFrame({f"artifact_{artifact}": 1,
+                       f"mass_{artifact}": artifact_mass(heat, maps, {artifact: code})[artifact],
+                       f"area_{artifact}": (maps == code).mean((1, 2))})
+    return artifact_ratios(df, [artifact], n_boot=n_boot, seed=seed)[0]
+
+
 def paired_artifact_ratio(df, control, artifact: str, n_boot: int = 1000, seed: int = 0
                           ) -> dict[str, Any]:
     """How much more heatmap mass one model puts on an artifact than a control, on the

@@ -712,7 +712,8 @@ def section_shortcut(r: RunFiles) -> str:
     body = []
     for role in ("control", "shortcut"):
         x = runs[role]
-        body.append([f"{esc(exp['model'])} ({role})", esc(x["layer"]), esc(x["n"]),
+        where = f"{exp['method']} at {x['layer']}" if exp.get("method") else x["layer"]
+        body.append([f"{esc(exp['model'])} ({role})", esc(where), esc(x["n"]),
                      format_ci(x["ratio"], x["ratio_ci_low"], x["ratio_ci_high"], 2,
                                collapse=False),
                      '<span class="fail">yes</span>' if x["flagged"] else "no",
@@ -735,7 +736,7 @@ def section_shortcut(r: RunFiles) -> str:
                    "from its control here.</span></p>")
     return ('<section id="shortcut"><h2>Planted shortcut</h2>'
             f"<p>{esc(exp.get('description', ''))}</p>" + verdict
-            + _table(["Model", "Layer", "Images with the artifact",
+            + _table(["Model", "CAM method at layer", "Images with the artifact",
                       f"Mass on {esc(exp['artifact'])} / its area [95 % CI]", "Flagged",
                       "Test ROC AUC [95 % CI]"], body, numeric_from=2)
             + f'<p class="note">{esc(exp.get("sentence", ""))}</p>'
