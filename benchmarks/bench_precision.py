@@ -9,6 +9,7 @@ faster). Also prints what ``--precision auto`` resolves to here.
 
     python benchmarks/bench_precision.py --sizes 64,224 --batch 32 --steps 5 --repeats 3
     python benchmarks/bench_precision.py --compile --sizes 64 --batch 32 --steps 5 --repeats 3
+    python benchmarks/bench_precision.py --sizes 64 --threads 1    # alone, then two at once
 """
 
 from __future__ import annotations
@@ -67,11 +68,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's, one per core); run two "
+                         "copies with --threads 1 at once to see what two concurrent "
+                         "single-thread trainings get from two cores")
     ap.add_argument("--compile", action="store_true",
                     help="instead: eager vs torch.compile'd steps in the precision "
                          "--precision auto picks per model and size, with the compilation "
                          "time and the steps it takes to earn it back")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.compile:
         compile_table(args)
         return
