@@ -251,7 +251,7 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     assert {r["method"] for r in summ["localisation"]} == set(DEMO_BENCH_METHODS)
     assert summ["localisation"] and {"better_than_uniform", "median_pixel_auroc"} <= \
         set(summ["localisation"][0])
-    assert "planted shortcut (hirescam maps)" in r.stdout and "Planted shortcut" in \
+    assert f"planted shortcut ({DEMO_METHOD} maps)" in r.stdout and "Planted shortcut" in \
         (out / "run/report.html").read_text()
     assert f"{DEMO_METHOD} at {chosen['resnet18']}" in (out / "run/report.html").read_text()
     assert not (out / "run/models/resnet18/lightning").exists()

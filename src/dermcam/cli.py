@@ -1129,8 +1129,9 @@ def demo(
 
     The study's three models are trained on data whose artifacts are independent of the
     label; their HiResCAM layer is chosen per model on masked validation images (the
-    localisation benchmark, which scores five methods at every candidate layer). Then ResNet18 is trained on the same seed's images with rulers
-    tied to malignancy in training only; its heatmap mass on the rulers, relative to their
+    localisation benchmark, which scores five methods at every candidate layer). Then
+    ResNet18 is trained on the same seed's images with rulers tied to malignancy in
+    training only; its heatmap mass on the rulers, relative to their
     area, is shown with a 95 % CI beside the control's, with both test AUCs, and the
     behavioural probes show how its malignant probability moves when a ruler is inserted or
     removed.
@@ -1145,8 +1146,8 @@ def demo(
              models=[m.strip() for m in models.split(",")], seed=seed,
              overwrite=overwrite, say=console.print, progress_bar=progress_bar,
              quiet=_state["quiet"], shortcut=shortcut, precision=precision,
-             method=method, show=(_print_training, _print_metrics, _print_attention, _print_shortcut,
-                   _print_probe))
+             method=method, show=(_print_training, _print_metrics, _print_attention,
+                                  _print_shortcut, _print_probe))
 
 
 def _print_shortcut(exp) -> None:
