@@ -434,6 +434,39 @@ def test_folding_batchnorm_keeps_the_function_and_removes_every_batchnorm(arch):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_float32_probe_model_is_folded_and_scores_like_the_trained_one(channels_last):
+    import torch
+    import torchvision
+
+    from dermcam.calibration import ATTR, BIAS_ATTR, bias_of, temperature_of
+    from dermcam.inference import folded_for_inference, predict_proba
+
+    torch.manual_seed(0)
+    net = _perturbed_batchnorm(torchvision.models.resnet18(num_classes=2)).eval()
+    images = np.random.default_rng(2).integers(0, 256, (8, 40, 40, 3), dtype=np.uint8)
+    # logit differences spread over about +-2, so that the probabilities vary
+    head = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    head.bias.data.zero_()
+    z = np.log(predict_proba(net, images)) - np.log1p(-predict_proba(net, images))
+    head.weight.data.mul_(2.0 / z.std())
+    head.bias.data[1] -= 2.0 * z.mean() / z.std()
+    setattr(net, ATTR, 1.7)
+    setattr(net, BIAS_ATTR, -0.4)
+    folded = folded_for_inference(net, channels_last=channels_last)
+    assert temperature_of(folded) == 1.7 and bias_of(folded) == -0.4
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    conv = next(m for m in folded.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    p_net, p_fold = predict_proba(net, images), predict_proba(folded, images)
+    assert p_net.std() > 1e-3  # probabilities that differ, so agreement means something
+    np.testing.assert_allclose(p_fold, p_net, rtol=0, atol=1e-5)
+    # the calibration is applied: without it the probabilities are others
+    setattr(folded, ATTR, 1.0)
+    setattr(folded, BIAS_ATTR, 0.0)
+    assert np.abs(predict_proba(folded, images) - p_net).max() > 1e-3
+
+
 def test_a_model_fx_cannot_trace_is_used_unfolded():
     import torch
 

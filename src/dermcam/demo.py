@@ -181,7 +181,8 @@ def demo_train_config(data: str | Path, out: str | Path, models, *, weights: str
     """The demo's training recipe (Adam, plateau schedule, :data:`DEMO_LR` and
     :data:`DEMO_LR_BY_MODEL`, batch 32, patience 4) as a :class:`TrainConfig`; the
     benchmarks and the twin test train with it too. ``overrides`` are further
-    ``TrainConfig`` fields (e.g. ``cache_dir``)."""
+    ``TrainConfig`` fields (e.g. ``cache_dir``). No last.ckpt per epoch
+    (``resumable=False``): a demo is re-run, never resumed."""
     from dermcam.stages.train import TrainConfig
 
     names = list(models)
@@ -189,7 +190,8 @@ def demo_train_config(data: str | Path, out: str | Path, models, *, weights: str
                        image_size=image_size, max_epochs=epochs, batch_size=32, lr=DEMO_LR,
                        patience=4, schedule="plateau",
                        lr_by_model={m: r for m, r in DEMO_LR_BY_MODEL.items() if m in names},
-                       seed=seed, progress=progress, precision=precision, **overrides)
+                       seed=seed, progress=progress, precision=precision,
+                       **{"resumable": False, **overrides})
 
 
 def _chosen(summary: dict[str, Any], model: str) -> tuple[str, str]:

@@ -76,6 +76,10 @@ class TrainConfig:
     # Lightning's best.ckpt and last.ckpt (weights plus optimizer state) are what --resume
     # needs while a model trains; once its model.pt is saved they are deleted unless kept.
     keep_checkpoints: bool = False
+    # Lightning's last.ckpt after every epoch, which --resume continues from (about 0.3 s
+    # per epoch for ResNet18: weights and Adam's buffers). The demo, which is never
+    # resumed, turns it off; a run trained without it retrains an unfinished model.
+    resumable: bool = True
     # "platt": fit T and a bias b on the validation logits after training, "temperature":
     # T only (dermcam.calibration); the threshold is then chosen on the calibrated
     # probabilities. "none": T = 1, b = 0.
@@ -317,12 +321,20 @@ def _global_mean_loss(module, logits, labels, keep) -> torch.Tensor:
     return (w * per).sum() * world / total
 
 
-class CachedSplit:
-    """A split streamed from the decode cache: only labels live in memory.
+#: Training holds a split's decoded images in memory when they take at most this many
+#: bytes (ISIC 2016's 900 training images: 11 MB at 64 px, 135 MB at 224 px); a larger
+#: split is streamed from the decode cache, one file per item and epoch. At 64 px the
+#: streamed reads took about 8 s of a 50 s ResNet18 training (benchmarks/README.md).
+IN_MEMORY_BYTES = 2 * 1024**3
 
-    ``dataset(idx)`` is a torch Dataset of ``(uint8 (S, S, 3), label)`` for those rows;
-    each item is read from the cache when the loader asks for it, so memory does not grow
-    with the number of images.
+
+class CachedSplit:
+    """A split read through the decode cache: streamed, or held in memory once loaded.
+
+    ``dataset(idx)`` is a torch Dataset of ``(uint8 (S, S, 3), label)`` for those rows.
+    Until :meth:`hold_in_memory`, each item is read from the cache when the loader asks
+    for it, so memory does not grow with the number of images; after it, items come
+    from one ``(N, S, S, 3)`` array (shared copy-on-write with forked loader workers).
     """
 
     def __init__(self, samples, size: int, cache):
@@ -330,13 +342,40 @@ class CachedSplit:
         self.size = size
         self.cache = cache
         self.labels = np.array([s.label for s in self.samples], dtype=np.int64)
+        self.images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def image_bytes(self) -> int:
+        """Bytes the split's decoded images take in memory."""
+        return len(self.samples) * self.size * self.size * 3
+
+    def hold_in_memory(self, progress=None) -> None:
+        """Read every image once (decoding, into the cache, what it lacks) and keep them."""
+        from dermcam.data.cache import load_arrays
+
+        self.images = load_arrays(self.samples, self.size, self.cache,
+                                  progress=progress).images
+
     def dataset(self, idx) -> torch.utils.data.Dataset:
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.images is not None:
+            return _HeldImages(self.images, idx, self.labels[idx])
         return _CachedImages([self.samples[i] for i in idx], self.labels[idx], self.size,
                              self.cache)
+
+
+class _HeldImages(torch.utils.data.Dataset):
+    def __init__(self, images: np.ndarray, idx: np.ndarray, labels: np.ndarray):
+        self.images, self.idx, self.labels = images, idx, labels
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.images[self.idx[i]]), int(self.labels[i])
 
 
 class _CachedImages(torch.utils.data.Dataset):
@@ -658,15 +697,20 @@ def _callbacks(cfg: TrainConfig, mdir: Path, ckdir: Path):
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     mode = "max" if cfg.monitor == "val_auc" else "min"
+    # weights only: a resume restores the optimizer from last.ckpt, and the best epoch
+    # is restored from here for its weights alone
     best_cb = ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode,
-                              save_top_k=1, enable_version_counter=False)
-    # Lightning's save_last only follows improvements; resuming needs every epoch's state.
-    last_cb = ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1,
-                              every_n_epochs=1, enable_version_counter=False)
+                              save_top_k=1, save_weights_only=True,
+                              enable_version_counter=False)
+    callbacks = [best_cb]
+    if cfg.resumable:
+        # Lightning's save_last only follows improvements; resuming needs every epoch's.
+        callbacks.append(ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None,
+                                         save_top_k=1, every_n_epochs=1,
+                                         enable_version_counter=False))
     ctrl_c = make_ctrl_c_guard()
-    callbacks = [best_cb, last_cb,
-                 EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
-                 make_history_callback(mdir / runmod.HISTORY_FILE), ctrl_c]
+    callbacks += [EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
+                  make_history_callback(mdir / runmod.HISTORY_FILE), ctrl_c]
     if cfg.progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -880,7 +924,11 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     # Several CPU processes each running all cores' threads thrash; share the cores.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // (n_dev if on_cpu else 1)))
     cache = ImageCache(cfg.cache_dir)
-    if cache.enabled:  # a bad image stops here, before the run's manifest exists
+    arrays = CachedSplit(train_samples, cfg.image_size, cache)
+    # A bad image stops here, before the run's manifest exists.
+    if arrays.image_bytes <= IN_MEMORY_BYTES:
+        arrays.hold_in_memory(progress=progress)
+    elif cache.enabled:
         warm_cache(train_samples, cfg.image_size, cache, progress=progress)
     if rank != 0:
         # A process started by Lightning's DDP launcher: rank 0 owns the run folder.
@@ -897,7 +945,6 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
         })
     else:
         run.set_stage("train", "running")
-    arrays = CachedSplit(train_samples, cfg.image_size, cache)
     try:
         for name in cfg.models:
             if run.model_complete(name):
