@@ -10,6 +10,7 @@ faster). Also prints what ``--precision auto`` resolves to here.
     python benchmarks/bench_precision.py --sizes 64,224 --batch 32 --steps 5 --repeats 3
     python benchmarks/bench_precision.py --compile --sizes 64 --batch 32 --steps 5 --repeats 3
     python benchmarks/bench_precision.py --sizes 64 --threads 1    # alone, then two at once
+    python benchmarks/bench_precision.py --layout --sizes 64,224 --steps 10 --repeats 5
 """
 
 from __future__ import annotations
@@ -76,11 +77,17 @@ def main() -> None:
                     help="instead: eager vs torch.compile'd steps in the precision "
                          "--precision auto picks per model and size, with the compilation "
                          "time and the steps it takes to earn it back")
+    ap.add_argument("--layout", action="store_true",
+                    help="instead: contiguous vs channels-last steps in the precision "
+                         "--precision auto picks per model and size")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compile:
         compile_table(args)
+        return
+    if args.layout:
+        layout_table(args)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 "
@@ -99,6 +106,35 @@ def main() -> None:
                  for bf16 in (False, True)}
             print(f"{name:<16} {size:>4} {t[False]:>12.3f} {t[True]:>12.3f} "
                   f"{t[False] / t[True]:>6.2f}", flush=True)
+
+
+def layout_table(args) -> None:
+    """Contiguous (NCHW) vs channels-last (NHWC) training steps, one row per model and size,
+    interleaved per repeat; ``*`` marks the layout dermcam uses (``use_channels_last``)."""
+    from dermcam.device import resolve_precision
+    from dermcam.inference import depthwise_net, use_channels_last
+    from dermcam.models import build_model
+
+    print(f"{'model':<16} {'size':>4} {'precision':>10} {'NCHW s/step':>12} "
+          f"{'NHWC s/step':>12} {'NCHW / NHWC':>12}")
+    for name in args.models.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            bf16 = resolve_precision("auto", "cpu", depthwise_net(name), size) == "bf16-mixed"
+            models = {}
+            for cl in (False, True):
+                torch.manual_seed(0)
+                model, _ = build_model(name, "none")
+                models[cl] = model.to(memory_format=torch.channels_last) if cl else model
+            reps = {False: [], True: []}
+            for _ in range(args.repeats):
+                for cl in (False, True):
+                    reps[cl].append(step_time(models[cl], size, args.batch, args.steps, bf16,
+                                              cl))
+            t = {cl: statistics.median(v) for cl, v in reps.items()}
+            mark = {cl: "*" if use_channels_last(name) == cl else " " for cl in (False, True)}
+            print(f"{name:<16} {size:>4} {'bf16-mixed' if bf16 else '32-true':>10} "
+                  f"{t[False]:>11.3f}{mark[False]} {t[True]:>11.3f}{mark[True]} "
+                  f"{t[False] / t[True]:>12.2f}", flush=True)
 
 
 def compile_table(args) -> None:
