@@ -130,8 +130,51 @@ def test_keep_checkpoints_and_resume_skips_a_finished_model(tiny_run, tmp_path):
     kept = run / "models/mobilenet_v2/lightning"
     assert sorted(p.name for p in kept.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert "optimizer_states" in torch.load(kept / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in torch.load(kept / "best.ckpt", weights_only=True)
     _, info, _ = load_checkpoint(run / "models/mobilenet_v2/model.pt")
     assert info.name == "mobilenet_v2"
+
+
+def test_a_split_held_in_memory_trains_the_weights_a_streamed_one_does(tmp_path,
+                                                                        monkeypatch):
+    """Held in memory, each training image is read from the cache once; streamed, once per
+    epoch (and validation image per validation). Both give the same weights. Without
+    ``resumable`` no last.ckpt is written (kept checkpoints show what was written)."""
+    from dermcam.data.cache import ImageCache
+    from dermcam.stages import train as tr
+
+    data = _easy_generic(tmp_path / "data", n=48)
+    reads = []
+    original = ImageCache.get
+
+    def counting_get(self, sample, size):
+        reads.append(sample.image_id)
+        return original(self, sample, size)
+
+    monkeypatch.setattr(ImageCache, "get", counting_get)
+    weights, n_reads = {}, {}
+    for how, budget in (("memory", tr.IN_MEMORY_BYTES), ("stream", -1)):
+        monkeypatch.setattr(tr, "IN_MEMORY_BYTES", budget)
+        reads.clear()
+        out = tmp_path / how
+        train(TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
+                          image_size=24, max_epochs=2, batch_size=8, patience=3, seed=0,
+                          progress=False, cache_dir=str(tmp_path / "cache"),
+                          keep_checkpoints=True, resumable=how == "stream"))
+        n_reads[how] = len(reads)
+        model, _, _ = load_checkpoint(out / "models/resnet18/model.pt")
+        weights[how] = model.state_dict()
+        kept = sorted(p.name for p in (out / "models/resnet18/lightning").iterdir())
+        assert kept == (["best.ckpt", "last.ckpt"] if how == "stream" else ["best.ckpt"])
+    n_train = 32  # 48 images, every third one in the test split
+    # held: one read each while loading (threshold and calibration then use the array)
+    assert n_reads["memory"] == n_train
+    # streamed: warm-up once, then 2 epochs of the training part, 2 validation passes
+    # and one pass to choose the threshold
+    assert n_reads["stream"] > 3 * n_train
+    assert weights["memory"].keys() == weights["stream"].keys()
+    for k, v in weights["memory"].items():
+        assert torch.equal(v, weights["stream"][k]), k
 
 
 def test_attention_rows_complete_and_consistent(tiny_run):
