@@ -12,8 +12,8 @@ Variants, run interleaved (one of each per repeat, so the host's drift hits all 
   default for ``dermcam train``, so ``--resume`` works);
 * ``memory`` -- held in memory and no last.ckpt (``resumable=False``: the demo).
 
-Prints each model's median wall time of ``train`` per variant and the ratio to the
-baseline, and checks that the three variants' trained weights are identical (the data
+Prints each model's median wall time of ``train`` per variant and the speed-up of the
+two in-memory variants over the baseline (``x``), and checks that the three variants' trained weights are identical (the data
 path changes how images are read, not which).
 
     python benchmarks/bench_train_loop.py --data DATA --epochs 3 --repeats 3
@@ -78,7 +78,7 @@ def main() -> None:
         print(f"{args.epochs} epochs, the demo's recipe at 64 px, median of {args.repeats} "
               "interleaved repeats")
         print(f"{'model':<16}" + "".join(f"{v[0]:>14}" for v in variants)
-              + f"{'memory+last ÷':>15}{'memory ÷':>10}{'same weights':>14}")
+              + f"{'x memory+last':>15}{'x memory':>10}{'same weights':>14}")
         for model in args.models.split(","):
             times = {v[0]: [] for v in variants}
             digests = set()
