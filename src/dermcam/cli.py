@@ -362,9 +362,10 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")]
     = False,
     keep_checkpoints: Annotated[bool, typer.Option(
-        "--keep-checkpoints", help="Keep Lightning's best.ckpt and last.ckpt (weights and "
-                                   "optimizer state) in models/NAME/lightning/ after a model "
-                                   "finishes; by default only model.pt is kept.")] = False,
+        "--keep-checkpoints", help="Keep Lightning's best.ckpt (weights) and last.ckpt "
+                                   "(weights and optimizer state) in models/NAME/lightning/ "
+                                   "after a model finishes; by default only model.pt is "
+                                   "kept.")] = False,
 ) -> None:
     """Fine-tune each model; keep its best checkpoint; choose its threshold on validation."""
     from dermcam.stages.train import TrainConfig, parse_lr

@@ -73,8 +73,9 @@ class TrainConfig:
     cache_dir: str | None = None
     limit_train_batches: float | int = 1.0
     progress: bool = True
-    # Lightning's best.ckpt and last.ckpt (weights plus optimizer state) are what --resume
-    # needs while a model trains; once its model.pt is saved they are deleted unless kept.
+    # Lightning's best.ckpt (weights) and last.ckpt (weights plus optimizer state) are what
+    # --resume needs while a model trains; once its model.pt is saved they are deleted
+    # unless kept.
     keep_checkpoints: bool = False
     # Lightning's last.ckpt after every epoch, which --resume continues from (about 0.3 s
     # per epoch for ResNet18: weights and Adam's buffers). The demo, which is never
