@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -191,6 +192,56 @@ def test_clean_and_shortcut_share_skin_and_lesions():
         assert np.array_equal(a.mask, b.mask)
         diff = (a.image != b.image).any(-1)
         assert not (diff & (a.artifacts == 0) & (b.artifacts == 0)).any()
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_reference_set_gives_the_same_bytes_with_fewer_renders(tmp_path, monkeypatch):
+    """Shortcut data made from the clean set of the same seed: every file (images, CSVs,
+    synth.json) equals a full render's, and only images whose planted artifacts differ
+    are rendered; the rest are hard links to the reference's files."""
+    import dermcam.data.synth as synth
+
+    kw = dict(n_train=40, n_test=20, image_size=48, prevalence=0.3, seed=5)
+    clean = generate(tmp_path / "clean", SynthConfig.from_preset("clean", **kw))
+    full = generate(tmp_path / "full", SynthConfig.from_preset("shortcut", **kw))
+    rendered = []
+    real = synth._render
+    monkeypatch.setattr(synth, "_render", lambda *a: rendered.append(a[1:3]) or real(*a))
+    reused = generate(tmp_path / "reuse", SynthConfig.from_preset("shortcut", **kw),
+                      reference=clean, workers=1)
+    assert _tree(reused) == _tree(full)
+    rows_c = {r["image_id"]: r for r in csv.DictReader(open(clean / "metadata.csv"))}
+    rows_s = {r["image_id"]: r for r in csv.DictReader(open(full / "metadata.csv"))}
+    # the shortcut preset changes rulers in training only: the test split is never rendered
+    assert rendered and all(split == "train" for split, _ in rendered)
+    assert 0 < len(rendered) < kw["n_train"]
+    # an image not rendered is a link to the reference's file, and its ruler is the same
+    linked = [p for p in (reused / "ISBI2016_ISIC_Part3B_Training_Data").iterdir()
+              if p.suffix == ".jpg" and p.stat().st_nlink > 1]
+    assert len(linked) == kw["n_train"] - len(rendered)
+    for p in linked:
+        assert rows_c[p.stem]["artifact_ruler"] == rows_s[p.stem]["artifact_ruler"]
+        assert os.path.samefile(p, clean / "ISBI2016_ISIC_Part3B_Training_Data" / p.name)
+
+
+def test_a_reference_of_another_seed_is_ignored(tmp_path, monkeypatch):
+    import dermcam.data.synth as synth
+
+    kw = dict(n_train=20, n_test=10, image_size=40, prevalence=0.3)
+    other = generate(tmp_path / "other", SynthConfig.from_preset("clean", seed=1, **kw))
+    calls = []
+    real = synth._render
+    monkeypatch.setattr(synth, "_render", lambda *a: calls.append(1) or real(*a))
+    out = generate(tmp_path / "out", SynthConfig.from_preset("shortcut", seed=2, **kw),
+                   reference=other, workers=1)
+    assert len(calls) == 30  # every image rendered
+    monkeypatch.setattr(synth, "_render", real)
+    assert _tree(out) == _tree(generate(tmp_path / "plain",
+                                        SynthConfig.from_preset("shortcut", seed=2, **kw)))
 
 
 def test_shortcut_preset_realised_ruler_rates(tmp_path):

@@ -345,6 +345,10 @@ def train(
                                                      "training split.")] = 0.2,
     seed: Annotated[int, typer.Option()] = 42,
     augment: Annotated[bool, typer.Option(help="Flips, rotation, colour jitter.")] = True,
+    colour_jitter: Annotated[float, typer.Option(
+        help="Colour jitter when augmenting: brightness, contrast and saturation each "
+             "scaled by a factor from [1 - J, 1 + J] per image; 0 keeps the colours.")]
+    = 0.2,
     accelerator: Annotated[str, typer.Option(help="cpu, gpu, auto (Lightning).")] = "auto",
     devices: Annotated[str, typer.Option(help="Lightning devices, e.g. 1, 2, auto.")] = "1",
     strategy: Annotated[str, typer.Option(help="Lightning strategy, e.g. auto, ddp.")] = "auto",
@@ -378,7 +382,8 @@ def train(
         lr=lr_default, lr_by_model=lr_by_model,
         patience=patience, schedule=schedule, monitor=monitor, imbalance=imbalance,
         calibration=calibration, val_fraction=val_fraction,
-        seed=seed, augment=augment, accelerator=accelerator, devices=devices,
+        seed=seed, augment=augment, colour_jitter=colour_jitter, accelerator=accelerator,
+        devices=devices,
         strategy=strategy, precision=precision, num_workers=num_workers,
         num_nodes=num_nodes, deterministic=deterministic,
         progress=not _state["quiet"], keep_checkpoints=keep_checkpoints)

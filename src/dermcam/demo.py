@@ -142,12 +142,14 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
             "malignancy in training only, audited beside its control")
         sdata, srun = out / "shortcut" / "data", out / "shortcut" / "run"
         with bar("synth (shortcut)") as cb:
+            # The same seed's images: the test split and every training image whose
+            # rulers did not change are byte-identical to data/'s, so they are hard-linked
+            # from there rather than rendered again.
             generate(sdata, SynthConfig.from_preset("shortcut", n_train=n_train,
                                                     n_test=n_test, seed=seed,
-                                                    image_size=source_size), progress=cb)
-        # The same seed's images: the test split and every training image whose rulers
-        # did not change are byte-identical to data/'s, so they become hard links.
-        n_linked, n_bytes = link_identical(data, sdata)
+                                                    image_size=source_size), progress=cb,
+                     reference=data)
+        n_linked, n_bytes = link_identical(data, sdata)  # what a copy left (no hard links)
         log.info("shortcut data: %d files hard-linked to data/ (%.1f MB saved)", n_linked,
                  n_bytes / 1e6)
         with bar("decode + cache images") as cb:

@@ -72,6 +72,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -910,6 +911,68 @@ def _jpeg_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _planted(seed: int, split: str, index: int, label: int,
+             rates: Mapping[str, Mapping[tuple[str, int], float]]) -> tuple[str, ...]:
+    """The artifacts :func:`_render` plants in this image, without rendering it: the
+    artifact draws have their own stream (the second of the image's spawned seeds)."""
+    ss = np.random.SeedSequence([seed, _SPLIT_CODE[split], index])
+    draws = np.random.default_rng(ss.spawn(2 + len(ARTIFACTS))[1]).random(len(ARTIFACTS))
+    return tuple(a for k, a in enumerate(ARTIFACTS) if draws[k] < rates[a][(split, label)])
+
+
+def _files(folder: Path, image_id: str) -> tuple[Path, Path, Path]:
+    return (folder / f"{image_id}.jpg", folder / f"{image_id}{MASK_SUFFIX}",
+            folder / f"{image_id}{ARTIFACT_SUFFIX}")
+
+
+def _reusable(reference: Path, config: SynthConfig) -> dict[str, dict[str, Any]]:
+    """``metadata.csv`` rows by image id of ``reference`` when its images can stand in for
+    this config's (a complete set from this generator version, numpy and Pillow, with the
+    same fields but the artifact rates); else ``{}`` (and the log says why)."""
+    try:
+        meta = json.loads((reference / SYNTH_JSON).read_text("utf-8"))
+        ref = SynthConfig.from_dict(meta["config"])
+        same = (meta.get("generator") == _GENERATOR and meta.get("status") == "complete"
+                and meta.get("generator_version") == GENERATOR_VERSION
+                and meta.get("numpy_version") == np.__version__
+                and meta.get("pillow_version") == PIL.__version__
+                and all(getattr(ref, f) == getattr(config, f)
+                        for f in ("n_train", "n_test", "image_size", "prevalence", "seed")))
+        if not same:
+            log.info("%s: not reusing its images (another config, generator or library "
+                     "version)", reference)
+            return {}
+        with open(reference / METADATA, newline="", encoding="utf-8") as fh:
+            return {r["image_id"]: r for r in csv.DictReader(fh)}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.info("%s: not reusing its images (%s)", reference, err)
+        return {}
+
+
+def _reuse(job: tuple[Path, str, int, str, int, int], row: dict[str, Any], reference: Path,
+           planted: tuple[str, ...]) -> dict[str, Any] | None:
+    """Hard-link (or copy) the reference's three files of this image and return its
+    ``metadata.csv`` row, or ``None`` when a file is missing."""
+    folder, image_id = job[0], job[1]
+    sources = _files(reference / folder.name, image_id)
+    if not all(p.is_file() for p in sources):
+        return None
+    for src, dst in zip(sources, _files(folder, image_id), strict=True):
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:  # another device, or no hard links here
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    out: dict[str, Any] = dict(row)
+    out["label"] = int(row["label"])
+    for a in ARTIFACTS:
+        out[f"artifact_{a}"] = int(row[f"artifact_{a}"])
+    out["_planted"] = planted
+    return out
+
+
 def _make_and_write(job: tuple[Path, str, int, str, int, int], size: int,
                     rates: Mapping[str, Mapping[tuple[str, int], float]]) -> dict[str, Any]:
     """Render one image, write its three files, return its ``metadata.csv`` row."""
@@ -1005,7 +1068,7 @@ def _prepare(out: Path, config: SynthConfig, wanted: dict[str, set[str]]) -> Non
 
 def generate(out_dir: str | Path, config: SynthConfig,
              progress: Callable[[int, int], None] | None = None, *,
-             workers: int | None = None) -> Path:
+             workers: int | None = None, reference: str | Path | None = None) -> Path:
     """Write the synthetic data set for ``config`` into ``out_dir`` and return its path.
 
     ``progress(n_done, n_total)`` is called (in this thread) as images complete.
@@ -1014,6 +1077,13 @@ def generate(out_dir: str | Path, config: SynthConfig,
     overwritten); anything else is a :class:`DermcamError`. Images are written first and
     the ground-truth CSVs, ``metadata.csv`` and the final ``synth.json``
     (``"status": "complete"``) last, every file atomically.
+
+    ``reference``: a complete synthetic set of the same seed, sizes and prevalence with
+    other artifact rates (the demo's default data for its shortcut data). An image whose
+    planted artifacts are the same under both rate tables is byte-identical in both sets
+    (module docstring), so its files are hard-linked (or copied) from the reference
+    instead of rendered; the output is the same bytes either way. A reference that does
+    not match is ignored (rendered in full; the log says why).
     """
     if not isinstance(config, SynthConfig):
         raise TypeError(f"config must be a SynthConfig, got {type(config).__name__}")
@@ -1037,8 +1107,24 @@ def generate(out_dir: str | Path, config: SynthConfig,
         n_workers = 1
     log.info("generating %d synthetic images (%d px, preset %s, seed %d) in %s with %d "
              "thread(s)", total, config.image_size, config.preset, config.seed, out, n_workers)
-    rows = _run(jobs, partial(_make_and_write, size=config.image_size, rates=rates),
-                n_workers, progress)
+    make = partial(_make_and_write, size=config.image_size, rates=rates)
+    ref_rows = _reusable(Path(reference), config) if reference is not None else {}
+    if ref_rows:
+        ref_rates = SynthConfig.from_dict(
+            json.loads((Path(reference) / SYNTH_JSON).read_text("utf-8"))["config"]).rates()
+
+        def make(job, _render_job=make):  # noqa: F811 - the reference-aware variant
+            _, image_id, seed, split, index, label = job
+            planted = _planted(seed, split, index, label, rates)
+            row = ref_rows.get(image_id)
+            if (row is not None and row.get("split") == split and row.get("label") == str(label)
+                    and planted == _planted(seed, split, index, label, ref_rates)):
+                reused = _reuse(job, row, Path(reference), planted)
+                if reused is not None:
+                    return reused
+            return _render_job(job)
+
+    rows = _run(jobs, make, n_workers, progress)
 
     # completeness markers last: ground truth, metadata, then synth.json
     train_rows = [r for r in rows if r["split"] == "train"]

@@ -57,6 +57,10 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 42
     augment: bool = True
+    # colour jitter's strength when augmenting: brightness, contrast and saturation each
+    # scaled by a factor drawn from [1 - j, 1 + j] per image; 0 keeps the colours
+    # (benchmarks/README.md measures both on the synthetic benchmark)
+    colour_jitter: float = 0.2
     accelerator: str = "auto"
     devices: str = "1"
     strategy: str = "auto"
@@ -419,7 +423,8 @@ SCHEDULES = ("plateau", "onecycle")
 
 
 def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tensor | None,
-                augment: bool, monitor: str, seed: int = 0, schedule: str = "plateau"):
+                augment: bool, monitor: str, seed: int = 0, schedule: str = "plateau",
+                colour_jitter: float = 0.2):
     pl = _lightning()
     from dermcam.augment import augment as augment_fn
     from dermcam.augment import normalize, to_float
@@ -433,6 +438,7 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
             self.lr = lr
             self.weight_decay = weight_decay
             self.do_augment = augment
+            self.colour_jitter = colour_jitter
             self.monitor = monitor
             self.seed = seed
             if class_weights is not None:
@@ -470,7 +476,8 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
             x = to_float(images)
             if self.do_augment:
                 n_global, lo = self._rows(batch_idx, len(labels))
-                x = augment_fn(x, draws=torch.rand(n_global, 6)[lo:lo + len(labels)])
+                x = augment_fn(x, jitter=self.colour_jitter,
+                               draws=torch.rand(n_global, 6)[lo:lo + len(labels)])
             if self.global_rank:
                 torch.manual_seed(base + self.global_rank)
             logits = self.model(_as_param_dtype(normalize(x), self.model))
@@ -688,7 +695,7 @@ def _build_module(name: str, cfg: TrainConfig, ytr: np.ndarray, n_train: int):
     weights = _class_weights(ytr) if cfg.imbalance == "weighted_loss" else None
     lr = cfg.lr_by_model.get(name, cfg.lr)
     module = make_module(model, lr, cfg.weight_decay, weights, cfg.augment, cfg.monitor,
-                         cfg.seed, cfg.schedule)
+                         cfg.seed, cfg.schedule, cfg.colour_jitter)
     module.global_batch, module.n_train = cfg.batch_size, n_train
     return module, info, lr
 
@@ -895,6 +902,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     if cfg.calibration not in CALIBRATIONS:
         raise DermcamError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, not "
                            f"{cfg.calibration!r}")
+    if not 0.0 <= cfg.colour_jitter < 1.0:
+        raise DermcamError(f"--colour-jitter must be at least 0 and below 1, not "
+                           f"{cfg.colour_jitter!r}")
     if cfg.imbalance not in ("weighted_loss", "balanced_sampler", "none"):
         raise DermcamError(f"--imbalance must be weighted_loss, balanced_sampler or none, "
                            f"not {cfg.imbalance!r}")
