@@ -239,6 +239,10 @@ def test_a_reference_of_another_seed_is_ignored(tmp_path, monkeypatch):
     out = generate(tmp_path / "out", SynthConfig.from_preset("shortcut", seed=2, **kw),
                    reference=other, workers=1)
     assert len(calls) == 30  # every image rendered
+    (other / "metadata.csv").write_text("image_id,split\n\"broken")  # unreadable rows
+    generate(tmp_path / "mine", SynthConfig.from_preset("clean", seed=1, **kw),
+             reference=other, workers=1)
+    assert len(calls) == 60  # the same config, but no row of its metadata matches
     monkeypatch.setattr(synth, "_render", real)
     assert _tree(out) == _tree(generate(tmp_path / "plain",
                                         SynthConfig.from_preset("shortcut", seed=2, **kw)))

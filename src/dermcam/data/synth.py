@@ -944,7 +944,7 @@ def _reusable(reference: Path, config: SynthConfig) -> dict[str, dict[str, Any]]
             return {}
         with open(reference / METADATA, newline="", encoding="utf-8") as fh:
             return {r["image_id"]: r for r in csv.DictReader(fh)}
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, csv.Error) as err:
         log.info("%s: not reusing its images (%s)", reference, err)
         return {}
 
