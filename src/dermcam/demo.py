@@ -149,7 +149,9 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
                                                     n_test=n_test, seed=seed,
                                                     image_size=source_size), progress=cb,
                      reference=data)
-        n_linked, n_bytes = link_identical(data, sdata)  # what a copy left (no hard links)
+        # what generate could not lend: the masks of the re-rendered images (only their
+        # rulers changed), the ground-truth CSVs; everything, where links were refused
+        n_linked, n_bytes = link_identical(data, sdata)
         log.info("shortcut data: %d files hard-linked to data/ (%.1f MB saved)", n_linked,
                  n_bytes / 1e6)
         with bar("decode + cache images") as cb:

@@ -850,6 +850,12 @@ class SynthSample:
     diameter_px: float
 
 
+def _chosen(draws: np.ndarray, split: str, label: int,
+            rates: Mapping[str, Mapping[tuple[str, int], float]]) -> tuple[str, ...]:
+    """The artifacts an image carries: those whose uniform draw is below its cell's rate."""
+    return tuple(a for k, a in enumerate(ARTIFACTS) if draws[k] < rates[a][(split, label)])
+
+
 def _render(seed: int, split: str, index: int, label: int, size: int,
             rates: Mapping[str, Mapping[tuple[str, int], float]]) -> SynthSample:
     ss = np.random.SeedSequence([seed, _SPLIT_CODE[split], index])
@@ -868,13 +874,12 @@ def _render(seed: int, split: str, index: int, label: int, size: int,
     lesion = _lesion_geometry(mask)
 
     draws = rng_draw.random(len(ARTIFACTS))  # drawn in full, so rates never shift streams
+    planted = _chosen(draws, split, label, rates)
     codes = np.zeros((size, size), np.uint8)
-    planted = []
     outside = ~mask
     for k, name in enumerate(ARTIFACTS):
-        if draws[k] >= rates[name][(split, label)]:
+        if name not in planted:
             continue
-        planted.append(name)
         alpha, col = _PAINTERS[name](streams[2 + k], size, mask, lesion)
         win, changed = _composite(img, alpha, col, outside)
         if win is not None:
@@ -882,7 +887,7 @@ def _render(seed: int, split: str, index: int, label: int, size: int,
     image = np.rint(img).astype(np.uint8)
     present = tuple(a for k, a in enumerate(ARTIFACTS) if (codes == k + 1).any())
     return SynthSample(
-        image=image, mask=mask, artifacts=codes, label=int(label), planted=tuple(planted),
+        image=image, mask=mask, artifacts=codes, label=int(label), planted=planted,
         present=present, asymmetry=params["asymmetry"], border_irregularity=params["border"],
         n_colours=len(params["colours"]), diameter_px=diameter)
 
@@ -917,7 +922,7 @@ def _planted(seed: int, split: str, index: int, label: int,
     artifact draws have their own stream (the second of the image's spawned seeds)."""
     ss = np.random.SeedSequence([seed, _SPLIT_CODE[split], index])
     draws = np.random.default_rng(ss.spawn(2 + len(ARTIFACTS))[1]).random(len(ARTIFACTS))
-    return tuple(a for k, a in enumerate(ARTIFACTS) if draws[k] < rates[a][(split, label)])
+    return _chosen(draws, split, label, rates)
 
 
 def _files(folder: Path, image_id: str) -> tuple[Path, Path, Path]:
@@ -925,10 +930,12 @@ def _files(folder: Path, image_id: str) -> tuple[Path, Path, Path]:
             folder / f"{image_id}{ARTIFACT_SUFFIX}")
 
 
-def _reusable(reference: Path, config: SynthConfig) -> dict[str, dict[str, Any]]:
-    """``metadata.csv`` rows by image id of ``reference`` when its images can stand in for
-    this config's (a complete set from this generator version, numpy and Pillow, with the
-    same fields but the artifact rates); else ``{}`` (and the log says why)."""
+def _reusable(reference: Path, config: SynthConfig
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[tuple[str, int], float]]]:
+    """``(metadata.csv rows by image id, artifact rates)`` of ``reference`` when its images
+    can stand in for this config's (a complete set from this generator version, numpy and
+    Pillow, with the same fields but the artifact rates); else ``({}, {})`` (and the log
+    says why)."""
     try:
         meta = json.loads((reference / SYNTH_JSON).read_text("utf-8"))
         ref = SynthConfig.from_dict(meta["config"])
@@ -941,12 +948,12 @@ def _reusable(reference: Path, config: SynthConfig) -> dict[str, dict[str, Any]]
         if not same:
             log.info("%s: not reusing its images (another config, generator or library "
                      "version)", reference)
-            return {}
+            return {}, {}
         with open(reference / METADATA, newline="", encoding="utf-8") as fh:
-            return {r["image_id"]: r for r in csv.DictReader(fh)}
+            return {r["image_id"]: r for r in csv.DictReader(fh)}, ref.rates()
     except (OSError, ValueError, KeyError, TypeError, csv.Error) as err:
         log.info("%s: not reusing its images (%s)", reference, err)
-        return {}
+        return {}, {}
 
 
 def _reuse(job: tuple[Path, str, int, str, int, int], row: dict[str, Any], reference: Path,
@@ -1108,11 +1115,9 @@ def generate(out_dir: str | Path, config: SynthConfig,
     log.info("generating %d synthetic images (%d px, preset %s, seed %d) in %s with %d "
              "thread(s)", total, config.image_size, config.preset, config.seed, out, n_workers)
     make = partial(_make_and_write, size=config.image_size, rates=rates)
-    ref_rows = _reusable(Path(reference), config) if reference is not None else {}
+    ref_rows, ref_rates = _reusable(Path(reference), config) if reference is not None \
+        else ({}, {})
     if ref_rows:
-        ref_rates = SynthConfig.from_dict(
-            json.loads((Path(reference) / SYNTH_JSON).read_text("utf-8"))["config"]).rates()
-
         def make(job, _render_job=make):  # noqa: F811 - the reference-aware variant
             _, image_id, seed, split, index, label = job
             planted = _planted(seed, split, index, label, rates)
