@@ -214,8 +214,8 @@ def test_a_reference_set_gives_the_same_bytes_with_fewer_renders(tmp_path, monke
     reused = generate(tmp_path / "reuse", SynthConfig.from_preset("shortcut", **kw),
                       reference=clean, workers=1)
     assert _tree(reused) == _tree(full)
-    rows_c = {r["image_id"]: r for r in csv.DictReader((clean / "metadata.csv").read_text().splitlines())}
-    rows_s = {r["image_id"]: r for r in csv.DictReader((full / "metadata.csv").read_text().splitlines())}
+    rows_c, rows_s = ({r["image_id"]: r for r in csv.DictReader(
+        (root / "metadata.csv").read_text().splitlines())} for root in (clean, full))
     # the shortcut preset changes rulers in training only: the test split is never rendered
     assert rendered and all(split == "train" for split, _ in rendered)
     assert 0 < len(rendered) < kw["n_train"]
