@@ -60,12 +60,16 @@ def test_zero_jitter_keeps_every_colour_and_positive_jitter_changes_them():
         assert got.isdisjoint(colours)
 
 
-def test_training_passes_its_colour_jitter_to_the_augmentation(tmp_path, monkeypatch):
+def test_training_passes_its_colour_jitter_to_the_augmentation(tmp_path, monkeypatch,
+                                                                make_generic):
+    from conftest import generic_labels
+
     import dermcam.augment as aug
     from dermcam.stages.train import TrainConfig, train
-    from tests.test_pipeline import _easy_generic
 
-    data = _easy_generic(tmp_path / "data", n=48)
+    labels = generic_labels(30, 16)
+    split = {i: "test" if k % 5 == 0 else "train" for k, i in enumerate(labels)}
+    data = make_generic(labels, split=split)
     seen = []
     real = aug.augment
 

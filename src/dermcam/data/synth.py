@@ -938,7 +938,10 @@ def _reusable(reference: Path, config: SynthConfig
     says why)."""
     try:
         meta = json.loads((reference / SYNTH_JSON).read_text("utf-8"))
-        ref = SynthConfig.from_dict(meta["config"])
+        block = meta.get("config")
+        if not isinstance(block, dict):
+            raise ValueError(f"{SYNTH_JSON} has no config")
+        ref = SynthConfig.from_dict(block)
         same = (meta.get("generator") == _GENERATOR and meta.get("status") == "complete"
                 and meta.get("generator_version") == GENERATOR_VERSION
                 and meta.get("numpy_version") == np.__version__
