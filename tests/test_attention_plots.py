@@ -108,8 +108,13 @@ def test_leakage_vs_area(tmp_path):
 def test_size_aware_table_long_and_wide(tmp_path):
     df = _table(methods=("gradcam", "scorecam"))
     metrics = ["excess_leakage", "localisation_gain", "pixel_auroc", "pointing_game"]
-    summary = L.summarise(df, metrics, n_boot=50)
+    summary = L.summarise(df, metrics, by=("model", "method"), n_boot=50)
     _assert_png(P.plot_size_aware_table(summary, tmp_path / "t.png"), tmp_path / "t.png")
+    # per-class rows pool into means, but a median cannot be pooled from class medians
+    by_class = L.summarise(df, metrics, n_boot=50)
+    with pytest.raises(ValueError, match="median of pixel_auroc cannot be pooled"):
+        P.build_size_aware_table(by_class)
+    P.build_size_aware_table(by_class, stats={"pixel_auroc": "mean"})
     wide = df.groupby(["model", "method"])[metrics].mean().reset_index()
     wide.loc[0, "pixel_auroc"] = np.nan  # an empty cell is drawn as n/a
     _assert_png(P.plot_size_aware_table(wide, tmp_path / "w.png"), tmp_path / "w.png")
@@ -227,27 +232,61 @@ def test_build_attention_summary_without_data_says_so():
     assert [t.get_text() for t in fig.axes[3].texts] == []
 
 
-def test_build_leakage_vs_accuracy_points_per_model_and_class():
+def _decode_points(ax, n_models: int) -> dict[tuple[str, str], tuple[float, float]]:
+    """Read every drawn point back through the legend alone: its marker names the model
+    (the first ``n_models`` entries), its colour the group of images (the rest)."""
+    leg = ax.get_legend()
+    texts = [t.get_text() for t in leg.get_texts()]
+    handles = leg.legend_handles
+    assert len(texts) == len(handles)
+    markers = [(t, h.get_paths()[0].vertices) for t, h in
+               zip(texts[:n_models], handles[:n_models], strict=True)]
+    colours = [(t, h.get_facecolor()[0][:3]) for t, h in
+               zip(texts[n_models:], handles[n_models:], strict=True)]
+    out = {}
+    for c in ax.collections:
+        if not len(c.get_offsets()):
+            continue
+        verts, rgb = c.get_paths()[0].vertices, c.get_facecolor()[0][:3]
+        model = [t for t, v in markers if v.shape == verts.shape and np.allclose(v, verts)]
+        group = [t for t, col in colours if np.allclose(col, rgb)]
+        assert len(model) == 1 and len(group) == 1, (model, group)  # one legend entry each
+        key = (model[0], group[0].split(",")[0])
+        assert key not in out  # no two points share a marker and a colour
+        out[key] = tuple(c.get_offsets()[0])
+    return out
+
+
+def test_build_leakage_vs_accuracy_names_every_point():
     df = pd.DataFrame({
         "model": ["a", "a", "a", "b", "b", "b"],
         "label": [0, 0, 1, 0, 1, 1],
         "leakage": [0.2, 0.3, 0.7, 0.8, 0.9, np.nan],  # model a: mean 0.4, median 0.3
         "correct": [True, False, True, True, True, False],
     })
-    (ax,) = P.build_leakage_vs_accuracy(df, title="T").axes
-    drawn = [c for c in ax.collections if len(c.get_offsets())]
-    # per model: benign point, malignant point, then the black diamond over both classes
-    np.testing.assert_allclose([c.get_offsets()[0] for c in drawn],
-                               [[0.25, 0.5], [0.7, 1.0], [0.4, 2 / 3],
-                                [0.8, 1.0], [0.9, 1.0], [0.85, 1.0]])
-    assert [t.get_text() for t in ax.texts] == ["a", "b"]
-    np.testing.assert_allclose([t.xy for t in ax.texts], [[0.4, 2 / 3], [0.85, 1.0]])
-    assert _legend(ax) == ["benign (class recall)", "malignant (class recall)", "all images"]
-    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
-        "mean attention leakage", "accuracy", "T")
+    (ax,) = P.build_leakage_vs_accuracy(df, title="T", displays={"a": "Model A"}).axes
+    ben, mal, both = "benign (specificity)", "malignant (sensitivity)", \
+        "all images (both classes)"
+    # hand-computed: mean leakage and share correct per model and group of images
+    expected = {("Model A", ben): (0.25, 0.5), ("Model A", mal): (0.7, 1.0),
+                ("Model A", both): (0.4, 2 / 3),
+                ("b", ben): (0.8, 1.0), ("b", mal): (0.9, 1.0), ("b", both): (0.85, 1.0)}
+    got = _decode_points(ax, n_models=2)
+    assert got.keys() == expected.keys()
+    for key, xy in expected.items():
+        np.testing.assert_allclose(got[key], xy)
+    # images per group: a has 2 benign, 1 malignant; b 1 and 1 (its NaN leakage left out)
+    assert _legend(ax)[2:] == [f"{ben}, n=1-2", f"{mal}, n=1", f"{both}, n=2-3"]
+    assert "accuracy" not in ax.get_ylabel().lower()
+    assert "sensitivity" in ax.get_ylabel() and "specificity" in ax.get_ylabel()
+    assert (ax.get_xlabel(), ax.get_title()) == ("mean attention leakage", "T")
+    assert "accuracy" not in P.build_leakage_vs_accuracy(df).axes[0].get_title().lower()
+
     two = pd.concat([df.assign(method="g"), df.assign(method="s")], ignore_index=True)
     (ax,) = P.build_leakage_vs_accuracy(two).axes
-    assert [t.get_text() for t in ax.texts] == ["a / g", "a / s", "b / g", "b / s"]
+    got = _decode_points(ax, n_models=4)
+    assert sorted({m for m, _ in got}) == ["a / g", "a / s", "b / g", "b / s"]
+    assert len(got) == 12
 
 
 def test_build_leakage_vs_area_points_and_chance_line():
@@ -257,9 +296,27 @@ def test_build_leakage_vs_area_points_and_chance_line():
     np.testing.assert_allclose(malignant.get_offsets(), [[0.4, 0.5], [0.5, 0.7], [0.6, 0.9]])
     (chance,) = ax.get_lines()
     assert (list(chance.get_xdata()), list(chance.get_ydata())) == ([0, 1], [1, 0])
-    assert _legend(ax) == ["benign (n=3)", "malignant (n=3)",
+    assert _legend(ax) == ["benign (n=3 images)", "malignant (n=3 images)",
                            "chance: uniform heatmap (1 - area)"]
     assert ax.get_title() == "Leakage vs lesion area"
+
+
+def test_build_leakage_vs_area_one_panel_per_model_with_its_own_n():
+    base = _known_table()
+    df = pd.concat([base.assign(model="m1", method="g", layer="layer2"),
+                    base.iloc[:4].assign(model="m2", method="g", layer="layer3")],
+                   ignore_index=True)
+    fig = P.build_leakage_vs_area(df, title="S", displays={"m1": "Model 1"})
+    ax1, ax2 = fig.axes
+    assert fig.get_suptitle() == "S"
+    assert ax1.get_title() == "Model 1 (g at layer2)" and ax2.get_title() == "m2 (g at layer3)"
+    # m1: 3 benign, 3 malignant (its 7th row has NaN leakage); m2: rows 0-3
+    assert _legend(ax1)[:2] == ["benign (n=3 images)", "malignant (n=3 images)"]
+    assert _legend(ax2)[:2] == ["benign (n=3 images)", "malignant (n=1 images)"]
+    np.testing.assert_allclose(ax2.collections[1].get_offsets(), [[0.4, 0.5]])
+    # two methods: one panel per model x method
+    two = pd.concat([df, df.assign(method="h")], ignore_index=True)
+    assert len(P.build_leakage_vs_area(two).axes) == 4
 
 
 def test_build_size_aware_table_cells_colours_and_titles():
@@ -280,12 +337,116 @@ def test_build_size_aware_table_cells_colours_and_titles():
     # centred on chance, +-0.3 (the largest deviation) or at least +-0.1; green is better
     assert ex.get_clim() == pytest.approx((-0.3, 0.3)) and ex.get_cmap().name == "RdYlGn_r"
     assert auc.get_clim() == pytest.approx((0.4, 0.6)) and auc.get_cmap().name == "RdYlGn"
-    assert ax_ex.get_title() == "excess_leakage\n(lower is better, chance 0)"
-    assert ax_auc.get_title() == "pixel_auroc\n(higher is better, chance 0.5)"
+    assert ax_ex.get_title() == "mean excess_leakage\n(lower is better, chance 0)"
+    assert ax_auc.get_title() == "median pixel_auroc\n(higher is better, chance 0.5)"
     assert [t.get_text() for t in ax_ex.get_xticklabels()] == ["g1", "g2"]
     assert [t.get_text() for t in ax_ex.get_yticklabels()] == ["m1", "m2"]
     with pytest.raises(ValueError, match="at least one metric"):
         P.build_size_aware_table(wide, metrics=[])
+
+
+def test_size_aware_table_shows_the_median_pixel_auroc_the_text_quotes():
+    """Per image values with a skewed pixel AUROC: the panel shows its median (what the
+    summary's uniform-attention sentence quotes), the other panels their means."""
+    per_image = pd.DataFrame({
+        "model": ["m"] * 5, "method": ["g"] * 5,
+        "pixel_auroc": [0.1, 0.8, 0.85, 0.9, 0.95],      # median 0.85, mean 0.72
+        "excess_leakage": [-0.5, -0.1, -0.1, -0.1, 0.0],  # mean -0.16, median -0.1
+    })
+    metrics = ["excess_leakage", "pixel_auroc"]
+    for table in (per_image, L.summarise(per_image, metrics, by=("model", "method"),
+                                         n_boot=20)):
+        ax_ex, ax_auc = P.build_size_aware_table(table, metrics=metrics).axes
+        assert [t.get_text() for t in ax_auc.texts] == ["0.850"]
+        assert [t.get_text() for t in ax_ex.texts] == ["-0.160"]
+        assert ax_auc.get_title().startswith("median ") \
+            and ax_ex.get_title().startswith("mean ")
+    # asked for the mean, the panel says so and shows it
+    (ax,) = P.build_size_aware_table(per_image, metrics=["pixel_auroc"],
+                                     stats={"pixel_auroc": "mean"}).axes
+    assert [t.get_text() for t in ax.texts] == ["0.720"] and ax.get_title().startswith("mean ")
+    with pytest.raises(ValueError, match="stat must be"):
+        P.build_size_aware_table(per_image, metrics=["pixel_auroc"], stats={"pixel_auroc": "max"})
+
+
+# --------------------------------------------------------------------------- localisation grid
+
+def _bench_rows():
+    """m1: 2 methods x 3 layers; m2: 1 method x 1 layer. Hand-picked verdicts."""
+    def row(model, method, layer, med, lo, sanity=True, undefined=0.0):
+        return {"model": model, "method": method, "layer": layer, "grid": [4, 4], "n": 64,
+                "images": "validation", "median_pixel_auroc": med, "ci_low": lo,
+                "ci_high": med + 0.05, "better_than_uniform": lo > 0.5,
+                "undefined_share": undefined, "sanity_passed": sanity}
+    return [row("m1", "gradcam", "layer2", 0.81, 0.75),
+            row("m1", "hirescam", "layer2", 0.92, 0.90, sanity=False),
+            row("m1", "gradcam", "layer3", 0.55, 0.49),            # CI touches 0.5
+            row("m1", "hirescam", "layer3", 0.52, 0.50, sanity=None),  # lower bound = 0.5
+            row("m1", "gradcam", "layer4", 0.70, 0.60, undefined=0.25),
+            row("m1", "hirescam", "layer4", 0.40, 0.30, sanity=False),
+            row("m2", "gradcam", "features.3", 0.6, 0.55)]
+
+
+def _cells(ax, gid: str) -> dict[tuple[int, int], object]:
+    """Artists with ``gid`` by (row, column) of the cell they sit on."""
+    out = {}
+    for a in [*ax.texts, *ax.patches]:
+        if (a.get_gid() or "").split(":")[0] == gid:
+            x, y = a.get_position() if hasattr(a, "get_position") else \
+                (a.get_x() + 0.5, a.get_y() + 0.5)
+            out[(round(y), round(x))] = a
+    return out
+
+
+def test_build_localisation_grid_cells_outline_and_hatches():
+    rows = _bench_rows()
+    chosen = [{"model": "m1", "method": "gradcam", "layer": "layer2", "reason": "..."},
+              {"model": "m2", "method": "gradcam", "layer": "layer9", "reason": "..."}]
+    fig = P.build_localisation_grid(rows, chosen, displays={"m1": "Model 1"}, title="G")
+    ax1, ax2, _colourbar = fig.axes
+    assert fig.get_suptitle() == "G"
+    # rows = methods, columns = layers, in the benchmark's order
+    assert [t.get_text() for t in ax1.get_yticklabels()] == ["gradcam", "hirescam"]
+    assert [t.get_text() for t in ax1.get_xticklabels()] == [
+        "layer2\n4\u00d74", "layer3\n4\u00d74", "layer4\n4\u00d74"]
+    # every cell's text is its input value, on its own cell; the image holds the values
+    values = _cells(ax1, "value")
+    assert {k: t.get_text() for k, t in values.items()} == {
+        (0, 0): "0.810", (1, 0): "0.920", (0, 1): "0.550", (1, 1): "0.520",
+        (0, 2): "0.700", (1, 2): "0.400"}
+    np.testing.assert_allclose(ax1.images[0].get_array(), [[0.81, 0.55, 0.70],
+                                                            [0.92, 0.52, 0.40]])
+    lo, hi = ax1.images[0].get_clim()
+    assert (lo + hi) / 2 == pytest.approx(0.5)  # colour scale centred on uniform attention
+    # the chosen cell, and only it, is outlined
+    (outline,) = _cells(ax1, "chosen").items()
+    assert outline[0] == (0, 0) and outline[1].get_linewidth() >= 2
+    # hatched by reason; the eligible cell and the one only short of defined maps are not
+    hatches = {k: p.get_hatch() for k, p in _cells(ax1, "hatch").items()}
+    assert hatches == {(1, 0): "\\\\", (0, 1): "//", (1, 1): "//..", (1, 2): "//\\\\"}
+    (note,) = _cells(ax1, "note").items()
+    assert note[0] == (0, 2) and note[1].get_text() == "25% undef."
+    assert ax1.get_title() == "Model 1\n64 validation images"
+    # a chosen cell outside the benchmark is said, not outlined
+    assert _cells(ax2, "chosen") == {}
+    assert "chosen gradcam at layer9: not in the benchmark" in ax2.get_title()
+
+
+def test_build_localisation_grid_reads_back_json_and_tables(tmp_path):
+    import json
+
+    rows = json.loads(json.dumps(_bench_rows()))  # None -> null -> None
+    frame = pd.DataFrame(rows)  # a table: sanity None becomes NaN or None
+    for data in (rows, frame):
+        fig = P.build_localisation_grid(data, {"m1": ("hirescam", "layer3")})
+        assert list(_cells(fig.axes[0], "chosen")) == [(1, 1)]
+        assert _cells(fig.axes[0], "hatch")[(1, 1)].get_hatch() == "//.."
+    out = P.plot_localisation_grid(rows, tmp_path / "g.png", chosen=None)
+    _assert_png(out, tmp_path / "g.png")
+    with pytest.raises(ValueError, match="at least one benchmark row"):
+        P.build_localisation_grid([])
+    with pytest.raises(ValueError, match="median_pixel_auroc"):
+        P.build_localisation_grid([{"model": "m", "method": "g", "layer": "l"}])
 
 
 def test_build_example_known_single_hot_pixel():

@@ -247,6 +247,35 @@ def test_build_pr_curves_plots_steps_prevalence_and_operating_point(result):
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("Recall (sensitivity)", "Precision (malignant)")
 
 
+def test_build_pr_curves_title_names_the_data_set_used(result):
+    """The title names the data set passed, never ISIC 2016 for other data, and says
+    nothing of a data set when none is passed."""
+    (ax,) = plots.build_pr_curves(result, dataset="synthetic dermoscopy benchmark").axes
+    title = " ".join(ax.get_title().split())  # the title is wrapped over lines
+    assert "on synthetic dermoscopy benchmark" in title and "ISIC" not in title
+    (ax,) = plots.build_pr_curves(result, dataset="ISIC 2016").axes
+    assert "on ISIC 2016" in " ".join(ax.get_title().split())
+    (ax,) = plots.build_pr_curves(result).axes
+    title = " ".join(ax.get_title().split())
+    assert "ISIC" not in title and "ranked by average precision" in title
+
+
+def test_build_pr_curves_legend_ranked_by_ap(result):
+    """The title says ranked by AP: the legend lists the models by AP, highest first."""
+    rigged = {**result, "models": {**result["models"]}}
+    aps = {"resnet18": 0.4, "mobilenet_v2": 0.9}
+    for name, ap in aps.items():
+        entry = rigged["models"][name]
+        tf = {**entry["threshold_free"],
+              "average_precision": {**entry["threshold_free"]["average_precision"],
+                                    "value": ap}}
+        rigged["models"][name] = {**entry, "threshold_free": tf}
+    (ax,) = plots.build_pr_curves(rigged).axes
+    names = [t.split(":")[0] for t in _legend(ax)[1:]]
+    order = sorted(aps, key=aps.get, reverse=True)
+    assert names == [rigged["models"][n]["display_name"] for n in order]
+
+
 def test_build_reliability_curves_and_histogram(result):
     top, bottom = plots.build_reliability(result).axes
     curves = top.get_lines()[1:]

@@ -34,11 +34,13 @@ __all__ = [
     "build_leakage_vs_accuracy",
     "build_leakage_vs_area",
     "build_size_aware_table",
+    "build_localisation_grid",
     "build_example",
     "plot_attention_summary",
     "plot_leakage_vs_accuracy",
     "plot_leakage_vs_area",
     "plot_size_aware_table",
+    "plot_localisation_grid",
     "plot_example",
 ]
 
@@ -179,16 +181,40 @@ def plot_attention_summary(df: pd.DataFrame, path, title: str = "Attention leaka
     return _save(build_attention_summary(df, title), path)
 
 
-def build_leakage_vs_accuracy(df: pd.DataFrame,
-                              title: str = "Attention leakage vs accuracy") -> Figure:
-    """Per model (x method where several) and class: mean leakage vs accuracy.
+#: One marker per model (or model x method) in :func:`build_leakage_vs_accuracy`.
+MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
+#: Colour of the point over both classes.
+ALL_COLOUR = "black"
+#: What "share correct" means within each group of :func:`build_leakage_vs_accuracy`.
+GROUP_NAMES = {0: "benign (specificity)", 1: "malignant (sensitivity)",
+               "all": "all images (both classes)"}
 
-    Coloured points are per class (accuracy within a class is its recall), black
-    diamonds the model over both classes, each labelled with the model name. The
-    study's ``leakage_vs_accuracy.png``. Needs ``model``, ``label``, ``leakage``,
-    ``correct``.
+
+def _group_key(key) -> str:
+    return " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+
+
+def _n_text(ns: Sequence[int]) -> str:
+    """``n=12`` where every model has the same n, else ``n=10-12``."""
+    ns = sorted(set(ns))
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
+
+
+def build_leakage_vs_accuracy(df: pd.DataFrame,
+                              title: str = "Attention leakage vs share classified correctly",
+                              displays: dict[str, str] | None = None) -> Figure:
+    """Per model (x method where several): mean leakage vs share classified correctly,
+    within each class and over all images.
+
+    Every model gets its own marker and every group its own colour (benign blue:
+    the share correct is the specificity; malignant red: the sensitivity; black: all
+    images), and the legend lists both, so each of the model x 3 points is named; a
+    thin grey line joins one model's points. The study's ``leakage_vs_accuracy.png``.
+    Needs ``model``, ``label``, ``leakage``, ``correct``; ``displays`` maps model
+    names to the names shown.
     """
     _require(df, ["model", "label", "leakage", "correct"], "plot_leakage_vs_accuracy")
+    displays = displays or {}
     keys = ["model"]
     if "method" in df.columns and df["method"].nunique(dropna=False) > 1:
         keys.append("method")
@@ -200,85 +226,136 @@ def build_leakage_vs_accuracy(df: pd.DataFrame,
     ax = fig.subplots()
     if d.empty:
         _no_data(ax)
-    for key, g in d.groupby(keys, sort=True):
-        name = " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-        for c in (0, 1):
-            gc = g[g["_label"] == c]
+    groups = list(d.groupby(keys, sort=True))
+    if len(groups) > len(MODEL_MARKERS):
+        raise ValueError(f"plot_leakage_vs_accuracy draws at most {len(MODEL_MARKERS)} "
+                         f"models, got {len(groups)}")
+    counts: dict = {0: [], 1: [], "all": []}
+    model_handles = []
+    for (key, g), marker in zip(groups, MODEL_MARKERS, strict=False):
+        parts = key if isinstance(key, tuple) else (key,)
+        name = _group_key((displays.get(parts[0], parts[0]), *parts[1:]))
+        points = {}
+        for c in (0, 1, "all"):
+            gc = g if c == "all" else g[g["_label"] == c]
             if len(gc):
-                ax.scatter(gc["_leak"].mean(), gc["_correct"].mean(), color=CLASS_COLOURS[c],
-                           s=50, alpha=0.8)
-        ax.scatter(g["_leak"].mean(), g["_correct"].mean(), color="black", marker="D", s=40)
-        ax.annotate(name, (g["_leak"].mean(), g["_correct"].mean()), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
-    for c in (0, 1):
-        ax.scatter([], [], color=CLASS_COLOURS[c], label=f"{LABEL_NAMES[c]} (class recall)")
-    ax.scatter([], [], color="black", marker="D", label="all images")
-    ax.legend(fontsize=8)
+                points[c] = (gc["_leak"].mean(), gc["_correct"].mean())
+                counts[c].append(len(gc))
+                ax.scatter(*points[c], marker=marker, s=60, alpha=0.9,
+                           color=ALL_COLOUR if c == "all" else CLASS_COLOURS[c],
+                           edgecolors="white", linewidths=0.6, zorder=3)
+        if 0 in points and 1 in points:  # the point over all images lies on this segment
+            ax.plot(*zip(points[0], points[1], strict=True), color="0.6", lw=0.8, zorder=1)
+        model_handles.append(ax.scatter([], [], marker=marker, s=50, color="0.45",
+                                        label=name))
+    group_handles = [ax.scatter([], [], marker="o", s=50,
+                                color=ALL_COLOUR if c == "all" else CLASS_COLOURS[c],
+                                label=f"{GROUP_NAMES[c]}, {_n_text(counts[c])}")
+                     for c in (0, 1, "all") if counts[c]]
+    if model_handles:
+        ax.legend(handles=model_handles + group_handles, fontsize=8, loc="best",
+                  title="marker: model, colour: images\n(a line joins one model's classes)",
+                  title_fontsize=8)
     ax.set_xlabel("mean attention leakage")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("share classified correctly\n(benign: specificity, malignant: sensitivity)")
     ax.set_title(title)
+    ax.grid(alpha=0.3)
     return fig
 
 
 def plot_leakage_vs_accuracy(df: pd.DataFrame, path,
-                             title: str = "Attention leakage vs accuracy") -> Path:
+                             title: str = "Attention leakage vs share classified correctly",
+                             displays: dict[str, str] | None = None) -> Path:
     """Write :func:`build_leakage_vs_accuracy` to ``path`` and return the path."""
-    return _save(build_leakage_vs_accuracy(df, title), path)
+    return _save(build_leakage_vs_accuracy(df, title, displays), path)
 
 
 def build_leakage_vs_area(df: pd.DataFrame,
-                          title: str = "Leakage vs lesion area") -> Figure:
-    """Leakage against lesion area, coloured by class, with the chance line.
+                          title: str = "Leakage vs lesion area",
+                          displays: dict[str, str] | None = None) -> Figure:
+    """Leakage against lesion area, coloured by class, with the chance line; one panel
+    per model (x method where several) when the table has a ``model`` column.
 
     The dashed line ``leakage = 1 - area`` is what a uniform heatmap scores:
-    points below it attend to the lesion more than chance. Needs ``label``,
-    ``leakage``, ``lesion_area``.
+    points below it attend to the lesion more than chance. Each panel's legend gives
+    its own n images per class (one row per image there). Needs ``label``,
+    ``leakage``, ``lesion_area``; ``displays`` maps model names to the names shown.
     """
     _require(df, ["label", "leakage", "lesion_area"], "plot_leakage_vs_area")
-    lab = pd.to_numeric(df["label"], errors="coerce")
-    x = pd.to_numeric(df["lesion_area"], errors="coerce")
-    y = pd.to_numeric(df["leakage"], errors="coerce")
-    fig = _figure(7, 6)
-    ax = fig.subplots()
-    for c in (0, 1):
-        sel = (lab == c) & x.notna() & y.notna()
-        if sel.any():
-            ax.scatter(x[sel], y[sel], s=12, alpha=0.6, color=CLASS_COLOURS[c],
-                       label=f"{LABEL_NAMES[c]} (n={int(sel.sum())})")
-    ax.plot([0, 1], [1, 0], color="black", ls="--", lw=1.5,
-            label="chance: uniform heatmap (1 - area)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("lesion area (share of image)")
-    ax.set_ylabel("attention leakage")
-    ax.legend(fontsize=8)
-    ax.set_title(title)
+    displays = displays or {}
+    keys = [k for k in ("model", "method") if k in df.columns
+            and (k == "model" or df[k].nunique(dropna=False) > 1)]
+    panels = [(None, df)] if not keys else list(df.groupby(keys, sort=True))
+    fig = _figure(max(7.0, 5.0 * len(panels)) if len(panels) > 1 else 7, 6)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True))
+    for ax, (key, g) in zip(axes, panels, strict=True):
+        lab = pd.to_numeric(g["label"], errors="coerce")
+        x = pd.to_numeric(g["lesion_area"], errors="coerce")
+        y = pd.to_numeric(g["leakage"], errors="coerce")
+        for c in (0, 1):
+            sel = (lab == c) & x.notna() & y.notna()
+            if sel.any():
+                ax.scatter(x[sel], y[sel], s=12, alpha=0.6, color=CLASS_COLOURS[c],
+                           label=f"{LABEL_NAMES[c]} (n={int(sel.sum())} images)")
+        ax.plot([0, 1], [1, 0], color="black", ls="--", lw=1.5,
+                label="chance: uniform heatmap (1 - area)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("lesion area (share of image)")
+        if ax is axes[0]:
+            ax.set_ylabel("attention leakage")
+        ax.legend(fontsize=8)
+        if key is not None:
+            model = key[0] if isinstance(key, tuple) else key
+            where = [f"{g[k].iloc[0]}" for k in ("method", "layer")
+                     if k in g.columns and g[k].nunique(dropna=False) == 1]
+            where = " at ".join(where)
+            ax.set_title(f"{displays.get(model, model)}" + (f" ({where})" if where else ""),
+                         fontsize=10)
+    if keys:
+        fig.suptitle(title)
+    else:
+        axes[0].set_title(title)
     return fig
 
 
 def plot_leakage_vs_area(df: pd.DataFrame, path,
-                         title: str = "Leakage vs lesion area") -> Path:
+                         title: str = "Leakage vs lesion area",
+                         displays: dict[str, str] | None = None) -> Path:
     """Write :func:`build_leakage_vs_area` to ``path`` and return the path."""
-    return _save(build_leakage_vs_area(df, title), path)
+    return _save(build_leakage_vs_area(df, title, displays), path)
 
 
-def _table_values(summary_df: pd.DataFrame, metric: str):
-    """(models, methods, means) for one metric from a long or wide summary table."""
+def _table_values(summary_df: pd.DataFrame, metric: str, stat: str = "mean"):
+    """(models, methods, values) for one metric from a long or wide summary table;
+    ``stat``: ``"mean"`` or ``"median"`` per model x method."""
+    if stat not in ("mean", "median"):
+        raise ValueError(f"stat must be 'mean' or 'median', got {stat!r}")
     if "metric" in summary_df.columns:
-        _require(summary_df, ["model", "method", "mean"], "plot_size_aware_table")
+        _require(summary_df, ["model", "method", stat], "plot_size_aware_table")
         d = summary_df[summary_df["metric"] == metric]
-        if "n" in d.columns and "label" in d.columns:
+        per_class = bool(len(d)) and d.groupby(["model", "method"]).size().max() > 1
+        if per_class and stat == "median":
+            raise ValueError(
+                f"plot_size_aware_table: the median of {metric} cannot be pooled from "
+                "several rows per model x method (e.g. per class); summarise by "
+                "('model', 'method') instead")
+        if per_class and "n" in d.columns:
             # Per-class rows: the n-weighted mean of the class means is the pooled mean.
             d = d.assign(_w=d["n"] * d["mean"]).groupby(["model", "method"], sort=True)[
                 ["_w", "n"]].sum()
             d = d.assign(mean=d["_w"] / d["n"].where(d["n"] > 0)).reset_index()
-        else:
+        elif per_class:
             d = d.groupby(["model", "method"], sort=True)["mean"].mean().reset_index()
-        col = "mean"
+        else:
+            d = d[["model", "method", stat]]
+        col = stat
     else:
+        # Wide: one row per image (or per group), the statistic taken over the rows.
         _require(summary_df, ["model", "method", metric], "plot_size_aware_table")
-        d = summary_df.groupby(["model", "method"], sort=True)[metric].mean().reset_index()
-        col = metric
+        d = summary_df.assign(_v=pd.to_numeric(summary_df[metric], errors="coerce"))
+        d = d.groupby(["model", "method"], sort=True)["_v"].agg(stat).reset_index()
+        col = "_v"
     models = sorted(summary_df["model"].dropna().unique(), key=str)
     methods = sorted(summary_df["method"].dropna().unique(), key=str)
     grid = np.full((len(models), len(methods)), np.nan)
@@ -287,26 +364,41 @@ def _table_values(summary_df: pd.DataFrame, metric: str):
     return models, methods, grid
 
 
+#: The statistic each size-aware panel shows, as the summary's text quotes it: the
+#: uniform-attention guard and the localisation benchmark report the *median* pixel
+#: AUROC; excess leakage, localisation gain and the pointing game (a hit rate) are
+#: reported as means.
+SIZE_AWARE_STATS = {"excess_leakage": "mean", "localisation_gain": "mean",
+                    "pixel_auroc": "median", "pointing_game": "mean"}
+
+
 def build_size_aware_table(summary_df: pd.DataFrame,
                            metrics: Sequence[str] = SIZE_AWARE,
-                           title: str = "Size-aware localisation scores") -> Figure:
+                           title: str = "Size-aware localisation scores",
+                           stats: dict[str, str] | None = None) -> Figure:
     """Model x method heat-tables of the size-aware scores, one panel per metric.
 
     ``summary_df`` is either :func:`dermcam.leakage.summarise` output (long:
-    ``model, method, metric, mean`` and optionally ``label, n``; per-class rows
-    are pooled with n-weighted means) or a wide table with one column per metric
-    (averaged per model x method). Cells are coloured green = better: centred on
-    the metric's chance level where it is fixed (``dermcam.leakage.CHANCE``, scale
-    at least chance +- 0.1), else on a 0-1 scale for shares.
+    ``model, method, metric, mean, median`` and optionally ``label, n``) or a wide
+    table with one column per metric and one row per image. Each panel shows the
+    statistic ``stats[metric]`` (default :data:`SIZE_AWARE_STATS`: the median pixel
+    AUROC, the mean of the others), named in its title, so that the figure shows what
+    the summary's text quotes. Per-class long rows are pooled into n-weighted means;
+    a median cannot be pooled that way and raises ``ValueError``. Cells are coloured
+    green = better: centred on the metric's chance level where it is fixed
+    (``dermcam.leakage.CHANCE``, scale at least chance +- 0.1), else on a 0-1 scale
+    for shares.
     """
     metrics = list(metrics)
     if not metrics:
         raise ValueError("plot_size_aware_table needs at least one metric")
+    stats = {**SIZE_AWARE_STATS, **(stats or {})}
     fig = _figure(4.2 * len(metrics), 1.2 + 0.55 * max(
         2, summary_df["model"].nunique() if "model" in summary_df.columns else 2))
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
     for ax, metric in zip(axes, metrics, strict=True):
-        models, methods, grid = _table_values(summary_df, metric)
+        stat = stats.get(metric, "mean")
+        models, methods, grid = _table_values(summary_df, metric, stat)
         entry = METRICS.get(metric)
         higher = True if entry is None or entry.higher_is_better is None else \
             entry.higher_is_better
@@ -335,16 +427,182 @@ def build_size_aware_table(summary_df: pd.DataFrame,
         ax.set_yticks(range(len(models)), [str(m) for m in models])
         arrow = "higher" if higher else "lower"
         sub = "" if chance is None else f", chance {chance:g}"
-        ax.set_title(f"{metric}\n({arrow} is better{sub})", fontsize=10)
+        ax.set_title(f"{stat} {metric}\n({arrow} is better{sub})", fontsize=10)
     fig.suptitle(title)
     return fig
 
 
 def plot_size_aware_table(summary_df: pd.DataFrame, path,
                           metrics: Sequence[str] = SIZE_AWARE,
-                          title: str = "Size-aware localisation scores") -> Path:
+                          title: str = "Size-aware localisation scores",
+                          stats: dict[str, str] | None = None) -> Path:
     """Write :func:`build_size_aware_table` to ``path`` and return the path."""
-    return _save(build_size_aware_table(summary_df, metrics, title), path)
+    return _save(build_size_aware_table(summary_df, metrics, title, stats), path)
+
+
+#: Hatches of :func:`build_localisation_grid`, one per reason a candidate cannot be chosen
+#: (several combine in one cell).
+GRID_HATCHES = {"uniform": "//", "sanity_failed": "\\\\", "sanity_unknown": ".."}
+GRID_HATCH_NAMES = {"uniform": "95 % CI lower bound \u2264 0.5 (not better than uniform)",
+                    "sanity_failed": "sanity check failed",
+                    "sanity_unknown": "sanity check inconclusive or not run"}
+
+
+def _passed(v) -> bool | None:
+    """A sanity verdict as read back from JSON or a table: True, False or None."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return bool(v)
+
+
+def _chosen_cells(chosen) -> dict[str, tuple[str, str]]:
+    """``{model: (method, layer)}`` from the run's ``layer_choice`` records (or a
+    mapping already of that form)."""
+    if chosen is None:
+        return {}
+    if isinstance(chosen, dict):
+        return {str(k): (str(v[0]), str(v[1])) for k, v in chosen.items()}
+    return {str(c["model"]): (str(c["method"]), str(c["layer"])) for c in chosen}
+
+
+def _ink(rgba) -> str:
+    """Black or white text, whichever reads on the colour ``rgba``."""
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.45 else "white"
+
+
+def build_localisation_grid(rows, chosen=None, displays: dict[str, str] | None = None,
+                            title: str = "Localisation benchmark: median pixel AUROC by "
+                                         "CAM method and layer") -> Figure:
+    """The localisation benchmark as a CAM method x layer heat-grid, one panel per model.
+
+    ``rows``: the benchmark's candidates, one dict (or table row) per model x method x
+    layer with ``model, method, layer, median_pixel_auroc, ci_low`` and optionally
+    ``ci_high, undefined_share, sanity_passed, grid, n, images`` (``localisation.json``'s
+    ``rows``, or ``attention_summary.json``'s ``localisation``); methods and layers keep
+    their order of appearance (layers shallow to deep). ``chosen``: the run's
+    ``layer_choice`` records (``{model, method, layer}``) or ``{model: (method, layer)}``;
+    the chosen cell gets a thick black outline.
+
+    Cell colour and text: the median pixel AUROC, on a red-yellow-green scale from 0 to 1
+    centred on 0.5 (uniform attention). A cell that cannot be chosen
+    (:func:`dermcam.localisation.eligible`) is washed out and hatched by reason: ``//``
+    its CI lower bound is at most 0.5, ``\\\\`` its sanity check failed, ``..``
+    inconclusive or not run; a second line gives the share of undefined maps where it
+    is above :data:`dermcam.localisation.MAX_UNDEFINED`.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+
+    from dermcam.localisation import MAX_UNDEFINED
+
+    df = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+    if df.empty:
+        raise ValueError("plot_localisation_grid needs at least one benchmark row")
+    _require(df, ["model", "method", "layer", "median_pixel_auroc", "ci_low"],
+             "plot_localisation_grid")
+    displays = displays or {}
+    picked = _chosen_cells(chosen)
+    models = list(dict.fromkeys(df["model"].astype(str)))
+    panels = []
+    for model in models:
+        g = df[df["model"].astype(str) == model]
+        panels.append((model, g, list(dict.fromkeys(g["method"].astype(str))),
+                       list(dict.fromkeys(g["layer"].astype(str)))))
+    cmap, norm = colormaps["RdYlGn"], Normalize(0.0, 1.0)
+    n_rows = max(len(p[2]) for p in panels)
+    n_cols = sum(len(p[3]) for p in panels)
+    width = max(9.0, 2.2 + 0.95 * n_cols + 1.4 * len(panels))
+    fig = _figure(width, 2.6 + 0.5 * n_rows)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), width_ratios=[len(p[3]) for p in panels]))
+    image = None
+    for ax, (model, g, methods, layers) in zip(axes, panels, strict=True):
+        grid = np.full((len(methods), len(layers)), np.nan)
+        cells = {}
+        for r in g.to_dict("records"):
+            i, j = methods.index(str(r["method"])), layers.index(str(r["layer"]))
+            grid[i, j] = float(r["median_pixel_auroc"])
+            cells[(i, j)] = r
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
+        for (i, j), r in cells.items():
+            v = grid[i, j]
+            lo = float(r["ci_low"]) if r["ci_low"] is not None else np.nan
+            reasons = []
+            if not (np.isfinite(lo) and lo > 0.5):
+                reasons.append("uniform")
+            verdict = _passed(r.get("sanity_passed"))
+            if verdict is False:
+                reasons.append("sanity_failed")
+            elif verdict is None:
+                reasons.append("sanity_unknown")
+            undefined = float(r.get("undefined_share", 0.0) or 0.0)
+            ink = _ink(cmap(norm(v))) if np.isfinite(v) else "black"
+            if reasons or undefined > MAX_UNDEFINED:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white",
+                                       alpha=0.55, edgecolor="none", zorder=2))
+                ink = "black"
+            if reasons:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=0,
+                                       edgecolor="0.35",
+                                       hatch="".join(GRID_HATCHES[k] for k in reasons),
+                                       zorder=2, gid="hatch:" + ",".join(reasons)))
+            ax.text(j, i, f"{v:.3f}" if np.isfinite(v) else "n/a", ha="center",
+                    va="center", fontsize=9, color=ink, fontweight="bold", zorder=4,
+                    gid="value", bbox={"boxstyle": "round,pad=0.15", "lw": 0,
+                                       "fc": "white" if reasons else "none",
+                                       "alpha": 0.8 if reasons else 0})
+            if undefined > MAX_UNDEFINED:
+                ax.text(j, i + 0.32, f"{undefined:.0%} undef.", ha="center", va="center",
+                        fontsize=6.5, color="black", zorder=4, gid="note",
+                        bbox={"boxstyle": "round,pad=0.1", "lw": 0, "fc": "white",
+                              "alpha": 0.8})
+        want = picked.get(model)
+        note = ""
+        if want is not None and want[0] in methods and want[1] in layers:
+            i, j = methods.index(want[0]), layers.index(want[1])
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black",
+                                   lw=3, zorder=5, gid="chosen"))
+        elif want is not None:
+            note = f"\nchosen {want[0]} at {want[1]}: not in the benchmark"
+        ticks = []
+        for layer in layers:
+            gr = g.loc[g["layer"].astype(str) == layer, "grid"].iloc[0] \
+                if "grid" in g.columns else None
+            ok = isinstance(gr, (list, tuple, np.ndarray)) and len(gr) == 2 and gr[0]
+            ticks.append(f"{layer}\n{gr[0]}\u00d7{gr[1]}" if ok else layer)
+        ax.set_xticks(range(len(layers)), ticks, fontsize=8)
+        ax.set_yticks(range(len(methods)), methods, fontsize=8)
+        ax.tick_params(length=0)
+        ax.set_xticks(np.arange(len(layers) + 1) - 0.5, minor=True)
+        ax.set_yticks(np.arange(len(methods) + 1) - 0.5, minor=True)
+        ax.grid(which="minor", color="white", lw=1.5)
+        ax.tick_params(which="minor", length=0)
+        n = g["n"].iloc[0] if "n" in g.columns else None
+        where = g["images"].iloc[0] if "images" in g.columns else ""
+        sub = f"\n{n} {where} images".rstrip() if n is not None else ""
+        ax.set_title(f"{displays.get(model, model)}{sub}{note}", fontsize=10)
+        ax.set_xlabel("layer (heatmap grid)", fontsize=8)
+    fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02,
+                 label="median pixel AUROC (0.5 = uniform attention)")
+    handles = [Patch(facecolor="white", edgecolor="0.35", hatch=GRID_HATCHES[k],
+                     label=GRID_HATCH_NAMES[k]) for k in GRID_HATCHES]
+    handles += [Patch(fill=False, edgecolor="black", lw=2.5, label="chosen method and layer"),
+                Line2D([], [], ls="none",
+                       label=f"'x% undef.': maps undefined (over {MAX_UNDEFINED:.0%} "
+                             "excludes the cell)")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3 if width >= 13 else 2,
+               fontsize=8, frameon=False)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_localisation_grid(rows, path, chosen=None, displays: dict[str, str] | None = None,
+                           title: str = "Localisation benchmark: median pixel AUROC by "
+                                        "CAM method and layer") -> Path:
+    """Write :func:`build_localisation_grid` to ``path`` and return the path."""
+    return _save(build_localisation_grid(rows, chosen, displays, title), path)
 
 
 def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray,

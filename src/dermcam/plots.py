@@ -287,21 +287,28 @@ def plot_roc_curves(result: Mapping[str, Any], path: str | os.PathLike[str]) -> 
     return save_figure(build_roc_curves(result), path)
 
 
-def build_pr_curves(result: Mapping[str, Any]) -> Figure:
-    """All models' precision-recall curves, AP with 95 % CI in the legend, and
-    the prevalence line (the AP of a classifier without skill)."""
+def build_pr_curves(result: Mapping[str, Any], dataset: str | None = None) -> Figure:
+    """All models' precision-recall curves, AP with 95 % CI in the legend (ranked by AP,
+    highest first; colours stay in the models' order, as in the ROC figure), and the
+    prevalence line (the AP of a classifier without skill).
+
+    ``dataset``: the name of the data set the curves were measured on (the run's, or an
+    external set's), put in the title; without it the title names none.
+    """
     models = _models(result)
     prevalence = _num(result.get("test", {}).get("prevalence"))
     fig = new_figure((5.2, 5.0))
     ax = fig.add_subplot()
+    handles = []
     if math.isfinite(prevalence):
-        ax.axhline(
+        handles.append(ax.axhline(
             prevalence, ls=":", color="0.5", label=f"Prevalence (chance AP {prevalence:.3f})"
-        )
+        ))
+    ranked = []
     for i, (name, entry) in enumerate(models):
         pr = entry["pr_curve"]
         ap = entry["threshold_free"]["average_precision"]
-        ax.step(
+        (curve,) = ax.step(
             pr["recall"],
             pr["precision"],
             where="post",
@@ -309,23 +316,29 @@ def build_pr_curves(result: Mapping[str, Any]) -> Figure:
             lw=1.6,
             label=f"{_label(name, entry)}: AP {_ci_text(ap)}",
         )
+        value = _num(ap.get("value"))
+        ranked.append((-value if math.isfinite(value) else math.inf, i, curve))
         sens = _num(entry.get("at_threshold", {}).get("recall_malignant", {}).get("value"))
         prec = _num(entry.get("at_threshold", {}).get("precision_malignant", {}).get("value"))
         if math.isfinite(sens) and math.isfinite(prec):
             ax.plot([sens], [prec], "o", color=f"C{i}", ms=5, mec="black", mew=0.6)
+    handles += [curve for *_, curve in sorted(ranked, key=lambda t: t[:2])]
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("Recall (sensitivity)")
     ax.set_ylabel("Precision (malignant)")
-    ax.set_title("Precision-recall (ISIC 2016 ranked by AP)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    where = f" on {dataset}" if dataset else ""
+    ax.set_title(textwrap.fill(f"Precision-recall{where} (legend ranked by average "
+                               "precision; dots: operating point)", 60), fontsize=9)
+    ax.legend(handles=handles, fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     return fig
 
 
-def plot_pr_curves(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+def plot_pr_curves(result: Mapping[str, Any], path: str | os.PathLike[str],
+                   dataset: str | None = None) -> Path:
     """Write :func:`build_pr_curves` to ``path`` and return the path."""
-    return save_figure(build_pr_curves(result), path)
+    return save_figure(build_pr_curves(result, dataset), path)
 
 
 # --------------------------------------------------------------------------- calibration
