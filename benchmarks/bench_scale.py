@@ -44,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(v) for v in args.sizes.split(",")):
             data, out = Path(tmp) / f"d{n}", Path(tmp) / f"r{n}"
-            run([*dermcam, "synth", str(data), "--n-train", str(n), "--n-test", str(n // 2),
+            run([*dermcam, "synth", "--out", str(data), "--n-train", str(n), "--n-test", str(n // 2),
                  "--size", "256"])
             env_cache = ["--weights", "none", "--image-size", str(args.image_size), "--epochs",
                          "1", "--models", args.model]

@@ -247,22 +247,26 @@ def test_explain_margin_option_is_passed_through(monkeypatch, tmp_path):
     assert seen["margin"] == 0.02
 
 
-def test_report_method_notes_name_every_model_and_test_with_the_run_values():
-    from types import SimpleNamespace
+def test_report_method_notes_name_every_test_with_the_run_values(tmp_path):
+    import json
 
-    from dermcam.report.html import section_notes
+    from dermcam.report import html
 
-    run = SimpleNamespace(
-        metrics={"alpha": 0.05, "n_boot": 500, "ci_method": "cluster",
-                 "resampling": "cluster (lesion_id), 12 clusters"},
-        summary={"equivalence_margin": 0.03, "resampling": "cluster (lesion_id), 9 clusters",
-                 "metric_definitions": {}}, summary_reason="")
-    notes = section_notes(run)
+    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "dermcam-run", "config": {}}))
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"alpha": 0.05, "n_boot": 500, "ci_method": "cluster",
+         "resampling": "cluster (lesion_id), 12 clusters"}))
+    (tmp_path / "attention_summary.json").write_text(json.dumps(
+        {"equivalence_margin": 0.03, "resampling": "cluster (lesion_id), 9 clusters",
+         "metric_definitions": {}}))
+    ctx = html.notes_context(html.runmod.Run(tmp_path, json.loads(
+        (tmp_path / "manifest.json").read_text())))
+    notes = html.environment().get_template("notes.html.j2").render(notes=ctx)
     for phrase in ("natural cubic regression spline in lesion area", "HC3", "TOST",
-                   "+-0.03", "Wilson", "Holm", "Benjamini-Hochberg", "Mann-Whitney",
-                   "DeLong", "McNemar", "cluster (lesion_id), 12 clusters",
+                   "±0.03", "Wilson", "Holm", "Benjamini-Hochberg", "Mann-Whitney",
+                   "DeLong", "McNemar", "500 resamples", "cluster (lesion_id), 12 clusters",
                    "cluster (lesion_id), 9 clusters", "within heatmaps that explain one class",
-                   "scores undefined heatmaps at chance"):
+                   "scores them at chance"):
         assert phrase in notes, phrase
 
 

@@ -1,7 +1,10 @@
-"""The command line itself: which warnings reach stderr, and how --help wraps text."""
+"""The command line itself: which warnings reach stderr, how --help wraps text, and
+one name, one default and one help layout across the commands."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -11,7 +14,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dermcam.cli import _paragraphs, app
+import dermcam
+from dermcam.cli import PIPELINE, _paragraphs, app
 from dermcam.logs import HARMLESS_WARNINGS, quiet_libraries
 
 # ------------------------------------------------------------------------ warnings
@@ -141,11 +145,12 @@ def test_help_wraps_docstring_paragraphs_to_the_terminal():
 
 
 def test_every_command_help_is_one_line_per_paragraph():
+    """Except a verbatim block (``\\b``, as the examples are), which keeps its lines."""
     group = typer.main.get_command(app)
     assert len(group.commands) >= 8
     for name, command in group.commands.items():
         for paragraph in (command.help or "").split("\n\n"):
-            assert paragraph and "\n" not in paragraph, name
+            assert paragraph and ("\n" not in paragraph or paragraph.startswith("\b")), name
 
 
 @pytest.mark.parametrize("doc, expected", [
@@ -162,3 +167,135 @@ def test_every_command_help_is_one_line_per_paragraph():
 ])
 def test_paragraphs(doc, expected):
     assert _paragraphs(doc) == expected
+
+
+# ------------------------------------------------------------ one command line
+
+GROUP = typer.main.get_command(app)
+COMMANDS = sorted(GROUP.commands)
+
+
+def _help(*args: str) -> str:
+    r = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def _options(flag: str) -> dict[str, object]:
+    """``{command: option}`` for every command that has the option ``flag``."""
+    return {name: p for name, cmd in GROUP.commands.items() for p in cmd.params
+            if p.param_type_name == "option" and flag in p.opts + p.secondary_opts}
+
+
+def test_version_prints_the_package_version():
+    for args in (["--version"], ["--version", "train"]):  # eager: before any command
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, r.output
+        assert r.output == f"dermcam {dermcam.__version__}\n"
+
+
+def test_help_lists_the_commands_in_pipeline_order():
+    assert PIPELINE == ("demo", "download", "synth", "info", "models", "train", "evaluate",
+                        "explain", "probe", "report", "audit", "predict")
+    assert set(PIPELINE) == set(GROUP.commands)
+    assert GROUP.list_commands(typer.Context(GROUP)) == list(PIPELINE)
+    panel = _help().split("Commands")[1]
+    assert re.findall(r"^│ (\w+) ", panel, flags=re.M) == list(PIPELINE)
+
+
+@pytest.mark.parametrize("name", [None, *PIPELINE])
+def test_flags_show_no_type_placeholder(name):
+    """Typer prints ``<bool>`` after a flag unless told otherwise; a flag takes no value."""
+    text = _help(*([name] if name else []))
+    assert "<bool>" not in text
+    cmd = GROUP if name is None else GROUP.commands[name]
+    ctx = typer.Context(cmd)
+    flags = [p for p in cmd.get_params(ctx) if getattr(p, "is_flag", False)]
+    assert flags  # --help at least
+    for p in flags:
+        assert not p.display_type_rich(ctx), (name, p.opts)
+    valued = [p for p in cmd.get_params(ctx) if not getattr(p, "is_flag", True)]
+    if valued:  # options that take a value keep typer's placeholder
+        assert any(p.display_type_rich(ctx) for p in valued)
+
+
+def _examples(command) -> list[str]:
+    """The lines of the verbatim ``Examples:`` block of a command's help."""
+    block = [p for p in command.help.split("\n\n") if p.startswith("\b\nExamples:\n")]
+    assert len(block) == 1, command.name
+    return [line.strip() for line in block[0].splitlines()[2:]]
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_every_command_shows_examples_that_parse(name):
+    assert "Examples:" in _help(name)
+    command = GROUP.commands[name]
+    lines = _examples(command)
+    assert 1 <= len(lines) <= 3, lines
+    for line in lines:
+        words = shlex.split(line)
+        assert words[:2] == ["dermcam", name], line
+        # the command's own parser: an unknown option, a missing required one, a value
+        # of the wrong type or a stray positional word fails here
+        ctx = command.make_context(name, words[2:])
+        assert not ctx.args, line
+
+
+def test_device_defaults_to_auto_everywhere():
+    devices = _options("--device")
+    assert {"evaluate", "explain", "probe", "audit", "predict"} <= set(devices)
+    assert {name: p.default for name, p in devices.items()} == dict.fromkeys(devices, "auto")
+
+
+def test_one_seed_default():
+    from dermcam.stages.train import TrainConfig
+
+    seeds = {name: p.default for name, p in _options("--seed").items()}
+    assert seeds.pop("probe") is None  # probe's default is the run's own seed
+    assert {"synth", "train", "demo"} <= set(seeds)
+    assert set(seeds.values()) == {0} == {TrainConfig.__dataclass_fields__["seed"].default}
+
+
+def test_every_output_is_out_with_o():
+    outs = _options("--out")
+    assert set(outs) == {"synth", "train", "demo", "download", "report", "audit", "predict"}
+    for name, p in outs.items():
+        assert p.opts == ["--out", "-o"] and p.name == "out", name
+    assert outs["synth"].required and outs["download"].required
+    for name, cmd in GROUP.commands.items():  # no other spelling, no positional OUT
+        names = {o for p in cmd.params for o in p.opts}
+        assert not names & {"--to", "--output", "--dest", "out"}, name
+
+
+def test_artifact_labels_file_and_artifact_names_are_two_options():
+    labels = _options("--artifact-labels")
+    assert set(labels) == {"evaluate", "explain", "probe"}
+    for p in labels.values():
+        assert p.opts == ["--artifact-labels"] and p.name == "artifact_labels"
+    names = _options("--artifacts")
+    assert set(names) == {"probe"} and names["probe"].name == "artifacts"
+
+
+#: Options several commands share whose defaults differ on purpose, and why.
+DEFAULTS_DIFFER = {
+    "--out": "each command writes its own kind of output",
+    "--seed": "probe's default is the run's seed (checked above)",
+    "--overwrite": "re-running the demo replaces the earlier demo",
+    "--image-size": "the demo trains on small synthetic images",
+    "--epochs": "the demo is short",
+    "--batch-size": "each stage keeps a different number of tensors per image",
+    "--precision": "probe scores in float32, as evaluate does; training picks bf16 where native",
+    "--layer": "audit has no run, so no localisation benchmark to choose with",
+    "--method": "the demo's shortcut audit uses HiResCAM; audit defaults to the study's Grad-CAM",
+}
+
+
+def test_shared_options_share_their_default():
+    shared: dict[str, dict[str, object]] = {}
+    for name, cmd in GROUP.commands.items():
+        for p in cmd.params:
+            if p.param_type_name == "option":
+                shared.setdefault(p.opts[0], {})[name] = p.default
+    for flag, defaults in shared.items():
+        if len(defaults) > 1 and flag not in DEFAULTS_DIFFER:
+            assert len({repr(v) for v in defaults.values()}) == 1, (flag, defaults)

@@ -352,14 +352,14 @@ def test_cli_download(site, tmp_path, monkeypatch, capsys):
     from dermcam import cli
 
     dest = tmp_path / "isic"
-    monkeypatch.setattr(sys, "argv", ["dermcam", "-q", "download", "isic2016", "--to", str(dest),
+    monkeypatch.setattr(sys, "argv", ["dermcam", "-q", "download", "isic2016", "--out", str(dest),
                                       "--base-url", site.url, "--retries", "0"])
     with pytest.raises(SystemExit) as e:
         cli.main()
     out, err = capsys.readouterr()
     assert e.value.code in (0, None), err
     assert "differ" in out and "not verified" in out
-    monkeypatch.setattr(sys, "argv", ["dermcam", "download", "isic2016", "--to",
+    monkeypatch.setattr(sys, "argv", ["dermcam", "download", "isic2016", "--out",
                                       str(tmp_path / "x"), "--base-url", site.url + "nope/",
                                       "--retries", "0"])
     with pytest.raises(SystemExit) as e:

@@ -238,7 +238,7 @@ def test_external_artifact_labels_give_per_artifact_subgroups(ext_run, monkeypat
     before = json.loads((run / "manifest.json").read_text())
     code, out, err = invoke_cli(monkeypatch, capsys, "evaluate", run, "--data", other, "--name",
                              "isic_art", "--n-boot", "30", "--min-group", "3",
-                             "--artifacts", labels)
+                             "--artifact-labels", labels)
     assert code == 0, err
     assert "artifact labels from isic_bias.csv: 14 of 16 images" in out  # 2: training
     m = json.loads((run / "external" / "isic_art" / "metrics.json").read_text())
@@ -270,12 +270,12 @@ def test_bad_artifact_labels_leave_the_manifest_unchanged(ext_run, monkeypatch, 
     before = (run / "manifest.json").read_bytes()
     for args, want in (
             # the run's own images: they label none of the external set
-            (["--data", other, "--artifacts", _bias_csv(tmp_path / "own.csv", own_ids)],
+            (["--data", other, "--artifact-labels", _bias_csv(tmp_path / "own.csv", own_ids)],
              "none of the 40 image ids"),
-            (["--data", other, "--artifacts", bad], "hair is 'yes', expected 0 or 1"),
-            (["--artifacts", bad], "hair is 'yes', expected 0 or 1"),
+            (["--data", other, "--artifact-labels", bad], "hair is 'yes', expected 0 or 1"),
+            (["--artifact-labels", bad], "hair is 'yes', expected 0 or 1"),
             # internal: the labels fit, another check fails: nothing recorded either
-            (["--artifacts", _bias_csv(tmp_path / "own2.csv", own_ids), "--by", "colour"],
+            (["--artifact-labels", _bias_csv(tmp_path / "own2.csv", own_ids), "--by", "colour"],
              "--by colour: no such column")):
         code, _, err = invoke_cli(monkeypatch, capsys, "evaluate", run, "--name", "isic_bad",
                                *args)

@@ -175,15 +175,16 @@ def test_cli_and_report_show_the_subgroups(audited, monkeypatch, capsys):
                              "--layer", "layer2", "--no-sanity", "--n-boot", "50", "--by",
                              "site", "--min-group", "5")
     assert code == 0, err
-    assert "attention, resnet18/gradcam, by site" in out and "Kruskal-Wallis" in out
+    log = (run / "dermcam.log").read_text()  # the detail, as --verbose prints it
+    assert "attention, ResNet18 gradcam, by site" in log and "Kruskal-Wallis" in log
     page = render(run)
-    s = page[page.index('<section id="attention">'):]
-    s = s[:s.index("</section>")]
-    assert "By subgroup" in s and "by site" in s and "Kruskal-Wallis across site" in s
-    p = page[page.index('<section id="probe">'):]
-    p = p[:p.index("</section>")]
-    assert "Removal probes by artifact presence" in p and "ruler" in p
-    assert "by site" in p and "flip rate" in p
+    s = page[page.index('<details class="sec" id="attention">'):]
+    s = s[:s.index('<details class="sec" id="probe">')]
+    assert "by site" in s and "Kruskal-Wallis across site" in s
+    p = page[page.index('<details class="sec" id="probe">'):]
+    p = p[:p.index('<details class="sec"', 10)]
+    assert "Removal probes with | without each labelled artifact" in p and "ruler" in p
+    assert "by site" in p
 
 
 
@@ -200,7 +201,8 @@ def test_explain_and_probe_on_an_external_set(audited, monkeypatch, capsys):
                              "--target", "predicted")
     assert code == 0, err
     folder = run / "external" / "isic_masked"
-    assert f"wrote {folder}/attention.csv" in out and "external set isic_masked" in out
+    assert f"wrote {folder.resolve()}/attention_summary.json" in out
+    assert "external set isic_masked" in out
     att = pd.read_csv(folder / "attention.csv")
     assert sorted(att["image_id"]) == [f"ISIC_00001{i:02d}" for i in range(12)]
     manifest = json.loads((run / "manifest.json").read_text())
@@ -221,7 +223,7 @@ def test_explain_and_probe_on_an_external_set(audited, monkeypatch, capsys):
     code, out, err = invoke_cli(monkeypatch, capsys, "probe", run, "--data", other, "--probes",
                              "lesion_removed,background_removed", "--n-boot", "50")
     assert code == 0, err
-    assert f"wrote {folder}/probe.csv" in out
+    assert f"wrote {folder.resolve()}/probe_summary.json" in out
     df = pr.read_rows(folder / pr.PROBE_CSV)
     assert len(df) == 12 * 2 and (df["threshold"] == thr).all()
     obj = pr.read_summary_object(folder)
@@ -232,10 +234,10 @@ def test_explain_and_probe_on_an_external_set(audited, monkeypatch, capsys):
     assert manifest["stages"]["external:isic_masked/probe"]["status"] == "complete"
     assert manifest["stages"]["probe"]["by"] == ["site"]  # the internal probe's, unchanged
     page = render(run)
-    ext = page[page.index('<section id="external">'):]
-    ext = ext[:ext.index("</section>")]
-    assert "Attention and probes on isic_masked" in ext and "internal test" in ext
-    assert "lesion removed" in ext and 'class="missing"' not in ext
+    ext = page[page.index('<details class="sec" id="external">'):]
+    ext = ext[:ext.index('<details class="sec"', 10)]
+    assert "isic_masked: Probes" in ext and "isic_masked: Leakage by class" in ext
+    assert "lesion removed" in ext
 
 
 def test_bad_input_is_one_line(audited, monkeypatch, capsys):

@@ -186,16 +186,14 @@ def test_fmt_seconds():
     assert fmt_seconds(3725.5) == "62.1 min (3726 s)"
 
 
-def test_report_and_evaluation_use_the_shared_formatters():
+def test_views_and_evaluation_use_the_shared_formatters():
     from dermcam import evaluation as ev
-    from dermcam.report import html
+    from dermcam import views
 
-    assert html.fmt_num is fmt_num and html.fmt_p is fmt_p and html.fmt_seconds is fmt_seconds
-    assert html.fmt_ci({"value": 0.5, "lo": 0.25, "hi": 0.75}) == \
-        '0.500 <span class="ci">[0.250, 0.750]</span>'
-    assert html.fmt_ci({"mean": 0.5, "ci_low": 0.25, "ci_high": None}, value_key="mean",
-                       lo_key="ci_low", hi_key="ci_high") == "0.500"
-    assert html.fmt_ci([0.5, 0.25, 0.75]) == "n/a"
+    assert views.fmt_num is fmt_num and views.fmt_seconds is fmt_seconds
+    assert views.ci_cell(0.5, 0.25, 0.75) == "0.50 [0.25, 0.75]"
+    assert views.ci_cell(0.5, None, 0.75, 3) == "0.500 [-, 0.750]"
+    assert views.ci_cell(-0.25, -0.5, 0.0, 3, sign=True) == "-0.250 [-0.500, +0.000]"
     assert ev._fmt_p(0.0234) == "p = 0.023" and ev._fmt_p(NAN) == "p undefined"
     assert ev._fmt_num(-0.25) == "\u22120.250"
     assert ev._cell({"value": -0.1, "lo": -0.2, "hi": 0.05}) == \

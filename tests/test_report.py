@@ -1,4 +1,4 @@
-"""Tests for dermcam.report: a self-contained, escaped, honest HTML page from a run folder.
+"""Tests for dermcam.report: a self-contained, escaped page that answers on its first screen.
 
 One tiny real run (synthetic data, ResNet18 from scratch, one epoch, 64 px: at 32 px
 ResNet18's layer4 is 1x1 and every heatmap is constant, hence undefined) is built
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import io
 import json
 import os
@@ -27,10 +26,11 @@ from PIL import Image
 from dermcam.errors import DermcamError
 from dermcam.report import build_report
 from dermcam.report import gallery as gal
-from dermcam.report.html import fmt_ci, fmt_num
+from dermcam.views import SECTIONS, run_sections
 
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_ID = '"><img src=x onerror=alert(2)>'
+SCREEN = 900  # px, the height of one screen at 1400 x 900
 
 
 # ----------------------------------------------------------------- fixtures
@@ -67,194 +67,130 @@ def page(run_dir) -> str:
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "run"
-    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("report.html"))
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("report.html", "findings.json"))
     return dst
 
 
-class _Tables(HTMLParser):
-    """Every <table> as a list of rows of cell text (whitespace collapsed)."""
+class _Page(HTMLParser):
+    """The page's tables (caption, rows of cell text), finding lines (status, text) and
+    the ids of its sections and details, in order; text unescaped, whitespace collapsed."""
 
     def __init__(self):
         super().__init__()
-        self.tables: list[list[list[str]]] = []
-        self._cell: list[str] | None = None
+        self.tables: list[tuple[str, list[list[str]]]] = []
+        self.lines: list[tuple[str, str]] = []
+        self.ids: list[tuple[str, str, bool]] = []  # (tag, id, open)
+        self._text: list[str] | None = None
+        self._into = ""
 
     def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("section", "details") and "id" in a:
+            self.ids.append((tag, a["id"], "open" in a))
         if tag == "table":
-            self.tables.append([])
-        elif tag == "tr" and self.tables:
-            self.tables[-1].append([])
-        elif tag in ("td", "th"):
-            self._cell = []
-        elif tag == "br" and self._cell is not None:
-            self._cell.append(" ")
+            self.tables.append(("", []))
+        elif tag == "tr":
+            self.tables[-1][1].append([])
+        elif tag in ("td", "th", "caption") or (tag == "li" and "data-status" in a):
+            self._text, self._into = [], a.get("data-status", tag)
 
     def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self.tables[-1][-1].append(" ".join("".join(self._cell).split()))
-            self._cell = None
+        if self._text is None or tag not in ("td", "th", "caption", "li"):
+            return
+        text = " ".join("".join(self._text).split())
+        if tag == "caption":
+            self.tables[-1] = (text, self.tables[-1][1])
+        elif tag == "li":
+            self.lines.append((self._into, text))
+        else:
+            self.tables[-1][1][-1].append(text)
+        self._text = None
 
     def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
+        if self._text is not None:
+            self._text.append(data)
 
 
-def _tables(page: str) -> list[list[list[str]]]:
-    p = _Tables()
-    p.feed(page)
-    return p.tables
+def _parse(text: str) -> _Page:
+    p = _Page()
+    p.feed(text)
+    return p
 
 
-def _table_with(page: str, *headers: str) -> list[list[str]]:
-    for t in _tables(page):
-        if t and all(h in t[0] for h in headers):
-            return t
-    raise AssertionError(f"no table with headers {headers}")
+def _block(text: str, sid: str) -> str:
+    """The ``<section>`` or ``<details>`` with id ``sid``."""
+    m = re.search(rf'<(section|details)[^>]* id="{sid}"', text)
+    assert m, sid
+    depth, tags = 0, re.compile(rf"<(/?){m.group(1)}\b")
+    for t in tags.finditer(text, m.start()):
+        depth += -1 if t.group(1) else 1
+        if depth == 0:
+            return text[m.start():t.start()]
+    raise AssertionError(f"{sid} is not closed")
 
 
-def _section(page: str, sid: str) -> str:
-    start = page.index(f'<section id="{sid}">')
-    return page[start:page.index("</section>", start)]
+def _png(path: Path, size=(60, 20)) -> None:
+    Image.new("RGB", size, (200, 30, 30)).save(path)
 
 
-def _ci_text(d: dict, value="value", lo="lo", hi="hi") -> str:
-    return f"{d[value]:.3f} [{d[lo]:.3f}, {d[hi]:.3f}]"
+# ----------------------------------------------------------------- the first screen
 
 
-# ----------------------------------------------------------------- content
+def test_findings_come_first(page):
+    p = _parse(page)
+    assert p.ids[0] == ("section", "findings", False)
+    assert page.index('<section id="findings">') < min(
+        page.index(f'id="{i}"') for _, i, _ in p.ids[1:])
+    # the header cites the reference study once, with its numbers
+    assert page.count("61.4 % for benign vs 46.7 % for malignant") == 1
 
 
-def test_all_sections_present(page):
-    for sid, title in (("summary", "1. Summary"), ("comparison", "2. Model comparison"),
-                       ("attention", "3. Attention"), ("gallery", "4. Gallery"),
-                       ("notes", "5. Method notes")):
-        assert f'<section id="{sid}"><h2>{title}</h2>' in page
-        assert f'href="#{sid}"' in page
-    # a complete run has no missing pieces
-    assert 'class="missing"' not in page
+def test_every_finding_appears_with_its_status(page, run_dir):
+    saved = json.loads((run_dir / "findings.json").read_text())  # written with the report
+    lines = _parse(_block(page, "findings")).lines
+    assert saved["findings"]
+    for f in saved["findings"]:
+        hits = [s for s, text in lines if f["sentence"] in text and f["topic"] in text]
+        assert hits == [f["status"]], f
+    # one card per model, by its display name; ok topics fold into one "fine:" line
+    names = saved["display_names"]
+    for model in {f["model"] for f in saved["findings"]}:
+        assert f"<h3>{names[model]}<span" in page
+    ok = [f["topic"] for f in saved["findings"] if f["status"] == "ok"]
+    if ok:
+        assert f"fine: {', '.join(ok)}</summary>" in page
 
 
-def test_probe_section_shows_every_entry_and_its_sentence(page, run_dir):
-    from dermcam.stages.probe import CAVEAT, sentences
-
-    entries = json.loads((run_dir / "probe_summary.json").read_text())["entries"]
-    s = _section(page, "probe")
-    assert 'href="#probe"' in page
-    for line in sentences(entries, {"resnet18": "ResNet18"}):
-        assert html.escape(line, quote=True) in s
-    assert html.escape(CAVEAT) in s
-    table = _table_with(s, "Probe", "Images", "Δ P(malignant) [95 % CI]")
-    assert len(table) - 1 == len(entries)  # one row per model x probe [x artifact]
-    les = next(e for e in entries if e["probe"] == "lesion_removed")
-    row = next(r for r in table if r[0] == "lesion removed")
-    assert row[1] == str(les["n"])
-    assert row[2] == f"{les['delta_mean']:.3f} [{les['delta_ci_low']:.3f}, " \
-                     f"{les['delta_ci_high']:.3f}]"
-    assert s.count('<img src="data:image/png;base64,') == 3  # the three probe figures
-    assert 'class="missing"' not in s
+def test_examples_picture_on_the_first_screen(page):
+    f = _block(page, "findings")
+    if getattr(gal, "examples_png", None) is not None:
+        assert '<figure class="wide"><img src="data:image/png;base64,' in f
 
 
-def test_probe_split_by_the_synthetic_benchmarks_artifact_flags(page, run_dir):
-    """Without a label file, the benchmark's metadata.csv flags split the removal probes."""
-    import pandas as pd
-
-    summary = json.loads((run_dir / "probe_summary.json").read_text())
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    meta = pd.read_csv(Path(manifest["data"]["root"]) / "metadata.csv", dtype={"image_id": str})
-    probed = set(pd.read_csv(run_dir / "probe.csv", dtype={"image_id": str})["image_id"])
-    meta = meta[meta["image_id"].isin(probed)].set_index("image_id")
-    rows = summary["artifact_presence"]
-    assert {r["artifact"] for r in rows} == {"ruler", "ink", "patch", "vignette", "hair"}
-    for r in rows:
-        flag = meta[f"artifact_{r['artifact']}"]
-        assert r["with"]["n"] == int((flag == 1).sum())
-        assert r["without"]["n"] == int((flag == 0).sum())
-        assert r["with"]["n_malignant"] == int(meta.loc[flag == 1, "label"].sum())
-    s = _section(page, "probe")
-    table = _table_with(s, "Artifact", "Δ with", "AUC without")
-    assert len(table) - 1 == len(rows)
+def test_every_views_table_is_shown_cell_for_cell(page, run_dir):
+    shown = _parse(page).tables
+    tables = [t for ts in run_sections(run_dir).values() for t in ts]
+    assert len(tables) >= 4
+    for t in tables:
+        assert (t.title, [t.columns, *t.rows]) in shown, t.title
 
 
-def test_summary_states_data_weights_seed_and_versions(page, run_dir):
-    m = json.loads((run_dir / "manifest.json").read_text())
-    s = _section(page, "summary")
-    counts = _table_with(s, "Split", "Benign", "Malignant")
-    test_row = next(r for r in counts if r[0] == "test")
-    c = m["data"]["counts"]["test"]
-    assert test_row[1:4] == [str(c["benign"]), str(c["malignant"]),
-                             str(c["benign"] + c["malignant"])]
-    assert "trained from scratch (random initialisation)" in s
-    assert "ImageNet transfer learning was used" in s  # "no ImageNet transfer learning was used"
-    kv = {r[0]: r[1] for r in _tables(s)[0]}
-    assert kv["Seed"] == str(m["seed"])
-    assert kv["Image size"].startswith("64 × 64")
-    assert kv["Lesion masks"] == "present"
-    assert f"dermcam {m['versions']['dermcam']}, torch {m['versions']['torch']}" in s
-    stages = _table_with(s, "Stage", "Status", "Wall time")
-    assert [r[1] for r in stages[1:]] == ["complete"] * 4
-
-
-def test_numbers_match_metrics_json(page, run_dir):
-    res = json.loads((run_dir / "metrics.json").read_text())
-    table = _table_with(page, "Model", "Accuracy", "Benign F1", "ROC AUC", "Average precision")
-    head = table[0]
-    b = res["models"]["resnet18"]
-    row = next(r for r in table if r[0] == "ResNet18")
-    assert row[head.index("Accuracy")] == _ci_text(b["at_threshold"]["accuracy"])
-    assert row[head.index("Malignant F1")] == _ci_text(b["at_threshold"]["f1_malignant"])
-    assert row[head.index("ROC AUC")] == _ci_text(b["threshold_free"]["roc_auc"])
-    assert row[head.index("Threshold")] == f"{b['threshold']:.3f}"
-    base = next(r for r in table if r[0] == "All benign (baseline)")
-    assert base[head.index("Accuracy")] == _ci_text(res["baselines"]["all_benign"]["accuracy"])
-    assert f"average precision {res['baselines']['chance_average_precision']:.3f}" in page
-    tn, fp = b["confusion_matrix"][0]
-    fn, tp = b["confusion_matrix"][1]
-    assert f"TN {tn}, FP {fp}, FN {fn}, TP {tp}" in page
-
-
-def test_attention_table_matches_summary(page, run_dir):
-    s = json.loads((run_dir / "attention_summary.json").read_text())
-    table = _table_with(page, "Model", "Method", "Class", "Excess leakage ↓ chance 0")
-    head = table[0]
-    checked = 0
-    for rec in s["by_class"]:
-        if rec["metric"] not in ("leakage", "excess_leakage") or rec["mean"] is None:
-            continue
-        checked += 1
-        cls = "malignant" if rec["label"] == 1 else "benign"
-        row = next(r for r in table[1:] if r[2] == cls and r[1] == rec["method"])
-        col = next(i for i, h in enumerate(head)
-                   if h.split(" ↓")[0].lower() == rec["metric"].replace("_", " "))
-        assert row[col].startswith(f"{rec['mean']:.3f}")
-    assert checked >= 2
-    att = _section(page, "attention")
-    for key, t in s["tests"].items():
-        assert key in att
-        summ = t["size_confound"].get("summary")
-        if summ:
-            assert html.escape(summ) in att
-    assert "Sanity check" in att and "Undefined scores" in att
-
-
-def test_gallery_cards_and_filter(page, run_dir):
-    g = _section(page, "gallery")
-    att = pd.read_csv(run_dir / "attention.csv", dtype={"image_id": str})
-    valid = att[np.isfinite(att["excess_leakage"])]
-    missed = att[(att["label"] == 1) & (att["pred"] == 0)]
-    expected = set(valid.nlargest(3, "excess_leakage")["image_id"]) | \
-        set(valid.nsmallest(3, "excess_leakage")["image_id"]) | set(missed["image_id"][:12])
-    cards = re.findall(r'<figure class="card" data-model="resnet18" data-method="gradcam" '
-                       r'data-cls="(benign|malignant)" data-kind="([a-z ]+)">', g)
-    assert len(cards) == len(expected) > 0
-    for iid in expected:
-        assert f">{iid}</b>" in g
-    assert '<select class="filter" data-key="model">' in g
-    assert '<select class="filter" data-key="cls">' in g
-    # every strip is an embedded PNG
-    strips = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', g)
-    assert len(strips) == len(cards)
-    with Image.open(io.BytesIO(base64.b64decode(strips[0]))) as im:
-        assert im.format == "PNG" and im.size == (4 * gal.PANEL + 3 * 4, gal.PANEL)
+def test_details_are_folded_and_the_nav_has_no_stubs(page):
+    assert "<details" in page and not re.search(r"<details[^>]*\bopen\b", page)
+    p = _parse(page)
+    ids = [i for _, i, _ in p.ids]
+    anchors = [a for a, _ in SECTIONS]
+    assert [i for i in ids if i in anchors] == [a for a in anchors if a in ids]  # page order
+    assert {"comparison", "attention", "probe", "notes"} <= set(ids)
+    assert "shortcut" not in ids and "external" not in ids  # nothing to show: no section
+    nav = re.search(r"<nav>(.*?)</nav>", page, re.S).group(1)
+    assert re.findall(r'href="#([\w-]+)"', nav) == ids
+    # a section that has nothing is one "not run" line in the findings
+    assert "Not run: " in _block(page, "findings") and "--data OTHER" in page
+    # the run's metadata comes last, inside the method notes
+    notes = _block(page, "notes")
+    assert page.rindex("<details") == page.index('<details class="sec" id="notes">')
+    assert "Stages recorded in manifest.json" in notes and "Fingerprint" in notes
 
 
 # ----------------------------------------------------------------- self-contained, safe
@@ -293,41 +229,50 @@ def test_hostile_strings_are_escaped(run_dir, tmp_path):
 
     text = build_report(run).read_text(encoding="utf-8")
     assert HOSTILE not in text and HOSTILE_ID not in text
-    assert "onerror=alert(2)>" not in text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    assert "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in text
-    assert text.count("<script") == 1
-    g = _section(text, "gallery")
-    # the renamed image has no saved heatmap: shown as missing, not faked
-    assert "missing:</b> saved heatmap for &quot;&gt;&lt;img" in g
-    assert "images and masks: the data set at" in g
+    assert "onerror=alert(2)>" not in text and text.count("<script") == 1
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<title>dermcam report: {escaped}</title>" in text
+    assert f"<h3>{escaped}<span" in _block(text, "findings")  # the model's card
+    assert escaped in _block(text, "training")  # and its table rows
+    assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in _block(text, "gallery")
+    # the renamed image has no saved heatmap: said, not faked
+    assert "no saved heatmap for &#34;&gt;&lt;img" in text
 
 
-def test_missing_attention_is_shown_not_hidden(run_dir, tmp_path):
+def test_missing_stages_are_not_run_findings_and_no_sections(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path)
-    (run / "attention.csv").unlink()
-    (run / "attention_summary.json").unlink()
+    for f in ("attention.csv", "attention_summary.json", "probe_summary.json", "probe.csv",
+              "metrics.json"):
+        (run / f).unlink()
     m = json.loads((run / "manifest.json").read_text())
-    del m["stages"]["explain"]
+    for stage in ("evaluate", "explain", "probe"):
+        del m["stages"][stage]
     (run / "manifest.json").write_text(json.dumps(m))
     text = build_report(run).read_text(encoding="utf-8")
-    for sid in ("attention", "gallery"):
-        sec = _section(text, sid)
-        assert '<div class="missing" role="note"><b>missing:</b> attention' in sec
-        assert "the explain stage has not run" in sec
-    assert 'class="card"' not in text
-    # the other sections are unaffected
-    assert 'class="missing"' not in _section(text, "comparison")
+    saved = json.loads((run / "findings.json").read_text())["findings"]
+    assert {f["status"] for f in saved} == {"not_run"}
+    lines = _parse(_block(text, "findings")).lines
+    assert {s for s, _ in lines} == {"not_run"} and len(lines) == len(saved)
+    for sid, how in (("comparison", "dermcam evaluate"), ("attention", "dermcam explain"),
+                     ("probe", "dermcam probe")):
+        assert f'id="{sid}"' not in text and f'href="#{sid}"' not in text
+        assert how in _block(text, "findings")
+    assert 'id="gallery"' not in text and 'id="training"' in text
 
 
-def test_missing_evaluation_and_figure(run_dir, tmp_path):
+def test_shortcut_example_and_localisation_grid_are_embedded(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path)
-    (run / "metrics.json").unlink()
-    (run / "figures" / "leakage_vs_area.png").unlink()
+    _png(run / "figures" / "shortcut_example.png", (70, 20))
+    _png(run / "figures" / "localisation_grid.png", (50, 40))
     text = build_report(run).read_text(encoding="utf-8")
-    comp = _section(text, "comparison")
-    assert "missing:</b> metrics.json not found although the evaluate stage is recorded" in comp
-    assert "missing:</b> figures/leakage_vs_area.png not found" in _section(text, "attention")
+    uri = "data:image/png;base64," + base64.b64encode(
+        (run / "figures" / "shortcut_example.png").read_bytes()).decode()
+    assert uri in _block(text, "findings")
+    # the localisation table folds inside the localisation figure
+    att = _block(text, "attention")
+    fig = att[att.index("Localisation benchmark: CAM method"):]
+    fig = fig[:fig.index("</figure>")]
+    assert "<details><summary>Localisation benchmark on" in fig and "<table>" in fig
 
 
 def test_out_argument_and_not_a_run(run_dir, tmp_path):
@@ -339,16 +284,7 @@ def test_out_argument_and_not_a_run(run_dir, tmp_path):
         build_report(tmp_path / "sub")
 
 
-# ----------------------------------------------------------------- pure helpers
-
-
-def test_formatting():
-    assert fmt_num(None) == "n/a" and fmt_num(float("nan")) == "n/a"
-    assert fmt_num(0.81666) == "0.817"
-    assert fmt_ci({"value": 0.5, "lo": None, "hi": None}) == "0.500"
-    assert fmt_ci({"value": None, "lo": 0.1, "hi": 0.2}) == "n/a"
-    assert fmt_ci({"value": 0.5, "lo": 0.25, "hi": 0.75}) == \
-        '0.500 <span class="ci">[0.250, 0.750]</span>'
+# ----------------------------------------------------------------- gallery helpers
 
 
 def test_strip_known_answer():
@@ -365,8 +301,7 @@ def test_strip_known_answer():
     assert g > 150 and r < 60
     r, g, b = leak[0, 0]  # background, heatmap 0: grey, no red
     assert abs(r - g) < 12 and abs(g - b) < 12
-    # all-zero heatmap without image: one panel
-    png = gal.render_strip(np.zeros((s, s)), panel=s)
+    png = gal.render_strip(np.zeros((s, s)), panel=s)  # all-zero heatmap, no image: one panel
     with Image.open(io.BytesIO(png)) as im:
         assert im.size == (s, s)
     with pytest.raises(ValueError, match="cam must be"):
@@ -406,31 +341,40 @@ def test_renders_in_headless_chromium(page, run_dir, tmp_path):
         if _in_ci():  # CI must run this check: .ci/run installs chromium or fails
             pytest.fail(f"{missing}, and CI is set")
         pytest.skip(missing)
-    chromium = CHROMIUM
     shot = tmp_path / "shot.png"
     profile = tmp_path / "profile"
     profile.mkdir()
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,2000",
-           (run_dir / "report.html").resolve().as_uri()]
+           f"--user-data-dir={profile}", "--window-size=1400,900",
+           "--run-all-compositor-stages-before-draw", "--virtual-time-budget=2000",
+           f"--screenshot={shot}", (run_dir / "report.html").resolve().as_uri()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert shot.exists(), proc.stderr[-2000:]
     with Image.open(shot) as im:
         arr = np.asarray(im.convert("RGB"))
-    assert arr.shape[:2] == (2000, 1280)
+    assert arr.shape[:2] == (900, 1400)
     assert arr.std() > 10  # not a blank page
-    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 50  # text, tables and figures
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 50  # text, badges and a picture
 
-    # the gallery filter works: drive the selects from an extra script (a copy without the
-    # CSP, which would rightly block it) and read the DOM back
-    drive = ("<script>var c=document.querySelector('select[data-key=\"cls\"]');"
-             "c.value='malignant';c.onchange();</script></body>")
+    # a copy without the CSP (which would rightly block the extra script) measures the
+    # page with its details folded, then drives the gallery filter; read the DOM back
+    drive = ("<script>window.addEventListener('load',function(){var b=document.body;"
+             "b.setAttribute('data-height',document.documentElement.scrollHeight);"
+             "var c=document.querySelector('select[data-key=\"cls\"]');"
+             "if(c){c.value='malignant';c.onchange();}});</script></body>")
     probe = tmp_path / "probe.html"
     probe.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "",
                             page).replace("</body>", drive), encoding="utf-8")
-    cmd[-3:] = ["--dump-dom", probe.resolve().as_uri()]
+    # the page's own script runs under its CSP: a link to a section unfolds it
+    cmd[-2:] = ["--dump-dom", (run_dir / "report.html").resolve().as_uri() + "#probe"]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert re.search(r'<details class="sec" id="probe" open', dom)
+    assert not re.search(r'<details class="sec" id="attention" open', dom)
+    cmd[-1] = probe.resolve().as_uri()
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    height = int(re.search(r'data-height="(\d+)"', dom).group(1))
+    assert SCREEN <= height <= 12 * SCREEN
     cards = re.findall(r'<figure class="card"([^>]*)>', dom)
     visible = [c for c in cards if "hidden" not in c]
     n_malignant = len(re.findall(r'<figure class="card"[^>]*data-cls="malignant"', page))
@@ -438,131 +382,3 @@ def test_renders_in_headless_chromium(page, run_dir, tmp_path):
     assert len(visible) == n_malignant
     assert all('data-cls="malignant"' in c for c in visible)
     assert f'id="gallery-count">{n_malignant}<' in dom
-
-
-def _hand_summary(n: int = 90, seed: int = 0) -> dict:
-    """attention_summary.json of a hand-made table: one model, one method, clusters of 3,
-    heatmaps explaining both classes, an artifact flag."""
-    from dermcam.stages.explain import summarise_attention
-
-    rng = np.random.default_rng(seed)
-    lab = (np.arange(n) % 3 == 0).astype(int)
-    area = rng.uniform(0.05, 0.5, n)
-    leak = np.clip(1 - area - 0.2 + 0.05 * lab + rng.normal(0, 0.05, n), 0, 1)
-    leak[[1, 4]] = np.nan
-    att = pd.DataFrame({
-        "image_id": [f"i{i:03d}" for i in range(n)], "model": "m", "method": "gradcam",
-        "layer": "layer4", "label": lab, "prob_malignant": 0.5, "pred": lab, "correct": True,
-        "cam_target": np.where(rng.random(n) < 0.8, lab, 1 - lab), "leakage": leak,
-        "lesion_area": area, "chance_leakage": 1 - area, "excess_leakage": leak - (1 - area),
-        "pixel_auroc": np.where(np.isnan(leak), np.nan, rng.uniform(0.5, 0.9, n)),
-        "inside_score": 0.5, "outside_score": 0.2, "localisation_gain": 1.2,
-        "rank_accuracy": 0.3, "pointing_game": 0.5,
-        "reason": np.where(np.isnan(leak), "zero_heatmap", ""),
-        "group": [f"lesion{i // 3}" for i in range(n)],
-        "artifact_hair": (np.arange(n) < 30).astype(int)})
-    sanity = {"m/gradcam": {"passed": None, "threshold": 0.4, "summary": "inconclusive"}}
-    return summarise_attention(att, {"stages": {"explain": {"target": "predicted"}}}, sanity,
-                               n_boot=50, seed=0, cluster_name="lesion_id")
-
-
-def test_attention_tables_and_notes_show_what_the_statistics_claim(tmp_path):
-    from dermcam.io import MANIFEST, SCHEMA_VERSION, write_json
-    from dermcam.report.html import RunFiles, fmt_p, section_attention, section_notes
-
-    s = _hand_summary()
-    write_json(tmp_path / MANIFEST, {"schema_version": SCHEMA_VERSION, "config": {
-        "models": ["m"]}, "models": {}, "stages": {"explain": {"status": "complete",
-                                                               "target": "predicted"}}})
-    write_json(tmp_path / "attention_summary.json", s)
-    r = RunFiles(tmp_path)
-    att, notes = section_attention(r), section_notes(r)
-    t = s["tests"]["m/gradcam"]
-    # class comparisons: pooled and within each explained class, n (undefined), raw and BH p
-    table = _table_with(att, "Heatmaps compared", "n benign (undefined)",
-                        "Mann-Whitney p (raw)", "p adjusted (BH)")
-    for metric, res in t["class_comparison"].items():
-        comps = {"pooled over the explained class": res["pooled"],
-                 **{f"within heatmaps explaining {k}": c for k, c in res["by_target"].items()}}
-        assert len(comps) == 3
-        for what, c in comps.items():
-            row = next(x for x in table[1:] if x[1] == metric and x[2] == what)
-            assert row[5] == f"{c['n_benign']} ({c['n_nan_benign']})"
-            assert row[6] == f"{c['n_malignant']} ({c['n_nan_malignant']})"
-            assert (row[7], row[8]) == (fmt_p(c["p_value"]), fmt_p(c["p_adjusted"]))
-            assert row[10] == ("differ" if c["p_adjusted"] < 0.05 else "inconclusive")
-    assert any(x[5].endswith("(2)") for x in table[1:])  # the two undefined benign maps
-    # the size confound for all three metrics, raw and adjusted p, TOST both ways
-    conf = _table_with(att, "Gap after area [95 % CI]", "p adjusted (BH)",
-                       "TOST p adjusted (BH)", "Verdict")
-    for metric, sc in t["size_confounds"].items():
-        row = next(x for x in conf[1:] if x[1] == metric)
-        assert row[4:8] == [fmt_p(sc["class_p_adjusted"]), fmt_p(sc["p_adjusted"]),
-                            fmt_p(sc["equivalence"]["p"]),
-                            fmt_p(sc["equivalence"]["p_adjusted"])]
-        assert row[8] == sc["verdict"]
-        assert html.escape(sc["summary"]) in att
-    # artifact presence with CIs and both p-values
-    pres = _table_with(att, "Artifact", "With", "Without", "p adjusted (BH)")
-    assert {x[2] for x in pres[1:]} == {"leakage", "excess_leakage", "pixel_auroc"}
-    # method notes: the correlations, the guard, the sanity rule as implemented, per image
-    for phrase in ("Spearman rank correlation", "Pearson", "Uniform-attention guard",
-                   "95 % bootstrap CI of the median |rho| lies below the threshold (0.4)",
-                   "fails when the median itself is at or above it",
-                   "artifact-presence comparisons", "decided on the adjusted p-values",
-                   "Still per image, treating images of one lesion as independent: "
-                   + "; ".join(s["per_image"])):
-        assert html.escape(phrase) in notes, phrase
-
-
-def test_comparison_column_titles_come_from_the_metric_label_registry(page):
-    from dermcam.formatting import metric_label
-    from dermcam.report.html import MAIN_COLUMNS, SECOND_COLUMNS
-
-    main = _table_with(page, "Model", "Threshold", "Benign F1")
-    assert main[0][2:] == [metric_label(k) for _, k, _ in MAIN_COLUMNS] == [
-        "Accuracy", "Balanced accuracy", "Benign F1", "Malignant F1", "Sensitivity",
-        "Specificity", "ROC AUC", "Average precision"]
-    second = _table_with(page, "Model", "Accuracy @0.5")
-    assert second[0][1:] == [t for _, _, t in SECOND_COLUMNS] == [
-        "Accuracy @0.5", "Balanced acc. @0.5", "Benign F1 @0.5", "Malignant F1 @0.5",
-        "Sensitivity @0.5", "Specificity @0.5", "Specificity at 95 % sensitivity",
-        "ECE (lower is better)"]
-    calib = _table_with(page, "Model", "T", "b", "ECE before")
-    assert calib[0][3:] == ["ECE before", "ECE after", "ECE change", "Brier before",
-                            "Brier after", "Brier change"]
-
-
-def test_attention_helpers_by_hand():
-    """The pieces section_attention is built from, on hand-made summaries."""
-    from types import SimpleNamespace
-
-    from dermcam.report import html as H
-
-    r = SimpleNamespace(display=lambda name: name.upper())
-    guard = {"better_than_uniform": False, "sentence": "no better than uniform <b>"}
-    tests = {"m/gradcam": {"uniform_guard": guard, "sanity": None,
-                           "size_confound": {"summary": "explained by size"},
-                           "artifacts": {"error": "no artifact maps"}}}
-    comp = H._class_comparison_html(tests)
-    assert comp[0] == "<h3>Benign vs malignant</h3>" and 'class="missing"' in comp[1]
-    assert comp[2] == ('<p class="caution"><b>m/gradcam:</b> no better than uniform '
-                       "&lt;b&gt;</p>")
-    conf = H._confound_html(r, tests)
-    assert conf == ["<h3>Lesion-area confound</h3>",
-                    '<ul class="sentences"><li><b>M</b> <span class="note">m/gradcam</span>: '
-                    "no better than uniform &lt;b&gt;</li><li><b>M</b> <span class=\"note\">"
-                    'm/gradcam, leakage</span>: explained by size</li></ul>']
-    assert H._sanity_section(tests)[1] == (
-        '<ul class="sentences"><li><b>m/gradcam</b>: <span class="undetermined">not run'
-        "</span></li></ul>")
-    assert 'class="missing"' in H._sanity_section({})[1]
-    assert H._artifact_mass_rows(tests) == [["m/gradcam", "", "", "", "", "no artifact maps"]]
-    art = H._artifacts_html({}, r, {})
-    assert art[:2] == ["<h3>Attention on artifacts</h3>", ""]
-    assert "artifact attention is not known" in art[2] and len(art) == 3
-    size = H._size_aware_html({"by_class": []}, r, [])
-    assert 'class="missing"' in size[1] and len(size) == 2
-    head = H._size_aware_head({"leakage": {"higher_is_better": False, "chance": 0.5}})
-    assert head[4] == 'Leakage<br><span class="note">↓ chance 0.5</span>'
-    assert head[5] == "Chance leakage"

@@ -54,38 +54,29 @@ def test_external_sets_of_a_run_without_stages(tmp_path):
         assert external_sets(run) == [] and external_audits(run) == {}
 
 
-def test_run_files_read_the_manifest_through_run(tmp_path):
-    from dermcam.report.html import RunFiles
-
-    r = RunFiles(_run_folder(tmp_path))
-    assert isinstance(r.run, runmod.Run) and r.run.dir == tmp_path
-    assert not hasattr(r, "manifest")
-    assert r.names == ["b", "a", "c"]  # configured order, then recorded models
-    assert [r.display(n) for n in r.names] == ["b", "Model A", "c"]
-    assert r.stages == r.run.stages and r.stage_status("external:beta") == "failed"
-    assert "no lesion masks" in r.absent_reason("attention.csv", "explain")
-    assert "has not run" in r.absent_reason("metrics.json", "evaluate")
-
-
 def test_report_of_a_sparse_manifest_renders(tmp_path):
     from dermcam.report.html import render
 
-    # no config, models, data or stages recorded: every section says what is missing
-    write_json(tmp_path / MANIFEST, {"schema_version": SCHEMA_VERSION})
+    # no models, data or stages recorded: the page says so, and findings.json is written
+    write_json(tmp_path / MANIFEST, {"schema_version": SCHEMA_VERSION,
+                                     "config": {"models": []}})
     page = render(tmp_path)
-    assert "unnamed data set · no models" in page
-    assert "no trained models are recorded in manifest.json" in page
-    row = re.search(r"<th>Seed</th><td>(.*?)</td>", page)
-    assert row and row.group(1) == "not recorded"
+    assert "dermcam report: unnamed data set" in page and "Models: none trained" in page
+    assert "No model has been trained in this run." in page
+    assert "<dt>Seed</dt><dd>not recorded</dd>" in page
+    assert (tmp_path / "findings.json").is_file()
 
 
-def test_report_header_and_external_section_from_the_run(tmp_path):
+def test_report_header_and_metadata_from_the_run(tmp_path):
     from dermcam.report.html import render
 
     page = render(_run_folder(tmp_path, seed=5, status="trained"))
-    assert "toy set · b, Model A, c" in page
-    assert re.search(r"<th>Seed</th><td>5</td>", page)
-    assert re.search(r"<th>Run status</th><td>trained</td>", page)
-    # external sets and audits come from the run's stages
-    assert "external set beta: the stage is &#x27;failed&#x27; (boom)" in page
-    assert "Attention and probes on alpha" in page and "Attention and probes on gamma" in page
+    assert "dermcam report: toy set" in page
+    assert "Models: b, Model A, c" in page  # configured order, then recorded models
+    assert "<dt>Seed</dt><dd>5</dd>" in page
+    assert re.search(r"<dt>Run</dt><dd>trained;", page)
+    assert "<dt>Lesion masks</dt><dd>absent</dd>" in page
+    # the stages the manifest records, failed ones with their status
+    assert "<td>external:beta</td><td>failed</td>" in page
+    # Model A's card: every finding not run (nothing but training recorded)
+    assert "<h3>Model A<span" in page and 'data-status="ok"' not in page

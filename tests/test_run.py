@@ -134,7 +134,7 @@ def test_no_module_but_run_spells_a_run_folder_file_name():
     names = [getattr(runmod, k) for k in (
         "PREDICTIONS", "METRICS", "METRICS_CSV", "ATTENTION", "ATTENTION_SUMMARY",
         "LOCALISATION", "PROBE_CSV", "PROBE_SUMMARY", "REPORT", "MODEL_FILE", "HISTORY_FILE",
-        "SHORTCUT_EXPERIMENT")]
+        "SHORTCUT_EXPERIMENT", "FINDINGS", "LOG")]
     pattern = re.compile(r"[\"'](" + "|".join(re.escape(n) for n in names) + r")[\"']")
     src = Path(runmod.__file__).parent
     found = [f"{p.relative_to(src)}:{i}"

@@ -120,14 +120,14 @@ def _stage(run: Path, stage: str) -> str | None:
 
 def test_synth_unknown_preset(monkeypatch, capsys, tmp_path):
     out = tmp_path / "s"
-    refused(monkeypatch, capsys, ["synth", out, "--preset", "nope"], None,
+    refused(monkeypatch, capsys, ["synth", "--out", out, "--preset", "nope"], None,
             "unknown preset 'nope'")
     assert not out.exists()
 
 
 def test_synth_prevalence_out_of_range(monkeypatch, capsys, tmp_path):
     out = tmp_path / "s"
-    refused(monkeypatch, capsys, ["synth", out, "--prevalence", "1.5"], None, "prevalence")
+    refused(monkeypatch, capsys, ["synth", "--out", out, "--prevalence", "1.5"], None, "prevalence")
     assert not out.exists()
 
 
@@ -135,7 +135,7 @@ def test_synth_into_a_folder_holding_files(monkeypatch, capsys, tmp_path):
     out = tmp_path / "s"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    refused(monkeypatch, capsys, ["synth", out], out, "folder is not empty")
+    refused(monkeypatch, capsys, ["synth", "--out", out], out, "folder is not empty")
     assert (out / "mine.txt").read_text() == "keep me" and not (out / "synth.json").exists()
 
 
@@ -143,7 +143,7 @@ def test_synth_overwrite_refuses_a_folder_it_did_not_write(monkeypatch, capsys, 
     out = tmp_path / "s"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    refused(monkeypatch, capsys, ["synth", out, "--overwrite"], out, "no synth.json")
+    refused(monkeypatch, capsys, ["synth", "--out", out, "--overwrite"], out, "no synth.json")
     assert (out / "mine.txt").read_text() == "keep me"
 
 
@@ -504,7 +504,7 @@ def test_failed_rerun_leaves_no_complete_predictions(trained, monkeypatch, capsy
 
 
 def test_download_unsupported_data_set(monkeypatch, capsys, tmp_path):
-    refused(monkeypatch, capsys, ["download", "ham10000", "--to", tmp_path / "d"], None,
+    refused(monkeypatch, capsys, ["download", "ham10000", "--out", tmp_path / "d"], None,
             "cannot download 'ham10000': only isic2016")
     assert not (tmp_path / "d").exists()
 
@@ -513,7 +513,7 @@ def test_download_from_a_mirror_missing_the_files(monkeypatch, capsys, tmp_path)
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     to = tmp_path / "d"
-    code, out, err = run_cli(monkeypatch, capsys, "download", "isic2016", "--to", to,
+    code, out, err = run_cli(monkeypatch, capsys, "download", "isic2016", "--out", to,
                              "--base-url", mirror.as_uri(), "--retries", "0")
     lines = err.splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in out + err

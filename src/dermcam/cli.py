@@ -22,7 +22,6 @@ from rich.text import Text
 from dermcam import run as runmod
 from dermcam.device import PRECISION_HELP
 from dermcam.errors import DermcamError
-from dermcam.formatting import fmt_ci, fmt_num, fmt_pct, is_number, metric_label
 from dermcam.logs import quiet_libraries
 from dermcam.models import DEFAULT_MODELS
 
@@ -59,11 +58,46 @@ def _paragraphs(doc: str | None) -> str | None:
                        for p in paragraphs)
 
 
+#: The order ``dermcam --help`` lists the commands in: the order a study runs them.
+PIPELINE = ("demo", "download", "synth", "info", "models", "train", "evaluate", "explain",
+            "probe", "report", "audit", "predict")
+
+
+def _bare_flags(params: list) -> list:
+    """``params`` with no type placeholder on flags: typer's rich help prints one after every
+    option (``--overwrite <bool>``), though a flag takes no value. An empty metavar is the
+    placeholder it then prints."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose help shows flags bare (:func:`_bare_flags`)."""
+
+    def get_params(self, ctx):
+        return _bare_flags(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    """The top-level group: flags shown bare, commands listed in :data:`PIPELINE` order
+    (any other command after them, in the order it was added)."""
+
+    def get_params(self, ctx):
+        return _bare_flags(super().get_params(ctx))
+
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: PIPELINE.index(n) if n in PIPELINE else len(PIPELINE))
+
+
 class _App(typer.Typer):
     """A Typer app whose commands' docstrings are rewrapped by the help formatter."""
 
     def command(self, name: str | None = None, **kwargs):
         register = super().command
+        kwargs.setdefault("cls", _Command)
 
         def decorator(f):
             if kwargs.get("help") is None:
@@ -74,8 +108,8 @@ class _App(typer.Typer):
 
 
 app = _App(
-    name="dermcam", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
+    name="dermcam", cls=_Group, no_args_is_help=True, add_completion=False,
+    rich_markup_mode="rich", pretty_exceptions_enable=False,
     help="Train, compare and audit dermoscopy classifiers (benign vs malignant): honest "
          "metrics with confidence intervals and size-aware Grad-CAM attention leakage.\n\n"
          "Pipeline: synth/download -> info -> train -> evaluate -> explain -> probe -> report, each "
@@ -84,17 +118,91 @@ app = _App(
 # Wide enough for the comparison tables when output goes to a file or CI log.
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
-_state = {"debug": False, "quiet": False}
+_state = {"debug": False, "quiet": False, "verbose": False}
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from dermcam import __version__
+
+        typer.echo(f"dermcam {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
           = False,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+          = False,
+          verbose: Annotated[bool, typer.Option(
+              "--verbose", "-v", help="Print every detail table (always written to the run "
+                                      "folder's dermcam.log).")] = False,
+          version: Annotated[bool, typer.Option("--version", is_eager=True,
+                                                callback=_version_callback,
+                                                help="Print the version and exit.")]
           = False) -> None:
     _state["debug"] = debug
+    _state["verbose"] = verbose
     _state["quiet"] = quiet or not sys.stdout.isatty() and os.environ.get("CI") == "true"
     quiet_libraries(debug)
+
+
+def show(table, to: Console | None = None) -> None:
+    """Print a :class:`dermcam.views.Table` (None prints nothing)."""
+    if table is None:
+        return
+    t = Table(title=table.title)
+    for i, c in enumerate(table.columns):
+        t.add_column(c, justify="right" if i >= table.numeric_from else "left")
+    for r in table.rows:
+        t.add_row(*r)
+    (to or console).print(t)
+    if table.note:
+        (to or console).print(Text("  " + table.note))
+
+
+def detail(run_dir: Path, heading: str, tables) -> None:
+    """A stage's detail tables: printed with ``--verbose``, always appended to
+    ``RUN/dermcam.log`` (plain text, as the terminal would show them)."""
+    tables = [t for t in tables if t is not None]
+    if _state["verbose"]:
+        for t in tables:
+            show(t)
+    path = Path(run_dir) / runmod.LOG
+    if not path.parent.is_dir():
+        return
+    with path.open("a", encoding="utf-8") as fh:
+        log_console = Console(file=fh, width=160, no_color=True, highlight=False)
+        log_console.rule(f"{heading} ({runmod.now()})")
+        for t in tables:
+            show(t, log_console)
+
+
+_STYLE = {"alarm": "bold red", "caution": "yellow", "ok": "green", "not_run": "dim"}
+
+
+def answer(run_dir: Path, topics: tuple[str, ...] = ()) -> None:
+    """Write ``RUN/findings.json`` and print the findings on ``topics`` (prefixes; all
+    when empty): one line per model and topic that is not ok, one line per model with
+    what is fine."""
+    from dermcam.findings import display_names, fine_line, write_findings
+
+    _, found = write_findings(run_dir)
+    names = display_names(runmod.Run.open(run_dir), found)
+    found = [f for f in found if not topics or f.topic.startswith(topics)]
+    width = max((len(names[f.model]) for f in found), default=0)
+    for model in dict.fromkeys(f.model for f in found):
+        name = names[model].ljust(width)
+        for f in found:
+            if f.model == model and f.status != "ok":
+                console.print(Text.assemble((name, "bold"), "  ",
+                                            (f"{f.status.replace('_', ' '):<8}",
+                                             _STYLE[f.status]), f"{f.topic}: {f.sentence}"),
+                              soft_wrap=True)
+        fine = fine_line(found, model)
+        if fine:
+            console.print(Text.assemble((name, "bold"), "  ", ("ok      ", "green"), fine),
+                          soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -127,7 +235,8 @@ def progress_bar(description: str):
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write the data set into.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the data set "
+                                                          "into.")],
     preset: Annotated[str, typer.Option(help="'clean': artifacts independent of the label; "
                                               "'shortcut': rulers tied to malignancy in "
                                               "training only.")] = "clean",
@@ -144,6 +253,12 @@ def synth(
     larger on average), with exact masks, and background artifacts (ruler, ink, colour
     patch, vignette, hair) recorded per pixel in ISIC_xxx_Artifacts.png and per image in
     metadata.csv, so attention on them can be measured.
+
+    \b
+    Examples:
+      dermcam synth --out data/synth
+      dermcam synth --out data/shortcut --preset shortcut --seed 1
+      dermcam synth -o data/tiny --n-train 100 --n-test 40 --size 128
     """
     from dermcam.data.synth import SynthConfig, generate
 
@@ -194,6 +309,11 @@ def info(data: Annotated[Path, typer.Argument(help="Data set folder (ISIC 2016 l
     Every CSV row and every image, mask and artifact-map header is checked; --check also
     decodes every file. Errors (exit 2) make the data set unusable as it is; warnings are
     odd but usable inputs (16-bit, palette, EXIF-rotated, non-binary masks, small images).
+
+    \b
+    Examples:
+      dermcam info data/isic2016
+      dermcam info data/isic2016 --check
     """
     report = _check_data(data, decode=check, image_size=image_size)
     if report.ok:
@@ -285,7 +405,14 @@ def models(
 ) -> None:
     """List the architectures dermcam knows: the study's Grad-CAM layer, the candidate layers
     the localisation benchmark scores (with their spatial size at the input size), and
-    whether ImageNet weights are cached."""
+    whether ImageNet weights are cached.
+
+    \b
+    Examples:
+      dermcam models
+      dermcam models --image-size 128
+      dermcam models --run runs/r1
+    """
     from dermcam.models import REGISTRY, build_model, imagenet_available, imagenet_weights_path
 
     if run_dir is not None:
@@ -343,7 +470,8 @@ def train(
     = "platt",
     val_fraction: Annotated[float, typer.Option(help="Stratified validation share of the "
                                                      "training split.")] = 0.2,
-    seed: Annotated[int, typer.Option()] = 42,
+    seed: Annotated[int, typer.Option(help="Random seed (validation split, weights of new "
+                                            "layers, augmentation, batch order).")] = 0,
     augment: Annotated[bool, typer.Option(help="Flips, rotation, colour jitter.")] = True,
     colour_jitter: Annotated[float, typer.Option(
         help="Colour jitter when augmenting: brightness, contrast and saturation each "
@@ -371,7 +499,14 @@ def train(
                                    "after a model finishes; by default only model.pt is "
                                    "kept.")] = False,
 ) -> None:
-    """Fine-tune each model; keep its best checkpoint; choose its threshold on validation."""
+    """Fine-tune each model; keep its best checkpoint; choose its threshold on validation.
+
+    \b
+    Examples:
+      dermcam train data/isic2016 --out runs/r1
+      dermcam train data/synth --out runs/r1 --models resnet18 --weights none --epochs 5
+      dermcam train data/isic2016 --out runs/r1 --resume
+    """
     from dermcam.stages.train import TrainConfig, parse_lr
     from dermcam.stages.train import train as do_train
 
@@ -391,26 +526,12 @@ def train(
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
     if not manifest:  # a worker process of multi-process training: rank 0 reports
         return
-    _print_training(runmod.Run(out, manifest))
-    console.print(f"run folder: {out}  (next: dermcam evaluate {out})")
+    from dermcam.views import training_table
 
-
-def _print_training(run: runmod.Run) -> None:
-    t = Table(title="training")
-    for c in ("model", "weights", "best epoch", f"val {metric_label('roc_auc', short=True)}",
-              "T, b", f"val {metric_label('ece', short=True)}", "threshold", "time"):
-        t.add_column(c)
-    for name, m in run.model_records.items():
-        cal = m.get("calibration") or {}
-        ece = "" if not cal else (f"{cal['before']['ece']:.3f} -> {cal['after']['ece']:.3f}"
-                                  if cal.get("method") in ("platt", "temperature")
-                                  else f"{cal['before']['ece']:.3f}")
-        t.add_row(m.get("display_name", name), m.get("weights_source", "?"),
-                  str(m.get("best_epoch")), f"{m.get('val_auc', float('nan')):.3f}",
-                  f"{m.get('temperature', 1.0):.2f}, {m.get('calibration_bias', 0.0):+.2f}",
-                  ece,
-                  f"{m.get('threshold', float('nan')):.3f}", f"{m.get('wall_time_s', 0):.0f} s")
-    console.print(t)
+    table = training_table(runmod.Run(out, manifest).model_records)
+    show(table)
+    detail(out, "train", [table])
+    console.print(f"run folder: {out.resolve()}  (next: dermcam evaluate {out})")
 
 
 # -------------------------------------------------------------------- evaluate
@@ -433,7 +554,7 @@ def evaluate(
     exclude_duplicates: Annotated[bool, typer.Option(
         help="Leave out external images that duplicate the run's own images.")] = False,
     artifact_labels: Annotated[Path | None, typer.Option(
-        "--artifacts", "--artifact-labels",
+        "--artifact-labels",
         help="Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
              "';'-separated, image;dark_corner;hair;...), joined by image id as "
              "artifact_<name> columns and kept for the run's later stages; with --data "
@@ -442,7 +563,14 @@ def evaluate(
                                              "available, else CPU), cpu, cuda or "
                                              "cuda:INDEX.")] = "auto",
 ) -> None:
-    """Test-set metrics with 95 % CIs, baselines, and paired model comparisons."""
+    """Test-set metrics with 95 % CIs, baselines, and paired model comparisons.
+
+    \b
+    Examples:
+      dermcam evaluate runs/r1
+      dermcam evaluate runs/r1 --artifact-labels isic_bias.csv
+      dermcam evaluate runs/r1 --data data/ph2 --name ph2 --exclude-duplicates
+    """
     from dermcam.stages.evaluate import run_evaluate
     from dermcam.stages.external import by_columns
 
@@ -456,15 +584,24 @@ def evaluate(
                               by=by_columns(by), min_group=min_group,
                               exclude_duplicates=exclude_duplicates, device=device,
                               artifacts=artifact_labels)
+    from dermcam.views import external_table, metrics_tables, subgroup_tables
+
     if result.get("artifact_labels"):
         console.print(result["artifact_labels"]["note"])
-    _print_metrics(result)
-    _print_calibration(result)
-    _print_external(run_dir, result)
-    _print_subgroups(result)
-    where = (f"{run_dir}/external/{result['external']['name']}" if "external" in result
-             else str(run_dir))
-    console.print(f"wrote {where}/metrics.json, metrics.csv, predictions.csv, figures/")
+    tables = metrics_tables(result)
+    ext = result.get("external")
+    if ext:
+        from dermcam.io import read_json
+
+        internal = read_json(runmod.Outputs(run_dir).metrics) \
+            if runmod.Outputs(run_dir).metrics.exists() else None
+        tables.insert(0, external_table(internal, [(ext["name"], result)]))
+    show(tables[0])
+    detail(run_dir, "evaluate", tables + subgroup_tables(result))
+    answer(run_dir, ("discrimination", "calibration", "external", "subgroups"))
+    where = Path(run_dir) / runmod.EXTERNAL_DIR / ext["name"] if ext else Path(run_dir)
+    console.print(f"wrote {where.resolve()}/metrics.json (--verbose or dermcam.log: every "
+                  "table)")
 
 
 def _use_artifact_labels(run_dir: Path, path: Path) -> list[str]:
@@ -474,91 +611,6 @@ def _use_artifact_labels(run_dir: Path, path: Path) -> list[str]:
 
     console.print(record_in_run(run_dir, path))
     return artifact_columns(read_artifact_labels(path))
-
-
-def _print_metrics(result) -> None:
-    from dermcam.evaluation import format_comparison
-
-    rows = format_comparison(result)
-    t = Table(title="test set: point estimate [95 % CI]")
-    for c in rows[0]:
-        t.add_column(str(c))
-    for r in rows[1:]:
-        t.add_row(*[str(c) for c in r])
-    console.print(t)
-    for p in result.get("pairwise", []):
-        console.print("  " + p.get("sentence", ""))
-
-
-def _print_calibration(result) -> None:
-    """ECE and Brier before and after calibration (#16)."""
-    calib = result.get("calibration") or {}
-    if not calib:
-        return
-    t = Table(title="calibration on the test set: before -> after scaling")
-    cells = [(k, when) for k in ("ece", "brier") for when in ("before", "after")]
-    for c in ("model", "T, b", *[f"{metric_label(k, short=True)} {when}" for k, when in cells]):
-        t.add_column(c)
-    names = result.get("display_names") or {}
-    for name, c in calib.items():
-        t.add_row(names.get(name, name),
-                  f"{c.get('temperature', float('nan')):.2f}, {c.get('bias', 0.0):+.2f}",
-                  *[_ci_text(c[when][k]) for k, when in cells])
-    console.print(t)
-
-
-def _ci_text(d) -> str:
-    """A metric's ``{"value", "lo", "hi"}`` as ``0.82 [0.75, 0.88]`` (2 decimals, ``n/a``
-    for each undefined part); ``n/a`` alone when there is no value."""
-    if not isinstance(d, dict) or d.get("value") is None:
-        return "n/a"
-    return fmt_ci(d["value"], d.get("lo"), d.get("hi"), 2, collapse=False)
-
-
-def _print_external(run_dir: Path, result) -> None:
-    """Internal versus external, side by side, and the duplicates found."""
-    ext = result.get("external")
-    if not ext:
-        return
-    from dermcam.io import read_json
-    from dermcam.stages.external import SIDE_BY_SIDE, side_by_side
-
-    internal = None
-    with contextlib.suppress(DermcamError):
-        internal = read_json(runmod.Outputs(run_dir).metrics)
-    t = Table(title=f"internal test vs external {ext['name']} ({ext['data']}, "
-                    f"{ext['images']}): point estimate [95 % CI]")
-    for c in ["model", "test set", "n (malignant)"] + [c for _, _, c in SIDE_BY_SIDE]:
-        t.add_column(c)
-    for r in side_by_side(internal, [(ext["name"], result)]):
-        t.add_row(result.get("display_names", {}).get(r["model"], r["model"]), r["set"],
-                  f"{r['n']} ({r['n_malignant']})",
-                  *[_ci_text(r[k]) for _, k, _ in SIDE_BY_SIDE])
-    console.print(t)
-    d = ext["duplicates"]
-    ids = ", ".join((d["exact"] + d["near"])[:8])
-    console.print(f"  {d['n_exact']} exact and {d['n_near']} near-duplicate image(s) of "
-                  f"{d['against']}" + (f": {ids}" if ids else "") + (
-                      "; left out" if d["excluded"] else
-                      "; kept (--exclude-duplicates leaves them out)" if ids else ""))
-    console.print(f"  thresholds: {ext['thresholds']}")
-
-
-def _print_subgroups(result) -> None:
-    from dermcam.subgroups import heterogeneity_sentence, subgroup_table
-
-    for col, analysis in (result.get("subgroups") or {}).items():
-        for model in analysis["models"]:
-            rows = subgroup_table(analysis, model)
-            disp = result.get("display_names", {}).get(model, model)
-            t = Table(title=f"{disp} by {col} ({analysis['binning']}): point estimate "
-                            "[95 % CI]")
-            for c in rows[0]:
-                t.add_column(c)
-            for r in rows[1:]:
-                t.add_row(*r)
-            console.print(t)
-            console.print("  " + heterogeneity_sentence(analysis, model))
 
 
 # --------------------------------------------------------------------- explain
@@ -620,7 +672,7 @@ def explain(
                                                "adjusted class gap within +-margin counts as "
                                                "explained by size.")] = 0.02,
     artifact_labels: Annotated[Path | None, typer.Option(
-        "--artifacts", "--artifact-labels",
+        "--artifact-labels",
         help="Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
              "';'-separated, image;dark_corner;hair;...), joined by image id as "
              "artifact_<name> columns and kept for the run's later stages.")] = None,
@@ -632,7 +684,7 @@ def explain(
     data: Annotated[Path | None, typer.Option(
         help="Audit the run's models on another data set's masked images (any layout) "
              "instead, into RUN/external/NAME/ (as evaluate --data); layers and thresholds "
-             "are the run's. --artifacts then labels that set's images.")] = None,
+             "are the run's. --artifact-labels then labels that set's images.")] = None,
     name: Annotated[str | None, typer.Option(
         help="Name of the external set's folder (default: the data folder's name).")] = None,
     by: Annotated[str | None, typer.Option(
@@ -650,6 +702,12 @@ def explain(
     (CIs, class tests pooled and by explained class with adjusted p-values, the lesion-size
     confound test, undefined heatmaps scored at chance, sanity check, artifact attention)
     and figures. Interrupted runs resume from the saved heatmap batches.
+
+    \b
+    Examples:
+      dermcam explain runs/r1
+      dermcam explain runs/r1 --methods hirescam --layer last --artifact-labels isic_bias.csv
+      dermcam explain runs/r1 --data data/ph2 --name ph2
     """
     from dermcam.stages.explain import run_explain
     from dermcam.stages.external import by_columns
@@ -682,140 +740,16 @@ def explain(
                       f"{summary.get('folder', where)}/attention; when every shard is done: dermcam explain "
                       f"{run_dir}{again} --merge")
         return
+    from dermcam.views import attention_sections
+
     if ext:
         console.print(f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): "
                       f"{ext['images']}; {ext['thresholds']}; layers {ext['layers']}")
-    _print_attention(summary)
-    console.print(f"wrote {where}/attention.csv, attention_summary.json, figures/")
+    detail(run_dir, "explain", attention_sections(summary))
+    answer(run_dir, ("where it looks", "size confound", "artifact"))
+    console.print(f"wrote {Path(where).resolve()}/attention_summary.json (--verbose or "
+                  "dermcam.log: every table)")
 
-
-def _num(v, digits: int = 2) -> str:
-    """A number for a table cell with ``digits`` decimals; '-' for a missing or undefined
-    one (None, NaN)."""
-    return fmt_num(v, digits, missing="-")
-
-
-def _ci(v, lo, hi, digits: int = 2) -> str:
-    """``v [lo, hi]`` for a table cell, each part as :func:`_num`."""
-    return fmt_ci(v, lo, hi, digits, collapse=False, missing="-")
-
-
-def _print_localisation(rows) -> None:
-    if not rows:
-        return
-    t = Table(title=f"localisation benchmark ({rows[0]['n']} {rows[0]['images']} images): "
-                    "median pixel AUROC [95 % CI], 0.5 = uniform")
-    for c in ("model", "method", "layer", "grid", "pixel AUROC", "undefined", "sanity |rho|",
-              "ms/image"):
-        t.add_column(c)
-    for r in rows:
-        verdict = {True: "passed", False: "FAILED", None: "inconclusive"}[r.get("sanity_passed")]
-        t.add_row(r["model"], r["method"], r["layer"], "x".join(map(str, r["grid"])),
-                  _ci(r["median_pixel_auroc"], r["ci_low"], r["ci_high"]),
-                  fmt_pct(r["undefined_share"], 0, missing="-"),
-                  f"{_num(r.get('sanity_median_abs_rho'))} {verdict}",
-                  _num(r["ms_per_image"], 1))
-    console.print(t)
-
-
-def _print_attention(summary) -> None:
-    _print_localisation(summary.get("localisation"))
-    for sel in summary.get("layer_choice") or []:
-        console.print(f"  layer for {sel['model']}/{sel['method']}: {sel['reason']}")
-    t = Table(title="attention: mean [95 % CI] by class; n (undefined, left out of the mean); "
-                    f"resampling: {summary.get('resampling', 'images')}")
-    for c in ("model/method", "layer", "class", "n (undefined)", "leakage", "chance leakage",
-              "excess leakage", "pixel AUROC"):
-        t.add_column(c)
-    rows = {}
-    for r in summary["by_class"]:
-        key = (r["model"], r["method"], r["label"])
-        rows.setdefault(key, {})[r["metric"]] = r
-    tests = summary.get("tests", {})
-    for (model, method, label), ms in sorted(rows.items()):
-        def cell(m, ms=ms):
-            r = ms.get(m)
-            if not r or r.get("mean") is None:
-                return "-"
-            return f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        t.add_row(f"{model}/{method}", tests.get(f"{model}/{method}", {}).get("layer", ""),
-                  "malignant" if label == 1 else "benign",
-                  f"{ms['leakage']['n']} ({ms['leakage'].get('n_nan', 0)})",
-                  cell("leakage"), cell("chance_leakage"),
-                  cell("excess_leakage"), cell("pixel_auroc"))
-    console.print(t)
-    for key, entry in tests.items():
-        guard = entry.get("uniform_guard") or {}
-        if guard.get("sentence"):
-            console.print(f"  {key}: {guard['sentence']}")
-        for cmp in (entry.get("class_comparison") or {}).values():
-            if cmp.get("sentence"):
-                console.print(f"  {key}: {cmp['sentence']}")
-        confounds = entry.get("size_confounds") or {"leakage": entry.get("size_confound", {})}
-        for sc in confounds.values():
-            if sc.get("summary"):
-                console.print(f"  {key}: {sc['summary']}")
-        for miss in (entry.get("missingness") or {}).values():
-            if isinstance(miss, dict) and miss.get("sentence"):
-                console.print(f"  {key}: {miss['sentence']}")
-        san = entry.get("sanity")
-        if san:
-            console.print(f"  {key}: {_sanity_line(san)}")
-    _print_artifacts(summary.get("artifacts"))
-    if summary.get("resampling_note"):
-        console.print(f"  {summary['resampling_note']}")
-    fams = summary.get("multiplicity") or {}
-    if fams:
-        console.print("  p-values adjusted within families: " + "; ".join(
-            f"{name} ({f['k']} tests, {f['method']})" for name, f in fams.items())
-            + "; raw p beside each in attention_summary.json")
-    from dermcam.stages.explain import SUBGROUP_TITLES
-
-    _print_summary_subgroups(summary.get("subgroups"), SUBGROUP_TITLES,
-                             lambda e: f"{e['model']}/{e['method']}", "attention")
-
-
-def _print_summary_subgroups(subgroups, titles: dict[str, str], label, what: str) -> None:
-    """One table per --by column and entry of an attention or probe summary, each with
-    its Kruskal-Wallis sentence."""
-    from dermcam.subgroups import kruskal_sentence, summary_table
-
-    for col, analysis in (subgroups or {}).items():
-        for entry in analysis["entries"]:
-            rows = summary_table(analysis, entry, list(titles), list(titles.values()))
-            t = Table(title=f"{what}, {label(entry)}, by {col} ({analysis['binning']}): "
-                            "mean [95 % CI]")
-            for c in rows[0]:
-                t.add_column(c)
-            for r in rows[1:]:
-                t.add_row(*r)
-            console.print(t)
-            console.print("  " + kruskal_sentence(analysis, entry, titles))
-
-
-def _sanity_line(san) -> str:
-    full = san.get("full", san)
-    return full.get("summary") or "sanity check: no summary"
-
-
-def _print_artifacts(rows) -> None:
-    rows = [r for r in rows or [] if r.get("n", 0) >= 2]
-    if not rows:
-        return
-    t = Table(title="heatmap mass on artifacts relative to their area (1 = uniform), "
-                    "on images that carry them")
-    for c in ("model/method", "layer", "artifact", "n", "mass share", "area share",
-              "ratio [95 % CI]", "attends"):
-        t.add_column(c)
-    for r in rows:
-        t.add_row(f"{r['model']}/{r['method']}", r["layer"], r["artifact"], str(r["n"]),
-                  _num(r["mass_share"], 3), _num(r["area_share"], 3),
-                  _ci(r["ratio"], r["ratio_ci_low"], r["ratio_ci_high"]),
-                  "YES" if r["attends"] else "no")
-    console.print(t)
-
-
-# ----------------------------------------------------------------------- audit
 
 @app.command()
 def audit(
@@ -848,8 +782,9 @@ def audit(
                                                                  "file name>).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per Grad-CAM batch.")] = 32,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
-    device: Annotated[str, typer.Option(help="Where the heatmaps are computed: cpu, cuda, "
-                                             "cuda:INDEX or auto.")] = "cpu",
+    device: Annotated[str, typer.Option(help="Where the heatmaps are computed: auto (CUDA "
+                                             "when available, else CPU), cpu, cuda or "
+                                             "cuda:INDEX.")] = "auto",
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
     = False,
 ) -> None:
@@ -866,6 +801,12 @@ def audit(
     AUROC and the other scores of 'dermcam explain'), attention_summary.json (means with
     95 % CIs per class, whether the maps beat uniform attention, the lesion-size confound
     test) and manifest.json into --out, and prints a short summary.
+
+    \b
+    Examples:
+      dermcam audit model.pt --data data/isic2016 --arch resnet18
+      dermcam audit model.pt --data data/ph2 --arch resnet18 --split all --out audit-ph2
+      dermcam audit model.pt --data data/isic2016 --arch resnet18 --layer layer3 --method hirescam
     """
     from dermcam.audit import audit_folder, audit_summary, load_model, write_audit
 
@@ -890,12 +831,14 @@ def audit(
 
 
 def _print_audit(table, summary, what: str) -> None:
+    from dermcam.views import ci_cell
+
     guard = summary["guard"]
     lo, hi = guard["pixel_auroc_ci"]
     counts = table["label"].value_counts()
     console.print(f"{what}: {len(table)} images ({counts.get(0, 0)} benign, "
                   f"{counts.get(1, 0)} malignant); median pixel AUROC "
-                  f"{_ci(guard['median_pixel_auroc'], lo, hi)} (0.5 = uniform)",
+                  f"{ci_cell(guard['median_pixel_auroc'], lo, hi)} (0.5 = uniform)",
                   highlight=False)
     t = Table(title="attention: mean [95 % CI] by class; n (undefined, left out of the mean)")
     for c in ("class", "n (undefined)", "leakage", "excess leakage", "pixel AUROC"):
@@ -906,7 +849,7 @@ def _print_audit(table, summary, what: str) -> None:
 
     def cell(r) -> str:
         return "-" if r is None or r["mean"] != r["mean"] else \
-            _ci(r["mean"], r["ci_low"], r["ci_high"], 3)
+            ci_cell(r["mean"], r["ci_low"], r["ci_high"], 3)
 
     for label, ms in sorted(rows.items()):
         leak = ms["leakage"]
@@ -983,10 +926,16 @@ def probe(
 
     Inpainting leaves traces a model may react to; a changed prediction shows reliance, an
     unchanged one does not prove its absence.
+
+    \b
+    Examples:
+      dermcam probe runs/r1
+      dermcam probe runs/r1 --probes artifact_inserted --artifacts ruler,ink --placements 5
+      dermcam probe runs/r1 --artifact-labels isic_bias.csv --precision auto
     """
     from dermcam.device import resolve_device
     from dermcam.stages.external import by_columns
-    from dermcam.stages.probe import SUBGROUP_TITLES, read_summary_object, run_probe
+    from dermcam.stages.probe import read_summary_object, run_probe
 
     if artifact_labels is not None and data is None:
         _use_artifact_labels(run_dir, artifact_labels)
@@ -1007,94 +956,33 @@ def probe(
         where = where / runmod.EXTERNAL_DIR / safe_name(name or Path(data).resolve().name)
     summary = read_summary_object(where) or {}
     ext = summary.get("external") or {}
+    from dermcam.views import probe_sections
+
     if ext:
         console.print(f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): "
                       f"{ext['thresholds']}")
-    _print_probe(entries, run_dir)
-    _print_summary_subgroups(summary.get("subgroups"), SUBGROUP_TITLES,
-                             lambda e: " ".join(filter(None, [e["model"], e.get("artifact"),
-                                                              _probe_title(e["probe"])])),
-                             "probe")
-    _print_probe_presence(summary.get("artifact_presence"))
-    console.print(f"wrote {where}/probe.csv, probe_summary.json, figures/probe_*.png")
+    detail(run_dir, "probe", probe_sections({**summary, "entries": entries}))
+    answer(run_dir, ("lesion reliance", "context", "artifact"))
+    console.print(f"wrote {where.resolve()}/probe_summary.json (--verbose or dermcam.log: "
+                  "every table)")
 
-
-def _probe_title(probe: str) -> str:
-    from dermcam.stages.probe import PROBE_TITLES as titles
-
-    return titles.get(probe, probe)
-
-
-def _print_probe_presence(rows) -> None:
-    """Lesion and background removal on images with vs without each labelled artifact."""
-    if not rows:
-        return
-    t = Table(title="removal probes by artifact presence: Δ P(malignant) mean [95 % CI], "
-                    "AUC [95 % CI]; with | without the artifact")
-    roc_auc = metric_label("roc_auc", short=True)
-    for c in ("model", "probe", "artifact", "n with", "Δ with", f"{roc_auc} with", "n without",
-              "Δ without", f"{roc_auc} without", "Δ differs p"):
-        t.add_column(c)
-
-    def ci(b, value: str, prefix: str, sign: bool = False) -> str:  # 'n/a' alone: no value
-        if not is_number(b.get(value)):
-            return "n/a"
-        return fmt_ci(b[value], b.get(f"{prefix}_ci_low"), b.get(f"{prefix}_ci_high"), 3,
-                      sign=sign, collapse=False)
-
-    def delta(b) -> str:
-        return ci(b, "delta_mean", "delta", sign=True)
-
-    def auc(b) -> str:
-        return ci(b, "auc", "auc")
-
-    for r in rows:
-        w, wo = r["with"], r["without"]
-        t.add_row(r["model"], _probe_title(r["probe"]), r["artifact"],
-                  f"{w['n']} ({w['n_malignant']} m)", delta(w), auc(w),
-                  f"{wo['n']} ({wo['n_malignant']} m)", delta(wo), auc(wo),
-                  fmt_num(r.get("delta_p_adjusted", r.get("delta_p")), 3))
-    console.print(t)
-    console.print("  Δ differs p: two-sided Mann-Whitney of the per-image change, with vs "
-                  "without, Holm-adjusted over the rows; p ≥ 0.05 is inconclusive.")
-
-
-def _print_probe(entries, run_dir=None) -> None:
-    from dermcam.stages.probe import CAVEAT, PROBE_TITLES, sentences
-
-    t = Table(title="probes: change in malignant probability, mean [95 % CI]")
-    roc_auc = metric_label("roc_auc", short=True)
-    for c in ("model", "probe", "n", "Δ P(malignant)", "flips b→m", "flips m→b",
-              f"{roc_auc} [95 % CI]", f"{roc_auc} intact"):
-        t.add_column(c)
-    for e in entries:
-        what = PROBE_TITLES[e["probe"]]
-        if e.get("artifact"):
-            what = f"{e['artifact']} {what}"
-        auc = (fmt_ci(e["auc"], e.get("auc_ci_low"), e.get("auc_ci_high"), 3, collapse=False)
-               if "auc" in e else "")
-        t.add_row(e["model"], what, str(e["n"]),
-                  fmt_ci(e["delta_mean"], e["delta_ci_low"], e["delta_ci_high"], 3, sign=True,
-                         collapse=False),
-                  fmt_pct(e["flip_to_malignant"]), fmt_pct(e["flip_to_benign"]),
-                  auc, fmt_num(e.get("auc_intact"), 3) if "auc" in e else "")
-    console.print(t)
-    for line in sentences(entries):
-        console.print("  " + line)
-    console.print(f"  {CAVEAT}")
-
-
-# ---------------------------------------------------------------------- report
 
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Run folder (after evaluate; explain adds "
                                                  "the attention sections).")],
-    out: Annotated[Path | None, typer.Option(help="Where to write (default "
-                                                     "RUN_DIR/report.html).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="HTML file to write, or an existing folder to put report.html in "
+                            "(default: RUN_DIR/report.html).")] = None,
 ) -> None:
     """One self-contained HTML report (opens offline) for reviewers: summary, model comparison
-    with CIs and tests, attention analysis, a gallery of leaking images, method notes."""
+    with CIs and tests, attention analysis, a gallery of leaking images, method notes.
+
+    \b
+    Examples:
+      dermcam report runs/r1
+      dermcam report runs/r1 --out reports/r1.html
+    """
     from dermcam.stages.report import run_report
 
     path = run_report(run_dir, out)
@@ -1116,7 +1004,7 @@ def demo(
     = 128,
     models: Annotated[str, typer.Option(help="Comma-separated models.")]
     = ",".join(DEFAULT_MODELS),
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the data and the training.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = True,
     shortcut: Annotated[bool, typer.Option(help="Also train one model where rulers mark "
                                                 "malignancy in training only, and audit it "
@@ -1144,42 +1032,30 @@ def demo(
 
     Uses ImageNet weights when they are in torchvision's cache for every model; otherwise
     trains from scratch and says so (only the demo makes that choice by itself).
+
+    \b
+    Examples:
+      dermcam demo
+      dermcam demo --out demo-s1 --seed 1
+      dermcam demo --out demo-quick --models resnet18 --epochs 3 --no-shortcut
     """
     from dermcam.demo import run_demo
 
-    run_demo(out, preset=preset, n_train=n_train, n_test=n_test, image_size=image_size,
+    run = run_demo(out, preset=preset, n_train=n_train, n_test=n_test, image_size=image_size,
              epochs=epochs, source_size=source_size,
              models=[m.strip() for m in models.split(",")], seed=seed,
              overwrite=overwrite, say=console.print, progress_bar=progress_bar,
              quiet=_state["quiet"], shortcut=shortcut, precision=precision,
-             method=method, show=(_print_training, _print_metrics, _print_attention,
-                                  _print_shortcut, _print_probe))
+             method=method, show=detail)
+    answer(run)
+    console.print(f"report: {runmod.Run.open(run).report.resolve()}")
 
-
-def _print_shortcut(exp) -> None:
-    maps = f" ({exp['method']} maps)" if exp.get("method") else ""
-    t = Table(title=f"planted shortcut{maps}: heatmap mass on the {exp['artifact']} / its "
-                    "area (1 = uniform), test images carrying one")
-    for c in ("model", "layer", "n", "ratio [95 % CI]", "attends",
-              f"test {metric_label('roc_auc', short=True)} [95 % CI]"):
-        t.add_column(c)
-    for role, r in exp["runs"].items():
-        t.add_row(f"{exp['model']} ({role})", r["layer"], str(r["n"]),
-                  _ci(r["ratio"], r["ratio_ci_low"], r["ratio_ci_high"]),
-                  "YES" if r["flagged"] else "no",
-                  _ci(r["test_auc"], r["test_auc_ci_low"], r["test_auc_ci_high"], 3))
-    console.print(t)
-    console.print(f"  {exp['sentence']}")
-    if exp.get("probe_sentence"):
-        console.print(f"  {exp['probe_sentence']}")
-
-
-# -------------------------------------------------------------------- download
 
 @app.command()
 def download(
     dataset: Annotated[str, typer.Argument(help="Data set to fetch: isic2016 (Part 3B).")],
-    to: Annotated[Path, typer.Option("--to", help="Folder to download and unpack into.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to download and unpack "
+                                                          "into.")],
     base_url: Annotated[str | None, typer.Option(
         help="Where the files live (default: the ISIC challenge bucket, "
              "https://isic-challenge-data.s3.amazonaws.com/2016/); http(s):// or file:// "
@@ -1196,6 +1072,11 @@ def download(
     Interrupted downloads resume from NAME.part; files are renamed into place only after
     their size (and SHA-256, when known) is checked; download.json records what was
     fetched and whether each file was verified.
+
+    \b
+    Examples:
+      dermcam download isic2016 --out data/isic2016
+      dermcam download isic2016 --out data/isic2016 --base-url file:///mnt/mirror/isic2016/
     """
     from dermcam.data import download as dl
 
@@ -1204,13 +1085,13 @@ def download(
                            "ISIC 2017, HAM10000 or PH2 by hand and point 'dermcam info' at "
                            "the folder")
     with progress_bar("download") as cb:
-        res = dl.download_isic2016(to, base_url=base_url or dl.DEFAULT_BASE_URL,
+        res = dl.download_isic2016(out, base_url=base_url or dl.DEFAULT_BASE_URL,
                                    checksums=checksums, progress=cb, say=console.print,
                                    retries=retries, timeout=timeout)
     for line in res.summary_lines():
         console.print(line, highlight=False)
-    _print_info(to)
-    console.print(f"wrote {to / dl.RECORD}  (next: dermcam train {to})")
+    _print_info(out)
+    console.print(f"wrote {out / dl.RECORD}  (next: dermcam train {out})")
 
 
 # --------------------------------------------------------------------- predict
@@ -1240,6 +1121,11 @@ def predict(
 
     The decision uses the threshold chosen on validation and stored in the checkpoint.
     Research use only: not validated for clinical decisions.
+
+    \b
+    Examples:
+      dermcam predict runs/r1/models/resnet18/model.pt photos/
+      dermcam predict runs/r1/models/resnet18/model.pt a.jpg b.jpg --masks masks/ --out preds
     """
     from dermcam.device import inference_batch_size, resolve_device
     from dermcam.predict import model_card_lines

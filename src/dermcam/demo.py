@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dermcam import run as runmod
+from dermcam import views
 from dermcam.errors import DermcamError
 from dermcam.io import link_identical, read_json, write_json
 from dermcam.models import DEFAULT_MODELS
@@ -115,25 +116,25 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
     with bar("decode + cache images") as cb:
         manifest = train(train_cfg(data, run, models), overwrite=True, progress=cb)
     if show:
-        show[0](runmod.Run(run, manifest))
+        show(run, "train", [views.training_table(runmod.Run(run, manifest).model_records)])
     say(f"[3/{steps}] evaluation on the test split (bootstrap CIs, paired tests)")
     with bar("evaluate") as cb:
         result = run_evaluate(run, progress=cb)
     if show:
-        show[1](result)
+        show(run, "evaluate", views.metrics_tables(result))
     say(f"[4/{steps}] attention on every test image, every model; the CAM method and layer "
         "chosen per model on masked validation images")
     with bar("CAM batches") as cb:
         summary = run_explain(run, methods=[method], batch_size=32, progress=cb,
                               bench_methods=list(DEMO_BENCH_METHODS), cascade=False)
     if show:
-        show[2](summary)
+        show(run, "explain", views.attention_sections(summary))
     say(f"[5/{steps}] behavioural probes: lesion removed, background removed, artifacts "
         "inserted and removed, every test image and model")
     with bar("probe batches") as cb:
         entries = run_probe(run, placements=DEMO_PLACEMENTS, progress=cb)
-    if show and len(show) > 4:
-        show[4](entries)
+    if show:
+        show(run, "probe", views.probe_sections({"entries": entries}))
     if shortcut:
         if shortcut_model not in models:
             raise DermcamError(f"the shortcut experiment's control is {shortcut_model}, which "
@@ -167,15 +168,18 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
                       artifacts=(SHORTCUT_ARTIFACT,), placements=DEMO_PLACEMENTS,
                       progress=cb, figures=False)
         experiment = shortcut_experiment(run, srun, shortcut_model, cmethod)
+        from dermcam.report.gallery import write_shortcut_example
+
+        experiment["example"] = write_shortcut_example(run, srun, shortcut_model, cmethod,
+                                                       clayer, SHORTCUT_ARTIFACT)
         write_json(run / SHORTCUT_EXPERIMENT, experiment)
-        if show and len(show) > 3:
-            show[3](experiment)
+        if show:
+            show(run, "shortcut", [views.shortcut_table(experiment)])
     say(f"[{steps}/{steps}] report")
     from dermcam.stages.report import run_report
 
-    path = run_report(run)
-    say(f"report: {path}")
-    say(f"demo finished in {time.perf_counter() - t0:.0f} s; run folder: {run}")
+    run_report(run)
+    say(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return run
 
 
@@ -261,45 +265,6 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
         out["probe_vs_control"] = pvc
         out["caught_by_probe_vs_control"] = bool(pvc["n"] >= 2
                                                  and pvc["ci_low"] > pvc["margin"])
-    from dermcam.formatting import fmt_num
-
-    def f(v, digits: int = 2, sign: bool = False) -> str:
-        return fmt_num(v, digits, sign=sign)
-
-    out["sentence"] = (
-        f"The shortcut-trained {model} puts {f(s['ratio'])}x its area's share of heatmap mass "
-        f"on the {artifact} (95 % CI {f(s['ratio_ci_low'])}-{f(s['ratio_ci_high'])}, "
-        f"n = {s['n']}): {'flagged' if s['flagged'] else 'not flagged'} as attending to it; "
-        f"the control {f(c['ratio'])}x (CI {f(c['ratio_ci_low'])}-{f(c['ratio_ci_high'])}, "
-        f"n = {c['n']}): {'flagged' if c['flagged'] else 'not flagged'}. "
-        + (f"On the same {rel['n']} images the shortcut model puts {f(rel['relative'])}x "
-           f"the control's heatmap mass on the {artifact} (95 % CI {f(rel['ci_low'])}-"
-           f"{f(rel['ci_high'])}). " if rel["n"] >= 2 else
-           f"Too few {artifact}-bearing images have defined maps in both runs to compare "
-           "the two models image by image. ")
-        + f"Test ROC AUC with "
-        f"the {artifact} independent of the label: {f(s['test_auc'], 3)} "
-        f"({f(s['test_auc_ci_low'], 3)}-{f(s['test_auc_ci_high'], 3)}) against the "
-        f"control's {f(c['test_auc'], 3)} ({f(c['test_auc_ci_low'], 3)}-"
-        f"{f(c['test_auc_ci_high'], 3)}).")
-    if c["probe"] and s["probe"]:
-        sp, cp = s["probe"], c["probe"]
-        out["probe_sentence"] = (
-            f"Inserting a {artifact} outside the lesion changes the shortcut model's malignant "
-            f"probability by {f(sp['insert_delta'], 3, True)} (95 % CI "
-            f"{f(sp['insert_ci_low'], 3, True)} to {f(sp['insert_ci_high'], 3, True)}, n = "
-            f"{sp['insert_n']}; {f(100 * sp['insert_flip_to_malignant'], 0)} % of benign "
-            f"decisions flip to malignant) and the control's by {f(cp['insert_delta'], 3, True)} "
-            f"({f(cp['insert_ci_low'], 3, True)} to {f(cp['insert_ci_high'], 3, True)}); "
-            f"removing it from ruler-bearing malignant test images changes the shortcut "
-            f"model's by {f(sp.get('remove_malignant_delta'), 3, True)} "
-            f"({f(sp.get('remove_malignant_ci_low'), 3, True)} to "
-            f"{f(sp.get('remove_malignant_ci_high'), 3, True)}, n = {sp.get('remove_n_malignant')}).")
-        if pvc["n"] >= 2:
-            out["probe_sentence"] += (
-                f" Paired over the same {pvc['n']} images and ruler placements, the shortcut "
-                f"model's change exceeds the control's by {f(pvc['diff'], 3, True)} (95 % CI "
-                f"{f(pvc['ci_low'], 3, True)} to {f(pvc['ci_high'], 3, True)}).")
     return out
 
 

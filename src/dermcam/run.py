@@ -172,6 +172,8 @@ PROBE_CSV = "probe.csv"
 PROBE_SUMMARY = "probe_summary.json"
 REPORT = "report.html"
 SHORTCUT_EXPERIMENT = "shortcut_experiment.json"
+FINDINGS = "findings.json"
+LOG = "dermcam.log"  # every stage's detail tables, as the terminal shows them with --verbose
 OVERLAY_DIR = "overlays"  # 'dermcam predict': one overlay PNG per image
 
 
@@ -374,7 +376,7 @@ class Run:
     def trained_models(self) -> list[str]:
         """Models whose training completed, in the order they were asked for."""
         done = self.manifest.get("models", {})
-        return [m for m in self.manifest["config"]["models"]
+        return [m for m in (self.manifest.get("config") or {}).get("models", [])
                 if done.get(m, {}).get("status") == STATUS_COMPLETE]
 
     @property

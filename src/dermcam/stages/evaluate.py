@@ -166,7 +166,9 @@ def plot_results(result: dict[str, Any], figs: Path, run: runmod.Run) -> None:
 
     plots.plot_model_comparison(result, figs / "model_comparison.png")
     plots.plot_roc_curves(result, figs / "roc_curves.png")
-    plots.plot_pr_curves(result, figs / "pr_curves.png")
+    plots.plot_pr_curves(result, figs / "pr_curves.png",
+                         dataset=(result.get("external") or {}).get("data")
+                         or run.data.get("name"))
     plots.plot_reliability(result, figs / "reliability.png")
     for name in result["models"]:
         plots.plot_confusion_matrix(np.array(result["models"][name]["confusion_matrix"]),

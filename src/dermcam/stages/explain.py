@@ -443,6 +443,11 @@ def _explain_stage(run: runmod.Run, src: _Source, record: dict[str, Any], *, met
         extra["external"] = _external_note(run, out, src.ds, src.which)
     summary = _score(run, out, src.ds, src.every, selection, sanity_res, n_boot, figures, extra,
                      margin, by, min_group, stage=src.stage)
+    if figures and bench_rows and data is None:
+        from dermcam.attention_plots import plot_localisation_grid
+
+        plot_localisation_grid(bench_rows, out.figures / "localisation_grid.png",
+                               chosen=selection, displays=run.display_names)
     timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
     timing["metric_seconds"] = summary["timing"]["metric_seconds"]
     timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
@@ -653,7 +658,7 @@ class _Scoring:
     grouped: bool  # some image has a group (lesion or patient id)
     art_names: tuple[str, ...]
     meta_by_id: pd.DataFrame | None  # metadata.csv (artifact_<name> columns)
-    labels_by_id: pd.DataFrame | None  # a joined --artifacts FILE (#16)
+    labels_by_id: pd.DataFrame | None  # a joined --artifact-labels FILE (#16)
 
     @classmethod
     def of(cls, run: runmod.Run, ds, samples) -> _Scoring:
@@ -1052,8 +1057,12 @@ def attention_figures(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame,
         ap.plot_attention_summary(gm, figs / f"attention_leakage_analysis_{model}.png",
                                   title=f"{disp} ({first_method}): attention leakage")
     ap.plot_leakage_vs_accuracy(att[att["method"] == first_method],
-                                figs / "leakage_vs_accuracy.png")
-    ap.plot_leakage_vs_area(att[att["method"] == first_method], figs / "leakage_vs_area.png")
+                                figs / "leakage_vs_accuracy.png",
+                                title="Attention leakage vs share classified correctly "
+                                      f"({first_method})", displays=run.display_names)
+    ap.plot_leakage_vs_area(att[att["method"] == first_method], figs / "leakage_vs_area.png",
+                            title="Leakage vs lesion area, one panel per model",
+                            displays=run.display_names)
     table = lk.summarise(att, ("excess_leakage", "localisation_gain", "pixel_auroc",
                                "pointing_game"), by=("model", "method"), n_boot=200, seed=0)
     ap.plot_size_aware_table(table, figs / "size_aware_scores.png")

@@ -7,7 +7,7 @@ chosen on the training data's validation split, into ``RUN/external/<name>/``
 (``predictions.csv``, ``metrics.json``, ``metrics.csv``, ``figures/``), recorded in the
 manifest as stage ``external:<name>``. ``metrics.json`` holds the internal evaluation's
 blocks (:func:`dermcam.stages.evaluate.score_predictions`: CIs, subgroups, calibration before and
-after); the models run on ``--device``; ``--artifacts FILE`` labels the external images
+after); the models run on ``--device``; ``--artifact-labels FILE`` labels the external images
 (``artifact_<name>`` subgroups) without touching the run's own manifest. Which images are
 scored:
 

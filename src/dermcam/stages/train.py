@@ -55,7 +55,7 @@ class TrainConfig:
     monitor: str = "val_auc"  # or "val_loss"
     imbalance: str = "weighted_loss"  # "balanced_sampler" | "none"
     val_fraction: float = 0.2
-    seed: int = 42
+    seed: int = 0
     augment: bool = True
     # colour jitter's strength when augmenting: brightness, contrast and saturation each
     # scaled by a factor drawn from [1 - j, 1 + j] per image; 0 keeps the colours
@@ -700,6 +700,17 @@ def _build_module(name: str, cfg: TrainConfig, ytr: np.ndarray, n_train: int):
     return module, info, lr
 
 
+def _model_progress_bar(name: str):
+    """Lightning's rich progress bar, naming the model and counting epochs from 1."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class ModelProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            return f"{name} epoch {current_epoch + 1}/{self.trainer.max_epochs}"
+
+    return ModelProgressBar(leave=True)
+
+
 def _callbacks(cfg: TrainConfig, mdir: Path, ckdir: Path):
     """``(callbacks, best checkpoint callback, Ctrl-C guard)`` of one model's Trainer."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -720,9 +731,7 @@ def _callbacks(cfg: TrainConfig, mdir: Path, ckdir: Path):
     callbacks += [EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
                   make_history_callback(mdir / runmod.HISTORY_FILE), ctrl_c]
     if cfg.progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(_model_progress_bar(mdir.name))
     callbacks.append(_run_folder_barrier())
     return callbacks, best_cb, ctrl_c
 

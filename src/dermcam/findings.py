@@ -1,0 +1,512 @@
+"""Findings: the answers a run gives, computed once from its summary files.
+
+A finding is one model's answer to one question (``topic``), with a ``status``, one plain
+sentence, the number it rests on (value, 95 % CI, n) and where the detail lives (the
+summary file and JSON pointer it was read from, and the report's anchor). The terminal,
+the report and ``RUN/findings.json`` all show these same objects; nothing here reads
+images or models, only the summaries the stages wrote.
+
+The rules (also in docs/findings.md; each is tested on hand-made summaries). ``margin``
+is the probes' negligible change in P(malignant), 0.02, and the attention summary's
+equivalence margin.
+
+=================  ===========================================================================
+topic              status
+=================  ===========================================================================
+discrimination     alarm: the test ROC AUC's CI reaches 0.5 (no better than chance); else ok
+calibration        ok: ECE <= 0.05; caution: 0.05 < ECE <= 0.15; alarm: ECE > 0.15
+where it looks     caution: the maps do not beat uniform attention (median pixel AUROC CI
+                   reaches 0.5), the sanity check did not pass, or > 5 % of maps undefined;
+                   else ok. A model whose maps do not beat uniform attention is never ok.
+size confound      not_run unless the maps beat uniform attention (the metric means nothing
+                   otherwise); ok: the class gap in leakage remains after adjusting for
+                   lesion area; caution: explained by size, or inconclusive
+lesion reliance    caution: the ROC AUC with the lesion inpainted away stays above chance
+                   (CI above 0.5), so the model classifies from what lies outside it; else ok
+context            caution: replacing the surroundings moves P(malignant) beyond the margin
+                   (CI outside +-margin) or the result is inconclusive (CI crosses it); ok:
+                   the change is negligible (CI within +-margin)
+artifact: NAME     two lines of evidence: pasting the artifact moves P(malignant) beyond the
+                   margin (probe), and the heatmaps put more than the artifact's area share
+                   on it (attention ratio CI above 1). alarm: both; caution: one, or the
+                   probe is inconclusive; ok: the probe's change is negligible and the maps
+                   do not attend to it
+subgroups: COLUMN  caution: the AUC differs across the column's groups (Cochran's Q,
+                   Holm-adjusted p < 0.05); else ok (no difference detected, which is not
+                   proof of none: the sentence gives the smallest group's n)
+external: NAME     as discrimination, on the external data set
+shortcut           the demo's planted shortcut: alarm for the shortcut-trained model when
+                   its maps attend to the artifact or its probe reacts beyond the control's
+                   by more than the margin; ok for the control when neither holds
+=================  ===========================================================================
+
+A stage that has not run gives ``not_run`` for its topics, never ``ok``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dermcam import run as runmod
+from dermcam.errors import DermcamError
+from dermcam.formatting import fmt_ci, fmt_num, fmt_p, fmt_pct, is_number
+from dermcam.io import read_json, write_json
+
+__all__ = ["Finding", "display_names", "STATUSES", "TOPICS", "MARGIN", "FINDINGS", "build_findings",
+           "write_findings", "read_findings", "fine_line", "status_counts"]
+
+FINDINGS = runmod.FINDINGS
+STATUSES = ("alarm", "caution", "ok", "not_run")
+#: The core topics, in the order they are told; each model gets one finding for each.
+TOPICS = ("discrimination", "calibration", "where it looks", "size confound",
+          "lesion reliance", "context")
+#: The probes' negligible change in P(malignant) (``dermcam.stages.probe.NEGLIGIBLE_DELTA``).
+MARGIN = 0.02
+ECE_OK, ECE_ALARM = 0.05, 0.15
+MAX_UNDEFINED = 0.05
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One model's answer to one question."""
+
+    model: str
+    topic: str
+    status: str
+    sentence: str
+    value: float | None = None
+    ci: tuple[float, float] | None = None
+    n: int | None = None
+    source: str = ""  # "FILE#/json/pointer" of ``value``
+    anchor: str = ""  # the report section holding the detail
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci"] = list(self.ci) if self.ci is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        ci = d.get("ci")
+        return cls(**{**d, "ci": tuple(ci) if ci is not None else None})
+
+
+def _pointer(*parts: Any) -> str:
+    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _ci2(lo: Any, hi: Any) -> tuple[float, float] | None:
+    return (float(lo), float(hi)) if is_number(lo) and is_number(hi) else None
+
+
+def _v(x: Any) -> float | None:
+    return float(x) if is_number(x) else None
+
+
+def _probe_verdict(lo: Any, hi: Any, margin: float = MARGIN) -> str:
+    """The probes' rule: ``reliance`` when the CI lies beyond +-margin, ``negligible``
+    when within it, ``inconclusive`` when it crosses it (or is undefined)."""
+    if not (is_number(lo) and is_number(hi)):
+        return "inconclusive"
+    if lo > margin or hi < -margin:
+        return "reliance"
+    if -margin <= lo and hi <= margin:
+        return "negligible"
+    return "inconclusive"
+
+
+def _not_run(model: str, topic: str, why: str, anchor: str = "") -> Finding:
+    return Finding(model, topic, "not_run", why, anchor=anchor)
+
+
+# ----------------------------------------------------------------- rules (pure)
+
+
+def discrimination(model: str, entry: dict[str, Any] | None, n: int | None,
+                   n_malignant: int | None, source: str,
+                   topic: str = "discrimination", anchor: str = "comparison") -> Finding:
+    """From one model's ``metrics.json`` entry (``threshold_free.roc_auc``)."""
+    auc = ((entry or {}).get("threshold_free") or {}).get("roc_auc") or {}
+    if not is_number(auc.get("value")):
+        return _not_run(model, topic, "no test ROC AUC: run 'dermcam evaluate'", anchor)
+    at = (entry or {}).get("at_threshold") or {}
+    sens = (at.get("sensitivity") or {}).get("value")
+    spec = (at.get("specificity") or {}).get("value")
+    ci = _ci2(auc.get("lo"), auc.get("hi"))
+    chance = ci is None or ci[0] <= 0.5
+    head = f"ROC AUC {fmt_ci(auc['value'], auc.get('lo'), auc.get('hi'), 3)}, n = {n}"
+    if n_malignant is not None:
+        head += f" ({n_malignant} malignant)"
+    if chance:
+        sentence = f"No better than chance: {head}."
+    else:
+        sentence = (f"{head}; sensitivity {fmt_num(sens, 2)}, specificity {fmt_num(spec, 2)} "
+                    "at its threshold.")
+    return Finding(model, topic, "alarm" if chance else "ok", sentence, _v(auc["value"]), ci,
+                   n, source, anchor)
+
+
+def calibration(model: str, entry: dict[str, Any] | None, n: int | None,
+                source: str) -> Finding:
+    """From ``threshold_free.ece`` (after the run's calibration)."""
+    ece = ((entry or {}).get("threshold_free") or {}).get("ece") or {}
+    v = ece.get("value")
+    if not is_number(v):
+        return _not_run(model, "calibration", "no ECE: run 'dermcam evaluate'", "comparison")
+    status = "ok" if v <= ECE_OK else "caution" if v <= ECE_ALARM else "alarm"
+    word = {"ok": "Well calibrated", "caution": "Somewhat miscalibrated",
+            "alarm": "Miscalibrated"}[status]
+    return Finding(model, "calibration", status,
+                   f"{word}: expected calibration error {fmt_ci(v, ece.get('lo'), ece.get('hi'), 3)}"
+                   f", n = {n}.", _v(v), _ci2(ece.get("lo"), ece.get("hi")), n, source,
+                   "comparison")
+
+
+def where_it_looks(model: str, test: dict[str, Any] | None, undefined_share: float | None,
+                   source: str) -> Finding:
+    """From ``attention_summary.json`` ``tests[model/method]`` (uniform guard, sanity)."""
+    guard = (test or {}).get("uniform_guard") or {}
+    med = guard.get("median_pixel_auroc")
+    if not is_number(med):
+        return _not_run(model, "where it looks", "no heatmaps scored against lesion masks: "
+                        "run 'dermcam explain' on a data set with masks", "attention")
+    lo, hi = (guard.get("pixel_auroc_ci") or [None, None])[:2]
+    where = f"{test.get('method', '')} at {test.get('layer', '')}".strip()
+    num = f"median pixel AUROC {fmt_ci(med, lo, hi, 2)}, n = {guard.get('n')}, {where}"
+    san = (test.get("sanity") or {})
+    san = san.get("full") if isinstance(san.get("full"), dict) else san
+    verdict = san.get("verdict") if isinstance(san, dict) else None
+    problems = []
+    if not guard.get("better_than_uniform"):
+        problems.append("maps no better than uniform attention")
+    if verdict and verdict != "passed":
+        problems.append(f"sanity check {verdict}")
+    if is_number(undefined_share) and undefined_share > MAX_UNDEFINED:
+        problems.append(f"{fmt_pct(undefined_share, 0)} of maps undefined")
+    if problems:
+        sentence = f"Heatmaps not to be read: {'; '.join(problems)} ({num})."
+        status = "caution"
+    else:
+        sentence = f"Looks at the lesion: {num}" + ("; sanity check passed." if verdict else ".")
+        status = "ok"
+    return Finding(model, "where it looks", status, sentence, _v(med), _ci2(lo, hi),
+                   guard.get("n"), source, "attention")
+
+
+def size_confound(model: str, test: dict[str, Any] | None, source: str) -> Finding:
+    """The study's question, benign vs malignant leakage, after adjusting for lesion area
+    (``tests[...].size_confound``); only read when the maps beat uniform attention."""
+    test = test or {}
+    sc = test.get("size_confound") or {}
+    if not sc or not is_number(sc.get("class_coef_adjusted")):
+        return _not_run(model, "size confound", "no size-confound test: run 'dermcam explain'",
+                        "attention")
+    if not (test.get("uniform_guard") or {}).get("better_than_uniform"):
+        return _not_run(model, "size confound", "Not interpreted: the maps do not beat uniform "
+                        "attention, so their leakage says nothing about the classes.",
+                        "attention")
+    v, (lo, hi) = sc["class_coef_adjusted"], (sc.get("class_ci_adjusted") or [None, None])[:2]
+    gap = fmt_ci(v, lo, hi, 3, sign=True)
+    share = fmt_pct(sc.get("share_explained"), 0)
+    verdict = sc.get("verdict")
+    if verdict == "remains":
+        status, head = "ok", "Malignant-minus-benign leakage gap remains after adjusting for area"
+    elif verdict == "explained by size":
+        status, head = "caution", "Leakage gap between classes is explained by lesion size"
+    else:
+        status, head = "caution", "Leakage gap after adjusting for area is inconclusive"
+    return Finding(model, "size confound", status,
+                   f"{head}: {gap} (area explains {share} of it), n = {sc.get('n')}.", _v(v),
+                   _ci2(lo, hi), sc.get("n"), source, "attention")
+
+
+def lesion_reliance(model: str, entry: dict[str, Any] | None, source: str) -> Finding:
+    """From the ``lesion_removed`` probe entry: ROC AUC with the lesion inpainted away."""
+    if not entry or not is_number(entry.get("auc")):
+        return _not_run(model, "lesion reliance", "lesion-removed probe not run: run "
+                        "'dermcam probe'", "probe")
+    lo, hi = entry.get("auc_ci_low"), entry.get("auc_ci_high")
+    if not (is_number(lo) and is_number(hi)):
+        return Finding(model, "lesion reliance", "caution", "Lesion reliance inconclusive: "
+                       f"ROC AUC {fmt_num(entry['auc'], 2)} with the lesion removed has no CI, "
+                       f"n = {entry.get('n')}.", _v(entry["auc"]), None, entry.get("n"),
+                       source, "probe")
+    above = lo > 0.5
+    auc = fmt_ci(entry["auc"], lo, hi, 2)
+    intact = fmt_num(entry.get("auc_intact"), 2)
+    if above:
+        sentence = (f"Still classifies with the lesion removed: ROC AUC {auc} "
+                    f"(intact {intact}), n = {entry.get('n')}.")
+    else:
+        sentence = (f"Relies on the lesion: ROC AUC falls from {intact} to {auc} with it "
+                    f"removed, n = {entry.get('n')}.")
+    return Finding(model, "lesion reliance", "caution" if above else "ok", sentence,
+                   _v(entry["auc"]), _ci2(lo, hi), entry.get("n"), source, "probe")
+
+
+def context(model: str, entry: dict[str, Any] | None, source: str,
+            margin: float = MARGIN) -> Finding:
+    """From the ``background_removed`` probe entry: change in P(malignant)."""
+    if not entry or not is_number(entry.get("delta_mean")):
+        return _not_run(model, "context", "background-removed probe not run: run "
+                        "'dermcam probe'", "probe")
+    lo, hi = entry.get("delta_ci_low"), entry.get("delta_ci_high")
+    verdict = _probe_verdict(lo, hi, margin)
+    d = fmt_ci(entry["delta_mean"], lo, hi, 3, sign=True)
+    text = {"reliance": "Depends on the surroundings",
+            "negligible": "Surroundings barely matter",
+            "inconclusive": "Reliance on the surroundings is inconclusive"}[verdict]
+    return Finding(model, "context", "ok" if verdict == "negligible" else "caution",
+                   f"{text}: replacing them changes P(malignant) by {d} (margin ±{margin:g}), "
+                   f"n = {entry.get('n')}.", _v(entry["delta_mean"]), _ci2(lo, hi),
+                   entry.get("n"), source, "probe")
+
+
+def artifact(model: str, name: str, inserted: dict[str, Any] | None,
+             attention: dict[str, Any] | None, probe_source: str, attention_source: str,
+             margin: float = MARGIN) -> Finding:
+    """One artifact: the painted-artifact insertion probe and the heatmaps' mass on it."""
+    topic = f"artifact: {name}"
+    parts, evidence, inconclusive = [], 0, False
+    value = ci = n = None
+    source = ""
+    if inserted and is_number(inserted.get("delta_mean")):
+        lo, hi = inserted.get("delta_ci_low"), inserted.get("delta_ci_high")
+        verdict = _probe_verdict(lo, hi, margin)
+        evidence += verdict == "reliance"
+        inconclusive = verdict == "inconclusive"
+        value, ci, n, source = _v(inserted["delta_mean"]), _ci2(lo, hi), inserted.get("n"), \
+            probe_source
+        parts.append(f"painted in, it moves P(malignant) "
+                     f"{fmt_ci(inserted['delta_mean'], lo, hi, 3, sign=True)} (n = {n})")
+    if attention and is_number(attention.get("ratio")):
+        attends = bool(attention.get("attends"))
+        evidence += attends
+        r = fmt_ci(attention["ratio"], attention.get("ratio_ci_low"),
+                   attention.get("ratio_ci_high"), 2)
+        parts.append(f"maps give it {r}x its area share (n = {attention.get('n')})")
+        if value is None:
+            value, n, source = _v(attention["ratio"]), attention.get("n"), attention_source
+            ci = _ci2(attention.get("ratio_ci_low"), attention.get("ratio_ci_high"))
+    if not parts:
+        return _not_run(model, topic, f"no {name} probe or attention evidence", "probe")
+    if evidence == 2:
+        status, head = "alarm", f"Relies on the {name}"
+    elif evidence == 1 or inconclusive:
+        status, head = "caution", f"May rely on the {name}"
+    else:
+        status, head = "ok", f"Ignores the {name}"
+    return Finding(model, topic, status, f"{head}: {'; '.join(parts)}.", value, ci, n, source,
+                   "probe")
+
+
+def subgroups(model: str, column: str, result: dict[str, Any] | None,
+              source: str) -> Finding:
+    """From ``metrics.json['subgroups'][column]['models'][model]``."""
+    topic = f"subgroups: {column}"
+    if not result:
+        return _not_run(model, topic, f"no subgroups by {column}", "subgroups")
+    het = (result.get("heterogeneity") or {}).get("auc") or {}
+    groups = [g for g in result.get("groups") or [] if g.get("estimable")]
+    if not groups:
+        return _not_run(model, topic, f"every {column} group is too small to estimate",
+                        "subgroups")
+    all_groups = result.get("groups") or []
+    low = min(groups, key=lambda g: (g.get("roc_auc") or {}).get("value", math.inf))
+    source = f"{source}/groups/{all_groups.index(low)}/roc_auc/value"
+    auc = low.get("roc_auc") or {}
+    p = het.get("p_adjusted", het.get("p"))
+    differs = is_number(p) and p < 0.05
+    where = f"lowest in {column} = {low.get('group')}: ROC AUC " \
+            f"{fmt_ci(auc.get('value'), auc.get('lo'), auc.get('hi'), 2)}, n = {low.get('n')}"
+    smallest = min(int(g.get("n") or 0) for g in groups)
+    sentence = (f"ROC AUC differs across {column} groups (Holm {fmt_p(p, label='p')}); "
+                f"{where}." if differs else
+                f"No AUC difference detected across {len(groups)} {column} groups "
+                f"(Holm {fmt_p(p, label='p')}; smallest n = {smallest}); {where}.")
+    return Finding(model, topic, "caution" if differs else "ok", sentence,
+                   _v(auc.get("value")), _ci2(auc.get("lo"), auc.get("hi")), low.get("n"),
+                   source, "subgroups")
+
+
+def shortcut(exp: dict[str, Any], role: str) -> Finding:
+    """The demo's planted shortcut, for the control (``role='control'``) or the
+    shortcut-trained model (``'shortcut'``), from ``shortcut_experiment.json``."""
+    r = exp["runs"][role]
+    art = exp.get("artifact", "artifact")
+    ratio = fmt_ci(r.get("ratio"), r.get("ratio_ci_low"), r.get("ratio_ci_high"), 2)
+    pvc = exp.get("probe_vs_control") or {}
+    model = exp["model"] if role == "control" else f"{exp['model']} (shortcut-trained)"
+    src = f"{SHORTCUT}#{_pointer('runs', role, 'ratio')}"
+    ci = _ci2(r.get("ratio_ci_low"), r.get("ratio_ci_high"))
+    if role == "shortcut":
+        probe_more = is_number(pvc.get("ci_low")) and pvc["ci_low"] > pvc.get("margin", MARGIN)
+        caught = bool(r.get("flagged")) or probe_more
+        extra = (f"; pasted in, it adds "
+                 f"{fmt_ci(pvc.get('diff'), pvc.get('ci_low'), pvc.get('ci_high'), 2, sign=True)}"
+                 f" vs the control (n = {pvc.get('n')})") \
+            if is_number(pvc.get("diff")) else ""
+        head = f"Relies on the planted {art}" if caught else f"Planted {art} not detected"
+        return Finding(model, "shortcut", "alarm" if caught else "caution",
+                       f"{head}: maps give it {ratio}x its area share (n = {r['n']}){extra}.",
+                       _v(r.get("ratio")), ci, r.get("n"), src, "shortcut")
+    flagged = bool(r.get("flagged"))
+    return Finding(model, "shortcut", "caution" if flagged else "ok",
+                   f"Control ({art}s independent of the label): maps give the {art} {ratio}x "
+                   f"its area share (n = {r['n']}), {'flagged' if flagged else 'not flagged'}.", _v(r.get("ratio")), ci, r.get("n"), src, "shortcut")
+
+
+SHORTCUT = runmod.SHORTCUT_EXPERIMENT
+
+
+# ----------------------------------------------------------------- a run's findings
+
+
+def _read(path: Path) -> Any:
+    return read_json(path) if path.exists() else None
+
+
+def build_findings(run_dir: str | Path) -> list[Finding]:
+    """Every model's findings from a run folder's summaries, core topics first in
+    :data:`TOPICS` order, then artifacts, subgroups, external sets and the shortcut."""
+    run = runmod.Run.open(run_dir)
+    out = runmod.Outputs(run.dir)
+    metrics = _read(out.metrics) or {}
+    summary = _read(out.attention_summary) or {}
+    probes = _read(out.probe_summary)
+    entries = (probes.get("entries") if isinstance(probes, dict) else probes) or []
+    margin = float(summary.get("equivalence_margin") or MARGIN)
+    models = list(run.trained_models) or list(metrics.get("models") or {})
+    test = metrics.get("test") or {}
+    chosen = {c["model"]: c for c in summary.get("layer_choice") or []}
+    idx = {(e["model"], e["probe"], e.get("artifact") or None): i
+           for i, e in enumerate(entries)}
+    findings: list[Finding] = []
+    for m in models:
+        entry = (metrics.get("models") or {}).get(m)
+        ptr = f"{runmod.METRICS}#{_pointer('models', m, 'threshold_free')}"
+        findings.append(discrimination(m, entry, test.get("n"), test.get("n_malignant"),
+                                       f"{ptr}/roc_auc/value"))
+        findings.append(calibration(m, entry, test.get("n"), f"{ptr}/ece/value"))
+        key = _test_key(summary, m, chosen.get(m))
+        t = dict(summary["tests"][key], method=key.split("/", 1)[1]) if key else None
+        tptr = f"{runmod.ATTENTION_SUMMARY}#{_pointer('tests', key or '')}"
+        findings.append(where_it_looks(m, t, _undefined_share(summary, m, t),
+                                       f"{tptr}/uniform_guard/median_pixel_auroc"))
+        findings.append(size_confound(m, t, f"{tptr}/size_confound/class_coef_adjusted"))
+
+        def probe(name, art=None, field="delta_mean", model=m):
+            i = idx.get((model, name, art))
+            return (entries[i] if i is not None else None,
+                    f"{runmod.PROBE_SUMMARY}#{_pointer('entries', i, field)}")
+
+        e, src = probe("lesion_removed", field="auc")
+        findings.append(lesion_reliance(m, e, src))
+        e, src = probe("background_removed")
+        findings.append(context(m, e, src, margin))
+        att_rows = {r["artifact"]: (i, r) for i, r in enumerate(summary.get("artifacts") or [])
+                    if r.get("model") == m and (not t or r.get("method") == t["method"])}
+        names = sorted({k[2] for k in idx if k[0] == m and k[1] == "artifact_inserted"
+                        and k[2]} | set(att_rows))
+        for a in names:
+            e, src = probe("artifact_inserted", a)
+            i, row = att_rows.get(a, (None, None))
+            findings.append(artifact(m, a, e, row, src,
+                                     f"{runmod.ATTENTION_SUMMARY}#{_pointer('artifacts', i, 'ratio')}",
+                                     margin))
+        for col, res in (metrics.get("subgroups") or {}).items():
+            r = ((res or {}).get("models") or {}).get(m)
+            findings.append(subgroups(m, col, r, f"{runmod.METRICS}#"
+                                      f"{_pointer('subgroups', col, 'models', m)}"))
+        for name in _external_names(run):
+            em = _read(run.external(name).metrics) or {}
+            et = em.get("test") or {}
+            findings.append(discrimination(
+                m, (em.get("models") or {}).get(m), et.get("n"), et.get("n_malignant"),
+                f"{runmod.EXTERNAL_DIR}/{name}/{runmod.METRICS}#"
+                f"{_pointer('models', m, 'threshold_free', 'roc_auc', 'value')}",
+                topic=f"external: {name}", anchor="external"))
+    exp = _read(run.dir / SHORTCUT)
+    if isinstance(exp, dict) and "runs" in exp:
+        findings += [shortcut(exp, "control"), shortcut(exp, "shortcut")]
+    return findings
+
+
+def _test_key(summary: dict[str, Any], model: str, chosen: dict[str, Any] | None) -> str | None:
+    tests = summary.get("tests") or {}
+    if chosen and f"{model}/{chosen['method']}" in tests:
+        return f"{model}/{chosen['method']}"
+    keys = [k for k in tests if k.split("/", 1)[0] == model]
+    return keys[0] if keys else None
+
+
+def _undefined_share(summary: dict[str, Any], model: str, test: dict | None) -> float | None:
+    """Share of ``model``'s test heatmaps at its method with no defined pixel AUROC, from
+    the summary's ``overall`` rows (``n`` images, ``n_nan`` undefined)."""
+    if not test:
+        return None
+    for r in summary.get("overall") or []:
+        if (r.get("model"), r.get("method"), r.get("metric")) == (model, test["method"],
+                                                                   "pixel_auroc"):
+            n, k = r.get("n"), r.get("n_nan", 0)
+            return float(k) / n if is_number(n) and n and is_number(k) else None
+    return None
+
+
+def _external_names(run: runmod.Run) -> list[str]:
+    folder = run.dir / runmod.EXTERNAL_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir()
+                  if (p / runmod.METRICS).is_file())
+
+
+def display_names(run: runmod.Run, findings: list[Finding]) -> dict[str, str]:
+    """Each finding's model as the run names it (``ResNet18``; a qualified model such as
+    ``resnet18 (shortcut-trained)`` keeps its qualifier)."""
+    names = run.display_names
+    out = {}
+    for f in findings:
+        base, _, rest = f.model.partition(" ")
+        out[f.model] = names.get(f.model) or (names.get(base, base) + (f" {rest}" if rest else ""))
+    return out
+
+
+def write_findings(run_dir: str | Path) -> tuple[Path, list[Finding]]:
+    """Build the run's findings and write ``RUN/findings.json``."""
+    run = runmod.Run.open(run_dir)
+    findings = build_findings(run.dir)
+    path = run.dir / FINDINGS
+    write_json(path, {"schema_version": SCHEMA_VERSION, "margin": MARGIN,
+                      "display_names": display_names(run, findings),
+                      "findings": [f.to_dict() for f in findings]})
+    return path, findings
+
+
+def read_findings(run_dir: str | Path) -> list[Finding]:
+    """``RUN/findings.json`` as :class:`Finding` objects (built and written if absent)."""
+    path = Path(run_dir) / FINDINGS
+    if not path.exists():
+        return write_findings(run_dir)[1]
+    obj = read_json(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("findings"), list):
+        raise DermcamError("findings.json holds no list of findings", path)
+    return [Finding.from_dict(d) for d in obj["findings"]]
+
+
+def status_counts(findings: list[Finding]) -> dict[str, int]:
+    return {s: sum(f.status == s for f in findings) for s in STATUSES}
+
+
+def fine_line(findings: list[Finding], model: str) -> str | None:
+    """``"fine: discrimination, calibration, ..."`` for a model's ``ok`` topics (None if none)."""
+    ok = [f.topic for f in findings if f.model == model and f.status == "ok"]
+    return f"fine: {', '.join(ok)}" if ok else None

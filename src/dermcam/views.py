@@ -1,0 +1,442 @@
+"""Tables built once, as data, from a run's summaries; rendered by the terminal (rich) and
+the report (Jinja2) alike.
+
+A :class:`Table` is a title, column names, rows of already formatted cells and an optional
+note. Builders take the summary objects the stages write (``metrics.json``,
+``attention_summary.json``, ``probe_summary.json``, ``shortcut_experiment.json``, the
+manifest's model records) and never read images or models; :func:`run_sections` reads a
+run folder's files and returns every table grouped by report section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dermcam import run as runmod
+from dermcam.formatting import fmt_ci, fmt_num, fmt_pct, fmt_seconds, is_number, metric_label
+from dermcam.io import read_json
+
+__all__ = ["Table", "ci_cell", "training_table", "metrics_tables", "localisation_table",
+           "attention_table", "artifacts_table", "probe_table", "presence_table",
+           "shortcut_table", "subgroup_tables", "external_table", "findings_table",
+           "run_sections", "SECTIONS"]
+
+#: Report sections holding detail tables, in page order: (anchor, title).
+SECTIONS = (("training", "Training"), ("comparison", "Model comparison"),
+            ("external", "External validation"), ("subgroups", "Subgroups"),
+            ("attention", "Where the models look"), ("probe", "Behavioural probes"),
+            ("shortcut", "Planted shortcut"))
+
+
+@dataclass
+class Table:
+    """A titled table of formatted cells; ``numeric_from``: the first column that holds
+    numbers (right-aligned by renderers)."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+    numeric_from: int = 1
+
+    def add(self, *cells: Any) -> None:
+        self.rows.append(["" if c is None else str(c) for c in cells])
+
+
+def ci_cell(v: Any, lo: Any, hi: Any, digits: int = 2, sign: bool = False) -> str:
+    """``v [lo, hi]`` for a table cell, ``-`` for each undefined part."""
+    return fmt_ci(v, lo, hi, digits, collapse=False, missing="-", sign=sign)
+
+
+def _entry(d: Any, digits: int = 3) -> str:
+    if not isinstance(d, dict) or not is_number(d.get("value")):
+        return "n/a"
+    return fmt_ci(d["value"], d.get("lo"), d.get("hi"), digits, collapse=False)
+
+
+def _n(names: dict[str, str] | None, model: str) -> str:
+    return (names or {}).get(model, model)
+
+
+def method_at(method: str, layer: str) -> str:
+    """One naming scheme for a CAM method at a layer: ``hirescam @ layer2``."""
+    return f"{method} @ {layer}" if layer else method
+
+
+# ----------------------------------------------------------------- training, evaluation
+
+
+def training_table(records: dict[str, dict[str, Any]],
+                   chosen: dict[str, tuple[str, str]] | None = None) -> Table:
+    """One row per trained model; epochs counted from 1; ``chosen``: model -> (method,
+    layer) the attention analysis used (else the architecture's default CAM layer)."""
+    t = Table("Training (best checkpoint on validation)",
+              ["model", "weights", "learning rate", "epochs run", "best epoch",
+               "best validation", "threshold", "CAM", "time"], numeric_from=2)
+    for name, m in records.items():
+        best = m.get("best_epoch")
+        method, layer = (chosen or {}).get(name, ("", m.get("target_layer", "")))
+        cam = method_at(method, layer) if method else layer
+        t.add(m.get("display_name", name), m.get("weights_source", "?"),
+              f"{m['lr']:g}" if is_number(m.get("lr")) else "-",
+              m.get("epochs_run", "-"),
+              best + 1 if isinstance(best, int) else "-",  # recorded from 0
+              f"{m.get('monitor', '')} {fmt_num(m.get('best_score'), 3)}".strip(),
+              fmt_num(m.get("threshold"), 3), cam,
+              fmt_seconds(m.get("wall_time_s")))
+    return t
+
+
+_MAIN = (("at_threshold", "accuracy"), ("at_threshold", "balanced_accuracy"),
+         ("at_threshold", "sensitivity"), ("at_threshold", "specificity"),
+         ("at_threshold", "f1_malignant"), ("threshold_free", "roc_auc"),
+         ("threshold_free", "average_precision"))
+
+
+def metrics_tables(result: dict[str, Any]) -> list[Table]:
+    """The comparison (at each model's threshold, with the all-benign baseline),
+    calibration before and after scaling, and the paired tests."""
+    names = result.get("display_names") or {}
+    test = result.get("test") or {}
+    t = Table(f"Test set, n = {test.get('n')} ({test.get('n_malignant')} malignant): "
+              "value [95 % CI]",
+              ["model", "threshold", *(metric_label(k, short=True) for _, k in _MAIN)])
+    for m, e in (result.get("models") or {}).items():
+        t.add(names.get(m, e.get("display_name", m)), fmt_num(e.get("threshold"), 3),
+              *(_entry((e.get(sec) or {}).get(k)) for sec, k in _MAIN))
+    base = (result.get("baselines") or {}).get("all_benign")
+    if base:
+        t.add("all benign (baseline)", "-", *(_entry(base.get(k)) for _, k in _MAIN))
+    out = [t]
+    calib = result.get("calibration") or {}
+    if calib:
+        c = Table("Calibration on the test set, before and after scaling",
+                  ["model", "T, b", "ECE before", "ECE after", "Brier before", "Brier after"])
+        for m, v in calib.items():
+            c.add(names.get(m, m), f"{fmt_num(v.get('temperature'), 2)}, "
+                                   f"{fmt_num(v.get('bias'), 2, sign=True)}",
+                  _entry((v.get("before") or {}).get("ece")),
+                  _entry((v.get("after") or {}).get("ece")),
+                  _entry((v.get("before") or {}).get("brier")),
+                  _entry((v.get("after") or {}).get("brier")))
+        out.append(c)
+    pairs = result.get("pairwise") or []
+    if pairs:
+        p = Table("Paired comparisons (same test images)",
+                  ["models", "ΔAUC [95 % CI]", "DeLong p (Holm)", "Δaccuracy [95 % CI]",
+                   "McNemar p"],
+                  note="p >= 0.05 is inconclusive, not evidence of equal performance.")
+        for r in pairs:
+            auc, acc = r.get("auc") or {}, r.get("accuracy") or {}
+            p.add(f"{names.get(r['b'], r['b'])} - {names.get(r['a'], r['a'])}",
+                  ci_cell(auc.get("diff"), auc.get("lo"), auc.get("hi"), 3, sign=True),
+                  fmt_num(auc.get("p_adjusted", r.get("p_holm")), 3),
+                  ci_cell(acc.get("diff"), acc.get("lo"), acc.get("hi"), 3, sign=True),
+                  fmt_num((acc.get("mcnemar") or {}).get("p"), 3))
+        out.append(p)
+    return out
+
+
+def external_table(internal: dict[str, Any] | None,
+                   externals: list[tuple[str, dict[str, Any]]],
+                   names: dict[str, str] | None = None) -> Table | None:
+    from dermcam.stages.external import SIDE_BY_SIDE, side_by_side
+
+    if not externals:
+        return None
+    if names is None:  # as the metrics files name them
+        sets = [internal or {}, *(res for _, res in externals)]
+        names = {k: e.get("display_name", k) for res in sets
+                 for k, e in (res.get("models") or {}).items()}
+        names.update({k: v for res in sets for k, v in (res.get("display_names") or {}).items()})
+    t = Table("Internal test vs external sets: value [95 % CI]",
+              ["model", "test set", "n (malignant)", *(c for _, _, c in SIDE_BY_SIDE)],
+              numeric_from=2)
+    notes = []
+    for name, res in externals:
+        d = (res.get("external") or {}).get("duplicates")
+        if d:
+            ids = ", ".join((d.get("exact", []) + d.get("near", []))[:8])
+            notes.append(f"{name}: {d['n_exact']} exact and {d['n_near']} near-duplicate "
+                         f"image(s) of {d['against']}" + (f" ({ids})" if ids else "")
+                         + ("; left out" if d.get("excluded") else
+                            "; kept (--exclude-duplicates leaves them out)" if ids else ""))
+    t.note = ". ".join(notes)
+    for r in side_by_side(internal, externals):
+        t.add(_n(names, r["model"]), r["set"], f"{r['n']} ({r['n_malignant']})",
+              *(_entry(r[k]) for _, k, _ in SIDE_BY_SIDE))
+    return t
+
+
+def subgroup_tables(result: dict[str, Any]) -> list[Table]:
+    """One table per ``--by`` column and model (:func:`dermcam.subgroups.subgroup_table`)."""
+    from dermcam.subgroups import heterogeneity_sentence, subgroup_table
+
+    out = []
+    names = result.get("display_names") or {}
+    for col, analysis in (result.get("subgroups") or {}).items():
+        for model in analysis["models"]:
+            rows = subgroup_table(analysis, model)
+            out.append(Table(f"{names.get(model, model)} by {col} ({analysis['binning']})",
+                             rows[0], rows[1:], heterogeneity_sentence(analysis, model)))
+    return out
+
+
+# ----------------------------------------------------------------- attention
+
+
+def localisation_table(rows: list[dict[str, Any]],
+                       chosen: dict[str, tuple[str, str]] | None = None,
+                       names: dict[str, str] | None = None) -> Table | None:
+    """The localisation benchmark, one row per model x method x layer."""
+    if not rows:
+        return None
+    t = Table(f"Localisation benchmark on {rows[0]['n']} {rows[0]['images']} images: "
+              "median pixel AUROC [95 % CI] (0.5 = uniform attention)",
+              ["model", "CAM", "grid", "pixel AUROC", "undefined", "sanity", "chosen"],
+              numeric_from=2)
+    for r in rows:
+        verdict = {True: "passed", False: "failed", None: "inconclusive"}[r.get("sanity_passed")]
+        pick = (chosen or {}).get(r["model"]) == (r["method"], r["layer"])
+        t.add(_n(names, r["model"]), method_at(r["method"], r["layer"]),
+              "x".join(map(str, r["grid"])),
+              ci_cell(r["median_pixel_auroc"], r["ci_low"], r["ci_high"]),
+              fmt_pct(r["undefined_share"], 0, missing="-"), verdict, "yes" if pick else "")
+    return t
+
+
+def attention_table(summary: dict[str, Any], names: dict[str, str] | None = None
+                    ) -> Table | None:
+    """Per model at its method: leakage by class and the size-confound test."""
+    tests = summary.get("tests") or {}
+    if not tests:
+        return None
+    t = Table("Leakage by class and the lesion-size confound (heatmaps explain the "
+              f"{summary.get('target', 'malignant')} class)",
+              ["model", "CAM", "median pixel AUROC", "leakage benign", "leakage malignant",
+               "uniform would leak", "gap adjusted for area", "area explains", "verdict"],
+              numeric_from=2,
+              note="Gap: malignant minus benign mean leakage after a natural spline in lesion "
+                   "area (HC3 SEs); verdicts: remains, explained by size, inconclusive "
+                   f"(equivalence margin ±{summary.get('equivalence_margin', 0.02):g}).")
+    by = {(r["model"], r["method"], r["label"], r["metric"]): r
+          for r in summary.get("by_class") or []}
+    for key, e in tests.items():
+        model, method = key.rsplit("/", 1)
+        g = e.get("uniform_guard") or {}
+        sc = e.get("size_confound") or {}
+
+        def cls(label, metric, model=model, method=method):
+            r = by.get((model, method, label, metric)) or {}
+            return ci_cell(r.get("mean"), r.get("ci_low"), r.get("ci_high"), 3)
+
+        chance = [fmt_num((by.get((model, method, lab, "chance_leakage")) or {}).get("mean"), 3)
+                  for lab in (0, 1)]
+        lo, hi = (sc.get("class_ci_adjusted") or [None, None])[:2]
+        t.add(_n(names, model), method_at(method, e.get("layer", "")),
+              ci_cell(g.get("median_pixel_auroc"), *(g.get("pixel_auroc_ci") or [None, None])[:2]),
+              cls(0, "leakage"), cls(1, "leakage"), " / ".join(chance),
+              ci_cell(sc.get("class_coef_adjusted"), lo, hi, 3, sign=True),
+              fmt_pct(sc.get("share_explained"), 0),
+              sc.get("verdict", "-") if g.get("better_than_uniform") else "not interpreted")
+    return t
+
+
+def artifacts_table(rows: list[dict[str, Any]] | None, names: dict[str, str] | None = None
+                    ) -> Table | None:
+    rows = [r for r in rows or [] if r.get("n", 0) >= 2]
+    if not rows:
+        return None
+    t = Table("Heatmap mass on artifacts relative to their area (1 = uniform), on images "
+              "that carry them", ["model", "CAM", "artifact", "n", "ratio [95 % CI]",
+                                  "attends"], numeric_from=3)
+    for r in rows:
+        t.add(_n(names, r["model"]), method_at(r["method"], r["layer"]), r["artifact"], r["n"],
+              ci_cell(r["ratio"], r["ratio_ci_low"], r["ratio_ci_high"]),
+              "yes" if r.get("attends") else "no")
+    return t
+
+
+def summary_subgroup_tables(subgroups: dict[str, Any] | None, titles: dict[str, str],
+                            label, what: str) -> list[Table]:
+    """One table per ``--by`` column and entry of an attention or probe summary."""
+    from dermcam.subgroups import kruskal_sentence, summary_table
+
+    out = []
+    for col, analysis in (subgroups or {}).items():
+        for entry in analysis["entries"]:
+            rows = summary_table(analysis, entry, list(titles), list(titles.values()))
+            out.append(Table(f"{what}, {label(entry)}, by {col} ({analysis['binning']}): "
+                             "mean [95 % CI]", rows[0], rows[1:],
+                             kruskal_sentence(analysis, entry, titles)))
+    return out
+
+
+def attention_sections(summary: dict[str, Any], names: dict[str, str] | None = None
+                       ) -> list[Table]:
+    """Every attention table of one ``attention_summary.json``."""
+    from dermcam.stages.explain import SUBGROUP_TITLES
+
+    chosen = chosen_layers(summary)
+    return [t for t in (attention_table(summary, names),
+                        localisation_table(summary.get("localisation") or [], chosen, names),
+                        artifacts_table(summary.get("artifacts"), names)) if t] + \
+        summary_subgroup_tables(summary.get("subgroups"), SUBGROUP_TITLES,
+                                lambda e: f"{_n(names, e['model'])} {e['method']}",
+                                "attention")
+
+
+def probe_sections(summary: dict[str, Any], names: dict[str, str] | None = None
+                   ) -> list[Table]:
+    """Every probe table of one ``probe_summary.json``."""
+    from dermcam.stages.probe import PROBE_TITLES, SUBGROUP_TITLES
+
+    return [t for t in (probe_table(summary.get("entries") or [], names),
+                        presence_table(summary.get("artifact_presence"), names)) if t] + \
+        summary_subgroup_tables(
+            summary.get("subgroups"), SUBGROUP_TITLES,
+            lambda e: " ".join(filter(None, [_n(names, e["model"]), e.get("artifact"),
+                                             PROBE_TITLES.get(e["probe"], e["probe"])])),
+            "probe")
+
+
+# ----------------------------------------------------------------- probes
+
+
+def probe_table(entries: list[dict[str, Any]], names: dict[str, str] | None = None
+                ) -> Table | None:
+    from dermcam.stages.probe import CAVEAT, PROBE_TITLES
+
+    if not entries:
+        return None
+    t = Table("Probes: change in P(malignant), mean [95 % CI]",
+              ["model", "probe", "n", "ΔP(malignant)", "benign→malignant",
+               "malignant→benign", "ROC AUC after", "ROC AUC intact"], numeric_from=2,
+              note="Artifacts are the synthetic generator's painters: they test a model's "
+                   "reaction to the painted look, not to real artifacts. " + CAVEAT)
+    for e in entries:
+        what = PROBE_TITLES[e["probe"]]
+        if e.get("artifact"):
+            what = f"{e['artifact']} {what}"
+        t.add(_n(names, e["model"]), what, e["n"],
+              ci_cell(e["delta_mean"], e["delta_ci_low"], e["delta_ci_high"], 3, sign=True),
+              fmt_pct(e["flip_to_malignant"], 0), fmt_pct(e["flip_to_benign"], 0),
+              ci_cell(e["auc"], e.get("auc_ci_low"), e.get("auc_ci_high"), 3) if "auc" in e else "",
+              fmt_num(e.get("auc_intact"), 3) if "auc" in e else "")
+    return t
+
+
+def presence_table(rows: list[dict[str, Any]] | None, names: dict[str, str] | None = None
+                   ) -> Table | None:
+    """Lesion and background removal on images with vs without each labelled artifact."""
+    from dermcam.stages.probe import PROBE_TITLES
+
+    if not rows:
+        return None
+    t = Table("Removal probes with | without each labelled artifact: ΔP(malignant)",
+              ["model", "probe", "artifact", "n with", "Δ with", "n without", "Δ without",
+               "differs p (Holm)"], numeric_from=3,
+              note="Two-sided Mann-Whitney of the per-image change; p >= 0.05 is "
+                   "inconclusive.")
+    for r in rows:
+        w, wo = r["with"], r["without"]
+        t.add(_n(names, r["model"]), PROBE_TITLES.get(r["probe"], r["probe"]), r["artifact"],
+              w["n"],
+              ci_cell(w.get("delta_mean"), w.get("delta_ci_low"), w.get("delta_ci_high"), 3, True),
+              wo["n"],
+              ci_cell(wo.get("delta_mean"), wo.get("delta_ci_low"), wo.get("delta_ci_high"), 3,
+                  True), fmt_num(r.get("delta_p_adjusted", r.get("delta_p")), 3))
+    return t
+
+
+def shortcut_table(exp: dict[str, Any], names: dict[str, str] | None = None) -> Table:
+    """The planted-shortcut model beside its control."""
+    art = exp.get("artifact", "artifact")
+    t = Table(f"Planted shortcut: {exp['model']} with {art}s tied to malignancy in training "
+              f"only, beside its control ({method_at(exp.get('method', ''), '')} maps)",
+              ["model", "layer", f"n with a {art}", "mass / area [95 % CI]", "flagged",
+               f"ΔP(malignant), {art} pasted", "test ROC AUC"], numeric_from=2,
+              note=f"Mass / area: heatmap mass on the {art} over its area share (1 = uniform). "
+                   "Test images have the artifact independent of the label.")
+    for role in ("control", "shortcut"):
+        r = exp["runs"][role]
+        pr = r.get("probe") or {}
+        t.add(f"{_n(names, exp['model'])} ({role})", r.get("layer"), r.get("n"),
+              ci_cell(r.get("ratio"), r.get("ratio_ci_low"), r.get("ratio_ci_high")),
+              "yes" if r.get("flagged") else "no",
+              ci_cell(pr.get("insert_delta"), pr.get("insert_ci_low"), pr.get("insert_ci_high"), 3,
+                  True),
+              ci_cell(r.get("test_auc"), r.get("test_auc_ci_low"), r.get("test_auc_ci_high"), 3))
+    return t
+
+
+# ----------------------------------------------------------------- findings
+
+
+def findings_table(findings, names: dict[str, str] | None = None, statuses=None) -> Table:
+    """The findings as one table (model, topic, status, sentence); ``statuses``: keep
+    only these."""
+    t = Table("Findings", ["model", "topic", "status", "finding"], numeric_from=99)
+    for f in findings:
+        if statuses is None or f.status in statuses:
+            t.add((names or {}).get(f.model, f.model), f.topic, f.status.replace("_", " "),
+                  f.sentence)
+    return t
+
+
+# ----------------------------------------------------------------- a run folder
+
+
+def _maybe(path: Path) -> Any:
+    try:
+        return read_json(path) if path.exists() else None
+    except Exception:  # an unreadable file shows as missing; the report says which
+        return None
+
+
+def chosen_layers(summary: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
+    return {c["model"]: (c["method"], c["layer"])
+            for c in (summary or {}).get("layer_choice") or []}
+
+
+def run_sections(run_dir: str | Path) -> dict[str, list[Table]]:
+    """Every detail table of a run folder, by report section (:data:`SECTIONS`)."""
+    run = runmod.Run.open(run_dir)
+    out = runmod.Outputs(run.dir)
+    metrics = _maybe(out.metrics)
+    summary = _maybe(out.attention_summary)
+    probes = _maybe(out.probe_summary)
+    if isinstance(probes, list):
+        probes = {"entries": probes}
+    chosen = chosen_layers(summary)
+    names = dict(run.display_names)
+    sec: dict[str, list[Table]] = {k: [] for k, _ in SECTIONS}
+    if run.model_records:
+        sec["training"].append(training_table(run.model_records, chosen))
+    if metrics:
+        sec["comparison"] += metrics_tables(metrics)
+        sec["subgroups"] += subgroup_tables(metrics)
+    ext_dir = run.dir / runmod.EXTERNAL_DIR
+    externals = sorted((p.name, m) for p in (ext_dir.iterdir() if ext_dir.is_dir() else [])
+                       if (m := _maybe(p / runmod.METRICS)))
+    t = external_table(metrics, externals, names)
+    if t:
+        sec["external"].append(t)
+    for folder in sorted(ext_dir.iterdir() if ext_dir.is_dir() else []):
+        es, ep = _maybe(folder / runmod.ATTENTION_SUMMARY), _maybe(folder / runmod.PROBE_SUMMARY)
+        if isinstance(ep, list):
+            ep = {"entries": ep}
+        for t in ((attention_sections(es, names) if isinstance(es, dict) else [])
+                  + (probe_sections(ep, names) if isinstance(ep, dict) else [])):
+            t.title = f"{folder.name}: {t.title}"
+            sec["external"].append(t)
+    if summary:
+        sec["attention"] += attention_sections(summary, names)
+    if probes:
+        sec["probe"] += probe_sections(probes, names)
+    exp = _maybe(run.dir / runmod.SHORTCUT_EXPERIMENT)
+    if isinstance(exp, dict) and "runs" in exp:
+        sec["shortcut"].append(shortcut_table(exp, names))
+    return sec
