@@ -520,7 +520,11 @@ def test_cli_probe_prints_the_table_and_refuses_bad_options(probed, monkeypatch,
 
     code, out, _ = invoke("probe", run, "--probes", "lesion_removed", "--n-boot", "50",
                           "--limit", "10")
-    assert code == 0
+    assert code == 0  # by default the answer: the findings on the probes' topics
+    assert "lesion reliance" in out and "does not prove its absence" not in out
+    code, out, _ = invoke("--verbose", "probe", run, "--probes", "lesion_removed",
+                          "--n-boot", "50", "--limit", "10")
+    assert code == 0  # --verbose: the table too, with the probes' caveat
     assert "lesion removed" in out and "does not prove its absence" in out
     code, _, err = invoke("probe", run, "--probes", "lesion_gone")
     assert code == 2 and "unknown probe lesion_gone" in err

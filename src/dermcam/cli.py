@@ -745,7 +745,7 @@ def explain(
     if ext:
         console.print(f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): "
                       f"{ext['images']}; {ext['thresholds']}; layers {ext['layers']}")
-    detail(run_dir, "explain", attention_sections(summary))
+    detail(run_dir, "explain", attention_sections(summary, runmod.Run.open(run_dir).display_names))
     answer(run_dir, ("where it looks", "size confound", "artifact"))
     console.print(f"wrote {Path(where).resolve()}/attention_summary.json (--verbose or "
                   "dermcam.log: every table)")
@@ -961,7 +961,8 @@ def probe(
     if ext:
         console.print(f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): "
                       f"{ext['thresholds']}")
-    detail(run_dir, "probe", probe_sections({**summary, "entries": entries}))
+    detail(run_dir, "probe", probe_sections({**summary, "entries": entries},
+                                            runmod.Run.open(run_dir).display_names))
     answer(run_dir, ("lesion reliance", "context", "artifact"))
     console.print(f"wrote {where.resolve()}/probe_summary.json (--verbose or dermcam.log: "
                   "every table)")
