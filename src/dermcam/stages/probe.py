@@ -55,6 +55,7 @@ import pandas as pd
 
 from dermcam import run as runmod
 from dermcam.errors import DermcamError
+from dermcam.formatting import is_number
 from dermcam.io import read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -919,127 +920,6 @@ def _tracking(att: pd.DataFrame, model: str, per_img: pd.DataFrame, n_boot: int,
     return out
 
 
-# ------------------------------------------------------------------ sentences
-
-
-def _f(v: Any, digits: int = 3, sign: bool = False) -> str:
-    from dermcam.formatting import fmt_num
-
-    return fmt_num(v, digits, sign=sign)
-
-
-def _signed(v: Any) -> str:
-    return _f(v, sign=True)
-
-
-def _finite(*vs: Any) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in vs)
-
-
-ARTIFACT_PHRASES = {"ruler": "a ruler", "ink": "ink marks", "patch": "a colour patch",
-                    "vignette": "dark corners", "hair": "hair"}
-
-
-def delta_verdict(e: dict[str, Any], prefix: str = "delta") -> str:
-    """What a mean change's 95 % CI shows.
-
-    ``raises`` / ``lowers``: the CI excludes 0 and reaches beyond +/-``NEGLIGIBLE_DELTA``;
-    ``slightly raises`` / ``slightly lowers``: it excludes 0 but lies within the margin;
-    ``negligible``: it includes 0 and lies within the margin (an equivalence statement);
-    ``inconclusive``: it includes 0 and reaches beyond the margin, or is undefined.
-    """
-    lo, hi = e.get(f"{prefix}_ci_low"), e.get(f"{prefix}_ci_high")
-    if not _finite(lo, hi):
-        return "inconclusive"
-    small = -NEGLIGIBLE_DELTA < lo and hi < NEGLIGIBLE_DELTA
-    if lo > 0:
-        return "slightly raises" if small else "raises"
-    if hi < 0:
-        return "slightly lowers" if small else "lowers"
-    return "negligible" if small else "inconclusive"
-
-
-def _pct(v: Any) -> str:
-    return _f(v * 100 if _finite(v) else None, 0) + " %"
-
-
-def sentence(e: dict[str, Any], display: str | None = None) -> str:
-    """One plain sentence for one entry, following from the numbers in it."""
-    who = display or e["model"]
-    probe, art = e["probe"], e.get("artifact")
-    change = (f"{_signed(e['delta_mean'])} (95 % CI {_signed(e['delta_ci_low'])} to "
-              f"{_signed(e['delta_ci_high'])}, n = {e['n']} images)")
-    if probe == "lesion_removed":
-        auc = (f"AUC {_f(e.get('auc'))} (95 % CI {_f(e.get('auc_ci_low'))}-"
-               f"{_f(e.get('auc_ci_high'))}, n = {e['n']}; intact {_f(e.get('auc_intact'))})")
-        lo, hi = e.get("auc_ci_low"), e.get("auc_ci_high")
-        if _finite(lo) and lo > 0.5:
-            return (f"With the lesion inpainted away, {who} still ranks malignant above benign "
-                    f"images, {auc}: it uses what lies outside the lesion.")
-        if _finite(hi) and hi < 0.5:
-            return (f"With the lesion inpainted away, {who} ranks benign above malignant "
-                    f"images, {auc}: the context it sees points the other way.")
-        if _finite(lo, hi):
-            return (f"With the lesion inpainted away, {who}'s ranking is not distinguishable "
-                    f"from chance, {auc}: no evidence that it ranks by context alone (which "
-                    "does not prove it ignores context).")
-        return (f"With the lesion inpainted away, {who}'s AUC is undefined "
-                f"({e.get('auc_reason', 'n/a')}).")
-    if probe == "background_removed":
-        return (f"With the background replaced by flat skin, {who}'s AUC is {_f(e.get('auc'))} "
-                f"(95 % CI {_f(e.get('auc_ci_low'))}-{_f(e.get('auc_ci_high'))}) against "
-                f"{_f(e.get('auc_intact'))} intact (DeLong p = {_f(e.get('auc_diff_p'))}); its "
-                f"malignant probability changes by {change}.")
-    thing = ARTIFACT_PHRASES.get(art, art)
-    what = (f"Inserting {thing}" if probe == "artifact_inserted"
-            else f"Removing the {art} from the images that carry it")
-    v = delta_verdict(e)
-    flips = (f"; {_pct(e['flip_to_malignant'])} of benign decisions flip to malignant and "
-             f"{_pct(e['flip_to_benign'])} of malignant ones to benign")
-    if v in ("raises", "lowers"):
-        return (f"{what} {v} {who}'s malignant probability (mean change {change}){flips}: "
-                f"the model reacts to the {art}.")
-    if v in ("slightly raises", "slightly lowers"):
-        return (f"{what} {v} {who}'s malignant probability (mean change {change}): "
-                f"detectable but within ±{NEGLIGIBLE_DELTA}.")
-    if v == "negligible":
-        return (f"{what} changes {who}'s malignant probability by {change}, within "
-                f"±{NEGLIGIBLE_DELTA}: no material reaction to the {art}.")
-    return (f"{what} changes {who}'s malignant probability by {change}: inconclusive (neither "
-            f"a reaction nor its absence within ±{NEGLIGIBLE_DELTA} is shown).")
-
-
-def tracking_sentence(e: dict[str, Any], display: str | None = None) -> str | None:
-    """Whether the CAM's leakage predicts the probability change under this probe."""
-    if "leakage_rho" not in e:
-        return None
-    who = display or e["model"]
-    rho, lo, hi = e["leakage_rho"], e.get("leakage_rho_ci_low"), e.get("leakage_rho_ci_high")
-    what = PROBE_TITLES[e["probe"]]
-    head = (f"{who}'s CAM leakage ({e.get('cam')}) against the size of the probability change "
-            f"with the {what.replace(' removed', '')} removed: Spearman rho {_f(rho, 2, True)} "
-            f"(95 % CI {_f(lo, 2, True)} to {_f(hi, 2, True)}, n = {e.get('rho_n')})")
-    if not _finite(lo, hi):
-        return head + ": undefined."
-    if lo > 0 or hi < 0:
-        return head + ": the heatmap tracks the model's behaviour on these images."
-    return head + ": no detectable link, so leakage does not predict this reliance here."
-
-
-def sentences(entries: Sequence[dict[str, Any]], displays: dict[str, str] | None = None
-              ) -> list[str]:
-    """Every entry's sentence (and the heatmap-tracking sentences), model by model."""
-    displays = displays or {}
-    out = []
-    for e in entries:
-        d = displays.get(e["model"])
-        out.append(sentence(e, d))
-        t = tracking_sentence(e, d)
-        if t:
-            out.append(t)
-    return out
-
-
 def read_summary_object(folder: str | Path) -> dict[str, Any] | None:
     """The whole ``probe_summary.json`` in ``folder`` (a run or an external set's folder):
     ``{"entries", ...}``; a summary written before schema 2 (a bare list of entries) is
@@ -1125,10 +1005,10 @@ def build_auc_figure(entries: Sequence[dict[str, Any]], displays: dict[str, str]
                              e.get("auc_intact_ci_high")))
             rows.append((probe, e.get("auc"), e.get("auc_ci_low"), e.get("auc_ci_high")))
         for j, (key, v, lo, hi) in enumerate(rows):
-            if not _finite(v):
+            if not is_number(v):
                 continue
             x = i + (j - 1) * 0.22
-            err = [[v - lo], [hi - v]] if _finite(lo, hi) else None
+            err = [[v - lo], [hi - v]] if is_number(lo) and is_number(hi) else None
             ax.errorbar([x], [v], yerr=err, fmt="o", color=colours[key], capsize=3,
                         label=key.replace("_", " ") if i == 0 else None)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
