@@ -781,3 +781,41 @@ def test_undefined_share_by_hand():
     assert fd._undefined_share({"overall": [other, row]}, "m", t) == 0.06
     assert fd._undefined_share({"overall": [other]}, "m", t) is None
     assert fd._undefined_share({}, "m", None) is None
+
+
+# ----------------------------------------------------------------- the real-pixel swap decides
+
+
+def _swap(lo, hi, mean=None, control=(0.0, -0.01, 0.01)):
+    return {"delta_mean": (lo + hi) / 2 if mean is None else mean, "delta_mean_ci_low": lo,
+            "delta_mean_ci_high": hi, "n": 250, "control_mean": control[0],
+            "control_mean_ci_low": control[1], "control_mean_ci_high": control[2]}
+
+
+_PAINTED_REACTS = {"delta_mean": 0.08, "delta_ci_low": 0.05, "delta_ci_high": 0.11, "n": 250}
+_PAINTED_FLAT = {"delta_mean": 0.0, "delta_ci_low": -0.01, "delta_ci_high": 0.01, "n": 250}
+_ATTENDS = {"ratio": 2.0, "ratio_ci_low": 1.5, "ratio_ci_high": 2.5, "attends": True, "n": 40}
+
+
+@pytest.mark.parametrize("swap, painted, attention, status", [
+    # reliance on real pixels is an alarm, whatever the painted probe says
+    (_swap(0.03, 0.09), _PAINTED_FLAT, None, "alarm"),
+    (_swap(-0.09, -0.03), None, None, "alarm"),
+    # negligible on real pixels: ok, unless the painted probe or the maps disagree
+    (_swap(-0.01, 0.01), _PAINTED_FLAT, None, "ok"),
+    (_swap(-0.01, 0.01), _PAINTED_REACTS, None, "caution"),
+    (_swap(-0.01, 0.01), None, _ATTENDS, "caution"),
+    # the CI crosses the margin: inconclusive
+    (_swap(0.0, 0.05), _PAINTED_REACTS, _ATTENDS, "caution"),
+    (_swap(0.02, 0.02001), None, None, "caution"),
+])
+def test_the_context_swap_decides_the_artifact(swap, painted, attention, status):
+    f = fd.artifact(M, "ruler", painted, attention, "p#", "a#", swap=swap, swap_source="s#")
+    assert f.status == status and f.source == "s#" and f.n == 250
+    assert f.value == swap["delta_mean"] and "real ruler" in f.sentence
+    assert "control" in f.sentence
+
+
+def test_without_a_swap_the_painted_rule_stands():
+    f = fd.artifact(M, "ruler", _PAINTED_REACTS, _ATTENDS, "p#", "a#", swap=None)
+    assert f.status == "alarm" and f.source == "p#"

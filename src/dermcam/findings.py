@@ -26,11 +26,15 @@ lesion reliance    caution: the ROC AUC with the lesion inpainted away stays abo
 context            caution: replacing the surroundings moves P(malignant) beyond the margin
                    (CI outside +-margin) or the result is inconclusive (CI crosses it); ok:
                    the change is negligible (CI within +-margin)
-artifact: NAME     two lines of evidence: pasting the artifact moves P(malignant) beyond the
-                   margin (probe), and the heatmaps put more than the artifact's area share
-                   on it (attention ratio CI above 1). alarm: both; caution: one, or the
-                   probe is inconclusive; ok: the probe's change is negligible and the maps
-                   do not attend to it
+artifact: NAME     with the context swap (real pixels, from artifact labels) it decides:
+                   alarm when surroundings with the real artifact move P(malignant) beyond
+                   the margin against surroundings without it; caution when inconclusive,
+                   or negligible while the painted probe or the maps say reliance (the
+                   painted artifact tests the painter's look); ok otherwise. Without it,
+                   two lines of evidence: pasting the painted artifact moves P(malignant)
+                   beyond the margin, and the heatmaps put more than the artifact's area
+                   share on it (ratio CI above 1). alarm: both; caution: one, or the probe
+                   is inconclusive; ok: neither
 subgroups: COLUMN  caution: the AUC differs across the column's groups (Cochran's Q,
                    Holm-adjusted p < 0.05); else ok (no difference detected, which is not
                    proof of none: the sentence gives the smallest group's n)
@@ -272,9 +276,13 @@ def context(model: str, entry: dict[str, Any] | None, source: str,
 
 def artifact(model: str, name: str, inserted: dict[str, Any] | None,
              attention: dict[str, Any] | None, probe_source: str, attention_source: str,
-             margin: float = MARGIN) -> Finding:
-    """One artifact: the painted-artifact insertion probe and the heatmaps' mass on it."""
+             margin: float = MARGIN, swap: dict[str, Any] | None = None,
+             swap_source: str = "") -> Finding:
+    """One artifact: the real-pixel context swap where it ran (it decides), else the
+    painted-artifact insertion probe and the heatmaps' mass on it."""
     topic = f"artifact: {name}"
+    if swap and is_number(swap.get("delta_mean")):
+        return _artifact_by_swap(model, name, swap, inserted, attention, swap_source, margin)
     parts, evidence, inconclusive = [], 0, False
     value = ci = n = None
     source = ""
@@ -306,6 +314,36 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
         status, head = "ok", f"Ignores the {name}"
     return Finding(model, topic, status, f"{head}: {'; '.join(parts)}.", value, ci, n, source,
                    "probe")
+
+
+def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
+                      inserted: dict[str, Any] | None, attention: dict[str, Any] | None,
+                      source: str, margin: float) -> Finding:
+    """The real-pixel verdict decides; the painted probe and the maps are said to agree or
+    not (the painted artifact tests the painter's look, the swap the real artifact)."""
+    lo, hi = swap.get("delta_mean_ci_low"), swap.get("delta_mean_ci_high")
+    verdict = _probe_verdict(lo, hi, margin)
+    other = []
+    if inserted and is_number(inserted.get("delta_mean")):
+        other.append(_probe_verdict(inserted.get("delta_ci_low"), inserted.get("delta_ci_high"),
+                                    margin) == "reliance")
+    if attention and is_number(attention.get("ratio")):
+        other.append(bool(attention.get("attends")))
+    d = fmt_ci(swap["delta_mean"], lo, hi, 3, sign=True)
+    c = fmt_ci(swap.get("control_mean"), swap.get("control_mean_ci_low"),
+               swap.get("control_mean_ci_high"), 3, sign=True)
+    says = (f"surroundings with a real {name} move P(malignant) {d} vs without "
+            f"(n = {swap.get('n')}; control {c})")
+    if verdict == "reliance":
+        status, head = "alarm", f"Relies on the {name}"
+    elif verdict == "inconclusive":
+        status, head = "caution", f"Reliance on the {name} inconclusive"
+    elif any(other):
+        status, head = "caution", f"Real {name} negligible, painted/maps disagree"
+    else:
+        status, head = "ok", f"Ignores the {name}"
+    return Finding(model, f"artifact: {name}", status, f"{head}: {says}.",
+                   _v(swap["delta_mean"]), _ci2(lo, hi), swap.get("n"), source, "probe")
 
 
 def subgroups(model: str, column: str, result: dict[str, Any] | None,
@@ -414,14 +452,16 @@ def build_findings(run_dir: str | Path) -> list[Finding]:
         findings.append(context(m, e, src, margin))
         att_rows = {r["artifact"]: (i, r) for i, r in enumerate(summary.get("artifacts") or [])
                     if r.get("model") == m and (not t or r.get("method") == t["method"])}
-        names = sorted({k[2] for k in idx if k[0] == m and k[1] == "artifact_inserted"
+        names = sorted({k[2] for k in idx if k[0] == m and k[1] in ("artifact_inserted",
+                                                                     "context_swap")
                         and k[2]} | set(att_rows))
         for a in names:
             e, src = probe("artifact_inserted", a)
+            sw, sw_src = probe("context_swap", a)
             i, row = att_rows.get(a, (None, None))
             findings.append(artifact(m, a, e, row, src,
                                      f"{runmod.ATTENTION_SUMMARY}#{_pointer('artifacts', i, 'ratio')}",
-                                     margin))
+                                     margin, sw, sw_src))
         for col, res in (metrics.get("subgroups") or {}).items():
             r = ((res or {}).get("models") or {}).get(m)
             findings.append(subgroups(m, col, r, f"{runmod.METRICS}#"

@@ -64,8 +64,11 @@ PROBES: tuple[str, ...] = ("lesion_removed", "background_removed", "artifact_ins
                            "artifact_removed")
 """Probe names, in the order they run and are reported."""
 
+#: Probes that run only when asked for: the context swap needs per-image artifact labels.
+OPTIONAL_PROBES: tuple[str, ...] = ("context_swap",)
 PROBE_TITLES = {"lesion_removed": "lesion removed", "background_removed": "background removed",
-                "artifact_inserted": "inserted", "artifact_removed": "removed"}
+                "artifact_inserted": "inserted", "artifact_removed": "removed",
+                "context_swap": "context swapped"}
 INPAINT_METHODS = ("telea", "ns")
 PROBE_DIR = runmod.PROBE_DIR  # file names: dermcam.run, the one place they are spelled
 PROBE_CSV = runmod.PROBE_CSV
@@ -236,10 +239,10 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         self.probes = tuple(self.probes)
         self.artifacts = tuple(self.artifacts)
-        bad = [p for p in self.probes if p not in PROBES]
+        bad = [p for p in self.probes if p not in PROBES + OPTIONAL_PROBES]
         if bad or not self.probes:
             raise DermcamError(f"unknown probe {', '.join(bad) or '(none given)'}; choose from "
-                               f"{', '.join(PROBES)}")
+                               f"{', '.join(PROBES + OPTIONAL_PROBES)}")
         known = _artifact_names()
         bad = [a for a in self.artifacts if a not in known]
         if bad:
@@ -328,6 +331,155 @@ def perturb(image: np.ndarray, mask: np.ndarray, artifacts: np.ndarray | None, i
                     add(probe, name, 0,
                         timed_inpaint(remove_artifact, image, px, mask, cfg.inpaint))
     return out
+
+
+# ------------------------------------------------------------------ context swap (real pixels)
+
+#: Donors per image and side (with the artifact; without it, twice, for the control).
+SWAP_DONORS = 3
+SWAP_METHOD = ("each test lesion (its mask, exactly) pasted with a feathered edge onto the "
+               "surroundings of other test images, whose own lesion is inpainted away; donors "
+               "matched on lesion area and position")
+
+
+def lesion_geometry(mask: np.ndarray) -> tuple[float, float, float]:
+    """``(area share, centre row, centre column)`` of an ``(H, W)`` mask, the centre as a
+    fraction of the side; NaN for an empty mask."""
+    m = np.asarray(mask, bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
+    if not m.any():
+        return math.nan, math.nan, math.nan
+    rows, cols = np.nonzero(m)
+    return float(m.mean()), float(rows.mean() / m.shape[0]), float(cols.mean() / m.shape[1])
+
+
+def match_donors(geometry: np.ndarray, i: int, pool: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` images of ``pool`` (indices, never ``i``) whose lesions are closest to image
+    ``i``'s: distance ``|log(area_i / area_j)| + |centre_i - centre_j|`` over ``geometry``
+    ``(N, 3)`` rows of :func:`lesion_geometry`; ties by index. ``(<= k,)`` indices."""
+    geometry = np.asarray(geometry, np.float64)
+    pool = np.asarray([j for j in pool if j != i], np.int64)
+    if pool.size == 0:
+        return pool
+    a, c = geometry[:, 0], geometry[:, 1:]
+    d = np.abs(np.log(a[pool] / a[i])) + np.hypot(*(c[pool] - c[i]).T)
+    return pool[np.lexsort((pool, d))][:k]
+
+
+def swap_context(image: np.ndarray, mask: np.ndarray, canvas: np.ndarray,
+                 feather: float = DILATE_FRACTION) -> np.ndarray:
+    """``image``'s lesion on ``canvas``'s surroundings: ``(H, W, 3) uint8``.
+
+    Pixels inside ``mask`` are ``image``'s exactly; a band of ``feather`` x the side around
+    it blends the two (a Gaussian ramp, so the seam is no sharp cue); everything beyond
+    twice that is ``canvas``'s exactly (another image with its own lesion inpainted away:
+    :func:`swap_canvas`).
+    """
+    import cv2
+
+    image, canvas = np.asarray(image), np.asarray(canvas)
+    m = np.asarray(mask, bool)
+    _check_image(image, m)
+    if canvas.shape != image.shape:
+        raise ValueError(f"canvas must be {image.shape}, got {canvas.shape}")
+    r = max(1, int(round(feather * max(m.shape))))
+    band = dilate_mask(m, feather).astype(np.float32)
+    alpha = np.maximum(cv2.GaussianBlur(band, (2 * r + 1, 2 * r + 1), r / 2), m)
+    alpha[~dilate_mask(m, 2 * feather)] = 0  # the ramp's far tail: under 1 %
+    alpha = alpha[..., None]
+    out = np.rint(alpha * image + (1 - alpha) * canvas).clip(0, 255).astype(np.uint8)
+    out[m] = image[m]
+    return out
+
+
+def swap_canvas(donor: np.ndarray, donor_mask: np.ndarray, feather: float = DILATE_FRACTION,
+                method: str = "telea") -> np.ndarray:
+    """A donor's surroundings with its own (dilated) lesion inpainted away."""
+    return inpaint(donor, dilate_mask(donor_mask, feather), method)
+
+
+def _diff_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
+                  prefix: str) -> dict[str, Any]:
+    out = {}
+    for tag, keep in (("", np.ones(len(d), bool)), ("_benign", labels == 0),
+                      ("_malignant", labels == 1)):
+        m, lo, hi = _mean_ci(d[keep], n_boot, seed)
+        out.update({f"{prefix}{tag}": m, f"{prefix}{tag}_ci_low": lo,
+                    f"{prefix}{tag}_ci_high": hi, f"n{tag}": int(keep.sum())})
+    return out
+
+
+def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
+                 flags: pd.DataFrame, *, k: int = SWAP_DONORS, n_boot: int = 1000,
+                 seed: int = 0, feather: float = DILATE_FRACTION, method: str = "telea",
+                 batch_size: int = 64, device="cpu", min_images: int = 6,
+                 progress=None) -> list[dict[str, Any]]:
+    """Real-pixel reliance on each labelled artifact: every image's lesion on the
+    surroundings of ``k`` matched images that carry the artifact and of ``k`` that do not
+    (``delta``: mean P(malignant) with minus without, per image, bootstrap CI over images),
+    and on two sets of ``k`` without it (``control``, the null). ``flags``: 0/1
+    ``artifact_<name>`` columns aligned with ``images``; artifacts with fewer than
+    ``min_images`` images on either side are left out. One entry per model and artifact.
+    """
+    from dermcam.data.artifact_labels import PREFIX
+
+    geometry = np.array([lesion_geometry(m) for m in masks])
+    canvases: dict[int, np.ndarray] = {}
+
+    def canvas(j: int) -> np.ndarray:
+        if j not in canvases:
+            canvases[j] = swap_canvas(images[j], masks[j], feather, method)
+        return canvases[j]
+
+    entries = []
+    columns = [c for c in flags.columns if c.startswith(PREFIX)]
+    for step, col in enumerate(columns):
+        has = flags[col].to_numpy() == 1
+        known = flags[col].notna().to_numpy()
+        with_x, without = np.flatnonzero(has & known), np.flatnonzero(~has & known)
+        if min(len(with_x), len(without) // 2) < max(k, min_images // 2) or \
+                len(with_x) < min_images:
+            log.info("context swap: %s left out (%d images with it, %d without)", col,
+                     len(with_x), len(without))
+            continue
+        owners, sides, stack = [], [], []
+        for i in range(len(images)):
+            w = match_donors(geometry, i, with_x, k)
+            wo = match_donors(geometry, i, without, 2 * k)
+            a, b = wo[0::2], wo[1::2]  # alternate ranks: two equally matched halves
+            for side, donors in (("with", w), ("without", a), ("control", b)):
+                for j in donors:
+                    stack.append(swap_context(images[i], masks[i], canvas(j), feather))
+                    owners.append(i)
+                    sides.append(side)
+        stack_arr, owners_arr, sides_arr = np.stack(stack), np.array(owners), np.array(sides)
+        for name, model, thr in models:
+            p = score_images(model, stack_arr, batch_size, device)
+            df = pd.DataFrame({"i": owners_arr, "side": sides_arr, "p": p})
+            mean = df.groupby(["i", "side"])["p"].mean().unstack()
+            ok = mean[["with", "without", "control"]].notna().all(axis=1)
+            mean = mean[ok]
+            lab = labels[mean.index.to_numpy()]
+            d = (mean["with"] - mean["without"]).to_numpy()
+            c = (mean["control"] - mean["without"]).to_numpy()
+            benign_before = mean["without"].to_numpy() < thr
+            entry = {"model": name, "probe": "context_swap", "artifact": col[len(PREFIX):],
+                     "k": int(k), "images_with": int(len(with_x)),
+                     "images_without": int(len(without)), "threshold": thr,
+                     "method": SWAP_METHOD, "margin": NEGLIGIBLE_DELTA,
+                     **_diff_summary(d, lab, n_boot, seed, "delta_mean"),
+                     **{k2.replace("delta_mean", "control_mean"): v for k2, v in
+                        _diff_summary(c, lab, n_boot, seed, "delta_mean").items()
+                        if k2.startswith("delta_mean")},
+                     "flip_to_malignant": _rate(int((benign_before
+                                                     & (mean["with"].to_numpy() >= thr)).sum()),
+                                                int(benign_before.sum()))}
+            entry.update(n=int(len(d)), flip_to_benign=math.nan)
+            entries.append(entry)
+        if progress:
+            progress(step + 1, len(columns))
+    return entries
 
 
 # ------------------------------------------------------------------ the stage
@@ -490,6 +642,10 @@ def run_probe(run_dir: runmod.Run | str | Path, probes: Sequence[str] = PROBES,
         from dermcam.stages.external import check_by
 
         check_by(ds, by)
+    if "context_swap" in cfg.probes and artifact_flags(ds, all_samples) is None:
+        raise DermcamError("the context swap needs per-image artifact labels: pass "
+                           "--artifact-labels FILE (e.g. isic_bias.csv) or use a data set "
+                           "with artifact_<name> columns", ds.root)
     prev = run.stage_entry(stage)
     precisions = {m: inference_precision(precision, m, device, run.image_size) for m in names}
     if prev.get("config_key") != cfg.key() or prev.get("limit") != limit or \
@@ -526,15 +682,17 @@ def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, n
     models = _load_models(run, names, device, precisions)
     df, clock, timing = _probe_batches(out, samples, names, models, cfg, cache, size,
                                        skipped, batch_size, progress, workers, device)
-    if df.empty:
+    only_swap = not set(cfg.probes) - set(OPTIONAL_PROBES)
+    probed = [s for s in samples if skip_reason(cache.get(s, size)["mask"]) is None] \
+        if only_swap else [s for s in samples if s.image_id in set(df["image_id"])]
+    if not probed:
         raise DermcamError("no test image could be probed (the probes need lesion masks): "
                            f"{len(skipped)} skipped", ds.root)
     write_csv(out.probe_csv, df)
     attention = _attention_for_tracking(out, run.stage_entry(explain_stage))
-    entries = summarise(df, cfg, n_boot=n_boot, seed=seed, attention=attention)
+    entries = [] if df.empty else summarise(df, cfg, n_boot=n_boot, seed=seed,
+                                            attention=attention)
     summary: dict[str, Any] = {"schema_version": SUMMARY_SCHEMA, "entries": entries}
-    probed_ids = set(df["image_id"])
-    probed = [s for s in samples if s.image_id in probed_ids]
     if by:
         from dermcam.stages.external import image_columns
 
@@ -544,6 +702,16 @@ def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, n
     flags = artifact_flags(ds, probed)
     if flags is not None:
         summary["artifact_presence"] = artifact_presence(df, flags, n_boot=n_boot, seed=seed)
+    if "context_swap" in cfg.probes and flags is not None:
+        t1 = time.perf_counter()
+        items = [cache.get(s, size) for s in probed]
+        swaps = context_swap(models, np.stack([it["image"] for it in items]),
+                             np.stack([np.asarray(it["mask"], bool) for it in items]),
+                             np.array([s.label for s in probed]), flags, n_boot=n_boot,
+                             seed=seed, feather=cfg.dilate, method=cfg.inpaint,
+                             batch_size=batch_size * 2, device=device)
+        entries += swaps
+        record["context_swap_seconds"] = round(time.perf_counter() - t1, 2)
     if data is not None:
         summary["external"] = {
             "name": out.root.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
@@ -551,10 +719,10 @@ def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, n
                                                "training data's validation split",
             "trained_on": run.data.get("name")}
     write_json(out.probe_summary, summary)
-    if figures:
+    if figures and not df.empty:
         _figures(run, df, entries, samples, cache, size, cfg, out)
     n_rows = int(len(df) / max(1, len(names)))
-    n_images = int(df["image_id"].nunique())
+    n_images = len(probed)
     scored = timing["images_scored"]
     timing.update({
         "inpaint_seconds": round(clock.seconds, 3),

@@ -1,0 +1,151 @@
+"""The context swap: a lesion's own pixels on other images' real surroundings, donors
+matched on lesion size and position, and a model that reads an artifact in the
+surroundings caught by it while a model that ignores the surroundings is not."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dermcam.errors import DermcamError
+from dermcam.stages import probe as pr
+
+S = 32
+
+
+def _disc(cy: float, cx: float, r: float, size: int = S) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+
+
+def test_lesion_geometry_by_hand():
+    m = np.zeros((10, 10), bool)
+    m[2:4, 6:10] = True  # 8 pixels, rows 2-3, columns 6-9
+    area, cy, cx = pr.lesion_geometry(m)
+    assert area == 0.08 and cy == pytest.approx(2.5 / 10) and cx == pytest.approx(7.5 / 10)
+    assert all(math.isnan(v) for v in pr.lesion_geometry(np.zeros((4, 4), bool)))
+    with pytest.raises(ValueError, match="2-D"):
+        pr.lesion_geometry(np.zeros((2, 2, 2)))
+
+
+def test_donors_are_the_nearest_in_size_and_position_never_the_image_itself():
+    geometry = np.array([[0.20, 0.5, 0.5],    # 0: the receiver
+                         [0.20, 0.5, 0.5],    # 1: identical
+                         [0.40, 0.5, 0.5],    # 2: twice the area: log 2 = 0.69
+                         [0.20, 0.9, 0.5],    # 3: moved 0.4
+                         [0.10, 0.5, 0.5],    # 4: half the area: 0.69, ties with 2
+                         [0.21, 0.5, 0.55]])  # 5: 0.049 + 0.05
+    assert pr.match_donors(geometry, 0, np.arange(6), 3).tolist() == [1, 5, 3]
+    assert pr.match_donors(geometry, 0, np.array([4, 2, 0]), 5).tolist() == [2, 4]
+    assert pr.match_donors(geometry, 0, np.array([0]), 2).size == 0
+
+
+def test_the_lesion_is_kept_exactly_and_the_surroundings_are_the_donors():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
+    canvas = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
+    mask = _disc(16, 16, 6)
+    out = pr.swap_context(image, mask, canvas, feather=0.1)
+    assert (out[mask] == image[mask]).all()  # every lesion pixel from the image
+    far = ~pr.dilate_mask(mask, 0.2)  # beyond twice the feathered band: the donor's
+    assert (out[far] == canvas[far]).all()
+    band = pr.dilate_mask(mask, 0.1) & ~mask  # in between: a blend of the two
+    lo = np.minimum(image[band], canvas[band]).astype(int)
+    hi = np.maximum(image[band], canvas[band]).astype(int)
+    assert ((out[band] >= lo - 1) & (out[band] <= hi + 1)).all()
+    with pytest.raises(ValueError, match="canvas must be"):
+        pr.swap_context(image, mask, canvas[:8])
+
+
+def test_the_donor_canvas_loses_its_own_lesion_and_keeps_the_rest():
+    donor = np.full((S, S, 3), 200, np.uint8)
+    dmask = _disc(10, 10, 4)
+    donor[dmask] = 30  # a dark lesion on light skin
+    canvas = pr.swap_canvas(donor, dmask, feather=0.05)
+    outside = ~pr.dilate_mask(dmask, 0.05)
+    assert (canvas[outside] == donor[outside]).all()
+    assert canvas[dmask].mean() > 150  # filled from the skin around it
+
+
+class _ReadsTheTopRows(torch.nn.Module):
+    """z1 - z0 = gain x (mean red of the top 3 rows, normalised): P(malignant) rises with a
+    red band there (the 'artifact'); gain 0 ignores everything."""
+
+    def __init__(self, gain: float):
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x):
+        v = x[:, 0, :3, :].mean(dim=(1, 2))
+        z = self.gain * v
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+def _set(n: int = 16):
+    """``n`` images, lesion at the centre; the first half carry a red band in the top rows
+    (outside every lesion)."""
+    rng = np.random.default_rng(1)
+    images = np.full((n, S, S, 3), 180, np.uint8)
+    images += rng.integers(0, 20, images.shape, dtype=np.uint8)
+    masks = np.stack([_disc(16 + rng.integers(-2, 3), 16, 5 + rng.integers(0, 3))
+                      for _ in range(n)])
+    images[masks] = 60
+    has = np.arange(n) < n // 2
+    images[has, :3, :, 0], images[has, :3, :, 1:] = 255, 0
+    flags = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)],
+                          "artifact_ruler": has.astype(float)})
+    labels = np.arange(n) % 2
+    return images, masks, labels, flags
+
+
+def test_a_model_that_reads_the_artifact_is_caught_and_one_that_does_not_is_not():
+    images, masks, labels, flags = _set()
+    # thresholds: P(malignant) of the plain images is sigmoid(~1.1) = 0.75 under "reads"
+    models = [("reads", _ReadsTheTopRows(1.0), 0.8), ("blind", _ReadsTheTopRows(0.0), 0.5)]
+    got = {e["model"]: e for e in pr.context_swap(models, images, masks, labels, flags, k=3,
+                                                  n_boot=200, seed=0)}
+    reads, blind = got["reads"], got["blind"]
+    assert reads["artifact"] == "ruler" and reads["n"] == 16 and reads["k"] == 3
+    assert reads["delta_mean_ci_low"] > pr.NEGLIGIBLE_DELTA  # reliance beyond the margin
+    assert abs(reads["control_mean"]) < pr.NEGLIGIBLE_DELTA  # the null swap moves nothing
+    assert reads["flip_to_malignant"] > 0.5
+    assert blind["delta_mean"] == 0 and blind["control_mean"] == 0
+    assert blind["delta_mean_ci_low"] == blind["delta_mean_ci_high"] == 0
+    # per class: n of each, and the pooled mean is their weighted mean
+    nb, nm = reads["n_benign"], reads["n_malignant"]
+    assert nb + nm == 16
+    assert reads["delta_mean"] == pytest.approx(
+        (nb * reads["delta_mean_benign"] + nm * reads["delta_mean_malignant"]) / 16)
+
+
+def test_an_artifact_on_too_few_images_is_left_out():
+    images, masks, labels, flags = _set()
+    flags["artifact_ruler"] = (np.arange(16) < 2).astype(float)
+    assert pr.context_swap([("m", _ReadsTheTopRows(1.0), 0.5)], images, masks, labels, flags,
+                           k=3, n_boot=50) == []
+
+
+def test_the_swap_is_refused_without_artifact_labels_in_one_line(monkeypatch, tmp_path):
+    import json
+
+    from dermcam import run as runmod
+
+    monkeypatch.setattr(pr, "artifact_flags", lambda ds, samples: None)
+
+    class _Split:
+        cache, size = None, S
+
+    monkeypatch.setattr("dermcam.stages.evaluate.load_test_split",
+                        lambda run, limit=None: (type("D", (), {"root": tmp_path})(), [], _Split))
+    (tmp_path / runmod.MANIFEST).write_text(json.dumps({
+        "schema_version": runmod.SCHEMA_VERSION, "kind": "dermcam-run",
+        "config": {"models": ["resnet18"], "seed": 0},
+        "models": {"resnet18": {"status": "complete"}},
+        "stages": {"train": {"status": "complete"}}}))
+    with pytest.raises(DermcamError, match="--artifact-labels FILE") as e:
+        pr.run_probe(tmp_path, probes=("context_swap",), seed=0)
+    assert "\n" not in str(e.value)
