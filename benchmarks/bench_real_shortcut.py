@@ -151,11 +151,11 @@ def main() -> None:
                 rows.append((artifact, seed, role, n_train, int((split["split"] == "test").sum()),
                              f"{auc['value']:.3f} [{auc['lo']:.3f}, {auc['hi']:.3f}]",
                              f"{sw.get('delta_mean', float('nan')):+.3f} "
-                             f"[{sw.get('delta_mean_ci_low', float('nan')):+.3f}, "
-                             f"{sw.get('delta_mean_ci_high', float('nan')):+.3f}]",
+                             f"[{sw.get('delta_ci_low', float('nan')):+.3f}, "
+                             f"{sw.get('delta_ci_high', float('nan')):+.3f}]",
                              f"{sw.get('control_mean', float('nan')):+.3f} "
-                             f"[{sw.get('control_mean_ci_low', float('nan')):+.3f}, "
-                             f"{sw.get('control_mean_ci_high', float('nan')):+.3f}]",
+                             f"[{sw.get('control_ci_low', float('nan')):+.3f}, "
+                             f"{sw.get('control_ci_high', float('nan')):+.3f}]",
                              f.get("status", "-"), times.get("probe")))
                 print(" | ".join(map(str, rows[-1])), flush=True)
     print("\n| artifact | seed | role | n train | n test | test ROC AUC | context swap ΔP "

@@ -299,3 +299,32 @@ def test_shared_options_share_their_default():
     for flag, defaults in shared.items():
         if len(defaults) > 1 and flag not in DEFAULTS_DIFFER:
             assert len({repr(v) for v in defaults.values()}) == 1, (flag, defaults)
+
+
+@pytest.mark.parametrize("name, flag", [("explain", "--methods"), ("audit", "--method")])
+def test_help_lists_exactly_the_registrys_cam_methods(name, flag):
+    """The CAM methods a command's help offers are dermcam.attribution.METHODS, in order."""
+    from dermcam.attribution import METHODS
+
+    text = " ".join(_help(name).replace("│", " ").split())
+    listed = re.search(r"CAM methods? \(pytorch-grad-cam\): (.*?)[;.]", text)
+    assert listed, text
+    assert [m.strip() for m in listed.group(1).split(",")] == list(METHODS)
+    ctx = typer.Context(GROUP.commands[name])
+    [option] = [p for p in GROUP.commands[name].get_params(ctx) if flag in p.opts]
+    assert "{" not in option.help  # the placeholder is filled in
+
+
+def test_shared_options_read_the_same_everywhere():
+    """An option several commands take has one help text, unless its meaning differs."""
+    differ = {"--out", "--seed", "--image-size", "--batch-size", "--limit", "--precision",
+              "--data", "--min-group", "--artifact-labels", "--device", "--method",
+              "--target", "--layer"}
+    helps: dict[str, set[str]] = {}
+    for cmd in GROUP.commands.values():
+        for p in cmd.get_params(typer.Context(cmd)):
+            if p.param_type_name == "option" and p.opts[0] != "--help":
+                helps.setdefault(p.opts[0], set()).add(p.help)
+    for flag, texts in helps.items():
+        if flag not in differ:
+            assert len(texts) == 1, (flag, texts)

@@ -520,3 +520,20 @@ def test_help_exits_0(args):
     assert r.returncode == 0, r.stderr
     assert "Usage" in r.stdout and ("info" in r.stdout)
     assert "--check" in r.stdout or args[-2:] != ["info", "--help"]
+
+
+def test_problem_lines_show_a_few_warnings_of_each_kind():
+    """Errors all, warnings at most ``shown`` per kind (the message but for its numbers)."""
+    from dermcam.data.check import CheckReport, Problem
+    from dermcam.views import problem_lines
+
+    report = CheckReport(Path("d"), problems=[
+        Problem("d/a.png", "file is empty (0 bytes)"),
+        *(Problem(f"d/{i}.png", f"16-bit image ({i} bits)", "warning") for i in range(4)),
+        Problem("d/p.png", "palette image", "warning")])
+    assert problem_lines(report, shown=2) == [
+        "error: d/a.png: file is empty (0 bytes)",
+        "warning: d/0.png: 16-bit image (0 bits)", "warning: d/1.png: 16-bit image (1 bits)",
+        "warning: ... and 2 more like the above", "warning: d/p.png: palette image",
+        report.summary()]
+    assert report.summary().startswith("1 error, 5 warnings in d: ")

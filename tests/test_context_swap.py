@@ -110,16 +110,16 @@ def test_a_model_that_reads_the_artifact_is_caught_and_one_that_does_not_is_not(
                                                   n_boot=200, seed=0)}
     reads, blind = got["reads"], got["blind"]
     assert reads["artifact"] == "ruler" and reads["n"] == 16 and reads["k"] == 3
-    assert reads["delta_mean_ci_low"] > pr.NEGLIGIBLE_DELTA  # reliance beyond the margin
+    assert reads["delta_ci_low"] > pr.NEGLIGIBLE_DELTA  # reliance beyond the margin
     assert abs(reads["control_mean"]) < pr.NEGLIGIBLE_DELTA  # the null swap moves nothing
     assert reads["flip_to_malignant"] > 0.5
     assert blind["delta_mean"] == 0 and blind["control_mean"] == 0
-    assert blind["delta_mean_ci_low"] == blind["delta_mean_ci_high"] == 0
+    assert blind["delta_ci_low"] == blind["delta_ci_high"] == 0
     # per class: n of each, and the pooled mean is their weighted mean
     nb, nm = reads["n_benign"], reads["n_malignant"]
     assert nb + nm == 16
     assert reads["delta_mean"] == pytest.approx(
-        (nb * reads["delta_mean_benign"] + nm * reads["delta_mean_malignant"]) / 16)
+        (nb * reads["delta_benign"] + nm * reads["delta_malignant"]) / 16)
 
 
 def test_an_artifact_on_too_few_images_is_left_out():

@@ -10,7 +10,6 @@ resolves, in that folder, to exactly its ``value`` and that the sentence prints 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -787,9 +786,9 @@ def test_undefined_share_by_hand():
 
 
 def _swap(lo, hi, mean=None, control=(0.0, -0.01, 0.01)):
-    return {"delta_mean": (lo + hi) / 2 if mean is None else mean, "delta_mean_ci_low": lo,
-            "delta_mean_ci_high": hi, "n": 250, "control_mean": control[0],
-            "control_mean_ci_low": control[1], "control_mean_ci_high": control[2]}
+    return {"delta_mean": (lo + hi) / 2 if mean is None else mean, "delta_ci_low": lo,
+            "delta_ci_high": hi, "n": 250, "control_mean": control[0],
+            "control_ci_low": control[1], "control_ci_high": control[2]}
 
 
 _PAINTED_REACTS = {"delta_mean": 0.08, "delta_ci_low": 0.05, "delta_ci_high": 0.11, "n": 250}

@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 
 from dermcam.errors import DermcamError
-from dermcam.report.gallery import load_heatmaps
-from dermcam.stages.explain import heatmap_batches, read_heatmap_batch, write_heatmap_batch
+from dermcam.stages.explain import (
+    heatmap_batches,
+    load_heatmaps,
+    read_heatmap_batch,
+    write_heatmap_batch,
+)
 
 
 def _write(folder, start, ids, rng):

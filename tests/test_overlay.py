@@ -69,10 +69,9 @@ def test_outline_rejects_other_shapes():
 
 
 def test_callers_share_the_one_helper():
-    from dermcam import overlay, predict
-    from dermcam.report import gallery
+    from dermcam import overlay, pictures, predict
 
-    for module in (predict, gallery):
+    for module in (predict, pictures):
         assert module.jet is overlay.jet and module.outline is overlay.outline
         assert not hasattr(module, "_jet") and not hasattr(module, "_outline")
 

@@ -1,5 +1,7 @@
-"""Tests for the report's two opening pictures (dermcam.report.gallery): the per-model
-examples and the planted-shortcut example.
+"""Tests for dermcam.pictures and the stages that draw the report's two opening pictures:
+the per-model examples (the explain stage's ``figures/examples.png``) and the planted-shortcut
+example (the demo's ``figures/shortcut_example.png``, computed by dermcam.demo), and the
+gallery's strip.
 
 One tiny real run (synthetic data, ResNet18 from scratch, one epoch, 64 px, HiResCAM at
 layer2, probes pasting rulers at one placement) is built once per module in tmp. The
@@ -20,7 +22,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermcam.report import gallery as gal
+from dermcam import demo
+from dermcam import pictures as pic
+from dermcam.errors import DermcamError
+from dermcam.run import Run
+from dermcam.stages.explain import example_rows, load_heatmaps, write_examples
 
 MODEL, METHOD, LAYER = "resnet18", "hirescam", "layer2"
 
@@ -62,6 +68,27 @@ def _num(v: str) -> float:
     return float(v) if v not in ("", "nan", "NaN") else float("nan")
 
 
+# ------------------------------------------------------------------ gallery strip
+
+
+def test_strip_known_answer():
+    s = 16
+    mask = np.zeros((s, s), bool)
+    mask[4:12, 4:12] = True
+    image = np.full((s, s, 3), 200, np.uint8)
+    arr = _png(pic.render_strip(mask.astype(np.float32), image, mask, panel=s)).astype(int)
+    assert arr.shape == (s, 4 * s + 3 * 4, 3)
+    leak = arr[:, 3 * (s + 4):]
+    r, g, b = leak[7, 7]  # lesion centre, heatmap 1: green
+    assert g > 150 and r < 60
+    r, g, b = leak[0, 0]  # background, heatmap 0: grey, no red
+    assert abs(r - g) < 12 and abs(g - b) < 12
+    # all-zero heatmap, no image: one panel
+    assert _png(pic.render_strip(np.zeros((s, s)), panel=s)).shape == (s, s, 3)
+    with pytest.raises(ValueError, match="cam must be"):
+        pic.render_strip(np.zeros((2, s, s)))
+
+
 # ------------------------------------------------------------------ per-model examples
 
 
@@ -72,19 +99,19 @@ def test_pick_examples_known_answers():
         "pred": [1, 1, 1, 1, 0, 0, 0, 0, 1],
         "pixel_auroc": [0.9, 0.5, 0.7, np.nan, 0.6, 0.6, 0.2, 0.99, 0.1],
         "excess_leakage": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.3]})
-    picks = gal.pick_examples(att)
+    picks = pic.pick_examples(att)
     assert [k for k, _ in picks] == ["malignant", "benign", "misclassified"]
     # malignant correct, defined AUROC: b 0.5, c 0.7, a 0.9 -> median c
     # benign correct: g 0.2, e 0.6, f 0.6 -> median e (tie with f, smaller id)
     # misclassified h and i tie at 0.3 -> smaller id
     assert [r["image_id"] for _, r in picks] == ["c", "e", "h"]
     # an even count takes the lower median; a kind nobody qualifies for is None
-    picks = gal.pick_examples(att[att["image_id"].isin(["a", "b", "e"])], n=3)
+    picks = pic.pick_examples(att[att["image_id"].isin(["a", "b", "e"])], n=3)
     assert picks[0][1]["image_id"] == "b" and picks[1][1]["image_id"] == "e"
     assert picks[2] == ("misclassified", None)
-    assert len(gal.pick_examples(att, n=1)) == 1
+    assert len(pic.pick_examples(att, n=1)) == 1
     with pytest.raises(ValueError, match="n must be"):
-        gal.pick_examples(att, n=4)
+        pic.pick_examples(att, n=4)
 
 
 def _expected_ids(rows: list[dict[str, str]]) -> list[str | None]:
@@ -102,50 +129,61 @@ def _expected_ids(rows: list[dict[str, str]]) -> list[str | None]:
     return out
 
 
-def test_examples_png_size_and_the_images_it_shows(run_dir, monkeypatch):
-    summary = json.loads((run_dir / "attention_summary.json").read_text())
-    assert [(c["model"], c["method"], c["layer"]) for c in summary["layer_choice"]] == \
+def _att(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "attention.csv", dtype={"image_id": str, "layer": str},
+                       keep_default_na=False, na_values=[""])
+
+
+def test_examples_show_the_picked_images_and_their_saved_heatmaps(run_dir, tmp_path):
+    run = Run.open(run_dir)
+    selection = json.loads((run_dir / "attention_summary.json").read_text())["layer_choice"]
+    assert [(c["model"], c["method"], c["layer"]) for c in selection] == \
         [(MODEL, METHOD, LAYER)]
     expected = _expected_ids(_attention_rows(run_dir))
     assert any(expected)
-    asked: list[str] = []
-    real_get = gal.ImageSource.get
-
-    def spy(self, image_id):
-        asked.append(image_id)
-        return real_get(self, image_id)
-
-    monkeypatch.setattr(gal.ImageSource, "get", spy)
-    arr = _png(gal.examples_png(run_dir))
+    samples = run.test_samples(require_masks=True)
+    rows = example_rows(run, run.outputs, _att(run_dir), selection, samples)
+    ((choice, cells),) = rows
+    assert choice == selection[0]
+    assert [None if r is None else r["image_id"] for _, r, *_ in cells] == expected
+    saved = load_heatmaps(run_dir / "attention" / MODEL / METHOD / LAYER,
+                          {i for i in expected if i})
+    by_id = {s.image_id: s for s in samples}
+    for _, r, image, mask, cam in cells:
+        if r is not None:  # the saved heatmap and the cached image and mask, as scored
+            item = run.cache.get(by_id[r["image_id"]], run.image_size)
+            assert np.array_equal(cam, saved[r["image_id"]])
+            assert np.array_equal(image, item["image"]) and np.array_equal(mask, item["mask"])
+    arr = _png(pic.examples_png(rows, run.display_names))
     # 2 x 14 margin + 3 pairs of (180 + 4 + 180) + 2 x 24 between pairs; 14 + 26 + 14
     # heading, then one model row of 36 + 20 + 180 + 40
     assert arr.shape == (330, 1168, 3)
-    assert asked == [i for i in expected if i is not None]
-    # the same for the model named, and one pair only with n=1
-    asked.clear()
-    arr = _png(gal.examples_png(run_dir, MODEL, n=1))
-    assert arr.shape == (330, 2 * 14 + 364, 3)
-    assert asked == [i for i in expected[:1] if i is not None]
     # the heatmap panel of the first pick is drawn from the image, not left blank
     if expected[0] is not None:
         y0, x0 = 14 + 26 + 36 + 20, 14 + 180 + 4
         panel = arr[y0:y0 + 180, x0:x0 + 180].astype(int)
         assert panel.std() > 10 and (panel == 255).all(-1).any()  # the white border line
+    # one pair only with n=1; a pick nobody qualifies for is a labelled empty frame
+    one = example_rows(run, run.outputs, _att(run_dir), selection, samples, n=1)
+    assert _png(pic.examples_png(one)).shape == (330, 2 * 14 + 364, 3)
+    empty = [(choice, [(kind, None, None, None, None) for kind, *_ in cells])]
+    assert _png(pic.examples_png(empty)).shape == (330, 1168, 3)
+    # what the explain stage writes: the same picture, in figures/
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = write_examples(Run.open(copy), Run.open(copy).outputs, selection, samples)
+    assert path == copy / "figures" / "examples.png"
+    assert path.read_bytes() == pic.examples_png(rows, run.display_names)
 
 
-def test_examples_png_is_none_with_a_reason(run_dir, tmp_path, caplog):
-    assert gal.examples_png(run_dir, "no_such_model") is None
+def test_examples_refuse_a_missing_heatmap(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     shutil.rmtree(run / "attention")
-    assert gal.examples_png(run) is None
-    assert "no saved heatmap" in caplog.text
-    shutil.copytree(run_dir / "attention", run / "attention")
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["data"]["root"] = str(tmp_path / "gone")
-    (run / "manifest.json").write_text(json.dumps(manifest))
-    assert gal.examples_png(run) is None
-    assert "could not be read" in caplog.text
+    selection = [{"model": MODEL, "method": METHOD, "layer": LAYER}]
+    with pytest.raises(DermcamError, match="no saved heatmap"):
+        write_examples(Run.open(run), Run.open(run).outputs, selection,
+                       Run.open(run).test_samples(require_masks=True))
 
 
 def test_heat_panel_border_and_shape_checks():
@@ -153,24 +191,24 @@ def test_heat_panel_border_and_shape_checks():
     mask = np.zeros((s, s), bool)
     mask[4:12, 4:12] = True
     image = np.full((s, s, 3), 200, np.uint8)
-    arr = np.asarray(gal.heat_panel(mask.astype(np.float32), image, mask, 64))
+    arr = np.asarray(pic.heat_panel(mask.astype(np.float32), image, mask, 64))
     assert arr.shape == (64, 64, 3)
     assert (arr[16, 20:44] == 255).all()  # the border, traced at panel size
     assert not (arr[18:46, 18:46] == 255).all(-1).any()  # one pixel wide
     assert (arr[20:44, 20:44, 0] > arr[20:44, 20:44, 2]).all()  # inside: heatmap 1, red
     with pytest.raises(ValueError, match="cam must be"):
-        gal.heat_panel(np.zeros((s, s)), image[:8], mask, 32)
+        pic.heat_panel(np.zeros((s, s)), image[:8], mask, 32)
     with pytest.raises(ValueError, match="mask must be"):
-        gal.heat_panel(np.zeros((s, s)), image, mask[:8], 32)
+        pic.heat_panel(np.zeros((s, s)), image, mask[:8], 32)
 
 
 # ------------------------------------------------------------------ planted shortcut
 
 
 @pytest.fixture(scope="module")
-def case(run_dir) -> gal.ShortcutCase:
+def case(run_dir) -> demo.ShortcutCase:
     """The tiny run as both the control and the shortcut run."""
-    return gal.shortcut_case(run_dir, run_dir, MODEL, METHOD, LAYER)
+    return demo.shortcut_case(run_dir, run_dir, MODEL, METHOD, LAYER)
 
 
 def test_shortcut_case_numbers_are_the_probes(run_dir, case):
@@ -181,7 +219,6 @@ def test_shortcut_case_numbers_are_the_probes(run_dir, case):
     from dermcam.attribution import CamExplainer
     from dermcam.augment import preprocess
     from dermcam.data.synth import ARTIFACTS
-    from dermcam.run import Run
     from dermcam.stages.probe import ProbeConfig, dilate_mask, perturb, score_images
 
     run = Run.open(run_dir)
@@ -244,7 +281,7 @@ def test_shortcut_example_png_and_what_the_demo_writes(run_dir, case, tmp_path,
                                                       monkeypatch):
     """The picture's size and captions' numbers, and the file and info the demo keeps (the
     case computed once, by the fixture; its numbers are checked above)."""
-    arr = _png(gal.render_shortcut_example(case))
+    arr = _png(pic.render_shortcut_example(case))
     # 14 + 330 text column + 220 + 4 + 220 + 14 wide; 14 + 64 heading, two rows of
     # 220 + 16, the rule and the note on scaling in 16 px lines, 14
     assert arr.shape[1:] == (802, 3)
@@ -255,13 +292,26 @@ def test_shortcut_example_png_and_what_the_demo_writes(run_dir, case, tmp_path,
         seen.append(args)
         return case
 
-    monkeypatch.setattr(gal, "shortcut_case", known)
+    monkeypatch.setattr(demo, "shortcut_case", known)
     run = tmp_path / "run"
     run.mkdir()
-    written = gal.write_shortcut_example(run, run_dir, MODEL, METHOD, LAYER)
+    written = demo.write_shortcut_example(run, run_dir, MODEL, METHOD, LAYER)
     assert seen == [(run, run_dir, MODEL, METHOD, LAYER, "ruler")]
     assert written == {**case.info(), "figure": "figures/shortcut_example.png"}
     assert written["control"] == written["shortcut"]  # one run in both roles
     assert {"image_id", "rule", "p_before", "p_after"} <= {*written, *written["control"]}
-    assert (run / written["figure"]).read_bytes() == gal.render_shortcut_example(case)
+    assert (run / written["figure"]).read_bytes() == pic.render_shortcut_example(case)
     json.dumps(written)  # goes into shortcut_experiment.json as it is
+
+
+def test_no_defined_score_picks_nothing_rather_than_an_empty_row():
+    """pandas 3 grows an empty frame to a Series' index on assign: with every pixel AUROC
+    undefined the pick must be None, not a row of NaN."""
+    import numpy as np
+    import pandas as pd
+
+    from dermcam.pictures import pick_examples
+
+    att = pd.DataFrame({"image_id": ["a", "b", "c"], "label": [0, 1, 1], "pred": [0, 1, 0],
+                        "pixel_auroc": [np.nan] * 3, "excess_leakage": [np.nan] * 3})
+    assert [r for _, r in pick_examples(att)] == [None, None, None]

@@ -282,7 +282,8 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     for f in ("data/metadata.csv", "run/metrics.json", "run/attention.csv",
               "run/report.html", "run/models/resnet18/model.pt", "shortcut/run/attention.csv",
               "run/shortcut_experiment.json", "run/probe.csv", "run/probe_summary.json",
-              "shortcut/run/probe_summary.json", "run/figures/probe_auc.png"):
+              "shortcut/run/probe_summary.json", "run/figures/probe_auc.png",
+              "run/figures/examples.png", "run/figures/shortcut_example.png"):
         assert (out / f).exists(), f
     exp = json.loads((out / "run/shortcut_experiment.json").read_text())
     summ = json.loads((out / "run/attention_summary.json").read_text())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import os
 import re
@@ -161,10 +160,11 @@ def test_every_finding_appears_with_its_status(page, run_dir):
         assert f"fine: {', '.join(ok)}</summary>" in page
 
 
-def test_examples_picture_on_the_first_screen(page):
-    f = _block(page, "findings")
-    if getattr(gal, "examples_png", None) is not None:
-        assert '<figure class="wide"><img src="data:image/png;base64,' in f
+def test_examples_picture_on_the_first_screen(page, run_dir):
+    # drawn by the explain stage, embedded as it is
+    png = (run_dir / "figures" / "examples.png").read_bytes()
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    assert f'<img src="{uri}"' in _block(page, "findings")
 
 
 def test_every_views_table_is_shown_cell_for_cell(page, run_dir):
@@ -264,10 +264,13 @@ def test_shortcut_example_and_localisation_grid_are_embedded(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path)
     _png(run / "figures" / "shortcut_example.png", (70, 20))
     _png(run / "figures" / "localisation_grid.png", (50, 40))
+    (run / "figures" / "examples.png").unlink()
     text = build_report(run).read_text(encoding="utf-8")
     uri = "data:image/png;base64," + base64.b64encode(
         (run / "figures" / "shortcut_example.png").read_bytes()).decode()
     assert uri in _block(text, "findings")
+    # explain ran but its picture is gone: said, with the command that draws it
+    assert "figures/examples.png not found: &#39;dermcam explain" in _block(text, "findings")
     # the localisation table folds inside the localisation figure
     att = _block(text, "attention")
     fig = att[att.index("Localisation benchmark: CAM method"):]
@@ -284,28 +287,7 @@ def test_out_argument_and_not_a_run(run_dir, tmp_path):
         build_report(tmp_path / "sub")
 
 
-# ----------------------------------------------------------------- gallery helpers
-
-
-def test_strip_known_answer():
-    s = 16
-    mask = np.zeros((s, s), bool)
-    mask[4:12, 4:12] = True
-    image = np.full((s, s, 3), 200, np.uint8)
-    png = gal.render_strip(mask.astype(np.float32), image, mask, panel=s)
-    with Image.open(io.BytesIO(png)) as im:
-        arr = np.asarray(im.convert("RGB")).astype(int)
-    assert arr.shape == (s, 4 * s + 3 * 4, 3)
-    leak = arr[:, 3 * (s + 4):]
-    r, g, b = leak[7, 7]  # lesion centre, heatmap 1: green
-    assert g > 150 and r < 60
-    r, g, b = leak[0, 0]  # background, heatmap 0: grey, no red
-    assert abs(r - g) < 12 and abs(g - b) < 12
-    png = gal.render_strip(np.zeros((s, s)), panel=s)  # all-zero heatmap, no image: one panel
-    with Image.open(io.BytesIO(png)) as im:
-        assert im.size == (s, s)
-    with pytest.raises(ValueError, match="cam must be"):
-        gal.render_strip(np.zeros((2, s, s)))
+# ----------------------------------------------------------------- gallery picks
 
 
 def test_select_cases_caps_and_dedupes():

@@ -620,14 +620,6 @@ def test_bracketed_cells_and_titles_print_as_written():
     for text in ("data set [ISIC]", "ROC AUC [95 % CI]", "note [b]", "0.03 [n/a, 0.06]",
                  "[bold]x[/bold]", "kept [i]as is[/i]"):
         assert text in out, (text, out)
-    # cli.Table on its own, as the other commands build it
-    con = _buffer_console()
-    rt = cli.Table(title="data set [ISIC]")
-    rt.add_column("ROC AUC [95 % CI]")
-    rt.add_row("0.03 [n/a, 0.06]")
-    con.print(rt)
-    for text in ("data set [ISIC]", "ROC AUC [95 % CI]", "0.03 [n/a, 0.06]"):
-        assert text in con.file.getvalue()
 
 
 def test_show_right_aligns_numeric_columns_and_skips_none(monkeypatch):

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table as _RichTable
+from rich.table import Table
 from rich.text import Text
 
 from dermcam import run as runmod
@@ -24,23 +24,6 @@ from dermcam.device import PRECISION_HELP
 from dermcam.errors import DermcamError
 from dermcam.logs import quiet_libraries
 from dermcam.models import DEFAULT_MODELS
-
-
-class Table(_RichTable):
-    """A rich Table whose title, headers and cells are plain text, never markup: a CI
-    cell such as ``0.03 [n/a, 0.06]`` or a data set named ``[ISIC]`` prints as written
-    (rich would read ``[n/a, 0.06]`` as a style tag and drop it)."""
-
-    def __init__(self, *args, title=None, **kwargs):
-        super().__init__(*args, title=Text(title) if isinstance(title, str) else title,
-                         **kwargs)
-
-    def add_column(self, header="", *args, **kwargs):
-        super().add_column(Text(header) if isinstance(header, str) else header, *args,
-                           **kwargs)
-
-    def add_row(self, *cells, **kwargs):
-        super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **kwargs)
 
 
 def _paragraphs(doc: str | None) -> str | None:
@@ -63,18 +46,30 @@ PIPELINE = ("demo", "download", "synth", "info", "models", "train", "evaluate", 
             "probe", "report", "audit", "predict")
 
 
+#: Stands for the CAM registry's method names (:data:`dermcam.attribution.METHODS`) in a
+#: help text; filled in when a command's options are first read, so that importing the CLI
+#: (``dermcam info``, ``dermcam --help``) does not import torch with the registry.
+CAM_METHODS = "{cam_methods}"
+
+
 def _bare_flags(params: list) -> list:
     """``params`` with no type placeholder on flags: typer's rich help prints one after every
     option (``--overwrite <bool>``), though a flag takes no value. An empty metavar is the
-    placeholder it then prints."""
+    placeholder it then prints. :data:`CAM_METHODS` in a help text becomes the registry's
+    methods."""
     for p in params:
         if getattr(p, "is_flag", False) and p.metavar is None:
             p.metavar = ""
+        if CAM_METHODS in (getattr(p, "help", None) or ""):
+            from dermcam.attribution import METHODS
+
+            p.help = p.help.replace(CAM_METHODS, ", ".join(METHODS))
     return params
 
 
 class _Command(typer.core.TyperCommand):
-    """A command whose help shows flags bare (:func:`_bare_flags`)."""
+    """A command whose help shows flags bare and the registry's methods
+    (:func:`_bare_flags`)."""
 
     def get_params(self, ctx):
         return _bare_flags(super().get_params(ctx))
@@ -120,6 +115,46 @@ console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 _state = {"debug": False, "quiet": False, "verbose": False}
 
+# ------------------------------------------------------------------ shared options
+# Each option several commands take is declared once here; a command gives its default.
+
+_DEVICES = "auto (CUDA when available, else CPU), cpu, cuda or cuda:INDEX"
+_ARTIFACT_LABELS = ("Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
+                    "';'-separated, image;dark_corner;hair;...), joined by image id as "
+                    "artifact_<name> columns and kept for the run's later stages; with --data "
+                    "they label that set's images instead.")
+
+RunDir = Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train'.")]
+DataDir = Annotated[Path, typer.Argument(
+    help="Data set folder of any layout dermcam reads (ISIC 2016/2017, HAM10000, PH2, a "
+         "generic labels.csv).")]
+Device = Annotated[str, typer.Option(help=f"Where the models run: {_DEVICES}.")]
+ExternalName = Annotated[str | None, typer.Option(
+    help="Name of the external set's folder (default: the data folder's name).")]
+By = Annotated[str | None, typer.Option(
+    help="Results per subgroup of these comma-separated columns: any metadata column of the "
+         "layout, or 'ita' (skin tone estimated from the image).")]
+MinGroup = Annotated[int, typer.Option(
+    help="Subgroups with fewer images are too few to estimate.")]
+NBoot = Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs.")]
+ArtifactLabels = Annotated[Path | None, typer.Option("--artifact-labels",
+                                                      help=_ARTIFACT_LABELS)]
+Limit = Annotated[int | None, typer.Option(help="Only the first N masked images.")]
+CamBatch = Annotated[int, typer.Option(help="Images per Grad-CAM batch.")]
+Models = Annotated[str, typer.Option(help="Comma-separated torchvision model names.")]
+ImageSize = Annotated[int, typer.Option(help="Model input side in pixels (224 on real data).")]
+Epochs = Annotated[int, typer.Option(
+    help="Maximum epochs per model (early stopping may end sooner).")]
+TrainPrecision = Annotated[str, typer.Option(help="Training precision: " + PRECISION_HELP)]
+Preset = Annotated[str, typer.Option(
+    help="Synthetic data: 'clean': artifacts independent of the label; 'shortcut': rulers "
+         "tied to malignancy in training only.")]
+NTrain = Annotated[int, typer.Option(help="Synthetic training images (ISIC 2016: 900).")]
+NTest = Annotated[int, typer.Option(help="Synthetic test images (ISIC 2016: 379).")]
+Overwrite = Annotated[bool, typer.Option(
+    help="Replace what an earlier run of this command wrote in --out.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+
 
 def _version_callback(value: bool) -> None:
     if value:
@@ -130,8 +165,7 @@ def _version_callback(value: bool) -> None:
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
-          = False,
+def _main(debug: Debug = False,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
           = False,
           verbose: Annotated[bool, typer.Option(
@@ -148,14 +182,15 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks f
 
 
 def show(table, to: Console | None = None) -> None:
-    """Print a :class:`dermcam.views.Table` (None prints nothing)."""
+    """Print a :class:`dermcam.views.Table` (None prints nothing). Every string is plain
+    text, never markup: rich would read a CI cell ``0.03 [n/a, 0.06]`` as a style tag."""
     if table is None:
         return
-    t = Table(title=table.title)
+    t = Table(title=Text(table.title))
     for i, c in enumerate(table.columns):
-        t.add_column(c, justify="right" if i >= table.numeric_from else "left")
+        t.add_column(Text(c), justify="right" if i >= table.numeric_from else "left")
     for r in table.rows:
-        t.add_row(*r)
+        t.add_row(*map(Text, r))
     (to or console).print(t)
     if table.note:
         (to or console).print(Text("  " + table.note))
@@ -183,26 +218,17 @@ _STYLE = {"alarm": "bold red", "caution": "yellow", "ok": "green", "not_run": "d
 
 def answer(run_dir: Path, topics: tuple[str, ...] = ()) -> None:
     """Write ``RUN/findings.json`` and print the findings on ``topics`` (prefixes; all
-    when empty): one line per model and topic that is not ok, one line per model with
-    what is fine."""
-    from dermcam.findings import display_names, fine_line, write_findings
+    when empty), as :func:`dermcam.views.findings_lines` lays them out."""
+    from dermcam.findings import display_names, write_findings
+    from dermcam.views import findings_lines
 
     _, found = write_findings(run_dir)
-    names = display_names(runmod.Run.open(run_dir), found)
-    found = [f for f in found if not topics or f.topic.startswith(topics)]
-    width = max((len(names[f.model]) for f in found), default=0)
-    for model in dict.fromkeys(f.model for f in found):
-        name = names[model].ljust(width)
-        for f in found:
-            if f.model == model and f.status != "ok":
-                console.print(Text.assemble((name, "bold"), "  ",
-                                            (f"{f.status.replace('_', ' '):<8}",
-                                             _STYLE[f.status]), f"{f.topic}: {f.sentence}"),
-                              soft_wrap=True)
-        fine = fine_line(found, model)
-        if fine:
-            console.print(Text.assemble((name, "bold"), "  ", ("ok      ", "green"), fine),
-                          soft_wrap=True)
+    lines = findings_lines(found, display_names(runmod.Run.open(run_dir), found), topics)
+    width = max((len(name) for name, _, _ in lines), default=0)
+    for name, status, text in lines:
+        console.print(Text.assemble((name.ljust(width), "bold"), "  ",
+                                    (f"{status.replace('_', ' '):<8}", _STYLE[status]), text),
+                      soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -211,18 +237,11 @@ def progress_bar(description: str):
     if _state["quiet"]:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich import progress as rp
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                  transient=False) as prog:
+    with rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(),
+                     rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+                     console=console, transient=False) as prog:
         task = prog.add_task(description, total=None)
 
         def cb(done: int, total: int) -> None:
@@ -235,17 +254,14 @@ def progress_bar(description: str):
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the data set "
-                                                          "into.")],
-    preset: Annotated[str, typer.Option(help="'clean': artifacts independent of the label; "
-                                              "'shortcut': rulers tied to malignancy in "
-                                              "training only.")] = "clean",
-    n_train: Annotated[int, typer.Option(help="Training images (ISIC 2016: 900).")] = 900,
-    n_test: Annotated[int, typer.Option(help="Test images (ISIC 2016: 379).")] = 379,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the data set into.")],
+    preset: Preset = "clean",
+    n_train: NTrain = 900,
+    n_test: NTest = 379,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
     prevalence: Annotated[float, typer.Option(help="Malignant share.")] = 0.19,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing data set.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write the synthetic dermoscopy benchmark in the ISIC 2016 Part 3B layout.
 
@@ -273,7 +289,7 @@ def synth(
         generate(out, cfg, progress=cb)
     console.print(f"wrote {n_train + n_test} images ({preset} preset) to {out} "
                   f"in {time.perf_counter() - t0:.1f} s")
-    _print_info(out)
+    _show_data(out)
 
 
 def _guard_out(out: Path, overwrite: bool, marker: str) -> None:
@@ -292,17 +308,16 @@ def _guard_out(out: Path, overwrite: bool, marker: str) -> None:
 # ------------------------------------------------------------------------ info
 
 @app.command()
-def info(data: Annotated[Path, typer.Argument(help="Data set folder (ISIC 2016 layout or "
-                                                   "generic labels.csv).")],
-         check: Annotated[bool, typer.Option(help="Decode every image and mask (in parallel, "
-                                                   "filling the decode cache at "
-                                                   "--image-size), so truncated image data "
-                                                   "are found too; run it once before "
-                                                   "training.")] = False,
-         image_size: Annotated[int, typer.Option(help="The model input side 'dermcam train' "
-                                                      "will use: the size --check caches "
-                                                      "images at, and what 'much smaller' "
-                                                      "means.")] = 224) -> None:
+def info(
+    data: DataDir,
+    check: Annotated[bool, typer.Option(
+        help="Decode every image and mask (in parallel, filling the decode cache at "
+             "--image-size), so truncated image data are found too; run it once before training.")]
+    = False,
+    image_size: Annotated[int, typer.Option(
+        help="The model input side 'dermcam train' will use: the size --check caches images at, "
+             "and what 'much smaller' means.")] = 224,
+) -> None:
     """Describe a data set and check all of it: counts per split and class, masks, image
     sizes, artifacts, then every problem found, one line each.
 
@@ -315,93 +330,50 @@ def info(data: Annotated[Path, typer.Argument(help="Data set folder (ISIC 2016 l
       dermcam info data/isic2016
       dermcam info data/isic2016 --check
     """
-    report = _check_data(data, decode=check, image_size=image_size)
+    from rich.markup import escape
+
+    from dermcam.data.check import check_dataset
+    from dermcam.views import problem_lines
+
+    _check_image_size(image_size)
+    with progress_bar("check images" + (" (decode)" if check else "")) as cb:
+        report = check_dataset(data, decode=check, image_size=image_size, progress=cb)
     if report.ok:
-        _print_info(data, mask_areas=report.mask_areas)
-    _print_problems(report)
+        _show_data(data, mask_areas=report.mask_areas)
+    if report.problems:
+        for line in problem_lines(report):
+            err.print(escape(line), highlight=False, soft_wrap=True)
+    else:
+        console.print(report.summary(), highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(2)
 
 
-def _check_data(root: Path, decode: bool, image_size: int):
-    from dermcam.data.check import check_dataset
-
+def _check_image_size(image_size: int) -> None:
     if image_size < 8:
         raise DermcamError(f"--image-size must be at least 8, got {image_size}")
-    with progress_bar("check images" + (" (decode)" if decode else "")) as cb:
-        return check_dataset(root, decode=decode, image_size=image_size, progress=cb)
 
 
-#: At most this many lines of one kind of warning; the rest are counted.
-_WARNINGS_SHOWN = 10
-
-
-def _print_problems(report) -> None:
-    """Every error, one line each, then the warnings (a few per kind), then the count."""
-    import re
-    from collections import defaultdict
-
-    from rich.markup import escape
-
-    def say(line: str) -> None:
-        err.print(escape(line), highlight=False, soft_wrap=True)
-
-    if not report.problems:
-        console.print(report.summary(), highlight=False, soft_wrap=True)
-        return
-    for p in report.errors:
-        say(f"error: {p}")
-    kinds = defaultdict(list)
-    for p in report.warnings:  # one kind: the same message but for its numbers
-        kinds[re.sub(r"\d+", "#", p.message)].append(p)
-    for group in kinds.values():
-        for p in group[:_WARNINGS_SHOWN]:
-            say(f"warning: {p}")
-        if len(group) > _WARNINGS_SHOWN:
-            say(f"warning: ... and {len(group) - _WARNINGS_SHOWN} more like the above")
-    say(report.summary())
-
-
-def _print_info(root: Path, check: bool = False,
-                mask_areas: dict[str, float] | None = None) -> None:
+def _show_data(root: Path, mask_areas: dict[str, float] | None = None) -> None:
+    """The data set's tables and sentences (:func:`dermcam.views.dataset_tables`)."""
     from dermcam.data.describe import describe
+    from dermcam.views import dataset_lines, dataset_tables
 
-    d = describe(root, check=check, mask_areas=mask_areas)
-    t = Table(title=f"{d['name']} ({d['layout']} layout) — {root}")
-    for col in ("split", "images", "benign", "malignant", "malignant %", "with mask",
-                "mean lesion area"):
-        t.add_column(col, justify="right" if col != "split" else "left")
-    for split, s in d["splits"].items():
-        area = s.get("mean_lesion_area")
-        t.add_row(split, str(s["n"]), str(s["benign"]), str(s["malignant"]),
-                  f"{100 * s['malignant'] / max(s['n'], 1):.1f}", str(s["with_mask"]),
-                  "-" if area is None else f"{area:.3f}")
-    console.print(t)
-    if d.get("image_sizes"):
-        console.print(f"image sizes (sampled): {d['image_sizes']}")
-    if d.get("artifacts"):
-        at = Table(title="background artifacts: share of images carrying each")
-        at.add_column("artifact")
-        cols = list(next(iter(d["artifacts"].values())).keys())
-        for c in cols:
-            at.add_column(c, justify="right")
-        for art, rates in d["artifacts"].items():
-            at.add_row(art, *[f"{100 * rates[c]:.0f} %" for c in cols])
-        console.print(at)
-    if d.get("official_check"):
-        console.print(d["official_check"])
-    for note in d.get("notes", []):
-        console.print(f"note: {note}")
+    d = describe(root, mask_areas=mask_areas)
+    for table in dataset_tables(d, root):
+        show(table)
+    for line in dataset_lines(d):
+        console.print(line)
 
 
 # ----------------------------------------------------------------------- train
 
 @app.command()
 def models(
-    image_size: Annotated[int, typer.Option(help="Input side in pixels at which to show each "
-                                                 "candidate layer's spatial size.")] = 224,
-    run_dir: Annotated[Path | None, typer.Option("--run", help="A run folder: use its input "
-                                                               "size.")] = None,
+    image_size: Annotated[int, typer.Option(
+        help="Input side in pixels at which to show each candidate layer's spatial size.")] = 224,
+    run_dir: Annotated[Path | None, typer.Option(
+        "--run", help="A run folder: use its input size.")] = None,
 ) -> None:
     """List the architectures dermcam knows: the study's Grad-CAM layer, the candidate layers
     the localisation benchmark scores (with their spatial size at the input size), and
@@ -413,91 +385,74 @@ def models(
       dermcam models --image-size 128
       dermcam models --run runs/r1
     """
-    from dermcam.models import REGISTRY, build_model, imagenet_available, imagenet_weights_path
+    from dermcam import models as zoo
+    from dermcam.views import models_table
 
     if run_dir is not None:
         image_size = runmod.Run.open(run_dir).image_size
-    t = Table(title=f"models at {image_size} px input (any other torchvision classifier also "
-                    "works by name)")
-    for c in ("name", "architecture", "study's CAM layer", "candidate layers (h x w)",
-              "ImageNet weights"):
-        t.add_column(c)
-    from dermcam.models import layer_grid
-
-    for name, spec in REGISTRY.items():
-        model, _ = build_model(name, weights="none")
-        grid = layer_grid(model, spec.candidate_layers, image_size)
-        layers = ", ".join(f"{ly} ({grid[ly][0]}x{grid[ly][1]})" for ly in spec.candidate_layers)
-        cached = "cached" if imagenet_available(name) else f"not cached ({imagenet_weights_path(name)})"
-        t.add_row(name, spec.display_name, spec.cam_layer, layers, cached)
-    console.print(t)
+    show(models_table(image_size, [
+        {"name": name, "display_name": spec.display_name, "cam_layer": spec.cam_layer,
+         "grid": zoo.layer_grid(zoo.build_model(name, weights="none")[0],
+                                spec.candidate_layers, image_size),
+         "weights": None if zoo.imagenet_available(name) else zoo.imagenet_weights_path(name)}
+        for name, spec in zoo.REGISTRY.items()]))
 
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="Data set folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")]
-    = Path("runs/run"),
-    models: Annotated[str, typer.Option(help="Comma-separated torchvision model names.")]
-    = ",".join(DEFAULT_MODELS),
-    weights: Annotated[str, typer.Option(help="'imagenet' (torchvision weights API and "
-                                               "TORCH_HOME cache), 'none' (from scratch) or a "
-                                               "state-dict PATH.")] = "imagenet",
-    image_size: Annotated[int, typer.Option(help="Input side in pixels (224 on real data).")]
-    = 224,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end "
-                                              "sooner).")] = 30,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    lr: Annotated[str, typer.Option(help="Adam learning rate: one for every model (1e-3), or "
-                                         "with per-model rates, e.g. "
-                                         "1e-3,mobilenet_v2=3e-3.")] = "1e-3",
+    data: DataDir,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Run folder to create.")] = Path("runs/run"),
+    models: Models = ",".join(DEFAULT_MODELS),
+    weights: Annotated[str, typer.Option(
+        help="'imagenet' (torchvision weights API and TORCH_HOME cache), 'none' (from scratch) or "
+             "a state-dict PATH.")] = "imagenet",
+    image_size: ImageSize = 224,
+    epochs: Epochs = 30,
+    batch_size: Annotated[int, typer.Option(help="Images per training batch.")] = 16,
+    lr: Annotated[str, typer.Option(
+        help="Adam learning rate: one for every model (1e-3), or with per-model rates, e.g. "
+             "1e-3,mobilenet_v2=3e-3.")] = "1e-3",
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
-    schedule: Annotated[str, typer.Option(help="Learning-rate schedule: plateau (halve on a "
-                                               "validation plateau, the study's) or onecycle "
-                                               "(warm-up, then cosine annealing to zero over "
-                                               "--epochs; best for short runs).")]
-    = "plateau",
-    monitor: Annotated[str, typer.Option(help="Best checkpoint by val_auc or val_loss.")]
-    = "val_auc",
-    imbalance: Annotated[str, typer.Option(help="weighted_loss, balanced_sampler or none.")]
-    = "weighted_loss",
-    calibration: Annotated[str, typer.Option(help="platt: fit p = sigmoid((z1 - z0) / T + b) "
-                                                  "on the validation split after training "
-                                                  "(undoes the shift a weighted loss puts on "
-                                                  "the logits); temperature: T only; none: "
-                                                  "raw softmax. The threshold is chosen on "
-                                                  "the calibrated probabilities.")]
-    = "platt",
-    val_fraction: Annotated[float, typer.Option(help="Stratified validation share of the "
-                                                     "training split.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Random seed (validation split, weights of new "
-                                            "layers, augmentation, batch order).")] = 0,
+    schedule: Annotated[str, typer.Option(
+        help="Learning-rate schedule: plateau (halve on a validation plateau, the study's) or "
+             "onecycle (warm-up, then cosine annealing to zero over --epochs; best for short "
+             "runs).")] = "plateau",
+    monitor: Annotated[str, typer.Option(
+        help="Best checkpoint by val_auc or val_loss.")] = "val_auc",
+    imbalance: Annotated[str, typer.Option(
+        help="weighted_loss, balanced_sampler or none.")] = "weighted_loss",
+    calibration: Annotated[str, typer.Option(
+        help="platt: fit p = sigmoid((z1 - z0) / T + b) on the validation split after training "
+             "(undoes the shift a weighted loss puts on the logits); temperature: T only; none: "
+             "raw softmax. The threshold is chosen on the calibrated probabilities.")] = "platt",
+    val_fraction: Annotated[float, typer.Option(
+        help="Stratified validation share of the training split.")] = 0.2,
+    seed: Annotated[int, typer.Option(
+        help="Random seed (validation split, weights of new layers, augmentation, batch order).")]
+    = 0,
     augment: Annotated[bool, typer.Option(help="Flips, rotation, colour jitter.")] = True,
     colour_jitter: Annotated[float, typer.Option(
-        help="Colour jitter when augmenting: brightness, contrast and saturation each "
-             "scaled by a factor from [1 - J, 1 + J] per image; 0 keeps the colours.")]
-    = 0.2,
+        help="Colour jitter when augmenting: brightness, contrast and saturation each scaled by a "
+             "factor from [1 - J, 1 + J] per image; 0 keeps the colours.")] = 0.2,
     accelerator: Annotated[str, typer.Option(help="cpu, gpu, auto (Lightning).")] = "auto",
     devices: Annotated[str, typer.Option(help="Lightning devices, e.g. 1, 2, auto.")] = "1",
     strategy: Annotated[str, typer.Option(help="Lightning strategy, e.g. auto, ddp.")] = "auto",
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    precision: TrainPrecision = "auto",
     num_workers: Annotated[int | None, typer.Option(
-        help="DataLoader workers per process (default: from the CPU count on a GPU, 0 on "
-             "the CPU).")] = None,
-    num_nodes: Annotated[int, typer.Option(help="Machines (Lightning num_nodes), for "
-                                                "SLURM or torchrun across nodes.")] = 1,
+        help="DataLoader workers per process (default: from the CPU count on a GPU, 0 on the CPU).")]
+    = None,
+    num_nodes: Annotated[int, typer.Option(
+        help="Machines (Lightning num_nodes), for SLURM or torchrun across nodes.")] = 1,
     deterministic: Annotated[bool, typer.Option(
-        "--deterministic", help="Deterministic algorithms (Lightning 'warn' mode, cuDNN "
-                                "without benchmark): the same bytes on the same GPU, "
-                                "slower.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")]
-    = False,
+        "--deterministic", help="Deterministic algorithms (Lightning 'warn' mode, cuDNN without "
+                                "benchmark): the same bytes on the same GPU, slower.")] = False,
+    overwrite: Overwrite = False,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
     keep_checkpoints: Annotated[bool, typer.Option(
-        "--keep-checkpoints", help="Keep Lightning's best.ckpt (weights) and last.ckpt "
-                                   "(weights and optimizer state) in models/NAME/lightning/ "
-                                   "after a model finishes; by default only model.pt is "
-                                   "kept.")] = False,
+        "--keep-checkpoints", help="Keep Lightning's best.ckpt (weights) and last.ckpt (weights "
+                                   "and optimizer state) in models/NAME/lightning/ after a model "
+                                   "finishes; by default only model.pt is kept.")] = False,
 ) -> None:
     """Fine-tune each model; keep its best checkpoint; choose its threshold on validation.
 
@@ -512,16 +467,14 @@ def train(
 
     lr_default, lr_by_model = parse_lr(lr)
     cfg = TrainConfig(
-        data=str(data), out=str(out), models=[m.strip() for m in models.split(",") if m.strip()],
-        weights=weights, image_size=image_size, max_epochs=epochs, batch_size=batch_size,
-        lr=lr_default, lr_by_model=lr_by_model,
-        patience=patience, schedule=schedule, monitor=monitor, imbalance=imbalance,
-        calibration=calibration, val_fraction=val_fraction,
-        seed=seed, augment=augment, colour_jitter=colour_jitter, accelerator=accelerator,
-        devices=devices,
-        strategy=strategy, precision=precision, num_workers=num_workers,
-        num_nodes=num_nodes, deterministic=deterministic,
-        progress=not _state["quiet"], keep_checkpoints=keep_checkpoints)
+        data=str(data), out=str(out), models=_names(models), weights=weights,
+        image_size=image_size, max_epochs=epochs, batch_size=batch_size, lr=lr_default,
+        lr_by_model=lr_by_model, patience=patience, schedule=schedule, monitor=monitor,
+        imbalance=imbalance, calibration=calibration, val_fraction=val_fraction, seed=seed,
+        augment=augment, colour_jitter=colour_jitter, accelerator=accelerator,
+        devices=devices, strategy=strategy, precision=precision, num_workers=num_workers,
+        num_nodes=num_nodes, deterministic=deterministic, progress=not _state["quiet"],
+        keep_checkpoints=keep_checkpoints)
     with progress_bar("decode + cache images") as cb:
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
     if not manifest:  # a worker process of multi-process training: rank 0 reports
@@ -534,34 +487,28 @@ def train(
     console.print(f"run folder: {out.resolve()}  (next: dermcam evaluate {out})")
 
 
+def _names(text: str | None) -> list[str]:
+    """A comma-separated option's names, blanks dropped."""
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
 # -------------------------------------------------------------------- evaluate
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train'.")],
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs.")] = 1000,
+    run_dir: RunDir,
+    n_boot: NBoot = 1000,
     data: Annotated[Path | None, typer.Option(
         help="Score the run's models on another data set (any layout) instead: external "
              "validation, written to RUN/external/NAME/.")] = None,
-    name: Annotated[str | None, typer.Option(
-        help="Name of the external set's folder (default: the data folder's name).")] = None,
-    by: Annotated[str | None, typer.Option(
-        help="Metrics per subgroup of these comma-separated columns: any metadata column "
-             "of the layout, or 'ita' (skin tone estimated from the image).")] = None,
+    name: ExternalName = None,
+    by: By = None,
     min_group: Annotated[int, typer.Option(
-        help="Subgroups with fewer images (or under 5 of a class) are too few to "
-             "estimate.")] = 20,
+        help="Subgroups with fewer images (or under 5 of a class) are too few to estimate.")] = 20,
     exclude_duplicates: Annotated[bool, typer.Option(
         help="Leave out external images that duplicate the run's own images.")] = False,
-    artifact_labels: Annotated[Path | None, typer.Option(
-        "--artifact-labels",
-        help="Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
-             "';'-separated, image;dark_corner;hair;...), joined by image id as "
-             "artifact_<name> columns and kept for the run's later stages; with --data "
-             "they label that set's images instead.")] = None,
-    device: Annotated[str, typer.Option(help="Where the models run: auto (CUDA when "
-                                             "available, else CPU), cpu, cuda or "
-                                             "cuda:INDEX.")] = "auto",
+    artifact_labels: ArtifactLabels = None,
+    device: Device = "auto",
 ) -> None:
     """Test-set metrics with 95 % CIs, baselines, and paired model comparisons.
 
@@ -573,6 +520,7 @@ def evaluate(
     """
     from dermcam.stages.evaluate import run_evaluate
     from dermcam.stages.external import by_columns
+    from dermcam.views import external_table, metrics_tables, subgroup_tables
 
     if artifact_labels is not None:  # and split the metrics by each artifact's presence
         from dermcam.data.artifact_labels import artifact_columns, read_artifact_labels
@@ -584,8 +532,6 @@ def evaluate(
                               by=by_columns(by), min_group=min_group,
                               exclude_duplicates=exclude_duplicates, device=device,
                               artifacts=artifact_labels)
-    from dermcam.views import external_table, metrics_tables, subgroup_tables
-
     if result.get("artifact_labels"):
         console.print(result["artifact_labels"]["note"])
     tables = metrics_tables(result)
@@ -593,106 +539,90 @@ def evaluate(
     if ext:
         from dermcam.io import read_json
 
-        internal = read_json(runmod.Outputs(run_dir).metrics) \
-            if runmod.Outputs(run_dir).metrics.exists() else None
-        tables.insert(0, external_table(internal, [(ext["name"], result)]))
+        internal = runmod.Outputs(run_dir).metrics
+        tables.insert(0, external_table(read_json(internal) if internal.exists() else None,
+                                        [(ext["name"], result)]))
     show(tables[0])
-    detail(run_dir, "evaluate", tables + subgroup_tables(result))
-    answer(run_dir, ("discrimination", "calibration", "external", "subgroups"))
-    where = Path(run_dir) / runmod.EXTERNAL_DIR / ext["name"] if ext else Path(run_dir)
-    console.print(f"wrote {where.resolve()}/metrics.json (--verbose or dermcam.log: every "
-                  "table)")
+    _finish(run_dir, "evaluate", tables + subgroup_tables(result),
+            ("discrimination", "calibration", "external", "subgroups"),
+            _folder(run_dir, ext and ext["name"]) / runmod.METRICS)
 
 
-def _use_artifact_labels(run_dir: Path, path: Path) -> list[str]:
-    """Record per-image artifact labels in the run (#16); prints the join, returns the
-    artifact_<name> columns."""
-    from dermcam.data.artifact_labels import artifact_columns, read_artifact_labels, record_in_run
+def _use_artifact_labels(run_dir: Path, path: Path) -> None:
+    """Record per-image artifact labels in the run (#16) and print the join."""
+    from dermcam.data.artifact_labels import record_in_run
 
     console.print(record_in_run(run_dir, path))
-    return artifact_columns(read_artifact_labels(path))
+
+
+def _folder(run_dir: Path, external: str | None) -> Path:
+    """Where a stage wrote: the run folder, or its folder for the external set so named."""
+    return Path(run_dir) / runmod.EXTERNAL_DIR / external if external else Path(run_dir)
+
+
+def _finish(run_dir: Path, stage: str, tables: list, topics: tuple[str, ...],
+            written: Path) -> None:
+    """A stage's last words: its detail tables (--verbose, dermcam.log), its findings on
+    ``topics``, and the summary file it wrote."""
+    detail(run_dir, stage, tables)
+    answer(run_dir, topics)
+    console.print(f"wrote {written.resolve()} (--verbose or dermcam.log: every table)")
 
 
 # --------------------------------------------------------------------- explain
 
-def _method_help() -> str:
-    from dermcam.attribution import METHODS
-
-    return "Comma-separated CAM methods: " + ", ".join(METHODS) + "."
-
-
 @app.command()
 def explain(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train'.")],
-    methods: Annotated[str, typer.Option(help="Comma-separated CAM methods (pytorch-grad-cam):"
-                                              " gradcam, gradcam++, hirescam, layercam, "
-                                              "eigencam, xgradcam; or auto: the localisation "
-                                              "benchmark chooses each model's method with "
-                                              "its layer.")] = "auto",
-    target: Annotated[str, typer.Option(help="Class each heatmap explains: malignant (where "
-                                             "the evidence for malignancy lies, for every "
-                                             "image: one fixed target, so benign and "
-                                             "malignant lesions are compared on the same "
-                                             "question), predicted (the study's: "
-                                             "benign-predicted images are explained for "
-                                             "the benign class, whose evidence is largely "
-                                             "wherever the lesion is not) or true.")]
+    run_dir: RunDir,
+    methods: Annotated[str, typer.Option(
+        help=f"Comma-separated CAM methods (pytorch-grad-cam): {CAM_METHODS}; or auto: the "
+             "localisation benchmark chooses each model's method with its layer.")] = "auto",
+    target: Annotated[str, typer.Option(
+        help="Class each heatmap explains: malignant (where the evidence for malignancy lies, for "
+             "every image: one fixed target, so benign and malignant lesions are compared on the "
+             "same question), predicted (the study's: benign-predicted images are explained for "
+             "the benign class, whose evidence is largely wherever the lesion is not) or true.")]
     = "malignant",
-    normalize: Annotated[str, typer.Option(help="minmax (ReLU + per-image min-max, the study's) "
-                                                "or raw (ReLU only).")] = "minmax",
-    limit: Annotated[int | None, typer.Option(help="Only the first N test images.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per Grad-CAM batch.")] = 16,
-    sanity: Annotated[bool, typer.Option(help="Randomised-weights sanity check "
-                                              "(Adebayo et al. 2018).")] = True,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
-    shard: Annotated[str | None, typer.Option(help="Compute only part i/n of the batches "
-                                                   "(e.g. 0/4), for several processes or "
-                                                   "machines; then run --merge.")] = None,
-    merge: Annotated[bool, typer.Option(help="Score the batches written by all shards "
-                                             "into one attention.csv.")] = False,
-    layer: Annotated[str, typer.Option(help="CAM layer: auto (the localisation benchmark "
-                                            "picks, per model and method, the layer whose maps "
-                                            "localise best on masked validation images and "
-                                            "pass the sanity check), last (the study's: the "
-                                            "last convolutional block), a layer name for "
-                                            "every model, or model=layer,model=layer. "
-                                            "'dermcam models' lists the candidates.")]
-    = "auto",
+    normalize: Annotated[str, typer.Option(
+        help="minmax (ReLU + per-image min-max, the study's) or raw (ReLU only).")] = "minmax",
+    limit: Limit = None,
+    batch_size: CamBatch = 16,
+    sanity: Annotated[bool, typer.Option(
+        help="Randomised-weights sanity check (Adebayo et al. 2018).")] = True,
+    n_boot: NBoot = 1000,
+    shard: Annotated[str | None, typer.Option(
+        help="Compute only part i/n of the batches (e.g. 0/4), for several processes or machines; "
+             "then run --merge.")] = None,
+    merge: Annotated[bool, typer.Option(
+        help="Score the batches written by all shards into one attention.csv.")] = False,
+    layer: Annotated[str, typer.Option(
+        help="CAM layer: auto (the localisation benchmark picks, per model and method, the layer "
+             "whose maps localise best on masked validation images and pass the sanity check), "
+             "last (the study's: the last convolutional block), a layer name for every model, or "
+             "model=layer,model=layer. 'dermcam models' lists the candidates.")] = "auto",
     bench_methods: Annotated[str | None, typer.Option(
         help="Methods the localisation benchmark scores at every candidate layer "
              "(comma-separated, or all; default: all).")] = None,
-    bench_images: Annotated[int, typer.Option(help="Validation images the localisation "
-                                                   "benchmark scores.")] = 64,
-    cascade: Annotated[bool, typer.Option(help="Cascading randomisation in the sanity check "
-                                               "(one step per block, from the output down).")]
-    = True,
-    margin: Annotated[float, typer.Option(help="Equivalence margin of the lesion-size "
-                                               "confound test (TOST), in units of each metric "
-                                               "(leakage, excess leakage, pixel AUROC): an "
-                                               "adjusted class gap within +-margin counts as "
-                                               "explained by size.")] = 0.02,
-    artifact_labels: Annotated[Path | None, typer.Option(
-        "--artifact-labels",
-        help="Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
-             "';'-separated, image;dark_corner;hair;...), joined by image id as "
-             "artifact_<name> columns and kept for the run's later stages.")] = None,
-    device: Annotated[str, typer.Option(help="Where the heatmaps are computed: auto (CUDA "
-                                             "when available), cpu, cuda or cuda:INDEX; "
-                                             "with --shard i/n, auto puts each shard on its "
-                                             "own GPU, and on the CPU the shards split the "
-                                             "cores.")] = "auto",
+    bench_images: Annotated[int, typer.Option(
+        help="Validation images the localisation benchmark scores.")] = 64,
+    cascade: Annotated[bool, typer.Option(
+        help="Cascading randomisation in the sanity check (one step per block, from the output "
+             "down).")] = True,
+    margin: Annotated[float, typer.Option(
+        help="Equivalence margin of the lesion-size confound test (TOST), in units of each metric "
+             "(leakage, excess leakage, pixel AUROC): an adjusted class gap within +-margin "
+             "counts as explained by size.")] = 0.02,
+    artifact_labels: ArtifactLabels = None,
+    device: Annotated[str, typer.Option(
+        help=f"Where the heatmaps are computed: {_DEVICES}; with --shard i/n, auto puts each "
+             "shard on its own GPU, and on the CPU the shards split the cores.")] = "auto",
     data: Annotated[Path | None, typer.Option(
-        help="Audit the run's models on another data set's masked images (any layout) "
-             "instead, into RUN/external/NAME/ (as evaluate --data); layers and thresholds "
-             "are the run's. --artifact-labels then labels that set's images.")] = None,
-    name: Annotated[str | None, typer.Option(
-        help="Name of the external set's folder (default: the data folder's name).")] = None,
-    by: Annotated[str | None, typer.Option(
-        help="Attention summary per subgroup of these comma-separated columns: any "
-             "metadata column of the layout, or 'ita' (skin tone estimated from the "
-             "image).")] = None,
-    min_group: Annotated[int, typer.Option(
-        help="Subgroups with fewer images are too few to estimate.")] = 20,
+        help="Audit the run's models on another data set's masked images (any layout) instead, "
+             "into RUN/external/NAME/ (as evaluate --data); layers and thresholds are the run's. "
+             "--artifact-labels then labels that set's images.")] = None,
+    name: ExternalName = None,
+    by: By = None,
+    min_group: MinGroup = 20,
 ) -> None:
     """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
 
@@ -711,6 +641,7 @@ def explain(
     """
     from dermcam.stages.explain import run_explain
     from dermcam.stages.external import by_columns
+    from dermcam.views import attention_sections
 
     if artifact_labels is not None and data is None:  # attention summary by artifact presence
         _use_artifact_labels(run_dir, artifact_labels)
@@ -722,71 +653,60 @@ def explain(
         except ValueError as exc:
             raise DermcamError(f"--shard must look like 0/4, got {shard!r}") from exc
     with progress_bar("Grad-CAM batches") as cb:
-        summary = run_explain(run_dir, methods=[m.strip() for m in methods.split(",")],
-                              target=target, normalize=normalize, limit=limit,
-                              batch_size=batch_size, sanity=sanity, n_boot=n_boot, progress=cb,
-                              shard=shard_t, merge=merge, layer=layer,
+        summary = run_explain(run_dir, methods=_names(methods), target=target,
+                              normalize=normalize, limit=limit, batch_size=batch_size,
+                              sanity=sanity, n_boot=n_boot, progress=cb, shard=shard_t,
+                              merge=merge, layer=layer,
                               bench_methods=(None if bench_methods in (None, "all") else
-                                             [m.strip() for m in bench_methods.split(",")]),
+                                             _names(bench_methods)),
                               bench_images=bench_images, cascade=cascade, margin=margin,
                               device=device, data=data, name=name, by=by_columns(by),
                               min_group=min_group,
                               artifacts=artifact_labels if data is not None else None)
     ext = summary.get("external") or {}
-    where = f"{run_dir}/external/{ext['name']}" if ext else str(run_dir)
+    where = _folder(run_dir, ext.get("name"))
     if shard_t is not None:
         again = f" --data {data}" + (f" --name {name}" if name else "") if data else ""
         console.print(f"shard {shard}: {summary['batches']} batch(es) written under "
-                      f"{summary.get('folder', where)}/attention; when every shard is done: dermcam explain "
-                      f"{run_dir}{again} --merge")
+                      f"{summary.get('folder', where)}/attention; when every shard is done: "
+                      f"dermcam explain {run_dir}{again} --merge")
         return
-    from dermcam.views import attention_sections
-
     if ext:
         console.print(f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): "
                       f"{ext['images']}; {ext['thresholds']}; layers {ext['layers']}")
-    detail(run_dir, "explain", attention_sections(summary, runmod.Run.open(run_dir).display_names))
-    answer(run_dir, ("where it looks", "size confound", "artifact"))
-    console.print(f"wrote {Path(where).resolve()}/attention_summary.json (--verbose or "
-                  "dermcam.log: every table)")
+    _finish(run_dir, "explain", attention_sections(summary, runmod.Run.open(run_dir).display_names),
+            ("where it looks", "size confound", "artifact"), where / runmod.ATTENTION_SUMMARY)
 
 
 @app.command()
 def audit(
-    weights: Annotated[Path, typer.Argument(help="The model: a state dict saved with "
-                                                 "torch.save(model.state_dict(), path), or a "
-                                                 "TorchScript file (torch.jit.save).")],
-    data: Annotated[Path, typer.Option(help="Data folder of any layout dermcam reads (ISIC "
-                                            "2016/2017, HAM10000, PH2, a generic labels.csv); "
-                                            "its images with lesion masks are audited.")],
-    arch: Annotated[str | None, typer.Option(help="The torchvision architecture the weights "
-                                                  "belong to, with a 2-class head (e.g. "
-                                                  "resnet18; 'dermcam models' lists them). "
-                                                  "Needed for TorchScript files too.")] = None,
-    layer: Annotated[str | None, typer.Option(help="Module name of the layer to hook (e.g. "
-                                                   "layer3); default: the architecture's CAM "
-                                                   "layer, its last convolutional block.")]
-    = None,
-    method: Annotated[str, typer.Option(help="CAM method (pytorch-grad-cam): gradcam, "
-                                             "gradcam++, hirescam, layercam, eigencam, "
-                                             "xgradcam.")] = "gradcam",
-    target: Annotated[str, typer.Option(help="Class each heatmap explains: malignant (the "
-                                             "same question for every image), predicted or "
-                                             "true.")] = "malignant",
+    weights: Annotated[Path, typer.Argument(
+        help="The model: a state dict saved with torch.save(model.state_dict(), path), or a "
+             "TorchScript file (torch.jit.save).")],
+    data: Annotated[Path, typer.Option(
+        help="Data folder of any layout dermcam reads (ISIC 2016/2017, HAM10000, PH2, a generic "
+             "labels.csv); its images with lesion masks are audited.")],
+    arch: Annotated[str | None, typer.Option(
+        help="The torchvision architecture the weights belong to, with a 2-class head (e.g. "
+             "resnet18; 'dermcam models' lists them). Needed for TorchScript files too.")] = None,
+    layer: Annotated[str | None, typer.Option(
+        help="Module name of the layer to hook (e.g. layer3); default: the architecture's CAM "
+             "layer, its last convolutional block.")] = None,
+    method: Annotated[str, typer.Option(help=f"CAM method (pytorch-grad-cam): {CAM_METHODS}.")]
+    = "gradcam",
+    target: Annotated[str, typer.Option(
+        help="Class each heatmap explains: malignant (the same question for every image), "
+             "predicted or true.")] = "malignant",
     split: Annotated[str, typer.Option(help="Which images: test, train or all.")] = "test",
-    image_size: Annotated[int, typer.Option(help="Side the images are resized to, as the "
-                                                 "model was trained.")] = 224,
-    limit: Annotated[int | None, typer.Option(help="Only the first N masked images.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the results "
-                                                                 "(default: audit-<weights "
-                                                                 "file name>).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per Grad-CAM batch.")] = 32,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
-    device: Annotated[str, typer.Option(help="Where the heatmaps are computed: auto (CUDA "
-                                             "when available, else CPU), cpu, cuda or "
-                                             "cuda:INDEX.")] = "auto",
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
-    = False,
+    image_size: Annotated[int, typer.Option(
+        help="Side the images are resized to, as the model was trained.")] = 224,
+    limit: Limit = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder for the results (default: audit-<weights file name>).")] = None,
+    batch_size: CamBatch = 32,
+    n_boot: NBoot = 1000,
+    device: Device = "auto",
+    debug: Debug = False,
 ) -> None:
     """Audit the attention of a two-class model trained outside dermcam, without a run.
 
@@ -809,10 +729,10 @@ def audit(
       dermcam audit model.pt --data data/isic2016 --arch resnet18 --layer layer3 --method hirescam
     """
     from dermcam.audit import audit_folder, audit_summary, load_model, write_audit
+    from dermcam.views import audit_headline, audit_table
 
     _state["debug"] = _state["debug"] or debug
-    if image_size < 8:
-        raise DermcamError(f"--image-size must be at least 8, got {image_size}")
+    _check_image_size(image_size)
     if split not in ("test", "train", "all"):
         raise DermcamError(f"--split must be test, train or all, got {split!r}")
     if target not in ("malignant", "predicted", "true"):
@@ -826,106 +746,60 @@ def audit(
         "weights": str(weights.resolve()), "format": kind, "arch": arch, "layer": layer,
         "method": method, "target": target, "data": str(data.resolve()), "split": split,
         "image_size": image_size, "limit": limit, "n_boot": n_boot})
-    _print_audit(table, summary, f"{weights.name} ({kind}, {arch}) {method} at {layer}")
+    console.print(audit_headline(f"{weights.name} ({kind}, {arch}) {method} at {layer}",
+                                 table["label"], summary["guard"]), highlight=False)
+    show(audit_table(summary))
     console.print(f"wrote {out}/attention.csv, attention_summary.json, manifest.json")
-
-
-def _print_audit(table, summary, what: str) -> None:
-    from dermcam.views import ci_cell
-
-    guard = summary["guard"]
-    lo, hi = guard["pixel_auroc_ci"]
-    counts = table["label"].value_counts()
-    console.print(f"{what}: {len(table)} images ({counts.get(0, 0)} benign, "
-                  f"{counts.get(1, 0)} malignant); median pixel AUROC "
-                  f"{ci_cell(guard['median_pixel_auroc'], lo, hi)} (0.5 = uniform)",
-                  highlight=False)
-    t = Table(title="attention: mean [95 % CI] by class; n (undefined, left out of the mean)")
-    for c in ("class", "n (undefined)", "leakage", "excess leakage", "pixel AUROC"):
-        t.add_column(c)
-    rows = {}
-    for r in summary["by_class"].to_dict(orient="records"):
-        rows.setdefault(int(r["label"]), {})[r["metric"]] = r
-
-    def cell(r) -> str:
-        return "-" if r is None or r["mean"] != r["mean"] else \
-            ci_cell(r["mean"], r["ci_low"], r["ci_high"], 3)
-
-    for label, ms in sorted(rows.items()):
-        leak = ms["leakage"]
-        t.add_row("malignant" if label == 1 else "benign",
-                  f"{leak['n']} ({leak.get('n_nan', 0)})", cell(leak),
-                  cell(ms.get("excess_leakage")), cell(ms.get("pixel_auroc")))
-    console.print(t)
-    console.print(f"  {guard['sentence']}", highlight=False)
-    sc = summary.get("size_confound") or {}
-    if sc.get("summary"):
-        console.print(f"  {sc['summary']}", highlight=False)
 
 
 # ----------------------------------------------------------------------- probe
 
 @app.command()
 def probe(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train' "
-                                                 "(explain first to also test whether the "
-                                                 "heatmaps track the behaviour).")],
-    probes: Annotated[str, typer.Option(help="Comma-separated probes: lesion_removed, "
-                                             "background_removed, artifact_inserted, "
-                                             "artifact_removed (default: all).")]
-    = "lesion_removed,background_removed,artifact_inserted,artifact_removed",
-    artifacts: Annotated[str | None, typer.Option(help="Artifacts to insert/remove "
-                                                       "(default: ruler, ink, patch, "
-                                                       "vignette, hair).")] = None,
-    placements: Annotated[int, typer.Option(help="Seeded placements per image and inserted "
-                                                 "artifact.")] = 3,
-    seed: Annotated[int | None, typer.Option(help="Seed for placements and bootstrap "
-                                                  "(default: the run's).")] = None,
+    run_dir: Annotated[Path, typer.Argument(
+        help="Run folder written by 'dermcam train' (explain first to also test whether the "
+             "heatmaps track the behaviour).")],
+    probes: Annotated[str | None, typer.Option(
+        help="Comma-separated probes: lesion_removed, background_removed, artifact_inserted, "
+             "artifact_removed, context_swap (default: the first four, and context_swap "
+             "with --artifact-labels).")] = None,
+    artifacts: Annotated[str | None, typer.Option(
+        help="Artifacts to insert/remove (default: ruler, ink, patch, vignette, hair).")] = None,
+    placements: Annotated[int, typer.Option(
+        help="Seeded placements per image and inserted artifact.")] = 3,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed for placements and bootstrap (default: the run's).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N test images.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images perturbed per batch (each makes "
-                                                 "about 20 variants).")] = 32,
-    inpaint: Annotated[str, typer.Option(help="OpenCV inpainting: telea or ns "
-                                              "(Navier-Stokes).")] = "telea",
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs.")] = 1000,
+    batch_size: Annotated[int, typer.Option(
+        help="Images perturbed per batch (each makes about 20 variants).")] = 32,
+    inpaint: Annotated[str, typer.Option(
+        help="OpenCV inpainting: telea or ns (Navier-Stokes).")] = "telea",
+    n_boot: NBoot = 1000,
     artifact_labels: Annotated[Path | None, typer.Option(
         "--artifact-labels",
-        help="Per-image artifact labels (e.g. isic_bias.csv), joined by image id and kept "
-             "for the run's later stages (--artifacts here names artifacts to "
-             "insert); lesion and background removal are then split by each artifact's "
-             "presence. With --data they label that set's images.")] = None,
-    device: Annotated[str, typer.Option(help="Where the models run: auto (CUDA when "
-                                             "available, else CPU), cpu, cuda or "
-                                             "cuda:INDEX.")] = "auto",
+        help=_ARTIFACT_LABELS + " Lesion and background removal are then split by each "
+             "artifact's presence (--artifacts names artifacts to insert).")] = None,
+    device: Device = "auto",
     data: Annotated[Path | None, typer.Option(
-        help="Probe the run's models on another data set's masked images (any layout) "
-             "instead, into RUN/external/NAME/ (as evaluate --data), at the run's "
-             "thresholds.")] = None,
-    name: Annotated[str | None, typer.Option(
-        help="Name of the external set's folder (default: the data folder's name).")] = None,
-    by: Annotated[str | None, typer.Option(
-        help="Probe summary per subgroup of these comma-separated columns: any metadata "
-             "column of the layout, or 'ita' (skin tone estimated from the image).")] = None,
-    min_group: Annotated[int, typer.Option(
-        help="Subgroups with fewer images are too few to estimate.")] = 20,
+        help="Probe the run's models on another data set's masked images (any layout) instead, "
+             "into RUN/external/NAME/ (as evaluate --data), at the run's thresholds.")] = None,
+    name: ExternalName = None,
+    by: By = None,
+    min_group: MinGroup = 20,
     precision: Annotated[str, typer.Option(
-        help="Inference precision: 32-true (float32, as evaluate scores), bf16-mixed "
-             "(bfloat16 autocast, channels-last, BatchNorm folded into the convolutions: "
-             "about 2x faster where bfloat16 is native, probabilities about 1e-2 away from "
-             "float32's) or auto (bf16-mixed per model "
-             "where training's --precision auto would choose it).")] = "32-true",
+        help="Inference precision: 32-true (float32, as evaluate scores), bf16-mixed (bfloat16 "
+             "autocast, channels-last, BatchNorm folded into the convolutions: about 2x faster "
+             "where bfloat16 is native, probabilities about 1e-2 away from float32's) or auto "
+             "(bf16-mixed per model where training's --precision auto would choose it).")]
+    = "32-true",
 ) -> None:
     """Behavioural audit: change the image, watch the malignant probability.
 
-    For every trained model and every test image with a lesion mask: the lesion inpainted
-    away, the background replaced by flat skin, artifacts (ruler, ink, colour patch, dark
-    corners, hair) pasted outside the lesion, and, where the data carry artifact maps, each
-    artifact inpainted away. Prints the mean change in malignant probability with 95 % CIs,
-    decision flip rates at the run's threshold, AUC without the lesion or the background, and
-    whether the CAM leakage predicts the change. Writes probe.csv, probe_summary.json and
-    figures/probe_*.png; resumes per batch.
-
-    Inpainting leaves traces a model may react to; a changed prediction shows reliance, an
-    unchanged one does not prove its absence.
+    Every model, every masked test image: the lesion inpainted away, the background
+    replaced by flat skin, painted artifacts pasted in (or inpainted away), and with artifact
+    labels the context swap: each lesion on real surroundings with and without a labelled
+    artifact. Mean change with 95 % CIs, flip rates; probe_summary.json. A changed
+    prediction shows reliance, an unchanged one does not prove its absence.
 
     \b
     Examples:
@@ -934,44 +808,36 @@ def probe(
       dermcam probe runs/r1 --artifact-labels isic_bias.csv --precision auto
     """
     from dermcam.device import resolve_device
-    from dermcam.stages.external import by_columns
-    from dermcam.stages.probe import read_summary_object, run_probe
+    from dermcam.stages.external import by_columns, safe_name
+    from dermcam.stages.probe import PROBES, read_summary_object, run_probe
+    from dermcam.views import probe_sections
 
     if artifact_labels is not None and data is None:
         _use_artifact_labels(run_dir, artifact_labels)
-    names = [p.strip() for p in probes.split(",") if p.strip()]
-    arts = [a.strip() for a in artifacts.split(",") if a.strip()] if artifacts else None
     with progress_bar("probe batches") as cb:
-        entries = run_probe(run_dir, probes=names, artifacts=arts, placements=placements,
-                            seed=seed, limit=limit, batch_size=batch_size,
-                            inpaint_method=inpaint, n_boot=n_boot, progress=cb,
-                            device=str(resolve_device(device)), data=data, name=name,
-                            by=by_columns(by), min_group=min_group,
+        chosen = _names(probes) or [*PROBES, *(["context_swap"] if artifact_labels else [])]
+        entries = run_probe(run_dir, probes=chosen, artifacts=_names(artifacts) or None,
+                            placements=placements, seed=seed, limit=limit,
+                            batch_size=batch_size, inpaint_method=inpaint, n_boot=n_boot,
+                            progress=cb, device=str(resolve_device(device)), data=data,
+                            name=name, by=by_columns(by), min_group=min_group,
                             artifact_labels=artifact_labels if data is not None else None,
                             precision=precision)
-    where = Path(run_dir)
-    if data is not None:
-        from dermcam.stages.external import safe_name
-
-        where = where / runmod.EXTERNAL_DIR / safe_name(name or Path(data).resolve().name)
+    where = _folder(run_dir, safe_name(name or Path(data).resolve().name) if data else None)
     summary = read_summary_object(where) or {}
     ext = summary.get("external") or {}
-    from dermcam.views import probe_sections
-
     if ext:
         console.print(f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): "
                       f"{ext['thresholds']}")
-    detail(run_dir, "probe", probe_sections({**summary, "entries": entries},
-                                            runmod.Run.open(run_dir).display_names))
-    answer(run_dir, ("lesion reliance", "context", "artifact"))
-    console.print(f"wrote {where.resolve()}/probe_summary.json (--verbose or dermcam.log: "
-                  "every table)")
+    _finish(run_dir, "probe", probe_sections({**summary, "entries": entries},
+                                             runmod.Run.open(run_dir).display_names),
+            ("lesion reliance", "context", "artifact"), where / runmod.PROBE_SUMMARY)
 
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder (after evaluate; explain adds "
-                                                 "the attention sections).")],
+    run_dir: Annotated[Path, typer.Argument(
+        help="Run folder (after evaluate; explain adds the attention sections).")],
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="HTML file to write, or an existing folder to put report.html in "
                             "(default: RUN_DIR/report.html).")] = None,
@@ -986,38 +852,34 @@ def report(
     """
     from dermcam.stages.report import run_report
 
-    path = run_report(run_dir, out)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {run_report(run_dir, out)}")
 
 
 # ------------------------------------------------------------------------ demo
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the data and the run.")]
-    = Path("dermcam-demo"),
-    preset: Annotated[str, typer.Option(help="Synthetic preset: clean or shortcut.")] = "clean",
-    n_train: Annotated[int, typer.Option(help="Synthetic training images.")] = 900,
-    n_test: Annotated[int, typer.Option(help="Synthetic test images.")] = 379,
-    image_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per model.")] = 10,
-    source_size: Annotated[int, typer.Option(help="Side of the generated images in pixels.")]
-    = 128,
-    models: Annotated[str, typer.Option(help="Comma-separated models.")]
-    = ",".join(DEFAULT_MODELS),
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for the data and the run.")] = Path("dermcam-demo"),
+    preset: Preset = "clean",
+    n_train: NTrain = 900,
+    n_test: NTest = 379,
+    image_size: ImageSize = 64,
+    epochs: Epochs = 10,
+    source_size: Annotated[int, typer.Option(help="Side of the generated images in pixels.")] = 128,
+    models: Models = ",".join(DEFAULT_MODELS),
     seed: Annotated[int, typer.Option(help="Random seed of the data and the training.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = True,
-    shortcut: Annotated[bool, typer.Option(help="Also train one model where rulers mark "
-                                                "malignancy in training only, and audit it "
-                                                "beside its control.")] = True,
-    precision: Annotated[str, typer.Option(help="Training precision: " + PRECISION_HELP)]
-    = "auto",
+    overwrite: Overwrite = True,
+    shortcut: Annotated[bool, typer.Option(
+        help="Also train one model where rulers mark malignancy in training only, and audit it "
+             "beside its control.")] = True,
+    precision: TrainPrecision = "auto",
     method: Annotated[str, typer.Option(
-        help="CAM method of the audit, its layer chosen per model by the localisation "
-             "benchmark; 'auto' chooses the method too. HiResCAM credits a location only "
-             "where the output is sensitive to it there: on the planted shortcut, "
-             "Grad-CAM-style methods at early layers also put the rulers above their "
-             "area share for the control, which does not use them.")] = "hirescam",
+        help="CAM method of the audit, its layer chosen per model by the localisation benchmark; "
+             "'auto' chooses the method too. HiResCAM credits a location only where the output is "
+             "sensitive to it there: on the planted shortcut, Grad-CAM-style methods at early "
+             "layers also put the rulers above their area share for the control, which does not "
+             "use them.")] = "hirescam",
 ) -> None:
     """The whole study on the synthetic benchmark: synth -> train -> evaluate -> explain ->
     probe -> report, plus a planted shortcut that the audit must catch.
@@ -1043,11 +905,10 @@ def demo(
     from dermcam.demo import run_demo
 
     run = run_demo(out, preset=preset, n_train=n_train, n_test=n_test, image_size=image_size,
-             epochs=epochs, source_size=source_size,
-             models=[m.strip() for m in models.split(",")], seed=seed,
-             overwrite=overwrite, say=console.print, progress_bar=progress_bar,
-             quiet=_state["quiet"], shortcut=shortcut, precision=precision,
-             method=method, show=detail)
+                   epochs=epochs, source_size=source_size, models=_names(models), seed=seed,
+                   overwrite=overwrite, say=console.print, progress_bar=progress_bar,
+                   quiet=_state["quiet"], shortcut=shortcut, precision=precision,
+                   method=method, show=detail)
     answer(run)
     console.print(f"report: {runmod.Run.open(run).report.resolve()}")
 
@@ -1055,17 +916,15 @@ def demo(
 @app.command()
 def download(
     dataset: Annotated[str, typer.Argument(help="Data set to fetch: isic2016 (Part 3B).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to download and unpack "
-                                                          "into.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to download and unpack into.")],
     base_url: Annotated[str | None, typer.Option(
         help="Where the files live (default: the ISIC challenge bucket, "
-             "https://isic-challenge-data.s3.amazonaws.com/2016/); http(s):// or file:// "
-             "for a local mirror.")] = None,
+             "https://isic-challenge-data.s3.amazonaws.com/2016/); http(s):// or file:// for a "
+             "local mirror.")] = None,
     checksums: Annotated[Path | None, typer.Option(
-        help="File of 'SHA256  FILENAME' lines to verify against (sha256sum format).")]
-    = None,
-    retries: Annotated[int, typer.Option(help="Extra attempts after a dropped transfer "
-                                              "(each resumes).")] = 2,
+        help="File of 'SHA256  FILENAME' lines to verify against (sha256sum format).")] = None,
+    retries: Annotated[int, typer.Option(
+        help="Extra attempts after a dropped transfer (each resumes).")] = 2,
     timeout: Annotated[float, typer.Option(help="Seconds to wait on the network.")] = 60.0,
 ) -> None:
     """Fetch, verify and safely unpack a public data set, then check its published counts.
@@ -1091,7 +950,7 @@ def download(
                                    retries=retries, timeout=timeout)
     for line in res.summary_lines():
         console.print(line, highlight=False)
-    _print_info(out)
+    _show_data(out)
     console.print(f"wrote {out / dl.RECORD}  (next: dermcam train {out})")
 
 
@@ -1099,24 +958,20 @@ def download(
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by 'dermcam train' "
-                                                    "(RUN/models/<name>/model.pt).")],
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (scanned "
-                                                      "for .jpg/.jpeg/.png/.bmp, not "
-                                                      "recursively).")],
-    masks: Annotated[Path | None, typer.Option(help="Folder of lesion masks "
-                                                    "(<stem>_Segmentation.png, "
-                                                    "<stem>_segmentation.png or <stem>.png): "
-                                                    "adds attention leakage scores.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.csv and "
-                                                          "overlays/.")] = Path("predictions"),
+    checkpoint: Annotated[Path, typer.Argument(
+        help="Checkpoint written by 'dermcam train' (RUN/models/<name>/model.pt).")],
+    images: Annotated[list[Path], typer.Argument(
+        help="Image files and/or folders (scanned for .jpg/.jpeg/.png/.bmp, not recursively).")],
+    masks: Annotated[Path | None, typer.Option(
+        help="Folder of lesion masks (<stem>_Segmentation.png, <stem>_segmentation.png or "
+             "<stem>.png): adds attention leakage scores.")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for predictions.csv and overlays/.")] = Path("predictions"),
     batch_size: Annotated[int | None, typer.Option(
         help="Images per batch (default: 16 on the CPU, 64 on a GPU).")] = None,
-    skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images with a warning "
-                                                "instead of stopping.")] = False,
-    device: Annotated[str, typer.Option(help="Where the models run: auto (CUDA when "
-                                             "available, else CPU), cpu, cuda or "
-                                             "cuda:INDEX.")] = "auto",
+    skip_bad: Annotated[bool, typer.Option(
+        help="Skip unreadable images with a warning instead of stopping.")] = False,
+    device: Device = "auto",
 ) -> None:
     """Classify new images: malignancy probability, decision and Grad-CAM overlay per image.
 
@@ -1131,30 +986,21 @@ def predict(
     from dermcam.device import inference_batch_size, resolve_device
     from dermcam.predict import model_card_lines
     from dermcam.predict import predict as run_predict
+    from dermcam.views import predictions_table
 
     dev = resolve_device(device)
-    batch_size = inference_batch_size(dev, batch_size, cpu=16, gpu=64)
-    device = str(dev)
     with progress_bar("predict") as cb:
-        res = run_predict(checkpoint, images, out, masks=masks, batch_size=batch_size,
-                          skip_bad=skip_bad, device=device, progress=cb,
+        res = run_predict(checkpoint, images, out, masks=masks,
+                          batch_size=inference_batch_size(dev, batch_size, cpu=16, gpu=64),
+                          skip_bad=skip_bad, device=str(dev), progress=cb,
                           warn=lambda msg: err.print(f"warning: {msg}", highlight=False,
                                                      soft_wrap=True))
     console.print("[bold]model card[/]")
     for line in model_card_lines(res.card):
         console.print(f"  {line}", highlight=False)
-    t = Table(title=f"predictions (threshold {res.table['threshold'].iloc[0]:.3f})")
-    cols = ["image_id", "prob_malignant", "decision"] + (
-        ["leakage", "pixel_auroc"] if "leakage" in res.table else [])
-    for c in cols:
-        t.add_column(c)
-    for _, r in res.table.head(20).iterrows():
-        t.add_row(*[("-" if r[c] != r[c] else f"{r[c]:.3f}") if isinstance(r[c], float)
-                    else str(r[c]) for c in cols])
-    console.print(t)
-    more = f" (first 20 of {len(res.table)} shown)" if len(res.table) > 20 else ""
-    console.print(f"wrote {res.csv_path} and {len(res.table)} overlays in {out / 'overlays'}"
-                  f"{more}; {len(res.skipped)} skipped")
+    show(predictions_table(res.table))
+    console.print(f"wrote {res.csv_path} and {len(res.table)} overlays in {out / 'overlays'}; "
+                  f"{len(res.skipped)} skipped")
 
 
 # -------------------------------------------------------------- entry point

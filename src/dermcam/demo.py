@@ -16,6 +16,9 @@ Folder layout (``--out``)::
                           their area with 95 % CIs, the behavioural evidence (change in
                           malignant probability when a ruler is inserted or removed), and
                           test AUC, the cost of the shortcut
+    run/figures/shortcut_example.png   one benign test image with a ruler pasted, scored
+                          and explained by both models (:func:`shortcut_case`), the
+                          report's second picture
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dermcam import run as runmod
 from dermcam import views
@@ -168,8 +174,6 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
                       artifacts=(SHORTCUT_ARTIFACT,), placements=DEMO_PLACEMENTS,
                       progress=cb, figures=False)
         experiment = shortcut_experiment(run, srun, shortcut_model, cmethod)
-        from dermcam.report.gallery import write_shortcut_example
-
         experiment["example"] = write_shortcut_example(run, srun, shortcut_model, cmethod,
                                                        clayer, SHORTCUT_ARTIFACT)
         write_json(run / SHORTCUT_EXPERIMENT, experiment)
@@ -342,6 +346,179 @@ def _probe_evidence(run: Path, model: str, artifact: str) -> dict[str, Any] | No
                    "remove_malignant_ci_high": rem["delta_malignant_ci_high"],
                    "remove_n_malignant": rem["n_malignant"]})
     return ev
+
+
+# ------------------------------------------------------------------ the shortcut picture
+
+
+@dataclass
+class ShortcutCase:
+    """A ruler (or another artifact) pasted onto one benign test image, scored by two models.
+
+    ``image``, ``pasted`` ``(S, S, 3) uint8`` (before and after), ``mask`` ``(S, S)`` bool
+    lesion, ``region`` the dilated lesion the painter kept clear, ``changed`` the pasted
+    pixels; ``roles``: ``{"control" | "shortcut": {"model", "display", "p_before",
+    "p_after", "threshold", "cam" (S, S)}}``; ``rule``: how the image was picked.
+    """
+
+    image_id: str
+    artifact: str
+    placement: int
+    method: str
+    layer: str
+    image: np.ndarray
+    pasted: np.ndarray
+    mask: np.ndarray
+    region: np.ndarray
+    changed: np.ndarray
+    roles: dict[str, dict[str, Any]]
+    rule: str
+
+    def info(self) -> dict[str, Any]:
+        """What the demo keeps in shortcut_experiment.json (``example``)."""
+        return {"image_id": self.image_id, "artifact": self.artifact,
+                "placement": self.placement, "method": self.method, "layer": self.layer,
+                "rule": self.rule,
+                **{role: {k: float(r[k]) for k in ("p_before", "p_after", "threshold")}
+                   for role, r in self.roles.items()}}
+
+
+def _probe_config(run: runmod.Run, artifact: str):
+    """The probes' placement settings as ``run`` recorded them (seed, lesion margin), for one
+    placement of ``artifact``: the pixels ``artifact_inserted`` pasted at placement 0."""
+    from dermcam.stages.probe import DILATE_FRACTION, ProbeConfig
+
+    rec = run.stage_setting("probe", "config") or {}
+    rec = rec if isinstance(rec, dict) else {}
+    return ProbeConfig(probes=("artifact_inserted",), artifacts=(artifact,), placements=1,
+                       seed=int(rec.get("seed", run.seed)),
+                       dilate=float(rec.get("dilate", DILATE_FRACTION)))
+
+
+def _without(artifact: str, ds, samples, items) -> tuple[list[bool], bool]:
+    """``(free, known)``: per sample, whether it carries no ``artifact`` (its artifact map
+    where there is one, else its ``artifact_<name>`` flag); ``known`` False where neither
+    says (every sample then counts as free)."""
+    from dermcam.data.artifact_labels import PREFIX
+    from dermcam.data.synth import ARTIFACTS
+    from dermcam.stages.probe import artifact_flags
+
+    code = ARTIFACTS.index(artifact) + 1 if artifact in ARTIFACTS else None
+    flags = artifact_flags(ds, samples)
+    col = PREFIX + artifact
+    by_id = (dict(zip(flags["image_id"], flags[col])) if flags is not None
+             and col in flags.columns else {})
+    free, known = [], True
+    for s, it in zip(samples, items):
+        arts = it.get("artifacts")
+        if arts is not None and code is not None:
+            free.append(not (np.asarray(arts) == code).any())
+        elif s.image_id in by_id and np.isfinite(by_id[s.image_id]):
+            free.append(by_id[s.image_id] == 0)
+        else:
+            free.append(True)
+            known = False
+    return free, known
+
+
+def shortcut_case(control_run: str | Path, shortcut_run: str | Path, model: str, method: str,
+                  layer: str, artifact: str = SHORTCUT_ARTIFACT) -> ShortcutCase:
+    """Paste ``artifact`` onto one benign test image and score it with both runs' ``model``.
+
+    The image: among the control run's benign test images with a lesion mask and without
+    ``artifact``, those both models call benign at their thresholds (all of them where
+    none is), the one whose change in the shortcut model's P(malignant) when the artifact
+    is pasted is the lower median (ties by image id): a typical reaction, not the
+    strongest. The artifact is pasted exactly as the probe stage's ``artifact_inserted``
+    does at placement 0 (:func:`dermcam.stages.probe.perturb` with the seed and lesion
+    margin the control's probe stage recorded), so ``p_after`` is the probe's
+    ``prob_perturbed`` for that row. Probabilities: the probe's scoring
+    (:func:`dermcam.stages.probe.score_images`: the run's preprocessing and calibration);
+    heatmaps: :class:`dermcam.attribution.CamExplainer` at ``method`` / ``layer`` with the
+    target and normalisation each run's explain stage recorded, as the explain stage
+    computes them. Everything on the CPU.
+    """
+    import torch
+
+    from dermcam.attribution import CamExplainer
+    from dermcam.augment import preprocess
+    from dermcam.stages.probe import dilate_mask, perturb, score_images, skip_reason
+
+    runs = {"control": runmod.Run.open(control_run, require="train"),
+            "shortcut": runmod.Run.open(shortcut_run, require="train")}
+    size = runs["control"].image_size
+    if runs["shortcut"].image_size != size:
+        raise DermcamError(f"the two runs use different image sizes ({size} and "
+                           f"{runs['shortcut'].image_size} px)", runs["shortcut"].dir)
+    loaded = {}
+    for role, run in runs.items():
+        if model not in run.trained_models:
+            raise DermcamError(f"{model} was not trained in this run", run.dir)
+        net, _info, payload = run.load_model(model)
+        loaded[role] = (net.cpu(), float(payload["threshold"]))
+    ctrl = runs["control"]
+    cfg = _probe_config(ctrl, artifact)
+    ds = ctrl.dataset
+    samples = [s for s in ctrl.test_samples(require_masks=True) if s.label == 0]
+    items = [ctrl.cache.get(s, size) for s in samples]
+    keep = [k for k, it in enumerate(items) if skip_reason(it["mask"]) is None]
+    samples, items = [samples[k] for k in keep], [items[k] for k in keep]
+    free, known = _without(artifact, ds, samples, items)
+    samples = [s for s, f in zip(samples, free) if f]
+    items = [it for it, f in zip(items, free) if f]
+    if not samples:
+        raise DermcamError(f"no benign test image with a lesion mask and without a "
+                           f"{artifact} to paste one onto", ds.root)
+    intact = np.stack([it["image"] for it in items])
+    pasted = np.stack([perturb(it["image"], it["mask"], it.get("artifacts"), s.image_id,
+                               cfg)[0].image for s, it in zip(samples, items)])
+    p0 = {role: score_images(net, intact) for role, (net, _) in loaded.items()}
+    p_pasted = score_images(loaded["shortcut"][0], pasted)
+    benign = np.all([p0[r] < loaded[r][1] for r in loaded], axis=0)
+    pool = np.flatnonzero(benign) if benign.any() else np.arange(len(samples))
+    delta = p_pasted - p0["shortcut"]
+    order = sorted(pool, key=lambda k: (delta[k], samples[k].image_id))
+    k = int(order[(len(order) - 1) // 2])
+    rule = (f"benign test images with a lesion mask and no {artifact}"
+            + ("" if known else f" (where the data say whether one carries a {artifact})")
+            + (", called benign by both models" if benign.any() else "")
+            + f": the one with the median change in the shortcut model's P(malignant) when "
+              f"the {artifact} is pasted (probe placement 0; {len(pool)} images)")
+    image, mask = items[k]["image"], np.asarray(items[k]["mask"]).astype(bool)
+    roles = {}
+    x = preprocess(torch.from_numpy(pasted[k:k + 1]))
+    for role, run in runs.items():
+        net, threshold = loaded[role]
+        # the picked image scored again, alone with its pasted copy, by each model alike
+        # (rounding depends on the batch: ~1e-6 relative to the selection's numbers)
+        before, after = score_images(net, np.stack([intact[k], pasted[k]]))
+        with CamExplainer(net, layer, method) as ex:
+            cb = ex.compute(x, target=run.stage_setting("explain", "target", "malignant"),
+                            size=size, threshold=threshold,
+                            normalize=run.stage_setting("explain", "normalize", "minmax"))
+        roles[role] = {"model": model, "display": run.display_names.get(model, model),
+                       "p_before": float(before), "p_after": float(after),
+                       "threshold": threshold, "cam": cb.heatmaps[0]}
+    return ShortcutCase(samples[k].image_id, artifact, 0, method, layer, image, pasted[k],
+                        mask, dilate_mask(mask, cfg.dilate), (pasted[k] != image).any(-1),
+                        roles, rule)
+
+
+def write_shortcut_example(control_run: str | Path, shortcut_run: str | Path, model: str,
+                           method: str, layer: str, artifact: str = SHORTCUT_ARTIFACT
+                           ) -> dict[str, Any]:
+    """:func:`shortcut_case` drawn by :func:`dermcam.pictures.render_shortcut_example` into
+    the control run's ``figures/shortcut_example.png`` (atomically); returns
+    :meth:`ShortcutCase.info` (image id, the rule that picked it, ``p_before`` /
+    ``p_after`` / ``threshold`` per role) with ``figure``, the PNG's path relative to the
+    control run."""
+    from dermcam.io import write_bytes
+    from dermcam.pictures import render_shortcut_example
+
+    case = shortcut_case(control_run, shortcut_run, model, method, layer, artifact)
+    out = write_bytes(runmod.Outputs(control_run).figures / runmod.SHORTCUT_EXAMPLE_PNG,
+                      render_shortcut_example(case))
+    return {**case.info(), "figure": out.relative_to(Path(control_run)).as_posix()}
 
 
 class _null:

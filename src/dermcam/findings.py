@@ -321,7 +321,7 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
                       source: str, margin: float) -> Finding:
     """The real-pixel verdict decides; the painted probe and the maps are said to agree or
     not (the painted artifact tests the painter's look, the swap the real artifact)."""
-    lo, hi = swap.get("delta_mean_ci_low"), swap.get("delta_mean_ci_high")
+    lo, hi = swap.get("delta_ci_low"), swap.get("delta_ci_high")
     verdict = _probe_verdict(lo, hi, margin)
     other = []
     if inserted and is_number(inserted.get("delta_mean")):
@@ -330,8 +330,8 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
     if attention and is_number(attention.get("ratio")):
         other.append(bool(attention.get("attends")))
     d = fmt_ci(swap["delta_mean"], lo, hi, 3, sign=True)
-    c = fmt_ci(swap.get("control_mean"), swap.get("control_mean_ci_low"),
-               swap.get("control_mean_ci_high"), 3, sign=True)
+    c = fmt_ci(swap.get("control_mean"), swap.get("control_ci_low"),
+               swap.get("control_ci_high"), 3, sign=True)
     says = (f"surroundings with a real {name} move P(malignant) {d} vs without "
             f"(n = {swap.get('n')}; control {c})")
     if verdict == "reliance":

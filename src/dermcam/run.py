@@ -173,6 +173,8 @@ PROBE_SUMMARY = "probe_summary.json"
 REPORT = "report.html"
 SHORTCUT_EXPERIMENT = "shortcut_experiment.json"
 FINDINGS = "findings.json"
+EXAMPLES_PNG = "examples.png"  # in figures/: explain's per-model examples, the report's picture
+SHORTCUT_EXAMPLE_PNG = "shortcut_example.png"  # in figures/: the demo's planted-shortcut picture
 LOG = "dermcam.log"  # every stage's detail tables, as the terminal shows them with --verbose
 OVERLAY_DIR = "overlays"  # 'dermcam predict': one overlay PNG per image
 

@@ -21,7 +21,9 @@ from dermcam.io import read_json
 __all__ = ["Table", "ci_cell", "training_table", "metrics_tables", "localisation_table",
            "attention_table", "artifacts_table", "probe_table", "presence_table",
            "shortcut_table", "subgroup_tables", "external_table", "findings_table",
-           "run_sections", "SECTIONS"]
+           "run_sections", "SECTIONS", "dataset_tables", "dataset_lines", "problem_lines",
+           "models_table", "predictions_table", "audit_headline", "audit_table",
+           "findings_lines"]
 
 #: Report sections holding detail tables, in page order: (anchor, title).
 SECTIONS = (("training", "Training"), ("comparison", "Model comparison"),
@@ -386,6 +388,134 @@ def findings_table(findings, names: dict[str, str] | None = None, statuses=None)
     return t
 
 
+def findings_lines(findings, names: dict[str, str], topics: tuple[str, ...] = ()
+                   ) -> list[tuple[str, str, str]]:
+    """The findings on ``topics`` (prefixes; all when empty) as the terminal lists them,
+    ``(model name, status, text)``: per model, one line per topic that is not ok, then one
+    line with what is fine (status ``ok``)."""
+    from dermcam.findings import fine_line
+
+    found = [f for f in findings if not topics or f.topic.startswith(topics)]
+    out = []
+    for model in dict.fromkeys(f.model for f in found):
+        out += [(names[model], f.status, f"{f.topic}: {f.sentence}") for f in found
+                if f.model == model and f.status != "ok"]
+        fine = fine_line(found, model)
+        if fine:
+            out.append((names[model], "ok", fine))
+    return out
+
+
+# ----------------------------------------------------------------- the command line's own
+
+
+def dataset_tables(d: dict[str, Any], root: str | Path) -> list[Table]:
+    """What :func:`dermcam.data.describe.describe` found: counts per split and class (the
+    sampled image sizes as its note) and, where the metadata records artifacts, the share of
+    images carrying each."""
+    t = Table(f"{d['name']} ({d['layout']} layout) — {root}",
+              ["split", "images", "benign", "malignant", "malignant %", "with mask",
+               "mean lesion area"],
+              note=f"image sizes (sampled): {d['image_sizes']}" if d.get("image_sizes") else "")
+    for split, s in d["splits"].items():
+        t.add(split, s["n"], s["benign"], s["malignant"],
+              f"{100 * s['malignant'] / max(s['n'], 1):.1f}", s["with_mask"],
+              fmt_num(s.get("mean_lesion_area"), 3, missing="-"))
+    arts = d.get("artifacts")
+    if not arts:
+        return [t]
+    cols = list(next(iter(arts.values())))
+    a = Table("background artifacts: share of images carrying each", ["artifact", *cols])
+    for art, rates in arts.items():
+        a.add(art, *(f"{100 * rates[c]:.0f} %" for c in cols))
+    return [t, a]
+
+
+def dataset_lines(d: dict[str, Any]) -> list[str]:
+    """The sentences under a data set's tables: the comparison with the published counts,
+    then the layout's notes."""
+    official = [d["official_check"]] if d.get("official_check") else []
+    return official + [f"note: {n}" for n in d.get("notes", [])]
+
+
+def problem_lines(report, shown: int = 10) -> list[str]:
+    """A data check's problems (:class:`dermcam.data.check.CheckReport`), one line each:
+    every error, then the warnings, at most ``shown`` of each kind (the same message but for
+    its numbers) and a count of the rest, then the summary line."""
+    import re
+
+    lines = [f"error: {p}" for p in report.errors]
+    kinds: dict[str, list] = {}
+    for p in report.warnings:
+        kinds.setdefault(re.sub(r"\d+", "#", p.message), []).append(p)
+    for group in kinds.values():
+        lines += [f"warning: {p}" for p in group[:shown]]
+        if len(group) > shown:
+            lines.append(f"warning: ... and {len(group) - shown} more like the above")
+    return [*lines, report.summary()]
+
+
+def models_table(image_size: int, rows: list[dict[str, Any]]) -> Table:
+    """The architectures dermcam knows; ``rows``: name, display_name, cam_layer, grid
+    (candidate layer -> (h, w) at ``image_size``) and weights (None when ImageNet weights
+    are cached, else the path they would be read from)."""
+    t = Table(f"models at {image_size} px input (any other torchvision classifier also "
+              "works by name)", ["name", "architecture", "study's CAM layer",
+                                 "candidate layers (h x w)", "ImageNet weights"],
+              numeric_from=99)
+    for r in rows:
+        t.add(r["name"], r["display_name"], r["cam_layer"],
+              ", ".join(f"{ly} ({h}x{w})" for ly, (h, w) in r["grid"].items()),
+              "cached" if r["weights"] is None else f"not cached ({r['weights']})")
+    return t
+
+
+def predictions_table(table, shown: int = 20) -> Table:
+    """The first ``shown`` rows of :func:`dermcam.predict.predict`'s table (a DataFrame)."""
+    cols = ["image_id", "prob_malignant", "decision"] + (
+        ["leakage", "pixel_auroc"] if "leakage" in table else [])
+    t = Table(f"predictions (threshold {table['threshold'].iloc[0]:.3f})", cols,
+              numeric_from=99,
+              note=f"first {shown} of {len(table)} shown" if len(table) > shown else "")
+    for r in table.head(shown).to_dict(orient="records"):
+        t.add(*(fmt_num(r[c], 3, missing="-") if isinstance(r[c], float) else r[c]
+                for c in cols))
+    return t
+
+
+def audit_headline(what: str, labels, guard: dict[str, Any]) -> str:
+    """One line on an audit: the model, the images per class (``labels``: 0/1 per image)
+    and whether the maps beat uniform attention."""
+    labels = list(labels)
+    lo, hi = guard["pixel_auroc_ci"]
+    return (f"{what}: {len(labels)} images ({labels.count(0)} benign, {labels.count(1)} "
+            f"malignant); median pixel AUROC {ci_cell(guard['median_pixel_auroc'], lo, hi)} "
+            "(0.5 = uniform)")
+
+
+def audit_table(summary: dict[str, Any]) -> Table:
+    """Attention by class of :func:`dermcam.audit.audit_summary` (``by_class`` a
+    DataFrame); the note: the uniform-attention guard's and the size confound's sentences."""
+    t = Table("attention: mean [95 % CI] by class; n (undefined, left out of the mean)",
+              ["class", "n (undefined)", "leakage", "excess leakage", "pixel AUROC"],
+              numeric_from=99,
+              note=" ".join(filter(None, [summary["guard"]["sentence"],
+                                          (summary.get("size_confound") or {}).get("summary")])))
+    rows: dict[int, dict[str, Any]] = {}
+    for r in summary["by_class"].to_dict(orient="records"):
+        rows.setdefault(int(r["label"]), {})[r["metric"]] = r
+
+    def cell(r) -> str:
+        return "-" if r is None or r["mean"] != r["mean"] else \
+            ci_cell(r["mean"], r["ci_low"], r["ci_high"], 3)
+
+    for label, ms in sorted(rows.items()):
+        leak = ms["leakage"]
+        t.add("malignant" if label == 1 else "benign", f"{leak['n']} ({leak.get('n_nan', 0)})",
+              cell(leak), cell(ms.get("excess_leakage")), cell(ms.get("pixel_auroc")))
+    return t
+
+
 # ----------------------------------------------------------------- a run folder
 
 
@@ -440,3 +570,41 @@ def run_sections(run_dir: str | Path) -> dict[str, list[Table]]:
     if isinstance(exp, dict) and "runs" in exp:
         sec["shortcut"].append(shortcut_table(exp, names))
     return sec
+
+
+def run_facts(run: runmod.Run) -> tuple[list[tuple[str, Any]], Table]:
+    """What a run's manifest records, in words: ``(facts, stages)``, the facts as ``(label,
+    value)`` pairs (data, seed, versions, training settings, "not recorded" where absent)
+    and a table of its stages (status, wall time, when finished)."""
+    data, cfg = run.data, run.recorded_config
+    counts = "; ".join(f"{split} {c.get('benign', 0)} benign / {c.get('malignant', 0)} "
+                       "malignant" for split, c in (data.get("counts") or {}).items()
+                       if isinstance(c, dict))
+    size = cfg.get("image_size")
+    seed = run.recorded_seed if run.recorded_seed is not None else cfg.get("seed")
+    facts = [("Data set", f"{data.get('name', 'not recorded')} ({data.get('layout', '?')} "
+                          "layout)"),
+             ("Location", data.get("root", "not recorded")),
+             ("Fingerprint", data.get("fingerprint", "not recorded")),
+             ("Images", counts or "not recorded"),
+             ("Lesion masks", {True: "present", False: "absent"}.get(data.get("has_masks"),
+                                                                     "not recorded")),
+             ("Image size", f"{size} × {size} pixels" if size else "not recorded"),
+             ("Seed", "not recorded" if seed is None else seed),
+             ("Run", f"{run.status or 'status not recorded'}; created {run.created or '?'}, "
+                     f"updated {run.updated or '?'}"),
+             ("Software", ", ".join(f"{k} {v}" for k, v in run.versions.items())
+              or "not recorded")]
+    keys = ("max_epochs", "batch_size", "lr", "weight_decay", "patience", "monitor",
+            "imbalance", "val_fraction", "augment", "precision")
+    if any(k in cfg for k in keys):
+        facts.append(("Training settings", ", ".join(f"{k} = {cfg[k]}" for k in keys
+                                                      if k in cfg)))
+    facts += [("Data set note", n) for n in (data.get("notes") or [])]
+    stages = Table("Stages recorded in manifest.json",
+                   ["stage", "status", "wall time", "finished"], numeric_from=2)
+    for name, st in run.stages.items():
+        if isinstance(st, dict):
+            stages.add(name, st.get("status", "?"), fmt_seconds(st.get("wall_time_s")),
+                       st.get("at", ""))
+    return facts, stages

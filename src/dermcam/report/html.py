@@ -1,9 +1,10 @@
 """``report.html``: one self-contained page that answers on its first screen.
 
-The page opens with one card per model (its findings, :mod:`dermcam.findings`) and one
-picture (per-model examples, the planted shortcut); every detail section below is folded
-(``<details>``) and shows only the tables of :func:`dermcam.views.run_sections` with the
-run's figures. Jinja2 renders ``templates/report.html.j2`` with autoescaping on, so every
+The page opens with one card per model (its findings, :mod:`dermcam.findings`) and the
+pictures the stages drew (``figures/examples.png`` by explain, ``figures/shortcut_example.png``
+by the demo); every detail section below is folded (``<details>``) and shows only the tables
+of :func:`dermcam.views.run_sections` with the run's figures. The report reads a run's files
+and draws nothing but the gallery's strips (:mod:`dermcam.report.gallery`). Jinja2 renders ``templates/report.html.j2`` with autoescaping on, so every
 string taken from the run is escaped; figures are embedded as ``data:`` URIs and the
 Content-Security-Policy allows nothing but them, the inline stylesheet and the one inline
 script (by its SHA-256 hash), so the file opens offline and loads nothing from outside.
@@ -22,19 +23,16 @@ from typing import Any
 import jinja2
 
 from dermcam import run as runmod
-from dermcam.findings import STATUSES, Finding, write_findings
-from dermcam.formatting import fmt_num, fmt_seconds, is_number
-from dermcam.views import SECTIONS, Table, run_sections
+from dermcam.findings import STATUSES, Finding, display_names, status_counts, write_findings
+from dermcam.formatting import is_number
+from dermcam.views import SECTIONS, Table, run_facts, run_sections
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = runmod.REPORT
 TEMPLATES = Path(__file__).with_name("templates")
 #: Largest figure embedded; a larger one is named as not embedded (keeps the page openable).
 MAX_FIGURE_BYTES = 8_000_000
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-#: Gallery caps per model and method.
-N_EXTREME, N_MISSED = 3, 12
 
 #: The study dermcam reproduces, cited once in the header.
 REFERENCE = ("Reference study: ResNet18, EfficientNet-B0 and MobileNet-V2 fine-tuned on the "
@@ -69,7 +67,13 @@ FIGURES = {
 }
 #: Tables folded inside a figure: figure file -> the title its table starts with.
 FOLD_INTO = {"localisation_grid.png": "Localisation benchmark"}
-SHORTCUT_EXAMPLE = "shortcut_example.png"
+#: The first screen's pictures, in ``RUN/figures``, drawn by the stages.
+PICTURES = ((runmod.EXAMPLES_PNG, "Each model at its chosen CAM layer: a correctly called "
+                                  "malignant and benign test image and the misclassified one "
+                                  "whose heatmap leaks most."),
+            (runmod.SHORTCUT_EXAMPLE_PNG, "The planted shortcut: the control and the "
+                                          "shortcut-trained model on one test image, before "
+                                          "and after a ruler is pasted."))
 
 
 @dataclass
@@ -135,23 +139,13 @@ def csp(text: str) -> str:
             f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'")
 
 
-def display_names(run: runmod.Run, findings: list[Finding]) -> dict[str, str]:
-    """Display names of the run's models, and of ``"model (role)"`` as ``"Name (role)"``."""
-    names = dict(run.display_names)
-    for f in findings:
-        base, _, role = f.model.partition(" (")
-        if f.model not in names and role:
-            names[f.model] = f"{names.get(base, base)} ({role}"
-    return names
-
-
 def cards(findings: list[Finding], names: dict[str, str]) -> list[Card]:
     """One card per model, in the findings' order."""
     out = []
     for model in dict.fromkeys(f.model for f in findings):
         mine = [f for f in findings if f.model == model]
         lines = [f for f in mine if f.status in ("alarm", "caution")]
-        counts = {s: sum(f.status == s for f in mine) for s in STATUSES}
+        counts = status_counts(mine)
         worst = next((s for s in STATUSES if counts[s] and s != "not_run"), "not_run")
         out.append(Card(names.get(model, model), worst, lines,
                         [f for f in mine if f.status == "ok"],
@@ -200,140 +194,19 @@ def _external_figures(run: runmod.Run) -> list[Figure]:
 
 
 def pictures(run: runmod.Run) -> tuple[list[Figure], list[str]]:
-    """The first screen's picture: the per-model examples and the planted shortcut."""
-    from dermcam.report import gallery
-
+    """The first screen's pictures, drawn by the stages: the per-model examples (explain)
+    and the planted shortcut (the demo); a note where explain ran but drew no examples."""
     figs, notes = [], []
-    draw = getattr(gallery, "examples_png", None)
-    if draw is not None and runmod.Outputs(run.dir).attention.exists():
-        try:
-            png = draw(run.dir)
-        except Exception as exc:  # a picture that cannot be drawn costs itself, not the page
-            png = None
-            log.warning("examples picture: %s", exc)
-            notes.append(f"The examples picture could not be drawn ({type(exc).__name__}: "
-                         f"{exc}).")
-        if png:
-            figs.append(Figure(_data_uri(png), "Each model at its chosen CAM layer: a correctly "
-                               "called malignant and benign test image and the misclassified "
-                               "one whose heatmap leaks most.", wide=True))
-    fig, _ = _png(run.dir / runmod.FIGURES_DIR / SHORTCUT_EXAMPLE, "The planted shortcut: "
-                  "the control and the shortcut-trained model on one test image, before and "
-                  "after a ruler is pasted.")
-    figs += [fig] if fig else []
+    for rel, caption in PICTURES:
+        fig, why = _png(run.dir / runmod.FIGURES_DIR / rel, caption)
+        if fig:
+            figs.append(fig)
+        elif rel == runmod.EXAMPLES_PNG and runmod.Outputs(run.dir).attention.exists():
+            notes.append(f"figures/{rel} {why}: 'dermcam explain {run.dir}' draws it.")
     return figs, notes
 
 
-# ----------------------------------------------------------------- gallery
-
-
-def _cls(v: Any) -> str:
-    return {0: "benign", 1: "malignant"}.get(int(v), str(v)) if is_number(v) else str(v)
-
-
-def filters(cards: list[dict]) -> list[tuple[str, str, list[tuple[str, str]]]]:
-    """The gallery's selects: ``(card data key, label, [(value, text)])``."""
-    from dermcam.report.gallery import KINDS
-
-    models = dict((c["model"], c["name"]) for c in cards)
-    methods = list(dict.fromkeys(c["method"] for c in cards))
-    out = [("model", "Model", list(models.items()))]
-    if len(methods) > 1:
-        out.append(("method", "Method", [(m, m) for m in methods]))
-    return out + [("cls", "Class", [("benign", "benign"), ("malignant", "malignant")]),
-                  ("kind", "Shown because", list(KINDS.items()))]
-
-
-def gallery_cards(run: runmod.Run, names: dict[str, str]) -> tuple[list[dict], list[str]]:
-    """Cards of the highest/lowest excess leakage and the missed malignant lesions, per
-    model and method, drawn from the saved heatmaps; and notes on what could not be shown."""
-    import pandas as pd
-
-    from dermcam.report import gallery as gal
-    from dermcam.stages.explain import heatmap_dir
-
-    path = runmod.Outputs(run.dir).attention
-    if not path.exists():
-        return [], []
-    att = pd.read_csv(path, dtype={"image_id": str, "model": str, "method": str, "layer": str},
-                      keep_default_na=False, na_values=[""])
-    order = list(run.model_records)
-    att = att.assign(_o=[order.index(m) if m in order else len(order) for m in att["model"]])
-    source, out, notes = None, [], []
-    for (_, model, method, layer), g in att.groupby(["_o", "model", "method", "layer"]):
-        cases, left = gal.select_cases(g, N_EXTREME, N_MISSED)
-        if left:
-            notes.append(f"{names.get(model, model)} ({method}): {len(left)} more missed "
-                         f"malignant lesions not shown: {', '.join(left)}")
-        maps = gal.load_heatmaps(heatmap_dir(run.dir, model, method, layer),
-                                 {str(c.row["image_id"]) for c in cases})
-        if source is None and cases:
-            source = gal.ImageSource(run)
-            if source.reason or source.warning:
-                notes.insert(0, f"images and masks: {source.reason or source.warning}")
-        for c in cases:
-            r, iid = c.row, str(c.row["image_id"])
-            card = {"model": model, "method": method, "cls": _cls(r.get("label")),
-                    "kind": " ".join(c.kinds), "tags": [gal.KINDS.get(k, k) for k in c.kinds],
-                    "id": iid, "name": names.get(model, model), "png": None,
-                    "pred": _cls(r.get("pred")), "prob": fmt_num(r.get("prob_malignant"), 3),
-                    "threshold": fmt_num(run.thresholds.get(model), 3),
-                    "excess": fmt_num(r.get("excess_leakage"), 3, sign=True),
-                    "area": fmt_num(r.get("lesion_area"), 3),
-                    "auroc": fmt_num(r.get("pixel_auroc"), 3), "why": ""}
-            if isinstance(r.get("reason"), str) and r["reason"]:
-                card["why"] = f"scores undefined: {r['reason'].replace('_', ' ')}"
-            if iid not in maps:
-                card["why"] = (f"no saved heatmap for {iid} under "
-                               f"{heatmap_dir(run.dir, model, method, layer)}")
-            else:
-                image, mask, why = source.get(iid)
-                try:
-                    card["png"] = _data_uri(gal.render_strip(maps[iid], image, mask))
-                    card["why"] = card["why"] or (f"heatmap only: {why}" if why else "")
-                except ValueError as exc:
-                    card["why"] = f"strip could not be drawn ({exc})"
-            out.append(card)
-    return out, notes
-
-
-# ----------------------------------------------------------------- metadata and notes
-
-
-def metadata(run: runmod.Run) -> dict[str, Any]:
-    """The run's recorded facts (data, seed, versions, settings) and its stages as a Table."""
-    data, cfg = run.data, run.recorded_config
-    counts = "; ".join(f"{split} {c.get('benign', 0)} benign / {c.get('malignant', 0)} "
-                       "malignant" for split, c in (data.get("counts") or {}).items()
-                       if isinstance(c, dict))
-    size = cfg.get("image_size")
-    seed = run.recorded_seed if run.recorded_seed is not None else cfg.get("seed")
-    facts = [("Data set", f"{data.get('name', 'not recorded')} ({data.get('layout', '?')} "
-                          "layout)"),
-             ("Location", data.get("root", "not recorded")),
-             ("Fingerprint", data.get("fingerprint", "not recorded")),
-             ("Images", counts or "not recorded"),
-             ("Lesion masks", {True: "present", False: "absent"}.get(data.get("has_masks"),
-                                                                     "not recorded")),
-             ("Image size", f"{size} × {size} pixels" if size else "not recorded"),
-             ("Seed", "not recorded" if seed is None else seed),
-             ("Run", f"{run.status or 'status not recorded'}; created {run.created or '?'}, "
-                     f"updated {run.updated or '?'}"),
-             ("Software", ", ".join(f"{k} {v}" for k, v in run.versions.items())
-              or "not recorded")]
-    keys = ("max_epochs", "batch_size", "lr", "weight_decay", "patience", "monitor",
-            "imbalance", "val_fraction", "augment", "precision")
-    if any(k in cfg for k in keys):
-        facts.append(("Training settings", ", ".join(f"{k} = {cfg[k]}" for k in keys
-                                                      if k in cfg)))
-    facts += [("Data set note", n) for n in (data.get("notes") or [])]
-    stages = Table("Stages recorded in manifest.json",
-                   ["stage", "status", "wall time", "finished"], numeric_from=2)
-    for name, st in run.stages.items():
-        if isinstance(st, dict):
-            stages.add(name, st.get("status", "?"), fmt_seconds(st.get("wall_time_s")),
-                       st.get("at", ""))
-    return {"facts": facts, "stages": stages}
+# ----------------------------------------------------------------- method notes
 
 
 def notes_context(run: runmod.Run) -> dict[str, Any]:
@@ -374,16 +247,18 @@ def environment() -> jinja2.Environment:
 def render(run_dir: str | Path) -> str:
     """The report page for ``run_dir`` as a string (writes ``RUN/findings.json``)."""
     from dermcam import __version__
+    from dermcam.report import gallery
 
     run = runmod.Run.open(run_dir)
     _, findings = write_findings(run.dir)
-    names = display_names(run, findings)
+    names = {**run.display_names, **display_names(run, findings)}
     secs = sections(run, names)
     shown = {s.anchor for s in secs}
     figs, picture_notes = pictures(run)
-    gallery, gallery_notes = gallery_cards(run, names)
+    shown_cards, gallery_notes = gallery.cards(run, names, _data_uri)
     models = [names.get(m, m) for m in dict.fromkeys(run.configured_models
                                                      + list(run.model_records))]
+    facts, stages = run_facts(run)
     js = script()
     return environment().get_template("report.html.j2").render(
         csp=csp(js), script=js, reference=REFERENCE, run_dir=str(run.dir.resolve()),
@@ -391,8 +266,9 @@ def render(run_dir: str | Path) -> str:
         cards=cards(findings, names), pictures=figs, picture_notes=picture_notes,
         sections=secs, absent=[(t, HOW[a].format(run=run.dir)) for a, t in SECTIONS
                                if a not in shown],
-        shown=shown, gallery=gallery, gallery_notes=gallery_notes, filters=filters(gallery),
-        n_extreme=N_EXTREME, n_missed=N_MISSED, meta=metadata(run),
+        shown=shown, gallery=shown_cards, gallery_notes=gallery_notes,
+        filters=gallery.filters(shown_cards), n_extreme=gallery.N_EXTREME,
+        n_missed=gallery.N_MISSED, facts=facts, stages=stages,
         notes=notes_context(run), version=__version__,
         built=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
@@ -405,9 +281,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     from dermcam.io import write_text
 
     run_dir = Path(run_dir)
-    target = Path(out) if out is not None else run_dir / REPORT_NAME
+    target = Path(out) if out is not None else run_dir / runmod.REPORT
     if target.is_dir():
-        target = target / REPORT_NAME
+        target = target / runmod.REPORT
     text = render(run_dir)
     write_text(target, text)
     log.info("wrote %s (%.1f MB)", target, len(text.encode("utf-8")) / 1e6)

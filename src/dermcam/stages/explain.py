@@ -65,6 +65,24 @@ def read_heatmap_batch(path: Path) -> dict[str, np.ndarray]:
                            "re-run 'dermcam explain' to recompute it", path) from exc
 
 
+def load_heatmaps(folder: Path, ids: set[str]) -> dict[str, np.ndarray]:
+    """Heatmaps ``(S, S) float32`` of ``ids`` from the batch files in ``folder``, for
+    readers that show what they can (the report's gallery): a damaged batch is logged and
+    skipped, an id without a heatmap is left out."""
+    out: dict[str, np.ndarray] = {}
+    for f in heatmap_batches(folder):
+        if len(out) == len(ids):
+            break
+        try:
+            b = read_heatmap_batch(f)
+            bids = [str(i) for i in b["ids"]]
+            for k in (k for k, i in enumerate(bids) if i in ids):
+                out[bids[k]] = b["heatmaps"][k].astype(np.float32)
+        except (DermcamError, KeyError) as exc:  # a damaged batch costs its cards only
+            log.warning("%s: unreadable heatmap batch (%s)", f, exc)
+    return out
+
+
 def _artifact_names() -> tuple[str, ...]:
     try:
         from dermcam.data.synth import ARTIFACTS
@@ -443,11 +461,13 @@ def _explain_stage(run: runmod.Run, src: _Source, record: dict[str, Any], *, met
         extra["external"] = _external_note(run, out, src.ds, src.which)
     summary = _score(run, out, src.ds, src.every, selection, sanity_res, n_boot, figures, extra,
                      margin, by, min_group, stage=src.stage)
-    if figures and bench_rows and data is None:
-        from dermcam.attention_plots import plot_localisation_grid
+    if figures and data is None:
+        if bench_rows:
+            from dermcam.attention_plots import plot_localisation_grid
 
-        plot_localisation_grid(bench_rows, out.figures / "localisation_grid.png",
-                               chosen=selection, displays=run.display_names)
+            plot_localisation_grid(bench_rows, out.figures / "localisation_grid.png",
+                                   chosen=selection, displays=run.display_names)
+        write_examples(run, out, selection, src.every)
     timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
     timing["metric_seconds"] = summary["timing"]["metric_seconds"]
     timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
@@ -1079,6 +1099,46 @@ def attention_figures(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame,
                             figs / "examples" / f"{model}_{method}_{kind}_{r.image_id}.png",
                             title=f"{r.image_id} ({'malignant' if r.label else 'benign'}, "
                                   f"p={r.prob_malignant:.2f}, {model}/{method} at {layer})")
+
+
+def example_rows(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame, selection,
+                 samples, n: int = 3) -> list[tuple[dict, list[tuple]]]:
+    """What :func:`dermcam.pictures.examples_png` draws: per ``selection`` entry (``{model,
+    method, layer}``), the ``n`` images :func:`dermcam.pictures.pick_examples` picks from
+    its ``att`` rows, as ``(kind, row, image, mask, saved heatmap)`` (``None`` for all but
+    ``kind`` where no image qualifies); ``samples``: the images scored."""
+    from dermcam.pictures import pick_examples
+
+    by_id = {s.image_id: s for s in samples}
+    rows = []
+    for c in selection:
+        g = att[(att["model"] == c["model"]) & (att["method"] == c["method"])
+                & (att["layer"] == c["layer"])]
+        picks = pick_examples(g, n)
+        heats = _heatmaps_for(out.root, c["model"], c["method"], c["layer"],
+                              {str(r["image_id"]) for _, r in picks if r is not None})
+        cells = []
+        for kind, r in picks:
+            if r is None:
+                cells.append((kind, None, None, None, None))
+                continue
+            item = run.cache.get(by_id[str(r["image_id"])], run.image_size)
+            cells.append((kind, r, item["image"], item.get("mask"), heats[str(r["image_id"])]))
+        rows.append((c, cells))
+    return rows
+
+
+def write_examples(run: runmod.Run, out: runmod.Outputs, selection, samples) -> Path:
+    """``figures/examples.png`` (:func:`dermcam.pictures.examples_png` of
+    :func:`example_rows`, from the attention.csv just written), the report's first picture."""
+    from dermcam.io import write_bytes
+    from dermcam.pictures import examples_png
+
+    att = pd.read_csv(out.attention, dtype={"image_id": str, "model": str, "method": str,
+                                            "layer": str}, keep_default_na=False,
+                      na_values=[""])
+    rows = example_rows(run, out, att, selection, samples)
+    return write_bytes(out.figures / runmod.EXAMPLES_PNG, examples_png(rows, run.display_names))
 
 
 def _heatmaps_for(root: Path, model: str, method: str, layer: str, image_ids: set[str]

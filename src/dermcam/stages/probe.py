@@ -400,12 +400,14 @@ def swap_canvas(donor: np.ndarray, donor_mask: np.ndarray, feather: float = DILA
 
 
 def _diff_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
-                  prefix: str) -> dict[str, Any]:
+                  prefix: str = "delta") -> dict[str, Any]:
+    """Mean paired difference with its bootstrap CI, over all images and per class, named as
+    the other probes' entries are (``delta_mean``, ``delta_ci_low``, ``delta_benign``, ...)."""
     out = {}
     for tag, keep in (("", np.ones(len(d), bool)), ("_benign", labels == 0),
                       ("_malignant", labels == 1)):
         m, lo, hi = _mean_ci(d[keep], n_boot, seed)
-        out.update({f"{prefix}{tag}": m, f"{prefix}{tag}_ci_low": lo,
+        out.update({f"{prefix}{tag or '_mean'}": m, f"{prefix}{tag}_ci_low": lo,
                     f"{prefix}{tag}_ci_high": hi, f"n{tag}": int(keep.sum())})
     return out
 
@@ -468,10 +470,10 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
                      "k": int(k), "images_with": int(len(with_x)),
                      "images_without": int(len(without)), "threshold": thr,
                      "method": SWAP_METHOD, "margin": NEGLIGIBLE_DELTA,
-                     **_diff_summary(d, lab, n_boot, seed, "delta_mean"),
-                     **{k2.replace("delta_mean", "control_mean"): v for k2, v in
-                        _diff_summary(c, lab, n_boot, seed, "delta_mean").items()
-                        if k2.startswith("delta_mean")},
+                     **_diff_summary(d, lab, n_boot, seed),
+                     **{k2: v for k2, v in _diff_summary(c, lab, n_boot, seed,
+                                                          "control").items()
+                        if k2.startswith("control")},
                      "flip_to_malignant": _rate(int((benign_before
                                                      & (mean["with"].to_numpy() >= thr)).sum()),
                                                 int(benign_before.sum()))}

@@ -1,0 +1,348 @@
+"""Pictures of heatmaps over images, drawn with numpy and PIL at panel resolution.
+
+The report gallery's strip (:func:`render_strip`), the explain stage's per-model examples
+(:func:`examples_png`, ``figures/examples.png``) and the demo's planted-shortcut picture
+(:func:`render_shortcut_example`, ``figures/shortcut_example.png``). Image and heatmap are
+resized to the panel first and the lesion outline traced on the resized mask, so the border
+stays a crisp one-pixel line; matplotlib's figures (:mod:`dermcam.attention_plots`) cannot
+promise that, hence PIL here. Text in DejaVu Sans, the font matplotlib ships (found on disk,
+matplotlib is not imported); Pillow's own font where it is missing. No pyplot.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dermcam.formatting import MINUS, fmt_num
+from dermcam.overlay import jet, outline
+
+#: Gallery strip: edge of one panel and the gap between panels (px).
+PANEL = 112
+_GAP = 4
+#: Per-model examples: panel edge, gap inside an image | heatmap pair, gap between pairs,
+#: outer margin (px). With ``n=3``: 3 pairs of 180 px panels, 1168 px wide.
+EX_PANEL = 180
+EX_GAP = 4
+EX_PAIR_GAP = 24
+EX_MARGIN = 14
+#: Heights (px) of the figure's heading, a model's title, a pick's label, its caption.
+EX_HEADING = 26
+EX_TITLE = 36
+EX_LABEL = 20
+EX_CAPTION = 40
+#: The picks of :func:`pick_examples`, in order: key and label.
+EXAMPLE_KINDS = (("malignant", "correctly called malignant (median pixel AUROC)"),
+                 ("benign", "correctly called benign (median pixel AUROC)"),
+                 ("misclassified", "misclassified (highest excess leakage)"))
+#: Shortcut picture: panel edge and the width of the text column on the left (px).
+SC_PANEL = 220
+SC_TEXT = 330
+
+_WHITE = (255, 255, 255)
+_INK = (30, 30, 30)
+_GREY = (110, 110, 110)
+_fonts: dict[tuple[int, bool], Any] = {}
+
+
+def _font(size: int, bold: bool = False):
+    """DejaVu Sans (matplotlib's bundled copy) at ``size`` px; Pillow's default without it."""
+    from PIL import ImageFont
+
+    key = (size, bold)
+    if key not in _fonts:
+        import importlib.util
+
+        spec = importlib.util.find_spec("matplotlib")
+        name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+        font = None
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            path = Path(root) / "mpl-data" / "fonts" / "ttf" / name
+            if path.is_file():
+                font = ImageFont.truetype(str(path), size)
+                break
+        _fonts[key] = font or ImageFont.load_default(size=size)
+    return _fonts[key]
+
+
+def _panel(arr: np.ndarray, size: int, nearest: bool = False):
+    from PIL import Image
+
+    u8 = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8) if arr.dtype != np.uint8 else arr
+    im = Image.fromarray(u8)
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR)
+    return im.convert("RGB")
+
+
+def _to_png(canvas) -> bytes:
+    """Lossless RGB PNG: a 256-colour palette (as the strips use) bands the heatmaps'
+    gradients visibly at this size, and these are the report's first pictures."""
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def render_strip(cam: np.ndarray, image: np.ndarray | None = None,
+                 mask: np.ndarray | None = None, panel: int = PANEL) -> bytes:
+    """PNG bytes of one gallery strip.
+
+    ``cam`` ``(H, W)`` non-negative heatmap; ``image`` ``(H, W, 3) uint8`` and
+    ``mask`` ``(H, W)`` bool/0-1 at the same size, or ``None``. With both, four
+    panels: image, heatmap over the image (jet, white lesion outline), mask, and
+    the leak overlay (red = heatmap outside the lesion, green = inside, opacity
+    following the heatmap). Without them, the heatmap alone. Stored as a
+    256-colour palette PNG.
+    """
+    from PIL import Image
+
+    cam = np.asarray(cam, dtype=np.float64)
+    if cam.ndim != 2:
+        raise ValueError(f"cam must be (H, W), got shape {cam.shape}")
+    c = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
+    peak = c.max()
+    cn = c / peak if peak > 0 else c
+    if image is None or mask is None:
+        panels = [_panel(jet(cn), panel)]
+    else:
+        image = np.asarray(image)
+        m = np.asarray(mask).astype(bool)
+        if image.shape != cam.shape + (3,) or m.shape != cam.shape:
+            raise ValueError(f"image {image.shape} and mask {m.shape} must match cam "
+                             f"{cam.shape} as (H, W, 3) and (H, W)")
+        img = image.astype(np.float64) / 255.0
+        edge = outline(m)[..., None] if (m.any() and not m.all()) else np.zeros(m.shape + (1,), bool)
+        heat = np.where(edge, 1.0, 0.5 * img + 0.5 * jet(cn))
+        alpha = (0.85 * cn)[..., None]
+        colour = np.where(m[..., None], np.array([0.0, 0.8, 0.0]), np.array([0.9, 0.0, 0.0]))
+        grey = img.mean(axis=2, keepdims=True) * 0.6
+        leak = np.where(edge, 1.0, grey * (1 - alpha) + colour * alpha)
+        panels = [_panel(image, panel), _panel(heat, panel),
+                  _panel(np.repeat(m[..., None], 3, axis=2).astype(np.float64), panel, True),
+                  _panel(leak, panel)]
+    width = len(panels) * panel + (len(panels) - 1) * _GAP
+    strip = Image.new("RGB", (width, panel), _WHITE)
+    for k, p in enumerate(panels):
+        strip.paste(p, (k * (panel + _GAP), 0))
+    buf = io.BytesIO()
+    # a 256-colour palette keeps a strip near 10 kB instead of 35 kB, with no visible loss
+    strip.quantize(256, method=Image.Quantize.FASTOCTREE).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def heat_panel(cam: np.ndarray, image: np.ndarray, mask: np.ndarray | None, size: int):
+    """A ``size`` x ``size`` PIL image: the heatmap (jet, scaled to its maximum) blended
+    half and half over the image, with the lesion border as a white line.
+
+    ``cam`` ``(H, W)``, ``image`` ``(H, W, 3) uint8``, ``mask`` ``(H, W)`` bool or None (no
+    line). All three are resized to ``size`` first (bilinear; the mask thresholded at 0.5
+    after resizing) and the border traced there, so it stays one pixel wide.
+    """
+    from PIL import Image
+
+    cam = np.asarray(cam, dtype=np.float64)
+    image = np.asarray(image)
+    if cam.ndim != 2 or image.shape != cam.shape + (3,):
+        raise ValueError(f"cam must be (H, W) and image (H, W, 3) at its size, got "
+                         f"{cam.shape} and {image.shape}")
+    c = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
+    c = c / c.max() if c.max() > 0 else c
+    img = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((size, size),
+                                                                    Image.BILINEAR))
+    cz = np.asarray(Image.fromarray(c.astype(np.float32)).resize((size, size),
+                                                                Image.BILINEAR))
+    out = 0.5 * img.astype(np.float64) / 255.0 + 0.5 * jet(np.clip(cz, 0, 1))
+    if mask is not None:
+        m = np.asarray(mask, dtype=np.float32)
+        if m.shape != cam.shape:
+            raise ValueError(f"mask must be {cam.shape}, got shape {m.shape}")
+        mz = np.asarray(Image.fromarray(m).resize((size, size), Image.BILINEAR)) >= 0.5
+        if mz.any() and not mz.all():
+            out[outline(mz)] = 1.0
+    return _panel(out, size)
+
+
+# ------------------------------------------------------------------ per-model examples
+
+
+def _class_name(label: Any) -> str:
+    try:
+        return {0: "benign", 1: "malignant"}[int(label)]
+    except (TypeError, ValueError, KeyError):
+        return "unknown class"
+
+
+def _median_row(rows: pd.DataFrame, column: str) -> dict[str, Any] | None:
+    """The row at the lower median of ``column`` (finite values only; ties by image id)."""
+    v = pd.to_numeric(rows[column], errors="coerce")
+    keep = np.isfinite(v.to_numpy(np.float64))
+    ok = rows.loc[keep].assign(_v=v.to_numpy()[keep])  # values: an empty frame takes no index
+    if ok.empty:
+        return None
+    ok = ok.assign(_id=ok["image_id"].astype(str)).sort_values(["_v", "_id"], kind="stable")
+    return ok.iloc[(len(ok) - 1) // 2].drop(["_v", "_id"]).to_dict()
+
+
+def pick_examples(att: pd.DataFrame, n: int = 3) -> list[tuple[str, dict[str, Any] | None]]:
+    """The images :func:`examples_png` shows for one model at one method and layer.
+
+    ``att``: attention.csv rows of that model, method and layer. Returns ``n`` (1-3)
+    ``(kind, row or None)`` pairs, kinds in :data:`EXAMPLE_KINDS` order:
+
+    1. ``malignant``: among malignant images classified malignant (``pred == label``) with
+       a defined pixel AUROC, the one at the lower median of pixel AUROC;
+    2. ``benign``: the same among benign images classified benign;
+    3. ``misclassified``: among images whose ``pred`` differs from ``label``, the one with
+       the highest excess leakage (leakage minus the uniform heatmap's, ``1 - lesion
+       area``: the gallery's measure, fair to small lesions).
+
+    Ties go to the smaller image id; ``None`` where no image qualifies.
+    """
+    if not 1 <= n <= len(EXAMPLE_KINDS):
+        raise ValueError(f"n must be 1 to {len(EXAMPLE_KINDS)}, got {n}")
+    lab = pd.to_numeric(att["label"], errors="coerce")
+    pred = pd.to_numeric(att["pred"], errors="coerce")
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    for kind, _ in EXAMPLE_KINDS[:n]:
+        if kind == "misclassified":
+            wrong = att[(lab != pred) & lab.notna() & pred.notna()]
+            ex = pd.to_numeric(wrong["excess_leakage"], errors="coerce")
+            keep = np.isfinite(ex.to_numpy(np.float64))
+            ok = wrong.loc[keep].assign(_v=-ex.to_numpy()[keep],
+                                        _id=wrong["image_id"].astype(str).to_numpy()[keep])
+            row = (ok.sort_values(["_v", "_id"], kind="stable").iloc[0]
+                   .drop(["_v", "_id"]).to_dict() if len(ok) else None)
+        else:
+            cls = int(kind == "malignant")
+            row = _median_row(att[(lab == cls) & (pred == cls)], "pixel_auroc")
+        out.append((kind, row))
+    return out
+
+
+def examples_png(rows, names: dict[str, str] | None = None) -> bytes:
+    """PNG bytes of the per-model examples, one row per model at a method and layer.
+
+    ``rows``: ``[(choice, cells)]``, ``choice`` a ``{model, method, layer}`` dict and
+    ``cells`` the :func:`pick_examples` picks as ``(kind, row, image (S, S, 3) uint8,
+    mask (S, S) or None, cam (S, S))`` (``row`` and the arrays None where no image
+    qualifies; the explain stage gathers them). Each pick is drawn as image | heatmap over
+    the image with the lesion border in white, captioned with its id, true class,
+    P(malignant) and pixel AUROC; ``names``: display names of the models. With ``n``
+    picks per row, ``2 * EX_MARGIN + n * (2 * EX_PANEL + EX_GAP) + (n - 1) * EX_PAIR_GAP``
+    wide (1168 px for ``n = 3``); ``2 * EX_MARGIN + EX_HEADING`` high plus ``EX_TITLE +
+    EX_LABEL + EX_PANEL + EX_CAPTION`` per row.
+    """
+    from PIL import Image, ImageDraw
+
+    n = max((len(cells) for _, cells in rows), default=1)
+    labels = dict(EXAMPLE_KINDS)
+    pair = 2 * EX_PANEL + EX_GAP
+    width = 2 * EX_MARGIN + n * pair + (n - 1) * EX_PAIR_GAP
+    row_h = EX_TITLE + EX_LABEL + EX_PANEL + EX_CAPTION
+    canvas = Image.new("RGB", (width, 2 * EX_MARGIN + EX_HEADING + len(rows) * row_h), _WHITE)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((EX_MARGIN, EX_MARGIN), "Each pair: a test image | its saved heatmap over it "
+              "(jet, each scaled to its own maximum: red = most attention); white line = "
+              "lesion border", font=_font(14), fill=_GREY)
+    names = names or {}
+    for k, (c, cells) in enumerate(rows):
+        y = EX_MARGIN + EX_HEADING + k * row_h
+        title = names.get(c["model"], c["model"])
+        draw.text((EX_MARGIN, y + 11), title, font=_font(17, True), fill=_INK)
+        draw.text((EX_MARGIN + draw.textlength(title, font=_font(17, True)) + 10, y + 14),
+                  f"{c['method']} at {c['layer']}", font=_font(14), fill=_GREY)
+        for j, (kind, r, image, mask, cam) in enumerate(cells):
+            x = EX_MARGIN + j * (pair + EX_PAIR_GAP)
+            draw.text((x, y + EX_TITLE), labels[kind], font=_font(13, True), fill=_INK)
+            py = y + EX_TITLE + EX_LABEL
+            if r is None:
+                draw.rectangle((x, py, x + pair - 1, py + EX_PANEL - 1), outline=(200, 200, 200))
+                draw.text((x + 10, py + EX_PANEL // 2 - 8), "no such image in the test split",
+                          font=_font(13), fill=_GREY)
+                continue
+            canvas.paste(_panel(image, EX_PANEL), (x, py))
+            canvas.paste(heat_panel(cam, image, mask, EX_PANEL), (x + EX_PANEL + EX_GAP, py))
+            cy = py + EX_PANEL + 4
+            truth = _class_name(r.get("label"))
+            called = "" if kind != "misclassified" else \
+                f", called {_class_name(r.get('pred'))}"
+            draw.text((x, cy), f"{r['image_id']} · {truth}{called}", font=_font(13), fill=_INK)
+            draw.text((x, cy + 17), f"P(malignant) {fmt_num(r.get('prob_malignant'), 2)} · "
+                      f"pixel AUROC {fmt_num(r.get('pixel_auroc'), 2)}", font=_font(13),
+                      fill=_INK)
+    return _to_png(canvas)
+
+
+# ------------------------------------------------------------------ planted shortcut
+
+
+def _lines(text: str, width: int, font) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` px in ``font``."""
+    out: list[str] = []
+    cur = ""
+    for w in text.split():
+        trial = f"{cur} {w}".strip()
+        if cur and font.getlength(trial) > width:
+            out.append(cur)
+            cur = w
+        else:
+            cur = trial
+    return out + [cur] if cur else out
+
+
+def render_shortcut_example(case) -> bytes:
+    """PNG bytes of a :class:`dermcam.demo.ShortcutCase`: one row per model (control, then
+    shortcut), each the image with the pasted artifact | its heatmap over it with the
+    lesion border in white, beside the model's P(malignant) before -> after the paste (red
+    where the change reaches the probes' negligible margin) and the decision at its
+    threshold; under the rows, the rule that picked the image. 802 px wide (``SC_TEXT`` +
+    two ``SC_PANEL`` panels), about 600 px high."""
+    from PIL import Image, ImageDraw
+
+    from dermcam.stages.probe import NEGLIGIBLE_DELTA
+
+    titles = {"control": "Control", "shortcut": "Shortcut model"}
+    notes = {"control": f"{case.artifact}s independent of the label in training",
+             "shortcut": f"{case.artifact}s marked malignancy in training"}
+    head, row_h, line = 64, SC_PANEL + 16, 16
+    width = 2 * EX_MARGIN + SC_TEXT + 2 * SC_PANEL + EX_GAP
+    foot = _lines(f"Picked from {case.rule}. Each heatmap is scaled to its own maximum, so "
+                  "its colours compare places within one map, not the two models.",
+                  width - 2 * EX_MARGIN, _font(12))
+    canvas = Image.new("RGB", (width, EX_MARGIN + head + len(case.roles) * row_h
+                               + line * len(foot) + EX_MARGIN), _WHITE)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((EX_MARGIN, EX_MARGIN), f"A {case.artifact} pasted outside the lesion of benign "
+              f"test image {case.image_id}", font=_font(17, True), fill=_INK)
+    draw.text((EX_MARGIN, EX_MARGIN + 26), f"image with the pasted {case.artifact} | heatmap "
+              f"({case.method} at {case.layer}; red = most attention), white line = lesion "
+              "border", font=_font(13), fill=_GREY)
+    for j, (role, r) in enumerate(case.roles.items()):
+        y = EX_MARGIN + head + j * row_h
+        x = EX_MARGIN
+        draw.text((x, y + 20), f"{titles.get(role, role)}: {r['display']}", font=_font(16, True),
+                  fill=_INK)
+        draw.text((x, y + 44), notes.get(role, ""), font=_font(13), fill=_GREY)
+        before, after = r["p_before"], r["p_after"]
+        # red where the change is not negligible by the probes' own margin
+        draw.text((x, y + 84), f"P(malignant) {fmt_num(before, 2)} → {fmt_num(after, 2)}",
+                  font=_font(22, True),
+                  fill=(170, 0, 0) if abs(after - before) >= NEGLIGIBLE_DELTA else _INK)
+        draw.text((x, y + 112), f"change {fmt_num(after - before, 2, sign=True, minus=MINUS)}",
+                  font=_font(13), fill=_INK)
+
+        called = ["malignant" if p >= r["threshold"] else "benign" for p in (before, after)]
+        draw.text((x, y + 130), f"decision at threshold {fmt_num(r['threshold'], 2)}: "
+                  f"{called[0]} → {called[1]}", font=_font(13), fill=_INK)
+        px = EX_MARGIN + SC_TEXT
+        canvas.paste(_panel(case.pasted, SC_PANEL), (px, y))
+        canvas.paste(heat_panel(r["cam"], case.pasted, case.mask, SC_PANEL),
+                     (px + SC_PANEL + EX_GAP, y))
+    for i, text in enumerate(foot):
+        draw.text((EX_MARGIN, EX_MARGIN + head + len(case.roles) * row_h + i * line), text,
+                  font=_font(12), fill=_GREY)
+    return _to_png(canvas)
