@@ -67,20 +67,20 @@ def _bare_flags(params: list) -> list:
     return params
 
 
-class _Command(typer.core.TyperCommand):
-    """A command whose help shows flags bare and the registry's methods
-    (:func:`_bare_flags`)."""
+class _BareFlags:
+    """Help that shows flags bare and the registry's methods (:func:`_bare_flags`)."""
 
     def get_params(self, ctx):
         return _bare_flags(super().get_params(ctx))
 
 
-class _Group(typer.core.TyperGroup):
-    """The top-level group: flags shown bare, commands listed in :data:`PIPELINE` order
-    (any other command after them, in the order it was added)."""
+class _Command(_BareFlags, typer.core.TyperCommand):
+    pass
 
-    def get_params(self, ctx):
-        return _bare_flags(super().get_params(ctx))
+
+class _Group(_BareFlags, typer.core.TyperGroup):
+    """The top-level group: commands listed in :data:`PIPELINE` order (any other command
+    after them, in the order it was added)."""
 
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
@@ -465,16 +465,11 @@ def train(
     from dermcam.stages.train import TrainConfig, parse_lr
     from dermcam.stages.train import train as do_train
 
+    same = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
     lr_default, lr_by_model = parse_lr(lr)
-    cfg = TrainConfig(
-        data=str(data), out=str(out), models=_names(models), weights=weights,
-        image_size=image_size, max_epochs=epochs, batch_size=batch_size, lr=lr_default,
-        lr_by_model=lr_by_model, patience=patience, schedule=schedule, monitor=monitor,
-        imbalance=imbalance, calibration=calibration, val_fraction=val_fraction, seed=seed,
-        augment=augment, colour_jitter=colour_jitter, accelerator=accelerator,
-        devices=devices, strategy=strategy, precision=precision, num_workers=num_workers,
-        num_nodes=num_nodes, deterministic=deterministic, progress=not _state["quiet"],
-        keep_checkpoints=keep_checkpoints)
+    cfg = TrainConfig(**{**same, "data": str(data), "out": str(out), "models": _names(models),
+                         "max_epochs": epochs, "lr": lr_default, "lr_by_model": lr_by_model,
+                         "progress": not _state["quiet"]})
     with progress_bar("decode + cache images") as cb:
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
     if not manifest:  # a worker process of multi-process training: rank 0 reports
@@ -546,13 +541,6 @@ def evaluate(
     _finish(run_dir, "evaluate", tables + subgroup_tables(result),
             ("discrimination", "calibration", "external", "subgroups"),
             _folder(run_dir, ext and ext["name"]) / runmod.METRICS)
-
-
-def _use_artifact_labels(run_dir: Path, path: Path) -> None:
-    """Record per-image artifact labels in the run (#16) and print the join."""
-    from dermcam.data.artifact_labels import record_in_run
-
-    console.print(record_in_run(run_dir, path))
 
 
 def _folder(run_dir: Path, external: str | None) -> Path:
@@ -639,12 +627,13 @@ def explain(
       dermcam explain runs/r1 --methods hirescam --layer last --artifact-labels isic_bias.csv
       dermcam explain runs/r1 --data data/ph2 --name ph2
     """
+    from dermcam.data.artifact_labels import record_in_run
     from dermcam.stages.explain import run_explain
     from dermcam.stages.external import by_columns
     from dermcam.views import attention_sections
 
     if artifact_labels is not None and data is None:  # attention summary by artifact presence
-        _use_artifact_labels(run_dir, artifact_labels)
+        console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
     shard_t = None
     if shard is not None:
         try:
@@ -807,13 +796,14 @@ def probe(
       dermcam probe runs/r1 --probes artifact_inserted --artifacts ruler,ink --placements 5
       dermcam probe runs/r1 --artifact-labels isic_bias.csv --precision auto
     """
+    from dermcam.data.artifact_labels import record_in_run
     from dermcam.device import resolve_device
     from dermcam.stages.external import by_columns, safe_name
     from dermcam.stages.probe import PROBES, read_summary_object, run_probe
     from dermcam.views import probe_sections
 
     if artifact_labels is not None and data is None:
-        _use_artifact_labels(run_dir, artifact_labels)
+        console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
     with progress_bar("probe batches") as cb:
         chosen = _names(probes) or [*PROBES, *(["context_swap"] if artifact_labels else [])]
         entries = run_probe(run_dir, probes=chosen, artifacts=_names(artifacts) or None,

@@ -6,44 +6,9 @@ summary file and JSON pointer it was read from, and the report's anchor). The te
 the report and ``RUN/findings.json`` all show these same objects; nothing here reads
 images or models, only the summaries the stages wrote.
 
-The rules (also in docs/findings.md; each is tested on hand-made summaries). ``margin``
-is the probes' negligible change in P(malignant), 0.02, and the attention summary's
-equivalence margin.
-
-=================  ===========================================================================
-topic              status
-=================  ===========================================================================
-discrimination     alarm: the test ROC AUC's CI reaches 0.5 (no better than chance); else ok
-calibration        ok: ECE <= 0.05; caution: 0.05 < ECE <= 0.15; alarm: ECE > 0.15
-where it looks     caution: the maps do not beat uniform attention (median pixel AUROC CI
-                   reaches 0.5), the sanity check did not pass, or > 5 % of maps undefined;
-                   else ok. A model whose maps do not beat uniform attention is never ok.
-size confound      not_run unless the maps beat uniform attention (the metric means nothing
-                   otherwise); ok: the class gap in leakage remains after adjusting for
-                   lesion area; caution: explained by size, or inconclusive
-lesion reliance    caution: the ROC AUC with the lesion inpainted away stays above chance
-                   (CI above 0.5), so the model classifies from what lies outside it; else ok
-context            caution: replacing the surroundings moves P(malignant) beyond the margin
-                   (CI outside +-margin) or the result is inconclusive (CI crosses it); ok:
-                   the change is negligible (CI within +-margin)
-artifact: NAME     with the context swap (real pixels, from artifact labels) it decides:
-                   alarm when surroundings with the real artifact move P(malignant) beyond
-                   the margin against surroundings without it; caution when inconclusive,
-                   or negligible while the painted probe or the maps say reliance (the
-                   painted artifact tests the painter's look); ok otherwise. Without it,
-                   two lines of evidence: pasting the painted artifact moves P(malignant)
-                   beyond the margin, and the heatmaps put more than the artifact's area
-                   share on it (ratio CI above 1). alarm: both; caution: one, or the probe
-                   is inconclusive; ok: neither
-subgroups: COLUMN  caution: the AUC differs across the column's groups (Cochran's Q,
-                   Holm-adjusted p < 0.05); else ok (no difference detected, which is not
-                   proof of none: the sentence gives the smallest group's n)
-external: NAME     as discrimination, on the external data set
-shortcut           the demo's planted shortcut: alarm for the shortcut-trained model when
-                   its maps attend to the artifact or its probe reacts beyond the control's
-                   by more than the margin; ok for the control when neither holds
-=================  ===========================================================================
-
+The rules that set each status are :data:`RULES` (shown in the report's method notes,
+and in docs/findings.md); each is tested on hand-made summaries. The margin is the probes'
+negligible change in P(malignant), 0.02, and the attention summary's equivalence margin.
 A stage that has not run gives ``not_run`` for its topics, never ``ok``.
 """
 
@@ -59,8 +24,8 @@ from dermcam.errors import DermcamError
 from dermcam.formatting import fmt_ci, fmt_num, fmt_p, fmt_pct, is_number
 from dermcam.io import read_json, write_json
 
-__all__ = ["Finding", "display_names", "STATUSES", "TOPICS", "MARGIN", "FINDINGS", "build_findings",
-           "write_findings", "read_findings", "fine_line", "status_counts"]
+__all__ = ["RULES", "Finding", "display_names", "STATUSES", "TOPICS", "MARGIN", "FINDINGS",
+           "build_findings", "write_findings", "read_findings", "fine_line", "status_counts"]
 
 FINDINGS = runmod.FINDINGS
 STATUSES = ("alarm", "caution", "ok", "not_run")
@@ -72,6 +37,36 @@ MARGIN = 0.02
 ECE_OK, ECE_ALARM = 0.05, 0.15
 MAX_UNDEFINED = 0.05
 SCHEMA_VERSION = 1
+
+#: The rule behind each topic's status, in words (one source: the report shows these).
+RULES = {
+    "discrimination, external": "alarm when the test ROC AUC's 95 % CI reaches 0.5 (no "
+                                "better than chance), else ok.",
+    "calibration": f"ok for ECE <= {ECE_OK}, caution up to {ECE_ALARM}, alarm above.",
+    "where it looks": "caution when the maps do not beat uniform attention (median pixel "
+                      "AUROC CI reaches 0.5), the sanity check did not pass, or more than "
+                      f"{MAX_UNDEFINED:.0%} of maps are undefined; else ok. Maps that do not "
+                      "beat uniform attention are never ok.",
+    "size confound": "not run unless the maps beat uniform attention; ok when the "
+                     "malignant-minus-benign leakage gap remains after a spline in lesion "
+                     "area, caution when area explains it or the test is inconclusive.",
+    "lesion reliance": "caution when the ROC AUC with the lesion inpainted away stays above "
+                       "chance (CI above 0.5), else ok.",
+    "context": "caution when replacing the surroundings moves P(malignant) beyond the margin "
+               "or the CI crosses it; ok when the CI lies within it.",
+    "artifact": "with the context swap (real pixels) it decides: alarm when real surroundings "
+                "with the artifact move P(malignant) beyond the margin, caution when "
+                "inconclusive or when the painted probe or the maps disagree with a "
+                "negligible swap, else ok. Without it: alarm when the painted artifact moves "
+                "P(malignant) beyond the margin and the maps give it more than its area share, "
+                "caution for one of the two or an inconclusive probe, ok for neither.",
+    "subgroups": "caution when the ROC AUC differs across a column's groups (Cochran's Q, "
+                 "Holm p < 0.05), else ok (no difference detected is not proof of none).",
+    "shortcut": "the shortcut-trained model is an alarm when its maps attend to the planted "
+                "artifact or its probe reacts beyond the control's by more than the margin; "
+                "the control is ok unless its maps attend to it.",
+    "not run": "the stage has not produced the result; an absent result is never ok.",
+}
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,10 @@
 """``report.html``: one self-contained page that answers on its first screen.
 
-The page opens with one card per model (its findings, :mod:`dermcam.findings`) and the
-pictures the stages drew (``figures/examples.png`` by explain, ``figures/shortcut_example.png``
-by the demo); every detail section below is folded (``<details>``) and shows only the tables
-of :func:`dermcam.views.run_sections` with the run's figures. The report reads a run's files
-and draws nothing but the gallery's strips (:mod:`dermcam.report.gallery`). Jinja2 renders ``templates/report.html.j2`` with autoescaping on, so every
-string taken from the run is escaped; figures are embedded as ``data:`` URIs and the
-Content-Security-Policy allows nothing but them, the inline stylesheet and the one inline
-script (by its SHA-256 hash), so the file opens offline and loads nothing from outside.
+One card per model (its findings, :mod:`dermcam.findings`) and the pictures the stages drew
+open the page; below, folded sections show :func:`dermcam.views.run_sections`' tables and
+the run's figures. Jinja2 renders ``templates/`` with autoescaping on; figures are ``data:``
+URIs and the Content-Security-Policy allows only them, the inline style and the one script
+(by its SHA-256 hash), so the page opens offline and loads nothing from outside.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from typing import Any
 import jinja2
 
 from dermcam import run as runmod
-from dermcam.findings import STATUSES, Finding, display_names, status_counts, write_findings
+from dermcam.findings import RULES, STATUSES, Finding, display_names, status_counts, write_findings
 from dermcam.formatting import is_number
 from dermcam.views import SECTIONS, Table, run_facts, run_sections
 
@@ -57,10 +54,12 @@ FIGURES = {
                                             "(median pixel AUROC; 0.5 = uniform attention)"),
                   ("attention_leakage_analysis_{m}.png", "{name}: the reference study's "
                                                          "leakage figure, made size-aware"),
-                  ("leakage_vs_accuracy.png", "Leakage against correctness per model"),
+                  ("leakage_vs_accuracy.png", "Leakage against the share classified correctly "
+                                              "(specificity, sensitivity) per model"),
                   ("leakage_vs_area.png", "Leakage against lesion area: small lesions leak "
                                           "more by chance"),
-                  ("size_aware_scores.png", "Size-aware scores per model")],
+                  ("size_aware_scores.png", "Size-aware scores per model (median pixel AUROC, "
+                                            "other scores as means)")],
     "probe": [("probe_auc.png", "ROC AUC intact, lesion removed, background removed"),
               ("probe_delta.png", "Per-image change in P(malignant) under each probe"),
               ("probe_examples.png", "What each probe did to the pixels")],
@@ -232,7 +231,7 @@ def notes_context(run: runmod.Run) -> dict[str, Any]:
             "sanity": ", ".join(f"{t:g}" for t in thresholds) or "0.5",
             "definitions": {k: d if isinstance(d, dict) else {} for k, d in
                             (summ.get("metric_definitions") or {}).items()},
-            "caveat": CAVEAT}
+            "caveat": CAVEAT, "rules": RULES}
 
 
 # ----------------------------------------------------------------- page
