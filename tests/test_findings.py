@@ -818,3 +818,12 @@ def test_the_context_swap_decides_the_artifact(swap, painted, attention, status)
 def test_without_a_swap_the_painted_rule_stands():
     f = fd.artifact(M, "ruler", _PAINTED_REACTS, _ATTENDS, "p#", "a#", swap=None)
     assert f.status == "alarm" and f.source == "p#"
+
+
+def test_one_estimable_subgroup_is_not_a_comparison():
+    one = {"groups": [{"group": "0", "n": 190, "estimable": True,
+                       "roc_auc": {"value": 0.54, "lo": 0.44, "hi": 0.64}},
+                      {"group": "1", "n": 4, "estimable": False}],
+           "heterogeneity": {"auc": {"p": float("nan")}}}
+    f = fd.subgroups(M, "artifact_ink", one, "metrics.json#/x")
+    assert f.status == "not_run" and "fewer than two" in f.sentence

@@ -349,9 +349,9 @@ def subgroups(model: str, column: str, result: dict[str, Any] | None,
         return _not_run(model, topic, f"no subgroups by {column}", "subgroups")
     het = (result.get("heterogeneity") or {}).get("auc") or {}
     groups = [g for g in result.get("groups") or [] if g.get("estimable")]
-    if not groups:
-        return _not_run(model, topic, f"every {column} group is too small to estimate",
-                        "subgroups")
+    if len(groups) < 2:
+        return _not_run(model, topic, f"fewer than two {column} groups large enough to "
+                        "compare", "subgroups")
     all_groups = result.get("groups") or []
     low = min(groups, key=lambda g: (g.get("roc_auc") or {}).get("value", math.inf))
     source = f"{source}/groups/{all_groups.index(low)}/roc_auc/value"
