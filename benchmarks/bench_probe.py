@@ -41,10 +41,11 @@ def _quiet():
 
 
 def twin(root: Path, preset: str, args) -> dict:
+    from dermcam.config import TrainConfig
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.stages.evaluate import run_evaluate
     from dermcam.stages.probe import find, run_probe
-    from dermcam.stages.train import TrainConfig, train
+    from dermcam.stages.train import train
 
     data, run = root / preset / "data", root / preset / "run"
     generate(data, SynthConfig.from_preset(preset, n_train=args.n_train, n_test=args.n_test,
@@ -82,12 +83,13 @@ def speed(root: Path, args) -> dict:
     import torch
 
     from dermcam.checkpoints import load_checkpoint
+    from dermcam.config import TrainConfig
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.io import read_json
     from dermcam.run import Run
     from dermcam.stages.evaluate import load_test_split
     from dermcam.stages.probe import ProbeConfig, perturb, run_probe
-    from dermcam.stages.train import TrainConfig, train
+    from dermcam.stages.train import train
 
     data, run = root / "speed" / "data", root / "speed" / "run"
     generate(data, SynthConfig.from_preset("clean", n_train=48, n_test=args.n_test,

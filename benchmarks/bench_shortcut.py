@@ -27,10 +27,11 @@ import pandas as pd
 def run_preset(root: Path, preset: str, args) -> dict:
     from sklearn.metrics import roc_auc_score
 
+    from dermcam.config import TrainConfig
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.stages.evaluate import run_evaluate
     from dermcam.stages.explain import run_explain
-    from dermcam.stages.train import TrainConfig, train
+    from dermcam.stages.train import train
 
     data = root / preset / "data"
     run = root / preset / "run"

@@ -139,9 +139,9 @@ def main() -> None:
 
     from dermcam.data import load_dataset
     from dermcam.data.cache import ImageCache, load_arrays
+    from dermcam.data.cached_split import CachedSplit
     from dermcam.inference import use_channels_last
     from dermcam.models import build_model
-    from dermcam.stages.train import CachedSplit
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_jpegs(Path(tmp), args.n)

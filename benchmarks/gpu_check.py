@@ -166,13 +166,14 @@ def run_stages(args, dev, out: Path) -> tuple[dict[str, dict[str, Any]], dict[st
     import lightning.pytorch  # noqa: F401
     import pytorch_grad_cam  # noqa: F401
 
+    from dermcam.config import TrainConfig
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.io import read_json
     from dermcam.predict import predict
     from dermcam.stages.evaluate import run_evaluate
     from dermcam.stages.explain import run_explain
     from dermcam.stages.probe import run_probe
-    from dermcam.stages.train import TrainConfig, train
+    from dermcam.stages.train import train
 
     data, run = out / "data", out / "run"
     t = time.perf_counter()

@@ -1,127 +1,35 @@
 """Shared fixtures: tiny data sets written into ``tmp_path`` in each supported layout.
 
-The helpers are handed to tests through the ``dh`` fixture (no ``import conftest``).
-
-``make_isic`` writes the ISIC 2016 Part 3B layout (both ground-truth dialects);
-``make_generic`` writes the generic ``labels.csv`` layout. Images are 40x30 px
-(W x H) with a dark lesion box whose mask is stored beside them, so every
-answer a test checks (labels, splits, mask pixels) is known in advance.
+The helpers themselves are in ``helpers.py`` (imported as ``from helpers import ...``);
+the ``dh`` fixture hands the same helpers and constants over as one namespace.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from PIL import Image
-
-W, H = 40, 30  # image size as PIL writes it: (width, height)
-LESION = (slice(8, 22), slice(10, 30))  # rows, columns of the lesion box
-
-ISIC_TRAIN_DIR = "ISBI2016_ISIC_Part3B_Training_Data"
-ISIC_TEST_DIR = "ISBI2016_ISIC_Part3B_Test_Data"
-ISIC_TRAIN_CSV = "ISBI2016_ISIC_Part3B_Training_GroundTruth.csv"
-ISIC_TEST_CSV = "ISBI2016_ISIC_Part3B_Test_GroundTruth.csv"
-
-# id -> label (0 benign, 1 malignant): 3 + 2 training images, 2 + 1 test images.
-ISIC_TRAIN = {"ISIC_0000000": 0, "ISIC_0000001": 1, "ISIC_0000002": 0,
-              "ISIC_0000003": 1, "ISIC_0000004": 0}
-ISIC_TEST = {"ISIC_0000010": 0, "ISIC_0000011": 1, "ISIC_0000012": 0}
-
-
-def _box(size: tuple[int, int]) -> tuple[slice, slice]:
-    """:data:`LESION` scaled from 40 x 30 px to ``size`` (W, H)."""
-    fx, fy = size[0] // W, size[1] // H
-    if (fx * W, fy * H) != tuple(size):
-        return LESION
-    r, c = LESION
-    return slice(r.start * fy, r.stop * fy), slice(c.start * fx, c.stop * fx)
-
-
-def lesion_image(label: int, size: tuple[int, int] = (W, H), seed: int = 0) -> np.ndarray:
-    """``(H, W, 3) uint8``: skin-coloured background, a dark box where the lesion is.
-
-    The box is :data:`LESION`, scaled when ``size`` is a multiple of 40 x 30.
-    """
-    w, h = size
-    rng = np.random.default_rng(seed)
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = (200, 160, 140)
-    img += rng.integers(0, 10, img.shape, dtype=np.uint8)
-    img[_box(size)] = (120, 40, 30) if label else (90, 60, 40)
-    return img
-
-
-def lesion_mask(size: tuple[int, int] = (W, H)) -> np.ndarray:
-    """``(H, W) uint8`` in {0, 255}, 255 on the lesion box (scaled like the image's)."""
-    w, h = size
-    m = np.zeros((h, w), np.uint8)
-    m[_box(size)] = 255
-    return m
-
-
-def write_image(path: Path, label: int = 0, size: tuple[int, int] = (W, H), seed: int = 0
-                ) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(lesion_image(label, size, seed)).save(path)
-    return path
-
-
-def write_mask(path: Path, size: tuple[int, int] = (W, H)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(lesion_mask(size)).save(path)
-    return path
-
-
-def _write_isic(root: Path, train: dict[str, int], test: dict[str, int], masks: bool,
-                header: bool, ext: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for folder, csv_name, rows, names in (
-            (ISIC_TRAIN_DIR, ISIC_TRAIN_CSV, train, ("benign", "malignant")),
-            (ISIC_TEST_DIR, ISIC_TEST_CSV, test, ("0.0", "1.0"))):
-        (root / folder).mkdir(exist_ok=True)
-        lines = ["image_id,label"] if header else []
-        for k, (image_id, label) in enumerate(rows.items()):
-            write_image(root / folder / f"{image_id}{ext}", label, seed=k)
-            if masks:
-                write_mask(root / folder / f"{image_id}_Segmentation.png")
-            lines.append(f"{image_id},{names[label]}")
-        (root / csv_name).write_text("".join(line + "\n" for line in lines))
-    return root
-
-
-def _write_generic(root: Path, labels: dict[str, int | str], split: dict[str, str] | None,
-                   masks: bool | str, extra_columns: bool, ext: str) -> Path:
-    """``masks``: False, True (files in ``masks/``) or ``"column"`` (paths in a mask column)."""
-    root.mkdir(parents=True, exist_ok=True)
-    header = ["image_id", "label"]
-    if masks == "column":
-        header.append("mask")
-    if split is not None:
-        header.append("split")
-    if extra_columns:
-        header.append("age")
-    lines = [",".join(header)]
-    for k, (image_id, label) in enumerate(labels.items()):
-        lab = label if isinstance(label, int) else int(label == "malignant")
-        write_image(root / "images" / f"{image_id}{ext}", lab, seed=k)
-        row = [image_id, str(label)]
-        if masks is True:
-            write_mask(root / "masks" / f"{image_id}.png")
-        elif masks == "column":
-            write_mask(root / "segmentations" / f"{image_id}_seg.png")
-            row.append(f"segmentations/{image_id}_seg.png")
-        if split is not None:
-            row.append(split[image_id])
-        if extra_columns:
-            row.append(str(40 + k))
-        lines.append(",".join(row))
-    (root / "labels.csv").write_text("".join(line + "\n" for line in lines))
-    return root
+from helpers import (
+    ISIC_TEST,
+    ISIC_TEST_CSV,
+    ISIC_TEST_DIR,
+    ISIC_TRAIN,
+    ISIC_TRAIN_CSV,
+    ISIC_TRAIN_DIR,
+    LESION,
+    H,
+    W,
+    generic_labels,
+    ids_of,
+    lesion_image,
+    lesion_mask,
+    rewrite,
+    write_generic,
+    write_image,
+    write_isic,
+    write_mask,
+)
 
 
 @pytest.fixture
@@ -131,7 +39,7 @@ def make_isic(tmp_path):
     def make(name: str = "isic", train: dict[str, int] | None = None,
              test: dict[str, int] | None = None, masks: bool = True, header: bool = False,
              ext: str = ".jpg") -> Path:
-        return _write_isic(tmp_path / name, ISIC_TRAIN if train is None else train,
+        return write_isic(tmp_path / name, ISIC_TRAIN if train is None else train,
                            ISIC_TEST if test is None else test, masks, header, ext)
 
     return make
@@ -144,7 +52,7 @@ def make_generic(tmp_path):
     def make(labels: dict[str, int | str], split: dict[str, str] | None = None,
              masks: bool | str = False, extra_columns: bool = False, name: str = "generic",
              ext: str = ".png") -> Path:
-        return _write_generic(tmp_path / name, labels, split, masks, extra_columns, ext)
+        return write_generic(tmp_path / name, labels, split, masks, extra_columns, ext)
 
     return make
 
@@ -152,11 +60,6 @@ def make_generic(tmp_path):
 @pytest.fixture
 def isic_root(make_isic) -> Path:
     return make_isic()
-
-
-def generic_labels(n_benign: int, n_malignant: int, prefix: str = "img") -> dict[str, int]:
-    ids = [f"{prefix}{i:03d}" for i in range(n_benign + n_malignant)]
-    return {i: int(k >= n_benign) for k, i in enumerate(ids)}
 
 
 @pytest.fixture
@@ -167,40 +70,12 @@ def generic_root(make_generic) -> Path:
     return make_generic(labels, split=split, masks=True)
 
 
-def rewrite(path: Path, data: bytes | None = None, mtime_step_s: float = 10.0) -> None:
-    """Replace a file's bytes (if given) and move its mtime forward by ``mtime_step_s``."""
-    st = path.stat()
-    if data is not None:
-        path.write_bytes(data)
-    t = st.st_mtime_ns + int(mtime_step_s * 1e9)
-    os.utime(path, ns=(t, t))
-
-
-def ids_of(samples: Sequence) -> list[str]:
-    return sorted(s.image_id for s in samples)
-
-
 @pytest.fixture(scope="session")
 def dh() -> SimpleNamespace:
-    """The data helpers and constants above, for tests to use without importing conftest."""
+    """The data helpers and constants of :mod:`helpers`, as one namespace."""
     return SimpleNamespace(
         W=W, H=H, LESION=LESION, ISIC_TRAIN=ISIC_TRAIN, ISIC_TEST=ISIC_TEST,
         TRAIN_DIR=ISIC_TRAIN_DIR, TEST_DIR=ISIC_TEST_DIR, TRAIN_CSV=ISIC_TRAIN_CSV,
         TEST_CSV=ISIC_TEST_CSV, lesion_image=lesion_image, lesion_mask=lesion_mask,
         write_image=write_image, write_mask=write_mask, rewrite=rewrite, ids_of=ids_of,
         generic_labels=generic_labels)
-
-
-def invoke_cli(monkeypatch, capsys, *args):
-    """``dermcam -q ARGS`` through the console entry in this process: ``(exit code,
-    stdout, stderr)``."""
-    import sys
-
-    from dermcam import cli
-
-    monkeypatch.setattr(sys, "argv", ["dermcam", "-q", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from dermcam.data import load_dataset
-from dermcam.data.artifact_labels import read_artifact_labels, record_in_run, split_by_presence
+from dermcam.data.artifact_labels import read_artifact_labels, split_by_presence
 from dermcam.data.metadata import metadata_table
 from dermcam.errors import DermcamError
+from dermcam.run import record_in_run
 
 HEADER = "image;dark_corner;hair;gel_border;gel_bubble;ruler;ink;patches;label;label_string"
 

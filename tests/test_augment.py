@@ -62,10 +62,11 @@ def test_zero_jitter_keeps_every_colour_and_positive_jitter_changes_them():
 
 def test_training_passes_its_colour_jitter_to_the_augmentation(tmp_path, monkeypatch,
                                                                 make_generic):
-    from conftest import generic_labels
+    from helpers import generic_labels
 
     import dermcam.augment as aug
-    from dermcam.stages.train import TrainConfig, train
+    from dermcam.config import TrainConfig
+    from dermcam.stages.train import train
 
     labels = generic_labels(30, 16)
     split = {i: "test" if k % 5 == 0 else "train" for k, i in enumerate(labels)}

@@ -248,7 +248,7 @@ def test_device_defaults_to_auto_everywhere():
 
 
 def test_one_seed_default():
-    from dermcam.stages.train import TrainConfig
+    from dermcam.config import TrainConfig
 
     seeds = {name: p.default for name, p in _options("--seed").items()}
     assert seeds.pop("probe") is None  # probe's default is the run's own seed

@@ -151,7 +151,8 @@ def test_download_unpacks_a_loadable_data_set(site, tmp_path):
                                **FAST)
     for name in dl.ISIC2016_FILES:
         assert (dest / name).read_bytes() == site.files[name]
-        assert not (dest / (name + ".part")).exists()
+    assert sorted(p.name for p in dest.iterdir() if p.is_file()) == sorted(
+        [*dl.ISIC2016_FILES, dl.RECORD])  # no temporary file left behind
     ds = load_dataset(dest)
     assert ds.layout == "isic2016" and ds.name == "ISIC 2016 Part 3B"
     assert {s.image_id: s.label for s in ds.split("train")} == TRAIN
@@ -204,34 +205,28 @@ def test_file_url_mirror(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# Resume
+# Resume: a re-run fetches only what is missing
 # ---------------------------------------------------------------------------
 
 
-def test_resume_from_part_file(site, tmp_path):
-    data = site.files[dl.TRAIN_ZIP]
-    dest = tmp_path / dl.TRAIN_ZIP
-    (tmp_path / (dl.TRAIN_ZIP + ".part")).write_bytes(data[:100])
-    got = dl.fetch(site.url + dl.TRAIN_ZIP, dest, **FAST)
-    assert (dl.TRAIN_ZIP, "bytes=100-") in site.requests
-    assert got.resumed and dest.read_bytes() == data
-    assert got.sha256 == hashlib.sha256(data).hexdigest()
+def test_rerun_fetches_only_missing_files(site, tmp_path):
+    dest = tmp_path / "isic"
+    dest.mkdir()
+    (dest / TRAIN_CSV).write_bytes(site.files[TRAIN_CSV])  # an interrupted earlier run
+    res = dl.download_isic2016(dest, base_url=site.url, **FAST)
+    fetched = {name for name, _ in site.requests}
+    assert TRAIN_CSV not in fetched and set(dl.ISIC2016_FILES) - {TRAIN_CSV} == fetched
+    assert {f.name: f.status for f in res.files}[TRAIN_CSV] == "already present"
 
 
-def test_server_ignoring_range_restarts_cleanly(site, tmp_path):
-    site.ignore_range = True
-    dest = tmp_path / TRAIN_CSV
-    (tmp_path / (TRAIN_CSV + ".part")).write_bytes(b"garbage that must not stay")
-    got = dl.fetch(site.url + TRAIN_CSV, dest, **FAST)
-    assert site.requests[-1][1] is not None  # it asked for a range, got a 200
-    assert not got.resumed and dest.read_bytes() == site.files[TRAIN_CSV]
-
-
-def test_part_longer_than_file_restarts(site, tmp_path):
-    dest = tmp_path / TRAIN_CSV
-    (tmp_path / (TRAIN_CSV + ".part")).write_bytes(b"x" * 10_000)  # server answers 416
-    dl.fetch(site.url + TRAIN_CSV, dest, **FAST)
-    assert dest.read_bytes() == site.files[TRAIN_CSV]
+def test_present_file_with_wrong_checksum_is_refused(site, tmp_path):
+    dest = tmp_path / "isic"
+    dest.mkdir()
+    (dest / TRAIN_CSV).write_bytes(b"not the official file")
+    sums = {TRAIN_CSV: hashlib.sha256(site.files[TRAIN_CSV]).hexdigest()}
+    with pytest.raises(DermcamError) as exc:
+        dl.download_isic2016(dest, base_url=site.url, checksums=sums, **FAST)
+    assert "differs from the expected" in one_line(exc) and not site.requests
 
 
 # ---------------------------------------------------------------------------
@@ -250,12 +245,19 @@ def test_truncated_transfer_is_an_error(site, tmp_path):
     assert len([r for r in site.requests if r[0] == dl.TRAIN_ZIP]) == 2  # bounded retries
 
 
-def test_wrong_checksum_removes_part(site, tmp_path):
+def test_wrong_checksum_leaves_nothing(site, tmp_path):
     dest = tmp_path / TRAIN_CSV
     with pytest.raises(DermcamError) as exc:
         dl.fetch(site.url + TRAIN_CSV, dest, expected_sha256="0" * 64, **FAST)
-    assert "SHA-256 mismatch" in one_line(exc)
-    assert not dest.exists() and not (tmp_path / (TRAIN_CSV + ".part")).exists()
+    msg = one_line(exc)
+    assert "SHA-256 mismatch" in msg and hashlib.sha256(site.files[TRAIN_CSV]).hexdigest() in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_verifies_a_known_checksum(site, tmp_path):
+    want = hashlib.sha256(site.files[dl.TRAIN_ZIP]).hexdigest()
+    got = dl.fetch(site.url + dl.TRAIN_ZIP, tmp_path / dl.TRAIN_ZIP, want, **FAST)
+    assert got.verified and got.sha256 == want and got.size == len(site.files[dl.TRAIN_ZIP])
 
 
 def test_http_404_is_one_line(site, tmp_path):

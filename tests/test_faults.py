@@ -136,6 +136,7 @@ def test_ctrl_c_after_the_last_batch_stops_before_model_pt(data, tmp_path, monke
     """Pressed while the threshold is chosen (no batch boundary left): recorded by the
     guard, raised before model.pt is written; before, it could land in a finalizer and be
     lost, and training finished as if nothing was pressed."""
+    from dermcam.config import TrainConfig
     from dermcam.stages import train as tr
 
     choose = tr._choose_threshold
@@ -149,9 +150,9 @@ def test_ctrl_c_after_the_last_batch_stops_before_model_pt(data, tmp_path, monke
 
     monkeypatch.setattr(tr, "_choose_threshold", press_then_choose)
     out = tmp_path / "run"
-    cfg = tr.TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
-                         image_size=32, max_epochs=1, batch_size=8, seed=3, progress=False,
-                         accelerator="cpu", cache_dir=str(tmp_path / "cache"))
+    cfg = TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
+                      image_size=32, max_epochs=1, batch_size=8, seed=3, progress=False,
+                      accelerator="cpu", cache_dir=str(tmp_path / "cache"))
     with pytest.raises(KeyboardInterrupt):
         tr.train(cfg)
     assert (out / "models/resnet18/lightning/last.ckpt").exists()  # resume needs it

@@ -16,7 +16,8 @@ from dermcam.errors import DermcamError
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    from dermcam.stages.train import TrainConfig, train
+    from dermcam.config import TrainConfig
+    from dermcam.stages.train import train
 
     base = tmp_path_factory.mktemp("runobj")
     data = _easy_generic(base / "data", n=30)

@@ -88,7 +88,8 @@ TRAIN = ["--models", "resnet18", "--weights", "none", "--image-size", "32", "--e
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(data folder, run folder) of one finished tiny training run."""
-    from dermcam.stages.train import TrainConfig, train
+    from dermcam.config import TrainConfig
+    from dermcam.stages.train import train
 
     base = tmp_path_factory.mktemp("stages")
     data = _data(base / "data")

@@ -8,15 +8,16 @@ import re
 import numpy as np
 import pytest
 from scipy import stats as sstats
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from dermcam.stats import (
+    adjust_pvalues,
     as_labels,
     bootstrap_ci,
     bootstrap_counts,
     bootstrap_indices,
     delong_test,
-    holm,
     mcnemar,
     paired_bootstrap_diff,
     stratified_bootstrap_indices,
@@ -96,6 +97,9 @@ def test_bootstrap_ci_covers_point_and_narrows_with_n():
     assert widths[100] == pytest.approx(2 * 1.96 * math.sqrt(0.8 * 0.2 / 100), rel=0.35)
 
 
+# the undefined AUCs of one-class resamples are what this test is about
+@pytest.mark.filterwarnings(
+    "ignore:Only one class is present in y_true:sklearn.exceptions.UndefinedMetricWarning")
 def test_bootstrap_ci_nan_safe_and_stratification_keeps_auc_defined():
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(19, int), 1]
@@ -112,7 +116,8 @@ def test_bootstrap_ci_nan_safe_and_stratification_keeps_auc_defined():
 
 def test_bootstrap_ci_undefined_point_is_nan():
     y = np.zeros(10, int)
-    point, lo, hi = bootstrap_ci(roc_auc_score, y, np.linspace(0, 1, 10), n_boot=20)
+    with pytest.warns(UndefinedMetricWarning, match="Only one class"):  # sklearn says so too
+        point, lo, hi = bootstrap_ci(roc_auc_score, y, np.linspace(0, 1, 10), n_boot=20)
     assert math.isnan(point) and math.isnan(lo) and math.isnan(hi)
 
 
@@ -219,8 +224,8 @@ def test_delong_zero_variance_is_undefined_not_significant():
     assert (out["auc_a"], out["auc_b"], out["diff"]) == (1.0, 0.5, -0.5)
     assert out["se"] == 0.0 and out["reason"] == "zero_variance"
     assert all(math.isnan(out[k]) for k in ("z", "p", "lo", "hi"))
-    # holm() leaves it NaN (not counted, never below alpha)
-    adj = holm([out["p"], 0.01])
+    # the Holm adjustment leaves it NaN (not counted, never below alpha)
+    adj = adjust_pvalues([out["p"], 0.01], "holm")
     assert math.isnan(adj[0]) and adj[1] == pytest.approx(0.01)
     # equal AUCs with zero variance (two perfect models): exactly no difference
     same = delong_test([1, 1, 0, 0], [1, 1, 0, 0], [5, 4, 1, 2])
@@ -264,9 +269,29 @@ def test_mcnemar_switch_point_and_no_discordance():
     assert out["p"] == 1.0 and out["b"] == 0 and out["c"] == 0
 
 
+def test_mcnemar_is_statsmodels_and_equals_the_former_formulas_exactly():
+    """statsmodels' test gives, bit for bit, what the hand-written one did (scipy's
+    binomtest below 25 discordant pairs, the corrected chi-square from 25 on), so
+    metrics.json is unchanged."""
+    from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+
+    for b in range(40):
+        for c in range(40):
+            out = mcnemar(*_table(b, c))
+            n = b + c
+            if n < 25:
+                p = 1.0 if n == 0 else min(float(sstats.binomtest(b, n, 0.5).pvalue), 1.0)
+                assert (out["statistic"], out["p"]) == (min(b, c), p)
+            else:
+                stat = (abs(b - c) - 1) ** 2 / n
+                assert (out["statistic"], out["p"]) == (stat, float(sstats.chi2.sf(stat, 1)))
+            ref = sm_mcnemar([[0, b], [c, 0]], exact=n < 25, correction=True)
+            assert out["p"] == float(ref.pvalue)
+
+
 def test_holm_known_values():
-    np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
-    out = holm([0.5, np.nan, 0.9])
+    np.testing.assert_allclose(adjust_pvalues([0.01, 0.04, 0.03], "holm"), [0.03, 0.06, 0.06])
+    out = adjust_pvalues([0.5, np.nan, 0.9], "holm")
     assert math.isnan(out[1])
     np.testing.assert_allclose(out[[0, 2]], [1.0, 1.0])
 
@@ -278,15 +303,12 @@ def test_holm_known_values():
 def test_adjust_pvalues_matches_statsmodels_multipletests_and_skips_nan():
     from statsmodels.stats.multitest import multipletests
 
-    from dermcam.stats import adjust_pvalues
-
     p = np.array([0.001, 0.2, np.nan, 0.03, 0.04, 0.5])
     ok = np.isfinite(p)
     for method in ("holm", "fdr_bh"):
         got = adjust_pvalues(p, method)
         assert math.isnan(got[2])
         np.testing.assert_allclose(got[ok], multipletests(p[ok], method=method)[1])
-    np.testing.assert_allclose(adjust_pvalues(p, "holm"), holm(p))  # the old helper agrees
     # BH by hand: sorted 0.001 0.03 0.04 0.2 0.5 -> min over j >= i of p_j * 5 / j:
     # 0.001*5, min(0.03*5/2, 0.04*5/3), 0.04*5/3, 0.2*5/4, 0.5
     np.testing.assert_allclose(adjust_pvalues([0.001, 0.03, 0.04, 0.2, 0.5], "fdr_bh"),

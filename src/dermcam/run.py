@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dermcam import __version__
+from dermcam.config import TrainConfig
 from dermcam.errors import DermcamError
 from dermcam.io import MANIFEST, SCHEMA_VERSION, read_json, write_json
 
@@ -224,7 +225,7 @@ class Run:
     """A typed handle on one run folder, opened once and passed to every stage.
 
     Paths by name (``run.outputs.metrics``, ``run.model_file(name)``, ``run.report``), the
-    training configuration as a :class:`dermcam.stages.train.TrainConfig` (``run.config``,
+    training configuration as a :class:`dermcam.config.TrainConfig` (``run.config``,
     ``run.image_size``, ``run.seed``), the data set and the decode cache opened once and
     kept (``run.dataset``, ``run.cache``), the trained models (``run.trained_models``,
     ``run.load_model(name)``, loaded once), and ``with run.stage("explain"):``, which records
@@ -299,10 +300,8 @@ class Run:
 
     # ---------------------------------------------------------------- config
     @property
-    def config(self):
-        """The training configuration, as :class:`dermcam.stages.train.TrainConfig`."""
-        from dermcam.stages.train import TrainConfig
-
+    def config(self) -> TrainConfig:
+        """The training configuration, as :class:`dermcam.config.TrainConfig`."""
         known = set(TrainConfig.__dataclass_fields__)
         return TrainConfig(**{k: v for k, v in self.manifest["config"].items() if k in known})
 
@@ -508,3 +507,20 @@ class Run:
             raise
         self.manifest = set_stage(self.dir, name, STATUS_COMPLETE,
                                   wall_time_s=round(time.perf_counter() - t0, 2), **record)
+
+
+def record_in_run(run_dir: str | Path, path: str | Path, ds=None) -> str:
+    """Check the artifact label file ``path`` against a run's data set and record it in
+    the run's manifest (``data.artifacts``), so every later stage (evaluate, explain,
+    probe, report) joins it. Returns the join's note; refuses (one line) before writing
+    anything. ``ds``: the run's data set already loaded with ``artifacts=path`` (the check
+    it passed is not repeated)."""
+    from dermcam.data import load_dataset
+    from dermcam.data.artifact_labels import join_note
+
+    run = Run.open(run_dir)
+    path = Path(path).resolve()
+    if ds is None or getattr(ds, "artifact_labels", None) is None:
+        ds = load_dataset(run.data_root, check_files=False, artifacts=path)
+    run.record_artifacts(path)
+    return join_note(ds)

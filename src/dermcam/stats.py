@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats as _sstats
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.multitest import multipletests
 
 __all__ = [
     "stratified_bootstrap_indices",
@@ -42,8 +44,8 @@ __all__ = [
     "paired_bootstrap_diff",
     "summarise_paired_diff",
     "delong_test",
+    "delong_components",
     "mcnemar",
-    "holm",
     "adjust_pvalues",
     "cluster_info",
     "cluster_labels",
@@ -456,7 +458,7 @@ def paired_bootstrap_diff(
 # --------------------------------------------------------------------------- DeLong
 
 
-def _delong_components(
+def delong_components(
     y: np.ndarray, scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fast DeLong (Sun & Xu 2014) for ``scores`` of shape ``(K, N)``.
@@ -511,10 +513,10 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) ->
         out: dict[str, Any] = dict.fromkeys(keys, math.nan)
         out["reason"] = "one_class" if m == 0 or n == 0 else "too_few"
         if m >= 1 and n >= 1:
-            auc, _, _ = _delong_components(y, np.vstack([a, b]))
+            auc, _, _ = delong_components(y, np.vstack([a, b]))
             out.update(auc_a=float(auc[0]), auc_b=float(auc[1]), diff=float(auc[1] - auc[0]))
         return out
-    auc, v10, v01 = _delong_components(y, np.vstack([a, b]))
+    auc, v10, v01 = delong_components(y, np.vstack([a, b]))
     s = np.cov(v10) / m + np.cov(v01) / n  # (2, 2), ddof=1 as in DeLong and pROC
     var = s[0, 0] + s[1, 1] - 2 * s[0, 1]
     se = math.sqrt(max(var, 0.0))
@@ -556,15 +558,15 @@ def mcnemar(correct_a: Any, correct_b: Any) -> dict[str, Any]:
 
     ``correct_a``, ``correct_b``: ``(N,)`` booleans, whether each model got each
     image right. ``b`` = images only A got right, ``c`` = images only B got right;
-    concordant images carry no information about the difference.
+    concordant images carry no information about the difference. The test is
+    ``statsmodels.stats.contingency_tables.mcnemar`` on the 2 x 2 table:
 
     * ``b + c < 25`` (:data:`MCNEMAR_EXACT_BELOW`): exact two-sided binomial test
-      of ``b`` out of ``b + c`` at 1/2 (``scipy.stats.binomtest``);
-      ``statistic = min(b, c)``, ``method = "exact"``. The chi-square
-      approximation is poor with few discordant pairs.
+      of ``b`` out of ``b + c`` at 1/2; ``statistic = min(b, c)``,
+      ``method = "exact"``. The chi-square approximation is poor with few
+      discordant pairs.
     * otherwise: chi-square with continuity correction,
-      ``(|b - c| - 1)^2 / (b + c)`` on 1 degree of freedom,
-      ``method = "chi2_cc"``.
+      ``(|b - c| - 1)^2 / (b + c)`` on 1 degree of freedom, ``method = "chi2_cc"``.
 
     ``b + c = 0`` (the models agree everywhere) gives ``p = 1``.
     Returns ``{"b", "c", "statistic", "p", "method"}``.
@@ -577,40 +579,13 @@ def mcnemar(correct_a: Any, correct_b: Any) -> dict[str, Any]:
         )
     b = int(np.count_nonzero(ca & ~cb))
     c = int(np.count_nonzero(~ca & cb))
-    if b + c < MCNEMAR_EXACT_BELOW:
-        p = 1.0 if b + c == 0 else float(_sstats.binomtest(b, b + c, 0.5).pvalue)
-        return {"b": b, "c": c, "statistic": float(min(b, c)), "p": min(p, 1.0), "method": "exact"}
-    stat = (abs(b - c) - 1) ** 2 / (b + c)
-    return {
-        "b": b,
-        "c": c,
-        "statistic": float(stat),
-        "p": float(_sstats.chi2.sf(stat, 1)),
-        "method": "chi2_cc",
-    }
+    exact = b + c < MCNEMAR_EXACT_BELOW
+    res = sm_mcnemar([[0, b], [c, 0]], exact=exact, correction=True)
+    return {"b": b, "c": c, "statistic": float(res.statistic), "p": float(res.pvalue),
+            "method": "exact" if exact else "chi2_cc"}
 
 
 # --------------------------------------------------------------------------- multiplicity
-
-
-def holm(pvalues: Any) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values, ``(K,)`` in, ``(K,)`` out.
-
-    Controls the family-wise error rate over the K comparisons (e.g. all model
-    pairs). NaN p-values are left NaN and do not count towards K.
-    """
-    p = np.asarray(pvalues, dtype=np.float64)
-    if p.ndim != 1:
-        raise ValueError(f"pvalues must be 1-D (K,), got shape {p.shape}")
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    k = ok.size
-    if k == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.maximum.accumulate((k - np.arange(k)) * p[order])
-    out[order] = np.minimum(adj, 1.0)
-    return out
 
 
 #: Names used in outputs for the adjustment methods :func:`adjust_pvalues` accepts.
@@ -625,8 +600,6 @@ def adjust_pvalues(pvalues: Any, method: str = "holm") -> np.ndarray:
     ``statsmodels.stats.multitest.multipletests``. NaN p-values (undefined tests) stay
     NaN and do not count towards the family size.
     """
-    from statsmodels.stats.multitest import multipletests
-
     if method not in ADJUST_METHODS:
         raise ValueError(f"method must be one of {sorted(ADJUST_METHODS)}, got {method!r}")
     p = np.asarray(pvalues, dtype=np.float64)

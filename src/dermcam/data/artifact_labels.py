@@ -31,7 +31,7 @@ from dermcam.data.paths import check_id
 from dermcam.errors import DermcamError
 
 __all__ = ["PREFIX", "KNOWN", "read_artifact_labels", "attach", "artifact_columns", "join_note",
-           "record_in_run", "split_by_presence"]
+           "split_by_presence"]
 
 PREFIX = "artifact_"
 #: The artifact columns of Bissoto et al.'s isic_bias.csv.
@@ -137,23 +137,6 @@ def attach(ds, path: str | Path):
 def join_note(ds) -> str:
     """The note :func:`attach` left on ``ds`` (empty when no labels were joined)."""
     return next((n for n in reversed(ds.notes) if n.startswith("artifact labels from ")), "")
-
-
-def record_in_run(run_dir: str | Path, path: str | Path, ds=None) -> str:
-    """Check ``path`` against a run's data set and record it in the run's manifest
-    (``data.artifacts``), so every later stage (evaluate, explain, probe, report) joins
-    it. Returns the join's note; refuses (one line) before writing anything. ``ds``: the
-    run's data set already loaded with ``artifacts=path`` (the check it passed is not
-    repeated)."""
-    from dermcam import run as runmod
-    from dermcam.data.dataset import load_dataset
-
-    run = runmod.Run.open(run_dir)
-    path = Path(path).resolve()
-    if ds is None or getattr(ds, "artifact_labels", None) is None:
-        ds = load_dataset(run.data_root, check_files=False, artifacts=path)
-    run.record_artifacts(path)
-    return join_note(ds)
 
 
 def split_by_presence(df: pd.DataFrame, columns, metrics) -> list[dict]:

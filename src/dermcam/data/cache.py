@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from dermcam.data.dataset import Sample
-from dermcam.data.images import _open, open_image_sized, open_mask
+from dermcam.data.images import open_checked, open_image_sized, open_mask
 from dermcam.errors import DermcamError
 from dermcam.io import atomic_path
 
@@ -136,7 +136,7 @@ def decode_sample(sample: Sample, size: int) -> dict[str, np.ndarray | None]:
                 >= 128).astype(np.uint8)
     artifacts = None
     if sample.artifact_path is not None:
-        a = _open(sample.artifact_path)  # one-line errors for bad files, like images
+        a = open_checked(sample.artifact_path)  # one-line errors for bad files, like images
         if a.size != full:
             raise DermcamError("artifact map size differs from its image", sample.artifact_path)
         artifacts = np.asarray(a.convert("L").resize((size, size), Image.NEAREST), np.uint8)

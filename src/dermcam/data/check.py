@@ -31,7 +31,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dermcam.data.dataset import LABEL_NAMES, SPLITS, DataSet, Problem, Sample, load_dataset
+from dermcam.data import generic, isic2016
+from dermcam.data.cache import ImageCache
+from dermcam.data.dataset import LABEL_NAMES, SPLITS, DataSet, Problem, Sample
+from dermcam.data.describe import read_metadata
+from dermcam.data.images import open_checked, open_image_sized, open_mask
+from dermcam.data.layouts import load_dataset
 from dermcam.errors import DermcamError
 
 log = logging.getLogger(__name__)
@@ -158,15 +163,13 @@ def _mask_levels(path: Path) -> Problem | None:
 
 def _decode_alone(path: Path, kind: str, size: int) -> Problem | None:
     """Decode one file by itself (image, mask or artifact map); its Problem, if any."""
-    from dermcam.data.images import _open, open_image_sized, open_mask
-
     try:
         if kind == "image":
             open_image_sized(path, draft_size=size)
         elif kind == "mask":
             open_mask(path)
         else:
-            _open(path)
+            open_checked(path)
     except DermcamError as exc:
         return Problem.from_error(exc, path)
     return None
@@ -226,12 +229,8 @@ def _check_sample(sample: Sample, decode: bool, size: int, cache
 
 def _split_source(ds: DataSet, split: str) -> Path:
     if ds.layout == "isic2016":
-        from dermcam.data import isic2016
-
         return ds.root / (isic2016.TRAIN_CSV if split == "train" else isic2016.TEST_CSV)
     if ds.layout == "generic":
-        from dermcam.data import generic
-
         return ds.root / generic.CSV_NAME
     return ds.root
 
@@ -283,8 +282,6 @@ def check_dataset(root: str | Path, decode: bool = True, image_size: int = 224, 
     ``image_size``) rather than read its header only. Returns a :class:`CheckReport`
     listing every problem; raises nothing for bad data.
     """
-    from dermcam.data.cache import ImageCache
-    from dermcam.data.describe import _metadata
 
     root = Path(root)
     report = CheckReport(root, decoded=decode)
@@ -298,7 +295,7 @@ def check_dataset(root: str | Path, decode: bool = True, image_size: int = 224, 
     report.dataset = ds
     problems += _split_problems(ds, problems)
     try:
-        _metadata(ds)
+        read_metadata(ds)
     except DermcamError as exc:
         problems.append(Problem.from_error(exc, ds.metadata_path or root))
     if decode and cache is None:

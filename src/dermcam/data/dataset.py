@@ -1,8 +1,10 @@
-"""Samples, data sets and layout detection.
+"""Samples and data sets: the base every layout builds on.
 
 A :class:`Sample` is one image with its label (0 = benign, 1 = malignant), its
 lesion mask when present, its split and its id. A :class:`DataSet` is the list of
-samples found under a data root plus what the layout told us about it.
+samples found under a data root plus what the layout told us about it. The layouts
+(:mod:`dermcam.data.isic2016`, ...) import this module and nothing of each other's;
+:mod:`dermcam.data.layouts` names them and loads a folder with the one that fits.
 """
 
 from __future__ import annotations
@@ -154,65 +156,3 @@ def check_duplicates(samples: list[Sample], source: Path) -> None:
 def class_counts(samples: list[Sample]) -> dict[str, int]:
     c = Counter(s.label for s in samples)
     return {LABEL_NAMES[0]: c.get(0, 0), LABEL_NAMES[1]: c.get(1, 0)}
-
-
-def layouts() -> dict:
-    """Layout name -> loader module (``matches(root)``, ``load(root, check_files)``), in
-    detection order: the official layouts first, the generic ``labels.csv`` last."""
-    from dermcam.data import generic, ham10000, isic2016, isic2017, ph2
-
-    return {"isic2016": isic2016, "isic2017": isic2017, "ham10000": ham10000, "ph2": ph2,
-            "generic": generic}
-
-
-def detect_layout(root: str | Path) -> str:
-    """Name the layout of ``root``: one of :func:`layouts` (``isic2016``, ..., ``generic``)."""
-    from dermcam.data import generic, isic2016
-
-    root = Path(root)
-    if not root.exists():
-        raise DermcamError("data folder not found", root)
-    if not root.is_dir():
-        raise DermcamError("not a folder (expected a data set folder)", root)
-    for name, module in layouts().items():
-        if module.matches(root):
-            return name
-    raise DermcamError(
-        "no known data layout found: expected the ISIC 2016 Part 3B files "
-        f"({isic2016.TRAIN_CSV}, ...), ISIC 2017, HAM10000 (HAM10000_metadata.csv), PH2 "
-        f"(PH2_dataset.txt) or a generic '{generic.CSV_NAME}' with image_id,label "
-        "columns; create one with 'dermcam synth'", root)
-
-
-def load_dataset(root: str | Path, check_files: bool = True,
-                 problems: list[Problem] | None = None,
-                 artifacts: str | Path | None = None) -> DataSet:
-    """Load any supported layout under ``root``.
-
-    ``artifacts``: a per-image artifact label table (e.g. Bissoto et al.'s
-    ``isic_bias.csv``) joined by image id as ``artifact_<name>`` metadata columns
-    (:mod:`dermcam.data.artifact_labels`).
-
-    With a ``problems`` list, the layouts that support it (ISIC 2016, generic) record
-    each bad CSV row there and skip it instead of raising at the first one, so a checker
-    can list them all; an empty data set is then left for the caller to report.
-    """
-    import inspect
-
-    layout = detect_layout(root)
-    module = layouts()[layout]
-    if problems is not None and "problems" in inspect.signature(module.load).parameters:
-        ds = module.load(Path(root), check_files=check_files, problems=problems)
-    else:
-        ds = module.load(Path(root), check_files=check_files)
-    if not ds.samples and problems is None:
-        raise DermcamError("the data set holds no images", root)
-    if artifacts is not None and ds.samples:
-        from dermcam.data.artifact_labels import attach
-
-        attach(ds, artifacts)
-    for split in SPLITS:
-        if not ds.split(split):
-            ds.notes.append(f"the {split} split holds no images: training and evaluation "
-                            "need both splits")
-    return ds

@@ -8,20 +8,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
-from dermcam.data.dataset import LABEL_NAMES, load_dataset
+from dermcam.data.cache import decode_sample
+from dermcam.data.dataset import LABEL_NAMES
+from dermcam.data.images import read_mask
+from dermcam.data.isic2016 import OFFICIAL_COUNTS
+from dermcam.data.layouts import load_dataset
+from dermcam.data.paths import check_id
 from dermcam.errors import DermcamError
 
 log = logging.getLogger(__name__)
 
 
-def _metadata(ds):
+def read_metadata(ds):
+    """The data set's metadata CSV as a DataFrame (None where it has none); one-line errors
+    for an unreadable file, a missing ``image_id`` column or a bad id."""
     if ds.metadata_path is None:
         return None
-    import pandas as pd
-
-    from dermcam.data.paths import check_id
-
     try:
         meta = pd.read_csv(ds.metadata_path)
     except Exception as exc:
@@ -45,10 +50,8 @@ def describe(root: str | Path, check: bool = False,
     :func:`dermcam.data.check.check_dataset`) fills the mean lesion area where the
     metadata has none, without decoding the masks again.
     """
-    from PIL import Image
-
     ds = load_dataset(root)
-    meta = _metadata(ds)
+    meta = read_metadata(ds)
     area = dict(zip(meta["image_id"], meta["lesion_area"])) if (
         meta is not None and "lesion_area" in meta.columns) else {}
     out: dict[str, Any] = {"name": ds.name, "layout": ds.layout, "root": str(ds.root),
@@ -60,8 +63,6 @@ def describe(root: str | Path, check: bool = False,
         if not areas and mask_areas:
             areas = [mask_areas[s.image_id] for s in samples if s.image_id in mask_areas]
         if check and not areas:
-            from dermcam.data.images import read_mask
-
             areas = [float(read_mask(s.mask_path).mean()) for s in samples if s.mask_path]
         out["splits"][split] = {
             "n": len(samples), LABEL_NAMES[0]: c.get(0, 0), LABEL_NAMES[1]: c.get(1, 0),
@@ -71,8 +72,6 @@ def describe(root: str | Path, check: bool = False,
     probe = ds.samples if check else ds.samples[:: max(1, len(ds.samples) // 20)]
     for s in probe:
         if check:
-            from dermcam.data.cache import decode_sample
-
             decode_sample(s, 32)  # decodes image and mask, checks sizes match
         try:
             with Image.open(s.image_path) as im:
@@ -104,7 +103,7 @@ def compare_official(splits: dict[str, dict[str, Any]], official: dict | None = 
     ``(match, sentence)``; the sentence says "match" or "differ".
     """
     if official is None:
-        from dermcam.data.isic2016 import OFFICIAL_COUNTS as official
+        official = OFFICIAL_COUNTS
 
     def fmt(c: dict) -> str:
         return "; ".join(f"{sp} {c[sp][LABEL_NAMES[0]] + c[sp][LABEL_NAMES[1]]} = "

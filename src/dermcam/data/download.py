@@ -8,14 +8,13 @@
     DIR/ISBI2016_ISIC_Part3B_{Training,Test}_GroundTruth.csv
     DIR/download.json             URLs, sizes, SHA-256 and whether each was verified
 
-Each file is streamed to ``NAME.part`` with urllib (http, https or ``file://``
-for a local mirror). An interrupted transfer resumes from the ``.part`` file
-with an HTTP ``Range`` request; a server that ignores the range (200 instead of
-206) gets a clean restart. The byte count is checked against Content-Length and
-the SHA-256 against the expected value when one is known (``--checksums FILE``
-or :data:`KNOWN_SHA256`); only then is ``.part`` renamed to ``NAME``. When no
-checksum is known the computed one is recorded in ``download.json`` and the
-file is reported as *not verified*, never as verified.
+Each file is fetched with pooch (``pooch.retrieve``; http, https, or ``file://`` for a
+local mirror), which streams it to a temporary file beside the target, checks its
+SHA-256 when one is known (``--checksums FILE`` or :data:`KNOWN_SHA256`) and only then
+moves it into place. A file already present is not fetched again (its checksum is
+checked when known), so an interrupted download resumes at the next missing file. A
+dropped transfer is retried. When no checksum is known the computed one is recorded in
+``download.json`` and the file is reported as *not verified*, never as verified.
 
 Archives are unpacked member by member after every member has been checked: no
 absolute paths, no ``..``, no symbolic links or special files, no member over
@@ -24,10 +23,7 @@ absolute paths, no ``..``, no symbolic links or special files, no member over
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import logging
-import os
 import re
 import shutil
 import stat
@@ -35,15 +31,22 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.error import HTTPError, URLError
 from urllib.parse import urljoin, urlparse
-from urllib.request import Request, urlopen
+from urllib.request import url2pathname
 
+import pooch
+import requests
+
+from dermcam import __version__
 from dermcam.data import isic2016
+from dermcam.data.describe import compare_official, describe
+from dermcam.data.paths import safe_join
 from dermcam.errors import DermcamError
+from dermcam.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,10 @@ ARCHIVES = {TRAIN_ZIP: isic2016.TRAIN_DIR, TEST_ZIP: isic2016.TEST_DIR}
 KNOWN_SHA256: dict[str, str] = {}
 
 RECORD = "download.json"
-PART_SUFFIX = ".part"
 TIMEOUT_S = 60.0  # per socket operation (connect, each read)
-RETRIES = 2  # extra attempts after a dropped or truncated transfer (each resumes)
+RETRIES = 2  # extra attempts after a dropped or truncated transfer
 BACKOFF_S = 2.0  # wait before retry k: k * BACKOFF_S
 CHUNK = 1 << 20
-MAX_DOWNLOAD_BYTES = 64 << 30  # no official file is near this; stops an endless stream
 MAX_MEMBER_BYTES = 512 << 20  # the largest ISIC image is a few MB
 MAX_ARCHIVE_BYTES = 32 << 30  # sum of uncompressed member sizes
 MAX_MEMBERS = 100_000
@@ -74,11 +75,7 @@ Progress = Callable[[int, "int | None"], None]
 
 
 class _Retryable(Exception):
-    """A transfer that stopped early (drop, timeout, truncation): worth resuming."""
-
-
-class _RangeRefused(_Retryable):
-    """HTTP 416: the partial file does not fit the server's file; start afresh."""
+    """A transfer that stopped early (drop, timeout, truncation, a 5xx): worth retrying."""
 
 
 @dataclass
@@ -91,7 +88,6 @@ class Fetched:
     size: int
     sha256: str
     verified: bool  # True only when compared with a known checksum
-    resumed: bool = False
     status: str = "downloaded"  # downloaded | already present
 
 
@@ -119,14 +115,6 @@ def read_checksums(path: str | Path) -> dict[str, str]:
     return out
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for buf in iter(lambda: fh.read(CHUNK), b""):
-            h.update(buf)
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------- fetching
 
 def normalize_base_url(base_url: str) -> str:
@@ -142,150 +130,109 @@ def normalize_base_url(base_url: str) -> str:
     return base if base.endswith("/") else base + "/"
 
 
-def _content_range_start(value: str | None) -> tuple[int | None, int | None]:
-    """``bytes START-END/TOTAL`` -> (START, TOTAL or None)."""
-    m = re.match(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", value or "")
-    if not m:
-        return None, None
-    return int(m.group(1)), (None if m.group(3) == "*" else int(m.group(3)))
+class _Progress:
+    """pooch's progress-bar protocol (``total``, ``update``, ``reset``, ``close``) as
+    ``progress(done, total)`` calls."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.total, self.done = progress, None, 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        total = self.total or None
+        self.progress(min(self.done, total) if total else self.done, total)
+
+    def reset(self) -> None:
+        self.done = 0
+
+    def close(self) -> None:
+        pass
 
 
-def _open_url(url: str, have: int, timeout: float):
-    req = Request(url, headers={"User-Agent": "dermcam", "Accept-Encoding": "identity"})
-    if have:
-        req.add_header("Range", f"bytes={have}-")
+def _copy_file_url(url: str, output_file: str, _pooch=None) -> None:
+    """pooch downloader for ``file://`` URLs (a local mirror)."""
+    src = Path(url2pathname(urlparse(url).path))
+    if not src.is_file():
+        raise DermcamError("not found (file:// mirror)", url)
+    shutil.copyfile(src, output_file)
+
+
+@contextmanager
+def _quiet_pooch():
+    """pooch logs each download at INFO on its own handler; dermcam reports its own steps."""
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
-        return urlopen(req, timeout=timeout)
-    except HTTPError as exc:
-        exc.close()
-        if exc.code == 416 and have:
-            raise _RangeRefused("the server refused to resume (HTTP 416)") from exc
-        if 500 <= exc.code < 600:
-            raise _Retryable(f"HTTP {exc.code} {exc.reason}") from exc
-        raise DermcamError(f"HTTP {exc.code} {exc.reason}", url) from exc
-    except URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, FileNotFoundError) or (
-                isinstance(reason, str) and "No such file" in reason):
-            raise DermcamError("not found (file:// mirror)", url) from exc
-        raise _Retryable(f"network error ({reason})") from exc
-    except TimeoutError as exc:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _fetch_once(url: str, dest: Path, expected: str | None, progress: Progress | None,
+                timeout: float) -> None:
+    if urlparse(url).scheme == "file":
+        downloader = _copy_file_url
+    else:
+        downloader = pooch.HTTPDownloader(
+            progressbar=_Progress(progress) if progress else False, chunk_size=CHUNK,
+            timeout=timeout, headers={"User-Agent": f"dermcam/{__version__}"})
+    try:
+        with _quiet_pooch():
+            pooch.retrieve(url, f"sha256:{expected}" if expected else None, fname=dest.name,
+                           path=dest.parent, downloader=downloader)
+    except requests.HTTPError as exc:
+        code, reason = exc.response.status_code, exc.response.reason
+        if 500 <= code < 600:
+            raise _Retryable(f"HTTP {code} {reason}") from exc
+        raise DermcamError(f"HTTP {code} {reason}", url) from exc
+    except requests.Timeout as exc:
         raise _Retryable(f"no answer within {timeout:g} s") from exc
-    except (OSError, http.client.HTTPException) as exc:
-        raise _Retryable(f"network error ({type(exc).__name__}: {exc})") from exc
-
-
-def _read_chunk(resp, done: int, timeout: float) -> bytes:
-    try:
-        return resp.read(CHUNK)
-    except TimeoutError as exc:
-        raise _Retryable(f"transfer stalled for {timeout:g} s after {done} bytes") from exc
-    except (OSError, http.client.HTTPException) as exc:
-        raise _Retryable(f"transfer interrupted after {done} bytes "
-                         f"({type(exc).__name__})") from exc
-
-
-def _fetch_once(url: str, dest: Path, part: Path, expected: str | None,
-                progress: Progress | None, timeout: float, max_bytes: int) -> Fetched:
-    have = part.stat().st_size if part.exists() else 0
-    try:
-        resp = _open_url(url, have, timeout)
-    except _RangeRefused:
-        log.info("%s: the server refused the resume range; restarting", url)
-        part.unlink(missing_ok=True)
-        have = 0
-        resp = _open_url(url, have, timeout)
-    h = hashlib.sha256()
-    resumed = False
-    with resp:
-        status = getattr(resp, "status", None) or 200  # file:// responses carry no status
-        length_hdr = resp.headers.get("Content-Length", "")
-        length = int(length_hdr) if length_hdr.strip().isdigit() else None
-        if status == 206 and have:
-            start, total = _content_range_start(resp.headers.get("Content-Range"))
-            if start != have:
-                part.unlink(missing_ok=True)
-                raise _Retryable(f"the server resumed at byte {start}, not {have}; restarting")
-            if total is None and length is not None:
-                total = have + length
-            with open(part, "rb") as fh:  # the hash covers the bytes already on disk
-                for buf in iter(lambda: fh.read(CHUNK), b""):
-                    h.update(buf)
-            done, mode, resumed = have, "ab", True
-        elif status == 200:
-            if have:
-                log.info("%s: the server ignored the Range request; restarting", url)
-            done, mode, total = 0, "wb", length
-        else:
-            raise DermcamError(f"unexpected HTTP status {status}", url)
-        if total is not None and total > max_bytes:
-            raise DermcamError(f"file is {total} bytes, over the {max_bytes}-byte limit", url)
-        if progress:
-            progress(done, total)
-        limit = total if total is not None else max_bytes
-        try:
-            with open(part, mode) as fh:
-                # Bounded: every pass reads at least one byte or ends, the byte count is
-                # capped by Content-Length (or max_bytes) and each read times out.
-                while True:
-                    buf = _read_chunk(resp, done, timeout)
-                    if not buf:
-                        break
-                    done += len(buf)
-                    if done > limit:
-                        break
-                    fh.write(buf)
-                    h.update(buf)
-                    if progress:
-                        progress(done, total)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise DermcamError(f"could not write ({exc.strerror or exc})", part) from exc
-    if done > limit:
-        part.unlink(missing_ok=True)
-        raise DermcamError(f"the server sent more than the announced {total} bytes"
-                           if total is not None else f"download exceeds {max_bytes} bytes", url)
-    if total is not None and done < total:
-        raise _Retryable(f"transfer truncated: got {done} of {total} bytes")
-    digest = h.hexdigest()
-    if expected is not None and digest != expected.lower():
-        part.unlink(missing_ok=True)
-        raise DermcamError(f"SHA-256 mismatch: expected {expected.lower()}, got {digest} "
-                           f"(the partial file {part.name} was removed)", url)
-    os.replace(part, dest)
-    return Fetched(dest.name, url, str(dest), done, digest, expected is not None, resumed)
+    except requests.exceptions.ChunkedEncodingError as exc:
+        raise _Retryable(f"transfer truncated ({type(exc).__name__})") from exc
+    except requests.RequestException as exc:
+        raise _Retryable(f"network error ({type(exc).__name__})") from exc
+    except ValueError as exc:  # pooch: the SHA-256 does not match; nothing was kept
+        got = re.search(r"got ([0-9a-fA-F]{64})", str(exc))
+        if got is None:
+            raise
+        raise DermcamError(f"SHA-256 mismatch: expected {expected.lower()}, got "
+                           f"{got.group(1)} (the download was discarded)", url) from exc
+    except OSError as exc:
+        raise DermcamError(f"could not write ({exc.strerror or exc})", dest) from exc
 
 
 def fetch(url: str, dest: str | Path, expected_sha256: str | None = None,
           progress: Progress | None = None, timeout: float = TIMEOUT_S,
-          retries: int = RETRIES, backoff_s: float = BACKOFF_S,
-          max_bytes: int = MAX_DOWNLOAD_BYTES) -> Fetched:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial file.
+          retries: int = RETRIES, backoff_s: float = BACKOFF_S) -> Fetched:
+    """Download ``url`` to ``dest`` (pooch), checking ``expected_sha256`` when given.
 
     ``progress(done_bytes, total_bytes)`` is called as bytes arrive (``total_bytes``
-    is None when the server sends no Content-Length). A dropped or truncated
-    transfer is retried ``retries`` times, each attempt resuming; the ``.part``
-    file is kept after the last failure so a later call resumes it. A checksum
-    mismatch removes the ``.part`` file. ``dest`` appears only after the size (and
-    the checksum, when ``expected_sha256`` is given) has been verified.
+    is None when the server sends no Content-Length). A dropped or truncated transfer,
+    a timeout or a server error (5xx) is retried ``retries`` times. ``dest`` appears only
+    after the whole file arrived (and its checksum, when known, matched); a mismatch
+    leaves nothing. Errors are one line naming the URL.
     """
     dest = Path(dest)
     if expected_sha256 is not None and not _HEX64.match(expected_sha256):
         raise DermcamError(f"expected SHA-256 for {dest.name} is not 64 hex digits")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + PART_SUFFIX)
     last: _Retryable | None = None
-    for attempt in range(max(0, int(retries)) + 1):
+    attempts = max(0, int(retries)) + 1
+    for attempt in range(attempts):
         if attempt:
             log.warning("%s: %s; retrying (%d of %d)", url, last, attempt, retries)
             time.sleep(backoff_s * attempt)
         try:
-            return _fetch_once(url, dest, part, expected_sha256, progress, timeout, max_bytes)
+            _fetch_once(url, dest, expected_sha256, progress, timeout)
+            break
         except _Retryable as exc:
             last = exc
-    kept = f"; run again to resume from {part.name}" if part.exists() else ""
-    raise DermcamError(f"{last} (after {max(0, int(retries)) + 1} attempt(s)){kept}", url)
+    else:
+        raise DermcamError(f"{last} (after {attempts} attempt(s)); run again to retry", url)
+    digest = pooch.file_hash(str(dest), alg="sha256")
+    return Fetched(dest.name, url, str(dest), dest.stat().st_size, digest,
+                   expected_sha256 is not None)
 
 
 # -------------------------------------------------------------------- extraction
@@ -324,9 +271,6 @@ def safe_extract(archive: str | Path, dest: str | Path,
     ``max_total_bytes``. Each file is written atomically; a file already present
     with the member's size is kept (re-runs are cheap). ``__MACOSX/`` is skipped.
     """
-    from dermcam.data.paths import safe_join
-    from dermcam.io import atomic_path
-
     archive, dest = Path(archive), Path(dest)
     try:
         zf = zipfile.ZipFile(archive)
@@ -398,8 +342,7 @@ class DownloadResult:
         for f in self.files:
             check = ("SHA-256 verified" if f.verified else
                      f"SHA-256 not verified (no known checksum; recorded in {RECORD})")
-            how = f.status + (" (resumed)" if f.resumed else "")
-            lines.append(f"{f.name}: {how}, {f.size} bytes, {check}")
+            lines.append(f"{f.name}: {f.status}, {f.size} bytes, {check}")
         for name, c in self.extracted.items():
             lines.append(f"{name}: {c['written']} file(s) extracted, {c['kept']} already "
                          "present")
@@ -421,10 +364,6 @@ def download_isic2016(dest: str | Path, base_url: str = DEFAULT_BASE_URL,
     Files already present are not fetched again (their checksum is checked when
     known). Writes ``dest/download.json``.
     """
-    from dermcam import __version__
-    from dermcam.data.describe import compare_official, describe
-    from dermcam.io import read_json, write_json
-
     dest = Path(dest).resolve()
     if dest.exists() and not dest.is_dir():
         raise DermcamError("not a folder", dest)
@@ -446,7 +385,7 @@ def download_isic2016(dest: str | Path, base_url: str = DEFAULT_BASE_URL,
         target = dest / name
         want = expected.get(name)
         if target.exists():
-            digest = sha256_file(target)
+            digest = pooch.file_hash(str(target), alg="sha256")
             if want is not None and digest != want:
                 raise DermcamError(f"file exists but its SHA-256 {digest} differs from the "
                                    f"expected {want}; delete it to download again", target)

@@ -13,7 +13,6 @@ CIs and paired tests resample whole groups.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from dermcam.data.dataset import (
@@ -27,31 +26,16 @@ from dermcam.data.dataset import (
     read_csv_rows,
 )
 from dermcam.data.paths import check_id, safe_join
+from dermcam.data.splits import TEST_FRACTION, holdout, lesion_holdout
 from dermcam.errors import DermcamError
 
 CSV_NAME = "labels.csv"
 IMAGE_DIR = "images"
 MASK_DIR = "masks"
-TEST_FRACTION = 0.2
 
 
 def matches(root: Path) -> bool:
     return (root / CSV_NAME).exists()
-
-
-def _holdout(samples: list[Sample], seed: int = 0) -> list[Sample]:
-    rng = random.Random(seed)
-    out = []
-    for label in (0, 1):
-        group = sorted((s for s in samples if s.label == label), key=lambda s: s.image_id)
-        rng.shuffle(group)
-        n_test = round(len(group) * TEST_FRACTION)
-        test_ids = {s.image_id for s in group[:n_test]}
-        out += [Sample(s.image_id, s.image_path, s.label,
-                       "test" if s.image_id in test_ids else "train", s.mask_path,
-                       group=s.group)
-                for s in group]
-    return sorted(out, key=lambda s: s.image_id)
 
 
 def load(root: Path, check_files: bool = True, problems: list[Problem] | None = None
@@ -112,12 +96,10 @@ def load(root: Path, check_files: bool = True, problems: list[Problem] | None = 
     ds = DataSet(name=root.name, root=root, layout="generic", samples=samples)
     if "split" not in col or all(not s.split for s in samples):
         if any(s.group for s in samples):  # whole groups, as HAM10000's lesion_id
-            from dermcam.data.ham10000 import lesion_holdout
-
             ds.samples = lesion_holdout(samples, {s.image_id: s.group or "\0" + s.image_id
                                                   for s in samples}, TEST_FRACTION)
         else:
-            ds.samples = _holdout(samples)
+            ds.samples = holdout(samples)
         ds.notes.append(f"no split column: a seeded stratified {TEST_FRACTION:.0%} "
                         "of images is held out as the test split"
                         + (" (whole groups)" if any(s.group for s in samples) else ""))

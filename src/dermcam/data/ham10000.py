@@ -22,9 +22,7 @@ versions.
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 
 from dermcam.data.dataset import (
@@ -35,6 +33,7 @@ from dermcam.data.dataset import (
     read_csv_rows,
 )
 from dermcam.data.paths import check_id, safe_join
+from dermcam.data.splits import TEST_FRACTION, lesion_holdout
 from dermcam.errors import DermcamError
 
 METADATA = "HAM10000_metadata.csv"
@@ -52,7 +51,6 @@ DIAGNOSES = {
     "vasc": "vascular lesion",
 }
 DEFAULT_MALIGNANT = ("mel", "bcc", "akiec")
-TEST_FRACTION = 0.2
 #: Published totals: images, lesions, and per-diagnosis image counts.
 OFFICIAL = {"images": 10015, "lesions": 7470,
             "dx": {"nv": 6705, "mel": 1113, "bkl": 1099, "bcc": 514, "akiec": 327,
@@ -78,26 +76,6 @@ def _index(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
                     out.setdefault(entry.name[: -len(suf)], Path(entry.path))
                     break
     return out
-
-
-def lesion_holdout(samples: list[Sample], groups: dict[str, str], fraction: float = TEST_FRACTION,
-                   seed: int = 0) -> list[Sample]:
-    """Split by group: a seeded ``fraction`` of each class's groups becomes the test split.
-
-    A group's class is malignant when any of its samples is. Deterministic for a
-    given seed and set of groups; samples keep their order.
-    """
-    group_label: dict[str, int] = {}
-    for s in samples:
-        g = groups[s.image_id]
-        group_label[g] = max(group_label.get(g, 0), s.label)
-    rng = random.Random(seed)
-    test: set[str] = set()
-    for label in (0, 1):
-        members = sorted(g for g, y in group_label.items() if y == label)
-        rng.shuffle(members)
-        test.update(members[: round(len(members) * fraction)])
-    return [replace(s, split="test" if groups[s.image_id] in test else "train") for s in samples]
 
 
 def load(root: Path, check_files: bool = True,

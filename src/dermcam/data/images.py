@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 MASK_THRESHOLD = 128
 
 
-def _open(path: Path, draft_size: int | None = None) -> Image.Image:
+def open_checked(path: Path, draft_size: int | None = None) -> Image.Image:
+    """``Image.open`` and ``load`` with one-line errors (missing, empty, not an image, corrupt,
+    over PIL's decompression-bomb limit); ``draft_size``: decode big JPEGs at a reduced scale."""
     if not path.exists():
         raise DermcamError("file not found", path)
     if path.is_file() and path.stat().st_size == 0:
@@ -79,7 +81,7 @@ def open_image_sized(path: str | Path, draft_size: int | None = None
     is still the full-resolution size, for checking it against the mask.
     """
     path = Path(path)
-    img = _open(path, draft_size)
+    img = open_checked(path, draft_size)
     w, h = getattr(img, "_dermcam_full_size", None) or img.size
     try:
         orientation = img.getexif().get(0x0112, 1)
@@ -128,7 +130,7 @@ def mask_to_bool(arr: np.ndarray) -> np.ndarray:
 def open_mask(path: str | Path) -> Image.Image:
     """Open a mask as a PIL ``L`` image with values exactly 0 or 255."""
     path = Path(path)
-    img = _open(path)
+    img = open_checked(path)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:

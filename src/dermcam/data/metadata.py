@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dermcam.data import generic, ham10000
 from dermcam.errors import DermcamError
 
 #: Columns that are not metadata (the sample already carries them).
@@ -47,13 +48,9 @@ def metadata_table(ds) -> pd.DataFrame | None:
     """
     tables: list[pd.DataFrame] = []
     if ds.layout == "ham10000":
-        from dermcam.data.ham10000 import METADATA
-
-        tables.append(_read(Path(ds.root) / METADATA))
+        tables.append(_read(Path(ds.root) / ham10000.METADATA))
     elif ds.layout == "generic":
-        from dermcam.data.generic import CSV_NAME
-
-        tables.append(_read(Path(ds.root) / CSV_NAME))
+        tables.append(_read(Path(ds.root) / generic.CSV_NAME))
     if ds.metadata_path is not None:
         tables.append(_read(Path(ds.metadata_path)))
     for value in vars(ds).values():  # tables a loader attached (e.g. artifact labels)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from dermcam.data.dataset import DataSet, Sample, check_duplicates
 from dermcam.data.paths import check_id, safe_join
+from dermcam.data.splits import TEST_FRACTION, holdout
 from dermcam.errors import DermcamError
 
 FOLDER = "PH2Dataset"
@@ -159,8 +160,6 @@ def table_path(root: Path) -> Path:
 
 
 def load(root: Path, check_files: bool = True, seed: int = 0) -> DataSet:
-    from dermcam.data.generic import TEST_FRACTION, _holdout
-
     base = base_dir(root)
     table = table_path(root)
     codes = read_table(table)
@@ -175,7 +174,7 @@ def load(root: Path, check_files: bool = True, seed: int = 0) -> DataSet:
         samples.append(Sample(image_id, image, int(code in MALIGNANT_CODES), "",
                               mask if mask.exists() else None))
     check_duplicates(samples, table)
-    ds = DataSet(name="PH2", root=root, layout="ph2", samples=_holdout(samples, seed))
+    ds = DataSet(name="PH2", root=root, layout="ph2", samples=holdout(samples, seed))
     by_dx = Counter(CLINICAL[c] for c in codes.values())
     got = {name: by_dx.get(name, 0) for name in CLINICAL.values()}
     ds.notes.append("label 1 = melanoma (clinical diagnosis 2); common and atypical nevi = 0")

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,140 +29,19 @@ import torch.nn.functional as F
 
 from dermcam import run as runmod
 from dermcam.checkpoints import save_checkpoint
+from dermcam.config import TrainConfig
+from dermcam.data import load_dataset
+from dermcam.data.cache import ImageCache, warm_cache
+from dermcam.data.cached_split import CachedSplit
+from dermcam.data.dataset import class_counts
+from dermcam.data.splits import stratified_split
 from dermcam.errors import DermcamError
 from dermcam.inference import depthwise_net, predict_logit_diff, use_channels_last
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    models: list[str] = field(default_factory=lambda: ["resnet18", "efficientnet_b0",
-                                                      "mobilenet_v2"])
-    weights: str = "imagenet"
-    image_size: int = 224
-    max_epochs: int = 30
-    batch_size: int = 16
-    lr: float = 1e-3
-    # per-model learning rates ({"mobilenet_v2": 3e-3}); models not named use ``lr``
-    # (``--lr 1e-3,mobilenet_v2=3e-3``, :func:`parse_lr`)
-    lr_by_model: dict[str, float] = field(default_factory=dict)
-    weight_decay: float = 1e-4
-    patience: int = 5
-    schedule: str = "plateau"  # or "onecycle": warm-up then cosine annealing, per step
-    monitor: str = "val_auc"  # or "val_loss"
-    imbalance: str = "weighted_loss"  # "balanced_sampler" | "none"
-    val_fraction: float = 0.2
-    seed: int = 0
-    augment: bool = True
-    # colour jitter's strength when augmenting: brightness, contrast and saturation each
-    # scaled by a factor drawn from [1 - j, 1 + j] per image; 0 keeps the colours
-    # (benchmarks/README.md measures both on the synthetic benchmark)
-    colour_jitter: float = 0.2
-    accelerator: str = "auto"
-    devices: str = "1"
-    strategy: str = "auto"
-    # PRECISIONS or "auto": per model, bf16-mixed where bfloat16 is native (a CUDA GPU with
-    # bf16, a CPU with AVX-512 BF16 or AMX) except depthwise nets below 128 px on the CPU,
-    # else 32-true (dermcam.device.resolve_precision); each model's is in the manifest
-    precision: str = "auto"
-    num_workers: int | None = None  # None: from the CPU count (dermcam.device)
-    num_nodes: int = 1
-    # Lightning's deterministic="warn" and cuDNN's deterministic algorithms (no benchmark):
-    # the same bytes on the same GPU; without it only CPU runs repeat byte for byte.
-    deterministic: bool = False
-    channels_last: str = "auto"  # "auto": on for depthwise nets (EfficientNet, MobileNet)
-    cache_dir: str | None = None
-    limit_train_batches: float | int = 1.0
-    progress: bool = True
-    # Lightning's best.ckpt (weights) and last.ckpt (weights plus optimizer state) are what
-    # --resume needs while a model trains; once its model.pt is saved they are deleted
-    # unless kept.
-    keep_checkpoints: bool = False
-    # Lightning's last.ckpt after every epoch, which --resume continues from (about 0.3 s
-    # per epoch for ResNet18: weights and Adam's buffers). The demo, which is never
-    # resumed, turns it off; a run trained without it retrains an unfinished model.
-    resumable: bool = True
-    # "platt": fit T and a bias b on the validation logits after training, "temperature":
-    # T only (dermcam.calibration); the threshold is then chosen on the calibrated
-    # probabilities. "none": T = 1, b = 0.
-    calibration: str = "platt"
-
-
 # --------------------------------------------------------------------------- data
-
-def parse_lr(spec: str | float) -> tuple[float, dict[str, float]]:
-    """``--lr`` -> ``(default, {model: lr})``.
-
-    ``1e-3`` is one rate for every model; ``1e-3,mobilenet_v2=3e-3`` gives MobileNet-V2
-    its own (a leading plain value, or 1e-3 without one, is the default). Rates must be
-    positive; a bad entry raises DermcamError naming it.
-    """
-    if isinstance(spec, (int, float)):
-        spec = str(spec)
-    default, per = 1e-3, {}
-    for k, part in enumerate(p.strip() for p in str(spec).split(",")):
-        model, sep, value = part.rpartition("=")
-        try:
-            rate = float(value)
-        except ValueError:
-            rate = math.nan
-        if not (rate > 0 and math.isfinite(rate)) or (sep and not model.strip()) or (
-                not sep and k > 0):
-            raise DermcamError(f"--lr entries must be a positive number, first, or "
-                               f"model=number, got {part!r}")
-        if sep:
-            per[model.strip()] = rate
-        else:
-            default = rate
-    return default, per
-
-
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
-                     source: str = "training split", groups=None, path=None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified train/validation indices; clear errors when it cannot be done.
-
-    Each class needs at least ``max(2, ceil(1 / val_fraction))`` images, so that the
-    validation split holds both classes whatever the seed (the threshold and the
-    validation AUC need both). With ``groups`` (e.g. HAM10000 lesion ids) that repeat,
-    the split is stratified by group (scikit-learn's StratifiedGroupKFold, first fold),
-    so no group straddles it. ``path`` (the data folder) is named in the errors.
-    """
-    from sklearn.model_selection import train_test_split
-
-    if not 0.0 < val_fraction < 1.0:
-        raise DermcamError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    counts = np.bincount(labels, minlength=2)
-    if counts.min() == 0:
-        missing = "benign" if counts[0] == 0 else "malignant"
-        raise DermcamError(f"the {source} has no {missing} images; both classes are needed",
-                           path)
-    n_val = max(2, round(len(labels) * val_fraction))
-    need = max(2, math.ceil(1 / val_fraction - 1e-9))
-    if counts.min() < need or n_val >= len(labels) - 1:
-        few = "malignant" if counts[1] < counts[0] else "benign"
-        raise DermcamError(
-            f"the {source} is too small to stratify ({counts[0]} benign, {counts[1]} "
-            f"malignant): a {val_fraction:.0%} validation split needs at least {need} "
-            f"images of each class to hold both; add {few} images or raise --val-fraction",
-            path)
-    idx = np.arange(len(labels))
-    if groups is not None and None not in groups and len(set(groups)) < len(groups):
-        from sklearn.model_selection import StratifiedGroupKFold
-
-        k = max(2, round(1 / val_fraction))
-        sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        tr, va = next(sgkf.split(idx, labels, groups))
-    else:
-        tr, va = train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
-    if len(np.unique(labels[va])) < 2 or len(np.unique(labels[tr])) < 2:
-        raise DermcamError(f"the {source} has too few images (or lesion groups) of a class "
-                           "to hold out both classes for validation", path)
-    return np.sort(tr), np.sort(va)
-
 
 class EpochSampler(torch.utils.data.Sampler):
     """Shuffled (or class-balanced) order that depends only on ``(seed, epoch)``.
@@ -331,68 +210,6 @@ def _global_mean_loss(module, logits, labels, keep) -> torch.Tensor:
 #: split is streamed from the decode cache, one file per item and epoch. At 64 px the
 #: streamed reads took about 8 s of a 50 s ResNet18 training (benchmarks/README.md).
 IN_MEMORY_BYTES = 2 * 1024**3
-
-
-class CachedSplit:
-    """A split read through the decode cache: streamed, or held in memory once loaded.
-
-    ``dataset(idx)`` is a torch Dataset of ``(uint8 (S, S, 3), label)`` for those rows.
-    Until :meth:`hold_in_memory`, each item is read from the cache when the loader asks
-    for it, so memory does not grow with the number of images; after it, items come
-    from one ``(N, S, S, 3)`` array (shared copy-on-write with forked loader workers).
-    """
-
-    def __init__(self, samples, size: int, cache):
-        self.samples = list(samples)
-        self.size = size
-        self.cache = cache
-        self.labels = np.array([s.label for s in self.samples], dtype=np.int64)
-        self.images: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def image_bytes(self) -> int:
-        """Bytes the split's decoded images take in memory."""
-        return len(self.samples) * self.size * self.size * 3
-
-    def hold_in_memory(self, progress=None) -> None:
-        """Read every image once (decoding, into the cache, what it lacks) and keep them."""
-        from dermcam.data.cache import load_arrays
-
-        self.images = load_arrays(self.samples, self.size, self.cache,
-                                  progress=progress).images
-
-    def dataset(self, idx) -> torch.utils.data.Dataset:
-        idx = np.asarray(idx, dtype=np.int64)
-        if self.images is not None:
-            return _HeldImages(self.images, idx, self.labels[idx])
-        return _CachedImages([self.samples[i] for i in idx], self.labels[idx], self.size,
-                             self.cache)
-
-
-class _HeldImages(torch.utils.data.Dataset):
-    def __init__(self, images: np.ndarray, idx: np.ndarray, labels: np.ndarray):
-        self.images, self.idx, self.labels = images, idx, labels
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, i):
-        return torch.from_numpy(self.images[self.idx[i]]), int(self.labels[i])
-
-
-class _CachedImages(torch.utils.data.Dataset):
-    def __init__(self, samples, labels: np.ndarray, size: int, cache):
-        self.samples, self.labels, self.size, self.cache = samples, labels, size, cache
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        img = self.cache.get(self.samples[i], self.size)["image"]
-        return torch.from_numpy(np.ascontiguousarray(img)), int(self.labels[i])
 
 
 # ------------------------------------------------------------------- lightning
@@ -891,8 +708,6 @@ def _calibrate(val_logit: np.ndarray, yva: np.ndarray, method: str
 def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
           progress=None) -> dict[str, Any]:
     """Train every model in ``cfg.models`` into the run folder ``cfg.out``."""
-    from dermcam.data import load_dataset
-    from dermcam.data.cache import ImageCache, warm_cache
     from dermcam.models import check_model_name
 
     for m in cfg.models:
@@ -1100,6 +915,4 @@ def _run_folder_barrier():
 
 
 def _counts(samples) -> dict[str, int]:
-    from dermcam.data.dataset import class_counts
-
     return class_counts(samples)

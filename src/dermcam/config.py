@@ -1,0 +1,99 @@
+"""The training configuration: what a run records in its manifest and every stage reads.
+
+:class:`TrainConfig` is the dataclass ``dermcam train`` fills from its options and
+writes to ``manifest.json`` (``config``); :class:`dermcam.run.Run` turns it back into one
+(``run.config``). :func:`parse_lr` reads ``--lr``. Plain data, no heavy imports, so the
+run folder and the stages share it without importing the training stage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from dermcam.errors import DermcamError
+
+__all__ = ["TrainConfig", "parse_lr"]
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    models: list[str] = field(default_factory=lambda: ["resnet18", "efficientnet_b0",
+                                                      "mobilenet_v2"])
+    weights: str = "imagenet"
+    image_size: int = 224
+    max_epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    # per-model learning rates ({"mobilenet_v2": 3e-3}); models not named use ``lr``
+    # (``--lr 1e-3,mobilenet_v2=3e-3``, :func:`parse_lr`)
+    lr_by_model: dict[str, float] = field(default_factory=dict)
+    weight_decay: float = 1e-4
+    patience: int = 5
+    schedule: str = "plateau"  # or "onecycle": warm-up then cosine annealing, per step
+    monitor: str = "val_auc"  # or "val_loss"
+    imbalance: str = "weighted_loss"  # "balanced_sampler" | "none"
+    val_fraction: float = 0.2
+    seed: int = 0
+    augment: bool = True
+    # colour jitter's strength when augmenting: brightness, contrast and saturation each
+    # scaled by a factor drawn from [1 - j, 1 + j] per image; 0 keeps the colours
+    # (benchmarks/README.md measures both on the synthetic benchmark)
+    colour_jitter: float = 0.2
+    accelerator: str = "auto"
+    devices: str = "1"
+    strategy: str = "auto"
+    # PRECISIONS or "auto": per model, bf16-mixed where bfloat16 is native (a CUDA GPU with
+    # bf16, a CPU with AVX-512 BF16 or AMX) except depthwise nets below 128 px on the CPU,
+    # else 32-true (dermcam.device.resolve_precision); each model's is in the manifest
+    precision: str = "auto"
+    num_workers: int | None = None  # None: from the CPU count (dermcam.device)
+    num_nodes: int = 1
+    # Lightning's deterministic="warn" and cuDNN's deterministic algorithms (no benchmark):
+    # the same bytes on the same GPU; without it only CPU runs repeat byte for byte.
+    deterministic: bool = False
+    channels_last: str = "auto"  # "auto": on for depthwise nets (EfficientNet, MobileNet)
+    cache_dir: str | None = None
+    limit_train_batches: float | int = 1.0
+    progress: bool = True
+    # Lightning's best.ckpt (weights) and last.ckpt (weights plus optimizer state) are what
+    # --resume needs while a model trains; once its model.pt is saved they are deleted
+    # unless kept.
+    keep_checkpoints: bool = False
+    # Lightning's last.ckpt after every epoch, which --resume continues from (about 0.3 s
+    # per epoch for ResNet18: weights and Adam's buffers). The demo, which is never
+    # resumed, turns it off; a run trained without it retrains an unfinished model.
+    resumable: bool = True
+    # "platt": fit T and a bias b on the validation logits after training, "temperature":
+    # T only (dermcam.calibration); the threshold is then chosen on the calibrated
+    # probabilities. "none": T = 1, b = 0.
+    calibration: str = "platt"
+
+
+def parse_lr(spec: str | float) -> tuple[float, dict[str, float]]:
+    """``--lr`` -> ``(default, {model: lr})``.
+
+    ``1e-3`` is one rate for every model; ``1e-3,mobilenet_v2=3e-3`` gives MobileNet-V2
+    its own (a leading plain value, or 1e-3 without one, is the default). Rates must be
+    positive; a bad entry raises DermcamError naming it.
+    """
+    if isinstance(spec, (int, float)):
+        spec = str(spec)
+    default, per = 1e-3, {}
+    for k, part in enumerate(p.strip() for p in str(spec).split(",")):
+        model, sep, value = part.rpartition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = math.nan
+        if not (rate > 0 and math.isfinite(rate)) or (sep and not model.strip()) or (
+                not sep and k > 0):
+            raise DermcamError(f"--lr entries must be a positive number, first, or "
+                               f"model=number, got {part!r}")
+        if sep:
+            per[model.strip()] = rate
+        else:
+            default = rate
+    return default, per
