@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import invoke_cli
+from helpers import invoke_cli
 
 from dermcam.audit import audit_folder
 from dermcam.leakage import METRICS
@@ -80,7 +80,9 @@ def test_state_dict_table_equals_the_python_api(files, generic_root, tmp_path, m
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["config"]["layer"] == "layer4"
     assert "3 images (2 benign, 1 malignant)" in out and "median pixel AUROC" in out
-    assert summary["guard"]["sentence"].split("(")[0] in out
+    # the table's note, from views: the guard's caution and the size confound's verdict
+    assert ("Not better than uniform" in out) is not summary["guard"]["better_than_uniform"]
+    assert f": {summary['size_confound']['verdict']}" in out
     assert not list((tmp_path / "out").glob(".*.tmp"))  # no temporary file left behind
 
 

@@ -26,6 +26,7 @@ from dermcam.evaluation import (
     youden_threshold,
 )
 from dermcam.stats import bootstrap_ci, bootstrap_counts, stratified_bootstrap_indices
+from dermcam.views import pairwise_table
 
 # 10 images, hand-worked below: 4 malignant, 6 benign; at 0.5 -> TP 3, FN 1, FP 1, TN 5.
 Y10 = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
@@ -270,8 +271,7 @@ def test_evaluate_predictions_structure_and_json():
         assert pw["accuracy"]["mcnemar"]["method"] in ("exact", "chi2_cc")
         assert pw["p_holm"] >= pw["auc"]["p"]
         assert pw["significant"] == (pw["p_holm"] < 0.05)
-        assert pw["sentence"].startswith(f"{b['display_name']} vs {a['display_name']}: AUC")
-        assert ("not significant" in pw["sentence"]) != pw["significant"]
+        assert pw["auc_test"] == "DeLong" and "sentence" not in pw
 
 
 def test_all_benign_baseline_on_isic_2016_shape():
@@ -329,8 +329,6 @@ def test_zero_variance_delong_pair_is_undefined_not_significant():
     assert pw["auc"]["diff"] == -0.5 and pw["auc"]["reason"] == "zero_variance"
     assert pw["auc"]["p"] is None and pw["p_holm"] is None  # NaN, stored as JSON null
     assert pw["significant"] is False
-    assert "p undefined (zero variance)" in pw["sentence"]
-    assert pw["sentence"].endswith("not significant")
 
 
 def test_seeded_and_order_independent():
@@ -444,7 +442,6 @@ def test_metrics_table_and_format_comparison():
     assert rows[1][0] == "ResNet18"  # from the model registry
     named = evaluate_predictions(df, _thresholds(df), n_boot=20, display_names={"resnet18": "R"})
     assert named["models"]["resnet18"]["display_name"] == "R"
-    assert named["pairwise"][0]["sentence"].startswith("EfficientNet-B0 vs R:")
 
 
 def test_format_comparison_by_hand():
@@ -479,19 +476,18 @@ def test_format_comparison_by_hand():
     assert format_comparison(res, at="at_0.5")[1][1] == "0.500"
 
 
-def test_pair_sentence_numbers_and_p_value_style():
+def test_pairwise_table_shows_each_pairs_numbers():
     df = _isic_like(models=(("resnet18", 1.2), ("efficientnet_b0", 0.2)))
     res = evaluate_predictions(df, _thresholds(df), n_boot=100)
     pw = res["pairwise"][0]
-    dl = pw["auc"]
-
-    def n(x):
-        return f"{x:.3f}".replace("-", "\u2212")
-
-    p = "p < 0.001" if dl["p"] < 0.001 else f"p = {dl['p']:.2g}"
-    assert pw["sentence"] == (f"EfficientNet-B0 vs ResNet18: AUC difference {n(dl['diff'])}, "
-                              f"95 % CI {n(dl['lo'])}..{n(dl['hi'])}, {p}, "
-                              + ("significant" if pw["significant"] else "not significant"))
+    dl, acc = pw["auc"], pw["accuracy"]
+    t = pairwise_table(res)
+    assert t.rows == [["efficientnet_b0 - resnet18",
+                       f"{dl['diff']:+.3f} [{dl['lo']:+.3f}, {dl['hi']:+.3f}]",
+                       f"{dl['p_adjusted']:.3f}",
+                       f"{acc['diff']:+.3f} [{acc['lo']:+.3f}, {acc['hi']:+.3f}]",
+                       f"{acc['mcnemar']['p']:.3f}"]]
+    assert pairwise_table({"pairwise": []}) is None
 
 
 # --------------------------------------------------------------------------- issue #13:
@@ -554,10 +550,10 @@ def test_cluster_bootstrap_ci_of_duplicated_images_equals_single_copy_naive_shri
         pytest.approx((sp["auc_bootstrap"]["lo"], sp["auc_bootstrap"]["hi"],
                        sp["auc_bootstrap"]["p"]))
     # with clusters the verdict uses the cluster bootstrap, not DeLong (which assumes
-    # independent images), and the sentence says so
+    # independent images)
     assert cp["auc_test"] == "paired cluster bootstrap"
     assert cp["p_holm"] == cp["auc_bootstrap"]["p_adjusted"]
-    assert "paired bootstrap over 160 group clusters" in cp["sentence"]
+    assert clustered["resampling"] == "cluster (group), 160 clusters"
     assert clustered["multiplicity"]["primary_auc"] == "auc_bootstrap"
 
 
@@ -574,3 +570,21 @@ def test_groups_must_agree_across_models():
     df["group"] = np.where(df["model"] == "a", df["image_id"], "one")
     with pytest.raises(ValueError, match="different groups"):
         evaluate_predictions(df, {"a": 0.5, "b": 0.5}, n_boot=20)
+
+
+def test_labels_info_counts_the_join(make_generic, dh, tmp_path):
+    from test_artifact_labels import bias_csv
+
+    from dermcam.data import load_dataset
+    from dermcam.stages.evaluate import labels_info
+
+    labels = dh.generic_labels(6, 4)
+    root = make_generic(labels, masks=True)
+    rows = [(f"{i}.jpg", 1, 0) for i in list(labels)[:8]] + [("ISIC_9999999.jpg", 1, 1)]
+    path = bias_csv(tmp_path / "isic_bias.csv", rows)
+    info = labels_info(path, load_dataset(root, artifacts=path))
+    assert info["file"] == str(path.resolve())
+    assert (info["n_images"], info["n_matched"], info["n_unknown"]) == (10, 8, 1)
+    assert set(info["artifacts"]) == {"dark_corner", "hair", "gel_border", "gel_bubble",
+                                      "ruler", "ink", "patches"}
+    assert labels_info(None) is None

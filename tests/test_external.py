@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke_cli
+from helpers import invoke_cli
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -17,7 +17,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke_cli
+from helpers import invoke_cli
 from PIL import Image
 
 SIZE = 32
@@ -83,10 +83,11 @@ RULER = [f"img{i:03d}" for i in range(8, 40, 4)]
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
-    from dermcam.data.artifact_labels import record_in_run
+    from dermcam.config import TrainConfig
+    from dermcam.run import record_in_run
     from dermcam.stages import probe as pr
     from dermcam.stages.explain import run_explain
-    from dermcam.stages.train import TrainConfig, train
+    from dermcam.stages.train import train
 
     base = tmp_path_factory.mktemp("audit")
     data = _generic(base / "own")

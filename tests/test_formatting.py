@@ -194,7 +194,6 @@ def test_views_and_evaluation_use_the_shared_formatters():
     assert views.ci_cell(0.5, 0.25, 0.75) == "0.50 [0.25, 0.75]"
     assert views.ci_cell(0.5, None, 0.75, 3) == "0.500 [-, 0.750]"
     assert views.ci_cell(-0.25, -0.5, 0.0, 3, sign=True) == "-0.250 [-0.500, +0.000]"
-    assert ev._fmt_p(0.0234) == "p = 0.023" and ev._fmt_p(NAN) == "p undefined"
     assert ev._fmt_num(-0.25) == "\u22120.250"
     assert ev._cell({"value": -0.1, "lo": -0.2, "hi": 0.05}) == \
         "\u22120.100 (\u22120.200\u20130.050)"

@@ -474,22 +474,26 @@ def test_size_confound_detects_pure_size_effect():
     # noise sd 0.03, n = 400: the adjusted gap is pinned inside +-0.02
     assert out["equivalence"]["equivalent"] is True and out["equivalence"]["p"] < 0.05
     assert out["verdict"] == "explained by size"
-    assert "Verdict: explained by size" in out["summary"]
+    assert out["verdict_unadjusted"] == "explained by size"
+    assert out["verdict_basis"] == "unadjusted p"
     assert out["share_explained"] == pytest.approx(1.0, abs=0.1)
-    assert "cr(lesion_area, df=4)" in out["model"] and "HC3" in out["model"]
+    assert out["model"] == "leakage ~ 1 + malignant + cr(lesion_area, df=4)"
+    assert out["area_model"] == "spline" and out["spline_df"] == 4
+    assert out["ols_class_area"]["cov_type"] == "HC3"
 
 
 def test_size_confound_keeps_a_real_class_effect():
     out = L.size_confound(_confound_table(class_effect=-0.05))
     assert out["class_effect_survives"] is True and out["verdict"] == "remains"
     assert out["class_coef_adjusted"] == pytest.approx(-0.05, abs=0.015)
-    assert "Verdict: remains" in out["summary"] and "explained by size" not in out["summary"]
+    assert out["verdict_unadjusted"] == "remains"
+    assert out["equivalence"]["equivalent"] is False
 
 
 def test_size_confound_too_few_rows():
     df = pd.DataFrame({"label": [0, 1], "lesion_area": [0.1, 0.2], "leakage": [0.5, np.nan]})
     out = L.size_confound(df)
-    assert out["class_effect_survives"] is None and out["reason"].startswith("ols_failed")
+    assert out["class_effect_survives"] is None and out["reason"] == "ols_failed"
 
 
 def test_sanity_check_passes_independent_and_fails_identical():

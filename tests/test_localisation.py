@@ -10,8 +10,10 @@ import torch
 from dermcam.attribution import METHODS, CamExplainer
 from dermcam.errors import DermcamError
 from dermcam.localisation import (
+    CHOICE_REASONS,
     artifact_ratios,
     choose,
+    eligible,
     median_ci,
     multi_layer_cams,
     paired_artifact_ratio,
@@ -68,22 +70,22 @@ def _row(layer, auroc, lo, undefined=0.0, sanity=True, method="gradcam"):
             "images": "validation", "grid": [4, 4]}
 
 
-def test_choose_takes_the_best_defensible_layer_and_says_why():
+def test_choose_takes_the_best_defensible_layer_with_a_reason_code():
     rows = [_row("l1", 0.95, 0.9, sanity=False),          # localises, fails sanity
             _row("l2", 0.85, 0.8, undefined=0.2),         # too many undefined maps
             _row("l3", 0.80, 0.75),                        # eligible
             _row("l4", 0.70, 0.65),                        # eligible, worse
             _row("l5", 0.55, 0.45)]                        # not better than uniform
     method, layer, why = choose(rows, "l5", "gradcam")
-    assert (method, layer) == ("gradcam", "l3")
-    assert "l1 (sanity check failed)" in why and "l2 (20% undefined)" in why
-    assert "l5 (not better than uniform)" in why
+    assert (method, layer, why) == ("gradcam", "l3", "best_eligible")
+    # the others are not eligible, each for its own reason in the rows
+    assert [eligible(r) for r in rows] == [False, False, True, True, False]
     # ties go to the deeper layer
     assert choose([_row("a", 0.8, 0.7), _row("b", 0.8, 0.7)], "b", "gradcam")[1] == "b"
     # nothing eligible: the study's layer, with a warning not to read it spatially
     method, layer, why = choose([_row("l1", 0.9, 0.8, sanity=None), _row("l5", 0.52, 0.49)],
                                 "l5", "gradcam")
-    assert layer == "l5" and "should not be read spatially" in why
+    assert (layer, why) == ("l5", "none_eligible") and why in CHOICE_REASONS
 
 
 def test_choose_method_and_layer_together():
@@ -91,8 +93,7 @@ def test_choose_method_and_layer_together():
             _row("l1", 0.95, 0.90, sanity=False, method="layercam"),
             _row("l2", 0.85, 0.80, method="layercam")]
     method, layer, why = choose(rows, "l2", "gradcam")
-    assert (method, layer) == ("layercam", "l2")
-    assert why.startswith("layercam at l2") and "l1 (sanity check failed)" in why
+    assert (method, layer, why) == ("layercam", "l2", "best_eligible")
 
 
 def test_uniform_guard_flags_maps_no_better_than_uniform():
@@ -100,17 +101,19 @@ def test_uniform_guard_flags_maps_no_better_than_uniform():
     uniform = pd.DataFrame({"pixel_auroc": 0.5 + rng.normal(0, 0.01, 80),
                             "excess_leakage": rng.normal(0, 0.01, 80)})
     g = uniform_guard(uniform, n_boot=500)
-    assert g["better_than_uniform"] is False
-    assert "not better than uniform attention" in g["sentence"]
+    assert g["better_than_uniform"] is False and "sentence" not in g
+    assert g["auroc_above_chance"] is False and g["excess_below_zero"] is False
     good = pd.DataFrame({"pixel_auroc": 0.85 + rng.normal(0, 0.02, 80),
                          "excess_leakage": -0.2 + rng.normal(0, 0.02, 80)})
     g = uniform_guard(good, n_boot=500)
-    assert g["better_than_uniform"] is True and "better than uniform" in g["sentence"]
+    assert g["better_than_uniform"] is True
+    assert g["auroc_above_chance"] is True and g["excess_below_zero"] is True
     assert g["pixel_auroc_ci"][0] > 0.8
     # localising by AUROC but leaking as much as uniform still gets the caution
     mixed = good.assign(excess_leakage=rng.normal(0, 0.02, 80))
     g = uniform_guard(mixed, n_boot=500)
-    assert g["better_than_uniform"] is False and "excess leakage" in g["sentence"]
+    assert g["better_than_uniform"] is False
+    assert g["auroc_above_chance"] is True and g["excess_below_zero"] is False
 
 
 def test_artifact_ratio_known_answers():

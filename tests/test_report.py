@@ -135,6 +135,37 @@ def _png(path: Path, size=(60, 20)) -> None:
 # ----------------------------------------------------------------- the first screen
 
 
+#: Where a JSON summary may hold a long string with spaces: definitions, the multiplicity
+#: families' descriptions and how CIs were computed (method descriptions, not findings).
+DEFINITIONS = re.compile(r"(^metric_definitions/[^/]+/definition$|^multiplicity/.*$|"
+                         r"(^|/)ci_method$|^per_image/\d+$|/per_image/\d+$)")
+
+
+def _long_strings(obj, path=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _long_strings(v, f"{path}/{k}" if path else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _long_strings(v, f"{path}/{i}")
+    elif isinstance(obj, str) and len(obj) > 80 and " " in obj:
+        yield path, obj
+
+
+def test_summaries_hold_numbers_and_codes_not_sentences(run_dir):
+    """The core writes numbers and codes; the words are the views' (dermcam.views)."""
+    for name in ("metrics.json", "attention_summary.json"):
+        summary = json.loads((run_dir / name).read_text())
+        prose = [(p, v) for p, v in _long_strings(summary) if not DEFINITIONS.search(p)]
+        assert not prose, (name, prose)
+    summary = json.loads((run_dir / "attention_summary.json").read_text())
+    for entry in summary["tests"].values():
+        assert "sentence" not in entry["uniform_guard"]
+        assert "summary" not in entry["size_confound"]
+        assert "summary" not in (entry.get("sanity") or {}).get("full", {})
+    assert "resampling_note" not in summary
+
+
 def test_findings_come_first(page):
     p = _parse(page)
     assert p.ids[0] == ("section", "findings", False)

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from dermcam import subgroups as sg
 from dermcam.stats import delong_test
+from dermcam.views import heterogeneity_note, kruskal_note
 
 
 def _planted(n=300, seed=0, effect=True):
@@ -108,7 +109,7 @@ def test_holm_across_columns_and_printed_table():
     assert min(t["p_adjusted"] for t in ps) == pytest.approx(min(1.0, 2 * raw[0]))
     rows = sg.subgroup_table(res["site"], "m")
     assert rows[0][:3] == ["group", "n", "malignant"] and len(rows) == 3
-    assert "Holm" in sg.heterogeneity_sentence(res["site"], "m")
+    assert "Holm" in heterogeneity_note(res["site"], "m")
 
 
 # ------------------------------------------- attention and probe summaries by subgroup
@@ -169,15 +170,15 @@ def test_attention_by_group_holm_over_columns_and_bins_each_image_once():
     tests = [e["heterogeneity"]["leakage"] for c in ("site", "age")
              for e in res[c]["entries"]]
     raw = np.array([t["p"] for t in tests])
-    from dermcam.stats import holm
+    from dermcam.stats import adjust_pvalues
 
-    assert np.allclose([t["p_adjusted"] for t in tests], holm(raw))
+    assert np.allclose([t["p_adjusted"] for t in tests], adjust_pvalues(raw, "holm"))
     assert all(t["adjust_method"] == "Holm" and "2 column(s)" in t["family"] for t in tests)
     entry = res["site"]["entries"][0]
     rows = sg.summary_table(res["site"], entry, ["leakage"], ["leakage"])
     assert rows[0] == ["group", "n", "leakage"] and rows[1][2] == sg.TOO_FEW
     assert "Kruskal-Wallis across site groups: leakage p < 0.001 (Holm)" in \
-        sg.kruskal_sentence(res["site"], entry)
+        kruskal_note(res["site"], entry)
 
 
 def test_kruskal_undefined_cases():

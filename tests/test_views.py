@@ -363,6 +363,123 @@ def test_attention_table_model_name_with_a_slash():
                        "0.581 [0.565, 0.598]"]
 
 
+def _confound(**kw) -> dict:
+    """A size-confound result with only the fields the notes read."""
+    return {"metric": "leakage", "verdict": "inconclusive", "verdict_basis": "unadjusted p",
+            "reason": "", "area_model": "spline", "pooled_over_targets": False,
+            "per_image": [], "class_coef_adjusted": -0.0123,
+            "class_ci_adjusted": [-0.0401, 0.0157], **kw}
+
+
+def test_confound_caveats_from_the_fields():
+    assert views.confound_caveats(_confound()) == []
+    every = _confound(verdict_basis="Benjamini-Hochberg-adjusted p",
+                      family_sizes={"size_confound": 6, "equivalence": 6},
+                      area_model="linear_few_images", pooled_over_targets=True,
+                      per_image=["HC3 ..."], cluster_name="lesion_id")
+    assert views.confound_caveats(every) == [
+        "verdicts on Benjamini-Hochberg-adjusted p-values (6 tests)",
+        "linear in area (too few images for a spline)",
+        "pooled over the explained classes, mixing lesion type with the class each heatmap "
+        "explains",
+        "SEs, tests and TOST treat images of one lesion_id as independent"]
+    assert views.confound_caveats(_confound(reason="perfect_fit",
+                                            verdict_basis="exact fit, no p-value",
+                                            area_model="linear_few_areas")) == [
+        "an exact fit in area, so no p-value",
+        "linear in area (too few distinct areas for a spline)"]
+    assert views.confound_caveats(_confound(reason="constant_metric")) == [
+        "the metric is constant, nothing to test"]
+    assert views.confound_caveats(_confound(reason="ols_failed")) == [
+        "the size model could not be estimated"]
+
+
+def _miss(p_obs, p_imp, n_b=2, n_m=1) -> dict:
+    return {"observed": {"p_value": p_obs}, "at_chance": {"p_value": p_imp},
+            "n_imputed_benign": n_b, "n_imputed_malignant": n_m}
+
+
+def test_confound_caveats_say_when_undefined_heatmaps_at_chance_change_the_comparison():
+    assert views.confound_caveats(_confound(), _miss(0.03, 0.2)) == [
+        "scoring its 3 undefined heatmaps at chance moves the class comparison across "
+        "p = 0.05"]
+    assert views.confound_caveats(_confound(), _miss(0.2, 0.04, 0, 5))[0].startswith(
+        "scoring its 5 undefined")
+    assert views.confound_caveats(_confound(), _miss(0.01, 0.02)) == []  # same side
+    assert views.confound_caveats(_confound(), _miss(None, 0.02)) == []  # no test
+
+
+def test_confound_line_and_guard_note():
+    assert views.confound_line(_confound(pooled_over_targets=True)) == (
+        "Malignant minus benign mean leakage adjusted for lesion area -0.012 [-0.040, +0.016]: "
+        "inconclusive (pooled over the explained classes, mixing lesion type with the class "
+        "each heatmap explains).")
+    assert views.confound_line(_confound(verdict="remains")).endswith(": remains.")
+    assert views.confound_line({}) == ""
+    assert views.guard_note({"better_than_uniform": True}) == ""
+    assert views.guard_note({"better_than_uniform": False}) == (
+        "Not better than uniform attention, so leakage and any class difference in it say "
+        "nothing about where the model looks.")
+
+
+def test_attention_table_note_carries_the_caveats_once():
+    s = _attention_summary()
+    for e in s["tests"].values():
+        e["size_confound"].update(verdict_basis="Benjamini-Hochberg-adjusted p",
+                                  family_sizes={"size_confound": 6})
+    s["tests"]["resnet18/hirescam"]["size_confound"]["area_model"] = "linear_few_images"
+    s["tests"]["resnet18/hirescam"]["missingness"] = {"leakage": _miss(0.01, 0.5)}
+    t = views.attention_table(s, {"resnet18": "ResNet18"})
+    assert t.note == (
+        "Gap: malignant minus benign mean leakage adjusted for lesion area (OLS, HC3 SEs); "
+        "verdicts: remains, explained by size, inconclusive (equivalence margin ±0.02). "
+        "Verdicts on Benjamini-Hochberg-adjusted p-values (6 tests). ResNet18: linear in area "
+        "(too few images for a spline). ResNet18: scoring its 3 undefined heatmaps at chance "
+        "moves the class comparison across p = 0.05.")
+
+
+def test_audit_table_note():
+    import pandas as pd
+
+    by_class = pd.DataFrame([{"label": lab, "metric": m, "n": 5, "n_nan": 1, "mean": 0.5,
+                              "ci_low": 0.4, "ci_high": 0.6}
+                             for lab in (0, 1) for m in ("leakage", "excess_leakage",
+                                                         "pixel_auroc")])
+    summary = {"guard": {"better_than_uniform": False}, "by_class": by_class,
+               "size_confound": _confound(verdict="explained by size")}
+    t = views.audit_table(summary)
+    assert t.note == (
+        "Not better than uniform attention, so leakage and any class difference in it say "
+        "nothing about where the model looks. Malignant minus benign mean leakage adjusted "
+        "for lesion area -0.012 [-0.040, +0.016]: explained by size.")
+    assert t.rows[0] == ["benign", "5 (1)", "0.500 [0.400, 0.600]", "0.500 [0.400, 0.600]",
+                         "0.500 [0.400, 0.600]"]
+    summary = {"guard": {"better_than_uniform": True}, "by_class": by_class}
+    assert views.audit_table(summary).note == ""  # no labels: no confound test
+
+
+def test_labels_line():
+    info = {"file": "/data/labels/isic_bias.csv", "artifacts": ["ruler", "hair"],
+            "n_images": 10, "n_matched": 8, "n_unknown": 2}
+    assert views.labels_line(info) == ("artifact labels from isic_bias.csv: 8 of 10 images "
+                                       "(ruler, hair); 2 id(s) in the file are not in the data "
+                                       "set")
+    assert views.labels_line({**info, "n_unknown": 0}) == (
+        "artifact labels from isic_bias.csv: 8 of 10 images (ruler, hair)")
+    assert views.labels_line({"file": "/x/l.csv"}) == "artifact labels from l.csv"
+
+
+def test_kruskal_note():
+    analysis = {"column": "site"}
+    entry = {"heterogeneity": {"leakage": {"p": 0.0004, "p_adjusted": 0.0012},
+                               "pixel_auroc": {"p": 0.2512},
+                               "excess_leakage": {"p": None, "reason": "every value is the same"}}}
+    assert views.kruskal_note(analysis, entry, {"leakage": "Leakage"}) == (
+        "Kruskal-Wallis across site groups: Leakage p = 0.001 (Holm); pixel_auroc p = 0.251; "
+        "excess_leakage undefined (every value is the same); p ≥ 0.05 is inconclusive, not "
+        "evidence of equal behaviour.")
+
+
 def _art(artifact, n, **kw) -> dict:
     return {"model": "resnet18", "method": "gradcam", "layer": "layer4", "artifact": artifact,
             "n": n, "mass_share": 0.0625, "area_share": None, "ratio": 1.25,

@@ -9,7 +9,7 @@ uniform-attention guard, the lesion-size confound test).
 
     from dermcam.audit import audit_images, audit_summary
     table = audit_images(model, "layer3", images, masks, labels)   # (N, H, W, 3) uint8
-    audit_summary(table)["size_confound"]["summary"]
+    audit_summary(table)["size_confound"]["verdict"]
 
 The model must return two logits per image, ``[benign, malignant]`` (a model with one
 malignant logit can be wrapped: ``torch.cat([-z, z], 1) / 2``).

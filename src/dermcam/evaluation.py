@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from dermcam.formatting import METRIC_LABELS, MINUS, fmt_ci, fmt_num, fmt_p, metric_label
+from dermcam.formatting import METRIC_LABELS, MINUS, fmt_ci, fmt_num, metric_label
 from dermcam.stats import (
     ADJUST_METHODS,
     _as_labels,
@@ -450,12 +450,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _fmt_p(p: float) -> str:
-    """A p-value in the library's sentences: ``p < 0.001``, ``p = 0.023`` (two significant
-    digits), ``p undefined``."""
-    return fmt_p(p, 2, significant=True, label="p", missing="p undefined")
-
-
 def _fmt_num(x: float) -> str:
     """A number in the library's sentences and terminal tables: 3 decimals, typographic
     minus, ``n/a`` when undefined."""
@@ -657,34 +651,11 @@ def _adjust_families(pairwise: list[dict[str, Any]]) -> None:
             get(pw).update(p_adjusted=float(pa), family=family)
 
 
-def _pair_sentence(
-    pw: Mapping[str, Any], dl: Mapping[str, Any], n_pairs: int, names: Mapping[str, str],
-    clusters: tuple[np.ndarray, int] | None, cluster_name: str, alpha: float,
-) -> str:
-    """The plain sentence of one pair's primary AUC test ``dl``."""
-    pa = dl["p_adjusted"]
-    holm_note = f" (Holm-adjusted {_fmt_p(pa)})" if n_pairs > 1 else ""
-    if clusters is None:
-        # DeLong is undefined on degenerate data (dl["reason"]): say why, never
-        # "significant".
-        why = f" ({dl['reason'].replace('_', ' ')})" if not math.isfinite(dl["p"]) else ""
-    else:
-        why = (f" (paired bootstrap over {clusters[1]} {cluster_name} clusters"
-               + ("; undefined" if not math.isfinite(dl["p"]) else "") + ")")
-    level = round(100 * (1 - alpha))
-    return (
-        f"{names[pw['b']]} vs {names[pw['a']]}: AUC difference "
-        f"{_fmt_num(dl['diff'])}, {level} % CI {_fmt_num(dl['lo'])}..{_fmt_num(dl['hi'])}, "
-        f"{_fmt_p(dl['p'])}{why}{holm_note}, "
-        f"{'significant' if pw['significant'] else 'not significant'}"
-    )
-
-
 def _pair_verdicts(
     pairwise: list[dict[str, Any]], data: _Inputs, cluster_name: str, alpha: float
 ) -> None:
-    """Add each pair's primary AUC verdict (``auc_test``, ``p_holm``, ``significant``,
-    ``sentence``) in place: DeLong, or the paired cluster bootstrap with clusters."""
+    """Add each pair's primary AUC verdict (``auc_test``, ``p_holm``, ``significant``) in
+    place: DeLong, or the paired cluster bootstrap with clusters."""
     clusters = data.clusters
     for pw in pairwise:
         dl = pw["auc"] if clusters is None else pw["auc_bootstrap"]
@@ -692,15 +663,13 @@ def _pair_verdicts(
         pw["auc_test"] = "DeLong" if clusters is None else "paired cluster bootstrap"
         pw["p_holm"] = float(pa)
         pw["significant"] = bool(math.isfinite(pa) and pa < alpha)
-        pw["sentence"] = _pair_sentence(pw, dl, len(pairwise), data.names, clusters,
-                                        cluster_name, alpha)
 
 
 def _pairwise(
     data: _Inputs, points: Mapping[str, Mapping[str, Any]],
     bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float, cluster_name: str,
 ) -> list[dict[str, Any]]:
-    """Every model pair in order of first appearance, tested, adjusted and worded."""
+    """Every model pair in order of first appearance, tested and adjusted."""
     pairwise = [_pair_entry(a, b, data, points, bootc, alpha)
                 for a, b in combinations(data.models, 2)]
     _adjust_families(pairwise)
@@ -826,7 +795,7 @@ def evaluate_predictions(
                        "average_precision": {...same...},
                        "accuracy": {"diff", "lo", "hi", "p", "n_valid",
                                     "mcnemar": {"b", "c", "statistic", "p", "method"}},
-                       "auc_test", "p_holm", "significant", "sentence"}],
+                       "auc_test", "p_holm", "significant"}],
          "resampling", "multiplicity": {"method", "families", "primary_auc"}}
 
     Pairwise entries cover every model pair in order of first appearance; all
@@ -958,8 +927,8 @@ def format_comparison(result: Mapping[str, Any], at: str = "at_threshold") -> li
 
     The first row is the header (``Model``, ``Threshold``, then metrics); each
     following row is a model, the last the all-benign baseline. Cells read
-    ``value (lo–hi)``. Pairwise comparisons are in
-    ``result["pairwise"][i]["sentence"]``.
+    ``value (lo–hi)``. Pairwise comparisons are in ``result["pairwise"]``
+    (:func:`dermcam.views.pairwise_table`).
     """
     if at not in ("at_threshold", "at_0.5"):
         raise ValueError(f"at must be 'at_threshold' or 'at_0.5', got {at!r}")

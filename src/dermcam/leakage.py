@@ -784,66 +784,6 @@ def compare_classes_by_target(df: pd.DataFrame, metric: str, target_col: str = "
     return out
 
 
-def _p_text(c: dict) -> str:
-    """``p = 0.012`` and, when known, its multiplicity-adjusted value beside it."""
-    text = _fmt_p(c.get("p_value", np.nan))
-    if "p_adjusted" in c:
-        text += f", {c.get('adjust_method', 'adjusted')}-adjusted {_fmt_p(c['p_adjusted'])}"
-    return text
-
-
-def _reading(c: dict, alpha: float = 0.05) -> str:
-    """What a comparison shows, read on its multiplicity-adjusted p where it has one."""
-    adjusted = np.isfinite(c.get("p_adjusted", np.nan))
-    p = c["p_adjusted"] if adjusted else c.get("p_value", np.nan)
-    if not np.isfinite(p):
-        return "no test"
-    level = f"at the {c.get('adjust_method', 'adjusted')}-adjusted level" if adjusted else \
-        "unadjusted"
-    if p < alpha:
-        return f"the classes differ ({level})"
-    return f"no difference shown ({level}; inconclusive, not evidence of no difference)"
-
-
-def _gap_text(c: dict) -> str:
-    if c.get("reason") == "constant_metric":
-        return (f"not testable ({c['metric']} takes the same value on all "
-                f"{c['n_benign'] + c['n_malignant']} images, up to round-off)")
-    if c.get("reason"):
-        return (f"not testable (benign n {c['n_benign']}, malignant n {c['n_malignant']}: "
-                "a class has no values)")
-    return (f"median {c['median_benign']:.3f} benign (n {c['n_benign']}, {c['n_nan_benign']} "
-            f"undefined) vs {c['median_malignant']:.3f} malignant (n {c['n_malignant']}, "
-            f"{c['n_nan_malignant']} undefined), rank-biserial {c['rank_biserial']:+.2f}, "
-            f"Mann-Whitney {_p_text(c)}: {_reading(c)}")
-
-
-def class_comparison_sentence(res: dict, target_mode: str | None = None,
-                              clustered: bool = False) -> str:
-    """One sentence for a :func:`compare_classes_by_target` result, from its numbers.
-
-    It names which comparison each figure is: pooled over the explained classes, or
-    within heatmaps that explain one class. ``target_mode`` (``predicted``, ``true``,
-    ``malignant``) is the explain stage's ``--target``.
-    """
-    metric = res["metric"]
-    fixed = res.get("fixed_target")
-    mode = f"--target {target_mode}; " if target_mode else ""
-    if fixed is not None:
-        text = (f"{metric}, benign vs malignant with every heatmap explaining the {fixed} "
-                f"class ({mode}a fixed target): {_gap_text(res['pooled'])}")
-    else:
-        n_exp = ", ".join(f"{n} explain {name}" for name, n in res["n_explained"].items())
-        text = (f"{metric}, benign vs malignant pooled over the explained class ({mode}"
-                f"heatmaps: {n_exp}; this mixes lesion type with the class each heatmap "
-                f"explains): {_gap_text(res['pooled'])}")
-        for name, c in res["by_target"].items():
-            text += f"; within heatmaps explaining {name}: {_gap_text(c)}"
-    if clustered:
-        text += " (Mann-Whitney treats images of one lesion as independent)"
-    return text + "."
-
-
 def _chance_values(df: pd.DataFrame, metric: str) -> np.ndarray | None:
     """``(N,)`` the score a uniform heatmap gets on each row, or None if it has none."""
     area = (pd.to_numeric(df["lesion_area"], errors="coerce").to_numpy(dtype=np.float64)
@@ -869,8 +809,8 @@ CHANCE_TEXT = {"leakage": "leakage = chance leakage = 1 - lesion area",
 
 def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "excess_leakage",
                                                                    "pixel_auroc"),
-                      label_col: str = "label", target_col: str | None = "cam_target",
-                      target_mode: str | None = None) -> dict[str, dict]:
+                      label_col: str = "label", target_col: str | None = "cam_target"
+                      ) -> dict[str, dict]:
     """Sensitivity of the class comparison to undefined heatmaps, scored at chance.
 
     A heatmap that is all zero (or constant before min-max normalisation, which makes it
@@ -881,21 +821,17 @@ def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "ex
     Returns ``{metric: {"n_nan_benign", "n_nan_malignant", "n_imputed_benign",
     "n_imputed_malignant", "observed": compare_classes, "at_chance": compare_classes
     on the imputed table, "diff_observed", "diff_at_chance" (malignant minus benign
-    mean), "chance", "sentence", "pooled_over_targets"}}``; metrics without a chance level
-    are skipped. Where ``target_col`` shows heatmaps explaining both classes (``--target
-    predicted``; ``target_mode`` names it), the comparison is pooled over the explained
-    classes and the sentence says so.
+    mean), "chance", "pooled_over_targets", "explained_classes"}}``; metrics without a
+    chance level are skipped. ``pooled_over_targets`` is True where ``target_col`` shows
+    heatmaps explaining both classes (``--target predicted``): the comparison is then
+    pooled over the explained classes (``explained_classes``: heatmaps explaining each).
     """
     _require(df, [label_col])
     lab = _labels(df, label_col)
-    pooled = ""
+    n_exp = None
     if target_col is not None and target_col in df.columns:
         tgt = _targets(df, target_col)
         n_exp = {name: int((tgt == code).sum()) for code, name in TARGET_NAMES.items()}
-        if all(n_exp.values()):
-            mode = f"--target {target_mode}; " if target_mode else ""
-            pooled = (f" This is pooled over the explained classes ({mode}{n_exp['benign']} "
-                      f"heatmaps explain benign, {n_exp['malignant']} explain malignant).")
     out = {}
     for metric in ([metrics] if isinstance(metrics, str) else list(metrics)):
         if metric not in df.columns:
@@ -915,22 +851,8 @@ def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "ex
              "observed": obs, "at_chance": imp,
              "diff_observed": obs["mean_malignant"] - obs["mean_benign"],
              "diff_at_chance": imp["mean_malignant"] - imp["mean_benign"]}
-        n_b, n_m = obs["n_benign"] + obs["n_nan_benign"], obs["n_malignant"] + obs[
-            "n_nan_malignant"]
-        head = (f"{metric}: {r['n_nan_benign']} of {n_b} benign and {r['n_nan_malignant']} of "
-                f"{n_m} malignant images have no defined score")
-        if r["n_imputed_benign"] + r["n_imputed_malignant"] == 0:
-            r["sentence"] = head + ("; none can be scored at chance (no undefined heatmap on a "
-                                    "usable mask), so the class means stand as they are.")
-        else:
-            r["sentence"] = (
-                head + f"; scoring the {r['n_imputed_benign'] + r['n_imputed_malignant']} "
-                f"undefined heatmaps at chance ({r['chance']}) moves the malignant minus benign "
-                f"mean from {r['diff_observed']:+.3f} to {r['diff_at_chance']:+.3f}, and the "
-                f"Mann-Whitney p (unadjusted) from {_bare_p(obs['p_value'])} to "
-                f"{_bare_p(imp['p_value'])}.")
-        r["sentence"] += pooled
-        r["pooled_over_targets"] = bool(pooled)
+        r["explained_classes"] = n_exp
+        r["pooled_over_targets"] = bool(n_exp and all(n_exp.values()))
         out[metric] = r
     return out
 
@@ -1040,17 +962,6 @@ def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC
                  for name, b, s, tt, pp, lw, up in zip(names, beta, se, t, pval, lo, hi,
                                                        strict=True)},
     }
-
-
-def _bare_p(p: float) -> str:
-    """A p-value without the ``p =``: ``0.012``, ``< 0.001`` or ``undefined``."""
-    return _fmt_p(p).removeprefix("p = ").removeprefix("p ")
-
-
-def _fmt_p(p: float) -> str:
-    if not np.isfinite(p):
-        return "p undefined"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _area_basis(area: np.ndarray, mal: np.ndarray, df: int
@@ -1165,7 +1076,7 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
 
       1. ``"explained by size"``: the adjusted gap is equivalent to zero within
          ``+-margin`` (TOST p < ``alpha``). This holds even when its CI excludes 0: a difference smaller
-         than the margin is taken as negligible (the sentence says so).
+         than the margin is taken as negligible.
       2. ``"remains"``: the adjusted gap differs from 0 (its t test's p < ``alpha``,
          i.e. its CI excludes 0), and it does not point against a
          clear unadjusted gap (one whose CI excludes 0). A gap that only appears
@@ -1178,14 +1089,16 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
 
       The p-values the verdict reads are the raw ones here. In a family of tests
       (the attention summary's ``size_confound`` and ``equivalence`` families),
-      :func:`adjust_confound` decides again on the multiplicity-adjusted p-values and
-      rewrites the sentence with both; ``verdict_unadjusted`` keeps the single-test
-      verdict and ``verdict_basis`` says which p-values decided.
+      :func:`adjust_confound` decides again on the multiplicity-adjusted p-values;
+      ``verdict_unadjusted`` keeps the single-test verdict and ``verdict_basis`` says
+      which p-values decided.
 
     - ``class_effect_survives``: ``verdict == "remains"``; None when the models could
       not be fitted;
-    - ``model``: the fitted formulas and the standard errors used; ``model_text``: the
-      same in a few words (stated in the sentence); ``spline_df``;
+    - ``model``: the adjusted model's formula (OLS, HC3 standard errors, t tests on
+      n - p df; the unadjusted model drops the area term); ``area_model``: ``"spline"``
+      (a natural cubic spline in area, ``spline_df`` df), ``"linear_few_images"`` or
+      ``"linear_few_areas"`` (the linear fallback and why);
     - ``ols_class``, ``ols_class_area``: the :func:`ols_fit` results of the
       unadjusted and the adjusted (spline) model;
     - ``spearman_rho``, ``spearman_p``, ``pearson_r``, ``pearson_p``: the metric
@@ -1195,13 +1108,11 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
       class among the rows used (from ``target_col``, checked like the labels; None
       without that column) and ``pooled_over_targets``: True when both classes are
       explained, i.e. lesion type is mixed with the explained class (``--target
-      predicted``); the sentence then says the result is pooled (``target_mode``, the
-      explain stage's ``--target``, is named in it);
+      predicted``; ``target_mode``, the explain stage's ``--target``);
     - ``per_image``: with ``cluster_name`` (the run resamples clusters of that name
-      elsewhere), the numbers here that still treat images as independent; the
-      sentence says so;
-    - ``summary``: a sentence built from the numbers above; ``reason``: ``""`` or why a
-      quantity is undefined (``"constant_metric"``, ``"perfect_fit"``, ...).
+      elsewhere), the numbers here that still treat images as independent;
+    - ``reason``: ``""`` or why a quantity is undefined (``"constant_metric"``,
+      ``"perfect_fit"``, ``"ols_failed"``, ``"adjusted model: <ols reason>"``).
 
     Degenerate data never produce a p-value from round-off: a metric that is constant
     gives verdict "inconclusive" with reason ``"constant_metric"`` (there is no class
@@ -1225,7 +1136,7 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
     out: dict = {
         "metric": metric, "n": int(ok.sum()), "n_benign": int((mal == 0).sum()),
         "n_malignant": int((mal == 1).sum()), "n_dropped": int((~ok).sum()),
-        "alpha": alpha, "model": "", "model_text": "", "spline_df": None,
+        "alpha": alpha, "model": "", "area_model": "", "spline_df": None,
         "spearman_rho": np.nan, "spearman_p": np.nan, "pearson_r": np.nan, "pearson_p": np.nan,
         "ols_class": None, "ols_class_area": None,
         "class_coef_unadjusted": np.nan, "class_ci_unadjusted": (np.nan, np.nan),
@@ -1256,24 +1167,14 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
         m1 = ols_fit(y, np.column_stack([ones, mal]), ["intercept", "malignant"], level)
         m2 = ols_fit(y, design, ["intercept", "malignant", *area_names], level)
     except ValueError as exc:
-        out["reason"] = f"ols_failed: {exc}"
-        out["summary"] = (f"The size-confound check for {metric} could not be run "
-                          f"({out['n']} usable rows; {exc}).")
+        log.warning("size confound of %s not fitted (%d usable rows): %s", metric, out["n"],
+                    exc)
+        out["reason"] = "ols_failed"
         return out
     spline = area_term.startswith("cr(")
-    out["model"] = (f"unadjusted: {metric} ~ 1 + malignant; adjusted: {metric} ~ 1 + "
-                    f"malignant + {area_term} ("
-                    + (f"natural cubic regression spline in {area_col}, knots at its quantiles"
-                       if spline else f"linear in {area_col}: too few images for a spline")
-                    + "); OLS, HC3 standard errors, t tests on n - p df")
-    if spline:
-        out["model_text"] = (f"natural cubic spline in lesion area ({len(area_names)} df), "
-                             "OLS with HC3 SEs")
-    else:
-        why = (f"fewer than {2 * _N_PER_AREA_DF} images" if wanted_df < 2
-               else "too few distinct areas")
-        out["model_text"] = (f"linear in lesion area (the fallback for small samples: {why} "
-                             "for a spline), OLS with HC3 SEs")
+    out["model"] = f"{metric} ~ 1 + malignant + {area_term}"
+    out["area_model"] = ("spline" if spline else "linear_few_images" if wanted_df < 2
+                         else "linear_few_areas")
     out["spline_df"] = len(area_names) if spline else 1
     c1, c2 = m1["coef"]["malignant"], m2["coef"]["malignant"]
     du, da = c1["coef"], c2["coef"]
@@ -1283,10 +1184,6 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
                class_p_adjusted=c2["p"])
     if m1["reason"] == "constant_outcome":
         out.update(reason="constant_metric", class_effect_survives=False)
-        out["summary"] = (
-            f"{metric} takes the same value ({y[0]:.3g}, up to round-off) on all {y.size} "
-            "images, so there is no class difference for lesion area to explain and nothing "
-            "to test; verdict: inconclusive.")
         return out
     if abs(du) > round_off_tol(y):
         out["share_explained"] = 1.0 - da / du
@@ -1308,27 +1205,9 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
             out["class_coef_adjusted"] = 0.0
             if np.isfinite(out["share_explained"]):
                 out["share_explained"] = 1.0
-            out["summary"] = (
-                f"{metric} is an exact function of lesion area on these {y.size} images "
-                f"(no residual variance with the area term {area_term}; model: "
-                f"{out['model_text']}): the unadjusted gap of {du:+.3f} (malignant minus "
-                "benign) is fully explained by area, and there is no class effect to "
-                "estimate, so no p-value; verdict: explained by size.")
-        else:
-            out["summary"] = (
-                f"{metric} is an exact function of lesion area and class on these {y.size} "
-                f"images (no residual variance; model: {out['model_text']}): the gap is "
-                f"{du:+.3f} unadjusted and exactly {da:+.3f} adjusted for area, with no "
-                f"p-value; verdict: {out['verdict']} ({'within' if within else 'beyond'} the "
-                f"margin +-{margin:g}).")
-        out["summary"] += _confound_notes(out, tested=False)
         return out
     if m2["reason"]:
         out["reason"] = f"adjusted model: {m2['reason']}"
-        out["summary"] = (f"The size-adjusted model for {metric} ({out['model_text']}) has "
-                          f"no standard error ({m2['reason']}); the unadjusted gap is "
-                          f"{du:+.3f}; verdict: inconclusive."
-                          + _confound_notes(out, tested=False))
         return out
 
     dof = m2["df_resid"]
@@ -1346,7 +1225,7 @@ CONFOUND_PER_IMAGE = ("HC3 standard errors, t tests and TOST of the size-confoun
 
 
 def _decide(r: dict) -> None:
-    """Set ``verdict``, ``class_effect_survives`` and ``summary`` of a fitted result.
+    """Set ``verdict``, ``verdict_basis`` and ``class_effect_survives`` of a fitted result.
 
     Decides on the multiplicity-adjusted p-values where they exist (``p_adjusted`` of the
     size-adjusted class coefficient, ``equivalence["p_adjusted"]`` of the TOST), on the
@@ -1368,7 +1247,6 @@ def _decide(r: dict) -> None:
     r["verdict"] = _verdict(r, p_class, p_eq)
     eq["equivalent"] = bool(p_eq < r["alpha"])
     r["class_effect_survives"] = r["verdict"] == "remains"
-    r["summary"] = _confound_sentence(r, r["metric"], eq["margin"]) + _confound_notes(r)
 
 
 def _verdict(r: dict, p_class: float, p_eq: float) -> str:
@@ -1393,9 +1271,9 @@ def adjust_confound(r: dict, k_class: int | None = None,
     ``r`` carries ``p_adjusted`` (the size-adjusted class coefficient's p, adjusted in
     its family), ``adjust_method`` and ``equivalence["p_adjusted"]`` (the TOST p,
     adjusted in its family), as :func:`dermcam.stages.explain.summarise_attention` sets them;
-    ``k_class``, ``k_equivalence`` are the family sizes, named in the sentence. The
-    verdict, ``class_effect_survives``, ``equivalence["equivalent"]`` and the sentence
-    follow the adjusted p-values (raw and adjusted both shown); ``verdict_unadjusted``
+    ``k_class``, ``k_equivalence`` are the family sizes (``family_sizes``). The
+    verdict, ``class_effect_survives`` and ``equivalence["equivalent"]`` follow the
+    adjusted p-values (the raw ones are kept beside them); ``verdict_unadjusted``
     and ``equivalence["equivalent_unadjusted"]`` keep the single-test decision. A result
     without p-values (degenerate data) is returned unchanged. Modifies and returns ``r``.
     """
@@ -1405,115 +1283,6 @@ def adjust_confound(r: dict, k_class: int | None = None,
     r["family_sizes"] = {"size_confound": k_class, "equivalence": k_equivalence}
     _decide(r)
     return r
-
-
-def _adj_text(p_adj: float, method: str | None, k: int | None, what: str) -> str:
-    """``, Benjamini-Hochberg-adjusted p = 0.080 over 9 size-confound tests`` or ``""``."""
-    if not np.isfinite(p_adj):
-        return ""
-    over = f" over {k} {what} tests" if k else ""
-    return f", {method or 'multiplicity'}-adjusted {_fmt_p(p_adj)}{over}"
-
-
-def _confound_notes(r: dict, tested: bool = True) -> str:
-    """The sentences after a confound verdict: pooled targets, and (``tested``: there are
-    standard errors) the numbers that stay per image under cluster resampling."""
-    text = ""
-    if r.get("pooled_over_targets"):
-        ex = r["explained_classes"]
-        mode = f"--target {r['target_mode']}; " if r.get("target_mode") else ""
-        text += (f" This is pooled over the explained classes ({mode}{ex['benign']} heatmaps "
-                 f"explain benign, {ex['malignant']} explain malignant), so lesion type is "
-                 "mixed with the class each heatmap explains.")
-    if tested and r.get("per_image"):
-        text += (f" The CIs of the class means resample whole clusters "
-                 f"({r.get('cluster_name') or 'group'}), but these numbers are per image, "
-                 f"treating images of one lesion as independent: {'; '.join(r['per_image'])}.")
-    return text
-
-
-def _confound_sentence(r: dict, metric: str, margin: float) -> str:
-    """The summary sentence of :func:`size_confound`, from the numbers in ``r`` only."""
-    pct = round(100 * (1 - r["alpha"]))
-    alpha = r["alpha"]
-    du, da = r["class_coef_unadjusted"], r["class_coef_adjusted"]
-    lo_u, hi_u = r["class_ci_unadjusted"]
-    lo_a, hi_a = r["class_ci_adjusted"]
-    eq = r["equivalence"]
-    method = r.get("adjust_method")
-    sizes = r.get("family_sizes") or {}
-    pa_class, pa_eq = r.get("p_adjusted", np.nan), eq.get("p_adjusted", np.nan)
-    adjusted = r.get("verdict_basis", "unadjusted p") != "unadjusted p"
-    clear_u = lo_u > 0 or hi_u < 0
-    raw_a = bool(r["class_p_adjusted"] < alpha)  # the adjusted CI excludes 0
-    raw_eq = bool(eq["p"] < alpha)
-    p_a = pa_class if adjusted and np.isfinite(pa_class) else r["class_p_adjusted"]
-    p_e = pa_eq if adjusted and np.isfinite(pa_eq) else eq["p"]
-    clear_a, equiv = bool(p_a < alpha), bool(p_e < alpha)
-    text = (
-        f"Malignant minus benign mean {metric} is {du:+.3f} ({pct} % CI {lo_u:+.3f} to "
-        f"{hi_u:+.3f}, {_fmt_p(r['class_p_unadjusted'])}) before and {da:+.3f} ({pct} % CI "
-        f"{lo_a:+.3f} to {hi_a:+.3f}, {_fmt_p(r['class_p_adjusted'])}"
-        f"{_adj_text(pa_class, method, sizes.get('size_confound'), 'size-confound')}) after "
-        f"adjusting for lesion area (model: {r.get('model_text') or r.get('model')}; "
-        f"Spearman rho with area {r['spearman_rho']:.2f})"
-    )
-    share, (s_lo, s_hi) = r["share_explained"], r["share_explained_ci"]
-    if clear_u and np.isfinite(share):
-        ci = (f" ({pct} % CI {100 * s_lo:.0f} to {100 * s_hi:.0f} %)"
-              if np.isfinite(s_lo) else "")
-        text += f"; lesion area accounts for {100 * share:.0f} % of the gap{ci}"
-    text += (f"; equivalence test (TOST) against +-{margin:g}: {_fmt_p(eq['p'])}"
-             f"{_adj_text(pa_eq, method, sizes.get('equivalence'), 'equivalence')}. "
-             f"Verdict: {r['verdict']}"
-             + (f" (decided on the {method}-adjusted p-values)" if adjusted else "") + ": ")
-    no_gap = "there is no clear unadjusted gap, and " if not clear_u else ""
-    differs = (f"the size-adjusted gap differs from 0 at the adjusted level "
-               f"({method}-adjusted {_fmt_p(p_a)})" if adjusted else
-               "the adjusted CI excludes 0")
-    if r["verdict"] == "explained by size":
-        why = (f"{no_gap}the adjusted gap is equivalent to zero within +-{margin:g}"
-               + (f" ({method}-adjusted TOST {_fmt_p(p_e)})" if adjusted else "")
-               + (", so lesion area accounts for the class difference" if clear_u else "")
-               + (" (it differs from zero, but by less than the margin)" if clear_a else ""))
-    elif r["verdict"] == "remains":
-        why = (f"{differs} in the same direction as the unadjusted gap, so the class "
-               "difference remains after adjusting for lesion area" if clear_u else
-               f"there is no clear unadjusted gap, but {differs}: a class difference "
-               "appears once lesion area is accounted for")
-    elif clear_u and clear_a:
-        why = ("the adjusted gap points the other way from the unadjusted one: lesion area "
-               "accounts for more than the whole difference, and the reversed remainder is "
-               "not equivalent to zero")
-    else:
-        lost_diff = adjusted and raw_a and not clear_a
-        lost_eq = adjusted and raw_eq and not equiv
-        if not (lost_diff or lost_eq):
-            why = (f"{no_gap}the adjusted CI contains 0 but reaches beyond +-{margin:g}, so "
-                   "the data neither show a class difference after the size adjustment nor "
-                   "rule one out")
-        else:
-            parts = []
-            if lost_diff:
-                parts.append(f"the adjusted CI excludes 0 ({_fmt_p(r['class_p_adjusted'])}) "
-                             f"but the {method}-adjusted {_fmt_p(p_a)} does not reach "
-                             f"{alpha:g}")
-            else:
-                parts.append("the size-adjusted gap does not differ from 0 "
-                             f"({method}-adjusted {_fmt_p(p_a)})")
-            if lost_eq:
-                parts.append(f"the TOST {_fmt_p(eq['p'])} would call it equivalent to zero "
-                             f"within +-{margin:g}, but the {method}-adjusted {_fmt_p(p_e)} "
-                             "does not")
-            else:
-                parts.append(f"it is not equivalent to zero within +-{margin:g} ({method}-"
-                             f"adjusted TOST {_fmt_p(p_e)})")
-            why = (f"{no_gap}{'; '.join(parts)}; after the multiplicity adjustment the data "
-                   "neither show a class difference after the size adjustment nor rule one "
-                   "out")
-        if clear_u and lo_a <= du <= hi_a:
-            why += f" (the CI still contains the unadjusted gap {du:+.3f})"
-    return text + why + "."
 
 
 def size_confounds(df: pd.DataFrame, metrics: Sequence[str] = CONFOUND_METRICS,
@@ -1546,7 +1315,7 @@ def sanity_check(cams_trained, cams_random, threshold: float = 0.5) -> dict:
     of the median |rho| lies below ``threshold``, False when the median is at or above
     it, None when inconclusive. Returns the verdict dict (``rank_correlation`` ``(N,)``
     signed rho, ``median`` = median |rho|, ``ci_low``, ``ci_high``, ``n_valid``,
-    ``passed``, ``summary``, ...) plus ``mean``, the mean |rho| over valid images.
+    ``passed``, ``verdict``, ...) plus ``mean``, the mean |rho| over valid images.
     """
     from dermcam.sanity import sanity_verdict
 

@@ -16,7 +16,7 @@ images the audit then reports):
 
 :func:`choose` then picks, per model and method, the best *defensible* layer: the
 highest median pixel AUROC among candidates that beat uniform attention, leave at most
-5 % of maps undefined and pass the sanity check, and says why.
+5 % of maps undefined and pass the sanity check (with a reason code).
 
 Shape contracts: ``x (N, 3, S, S)`` normalised input, ``masks (N, S, S)`` bool.
 """
@@ -178,6 +178,12 @@ def eligible(row: dict[str, Any], max_undefined: float = MAX_UNDEFINED) -> bool:
             and row.get("sanity_passed") is True)
 
 
+#: Why a layer was chosen (``layer_choice[*]["reason"]``): the best eligible candidate
+#: of the benchmark, the study's layer because none was eligible (its maps are not to be
+#: read spatially), the study's layer as asked (``--layer last``/``study``), the user's.
+CHOICE_REASONS = ("best_eligible", "none_eligible", "study_layer", "user_layer")
+
+
 def choose(rows: Sequence[dict[str, Any]], default_layer: str, default_method: str,
            max_undefined: float = MAX_UNDEFINED) -> tuple[str, str, str]:
     """``(method, layer, reason)`` for one model, from its benchmark ``rows``.
@@ -185,41 +191,16 @@ def choose(rows: Sequence[dict[str, Any]], default_layer: str, default_method: s
     ``rows``: that model's candidates (one method, or several when the method is chosen
     too), each method's layers in shallow-to-deep order. Among the eligible ones (see
     :func:`eligible`) the highest median pixel AUROC wins (ties go to the deeper layer,
-    nearer the decision). With none eligible, ``default_method`` at the study's
-    ``default_layer`` is kept, and the reason says its maps cannot be read spatially.
+    nearer the decision): reason ``"best_eligible"``. With none eligible,
+    ``default_method`` at the study's ``default_layer`` is kept: ``"none_eligible"``
+    (:data:`CHOICE_REASONS`; the rows say why each candidate was not eligible).
     """
     ok = [r for r in rows if eligible(r, max_undefined)]
     if not ok:
-        return default_method, default_layer, (
-            f"no candidate layer beat uniform attention with at most {max_undefined:.0%} "
-            "undefined maps and a passed sanity check; kept the study's layer "
-            f"{default_layer}, whose maps should not be read spatially")
+        return default_method, default_layer, "none_eligible"
     depth = {r["layer"]: i for i, r in enumerate(rows)}
     best = max(ok, key=lambda r: (round(r["median_pixel_auroc"], 3), depth[r["layer"]]))
-    several = len({r["method"] for r in rows}) > 1
-    rejected = []
-    for r in rows:
-        if r in ok or (several and r["method"] != best["method"]):
-            continue
-        why = []
-        if not r["better_than_uniform"]:
-            why.append("not better than uniform")
-        if r["undefined_share"] > max_undefined:
-            why.append(f"{r['undefined_share']:.0%} undefined")
-        if r.get("sanity_passed") is not True:
-            why.append("sanity check " + {False: "failed", None: "inconclusive"}
-                       [r.get("sanity_passed")])
-        rejected.append(f"{r['layer']} ({', '.join(why)})")
-    what = f"{best['method']} at {best['layer']}" if several else best["layer"]
-    reason = (f"{what}: highest median pixel AUROC {best['median_pixel_auroc']:.2f} "
-              f"(95 % CI {best['ci_low']:.2f}-{best['ci_high']:.2f}, {best['n']} "
-              f"{best['images']} images) among "
-              f"{'methods and layers' if several else 'layers'} that beat uniform attention "
-              "and pass the sanity check")
-    if rejected:
-        reason += (f"; rejected for {best['method']}: " if several else "; rejected: ") \
-            + "; ".join(rejected)
-    return best["method"], best["layer"], reason
+    return best["method"], best["layer"], "best_eligible"
 
 
 def uniform_guard(df, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -227,8 +208,9 @@ def uniform_guard(df, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
 
     ``df``: attention.csv rows with ``pixel_auroc`` and ``excess_leakage``. The maps beat
     uniform attention when the median pixel AUROC's 95 % CI lies above 0.5 *and* the mean
-    excess leakage's CI lies below 0. Otherwise ``sentence`` says, in plain words, that
-    leakage and its class comparison should not be read spatially.
+    excess leakage's CI lies below 0 (``better_than_uniform``; ``auroc_above_chance`` and
+    ``excess_below_zero`` say which part holds). Otherwise leakage and its class
+    comparison should not be read spatially.
     """
     from dermcam.leakage import bootstrap_mean_ci
 
@@ -240,25 +222,10 @@ def uniform_guard(df, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     auroc_ok = bool(np.isfinite(lo) and lo > 0.5)
     excess_ok = bool(np.isfinite(ex_hi) and ex_hi < 0)
     better = auroc_ok and excess_ok
-    if better:
-        sentence = (f"These maps localise better than uniform attention (median pixel AUROC "
-                    f"{med:.2f}, 95 % CI {lo:.2f}-{hi:.2f}; mean excess leakage {ex:+.3f}, "
-                    f"CI {ex_lo:+.3f} to {ex_hi:+.3f}).")
-    else:
-        why = []
-        if not auroc_ok:
-            why.append(f"median pixel AUROC {med:.2f} (95 % CI {lo:.2f}-{hi:.2f}) is not "
-                       "above 0.5")
-        if not excess_ok:
-            why.append(f"mean excess leakage {ex:+.3f} (CI {ex_lo:+.3f} to {ex_hi:+.3f}) is "
-                       "not below 0")
-        sentence = ("Caution: these maps are not better than uniform attention ("
-                    + "; ".join(why) + "), so their leakage and any class difference in it "
-                    "say nothing about where the model looks.")
     return {"better_than_uniform": better, "median_pixel_auroc": med,
             "pixel_auroc_ci": [lo, hi], "mean_excess_leakage": ex,
             "excess_leakage_ci": [ex_lo, ex_hi], "n": int(np.isfinite(auroc).sum()),
-            "sentence": sentence}
+            "auroc_above_chance": auroc_ok, "excess_below_zero": excess_ok}
 
 
 def artifact_ratios(df, artifacts: Sequence[str], n_boot: int = 1000, seed: int = 0

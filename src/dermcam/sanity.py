@@ -21,7 +21,7 @@ are re-initialised:
   not at |rho| = 0 when the CAM grid is coarse: upsampled from 2 x 2 cells
   (resnet18's ``layer4`` at 64 px) two independent maps have median |rho| about
   0.45, from 7 x 7 (224 px) about 0.1. Near the threshold, the check cannot pass
-  whatever the method does; the summary says so.
+  whatever the method does.
 * **Cascading randomisation** (:func:`model_randomisation`): the model's blocks
   (:func:`cascade_blocks`) are re-initialised cumulatively from the output down,
   and the similarity is reported after each step, showing which layers the
@@ -204,21 +204,21 @@ def sanity_verdict(cams_trained, cams_random, threshold: float = 0.5, n_boot: in
     ``median_rho`` (median of the signed per-image values: near -1 means inverted
     maps), ``chance_abs_rho`` (median |rho| of mismatched pairs, the trained map of
     image i against the random map of image i + 1: what unrelated maps of this
-    resolution and layout reach; near ``threshold`` the check cannot pass, and the
-    summary says so; NaN below 2 images); lists ``per_init_median`` and
-    ``per_init_n_valid`` (median |rho| and valid images of each init); ints ``n_valid``, ``n_images``, ``n_inits``,
+    resolution and layout reach; near ``threshold`` the check cannot pass; NaN below 2
+    images); lists ``per_init_median`` and ``per_init_n_valid`` (median |rho| and valid
+    images of each init); ints ``n_valid``, ``n_images``, ``n_inits``,
     ``n_boot``, ``min_images``; ``threshold``, ``passed``, ``verdict``
-    (``"passed"``/``"failed"``/``"inconclusive"``), ``reason`` and a one-line
-    ``summary``. ``log_result=False``: do not log the summary (callers that report
-    many candidates in a table of their own).
+    (``"passed"``/``"failed"``/``"inconclusive"``) and ``reason``. ``log_result=False``:
+    do not log the verdict (callers that report many candidates in a table of their own).
     """
     out = _verdict(cams_trained, cams_random, threshold, n_boot, seed, min_images)
-    if not log_result:  # e.g. the localisation benchmark, which reports every candidate
-        return out
-    if out["passed"] is False:
-        log.warning(out["summary"])
-    else:
-        log.info(out["summary"])
+    if log_result:  # not e.g. the localisation benchmark, which reports every candidate
+        log.log(logging.WARNING if out["passed"] is False else logging.INFO,
+                "model randomisation %s%s: median |rho| %.2f [%.2f, %.2f] on %d of %d images "
+                "x %d init(s), threshold %g, mismatched pairs %.2f", out["verdict"],
+                f" ({out['reason']})" if out["reason"] else "", out["median_abs_rho"],
+                out["ci_low"], out["ci_high"], out["n_valid"], out["n_images"],
+                out["n_inits"], out["threshold"], out["chance_abs_rho"])
     return out
 
 
@@ -264,8 +264,6 @@ def _verdict(cams_trained, cams_random, threshold: float, n_boot: int, seed: int
         passed, reason = None, "ci_includes_threshold"
     verdict = {True: "passed", False: "failed", None: "inconclusive"}[passed]
     chance = _chance(a, inits)
-    summary = _summary(passed, reason, med, lo, hi, med_signed, threshold, n_valid, n, k,
-                       min_images, chance)
     return {
         "rank_correlation": signed_img, "abs_rank_correlation": abs_img,
         "median_abs_rho": med, "median": med, "ci_low": lo, "ci_high": hi,
@@ -273,7 +271,7 @@ def _verdict(cams_trained, cams_random, threshold: float, n_boot: int, seed: int
         "per_init_median": per_init, "per_init_n_valid": [int(c) for c in ok.sum(axis=1)],
         "n_valid": n_valid, "n_images": int(n), "n_inits": int(k), "n_boot": n_boot,
         "min_images": int(min_images), "threshold": threshold, "passed": passed,
-        "verdict": verdict, "reason": reason, "summary": summary,
+        "verdict": verdict, "reason": reason,
     }
 
 
@@ -286,38 +284,6 @@ def _chance(a: np.ndarray, inits: Sequence[np.ndarray]) -> float:
     per_img = _mean_over_inits(np.abs(rho), ok, ok.sum(axis=0))
     per_img = per_img[~np.isnan(per_img)]
     return float(np.median(per_img)) if per_img.size else math.nan
-
-
-def _summary(passed, reason, med, lo, hi, med_signed, threshold, n_valid, n, k,
-             min_images, chance) -> str:
-    head = "Model-randomisation check"
-    if reason == "no_valid_images":
-        return (f"{head} inconclusive: no image had a finite, non-constant heatmap from both the "
-                f"trained and a randomised model (0 of {n} images, {k} random init(s)).")
-    imgs = f"{n_valid} images" if n_valid == n else f"{n_valid} of {n} images"
-    where = f"over {imgs} and {k} random init(s)"
-    stat = f"median |rank correlation| {med:.2f}"
-    ci = f"95 % CI {lo:.2f} to {hi:.2f}" if math.isfinite(lo) else "no CI"
-    base = f"; mismatched images give {chance:.2f}" if math.isfinite(chance) else ""
-    tail = ""
-    if math.isfinite(chance) and chance >= threshold:
-        tail = ("; caution: even unrelated maps reach the threshold (a coarse CAM grid or "
-                "image-independent structure), so it cannot separate them")
-    if passed is True:
-        return (f"{head} passed: heatmaps from randomised weights differ from the trained "
-                f"model's ({stat}, {ci}, below the threshold {threshold:g}, {where}{base}).")
-    if passed is False:
-        if med_signed <= -threshold:
-            tail = (f"; the randomised maps are inverted copies (median signed rho "
-                    f"{med_signed:.2f}), which still follow the image, not the model{tail}")
-        return (f"{head} FAILED: heatmaps stay similar to the trained model's after its weights "
-                f"are randomised ({stat}, {ci}, at or above the threshold {threshold:g}, "
-                f"{where}{base}){tail}.")
-    if reason == "too_few_images":
-        return (f"{head} inconclusive: {stat} {where}{base}, but at least {min_images} valid "
-                f"images are needed to bound a median at 95 %{tail}.")
-    return (f"{head} inconclusive: {stat} is below the threshold {threshold:g} but its {ci} "
-            f"includes it ({where}{base}); more images may settle it{tail}.")
 
 
 # ---------------------------------------------------------------------------

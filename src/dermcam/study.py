@@ -83,7 +83,7 @@ def _models(text: str) -> list[str]:
 
 
 def _check_data(data: Path) -> Path:
-    from dermcam.data.dataset import detect_layout
+    from dermcam.data import detect_layout
 
     try:
         detect_layout(data)
@@ -172,8 +172,9 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
 
     Returns the evaluation result (:func:`dermcam.evaluation.evaluate_predictions`).
     """
+    from dermcam.config import TrainConfig
     from dermcam.stages.evaluate import run_evaluate
-    from dermcam.stages.train import TrainConfig, train
+    from dermcam.stages.train import train
 
     results = Path(results)
     run = results / RUN_SUBDIR
@@ -210,6 +211,7 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
 def print_comparison(result: dict[str, Any], say=_say) -> None:
     """The study's comparison table, then dermcam's with 95 % CIs and the paired tests."""
     from dermcam.evaluation import format_comparison
+    from dermcam.views import pairwise_table
 
     study_cols = (("Accuracy", "accuracy"), ("Benign_Precision", "precision_benign"),
                   ("Malignant_Precision", "precision_malignant"),
@@ -226,9 +228,11 @@ def print_comparison(result: dict[str, Any], say=_say) -> None:
     say(_text_table(rows))
     say("\nWith 95% confidence intervals, and the predict-all-benign baseline:")
     say(_text_table(format_comparison(result)))
-    for p in result.get("pairwise", []):
-        if p.get("sentence"):
-            say("  " + p["sentence"])
+    pairs = pairwise_table(result)
+    if pairs:
+        say(f"\n{pairs.title}:")
+        say(_text_table([pairs.columns, *pairs.rows]))
+        say(pairs.note)
 
 
 def _train_main(args: argparse.Namespace) -> None:
@@ -380,7 +384,9 @@ def print_leakage(table, display: str, tests: dict[str, Any], say=_say) -> None:
             say(f"  Mean outside attention: {g['outside_score'].mean():.4f}")
             say(f"  Mean chance leakage (1 - lesion area): {g['chance_leakage'].mean():.4f}")
             say(f"  Mean excess leakage (leakage - chance): {g['excess_leakage'].mean():+.4f}")
-    size = tests.get("size_confound", {}).get("summary")
+    from dermcam.views import confound_line
+
+    size = confound_line(tests.get("size_confound") or {})
     if size:
         say(f"Lesion size: {size}")
 

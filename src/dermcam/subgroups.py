@@ -81,12 +81,12 @@ def bin_column(values: pd.Series, name: str = "") -> tuple[pd.Series, str]:
 
 def _auc_var(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """``(AUC, DeLong variance)`` of one score; NaN where a class has < 2 images."""
-    from dermcam.stats import _delong_components
+    from dermcam.stats import delong_components
 
     m, n = int(y.sum()), int((1 - y).sum())
     if m < 2 or n < 2:
         return math.nan, math.nan
-    auc, v10, v01 = _delong_components(y, p[None, :])
+    auc, v10, v01 = delong_components(y, p[None, :])
     return float(auc[0]), float(np.var(v10[0], ddof=1) / m + np.var(v01[0], ddof=1) / n)
 
 
@@ -330,22 +330,6 @@ def subgroup_table(analysis: dict[str, Any], model: str, digits: int = 2) -> lis
     return rows
 
 
-def heterogeneity_sentence(analysis: dict[str, Any], model: str) -> str:
-    """One sentence on both heterogeneity tests of ``model`` for ``analysis['column']``."""
-    h = analysis["models"][model]["heterogeneity"]
-
-    def p(t) -> str:
-        v = t.get("p_adjusted", t.get("p"))
-        if v is None or not math.isfinite(v):
-            return f"undefined ({t.get('reason') or 'no test'})"
-        return ("p < 0.001" if v < 0.001 else f"p = {v:.3f}") + (
-            " (Holm)" if "p_adjusted" in t else "")
-
-    return (f"Heterogeneity across {analysis['column']} groups: AUC (Cochran's Q, DeLong "
-            f"variances) {p(h['auc'])}; accuracy (chi-square) {p(h['accuracy'])}; p ≥ 0.05 "
-            "is inconclusive, not evidence of equal performance.")
-
-
 def summary_table(analysis: dict[str, Any], entry: dict[str, Any], metrics,
                   titles=None, digits: int = 3) -> list[list[str]]:
     """Rows for a printed table of one :func:`subgroup_summaries` entry: header, then one
@@ -361,20 +345,3 @@ def summary_table(analysis: dict[str, Any], entry: dict[str, Any], metrics,
                                                  if not g["estimable"] else
                                                  [cell(g.get(m)) for m in metrics]))
     return rows
-
-
-def kruskal_sentence(analysis: dict[str, Any], entry: dict[str, Any], titles=None) -> str:
-    """One sentence on the Kruskal-Wallis tests of one :func:`subgroup_summaries` entry."""
-    het = entry["heterogeneity"]
-    titles = dict(titles or {})
-
-    def p(t) -> str:
-        v = t.get("p_adjusted", t.get("p"))
-        if v is None or not math.isfinite(v):
-            return f"undefined ({t.get('reason') or 'no test'})"
-        return ("p < 0.001" if v < 0.001 else f"p = {v:.3f}") + (
-            " (Holm)" if "p_adjusted" in t else "")
-
-    parts = "; ".join(f"{titles.get(m, m)} {p(t)}" for m, t in het.items())
-    return (f"Kruskal-Wallis across {analysis['column']} groups: {parts}; p ≥ 0.05 is "
-            "inconclusive, not evidence of equal behaviour.")

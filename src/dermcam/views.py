@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dermcam import run as runmod
-from dermcam.formatting import fmt_ci, fmt_num, fmt_pct, fmt_seconds, is_number, metric_label
+from dermcam.formatting import fmt_ci, fmt_num, fmt_p, fmt_pct, fmt_seconds, is_number, metric_label
 from dermcam.io import read_json
 
 __all__ = ["Table", "ci_cell", "training_table", "metrics_tables", "localisation_table",
@@ -23,7 +23,8 @@ __all__ = ["Table", "ci_cell", "training_table", "metrics_tables", "localisation
            "shortcut_table", "subgroup_tables", "external_table", "findings_table",
            "run_sections", "SECTIONS", "dataset_tables", "dataset_lines", "problem_lines",
            "models_table", "predictions_table", "audit_headline", "audit_table",
-           "findings_lines"]
+           "findings_lines", "pairwise_table", "confound_caveats", "confound_line", "guard_note",
+           "labels_line", "heterogeneity_note", "kruskal_note"]
 
 #: Report sections holding detail tables, in page order: (anchor, title).
 SECTIONS = (("training", "Training"), ("comparison", "Model comparison"),
@@ -124,6 +125,13 @@ def metrics_tables(result: dict[str, Any]) -> list[Table]:
                   _entry((v.get("before") or {}).get("brier")),
                   _entry((v.get("after") or {}).get("brier")))
         out.append(c)
+    p = pairwise_table(result)
+    return out + ([p] if p else [])
+
+
+def pairwise_table(result: dict[str, Any]) -> Table | None:
+    """The paired model comparisons of ``metrics.json`` (None with fewer than two models)."""
+    names = result.get("display_names") or {}
     pairs = result.get("pairwise") or []
     if pairs:
         p = Table("Paired comparisons (same test images)",
@@ -137,8 +145,8 @@ def metrics_tables(result: dict[str, Any]) -> list[Table]:
                   fmt_num(auc.get("p_adjusted", r.get("p_holm")), 3),
                   ci_cell(acc.get("diff"), acc.get("lo"), acc.get("hi"), 3, sign=True),
                   fmt_num((acc.get("mcnemar") or {}).get("p"), 3))
-        out.append(p)
-    return out
+        return p
+    return None
 
 
 def external_table(internal: dict[str, Any] | None,
@@ -174,7 +182,7 @@ def external_table(internal: dict[str, Any] | None,
 
 def subgroup_tables(result: dict[str, Any]) -> list[Table]:
     """One table per ``--by`` column and model (:func:`dermcam.subgroups.subgroup_table`)."""
-    from dermcam.subgroups import heterogeneity_sentence, subgroup_table
+    from dermcam.subgroups import subgroup_table
 
     out = []
     names = result.get("display_names") or {}
@@ -182,8 +190,31 @@ def subgroup_tables(result: dict[str, Any]) -> list[Table]:
         for model in analysis["models"]:
             rows = subgroup_table(analysis, model)
             out.append(Table(f"{names.get(model, model)} by {col} ({analysis['binning']})",
-                             rows[0], rows[1:], heterogeneity_sentence(analysis, model)))
+                             rows[0], rows[1:], heterogeneity_note(analysis, model)))
     return out
+
+
+def _p_part(t: dict[str, Any]) -> str:
+    v = t.get("p_adjusted", t.get("p"))
+    if not is_number(v):
+        return f"undefined ({t.get('reason') or 'no test'})"
+    return fmt_p(v, label="p") + (" (Holm)" if "p_adjusted" in t else "")
+
+
+def heterogeneity_note(analysis: dict[str, Any], model: str) -> str:
+    """The note under a metrics subgroup table: both heterogeneity tests' p-values."""
+    h = analysis["models"][model]["heterogeneity"]
+    return (f"Heterogeneity across {analysis['column']} groups: AUC (Cochran's Q, DeLong "
+            f"variances) {_p_part(h['auc'])}; accuracy (chi-square) {_p_part(h['accuracy'])}; "
+            "p ≥ 0.05 is inconclusive, not evidence of equal performance.")
+
+
+def kruskal_note(analysis: dict[str, Any], entry: dict[str, Any], titles=None) -> str:
+    """The note under an attention or probe subgroup table: Kruskal-Wallis p per metric."""
+    titles = dict(titles or {})
+    parts = "; ".join(f"{titles.get(m, m)} {_p_part(t)}" for m, t in entry["heterogeneity"].items())
+    return (f"Kruskal-Wallis across {analysis['column']} groups: {parts}; p ≥ 0.05 is "
+            "inconclusive, not evidence of equal behaviour.")
 
 
 # ----------------------------------------------------------------- attention
@@ -219,10 +250,8 @@ def attention_table(summary: dict[str, Any], names: dict[str, str] | None = None
               f"{summary.get('target', 'malignant')} class)",
               ["model", "CAM", "median pixel AUROC", "leakage benign", "leakage malignant",
                "uniform would leak", "gap adjusted for area", "area explains", "verdict"],
-              numeric_from=2,
-              note="Gap: malignant minus benign mean leakage after a natural spline in lesion "
-                   "area (HC3 SEs); verdicts: remains, explained by size, inconclusive "
-                   f"(equivalence margin ±{summary.get('equivalence_margin', 0.02):g}).")
+              numeric_from=2)
+    caveats: dict[str, list[str]] = {}
     by = {(r["model"], r["method"], r["label"], r["metric"]): r
           for r in summary.get("by_class") or []}
     for key, e in tests.items():
@@ -237,13 +266,78 @@ def attention_table(summary: dict[str, Any], names: dict[str, str] | None = None
         chance = [fmt_num((by.get((model, method, lab, "chance_leakage")) or {}).get("mean"), 3)
                   for lab in (0, 1)]
         lo, hi = (sc.get("class_ci_adjusted") or [None, None])[:2]
+        for c in confound_caveats(sc, (e.get("missingness") or {}).get("leakage")):
+            caveats.setdefault(c, []).append(_n(names, model))
         t.add(_n(names, model), method_at(method, e.get("layer", "")),
               ci_cell(g.get("median_pixel_auroc"), *(g.get("pixel_auroc_ci") or [None, None])[:2]),
               cls(0, "leakage"), cls(1, "leakage"), " / ".join(chance),
               ci_cell(sc.get("class_coef_adjusted"), lo, hi, 3, sign=True),
               fmt_pct(sc.get("share_explained"), 0),
               sc.get("verdict", "-") if g.get("better_than_uniform") else "not interpreted")
+    t.note = ("Gap: malignant minus benign mean leakage adjusted for lesion area (OLS, HC3 "
+              "SEs); verdicts: remains, explained by size, inconclusive (equivalence margin "
+              f"±{summary.get('equivalence_margin', 0.02):g})."
+              + "".join(f" {c[0].upper()}{c[1:]}." if len(who) == len(t.rows) else
+                        f" {', '.join(who)}: {c}." for c, who in caveats.items()))
     return t
+
+
+def confound_caveats(sc: dict[str, Any], miss: dict[str, Any] | None = None,
+                     alpha: float = 0.05) -> list[str]:
+    """What a size-confound result's verdict rests on, in short phrases, from its fields
+    (:func:`dermcam.leakage.size_confound`): the multiplicity-adjusted p-values it was
+    decided on, a degenerate fit, the linear fallback for the area term, results pooled
+    over the explained classes, numbers per image under cluster resampling; and, given the
+    same metric's :func:`dermcam.leakage.missing_at_chance` entry ``miss``, whether scoring
+    the undefined heatmaps at chance moves the class comparison across ``alpha``."""
+    out = []
+    basis, reason = sc.get("verdict_basis") or "", sc.get("reason") or ""
+    if basis.endswith("-adjusted p"):
+        k = (sc.get("family_sizes") or {}).get("size_confound")
+        out.append(f"verdicts on {basis}-values" + (f" ({k} tests)" if k else ""))
+    if reason == "perfect_fit":
+        out.append("an exact fit in area, so no p-value")
+    elif reason == "constant_metric":
+        out.append("the metric is constant, nothing to test")
+    elif reason:
+        out.append("the size model could not be estimated")
+    if sc.get("area_model") in ("linear_few_images", "linear_few_areas"):
+        out.append("linear in area (too few "
+                   + ("images" if sc["area_model"] == "linear_few_images" else "distinct areas")
+                   + " for a spline)")
+    if sc.get("pooled_over_targets"):
+        out.append("pooled over the explained classes, mixing lesion type with the class "
+                   "each heatmap explains")
+    if sc.get("per_image"):
+        out.append(f"SEs, tests and TOST treat images of one {sc.get('cluster_name') or 'group'}"
+                   " as independent")
+    if miss:
+        p_obs, p_imp = miss["observed"]["p_value"], miss["at_chance"]["p_value"]
+        if is_number(p_obs) and is_number(p_imp) and (p_obs < alpha) != (p_imp < alpha):
+            n = miss["n_imputed_benign"] + miss["n_imputed_malignant"]
+            out.append(f"scoring its {n} undefined heatmaps at chance moves the class "
+                       f"comparison across p = {alpha:g}")
+    return out
+
+
+def confound_line(sc: dict[str, Any]) -> str:
+    """A size-confound result in one line: the adjusted gap with its CI, the verdict and
+    its :func:`confound_caveats` (``""`` without a verdict)."""
+    if not sc.get("verdict"):
+        return ""
+    lo, hi = (sc.get("class_ci_adjusted") or [None, None])[:2]
+    caveats = "; ".join(confound_caveats(sc))
+    return (f"Malignant minus benign mean {sc.get('metric', 'leakage')} adjusted for lesion "
+            f"area {ci_cell(sc.get('class_coef_adjusted'), lo, hi, 3, sign=True)}: "
+            f"{sc['verdict']}" + (f" ({caveats})" if caveats else "") + ".")
+
+
+def guard_note(guard: dict[str, Any]) -> str:
+    """The caution under maps that do not beat uniform attention (``""`` when they do)."""
+    if guard.get("better_than_uniform"):
+        return ""
+    return ("Not better than uniform attention, so leakage and any class difference in it "
+            "say nothing about where the model looks.")
 
 
 def artifacts_table(rows: list[dict[str, Any]] | None, names: dict[str, str] | None = None
@@ -264,7 +358,7 @@ def artifacts_table(rows: list[dict[str, Any]] | None, names: dict[str, str] | N
 def summary_subgroup_tables(subgroups: dict[str, Any] | None, titles: dict[str, str],
                             label, what: str) -> list[Table]:
     """One table per ``--by`` column and entry of an attention or probe summary."""
-    from dermcam.subgroups import kruskal_sentence, summary_table
+    from dermcam.subgroups import summary_table
 
     out = []
     for col, analysis in (subgroups or {}).items():
@@ -272,7 +366,7 @@ def summary_subgroup_tables(subgroups: dict[str, Any] | None, titles: dict[str, 
             rows = summary_table(analysis, entry, list(titles), list(titles.values()))
             out.append(Table(f"{what}, {label(entry)}, by {col} ({analysis['binning']}): "
                              "mean [95 % CI]", rows[0], rows[1:],
-                             kruskal_sentence(analysis, entry, titles)))
+                             kruskal_note(analysis, entry, titles)))
     return out
 
 
@@ -483,6 +577,18 @@ def predictions_table(table, shown: int = 20) -> Table:
     return t
 
 
+def labels_line(info: dict[str, Any]) -> str:
+    """The line on artifact labels joined to a data set (``metrics.json["artifact_labels"]``,
+    :func:`dermcam.stages.evaluate.labels_info`)."""
+    text = f"artifact labels from {Path(info['file']).name}"
+    if "n_matched" in info:
+        text += (f": {info['n_matched']} of {info['n_images']} images "
+                 f"({', '.join(info.get('artifacts') or [])})")
+        if info.get("n_unknown"):
+            text += f"; {info['n_unknown']} id(s) in the file are not in the data set"
+    return text
+
+
 def audit_headline(what: str, labels, guard: dict[str, Any]) -> str:
     """One line on an audit: the model, the images per class (``labels``: 0/1 per image)
     and whether the maps beat uniform attention."""
@@ -495,12 +601,13 @@ def audit_headline(what: str, labels, guard: dict[str, Any]) -> str:
 
 def audit_table(summary: dict[str, Any]) -> Table:
     """Attention by class of :func:`dermcam.audit.audit_summary` (``by_class`` a
-    DataFrame); the note: the uniform-attention guard's and the size confound's sentences."""
+    DataFrame); the note: :func:`guard_note`, the size-confound gap and verdict and its
+    :func:`confound_caveats`."""
+    note = " ".join(filter(None, [guard_note(summary["guard"]),
+                                  confound_line(summary.get("size_confound") or {})]))
     t = Table("attention: mean [95 % CI] by class; n (undefined, left out of the mean)",
               ["class", "n (undefined)", "leakage", "excess leakage", "pixel AUROC"],
-              numeric_from=99,
-              note=" ".join(filter(None, [summary["guard"]["sentence"],
-                                          (summary.get("size_confound") or {}).get("summary")])))
+              numeric_from=99, note=note)
     rows: dict[int, dict[str, Any]] = {}
     for r in summary["by_class"].to_dict(orient="records"):
         rows.setdefault(int(r["label"]), {})[r["metric"]] = r

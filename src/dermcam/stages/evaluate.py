@@ -24,7 +24,7 @@ def load_test_split(run: runmod.Run, limit: int | None = None, require_masks: bo
     ``artifacts``: an artifact label file joined instead of the one the run records."""
     from dermcam.data import load_dataset
     from dermcam.data.cache import warm_cache
-    from dermcam.stages.train import CachedSplit
+    from dermcam.data.cached_split import CachedSplit
 
     ds = run.dataset if artifacts is None else load_dataset(run.data_root, artifacts=artifacts)
     samples = ds.split("test")
@@ -83,16 +83,15 @@ def run_evaluate(run_dir: runmod.Run | str | Path, n_boot: int = 1000, seed: int
         from dermcam.stages.external import check_by
 
         check_by(ds, by)
-    labels_note = None
     if artifacts is not None:  # every check passed: now the run keeps the labels
-        from dermcam.data.artifact_labels import record_in_run
+        from dermcam.run import record_in_run
 
-        labels_note = record_in_run(run.dir, artifacts, ds=ds)
+        record_in_run(run.dir, artifacts, ds=ds)
         run.refresh()
     # a failure from here on is recorded, so 'report' says why rather than using old files
     with run.stage("evaluate") as record:
         result = _evaluate(run, ds, samples, arrays, n_boot, seed, by, min_group,
-                           device=device, labels=labels_info(artifacts, labels_note))
+                           device=device, labels=labels_info(artifacts, ds))
         record.update(n_test=len(samples), n_boot=n_boot)
     return result
 
@@ -128,11 +127,24 @@ def predict_models(run: runmod.Run, samples, arrays, device: str = "cpu"
     return preds, thresholds
 
 
-def labels_info(artifacts: str | Path | None, note: str | None) -> dict[str, str] | None:
-    """``metrics.json["artifact_labels"]``: the label file joined and its join note."""
+def labels_info(artifacts: str | Path | None, ds=None) -> dict[str, Any] | None:
+    """``metrics.json["artifact_labels"]``: the label file joined (``file``) and, given the
+    data set ``ds`` it was joined to, the join's counts: ``artifacts`` (names),
+    ``n_images`` (the data set's), ``n_matched`` (of those with a row), ``n_unknown`` (ids
+    in the file that are not in the data set). Worded by :func:`dermcam.views.labels_line`."""
     if artifacts is None:
         return None
-    return {"file": str(Path(artifacts).resolve()), "note": note or ""}
+    out: dict[str, Any] = {"file": str(Path(artifacts).resolve())}
+    joined = getattr(ds, "artifact_labels", None)
+    if joined is not None:
+        from dermcam.data.artifact_labels import PREFIX, artifact_columns, read_artifact_labels
+
+        have = {s.image_id for s in ds.samples}
+        ids = read_artifact_labels(artifacts)["image_id"]
+        out.update(artifacts=[c.removeprefix(PREFIX) for c in artifact_columns(joined)],
+                   n_images=len(have), n_matched=int(joined["image_id"].isin(have).sum()),
+                   n_unknown=int((~ids.isin(have)).sum()))
+    return out
 
 
 def score_predictions(preds: pd.DataFrame, thresholds: dict[str, float], ds,

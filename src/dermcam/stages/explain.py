@@ -128,7 +128,7 @@ def parse_layer_spec(spec: str | dict | None, names) -> dict[str, str]:
 
 def _validation_samples(run: runmod.Run) -> list:
     """The run's validation images (the training split's held-out part) that have masks."""
-    from dermcam.stages.train import stratified_split
+    from dermcam.data.splits import stratified_split
 
     train = run.dataset.split("train")
     if not train:
@@ -263,7 +263,8 @@ def _check_layer_names(loaded, choice: dict[str, str]) -> None:
 
 def _select_layers(name: str, info, c: str, methods, mine: list[dict], first_bench: str
                    ) -> list[dict[str, str]]:
-    """Model ``name``'s ``{model, method, layer, reason}`` rows for layer choice ``c``, from
+    """Model ``name``'s ``{model, method, layer, reason}`` rows for layer choice ``c``
+    (``reason``: :data:`dermcam.localisation.CHOICE_REASONS`), from
     its benchmark rows ``mine`` where the benchmark decides (``methods == ["auto"]``: the
     method too, defaulting to ``first_bench``)."""
     from dermcam.localisation import choose
@@ -280,9 +281,9 @@ def _select_layers(name: str, info, c: str, methods, mine: list[dict], first_ben
             _, layer, why = choose([r for r in mine if r["method"] == method],
                                    info.target_layer, method)
         elif c in ("last", "study"):
-            layer, why = info.target_layer, "the study's layer (last convolutional block)"
+            layer, why = info.target_layer, "study_layer"
         else:
-            layer, why = c, "chosen by the user (--layer)"
+            layer, why = c, "user_layer"
         out.append({"model": name, "method": method, "layer": layer, "reason": why})
     return out
 
@@ -606,7 +607,7 @@ def _heatmaps_in_order(root, model, method, layer, ids) -> dict[str, np.ndarray]
 def _metadata(ds) -> pd.DataFrame | None:
     if ds.metadata_path is None:
         return None
-    from dermcam.data.describe import _metadata as read_meta
+    from dermcam.data.describe import read_metadata as read_meta
 
     return read_meta(ds)
 
@@ -834,10 +835,9 @@ def summarise_attention(att: pd.DataFrame, target, sanity: dict, n_boot: int, se
     every bootstrap CI of the per-class summaries; ``resampling`` says which was used.
     Every p-value is kept raw beside its adjusted value (``p_adjusted``, within the
     families of :data:`ATTENTION_FAMILIES`, Benjamini-Hochberg); the size-confound
-    verdicts and the class-comparison sentences are decided on the adjusted values
-    (:func:`dermcam.leakage.adjust_confound`). With clusters, ``per_image`` lists the
-    numbers that still treat images as independent (:data:`PER_IMAGE_WHEN_CLUSTERED`)
-    and ``resampling_note`` says it in a sentence.
+    verdicts are decided on the adjusted values (:func:`dermcam.leakage.adjust_confound`).
+    With clusters, ``per_image`` lists the numbers that still treat images as independent
+    (:data:`PER_IMAGE_WHEN_CLUSTERED`).
 
     ``by``: columns of ``att`` (metadata, ``ita``) to summarise by subgroup
     (``subgroups``: per model x method and group, leakage, excess leakage and pixel AUROC
@@ -864,15 +864,14 @@ def summarise_attention(att: pd.DataFrame, target, sanity: dict, n_boot: int, se
         if key in sanity:
             tests[key]["sanity"] = sanity[key]
         artifact_rows += rows
-    multiplicity = _finish_tests(tests, families, target, cluster_col is not None)
+    multiplicity = _finish_tests(tests, families)
     reasons = att.loc[att["reason"] != "", "reason"].value_counts().to_dict()
-    per_image_numbers, resampling_note = _resampling_note(resampling, cluster_col is not None)
     extra = _subgroups(att, by, n_boot, seed, min_group, cluster_col) if by else {}
     return {**extra, "schema_version": 1, "n_images": int(att["image_id"].nunique()),
             "models": sorted(att["model"].unique().tolist()),
             "methods": sorted(att["method"].unique().tolist()),
             "target": target, "equivalence_margin": margin, "resampling": resampling,
-            "per_image": per_image_numbers, "resampling_note": resampling_note,
+            "per_image": list(PER_IMAGE_WHEN_CLUSTERED) if cluster_col is not None else [],
             "multiplicity": multiplicity,
             "undefined": reasons,
             "metric_definitions": {k: {"definition": v.definition,
@@ -964,7 +963,7 @@ def _confound_tests(g: pd.DataFrame, entry: dict[str, Any], families, target,
     except ValueError as exc:
         entry["size_confound"] = {"error": str(exc)}
     try:
-        entry["missingness"] = lk.missing_at_chance(g, TEST_METRICS, target_mode=target)
+        entry["missingness"] = lk.missing_at_chance(g, TEST_METRICS)
     except ValueError as exc:
         entry["missingness"] = {"error": str(exc)}
 
@@ -997,34 +996,18 @@ def _artifact_tests(g: pd.DataFrame, entry: dict[str, Any], families, n_boot: in
     return rows
 
 
-def _finish_tests(tests: dict[str, dict], families, target, clustered: bool
-                  ) -> dict[str, Any]:
-    """Adjust each family's p-values, then write the class-comparison sentences and the
-    size-confound verdicts on the adjusted values; returns the families' description."""
+def _finish_tests(tests: dict[str, dict], families) -> dict[str, Any]:
+    """Adjust each family's p-values, then decide the size-confound verdicts on the
+    adjusted values; returns the families' description."""
     from dermcam import leakage as lk
     from dermcam.stats import ADJUST_METHODS, adjust_pvalues
 
     multiplicity = _adjust_families(families, adjust_pvalues, ADJUST_METHODS)
     for entry in tests.values():
-        for res in (entry.get("class_comparison") or {}).values():
-            res["sentence"] = lk.class_comparison_sentence(res, target, clustered=clustered)
         for res in (entry.get("size_confounds") or {}).values():
             lk.adjust_confound(res, multiplicity["size_confound"]["k"],
                                multiplicity["equivalence"]["k"])
     return multiplicity
-
-
-def _resampling_note(resampling: str, clustered: bool) -> tuple[list[str], str]:
-    """``(numbers still per image, the sentence saying how CIs resample)``."""
-    if not clustered:
-        return [], ("Resampling: images (no cluster ids, or none shared by two "
-                    "images), so every CI and test here treats images as independent.")
-    per_image_numbers = list(PER_IMAGE_WHEN_CLUSTERED)
-    return per_image_numbers, (
-        f"Resampling: {resampling}: the CIs of the means by class, by correctness, "
-        "overall, by subgroup and by artifact presence resample whole clusters. Still "
-        "per image, treating images of one lesion as independent: "
-        + "; ".join(per_image_numbers) + ".")
 
 
 def _subgroups(att: pd.DataFrame, by, n_boot: int, seed: int, min_group: int | None,

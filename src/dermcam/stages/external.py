@@ -83,7 +83,7 @@ def annotate_predictions(preds: pd.DataFrame, ds, samples, split, by=()) -> pd.D
     """``preds`` with ``ita``, ``ita_category``, ``ita_source`` and each ``by`` column.
 
     ITA (:mod:`dermcam.skin`) is estimated from each sample's cached image at the run's
-    size (``split``: a :class:`~dermcam.stages.train.CachedSplit`), outside its lesion mask
+    size (``split``: a :class:`~dermcam.data.cached_split.CachedSplit`), outside its lesion mask
     where it has one (``ita_source``: ``outside lesion mask``, ``whole image (no mask)``,
     or why it is undefined).
     """
@@ -233,8 +233,8 @@ def run_external(run_dir: runmod.Run | str | Path, data: str | Path, name: str |
     labels, ``by``, both classes) before the stage is recorded."""
     from dermcam.data import load_dataset
     from dermcam.data.cache import warm_cache
+    from dermcam.data.cached_split import CachedSplit
     from dermcam.device import resolve_device
-    from dermcam.stages.train import CachedSplit
 
     run = runmod.Run.of(run_dir, require="train")
     run_dir = run.dir
@@ -252,10 +252,9 @@ def run_external(run_dir: runmod.Run | str | Path, data: str | Path, name: str |
     out = run.external(name)
     joined = None
     if artifacts is not None:
-        from dermcam.data.artifact_labels import join_note
         from dermcam.stages.evaluate import labels_info
 
-        joined = labels_info(artifacts, join_note(ds))
+        joined = labels_info(artifacts, ds)
     with run.stage(stage, data=str(Path(data).resolve()),
                    artifacts=joined["file"] if joined else None) as record:
         size, cache = run.image_size, run.cache
