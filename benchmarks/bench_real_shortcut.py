@@ -16,7 +16,7 @@ Then, as a user would, with the artifact labels given::
     dermcam train DATA --out RUN --models resnet18 --weights none --image-size 128 --epochs 20 --seed S
     dermcam evaluate RUN --artifact-labels LABELS
     dermcam explain RUN --artifact-labels LABELS --methods hirescam --bench-methods hirescam
-    dermcam probe RUN --artifact-labels LABELS --probes lesion_removed,background_removed,context_swap
+    dermcam probe RUN --artifact-labels LABELS --probes lesion_removed,background_removed,context_swap,hot_spots
     dermcam report RUN
 
 and prints one row per run: test ROC AUC, the context swap (change in P(malignant) when the
@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 TEST_PER_SIDE = {"malignant": 25, "benign": 100}
+PROBES = "lesion_removed,background_removed,context_swap,hot_spots"
 
 
 def read_labels(data: Path, labels: Path) -> pd.DataFrame:
@@ -109,7 +110,8 @@ def summarise(run: Path, artifact: str) -> dict:
                  and e["artifact"] == artifact), {})
     found = json.loads((run / "findings.json").read_text())["findings"]
     fnd = next((f for f in found if f["topic"] == f"artifact: {artifact}"), {})
-    return {"auc": auc, "swap": swap, "finding": fnd}
+    hot = next((e for e in probes if e["probe"] == "hot_transplanted"), {})
+    return {"auc": auc, "swap": swap, "finding": fnd, "hot": hot}
 
 
 def main() -> None:
@@ -121,9 +123,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--reprobe", action="store_true",
+                    help="probe and report again the runs already made (after a probe change)")
     args = ap.parse_args()
     df = read_labels(args.data, args.labels)
-    rows = []
+    rows, sentences = [], []
     for artifact in args.artifacts.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             for role, split in splits(df, artifact, seed).items():
@@ -131,7 +135,8 @@ def main() -> None:
                 data, run = folder / "data", folder / "run"
                 write_layout(split, args.data, data)
                 times = {}
-                if not (run / "report.html").exists():
+                fresh = not (run / "report.html").exists()
+                if fresh:
                     times["train"] = dermcam("train", data, "--out", run, "--models",
                                              "resnet18", "--weights", "none", "--image-size",
                                              args.image_size, "--epochs", args.epochs,
@@ -141,9 +146,9 @@ def main() -> None:
                     times["explain"] = dermcam("explain", run, "--artifact-labels", args.labels,
                                                "--methods", "hirescam", "--bench-methods",
                                                "hirescam")
+                if fresh or args.reprobe:
                     times["probe"] = dermcam("probe", run, "--artifact-labels", args.labels,
-                                             "--probes",
-                                             "lesion_removed,background_removed,context_swap")
+                                             "--probes", PROBES)
                     times["report"] = dermcam("report", run)
                 s = summarise(run, artifact)
                 sw, f, auc = s["swap"], s["finding"], s["auc"]
@@ -156,14 +161,19 @@ def main() -> None:
                              f"{sw.get('control_mean', float('nan')):+.3f} "
                              f"[{sw.get('control_ci_low', float('nan')):+.3f}, "
                              f"{sw.get('control_ci_high', float('nan')):+.3f}]",
+                             f"{s['hot'].get('delta_mean', float('nan')):+.3f} "
+                             f"[{s['hot'].get('delta_ci_low', float('nan')):+.3f}, "
+                             f"{s['hot'].get('delta_ci_high', float('nan')):+.3f}]",
                              f.get("status", "-"), times.get("probe")))
+                sentences.append(f"{artifact} s{seed} {role}: {f.get('sentence', '-')}")
                 print(" | ".join(map(str, rows[-1])), flush=True)
     print("\n| artifact | seed | role | n train | n test | test ROC AUC | context swap ΔP "
-          "[95 % CI] | control swap | finding | probe s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "[95 % CI] | control swap | marked regions transplanted | finding | probe s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join("-" if v is None else (f"{v:.0f}" if isinstance(v, float)
                                                      else str(v)) for v in r) + " |")
+    print("\n" + "\n".join(sentences))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dermcam import perturb as pt
 from dermcam.errors import DermcamError
 from dermcam.stages import probe as pr
 
@@ -25,11 +26,11 @@ def _disc(cy: float, cx: float, r: float, size: int = S) -> np.ndarray:
 def test_lesion_geometry_by_hand():
     m = np.zeros((10, 10), bool)
     m[2:4, 6:10] = True  # 8 pixels, rows 2-3, columns 6-9
-    area, cy, cx = pr.lesion_geometry(m)
+    area, cy, cx = pt.lesion_geometry(m)
     assert area == 0.08 and cy == pytest.approx(2.5 / 10) and cx == pytest.approx(7.5 / 10)
-    assert all(math.isnan(v) for v in pr.lesion_geometry(np.zeros((4, 4), bool)))
+    assert all(math.isnan(v) for v in pt.lesion_geometry(np.zeros((4, 4), bool)))
     with pytest.raises(ValueError, match="2-D"):
-        pr.lesion_geometry(np.zeros((2, 2, 2)))
+        pt.lesion_geometry(np.zeros((2, 2, 2)))
 
 
 def test_donors_are_the_nearest_in_size_and_position_never_the_image_itself():
@@ -39,9 +40,9 @@ def test_donors_are_the_nearest_in_size_and_position_never_the_image_itself():
                          [0.20, 0.9, 0.5],    # 3: moved 0.4
                          [0.10, 0.5, 0.5],    # 4: half the area: 0.69, ties with 2
                          [0.21, 0.5, 0.55]])  # 5: 0.049 + 0.05
-    assert pr.match_donors(geometry, 0, np.arange(6), 3).tolist() == [1, 5, 3]
-    assert pr.match_donors(geometry, 0, np.array([4, 2, 0]), 5).tolist() == [2, 4]
-    assert pr.match_donors(geometry, 0, np.array([0]), 2).size == 0
+    assert pt.match_donors(geometry, 0, np.arange(6), 3).tolist() == [1, 5, 3]
+    assert pt.match_donors(geometry, 0, np.array([4, 2, 0]), 5).tolist() == [2, 4]
+    assert pt.match_donors(geometry, 0, np.array([0]), 2).size == 0
 
 
 def test_the_lesion_is_kept_exactly_and_the_surroundings_are_the_donors():
@@ -49,24 +50,46 @@ def test_the_lesion_is_kept_exactly_and_the_surroundings_are_the_donors():
     image = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
     canvas = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
     mask = _disc(16, 16, 6)
-    out = pr.swap_context(image, mask, canvas, feather=0.1)
+    out = pt.swap_context(image, mask, canvas, feather=0.1)
     assert (out[mask] == image[mask]).all()  # every lesion pixel from the image
-    far = ~pr.dilate_mask(mask, 0.2)  # beyond twice the feathered band: the donor's
+    far = ~pt.dilate_mask(mask, 0.2)  # beyond twice the feathered band: the donor's
     assert (out[far] == canvas[far]).all()
-    band = pr.dilate_mask(mask, 0.1) & ~mask  # in between: a blend of the two
+    band = pt.dilate_mask(mask, 0.1) & ~mask  # in between: a blend of the two
     lo = np.minimum(image[band], canvas[band]).astype(int)
     hi = np.maximum(image[band], canvas[band]).astype(int)
     assert ((out[band] >= lo - 1) & (out[band] <= hi + 1)).all()
     with pytest.raises(ValueError, match="canvas must be"):
-        pr.swap_context(image, mask, canvas[:8])
+        pt.swap_context(image, mask, canvas[:8])
+
+
+def test_skin_ring_is_the_mean_colour_just_outside_the_lesion():
+    import cv2
+
+    image = np.zeros((S, S, 3), np.uint8)
+    mask = _disc(16, 16, 5)
+    ring = pt.dilate_mask(mask, 6 / S) & ~pt.dilate_mask(mask, 1 / S)
+    image[ring] = (200, 120, 90)  # the ring: one skin colour; beyond it and inside: black
+    want = cv2.cvtColor(np.array([[[200, 120, 90]]], np.uint8), cv2.COLOR_RGB2LAB)[0, 0]
+    assert np.allclose(pt.skin_ring(image, mask, feather=1 / S), want)
+
+
+def test_donors_with_the_same_geometry_are_ranked_by_skin_colour():
+    geometry = np.array([[0.1, 0.5, 0.5, 150, 140, 140],
+                         [0.1, 0.5, 0.5, 110, 140, 140],  # 40 units darker
+                         [0.1, 0.5, 0.5, 155, 138, 140],  # closest in colour
+                         [0.1, 0.5, 0.5, 150, 160, 140]])
+    assert pt.match_donors(geometry, 0, np.arange(4), 3).tolist() == [2, 3, 1]
+    # a factor e in area weighs as much as COLOUR_SCALE colour units
+    geometry[2, 0] = 0.1 * np.e
+    assert pt.match_donors(geometry, 0, np.arange(4), 3).tolist() == [3, 2, 1]
 
 
 def test_the_donor_canvas_loses_its_own_lesion_and_keeps_the_rest():
     donor = np.full((S, S, 3), 200, np.uint8)
     dmask = _disc(10, 10, 4)
     donor[dmask] = 30  # a dark lesion on light skin
-    canvas = pr.swap_canvas(donor, dmask, feather=0.05)
-    outside = ~pr.dilate_mask(dmask, 0.05)
+    canvas = pt.swap_canvas(donor, dmask, feather=0.05)
+    outside = ~pt.dilate_mask(dmask, 0.05)
     assert (canvas[outside] == donor[outside]).all()
     assert canvas[dmask].mean() > 150  # filled from the skin around it
 

@@ -10,6 +10,7 @@ resolves, in that folder, to exactly its ``value`` and that the sentence prints 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -813,6 +814,87 @@ def test_the_context_swap_decides_the_artifact(swap, painted, attention, status)
     assert f.status == status and f.source == "s#" and f.n == 250
     assert f.value == swap["delta_mean"] and "real ruler" in f.sentence
     assert "control" in f.sentence
+
+
+def _by_artifact(spec_with, n_with, spec_without, n_without):
+    return {"groups": [{"group": "0", "n_benign": n_without,
+                        "specificity": {"value": spec_without}},
+                       {"group": "1", "n_benign": n_with, "specificity": {"value": spec_with}}]}
+
+
+def test_the_false_positive_gap_by_artifact_presence_by_hand():
+    from statsmodels.stats.proportion import proportion_confint
+
+    gap = fd.artifact_gap(_by_artifact(0.2, 80, 0.55, 120))  # 64 of 80 vs 54 of 120
+    assert gap["fpr_with"] == 0.8 and gap["fpr_without"] == 0.45
+    assert gap["diff"] == pytest.approx(0.35) and (gap["n_with"], gap["n_without"]) == (80, 120)
+    # Newcombe's hybrid score interval from the two Wilson intervals
+    (l1, u1), (l2, u2) = (proportion_confint(64, 80, method="wilson"),
+                          proportion_confint(54, 120, method="wilson"))
+    lo = 0.35 - math.hypot(0.8 - l1, u2 - 0.45)
+    hi = 0.35 + math.hypot(u1 - 0.8, 0.45 - l2)
+    assert gap["ci"] == pytest.approx((lo, hi))
+    assert fd.artifact_gap(None) is None
+    assert fd.artifact_gap({"groups": [{"group": "0", "n_benign": 9,
+                                        "specificity": {"value": 0.5}}]}) is None
+
+
+_GAP = fd.artifact_gap(_by_artifact(0.2, 80, 0.55, 120))
+_NO_GAP = fd.artifact_gap(_by_artifact(0.5, 80, 0.5, 120))
+
+
+@pytest.mark.parametrize("swap, painted, gap, status, agrees, disagrees", [
+    # the swap and the gap agree on reliance; the flat painted probe disagrees
+    (_swap(0.03, 0.09), _PAINTED_FLAT, _GAP, "alarm", "benign lesions", "painted ruler"),
+    # a negligible swap against a gap: caution, and the swap decides
+    (_swap(-0.01, 0.01), None, _GAP, "caution", None, "benign lesions"),
+    (_swap(-0.01, 0.01), _PAINTED_FLAT, _NO_GAP, "ok", "painted ruler", None),
+])
+def test_the_evidence_is_combined_and_said_to_agree_or_not(swap, painted, gap, status,
+                                                           agrees, disagrees):
+    f = fd.artifact(M, "ruler", painted, None, "p#", "a#", swap=swap, swap_source="s#",
+                    gap=gap)
+    assert f.status == status
+    said_agree = f.sentence.split("; agrees: ")[1].split(";")[0] \
+        if "; agrees: " in f.sentence else ""
+    assert (agrees is None) == ("; agrees: " not in f.sentence)
+    assert agrees is None or agrees in said_agree
+    assert (disagrees is None) == ("disagrees: " not in f.sentence)
+    assert disagrees is None or (disagrees in f.sentence.split("disagrees: ")[1]
+                                 and "the real-pixel swap decides" in f.sentence)
+
+
+@pytest.mark.parametrize("painted, gap, status", [
+    (_PAINTED_FLAT, _GAP, "caution"),  # one piece of evidence
+    (_PAINTED_REACTS, _GAP, "alarm"),  # two
+    (_PAINTED_FLAT, _NO_GAP, "ok"),
+])
+def test_without_a_swap_the_gap_counts_as_evidence(painted, gap, status):
+    f = fd.artifact(M, "ruler", painted, None, "p#", "a#", swap=None, gap=gap)
+    assert f.status == status and "benign lesions called malignant" in f.sentence
+
+
+def _hot(lo, hi, **kw):
+    return {"delta_mean": (lo + hi) / 2, "delta_ci_low": lo, "delta_ci_high": hi, "n": 90, **kw}
+
+
+@pytest.mark.parametrize("removed, pasted, status", [
+    (_hot(-0.01, 0.01), _hot(0.03, 0.06), "caution"),  # transplanted, they move it
+    (_hot(-0.06, -0.03), _hot(-0.01, 0.01), "caution"),  # removed, they move it
+    (_hot(-0.01, 0.03), _hot(-0.01, 0.01), "caution"),  # inconclusive
+    (_hot(-0.01, 0.01), _hot(-0.01, 0.01), "ok"),
+])
+def test_marked_regions(removed, pasted, status):
+    f = fd.marked_regions(M, removed, pasted, "probe_summary.json#/entries/3/delta_mean")
+    assert f.status == status and f.n == 90 and f.value == pasted["delta_mean"]
+    assert fd.marked_regions(M, removed, None, "x") is None  # optional probe, not run
+
+
+def test_marked_regions_name_the_artifact_they_come_from():
+    src = {"ruler": {"share": 0.8, "share_all": 0.5}, "hair": {"share": 0.55,
+                                                               "share_all": 0.5}}
+    f = fd.marked_regions(M, None, _hot(0.03, 0.06, sources=src), "x")
+    assert "80% come from images with ruler (vs 50%)" in f.sentence and "hair" not in f.sentence
 
 
 def test_without_a_swap_the_painted_rule_stands():

@@ -219,7 +219,8 @@ def test_shortcut_case_numbers_are_the_probes(run_dir, case):
     from dermcam.attribution import CamExplainer
     from dermcam.augment import preprocess
     from dermcam.data.synth import ARTIFACTS
-    from dermcam.stages.probe import ProbeConfig, dilate_mask, perturb, score_images
+    from dermcam.perturb import dilate_mask
+    from dermcam.stages.probe import ProbeConfig, perturb, score_images
 
     run = Run.open(run_dir)
     model, _, payload = run.load_model(MODEL)
@@ -315,3 +316,21 @@ def test_no_defined_score_picks_nothing_rather_than_an_empty_row():
     att = pd.DataFrame({"image_id": ["a", "b", "c"], "label": [0, 1, 1], "pred": [0, 1, 0],
                         "pixel_auroc": [np.nan] * 3, "excess_leakage": [np.nan] * 3})
     assert [r for _, r in pick_examples(att)] == [None, None, None]
+
+
+def test_the_hot_spot_probe_runs_on_a_run_with_heatmaps(run_dir, tmp_path):
+    """The stage reads each model's heatmaps at the chosen layer and writes one entry per
+    model and heatmap-guided probe (a copy of the run: the probe outputs are rewritten)."""
+    import shutil
+
+    from dermcam.stages.probe import read_summary_object, run_probe
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    run_probe(run, probes=("hot_spots",), n_boot=20, figures=False)
+    entries = read_summary_object(run)["entries"]
+    assert sorted(e["probe"] for e in entries) == ["hot_removed", "hot_transplanted"]
+    for e in entries:
+        assert e["model"] == MODEL and e["images_with_maps"] == 24 and 0 <= e["n"] <= 24
+    stage = json.loads((run / "manifest.json").read_text())["stages"]["probe"]
+    assert stage["status"] == "complete" and "hot_spots_seconds" in stage

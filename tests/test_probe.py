@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dermcam import perturb as pt
 from dermcam.errors import DermcamError
 from dermcam.stages import probe as pr
 
@@ -40,27 +41,27 @@ def _image(size=48, seed=0):
 def test_dilate_mask_grows_by_the_stated_radius():
     m = np.zeros((41, 41), bool)
     m[20, 20] = True
-    d = pr.dilate_mask(m, fraction=3 / 41)  # r = round(3) = 3 px
+    d = pt.dilate_mask(m, fraction=3 / 41)  # r = round(3) = 3 px
     ys, xs = np.nonzero(d)
     assert ys.min() == 17 and ys.max() == 23 and xs.min() == 17 and xs.max() == 23
     assert not d[17, 17]  # a disc, not a square
-    assert np.array_equal(pr.dilate_mask(m, 0), m)
+    assert np.array_equal(pt.dilate_mask(m, 0), m)
     with pytest.raises(ValueError, match="2-D"):
-        pr.dilate_mask(np.zeros((4, 4, 3)))
+        pt.dilate_mask(np.zeros((4, 4, 3)))
 
 
 def test_lesion_removal_changes_only_the_dilated_lesion_and_fills_it_with_skin():
     img, mask = _image()
-    region = pr.dilate_mask(mask)
-    out = pr.remove_lesion(img, region)
+    region = pt.dilate_mask(mask)
+    out = pt.remove_lesion(img, region)
     assert out.dtype == np.uint8 and out.shape == img.shape
     assert np.array_equal(out[~region], img[~region])  # bit-identical outside
     filled = out[mask].astype(float).mean(0)
     assert np.all(np.abs(filled - SKIN) < 8)  # the dark lesion is now skin-coloured
-    ns = pr.remove_lesion(img, region, method="ns")
+    ns = pt.remove_lesion(img, region, method="ns")
     assert np.array_equal(ns[~region], img[~region])
     with pytest.raises(ValueError, match="inpainting"):
-        pr.inpaint(img, region, method="magic")
+        pt.inpaint(img, region, method="magic")
 
 
 def test_skin_colour_ignores_lesion_dark_corners_saturation_and_artifacts():
@@ -70,14 +71,14 @@ def test_skin_colour_ignores_lesion_dark_corners_saturation_and_artifacts():
     arts = np.zeros(mask.shape, np.uint8)
     arts[30:34, :8] = 1
     img[30:34, :8] = (40, 40, 40)  # a ruler, known from the artifact map
-    got = pr.skin_colour(img, pr.dilate_mask(mask), arts)
+    got = pt.skin_colour(img, pt.dilate_mask(mask), arts)
     assert np.all(np.abs(got.astype(int) - SKIN) <= 1)
 
 
 def test_background_removal_keeps_the_lesion_and_flattens_the_rest():
     img, mask = _image()
-    region = pr.dilate_mask(mask)
-    out = pr.remove_background(img, region)
+    region = pt.dilate_mask(mask)
+    out = pt.remove_background(img, region)
     assert np.array_equal(out[region], img[region])
     outside = out[~region]
     assert (outside == outside[0]).all()
@@ -87,10 +88,10 @@ def test_background_removal_keeps_the_lesion_and_flattens_the_rest():
 @pytest.mark.parametrize("name", ["ruler", "ink", "patch", "vignette", "hair"])
 def test_artifact_insertion_leaves_the_lesion_bit_identical_and_is_seeded(name):
     img, mask = _image(96)
-    region = pr.dilate_mask(mask)
-    a, changed = pr.insert_artifact(img, region, name, np.random.default_rng(1))
-    b, _ = pr.insert_artifact(img, region, name, np.random.default_rng(1))
-    c, _ = pr.insert_artifact(img, region, name, np.random.default_rng(2))
+    region = pt.dilate_mask(mask)
+    a, changed = pt.insert_artifact(img, region, name, np.random.default_rng(1))
+    b, _ = pt.insert_artifact(img, region, name, np.random.default_rng(1))
+    c, _ = pt.insert_artifact(img, region, name, np.random.default_rng(2))
     assert np.array_equal(a[region], img[region])
     assert changed.any() and not (changed & region).any()
     assert np.array_equal((a != img).any(-1), changed)
@@ -104,7 +105,7 @@ def test_artifact_removal_on_a_rendered_ruler():
     cfg = SynthConfig.from_preset("shortcut", n_train=40, n_test=10, image_size=96, seed=0)
     s = next(r for i in range(40) if "ruler" in (r := render_sample(cfg, "train", i)).present)
     ruler = s.artifacts == ARTIFACTS.index("ruler") + 1
-    out = pr.remove_artifact(s.image, ruler, s.mask)
+    out = pt.remove_artifact(s.image, ruler, s.mask)
     touched = (out != s.image).any(-1)
     from scipy.ndimage import binary_dilation
 

@@ -462,7 +462,7 @@ def train(
       dermcam train data/synth --out runs/r1 --models resnet18 --weights none --epochs 5
       dermcam train data/isic2016 --out runs/r1 --resume
     """
-    from dermcam.stages.train import TrainConfig, parse_lr
+    from dermcam.config import TrainConfig, parse_lr
     from dermcam.stages.train import train as do_train
 
     same = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
@@ -528,7 +528,9 @@ def evaluate(
                               exclude_duplicates=exclude_duplicates, device=device,
                               artifacts=artifact_labels)
     if result.get("artifact_labels"):
-        console.print(result["artifact_labels"]["note"])
+        from dermcam.views import labels_line
+
+        console.print(labels_line(result["artifact_labels"]), highlight=False)
     tables = metrics_tables(result)
     ext = result.get("external")
     if ext:
@@ -627,7 +629,7 @@ def explain(
       dermcam explain runs/r1 --methods hirescam --layer last --artifact-labels isic_bias.csv
       dermcam explain runs/r1 --data data/ph2 --name ph2
     """
-    from dermcam.data.artifact_labels import record_in_run
+    from dermcam.run import record_in_run
     from dermcam.stages.explain import run_explain
     from dermcam.stages.external import by_columns
     from dermcam.views import attention_sections
@@ -750,8 +752,9 @@ def probe(
              "heatmaps track the behaviour).")],
     probes: Annotated[str | None, typer.Option(
         help="Comma-separated probes: lesion_removed, background_removed, artifact_inserted, "
-             "artifact_removed, context_swap (default: the first four, and context_swap "
-             "with --artifact-labels).")] = None,
+             "artifact_removed, context_swap, hot_spots (default: the first four; "
+             "context_swap with --artifact-labels; hot_spots once 'dermcam explain' ran).")]
+    = None,
     artifacts: Annotated[str | None, typer.Option(
         help="Artifacts to insert/remove (default: ruler, ink, patch, vignette, hair).")] = None,
     placements: Annotated[int, typer.Option(
@@ -785,9 +788,10 @@ def probe(
     """Behavioural audit: change the image, watch the malignant probability.
 
     Every model, every masked test image: the lesion inpainted away, the background
-    replaced by flat skin, painted artifacts pasted in (or inpainted away), and with artifact
+    replaced by flat skin, painted artifacts pasted in (or inpainted away); with artifact
     labels the context swap: each lesion on real surroundings with and without a labelled
-    artifact. Mean change with 95 % CIs, flip rates; probe_summary.json. A changed
+    artifact; after 'dermcam explain' the off-lesion regions each model's heatmaps mark,
+    removed and transplanted into other images, against random regions. Mean change with 95 % CIs, flip rates; probe_summary.json. A changed
     prediction shows reliance, an unchanged one does not prove its absence.
 
     \b
@@ -796,8 +800,8 @@ def probe(
       dermcam probe runs/r1 --probes artifact_inserted --artifacts ruler,ink --placements 5
       dermcam probe runs/r1 --artifact-labels isic_bias.csv --precision auto
     """
-    from dermcam.data.artifact_labels import record_in_run
     from dermcam.device import resolve_device
+    from dermcam.run import record_in_run
     from dermcam.stages.external import by_columns, safe_name
     from dermcam.stages.probe import PROBES, read_summary_object, run_probe
     from dermcam.views import probe_sections
@@ -805,7 +809,10 @@ def probe(
     if artifact_labels is not None and data is None:
         console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
     with progress_bar("probe batches") as cb:
-        chosen = _names(probes) or [*PROBES, *(["context_swap"] if artifact_labels else [])]
+        explained = data is None and runmod.Run.open(run_dir).stage_entry("explain").get(
+            "status") == runmod.STATUS_COMPLETE
+        chosen = _names(probes) or [*PROBES, *(["context_swap"] if artifact_labels else []),
+                                    *(["hot_spots"] if explained else [])]
         entries = run_probe(run_dir, probes=chosen, artifacts=_names(artifacts) or None,
                             placements=placements, seed=seed, limit=limit,
                             batch_size=batch_size, inpaint_method=inpaint, n_boot=n_boot,
@@ -821,7 +828,8 @@ def probe(
                       f"{ext['thresholds']}")
     _finish(run_dir, "probe", probe_sections({**summary, "entries": entries},
                                              runmod.Run.open(run_dir).display_names),
-            ("lesion reliance", "context", "artifact"), where / runmod.PROBE_SUMMARY)
+            ("lesion reliance", "context", "marked regions", "artifact"),
+            where / runmod.PROBE_SUMMARY)
 
 
 @app.command()
@@ -914,12 +922,12 @@ def download(
     checksums: Annotated[Path | None, typer.Option(
         help="File of 'SHA256  FILENAME' lines to verify against (sha256sum format).")] = None,
     retries: Annotated[int, typer.Option(
-        help="Extra attempts after a dropped transfer (each resumes).")] = 2,
+        help="Extra attempts after a dropped transfer.")] = 2,
     timeout: Annotated[float, typer.Option(help="Seconds to wait on the network.")] = 60.0,
 ) -> None:
     """Fetch, verify and safely unpack a public data set, then check its published counts.
 
-    Interrupted downloads resume from NAME.part; files are renamed into place only after
+    A re-run fetches only the files still missing; files are moved into place only after
     their size (and SHA-256, when known) is checked; download.json records what was
     fetched and whether each file was verified.
 

@@ -195,7 +195,7 @@ def demo_train_config(data: str | Path, out: str | Path, models, *, weights: str
     benchmarks and the twin test train with it too. ``overrides`` are further
     ``TrainConfig`` fields (e.g. ``cache_dir``). No last.ckpt per epoch
     (``resumable=False``): a demo is re-run, never resumed."""
-    from dermcam.stages.train import TrainConfig
+    from dermcam.config import TrainConfig
 
     names = list(models)
     return TrainConfig(data=str(data), out=str(out), models=names, weights=weights,
@@ -386,7 +386,8 @@ class ShortcutCase:
 def _probe_config(run: runmod.Run, artifact: str):
     """The probes' placement settings as ``run`` recorded them (seed, lesion margin), for one
     placement of ``artifact``: the pixels ``artifact_inserted`` pasted at placement 0."""
-    from dermcam.stages.probe import DILATE_FRACTION, ProbeConfig
+    from dermcam.perturb import DILATE_FRACTION
+    from dermcam.stages.probe import ProbeConfig
 
     rec = run.stage_setting("probe", "config") or {}
     rec = rec if isinstance(rec, dict) else {}
@@ -442,7 +443,8 @@ def shortcut_case(control_run: str | Path, shortcut_run: str | Path, model: str,
 
     from dermcam.attribution import CamExplainer
     from dermcam.augment import preprocess
-    from dermcam.stages.probe import dilate_mask, perturb, score_images, skip_reason
+    from dermcam.perturb import dilate_mask
+    from dermcam.stages.probe import perturb, score_images, skip_reason
 
     runs = {"control": runmod.Run.open(control_run, require="train"),
             "shortcut": runmod.Run.open(shortcut_run, require="train")}

@@ -54,12 +54,17 @@ RULES = {
                        "chance (CI above 0.5), else ok.",
     "context": "caution when replacing the surroundings moves P(malignant) beyond the margin "
                "or the CI crosses it; ok when the CI lies within it.",
-    "artifact": "with the context swap (real pixels) it decides: alarm when real surroundings "
-                "with the artifact move P(malignant) beyond the margin, caution when "
-                "inconclusive or when the painted probe or the maps disagree with a "
-                "negligible swap, else ok. Without it: alarm when the painted artifact moves "
-                "P(malignant) beyond the margin and the maps give it more than its area share, "
-                "caution for one of the two or an inconclusive probe, ok for neither.",
+    "artifact": "with the context swap (real pixels, lesion kept, donors matched) it "
+                "decides: alarm when real surroundings with the artifact move P(malignant) "
+                "beyond the margin, caution when inconclusive or when other evidence (the "
+                "painted probe, the maps, benign lesions called malignant more often with the "
+                "artifact: a false-positive gap whose 95 % CI excludes 0) says reliance while "
+                "the swap is negligible, else ok; the sentence says which evidence agrees. "
+                "Without it: alarm when two of painted probe, maps and gap say reliance, "
+                "caution for one or an inconclusive probe, ok for none.",
+    "marked regions": "caution when the off-lesion regions a model's heatmaps mark move "
+                      "P(malignant), removed or transplanted, beyond the margin (vs random "
+                      "regions of the same shapes) or inconclusively; else ok.",
     "subgroups": "caution when the ROC AUC differs across a column's groups (Cochran's Q, "
                  "Holm p < 0.05), else ok (no difference detected is not proof of none).",
     "shortcut": "the shortcut-trained model is an alarm when its maps attend to the planted "
@@ -269,15 +274,44 @@ def context(model: str, entry: dict[str, Any] | None, source: str,
                    entry.get("n"), source, "probe")
 
 
+def artifact_gap(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Benign lesions called malignant with minus without the artifact, from the
+    ``artifact_<name>`` subgroup result of one model (groups ``"1"`` and ``"0"``): false-
+    positive rates, their difference and its 95 % CI (Newcombe, statsmodels), n benign."""
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    groups = {str(g.get("group")): g for g in (result or {}).get("groups") or []}
+    g1, g0 = groups.get("1"), groups.get("0")
+    if not (g1 and g0):
+        return None
+    spec1, spec0 = (g.get("specificity") or {} for g in (g1, g0))
+    n1, n0 = int(g1.get("n_benign") or 0), int(g0.get("n_benign") or 0)
+    if not (n1 and n0 and is_number(spec1.get("value")) and is_number(spec0.get("value"))):
+        return None
+    fp1, fp0 = round((1 - spec1["value"]) * n1), round((1 - spec0["value"]) * n0)
+    lo, hi = confint_proportions_2indep(fp1, n1, fp0, n0, method="newcomb")
+    return {"fpr_with": fp1 / n1, "fpr_without": fp0 / n0, "diff": fp1 / n1 - fp0 / n0,
+            "ci": (float(lo), float(hi)), "n_with": n1, "n_without": n0}
+
+
+def _gap_text(gap: dict[str, Any]) -> str:
+    return (f"benign lesions called malignant {fmt_num(gap['fpr_with'], 2)} with it vs "
+            f"{fmt_num(gap['fpr_without'], 2)} without "
+            f"({fmt_ci(gap['diff'], *gap['ci'], 2, sign=True)}, n = "
+            f"{gap['n_with']}/{gap['n_without']})")
+
+
 def artifact(model: str, name: str, inserted: dict[str, Any] | None,
              attention: dict[str, Any] | None, probe_source: str, attention_source: str,
              margin: float = MARGIN, swap: dict[str, Any] | None = None,
-             swap_source: str = "") -> Finding:
-    """One artifact: the real-pixel context swap where it ran (it decides), else the
-    painted-artifact insertion probe and the heatmaps' mass on it."""
+             swap_source: str = "", gap: dict[str, Any] | None = None) -> Finding:
+    """One artifact, its evidence combined: the real-pixel context swap where it ran (it
+    decides), else the painted-artifact insertion probe, the heatmaps' mass on it and the
+    false-positive gap by its presence (:func:`artifact_gap`)."""
     topic = f"artifact: {name}"
     if swap and is_number(swap.get("delta_mean")):
-        return _artifact_by_swap(model, name, swap, inserted, attention, swap_source, margin)
+        return _artifact_by_swap(model, name, swap, inserted, attention, swap_source, margin,
+                                 gap)
     parts, evidence, inconclusive = [], 0, False
     value = ci = n = None
     source = ""
@@ -299,9 +333,12 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
         if value is None:
             value, n, source = _v(attention["ratio"]), attention.get("n"), attention_source
             ci = _ci2(attention.get("ratio_ci_low"), attention.get("ratio_ci_high"))
+    if gap:
+        evidence += gap["ci"][0] > 0
+        parts.append(_gap_text(gap))
     if not parts:
         return _not_run(model, topic, f"no {name} probe or attention evidence", "probe")
-    if evidence == 2:
+    if evidence >= 2:
         status, head = "alarm", f"Relies on the {name}"
     elif evidence == 1 or inconclusive:
         status, head = "caution", f"May rely on the {name}"
@@ -313,32 +350,75 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
 
 def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
                       inserted: dict[str, Any] | None, attention: dict[str, Any] | None,
-                      source: str, margin: float) -> Finding:
-    """The real-pixel verdict decides; the painted probe and the maps are said to agree or
-    not (the painted artifact tests the painter's look, the swap the real artifact)."""
+                      source: str, margin: float, gap: dict[str, Any] | None = None) -> Finding:
+    """The real-pixel verdict decides; the other evidence is said to agree or not (the
+    painted artifact tests the painter's look, the swap the real artifact)."""
     lo, hi = swap.get("delta_ci_low"), swap.get("delta_ci_high")
     verdict = _probe_verdict(lo, hi, margin)
-    other = []
+    agree, disagree = [], []
     if inserted and is_number(inserted.get("delta_mean")):
-        other.append(_probe_verdict(inserted.get("delta_ci_low"), inserted.get("delta_ci_high"),
-                                    margin) == "reliance")
+        says = _probe_verdict(inserted.get("delta_ci_low"), inserted.get("delta_ci_high"),
+                              margin) == "reliance"
+        (agree if says == (verdict == "reliance") else disagree).append(
+            f"painted {name} {fmt_num(inserted['delta_mean'], 3, sign=True)}")
     if attention and is_number(attention.get("ratio")):
-        other.append(bool(attention.get("attends")))
+        (agree if bool(attention.get("attends")) == (verdict == "reliance") else
+         disagree).append(f"maps {fmt_num(attention['ratio'], 2)}x its area")
+    if gap:
+        (agree if (gap["ci"][0] > 0) == (verdict == "reliance") else disagree).append(
+            _gap_text(gap))
     d = fmt_ci(swap["delta_mean"], lo, hi, 3, sign=True)
-    c = fmt_ci(swap.get("control_mean"), swap.get("control_ci_low"),
-               swap.get("control_ci_high"), 3, sign=True)
-    says = (f"surroundings with a real {name} move P(malignant) {d} vs without "
-            f"(n = {swap.get('n')}; control {c})")
+    text = (f"surroundings with a real {name} move P(malignant) {d} vs without "
+            f"(n = {swap.get('n')}; control {fmt_num(swap.get('control_mean'), 3, sign=True)})")
     if verdict == "reliance":
         status, head = "alarm", f"Relies on the {name}"
     elif verdict == "inconclusive":
         status, head = "caution", f"Reliance on the {name} inconclusive"
-    elif any(other):
-        status, head = "caution", f"Real {name} negligible, painted/maps disagree"
+    elif disagree:
+        status, head = "caution", f"Real {name} negligible, other evidence not"
     else:
         status, head = "ok", f"Ignores the {name}"
-    return Finding(model, f"artifact: {name}", status, f"{head}: {says}.",
+    if agree:
+        text += f"; agrees: {', '.join(agree)}"
+    if disagree:
+        text += f"; disagrees: {', '.join(disagree)} (the real-pixel swap decides)"
+    return Finding(model, f"artifact: {name}", status, f"{head}: {text}.",
                    _v(swap["delta_mean"]), _ci2(lo, hi), swap.get("n"), source, "probe")
+
+
+def marked_regions(model: str, removed: dict[str, Any] | None,
+                   pasted: dict[str, Any] | None, source: str,
+                   margin: float = MARGIN) -> Finding | None:
+    """From the ``hot_removed`` / ``hot_transplanted`` probe entries: does the model use
+    what its heatmaps mark off the lesion? None when the probe did not run (it is
+    optional); where the regions come from images with a labelled artifact more often than
+    its share, the sentence names it."""
+    if not (pasted and is_number(pasted.get("delta_mean"))):
+        return None
+    verdicts = [_probe_verdict(e.get("delta_ci_low"), e.get("delta_ci_high"), margin)
+                for e in (removed, pasted) if e and is_number(e.get("delta_mean"))]
+    lo, hi = pasted.get("delta_ci_low"), pasted.get("delta_ci_high")
+    text = (f"off-lesion regions its maps mark, pasted into other images, move P(malignant) "
+            f"{fmt_ci(pasted['delta_mean'], lo, hi, 3, sign=True)} vs random regions")
+    if removed and is_number(removed.get("delta_mean")):
+        text += (", removed " + fmt_ci(removed["delta_mean"], removed.get("delta_ci_low"),
+                                       removed.get("delta_ci_high"), 3, sign=True))
+    text += f" (n = {pasted.get('n')})"
+    over = sorted(((v["share"] - v["share_all"], a, v) for a, v in
+                   (pasted.get("sources") or {}).items()
+                   if is_number(v.get("share")) and v["share"] - v["share_all"] >= 0.1),
+                  reverse=True)
+    if over:
+        _, a, v = over[0]
+        text += f"; {fmt_pct(v['share'], 0)} come from images with {a} (vs {fmt_pct(v['share_all'], 0)})"
+    if "reliance" in verdicts:
+        status, head = "caution", "Uses what its maps mark off the lesion"
+    elif "inconclusive" in verdicts:
+        status, head = "caution", "Use of what its maps mark off the lesion inconclusive"
+    else:
+        status, head = "ok", "What its maps mark off the lesion does not move it"
+    return Finding(model, "marked regions", status, f"{head}: {text}.", _v(pasted["delta_mean"]),
+                   _ci2(lo, hi), pasted.get("n"), source, "probe")
 
 
 def subgroups(model: str, column: str, result: dict[str, Any] | None,
@@ -450,13 +530,19 @@ def build_findings(run_dir: str | Path) -> list[Finding]:
         names = sorted({k[2] for k in idx if k[0] == m and k[1] in ("artifact_inserted",
                                                                      "context_swap")
                         and k[2]} | set(att_rows))
+        removed, _ = probe("hot_removed")
+        pasted, src = probe("hot_transplanted")
+        found = marked_regions(m, removed, pasted, src, margin)
+        findings += [found] if found else []
+        sub = metrics.get("subgroups") or {}
         for a in names:
             e, src = probe("artifact_inserted", a)
             sw, sw_src = probe("context_swap", a)
             i, row = att_rows.get(a, (None, None))
+            gap = artifact_gap(((sub.get(f"artifact_{a}") or {}).get("models") or {}).get(m))
             findings.append(artifact(m, a, e, row, src,
                                      f"{runmod.ATTENTION_SUMMARY}#{_pointer('artifacts', i, 'ratio')}",
-                                     margin, sw, sw_src))
+                                     margin, sw, sw_src, gap))
         for col, res in (metrics.get("subgroups") or {}).items():
             r = ((res or {}).get("models") or {}).get(m)
             findings.append(subgroups(m, col, r, f"{runmod.METRICS}#"

@@ -57,6 +57,26 @@ from dermcam import run as runmod
 from dermcam.errors import DermcamError
 from dermcam.formatting import is_number
 from dermcam.io import read_json, write_csv, write_json
+from dermcam.perturb import (
+    DILATE_FRACTION,
+    INPAINT_METHODS,
+    check_image,
+    dilate_mask,
+    hot_regions,
+    inpaint,
+    insert_artifact,
+    lesion_geometry,
+    match_donors,
+    random_shifts,
+    remove_artifact,
+    remove_background,
+    remove_lesion,
+    shift,
+    skin_ring,
+    swap_canvas,
+    swap_context,
+    transplant,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +85,17 @@ PROBES: tuple[str, ...] = ("lesion_removed", "background_removed", "artifact_ins
 """Probe names, in the order they run and are reported."""
 
 #: Probes that run only when asked for: the context swap needs per-image artifact labels.
-OPTIONAL_PROBES: tuple[str, ...] = ("context_swap",)
+OPTIONAL_PROBES: tuple[str, ...] = ("context_swap", "hot_spots")
 PROBE_TITLES = {"lesion_removed": "lesion removed", "background_removed": "background removed",
                 "artifact_inserted": "inserted", "artifact_removed": "removed",
-                "context_swap": "context swapped"}
-INPAINT_METHODS = ("telea", "ns")
+                "context_swap": "context swapped", "hot_removed": "marked regions removed",
+                "hot_transplanted": "marked regions transplanted"}
 PROBE_DIR = runmod.PROBE_DIR  # file names: dermcam.run, the one place they are spelled
 PROBE_CSV = runmod.PROBE_CSV
 PROBE_SUMMARY = runmod.PROBE_SUMMARY
 #: probe_summary.json's layout: 2 = ``{"entries", "subgroups", "artifact_presence"}`` (1 was
 #: the bare list of entries, still read).
 SUMMARY_SCHEMA = 2
-#: Inpainting neighbourhood radius in pixels.
-INPAINT_RADIUS = 3.0
-#: The dilated lesion's margin, as a fraction of the image side (at least one pixel).
-DILATE_FRACTION = 0.03
 #: A mean change within +/- this is called "no material reaction" when its CI lies inside.
 NEGLIGIBLE_DELTA = 0.02
 CAVEAT = ("Inpainting leaves traces a model may react to; a changed prediction shows "
@@ -93,125 +109,6 @@ def _artifact_names() -> tuple[str, ...]:
     from dermcam.data.synth import ARTIFACTS
 
     return tuple(ARTIFACTS)
-
-
-# ------------------------------------------------------------------ perturbations (pure)
-
-
-def _check_image(image: np.ndarray, mask: np.ndarray) -> None:
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask must be {image.shape[:2]}, got shape {mask.shape}")
-
-
-def dilate_mask(mask: np.ndarray, fraction: float = DILATE_FRACTION) -> np.ndarray:
-    """``(H, W)`` mask -> ``(H, W) bool`` dilated by ``max(1, round(fraction * side))`` pixels.
-
-    An elliptical structuring element (OpenCV), so the margin is round, not square.
-    ``fraction=0`` returns the mask itself as ``bool``.
-    """
-    import cv2
-
-    m = np.asarray(mask).astype(bool)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
-    if fraction <= 0:
-        return m
-    r = max(1, int(round(fraction * max(m.shape))))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    return cv2.dilate(m.astype(np.uint8), kernel).astype(bool)
-
-
-def inpaint(image: np.ndarray, region: np.ndarray, method: str = "telea",
-            radius: float | None = None) -> np.ndarray:
-    """Fill ``region`` of ``image`` from its surroundings; pixels outside stay bit-identical.
-
-    ``image``: ``(H, W, 3) uint8``; ``region``: ``(H, W) bool``. ``method``: ``telea``
-    (Telea 2004, :data:`cv2.INPAINT_TELEA`) or ``ns`` (Navier-Stokes). ``radius``: the
-    neighbourhood each filled pixel is estimated from, :data:`INPAINT_RADIUS` pixels by
-    default (OpenCV's usual 3; larger radii cost quadratically more and blur more).
-    """
-    import cv2
-
-    image = np.asarray(image)
-    region = np.asarray(region, bool)
-    _check_image(image, region)
-    if method not in INPAINT_METHODS:
-        raise ValueError(f"unknown inpainting method {method!r}; choose from "
-                         f"{', '.join(INPAINT_METHODS)}")
-    if not region.any():
-        return image.copy()
-    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
-    radius = radius or INPAINT_RADIUS
-    filled = cv2.inpaint(np.ascontiguousarray(image), region.astype(np.uint8), radius, flag)
-    out = image.copy()
-    out[region] = filled[region]
-    return out
-
-
-def skin_colour(image: np.ndarray, exclude: np.ndarray,
-                artifacts: np.ndarray | None = None) -> np.ndarray:
-    """The median colour ``(3,) uint8`` of an image's own skin.
-
-    Skin is every pixel outside ``exclude`` (the dilated lesion), minus known artifact
-    pixels (``artifacts`` codes > 0), dark pixels (luminance below half the median, e.g.
-    vignette corners) and near-saturated ones (a channel >= 250). Falls back to all
-    pixels outside ``exclude``, then to the whole image, when too few remain.
-    """
-    image = np.asarray(image)
-    exclude = np.asarray(exclude, bool)
-    _check_image(image, exclude)
-    lum = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    outside = ~exclude
-    if artifacts is not None:
-        outside &= np.asarray(artifacts) == 0
-    if outside.sum() < 16:
-        outside = ~exclude
-    if outside.sum() < 16:
-        outside = np.ones_like(exclude)
-    ref = float(np.median(lum[outside]))
-    keep = outside & (lum >= 0.5 * ref) & (image.max(-1) < 250)
-    if keep.sum() < 16:
-        keep = outside
-    return np.median(image[keep], axis=0).round().astype(np.uint8)
-
-
-def remove_lesion(image: np.ndarray, region: np.ndarray, method: str = "telea") -> np.ndarray:
-    """The lesion ``region`` (dilated mask, ``(H, W) bool``) inpainted from the skin around it."""
-    return inpaint(image, region, method)
-
-
-def remove_background(image: np.ndarray, region: np.ndarray,
-                      artifacts: np.ndarray | None = None) -> np.ndarray:
-    """Everything outside ``region`` (the dilated lesion) set to the image's skin colour."""
-    image = np.asarray(image)
-    region = np.asarray(region, bool)
-    out = image.copy()
-    out[~region] = skin_colour(image, region, artifacts)
-    return out
-
-
-def insert_artifact(image: np.ndarray, region: np.ndarray, name: str,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Artifact ``name`` painted outside ``region`` by the synthetic generator's painter.
-
-    Returns ``(image (H, W, 3) uint8, changed (H, W) bool)``; ``region`` stays bit-identical.
-    """
-    from dermcam.data.synth import paint_artifact
-
-    return paint_artifact(image, region, name, rng)
-
-
-def remove_artifact(image: np.ndarray, artifact_pixels: np.ndarray, keep: np.ndarray,
-                    method: str = "telea") -> np.ndarray:
-    """Inpaint ``artifact_pixels`` (grown by one pixel to catch anti-aliased edges), never
-    touching ``keep`` (the lesion)."""
-    import cv2
-
-    px = np.asarray(artifact_pixels, bool)
-    grown = cv2.dilate(px.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    return inpaint(image, grown & ~np.asarray(keep, bool), method)
 
 
 @dataclass
@@ -297,7 +194,7 @@ def perturb(image: np.ndarray, mask: np.ndarray, artifacts: np.ndarray | None, i
     """
     image = np.asarray(image)
     mask = np.asarray(mask).astype(bool)
-    _check_image(image, mask)
+    check_image(image, mask)
     region = dilate_mask(mask, cfg.dilate)
     n_px = float(mask.size)
     out: list[Variant] = []
@@ -339,64 +236,7 @@ def perturb(image: np.ndarray, mask: np.ndarray, artifacts: np.ndarray | None, i
 SWAP_DONORS = 3
 SWAP_METHOD = ("each test lesion (its mask, exactly) pasted with a feathered edge onto the "
                "surroundings of other test images, whose own lesion is inpainted away; donors "
-               "matched on lesion area and position")
-
-
-def lesion_geometry(mask: np.ndarray) -> tuple[float, float, float]:
-    """``(area share, centre row, centre column)`` of an ``(H, W)`` mask, the centre as a
-    fraction of the side; NaN for an empty mask."""
-    m = np.asarray(mask, bool)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
-    if not m.any():
-        return math.nan, math.nan, math.nan
-    rows, cols = np.nonzero(m)
-    return float(m.mean()), float(rows.mean() / m.shape[0]), float(cols.mean() / m.shape[1])
-
-
-def match_donors(geometry: np.ndarray, i: int, pool: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` images of ``pool`` (indices, never ``i``) whose lesions are closest to image
-    ``i``'s: distance ``|log(area_i / area_j)| + |centre_i - centre_j|`` over ``geometry``
-    ``(N, 3)`` rows of :func:`lesion_geometry`; ties by index. ``(<= k,)`` indices."""
-    geometry = np.asarray(geometry, np.float64)
-    pool = np.asarray([j for j in pool if j != i], np.int64)
-    if pool.size == 0:
-        return pool
-    a, c = geometry[:, 0], geometry[:, 1:]
-    d = np.abs(np.log(a[pool] / a[i])) + np.hypot(*(c[pool] - c[i]).T)
-    return pool[np.lexsort((pool, d))][:k]
-
-
-def swap_context(image: np.ndarray, mask: np.ndarray, canvas: np.ndarray,
-                 feather: float = DILATE_FRACTION) -> np.ndarray:
-    """``image``'s lesion on ``canvas``'s surroundings: ``(H, W, 3) uint8``.
-
-    Pixels inside ``mask`` are ``image``'s exactly; a band of ``feather`` x the side around
-    it blends the two (a Gaussian ramp, so the seam is no sharp cue); everything beyond
-    twice that is ``canvas``'s exactly (another image with its own lesion inpainted away:
-    :func:`swap_canvas`).
-    """
-    import cv2
-
-    image, canvas = np.asarray(image), np.asarray(canvas)
-    m = np.asarray(mask, bool)
-    _check_image(image, m)
-    if canvas.shape != image.shape:
-        raise ValueError(f"canvas must be {image.shape}, got {canvas.shape}")
-    r = max(1, int(round(feather * max(m.shape))))
-    band = dilate_mask(m, feather).astype(np.float32)
-    alpha = np.maximum(cv2.GaussianBlur(band, (2 * r + 1, 2 * r + 1), r / 2), m)
-    alpha[~dilate_mask(m, 2 * feather)] = 0  # the ramp's far tail: under 1 %
-    alpha = alpha[..., None]
-    out = np.rint(alpha * image + (1 - alpha) * canvas).clip(0, 255).astype(np.uint8)
-    out[m] = image[m]
-    return out
-
-
-def swap_canvas(donor: np.ndarray, donor_mask: np.ndarray, feather: float = DILATE_FRACTION,
-                method: str = "telea") -> np.ndarray:
-    """A donor's surroundings with its own (dilated) lesion inpainted away."""
-    return inpaint(donor, dilate_mask(donor_mask, feather), method)
+               "matched on lesion area, position and the colour of the skin around it")
 
 
 def _diff_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
@@ -426,7 +266,8 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
     """
     from dermcam.data.artifact_labels import PREFIX
 
-    geometry = np.array([lesion_geometry(m) for m in masks])
+    geometry = np.array([(*lesion_geometry(m), *skin_ring(im, m, feather))
+                         for im, m in zip(images, masks, strict=True)])
     canvases: dict[int, np.ndarray] = {}
 
     def canvas(j: int) -> np.ndarray:
@@ -482,6 +323,113 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
         if progress:
             progress(step + 1, len(columns))
     return entries
+
+
+#: The heatmap-guided probes: off-lesion regions a model's heatmap marks, inpainted away
+#: (``hot_removed``) or moved into ``k`` other images (``hot_transplanted``), each against
+#: random off-lesion regions of the same shapes.
+HOT_PROBES = ("hot_removed", "hot_transplanted")
+HOT_METHOD = ("the off-lesion regions holding the most heatmap mass (components of the top "
+              "10 % of the map outside the dilated lesion, at most 8 % of the image) against "
+              "random off-lesion regions of the same shapes: inpainted away, or their real "
+              "pixels pasted into other images outside their lesions")
+
+
+def hot_spots(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
+              heatmaps: dict[str, Any], flags: pd.DataFrame | None = None, *,
+              k: int = SWAP_DONORS, n_boot: int = 1000, seed: int = 0,
+              feather: float = DILATE_FRACTION, method: str = "telea", batch_size: int = 64,
+              device="cpu") -> list[dict[str, Any]]:
+    """Does a model use what its heatmap marks off the lesion? Label-free, real pixels.
+
+    For each model (``heatmaps[name]``: one ``(H, W)`` map per image, None or NaN where an
+    image has none) and image whose map marks an off-lesion region
+    (:func:`dermcam.perturb.hot_regions`): P(malignant) with that region inpainted minus
+    with a random off-lesion region of the same shapes inpainted (``hot_removed``), and,
+    in ``k`` other images whose dilated lesion it misses, with the region's pixels pasted
+    in minus with the random region's pixels pasted at the same place
+    (``hot_transplanted``, averaged over the ``k``). Bootstrap CIs over images. With
+    ``flags`` (0/1 ``artifact_<name>``), each transplant entry says which artifacts the
+    regions come from: ``sources[name]`` = share of the images with a region carrying it,
+    its share among all images, and the mean change from images with and without it.
+    """
+    import cv2
+
+    from dermcam.data.artifact_labels import PREFIX
+
+    n = len(images)
+    keep = [~dilate_mask(m, 2 * feather) for m in masks]
+    grow = np.ones((3, 3), np.uint8)
+    entries = []
+    for name, model, thr in models:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
+        stack, owner, kind = [], [], []
+        n_maps = 0
+        for i in range(n):
+            h = heatmaps[name][i]
+            if h is None or not np.isfinite(h).all():
+                continue
+            n_maps += 1
+            region = hot_regions(h, masks[i], feather)
+            moves = random_shifts(region, keep[i], rng) if region.any() else None
+            if moves is None:
+                continue
+            for tag, r in (("hot", region), ("random", shift(region, moves))):
+                r = cv2.dilate(r.astype(np.uint8), grow).astype(bool) & keep[i]
+                stack.append(inpaint(images[i], r, method))
+                owner.append((i, -1))
+                kind.append(f"removed_{tag}")
+            fits = [j for j in rng.permutation(n) if j != i and not (region & ~keep[j]).any()]
+            for j in fits[:k]:
+                stack.append(transplant(images[i], images[j], region))
+                stack.append(transplant(images[i], images[j], region, read=moves))
+                owner += [(i, j), (i, j)]
+                kind += ["pasted_hot", "pasted_random"]
+        if not stack:
+            log.info("hot spots: no off-lesion region marked by %s's heatmaps", name)
+            continue
+        p = score_images(model, np.stack(stack), batch_size, device)
+        df = pd.DataFrame({"i": [o[0] for o in owner], "j": [o[1] for o in owner],
+                           "kind": kind, "p": p})
+        wide = df.pivot_table(index=["i", "j"], columns="kind", values="p")
+        rem = wide.loc[wide.index.get_level_values("j") == -1]
+        d_rem = (rem["removed_hot"] - rem["removed_random"]).groupby(level="i").mean()
+        pas = wide.loc[wide.index.get_level_values("j") >= 0]
+        d_pair = pas["pasted_hot"] - pas["pasted_random"]
+        d_pas = d_pair.groupby(level="i").mean()
+        benign_j = labels[pas.index.get_level_values("j")] == 0
+        before = pas["pasted_random"].to_numpy() < thr
+        flips = benign_j & before & (pas["pasted_hot"].to_numpy() >= thr)
+        common = {"model": name, "k": int(k), "threshold": thr, "method": HOT_METHOD,
+                  "margin": NEGLIGIBLE_DELTA, "images_with_maps": n_maps}
+        for probe, d in (("hot_removed", d_rem), ("hot_transplanted", d_pas)):
+            idx = d.index.to_numpy()
+            e = {**common, "probe": probe, "artifact": "",
+                 **_diff_summary(d.to_numpy(), labels[idx], n_boot, seed)}
+            e.update(n=int(len(d)), flip_to_benign=math.nan,
+                     flip_to_malignant=_rate(int(flips.sum()), int((benign_j & before).sum()))
+                     if probe == "hot_transplanted" else math.nan)
+            if probe == "hot_transplanted" and flags is not None:
+                e["sources"] = _sources(flags, idx, d.to_numpy(), PREFIX, n_boot, seed)
+            entries.append(e)
+    return entries
+
+
+def _sources(flags: pd.DataFrame, idx: np.ndarray, d: np.ndarray, prefix: str, n_boot: int,
+             seed: int) -> dict[str, dict[str, Any]]:
+    """Which labelled artifacts the transplanted regions come from (:func:`hot_spots`)."""
+    out = {}
+    for col in (c for c in flags.columns if c.startswith(prefix)):
+        has = flags[col].to_numpy()[idx] == 1
+        m1, lo1, hi1 = _mean_ci(d[has], n_boot, seed)
+        m0, lo0, hi0 = _mean_ci(d[~has], n_boot, seed)
+        out[col[len(prefix):]] = {
+            "share": float(has.mean()) if len(has) else math.nan,
+            "share_all": float(np.nanmean(flags[col].to_numpy() == 1)),
+            "n_with": int(has.sum()), "delta_with": m1, "delta_with_ci_low": lo1,
+            "delta_with_ci_high": hi1, "delta_without": m0, "delta_without_ci_low": lo0,
+            "delta_without_ci_high": hi0}
+    return out
 
 
 # ------------------------------------------------------------------ the stage
@@ -648,6 +596,10 @@ def run_probe(run_dir: runmod.Run | str | Path, probes: Sequence[str] = PROBES,
         raise DermcamError("the context swap needs per-image artifact labels: pass "
                            "--artifact-labels FILE (e.g. isic_bias.csv) or use a data set "
                            "with artifact_<name> columns", ds.root)
+    if "hot_spots" in cfg.probes and \
+            run.stage_entry(explain_stage).get("status") != runmod.STATUS_COMPLETE:
+        raise DermcamError("the heatmap-guided probe (hot_spots) needs the models' heatmaps: "
+                           "run 'dermcam explain' on these images first", run.dir)
     prev = run.stage_entry(stage)
     precisions = {m: inference_precision(precision, m, device, run.image_size) for m in names}
     if prev.get("config_key") != cfg.key() or prev.get("limit") != limit or \
@@ -704,16 +656,22 @@ def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, n
     flags = artifact_flags(ds, probed)
     if flags is not None:
         summary["artifact_presence"] = artifact_presence(df, flags, n_boot=n_boot, seed=seed)
-    if "context_swap" in cfg.probes and flags is not None:
-        t1 = time.perf_counter()
+    real = [p for p in ("context_swap", "hot_spots") if p in cfg.probes]
+    if real:
         items = [cache.get(s, size) for s in probed]
-        swaps = context_swap(models, np.stack([it["image"] for it in items]),
-                             np.stack([np.asarray(it["mask"], bool) for it in items]),
-                             np.array([s.label for s in probed]), flags, n_boot=n_boot,
-                             seed=seed, feather=cfg.dilate, method=cfg.inpaint,
-                             batch_size=batch_size * 2, device=device)
-        entries += swaps
-        record["context_swap_seconds"] = round(time.perf_counter() - t1, 2)
+        images = np.stack([it["image"] for it in items])
+        masks = np.stack([np.asarray(it["mask"], bool) for it in items])
+        labels = np.array([s.label for s in probed])
+        common = dict(n_boot=n_boot, seed=seed, feather=cfg.dilate, method=cfg.inpaint,
+                      batch_size=batch_size * 2, device=device)
+    for p in real:
+        t1 = time.perf_counter()
+        if p == "context_swap" and flags is not None:
+            entries += context_swap(models, images, masks, labels, flags, **common)
+        elif p == "hot_spots":
+            maps = chosen_heatmaps(out.root, run.stage_entry(explain_stage), names, probed)
+            entries += hot_spots(models, images, masks, labels, maps, flags, **common)
+        record[f"{p}_seconds"] = round(time.perf_counter() - t1, 2)
     if data is not None:
         summary["external"] = {
             "name": out.root.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
@@ -792,11 +750,28 @@ def _probe_batches(out: runmod.Outputs, samples, names, models, cfg, cache, size
     return df, clock, timing
 
 
+def chosen_heatmaps(root: Path, st: dict[str, Any], names, samples) -> dict[str, list]:
+    """``{model: [heatmap or None per sample]}`` at each model's chosen method and layer
+    (``st``: the explain stage's manifest entry)."""
+    out: dict[str, list] = {m: [None] * len(samples) for m in names}
+    where = {s.image_id: k for k, s in enumerate(samples)}
+    for sel in st.get("layers") or []:
+        folder = Path(root) / runmod.HEATMAP_DIR / sel["model"] / sel["method"] / sel["layer"]
+        if sel["model"] not in out:
+            continue
+        for f in sorted(folder.glob("batch_*.npz")):
+            with np.load(f, allow_pickle=False) as z:
+                for i, h in zip(z["ids"], z["heatmaps"], strict=True):
+                    if str(i) in where:
+                        out[sel["model"]][where[str(i)]] = h.astype(np.float32)
+    return out
+
+
 def _external_split(run: runmod.Run, data, name, limit, artifact_labels):
     """``(data set, masked samples, CachedSplit, folder name)`` of an external set."""
     from dermcam.data.cache import warm_cache
+    from dermcam.data.cached_split import CachedSplit
     from dermcam.stages.external import load_external
-    from dermcam.stages.train import CachedSplit
 
     ds, samples, _, name = load_external(data, name, artifact_labels, what="the probes")
     samples = samples[:limit] if limit else samples

@@ -1,0 +1,322 @@
+"""Pure image perturbations the probes are made of: each changes only the pixels it names.
+
+Painted: the lesion inpainted away, the background flattened to the skin's colour, the
+synthetic generator's artifacts painted in or inpainted out. Real pixels: a lesion moved
+onto another image's surroundings (:func:`swap_context`), and the off-lesion regions a
+heatmap marks (:func:`hot_regions`) inpainted away or moved into another image
+(:func:`transplant`), each against a random region of the same shapes
+(:func:`random_like`). Images are ``(H, W, 3) uint8``, masks ``(H, W)`` bool. OpenCV is
+imported at first use.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+INPAINT_METHODS = ("telea", "ns")
+#: Inpainting neighbourhood radius in pixels.
+INPAINT_RADIUS = 3.0
+#: The dilated lesion's margin, as a fraction of the image side (at least one pixel).
+DILATE_FRACTION = 0.03
+
+
+def check_image(image: np.ndarray, mask: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask must be {image.shape[:2]}, got shape {mask.shape}")
+
+
+def dilate_mask(mask: np.ndarray, fraction: float = DILATE_FRACTION) -> np.ndarray:
+    """``(H, W)`` mask -> ``(H, W) bool`` dilated by ``max(1, round(fraction * side))`` pixels.
+
+    An elliptical structuring element (OpenCV), so the margin is round, not square.
+    ``fraction=0`` returns the mask itself as ``bool``.
+    """
+    import cv2
+
+    m = np.asarray(mask).astype(bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
+    if fraction <= 0:
+        return m
+    r = max(1, int(round(fraction * max(m.shape))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.dilate(m.astype(np.uint8), kernel).astype(bool)
+
+
+def inpaint(image: np.ndarray, region: np.ndarray, method: str = "telea",
+            radius: float | None = None) -> np.ndarray:
+    """Fill ``region`` of ``image`` from its surroundings; pixels outside stay bit-identical.
+
+    ``image``: ``(H, W, 3) uint8``; ``region``: ``(H, W) bool``. ``method``: ``telea``
+    (Telea 2004, :data:`cv2.INPAINT_TELEA`) or ``ns`` (Navier-Stokes). ``radius``: the
+    neighbourhood each filled pixel is estimated from, :data:`INPAINT_RADIUS` pixels by
+    default (OpenCV's usual 3; larger radii cost quadratically more and blur more).
+    """
+    import cv2
+
+    image = np.asarray(image)
+    region = np.asarray(region, bool)
+    check_image(image, region)
+    if method not in INPAINT_METHODS:
+        raise ValueError(f"unknown inpainting method {method!r}; choose from "
+                         f"{', '.join(INPAINT_METHODS)}")
+    if not region.any():
+        return image.copy()
+    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+    radius = radius or INPAINT_RADIUS
+    filled = cv2.inpaint(np.ascontiguousarray(image), region.astype(np.uint8), radius, flag)
+    out = image.copy()
+    out[region] = filled[region]
+    return out
+
+
+def skin_colour(image: np.ndarray, exclude: np.ndarray,
+                artifacts: np.ndarray | None = None) -> np.ndarray:
+    """The median colour ``(3,) uint8`` of an image's own skin.
+
+    Skin is every pixel outside ``exclude`` (the dilated lesion), minus known artifact
+    pixels (``artifacts`` codes > 0), dark pixels (luminance below half the median, e.g.
+    vignette corners) and near-saturated ones (a channel >= 250). Falls back to all
+    pixels outside ``exclude``, then to the whole image, when too few remain.
+    """
+    image = np.asarray(image)
+    exclude = np.asarray(exclude, bool)
+    check_image(image, exclude)
+    lum = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    outside = ~exclude
+    if artifacts is not None:
+        outside &= np.asarray(artifacts) == 0
+    if outside.sum() < 16:
+        outside = ~exclude
+    if outside.sum() < 16:
+        outside = np.ones_like(exclude)
+    ref = float(np.median(lum[outside]))
+    keep = outside & (lum >= 0.5 * ref) & (image.max(-1) < 250)
+    if keep.sum() < 16:
+        keep = outside
+    return np.median(image[keep], axis=0).round().astype(np.uint8)
+
+
+def remove_lesion(image: np.ndarray, region: np.ndarray, method: str = "telea") -> np.ndarray:
+    """The lesion ``region`` (dilated mask, ``(H, W) bool``) inpainted from the skin around it."""
+    return inpaint(image, region, method)
+
+
+def remove_background(image: np.ndarray, region: np.ndarray,
+                      artifacts: np.ndarray | None = None) -> np.ndarray:
+    """Everything outside ``region`` (the dilated lesion) set to the image's skin colour."""
+    image = np.asarray(image)
+    region = np.asarray(region, bool)
+    out = image.copy()
+    out[~region] = skin_colour(image, region, artifacts)
+    return out
+
+
+def insert_artifact(image: np.ndarray, region: np.ndarray, name: str,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Artifact ``name`` painted outside ``region`` by the synthetic generator's painter.
+
+    Returns ``(image (H, W, 3) uint8, changed (H, W) bool)``; ``region`` stays bit-identical.
+    """
+    from dermcam.data.synth import paint_artifact
+
+    return paint_artifact(image, region, name, rng)
+
+
+def remove_artifact(image: np.ndarray, artifact_pixels: np.ndarray, keep: np.ndarray,
+                    method: str = "telea") -> np.ndarray:
+    """Inpaint ``artifact_pixels`` (grown by one pixel to catch anti-aliased edges), never
+    touching ``keep`` (the lesion)."""
+    import cv2
+
+    px = np.asarray(artifact_pixels, bool)
+    grown = cv2.dilate(px.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return inpaint(image, grown & ~np.asarray(keep, bool), method)
+
+
+
+
+# ------------------------------------------------------------------ real pixels
+
+
+def lesion_geometry(mask: np.ndarray) -> tuple[float, float, float]:
+    """``(area share, centre row, centre column)`` of an ``(H, W)`` mask, the centre as a
+    fraction of the side; NaN for an empty mask."""
+    m = np.asarray(mask, bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
+    if not m.any():
+        return math.nan, math.nan, math.nan
+    rows, cols = np.nonzero(m)
+    return float(m.mean()), float(rows.mean() / m.shape[0]), float(cols.mean() / m.shape[1])
+
+
+#: :func:`match_donors`: CIELAB units of skin colour that weigh as much as a factor e in
+#: lesion area (or a whole side of centre shift).
+COLOUR_SCALE = 20.0
+
+
+def skin_ring(image: np.ndarray, mask: np.ndarray, feather: float = DILATE_FRACTION
+              ) -> np.ndarray:
+    """``(3,)`` mean CIELAB colour (OpenCV's 8-bit scale) of the skin ring around a lesion:
+    outside its mask dilated by ``feather``, inside it dilated by 6 x ``feather`` (the
+    whole image's mean when the ring is empty). Where a moved lesion meets its new
+    surroundings, so donors can be matched on it."""
+    import cv2
+
+    image, m = np.asarray(image), np.asarray(mask, bool)
+    check_image(image, m)
+    ring = dilate_mask(m, 6 * feather) & ~dilate_mask(m, feather)
+    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB).astype(np.float64)
+    return lab[ring].mean(axis=0) if ring.any() else lab.reshape(-1, 3).mean(axis=0)
+
+
+def match_donors(geometry: np.ndarray, i: int, pool: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` images of ``pool`` (indices, never ``i``) closest to image ``i``: distance
+    ``|log(area_i / area_j)| + |centre_i - centre_j|`` over ``geometry`` rows ``(area,
+    centre row, centre column)`` of :func:`lesion_geometry`, plus, where rows go on with
+    the :func:`skin_ring` colour, ``|colour_i - colour_j| / COLOUR_SCALE``; ties by index.
+    ``(<= k,)`` indices."""
+    geometry = np.asarray(geometry, np.float64)
+    pool = np.asarray([j for j in pool if j != i], np.int64)
+    if pool.size == 0:
+        return pool
+    a, c = geometry[:, 0], geometry[:, 1:3]
+    d = np.abs(np.log(a[pool] / a[i])) + np.hypot(*(c[pool] - c[i]).T)
+    if geometry.shape[1] > 3:
+        d = d + np.linalg.norm(geometry[pool, 3:] - geometry[i, 3:], axis=1) / COLOUR_SCALE
+    return pool[np.lexsort((pool, d))][:k]
+
+
+def swap_context(image: np.ndarray, mask: np.ndarray, canvas: np.ndarray,
+                 feather: float = DILATE_FRACTION) -> np.ndarray:
+    """``image``'s lesion on ``canvas``'s surroundings: ``(H, W, 3) uint8``.
+
+    Pixels inside ``mask`` are ``image``'s exactly; a band of ``feather`` x the side around
+    it blends the two (a Gaussian ramp, so the seam is no sharp cue); everything beyond
+    twice that is ``canvas``'s exactly (another image with its own lesion inpainted away:
+    :func:`swap_canvas`).
+    """
+    import cv2
+
+    image, canvas = np.asarray(image), np.asarray(canvas)
+    m = np.asarray(mask, bool)
+    check_image(image, m)
+    if canvas.shape != image.shape:
+        raise ValueError(f"canvas must be {image.shape}, got {canvas.shape}")
+    r = max(1, int(round(feather * max(m.shape))))
+    band = dilate_mask(m, feather).astype(np.float32)
+    alpha = np.maximum(cv2.GaussianBlur(band, (2 * r + 1, 2 * r + 1), r / 2), m)
+    alpha[~dilate_mask(m, 2 * feather)] = 0  # the ramp's far tail: under 1 %
+    alpha = alpha[..., None]
+    out = np.rint(alpha * image + (1 - alpha) * canvas).clip(0, 255).astype(np.uint8)
+    out[m] = image[m]
+    return out
+
+
+def swap_canvas(donor: np.ndarray, donor_mask: np.ndarray, feather: float = DILATE_FRACTION,
+                method: str = "telea") -> np.ndarray:
+    """A donor's surroundings with its own (dilated) lesion inpainted away."""
+    return inpaint(donor, dilate_mask(donor_mask, feather), method)
+
+
+#: :func:`hot_regions`: candidate pixels are the top share of the heatmap over the whole
+#: image; the regions kept cover at most ``HOT_BUDGET`` of it; a component under
+#: ``HOT_MIN`` of the image is speckle and left out.
+HOT_TOP, HOT_BUDGET, HOT_MIN = 0.10, 0.08, 0.002
+
+
+def hot_regions(heatmap: np.ndarray, mask: np.ndarray, feather: float = DILATE_FRACTION,
+                top: float = HOT_TOP, budget: float = HOT_BUDGET,
+                min_share: float = HOT_MIN) -> np.ndarray:
+    """The off-lesion regions holding the most heatmap mass: ``(H, W) bool``.
+
+    Candidates are the pixels in the top ``top`` share of ``heatmap`` (resized to the
+    mask's shape if it differs) that lie outside the lesion dilated by twice ``feather``;
+    their 8-connected components of at least ``min_share`` of the image are taken in order
+    of heatmap mass while their union stays within ``budget`` of the image. Empty when
+    the heatmap's top pixels are all on or next to the lesion.
+    """
+    import cv2
+
+    m = np.asarray(mask, bool)
+    h = np.asarray(heatmap, np.float32)
+    if h.shape != m.shape:
+        h = cv2.resize(h, m.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    if not np.isfinite(h).all() or h.max() <= h.min():
+        return np.zeros_like(m)
+    cand = (h >= np.quantile(h, 1.0 - top)) & (h > h.min()) & ~dilate_mask(m, 2 * feather)
+    n, comp = cv2.connectedComponents(cand.astype(np.uint8), connectivity=8)
+    sizes = np.bincount(comp.ravel(), minlength=n)
+    mass = np.bincount(comp.ravel(), weights=h.ravel(), minlength=n)
+    out = np.zeros_like(m)
+    area, cap, floor = 0, budget * m.size, min_share * m.size
+    for c in sorted(range(1, n), key=lambda c: (-mass[c], c)):
+        if sizes[c] >= floor and area + sizes[c] <= cap:
+            out |= comp == c
+            area += sizes[c]
+    return out
+
+
+def _components(region: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(rows, cols)`` of each 8-connected component of ``region``, in OpenCV's order."""
+    import cv2
+
+    n, comp = cv2.connectedComponents(np.asarray(region, bool).astype(np.uint8),
+                                      connectivity=8)
+    return [np.nonzero(comp == c) for c in range(1, n)]
+
+
+def random_shifts(region: np.ndarray, allowed: np.ndarray, rng: np.random.Generator,
+                  tries: int = 200) -> list[tuple[int, int]] | None:
+    """One random shift ``(rows, cols)`` per component of ``region`` that puts it wholly
+    inside ``allowed``, off ``region`` and off the components already placed; None when a
+    component finds no place in ``tries``. :func:`shift` draws the moved region."""
+    region, allowed = np.asarray(region, bool), np.asarray(allowed, bool)
+    free = allowed & ~region
+    height, width = region.shape
+    out = []
+    for rows, cols in _components(region):
+        r0, c0 = int(rows.min()), int(cols.min())
+        h, w = int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1
+        for _ in range(tries):
+            dr = int(rng.integers(0, height - h + 1)) - r0
+            dc = int(rng.integers(0, width - w + 1)) - c0
+            if free[rows + dr, cols + dc].all():
+                free[rows + dr, cols + dc] = False
+                out.append((dr, dc))
+                break
+        else:
+            return None
+    return out
+
+
+def shift(region: np.ndarray, shifts: list[tuple[int, int]]) -> np.ndarray:
+    """``region`` with its components moved by ``shifts`` (:func:`random_shifts`)."""
+    out = np.zeros_like(np.asarray(region, bool))
+    for (rows, cols), (dr, dc) in zip(_components(region), shifts, strict=True):
+        out[rows + dr, cols + dc] = True
+    return out
+
+
+def transplant(source: np.ndarray, target: np.ndarray, region: np.ndarray,
+               read: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """``target`` with ``source``'s pixels pasted, exactly, onto ``region``: ``(H, W, 3)
+    uint8``. Each component of ``region`` takes the pixels of the same shape in
+    ``source`` shifted by ``read`` (:func:`random_shifts`; by default in place)."""
+    source, target = np.asarray(source), np.asarray(target)
+    region = np.asarray(region, bool)
+    check_image(source, region)
+    if target.shape != source.shape:
+        raise ValueError(f"target must be {source.shape}, got {target.shape}")
+    out = target.copy()
+    if read is None:
+        out[region] = source[region]
+        return out
+    for (rows, cols), (dr, dc) in zip(_components(region), read, strict=True):
+        out[rows, cols] = source[rows + dr, cols + dc]
+    return out
