@@ -208,7 +208,7 @@ def test_equivalence_test_matches_statsmodels_ttost():
     X = np.column_stack([np.ones(100), np.r_[np.zeros(60), np.ones(40)]])
     c = L.ols_fit(y, X, ["c", "malignant"], cov_type="nonrobust")["coef"]["malignant"]
     for margin in (0.01, 0.02, 0.05):
-        ours = L._tost_p(c["coef"], c["se"], 98, margin)
+        ours = L.confound._tost_p(c["coef"], c["se"], 98, margin)
         ref = ttost_ind(mal, ben, -margin, margin, usevar="pooled")[0]
         assert ours == pytest.approx(ref, rel=1e-9)
 

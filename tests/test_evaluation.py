@@ -14,8 +14,8 @@ from sklearn.calibration import calibration_curve
 from dermcam.evaluation import (
     THRESHOLD_FREE_METRICS,
     THRESHOLD_METRICS,
-    _batch_ranking_metrics,
-    _batch_threshold_metrics,
+    batch_ranking_metrics,
+    batch_threshold_metrics,
     classification_metrics,
     evaluate_predictions,
     expected_calibration_error,
@@ -210,8 +210,8 @@ def test_vectorised_bootstrap_metrics_match_sklearn_on_resamples():
     p = np.round(np.clip(rng.random(120) * 0.7 + 0.3 * y, 0, 1), 2)  # ties on purpose
     idx = stratified_bootstrap_indices(y, 25, seed=1)
     w = bootstrap_counts(idx, y.size)
-    thr = _batch_threshold_metrics(w, y, p >= 0.45)
-    rank = _batch_ranking_metrics(w, y, p, n_bins=10)
+    thr = batch_threshold_metrics(w, y, p >= 0.45)
+    rank = batch_ranking_metrics(w, y, p, n_bins=10)
     for b, r in enumerate(idx):
         ref = classification_metrics(y[r], p[r], 0.45)
         for key in THRESHOLD_METRICS:

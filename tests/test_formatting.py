@@ -187,8 +187,8 @@ def test_fmt_seconds():
 
 
 def test_views_and_evaluation_use_the_shared_formatters():
-    from dermcam import evaluation as ev
     from dermcam import views
+    from dermcam.evaluation import tables as ev
 
     assert views.fmt_num is fmt_num and views.fmt_seconds is fmt_seconds
     assert views.ci_cell(0.5, 0.25, 0.75) == "0.50 [0.25, 0.75]"

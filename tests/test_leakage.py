@@ -257,7 +257,7 @@ def test_chunking_does_not_change_results(monkeypatch):
     cams = np.round(rng.random((37, 9, 9)) * 3).astype(np.float32)
     masks = rng.random((37, 9, 9)) < 0.4
     whole, _ = L.score_batch(cams, masks)
-    monkeypatch.setattr(L, "_CHUNK", 5)
+    monkeypatch.setattr(L.metrics, "_CHUNK", 5)
     parts, _ = L.score_batch(cams, masks)
     for k in whole:
         np.testing.assert_array_equal(whole[k], parts[k])

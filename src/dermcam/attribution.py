@@ -331,11 +331,11 @@ class CamExplainer:
             raw = orient_eigencam(raw, acts)
         raw = np.maximum(raw, 0).astype(np.float32)
         cam.activations_and_grads.clear()
-        heat = _resize(raw, size, normalize)
+        heat = resize_heatmaps(raw, size, normalize)
         return CamBatch(heat, probs.astype(np.float32), classes)
 
 
-def _resize(raw: np.ndarray, size: int, normalize: str) -> np.ndarray:
+def resize_heatmaps(raw: np.ndarray, size: int, normalize: str) -> np.ndarray:
     """``(N, h, w)`` ReLU'd maps -> ``(N, size, size)``; min-max first when asked (as grad-cam)."""
     from pytorch_grad_cam.utils.image import scale_cam_image
 

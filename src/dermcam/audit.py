@@ -176,9 +176,9 @@ def load_model(weights: str | Path, arch: str | None = None, layer: str | None =
 
     from dermcam.models import (
         REGISTRY,
-        _last_linear,
         build_model,
         check_model_name,
+        head_name,
         load_state_file,
         load_weights_into,
         state_dict_of,
@@ -210,7 +210,7 @@ def load_model(weights: str | Path, arch: str | None = None, layer: str | None =
         obj = load_state_file(path)
     model, info = build_model(arch, "none")
     spec = REGISTRY.get(arch)
-    head = spec.head if spec else _last_linear(model)
+    head = spec.head if spec else head_name(model)
     state = state_dict_of(obj)
     load_weights_into(model, arch, obj, path, head)  # the body fits arch, or a clear error
     # load_weights_into keeps a random 2-class head where the file has none or another

@@ -23,7 +23,7 @@ Pure functions on arrays:
 - :func:`apply_temperature` ``(logits, T, b=0)`` -> ``(N,)`` malignant probabilities;
   :func:`calibrated_prob` the same in torch, from a model's ``(N, 2)`` logits;
 - :func:`nll`, :func:`brier` -> float, lower is better; ECE is
-  :func:`dermcam.evaluation.expected_calibration_error`;
+  :func:`dermcam.reliability.expected_calibration_error`;
 - :func:`calibration_scores` the three before and after, :func:`calibration_summary`
   the same per model with bootstrap CIs from a predictions table (what evaluate reports).
 
@@ -186,7 +186,7 @@ def calibrated_prob(model, logits):
 
 def calibration_scores(labels: Any, prob: Any, n_bins: int = 10) -> dict[str, float]:
     """``{"nll", "ece", "brier"}`` of ``(N,)`` probabilities."""
-    from dermcam.evaluation import expected_calibration_error
+    from dermcam.reliability import expected_calibration_error
 
     return {"nll": nll(labels, prob), "ece": expected_calibration_error(labels, prob, n_bins),
             "brier": brier(labels, prob)}
@@ -214,11 +214,11 @@ def bias_of(model) -> float:
 def _boot_scores(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int
                  ) -> dict[str, np.ndarray]:
     """ECE and Brier on every resample: ``w (B, N)`` multiplicities -> ``(B,)`` each."""
-    from dermcam.evaluation import _bin_ids
+    from dermcam.reliability import bin_ids
 
     tot = w.sum(axis=1)
     onehot = np.zeros((p.size, n_bins))
-    onehot[np.arange(p.size), _bin_ids(p, n_bins)] = 1.0
+    onehot[np.arange(p.size), bin_ids(p, n_bins)] = 1.0
     gap = w @ (onehot * (y - p)[:, None])
     return {"ece": np.abs(gap).sum(axis=1) / tot, "brier": w @ ((p - y) ** 2) / tot}
 
@@ -238,7 +238,7 @@ def calibration_summary(predictions, temperatures: dict[str, float] | None = Non
     ``after - before`` on the same resamples). Models without the uncalibrated column
     are left out.
     """
-    from dermcam.evaluation import reliability_curve
+    from dermcam.reliability import reliability_curve
     from dermcam.stats import percentile_interval, resampling_weights
 
     if "prob_malignant_uncalibrated" not in predictions.columns:

@@ -63,7 +63,7 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from dermcam.attribution import _resize, cam_class, orient_eigencam
+    from dermcam.attribution import cam_class, orient_eigencam, resize_heatmaps
 
     order = [n for n, _ in model.named_modules() if n in set(layers)]
     if len(order) != len(set(layers)):
@@ -113,7 +113,7 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
             raw = cam.get_cam_image(x, layer, targets, a, g, False)
             if method == "eigencam":
                 raw = orient_eigencam(raw, a)
-            out[(name, method)] = _resize(np.maximum(raw, 0).astype(np.float32), size,
+            out[(name, method)] = resize_heatmaps(np.maximum(raw, 0).astype(np.float32), size,
                                           normalize)
     return out
 

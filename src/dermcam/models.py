@@ -104,7 +104,7 @@ def _set_submodule(model, dotted: str, module) -> None:
     setattr(parent, child, module)
 
 
-def _last_linear(model) -> str:
+def head_name(model) -> str:
     """The classifier head: the last Linear layer, or SqueezeNet's 1x1 Conv2d classifier."""
     import torch.nn as nn
 
@@ -256,7 +256,7 @@ def build_model(name: str, weights: str = "none", num_classes: int = NUM_CLASSES
         source = f"file:{Path(weights).resolve()}"
     from dermcam.attribution import default_target_layer
 
-    head = head or _last_linear(model)
+    head = head or head_name(model)
     target = target or default_target_layer(model)[0]
     old = _get_submodule(model, head)
     if isinstance(old, nn.Conv2d):  # SqueezeNet: a 1x1 convolution scores the classes
@@ -289,7 +289,7 @@ def load_weights_into(model, name: str, obj: dict, path, head: str | None = None
     if not isinstance(state, dict) or not state:
         raise DermcamError("checkpoint holds no state dict", path)
     own = model.state_dict()
-    head = head or _last_linear(model)
+    head = head or head_name(model)
     # An ImageNet (1000-class) state dict fits everything but the head: keep our head.
     state = {k: v for k, v in state.items()
              if not (k.startswith(head + ".") and k in own and v.shape != own[k].shape)}

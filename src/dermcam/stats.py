@@ -117,7 +117,7 @@ def _as_labels(y: Any, name: str = "y_true") -> np.ndarray:
     return as_labels(y, name)
 
 
-def _as_scores(s: Any, n: int, name: str) -> np.ndarray:
+def as_scores(s: Any, n: int, name: str) -> np.ndarray:
     """``(N,)`` finite float array matching ``n`` labels."""
     arr = np.asarray(s, dtype=np.float64)
     if arr.shape != (n,):
@@ -504,8 +504,8 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) ->
       on every resample: ``se = 0, z = 0, p = 1`` and the interval is ``[0, 0]``.
     """
     y = _as_labels(y_true)
-    a = _as_scores(score_a, y.size, "score_a")
-    b = _as_scores(score_b, y.size, "score_b")
+    a = as_scores(score_a, y.size, "score_a")
+    b = as_scores(score_b, y.size, "score_b")
     m, n = int(y.sum()), int((1 - y).sum())
     keys = ("auc_a", "auc_b", "se_a", "se_b", "diff", "se", "z", "p", "lo", "hi")
     if m < 2 or n < 2:

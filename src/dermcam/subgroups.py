@@ -132,8 +132,8 @@ def _accuracy_chi2(correct_by_group: list[np.ndarray]) -> dict[str, Any]:
 def _group_rows(d: pd.DataFrame, thr: float, n_boot: int, seed: int, alpha: float,
                 min_group: int, min_per_class: int) -> tuple[list[dict], dict, dict]:
     from dermcam.evaluation import (
-        _batch_ranking_metrics,
-        _batch_threshold_metrics,
+        batch_ranking_metrics,
+        batch_threshold_metrics,
         classification_metrics,
     )
     from dermcam.stats import percentile_interval, resampling_weights
@@ -153,7 +153,7 @@ def _group_rows(d: pd.DataFrame, thr: float, n_boot: int, seed: int, alpha: floa
         w = resampling_weights(y, n_boot, seed, stratified=True,
                                groups=g["group"].to_numpy(dtype=object)
                                if "group" in g.columns else None)
-        boot = {**_batch_threshold_metrics(w, y, p >= thr), **_batch_ranking_metrics(w, y, p, 10)}
+        boot = {**batch_threshold_metrics(w, y, p >= thr), **batch_ranking_metrics(w, y, p, 10)}
         for k in SUBGROUP_METRICS:
             lo, hi = percentile_interval(boot[k], alpha, what=f"{level} {k}")
             row[k] = {"value": float(pt[k]), "lo": lo, "hi": hi}

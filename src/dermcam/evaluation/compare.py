@@ -1,24 +1,33 @@
-"""Test-set evaluation a reviewer would accept: metrics, bootstrap CIs, paired tests.
+"""Evaluate and compare models on one test set: :func:`evaluate_predictions`.
 
-Labels: ``0`` = benign, ``1`` = malignant. ``prob`` is the predicted probability
-of *malignant*. A threshold ``t`` means "malignant if ``prob >= t``" (the
-scikit-learn ``roc_curve`` convention), everywhere in dermcam.
+Every figure gets a stratified (or cluster) bootstrap CI from one shared set of
+resamples, beside the all-benign baseline; model pairs are compared with DeLong, paired
+bootstraps and McNemar, Holm-adjusted within each family of tests.
 
-Why these metrics. With 75 malignant images out of 379, predicting "benign" for
-everything already scores accuracy 304/379 = 0.802, so accuracy differences of a
-few thousandths between models say nothing. :func:`evaluate_predictions` reports
-every figure with a stratified bootstrap CI, adds the threshold-free metrics that
-the ISIC 2016 challenge ranked by (average precision) and ROC AUC, the all-benign
-baseline with its own CIs, and paired model comparisons (DeLong for AUC, paired
-bootstrap for AUC/AP/accuracy, McNemar for accuracy) with Holm correction across
-pairs.
+The result of :func:`evaluate_predictions` is a JSON-ready dict (plain floats/ints/lists; NaN -> ``None``)::
 
-Speed. Every bootstrap figure is computed from per-resample sample multiplicities
-(``(B, N)`` count matrices, :func:`dermcam.stats.bootstrap_counts`): confusion
-counts are matrix products and AUC/AP/ECE are cumulative sums over the sorted
-scores, so all resamples are evaluated at once. The scikit-learn based
-:func:`classification_metrics` is the reference those fast paths are tested
-against, and provides the point estimates.
+    {"schema_version": 1, "n_boot", "seed", "alpha", "n_bins",
+     "ci_method", "threshold_rule", "pairwise_diff": "b - a",
+     "test": {"n", "n_malignant", "n_benign", "prevalence"},
+     "models": {name: {"display_name", "threshold",
+         "at_threshold": {metric: {"value", "lo", "hi"}},   # THRESHOLD_METRICS
+         "at_0.5": {...same...},
+         "threshold_free": {"roc_auc"|"average_precision"|"spec_at_95_sens"|"ece":
+                            {"value", "lo", "hi"}},
+         "confusion_matrix": [[tn, fp], [fn, tp]],          # at the threshold
+         "confusion_matrix_at_0.5": [[tn, fp], [fn, tp]],
+         "roc_curve": {"fpr", "tpr"}, "pr_curve": {"precision", "recall"},
+         "reliability": {"bin_lower", "bin_upper", "count", "mean_predicted",
+                         "fraction_positive"}}},
+     "baselines": {"all_benign": {metric: {"value", "lo", "hi"}},  # all metrics
+                   "chance_roc_auc": 0.5, "chance_average_precision": prevalence},
+     "pairwise": [{"a", "b", "auc": delong_test(...),
+                   "auc_bootstrap": {"diff", "lo", "hi", "p", "n_valid"},
+                   "average_precision": {...same...},
+                   "accuracy": {"diff", "lo", "hi", "p", "n_valid",
+                                "mcnemar": {"b", "c", "statistic", "p", "method"}},
+                   "auc_test", "p_holm", "significant"}],
+     "resampling", "multiplicity": {"method", "families", "primary_auc"}}
 """
 
 from __future__ import annotations
@@ -35,12 +44,19 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from dermcam.formatting import METRIC_LABELS, MINUS, fmt_ci, fmt_num, metric_label
+from dermcam.evaluation.metrics import (
+    THRESHOLD_FREE_METRICS,
+    THRESHOLD_METRICS,
+    batch_ranking_metrics,
+    batch_threshold_metrics,
+    both_classes,
+    classification_metrics,
+)
+from dermcam.reliability import labels_probs, reliability_curve
 from dermcam.stats import (
     ADJUST_METHODS,
-    _as_labels,
-    _as_scores,
     adjust_pvalues,
+    as_labels,
     bootstrap_counts,
     cluster_info,
     cluster_labels,
@@ -51,58 +67,16 @@ from dermcam.stats import (
     summarise_paired_diff,
 )
 
-__all__ = [
-    "THRESHOLD_METRICS",
-    "THRESHOLD_FREE_METRICS",
-    "TABLE_METRICS",
-    "HIGHER_IS_BETTER",
-    "SCHEMA_VERSION",
-    "display_name",
-    "youden_threshold",
-    "specificity_at_sensitivity",
-    "expected_calibration_error",
-    "reliability_curve",
-    "classification_metrics",
-    "evaluate_predictions",
-    "metrics_table",
-    "format_comparison",
-]
+__all__ = ["SCHEMA_VERSION", "BASELINE_NAME", "display_name", "evaluate_predictions"]
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
-#: Metrics that depend on the decision threshold (computed from the confusion counts).
-THRESHOLD_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "balanced_accuracy",
-    "precision_benign",
-    "recall_benign",
-    "f1_benign",
-    "precision_malignant",
-    "recall_malignant",
-    "f1_malignant",
-    "sensitivity",
-    "specificity",
-)
-#: Metrics computed from the scores alone.
-THRESHOLD_FREE_METRICS: tuple[str, ...] = (
-    "roc_auc",
-    "average_precision",
-    "spec_at_95_sens",
-    "ece",
-)
-#: Score direction of every reported metric (from :data:`dermcam.formatting.METRIC_LABELS`).
-HIGHER_IS_BETTER: dict[str, bool] = {
-    key: METRIC_LABELS[key].higher_is_better
-    for key in THRESHOLD_METRICS + THRESHOLD_FREE_METRICS
-}
-
-_SENS_TARGET = 0.95  # the "95" in spec_at_95_sens
-_TIE_TOL = 1e-12
 _CHUNK_ELEMENTS = 4_000_000  # cap on B_chunk * N floats held per count matrix
 
-_BASELINE_NAME = "All benign (baseline)"
+#: The all-benign baseline's name in tables and sentences.
+BASELINE_NAME = "All benign (baseline)"
 
 _REQUIRED_COLUMNS = ("image_id", "model", "label", "prob_malignant")
 
@@ -114,255 +88,12 @@ def display_name(model: str) -> str:
     imports no torch at module level); unknown names are returned unchanged.
     """
     if model == "all_benign":
-        return _BASELINE_NAME
+        return BASELINE_NAME
     try:
         from dermcam.models import display_name as registry_name
     except ImportError:  # pragma: no cover - registry missing in a stripped install
         return model
     return registry_name(model)
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def _labels_probs(y_true: Any, prob: Any, unit: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    y = _as_labels(y_true)
-    p = _as_scores(prob, y.size, "prob")
-    if unit and ((p < 0).any() or (p > 1).any()):
-        raise ValueError(f"prob must lie in [0, 1], got range [{p.min():.4g}, {p.max():.4g}]")
-    return y, p
-
-
-def _both_classes(y: np.ndarray) -> bool:
-    return bool(y.size) and 0 < int(y.sum()) < y.size
-
-
-# --------------------------------------------------------------------------- thresholds
-
-
-def youden_threshold(y_true: Any, prob: Any) -> float:
-    """Threshold maximising Youden's J = sensitivity + specificity - 1.
-
-    Meant for the *validation* set; apply the result unchanged to the test set.
-    ``y_true``, ``prob``: ``(N,)``. Candidates are the observed scores (from
-    ``sklearn.metrics.roc_curve`` with ``drop_intermediate=False``; its ``inf``
-    sentinel is excluded) and the rule is ``malignant if prob >= threshold``.
-    Ties in J (within 1e-12) are broken by the smallest ``|threshold - 0.5|``,
-    i.e. the candidate closest to the default operating point. Raises
-    ``ValueError`` when ``y_true`` holds only one class (J is undefined).
-    """
-    y, p = _labels_probs(y_true, prob, unit=False)
-    if not _both_classes(y):
-        raise ValueError(
-            "youden_threshold needs both classes in y_true "
-            f"(got {int(y.sum())} malignant of {y.size})"
-        )
-    fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
-    j = np.where(np.isfinite(thr), tpr - fpr, -np.inf)
-    cand = np.flatnonzero(j >= j.max() - _TIE_TOL)
-    return float(thr[cand[np.argmin(np.abs(thr[cand] - 0.5))]])
-
-
-def specificity_at_sensitivity(y_true: Any, prob: Any, target: float = _SENS_TARGET) -> float:
-    """Best specificity among thresholds whose sensitivity is at least ``target``.
-
-    ``y_true``, ``prob``: ``(N,)``. Evaluated at the observed thresholds (no
-    interpolation between ROC points). NaN with only one class present.
-    """
-    y, p = _labels_probs(y_true, prob, unit=False)
-    if not 0 <= target <= 1:
-        raise ValueError(f"target must be in [0, 1], got {target}")
-    if not _both_classes(y):
-        return math.nan
-    fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)
-    return float(1.0 - fpr[tpr >= target - _TIE_TOL].min())
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-def _bin_ids(prob: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-width bin of each probability, as ``sklearn.calibration.calibration_curve``:
-    bin 0 is ``[0, 1/n]``, bin k is ``(k/n, (k+1)/n]``."""
-    if int(n_bins) < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
-    return np.searchsorted(edges[1:-1], prob, side="left")
-
-
-def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = 10) -> float:
-    """Expected calibration error of the malignant-class probability.
-
-    ``ECE = sum_k (n_k / N) * |mean(y)_k - mean(prob)_k|`` over ``n_bins``
-    equal-width bins of ``prob`` on [0, 1] (bin edges as in
-    :func:`reliability_curve`); empty bins contribute nothing. Lower is better;
-    0 = perfectly calibrated. ``y_true``, ``prob``: ``(N,)``, ``prob`` in [0, 1].
-    Defined even with one class (it is a calibration, not a ranking, measure).
-    """
-    y, p = _labels_probs(y_true, prob)
-    if y.size == 0:
-        return math.nan
-    bins = _bin_ids(p, n_bins)
-    gap = np.bincount(bins, weights=y - p, minlength=int(n_bins))
-    return float(np.abs(gap).sum() / y.size)
-
-
-def reliability_curve(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, np.ndarray]:
-    """Per-bin calibration summary for a reliability diagram.
-
-    ``y_true``, ``prob``: ``(N,)``. Returns ``(n_bins,)`` arrays ``bin_lower``,
-    ``bin_upper``, ``count``, ``mean_predicted`` and ``fraction_positive``
-    (the last two NaN for empty bins). Non-empty bins match
-    ``sklearn.calibration.calibration_curve(strategy="uniform")``.
-    """
-    y, p = _labels_probs(y_true, prob)
-    n_bins = int(n_bins)
-    bins = _bin_ids(p, n_bins)
-    count = np.bincount(bins, minlength=n_bins).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean_pred = np.bincount(bins, weights=p, minlength=n_bins) / count
-        frac_pos = np.bincount(bins, weights=y.astype(float), minlength=n_bins) / count
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return {
-        "bin_lower": edges[:-1],
-        "bin_upper": edges[1:],
-        "count": count,
-        "mean_predicted": mean_pred,
-        "fraction_positive": frac_pos,
-    }
-
-
-# --------------------------------------------------------------------------- point metrics
-
-
-def classification_metrics(
-    y_true: Any, prob: Any, threshold: float = 0.5, n_bins: int = 10
-) -> dict[str, Any]:
-    """All point metrics of one model on one test set (scikit-learn based).
-
-    ``y_true``: ``(N,)`` 0/1; ``prob``: ``(N,)`` malignant probability in [0, 1];
-    prediction is ``prob >= threshold``. Returns a dict with the threshold
-    metrics of :data:`THRESHOLD_METRICS` (per-class precision/recall/F1 as in
-    the reference study's table; sensitivity = malignant recall, specificity =
-    benign recall), ``confusion_matrix`` ``[[tn, fp], [fn, tp]]``, ``roc_auc``,
-    ``average_precision``, ``spec_at_95_sens``, ``ece``, ``n``, ``n_malignant``
-    and ``threshold``. Undefined values (one class only, 0/0 such as precision
-    with no predicted positives) are NaN, never an error and never a silent 0.
-    """
-    y, p = _labels_probs(y_true, prob)
-    pred = (p >= threshold).astype(np.int64)
-    both = _both_classes(y)
-    prec, rec, f1, _ = skm.precision_recall_fscore_support(
-        y, pred, labels=[0, 1], zero_division=np.nan
-    )
-    cm = skm.confusion_matrix(y, pred, labels=[0, 1])
-    out: dict[str, Any] = {
-        "accuracy": float(skm.accuracy_score(y, pred)) if y.size else math.nan,
-        # sklearn's balanced accuracy silently averages over the classes present;
-        # with one class it is undefined here.
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)) if both else math.nan,
-        "precision_benign": float(prec[0]),
-        "recall_benign": float(rec[0]),
-        "f1_benign": float(f1[0]),
-        "precision_malignant": float(prec[1]),
-        "recall_malignant": float(rec[1]),
-        "f1_malignant": float(f1[1]),
-        "sensitivity": float(rec[1]),
-        "specificity": float(rec[0]),
-        "confusion_matrix": cm.astype(int).tolist(),
-        "roc_auc": float(skm.roc_auc_score(y, p)) if both else math.nan,
-        "average_precision": float(skm.average_precision_score(y, p)) if both else math.nan,
-        "spec_at_95_sens": specificity_at_sensitivity(y, p, _SENS_TARGET),
-        "ece": expected_calibration_error(y, p, n_bins),
-        "n": int(y.size),
-        "n_malignant": int(y.sum()),
-        "threshold": float(threshold),
-    }
-    return out
-
-
-# --------------------------------------------------------------------------- fast bootstrap paths
-
-
-def _metrics_from_counts(
-    tn: np.ndarray, fp: np.ndarray, fn: np.ndarray, tp: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Threshold metrics from confusion counts, all ``(B,)``; 0/0 -> NaN."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sens = tp / (tp + fn)
-        spec = tn / (tn + fp)
-        return {
-            "accuracy": (tp + tn) / (tn + fp + fn + tp),
-            "balanced_accuracy": (sens + spec) / 2,
-            "precision_benign": tn / (tn + fn),
-            "recall_benign": spec,
-            "f1_benign": 2 * tn / (2 * tn + fn + fp),
-            "precision_malignant": tp / (tp + fp),
-            "recall_malignant": sens,
-            "f1_malignant": 2 * tp / (2 * tp + fp + fn),
-            "sensitivity": sens,
-            "specificity": spec,
-        }
-
-
-def _batch_threshold_metrics(
-    w: np.ndarray, y: np.ndarray, pred: np.ndarray
-) -> dict[str, np.ndarray]:
-    """``w``: ``(B, N)`` sample multiplicities; ``y``, ``pred``: ``(N,)`` 0/1.
-    Returns each of :data:`THRESHOLD_METRICS` as a ``(B,)`` array."""
-    pos, pp = y == 1, pred.astype(bool)
-    tp = w @ (pos & pp).astype(np.float64)
-    fn = w @ (pos & ~pp).astype(np.float64)
-    fp = w @ (~pos & pp).astype(np.float64)
-    tn = w @ (~pos & ~pp).astype(np.float64)
-    return _metrics_from_counts(tn, fp, fn, tp)
-
-
-def _batch_ranking_metrics(
-    w: np.ndarray, y: np.ndarray, prob: np.ndarray, n_bins: int, target: float = _SENS_TARGET
-) -> dict[str, np.ndarray]:
-    """ROC AUC, AP, specificity at ``target`` sensitivity and ECE for every row
-    of ``w`` (``(B, N)`` multiplicities). Matches scikit-learn on the resampled
-    data: scores are grouped into distinct values (ties handled as sklearn does:
-    1/2 for AUC, one PR point per distinct score for AP)."""
-    order = np.argsort(-prob, kind="stable")  # descending scores
-    s = prob[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    wo = w[:, order]
-    yo = y[order].astype(np.float64)
-    wp = np.add.reduceat(wo * yo, starts, axis=1)  # (B, U) positives per score
-    wn = np.add.reduceat(wo * (1.0 - yo), starts, axis=1)  # (B, U) negatives per score
-    n_pos = wp.sum(axis=1)
-    n_neg = wn.sum(axis=1)
-    tp = np.cumsum(wp, axis=1)  # predicted positive at threshold = this score
-    fp = np.cumsum(wn, axis=1)
-    defined = (n_pos > 0) & (n_neg > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # AUC: each positive beats the negatives with strictly lower scores, ties 1/2.
-        below = n_neg[:, None] - fp
-        auc = (wp * (below + 0.5 * wn)).sum(axis=1) / (n_pos * n_neg)
-        precision = np.where(tp + fp > 0, tp / np.where(tp + fp > 0, tp + fp, 1.0), 0.0)
-        ap = (wp * precision).sum(axis=1) / n_pos
-        tpr = tp / n_pos[:, None]
-        fpr = fp / n_neg[:, None]
-    hit = tpr >= target - _TIE_TOL
-    first = np.argmax(hit, axis=1)
-    spec = 1.0 - fpr[np.arange(w.shape[0]), first]
-    if target <= 0:
-        spec = np.ones(w.shape[0])
-    nan = np.full(w.shape[0], np.nan)
-    # ECE: per-bin sums of (y - p), weighted by multiplicity.
-    bins = _bin_ids(prob, n_bins)
-    m = np.zeros((prob.size, int(n_bins)))
-    m[np.arange(prob.size), bins] = y - prob
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ece = np.abs(w @ m).sum(axis=1) / w.sum(axis=1)
-    return {
-        "roc_auc": np.where(defined, auc, nan),
-        "average_precision": np.where(defined, ap, nan),
-        "spec_at_95_sens": np.where(defined, spec, nan),
-        "ece": ece,
-    }
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -406,8 +137,8 @@ def _validate_predictions(
     wide = df.pivot(index="image_id", columns="model", values="prob_malignant")
     wide = wide.sort_index()
     labels = df.drop_duplicates("image_id").set_index("image_id")["label"].loc[wide.index]
-    y = _as_labels(labels.to_numpy(), "label")
-    probs = np.vstack([_labels_probs(y, wide[m].to_numpy(dtype=np.float64))[1] for m in models])
+    y = as_labels(labels.to_numpy(), "label")
+    probs = np.vstack([labels_probs(y, wide[m].to_numpy(dtype=np.float64))[1] for m in models])
     return models, wide.index.to_numpy(), y, probs
 
 
@@ -448,12 +179,6 @@ def _jsonable(obj: Any) -> Any:
         f = float(obj)
         return f if math.isfinite(f) else None
     return obj
-
-
-def _fmt_num(x: float) -> str:
-    """A number in the library's sentences and terminal tables: 3 decimals, typographic
-    minus, ``n/a`` when undefined."""
-    return fmt_num(x, minus=MINUS)
 
 
 @dataclass(frozen=True)
@@ -510,12 +235,12 @@ def _resample_metrics(
     """Every bootstrap metric of one subject on the resamples ``w`` (``(B, N)``):
     ``thr:<metric>`` at its threshold, ``half:<metric>`` at 0.5 (with ``at_half``) and
     the threshold-free metrics under their own keys, each ``(B,)``."""
-    parts = {f"thr:{key}": v for key, v in _batch_threshold_metrics(w, y, p >= thr).items()}
+    parts = {f"thr:{key}": v for key, v in batch_threshold_metrics(w, y, p >= thr).items()}
     if at_half:
         parts.update(
-            {f"half:{key}": v for key, v in _batch_threshold_metrics(w, y, p >= 0.5).items()}
+            {f"half:{key}": v for key, v in batch_threshold_metrics(w, y, p >= 0.5).items()}
         )
-    parts.update(_batch_ranking_metrics(w, y, p, n_bins))
+    parts.update(batch_ranking_metrics(w, y, p, n_bins))
     return parts
 
 
@@ -554,7 +279,7 @@ def _ci_block(
 
 def _curves(y: np.ndarray, p: np.ndarray) -> dict[str, dict[str, Any]]:
     """ROC and precision-recall curves of one model (empty with one class only)."""
-    both = _both_classes(y)
+    both = both_classes(y)
     fpr, tpr, _ = skm.roc_curve(y, p) if both else ([], [], None)
     prec, rec, _ = skm.precision_recall_curve(y, p) if both else ([], [], None)
     return {"roc_curve": {"fpr": fpr, "tpr": tpr}, "pr_curve": {"precision": prec, "recall": rec}}
@@ -773,30 +498,8 @@ def evaluate_predictions(
     McNemar) and is Holm-adjusted within it; every test dict keeps its raw ``p`` and
     gets ``p_adjusted`` and ``family`` beside it.
 
-    Returns a JSON-ready dict (plain floats/ints/lists; NaN -> ``None``)::
-
-        {"schema_version": 1, "n_boot", "seed", "alpha", "n_bins",
-         "ci_method", "threshold_rule", "pairwise_diff": "b - a",
-         "test": {"n", "n_malignant", "n_benign", "prevalence"},
-         "models": {name: {"display_name", "threshold",
-             "at_threshold": {metric: {"value", "lo", "hi"}},   # THRESHOLD_METRICS
-             "at_0.5": {...same...},
-             "threshold_free": {"roc_auc"|"average_precision"|"spec_at_95_sens"|"ece":
-                                {"value", "lo", "hi"}},
-             "confusion_matrix": [[tn, fp], [fn, tp]],          # at the threshold
-             "confusion_matrix_at_0.5": [[tn, fp], [fn, tp]],
-             "roc_curve": {"fpr", "tpr"}, "pr_curve": {"precision", "recall"},
-             "reliability": {"bin_lower", "bin_upper", "count", "mean_predicted",
-                             "fraction_positive"}}},
-         "baselines": {"all_benign": {metric: {"value", "lo", "hi"}},  # all metrics
-                       "chance_roc_auc": 0.5, "chance_average_precision": prevalence},
-         "pairwise": [{"a", "b", "auc": delong_test(...),
-                       "auc_bootstrap": {"diff", "lo", "hi", "p", "n_valid"},
-                       "average_precision": {...same...},
-                       "accuracy": {"diff", "lo", "hi", "p", "n_valid",
-                                    "mcnemar": {"b", "c", "statistic", "p", "method"}},
-                       "auc_test", "p_holm", "significant"}],
-         "resampling", "multiplicity": {"method", "families", "primary_auc"}}
+    Returns a JSON-ready dict (plain floats/ints/lists; NaN -> ``None``), laid out as
+    in the module docstring.
 
     Pairwise entries cover every model pair in order of first appearance; all
     differences are ``b - a``. ``significant`` is the primary AUC test (``auc_test``:
@@ -829,117 +532,3 @@ def evaluate_predictions(
         time.perf_counter() - t0,
     )
     return _jsonable(result)
-
-
-# --------------------------------------------------------------------------- tables
-
-
-#: Column order of :func:`metrics_table`: the reference study's columns first.
-TABLE_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "f1_benign",
-    "f1_malignant",
-    "precision_benign",
-    "recall_benign",
-    "precision_malignant",
-    "recall_malignant",
-    "balanced_accuracy",
-    "roc_auc",
-    "average_precision",
-    "sensitivity",
-    "specificity",
-    "spec_at_95_sens",
-    "ece",
-)
-
-
-def _model_metric(entry: Mapping[str, Any], metric: str, at: str) -> Mapping[str, Any]:
-    block = "threshold_free" if metric in THRESHOLD_FREE_METRICS else at
-    return entry[block][metric]
-
-
-def _nan(x: Any) -> float:
-    return math.nan if x is None else float(x)
-
-
-def metrics_table(result: Mapping[str, Any], at: str = "at_threshold") -> pd.DataFrame:
-    """One row per model plus the all-benign baseline, every metric with its CI.
-
-    ``result``: output of :func:`evaluate_predictions`; ``at``: ``"at_threshold"``
-    (the validation-chosen threshold) or ``"at_0.5"``. Columns: ``model``,
-    ``display_name``, ``threshold``, then for each of :data:`TABLE_METRICS`
-    (study's columns first) ``metric``, ``metric_lo``, ``metric_hi``.
-    Undefined values are NaN.
-    """
-    if at not in ("at_threshold", "at_0.5"):
-        raise ValueError(f"at must be 'at_threshold' or 'at_0.5', got {at!r}")
-    rows = []
-    for m, entry in result["models"].items():
-        row: dict[str, Any] = {
-            "model": m,
-            "display_name": entry.get("display_name", m),
-            "threshold": entry["threshold"] if at == "at_threshold" else 0.5,
-        }
-        for metric in TABLE_METRICS:
-            ci = _model_metric(entry, metric, at)
-            row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = (
-                _nan(ci["value"]),
-                _nan(ci["lo"]),
-                _nan(ci["hi"]),
-            )
-        rows.append(row)
-    base = result["baselines"]["all_benign"]
-    row = {"model": "all_benign", "display_name": _BASELINE_NAME, "threshold": math.nan}
-    for metric in TABLE_METRICS:
-        ci = base[metric]
-        row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = (
-            _nan(ci["value"]),
-            _nan(ci["lo"]),
-            _nan(ci["hi"]),
-        )
-    rows.append(row)
-    columns = ["model", "display_name", "threshold"] + [
-        c for metric in TABLE_METRICS for c in (metric, f"{metric}_lo", f"{metric}_hi")
-    ]
-    return pd.DataFrame(rows, columns=columns)
-
-
-#: Metric columns of :func:`format_comparison` (short labels from the registry).
-_COMPARISON_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "balanced_accuracy",
-    "f1_malignant",
-    "sensitivity",
-    "specificity",
-    "roc_auc",
-    "average_precision",
-    "ece",
-)
-
-
-def _cell(ci: Mapping[str, Any]) -> str:
-    """``value (lo–hi)`` of a ``{"value", "lo", "hi"}`` dict for a terminal table."""
-    return fmt_ci(ci["value"], ci["lo"], ci["hi"], template="{v} ({lo}\u2013{hi})", minus=MINUS)
-
-
-def format_comparison(result: Mapping[str, Any], at: str = "at_threshold") -> list[list[str]]:
-    """Rows of strings for a terminal table (e.g. ``rich.table.Table``).
-
-    The first row is the header (``Model``, ``Threshold``, then metrics); each
-    following row is a model, the last the all-benign baseline. Cells read
-    ``value (lo–hi)``. Pairwise comparisons are in ``result["pairwise"]``
-    (:func:`dermcam.views.pairwise_table`).
-    """
-    if at not in ("at_threshold", "at_0.5"):
-        raise ValueError(f"at must be 'at_threshold' or 'at_0.5', got {at!r}")
-    header = ["Model", "Threshold"] + [metric_label(k, short=True) for k in _COMPARISON_METRICS]
-    rows = [header]
-    for m, entry in result["models"].items():
-        t = entry["threshold"] if at == "at_threshold" else 0.5
-        rows.append(
-            [entry.get("display_name", m), _fmt_num(t)]
-            + [_cell(_model_metric(entry, key, at)) for key in _COMPARISON_METRICS]
-        )
-    base = result["baselines"]["all_benign"]
-    rows.append([_BASELINE_NAME, "\u2014"] + [_cell(base[key]) for key in _COMPARISON_METRICS])
-    return rows
