@@ -82,12 +82,12 @@ def twin(root: Path, preset: str, args) -> dict:
 def speed(root: Path, args) -> dict:
     import torch
 
+    from dermcam.audit_set import load_test_split
     from dermcam.checkpoints import load_checkpoint
     from dermcam.config import TrainConfig
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.io import read_json
     from dermcam.run import Run
-    from dermcam.stages.evaluate import load_test_split
     from dermcam.stages.probe import ProbeConfig, perturb, run_probe
     from dermcam.stages.train import train
 

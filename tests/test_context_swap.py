@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dermcam import perturb as pt
+from dermcam.audit_set import AuditSet
 from dermcam.errors import DermcamError
 from dermcam.stages import probe as pr
 
@@ -159,11 +160,9 @@ def test_the_swap_is_refused_without_artifact_labels_in_one_line(monkeypatch, tm
 
     monkeypatch.setattr(pr, "artifact_flags", lambda ds, samples: None)
 
-    class _Split:
-        cache, size = None, S
-
-    monkeypatch.setattr("dermcam.stages.evaluate.load_test_split",
-                        lambda run, limit=None: (type("D", (), {"root": tmp_path})(), [], _Split))
+    monkeypatch.setattr(AuditSet, "test_split", classmethod(
+        lambda cls, run, stage, limit=None: cls(type("D", (), {"root": tmp_path})(), [], S,
+                                                None, run.outputs, stage)))
     (tmp_path / runmod.MANIFEST).write_text(json.dumps({
         "schema_version": runmod.SCHEMA_VERSION, "kind": "dermcam-run",
         "config": {"models": ["resnet18"], "seed": 0},

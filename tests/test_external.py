@@ -292,8 +292,8 @@ def test_bad_artifact_labels_leave_the_manifest_unchanged(ext_run, monkeypatch, 
 ])
 def test_generic_external_folder_scored_whole_without_a_train_split(ext_run, make_generic,
                                                                     dh, split, n_scored):
+    from dermcam.audit_set import external_samples
     from dermcam.data import load_dataset
-    from dermcam.stages.external import external_samples
 
     run, _, _ = ext_run
     labels = dh.generic_labels(6, 4, prefix="ext")

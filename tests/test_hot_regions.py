@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dermcam import perturb as pt
+from dermcam.audit_set import AuditSet
 from dermcam.stages import probe as pr
 
 S = 40
@@ -128,11 +129,9 @@ def test_the_hot_spot_probe_is_refused_without_heatmaps_in_one_line(monkeypatch,
     from dermcam import run as runmod
     from dermcam.errors import DermcamError
 
-    class _Split:
-        cache, size = None, S
-
-    monkeypatch.setattr("dermcam.stages.evaluate.load_test_split",
-                        lambda run, limit=None: (type("D", (), {"root": tmp_path})(), [], _Split))
+    monkeypatch.setattr(AuditSet, "test_split", classmethod(
+        lambda cls, run, stage, limit=None: cls(type("D", (), {"root": tmp_path})(), [], S,
+                                                None, run.outputs, stage)))
     (tmp_path / runmod.MANIFEST).write_text(json.dumps({
         "schema_version": runmod.SCHEMA_VERSION, "kind": "dermcam-run",
         "config": {"models": ["resnet18"], "seed": 0},

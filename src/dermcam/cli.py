@@ -513,8 +513,8 @@ def evaluate(
       dermcam evaluate runs/r1 --artifact-labels isic_bias.csv
       dermcam evaluate runs/r1 --data data/ph2 --name ph2 --exclude-duplicates
     """
+    from dermcam.audit_set import by_columns
     from dermcam.stages.evaluate import run_evaluate
-    from dermcam.stages.external import by_columns
     from dermcam.views import external_table, metrics_tables, subgroup_tables
 
     if artifact_labels is not None:  # and split the metrics by each artifact's presence
@@ -629,9 +629,9 @@ def explain(
       dermcam explain runs/r1 --methods hirescam --layer last --artifact-labels isic_bias.csv
       dermcam explain runs/r1 --data data/ph2 --name ph2
     """
+    from dermcam.audit_set import by_columns
     from dermcam.run import record_in_run
     from dermcam.stages.explain import run_explain
-    from dermcam.stages.external import by_columns
     from dermcam.views import attention_sections
 
     if artifact_labels is not None and data is None:  # attention summary by artifact presence
@@ -800,9 +800,9 @@ def probe(
       dermcam probe runs/r1 --probes artifact_inserted --artifacts ruler,ink --placements 5
       dermcam probe runs/r1 --artifact-labels isic_bias.csv --precision auto
     """
+    from dermcam.audit_set import by_columns, safe_name
     from dermcam.device import resolve_device
     from dermcam.run import record_in_run
-    from dermcam.stages.external import by_columns, safe_name
     from dermcam.stages.probe import PROBES, read_summary_object, run_probe
     from dermcam.views import probe_sections
 

@@ -2,7 +2,8 @@
 
 :class:`TrainConfig` is the dataclass ``dermcam train`` fills from its options and
 writes to ``manifest.json`` (``config``); :class:`dermcam.run.Run` turns it back into one
-(``run.config``). :func:`parse_lr` reads ``--lr``. Plain data, no heavy imports, so the
+(``run.config``). :func:`parse_lr` reads ``--lr``. :data:`NEGLIGIBLE_DELTA` is the probes'
+margin, shared by the probe stage, its pictures and the demo. Plain data, no heavy imports, so the
 run folder and the stages share it without importing the training stage.
 """
 
@@ -13,7 +14,11 @@ from dataclasses import dataclass, field
 
 from dermcam.errors import DermcamError
 
-__all__ = ["TrainConfig", "parse_lr"]
+__all__ = ["NEGLIGIBLE_DELTA", "TrainConfig", "parse_lr"]
+
+#: A change in P(malignant) below this is negligible: the probes' equivalence margin
+#: (context swap, hot spots), the demo's "reacts" rule and the pictures' red numbers.
+NEGLIGIBLE_DELTA = 0.02
 
 
 @dataclass

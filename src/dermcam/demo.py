@@ -298,7 +298,7 @@ def _probe_vs_control(control_run: Path, shortcut_run: Path, model: str, artifac
     import numpy as np
     import pandas as pd
 
-    from dermcam.stages.probe import NEGLIGIBLE_DELTA
+    from dermcam.config import NEGLIGIBLE_DELTA
     from dermcam.stats import bootstrap_indices
 
     keys = ["image_id", "placement"]
@@ -326,7 +326,8 @@ def _probe_evidence(run: Path, model: str, artifact: str) -> dict[str, Any] | No
     ``reacts``: the insertion CI lies above 0 and the mean change is at least the
     probes' negligible margin (0.02).
     """
-    from dermcam.stages.probe import NEGLIGIBLE_DELTA, find, read_summary
+    from dermcam.config import NEGLIGIBLE_DELTA
+    from dermcam.stages.probe import find, read_summary
 
     entries = read_summary(run)
     if not entries:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dermcam.config import NEGLIGIBLE_DELTA
 from dermcam.formatting import MINUS, fmt_num
 from dermcam.overlay import jet, outline
 
@@ -302,8 +303,6 @@ def render_shortcut_example(case) -> bytes:
     threshold; under the rows, the rule that picked the image. 802 px wide (``SC_TEXT`` +
     two ``SC_PANEL`` panels), about 600 px high."""
     from PIL import Image, ImageDraw
-
-    from dermcam.stages.probe import NEGLIGIBLE_DELTA
 
     titles = {"control": "Control", "shortcut": "Shortcut model"}
     notes = {"control": f"{case.artifact}s independent of the label in training",

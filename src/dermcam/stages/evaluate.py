@@ -1,4 +1,20 @@
-"""Run-level stages that read and write the run folder: evaluate (and the demo's glue)."""
+"""The evaluate stage: the run's models scored on the images a run audits.
+
+``dermcam evaluate RUN`` predicts the run's own test split with every model's best
+checkpoint into the run folder (``predictions.csv``, ``metrics.json``, ``metrics.csv``,
+``figures/``; each model card gets its test metrics), stage ``evaluate``.
+
+``dermcam evaluate RUN --data OTHER`` (:func:`run_external`) scores another data set of
+any supported layout (which images: :mod:`dermcam.audit_set`), with the thresholds chosen
+on the training data's validation split, into ``RUN/external/<name>/`` (the same files),
+stage ``external:<name>``. Its ``metrics.json`` holds the same blocks
+(:func:`score_predictions`: CIs, subgroups, calibration before and after) and an
+``external`` block; ``--artifact-labels FILE`` labels the external images
+(``artifact_<name>`` subgroups) without touching the run's own manifest. Images that also
+occur in the run's own data (training and test) are flagged, by file content (SHA-256)
+or as near-duplicates (:mod:`dermcam.duplicates`), and left out with
+``exclude_duplicates``.
+"""
 
 from __future__ import annotations
 
@@ -10,34 +26,29 @@ import numpy as np
 import pandas as pd
 
 from dermcam import run as runmod
+from dermcam.audit_set import (
+    AuditSet,
+    annotate_predictions,
+    by_names,
+    check_by,
+    cluster_name,
+    external_samples,
+    safe_name,
+    stage_key,
+)
+from dermcam.calibration import apply_temperature, bias_of, calibration_summary, temperature_of
+from dermcam.checkpoints import update_model_card
+from dermcam.data import load_dataset
+from dermcam.data.artifact_labels import PREFIX, artifact_columns, read_artifact_labels
+from dermcam.data.cache import warm_cache
+from dermcam.device import inference_batch_size, resolve_device
+from dermcam.duplicates import NEAR_DISTANCE, find_duplicates, phash, sha256_file
 from dermcam.errors import DermcamError
+from dermcam.evaluation import evaluate_predictions, metrics_table
 from dermcam.io import write_csv, write_json
+from dermcam.subgroups import MIN_GROUP, subgroup_analyses
 
 log = logging.getLogger(__name__)
-
-
-def load_test_split(run: runmod.Run, limit: int | None = None, require_masks: bool = False,
-                    progress=None, artifacts: str | Path | None = None):
-    """``(dataset, samples, CachedSplit)``: the run's test split at the run's image size,
-    streamed from the run's decode cache (warmed here).
-
-    ``artifacts``: an artifact label file joined instead of the one the run records."""
-    from dermcam.data import load_dataset
-    from dermcam.data.cache import warm_cache
-    from dermcam.data.cached_split import CachedSplit
-
-    ds = run.dataset if artifacts is None else load_dataset(run.data_root, artifacts=artifacts)
-    samples = ds.split("test")
-    if require_masks:
-        samples = [s for s in samples if s.mask_path is not None]
-    if limit:
-        samples = samples[:limit]
-    if not samples:
-        what = "test images with masks" if require_masks else "test images"
-        raise DermcamError(f"the data set has no {what}", ds.root)
-    if run.cache.enabled:
-        warm_cache(samples, run.image_size, run.cache, progress=progress)
-    return ds, samples, CachedSplit(samples, run.image_size, run.cache)
 
 
 def run_evaluate(run_dir: runmod.Run | str | Path, n_boot: int = 1000, seed: int | None = None,
@@ -54,55 +65,160 @@ def run_evaluate(run_dir: runmod.Run | str | Path, n_boot: int = 1000, seed: int
     is unavailable, a ``by`` column or the artifact labels do not fit, or the test split
     holds one class; a failure once it has started is recorded as 'failed'.
     ``data``: score another data set instead, into ``RUN/external/<name>/``
-    (:func:`dermcam.stages.external.run_external`). ``by``: metadata columns (or ``ita``) for
+    (:func:`run_external`). ``by``: metadata columns (or ``ita``) for
     per-subgroup metrics (:mod:`dermcam.subgroups`), groups under ``min_group`` images
     reported as too few to estimate. ``artifacts``: a per-image artifact label file
     (:mod:`dermcam.data.artifact_labels`) joined to the data scored; for the run's own
     test split it is recorded in the manifest (``data.artifacts``, for the later stages)
     once every check has passed, for ``data`` it labels that set only.
     """
-    from dermcam.device import resolve_device
-
     device = str(resolve_device(device))  # an unavailable device: refused here, once
     if data is not None:
-        from dermcam.stages.external import run_external
-
         return run_external(run_dir, data, name=name, n_boot=n_boot, seed=seed, by=by,
                             min_group=min_group, exclude_duplicates=exclude_duplicates,
                             progress=progress, device=device, artifacts=artifacts)
     run = runmod.Run.of(run_dir, require="train")
     run_dir = run.dir
     seed = run.seed if seed is None else seed
-    ds, samples, arrays = load_test_split(run, progress=progress, artifacts=artifacts)
-    if len(np.unique(arrays.labels)) < 2:  # refused before the stage starts
-        have, lack = ("malignant", "benign") if arrays.labels[0] else ("benign", "malignant")
-        raise DermcamError(f"the test split holds only {have} images ({len(samples)}), no "
-                           f"{lack}: ROC AUC, average precision, sensitivity and specificity "
-                           f"are undefined; add {lack} test images", ds.root)
+    audit = AuditSet.test_split(run, "evaluate", progress=progress, artifacts=artifacts)
+    ds, labels = audit.ds, audit.split.labels
+    if len(np.unique(labels)) < 2:  # refused before the stage starts
+        have, lack = ("malignant", "benign") if labels[0] else ("benign", "malignant")
+        raise DermcamError(f"the test split holds only {have} images ({len(audit.samples)}), "
+                           f"no {lack}: ROC AUC, average precision, sensitivity and "
+                           f"specificity are undefined; add {lack} test images", ds.root)
     if by:
-        from dermcam.stages.external import check_by
-
         check_by(ds, by)
     if artifacts is not None:  # every check passed: now the run keeps the labels
-        from dermcam.run import record_in_run
-
-        record_in_run(run.dir, artifacts, ds=ds)
+        runmod.record_in_run(run.dir, artifacts, ds=ds)
         run.refresh()
     # a failure from here on is recorded, so 'report' says why rather than using old files
-    with run.stage("evaluate") as record:
-        result = _evaluate(run, ds, samples, arrays, n_boot, seed, by, min_group,
-                           device=device, labels=labels_info(artifacts, ds))
-        record.update(n_test=len(samples), n_boot=n_boot)
+    with run.stage(audit.stage) as record:
+        result = _evaluate(run, audit, n_boot, seed, by, min_group, device=device,
+                           labels=labels_info(artifacts, ds))
+        record.update(n_test=len(audit.samples), n_boot=n_boot)
     return result
+
+
+def run_external(run_dir: runmod.Run | str | Path, data: str | Path, name: str | None = None,
+                 n_boot: int = 1000, seed: int | None = None, by=(),
+                 min_group: int | None = None, exclude_duplicates: bool = False,
+                 progress=None, device: str = "cpu",
+                 artifacts: str | Path | None = None) -> dict[str, Any]:
+    """Score the run's models on ``data``; write ``RUN/external/<name>/``. Returns the
+    metrics (``metrics.json``, the internal evaluation's blocks, calibration included:
+    :func:`score_predictions`), with ``external`` describing the set and its duplicates.
+
+    ``device``: where the models run (:func:`dermcam.device.resolve_device`).
+    ``artifacts``: a per-image artifact label file joined to ``data`` (as ``explain
+    --data`` and ``probe --data`` do), so ``by`` may name its ``artifact_<name>``
+    columns; the run's own manifest is not changed. Everything is checked (device,
+    labels, ``by``, both classes) before the stage is recorded."""
+    from dermcam.data.cached_split import CachedSplit  # imports torch
+
+    run = runmod.Run.of(run_dir, require="train")
+    run_dir = run.dir
+    seed = run.seed if seed is None else seed
+    device = str(resolve_device(device))
+    ds = load_dataset(data, artifacts=artifacts)
+    check_by(ds, by)
+    name = safe_name(name or Path(data).resolve().name)
+    samples, which = external_samples(ds)
+    labels = {s.label for s in samples}
+    if len(labels) < 2:
+        raise DermcamError(f"the external set holds only {'malignant' if 1 in labels else 'benign'}"
+                           " images: ROC AUC, sensitivity and specificity are undefined", ds.root)
+    audit = AuditSet(ds, samples, run.image_size, run.cache, run.external(name),
+                     stage_key(name), name, which)
+    joined = labels_info(artifacts, ds) if artifacts is not None else None
+    with run.stage(audit.stage, data=str(Path(data).resolve()),
+                   artifacts=joined["file"] if joined else None) as record:
+        if audit.cache.enabled:
+            warm_cache(samples, audit.size, audit.cache, progress=progress)
+        own = load_dataset(run.data_root)
+        own_split = CachedSplit(own.samples, run.image_size, run.cache)
+        dups = _duplicates(samples, audit.split, own.samples, own_split)
+        n_all = len(samples)
+        if exclude_duplicates and dups:
+            samples = [s for s in samples if s.image_id not in dups]
+            if len({s.label for s in samples}) < 2:
+                raise DermcamError("without its duplicates the external set holds one class",
+                                   ds.root)
+            audit = AuditSet(ds, samples, audit.size, audit.cache, audit.out, audit.stage,
+                             name, which)
+        about = _external_block(run, audit, dups, n_all, exclude_duplicates)
+        result, _ = _score(run, audit, n_boot, seed, by, min_group, device, joined, dups,
+                           about)
+        plot_results(result, audit.out.figures, run)
+        dup = result["external"]["duplicates"]
+        record.update(data=str(Path(ds.root).resolve()), folder=f"external/{name}",
+                      n_test=int(result["test"]["n"]), n_boot=n_boot,
+                      n_exact_duplicates=dup["n_exact"], n_near_duplicates=dup["n_near"],
+                      duplicates_excluded=dup["excluded"])
+    return result
+
+
+def _hashes(samples, split) -> list[tuple[str, str, int]]:
+    return [(s.image_id, sha256_file(s.image_path),
+             phash(split.cache.get(s, split.size)["image"])) for s in samples]
+
+
+def _duplicates(samples, split, own_samples, own_split) -> dict[str, dict[str, Any]]:
+    return find_duplicates(_hashes(samples, split), _hashes(own_samples, own_split))
+
+
+def _external_block(run: runmod.Run, audit: AuditSet, dups: dict, n_all: int,
+                    excluded: bool) -> dict[str, Any]:
+    """An external set's ``metrics.json["external"]``: which set and images were scored,
+    how, and their duplicates in the run's own data."""
+    exact = sorted(i for i, d in dups.items() if d["kind"] == "exact")
+    near = sorted(i for i, d in dups.items() if d["kind"] == "near")
+    return {
+        **audit.about(), "images": audit.which, "n_available": n_all,
+        "thresholds": "each model's threshold chosen on the training data's validation split",
+        "trained_on": run.data.get("name"),
+        "duplicates": {
+            "against": f"the run's data set ({run.data.get('name')}), "
+                       "training and test images",
+            "method": f"exact: SHA-256 of the file; near: 64-bit DCT pHash of the image at "
+                      f"{run.image_size} px, Hamming distance <= "
+                      f"{NEAR_DISTANCE}",
+            "n_exact": len(exact), "n_near": len(near), "exact": exact, "near": near,
+            "matches": dups, "excluded": bool(excluded and dups)}}
+
+
+def _score(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int, by, min_group,
+           device: str, labels: dict[str, Any] | None, dups: dict | None = None,
+           external: dict[str, Any] | None = None
+           ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Predict ``audit``'s images with every model and write ``predictions.csv``,
+    ``metrics.json`` and ``metrics.csv`` into ``audit.out``; returns the metrics and each
+    model's threshold.
+    ``dups``: an external set's duplicates (``duplicate``, ``duplicate_of`` columns);
+    ``external``: its ``metrics.json`` block."""
+    out = audit.out
+    preds, thresholds = predict_models(run, audit.samples, audit.split, device=device)
+    preds = annotate_predictions(preds, audit.ds, audit.samples, audit.split, by)
+    if dups is not None:
+        preds["duplicate"] = preds["image_id"].map(lambda i: dups.get(i, {}).get("kind", ""))
+        preds["duplicate_of"] = preds["image_id"].map(
+            lambda i: dups.get(i, {}).get("match", ""))
+    write_csv(out.predictions, preds)
+    result = score_predictions(preds, thresholds, audit.ds, run, n_boot, seed, by, min_group)
+    if labels:
+        result["artifact_labels"] = labels
+    if external is not None:
+        result["external"] = external
+    write_json(out.metrics, result)
+    write_csv(out.metrics_csv, metrics_table(result))
+    return result, thresholds
 
 
 def predict_models(run: runmod.Run, samples, arrays, device: str = "cpu"
                    ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Long predictions (one row per model and sample) of every trained model, and each
     model's validation-chosen threshold."""
-    from dermcam.calibration import apply_temperature, bias_of, temperature_of
-    from dermcam.device import inference_batch_size, resolve_device
-    from dermcam.inference import predict_logit_diff
+    from dermcam.inference import predict_logit_diff  # imports torch
 
     dev = resolve_device(device)
     rows = []
@@ -137,8 +253,6 @@ def labels_info(artifacts: str | Path | None, ds=None) -> dict[str, Any] | None:
     out: dict[str, Any] = {"file": str(Path(artifacts).resolve())}
     joined = getattr(ds, "artifact_labels", None)
     if joined is not None:
-        from dermcam.data.artifact_labels import PREFIX, artifact_columns, read_artifact_labels
-
         have = {s.image_id for s in ds.samples}
         ids = read_artifact_labels(artifacts)["image_id"]
         out.update(artifacts=[c.removeprefix(PREFIX) for c in artifact_columns(joined)],
@@ -153,17 +267,16 @@ def score_predictions(preds: pd.DataFrame, thresholds: dict[str, float], ds,
     """``metrics.json`` of a predictions table (:func:`predict_models`, annotated), the
     same for the run's test split and an external set: the metrics with CIs
     (:func:`dermcam.evaluation.evaluate_predictions`, by ``ds``'s clusters), per subgroup
-    of ``by``, ECE and Brier before and after calibration (``calibration``:
+    of ``by`` (:func:`dermcam.subgroups.subgroup_analyses`; ``ita_category`` is served by
+    ``ita``, binned into its categories), ECE and Brier before and after calibration (``calibration``:
     :func:`dermcam.calibration.calibration_summary`) and the models' display names."""
-    from dermcam.calibration import calibration_summary
-    from dermcam.evaluation import evaluate_predictions
-    from dermcam.stages.explain import cluster_name
-    from dermcam.stages.external import subgroups_for
 
     result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
                                   cluster_name=cluster_name(ds))
     if by:
-        result["subgroups"] = subgroups_for(preds, by, thresholds, n_boot, seed, min_group)
+        result["subgroups"] = subgroup_analyses(
+            preds, by_names(by), thresholds, n_boot=n_boot, seed=seed,
+            min_group=MIN_GROUP if min_group is None else min_group)
     # ECE and Brier before and after calibration (Platt or temperature), with CIs
     result["calibration"] = calibration_summary(preds, n_boot=n_boot, seed=seed)
     result["display_names"] = {m: run.model_record(m)["display_name"] for m in thresholds}
@@ -189,34 +302,25 @@ def plot_results(result: dict[str, Any], figs: Path, run: runmod.Run) -> None:
                                     title=run.model_record(name)["display_name"])
 
 
-def _evaluate(run: runmod.Run, ds, samples, arrays, n_boot: int, seed: int,
+def _evaluate(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int,
               by: tuple[str, ...] = (), min_group: int | None = None, device: str = "cpu",
               labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """The run's own test split scored (:func:`_score`), each checkpoint's model card
+    given its test metrics (``dermcam predict``), and the figures drawn."""
     from dermcam import plots
-    from dermcam.evaluation import metrics_table
-    from dermcam.stages.external import annotate_predictions
 
-    out = run.outputs
-    preds, thresholds = predict_models(run, samples, arrays, device=device)
-    preds = annotate_predictions(preds, ds, samples, arrays, by)
-    write_csv(out.predictions, preds)
-    result = score_predictions(preds, thresholds, ds, run, n_boot, seed, by, min_group)
-    if labels:
-        result["artifact_labels"] = labels
-    write_json(out.metrics, result)
-    write_csv(out.metrics_csv, metrics_table(result))
+    result, thresholds = _score(run, audit, n_boot, seed, by, min_group, device, labels)
     # each checkpoint's model card gets its test metrics with CIs ('dermcam predict')
-    from dermcam.checkpoints import update_model_card
-
     evaluated_at = runmod.now()
     for name in thresholds:
-        update_model_card(run.model_file(name), _card_test_fields(result, name, ds,
+        update_model_card(run.model_file(name), _card_test_fields(result, name, audit.ds,
                                                                   evaluated_at))
-    plot_results(result, out.figures, run)
+    plot_results(result, audit.out.figures, run)
     for name in thresholds:
         hist = run.history_file(name)
         if hist.exists():
-            plots.plot_training_history(pd.read_csv(hist), out.figures / f"{name}_history.png")
+            plots.plot_training_history(pd.read_csv(hist),
+                                        audit.out.figures / f"{name}_history.png")
     return result
 
 

@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 
 from dermcam import run as runmod
+from dermcam.audit_set import AuditSet, by_columns, by_names, check_by, cluster_name, image_columns
 from dermcam.errors import DermcamError
 from dermcam.io import atomic_path, write_csv, write_json
+from dermcam.pictures import examples_png, pick_examples
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +94,10 @@ def _artifact_names() -> tuple[str, ...]:
         return ("ruler", "ink", "patch", "vignette", "hair")
 
 
-def _explain_samples(run: runmod.Run, limit):
-    ds = run.dataset
-    samples = run.test_samples(require_masks=True)
-    if not samples:
-        raise DermcamError("no test images with lesion masks: attention leakage needs masks",
-                           ds.root)
-    return ds, samples[:limit] if limit else samples
+def _own_images(run: runmod.Run) -> AuditSet:
+    """The run's own masked test images (heatmaps and scores in the run folder)."""
+    return AuditSet.test_split(run, "explain", require_masks=True, warm=False, missing=(
+        "no test images with lesion masks: attention leakage needs masks"))
 
 
 def parse_layer_spec(spec: str | dict | None, names) -> dict[str, str]:
@@ -185,7 +184,7 @@ def localisation_benchmark(run: runmod.Run, names, methods, n_images: int = 64,
     from dermcam.localisation import score_candidates
 
     size, seed = run.image_size, run.seed
-    _, test_samples = _explain_samples(run, None)
+    test_samples = _own_images(run).samples
     samples, where = _benchmark_images(run, test_samples, n_images, seed)
     x, masks, labels = _stack(run.cache, samples, size)
     rows: list[dict[str, Any]] = []
@@ -334,7 +333,7 @@ def run_explain(run_dir: runmod.Run | str | Path, methods=("gradcam",), target: 
     check run on the CPU.
 
     ``data``: audit another data set's masked images instead (the images
-    :func:`dermcam.stages.external.external_samples` picks), into ``RUN/external/<name>/``
+    :func:`dermcam.audit_set.external_samples` picks), into ``RUN/external/<name>/``
     (heatmaps, attention.csv, attention_summary.json, figures) as stage
     ``external:<name>/explain``; layers are chosen on the run's own validation images and
     the heatmaps' predicted class uses the run's thresholds. ``artifacts``: an artifact
@@ -347,8 +346,8 @@ def run_explain(run_dir: runmod.Run | str | Path, methods=("gradcam",), target: 
     run = runmod.Run.of(run_dir, require="train")
     run_dir = run.dir
     methods = _check_options(methods, margin, target)
-    src = _explain_source(run, data, name, artifacts, limit, by)
-    _check_saved_settings(run, src, normalize, target)
+    audit = _explain_images(run, data, name, artifacts, by)
+    _check_saved_settings(run, audit, normalize, target)
     _check_shard(shard)
     dev = resolve_device(device, shard)
     set_shard_threads(dev, shard)
@@ -356,12 +355,12 @@ def run_explain(run_dir: runmod.Run | str | Path, methods=("gradcam",), target: 
                 batch_size=batch_size, fast=fast, sanity=sanity, n_boot=n_boot,
                 progress=progress, figures=figures, shard=shard, merge=merge, layer=layer,
                 bench_methods=bench_methods, bench_images=bench_images, cascade=cascade,
-                margin=margin, dev=dev, data=data, by=by, min_group=min_group)
+                margin=margin, dev=dev, by=by, min_group=min_group)
     if shard is not None:  # a shard only computes its heatmap batches and records nothing
-        return _explain_stage(run, src, {}, **work)
-    with run.stage(src.stage, methods=methods, target=target, normalize=normalize,
-                   limit=limit, **src.where) as record:
-        return _explain_stage(run, src, record, **work)
+        return _explain_stage(run, audit, {}, **work)
+    with run.stage(audit.stage, methods=methods, target=target, normalize=normalize,
+                   limit=limit, **audit.where) as record:
+        return _explain_stage(run, audit, record, **work)
 
 
 def _check_options(methods, margin: float, target: str) -> list[str]:
@@ -383,56 +382,34 @@ def _check_shard(shard: tuple[int, int] | None) -> None:
             raise DermcamError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
 
 
-@dataclass
-class _Source:
-    """The images one explain run audits and where its outputs go."""
-    ds: Any  # the data set (the run's, or the external one)
-    every: list  # its masked test images
-    samples: list  # those explained (``every[:limit]``)
-    which: str | None  # the external set's images, in words (None for the run's own)
-    out: runmod.Outputs
-    stage: str  # the manifest's stage name
-    where: dict[str, str]  # what the stage's entry records of an external set
-
-
-def _explain_source(run: runmod.Run, data, name, artifacts, limit, by) -> _Source:
+def _explain_images(run: runmod.Run, data, name, artifacts, by) -> AuditSet:
     """The run's own masked test images, or with ``data`` another set's (see
     :func:`run_explain`); the ``--by`` columns checked against it."""
-    if data is not None:
-        from dermcam.stages.external import load_external, stage_key
-
-        ds, every, which, name = load_external(data, name, artifacts)
-        out, stage = run.external(name), stage_key(name, "explain")
-        where = {"data": str(Path(ds.root).resolve()),
-                 "folder": f"{runmod.EXTERNAL_DIR}/{name}"}
-    else:
-        ds, every = _explain_samples(run, None)
-        out, stage, which, where = run.outputs, "explain", None, {}
+    audit = (AuditSet.external_set(run, data, "explain", name=name, artifacts=artifacts)
+             if data is not None else _own_images(run))
     if by:
-        from dermcam.stages.external import check_by
-
-        check_by(ds, by)
-    return _Source(ds, every, every[:limit] if limit else every, which, out, stage, where)
+        check_by(audit.ds, by)
+    return audit
 
 
-def _check_saved_settings(run: runmod.Run, src: _Source, normalize: str, target: str) -> None:
+def _check_saved_settings(run: runmod.Run, audit: AuditSet, normalize: str, target: str
+                          ) -> None:
     """Refuse to mix heatmaps of another ``--target``/``--normalize`` into saved ones."""
-    if (run.stage_setting(src.stage, "normalize", normalize) != normalize
-            or run.stage_setting(src.stage, "target", target) != target):
+    if (run.stage_setting(audit.stage, "normalize", normalize) != normalize
+            or run.stage_setting(audit.stage, "target", target) != target):
         raise DermcamError("saved heatmaps use another --target/--normalize; delete "
-                           f"{src.out.heatmaps} to recompute", run.dir)
+                           f"{audit.out.heatmaps} to recompute", run.dir)
 
 
-def _explain_stage(run: runmod.Run, src: _Source, record: dict[str, Any], *, methods,
+def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], *, methods,
                    target, normalize, limit, batch_size, fast, sanity, n_boot, progress,
                    figures, shard, merge, layer, bench_methods, bench_images, cascade,
-                   margin, dev, data, by, min_group) -> dict[str, Any]:
+                   margin, dev, by, min_group) -> dict[str, Any]:
     """The explain stage's work once its inputs are checked: layer choice, heatmaps (or one
-    shard of them), sanity check, scores and summary; ``record`` receives what the
-    manifest keeps of it."""
-    from dermcam.stages.external import by_columns
-
-    out, samples = src.out, src.samples
+    shard of them: of the first ``limit`` images), sanity check, scores and summary (of
+    every image with saved heatmaps); ``record`` receives what the manifest keeps of it."""
+    out = audit.out
+    samples = audit.samples[:limit] if limit else audit.samples
     t0 = time.perf_counter()
     names = run.trained_models
     selection, bench_rows = resolve_layers(
@@ -448,7 +425,7 @@ def _explain_stage(run: runmod.Run, src: _Source, record: dict[str, Any], *, met
     if shard is not None:
         return {"shard": list(shard), "batches": len(starts), "timing": timing,
                 "folder": str(out.root)}
-    if data is None:
+    if not audit.external:  # the run's own choice, for 'dermcam predict'
         _record_cam_choice(run, selection)
     sanity_res = {}
     t_s = time.perf_counter()
@@ -458,17 +435,17 @@ def _explain_stage(run: runmod.Run, src: _Source, record: dict[str, Any], *, met
     timing["sanity_seconds"] = round(time.perf_counter() - t_s, 3)
     t_score = time.perf_counter()
     extra = {"timing": timing, "layer_choice": selection, "localisation": bench_rows}
-    if data is not None:
-        extra["external"] = _external_note(run, out, src.ds, src.which)
-    summary = _score(run, out, src.ds, src.every, selection, sanity_res, n_boot, figures, extra,
-                     margin, by, min_group, stage=src.stage)
-    if figures and data is None:
+    if audit.external:
+        extra["external"] = _external_note(run, audit)
+    summary = _score(run, audit, selection, sanity_res, n_boot, figures, extra, margin, by,
+                     min_group)
+    if figures and not audit.external:
         if bench_rows:
             from dermcam.attention_plots import plot_localisation_grid
 
             plot_localisation_grid(bench_rows, out.figures / "localisation_grid.png",
                                    chosen=selection, displays=run.display_names)
-        write_examples(run, out, selection, src.every)
+        write_examples(run, out, selection, audit.samples)
     timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
     timing["metric_seconds"] = summary["timing"]["metric_seconds"]
     timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
@@ -497,11 +474,10 @@ def _batch_starts(run: runmod.Run, out: runmod.Outputs, selection, n_samples: in
     return starts
 
 
-def _external_note(run: runmod.Run, out: runmod.Outputs, ds, which) -> dict[str, Any]:
+def _external_note(run: runmod.Run, audit: AuditSet) -> dict[str, Any]:
     """The attention summary's ``external``: which set was audited, and how."""
     return {
-        "name": out.root.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
-        "layout": ds.layout, "images": f"{which}, those with a lesion mask",
+        **audit.about(), "images": f"{audit.which}, those with a lesion mask",
         "thresholds": "each model's threshold chosen on the training data's validation "
                       "split", "layers": "chosen on the run's own validation images",
         "trained_on": run.data.get("name")}
@@ -620,11 +596,6 @@ def _selection(run: runmod.Run) -> list[dict[str, str]]:
     raise DermcamError("no explain selection recorded; run 'dermcam explain' first", run.dir)
 
 
-def cluster_name(ds) -> str:
-    """What a sample's ``group`` is called in outputs: lesion_id for HAM10000, else group."""
-    return "lesion_id" if getattr(ds, "layout", "") == "ham10000" else "group"
-
-
 def score_run(run_dir: runmod.Run | str | Path, selection: list[dict] | None = None,
               sanity: dict | None = None, n_boot: int = 1000, figures: bool = True,
               extra: dict | None = None, margin: float = 0.02, by=(),
@@ -638,17 +609,17 @@ def score_run(run_dir: runmod.Run | str | Path, selection: list[dict] | None = N
     run = runmod.Run.of(run_dir, require="train")
     run_dir = run.dir
     selection = selection or _selection(run)
-    ds, samples = _explain_samples(run, None)
-    return _score(run, run.outputs, ds, samples, selection, sanity, n_boot, figures, extra,
-                  margin, by, min_group)
+    return _score(run, _own_images(run), selection, sanity, n_boot, figures, extra, margin,
+                  by, min_group)
 
 
-def _score(run: runmod.Run, out: runmod.Outputs, ds, samples, selection, sanity,
-           n_boot: int, figures: bool, extra: dict | None, margin: float, by=(),
-           min_group: int | None = None, stage: str = "explain") -> dict[str, Any]:
-    """:func:`score_run` on ``samples`` of ``ds`` whose heatmaps lie under ``out`` (the
-    run's own outputs, or an external set's); writes there. ``stage``: the manifest entry
-    that recorded the heatmaps' target (``external:<name>/explain`` for another set)."""
+def _score(run: runmod.Run, audit: AuditSet, selection, sanity, n_boot: int, figures: bool,
+           extra: dict | None, margin: float, by=(), min_group: int | None = None
+           ) -> dict[str, Any]:
+    """:func:`score_run` on ``audit`` (the run's own masked test images, or an external
+    set's), whose heatmaps lie under ``audit.out``; writes there. The heatmaps' target is
+    what ``audit.stage`` recorded."""
+    out, ds, samples = audit.out, audit.ds, audit.samples
     sc = _Scoring.of(run, ds, samples)
     att, metric_seconds = _attention_table(out, selection, sc)
     if by:  # the --by columns (ita from the image), one value per image
@@ -656,7 +627,7 @@ def _score(run: runmod.Run, out: runmod.Outputs, ds, samples, selection, sanity,
     float_cols = att.select_dtypes("float").columns
     att[float_cols] = att[float_cols].round(6)
     write_csv(out.attention, att)
-    summary = summarise_attention(att, run.stage_setting(stage, "target"), sanity or {},
+    summary = summarise_attention(att, run.stage_setting(audit.stage, "target"), sanity or {},
                                   n_boot=n_boot, seed=run.seed, margin=margin,
                                   cluster_name=cluster_name(ds), by=by, min_group=min_group)
     if extra:
@@ -775,8 +746,6 @@ def _add_artifact_columns(df: pd.DataFrame, ids: list[str], items, cams: np.ndar
 
 def _with_image_columns(att: pd.DataFrame, ds, sc: _Scoring, by) -> pd.DataFrame:
     """``att`` with the ``--by`` columns (metadata, ``ita`` from the image) per image."""
-    from dermcam.stages.external import image_columns
-
     cols = image_columns(ds, [sc.by_id[i] for i in att["image_id"].unique()], sc.cache,
                          sc.size, by)
     return att.merge(cols[[c for c in cols.columns if c == "image_id"
@@ -1013,7 +982,6 @@ def _finish_tests(tests: dict[str, dict], families) -> dict[str, Any]:
 def _subgroups(att: pd.DataFrame, by, n_boot: int, seed: int, min_group: int | None,
                cluster_col: str | None) -> dict[str, Any]:
     """``{"subgroups": ...}``: the attention summary by the ``--by`` columns."""
-    from dermcam.stages.external import by_names
     from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
 
     return {"subgroups": subgroup_summary_analyses(
@@ -1090,8 +1058,6 @@ def example_rows(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame, select
     method, layer}``), the ``n`` images :func:`dermcam.pictures.pick_examples` picks from
     its ``att`` rows, as ``(kind, row, image, mask, saved heatmap)`` (``None`` for all but
     ``kind`` where no image qualifies); ``samples``: the images scored."""
-    from dermcam.pictures import pick_examples
-
     by_id = {s.image_id: s for s in samples}
     rows = []
     for c in selection:
@@ -1115,7 +1081,6 @@ def write_examples(run: runmod.Run, out: runmod.Outputs, selection, samples) -> 
     """``figures/examples.png`` (:func:`dermcam.pictures.examples_png` of
     :func:`example_rows`, from the attention.csv just written), the report's first picture."""
     from dermcam.io import write_bytes
-    from dermcam.pictures import examples_png
 
     att = pd.read_csv(out.attention, dtype={"image_id": str, "model": str, "method": str,
                                             "layer": str}, keep_default_na=False,

@@ -54,6 +54,8 @@ import numpy as np
 import pandas as pd
 
 from dermcam import run as runmod
+from dermcam.audit_set import AuditSet, by_columns, by_names, check_by, image_columns
+from dermcam.config import NEGLIGIBLE_DELTA
 from dermcam.errors import DermcamError
 from dermcam.formatting import is_number
 from dermcam.io import read_json, write_csv, write_json
@@ -96,8 +98,6 @@ PROBE_SUMMARY = runmod.PROBE_SUMMARY
 #: probe_summary.json's layout: 2 = ``{"entries", "subgroups", "artifact_presence"}`` (1 was
 #: the bare list of entries, still read).
 SUMMARY_SCHEMA = 2
-#: A mean change within +/- this is called "no material reaction" when its CI lies inside.
-NEGLIGIBLE_DELTA = 0.02
 CAVEAT = ("Inpainting leaves traces a model may react to; a changed prediction shows "
           "reliance, an unchanged one does not prove its absence.")
 CSV_COLUMNS = ["image_id", "label", "model", "probe", "artifact", "placement", "prob_intact",
@@ -275,9 +275,11 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
             canvases[j] = swap_canvas(images[j], masks[j], feather, method)
         return canvases[j]
 
-    entries = []
-    columns = [c for c in flags.columns if c.startswith(PREFIX)]
-    for step, col in enumerate(columns):
+    # every artifact's plan first: a lesion on a donor's surroundings is one composite,
+    # made and scored once however many artifacts' comparisons it enters
+    pairs: dict[tuple[int, int], int] = {}
+    plans = []
+    for col in (c for c in flags.columns if c.startswith(PREFIX)):
         has = flags[col].to_numpy() == 1
         known = flags[col].notna().to_numpy()
         with_x, without = np.flatnonzero(has & known), np.flatnonzero(~has & known)
@@ -286,20 +288,31 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
             log.info("context swap: %s left out (%d images with it, %d without)", col,
                      len(with_x), len(without))
             continue
-        owners, sides, stack = [], [], []
+        owners, sides, where = [], [], []
         for i in range(len(images)):
             w = match_donors(geometry, i, with_x, k)
             wo = match_donors(geometry, i, without, 2 * k)
             a, b = wo[0::2], wo[1::2]  # alternate ranks: two equally matched halves
             for side, donors in (("with", w), ("without", a), ("control", b)):
                 for j in donors:
-                    stack.append(swap_context(images[i], masks[i], canvas(j), feather))
+                    where.append(pairs.setdefault((i, int(j)), len(pairs)))
                     owners.append(i)
                     sides.append(side)
-        stack_arr, owners_arr, sides_arr = np.stack(stack), np.array(owners), np.array(sides)
-        for name, model, thr in models:
-            p = score_images(model, stack_arr, batch_size, device)
-            df = pd.DataFrame({"i": owners_arr, "side": sides_arr, "p": p})
+        plans.append((col, len(with_x), len(without), np.array(owners), np.array(sides),
+                      np.array(where, np.int64)))
+    if not plans:
+        return []
+    unique = list(pairs)
+    entries = []
+    for step, (name, model, thr) in enumerate(models):
+        p_all = np.empty(len(unique))
+        for start in range(0, len(unique), 8 * batch_size):
+            chunk = unique[start:start + 8 * batch_size]
+            stack = np.stack([swap_context(images[i], masks[i], canvas(j), feather)
+                              for i, j in chunk])
+            p_all[start:start + len(chunk)] = score_images(model, stack, batch_size, device)
+        for col, n_with, n_without, owners, sides, where in plans:
+            df = pd.DataFrame({"i": owners, "side": sides, "p": p_all[where]})
             mean = df.groupby(["i", "side"])["p"].mean().unstack()
             ok = mean[["with", "without", "control"]].notna().all(axis=1)
             mean = mean[ok]
@@ -308,9 +321,9 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
             c = (mean["control"] - mean["without"]).to_numpy()
             benign_before = mean["without"].to_numpy() < thr
             entry = {"model": name, "probe": "context_swap", "artifact": col[len(PREFIX):],
-                     "k": int(k), "images_with": int(len(with_x)),
-                     "images_without": int(len(without)), "threshold": thr,
-                     "method": SWAP_METHOD, "margin": NEGLIGIBLE_DELTA,
+                     "k": int(k), "images_with": int(n_with), "images_without": int(n_without),
+                     "threshold": thr, "method": SWAP_METHOD, "margin": NEGLIGIBLE_DELTA,
+                     "composites": len(unique),
                      **_diff_summary(d, lab, n_boot, seed),
                      **{k2: v for k2, v in _diff_summary(c, lab, n_boot, seed,
                                                           "control").items()
@@ -321,7 +334,7 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
             entry.update(n=int(len(d)), flip_to_benign=math.nan)
             entries.append(entry)
         if progress:
-            progress(step + 1, len(columns))
+            progress(step + 1, len(models))
     return entries
 
 
@@ -553,7 +566,7 @@ def run_probe(run_dir: runmod.Run | str | Path, probes: Sequence[str] = PROBES,
     (:func:`read_summary_object` reads the whole summary).
 
     ``data``: probe another data set's masked images instead (those
-    :func:`dermcam.stages.external.external_samples` picks) into ``RUN/external/<name>/``, stage
+    :func:`dermcam.audit_set.external_samples` picks) into ``RUN/external/<name>/``, stage
     ``external:<name>/probe``, at the run's thresholds; ``artifact_labels``: a label file
     joined to that set. ``by``: columns (metadata, ``ita``) for the summary by subgroup,
     groups under ``min_group`` images too few to estimate. Where the images carry artifact
@@ -564,8 +577,6 @@ def run_probe(run_dir: runmod.Run | str | Path, probes: Sequence[str] = PROBES,
     about 1e-2 away); ``auto`` per model, by the rule ``--precision auto`` trains with.
     """
     import shutil
-
-    from dermcam.stages.evaluate import load_test_split
 
     run = runmod.Run.of(run_dir, require="train")
     run_dir = run.dir
@@ -578,21 +589,13 @@ def run_probe(run_dir: runmod.Run | str | Path, probes: Sequence[str] = PROBES,
     if not names:
         raise DermcamError("no trained model in this run; finish 'dermcam train' first", run.dir)
     t0 = time.perf_counter()
-    if data is not None:
-        from dermcam.stages.external import stage_key
-
-        ds, all_samples, split, name = _external_split(run, data, name, limit,
-                                                       artifact_labels)
-        out, stage = run.external(name), stage_key(name, "probe")
-        explain_stage = stage_key(name, "explain")
-    else:
-        ds, all_samples, split = load_test_split(run, limit=limit)
-        out, stage, explain_stage = run.outputs, "probe", "explain"
+    audit = (AuditSet.external_set(run, data, "probe", name=name, artifacts=artifact_labels,
+                                   limit=limit, what="the probes", warm=True)
+             if data is not None else AuditSet.test_split(run, "probe", limit=limit))
+    ds, explain_stage = audit.ds, audit.key("explain")
     if by:
-        from dermcam.stages.external import check_by
-
         check_by(ds, by)
-    if "context_swap" in cfg.probes and artifact_flags(ds, all_samples) is None:
+    if "context_swap" in cfg.probes and artifact_flags(ds, audit.samples) is None:
         raise DermcamError("the context swap needs per-image artifact labels: pass "
                            "--artifact-labels FILE (e.g. isic_bias.csv) or use a data set "
                            "with artifact_<name> columns", ds.root)
@@ -600,37 +603,32 @@ def run_probe(run_dir: runmod.Run | str | Path, probes: Sequence[str] = PROBES,
             run.stage_entry(explain_stage).get("status") != runmod.STATUS_COMPLETE:
         raise DermcamError("the heatmap-guided probe (hot_spots) needs the models' heatmaps: "
                            "run 'dermcam explain' on these images first", run.dir)
-    prev = run.stage_entry(stage)
+    prev = run.stage_entry(audit.stage)
     precisions = {m: inference_precision(precision, m, device, run.image_size) for m in names}
     if prev.get("config_key") != cfg.key() or prev.get("limit") != limit or \
             prev.get("batch_size") != batch_size or \
             prev.get("precision", dict.fromkeys(names, "32-true")) != precisions:
-        shutil.rmtree(out.probe_batches, ignore_errors=True)
-    where = {} if data is None else {"data": str(Path(ds.root).resolve()),
-                                     "folder": f"{runmod.EXTERNAL_DIR}/{name}"}
+        shutil.rmtree(audit.out.probe_batches, ignore_errors=True)
     # a failure (Ctrl-C too) is recorded; the batches on disk resume next time
-    with run.stage(stage, config=asdict(cfg), config_key=cfg.key(), limit=limit,
-                   batch_size=batch_size, precision=precisions, **where) as record:
-        entries = _probe_stage(run, out, ds, all_samples, split, names, cfg, seed, t0,
-                               explain_stage, record, batch_size=batch_size, n_boot=n_boot,
-                               progress=progress, figures=figures, workers=workers,
-                               device=device, data=data, by=by, min_group=min_group,
-                               precisions=precisions)
+    with run.stage(audit.stage, config=asdict(cfg), config_key=cfg.key(), limit=limit,
+                   batch_size=batch_size, precision=precisions, **audit.where) as record:
+        entries = _probe_stage(run, audit, names, cfg, seed, t0, record,
+                               batch_size=batch_size, n_boot=n_boot, progress=progress,
+                               figures=figures, workers=workers, device=device, by=by,
+                               min_group=min_group, precisions=precisions)
     return entries
 
 
-def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, names, cfg,
-                 seed: int, t0: float, explain_stage: str, record: dict[str, Any], *,
-                 batch_size: int, n_boot: int, progress, figures: bool, workers, device,
-                 data, by, min_group, precisions: dict[str, str] | None = None
-                 ) -> list[dict[str, Any]]:
-    """The probe stage's work once its inputs are checked: batches, summary, figures;
-    ``record`` receives what the manifest keeps of it."""
-    from dermcam.stages.external import by_columns
-
-    cache, size = split.cache, split.size
+def _probe_stage(run: runmod.Run, audit: AuditSet, names, cfg, seed: int, t0: float,
+                 record: dict[str, Any], *, batch_size: int, n_boot: int, progress,
+                 figures: bool, workers, device, by, min_group,
+                 precisions: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The probe stage's work on ``audit`` once its inputs are checked: batches, summary,
+    figures; ``record`` receives what the manifest keeps of it."""
+    out, ds, cache, size = audit.out, audit.ds, audit.cache, audit.size
+    explain_stage = audit.key("explain")
     samples, skipped = [], []
-    for s in all_samples:
+    for s in audit.samples:
         why = "no lesion mask" if s.mask_path is None else None
         (skipped.append({"image_id": s.image_id, "reason": why}) if why else samples.append(s))
     models = _load_models(run, names, device, precisions)
@@ -648,8 +646,6 @@ def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, n
                                             attention=attention)
     summary: dict[str, Any] = {"schema_version": SUMMARY_SCHEMA, "entries": entries}
     if by:
-        from dermcam.stages.external import image_columns
-
         summary["subgroups"] = probe_subgroups(
             df, image_columns(ds, probed, cache, size, by), by, n_boot=n_boot, seed=seed,
             min_group=min_group)
@@ -672,11 +668,10 @@ def _probe_stage(run: runmod.Run, out: runmod.Outputs, ds, all_samples, split, n
             maps = chosen_heatmaps(out.root, run.stage_entry(explain_stage), names, probed)
             entries += hot_spots(models, images, masks, labels, maps, flags, **common)
         record[f"{p}_seconds"] = round(time.perf_counter() - t1, 2)
-    if data is not None:
+    if audit.external:
         summary["external"] = {
-            "name": out.root.name, "data": ds.name, "root": str(Path(ds.root).resolve()),
-            "layout": ds.layout, "thresholds": "each model's threshold chosen on the "
-                                               "training data's validation split",
+            **audit.about(), "thresholds": "each model's threshold chosen on the "
+                                           "training data's validation split",
             "trained_on": run.data.get("name")}
     write_json(out.probe_summary, summary)
     if figures and not df.empty:
@@ -765,19 +760,6 @@ def chosen_heatmaps(root: Path, st: dict[str, Any], names, samples) -> dict[str,
                     if str(i) in where:
                         out[sel["model"]][where[str(i)]] = h.astype(np.float32)
     return out
-
-
-def _external_split(run: runmod.Run, data, name, limit, artifact_labels):
-    """``(data set, masked samples, CachedSplit, folder name)`` of an external set."""
-    from dermcam.data.cache import warm_cache
-    from dermcam.data.cached_split import CachedSplit
-    from dermcam.stages.external import load_external
-
-    ds, samples, _, name = load_external(data, name, artifact_labels, what="the probes")
-    samples = samples[:limit] if limit else samples
-    if run.cache.enabled:
-        warm_cache(samples, run.image_size, run.cache)
-    return ds, samples, CachedSplit(samples, run.image_size, run.cache), name
 
 
 def _attention_for_tracking(out: runmod.Outputs, st: dict | None) -> pd.DataFrame | None:
@@ -935,8 +917,7 @@ def probe_subgroups(df: pd.DataFrame, columns: pd.DataFrame, by, n_boot: int = 1
     (Wilson CI where each image has one decision, else a bootstrap over images), n
     images, and Kruskal-Wallis across groups (Holm over columns and entries);
     :func:`dermcam.subgroups.subgroup_summary_analyses`. ``columns``: ``image_id`` and
-    the ``by`` columns (:func:`dermcam.stages.external.image_columns`)."""
-    from dermcam.stages.external import by_names
+    the ``by`` columns (:func:`dermcam.audit_set.image_columns`)."""
     from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
 
     table = per_image(df).merge(columns, on="image_id", how="left")
@@ -974,7 +955,7 @@ def _auc_fast(y: np.ndarray, p_intact: np.ndarray, p_pert: np.ndarray, n_boot: i
     bootstrap CIs (the same resamples for all four, vectorised as evaluate does, matching
     scikit-learn), and the DeLong p of the AUC change; NaN with ``auc_reason`` when the
     images hold one class (or none)."""
-    from dermcam.evaluation import _batch_ranking_metrics
+    from dermcam.evaluation import batch_ranking_metrics
     from dermcam.stats import delong_test, percentile_interval, resampling_weights
 
     y = np.asarray(y, np.int64)
@@ -985,7 +966,7 @@ def _auc_fast(y: np.ndarray, p_intact: np.ndarray, p_pert: np.ndarray, n_boot: i
     w = np.vstack([np.ones(y.size), resampling_weights(y, n_boot, seed, stratified=True)])
     out: dict[str, Any] = {}
     for suffix, p in (("", p_pert), ("_intact", p_intact)):
-        m = _batch_ranking_metrics(w, y, np.asarray(p, np.float64), 10)
+        m = batch_ranking_metrics(w, y, np.asarray(p, np.float64), 10)
         for key, name in (("auc", "roc_auc"), ("ap", "average_precision")):
             lo, hi = percentile_interval(m[name][1:], what=f"{key}{suffix}")
             out.update({f"{key}{suffix}": float(m[name][0]), f"{key}{suffix}_ci_low": lo,

@@ -1,0 +1,300 @@
+"""The images a stage audits, opened once: :class:`AuditSet`, and the per-image columns
+every stage records (skin tone, ``--by`` metadata).
+
+A run audits its own test split (into the run folder, as stages ``evaluate``,
+``explain``, ``probe``) or another data set of any supported layout (``--data OTHER``,
+into ``RUN/external/<name>/``, as stages ``external:<name>``, ``external:<name>/explain``
+and ``external:<name>/probe``). Each stage asks for one :class:`AuditSet` holding the data
+set, its samples, the run's decode cache at the run's size (``split``: a
+:class:`~dermcam.data.cached_split.CachedSplit`), where the outputs go
+(:class:`dermcam.run.Outputs`) and the stage's manifest key, so the stage itself does not
+branch on where its images came from. Which images of another set are audited:
+
+- ISIC 2016, ISIC 2017 and a generic ``labels.csv`` whose split column holds both
+  splits: the layout's test split;
+- PH2, HAM10000 (no official split), a generic folder without a split column or whose
+  split column is all ``test``: every image;
+
+for ``explain`` and ``probe`` only those with a lesion mask (:func:`load_external`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dermcam import run as runmod
+from dermcam.data import load_dataset
+from dermcam.data.cache import warm_cache
+from dermcam.data.dataset import read_csv_rows
+from dermcam.data.generic import CSV_NAME
+from dermcam.data.metadata import metadata_table
+from dermcam.errors import DermcamError
+from dermcam.skin import ita_category, ita_with_reason
+
+__all__ = ["AuditSet", "SKIN_COLUMNS", "annotate_predictions", "available_columns",
+           "by_columns", "by_names", "check_by", "cluster_name", "external_samples",
+           "image_columns", "load_external", "load_test_split", "safe_name", "stage_key"]
+
+#: ``--by`` names served by the image itself rather than the metadata.
+SKIN_COLUMNS = ("ita", "ita_category")
+#: Layouts whose test split is official; the others are scored whole.
+_OFFICIAL_SPLIT = ("isic2016", "isic2017")
+
+
+# ------------------------------------------------------------------ the audit set
+
+@dataclass
+class AuditSet:
+    """The images one stage audits and where its outputs go.
+
+    ``ds``: the data set (the run's, or another); ``samples``: its images audited, in
+    order; ``size``, ``cache``: the run's image size and decode cache; ``out``: the
+    output files (the run folder, or ``RUN/external/<name>/``); ``stage``: the stage's
+    manifest key; ``name``: the external set's folder name (None for the run's own test
+    split); ``which``: the external set's images, in words.
+    """
+
+    ds: Any
+    samples: list
+    size: int
+    cache: Any
+    out: runmod.Outputs
+    stage: str
+    name: str | None = None
+    which: str | None = None
+
+    @classmethod
+    def test_split(cls, run: runmod.Run, stage: str, *, limit: int | None = None,
+                   require_masks: bool = False, progress=None,
+                   artifacts: str | Path | None = None, warm: bool = True,
+                   missing: str | None = None) -> AuditSet:
+        """The run's own test split (only images with a lesion mask with
+        ``require_masks``; the first ``limit``), outputs in the run folder, manifest key
+        ``stage``. ``artifacts``: an artifact label file joined instead of the run's;
+        ``warm``: decode what the cache lacks now; ``missing``: the refusal when no image
+        is left (default :func:`load_test_split`'s)."""
+        ds = run.dataset if artifacts is None else load_dataset(run.data_root,
+                                                                artifacts=artifacts)
+        samples = _test_samples(ds, limit, require_masks)
+        if not samples:
+            what = "test images with masks" if require_masks else "test images"
+            raise DermcamError(missing or f"the data set has no {what}", ds.root)
+        if warm and run.cache.enabled:
+            warm_cache(samples, run.image_size, run.cache, progress=progress)
+        return cls(ds, samples, run.image_size, run.cache, run.outputs, stage)
+
+    @classmethod
+    def external_set(cls, run: runmod.Run, data: str | Path, stage: str | None, *,
+                     name: str | None = None, artifacts: str | Path | None = None,
+                     limit: int | None = None, what: str = "attention leakage",
+                     warm: bool = False) -> AuditSet:
+        """Another data set's masked images (:func:`load_external`; the first ``limit``),
+        outputs in ``RUN/external/<name>/``, manifest key :func:`stage_key` of ``stage``
+        (None: evaluate's). ``what``: the refusal's words when no image has a mask."""
+        ds, samples, which, name = load_external(data, name, artifacts, what=what)
+        samples = samples[:limit] if limit else samples
+        if warm and run.cache.enabled:
+            warm_cache(samples, run.image_size, run.cache)
+        return cls(ds, samples, run.image_size, run.cache, run.external(name),
+                   stage_key(name, stage), name, which)
+
+    @property
+    def external(self) -> bool:
+        """Whether the images are another data set's (not the run's own test split)."""
+        return self.name is not None
+
+    @cached_property
+    def split(self):
+        """The samples read through the decode cache (a
+        :class:`~dermcam.data.cached_split.CachedSplit`, built on first use)."""
+        from dermcam.data.cached_split import CachedSplit  # imports torch
+
+        return CachedSplit(self.samples, self.size, self.cache)
+
+    def key(self, stage: str) -> str:
+        """The manifest key of ``stage`` (``evaluate``, ``explain``, ``probe``) on the
+        same images."""
+        if self.name is None:
+            return stage
+        return stage_key(self.name, None if stage == "evaluate" else stage)
+
+    @property
+    def where(self) -> dict[str, str]:
+        """What a stage's manifest entry records of an external set (``{}`` for the run's
+        own test split)."""
+        if self.name is None:
+            return {}
+        return {"data": str(Path(self.ds.root).resolve()),
+                "folder": f"{runmod.EXTERNAL_DIR}/{self.name}"}
+
+    def about(self) -> dict[str, Any]:
+        """The first fields of a summary's ``external`` block: folder name, data set,
+        its root and layout."""
+        return {"name": self.out.root.name, "data": self.ds.name,
+                "root": str(Path(self.ds.root).resolve()), "layout": self.ds.layout}
+
+
+def _test_samples(ds, limit: int | None, require_masks: bool) -> list:
+    samples = ds.split("test")
+    if require_masks:
+        samples = [s for s in samples if s.mask_path is not None]
+    return samples[:limit] if limit else samples
+
+
+def load_test_split(run: runmod.Run, limit: int | None = None, require_masks: bool = False,
+                    progress=None, artifacts: str | Path | None = None):
+    """``(dataset, samples, CachedSplit)``: the run's test split at the run's image size,
+    streamed from the run's decode cache (warmed here).
+
+    ``artifacts``: an artifact label file joined instead of the one the run records."""
+    audit = AuditSet.test_split(run, "evaluate", limit=limit, require_masks=require_masks,
+                                progress=progress, artifacts=artifacts)
+    return audit.ds, audit.samples, audit.split
+
+
+# ------------------------------------------------------------------ external sets
+
+def safe_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    if not name:
+        raise DermcamError(f"--name {text!r} holds no usable characters (letters, digits, . _ -)")
+    return name
+
+
+def external_samples(ds) -> tuple[list, str]:
+    """The samples scored from ``ds`` and a phrase saying which (see the module docstring)."""
+    if ds.layout in _OFFICIAL_SPLIT and ds.split("test"):
+        return ds.split("test"), "its official test split"
+    if ds.layout == "generic":
+        header = [h.lower() for h in read_csv_rows(Path(ds.root) / CSV_NAME)[0]]
+        if "split" in header and ds.split("train") and ds.split("test"):
+            return ds.split("test"), "its test split (split column)"
+    return list(ds.samples), "every image (no official split)"
+
+
+def stage_key(name: str, stage: str | None = None) -> str:
+    """The manifest key of a stage on external set ``name``: ``external:<name>`` for
+    evaluate (``stage`` None), ``external:<name>/<stage>`` for ``explain`` or ``probe``
+    (names never hold ``/``)."""
+    return f"external:{name}" if stage is None else f"external:{name}/{stage}"
+
+
+def load_external(data: str | Path, name: str | None = None,
+                  artifacts: str | Path | None = None, what: str = "attention leakage"
+                  ) -> tuple[Any, list, str, str]:
+    """``(data set, its masked samples to audit, which images, folder name)`` for
+    ``explain --data`` and ``probe --data``: the images :func:`external_samples` scores,
+    those with a lesion mask; refused in one line when none has one. ``artifacts``: a
+    per-image artifact label file joined to the external set."""
+    ds = load_dataset(data, artifacts=artifacts)
+    name = safe_name(name or Path(data).resolve().name)
+    samples, which = external_samples(ds)
+    masked = [s for s in samples if s.mask_path is not None]
+    if not masked:
+        raise DermcamError(f"the external set has no lesion masks among the {len(samples)} "
+                           f"images scored ({which}): {what} needs them", ds.root)
+    return ds, masked, which, name
+
+
+# ------------------------------------------------------------------ per-image columns
+
+def cluster_name(ds) -> str:
+    """What a sample's ``group`` is called in outputs: lesion_id for HAM10000, else group."""
+    return "lesion_id" if getattr(ds, "layout", "") == "ham10000" else "group"
+
+
+def by_columns(by) -> tuple[str, ...]:
+    """``"age,sex"`` or ``["age", "sex"]`` -> ``("age", "sex")`` (empty parts dropped)."""
+    if not by:
+        return ()
+    parts = [by] if isinstance(by, str) else list(by)
+    return tuple(dict.fromkeys(c.strip() for p in parts for c in str(p).split(",")
+                               if c.strip()))
+
+
+def available_columns(ds) -> list[str]:
+    meta = metadata_table(ds)
+    cols = list(SKIN_COLUMNS) + (list(meta.columns) if meta is not None else [])
+    if any(s.group is not None for s in ds.samples) and "group" not in cols:
+        cols.append("group")
+    return cols
+
+
+def check_by(ds, by) -> None:
+    """Refuse (one line) a ``--by`` column the data set does not carry."""
+    cols = available_columns(ds)
+    for c in by_columns(by):
+        if c not in cols:
+            raise DermcamError(f"--by {c}: no such column; {ds.name} offers "
+                               f"{', '.join(cols)}", ds.root)
+
+
+def by_names(by) -> list[str]:
+    """The ``--by`` columns as analysed: ``ita_category`` is served by ``ita`` (binned into
+    its categories), each name once."""
+    return list(dict.fromkeys("ita" if c in SKIN_COLUMNS else c for c in by_columns(by)))
+
+
+def annotate_predictions(preds: pd.DataFrame, ds, samples, split, by=()) -> pd.DataFrame:
+    """``preds`` with ``ita``, ``ita_category``, ``ita_source`` and each ``by`` column.
+
+    ITA (:mod:`dermcam.skin`) is estimated from each sample's cached image at the run's
+    size (``split``: a :class:`~dermcam.data.cached_split.CachedSplit`), outside its lesion mask
+    where it has one (``ita_source``: ``outside lesion mask``, ``whole image (no mask)``,
+    or why it is undefined).
+    """
+    angle, source = _ita(samples, split.cache, split.size)
+    out = preds.copy()
+    out["ita"] = out["image_id"].map(angle)
+    out["ita_category"] = out["ita"].map(ita_category)
+    out["ita_source"] = out["image_id"].map(source)
+    wanted = [c for c in by_columns(by) if c not in out.columns]
+    if wanted:
+        check_by(ds, wanted)
+        meta = metadata_table(ds)
+        for c in wanted:
+            out[c] = out["image_id"].map(meta[c]) if meta is not None else np.nan
+    return out
+
+
+def _ita(samples, cache, size: int) -> tuple[dict[str, float], dict[str, str]]:
+    """``({image_id: ITA in degrees or NaN}, {image_id: where it was measured})``."""
+    angle, source = {}, {}
+    for s in samples:
+        item = cache.get(s, size)
+        a, why = ita_with_reason(item["image"], item["mask"])
+        angle[s.image_id] = round(a, 2) if np.isfinite(a) else np.nan
+        source[s.image_id] = (f"undefined: {why}" if why else
+                              "outside lesion mask" if item["mask"] is not None else
+                              "whole image (no mask)")
+    return angle, source
+
+
+def image_columns(ds, samples, cache, size: int, by) -> pd.DataFrame:
+    """One row per sample: ``image_id`` and each ``--by`` column (:func:`by_names`), for
+    the attention and probe summaries; ``ita`` is estimated from the cached image at the
+    run's ``size`` as for evaluate (``ita_source`` beside it)."""
+    check_by(ds, by)
+    ids = [s.image_id for s in samples]
+    out = pd.DataFrame({"image_id": ids})
+    cols = by_names(by)
+    if "ita" in cols:
+        angle, source = _ita(samples, cache, size)
+        out["ita"] = out["image_id"].map(angle)
+        out["ita_source"] = out["image_id"].map(source)
+    meta = metadata_table(ds)
+    for c in cols:
+        if c == "ita":
+            continue
+        if c == "group":
+            out[c] = [s.group for s in samples]
+        else:
+            out[c] = out["image_id"].map(meta[c]) if meta is not None else np.nan
+    return out
