@@ -42,7 +42,7 @@ def main() -> None:
     import torch
 
     from dermcam import run as runmod
-    from dermcam.stages.evaluate import load_test_split
+    from dermcam.audit_set import load_test_split
     from dermcam.stages.probe import (
         _load_models,
         artifact_flags,

@@ -841,6 +841,7 @@ def test_the_false_positive_gap_by_artifact_presence_by_hand():
 
 _GAP = fd.artifact_gap(_by_artifact(0.2, 80, 0.55, 120))
 _NO_GAP = fd.artifact_gap(_by_artifact(0.5, 80, 0.5, 120))
+_REVERSED_GAP = fd.artifact_gap(_by_artifact(0.9, 80, 0.55, 120))
 
 
 @pytest.mark.parametrize("swap, painted, gap, status, agrees, disagrees", [
@@ -849,6 +850,11 @@ _NO_GAP = fd.artifact_gap(_by_artifact(0.5, 80, 0.5, 120))
     # a negligible swap against a gap: caution, and the swap decides
     (_swap(-0.01, 0.01), None, _GAP, "caution", None, "benign lesions"),
     (_swap(-0.01, 0.01), _PAINTED_FLAT, _NO_GAP, "ok", "painted ruler", None),
+    # fewer false positives with it is reliance too, the other way: it disagrees with a
+    # negligible swap and with one that points towards malignant
+    (_swap(-0.01, 0.01), None, _REVERSED_GAP, "caution", None, "benign lesions"),
+    (_swap(0.03, 0.09), None, _REVERSED_GAP, "alarm", None, "benign lesions"),
+    (_swap(-0.09, -0.03), None, _REVERSED_GAP, "alarm", "benign lesions", None),
 ])
 def test_the_evidence_is_combined_and_said_to_agree_or_not(swap, painted, gap, status,
                                                            agrees, disagrees):
@@ -868,6 +874,7 @@ def test_the_evidence_is_combined_and_said_to_agree_or_not(swap, painted, gap, s
     (_PAINTED_FLAT, _GAP, "caution"),  # one piece of evidence
     (_PAINTED_REACTS, _GAP, "alarm"),  # two
     (_PAINTED_FLAT, _NO_GAP, "ok"),
+    (_PAINTED_FLAT, _REVERSED_GAP, "caution"),  # either direction
 ])
 def test_without_a_swap_the_gap_counts_as_evidence(painted, gap, status):
     f = fd.artifact(M, "ruler", painted, None, "p#", "a#", swap=None, gap=gap)

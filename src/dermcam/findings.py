@@ -32,7 +32,7 @@ STATUSES = ("alarm", "caution", "ok", "not_run")
 #: The core topics, in the order they are told; each model gets one finding for each.
 TOPICS = ("discrimination", "calibration", "where it looks", "size confound",
           "lesion reliance", "context")
-#: The probes' negligible change in P(malignant) (``dermcam.stages.probe.NEGLIGIBLE_DELTA``).
+#: The probes' negligible change in P(malignant) (``dermcam.config.NEGLIGIBLE_DELTA``).
 MARGIN = 0.02
 ECE_OK, ECE_ALARM = 0.05, 0.15
 MAX_UNDEFINED = 0.05
@@ -58,8 +58,9 @@ RULES = {
                 "decides: alarm when real surroundings with the artifact move P(malignant) "
                 "beyond the margin, caution when inconclusive or when other evidence (the "
                 "painted probe, the maps, benign lesions called malignant more often with the "
-                "artifact: a false-positive gap whose 95 % CI excludes 0) says reliance while "
-                "the swap is negligible, else ok; the sentence says which evidence agrees. "
+                "artifact, or less often: a false-positive gap whose 95 % CI excludes 0) says "
+                "reliance while the swap is negligible, else ok; the sentence says which "
+                "evidence agrees (in direction) and which does not. "
                 "Without it: alarm when two of painted probe, maps and gap say reliance, "
                 "caution for one or an inconclusive probe, ok for none.",
     "marked regions": "caution when the off-lesion regions a model's heatmaps mark move "
@@ -294,6 +295,17 @@ def artifact_gap(result: dict[str, Any] | None) -> dict[str, Any] | None:
             "ci": (float(lo), float(hi)), "n_with": n1, "n_without": n0}
 
 
+def _sign(x: float) -> int:
+    return int(x > 0) - int(x < 0)
+
+
+def _gap_direction(gap: dict[str, Any]) -> int:
+    """+1 (-1) when more (fewer) benign lesions are called malignant with the artifact,
+    the CI excluding 0; 0 otherwise."""
+    lo, hi = gap["ci"]
+    return int(lo > 0) - int(hi < 0)
+
+
 def _gap_text(gap: dict[str, Any]) -> str:
     return (f"benign lesions called malignant {fmt_num(gap['fpr_with'], 2)} with it vs "
             f"{fmt_num(gap['fpr_without'], 2)} without "
@@ -334,7 +346,7 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
             value, n, source = _v(attention["ratio"]), attention.get("n"), attention_source
             ci = _ci2(attention.get("ratio_ci_low"), attention.get("ratio_ci_high"))
     if gap:
-        evidence += gap["ci"][0] > 0
+        evidence += _gap_direction(gap) != 0
         parts.append(_gap_text(gap))
     if not parts:
         return _not_run(model, topic, f"no {name} probe or attention evidence", "probe")
@@ -355,18 +367,19 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
     painted artifact tests the painter's look, the swap the real artifact)."""
     lo, hi = swap.get("delta_ci_low"), swap.get("delta_ci_high")
     verdict = _probe_verdict(lo, hi, margin)
+    # each line of evidence as a direction: +1 towards malignant, -1 towards benign, 0 none
+    direction = _sign(swap["delta_mean"]) if verdict == "reliance" else 0
     agree, disagree = [], []
     if inserted and is_number(inserted.get("delta_mean")):
         says = _probe_verdict(inserted.get("delta_ci_low"), inserted.get("delta_ci_high"),
                               margin) == "reliance"
-        (agree if says == (verdict == "reliance") else disagree).append(
+        (agree if says * _sign(inserted["delta_mean"]) == direction else disagree).append(
             f"painted {name} {fmt_num(inserted['delta_mean'], 3, sign=True)}")
     if attention and is_number(attention.get("ratio")):
-        (agree if bool(attention.get("attends")) == (verdict == "reliance") else
+        (agree if bool(attention.get("attends")) == (direction != 0) else
          disagree).append(f"maps {fmt_num(attention['ratio'], 2)}x its area")
     if gap:
-        (agree if (gap["ci"][0] > 0) == (verdict == "reliance") else disagree).append(
-            _gap_text(gap))
+        (agree if _gap_direction(gap) == direction else disagree).append(_gap_text(gap))
     d = fmt_ci(swap["delta_mean"], lo, hi, 3, sign=True)
     text = (f"surroundings with a real {name} move P(malignant) {d} vs without "
             f"(n = {swap.get('n')}; control {fmt_num(swap.get('control_mean'), 3, sign=True)})")
@@ -375,7 +388,8 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
     elif verdict == "inconclusive":
         status, head = "caution", f"Reliance on the {name} inconclusive"
     elif disagree:
-        status, head = "caution", f"Real {name} negligible, other evidence not"
+        status, head = ("caution",
+                        f"Real {name} moves it negligibly; other evidence does not agree")
     else:
         status, head = "ok", f"Ignores the {name}"
     if agree:
