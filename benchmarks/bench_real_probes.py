@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n-test", type=int, default=400)
     ap.add_argument("--n-train", type=int, default=150)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="0: only train and explain")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or auto")
     args = ap.parse_args()
@@ -64,6 +64,8 @@ def main() -> None:
                 "--image-size", args.image_size, "--epochs", 1, "--overwrite")
         dermcam("explain", run_dir, "--methods", "hirescam", "--bench-methods", "hirescam",
                 "--no-sanity")
+    if args.repeats == 0:  # set the run up only (e.g. while other work runs)
+        return
     run = runmod.Run.open(run_dir)
     ds, samples, split = load_test_split(run, artifacts=args.labels)
     items = [split.cache.get(s, split.size) for s in samples]
