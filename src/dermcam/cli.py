@@ -515,7 +515,7 @@ def evaluate(
     """
     from dermcam.audit_set import by_columns
     from dermcam.stages.evaluate import run_evaluate
-    from dermcam.views import external_table, metrics_tables, subgroup_tables
+    from dermcam.views import external_table, labels_line, metrics_tables, subgroup_tables
 
     if artifact_labels is not None:  # and split the metrics by each artifact's presence
         from dermcam.data.artifact_labels import artifact_columns, read_artifact_labels
@@ -528,8 +528,6 @@ def evaluate(
                               exclude_duplicates=exclude_duplicates, device=device,
                               artifacts=artifact_labels)
     if result.get("artifact_labels"):
-        from dermcam.views import labels_line
-
         console.print(labels_line(result["artifact_labels"]), highlight=False)
     tables = metrics_tables(result)
     ext = result.get("external")
@@ -752,9 +750,8 @@ def probe(
              "heatmaps track the behaviour).")],
     probes: Annotated[str | None, typer.Option(
         help="Comma-separated probes: lesion_removed, background_removed, artifact_inserted, "
-             "artifact_removed, context_swap, hot_spots (default: the first four; "
-             "context_swap with --artifact-labels; hot_spots once 'dermcam explain' ran).")]
-    = None,
+             "artifact_removed (the default), context_swap (default with --artifact-labels), "
+             "hot_spots (default once 'dermcam explain' ran).")] = None,
     artifacts: Annotated[str | None, typer.Option(
         help="Artifacts to insert/remove (default: ruler, ink, patch, vignette, hair).")] = None,
     placements: Annotated[int, typer.Option(
@@ -787,12 +784,10 @@ def probe(
 ) -> None:
     """Behavioural audit: change the image, watch the malignant probability.
 
-    Every model, every masked test image: the lesion inpainted away, the background
-    replaced by flat skin, painted artifacts pasted in (or inpainted away); with artifact
-    labels the context swap: each lesion on real surroundings with and without a labelled
-    artifact; after 'dermcam explain' the off-lesion regions each model's heatmaps mark,
-    removed and transplanted into other images, against random regions. Mean change with 95 % CIs, flip rates; probe_summary.json. A changed
-    prediction shows reliance, an unchanged one does not prove its absence.
+    Every masked test image: lesion inpainted, background flattened, painted artifacts in
+    or out; with artifact labels each lesion on real surroundings with and without one;
+    after explain, what each model's maps mark off the lesion, removed and transplanted.
+    Mean change with 95 % CIs, flip rates; probe_summary.json.
 
     \b
     Examples:
@@ -809,10 +804,10 @@ def probe(
     if artifact_labels is not None and data is None:
         console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
     with progress_bar("probe batches") as cb:
-        explained = data is None and runmod.Run.open(run_dir).stage_entry("explain").get(
-            "status") == runmod.STATUS_COMPLETE
-        chosen = _names(probes) or [*PROBES, *(["context_swap"] if artifact_labels else []),
-                                    *(["hot_spots"] if explained else [])]
+        st = runmod.Run.open(run_dir).stage_entry("explain").get("status")
+        explained = data is None and st == runmod.STATUS_COMPLETE
+        chosen = _names(probes) or [*PROBES, *["context_swap"] * bool(artifact_labels),
+                                    *["hot_spots"] * explained]
         entries = run_probe(run_dir, probes=chosen, artifacts=_names(artifacts) or None,
                             placements=placements, seed=seed, limit=limit,
                             batch_size=batch_size, inpaint_method=inpaint, n_boot=n_boot,
