@@ -1,4 +1,4 @@
-"""Heatmap batches: written and read by one pair of functions (stages.explain), and each
+"""Heatmap batches: written and read by one pair of functions (dermcam.heatmap_files), and each
 reader's policy for a damaged file (explain refuses in one line; the report's gallery
 loses those cards only)."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dermcam.errors import DermcamError
-from dermcam.stages.explain import (
+from dermcam.heatmap_files import (
     heatmap_batches,
     load_heatmaps,
     read_heatmap_batch,

@@ -25,8 +25,9 @@ from PIL import Image
 from dermcam import demo
 from dermcam import pictures as pic
 from dermcam.errors import DermcamError
+from dermcam.heatmap_files import load_heatmaps
 from dermcam.run import Run
-from dermcam.stages.explain import example_rows, load_heatmaps, write_examples
+from dermcam.stages.explain import example_rows, write_examples
 
 MODEL, METHOD, LAYER = "resnet18", "hirescam", "layer2"
 

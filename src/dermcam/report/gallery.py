@@ -108,8 +108,8 @@ def _cls(v: Any) -> str:
 def cards(run: runmod.Run, names: dict[str, str], data_uri) -> tuple[list[dict], list[str]]:
     """The gallery's cards (highest/lowest excess leakage and missed malignant lesions, per
     model and method, strips as ``data_uri(png)``) and notes on what could not be shown."""
+    from dermcam.heatmap_files import heatmap_dir, load_heatmaps
     from dermcam.pictures import render_strip
-    from dermcam.stages.explain import heatmap_dir, load_heatmaps
 
     path = runmod.Outputs(run.dir).attention
     if not path.exists():

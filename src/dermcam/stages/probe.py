@@ -58,6 +58,7 @@ from dermcam.audit_set import AuditSet, by_columns, by_names, check_by, image_co
 from dermcam.config import NEGLIGIBLE_DELTA
 from dermcam.errors import DermcamError
 from dermcam.formatting import is_number
+from dermcam.heatmap_files import heatmap_batches, heatmap_dir, read_heatmap_batch
 from dermcam.io import read_json, write_csv, write_json
 from dermcam.perturb import (
     DILATE_FRACTION,
@@ -751,14 +752,14 @@ def chosen_heatmaps(root: Path, st: dict[str, Any], names, samples) -> dict[str,
     out: dict[str, list] = {m: [None] * len(samples) for m in names}
     where = {s.image_id: k for k, s in enumerate(samples)}
     for sel in st.get("layers") or []:
-        folder = Path(root) / runmod.HEATMAP_DIR / sel["model"] / sel["method"] / sel["layer"]
         if sel["model"] not in out:
             continue
-        for f in sorted(folder.glob("batch_*.npz")):
-            with np.load(f, allow_pickle=False) as z:
-                for i, h in zip(z["ids"], z["heatmaps"], strict=True):
-                    if str(i) in where:
-                        out[sel["model"]][where[str(i)]] = h.astype(np.float32)
+        folder = heatmap_dir(root, sel["model"], sel["method"], sel["layer"])
+        for f in heatmap_batches(folder):
+            b = read_heatmap_batch(f)
+            for i, h in zip(b["ids"], b["heatmaps"], strict=True):
+                if str(i) in where:
+                    out[sel["model"]][where[str(i)]] = h.astype(np.float32)
     return out
 
 

@@ -1,0 +1,69 @@
+"""Heatmap batch files of a run: where one model x method x layer's heatmaps live, and
+writing and reading them (the explain stage writes them; the probes and the report read)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from dermcam import run as runmod
+from dermcam.errors import DermcamError
+from dermcam.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+HEATMAP_DIR = runmod.HEATMAP_DIR  # file names: dermcam.run, the one place they are spelled
+
+
+def heatmap_dir(root: Path, model: str, method: str, layer: str) -> Path:
+    """Where one model x method x layer's heatmap batches live."""
+    return Path(root) / HEATMAP_DIR / model / method / layer
+
+
+def batch_file(root: Path, model: str, method: str, layer: str, start: int) -> Path:
+    return heatmap_dir(root, model, method, layer) / f"batch_{start:06d}.npz"
+
+
+def heatmap_batches(folder: Path) -> list[Path]:
+    """The heatmap batch files of one model x method x layer folder, in image order."""
+    return sorted(Path(folder).glob("batch_*.npz"))
+
+
+def write_heatmap_batch(path: Path, ids, heatmaps, probs, targets, labels) -> None:
+    """Write one batch of heatmaps atomically: ``ids`` (B,) str, ``heatmaps`` (B, S, S)
+    stored as float16, the malignant ``probs``, explained ``targets`` and true ``labels``
+    (B,). :func:`read_heatmap_batch` reads it back."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, ids=ids, heatmaps=heatmaps.astype(np.float16), probs=probs,
+                            targets=targets, labels=labels)
+
+
+def read_heatmap_batch(path: Path) -> dict[str, np.ndarray]:
+    """One batch written by :func:`write_heatmap_batch` (``allow_pickle=False``); a
+    damaged file is a one-line DermcamError naming it and what to do."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise DermcamError(f"unreadable heatmap file ({type(exc).__name__}); delete it and "
+                           "re-run 'dermcam explain' to recompute it", path) from exc
+
+
+def load_heatmaps(folder: Path, ids: set[str]) -> dict[str, np.ndarray]:
+    """Heatmaps ``(S, S) float32`` of ``ids`` from the batch files in ``folder``, for
+    readers that show what they can (the report's gallery): a damaged batch is logged and
+    skipped, an id without a heatmap is left out."""
+    out: dict[str, np.ndarray] = {}
+    for f in heatmap_batches(folder):
+        if len(out) == len(ids):
+            break
+        try:
+            b = read_heatmap_batch(f)
+            bids = [str(i) for i in b["ids"]]
+            for k in (k for k, i in enumerate(bids) if i in ids):
+                out[bids[k]] = b["heatmaps"][k].astype(np.float32)
+        except (DermcamError, KeyError) as exc:  # a damaged batch costs its cards only
+            log.warning("%s: unreadable heatmap batch (%s)", f, exc)
+    return out
