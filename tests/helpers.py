@@ -154,3 +154,36 @@ def invoke_cli(monkeypatch, capsys, *args):
         cli.main()
     out, err = capsys.readouterr()
     return e.value.code, out, err
+
+
+def trained_run_without_images(monkeypatch, folder: Path, size: int) -> Path:
+    """A run folder whose manifest says one model was trained and nothing else ran, with
+    an empty test split of ``size`` px: for refusals the probe stage must make before it
+    looks at an image."""
+    import json
+
+    from dermcam import run as runmod
+    from dermcam.audit_set import AuditSet
+
+    monkeypatch.setattr(AuditSet, "test_split", classmethod(
+        lambda cls, run, stage, limit=None: cls(type("D", (), {"root": folder})(), [], size,
+                                                None, run.outputs, stage)))
+    (folder / runmod.MANIFEST).write_text(json.dumps({
+        "schema_version": runmod.SCHEMA_VERSION, "kind": "dermcam-run",
+        "config": {"models": ["resnet18"], "seed": 0},
+        "models": {"resnet18": {"status": "complete"}},
+        "stages": {"train": {"status": "complete"}}}))
+    return folder
+
+
+def reads_the_top_rows(gain: float):
+    """A model with z1 - z0 = gain x (mean red of the top 3 rows, normalised): P(malignant)
+    rises with a red band there (the 'artifact'); gain 0 ignores everything."""
+    import torch
+
+    class ReadsTheTopRows(torch.nn.Module):
+        def forward(self, x):
+            z = gain * x[:, 0, :3, :].mean(dim=(1, 2))
+            return torch.stack([torch.zeros_like(z), z], dim=1)
+
+    return ReadsTheTopRows()

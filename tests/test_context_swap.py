@@ -9,10 +9,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from helpers import reads_the_top_rows, trained_run_without_images
 
 from dermcam import perturb as pt
-from dermcam.audit_set import AuditSet
 from dermcam.errors import DermcamError
 from dermcam.stages import probe as pr
 
@@ -95,20 +94,6 @@ def test_the_donor_canvas_loses_its_own_lesion_and_keeps_the_rest():
     assert canvas[dmask].mean() > 150  # filled from the skin around it
 
 
-class _ReadsTheTopRows(torch.nn.Module):
-    """z1 - z0 = gain x (mean red of the top 3 rows, normalised): P(malignant) rises with a
-    red band there (the 'artifact'); gain 0 ignores everything."""
-
-    def __init__(self, gain: float):
-        super().__init__()
-        self.gain = gain
-
-    def forward(self, x):
-        v = x[:, 0, :3, :].mean(dim=(1, 2))
-        z = self.gain * v
-        return torch.stack([torch.zeros_like(z), z], dim=1)
-
-
 def _set(n: int = 16):
     """``n`` images, lesion at the centre; the first half carry a red band in the top rows
     (outside every lesion)."""
@@ -129,7 +114,7 @@ def _set(n: int = 16):
 def test_a_model_that_reads_the_artifact_is_caught_and_one_that_does_not_is_not():
     images, masks, labels, flags = _set()
     # thresholds: P(malignant) of the plain images is sigmoid(~1.1) = 0.75 under "reads"
-    models = [("reads", _ReadsTheTopRows(1.0), 0.8), ("blind", _ReadsTheTopRows(0.0), 0.5)]
+    models = [("reads", reads_the_top_rows(1.0), 0.8), ("blind", reads_the_top_rows(0.0), 0.5)]
     got = {e["model"]: e for e in pr.context_swap(models, images, masks, labels, flags, k=3,
                                                   n_boot=200, seed=0)}
     reads, blind = got["reads"], got["blind"]
@@ -149,25 +134,13 @@ def test_a_model_that_reads_the_artifact_is_caught_and_one_that_does_not_is_not(
 def test_an_artifact_on_too_few_images_is_left_out():
     images, masks, labels, flags = _set()
     flags["artifact_ruler"] = (np.arange(16) < 2).astype(float)
-    assert pr.context_swap([("m", _ReadsTheTopRows(1.0), 0.5)], images, masks, labels, flags,
+    assert pr.context_swap([("m", reads_the_top_rows(1.0), 0.5)], images, masks, labels, flags,
                            k=3, n_boot=50) == []
 
 
 def test_the_swap_is_refused_without_artifact_labels_in_one_line(monkeypatch, tmp_path):
-    import json
-
-    from dermcam import run as runmod
-
     monkeypatch.setattr(pr, "artifact_flags", lambda ds, samples: None)
-
-    monkeypatch.setattr(AuditSet, "test_split", classmethod(
-        lambda cls, run, stage, limit=None: cls(type("D", (), {"root": tmp_path})(), [], S,
-                                                None, run.outputs, stage)))
-    (tmp_path / runmod.MANIFEST).write_text(json.dumps({
-        "schema_version": runmod.SCHEMA_VERSION, "kind": "dermcam-run",
-        "config": {"models": ["resnet18"], "seed": 0},
-        "models": {"resnet18": {"status": "complete"}},
-        "stages": {"train": {"status": "complete"}}}))
+    trained_run_without_images(monkeypatch, tmp_path, S)
     with pytest.raises(DermcamError, match="--artifact-labels FILE") as e:
         pr.run_probe(tmp_path, probes=("context_swap",), seed=0)
     assert "\n" not in str(e.value)

@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from helpers import reads_the_top_rows, trained_run_without_images
 
 from dermcam import perturb as pt
-from dermcam.audit_set import AuditSet
 from dermcam.stages import probe as pr
 
 S = 40
@@ -81,19 +80,6 @@ def test_transplant_copies_exact_pixels_in_place_or_from_a_shifted_read():
         pt.transplant(source, target[:5], region)
 
 
-class _ReadsTheTopRows(torch.nn.Module):
-    """z1 - z0 = gain x (mean red of the top 3 rows, normalised): P(malignant) rises with a
-    red band there; gain 0 ignores everything."""
-
-    def __init__(self, gain: float):
-        super().__init__()
-        self.gain = gain
-
-    def forward(self, x):
-        z = self.gain * x[:, 0, :3, :].mean(dim=(1, 2))
-        return torch.stack([torch.zeros_like(z), z], dim=1)
-
-
 def test_hot_spots_catch_a_model_that_uses_what_its_maps_mark_and_name_the_source():
     n = 12
     rng = np.random.default_rng(0)
@@ -108,7 +94,7 @@ def test_hot_spots_catch_a_model_that_uses_what_its_maps_mark_and_name_the_sourc
     maps[-1] = np.nan  # an image without a map is left out
     labels = np.arange(n) % 2
     flags = pd.DataFrame({"artifact_ruler": band.astype(float)})
-    models = [("reads", _ReadsTheTopRows(1.0), 0.8), ("blind", _ReadsTheTopRows(0.0), 0.5)]
+    models = [("reads", reads_the_top_rows(1.0), 0.8), ("blind", reads_the_top_rows(0.0), 0.5)]
     got = {(e["model"], e["probe"]): e for e in pr.hot_spots(
         models, images, masks, labels, {"reads": maps, "blind": maps}, flags, k=3,
         n_boot=200, seed=0)}
@@ -124,19 +110,9 @@ def test_hot_spots_catch_a_model_that_uses_what_its_maps_mark_and_name_the_sourc
 
 
 def test_the_hot_spot_probe_is_refused_without_heatmaps_in_one_line(monkeypatch, tmp_path):
-    import json
-
-    from dermcam import run as runmod
     from dermcam.errors import DermcamError
 
-    monkeypatch.setattr(AuditSet, "test_split", classmethod(
-        lambda cls, run, stage, limit=None: cls(type("D", (), {"root": tmp_path})(), [], S,
-                                                None, run.outputs, stage)))
-    (tmp_path / runmod.MANIFEST).write_text(json.dumps({
-        "schema_version": runmod.SCHEMA_VERSION, "kind": "dermcam-run",
-        "config": {"models": ["resnet18"], "seed": 0},
-        "models": {"resnet18": {"status": "complete"}},
-        "stages": {"train": {"status": "complete"}}}))
+    trained_run_without_images(monkeypatch, tmp_path, S)
     with pytest.raises(DermcamError, match="run 'dermcam explain'") as e:
         pr.run_probe(tmp_path, probes=("hot_spots",), seed=0)
     assert "\n" not in str(e.value)
