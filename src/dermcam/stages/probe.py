@@ -38,6 +38,7 @@ prediction shows reliance, an unchanged one does not prove its absence.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -393,8 +394,8 @@ def hot_spots(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
                 stack.append(inpaint(images[i], r, method))
                 owner.append((i, -1))
                 kind.append(f"removed_{tag}")
-            fits = [j for j in rng.permutation(n) if j != i and not (region & ~keep[j]).any()]
-            for j in fits[:k]:
+            fits = (j for j in rng.permutation(n) if j != i and not (region & ~keep[j]).any())
+            for j in itertools.islice(fits, k):  # the first k that fit: no need to test all
                 stack.append(transplant(images[i], images[j], region))
                 stack.append(transplant(images[i], images[j], region, read=moves))
                 owner += [(i, j), (i, j)]
