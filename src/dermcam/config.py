@@ -29,6 +29,7 @@ class TrainConfig:
                                                       "mobilenet_v2"])
     weights: str = "imagenet"
     image_size: int = 224
+    resize: str = "squash"  # or "shorter-side-crop" (dermcam.data.cache.RESIZE_RULES)
     max_epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3

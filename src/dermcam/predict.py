@@ -9,7 +9,8 @@
     OUT/manifest.json        checkpoint, model card, inputs, skipped files
 
 Images are decoded and resized exactly as for training (:func:`dermcam.data.cache.
-decode_sample`: EXIF orientation, RGB, squashed to ``S x S``), so a probability here
+decode_sample`: EXIF orientation, RGB, squashed to ``S x S`` or, for an audited model
+recorded so, its centred square), so a probability here
 equals :func:`dermcam.inference.predict_proba` on the same image. The decision uses
 the threshold chosen on validation and stored in the checkpoint; heatmaps explain
 that decision (Grad-CAM, ``target="predicted"`` at that threshold).
@@ -256,6 +257,7 @@ class _Classifier:
     threshold: float
     cam_method: str
     cam_layer: str
+    resize: str = "squash"
 
 
 def _load(checkpoint: Path) -> _Classifier:
@@ -266,10 +268,10 @@ def _load(checkpoint: Path) -> _Classifier:
     cam = payload.get("cam") or {}
     return _Classifier(model, model_card(payload, info), int(payload["image_size"]),
                        float(payload["threshold"]), cam.get("method", "gradcam"),
-                       cam.get("layer", info.target_layer))
+                       cam.get("layer", info.target_layer), payload.get("resize", "squash"))
 
 
-def _decode(job: tuple[Path, str], mask_dir: Path | None, size: int):
+def _decode(job: tuple[Path, str], mask_dir: Path | None, size: int, resize: str = "squash"):
     """``(path, image_id, mask_path, item or the DermcamError decoding it raised)``."""
     from dermcam.data.cache import decode_sample
     from dermcam.data.dataset import Sample
@@ -278,7 +280,7 @@ def _decode(job: tuple[Path, str], mask_dir: Path | None, size: int):
     mask_path = find_mask(mask_dir, path) if mask_dir is not None else None
     try:
         return path, image_id, mask_path, decode_sample(
-            Sample(image_id, path, 0, "test", mask_path), size)
+            Sample(image_id, path, 0, "test", mask_path), size, resize)
     except DermcamError as exc:
         return path, image_id, mask_path, exc
 
@@ -373,7 +375,7 @@ def _predict_all(clf: _Classifier, paths: list[Path], mask_dir: Path | None, out
     ids = _ids(paths)
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
-    decode = partial(_decode, mask_dir=mask_dir, size=clf.size)
+    decode = partial(_decode, mask_dir=mask_dir, size=clf.size, resize=clf.resize)
     total = len(paths)
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     with pool, CamExplainer(clf.model, clf.cam_layer, clf.cam_method) as ex:

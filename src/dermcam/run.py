@@ -414,7 +414,8 @@ class Run:
         if self._cache is None:
             from dermcam.data.cache import ImageCache
 
-            self._cache = ImageCache(self.cache_dir)
+            self._cache = ImageCache(self.cache_dir,
+                                     resize=self.recorded_config.get("resize", "squash"))
         return self._cache
 
     @property

@@ -8,8 +8,12 @@ and modification time, so an edited file is decoded again.
 
 Shape contracts: an item is ``image (S, S, 3) uint8``, ``mask (S, S) uint8`` in
 {0, 1} or ``None``, ``artifacts (S, S) uint8`` artifact codes or ``None``.
-Images are squashed to a square, as ``torchvision.transforms.Resize((S, S))``
-would do (the reference study's preprocessing).
+Two resize rules (:data:`RESIZE_RULES`): ``"squash"`` (the default) squashes the
+image to a square, as ``torchvision.transforms.Resize((S, S))`` would do (the
+reference study's preprocessing); ``"shorter-side-crop"`` matches ``Resize(S)`` then
+``CenterCrop(S)``: the largest centred square of the image (and of its mask and
+artifact map, each in its own pixel coordinates) is cut out, then resized as squash
+does. A model trained elsewhere expects the rule it was trained with.
 """
 
 from __future__ import annotations
@@ -33,6 +37,17 @@ from dermcam.io import atomic_path
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 3  # 3: masks resized with reducing_gap
+
+#: How an image becomes ``S x S``: squashed whole, or its centred square resized.
+RESIZE_RULES = ("squash", "shorter-side-crop")
+
+
+def check_resize(resize: str) -> str:
+    """Return ``resize`` if it is one of :data:`RESIZE_RULES`, else raise DermcamError."""
+    if resize not in RESIZE_RULES:
+        raise DermcamError(f"unknown resize rule {resize!r}; choose one of "
+                           f"{', '.join(RESIZE_RULES)}")
+    return resize
 
 
 def default_cache_dir() -> Path:
@@ -65,17 +80,23 @@ class Arrays:
 
 
 class ImageCache:
-    """Decode/resize cache keyed by (file identity, size). ``enabled=False`` bypasses disk."""
+    """Decode/resize cache keyed by (file identity, size, resize rule). ``enabled=False``
+    bypasses disk; ``resize`` is one of :data:`RESIZE_RULES`."""
 
-    def __init__(self, cache_dir: str | Path | None = None, enabled: bool = True):
+    def __init__(self, cache_dir: str | Path | None = None, enabled: bool = True,
+                 resize: str = "squash"):
         self.dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.enabled = enabled
+        self.resize = check_resize(resize)
         self.hits = 0
         self.misses = 0
 
     def key(self, sample: Sample, size: int) -> str:
-        raw = "||".join([str(CACHE_VERSION), str(size), _stat_key(sample.image_path),
-                         _stat_key(sample.mask_path), _stat_key(sample.artifact_path)])
+        parts = [str(CACHE_VERSION), str(size), _stat_key(sample.image_path),
+                 _stat_key(sample.mask_path), _stat_key(sample.artifact_path)]
+        if self.resize != "squash":  # squash keeps the key it always had: old caches stay valid
+            parts.append(self.resize)
+        raw = "||".join(parts)
         return hashlib.sha1(raw.encode()).hexdigest()
 
     def _path(self, key: str) -> Path:
@@ -98,7 +119,7 @@ class ImageCache:
             except Exception as exc:  # a damaged cache entry is rebuilt, not trusted
                 log.warning("%s: unreadable cache entry, rebuilding (%s)", path, exc)
         self.misses += 1
-        item = decode_sample(sample, size)
+        item = decode_sample(sample, size, self.resize)
         if self.enabled:
             try:
                 with atomic_path(path) as tmp:
@@ -120,9 +141,26 @@ def _check_item(item: dict[str, np.ndarray | None], sample: Sample, size: int) -
             raise ValueError(f"{k}: expected {shape} uint8, got {got}")
 
 
-def decode_sample(sample: Sample, size: int) -> dict[str, np.ndarray | None]:
-    """Decode one sample's image (and mask, artifacts) resized to ``(size, size)``."""
+def _centre_square(im: Image.Image) -> Image.Image:
+    """The largest centred square of ``im`` (``im`` itself when already square)."""
+    w, h = im.size
+    if w == h:
+        return im
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return im.crop((left, top, left + side, top + side))
+
+
+def decode_sample(sample: Sample, size: int, resize: str = "squash"
+                  ) -> dict[str, np.ndarray | None]:
+    """Decode one sample's image (and mask, artifacts) resized to ``(size, size)`` by the
+    rule ``resize`` (:data:`RESIZE_RULES`)."""
+    crop = check_resize(resize) == "shorter-side-crop"
+    # A JPEG may be drafted to a smaller scale; the centred square is cut in the drafted
+    # image's own coordinates (it is scale-free), the mask's in the full-size mask's.
     img, full = open_image_sized(sample.image_path, draft_size=size)
+    if crop:
+        img = _centre_square(img)
     image = np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=2.0), np.uint8)
     mask = None
     if sample.mask_path is not None:
@@ -131,6 +169,8 @@ def decode_sample(sample: Sample, size: int) -> dict[str, np.ndarray | None]:
             raise DermcamError(
                 f"mask is {m.size[0]}x{m.size[1]} but its image is {full[0]}x{full[1]}",
                 sample.mask_path)
+        if crop:
+            m = _centre_square(m)
         # reducing_gap: box-reduce first (like the image), then the antialiased resize
         mask = (np.asarray(m.resize((size, size), Image.BILINEAR, reducing_gap=2.0))
                 >= 128).astype(np.uint8)
@@ -139,6 +179,8 @@ def decode_sample(sample: Sample, size: int) -> dict[str, np.ndarray | None]:
         a = open_checked(sample.artifact_path)  # one-line errors for bad files, like images
         if a.size != full:
             raise DermcamError("artifact map size differs from its image", sample.artifact_path)
+        if crop:
+            a = _centre_square(a)
         artifacts = np.asarray(a.convert("L").resize((size, size), Image.NEAREST), np.uint8)
     return {"image": image, "mask": mask, "artifacts": artifacts}
 
