@@ -43,8 +43,8 @@ def main() -> None:
 
     from dermcam import run as runmod
     from dermcam.audit_set import load_test_split
+    from dermcam.probe_scoring import load_models
     from dermcam.stages.probe import (
-        _load_models,
         artifact_flags,
         chosen_heatmaps,
         context_swap,
@@ -75,7 +75,7 @@ def main() -> None:
     flags = artifact_flags(ds, samples)
     names = run.trained_models
     prec = {m: inference_precision(args.precision, m, "cpu", run.image_size) for m in names}
-    models = _load_models(run, names, "cpu", prec)
+    models = load_models(run, names, "cpu", prec)
     maps = chosen_heatmaps(run.dir, run.stage_entry("explain"), names, samples)
     common = dict(n_boot=1000, seed=0, batch_size=64, device="cpu")
     print(f"{len(images)} test images at {run.image_size} px, ResNet18 ({prec['resnet18']}), "

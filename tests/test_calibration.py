@@ -144,7 +144,7 @@ class Fixed(torch.nn.Module):
 
 def test_model_temperature_applied_by_predict_proba_and_cam_targets():
     from dermcam.inference import predict_proba
-    from dermcam.stages.explain import _target_classes
+    from dermcam.localisation import target_classes
 
     images = np.zeros((3, 8, 8, 3), np.uint8)
     model = Fixed()
@@ -155,12 +155,12 @@ def test_model_temperature_applied_by_predict_proba_and_cam_targets():
     np.testing.assert_allclose(predict_proba(model, images), p, rtol=1e-6)
     x = torch.zeros(3, 3, 8, 8)
     # a threshold between the raw (0.73) and the calibrated (0.56) probability
-    assert _target_classes(model, x, "predicted", None, 0.6).tolist() == [0, 0, 0]
+    assert target_classes(model, x, "predicted", None, 0.6).tolist() == [0, 0, 0]
     cal.set_temperature(model, 4.0, -1.0)  # Platt: sigmoid(1 / 4 - 1)
     np.testing.assert_allclose(predict_proba(model, images), 1 / (1 + math.e ** 0.75),
                                rtol=1e-6)
-    assert _target_classes(model, x, "predicted", None, 0.4).tolist() == [0, 0, 0]
-    assert _target_classes(model, x, "predicted", None, 0.3).tolist() == [1, 1, 1]
+    assert target_classes(model, x, "predicted", None, 0.4).tolist() == [0, 0, 0]
+    assert target_classes(model, x, "predicted", None, 0.3).tolist() == [1, 1, 1]
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ def test_ctrl_c_after_the_last_batch_stops_before_model_pt(data, tmp_path, monke
     from dermcam.config import TrainConfig
     from dermcam.stages import train as tr
 
-    choose = tr._choose_threshold
+    choose = tr.choose_threshold
 
     def press_then_choose(*a, **k):
         try:  # where Ctrl-C lands in a finalizer, CPython discards the KeyboardInterrupt
@@ -148,7 +148,7 @@ def test_ctrl_c_after_the_last_batch_stops_before_model_pt(data, tmp_path, monke
             pass
         return choose(*a, **k)
 
-    monkeypatch.setattr(tr, "_choose_threshold", press_then_choose)
+    monkeypatch.setattr(tr, "choose_threshold", press_then_choose)
     out = tmp_path / "run"
     cfg = TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
                       image_size=32, max_epochs=1, batch_size=8, seed=3, progress=False,

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 
 from dermcam.device import inference_batch_size, resolve_device, shard_threads
 from dermcam.errors import DermcamError
+from dermcam.objective import global_mean_loss
 from dermcam.stages.train import (
     EpochSampler,
     RankBatches,
     RankPositions,
     TrainConfig,
-    _global_mean_loss,
     dedupe_by_index,
     launch_rank,
     rank_slice,
@@ -121,7 +121,7 @@ def test_ddp_loss_gives_the_single_device_gradient(weighted):
     grad = torch.zeros_like(logits)
     for rows, keep in parts:
         x = logits[rows].clone().requires_grad_(True)
-        loss = _global_mean_loss(_fake_module(2, total, cw), x, labels[rows], keep)
+        loss = global_mean_loss(_fake_module(2, total, cw), x, labels[rows], keep)
         loss.backward()
         grad.index_add_(0, torch.arange(5)[rows], x.grad / 2)  # DDP: mean over processes
     torch.testing.assert_close(grad, ref.grad)

@@ -18,7 +18,9 @@ from PIL import Image
 
 from dermcam import perturb as pt
 from dermcam.errors import DermcamError
+from dermcam.probe_stats import auc_fast
 from dermcam.stages import probe as pr
+from dermcam.stats import spearman_rows
 
 SKIN = (200, 160, 140)
 
@@ -209,14 +211,14 @@ def test_removal_auc_cis_equal_scikit_learn_on_the_same_resamples():
     y = (rng.random(120) < 0.25).astype(np.int64)
     intact = np.round(rng.random(120) * 0.5 + 0.4 * y, 2)  # rounded: many ties
     pert = np.round(rng.random(120) * 0.8 + 0.1 * y, 2)
-    got = pr._auc_fast(y, intact, pert, n_boot=300, seed=5)
+    got = auc_fast(y, intact, pert, n_boot=300, seed=5)
     for key, fn in (("auc", roc_auc_score), ("ap", average_precision_score)):
         for suffix, p in (("", pert), ("_intact", intact)):
             v, lo, hi = bootstrap_ci(fn, y, p, n_boot=300, seed=5)
             assert got[f"{key}{suffix}"] == pytest.approx(v, abs=1e-12)
             assert got[f"{key}{suffix}_ci_low"] == pytest.approx(lo, abs=1e-12)
             assert got[f"{key}{suffix}_ci_high"] == pytest.approx(hi, abs=1e-12)
-    one = pr._auc_fast(np.zeros(5, np.int64), intact[:5], pert[:5], n_boot=50, seed=0)
+    one = auc_fast(np.zeros(5, np.int64), intact[:5], pert[:5], n_boot=50, seed=0)
     assert one["auc_reason"] == "the images are of one class"
     assert all(np.isnan(one[k]) for k in ("auc", "ap_ci_low", "auc_intact_ci_high"))
 
@@ -598,7 +600,7 @@ def test_bootstrap_spearman_rows_equal_scipy_on_each_resample():
     x = np.round(rng.random((200, 30)), 1)  # ties within rows
     y = x + rng.normal(0, 0.3, x.shape)
     x[7] = 0.5  # a constant row: undefined, not a number
-    got = pr._spearman_rows(x, y)
+    got = spearman_rows(x, y)
     want = np.array([spearmanr(a, b).statistic if np.ptp(a) and np.ptp(b) else np.nan
                      for a, b in zip(x, y)])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

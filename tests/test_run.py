@@ -177,12 +177,12 @@ def test_accessors_added_for_stages_on_a_hand_built_run(tmp_path):
 
 
 def test_summarise_attention_reads_the_target_from_a_run_a_manifest_or_a_name():
-    from dermcam.stages.explain import _explained_class
+    from dermcam.attention_summary import explained_class
 
     m = {"stages": {"explain": {"target": "true"}}}
-    assert _explained_class("predicted") == "predicted" and _explained_class(None) is None
-    assert _explained_class(m) == "true" and _explained_class({}) is None
-    assert _explained_class(runmod.Run(Path("x"), m)) == "true"
+    assert explained_class("predicted") == "predicted" and explained_class(None) is None
+    assert explained_class(m) == "true" and explained_class({}) is None
+    assert explained_class(runmod.Run(Path("x"), m)) == "true"
 
 
 def test_training_writes_the_manifest_through_run(tmp_path):

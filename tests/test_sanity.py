@@ -347,12 +347,12 @@ def test_layer_choice_and_reported_check_draw_the_same_nulls():
     median |rho| 0.20 on validation, 0.50 on test). Both now draw randomised_copies."""
     import torchvision
 
-    from dermcam.stages.explain import _random_copies
+    from dermcam.localisation import random_copies
 
     torch.manual_seed(0)
     trained = torchvision.models.resnet18(num_classes=2).eval()
     before = {k: v.clone() for k, v in trained.state_dict().items()}
-    bench = _random_copies(trained, 2, seed=7)
+    bench = random_copies(trained, 2, seed=7)
     reported = list(S.randomised_copies(trained, 3, seed=7))
     for b, r in zip(bench, reported[:2]):  # the benchmark's two are the check's first two
         for (k, vb), vr in zip(b.state_dict().items(), r.state_dict().values()):

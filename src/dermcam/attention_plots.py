@@ -78,6 +78,27 @@ def _no_data(ax, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
+def _name_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """The axis labels, then the title, of one panel."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
+def _scatter_by_class(ax, lab: pd.Series, x: pd.Series, y: pd.Series, label) -> bool:
+    """One scatter per class (benign, then malignant) of the rows where ``x`` and ``y``
+    are both defined, in the class's colour; ``label(c, n)`` names class ``c`` drawn with
+    ``n`` points. True when any point was drawn."""
+    drawn = False
+    for c in (0, 1):
+        sel = (lab == c) & x.notna() & y.notna()
+        if sel.any():
+            drawn = True
+            ax.scatter(x[sel], y[sel], s=12, alpha=0.6, color=CLASS_COLOURS[c],
+                       label=label(c, int(sel.sum())))
+    return drawn
+
+
 def build_attention_summary(df: pd.DataFrame, title: str = "Attention leakage analysis"
                             ) -> Figure:
     """The study's 2 x 2 figure (``attention_leakage_analysis.png``), for one table.
@@ -91,88 +112,89 @@ def build_attention_summary(df: pd.DataFrame, title: str = "Attention leakage an
     """
     _require(df, ["label", "leakage", "inside_score", "outside_score"], "plot_attention_summary")
     leak = _by_class(df, "leakage")
-    names = [LABEL_NAMES[c] for c in (0, 1)]
     fig = _figure(11, 8.5)
     (ax_box, ax_hist), (ax_sc, ax_bar) = fig.subplots(2, 2)
-
-    # Box plot by class.
     present = [c for c in (0, 1) if leak[c].size]
+    _leakage_box_panel(ax_box, leak, present)
+    _leakage_hist_panel(ax_hist, leak, present)
+    _inside_outside_panel(ax_sc, df)
+    _mean_leakage_panel(ax_bar, df, leak)
+    fig.suptitle(title)
+    return fig
+
+
+def _leakage_box_panel(ax, leak: dict[int, np.ndarray], present: list[int]) -> None:
+    """Box plot of leakage by class (``present``: the classes with values), n per class."""
     if present:
-        bp = ax_box.boxplot([leak[c] for c in present], positions=present, widths=0.5,
-                            patch_artist=True)
+        bp = ax.boxplot([leak[c] for c in present], positions=present, widths=0.5,
+                        patch_artist=True)
         for patch, c in zip(bp["boxes"], present, strict=True):
             patch.set_facecolor(CLASS_COLOURS[c])
             patch.set_alpha(0.5)
     else:
-        _no_data(ax_box)
-    ax_box.set_xticks([0, 1], [f"{LABEL_NAMES[c]}\n(n={leak[c].size})" for c in (0, 1)])
-    ax_box.set_xlim(-0.6, 1.6)
-    ax_box.set_ylabel("attention leakage (share outside lesion)")
-    ax_box.set_title("Leakage by class")
+        _no_data(ax)
+    ax.set_xticks([0, 1], [f"{LABEL_NAMES[c]}\n(n={leak[c].size})" for c in (0, 1)])
+    ax.set_xlim(-0.6, 1.6)
+    ax.set_ylabel("attention leakage (share outside lesion)")
+    ax.set_title("Leakage by class")
 
-    # Histogram with mean line.
+
+def _leakage_hist_panel(ax, leak: dict[int, np.ndarray], present: list[int]) -> None:
+    """Histogram of leakage over both classes with its mean line, class means dashed."""
     allv = np.concatenate([leak[0], leak[1]])
     if allv.size:
-        ax_hist.hist(allv, bins=np.linspace(0, 1, 31), color="grey", alpha=0.6)
-        ax_hist.axvline(allv.mean(), color="black", lw=2, label=f"mean {allv.mean():.1%}")
+        ax.hist(allv, bins=np.linspace(0, 1, 31), color="grey", alpha=0.6)
+        ax.axvline(allv.mean(), color="black", lw=2, label=f"mean {allv.mean():.1%}")
         for c in present:
-            ax_hist.axvline(leak[c].mean(), color=CLASS_COLOURS[c], ls="--",
-                            label=f"{LABEL_NAMES[c]} mean {leak[c].mean():.1%}")
-        ax_hist.legend(fontsize=8)
+            ax.axvline(leak[c].mean(), color=CLASS_COLOURS[c], ls="--",
+                       label=f"{LABEL_NAMES[c]} mean {leak[c].mean():.1%}")
+        ax.legend(fontsize=8)
     else:
-        _no_data(ax_hist)
-    ax_hist.set_xlabel("attention leakage")
-    ax_hist.set_ylabel("images")
-    ax_hist.set_title("Leakage distribution")
+        _no_data(ax)
+    _name_axes(ax, "attention leakage", "images", "Leakage distribution")
 
-    # Inside vs outside scatter.
+
+def _inside_outside_panel(ax, df: pd.DataFrame) -> None:
+    """Inside vs outside score per image, coloured by class, with the diagonal."""
     lab = pd.to_numeric(df["label"], errors="coerce")
     ins = pd.to_numeric(df["inside_score"], errors="coerce")
     outs = pd.to_numeric(df["outside_score"], errors="coerce")
-    any_points = False
-    for c in (0, 1):
-        sel = (lab == c) & ins.notna() & outs.notna()
-        if sel.any():
-            any_points = True
-            ax_sc.scatter(outs[sel], ins[sel], s=12, alpha=0.6, color=CLASS_COLOURS[c],
-                          label=LABEL_NAMES[c])
-    if any_points:
+    if _scatter_by_class(ax, lab, outs, ins, lambda c, n: LABEL_NAMES[c]):
         lim = float(np.nanmax([ins.max(), outs.max(), 1e-12])) * 1.05
-        ax_sc.plot([0, lim], [0, lim], color="black", lw=1, ls=":", label="inside = outside")
-        ax_sc.legend(fontsize=8)
+        ax.plot([0, lim], [0, lim], color="black", lw=1, ls=":", label="inside = outside")
+        ax.legend(fontsize=8)
     else:
-        _no_data(ax_sc)
-    ax_sc.set_xlabel("outside score (mean heatmap off lesion)")
-    ax_sc.set_ylabel("inside score (mean heatmap on lesion)")
-    ax_sc.set_title("Inside vs outside attention")
+        _no_data(ax)
+    _name_axes(ax, "outside score (mean heatmap off lesion)",
+               "inside score (mean heatmap on lesion)", "Inside vs outside attention")
 
-    # Mean leakage bars with bootstrap CI (and chance leakage where known).
+
+def _mean_leakage_panel(ax, df: pd.DataFrame, leak: dict[int, np.ndarray]) -> None:
+    """Mean leakage per class with bootstrap CI whiskers, and the class's mean chance
+    leakage where the table has ``lesion_area``."""
     means = [leak[c].mean() if leak[c].size else np.nan for c in (0, 1)]
     cis = [bootstrap_mean_ci(leak[c]) for c in (0, 1)]
     err = np.array([[m - lo if np.isfinite(lo) else 0.0, hi - m if np.isfinite(hi) else 0.0]
                     for m, (lo, hi) in zip(means, cis, strict=True)]).T
-    ax_bar.bar([0, 1], np.nan_to_num(means), yerr=err, capsize=6,
-               color=[CLASS_COLOURS[0], CLASS_COLOURS[1]], alpha=0.7)
+    ax.bar([0, 1], np.nan_to_num(means), yerr=err, capsize=6,
+           color=[CLASS_COLOURS[0], CLASS_COLOURS[1]], alpha=0.7)
     for x, mval in zip((0, 1), means, strict=True):
         if np.isfinite(mval):
-            ax_bar.text(x, mval / 2, f"{mval:.1%}", ha="center", va="center", color="white",
-                        fontweight="bold")
+            ax.text(x, mval / 2, f"{mval:.1%}", ha="center", va="center", color="white",
+                    fontweight="bold")
     if "lesion_area" in df.columns:
         chance = _by_class(df.assign(_chance=1 - pd.to_numeric(df["lesion_area"],
                                                                 errors="coerce")), "_chance")
         drawn = [x for x in (0, 1) if chance[x].size]
         for x in drawn:  # one legend entry, on the first line drawn
-            ax_bar.hlines(chance[x].mean(), x - 0.4, x + 0.4, color="black", lw=2,
-                          label="mean chance leakage (1 - area)" if x == drawn[0] else None)
+            ax.hlines(chance[x].mean(), x - 0.4, x + 0.4, color="black", lw=2,
+                      label="mean chance leakage (1 - area)" if x == drawn[0] else None)
         if drawn:
-            ax_bar.legend(fontsize=8, loc="lower right")
-    ax_bar.set_xticks([0, 1], names)
-    ax_bar.set_ylim(0, 1)
-    ax_bar.set_ylabel("mean leakage (95 % bootstrap CI)")
-    ax_bar.set_title("Mean leakage by class")
-
-    fig.suptitle(title)
-    return fig
+            ax.legend(fontsize=8, loc="lower right")
+    ax.set_xticks([0, 1], [LABEL_NAMES[c] for c in (0, 1)])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean leakage (95 % bootstrap CI)")
+    ax.set_title("Mean leakage by class")
 
 
 def plot_attention_summary(df: pd.DataFrame, path, title: str = "Attention leakage analysis"
@@ -256,9 +278,9 @@ def build_leakage_vs_accuracy(df: pd.DataFrame,
         ax.legend(handles=model_handles + group_handles, fontsize=8, loc="best",
                   title="marker: model, colour: images\n(a line joins one model's classes)",
                   title_fontsize=8)
-    ax.set_xlabel("mean attention leakage")
-    ax.set_ylabel("share classified correctly\n(benign: specificity, malignant: sensitivity)")
-    ax.set_title(title)
+    _name_axes(ax, "mean attention leakage",
+               "share classified correctly\n(benign: specificity, malignant: sensitivity)",
+               title)
     ax.grid(alpha=0.3)
     return fig
 
@@ -292,11 +314,7 @@ def build_leakage_vs_area(df: pd.DataFrame,
         lab = pd.to_numeric(g["label"], errors="coerce")
         x = pd.to_numeric(g["lesion_area"], errors="coerce")
         y = pd.to_numeric(g["leakage"], errors="coerce")
-        for c in (0, 1):
-            sel = (lab == c) & x.notna() & y.notna()
-            if sel.any():
-                ax.scatter(x[sel], y[sel], s=12, alpha=0.6, color=CLASS_COLOURS[c],
-                           label=f"{LABEL_NAMES[c]} (n={int(sel.sum())} images)")
+        _scatter_by_class(ax, lab, x, y, lambda c, n: f"{LABEL_NAMES[c]} (n={n} images)")
         ax.plot([0, 1], [1, 0], color="black", ls="--", lw=1.5,
                 label="chance: uniform heatmap (1 - area)")
         ax.set_xlim(0, 1)
@@ -493,24 +511,11 @@ def build_localisation_grid(rows, chosen=None, displays: dict[str, str] | None =
     """
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch, Rectangle
 
-    from dermcam.localisation import MAX_UNDEFINED
-
-    df = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
-    if df.empty:
-        raise ValueError("plot_localisation_grid needs at least one benchmark row")
-    _require(df, ["model", "method", "layer", "median_pixel_auroc", "ci_low"],
-             "plot_localisation_grid")
+    df = _benchmark_table(rows)
     displays = displays or {}
     picked = _chosen_cells(chosen)
-    models = list(dict.fromkeys(df["model"].astype(str)))
-    panels = []
-    for model in models:
-        g = df[df["model"].astype(str) == model]
-        panels.append((model, g, list(dict.fromkeys(g["method"].astype(str))),
-                       list(dict.fromkeys(g["layer"].astype(str)))))
+    panels = _grid_panels(df)
     cmap, norm = colormaps["RdYlGn"], Normalize(0.0, 1.0)
     n_rows = max(len(p[2]) for p in panels)
     n_cols = sum(len(p[3]) for p in panels)
@@ -519,72 +524,142 @@ def build_localisation_grid(rows, chosen=None, displays: dict[str, str] | None =
     axes = np.atleast_1d(fig.subplots(1, len(panels), width_ratios=[len(p[3]) for p in panels]))
     image = None
     for ax, (model, g, methods, layers) in zip(axes, panels, strict=True):
-        grid = np.full((len(methods), len(layers)), np.nan)
-        cells = {}
-        for r in g.to_dict("records"):
-            i, j = methods.index(str(r["method"])), layers.index(str(r["layer"]))
-            grid[i, j] = float(r["median_pixel_auroc"])
-            cells[(i, j)] = r
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
-        for (i, j), r in cells.items():
-            v = grid[i, j]
-            lo = float(r["ci_low"]) if r["ci_low"] is not None else np.nan
-            reasons = []
-            if not (np.isfinite(lo) and lo > 0.5):
-                reasons.append("uniform")
-            verdict = _passed(r.get("sanity_passed"))
-            if verdict is False:
-                reasons.append("sanity_failed")
-            elif verdict is None:
-                reasons.append("sanity_unknown")
-            undefined = float(r.get("undefined_share", 0.0) or 0.0)
-            ink = _ink(cmap(norm(v))) if np.isfinite(v) else "black"
-            if reasons or undefined > MAX_UNDEFINED:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white",
-                                       alpha=0.55, edgecolor="none", zorder=2))
-                ink = "black"
-            if reasons:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=0,
-                                       edgecolor="0.35",
-                                       hatch="".join(GRID_HATCHES[k] for k in reasons),
-                                       zorder=2, gid="hatch:" + ",".join(reasons)))
-            ax.text(j, i, f"{v:.3f}" if np.isfinite(v) else "n/a", ha="center",
-                    va="center", fontsize=9, color=ink, fontweight="bold", zorder=4,
-                    gid="value", bbox={"boxstyle": "round,pad=0.15", "lw": 0,
-                                       "fc": "white" if reasons else "none",
-                                       "alpha": 0.8 if reasons else 0})
-            if undefined > MAX_UNDEFINED:
-                ax.text(j, i + 0.32, f"{undefined:.0%} undef.", ha="center", va="center",
-                        fontsize=6.5, color="black", zorder=4, gid="note",
-                        bbox={"boxstyle": "round,pad=0.1", "lw": 0, "fc": "white",
-                              "alpha": 0.8})
-        want = picked.get(model)
-        note = ""
-        if want is not None and want[0] in methods and want[1] in layers:
-            i, j = methods.index(want[0]), layers.index(want[1])
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black",
-                                   lw=3, zorder=5, gid="chosen"))
-        elif want is not None:
-            note = f"\nchosen {want[0]} at {want[1]}: not in the benchmark"
-        ticks = []
-        for layer in layers:
-            gr = g.loc[g["layer"].astype(str) == layer, "grid"].iloc[0] \
-                if "grid" in g.columns else None
-            ok = isinstance(gr, (list, tuple, np.ndarray)) and len(gr) == 2 and gr[0]
-            ticks.append(f"{layer}\n{gr[0]}\u00d7{gr[1]}" if ok else layer)
-        ax.set_xticks(range(len(layers)), ticks, fontsize=8)
-        ax.set_yticks(range(len(methods)), methods, fontsize=8)
-        ax.tick_params(length=0)
-        ax.set_xticks(np.arange(len(layers) + 1) - 0.5, minor=True)
-        ax.set_yticks(np.arange(len(methods) + 1) - 0.5, minor=True)
-        ax.grid(which="minor", color="white", lw=1.5)
-        ax.tick_params(which="minor", length=0)
+        image = _draw_grid_panel(ax, g, methods, layers, cmap, norm)
+        note = _mark_chosen(ax, picked.get(model), methods, layers)
+        _grid_axes(ax, g, methods, layers)
         n = g["n"].iloc[0] if "n" in g.columns else None
         where = g["images"].iloc[0] if "images" in g.columns else ""
         sub = f"\n{n} {where} images".rstrip() if n is not None else ""
         ax.set_title(f"{displays.get(model, model)}{sub}{note}", fontsize=10)
         ax.set_xlabel("layer (heatmap grid)", fontsize=8)
-    fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02,
+    _grid_key(fig, list(axes), image, width)
+    fig.suptitle(title)
+    return fig
+
+
+def _benchmark_table(rows) -> pd.DataFrame:
+    """The localisation benchmark's rows as a table; ``ValueError`` when there is none or
+    a needed column is missing."""
+    df = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+    if df.empty:
+        raise ValueError("plot_localisation_grid needs at least one benchmark row")
+    _require(df, ["model", "method", "layer", "median_pixel_auroc", "ci_low"],
+             "plot_localisation_grid")
+    return df
+
+
+def _grid_panels(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, list[str], list[str]]]:
+    """``(model, its rows, its methods, its layers)`` per model, all in order of appearance."""
+    panels = []
+    for model in dict.fromkeys(df["model"].astype(str)):
+        g = df[df["model"].astype(str) == model]
+        panels.append((model, g, list(dict.fromkeys(g["method"].astype(str))),
+                       list(dict.fromkeys(g["layer"].astype(str)))))
+    return panels
+
+
+def _draw_grid_panel(ax, g: pd.DataFrame, methods: list[str], layers: list[str], cmap, norm):
+    """One model's method x layer grid on ``ax``: the median pixel AUROC as the image and
+    each candidate's cell (:func:`_draw_grid_cell`); returns the image."""
+    grid = np.full((len(methods), len(layers)), np.nan)
+    cells = {}
+    for r in g.to_dict("records"):
+        i, j = methods.index(str(r["method"])), layers.index(str(r["layer"]))
+        grid[i, j] = float(r["median_pixel_auroc"])
+        cells[(i, j)] = r
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
+    for (i, j), r in cells.items():
+        v = grid[i, j]
+        _draw_grid_cell(ax, i, j, v, r, _ink(cmap(norm(v))) if np.isfinite(v) else "black")
+    return image
+
+
+def _ineligible_reasons(r) -> list[str]:
+    """Why candidate ``r`` cannot be chosen, as keys of :data:`GRID_HATCHES` in that
+    order (the share of undefined maps aside); ``[]`` when nothing stands against it."""
+    lo = float(r["ci_low"]) if r["ci_low"] is not None else np.nan
+    reasons = []
+    if not (np.isfinite(lo) and lo > 0.5):
+        reasons.append("uniform")
+    verdict = _passed(r.get("sanity_passed"))
+    if verdict is False:
+        reasons.append("sanity_failed")
+    elif verdict is None:
+        reasons.append("sanity_unknown")
+    return reasons
+
+
+def _draw_grid_cell(ax, i: int, j: int, v: float, r, ink: str) -> None:
+    """Cell ``(i, j)`` of candidate ``r`` with value ``v``: washed out and hatched where it
+    cannot be chosen, its value in ``ink`` (black on a washed-out cell), and the share
+    of undefined maps where it is above :data:`dermcam.localisation.MAX_UNDEFINED`."""
+    from matplotlib.patches import Rectangle
+
+    from dermcam.localisation import MAX_UNDEFINED
+
+    reasons = _ineligible_reasons(r)
+    undefined = float(r.get("undefined_share", 0.0) or 0.0)
+    if reasons or undefined > MAX_UNDEFINED:
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white",
+                               alpha=0.55, edgecolor="none", zorder=2))
+        ink = "black"
+    if reasons:
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=0,
+                               edgecolor="0.35",
+                               hatch="".join(GRID_HATCHES[k] for k in reasons),
+                               zorder=2, gid="hatch:" + ",".join(reasons)))
+    ax.text(j, i, f"{v:.3f}" if np.isfinite(v) else "n/a", ha="center",
+            va="center", fontsize=9, color=ink, fontweight="bold", zorder=4,
+            gid="value", bbox={"boxstyle": "round,pad=0.15", "lw": 0,
+                               "fc": "white" if reasons else "none",
+                               "alpha": 0.8 if reasons else 0})
+    if undefined > MAX_UNDEFINED:
+        ax.text(j, i + 0.32, f"{undefined:.0%} undef.", ha="center", va="center",
+                fontsize=6.5, color="black", zorder=4, gid="note",
+                bbox={"boxstyle": "round,pad=0.1", "lw": 0, "fc": "white",
+                      "alpha": 0.8})
+
+
+def _mark_chosen(ax, want: tuple[str, str] | None, methods: list[str],
+                 layers: list[str]) -> str:
+    """Outline the chosen ``(method, layer)`` cell; returns the title's note where the
+    choice is not in the grid (``""`` otherwise, or without a choice)."""
+    from matplotlib.patches import Rectangle
+
+    if want is not None and want[0] in methods and want[1] in layers:
+        i, j = methods.index(want[0]), layers.index(want[1])
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black",
+                               lw=3, zorder=5, gid="chosen"))
+    elif want is not None:
+        return f"\nchosen {want[0]} at {want[1]}: not in the benchmark"
+    return ""
+
+
+def _grid_axes(ax, g: pd.DataFrame, methods: list[str], layers: list[str]) -> None:
+    """Ticks (layers with their heatmap grid where known, methods) and white cell borders."""
+    ticks = []
+    for layer in layers:
+        gr = g.loc[g["layer"].astype(str) == layer, "grid"].iloc[0] \
+            if "grid" in g.columns else None
+        ok = isinstance(gr, (list, tuple, np.ndarray)) and len(gr) == 2 and gr[0]
+        ticks.append(f"{layer}\n{gr[0]}\u00d7{gr[1]}" if ok else layer)
+    ax.set_xticks(range(len(layers)), ticks, fontsize=8)
+    ax.set_yticks(range(len(methods)), methods, fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_xticks(np.arange(len(layers) + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(methods) + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", lw=1.5)
+    ax.tick_params(which="minor", length=0)
+
+
+def _grid_key(fig: Figure, axes: list, image, width: float) -> None:
+    """The colour bar beside ``axes`` and the legend of hatches, outline and notes below."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from dermcam.localisation import MAX_UNDEFINED
+
+    fig.colorbar(image, ax=axes, fraction=0.03, pad=0.02,
                  label="median pixel AUROC (0.5 = uniform attention)")
     handles = [Patch(facecolor="white", edgecolor="0.35", hatch=GRID_HATCHES[k],
                      label=GRID_HATCH_NAMES[k]) for k in GRID_HATCHES]
@@ -594,8 +669,6 @@ def build_localisation_grid(rows, chosen=None, displays: dict[str, str] | None =
                              "excludes the cell)")]
     fig.legend(handles=handles, loc="outside lower center", ncols=3 if width >= 13 else 2,
                fontsize=8, frameon=False)
-    fig.suptitle(title)
-    return fig
 
 
 def plot_localisation_grid(rows, path, chosen=None, displays: dict[str, str] | None = None,

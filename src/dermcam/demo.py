@@ -23,9 +23,11 @@ Folder layout (``--out``)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,13 +74,11 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
              progress_bar=None, quiet: bool = False, show=None, shortcut: bool = True,
              shortcut_model: str = "resnet18", method: str = DEMO_METHOD,
              precision: str = "auto") -> Path:
+    """The demo into ``out`` (the layout above): the study on the synthetic benchmark, the
+    planted-shortcut experiment where ``shortcut`` is True, then the report; returns the
+    study's run folder."""
     from dermcam.attribution import check_method
     from dermcam.data.synth import SynthConfig, generate
-    from dermcam.models import imagenet_available
-    from dermcam.stages.evaluate import run_evaluate
-    from dermcam.stages.explain import run_explain
-    from dermcam.stages.probe import run_probe
-    from dermcam.stages.train import train
 
     if method != "auto":
         check_method(method)  # before minutes of data and training, not after
@@ -86,6 +86,53 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
     t0 = time.perf_counter()
     data = out / "data"
     run = out / "run"
+    _fresh_demo_folder(out, data, overwrite)
+    models = list(models)
+    ui = _DemoSteps(7 if shortcut else 6, say, progress_bar, show)
+    ui.step(1, f"synthetic benchmark ({preset}): {n_train} train + {n_test} test images")
+    synth = {"n_train": n_train, "n_test": n_test, "seed": seed, "image_size": source_size}
+    cfg = SynthConfig.from_preset(preset, **synth)
+    with ui.bar("synth") as cb:
+        generate(data, cfg, progress=cb)
+    recipe = {"weights": _demo_weights(ui, models), "image_size": image_size, "epochs": epochs,
+              "seed": seed, "progress": not quiet, "precision": precision}
+    summary = _study(ui, data, run, models, method, recipe)
+    if shortcut:
+        _shortcut_study(ui, out, run, models, shortcut_model, summary, synth, recipe)
+    ui.step(ui.steps, "report")
+    from dermcam.stages.report import run_report
+
+    run_report(run)
+    say(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return run
+
+
+@dataclass
+class _DemoSteps:
+    """How the demo reports its ``steps`` numbered steps: ``say`` prints a line,
+    ``progress_bar(desc)`` (optional) gives a stage's progress callback as a context
+    manager, ``show(run, stage, tables)`` (optional) shows a stage's results."""
+
+    steps: int
+    say: Callable[[str], Any]
+    progress_bar: Callable[[str], Any] | None
+    show: Callable[[Path, str, Any], Any] | None
+
+    def step(self, k: int, text: str) -> None:
+        self.say(f"[{k}/{self.steps}] {text}")
+
+    def bar(self, desc: str):
+        return self.progress_bar(desc) if self.progress_bar else contextlib.nullcontext()
+
+    def show_stage(self, run: Path, stage: str, tables: Callable[[], Any]) -> None:
+        """``tables()`` shown as ``run``'s ``stage``, built only where there is a ``show``."""
+        if self.show:
+            self.show(run, stage, tables())
+
+
+def _fresh_demo_folder(out: Path, data: Path, overwrite: bool) -> None:
+    """Make ``out`` an empty demo folder marked by ``demo.json``; an earlier demo there is
+    removed (only with ``overwrite``), any other non-empty folder refused."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DermcamError("demo folder is not empty; pass --overwrite", out)
@@ -94,97 +141,102 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text('{"kind": "dermcam-demo"}\n')
-    models = list(models)
-    steps = 7 if shortcut else 6
 
-    def bar(desc):
-        return progress_bar(desc) if progress_bar else _null()
 
-    say(f"[1/{steps}] synthetic benchmark ({preset}): {n_train} train + {n_test} test images")
-    cfg = SynthConfig.from_preset(preset, n_train=n_train, n_test=n_test, seed=seed,
-                                  image_size=source_size)
-    with bar("synth") as cb:
-        generate(data, cfg, progress=cb)
+def _demo_weights(ui: _DemoSteps, models: list[str]) -> str:
+    """Step 2's choice: ``"imagenet"`` where every model's weights are in torchvision's
+    cache, else ``"none"`` (from scratch), said either way."""
+    from dermcam.models import imagenet_available
+
     if all(imagenet_available(m) for m in models):
-        weights = "imagenet"
-        say(f"[2/{steps}] training with ImageNet weights from torchvision's cache")
-    else:
-        weights = "none"
-        say(f"[2/{steps}] ImageNet weights are not in torchvision's cache, so the demo trains "
+        ui.step(2, "training with ImageNet weights from torchvision's cache")
+        return "imagenet"
+    ui.step(2, "ImageNet weights are not in torchvision's cache, so the demo trains "
             "from scratch (--weights none); 'dermcam train --weights imagenet' uses them "
             "when cached")
+    return "none"
 
-    def train_cfg(data_dir, run_dir, names):
-        return demo_train_config(data_dir, run_dir, names, weights=weights,
-                                 image_size=image_size, epochs=epochs, seed=seed,
-                                 progress=not quiet, precision=precision)
 
-    with bar("decode + cache images") as cb:
-        manifest = train(train_cfg(data, run, models), overwrite=True, progress=cb)
-    if show:
-        show(run, "train", [views.training_table(runmod.Run(run, manifest).model_records)])
-    say(f"[3/{steps}] evaluation on the test split (bootstrap CIs, paired tests)")
-    with bar("evaluate") as cb:
+def _study(ui: _DemoSteps, data: Path, run: Path, models: list[str], method: str,
+           recipe: dict[str, Any]) -> dict[str, Any]:
+    """Steps 2 to 5 on ``data`` into ``run``: train ``models`` with
+    :func:`demo_train_config` (``recipe``), evaluate, explain with ``method`` (its layer
+    chosen per model by the localisation benchmark) and probe; returns explain's summary."""
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.probe import run_probe
+    from dermcam.stages.train import train
+
+    with ui.bar("decode + cache images") as cb:
+        manifest = train(demo_train_config(data, run, models, **recipe), overwrite=True,
+                         progress=cb)
+    ui.show_stage(run, "train",
+                  lambda: [views.training_table(runmod.Run(run, manifest).model_records)])
+    ui.step(3, "evaluation on the test split (bootstrap CIs, paired tests)")
+    with ui.bar("evaluate") as cb:
         result = run_evaluate(run, progress=cb)
-    if show:
-        show(run, "evaluate", views.metrics_tables(result))
-    say(f"[4/{steps}] attention on every test image, every model; the CAM method and layer "
-        "chosen per model on masked validation images")
-    with bar("CAM batches") as cb:
+    ui.show_stage(run, "evaluate", lambda: views.metrics_tables(result))
+    ui.step(4, "attention on every test image, every model; the CAM method and layer "
+            "chosen per model on masked validation images")
+    with ui.bar("CAM batches") as cb:
         summary = run_explain(run, methods=[method], batch_size=32, progress=cb,
                               bench_methods=list(DEMO_BENCH_METHODS), cascade=False)
-    if show:
-        show(run, "explain", views.attention_sections(summary))
-    say(f"[5/{steps}] behavioural probes: lesion removed, background removed, artifacts "
-        "inserted and removed, every test image and model")
-    with bar("probe batches") as cb:
+    ui.show_stage(run, "explain", lambda: views.attention_sections(summary))
+    ui.step(5, "behavioural probes: lesion removed, background removed, artifacts "
+            "inserted and removed, every test image and model")
+    with ui.bar("probe batches") as cb:
         entries = run_probe(run, placements=DEMO_PLACEMENTS, progress=cb)
-    if show:
-        show(run, "probe", views.probe_sections({"entries": entries}))
-    if shortcut:
-        if shortcut_model not in models:
-            raise DermcamError(f"the shortcut experiment's control is {shortcut_model}, which "
-                               "is not among --models")
-        say(f"[6/{steps}] planted shortcut: {shortcut_model} trained where rulers mark "
-            "malignancy in training only, audited beside its control")
-        sdata, srun = out / "shortcut" / "data", out / "shortcut" / "run"
-        with bar("synth (shortcut)") as cb:
-            # The same seed's images: the test split and every training image whose
-            # rulers did not change are byte-identical to data/'s, so they are hard-linked
-            # from there rather than rendered again.
-            generate(sdata, SynthConfig.from_preset("shortcut", n_train=n_train,
-                                                    n_test=n_test, seed=seed,
-                                                    image_size=source_size), progress=cb,
-                     reference=data)
-        # what generate could not lend: the masks of the re-rendered images (only their
-        # rulers changed), the ground-truth CSVs; everything, where links were refused
-        n_linked, n_bytes = link_identical(data, sdata)
-        log.info("shortcut data: %d files hard-linked to data/ (%.1f MB saved)", n_linked,
-                 n_bytes / 1e6)
-        with bar("decode + cache images") as cb:
-            train(train_cfg(sdata, srun, [shortcut_model]), overwrite=True, progress=cb)
-        with bar("evaluate") as cb:
-            run_evaluate(srun, progress=cb)
-        cmethod, clayer = _chosen(summary, shortcut_model)
-        with bar("CAM batches") as cb:
-            run_explain(srun, methods=[cmethod], batch_size=32, progress=cb,
-                        layer={shortcut_model: clayer}, sanity=False, figures=False)
-        with bar("probe batches") as cb:
-            run_probe(srun, probes=("artifact_inserted", "artifact_removed"),
-                      artifacts=(SHORTCUT_ARTIFACT,), placements=DEMO_PLACEMENTS,
-                      progress=cb, figures=False)
-        experiment = shortcut_experiment(run, srun, shortcut_model, cmethod)
-        experiment["example"] = write_shortcut_example(run, srun, shortcut_model, cmethod,
-                                                       clayer, SHORTCUT_ARTIFACT)
-        write_json(run / SHORTCUT_EXPERIMENT, experiment)
-        if show:
-            show(run, "shortcut", [views.shortcut_table(experiment)])
-    say(f"[{steps}/{steps}] report")
-    from dermcam.stages.report import run_report
+    ui.show_stage(run, "probe", lambda: views.probe_sections({"entries": entries}))
+    return summary
 
-    run_report(run)
-    say(f"demo finished in {time.perf_counter() - t0:.0f} s")
-    return run
+
+def _shortcut_study(ui: _DemoSteps, out: Path, run: Path, models: list[str],
+                    shortcut_model: str, summary: dict[str, Any], synth: dict[str, Any],
+                    recipe: dict[str, Any]) -> None:
+    """Step 6: ``shortcut_model`` trained on the 'shortcut' preset of the same seed
+    (``synth``) into ``out/shortcut``, audited at its control's method and layer (from
+    explain's ``summary``); the comparison goes to ``run``'s shortcut_experiment.json."""
+    from dermcam.data.synth import SynthConfig, generate
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.probe import run_probe
+    from dermcam.stages.train import train
+
+    if shortcut_model not in models:
+        raise DermcamError(f"the shortcut experiment's control is {shortcut_model}, which "
+                           "is not among --models")
+    ui.step(6, f"planted shortcut: {shortcut_model} trained where rulers mark "
+            "malignancy in training only, audited beside its control")
+    data, sdata, srun = out / "data", out / "shortcut" / "data", out / "shortcut" / "run"
+    with ui.bar("synth (shortcut)") as cb:
+        # The same seed's images: the test split and every training image whose
+        # rulers did not change are byte-identical to data/'s, so they are hard-linked
+        # from there rather than rendered again.
+        generate(sdata, SynthConfig.from_preset("shortcut", **synth), progress=cb,
+                 reference=data)
+    # what generate could not lend: the masks of the re-rendered images (only their
+    # rulers changed), the ground-truth CSVs; everything, where links were refused
+    n_linked, n_bytes = link_identical(data, sdata)
+    log.info("shortcut data: %d files hard-linked to data/ (%.1f MB saved)", n_linked,
+             n_bytes / 1e6)
+    with ui.bar("decode + cache images") as cb:
+        train(demo_train_config(sdata, srun, [shortcut_model], **recipe), overwrite=True,
+              progress=cb)
+    with ui.bar("evaluate") as cb:
+        run_evaluate(srun, progress=cb)
+    cmethod, clayer = _chosen(summary, shortcut_model)
+    with ui.bar("CAM batches") as cb:
+        run_explain(srun, methods=[cmethod], batch_size=32, progress=cb,
+                    layer={shortcut_model: clayer}, sanity=False, figures=False)
+    with ui.bar("probe batches") as cb:
+        run_probe(srun, probes=("artifact_inserted", "artifact_removed"),
+                  artifacts=(SHORTCUT_ARTIFACT,), placements=DEMO_PLACEMENTS,
+                  progress=cb, figures=False)
+    experiment = shortcut_experiment(run, srun, shortcut_model, cmethod)
+    experiment["example"] = write_shortcut_example(run, srun, shortcut_model, cmethod,
+                                                   clayer, SHORTCUT_ARTIFACT)
+    write_json(run / SHORTCUT_EXPERIMENT, experiment)
+    ui.show_stage(run, "shortcut", lambda: [views.shortcut_table(experiment)])
 
 
 def demo_train_config(data: str | Path, out: str | Path, models, *, weights: str = "none",
@@ -522,11 +574,3 @@ def write_shortcut_example(control_run: str | Path, shortcut_run: str | Path, mo
     out = write_bytes(runmod.Outputs(control_run).figures / runmod.SHORTCUT_EXAMPLE_PNG,
                       render_shortcut_example(case))
     return {**case.info(), "figure": out.relative_to(Path(control_run)).as_posix()}
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False

@@ -67,3 +67,37 @@ def load_heatmaps(folder: Path, ids: set[str]) -> dict[str, np.ndarray]:
         except (DermcamError, KeyError) as exc:  # a damaged batch costs its cards only
             log.warning("%s: unreadable heatmap batch (%s)", f, exc)
     return out
+
+
+def heatmaps_in_order(root: Path, model: str, method: str, layer: str, ids
+                      ) -> dict[str, np.ndarray]:
+    """Saved heatmaps ``(N, S, S) float32`` and explained classes ``(N,) int64`` of
+    ``ids``, in that order, under the outputs ``root``; a damaged batch or an id without a
+    heatmap is a DermcamError (the readers that need every map: sanity check, figures)."""
+    want = set(map(str, ids))
+    heat, targ = {}, {}
+    for f in heatmap_batches(heatmap_dir(root, model, method, layer)):
+        if len(heat) == len(want):
+            break
+        b = read_heatmap_batch(f)
+        for i, iid in enumerate(b["ids"]):
+            if str(iid) in want:
+                heat[str(iid)] = b["heatmaps"][i].astype(np.float32)
+                targ[str(iid)] = int(b["targets"][i])
+    missing = want - heat.keys()
+    if missing:
+        raise DermcamError(f"no saved heatmap for {sorted(missing)[0]}",
+                           heatmap_dir(root, model, method, layer))
+    return {"heatmaps": np.stack([heat[str(i)] for i in ids]),
+            "targets": np.array([targ[str(i)] for i in ids], np.int64)}
+
+
+def heatmaps_by_id(root: Path, model: str, method: str, layer: str, image_ids: set[str]
+                   ) -> dict[str, np.ndarray]:
+    """The saved heatmaps of ``image_ids`` by id (:func:`heatmaps_in_order`: each batch
+    file read once)."""
+    ids = sorted(image_ids)
+    if not ids:
+        return {}
+    got = heatmaps_in_order(root, model, method, layer, ids)
+    return dict(zip(ids, got["heatmaps"]))

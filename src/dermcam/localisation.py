@@ -18,6 +18,11 @@ images the audit then reports):
 highest median pixel AUROC among candidates that beat uniform attention, leave at most
 5 % of maps undefined and pass the sanity check (with a reason code).
 
+Over a run, :func:`benchmark_rows` draws the images (:func:`benchmark_images`), scores
+every trained model (:func:`localisation_benchmark`) and keeps the rows in
+``localisation.json`` with the settings they were computed under, reusing them while the
+settings match.
+
 Shape contracts: ``x (N, 3, S, S)`` normalised input, ``masks (N, S, S)`` bool.
 """
 
@@ -29,6 +34,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from dermcam import run as runmod
+from dermcam.audit_set import AuditSet
+from dermcam.calibration import calibrated_prob
+from dermcam.cam_batches import stack_samples
+from dermcam.data.splits import stratified_split
+from dermcam.errors import DermcamError
+from dermcam.io import read_json, write_json
+from dermcam.sanity import randomised_copies
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +77,12 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from dermcam.attribution import cam_class, orient_eigencam, resize_heatmaps
+    from dermcam.attribution import (
+        cam_class,
+        layer_reshape_transform,
+        orient_eigencam,
+        resize_heatmaps,
+    )
 
     order = [n for n, _ in model.named_modules() if n in set(layers)]
     if len(order) != len(set(layers)):
@@ -105,12 +124,19 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
     out = {}
     for name in order:
         layer = model.get_submodule(name)
-        a = acts[name].float().contiguous().cpu().numpy()
-        g = grads[name].float().contiguous().cpu().numpy() if name in grads else None
+        grid = layer_reshape_transform(model, name) or (lambda t: t)  # tokens -> (N, C, h, w)
+        a = grid(acts[name]).float().contiguous().cpu().numpy()
+        g = grid(grads[name]).float().contiguous().cpu().numpy() if name in grads else None
         for method in methods:
             cam = cam_class(method)(model=model, target_layers=[layer])
             cam.activations_and_grads.release()
-            raw = cam.get_cam_image(x, layer, targets, a, g, False)
+            try:
+                raw = cam.get_cam_image(x, layer, targets, a, g, False)
+            except (ValueError, RuntimeError, IndexError) as exc:  # e.g. a token layer's shape
+                log.warning("%s cannot run at layer %s (%s: %s); left out of the choice",
+                            method, name, type(exc).__name__, str(exc).splitlines()[0][:100])
+                out[(name, method)] = np.full((len(x), size, size), np.nan, np.float32)
+                continue
             if method == "eigencam":
                 raw = orient_eigencam(raw, a)
             out[(name, method)] = resize_heatmaps(np.maximum(raw, 0).astype(np.float32), size,
@@ -157,7 +183,9 @@ def score_candidates(model, name: str, layers: Sequence[str], methods: Sequence[
                 if np.isfinite(values["excess_leakage"]).any() else np.nan,
                 "ms_per_image": round(1000 * seconds / max(1, len(x)), 2),
             }
-            if nulls:
+            if not np.isfinite(heat).any():  # the method could not run at this layer
+                row["error"] = "cannot run at this layer"
+            if nulls and "error" not in row:
                 verdict = sanity_verdict(heat, np.stack([nl[(layer, method)] for nl in nulls]),
                                          n_boot=n_boot, seed=seed, log_result=False)
                 row.update({"sanity_median_abs_rho": verdict["median"],
@@ -350,3 +378,113 @@ def paired_artifact_ratio(df, control, artifact: str, n_boot: int = 1000, seed: 
     out.update({"relative": float(m.mean() / mc.mean()), "ci_low": float(lo),
                 "ci_high": float(hi), "more_than_control": bool(lo > 1)})
     return out
+
+
+def masked_test_set(run: runmod.Run) -> AuditSet:
+    """The run's own masked test images (the explain stage's, heatmaps and scores in the
+    run folder; the benchmark's images where validation images are too few)."""
+    return AuditSet.test_split(run, "explain", require_masks=True, warm=False, missing=(
+        "no test images with lesion masks: attention leakage needs masks"))
+
+
+def validation_samples(run: runmod.Run) -> list:
+    """The run's validation images (the training split's held-out part) that have masks."""
+    train = run.dataset.split("train")
+    if not train:
+        return []
+    labels = np.array([s.label for s in train], np.int64)
+    cfg = run.config
+    try:
+        _, va = stratified_split(labels, cfg.val_fraction, cfg.seed,
+                                 groups=[s.group for s in train])
+    except DermcamError:
+        return []
+    return [train[i] for i in va if train[i].mask_path is not None]
+
+
+def benchmark_images(run: runmod.Run, test_samples, n: int, seed: int) -> tuple[list, str]:
+    """``(samples, "validation" or "test")``: images for the localisation benchmark,
+    validation images with masks, else ``test_samples``."""
+    val = validation_samples(run)
+    if len(val) >= min(n, 16):
+        pool, where = val, "validation"
+    else:
+        pool, where = test_samples, "test"
+        log.warning("localisation benchmark: the training split has too few masked validation "
+                    "images, so layers are chosen on test images (optimistic)")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(pool), size=min(n, len(pool)), replace=False))
+    return [pool[i] for i in pick], where
+
+
+def random_copies(model, k: int, seed: int) -> list:
+    """``k`` randomised copies of ``model``: the nulls of the reported sanity check
+    (:func:`dermcam.sanity.randomised_copies`, same seeds), so that a layer chosen for
+    passing it on validation images is judged as the final check judges it."""
+    return [m.eval() for m in randomised_copies(model, k, seed)]
+
+
+def target_classes(model, x, target, labels, threshold) -> np.ndarray:
+    """The classes ``(N,)`` the heatmaps of ``x`` explain under explain's ``--target``:
+    the true ``labels``, malignant, or the class predicted at ``threshold`` (on calibrated
+    probabilities, as the threshold was chosen on them)."""
+    import torch
+
+    if target == "true":
+        return labels
+    if target == "malignant":
+        return np.ones(len(labels), np.int64)
+    model.eval()
+    with torch.inference_mode():  # calibrated, as the threshold was chosen on them
+        probs = calibrated_prob(model, model(x)).numpy()
+    return (probs >= threshold).astype(np.int64)
+
+
+def localisation_benchmark(run: runmod.Run, names, methods, n_images: int = 64,
+                           n_inits: int = 2, normalize: str = "minmax", target="malignant",
+                           n_boot: int = 1000, progress=None) -> list[dict[str, Any]]:
+    """Every model x method x candidate layer scored on masked validation images (on the
+    CPU)."""
+    size, seed = run.image_size, run.seed
+    test_samples = masked_test_set(run).samples
+    samples, where = benchmark_images(run, test_samples, n_images, seed)
+    x, masks, labels = stack_samples(run.cache, samples, size)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        model, info, payload = run.load_model(name)
+        model.cpu()
+        classes = target_classes(model, x, target, labels, float(payload["threshold"]))
+        rows += score_candidates(model, name, info.candidate_layers, methods, x, masks,
+                                 classes, size, random_copies(model, n_inits, seed),
+                                 normalize=normalize, n_boot=n_boot, seed=seed, images=where)
+        if progress:
+            progress(len(rows), len(names))
+    return rows
+
+
+def benchmark_rows(run: runmod.Run, names, methods, n_images: int, normalize: str,
+                   target: str, n_boot: int) -> list[dict[str, Any]]:
+    """:func:`localisation_benchmark`'s rows, reused from ``localisation.json`` when it was
+    computed for the same models, methods, image count, normalisation and target, else
+    computed and saved there."""
+    key = {"models": list(names), "methods": list(methods), "n_images": int(n_images),
+           "normalize": normalize, "target": target}
+    rows = _saved_rows(run, key)
+    if rows is None:
+        rows = localisation_benchmark(run, names, methods, n_images,
+                                      normalize=normalize, target=target, n_boot=n_boot)
+        write_json(run.outputs.localisation, {"key": key, "rows": rows})
+    return rows
+
+
+def _saved_rows(run: runmod.Run, key: dict[str, Any]) -> list[dict[str, Any]] | None:
+    path = run.outputs.localisation
+    if not path.exists():
+        return None
+    try:
+        saved = read_json(path)
+    except Exception:
+        return None
+    if saved.get("key") != key:
+        return None
+    return saved["rows"]

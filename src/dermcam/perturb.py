@@ -7,13 +7,24 @@ heatmap marks (:func:`hot_regions`) inpainted away or moved into another image
 (:func:`transplant`), each against a random region of the same shapes
 (:func:`random_like`). Images are ``(H, W, 3) uint8``, masks ``(H, W)`` bool. OpenCV is
 imported at first use.
+
+:func:`perturb` makes every variant a :class:`ProbeConfig` asks for of one image, in a
+fixed order, each placement from its own seeded generator.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from dermcam.data.synth import ARTIFACTS, paint_artifact
+from dermcam.errors import DermcamError
 
 INPAINT_METHODS = ("telea", "ns")
 #: Inpainting neighbourhood radius in pixels.
@@ -122,8 +133,6 @@ def insert_artifact(image: np.ndarray, region: np.ndarray, name: str,
 
     Returns ``(image (H, W, 3) uint8, changed (H, W) bool)``; ``region`` stays bit-identical.
     """
-    from dermcam.data.synth import paint_artifact
-
     return paint_artifact(image, region, name, rng)
 
 
@@ -319,4 +328,143 @@ def transplant(source: np.ndarray, target: np.ndarray, region: np.ndarray,
         return out
     for (rows, cols), (dr, dc) in zip(_components(region), read, strict=True):
         out[rows, cols] = source[rows + dr, cols + dc]
+    return out
+
+
+# ------------------------------------------------------------------ the probes' variants
+
+PROBES: tuple[str, ...] = ("lesion_removed", "background_removed", "artifact_inserted",
+                           "artifact_removed")
+"""Probe names, in the order they run and are reported."""
+
+#: Probes that run only when asked for: the context swap needs per-image artifact labels.
+OPTIONAL_PROBES: tuple[str, ...] = ("context_swap", "hot_spots")
+
+
+def probe_order(probe: str) -> int:
+    """Where ``probe`` sorts among the reported probes (after :data:`PROBES`, the rest)."""
+    return PROBES.index(probe) if probe in PROBES else 99
+
+
+def artifact_names() -> tuple[str, ...]:
+    """The synthetic generator's artifact painters, in its order."""
+    return tuple(ARTIFACTS)
+
+
+@dataclass
+class Variant:
+    """One perturbed copy of an image: ``image (S, S, 3) uint8`` and what was done to it."""
+
+    probe: str
+    artifact: str
+    placement: int
+    image: np.ndarray
+    changed_share: float
+
+
+@dataclass
+class ProbeConfig:
+    """What :func:`perturb` makes for each image (recorded in the manifest)."""
+
+    probes: tuple[str, ...] = PROBES
+    artifacts: tuple[str, ...] = field(default_factory=artifact_names)
+    placements: int = 3
+    seed: int = 0
+    dilate: float = DILATE_FRACTION
+    inpaint: str = "telea"
+
+    def __post_init__(self) -> None:
+        self.probes = tuple(self.probes)
+        self.artifacts = tuple(self.artifacts)
+        bad = [p for p in self.probes if p not in PROBES + OPTIONAL_PROBES]
+        if bad or not self.probes:
+            raise DermcamError(f"unknown probe {', '.join(bad) or '(none given)'}; choose from "
+                               f"{', '.join(PROBES + OPTIONAL_PROBES)}")
+        known = artifact_names()
+        bad = [a for a in self.artifacts if a not in known]
+        if bad:
+            raise DermcamError(f"unknown artifact {', '.join(bad)}; choose from "
+                               f"{', '.join(known)}")
+        if self.placements < 1:
+            raise DermcamError(f"--placements must be at least 1, got {self.placements}")
+        if self.inpaint not in INPAINT_METHODS:
+            raise DermcamError(f"unknown --inpaint {self.inpaint!r}; choose from "
+                               f"{', '.join(INPAINT_METHODS)}")
+
+    def key(self) -> str:
+        return hashlib.sha1(repr(sorted(asdict(self).items())).encode()).hexdigest()[:12]
+
+
+def _rng(seed: int, image_id: str, artifact: str, placement: int) -> np.random.Generator:
+    """A placement's generator: same seed, image, artifact and placement -> same pixels."""
+    words = [seed, zlib.crc32(image_id.encode()), zlib.crc32(artifact.encode()), placement]
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def skip_reason(mask: np.ndarray | None) -> str | None:
+    """Why an image cannot be probed, or None."""
+    if mask is None:
+        return "no lesion mask"
+    m = np.asarray(mask).astype(bool)
+    if not m.any():
+        return "empty lesion mask"
+    if m.all():
+        return "lesion mask covers the whole image"
+    return None
+
+
+class Clock:
+    """Thread-safe accumulator of seconds spent in inpainting."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, s: float) -> None:
+        with self._lock:
+            self.seconds += s
+
+
+def perturb(image: np.ndarray, mask: np.ndarray, artifacts: np.ndarray | None, image_id: str,
+            cfg: ProbeConfig, clock: Clock | None = None) -> list[Variant]:
+    """Every perturbation ``cfg`` asks for of one image, in a fixed order.
+
+    ``image (S, S, 3) uint8``, ``mask (S, S)`` lesion, ``artifacts (S, S) uint8`` codes
+    (``index + 1`` into the generator's artifact list, 0 none) or None.
+    """
+    image = np.asarray(image)
+    mask = np.asarray(mask).astype(bool)
+    check_image(image, mask)
+    region = dilate_mask(mask, cfg.dilate)
+    n_px = float(mask.size)
+    out: list[Variant] = []
+
+    def add(probe, artifact, placement, new):
+        share = float((new != image).any(-1).sum() / n_px)
+        out.append(Variant(probe, artifact, placement, new, share))
+
+    def timed_inpaint(fn, *args):
+        t = time.perf_counter()
+        res = fn(*args)
+        if clock is not None:
+            clock.add(time.perf_counter() - t)
+        return res
+
+    known = artifact_names()
+    for probe in cfg.probes:
+        if probe == "lesion_removed":
+            add(probe, "", 0, timed_inpaint(remove_lesion, image, region, cfg.inpaint))
+        elif probe == "background_removed":
+            add(probe, "", 0, remove_background(image, region, artifacts))
+        elif probe == "artifact_inserted":
+            for name in cfg.artifacts:
+                for p in range(cfg.placements):
+                    new, _ = insert_artifact(image, region, name, _rng(cfg.seed, image_id, name, p))
+                    add(probe, name, p, new)
+        elif probe == "artifact_removed" and artifacts is not None:
+            for name in cfg.artifacts:
+                px = np.asarray(artifacts) == known.index(name) + 1
+                if px.any():
+                    add(probe, name, 0,
+                        timed_inpaint(remove_artifact, image, px, mask, cfg.inpaint))
     return out

@@ -119,53 +119,11 @@ def build_model_comparison(
     width = 0.8 / n_m
     fig = new_figure((max(6.0, 1.6 * n_k + 1.5 * n_m), 4.5))
     ax = fig.add_subplot()
-    colors = [f"C{i}" for i in range(n_m)]
     for i, (name, entry) in enumerate(models):
-        vals, los, his = [], [], []
-        for metric in metrics:
-            block = entry["threshold_free"] if metric in entry["threshold_free"] else entry[at]
-            ci = block[metric]
-            v, lo, hi = _num(ci["value"]), _num(ci["lo"]), _num(ci["hi"])
-            vals.append(v)
-            los.append(v - lo if math.isfinite(lo) else 0.0)
-            his.append(hi - v if math.isfinite(hi) else 0.0)
         x = np.arange(n_k) - 0.4 + width * (i + 0.5)
-        ax.bar(
-            x,
-            vals,
-            width,
-            color=colors[i],
-            label=_label(name, entry),
-            yerr=np.vstack([los, his]),
-            capsize=3,
-            error_kw={"elinewidth": 1},
-        )
-        for xi, v in zip(x, vals, strict=True):
-            if math.isfinite(v) and v >= 0.12:  # value printed inside the bar, clear of whiskers
-                ax.text(
-                    xi,
-                    0.02,
-                    f"{v:.3f}",
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                    rotation=90,
-                    color="white",
-                )
-    drew_baseline = False
-    for j, metric in enumerate(metrics):
-        v = _num(baseline.get(metric, {}).get("value"))
-        if math.isfinite(v):
-            ax.hlines(
-                v,
-                j - 0.45,
-                j + 0.45,
-                colors="0.2",
-                linestyles="--",
-                linewidth=1.2,
-                label=None if drew_baseline else "All-benign baseline",
-            )
-            drew_baseline = True
+        _draw_model_bars(ax, x, width, _values_and_whiskers(entry, metrics, at), f"C{i}",
+                         _label(name, entry))
+    _draw_baseline(ax, baseline, metrics)
     ax.set_xticks(np.arange(n_k), ticks)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("Score (95 % CI)")
@@ -184,6 +142,77 @@ def build_model_comparison(
     )
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def _values_and_whiskers(
+    entry: Mapping[str, Any], metrics: Sequence[str], at: str
+) -> tuple[list[float], list[float], list[float]]:
+    """One model's value of each metric (threshold-free where the model has it, else
+    from ``entry[at]``) and its whiskers' lengths below and above (0 where the CI's end
+    is not finite)."""
+    vals, los, his = [], [], []
+    for metric in metrics:
+        block = entry["threshold_free"] if metric in entry["threshold_free"] else entry[at]
+        ci = block[metric]
+        v, lo, hi = _num(ci["value"]), _num(ci["lo"]), _num(ci["hi"])
+        vals.append(v)
+        los.append(v - lo if math.isfinite(lo) else 0.0)
+        his.append(hi - v if math.isfinite(hi) else 0.0)
+    return vals, los, his
+
+
+def _draw_model_bars(
+    ax: Any,
+    x: np.ndarray,
+    width: float,
+    values: tuple[list[float], list[float], list[float]],
+    color: str,
+    label: str,
+) -> None:
+    """One model's bars at ``x`` with CI whiskers (``values``: from
+    :func:`_values_and_whiskers`), each value printed inside its bar."""
+    vals, los, his = values
+    ax.bar(
+        x,
+        vals,
+        width,
+        color=color,
+        label=label,
+        yerr=np.vstack([los, his]),
+        capsize=3,
+        error_kw={"elinewidth": 1},
+    )
+    for xi, v in zip(x, vals, strict=True):
+        if math.isfinite(v) and v >= 0.12:  # value printed inside the bar, clear of whiskers
+            ax.text(
+                xi,
+                0.02,
+                f"{v:.3f}",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90,
+                color="white",
+            )
+
+
+def _draw_baseline(ax: Any, baseline: Mapping[str, Any], metrics: Sequence[str]) -> None:
+    """The all-benign baseline's value as a dashed line across each metric's group (one
+    legend entry)."""
+    drew_baseline = False
+    for j, metric in enumerate(metrics):
+        v = _num(baseline.get(metric, {}).get("value"))
+        if math.isfinite(v):
+            ax.hlines(
+                v,
+                j - 0.45,
+                j + 0.45,
+                colors="0.2",
+                linestyles="--",
+                linewidth=1.2,
+                label=None if drew_baseline else "All-benign baseline",
+            )
+            drew_baseline = True
 
 
 def plot_model_comparison(

@@ -29,7 +29,8 @@ are re-initialised:
 
 :func:`sanity_verdict` is a pure function on arrays (no torch);
 :func:`model_randomisation` is the shell that builds the randomised copies and
-their heatmaps through :class:`dermcam.attribution.CamExplainer`.
+their heatmaps through :class:`dermcam.attribution.CamExplainer`;
+:func:`check_selection` runs it for the explain stage on a run's chosen layers.
 
 Shape contracts: heatmaps ``(N, H, W)``; randomised heatmaps ``(N, H, W)`` (one
 init), ``(K, N, H, W)`` or a list of ``K`` arrays ``(N, H, W)``; per-image
@@ -39,6 +40,7 @@ results ``(N,)``. Lower similarity is better (the method passes).
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 from collections.abc import Sequence
@@ -47,6 +49,9 @@ from typing import Any
 import numpy as np
 from scipy import stats as _sstats
 
+from dermcam import run as runmod
+from dermcam.cam_batches import stack_samples
+from dermcam.heatmap_files import heatmaps_in_order
 from dermcam.stats import bootstrap_median_ci
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,7 @@ __all__ = [
     "cascade_blocks",
     "randomise_parameters",
     "model_randomisation",
+    "check_selection",
 ]
 
 #: Fewest valid images for which ``passed`` can be True. Below 6 no
@@ -400,11 +406,37 @@ def model_randomisation(model, target_layer: str, method: str, x, targets, train
     (parameters no reset covered), ``method``, ``layer``, ``normalize``,
     ``n_images``, ``n_inits``, ``seed``.
     """
-    import inspect
+    n, targets, trained, device = _randomisation_inputs(model, x, targets, trained_heatmaps,
+                                                        size, n_inits, batch_size)
+    options = _explainer_options(reshape_transform)
 
+    def heatmaps(m) -> np.ndarray:
+        return _batched_heatmaps(m, target_layer, method, options, x, targets, size,
+                                 normalize, batch_size, device)
+
+    not_reset: set[str] = set()
+    full_maps = [heatmaps(m) for m in randomised_copies(model, n_inits, seed, not_reset)]
+    full = sanity_verdict(trained, full_maps, threshold=threshold, n_boot=n_boot, seed=seed)
+
+    names = list(blocks) if blocks is not None else cascade_blocks(model, target_layer)
+    steps = (_cascade_steps(model, names, trained, heatmaps, seed, device, threshold, n_boot,
+                            not_reset) if cascade else [])
+    if not_reset:
+        log.warning("model randomisation: %d parameter tensor(s) have no reset_parameters and "
+                    "keep their trained values: %s", len(not_reset),
+                    ", ".join(sorted(not_reset)[:5]))
+    return {"full": _jsonable(full), "cascade": steps, "blocks": names,
+            "not_reset": sorted(not_reset), "method": method, "layer": target_layer,
+            "normalize": normalize, "n_images": int(n), "n_inits": int(n_inits),
+            "seed": int(seed)}
+
+
+def _randomisation_inputs(model, x, targets, trained_heatmaps, size: int, n_inits: int,
+                          batch_size: int):
+    """:func:`model_randomisation`'s inputs checked (``ValueError`` naming the offending
+    shape or value): ``(N, targets (N,) int64, trained heatmaps (N, size, size) float32,
+    the model's device)``."""
     import torch
-
-    from dermcam.attribution import CamExplainer
 
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f"x must be a (N, 3, H, W) tensor, got "
@@ -424,46 +456,79 @@ def model_randomisation(model, target_layer: str, method: str, x, targets, train
     params = list(model.parameters())
     if not params:
         raise ValueError(f"{type(model).__name__} has no parameters to randomise")
-    device = params[0].device
-    kw = {}
+    return n, targets, trained, params[0].device
+
+
+def _explainer_options(reshape_transform) -> dict[str, Any]:
+    """Keyword arguments for :class:`dermcam.attribution.CamExplainer` beyond the model,
+    layer and method: ``reshape_transform`` where one is given (``ValueError`` where this
+    version's explainer does not take one)."""
+    from dermcam.attribution import CamExplainer
+
+    options = {}
     if reshape_transform is not None:
         if "reshape_transform" not in inspect.signature(CamExplainer).parameters:
             raise ValueError("reshape_transform was given, but dermcam.attribution.CamExplainer "
                              "does not take one in this version")
-        kw["reshape_transform"] = reshape_transform
+        options["reshape_transform"] = reshape_transform
+    return options
 
-    def heatmaps(m) -> np.ndarray:
-        out = []
-        with CamExplainer(m, target_layer, method, **kw) as ex:
-            for s in range(0, n, batch_size):
-                cb = ex.compute(x[s:s + batch_size].to(device),
-                                target=targets[s:s + batch_size], size=size,
-                                normalize=normalize)
-                out.append(cb.heatmaps)
-        return np.concatenate(out) if out else np.zeros((0, size, size), np.float32)
 
-    not_reset: set[str] = set()
-    full_maps = [heatmaps(m) for m in randomised_copies(model, n_inits, seed, not_reset)]
-    full = sanity_verdict(trained, full_maps, threshold=threshold, n_boot=n_boot, seed=seed)
+def _batched_heatmaps(m, target_layer: str, method: str, options: dict[str, Any], x,
+                      targets: np.ndarray, size: int, normalize: str, batch_size: int,
+                      device) -> np.ndarray:
+    """``m``'s heatmaps ``(N, size, size)`` of images ``x`` for classes ``targets``, computed
+    on ``device`` in batches of ``batch_size``."""
+    from dermcam.attribution import CamExplainer
 
-    names = list(blocks) if blocks is not None else cascade_blocks(model, target_layer)
+    n = x.shape[0]
+    out = []
+    with CamExplainer(m, target_layer, method, **options) as ex:
+        for s in range(0, n, batch_size):
+            cb = ex.compute(x[s:s + batch_size].to(device),
+                            target=targets[s:s + batch_size], size=size,
+                            normalize=normalize)
+            out.append(cb.heatmaps)
+    return np.concatenate(out) if out else np.zeros((0, size, size), np.float32)
+
+
+def _cascade_steps(model, names: Sequence[str], trained: np.ndarray, heatmaps, seed: int,
+                   device, threshold: float, n_boot: int, not_reset: set[str]
+                   ) -> list[dict[str, Any]]:
+    """The cascade on one deep copy of ``model``: blocks ``names`` (forward order)
+    re-initialised cumulatively from the top (block ``j`` from the top with seed
+    ``seed + j``), the similarity of ``heatmaps(copy)`` to ``trained`` after each step.
+    Parameters no reset covers are added to ``not_reset``."""
     steps = []
-    if cascade:
-        m = copy.deepcopy(model)
-        for j, name in enumerate(reversed(names)):
-            not_reset.update(f"{name}.{p}" for p in
-                             _randomise_on_cpu(m.get_submodule(name), seed + j, device))
-            v = _verdict(trained, heatmaps(m), threshold, n_boot, seed)
-            steps.append({"block": name, "median_abs_rho": v["median_abs_rho"],
-                          "ci_low": v["ci_low"], "ci_high": v["ci_high"],
-                          "n_valid": v["n_valid"]})
-            log.debug("cascade %s: median |rho| %.3f", name, v["median_abs_rho"])
-        del m
-    if not_reset:
-        log.warning("model randomisation: %d parameter tensor(s) have no reset_parameters and "
-                    "keep their trained values: %s", len(not_reset),
-                    ", ".join(sorted(not_reset)[:5]))
-    return {"full": _jsonable(full), "cascade": steps, "blocks": names,
-            "not_reset": sorted(not_reset), "method": method, "layer": target_layer,
-            "normalize": normalize, "n_images": int(n), "n_inits": int(n_inits),
-            "seed": int(seed)}
+    m = copy.deepcopy(model)
+    for j, name in enumerate(reversed(names)):
+        not_reset.update(f"{name}.{p}" for p in
+                         _randomise_on_cpu(m.get_submodule(name), seed + j, device))
+        v = _verdict(trained, heatmaps(m), threshold, n_boot, seed)
+        steps.append({"block": name, "median_abs_rho": v["median_abs_rho"],
+                      "ci_low": v["ci_low"], "ci_high": v["ci_high"],
+                      "n_valid": v["n_valid"]})
+        log.debug("cascade %s: median |rho| %.3f", name, v["median_abs_rho"])
+    return steps
+
+
+def check_selection(run: runmod.Run, selection, samples, normalize, k: int = 64,
+                    n_boot: int = 1000, cascade: bool = True,
+                    out: runmod.Outputs | None = None) -> dict[str, dict[str, Any]]:
+    """Adebayo et al. (2018) on the chosen layers (``selection``: ``[{model, method,
+    layer}]``), on the CPU, on the first ``k`` of ``samples``: full and cascading
+    randomisation (the trained heatmaps read from ``out``, default the run's own), as
+    ``{"model/method": model_randomisation(...)}``."""
+    size = run.image_size
+    chunk = samples[:k]
+    x, _, _ = stack_samples(run.cache, chunk, size)
+    res = {}
+    for sel in selection:
+        name, method, lay = sel["model"], sel["method"], sel["layer"]
+        trained = heatmaps_in_order((out or run.outputs).root, name, method, lay,
+                                    [s.image_id for s in chunk])
+        res[f"{name}/{method}"] = model_randomisation(
+            run.load_model(name)[0].cpu(), lay, method, x, trained["targets"],
+            trained["heatmaps"], size, normalize=normalize, seed=run.seed, cascade=cascade,
+            n_boot=n_boot)
+    return res

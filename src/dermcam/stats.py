@@ -336,6 +336,34 @@ def bootstrap_median_ci(v: Any, n_boot: int = 1000, seed: int = 0, alpha: float 
     return percentile_interval(np.median(v[idx], axis=1), alpha, what=what)
 
 
+def spearman_rows(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair of ``(B, n)`` arrays, ``(B,)``: the Pearson
+    correlation of average ranks, as scipy's ``spearmanr`` computes it, for all rows at
+    once; NaN for a row where either side is constant."""
+    rx, ry = _sstats.rankdata(xs, axis=1), _sstats.rankdata(ys, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = (rx * ry).sum(axis=1) / den
+    return np.where(den > 0, np.clip(rho, -1.0, 1.0), np.nan)
+
+
+def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int
+                ) -> tuple[float, float, float, int]:
+    """``(rho, lo, hi, n)``: Spearman's rho of the finite pairs of ``(N,)`` ``x`` and ``y``
+    with a percentile bootstrap CI over pairs (plain resampling); NaN below 4 pairs or
+    where either side is constant."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan, math.nan, int(x.size)
+    rho = float(_sstats.spearmanr(x, y).statistic)
+    idx = bootstrap_indices(x, n_boot, seed, stratified=False)
+    lo, hi = percentile_interval(spearman_rows(x[idx], y[idx]), what="Spearman rho")
+    return rho, lo, hi, int(x.size)
+
+
 def bootstrap_ci(
     metric_fn: Callable[..., float],
     y_true: Any,

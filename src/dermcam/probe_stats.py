@@ -1,0 +1,278 @@
+"""The probes' statistics: ``probe.csv`` rows -> the entries of ``probe_summary.json``.
+
+Pure functions on DataFrames and arrays (no I/O): :func:`summarise` (one entry per model x
+probe [x artifact]), :func:`probe_subgroups` (``--by``), :func:`artifact_presence` (removal
+with versus without each labelled artifact), and the paired-difference summary the
+real-pixel probes (:mod:`dermcam.probe_real`) share with them. Bootstrap CIs are over
+images, each image's placements averaged first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dermcam.audit_set import by_names
+from dermcam.data.artifact_labels import PREFIX, split_by_presence
+from dermcam.evaluation import batch_ranking_metrics
+from dermcam.perturb import ProbeConfig, probe_order
+from dermcam.stats import (
+    adjust_pvalues,
+    bootstrap_indices,
+    delong_test,
+    percentile_interval,
+    resampling_weights,
+    spearman_ci,
+)
+from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
+
+#: The per-image scores :func:`probe_subgroups` summarises per group, and their titles.
+SUBGROUP_TITLES = {"delta": "Δ P(malignant)", "flip_rate": "flip rate"}
+
+
+def normalise_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """``probe.csv`` rows with ``artifact`` a string, "" where none."""
+    return df.assign(artifact=df["artifact"].fillna("").astype(str))
+
+
+def entry_key(e: dict[str, Any]) -> tuple[str, int, str]:
+    """The order entries are reported in: model, then the order the probes run, artifact."""
+    return str(e["model"]), probe_order(e["probe"]), e["artifact"] or ""
+
+
+def find(entries: Sequence[dict[str, Any]], model: str, probe: str,
+         artifact: str | None = None) -> dict[str, Any] | None:
+    for e in entries:
+        if e["model"] == model and e["probe"] == probe and (e.get("artifact") or None) == artifact:
+            return e
+    return None
+
+
+def mean_ci(v: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """``(mean, lo, hi)`` of ``(N,)`` probability changes, percentile bootstrap CI over the
+    values; NaN where there are none (the CI also with one)."""
+    v = np.asarray(v, np.float64)
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    if v.size < 2:
+        return float(v.mean()), math.nan, math.nan
+    idx = bootstrap_indices(v, n_boot, seed, stratified=False)
+    lo, hi = percentile_interval(v[idx].mean(1), what="mean probability change")
+    return float(v.mean()), lo, hi
+
+
+def rate(num: int, den: int) -> float:
+    return num / den if den else math.nan
+
+
+def class_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
+                  prefix: str = "delta") -> dict[str, Any]:
+    """:func:`mean_ci` of ``d`` per class (``labels`` 0/1): ``delta_benign``,
+    ``delta_benign_ci_low``, ``delta_benign_ci_high``, ``n_benign``, then malignant."""
+    out = {}
+    for tag, keep in (("_benign", labels == 0), ("_malignant", labels == 1)):
+        m, lo, hi = mean_ci(d[keep], n_boot, seed)
+        out.update({f"{prefix}{tag}": m, f"{prefix}{tag}_ci_low": lo,
+                    f"{prefix}{tag}_ci_high": hi, f"n{tag}": int(keep.sum())})
+    return out
+
+
+def diff_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
+                 prefix: str = "delta") -> dict[str, Any]:
+    """Mean paired difference with its bootstrap CI, over all images and per class, named as
+    the other probes' entries are (``delta_mean``, ``delta_ci_low``, ``delta_benign``, ...)."""
+    m, lo, hi = mean_ci(d, n_boot, seed)
+    return {f"{prefix}_mean": m, f"{prefix}_ci_low": lo, f"{prefix}_ci_high": hi,
+            "n": len(d), **class_summary(d, labels, n_boot, seed, prefix)}
+
+
+def _method(probe: str, artifact: str, cfg: ProbeConfig, placements: int) -> str:
+    """How a probe changed the images, in words (an entry's ``method``)."""
+    if probe == "lesion_removed":
+        return (f"OpenCV inpainting ({cfg.inpaint}) of the lesion dilated by "
+                f"{cfg.dilate:.0%} of the side")
+    if probe == "background_removed":
+        return "pixels outside the dilated lesion set to the median skin colour"
+    if probe == "artifact_inserted":
+        return (f"the synthetic generator's {artifact} painter, outside the dilated "
+                f"lesion, {placements} seeded placement(s) per image")
+    return f"OpenCV inpainting ({cfg.inpaint}) of the {artifact} pixels"
+
+
+def summarise(df: pd.DataFrame, cfg: ProbeConfig | None = None, n_boot: int = 1000,
+              seed: int = 0, attention: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    """``probe.csv`` rows -> one entry per model x probe [x artifact].
+
+    Per entry: ``n`` images; ``delta_mean`` with a 95 % bootstrap CI over images (each
+    image's change averaged over its placements first, so placements are not counted as
+    independent images), the same per class (``delta_benign``, ``delta_malignant``);
+    ``flip_to_malignant`` = share of (image, placement) rows decided benign intact and
+    malignant perturbed among those decided benign intact (``flip_to_benign`` likewise).
+    For lesion and background removal also ``auc``/``ap`` with stratified bootstrap CIs,
+    ``auc_intact``/``ap_intact`` on the same images, the DeLong p of the AUC change, and,
+    when ``attention`` (attention.csv at the chosen CAM) is given, Spearman's rho between
+    each image's leakage (and excess leakage) and the size of its probability change
+    ``|delta|`` with a bootstrap CI.
+    """
+    entries: list[dict[str, Any]] = []
+    cfg = cfg or ProbeConfig()
+    df = normalise_rows(df)
+    for (model, probe, artifact), g in df.groupby(["model", "probe", "artifact"], sort=False,
+                                                  dropna=False):
+        per_img = g.groupby("image_id", sort=True).agg(
+            delta=("delta", "mean"), label=("label", "first"),
+            prob_intact=("prob_intact", "first"), prob_perturbed=("prob_perturbed", "mean"))
+        d = per_img["delta"].to_numpy(np.float64)
+        mean, lo, hi = mean_ci(d, n_boot, seed)
+        ben, mal = g[g["decision_intact"] == 0], g[g["decision_intact"] == 1]
+        e: dict[str, Any] = {
+            "model": model, "probe": probe, "artifact": artifact or None,
+            "n": int(len(per_img)), "placements": int(g["placement"].nunique()),
+            "delta_mean": mean, "delta_ci_low": lo, "delta_ci_high": hi,
+            "flip_to_malignant": rate(int((ben["decision_perturbed"] == 1).sum()), len(ben)),
+            "flip_to_benign": rate(int((mal["decision_perturbed"] == 0).sum()), len(mal)),
+            "n_decided_benign": int(len(ben)), "n_decided_malignant": int(len(mal)),
+            "changed_share": float(g["changed_share"].mean()),
+            **class_summary(d, per_img["label"].to_numpy(), n_boot, seed),
+        }
+        if probe in ("lesion_removed", "background_removed"):
+            y = per_img["label"].to_numpy(np.int64)
+            e.update(auc_fast(y, per_img["prob_intact"].to_numpy(np.float64),
+                              per_img["prob_perturbed"].to_numpy(np.float64), n_boot, seed))
+        e["method"] = _method(probe, artifact, cfg, e["placements"])
+        if probe in ("lesion_removed", "background_removed") and attention is not None:
+            e.update(_tracking(attention, model, per_img, n_boot, seed))
+        entries.append(e)
+    entries.sort(key=entry_key)
+    return entries
+
+
+def per_image(df: pd.DataFrame) -> pd.DataFrame:
+    """``probe.csv`` rows -> one row per model x probe x artifact x image: ``delta`` (its
+    placements averaged), ``flip_rate`` (share of its placements whose decision at the
+    run's threshold changed, either way; 0 or 1 with one placement), ``label``,
+    ``prob_intact``, ``prob_perturbed`` (mean) and ``placements``."""
+    d = normalise_rows(df)
+    d = d.assign(flipped=(d["decision_perturbed"] != d["decision_intact"]).astype(float))
+    return d.groupby(["model", "probe", "artifact", "image_id"], sort=True).agg(
+        delta=("delta", "mean"), flip_rate=("flipped", "mean"), label=("label", "first"),
+        prob_intact=("prob_intact", "first"), prob_perturbed=("prob_perturbed", "mean"),
+        placements=("placement", "nunique")).reset_index()
+
+
+def probe_subgroups(df: pd.DataFrame, columns: pd.DataFrame, by, n_boot: int = 1000,
+                    seed: int = 0, min_group: int | None = None) -> dict[str, Any]:
+    """``probe_summary.json["subgroups"]``: per ``--by`` column, model x probe [x artifact]
+    and group, the mean change in malignant probability with a paired 95 % CI (bootstrap
+    over images of each image's perturbed minus intact probability) and the flip rate
+    (Wilson CI where each image has one decision, else a bootstrap over images), n
+    images, and Kruskal-Wallis across groups (Holm over columns and entries);
+    :func:`dermcam.subgroups.subgroup_summary_analyses`. ``columns``: ``image_id`` and
+    the ``by`` columns (:func:`dermcam.audit_set.image_columns`)."""
+    table = per_image(df).merge(columns, on="image_id", how="left")
+    out = subgroup_summary_analyses(
+        table, by_names(by), list(SUBGROUP_TITLES), ("model", "probe", "artifact"),
+        n_boot=n_boot, seed=seed, min_group=MIN_GROUP if min_group is None else int(min_group),
+        what="models x probes")
+    for analysis in out.values():  # in the order the probes run, as the entries
+        analysis["entries"].sort(key=entry_key)
+    return out
+
+
+def auc_fast(y: np.ndarray, p_intact: np.ndarray, p_pert: np.ndarray, n_boot: int,
+             seed: int) -> dict[str, Any]:
+    """ROC AUC and AP of the perturbed and intact probabilities with stratified percentile
+    bootstrap CIs (the same resamples for all four, vectorised as evaluate does, matching
+    scikit-learn), and the DeLong p of the AUC change; NaN with ``auc_reason`` when the
+    images hold one class (or none)."""
+    y = np.asarray(y, np.int64)
+    if np.unique(y).size < 2:
+        return {**{f"{k}{s}{c}": math.nan for k in ("auc", "ap") for s in ("", "_intact")
+                   for c in ("", "_ci_low", "_ci_high")},
+                "auc_reason": "no images" if y.size == 0 else "the images are of one class"}
+    w = np.vstack([np.ones(y.size), resampling_weights(y, n_boot, seed, stratified=True)])
+    out: dict[str, Any] = {}
+    for suffix, p in (("", p_pert), ("_intact", p_intact)):
+        m = batch_ranking_metrics(w, y, np.asarray(p, np.float64), 10)
+        for key, name in (("auc", "roc_auc"), ("ap", "average_precision")):
+            lo, hi = percentile_interval(m[name][1:], what=f"{key}{suffix}")
+            out.update({f"{key}{suffix}": float(m[name][0]), f"{key}{suffix}_ci_low": lo,
+                        f"{key}{suffix}_ci_high": hi})
+    out["auc_diff_p"] = delong_test(y, p_intact, p_pert).get("p")
+    return out
+
+
+def _presence_side(h: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
+    """One side (with or without an artifact) of an :func:`artifact_presence` record."""
+    y = h["label"].to_numpy(np.int64)
+    mean, lo, hi = mean_ci(h["delta"].to_numpy(np.float64), n_boot, seed)
+    block: dict[str, Any] = {"n": int(len(h)), "n_malignant": int(y.sum()),
+                             "delta_mean": mean, "delta_ci_low": lo, "delta_ci_high": hi}
+    block.update(auc_fast(y, h["prob_intact"].to_numpy(np.float64),
+                          h["prob_perturbed"].to_numpy(np.float64), n_boot, seed))
+    return block
+
+
+def artifact_presence(df: pd.DataFrame, flags: pd.DataFrame, n_boot: int = 1000,
+                      seed: int = 0) -> list[dict[str, Any]]:
+    """Lesion and background removal on images with versus without each artifact.
+
+    ``flags``: ``image_id`` and 0/1 ``artifact_<name>`` columns
+    (:func:`dermcam.stages.probe.artifact_flags`; an image whose flag is missing is on
+    neither side). One record per model x removal probe x artifact: ``with`` and
+    ``without`` each hold ``n``, ``n_malignant``, the mean change with its 95 % bootstrap
+    CI (``delta_mean``, ``delta_ci_low``, ``delta_ci_high``) and the ROC AUC and AP on
+    those images, perturbed and intact, with CIs (:func:`auc_fast`); ``delta_diff``
+    (with - without) and ``delta_p`` (two-sided Mann-Whitney,
+    :func:`dermcam.data.artifact_labels.split_by_presence`), Holm-adjusted over all
+    records (``delta_p_adjusted``).
+    """
+    cols = [c for c in flags.columns if c.startswith(PREFIX)]
+    pi = per_image(df)
+    pi = pi[pi["probe"].isin(("lesion_removed", "background_removed"))]
+    flags = flags.assign(**{c: pd.to_numeric(flags[c], errors="coerce").astype("float64")
+                            for c in cols})  # a missing flag (NA) becomes NaN
+    pi = pi.merge(flags[["image_id", *cols]], on="image_id", how="left")
+    rows: list[dict[str, Any]] = []
+    for (model, probe), g in pi.groupby(["model", "probe"], sort=True):
+        tests = {r["artifact"]: r for r in split_by_presence(g, cols, ("delta",))}
+        for col in cols:
+            art = col.removeprefix(PREFIX)
+            flag = g[col]
+            row: dict[str, Any] = {"model": model, "probe": probe, "artifact": art,
+                                   "delta_diff": tests[art]["diff"], "delta_p": tests[art]["p"],
+                                   "test": "Mann-Whitney of the per-image change, with vs "
+                                           "without"}
+            for side, sel in (("with", flag == 1), ("without", flag == 0)):
+                row[side] = _presence_side(g[sel.to_numpy()], n_boot, seed)
+            rows.append(row)
+    rows.sort(key=entry_key)
+    adj = adjust_pvalues([r["delta_p"] for r in rows], "holm") if rows else []
+    for r, pa in zip(rows, adj):
+        r.update(delta_p_adjusted=float(pa), adjust_method="Holm",
+                 family="artifact presence: models x removal probes x artifacts")
+    return rows
+
+
+def _tracking(att: pd.DataFrame, model: str, per_img: pd.DataFrame, n_boot: int, seed: int
+              ) -> dict[str, Any]:
+    """Spearman's rho (bootstrap CI) between each image's leakage and excess leakage at the
+    chosen CAM (``att``: attention.csv rows with a ``cam`` column) and ``|delta|``."""
+    a = att[att["model"] == model].drop_duplicates("image_id").set_index("image_id")
+    ids = per_img.index.intersection(a.index)
+    if len(ids) == 0:
+        return {}
+    mag = np.abs(per_img.loc[ids, "delta"].to_numpy(np.float64))
+    out: dict[str, Any] = {"cam": str(a["cam"].iloc[0])}
+    for metric in ("leakage", "excess_leakage"):
+        if metric not in a.columns:
+            continue
+        x = a.loc[ids, metric].to_numpy(np.float64)
+        rho, lo, hi, n = spearman_ci(x, mag, n_boot, seed)
+        out.update({f"{metric}_rho": rho, f"{metric}_rho_ci_low": lo,
+                    f"{metric}_rho_ci_high": hi, "rho_n": n})
+    return out
