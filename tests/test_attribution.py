@@ -208,6 +208,25 @@ def test_eigencam_is_the_library_map_oriented_to_the_mean_activation(name):
     np.testing.assert_allclose(heat[sign > 0], lib[sign > 0], atol=1e-4)
 
 
+def test_eigen_projection_is_the_librarys_component_without_the_full_svd():
+    """The reduced SVD gives pytorch-grad-cam's get_2d_projection up to the sign of each
+    image's component (which orient_eigencam fixes), NaNs counted as 0 as there."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    from dermcam.attribution import eigen_projection
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(3, 16, 20, 20)).astype(np.float32)
+    acts[:, :4] += np.linspace(0, 3, 400, dtype=np.float32).reshape(20, 20)  # a clear axis
+    acts[0, 0, 0, 0] = np.nan
+    ours = eigen_projection(acts)
+    lib = get_2d_projection(acts.copy())
+    assert ours.shape == lib.shape == (3, 20, 20)
+    for a, b in zip(ours, lib):
+        s = np.sign((a * b).sum())
+        np.testing.assert_allclose(a, s * b, rtol=1e-4, atol=1e-4)
+
+
 # --- stopped backward with an in-place op after the hooked layer ---------------------
 
 

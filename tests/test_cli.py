@@ -269,7 +269,7 @@ def test_every_output_is_out_with_o():
 
 def test_artifact_labels_file_and_artifact_names_are_two_options():
     labels = _options("--artifact-labels")
-    assert set(labels) == {"evaluate", "explain", "probe"}
+    assert set(labels) == {"evaluate", "explain", "probe", "audit"}
     for p in labels.values():
         assert p.opts == ["--artifact-labels"] and p.name == "artifact_labels"
     names = _options("--artifacts")
@@ -284,9 +284,9 @@ DEFAULTS_DIFFER = {
     "--image-size": "the demo trains on small synthetic images",
     "--epochs": "the demo is short",
     "--batch-size": "each stage keeps a different number of tensors per image",
-    "--precision": "probe scores in float32, as evaluate does; training picks bf16 where native",
-    "--layer": "audit has no run, so no localisation benchmark to choose with",
-    "--method": "the demo's shortcut audit uses HiResCAM; audit defaults to the study's Grad-CAM",
+    "--precision": "probe scores in float32, as evaluate does; training picks bf16 where native, "
+                   "and so does audit's whole run",
+    "--placements": "audit's default is its speed budget's (two per painted artifact)",
 }
 
 
@@ -301,7 +301,7 @@ def test_shared_options_share_their_default():
             assert len({repr(v) for v in defaults.values()}) == 1, (flag, defaults)
 
 
-@pytest.mark.parametrize("name, flag", [("explain", "--methods"), ("audit", "--method")])
+@pytest.mark.parametrize("name, flag", [("explain", "--methods")])
 def test_help_lists_exactly_the_registrys_cam_methods(name, flag):
     """The CAM methods a command's help offers are dermcam.attribution.METHODS, in order."""
     from dermcam.attribution import METHODS

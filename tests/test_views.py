@@ -438,26 +438,6 @@ def test_attention_table_note_carries_the_caveats_once():
         "moves the class comparison across p = 0.05.")
 
 
-def test_audit_table_note():
-    import pandas as pd
-
-    by_class = pd.DataFrame([{"label": lab, "metric": m, "n": 5, "n_nan": 1, "mean": 0.5,
-                              "ci_low": 0.4, "ci_high": 0.6}
-                             for lab in (0, 1) for m in ("leakage", "excess_leakage",
-                                                         "pixel_auroc")])
-    summary = {"guard": {"better_than_uniform": False}, "by_class": by_class,
-               "size_confound": _confound(verdict="explained by size")}
-    t = views.audit_table(summary)
-    assert t.note == (
-        "Not better than uniform attention, so leakage and any class difference in it say "
-        "nothing about where the model looks. Malignant minus benign mean leakage adjusted "
-        "for lesion area -0.012 [-0.040, +0.016]: explained by size.")
-    assert t.rows[0] == ["benign", "5 (1)", "0.500 [0.400, 0.600]", "0.500 [0.400, 0.600]",
-                         "0.500 [0.400, 0.600]"]
-    summary = {"guard": {"better_than_uniform": True}, "by_class": by_class}
-    assert views.audit_table(summary).note == ""  # no labels: no confound test
-
-
 def test_labels_line():
     info = {"file": "/data/labels/isic_bias.csv", "artifacts": ["ruler", "hair"],
             "n_images": 10, "n_matched": 8, "n_unknown": 2}
@@ -797,3 +777,17 @@ def test_detail_without_a_run_folder_writes_nothing(monkeypatch, tmp_path):
     cli.detail(tmp_path / "absent", "evaluate", _detail_tables())
     assert not (tmp_path / "absent").exists()
     assert cli.console.file.getvalue() == ""
+
+
+def test_imported_table_says_where_an_audited_model_came_from():
+    records = {
+        "resnet18": {"display_name": "ResNet18 (w.pt)", "threshold": 0.28066, "target_layer": "layer4",
+                     "threshold_rule": "Youden J on validation",
+                     "source": {"file": "/m/w.pt", "form": "Lightning checkpoint",
+                                "sha256": "ab" * 32, "read_as": "one logit z: ..."}},
+        "mobilenet_v2": {"display_name": "MobileNet-V2", "lr": 1e-3, "threshold": 0.4}}
+    t = views.imported_table(records, {"resnet18": ("hirescam", "layer3")})
+    assert t.rows == [["ResNet18 (w.pt)", "/m/w.pt", "Lightning checkpoint", "abababababab",
+                       "one logit z: ...", "0.281 (Youden J on validation)",
+                       views.method_at("hirescam", "layer3")]]
+    assert [r[0] for r in views.training_table(records).rows] == ["MobileNet-V2"]

@@ -4,6 +4,18 @@
 ``load_checkpoint`` reads it back (``torch.load(weights_only=True)``: no code is
 executed), ``update_checkpoint`` sets top-level fields of a saved one in place (explain
 records its CAM choice so) and ``update_model_card`` merges into its model card.
+
+Optional payload fields, for models trained elsewhere (absent in the checkpoints dermcam
+trains, which load exactly as before):
+
+* ``num_outputs``: the number of outputs of the model's own head (built so, and loaded
+  strictly with :func:`dermcam.models.fit_weights`);
+* ``io``: ``{"outputs", "malignant", "mean", "std"}``, the arguments of
+  :func:`dermcam.models.attach_io` that map the model's inputs and outputs to dermcam's
+  (ImageNet-normalised input, two logits ``[benign, malignant]``);
+* ``image_size``: the input size a ``timm:`` architecture is built for (ViT / Swin);
+* ``source``: where the weights came from, a dict (file, sha256, form, arch, how the
+  outputs were read); kept for the record, not read when loading.
 """
 
 from __future__ import annotations
@@ -37,16 +49,33 @@ def load_checkpoint(path: str | Path):
 
     The model carries the checkpoint's ``temperature`` (:func:`dermcam.calibration.
     temperature_of`), which :func:`dermcam.inference.predict_proba` and the CAM explainer
-    apply."""
+    apply. A checkpoint with ``num_outputs`` (a model trained elsewhere) is built with that
+    many outputs, loaded strictly and, with ``io``, given :func:`dermcam.models.attach_io`'s
+    hooks."""
     from dermcam.calibration import set_temperature
-    from dermcam.models import build_model, load_state_file, load_weights_into
+    from dermcam.models import TIMM_PREFIX, attach_io, build_model, load_weights_into, state_dict_of
+    from dermcam.weight_files import fit_weights, load_state_file
 
     payload = load_state_file(path)  # torch.load(..., weights_only=True)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise DermcamError("not a dermcam checkpoint (use --weights PATH for plain state dicts)",
                            path)
-    model, info = build_model(payload["arch"], weights="none")
-    load_weights_into(model, payload["arch"], payload, path)
+    arch = payload["arch"]
+    extra = {}
+    if "num_outputs" in payload:
+        extra["num_classes"] = int(payload["num_outputs"])
+    if str(arch).startswith(TIMM_PREFIX) and payload.get("image_size") is not None:
+        extra["image_size"] = int(payload["image_size"])
+    model, info = build_model(arch, weights="none", **extra)
+    if "num_outputs" in payload:
+        fit_weights(model, state_dict_of(payload), arch, path)
+    else:
+        load_weights_into(model, arch, payload, path)
+    if payload.get("io") is not None:
+        try:
+            attach_io(model, **payload["io"])
+        except DermcamError as exc:
+            raise DermcamError(f"bad 'io' in the checkpoint ({exc})", path) from None
     info.weights_source = payload.get("weights_source", info.weights_source)
     try:  # checkpoints from before calibration (#16) hold none: T = 1, b = 0
         set_temperature(model, payload.get("temperature", 1.0),
@@ -65,7 +94,7 @@ def update_checkpoint(path: str | Path, fields: dict[str, Any]) -> bool:
     import torch
 
     from dermcam.io import atomic_path
-    from dermcam.models import load_state_file
+    from dermcam.weight_files import load_state_file
 
     payload = load_state_file(path)
     if all(k in payload and payload[k] == v for k, v in fields.items()):
@@ -79,7 +108,7 @@ def update_checkpoint(path: str | Path, fields: dict[str, Any]) -> bool:
 def update_model_card(path: str | Path, fields: dict[str, Any]) -> None:
     """Merge ``fields`` into the model card of the checkpoint at ``path`` ('dermcam
     predict' shows the card), through :func:`update_checkpoint`."""
-    from dermcam.models import load_state_file
+    from dermcam.weight_files import load_state_file
 
     card = load_state_file(path).get("model_card") or {}
     update_checkpoint(path, {"model_card": {**card, **fields}})

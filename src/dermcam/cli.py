@@ -153,6 +153,10 @@ NTrain = Annotated[int, typer.Option(help="Synthetic training images (ISIC 2016:
 NTest = Annotated[int, typer.Option(help="Synthetic test images (ISIC 2016: 379).")]
 Overwrite = Annotated[bool, typer.Option(
     help="Replace what an earlier run of this command wrote in --out.")]
+Calibration = Annotated[str, typer.Option(
+    help="platt: fit p = sigmoid((z1 - z0) / T + b) on the validation split (undoes the shift a "
+         "weighted loss puts on the logits); temperature: T only; none: raw softmax. The "
+         "threshold is chosen on the calibrated probabilities.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 
 
@@ -422,10 +426,7 @@ def train(
         help="Best checkpoint by val_auc or val_loss.")] = "val_auc",
     imbalance: Annotated[str, typer.Option(
         help="weighted_loss, balanced_sampler or none.")] = "weighted_loss",
-    calibration: Annotated[str, typer.Option(
-        help="platt: fit p = sigmoid((z1 - z0) / T + b) on the validation split after training "
-             "(undoes the shift a weighted loss puts on the logits); temperature: T only; none: "
-             "raw softmax. The threshold is chosen on the calibrated probabilities.")] = "platt",
+    calibration: Calibration = "platt",
     val_fraction: Annotated[float, typer.Option(
         help="Stratified validation share of the training split.")] = 0.2,
     seed: Annotated[int, typer.Option(
@@ -670,75 +671,77 @@ def explain(
 @app.command()
 def audit(
     weights: Annotated[Path, typer.Argument(
-        help="The model: a state dict saved with torch.save(model.state_dict(), path), or a "
-             "TorchScript file (torch.jit.save).")],
+        help="The model: a state dict (plain, DDP, Lightning checkpoint, torch.compile) or a "
+             "TorchScript file. Pickled whole models are refused (no code is ever unpickled).")],
     data: Annotated[Path, typer.Option(
-        help="Data folder of any layout dermcam reads (ISIC 2016/2017, HAM10000, PH2, a generic "
-             "labels.csv); its images with lesion masks are audited.")],
-    arch: Annotated[str | None, typer.Option(
-        help="The torchvision architecture the weights belong to, with a 2-class head (e.g. "
-             "resnet18; 'dermcam models' lists them). Needed for TorchScript files too.")] = None,
-    layer: Annotated[str | None, typer.Option(
-        help="Module name of the layer to hook (e.g. layer3); default: the architecture's CAM "
-             "layer, its last convolutional block.")] = None,
-    method: Annotated[str, typer.Option(help=f"CAM method (pytorch-grad-cam): {CAM_METHODS}.")]
-    = "gradcam",
-    target: Annotated[str, typer.Option(
-        help="Class each heatmap explains: malignant (the same question for every image), "
-             "predicted or true.")] = "malignant",
-    split: Annotated[str, typer.Option(help="Which images: test, train or all.")] = "test",
-    image_size: Annotated[int, typer.Option(
-        help="Side the images are resized to, as the model was trained.")] = 224,
+        help="Data folder of any layout dermcam reads: its test split is audited; the "
+             "validation part of its training split chooses threshold, calibration and layer.")],
+    arch: Annotated[str, typer.Option(
+        help="Architecture of the weights: torchvision's (resnet18; 'dermcam models') or "
+             "timm's (timm:convnext_tiny), built without pretrained weights.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
+    image_size: Annotated[int, typer.Option(help="Input side the model was trained at.")] = 224,
+    malignant_class: Annotated[int | None, typer.Option(
+        help="Two outputs: which one is malignant (default 1).")] = None,
+    malignant_classes: Annotated[str | None, typer.Option(
+        help="K > 2 outputs: the malignant ones, summed (e.g. 0,1,4 for HAM10000's mel, bcc, "
+             "akiec).")] = None,
+    mean: Annotated[str | None, typer.Option(
+        help="Input mean per RGB channel, e.g. 0.5,0.5,0.5 (default ImageNet's; timm: the "
+             "architecture's own).")] = None,
+    std: Annotated[str | None, typer.Option(help="Input std per RGB channel, as --mean.")] = None,
+    resize: Annotated[str, typer.Option(
+        help="squash (to a square) or shorter-side-crop (shorter side, then centre crop).")]
+    = "squash",
+    threshold: Annotated[float | None, typer.Option(
+        help="Decision threshold on P(malignant) (default: Youden's on validation).")] = None,
+    calibration: Calibration = "platt",
+    by: By = None,
+    artifact_labels: ArtifactLabels = None,
+    placements: Annotated[int, typer.Option(
+        help="Seeded placements per image and inserted artifact.")] = 2,
     limit: Limit = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder for the results (default: audit-<weights file name>).")] = None,
-    batch_size: CamBatch = 32,
-    n_boot: NBoot = 1000,
     device: Device = "auto",
+    precision: Annotated[str, typer.Option(
+        help="Probe precision: auto, 32-true or bf16-mixed.")] = "auto",
+    overwrite: Overwrite = False,
     debug: Debug = False,
 ) -> None:
-    """Audit the attention of a two-class model trained outside dermcam, without a run.
+    """The full audit of a model trained elsewhere, into an ordinary run folder.
 
-    The model must output two logits per image, \\[benign, malignant] (a one-logit model
-    can be wrapped as torch.cat(\\[-z, z], 1) / 2 before saving). A state dict is loaded
-    safely (weights_only=True: no code runs) into the torchvision architecture named by
-    --arch. A TorchScript model takes no Python hooks, so its weights are loaded into
-    --arch as well, and both must give the same outputs. Images are normalised with the
-    ImageNet mean and standard deviation, as dermcam normalises its own inputs.
-
-    Writes attention.csv (one row per image: leakage, chance and excess leakage, pixel
-    AUROC and the other scores of 'dermcam explain'), attention_summary.json (means with
-    95 % CIs per class, whether the maps beat uniform attention, the lesion-size confound
-    test) and manifest.json into --out, and prints a short summary.
+    Reads P(malignant) from any head (one logit: sigmoid; two: softmax; K: the named
+    classes' summed softmax), then evaluates, benchmarks CAM methods and layers, checks
+    their sanity, measures attention, runs every probe and writes the report. Afterwards
+    explain, probe and report work on the run as on a trained one.
 
     \b
     Examples:
-      dermcam audit model.pt --data data/isic2016 --arch resnet18
-      dermcam audit model.pt --data data/ph2 --arch resnet18 --split all --out audit-ph2
-      dermcam audit model.pt --data data/isic2016 --arch resnet18 --layer layer3 --method hirescam
+      dermcam audit model.pt --arch resnet18 --data data/isic2016 --out runs/mine
+      dermcam audit lightning.ckpt --arch timm:convnext_tiny --data data/isic2016 --out runs/cnx
+      dermcam audit ham.pt --arch resnet50 --malignant-classes 0,1,4 --data data/isic2016 --out runs/ham
     """
-    from dermcam.audit import audit_folder, audit_summary, load_model, write_audit
-    from dermcam.views import audit_headline, audit_table
+    from dermcam.audit_set import by_columns
+    from dermcam.outside import audit as do_audit
 
     _state["debug"] = _state["debug"] or debug
     _check_image_size(image_size)
-    if split not in ("test", "train", "all"):
-        raise DermcamError(f"--split must be test, train or all, got {split!r}")
-    if target not in ("malignant", "predicted", "true"):
-        raise DermcamError(f"--target must be malignant, predicted or true, got {target!r}")
-    model, layer, kind = load_model(weights, arch, layer, image_size=image_size)
-    table = audit_folder(model, layer, data, image_size=image_size, split=split, limit=limit,
-                         method=method, target=target, batch_size=batch_size, device=device)
-    summary = audit_summary(table, n_boot=n_boot)
-    out = out if out is not None else Path(f"audit-{weights.stem}")
-    write_audit(out, table, summary, config={
-        "weights": str(weights.resolve()), "format": kind, "arch": arch, "layer": layer,
-        "method": method, "target": target, "data": str(data.resolve()), "split": split,
-        "image_size": image_size, "limit": limit, "n_boot": n_boot})
-    console.print(audit_headline(f"{weights.name} ({kind}, {arch}) {method} at {layer}",
-                                 table["label"], summary["guard"]), highlight=False)
-    show(audit_table(summary))
-    console.print(f"wrote {out}/attention.csv, attention_summary.json, manifest.json")
+
+    def numbers(text, kind=float):
+        try:
+            return tuple(kind(v) for v in text.split(",")) if text else None
+        except ValueError:
+            raise DermcamError(f"expected comma-separated numbers, got {text!r}") from None
+
+    picked = numbers(malignant_classes, int) or (
+        (malignant_class,) if malignant_class is not None else None)
+    run = do_audit(weights, data, out, arch=arch, image_size=image_size, malignant=picked,
+                   mean=numbers(mean), std=numbers(std), resize=resize, threshold=threshold,
+                   calibration=calibration, by=by_columns(by), artifact_labels=artifact_labels,
+                   placements=placements, limit=limit, device=device, precision=precision,
+                   overwrite=overwrite, say=lambda *a: console.print(*a, highlight=False),
+                   progress_bar=progress_bar)
+    answer(run.dir)
+    console.print(f"report: {run.report.resolve()}")
 
 
 # ----------------------------------------------------------------------- probe

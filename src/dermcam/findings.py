@@ -137,8 +137,10 @@ def _not_run(model: str, topic: str, why: str, anchor: str = "") -> Finding:
 
 def discrimination(model: str, entry: dict[str, Any] | None, n: int | None,
                    n_malignant: int | None, source: str,
-                   topic: str = "discrimination", anchor: str = "comparison") -> Finding:
-    """From one model's ``metrics.json`` entry (``threshold_free.roc_auc``)."""
+                   topic: str = "discrimination", anchor: str = "comparison",
+                   rule: str | None = None) -> Finding:
+    """From one model's ``metrics.json`` entry (``threshold_free.roc_auc``); ``rule``:
+    how an audited model's threshold was set (trained runs: always Youden's J)."""
     auc = ((entry or {}).get("threshold_free") or {}).get("roc_auc") or {}
     if not is_number(auc.get("value")):
         return _not_run(model, topic, "no test ROC AUC: run 'dermcam evaluate'", anchor)
@@ -154,14 +156,15 @@ def discrimination(model: str, entry: dict[str, Any] | None, n: int | None,
         sentence = f"No better than chance: {head}."
     else:
         sentence = (f"{head}; sensitivity {fmt_num(sens, 2)}, specificity {fmt_num(spec, 2)} "
-                    "at its threshold.")
+                    f"at its threshold{f' ({rule})' if rule else ''}.")
     return Finding(model, topic, "alarm" if chance else "ok", sentence, _v(auc["value"]), ci,
                    n, source, anchor)
 
 
 def calibration(model: str, entry: dict[str, Any] | None, n: int | None,
-                source: str) -> Finding:
-    """From ``threshold_free.ece`` (after the run's calibration)."""
+                source: str, method: str | None = None) -> Finding:
+    """From ``threshold_free.ece`` (after the run's calibration; ``method``: an audited
+    model's, named in the sentence)."""
     ece = ((entry or {}).get("threshold_free") or {}).get("ece") or {}
     v = ece.get("value")
     if not is_number(v):
@@ -171,8 +174,14 @@ def calibration(model: str, entry: dict[str, Any] | None, n: int | None,
             "alarm": "Miscalibrated"}[status]
     return Finding(model, "calibration", status,
                    f"{word}: expected calibration error {fmt_ci(v, ece.get('lo'), ece.get('hi'), 3)}"
-                   f", n = {n}.", _v(v), _ci2(ece.get("lo"), ece.get("hi")), n, source,
+                   f", n = {n}" + (f" ({_CALIBRATED[method]})." if method else "."), _v(v), _ci2(ece.get("lo"), ece.get("hi")), n, source,
                    "comparison")
+
+
+#: How an audited model was calibrated, as the calibration finding says it.
+_CALIBRATED = {"platt": "after Platt scaling fitted on validation",
+               "temperature": "after temperature scaling fitted on validation",
+               "none": "as the model outputs it, uncalibrated"}
 
 
 def where_it_looks(model: str, test: dict[str, Any] | None, undefined_share: float | None,
@@ -520,9 +529,13 @@ def build_findings(run_dir: str | Path) -> list[Finding]:
     for m in models:
         entry = (metrics.get("models") or {}).get(m)
         ptr = f"{runmod.METRICS}#{_pointer('models', m, 'threshold_free')}"
+        rec = run.model_record(m)  # an audited model records how it was decided
+        rule = rec.get("threshold_rule")
         findings.append(discrimination(m, entry, test.get("n"), test.get("n_malignant"),
-                                       f"{ptr}/roc_auc/value"))
-        findings.append(calibration(m, entry, test.get("n"), f"{ptr}/ece/value"))
+                                       f"{ptr}/roc_auc/value", rule=rule))
+        findings.append(calibration(m, entry, test.get("n"), f"{ptr}/ece/value",
+                                    (rec.get("calibration") or {}).get("method") if rule
+                                    else None))
         key = _test_key(summary, m, chosen.get(m))
         t = dict(summary["tests"][key], method=key.split("/", 1)[1]) if key else None
         tptr = f"{runmod.ATTENTION_SUMMARY}#{_pointer('tests', key or '')}"

@@ -59,14 +59,20 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     2-core AVX-512 BF16 CPU: MobileNet-V2 1.7x faster, EfficientNet-B0 1.3x, ResNet18
     1.05x (``benchmarks/bench_inference.py``). A model ``torch.fx`` cannot trace
     (data-dependent control flow) is returned as it is, and the log says so. ``model``'s
-    mode is restored."""
+    mode is restored; an outside model's :func:`dermcam.models.attach_io` hooks, which
+    tracing drops, are attached to the copy."""
     from torch.fx.experimental.optimization import fuse
     from torch.fx.proxy import TraceError
+
+    from dermcam.models import IO_ATTR, attach_io
 
     was_training = model.training
     model.eval()
     try:
-        return fuse(model)
+        folded = fuse(model)
+        if getattr(model, IO_ATTR, None):  # an outside model: its head and input hooks too
+            attach_io(folded, **getattr(model, IO_ATTR))
+        return folded
     except (TraceError, TypeError, RuntimeError, NotImplementedError) as exc:
         log.info("BatchNorm not folded for %s (torch.fx cannot trace it: %s)",
                  type(model).__name__, exc)

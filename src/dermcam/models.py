@@ -3,17 +3,26 @@
 The registry knows, for every supported architecture, which layer Grad-CAM
 should hook (the last convolutional block) and how the weights were obtained.
 Any other torchvision classification model can be built by name too; its CAM
-layer defaults to the last ``Conv2d``.
+layer defaults to the last ``Conv2d``. ``timm:<arch>`` builds a timm model
+(:func:`candidate_layers` names its CAM layers).
+
+Models trained elsewhere ("bring your own model"): :mod:`dermcam.weight_files` reads
+their files; :func:`head_outputs` counts the file's classifier outputs and :func:`attach_io` makes
+the model take dermcam's inputs (ImageNet-normalised) and return its two logits
+``[benign, malignant]``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from dermcam.errors import DermcamError
+from dermcam.weight_files import fit_weights, load_state_file, read_weights, verify_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,9 @@ class ModelInfo:
     candidate_layers: tuple[str, ...] = ()
 
 
+TIMM_PREFIX = "timm:"
+
+
 def display_name(name: str) -> str:
     spec = REGISTRY.get(name)
     return spec.display_name if spec else name
@@ -69,11 +81,14 @@ def layer_grid(model, layers, image_size: int) -> dict[str, tuple[int, int]]:
     """Spatial size ``(h, w)`` of each named layer's output at ``image_size`` (one dry run)."""
     import torch
 
+    from dermcam.attribution import layer_reshape_transform
+
     sizes: dict[str, tuple[int, int]] = {}
     handles = []
     for name in layers:
-        def hook(_m, _i, out, name=name):
+        def hook(_m, _i, out, name=name, grid=layer_reshape_transform(model, name)):
             t = out[0] if isinstance(out, (tuple, list)) else out
+            t = grid(t) if grid is not None else t  # tokens, NHWC -> (N, C, h, w)
             sizes[name] = tuple(int(v) for v in t.shape[-2:]) if t.ndim == 4 else (0, 0)
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     was_training = model.training
@@ -105,9 +120,17 @@ def _set_submodule(model, dotted: str, module) -> None:
 
 
 def head_name(model) -> str:
-    """The classifier head: the last Linear layer, or SqueezeNet's 1x1 Conv2d classifier."""
+    """The classifier head: a timm model's ``get_classifier()``, else the last Linear layer,
+    or SqueezeNet's 1x1 Conv2d classifier."""
     import torch.nn as nn
 
+    from dermcam.attribution import timm_kind
+
+    if timm_kind(model) and hasattr(model, "get_classifier"):
+        clf = model.get_classifier()
+        found = [n for n, m in model.named_modules() if m is clf and n]
+        if found and isinstance(getattr(clf, "weight", None), nn.Parameter):
+            return found[0]
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
         convs = [n for n, m in model.named_modules()
@@ -121,6 +144,8 @@ def head_name(model) -> str:
 def check_model_name(name: str) -> str:
     from torchvision import models as tvm
 
+    if name.startswith(TIMM_PREFIX):
+        return _check_timm_name(name)
     if name in REGISTRY:
         return name
     if name in tvm.list_models(module=tvm):
@@ -128,6 +153,100 @@ def check_model_name(name: str) -> str:
     raise DermcamError(
         f"unknown model {name!r}; choose one of {', '.join(REGISTRY)} "
         "or another torchvision classification model (see 'dermcam models')")
+
+
+def _check_timm_name(name: str) -> str:
+    arch = name[len(TIMM_PREFIX):]
+    try:
+        import timm
+    except ImportError as exc:
+        raise DermcamError(f"model {name!r} needs timm, which is not installed: "
+                           "pip install timm") from exc
+    if arch and timm.is_model(arch):
+        return name
+    m = re.match(r"[A-Za-z]+", arch)
+    pattern = m.group(0).lower() if m else "vit"
+    raise DermcamError(
+        f"unknown timm model {arch!r}; list the names with python -c \"import timm; "
+        f"print(timm.list_models('*{pattern}*'))\" and give one as timm:<name>")
+
+
+def _evenly_spaced(n: int, k: int = 4) -> list[int]:
+    """``k`` block indices evenly spaced over ``range(n)``, ending at the last."""
+    return sorted({max(n - 1 - (k - 1 - j) * n // k, 0) for j in range(k)}) if n else []
+
+
+@functools.cache
+def _registry_fingerprint(name: str) -> tuple:
+    import torch
+    from torchvision.models import get_model
+
+    with torch.device("meta"):  # structure only: no memory, no initialisation cost
+        model = get_model(name, weights=None)
+    return _fingerprint(model)
+
+
+def _fingerprint(model) -> tuple:
+    return (type(model).__name__,
+            tuple((n, type(m).__name__) for n, m in model.named_modules()))
+
+
+def _registry_spec(model) -> ModelSpec | None:
+    """The registry entry whose torchvision architecture ``model`` is (any head size)."""
+    if not type(model).__module__.startswith("torchvision."):
+        return None
+    kinds = {"ResNet": "resnet18", "EfficientNet": "efficientnet_b0",
+             "MobileNetV2": "mobilenet_v2"}
+    name = kinds.get(type(model).__name__)
+    if name is None or name not in REGISTRY:
+        return None
+    return REGISTRY[name] if _fingerprint(model) == _registry_fingerprint(name) else None
+
+
+def candidate_layers(model) -> tuple[str, ...]:
+    """The layers worth explaining in ``model``, shallow to deep; the last is the default
+    CAM layer. Module names (``model.get_submodule``):
+
+    * the registry's three architectures: their :class:`ModelSpec` values;
+    * timm CNNs: the last 4 modules of ``model.feature_info`` (resnet: layer1..layer4);
+    * ViT / DeiT (timm ``blocks.i.norm1``, torchvision
+      ``encoder.layers.encoder_layer_i.ln_1``): the input norm of 4 evenly spaced blocks
+      ending at the last;
+    * Swin (timm ``layers.i``, torchvision ``features.i``): the stages;
+    * anything else: ``(default_target_layer(model)[0],)``.
+    """
+    import torch.nn as nn
+    from torchvision.models import SwinTransformer, VisionTransformer
+    from torchvision.models.swin_transformer import SwinTransformerBlock, SwinTransformerBlockV2
+
+    from dermcam.attribution import default_target_layer, timm_kind
+
+    spec = _registry_spec(model)
+    if spec is not None:
+        return spec.candidate_layers
+    kind = timm_kind(model)
+    modules = dict(model.named_modules())
+    if kind == "vit":
+        return tuple(f"blocks.{i}.norm1" for i in _evenly_spaced(len(model.blocks)))
+    if kind == "swin":
+        return tuple(f"layers.{n}" for n, _ in model.layers.named_children())
+    if kind == "other" and not hasattr(model, "num_prefix_tokens"):
+        info = getattr(model, "feature_info", None)
+        names = [f.get("module") for f in info] if isinstance(info, list) else []
+        names = [n for n in names if n and n in modules]
+        if names:
+            return tuple(names[-4:])
+    if isinstance(model, VisionTransformer):
+        blocks = [n for n, _ in model.encoder.layers.named_children()]
+        return tuple(f"encoder.layers.{blocks[i]}.ln_1" for i in _evenly_spaced(len(blocks)))
+    if isinstance(model, SwinTransformer):
+        stages = [f"features.{n}" for n, m in model.features.named_children()
+                  if isinstance(m, nn.Sequential) and any(
+                      isinstance(c, SwinTransformerBlock | SwinTransformerBlockV2)
+                      for c in m.children())]
+        if stages:
+            return tuple(stages)
+    return (default_target_layer(model)[0],)
 
 
 def imagenet_weights_path(name: str) -> Path:
@@ -173,71 +292,27 @@ def _load_imagenet(name: str):
     return weights, state
 
 
-def verify_weights_file(path: str | Path) -> None:
-    """Check a torchvision weights file against the hash prefix in its name.
-
-    torchvision names its files ``<arch>-<first hex digits of the SHA-256>.pth``;
-    torch.hub's ``check_hash`` compares that prefix with the file's digest, which is what
-    this does for a file that was copied by hand. No prefix in the name: nothing to check.
-    ``DERMCAM_TRUST_WEIGHTS=1`` skips the check, for weights of one's own making saved
-    under torchvision's name (the test suite's stand-ins for ImageNet weights).
-    """
-    import hashlib
-    import re
-
-    path = Path(path)
-    m = re.search(r"-([a-f0-9]{6,})\.", path.name)
-    if m is None or not path.exists() or os.environ.get("DERMCAM_TRUST_WEIGHTS") == "1":
-        return
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    got = digest.hexdigest()
-    if not got.startswith(m.group(1)):
-        raise DermcamError(
-            f"ImageNet weights file does not match torchvision's: its SHA-256 begins "
-            f"{got[:len(m.group(1))]}, the name says {m.group(1)} (truncated or damaged copy, "
-            f"or another file under that name); delete it and download or copy it again "
-            "(DERMCAM_TRUST_WEIGHTS=1 accepts weights of your own making)",
-            path)
-
-
-def load_state_file(path: str | Path) -> dict:
-    """Load a checkpoint or state dict safely (``weights_only=True``: no code is executed)."""
-    import pickle
-
-    import torch
-
-    path = Path(path)
-    if not path.exists():
-        raise DermcamError("weights file not found", path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise DermcamError(
-            "refused: the file holds Python objects other than tensors "
-            "(loaded with weights_only=True, nothing was executed)", path) from exc
-    except Exception as exc:
-        raise DermcamError(f"not a readable PyTorch weights file ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:120]})", path) from exc
-    if not isinstance(obj, dict):
-        raise DermcamError("expected a state dict or a dermcam checkpoint", path)
-    return obj
-
-
-def build_model(name: str, weights: str = "none", num_classes: int = NUM_CLASSES):
+def build_model(name: str, weights: str = "none", num_classes: int = NUM_CLASSES,
+                image_size: int | None = None):
     """Build ``name`` with a ``num_classes`` head.
 
     ``weights``: ``"imagenet"`` (torchvision's weights API and its TORCH_HOME
     cache; a clear error when they are neither cached nor downloadable; never a
     silent fallback), ``"none"`` (random init) or a path to a state dict or a
     dermcam checkpoint. Returns ``(model, ModelInfo)``.
+
+    ``name`` may be ``"timm:<arch>"``: ``timm.create_model(arch, pretrained=False,
+    num_classes=num_classes)``, at ``image_size`` where that differs from the
+    architecture's default input size and it takes ``img_size`` (ViT, DeiT, Swin);
+    ``weights`` is then ``"none"`` or a file (:func:`read_weights`, loaded strictly).
+    ``image_size`` is ignored for torchvision models.
     """
     import torch.nn as nn
     from torchvision.models import get_model
 
     name = check_model_name(name)
+    if name.startswith(TIMM_PREFIX):
+        return _build_timm(name, weights, num_classes, image_size)
     spec = REGISTRY.get(name)
     disp, target, head = (spec.display_name, spec.cam_layer, spec.head) if spec else \
         (name, None, None)
@@ -254,10 +329,7 @@ def build_model(name: str, weights: str = "none", num_classes: int = NUM_CLASSES
         file_state = load_state_file(weights)
         model = get_model(name, weights=None)
         source = f"file:{Path(weights).resolve()}"
-    from dermcam.attribution import default_target_layer
-
     head = head or head_name(model)
-    target = target or default_target_layer(model)[0]
     old = _get_submodule(model, head)
     if isinstance(old, nn.Conv2d):  # SqueezeNet: a 1x1 convolution scores the classes
         if old.out_channels != num_classes:
@@ -266,8 +338,44 @@ def build_model(name: str, weights: str = "none", num_classes: int = NUM_CLASSES
         _set_submodule(model, head, nn.Linear(old.in_features, num_classes))
     if file_state is not None:
         load_weights_into(model, name, file_state, weights, head)
-    return model, ModelInfo(name, disp, target, source,
-                            spec.candidate_layers if spec else (target,))
+    if spec:
+        return model, ModelInfo(name, disp, target, source, spec.candidate_layers)
+    layers = candidate_layers(model)
+    return model, ModelInfo(name, disp, layers[-1], source, layers)
+
+
+def _build_timm(name: str, weights, num_classes: int, image_size: int | None):
+    import timm
+
+    arch = name[len(TIMM_PREFIX):]
+    if weights == "imagenet":
+        raise DermcamError(f"dermcam builds {name} without downloading weights; save the "
+                           "trained model's state_dict to a file and give that file")
+    kwargs = {"pretrained": False, "num_classes": int(num_classes)}
+    model = None
+    if image_size is not None:
+        try:
+            cfg = timm.get_pretrained_cfg(arch)
+        except Exception:  # no pretrained config: try the size
+            cfg = None
+        default = tuple(cfg.input_size[-2:]) if cfg is not None and cfg.input_size else None
+        if default != (int(image_size), int(image_size)):
+            try:
+                model = timm.create_model(arch, img_size=int(image_size), **kwargs)
+            except TypeError:  # a CNN: any input size, no img_size argument
+                model = None
+            except Exception as exc:  # e.g. a size the windows or patches do not divide
+                raise DermcamError(f"timm cannot build {arch} for {image_size} px images "
+                                   f"({(str(exc).splitlines() or [''])[0][:120]}); choose another image size") from exc
+    if model is None:
+        model = timm.create_model(arch, **kwargs)
+    source = "none (random init)"
+    if weights not in ("none", "", None):
+        state, _form, _script = read_weights(weights)
+        fit_weights(model, state, name, weights)
+        source = f"file:{Path(weights).resolve()}"
+    layers = candidate_layers(model)
+    return model, ModelInfo(name, name, layers[-1], source, layers)
 
 
 def state_dict_of(obj: dict):
@@ -301,3 +409,110 @@ def load_weights_into(model, name: str, obj: dict, path, head: str | None = None
             f"weights do not fit {name} (missing {len(missing)}, unexpected {len(unexpected)}, "
             f"wrong shape {len(shape_bad)} tensors): checkpoint for another architecture?", path)
     model.load_state_dict(state, strict=False)
+
+
+# --- models trained elsewhere ("bring your own model") -----------------------------------
+
+def head_outputs(model, state: dict) -> int:
+    """The number of outputs of the classifier head in ``state`` (the file's weights for
+    ``model``'s head, :func:`head_name`); a one-line error if the file has none."""
+    head = head_name(model)
+    w = state.get(f"{head}.weight")
+    if w is None or not hasattr(w, "shape") or len(w.shape) < 1:
+        raise DermcamError(f"the weights hold no classifier head ({head}.weight): save the "
+                           "whole trained classifier's state_dict, head included")
+    return int(w.shape[0])
+
+
+#: Attribute of a model made to fit dermcam's contract by :func:`attach_io` (a plain dict).
+IO_ATTR = "dermcam_io"
+
+
+def attach_io(model, outputs: int, malignant: tuple[int, ...] = (1,),
+              mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Make ``model`` fit dermcam's contract, in place; returns ``model``.
+
+    dermcam feeds ImageNet-normalised ``(N, 3, H, W)`` inputs and reads two logits
+    ``[benign, malignant]`` (``P(malignant) = softmax(z)[:, 1]``). Hooks on the root
+    module (layer names stay as they are) do the rest:
+
+    * a forward pre-hook re-normalises the input from ImageNet's ``mean``/``std`` to
+      the model's own (only where they differ);
+    * a forward hook maps the model's ``outputs`` logits to two:
+      ``outputs == 1``: ``[0, z]`` (``P = sigmoid(z)``; with ``malignant=(0,)`` the
+      sigmoid's positive class is benign: ``[0, -z]``); ``outputs == 2``: as they are
+      for ``malignant=(1,)``, swapped for ``(0,)``; ``outputs > 2``:
+      ``[log P(not S), log P(S)]`` with ``P`` the softmax over all outputs and ``S`` the
+      ``malignant`` classes, so the two logits' softmax is ``[1 - P(S), P(S)]``.
+
+    The settings are kept on the model as the plain dict ``model.dermcam_io`` and the
+    hooks read them from there, so they survive ``copy.deepcopy`` and ``model.to``.
+    Calling it again replaces the earlier settings.
+    """
+    outputs = int(outputs)
+    if outputs < 1:
+        raise DermcamError(f"the model must have at least one output, got {outputs}")
+    try:
+        mal = [int(i) for i in malignant]
+    except (TypeError, ValueError):
+        raise DermcamError(f"malignant classes must be integers, got {malignant!r}") from None
+    if not mal:
+        raise DermcamError("name at least one malignant class (e.g. --malignant 1)")
+    if len(set(mal)) != len(mal):
+        raise DermcamError(f"malignant classes repeat: {mal}; name each once")
+    if outputs == 1:
+        if mal not in ([0], [1]):
+            raise DermcamError(f"a one-output model's malignant class is 1 (sigmoid's "
+                               f"positive class) or 0, got {mal}")
+    else:
+        bad = [i for i in mal if not 0 <= i < outputs]
+        if bad:
+            raise DermcamError(f"malignant class {bad[0]} is not an output of a {outputs}-"
+                               f"output model; choose classes 0..{outputs - 1}")
+        if len(mal) == outputs:
+            raise DermcamError(f"every one of the {outputs} outputs is named malignant; "
+                               "leave at least one benign class")
+    mean = [float(v) for v in mean]
+    std = [float(v) for v in std]
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise DermcamError(f"mean and std must be 3 numbers each, std > 0; got mean {mean}, "
+                           f"std {std}")
+    for hooks, fn in ((model._forward_pre_hooks, _io_pre_hook),
+                      (model._forward_hooks, _io_post_hook)):
+        for key in [k for k, h in hooks.items() if h is fn]:
+            del hooks[key]
+    setattr(model, IO_ATTR, {"outputs": outputs, "malignant": mal, "mean": mean, "std": std})
+    if mean != [float(v) for v in IMAGENET_MEAN] or std != [float(v) for v in IMAGENET_STD]:
+        model.register_forward_pre_hook(_io_pre_hook)
+    if not (outputs == 2 and mal == [1]):
+        model.register_forward_hook(_io_post_hook)
+    return model
+
+
+def _io_pre_hook(module, args):
+    """ImageNet-normalised input -> normalised with the model's own mean and std."""
+    io = getattr(module, IO_ATTR)
+    x, *rest = args
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    m_in, s_in = x.new_tensor(IMAGENET_MEAN).view(shape), x.new_tensor(IMAGENET_STD).view(shape)
+    m, s = x.new_tensor(io["mean"]).view(shape), x.new_tensor(io["std"]).view(shape)
+    return (((x * s_in + m_in) - m) / s, *rest)
+
+
+def _io_post_hook(module, args, out):
+    """The model's logits -> two, ``[benign, malignant]`` (see :func:`attach_io`)."""
+    import torch
+
+    io = getattr(module, IO_ATTR)
+    k, mal = io["outputs"], io["malignant"]
+    z = out
+    if k == 1:
+        z = z.reshape(len(z), 1)
+        # the malignant logit carries the signal (heatmaps explain it): z, or -z for (0,)
+        return torch.cat([torch.zeros_like(z), z if mal == [1] else -z], 1)
+    if k == 2:
+        return z[:, [1, 0]] if mal == [0] else z
+    logp = torch.log_softmax(z, 1)
+    rest = [i for i in range(k) if i not in mal]
+    return torch.stack([torch.logsumexp(logp[:, rest], 1), torch.logsumexp(logp[:, mal], 1)],
+                       1)

@@ -18,11 +18,11 @@ from dermcam import run as runmod
 from dermcam.formatting import fmt_ci, fmt_num, fmt_p, fmt_pct, fmt_seconds, is_number, metric_label
 from dermcam.io import read_json
 
-__all__ = ["Table", "ci_cell", "training_table", "metrics_tables", "localisation_table",
+__all__ = ["Table", "ci_cell", "training_table", "imported_table", "metrics_tables", "localisation_table",
            "attention_table", "artifacts_table", "probe_table", "presence_table",
            "shortcut_table", "subgroup_tables", "external_table", "findings_table",
            "run_sections", "SECTIONS", "dataset_tables", "dataset_lines", "problem_lines",
-           "models_table", "predictions_table", "audit_headline", "audit_table",
+           "models_table", "predictions_table",
            "findings_lines", "pairwise_table", "confound_caveats", "confound_line", "guard_note",
            "labels_line", "heterogeneity_note", "kruskal_note"]
 
@@ -79,6 +79,8 @@ def training_table(records: dict[str, dict[str, Any]],
               ["model", "weights", "learning rate", "epochs run", "best epoch",
                "best validation", "threshold", "CAM", "time"], numeric_from=2)
     for name, m in records.items():
+        if m.get("source"):  # audited from outside: imported_table
+            continue
         best = m.get("best_epoch")
         method, layer = (chosen or {}).get(name, ("", m.get("target_layer", "")))
         cam = method_at(method, layer) if method else layer
@@ -89,6 +91,25 @@ def training_table(records: dict[str, dict[str, Any]],
               f"{m.get('monitor', '')} {fmt_num(m.get('best_score'), 3)}".strip(),
               fmt_num(m.get("threshold"), 3), cam,
               fmt_seconds(m.get("wall_time_s")))
+    return t
+
+
+def imported_table(records: dict[str, dict[str, Any]],
+                   chosen: dict[str, tuple[str, str]] | None = None) -> Table:
+    """One row per model audited from outside dermcam (``dermcam audit``): where it came
+    from, how its outputs are read, how its threshold was set, the CAM it was read with."""
+    t = Table("Audited models (trained outside dermcam)",
+              ["model", "file", "form", "SHA-256", "outputs", "threshold", "CAM"],
+              numeric_from=99)
+    for name, m in records.items():
+        src = m.get("source")
+        if not src:
+            continue
+        method, layer = (chosen or {}).get(name, ("", m.get("target_layer", "")))
+        t.add(m.get("display_name", name), src.get("file") or "in memory", src.get("form", "?"),
+              (src.get("sha256") or "-")[:12], src.get("read_as", "?"),
+              f"{fmt_num(m.get('threshold'), 3)} ({m.get('threshold_rule', '?')})",
+              method_at(method, layer) if method else layer)
     return t
 
 
@@ -589,40 +610,6 @@ def labels_line(info: dict[str, Any]) -> str:
     return text
 
 
-def audit_headline(what: str, labels, guard: dict[str, Any]) -> str:
-    """One line on an audit: the model, the images per class (``labels``: 0/1 per image)
-    and whether the maps beat uniform attention."""
-    labels = list(labels)
-    lo, hi = guard["pixel_auroc_ci"]
-    return (f"{what}: {len(labels)} images ({labels.count(0)} benign, {labels.count(1)} "
-            f"malignant); median pixel AUROC {ci_cell(guard['median_pixel_auroc'], lo, hi)} "
-            "(0.5 = uniform)")
-
-
-def audit_table(summary: dict[str, Any]) -> Table:
-    """Attention by class of :func:`dermcam.audit.audit_summary` (``by_class`` a
-    DataFrame); the note: :func:`guard_note`, the size-confound gap and verdict and its
-    :func:`confound_caveats`."""
-    note = " ".join(filter(None, [guard_note(summary["guard"]),
-                                  confound_line(summary.get("size_confound") or {})]))
-    t = Table("attention: mean [95 % CI] by class; n (undefined, left out of the mean)",
-              ["class", "n (undefined)", "leakage", "excess leakage", "pixel AUROC"],
-              numeric_from=99, note=note)
-    rows: dict[int, dict[str, Any]] = {}
-    for r in summary["by_class"].to_dict(orient="records"):
-        rows.setdefault(int(r["label"]), {})[r["metric"]] = r
-
-    def cell(r) -> str:
-        return "-" if r is None or r["mean"] != r["mean"] else \
-            ci_cell(r["mean"], r["ci_low"], r["ci_high"], 3)
-
-    for label, ms in sorted(rows.items()):
-        leak = ms["leakage"]
-        t.add("malignant" if label == 1 else "benign", f"{leak['n']} ({leak.get('n_nan', 0)})",
-              cell(leak), cell(ms.get("excess_leakage")), cell(ms.get("pixel_auroc")))
-    return t
-
-
 # ----------------------------------------------------------------- a run folder
 
 
@@ -650,8 +637,10 @@ def run_sections(run_dir: str | Path) -> dict[str, list[Table]]:
     chosen = chosen_layers(summary)
     names = dict(run.display_names)
     sec: dict[str, list[Table]] = {k: [] for k, _ in SECTIONS}
-    if run.model_records:
-        sec["training"].append(training_table(run.model_records, chosen))
+    for table in (training_table(run.model_records, chosen),
+                  imported_table(run.model_records, chosen)):
+        if table.rows:
+            sec["training"].append(table)
     if metrics:
         sec["comparison"] += metrics_tables(metrics)
         sec["subgroups"] += subgroup_tables(metrics)

@@ -164,6 +164,8 @@ def sections(run: runmod.Run, names: dict[str, str]) -> list[Section]:
         figs, absent, alone = [], [], []
         for pattern, caption in FIGURES.get(anchor, []):
             for m in models if "{m}" in pattern else [None]:
+                if anchor == "training" and run.model_record(m).get("source"):
+                    continue  # audited from outside: no training history to show
                 rel = pattern.format(m=m)
                 fig, why = _png(run.dir / runmod.FIGURES_DIR / rel,
                                 caption.format(name=names.get(m, m)))

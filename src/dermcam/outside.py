@@ -1,0 +1,418 @@
+"""Audit a classifier trained anywhere: its file (or module) in, an ordinary dermcam run out.
+
+    dermcam audit model.pt --arch resnet18 --data data/isic2016 --out runs/mine
+
+or, from Python, ``dermcam.audit(model, "data/isic2016", out="runs/mine")``. The model is
+read safely (:func:`dermcam.weight_files.read_weights`: state dicts of any training framework,
+TorchScript; never a pickle), its head and preprocessing are fitted to dermcam's contract
+(two logits [benign, malignant] on ImageNet-normalised input,
+:func:`dermcam.models.attach_io`), its threshold and calibration are chosen on the
+validation part of the data's training split (the part ``dermcam train`` holds out, same
+seed), and the run then goes through evaluate, explain (the localisation benchmark, the
+sanity check), probe and report as a trained run does. Afterwards it is an ordinary run:
+``dermcam explain RUN --layer ...``, ``dermcam probe RUN ...``, ``dermcam report RUN``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dermcam import run as runmod
+from dermcam.errors import DermcamError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Reading", "audit", "import_model", "load_outside", "read_module"]
+
+#: The probes of an audit (every one a trained run gets by default; hot spots follow
+#: explain; the context swap needs artifact labels).
+AUDIT_PLACEMENTS = 2
+
+
+@dataclass
+class Reading:
+    """How an outside model's file and outputs are read, recorded in the run.
+
+    ``malignant``: the output classes that are malignant: one logit needs none (P =
+    sigmoid(z)); two default to ``(1,)``; K > 2 must be named (their softmax
+    probabilities are summed). ``mean``/``std``: the model's input normalisation (None:
+    ImageNet's, or a timm architecture's own defaults). ``resize``: squash or
+    shorter-side-crop. ``threshold``: None chooses Youden's on validation.
+    """
+
+    arch: str
+    image_size: int = 224
+    malignant: tuple[int, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: str = "squash"
+    threshold: float | None = None
+    calibration: str = "platt"
+    seed: int = 0
+    val_fraction: float = 0.2
+    cache_dir: str | None = None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _norm(reading: Reading, model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The model's input mean and std: given, else a timm model's own, else ImageNet's."""
+    from dermcam.models import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = reading.mean or tuple(cfg.get("mean") or IMAGENET_MEAN)
+    std = reading.std or tuple(cfg.get("std") or IMAGENET_STD)
+    for name, v in (("--mean", mean), ("--std", std)):
+        if len(v) != 3 or (name == "--std" and min(v) <= 0):
+            raise DermcamError(f"{name} needs three values (one per RGB channel"
+                               f"{', all above 0' if name == '--std' else ''}), got {v}")
+    return tuple(float(x) for x in mean), tuple(float(x) for x in std)
+
+
+def _count_outputs(model, size: int, where) -> int:
+    """K, from the model's output on one blank image."""
+    import torch
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, size, size))
+    except Exception as exc:
+        raise DermcamError(f"the model failed on a {size} px image ({type(exc).__name__}: "
+                           f"{(str(exc).splitlines() or [''])[0][:120]}); is --image-size "
+                           "the size it was trained at?", where) from exc
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DermcamError(f"the model returns {got}; dermcam reads (N, K) logits", where)
+    return int(out.shape[1])
+
+
+def _malignant(k: int, given: tuple[int, ...] | None, where) -> tuple[int, ...]:
+    if k <= 2:
+        return given or (1,)
+    if not given:
+        raise DermcamError(f"the model has {k} outputs (classes 0-{k - 1}); say which are "
+                           "malignant with --malignant-classes, e.g. 0,1,4 (their softmax "
+                           "probabilities are summed)", where)
+    return given
+
+
+def _read_as(k: int, malignant: tuple[int, ...]) -> str:
+    """How P(malignant) is read from the K outputs, and what the heatmaps explain."""
+    if k == 1:
+        sign = "" if malignant == (1,) else "-"
+        return (f"one logit z: P(malignant) = sigmoid({sign}z); heatmaps explain {sign}z")
+    if k == 2:
+        m = malignant[0]
+        return (f"two logits, class {m} malignant: P(malignant) = softmax(z)[{m}]; heatmaps "
+                f"explain z{m}")
+    cls = ", ".join(map(str, malignant))
+    return (f"{k} logits, classes {cls} malignant: P(malignant) = the sum of their softmax "
+            "probabilities; heatmaps explain log P(malignant)")
+
+
+def _fitted(model, info, state, reading: Reading, where, form: str, script=None):
+    """``model`` with its weights and dermcam's input/output contract; ``(model, io)``."""
+    from dermcam.models import attach_io
+    from dermcam.weight_files import fit_weights
+
+    fit_weights(model, state, reading.arch, where)
+    if script is not None:
+        _check_same_outputs(script, model, reading.image_size, where, reading.arch)
+    k = _count_outputs(model, reading.image_size, where)
+    malignant = _malignant(k, reading.malignant, where)
+    mean, std = _norm(reading, model)
+    attach_io(model, k, malignant, mean, std)
+    io = {"outputs": k, "malignant": list(malignant), "mean": list(mean), "std": list(std)}
+    log.info("%s (%s): %s", where, form, _read_as(k, malignant))
+    return model, io
+
+
+def _build(reading: Reading, state: dict, where):
+    """``arch`` with a head as wide as the file's."""
+    from dermcam.models import build_model, head_outputs
+    from dermcam.weight_files import fit_weights
+
+    try:
+        model, info = build_model(reading.arch, "none", image_size=reading.image_size)
+    except DermcamError as exc:
+        raise DermcamError(str(exc), "--arch") from None
+    try:
+        k = head_outputs(model, state)
+    except DermcamError:
+        fit_weights(model, state, reading.arch, where)  # another architecture: which keys
+        raise
+    if k != 2:
+        model, info = build_model(reading.arch, "none", num_classes=k,
+                                  image_size=reading.image_size)
+    return model, info
+
+
+def load_outside(weights: str | Path, reading: Reading):
+    """An outside model file -> ``(model, info, io, source)``: ``model`` fitted to dermcam's
+    contract, ``io`` its head and normalisation, ``source`` what the run records of the
+    file (path, SHA-256, form, architecture, how its outputs are read). Every problem is
+    one :class:`DermcamError` naming the file."""
+    from dermcam.weight_files import read_weights
+
+    path = Path(weights)
+    if not path.is_file():
+        raise DermcamError("weights file not found" if not path.exists() else
+                           "not a file (expected a state dict or a TorchScript file)", path)
+    state, form, script = read_weights(path)
+    model, info = _build(reading, state, path)
+    model, io = _fitted(model, info, state, reading, path, form, script)
+    source = {"file": str(path.resolve()), "sha256": _sha256(path), "form": form,
+              "arch": reading.arch, "read_as": _read_as(io["outputs"], tuple(io["malignant"]))}
+    return model, info, io, source
+
+
+def read_module(module, reading: Reading | None = None, **options):
+    """A ``torch.nn.Module`` in memory -> ``(model, info, io, source)`` as
+    :func:`load_outside`: its weights are copied into a fresh ``arch`` (given, or found:
+    a timm model's own name, else the torchvision architecture whose parameters match),
+    so later stages can rebuild it from the run's checkpoint."""
+    if reading is None:
+        reading = Reading(arch=options.pop("arch", None) or infer_arch(module), **options)
+    where = f"model {type(module).__name__}"
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    model, info = _build(reading, state, where)
+    model, io = _fitted(model, info, state, reading, where, "module in memory")
+    source = {"file": None, "form": "module in memory", "arch": reading.arch,
+              "read_as": _read_as(io["outputs"], tuple(io["malignant"]))}
+    return model, info, io, source
+
+
+def infer_arch(module) -> str:
+    """A module's architecture name: timm's own record, else the torchvision model of the
+    same class whose parameter names and shapes (head aside) match, built on the meta
+    device (no memory, no weights)."""
+    import torch
+    from torchvision import models as tvm
+
+    from dermcam.models import head_name
+
+    cfg = getattr(module, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("architecture"):
+        return f"timm:{cfg['architecture']}"
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    for name in tvm.list_models(module=tvm):  # only builders of the module's class run
+        builder = tvm.get_model_builder(name)
+        if inspect.signature(builder).return_annotation is not type(module):
+            continue
+        with torch.device("meta"):
+            cand = builder(weights=None)
+        have = {k: tuple(v.shape) for k, v in cand.state_dict().items()}
+        head = head_name(cand) + "."
+        if have.keys() == want.keys() and all(
+                have[k] == want[k] for k in have if not k.startswith(head)):
+            return name
+    raise DermcamError(f"could not tell which torchvision or timm architecture this "
+                       f"{type(module).__name__} is; pass arch='resnet18' (or 'timm:NAME')")
+
+
+def _check_same_outputs(script, model, size: int, path, arch: str) -> None:
+    """The TorchScript module and ``arch`` with its weights give the same logits (Grad-CAM
+    needs the Python module, so the file's weights run in ``arch``)."""
+    import torch
+
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    script.eval()
+    with torch.no_grad():
+        a = model(x)
+        try:
+            b = script(x)
+        except Exception as exc:
+            raise DermcamError(f"the TorchScript model failed on a {size} px input "
+                               f"({type(exc).__name__})", path) from exc
+    if not isinstance(b, torch.Tensor) or b.shape != a.shape:
+        got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+        raise DermcamError(f"the TorchScript model returns {got}, {arch} with its weights "
+                           f"{tuple(a.shape)}: not the plain {arch}", path)
+    if not torch.allclose(a, b, rtol=1e-3, atol=1e-4):
+        diff = float((a - b).abs().max())
+        raise DermcamError(f"the TorchScript model's logits differ from {arch} with its "
+                           f"weights (max |difference| {diff:.3g}): its forward is not the "
+                           f"plain {arch} (preprocessing or a changed head inside?); save the "
+                           "plain model's state_dict instead", path)
+
+
+def _model_key(arch: str) -> str:
+    return arch.replace("timm:", "timm-")
+
+
+def import_model(model, info, io: dict, source: dict, data: str | Path, out: str | Path,
+                 reading: Reading, overwrite: bool = False, progress=None) -> runmod.Run:
+    """Make the run folder ``out`` for an outside model: its manifest (as training writes
+    one), its ``model.pt`` with the head, normalisation and source recorded, and the
+    threshold and calibration chosen on the validation part of ``data``'s training split
+    (``reading.threshold`` given: that one). Returns the run."""
+    from dermcam.checkpoints import save_checkpoint
+    from dermcam.config import TrainConfig
+    from dermcam.data import load_dataset
+    from dermcam.data.cache import ImageCache
+    from dermcam.data.cached_split import CachedSplit
+    from dermcam.data.splits import stratified_split
+    from dermcam.decision import choose_threshold
+    from dermcam.models import display_name
+
+    t0 = time.perf_counter()
+    ds = load_dataset(data)
+    train_samples, test_samples = ds.split("train"), ds.split("test")
+    if not test_samples:
+        raise DermcamError("the data set has no test split to audit", data)
+    name = _model_key(reading.arch)
+    cfg = TrainConfig(data=str(data), out=str(out), models=[name], weights=source["form"],
+                      image_size=reading.image_size, max_epochs=0, seed=reading.seed,
+                      val_fraction=reading.val_fraction, cache_dir=reading.cache_dir,
+                      calibration=reading.calibration, resize=reading.resize)
+    if train_samples:
+        labels = np.array([s.label for s in train_samples], dtype=np.int64)
+        _, va_idx = stratified_split(labels, cfg.val_fraction, cfg.seed,
+                                     groups=[s.group for s in train_samples], path=data)
+    elif reading.threshold is None:
+        raise DermcamError("the data set has no training split to choose a threshold on; "
+                           "give one with --threshold (e.g. 0.5)", data)
+    runmod.prepare_run_dir(Path(out), overwrite)
+    run = runmod.Run.create(out, {
+        "kind": "dermcam-run", "created": runmod.now(), "status": "training",
+        "config": asdict(cfg), "seed": cfg.seed, "versions": runmod.versions(),
+        "data": {"root": str(Path(data).resolve()), "name": ds.name, "layout": ds.layout,
+                 "fingerprint": ds.fingerprint(), "has_masks": ds.has_masks,
+                 "notes": ds.notes, "counts": {"train": _counts(train_samples),
+                                               "test": _counts(test_samples)}},
+        "models": {}, "stages": {"train": {"status": "running", "at": runmod.now(),
+                                           "imported": True}}})
+    if train_samples:
+        val = CachedSplit([train_samples[i] for i in va_idx], cfg.image_size,
+                          ImageCache(cfg.cache_dir, resize=cfg.resize))
+        val.hold_in_memory(progress=progress)
+        d = choose_threshold(model, val.dataset(np.arange(len(val))), val.labels,
+                             cfg.calibration, reading.threshold)
+        decision = {"threshold": d.threshold, "val_auc": d.val_auc, "temperature": d.temperature,
+                    "calibration_bias": d.bias, "calibration": d.calibration}
+        n_val = len(va_idx)
+    else:
+        decision = {"threshold": float(reading.threshold), "val_auc": None, "temperature": 1.0,
+                    "calibration_bias": 0.0, "calibration": {"method": "none"}}
+        n_val = 0
+    rule = "given (--threshold)" if reading.threshold is not None else "Youden J on validation"
+    shown = f"{display_name(reading.arch)} ({Path(source['file']).name})" \
+        if source.get("file") else display_name(reading.arch)
+    info.display_name = shown
+    card = {"architecture": shown, "weights_source": source.get("file") or source["form"],
+            "trained_on": "outside dermcam", "image_size": cfg.image_size, "n_val": n_val,
+            "val_auc": decision["val_auc"], "threshold": decision["threshold"],
+            "threshold_rule": rule, "temperature": decision["temperature"],
+            "calibration_bias": decision["calibration_bias"],
+            "calibration": decision["calibration"]["method"], "outputs": source["read_as"]}
+    save_checkpoint(run.model_file(name), model, info, {
+        "image_size": cfg.image_size, "resize": cfg.resize, "num_outputs": io["outputs"],
+        "io": io,
+        "source": source, "model_card": card, **{k: decision[k] for k in (
+            "threshold", "temperature", "calibration_bias", "calibration")}})
+    run.record_model(name, {
+        "display_name": shown, "weights_source": card["weights_source"],
+        "target_layer": info.target_layer, "source": source, "threshold_rule": rule,
+        **decision, "checkpoint": f"{runmod.MODELS_DIR}/{name}/{runmod.MODEL_FILE}"})
+    run.set_stage("train", runmod.STATUS_COMPLETE, run_status="trained", imported=True,
+                  wall_time_s=round(time.perf_counter() - t0, 2), n_val=int(n_val))
+    return run
+
+
+def _counts(samples) -> dict[str, int]:
+    labels = [s.label for s in samples]
+    return {"n": len(labels), "malignant": int(sum(labels)),
+            "benign": len(labels) - int(sum(labels))}
+
+
+def audit(model, data: str | Path, out: str | Path, *, arch: str | None = None,
+          image_size: int = 224, malignant: Sequence[int] | None = None,
+          mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+          resize: str = "squash", threshold: float | None = None,
+          calibration: str = "platt", by: Sequence[str] = (),
+          artifact_labels: str | Path | None = None, placements: int = AUDIT_PLACEMENTS,
+          limit: int | None = None, seed: int = 0, device: str = "auto",
+          precision: str = "auto", overwrite: bool = False, cache_dir: str | None = None,
+          say=None, progress_bar=None) -> runmod.Run:
+    """The full audit of a model trained anywhere, into the run folder ``out``.
+
+    ``model``: a weights file (state dict of any training framework, TorchScript) or a
+    ``torch.nn.Module`` in memory; ``arch`` names its architecture (torchvision's
+    ``resnet18``, timm's ``timm:convnext_tiny``; found by itself for a module).
+    ``data``: a data folder of any layout dermcam reads: its test split is audited, its
+    training split's validation part chooses the threshold, calibration and CAM layer.
+    ``malignant``: the malignant output classes (see :class:`Reading`). Then evaluate
+    (``by`` subgroups), explain (the localisation benchmark chooses method and layer; the
+    sanity check), every probe (``placements`` per painted artifact; the context swap
+    with ``artifact_labels``; hot spots) and the report. Returns the run; its findings
+    are ``dermcam.findings.read_findings(run.dir)``.
+    """
+    from dermcam.device import resolve_device
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.probe import PROBES, run_probe
+    from dermcam.stages.report import run_report
+
+    say = say or (lambda *a: None)
+    bar = progress_bar or (lambda desc: contextlib.nullcontext())
+    reading = Reading(arch=arch or "", image_size=int(image_size),
+                      malignant=tuple(int(i) for i in malignant) if malignant else None,
+                      mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
+                      resize=resize, threshold=threshold, calibration=calibration,
+                      seed=seed, cache_dir=cache_dir)
+    if isinstance(model, (str, Path)):
+        if not arch:
+            raise DermcamError("give --arch, the architecture the weights belong to (e.g. "
+                               "resnet18, or timm:convnext_tiny; 'dermcam models' lists "
+                               "torchvision's)", model)
+        fitted, info, io, source = load_outside(model, reading)
+    else:
+        if not arch:
+            reading.arch = infer_arch(model)
+        fitted, info, io, source = read_module(model, reading)
+    dev = str(resolve_device(device))
+    say(f"[1/5] {source['read_as']}; threshold and calibration on validation images")
+    with bar("decode + cache images") as cb:
+        run = import_model(fitted, info, io, source, data, out, reading, overwrite, cb)
+    by_eval = tuple(by)
+    if artifact_labels is not None:  # kept for the later stages; metrics split by each
+        from dermcam.data.artifact_labels import artifact_columns, read_artifact_labels
+
+        say(runmod.record_in_run(run.dir, artifact_labels))
+        by_eval += tuple(artifact_columns(read_artifact_labels(artifact_labels)))
+    say("[2/5] evaluation on the test split (bootstrap CIs)")
+    with bar("evaluate") as cb:
+        run_evaluate(run.dir, progress=cb, by=by_eval, device=dev, artifacts=artifact_labels)
+    say("[3/5] attention: the localisation benchmark chooses the CAM method and layer on "
+        "validation images; sanity check; every test image")
+    with bar("CAM batches") as cb:
+        run_explain(run.dir, methods=["auto"], limit=limit, progress=cb, device=dev,
+                    by=tuple(by))
+    say("[4/5] behavioural probes")
+    probes = [*PROBES, *["context_swap"] * (artifact_labels is not None), "hot_spots"]
+    with bar("probe batches") as cb:
+        run_probe(run.dir, probes=probes, placements=placements, limit=limit, progress=cb,
+                  device=dev, by=tuple(by), precision=precision)
+    say("[5/5] report")
+    run_report(run.dir)
+    return runmod.Run.open(run.dir)

@@ -1,0 +1,290 @@
+"""Weights files: read safely, whatever wrote them, and loaded strictly.
+
+:func:`load_state_file` reads a ``torch.save`` dict with ``weights_only=True`` (no code
+runs); :func:`verify_weights_file` checks a copied torchvision file against the hash in
+its name; :func:`read_weights` reads the forms outside training pipelines write (state
+dict, DataParallel / DDP, Lightning, ``torch.compile``, TorchScript, safetensors, a
+dermcam checkpoint) and :func:`fit_weights` loads one strictly, naming what does not fit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dermcam.errors import DermcamError
+
+
+def verify_weights_file(path: str | Path) -> None:
+    """Check a torchvision weights file against the hash prefix in its name.
+
+    torchvision names its files ``<arch>-<first hex digits of the SHA-256>.pth``;
+    torch.hub's ``check_hash`` compares that prefix with the file's digest, which is what
+    this does for a file that was copied by hand. No prefix in the name: nothing to check.
+    ``DERMCAM_TRUST_WEIGHTS=1`` skips the check, for weights of one's own making saved
+    under torchvision's name (the test suite's stand-ins for ImageNet weights).
+    """
+    import hashlib
+    import re
+
+    path = Path(path)
+    m = re.search(r"-([a-f0-9]{6,})\.", path.name)
+    if m is None or not path.exists() or os.environ.get("DERMCAM_TRUST_WEIGHTS") == "1":
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    got = digest.hexdigest()
+    if not got.startswith(m.group(1)):
+        raise DermcamError(
+            f"ImageNet weights file does not match torchvision's: its SHA-256 begins "
+            f"{got[:len(m.group(1))]}, the name says {m.group(1)} (truncated or damaged copy, "
+            f"or another file under that name); delete it and download or copy it again "
+            "(DERMCAM_TRUST_WEIGHTS=1 accepts weights of your own making)",
+            path)
+
+
+def load_state_file(path: str | Path) -> dict:
+    """Load a checkpoint or state dict safely (``weights_only=True``: no code is executed)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise DermcamError("weights file not found", path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DermcamError(
+            "refused: the file holds Python objects other than tensors "
+            "(loaded with weights_only=True, nothing was executed)", path) from exc
+    except Exception as exc:
+        raise DermcamError(f"not a readable PyTorch weights file ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120]})", path) from exc
+    if not isinstance(obj, dict):
+        raise DermcamError("expected a state dict or a dermcam checkpoint", path)
+    return obj
+
+
+#: Key prefixes a wrapper adds to every key, stripped only where every key has one, in any
+#: order and combination (``module._orig_mod.``, ``model._orig_mod.``, ``module.model.``).
+WRAPPER_PREFIXES = {"module.": "DDP", "_orig_mod.": "torch.compile", "model.": "wrapper"}
+#: Top-level keys only PyTorch Lightning writes into its checkpoints.
+LIGHTNING_KEYS = ("pytorch-lightning_version", "epoch", "global_step", "loops", "callbacks",
+                  "optimizer_states", "lr_schedulers", "hyper_parameters")
+
+_SAVE_STATE_DICT = "save the weights with torch.save(model.state_dict(), PATH)"
+
+
+def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
+    """Read the weights in a file trained anywhere, never unpickling code.
+
+    Returns ``(state_dict, form, script)``: the tensors by parameter name, with wrapper
+    prefixes stripped where every key has one (``module.`` of DataParallel / DDP,
+    ``_orig_mod.`` of ``torch.compile``, ``model.`` of a Lightning module or wrapper, in
+    any order); ``form`` says what the file was ("state dict", "DDP state dict",
+    "torch.compile state dict", "DDP + torch.compile state dict", "Lightning checkpoint",
+    "dermcam checkpoint", "checkpoint dict", "safetensors", "TorchScript"); ``script``
+    is the loaded TorchScript module for a TorchScript file, else None. Files are read
+    with ``torch.load(weights_only=True)`` (TorchScript with ``torch.jit.load``, which
+    runs no Python code); anything else is a one-line :class:`DermcamError`.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise DermcamError("weights file not found", path)
+    if not path.is_file():
+        raise DermcamError("not a file (expected a weights file saved with torch.save)", path)
+    if _is_torchscript(path):
+        script = _load_torchscript(path)
+        state, labels = _strip_wrappers(dict(script.state_dict()))
+        return state, _form("TorchScript", labels), script
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise DermcamError(f"not a readable safetensors file ({_first_line(exc)})",
+                               path) from exc
+        state, labels = _strip_wrappers(state)
+        return state, _form("safetensors", labels), None
+    if not _is_torch_save(path):
+        raise DermcamError("not a PyTorch weights file (neither torch.save nor TorchScript "
+                           "nor safetensors); " + _SAVE_STATE_DICT, path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _looks_like_lightning(path):
+            raise DermcamError(
+                "a Lightning checkpoint holding Python objects (in hyper_parameters?) that "
+                "dermcam will not unpickle: save its weights alone with "
+                "torch.save(checkpoint['state_dict'], PATH)", path) from exc
+        raise DermcamError("holds a pickled Python object, not a state dict; dermcam never "
+                           "unpickles code: " + _SAVE_STATE_DICT, path) from exc
+    except Exception as exc:
+        raise DermcamError(f"not a readable PyTorch weights file ({_first_line(exc)})",
+                           path) from exc
+    if not isinstance(obj, dict):
+        raise DermcamError(f"holds a {type(obj).__name__}, not a state dict: "
+                           + _SAVE_STATE_DICT, path)
+    if _all_tensors(obj):
+        state, labels = _strip_wrappers(obj)
+        return state, _form("state dict", labels), None
+    if obj.get("format") == "dermcam-checkpoint" and isinstance(obj.get("state_dict"), dict):
+        state, labels = _strip_wrappers(obj["state_dict"])
+        return state, _form("dermcam checkpoint", labels), None
+    if isinstance(obj.get("state_dict"), dict) and _all_tensors(obj["state_dict"]):
+        base = ("Lightning checkpoint" if any(k in obj for k in LIGHTNING_KEYS)
+                else "checkpoint dict")
+        state, labels = _strip_wrappers(obj["state_dict"])
+        return state, _form(base, [x for x in labels if x != "wrapper"]
+                            if base == "Lightning checkpoint" else labels), None
+    for key in ("model_state_dict", "model", "net", "weights"):
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and _all_tensors(inner):
+            state, labels = _strip_wrappers(inner)
+            return state, _form(f"checkpoint dict ({key!r})", labels), None
+    raise DermcamError("holds a dict without a state dict of tensors (no 'state_dict' entry); "
+                       + _SAVE_STATE_DICT, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
+
+
+def _all_tensors(d: dict) -> bool:
+    import torch
+
+    return bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                           for k, v in d.items())
+
+
+def _strip_wrappers(state: dict) -> tuple[dict, list[str]]:
+    """Strip :data:`WRAPPER_PREFIXES` while every key has the same one; the labels of
+    those stripped, outermost first."""
+    labels: list[str] = []
+    while state:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)),
+                      None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        labels.append(WRAPPER_PREFIXES[prefix])
+    return state, labels
+
+
+def _form(base: str, labels: list[str]) -> str:
+    if not labels:
+        return base
+    if base == "state dict":
+        return f"{' + '.join(labels)} state dict"
+    return f"{base} ({' + '.join(labels)})"
+
+
+def _looks_like_lightning(path: Path) -> bool:
+    """A Lightning checkpoint, judged from the pickle's bytes (nothing is unpickled)."""
+    import zipfile
+
+    data = b""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                pkl = [n for n in z.namelist() if n.partition("/")[2] == "data.pkl"]
+                if pkl:
+                    data = z.read(pkl[0])
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read(1 << 24)
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return b"pytorch-lightning_version" in data or (b"state_dict" in data
+                                                   and b"global_step" in data)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON object."""
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip file holding ``<name>/constants.pkl`` and ``code/``."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    rest = [n.partition("/")[2] for n in names]
+    return "constants.pkl" in rest and any(r.startswith("code/") for r in rest)
+
+
+def _is_torch_save(path: Path) -> bool:
+    """What ``torch.save`` writes: a zip archive with ``<name>/data.pkl``, or (before
+    PyTorch 1.6, ``_use_new_zipfile_serialization=False``) a bare pickle stream."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return any(n.partition("/")[2] == "data.pkl" for n in z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
+    with open(path, "rb") as fh:
+        return fh.read(1) == b"\x80"  # pickle protocol 2+
+
+
+def _load_torchscript(path: Path):
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch 2.9+: "torch.jit.load is deprecated"
+            warnings.filterwarnings("ignore", category=FutureWarning,
+                                    message=r".*torch\.jit.*deprecated")
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise DermcamError(f"not a loadable TorchScript file ({_first_line(exc)})",
+                           path) from exc
+
+
+def _few(items: list[str], k: int = 3) -> str:
+    return ", ".join(items[:k]) + (" …" if len(items) > k else "")
+
+
+def fit_weights(model, state: dict, name: str, path) -> None:
+    """Load ``state`` into ``model`` strictly; where the keys or shapes differ, one
+    :class:`DermcamError` naming the counts and the first few of each (missing,
+    unexpected, wrong shape with the file's and the model's shapes)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} ({_few(missing)})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} ({_few(unexpected)})")
+        if bad:
+            shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+                      for k in bad]
+            parts.append(f"wrong shape {len(bad)} ({_few(shapes)})")
+        raise DermcamError(f"weights do not fit {name}: {', '.join(parts)}", path)
+    model.load_state_dict(state, strict=True)
