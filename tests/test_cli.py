@@ -15,8 +15,10 @@ import typer
 from typer.testing import CliRunner
 
 import dermcam
-from dermcam.cli import PIPELINE, _paragraphs, app
+from dermcam.cli import app
 from dermcam.logs import HARMLESS_WARNINGS, quiet_libraries
+from dermcam.terminal import PIPELINE
+from dermcam.terminal import paragraphs as _paragraphs
 
 # ------------------------------------------------------------------------ warnings
 

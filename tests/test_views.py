@@ -1,7 +1,7 @@
 """The detail tables (:mod:`dermcam.views`): each builder on hand-made summaries, every
 expected cell written out by hand; :func:`views.run_sections` on a hand-made run folder
 (the smallest one ``Run.open`` accepts, in ``tmp_path``, as tests/test_findings.py builds
-it); and the terminal's rendering (:func:`cli.show`, :func:`cli.detail`).
+it); and the terminal's rendering (:func:`terminal.show`, :func:`terminal.detail`).
 
 Missing parts: a CI cell (``ci_cell``) writes ``-`` for each undefined part; a plain
 number or a metrics entry (``value``/``lo``/``hi``) writes ``n/a``.
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from dermcam import cli, views
+from dermcam import terminal, views
 from dermcam.findings import Finding
 from dermcam.stages.probe import CAVEAT
 
@@ -712,7 +712,7 @@ def test_bracketed_cells_and_titles_print_as_written():
     con = _buffer_console()
     t = views.Table("data set [ISIC]", ["ROC AUC [95 % CI]", "note [b]"],
                     [["0.03 [n/a, 0.06]", "[bold]x[/bold]"]], note="kept [i]as is[/i]")
-    cli.show(t, to=con)
+    terminal.show(t, to=con)
     out = con.file.getvalue()
     for text in ("data set [ISIC]", "ROC AUC [95 % CI]", "note [b]", "0.03 [n/a, 0.06]",
                  "[bold]x[/bold]", "kept [i]as is[/i]"):
@@ -722,19 +722,19 @@ def test_bracketed_cells_and_titles_print_as_written():
 def test_show_right_aligns_numeric_columns_and_skips_none(monkeypatch):
     made = []
 
-    class Recorded(cli.Table):
+    class Recorded(terminal.Table):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             made.append(self)
 
-    monkeypatch.setattr(cli, "Table", Recorded)
+    monkeypatch.setattr(terminal, "Table", Recorded)
     con = _buffer_console()
-    cli.show(views.Table("t", ["model", "CAM", "n", "ratio"], [["a", "b", "5", "1.25"]],
+    terminal.show(views.Table("t", ["model", "CAM", "n", "ratio"], [["a", "b", "5", "1.25"]],
                          numeric_from=2), to=con)
     [t] = made
     assert [c.justify for c in t.columns] == ["left", "left", "right", "right"]
     assert [str(c.header) for c in t.columns] == ["model", "CAM", "n", "ratio"]
-    cli.show(None, to=con)
+    terminal.show(None, to=con)
     assert len(made) == 1
 
 
@@ -746,37 +746,37 @@ def _detail_tables() -> list:
 
 
 def test_detail_quiet_writes_only_the_log(monkeypatch, run_dir):
-    monkeypatch.setattr(cli, "console", _buffer_console())
-    monkeypatch.setitem(cli._state, "verbose", False)
-    cli.detail(run_dir, "evaluate", _detail_tables())
-    assert cli.console.file.getvalue() == ""
+    monkeypatch.setattr(terminal, "console", _buffer_console())
+    monkeypatch.setitem(terminal.state, "verbose", False)
+    terminal.detail(run_dir, "evaluate", _detail_tables())
+    assert terminal.console.file.getvalue() == ""
     log = (run_dir / "dermcam.log").read_text(encoding="utf-8")
     for text in ("evaluate (", "first [table]", "ResNet18", "0.03 [n/a, 0.06]", "a note",
                  "second", "EfficientNet-B0", "0.417"):
         assert text in log, (text, log)
     assert log.index("evaluate (") < log.index("first [table]") < log.index("second")
-    cli.detail(run_dir, "probe", [views.Table("third", ["x"], [["y"]])])  # appended
+    terminal.detail(run_dir, "probe", [views.Table("third", ["x"], [["y"]])])  # appended
     log = (run_dir / "dermcam.log").read_text(encoding="utf-8")
     assert log.index("first [table]") < log.index("probe (") < log.index("third")
-    assert cli.console.file.getvalue() == ""
+    assert terminal.console.file.getvalue() == ""
 
 
 def test_detail_verbose_prints_and_logs(monkeypatch, run_dir):
-    monkeypatch.setattr(cli, "console", _buffer_console())
-    monkeypatch.setitem(cli._state, "verbose", True)
-    cli.detail(run_dir, "evaluate", _detail_tables())
-    out = cli.console.file.getvalue()
+    monkeypatch.setattr(terminal, "console", _buffer_console())
+    monkeypatch.setitem(terminal.state, "verbose", True)
+    terminal.detail(run_dir, "evaluate", _detail_tables())
+    out = terminal.console.file.getvalue()
     for text in ("first [table]", "0.03 [n/a, 0.06]", "a note", "second", "0.417"):
         assert text in out, (text, out)
         assert text in (run_dir / "dermcam.log").read_text(encoding="utf-8")
 
 
 def test_detail_without_a_run_folder_writes_nothing(monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "console", _buffer_console())
-    monkeypatch.setitem(cli._state, "verbose", False)
-    cli.detail(tmp_path / "absent", "evaluate", _detail_tables())
+    monkeypatch.setattr(terminal, "console", _buffer_console())
+    monkeypatch.setitem(terminal.state, "verbose", False)
+    terminal.detail(tmp_path / "absent", "evaluate", _detail_tables())
     assert not (tmp_path / "absent").exists()
-    assert cli.console.file.getvalue() == ""
+    assert terminal.console.file.getvalue() == ""
 
 
 def test_imported_table_says_where_an_audited_model_came_from():

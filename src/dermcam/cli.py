@@ -6,8 +6,6 @@ User errors (:class:`~dermcam.errors.DermcamError`) print one line and exit 2;
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import os
 import sys
 import time
@@ -15,149 +13,54 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from dermcam import run as runmod
-from dermcam.device import PRECISION_HELP
 from dermcam.errors import DermcamError
 from dermcam.logs import quiet_libraries
 from dermcam.models import DEFAULT_MODELS
+from dermcam.terminal import (
+    ARTIFACT_LABELS,
+    CAM_METHODS,
+    DEVICES,
+    App,
+    ArtifactLabels,
+    By,
+    Calibration,
+    CamBatch,
+    DataDir,
+    Debug,
+    Device,
+    Epochs,
+    ExternalName,
+    Group,
+    ImageSize,
+    Limit,
+    MinGroup,
+    Models,
+    NBoot,
+    NTest,
+    NTrain,
+    Overwrite,
+    Preset,
+    RunDir,
+    TrainPrecision,
+    answer,
+    console,
+    detail,
+    err,
+    progress_bar,
+    show,
+    state,
+)
 
-
-def _paragraphs(doc: str | None) -> str | None:
-    """A docstring with each paragraph on one line, for the help formatter to wrap.
-
-    Typer's rich help keeps a docstring's hard line breaks, so text wrapped at 88
-    columns in the source breaks mid-sentence in a wider terminal. Paragraphs are
-    separated by blank lines; one that starts with ``\\b`` keeps its breaks (click's
-    convention for verbatim blocks).
-    """
-    if not doc:
-        return doc
-    paragraphs = inspect.cleandoc(doc).split("\n\n")
-    return "\n\n".join(p if p.startswith("\b") else " ".join(s.strip() for s in p.splitlines())
-                       for p in paragraphs)
-
-
-#: The order ``dermcam --help`` lists the commands in: the order a study runs them.
-PIPELINE = ("demo", "download", "synth", "info", "models", "train", "evaluate", "explain",
-            "probe", "report", "audit", "predict")
-
-
-#: Stands for the CAM registry's method names (:data:`dermcam.attribution.METHODS`) in a
-#: help text; filled in when a command's options are first read, so that importing the CLI
-#: (``dermcam info``, ``dermcam --help``) does not import torch with the registry.
-CAM_METHODS = "{cam_methods}"
-
-
-def _bare_flags(params: list) -> list:
-    """``params`` with no type placeholder on flags: typer's rich help prints one after every
-    option (``--overwrite <bool>``), though a flag takes no value. An empty metavar is the
-    placeholder it then prints. :data:`CAM_METHODS` in a help text becomes the registry's
-    methods."""
-    for p in params:
-        if getattr(p, "is_flag", False) and p.metavar is None:
-            p.metavar = ""
-        if CAM_METHODS in (getattr(p, "help", None) or ""):
-            from dermcam.attribution import METHODS
-
-            p.help = p.help.replace(CAM_METHODS, ", ".join(METHODS))
-    return params
-
-
-class _BareFlags:
-    """Help that shows flags bare and the registry's methods (:func:`_bare_flags`)."""
-
-    def get_params(self, ctx):
-        return _bare_flags(super().get_params(ctx))
-
-
-class _Command(_BareFlags, typer.core.TyperCommand):
-    pass
-
-
-class _Group(_BareFlags, typer.core.TyperGroup):
-    """The top-level group: commands listed in :data:`PIPELINE` order (any other command
-    after them, in the order it was added)."""
-
-    def list_commands(self, ctx):
-        names = super().list_commands(ctx)
-        return sorted(names, key=lambda n: PIPELINE.index(n) if n in PIPELINE else len(PIPELINE))
-
-
-class _App(typer.Typer):
-    """A Typer app whose commands' docstrings are rewrapped by the help formatter."""
-
-    def command(self, name: str | None = None, **kwargs):
-        register = super().command
-        kwargs.setdefault("cls", _Command)
-
-        def decorator(f):
-            if kwargs.get("help") is None:
-                kwargs["help"] = _paragraphs(f.__doc__)
-            return register(name, **kwargs)(f)
-
-        return decorator
-
-
-app = _App(
-    name="dermcam", cls=_Group, no_args_is_help=True, add_completion=False,
+app = App(
+    name="dermcam", cls=Group, no_args_is_help=True, add_completion=False,
     rich_markup_mode="rich", pretty_exceptions_enable=False,
     help="Train, compare and audit dermoscopy classifiers (benign vs malignant): honest "
          "metrics with confidence intervals and size-aware Grad-CAM attention leakage.\n\n"
          "Pipeline: synth/download -> info -> train -> evaluate -> explain -> probe -> report, each "
          "stage reading the previous one's files in a run folder. 'dermcam demo' runs it all "
          "on the synthetic benchmark.")
-# Wide enough for the comparison tables when output goes to a file or CI log.
-console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-_state = {"debug": False, "quiet": False, "verbose": False}
-
-# ------------------------------------------------------------------ shared options
-# Each option several commands take is declared once here; a command gives its default.
-
-_DEVICES = "auto (CUDA when available, else CPU), cpu, cuda or cuda:INDEX"
-_ARTIFACT_LABELS = ("Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
-                    "';'-separated, image;dark_corner;hair;...), joined by image id as "
-                    "artifact_<name> columns and kept for the run's later stages; with --data "
-                    "they label that set's images instead.")
-
-RunDir = Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train'.")]
-DataDir = Annotated[Path, typer.Argument(
-    help="Data set folder of any layout dermcam reads (ISIC 2016/2017, HAM10000, PH2, a "
-         "generic labels.csv).")]
-Device = Annotated[str, typer.Option(help=f"Where the models run: {_DEVICES}.")]
-ExternalName = Annotated[str | None, typer.Option(
-    help="Name of the external set's folder (default: the data folder's name).")]
-By = Annotated[str | None, typer.Option(
-    help="Results per subgroup of these comma-separated columns: any metadata column of the "
-         "layout, or 'ita' (skin tone estimated from the image).")]
-MinGroup = Annotated[int, typer.Option(
-    help="Subgroups with fewer images are too few to estimate.")]
-NBoot = Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs.")]
-ArtifactLabels = Annotated[Path | None, typer.Option("--artifact-labels",
-                                                      help=_ARTIFACT_LABELS)]
-Limit = Annotated[int | None, typer.Option(help="Only the first N masked images.")]
-CamBatch = Annotated[int, typer.Option(help="Images per Grad-CAM batch.")]
-Models = Annotated[str, typer.Option(help="Comma-separated torchvision model names.")]
-ImageSize = Annotated[int, typer.Option(help="Model input side in pixels (224 on real data).")]
-Epochs = Annotated[int, typer.Option(
-    help="Maximum epochs per model (early stopping may end sooner).")]
-TrainPrecision = Annotated[str, typer.Option(help="Training precision: " + PRECISION_HELP)]
-Preset = Annotated[str, typer.Option(
-    help="Synthetic data: 'clean': artifacts independent of the label; 'shortcut': rulers "
-         "tied to malignancy in training only.")]
-NTrain = Annotated[int, typer.Option(help="Synthetic training images (ISIC 2016: 900).")]
-NTest = Annotated[int, typer.Option(help="Synthetic test images (ISIC 2016: 379).")]
-Overwrite = Annotated[bool, typer.Option(
-    help="Replace what an earlier run of this command wrote in --out.")]
-Calibration = Annotated[str, typer.Option(
-    help="platt: fit p = sigmoid((z1 - z0) / T + b) on the validation split (undoes the shift a "
-         "weighted loss puts on the logits); temperature: T only; none: raw softmax. The "
-         "threshold is chosen on the calibrated probabilities.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 
 
 def _version_callback(value: bool) -> None:
@@ -179,79 +82,10 @@ def _main(debug: Debug = False,
                                                 callback=_version_callback,
                                                 help="Print the version and exit.")]
           = False) -> None:
-    _state["debug"] = debug
-    _state["verbose"] = verbose
-    _state["quiet"] = quiet or not sys.stdout.isatty() and os.environ.get("CI") == "true"
+    state["debug"] = debug
+    state["verbose"] = verbose
+    state["quiet"] = quiet or not sys.stdout.isatty() and os.environ.get("CI") == "true"
     quiet_libraries(debug)
-
-
-def show(table, to: Console | None = None) -> None:
-    """Print a :class:`dermcam.views.Table` (None prints nothing). Every string is plain
-    text, never markup: rich would read a CI cell ``0.03 [n/a, 0.06]`` as a style tag."""
-    if table is None:
-        return
-    t = Table(title=Text(table.title))
-    for i, c in enumerate(table.columns):
-        t.add_column(Text(c), justify="right" if i >= table.numeric_from else "left")
-    for r in table.rows:
-        t.add_row(*map(Text, r))
-    (to or console).print(t)
-    if table.note:
-        (to or console).print(Text("  " + table.note))
-
-
-def detail(run_dir: Path, heading: str, tables) -> None:
-    """A stage's detail tables: printed with ``--verbose``, always appended to
-    ``RUN/dermcam.log`` (plain text, as the terminal would show them)."""
-    tables = [t for t in tables if t is not None]
-    if _state["verbose"]:
-        for t in tables:
-            show(t)
-    path = Path(run_dir) / runmod.LOG
-    if not path.parent.is_dir():
-        return
-    with path.open("a", encoding="utf-8") as fh:
-        log_console = Console(file=fh, width=160, no_color=True, highlight=False)
-        log_console.rule(f"{heading} ({runmod.now()})")
-        for t in tables:
-            show(t, log_console)
-
-
-_STYLE = {"alarm": "bold red", "caution": "yellow", "ok": "green", "not_run": "dim"}
-
-
-def answer(run_dir: Path, topics: tuple[str, ...] = ()) -> None:
-    """Write ``RUN/findings.json`` and print the findings on ``topics`` (prefixes; all
-    when empty), as :func:`dermcam.views.findings_lines` lays them out."""
-    from dermcam.findings import display_names, write_findings
-    from dermcam.views import findings_lines
-
-    _, found = write_findings(run_dir)
-    lines = findings_lines(found, display_names(runmod.Run.open(run_dir), found), topics)
-    width = max((len(name) for name, _, _ in lines), default=0)
-    for name, status, text in lines:
-        console.print(Text.assemble((name.ljust(width), "bold"), "  ",
-                                    (f"{status.replace('_', ' '):<8}", _STYLE[status]), text),
-                      soft_wrap=True)
-
-
-@contextlib.contextmanager
-def progress_bar(description: str):
-    """Yield a ``callback(done, total)`` that drives a rich progress bar."""
-    if _state["quiet"]:
-        yield None
-        return
-    from rich import progress as rp
-
-    with rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(),
-                     rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
-                     console=console, transient=False) as prog:
-        task = prog.add_task(description, total=None)
-
-        def cb(done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total)
-
-        yield cb
 
 
 # ----------------------------------------------------------------------- synth
@@ -470,7 +304,7 @@ def train(
     lr_default, lr_by_model = parse_lr(lr)
     cfg = TrainConfig(**{**same, "data": str(data), "out": str(out), "models": _names(models),
                          "max_epochs": epochs, "lr": lr_default, "lr_by_model": lr_by_model,
-                         "progress": not _state["quiet"]})
+                         "progress": not state["quiet"]})
     with progress_bar("decode + cache images") as cb:
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
     if not manifest:  # a worker process of multi-process training: rank 0 reports
@@ -603,7 +437,7 @@ def explain(
              "counts as explained by size.")] = 0.02,
     artifact_labels: ArtifactLabels = None,
     device: Annotated[str, typer.Option(
-        help=f"Where the heatmaps are computed: {_DEVICES}; with --shard i/n, auto puts each "
+        help=f"Where the heatmaps are computed: {DEVICES}; with --shard i/n, auto puts each "
              "shard on its own GPU, and on the CPU the shards split the cores.")] = "auto",
     data: Annotated[Path | None, typer.Option(
         help="Audit the run's models on another data set's masked images (any layout) instead, "
@@ -723,7 +557,7 @@ def audit(
     from dermcam.audit_set import by_columns
     from dermcam.outside import audit as do_audit
 
-    _state["debug"] = _state["debug"] or debug
+    state["debug"] = state["debug"] or debug
     _check_image_size(image_size)
 
     def numbers(text, kind=float):
@@ -769,7 +603,7 @@ def probe(
     n_boot: NBoot = 1000,
     artifact_labels: Annotated[Path | None, typer.Option(
         "--artifact-labels",
-        help=_ARTIFACT_LABELS + " Lesion and background removal are then split by each "
+        help=ARTIFACT_LABELS + " Lesion and background removal are then split by each "
              "artifact's presence (--artifacts names artifacts to insert).")] = None,
     device: Device = "auto",
     data: Annotated[Path | None, typer.Option(
@@ -903,7 +737,7 @@ def demo(
     run = run_demo(out, preset=preset, n_train=n_train, n_test=n_test, image_size=image_size,
                    epochs=epochs, source_size=source_size, models=_names(models), seed=seed,
                    overwrite=overwrite, say=console.print, progress_bar=progress_bar,
-                   quiet=_state["quiet"], shortcut=shortcut, precision=precision,
+                   quiet=state["quiet"], shortcut=shortcut, precision=precision,
                    method=method, show=detail)
     answer(run)
     console.print(f"report: {runmod.Run.open(run).report.resolve()}")

@@ -1,0 +1,221 @@
+"""The terminal side of the ``dermcam`` command line: how its help reads, the options
+several commands share, and what it prints.
+
+:class:`App` rewraps each command's docstring and shows flags bare; the ``Annotated``
+option types below are declared once for every command that takes them; :func:`show`
+renders a :class:`dermcam.views.Table` with rich, :func:`detail` writes a stage's detail
+tables to the run's ``dermcam.log``, :func:`answer` prints the findings and
+:func:`progress_bar` drives a rich progress bar (none with ``--quiet``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from dermcam import run as runmod
+from dermcam.device import PRECISION_HELP
+
+
+def paragraphs(doc: str | None) -> str | None:
+    """A docstring with each paragraph on one line, for the help formatter to wrap.
+
+    Typer's rich help keeps a docstring's hard line breaks, so text wrapped at 88
+    columns in the source breaks mid-sentence in a wider terminal. Paragraphs are
+    separated by blank lines; one that starts with ``\\b`` keeps its breaks (click's
+    convention for verbatim blocks).
+    """
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(s.strip() for s in p.splitlines())
+                       for p in paragraphs)
+
+
+#: The order ``dermcam --help`` lists the commands in: the order a study runs them.
+PIPELINE = ("demo", "download", "synth", "info", "models", "train", "evaluate", "explain",
+            "probe", "report", "audit", "predict")
+
+
+#: Stands for the CAM registry's method names (:data:`dermcam.attribution.METHODS`) in a
+#: help text; filled in when a command's options are first read, so that importing the CLI
+#: (``dermcam info``, ``dermcam --help``) does not import torch with the registry.
+CAM_METHODS = "{cam_methods}"
+
+
+def bare_flags(params: list) -> list:
+    """``params`` with no type placeholder on flags: typer's rich help prints one after every
+    option (``--overwrite <bool>``), though a flag takes no value. An empty metavar is the
+    placeholder it then prints. :data:`CAM_METHODS` in a help text becomes the registry's
+    methods."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+        if CAM_METHODS in (getattr(p, "help", None) or ""):
+            from dermcam.attribution import METHODS
+
+            p.help = p.help.replace(CAM_METHODS, ", ".join(METHODS))
+    return params
+
+
+class BareFlags:
+    """Help that shows flags bare and the registry's methods (:func:`bare_flags`)."""
+
+    def get_params(self, ctx):
+        return bare_flags(super().get_params(ctx))
+
+
+class Command(BareFlags, typer.core.TyperCommand):
+    pass
+
+
+class Group(BareFlags, typer.core.TyperGroup):
+    """The top-level group: commands listed in :data:`PIPELINE` order (any other command
+    after them, in the order it was added)."""
+
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: PIPELINE.index(n) if n in PIPELINE else len(PIPELINE))
+
+
+class App(typer.Typer):
+    """A Typer app whose commands' docstrings are rewrapped by the help formatter."""
+
+    def command(self, name: str | None = None, **kwargs):
+        register = super().command
+        kwargs.setdefault("cls", Command)
+
+        def decorator(f):
+            if kwargs.get("help") is None:
+                kwargs["help"] = paragraphs(f.__doc__)
+            return register(name, **kwargs)(f)
+
+        return decorator
+
+
+# Wide enough for the comparison tables when output goes to a file or CI log.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+#: Set by the app's callback from ``--debug``, ``--quiet``, ``--verbose``.
+state = {"debug": False, "quiet": False, "verbose": False}
+
+# ------------------------------------------------------------------ shared options
+# Each option several commands take is declared once here; a command gives its default.
+
+DEVICES = "auto (CUDA when available, else CPU), cpu, cuda or cuda:INDEX"
+ARTIFACT_LABELS = ("Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
+                    "';'-separated, image;dark_corner;hair;...), joined by image id as "
+                    "artifact_<name> columns and kept for the run's later stages; with --data "
+                    "they label that set's images instead.")
+
+RunDir = Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train'.")]
+DataDir = Annotated[Path, typer.Argument(
+    help="Data set folder of any layout dermcam reads (ISIC 2016/2017, HAM10000, PH2, a "
+         "generic labels.csv).")]
+Device = Annotated[str, typer.Option(help=f"Where the models run: {DEVICES}.")]
+ExternalName = Annotated[str | None, typer.Option(
+    help="Name of the external set's folder (default: the data folder's name).")]
+By = Annotated[str | None, typer.Option(
+    help="Results per subgroup of these comma-separated columns: any metadata column of the "
+         "layout, or 'ita' (skin tone estimated from the image).")]
+MinGroup = Annotated[int, typer.Option(
+    help="Subgroups with fewer images are too few to estimate.")]
+NBoot = Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs.")]
+ArtifactLabels = Annotated[Path | None, typer.Option("--artifact-labels",
+                                                      help=ARTIFACT_LABELS)]
+Limit = Annotated[int | None, typer.Option(help="Only the first N masked images.")]
+CamBatch = Annotated[int, typer.Option(help="Images per Grad-CAM batch.")]
+Models = Annotated[str, typer.Option(help="Comma-separated torchvision model names.")]
+ImageSize = Annotated[int, typer.Option(help="Model input side in pixels (224 on real data).")]
+Epochs = Annotated[int, typer.Option(
+    help="Maximum epochs per model (early stopping may end sooner).")]
+TrainPrecision = Annotated[str, typer.Option(help="Training precision: " + PRECISION_HELP)]
+Preset = Annotated[str, typer.Option(
+    help="Synthetic data: 'clean': artifacts independent of the label; 'shortcut': rulers "
+         "tied to malignancy in training only.")]
+NTrain = Annotated[int, typer.Option(help="Synthetic training images (ISIC 2016: 900).")]
+NTest = Annotated[int, typer.Option(help="Synthetic test images (ISIC 2016: 379).")]
+Overwrite = Annotated[bool, typer.Option(
+    help="Replace what an earlier run of this command wrote in --out.")]
+Calibration = Annotated[str, typer.Option(
+    help="platt: fit p = sigmoid((z1 - z0) / T + b) on the validation split (undoes the shift a "
+         "weighted loss puts on the logits); temperature: T only; none: raw softmax. The "
+         "threshold is chosen on the calibrated probabilities.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+
+
+def show(table, to: Console | None = None) -> None:
+    """Print a :class:`dermcam.views.Table` (None prints nothing). Every string is plain
+    text, never markup: rich would read a CI cell ``0.03 [n/a, 0.06]`` as a style tag."""
+    if table is None:
+        return
+    t = Table(title=Text(table.title))
+    for i, c in enumerate(table.columns):
+        t.add_column(Text(c), justify="right" if i >= table.numeric_from else "left")
+    for r in table.rows:
+        t.add_row(*map(Text, r))
+    (to or console).print(t)
+    if table.note:
+        (to or console).print(Text("  " + table.note))
+
+
+def detail(run_dir: Path, heading: str, tables) -> None:
+    """A stage's detail tables: printed with ``--verbose``, always appended to
+    ``RUN/dermcam.log`` (plain text, as the terminal would show them)."""
+    tables = [t for t in tables if t is not None]
+    if state["verbose"]:
+        for t in tables:
+            show(t)
+    path = Path(run_dir) / runmod.LOG
+    if not path.parent.is_dir():
+        return
+    with path.open("a", encoding="utf-8") as fh:
+        log_console = Console(file=fh, width=160, no_color=True, highlight=False)
+        log_console.rule(f"{heading} ({runmod.now()})")
+        for t in tables:
+            show(t, log_console)
+
+
+STYLE = {"alarm": "bold red", "caution": "yellow", "ok": "green", "not_run": "dim"}
+
+
+def answer(run_dir: Path, topics: tuple[str, ...] = ()) -> None:
+    """Write ``RUN/findings.json`` and print the findings on ``topics`` (prefixes; all
+    when empty), as :func:`dermcam.views.findings_lines` lays them out."""
+    from dermcam.findings import display_names, write_findings
+    from dermcam.views import findings_lines
+
+    _, found = write_findings(run_dir)
+    lines = findings_lines(found, display_names(runmod.Run.open(run_dir), found), topics)
+    width = max((len(name) for name, _, _ in lines), default=0)
+    for name, status, text in lines:
+        console.print(Text.assemble((name.ljust(width), "bold"), "  ",
+                                    (f"{status.replace('_', ' '):<8}", STYLE[status]), text),
+                      soft_wrap=True)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str):
+    """Yield a ``callback(done, total)`` that drives a rich progress bar."""
+    if state["quiet"]:
+        yield None
+        return
+    from rich import progress as rp
+
+    with rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(),
+                     rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+                     console=console, transient=False) as prog:
+        task = prog.add_task(description, total=None)
+
+        def cb(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        yield cb
