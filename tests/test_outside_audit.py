@@ -15,6 +15,7 @@ from helpers import invoke_cli
 from dermcam import run as runmod
 from dermcam.config import TrainConfig
 from dermcam.errors import DermcamError
+from dermcam.models import IMAGENET_MEAN, IMAGENET_STD
 from dermcam.outside import Reading, import_model, load_outside, read_module
 from dermcam.stages.train import train
 
@@ -121,6 +122,10 @@ def test_each_file_form_gives_the_trained_runs_threshold_and_probabilities(train
     assert source["sha256"] == __import__("hashlib").sha256(
         (tmp_path / "w.pt").read_bytes()).hexdigest()
     assert ("one logit" in source["read_as"]) == (form == "one_logit")
+    recorded = run.model_record("resnet18")["input"]  # preprocessing, in the manifest
+    assert recorded["mean"] == list(IMAGENET_MEAN) and recorded["std"] == list(IMAGENET_STD)
+    assert (recorded["image_size"], recorded["resize"]) == (SIZE, "squash")
+    assert recorded["outputs"] == (1 if form == "one_logit" else 2)
 
 
 def test_torchscript_runs_in_the_architecture_and_must_agree_with_it(trained, tmp_path):

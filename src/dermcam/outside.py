@@ -333,6 +333,7 @@ def import_model(model, info, io: dict, source: dict, data: str | Path, out: str
     run.record_model(name, {
         "display_name": shown, "weights_source": card["weights_source"],
         "target_layer": info.target_layer, "source": source, "threshold_rule": rule,
+        "input": {**io, "image_size": cfg.image_size, "resize": cfg.resize},
         **decision, "checkpoint": f"{runmod.MODELS_DIR}/{name}/{runmod.MODEL_FILE}"})
     run.set_stage("train", runmod.STATUS_COMPLETE, run_status="trained", imported=True,
                   wall_time_s=round(time.perf_counter() - t0, 2), n_val=int(n_val))
