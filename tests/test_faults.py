@@ -112,9 +112,9 @@ def test_resume_after_kill_or_ctrl_c_matches_uninterrupted(data, reference, tmp_
 
 def test_ctrl_c_during_fit_waits_for_the_batch_boundary(python_sigint):
     """Ctrl-C is recorded, then raised by the callback after the batch; twice: at once."""
-    from dermcam.stages.train import make_ctrl_c_guard
+    from dermcam.train_callbacks import CtrlCAtBatchBoundary
 
-    guard = make_ctrl_c_guard()
+    guard = CtrlCAtBatchBoundary()
 
     def press() -> str:
         try:

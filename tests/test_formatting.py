@@ -244,14 +244,6 @@ def test_direction_is_lower_better_exactly_for_calibration_errors():
     assert {k for k, m in METRIC_LABELS.items() if not m.higher_is_better} == {"ece", "brier"}
 
 
-def test_evaluation_direction_table_reads_the_registry():
-    from dermcam.evaluation import HIGHER_IS_BETTER, THRESHOLD_FREE_METRICS, THRESHOLD_METRICS
-
-    assert list(HIGHER_IS_BETTER) == list(THRESHOLD_METRICS + THRESHOLD_FREE_METRICS)
-    assert all(HIGHER_IS_BETTER[k] is METRIC_LABELS[k].higher_is_better
-               for k in HIGHER_IS_BETTER)
-
-
 @pytest.mark.parametrize("key, label, short", [
     ("roc_auc", "ROC AUC", "ROC AUC"),
     ("average_precision", "Average precision", "Avg. precision"),

@@ -18,7 +18,6 @@ import pytest
 from rich.console import Console
 
 from dermcam import terminal, views
-from dermcam.findings import Finding
 from dermcam.stages.probe import CAVEAT
 
 NAN = float("nan")
@@ -409,17 +408,13 @@ def test_confound_caveats_say_when_undefined_heatmaps_at_chance_change_the_compa
     assert views.confound_caveats(_confound(), _miss(None, 0.02)) == []  # no test
 
 
-def test_confound_line_and_guard_note():
+def test_confound_line():
     assert views.confound_line(_confound(pooled_over_targets=True)) == (
         "Malignant minus benign mean leakage adjusted for lesion area -0.012 [-0.040, +0.016]: "
         "inconclusive (pooled over the explained classes, mixing lesion type with the class "
         "each heatmap explains).")
     assert views.confound_line(_confound(verdict="remains")).endswith(": remains.")
     assert views.confound_line({}) == ""
-    assert views.guard_note({"better_than_uniform": True}) == ""
-    assert views.guard_note({"better_than_uniform": False}) == (
-        "Not better than uniform attention, so leakage and any class difference in it say "
-        "nothing about where the model looks.")
 
 
 def test_attention_table_note_carries_the_caveats_once():
@@ -573,26 +568,6 @@ def test_shortcut_table():
 
 
 # ----------------------------------------------------------------- findings
-
-
-def test_findings_table_names_statuses_and_filter():
-    found = [Finding("resnet18", "discrimination", "ok", "ROC AUC 0.942."),
-             Finding("resnet18", "size confound", "not_run", "Not interpreted."),
-             Finding("efficientnet_b0", "calibration", "alarm", "ECE 0.182."),
-             Finding("resnet18 (shortcut-trained)", "shortcut", "caution", "Attends.")]
-    t = views.findings_table(found, {"resnet18": "ResNet18"})
-    assert t.title == "Findings"
-    assert t.columns == ["model", "topic", "status", "finding"]
-    assert t.numeric_from == 99  # no numeric column
-    assert t.rows == [["ResNet18", "discrimination", "ok", "ROC AUC 0.942."],
-                      ["ResNet18", "size confound", "not run", "Not interpreted."],
-                      ["efficientnet_b0", "calibration", "alarm", "ECE 0.182."],
-                      ["resnet18 (shortcut-trained)", "shortcut", "caution", "Attends."]]
-    kept = views.findings_table(found, statuses=("alarm", "caution"))
-    assert [r[:3] for r in kept.rows] == [["efficientnet_b0", "calibration", "alarm"],
-                                         ["resnet18 (shortcut-trained)", "shortcut",
-                                          "caution"]]
-    assert views.findings_table([]).rows == []
 
 
 # ----------------------------------------------------------------- a run folder

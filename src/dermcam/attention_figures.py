@@ -27,16 +27,13 @@ def _images_of(run: runmod.Run, out: runmod.Outputs, sel: dict[str, str], ids: s
     return {i: (run.cache.get(by_id[i], run.image_size), heats[i]) for i in sorted(ids)}
 
 
-def attention_figures(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame,
-                      n_examples: int = 3, samples=None) -> None:
+def attention_figures(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame, samples,
+                      n_examples: int = 3) -> None:
     """The attention figures into ``out.figures`` (``out``: the run's own outputs, or an
-    external set's, holding the heatmaps; ``samples``: the images scored, default the
-    run's test split)."""
+    external set's, holding the heatmaps; ``samples``: the images scored)."""
     from dermcam import attention_plots as ap
 
     figs = out.figures
-    if samples is None:
-        samples = run.test_samples()
     by_id = {s.image_id: s for s in samples}
     first_method = sorted(att["method"].unique())[0]
     for model, g in att.groupby("model"):

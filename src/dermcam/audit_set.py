@@ -148,14 +148,12 @@ def _test_samples(ds, limit: int | None, require_masks: bool) -> list:
     return samples[:limit] if limit else samples
 
 
-def load_test_split(run: runmod.Run, limit: int | None = None, require_masks: bool = False,
-                    progress=None, artifacts: str | Path | None = None):
+def load_test_split(run: runmod.Run, artifacts: str | Path | None = None):
     """``(dataset, samples, CachedSplit)``: the run's test split at the run's image size,
     streamed from the run's decode cache (warmed here).
 
     ``artifacts``: an artifact label file joined instead of the one the run records."""
-    audit = AuditSet.test_split(run, "evaluate", limit=limit, require_masks=require_masks,
-                                progress=progress, artifacts=artifacts)
+    audit = AuditSet.test_split(run, "evaluate", artifacts=artifacts)
     return audit.ds, audit.samples, audit.split
 
 

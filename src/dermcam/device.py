@@ -12,7 +12,6 @@ import os
 
 from dermcam.errors import DermcamError
 
-DEVICE_HELP = ("auto (CUDA when available, else CPU), cpu, cuda or cuda:INDEX.")
 PRECISION_HELP = ("auto (bf16-mixed where the hardware computes bfloat16 natively: a CUDA "
                   "GPU with bf16, or a CPU with AVX-512 BF16 or AMX; else 32-true), "
                   "32-true, bf16-mixed, 16-mixed (GPU) or bf16-true.")

@@ -15,16 +15,6 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def predict_dataset(model, dataset, batch_size: int = 64,
-                    device: str | torch.device = "cpu") -> np.ndarray:
-    """Malignant probability for every item of an ``(image, label)`` dataset, in order
-    (temperature-scaled by the model's temperature, :mod:`dermcam.calibration`)."""
-    from dermcam.calibration import apply_temperature, bias_of, temperature_of
-
-    return apply_temperature(predict_logit_diff(model, dataset, batch_size, device),
-                             temperature_of(model), bias_of(model))
-
-
 def predict_logit_diff(model, dataset, batch_size: int = 64,
                        device: str | torch.device = "cpu") -> np.ndarray:
     """Logit difference ``z_malignant - z_benign`` (no temperature) per item, ``(N,)``."""

@@ -147,8 +147,8 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
 def score_candidates(model, name: str, layers: Sequence[str], methods: Sequence[str],
                      x, masks: np.ndarray, classes: np.ndarray, size: int,
                      random_models: Sequence = (), normalize: str = "minmax",
-                     n_boot: int = 1000, seed: int = 0, images: str = "validation",
-                     progress=None) -> list[dict[str, Any]]:
+                     n_boot: int = 1000, seed: int = 0, images: str = "validation"
+                     ) -> list[dict[str, Any]]:
     """Score every ``method`` x ``layer`` of one trained model on ``x`` against ``masks``.
 
     ``classes`` ``(N,)`` are the classes the heatmaps explain (the same for the trained
@@ -195,8 +195,6 @@ def score_candidates(model, name: str, layers: Sequence[str], methods: Sequence[
                 row.update({"sanity_median_abs_rho": np.nan, "sanity_ci_high": np.nan,
                             "sanity_passed": None})
             rows.append(row)
-    if progress:
-        progress(len(rows), len(rows))
     return rows
 
 
@@ -442,7 +440,7 @@ def target_classes(model, x, target, labels, threshold) -> np.ndarray:
 
 def localisation_benchmark(run: runmod.Run, names, methods, n_images: int = 64,
                            n_inits: int = 2, normalize: str = "minmax", target="malignant",
-                           n_boot: int = 1000, progress=None) -> list[dict[str, Any]]:
+                           n_boot: int = 1000) -> list[dict[str, Any]]:
     """Every model x method x candidate layer scored on masked validation images (on the
     CPU)."""
     size, seed = run.image_size, run.seed
@@ -457,8 +455,6 @@ def localisation_benchmark(run: runmod.Run, names, methods, n_images: int = 64,
         rows += score_candidates(model, name, info.candidate_layers, methods, x, masks,
                                  classes, size, random_copies(model, n_inits, seed),
                                  normalize=normalize, n_boot=n_boot, seed=seed, images=where)
-        if progress:
-            progress(len(rows), len(names))
     return rows
 
 

@@ -151,7 +151,6 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
 #: The heatmap-guided probes: off-lesion regions a model's heatmap marks, inpainted away
 #: (``hot_removed``) or moved into ``k`` other images (``hot_transplanted``), each against
 #: random off-lesion regions of the same shapes.
-HOT_PROBES = ("hot_removed", "hot_transplanted")
 HOT_METHOD = ("the off-lesion regions holding the most heatmap mass (components of the top "
               "10 % of the map outside the dilated lesion, at most 8 % of the image) against "
               "random off-lesion regions of the same shapes: inpainted away, or their real "

@@ -288,10 +288,6 @@ class Run:
     def report(self) -> Path:
         return self.dir / REPORT
 
-    @property
-    def models_dir(self) -> Path:
-        return self.dir / MODELS_DIR
-
     def model_file(self, name: str) -> Path:
         return self.dir / MODELS_DIR / name / MODEL_FILE
 

@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MIN_IMAGES",
-    "map_rank_correlation",
     "sanity_verdict",
     "cascade_blocks",
     "randomise_parameters",
@@ -148,22 +147,6 @@ def _spearman(a: np.ndarray, inits: Sequence[np.ndarray]) -> np.ndarray:
             tb = _centred_ranks(b[s:s + _CHUNK].reshape(-1, p).astype(np.float64))
             rho[k, s:s + _CHUNK] = _rho(ta, tb)
     return rho
-
-
-def map_rank_correlation(cams_a, cams_b) -> np.ndarray:
-    """Per-image Spearman rank correlation of two heatmap stacks.
-
-    ``cams_a``, ``cams_b`` ``(N, H, W)`` -> ``(N,)`` float64 in [-1, 1]: the Pearson
-    correlation of the pixels' average ranks (ties share their mean rank, as
-    ``scipy.stats.spearmanr``). NaN where either map is constant or has a
-    non-finite value (the correlation is undefined).
-    """
-    a = _as_maps(cams_a, "cams_a")
-    b = _as_maps(cams_b, "cams_b")
-    if a.shape != b.shape:
-        raise ValueError(f"cams_a {a.shape} and cams_b {b.shape} must have the same "
-                         "(N, H, W) shape")
-    return _spearman(a, [b])[0]
 
 
 # ---------------------------------------------------------------------------

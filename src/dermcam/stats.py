@@ -41,7 +41,6 @@ __all__ = [
     "bootstrap_counts",
     "bootstrap_ci",
     "percentile_interval",
-    "paired_bootstrap_diff",
     "summarise_paired_diff",
     "delong_test",
     "delong_components",
@@ -443,44 +442,6 @@ def summarise_paired_diff(
     p_ge = (1 + np.count_nonzero(ok >= 0)) / (b + 1)
     p = min(1.0, 2 * min(p_le, p_ge))
     return {"diff": float(point_diff), "lo": lo, "hi": hi, "p": float(p), "n_valid": int(b)}
-
-
-def paired_bootstrap_diff(
-    metric_fn: Callable[[np.ndarray, np.ndarray], float],
-    y_true: Any,
-    score_a: Any,
-    score_b: Any,
-    n_boot: int = 1000,
-    seed: int | np.random.Generator = 0,
-    alpha: float = 0.05,
-    stratified: bool = True,
-    min_valid_fraction: float = MIN_VALID_FRACTION,
-) -> dict[str, float]:
-    """Paired bootstrap of ``metric_fn(y, score_b) - metric_fn(y, score_a)``.
-
-    Both models are evaluated on the *same* resamples, so the interval accounts
-    for their correlation (they saw the same images). ``score_a``/``score_b``:
-    ``(N,)`` scores or predictions, whatever ``metric_fn`` takes. Returns
-    ``{"diff", "lo", "hi", "p", "n_valid"}`` with ``diff = b - a``; see
-    :func:`summarise_paired_diff` for the p-value.
-    """
-    y = np.asarray(y_true)
-    a = np.asarray(score_a)
-    b = np.asarray(score_b)
-    if a.shape[:1] != y.shape[:1] or b.shape[:1] != y.shape[:1]:
-        raise ValueError(f"score shapes {a.shape}, {b.shape} do not match y_true {y.shape}")
-    point = _safe_call(metric_fn, y, b) - _safe_call(metric_fn, y, a)
-    idx = bootstrap_indices(y, n_boot, seed, stratified=stratified)
-    boot = np.array(
-        [_safe_call(metric_fn, y[r], b[r]) - _safe_call(metric_fn, y[r], a[r]) for r in idx]
-    )
-    return summarise_paired_diff(
-        point,
-        boot,
-        alpha,
-        min_valid_fraction,
-        getattr(metric_fn, "__name__", "metric") + " difference",
-    )
 
 
 # --------------------------------------------------------------------------- DeLong

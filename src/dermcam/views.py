@@ -20,10 +20,10 @@ from dermcam.io import read_json
 
 __all__ = ["Table", "ci_cell", "training_table", "imported_table", "metrics_tables", "localisation_table",
            "attention_table", "artifacts_table", "probe_table", "presence_table",
-           "shortcut_table", "subgroup_tables", "external_table", "findings_table",
+           "shortcut_table", "subgroup_tables", "external_table",
            "run_sections", "SECTIONS", "dataset_tables", "dataset_lines", "problem_lines",
            "models_table", "predictions_table",
-           "findings_lines", "pairwise_table", "confound_caveats", "confound_line", "guard_note",
+           "findings_lines", "pairwise_table", "confound_caveats", "confound_line",
            "labels_line", "heterogeneity_note", "kruskal_note"]
 
 #: Report sections holding detail tables, in page order: (anchor, title).
@@ -353,14 +353,6 @@ def confound_line(sc: dict[str, Any]) -> str:
             f"{sc['verdict']}" + (f" ({caveats})" if caveats else "") + ".")
 
 
-def guard_note(guard: dict[str, Any]) -> str:
-    """The caution under maps that do not beat uniform attention (``""`` when they do)."""
-    if guard.get("better_than_uniform"):
-        return ""
-    return ("Not better than uniform attention, so leakage and any class difference in it "
-            "say nothing about where the model looks.")
-
-
 def artifacts_table(rows: list[dict[str, Any]] | None, names: dict[str, str] | None = None
                     ) -> Table | None:
     rows = [r for r in rows or [] if r.get("n", 0) >= 2]
@@ -490,17 +482,6 @@ def shortcut_table(exp: dict[str, Any], names: dict[str, str] | None = None) -> 
 
 
 # ----------------------------------------------------------------- findings
-
-
-def findings_table(findings, names: dict[str, str] | None = None, statuses=None) -> Table:
-    """The findings as one table (model, topic, status, sentence); ``statuses``: keep
-    only these."""
-    t = Table("Findings", ["model", "topic", "status", "finding"], numeric_from=99)
-    for f in findings:
-        if statuses is None or f.status in statuses:
-            t.add((names or {}).get(f.model, f.model), f.topic, f.status.replace("_", " "),
-                  f.sentence)
-    return t
 
 
 def findings_lines(findings, names: dict[str, str], topics: tuple[str, ...] = ()

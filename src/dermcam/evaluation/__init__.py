@@ -33,7 +33,6 @@ from __future__ import annotations
 from dermcam.evaluation import compare, metrics, tables
 from dermcam.evaluation.compare import SCHEMA_VERSION, display_name, evaluate_predictions
 from dermcam.evaluation.metrics import (
-    HIGHER_IS_BETTER,
     THRESHOLD_FREE_METRICS,
     THRESHOLD_METRICS,
     batch_ranking_metrics,
@@ -49,7 +48,6 @@ __all__ = [
     "THRESHOLD_METRICS",
     "THRESHOLD_FREE_METRICS",
     "TABLE_METRICS",
-    "HIGHER_IS_BETTER",
     "SCHEMA_VERSION",
     "display_name",
     "youden_threshold",

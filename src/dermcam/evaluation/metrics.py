@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from dermcam.formatting import METRIC_LABELS
 from dermcam.reliability import bin_ids, expected_calibration_error, labels_probs
 
-__all__ = ["THRESHOLD_METRICS", "THRESHOLD_FREE_METRICS", "HIGHER_IS_BETTER", "both_classes",
+__all__ = ["THRESHOLD_METRICS", "THRESHOLD_FREE_METRICS", "both_classes",
            "youden_threshold", "specificity_at_sensitivity", "classification_metrics",
            "batch_threshold_metrics", "batch_ranking_metrics"]
 
@@ -42,11 +41,6 @@ THRESHOLD_FREE_METRICS: tuple[str, ...] = (
     "spec_at_95_sens",
     "ece",
 )
-#: Score direction of every reported metric (from :data:`dermcam.formatting.METRIC_LABELS`).
-HIGHER_IS_BETTER: dict[str, bool] = {
-    key: METRIC_LABELS[key].higher_is_better
-    for key in THRESHOLD_METRICS + THRESHOLD_FREE_METRICS
-}
 
 _SENS_TARGET = 0.95  # the "95" in spec_at_95_sens
 _TIE_TOL = 1e-12

@@ -65,7 +65,6 @@ from dermcam.leakage.metrics import (
     pixel_auroc,
     pointing_game,
     rank_accuracy,
-    sanity_check,
     score_batch,
 )
 
@@ -104,7 +103,6 @@ __all__ = [
     "EXACT_RTOL",
     "EXACT_ATOL",
     "round_off_tol",
-    "sanity_check",
     "artifact_summary",
     "presence_comparison",
     "adjust_confound",

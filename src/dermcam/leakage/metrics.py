@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["REASONS", "UNDEFINED_WHEN", "METRICS", "CHANCE", "Metric", "leakage",
            "inside_score", "outside_score", "lesion_area", "chance_leakage",
            "excess_leakage", "localisation_gain", "pixel_auroc", "rank_accuracy",
-           "pointing_game", "artifact_mass", "score_batch", "sanity_check"]
+           "pointing_game", "artifact_mass", "score_batch"]
 
 # Images per internal chunk: bounds the temporary memory (about 16 x H x W x 8 bytes
 # per temporary) while keeping every operation vectorised.
@@ -477,24 +477,3 @@ def score_batch(cams, masks) -> tuple[dict[str, np.ndarray], np.ndarray]:
             log.info("score_batch: %d of %d images have undefined metrics: %s",
                      int(bad.sum()), len(reasons), counts)
     return values, reasons
-
-
-
-def sanity_check(cams_trained, cams_random, threshold: float = 0.5) -> dict:
-    """Model-randomisation sanity check (Adebayo et al., 2018); see :mod:`dermcam.sanity`.
-
-    Kept for existing callers; delegates to :func:`dermcam.sanity.sanity_verdict`.
-    ``cams_trained`` ``(N, H, W)``: heatmaps of the trained model; ``cams_random``
-    the same images' heatmaps from randomised weights, ``(N, H, W)`` for one init or
-    ``(K, N, H, W)`` / a list for several. Similarity is |Spearman rho|, so inverted
-    maps fail like identical ones; ``passed`` is True only when the bootstrap 95 % CI
-    of the median |rho| lies below ``threshold``, False when the median is at or above
-    it, None when inconclusive. Returns the verdict dict (``rank_correlation`` ``(N,)``
-    signed rho, ``median`` = median |rho|, ``ci_low``, ``ci_high``, ``n_valid``,
-    ``passed``, ``verdict``, ...) plus ``mean``, the mean |rho| over valid images.
-    """
-    from dermcam.sanity import sanity_verdict
-
-    out = sanity_verdict(cams_trained, cams_random, threshold=threshold)
-    out["mean"] = out["mean_abs_rho"]
-    return out

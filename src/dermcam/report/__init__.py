@@ -4,6 +4,6 @@ One self-contained page (figures as base64 data URIs, inline stylesheet, one inl
 script) rendered by Jinja2 from the run's findings and :mod:`dermcam.views` tables.
 """
 
-from dermcam.report.html import build_report, render
+from dermcam.report.html import build_report
 
-__all__ = ["build_report", "render"]
+__all__ = ["build_report"]

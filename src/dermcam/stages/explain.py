@@ -27,7 +27,6 @@ from dermcam import run as runmod
 from dermcam.attention_figures import attention_figures, example_rows, write_examples
 from dermcam.attention_scoring import attention_table
 from dermcam.attention_summary import (
-    ATTENTION_FAMILIES,
     PER_IMAGE_WHEN_CLUSTERED,
     SUBGROUP_TITLES,
     SUMMARY_METRICS,
@@ -41,13 +40,12 @@ from dermcam.device import resolve_device, set_shard_threads
 from dermcam.errors import DermcamError
 from dermcam.io import write_csv, write_json
 from dermcam.layer_choice import parse_layer_spec, resolve_layers
-from dermcam.localisation import localisation_benchmark, masked_test_set
+from dermcam.localisation import masked_test_set
 from dermcam.sanity import check_selection
 
 __all__ = [
-    "ATTENTION_FAMILIES", "PER_IMAGE_WHEN_CLUSTERED", "SUBGROUP_TITLES", "SUMMARY_METRICS",
-    "TEST_METRICS", "attention_figures", "example_rows", "localisation_benchmark",
-    "parse_layer_spec", "resolve_layers", "run_explain", "score_run", "summarise_attention",
+    "PER_IMAGE_WHEN_CLUSTERED", "SUBGROUP_TITLES", "SUMMARY_METRICS", "TEST_METRICS",
+    "example_rows", "parse_layer_spec", "run_explain", "score_run", "summarise_attention",
     "write_examples",
 ]
 
@@ -252,7 +250,7 @@ def _score(run: runmod.Run, audit: AuditSet, selection, sanity, n_boot: int, fig
     summary.setdefault("timing", {})["metric_seconds"] = round(metric_seconds, 3)
     write_json(out.attention_summary, summary)
     if figures:
-        attention_figures(run, out, att, samples=audit.samples)
+        attention_figures(run, out, att, audit.samples)
     return summary
 
 

@@ -87,7 +87,7 @@ from dermcam.probe_stats import (
 
 #: The stage's own names, and those of the modules below it that callers import from here.
 __all__ = [
-    "CAVEAT", "CSV_COLUMNS", "NEGLIGIBLE_DELTA", "OPTIONAL_PROBES", "PROBES", "PROBE_CSV",
+    "CAVEAT", "CSV_COLUMNS", "NEGLIGIBLE_DELTA", "PROBES", "PROBE_CSV",
     "PROBE_DIR", "PROBE_SUMMARY", "PROBE_TITLES", "SUBGROUP_TITLES", "SUMMARY_SCHEMA",
     "ProbeConfig", "artifact_flags", "artifact_presence", "chosen_heatmaps", "context_swap",
     "find", "hot_spots", "inference_precision", "perturb", "probe_subgroups", "read_rows",

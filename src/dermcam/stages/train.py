@@ -41,7 +41,7 @@ from dermcam.data.cache import ImageCache, warm_cache
 from dermcam.data.cached_split import CachedSplit
 from dermcam.data.dataset import class_counts
 from dermcam.data.splits import stratified_split
-from dermcam.decision import Decision, choose_threshold
+from dermcam.decision import choose_threshold
 from dermcam.errors import DermcamError
 from dermcam.inference import use_channels_last
 from dermcam.model_records import checkpoint_payload, model_card, model_record
@@ -57,9 +57,9 @@ from dermcam.samplers import (
 from dermcam.trainer_setup import check_train_config, launch_rank, make_trainer
 
 # Names other modules and the tests import from here, wherever they now live.
-__all__ = ["IN_MEMORY_BYTES", "CachedSplit", "Decision", "EpochSampler", "RankBatches",
+__all__ = ["IN_MEMORY_BYTES", "CachedSplit", "EpochSampler", "RankBatches",
            "RankPositions", "TrainConfig", "choose_threshold", "dedupe_by_index",
-           "launch_rank", "make_adam", "make_ctrl_c_guard", "make_module", "rank_slice",
+           "launch_rank", "make_adam", "make_module", "rank_slice",
            "stratified_split", "train", "train_one"]
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,6 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
 
     return DermClassifier(model, lr, weight_decay, class_weights, augment, monitor, seed,
                           schedule, colour_jitter)
-
-
-def make_ctrl_c_guard():
-    """A callback and context manager: Ctrl-C during ``fit`` stops at a batch boundary
-    (:class:`dermcam.train_callbacks.CtrlCAtBatchBoundary`)."""
-    from dermcam.train_callbacks import CtrlCAtBatchBoundary
-
-    return CtrlCAtBatchBoundary()
 
 
 # ------------------------------------------------------------------------ train
