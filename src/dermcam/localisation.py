@@ -39,7 +39,7 @@ from dermcam import run as runmod
 from dermcam.audit_set import AuditSet
 from dermcam.calibration import calibrated_prob
 from dermcam.cam_batches import stack_samples
-from dermcam.data.splits import stratified_split
+from dermcam.data.splits import split_samples
 from dermcam.errors import DermcamError
 from dermcam.io import read_json, write_json
 from dermcam.sanity import randomised_copies
@@ -390,11 +390,9 @@ def validation_samples(run: runmod.Run) -> list:
     train = run.dataset.split("train")
     if not train:
         return []
-    labels = np.array([s.label for s in train], np.int64)
     cfg = run.config
     try:
-        _, va = stratified_split(labels, cfg.val_fraction, cfg.seed,
-                                 groups=[s.group for s in train])
+        _, va = split_samples(train, cfg.val_fraction, cfg.seed)
     except DermcamError:
         return []
     return [train[i] for i in va if train[i].mask_path is not None]

@@ -21,7 +21,7 @@ import inspect
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -271,7 +271,7 @@ def import_model(model, info, io: dict, source: dict, data: str | Path, out: str
     from dermcam.data import load_dataset
     from dermcam.data.cache import ImageCache
     from dermcam.data.cached_split import CachedSplit
-    from dermcam.data.splits import stratified_split
+    from dermcam.data.splits import split_samples
     from dermcam.decision import choose_threshold
     from dermcam.models import display_name
 
@@ -286,22 +286,12 @@ def import_model(model, info, io: dict, source: dict, data: str | Path, out: str
                       val_fraction=reading.val_fraction, cache_dir=reading.cache_dir,
                       calibration=reading.calibration, resize=reading.resize)
     if train_samples:
-        labels = np.array([s.label for s in train_samples], dtype=np.int64)
-        _, va_idx = stratified_split(labels, cfg.val_fraction, cfg.seed,
-                                     groups=[s.group for s in train_samples], path=data)
+        _, va_idx = split_samples(train_samples, cfg.val_fraction, cfg.seed, path=data)
     elif reading.threshold is None:
         raise DermcamError("the data set has no training split to choose a threshold on; "
                            "give one with --threshold (e.g. 0.5)", data)
     runmod.prepare_run_dir(Path(out), overwrite)
-    run = runmod.Run.create(out, {
-        "kind": "dermcam-run", "created": runmod.now(), "status": "training",
-        "config": asdict(cfg), "seed": cfg.seed, "versions": runmod.versions(),
-        "data": {"root": str(Path(data).resolve()), "name": ds.name, "layout": ds.layout,
-                 "fingerprint": ds.fingerprint(), "has_masks": ds.has_masks,
-                 "notes": ds.notes, "counts": {"train": _counts(train_samples),
-                                               "test": _counts(test_samples)}},
-        "models": {}, "stages": {"train": {"status": "running", "at": runmod.now(),
-                                           "imported": True}}})
+    run = runmod.Run.start(out, cfg, ds, train_samples, imported=True)
     if train_samples:
         val = CachedSplit([train_samples[i] for i in va_idx], cfg.image_size,
                           ImageCache(cfg.cache_dir, resize=cfg.resize))
@@ -338,12 +328,6 @@ def import_model(model, info, io: dict, source: dict, data: str | Path, out: str
     run.set_stage("train", runmod.STATUS_COMPLETE, run_status="trained", imported=True,
                   wall_time_s=round(time.perf_counter() - t0, 2), n_val=int(n_val))
     return run
-
-
-def _counts(samples) -> dict[str, int]:
-    labels = [s.label for s in samples]
-    return {"n": len(labels), "malignant": int(sum(labels)),
-            "benign": len(labels) - int(sum(labels))}
 
 
 def audit(model, data: str | Path, out: str | Path, *, arch: str | None = None,

@@ -18,6 +18,7 @@ import datetime as _dt
 import platform
 import shutil
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -447,6 +448,25 @@ class Run:
         return self._models[name]
 
     # ------------------------------------------------- written by training
+    @classmethod
+    def start(cls, run_dir: str | Path, cfg: TrainConfig, ds, train_samples, **train: Any
+              ) -> Run:
+        """A new run's first manifest, as training (or an outside model's import) starts:
+        config, versions, the data set and its class counts; ``train``: more of the train
+        stage's record (``imported=True``)."""
+        from dermcam.data.dataset import class_counts  # pandas: not at the CLI's start
+
+        return cls.create(run_dir, {
+            "kind": "dermcam-run", "created": now(), "status": "training",
+            "config": asdict(cfg), "seed": cfg.seed, "versions": versions(),
+            "data": {"root": str(Path(cfg.data).resolve()), "name": ds.name,
+                     "layout": ds.layout, "fingerprint": ds.fingerprint(),
+                     "has_masks": ds.has_masks, "notes": ds.notes,
+                     "counts": {"train": class_counts(train_samples),
+                                "test": class_counts(ds.split("test"))}},
+            "models": {}, "stages": {"train": {"status": "running", "at": now(), **train}},
+        })
+
     @classmethod
     def create(cls, run_dir: str | Path, manifest: dict[str, Any]) -> Run:
         """Write a new run's first manifest (training does, in a prepared folder)."""

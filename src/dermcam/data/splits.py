@@ -107,3 +107,13 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
         raise DermcamError(f"the {source} has too few images (or lesion groups) of a class "
                            "to hold out both classes for validation", path)
     return np.sort(tr), np.sort(va)
+
+
+def split_samples(samples, val_fraction: float, seed: int, path=None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`stratified_split` of a split's samples by their labels and groups: the
+    training / validation indices training uses, and every stage that needs its
+    validation part (the localisation benchmark, an outside model's threshold)."""
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    return stratified_split(labels, val_fraction, seed, groups=[s.group for s in samples],
+                            path=path)

@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,7 @@ from dermcam.config import TrainConfig
 from dermcam.data import load_dataset
 from dermcam.data.cache import ImageCache, warm_cache
 from dermcam.data.cached_split import CachedSplit
-from dermcam.data.dataset import class_counts
-from dermcam.data.splits import stratified_split
+from dermcam.data.splits import split_samples, stratified_split
 from dermcam.decision import choose_threshold
 from dermcam.errors import DermcamError
 from dermcam.inference import use_channels_last
@@ -101,9 +100,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     if not train_samples:
         raise DermcamError("the data set has no training split", cfg.data)
     # Refuse a split that cannot be made before any folder is created or image decoded.
-    labels = np.array([s.label for s in train_samples], dtype=np.int64)
-    tr_idx, va_idx = stratified_split(labels, cfg.val_fraction, cfg.seed,
-                                      groups=[s.group for s in train_samples], path=cfg.data)
+    tr_idx, va_idx = split_samples(train_samples, cfg.val_fraction, cfg.seed, path=cfg.data)
     if rank == 0 and not resume:
         runmod.prepare_run_dir(out, overwrite)
     elif rank == 0 and run.data.get("fingerprint") != ds.fingerprint():
@@ -115,7 +112,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
         # A process started by Lightning's DDP launcher: rank 0 owns the run folder.
         run = run if resume else runmod.Run(out, {"models": {}})  # read, never written
     elif not resume:
-        run = _create_run(out, cfg, ds, train_samples)
+        run = runmod.Run.start(out, cfg, ds, train_samples)
     else:
         run.set_stage("train", "running")
     _train_models(run, out, cfg, arrays, tr_idx, va_idx, rank, resume)
@@ -145,20 +142,6 @@ def _training_images(cfg: TrainConfig, train_samples, progress) -> CachedSplit:
     elif cache.enabled:
         warm_cache(train_samples, cfg.image_size, cache, progress=progress)
     return arrays
-
-
-def _create_run(out: Path, cfg: TrainConfig, ds, train_samples) -> runmod.Run:
-    """The run's manifest as training starts: config, versions, the data and its counts."""
-    return runmod.Run.create(out, {
-        "kind": "dermcam-run", "created": runmod.now(), "status": "training",
-        "config": asdict(cfg), "seed": cfg.seed, "versions": runmod.versions(),
-        "data": {"root": str(Path(cfg.data).resolve()), "name": ds.name,
-                 "layout": ds.layout, "fingerprint": ds.fingerprint(),
-                 "has_masks": ds.has_masks, "notes": ds.notes,
-                 "counts": {"train": class_counts(train_samples),
-                            "test": class_counts(ds.split("test"))}},
-        "models": {}, "stages": {"train": {"status": "running", "at": runmod.now()}},
-    })
 
 
 def _train_models(run: runmod.Run, out: Path, cfg: TrainConfig, arrays: CachedSplit,
