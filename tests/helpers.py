@@ -187,3 +187,40 @@ def reads_the_top_rows(gain: float):
             return torch.stack([torch.zeros_like(z), z], dim=1)
 
     return ReadsTheTopRows()
+
+
+def easy_generic(root, n=60, size=24, seed=0):
+    """Generic layout where malignant lesions are dark blobs, benign ones pale: easy."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = ["image_id,label,split"]
+    for i in range(n):
+        label = int(i % 4 == 0)
+        split = "test" if i % 3 == 0 else "train"
+        img = np.full((size, size, 3), 200, np.uint8) + rng.integers(0, 20, (size, size, 3),
+                                                                     dtype=np.uint8)
+        yy, xx = np.mgrid[:size, :size]
+        r = rng.uniform(4, 7)
+        cy, cx = rng.uniform(8, size - 8, 2)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+        img[mask] = (40, 20, 10) if label else (170, 120, 90)
+        Image.fromarray(img).save(root / "images" / f"img{i:03d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"img{i:03d}.png")
+        rows.append(f"img{i:03d},{'malignant' if label else 'benign'},{split}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def write_code_pickle(path: Path, marker: Path) -> Path:
+    """A pickle that would create ``marker`` if unpickled: for the refusals that must not
+    run code."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(path, "wb") as fh:
+        pickle.dump({"state_dict": Evil()}, fh)
+    return path

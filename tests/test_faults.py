@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_pipeline import _easy_generic
+from helpers import easy_generic
 
 from dermcam.errors import DermcamError
 
@@ -45,7 +45,7 @@ def python_sigint():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    return _easy_generic(root / "data", n=60)
+    return easy_generic(root / "data", n=60)
 
 
 @pytest.fixture(scope="module")

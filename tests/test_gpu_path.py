@@ -202,11 +202,11 @@ def test_a_launched_nonzero_rank_is_never_run_as_rank_zero(env, monkeypatch):
 
 def test_only_rank_zero_prepares_the_run_folder(tmp_path, monkeypatch):
     """Under srun, task 1 must not delete (--overwrite) or rewrite the run folder."""
-    from test_pipeline import _easy_generic
+    from helpers import easy_generic
 
     import dermcam.stages.train as tr
 
-    data = _easy_generic(tmp_path / "data", n=40)
+    data = easy_generic(tmp_path / "data", n=40)
     out = tmp_path / "run"
     out.mkdir()
     (out / "manifest.json").write_text('{"kind": "dermcam-run"}')
@@ -244,12 +244,12 @@ def test_unsupported_precisions_are_refused_in_one_line(tmp_path):
 
 def test_bf16_true_trains_and_saves_float32(tmp_path):
     """bf16 weights used to meet float32 images from augment.py and crash."""
-    from test_pipeline import _easy_generic
+    from helpers import easy_generic
 
     from dermcam.checkpoints import load_checkpoint
     from dermcam.stages.train import train
 
-    data = _easy_generic(tmp_path / "data", n=30)
+    data = easy_generic(tmp_path / "data", n=30)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), models=["resnet18"],
                       weights="none", image_size=32, max_epochs=1, batch_size=8, seed=1,
                       progress=False, cache_dir=str(tmp_path / "cache"), accelerator="cpu",
@@ -295,13 +295,13 @@ def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native_and_faster(monke
 
 def test_precision_auto_is_resolved_per_model_and_recorded(tmp_path, monkeypatch):
     """The config keeps 'auto'; each model's entry says what it trained in."""
-    from test_pipeline import _easy_generic
+    from helpers import easy_generic
 
     import dermcam.device as dev
     from dermcam.stages.train import train
 
     monkeypatch.setattr(dev, "native_bf16", lambda on_gpu: True)
-    data = _easy_generic(tmp_path / "data", n=30)
+    data = easy_generic(tmp_path / "data", n=30)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"),
                       models=["resnet18", "mobilenet_v2"], weights="none", image_size=32,
                       max_epochs=1, batch_size=8, seed=1, progress=False,

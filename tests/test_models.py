@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 import torch
+from helpers import write_code_pickle
 
 from dermcam.errors import DermcamError
 from dermcam.models import REGISTRY, build_model, imagenet_weights_path, load_state_file
@@ -96,14 +95,7 @@ def test_checkpoint_for_another_architecture_is_refused(tmp_path):
 
 def test_pickle_carrying_code_is_refused_not_executed(tmp_path):
     marker = tmp_path / "executed"
-
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    path = tmp_path / "evil.pt"
-    with open(path, "wb") as fh:
-        pickle.dump({"state_dict": Evil()}, fh)
+    path = write_code_pickle(tmp_path / "evil.pt", marker)
     with pytest.raises(DermcamError, match="refused"):
         load_state_file(path)
     assert not marker.exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import invoke_cli
+from helpers import easy_generic, invoke_cli
 
 from dermcam import run as runmod
 from dermcam.config import TrainConfig
@@ -22,30 +22,6 @@ from dermcam.stages.train import train
 SIZE = 32
 
 
-def _blobs(root, n=40, size=24, seed=0):
-    """Generic layout: malignant lesions dark blobs, benign ones pale, masks beside."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rows = ["image_id,label,split"]
-    for i in range(n):
-        label = int(i % 4 == 0)
-        img = np.full((size, size, 3), 200, np.uint8) + rng.integers(0, 20, (size, size, 3),
-                                                                     dtype=np.uint8)
-        yy, xx = np.mgrid[:size, :size]
-        cy, cx = rng.uniform(8, size - 8, 2)
-        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(4, 7) ** 2
-        img[mask] = (40, 20, 10) if label else (170, 120, 90)
-        Image.fromarray(img).save(root / "images" / f"img{i:03d}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"img{i:03d}.png")
-        rows.append(f"img{i:03d},{'malignant' if label else 'benign'},"
-                    f"{'test' if i % 3 == 0 else 'train'}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A trained, evaluated and explained run, and its model's weights in plain form."""
@@ -53,7 +29,7 @@ def trained(tmp_path_factory):
     from dermcam.stages.explain import run_explain
 
     base = tmp_path_factory.mktemp("byom")
-    data = _blobs(base / "data")
+    data = easy_generic(base / "data", n=40)
     out = base / "run"
     train(TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
                       image_size=SIZE, max_epochs=2, batch_size=8, seed=0, progress=False,

@@ -4,12 +4,12 @@ of any size mapped to dermcam's two logits, input re-normalisation, timm models.
 from __future__ import annotations
 
 import copy
-import pickle
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import write_code_pickle
 
 from dermcam.attribution import (
     CamExplainer,
@@ -138,14 +138,7 @@ def test_a_pickled_whole_model_is_refused_not_unpickled(tmp_path):
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_code_in_a_pickle_is_not_executed(tmp_path):
     marker = tmp_path / "executed"
-
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    path = tmp_path / "evil.pt"
-    with open(path, "wb") as fh:
-        pickle.dump({"state_dict": Evil()}, fh)
+    path = write_code_pickle(tmp_path / "evil.pt", marker)
     with pytest.raises(DermcamError, match="never unpickles code"):
         read_weights(path)
     assert not marker.exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from helpers import easy_generic
 
 from dermcam.checkpoints import load_checkpoint
 from dermcam.config import TrainConfig
@@ -21,36 +21,13 @@ from dermcam.inference import predict_proba
 from dermcam.stages.train import train
 
 
-def _easy_generic(root, n=60, size=24, seed=0):
-    """Generic layout where malignant lesions are dark blobs, benign ones pale: easy."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rows = ["image_id,label,split"]
-    for i in range(n):
-        label = int(i % 4 == 0)
-        split = "test" if i % 3 == 0 else "train"
-        img = np.full((size, size, 3), 200, np.uint8) + rng.integers(0, 20, (size, size, 3),
-                                                                     dtype=np.uint8)
-        yy, xx = np.mgrid[:size, :size]
-        r = rng.uniform(4, 7)
-        cy, cx = rng.uniform(8, size - 8, 2)
-        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
-        img[mask] = (40, 20, 10) if label else (170, 120, 90)
-        Image.fromarray(img).save(root / "images" / f"img{i:03d}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"img{i:03d}.png")
-        rows.append(f"img{i:03d},{'malignant' if label else 'benign'},{split}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from dermcam.stages.evaluate import run_evaluate
     from dermcam.stages.explain import run_explain
 
     base = tmp_path_factory.mktemp("pipe")
-    data = _easy_generic(base / "data")
+    data = easy_generic(base / "data")
     out = base / "run"
     cfg = TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
                       image_size=32, max_epochs=4, batch_size=8, lr=1e-3, patience=3,
@@ -145,7 +122,7 @@ def test_a_split_held_in_memory_trains_the_weights_a_streamed_one_does(tmp_path,
     from dermcam.data.cache import ImageCache
     from dermcam.stages import train as tr
 
-    data = _easy_generic(tmp_path / "data", n=48)
+    data = easy_generic(tmp_path / "data", n=48)
     reads = []
     original = ImageCache.get
 
@@ -242,7 +219,7 @@ def test_stratified_split_errors_and_balance():
 
 
 def test_cli_train_unknown_model_is_one_line(tmp_path):
-    data = _easy_generic(tmp_path / "d", n=12)
+    data = easy_generic(tmp_path / "d", n=12)
     r = subprocess.run([sys.executable, "-m", "dermcam", "train", str(data), "--out",
                         str(tmp_path / "r"), "--models", "resnet9000", "--weights", "none"],
                        capture_output=True, text=True)
@@ -450,7 +427,7 @@ def test_lr_spec_gives_each_model_its_rate(tmp_path):
     for bad in ("0", "-1e-3", "fast", "1e-3,=2e-3", "resnet18=x", "1e-3,2e-3", "nan"):
         with pytest.raises(DermcamError, match="--lr entries"):
             parse_lr(bad)
-    data = _easy_generic(tmp_path / "data", n=30)
+    data = easy_generic(tmp_path / "data", n=30)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"),
                       models=["resnet18", "mobilenet_v2"], weights="none", image_size=24,
                       max_epochs=1, batch_size=8, lr=1e-3, lr_by_model={"mobilenet_v2": 3e-3},

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_pipeline import _easy_generic
+from helpers import easy_generic
 
 from dermcam import run as runmod
 from dermcam.errors import DermcamError
@@ -20,7 +20,7 @@ def trained(tmp_path_factory) -> Path:
     from dermcam.stages.train import train
 
     base = tmp_path_factory.mktemp("runobj")
-    data = _easy_generic(base / "data", n=30)
+    data = easy_generic(base / "data", n=30)
     out = base / "run"
     train(TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
                       image_size=24, max_epochs=1, batch_size=8, seed=3, progress=False,
