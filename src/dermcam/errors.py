@@ -16,3 +16,9 @@ class DermcamError(Exception):
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = None if path is None else str(path)
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+def first_line(exc: BaseException) -> str:
+    """``"Type: first line of the message"`` (at most 120 characters of it): a library's
+    exception, quoted inside one of dermcam's one-line errors."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"

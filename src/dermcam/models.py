@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dermcam.errors import DermcamError
+from dermcam.errors import DermcamError, first_line
 from dermcam.weight_files import fit_weights, load_state_file, read_weights, verify_weights_file
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ def _build_timm(name: str, weights, num_classes: int, image_size: int | None):
                 model = None
             except Exception as exc:  # e.g. a size the windows or patches do not divide
                 raise DermcamError(f"timm cannot build {arch} for {image_size} px images "
-                                   f"({(str(exc).splitlines() or [''])[0][:120]}); choose another image size") from exc
+                                   f"({first_line(exc)}); choose another image size") from exc
     if model is None:
         model = timm.create_model(arch, **kwargs)
     source = "none (random init)"

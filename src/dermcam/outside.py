@@ -16,7 +16,6 @@ sanity check), probe and report as a trained run does. Afterwards it is an ordin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import logging
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dermcam import run as runmod
-from dermcam.errors import DermcamError
+from dermcam.errors import DermcamError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +61,13 @@ class Reading:
     cache_dir: str | None = None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _norm(reading: Reading, model) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The model's input mean and std: given, else a timm model's own, else ImageNet's."""
     from dermcam.models import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean = reading.mean or tuple(cfg.get("mean") or IMAGENET_MEAN)
-    std = reading.std or tuple(cfg.get("std") or IMAGENET_STD)
-    for name, v in (("--mean", mean), ("--std", std)):
-        if len(v) != 3 or (name == "--std" and min(v) <= 0):
-            raise DermcamError(f"{name} needs three values (one per RGB channel"
-                               f"{', all above 0' if name == '--std' else ''}), got {v}")
+    std = reading.std or tuple(cfg.get("std") or IMAGENET_STD)  # checked by attach_io
     return tuple(float(x) for x in mean), tuple(float(x) for x in std)
 
 
@@ -94,9 +81,8 @@ def _count_outputs(model, size: int, where) -> int:
         with torch.no_grad():
             out = model(torch.zeros(1, 3, size, size))
     except Exception as exc:
-        raise DermcamError(f"the model failed on a {size} px image ({type(exc).__name__}: "
-                           f"{(str(exc).splitlines() or [''])[0][:120]}); is --image-size "
-                           "the size it was trained at?", where) from exc
+        raise DermcamError(f"the model failed on a {size} px image ({first_line(exc)}); is "
+                           "--image-size the size it was trained at?", where) from exc
     finally:
         model.train(was)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
@@ -171,7 +157,7 @@ def load_outside(weights: str | Path, reading: Reading):
     contract, ``io`` its head and normalisation, ``source`` what the run records of the
     file (path, SHA-256, form, architecture, how its outputs are read). Every problem is
     one :class:`DermcamError` naming the file."""
-    from dermcam.weight_files import read_weights
+    from dermcam.weight_files import read_weights, sha256_of
 
     path = Path(weights)
     if not path.is_file():
@@ -180,7 +166,7 @@ def load_outside(weights: str | Path, reading: Reading):
     state, form, script = read_weights(path)
     model, info = _build(reading, state, path)
     model, io = _fitted(model, info, state, reading, path, form, script)
-    source = {"file": str(path.resolve()), "sha256": _sha256(path), "form": form,
+    source = {"file": str(path.resolve()), "sha256": sha256_of(path), "form": form,
               "arch": reading.arch, "read_as": _read_as(io["outputs"], tuple(io["malignant"]))}
     return model, info, io, source
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dermcam.errors import DermcamError
+from dermcam.errors import DermcamError, first_line
 
 
 def verify_weights_file(path: str | Path) -> None:
@@ -24,18 +24,13 @@ def verify_weights_file(path: str | Path) -> None:
     ``DERMCAM_TRUST_WEIGHTS=1`` skips the check, for weights of one's own making saved
     under torchvision's name (the test suite's stand-ins for ImageNet weights).
     """
-    import hashlib
     import re
 
     path = Path(path)
     m = re.search(r"-([a-f0-9]{6,})\.", path.name)
     if m is None or not path.exists() or os.environ.get("DERMCAM_TRUST_WEIGHTS") == "1":
         return
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    got = digest.hexdigest()
+    got = sha256_of(path)
     if not got.startswith(m.group(1)):
         raise DermcamError(
             f"ImageNet weights file does not match torchvision's: its SHA-256 begins "
@@ -110,7 +105,7 @@ def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
         try:
             state = load_file(str(path), device="cpu")
         except Exception as exc:
-            raise DermcamError(f"not a readable safetensors file ({_first_line(exc)})",
+            raise DermcamError(f"not a readable safetensors file ({first_line(exc)})",
                                path) from exc
         state, labels = _strip_wrappers(state)
         return state, _form("safetensors", labels), None
@@ -128,7 +123,7 @@ def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
         raise DermcamError("holds a pickled Python object, not a state dict; dermcam never "
                            "unpickles code: " + _SAVE_STATE_DICT, path) from exc
     except Exception as exc:
-        raise DermcamError(f"not a readable PyTorch weights file ({_first_line(exc)})",
+        raise DermcamError(f"not a readable PyTorch weights file ({first_line(exc)})",
                            path) from exc
     if not isinstance(obj, dict):
         raise DermcamError(f"holds a {type(obj).__name__}, not a state dict: "
@@ -152,10 +147,6 @@ def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
             return state, _form(f"checkpoint dict ({key!r})", labels), None
     raise DermcamError("holds a dict without a state dict of tensors (no 'state_dict' entry); "
                        + _SAVE_STATE_DICT, path)
-
-
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
 
 
 def _all_tensors(d: dict) -> bool:
@@ -260,7 +251,7 @@ def _load_torchscript(path: Path):
                                     message=r".*torch\.jit.*deprecated")
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise DermcamError(f"not a loadable TorchScript file ({_first_line(exc)})",
+        raise DermcamError(f"not a loadable TorchScript file ({first_line(exc)})",
                            path) from exc
 
 
@@ -288,3 +279,10 @@ def fit_weights(model, state: dict, name: str, path) -> None:
             parts.append(f"wrong shape {len(bad)} ({_few(shapes)})")
         raise DermcamError(f"weights do not fit {name}: {', '.join(parts)}", path)
     model.load_state_dict(state, strict=True)
+
+
+def sha256_of(path: str | Path) -> str:
+    """The file's SHA-256, hex (pooch's hashing, as downloads are checked)."""
+    import pooch
+
+    return pooch.file_hash(str(path), alg="sha256")
