@@ -31,6 +31,7 @@ from dermcam.terminal import (
     Debug,
     Device,
     Epochs,
+    ExternalData,
     ExternalName,
     Group,
     ImageSize,
@@ -41,7 +42,9 @@ from dermcam.terminal import (
     NTest,
     NTrain,
     Overwrite,
+    Placements,
     Preset,
+    ProbePrecision,
     RunDir,
     TrainPrecision,
     answer,
@@ -285,9 +288,8 @@ def train(
     overwrite: Overwrite = False,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
     keep_checkpoints: Annotated[bool, typer.Option(
-        "--keep-checkpoints", help="Keep Lightning's best.ckpt (weights) and last.ckpt (weights "
-                                   "and optimizer state) in models/NAME/lightning/ after a model "
-                                   "finishes; by default only model.pt is kept.")] = False,
+        "--keep-checkpoints", help="Keep Lightning's best.ckpt and last.ckpt (with optimizer "
+                                   "state) in models/NAME/lightning/, not only model.pt.")] = False,
 ) -> None:
     """Fine-tune each model; keep its best checkpoint; choose its threshold on validation.
 
@@ -328,9 +330,7 @@ def _names(text: str | None) -> list[str]:
 def evaluate(
     run_dir: RunDir,
     n_boot: NBoot = 1000,
-    data: Annotated[Path | None, typer.Option(
-        help="Score the run's models on another data set (any layout) instead: external "
-             "validation, written to RUN/external/NAME/.")] = None,
+    data: ExternalData = None,
     name: ExternalName = None,
     by: By = None,
     min_group: Annotated[int, typer.Option(
@@ -352,12 +352,7 @@ def evaluate(
     from dermcam.stages.evaluate import run_evaluate
     from dermcam.views import external_table, labels_line, metrics_tables, subgroup_tables
 
-    if artifact_labels is not None:  # and split the metrics by each artifact's presence
-        from dermcam.data.artifact_labels import artifact_columns, read_artifact_labels
-
-        by = ",".join([*by_columns(by), *artifact_columns(read_artifact_labels(artifact_labels))])
     with progress_bar("load test images") as cb:
-        # the labels join the set scored (--data's, or the run's, recorded once checked)
         result = run_evaluate(run_dir, n_boot=n_boot, progress=cb, data=data, name=name,
                               by=by_columns(by), min_group=min_group,
                               exclude_duplicates=exclude_duplicates, device=device,
@@ -401,11 +396,9 @@ def explain(
         help=f"Comma-separated CAM methods (pytorch-grad-cam): {CAM_METHODS}; or auto: the "
              "localisation benchmark chooses each model's method with its layer.")] = "auto",
     target: Annotated[str, typer.Option(
-        help="Class each heatmap explains: malignant (where the evidence for malignancy lies, for "
-             "every image: one fixed target, so benign and malignant lesions are compared on the "
-             "same question), predicted (the study's: benign-predicted images are explained for "
-             "the benign class, whose evidence is largely wherever the lesion is not) or true.")]
-    = "malignant",
+        help="Class each heatmap explains: malignant (one question for every image, so classes "
+             "compare), predicted (the study's; benign evidence lies mostly off the lesion) or "
+             "true.")] = "malignant",
     normalize: Annotated[str, typer.Option(
         help="minmax (ReLU + per-image min-max, the study's) or raw (ReLU only).")] = "minmax",
     limit: Limit = None,
@@ -419,10 +412,9 @@ def explain(
     merge: Annotated[bool, typer.Option(
         help="Score the batches written by all shards into one attention.csv.")] = False,
     layer: Annotated[str, typer.Option(
-        help="CAM layer: auto (the localisation benchmark picks, per model and method, the layer "
-             "whose maps localise best on masked validation images and pass the sanity check), "
-             "last (the study's: the last convolutional block), a layer name for every model, or "
-             "model=layer,model=layer. 'dermcam models' lists the candidates.")] = "auto",
+        help="CAM layer: auto (the localisation benchmark's best on masked validation images, "
+             "sane), last (the study's last block), a layer name, or model=layer,... "
+             "('dermcam models' lists them).")] = "auto",
     bench_methods: Annotated[str | None, typer.Option(
         help="Methods the localisation benchmark scores at every candidate layer "
              "(comma-separated, or all; default: all).")] = None,
@@ -439,10 +431,7 @@ def explain(
     device: Annotated[str, typer.Option(
         help=f"Where the heatmaps are computed: {DEVICES}; with --shard i/n, auto puts each "
              "shard on its own GPU, and on the CPU the shards split the cores.")] = "auto",
-    data: Annotated[Path | None, typer.Option(
-        help="Audit the run's models on another data set's masked images (any layout) instead, "
-             "into RUN/external/NAME/ (as evaluate --data); layers and thresholds are the run's. "
-             "--artifact-labels then labels that set's images.")] = None,
+    data: ExternalData = None,
     name: ExternalName = None,
     by: By = None,
     min_group: MinGroup = 20,
@@ -465,7 +454,7 @@ def explain(
     from dermcam.audit_set import by_columns
     from dermcam.run import record_in_run
     from dermcam.stages.explain import run_explain
-    from dermcam.views import attention_sections
+    from dermcam.views import attention_sections, external_line
 
     if artifact_labels is not None and data is None:  # attention summary by artifact presence
         console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
@@ -496,8 +485,7 @@ def explain(
                       f"dermcam explain {run_dir}{again} --merge")
         return
     if ext:
-        console.print(f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): "
-                      f"{ext['images']}; {ext['thresholds']}; layers {ext['layers']}")
+        console.print(external_line(ext))
     _finish(run_dir, "explain", attention_sections(summary, runmod.Run.open(run_dir).display_names),
             ("where it looks", "size confound", "artifact"), where / runmod.ATTENTION_SUMMARY)
 
@@ -532,12 +520,10 @@ def audit(
     calibration: Calibration = "platt",
     by: By = None,
     artifact_labels: ArtifactLabels = None,
-    placements: Annotated[int, typer.Option(
-        help="Seeded placements per image and inserted artifact.")] = 2,
+    placements: Placements = 2,
     limit: Limit = None,
     device: Device = "auto",
-    precision: Annotated[str, typer.Option(
-        help="Probe precision: auto, 32-true or bf16-mixed.")] = "auto",
+    precision: ProbePrecision = "auto",
     overwrite: Overwrite = False,
     debug: Debug = False,
 ) -> None:
@@ -591,11 +577,10 @@ def probe(
              "hot_spots (default once 'dermcam explain' ran).")] = None,
     artifacts: Annotated[str | None, typer.Option(
         help="Artifacts to insert/remove (default: ruler, ink, patch, vignette, hair).")] = None,
-    placements: Annotated[int, typer.Option(
-        help="Seeded placements per image and inserted artifact.")] = 3,
+    placements: Placements = 3,
     seed: Annotated[int | None, typer.Option(
         help="Seed for placements and bootstrap (default: the run's).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N test images.")] = None,
+    limit: Limit = None,
     batch_size: Annotated[int, typer.Option(
         help="Images perturbed per batch (each makes about 20 variants).")] = 32,
     inpaint: Annotated[str, typer.Option(
@@ -606,18 +591,11 @@ def probe(
         help=ARTIFACT_LABELS + " Lesion and background removal are then split by each "
              "artifact's presence (--artifacts names artifacts to insert).")] = None,
     device: Device = "auto",
-    data: Annotated[Path | None, typer.Option(
-        help="Probe the run's models on another data set's masked images (any layout) instead, "
-             "into RUN/external/NAME/ (as evaluate --data), at the run's thresholds.")] = None,
+    data: ExternalData = None,
     name: ExternalName = None,
     by: By = None,
     min_group: MinGroup = 20,
-    precision: Annotated[str, typer.Option(
-        help="Inference precision: 32-true (float32, as evaluate scores), bf16-mixed (bfloat16 "
-             "autocast, channels-last, BatchNorm folded into the convolutions: about 2x faster "
-             "where bfloat16 is native, probabilities about 1e-2 away from float32's) or auto "
-             "(bf16-mixed per model where training's --precision auto would choose it).")]
-    = "32-true",
+    precision: ProbePrecision = "32-true",
 ) -> None:
     """Behavioural audit: change the image, watch the malignant probability.
 
@@ -636,7 +614,7 @@ def probe(
     from dermcam.device import resolve_device
     from dermcam.run import record_in_run
     from dermcam.stages.probe import PROBES, read_summary_object, run_probe
-    from dermcam.views import probe_sections
+    from dermcam.views import external_line, probe_sections
 
     if artifact_labels is not None and data is None:
         console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
@@ -656,8 +634,7 @@ def probe(
     summary = read_summary_object(where) or {}
     ext = summary.get("external") or {}
     if ext:
-        console.print(f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): "
-                      f"{ext['thresholds']}")
+        console.print(external_line(ext))
     _finish(run_dir, "probe", probe_sections({**summary, "entries": entries},
                                              runmod.Run.open(run_dir).display_names),
             ("lesion reliance", "context", "marked regions", "artifact"),
@@ -705,26 +682,18 @@ def demo(
              "beside its control.")] = True,
     precision: TrainPrecision = "auto",
     method: Annotated[str, typer.Option(
-        help="CAM method of the audit, its layer chosen per model by the localisation benchmark; "
-             "'auto' chooses the method too. HiResCAM credits a location only where the output is "
-             "sensitive to it there: on the planted shortcut, Grad-CAM-style methods at early "
-             "layers also put the rulers above their area share for the control, which does not "
-             "use them.")] = "hirescam",
+        help="CAM method of the audit (its layer chosen by the localisation benchmark; 'auto' "
+             "chooses the method too). HiResCAM credits only where the output is sensitive.")]
+    = "hirescam",
 ) -> None:
     """The whole study on the synthetic benchmark: synth -> train -> evaluate -> explain ->
     probe -> report, plus a planted shortcut that the audit must catch.
 
-    The study's three models are trained on data whose artifacts are independent of the
-    label; their HiResCAM layer is chosen per model on masked validation images (the
-    localisation benchmark, which scores five methods at every candidate layer). Then
-    ResNet18 is trained on the same seed's images with rulers tied to malignancy in
-    training only; its heatmap mass on the rulers, relative to their
-    area, is shown with a 95 % CI beside the control's, with both test AUCs, and the
-    behavioural probes show how its malignant probability moves when a ruler is inserted or
-    removed.
-
-    Uses ImageNet weights when they are in torchvision's cache for every model; otherwise
-    trains from scratch and says so (only the demo makes that choice by itself).
+    The study's three models train on data whose artifacts are independent of the label;
+    then ResNet18 trains with rulers tied to malignancy in training only, and is audited
+    beside its control (heatmap mass on the rulers, probes). ImageNet weights are used when
+    torchvision's cache has them for every model; otherwise it trains from scratch and
+    says so.
 
     \b
     Examples:

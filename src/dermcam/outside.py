@@ -365,15 +365,11 @@ def audit(model, data: str | Path, out: str | Path, *, arch: str | None = None,
     say(f"[1/5] {source['read_as']}; threshold and calibration on validation images")
     with bar("decode + cache images") as cb:
         run = import_model(fitted, info, io, source, data, out, reading, overwrite, cb)
-    by_eval = tuple(by)
-    if artifact_labels is not None:  # kept for the later stages; metrics split by each
-        from dermcam.data.artifact_labels import artifact_columns, read_artifact_labels
-
+    if artifact_labels is not None:  # kept for the later stages
         say(runmod.record_in_run(run.dir, artifact_labels))
-        by_eval += tuple(artifact_columns(read_artifact_labels(artifact_labels)))
     say("[2/5] evaluation on the test split (bootstrap CIs)")
     with bar("evaluate") as cb:
-        run_evaluate(run.dir, progress=cb, by=by_eval, device=dev, artifacts=artifact_labels)
+        run_evaluate(run.dir, progress=cb, by=tuple(by), device=dev, artifacts=artifact_labels)
     say("[3/5] attention: the localisation benchmark chooses the CAM method and layer on "
         "validation images; sanity check; every test image")
     with bar("CAM batches") as cb:

@@ -150,6 +150,15 @@ Calibration = Annotated[str, typer.Option(
          "weighted loss puts on the logits); temperature: T only; none: raw softmax. The "
          "threshold is chosen on the calibrated probabilities.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+ExternalData = Annotated[Path | None, typer.Option(
+    help="Audit the run's models on another data set (any layout) instead, at the run's "
+         "thresholds and layers: external validation, written to RUN/external/NAME/.")]
+Placements = Annotated[int, typer.Option(help="Seeded placements per image and inserted artifact.")]
+ProbePrecision = Annotated[str, typer.Option(
+    help="Probe precision: 32-true (float32, as evaluate scores), bf16-mixed (bfloat16 autocast, "
+         "channels-last, BatchNorm folded: about 2x faster where bfloat16 is native, "
+         "probabilities about 1e-2 from float32's) or auto (bf16-mixed where training's "
+         "--precision auto would choose it).")]
 
 
 def show(table, to: Console | None = None) -> None:

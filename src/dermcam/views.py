@@ -591,6 +591,13 @@ def labels_line(info: dict[str, Any]) -> str:
     return text
 
 
+def external_line(ext: dict[str, Any]) -> str:
+    """The external set a stage audited (its summary's ``external`` block), in one line."""
+    told = [ext[k] for k in ("images", "thresholds") if ext.get(k)]
+    told += [f"layers {ext['layers']}"] if ext.get("layers") else []
+    return f"external set {ext['name']} ({ext['data']}, {ext['layout']} layout): " + "; ".join(told)
+
+
 # ----------------------------------------------------------------- a run folder
 
 

@@ -68,11 +68,14 @@ def run_evaluate(run_dir: runmod.Run | str | Path, n_boot: int = 1000, seed: int
     (:func:`run_external`). ``by``: metadata columns (or ``ita``) for
     per-subgroup metrics (:mod:`dermcam.subgroups`), groups under ``min_group`` images
     reported as too few to estimate. ``artifacts``: a per-image artifact label file
-    (:mod:`dermcam.data.artifact_labels`) joined to the data scored; for the run's own
+    (:mod:`dermcam.data.artifact_labels`) joined to the data scored, each artifact's
+    presence then one more ``by`` column; for the run's own
     test split it is recorded in the manifest (``data.artifacts``, for the later stages)
     once every check has passed, for ``data`` it labels that set only.
     """
     device = str(resolve_device(device))  # an unavailable device: refused here, once
+    if artifacts is not None:  # the metrics are also split by each artifact's presence
+        by = tuple(dict.fromkeys([*by, *artifact_columns(read_artifact_labels(artifacts))]))
     if data is not None:
         return run_external(run_dir, data, name=name, n_boot=n_boot, seed=seed, by=by,
                             min_group=min_group, exclude_duplicates=exclude_duplicates,
