@@ -51,6 +51,8 @@ from dermcam.terminal import (
     console,
     detail,
     err,
+    names,
+    numbers,
     progress_bar,
     show,
     state,
@@ -226,17 +228,12 @@ def models(
       dermcam models --image-size 128
       dermcam models --run runs/r1
     """
-    from dermcam import models as zoo
+    from dermcam.models import known_models
     from dermcam.views import models_table
 
     if run_dir is not None:
         image_size = runmod.Run.open(run_dir).image_size
-    show(models_table(image_size, [
-        {"name": name, "display_name": spec.display_name, "cam_layer": spec.cam_layer,
-         "grid": zoo.layer_grid(zoo.build_model(name, weights="none")[0],
-                                spec.candidate_layers, image_size),
-         "weights": None if zoo.imagenet_available(name) else zoo.imagenet_weights_path(name)}
-        for name, spec in zoo.REGISTRY.items()]))
+    show(models_table(image_size, known_models(image_size)))
 
 
 @app.command()
@@ -304,7 +301,7 @@ def train(
 
     same = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
     lr_default, lr_by_model = parse_lr(lr)
-    cfg = TrainConfig(**{**same, "data": str(data), "out": str(out), "models": _names(models),
+    cfg = TrainConfig(**{**same, "data": str(data), "out": str(out), "models": names(models),
                          "max_epochs": epochs, "lr": lr_default, "lr_by_model": lr_by_model,
                          "progress": not state["quiet"]})
     with progress_bar("decode + cache images") as cb:
@@ -317,11 +314,6 @@ def train(
     show(table)
     detail(out, "train", [table])
     console.print(f"run folder: {out.resolve()}  (next: dermcam evaluate {out})")
-
-
-def _names(text: str | None) -> list[str]:
-    """A comma-separated option's names, blanks dropped."""
-    return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
 # -------------------------------------------------------------------- evaluate
@@ -458,27 +450,20 @@ def explain(
 
     if artifact_labels is not None and data is None:  # attention summary by artifact presence
         console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
-    shard_t = None
-    if shard is not None:
-        try:
-            i, n = (int(v) for v in shard.split("/"))
-            shard_t = (i, n)
-        except ValueError as exc:
-            raise DermcamError(f"--shard must look like 0/4, got {shard!r}") from exc
     with progress_bar("Grad-CAM batches") as cb:
-        summary = run_explain(run_dir, methods=_names(methods), target=target,
+        summary = run_explain(run_dir, methods=names(methods), target=target,
                               normalize=normalize, limit=limit, batch_size=batch_size,
-                              sanity=sanity, n_boot=n_boot, progress=cb, shard=shard_t,
+                              sanity=sanity, n_boot=n_boot, progress=cb, shard=shard,
                               merge=merge, layer=layer,
                               bench_methods=(None if bench_methods in (None, "all") else
-                                             _names(bench_methods)),
+                                             names(bench_methods)),
                               bench_images=bench_images, cascade=cascade, margin=margin,
                               device=device, data=data, name=name, by=by_columns(by),
                               min_group=min_group,
                               artifacts=artifact_labels if data is not None else None)
     ext = summary.get("external") or {}
     where = _folder(run_dir, ext.get("name"))
-    if shard_t is not None:
+    if shard is not None:
         again = f" --data {data}" + (f" --name {name}" if name else "") if data else ""
         console.print(f"shard {shard}: {summary['batches']} batch(es) written under "
                       f"{summary.get('folder', where)}/attention; when every shard is done: "
@@ -545,12 +530,6 @@ def audit(
 
     state["debug"] = state["debug"] or debug
     _check_image_size(image_size)
-
-    def numbers(text, kind=float):
-        try:
-            return tuple(kind(v) for v in text.split(",")) if text else None
-        except ValueError:
-            raise DermcamError(f"expected comma-separated numbers, got {text!r}") from None
 
     picked = numbers(malignant_classes, int) or (
         (malignant_class,) if malignant_class is not None else None)
@@ -621,9 +600,9 @@ def probe(
     with progress_bar("probe batches") as cb:
         st = runmod.Run.open(run_dir).stage_entry("explain").get("status")
         explained = data is None and st == runmod.STATUS_COMPLETE
-        chosen = _names(probes) or [*PROBES, *["context_swap"] * bool(artifact_labels),
+        chosen = names(probes) or [*PROBES, *["context_swap"] * bool(artifact_labels),
                                     *["hot_spots"] * explained]
-        entries = run_probe(run_dir, probes=chosen, artifacts=_names(artifacts) or None,
+        entries = run_probe(run_dir, probes=chosen, artifacts=names(artifacts) or None,
                             placements=placements, seed=seed, limit=limit,
                             batch_size=batch_size, inpaint_method=inpaint, n_boot=n_boot,
                             progress=cb, device=str(resolve_device(device)), data=data,
@@ -704,7 +683,7 @@ def demo(
     from dermcam.demo import run_demo
 
     run = run_demo(out, preset=preset, n_train=n_train, n_test=n_test, image_size=image_size,
-                   epochs=epochs, source_size=source_size, models=_names(models), seed=seed,
+                   epochs=epochs, source_size=source_size, models=names(models), seed=seed,
                    overwrite=overwrite, say=console.print, progress_bar=progress_bar,
                    quiet=state["quiet"], shortcut=shortcut, precision=precision,
                    method=method, show=detail)
@@ -739,10 +718,7 @@ def download(
     """
     from dermcam.data import download as dl
 
-    if dataset.lower().replace("-", "").replace("_", "") != "isic2016":
-        raise DermcamError(f"cannot download {dataset!r}: only isic2016 is supported; fetch "
-                           "ISIC 2017, HAM10000 or PH2 by hand and point 'dermcam info' at "
-                           "the folder")
+    dl.check_supported(dataset)
     with progress_bar("download") as cb:
         res = dl.download_isic2016(out, base_url=base_url or dl.DEFAULT_BASE_URL,
                                    checksums=checksums, progress=cb, say=console.print,

@@ -249,6 +249,17 @@ def candidate_layers(model) -> tuple[str, ...]:
     return (default_target_layer(model)[0],)
 
 
+def known_models(image_size: int) -> list[dict]:
+    """The registry's architectures for ``dermcam models``: name, display name, the study's
+    CAM layer, each candidate layer's grid at ``image_size`` and where ImageNet weights
+    would be read from (None when cached)."""
+    return [{"name": name, "display_name": spec.display_name, "cam_layer": spec.cam_layer,
+             "grid": layer_grid(build_model(name, weights="none")[0], spec.candidate_layers,
+                                image_size),
+             "weights": None if imagenet_available(name) else imagenet_weights_path(name)}
+            for name, spec in REGISTRY.items()]
+
+
 def imagenet_weights_path(name: str) -> Path:
     """Where torchvision's weights API caches ``name``'s default ImageNet weights."""
     import torch

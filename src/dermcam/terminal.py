@@ -23,6 +23,7 @@ from rich.text import Text
 
 from dermcam import run as runmod
 from dermcam.device import PRECISION_HELP
+from dermcam.errors import DermcamError
 
 
 def paragraphs(doc: str | None) -> str | None:
@@ -159,6 +160,19 @@ ProbePrecision = Annotated[str, typer.Option(
          "channels-last, BatchNorm folded: about 2x faster where bfloat16 is native, "
          "probabilities about 1e-2 from float32's) or auto (bf16-mixed where training's "
          "--precision auto would choose it).")]
+
+
+def names(text: str | None) -> list[str]:
+    """A comma-separated option's names, blanks dropped."""
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def numbers(text: str | None, kind=float) -> tuple | None:
+    """A comma-separated option's numbers (None when not given), refused in one line."""
+    try:
+        return tuple(kind(v) for v in text.split(",")) if text else None
+    except ValueError:
+        raise DermcamError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def show(table, to: Console | None = None) -> None:

@@ -349,6 +349,14 @@ class DownloadResult:
         return lines
 
 
+def check_supported(dataset: str) -> None:
+    """Refuse, in one line, a data set ``dermcam download`` cannot fetch."""
+    if dataset.lower().replace("-", "").replace("_", "") != "isic2016":
+        raise DermcamError(f"cannot download {dataset!r}: only isic2016 is supported; fetch "
+                           "ISIC 2017, HAM10000 or PH2 by hand and point 'dermcam info' at "
+                           "the folder")
+
+
 def download_isic2016(dest: str | Path, base_url: str = DEFAULT_BASE_URL,
                       checksums: str | Path | Mapping[str, str] | None = None,
                       progress: Progress | None = None,

@@ -53,7 +53,7 @@ __all__ = [
 def run_explain(run_dir: runmod.Run | str | Path, methods=("gradcam",), target: str = "malignant",
                 normalize: str = "minmax", limit: int | None = None, batch_size: int = 16,
                 fast: bool = True, sanity: bool = True, n_boot: int = 1000,
-                progress=None, figures: bool = True, shard: tuple[int, int] | None = None,
+                progress=None, figures: bool = True, shard: str | tuple[int, int] | None = None,
                 merge: bool = False, layer: str | dict | None = "auto",
                 bench_methods=None, bench_images: int = 64, cascade: bool = True,
                 margin: float = 0.02, device: str = "cpu", data: str | Path | None = None,
@@ -62,7 +62,7 @@ def run_explain(run_dir: runmod.Run | str | Path, methods=("gradcam",), target: 
     """Compute (or resume) heatmaps for every trained model and ``methods``, then score.
 
     ``layer``: see :func:`parse_layer_spec` (default ``auto``: the localisation benchmark
-    picks each model x method's layer on masked validation images). ``shard=(i, n)``
+    picks each model x method's layer on masked validation images). ``shard=(i, n)`` (or ``"i/n"``)
     computes only batches ``k`` with ``k % n == i`` (for several processes or machines
     sharing the run folder) and does not score; ``merge=True`` computes nothing, checks
     every batch is present, and scores them all into one attention.csv. ``margin``: the
@@ -85,7 +85,7 @@ def run_explain(run_dir: runmod.Run | str | Path, methods=("gradcam",), target: 
     methods = _check_options(methods, margin, target)
     audit = _explain_images(run, data, name, artifacts, by)
     _check_saved_settings(run, audit, normalize, target)
-    _check_shard(shard)
+    shard = parse_shard(shard)
     dev = resolve_device(device, shard)
     set_shard_threads(dev, shard)
     work = dict(methods=methods, target=target, normalize=normalize, limit=limit,
@@ -112,11 +112,17 @@ def _check_options(methods, margin: float, target: str) -> list[str]:
     return methods
 
 
-def _check_shard(shard: tuple[int, int] | None) -> None:
-    if shard is not None:
-        i, n = shard
-        if not (n >= 1 and 0 <= i < n):
-            raise DermcamError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``(i, n)`` from ``"i/n"`` or a pair, refused in one line unless ``0 <= i < n``."""
+    if shard is None:
+        return None
+    try:
+        i, n = (int(v) for v in (shard.split("/") if isinstance(shard, str) else shard))
+    except ValueError:
+        raise DermcamError(f"--shard must look like 0/4, got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise DermcamError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+    return i, n
 
 
 def _explain_images(run: runmod.Run, data, name, artifacts, by) -> AuditSet:
