@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dermcam import attention_plots as ap
 from dermcam import leakage as lk
 from dermcam import run as runmod
 from dermcam.heatmap_files import heatmaps_by_id
@@ -31,8 +32,6 @@ def attention_figures(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame, s
                       n_examples: int = 3) -> None:
     """The attention figures into ``out.figures`` (``out``: the run's own outputs, or an
     external set's, holding the heatmaps; ``samples``: the images scored)."""
-    from dermcam import attention_plots as ap
-
     figs = out.figures
     by_id = {s.image_id: s for s in samples}
     first_method = sorted(att["method"].unique())[0]

@@ -32,6 +32,7 @@ import pandas as pd
 from dermcam import run as runmod
 from dermcam.data import load_dataset
 from dermcam.data.cache import warm_cache
+from dermcam.data.cached_split import CachedSplit
 from dermcam.data.dataset import read_csv_rows
 from dermcam.data.generic import CSV_NAME
 from dermcam.data.metadata import metadata_table
@@ -114,8 +115,6 @@ class AuditSet:
     def split(self):
         """The samples read through the decode cache (a
         :class:`~dermcam.data.cached_split.CachedSplit`, built on first use)."""
-        from dermcam.data.cached_split import CachedSplit  # imports torch
-
         return CachedSplit(self.samples, self.size, self.cache)
 
     def key(self, stage: str) -> str:

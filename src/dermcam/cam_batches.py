@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from dermcam import run as runmod
+from dermcam.attribution import CamExplainer
+from dermcam.augment import preprocess
 from dermcam.errors import DermcamError
 from dermcam.heatmap_files import batch_file, read_heatmap_batch, write_heatmap_batch
 
@@ -25,8 +27,6 @@ def stack_samples(cache, samples, size: int):
     ``(N, 3, S, S)`` the preprocessed model input, ``masks`` ``(N, S, S)`` bool,
     ``labels`` ``(N,)`` int64."""
     import torch
-
-    from dermcam.augment import preprocess
 
     items = [cache.get(s, size) for s in samples]
     x = preprocess(torch.from_numpy(np.stack([it["image"] for it in items])))
@@ -73,8 +73,6 @@ def compute_heatmaps(run: runmod.Run, out: runmod.Outputs, names, selection, sam
     """Heatmap batches ``starts`` of every model x method x layer in ``selection``, written
     under ``out`` (a batch already there for the same images is kept: resuming).
     Returns ``(seconds computing CAMs, images computed)``."""
-    from dermcam.attribution import CamExplainer
-
     size, cache = run.image_size, run.cache
     total = len(selection) * len(starts)
     done = n_computed = 0

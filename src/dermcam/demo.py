@@ -33,12 +33,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from dermcam import run as runmod
 from dermcam import views
+from dermcam.attribution import CamExplainer, check_method
+from dermcam.augment import preprocess
+from dermcam.config import NEGLIGIBLE_DELTA, TrainConfig
+from dermcam.data.artifact_labels import PREFIX
+from dermcam.data.synth import ARTIFACTS, SynthConfig, generate
 from dermcam.errors import DermcamError
-from dermcam.io import link_identical, read_json, write_json
-from dermcam.models import DEFAULT_MODELS
+from dermcam.io import link_identical, read_json, write_bytes, write_json
+from dermcam.localisation import paired_artifact_ratio
+from dermcam.models import DEFAULT_MODELS, imagenet_available
+from dermcam.perturb import DILATE_FRACTION, dilate_mask
+from dermcam.pictures import render_shortcut_example
+from dermcam.stages.evaluate import run_evaluate
+from dermcam.stages.explain import run_explain
+from dermcam.stages.probe import (
+    ProbeConfig,
+    artifact_flags,
+    find,
+    perturb,
+    read_summary,
+    run_probe,
+    score_images,
+    skip_reason,
+)
+from dermcam.stages.report import run_report
+from dermcam.stages.train import train
+from dermcam.stats import bootstrap_indices
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +101,6 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
     """The demo into ``out`` (the layout above): the study on the synthetic benchmark, the
     planted-shortcut experiment where ``shortcut`` is True, then the report; returns the
     study's run folder."""
-    from dermcam.attribution import check_method
-    from dermcam.data.synth import SynthConfig, generate
-
     if method != "auto":
         check_method(method)  # before minutes of data and training, not after
     out = Path(out)
@@ -100,7 +121,6 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
     if shortcut:
         _shortcut_study(ui, out, run, models, shortcut_model, summary, synth, recipe)
     ui.step(ui.steps, "report")
-    from dermcam.stages.report import run_report
 
     run_report(run)
     say(f"demo finished in {time.perf_counter() - t0:.0f} s")
@@ -146,8 +166,6 @@ def _fresh_demo_folder(out: Path, data: Path, overwrite: bool) -> None:
 def _demo_weights(ui: _DemoSteps, models: list[str]) -> str:
     """Step 2's choice: ``"imagenet"`` where every model's weights are in torchvision's
     cache, else ``"none"`` (from scratch), said either way."""
-    from dermcam.models import imagenet_available
-
     if all(imagenet_available(m) for m in models):
         ui.step(2, "training with ImageNet weights from torchvision's cache")
         return "imagenet"
@@ -162,11 +180,6 @@ def _study(ui: _DemoSteps, data: Path, run: Path, models: list[str], method: str
     """Steps 2 to 5 on ``data`` into ``run``: train ``models`` with
     :func:`demo_train_config` (``recipe``), evaluate, explain with ``method`` (its layer
     chosen per model by the localisation benchmark) and probe; returns explain's summary."""
-    from dermcam.stages.evaluate import run_evaluate
-    from dermcam.stages.explain import run_explain
-    from dermcam.stages.probe import run_probe
-    from dermcam.stages.train import train
-
     with ui.bar("decode + cache images") as cb:
         manifest = train(demo_train_config(data, run, models, **recipe), overwrite=True,
                          progress=cb)
@@ -196,12 +209,6 @@ def _shortcut_study(ui: _DemoSteps, out: Path, run: Path, models: list[str],
     """Step 6: ``shortcut_model`` trained on the 'shortcut' preset of the same seed
     (``synth``) into ``out/shortcut``, audited at its control's method and layer (from
     explain's ``summary``); the comparison goes to ``run``'s shortcut_experiment.json."""
-    from dermcam.data.synth import SynthConfig, generate
-    from dermcam.stages.evaluate import run_evaluate
-    from dermcam.stages.explain import run_explain
-    from dermcam.stages.probe import run_probe
-    from dermcam.stages.train import train
-
     if shortcut_model not in models:
         raise DermcamError(f"the shortcut experiment's control is {shortcut_model}, which "
                            "is not among --models")
@@ -247,8 +254,6 @@ def demo_train_config(data: str | Path, out: str | Path, models, *, weights: str
     benchmarks and the twin test train with it too. ``overrides`` are further
     ``TrainConfig`` fields (e.g. ``cache_dir``). No last.ckpt per epoch
     (``resumable=False``): a demo is re-run, never resumed."""
-    from dermcam.config import TrainConfig
-
     names = list(models)
     return TrainConfig(data=str(data), out=str(out), models=names, weights=weights,
                        image_size=image_size, max_epochs=epochs, batch_size=32, lr=DEMO_LR,
@@ -328,10 +333,6 @@ def _relative_to_control(control_run: Path, shortcut_run: Path, model: str, meth
                          layer: str, artifact: str) -> dict[str, Any]:
     """:func:`dermcam.localisation.paired_artifact_ratio` of the two runs' attention.csv
     rows at ``model`` / ``method`` / ``layer``."""
-    import pandas as pd
-
-    from dermcam.localisation import paired_artifact_ratio
-
     rows = []
     for run in (shortcut_run, control_run):
         att = pd.read_csv(runmod.Outputs(run).attention, dtype={"image_id": str},
@@ -347,12 +348,6 @@ def _probe_vs_control(control_run: Path, shortcut_run: Path, model: str, artifac
     artifact is inserted, paired by image and seeded placement (both runs paste the same
     pixels), averaged per image; percentile bootstrap CI over images. ``margin``: the
     probes' negligible change, which the CI must clear for a difference that matters."""
-    import numpy as np
-    import pandas as pd
-
-    from dermcam.config import NEGLIGIBLE_DELTA
-    from dermcam.stats import bootstrap_indices
-
     keys = ["image_id", "placement"]
     parts = []
     for run in (shortcut_run, control_run):
@@ -378,9 +373,6 @@ def _probe_evidence(run: Path, model: str, artifact: str) -> dict[str, Any] | No
     ``reacts``: the insertion CI lies above 0 and the mean change is at least the
     probes' negligible margin (0.02).
     """
-    from dermcam.config import NEGLIGIBLE_DELTA
-    from dermcam.stages.probe import find, read_summary
-
     entries = read_summary(run)
     if not entries:
         return None
@@ -439,9 +431,6 @@ class ShortcutCase:
 def _probe_config(run: runmod.Run, artifact: str):
     """The probes' placement settings as ``run`` recorded them (seed, lesion margin), for one
     placement of ``artifact``: the pixels ``artifact_inserted`` pasted at placement 0."""
-    from dermcam.perturb import DILATE_FRACTION
-    from dermcam.stages.probe import ProbeConfig
-
     rec = run.stage_setting("probe", "config") or {}
     rec = rec if isinstance(rec, dict) else {}
     return ProbeConfig(probes=("artifact_inserted",), artifacts=(artifact,), placements=1,
@@ -453,10 +442,6 @@ def _without(artifact: str, ds, samples, items) -> tuple[list[bool], bool]:
     """``(free, known)``: per sample, whether it carries no ``artifact`` (its artifact map
     where there is one, else its ``artifact_<name>`` flag); ``known`` False where neither
     says (every sample then counts as free)."""
-    from dermcam.data.artifact_labels import PREFIX
-    from dermcam.data.synth import ARTIFACTS
-    from dermcam.stages.probe import artifact_flags
-
     code = ARTIFACTS.index(artifact) + 1 if artifact in ARTIFACTS else None
     flags = artifact_flags(ds, samples)
     col = PREFIX + artifact
@@ -493,11 +478,6 @@ def shortcut_case(control_run: str | Path, shortcut_run: str | Path, model: str,
     computes them. Everything on the CPU.
     """
     import torch
-
-    from dermcam.attribution import CamExplainer
-    from dermcam.augment import preprocess
-    from dermcam.perturb import dilate_mask
-    from dermcam.stages.probe import perturb, score_images, skip_reason
 
     runs = {"control": runmod.Run.open(control_run, require="train"),
             "shortcut": runmod.Run.open(shortcut_run, require="train")}
@@ -567,9 +547,6 @@ def write_shortcut_example(control_run: str | Path, shortcut_run: str | Path, mo
     :meth:`ShortcutCase.info` (image id, the rule that picked it, ``p_before`` /
     ``p_after`` / ``threshold`` per role) with ``figure``, the PNG's path relative to the
     control run."""
-    from dermcam.io import write_bytes
-    from dermcam.pictures import render_shortcut_example
-
     case = shortcut_case(control_run, shortcut_run, model, method, layer, artifact)
     out = write_bytes(runmod.Outputs(control_run).figures / runmod.SHORTCUT_EXAMPLE_PNG,
                       render_shortcut_example(case))

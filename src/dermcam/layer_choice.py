@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from dermcam import run as runmod
+from dermcam.attribution import METHODS, check_method
 from dermcam.errors import DermcamError
 from dermcam.localisation import benchmark_rows, choose
 
@@ -45,8 +46,6 @@ def resolve_layers(run: runmod.Run, names, methods, spec, bench_methods=None,
     ``methods`` may be ``["auto"]``: then each model's method is chosen with its layer,
     over ``bench_methods``, by the localisation benchmark.
     """
-    from dermcam.attribution import METHODS, check_method
-
     choice = parse_layer_spec(spec, names)
     auto_method = list(methods) == ["auto"]
     loaded = {name: run.load_model(name)[:2] for name in names}

@@ -36,13 +36,25 @@ from typing import Any
 import numpy as np
 
 from dermcam import run as runmod
+from dermcam.attribution import (
+    CamExplainer,
+    cam_class,
+    layer_reshape_transform,
+    orient_eigencam,
+    resize_heatmaps,
+)
 from dermcam.audit_set import AuditSet
+from dermcam.augment import preprocess
 from dermcam.calibration import calibrated_prob
 from dermcam.cam_batches import stack_samples
 from dermcam.data.splits import split_samples
+from dermcam.data.synth import ARTIFACTS
 from dermcam.errors import DermcamError
 from dermcam.io import read_json, write_json
-from dermcam.sanity import randomised_copies
+from dermcam.leakage import artifact_mass, bootstrap_mean_ci, score_batch
+from dermcam.models import layer_grid
+from dermcam.sanity import randomised_copies, sanity_verdict
+from dermcam.stats import bootstrap_indices, bootstrap_median_ci
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +64,6 @@ MAX_UNDEFINED = 0.05
 def median_ci(x, n_boot: int = 1000, seed: int = 0, level: float = 0.95
               ) -> tuple[float, float, float]:
     """Median of the finite values of ``x`` with a percentile bootstrap CI -> (med, lo, hi)."""
-    from dermcam.stats import bootstrap_median_ci
-
     v = np.asarray(x, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -76,13 +86,6 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
     """
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from dermcam.attribution import (
-        cam_class,
-        layer_reshape_transform,
-        orient_eigencam,
-        resize_heatmaps,
-    )
 
     order = [n for n, _ in model.named_modules() if n in set(layers)]
     if len(order) != len(set(layers)):
@@ -156,10 +159,6 @@ def score_candidates(model, name: str, layers: Sequence[str], methods: Sequence[
     architecture for the sanity check (none: the check is skipped). Returns one
     JSON-ready dict per candidate.
     """
-    from dermcam.leakage import score_batch
-    from dermcam.models import layer_grid
-    from dermcam.sanity import sanity_verdict
-
     grid = layer_grid(model, layers, x.shape[-1])
     t0 = time.perf_counter()
     trained = multi_layer_cams(model, layers, methods, x, classes, size, normalize)
@@ -238,8 +237,6 @@ def uniform_guard(df, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     ``excess_below_zero`` say which part holds). Otherwise leakage and its class
     comparison should not be read spatially.
     """
-    from dermcam.leakage import bootstrap_mean_ci
-
     auroc = np.asarray(df["pixel_auroc"], dtype=np.float64)
     excess = np.asarray(df["excess_leakage"], dtype=np.float64)
     med, lo, hi = median_ci(auroc, n_boot, seed)
@@ -264,8 +261,6 @@ def artifact_ratios(df, artifacts: Sequence[str], n_boot: int = 1000, seed: int 
     ``ratio = mean(mass) / mean(area)`` (a ratio of means, stable where single artifacts
     are tiny), CI by bootstrap over images. ``attends`` is True when the CI lies above 1.
     """
-    from dermcam.stats import bootstrap_indices
-
     rows = []
     for a in artifacts:
         cols = [f"artifact_{a}", f"mass_{a}", f"area_{a}"]
@@ -296,8 +291,6 @@ def artifact_test_images(run, artifact: str) -> tuple[np.ndarray, np.ndarray, in
     """``(images, artifact maps, code)``: a run's masked test images that carry
     ``artifact`` (per-pixel artifact maps, as the synthetic benchmark writes), at the run's
     input size, ``(N, H, W, 3) uint8`` and ``(N, H, W)`` codes; ``code`` is the artifact's."""
-    from dermcam.data.synth import ARTIFACTS
-
     code = ARTIFACTS.index(artifact) + 1
     items = [run.cache.get(s, run.image_size) for s in run.test_samples(require_masks=True)]
     keep = [it for it in items if it["artifacts"] is not None and (it["artifacts"] == code).any()]
@@ -317,10 +310,6 @@ def artifact_ratio_at(model, method: str, layer: str, images: np.ndarray, maps: 
     ``target="predicted"``, the run's decision threshold (as explain uses it)."""
     import pandas as pd
     import torch
-
-    from dermcam.attribution import CamExplainer
-    from dermcam.augment import preprocess
-    from dermcam.leakage import artifact_mass
 
     with CamExplainer(model, layer, method) as ex:
         heat = ex.compute(preprocess(torch.from_numpy(images)), target=target,
@@ -348,8 +337,6 @@ def paired_artifact_ratio(df, control, artifact: str, n_boot: int = 1000, seed: 
     shared pull cancels. ``df`` and ``control``: attention.csv rows of one model x method x layer
     each, with ``image_id``, ``artifact_<a>``, ``mass_<a>`` and ``area_<a>``.
     """
-    from dermcam.stats import bootstrap_indices
-
     cols = [f"artifact_{artifact}", f"mass_{artifact}", f"area_{artifact}"]
     out: dict[str, Any] = {"artifact": artifact, "n": 0, "relative": np.nan,
                            "ci_low": np.nan, "ci_high": np.nan, "more_than_control": False}

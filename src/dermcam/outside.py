@@ -26,7 +26,29 @@ from pathlib import Path
 import numpy as np
 
 from dermcam import run as runmod
+from dermcam.checkpoints import save_checkpoint
+from dermcam.config import TrainConfig
+from dermcam.data import load_dataset
+from dermcam.data.cache import ImageCache
+from dermcam.data.cached_split import CachedSplit
+from dermcam.data.splits import split_samples
+from dermcam.decision import choose_threshold
+from dermcam.device import resolve_device
 from dermcam.errors import DermcamError, first_line
+from dermcam.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    attach_io,
+    build_model,
+    display_name,
+    head_name,
+    head_outputs,
+)
+from dermcam.stages.evaluate import run_evaluate
+from dermcam.stages.explain import run_explain
+from dermcam.stages.probe import PROBES, run_probe
+from dermcam.stages.report import run_report
+from dermcam.weight_files import fit_weights, read_weights, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +85,6 @@ class Reading:
 
 def _norm(reading: Reading, model) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The model's input mean and std: given, else a timm model's own, else ImageNet's."""
-    from dermcam.models import IMAGENET_MEAN, IMAGENET_STD
-
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean = reading.mean or tuple(cfg.get("mean") or IMAGENET_MEAN)
     std = reading.std or tuple(cfg.get("std") or IMAGENET_STD)  # checked by attach_io
@@ -117,9 +137,6 @@ def _read_as(k: int, malignant: tuple[int, ...]) -> str:
 
 def _fitted(model, info, state, reading: Reading, where, form: str, script=None):
     """``model`` with its weights and dermcam's input/output contract; ``(model, io)``."""
-    from dermcam.models import attach_io
-    from dermcam.weight_files import fit_weights
-
     fit_weights(model, state, reading.arch, where)
     if script is not None:
         _check_same_outputs(script, model, reading.image_size, where, reading.arch)
@@ -134,9 +151,6 @@ def _fitted(model, info, state, reading: Reading, where, form: str, script=None)
 
 def _build(reading: Reading, state: dict, where):
     """``arch`` with a head as wide as the file's."""
-    from dermcam.models import build_model, head_outputs
-    from dermcam.weight_files import fit_weights
-
     try:
         model, info = build_model(reading.arch, "none", image_size=reading.image_size)
     except DermcamError as exc:
@@ -157,8 +171,6 @@ def load_outside(weights: str | Path, reading: Reading):
     contract, ``io`` its head and normalisation, ``source`` what the run records of the
     file (path, SHA-256, form, architecture, how its outputs are read). Every problem is
     one :class:`DermcamError` naming the file."""
-    from dermcam.weight_files import read_weights, sha256_of
-
     path = Path(weights)
     if not path.is_file():
         raise DermcamError("weights file not found" if not path.exists() else
@@ -193,8 +205,6 @@ def infer_arch(module) -> str:
     device (no memory, no weights)."""
     import torch
     from torchvision import models as tvm
-
-    from dermcam.models import head_name
 
     cfg = getattr(module, "pretrained_cfg", None)
     if isinstance(cfg, dict) and cfg.get("architecture"):
@@ -252,15 +262,6 @@ def import_model(model, info, io: dict, source: dict, data: str | Path, out: str
     one), its ``model.pt`` with the head, normalisation and source recorded, and the
     threshold and calibration chosen on the validation part of ``data``'s training split
     (``reading.threshold`` given: that one). Returns the run."""
-    from dermcam.checkpoints import save_checkpoint
-    from dermcam.config import TrainConfig
-    from dermcam.data import load_dataset
-    from dermcam.data.cache import ImageCache
-    from dermcam.data.cached_split import CachedSplit
-    from dermcam.data.splits import split_samples
-    from dermcam.decision import choose_threshold
-    from dermcam.models import display_name
-
     t0 = time.perf_counter()
     ds = load_dataset(data)
     train_samples, test_samples = ds.split("train"), ds.split("test")
@@ -338,12 +339,6 @@ def audit(model, data: str | Path, out: str | Path, *, arch: str | None = None,
     with ``artifact_labels``; hot spots) and the report. Returns the run; its findings
     are ``dermcam.findings.read_findings(run.dir)``.
     """
-    from dermcam.device import resolve_device
-    from dermcam.stages.evaluate import run_evaluate
-    from dermcam.stages.explain import run_explain
-    from dermcam.stages.probe import PROBES, run_probe
-    from dermcam.stages.report import run_report
-
     say = say or (lambda *a: None)
     bar = progress_bar or (lambda desc: contextlib.nullcontext())
     reading = Reading(arch=arch or "", image_size=int(image_size),

@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dermcam.formatting import fmt_ci_entry, metric_label
+from dermcam.io import save_figure as _save_atomic
 
 __all__ = [
     "new_figure",
@@ -66,8 +67,6 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = _DPI) -> Path:
     """Write ``fig`` to ``path`` atomically; the format is the path's suffix
     (:func:`dermcam.io.save_figure`)."""
-    from dermcam.io import save_figure as _save_atomic
-
     return _save_atomic(fig, path, dpi=dpi)
 
 

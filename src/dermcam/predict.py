@@ -33,9 +33,21 @@ from typing import Any
 
 import numpy as np
 
+from dermcam.attribution import CamExplainer
+from dermcam.augment import preprocess
+from dermcam.checkpoints import load_checkpoint
+from dermcam.data.cache import decode_sample
+from dermcam.data.dataset import Sample
 from dermcam.errors import DermcamError
+from dermcam.io import write_bytes, write_csv, write_json
+from dermcam.leakage import METRICS, score_batch
 from dermcam.overlay import jet, outline
-from dermcam.run import Outputs, recorded_kind  # run-folder-style file names live there
+from dermcam.run import (  # run-folder-style file names live there
+    Outputs,
+    now,
+    recorded_kind,
+    versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +127,6 @@ def _ids(paths: Sequence[Path]) -> list[str]:
 
 def load_classifier(checkpoint: str | Path):
     """``(model, info, payload)`` from a dermcam checkpoint, checking the fields predict needs."""
-    from dermcam.checkpoints import load_checkpoint
-
     path = Path(checkpoint)
     if path.is_file():
         with open(path, "rb") as fh:
@@ -273,9 +283,6 @@ def _load(checkpoint: Path) -> _Classifier:
 
 def _decode(job: tuple[Path, str], mask_dir: Path | None, size: int, resize: str = "squash"):
     """``(path, image_id, mask_path, item or the DermcamError decoding it raised)``."""
-    from dermcam.data.cache import decode_sample
-    from dermcam.data.dataset import Sample
-
     path, image_id = job
     mask_path = find_mask(mask_dir, path) if mask_dir is not None else None
     try:
@@ -304,8 +311,6 @@ def _readable(decoded, skip_bad: bool, warn: Callable[[str], None],
 def _mask_scores(items, heatmaps: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``({metric: (N,)}, reasons (N,))`` of the items that have a mask (NaN and "no mask"
     for the others; no metrics when none has one). ``heatmaps (N, S, S)``."""
-    from dermcam.leakage import METRICS, score_batch
-
     has = np.array([it[3]["mask"] is not None for it in items])
     scores: dict[str, np.ndarray] = {}
     reasons = np.full(len(items), "no mask", dtype=object)
@@ -323,8 +328,6 @@ def _mask_scores(items, heatmaps: np.ndarray) -> tuple[dict[str, np.ndarray], np
 def _batch_rows(items, probs: np.ndarray, thr: float, with_masks: bool,
                 scores: dict[str, np.ndarray], reasons: np.ndarray) -> list[dict[str, Any]]:
     """The predictions.csv rows of one batch (mask columns only ``with_masks``)."""
-    from dermcam.leakage import METRICS
-
     rows = []
     for k, (path, image_id, mask_path, _) in enumerate(items):
         prob = float(probs[k])
@@ -340,8 +343,6 @@ def _batch_rows(items, probs: np.ndarray, thr: float, with_masks: bool,
 
 
 def _write_overlays(out: Outputs, items, heatmaps: np.ndarray) -> None:
-    from dermcam.io import write_bytes
-
     for k, (_, image_id, _, item) in enumerate(items):
         mask = None if item["mask"] is None else item["mask"].astype(bool)
         write_bytes(out.overlay(image_id), overlay_png(item["image"], heatmaps[k], mask))
@@ -352,8 +353,6 @@ def _predict_batch(ex, clf: _Classifier, items, device: str, out: Outputs,
     """Probabilities, heatmaps (explaining the decision) and scores of one batch of decoded
     items; writes their overlays and returns their rows."""
     import torch
-
-    from dermcam.augment import preprocess
 
     batch = np.stack([it[3]["image"] for it in items])
     x = preprocess(torch.from_numpy(batch).to(device))
@@ -370,8 +369,6 @@ def _predict_all(clf: _Classifier, paths: list[Path], mask_dir: Path | None, out
                  ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """``(rows, skipped)`` over every batch of ``paths``; images are decoded by all cores
     (PIL releases the GIL), in input order."""
-    from dermcam.attribution import CamExplainer
-
     ids = _ids(paths)
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
@@ -392,8 +389,6 @@ def _predict_all(clf: _Classifier, paths: list[Path], mask_dir: Path | None, out
 def _output_manifest(checkpoint: Path, clf: _Classifier, mask_dir: Path | None,
                      n_images: int, skipped: list[tuple[str, str]]) -> dict[str, Any]:
     """OUT/manifest.json: what was predicted, with what, and what was skipped."""
-    from dermcam.run import now, versions
-
     return {
         "schema_version": 1, "kind": MANIFEST_KIND, "created": now(), "status": "complete",
         "versions": versions(), "checkpoint": str(checkpoint.resolve()),
@@ -417,8 +412,6 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
     reported through ``warn`` and left out. ``progress(done, total)`` counts images.
     """
     import pandas as pd
-
-    from dermcam.io import write_csv, write_json
 
     if batch_size < 1:
         raise DermcamError(f"--batch-size must be at least 1, got {batch_size}")

@@ -16,6 +16,7 @@ import pandas as pd
 from dermcam.formatting import is_number
 from dermcam.io import save_figure
 from dermcam.perturb import ProbeConfig, Variant, perturb, probe_order
+from dermcam.plots import new_figure
 from dermcam.probe_stats import find, normalise_rows
 
 PROBE_TITLES = {"lesion_removed": "lesion removed", "background_removed": "background removed",
@@ -33,8 +34,6 @@ def probe_label(e: dict[str, Any]) -> str:
 
 def build_delta_figure(df: pd.DataFrame, displays: dict[str, str] | None = None):
     """Per model, the per-image change in malignant probability under each probe (box plots)."""
-    from dermcam.plots import new_figure
-
     displays = displays or {}
     df = normalise_rows(df)
     models = list(dict.fromkeys(df["model"]))
@@ -59,8 +58,6 @@ def build_delta_figure(df: pd.DataFrame, displays: dict[str, str] | None = None)
 
 def build_auc_figure(entries: Sequence[dict[str, Any]], displays: dict[str, str] | None = None):
     """ROC AUC intact vs lesion removed vs background removed, with 95 % CIs, per model."""
-    from dermcam.plots import new_figure
-
     displays = displays or {}
     models = list(dict.fromkeys(e["model"] for e in entries))
     fig = new_figure((max(5.0, 1.8 * len(models) + 1.5), 3.6))
@@ -94,8 +91,6 @@ def build_auc_figure(entries: Sequence[dict[str, Any]], displays: dict[str, str]
 
 def build_examples_figure(examples: Sequence[tuple[str, int, list[Variant], np.ndarray]]):
     """A grid: one row per example image, its intact pixels then every perturbation."""
-    from dermcam.plots import new_figure
-
     ncol = 1 + max((len(v) for _, _, v, _ in examples), default=0)
     fig = new_figure((1.35 * ncol, 1.55 * len(examples)))
     axes = fig.subplots(len(examples), ncol, squeeze=False)

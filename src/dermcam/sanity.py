@@ -50,6 +50,7 @@ import numpy as np
 from scipy import stats as _sstats
 
 from dermcam import run as runmod
+from dermcam.attribution import CamExplainer
 from dermcam.cam_batches import stack_samples
 from dermcam.heatmap_files import heatmaps_in_order
 from dermcam.stats import bootstrap_median_ci
@@ -446,8 +447,6 @@ def _explainer_options(reshape_transform) -> dict[str, Any]:
     """Keyword arguments for :class:`dermcam.attribution.CamExplainer` beyond the model,
     layer and method: ``reshape_transform`` where one is given (``ValueError`` where this
     version's explainer does not take one)."""
-    from dermcam.attribution import CamExplainer
-
     options = {}
     if reshape_transform is not None:
         if "reshape_transform" not in inspect.signature(CamExplainer).parameters:
@@ -462,8 +461,6 @@ def _batched_heatmaps(m, target_layer: str, method: str, options: dict[str, Any]
                       device) -> np.ndarray:
     """``m``'s heatmaps ``(N, size, size)`` of images ``x`` for classes ``targets``, computed
     on ``device`` in batches of ``batch_size``."""
-    from dermcam.attribution import CamExplainer
-
     n = x.shape[0]
     out = []
     with CamExplainer(m, target_layer, method, **options) as ex:

@@ -34,8 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from dermcam import run as runmod
+from dermcam.config import TrainConfig
+from dermcam.data import detect_layout
 from dermcam.errors import DermcamError
+from dermcam.evaluation import format_comparison
+from dermcam.io import MANIFEST, write_bytes, write_csv
+from dermcam.logs import quiet_libraries
 from dermcam.models import DEFAULT_MODELS
+from dermcam.stages.evaluate import run_evaluate
+from dermcam.stages.explain import run_explain
+from dermcam.stages.train import train
+from dermcam.views import confound_line, pairwise_table
 
 __all__ = ["main_train", "main_gradcam", "train_study", "gradcam_study", "RESULTS_DIR",
            "RUN_SUBDIR", "STUDY_MODELS", "LEAKAGE_COLUMNS"]
@@ -68,8 +77,6 @@ def _say(*parts: Any) -> None:
 
 def _copy(src: Path, dst: Path) -> Path:
     """Copy ``src`` to ``dst`` atomically (a real copy: the run folder may be deleted)."""
-    from dermcam.io import write_bytes
-
     if not src.is_file():
         raise DermcamError("expected output is missing; re-run the stage that writes it", src)
     return write_bytes(dst, src.read_bytes())
@@ -83,8 +90,6 @@ def _models(text: str) -> list[str]:
 
 
 def _check_data(data: Path) -> Path:
-    from dermcam.data import detect_layout
-
     try:
         detect_layout(data)
     except DermcamError as exc:
@@ -102,8 +107,6 @@ def _text_table(rows: Sequence[Sequence[str]]) -> str:
 
 def _run(args: argparse.Namespace, work) -> int:
     """Call ``work(args)``; a :class:`DermcamError` becomes one line on stderr and exit 2."""
-    from dermcam.logs import quiet_libraries
-
     quiet_libraries(args.debug)
     try:
         work(args)
@@ -172,10 +175,6 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
 
     Returns the evaluation result (:func:`dermcam.evaluation.evaluate_predictions`).
     """
-    from dermcam.config import TrainConfig
-    from dermcam.stages.evaluate import run_evaluate
-    from dermcam.stages.train import train
-
     results = Path(results)
     run = results / RUN_SUBDIR
     data = _check_data(Path(data))
@@ -210,9 +209,6 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
 
 def print_comparison(result: dict[str, Any], say=_say) -> None:
     """The study's comparison table, then dermcam's with 95 % CIs and the paired tests."""
-    from dermcam.evaluation import format_comparison
-    from dermcam.views import pairwise_table
-
     study_cols = (("Accuracy", "accuracy"), ("Benign_Precision", "precision_benign"),
                   ("Malignant_Precision", "precision_malignant"),
                   ("Benign_Recall", "recall_benign"), ("Malignant_Recall", "recall_malignant"),
@@ -273,10 +269,6 @@ def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     """dermcam explain (Grad-CAM) on ``results/run``; the study's figures and CSV under
     ``results``. Returns the attention summary (:func:`dermcam.stages.explain.run_explain`)."""
     import pandas as pd
-
-    from dermcam import run as runmod
-    from dermcam.io import MANIFEST, write_csv
-    from dermcam.stages.explain import run_explain
 
     results = Path(results)
     run = results / RUN_SUBDIR
@@ -384,7 +376,6 @@ def print_leakage(table, display: str, tests: dict[str, Any], say=_say) -> None:
             say(f"  Mean outside attention: {g['outside_score'].mean():.4f}")
             say(f"  Mean chance leakage (1 - lesion area): {g['chance_leakage'].mean():.4f}")
             say(f"  Mean excess leakage (leakage - chance): {g['excess_leakage'].mean():+.4f}")
-    from dermcam.views import confound_line
 
     size = confound_line(tests.get("size_confound") or {})
     if size:

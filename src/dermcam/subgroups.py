@@ -36,7 +36,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dermcam import leakage as lk
+from dermcam.evaluation import (
+    batch_ranking_metrics,
+    batch_threshold_metrics,
+    classification_metrics,
+)
 from dermcam.formatting import fmt_ci_entry, metric_label
+from dermcam.skin import ita_category
+from dermcam.stats import adjust_pvalues, delong_components, percentile_interval, resampling_weights
 
 __all__ = ["MIN_GROUP", "MIN_PER_CLASS", "SUBGROUP_METRICS", "bin_column",
            "subgroup_metrics", "subgroup_analyses", "cochran_q_auc", "image_levels",
@@ -57,8 +65,6 @@ def _edge(x: float) -> str:
 
 def bin_column(values: pd.Series, name: str = "") -> tuple[pd.Series, str]:
     """``(group label per row (str), how the groups were made)``; see the module docstring."""
-    from dermcam.skin import ita_category
-
     v = pd.Series(values).reset_index(drop=True)
     num = pd.to_numeric(v, errors="coerce")
     is_num = num.notna().sum() > 0 and num.notna().sum() == v.notna().sum()
@@ -81,8 +87,6 @@ def bin_column(values: pd.Series, name: str = "") -> tuple[pd.Series, str]:
 
 def _auc_var(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """``(AUC, DeLong variance)`` of one score; NaN where a class has < 2 images."""
-    from dermcam.stats import delong_components
-
     m, n = int(y.sum()), int((1 - y).sum())
     if m < 2 or n < 2:
         return math.nan, math.nan
@@ -131,13 +135,6 @@ def _accuracy_chi2(correct_by_group: list[np.ndarray]) -> dict[str, Any]:
 
 def _group_rows(d: pd.DataFrame, thr: float, n_boot: int, seed: int, alpha: float,
                 min_group: int, min_per_class: int) -> tuple[list[dict], dict, dict]:
-    from dermcam.evaluation import (
-        batch_ranking_metrics,
-        batch_threshold_metrics,
-        classification_metrics,
-    )
-    from dermcam.stats import percentile_interval, resampling_weights
-
     rows, aucs, correct = [], {}, {}
     for level, g in d.groupby("_level", sort=True):
         y = g["label"].to_numpy(dtype=np.int64)
@@ -213,8 +210,6 @@ def subgroup_analyses(preds: pd.DataFrame, columns: list[str], thresholds: dict[
 def holm_in_place(tests: list[dict[str, Any]], family: str) -> None:
     """Holm-adjust the ``p`` of each test dict in place: ``p_adjusted``, ``adjust_method``
     and ``family`` beside the raw ``p`` (NaN p stays NaN and does not count)."""
-    from dermcam.stats import adjust_pvalues
-
     adj = adjust_pvalues([t["p"] for t in tests], "holm") if tests else []
     for t, pa in zip(tests, adj):
         t.update(p_adjusted=float(pa), adjust_method="Holm", family=family)
@@ -264,8 +259,6 @@ def subgroup_summaries(table: pd.DataFrame, column: str, metrics, keys,
     ``n`` those with a defined value. Groups under ``min_group`` images are too few to
     estimate and left out of the test.
     """
-    from dermcam import leakage as lk
-
     keys, metrics = list(keys), list(metrics)
     levels, binning = image_levels(table, column)
     d = table.assign(_level=table["image_id"].map(levels).to_numpy())

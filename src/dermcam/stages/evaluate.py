@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dermcam import plots
 from dermcam import run as runmod
 from dermcam.audit_set import (
     AuditSet,
@@ -41,10 +42,12 @@ from dermcam.checkpoints import update_model_card
 from dermcam.data import load_dataset
 from dermcam.data.artifact_labels import PREFIX, artifact_columns, read_artifact_labels
 from dermcam.data.cache import warm_cache
+from dermcam.data.cached_split import CachedSplit
 from dermcam.device import inference_batch_size, resolve_device
 from dermcam.duplicates import NEAR_DISTANCE, find_duplicates, phash, sha256_file
 from dermcam.errors import DermcamError
 from dermcam.evaluation import evaluate_predictions, metrics_table
+from dermcam.inference import predict_logit_diff
 from dermcam.io import write_csv, write_json
 from dermcam.subgroups import MIN_GROUP, subgroup_analyses
 
@@ -117,8 +120,6 @@ def run_external(run_dir: runmod.Run | str | Path, data: str | Path, name: str |
     --data`` and ``probe --data`` do), so ``by`` may name its ``artifact_<name>``
     columns; the run's own manifest is not changed. Everything is checked (device,
     labels, ``by``, both classes) before the stage is recorded."""
-    from dermcam.data.cached_split import CachedSplit  # imports torch
-
     run = runmod.Run.of(run_dir, require="train")
     run_dir = run.dir
     seed = run.seed if seed is None else seed
@@ -221,8 +222,6 @@ def predict_models(run: runmod.Run, samples, arrays, device: str = "cpu"
                    ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Long predictions (one row per model and sample) of every trained model, and each
     model's validation-chosen threshold."""
-    from dermcam.inference import predict_logit_diff  # imports torch
-
     dev = resolve_device(device)
     rows = []
     thresholds = {}
@@ -290,8 +289,6 @@ def plot_results(result: dict[str, Any], figs: Path, run: runmod.Run) -> None:
     """The evaluation figures of ``result`` into ``figs``: model comparison, ROC and PR
     curves, the reliability diagram (dashed: before calibration) and each model's
     confusion matrix."""
-    from dermcam import plots
-
     plots.plot_model_comparison(result, figs / "model_comparison.png")
     plots.plot_roc_curves(result, figs / "roc_curves.png")
     plots.plot_pr_curves(result, figs / "pr_curves.png",
@@ -310,8 +307,6 @@ def _evaluate(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int,
               labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The run's own test split scored (:func:`_score`), each checkpoint's model card
     given its test metrics (``dermcam predict``), and the figures drawn."""
-    from dermcam import plots
-
     result, thresholds = _score(run, audit, n_boot, seed, by, min_group, device, labels)
     # each checkpoint's model card gets its test metrics with CIs ('dermcam predict')
     evaluated_at = runmod.now()

@@ -33,6 +33,7 @@ from dermcam.attention_summary import (
     TEST_METRICS,
     summarise_attention,
 )
+from dermcam.attribution import TARGETS, check_method
 from dermcam.audit_set import AuditSet, by_columns, check_by, cluster_name
 from dermcam.cam_batches import batch_starts, compute_heatmaps
 from dermcam.checkpoints import update_checkpoint
@@ -102,8 +103,6 @@ def run_explain(run_dir: runmod.Run | str | Path, methods=("gradcam",), target: 
 
 def _check_options(methods, margin: float, target: str) -> list[str]:
     """``methods`` checked (``["auto"]`` kept); a bad ``--margin`` or ``--target`` refused."""
-    from dermcam.attribution import TARGETS, check_method
-
     methods = ["auto"] if list(methods) == ["auto"] else [check_method(m) for m in methods]
     if not margin > 0:
         raise DermcamError(f"--margin must be > 0, got {margin}")
