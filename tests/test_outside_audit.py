@@ -287,6 +287,8 @@ def test_a_cam_method_that_cannot_run_is_left_out_of_the_choice(monkeypatch):
         return Broken
 
     monkeypatch.setattr(attribution, "cam_class", cam_class)
+    # localisation holds its own name for it (imported at its top)
+    monkeypatch.setattr(loc, "cam_class", cam_class)
     torch.manual_seed(0)
     model = build_model("resnet18", "none")[0].eval()
     x = torch.randn(4, 3, SIZE, SIZE)
