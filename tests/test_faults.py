@@ -1,7 +1,15 @@
-"""Faults and scale: determinism, resume after SIGKILL, NaN loss, DDP, explain shards."""
+"""Faults and scale: determinism, resume after SIGKILL, NaN loss, DDP, explain shards.
+
+A fresh ``python -m dermcam`` process costs seconds of imports (torch, Lightning) before any
+work, so commands run in a separate process only where that is what is tested: the second
+run of the same seed, the process that is killed or interrupted, the DDP processes and one
+explain shard. The rest (the reference run, resuming, evaluating, merging, a refusal) run
+in this process, through the same command line.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -15,19 +23,62 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import easy_generic
+from helpers import easy_generic, invoke_cli
+from typer.testing import CliRunner
 
+from dermcam.cli import app
 from dermcam.errors import DermcamError
 
-ARGS = ["--weights", "none", "--image-size", "32", "--epochs", "4", "--batch-size", "8",
+# Three epochs: the interrupted runs are stopped after the first one's checkpoint, so a
+# resume still has epochs to train, and patience 4 lets every run train all three.
+EPOCHS = 3
+ARGS = ["--weights", "none", "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "8",
         "--models", "resnet18", "--patience", "4", "--seed", "3", "--accelerator", "cpu"]
 EVAL = ["evaluate", "--n-boot", "100"]
 EXPLAIN = ["explain", "--n-boot", "100", "--no-sanity"]
 
 
 def _cli(*args, **kw):
+    """``dermcam -q ARGS`` in a fresh process."""
     return subprocess.run([sys.executable, "-m", "dermcam", "-q", *args], capture_output=True,
                           text=True, **kw)
+
+
+# One fresh process running ``dermcam -q ARGS`` for each ARGS in turn, through the console
+# entry as ``python -m dermcam`` does: a run made apart from this process, paying the
+# imports once rather than once per stage. The first failing command ends it (its code).
+_STAGES = """
+import json, sys
+from dermcam import cli
+for args in json.loads(sys.argv[1]):
+    sys.argv = ["dermcam", "-q", *args]
+    try:
+        cli.main()
+    except SystemExit as e:
+        if e.code:
+            raise
+"""
+
+
+def _cli_stages(*commands):
+    return subprocess.run([sys.executable, "-c", _STAGES, json.dumps(commands)],
+                          capture_output=True, text=True)
+
+
+def _here(monkeypatch, capsys, *args):
+    """``dermcam -q ARGS`` in this process, through the console entry (a user error: one
+    line and exit 2): ``(exit code, stdout, stderr)``."""
+    return invoke_cli(monkeypatch, capsys, *args)
+
+
+@pytest.fixture
+def same_threads():
+    """Commands run in this process set torch's thread count (training shares the cores
+    among its processes, an explain shard on the CPU takes its part of them); the count
+    comes back afterwards, so later tests compute as before."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -50,20 +101,26 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
-    """An uninterrupted run: train (Lightning's checkpoints kept), evaluate, explain."""
+    """An uninterrupted run: train (Lightning's checkpoints kept), evaluate, explain; in this
+    process (test_same_seed_same_bytes makes the same run in a fresh one)."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    for cmd in (["train", str(data), "--out", str(out), *ARGS, "--keep-checkpoints"],
-                EVAL + [str(out)], EXPLAIN + [str(out)]):
-        r = _cli(*cmd)
-        assert r.returncode == 0, r.stderr
+    threads = torch.get_num_threads()
+    try:
+        for cmd in (["train", str(data), "--out", str(out), *ARGS, "--keep-checkpoints"],
+                    EVAL + [str(out)], EXPLAIN + [str(out)]):
+            r = CliRunner().invoke(app, ["-q", *cmd])
+            assert r.exit_code == 0, (r.output, r.exception)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
 def test_same_seed_same_bytes(data, reference, tmp_path):
+    """The same run in a separate process (the reference ran in this one): the same bytes."""
     out = tmp_path / "again"
-    for cmd in (["train", str(data), "--out", str(out), *ARGS], EVAL + [str(out)],
-                EXPLAIN + [str(out)]):
-        assert _cli(*cmd).returncode == 0
+    r = _cli_stages(["train", str(data), "--out", str(out), *ARGS], EVAL + [str(out)],
+                    EXPLAIN + [str(out)])
+    assert r.returncode == 0, r.stderr
     for f in ("predictions.csv", "attention.csv", "models/resnet18/history.csv"):
         if f.endswith("history.csv"):  # elapsed time differs; everything else must not
             a = pd.read_csv(reference / f).drop(columns="elapsed_s")
@@ -74,7 +131,8 @@ def test_same_seed_same_bytes(data, reference, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_resume_after_kill_or_ctrl_c_matches_uninterrupted(data, reference, tmp_path, sig):
+def test_resume_after_kill_or_ctrl_c_matches_uninterrupted(data, reference, tmp_path, sig,
+                                                           monkeypatch, capsys, same_threads):
     out = tmp_path / "killed"
     # SIGINT's default action in the child even where this runner ignores it (a job
     # started in the background without job control inherits SIG_IGN, and Python then
@@ -95,8 +153,11 @@ def test_resume_after_kill_or_ctrl_c_matches_uninterrupted(data, reference, tmp_
         torch.load(last, weights_only=True)
         torch.load(out / "models/resnet18/lightning/best.ckpt", weights_only=True)
     assert not (out / "models/resnet18/model.pt").exists()
-    r = _cli("train", str(data), "--out", str(out), "--resume")
-    assert r.returncode == 0, r.stderr
+    # stopped mid-training: a resume has at least one whole epoch left to train
+    assert torch.load(last, weights_only=True)["epoch"] < EPOCHS - 1
+    # resumed from what the interrupted process left on disk (in this process)
+    code, _, err = _here(monkeypatch, capsys, "train", data, "--out", out, "--resume")
+    assert code == 0, err
     assert not (out / "models/resnet18/lightning").exists()  # finished: model.pt is enough
     ref_hist = pd.read_csv(reference / "models/resnet18/history.csv")
     new_hist = pd.read_csv(out / "models/resnet18/history.csv")
@@ -173,7 +234,7 @@ def test_nonfinite_loss_names_epoch_and_batch():
         module.training_step(batch, 7)
 
 
-def test_ddp_two_processes_on_cpu(data, reference, tmp_path):
+def test_ddp_two_processes_on_cpu(data, reference, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ddp"
     r = _cli("train", str(data), "--out", str(out), *ARGS, "--devices", "2", "--strategy", "ddp",
              "--keep-checkpoints")
@@ -181,8 +242,6 @@ def test_ddp_two_processes_on_cpu(data, reference, tmp_path):
     # Lightning's known-harmless DDP warnings are filtered (dermcam.logs), by name only
     assert "sync_dist=True" not in r.stderr and "all_gather is deprecated" not in r.stderr
     assert (out / "models/resnet18/model.pt").exists()
-    import json
-
     m = json.loads((out / "manifest.json").read_text())
     assert m["stages"]["train"]["status"] == "complete"
     ck_ddp = torch.load(out / "models/resnet18/lightning/last.ckpt", weights_only=True)
@@ -191,7 +250,7 @@ def test_ddp_two_processes_on_cpu(data, reference, tmp_path):
     # processes, so both runs take the same optimizer steps with the same learning rate
     n_train = m["stages"]["train"]["n_train"]
     per_epoch_one = math.ceil(n_train / 8)
-    assert ck_one["global_step"] == ck_ddp["global_step"] == 4 * per_epoch_one
+    assert ck_one["global_step"] == ck_ddp["global_step"] == EPOCHS * per_epoch_one
     rec = m["models"]["resnet18"]
     one = json.loads((reference / "manifest.json").read_text())["models"]["resnet18"]
     assert (rec["global_batch_size"], rec["world_size"], rec["per_process_batch_size"]) == \
@@ -203,39 +262,41 @@ def test_ddp_two_processes_on_cpu(data, reference, tmp_path):
     hist = pd.read_csv(out / "models/resnet18/history.csv")
     assert (hist["val_n"] == n_val).all()
     # and the result means the same thing: a working classifier
-    r = _cli(*EVAL, str(out))
-    assert r.returncode == 0, r.stderr
+    code, _, err = _here(monkeypatch, capsys, *EVAL, out)
+    assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["models"]["resnet18"]["threshold_free"]["roc_auc"]["value"] > 0.8
 
 
-def test_explain_shards_merge_to_the_single_run(reference, tmp_path):
+def test_explain_shards_merge_to_the_single_run(reference, tmp_path, monkeypatch, capsys,
+                                                same_threads):
+    """Shard 0 in a process of its own, shard 1 and the merges in this one: batches
+    written by separate processes merge into the single run's attention.csv."""
     run = tmp_path / "sharded"
     shutil.copytree(reference, run)
     shutil.rmtree(run / "attention")
     (run / "attention.csv").unlink()
     r = _cli(*EXPLAIN, str(run), "--shard", "0/2", "--batch-size", "8")
     assert r.returncode == 0, r.stderr
-    r = _cli(*EXPLAIN, str(run), "--merge", "--batch-size", "8")
-    assert r.returncode == 2 and "missing" in r.stderr  # shard 1 not done yet
-    r = _cli(*EXPLAIN, str(run), "--shard", "1/2", "--batch-size", "8")
-    assert r.returncode == 0, r.stderr
-    r = _cli(*EXPLAIN, str(run), "--merge", "--batch-size", "8")
-    assert r.returncode == 0, r.stderr
+    code, _, err = _here(monkeypatch, capsys, *EXPLAIN, run, "--merge", "--batch-size", "8")
+    assert code == 2 and "missing" in err  # shard 1 not done yet
+    code, _, err = _here(monkeypatch, capsys, *EXPLAIN, run, "--shard", "1/2", "--batch-size",
+                         "8")
+    assert code == 0, err
+    code, _, err = _here(monkeypatch, capsys, *EXPLAIN, run, "--merge", "--batch-size", "8")
+    assert code == 0, err
     a = pd.read_csv(reference / "attention.csv")
     b = pd.read_csv(run / "attention.csv")
     pd.testing.assert_frame_equal(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_stage_refuses_run_from_an_older_dermcam(reference, tmp_path):
-    import json
-
+def test_stage_refuses_run_from_an_older_dermcam(reference, tmp_path, monkeypatch, capsys):
     run = tmp_path / "old"
     shutil.copytree(reference, run)
     m = json.loads((run / "manifest.json").read_text())
     m["schema_version"] = 0
     (run / "manifest.json").write_text(json.dumps(m))
-    r = _cli(*EVAL, str(run))
-    assert r.returncode == 2 and "incompatible dermcam" in r.stderr
-    assert "Traceback" not in r.stderr
-    np.testing.assert_equal(r.stdout.count("\n") <= 1, True)
+    code, out, err = _here(monkeypatch, capsys, *EVAL, run)  # an exception would escape
+    assert code == 2 and "incompatible dermcam" in err
+    assert "Traceback" not in err
+    np.testing.assert_equal(out.count("\n") <= 1, True)
