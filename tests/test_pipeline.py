@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import easy_generic
+from helpers import easy_generic, invoke_cli
 
 from dermcam.checkpoints import load_checkpoint
 from dermcam.config import TrainConfig
@@ -19,6 +19,8 @@ from dermcam.demo import DEMO_BENCH_METHODS, DEMO_METHOD
 from dermcam.errors import DermcamError
 from dermcam.inference import predict_proba
 from dermcam.stages.train import train
+
+SIZE = 24  # tiny_run's input side
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,9 @@ def tiny_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipe")
     data = easy_generic(base / "data")
     out = base / "run"
+    # easy_generic's images are 24 px: the run trains at their own size
     cfg = TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
-                      image_size=32, max_epochs=4, batch_size=8, lr=1e-3, patience=3,
+                      image_size=SIZE, max_epochs=4, batch_size=8, lr=1e-3, patience=3,
                       seed=1, progress=False, cache_dir=str(base / "cache"))
     train(cfg)
     run_evaluate(out, n_boot=100)
@@ -70,13 +73,13 @@ def test_best_checkpoint_restored_and_round_trips(tiny_run):
     assert m["models"]["resnet18"]["best_epoch"] == hist.loc[hist["val_auc"] == hist["val_auc"]
                                                              .max(), "epoch"].iloc[0] == best
     model, info, payload = load_checkpoint(tiny_run / "models/resnet18/model.pt")
-    assert info.name == "resnet18" and payload["image_size"] == 32
+    assert info.name == "resnet18" and payload["image_size"] == SIZE
     preds = pd.read_csv(tiny_run / "predictions.csv")
     from dermcam.data import load_dataset
     from dermcam.data.cache import load_arrays
 
     ds = load_dataset(m["data"]["root"])
-    arrays = load_arrays(ds.split("test"), 32)
+    arrays = load_arrays(ds.split("test"), SIZE)
     prob = predict_proba(model, arrays.images)
     np.testing.assert_allclose(prob, preds["prob_malignant"].to_numpy(), atol=1e-5)
     # everything above came from model.pt: Lightning's checkpoints went once it was saved
@@ -122,7 +125,7 @@ def test_a_split_held_in_memory_trains_the_weights_a_streamed_one_does(tmp_path,
     from dermcam.data.cache import ImageCache
     from dermcam.stages import train as tr
 
-    data = easy_generic(tmp_path / "data", n=48)
+    data = easy_generic(tmp_path / "data", n=36)
     reads = []
     original = ImageCache.get
 
@@ -145,7 +148,7 @@ def test_a_split_held_in_memory_trains_the_weights_a_streamed_one_does(tmp_path,
         weights[how] = model.state_dict()
         kept = sorted(p.name for p in (out / "models/resnet18/lightning").iterdir())
         assert kept == (["best.ckpt", "last.ckpt"] if how == "stream" else ["best.ckpt"])
-    n_train = 32  # 48 images, every third one in the test split
+    n_train = 24  # 36 images, every third one in the test split
     # held: one read each while loading (threshold and calibration then use the array)
     assert n_reads["memory"] == n_train
     # streamed: warm-up once, then 2 epochs of the training part, 2 validation passes
@@ -170,16 +173,25 @@ def test_attention_rows_complete_and_consistent(tiny_run):
                                atol=1e-4)
 
 
-def test_explain_resumes_and_rescoring_is_identical(tiny_run):
+def test_explain_resumes_and_rescoring_is_identical(tiny_run, tmp_path):
+    """Explain again after an interruption before the last heatmap batch: the layer is
+    chosen again (the same one), only the missing batch is computed, and the attention
+    table is the first one byte for byte. In a copy of the run, so that the module's run
+    stays whole; the sanity check and the figures, which come after the table and do not
+    enter it, are left out of the second explain."""
+    import shutil
+
     from dermcam.stages.explain import run_explain
 
-    before = (tiny_run / "attention.csv").read_bytes()
-    batches = sorted((tiny_run / "attention/resnet18/gradcam").glob("*/batch_*.npz"))
-    assert batches
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / "attention.csv").read_bytes()
+    batches = sorted((run / "attention/resnet18/gradcam").glob("*/batch_*.npz"))
+    assert len(batches) >= 2  # a finished batch to keep and the last one to redo
     stamps = {b: b.stat().st_mtime_ns for b in batches}
     batches[-1].unlink()  # as if interrupted before the last batch
-    run_explain(tiny_run, n_boot=100)
-    after = (tiny_run / "attention.csv").read_bytes()
+    run_explain(run, n_boot=100, sanity=False, figures=False)
+    after = (run / "attention.csv").read_bytes()
     assert after == before
     for b in batches[:-1]:  # finished batches were not recomputed
         assert b.stat().st_mtime_ns == stamps[b]
@@ -218,13 +230,14 @@ def test_stratified_split_errors_and_balance():
         stratified_split(np.array([0, 0, 0, 1]), 0.2, 0)
 
 
-def test_cli_train_unknown_model_is_one_line(tmp_path):
+def test_cli_train_unknown_model_is_one_line(tmp_path, monkeypatch, capsys):
+    # the console entry in this process (tests/test_cli_errors.py runs the executable)
     data = easy_generic(tmp_path / "d", n=12)
-    r = subprocess.run([sys.executable, "-m", "dermcam", "train", str(data), "--out",
-                        str(tmp_path / "r"), "--models", "resnet9000", "--weights", "none"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2
-    assert "unknown model 'resnet9000'" in r.stderr and "Traceback" not in r.stderr
+    code, out, err = invoke_cli(monkeypatch, capsys, "train", data, "--out", tmp_path / "r",
+                                "--models", "resnet9000", "--weights", "none")
+    assert code == 2
+    assert "unknown model 'resnet9000'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_validation_split_keeps_groups_together():
@@ -251,9 +264,15 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     from dermcam.models import imagenet_weights_path
 
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(out), "--n-train", "60",
-           "--n-test", "30", "--epochs", "1", "--image-size", "64", "--source-size", "64",
-           "--models", "resnet18"]
+
+    def demo(n_train: int, n_test: int, *more: str) -> list[str]:
+        # 32 px: the smallest images the synthetic benchmark draws
+        return [sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(out), "--n-train",
+                str(n_train), "--n-test", str(n_test), "--epochs", "1", "--image-size", "32",
+                "--source-size", "32", "--models", "resnet18", *more]
+
+    n_test = 20
+    cmd = demo(40, n_test)
     # torchvision's cache (under TORCH_HOME) decides the demo's weights: first an empty one
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-empty"))
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -290,7 +309,7 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     assert "Planted shortcut" in page and f"{DEMO_METHOD} @ {chosen['resnet18']}" in page
     # the detail the terminal leaves out is in the run's log, table by table
     log = (out / "run/dermcam.log").read_text()
-    assert "Test set, n = 30" in log and "Planted shortcut" in log
+    assert f"Test set, n = {n_test}" in log and "Planted shortcut" in log
     assert not (out / "run/models/resnet18/lightning").exists()
     # the shortcut data's test split is the default data's, byte for byte: hard links
     test_dir = "data/ISBI2016_ISIC_Part3B_Test_Data"
@@ -323,10 +342,10 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     # the behavioural evidence sits beside the heatmap evidence, for both roles
     for role in ("control", "shortcut"):
         ev = exp["runs"][role]["probe"]
-        assert ev["insert_n"] == 30 and ev["insert_ci_low"] <= ev["insert_delta"]
+        assert ev["insert_n"] == n_test and ev["insert_ci_low"] <= ev["insert_delta"]
     assert "caught_by_probe" in exp
-    pvc = exp["probe_vs_control"]  # the same 30 images and placements in both runs
-    assert pvc["n"] == 30 and pvc["ci_low"] <= pvc["diff"] <= pvc["ci_high"]
+    pvc = exp["probe_vs_control"]  # the same test images and placements in both runs
+    assert pvc["n"] == n_test and pvc["ci_low"] <= pvc["diff"] <= pvc["ci_high"]
     assert exp["caught_by_probe_vs_control"] == (pvc["ci_low"] > pvc["margin"])
     assert "Behavioural probes" in (out / "run/report.html").read_text()
     # a second demo into the same folder replaces the first (it is a demo folder); now the
@@ -336,11 +355,14 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     cached = imagenet_weights_path("resnet18")
     cached.parent.mkdir(parents=True)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), cached)
-    # (the shortcut experiment is not what this run checks)
-    r2 = subprocess.run(cmd + ["--no-shortcut"], capture_output=True, text=True)
+    # (the shortcut experiment is not what this run checks; fewer images than the first)
+    r2 = subprocess.run(demo(24, 12, "--no-shortcut"), capture_output=True, text=True)
     assert r2.returncode == 0, r2.stderr
     assert "ImageNet weights from" in r2.stdout and "trains from scratch" not in r2.stdout
     assert json.loads((out / "run/manifest.json").read_text())["config"]["weights"] == "imagenet"
+    # replaced, not added to: the first demo's data and shortcut folder are gone
+    assert len(pd.read_csv(out / "data/metadata.csv")) == 24 + 12
+    assert not (out / "shortcut").exists()
 
 
 def test_demo_train_config_is_the_demos_recipe():
@@ -360,20 +382,19 @@ def test_demo_train_config_is_the_demos_recipe():
         demo_train_config("d", "o", ["resnet18"], no_such_field=1)
 
 
-def test_demo_refuses_an_unknown_method_before_any_work(tmp_path):
+def test_demo_refuses_an_unknown_method_before_any_work(tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(out),
-                        "--method", "gradkam"], capture_output=True, text=True)
-    assert r.returncode == 2 and "unknown CAM method 'gradkam'" in r.stderr
-    assert "Traceback" not in r.stderr and not out.exists()
+    code, _, err = invoke_cli(monkeypatch, capsys, "demo", "--out", out, "--method", "gradkam")
+    assert code == 2 and "unknown CAM method 'gradkam'" in err
+    assert "Traceback" not in err and not out.exists()
 
 
-def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
+def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path, monkeypatch, capsys):
     (tmp_path / "precious.txt").write_text("keep me")
-    r = subprocess.run([sys.executable, "-m", "dermcam", "-q", "demo", "--out", str(tmp_path)],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "not a dermcam demo" in r.stderr
+    code, _, err = invoke_cli(monkeypatch, capsys, "demo", "--out", tmp_path)
+    assert code == 2 and "not a dermcam demo" in err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]  # nothing added
 
 
 def test_explain_records_layer_choice_in_attention_manifest_and_checkpoint(tiny_run):
