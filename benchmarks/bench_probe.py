@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dermcam.config import EvaluateConfig, ProbeConfig
+
 
 def _quiet():
     for name in ("lightning", "lightning.pytorch", "lightning.fabric",
@@ -63,10 +65,10 @@ def twin(root: Path, preset: str, args) -> dict:
                           patience=args.epochs, schedule="onecycle",
                           precision=args.train_precision)
     train(cfg)
-    run_evaluate(run, n_boot=200)
-    entries = run_probe(run, probes=("lesion_removed", "artifact_inserted", "artifact_removed"),
-                        artifacts=("ruler",), placements=args.placements, n_boot=1000,
-                        figures=False)
+    run_evaluate(run, EvaluateConfig(n_boot=200))
+    entries = run_probe(run, ProbeConfig(
+        probes=("lesion_removed", "artifact_inserted", "artifact_removed"),
+        artifacts=("ruler",), placements=args.placements, n_boot=1000, figures=False))
     ins = find(entries, args.model, "artifact_inserted", "ruler")
     rem = find(entries, args.model, "artifact_removed", "ruler")
     les = find(entries, args.model, "lesion_removed")
@@ -88,7 +90,7 @@ def speed(root: Path, args) -> dict:
     from dermcam.data.synth import SynthConfig, generate
     from dermcam.io import read_json
     from dermcam.run import Run
-    from dermcam.stages.probe import ProbeConfig, perturb, run_probe
+    from dermcam.stages.probe import PerturbConfig, perturb, run_probe
     from dermcam.stages.train import train
 
     data, run = root / "speed" / "data", root / "speed" / "run"
@@ -106,15 +108,15 @@ def speed(root: Path, args) -> dict:
 
         shutil.rmtree(run / "probe", ignore_errors=True)
         t = time.perf_counter()
-        run_probe(run, placements=args.placements, n_boot=200, figures=False,
-                  precision=args.precision)
+        run_probe(run, ProbeConfig(placements=args.placements, n_boot=200, figures=False,
+                                   precision=args.precision))
         walls.append(time.perf_counter() - t)
         stage = read_json(run / "manifest.json")["stages"]["probe"]
     n_variants = stage["rows_per_model"]
     n_images = stage["n_images"]
     # naive: per image, per model, perturb again and score each variant alone
     _, samples, split = load_test_split(Run.open(run))
-    cfg = ProbeConfig(placements=args.placements, seed=args.seed)
+    cfg = PerturbConfig(placements=args.placements, seed=args.seed)
     from dermcam.inference import Bf16Inference
     from dermcam.stages.probe import inference_precision
 

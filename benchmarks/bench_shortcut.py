@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dermcam.config import EvaluateConfig, ExplainConfig
+
 
 def run_preset(root: Path, preset: str, args) -> dict:
     from sklearn.metrics import roc_auc_score
@@ -42,11 +44,10 @@ def run_preset(root: Path, preset: str, args) -> dict:
                       patience=args.epochs, schedule="onecycle", seed=args.seed,
                       progress=False, cache_dir=str(root / "cache"),
                       precision="32-true"))  # as tests/test_shortcut.py, on any CPU
-    run_evaluate(run, n_boot=200)
+    run_evaluate(run, EvaluateConfig(n_boot=200))
     # the test's recipe (tests/test_shortcut.py): gradcam++ at layer3
-    run_explain(run, methods=["gradcam++"], n_boot=200, sanity=False, figures=False,
-                target="predicted",  # as tests/test_shortcut.py
-                layer="layer3")
+    run_explain(run, ExplainConfig(methods=["gradcam++"], n_boot=200, sanity=False, figures=False,
+                                   target="predicted", layer="layer3"))
     att = pd.read_csv(run / "attention.csv", keep_default_na=False, na_values=[""])
     meta = pd.read_csv(data / "metadata.csv").set_index("image_id")
     att["ruler_area"] = np.nan

@@ -34,6 +34,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from dermcam.config import EvaluateConfig, ExplainConfig, ProbeConfig
+
 STAGES = ("train", "evaluate", "explain", "probe", "predict")
 DEFAULT_MODELS = "resnet18,efficientnet_b0,mobilenet_v2"
 MARKER = ".dermcam-gpu-check"
@@ -212,7 +214,7 @@ def run_stages(args, dev, out: Path) -> tuple[dict[str, dict[str, Any]], dict[st
 
     n_test = args.n_test
     t = time.perf_counter()
-    run_evaluate(run, n_boot=args.n_boot, device=str(dev))
+    run_evaluate(run, EvaluateConfig(n_boot=args.n_boot, device=str(dev)))
     seconds = time.perf_counter() - t
     images = n_test * n_models
     stages["evaluate"] = {"images": images, "seconds": seconds,
@@ -221,8 +223,8 @@ def run_stages(args, dev, out: Path) -> tuple[dict[str, dict[str, Any]], dict[st
                                      f"{args.n_boot} bootstrap resamples inside the time"}
 
     t = time.perf_counter()
-    run_explain(run, methods=["gradcam"], layer="last", sanity=False, figures=False,
-                n_boot=args.n_boot, batch_size=args.batch_size, device=str(dev))
+    run_explain(run, ExplainConfig(methods=["gradcam"], layer="last", sanity=False, figures=False,
+                                   n_boot=args.n_boot, batch_size=args.batch_size, device=str(dev)))
     seconds = time.perf_counter() - t
     timing = read_json(run / "manifest.json")["stages"]["explain"].get("timing") or {}
     n_cam = int(timing.get("images_computed") or 0)
@@ -235,8 +237,8 @@ def run_stages(args, dev, out: Path) -> tuple[dict[str, dict[str, Any]], dict[st
                     "time, no figures")}
 
     t = time.perf_counter()
-    entries = run_probe(run, placements=args.placements, n_boot=args.n_boot, figures=False,
-                        device=str(dev))
+    entries = run_probe(run, ProbeConfig(placements=args.placements, n_boot=args.n_boot,
+                                         figures=False, device=str(dev)))
     seconds = time.perf_counter() - t
     import pandas as pd
 

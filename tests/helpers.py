@@ -160,14 +160,19 @@ def trained_run_without_images(monkeypatch, folder: Path, size: int) -> Path:
     """A run folder whose manifest says one model was trained and nothing else ran, with
     an empty test split of ``size`` px: for refusals the probe stage must make before it
     looks at an image."""
+    import dataclasses
     import json
 
     from dermcam import run as runmod
     from dermcam.audit_set import AuditSet
 
-    monkeypatch.setattr(AuditSet, "test_split", classmethod(
-        lambda cls, run, stage, limit=None: cls(type("D", (), {"root": folder})(), [], size,
-                                                None, run.outputs, stage)))
+    class NoImages(AuditSet):  # keyed to a stage without a look at its (no) images
+        def at(self, stage, **kw):
+            return dataclasses.replace(self, stage=self.key(stage))
+
+    monkeypatch.setattr(AuditSet, "open", classmethod(
+        lambda cls, run, data=None, **kw: NoImages(type("D", (), {"root": folder})(), [], size,
+                                                   None, run.outputs, "")))
     (folder / runmod.MANIFEST).write_text(json.dumps({
         "schema_version": runmod.SCHEMA_VERSION, "kind": "dermcam-run",
         "config": {"models": ["resnet18"], "seed": 0},

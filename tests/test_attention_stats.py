@@ -228,8 +228,8 @@ def test_explain_margin_option_is_passed_through(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_run_explain(run_dir, **kw):
-        seen.update(kw)
+    def fake_run_explain(run_dir, config, audit, progress=None):
+        seen["margin"] = config.margin
         return {"shard": [0, 1], "batches": 0}
 
     monkeypatch.setattr(ex, "run_explain", fake_run_explain)

@@ -13,6 +13,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from dermcam import calibration as cal
+from dermcam.config import EvaluateConfig
 
 
 def simulated(t_true: float, n: int = 40_000, seed: int = 0):
@@ -215,14 +216,14 @@ def test_train_fits_temperature_and_evaluate_reports_before_after(calibrated_run
     assert fitted["calibration_bias"] == 0.0 and none["calibration_bias"] == 0.0
     platt = runs["platt"]  # two parameters: never a worse validation NLL than T alone
     assert platt["calibration"]["after"]["nll"] <= fitted["calibration"]["after"]["nll"] + 1e-9
-    run_evaluate(tmp_path / "platt", n_boot=50)
+    run_evaluate(tmp_path / "platt", EvaluateConfig(n_boot=50))
     pp = pd.read_csv(tmp_path / "platt" / "predictions.csv")
     raw = pp["prob_malignant_uncalibrated"].clip(1e-6, 1 - 1e-6)
     expect = 1 / (1 + np.exp(-(np.log(raw / (1 - raw)) / platt["temperature"]
                                + platt["calibration_bias"])))
     np.testing.assert_allclose(pp["prob_malignant"], expect, atol=1e-4)
     assert pp["calibration_bias"].iloc[0] == pytest.approx(platt["calibration_bias"], abs=1e-6)
-    result = run_evaluate(tmp_path / "temperature", n_boot=50)
+    result = run_evaluate(tmp_path / "temperature", EvaluateConfig(n_boot=50))
     preds = pd.read_csv(tmp_path / "temperature" / "predictions.csv")
     t = fitted["temperature"]
     raw = preds["prob_malignant_uncalibrated"].clip(1e-6, 1 - 1e-6)

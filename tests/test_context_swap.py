@@ -12,6 +12,7 @@ import pytest
 from helpers import reads_the_top_rows, trained_run_without_images
 
 from dermcam import perturb as pt
+from dermcam.config import ProbeConfig
 from dermcam.errors import DermcamError
 from dermcam.stages import probe as pr
 
@@ -142,5 +143,5 @@ def test_the_swap_is_refused_without_artifact_labels_in_one_line(monkeypatch, tm
     monkeypatch.setattr(pr, "artifact_flags", lambda ds, samples: None)
     trained_run_without_images(monkeypatch, tmp_path, S)
     with pytest.raises(DermcamError, match="--artifact-labels FILE") as e:
-        pr.run_probe(tmp_path, probes=("context_swap",), seed=0)
+        pr.run_probe(tmp_path, ProbeConfig(probes=("context_swap",), seed=0))
     assert "\n" not in str(e.value)

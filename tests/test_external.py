@@ -14,7 +14,10 @@ from helpers import invoke_cli
 from PIL import Image
 from typer.testing import CliRunner
 
+from dermcam.audit_set import AuditSet
+from dermcam.config import EvaluateConfig
 from dermcam.errors import DermcamError
+from dermcam.run import Run
 
 SIZE = 32
 
@@ -96,7 +99,7 @@ def test_internal_evaluate_by_metadata_and_ita(ext_run):
     from dermcam.stages.evaluate import run_evaluate
 
     run, _, _ = ext_run
-    res = run_evaluate(run, n_boot=50, by=("site", "age", "ita"), min_group=5)
+    res = run_evaluate(run, EvaluateConfig(n_boot=50, by=("site", "age", "ita"), min_group=5))
     preds = pd.read_csv(run / "predictions.csv")
     assert {"ita", "ita_category", "ita_source", "site", "age"} <= set(preds.columns)
     assert (preds["ita_source"] == "outside lesion mask").all()
@@ -111,7 +114,7 @@ def test_internal_evaluate_by_metadata_and_ita(ext_run):
     assert all(g["note"] == "too few to estimate" for g in site.values())
     assert "quartile" in sub["age"]["binning"]
     with pytest.raises(DermcamError, match="--by colour: no such column.*site"):
-        run_evaluate(run, n_boot=20, by=("colour",))
+        run_evaluate(run, EvaluateConfig(n_boot=20, by=("colour",)))
 
 
 def test_external_cli_report_and_duplicates(ext_run):
@@ -121,7 +124,7 @@ def test_external_cli_report_and_duplicates(ext_run):
 
     run, _, other = ext_run
     if not (run / "metrics.json").exists():
-        run_evaluate(run, n_boot=50)
+        run_evaluate(run, EvaluateConfig(n_boot=50))
     r = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(other), "--n-boot", "50",
                                  "--by", "ita"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
@@ -146,16 +149,18 @@ def test_external_cli_report_and_duplicates(ext_run):
     assert 'id="external"' in page and "isic_other" in page and "internal test" in page
     assert "ISIC_0000100" in page and 'id="subgroups"' in page and "arctan" in page
     # left out on request
-    res = run_evaluate(run, n_boot=20, data=other, name="isic_clean", exclude_duplicates=True)
+    res = run_evaluate(run, EvaluateConfig(n_boot=20, exclude_duplicates=True),
+                       AuditSet.open(Run.open(run), other, name="isic_clean"))
     assert res["test"]["n"] == 12 and res["external"]["duplicates"]["excluded"]
 
 
 
 
-def _evaluate_external(run, data, name, **kw):
+def _evaluate_external(run, data, name, artifacts=None, **kw):
     from dermcam.stages.evaluate import run_evaluate
 
-    return run_evaluate(run, n_boot=30, data=data, name=name, **kw)
+    return run_evaluate(run, EvaluateConfig(n_boot=30, **kw),
+                        AuditSet.open(Run.open(run), data, name=name, artifacts=artifacts))
 
 
 def test_external_metrics_carry_the_calibration_block(ext_run, monkeypatch):

@@ -20,6 +20,8 @@ import pytest
 from helpers import invoke_cli
 from PIL import Image
 
+from dermcam.config import ExplainConfig, ProbeConfig
+
 SIZE = 32
 SKIN = (205, 160, 125)
 LESION = {"head": (30, 15, 10), "trunk": (190, 148, 118)}
@@ -99,12 +101,13 @@ def audited(tmp_path_factory):
     labels.write_text("image;ruler;hair;label\n" + "".join(
         f"img{i:03d}.png;{int(f'img{i:03d}' in RULER)};0;0\n" for i in range(0, 40, 2)))
     record_in_run(run, labels)
-    summary = run_explain(run, methods=["gradcam"], layer="layer2", sanity=False, n_boot=50,
-                          figures=False, by=("site", "ita"), min_group=5)
+    summary = run_explain(run, ExplainConfig(methods=["gradcam"], layer="layer2", sanity=False,
+                                             n_boot=50, figures=False, by=("site", "ita"),
+                                             min_group=5))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pr, "score_images", _darkness)
-        pr.run_probe(run, probes=("lesion_removed", "background_removed"), n_boot=100,
-                     by=("site",), min_group=5, figures=False)
+        pr.run_probe(run, ProbeConfig(probes=("lesion_removed", "background_removed"), n_boot=100,
+                                      by=("site",), min_group=5, figures=False))
     return {"run": run, "summary": summary, "base": base}
 
 

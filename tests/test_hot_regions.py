@@ -10,6 +10,7 @@ import pytest
 from helpers import reads_the_top_rows, trained_run_without_images
 
 from dermcam import perturb as pt
+from dermcam.config import ProbeConfig
 from dermcam.stages import probe as pr
 
 S = 40
@@ -114,5 +115,5 @@ def test_the_hot_spot_probe_is_refused_without_heatmaps_in_one_line(monkeypatch,
 
     trained_run_without_images(monkeypatch, tmp_path, S)
     with pytest.raises(DermcamError, match="run 'dermcam explain'") as e:
-        pr.run_probe(tmp_path, probes=("hot_spots",), seed=0)
+        pr.run_probe(tmp_path, ProbeConfig(probes=("hot_spots",), seed=0))
     assert "\n" not in str(e.value)

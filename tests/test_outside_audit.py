@@ -13,7 +13,7 @@ import torch
 from helpers import easy_generic, invoke_cli
 
 from dermcam import run as runmod
-from dermcam.config import TrainConfig
+from dermcam.config import EvaluateConfig, ExplainConfig, TrainConfig
 from dermcam.errors import DermcamError
 from dermcam.models import IMAGENET_MEAN, IMAGENET_STD
 from dermcam.outside import Reading, import_model, load_outside, read_module
@@ -34,9 +34,9 @@ def trained(tmp_path_factory):
     train(TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
                       image_size=SIZE, max_epochs=2, batch_size=8, seed=0, progress=False,
                       cache_dir=str(base / "cache")))
-    run_evaluate(out, n_boot=50)
-    run_explain(out, methods=["gradcam"], layer="layer3", sanity=False, n_boot=50,
-                figures=False)
+    run_evaluate(out, EvaluateConfig(n_boot=50))
+    run_explain(out, ExplainConfig(methods=["gradcam"], layer="layer3", sanity=False, n_boot=50,
+                                   figures=False))
     model = runmod.Run.open(out).load_model("resnet18")[0]
     plain = {k: v.clone() for k, v in model.state_dict().items()}
     return {"base": base, "data": data, "run": out, "state": plain, "model": model}
@@ -135,8 +135,8 @@ def test_audited_run_gives_the_trained_runs_attention_table(trained, tmp_path):
 
     torch.save(trained["state"], tmp_path / "w.pt")
     run = _import(trained, tmp_path / "w.pt", tmp_path / "r")
-    run_explain(run.dir, methods=["gradcam"], layer="layer3", sanity=False, n_boot=50,
-                figures=False)
+    run_explain(run.dir, ExplainConfig(methods=["gradcam"], layer="layer3", sanity=False, n_boot=50,
+                                       figures=False))
     mine = pd.read_csv(run.outputs.attention)
     theirs = pd.read_csv(runmod.Run.open(trained["run"]).outputs.attention)
     assert len(mine) == len(theirs) > 0
@@ -230,7 +230,7 @@ def test_full_audit_from_the_command_line(trained, tmp_path, monkeypatch, capsys
     assert "Audited models (trained outside dermcam)" in page and "w.pt" in page
     assert "history.png" not in page and "Training (best checkpoint" not in page
     # afterwards an ordinary run
-    again = run_evaluate(run.dir, n_boot=20)["models"]["resnet18"]
+    again = run_evaluate(run.dir, EvaluateConfig(n_boot=20))["models"]["resnet18"]
     assert again["threshold_free"]["roc_auc"]["value"] == auc
 
 

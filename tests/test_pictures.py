@@ -24,6 +24,7 @@ from PIL import Image
 
 from dermcam import demo
 from dermcam import pictures as pic
+from dermcam.config import ExplainConfig, ProbeConfig
 from dermcam.errors import DermcamError
 from dermcam.heatmap_files import load_heatmaps
 from dermcam.run import Run
@@ -47,9 +48,10 @@ def run_dir(tmp_path_factory) -> Path:
     train(TrainConfig(data=str(data), out=str(run), models=[MODEL], weights="none",
                       image_size=64, max_epochs=1, batch_size=16, progress=False,
                       cache_dir=str(tmp / "cache")))
-    run_explain(run, methods=[METHOD], layer=LAYER, sanity=False, figures=False, n_boot=20)
-    run_probe(run, probes=("artifact_inserted",), artifacts=("ruler",), placements=1,
-              n_boot=20, figures=False)
+    run_explain(run, ExplainConfig(methods=[METHOD], layer=LAYER, sanity=False, figures=False,
+                                   n_boot=20))
+    run_probe(run, ProbeConfig(probes=("artifact_inserted",), artifacts=("ruler",), placements=1,
+                               n_boot=20, figures=False))
     return run
 
 
@@ -221,7 +223,7 @@ def test_shortcut_case_numbers_are_the_probes(run_dir, case):
     from dermcam.augment import preprocess
     from dermcam.data.synth import ARTIFACTS
     from dermcam.perturb import dilate_mask
-    from dermcam.stages.probe import ProbeConfig, perturb, score_images
+    from dermcam.stages.probe import PerturbConfig, perturb, score_images
 
     run = Run.open(run_dir)
     model, _, payload = run.load_model(MODEL)
@@ -250,7 +252,7 @@ def test_shortcut_case_numbers_are_the_probes(run_dir, case):
     assert f"{len(ranked)} images" in case.rule
 
     # the pasted image is the probe's placement 0, scored as the probe scores it
-    cfg = ProbeConfig(probes=("artifact_inserted",), artifacts=("ruler",), placements=1,
+    cfg = PerturbConfig(probes=("artifact_inserted",), artifacts=("ruler",), placements=1,
                       seed=run.seed)
     (variant,) = perturb(item["image"], item["mask"], item["artifacts"], case.image_id, cfg)
     assert np.array_equal(case.pasted, variant.image)
@@ -328,7 +330,7 @@ def test_the_hot_spot_probe_runs_on_a_run_with_heatmaps(run_dir, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    run_probe(run, probes=("hot_spots",), n_boot=20, figures=False)
+    run_probe(run, ProbeConfig(probes=("hot_spots",), n_boot=20, figures=False))
     entries = read_summary_object(run)["entries"]
     assert sorted(e["probe"] for e in entries) == ["hot_removed", "hot_transplanted"]
     for e in entries:

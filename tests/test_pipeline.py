@@ -13,7 +13,7 @@ import torch
 from helpers import easy_generic, invoke_cli
 
 from dermcam.checkpoints import load_checkpoint
-from dermcam.config import TrainConfig
+from dermcam.config import EvaluateConfig, ExplainConfig, TrainConfig
 from dermcam.data.splits import stratified_split
 from dermcam.demo import DEMO_BENCH_METHODS, DEMO_METHOD
 from dermcam.errors import DermcamError
@@ -36,8 +36,8 @@ def tiny_run(tmp_path_factory):
                       image_size=SIZE, max_epochs=4, batch_size=8, lr=1e-3, patience=3,
                       seed=1, progress=False, cache_dir=str(base / "cache"))
     train(cfg)
-    run_evaluate(out, n_boot=100)
-    run_explain(out, n_boot=100)
+    run_evaluate(out, EvaluateConfig(n_boot=100))
+    run_explain(out, ExplainConfig(n_boot=100))
     return out
 
 
@@ -190,7 +190,7 @@ def test_explain_resumes_and_rescoring_is_identical(tiny_run, tmp_path):
     assert len(batches) >= 2  # a finished batch to keep and the last one to redo
     stamps = {b: b.stat().st_mtime_ns for b in batches}
     batches[-1].unlink()  # as if interrupted before the last batch
-    run_explain(run, n_boot=100, sanity=False, figures=False)
+    run_explain(run, ExplainConfig(n_boot=100, sanity=False, figures=False))
     after = (run / "attention.csv").read_bytes()
     assert after == before
     for b in batches[:-1]:  # finished batches were not recomputed
@@ -427,15 +427,15 @@ def test_explain_at_a_named_layer(tiny_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    summary = run_explain(run, methods=["gradcam"], layer="layer3", n_boot=50, sanity=False,
-                          figures=False)
+    summary = run_explain(run, ExplainConfig(methods=["gradcam"], layer="layer3", n_boot=50,
+                                             sanity=False, figures=False))
     att = pd.read_csv(run / "attention.csv", keep_default_na=False, na_values=[""])
     assert set(att["layer"]) == {"layer3"} and set(att["method"]) == {"gradcam"}
     assert summary["tests"]["resnet18/gradcam"]["layer"] == "layer3"
     assert (run / "attention/resnet18/gradcam/layer3").is_dir()
     with pytest.raises(DermcamError, match="no layer"):
-        run_explain(run, methods=["gradcam"], layer="layer9", n_boot=50, sanity=False,
-                    figures=False)
+        run_explain(run, ExplainConfig(methods=["gradcam"], layer="layer9", n_boot=50, sanity=False,
+                                       figures=False))
 
 
 def test_lr_spec_gives_each_model_its_rate(tmp_path):

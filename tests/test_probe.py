@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from dermcam import perturb as pt
+from dermcam.config import ProbeConfig
 from dermcam.errors import DermcamError
 from dermcam.probe_stats import auc_fast
 from dermcam.stages import probe as pr
@@ -122,7 +123,7 @@ def test_perturb_lists_every_variant_in_order_and_is_deterministic():
     img, mask = _image(64)
     arts = np.zeros(mask.shape, np.uint8)
     arts[2:6, 5:40] = 1  # a ruler
-    cfg = pr.ProbeConfig(placements=2, seed=3)
+    cfg = pr.PerturbConfig(placements=2, seed=3)
     v1 = pr.perturb(img, mask, arts, "ISIC_1", cfg)
     v2 = pr.perturb(img, mask, arts, "ISIC_1", cfg)
     keys = [(v.probe, v.artifact, v.placement) for v in v1]
@@ -144,11 +145,11 @@ def test_skip_reasons_and_config_errors():
     assert pr.skip_reason(np.ones((4, 4))) == "lesion mask covers the whole image"
     assert pr.skip_reason(np.eye(4)) is None
     with pytest.raises(DermcamError, match="unknown probe"):
-        pr.ProbeConfig(probes=("lesion_gone",))
+        pr.PerturbConfig(probes=("lesion_gone",))
     with pytest.raises(DermcamError, match="unknown artifact"):
-        pr.ProbeConfig(artifacts=("tattoo",))
+        pr.PerturbConfig(artifacts=("tattoo",))
     with pytest.raises(DermcamError, match="placements"):
-        pr.ProbeConfig(placements=0)
+        pr.PerturbConfig(placements=0)
 
 
 # ------------------------------------------------------------------ statistics
@@ -282,8 +283,8 @@ def probed(tmp_path_factory):
     train(TrainConfig(data=str(data), out=str(run), models=["resnet18"], weights="none",
                       image_size=32, max_epochs=1, batch_size=8, seed=0, progress=False,
                       cache_dir=str(base / "cache")))
-    entries = pr.run_probe(run, placements=2, batch_size=8, n_boot=100,
-                           artifacts=("ruler", "ink"))
+    entries = pr.run_probe(run, ProbeConfig(placements=2, batch_size=8, n_boot=100,
+                                            artifacts=("ruler", "ink")))
     return run, entries
 
 
@@ -317,8 +318,8 @@ def test_stage_resumes_from_its_batches_with_identical_output(probed):
     assert len(batches) == 3  # 17 probed images (18 minus the mask-less one), batches of 8
     batches[-1].unlink()
     (run / pr.PROBE_CSV).unlink()
-    pr.run_probe(run, placements=2, batch_size=8, n_boot=100, artifacts=("ruler", "ink"),
-                 figures=False)
+    pr.run_probe(run, ProbeConfig(placements=2, batch_size=8, n_boot=100,
+                                  artifacts=("ruler", "ink"), figures=False))
     assert (run / pr.PROBE_CSV).read_bytes() == before
 
 
@@ -326,9 +327,10 @@ def test_bf16_inference_is_recorded_close_to_float32_and_never_mixed_with_it(pro
     run, _ = probed
     kw = dict(placements=2, batch_size=8, n_boot=100, artifacts=("ruler", "ink"),
               figures=False)
+    cfg = {p: ProbeConfig(precision=p, **kw) for p in ("bf16-mixed", "32-true", "fp8")}
     before = (run / pr.PROBE_CSV).read_bytes()
     fp32 = pr.read_rows(run / pr.PROBE_CSV)
-    pr.run_probe(run, precision="bf16-mixed", **kw)
+    pr.run_probe(run, cfg["bf16-mixed"])
     st = json.loads((run / "manifest.json").read_text())["stages"]["probe"]
     assert st["precision"] == {"resnet18": "bf16-mixed"}
     bf16 = pr.read_rows(run / pr.PROBE_CSV)
@@ -340,10 +342,10 @@ def test_bf16_inference_is_recorded_close_to_float32_and_never_mixed_with_it(pro
     # every image re-scored in bf16, none kept from the float32 batches
     assert (diff.groupby(both["image_id"]).max() > 0).all()
     # back to float32: the batches of the bf16 run are not reused
-    pr.run_probe(run, precision="32-true", **kw)
+    pr.run_probe(run, cfg["32-true"])
     assert (run / pr.PROBE_CSV).read_bytes() == before
     with pytest.raises(DermcamError, match="--precision must be one of"):
-        pr.run_probe(run, precision="fp8", **kw)
+        pr.run_probe(run, cfg["fp8"])
 
 
 def test_bf16_inference_wrapper_runs_bf16_convolutions_and_keeps_the_temperature():

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dermcam.config import EvaluateConfig, ExplainConfig, ProbeConfig
 from dermcam.errors import DermcamError
 from dermcam.report import build_report
 from dermcam.report import gallery as gal
@@ -51,9 +52,9 @@ def run_dir(tmp_path_factory) -> Path:
     train(TrainConfig(data=str(data), out=str(run), models=["resnet18"], weights="none",
                       image_size=64, max_epochs=1, batch_size=16, progress=False,
                       cache_dir=str(tmp / "cache")))
-    run_evaluate(run, n_boot=50)
-    run_explain(run, n_boot=50)
-    run_probe(run, placements=1, n_boot=50, artifacts=("ruler", "patch"))
+    run_evaluate(run, EvaluateConfig(n_boot=50))
+    run_explain(run, ExplainConfig(n_boot=50))
+    run_probe(run, ProbeConfig(placements=1, n_boot=50, artifacts=("ruler", "patch")))
     return run
 
 

@@ -11,6 +11,7 @@ import pytest
 from helpers import easy_generic
 
 from dermcam import run as runmod
+from dermcam.config import EvaluateConfig, ExplainConfig
 from dermcam.errors import DermcamError
 
 
@@ -101,8 +102,8 @@ def test_explain_failing_midway_is_recorded_failed(trained, tmp_path, monkeypatc
 
     monkeypatch.setattr(attribution.CamExplainer, "compute", boom)
     with pytest.raises(RuntimeError):
-        run_explain(run, methods=["gradcam"], layer="layer3", sanity=False, n_boot=20,
-                    figures=False)
+        run_explain(run, ExplainConfig(methods=["gradcam"], layer="layer3", sanity=False, n_boot=20,
+                                       figures=False))
     st = _status(run, "explain")
     assert st["status"] == "failed" and st["error"] == "CUDA out of memory"
     from dermcam.stages.report import run_report
@@ -230,7 +231,7 @@ def test_a_stage_takes_a_run_and_keeps_what_it_loaded(trained, tmp_path):
     run_dir = _copy(trained, tmp_path)
     run = runmod.Run.open(run_dir)
     ds = run.dataset
-    run_evaluate(run, n_boot=20)
+    run_evaluate(run, EvaluateConfig(n_boot=20))
     assert run.dataset is ds
     assert run.stage_entry("evaluate")["status"] == "complete"  # the run saw the write
     assert runmod.Run.of(run) is run and runmod.Run.of(run_dir).dir == run_dir

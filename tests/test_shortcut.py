@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dermcam.config import ExplainConfig, ProbeConfig
+
 # The shortcut preset's ruler, on every malignant and no benign training image; test images
 # keep the clean preset's rate (20 % of each class), so the twins' test sets are identical.
 SHORTCUT_RULER = {("train", 0): 0.0, ("train", 1): 1.0, ("test", 0): 0.2, ("test", 1): 0.2}
@@ -61,11 +63,11 @@ def _audit(root, preset):
                             # the figures below were measured in float32; --precision auto
                             # would train in bf16 on CPUs that have it and take another path
                             precision="32-true"))
-    summary = run_explain(run, methods=["gradcam++"], n_boot=200, sanity=False, figures=False,
-                          target="predicted",  # the thresholds below were measured so
-                          layer="layer3")
-    probes = run_probe(run, probes=("lesion_removed", "artifact_inserted", "artifact_removed"),
-                       artifacts=("ruler",), placements=2, n_boot=500, figures=False)
+    summary = run_explain(run, ExplainConfig(methods=["gradcam++"], n_boot=200, sanity=False,
+                                             figures=False, target="predicted", layer="layer3"))
+    probes = run_probe(run, ProbeConfig(
+        probes=("lesion_removed", "artifact_inserted", "artifact_removed"),
+        artifacts=("ruler",), placements=2, n_boot=500, figures=False))
     att = pd.read_csv(run / "attention.csv", keep_default_na=False, na_values=[""])
     by_id = {s.image_id: s for s in load_dataset(data).split("test")}
     c = ImageCache(cache)

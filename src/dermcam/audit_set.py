@@ -15,13 +15,13 @@ branch on where its images came from. Which images of another set are audited:
 - PH2, HAM10000 (no official split), a generic folder without a split column or whose
   split column is all ``test``: every image;
 
-for ``explain`` and ``probe`` only those with a lesion mask (:func:`load_external`).
+for ``explain`` and ``probe`` only those with a lesion mask (:meth:`AuditSet.at`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from dermcam.skin import ita_category, ita_with_reason
 
 __all__ = ["AuditSet", "SKIN_COLUMNS", "annotate_predictions", "available_columns",
            "by_columns", "by_names", "check_by", "cluster_name", "external_samples",
-           "image_columns", "load_external", "load_test_split", "safe_name", "stage_key"]
+           "image_columns", "load_test_split", "safe_name", "stage_key"]
 
 #: ``--by`` names served by the image itself rather than the metadata.
 SKIN_COLUMNS = ("ita", "ita_category")
@@ -59,7 +59,8 @@ class AuditSet:
     order; ``size``, ``cache``: the run's image size and decode cache; ``out``: the
     output files (the run folder, or ``RUN/external/<name>/``); ``stage``: the stage's
     manifest key; ``name``: the external set's folder name (None for the run's own test
-    split); ``which``: the external set's images, in words.
+    split); ``which``: the external set's images, in words; ``labels``: the artifact
+    label file joined to ``ds``, if one was given.
     """
 
     ds: Any
@@ -70,41 +71,47 @@ class AuditSet:
     stage: str
     name: str | None = None
     which: str | None = None
+    labels: str | Path | None = None
 
     @classmethod
-    def test_split(cls, run: runmod.Run, stage: str, *, limit: int | None = None,
-                   require_masks: bool = False, progress=None,
-                   artifacts: str | Path | None = None, warm: bool = True,
-                   missing: str | None = None) -> AuditSet:
-        """The run's own test split (only images with a lesion mask with
-        ``require_masks``; the first ``limit``), outputs in the run folder, manifest key
-        ``stage``. ``artifacts``: an artifact label file joined instead of the run's;
-        ``warm``: decode what the cache lacks now; ``missing``: the refusal when no image
-        is left (default :func:`load_test_split`'s)."""
-        ds = run.dataset if artifacts is None else load_dataset(run.data_root,
-                                                                artifacts=artifacts)
-        samples = _test_samples(ds, limit, require_masks)
+    def open(cls, run: runmod.Run, data: str | Path | None = None, *, name: str | None = None,
+             artifacts: str | Path | None = None) -> AuditSet:
+        """The images a run's stages audit: its own test split (``data`` None; outputs in
+        the run folder), or those another data set scores (:func:`external_samples`;
+        outputs in ``RUN/external/<name>/``). ``artifacts``: an artifact label file joined
+        to the data set (for the run's own split, instead of the one the run records).
+        Each stage keys it to itself with :meth:`at`."""
+        if data is None:
+            ds = run.dataset if artifacts is None else load_dataset(run.data_root,
+                                                                    artifacts=artifacts)
+            return cls(ds, ds.split("test"), run.image_size, run.cache, run.outputs, "",
+                       labels=artifacts)
+        ds = load_dataset(data, artifacts=artifacts)
+        name = safe_name(name or Path(data).resolve().name)
+        samples, which = external_samples(ds)
+        return cls(ds, samples, run.image_size, run.cache, run.external(name), "", name, which,
+                   labels=artifacts)
+
+    def at(self, stage: str, *, masks: bool = False, limit: int | None = None,
+           what: str = "attention leakage", missing: str | None = None, warm: bool = False,
+           progress=None) -> AuditSet:
+        """These images as stage ``stage`` audits them (its manifest key, :meth:`key`):
+        only those with a lesion mask with ``masks``, the first ``limit``; refused in one
+        line when none is left (``missing``, or words naming ``what`` needs the masks).
+        ``warm``: decode what the cache lacks now."""
+        samples = [s for s in self.samples if s.mask_path is not None] if masks else \
+            self.samples
         if not samples:
-            what = "test images with masks" if require_masks else "test images"
-            raise DermcamError(missing or f"the data set has no {what}", ds.root)
-        if warm and run.cache.enabled:
-            warm_cache(samples, run.image_size, run.cache, progress=progress)
-        return cls(ds, samples, run.image_size, run.cache, run.outputs, stage)
-
-    @classmethod
-    def external_set(cls, run: runmod.Run, data: str | Path, stage: str | None, *,
-                     name: str | None = None, artifacts: str | Path | None = None,
-                     limit: int | None = None, what: str = "attention leakage",
-                     warm: bool = False) -> AuditSet:
-        """Another data set's masked images (:func:`load_external`; the first ``limit``),
-        outputs in ``RUN/external/<name>/``, manifest key :func:`stage_key` of ``stage``
-        (None: evaluate's). ``what``: the refusal's words when no image has a mask."""
-        ds, samples, which, name = load_external(data, name, artifacts, what=what)
+            if missing is None and self.external:
+                missing = (f"the external set has no lesion masks among the "
+                           f"{len(self.samples)} images scored ({self.which}): {what} needs "
+                           "them")
+            raise DermcamError(missing or "the data set has no test images" +
+                               " with masks" * masks, self.ds.root)
         samples = samples[:limit] if limit else samples
-        if warm and run.cache.enabled:
-            warm_cache(samples, run.image_size, run.cache)
-        return cls(ds, samples, run.image_size, run.cache, run.external(name),
-                   stage_key(name, stage), name, which)
+        if warm and self.cache.enabled:
+            warm_cache(samples, self.size, self.cache, progress=progress)
+        return replace(self, samples=samples, stage=self.key(stage))
 
     @property
     def external(self) -> bool:
@@ -140,19 +147,12 @@ class AuditSet:
                 "root": str(Path(self.ds.root).resolve()), "layout": self.ds.layout}
 
 
-def _test_samples(ds, limit: int | None, require_masks: bool) -> list:
-    samples = ds.split("test")
-    if require_masks:
-        samples = [s for s in samples if s.mask_path is not None]
-    return samples[:limit] if limit else samples
-
-
 def load_test_split(run: runmod.Run, artifacts: str | Path | None = None):
     """``(dataset, samples, CachedSplit)``: the run's test split at the run's image size,
     streamed from the run's decode cache (warmed here).
 
     ``artifacts``: an artifact label file joined instead of the one the run records."""
-    audit = AuditSet.test_split(run, "evaluate", artifacts=artifacts)
+    audit = AuditSet.open(run, artifacts=artifacts).at("evaluate", warm=True)
     return audit.ds, audit.samples, audit.split
 
 
@@ -181,23 +181,6 @@ def stage_key(name: str, stage: str | None = None) -> str:
     evaluate (``stage`` None), ``external:<name>/<stage>`` for ``explain`` or ``probe``
     (names never hold ``/``)."""
     return f"external:{name}" if stage is None else f"external:{name}/{stage}"
-
-
-def load_external(data: str | Path, name: str | None = None,
-                  artifacts: str | Path | None = None, what: str = "attention leakage"
-                  ) -> tuple[Any, list, str, str]:
-    """``(data set, its masked samples to audit, which images, folder name)`` for
-    ``explain --data`` and ``probe --data``: the images :func:`external_samples` scores,
-    those with a lesion mask; refused in one line when none has one. ``artifacts``: a
-    per-image artifact label file joined to the external set."""
-    ds = load_dataset(data, artifacts=artifacts)
-    name = safe_name(name or Path(data).resolve().name)
-    samples, which = external_samples(ds)
-    masked = [s for s in samples if s.mask_path is not None]
-    if not masked:
-        raise DermcamError(f"the external set has no lesion masks among the {len(samples)} "
-                           f"images scored ({which}): {what} needs them", ds.root)
-    return ds, masked, which, name
 
 
 # ------------------------------------------------------------------ per-image columns

@@ -340,15 +340,14 @@ def evaluate(
       dermcam evaluate runs/r1 --artifact-labels isic_bias.csv
       dermcam evaluate runs/r1 --data data/ph2 --name ph2 --exclude-duplicates
     """
-    from dermcam.audit_set import by_columns
+    from dermcam.config import EvaluateConfig
     from dermcam.stages.evaluate import run_evaluate
     from dermcam.views import external_table, labels_line, metrics_tables, subgroup_tables
 
+    cfg = _config(EvaluateConfig, locals())
     with progress_bar("load test images") as cb:
-        result = run_evaluate(run_dir, n_boot=n_boot, progress=cb, data=data, name=name,
-                              by=by_columns(by), min_group=min_group,
-                              exclude_duplicates=exclude_duplicates, device=device,
-                              artifacts=artifact_labels)
+        result = run_evaluate(run_dir, cfg, _audit_set(run_dir, data, name, artifact_labels),
+                              progress=cb)
     if result.get("artifact_labels"):
         console.print(labels_line(result["artifact_labels"]), highlight=False)
     tables = metrics_tables(result)
@@ -363,6 +362,23 @@ def evaluate(
     _finish(run_dir, "evaluate", tables + subgroup_tables(result),
             ("discrimination", "calibration", "external", "subgroups"),
             _folder(run_dir, ext and ext["name"]) / runmod.METRICS)
+
+
+def _config(cls, options: dict, **more):
+    """The stage's config (:mod:`dermcam.config`) from the command's options of the same
+    names; ``--by`` as a tuple of columns."""
+    from dermcam.audit_set import by_columns
+
+    same = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
+    return cls(**{**same, "by": by_columns(options.get("by")), **more})
+
+
+def _audit_set(run_dir: Path, data: Path | None, name: str | None, artifacts: Path | None):
+    """The images a stage audits: the run's test split, or with ``--data`` another set's
+    (``artifacts``: labels joined to it)."""
+    from dermcam.audit_set import AuditSet
+
+    return AuditSet.open(runmod.Run.open(run_dir), data, name=name, artifacts=artifacts)
 
 
 def _folder(run_dir: Path, external: str | None) -> Path:
@@ -443,24 +459,18 @@ def explain(
       dermcam explain runs/r1 --methods hirescam --layer last --artifact-labels isic_bias.csv
       dermcam explain runs/r1 --data data/ph2 --name ph2
     """
-    from dermcam.audit_set import by_columns
+    from dermcam.config import ExplainConfig
     from dermcam.run import record_in_run
     from dermcam.stages.explain import run_explain
     from dermcam.views import attention_sections, external_line
 
     if artifact_labels is not None and data is None:  # attention summary by artifact presence
         console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
+    cfg = _config(ExplainConfig, locals(), methods=names(methods), bench_methods=(
+        None if bench_methods in (None, "all") else names(bench_methods)))
+    audit = _audit_set(run_dir, data, name, artifact_labels) if data is not None else None
     with progress_bar("Grad-CAM batches") as cb:
-        summary = run_explain(run_dir, methods=names(methods), target=target,
-                              normalize=normalize, limit=limit, batch_size=batch_size,
-                              sanity=sanity, n_boot=n_boot, progress=cb, shard=shard,
-                              merge=merge, layer=layer,
-                              bench_methods=(None if bench_methods in (None, "all") else
-                                             names(bench_methods)),
-                              bench_images=bench_images, cascade=cascade, margin=margin,
-                              device=device, data=data, name=name, by=by_columns(by),
-                              min_group=min_group,
-                              artifacts=artifact_labels if data is not None else None)
+        summary = run_explain(run_dir, cfg, audit, progress=cb)
     ext = summary.get("external") or {}
     where = _folder(run_dir, ext.get("name"))
     if shard is not None:
@@ -589,7 +599,8 @@ def probe(
       dermcam probe runs/r1 --probes artifact_inserted --artifacts ruler,ink --placements 5
       dermcam probe runs/r1 --artifact-labels isic_bias.csv --precision auto
     """
-    from dermcam.audit_set import by_columns, safe_name
+    from dermcam.audit_set import safe_name
+    from dermcam.config import ProbeConfig
     from dermcam.device import resolve_device
     from dermcam.run import record_in_run
     from dermcam.stages.probe import PROBES, read_summary_object, run_probe
@@ -597,18 +608,15 @@ def probe(
 
     if artifact_labels is not None and data is None:
         console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
+    st = runmod.Run.open(run_dir).stage_entry("explain").get("status")
+    explained = data is None and st == runmod.STATUS_COMPLETE
+    cfg = _config(ProbeConfig, locals(), artifacts=names(artifacts) or None,
+                  device=str(resolve_device(device)),
+                  probes=names(probes) or [*PROBES, *["context_swap"] * bool(artifact_labels),
+                                           *["hot_spots"] * explained])
+    audit = _audit_set(run_dir, data, name, artifact_labels) if data is not None else None
     with progress_bar("probe batches") as cb:
-        st = runmod.Run.open(run_dir).stage_entry("explain").get("status")
-        explained = data is None and st == runmod.STATUS_COMPLETE
-        chosen = names(probes) or [*PROBES, *["context_swap"] * bool(artifact_labels),
-                                    *["hot_spots"] * explained]
-        entries = run_probe(run_dir, probes=chosen, artifacts=names(artifacts) or None,
-                            placements=placements, seed=seed, limit=limit,
-                            batch_size=batch_size, inpaint_method=inpaint, n_boot=n_boot,
-                            progress=cb, device=str(resolve_device(device)), data=data,
-                            name=name, by=by_columns(by), min_group=min_group,
-                            artifact_labels=artifact_labels if data is not None else None,
-                            precision=precision)
+        entries = run_probe(run_dir, cfg, audit, progress=cb)
     where = _folder(run_dir, safe_name(name or Path(data).resolve().name) if data else None)
     summary = read_summary_object(where) or {}
     ext = summary.get("external") or {}

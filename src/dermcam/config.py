@@ -1,8 +1,10 @@
-"""The training configuration: what a run records in its manifest and every stage reads.
+"""What each stage is asked to do: one dataclass per stage, filled by its command's options.
 
-:class:`TrainConfig` is the dataclass ``dermcam train`` fills from its options and
-writes to ``manifest.json`` (``config``); :class:`dermcam.run.Run` turns it back into one
-(``run.config``). :func:`parse_lr` reads ``--lr``. :data:`NEGLIGIBLE_DELTA` is the probes'
+:class:`TrainConfig` is what ``dermcam train`` writes to ``manifest.json`` (``config``)
+and every later stage reads back (``run.config``); :func:`parse_lr` reads ``--lr``.
+:class:`EvaluateConfig`, :class:`ExplainConfig` and :class:`ProbeConfig` are the other
+stages' settings: ``run_x(run, config, audit)`` takes one with the images it audits
+(:class:`dermcam.audit_set.AuditSet`). :data:`NEGLIGIBLE_DELTA` is the probes'
 margin, shared by the probe stage, its pictures and the demo. Plain data, no heavy imports, so the
 run folder and the stages share it without importing the training stage.
 """
@@ -14,7 +16,8 @@ from dataclasses import dataclass, field
 
 from dermcam.errors import DermcamError
 
-__all__ = ["NEGLIGIBLE_DELTA", "TrainConfig", "parse_lr"]
+__all__ = ["EvaluateConfig", "ExplainConfig", "NEGLIGIBLE_DELTA", "ProbeConfig", "TrainConfig",
+           "parse_lr"]
 
 #: A change in P(malignant) below this is negligible: the probes' equivalence margin
 #: (context swap, hot spots), the demo's "reacts" rule and the pictures' red numbers.
@@ -103,3 +106,68 @@ def parse_lr(spec: str | float) -> tuple[float, dict[str, float]]:
         else:
             default = rate
     return default, per
+
+
+# ------------------------------------------------------------------ the audit stages
+# ``by``: columns (metadata, ``ita``) for results by subgroup, groups under ``min_group``
+# images too few to estimate; ``device``: auto, cpu, cuda or cuda:i
+# (dermcam.device.resolve_device); ``n_boot``: bootstrap resamples of every CI.
+
+@dataclass
+class EvaluateConfig:
+    """``dermcam evaluate`` (:func:`dermcam.stages.evaluate.run_evaluate`)."""
+
+    n_boot: int = 1000
+    seed: int | None = None  # the bootstrap's; None: the run's
+    by: tuple[str, ...] = ()
+    min_group: int | None = None
+    exclude_duplicates: bool = False  # an external set: leave out the run's own images
+    device: str = "cpu"
+
+
+@dataclass
+class ExplainConfig:
+    """``dermcam explain`` (:func:`dermcam.stages.explain.run_explain`)."""
+
+    methods: tuple[str, ...] = ("gradcam",)  # or ("auto",): chosen with the layer
+    target: str = "malignant"  # the class each heatmap explains: or predicted, true
+    normalize: str = "minmax"  # or raw
+    limit: int | None = None  # the first N images only
+    batch_size: int = 16
+    fast: bool = True  # BatchNorm folded into the convolutions
+    sanity: bool = True  # the randomised-weights sanity check
+    n_boot: int = 1000
+    figures: bool = True
+    shard: str | tuple[int, int] | None = None  # "i/n": that part of the batches only
+    merge: bool = False  # score the batches every shard wrote
+    layer: str | dict | None = "auto"  # dermcam.layer_choice.parse_layer_spec
+    bench_methods: tuple[str, ...] | None = None  # the localisation benchmark's (None: all)
+    bench_images: int = 64
+    cascade: bool = True  # cascading randomisation in the sanity check
+    margin: float = 0.02  # the size-confound TOST's equivalence margin
+    device: str = "cpu"
+    by: tuple[str, ...] = ()
+    min_group: int | None = None
+
+
+@dataclass
+class ProbeConfig:
+    """``dermcam probe`` (:func:`dermcam.stages.probe.run_probe`); ``probes``,
+    ``artifacts``, ``placements``, ``seed``, ``dilate`` and ``inpaint`` are what each
+    image's variants are made of (:class:`dermcam.perturb.PerturbConfig`)."""
+
+    probes: tuple[str, ...] | None = None  # None: dermcam.perturb.PROBES
+    artifacts: tuple[str, ...] | None = None  # painted ones; None: every painter
+    placements: int = 3
+    seed: int | None = None  # None: the run's
+    limit: int | None = None
+    batch_size: int = 32
+    inpaint: str = "telea"
+    dilate: float | None = None  # None: dermcam.perturb.DILATE_FRACTION
+    n_boot: int = 1000
+    figures: bool = True
+    workers: int | None = None
+    device: str = "cpu"
+    by: tuple[str, ...] = ()
+    min_group: int | None = None
+    precision: str = "32-true"  # or bf16-mixed, auto (dermcam.device.inference_precision)

@@ -39,7 +39,7 @@ from dermcam import run as runmod
 from dermcam import views
 from dermcam.attribution import CamExplainer, check_method
 from dermcam.augment import preprocess
-from dermcam.config import NEGLIGIBLE_DELTA, TrainConfig
+from dermcam.config import NEGLIGIBLE_DELTA, ExplainConfig, ProbeConfig, TrainConfig
 from dermcam.data.artifact_labels import PREFIX
 from dermcam.data.synth import ARTIFACTS, SynthConfig, generate
 from dermcam.errors import DermcamError
@@ -51,7 +51,7 @@ from dermcam.pictures import render_shortcut_example
 from dermcam.stages.evaluate import run_evaluate
 from dermcam.stages.explain import run_explain
 from dermcam.stages.probe import (
-    ProbeConfig,
+    PerturbConfig,
     artifact_flags,
     find,
     perturb,
@@ -192,13 +192,14 @@ def _study(ui: _DemoSteps, data: Path, run: Path, models: list[str], method: str
     ui.step(4, "attention on every test image, every model; the CAM method and layer "
             "chosen per model on masked validation images")
     with ui.bar("CAM batches") as cb:
-        summary = run_explain(run, methods=[method], batch_size=32, progress=cb,
-                              bench_methods=list(DEMO_BENCH_METHODS), cascade=False)
+        summary = run_explain(run, ExplainConfig(methods=[method], batch_size=32,
+                                                 bench_methods=list(DEMO_BENCH_METHODS),
+                                                 cascade=False), progress=cb)
     ui.show_stage(run, "explain", lambda: views.attention_sections(summary))
     ui.step(5, "behavioural probes: lesion removed, background removed, artifacts "
             "inserted and removed, every test image and model")
     with ui.bar("probe batches") as cb:
-        entries = run_probe(run, placements=DEMO_PLACEMENTS, progress=cb)
+        entries = run_probe(run, ProbeConfig(placements=DEMO_PLACEMENTS), progress=cb)
     ui.show_stage(run, "probe", lambda: views.probe_sections({"entries": entries}))
     return summary
 
@@ -233,12 +234,13 @@ def _shortcut_study(ui: _DemoSteps, out: Path, run: Path, models: list[str],
         run_evaluate(srun, progress=cb)
     cmethod, clayer = _chosen(summary, shortcut_model)
     with ui.bar("CAM batches") as cb:
-        run_explain(srun, methods=[cmethod], batch_size=32, progress=cb,
-                    layer={shortcut_model: clayer}, sanity=False, figures=False)
+        run_explain(srun, ExplainConfig(methods=[cmethod], batch_size=32,
+                                        layer={shortcut_model: clayer}, sanity=False,
+                                        figures=False), progress=cb)
     with ui.bar("probe batches") as cb:
-        run_probe(srun, probes=("artifact_inserted", "artifact_removed"),
-                  artifacts=(SHORTCUT_ARTIFACT,), placements=DEMO_PLACEMENTS,
-                  progress=cb, figures=False)
+        run_probe(srun, ProbeConfig(probes=("artifact_inserted", "artifact_removed"),
+                                    artifacts=(SHORTCUT_ARTIFACT,), placements=DEMO_PLACEMENTS,
+                                    figures=False), progress=cb)
     experiment = shortcut_experiment(run, srun, shortcut_model, cmethod)
     experiment["example"] = write_shortcut_example(run, srun, shortcut_model, cmethod,
                                                    clayer, SHORTCUT_ARTIFACT)
@@ -433,7 +435,7 @@ def _probe_config(run: runmod.Run, artifact: str):
     placement of ``artifact``: the pixels ``artifact_inserted`` pasted at placement 0."""
     rec = run.stage_setting("probe", "config") or {}
     rec = rec if isinstance(rec, dict) else {}
-    return ProbeConfig(probes=("artifact_inserted",), artifacts=(artifact,), placements=1,
+    return PerturbConfig(probes=("artifact_inserted",), artifacts=(artifact,), placements=1,
                        seed=int(rec.get("seed", run.seed)),
                        dilate=float(rec.get("dilate", DILATE_FRACTION)))
 

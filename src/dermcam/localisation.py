@@ -368,7 +368,7 @@ def paired_artifact_ratio(df, control, artifact: str, n_boot: int = 1000, seed: 
 def masked_test_set(run: runmod.Run) -> AuditSet:
     """The run's own masked test images (the explain stage's, heatmaps and scores in the
     run folder; the benchmark's images where validation images are too few)."""
-    return AuditSet.test_split(run, "explain", require_masks=True, warm=False, missing=(
+    return AuditSet.open(run).at("explain", masks=True, missing=(
         "no test images with lesion masks: attention leakage needs masks"))
 
 

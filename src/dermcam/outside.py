@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from dermcam import run as runmod
+from dermcam.audit_set import AuditSet
 from dermcam.checkpoints import save_checkpoint
-from dermcam.config import TrainConfig
+from dermcam.config import EvaluateConfig, ExplainConfig, ProbeConfig, TrainConfig
 from dermcam.data import load_dataset
 from dermcam.data.cache import ImageCache
 from dermcam.data.cached_split import CachedSplit
@@ -364,17 +365,19 @@ def audit(model, data: str | Path, out: str | Path, *, arch: str | None = None,
         say(runmod.record_in_run(run.dir, artifact_labels))
     say("[2/5] evaluation on the test split (bootstrap CIs)")
     with bar("evaluate") as cb:
-        run_evaluate(run.dir, progress=cb, by=tuple(by), device=dev, artifacts=artifact_labels)
+        run_evaluate(run.dir, EvaluateConfig(by=tuple(by), device=dev),
+                     AuditSet.open(run, artifacts=artifact_labels), progress=cb)
     say("[3/5] attention: the localisation benchmark chooses the CAM method and layer on "
         "validation images; sanity check; every test image")
     with bar("CAM batches") as cb:
-        run_explain(run.dir, methods=["auto"], limit=limit, progress=cb, device=dev,
-                    by=tuple(by))
+        run_explain(run.dir, ExplainConfig(methods=["auto"], limit=limit, device=dev,
+                                           by=tuple(by)), progress=cb)
     say("[4/5] behavioural probes")
     probes = [*PROBES, *["context_swap"] * (artifact_labels is not None), "hot_spots"]
     with bar("probe batches") as cb:
-        run_probe(run.dir, probes=probes, placements=placements, limit=limit, progress=cb,
-                  device=dev, by=tuple(by), precision=precision)
+        run_probe(run.dir, ProbeConfig(probes=probes, placements=placements, limit=limit,
+                                       device=dev, by=tuple(by), precision=precision),
+                  progress=cb)
     say("[5/5] report")
     run_report(run.dir)
     return runmod.Run.open(run.dir)

@@ -8,7 +8,7 @@ heatmap marks (:func:`hot_regions`) inpainted away or moved into another image
 (:func:`random_like`). Images are ``(H, W, 3) uint8``, masks ``(H, W)`` bool. OpenCV is
 imported at first use.
 
-:func:`perturb` makes every variant a :class:`ProbeConfig` asks for of one image, in a
+:func:`perturb` makes every variant a :class:`PerturbConfig` asks for of one image, in a
 fixed order, each placement from its own seeded generator.
 """
 
@@ -363,7 +363,7 @@ class Variant:
 
 
 @dataclass
-class ProbeConfig:
+class PerturbConfig:
     """What :func:`perturb` makes for each image (recorded in the manifest)."""
 
     probes: tuple[str, ...] = PROBES
@@ -426,7 +426,7 @@ class Clock:
 
 
 def perturb(image: np.ndarray, mask: np.ndarray, artifacts: np.ndarray | None, image_id: str,
-            cfg: ProbeConfig, clock: Clock | None = None) -> list[Variant]:
+            cfg: PerturbConfig, clock: Clock | None = None) -> list[Variant]:
     """Every perturbation ``cfg`` asks for of one image, in a fixed order.
 
     ``image (S, S, 3) uint8``, ``mask (S, S)`` lesion, ``artifacts (S, S) uint8`` codes

@@ -15,7 +15,7 @@ import pandas as pd
 
 from dermcam.formatting import is_number
 from dermcam.io import save_figure
-from dermcam.perturb import ProbeConfig, Variant, perturb, probe_order
+from dermcam.perturb import PerturbConfig, Variant, perturb, probe_order
 from dermcam.plots import new_figure
 from dermcam.probe_stats import find, normalise_rows
 
@@ -109,7 +109,7 @@ def build_examples_figure(examples: Sequence[tuple[str, int, list[Variant], np.n
 
 
 def write_figures(figdir: Path, df: pd.DataFrame, entries, samples, cache, size: int,
-                  cfg: ProbeConfig, displays: dict[str, str]) -> None:
+                  cfg: PerturbConfig, displays: dict[str, str]) -> None:
     """The three figures into ``figdir``; the examples are a malignant then a benign probed
     image (``samples``, pixels from ``cache`` at ``size``), the first carrying an artifact,
     each with one placement of every perturbation ``cfg`` asks for."""

@@ -19,7 +19,7 @@ import pandas as pd
 from dermcam.audit_set import by_names
 from dermcam.data.artifact_labels import PREFIX, split_by_presence
 from dermcam.evaluation import batch_ranking_metrics
-from dermcam.perturb import ProbeConfig, probe_order
+from dermcam.perturb import PerturbConfig, probe_order
 from dermcam.stats import (
     adjust_pvalues,
     bootstrap_indices,
@@ -90,7 +90,7 @@ def diff_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
             "n": len(d), **class_summary(d, labels, n_boot, seed, prefix)}
 
 
-def _method(probe: str, artifact: str, cfg: ProbeConfig, placements: int) -> str:
+def _method(probe: str, artifact: str, cfg: PerturbConfig, placements: int) -> str:
     """How a probe changed the images, in words (an entry's ``method``)."""
     if probe == "lesion_removed":
         return (f"OpenCV inpainting ({cfg.inpaint}) of the lesion dilated by "
@@ -103,7 +103,7 @@ def _method(probe: str, artifact: str, cfg: ProbeConfig, placements: int) -> str
     return f"OpenCV inpainting ({cfg.inpaint}) of the {artifact} pixels"
 
 
-def summarise(df: pd.DataFrame, cfg: ProbeConfig | None = None, n_boot: int = 1000,
+def summarise(df: pd.DataFrame, cfg: PerturbConfig | None = None, n_boot: int = 1000,
               seed: int = 0, attention: pd.DataFrame | None = None) -> list[dict[str, Any]]:
     """``probe.csv`` rows -> one entry per model x probe [x artifact].
 
@@ -119,7 +119,7 @@ def summarise(df: pd.DataFrame, cfg: ProbeConfig | None = None, n_boot: int = 10
     ``|delta|`` with a bootstrap CI.
     """
     entries: list[dict[str, Any]] = []
-    cfg = cfg or ProbeConfig()
+    cfg = cfg or PerturbConfig()
     df = normalise_rows(df)
     for (model, probe, artifact), g in df.groupby(["model", "probe", "artifact"], sort=False,
                                                   dropna=False):

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from dermcam import run as runmod
-from dermcam.config import TrainConfig
+from dermcam.config import EvaluateConfig, ExplainConfig, TrainConfig
 from dermcam.data import detect_layout
 from dermcam.errors import DermcamError
 from dermcam.evaluation import format_comparison
@@ -192,7 +192,7 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
         f"weights {weights}); run folder {run}")
     train(cfg, overwrite=True, resume=resume)
     say("Evaluating on the test set (95% bootstrap CIs)...")
-    result = run_evaluate(run, n_boot=n_boot)
+    result = run_evaluate(run, EvaluateConfig(n_boot=n_boot))
     figs = runmod.Outputs(run).figures
     written = [_copy(figs / "model_comparison.png", results / "model_comparison.png")]
     for name in result["models"]:
@@ -298,8 +298,8 @@ def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     # The study's layer (the last convolutional block) and target (the predicted class), to
     # reproduce its numbers; 'dermcam explain' chooses a layer that localises instead
     # (--layer auto) and explains the malignant class of every image.
-    summary = run_explain(run, methods=[METHOD], batch_size=batch_size, n_boot=n_boot,
-                          progress=progress, layer="last", target="predicted")
+    summary = run_explain(run, ExplainConfig(methods=[METHOD], batch_size=batch_size, n_boot=n_boot,
+                                             layer="last", target="predicted"), progress=progress)
     figs = runmod.Outputs(run).figures
     summary_dir = results / "summary_plots"
     written = [

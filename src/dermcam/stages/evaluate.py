@@ -4,7 +4,7 @@
 checkpoint into the run folder (``predictions.csv``, ``metrics.json``, ``metrics.csv``,
 ``figures/``; each model card gets its test metrics), stage ``evaluate``.
 
-``dermcam evaluate RUN --data OTHER`` (:func:`run_external`) scores another data set of
+``dermcam evaluate RUN --data OTHER`` (:func:`_external`) scores another data set of
 any supported layout (which images: :mod:`dermcam.audit_set`), with the thresholds chosen
 on the training data's validation split, into ``RUN/external/<name>/`` (the same files),
 stage ``external:<name>``. Its ``metrics.json`` holds the same blocks
@@ -19,6 +19,7 @@ or as near-duplicates (:mod:`dermcam.duplicates`), and left out with
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,14 @@ from dermcam import run as runmod
 from dermcam.audit_set import (
     AuditSet,
     annotate_predictions,
+    by_columns,
     by_names,
     check_by,
     cluster_name,
-    external_samples,
-    safe_name,
-    stage_key,
 )
 from dermcam.calibration import apply_temperature, bias_of, calibration_summary, temperature_of
 from dermcam.checkpoints import update_model_card
+from dermcam.config import EvaluateConfig
 from dermcam.data import load_dataset
 from dermcam.data.artifact_labels import PREFIX, artifact_columns, read_artifact_labels
 from dermcam.data.cache import warm_cache
@@ -54,39 +54,32 @@ from dermcam.subgroups import MIN_GROUP, subgroup_analyses
 log = logging.getLogger(__name__)
 
 
-def run_evaluate(run_dir: runmod.Run | str | Path, n_boot: int = 1000, seed: int | None = None,
-                 progress=None, data: str | Path | None = None, name: str | None = None,
-                 by: tuple[str, ...] = (), min_group: int | None = None,
-                 exclude_duplicates: bool = False, device: str = "cpu",
-                 artifacts: str | Path | None = None) -> dict[str, Any]:
-    """Predict the test split with every model's best checkpoint and write the metrics.
+def run_evaluate(run_dir: runmod.Run | str | Path, config: EvaluateConfig | None = None,
+                 audit: AuditSet | None = None, progress=None) -> dict[str, Any]:
+    """Predict the audited images with every model's best checkpoint and write the metrics
+    (:class:`~dermcam.config.EvaluateConfig` says what each setting does).
 
-    ``device``: where the models run (:func:`dermcam.device.resolve_device`: auto, cpu,
-    cuda, cuda:i), with a batch size that suits it.
-
+    ``audit``: the images (:meth:`AuditSet.open`; default the run's own test split).
     Refused before the stage starts (one line) when training is not complete, the device
-    is unavailable, a ``by`` column or the artifact labels do not fit, or the test split
-    holds one class; a failure once it has started is recorded as 'failed'.
-    ``data``: score another data set instead, into ``RUN/external/<name>/``
-    (:func:`run_external`). ``by``: metadata columns (or ``ita``) for
-    per-subgroup metrics (:mod:`dermcam.subgroups`), groups under ``min_group`` images
-    reported as too few to estimate. ``artifacts``: a per-image artifact label file
-    (:mod:`dermcam.data.artifact_labels`) joined to the data scored, each artifact's
-    presence then one more ``by`` column; for the run's own
-    test split it is recorded in the manifest (``data.artifacts``, for the later stages)
-    once every check has passed, for ``data`` it labels that set only.
+    is unavailable, a ``by`` column or the artifact labels do not fit, or the images hold
+    one class; a failure once it has started is recorded as 'failed'. Per-subgroup
+    metrics (:mod:`dermcam.subgroups`) for each ``by`` column and, where the audit set
+    joined an artifact label file (:mod:`dermcam.data.artifact_labels`), for each
+    artifact's presence. For the run's own test split that file is then recorded in the
+    manifest (``data.artifacts``, for the later stages), once every check has passed;
+    another set's labels label that set only (:func:`_external`).
     """
-    device = str(resolve_device(device))  # an unavailable device: refused here, once
-    if artifacts is not None:  # the metrics are also split by each artifact's presence
-        by = tuple(dict.fromkeys([*by, *artifact_columns(read_artifact_labels(artifacts))]))
-    if data is not None:
-        return run_external(run_dir, data, name=name, n_boot=n_boot, seed=seed, by=by,
-                            min_group=min_group, exclude_duplicates=exclude_duplicates,
-                            progress=progress, device=device, artifacts=artifacts)
+    cfg = config or EvaluateConfig()
+    device = str(resolve_device(cfg.device))  # an unavailable device: refused here, once
     run = runmod.Run.of(run_dir, require="train")
-    run_dir = run.dir
-    seed = run.seed if seed is None else seed
-    audit = AuditSet.test_split(run, "evaluate", progress=progress, artifacts=artifacts)
+    audit = audit or AuditSet.open(run)
+    seed = run.seed if cfg.seed is None else cfg.seed
+    by = by_columns(cfg.by)
+    if audit.labels is not None:  # the metrics are also split by each artifact's presence
+        by = tuple(dict.fromkeys([*by, *artifact_columns(read_artifact_labels(audit.labels))]))
+    if audit.external:
+        return _external(run, audit, cfg, by, seed, device, progress)
+    audit = audit.at("evaluate", warm=True, progress=progress)
     ds, labels = audit.ds, audit.split.labels
     if len(np.unique(labels)) < 2:  # refused before the stage starts
         have, lack = ("malignant", "benign") if labels[0] else ("benign", "malignant")
@@ -95,47 +88,33 @@ def run_evaluate(run_dir: runmod.Run | str | Path, n_boot: int = 1000, seed: int
                            f"specificity are undefined; add {lack} test images", ds.root)
     if by:
         check_by(ds, by)
-    if artifacts is not None:  # every check passed: now the run keeps the labels
-        runmod.record_in_run(run.dir, artifacts, ds=ds)
+    if audit.labels is not None:  # every check passed: now the run keeps the labels
+        runmod.record_in_run(run.dir, audit.labels, ds=ds)
         run.refresh()
     # a failure from here on is recorded, so 'report' says why rather than using old files
     with run.stage(audit.stage) as record:
-        result = _evaluate(run, audit, n_boot, seed, by, min_group, device=device,
-                           labels=labels_info(artifacts, ds))
-        record.update(n_test=len(audit.samples), n_boot=n_boot)
+        result = _evaluate(run, audit, cfg.n_boot, seed, by, cfg.min_group, device=device,
+                           labels=labels_info(audit.labels, ds))
+        record.update(n_test=len(audit.samples), n_boot=cfg.n_boot)
     return result
 
 
-def run_external(run_dir: runmod.Run | str | Path, data: str | Path, name: str | None = None,
-                 n_boot: int = 1000, seed: int | None = None, by=(),
-                 min_group: int | None = None, exclude_duplicates: bool = False,
-                 progress=None, device: str = "cpu",
-                 artifacts: str | Path | None = None) -> dict[str, Any]:
-    """Score the run's models on ``data``; write ``RUN/external/<name>/``. Returns the
-    metrics (``metrics.json``, the internal evaluation's blocks, calibration included:
+def _external(run: runmod.Run, audit: AuditSet, cfg: EvaluateConfig, by, seed: int,
+              device: str, progress) -> dict[str, Any]:
+    """Score the run's models on another data set; write ``RUN/external/<name>/``. Returns
+    the metrics (``metrics.json``, the internal evaluation's blocks, calibration included:
     :func:`score_predictions`), with ``external`` describing the set and its duplicates.
-
-    ``device``: where the models run (:func:`dermcam.device.resolve_device`).
-    ``artifacts``: a per-image artifact label file joined to ``data`` (as ``explain
-    --data`` and ``probe --data`` do), so ``by`` may name its ``artifact_<name>``
-    columns; the run's own manifest is not changed. Everything is checked (device,
-    labels, ``by``, both classes) before the stage is recorded."""
-    run = runmod.Run.of(run_dir, require="train")
-    run_dir = run.dir
-    seed = run.seed if seed is None else seed
-    device = str(resolve_device(device))
-    ds = load_dataset(data, artifacts=artifacts)
+    Its artifact labels label that set only (the run's own manifest is not changed).
+    Everything is checked (labels, ``by``, both classes) before the stage is recorded."""
+    ds, samples, name = audit.ds, audit.samples, audit.name
     check_by(ds, by)
-    name = safe_name(name or Path(data).resolve().name)
-    samples, which = external_samples(ds)
     labels = {s.label for s in samples}
     if len(labels) < 2:
         raise DermcamError(f"the external set holds only {'malignant' if 1 in labels else 'benign'}"
                            " images: ROC AUC, sensitivity and specificity are undefined", ds.root)
-    audit = AuditSet(ds, samples, run.image_size, run.cache, run.external(name),
-                     stage_key(name), name, which)
-    joined = labels_info(artifacts, ds) if artifacts is not None else None
-    with run.stage(audit.stage, data=str(Path(data).resolve()),
+    audit = audit.at("evaluate")
+    joined = labels_info(audit.labels, ds)
+    with run.stage(audit.stage, data=str(Path(ds.root).resolve()),
                    artifacts=joined["file"] if joined else None) as record:
         if audit.cache.enabled:
             warm_cache(samples, audit.size, audit.cache, progress=progress)
@@ -143,20 +122,19 @@ def run_external(run_dir: runmod.Run | str | Path, data: str | Path, name: str |
         own_split = CachedSplit(own.samples, run.image_size, run.cache)
         dups = _duplicates(samples, audit.split, own.samples, own_split)
         n_all = len(samples)
-        if exclude_duplicates and dups:
+        if cfg.exclude_duplicates and dups:
             samples = [s for s in samples if s.image_id not in dups]
             if len({s.label for s in samples}) < 2:
                 raise DermcamError("without its duplicates the external set holds one class",
                                    ds.root)
-            audit = AuditSet(ds, samples, audit.size, audit.cache, audit.out, audit.stage,
-                             name, which)
-        about = _external_block(run, audit, dups, n_all, exclude_duplicates)
-        result, _ = _score(run, audit, n_boot, seed, by, min_group, device, joined, dups,
-                           about)
+            audit = replace(audit, samples=samples)
+        about = _external_block(run, audit, dups, n_all, cfg.exclude_duplicates)
+        result, _ = _score(run, audit, cfg.n_boot, seed, by, cfg.min_group, device, joined,
+                           dups, about)
         plot_results(result, audit.out.figures, run)
         dup = result["external"]["duplicates"]
         record.update(data=str(Path(ds.root).resolve()), folder=f"external/{name}",
-                      n_test=int(result["test"]["n"]), n_boot=n_boot,
+                      n_test=int(result["test"]["n"]), n_boot=cfg.n_boot,
                       n_exact_duplicates=dup["n_exact"], n_near_duplicates=dup["n_near"],
                       duplicates_excluded=dup["excluded"])
     return result

@@ -20,6 +20,7 @@ and the figures (:mod:`dermcam.attention_figures`).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from dermcam.attribution import TARGETS, check_method
 from dermcam.audit_set import AuditSet, by_columns, check_by, cluster_name
 from dermcam.cam_batches import batch_starts, compute_heatmaps
 from dermcam.checkpoints import update_checkpoint
+from dermcam.config import ExplainConfig
 from dermcam.device import resolve_device, set_shard_threads
 from dermcam.errors import DermcamError
 from dermcam.io import write_csv, write_json
@@ -51,63 +53,52 @@ __all__ = [
 ]
 
 
-def run_explain(run_dir: runmod.Run | str | Path, methods=("gradcam",), target: str = "malignant",
-                normalize: str = "minmax", limit: int | None = None, batch_size: int = 16,
-                fast: bool = True, sanity: bool = True, n_boot: int = 1000,
-                progress=None, figures: bool = True, shard: str | tuple[int, int] | None = None,
-                merge: bool = False, layer: str | dict | None = "auto",
-                bench_methods=None, bench_images: int = 64, cascade: bool = True,
-                margin: float = 0.02, device: str = "cpu", data: str | Path | None = None,
-                name: str | None = None, by=(), min_group: int | None = None,
-                artifacts: str | Path | None = None) -> dict[str, Any]:
-    """Compute (or resume) heatmaps for every trained model and ``methods``, then score.
+def run_explain(run_dir: runmod.Run | str | Path, config: ExplainConfig | None = None,
+                audit: AuditSet | None = None, progress=None) -> dict[str, Any]:
+    """Compute (or resume) heatmaps for every trained model and the configured methods,
+    then score them; returns the attention summary (:class:`~dermcam.config.ExplainConfig`
+    says what each setting does).
 
     ``layer``: see :func:`parse_layer_spec` (default ``auto``: the localisation benchmark
-    picks each model x method's layer on masked validation images). ``shard=(i, n)`` (or ``"i/n"``)
-    computes only batches ``k`` with ``k % n == i`` (for several processes or machines
-    sharing the run folder) and does not score; ``merge=True`` computes nothing, checks
-    every batch is present, and scores them all into one attention.csv. ``margin``: the
-    equivalence margin of the size-confound TOST (in each metric's units), stored in the
-    summary. ``device``: where the heatmaps are computed (auto, cpu, cuda, cuda:i); with a
-    shard, ``auto``/``cuda`` put shard ``i`` on GPU ``i % count`` and on the CPU each of
-    ``n`` shards takes ``1/n`` of the cores. The localisation benchmark and the sanity
-    check run on the CPU.
+    picks each model x method's layer on masked validation images). ``shard=(i, n)`` (or
+    ``"i/n"``) computes only batches ``k`` with ``k % n == i`` (for several processes or
+    machines sharing the run folder) and does not score; ``merge=True`` computes nothing,
+    checks every batch is present, and scores them all into one attention.csv. ``device``:
+    where the heatmaps are computed; with a shard, ``auto``/``cuda`` put shard ``i`` on
+    GPU ``i % count`` and on the CPU each of ``n`` shards takes ``1/n`` of the cores. The
+    localisation benchmark and the sanity check run on the CPU.
 
-    ``data``: audit another data set's masked images instead (the images
-    :func:`dermcam.audit_set.external_samples` picks), into ``RUN/external/<name>/``
-    (heatmaps, attention.csv, attention_summary.json, figures) as stage
-    ``external:<name>/explain``; layers are chosen on the run's own validation images and
-    the heatmaps' predicted class uses the run's thresholds. ``artifacts``: an artifact
-    label file joined to that set. ``by``: columns (metadata, ``ita``) for the attention
-    summary by subgroup (``subgroups``), groups under ``min_group`` images too few to
-    estimate.
+    ``audit``: the images (:meth:`AuditSet.open`; default the run's own test split), of
+    which those with a lesion mask are explained. Another data set's go into
+    ``RUN/external/<name>/`` as stage ``external:<name>/explain``; its layers are chosen
+    on the run's own validation images and the heatmaps' predicted class uses the run's
+    thresholds.
     """
     run = runmod.Run.of(run_dir, require="train")
-    methods = _check_options(methods, margin, target)
-    audit = _explain_images(run, data, name, artifacts, by)
-    _check_saved_settings(run, audit, normalize, target)
-    shard = parse_shard(shard)
-    dev = resolve_device(device, shard)
-    set_shard_threads(dev, shard)
-    work = dict(methods=methods, target=target, normalize=normalize, limit=limit,
-                batch_size=batch_size, fast=fast, sanity=sanity, n_boot=n_boot,
-                progress=progress, figures=figures, shard=shard, merge=merge, layer=layer,
-                bench_methods=bench_methods, bench_images=bench_images, cascade=cascade,
-                margin=margin, dev=dev, by=by, min_group=min_group)
-    if shard is not None:  # a shard only computes its heatmap batches and records nothing
-        return _explain_stage(run, audit, {}, **work)
-    with run.stage(audit.stage, methods=methods, target=target, normalize=normalize,
-                   limit=limit, **audit.where) as record:
-        return _explain_stage(run, audit, record, **work)
+    cfg = config or ExplainConfig()
+    cfg = replace(cfg, methods=_check_options(cfg), shard=parse_shard(cfg.shard),
+                  by=by_columns(cfg.by))
+    audit = audit.at("explain", masks=True) if audit else masked_test_set(run)
+    if cfg.by:
+        check_by(audit.ds, cfg.by)
+    _check_saved_settings(run, audit, cfg.normalize, cfg.target)
+    dev = resolve_device(cfg.device, cfg.shard)
+    set_shard_threads(dev, cfg.shard)
+    if cfg.shard is not None:  # a shard only computes its heatmap batches and records nothing
+        return _explain_stage(run, audit, {}, cfg, dev, progress)
+    with run.stage(audit.stage, methods=cfg.methods, target=cfg.target,
+                   normalize=cfg.normalize, limit=cfg.limit, **audit.where) as record:
+        return _explain_stage(run, audit, record, cfg, dev, progress)
 
 
-def _check_options(methods, margin: float, target: str) -> list[str]:
-    """``methods`` checked (``["auto"]`` kept); a bad ``--margin`` or ``--target`` refused."""
-    methods = ["auto"] if list(methods) == ["auto"] else [check_method(m) for m in methods]
-    if not margin > 0:
-        raise DermcamError(f"--margin must be > 0, got {margin}")
-    if target not in TARGETS:
-        raise DermcamError(f"unknown --target {target!r}; choose from {', '.join(TARGETS)}")
+def _check_options(cfg: ExplainConfig) -> list[str]:
+    """The methods checked (``["auto"]`` kept); a bad ``--margin`` or ``--target`` refused."""
+    methods = ["auto"] if list(cfg.methods) == ["auto"] else [check_method(m)
+                                                             for m in cfg.methods]
+    if not cfg.margin > 0:
+        raise DermcamError(f"--margin must be > 0, got {cfg.margin}")
+    if cfg.target not in TARGETS:
+        raise DermcamError(f"unknown --target {cfg.target!r}; choose from {', '.join(TARGETS)}")
     return methods
 
 
@@ -124,16 +115,6 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     return i, n
 
 
-def _explain_images(run: runmod.Run, data, name, artifacts, by) -> AuditSet:
-    """The run's own masked test images, or with ``data`` another set's (see
-    :func:`run_explain`); the ``--by`` columns checked against it."""
-    audit = (AuditSet.external_set(run, data, "explain", name=name, artifacts=artifacts)
-             if data is not None else masked_test_set(run))
-    if by:
-        check_by(audit.ds, by)
-    return audit
-
-
 def _check_saved_settings(run: runmod.Run, audit: AuditSet, normalize: str, target: str
                           ) -> None:
     """Refuse to mix heatmaps of another ``--target``/``--normalize`` into saved ones."""
@@ -143,24 +124,23 @@ def _check_saved_settings(run: runmod.Run, audit: AuditSet, normalize: str, targ
                            f"{audit.out.heatmaps} to recompute", run.dir)
 
 
-def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], *, methods,
-                   target, normalize, limit, batch_size, fast, sanity, n_boot, progress,
-                   figures, shard, merge, layer, bench_methods, bench_images, cascade,
-                   margin, dev, by, min_group) -> dict[str, Any]:
+def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], cfg: ExplainConfig,
+                   dev, progress) -> dict[str, Any]:
     """The explain stage's work once its inputs are checked: layer choice, heatmaps (or one
     shard of them: of the first ``limit`` images), sanity check, scores and summary (of
     every image with saved heatmaps); ``record`` receives what the manifest keeps of it."""
-    out = audit.out
-    samples = audit.samples[:limit] if limit else audit.samples
+    out, shard = audit.out, cfg.shard
+    samples = audit.samples[:cfg.limit] if cfg.limit else audit.samples
     t0 = time.perf_counter()
     names = run.trained_models
     selection, bench_rows = resolve_layers(
-        run, names, methods, layer, bench_methods, bench_images,
-        normalize=normalize, target=target, n_boot=n_boot)
+        run, names, cfg.methods, cfg.layer, cfg.bench_methods, cfg.bench_images,
+        normalize=cfg.normalize, target=cfg.target, n_boot=cfg.n_boot)
     bench_seconds = time.perf_counter() - t0
-    starts = batch_starts(run, out, selection, len(samples), batch_size, shard, merge)
+    starts = batch_starts(run, out, selection, len(samples), cfg.batch_size, shard, cfg.merge)
     t_cam, n_computed = compute_heatmaps(run, out, names, selection, samples, starts,
-                                         batch_size, dev, fast, target, normalize, progress)
+                                         cfg.batch_size, dev, cfg.fast, cfg.target,
+                                         cfg.normalize, progress)
     timing = {"cam_seconds": round(t_cam, 3), "images_computed": n_computed, "device": str(dev),
               "images_per_second": round(n_computed / t_cam, 2) if t_cam > 0 else None,
               "benchmark_seconds": round(bench_seconds, 3)}
@@ -171,17 +151,17 @@ def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], *, 
         _record_cam_choice(run, selection)
     sanity_res = {}
     t_s = time.perf_counter()
-    if sanity:
-        sanity_res = check_selection(run, selection, samples, normalize, n_boot=n_boot,
-                                     cascade=cascade, out=out)
+    if cfg.sanity:
+        sanity_res = check_selection(run, selection, samples, cfg.normalize, n_boot=cfg.n_boot,
+                                     cascade=cfg.cascade, out=out)
     timing["sanity_seconds"] = round(time.perf_counter() - t_s, 3)
     t_score = time.perf_counter()
     extra = {"timing": timing, "layer_choice": selection, "localisation": bench_rows}
     if audit.external:
         extra["external"] = _external_note(run, audit)
-    summary = _score(run, audit, selection, sanity_res, n_boot, figures, extra, margin, by,
-                     min_group)
-    if figures and not audit.external:
+    summary = _score(run, audit, selection, sanity_res, cfg.n_boot, cfg.figures, extra,
+                     cfg.margin, cfg.by, cfg.min_group)
+    if cfg.figures and not audit.external:
         if bench_rows:
             from dermcam.attention_plots import plot_localisation_grid
 
@@ -191,9 +171,9 @@ def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], *, 
     timing["score_seconds"] = round(time.perf_counter() - t_score, 3)
     timing["metric_seconds"] = summary["timing"]["metric_seconds"]
     timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
-    record.update(methods=sorted({sel["method"] for sel in selection}), target=target,
-                  normalize=normalize, limit=limit, n_images=len(samples), layers=selection,
-                  timing=timing, by=list(by_columns(by)))
+    record.update(methods=sorted({sel["method"] for sel in selection}), target=cfg.target,
+                  normalize=cfg.normalize, limit=cfg.limit, n_images=len(samples),
+                  layers=selection, timing=timing, by=list(by_columns(cfg.by)))
     return summary
 
 

@@ -1,6 +1,6 @@
 """The external sets a run records, as the report and the terminal read them.
 
-``dermcam evaluate RUN --data OTHER`` (:func:`dermcam.stages.evaluate.run_external`) scores
+``dermcam evaluate RUN --data OTHER`` (:func:`dermcam.stages.evaluate.run_evaluate`) scores
 another data set into ``RUN/external/<name>/``, stage ``external:<name>``; ``explain
 --data`` and ``probe --data`` audit its masked images into the same folder, stages
 ``external:<name>/explain`` and ``external:<name>/probe`` (which images, and the helpers

@@ -46,7 +46,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -57,7 +56,7 @@ import pandas as pd
 
 from dermcam import run as runmod
 from dermcam.audit_set import AuditSet, by_columns, check_by, image_columns
-from dermcam.config import NEGLIGIBLE_DELTA
+from dermcam.config import NEGLIGIBLE_DELTA, ProbeConfig
 from dermcam.data.artifact_labels import PREFIX
 from dermcam.data.metadata import metadata_table
 from dermcam.errors import DermcamError
@@ -68,7 +67,7 @@ from dermcam.perturb import (
     OPTIONAL_PROBES,
     PROBES,
     Clock,
-    ProbeConfig,
+    PerturbConfig,
     artifact_names,
     perturb,
     skip_reason,
@@ -89,8 +88,8 @@ from dermcam.probe_stats import (
 __all__ = [
     "CAVEAT", "CSV_COLUMNS", "NEGLIGIBLE_DELTA", "PROBES", "PROBE_CSV",
     "PROBE_DIR", "PROBE_SUMMARY", "PROBE_TITLES", "SUBGROUP_TITLES", "SUMMARY_SCHEMA",
-    "ProbeConfig", "artifact_flags", "artifact_presence", "chosen_heatmaps", "context_swap",
-    "find", "hot_spots", "inference_precision", "perturb", "probe_subgroups", "read_rows",
+    "PerturbConfig", "ProbeConfig", "artifact_flags", "artifact_presence", "chosen_heatmaps",
+    "context_swap", "find", "hot_spots", "inference_precision", "perturb", "probe_subgroups", "read_rows",
     "read_summary", "read_summary_object", "run_probe", "score_images", "skip_reason",
     "summarise",
 ]
@@ -127,7 +126,7 @@ def artifact_flags(ds, samples) -> pd.DataFrame | None:
 # ------------------------------------------------------------------ probe.csv, per batch
 
 
-def _batch_rows(models, chunk, items, cfg: ProbeConfig, batch_size: int, pool, clock,
+def _batch_rows(models, chunk, items, cfg: PerturbConfig, batch_size: int, pool, clock,
                 timing: dict[str, float], device) -> pd.DataFrame:
     """Perturb one batch of images (once) and score every variant with every model."""
     t0 = time.perf_counter()
@@ -234,26 +233,18 @@ def _probe_batches(out: runmod.Outputs, samples, names, models, cfg, cache, size
 # ------------------------------------------------------------------ the stage
 
 
-def run_probe(run_dir: runmod.Run | str | Path, probes: Sequence[str] = PROBES,
-              artifacts: Sequence[str] | None = None, placements: int = 3,
-              seed: int | None = None, limit: int | None = None, batch_size: int = 32,
-              inpaint_method: str = "telea", dilate: float = DILATE_FRACTION,
-              n_boot: int = 1000, progress=None, figures: bool = True, workers: int | None = None,
-              device: str = "cpu", data: str | Path | None = None, name: str | None = None,
-              by=(), min_group: int | None = None,
-              artifact_labels: str | Path | None = None,
-              precision: str = "32-true") -> list[dict[str, Any]]:
-    """Run the probes on every trained model and every masked test image; write the outputs.
+def run_probe(run_dir: runmod.Run | str | Path, config: ProbeConfig | None = None,
+              audit: AuditSet | None = None, progress=None) -> list[dict[str, Any]]:
+    """Run the probes on every trained model and every masked test image; write the outputs
+    (:class:`~dermcam.config.ProbeConfig` says what each setting does).
 
     Resumes per batch of ``batch_size`` images when the same configuration ran before
     (another configuration starts over). Returns the ``probe_summary.json`` entries
     (:func:`read_summary_object` reads the whole summary).
 
-    ``data``: probe another data set's masked images instead (those
-    :func:`dermcam.audit_set.external_samples` picks) into ``RUN/external/<name>/``, stage
-    ``external:<name>/probe``, at the run's thresholds; ``artifact_labels``: a label file
-    joined to that set. ``by``: columns (metadata, ``ita``) for the summary by subgroup,
-    groups under ``min_group`` images too few to estimate. Where the images carry artifact
+    ``audit``: the images (:meth:`AuditSet.open`; default the run's own test split).
+    Another data set's masked images are probed into ``RUN/external/<name>/``, stage
+    ``external:<name>/probe``, at the run's thresholds. Where the images carry artifact
     flags (``artifact_<name>`` metadata: the synthetic benchmark's, or joined labels), the
     lesion and background removal are also split by each artifact's presence.
     ``precision``: ``32-true`` scores in float32, as ``dermcam evaluate`` does;
@@ -261,21 +252,24 @@ def run_probe(run_dir: runmod.Run | str | Path, probes: Sequence[str] = PROBES,
     about 1e-2 away); ``auto`` per model, by the rule ``--precision auto`` trains with.
     """
     run = runmod.Run.of(run_dir, require="train")
-    seed = run.seed if seed is None else int(seed)
-    cfg = ProbeConfig(probes=tuple(probes),
-                      artifacts=tuple(artifacts) if artifacts else artifact_names(),
-                      placements=int(placements), seed=seed, dilate=float(dilate),
-                      inpaint=inpaint_method)
+    opts = config or ProbeConfig()
+    seed = run.seed if opts.seed is None else int(opts.seed)
+    cfg = PerturbConfig(probes=tuple(opts.probes or PROBES),
+                        artifacts=tuple(opts.artifacts) if opts.artifacts else artifact_names(),
+                        placements=int(opts.placements), seed=seed,
+                        dilate=float(DILATE_FRACTION if opts.dilate is None else opts.dilate),
+                        inpaint=opts.inpaint)
     names = run.trained_models
     if not names:
         raise DermcamError("no trained model in this run; finish 'dermcam train' first", run.dir)
     t0 = time.perf_counter()
-    audit = (AuditSet.external_set(run, data, "probe", name=name, artifacts=artifact_labels,
-                                   limit=limit, what="the probes", warm=True)
-             if data is not None else AuditSet.test_split(run, "probe", limit=limit))
+    audit = (audit.at("probe", masks=True, limit=opts.limit, what="the probes", warm=True)
+             if audit else AuditSet.open(run).at("probe", limit=opts.limit, warm=True))
+    by, limit, batch_size = by_columns(opts.by), opts.limit, opts.batch_size
     _check_inputs(run, audit, cfg, by)
     prev = run.stage_entry(audit.stage)
-    precisions = {m: inference_precision(precision, m, device, run.image_size) for m in names}
+    precisions = {m: inference_precision(opts.precision, m, opts.device, run.image_size)
+                  for m in names}
     if prev.get("config_key") != cfg.key() or prev.get("limit") != limit or \
             prev.get("batch_size") != batch_size or \
             prev.get("precision", dict.fromkeys(names, "32-true")) != precisions:
@@ -284,13 +278,13 @@ def run_probe(run_dir: runmod.Run | str | Path, probes: Sequence[str] = PROBES,
     with run.stage(audit.stage, config=asdict(cfg), config_key=cfg.key(), limit=limit,
                    batch_size=batch_size, precision=precisions, **audit.where) as record:
         entries = _probe_stage(run, audit, names, cfg, seed, t0, record,
-                               batch_size=batch_size, n_boot=n_boot, progress=progress,
-                               figures=figures, workers=workers, device=device, by=by,
-                               min_group=min_group, precisions=precisions)
+                               batch_size=batch_size, n_boot=opts.n_boot, progress=progress,
+                               figures=opts.figures, workers=opts.workers, device=opts.device,
+                               by=by, min_group=opts.min_group, precisions=precisions)
     return entries
 
 
-def _check_inputs(run: runmod.Run, audit: AuditSet, cfg: ProbeConfig, by) -> None:
+def _check_inputs(run: runmod.Run, audit: AuditSet, cfg: PerturbConfig, by) -> None:
     """Refuse, in one line, what the probes asked for cannot run on: an unknown ``--by``
     column, a context swap without artifact labels, hot spots without heatmaps."""
     ds = audit.ds
@@ -349,7 +343,7 @@ def _probe_stage(run: runmod.Run, audit: AuditSet, names, cfg, seed: int, t0: fl
     return summary["entries"]
 
 
-def _summary(run: runmod.Run, audit: AuditSet, df: pd.DataFrame, cfg: ProbeConfig, probed,
+def _summary(run: runmod.Run, audit: AuditSet, df: pd.DataFrame, cfg: PerturbConfig, probed,
              models, names, record: dict[str, Any], *, n_boot: int, seed: int, by, min_group,
              batch_size: int, device) -> dict[str, Any]:
     """``probe_summary.json``: the entries (the real-pixel probes' last), by subgroup with
