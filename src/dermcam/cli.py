@@ -374,8 +374,7 @@ def _config(cls, options: dict, **more):
 
 
 def _audit_set(run_dir: Path, data: Path | None, name: str | None, artifacts: Path | None):
-    """The images a stage audits: the run's test split, or with ``--data`` another set's
-    (``artifacts``: labels joined to it)."""
+    """The run's test split, or with ``--data`` another set's (``artifacts`` joined)."""
     from dermcam.audit_set import AuditSet
 
     return AuditSet.open(runmod.Run.open(run_dir), data, name=name, artifacts=artifacts)
@@ -446,12 +445,10 @@ def explain(
 ) -> None:
     """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
 
-    Writes attention.csv (one row per image x model x method: the study's leakage,
-    inside and outside scores, and size-aware scores: chance and excess leakage,
-    localisation gain, pixel AUROC, rank accuracy, pointing game), attention_summary.json
-    (CIs, class tests pooled and by explained class with adjusted p-values, the lesion-size
-    confound test, undefined heatmaps scored at chance, sanity check, artifact attention)
-    and figures. Interrupted runs resume from the saved heatmap batches.
+    Writes attention.csv (per image x model x method: the study's leakage and size-aware
+    scores), attention_summary.json (CIs, class tests, the lesion-size confound test,
+    sanity check, artifact attention; docs/attention.md) and figures. Interrupted runs
+    resume from the saved heatmap batches.
 
     \b
     Examples:
@@ -524,10 +521,9 @@ def audit(
 ) -> None:
     """The full audit of a model trained elsewhere, into an ordinary run folder.
 
-    Reads P(malignant) from any head (one logit: sigmoid; two: softmax; K: the named
-    classes' summed softmax), then evaluates, benchmarks CAM methods and layers, checks
-    their sanity, measures attention, runs every probe and writes the report. Afterwards
-    explain, probe and report work on the run as on a trained one.
+    Reads P(malignant) from any head (docs/audit.md), then evaluates, explains (method
+    and layer chosen, sanity checked), runs every probe and writes the report; later
+    stages work on the run as on a trained one.
 
     \b
     Examples:
@@ -677,10 +673,9 @@ def demo(
     probe -> report, plus a planted shortcut that the audit must catch.
 
     The study's three models train on data whose artifacts are independent of the label;
-    then ResNet18 trains with rulers tied to malignancy in training only, and is audited
-    beside its control (heatmap mass on the rulers, probes). ImageNet weights are used when
-    torchvision's cache has them for every model; otherwise it trains from scratch and
-    says so.
+    then ResNet18 trains with rulers tied to malignancy and is audited beside its control.
+    ImageNet weights are used when torchvision's cache has them; otherwise it trains from
+    scratch and says so.
 
     \b
     Examples:
@@ -715,9 +710,8 @@ def download(
 ) -> None:
     """Fetch, verify and safely unpack a public data set, then check its published counts.
 
-    A re-run fetches only the files still missing; files are moved into place only after
-    their size (and SHA-256, when known) is checked; download.json records what was
-    fetched and whether each file was verified.
+    A re-run fetches only the missing files; each is moved into place once its size (and
+    SHA-256, when known) is checked; download.json records what was verified.
 
     \b
     Examples:
