@@ -298,6 +298,13 @@ def test_adjust_pvalues_matches_statsmodels_multipletests_and_skips_nan():
                                [0.005, 0.2 / 3, 0.2 / 3, 0.25, 0.5])
     with pytest.raises(ValueError):
         adjust_pvalues(p, "bonferroni-ish")
+    # Holm is computed here (statsmodels' runs gc.collect(), a fraction of a second each in
+    # this process, hence few families): equal on random ones, ties and p near 1 included
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3, 7, 20):
+        q = np.round(rng.uniform(0, 1, k) ** 3, 2)  # rounding makes ties
+        np.testing.assert_allclose(adjust_pvalues(q, "holm"),
+                                   multipletests(q, method="holm")[1], rtol=0, atol=1e-15)
 
 
 def test_cluster_info_singletons_and_missing_ids():
