@@ -13,7 +13,7 @@ import torch
 from helpers import easy_generic, invoke_cli
 
 from dermcam import run as runmod
-from dermcam.config import EvaluateConfig, ExplainConfig, TrainConfig
+from dermcam.config import EvaluateConfig, ExplainConfig, ProbeConfig, TrainConfig
 from dermcam.errors import DermcamError
 from dermcam.models import IMAGENET_MEAN, IMAGENET_STD
 from dermcam.outside import Reading, import_model, load_outside, read_module
@@ -234,22 +234,58 @@ def test_full_audit_from_the_command_line(trained, tmp_path, monkeypatch, capsys
     assert again["threshold_free"]["roc_auc"]["value"] == auc
 
 
-@pytest.mark.parametrize("arch", ["timm:resnet18", "timm:vit_tiny_patch16_224"])
-def test_timm_models_audited_end_to_end(trained, tmp_path, arch):
-    import timm
-
-    import dermcam
-
-    kw = {"img_size": 64} if "vit" in arch else {}
-    model = timm.create_model(arch.split(":")[1], pretrained=False, num_classes=2, **kw)
-    torch.save(model.state_dict(), tmp_path / "w.pt")
-    run = dermcam.audit(tmp_path / "w.pt", trained["data"], tmp_path / "r", arch=arch,
-                        image_size=64, placements=1, cache_dir=str(trained["base"] / "cache"))
+def _audited_end_to_end(run: runmod.Run) -> None:
+    """Every masked test image explained, some map scored, the probes and the report
+    written."""
     att = pd.read_csv(run.outputs.attention)
     assert len(att) == len(run.test_samples(require_masks=True))
     assert np.isfinite(att["pixel_auroc"]).any()
     assert (run.dir / "report.html").is_file()
     assert json.loads(run.outputs.probe_summary.read_text())["entries"]
+
+
+def test_a_timm_token_model_audited_end_to_end(trained, tmp_path):
+    """The whole timm path through ``dermcam.audit``: a ViT, its 16 px patches a 3 x 3
+    grid of tokens at 48 px."""
+    import timm
+
+    import dermcam
+
+    arch = "timm:vit_tiny_patch16_224"
+    with torch.random.fork_rng(devices=[]):  # the same random weights in every session
+        torch.manual_seed(0)
+        model = timm.create_model(arch.split(":")[1], pretrained=False, num_classes=2,
+                                  img_size=48)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    run = dermcam.audit(tmp_path / "w.pt", trained["data"], tmp_path / "r", arch=arch,
+                        image_size=48, placements=1, cache_dir=str(trained["base"] / "cache"))
+    _audited_end_to_end(run)
+
+
+def test_a_timm_cnn_audited_end_to_end(trained, tmp_path):
+    """A timm CNN through the audit's stages, as ``dermcam.audit`` runs them: its weights
+    read by timm's architecture, the benchmark choosing method and layer among its own,
+    every probe on its BatchNorm-folded copy, the report. What no architecture changes is
+    left to the two full audits above (torchvision's ResNet18 from the command line, timm's
+    ViT): the sanity check, the figures, evaluate's and the probes' 1000 bootstrap draws."""
+    import timm
+
+    from dermcam.stages.evaluate import run_evaluate
+    from dermcam.stages.explain import run_explain
+    from dermcam.stages.probe import PROBES, run_probe
+    from dermcam.stages.report import run_report
+
+    with torch.random.fork_rng(devices=[]):  # the same random weights in every session
+        torch.manual_seed(0)
+        model = timm.create_model("resnet18", pretrained=False, num_classes=2)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    run = _import(trained, tmp_path / "w.pt", tmp_path / "r", arch="timm:resnet18")
+    run_evaluate(run.dir, EvaluateConfig(n_boot=50))
+    run_explain(run.dir, ExplainConfig(methods=["auto"], sanity=False, figures=False))
+    run_probe(run.dir, ProbeConfig(probes=[*PROBES, "hot_spots"], placements=1, n_boot=50,
+                                   figures=False, precision="auto"))
+    run_report(run.dir)
+    _audited_end_to_end(runmod.Run.open(run.dir))
 
 
 def test_refusals_are_one_line(trained, tmp_path, monkeypatch, capsys):

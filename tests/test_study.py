@@ -3,8 +3,9 @@ ISIC 2016 folder, and the test metrics that evaluate writes into each model card
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,23 +26,41 @@ def _script(name: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
                           capture_output=True, text=True, timeout=300)
 
 
+def _in_process(main, *args: str, cwd: Path, cache: Path) -> tuple[int, str]:
+    """``main(args)`` (a script's entry) in this process, as the script runs it from
+    ``cwd``: ``(exit code, stdout)``; torch's thread count restored afterwards."""
+    import torch
+
+    out, threads = io.StringIO(), torch.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+            mp.chdir(cwd)
+            mp.setenv("DERMCAM_CACHE", str(cache))
+            code = main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+    return code, out.getvalue()
+
+
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
-    """A miniature ISIC 2016 Part 3B folder after both of the study's commands ran in it."""
+    """A miniature ISIC 2016 Part 3B folder after both of the study's commands ran in it,
+    through the scripts' entries in this process (test_help_and_one_line_errors runs the
+    script files themselves)."""
     from dermcam.data.synth import SynthConfig, generate
 
     base = tmp_path_factory.mktemp("study")
     data = base / "isic"
     generate(data, SynthConfig.from_preset("clean", n_train=N_TRAIN, n_test=N_TEST,
                                            image_size=64, seed=0))
-    env = {**os.environ, "DERMCAM_CACHE": str(base / "cache")}
-    train = _script("skin_lesion_analysis.py", "--weights", "none", "--epochs", "1",
-                    "--image-size", "64", "--models", "resnet18", "--n-boot", "100",
-                    cwd=data, env=env)
-    assert train.returncode == 0, train.stderr
-    cam = _script("gradcam_analysis.py", "--n-boot", "100", cwd=data, env=env)
-    assert cam.returncode == 0, cam.stderr
-    return data, train.stdout, cam.stdout
+    code, train_out = _in_process(study.main_train, "--weights", "none", "--epochs", "1",
+                                  "--image-size", "64", "--models", "resnet18", "--n-boot",
+                                  "100", cwd=data, cache=base / "cache")
+    assert code == 0
+    code, cam_out = _in_process(study.main_gradcam, "--n-boot", "100", cwd=data,
+                                cache=base / "cache")
+    assert code == 0
+    return data, train_out, cam_out
 
 
 def test_scripts_write_the_study_file_names(study_dir):
