@@ -35,7 +35,7 @@ EPOCHS = 3
 ARGS = ["--weights", "none", "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "8",
         "--models", "resnet18", "--patience", "4", "--seed", "3", "--accelerator", "cpu"]
 EVAL = ["evaluate", "--n-boot", "100"]
-EXPLAIN = ["explain", "--n-boot", "100", "--no-sanity"]
+EXPLAIN = ["explain", "--n-boot", "100", "--no-sanity", "--bench-methods", "gradcam"]
 
 
 def _cli(*args, **kw):

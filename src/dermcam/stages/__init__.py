@@ -1,10 +1,10 @@
 """The pipeline's stages, one module and one entry each, in the order they run:
 
-    train.py      train(TrainConfig)             -> models/<name>/model.pt, history, manifest
+    train.py      train(TrainConfig)                     -> models/<name>/model.pt, manifest
     evaluate.py   run_evaluate(run, EvaluateConfig, audit) -> predictions.csv, metrics.json
-    explain.py    run_explain(run, ExplainConfig, audit)   -> attention.csv, attention_summary.json
+    explain.py    run_explain(run, ExplainConfig, audit)   -> attention.csv, its summary
     probe.py      run_probe(run, ProbeConfig, audit)       -> probe.csv, probe_summary.json
-    report.py     run_report(run)                -> report.html (the page: dermcam.report)
+    report.py     run_report(run)                          -> report.html (dermcam.report)
 
 Each takes a :class:`dermcam.run.Run` (or a run folder, which it opens as one:
 :meth:`dermcam.run.Run.of`) with paths by name, config, data set, decode cache and

@@ -89,9 +89,9 @@ __all__ = [
     "CAVEAT", "CSV_COLUMNS", "NEGLIGIBLE_DELTA", "PROBES", "PROBE_CSV",
     "PROBE_DIR", "PROBE_SUMMARY", "PROBE_TITLES", "SUBGROUP_TITLES", "SUMMARY_SCHEMA",
     "PerturbConfig", "ProbeConfig", "artifact_flags", "artifact_presence", "chosen_heatmaps",
-    "context_swap", "find", "hot_spots", "inference_precision", "perturb", "probe_subgroups", "read_rows",
-    "read_summary", "read_summary_object", "run_probe", "score_images", "skip_reason",
-    "summarise",
+    "context_swap", "find", "hot_spots", "inference_precision", "perturb", "probe_subgroups",
+    "read_rows", "read_summary", "read_summary_object", "run_probe", "score_images",
+    "skip_reason", "summarise",
 ]
 
 log = logging.getLogger(__name__)
