@@ -398,7 +398,8 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
         status, head = "caution", f"Reliance on the {name} inconclusive"
     elif disagree:
         status, head = ("caution",
-                        f"Real {name} moves it negligibly; other evidence does not agree")
+                        f"Negligible reaction to real {name} in the surroundings; other "
+                        "evidence does not agree")
     else:
         status, head = "ok", f"Ignores the {name}"
     if agree:
