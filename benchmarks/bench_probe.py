@@ -171,7 +171,7 @@ def main() -> None:
     ap.add_argument("--train-precision", default=None,
                     help="--twins: training precision; default 'auto' (bf16 where it pays) "
                          "for --recipe demo, as dermcam demo, and '32-true' for --recipe "
-                         "bench; tests/test_shortcut.py trains the demo recipe in 32-true")
+                         "bench; tests/end_to_end/test_shortcut.py trains the demo recipe in 32-true")
     ap.add_argument("--placements", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--naive-images", type=int, default=10)

@@ -43,9 +43,9 @@ def run_preset(root: Path, preset: str, args) -> dict:
                       image_size=args.size, max_epochs=args.epochs, batch_size=32, lr=2e-3,
                       patience=args.epochs, schedule="onecycle", seed=args.seed,
                       progress=False, cache_dir=str(root / "cache"),
-                      precision="32-true"))  # as tests/test_shortcut.py, on any CPU
+                      precision="32-true"))  # as tests/end_to_end/test_shortcut.py, on any CPU
     run_evaluate(run, EvaluateConfig(n_boot=200))
-    # the test's recipe (tests/test_shortcut.py): gradcam++ at layer3
+    # the test's recipe (tests/end_to_end/test_shortcut.py): gradcam++ at layer3
     run_explain(run, ExplainConfig(methods=["gradcam++"], n_boot=200, sanity=False, figures=False,
                                    target="predicted", layer="layer3"))
     att = pd.read_csv(run / "attention.csv", keep_default_na=False, na_values=[""])

@@ -29,6 +29,9 @@ from typer.testing import CliRunner
 from dermcam.cli import app
 from dermcam.errors import DermcamError
 
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
 # Three epochs: the interrupted runs are stopped after the first one's checkpoint, so a
 # resume still has epochs to train, and patience 4 lets every run train all three.
 EPOCHS = 3

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from dermcam.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOC_FILES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 MAX_README_LINES = 150

@@ -1,6 +1,6 @@
 """The detail tables (:mod:`dermcam.views`): each builder on hand-made summaries, every
 expected cell written out by hand; :func:`views.run_sections` on a hand-made run folder
-(the smallest one ``Run.open`` accepts, in ``tmp_path``, as tests/test_findings.py builds
+(the smallest one ``Run.open`` accepts, in ``tmp_path``, as tests/unit/test_findings.py builds
 it); and the terminal's rendering (:func:`terminal.show`, :func:`terminal.detail`).
 
 Missing parts: a CI cell (``ci_cell``) writes ``-`` for each undefined part; a plain
@@ -580,7 +580,7 @@ def _write(path: Path, obj) -> None:
 
 def _manifest() -> dict:
     """The smallest manifest ``Run.open`` accepts with trained models (as
-    tests/test_findings.py writes it), resnet18 with a full training record."""
+    tests/unit/test_findings.py writes it), resnet18 with a full training record."""
     return {"schema_version": 1, "kind": "dermcam-run",
             "config": {"models": ["resnet18", "efficientnet_b0"]},
             "models": {"resnet18": _record(),

@@ -15,6 +15,9 @@ from scipy.optimize import minimize_scalar
 from dermcam import calibration as cal
 from dermcam.config import EvaluateConfig
 
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
 
 def simulated(t_true: float, n: int = 40_000, seed: int = 0):
     """Labels drawn from sigmoid(true_logit); the model reports true_logit * T_true."""

@@ -28,6 +28,9 @@ from dermcam.report import build_report
 from dermcam.report import gallery as gal
 from dermcam.views import SECTIONS, run_sections
 
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_ID = '"><img src=x onerror=alert(2)>'
 SCREEN = 900  # px, the height of one screen at 1400 x 900

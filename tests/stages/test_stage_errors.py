@@ -25,6 +25,9 @@ from PIL import Image
 from dermcam import cli
 from dermcam.errors import DermcamError
 
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 

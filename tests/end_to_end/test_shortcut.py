@@ -37,6 +37,9 @@ import pytest
 
 from dermcam.config import ExplainConfig, ProbeConfig
 
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
 # The shortcut preset's ruler, on every malignant and no benign training image; test images
 # keep the clean preset's rate (20 % of each class), so the twins' test sets are identical.
 SHORTCUT_RULER = {("train", 0): 0.0, ("train", 1): 1.0, ("test", 0): 0.2, ("test", 1): 0.2}

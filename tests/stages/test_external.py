@@ -19,6 +19,9 @@ from dermcam.config import EvaluateConfig
 from dermcam.errors import DermcamError
 from dermcam.run import Run
 
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
 SIZE = 32
 
 

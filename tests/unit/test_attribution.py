@@ -291,7 +291,7 @@ def test_layer_that_does_not_run_is_a_clear_error():
 
 def test_one_registry_of_cam_methods():
     """Names and classes come from attribution.CAM_METHODS alone (the CLI's help lists
-    them: tests/test_cli.py)."""
+    them: tests/end_to_end/test_cli.py)."""
     from pytorch_grad_cam.base_cam import BaseCAM
 
     from dermcam.attribution import CAM_METHODS, METHODS, cam_class

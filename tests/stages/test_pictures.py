@@ -30,6 +30,9 @@ from dermcam.heatmap_files import load_heatmaps
 from dermcam.run import Run
 from dermcam.stages.explain import example_rows, write_examples
 
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
 MODEL, METHOD, LAYER = "resnet18", "hirescam", "layer2"
 
 

@@ -19,6 +19,9 @@ from dermcam.models import IMAGENET_MEAN, IMAGENET_STD
 from dermcam.outside import Reading, import_model, load_outside, read_module
 from dermcam.stages.train import train
 
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
 SIZE = 32
 
 

@@ -22,6 +22,9 @@ from PIL import Image
 
 from dermcam.config import ExplainConfig, ProbeConfig
 
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
 SIZE = 32
 SKIN = (205, 160, 125)
 LESION = {"head": (30, 15, 10), "trunk": (190, 148, 118)}

@@ -65,6 +65,7 @@ def test_training_passes_its_colour_jitter_to_the_augmentation(tmp_path, monkeyp
     from helpers import generic_labels
 
     import dermcam.augment as aug
+    import dermcam.lightning_module as lm
     from dermcam.config import TrainConfig
     from dermcam.stages.train import train
 
@@ -78,7 +79,7 @@ def test_training_passes_its_colour_jitter_to_the_augmentation(tmp_path, monkeyp
         seen.append(kw.get("jitter"))
         return real(x, *a, **kw)
 
-    monkeypatch.setattr(aug, "augment", spy)
+    monkeypatch.setattr(lm, "augment_fn", spy)  # where the training step looks it up
     for j in (0.0, 0.35):
         seen.clear()
         train(TrainConfig(data=str(data), out=str(tmp_path / f"run{j}"), models=["resnet18"],

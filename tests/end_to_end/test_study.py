@@ -16,7 +16,10 @@ import pytest
 
 from dermcam import study
 
-REPO = Path(__file__).resolve().parents[1]
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
 N_TRAIN, N_TEST = 40, 16
 
 

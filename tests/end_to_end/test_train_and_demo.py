@@ -231,7 +231,7 @@ def test_stratified_split_errors_and_balance():
 
 
 def test_cli_train_unknown_model_is_one_line(tmp_path, monkeypatch, capsys):
-    # the console entry in this process (tests/test_cli_errors.py runs the executable)
+    # the console entry in this process (tests/end_to_end/test_cli_errors.py runs the executable)
     data = easy_generic(tmp_path / "d", n=12)
     code, out, err = invoke_cli(monkeypatch, capsys, "train", data, "--out", tmp_path / "r",
                                 "--models", "resnet9000", "--weights", "none")

@@ -14,6 +14,9 @@ from dermcam import run as runmod
 from dermcam.config import EvaluateConfig, ExplainConfig
 from dermcam.errors import DermcamError
 
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:

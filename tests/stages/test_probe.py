@@ -3,7 +3,7 @@ statistics; the stage over a run (rows, resume, skipped images, CLI).
 
 The proof that the probes measure what they claim (a shortcut model reacts to inserted
 rulers, a clean one does not; lesion removal drops the clean model's AUC) is in
-tests/test_shortcut.py, which trains the twin models once for both audits.
+tests/end_to_end/test_shortcut.py, which trains the twin models once for both audits.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from dermcam.errors import DermcamError
 from dermcam.probe_stats import auc_fast
 from dermcam.stages import probe as pr
 from dermcam.stats import spearman_rows
+
+# trains a model or runs a whole stage: deselect with -m 'not slow'
+pytestmark = pytest.mark.slow
 
 SKIN = (200, 160, 140)
 
