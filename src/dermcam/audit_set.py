@@ -4,11 +4,12 @@ every stage records (skin tone, ``--by`` metadata).
 A run audits its own test split (into the run folder, as stages ``evaluate``,
 ``explain``, ``probe``) or another data set of any supported layout (``--data OTHER``,
 into ``RUN/external/<name>/``, as stages ``external:<name>``, ``external:<name>/explain``
-and ``external:<name>/probe``). Each stage asks for one :class:`AuditSet` holding the data
-set, its samples, the run's decode cache at the run's size (``split``: a
-:class:`~dermcam.data.cached_split.CachedSplit`), where the outputs go
-(:class:`dermcam.run.Outputs`) and the stage's manifest key, so the stage itself does not
-branch on where its images came from. Which images of another set are audited:
+and ``external:<name>/probe``). The caller opens one :class:`AuditSet`
+(:meth:`AuditSet.open`) holding the data set, its samples, the run's decode cache at the
+run's size (``split``: a :class:`~dermcam.data.cached_split.CachedSplit`) and where the
+outputs go (:class:`dermcam.run.Outputs`); each stage keys it to itself
+(:meth:`AuditSet.at`: its manifest key, the masked images), so the stage does not branch on
+where its images came from. Which images of another set are audited:
 
 - ISIC 2016, ISIC 2017 and a generic ``labels.csv`` whose split column holds both
   splits: the layout's test split;
