@@ -345,9 +345,9 @@ def evaluate(
     from dermcam.views import external_table, labels_line, metrics_tables, subgroup_tables
 
     cfg = _config(EvaluateConfig, locals())
+    audit = _audit_set(run_dir, data, name, artifact_labels)
     with progress_bar("load test images") as cb:
-        result = run_evaluate(run_dir, cfg, _audit_set(run_dir, data, name, artifact_labels),
-                              progress=cb)
+        result = run_evaluate(run_dir, cfg, audit, progress=cb)
     if result.get("artifact_labels"):
         console.print(labels_line(result["artifact_labels"]), highlight=False)
     tables = metrics_tables(result)
@@ -361,7 +361,7 @@ def evaluate(
     show(tables[0])
     _finish(run_dir, "evaluate", tables + subgroup_tables(result),
             ("discrimination", "calibration", "external", "subgroups"),
-            _folder(run_dir, ext and ext["name"]) / runmod.METRICS)
+            audit.out.metrics)
 
 
 def _config(cls, options: dict, **more):
@@ -378,11 +378,6 @@ def _audit_set(run_dir: Path, data: Path | None, name: str | None, artifacts: Pa
     from dermcam.audit_set import AuditSet
 
     return AuditSet.open(runmod.Run.open(run_dir), data, name=name, artifacts=artifacts)
-
-
-def _folder(run_dir: Path, external: str | None) -> Path:
-    """Where a stage wrote: the run folder, or its folder for the external set so named."""
-    return Path(run_dir) / runmod.EXTERNAL_DIR / external if external else Path(run_dir)
 
 
 def _finish(run_dir: Path, stage: str, tables: list, topics: tuple[str, ...],
@@ -469,7 +464,7 @@ def explain(
     with progress_bar("Grad-CAM batches") as cb:
         summary = run_explain(run_dir, cfg, audit, progress=cb)
     ext = summary.get("external") or {}
-    where = _folder(run_dir, ext.get("name"))
+    where = audit.out.root if audit else Path(run_dir)
     if shard is not None:
         again = f" --data {data}" + (f" --name {name}" if name else "") if data else ""
         console.print(f"shard {shard}: {summary['batches']} batch(es) written under "
@@ -595,7 +590,6 @@ def probe(
       dermcam probe runs/r1 --probes artifact_inserted --artifacts ruler,ink --placements 5
       dermcam probe runs/r1 --artifact-labels isic_bias.csv --precision auto
     """
-    from dermcam.audit_set import safe_name
     from dermcam.config import ProbeConfig
     from dermcam.device import resolve_device
     from dermcam.run import record_in_run
@@ -613,7 +607,7 @@ def probe(
     audit = _audit_set(run_dir, data, name, artifact_labels) if data is not None else None
     with progress_bar("probe batches") as cb:
         entries = run_probe(run_dir, cfg, audit, progress=cb)
-    where = _folder(run_dir, safe_name(name or Path(data).resolve().name) if data else None)
+    where = audit.out.root if audit else Path(run_dir)
     summary = read_summary_object(where) or {}
     ext = summary.get("external") or {}
     if ext:
