@@ -14,39 +14,14 @@ from typing import Annotated
 
 import typer
 
+from dermcam import options as opt
 from dermcam import run as runmod
 from dermcam.errors import DermcamError
 from dermcam.logs import quiet_libraries
 from dermcam.models import DEFAULT_MODELS
 from dermcam.terminal import (
-    ARTIFACT_LABELS,
-    CAM_METHODS,
-    DEVICES,
     App,
-    ArtifactLabels,
-    By,
-    Calibration,
-    CamBatch,
-    DataDir,
-    Debug,
-    Device,
-    Epochs,
-    ExternalData,
-    ExternalName,
     Group,
-    ImageSize,
-    Limit,
-    MinGroup,
-    Models,
-    NBoot,
-    NTest,
-    NTrain,
-    Overwrite,
-    Placements,
-    Preset,
-    ProbePrecision,
-    RunDir,
-    TrainPrecision,
     answer,
     console,
     detail,
@@ -77,12 +52,7 @@ def _version_callback(value: bool) -> None:
 
 
 @app.callback()
-def _main(debug: Debug = False,
-          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-          = False,
-          verbose: Annotated[bool, typer.Option(
-              "--verbose", "-v", help="Print every detail table (always written to the run "
-                                      "folder's dermcam.log).")] = False,
+def _main(debug: opt.Debug = False, quiet: opt.Quiet = False, verbose: opt.Verbose = False,
           version: Annotated[bool, typer.Option("--version", is_eager=True,
                                                 callback=_version_callback,
                                                 help="Print the version and exit.")]
@@ -97,14 +67,9 @@ def _main(debug: Debug = False,
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the data set into.")],
-    preset: Preset = "clean",
-    n_train: NTrain = 900,
-    n_test: NTest = 379,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
-    prevalence: Annotated[float, typer.Option(help="Malignant share.")] = 0.19,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
-    overwrite: Overwrite = False,
+    out: opt.SynthOut, preset: opt.Preset = "clean", n_train: opt.NTrain = 900,
+    n_test: opt.NTest = 379, size: opt.SynthSize = 256, prevalence: opt.Prevalence = 0.19,
+    seed: opt.Seed = 0, overwrite: opt.Overwrite = False,
 ) -> None:
     """Write the synthetic dermoscopy benchmark in the ISIC 2016 Part 3B layout.
 
@@ -151,16 +116,7 @@ def _guard_out(out: Path, overwrite: bool, marker: str) -> None:
 # ------------------------------------------------------------------------ info
 
 @app.command()
-def info(
-    data: DataDir,
-    check: Annotated[bool, typer.Option(
-        help="Decode every image and mask (in parallel, filling the decode cache at "
-             "--image-size), so truncated image data are found too; run it once before training.")]
-    = False,
-    image_size: Annotated[int, typer.Option(
-        help="The model input side 'dermcam train' will use: the size --check caches images at, "
-             "and what 'much smaller' means.")] = 224,
-) -> None:
+def info(data: opt.DataDir, check: opt.Check = False, image_size: opt.ImageSizeCheck = 224) -> None:
     """Describe a data set and check all of it: counts per split and class, masks, image
     sizes, artifacts, then every problem found, one line each.
 
@@ -212,12 +168,7 @@ def _show_data(root: Path, mask_areas: dict[str, float] | None = None) -> None:
 # ----------------------------------------------------------------------- train
 
 @app.command()
-def models(
-    image_size: Annotated[int, typer.Option(
-        help="Input side in pixels at which to show each candidate layer's spatial size.")] = 224,
-    run_dir: Annotated[Path | None, typer.Option(
-        "--run", help="A run folder: use its input size.")] = None,
-) -> None:
+def models(image_size: opt.ModelsImageSize = 224, run_dir: opt.ModelsRun = None) -> None:
     """List the architectures dermcam knows: the study's Grad-CAM layer, the candidate layers
     the localisation benchmark scores (with their spatial size at the input size), and
     whether ImageNet weights are cached.
@@ -238,55 +189,18 @@ def models(
 
 @app.command()
 def train(
-    data: DataDir,
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Run folder to create.")] = Path("runs/run"),
-    models: Models = ",".join(DEFAULT_MODELS),
-    weights: Annotated[str, typer.Option(
-        help="'imagenet' (torchvision weights API and TORCH_HOME cache), 'none' (from scratch) or "
-             "a state-dict PATH.")] = "imagenet",
-    image_size: ImageSize = 224,
-    epochs: Epochs = 30,
-    batch_size: Annotated[int, typer.Option(help="Images per training batch.")] = 16,
-    lr: Annotated[str, typer.Option(
-        help="Adam learning rate: one for every model (1e-3), or with per-model rates, e.g. "
-             "1e-3,mobilenet_v2=3e-3.")] = "1e-3",
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
-    schedule: Annotated[str, typer.Option(
-        help="Learning-rate schedule: plateau (halve on a validation plateau, the study's) or "
-             "onecycle (warm-up, then cosine annealing to zero over --epochs; best for short "
-             "runs).")] = "plateau",
-    monitor: Annotated[str, typer.Option(
-        help="Best checkpoint by val_auc or val_loss.")] = "val_auc",
-    imbalance: Annotated[str, typer.Option(
-        help="weighted_loss, balanced_sampler or none.")] = "weighted_loss",
-    calibration: Calibration = "platt",
-    val_fraction: Annotated[float, typer.Option(
-        help="Stratified validation share of the training split.")] = 0.2,
-    seed: Annotated[int, typer.Option(
-        help="Random seed (validation split, weights of new layers, augmentation, batch order).")]
-    = 0,
-    augment: Annotated[bool, typer.Option(help="Flips, rotation, colour jitter.")] = True,
-    colour_jitter: Annotated[float, typer.Option(
-        help="Colour jitter when augmenting: brightness, contrast and saturation each scaled by a "
-             "factor from [1 - J, 1 + J] per image; 0 keeps the colours.")] = 0.2,
-    accelerator: Annotated[str, typer.Option(help="cpu, gpu, auto (Lightning).")] = "auto",
-    devices: Annotated[str, typer.Option(help="Lightning devices, e.g. 1, 2, auto.")] = "1",
-    strategy: Annotated[str, typer.Option(help="Lightning strategy, e.g. auto, ddp.")] = "auto",
-    precision: TrainPrecision = "auto",
-    num_workers: Annotated[int | None, typer.Option(
-        help="DataLoader workers per process (default: from the CPU count on a GPU, 0 on the CPU).")]
-    = None,
-    num_nodes: Annotated[int, typer.Option(
-        help="Machines (Lightning num_nodes), for SLURM or torchrun across nodes.")] = 1,
-    deterministic: Annotated[bool, typer.Option(
-        "--deterministic", help="Deterministic algorithms (Lightning 'warn' mode, cuDNN without "
-                                "benchmark): the same bytes on the same GPU, slower.")] = False,
-    overwrite: Overwrite = False,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
-    keep_checkpoints: Annotated[bool, typer.Option(
-        "--keep-checkpoints", help="Keep Lightning's best.ckpt and last.ckpt (with optimizer "
-                                   "state) in models/NAME/lightning/, not only model.pt.")] = False,
+    data: opt.DataDir, out: opt.Out = Path("runs/run"),
+    models: opt.Models = ",".join(DEFAULT_MODELS), weights: opt.Weights = "imagenet",
+    image_size: opt.ImageSize = 224, epochs: opt.Epochs = 30, batch_size: opt.BatchSize = 16,
+    lr: opt.LearningRate = "1e-3", patience: opt.Patience = 5, schedule: opt.Schedule = "plateau",
+    monitor: opt.Monitor = "val_auc", imbalance: opt.Imbalance = "weighted_loss",
+    calibration: opt.Calibration = "platt", val_fraction: opt.ValFraction = 0.2,
+    seed: opt.TrainSeed = 0, augment: opt.Augment = True, colour_jitter: opt.ColourJitter = 0.2,
+    accelerator: opt.Accelerator = "auto", devices: opt.Devices = "1",
+    strategy: opt.Strategy = "auto", precision: opt.TrainPrecision = "auto",
+    num_workers: opt.NumWorkers = None, num_nodes: opt.NumNodes = 1,
+    deterministic: opt.Deterministic = False, overwrite: opt.Overwrite = False,
+    resume: opt.Resume = False, keep_checkpoints: opt.KeepCheckpoints = False,
 ) -> None:
     """Fine-tune each model; keep its best checkpoint; choose its threshold on validation.
 
@@ -320,17 +234,10 @@ def train(
 
 @app.command()
 def evaluate(
-    run_dir: RunDir,
-    n_boot: NBoot = 1000,
-    data: ExternalData = None,
-    name: ExternalName = None,
-    by: By = None,
-    min_group: Annotated[int, typer.Option(
-        help="Subgroups with fewer images (or under 5 of a class) are too few to estimate.")] = 20,
-    exclude_duplicates: Annotated[bool, typer.Option(
-        help="Leave out external images that duplicate the run's own images.")] = False,
-    artifact_labels: ArtifactLabels = None,
-    device: Device = "auto",
+    run_dir: opt.RunDir, n_boot: opt.NBoot = 1000, data: opt.ExternalData = None,
+    name: opt.ExternalName = None, by: opt.By = None, min_group: opt.EvaluateMinGroup = 20,
+    exclude_duplicates: opt.ExcludeDuplicates = False, artifact_labels: opt.ArtifactLabels = None,
+    device: opt.Device = "auto",
 ) -> None:
     """Test-set metrics with 95 % CIs, baselines, and paired model comparisons.
 
@@ -393,50 +300,14 @@ def _finish(run_dir: Path, stage: str, tables: list, topics: tuple[str, ...],
 
 @app.command()
 def explain(
-    run_dir: RunDir,
-    methods: Annotated[str, typer.Option(
-        help=f"Comma-separated CAM methods (pytorch-grad-cam): {CAM_METHODS}; or auto: the "
-             "localisation benchmark chooses each model's method with its layer.")] = "auto",
-    target: Annotated[str, typer.Option(
-        help="Class each heatmap explains: malignant (one question for every image, so classes "
-             "compare), predicted (the study's; benign evidence lies mostly off the lesion) or "
-             "true.")] = "malignant",
-    normalize: Annotated[str, typer.Option(
-        help="minmax (ReLU + per-image min-max, the study's) or raw (ReLU only).")] = "minmax",
-    limit: Limit = None,
-    batch_size: CamBatch = 16,
-    sanity: Annotated[bool, typer.Option(
-        help="Randomised-weights sanity check (Adebayo et al. 2018).")] = True,
-    n_boot: NBoot = 1000,
-    shard: Annotated[str | None, typer.Option(
-        help="Compute only part i/n of the batches (e.g. 0/4), for several processes or machines; "
-             "then run --merge.")] = None,
-    merge: Annotated[bool, typer.Option(
-        help="Score the batches written by all shards into one attention.csv.")] = False,
-    layer: Annotated[str, typer.Option(
-        help="CAM layer: auto (the localisation benchmark's best on masked validation images, "
-             "sane), last (the study's last block), a layer name, or model=layer,... "
-             "('dermcam models' lists them).")] = "auto",
-    bench_methods: Annotated[str | None, typer.Option(
-        help="Methods the localisation benchmark scores at every candidate layer "
-             "(comma-separated, or all; default: all).")] = None,
-    bench_images: Annotated[int, typer.Option(
-        help="Validation images the localisation benchmark scores.")] = 64,
-    cascade: Annotated[bool, typer.Option(
-        help="Cascading randomisation in the sanity check (one step per block, from the output "
-             "down).")] = True,
-    margin: Annotated[float, typer.Option(
-        help="Equivalence margin of the lesion-size confound test (TOST), in units of each metric "
-             "(leakage, excess leakage, pixel AUROC): an adjusted class gap within +-margin "
-             "counts as explained by size.")] = 0.02,
-    artifact_labels: ArtifactLabels = None,
-    device: Annotated[str, typer.Option(
-        help=f"Where the heatmaps are computed: {DEVICES}; with --shard i/n, auto puts each "
-             "shard on its own GPU, and on the CPU the shards split the cores.")] = "auto",
-    data: ExternalData = None,
-    name: ExternalName = None,
-    by: By = None,
-    min_group: MinGroup = 20,
+    run_dir: opt.RunDir, methods: opt.Methods = "auto", target: opt.Target = "malignant",
+    normalize: opt.Normalize = "minmax", limit: opt.Limit = None, batch_size: opt.CamBatch = 16,
+    sanity: opt.Sanity = True, n_boot: opt.NBoot = 1000, shard: opt.Shard = None,
+    merge: opt.Merge = False, layer: opt.Layer = "auto", bench_methods: opt.BenchMethods = None,
+    bench_images: opt.BenchImages = 64, cascade: opt.Cascade = True, margin: opt.Margin = 0.02,
+    artifact_labels: opt.ArtifactLabels = None, device: opt.CamDevice = "auto",
+    data: opt.ExternalData = None, name: opt.ExternalName = None, by: opt.By = None,
+    min_group: opt.MinGroup = 20,
 ) -> None:
     """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
 
@@ -479,40 +350,14 @@ def explain(
 
 @app.command()
 def audit(
-    weights: Annotated[Path, typer.Argument(
-        help="The model: a state dict (plain, DDP, Lightning checkpoint, torch.compile) or a "
-             "TorchScript file. Pickled whole models are refused (no code is ever unpickled).")],
-    data: Annotated[Path, typer.Option(
-        help="Data folder of any layout dermcam reads: its test split is audited; the "
-             "validation part of its training split chooses threshold, calibration and layer.")],
-    arch: Annotated[str, typer.Option(
-        help="Architecture of the weights: torchvision's (resnet18; 'dermcam models') or "
-             "timm's (timm:convnext_tiny), built without pretrained weights.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
-    image_size: Annotated[int, typer.Option(help="Input side the model was trained at.")] = 224,
-    malignant_class: Annotated[int | None, typer.Option(
-        help="Two outputs: which one is malignant (default 1).")] = None,
-    malignant_classes: Annotated[str | None, typer.Option(
-        help="K > 2 outputs: the malignant ones, summed (e.g. 0,1,4 for HAM10000's mel, bcc, "
-             "akiec).")] = None,
-    mean: Annotated[str | None, typer.Option(
-        help="Input mean per RGB channel, e.g. 0.5,0.5,0.5 (default ImageNet's; timm: the "
-             "architecture's own).")] = None,
-    std: Annotated[str | None, typer.Option(help="Input std per RGB channel, as --mean.")] = None,
-    resize: Annotated[str, typer.Option(
-        help="squash (to a square) or shorter-side-crop (shorter side, then centre crop).")]
-    = "squash",
-    threshold: Annotated[float | None, typer.Option(
-        help="Decision threshold on P(malignant) (default: Youden's on validation).")] = None,
-    calibration: Calibration = "platt",
-    by: By = None,
-    artifact_labels: ArtifactLabels = None,
-    placements: Placements = 2,
-    limit: Limit = None,
-    device: Device = "auto",
-    precision: ProbePrecision = "auto",
-    overwrite: Overwrite = False,
-    debug: Debug = False,
+    weights: opt.AuditWeights, data: opt.AuditData, arch: opt.Arch, out: opt.Out,
+    image_size: opt.AuditImageSize = 224, malignant_class: opt.MalignantClass = None,
+    malignant_classes: opt.MalignantClasses = None, mean: opt.Mean = None, std: opt.Std = None,
+    resize: opt.Resize = "squash", threshold: opt.Threshold = None,
+    calibration: opt.Calibration = "platt", by: opt.By = None,
+    artifact_labels: opt.ArtifactLabels = None, placements: opt.Placements = 2,
+    limit: opt.Limit = None, device: opt.Device = "auto", precision: opt.ProbePrecision = "auto",
+    overwrite: opt.Overwrite = False, debug: opt.Debug = False,
 ) -> None:
     """The full audit of a model trained elsewhere, into an ordinary run folder.
 
@@ -548,34 +393,12 @@ def audit(
 
 @app.command()
 def probe(
-    run_dir: Annotated[Path, typer.Argument(
-        help="Run folder written by 'dermcam train' (explain first to also test whether the "
-             "heatmaps track the behaviour).")],
-    probes: Annotated[str | None, typer.Option(
-        help="Comma-separated probes: lesion_removed, background_removed, artifact_inserted, "
-             "artifact_removed (the default), context_swap (default with --artifact-labels), "
-             "hot_spots (default once 'dermcam explain' ran).")] = None,
-    artifacts: Annotated[str | None, typer.Option(
-        help="Artifacts to insert/remove (default: ruler, ink, patch, vignette, hair).")] = None,
-    placements: Placements = 3,
-    seed: Annotated[int | None, typer.Option(
-        help="Seed for placements and bootstrap (default: the run's).")] = None,
-    limit: Limit = None,
-    batch_size: Annotated[int, typer.Option(
-        help="Images perturbed per batch (each makes about 20 variants).")] = 32,
-    inpaint: Annotated[str, typer.Option(
-        help="OpenCV inpainting: telea or ns (Navier-Stokes).")] = "telea",
-    n_boot: NBoot = 1000,
-    artifact_labels: Annotated[Path | None, typer.Option(
-        "--artifact-labels",
-        help=ARTIFACT_LABELS + " Lesion and background removal are then split by each "
-             "artifact's presence (--artifacts names artifacts to insert).")] = None,
-    device: Device = "auto",
-    data: ExternalData = None,
-    name: ExternalName = None,
-    by: By = None,
-    min_group: MinGroup = 20,
-    precision: ProbePrecision = "32-true",
+    run_dir: opt.ProbeRun, probes: opt.Probes = None, artifacts: opt.Artifacts = None,
+    placements: opt.Placements = 3, seed: opt.ProbeSeed = None, limit: opt.Limit = None,
+    batch_size: opt.ProbeBatch = 32, inpaint: opt.Inpaint = "telea", n_boot: opt.NBoot = 1000,
+    artifact_labels: opt.ProbeLabels = None, device: opt.Device = "auto",
+    data: opt.ExternalData = None, name: opt.ExternalName = None, by: opt.By = None,
+    min_group: opt.MinGroup = 20, precision: opt.ProbePrecision = "32-true",
 ) -> None:
     """Behavioural audit: change the image, watch the malignant probability.
 
@@ -619,13 +442,7 @@ def probe(
 
 
 @app.command()
-def report(
-    run_dir: Annotated[Path, typer.Argument(
-        help="Run folder (after evaluate; explain adds the attention sections).")],
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="HTML file to write, or an existing folder to put report.html in "
-                            "(default: RUN_DIR/report.html).")] = None,
-) -> None:
+def report(run_dir: opt.ReportRun, out: opt.ReportOut = None) -> None:
     """One self-contained HTML report (opens offline) for reviewers: summary, model comparison
     with CIs and tests, attention analysis, a gallery of leaking images, method notes.
 
@@ -643,25 +460,12 @@ def report(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Folder for the data and the run.")] = Path("dermcam-demo"),
-    preset: Preset = "clean",
-    n_train: NTrain = 900,
-    n_test: NTest = 379,
-    image_size: ImageSize = 64,
-    epochs: Epochs = 10,
-    source_size: Annotated[int, typer.Option(help="Side of the generated images in pixels.")] = 128,
-    models: Models = ",".join(DEFAULT_MODELS),
-    seed: Annotated[int, typer.Option(help="Random seed of the data and the training.")] = 0,
-    overwrite: Overwrite = True,
-    shortcut: Annotated[bool, typer.Option(
-        help="Also train one model where rulers mark malignancy in training only, and audit it "
-             "beside its control.")] = True,
-    precision: TrainPrecision = "auto",
-    method: Annotated[str, typer.Option(
-        help="CAM method of the audit (its layer chosen by the localisation benchmark; 'auto' "
-             "chooses the method too). HiResCAM credits only where the output is sensitive.")]
-    = "hirescam",
+    out: opt.DemoOut = Path("dermcam-demo"), preset: opt.Preset = "clean",
+    n_train: opt.NTrain = 900, n_test: opt.NTest = 379, image_size: opt.ImageSize = 64,
+    epochs: opt.Epochs = 10, source_size: opt.SourceSize = 128,
+    models: opt.Models = ",".join(DEFAULT_MODELS), seed: opt.DemoSeed = 0,
+    overwrite: opt.Overwrite = True, shortcut: opt.Shortcut = True,
+    precision: opt.TrainPrecision = "auto", method: opt.DemoMethod = "hirescam",
 ) -> None:
     """The whole study on the synthetic benchmark: synth -> train -> evaluate -> explain ->
     probe -> report, plus a planted shortcut that the audit must catch.
@@ -690,17 +494,8 @@ def demo(
 
 @app.command()
 def download(
-    dataset: Annotated[str, typer.Argument(help="Data set to fetch: isic2016 (Part 3B).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to download and unpack into.")],
-    base_url: Annotated[str | None, typer.Option(
-        help="Where the files live (default: the ISIC challenge bucket, "
-             "https://isic-challenge-data.s3.amazonaws.com/2016/); http(s):// or file:// for a "
-             "local mirror.")] = None,
-    checksums: Annotated[Path | None, typer.Option(
-        help="File of 'SHA256  FILENAME' lines to verify against (sha256sum format).")] = None,
-    retries: Annotated[int, typer.Option(
-        help="Extra attempts after a dropped transfer.")] = 2,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait on the network.")] = 60.0,
+    dataset: opt.Dataset, out: opt.DownloadOut, base_url: opt.BaseUrl = None,
+    checksums: opt.Checksums = None, retries: opt.Retries = 2, timeout: opt.Timeout = 60.0,
 ) -> None:
     """Fetch, verify and safely unpack a public data set, then check its published counts.
 
@@ -729,20 +524,9 @@ def download(
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(
-        help="Checkpoint written by 'dermcam train' (RUN/models/<name>/model.pt).")],
-    images: Annotated[list[Path], typer.Argument(
-        help="Image files and/or folders (scanned for .jpg/.jpeg/.png/.bmp, not recursively).")],
-    masks: Annotated[Path | None, typer.Option(
-        help="Folder of lesion masks (<stem>_Segmentation.png, <stem>_segmentation.png or "
-             "<stem>.png): adds attention leakage scores.")] = None,
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Folder for predictions.csv and overlays/.")] = Path("predictions"),
-    batch_size: Annotated[int | None, typer.Option(
-        help="Images per batch (default: 16 on the CPU, 64 on a GPU).")] = None,
-    skip_bad: Annotated[bool, typer.Option(
-        help="Skip unreadable images with a warning instead of stopping.")] = False,
-    device: Device = "auto",
+    checkpoint: opt.Checkpoint, images: opt.Images, masks: opt.Masks = None,
+    out: opt.PredictOut = Path("predictions"), batch_size: opt.PredictBatch = None,
+    skip_bad: opt.SkipBad = False, device: opt.Device = "auto",
 ) -> None:
     """Classify new images: malignancy probability, decision and Grad-CAM overlay per image.
 

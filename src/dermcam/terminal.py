@@ -1,8 +1,7 @@
-"""The terminal side of the ``dermcam`` command line: how its help reads, the options
-several commands share, and what it prints.
+"""The terminal side of the ``dermcam`` command line: how its help reads and what it prints
+(its options are declared in :mod:`dermcam.options`).
 
-:class:`App` rewraps each command's docstring and shows flags bare; the ``Annotated``
-option types below are declared once for every command that takes them; :func:`show`
+:class:`App` rewraps each command's docstring and shows flags bare; :func:`show`
 renders a :class:`dermcam.views.Table` with rich, :func:`detail` writes a stage's detail
 tables to the run's ``dermcam.log``, :func:`answer` prints the findings and
 :func:`progress_bar` drives a rich progress bar (none with ``--quiet``).
@@ -14,7 +13,6 @@ import contextlib
 import inspect
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,8 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from dermcam import run as runmod
-from dermcam.device import PRECISION_HELP
 from dermcam.errors import DermcamError
+from dermcam.options import CAM_METHODS
 
 
 def paragraphs(doc: str | None) -> str | None:
@@ -44,12 +42,6 @@ def paragraphs(doc: str | None) -> str | None:
 #: The order ``dermcam --help`` lists the commands in: the order a study runs them.
 PIPELINE = ("demo", "download", "synth", "info", "models", "train", "evaluate", "explain",
             "probe", "report", "audit", "predict")
-
-
-#: Stands for the CAM registry's method names (:data:`dermcam.attribution.METHODS`) in a
-#: help text; filled in when a command's options are first read, so that importing the CLI
-#: (``dermcam info``, ``dermcam --help``) does not import torch with the registry.
-CAM_METHODS = "{cam_methods}"
 
 
 def bare_flags(params: list) -> list:
@@ -107,60 +99,6 @@ console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 #: Set by the app's callback from ``--debug``, ``--quiet``, ``--verbose``.
 state = {"debug": False, "quiet": False, "verbose": False}
-
-# ------------------------------------------------------------------ shared options
-# Each option several commands take is declared once here; a command gives its default.
-
-DEVICES = "auto (CUDA when available, else CPU), cpu, cuda or cuda:INDEX"
-ARTIFACT_LABELS = ("Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
-                    "';'-separated, image;dark_corner;hair;...), joined by image id as "
-                    "artifact_<name> columns and kept for the run's later stages; with --data "
-                    "they label that set's images instead.")
-
-RunDir = Annotated[Path, typer.Argument(help="Run folder written by 'dermcam train'.")]
-DataDir = Annotated[Path, typer.Argument(
-    help="Data set folder of any layout dermcam reads (ISIC 2016/2017, HAM10000, PH2, a "
-         "generic labels.csv).")]
-Device = Annotated[str, typer.Option(help=f"Where the models run: {DEVICES}.")]
-ExternalName = Annotated[str | None, typer.Option(
-    help="Name of the external set's folder (default: the data folder's name).")]
-By = Annotated[str | None, typer.Option(
-    help="Results per subgroup of these comma-separated columns: any metadata column of the "
-         "layout, or 'ita' (skin tone estimated from the image).")]
-MinGroup = Annotated[int, typer.Option(
-    help="Subgroups with fewer images are too few to estimate.")]
-NBoot = Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs.")]
-ArtifactLabels = Annotated[Path | None, typer.Option("--artifact-labels",
-                                                      help=ARTIFACT_LABELS)]
-Limit = Annotated[int | None, typer.Option(help="Only the first N masked images.")]
-CamBatch = Annotated[int, typer.Option(help="Images per Grad-CAM batch.")]
-Models = Annotated[str, typer.Option(help="Comma-separated torchvision model names.")]
-ImageSize = Annotated[int, typer.Option(help="Model input side in pixels (224 on real data).")]
-Epochs = Annotated[int, typer.Option(
-    help="Maximum epochs per model (early stopping may end sooner).")]
-TrainPrecision = Annotated[str, typer.Option(help="Training precision: " + PRECISION_HELP)]
-Preset = Annotated[str, typer.Option(
-    help="Synthetic data: 'clean': artifacts independent of the label; 'shortcut': rulers "
-         "tied to malignancy in training only.")]
-NTrain = Annotated[int, typer.Option(help="Synthetic training images (ISIC 2016: 900).")]
-NTest = Annotated[int, typer.Option(help="Synthetic test images (ISIC 2016: 379).")]
-Overwrite = Annotated[bool, typer.Option(
-    help="Replace what an earlier run of this command wrote in --out.")]
-Calibration = Annotated[str, typer.Option(
-    help="platt: fit p = sigmoid((z1 - z0) / T + b) on the validation split (undoes the shift a "
-         "weighted loss puts on the logits); temperature: T only; none: raw softmax. The "
-         "threshold is chosen on the calibrated probabilities.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
-ExternalData = Annotated[Path | None, typer.Option(
-    help="Audit the run's models on another data set (any layout) instead, at the run's "
-         "thresholds and layers: external validation, written to RUN/external/NAME/.")]
-Placements = Annotated[int, typer.Option(help="Seeded placements per image and inserted artifact.")]
-ProbePrecision = Annotated[str, typer.Option(
-    help="Probe precision: 32-true (float32, as evaluate scores), bf16-mixed (bfloat16 autocast, "
-         "channels-last, BatchNorm folded: about 2x faster where bfloat16 is native, "
-         "probabilities about 1e-2 from float32's) or auto (bf16-mixed where training's "
-         "--precision auto would choose it).")]
-
 
 def names(text: str | None) -> list[str]:
     """A comma-separated option's names, blanks dropped."""

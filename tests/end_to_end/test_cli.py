@@ -330,3 +330,20 @@ def test_shared_options_read_the_same_everywhere():
     for flag, texts in helps.items():
         if flag not in differ:
             assert len(texts) == 1, (flag, texts)
+
+
+def test_every_declared_option_is_some_commands():
+    """dermcam.options declares only what a command takes: each Annotated alias there is a
+    parameter's type in some command (a left-over declaration would drift unseen)."""
+    import typing
+
+    from dermcam import cli, options
+
+    declared = {n for n, v in vars(options).items()
+                if typing.get_origin(v) is typing.Annotated}
+    used = set()
+    for fn in [cli._main, *(c.callback for c in GROUP.commands.values())]:
+        for hint in fn.__annotations__.values():
+            used.update(n for n in declared if hint == f"opt.{n}")
+    assert declared - used == set()
+    assert len(declared) > 60
