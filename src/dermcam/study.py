@@ -37,13 +37,9 @@ from dermcam import run as runmod
 from dermcam.config import EvaluateConfig, ExplainConfig, TrainConfig
 from dermcam.data import detect_layout
 from dermcam.errors import DermcamError
-from dermcam.evaluation import format_comparison
 from dermcam.io import MANIFEST, write_bytes, write_csv
 from dermcam.logs import quiet_libraries
 from dermcam.models import DEFAULT_MODELS
-from dermcam.stages.evaluate import run_evaluate
-from dermcam.stages.explain import run_explain
-from dermcam.stages.train import train
 from dermcam.views import confound_line, pairwise_table
 
 __all__ = ["main_train", "main_gradcam", "train_study", "gradcam_study", "RESULTS_DIR",
@@ -175,6 +171,9 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
 
     Returns the evaluation result (:func:`dermcam.evaluation.evaluate_predictions`).
     """
+    from dermcam.stages.evaluate import run_evaluate  # torch, at first use: --help stays fast
+    from dermcam.stages.train import train
+
     results = Path(results)
     run = results / RUN_SUBDIR
     data = _check_data(Path(data))
@@ -223,6 +222,8 @@ def print_comparison(result: dict[str, Any], say=_say) -> None:
     say("\nComparison of all models (test set, at each model's validation-chosen threshold):")
     say(_text_table(rows))
     say("\nWith 95% confidence intervals, and the predict-all-benign baseline:")
+    from dermcam.evaluation import format_comparison  # scikit-learn, at first use
+
     say(_text_table(format_comparison(result)))
     pairs = pairwise_table(result)
     if pairs:
@@ -269,6 +270,8 @@ def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     """dermcam explain (Grad-CAM) on ``results/run``; the study's figures and CSV under
     ``results``. Returns the attention summary (:func:`dermcam.stages.explain.run_explain`)."""
     import pandas as pd
+
+    from dermcam.stages.explain import run_explain  # torch, at first use: --help stays fast
 
     results = Path(results)
     run = results / RUN_SUBDIR
