@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny data sets written into ``tmp_path`` in each supported layout.
+"""Shared fixtures: tiny data sets written into ``tmp_path`` in each supported layout, and
+one tiny trained run (``tiny_run``) for the stage tests that only need some finished run.
 
 The helpers themselves are in ``helpers.py`` (imported as ``from helpers import ...``);
 the ``dh`` fixture hands the same helpers and constants over as one namespace.
@@ -20,6 +21,7 @@ from helpers import (
     LESION,
     H,
     W,
+    easy_generic,
     generic_labels,
     ids_of,
     lesion_image,
@@ -79,3 +81,21 @@ def dh() -> SimpleNamespace:
         TEST_CSV=ISIC_TEST_CSV, lesion_image=lesion_image, lesion_mask=lesion_mask,
         write_image=write_image, write_mask=write_mask, rewrite=rewrite, ids_of=ids_of,
         generic_labels=generic_labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """``(data, run)``: ResNet18 trained from scratch for one epoch at 32 px on
+    :func:`helpers.easy_generic`'s 30 images (10 test images, all masked). Shared by the
+    whole session: a test that changes the run or the data works on a copy. Seed 3, not
+    the default 0, so that a test reading the run's seed can tell the two apart."""
+    from dermcam.config import TrainConfig
+    from dermcam.stages.train import train
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    data = easy_generic(base / "data", n=30)
+    run = base / "run"
+    train(TrainConfig(data=str(data), out=str(run), models=["resnet18"], weights="none",
+                      image_size=32, max_epochs=1, batch_size=8, accelerator="cpu", seed=3,
+                      progress=False, cache_dir=str(base / "cache")))
+    return data, run

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import easy_generic
 
 from dermcam import run as runmod
 from dermcam.config import EvaluateConfig, ExplainConfig
@@ -19,17 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    from dermcam.config import TrainConfig
-    from dermcam.stages.train import train
-
-    base = tmp_path_factory.mktemp("runobj")
-    data = easy_generic(base / "data", n=30)
-    out = base / "run"
-    train(TrainConfig(data=str(data), out=str(out), models=["resnet18"], weights="none",
-                      image_size=24, max_epochs=1, batch_size=8, seed=3, progress=False,
-                      cache_dir=str(base / "cache")))
-    return out
+def trained(tiny_run) -> Path:
+    return tiny_run[1]
 
 
 def _copy(trained: Path, tmp_path: Path) -> Path:
@@ -47,7 +37,7 @@ def test_run_opens_once_and_answers_by_name(trained):
 
     run = runmod.Run.open(trained, require="train")
     m = json.loads((trained / "manifest.json").read_text())
-    assert isinstance(run.config, TrainConfig) and run.config.image_size == 24
+    assert isinstance(run.config, TrainConfig) and run.config.image_size == 32
     assert run.image_size == m["config"]["image_size"] and run.seed == m["seed"] == 3
     assert run.trained_models == ["resnet18"]
     assert run.model_file("resnet18") == trained / "models" / "resnet18" / "model.pt"

@@ -7,7 +7,8 @@ no output the command would write is left behind looking complete (no manifest s
 marked complete, no metrics.json, report.html or predictions manifest).
 
 Stages: synth, info, train, evaluate, explain, report, predict, download, models. The
-one trained run they share is tiny (ResNet18 from scratch, 32 px, one epoch).
+trained run they use is the session's tiny run (conftest: ResNet18 from scratch, 32 px,
+one epoch).
 """
 
 from __future__ import annotations
@@ -89,18 +90,9 @@ TRAIN = ["--models", "resnet18", "--weights", "none", "--image-size", "32", "--e
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(data folder, run folder) of one finished tiny training run."""
-    from dermcam.config import TrainConfig
-    from dermcam.stages.train import train
-
-    base = tmp_path_factory.mktemp("stages")
-    data = _data(base / "data")
-    run = base / "run"
-    train(TrainConfig(data=str(data), out=str(run), models=["resnet18"], weights="none",
-                      image_size=32, max_epochs=1, batch_size=8, accelerator="cpu",
-                      progress=False, cache_dir=str(base / "cache")))
-    return data, run
+def trained(tiny_run):
+    """(data folder, run folder) of the session's finished tiny training run (conftest)."""
+    return tiny_run
 
 
 def _copy_run(trained, tmp_path, **stages) -> Path:
@@ -340,7 +332,7 @@ def test_evaluate_one_class_test_split(trained, monkeypatch, capsys, tmp_path):
     m["data"]["root"] = str(data)
     (run / "manifest.json").write_text(json.dumps(m))
     refused(monkeypatch, capsys, ["evaluate", run], data,
-            "the test split holds only benign images (6), no malignant: ROC AUC")
+            "the test split holds only benign images (10), no malignant: ROC AUC")
     assert not (run / "metrics.json").exists() and _stage(run, "evaluate") is None
 
 
