@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from dermcam.io import save_figure
 from dermcam.leakage import CHANCE, LABEL_NAMES, METRICS, bootstrap_mean_ci, score_batch
+from dermcam.plots import new_figure
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +51,11 @@ SIZE_AWARE = ("excess_leakage", "localisation_gain", "pixel_auroc", "pointing_ga
 
 
 def _figure(width: float, height: float) -> Figure:
-    from dermcam.plots import new_figure
-
     return new_figure((width, height))
 
 
 def _save(fig: Figure, path, dpi: int = 150) -> Path:
     """Write ``fig`` to ``path`` atomically and return the path."""
-    from dermcam.io import save_figure
-
     return save_figure(fig, path, dpi=dpi)
 
 

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dermcam.calibration import calibrated_prob
 from dermcam.errors import DermcamError
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,6 @@ def layer_reshape_transform(model: torch.nn.Module, layer_name: str) -> Callable
 
     from torchvision.models import SwinTransformer, VisionTransformer
 
-
     def under(prefix: str) -> bool:
         return layer_name == prefix or layer_name.startswith(prefix + ".")
 
@@ -261,7 +261,6 @@ def default_target_layer(model: torch.nn.Module) -> tuple[str, Callable | None]:
     from torchvision.models import MaxVit, SwinTransformer, VisionTransformer
     from torchvision.models.googlenet import InceptionAux as GoogLeNetAux
     from torchvision.models.inception import InceptionAux
-
 
     kind = timm_kind(model)
     if kind == "vit":
@@ -360,8 +359,6 @@ class CamExplainer:
         ``threshold`` the class decided at that malignant-probability threshold.
         """
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        from dermcam.calibration import calibrated_prob
 
         if self._cam is None:
             raise RuntimeError("use CamExplainer as a context manager")

@@ -23,7 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dermcam.calibration import set_temperature
 from dermcam.errors import DermcamError
+from dermcam.io import atomic_path
+from dermcam.models import TIMM_PREFIX, attach_io, build_model, load_weights_into, state_dict_of
+from dermcam.weight_files import fit_weights, load_state_file
 
 CHECKPOINT_FORMAT = "dermcam-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -32,8 +36,6 @@ CHECKPOINT_VERSION = 1
 def save_checkpoint(path: Path, model, info, extra: dict[str, Any]) -> Path:
     """Write a dermcam checkpoint atomically (tensors and plain values only)."""
     import torch
-
-    from dermcam.io import atomic_path
 
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": info.name,
                "target_layer": info.target_layer, "weights_source": info.weights_source,
@@ -52,10 +54,6 @@ def load_checkpoint(path: str | Path):
     apply. A checkpoint with ``num_outputs`` (a model trained elsewhere) is built with that
     many outputs, loaded strictly and, with ``io``, given :func:`dermcam.models.attach_io`'s
     hooks."""
-    from dermcam.calibration import set_temperature
-    from dermcam.models import TIMM_PREFIX, attach_io, build_model, load_weights_into, state_dict_of
-    from dermcam.weight_files import fit_weights, load_state_file
-
     payload = load_state_file(path)  # torch.load(..., weights_only=True)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise DermcamError("not a dermcam checkpoint (use --weights PATH for plain state dicts)",
@@ -93,9 +91,6 @@ def update_checkpoint(path: str | Path, fields: dict[str, Any]) -> bool:
     every field already holds its value. Returns whether the file was rewritten."""
     import torch
 
-    from dermcam.io import atomic_path
-    from dermcam.weight_files import load_state_file
-
     payload = load_state_file(path)
     if all(k in payload and payload[k] == v for k, v in fields.items()):
         return False
@@ -108,7 +103,5 @@ def update_checkpoint(path: str | Path, fields: dict[str, Any]) -> bool:
 def update_model_card(path: str | Path, fields: dict[str, Any]) -> None:
     """Merge ``fields`` into the model card of the checkpoint at ``path`` ('dermcam
     predict' shows the card), through :func:`update_checkpoint`."""
-    from dermcam.weight_files import load_state_file
-
     card = load_state_file(path).get("model_card") or {}
     update_checkpoint(path, {"model_card": {**card, **fields}})

@@ -16,9 +16,12 @@ import typer
 
 from dermcam import options as opt
 from dermcam import run as runmod
+from dermcam.config import EvaluateConfig, ExplainConfig, ProbeConfig, TrainConfig, parse_lr
+from dermcam.device import inference_batch_size, resolve_device
 from dermcam.errors import DermcamError
 from dermcam.logs import quiet_libraries
-from dermcam.models import DEFAULT_MODELS
+from dermcam.models import DEFAULT_MODELS, known_models
+from dermcam.run import record_in_run
 from dermcam.terminal import (
     App,
     Group,
@@ -31,6 +34,21 @@ from dermcam.terminal import (
     progress_bar,
     show,
     state,
+)
+from dermcam.views import (
+    attention_sections,
+    dataset_lines,
+    dataset_tables,
+    external_line,
+    external_table,
+    labels_line,
+    metrics_tables,
+    models_table,
+    predictions_table,
+    probe_sections,
+    problem_lines,
+    subgroup_tables,
+    training_table,
 )
 
 app = App(
@@ -132,7 +150,6 @@ def info(data: opt.DataDir, check: opt.Check = False, image_size: opt.ImageSizeC
     from rich.markup import escape
 
     from dermcam.data.check import check_dataset
-    from dermcam.views import problem_lines
 
     _check_image_size(image_size)
     with progress_bar("check images" + (" (decode)" if check else "")) as cb:
@@ -156,7 +173,6 @@ def _check_image_size(image_size: int) -> None:
 def _show_data(root: Path, mask_areas: dict[str, float] | None = None) -> None:
     """The data set's tables and sentences (:func:`dermcam.views.dataset_tables`)."""
     from dermcam.data.describe import describe
-    from dermcam.views import dataset_lines, dataset_tables
 
     d = describe(root, mask_areas=mask_areas)
     for table in dataset_tables(d, root):
@@ -179,9 +195,6 @@ def models(image_size: opt.ModelsImageSize = 224, run_dir: opt.ModelsRun = None)
       dermcam models --image-size 128
       dermcam models --run runs/r1
     """
-    from dermcam.models import known_models
-    from dermcam.views import models_table
-
     if run_dir is not None:
         image_size = runmod.Run.open(run_dir).image_size
     show(models_table(image_size, known_models(image_size)))
@@ -210,7 +223,6 @@ def train(
       dermcam train data/synth --out runs/r1 --models resnet18 --weights none --epochs 5
       dermcam train data/isic2016 --out runs/r1 --resume
     """
-    from dermcam.config import TrainConfig, parse_lr
     from dermcam.stages.train import train as do_train
 
     same = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
@@ -222,7 +234,6 @@ def train(
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
     if not manifest:  # a worker process of multi-process training: rank 0 reports
         return
-    from dermcam.views import training_table
 
     table = training_table(runmod.Run(out, manifest).model_records)
     show(table)
@@ -247,9 +258,7 @@ def evaluate(
       dermcam evaluate runs/r1 --artifact-labels isic_bias.csv
       dermcam evaluate runs/r1 --data data/ph2 --name ph2 --exclude-duplicates
     """
-    from dermcam.config import EvaluateConfig
     from dermcam.stages.evaluate import run_evaluate
-    from dermcam.views import external_table, labels_line, metrics_tables, subgroup_tables
 
     cfg = _config(EvaluateConfig, locals())
     audit = _audit_set(run_dir, data, name, artifact_labels)
@@ -322,10 +331,7 @@ def explain(
       dermcam explain runs/r1 --methods hirescam --layer last --artifact-labels isic_bias.csv
       dermcam explain runs/r1 --data data/ph2 --name ph2
     """
-    from dermcam.config import ExplainConfig
-    from dermcam.run import record_in_run
     from dermcam.stages.explain import run_explain
-    from dermcam.views import attention_sections, external_line
 
     if artifact_labels is not None and data is None:  # attention summary by artifact presence
         console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
@@ -413,11 +419,7 @@ def probe(
       dermcam probe runs/r1 --probes artifact_inserted --artifacts ruler,ink --placements 5
       dermcam probe runs/r1 --artifact-labels isic_bias.csv --precision auto
     """
-    from dermcam.config import ProbeConfig
-    from dermcam.device import resolve_device
-    from dermcam.run import record_in_run
     from dermcam.stages.probe import PROBES, read_summary_object, run_probe
-    from dermcam.views import external_line, probe_sections
 
     if artifact_labels is not None and data is None:
         console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
@@ -538,10 +540,8 @@ def predict(
       dermcam predict runs/r1/models/resnet18/model.pt photos/
       dermcam predict runs/r1/models/resnet18/model.pt a.jpg b.jpg --masks masks/ --out preds
     """
-    from dermcam.device import inference_batch_size, resolve_device
     from dermcam.predict import model_card_lines
     from dermcam.predict import predict as run_predict
-    from dermcam.views import predictions_table
 
     dev = resolve_device(device)
     with progress_bar("predict") as cb:

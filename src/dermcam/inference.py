@@ -12,6 +12,10 @@ import logging
 import numpy as np
 import torch
 
+from dermcam.augment import preprocess
+from dermcam.calibration import ATTR, BIAS_ATTR, apply_temperature, bias_of, temperature_of
+from dermcam.models import IO_ATTR, attach_io
+
 log = logging.getLogger(__name__)
 
 
@@ -54,8 +58,6 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     from torch.fx.experimental.optimization import fuse
     from torch.fx.proxy import TraceError
 
-    from dermcam.models import IO_ATTR, attach_io
-
     was_training = model.training
     model.eval()
     try:
@@ -73,8 +75,6 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 
 def _carry_calibration(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     """Copy the calibration temperature and bias recorded on ``src`` onto ``dst``."""
-    from dermcam.calibration import ATTR, BIAS_ATTR
-
     for attr in (ATTR, BIAS_ATTR):
         if hasattr(src, attr):
             setattr(dst, attr, float(getattr(src, attr)))
@@ -107,16 +107,12 @@ def predict_proba(model, images: np.ndarray, batch_size: int = 64,
 def _malignant_probs(model, batches, device) -> np.ndarray:
     """Malignant probability ``softmax(z / T)[:, 1]`` over ``uint8 (B, S, S, 3)`` batches,
     ``T`` the model's temperature (1 when none is recorded); restores the mode."""
-    from dermcam.calibration import apply_temperature, bias_of, temperature_of
-
     return apply_temperature(_logit_diffs(model, batches, device), temperature_of(model),
                              bias_of(model))
 
 
 def _logit_diffs(model, batches, device) -> np.ndarray:
     """``z1 - z0`` (float64) over ``uint8 (B, S, S, 3)`` batches; restores the mode."""
-    from dermcam.augment import preprocess
-
     was_training = model.training
     model.eval()
     out = []

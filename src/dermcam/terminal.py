@@ -21,7 +21,9 @@ from rich.text import Text
 
 from dermcam import run as runmod
 from dermcam.errors import DermcamError
+from dermcam.findings import display_names, write_findings
 from dermcam.options import CAM_METHODS
+from dermcam.views import findings_lines
 
 
 def paragraphs(doc: str | None) -> str | None:
@@ -151,9 +153,6 @@ STYLE = {"alarm": "bold red", "caution": "yellow", "ok": "green", "not_run": "di
 def answer(run_dir: Path, topics: tuple[str, ...] = ()) -> None:
     """Write ``RUN/findings.json`` and print the findings on ``topics`` (prefixes; all
     when empty), as :func:`dermcam.views.findings_lines` lays them out."""
-    from dermcam.findings import display_names, write_findings
-    from dermcam.views import findings_lines
-
     _, found = write_findings(run_dir)
     lines = findings_lines(found, display_names(runmod.Run.open(run_dir), found), topics)
     width = max((len(name) for name, _, _ in lines), default=0)

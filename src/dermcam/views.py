@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from dermcam import run as runmod
+from dermcam.findings import fine_line
 from dermcam.formatting import fmt_ci, fmt_num, fmt_p, fmt_pct, fmt_seconds, is_number, metric_label
 from dermcam.io import read_json
+from dermcam.stages.external import SIDE_BY_SIDE, side_by_side
 
 __all__ = ["Table", "ci_cell", "training_table", "imported_table", "metrics_tables", "localisation_table",
            "attention_table", "artifacts_table", "probe_table", "presence_table",
@@ -37,7 +39,6 @@ SECTIONS = (("training", "Training"), ("comparison", "Model comparison"),
 class Table:
     """A titled table of formatted cells; ``numeric_from``: the first column that holds
     numbers (right-aligned by renderers)."""
-
     title: str
     columns: list[str]
     rows: list[list[str]] = field(default_factory=list)
@@ -173,7 +174,6 @@ def pairwise_table(result: dict[str, Any]) -> Table | None:
 def external_table(internal: dict[str, Any] | None,
                    externals: list[tuple[str, dict[str, Any]]],
                    names: dict[str, str] | None = None) -> Table | None:
-    from dermcam.stages.external import SIDE_BY_SIDE, side_by_side
 
     if not externals:
         return None
@@ -489,8 +489,6 @@ def findings_lines(findings, names: dict[str, str], topics: tuple[str, ...] = ()
     """The findings on ``topics`` (prefixes; all when empty) as the terminal lists them,
     ``(model name, status, text)``: per model, one line per topic that is not ok, then one
     line with what is fine (status ``ok``)."""
-    from dermcam.findings import fine_line
-
     found = [f for f in findings if not topics or f.topic.startswith(topics)]
     out = []
     for model in dict.fromkeys(f.model for f in found):

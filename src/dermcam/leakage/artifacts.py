@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from dermcam.data.artifact_labels import split_by_presence
 from dermcam.leakage.checks import is_constant, require_columns
 from dermcam.leakage.compare import bootstrap_mean_ci
 
@@ -38,7 +39,6 @@ def presence_comparison(df: pd.DataFrame, columns: Sequence[str], metrics: Seque
     The caller adjusts ``p`` for multiplicity (the attention summary's
     ``artifact_presence`` family) and keeps the raw value beside ``p_adjusted``.
     """
-    from dermcam.data.artifact_labels import split_by_presence
     from dermcam.stats import cluster_info
 
     require_columns(df, [*columns, *metrics])

@@ -17,6 +17,8 @@ import pandas as pd
 
 from dermcam import run as runmod
 from dermcam.formatting import fmt_num, is_number
+from dermcam.heatmap_files import heatmap_dir, load_heatmaps
+from dermcam.pictures import render_strip
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,6 @@ N_EXTREME, N_MISSED = 3, 12
 @dataclass
 class Case:
     """One gallery card: an attention.csv row and why it was picked."""
-
     row: dict[str, Any]
     kinds: list[str]
 
@@ -108,9 +109,6 @@ def _cls(v: Any) -> str:
 def cards(run: runmod.Run, names: dict[str, str], data_uri) -> tuple[list[dict], list[str]]:
     """The gallery's cards (highest/lowest excess leakage and missed malignant lesions, per
     model and method, strips as ``data_uri(png)``) and notes on what could not be shown."""
-    from dermcam.heatmap_files import heatmap_dir, load_heatmaps
-    from dermcam.pictures import render_strip
-
     path = runmod.Outputs(run.dir).attention
     if not path.exists():
         return [], []

@@ -22,6 +22,8 @@ import jinja2
 from dermcam import run as runmod
 from dermcam.findings import RULES, STATUSES, Finding, display_names, status_counts, write_findings
 from dermcam.formatting import is_number
+from dermcam.io import read_json, write_text
+from dermcam.report import gallery
 from dermcam.views import SECTIONS, Table, run_facts, run_sections
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,6 @@ class Section:
 @dataclass
 class Card:
     """One model's findings: the lines to show and the ``ok`` / ``not_run`` ones folded."""
-
     name: str
     status: str  # the worst status shown
     lines: list[Finding]
@@ -212,7 +213,6 @@ def pictures(run: runmod.Run) -> tuple[list[Figure], list[str]]:
 
 def notes_context(run: runmod.Run) -> dict[str, Any]:
     """The run's values the method notes quote (bootstrap size, margin, sanity threshold)."""
-    from dermcam.io import read_json
     from dermcam.stages.probe import CAVEAT
 
     out = runmod.Outputs(run.dir)
@@ -248,7 +248,6 @@ def environment() -> jinja2.Environment:
 def render(run_dir: str | Path) -> str:
     """The report page for ``run_dir`` as a string (writes ``RUN/findings.json``)."""
     from dermcam import __version__
-    from dermcam.report import gallery
 
     run = runmod.Run.open(run_dir)
     _, findings = write_findings(run.dir)
@@ -279,8 +278,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path. ``out`` defaults to ``RUN_DIR/report.html``; an existing folder gets
     ``report.html`` inside it. Raises :class:`DermcamError` when ``run_dir`` is not a
     dermcam run folder; a stage that has not run shows as ``not run`` findings."""
-    from dermcam.io import write_text
-
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir / runmod.REPORT
     if target.is_dir():

@@ -44,6 +44,7 @@ from dermcam.decision import choose_threshold
 from dermcam.errors import DermcamError
 from dermcam.inference import use_channels_last
 from dermcam.model_records import checkpoint_payload, model_card, model_record
+from dermcam.models import build_model
 from dermcam.objective import loss_class_weights, make_adam
 from dermcam.samplers import (
     EpochSampler,
@@ -221,8 +222,6 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
 def _build_module(name: str, cfg: TrainConfig, ytr: np.ndarray, n_train: int):
     """``(module, info, lr)``: the seeded model ``name`` in its Lightning module."""
     from lightning.pytorch import seed_everything
-
-    from dermcam.models import build_model
 
     seed_everything(cfg.seed, workers=True, verbose=False)
     model, info = build_model(name, cfg.weights)
