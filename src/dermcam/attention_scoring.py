@@ -18,17 +18,9 @@ from dermcam import leakage as lk
 from dermcam import run as runmod
 from dermcam.audit_set import AuditSet, image_columns
 from dermcam.data.describe import read_metadata
+from dermcam.data.synth import ARTIFACTS
 from dermcam.errors import DermcamError
 from dermcam.heatmap_files import heatmap_batches, heatmap_dir, read_heatmap_batch
-
-
-def _artifact_names() -> tuple[str, ...]:
-    try:
-        from dermcam.data.synth import ARTIFACTS
-
-        return tuple(ARTIFACTS)
-    except Exception:  # pragma: no cover
-        return ("ruler", "ink", "patch", "vignette", "hair")
 
 
 def attention_table(run: runmod.Run, audit: AuditSet, selection, by=()
@@ -66,7 +58,7 @@ class _Scoring:
         meta = read_metadata(ds)
         labels = getattr(ds, "artifact_labels", None)
         return cls(by_id, size, cache, run.thresholds,
-                   any(s.group is not None for s in samples), _artifact_names(),
+                   any(s.group is not None for s in samples), tuple(ARTIFACTS),
                    meta.set_index("image_id") if meta is not None else None,
                    labels.set_index("image_id") if labels is not None else None)
 

@@ -19,6 +19,7 @@ from dermcam import run as runmod
 from dermcam.config import EvaluateConfig, ExplainConfig, ProbeConfig, TrainConfig, parse_lr
 from dermcam.device import inference_batch_size, resolve_device
 from dermcam.errors import DermcamError
+from dermcam.io import read_json
 from dermcam.logs import quiet_libraries
 from dermcam.models import DEFAULT_MODELS, known_models
 from dermcam.run import record_in_run
@@ -269,8 +270,6 @@ def evaluate(
     tables = metrics_tables(result)
     ext = result.get("external")
     if ext:
-        from dermcam.io import read_json
-
         internal = runmod.Outputs(run_dir).metrics
         tables.insert(0, external_table(read_json(internal) if internal.exists() else None,
                                         [(ext["name"], result)]))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dermcam import __version__
+from dermcam.checkpoints import load_checkpoint
 from dermcam.config import TrainConfig
 from dermcam.errors import DermcamError
 from dermcam.io import MANIFEST, SCHEMA_VERSION, read_json, write_json
@@ -442,8 +443,6 @@ class Run:
         """``(model, info, payload)`` of a trained model's ``model.pt`` (loaded once; the
         caller moves it to a device and may change its mode)."""
         if name not in self._models:
-            from dermcam.checkpoints import load_checkpoint
-
             self._models[name] = load_checkpoint(self.model_file(name))
         return self._models[name]
 

@@ -52,6 +52,7 @@ from dermcam.evaluation.metrics import (
     both_classes,
     classification_metrics,
 )
+from dermcam.models import display_name as registry_name
 from dermcam.reliability import labels_probs, reliability_curve
 from dermcam.stats import (
     ADJUST_METHODS,
@@ -84,16 +85,10 @@ _REQUIRED_COLUMNS = ("image_id", "model", "label", "prob_malignant")
 def display_name(model: str) -> str:
     """Human-readable model name (``efficientnet_b0`` -> ``EfficientNet-B0``).
 
-    Looked up in the model registry (:func:`dermcam.models.display_name`, which
-    imports no torch at module level); unknown names are returned unchanged.
+    Looked up in the model registry (:func:`dermcam.models.display_name`); unknown names
+    are returned unchanged.
     """
-    if model == "all_benign":
-        return BASELINE_NAME
-    try:
-        from dermcam.models import display_name as registry_name
-    except ImportError:  # pragma: no cover - registry missing in a stripped install
-        return model
-    return registry_name(model)
+    return BASELINE_NAME if model == "all_benign" else registry_name(model)
 
 
 # --------------------------------------------------------------------------- evaluate
