@@ -226,11 +226,10 @@ def train(
     """
     from dermcam.stages.train import train as do_train
 
-    same = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
     lr_default, lr_by_model = parse_lr(lr)
-    cfg = TrainConfig(**{**same, "data": str(data), "out": str(out), "models": names(models),
-                         "max_epochs": epochs, "lr": lr_default, "lr_by_model": lr_by_model,
-                         "progress": not state["quiet"]})
+    cfg = _config(TrainConfig, locals(), data=str(data), out=str(out), models=names(models),
+                  max_epochs=epochs, lr=lr_default, lr_by_model=lr_by_model,
+                  progress=not state["quiet"])
     with progress_bar("decode + cache images") as cb:
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
     if not manifest:  # a worker process of multi-process training: rank 0 reports
@@ -281,11 +280,9 @@ def evaluate(
 
 def _config(cls, options: dict, **more):
     """The stage's config (:mod:`dermcam.config`) from the command's options of the same
-    names; ``--by`` as a tuple of columns."""
-    from dermcam.audit_set import by_columns
-
+    names, ``more`` replacing or adding fields (each stage reads ``--by``'s text itself)."""
     same = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
-    return cls(**{**same, "by": by_columns(options.get("by")), **more})
+    return cls(**{**same, **more})
 
 
 def _audit_set(run_dir: Path, data: Path | None, name: str | None, artifacts: Path | None):
@@ -293,6 +290,19 @@ def _audit_set(run_dir: Path, data: Path | None, name: str | None, artifacts: Pa
     from dermcam.audit_set import AuditSet
 
     return AuditSet.open(runmod.Run.open(run_dir), data, name=name, artifacts=artifacts)
+
+
+def _masked_images(run_dir: Path, data: Path | None, name: str | None, artifacts: Path | None
+                   ) -> tuple:
+    """explain's and probe's images and output folder: with ``--data`` another set's
+    (:func:`_audit_set`); else None, the stage's own choice from the run's test split, with
+    ``--artifact-labels`` first checked and recorded in the run for the later stages."""
+    if data is not None:
+        audit = _audit_set(run_dir, data, name, artifacts)
+        return audit, audit.out.root
+    if artifacts is not None:
+        console.print(record_in_run(run_dir, artifacts))
+    return None, Path(run_dir)
 
 
 def _finish(run_dir: Path, stage: str, tables: list, topics: tuple[str, ...],
@@ -332,15 +342,12 @@ def explain(
     """
     from dermcam.stages.explain import run_explain
 
-    if artifact_labels is not None and data is None:  # attention summary by artifact presence
-        console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
+    audit, where = _masked_images(run_dir, data, name, artifact_labels)
     cfg = _config(ExplainConfig, locals(), methods=names(methods), bench_methods=(
         None if bench_methods in (None, "all") else names(bench_methods)))
-    audit = _audit_set(run_dir, data, name, artifact_labels) if data is not None else None
     with progress_bar("Grad-CAM batches") as cb:
         summary = run_explain(run_dir, cfg, audit, progress=cb)
     ext = summary.get("external") or {}
-    where = audit.out.root if audit else Path(run_dir)
     if shard is not None:
         again = f" --data {data}" + (f" --name {name}" if name else "") if data else ""
         console.print(f"shard {shard}: {summary['batches']} batch(es) written under "
@@ -420,24 +427,21 @@ def probe(
     """
     from dermcam.stages.probe import PROBES, read_summary_object, run_probe
 
-    if artifact_labels is not None and data is None:
-        console.print(record_in_run(run_dir, artifact_labels))  # kept for later stages
-    st = runmod.Run.open(run_dir).stage_entry("explain").get("status")
-    explained = data is None and st == runmod.STATUS_COMPLETE
+    audit, where = _masked_images(run_dir, data, name, artifact_labels)
+    run = runmod.Run.open(run_dir)
+    explained = data is None and \
+        run.stage_entry("explain").get("status") == runmod.STATUS_COMPLETE
     cfg = _config(ProbeConfig, locals(), artifacts=names(artifacts) or None,
                   device=str(resolve_device(device)),
                   probes=names(probes) or [*PROBES, *["context_swap"] * bool(artifact_labels),
                                            *["hot_spots"] * explained])
-    audit = _audit_set(run_dir, data, name, artifact_labels) if data is not None else None
     with progress_bar("probe batches") as cb:
         entries = run_probe(run_dir, cfg, audit, progress=cb)
-    where = audit.out.root if audit else Path(run_dir)
     summary = read_summary_object(where) or {}
     ext = summary.get("external") or {}
     if ext:
         console.print(external_line(ext))
-    _finish(run_dir, "probe", probe_sections({**summary, "entries": entries},
-                                             runmod.Run.open(run_dir).display_names),
+    _finish(run_dir, "probe", probe_sections({**summary, "entries": entries}, run.display_names),
             ("lesion reliance", "context", "marked regions", "artifact"),
             where / runmod.PROBE_SUMMARY)
 

@@ -173,7 +173,7 @@ def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], cfg
     timing["explain_seconds"] = round(time.perf_counter() - t0, 3)
     record.update(methods=sorted({sel["method"] for sel in selection}), target=cfg.target,
                   normalize=cfg.normalize, limit=cfg.limit, n_images=len(samples),
-                  layers=selection, timing=timing, by=list(by_columns(cfg.by)))
+                  layers=selection, timing=timing, by=list(cfg.by))
     return summary
 
 
