@@ -43,6 +43,7 @@ def main() -> None:
 
     from dermcam import run as runmod
     from dermcam.audit_set import load_test_split
+    from dermcam.probe_real import SWAP_DONORS
     from dermcam.probe_scoring import load_models
     from dermcam.stages.probe import (
         artifact_flags,
@@ -89,7 +90,8 @@ def main() -> None:
         hot = hot_spots(models, images, masks, labels, maps, flags, **common)
         times["hot_spots"].append(time.perf_counter() - t)
     arts = ", ".join(e["artifact"] for e in swaps)
-    print(f"context swap: {len(swaps)} artifacts ({arts}), 9 composites per image and artifact")
+    print(f"context swap: {len(swaps)} artifacts ({arts}), {3 * SWAP_DONORS} composites per image "
+          "and artifact")
     print(f"hot spots: {hot[0]['n']} of {len(images)} images with a marked off-lesion region "
           "(2 inpaintings + 6 transplants each)")
     total = [a + b for a, b in zip(times["context_swap"], times["hot_spots"], strict=True)]

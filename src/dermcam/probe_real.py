@@ -35,14 +35,19 @@ from dermcam.perturb import (
     transplant,
 )
 from dermcam.probe_scoring import score_images
-from dermcam.probe_stats import diff_summary, mean_ci, rate
+from dermcam.probe_stats import crossed_diff_summary, diff_summary, mean_ci, rate
 
 log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------ context swap
 
-#: Donors per image and side (with the artifact; without it, twice, for the control).
-SWAP_DONORS = 3
+#: Donors per image and side (with the artifact; without it, twice, for the control). With 3
+#: the null swap's crossed CI reached beyond +-0.02 on real images; with 10 it stays within
+#: (benchmarks/README.md, "Donor images are a sample too").
+SWAP_DONORS = 10
+#: The sides of a swap, coded for :func:`dermcam.probe_stats.crossed_diff_summary`: donors
+#: with the artifact, without it, and other donors without it (the control).
+WITH, WITHOUT, CONTROL = 0, 1, 2
 SWAP_METHOD = ("each test lesion (its mask, exactly) pasted with a feathered edge onto the "
                "surroundings of other test images, whose own lesion is inpainted away; donors "
                "matched on lesion area, position and the colour of the skin around it")
@@ -50,10 +55,10 @@ SWAP_METHOD = ("each test lesion (its mask, exactly) pasted with a feathered edg
 
 def _swap_plans(flags: pd.DataFrame, geometry: np.ndarray, n: int, k: int, min_images: int
                 ) -> tuple[dict[tuple[int, int], int], list[tuple]]:
-    """Every artifact's plan: ``(column, n with, n without, owners, sides, where)``, where
-    ``where`` indexes ``pairs`` (``(image, donor) -> composite``): a lesion on a donor's
-    surroundings is one composite, made and scored once however many artifacts' comparisons
-    it enters."""
+    """Every artifact's plan: ``(column, n with, n without, owners, donors, sides, where)``,
+    where ``sides`` codes :data:`WITH`, :data:`WITHOUT`, :data:`CONTROL` and ``where`` indexes ``pairs`` (``(image, donor) ->
+    composite``): a lesion on a donor's surroundings is one composite, made and scored once
+    however many artifacts' comparisons it enters."""
     pairs: dict[tuple[int, int], int] = {}
     plans = []
     for col in (c for c in flags.columns if c.startswith(PREFIX)):
@@ -65,44 +70,43 @@ def _swap_plans(flags: pd.DataFrame, geometry: np.ndarray, n: int, k: int, min_i
             log.info("context swap: %s left out (%d images with it, %d without)", col,
                      len(with_x), len(without))
             continue
-        owners, sides, where = [], [], []
+        owners, donors, sides, where = [], [], [], []
         for i in range(n):
             w = match_donors(geometry, i, with_x, k)
             wo = match_donors(geometry, i, without, 2 * k)
             a, b = wo[0::2], wo[1::2]  # alternate ranks: two equally matched halves
-            for side, donors in (("with", w), ("without", a), ("control", b)):
-                for j in donors:
+            for side, chosen in ((WITH, w), (WITHOUT, a), (CONTROL, b)):
+                for j in chosen:
                     where.append(pairs.setdefault((i, int(j)), len(pairs)))
                     owners.append(i)
+                    donors.append(int(j))
                     sides.append(side)
-        plans.append((col, len(with_x), len(without), np.array(owners), np.array(sides),
-                      np.array(where, np.int64)))
+        plans.append((col, len(with_x), len(without), *(np.array(v, np.int64) for v in
+                                                          (owners, donors, sides, where))))
     return pairs, plans
 
 
 def _swap_entry(name: str, thr: float, plan: tuple, p_all: np.ndarray, labels: np.ndarray,
                 k: int, composites: int, n_boot: int, seed: int) -> dict[str, Any]:
     """One model's :func:`context_swap` entry for one artifact's plan."""
-    col, n_with, n_without, owners, sides, where = plan
-    df = pd.DataFrame({"i": owners, "side": sides, "p": p_all[where]})
-    mean = df.groupby(["i", "side"])["p"].mean().unstack()
-    ok = mean[["with", "without", "control"]].notna().all(axis=1)
-    mean = mean[ok]
-    lab = labels[mean.index.to_numpy()]
-    d = (mean["with"] - mean["without"]).to_numpy()
-    c = (mean["control"] - mean["without"]).to_numpy()
-    benign_before = mean["without"].to_numpy() < thr
+    col, n_with, n_without, owners, donors, sides, where = plan
+    p = p_all[where]
+    df = pd.DataFrame({"i": owners, "side": sides, "p": p})
+    mean = df.groupby(["i", "side"])["p"].mean().unstack().reindex(
+        columns=[WITH, WITHOUT, CONTROL]).dropna()
+    benign_before = mean[WITHOUT].to_numpy() < thr
+    design = (owners, donors, sides, p, labels)
     entry = {"model": name, "probe": "context_swap", "artifact": col[len(PREFIX):],
              "k": int(k), "images_with": int(n_with), "images_without": int(n_without),
              "threshold": thr, "method": SWAP_METHOD, "margin": NEGLIGIBLE_DELTA,
              "composites": composites,
-             **diff_summary(d, lab, n_boot, seed),
-             **{k2: v for k2, v in diff_summary(c, lab, n_boot, seed, "control").items()
+             **crossed_diff_summary(*design, WITH, WITHOUT, n_boot, seed),
+             **{k2: v for k2, v in crossed_diff_summary(*design, CONTROL, WITHOUT, n_boot, seed,
+                                                        "control").items()
                 if k2.startswith("control")},
-             "flip_to_malignant": rate(int((benign_before
-                                            & (mean["with"].to_numpy() >= thr)).sum()),
+             "flip_to_malignant": rate(int((benign_before & (mean[WITH].to_numpy() >= thr)).sum()),
                                        int(benign_before.sum()))}
-    entry.update(n=int(len(d)), flip_to_benign=math.nan)
+    entry.update(flip_to_benign=math.nan)
     return entry
 
 
@@ -113,7 +117,8 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
                  progress=None) -> list[dict[str, Any]]:
     """Real-pixel reliance on each labelled artifact: every image's lesion on the
     surroundings of ``k`` matched images that carry the artifact and of ``k`` that do not
-    (``delta``: mean P(malignant) with minus without, per image, bootstrap CI over images),
+    (``delta``: mean P(malignant) with minus without, per image; the bootstrap CI resamples
+    the images and the donors, :func:`dermcam.probe_stats.crossed_diff_summary`),
     and on two sets of ``k`` without it (``control``, the null). ``flags``: 0/1
     ``artifact_<name>`` columns aligned with ``images``; artifacts with fewer than
     ``min_images`` images on either side are left out. One entry per model and artifact.

@@ -14,6 +14,7 @@ from helpers import reads_the_top_rows, trained_run_without_images
 from dermcam import perturb as pt
 from dermcam.config import ProbeConfig
 from dermcam.errors import DermcamError
+from dermcam.probe_stats import crossed_diff_summary, mean_ci
 from dermcam.stages import probe as pr
 
 S = 32
@@ -145,3 +146,57 @@ def test_the_swap_is_refused_without_artifact_labels_in_one_line(monkeypatch, tm
     with pytest.raises(DermcamError, match="--artifact-labels FILE") as e:
         pr.run_probe(tmp_path, ProbeConfig(probes=("context_swap",), seed=0))
     assert "\n" not in str(e.value)
+
+
+def _design(n_images: int, score):
+    """Every image scored on every other image: donors 0..n/2-1 are side 0 ("with"), the
+    rest side 1 ("without"); ``score(i, j)`` is image i's score on donor j."""
+    rows = [(i, j, int(j >= n_images // 2), score(i, j))
+            for i in range(n_images) for j in range(n_images) if j != i]
+    owner, donor, side, p = (np.array(c) for c in zip(*rows, strict=True))
+    return owner, donor, side, p.astype(np.float64)
+
+
+def test_crossed_ci_point_estimates_are_the_per_image_means_by_hand():
+    rng = np.random.default_rng(0)
+    table = rng.random((12, 12))
+    labels = np.arange(12) % 3 == 0
+    owner, donor, side, p = _design(12, lambda i, j: table[i, j])
+    got = crossed_diff_summary(owner, donor, side, p, labels.astype(int), 0, 1, 200, 0)
+    d = np.array([table[i, [j for j in range(6) if j != i]].mean()
+                  - table[i, [j for j in range(6, 12) if j != i]].mean() for i in range(12)])
+    assert got["delta_mean"] == pytest.approx(d.mean())
+    assert got["delta_malignant"] == pytest.approx(d[labels].mean())
+    assert got["delta_benign"] == pytest.approx(d[~labels].mean())
+    assert (got["n"], got["n_malignant"], got["n_benign"]) == (12, 4, 8)
+    assert got["delta_ci_low"] < got["delta_mean"] < got["delta_ci_high"]
+
+
+def test_a_change_carried_by_the_donors_has_the_donors_spread_not_zero_width():
+    """Every image gets the same change (the mean of the with-donors' own effects), so a CI
+    over the scored images alone has width 0. The crossed CI resamples the donors too: its
+    width is that of a mean of 100 donor effects, 2 x 1.96 x sd / sqrt(100)."""
+    n = 200
+    effect = np.random.default_rng(1).normal(0.05, 0.1, n)
+    owner, donor, side, p = _design(n, lambda i, j: effect[j] if j < n // 2 else 0.0)
+    got = crossed_diff_summary(owner, donor, side, p, np.zeros(n, int), 0, 1, 2000, 0)
+    want = 2 * 1.96 * effect[: n // 2].std() / math.sqrt(n // 2)
+    assert got["delta_ci_high"] - got["delta_ci_low"] == pytest.approx(want, rel=0.15)
+    # resampling the images alone, as a CI over images would, claims ten times more
+    half = effect[: n // 2]
+    per_image = np.where(np.arange(n) < n // 2, (half.sum() - effect) / (n // 2 - 1),
+                         half.mean())
+    _, lo, hi = mean_ci(per_image, 2000, 0)
+    assert hi - lo < (got["delta_ci_high"] - got["delta_ci_low"]) / 10
+
+
+def test_a_change_that_does_not_depend_on_the_donor_has_the_images_spread():
+    """The converse: each image's change is its own, whatever the donor; the crossed CI is
+    then the plain bootstrap CI of the images' mean, 2 x 1.96 x sd / sqrt(n)."""
+    n = 200
+    own = np.random.default_rng(2).normal(0.03, 0.1, n)
+    owner, donor, side, p = _design(n, lambda i, j: own[i] if j < n // 2 else 0.0)
+    got = crossed_diff_summary(owner, donor, side, p, np.zeros(n, int), 0, 1, 2000, 0)
+    assert got["delta_mean"] == pytest.approx(own.mean())
+    want = 2 * 1.96 * own.std() / math.sqrt(n)
+    assert got["delta_ci_high"] - got["delta_ci_low"] == pytest.approx(want, rel=0.15)
