@@ -4,7 +4,8 @@ Pure functions on DataFrames and arrays (no I/O): :func:`summarise` (one entry p
 probe [x artifact]), :func:`probe_subgroups` (``--by``), :func:`artifact_presence` (removal
 with versus without each labelled artifact), and the paired-difference summary the
 real-pixel probes (:mod:`dermcam.probe_real`) share with them. Bootstrap CIs are over
-images, each image's placements averaged first.
+images, each image's placements averaged first; the context swap's also resample its donor
+images (:func:`crossed_diff_summary`).
 """
 
 from __future__ import annotations
