@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import csr_matrix
 
 from dermcam.audit_set import by_names
 from dermcam.data.artifact_labels import PREFIX, split_by_presence
@@ -101,8 +102,6 @@ def crossed_diff_summary(owner: np.ndarray, donor: np.ndarray, side: np.ndarray,
     scored images and, independently, the donor images (a crossed bootstrap, Owen 2007):
     the surroundings are a sample too, and a change carried by a few donors is not taken
     for a change that comes with the artifact."""
-    from scipy.sparse import csr_matrix
-
     n = len(labels)
     w_donor = np.random.default_rng([seed, 1]).multinomial(
         n, np.full(n, 1 / n), n_boot).T.astype(np.float64)  # (N donors, B)
