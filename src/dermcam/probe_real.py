@@ -35,7 +35,13 @@ from dermcam.perturb import (
     transplant,
 )
 from dermcam.probe_scoring import score_images
-from dermcam.probe_stats import crossed_diff_summary, diff_summary, mean_ci, rate
+from dermcam.probe_stats import (
+    crossed_diff_summary,
+    crossed_side_means,
+    diff_summary,
+    mean_ci,
+    rate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,7 @@ log = logging.getLogger(__name__)
 #: the null swap's crossed CI reached beyond +-0.02 on real images; with 10 it stays within
 #: (benchmarks/README.md, "Donor images are a sample too").
 SWAP_DONORS = 10
-#: The sides of a swap, coded for :func:`dermcam.probe_stats.crossed_diff_summary`: donors
+#: The sides of a swap, coded for :func:`dermcam.probe_stats.crossed_side_means`: donors
 #: with the artifact, without it, and other donors without it (the control).
 WITH, WITHOUT, CONTROL = 0, 1, 2
 SWAP_METHOD = ("each test lesion (its mask, exactly) pasted with a feathered edge onto the "
@@ -90,21 +96,19 @@ def _swap_entry(name: str, thr: float, plan: tuple, p_all: np.ndarray, labels: n
                 k: int, composites: int, n_boot: int, seed: int) -> dict[str, Any]:
     """One model's :func:`context_swap` entry for one artifact's plan."""
     col, n_with, n_without, owners, donors, sides, where = plan
-    p = p_all[where]
-    df = pd.DataFrame({"i": owners, "side": sides, "p": p})
-    mean = df.groupby(["i", "side"])["p"].mean().unstack().reindex(
-        columns=[WITH, WITHOUT, CONTROL]).dropna()
-    benign_before = mean[WITHOUT].to_numpy() < thr
-    design = (owners, donors, sides, p, labels)
+    means, w_image = crossed_side_means(owners, donors, sides, p_all[where], len(labels),
+                                        n_boot, seed)
+    before, after = means[WITHOUT][0], means[WITH][0]
+    benign_before = np.isfinite(after) & np.isfinite(means[CONTROL][0]) & (before < thr)
     entry = {"model": name, "probe": "context_swap", "artifact": col[len(PREFIX):],
              "k": int(k), "images_with": int(n_with), "images_without": int(n_without),
              "threshold": thr, "method": SWAP_METHOD, "margin": NEGLIGIBLE_DELTA,
              "composites": composites,
-             **crossed_diff_summary(*design, WITH, WITHOUT, n_boot, seed),
-             **{k2: v for k2, v in crossed_diff_summary(*design, CONTROL, WITHOUT, n_boot, seed,
+             **crossed_diff_summary(means, w_image, labels, WITH, WITHOUT),
+             **{k2: v for k2, v in crossed_diff_summary(means, w_image, labels, CONTROL, WITHOUT,
                                                         "control").items()
                 if k2.startswith("control")},
-             "flip_to_malignant": rate(int((benign_before & (mean[WITH].to_numpy() >= thr)).sum()),
+             "flip_to_malignant": rate(int((benign_before & (after >= thr)).sum()),
                                        int(benign_before.sum()))}
     entry.update(flip_to_benign=math.nan)
     return entry
@@ -118,7 +122,7 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
     """Real-pixel reliance on each labelled artifact: every image's lesion on the
     surroundings of ``k`` matched images that carry the artifact and of ``k`` that do not
     (``delta``: mean P(malignant) with minus without, per image; the bootstrap CI resamples
-    the images and the donors, :func:`dermcam.probe_stats.crossed_diff_summary`),
+    the images and the donors, :func:`dermcam.probe_stats.crossed_side_means`),
     and on two sets of ``k`` without it (``control``, the null). ``flags``: 0/1
     ``artifact_<name>`` columns aligned with ``images``; artifacts with fewer than
     ``min_images`` images on either side are left out. One entry per model and artifact.

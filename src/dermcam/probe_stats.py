@@ -5,7 +5,7 @@ probe [x artifact]), :func:`probe_subgroups` (``--by``), :func:`artifact_presenc
 with versus without each labelled artifact), and the paired-difference summary the
 real-pixel probes (:mod:`dermcam.probe_real`) share with them. Bootstrap CIs are over
 images, each image's placements averaged first; the context swap's also resample its donor
-images (:func:`crossed_diff_summary`).
+images (:func:`crossed_side_means`).
 """
 
 from __future__ import annotations
@@ -92,31 +92,38 @@ def diff_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
             "n": len(d), **class_summary(d, labels, n_boot, seed, prefix)}
 
 
-def crossed_diff_summary(owner: np.ndarray, donor: np.ndarray, side: np.ndarray, p: np.ndarray,
-                         labels: np.ndarray, a: int, b: int, n_boot: int, seed: int,
-                         prefix: str = "delta") -> dict[str, Any]:
-    """:func:`diff_summary` of a design where each image (``owner``) is scored on several
-    other images (``donor``): ``(R,)`` rows of owner, donor, side code and score ``p``;
-    ``labels``: ``(N,)`` 0/1 per image. Each image's change is its mean score on side ``a``
-    minus its mean on side ``b``; images lacking a side are left out. The CIs resample the
-    scored images and, independently, the donor images (a crossed bootstrap, Owen 2007):
-    the surroundings are a sample too, and a change carried by a few donors is not taken
-    for a change that comes with the artifact."""
-    n = len(labels)
+def crossed_side_means(owner: np.ndarray, donor: np.ndarray, side: np.ndarray, p: np.ndarray,
+                       n: int, n_boot: int, seed: int
+                       ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """A design where each of ``n`` images (``owner``) is scored on several other images
+    (``donor``): ``(R,)`` rows of owner, donor, side code and score ``p``. Per side code,
+    each image's mean score ``(N,)`` (NaN where it has none on that side) and its crossed
+    bootstrap replicates ``(N, B)``, the donor images resampled (Owen 2007): the
+    surroundings are a sample too, and a change carried by a few donors is not taken for a
+    change that comes with the artifact. Also the images' own resampling counts ``(N, B)``,
+    for :func:`crossed_diff_summary`."""
     w_donor = np.random.default_rng([seed, 1]).multinomial(
         n, np.full(n, 1 / n), n_boot).T.astype(np.float64)  # (N donors, B)
     w_image = np.random.default_rng([seed, 2]).multinomial(
         n, np.full(n, 1 / n), n_boot).T.astype(np.float64)  # (N images, B)
-
-    def side_means(code: int) -> tuple[np.ndarray, np.ndarray]:
+    means = {}
+    for code in np.unique(side):
         rows = side == code
         total = csr_matrix((p[rows], (owner[rows], donor[rows])), shape=(n, n))
         count = csr_matrix((np.ones(rows.sum()), (owner[rows], donor[rows])), shape=(n, n))
         with np.errstate(invalid="ignore", divide="ignore"):
-            point = np.asarray(total.sum(1)).ravel() / np.asarray(count.sum(1)).ravel()
-            return point, (total @ w_donor) / (count @ w_donor)  # (N,), (N, B)
+            means[int(code)] = (np.asarray(total.sum(1)).ravel() / np.asarray(count.sum(1)).ravel(),
+                                (total @ w_donor) / (count @ w_donor))
+    return means, w_image
 
-    (pa, ba), (pb, bb) = side_means(a), side_means(b)
+
+def crossed_diff_summary(means: dict[int, tuple[np.ndarray, np.ndarray]], w_image: np.ndarray,
+                         labels: np.ndarray, a: int, b: int, prefix: str = "delta"
+                         ) -> dict[str, Any]:
+    """:func:`diff_summary` of :func:`crossed_side_means`: each image's change is its mean
+    score on side ``a`` minus its mean on side ``b`` (images lacking a side left out); the
+    CIs resample the images (``w_image``) and the donors. ``labels``: ``(N,)`` 0/1."""
+    (pa, ba), (pb, bb) = means[a], means[b]
     d, boot = pa - pb, ba - bb
     out: dict[str, Any] = {}
     for tag, keep in (("", np.isfinite(d)), ("_benign", np.isfinite(d) & (labels == 0)),

@@ -14,7 +14,7 @@ from helpers import reads_the_top_rows, trained_run_without_images
 from dermcam import perturb as pt
 from dermcam.config import ProbeConfig
 from dermcam.errors import DermcamError
-from dermcam.probe_stats import crossed_diff_summary, mean_ci
+from dermcam.probe_stats import crossed_diff_summary, crossed_side_means, mean_ci
 from dermcam.stages import probe as pr
 
 S = 32
@@ -157,12 +157,18 @@ def _design(n_images: int, score):
     return owner, donor, side, p.astype(np.float64)
 
 
+def _crossed(owner, donor, side, p, labels, n_boot):
+    """Side 0 minus side 1, as the swap summarises its sides."""
+    means, w_image = crossed_side_means(owner, donor, side, p, len(labels), n_boot, 0)
+    return crossed_diff_summary(means, w_image, labels, 0, 1)
+
+
 def test_crossed_ci_point_estimates_are_the_per_image_means_by_hand():
     rng = np.random.default_rng(0)
     table = rng.random((12, 12))
     labels = np.arange(12) % 3 == 0
     owner, donor, side, p = _design(12, lambda i, j: table[i, j])
-    got = crossed_diff_summary(owner, donor, side, p, labels.astype(int), 0, 1, 200, 0)
+    got = _crossed(owner, donor, side, p, labels.astype(int), 200)
     d = np.array([table[i, [j for j in range(6) if j != i]].mean()
                   - table[i, [j for j in range(6, 12) if j != i]].mean() for i in range(12)])
     assert got["delta_mean"] == pytest.approx(d.mean())
@@ -179,7 +185,7 @@ def test_a_change_carried_by_the_donors_has_the_donors_spread_not_zero_width():
     n = 200
     effect = np.random.default_rng(1).normal(0.05, 0.1, n)
     owner, donor, side, p = _design(n, lambda i, j: effect[j] if j < n // 2 else 0.0)
-    got = crossed_diff_summary(owner, donor, side, p, np.zeros(n, int), 0, 1, 2000, 0)
+    got = _crossed(owner, donor, side, p, np.zeros(n, int), 2000)
     want = 2 * 1.96 * effect[: n // 2].std() / math.sqrt(n // 2)
     assert got["delta_ci_high"] - got["delta_ci_low"] == pytest.approx(want, rel=0.15)
     # resampling the images alone, as a CI over images would, claims ten times more
@@ -196,7 +202,7 @@ def test_a_change_that_does_not_depend_on_the_donor_has_the_images_spread():
     n = 200
     own = np.random.default_rng(2).normal(0.03, 0.1, n)
     owner, donor, side, p = _design(n, lambda i, j: own[i] if j < n // 2 else 0.0)
-    got = crossed_diff_summary(owner, donor, side, p, np.zeros(n, int), 0, 1, 2000, 0)
+    got = _crossed(owner, donor, side, p, np.zeros(n, int), 2000)
     assert got["delta_mean"] == pytest.approx(own.mean())
     want = 2 * 1.96 * own.std() / math.sqrt(n)
     assert got["delta_ci_high"] - got["delta_ci_low"] == pytest.approx(want, rel=0.15)
