@@ -114,6 +114,32 @@ def summarise(run: Path, artifact: str) -> dict:
     return {"auc": auc, "swap": swap, "finding": fnd, "hot": hot}
 
 
+def unplanted_alarms(run: Path, split: pd.DataFrame, df: pd.DataFrame,
+                     planted: str) -> list[tuple]:
+    """The alarms a run raises on artifacts that were not planted, each beside what its own
+    training set offered: P(malignant) among training images with and without the artifact.
+    A model can only have learned an association its training data holds, so an alarm whose
+    direction the training set does not share is suspect."""
+    found = json.loads((run / "findings.json").read_text())["findings"]
+    probes = json.loads((run / "probe_summary.json").read_text())["entries"]
+    train = df[df["image_id"].isin(split.loc[split["split"] == "train", "image_id"])]
+    malignant = train["label"] == "malignant"
+    rows = []
+    for f in found:
+        name = f["topic"].removeprefix("artifact: ")
+        if not f["topic"].startswith("artifact: ") or name == planted or f["status"] != "alarm":
+            continue
+        swap = next(e for e in probes if e["probe"] == "context_swap" and e["artifact"] == name)
+        has = train[name] == 1
+        p_with, p_without = malignant[has].mean(), malignant[~has].mean()
+        agrees = np.sign(swap["delta_mean"]) == np.sign(p_with - p_without)
+        rows.append((name, swap["images_with"], f"{swap['delta_mean']:+.3f} "
+                     f"[{swap['delta_ci_low']:+.3f}, {swap['delta_ci_high']:+.3f}]",
+                     int(has.sum()), f"{p_with:.2f} vs {p_without:.2f}",
+                     "yes" if agrees else "no"))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True)
@@ -127,7 +153,7 @@ def main() -> None:
                     help="probe and report again the runs already made (after a probe change)")
     args = ap.parse_args()
     df = read_labels(args.data, args.labels)
-    rows, sentences = [], []
+    rows, sentences, unplanted = [], [], []
     for artifact in args.artifacts.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             for role, split in splits(df, artifact, seed).items():
@@ -166,6 +192,8 @@ def main() -> None:
                              f"{s['hot'].get('delta_ci_high', float('nan')):+.3f}]",
                              f.get("status", "-"), times.get("probe")))
                 sentences.append(f"{artifact} s{seed} {role}: {f.get('sentence', '-')}")
+                unplanted += [(artifact, seed, role, *u)
+                              for u in unplanted_alarms(run, split, df, artifact)]
                 print(" | ".join(map(str, rows[-1])), flush=True)
     print("\n| artifact | seed | role | n train | n test | test ROC AUC | context swap ΔP "
           "[95 % CI] | control swap | marked regions transplanted | finding | probe s |")
@@ -173,6 +201,12 @@ def main() -> None:
     for r in rows:
         print("| " + " | ".join("-" if v is None else (f"{v:.0f}" if isinstance(v, float)
                                                      else str(v)) for v in r) + " |")
+    print("\nAlarms on artifacts that were not planted, beside what the training set offered:")
+    print("| planted | seed | role | alarm on | test images with it | context swap ΔP [95 % CI] "
+          "| training images with it | training P(malignant) with vs without | same direction |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in unplanted:
+        print("| " + " | ".join(map(str, r)) + " |")
     print("\n" + "\n".join(sentences))
 
 
