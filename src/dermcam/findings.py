@@ -390,8 +390,10 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
     if gap:
         (agree if _gap_direction(gap) == direction else disagree).append(_gap_text(gap))
     d = fmt_ci(swap["delta_mean"], lo, hi, 3, sign=True)
+    carry = f", {swap['images_with']} carry it" if swap.get("images_with") else ""
     text = (f"surroundings with real {name} move P(malignant) {d} vs without "
-            f"(n = {swap.get('n')}; control {fmt_num(swap.get('control_mean'), 3, sign=True)})")
+            f"(n = {swap.get('n')}{carry}; control "
+            f"{fmt_num(swap.get('control_mean'), 3, sign=True)})")
     if verdict == "reliance":
         status, head = "alarm", f"Relies on the {name}"
     elif verdict == "inconclusive":

@@ -816,6 +816,15 @@ def test_the_context_swap_decides_the_artifact(swap, painted, attention, status)
     assert "control" in f.sentence
 
 
+def test_the_swap_says_how_many_test_images_carry_the_artifact():
+    """Its CI rests on those images as donors, so the sentence names them."""
+    f = fd.artifact(M, "ink", None, None, "p#", "a#", swap={**_swap(0.04, 0.12),
+                                                            "images_with": 26})
+    assert "(n = 250, 26 carry it; control +0.000)" in f.sentence
+    assert "carry it" not in fd.artifact(M, "ink", None, None, "p#", "a#",
+                                         swap=_swap(0.04, 0.12)).sentence
+
+
 def _by_artifact(spec_with, n_with, spec_without, n_without):
     return {"groups": [{"group": "0", "n_benign": n_without,
                         "specificity": {"value": spec_without}},
