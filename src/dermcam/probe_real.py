@@ -62,9 +62,9 @@ SWAP_METHOD = ("each test lesion (its mask, exactly) pasted with a feathered edg
 def _swap_plans(flags: pd.DataFrame, geometry: np.ndarray, n: int, k: int, min_images: int
                 ) -> tuple[dict[tuple[int, int], int], list[tuple]]:
     """Every artifact's plan: ``(column, n with, n without, owners, donors, sides, where)``,
-    where ``sides`` codes :data:`WITH`, :data:`WITHOUT`, :data:`CONTROL` and ``where`` indexes ``pairs`` (``(image, donor) ->
-    composite``): a lesion on a donor's surroundings is one composite, made and scored once
-    however many artifacts' comparisons it enters."""
+    where ``sides`` codes :data:`WITH`, :data:`WITHOUT`, :data:`CONTROL` and ``where``
+    indexes ``pairs`` (``(image, donor) -> composite``): a lesion on a donor's surroundings
+    is one composite, made and scored once however many artifacts' comparisons it enters."""
     pairs: dict[tuple[int, int], int] = {}
     plans = []
     for col in (c for c in flags.columns if c.startswith(PREFIX)):
