@@ -111,17 +111,17 @@ def summarise(run: Path, artifact: str) -> dict:
     found = json.loads((run / "findings.json").read_text())["findings"]
     fnd = next((f for f in found if f["topic"] == f"artifact: {artifact}"), {})
     hot = next((e for e in probes if e["probe"] == "hot_transplanted"), {})
-    return {"auc": auc, "swap": swap, "finding": fnd, "hot": hot}
+    return {"auc": auc, "swap": swap, "finding": fnd, "hot": hot, "findings": found,
+            "probes": probes}
 
 
-def unplanted_alarms(run: Path, split: pd.DataFrame, df: pd.DataFrame,
-                     planted: str) -> list[tuple]:
-    """The alarms a run raises on artifacts that were not planted, each beside what its own
+def unplanted_alarms(found: list[dict], probes: list[dict], split: pd.DataFrame,
+                     df: pd.DataFrame, planted: str) -> list[tuple]:
+    """The alarms a run raises on artifacts that were not planted (``found``: its findings,
+    ``probes``: its probe entries, as :func:`summarise` read them), each beside what its own
     training set offered: P(malignant) among training images with and without the artifact.
     A model can only have learned an association its training data holds, so an alarm whose
     direction the training set does not share is suspect."""
-    found = json.loads((run / "findings.json").read_text())["findings"]
-    probes = json.loads((run / "probe_summary.json").read_text())["entries"]
     train = df[df["image_id"].isin(split.loc[split["split"] == "train", "image_id"])]
     malignant = train["label"] == "malignant"
     rows = []
@@ -193,7 +193,8 @@ def main() -> None:
                              f.get("status", "-"), times.get("probe")))
                 sentences.append(f"{artifact} s{seed} {role}: {f.get('sentence', '-')}")
                 unplanted += [(artifact, seed, role, *u)
-                              for u in unplanted_alarms(run, split, df, artifact)]
+                              for u in unplanted_alarms(s["findings"], s["probes"], split,
+                                                        df, artifact)]
                 print(" | ".join(map(str, rows[-1])), flush=True)
     print("\n| artifact | seed | role | n train | n test | test ROC AUC | context swap ΔP "
           "[95 % CI] | control swap | marked regions transplanted | finding | probe s |")
