@@ -71,25 +71,29 @@ def rate(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
-def class_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
-                  prefix: str = "delta") -> dict[str, Any]:
-    """:func:`mean_ci` of ``d`` per class (``labels`` 0/1): ``delta_benign``,
-    ``delta_benign_ci_low``, ``delta_benign_ci_high``, ``n_benign``, then malignant."""
-    out = {}
-    for tag, keep in (("_benign", labels == 0), ("_malignant", labels == 1)):
-        m, lo, hi = mean_ci(d[keep], n_boot, seed)
-        out.update({f"{prefix}{tag}": m, f"{prefix}{tag}_ci_low": lo,
+def by_class(labels: np.ndarray, stat, prefix: str = "delta", valid: np.ndarray | None = None,
+             overall: bool = True) -> dict[str, Any]:
+    """``stat(keep) -> (mean, lo, hi)`` over the images ``keep`` selects: over all ``valid``
+    images (``overall``) and per class (``labels`` 0/1), named as the probes' entries are:
+    ``delta_mean``, ``delta_ci_low``, ``delta_ci_high``, ``n``, then ``delta_benign``,
+    ``delta_benign_ci_low``, ``delta_benign_ci_high``, ``n_benign`` and malignant's."""
+    valid = np.ones(len(labels), bool) if valid is None else valid
+    out: dict[str, Any] = {}
+    tags = (("", valid),) if overall else ()
+    for tag, keep in tags + (("_benign", valid & (labels == 0)),
+                             ("_malignant", valid & (labels == 1))):
+        m, lo, hi = stat(keep)
+        out.update({f"{prefix}{tag or '_mean'}": m, f"{prefix}{tag}_ci_low": lo,
                     f"{prefix}{tag}_ci_high": hi, f"n{tag}": int(keep.sum())})
     return out
 
 
 def diff_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
-                 prefix: str = "delta") -> dict[str, Any]:
-    """Mean paired difference with its bootstrap CI, over all images and per class, named as
-    the other probes' entries are (``delta_mean``, ``delta_ci_low``, ``delta_benign``, ...)."""
-    m, lo, hi = mean_ci(d, n_boot, seed)
-    return {f"{prefix}_mean": m, f"{prefix}_ci_low": lo, f"{prefix}_ci_high": hi,
-            "n": len(d), **class_summary(d, labels, n_boot, seed, prefix)}
+                 prefix: str = "delta", overall: bool = True) -> dict[str, Any]:
+    """Mean paired difference with its bootstrap CI (:func:`mean_ci`), over all images
+    (``overall``) and per class: :func:`by_class`."""
+    return by_class(labels, lambda keep: mean_ci(d[keep], n_boot, seed), prefix,
+                    overall=overall)
 
 
 def crossed_side_means(owner: np.ndarray, donor: np.ndarray, side: np.ndarray, p: np.ndarray,
@@ -125,20 +129,17 @@ def crossed_diff_summary(means: dict[int, tuple[np.ndarray, np.ndarray]], w_imag
     CIs resample the images (``w_image``) and the donors. ``labels``: ``(N,)`` 0/1."""
     (pa, ba), (pb, bb) = means[a], means[b]
     d, boot = pa - pb, ba - bb
-    out: dict[str, Any] = {}
-    for tag, keep in (("", np.isfinite(d)), ("_benign", np.isfinite(d) & (labels == 0)),
-                      ("_malignant", np.isfinite(d) & (labels == 1))):
+
+    def stat(keep: np.ndarray) -> tuple[float, float, float]:
         ok = keep[:, None] & np.isfinite(boot)
         weight = np.where(ok, w_image, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             reps = (np.where(ok, boot, 0.0) * weight).sum(0) / weight.sum(0)
         lo, hi = (percentile_interval(reps, what="mean probability change")
                   if keep.sum() > 1 else (math.nan, math.nan))
-        key = f"{prefix}_mean" if not tag else f"{prefix}{tag}"
-        out.update({key: float(d[keep].mean()) if keep.any() else math.nan,
-                    f"{prefix}{tag}_ci_low": lo, f"{prefix}{tag}_ci_high": hi,
-                    ("n" + tag) if tag else "n": int(keep.sum())})
-    return out
+        return float(d[keep].mean()) if keep.any() else math.nan, lo, hi
+
+    return by_class(labels, stat, prefix, valid=np.isfinite(d))
 
 
 def _method(probe: str, artifact: str, cfg: PerturbConfig, placements: int) -> str:
@@ -188,7 +189,7 @@ def summarise(df: pd.DataFrame, cfg: PerturbConfig | None = None, n_boot: int = 
             "flip_to_benign": rate(int((mal["decision_perturbed"] == 0).sum()), len(mal)),
             "n_decided_benign": int(len(ben)), "n_decided_malignant": int(len(mal)),
             "changed_share": float(g["changed_share"].mean()),
-            **class_summary(d, per_img["label"].to_numpy(), n_boot, seed),
+            **diff_summary(d, per_img["label"].to_numpy(), n_boot, seed, overall=False),
         }
         if probe in ("lesion_removed", "background_removed"):
             y = per_img["label"].to_numpy(np.int64)
