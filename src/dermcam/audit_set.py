@@ -80,13 +80,14 @@ class AuditSet:
         """The images a run's stages audit: its own test split (``data`` None; outputs in
         the run folder), or those another data set scores (:func:`external_samples`;
         outputs in ``RUN/external/<name>/``). ``artifacts``: an artifact label file joined
-        to the data set (for the run's own split, instead of the one the run records).
+        to the data set (for the run's own split, instead of the one the run records, which
+        is otherwise joined).
         Each stage keys it to itself with :meth:`at`."""
         if data is None:
             ds = run.dataset if artifacts is None else load_dataset(run.data_root,
                                                                     artifacts=artifacts)
             return cls(ds, ds.split("test"), run.image_size, run.cache, run.outputs, "",
-                       labels=artifacts)
+                       labels=artifacts or run.data.get("artifacts"))
         ds = load_dataset(data, artifacts=artifacts)
         name = safe_name(name or Path(data).resolve().name)
         samples, which = external_samples(ds)

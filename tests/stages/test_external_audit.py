@@ -196,6 +196,24 @@ def test_cli_and_report_show_the_subgroups(audited, monkeypatch, capsys):
 
 
 
+def test_evaluate_splits_by_the_artifact_labels_the_run_recorded(audited, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Labels recorded by an earlier stage are the run's: a later ``dermcam evaluate``
+    without --artifact-labels still scores each artifact's groups (8 rulers of 10 test)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(audited["run"], run)
+    code, _, err = invoke_cli(monkeypatch, capsys, "evaluate", run, "--n-boot", "30",
+                              "--min-group", "2")
+    assert code == 0, err
+    m = json.loads((run / "metrics.json").read_text())
+    groups = m["subgroups"]["artifact_ruler"]["models"]["resnet18"]["groups"]
+    test_ids = set(pd.read_csv(run / "predictions.csv")["image_id"])
+    assert {g["group"]: g["n"] for g in groups} == {
+        "1": len(test_ids & set(RULER)), "0": len(test_ids - set(RULER))}
+
+
 def test_explain_and_probe_on_an_external_set(audited, monkeypatch, capsys):
     from dermcam.report.html import render
     from dermcam.stages import probe as pr
