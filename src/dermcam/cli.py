@@ -274,7 +274,7 @@ def evaluate(
                                         [(ext["name"], result)]))
     show(tables[0])
     _finish(run_dir, "evaluate", tables + subgroup_tables(result),
-            ("discrimination", "calibration", "external", "subgroups"),
+            ("discrimination", "calibration", "output range", "external", "subgroups"),
             audit.out.metrics)
 
 
@@ -442,7 +442,7 @@ def probe(
     if ext:
         console.print(external_line(ext))
     _finish(run_dir, "probe", probe_sections({**summary, "entries": entries}, run.display_names),
-            ("lesion reliance", "context", "marked regions", "artifact"),
+            ("output range", "lesion reliance", "context", "marked regions", "artifact"),
             where / runmod.PROBE_SUMMARY)
 
 

@@ -34,6 +34,10 @@ TOPICS = ("discrimination", "calibration", "where it looks", "size confound",
           "lesion reliance", "context")
 #: The probes' negligible change in P(malignant) (``dermcam.config.NEGLIGIBLE_DELTA``).
 MARGIN = 0.02
+#: A change within the margin reads as negligible only where the model's P(malignant) on
+#: the test images spans at least this many margins between its 5th and 95th percentiles:
+#: a model whose (calibrated) output barely varies cannot move much whatever it relies on.
+SPREAD_MARGINS = 5
 ECE_OK, ECE_ALARM = 0.05, 0.15
 MAX_UNDEFINED = 0.05
 SCHEMA_VERSION = 1
@@ -71,6 +75,9 @@ RULES = {
     "shortcut": "the shortcut-trained model is an alarm when its maps attend to the planted "
                 "artifact or its probe reacts beyond the control's by more than the margin; "
                 "the control is ok unless its maps attend to it.",
+    "output range": "caution, and every probe's CI within the margin inconclusive (not "
+                    "negligible), when the model's P(malignant) on the test images spans "
+                    f"less than {SPREAD_MARGINS} margins between its 5th and 95th percentiles.",
     "not run": "the stage has not produced the result; an absent result is never ok.",
 }
 
@@ -116,16 +123,44 @@ def _v(x: Any) -> float | None:
     return float(x) if is_number(x) else None
 
 
-def _probe_verdict(lo: Any, hi: Any, margin: float = MARGIN) -> str:
+def _probe_verdict(lo: Any, hi: Any, margin: float = MARGIN,
+                   narrow: str | None = None) -> str:
     """The probes' rule: ``reliance`` when the CI lies beyond +-margin, ``negligible``
-    when within it, ``inconclusive`` when it crosses it (or is undefined)."""
+    when within it, ``inconclusive`` when it crosses it (or is undefined), or when it lies
+    within it but the model's output is ``narrow`` (:func:`narrow_output`)."""
     if not (is_number(lo) and is_number(hi)):
         return "inconclusive"
     if lo > margin or hi < -margin:
         return "reliance"
     if -margin <= lo and hi <= margin:
-        return "negligible"
+        return "inconclusive" if narrow else "negligible"
     return "inconclusive"
+
+
+def output_range(model: str, entry: dict[str, Any] | None, n: int | None, source: str,
+                 margin: float = MARGIN) -> Finding | None:
+    """A caution where the model's P(malignant) on the test images (``metrics.json``'s
+    ``prob_range``) spans less than :data:`SPREAD_MARGINS` margins, so that no probe's
+    change within the margin reads as negligible; None where it spans more (or is not
+    recorded)."""
+    r = (entry or {}).get("prob_range") or {}
+    lo, hi = r.get("p05"), r.get("p95")
+    if not (is_number(lo) and is_number(hi)) or hi - lo + 1e-9 >= SPREAD_MARGINS * margin:
+        return None
+    return Finding(model, "output range", "caution",
+                   f"Its P(malignant) barely varies: {fmt_num(lo, 3)} to {fmt_num(hi, 3)} on 90 % "
+                   f"of the test images (n = {n}), so a probe's change within ±{margin:g} is "
+                   "inconclusive, not negligible.", None, None, n, source, "comparison")
+
+
+def _narrowed(lo: Any, hi: Any, margin: float, narrow: str | None) -> str:
+    """``"; " + narrow`` where it turned a CI within the margin into inconclusive."""
+    within = is_number(lo) and is_number(hi) and -margin <= lo and hi <= margin
+    return f"; {narrow}" if narrow and within else ""
+
+
+#: What a probe's sentence says where :func:`output_range` made its CI inconclusive.
+NARROW = "within the margin, but its output barely varies (output range)"
 
 
 def _not_run(model: str, topic: str, why: str, anchor: str = "") -> Finding:
@@ -267,20 +302,20 @@ def lesion_reliance(model: str, entry: dict[str, Any] | None, source: str) -> Fi
 
 
 def context(model: str, entry: dict[str, Any] | None, source: str,
-            margin: float = MARGIN) -> Finding:
+            margin: float = MARGIN, narrow: str | None = None) -> Finding:
     """From the ``background_removed`` probe entry: change in P(malignant)."""
     if not entry or not is_number(entry.get("delta_mean")):
         return _not_run(model, "context", "background-removed probe not run: run "
                         "'dermcam probe'", "probe")
     lo, hi = entry.get("delta_ci_low"), entry.get("delta_ci_high")
-    verdict = _probe_verdict(lo, hi, margin)
+    verdict = _probe_verdict(lo, hi, margin, narrow)
     d = fmt_ci(entry["delta_mean"], lo, hi, 3, sign=True)
     text = {"reliance": "Depends on the surroundings",
             "negligible": "Surroundings barely matter",
             "inconclusive": "Reliance on the surroundings is inconclusive"}[verdict]
     return Finding(model, "context", "ok" if verdict == "negligible" else "caution",
                    f"{text}: replacing them changes P(malignant) by {d} (margin ±{margin:g}), "
-                   f"n = {entry.get('n')}.", _v(entry["delta_mean"]), _ci2(lo, hi),
+                   f"n = {entry.get('n')}{_narrowed(lo, hi, margin, narrow)}.", _v(entry["delta_mean"]), _ci2(lo, hi),
                    entry.get("n"), source, "probe")
 
 
@@ -325,26 +360,28 @@ def _gap_text(gap: dict[str, Any]) -> str:
 def artifact(model: str, name: str, inserted: dict[str, Any] | None,
              attention: dict[str, Any] | None, probe_source: str, attention_source: str,
              margin: float = MARGIN, swap: dict[str, Any] | None = None,
-             swap_source: str = "", gap: dict[str, Any] | None = None) -> Finding:
+             swap_source: str = "", gap: dict[str, Any] | None = None,
+             narrow: str | None = None) -> Finding:
     """One artifact, its evidence combined: the real-pixel context swap where it ran (it
     decides), else the painted-artifact insertion probe, the heatmaps' mass on it and the
     false-positive gap by its presence (:func:`artifact_gap`)."""
     topic = f"artifact: {name}"
     if swap and is_number(swap.get("delta_mean")):
         return _artifact_by_swap(model, name, swap, inserted, attention, swap_source, margin,
-                                 gap)
+                                 gap, narrow)
     parts, evidence, inconclusive = [], 0, False
     value = ci = n = None
     source = ""
     if inserted and is_number(inserted.get("delta_mean")):
         lo, hi = inserted.get("delta_ci_low"), inserted.get("delta_ci_high")
-        verdict = _probe_verdict(lo, hi, margin)
+        verdict = _probe_verdict(lo, hi, margin, narrow)
         evidence += verdict == "reliance"
         inconclusive = verdict == "inconclusive"
         value, ci, n, source = _v(inserted["delta_mean"]), _ci2(lo, hi), inserted.get("n"), \
             probe_source
         parts.append(f"painted in, it moves P(malignant) "
-                     f"{fmt_ci(inserted['delta_mean'], lo, hi, 3, sign=True)} (n = {n})")
+                     f"{fmt_ci(inserted['delta_mean'], lo, hi, 3, sign=True)} (n = {n})"
+                     f"{_narrowed(lo, hi, margin, narrow)}")
     if attention and is_number(attention.get("ratio")):
         attends = bool(attention.get("attends"))
         evidence += attends
@@ -371,11 +408,12 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
 
 def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
                       inserted: dict[str, Any] | None, attention: dict[str, Any] | None,
-                      source: str, margin: float, gap: dict[str, Any] | None = None) -> Finding:
+                      source: str, margin: float, gap: dict[str, Any] | None = None,
+                      narrow: str | None = None) -> Finding:
     """The real-pixel verdict decides; the other evidence is said to agree or not (the
     painted artifact tests the painter's look, the swap the real artifact)."""
     lo, hi = swap.get("delta_ci_low"), swap.get("delta_ci_high")
-    verdict = _probe_verdict(lo, hi, margin)
+    verdict = _probe_verdict(lo, hi, margin, narrow)
     # each line of evidence as a direction: +1 towards malignant, -1 towards benign, 0 none
     direction = _sign(swap["delta_mean"]) if verdict == "reliance" else 0
     agree, disagree = [], []
@@ -393,7 +431,8 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
     carry = f", {swap['images_with']} carry it" if swap.get("images_with") else ""
     text = (f"surroundings with real {name} move P(malignant) {d} vs without "
             f"(n = {swap.get('n')}{carry}; control "
-            f"{fmt_num(swap.get('control_mean'), 3, sign=True)})")
+            f"{fmt_num(swap.get('control_mean'), 3, sign=True)})"
+            f"{_narrowed(lo, hi, margin, narrow)}")
     if verdict == "reliance":
         status, head = "alarm", f"Relies on the {name}"
     elif verdict == "inconclusive":
@@ -414,15 +453,16 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
 
 def marked_regions(model: str, removed: dict[str, Any] | None,
                    pasted: dict[str, Any] | None, source: str,
-                   margin: float = MARGIN) -> Finding | None:
+                   margin: float = MARGIN, narrow: str | None = None) -> Finding | None:
     """From the ``hot_removed`` / ``hot_transplanted`` probe entries: does the model use
     what its heatmaps mark off the lesion? None when the probe did not run (it is
     optional); where the regions come from images with a labelled artifact more often than
     its share, the sentence names it."""
     if not (pasted and is_number(pasted.get("delta_mean"))):
         return None
-    verdicts = [_probe_verdict(e.get("delta_ci_low"), e.get("delta_ci_high"), margin)
-                for e in (removed, pasted) if e and is_number(e.get("delta_mean"))]
+    done = [e for e in (removed, pasted) if e and is_number(e.get("delta_mean"))]
+    verdicts = [_probe_verdict(e.get("delta_ci_low"), e.get("delta_ci_high"), margin, narrow)
+                for e in done]
     lo, hi = pasted.get("delta_ci_low"), pasted.get("delta_ci_high")
     text = (f"off-lesion regions its maps mark, pasted into other images, move P(malignant) "
             f"{fmt_ci(pasted['delta_mean'], lo, hi, 3, sign=True)} vs random regions")
@@ -430,6 +470,8 @@ def marked_regions(model: str, removed: dict[str, Any] | None,
         text += (", removed " + fmt_ci(removed["delta_mean"], removed.get("delta_ci_low"),
                                        removed.get("delta_ci_high"), 3, sign=True))
     text += f" (n = {pasted.get('n')})"
+    text += next(filter(None, (_narrowed(e.get("delta_ci_low"), e.get("delta_ci_high"), margin,
+                                         narrow) for e in done)), "")
     over = sorted(((v["share"] - v["share_all"], a, v) for a, v in
                    (pasted.get("sources") or {}).items()
                    if is_number(v.get("share")) and v["share"] - v["share_all"] >= 0.1),
@@ -553,8 +595,12 @@ def build_findings(run_dir: str | Path) -> list[Finding]:
 
         e, src = probe("lesion_removed", field="auc")
         findings.append(lesion_reliance(m, e, src))
+        spread = output_range(m, entry, test.get("n"),
+                              f"{runmod.METRICS}#{_pointer('models', m, 'prob_range')}", margin)
+        narrow = NARROW if spread else None
         e, src = probe("background_removed")
-        findings.append(context(m, e, src, margin))
+        findings.append(context(m, e, src, margin, narrow))
+        findings += [spread] if spread else []
         att_rows = {r["artifact"]: (i, r) for i, r in enumerate(summary.get("artifacts") or [])
                     if r.get("model") == m and (not t or r.get("method") == t["method"])}
         names = sorted({k[2] for k in idx if k[0] == m and k[1] in ("artifact_inserted",
@@ -562,7 +608,7 @@ def build_findings(run_dir: str | Path) -> list[Finding]:
                         and k[2]} | set(att_rows))
         removed, _ = probe("hot_removed")
         pasted, src = probe("hot_transplanted")
-        found = marked_regions(m, removed, pasted, src, margin)
+        found = marked_regions(m, removed, pasted, src, margin, narrow)
         findings += [found] if found else []
         sub = metrics.get("subgroups") or {}
         for a in names:
@@ -572,7 +618,7 @@ def build_findings(run_dir: str | Path) -> list[Finding]:
             gap = artifact_gap(((sub.get(f"artifact_{a}") or {}).get("models") or {}).get(m))
             findings.append(artifact(m, a, e, row, src,
                                      f"{runmod.ATTENTION_SUMMARY}#{_pointer('artifacts', i, 'ratio')}",
-                                     margin, sw, sw_src, gap))
+                                     margin, sw, sw_src, gap, narrow))
         for col, res in (metrics.get("subgroups") or {}).items():
             r = ((res or {}).get("models") or {}).get(m)
             findings.append(subgroups(m, col, r, f"{runmod.METRICS}#"

@@ -306,6 +306,15 @@ def test_bootstrap_cis_match_generic_bootstrap_ci():
     assert (acc["value"], acc["lo"], acc["hi"]) == pytest.approx((point, lo, hi))
 
 
+def test_prob_range_is_the_5th_and_95th_percentile_of_p_malignant():
+    """Known answer: P(malignant) 0.00, 0.01, ..., 1.00 (101 images) spans 0.05 to 0.95."""
+    p = np.round(np.linspace(0, 1, 101), 2)
+    df = pd.DataFrame({"image_id": [f"i{k:03d}" for k in range(101)], "model": "a",
+                       "label": (p > 0.7).astype(int), "prob_malignant": p[::-1]})
+    res = evaluate_predictions(df, {"a": 0.5}, n_boot=20)
+    assert res["models"]["a"]["prob_range"] == pytest.approx({"p05": 0.05, "p95": 0.95})
+
+
 def test_identical_models_are_not_significant():
     df = _isic_like(models=(("a", 1.0),))
     df = pd.concat([df, df.assign(model="b")], ignore_index=True)

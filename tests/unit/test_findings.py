@@ -925,3 +925,58 @@ def test_one_estimable_subgroup_is_not_a_comparison():
            "heterogeneity": {"auc": {"p": float("nan")}}}
     f = fd.subgroups(M, "artifact_ink", one, "metrics.json#/x")
     assert f.status == "not_run" and "fewer than two" in f.sentence
+
+
+# ----------------------------------------------------------------- an output that barely varies
+
+
+@pytest.mark.parametrize("p05, p95, narrow", [
+    (0.215, 0.268, True),  # measured: a weak real-image model after a Platt fit, T = 25
+    (0.20, 0.2999, True), (0.20, 0.30, False),  # 5 margins of 0.02: 0.10
+    (0.05, 0.60, False)])
+def test_output_range_flags_a_model_whose_p_malignant_barely_varies(p05, p95, narrow):
+    f = fd.output_range(M, {"prob_range": {"p05": p05, "p95": p95}}, 250, "m#")
+    assert (f is not None) == narrow
+    if narrow:
+        assert (f.status, f.topic, f.n, f.source) == ("caution", "output range", 250, "m#")
+        assert f"{p05:.3f} to {p95:.3f} on 90 % of the test images (n = 250)" in f.sentence
+
+
+def test_output_range_says_nothing_without_a_recorded_range():
+    assert fd.output_range(M, _metrics_entry(), 379, "m#") is None  # metrics of older runs
+    assert fd.output_range(M, None, None, "m#") is None
+
+
+@pytest.mark.parametrize("lo, hi, wide, narrow", [
+    (-0.01, 0.01, "ok", "caution"),  # within: negligible only where the output varies
+    (0.03, 0.09, "alarm", "alarm"),  # beyond: reliance, however narrow the output
+    (0.0, 0.05, "caution", "caution"),  # crosses: inconclusive either way
+])
+def test_a_narrow_output_makes_a_change_within_the_margin_inconclusive(lo, hi, wide, narrow):
+    within = -MARGIN <= lo and hi <= MARGIN
+    a = fd.artifact(M, "ruler", None, None, "p#", "a#", swap=_swap(lo, hi))
+    b = fd.artifact(M, "ruler", None, None, "p#", "a#", swap=_swap(lo, hi), narrow=fd.NARROW)
+    assert (a.status, b.status) == (wide, narrow)
+    assert ("(output range)" in b.sentence) == within and "(output range)" not in a.sentence
+    if within:
+        assert b.sentence.startswith("Reliance on the ruler inconclusive")
+    c = fd.context(M, _probe((lo + hi) / 2, lo, hi), "src", MARGIN, fd.NARROW)
+    assert c.status == "caution" and ("(output range)" in c.sentence) == within
+    painted = {"delta_mean": (lo + hi) / 2, "delta_ci_low": lo, "delta_ci_high": hi, "n": 250}
+    d = fd.artifact(M, "ink", painted, None, "p#", "a#", narrow=fd.NARROW)
+    assert d.status == "caution"  # one line of evidence at most: never ok, never an alarm
+    r = fd.marked_regions(M, None, _probe((lo + hi) / 2, lo, hi), "src", MARGIN, fd.NARROW)
+    assert r.status == "caution" and ("(output range)" in r.sentence) == within
+
+
+def test_build_findings_reads_the_output_range_and_applies_it(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["models"][M]["prob_range"] = {"p05": 0.24, "p95": 0.25}
+    _write(run_dir / "metrics.json", metrics)
+    fs = fd.build_findings(run_dir)
+    f = _by(fs, M, "output range")
+    assert _resolve_source(run_dir, f.source) == {"p05": 0.24, "p95": 0.25}
+    # the ruler's painted probe, -0.005..+0.0195, was ok; with this output, inconclusive
+    assert _by(fs, M, "artifact: ruler").status == "caution"
+    assert [x.topic for x in fs if x.model == M][:len(TOPICS) + 1] == [*TOPICS, "output range"]
+    assert not [x for x in fs if x.model == "eff~net/b0" and x.topic == "output range"]

@@ -18,7 +18,8 @@ The result of :func:`evaluate_predictions` is a JSON-ready dict (plain floats/in
          "confusion_matrix_at_0.5": [[tn, fp], [fn, tp]],
          "roc_curve": {"fpr", "tpr"}, "pr_curve": {"precision", "recall"},
          "reliability": {"bin_lower", "bin_upper", "count", "mean_predicted",
-                         "fraction_positive"}}},
+                         "fraction_positive"},
+         "prob_range": {"p05", "p95"}}},     # P(malignant)'s 5th, 95th percentiles
      "baselines": {"all_benign": {metric: {"value", "lo", "hi"}},  # all metrics
                    "chance_roc_auc": 0.5, "chance_average_precision": prevalence},
      "pairwise": [{"a", "b", "auc": delong_test(...),
@@ -302,6 +303,7 @@ def _model_entry(
         "roc_curve": curves["roc_curve"],
         "pr_curve": curves["pr_curve"],
         "reliability": reliability_curve(y, p, n_bins),
+        "prob_range": dict(zip(("p05", "p95"), np.percentile(p, [5, 95]).tolist())),
     }
     return entry, pt
 
