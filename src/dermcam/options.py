@@ -58,7 +58,8 @@ Overwrite = Annotated[bool, Opt(help="Replace what an earlier run of this comman
 Calibration = Annotated[str, Opt(
     help="platt: fit p = sigmoid((z1 - z0) / T + b) on the validation split (undoes the shift a "
          "weighted loss puts on the logits); temperature: T only; none: raw softmax. The "
-         "threshold is chosen on the calibrated probabilities.")]
+         "threshold is chosen, and the probes measure, on the calibrated probabilities "
+         "(a fit that flattens them is reported as 'output range').")]
 Debug = Annotated[bool, Opt("--debug", help="Show tracebacks for errors.")]
 ExternalData = Annotated[Path | None, Opt(
     help="Audit the run's models on another data set (any layout) instead, at the run's "
