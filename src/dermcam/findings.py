@@ -127,7 +127,7 @@ def _probe_verdict(lo: Any, hi: Any, margin: float = MARGIN,
                    narrow: str | None = None) -> str:
     """The probes' rule: ``reliance`` when the CI lies beyond +-margin, ``negligible``
     when within it, ``inconclusive`` when it crosses it (or is undefined), or when it lies
-    within it but the model's output is ``narrow`` (:func:`narrow_output`)."""
+    within it but the model's output is ``narrow`` (:func:`output_range`)."""
     if not (is_number(lo) and is_number(hi)):
         return "inconclusive"
     if lo > margin or hi < -margin:
@@ -148,9 +148,10 @@ def output_range(model: str, entry: dict[str, Any] | None, n: int | None, source
     if not (is_number(lo) and is_number(hi)) or hi - lo + 1e-9 >= SPREAD_MARGINS * margin:
         return None
     return Finding(model, "output range", "caution",
-                   f"Its P(malignant) barely varies: {fmt_num(lo, 3)} to {fmt_num(hi, 3)} on 90 % "
-                   f"of the test images (n = {n}), so a probe's change within ±{margin:g} is "
-                   "inconclusive, not negligible.", None, None, n, source, "comparison")
+                   f"Its P(malignant) barely varies: {fmt_num(lo, 3)} to {fmt_num(hi, 3)} "
+                   f"on 90 % of the test images (n = {n}), so a probe's change within "
+                   f"±{margin:g} is inconclusive, not negligible.", None, None, n, source,
+                   "comparison")
 
 
 def _narrowed(lo: Any, hi: Any, margin: float, narrow: str | None) -> str:
@@ -315,8 +316,8 @@ def context(model: str, entry: dict[str, Any] | None, source: str,
             "inconclusive": "Reliance on the surroundings is inconclusive"}[verdict]
     return Finding(model, "context", "ok" if verdict == "negligible" else "caution",
                    f"{text}: replacing them changes P(malignant) by {d} (margin ±{margin:g}), "
-                   f"n = {entry.get('n')}{_narrowed(lo, hi, margin, narrow)}.", _v(entry["delta_mean"]), _ci2(lo, hi),
-                   entry.get("n"), source, "probe")
+                   f"n = {entry.get('n')}{_narrowed(lo, hi, margin, narrow)}.",
+                   _v(entry["delta_mean"]), _ci2(lo, hi), entry.get("n"), source, "probe")
 
 
 def artifact_gap(result: dict[str, Any] | None) -> dict[str, Any] | None:
