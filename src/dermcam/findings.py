@@ -123,8 +123,7 @@ def _v(x: Any) -> float | None:
     return float(x) if is_number(x) else None
 
 
-def _probe_verdict(lo: Any, hi: Any, margin: float = MARGIN,
-                   narrow: str | None = None) -> str:
+def _probe_verdict(lo: Any, hi: Any, margin: float = MARGIN, narrow: bool = False) -> str:
     """The probes' rule: ``reliance`` when the CI lies beyond +-margin, ``negligible``
     when within it, ``inconclusive`` when it crosses it (or is undefined), or when it lies
     within it but the model's output is ``narrow`` (:func:`output_range`)."""
@@ -154,14 +153,13 @@ def output_range(model: str, entry: dict[str, Any] | None, n: int | None, source
                    "comparison")
 
 
-def _narrowed(lo: Any, hi: Any, margin: float, narrow: str | None) -> str:
-    """``"; " + narrow`` where it turned a CI within the margin into inconclusive."""
-    within = is_number(lo) and is_number(hi) and -margin <= lo and hi <= margin
-    return f"; {narrow}" if narrow and within else ""
-
-
 #: What a probe's sentence says where :func:`output_range` made its CI inconclusive.
 NARROW = "within the margin, but its output barely varies (output range)"
+
+
+def _narrowed(lo: Any, hi: Any, margin: float, narrow: bool) -> str:
+    """``"; "`` + :data:`NARROW` where ``narrow`` turned a negligible CI inconclusive."""
+    return f"; {NARROW}" if narrow and _probe_verdict(lo, hi, margin) == "negligible" else ""
 
 
 def _not_run(model: str, topic: str, why: str, anchor: str = "") -> Finding:
@@ -303,7 +301,7 @@ def lesion_reliance(model: str, entry: dict[str, Any] | None, source: str) -> Fi
 
 
 def context(model: str, entry: dict[str, Any] | None, source: str,
-            margin: float = MARGIN, narrow: str | None = None) -> Finding:
+            margin: float = MARGIN, narrow: bool = False) -> Finding:
     """From the ``background_removed`` probe entry: change in P(malignant)."""
     if not entry or not is_number(entry.get("delta_mean")):
         return _not_run(model, "context", "background-removed probe not run: run "
@@ -362,7 +360,7 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
              attention: dict[str, Any] | None, probe_source: str, attention_source: str,
              margin: float = MARGIN, swap: dict[str, Any] | None = None,
              swap_source: str = "", gap: dict[str, Any] | None = None,
-             narrow: str | None = None) -> Finding:
+             narrow: bool = False) -> Finding:
     """One artifact, its evidence combined: the real-pixel context swap where it ran (it
     decides), else the painted-artifact insertion probe, the heatmaps' mass on it and the
     false-positive gap by its presence (:func:`artifact_gap`)."""
@@ -410,7 +408,7 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
 def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
                       inserted: dict[str, Any] | None, attention: dict[str, Any] | None,
                       source: str, margin: float, gap: dict[str, Any] | None = None,
-                      narrow: str | None = None) -> Finding:
+                      narrow: bool = False) -> Finding:
     """The real-pixel verdict decides; the other evidence is said to agree or not (the
     painted artifact tests the painter's look, the swap the real artifact)."""
     lo, hi = swap.get("delta_ci_low"), swap.get("delta_ci_high")
@@ -454,7 +452,7 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
 
 def marked_regions(model: str, removed: dict[str, Any] | None,
                    pasted: dict[str, Any] | None, source: str,
-                   margin: float = MARGIN, narrow: str | None = None) -> Finding | None:
+                   margin: float = MARGIN, narrow: bool = False) -> Finding | None:
     """From the ``hot_removed`` / ``hot_transplanted`` probe entries: does the model use
     what its heatmaps mark off the lesion? None when the probe did not run (it is
     optional); where the regions come from images with a labelled artifact more often than
@@ -471,8 +469,9 @@ def marked_regions(model: str, removed: dict[str, Any] | None,
         text += (", removed " + fmt_ci(removed["delta_mean"], removed.get("delta_ci_low"),
                                        removed.get("delta_ci_high"), 3, sign=True))
     text += f" (n = {pasted.get('n')})"
-    text += next(filter(None, (_narrowed(e.get("delta_ci_low"), e.get("delta_ci_high"), margin,
-                                         narrow) for e in done)), "")
+    if any(_narrowed(e.get("delta_ci_low"), e.get("delta_ci_high"), margin, narrow)
+           for e in done):
+        text += f"; {NARROW}"
     over = sorted(((v["share"] - v["share_all"], a, v) for a, v in
                    (pasted.get("sources") or {}).items()
                    if is_number(v.get("share")) and v["share"] - v["share_all"] >= 0.1),
@@ -598,7 +597,7 @@ def build_findings(run_dir: str | Path) -> list[Finding]:
         findings.append(lesion_reliance(m, e, src))
         spread = output_range(m, entry, test.get("n"),
                               f"{runmod.METRICS}#{_pointer('models', m, 'prob_range')}", margin)
-        narrow = NARROW if spread else None
+        narrow = spread is not None
         e, src = probe("background_removed")
         findings.append(context(m, e, src, margin, narrow))
         findings += [spread] if spread else []

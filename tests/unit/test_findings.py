@@ -955,17 +955,17 @@ def test_output_range_says_nothing_without_a_recorded_range():
 def test_a_narrow_output_makes_a_change_within_the_margin_inconclusive(lo, hi, wide, narrow):
     within = -MARGIN <= lo and hi <= MARGIN
     a = fd.artifact(M, "ruler", None, None, "p#", "a#", swap=_swap(lo, hi))
-    b = fd.artifact(M, "ruler", None, None, "p#", "a#", swap=_swap(lo, hi), narrow=fd.NARROW)
+    b = fd.artifact(M, "ruler", None, None, "p#", "a#", swap=_swap(lo, hi), narrow=True)
     assert (a.status, b.status) == (wide, narrow)
     assert ("(output range)" in b.sentence) == within and "(output range)" not in a.sentence
     if within:
         assert b.sentence.startswith("Reliance on the ruler inconclusive")
-    c = fd.context(M, _probe((lo + hi) / 2, lo, hi), "src", MARGIN, fd.NARROW)
+    c = fd.context(M, _probe((lo + hi) / 2, lo, hi), "src", MARGIN, True)
     assert c.status == "caution" and ("(output range)" in c.sentence) == within
     painted = {"delta_mean": (lo + hi) / 2, "delta_ci_low": lo, "delta_ci_high": hi, "n": 250}
-    d = fd.artifact(M, "ink", painted, None, "p#", "a#", narrow=fd.NARROW)
+    d = fd.artifact(M, "ink", painted, None, "p#", "a#", narrow=True)
     assert d.status == "caution"  # one line of evidence at most: never ok, never an alarm
-    r = fd.marked_regions(M, None, _probe((lo + hi) / 2, lo, hi), "src", MARGIN, fd.NARROW)
+    r = fd.marked_regions(M, None, _probe((lo + hi) / 2, lo, hi), "src", MARGIN, True)
     assert r.status == "caution" and ("(output range)" in r.sentence) == within
 
 
