@@ -122,9 +122,21 @@ def inference_batch_size(device, requested: int | None, cpu: int = 64, gpu: int 
     return gpu if str(device).startswith("cuda") else cpu
 
 
+def cpu_cores() -> int:
+    """The cores this process may compute on: ``OMP_NUM_THREADS`` where it is set (a batch
+    scheduler's or the user's limit, which torch follows too), else the CPUs it may run on."""
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    if limit.isdigit() and int(limit) > 0:
+        return int(limit)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity mask outside Linux
+        return os.cpu_count() or 1
+
+
 def shard_threads(n_shards: int, cpus: int | None = None) -> int:
-    """CPU threads for one of ``n_shards`` processes sharing this machine's cores."""
-    cpus = cpus or os.cpu_count() or 1
+    """CPU threads for one of ``n_shards`` processes sharing this process's cores."""
+    cpus = cpus or cpu_cores()
     return max(1, cpus // max(1, n_shards))
 
 

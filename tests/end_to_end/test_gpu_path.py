@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dermcam.device import inference_batch_size, resolve_device, shard_threads
+from dermcam.device import cpu_cores, inference_batch_size, resolve_device, shard_threads
 from dermcam.errors import DermcamError
 from dermcam.objective import global_mean_loss
 from dermcam.stages.train import (
@@ -59,6 +60,25 @@ def test_batch_sizes_and_shard_threads_suit_the_device():
     with pytest.raises(DermcamError):
         inference_batch_size("cpu", 0)
     assert shard_threads(4, cpus=16) == 4 and shard_threads(8, cpus=2) == 1
+
+
+def test_training_keeps_to_the_cores_omp_num_threads_allows(monkeypatch):
+    """A scheduler's (or the test workers') OMP_NUM_THREADS bounds training's threads; it
+    used to set one thread per core of the machine whatever the limit."""
+    from dermcam.config import TrainConfig
+    from dermcam.stages.train import _share_cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_cores() == 3 and shard_threads(2) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    try:
+        _share_cpu_threads(TrainConfig(data="d", out="r", accelerator="cpu"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_cores() == len(os.sched_getaffinity(0))
 
 
 def test_cli_refuses_an_unavailable_device_in_one_line(tmp_path):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import replace
@@ -41,6 +40,7 @@ from dermcam.data.cache import ImageCache, warm_cache
 from dermcam.data.cached_split import CachedSplit
 from dermcam.data.splits import split_samples, stratified_split
 from dermcam.decision import choose_threshold
+from dermcam.device import shard_threads
 from dermcam.errors import DermcamError
 from dermcam.inference import use_channels_last
 from dermcam.model_records import checkpoint_payload, model_card, model_record
@@ -130,7 +130,7 @@ def _share_cpu_threads(cfg: TrainConfig) -> None:
     n_dev = int(cfg.devices) if str(cfg.devices).isdigit() else 1
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto"
                                           and not torch.cuda.is_available())
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // (n_dev if on_cpu else 1)))
+    torch.set_num_threads(shard_threads(n_dev if on_cpu else 1))
 
 
 def _training_images(cfg: TrainConfig, train_samples, progress) -> CachedSplit:
