@@ -486,10 +486,14 @@ class Run:
 
     def record_artifacts(self, path: str | Path) -> None:
         """Record a per-image artifact-label file (``data.artifacts``) that every later
-        stage joins (the manifest is re-read first)."""
+        stage joins (the manifest is re-read first; the file it already records is not
+        written again)."""
         m = read_manifest(self.dir)
         if not isinstance(m.get("data"), dict):
             raise DermcamError("manifest.json records no data set", self.dir / MANIFEST)
+        if m["data"].get("artifacts") == str(path):
+            self.manifest = m
+            return
         m["data"]["artifacts"] = str(path)
         write_manifest(self.dir, m)
         self.manifest = m

@@ -88,3 +88,8 @@ def test_record_in_run(make_generic, dh, tmp_path):
     path = bias_csv(tmp_path / "isic_bias.csv", [(f"{i}.jpg", 1, 0) for i in labels])
     assert "10 of 10 images" in record_in_run(run, path)
     assert runmod.read_manifest(run)["data"]["artifacts"] == str(path.resolve())
+    # the same file again (an evaluate re-run joins the recorded labels): nothing rewritten
+    written = (run / runmod.MANIFEST).stat()
+    assert "10 of 10 images" in record_in_run(run, path)
+    now = (run / runmod.MANIFEST).stat()
+    assert (now.st_ino, now.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
