@@ -34,12 +34,14 @@ from helpers import (
     write_mask,
 )
 
+from dermcam.device import shard_threads
+
 # pyproject's addopts run the files on pytest-xdist workers, one per core. Each worker
 # computes on its share of the cores: OMP_NUM_THREADS, which torch, dermcam's training and
 # the commands the tests start all follow; else two workers would each run a thread per core.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ["OMP_NUM_THREADS"] = str(shard_threads(_WORKERS))  # imports no torch
 
 #: Files that take longest (the planted-shortcut twins train for about 150 s on one core):
 #: on workers they start first, so that they do not finish last after everything else.
@@ -48,8 +50,8 @@ LONGEST_FIRST = ("end_to_end/test_shortcut.py",)
 
 def pytest_collection_modifyitems(items):
     if _WORKERS > 1:
-        items.sort(key=lambda item: not item.nodeid.startswith(
-            tuple(f"tests/{name}" for name in LONGEST_FIRST)))
+        first = tuple(f"tests/{name}" for name in LONGEST_FIRST)
+        items.sort(key=lambda item: not item.nodeid.startswith(first))
 
 
 @pytest.fixture
