@@ -1,37 +1,12 @@
-"""Platt and temperature scaling of the malignant probability, and calibration scores
-(#16 item 4).
+"""Platt and temperature scaling of the malignant probability, and calibration scores.
 
-A weighted loss or a balanced sampler shifts and stretches a classifier's probabilities.
-Temperature scaling (Guo et al. 2017) divides the logits by one number ``T > 0`` fitted
-on the validation split by minimising the negative log-likelihood, so
-``p = softmax(z / T)[:, 1] = sigmoid((z1 - z0) / T)``: it undoes a stretch but not a
-shift. A class-weighted loss shifts the logit difference by about the log of the weight
-ratio (and a short training run's batch-norm statistics can add more); with every
-validation logit offset, the NLL is then lowest at ``T -> inf`` and temperature scaling
-squeezes every probability towards 0.5 (measured on the planted-shortcut twin: ``T = 66``,
-every test probability within 0.47..0.54, validation NLL 0.693 against 0.32 with a bias).
-Platt scaling (Platt 1999), the binary case's standard and the default here, fits the
-shift too: ``p = sigmoid((z1 - z0) / T + b)``. Neither changes a ranking (AUC) for
-``T > 0``, but both move every probability, so the decision threshold is chosen
-afterwards, on the calibrated probabilities.
-
-Pure functions on arrays:
-
-- :func:`fit_temperature` ``(N, 2)`` logits or ``(N,)`` logit differences and ``(N,)``
-  0/1 labels -> ``T`` (scipy's bounded scalar minimiser on ``log T``); :func:`fit_platt`
-  -> ``(T, b)`` (L-BFGS-B on ``(log T, b)``); :func:`fit_calibration` either by name;
-- :func:`apply_temperature` ``(logits, T, b=0)`` -> ``(N,)`` malignant probabilities;
-  :func:`calibrated_prob` the same in torch, from a model's ``(N, 2)`` logits;
-- :func:`nll`, :func:`brier` -> float, lower is better; ECE is
-  :func:`dermcam.reliability.expected_calibration_error`;
-- :func:`calibration_scores` the three before and after, :func:`calibration_summary`
-  the same per model with bootstrap CIs from a predictions table (what evaluate reports).
-
-The fitted ``T`` and ``b`` live in the checkpoint (``temperature``, ``calibration_bias``;
-older checkpoints read as 1 and 0) and on the loaded model as the attributes :data:`ATTR`
-and :data:`BIAS_ATTR` (:func:`set_temperature`, :func:`temperature_of`, :func:`bias_of`),
-so every stage that turns logits into probabilities (evaluate, explain, probe, predict)
-applies them the same way.
+A weighted loss or a balanced sampler shifts and stretches the probabilities. Temperature
+scaling (Guo et al. 2017, ``sigmoid((z1 - z0) / T)``) undoes a stretch but not a shift: a
+class-weighted loss offsets every logit, the NLL is then lowest at ``T -> inf`` and every
+probability is squeezed towards 0.5 (planted-shortcut twin: ``T = 66``). Platt scaling
+(the default) fits the shift too, ``sigmoid((z1 - z0) / T + b)``. Neither changes a
+ranking, so the threshold is chosen afterwards on calibrated probabilities. ``T`` and
+``b`` live in the checkpoint and on the loaded model (:data:`ATTR`, :data:`BIAS_ATTR`).
 """
 
 from __future__ import annotations
@@ -107,12 +82,9 @@ def _fit_inputs(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_temperature(logits: Any, labels: Any) -> float:
-    """The ``T`` minimising the NLL of ``sigmoid((z1 - z0) / T)``; see the module docstring.
-
-    ``logits``: ``(N, 2)`` or ``(N,)`` differences; ``labels``: ``(N,)`` 0/1 with both
-    classes (``ValueError`` otherwise: one class makes the NLL fall towards ``T = 0`` or
-    ``inf``). Minimised over ``log T`` in :data:`T_BOUNDS` (bounded Brent).
-    """
+    """The ``T`` minimising the NLL of ``sigmoid((z1 - z0) / T)``, by bounded Brent on
+    ``log T`` in :data:`T_BOUNDS`; ``labels`` need both classes (one class drives the NLL to
+    ``T = 0`` or ``inf``)."""
     from scipy.optimize import minimize_scalar
 
     d, y = _fit_inputs(logits, labels)
@@ -123,13 +95,9 @@ def fit_temperature(logits: Any, labels: Any) -> float:
 
 
 def fit_platt(logits: Any, labels: Any) -> tuple[float, float]:
-    """``(T, b)`` minimising the NLL of ``sigmoid((z1 - z0) / T + b)`` (Platt scaling with
-    a positive slope ``1 / T``, so rankings are kept); inputs as :func:`fit_temperature`.
-
-    L-BFGS-B on ``(log T, b)`` with ``T`` in :data:`T_BOUNDS`, started from the
-    temperature-only fit; the same minimum as an unpenalised logistic regression of the
-    labels on ``z1 - z0`` whenever that slope is positive (tested against statsmodels).
-    """
+    """``(T, b)`` minimising the NLL of ``sigmoid((z1 - z0) / T + b)`` (a positive slope, so
+    rankings are kept): L-BFGS-B on ``(log T, b)`` from the temperature fit; the same minimum
+    as a logistic regression on ``z1 - z0`` where its slope is positive."""
     from scipy.optimize import minimize
 
     d, y = _fit_inputs(logits, labels)
@@ -226,17 +194,13 @@ def _boot_scores(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int
 def calibration_summary(predictions, temperatures: dict[str, float] | None = None,
                         n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                         n_bins: int = 10) -> dict[str, Any]:
-    """ECE and Brier before and after calibration (Platt or temperature), per model, with CIs.
+    """ECE and Brier before and after calibration, per model, with CIs.
 
-    ``predictions``: long table ``model, label, prob_malignant`` and
-    ``prob_malignant_uncalibrated`` (plus ``group`` for cluster resampling;
-    ``temperature`` read from a column of that name unless ``temperatures`` gives it, and
-    ``calibration_bias`` from its column when there is one). Returns
-    ``{model: {"temperature", "bias", "before": {"ece", "brier"}, "after": {...}, "change":
-    {...}, "reliability_before"}}``, each score ``{"value", "lo", "hi"}`` (percentile
-    bootstrap, stratified by class, whole clusters with ``group``; the change is
-    ``after - before`` on the same resamples). Models without the uncalibrated column
-    are left out.
+    ``predictions``: ``model, label, prob_malignant, prob_malignant_uncalibrated`` (plus
+    ``group``, ``temperature``, ``calibration_bias`` where present). Returns ``{model:
+    {"temperature", "bias", "before", "after", "change", "reliability_before"}}``, each score
+    ``{"value", "lo", "hi"}`` (stratified or cluster bootstrap; ``change`` = after - before on
+    the same resamples); ``{}`` without the uncalibrated column.
     """
     from dermcam.reliability import reliability_curve
     from dermcam.stats import percentile_interval, resampling_weights
@@ -260,7 +224,7 @@ def calibration_summary(predictions, temperatures: dict[str, float] | None = Non
         t = (temperatures or {}).get(model)
         if t is None and "temperature" in df.columns:
             t = df["temperature"].iloc[0]
-        entry: dict[str, Any] = {
+        out[str(model)] = {
             "temperature": math.nan if t is None else float(t),
             "bias": (float(df["calibration_bias"].iloc[0])
                      if "calibration_bias" in df.columns else 0.0),
@@ -271,5 +235,4 @@ def calibration_summary(predictions, temperatures: dict[str, float] | None = Non
             "reliability_before": {k: v.tolist() for k, v in
                                    reliability_curve(y, before, n_bins).items()},
         }
-        out[str(model)] = entry
     return out

@@ -1,26 +1,9 @@
 """Shared statistics helpers: stratified bootstrap, paired tests, DeLong, McNemar.
 
-Everything here is a pure function on arrays (no I/O, no plotting). Labels are
-binary ``{0, 1}`` with ``1`` = malignant; scores are any real numbers where
-larger means "more malignant".
-
-Conventions used throughout dermcam:
-
-* **Stratified bootstrap.** Resamples are drawn with replacement *within each
-  class*, so every resample keeps the test set's class counts (75 malignant of
-  379 stays 75 of 379). This treats the test set's composition as fixed by design
-  and is the usual choice for skewed medical test sets: without it, some
-  resamples of a small positive class change prevalence a lot (or lose a class),
-  which widens or breaks AUC/AP intervals for reasons unrelated to the models.
-  A consequence: a rule that ignores the image (e.g. "all benign") has a
-  zero-width interval for accuracy.
-* **Percentile intervals.** ``(alpha/2, 1 - alpha/2)`` quantiles of the bootstrap
-  distribution; the point estimate is always the metric on the full data, never
-  the bootstrap mean.
-* **Differences are ``b - a``.** Paired functions take ``(a, b)`` and report how
-  much higher ``b`` scores than ``a``.
-* **Undefined is NaN.** A metric that is undefined on the data (one class only,
-  0/0) is NaN, never a crash and never a silent 0.
+Pure functions on arrays. Labels are 0/1 (1 = malignant), larger scores mean more
+malignant. Conventions (docs/evaluation.md): the bootstrap is stratified by class, so a
+resample keeps the test set's class counts; intervals are percentile intervals around the
+metric on the full data; paired differences are ``b - a``; an undefined metric is NaN.
 """
 
 from __future__ import annotations
@@ -35,52 +18,27 @@ from scipy import stats as _sstats
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
-__all__ = [
-    "stratified_bootstrap_indices",
-    "bootstrap_indices",
-    "bootstrap_counts",
-    "bootstrap_ci",
-    "percentile_interval",
-    "summarise_paired_diff",
-    "delong_test",
-    "delong_components",
-    "mcnemar",
-    "adjust_pvalues",
-    "cluster_info",
-    "cluster_labels",
-    "cluster_bootstrap_counts",
-    "resampling_weights",
-    "as_labels",
-]
+__all__ = ["stratified_bootstrap_indices", "bootstrap_indices", "bootstrap_counts",
+           "bootstrap_ci", "percentile_interval", "summarise_paired_diff", "delong_test",
+           "delong_components", "mcnemar", "adjust_pvalues", "cluster_info", "cluster_labels",
+           "cluster_bootstrap_counts", "resampling_weights", "as_labels"]
 
 logger = logging.getLogger(__name__)
 
 #: A bootstrap summary is NaN when fewer than this fraction of resamples gave a
 #: defined (finite) metric: the surviving resamples would be a biased subset.
 MIN_VALID_FRACTION = 0.9
-
-#: McNemar switches from the exact binomial test to chi-square (with continuity
-#: correction) when the number of discordant pairs b + c reaches this.
+#: McNemar uses the exact binomial test below this many discordant pairs, chi-square above.
 MCNEMAR_EXACT_BELOW = 25
-
 #: DeLong standard errors at or below this are zero variance (round-off of 0).
 DELONG_ZERO_SE = 1e-12
-
-
-# --------------------------------------------------------------------------- checks
 
 
 def as_labels(y: Any, name: str = "y_true", allow_missing: bool = False) -> np.ndarray:
     """The one label check of dermcam: ``(N,)`` values that are 0 (benign) or 1 (malignant).
 
-    ``y``: a 1-D array, list or pandas Series of numbers or booleans. Returns ``(N,)``
-    int64 labels, or with ``allow_missing=True`` ``(N,)`` float64 labels where a missing
-    value (None, NaN, ``pd.NA``) is NaN (callers drop and count those rows). Anything
-    else (2, -1, 0.5, text such as ``"malignant"`` or ``"1"``, or a missing value when
-    ``allow_missing`` is False) raises ValueError naming ``name``, how many values are
-    bad and the first few of them; a shape that is not ``(N,)`` raises ValueError with
-    the shape. Used for class labels (``label``) and the class a heatmap explains
-    (``cam_target``) alike.
+    Returns int64 labels, or with ``allow_missing`` float64 with NaN where a value is
+    missing. Anything else (2, 0.5, text) raises ValueError naming ``name`` and the values.
     """
     arr = np.asarray(y)
     if arr.ndim != 1:
@@ -99,21 +57,13 @@ def as_labels(y: Any, name: str = "y_true", allow_missing: bool = False) -> np.n
                 values[i] = float(v)
     bad = ~((values == 0) | (values == 1) | (missing & allow_missing))
     if bad.any():
-        shown = []
-        for v in arr.astype(object)[bad]:
-            if repr(v) not in shown:
-                shown.append(repr(v))
+        shown = list(dict.fromkeys(repr(v) for v in arr.astype(object)[bad]))
         more = ", ..." if len(shown) > 5 else ""
         extra = "" if allow_missing else " (missing labels are not allowed here)"
         raise ValueError(
             f"{name} must hold 0/1 labels, 0 (benign) or 1 (malignant){extra}; found "
             f"{int(bad.sum())} value(s) that are not: {', '.join(shown[:5])}{more}")
     return values if allow_missing else values.astype(np.int64)
-
-
-def _as_labels(y: Any, name: str = "y_true") -> np.ndarray:
-    """``(N,)`` array of 0/1 ints, no missing labels (:func:`as_labels`)."""
-    return as_labels(y, name)
 
 
 def as_scores(s: Any, n: int, name: str) -> np.ndarray:
@@ -126,31 +76,18 @@ def as_scores(s: Any, n: int, name: str) -> np.ndarray:
     return arr
 
 
-# --------------------------------------------------------------------------- resampling
-
-
 def stratified_bootstrap_indices(
     y: Any, n_boot: int, seed: int | np.random.Generator = 0
 ) -> np.ndarray:
-    """Bootstrap index arrays that keep each class's count.
-
-    ``y``: ``(N,)`` labels (any values; each distinct value is a stratum).
-    Returns an ``(n_boot, N)`` int array; row ``b`` indexes one resample. Within
-    each class the indices are drawn uniformly with replacement from that class,
-    so ``y[idx[b]]`` has the same class counts as ``y``. Seeded by a numpy
-    ``Generator`` (``np.random.default_rng(seed)``): same seed, same resamples.
-    """
+    """``(n_boot, N)`` bootstrap indices drawn within each class of ``(N,)`` ``y``."""
     return bootstrap_indices(y, n_boot, seed, stratified=True)
 
 
 def bootstrap_indices(
     y: Any, n_boot: int, seed: int | np.random.Generator = 0, stratified: bool = True
 ) -> np.ndarray:
-    """``(n_boot, N)`` bootstrap indices, stratified by ``y`` or plain.
-
-    See :func:`stratified_bootstrap_indices`. With ``stratified=False`` each row
-    is ``N`` draws with replacement from all of ``0..N-1``.
-    """
+    """``(n_boot, N)`` bootstrap indices, stratified by ``y`` (each class keeps its count)
+    or plain; seeded by ``np.random.default_rng(seed)``."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (N,), got shape {y.shape}")
@@ -176,37 +113,23 @@ def bootstrap_indices(
 def cluster_info(groups: Any) -> tuple[np.ndarray, int] | None:
     """``(cluster index per sample (N,), number of clusters)``, or None without clusters.
 
-    ``groups``: ``(N,)`` cluster ids (a lesion or a patient), or None. A missing id (None,
-    NaN, ``""``) makes that sample its own cluster. Returns None when ``groups`` is None
-    or every cluster holds one sample: then resampling clusters is resampling samples, and
-    callers keep the plain (per-sample) bootstrap, number for number.
+    A missing id (None, NaN, ``""``) is its own cluster. None when ``groups`` is None or
+    every cluster holds one sample: callers then keep the per-sample bootstrap exactly.
     """
     if groups is None:
         return None
-    g = _group_strings(groups)
-    if g.ndim != 1:
-        raise ValueError(f"groups must be 1-D (N,), got shape {g.shape}")
+    arr = np.asarray(groups, dtype=object).ravel() if np.ndim(groups) else np.asarray(
+        [groups], dtype=object)
+    g = np.empty(arr.size, dtype=object)
+    for i, v in enumerate(arr):
+        g[i] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
     missing = np.array([v == "" for v in g], dtype=bool)
     if missing.any():  # own cluster each, named so they cannot collide with real ids
-        g = g.copy()
         g[missing] = [f"\x00missing{i}" for i in np.flatnonzero(missing)]
     _, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
     if counts.size == g.size:
         return None
     return inverse.astype(np.int64).ravel(), int(counts.size)
-
-
-def _group_strings(values: Any) -> np.ndarray:
-    """``(N,)`` object array of strings; None/NaN become ``""``."""
-    arr = np.asarray(values, dtype=object).ravel() if np.ndim(values) else np.asarray(
-        [values], dtype=object)
-    out = np.empty(arr.size, dtype=object)
-    for i, v in enumerate(arr):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            out[i] = ""
-        else:
-            out[i] = str(v)
-    return out
 
 
 def cluster_labels(y: Any, cluster: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -224,34 +147,23 @@ def cluster_bootstrap_counts(
     y: Any, cluster: np.ndarray, n_clusters: int, n_boot: int,
     seed: int | np.random.Generator = 0, stratified: bool = True,
 ) -> np.ndarray:
-    """Cluster bootstrap as sample weights: ``(n_boot, N)`` float64.
+    """Cluster bootstrap as ``(n_boot, N)`` float64 sample weights.
 
-    ``y``: ``(N,)`` labels; ``cluster``: ``(N,)`` cluster index in ``[0, n_clusters)``
-    (from :func:`cluster_info`). Whole clusters are drawn with replacement and every
-    sample gets its cluster's multiplicity, so images of one lesion or patient enter a
-    resample together (or not at all). Stratified (default): the clusters of each class
-    are drawn within that class, keeping the number of clusters per class; a cluster's
-    class is malignant when any of its samples is (the class used by the group-aware
-    splits). The draws are those of :func:`bootstrap_indices` on the cluster-level labels
-    (same seed, same generator use), so with one sample per cluster, in cluster order, the
-    weights equal ``bootstrap_counts(bootstrap_indices(y, ...))``.
+    Whole clusters (``cluster`` from :func:`cluster_info`) are drawn, stratified by the
+    cluster's class (malignant if any sample is), with the draws of
+    :func:`bootstrap_indices` on the cluster labels; each sample gets its cluster's count.
     """
     cluster = np.asarray(cluster, dtype=np.int64)
     idx = bootstrap_indices(cluster_labels(y, cluster, n_clusters), n_boot, seed,
                             stratified=stratified)
-    mult = bootstrap_counts(idx, int(n_clusters))
-    return mult[:, cluster]
+    return bootstrap_counts(idx, int(n_clusters))[:, cluster]
 
 
 def resampling_weights(
     y: Any, n_boot: int, seed: int | np.random.Generator = 0, stratified: bool = True,
     groups: Any = None,
 ) -> np.ndarray:
-    """``(n_boot, N)`` bootstrap multiplicities: per sample, or per cluster with ``groups``.
-
-    Without clusters (``groups`` None or all singletons, see :func:`cluster_info`) this is
-    ``bootstrap_counts(bootstrap_indices(y, n_boot, seed, stratified), N)``.
-    """
+    """``(n_boot, N)`` bootstrap multiplicities: per sample, or per cluster with ``groups``."""
     y = np.asarray(y)
     info = cluster_info(groups)
     if info is None:
@@ -267,13 +179,8 @@ def resampling_label(groups: Any, name: str = "group") -> str:
 
 
 def bootstrap_counts(indices: np.ndarray, n: int) -> np.ndarray:
-    """Multiplicity of each sample in each resample.
-
-    ``indices``: ``(B, M)`` ints in ``[0, n)``. Returns ``(B, n)`` float64 where
-    ``out[b, i]`` is how many times sample ``i`` appears in resample ``b``. Any
-    metric that is a weighted sum over samples can then be evaluated for all
-    resamples at once with matrix products.
-    """
+    """``(B, M)`` indices in ``[0, n)`` -> ``(B, n)`` float64 count of each sample per
+    resample, so weighted-sum metrics evaluate every resample as one matrix product."""
     indices = np.asarray(indices)
     if indices.ndim != 2:
         raise ValueError(f"indices must be 2-D (B, M), got shape {indices.shape}")
@@ -282,21 +189,12 @@ def bootstrap_counts(indices: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
 
-# --------------------------------------------------------------------------- summaries
-
-
 def percentile_interval(
-    boot: Any,
-    alpha: float = 0.05,
-    min_valid_fraction: float = MIN_VALID_FRACTION,
+    boot: Any, alpha: float = 0.05, min_valid_fraction: float = MIN_VALID_FRACTION,
     what: str = "metric",
 ) -> tuple[float, float]:
-    """Percentile interval of a bootstrap distribution, NaN-safe.
-
-    ``boot``: ``(B,)`` bootstrap values; non-finite ones (resamples where the
-    metric is undefined) are dropped. Returns ``(lo, hi)``, or ``(nan, nan)``
-    when fewer than ``min_valid_fraction`` of the resamples were finite.
-    """
+    """``(lo, hi)`` percentile interval of ``(B,)`` bootstrap values, non-finite ones
+    dropped; ``(nan, nan)`` when fewer than ``min_valid_fraction`` are finite."""
     boot = np.asarray(boot, dtype=np.float64).ravel()
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -304,30 +202,20 @@ def percentile_interval(
     n_ok = int(ok.sum())
     if boot.size == 0 or n_ok < min_valid_fraction * boot.size:
         if boot.size and n_ok < boot.size:
-            logger.warning(
-                "%s: only %d of %d bootstrap resamples defined; interval is NaN",
-                what,
-                n_ok,
-                boot.size,
-            )
+            logger.warning("%s: only %d of %d bootstrap resamples defined; interval is NaN",
+                           what, n_ok, boot.size)
         return math.nan, math.nan
     if n_ok < boot.size:
-        logger.info(
-            "%s: dropped %d of %d bootstrap resamples where it is undefined",
-            what,
-            boot.size - n_ok,
-            boot.size,
-        )
+        logger.info("%s: dropped %d of %d bootstrap resamples where it is undefined",
+                    what, boot.size - n_ok, boot.size)
     lo, hi = np.quantile(boot[ok], [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
 
 def bootstrap_median_ci(v: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                         what: str = "median") -> tuple[float, float]:
-    """Percentile bootstrap CI ``(lo, hi)`` of the median of a 1-D sample (plain resampling).
-
-    ``(nan, nan)`` for fewer than 2 values. Seeded like :func:`bootstrap_indices`.
-    """
+    """Percentile bootstrap CI ``(lo, hi)`` of the median of a 1-D sample (plain
+    resampling); ``(nan, nan)`` for fewer than 2 values."""
     v = np.asarray(v, dtype=np.float64).ravel()
     if v.size < 2 or int(n_boot) < 1:
         return math.nan, math.nan
@@ -336,9 +224,8 @@ def bootstrap_median_ci(v: Any, n_boot: int = 1000, seed: int = 0, alpha: float 
 
 
 def spearman_rows(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Spearman's rho of each row pair of ``(B, n)`` arrays, ``(B,)``: the Pearson
-    correlation of average ranks, as scipy's ``spearmanr`` computes it, for all rows at
-    once; NaN for a row where either side is constant."""
+    """Spearman's rho of each row pair of ``(B, n)`` arrays, ``(B,)``, as scipy's
+    ``spearmanr`` computes it; NaN for a row where either side is constant."""
     rx, ry = _sstats.rankdata(xs, axis=1), _sstats.rankdata(ys, axis=1)
     rx -= rx.mean(axis=1, keepdims=True)
     ry -= ry.mean(axis=1, keepdims=True)
@@ -350,9 +237,8 @@ def spearman_rows(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int
                 ) -> tuple[float, float, float, int]:
-    """``(rho, lo, hi, n)``: Spearman's rho of the finite pairs of ``(N,)`` ``x`` and ``y``
-    with a percentile bootstrap CI over pairs (plain resampling); NaN below 4 pairs or
-    where either side is constant."""
+    """``(rho, lo, hi, n)``: Spearman's rho of the finite pairs with a percentile bootstrap
+    CI over pairs; NaN below 4 pairs or where either side is constant."""
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if x.size < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -364,26 +250,14 @@ def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int
 
 
 def bootstrap_ci(
-    metric_fn: Callable[..., float],
-    y_true: Any,
-    *arrays: Any,
-    n_boot: int = 1000,
-    seed: int | np.random.Generator = 0,
-    alpha: float = 0.05,
-    stratified: bool = True,
+    metric_fn: Callable[..., float], y_true: Any, *arrays: Any, n_boot: int = 1000,
+    seed: int | np.random.Generator = 0, alpha: float = 0.05, stratified: bool = True,
     min_valid_fraction: float = MIN_VALID_FRACTION,
 ) -> tuple[float, float, float]:
-    """Percentile bootstrap CI of ``metric_fn(y_true, *arrays)``.
+    """``(point, lo, hi)``: percentile bootstrap CI of ``metric_fn(y_true, *arrays)``.
 
-    ``y_true``: ``(N,)`` labels; each of ``arrays`` has ``N`` rows and is
-    resampled with the same indices. ``metric_fn`` may return NaN (or raise
-    ``ValueError``, treated as NaN) on resamples where it is undefined; those
-    are dropped, and if fewer than ``min_valid_fraction`` survive the interval
-    is ``(nan, nan)``. Returns ``(point, lo, hi)`` with ``point`` the metric on
-    the full data. Stratified by ``y_true`` by default (see module docstring).
-
-    This generic version calls ``metric_fn`` once per resample; for many metrics
-    on many models :mod:`dermcam.evaluation` uses a vectorised path instead.
+    One call per resample (the reference for the vectorised paths of
+    :mod:`dermcam.evaluation`); a NaN or a ``ValueError`` on a resample counts as undefined.
     """
     y = np.asarray(y_true)
     arrs = [np.asarray(a) for a in arrays]
@@ -396,8 +270,7 @@ def bootstrap_ci(
     if not math.isfinite(point):
         return point, math.nan, math.nan
     lo, hi = percentile_interval(
-        boot, alpha, min_valid_fraction, getattr(metric_fn, "__name__", "metric")
-    )
+        boot, alpha, min_valid_fraction, getattr(metric_fn, "__name__", "metric"))
     return point, lo, hi
 
 
@@ -410,33 +283,20 @@ def _safe_call(fn: Callable[..., float], *args: Any) -> float:
 
 
 def summarise_paired_diff(
-    point_diff: float,
-    boot_diff: Any,
-    alpha: float = 0.05,
-    min_valid_fraction: float = MIN_VALID_FRACTION,
-    what: str = "difference",
+    point_diff: float, boot_diff: Any, alpha: float = 0.05,
+    min_valid_fraction: float = MIN_VALID_FRACTION, what: str = "difference",
 ) -> dict[str, float]:
-    """Interval and two-sided p-value from a paired bootstrap distribution.
+    """``{"diff", "lo", "hi", "p", "n_valid"}`` from ``(B,)`` bootstrap differences.
 
-    ``boot_diff``: ``(B,)`` bootstrap values of the difference (``b - a``),
-    non-finite entries dropped. The p-value is the percentile-bootstrap one,
-    ``p = min(1, 2 * min((1 + #{d* <= 0}) / (B + 1), (1 + #{d* >= 0}) / (B + 1)))``:
-    it is consistent with the percentile interval (p < alpha roughly when the
-    interval excludes 0), the +1 keeps it from being exactly 0, and its
-    resolution is about ``2 / B`` (so ``n_boot=1000`` cannot show p < 0.002).
-    Returns ``{"diff", "lo", "hi", "p", "n_valid"}``.
+    ``p = min(1, 2 * min((1 + #{d* <= 0}), (1 + #{d* >= 0})) / (B + 1))``: consistent with
+    the percentile interval, never exactly 0, resolution about ``2 / B``.
     """
     d = np.asarray(boot_diff, dtype=np.float64).ravel()
     lo, hi = percentile_interval(d, alpha, min_valid_fraction, what)
     ok = d[np.isfinite(d)]
     if not math.isfinite(point_diff) or math.isnan(lo):
-        return {
-            "diff": float(point_diff),
-            "lo": math.nan,
-            "hi": math.nan,
-            "p": math.nan,
-            "n_valid": int(ok.size),
-        }
+        return {"diff": float(point_diff), "lo": math.nan, "hi": math.nan, "p": math.nan,
+                "n_valid": int(ok.size)}
     b = ok.size
     p_le = (1 + np.count_nonzero(ok <= 0)) / (b + 1)
     p_ge = (1 + np.count_nonzero(ok >= 0)) / (b + 1)
@@ -444,18 +304,11 @@ def summarise_paired_diff(
     return {"diff": float(point_diff), "lo": lo, "hi": hi, "p": float(p), "n_valid": int(b)}
 
 
-# --------------------------------------------------------------------------- DeLong
-
-
 def delong_components(
     y: np.ndarray, scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fast DeLong (Sun & Xu 2014) for ``scores`` of shape ``(K, N)``.
-
-    Returns ``(auc (K,), v10 (K, m), v01 (K, n))``: the AUCs and the structural
-    components (placement values) of the m positives and n negatives. Uses
-    midranks, so ties count 1/2 as in the Mann-Whitney statistic.
-    """
+    """Fast DeLong (Sun & Xu 2014) for ``(K, N)`` ``scores``: ``(auc (K,), v10 (K, m),
+    v01 (K, n))``, the placement values of the m positives and n negatives (ties 1/2)."""
     pos = scores[:, y == 1]
     neg = scores[:, y == 0]
     m, n = pos.shape[1], neg.shape[1]
@@ -471,34 +324,17 @@ def delong_components(
 def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) -> dict[str, Any]:
     """DeLong test for two correlated ROC AUCs (same images, two models).
 
-    Implements the fast O(N log N) algorithm of Sun & Xu (2014, IEEE SPL 21:1389)
-    for the DeLong, DeLong & Clarke-Pearson (1988) covariance. ``y_true``:
-    ``(N,)`` 0/1 labels; ``score_a``, ``score_b``: ``(N,)`` scores (higher = more
-    malignant; any monotone scale).
-
-    Returns ``{"auc_a", "auc_b", "se_a", "se_b", "diff", "se", "z", "p", "lo",
-    "hi", "reason"}`` with ``diff = auc_b - auc_a``, ``se`` its standard error,
-    ``z = diff / se``, two-sided normal ``p`` and the Wald interval
-    ``diff +- z_(1-alpha/2) * se``; ``reason`` is ``""`` when the test is defined.
-    Where it is not, nothing is reported as significant:
-
-    * ``"one_class"``: only one class present; everything is NaN.
-    * ``"too_few"``: a class has a single image, so its variance is undefined; the
-      AUCs and ``diff`` are given, the rest is NaN.
-    * ``"zero_variance"``: the variance of the difference is zero (e.g. every
-      placement value constant: a perfect model against a constant score). With
-      ``diff != 0`` the normal approximation has nothing to scale by, so ``z``,
-      ``p``, ``lo`` and ``hi`` are NaN (use the bootstrap instead). With
-      ``diff == 0`` (identical or identically ranked scores) the AUCs are equal
-      on every resample: ``se = 0, z = 0, p = 1`` and the interval is ``[0, 0]``.
+    Returns ``{"auc_a", "auc_b", "se_a", "se_b", "diff", "se", "z", "p", "lo", "hi",
+    "reason"}``, ``diff = auc_b - auc_a`` with a Wald interval. ``reason``: ``""``,
+    ``"one_class"`` (all NaN), ``"too_few"`` (a class of one image: AUCs only) or
+    ``"zero_variance"`` (NaN test unless ``diff == 0``, then ``z = 0, p = 1``).
     """
-    y = _as_labels(y_true)
+    y = as_labels(y_true)
     a = as_scores(score_a, y.size, "score_a")
     b = as_scores(score_b, y.size, "score_b")
     m, n = int(y.sum()), int((1 - y).sum())
     keys = ("auc_a", "auc_b", "se_a", "se_b", "diff", "se", "z", "p", "lo", "hi")
     if m < 2 or n < 2:
-        # One class: AUC undefined. One sample in a class: variance undefined.
         out: dict[str, Any] = dict.fromkeys(keys, math.nan)
         out["reason"] = "one_class" if m == 0 or n == 0 else "too_few"
         if m >= 1 and n >= 1:
@@ -512,9 +348,7 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) ->
     diff = float(auc[1] - auc[0])
     q = float(_sstats.norm.ppf(1 - alpha / 2))
     reason = ""
-    if se <= DELONG_ZERO_SE:
-        # Degenerate: constant placement values (multiples of 1/(2m) or 1/(2n)), so a
-        # true zero variance comes out as 0 or round-off of it, far below any real SE.
+    if se <= DELONG_ZERO_SE:  # constant placement values: a true 0 or its round-off
         reason, se = "zero_variance", 0.0
         if abs(diff) < 1e-15:  # identical (or identically ranked) scores
             z, p, lo, hi = 0.0, 1.0, 0.0, 0.0
@@ -524,41 +358,18 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) ->
         z = diff / se
         p = float(2 * _sstats.norm.sf(abs(z)))
         lo, hi = diff - q * se, diff + q * se
-    return {
-        "auc_a": float(auc[0]),
-        "auc_b": float(auc[1]),
-        "se_a": math.sqrt(max(s[0, 0], 0.0)),
-        "se_b": math.sqrt(max(s[1, 1], 0.0)),
-        "diff": diff,
-        "se": se,
-        "z": float(z),
-        "p": float(p),
-        "lo": float(lo),
-        "hi": float(hi),
-        "reason": reason,
-    }
-
-
-# --------------------------------------------------------------------------- McNemar
+    return {"auc_a": float(auc[0]), "auc_b": float(auc[1]),
+            "se_a": math.sqrt(max(s[0, 0], 0.0)), "se_b": math.sqrt(max(s[1, 1], 0.0)),
+            "diff": diff, "se": se, "z": float(z), "p": float(p), "lo": float(lo),
+            "hi": float(hi), "reason": reason}
 
 
 def mcnemar(correct_a: Any, correct_b: Any) -> dict[str, Any]:
-    """McNemar test for paired accuracies (same images, two classifiers).
+    """McNemar test of paired accuracies from ``(N,)`` correct/incorrect booleans.
 
-    ``correct_a``, ``correct_b``: ``(N,)`` booleans, whether each model got each
-    image right. ``b`` = images only A got right, ``c`` = images only B got right;
-    concordant images carry no information about the difference. The test is
-    ``statsmodels.stats.contingency_tables.mcnemar`` on the 2 x 2 table:
-
-    * ``b + c < 25`` (:data:`MCNEMAR_EXACT_BELOW`): exact two-sided binomial test
-      of ``b`` out of ``b + c`` at 1/2; ``statistic = min(b, c)``,
-      ``method = "exact"``. The chi-square approximation is poor with few
-      discordant pairs.
-    * otherwise: chi-square with continuity correction,
-      ``(|b - c| - 1)^2 / (b + c)`` on 1 degree of freedom, ``method = "chi2_cc"``.
-
-    ``b + c = 0`` (the models agree everywhere) gives ``p = 1``.
-    Returns ``{"b", "c", "statistic", "p", "method"}``.
+    ``b``: only A right, ``c``: only B right. Exact binomial below
+    :data:`MCNEMAR_EXACT_BELOW` discordant pairs, else chi-square with continuity
+    correction (statsmodels). Returns ``{"b", "c", "statistic", "p", "method"}``.
     """
     ca = np.asarray(correct_a).astype(bool)
     cb = np.asarray(correct_b).astype(bool)
@@ -574,9 +385,6 @@ def mcnemar(correct_a: Any, correct_b: Any) -> dict[str, Any]:
             "method": "exact" if exact else "chi2_cc"}
 
 
-# --------------------------------------------------------------------------- multiplicity
-
-
 #: Names used in outputs for the adjustment methods :func:`adjust_pvalues` accepts.
 ADJUST_METHODS = {"holm": "Holm", "fdr_bh": "Benjamini-Hochberg"}
 
@@ -584,12 +392,9 @@ ADJUST_METHODS = {"holm": "Holm", "fdr_bh": "Benjamini-Hochberg"}
 def adjust_pvalues(pvalues: Any, method: str = "holm") -> np.ndarray:
     """Multiplicity-adjusted p-values within one family, ``(K,)`` in, ``(K,)`` out.
 
-    ``method``: ``"holm"`` (Holm-Bonferroni, family-wise error rate) or ``"fdr_bh"``
-    (Benjamini-Hochberg, false discovery rate). NaN p-values (undefined tests) stay NaN
-    and do not count towards the family size. ``fdr_bh`` is statsmodels'
-    ``multipletests``; Holm is its three lines here, tested equal to ``multipletests``,
-    because statsmodels' Holm branch runs ``gc.collect()`` on every call: 0.2 s each in a
-    process holding torch (``benchmarks/bench_holm.py``), several per stage.
+    ``"holm"`` or ``"fdr_bh"``; NaN p-values stay NaN and do not count. Holm is written
+    here (tested equal to ``multipletests``), whose Holm branch runs ``gc.collect()`` on
+    every call: 0.2 s each in a process holding torch (``benchmarks/bench_holm.py``).
     """
     if method not in ADJUST_METHODS:
         raise ValueError(f"method must be one of {sorted(ADJUST_METHODS)}, got {method!r}")

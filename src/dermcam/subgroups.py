@@ -1,31 +1,12 @@
 """Metrics with CIs per subgroup (``dermcam evaluate --by COLUMN``), and heterogeneity tests.
 
-Pure functions on a predictions table (``image_id, model, label, prob_malignant`` plus
-the grouping column, optionally ``group`` for lesion/patient clusters):
-
-- :func:`bin_column` turns a metadata column into group labels: text and numbers with
-  at most :data:`MAX_LEVELS` distinct values are kept as they are; other numbers are cut
-  at their quartiles (``pd.qcut``, 4 bins, edges shown); ``ita`` uses the standard ITA
-  categories (:mod:`dermcam.skin`); a missing value is its own group, ``missing``.
-- :func:`subgroup_metrics` gives, per model and group, n, n malignant, ROC AUC, accuracy,
-  sensitivity and specificity (at the model's validation threshold) with percentile
-  bootstrap CIs (stratified by class, whole clusters when a ``group`` column has them),
-  or "too few to estimate" when the group holds fewer than ``min_group`` images or fewer
-  than ``min_per_class`` of either class.
-- Heterogeneity across the estimable groups, two tests: Cochran's Q on the group AUCs
-  with DeLong variances (chi-square, k - 1 df; undefined when a group's AUC variance is
-  zero, e.g. a perfectly separated group), and a chi-square test of independence of
-  correct/incorrect against group (accuracy; note it also moves with each group's
-  prevalence). :func:`subgroup_analyses` Holm-adjusts each test kind over all columns
-  and models of one evaluation (``p_adjusted`` beside the raw ``p``).
-
-The attention and probe summaries (``explain --by``, ``probe --by``) group per-image
-scores the same way (:func:`image_levels` bins each image once), with
-:func:`subgroup_summaries`: per entry (model x method, or model x probe) and group, the
-mean of each score with its 95 % CI and n (:func:`dermcam.leakage.summarise`: a
-percentile bootstrap over images, or a Wilson interval for a 0/1 score), "too few to
-estimate" under ``min_group`` images, and a Kruskal-Wallis test across the estimable
-groups, Holm-adjusted per score over all columns and entries.
+:func:`bin_column` makes the groups (few values kept, other numbers cut at quartiles,
+``ita`` in the ITA categories, missing its own group). :func:`subgroup_metrics` gives per
+model and group n, ROC AUC, accuracy, sensitivity and specificity with bootstrap CIs (or
+"too few to estimate"), with Cochran's Q on the group AUCs (DeLong variances) and a
+chi-square of correct x group (which also moves with prevalence). :func:`subgroup_summaries`
+does the same for per-image attention and probe scores, with Kruskal-Wallis tests.
+Tests are Holm-adjusted over all columns and models of one evaluation.
 """
 
 from __future__ import annotations
@@ -95,11 +76,9 @@ def _auc_var(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
 
 
 def cochran_q_auc(aucs, variances) -> dict[str, Any]:
-    """Cochran's Q for equal AUCs across independent groups: ``{q, df, p, reason}``.
-
-    ``Q = sum w_i (AUC_i - AUC_pooled)^2`` with ``w_i = 1 / var_i``; chi-square on
-    ``k - 1`` df. NaN with a reason for fewer than 2 groups or a zero variance.
-    """
+    """Cochran's Q for equal AUCs across independent groups, ``w_i = 1 / var_i``, chi-square
+    on ``k - 1`` df: ``{q, df, p, reason}``; NaN with a reason below 2 groups or for a zero
+    variance."""
     from scipy import stats as st
 
     a = np.asarray(aucs, dtype=np.float64)
@@ -165,14 +144,9 @@ def subgroup_metrics(preds: pd.DataFrame, column: str, thresholds: dict[str, flo
                      n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                      min_group: int = MIN_GROUP, min_per_class: int = MIN_PER_CLASS
                      ) -> dict[str, Any]:
-    """Per-group metrics with CIs and heterogeneity tests for one grouping ``column``.
-
-    ``preds``: long predictions (one row per model and image) holding ``column``.
-    Returns ``{"column", "binning", "min_group", "min_per_class", "models": {model:
-    {"groups": [{"group", "n", "n_malignant", "n_benign", "estimable", "note",
-    metric: {"value", "lo", "hi"}}], "heterogeneity": {"auc": {q, df, p, reason},
-    "accuracy": {chi2, df, p, reason}}}}}``.
-    """
+    """Per-group metrics with CIs and heterogeneity tests for one grouping ``column``:
+    ``{"column", "binning", "min_group", "min_per_class", "models": {model: {"groups": [...],
+    "heterogeneity": {"auc", "accuracy"}}}}``."""
     if column not in preds.columns:
         raise ValueError(f"no column {column!r} in the predictions")
     levels, binning = bin_column(preds[column], column)
@@ -208,8 +182,8 @@ def subgroup_analyses(preds: pd.DataFrame, columns: list[str], thresholds: dict[
 
 
 def holm_in_place(tests: list[dict[str, Any]], family: str) -> None:
-    """Holm-adjust the ``p`` of each test dict in place: ``p_adjusted``, ``adjust_method``
-    and ``family`` beside the raw ``p`` (NaN p stays NaN and does not count)."""
+    """Holm-adjust the ``p`` of each test dict in place (``p_adjusted``, ``adjust_method``,
+    ``family``); NaN stays NaN."""
     adj = adjust_pvalues([t["p"] for t in tests], "holm") if tests else []
     for t, pa in zip(tests, adj):
         t.update(p_adjusted=float(pa), adjust_method="Holm", family=family)
@@ -218,8 +192,7 @@ def holm_in_place(tests: list[dict[str, Any]], family: str) -> None:
 # ------------------------------------------------ attention and probe summaries by group
 
 def image_levels(table: pd.DataFrame, column: str) -> tuple[pd.Series, str]:
-    """``(group label per image_id, how the groups were made)``: :func:`bin_column` on one
-    value per image, so a long table (one row per image x model) bins each image once."""
+    """``(group label per image_id, how)``: :func:`bin_column` on one value per image."""
     if column not in table.columns:
         raise ValueError(f"no column {column!r} in the table")
     per = table.drop_duplicates("image_id").set_index("image_id")[column]
@@ -228,9 +201,8 @@ def image_levels(table: pd.DataFrame, column: str) -> tuple[pd.Series, str]:
 
 
 def kruskal_across(samples: list[np.ndarray]) -> dict[str, Any]:
-    """Kruskal-Wallis H test that the groups' values come from one distribution:
-    ``{h, df, p, reason}`` (scipy); NaN with a reason for fewer than 2 groups with values
-    or when every value is the same."""
+    """Kruskal-Wallis H test across groups (scipy): ``{h, df, p, reason}``; NaN with a
+    reason below 2 groups with values or when every value is the same."""
     from scipy import stats as st
 
     vals = [np.asarray(v, dtype=np.float64) for v in samples]
@@ -251,13 +223,9 @@ def subgroup_summaries(table: pd.DataFrame, column: str, metrics, keys,
                        cluster_col: str | None = None) -> dict[str, Any]:
     """Per-group means with CIs of per-image ``metrics`` for one grouping ``column``.
 
-    ``table``: one row per image and entry (the ``keys`` columns, e.g. ``model, method``)
-    holding ``image_id``, ``column`` and the metrics. Returns ``{"column", "binning",
-    "min_group", "entries": [{key: value, ..., "groups": [{"group", "n", "estimable",
-    "note", metric: {"value", "lo", "hi", "n", "n_nan", "ci_method"}}], "heterogeneity":
-    {metric: {h, df, p, reason, test}}}]}``; ``n`` is the group's images, a metric's
-    ``n`` those with a defined value. Groups under ``min_group`` images are too few to
-    estimate and left out of the test.
+    ``table``: one row per image and entry (the ``keys`` columns). Returns ``{"column",
+    "binning", "min_group", "entries": [{key: value, "groups": [...], "heterogeneity":
+    {metric: ...}}]}``; groups under ``min_group`` images are too few and left out of the test.
     """
     keys, metrics = list(keys), list(metrics)
     levels, binning = image_levels(table, column)
@@ -295,8 +263,8 @@ def subgroup_summary_analyses(table: pd.DataFrame, columns, metrics, keys,
                               n_boot: int = 1000, seed: int = 0,
                               min_group: int = MIN_GROUP, cluster_col: str | None = None,
                               what: str = "entries") -> dict[str, Any]:
-    """:func:`subgroup_summaries` for each column; each metric's Kruskal-Wallis tests
-    Holm-adjusted over all columns and entries (``what`` names the entries)."""
+    """:func:`subgroup_summaries` per column, each metric's tests Holm-adjusted over all
+    columns and entries (``what`` names the entries)."""
     columns = list(columns)
     out = {c: subgroup_summaries(table, c, metrics, keys, n_boot, seed, min_group,
                                  cluster_col) for c in columns}
@@ -308,9 +276,6 @@ def subgroup_summary_analyses(table: pd.DataFrame, columns, metrics, keys,
 
 def subgroup_table(analysis: dict[str, Any], model: str, digits: int = 2) -> list[list[str]]:
     """Rows for a printed table: header, then one row per group (``n/a`` where undefined)."""
-    def cell(d) -> str:
-        return fmt_ci_entry(d, digits, collapse=False)
-
     head = ["group", "n", "malignant",
             *(metric_label(k, short=True) for k in SUBGROUP_METRICS)]
     rows = [head]
@@ -319,22 +284,18 @@ def subgroup_table(analysis: dict[str, Any], model: str, digits: int = 2) -> lis
             rows.append([g["group"], str(g["n"]), str(g["n_malignant"]), g["note"], "", "", ""])
         else:
             rows.append([g["group"], str(g["n"]), str(g["n_malignant"])]
-                        + [cell(g[k]) for k in SUBGROUP_METRICS])
+                        + [fmt_ci_entry(g[k], digits, collapse=False) for k in SUBGROUP_METRICS])
     return rows
 
 
 def summary_table(analysis: dict[str, Any], entry: dict[str, Any], metrics,
                   titles=None, digits: int = 3) -> list[list[str]]:
-    """Rows for a printed table of one :func:`subgroup_summaries` entry: header, then one
-    row per group (``mean [lo, hi]``, ``n/a`` where undefined)."""
+    """Rows for a printed table of one :func:`subgroup_summaries` entry."""
     titles = list(titles or metrics)
-
-    def cell(d) -> str:
-        return fmt_ci_entry(d, digits, collapse=False)
-
     rows = [["group", "n", *titles]]
     for g in entry["groups"]:
         rows.append([g["group"], str(g["n"])] + ([g["note"]] + [""] * (len(metrics) - 1)
                                                  if not g["estimable"] else
-                                                 [cell(g.get(m)) for m in metrics]))
+                                                 [fmt_ci_entry(g.get(m), digits, collapse=False)
+                                                  for m in metrics]))
     return rows

@@ -1,34 +1,12 @@
 """Evaluate and compare models on one test set: :func:`evaluate_predictions`.
 
-Every figure gets a stratified (or cluster) bootstrap CI from one shared set of
-resamples, beside the all-benign baseline; model pairs are compared with DeLong, paired
-bootstraps and McNemar, Holm-adjusted within each family of tests.
-
-The result of :func:`evaluate_predictions` is a JSON-ready dict (plain floats/ints/lists; NaN -> ``None``)::
-
-    {"schema_version": 1, "n_boot", "seed", "alpha", "n_bins",
-     "ci_method", "threshold_rule", "pairwise_diff": "b - a",
-     "test": {"n", "n_malignant", "n_benign", "prevalence"},
-     "models": {name: {"display_name", "threshold",
-         "at_threshold": {metric: {"value", "lo", "hi"}},   # THRESHOLD_METRICS
-         "at_0.5": {...same...},
-         "threshold_free": {"roc_auc"|"average_precision"|"spec_at_95_sens"|"ece":
-                            {"value", "lo", "hi"}},
-         "confusion_matrix": [[tn, fp], [fn, tp]],          # at the threshold
-         "confusion_matrix_at_0.5": [[tn, fp], [fn, tp]],
-         "roc_curve": {"fpr", "tpr"}, "pr_curve": {"precision", "recall"},
-         "reliability": {"bin_lower", "bin_upper", "count", "mean_predicted",
-                         "fraction_positive"},
-         "prob_range": {"p05", "p95"}}},     # P(malignant)'s 5th, 95th percentiles
-     "baselines": {"all_benign": {metric: {"value", "lo", "hi"}},  # all metrics
-                   "chance_roc_auc": 0.5, "chance_average_precision": prevalence},
-     "pairwise": [{"a", "b", "auc": delong_test(...),
-                   "auc_bootstrap": {"diff", "lo", "hi", "p", "n_valid"},
-                   "average_precision": {...same...},
-                   "accuracy": {"diff", "lo", "hi", "p", "n_valid",
-                                "mcnemar": {"b", "c", "statistic", "p", "method"}},
-                   "auc_test", "p_holm", "significant"}],
-     "resampling", "multiplicity": {"method", "families", "primary_auc"}}
+Every figure gets a stratified (or cluster) bootstrap CI from one shared set of resamples,
+beside the all-benign baseline; model pairs are compared with DeLong, paired bootstraps and
+McNemar, Holm-adjusted within each family. The result (NaN -> ``None``) holds the settings,
+``test`` counts, ``models`` (per model: CIs ``{"value", "lo", "hi"}`` of every metric at
+its threshold, at 0.5 and threshold-free, confusion matrices, ROC/PR and reliability
+curves, ``prob_range``), ``baselines``, ``pairwise`` tests (differences ``b - a``),
+``resampling`` and ``multiplicity``: see :func:`_assemble` and :func:`_model_entry`.
 """
 
 from __future__ import annotations
@@ -84,11 +62,8 @@ _REQUIRED_COLUMNS = ("image_id", "model", "label", "prob_malignant")
 
 
 def display_name(model: str) -> str:
-    """Human-readable model name (``efficientnet_b0`` -> ``EfficientNet-B0``).
-
-    Looked up in the model registry (:func:`dermcam.models.display_name`); unknown names
-    are returned unchanged.
-    """
+    """Human-readable model name from the model registry (``efficientnet_b0`` ->
+    ``EfficientNet-B0``); unknown names unchanged."""
     return BASELINE_NAME if model == "all_benign" else registry_name(model)
 
 
@@ -110,7 +85,7 @@ def _validate_predictions(
     df = predictions.loc[:, list(_REQUIRED_COLUMNS)]
     if df.empty:
         raise ValueError("predictions are empty")
-    if df[["image_id", "model", "label", "prob_malignant"]].isna().any().any():
+    if df.isna().any().any():
         raise ValueError("predictions contain missing values")
     dup = df.duplicated(["model", "image_id"])
     if dup.any():
@@ -130,8 +105,7 @@ def _validate_predictions(
     if (n_labels > 1).any():
         bad = n_labels.index[n_labels > 1][:3].tolist()
         raise ValueError(f"image_ids with different labels across models: {bad}")
-    wide = df.pivot(index="image_id", columns="model", values="prob_malignant")
-    wide = wide.sort_index()
+    wide = df.pivot(index="image_id", columns="model", values="prob_malignant").sort_index()
     labels = df.drop_duplicates("image_id").set_index("image_id")["label"].loc[wide.index]
     y = as_labels(labels.to_numpy(), "label")
     probs = np.vstack([labels_probs(y, wide[m].to_numpy(dtype=np.float64))[1] for m in models])
@@ -228,14 +202,11 @@ def _resample_indices(
 def _resample_metrics(
     w: np.ndarray, y: np.ndarray, p: np.ndarray, thr: float, at_half: bool, n_bins: int
 ) -> dict[str, np.ndarray]:
-    """Every bootstrap metric of one subject on the resamples ``w`` (``(B, N)``):
-    ``thr:<metric>`` at its threshold, ``half:<metric>`` at 0.5 (with ``at_half``) and
-    the threshold-free metrics under their own keys, each ``(B,)``."""
+    """Every bootstrap metric of one subject on ``w (B, N)``, each ``(B,)``: ``thr:<metric>``,
+    ``half:<metric>`` (with ``at_half``) and the threshold-free metrics."""
     parts = {f"thr:{key}": v for key, v in batch_threshold_metrics(w, y, p >= thr).items()}
     if at_half:
-        parts.update(
-            {f"half:{key}": v for key, v in batch_threshold_metrics(w, y, p >= 0.5).items()}
-        )
+        parts.update({f"half:{k}": v for k, v in batch_threshold_metrics(w, y, p >= 0.5).items()})
     parts.update(batch_ranking_metrics(w, y, p, n_bins))
     return parts
 
@@ -243,8 +214,8 @@ def _resample_metrics(
 def _bootstrap_distributions(
     data: _Inputs, baseline_prob: np.ndarray, n_boot: int, seed: int, n_bins: int
 ) -> dict[str, dict[str, np.ndarray]]:
-    """``{subject: {key: (B,)}}`` for every model and ``all_benign``, all on the same
-    resamples, computed in chunks of resamples to bound memory."""
+    """``{subject: {key: (B,)}}`` for every model and ``all_benign`` on the same resamples,
+    in chunks of resamples to bound memory."""
     y, n = data.y, data.y.size
     idx, n_units, expand = _resample_indices(y, data.clusters, n_boot, seed)
     subjects = {**{m: data.probs[i] for i, m in enumerate(data.models)},
@@ -254,11 +225,10 @@ def _bootstrap_distributions(
     chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
     for start in range(0, idx.shape[0], chunk):
         w = bootstrap_counts(idx[start : start + chunk], n_units)
-        if expand is not None:
-            w = w[:, expand]
+        w = w if expand is None else w[:, expand]
         for s, p in subjects.items():
-            parts = _resample_metrics(w, y, p, sub_thr[s], s != "all_benign", n_bins)
-            for key, v in parts.items():
+            for key, v in _resample_metrics(w, y, p, sub_thr[s], s != "all_benign",
+                                            n_bins).items():
                 boot[s].setdefault(key, []).append(v)
     return {s: {key: np.concatenate(v) for key, v in d.items()} for s, d in boot.items()}
 
@@ -267,8 +237,7 @@ def _ci_block(
     point: Mapping[str, Any], boot: Mapping[str, np.ndarray], keys: tuple[str, ...],
     prefix: str, alpha: float, what: str,
 ) -> dict[str, dict[str, float]]:
-    """``{metric: {"value", "lo", "hi"}}`` for ``keys``; the bootstrap of ``metric`` is
-    ``boot[prefix + metric]``, ``what`` (plus the metric) names it in warnings."""
+    """``{metric: {"value", "lo", "hi"}}`` for ``keys``, bootstraps under ``prefix + metric``."""
     return {key: _ci(point[key], boot[f"{prefix}{key}"], alpha, f"{what} {key}")
             for key in keys}
 
@@ -285,12 +254,10 @@ def _model_entry(
     m: str, data: _Inputs, p: np.ndarray, b: Mapping[str, np.ndarray], alpha: float,
     n_bins: int,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(models[m] entry of the result, point metrics at m's threshold)`` for one model
-    with scores ``p`` and bootstrap distributions ``b``."""
+    """``(models[m] entry, point metrics at m's threshold)`` of one model."""
     y = data.y
     pt = classification_metrics(y, p, data.thr[m], n_bins)
     pt_half = classification_metrics(y, p, 0.5, n_bins)
-    curves = _curves(y, p)
     entry = {
         "display_name": data.names[m],
         "threshold": data.thr[m],
@@ -300,8 +267,7 @@ def _model_entry(
         "threshold_free": _ci_block(pt, b, THRESHOLD_FREE_METRICS, "", alpha, m),
         "confusion_matrix": pt["confusion_matrix"],
         "confusion_matrix_at_0.5": pt_half["confusion_matrix"],
-        "roc_curve": curves["roc_curve"],
-        "pr_curve": curves["pr_curve"],
+        **_curves(y, p),
         "reliability": reliability_curve(y, p, n_bins),
         "prob_range": dict(zip(("p05", "p95"), np.percentile(p, [5, 95]).tolist())),
     }
@@ -326,12 +292,8 @@ def _paired_diff(
 ) -> dict[str, Any]:
     """Paired bootstrap of ``metric`` b - a on the shared resamples."""
     key = boot_key or metric
-    return summarise_paired_diff(
-        points[b][metric] - points[a][metric],
-        bootc[b][key] - bootc[a][key],
-        alpha,
-        what=f"{what} {b} - {a}",
-    )
+    return summarise_paired_diff(points[b][metric] - points[a][metric],
+                                 bootc[b][key] - bootc[a][key], alpha, what=f"{what} {b} - {a}")
 
 
 def _pair_entry(
@@ -345,9 +307,8 @@ def _pair_entry(
     auc_bs = _paired_diff("roc_auc", a, b, points, bootc, alpha, "AUC")
     ap_bs = _paired_diff("average_precision", a, b, points, bootc, alpha, "AP")
     acc = _paired_diff("accuracy", a, b, points, bootc, alpha, "accuracy", "thr:accuracy")
-    correct_a = (probs[ia] >= thr[a]).astype(int) == y
-    correct_b = (probs[ib] >= thr[b]).astype(int) == y
-    acc["mcnemar"] = mcnemar(correct_a, correct_b)
+    acc["mcnemar"] = mcnemar((probs[ia] >= thr[a]).astype(int) == y,
+                             (probs[ib] >= thr[b]).astype(int) == y)
     return {"a": a, "b": b, "auc": dl, "auc_bootstrap": auc_bs,
             "average_precision": ap_bs, "accuracy": acc}
 
@@ -365,19 +326,17 @@ _PAIR_FAMILIES: dict[str, tuple[str, Any]] = {
 
 
 def _adjust_families(pairwise: list[dict[str, Any]]) -> None:
-    """Holm-adjust each family of :data:`_PAIR_FAMILIES` over the pairs, in place:
-    every test dict gets ``p_adjusted`` and ``family``."""
+    """Holm-adjust each family of :data:`_PAIR_FAMILIES` over the pairs, in place
+    (``p_adjusted``, ``family``)."""
     for family, (_, get) in _PAIR_FAMILIES.items():
         adj = adjust_pvalues([get(pw)["p"] for pw in pairwise], "holm")
         for pw, pa in zip(pairwise, adj, strict=True):
             get(pw).update(p_adjusted=float(pa), family=family)
 
 
-def _pair_verdicts(
-    pairwise: list[dict[str, Any]], data: _Inputs, cluster_name: str, alpha: float
-) -> None:
-    """Add each pair's primary AUC verdict (``auc_test``, ``p_holm``, ``significant``) in
-    place: DeLong, or the paired cluster bootstrap with clusters."""
+def _pair_verdicts(pairwise: list[dict[str, Any]], data: _Inputs, alpha: float) -> None:
+    """Each pair's primary AUC verdict, in place: DeLong, or with clusters the paired
+    cluster bootstrap."""
     clusters = data.clusters
     for pw in pairwise:
         dl = pw["auc"] if clusters is None else pw["auc_bootstrap"]
@@ -389,13 +348,13 @@ def _pair_verdicts(
 
 def _pairwise(
     data: _Inputs, points: Mapping[str, Mapping[str, Any]],
-    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float, cluster_name: str,
+    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float,
 ) -> list[dict[str, Any]]:
     """Every model pair in order of first appearance, tested and adjusted."""
     pairwise = [_pair_entry(a, b, data, points, bootc, alpha)
                 for a, b in combinations(data.models, 2)]
     _adjust_families(pairwise)
-    _pair_verdicts(pairwise, data, cluster_name, alpha)
+    _pair_verdicts(pairwise, data, alpha)
     return pairwise
 
 
@@ -430,29 +389,19 @@ def _assemble(
     data: _Inputs, settings: Mapping[str, Any], models: dict[str, Any],
     all_benign: dict[str, Any], pairwise: list[dict[str, Any]], cluster_name: str,
 ) -> dict[str, Any]:
-    """The result dict of :func:`evaluate_predictions`, in its documented key order
-    (before :func:`_jsonable`); ``settings``: ``n_boot``, ``seed``, ``alpha``, ``n_bins``."""
+    """The result dict of :func:`evaluate_predictions`, in its documented key order."""
     n, n_mal = data.y.size, int(data.y.sum())
     prevalence = n_mal / n
-    fields = _resampling_fields(data.clusters, cluster_name)
     return {
-        "schema_version": SCHEMA_VERSION,
-        "n_boot": int(settings["n_boot"]),
-        "seed": settings["seed"],
-        "alpha": float(settings["alpha"]),
-        "n_bins": int(settings["n_bins"]),
-        "ci_method": fields["ci_method"],
-        "resampling": fields["resampling"],
+        "schema_version": SCHEMA_VERSION, "n_boot": int(settings["n_boot"]),
+        "seed": settings["seed"], "alpha": float(settings["alpha"]),
+        "n_bins": int(settings["n_bins"]), **_resampling_fields(data.clusters, cluster_name),
         "multiplicity": _multiplicity(pairwise, data.clusters),
-        "threshold_rule": "malignant if prob_malignant >= threshold",
-        "pairwise_diff": "b - a",
+        "threshold_rule": "malignant if prob_malignant >= threshold", "pairwise_diff": "b - a",
         "test": {"n": n, "n_malignant": n_mal, "n_benign": n - n_mal, "prevalence": prevalence},
         "models": models,
-        "baselines": {
-            "all_benign": all_benign,
-            "chance_roc_auc": 0.5,
-            "chance_average_precision": prevalence,
-        },
+        "baselines": {"all_benign": all_benign, "chance_roc_auc": 0.5,
+                      "chance_average_precision": prevalence},
         "pairwise": pairwise,
     }
 
@@ -469,40 +418,13 @@ def evaluate_predictions(
 ) -> dict[str, Any]:
     """Evaluate and compare models on one test set, with CIs for every figure.
 
-    ``predictions``: long DataFrame with columns ``image_id, model, label,
-    prob_malignant`` (one row per model and image). Every model must cover
-    exactly the same image_ids with the same labels (``ValueError`` otherwise).
-    ``thresholds``: ``{model: threshold}`` chosen on *validation* (e.g. with
-    :func:`youden_threshold`); required for every model. Metrics are reported at
-    that threshold and at 0.5. ``display_names``: optional ``{model: label}``
-    for tables, figures and sentences (default: the model registry's names).
-
-    CIs: one set of ``n_boot`` stratified bootstrap resamples (seeded) is shared
-    by all models and the baseline, so paired differences use the same
-    resamples; percentile intervals at level ``1 - alpha``.
-
-    Clusters: an optional ``group`` column (one lesion or patient per value, e.g.
-    HAM10000's lesion_id; ``cluster_name`` names it in the output) makes every
-    resample draw whole clusters (stratified by the cluster's class, see
-    :func:`dermcam.stats.cluster_bootstrap_counts`), for every CI and every paired
-    bootstrap test. DeLong and McNemar assume independent images, so with clusters
-    they are still reported but the AUC verdict (``p_holm``, ``significant``) uses
-    the paired cluster bootstrap instead. Without a ``group`` column, or when every
-    group holds one image, nothing changes. ``resampling`` says which was used.
-
-    Multiplicity: each kind of paired test forms one family over the model pairs
-    (``multiplicity["families"]``: DeLong AUC, paired bootstrap AUC, AP and accuracy,
-    McNemar) and is Holm-adjusted within it; every test dict keeps its raw ``p`` and
-    gets ``p_adjusted`` and ``family`` beside it.
-
-    Returns a JSON-ready dict (plain floats/ints/lists; NaN -> ``None``), laid out as
-    in the module docstring.
-
-    Pairwise entries cover every model pair in order of first appearance; all
-    differences are ``b - a``. ``significant`` is the primary AUC test (``auc_test``:
-    DeLong, or the paired cluster bootstrap with clusters) after Holm correction
-    over all pairs (``p_holm < alpha``). The all-benign baseline is a
-    constant score 0 at threshold 0.5 (so its AUC is 0.5, its AP the prevalence).
+    ``predictions``: long table ``image_id, model, label, prob_malignant`` (optionally
+    ``group``), every model on the same images; ``thresholds``: ``{model: threshold}`` chosen
+    on validation. One set of stratified resamples serves every model and the baseline, so
+    paired differences share them; a ``group`` column makes them resample whole clusters,
+    and the AUC verdict then uses the paired cluster bootstrap (DeLong assumes independent
+    images). Each kind of paired test is Holm-adjusted over the pairs. Returns a JSON-ready
+    dict as in the module docstring; the all-benign baseline is a constant score 0 at 0.5.
     """
     t0 = time.perf_counter()
     data = _prepare_inputs(predictions, thresholds, display_names)
@@ -515,17 +437,10 @@ def evaluate_predictions(
     for i, m in enumerate(data.models):
         out_models[m], points[m] = _model_entry(m, data, data.probs[i], bootc[m], alpha, n_bins)
     all_benign = _baseline_block(data.y, baseline_prob, bootc["all_benign"], alpha, n_bins)
-    pairwise = _pairwise(data, points, bootc, alpha, cluster_name)
+    pairwise = _pairwise(data, points, bootc, alpha)
     settings = {"n_boot": n_boot, "seed": seed, "alpha": alpha, "n_bins": n_bins}
     result = _assemble(data, settings, out_models, all_benign, pairwise, cluster_name)
-    logger.info(
-        "evaluated %d models on %d images (%d malignant), %d resamples: "
-        "bootstrap %.2fs, total %.2fs",
-        len(data.models),
-        data.y.size,
-        int(data.y.sum()),
-        n_boot,
-        t_boot,
-        time.perf_counter() - t0,
-    )
+    logger.info("evaluated %d models on %d images (%d malignant), %d resamples: "
+                "bootstrap %.2fs, total %.2fs", len(data.models), data.y.size,
+                int(data.y.sum()), n_boot, t_boot, time.perf_counter() - t0)
     return _jsonable(result)

@@ -27,15 +27,9 @@ __all__ = ["bootstrap_mean_ci", "summarise", "compare_classes", "compare_classes
 
 def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0,
                       level: float = 0.95, groups=None) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of a 1-D sample (NaNs dropped).
-
-    Returns ``(low, high)``; ``(nan, nan)`` for fewer than 2 values. Seeded with
-    ``numpy.random.default_rng(seed)``, so the same sample gives the same CI.
-    ``groups``: ``(N,)`` cluster ids (e.g. lesion_id) or None. When some cluster holds
-    more than one value, whole clusters are resampled (plain, unstratified) and each
-    resample's mean weights a value by its cluster's multiplicity; otherwise (the
-    default) the values themselves are resampled, exactly as without ``groups``.
-    """
+    """``(low, high)`` percentile bootstrap CI of the mean of a 1-D sample, NaNs dropped;
+    ``(nan, nan)`` below 2 values. With ``groups`` (cluster ids) that share clusters, whole
+    clusters are resampled (plain) and values weighted by their cluster's count."""
     from dermcam.stats import cluster_bootstrap_counts, cluster_info
 
     x = np.asarray(x, dtype=np.float64).ravel()
@@ -55,15 +49,14 @@ def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0,
             return (np.nan, np.nan)
         w = cluster_bootstrap_counts(np.zeros(n, np.int64), info[0], info[1], n_boot, seed,
                                      stratified=False)
-        alpha = (1.0 - level) / 2.0
-        lo, hi = np.quantile((w @ x) / w.sum(axis=1), [alpha, 1.0 - alpha])
-        return float(lo), float(hi)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    step = max(1, int(4_000_000 // n))  # bound the (boot, n) index array
-    for s in range(0, n_boot, step):
-        b = min(step, n_boot - s)
-        means[s:s + b] = x[rng.integers(0, n, size=(b, n))].mean(axis=1)
+        means = (w @ x) / w.sum(axis=1)
+    else:
+        rng = np.random.default_rng(seed)
+        means = np.empty(n_boot)
+        step = max(1, int(4_000_000 // n))  # bound the (boot, n) index array
+        for s in range(0, n_boot, step):
+            b = min(step, n_boot - s)
+            means[s:s + b] = x[rng.integers(0, n, size=(b, n))].mean(axis=1)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
@@ -73,29 +66,14 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
               by: Sequence[str] = ("model", "method", "label"),
               n_boot: int = 1000, seed: int = 0, cluster_col: str | None = None
               ) -> pd.DataFrame:
-    """Per-group descriptive statistics of each metric, one row per group x metric.
+    """Per-group statistics of each metric, one row per group x metric.
 
-    Columns: the ``by`` columns, ``metric``, ``higher_is_better``, ``n`` (values
-    used), ``n_nan`` (NaNs dropped), ``mean``, ``median``, ``std``, ``ci_low``,
-    ``ci_high`` (95 % CI of the mean) and ``ci_method``, which says how that CI was
-    made:
-
-    - ``"wilson"`` when every value in the group is 0 or 1 (the pointing game with a
-      unique maximum, or any score that is a hit/miss): the mean is a proportion, and
-      the Wilson score interval (``statsmodels`` ``proportion_confint``) keeps its
-      coverage near 0 and 1, where a percentile bootstrap collapses (10 hits of 10
-      give the bootstrap CI [1, 1]). Defined from one value on.
-    - ``"percentile bootstrap"`` otherwise: ``n_boot`` resamples, the same ``seed``
-      for every group so a group's CI does not depend on the others; NaN below two
-      values.
-
-    ``cluster_col``: a column of cluster ids (e.g. ``group``: HAM10000's lesion_id).
-    Where a group's values share clusters, the bootstrap resamples whole clusters
-    (``"percentile cluster bootstrap"``) and the Wilson interval uses the effective
-    sample size ``n / deff``, with the design effect ``deff`` (at least 1) the cluster
-    bootstrap variance of the proportion over the binomial one (``"wilson, design
-    effect <deff> from the cluster bootstrap"``). Groups without shared clusters are
-    summarised exactly as without ``cluster_col``.
+    Columns: ``by``, ``metric``, ``higher_is_better``, ``n``, ``n_nan``, ``mean``, ``median``,
+    ``std``, ``ci_low``, ``ci_high`` (95 % CI of the mean) and ``ci_method``. A group of 0/1
+    values gets a Wilson interval (a percentile bootstrap collapses near 0 and 1: 10 hits of
+    10 give [1, 1]), others a percentile bootstrap with the same ``seed`` for every group.
+    With ``cluster_col`` sharing clusters, the bootstrap resamples whole clusters and the
+    Wilson interval uses ``n / deff``, the design effect from the cluster bootstrap.
     """
     from dermcam.stats import cluster_info
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
@@ -148,10 +126,8 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
 
 
 def _design_effect(x: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> float:
-    """Cluster-bootstrap variance of the mean of ``x`` over the i.i.d. ``var / n``; >= 1.
-
-    1 when ``x`` is constant (nothing varies, clustered or not).
-    """
+    """Cluster-bootstrap variance of the mean of ``x`` over the i.i.d. ``var / n``, at least
+    1 (1 for a constant ``x``)."""
     from dermcam.stats import cluster_bootstrap_counts, cluster_info
 
     info = cluster_info(groups)
@@ -183,16 +159,11 @@ def _split_classes(df: pd.DataFrame, metric: str, label_col: str):
 def compare_classes(df: pd.DataFrame, metric: str, label_col: str = "label") -> dict:
     """Benign (label 0) vs malignant (label 1) on one metric: two-sided Mann-Whitney U.
 
-    Returns a dict: ``n_benign``, ``n_malignant``, ``n_nan`` (rows without a metric
-    value or without a label), ``n_nan_benign``, ``n_nan_malignant`` (rows of that class
-    without a metric value: left out of its mean), medians and means per class, ``u_statistic`` (U of the
-    malignant sample), ``p_value``, ``cles`` (common language effect size:
-    P(malignant > benign) + 0.5 P(tie)), ``rank_biserial`` (``2 * cles - 1``, in
-    [-1, 1], positive = malignant higher), and ``reason`` (``""``; ``"too_few"``
-    when a class has no values; ``"constant_metric"`` when the values do not vary beyond
-    round-off (:func:`round_off_tol`; e.g. the excess leakage of uniform heatmaps, about
-    1e-16), where ranks would be ordering round-off: statistics are NaN). Labels other
-    than 0, 1 or missing raise ValueError.
+    Returns counts (``n_nan*``: rows without a value), medians and means per class,
+    ``u_statistic`` (of the malignant sample), ``p_value``, ``cles`` (P(malignant > benign) +
+    0.5 P(tie)), ``rank_biserial`` (``2 cles - 1``) and ``reason``: ``"too_few"`` when a class
+    is empty, ``"constant_metric"`` when the values vary only by round-off (ranks would order
+    round-off), with NaN statistics.
     """
     ben, mal, n_nan = _split_classes(df, metric, label_col)
     lab = label_values(df, label_col)
@@ -225,17 +196,10 @@ def compare_classes_by_target(df: pd.DataFrame, metric: str, target_col: str = "
                               label_col: str = "label") -> dict:
     """Benign vs malignant on ``metric``, pooled and within each explained class.
 
-    With ``--target predicted`` a benign image's heatmap usually explains "benign" and a
-    malignant one's "malignant", so the pooled comparison mixes lesion type with the
-    class the heatmap explains (and with the prediction's outcome). Stratifying by
-    ``target_col`` (the class each heatmap explains) compares lesion types for a fixed
-    target. Returns ``{"metric", "pooled": compare_classes(df), "by_target": {name:
-    compare_classes(rows explaining that class)}, "n_explained": {name: rows},
-    "fixed_target"}``; ``fixed_target`` is the explained class's name when every row
-    explains the same class (then the pooled comparison is already for a fixed
-    target), else None. Classes no row explains are left out of ``by_target``.
-    ``target_col`` is checked like the labels: a value other than 0, 1 or missing
-    raises ValueError.
+    With ``--target predicted`` the pooled comparison mixes lesion type with the class the
+    heatmap explains; within one ``target_col`` value the target is fixed. Returns
+    ``{"metric", "pooled", "by_target": {name: ...}, "n_explained", "fixed_target"}``
+    (``fixed_target``: the one class every row explains, else None).
     """
     require_columns(df, [metric, label_col, target_col])
     tgt = target_values(df, target_col)
@@ -278,20 +242,13 @@ def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "ex
                                                                    "pixel_auroc"),
                       label_col: str = "label", target_col: str | None = "cam_target"
                       ) -> dict[str, dict]:
-    """Sensitivity of the class comparison to undefined heatmaps, scored at chance.
+    """The class comparison again with undefined heatmaps scored at chance.
 
-    A heatmap that is all zero (or constant before min-max normalisation, which makes it
-    zero) has no defined score and is left out of class means; if one class has more
-    of them, dropping them is informative. Here every row whose ``metric`` is NaN but
-    whose mask is usable (the chance score is finite) is scored at chance
-    (:data:`CHANCE_TEXT`), and the class means and the Mann-Whitney test are repeated.
-    Returns ``{metric: {"n_nan_benign", "n_nan_malignant", "n_imputed_benign",
-    "n_imputed_malignant", "observed": compare_classes, "at_chance": compare_classes
-    on the imputed table, "diff_observed", "diff_at_chance" (malignant minus benign
-    mean), "chance", "pooled_over_targets", "explained_classes"}}``; metrics without a
-    chance level are skipped. ``pooled_over_targets`` is True where ``target_col`` shows
-    heatmaps explaining both classes (``--target predicted``): the comparison is then
-    pooled over the explained classes (``explained_classes``: heatmaps explaining each).
+    An all-zero heatmap has no score and drops out of the class means; if one class has more
+    of them, dropping them is informative. Rows whose ``metric`` is NaN but whose chance score
+    is finite are scored at chance (:data:`CHANCE_TEXT`) and the comparison repeated:
+    ``{metric: {counts, "observed", "at_chance", "diff_observed", "diff_at_chance", "chance",
+    "pooled_over_targets", "explained_classes"}}``; metrics without a chance level are skipped.
     """
     require_columns(df, [label_col])
     lab = label_values(df, label_col)
@@ -309,16 +266,16 @@ def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "ex
         x = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64)
         fill = np.isnan(x) & np.isfinite(chance)
         filled = df.assign(**{metric: np.where(fill, chance, x)})
-        obs, imp = compare_classes(df, metric, label_col), compare_classes(filled, metric,
-                                                                           label_col)
-        r = {"metric": metric, "chance": CHANCE_TEXT[metric],
-             "n_nan_benign": obs["n_nan_benign"], "n_nan_malignant": obs["n_nan_malignant"],
-             "n_imputed_benign": int((fill & (lab == 0)).sum()),
-             "n_imputed_malignant": int((fill & (lab == 1)).sum()),
-             "observed": obs, "at_chance": imp,
-             "diff_observed": obs["mean_malignant"] - obs["mean_benign"],
-             "diff_at_chance": imp["mean_malignant"] - imp["mean_benign"]}
-        r["explained_classes"] = n_exp
-        r["pooled_over_targets"] = bool(n_exp and all(n_exp.values()))
-        out[metric] = r
+        obs = compare_classes(df, metric, label_col)
+        imp = compare_classes(filled, metric, label_col)
+        out[metric] = {
+            "metric": metric, "chance": CHANCE_TEXT[metric],
+            "n_nan_benign": obs["n_nan_benign"], "n_nan_malignant": obs["n_nan_malignant"],
+            "n_imputed_benign": int((fill & (lab == 0)).sum()),
+            "n_imputed_malignant": int((fill & (lab == 1)).sum()),
+            "observed": obs, "at_chance": imp,
+            "diff_observed": obs["mean_malignant"] - obs["mean_benign"],
+            "diff_at_chance": imp["mean_malignant"] - imp["mean_benign"],
+            "explained_classes": n_exp, "pooled_over_targets": bool(n_exp and all(n_exp.values())),
+        }
     return out

@@ -1,81 +1,17 @@
 """Is a class difference in a localisation metric explained by lesion size?
 
-:func:`size_confound` estimates, then gives a verdict (:data:`VERDICTS`);
-:func:`size_confounds` runs it for several metrics and :func:`adjust_confound`
-decides again on multiplicity-adjusted p-values. :func:`ols_fit` is the regression
-both models use.
-
-:func:`size_confound` uses the rows where the metric, area and label are all present
-(labels must be 0, 1 or missing; anything else raises ValueError). Two models, both OLS
-with HC3 standard errors and t tests on ``n - p`` degrees of freedom:
-
-- unadjusted: ``metric ~ 1 + malignant`` (its class coefficient is the
-  difference of class means, malignant minus benign);
-- adjusted: ``metric ~ 1 + malignant + cr(area, df=spline_df)``, a natural cubic
-  spline in area, so a non-linear dependence on size is not read as a class
-  effect. ``df`` is lowered to ``n // 15`` for small samples (linear in area below
-  30 images) and where the distinct areas do not support it; the ``model`` key
-  states what was fitted.
-
-Its result says, for ``margin`` in the metric's units (0.02 leakage by default;
-choose it for other metrics):
-
-- ``class_coef_unadjusted``, ``class_ci_unadjusted``, ``class_p_unadjusted``;
-- ``class_coef_adjusted``, ``class_ci_adjusted``, ``class_p_adjusted``;
-- ``share_explained``: ``1 - adjusted / unadjusted``, the share of the gap that
-  lesion area accounts for (1 = all of it, > 1 = the sign reverses, NaN when the
-  unadjusted gap is 0), and ``share_explained_ci``, a percentile bootstrap
-  (``n_boot`` resamples within class, ``seed``);
-- ``equivalence``: ``{"margin", "p", "equivalent", "level", "ci"}``, the TOST of
-  the adjusted gap against ``+-margin`` (``equivalent``: p < ``alpha``, i.e. the
-  ``1 - 2 alpha`` CI in ``ci`` lies inside the margin);
-- ``verdict``, one of :data:`VERDICTS`, decided in this order:
-
-  1. ``"explained by size"``: the adjusted gap is equivalent to zero within
-     ``+-margin`` (TOST p < ``alpha``). This holds even when its CI excludes 0: a difference smaller
-     than the margin is taken as negligible.
-  2. ``"remains"``: the adjusted gap differs from 0 (its t test's p < ``alpha``,
-     i.e. its CI excludes 0), and it does not point against a
-     clear unadjusted gap (one whose CI excludes 0). A gap that only appears
-     after the adjustment (no clear unadjusted gap) also counts as remaining.
-  3. ``"inconclusive"``: everything else. That is the adjusted CI containing 0
-     but reaching beyond the margin (p >= alpha is not absence), a sign reversal
-     (the adjusted gap opposite to a clear unadjusted one: area accounts for more
-     than the whole difference), and cases where nothing can be estimated
-     (``reason`` says which).
-
-  The p-values the verdict reads are the raw ones here. In a family of tests
-  (the attention summary's ``size_confound`` and ``equivalence`` families),
-  :func:`adjust_confound` decides again on the multiplicity-adjusted p-values;
-  ``verdict_unadjusted`` keeps the single-test verdict and ``verdict_basis`` says
-  which p-values decided.
-
-- ``class_effect_survives``: ``verdict == "remains"``; None when the models could
-  not be fitted;
-- ``model``: the adjusted model's formula (OLS, HC3 standard errors, t tests on
-  n - p df; the unadjusted model drops the area term); ``area_model``: ``"spline"``
-  (a natural cubic spline in area, ``spline_df`` df), ``"linear_few_images"`` or
-  ``"linear_few_areas"`` (the linear fallback and why);
-- ``ols_class``, ``ols_class_area``: the :func:`ols_fit` results of the
-  unadjusted and the adjusted (spline) model;
-- ``spearman_rho``, ``spearman_p``, ``pearson_r``, ``pearson_p``: the metric
-  against the area;
-- ``n``, ``n_benign``, ``n_malignant``, ``n_dropped``, ``alpha``;
-- ``explained_classes``: ``{"benign": n, "malignant": n}`` heatmaps explaining each
-  class among the rows used (from ``target_col``, checked like the labels; None
-  without that column) and ``pooled_over_targets``: True when both classes are
-  explained, i.e. lesion type is mixed with the explained class (``--target
-  predicted``; ``target_mode``, the explain stage's ``--target``);
-- ``per_image``: with ``cluster_name`` (the run resamples clusters of that name
-  elsewhere), the numbers here that still treat images as independent;
-- ``reason``: ``""`` or why a quantity is undefined (``"constant_metric"``,
-  ``"perfect_fit"``, ``"ols_failed"``, ``"adjusted model: <ols reason>"``).
-
-Degenerate data never produce a p-value from round-off: a metric that is constant
-gives verdict "inconclusive" with reason ``"constant_metric"`` (there is no class
-difference to explain); a metric that is an exact function of area (e.g. leakage
-= 1 - area, what uniform heatmaps give) gives NaN p-values, reason
-``"perfect_fit"``, verdict "explained by size".
+:func:`size_confound` fits two OLS models with HC3 standard errors (:func:`ols_fit`) on the
+rows where metric, area and label are present: ``metric ~ 1 + malignant`` and
+``metric ~ 1 + malignant + cr(area)``, a natural cubic spline (at most ``n // 15`` df,
+linear below 30 images) so a non-linear size dependence is not read as a class effect.
+The verdict (:data:`VERDICTS`), in this order: ``"explained by size"`` when the adjusted
+gap is equivalent to 0 within ``+-margin`` (TOST p < alpha, even if its CI excludes 0);
+``"remains"`` when the adjusted gap differs from 0 and does not reverse a clear
+unadjusted gap; ``"inconclusive"`` otherwise (p >= alpha is not absence). Degenerate
+data never give a p-value from round-off: a constant metric is ``"constant_metric"``, an
+exact function of area (leakage = 1 - area) ``"perfect_fit"``, explained by size.
+:func:`adjust_confound` decides again on multiplicity-adjusted p-values. Every result
+key is listed in the code below; docs/attention.md explains the test.
 """
 
 from __future__ import annotations
@@ -103,26 +39,14 @@ __all__ = ["ols_fit", "size_confound", "size_confounds", "adjust_confound",
 
 
 def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC3") -> dict:
-    """Ordinary least squares (statsmodels ``OLS``) with robust or classical standard errors.
+    """OLS (statsmodels) with HC3 (default; holds its level in small samples) or classical
+    standard errors, t tests on ``n - p`` df: ``y (n,)``, ``X (n, p)`` with the intercept.
 
-    ``y`` ``(n,)``, ``X`` ``(n, p)`` design matrix (include the intercept column),
-    ``names`` ``p`` labels. ``cov_type``: ``"HC3"`` (default; heteroscedasticity-
-    robust, MacKinnon & White 1985, the variant that holds its level in small
-    samples) or ``"nonrobust"`` (classical). p-values and CIs use Student's t with
-    ``n - p`` degrees of freedom for both.
-
-    Returns ``{"n", "df_resid", "r2", "cov_type", "reason", "coef": {name: {"coef",
-    "se", "t", "p", "ci_low", "ci_high"}}}``. When inference is undefined the
-    coefficients are still given but ``se``, ``t``, ``p`` and the CI are NaN, and
-    ``reason`` says why (never a p-value made of round-off):
-
-    - ``"constant_outcome"``: ``y`` does not vary (spread <= :func:`round_off_tol`:
-      :data:`EXACT_RTOL` x max|y|, and at least :data:`EXACT_ATOL`);
-    - ``"perfect_fit"``: the residuals are round-off (RMS <= the same tolerance),
-      i.e. ``y`` is an exact linear function of the columns;
-    - ``"leverage_one"`` (HC3 only): a row has leverage 1, where HC3 divides by 0.
-
-    Raises ValueError for a rank-deficient design, ``n <= p`` or an unknown ``cov_type``.
+    Returns ``{"n", "df_resid", "r2", "cov_type", "reason", "coef": {name: {"coef", "se", "t",
+    "p", "ci_low", "ci_high"}}}``. Inference is NaN with a ``reason`` rather than made of
+    round-off: ``"constant_outcome"``, ``"perfect_fit"`` (residuals below
+    :func:`round_off_tol`) or ``"leverage_one"`` (HC3 divides by 0). ValueError for a
+    rank-deficient design or ``n <= p``.
     """
     if cov_type not in ("HC3", "nonrobust"):
         raise ValueError(f"cov_type must be 'HC3' or 'nonrobust', got {cov_type!r}")
@@ -179,16 +103,10 @@ def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC
 
 def _area_basis(area: np.ndarray, mal: np.ndarray, df: int
                 ) -> tuple[np.ndarray, list[str], str]:
-    """Columns for the lesion-area term, ``(n,)`` -> ``(n, k)``, its names and formula.
-
-    A natural cubic regression spline with ``df`` degrees of freedom (patsy
-    ``cr(area, df, constraints="center")``: knots at quantiles of the area, linear
-    beyond the outer knots, centred so it sits beside an intercept; it contains the
-    straight line, so ``1 - area`` is fitted exactly). Where that design would be
-    rank deficient beside the intercept and the class column (few distinct areas),
-    ``df`` is lowered; below 2 the term is the plain linear area. Raises ValueError
-    when even that is rank deficient (constant area, or area equal to the class).
-    """
+    """``(basis (n, k), names, formula)`` of the area term: patsy's centred natural cubic
+    spline ``cr(area, df)`` (it contains the straight line, so ``1 - area`` fits exactly),
+    ``df`` lowered while the design is rank deficient, linear area below 2; ValueError when
+    even that is (constant area, or area equal to the class)."""
     import patsy
 
     ones = np.ones_like(area)
@@ -207,11 +125,8 @@ def _area_basis(area: np.ndarray, mal: np.ndarray, df: int
 
 
 def _tost_p(est: float, se: float, dof: int, margin: float) -> float:
-    """Two one-sided t tests of H0 ``|effect| >= margin``; the larger one-sided p.
-
-    p < alpha exactly when the ``1 - 2 alpha`` CI ``est +- t * se`` lies inside
-    ``(-margin, margin)`` (Schuirmann 1987). NaN without a positive finite ``se``.
-    """
+    """Two one-sided t tests of H0 ``|effect| >= margin`` (Schuirmann 1987): the larger
+    one-sided p; NaN without a positive finite ``se``."""
     if not (np.isfinite(est) and np.isfinite(se) and se > 0):
         return np.nan
     p_lower = stats.t.sf((est + margin) / se, dof)  # H0: effect <= -margin
@@ -221,13 +136,8 @@ def _tost_p(est: float, se: float, dof: int, margin: float) -> float:
 
 def _share_explained_boot(y: np.ndarray, mal: np.ndarray, design: np.ndarray, n_boot: int,
                           seed: int, level: float) -> tuple[float, float]:
-    """Percentile CI of ``1 - adjusted gap / unadjusted gap``, resampling within class.
-
-    Each resample keeps the class counts (as every dermcam bootstrap) and refits both
-    models by least squares on the same area basis (knots fixed at the full data's).
-    Resamples where the unadjusted gap is 0 or the design loses rank give NaN; the CI
-    is NaN if more than 10 % do.
-    """
+    """Percentile CI of ``1 - adjusted gap / unadjusted gap``, resampling within class and
+    refitting on the full data's area basis; resamples with a zero gap or lost rank are NaN."""
     from dermcam.stats import percentile_interval, stratified_bootstrap_indices
 
     idx = stratified_bootstrap_indices(mal, n_boot, seed)
@@ -242,9 +152,8 @@ def _share_explained_boot(y: np.ndarray, mal: np.ndarray, design: np.ndarray, n_
     return percentile_interval(shares, alpha=1.0 - level, what="share of the gap explained")
 
 
-#: Images per degree of freedom of the area spline: :func:`size_confound` uses at
-#: most ``n // 15`` (below 30 images the area term is linear), so a small sample is
-#: not fitted with a wiggly curve whose extrapolation swamps the class estimate.
+#: Images per degree of freedom of the area spline: a small sample is not fitted with a
+#: wiggly curve whose extrapolation swamps the class estimate.
 _N_PER_AREA_DF = 15
 
 #: Metrics :func:`size_confounds` runs the confound analysis on by default.
@@ -259,16 +168,11 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
                   spline_df: int = 4, n_boot: int = 1000, seed: int = 0,
                   target_col: str | None = "cam_target", target_mode: str | None = None,
                   cluster_name: str | None = None) -> dict:
-    """Is a class difference in ``metric`` explained by lesion size? Estimates, then a verdict.
+    """Is a class difference in ``metric`` explained by lesion size? See the module docstring.
 
-    The models, the verdict rule and every key of the returned dict are described in
-    the module docstring (:mod:`dermcam.leakage.confound`). ``margin``: the equivalence
-    margin in the metric's units (> 0); ``spline_df``: the area spline's degrees of
-    freedom before the small-sample reduction; ``n_boot``, ``seed``: the bootstrap of
-    the share explained; ``target_col``, ``target_mode``: the explained class per row
-    and the explain stage's ``--target``; ``cluster_name``: set when the run resamples
-    clusters elsewhere (``per_image`` then lists what here treats images as
-    independent). Labels must be 0, 1 or missing (ValueError otherwise).
+    ``margin``: the equivalence margin in the metric's units; ``target_col``/``target_mode``:
+    the explained class per row and explain's ``--target``; ``cluster_name``: set when the run
+    resamples clusters elsewhere (``per_image`` then lists what here is per image).
     """
     require_columns(df, [metric, area_col, label_col])
     if not margin > 0:
@@ -315,9 +219,8 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
 def _confound_rows(df: pd.DataFrame, metric: str, area_col: str, label_col: str,
                    target_col: str | None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, dict | None]:
-    """``(y, area, malignant, n_dropped, explained)``: the ``(n,)`` rows where the metric,
-    area and label are all present, how many were dropped, and the heatmaps explaining
-    each class among the rows used (None without ``target_col``)."""
+    """``(y, area, malignant, n_dropped, explained)`` of the rows with metric, area and
+    label present; ``explained``: heatmaps explaining each class (None without ``target_col``)."""
     y = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64)
     area = pd.to_numeric(df[area_col], errors="coerce").to_numpy(dtype=np.float64)
     lab = label_values(df, label_col)
@@ -332,8 +235,7 @@ def _confound_rows(df: pd.DataFrame, metric: str, area_col: str, label_col: str,
 def _blank_result(metric: str, mal: np.ndarray, n_dropped: int, alpha: float, margin: float,
                   explained: dict | None, target_mode: str | None,
                   cluster_name: str | None) -> dict:
-    """The result of :func:`size_confound` before anything is estimated: every key, NaN
-    estimates, verdict "inconclusive"."""
+    """Every key of a :func:`size_confound` result, NaN estimates, verdict "inconclusive"."""
     return {
         "metric": metric, "n": int(mal.size), "n_benign": int((mal == 0).sum()),
         "n_malignant": int((mal == 1).sum()), "n_dropped": n_dropped,
@@ -358,8 +260,8 @@ def _blank_result(metric: str, mal: np.ndarray, n_dropped: int, alpha: float, ma
 
 
 def _correlations(out: dict, y: np.ndarray, area: np.ndarray) -> None:
-    """Spearman and Pearson correlations of the metric with the area, in place (left NaN
-    below 3 rows or when either does not vary)."""
+    """Spearman and Pearson correlations of the metric with the area, in place (NaN below
+    3 rows or when either is constant)."""
     if y.size >= 3 and not is_constant(y) and not is_constant(area):
         sp = stats.spearmanr(y, area)
         pe = stats.pearsonr(y, area)
@@ -369,8 +271,8 @@ def _correlations(out: dict, y: np.ndarray, area: np.ndarray) -> None:
 
 def _record_fits(out: dict, metric: str, area_term: str, area_names: list[str],
                  wanted_df: int, m1: dict, m2: dict) -> None:
-    """The fitted models' description and class coefficients, in place: ``m1`` the
-    unadjusted, ``m2`` the area-adjusted :func:`ols_fit` result."""
+    """The fitted models (``m1`` unadjusted, ``m2`` area-adjusted) and their class
+    coefficients, in place."""
     spline = area_term.startswith("cr(")
     out["model"] = f"{metric} ~ 1 + malignant + {area_term}"
     out["area_model"] = ("spline" if spline else "linear_few_images" if wanted_df < 2
@@ -384,9 +286,8 @@ def _record_fits(out: dict, metric: str, area_term: str, area_names: list[str],
 
 
 def _decide_exact(out: dict, exact_area: bool, margin: float) -> None:
-    """Verdict of an adjusted model without residual variance, in place: the adjusted gap
-    is known exactly but has no p-value. ``exact_area``: the metric is an exact function
-    of the area alone (the class coefficient is then round-off of an exact 0)."""
+    """Verdict of an adjusted model without residual variance (exact gap, no p-value), in
+    place; ``exact_area``: the metric is an exact function of the area alone."""
     eq = out["equivalence"]
     within = exact_area or abs(out["class_coef_adjusted"]) < margin
     eq["equivalent"] = eq["equivalent_unadjusted"] = bool(within)
@@ -417,32 +318,26 @@ CONFOUND_PER_IMAGE = ("HC3 standard errors, t tests and TOST of the size-confoun
 
 
 def _decide(r: dict) -> None:
-    """Set ``verdict``, ``verdict_basis`` and ``class_effect_survives`` of a fitted result.
-
-    Decides on the multiplicity-adjusted p-values where they exist (``p_adjusted`` of the
-    size-adjusted class coefficient, ``equivalence["p_adjusted"]`` of the TOST), on the
-    raw ones otherwise; ``verdict_unadjusted`` is always the raw decision.
-    """
+    """Set ``verdict``, ``verdict_basis`` and ``class_effect_survives``: on the
+    multiplicity-adjusted p-values where they exist, else the raw ones
+    (``verdict_unadjusted`` is always the raw decision)."""
     eq = r["equivalence"]
     p_class, p_eq = r["class_p_adjusted"], eq["p"]
     r["verdict_unadjusted"] = _verdict(r, p_class, p_eq)
     eq["equivalent_unadjusted"] = bool(p_eq < r["alpha"])
-    pa_class = r.get("p_adjusted", np.nan)
-    pa_eq = eq.get("p_adjusted", np.nan)
-    adjusted = bool(np.isfinite(pa_class) or np.isfinite(pa_eq))
-    if adjusted:
+    pa_class, pa_eq = r.get("p_adjusted", np.nan), eq.get("p_adjusted", np.nan)
+    r["verdict_basis"] = "unadjusted p"
+    if np.isfinite(pa_class) or np.isfinite(pa_eq):
         p_class = pa_class if np.isfinite(pa_class) else p_class
         p_eq = pa_eq if np.isfinite(pa_eq) else p_eq
         r["verdict_basis"] = f"{r.get('adjust_method', 'multiplicity')}-adjusted p"
-    else:
-        r["verdict_basis"] = "unadjusted p"
     r["verdict"] = _verdict(r, p_class, p_eq)
     eq["equivalent"] = bool(p_eq < r["alpha"])
     r["class_effect_survives"] = r["verdict"] == "remains"
 
 
 def _verdict(r: dict, p_class: float, p_eq: float) -> str:
-    """The verdict of :func:`size_confound` from the class and TOST p-values given."""
+    """The verdict from the class and TOST p-values given (module docstring's order)."""
     alpha = r["alpha"]
     du, da = r["class_coef_unadjusted"], r["class_coef_adjusted"]
     lo_u, hi_u = r["class_ci_unadjusted"]
@@ -458,17 +353,9 @@ def _verdict(r: dict, p_class: float, p_eq: float) -> str:
 
 def adjust_confound(r: dict, k_class: int | None = None,
                     k_equivalence: int | None = None) -> dict:
-    """Decide a :func:`size_confound` result again on its multiplicity-adjusted p-values.
-
-    ``r`` carries ``p_adjusted`` (the size-adjusted class coefficient's p, adjusted in
-    its family), ``adjust_method`` and ``equivalence["p_adjusted"]`` (the TOST p,
-    adjusted in its family), as :func:`dermcam.stages.explain.summarise_attention` sets them;
-    ``k_class``, ``k_equivalence`` are the family sizes (``family_sizes``). The
-    verdict, ``class_effect_survives`` and ``equivalence["equivalent"]`` follow the
-    adjusted p-values (the raw ones are kept beside them); ``verdict_unadjusted``
-    and ``equivalence["equivalent_unadjusted"]`` keep the single-test decision. A result
-    without p-values (degenerate data) is returned unchanged. Modifies and returns ``r``.
-    """
+    """Decide a :func:`size_confound` result ``r`` again on its adjusted p-values
+    (``p_adjusted``, ``equivalence["p_adjusted"]``; family sizes ``k_class``,
+    ``k_equivalence``), raw decisions kept; unchanged without p-values. Returns ``r``."""
     eq = r.get("equivalence") or {}
     if not (np.isfinite(r.get("class_p_adjusted", np.nan)) and np.isfinite(eq.get("p", np.nan))):
         return r
@@ -479,18 +366,9 @@ def adjust_confound(r: dict, k_class: int | None = None,
 
 def size_confounds(df: pd.DataFrame, metrics: Sequence[str] = CONFOUND_METRICS,
                    margins: Mapping[str, float] | None = None, **kwargs) -> dict[str, dict]:
-    """:func:`size_confound` for each of ``metrics``: ``{metric: result}``.
-
-    ``margins`` maps a metric to its equivalence margin (in that metric's units);
-    metrics not in it use ``kwargs["margin"]`` or the default 0.02. Other keyword
-    arguments go to :func:`size_confound` unchanged.
-    """
-    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    """``{metric: size_confound(df, metric, ...)}``; ``margins`` maps a metric to its
+    equivalence margin, other keyword arguments go to :func:`size_confound`."""
     margins = dict(margins or {})
-    out = {}
-    for metric in metrics:
-        kw = dict(kwargs)
-        if metric in margins:
-            kw["margin"] = margins[metric]
-        out[metric] = size_confound(df, metric, **kw)
-    return out
+    return {m: size_confound(df, m, **({**kwargs, "margin": margins[m]} if m in margins
+                                       else kwargs))
+            for m in ([metrics] if isinstance(metrics, str) else list(metrics))}
