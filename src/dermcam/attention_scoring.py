@@ -1,7 +1,6 @@
-"""Saved heatmap batches scored against the lesion masks: attention.csv's rows, one per
-image x model x method, with the localisation metrics (:func:`dermcam.leakage.score_batch`),
-the prediction, and the artifact columns (heatmap mass and area per artifact pixel map,
-artifact labels from metadata.csv or a joined label file), plus the ``--by`` columns.
+"""Saved heatmap batches scored against the lesion masks: attention.csv's rows (one per
+image x model x method) with the localisation metrics, prediction, artifact and ``--by``
+columns.
 """
 
 from __future__ import annotations
@@ -25,10 +24,9 @@ from dermcam.heatmap_files import heatmap_batches, heatmap_dir, read_heatmap_bat
 
 def attention_table(run: runmod.Run, audit: AuditSet, selection, by=()
                     ) -> tuple[pd.DataFrame, float]:
-    """``(attention rows, seconds scoring)`` of the heatmaps of ``selection``
-    (``[{model, method, layer}]``) saved under ``audit.out`` for ``audit``'s images: every
-    saved batch scored (the last batch wins), sorted, with the ``--by`` columns ``by``,
-    floats rounded to 6 decimals."""
+    """``(attention rows, seconds scoring)`` of the saved heatmaps of ``selection``
+    (``[{model, method, layer}]``) for ``audit``'s images: the last batch wins, sorted, with
+    the ``--by`` columns, floats rounded to 6 decimals."""
     sc = _Scoring.of(run, audit.ds, audit.samples)
     att, metric_seconds = _scored_batches(audit.out, selection, sc)
     if by:  # the --by columns (ita from the image), one value per image
@@ -40,8 +38,7 @@ def attention_table(run: runmod.Run, audit: AuditSet, selection, by=()
 
 @dataclass
 class _Scoring:
-    """What scoring a heatmap batch needs besides the batch: the images by id, the run's
-    cache, size and thresholds, and the artifact labels to join."""
+    """What scoring a heatmap batch needs besides the batch."""
     by_id: dict[str, Any]
     size: int
     cache: Any
@@ -65,8 +62,7 @@ class _Scoring:
 
 def _scored_batches(out: runmod.Outputs, selection, sc: _Scoring
                     ) -> tuple[pd.DataFrame, float]:
-    """``(attention rows, seconds scoring)``: every saved batch of ``selection`` scored,
-    one row per image x model x method (the last batch wins), sorted."""
+    """``(attention rows, seconds scoring)`` of every saved batch of ``selection``."""
     frames = []
     metric_seconds = 0.0
     for sel in selection:
@@ -119,8 +115,8 @@ def _batch_frame(f: Path, name: str, method: str, layer: str, sc: _Scoring
 
 def _add_artifact_columns(df: pd.DataFrame, ids: list[str], items, cams: np.ndarray,
                           sc: _Scoring) -> None:
-    """Heatmap mass and area per artifact (pixel maps, synthetic data), artifact presence
-    (metadata.csv) and a joined label file's columns, added to ``df`` in place."""
+    """Heatmap mass and area per artifact pixel map, artifact presence (metadata.csv) and a
+    joined label file's columns, added to ``df`` in place."""
     if all(it["artifacts"] is not None for it in items):
         arts = np.stack([it["artifacts"] for it in items])
         codes = list(range(1, len(sc.art_names) + 1))

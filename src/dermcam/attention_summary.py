@@ -1,8 +1,6 @@
-"""attention_summary.json from attention.csv's rows: per-class, per-correctness and
-overall means with bootstrap CIs (whole clusters resampled where images share a group),
-and per model x method the tests (benign vs malignant, size confound with TOST,
-missingness, artifacts), their p-values adjusted within the families of
-:data:`ATTENTION_FAMILIES`, and the summary by subgroup. Pure: rows in, a dict out.
+"""attention_summary.json from attention.csv's rows: means with bootstrap CIs per class,
+correctness and overall, and per model x method the tests, their p-values adjusted within
+:data:`ATTENTION_FAMILIES`. Pure: rows in, a dict out.
 """
 
 from __future__ import annotations
@@ -24,10 +22,7 @@ from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
 SUMMARY_METRICS = ("leakage", "inside_score", "outside_score", "lesion_area", "chance_leakage",
                    "excess_leakage", "localisation_gain", "pixel_auroc", "rank_accuracy",
                    "pointing_game")
-
-
-#: Metrics the class comparison, the size-confound model and the missingness analysis
-#: run on.
+#: Metrics of the class comparison, the size-confound model and the missingness analysis.
 TEST_METRICS = ("leakage", "excess_leakage", "pixel_auroc")
 
 #: The scores of the attention summary by subgroup (``--by``) and their titles.
@@ -63,24 +58,13 @@ PER_IMAGE_WHEN_CLUSTERED = (
 def summarise_attention(att: pd.DataFrame, target, sanity: dict, n_boot: int, seed: int,
                         margin: float = 0.02, cluster_name: str = "group", by=(),
                         min_group: int | None = None) -> dict[str, Any]:
-    """attention_summary.json from attention.csv rows (see README, "Attention analysis").
+    """attention_summary.json from attention.csv rows (docs/attention.md, "The summary file").
 
-    ``target``: the class the heatmaps explain (explain's ``--target``: ``malignant``,
-    ``true`` or ``predicted``; None where unknown), or a :class:`dermcam.run.Run` (or,
-    as older callers pass, a manifest dict) whose explain stage recorded it.
-    ``margin``: TOST equivalence margin of the size-confound models. Images that share a
-    ``group`` (lesion or patient; ``cluster_name`` names it) are resampled together in
-    every bootstrap CI of the per-class summaries; ``resampling`` says which was used.
-    Every p-value is kept raw beside its adjusted value (``p_adjusted``, within the
-    families of :data:`ATTENTION_FAMILIES`, Benjamini-Hochberg); the size-confound
-    verdicts are decided on the adjusted values (:func:`dermcam.leakage.adjust_confound`).
-    With clusters, ``per_image`` lists the numbers that still treat images as independent
-    (:data:`PER_IMAGE_WHEN_CLUSTERED`).
-
-    ``by``: columns of ``att`` (metadata, ``ita``) to summarise by subgroup
-    (``subgroups``: per model x method and group, leakage, excess leakage and pixel AUROC
-    means with CIs and n, and a Kruskal-Wallis test per metric, Holm over columns and
-    models x methods; :func:`dermcam.subgroups.subgroup_summary_analyses`).
+    ``target``: explain's ``--target`` (or a :class:`dermcam.run.Run`, or a manifest dict,
+    that recorded it); ``margin``: the size-confound TOST margin. Images sharing a ``group``
+    are resampled together in the per-class CIs; p-values are kept raw beside
+    ``p_adjusted`` (:data:`ATTENTION_FAMILIES`) and the size-confound verdicts decided on the
+    adjusted ones; ``by``: columns to summarise by subgroup.
     """
     if "layer" not in att.columns:
         att = att.assign(layer="")
@@ -121,9 +105,8 @@ def summarise_attention(att: pd.DataFrame, target, sanity: dict, n_boot: int, se
 
 
 def explained_class(target) -> str | None:
-    """:func:`summarise_attention`'s ``target`` as the class mode: as given, or what the
-    explain stage of a Run (or of a manifest dict, the older calling convention)
-    recorded."""
+    """:func:`summarise_attention`'s ``target`` as given, or as a Run (or manifest dict)
+    recorded it."""
     if isinstance(target, Mapping):  # wrapped only to read it through Run's accessor
         target = runmod.Run(Path(), dict(target))
     if isinstance(target, runmod.Run):
@@ -132,8 +115,7 @@ def explained_class(target) -> str | None:
 
 
 def _resampling(att: pd.DataFrame, cluster_name: str) -> tuple[str | None, str]:
-    """``(cluster column or None, resampling label)``: whole clusters where images share a
-    ``group``, else images."""
+    """``(cluster column or None, resampling label)``."""
     if "group" not in att.columns:
         return None, "images"
     per_image = att.drop_duplicates("image_id")["group"]
@@ -144,7 +126,7 @@ def _resampling(att: pd.DataFrame, cluster_name: str) -> tuple[str | None, str]:
 def _pair_tests(g: pd.DataFrame, model: str, method: str, target, margin: float,
                 cluster_name: str, cluster_col: str | None, n_boot: int, seed: int,
                 families: dict[str, list[dict]]) -> tuple[dict[str, Any], list[dict]]:
-    """``(tests entry, artifact ratio rows)`` of one model x method; its p-values join
+    """``(tests entry, artifact ratio rows)`` of one model x method; p-values join
     ``families``."""
     layer = str(g["layer"].iloc[0])
     entry: dict[str, Any] = {"layer": layer,
@@ -157,8 +139,8 @@ def _pair_tests(g: pd.DataFrame, model: str, method: str, target, margin: float,
 
 
 def _class_tests(g: pd.DataFrame, entry: dict[str, Any], families) -> None:
-    """``classes_<metric>``: benign vs malignant (pooled over the explained class), and with
-    ``cam_target`` ``class_comparison`` (also within each explained class)."""
+    """``classes_<metric>`` (benign vs malignant, pooled) and with ``cam_target``
+    ``class_comparison`` (also within each explained class)."""
     comparisons = {}
     for metric in TEST_METRICS:
         try:
@@ -179,8 +161,7 @@ def _class_tests(g: pd.DataFrame, entry: dict[str, Any], families) -> None:
 
 def _confound_tests(g: pd.DataFrame, entry: dict[str, Any], families, target,
                     margin: float, cluster_name: str | None) -> None:
-    """``size_confounds`` (class effect adjusted for lesion area, with TOST) and
-    ``missingness`` (are undefined scores missing at chance)."""
+    """``size_confounds`` (with TOST) and ``missingness`` (undefined scores at chance)."""
     try:
         entry["size_confounds"] = lk.size_confounds(
             g, TEST_METRICS, margin=margin, target_mode=target, cluster_name=cluster_name)
@@ -198,8 +179,8 @@ def _confound_tests(g: pd.DataFrame, entry: dict[str, Any], families, target,
 
 def _artifact_tests(g: pd.DataFrame, entry: dict[str, Any], families, n_boot: int,
                     seed: int, cluster_col: str | None) -> list[dict]:
-    """``artifacts`` (heatmap mass on artifact pixel maps) and ``artifact_presence``
-    (leakage with vs without a labelled artifact); returns the artifact ratio rows."""
+    """``artifacts`` (mass on artifact pixel maps) and ``artifact_presence`` (by labelled
+    presence); returns the artifact ratio rows."""
     rows: list[dict] = []
     arts = [c.removeprefix("artifact_") for c in g.columns if c.startswith("artifact_")
             and f"mass_{c.removeprefix('artifact_')}" in g.columns]
@@ -222,8 +203,8 @@ def _artifact_tests(g: pd.DataFrame, entry: dict[str, Any], families, n_boot: in
 
 
 def _finish_tests(tests: dict[str, dict], families) -> dict[str, Any]:
-    """Adjust each family's p-values, then decide the size-confound verdicts on the
-    adjusted values; returns the families' description."""
+    """Adjust each family's p-values, then decide the size-confound verdicts on them;
+    returns the families' description."""
     multiplicity = _adjust_families(families, adjust_pvalues, ADJUST_METHODS)
     for entry in tests.values():
         for res in (entry.get("size_confounds") or {}).values():
@@ -243,7 +224,7 @@ def _subgroups(att: pd.DataFrame, by, n_boot: int, seed: int, min_group: int | N
 
 def _adjust_families(members: dict[str, list[dict]], adjust, names) -> dict[str, Any]:
     """Adjust each family's p-values in place (``p_adjusted``, ``adjust_method``,
-    ``family`` beside the raw p) and describe the families."""
+    ``family``) and describe the families."""
     raw_key = {"class_pooled": "p_value", "class_within_target": "p_value",
                "size_confound": "class_p_adjusted", "equivalence": "p",
                "artifact_presence": "p"}
@@ -257,4 +238,3 @@ def _adjust_families(members: dict[str, list[dict]], adjust, names) -> dict[str,
         out[family] = {"method": names[method], "tests": what,
                        "k": int(np.isfinite(np.asarray(raw, dtype=np.float64)).sum())}
     return out
-

@@ -1,10 +1,5 @@
-"""What validation decides for a trained model: its calibration and decision threshold.
-
-:func:`choose_threshold` fits Platt or temperature scaling (:mod:`dermcam.calibration`) on
-the validation logits, sets it on the model, and takes Youden's threshold (or the one
-given) on the calibrated validation probabilities. Training calls it after restoring the
-best checkpoint; importing an outside model calls it on that model.
-"""
+"""What validation decides for a trained model: its calibration and decision threshold
+(:func:`choose_threshold`, after training or on an imported model)."""
 
 from __future__ import annotations
 
@@ -34,9 +29,8 @@ class Decision:
 
 def calibration_record(val_logit: np.ndarray, yva: np.ndarray, method: str
                        ) -> tuple[float, float, dict[str, Any]]:
-    """``(T, b, record)``: the calibration fitted on validation (``(1, 0)`` with ``"none"``)
-    and NLL, ECE and Brier on validation before and after it (plain floats, for the
-    checkpoint)."""
+    """``(T, b, record)``: the calibration fitted on validation, with NLL, ECE and Brier
+    before and after it (plain floats, for the checkpoint)."""
     t, b = cal.fit_calibration(val_logit, yva, method)
     record: dict[str, Any] = {
         "method": method, "fitted_on": "validation", "n": int(len(yva)),

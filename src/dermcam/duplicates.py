@@ -1,15 +1,10 @@
-"""Images that occur in two data sets: exact copies and near-duplicates.
+"""Images that occur in two data sets: exact copies (SHA-256 of the file) and
+near-duplicates (a 64-bit DCT pHash within :data:`NEAR_DISTANCE` bits).
 
-ISIC releases overlap (ISIC 2017's training images include ISIC 2016's), so an external
-test set may hold images a model was trained on. Two checks:
-
-- exact: the SHA-256 of the image file's bytes;
-- near: a 64-bit DCT perceptual hash (pHash) of the image, Hamming distance <=
-  :data:`NEAR_DISTANCE` bits. The hash: greyscale (ITU-R 601 luma), resized to 32 x 32
-  (bilinear), 2-D DCT-II (orthonormal), the 8 x 8 lowest frequencies, one bit per
-  coefficient above their median (the DC term left out of the median). Re-encoded,
-  resized or slightly recoloured copies stay within a few bits; unrelated photographs
-  differ in about half of them (32).
+ISIC releases overlap (2017's training images include 2016's), so an external test set
+may hold training images. pHash: luma, 32 x 32 bilinear, orthonormal 2-D DCT-II, one bit
+per 8 x 8 low-frequency coefficient above their median (DC left out); unrelated photos
+differ in about 32 bits.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """Calibration error of the malignant probability: equal-width bins, ECE, reliability curve.
 
-Pure functions on ``(N,)`` arrays, shared by :mod:`dermcam.evaluation` (the ECE of every
-model, with bootstrap CIs) and :mod:`dermcam.calibration` (ECE before and after Platt or
-temperature scaling). Both import from here and neither imports the other; this module
-imports only :mod:`dermcam.stats`.
-
-Labels: ``0`` = benign, ``1`` = malignant; ``prob`` is the malignant probability in [0, 1].
+Shared by :mod:`dermcam.evaluation` and :mod:`dermcam.calibration`, which do not import
+each other; ``(N,)`` arrays, labels 0/1, ``prob`` in [0, 1].
 """
 
 from __future__ import annotations
@@ -21,11 +17,8 @@ __all__ = ["labels_probs", "bin_ids", "expected_calibration_error", "reliability
 
 
 def labels_probs(y_true: Any, prob: Any, unit: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The checked ``(N,)`` 0/1 int labels and ``(N,)`` finite float64 scores.
-
-    ``unit``: the scores must also lie in [0, 1] (probabilities). ValueError naming the
-    problem otherwise (labels other than 0/1, a shape that does not match, NaN).
-    """
+    """The checked ``(N,)`` 0/1 int labels and ``(N,)`` finite float64 scores (in [0, 1]
+    with ``unit``); ValueError naming the problem."""
     y = as_labels(y_true, "y_true")
     p = as_scores(prob, y.size, "prob")
     if unit and ((p < 0).any() or (p > 1).any()):
@@ -43,14 +36,8 @@ def bin_ids(prob: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = 10) -> float:
-    """Expected calibration error of the malignant-class probability.
-
-    ``ECE = sum_k (n_k / N) * |mean(y)_k - mean(prob)_k|`` over ``n_bins``
-    equal-width bins of ``prob`` on [0, 1] (bin edges as in
-    :func:`reliability_curve`); empty bins contribute nothing. Lower is better;
-    0 = perfectly calibrated. ``y_true``, ``prob``: ``(N,)``, ``prob`` in [0, 1].
-    Defined even with one class (it is a calibration, not a ranking, measure).
-    """
+    """ECE ``sum_k (n_k / N) |mean(y)_k - mean(prob)_k|`` over ``n_bins`` equal-width bins;
+    lower is better, defined even with one class."""
     y, p = labels_probs(y_true, prob)
     if y.size == 0:
         return math.nan
@@ -60,13 +47,8 @@ def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = 10) -> floa
 
 
 def reliability_curve(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, np.ndarray]:
-    """Per-bin calibration summary for a reliability diagram.
-
-    ``y_true``, ``prob``: ``(N,)``. Returns ``(n_bins,)`` arrays ``bin_lower``,
-    ``bin_upper``, ``count``, ``mean_predicted`` and ``fraction_positive``
-    (the last two NaN for empty bins). Non-empty bins match
-    ``sklearn.calibration.calibration_curve(strategy="uniform")``.
-    """
+    """Per-bin ``(n_bins,)`` arrays ``bin_lower``, ``bin_upper``, ``count``, ``mean_predicted``
+    and ``fraction_positive`` (NaN for empty bins), as sklearn's ``calibration_curve``."""
     y, p = labels_probs(y_true, prob)
     n_bins = int(n_bins)
     bins = bin_ids(p, n_bins)

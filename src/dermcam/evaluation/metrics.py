@@ -1,10 +1,8 @@
 """Point metrics of one model on one test set, and their fast bootstrap paths.
 
-Labels: ``0`` = benign, ``1`` = malignant; ``prob`` is the malignant probability and a
-threshold ``t`` means "malignant if ``prob >= t``". :func:`classification_metrics` (the
-scikit-learn based reference) gives the point estimates; :func:`batch_threshold_metrics`
-and :func:`batch_ranking_metrics` evaluate every bootstrap resample at once from
-``(B, N)`` sample multiplicities and are tested against it.
+:func:`classification_metrics` (scikit-learn) gives the point estimates;
+:func:`batch_threshold_metrics` and :func:`batch_ranking_metrics` evaluate every bootstrap
+resample at once from ``(B, N)`` sample multiplicities and are tested against it.
 """
 
 from __future__ import annotations
@@ -23,24 +21,11 @@ __all__ = ["THRESHOLD_METRICS", "THRESHOLD_FREE_METRICS", "both_classes",
 
 #: Metrics that depend on the decision threshold (computed from the confusion counts).
 THRESHOLD_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "balanced_accuracy",
-    "precision_benign",
-    "recall_benign",
-    "f1_benign",
-    "precision_malignant",
-    "recall_malignant",
-    "f1_malignant",
-    "sensitivity",
-    "specificity",
-)
+    "accuracy", "balanced_accuracy", "precision_benign", "recall_benign", "f1_benign",
+    "precision_malignant", "recall_malignant", "f1_malignant", "sensitivity", "specificity")
 #: Metrics computed from the scores alone.
-THRESHOLD_FREE_METRICS: tuple[str, ...] = (
-    "roc_auc",
-    "average_precision",
-    "spec_at_95_sens",
-    "ece",
-)
+THRESHOLD_FREE_METRICS: tuple[str, ...] = ("roc_auc", "average_precision", "spec_at_95_sens",
+                                            "ece")
 
 _SENS_TARGET = 0.95  # the "95" in spec_at_95_sens
 _TIE_TOL = 1e-12
@@ -51,26 +36,14 @@ def both_classes(y: np.ndarray) -> bool:
     return bool(y.size) and 0 < int(y.sum()) < y.size
 
 
-# --------------------------------------------------------------------------- thresholds
-
-
 def youden_threshold(y_true: Any, prob: Any) -> float:
-    """Threshold maximising Youden's J = sensitivity + specificity - 1.
-
-    Meant for the *validation* set; apply the result unchanged to the test set.
-    ``y_true``, ``prob``: ``(N,)``. Candidates are the observed scores (from
-    ``sklearn.metrics.roc_curve`` with ``drop_intermediate=False``; its ``inf``
-    sentinel is excluded) and the rule is ``malignant if prob >= threshold``.
-    Ties in J (within 1e-12) are broken by the smallest ``|threshold - 0.5|``,
-    i.e. the candidate closest to the default operating point. Raises
-    ``ValueError`` when ``y_true`` holds only one class (J is undefined).
-    """
+    """Threshold maximising Youden's J = sensitivity + specificity - 1, over the observed
+    scores; meant for the validation set. Ties in J (within 1e-12) go to the candidate closest
+    to 0.5; ValueError with one class only."""
     y, p = labels_probs(y_true, prob, unit=False)
     if not both_classes(y):
-        raise ValueError(
-            "youden_threshold needs both classes in y_true "
-            f"(got {int(y.sum())} malignant of {y.size})"
-        )
+        raise ValueError("youden_threshold needs both classes in y_true "
+                         f"(got {int(y.sum())} malignant of {y.size})")
     fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
     j = np.where(np.isfinite(thr), tpr - fpr, -np.inf)
     cand = np.flatnonzero(j >= j.max() - _TIE_TOL)
@@ -78,11 +51,8 @@ def youden_threshold(y_true: Any, prob: Any) -> float:
 
 
 def specificity_at_sensitivity(y_true: Any, prob: Any, target: float = _SENS_TARGET) -> float:
-    """Best specificity among thresholds whose sensitivity is at least ``target``.
-
-    ``y_true``, ``prob``: ``(N,)``. Evaluated at the observed thresholds (no
-    interpolation between ROC points). NaN with only one class present.
-    """
+    """Best specificity among the observed thresholds with sensitivity >= ``target`` (no
+    interpolation); NaN with one class only."""
     y, p = labels_probs(y_true, prob, unit=False)
     if not 0 <= target <= 1:
         raise ValueError(f"target must be in [0, 1], got {target}")
@@ -92,31 +62,19 @@ def specificity_at_sensitivity(y_true: Any, prob: Any, target: float = _SENS_TAR
     return float(1.0 - fpr[tpr >= target - _TIE_TOL].min())
 
 
-# --------------------------------------------------------------------------- point metrics
-
-
 def classification_metrics(
     y_true: Any, prob: Any, threshold: float = 0.5, n_bins: int = 10
 ) -> dict[str, Any]:
-    """All point metrics of one model on one test set (scikit-learn based).
-
-    ``y_true``: ``(N,)`` 0/1; ``prob``: ``(N,)`` malignant probability in [0, 1];
-    prediction is ``prob >= threshold``. Returns a dict with the threshold
-    metrics of :data:`THRESHOLD_METRICS` (per-class precision/recall/F1 as in
-    the reference study's table; sensitivity = malignant recall, specificity =
-    benign recall), ``confusion_matrix`` ``[[tn, fp], [fn, tp]]``, ``roc_auc``,
-    ``average_precision``, ``spec_at_95_sens``, ``ece``, ``n``, ``n_malignant``
-    and ``threshold``. Undefined values (one class only, 0/0 such as precision
-    with no predicted positives) are NaN, never an error and never a silent 0.
-    """
+    """All point metrics of one model (scikit-learn based): :data:`THRESHOLD_METRICS` at
+    ``prob >= threshold``, ``confusion_matrix`` ``[[tn, fp], [fn, tp]]``, the threshold-free
+    metrics, ``n``, ``n_malignant`` and ``threshold``; undefined values (one class, 0/0) NaN."""
     y, p = labels_probs(y_true, prob)
     pred = (p >= threshold).astype(np.int64)
     both = both_classes(y)
-    prec, rec, f1, _ = skm.precision_recall_fscore_support(
-        y, pred, labels=[0, 1], zero_division=np.nan
-    )
+    prec, rec, f1, _ = skm.precision_recall_fscore_support(y, pred, labels=[0, 1],
+                                                          zero_division=np.nan)
     cm = skm.confusion_matrix(y, pred, labels=[0, 1])
-    out: dict[str, Any] = {
+    return {
         "accuracy": float(skm.accuracy_score(y, pred)) if y.size else math.nan,
         # sklearn's balanced accuracy silently averages over the classes present;
         # with one class it is undefined here.
@@ -138,10 +96,6 @@ def classification_metrics(
         "n_malignant": int(y.sum()),
         "threshold": float(threshold),
     }
-    return out
-
-
-# --------------------------------------------------------------------------- fast bootstrap paths
 
 
 def _metrics_from_counts(
@@ -168,8 +122,7 @@ def _metrics_from_counts(
 def batch_threshold_metrics(
     w: np.ndarray, y: np.ndarray, pred: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """``w``: ``(B, N)`` sample multiplicities; ``y``, ``pred``: ``(N,)`` 0/1.
-    Returns each of :data:`THRESHOLD_METRICS` as a ``(B,)`` array."""
+    """Each of :data:`THRESHOLD_METRICS` as ``(B,)`` for ``w (B, N)`` multiplicities."""
     pos, pp = y == 1, pred.astype(bool)
     tp = w @ (pos & pp).astype(np.float64)
     fn = w @ (pos & ~pp).astype(np.float64)
@@ -181,10 +134,8 @@ def batch_threshold_metrics(
 def batch_ranking_metrics(
     w: np.ndarray, y: np.ndarray, prob: np.ndarray, n_bins: int, target: float = _SENS_TARGET
 ) -> dict[str, np.ndarray]:
-    """ROC AUC, AP, specificity at ``target`` sensitivity and ECE for every row
-    of ``w`` (``(B, N)`` multiplicities). Matches scikit-learn on the resampled
-    data: scores are grouped into distinct values (ties handled as sklearn does:
-    1/2 for AUC, one PR point per distinct score for AP)."""
+    """ROC AUC, AP, specificity at ``target`` sensitivity and ECE, ``(B,)`` each, for every
+    row of ``w (B, N)``; ties handled as scikit-learn does on the resampled data."""
     order = np.argsort(-prob, kind="stable")  # descending scores
     s = prob[order]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])

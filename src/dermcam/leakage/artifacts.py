@@ -1,6 +1,4 @@
-"""Localisation metrics split by artifact presence (hair, ruler, ink, ...):
-:func:`presence_comparison` (each metric with versus without each artifact, CIs and
-counts) and :func:`artifact_summary` (heatmap mass on artifacts per group)."""
+"""Localisation metrics split by artifact presence (hair, ruler, ink, ...)."""
 
 from __future__ import annotations
 
@@ -19,25 +17,13 @@ __all__ = ["presence_comparison", "artifact_summary"]
 def presence_comparison(df: pd.DataFrame, columns: Sequence[str], metrics: Sequence[str],
                         n_boot: int = 1000, seed: int = 0,
                         cluster_col: str | None = None) -> list[dict]:
-    """Each metric on images with versus without each artifact flag, with CIs and counts.
+    """Each metric on images with versus without each artifact flag (``columns``, 0/1;
+    missing puts a row on neither side).
 
-    ``df``: one model x method's attention.csv rows with the 0/1 flag ``columns``
-    (``artifact_<name>``, from artifact labels; a missing flag puts the row on neither
-    side) and the ``metrics``. The rows of
-    :func:`dermcam.data.artifact_labels.split_by_presence` (``artifact``, ``metric``,
-    ``n_with``, ``n_without``, ``mean_with``, ``mean_without``, ``diff`` = with - without,
-    two-sided Mann-Whitney ``p``, raw), each with
-
-    - ``n_nan_with``, ``n_nan_without``: rows of that side whose metric is undefined
-      (left out of its mean and test);
-    - ``ci_with``, ``ci_without``: 95 % percentile bootstrap CIs of the two means
-      (:func:`bootstrap_mean_ci`, ``n_boot`` resamples, ``seed``; whole clusters of
-      ``cluster_col`` where images share one) and ``ci_method``;
-    - ``reason``: ``""``, ``"too_few"`` (a side has no value) or ``"constant_metric"``
-      (the values do not vary beyond round-off: no test, ``p`` NaN).
-
-    The caller adjusts ``p`` for multiplicity (the attention summary's
-    ``artifact_presence`` family) and keeps the raw value beside ``p_adjusted``.
+    The rows of :func:`dermcam.data.artifact_labels.split_by_presence` (raw Mann-Whitney ``p``;
+    the caller adjusts it) with ``n_nan_with``/``n_nan_without``, bootstrap CIs of both means
+    (``ci_with``, ``ci_without``, ``ci_method``; whole ``cluster_col`` clusters where shared)
+    and ``reason``: ``""``, ``"too_few"`` or ``"constant_metric"`` (no test, ``p`` NaN).
     """
     from dermcam.stats import cluster_info
 
@@ -73,14 +59,9 @@ def presence_comparison(df: pd.DataFrame, columns: Sequence[str], metrics: Seque
 
 def artifact_summary(df: pd.DataFrame, artifacts: Iterable[str],
                      by: Sequence[str] = ("model", "method")) -> pd.DataFrame:
-    """Heatmap mass on artifacts and excess leakage, split by artifact presence.
-
-    For each name in ``artifacts`` the table needs ``artifact_<name>`` (0/1: the
-    artifact is in the image), ``mass_<name>`` (share of heatmap mass on its
-    pixels, from :func:`artifact_mass`) and ``excess_leakage``. Returns one row
-    per ``by`` group x artifact x presence: ``n``, ``mean_mass`` (NaN where absent:
-    there are no pixels), ``n_mass``, ``mean_excess_leakage``, ``n_excess``.
-    """
+    """Heatmap mass on artifacts (``mass_<name>``) and excess leakage, per ``by`` group x
+    artifact x presence (``artifact_<name>``): ``n``, ``mean_mass``, ``n_mass``,
+    ``mean_excess_leakage``, ``n_excess``."""
     artifacts = [artifacts] if isinstance(artifacts, str) else list(artifacts)
     by = [by] if isinstance(by, str) else list(by)
     require_columns(df, [*by, "excess_leakage",
