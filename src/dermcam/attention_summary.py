@@ -60,11 +60,8 @@ def summarise_attention(att: pd.DataFrame, target, sanity: dict, n_boot: int, se
                         min_group: int | None = None) -> dict[str, Any]:
     """attention_summary.json from attention.csv rows (docs/attention.md, "The summary file").
 
-    ``target``: explain's ``--target`` (or a :class:`dermcam.run.Run`, or a manifest dict,
-    that recorded it); ``margin``: the size-confound TOST margin. Images sharing a ``group``
-    are resampled together in the per-class CIs; p-values are kept raw beside
-    ``p_adjusted`` (:data:`ATTENTION_FAMILIES`) and the size-confound verdicts decided on the
-    adjusted ones; ``by``: columns to summarise by subgroup.
+    ``target``: explain's ``--target``, or a Run (or manifest dict) that recorded it;
+    ``margin``: the size-confound TOST margin; ``by``: columns to summarise by subgroup.
     """
     if "layer" not in att.columns:
         att = att.assign(layer="")

@@ -194,14 +194,8 @@ def _boot_scores(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int
 def calibration_summary(predictions, temperatures: dict[str, float] | None = None,
                         n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                         n_bins: int = 10) -> dict[str, Any]:
-    """ECE and Brier before and after calibration, per model, with CIs.
-
-    ``predictions``: ``model, label, prob_malignant, prob_malignant_uncalibrated`` (plus
-    ``group``, ``temperature``, ``calibration_bias`` where present). Returns ``{model:
-    {"temperature", "bias", "before", "after", "change", "reliability_before"}}``, each score
-    ``{"value", "lo", "hi"}`` (stratified or cluster bootstrap; ``change`` = after - before on
-    the same resamples); ``{}`` without the uncalibrated column.
-    """
+    """ECE and Brier before and after calibration, per model, with bootstrap CIs (``change``
+    = after - before on the same resamples); ``{}`` without ``prob_malignant_uncalibrated``."""
     from dermcam.reliability import reliability_curve
     from dermcam.stats import percentile_interval, resampling_weights
 

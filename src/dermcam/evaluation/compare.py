@@ -154,7 +154,6 @@ def _jsonable(obj: Any) -> Any:
 @dataclass(frozen=True)
 class _Inputs:
     """The checked inputs of :func:`evaluate_predictions`, aligned on image_id."""
-
     models: list[str]
     y: np.ndarray  # (N,) 0/1 labels
     probs: np.ndarray  # (K, N) malignant probabilities, one row per model
@@ -259,8 +258,7 @@ def _model_entry(
     pt = classification_metrics(y, p, data.thr[m], n_bins)
     pt_half = classification_metrics(y, p, 0.5, n_bins)
     entry = {
-        "display_name": data.names[m],
-        "threshold": data.thr[m],
+        "display_name": data.names[m], "threshold": data.thr[m],
         "at_threshold": _ci_block(pt, b, THRESHOLD_METRICS, "thr:", alpha, m),
         "at_0.5": {key: _ci(pt_half[key], b[f"half:{key}"], alpha, f"{m} {key} @0.5")
                    for key in THRESHOLD_METRICS},
@@ -418,13 +416,9 @@ def evaluate_predictions(
 ) -> dict[str, Any]:
     """Evaluate and compare models on one test set, with CIs for every figure.
 
-    ``predictions``: long table ``image_id, model, label, prob_malignant`` (optionally
-    ``group``), every model on the same images; ``thresholds``: ``{model: threshold}`` chosen
-    on validation. One set of stratified resamples serves every model and the baseline, so
-    paired differences share them; a ``group`` column makes them resample whole clusters,
-    and the AUC verdict then uses the paired cluster bootstrap (DeLong assumes independent
-    images). Each kind of paired test is Holm-adjusted over the pairs. Returns a JSON-ready
-    dict as in the module docstring; the all-benign baseline is a constant score 0 at 0.5.
+    ``predictions``: ``image_id, model, label, prob_malignant`` (optionally ``group``: whole
+    clusters resampled, AUC verdict by paired cluster bootstrap as DeLong assumes independent
+    images); ``thresholds``: ``{model: threshold}`` chosen on validation.
     """
     t0 = time.perf_counter()
     data = _prepare_inputs(predictions, thresholds, display_names)

@@ -17,14 +17,10 @@ __all__ = ["presence_comparison", "artifact_summary"]
 def presence_comparison(df: pd.DataFrame, columns: Sequence[str], metrics: Sequence[str],
                         n_boot: int = 1000, seed: int = 0,
                         cluster_col: str | None = None) -> list[dict]:
-    """Each metric on images with versus without each artifact flag (``columns``, 0/1;
-    missing puts a row on neither side).
-
-    The rows of :func:`dermcam.data.artifact_labels.split_by_presence` (raw Mann-Whitney ``p``;
-    the caller adjusts it) with ``n_nan_with``/``n_nan_without``, bootstrap CIs of both means
-    (``ci_with``, ``ci_without``, ``ci_method``; whole ``cluster_col`` clusters where shared)
-    and ``reason``: ``""``, ``"too_few"`` or ``"constant_metric"`` (no test, ``p`` NaN).
-    """
+    """Each metric with versus without each 0/1 artifact flag in ``columns``: the rows of
+    :func:`dermcam.data.artifact_labels.split_by_presence` (raw Mann-Whitney ``p``) with NaN
+    counts, bootstrap CIs of both means (whole ``cluster_col`` clusters where shared) and
+    ``reason`` (``""``, ``"too_few"``, ``"constant_metric"``: no test)."""
     from dermcam.stats import cluster_info
 
     require_columns(df, [*columns, *metrics])
@@ -82,8 +78,7 @@ def artifact_summary(df: pd.DataFrame, artifacts: Iterable[str],
                     "mean_mass": float(mass.mean()) if mass.notna().any() else np.nan,
                     "n_mass": int(mass.notna().sum()),
                     "mean_excess_leakage": float(exc.mean()) if exc.notna().any() else np.nan,
-                    "n_excess": int(exc.notna().sum()),
-                })
+                    "n_excess": int(exc.notna().sum())})
     cols = [*by, "artifact", "present", "n", "mean_mass", "n_mass", "mean_excess_leakage",
             "n_excess"]
     return pd.DataFrame(rows, columns=cols)

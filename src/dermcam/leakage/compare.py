@@ -66,15 +66,10 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
               by: Sequence[str] = ("model", "method", "label"),
               n_boot: int = 1000, seed: int = 0, cluster_col: str | None = None
               ) -> pd.DataFrame:
-    """Per-group statistics of each metric, one row per group x metric.
-
-    Columns: ``by``, ``metric``, ``higher_is_better``, ``n``, ``n_nan``, ``mean``, ``median``,
-    ``std``, ``ci_low``, ``ci_high`` (95 % CI of the mean) and ``ci_method``. A group of 0/1
-    values gets a Wilson interval (a percentile bootstrap collapses near 0 and 1: 10 hits of
-    10 give [1, 1]), others a percentile bootstrap with the same ``seed`` for every group.
-    With ``cluster_col`` sharing clusters, the bootstrap resamples whole clusters and the
-    Wilson interval uses ``n / deff``, the design effect from the cluster bootstrap.
-    """
+    """Per-group statistics of each metric, one row per group x metric, with a 95 % CI of
+    the mean: Wilson for 0/1 values (a percentile bootstrap collapses near 0 and 1), else a
+    percentile bootstrap, same ``seed`` per group. With shared ``cluster_col`` clusters the
+    bootstrap resamples clusters and Wilson uses ``n / deff``; ``ci_method`` says which."""
     from dermcam.stats import cluster_info
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     by = [by] if isinstance(by, str) else list(by)
@@ -89,8 +84,7 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
             clusters = None
             if cluster_col is not None and cluster_col in g.columns:
                 clusters = g[cluster_col].to_numpy(dtype=object)[~np.isnan(x)]
-                if cluster_info(clusters) is None:
-                    clusters = None
+                clusters = None if cluster_info(clusters) is None else clusters
             if valid.size and np.isin(valid, (0.0, 1.0)).all():
                 if clusters is None:
                     lo, hi = _wilson_ci(int(np.count_nonzero(valid)), int(valid.size))
@@ -108,18 +102,13 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
                 ci_method = "percentile cluster bootstrap"
             entry = METRICS.get(metric)
             rows.append({
-                **dict(zip(by, key, strict=True)),
-                "metric": metric,
+                **dict(zip(by, key, strict=True)), "metric": metric,
                 "higher_is_better": None if entry is None else entry.higher_is_better,
-                "n": int(valid.size),
-                "n_nan": int(x.size - valid.size),
+                "n": int(valid.size), "n_nan": int(x.size - valid.size),
                 "mean": float(valid.mean()) if valid.size else np.nan,
                 "median": float(np.median(valid)) if valid.size else np.nan,
                 "std": float(valid.std(ddof=1)) if valid.size > 1 else np.nan,
-                "ci_low": lo,
-                "ci_high": hi,
-                "ci_method": ci_method,
-            })
+                "ci_low": lo, "ci_high": hi, "ci_method": ci_method})
     cols = [*by, "metric", "higher_is_better", "n", "n_nan", "mean", "median", "std",
             "ci_low", "ci_high", "ci_method"]
     return pd.DataFrame(rows, columns=cols)
@@ -157,14 +146,9 @@ def _split_classes(df: pd.DataFrame, metric: str, label_col: str):
 
 
 def compare_classes(df: pd.DataFrame, metric: str, label_col: str = "label") -> dict:
-    """Benign (label 0) vs malignant (label 1) on one metric: two-sided Mann-Whitney U.
-
-    Returns counts (``n_nan*``: rows without a value), medians and means per class,
-    ``u_statistic`` (of the malignant sample), ``p_value``, ``cles`` (P(malignant > benign) +
-    0.5 P(tie)), ``rank_biserial`` (``2 cles - 1``) and ``reason``: ``"too_few"`` when a class
-    is empty, ``"constant_metric"`` when the values vary only by round-off (ranks would order
-    round-off), with NaN statistics.
-    """
+    """Benign (label 0) vs malignant (label 1) on one metric: two-sided Mann-Whitney U, with
+    counts, medians, means, ``cles`` (P(malignant > benign) + 0.5 P(tie)), ``rank_biserial``
+    and ``reason`` (``"too_few"``, or ``"constant_metric"`` where ranks would order round-off)."""
     ben, mal, n_nan = _split_classes(df, metric, label_col)
     lab = label_values(df, label_col)
     missing = np.isnan(pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64))
@@ -242,14 +226,9 @@ def missing_at_chance(df: pd.DataFrame, metrics: Sequence[str] = ("leakage", "ex
                                                                    "pixel_auroc"),
                       label_col: str = "label", target_col: str | None = "cam_target"
                       ) -> dict[str, dict]:
-    """The class comparison again with undefined heatmaps scored at chance.
-
-    An all-zero heatmap has no score and drops out of the class means; if one class has more
-    of them, dropping them is informative. Rows whose ``metric`` is NaN but whose chance score
-    is finite are scored at chance (:data:`CHANCE_TEXT`) and the comparison repeated:
-    ``{metric: {counts, "observed", "at_chance", "diff_observed", "diff_at_chance", "chance",
-    "pooled_over_targets", "explained_classes"}}``; metrics without a chance level are skipped.
-    """
+    """The class comparison again with undefined heatmaps (which drop out of the class
+    means, informatively if one class has more) scored at chance (:data:`CHANCE_TEXT`):
+    ``{metric: {counts, "observed", "at_chance", "diff_observed", "diff_at_chance", ...}}``."""
     require_columns(df, [label_col])
     lab = label_values(df, label_col)
     n_exp = None

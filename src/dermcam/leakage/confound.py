@@ -39,15 +39,11 @@ __all__ = ["ols_fit", "size_confound", "size_confounds", "adjust_confound",
 
 
 def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC3") -> dict:
-    """OLS (statsmodels) with HC3 (default; holds its level in small samples) or classical
-    standard errors, t tests on ``n - p`` df: ``y (n,)``, ``X (n, p)`` with the intercept.
-
-    Returns ``{"n", "df_resid", "r2", "cov_type", "reason", "coef": {name: {"coef", "se", "t",
-    "p", "ci_low", "ci_high"}}}``. Inference is NaN with a ``reason`` rather than made of
-    round-off: ``"constant_outcome"``, ``"perfect_fit"`` (residuals below
-    :func:`round_off_tol`) or ``"leverage_one"`` (HC3 divides by 0). ValueError for a
-    rank-deficient design or ``n <= p``.
-    """
+    """OLS (statsmodels), HC3 (default; holds its level in small samples) or classical
+    standard errors, t tests on ``n - p`` df: ``{"n", "df_resid", "r2", "cov_type", "reason",
+    "coef": {name: {"coef", "se", "t", "p", "ci_low", "ci_high"}}}``. Inference is NaN with a
+    ``reason`` (``constant_outcome``, ``perfect_fit``, ``leverage_one``) rather than made of
+    round-off; ValueError for a rank-deficient design or ``n <= p``."""
     if cov_type not in ("HC3", "nonrobust"):
         raise ValueError(f"cov_type must be 'HC3' or 'nonrobust', got {cov_type!r}")
     y = np.asarray(y, dtype=np.float64)

@@ -327,7 +327,6 @@ def artifact_mass(cams, artifact_maps, codes) -> dict:
 
 class Metric(NamedTuple):
     """A registry entry: unpacks as ``(function, higher_is_better, definition)``."""
-
     function: Callable
     higher_is_better: bool | None  # None: a descriptor, no better direction
     definition: str
