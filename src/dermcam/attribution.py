@@ -9,7 +9,6 @@ attended. ``x (N, 3, H, W)`` -> heatmaps ``(N, S, S)`` float32; docs/ has the de
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,9 +18,6 @@ import torch
 
 from dermcam.calibration import calibrated_prob
 from dermcam.errors import DermcamError
-
-log = logging.getLogger(__name__)
-
 
 #: The one registry of CAM methods: name -> pytorch-grad-cam class (imported at first use).
 CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM",

@@ -180,27 +180,25 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
 
 
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive: a zip file holding ``<name>/constants.pkl`` and ``code/``."""
-    if not zipfile.is_zipfile(path):
-        return False
+def _zip_entries(path: Path) -> list[str]:
+    """The names in a zip archive below its top folder (``[]`` for no readable zip)."""
     try:
         with zipfile.ZipFile(path) as z:
-            names = z.namelist()
+            return [n.partition("/")[2] for n in z.namelist()]
     except (zipfile.BadZipFile, OSError):
-        return False
-    rest = [n.partition("/")[2] for n in names]
+        return []
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip file holding ``<name>/constants.pkl`` and ``code/``."""
+    rest = _zip_entries(path) if zipfile.is_zipfile(path) else []
     return "constants.pkl" in rest and any(r.startswith("code/") for r in rest)
 
 
 def _is_torch_save(path: Path) -> bool:
     """A ``torch.save`` zip with ``<name>/data.pkl``, or a pre-1.6 bare pickle stream."""
     if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                return any(n.partition("/")[2] == "data.pkl" for n in z.namelist())
-        except (zipfile.BadZipFile, OSError):
-            return False
+        return "data.pkl" in _zip_entries(path)
     with open(path, "rb") as fh:
         return fh.read(1) == b"\x80"  # pickle protocol 2+
 

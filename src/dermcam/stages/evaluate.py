@@ -6,7 +6,6 @@ with the same files, its duplicates of the run's own images flagged."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,6 @@ from dermcam.evaluation import evaluate_predictions, metrics_table
 from dermcam.inference import predict_logit_diff
 from dermcam.io import write_csv, write_json
 from dermcam.subgroups import MIN_GROUP, subgroup_analyses
-
-log = logging.getLogger(__name__)
 
 
 def run_evaluate(run_dir: runmod.Run | str | Path, config: EvaluateConfig | None = None,
