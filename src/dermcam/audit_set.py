@@ -1,23 +1,9 @@
-"""The images a stage audits, opened once: :class:`AuditSet`, and the per-image columns
+"""The images a stage audits, opened once (:class:`AuditSet`), and the per-image columns
 every stage records (skin tone, ``--by`` metadata).
 
-A run audits its own test split (into the run folder, as stages ``evaluate``,
-``explain``, ``probe``) or another data set of any supported layout (``--data OTHER``,
-into ``RUN/external/<name>/``, as stages ``external:<name>``, ``external:<name>/explain``
-and ``external:<name>/probe``). The caller opens one :class:`AuditSet`
-(:meth:`AuditSet.open`) holding the data set, its samples, the run's decode cache at the
-run's size (``split``: a :class:`~dermcam.data.cached_split.CachedSplit`) and where the
-outputs go (:class:`dermcam.run.Outputs`); each stage keys it to itself
-(:meth:`AuditSet.at`: its manifest key, the masked images), so the stage does not branch on
-where its images came from. Which images of another set are audited:
-
-- ISIC 2016, ISIC 2017 and a generic ``labels.csv`` whose split column holds both
-  splits: the layout's test split;
-- PH2, HAM10000 (no official split), a generic folder without a split column or whose
-  split column is all ``test``: every image;
-
-for ``explain`` and ``probe`` only those with a lesion mask (:meth:`AuditSet.at`).
-"""
+A run audits its own test split (outputs in the run folder) or another data set
+(``--data OTHER``, into ``RUN/external/<name>/``): its official test split where the layout
+has one (ISIC 2016/2017, a generic split column holding both), else every image."""
 
 from __future__ import annotations
 
@@ -54,15 +40,9 @@ _OFFICIAL_SPLIT = ("isic2016", "isic2017")
 
 @dataclass
 class AuditSet:
-    """The images one stage audits and where its outputs go.
-
-    ``ds``: the data set (the run's, or another); ``samples``: its images audited, in
-    order; ``size``, ``cache``: the run's image size and decode cache; ``out``: the
-    output files (the run folder, or ``RUN/external/<name>/``); ``stage``: the stage's
-    manifest key; ``name``: the external set's folder name (None for the run's own test
-    split); ``which``: the external set's images, in words; ``labels``: the artifact
-    label file joined to ``ds``, if one was given.
-    """
+    """The images one stage audits (``samples`` of ``ds``, at the run's ``size`` through its
+    ``cache``) and where its outputs go (``out``); ``stage``: its manifest key; ``name``,
+    ``which``: the external set's folder and images in words (None for the run's own split)."""
 
     ds: Any
     samples: list
@@ -77,12 +57,8 @@ class AuditSet:
     @classmethod
     def open(cls, run: runmod.Run, data: str | Path | None = None, *, name: str | None = None,
              artifacts: str | Path | None = None) -> AuditSet:
-        """The images a run's stages audit: its own test split (``data`` None; outputs in
-        the run folder), or those another data set scores (:func:`external_samples`;
-        outputs in ``RUN/external/<name>/``). ``artifacts``: an artifact label file joined
-        to the data set (for the run's own split, instead of the one the run records, which
-        is otherwise joined).
-        Each stage keys it to itself with :meth:`at`."""
+        """The run's own test split (``data`` None) or another set's images
+        (:func:`external_samples`); ``artifacts``: a label file joined instead."""
         if data is None:
             ds = run.dataset if artifacts is None else load_dataset(run.data_root,
                                                                     artifacts=artifacts)
@@ -97,10 +73,8 @@ class AuditSet:
     def at(self, stage: str, *, masks: bool = False, limit: int | None = None,
            what: str = "attention leakage", missing: str | None = None, warm: bool = False,
            progress=None) -> AuditSet:
-        """These images as stage ``stage`` audits them (its manifest key, :meth:`key`):
-        only those with a lesion mask with ``masks``, the first ``limit``; refused in one
-        line when none is left (``missing``, or words naming ``what`` needs the masks).
-        ``warm``: decode what the cache lacks now."""
+        """These images as stage ``stage`` audits them: with a lesion mask only (``masks``), the
+        first ``limit``; refused in one line when none is left. ``warm``: fill the cache now."""
         samples = [s for s in self.samples if s.mask_path is not None] if masks else \
             self.samples
         if not samples:
@@ -117,43 +91,35 @@ class AuditSet:
 
     @property
     def external(self) -> bool:
-        """Whether the images are another data set's (not the run's own test split)."""
         return self.name is not None
 
     @cached_property
     def split(self):
-        """The samples read through the decode cache (a
-        :class:`~dermcam.data.cached_split.CachedSplit`, built on first use)."""
+        """The samples read through the decode cache (built on first use)."""
         return CachedSplit(self.samples, self.size, self.cache)
 
     def key(self, stage: str) -> str:
-        """The manifest key of ``stage`` (``evaluate``, ``explain``, ``probe``) on the
-        same images."""
+        """The manifest key of ``stage`` on these images."""
         if self.name is None:
             return stage
         return stage_key(self.name, None if stage == "evaluate" else stage)
 
     @property
     def where(self) -> dict[str, str]:
-        """What a stage's manifest entry records of an external set (``{}`` for the run's
-        own test split)."""
+        """What a stage's manifest entry records of an external set (``{}`` for the own split)."""
         if self.name is None:
             return {}
         return {"data": str(Path(self.ds.root).resolve()),
                 "folder": f"{runmod.EXTERNAL_DIR}/{self.name}"}
 
     def about(self) -> dict[str, Any]:
-        """The first fields of a summary's ``external`` block: folder name, data set,
-        its root and layout."""
+        """The first fields of a summary's ``external`` block."""
         return {"name": self.out.root.name, "data": self.ds.name,
                 "root": str(Path(self.ds.root).resolve()), "layout": self.ds.layout}
 
 
 def load_test_split(run: runmod.Run, artifacts: str | Path | None = None):
-    """``(dataset, samples, CachedSplit)``: the run's test split at the run's image size,
-    streamed from the run's decode cache (warmed here).
-
-    ``artifacts``: an artifact label file joined instead of the one the run records."""
+    """``(dataset, samples, CachedSplit)``: the run's test split, its cache warmed here."""
     audit = AuditSet.open(run, artifacts=artifacts).at("evaluate", warm=True)
     return audit.ds, audit.samples, audit.split
 
@@ -168,7 +134,7 @@ def safe_name(text: str) -> str:
 
 
 def external_samples(ds) -> tuple[list, str]:
-    """The samples scored from ``ds`` and a phrase saying which (see the module docstring)."""
+    """The samples scored from ``ds`` and a phrase saying which (module docstring)."""
     if ds.layout in _OFFICIAL_SPLIT and ds.split("test"):
         return ds.split("test"), "its official test split"
     if ds.layout == "generic":
@@ -179,9 +145,7 @@ def external_samples(ds) -> tuple[list, str]:
 
 
 def stage_key(name: str, stage: str | None = None) -> str:
-    """The manifest key of a stage on external set ``name``: ``external:<name>`` for
-    evaluate (``stage`` None), ``external:<name>/<stage>`` for ``explain`` or ``probe``
-    (names never hold ``/``)."""
+    """``external:<name>`` for evaluate (``stage`` None), else ``external:<name>/<stage>``."""
     return f"external:{name}" if stage is None else f"external:{name}/{stage}"
 
 
@@ -219,19 +183,13 @@ def check_by(ds, by) -> None:
 
 
 def by_names(by) -> list[str]:
-    """The ``--by`` columns as analysed: ``ita_category`` is served by ``ita`` (binned into
-    its categories), each name once."""
+    """The ``--by`` columns as analysed (``ita_category`` served by ``ita``), each once."""
     return list(dict.fromkeys("ita" if c in SKIN_COLUMNS else c for c in by_columns(by)))
 
 
 def annotate_predictions(preds: pd.DataFrame, ds, samples, split, by=()) -> pd.DataFrame:
-    """``preds`` with ``ita``, ``ita_category``, ``ita_source`` and each ``by`` column.
-
-    ITA (:mod:`dermcam.skin`) is estimated from each sample's cached image at the run's
-    size (``split``: a :class:`~dermcam.data.cached_split.CachedSplit`), outside its lesion mask
-    where it has one (``ita_source``: ``outside lesion mask``, ``whole image (no mask)``,
-    or why it is undefined).
-    """
+    """``preds`` with ``ita``, ``ita_category``, ``ita_source`` and each ``by`` column; ITA is
+    measured on the cached image, outside the lesion mask where there is one."""
     angle, source = _ita(samples, split.cache, split.size)
     out = preds.copy()
     out["ita"] = out["image_id"].map(angle)
@@ -260,12 +218,9 @@ def _ita(samples, cache, size: int) -> tuple[dict[str, float], dict[str, str]]:
 
 
 def image_columns(ds, samples, cache, size: int, by) -> pd.DataFrame:
-    """One row per sample: ``image_id`` and each ``--by`` column (:func:`by_names`), for
-    the attention and probe summaries; ``ita`` is estimated from the cached image at the
-    run's ``size`` as for evaluate (``ita_source`` beside it)."""
+    """One row per sample: ``image_id`` and each ``--by`` column (``ita`` with ``ita_source``)."""
     check_by(ds, by)
-    ids = [s.image_id for s in samples]
-    out = pd.DataFrame({"image_id": ids})
+    out = pd.DataFrame({"image_id": [s.image_id for s in samples]})
     cols = by_names(by)
     if "ita" in cols:
         angle, source = _ita(samples, cache, size)
@@ -273,10 +228,8 @@ def image_columns(ds, samples, cache, size: int, by) -> pd.DataFrame:
         out["ita_source"] = out["image_id"].map(source)
     meta = metadata_table(ds)
     for c in cols:
-        if c == "ita":
-            continue
         if c == "group":
             out[c] = [s.group for s in samples]
-        else:
+        elif c != "ita":
             out[c] = out["image_id"].map(meta[c]) if meta is not None else np.nan
     return out

@@ -1,9 +1,5 @@
-"""Heatmap batches computed for a run: the model input of a batch of images, which
-batches to compute (all, one shard's, or none when merging), and computing them through
-:class:`dermcam.attribution.CamExplainer` into the batch files of
-:mod:`dermcam.heatmap_files` (a batch already on disk for the same images is kept, so an
-interrupted run resumes).
-"""
+"""Heatmap batches computed for a run: which batches (all, a shard's, none when merging),
+computed through :class:`CamExplainer` into batch files; one already on disk is kept."""
 
 from __future__ import annotations
 
@@ -23,11 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def stack_samples(cache, samples, size: int):
-    """``(x, masks, labels)`` of ``samples`` read through ``cache`` at ``size``: ``x``
-    ``(N, 3, S, S)`` the preprocessed model input, ``masks`` ``(N, S, S)`` bool,
-    ``labels`` ``(N,)`` int64."""
+    """``(x (N, 3, S, S) model input, masks (N, S, S) bool, labels (N,) int64)`` of ``samples``."""
     import torch
-
     items = [cache.get(s, size) for s in samples]
     x = preprocess(torch.from_numpy(np.stack([it["image"] for it in items])))
     masks = np.stack([it["mask"] for it in items]).astype(bool)
@@ -36,8 +29,8 @@ def stack_samples(cache, samples, size: int):
 
 def batch_starts(run: runmod.Run, out: runmod.Outputs, selection, n_samples: int,
                  batch_size: int, shard, merge: bool) -> list[int]:
-    """The first image of each heatmap batch to compute: all, one shard's (every ``n``-th
-    from ``i``), or none when merging (every batch must then be on disk already)."""
+    """The first image of each batch to compute: all, one shard's, or none when merging
+    (every batch must then be on disk)."""
     starts = list(range(0, n_samples, batch_size))
     if merge:
         missing = [str(p) for sel in selection for st in starts
@@ -54,8 +47,7 @@ def batch_starts(run: runmod.Run, out: runmod.Outputs, selection, n_samples: int
 
 
 def _already_saved(path: Path, ids: np.ndarray) -> bool:
-    """Whether ``path`` holds the heatmaps of exactly ``ids`` (a damaged or stale file is
-    logged, to be recomputed)."""
+    """Whether ``path`` holds exactly ``ids``' heatmaps (a damaged or stale file is logged)."""
     if not path.exists():
         return False
     try:
@@ -70,9 +62,8 @@ def _already_saved(path: Path, ids: np.ndarray) -> bool:
 def compute_heatmaps(run: runmod.Run, out: runmod.Outputs, names, selection, samples,
                      starts, batch_size: int, dev, fast: bool, target: str, normalize: str,
                      progress) -> tuple[float, int]:
-    """Heatmap batches ``starts`` of every model x method x layer in ``selection``, written
-    under ``out`` (a batch already there for the same images is kept: resuming).
-    Returns ``(seconds computing CAMs, images computed)``."""
+    """Heatmap batches ``starts`` of every selected model x method x layer under ``out``;
+    returns ``(seconds computing CAMs, images computed)``."""
     size, cache = run.image_size, run.cache
     total = len(selection) * len(starts)
     done = n_computed = 0

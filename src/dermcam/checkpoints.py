@@ -1,22 +1,9 @@
-"""Checkpoints: the one home of dermcam's ``model.pt`` format.
+"""Checkpoints: the one home of dermcam's ``model.pt`` format (tensors and plain values,
+read with ``weights_only=True``).
 
-``save_checkpoint`` writes it (atomically, tensors and plain values only),
-``load_checkpoint`` reads it back (``torch.load(weights_only=True)``: no code is
-executed), ``update_checkpoint`` sets top-level fields of a saved one in place (explain
-records its CAM choice so) and ``update_model_card`` merges into its model card.
-
-Optional payload fields, for models trained elsewhere (absent in the checkpoints dermcam
-trains, which load exactly as before):
-
-* ``num_outputs``: the number of outputs of the model's own head (built so, and loaded
-  strictly with :func:`dermcam.models.fit_weights`);
-* ``io``: ``{"outputs", "malignant", "mean", "std"}``, the arguments of
-  :func:`dermcam.models.attach_io` that map the model's inputs and outputs to dermcam's
-  (ImageNet-normalised input, two logits ``[benign, malignant]``);
-* ``image_size``: the input size a ``timm:`` architecture is built for (ViT / Swin);
-* ``source``: where the weights came from, a dict (file, sha256, form, arch, how the
-  outputs were read); kept for the record, not read when loading.
-"""
+Optional fields, for models trained elsewhere: ``num_outputs`` (the head's, loaded strictly),
+``io`` (:func:`dermcam.models.attach_io`'s arguments), ``image_size`` (a ``timm:`` model's)
+and ``source`` (where the weights came from; not read when loading)."""
 
 from __future__ import annotations
 
@@ -36,7 +23,6 @@ CHECKPOINT_VERSION = 1
 def save_checkpoint(path: Path, model, info, extra: dict[str, Any]) -> Path:
     """Write a dermcam checkpoint atomically (tensors and plain values only)."""
     import torch
-
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": info.name,
                "target_layer": info.target_layer, "weights_source": info.weights_source,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
@@ -47,13 +33,8 @@ def save_checkpoint(path: Path, model, info, extra: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path):
-    """Load a dermcam checkpoint safely; returns ``(model, info, payload)``.
-
-    The model carries the checkpoint's ``temperature`` (:func:`dermcam.calibration.
-    temperature_of`), which :func:`dermcam.inference.predict_proba` and the CAM explainer
-    apply. A checkpoint with ``num_outputs`` (a model trained elsewhere) is built with that
-    many outputs, loaded strictly and, with ``io``, given :func:`dermcam.models.attach_io`'s
-    hooks."""
+    """Load a dermcam checkpoint safely; returns ``(model, info, payload)``, the model
+    carrying the checkpoint's calibration (and ``io`` hooks, where recorded)."""
     payload = load_state_file(path)  # torch.load(..., weights_only=True)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise DermcamError("not a dermcam checkpoint (use --weights PATH for plain state dicts)",
@@ -85,12 +66,9 @@ def load_checkpoint(path: str | Path):
 
 
 def update_checkpoint(path: str | Path, fields: dict[str, Any]) -> bool:
-    """Set the top-level ``fields`` of the checkpoint at ``path`` (e.g. ``{"cam": ...}``,
-    the CAM method and layer explain chose). Rewritten atomically, plain values and
-    tensors only, so the file still loads with ``weights_only=True``; not rewritten when
-    every field already holds its value. Returns whether the file was rewritten."""
+    """Set top-level ``fields`` of a saved checkpoint atomically (still ``weights_only``-safe);
+    returns whether it was rewritten (not when every field already holds its value)."""
     import torch
-
     payload = load_state_file(path)
     if all(k in payload and payload[k] == v for k, v in fields.items()):
         return False
@@ -101,7 +79,6 @@ def update_checkpoint(path: str | Path, fields: dict[str, Any]) -> bool:
 
 
 def update_model_card(path: str | Path, fields: dict[str, Any]) -> None:
-    """Merge ``fields`` into the model card of the checkpoint at ``path`` ('dermcam
-    predict' shows the card), through :func:`update_checkpoint`."""
+    """Merge ``fields`` into the checkpoint's model card."""
     card = load_state_file(path).get("model_card") or {}
     update_checkpoint(path, {"model_card": {**card, **fields}})

@@ -1,13 +1,5 @@
 """What each stage is asked to do: one dataclass per stage, filled by its command's options.
-
-:class:`TrainConfig` is what ``dermcam train`` writes to ``manifest.json`` (``config``)
-and every later stage reads back (``run.config``); :func:`parse_lr` reads ``--lr``.
-:class:`EvaluateConfig`, :class:`ExplainConfig` and :class:`ProbeConfig` are the other
-stages' settings: ``run_x(run, config, audit)`` takes one with the images it audits
-(:class:`dermcam.audit_set.AuditSet`). :data:`NEGLIGIBLE_DELTA` is the probes'
-margin, shared by the probe stage, its pictures and the demo. Plain data, no heavy imports, so the
-run folder and the stages share it without importing the training stage.
-"""
+:class:`TrainConfig` is what the manifest records (``config``). Plain data, no heavy imports."""
 
 from __future__ import annotations
 
@@ -36,8 +28,7 @@ class TrainConfig:
     max_epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
-    # per-model learning rates ({"mobilenet_v2": 3e-3}); models not named use ``lr``
-    # (``--lr 1e-3,mobilenet_v2=3e-3``, :func:`parse_lr`)
+    # per-model learning rates (``--lr 1e-3,mobilenet_v2=3e-3``); models not named use ``lr``
     lr_by_model: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 1e-4
     patience: int = 5
@@ -47,47 +38,32 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     augment: bool = True
-    # colour jitter's strength when augmenting: brightness, contrast and saturation each
-    # scaled by a factor drawn from [1 - j, 1 + j] per image; 0 keeps the colours
-    # (benchmarks/README.md measures both on the synthetic benchmark)
+    # brightness, contrast and saturation each scaled by a factor from [1 - j, 1 + j]
     colour_jitter: float = 0.2
     accelerator: str = "auto"
     devices: str = "1"
     strategy: str = "auto"
-    # PRECISIONS or "auto": per model, bf16-mixed where bfloat16 is native (a CUDA GPU with
-    # bf16, a CPU with AVX-512 BF16 or AMX) except depthwise nets below 128 px on the CPU,
-    # else 32-true (dermcam.device.resolve_precision); each model's is in the manifest
+    # PRECISIONS or "auto": per model, dermcam.device.resolve_precision
     precision: str = "auto"
     num_workers: int | None = None  # None: from the CPU count (dermcam.device)
     num_nodes: int = 1
-    # Lightning's deterministic="warn" and cuDNN's deterministic algorithms (no benchmark):
-    # the same bytes on the same GPU; without it only CPU runs repeat byte for byte.
+    # deterministic algorithms: the same bytes on the same GPU (CPU runs always repeat)
     deterministic: bool = False
     channels_last: str = "auto"  # "auto": on for depthwise nets (EfficientNet, MobileNet)
     cache_dir: str | None = None
     limit_train_batches: float | int = 1.0
     progress: bool = True
-    # Lightning's best.ckpt (weights) and last.ckpt (weights plus optimizer state) are what
-    # --resume needs while a model trains; once its model.pt is saved they are deleted
-    # unless kept.
+    # Lightning's best.ckpt and last.ckpt, deleted once model.pt is saved unless kept
     keep_checkpoints: bool = False
-    # Lightning's last.ckpt after every epoch, which --resume continues from (about 0.3 s
-    # per epoch for ResNet18: weights and Adam's buffers). The demo, which is never
-    # resumed, turns it off; a run trained without it retrains an unfinished model.
+    # last.ckpt after every epoch, for --resume (the demo, never resumed, turns it off)
     resumable: bool = True
-    # "platt": fit T and a bias b on the validation logits after training, "temperature":
-    # T only (dermcam.calibration); the threshold is then chosen on the calibrated
-    # probabilities. "none": T = 1, b = 0.
+    # "platt": T and a bias b fitted on validation logits, "temperature": T only, "none"
     calibration: str = "platt"
 
 
 def parse_lr(spec: str | float) -> tuple[float, dict[str, float]]:
-    """``--lr`` -> ``(default, {model: lr})``.
-
-    ``1e-3`` is one rate for every model; ``1e-3,mobilenet_v2=3e-3`` gives MobileNet-V2
-    its own (a leading plain value, or 1e-3 without one, is the default). Rates must be
-    positive; a bad entry raises DermcamError naming it.
-    """
+    """``--lr`` -> ``(default, {model: lr})``: ``1e-3`` for every model, or
+    ``1e-3,mobilenet_v2=3e-3``; a bad entry raises DermcamError naming it."""
     if isinstance(spec, (int, float)):
         spec = str(spec)
     default, per = 1e-3, {}
@@ -152,9 +128,8 @@ class ExplainConfig:
 
 @dataclass
 class ProbeConfig:
-    """``dermcam probe`` (:func:`dermcam.stages.probe.run_probe`); ``probes``,
-    ``artifacts``, ``placements``, ``seed``, ``dilate`` and ``inpaint`` are what each
-    image's variants are made of (:class:`dermcam.perturb.PerturbConfig`)."""
+    """``dermcam probe`` (:func:`dermcam.stages.probe.run_probe`); the first six fields make
+    each image's variants (:class:`dermcam.perturb.PerturbConfig`)."""
 
     probes: tuple[str, ...] | None = None  # None: dermcam.perturb.PROBES
     artifacts: tuple[str, ...] | None = None  # painted ones; None: every painter

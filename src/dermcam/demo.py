@@ -1,25 +1,10 @@
-"""``dermcam demo``: the whole study on the synthetic benchmark, end to end, plus the
-planted-shortcut experiment that shows what the audit is for.
+"""``dermcam demo``: the whole study on the synthetic benchmark, plus the planted-shortcut
+experiment that shows what the audit is for.
 
-Folder layout (``--out``)::
-
-    data/                 synthetic benchmark, the study's setting (artifacts independent
-                          of the label)
-    run/                  the study's three models: train, evaluate, explain, report
-    shortcut/data/        the same seed's images, but rulers tied to malignancy in the
-                          *training* split only (80 % of malignant, 5 % of benign; 20 % of
-                          both at test time, so the test images are the same as data/'s)
-    shortcut/run/         one model trained on it, audited at the control's CAM layer
-                          and probed with rulers inserted and removed
-    run/shortcut_experiment.json   the shortcut model beside its control (the same
-                          architecture in run/): heatmap mass on the rulers relative to
-                          their area with 95 % CIs, the behavioural evidence (change in
-                          malignant probability when a ruler is inserted or removed), and
-                          test AUC, the cost of the shortcut
-    run/figures/shortcut_example.png   one benign test image with a ruler pasted, scored
-                          and explained by both models (:func:`shortcut_case`), the
-                          report's second picture
-"""
+``--out`` holds ``data/`` and ``run/`` (the study), ``shortcut/data`` and ``shortcut/run``
+(rulers tied to malignancy in the training split only; one model audited at the control's
+CAM layer) and the comparison in ``run/shortcut_experiment.json`` and
+``run/figures/shortcut_example.png``."""
 
 from __future__ import annotations
 
@@ -66,28 +51,18 @@ from dermcam.stats import bootstrap_indices
 
 log = logging.getLogger(__name__)
 
-#: Methods the demo's localisation benchmark scores (EigenCAM's per-image SVD is the
-#: slowest by far; ``dermcam explain`` scores every method by default).
+#: Methods the demo's localisation benchmark scores (EigenCAM, by far the slowest, left out).
 DEMO_BENCH_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam")
-#: The demo's CAM method, its layer chosen per model by the localisation benchmark.
-#: HiResCAM multiplies the gradient and the activation at each location before summing the
-#: channels, so a location is credited only where the model's output is sensitive to it
-#: there (Draelos & Carin 2020); Grad-CAM-style methods weight a whole channel by its mean
-#: gradient and credit every location where it fires. On the planted-shortcut benchmark
-#: the difference decides the artifact audit: at ResNet18's layer1 Grad-CAM and XGrad-CAM
-#: put 1.4-2.1x the rulers' area share of heatmap mass on them for the control, whose
-#: rulers are independent of the label (it barely reacts to a pasted ruler), and HiResCAM
-#: 0.28-0.56x; for the shortcut model every method is above 1.9x there (seeds 0 and 2,
-#: benchmarks/README.md, ``bench_artifact_null.py --grid``).
+#: The demo's CAM method (layer chosen per model). HiResCAM credits a location only where
+#: the output is sensitive to it there; Grad-CAM-style channel weights put 1.4-2.1x the
+#: rulers' area share on them even for the control, HiResCAM 0.28-0.56x (benchmarks/README.md).
 DEMO_METHOD = "hirescam"
 SHORTCUT_EXPERIMENT = runmod.SHORTCUT_EXPERIMENT
 SHORTCUT_ARTIFACT = "ruler"
 #: Seeded placements per image and inserted artifact in the demo's probes.
 DEMO_PLACEMENTS = 2
-#: Adam's learning rate from scratch at 64 px, and per model where it differs: MobileNet-V2
-#: learns too slowly at 1e-3 in 10 epochs (seed 0: test AUC 0.883, still rising; 3e-3:
-#: 0.912), while 3e-3 costs ResNet18 and EfficientNet-B0 (0.909 and 0.905 against 0.944
-#: and 0.946 at 1e-3). benchmarks/README.md has the sweep.
+#: Adam's learning rate from scratch at 64 px; MobileNet-V2 learns too slowly at 1e-3 in 10
+#: epochs, while 3e-3 costs the other two (benchmarks/README.md has the sweep).
 DEMO_LR = 1e-3
 DEMO_LR_BY_MODEL = {"mobilenet_v2": 3e-3}
 
@@ -98,15 +73,12 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
              progress_bar=None, quiet: bool = False, show=None, shortcut: bool = True,
              shortcut_model: str = "resnet18", method: str = DEMO_METHOD,
              precision: str = "auto") -> Path:
-    """The demo into ``out`` (the layout above): the study on the synthetic benchmark, the
-    planted-shortcut experiment where ``shortcut`` is True, then the report; returns the
-    study's run folder."""
+    """The demo into ``out``; returns the study's run folder."""
     if method != "auto":
         check_method(method)  # before minutes of data and training, not after
     out = Path(out)
     t0 = time.perf_counter()
-    data = out / "data"
-    run = out / "run"
+    data, run = out / "data", out / "run"
     _fresh_demo_folder(out, data, overwrite)
     models = list(models)
     ui = _DemoSteps(7 if shortcut else 6, say, progress_bar, show)
@@ -121,7 +93,6 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
     if shortcut:
         _shortcut_study(ui, out, run, models, shortcut_model, summary, synth, recipe)
     ui.step(ui.steps, "report")
-
     run_report(run)
     say(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return run
@@ -129,9 +100,8 @@ def run_demo(out: Path, preset: str = "clean", n_train: int = 900, n_test: int =
 
 @dataclass
 class _DemoSteps:
-    """How the demo reports its ``steps`` numbered steps: ``say`` prints a line,
-    ``progress_bar(desc)`` (optional) gives a stage's progress callback as a context
-    manager, ``show(run, stage, tables)`` (optional) shows a stage's results."""
+    """How the demo reports its numbered steps: ``say`` a line, ``progress_bar(desc)`` a
+    stage's progress context, ``show(run, stage, tables)`` a stage's results."""
 
     steps: int
     say: Callable[[str], Any]
@@ -145,14 +115,12 @@ class _DemoSteps:
         return self.progress_bar(desc) if self.progress_bar else contextlib.nullcontext()
 
     def show_stage(self, run: Path, stage: str, tables: Callable[[], Any]) -> None:
-        """``tables()`` shown as ``run``'s ``stage``, built only where there is a ``show``."""
         if self.show:
             self.show(run, stage, tables())
 
 
 def _fresh_demo_folder(out: Path, data: Path, overwrite: bool) -> None:
-    """Make ``out`` an empty demo folder marked by ``demo.json``; an earlier demo there is
-    removed (only with ``overwrite``), any other non-empty folder refused."""
+    """Make ``out`` an empty demo folder (an earlier demo removed with ``overwrite``)."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DermcamError("demo folder is not empty; pass --overwrite", out)
@@ -164,8 +132,7 @@ def _fresh_demo_folder(out: Path, data: Path, overwrite: bool) -> None:
 
 
 def _demo_weights(ui: _DemoSteps, models: list[str]) -> str:
-    """Step 2's choice: ``"imagenet"`` where every model's weights are in torchvision's
-    cache, else ``"none"`` (from scratch), said either way."""
+    """``"imagenet"`` where every model's weights are cached, else ``"none"``, said either way."""
     if all(imagenet_available(m) for m in models):
         ui.step(2, "training with ImageNet weights from torchvision's cache")
         return "imagenet"
@@ -177,9 +144,8 @@ def _demo_weights(ui: _DemoSteps, models: list[str]) -> str:
 
 def _study(ui: _DemoSteps, data: Path, run: Path, models: list[str], method: str,
            recipe: dict[str, Any]) -> dict[str, Any]:
-    """Steps 2 to 5 on ``data`` into ``run``: train ``models`` with
-    :func:`demo_train_config` (``recipe``), evaluate, explain with ``method`` (its layer
-    chosen per model by the localisation benchmark) and probe; returns explain's summary."""
+    """Steps 2 to 5 on ``data`` into ``run``: train, evaluate, explain, probe; returns
+    explain's summary."""
     with ui.bar("decode + cache images") as cb:
         manifest = train(demo_train_config(data, run, models, **recipe), overwrite=True,
                          progress=cb)
@@ -207,9 +173,8 @@ def _study(ui: _DemoSteps, data: Path, run: Path, models: list[str], method: str
 def _shortcut_study(ui: _DemoSteps, out: Path, run: Path, models: list[str],
                     shortcut_model: str, summary: dict[str, Any], synth: dict[str, Any],
                     recipe: dict[str, Any]) -> None:
-    """Step 6: ``shortcut_model`` trained on the 'shortcut' preset of the same seed
-    (``synth``) into ``out/shortcut``, audited at its control's method and layer (from
-    explain's ``summary``); the comparison goes to ``run``'s shortcut_experiment.json."""
+    """Step 6: ``shortcut_model`` trained on the 'shortcut' preset of the same seed, audited
+    at its control's method and layer; writes ``run``'s shortcut_experiment.json."""
     if shortcut_model not in models:
         raise DermcamError(f"the shortcut experiment's control is {shortcut_model}, which "
                            "is not among --models")
@@ -217,13 +182,10 @@ def _shortcut_study(ui: _DemoSteps, out: Path, run: Path, models: list[str],
             "malignancy in training only, audited beside its control")
     data, sdata, srun = out / "data", out / "shortcut" / "data", out / "shortcut" / "run"
     with ui.bar("synth (shortcut)") as cb:
-        # The same seed's images: the test split and every training image whose
-        # rulers did not change are byte-identical to data/'s, so they are hard-linked
-        # from there rather than rendered again.
+        # the same seed's images: those whose rulers did not change are hard-linked from data/
         generate(sdata, SynthConfig.from_preset("shortcut", **synth), progress=cb,
                  reference=data)
-    # what generate could not lend: the masks of the re-rendered images (only their
-    # rulers changed), the ground-truth CSVs; everything, where links were refused
+    # what generate could not lend (masks of re-rendered images, CSVs) is linked here
     n_linked, n_bytes = link_identical(data, sdata)
     log.info("shortcut data: %d files hard-linked to data/ (%.1f MB saved)", n_linked,
              n_bytes / 1e6)
@@ -251,11 +213,8 @@ def _shortcut_study(ui: _DemoSteps, out: Path, run: Path, models: list[str],
 def demo_train_config(data: str | Path, out: str | Path, models, *, weights: str = "none",
                       image_size: int = 64, epochs: int = 10, seed: int = 0,
                       progress: bool = False, precision: str = "auto", **overrides: Any):
-    """The demo's training recipe (Adam, plateau schedule, :data:`DEMO_LR` and
-    :data:`DEMO_LR_BY_MODEL`, batch 32, patience 4) as a :class:`TrainConfig`; the
-    benchmarks and the twin test train with it too. ``overrides`` are further
-    ``TrainConfig`` fields (e.g. ``cache_dir``). No last.ckpt per epoch
-    (``resumable=False``): a demo is re-run, never resumed."""
+    """The demo's training recipe as a :class:`TrainConfig` (also used by the benchmarks
+    and the twin test); ``resumable=False``: a demo is re-run, never resumed."""
     names = list(models)
     return TrainConfig(data=str(data), out=str(out), models=names, weights=weights,
                        image_size=image_size, max_epochs=epochs, batch_size=32, lr=DEMO_LR,
@@ -284,11 +243,8 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
                         artifact: str = SHORTCUT_ARTIFACT) -> dict[str, Any]:
     """The shortcut model beside its control: artifact attention ratio and test AUC, with CIs.
 
-    Both runs must have been evaluated and explained with ``method`` at the same layer.
-    ``flagged`` is True where the ratio's 95 % CI lies above 1 (more heatmap mass on the
-    artifact than its area); the AUCs are on test images where the artifact is independent
-    of the label, so the shortcut model's lower AUC is what the shortcut costs.
-    """
+    ``flagged``: the ratio's 95 % CI lies above 1. The test artifacts are independent of the
+    label, so the shortcut model's lower AUC is what the shortcut costs."""
     out: dict[str, Any] = {"artifact": artifact, "model": model, "method": method,
                            "description": (
                                f"{model} trained on the 'shortcut' preset (rulers in 80 % of "
@@ -315,8 +271,7 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
         out["runs"][role]["probe"] = _probe_evidence(run, model, artifact)
     c, s = out["runs"]["control"], out["runs"]["shortcut"]
     out["caught"] = bool(s["flagged"] and not c["flagged"])
-    # the same test images, so the two models' masses compare image by image: a model
-    # trained without the shortcut can exceed uniform on the artifact too
+    # the same test images: masses compare image by image (a control can exceed uniform too)
     rel = _relative_to_control(Path(control_run), Path(shortcut_run), model, method,
                                c["layer"], artifact)
     out["relative_to_control"] = rel
@@ -333,8 +288,7 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
 
 def _relative_to_control(control_run: Path, shortcut_run: Path, model: str, method: str,
                          layer: str, artifact: str) -> dict[str, Any]:
-    """:func:`dermcam.localisation.paired_artifact_ratio` of the two runs' attention.csv
-    rows at ``model`` / ``method`` / ``layer``."""
+    """:func:`paired_artifact_ratio` of the two runs' attention rows."""
     rows = []
     for run in (shortcut_run, control_run):
         att = pd.read_csv(runmod.Outputs(run).attention, dtype={"image_id": str},
@@ -346,10 +300,9 @@ def _relative_to_control(control_run: Path, shortcut_run: Path, model: str, meth
 
 def _probe_vs_control(control_run: Path, shortcut_run: Path, model: str, artifact: str,
                       n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The shortcut model's change in malignant probability minus the control's when the
-    artifact is inserted, paired by image and seeded placement (both runs paste the same
-    pixels), averaged per image; percentile bootstrap CI over images. ``margin``: the
-    probes' negligible change, which the CI must clear for a difference that matters."""
+    """Shortcut minus control change in P(malignant) when the artifact is inserted, paired
+    by image and placement, averaged per image, with a bootstrap CI; ``margin``: the
+    negligible change the CI must clear."""
     keys = ["image_id", "placement"]
     parts = []
     for run in (shortcut_run, control_run):
@@ -370,11 +323,8 @@ def _probe_vs_control(control_run: Path, shortcut_run: Path, model: str, artifac
 
 
 def _probe_evidence(run: Path, model: str, artifact: str) -> dict[str, Any] | None:
-    """Ruler insertion and removal from a run's probe_summary.json (None without probes).
-
-    ``reacts``: the insertion CI lies above 0 and the mean change is at least the
-    probes' negligible margin (0.02).
-    """
+    """Artifact insertion and removal from a run's probe summary (None without probes);
+    ``reacts``: insertion CI above 0 and mean change at least the negligible margin."""
     entries = read_summary(run)
     if not entries:
         return None
@@ -397,16 +347,9 @@ def _probe_evidence(run: Path, model: str, artifact: str) -> dict[str, Any] | No
 
 # ------------------------------------------------------------------ the shortcut picture
 
-
 @dataclass
 class ShortcutCase:
-    """A ruler (or another artifact) pasted onto one benign test image, scored by two models.
-
-    ``image``, ``pasted`` ``(S, S, 3) uint8`` (before and after), ``mask`` ``(S, S)`` bool
-    lesion, ``region`` the dilated lesion the painter kept clear, ``changed`` the pasted
-    pixels; ``roles``: ``{"control" | "shortcut": {"model", "display", "p_before",
-    "p_after", "threshold", "cam" (S, S)}}``; ``rule``: how the image was picked.
-    """
+    """An artifact pasted onto one benign test image, scored and explained by two models."""
 
     image_id: str
     artifact: str
@@ -422,7 +365,7 @@ class ShortcutCase:
     rule: str
 
     def info(self) -> dict[str, Any]:
-        """What the demo keeps in shortcut_experiment.json (``example``)."""
+        """What shortcut_experiment.json keeps (``example``)."""
         return {"image_id": self.image_id, "artifact": self.artifact,
                 "placement": self.placement, "method": self.method, "layer": self.layer,
                 "rule": self.rule,
@@ -431,8 +374,7 @@ class ShortcutCase:
 
 
 def _probe_config(run: runmod.Run, artifact: str):
-    """The probes' placement settings as ``run`` recorded them (seed, lesion margin), for one
-    placement of ``artifact``: the pixels ``artifact_inserted`` pasted at placement 0."""
+    """The probes' placement settings ``run`` recorded, for placement 0 of ``artifact``."""
     rec = run.stage_setting("probe", "config") or {}
     rec = rec if isinstance(rec, dict) else {}
     return PerturbConfig(probes=("artifact_inserted",), artifacts=(artifact,), placements=1,
@@ -441,9 +383,8 @@ def _probe_config(run: runmod.Run, artifact: str):
 
 
 def _without(artifact: str, ds, samples, items) -> tuple[list[bool], bool]:
-    """``(free, known)``: per sample, whether it carries no ``artifact`` (its artifact map
-    where there is one, else its ``artifact_<name>`` flag); ``known`` False where neither
-    says (every sample then counts as free)."""
+    """``(free, known)``: per sample whether it carries no ``artifact`` (by its map, else its
+    flag); ``known`` False where neither says (then it counts as free)."""
     code = ARTIFACTS.index(artifact) + 1 if artifact in ARTIFACTS else None
     flags = artifact_flags(ds, samples)
     col = PREFIX + artifact
@@ -466,21 +407,11 @@ def shortcut_case(control_run: str | Path, shortcut_run: str | Path, model: str,
                   layer: str, artifact: str = SHORTCUT_ARTIFACT) -> ShortcutCase:
     """Paste ``artifact`` onto one benign test image and score it with both runs' ``model``.
 
-    The image: among the control run's benign test images with a lesion mask and without
-    ``artifact``, those both models call benign at their thresholds (all of them where
-    none is), the one whose change in the shortcut model's P(malignant) when the artifact
-    is pasted is the lower median (ties by image id): a typical reaction, not the
-    strongest. The artifact is pasted exactly as the probe stage's ``artifact_inserted``
-    does at placement 0 (:func:`dermcam.stages.probe.perturb` with the seed and lesion
-    margin the control's probe stage recorded), so ``p_after`` is the probe's
-    ``prob_perturbed`` for that row. Probabilities: the probe's scoring
-    (:func:`dermcam.stages.probe.score_images`: the run's preprocessing and calibration);
-    heatmaps: :class:`dermcam.attribution.CamExplainer` at ``method`` / ``layer`` with the
-    target and normalisation each run's explain stage recorded, as the explain stage
-    computes them. Everything on the CPU.
-    """
+    The image: of the benign masked test images without the artifact (those both models call
+    benign, where any), the lower median change in the shortcut model's P(malignant). Pasted
+    as the probe's ``artifact_inserted`` at placement 0; scored and explained as the probe and
+    explain stages do, on the CPU."""
     import torch
-
     runs = {"control": runmod.Run.open(control_run, require="train"),
             "shortcut": runmod.Run.open(shortcut_run, require="train")}
     size = runs["control"].image_size
@@ -544,11 +475,8 @@ def shortcut_case(control_run: str | Path, shortcut_run: str | Path, model: str,
 def write_shortcut_example(control_run: str | Path, shortcut_run: str | Path, model: str,
                            method: str, layer: str, artifact: str = SHORTCUT_ARTIFACT
                            ) -> dict[str, Any]:
-    """:func:`shortcut_case` drawn by :func:`dermcam.pictures.render_shortcut_example` into
-    the control run's ``figures/shortcut_example.png`` (atomically); returns
-    :meth:`ShortcutCase.info` (image id, the rule that picked it, ``p_before`` /
-    ``p_after`` / ``threshold`` per role) with ``figure``, the PNG's path relative to the
-    control run."""
+    """:func:`shortcut_case` drawn into the control run's ``figures/shortcut_example.png``;
+    returns :meth:`ShortcutCase.info` with ``figure``, the PNG's path relative to the run."""
     case = shortcut_case(control_run, shortcut_run, model, method, layer, artifact)
     out = write_bytes(runmod.Outputs(control_run).figures / runmod.SHORTCUT_EXAMPLE_PNG,
                       render_shortcut_example(case))

@@ -1,5 +1,4 @@
-"""Heatmap batch files of a run: where one model x method x layer's heatmaps live, and
-writing and reading them (the explain stage writes them; the probes and the report read)."""
+"""Heatmap batch files of a run: where they live, writing and reading them."""
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ HEATMAP_DIR = runmod.HEATMAP_DIR  # file names: dermcam.run, the one place they 
 
 
 def heatmap_dir(root: Path, model: str, method: str, layer: str) -> Path:
-    """Where one model x method x layer's heatmap batches live."""
     return Path(root) / HEATMAP_DIR / model / method / layer
 
 
@@ -32,17 +30,15 @@ def heatmap_batches(folder: Path) -> list[Path]:
 
 
 def write_heatmap_batch(path: Path, ids, heatmaps, probs, targets, labels) -> None:
-    """Write one batch of heatmaps atomically: ``ids`` (B,) str, ``heatmaps`` (B, S, S)
-    stored as float16, the malignant ``probs``, explained ``targets`` and true ``labels``
-    (B,). :func:`read_heatmap_batch` reads it back."""
+    """Write one batch atomically: ``ids`` (B,), ``heatmaps`` (B, S, S) as float16, ``probs``,
+    explained ``targets`` and ``labels`` (B,)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, ids=ids, heatmaps=heatmaps.astype(np.float16), probs=probs,
                             targets=targets, labels=labels)
 
 
 def read_heatmap_batch(path: Path) -> dict[str, np.ndarray]:
-    """One batch written by :func:`write_heatmap_batch` (``allow_pickle=False``); a
-    damaged file is a one-line DermcamError naming it and what to do."""
+    """One batch (``allow_pickle=False``); a damaged file is a one-line DermcamError."""
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -52,9 +48,8 @@ def read_heatmap_batch(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_heatmaps(folder: Path, ids: set[str]) -> dict[str, np.ndarray]:
-    """Heatmaps ``(S, S) float32`` of ``ids`` from the batch files in ``folder``, for
-    readers that show what they can (the report's gallery): a damaged batch is logged and
-    skipped, an id without a heatmap is left out."""
+    """Heatmaps ``(S, S) float32`` of ``ids`` for readers that show what they can (a damaged
+    batch is logged and skipped, a missing id left out)."""
     out: dict[str, np.ndarray] = {}
     for f in heatmap_batches(folder):
         if len(out) == len(ids):
@@ -71,9 +66,8 @@ def load_heatmaps(folder: Path, ids: set[str]) -> dict[str, np.ndarray]:
 
 def heatmaps_in_order(root: Path, model: str, method: str, layer: str, ids
                       ) -> dict[str, np.ndarray]:
-    """Saved heatmaps ``(N, S, S) float32`` and explained classes ``(N,) int64`` of
-    ``ids``, in that order, under the outputs ``root``; a damaged batch or an id without a
-    heatmap is a DermcamError (the readers that need every map: sanity check, figures)."""
+    """Saved heatmaps ``(N, S, S) float32`` and targets ``(N,) int64`` of ``ids`` in order; a
+    damaged batch or missing id is a DermcamError."""
     want = set(map(str, ids))
     heat, targ = {}, {}
     for f in heatmap_batches(heatmap_dir(root, model, method, layer)):
@@ -94,8 +88,7 @@ def heatmaps_in_order(root: Path, model: str, method: str, layer: str, ids
 
 def heatmaps_by_id(root: Path, model: str, method: str, layer: str, image_ids: set[str]
                    ) -> dict[str, np.ndarray]:
-    """The saved heatmaps of ``image_ids`` by id (:func:`heatmaps_in_order`: each batch
-    file read once)."""
+    """The saved heatmaps of ``image_ids`` by id."""
     ids = sorted(image_ids)
     if not ids:
         return {}

@@ -1,9 +1,5 @@
-"""Inference: running a model (or a checkpoint's model) over images.
-
-Malignant probabilities and logit differences over arrays and datasets (the calibration
-temperature applied where the model records one), the bfloat16 autocast wrapper, and
-the memory-format choice (channels-last for depthwise-separable networks).
-"""
+"""Running a model (or a checkpoint's) over images: malignant probabilities and logit
+differences, the bfloat16 wrapper and the memory-format choice."""
 
 from __future__ import annotations
 
@@ -27,13 +23,9 @@ def predict_logit_diff(model, dataset, batch_size: int = 64,
 
 
 class Bf16Inference(torch.nn.Module):
-    """``model`` for inference under bfloat16 autocast on channels-last input (oneDNN's
-    fast bf16 convolutions want channels-last); logits come back as float32. Each
-    BatchNorm is first folded into the convolution before it (:func:`fold_batchnorm`, on a
-    copy: ``model`` itself is left as it was). The calibration temperature and bias
-    recorded on ``model`` are carried over. A speed lever where bfloat16 is native
-    (:func:`dermcam.device.native_bf16`): probabilities move by about 1e-2 against float32,
-    so compare runs of one precision only."""
+    """``model`` under bfloat16 autocast on channels-last input, float32 logits out, on a
+    BatchNorm-folded copy with the calibration carried over. Probabilities move by ~1e-2
+    against float32: compare runs of one precision only."""
 
     def __init__(self, model: torch.nn.Module, device_type: str = "cpu"):
         super().__init__()
@@ -47,17 +39,11 @@ class Bf16Inference(torch.nn.Module):
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """An eval-mode copy of ``model`` with every BatchNorm that follows a convolution folded
-    into that convolution's weights and bias (``torch.fx``'s ``fuse``): the same function
-    up to rounding, one memory pass fewer per block. Measured at 224 px in bf16 on a
-    2-core AVX-512 BF16 CPU: MobileNet-V2 1.7x faster, EfficientNet-B0 1.3x, ResNet18
-    1.05x (``benchmarks/bench_inference.py``). A model ``torch.fx`` cannot trace
-    (data-dependent control flow) is returned as it is, and the log says so. ``model``'s
-    mode is restored; an outside model's :func:`dermcam.models.attach_io` hooks, which
-    tracing drops, are attached to the copy."""
+    """An eval-mode copy of ``model`` with each BatchNorm after a convolution folded into it
+    (``torch.fx``'s ``fuse``; up to 1.7x faster in bf16, ``benchmarks/bench_inference.py``).
+    A model fx cannot trace is returned as it is; ``attach_io`` hooks are re-attached."""
     from torch.fx.experimental.optimization import fuse
     from torch.fx.proxy import TraceError
-
     was_training = model.training
     model.eval()
     try:
@@ -74,7 +60,6 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _carry_calibration(src: torch.nn.Module, dst: torch.nn.Module) -> None:
-    """Copy the calibration temperature and bias recorded on ``src`` onto ``dst``."""
     for attr in (ATTR, BIAS_ATTR):
         if hasattr(src, attr):
             setattr(dst, attr, float(getattr(src, attr)))
@@ -82,11 +67,8 @@ def _carry_calibration(src: torch.nn.Module, dst: torch.nn.Module) -> None:
 
 def folded_for_inference(model: torch.nn.Module, channels_last: bool = False
                          ) -> torch.nn.Module:
-    """:func:`fold_batchnorm`'s copy of ``model`` in float32, calibration carried over,
-    channels-last where asked: for scoring many images (``dermcam probe``). Measured at
-    64 px, batch 64, on the 2-core CPU: MobileNet-V2 1.23x faster, EfficientNet-B0 1.16x,
-    ResNet18 1.03x, logits within 3e-6 of the unfolded model's
-    (``benchmarks/bench_inference.py --size 64``)."""
+    """:func:`fold_batchnorm`'s copy in float32, calibration carried over, channels-last
+    where asked, for scoring many images (logits within 3e-6 of the unfolded model's)."""
     folded = fold_batchnorm(model)
     if folded is model:
         return model
@@ -101,12 +83,6 @@ def predict_proba(model, images: np.ndarray, batch_size: int = 64,
     """Malignant probability for ``(N, S, S, 3) uint8`` images -> ``(N,)``; restores the mode."""
     batches = (torch.from_numpy(images[i:i + batch_size])
                for i in range(0, len(images), batch_size))
-    return _malignant_probs(model, batches, device)
-
-
-def _malignant_probs(model, batches, device) -> np.ndarray:
-    """Malignant probability ``softmax(z / T)[:, 1]`` over ``uint8 (B, S, S, 3)`` batches,
-    ``T`` the model's temperature (1 when none is recorded); restores the mode."""
     return apply_temperature(_logit_diffs(model, batches, device), temperature_of(model),
                              bias_of(model))
 
@@ -130,8 +106,8 @@ def _logit_diffs(model, batches, device) -> np.ndarray:
 # ------------------------------------------------------------ memory format
 
 def use_channels_last(name: str, setting: str = "auto") -> bool:
-    """Whether model ``name`` runs channels-last: ``setting`` on/off, or ``auto``:
-    depthwise-separable networks only (:func:`depthwise_net`)."""
+    """Whether model ``name`` runs channels-last: ``setting`` on/off, or ``auto``
+    (:func:`depthwise_net`)."""
     if setting in ("on", "true", True):
         return True
     if setting in ("off", "false", False):
@@ -140,6 +116,6 @@ def use_channels_last(name: str, setting: str = "auto") -> bool:
 
 
 def depthwise_net(name: str) -> bool:
-    """EfficientNet and MobileNet: depthwise-separable convolutions, which oneDNN runs
-    faster channels-last and, below 128 px, slower in bf16 (benchmarks/)."""
+    """EfficientNet and MobileNet: depthwise convolutions, which oneDNN runs faster
+    channels-last and, below 128 px, slower in bf16."""
     return name.startswith(("efficientnet", "mobilenet"))

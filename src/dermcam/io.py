@@ -1,9 +1,5 @@
-"""Atomic file writing and run manifests.
-
-Every output dermcam writes goes to a temporary name in the destination folder
-and is renamed into place, so a crash or a full disk never leaves a file that
-looks complete but is not.
-"""
+"""Atomic file writing: every output goes to a temporary name and is renamed into place,
+so a crash never leaves a file that looks complete but is not."""
 
 from __future__ import annotations
 
@@ -29,10 +25,7 @@ SCHEMA_VERSION = 1
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
-
-    On any exception the temporary file is removed and ``path`` is untouched.
-    """
+    """Yield a temporary path beside ``path``, renamed onto it on success (else removed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -61,15 +54,11 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def _json_default(obj: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+    import numpy as np
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
@@ -103,18 +92,14 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_csv(path: str | Path, df) -> Path:
-    """Write a pandas DataFrame as CSV atomically (no index, '\\n' line ends)."""
+    """Write a DataFrame as CSV atomically (no index, '\\n' line ends)."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n")
     return Path(path)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
-    """Save a matplotlib Figure atomically; the format is the path's suffix.
-
-    A failed write (disk full, read-only folder) is a one-line :class:`DermcamError`
-    naming the file, and leaves no partial image behind.
-    """
+    """Save a matplotlib Figure atomically, in its suffix's format; a failed write is one line."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
     if not fmt:
@@ -126,16 +111,9 @@ def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
 
 
 def link_identical(reference: str | Path, folder: str | Path) -> tuple[int, int]:
-    """Replace each file under ``folder`` whose bytes equal the file at the same relative
-    path under ``reference`` by a hard link to it; ``(files linked, bytes saved)``.
-
-    For read-only data sets generated twice with mostly the same images (the demo's
-    shortcut data share the default data's test split and most training images). Files
-    that differ, have no counterpart or already share the inode are left alone; where the
-    file system refuses hard links nothing changes.
-    """
+    """Hard-link each file under ``folder`` whose bytes equal its counterpart under
+    ``reference``; ``(files linked, bytes saved)``. Nothing changes where links are refused."""
     import filecmp
-
     reference, folder = Path(reference), Path(folder)
     linked = saved = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):

@@ -1,9 +1,5 @@
 """The Lightning module that trains a torchvision classifier: :class:`DermClassifier`.
-
-Imports Lightning at module level, so :mod:`dermcam.stages.train` imports this module
-when it first builds one. The loss, optimizer and schedule are :mod:`dermcam.objective`'s,
-the batches :mod:`dermcam.samplers`'.
-"""
+Imports Lightning at module level (the train stage imports it at first use)."""
 
 from __future__ import annotations
 
@@ -28,26 +24,18 @@ def _as_param_dtype(x: torch.Tensor, model) -> torch.Tensor:
 
 
 class DermClassifier(pl.LightningModule):
-    """Binary dermoscopy classifier; the batch is uint8 NHWC images and labels.
+    """Binary dermoscopy classifier on uint8 NHWC batches.
 
-    Training batches carry a third item, the ``keep`` weights (0 for a padded repeat,
-    :class:`dermcam.samplers.KeepFlags`); validation batches the image's position in its
-    split (:class:`dermcam.samplers.WithIndex`). ``global_batch`` and ``n_train`` (the
-    single-device recipe's batch and the training set's size) are set by the caller.
-    """
+    Training batches carry ``keep`` weights (0 for a padded repeat), validation batches each
+    image's position; ``global_batch`` and ``n_train`` are set by the caller."""
 
     def __init__(self, model, lr: float, weight_decay: float,
                  class_weights: torch.Tensor | None, augment: bool, monitor: str,
                  seed: int = 0, schedule: str = "plateau", colour_jitter: float = 0.2):
         super().__init__()
-        self.model = model
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.do_augment = augment
-        self.colour_jitter = colour_jitter
-        self.monitor = monitor
-        self.seed = seed
-        self.schedule = schedule
+        self.model, self.lr, self.weight_decay, self.monitor = model, lr, weight_decay, monitor
+        self.do_augment, self.colour_jitter = augment, colour_jitter
+        self.seed, self.schedule = seed, schedule
         if class_weights is not None:
             self.register_buffer("class_weights", class_weights.float())
         else:
@@ -73,10 +61,8 @@ class DermClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels, *rest = batch  # rest: (keep,) weights, 0 for a padded repeat
-        # Augmentation draws from a stream fixed by (seed, epoch, batch): a resumed run
-        # repeats an uninterrupted run's randomness, and under DDP each process takes its
-        # own rows of the global batch's draws, so every image is augmented as it would
-        # be on one device. Dropout then draws per process.
+        # Draws fixed by (seed, epoch, batch): a resumed run repeats an uninterrupted one, and
+        # each DDP process takes its rows of the global batch's draws. Dropout draws per process.
         base = self.seed * 1_000_003 + self.current_epoch * 10_007 + batch_idx * 101
         torch.manual_seed(base)
         x = to_float(images)
@@ -108,7 +94,6 @@ class DermClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         from sklearn.metrics import average_precision_score, roc_auc_score
-
         if not self._val:
             return
         val = {key: torch.cat(parts) for key, parts in self._val.items()}
@@ -118,8 +103,7 @@ class DermClassifier(pl.LightningModule):
         if "index" in val:
             val["prob"], val["label"], val["loss"] = dedupe_by_index(
                 val["index"], val["prob"], val["label"], val["loss"])
-        y = val["label"].cpu().numpy()
-        p = val["prob"].cpu().numpy()
+        y, p = val["label"].cpu().numpy(), val["prob"].cpu().numpy()
         both = len(np.unique(y)) == 2
         self.log("val_n", float(len(y)), sync_dist=False)
         self.log("val_loss", val["loss"].mean(), prog_bar=True, sync_dist=False)

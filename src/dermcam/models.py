@@ -1,16 +1,7 @@
-"""One factory: model name -> torchvision classifier with a 2-class head.
+"""Model factory: name -> torchvision (or ``timm:<arch>``) classifier with a 2-class head.
 
-The registry knows, for every supported architecture, which layer Grad-CAM
-should hook (the last convolutional block) and how the weights were obtained.
-Any other torchvision classification model can be built by name too; its CAM
-layer defaults to the last ``Conv2d``. ``timm:<arch>`` builds a timm model
-(:func:`candidate_layers` names its CAM layers).
-
-Models trained elsewhere ("bring your own model"): :mod:`dermcam.weight_files` reads
-their files; :func:`head_outputs` counts the file's classifier outputs and :func:`attach_io` makes
-the model take dermcam's inputs (ImageNet-normalised) and return its two logits
-``[benign, malignant]``.
-"""
+The registry names each architecture's Grad-CAM layer; models trained elsewhere are made to
+take dermcam's inputs and return two logits ``[benign, malignant]`` by :func:`attach_io`."""
 
 from __future__ import annotations
 
@@ -32,13 +23,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What dermcam knows about one architecture (cf. timm's pretrained configs).
-
-    ``cam_layer`` is the study's Grad-CAM layer (the last convolutional block);
-    ``candidate_layers`` are the depths the localisation benchmark scores, shallow to
-    deep, each a module name (``model.get_submodule``); ``head`` is the Linear layer
-    replaced by a 2-class one.
-    """
+    """One architecture: its Grad-CAM layer (the last conv block), the candidate layers the
+    localisation benchmark scores (shallow to deep) and the Linear head to replace."""
 
     name: str
     display_name: str
@@ -82,7 +68,6 @@ def layer_grid(model, layers, image_size: int) -> dict[str, tuple[int, int]]:
     import torch
 
     from dermcam.attribution import layer_reshape_transform
-
     sizes: dict[str, tuple[int, int]] = {}
     handles = []
     for name in layers:
@@ -105,12 +90,7 @@ def layer_grid(model, layers, image_size: int) -> dict[str, tuple[int, int]]:
 
 def available_models() -> list[str]:
     from torchvision import models as tvm
-
     return sorted(set(REGISTRY) | set(tvm.list_models(module=tvm)))
-
-
-def _get_submodule(model, dotted: str):
-    return model.get_submodule(dotted)
 
 
 def _set_submodule(model, dotted: str, module) -> None:
@@ -120,12 +100,11 @@ def _set_submodule(model, dotted: str, module) -> None:
 
 
 def head_name(model) -> str:
-    """The classifier head: a timm model's ``get_classifier()``, else the last Linear layer,
-    or SqueezeNet's 1x1 Conv2d classifier."""
+    """The classifier head: timm's ``get_classifier()``, else the last Linear layer
+    (SqueezeNet: its 1x1 Conv2d classifier)."""
     import torch.nn as nn
 
     from dermcam.attribution import timm_kind
-
     if timm_kind(model) and hasattr(model, "get_classifier"):
         clf = model.get_classifier()
         found = [n for n, m in model.named_modules() if m is clf and n]
@@ -143,12 +122,9 @@ def head_name(model) -> str:
 
 def check_model_name(name: str) -> str:
     from torchvision import models as tvm
-
     if name.startswith(TIMM_PREFIX):
         return _check_timm_name(name)
-    if name in REGISTRY:
-        return name
-    if name in tvm.list_models(module=tvm):
+    if name in REGISTRY or name in tvm.list_models(module=tvm):
         return name
     raise DermcamError(
         f"unknown model {name!r}; choose one of {', '.join(REGISTRY)} "
@@ -180,7 +156,6 @@ def _evenly_spaced(n: int, k: int = 4) -> list[int]:
 def _registry_fingerprint(name: str) -> tuple:
     import torch
     from torchvision.models import get_model
-
     with torch.device("meta"):  # structure only: no memory, no initialisation cost
         model = get_model(name, weights=None)
     return _fingerprint(model)
@@ -204,23 +179,15 @@ def _registry_spec(model) -> ModelSpec | None:
 
 
 def candidate_layers(model) -> tuple[str, ...]:
-    """The layers worth explaining in ``model``, shallow to deep; the last is the default
-    CAM layer. Module names (``model.get_submodule``):
+    """The layers worth explaining, shallow to deep; the last is the default CAM layer.
 
-    * the registry's three architectures: their :class:`ModelSpec` values;
-    * timm CNNs: the last 4 modules of ``model.feature_info`` (resnet: layer1..layer4);
-    * ViT / DeiT (timm ``blocks.i.norm1``, torchvision
-      ``encoder.layers.encoder_layer_i.ln_1``): the input norm of 4 evenly spaced blocks
-      ending at the last;
-    * Swin (timm ``layers.i``, torchvision ``features.i``): the stages;
-    * anything else: ``(default_target_layer(model)[0],)``.
-    """
+    Registry: its :class:`ModelSpec`; timm CNNs: the last 4 of ``feature_info``; ViT / DeiT: the
+    input norm of 4 evenly spaced blocks; Swin: the stages; else :func:`default_target_layer`'s."""
     import torch.nn as nn
     from torchvision.models import SwinTransformer, VisionTransformer
     from torchvision.models.swin_transformer import SwinTransformerBlock, SwinTransformerBlockV2
 
     from dermcam.attribution import default_target_layer, timm_kind
-
     spec = _registry_spec(model)
     if spec is not None:
         return spec.candidate_layers
@@ -250,9 +217,8 @@ def candidate_layers(model) -> tuple[str, ...]:
 
 
 def known_models(image_size: int) -> list[dict]:
-    """The registry's architectures for ``dermcam models``: name, display name, the study's
-    CAM layer, each candidate layer's grid at ``image_size`` and where ImageNet weights
-    would be read from (None when cached)."""
+    """The registry for ``dermcam models``: names, CAM layer, each candidate layer's grid
+    at ``image_size`` and where ImageNet weights would be read from (None when cached)."""
     return [{"name": name, "display_name": spec.display_name, "cam_layer": spec.cam_layer,
              "grid": layer_grid(build_model(name, weights="none")[0], spec.candidate_layers,
                                 image_size),
@@ -264,7 +230,6 @@ def imagenet_weights_path(name: str) -> Path:
     """Where torchvision's weights API caches ``name``'s default ImageNet weights."""
     import torch
     from torchvision.models import get_model_weights
-
     weights = get_model_weights(name).DEFAULT
     filename = os.path.basename(weights.url)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
@@ -279,7 +244,6 @@ def imagenet_available(name: str) -> bool:
 
 def _load_imagenet(name: str):
     from torchvision.models import get_model_weights
-
     weights = get_model_weights(name).DEFAULT
     path = imagenet_weights_path(name)
     if not path.exists():
@@ -305,59 +269,43 @@ def _load_imagenet(name: str):
 
 def build_model(name: str, weights: str = "none", num_classes: int = NUM_CLASSES,
                 image_size: int | None = None):
-    """Build ``name`` with a ``num_classes`` head.
+    """``(model, ModelInfo)``: ``name`` with a ``num_classes`` head.
 
-    ``weights``: ``"imagenet"`` (torchvision's weights API and its TORCH_HOME
-    cache; a clear error when they are neither cached nor downloadable; never a
-    silent fallback), ``"none"`` (random init) or a path to a state dict or a
-    dermcam checkpoint. Returns ``(model, ModelInfo)``.
-
-    ``name`` may be ``"timm:<arch>"``: ``timm.create_model(arch, pretrained=False,
-    num_classes=num_classes)``, at ``image_size`` where that differs from the
-    architecture's default input size and it takes ``img_size`` (ViT, DeiT, Swin);
-    ``weights`` is then ``"none"`` or a file (:func:`read_weights`, loaded strictly).
-    ``image_size`` is ignored for torchvision models.
-    """
+    ``weights``: ``"imagenet"`` (torchvision's cache; a clear error, never a silent fallback,
+    when not cached nor downloadable), ``"none"`` or a state dict / checkpoint file.
+    ``timm:<arch>`` is built at ``image_size`` where it takes ``img_size`` (ViT, Swin)."""
     import torch.nn as nn
     from torchvision.models import get_model
-
     name = check_model_name(name)
     if name.startswith(TIMM_PREFIX):
         return _build_timm(name, weights, num_classes, image_size)
     spec = REGISTRY.get(name)
-    disp, target, head = (spec.display_name, spec.cam_layer, spec.head) if spec else \
-        (name, None, None)
-    source = "none (random init)"
-    file_state = None
+    source, file_state = "none (random init)", None
     if weights == "imagenet":
         wenum, state = _load_imagenet(name)
         model = get_model(name, weights=None)
         model.load_state_dict(state)
         source = f"imagenet:{wenum}"
-    elif weights in ("none", "", None):
-        model = get_model(name, weights=None)
     else:
-        file_state = load_state_file(weights)
+        if weights not in ("none", "", None):
+            file_state = load_state_file(weights)
+            source = f"file:{Path(weights).resolve()}"
         model = get_model(name, weights=None)
-        source = f"file:{Path(weights).resolve()}"
-    head = head or head_name(model)
-    old = _get_submodule(model, head)
-    if isinstance(old, nn.Conv2d):  # SqueezeNet: a 1x1 convolution scores the classes
-        if old.out_channels != num_classes:
-            _set_submodule(model, head, nn.Conv2d(old.in_channels, num_classes, 1))
-    elif old.out_features != num_classes:
-        _set_submodule(model, head, nn.Linear(old.in_features, num_classes))
+    head = spec.head if spec else head_name(model)
+    old = model.get_submodule(head)
+    conv = isinstance(old, nn.Conv2d)  # SqueezeNet: a 1x1 convolution scores the classes
+    if (old.out_channels if conv else old.out_features) != num_classes:
+        _set_submodule(model, head, nn.Conv2d(old.in_channels, num_classes, 1) if conv
+                       else nn.Linear(old.in_features, num_classes))
     if file_state is not None:
         load_weights_into(model, name, file_state, weights, head)
-    if spec:
-        return model, ModelInfo(name, disp, target, source, spec.candidate_layers)
-    layers = candidate_layers(model)
-    return model, ModelInfo(name, disp, layers[-1], source, layers)
+    layers = spec.candidate_layers if spec else candidate_layers(model)
+    return model, ModelInfo(name, display_name(name), spec.cam_layer if spec else layers[-1],
+                            source, layers)
 
 
 def _build_timm(name: str, weights, num_classes: int, image_size: int | None):
     import timm
-
     arch = name[len(TIMM_PREFIX):]
     if weights == "imagenet":
         raise DermcamError(f"dermcam builds {name} without downloading weights; save the "
@@ -399,8 +347,7 @@ def state_dict_of(obj: dict):
 
 
 def load_weights_into(model, name: str, obj: dict, path, head: str | None = None) -> None:
-    """Load a state dict (or dermcam checkpoint dict) into ``model``, checking the
-    architecture; keys saved from ``DataParallel`` (``module.`` prefix) are accepted."""
+    """Load a state dict or dermcam checkpoint into ``model``, checking the architecture."""
     state = state_dict_of(obj)
     arch = obj.get("arch")
     if arch is not None and arch != name:
@@ -425,8 +372,7 @@ def load_weights_into(model, name: str, obj: dict, path, head: str | None = None
 # --- models trained elsewhere ("bring your own model") -----------------------------------
 
 def head_outputs(model, state: dict) -> int:
-    """The number of outputs of the classifier head in ``state`` (the file's weights for
-    ``model``'s head, :func:`head_name`); a one-line error if the file has none."""
+    """The number of outputs of ``model``'s head in ``state``; a one-line error if absent."""
     head = head_name(model)
     w = state.get(f"{head}.weight")
     if w is None or not hasattr(w, "shape") or len(w.shape) < 1:
@@ -441,25 +387,13 @@ IO_ATTR = "dermcam_io"
 
 def attach_io(model, outputs: int, malignant: tuple[int, ...] = (1,),
               mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Make ``model`` fit dermcam's contract, in place; returns ``model``.
+    """Make ``model`` take ImageNet-normalised input and return ``[benign, malignant]``.
 
-    dermcam feeds ImageNet-normalised ``(N, 3, H, W)`` inputs and reads two logits
-    ``[benign, malignant]`` (``P(malignant) = softmax(z)[:, 1]``). Hooks on the root
-    module (layer names stay as they are) do the rest:
-
-    * a forward pre-hook re-normalises the input from ImageNet's ``mean``/``std`` to
-      the model's own (only where they differ);
-    * a forward hook maps the model's ``outputs`` logits to two:
-      ``outputs == 1``: ``[0, z]`` (``P = sigmoid(z)``; with ``malignant=(0,)`` the
-      sigmoid's positive class is benign: ``[0, -z]``); ``outputs == 2``: as they are
-      for ``malignant=(1,)``, swapped for ``(0,)``; ``outputs > 2``:
-      ``[log P(not S), log P(S)]`` with ``P`` the softmax over all outputs and ``S`` the
-      ``malignant`` classes, so the two logits' softmax is ``[1 - P(S), P(S)]``.
-
-    The settings are kept on the model as the plain dict ``model.dermcam_io`` and the
-    hooks read them from there, so they survive ``copy.deepcopy`` and ``model.to``.
-    Calling it again replaces the earlier settings.
-    """
+    In place, through hooks on the root module: the input is re-normalised to the model's own
+    ``mean``/``std``; ``outputs`` logits map to two: 1 -> ``[0, z]`` (``[0, -z]`` for
+    ``malignant=(0,)``), 2 -> as they are (swapped for ``(0,)``), more ->
+    ``[log P(not S), log P(S)]`` over the ``malignant`` classes ``S``. Settings live in the
+    plain dict ``model.dermcam_io`` so they survive ``deepcopy`` and ``to``."""
     outputs = int(outputs)
     if outputs < 1:
         raise DermcamError(f"the model must have at least one output, got {outputs}")
@@ -471,18 +405,16 @@ def attach_io(model, outputs: int, malignant: tuple[int, ...] = (1,),
         raise DermcamError("name at least one malignant class (e.g. --malignant 1)")
     if len(set(mal)) != len(mal):
         raise DermcamError(f"malignant classes repeat: {mal}; name each once")
-    if outputs == 1:
-        if mal not in ([0], [1]):
-            raise DermcamError(f"a one-output model's malignant class is 1 (sigmoid's "
-                               f"positive class) or 0, got {mal}")
-    else:
-        bad = [i for i in mal if not 0 <= i < outputs]
-        if bad:
-            raise DermcamError(f"malignant class {bad[0]} is not an output of a {outputs}-"
-                               f"output model; choose classes 0..{outputs - 1}")
-        if len(mal) == outputs:
-            raise DermcamError(f"every one of the {outputs} outputs is named malignant; "
-                               "leave at least one benign class")
+    if outputs == 1 and mal not in ([0], [1]):
+        raise DermcamError(f"a one-output model's malignant class is 1 (sigmoid's "
+                           f"positive class) or 0, got {mal}")
+    bad = [i for i in mal if not 0 <= i < outputs] if outputs > 1 else []
+    if bad:
+        raise DermcamError(f"malignant class {bad[0]} is not an output of a {outputs}-"
+                           f"output model; choose classes 0..{outputs - 1}")
+    if outputs > 1 and len(mal) == outputs:
+        raise DermcamError(f"every one of the {outputs} outputs is named malignant; "
+                           "leave at least one benign class")
     mean = [float(v) for v in mean]
     std = [float(v) for v in std]
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -513,10 +445,8 @@ def _io_pre_hook(module, args):
 def _io_post_hook(module, args, out):
     """The model's logits -> two, ``[benign, malignant]`` (see :func:`attach_io`)."""
     import torch
-
     io = getattr(module, IO_ATTR)
-    k, mal = io["outputs"], io["malignant"]
-    z = out
+    k, mal, z = io["outputs"], io["malignant"], out
     if k == 1:
         z = z.reshape(len(z), 1)
         # the malignant logit carries the signal (heatmaps explain it): z, or -z for (0,)

@@ -1,23 +1,8 @@
 """Classify new dermoscopy images with a trained dermcam checkpoint, with Grad-CAM overlays.
 
-::
-
-    OUT/predictions.csv      path, image_id, prob_malignant, decision, threshold
-                             (+ mask_path, the attention metrics and metric_note with masks)
-    OUT/overlays/<id>.png    the input and its Grad-CAM heatmap over it (lesion outline
-                             in white when a mask was given)
-    OUT/manifest.json        checkpoint, model card, inputs, skipped files
-
-Images are decoded and resized exactly as for training (:func:`dermcam.data.cache.
-decode_sample`: EXIF orientation, RGB, squashed to ``S x S`` or, for an audited model
-recorded so, its centred square), so a probability here
-equals :func:`dermcam.inference.predict_proba` on the same image. The decision uses
-the threshold chosen on validation and stored in the checkpoint; heatmaps explain
-that decision (Grad-CAM, ``target="predicted"`` at that threshold).
-
-Shape contracts: a batch is ``(N, S, S, 3) uint8`` -> probabilities ``(N,)`` and
-heatmaps ``(N, S, S)`` in [0, 1]; masks ``(N, S, S)`` bool.
-"""
+Writes ``OUT/predictions.csv``, ``OUT/overlays/<id>.png`` and ``OUT/manifest.json``. Images
+are decoded as for training, so a probability equals :func:`dermcam.inference.predict_proba`'s;
+the decision uses the checkpoint's validation threshold, and the heatmaps explain it."""
 
 from __future__ import annotations
 
@@ -79,11 +64,8 @@ class PredictResult:
 # ------------------------------------------------------------------------- inputs
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders scanned (not recursively, sorted) for .jpg/.jpeg/.png/.bmp.
-
-    Files in a folder whose stem ends in ``_segmentation``, ``_superpixels``,
-    ``_artifacts`` or ``_lesion`` are masks or maps and are left out.
-    """
+    """Files as given; folders scanned (sorted, not recursively) for images, leaving out
+    masks and maps (stems ending in :data:`NOT_IMAGE_STEMS`)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -104,7 +86,7 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def find_mask(mask_dir: Path, image: Path) -> Path | None:
-    """``<stem>_Segmentation.png``, ``<stem>_segmentation.png`` or ``<stem>.png`` in ``mask_dir``."""
+    """The first of :data:`MASK_NAMES` for ``image`` in ``mask_dir``, or None."""
     for pattern in MASK_NAMES:
         p = mask_dir / pattern.format(stem=image.stem)
         if p.is_file() and p.resolve() != image.resolve():
@@ -126,7 +108,7 @@ def _ids(paths: Sequence[Path]) -> list[str]:
 # --------------------------------------------------------------------- model card
 
 def load_classifier(checkpoint: str | Path):
-    """``(model, info, payload)`` from a dermcam checkpoint, checking the fields predict needs."""
+    """``(model, info, payload)`` from a dermcam checkpoint with the fields predict needs."""
     path = Path(checkpoint)
     if path.is_file():
         with open(path, "rb") as fh:
@@ -144,7 +126,7 @@ def load_classifier(checkpoint: str | Path):
 
 
 def model_card(payload: dict[str, Any], info) -> dict[str, Any]:
-    """The checkpoint's model card, with fields older checkpoints lack filled from the payload."""
+    """The checkpoint's model card, fields older checkpoints lack filled from the payload."""
     card = dict(payload.get("model_card") or {})
     card.setdefault("architecture", info.display_name)
     card.setdefault("weights_source", payload.get("weights_source", info.weights_source))
@@ -159,7 +141,6 @@ def model_card(payload: dict[str, Any], info) -> dict[str, Any]:
 
 
 def model_card_lines(card: dict[str, Any]) -> list[str]:
-    """What the model is and what it is not validated for, as printable lines."""
     auc = card.get("val_auc")
     auc_txt = f"{auc:.3f}" if isinstance(auc, (int, float)) else "not recorded"
     n = ""
@@ -200,12 +181,10 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
                 panel: int = OVERLAY_PANEL) -> bytes:
     """PNG bytes: the image beside its heatmap over it (jet, 50 %), lesion outline in white.
 
-    ``image (S, S, 3) uint8``, ``cam (S, S)`` non-negative, ``mask (S, S)`` bool or None.
-    """
+    ``image (S, S, 3) uint8``, ``cam (S, S)`` non-negative, ``mask (S, S)`` bool or None."""
     import io
 
     from PIL import Image
-
     if image.ndim != 3 or cam.shape != image.shape[:2] or (
             mask is not None and mask.shape != cam.shape):
         raise ValueError(f"image {image.shape}, cam {cam.shape} and mask "
@@ -215,14 +194,13 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
     heat = 0.5 * image.astype(np.float64) / 255.0 + 0.5 * jet(c)
     if mask is not None and mask.any() and not mask.all():
         heat[outline(mask.astype(bool))] = 1.0
-    side = max(panel, image.shape[0])
+    side, gap = max(panel, image.shape[0]), 4
     tiles = [Image.fromarray(image), Image.fromarray((heat * 255).round().astype(np.uint8))]
-    gap = 4
     strip = Image.new("RGB", (2 * side + gap, side), (255, 255, 255))
     for k, t in enumerate(tiles):
         strip.paste(t.resize((side, side), Image.NEAREST), (k * (side + gap), 0))
     buf = io.BytesIO()
-    strip.save(buf, format="PNG")  # optimize=True: 2 % smaller, 12 % slower (224 px)
+    strip.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -231,7 +209,6 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
 def _prepare_out(out: Outputs) -> None:
     """Create ``out``; clear a previous prediction there, refuse any other dermcam output."""
     import shutil
-
     if out.root.exists() and not out.root.is_dir():
         raise DermcamError("output path exists and is not a folder", out.root)
     if out.manifest.exists():
@@ -245,7 +222,7 @@ def _prepare_out(out: Outputs) -> None:
 
 
 def _mask_folder(masks: str | Path | None, paths: Sequence[Path]) -> Path | None:
-    """``masks`` as a folder that matches at least one of ``paths``, or None without one."""
+    """``masks`` as a folder matching at least one of ``paths``, or None without one."""
     if masks is None:
         return None
     mask_dir = Path(masks)
@@ -260,7 +237,6 @@ def _mask_folder(masks: str | Path | None, paths: Sequence[Path]) -> Path | None
 
 @dataclass
 class _Classifier:
-    """A loaded checkpoint and what predict takes from it."""
     model: Any
     card: dict[str, Any]
     size: int
@@ -271,9 +247,8 @@ class _Classifier:
 
 
 def _load(checkpoint: Path) -> _Classifier:
-    """The checkpoint's model, card, input size and threshold, and the CAM method and layer
-    'dermcam explain' chose on validation masks where it has run (otherwise Grad-CAM at
-    the study's layer)."""
+    """The checkpoint's classifier with the CAM method and layer explain chose (else
+    Grad-CAM at the study's layer)."""
     model, info, payload = load_classifier(checkpoint)
     cam = payload.get("cam") or {}
     return _Classifier(model, model_card(payload, info), int(payload["image_size"]),
@@ -294,8 +269,8 @@ def _decode(job: tuple[Path, str], mask_dir: Path | None, size: int, resize: str
 
 def _readable(decoded, skip_bad: bool, warn: Callable[[str], None],
               skipped: list[tuple[str, str]]) -> list[tuple]:
-    """The decoded items of one batch. An unreadable one raises its error, or with
-    ``skip_bad`` is reported through ``warn`` and added to ``skipped``."""
+    """The decoded items of one batch; an unreadable one raises, or with ``skip_bad`` is
+    warned about and added to ``skipped``."""
     items = []
     for path, image_id, mask_path, item in decoded:
         if isinstance(item, DermcamError):
@@ -309,8 +284,7 @@ def _readable(decoded, skip_bad: bool, warn: Callable[[str], None],
 
 
 def _mask_scores(items, heatmaps: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``({metric: (N,)}, reasons (N,))`` of the items that have a mask (NaN and "no mask"
-    for the others; no metrics when none has one). ``heatmaps (N, S, S)``."""
+    """``({metric: (N,)}, reasons (N,))`` for items with a mask (NaN and "no mask" for the rest)."""
     has = np.array([it[3]["mask"] is not None for it in items])
     scores: dict[str, np.ndarray] = {}
     reasons = np.full(len(items), "no mask", dtype=object)
@@ -327,7 +301,6 @@ def _mask_scores(items, heatmaps: np.ndarray) -> tuple[dict[str, np.ndarray], np
 
 def _batch_rows(items, probs: np.ndarray, thr: float, with_masks: bool,
                 scores: dict[str, np.ndarray], reasons: np.ndarray) -> list[dict[str, Any]]:
-    """The predictions.csv rows of one batch (mask columns only ``with_masks``)."""
     rows = []
     for k, (path, image_id, mask_path, _) in enumerate(items):
         prob = float(probs[k])
@@ -342,24 +315,17 @@ def _batch_rows(items, probs: np.ndarray, thr: float, with_masks: bool,
     return rows
 
 
-def _write_overlays(out: Outputs, items, heatmaps: np.ndarray) -> None:
-    for k, (_, image_id, _, item) in enumerate(items):
-        mask = None if item["mask"] is None else item["mask"].astype(bool)
-        write_bytes(out.overlay(image_id), overlay_png(item["image"], heatmaps[k], mask))
-
-
 def _predict_batch(ex, clf: _Classifier, items, device: str, out: Outputs,
                    with_masks: bool) -> list[dict[str, Any]]:
-    """Probabilities, heatmaps (explaining the decision) and scores of one batch of decoded
-    items; writes their overlays and returns their rows."""
+    """Probabilities, heatmaps and scores of one batch; writes its overlays, returns its rows."""
     import torch
-
-    batch = np.stack([it[3]["image"] for it in items])
-    x = preprocess(torch.from_numpy(batch).to(device))
+    x = preprocess(torch.from_numpy(np.stack([it[3]["image"] for it in items])).to(device))
     cams = ex.compute(x, target="predicted", threshold=clf.threshold, size=clf.size)
     scores, reasons = _mask_scores(items, cams.heatmaps)
     rows = _batch_rows(items, cams.probs, clf.threshold, with_masks, scores, reasons)
-    _write_overlays(out, items, cams.heatmaps)
+    for k, (_, image_id, _, item) in enumerate(items):
+        mask = None if item["mask"] is None else item["mask"].astype(bool)
+        write_bytes(out.overlay(image_id), overlay_png(item["image"], cams.heatmaps[k], mask))
     return rows
 
 
@@ -367,13 +333,11 @@ def _predict_all(clf: _Classifier, paths: list[Path], mask_dir: Path | None, out
                  batch_size: int, device: str, skip_bad: bool, warn: Callable[[str], None],
                  progress: Callable[[int, int], None] | None
                  ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """``(rows, skipped)`` over every batch of ``paths``; images are decoded by all cores
-    (PIL releases the GIL), in input order."""
-    ids = _ids(paths)
+    """``(rows, skipped)`` over every batch, decoded by all cores in input order."""
+    ids, total = _ids(paths), len(paths)
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     decode = partial(_decode, mask_dir=mask_dir, size=clf.size, resize=clf.resize)
-    total = len(paths)
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     with pool, CamExplainer(clf.model, clf.cam_layer, clf.cam_method) as ex:
         for start in range(0, total, batch_size):
@@ -388,7 +352,6 @@ def _predict_all(clf: _Classifier, paths: list[Path], mask_dir: Path | None, out
 
 def _output_manifest(checkpoint: Path, clf: _Classifier, mask_dir: Path | None,
                      n_images: int, skipped: list[tuple[str, str]]) -> dict[str, Any]:
-    """OUT/manifest.json: what was predicted, with what, and what was skipped."""
     return {
         "schema_version": 1, "kind": MANIFEST_KIND, "created": now(), "status": "complete",
         "versions": versions(), "checkpoint": str(checkpoint.resolve()),
@@ -405,14 +368,9 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
             warn: Callable[[str], None] | None = None) -> PredictResult:
     """Probability of malignancy, decision and Grad-CAM overlay for each input image.
 
-    ``inputs``: image files and/or folders (see :func:`collect_images`). ``masks``: a
-    folder of lesion masks (see :func:`find_mask`); images with a mask also get the
-    attention metrics of :func:`dermcam.leakage.score_batch`. An unreadable image (or
-    mask) raises a one-line :class:`DermcamError` naming it, or with ``skip_bad`` is
-    reported through ``warn`` and left out. ``progress(done, total)`` counts images.
-    """
+    ``masks``: a folder of lesion masks; images with one also get the attention metrics. An
+    unreadable image raises a one-line error, or with ``skip_bad`` is warned about and left out."""
     import pandas as pd
-
     if batch_size < 1:
         raise DermcamError(f"--batch-size must be at least 1, got {batch_size}")
     warn = warn or log.warning

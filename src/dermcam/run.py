@@ -1,15 +1,8 @@
 """The run directory: one folder per study, each stage reading the previous one's files.
 
-::
-
-    RUN_DIR/manifest.json             schema version, versions, config, seed, data, status
-    RUN_DIR/models/<name>/model.pt    best checkpoint (state dict + model card), weights_only-safe
-    RUN_DIR/models/<name>/history.csv per-epoch metrics
-    RUN_DIR/predictions.csv, metrics.json, metrics.csv, figures/   (evaluate)
-    RUN_DIR/attention/, attention.csv, attention_summary.json      (explain)
-    RUN_DIR/report.html                                             (report)
-    RUN_DIR/external/<name>/          predictions, metrics, figures on another data set
-"""
+``manifest.json`` (config, versions, data, stage status), ``models/<name>/model.pt`` and
+``history.csv`` (train), predictions and metrics (evaluate), ``attention/`` (explain),
+``report.html`` (report), ``external/<name>/`` (another data set's audit)."""
 
 from __future__ import annotations
 
@@ -33,9 +26,7 @@ STATUS_COMPLETE = "complete"
 
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
-
     out = {"dermcam": __version__, "python": platform.python_version()}
-    # module name as recorded -> distribution name on PyPI
     for mod, dist in (("torch", "torch"), ("torchvision", "torchvision"),
                       ("lightning", "lightning"), ("numpy", "numpy"), ("sklearn", "scikit-learn"),
                       ("pytorch_grad_cam", "grad-cam")):
@@ -44,6 +35,10 @@ def versions() -> dict[str, str]:
         except (ImportError, PackageNotFoundError):
             pass
     return out
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def now() -> str:
@@ -83,10 +78,8 @@ def read_manifest(run_dir: str | Path, require: str | None = None,
                   settled: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a run's manifest, refusing (one line) what a later stage must not read.
 
-    ``require``: the named stage must have completed. ``settled``: these stages may be
-    absent or complete, but not still running (or interrupted) or failed, since their
-    files on disk may then be stale or missing.
-    """
+    ``require``: that stage must be complete; ``settled``: these may be absent or complete but
+    not running or failed, since their files may then be stale or missing."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DermcamError("run folder not found", run_dir)
@@ -101,9 +94,8 @@ def read_manifest(run_dir: str | Path, require: str | None = None,
         raise DermcamError(f"run written by an incompatible dermcam (schema "
                            f"{m['schema_version']}, this dermcam reads {SCHEMA_VERSION}); "
                            "re-run 'dermcam train'", path)
-    stages = m.get("stages") if isinstance(m.get("stages"), dict) else {}
     for stage in ([require] if require else []) + list(settled):
-        entry = stages.get(stage) if isinstance(stages.get(stage), dict) else {}
+        entry = _mapping(_mapping(m.get("stages")).get(stage))
         status = entry.get("status", "missing")
         if status == STATUS_COMPLETE or (status == "missing" and stage != require):
             continue
@@ -139,9 +131,8 @@ def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
 
 def set_stage(run_dir: str | Path, stage: str, status: str, run_status: str | None = None,
               **info: Any) -> dict[str, Any]:
-    """Record ``stage`` as ``status`` (with ``info`` merged into its entry and the time);
-    ``run_status`` also sets the run's own status (training's ``"trained"``). One write;
-    returns the manifest written."""
+    """Record ``stage`` as ``status`` with ``info`` and the time (``run_status``: the run's own
+    status too) in one write; returns the manifest written."""
     m = read_manifest(run_dir)
     if run_status is not None:
         m["status"] = run_status
@@ -155,7 +146,6 @@ def set_stage(run_dir: str | Path, stage: str, status: str, run_status: str | No
     return m
 
 
-# --------------------------------------------------------------------------- file names
 # The one place a run folder's file names are spelled; every stage asks for them here.
 
 MODELS_DIR = "models"
@@ -183,9 +173,8 @@ OVERLAY_DIR = "overlays"  # 'dermcam predict': one overlay PNG per image
 
 
 class Outputs:
-    """The files one audit of a run writes, under ``root``: the run folder itself for the
-    run's own test split, ``RUN/external/<name>/`` for another data set. Paths only;
-    nothing is read or created."""
+    """The files one audit writes under ``root`` (the run folder, or ``RUN/external/<name>/``;
+    ``dermcam predict``'s own folder too); paths only."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -204,18 +193,15 @@ class Outputs:
     figures = property(lambda self: self.root / FIGURES_DIR)
     heatmaps = property(lambda self: self.root / HEATMAP_DIR)
     probe_batches = property(lambda self: self.root / PROBE_DIR)
-    # 'dermcam predict' writes into an Outputs folder of its own: its manifest, overlays
     manifest = property(lambda self: self.root / MANIFEST)
     overlays = property(lambda self: self.root / OVERLAY_DIR)
 
     def overlay(self, image_id: str) -> Path:
-        """One image's overlay PNG (``dermcam predict``)."""
         return self.root / OVERLAY_DIR / f"{image_id}.png"
 
 
 def recorded_kind(folder: str | Path) -> str | None:
-    """The ``kind`` a folder's manifest.json records (``dermcam-run``, ``dermcam-predictions``),
-    or None where there is none or it cannot be read."""
+    """The ``kind`` a folder's manifest.json records, or None where it cannot be read."""
     try:
         m = read_json(Path(folder) / MANIFEST)
     except DermcamError:
@@ -226,22 +212,9 @@ def recorded_kind(folder: str | Path) -> str | None:
 class Run:
     """A typed handle on one run folder, opened once and passed to every stage.
 
-    Paths by name (``run.outputs.metrics``, ``run.model_file(name)``, ``run.report``), the
-    training configuration as a :class:`dermcam.config.TrainConfig` (``run.config``,
-    ``run.image_size``, ``run.seed``), the data set and the decode cache opened once and
-    kept (``run.dataset``, ``run.cache``), the trained models (``run.trained_models``,
-    ``run.load_model(name)``, loaded once), and ``with run.stage("explain"):``, which records
-    the stage as running, then complete (with its wall time) or failed (with the error).
-    Training writes the manifest through it (``Run.create``, ``record_model``,
-    ``set_stage``). No other module spells a run-folder file name or indexes the
-    manifest (tests check both).
-
-        run = Run.open("runs/r1", require="train")
-        run.image_size, run.trained_models
-        with run.stage("evaluate") as record:
-            ...
-            record["n_test"] = 379   # stored with the stage's entry
-    """
+    Paths by name, the :class:`TrainConfig`, the data set, decode cache and models loaded once,
+    and ``with run.stage(name) as record:`` (running, then complete or failed). No other module
+    spells a run-folder file name or indexes the manifest (tests check both)."""
 
     def __init__(self, run_dir: str | Path, manifest: dict[str, Any]):
         self.dir = Path(run_dir)
@@ -253,16 +226,13 @@ class Run:
     @classmethod
     def open(cls, run_dir: str | Path, require: str | None = None,
              settled: tuple[str, ...] = ()) -> Run:
-        """Open a run folder; one-line DermcamError where :func:`read_manifest` refuses it."""
         return cls(run_dir, read_manifest(run_dir, require=require, settled=settled))
 
     @classmethod
     def of(cls, run: Run | str | Path, require: str | None = None,
            settled: tuple[str, ...] = ()) -> Run:
-        """What every stage entry calls on its first argument: a folder is opened; a
-        :class:`Run` is kept (with the data set, cache and models it already loaded) and
-        its manifest re-read under the same checks, since another stage may have
-        written it since."""
+        """A folder is opened; a :class:`Run` is kept (with what it loaded) and its manifest
+        re-read under the same checks, since another stage may have written it."""
         if isinstance(run, cls):
             run.manifest = read_manifest(run.dir, require=require, settled=settled)
             return run
@@ -272,18 +242,17 @@ class Run:
         return f"Run({str(self.dir)!r})"
 
     def refresh(self) -> Run:
-        """Re-read the manifest (another process or stage may have written it)."""
         self.manifest = read_manifest(self.dir)
         return self
 
     # ----------------------------------------------------------------- paths
     @property
     def outputs(self) -> Outputs:
-        """The files of the run's own audit (test split), in the run folder."""
+        """The files of the run's own audit (test split)."""
         return Outputs(self.dir)
 
     def external(self, name: str) -> Outputs:
-        """The files of the audit of another data set, ``external/<name>/``."""
+        """The files of another data set's audit, ``external/<name>/``."""
         return Outputs(self.dir / EXTERNAL_DIR / name)
 
     @property
@@ -299,7 +268,6 @@ class Run:
     # ---------------------------------------------------------------- config
     @property
     def config(self) -> TrainConfig:
-        """The training configuration, as :class:`dermcam.config.TrainConfig`."""
         known = set(TrainConfig.__dataclass_fields__)
         return TrainConfig(**{k: v for k, v in self.manifest["config"].items() if k in known})
 
@@ -317,24 +285,20 @@ class Run:
 
     @property
     def recorded_config(self) -> dict[str, Any]:
-        """The configuration exactly as the manifest records it (``{}`` where none), for
-        showing what was set; :attr:`config` fills in defaults."""
-        cfg = self.manifest.get("config")
-        return cfg if isinstance(cfg, dict) else {}
+        """The configuration as recorded (``{}`` where none); :attr:`config` fills defaults."""
+        return _mapping(self.manifest.get("config"))
 
     @property
     def configured_models(self) -> list[str]:
-        """The models training was asked for, in order (``[]`` where none recorded)."""
         return list(self.recorded_config.get("models") or [])
 
     @property
     def recorded_seed(self) -> Any:
-        """The run's seed as recorded, or None (:attr:`seed` is the int, and raises)."""
+        """The seed as recorded, or None (:attr:`seed` is the int, and raises)."""
         return self.manifest.get("seed")
 
     @property
     def status(self) -> str | None:
-        """The run's own status (``training``, ``trained``), or None."""
         return self.manifest.get("status")
 
     @property
@@ -347,16 +311,12 @@ class Run:
 
     @property
     def versions(self) -> dict[str, str]:
-        """Software versions recorded when the run was created (``{}`` where none)."""
-        v = self.manifest.get("versions")
-        return v if isinstance(v, dict) else {}
+        return _mapping(self.manifest.get("versions"))
 
     @property
     def data(self) -> dict[str, Any]:
-        """What training recorded of its data: root, name, layout, fingerprint, ...
-        (``{}`` where nothing, or something other than a mapping, is recorded)."""
-        d = self.manifest.get("data")
-        return d if isinstance(d, dict) else {}
+        """What training recorded of its data (``{}`` where nothing or no mapping)."""
+        return _mapping(self.manifest.get("data"))
 
     @property
     def data_root(self) -> Path:
@@ -364,24 +324,21 @@ class Run:
 
     @property
     def stages(self) -> dict[str, Any]:
-        st = self.manifest.get("stages")
-        return st if isinstance(st, dict) else {}
+        return _mapping(self.manifest.get("stages"))
 
     def stage_entry(self, name: str) -> dict[str, Any]:
-        entry = self.stages.get(name)
-        return entry if isinstance(entry, dict) else {}
+        return _mapping(self.stages.get(name))
 
     @property
     def trained_models(self) -> list[str]:
-        """Models whose training completed, in the order they were asked for."""
+        """Models whose training completed, in the order asked for."""
         done = self.manifest.get("models", {})
         return [m for m in (self.manifest.get("config") or {}).get("models", [])
                 if done.get(m, {}).get("status") == STATUS_COMPLETE]
 
     @property
     def model_records(self) -> dict[str, dict[str, Any]]:
-        """``{model: record}`` of every model training recorded, in the order recorded
-        (best epoch, validation AUC, threshold, calibration, status, ...)."""
+        """``{model: record}`` of every model training recorded, in order."""
         recs = self.manifest.get("models")
         return {k: v for k, v in recs.items() if isinstance(v, dict)} \
             if isinstance(recs, dict) else {}
@@ -391,27 +348,23 @@ class Run:
 
     @property
     def display_names(self) -> dict[str, str]:
-        """``{model: display name}`` of every model training recorded (the name where none)."""
         return {k: v.get("display_name", k) for k, v in self.manifest.get("models", {}).items()}
 
     @property
     def thresholds(self) -> dict[str, float]:
-        """``{model: decision threshold}`` (chosen on validation) of every recorded model."""
+        """``{model: threshold chosen on validation}``."""
         return {k: v["threshold"] for k, v in self.manifest.get("models", {}).items()
                 if "threshold" in v}
 
     def stage_setting(self, stage: str, key: str, default: Any = None) -> Any:
-        """What stage ``stage`` recorded under ``key`` (e.g. explain's ``target``), or
-        ``default`` where it has not run or did not record it."""
+        """What ``stage`` recorded under ``key``, or ``default``."""
         return self.stage_entry(stage).get(key, default)
 
     # ------------------------------------------------------- opened once, kept
     @property
     def cache(self):
-        """The decode/resize cache the run was trained with (opened once)."""
         if self._cache is None:
             from dermcam.data.cache import ImageCache
-
             self._cache = ImageCache(self.cache_dir,
                                      resize=self.recorded_config.get("resize", "squash"))
         return self._cache
@@ -423,7 +376,6 @@ class Run:
             import logging
 
             from dermcam.data import load_dataset
-
             self._dataset = load_dataset(self.data["root"],
                                          artifacts=self.data.get("artifacts"))
             if self._dataset.fingerprint() != self.data.get("fingerprint"):
@@ -433,15 +385,13 @@ class Run:
         return self._dataset
 
     def test_samples(self, require_masks: bool = False, limit: int | None = None) -> list:
-        """The test split (only images with a lesion mask with ``require_masks``)."""
         samples = self.dataset.split("test")
         if require_masks:
             samples = [s for s in samples if s.mask_path is not None]
         return samples[:limit] if limit else samples
 
     def load_model(self, name: str):
-        """``(model, info, payload)`` of a trained model's ``model.pt`` (loaded once; the
-        caller moves it to a device and may change its mode)."""
+        """``(model, info, payload)`` of a trained model (loaded once; callers move it)."""
         if name not in self._models:
             self._models[name] = load_checkpoint(self.model_file(name))
         return self._models[name]
@@ -450,11 +400,9 @@ class Run:
     @classmethod
     def start(cls, run_dir: str | Path, cfg: TrainConfig, ds, train_samples, **train: Any
               ) -> Run:
-        """A new run's first manifest, as training (or an outside model's import) starts:
-        config, versions, the data set and its class counts; ``train``: more of the train
-        stage's record (``imported=True``)."""
+        """A new run's first manifest (config, versions, data set, class counts); ``train``:
+        more of the train stage's entry."""
         from dermcam.data.dataset import class_counts  # pandas: not at the CLI's start
-
         return cls.create(run_dir, {
             "kind": "dermcam-run", "created": now(), "status": "training",
             "config": asdict(cfg), "seed": cfg.seed, "versions": versions(),
@@ -468,50 +416,42 @@ class Run:
 
     @classmethod
     def create(cls, run_dir: str | Path, manifest: dict[str, Any]) -> Run:
-        """Write a new run's first manifest (training does, in a prepared folder)."""
         write_manifest(run_dir, manifest)
         return cls(run_dir, manifest)
 
     def model_complete(self, name: str) -> bool:
-        """Whether training recorded ``name`` as complete."""
         return self.model_record(name).get("status") == STATUS_COMPLETE
 
     def record_model(self, name: str, record: dict[str, Any]) -> None:
-        """Record a trained model: ``record`` (best epoch, threshold, calibration, ...) with
-        status complete. The manifest is re-read first, so nothing written meanwhile is lost."""
+        """Record a trained model as complete (the manifest re-read first, losing nothing)."""
         m = read_manifest(self.dir)
         m.setdefault("models", {})[name] = {**record, "status": STATUS_COMPLETE}
         write_manifest(self.dir, m)
         self.manifest = m
 
     def record_artifacts(self, path: str | Path) -> None:
-        """Record a per-image artifact-label file (``data.artifacts``) that every later
-        stage joins (the manifest is re-read first; the file it already records is not
-        written again)."""
+        """Record a per-image artifact-label file (``data.artifacts``) that later stages join
+        (the manifest re-read first; an unchanged file is not written again)."""
         m = read_manifest(self.dir)
         if not isinstance(m.get("data"), dict):
             raise DermcamError("manifest.json records no data set", self.dir / MANIFEST)
-        if m["data"].get("artifacts") == str(path):
-            self.manifest = m
-            return
-        m["data"]["artifacts"] = str(path)
-        write_manifest(self.dir, m)
+        if m["data"].get("artifacts") != str(path):
+            m["data"]["artifacts"] = str(path)
+            write_manifest(self.dir, m)
         self.manifest = m
 
     def set_stage(self, stage: str, status: str, run_status: str | None = None,
                   **info: Any) -> None:
-        """:func:`set_stage` on this run (for a stage that is not one ``with`` block, as
-        training, which leaves an interrupted stage 'running' so --resume can continue)."""
+        """For a stage that is not one ``with`` block (training leaves an interrupted stage
+        'running' so --resume can continue)."""
         self.manifest = set_stage(self.dir, stage, status, run_status=run_status, **info)
 
     # ---------------------------------------------------------------- stages
     @contextlib.contextmanager
     def stage(self, name: str, **info: Any) -> Iterator[dict[str, Any]]:
-        """Record stage ``name``: running (with ``info``) on entry; on exit complete, with
-        its wall time and whatever the body put in the yielded dict, or failed, with the
-        error's first line (Ctrl-C: 'interrupted'); the exception is re-raised."""
+        """Record stage ``name``: running, then complete with its wall time and the yielded
+        dict, or failed with the error's first line (Ctrl-C: 'interrupted'); re-raises."""
         import time
-
         t0 = time.perf_counter()
         self.manifest = set_stage(self.dir, name, "running", **info)
         record: dict[str, Any] = {}
@@ -530,14 +470,10 @@ class Run:
 
 
 def record_in_run(run_dir: str | Path, path: str | Path, ds=None) -> str:
-    """Check the artifact label file ``path`` against a run's data set and record it in
-    the run's manifest (``data.artifacts``), so every later stage (evaluate, explain,
-    probe, report) joins it. Returns the join's note; refuses (one line) before writing
-    anything. ``ds``: the run's data set already loaded with ``artifacts=path`` (the check
-    it passed is not repeated)."""
+    """Check the artifact label file ``path`` against the run's data set and record it in the
+    manifest for every later stage; returns the join's note. ``ds``: already loaded with it."""
     from dermcam.data import load_dataset
     from dermcam.data.artifact_labels import join_note
-
     run = Run.open(run_dir)
     path = Path(path).resolve()
     if ds is None or getattr(ds, "artifact_labels", None) is None:

@@ -1,13 +1,8 @@
 """The single-device recipe's batches, shared among DDP processes.
 
-``--batch-size`` is the global batch: :class:`EpochSampler` fixes one order per
-``(seed, epoch)``, :class:`RankBatches` hands each process its rows of every global batch
-(:func:`rank_slice`), and :class:`RankPositions` spreads the validation split. A process
-left without a training row gets a repeat that :class:`KeepFlags` marks with weight 0
-(:func:`dermcam.objective.global_mean_loss` reads it); validation repeats carry their
-position (:class:`WithIndex`) so that :func:`dedupe_by_index` counts each image once.
-:func:`process_loaders` builds one process's two DataLoaders from them.
-"""
+``--batch-size`` is the global batch: each process takes its rows of every global batch, so
+N devices run the 1-device recipe; padded repeats are weighted 0 (training) or de-duplicated
+by index (validation)."""
 
 from __future__ import annotations
 
@@ -25,17 +20,11 @@ __all__ = ["EpochSampler", "KeepFlags", "RankBatches", "RankPositions", "WithInd
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Shuffled (or class-balanced) order that depends only on ``(seed, epoch)``.
-
-    Lightning calls :meth:`set_epoch` before each epoch, so a run resumed from a
-    checkpoint sees exactly the batches an uninterrupted run would have seen.
-    """
+    """Shuffled (or class-balanced) order that depends only on ``(seed, epoch)``, so a
+    resumed run sees the batches an uninterrupted one would."""
 
     def __init__(self, labels: np.ndarray, seed: int, balanced: bool = False):
-        self.n = len(labels)
-        self.seed = seed
-        self.balanced = balanced
-        self.epoch = 0
+        self.n, self.seed, self.balanced, self.epoch = len(labels), seed, balanced, 0
         counts = np.bincount(labels, minlength=2).astype(np.float64)
         self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
 
@@ -55,26 +44,19 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def rank_slice(n: int, world: int, rank: int) -> tuple[int, int]:
-    """Rows ``[lo, hi)`` of an ``n``-row global batch that process ``rank`` of ``world`` takes.
-
-    Contiguous, sizes differing by at most one (as ``np.array_split``); ``lo == hi`` when the
-    batch has fewer rows than processes and this one gets none.
-    """
+    """Rows ``[lo, hi)`` of an ``n``-row global batch for process ``rank`` of ``world``:
+    contiguous, sizes differing by at most one; ``lo == hi`` when it gets none."""
     base, extra = divmod(n, world)
     lo = rank * base + min(rank, extra)
     return lo, lo + base + (1 if rank < extra else 0)
 
 
 class RankBatches(torch.utils.data.Sampler):
-    """One process's share of the single-device recipe's batches (a batch sampler).
+    """One process's share of the single-device batches (a batch sampler).
 
-    The global order is :class:`EpochSampler`'s; global batch ``k`` is
-    ``order[k * batch_size:(k + 1) * batch_size]`` whatever the number of processes, and
-    process ``rank`` takes :func:`rank_slice` of it. So ``--batch-size`` is the global batch
-    and an epoch has the same optimizer steps on 1 or N devices. A process left without a
-    row (a last batch smaller than the number of processes) gets the batch's first image
-    again as index ``i + n``, which :class:`KeepFlags` marks with loss weight 0.
-    """
+    Global batch ``k`` is ``order[k * batch_size:(k + 1) * batch_size]`` whatever the number of
+    processes; a process left without a row gets the batch's first image as index ``i + n``,
+    which :class:`KeepFlags` weights 0."""
 
     def __init__(self, order: EpochSampler, batch_size: int, rank: int = 0, world: int = 1):
         if batch_size < 1:
@@ -96,10 +78,8 @@ class RankBatches(torch.utils.data.Sampler):
 
 
 class RankPositions(torch.utils.data.Sampler):
-    """Validation batches of one process: positions ``rank::world`` of the split, padded
-    with repeats of the first images so that every process has as many (Lightning's
-    DistributedSampler pads the same way); the gathered outputs are de-duplicated by index
-    (:func:`dedupe_by_index`), so the metrics count each image once."""
+    """Validation positions ``rank::world`` of the split, padded with repeats so every process
+    has as many (as DistributedSampler); :func:`dedupe_by_index` removes them."""
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
@@ -146,8 +126,8 @@ class WithIndex(torch.utils.data.Dataset):
 
 
 def dedupe_by_index(index: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Keep the first row of each index, ordered by index: gathered validation outputs
-    (``(N,)`` each) without the repeats that pad processes to equal length."""
+    """Keep the first row of each index, ordered by index: ``(N,)`` gathered validation
+    outputs without the padding repeats."""
     if index.ndim != 1 or any(v.shape[:1] != index.shape for v in values):
         raise ValueError(f"expected (N,) index and values, got {tuple(index.shape)} and "
                          f"{[tuple(v.shape) for v in values]}")
@@ -165,8 +145,6 @@ def process_loaders(cfg: TrainConfig, trainer, ytr: np.ndarray, train_ds, val_ds
                else default_num_workers(on_gpu, trainer.num_devices))
     loader_kw = {"num_workers": workers, "pin_memory": on_gpu,
                  "persistent_workers": workers > 0}
-    # --batch-size is the global batch: each of the world's processes takes its share of
-    # the single-device batches (RankBatches), so N devices run the 1-device recipe.
     order = EpochSampler(ytr, cfg.seed, balanced=cfg.imbalance == "balanced_sampler")
     train_dl = torch.utils.data.DataLoader(
         KeepFlags(train_ds), batch_sampler=RankBatches(order, cfg.batch_size, rank, world),

@@ -1,9 +1,5 @@
-"""The Lightning callbacks of one model's training, and :func:`model_callbacks`, the
-list its Trainer gets.
-
-Imports Lightning at module level, so :mod:`dermcam.stages.train` imports this module
-when it first trains.
-"""
+"""The Lightning callbacks of one model's training and :func:`model_callbacks`; imports
+Lightning at module level, so the train stage imports it when it first trains."""
 
 from __future__ import annotations
 
@@ -33,15 +29,10 @@ __all__ = ["CtrlCAtBatchBoundary", "HistoryWriter", "ModelProgressBar", "RunFold
 class CtrlCAtBatchBoundary(pl.Callback):
     """A callback and context manager: Ctrl-C during ``fit`` stops at a batch boundary.
 
-    Raised where the signal lands, a KeyboardInterrupt can be lost: CPython discards an
-    exception raised while it evaluates a file's ``closed`` property in a finalizer, which
-    is where Ctrl-C often lands while Lightning saves a checkpoint (fsspec's file object),
-    and training then carries on as if nothing was pressed. Inside ``with guard:`` the
-    SIGINT handler only records the signal; the callback raises KeyboardInterrupt after
-    the current training or validation batch, so Lightning's own interrupt handling runs
-    and every checkpoint written so far is whole. A second Ctrl-C raises at once. The
-    handler is installed only in the main thread and only over Python's default one.
-    """
+    Raised where it lands (often a finalizer while Lightning saves a checkpoint), a
+    KeyboardInterrupt can be silently discarded by CPython. Inside ``with guard:`` SIGINT is
+    only recorded and raised after the current batch; a second Ctrl-C raises at once. Installed
+    only in the main thread, over Python's default handler."""
 
     def __init__(self):
         self.pending = False
@@ -73,8 +64,7 @@ class CtrlCAtBatchBoundary(pl.Callback):
 class HistoryWriter(pl.Callback):
     """Writes ``history.csv`` (one row per epoch) atomically after each validation."""
 
-    #: The key of its rows in Lightning's last.ckpt: the name this class had when a
-    #: function built it, so that --resume of a run started then keeps its history.
+    #: Its rows' key in last.ckpt: its old name, so resuming an older run keeps its history.
     STATE_KEY = "make_history_callback.<locals>.HistoryWriter"
 
     def __init__(self, path: Path):
@@ -107,8 +97,7 @@ class HistoryWriter(pl.Callback):
 
 
 class RunFolderBarrier(pl.Callback):
-    """Every process waits in fit's setup until rank 0 has prepared the run folder (rank 0
-    does so before fit; the process group exists from setup on)."""
+    """Every process waits in fit's setup until rank 0 has prepared the run folder."""
 
     def setup(self, trainer, pl_module, stage):
         trainer.strategy.barrier("dermcam-run-folder")
@@ -127,10 +116,8 @@ class ModelProgressBar(RichProgressBar):
 
 def model_callbacks(cfg: TrainConfig, mdir: Path, ckdir: Path
                     ) -> tuple[list, ModelCheckpoint, CtrlCAtBatchBoundary]:
-    """``(callbacks, best checkpoint callback, Ctrl-C guard)`` of one model's Trainer."""
     mode = monitor_mode(cfg.monitor)
-    # weights only: a resume restores the optimizer from last.ckpt, and the best epoch
-    # is restored from here for its weights alone
+    # weights only: a resume restores the optimizer from last.ckpt
     best_cb = ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode,
                               save_top_k=1, save_weights_only=True,
                               enable_version_counter=False)

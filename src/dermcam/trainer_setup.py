@@ -1,10 +1,6 @@
-"""From a training run's options to Lightning Trainers: the options checked (each bad one
-refused in one line before anything is written), the precision each model trains in,
-the Trainer arguments that decide devices, processes and determinism, and this process's
-rank as the Trainer sees it.
-
-Lightning is imported where a Trainer is built, not with this module.
-"""
+"""From a training run's options to Lightning Trainers: options checked (one line each,
+before anything is written), each model's precision, the Trainer arguments and this
+process's rank. Lightning is imported where a Trainer is built."""
 
 from __future__ import annotations
 
@@ -33,8 +29,7 @@ LAUNCHER_RANKS = ("SLURM_PROCID", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "P
 
 
 def _check_choice(flag: str, value: Any, choices: tuple, words: str | None = None) -> None:
-    """Refuse ``value`` of ``--flag`` unless it is one of ``choices`` (``words``: how the
-    message lists them; default ``one of a, b, c``)."""
+    """Refuse ``--flag value`` outside ``choices`` (``words``: how the message lists them)."""
     if value not in choices:
         raise DermcamError(f"--{flag} must be {words or 'one of ' + ', '.join(choices)}, "
                            f"not {value!r}")
@@ -42,7 +37,7 @@ def _check_choice(flag: str, value: Any, choices: tuple, words: str | None = Non
 
 def check_train_config(cfg: TrainConfig) -> None:
     """Refuse an unknown model, an ``--lr`` for a model not trained, or an option outside
-    its choices, in one line (precision and devices: :func:`launch_rank`)."""
+    its choices, in one line."""
     for m in cfg.models:
         check_model_name(m)
     unknown = sorted(set(cfg.lr_by_model) - set(cfg.models))
@@ -60,17 +55,14 @@ def check_train_config(cfg: TrainConfig) -> None:
 
 
 def model_precision(cfg: TrainConfig, name: str) -> str:
-    """The precision model ``name`` trains in under ``cfg`` (``auto`` resolved here)."""
     return resolve_precision(cfg.precision, cfg.accelerator,
                              depthwise=depthwise_net(name),
                              image_size=cfg.image_size)
 
 
 def trainer_kwargs(cfg: TrainConfig, precision: str | None = None) -> dict[str, Any]:
-    """The Trainer arguments that decide devices, processes, precision and determinism.
-
-    ``precision``: the model's (:func:`model_precision`); default ``cfg.precision`` with
-    ``auto`` resolved for a model without depthwise convolutions."""
+    """The Trainer arguments that decide devices, processes, precision and determinism
+    (``precision``: the model's; default ``cfg.precision`` resolved)."""
     if precision is None:
         precision = resolve_precision(cfg.precision, cfg.accelerator)
     if precision == "16-true":  # measured: NaN loss in the first epochs on this CPU
@@ -83,28 +75,19 @@ def trainer_kwargs(cfg: TrainConfig, precision: str | None = None) -> dict[str, 
     several = cfg.num_nodes > 1 or devices not in (1, "1")
     return {"accelerator": cfg.accelerator, "devices": devices, "strategy": cfg.strategy,
             "num_nodes": cfg.num_nodes, "precision": precision,
-            # the samplers split the single-device batches themselves (RankBatches)
-            "use_distributed_sampler": False,
-            # BatchNorm statistics over the global batch, as on one device (CUDA only:
-            # torch's SyncBatchNorm refuses CPU tensors, so CPU DDP normalises per process)
+            "use_distributed_sampler": False,  # RankBatches splits the batches itself
+            # global-batch BatchNorm statistics (CUDA only: SyncBatchNorm refuses CPU tensors)
             "sync_batchnorm": accelerator_is_gpu(cfg.accelerator) and several,
             "deterministic": "warn" if cfg.deterministic else False,
-            # every input has the same size: let cuDNN pick its fastest kernels, unless
-            # --deterministic asks for repeatable ones
-            "benchmark": not cfg.deterministic}
+            "benchmark": not cfg.deterministic}  # fixed input size: cuDNN's fastest kernels
 
 
 def launch_rank(cfg: TrainConfig) -> tuple[int, int]:
     """``(global rank, world size)`` of this process, as Lightning's Trainer detects them.
 
-    The Trainer knows its cluster environment (SLURM's ``srun``, torchrun, MPI with mpi4py,
-    LSF, its own subprocess launcher) as soon as it is built. A process that a launcher
-    numbered above 0 but that the Trainer would run as rank 0 (``srun -n 4`` with
-    ``--devices 1``, ``mpirun`` without mpi4py) is refused, in one line, before it can touch
-    the run folder.
-    """
+    A process a launcher numbered above 0 that the Trainer would run as rank 0 (``srun -n 4``
+    with ``--devices 1``, ``mpirun`` without mpi4py) is refused before it touches the run folder."""
     import lightning.pytorch as pl
-
     try:
         trainer = pl.Trainer(logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False,
@@ -131,7 +114,6 @@ def launch_rank(cfg: TrainConfig) -> tuple[int, int]:
 def make_trainer(name: str, cfg: TrainConfig, callbacks: list, mdir: Path):
     """``(Trainer, precision)`` for model ``name`` (its precision: :func:`model_precision`)."""
     import lightning.pytorch as pl
-
     precision = model_precision(cfg, name)
     if precision != cfg.precision:
         log.info("%s: --precision %s trains in %s here", name, cfg.precision, precision)

@@ -1,31 +1,22 @@
-"""Weights files: read safely, whatever wrote them, and loaded strictly.
-
-:func:`load_state_file` reads a ``torch.save`` dict with ``weights_only=True`` (no code
-runs); :func:`verify_weights_file` checks a copied torchvision file against the hash in
-its name; :func:`read_weights` reads the forms outside training pipelines write (state
-dict, DataParallel / DDP, Lightning, ``torch.compile``, TorchScript, safetensors, a
-dermcam checkpoint) and :func:`fit_weights` loads one strictly, naming what does not fit.
-"""
+"""Weights files: read safely (never unpickling code), whatever wrote them, and loaded strictly."""
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import struct
+import warnings
+import zipfile
 from pathlib import Path
 
 from dermcam.errors import DermcamError, first_line
 
 
 def verify_weights_file(path: str | Path) -> None:
-    """Check a torchvision weights file against the hash prefix in its name.
-
-    torchvision names its files ``<arch>-<first hex digits of the SHA-256>.pth``;
-    torch.hub's ``check_hash`` compares that prefix with the file's digest, which is what
-    this does for a file that was copied by hand. No prefix in the name: nothing to check.
-    ``DERMCAM_TRUST_WEIGHTS=1`` skips the check, for weights of one's own making saved
-    under torchvision's name (the test suite's stand-ins for ImageNet weights).
-    """
-    import re
-
+    """Check a torchvision weights file against the SHA-256 prefix in its name, as
+    torch.hub's ``check_hash`` would (a hand-copied file); no prefix: nothing to check.
+    ``DERMCAM_TRUST_WEIGHTS=1`` skips it (one's own weights under torchvision's name)."""
     path = Path(path)
     m = re.search(r"-([a-f0-9]{6,})\.", path.name)
     if m is None or not path.exists() or os.environ.get("DERMCAM_TRUST_WEIGHTS") == "1":
@@ -41,11 +32,8 @@ def verify_weights_file(path: str | Path) -> None:
 
 
 def load_state_file(path: str | Path) -> dict:
-    """Load a checkpoint or state dict safely (``weights_only=True``: no code is executed)."""
-    import pickle
-
+    """Load a checkpoint or state dict with ``weights_only=True`` (no code is executed)."""
     import torch
-
     path = Path(path)
     if not path.exists():
         raise DermcamError("weights file not found", path)
@@ -74,22 +62,11 @@ _SAVE_STATE_DICT = "save the weights with torch.save(model.state_dict(), PATH)"
 
 
 def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
-    """Read the weights in a file trained anywhere, never unpickling code.
+    """``(state_dict, form, script)`` from a weights file trained anywhere, never unpickling code.
 
-    Returns ``(state_dict, form, script)``: the tensors by parameter name, with wrapper
-    prefixes stripped where every key has one (``module.`` of DataParallel / DDP,
-    ``_orig_mod.`` of ``torch.compile``, ``model.`` of a Lightning module or wrapper, in
-    any order); ``form`` says what the file was ("state dict", "DDP state dict",
-    "torch.compile state dict", "DDP + torch.compile state dict", "Lightning checkpoint",
-    "dermcam checkpoint", "checkpoint dict", "safetensors", "TorchScript"); ``script``
-    is the loaded TorchScript module for a TorchScript file, else None. Files are read
-    with ``torch.load(weights_only=True)`` (TorchScript with ``torch.jit.load``, which
-    runs no Python code); anything else is a one-line :class:`DermcamError`.
-    """
-    import pickle
-
+    Wrapper prefixes (DDP, ``torch.compile``, Lightning) are stripped where every key has one;
+    ``form`` says what the file was; ``script`` is the module of a TorchScript file, else None."""
     import torch
-
     path = Path(path)
     if not path.exists():
         raise DermcamError("weights file not found", path)
@@ -101,7 +78,6 @@ def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
         return state, _form("TorchScript", labels), script
     if _is_safetensors(path):
         from safetensors.torch import load_file
-
         try:
             state = load_file(str(path), device="cpu")
         except Exception as exc:
@@ -151,14 +127,12 @@ def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
 
 def _all_tensors(d: dict) -> bool:
     import torch
-
     return bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                            for k, v in d.items())
 
 
 def _strip_wrappers(state: dict) -> tuple[dict, list[str]]:
-    """Strip :data:`WRAPPER_PREFIXES` while every key has the same one; the labels of
-    those stripped, outermost first."""
+    """Strip :data:`WRAPPER_PREFIXES` while every key has one; the labels, outermost first."""
     labels: list[str] = []
     while state:
         prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)),
@@ -180,8 +154,6 @@ def _form(base: str, labels: list[str]) -> str:
 
 def _looks_like_lightning(path: Path) -> bool:
     """A Lightning checkpoint, judged from the pickle's bytes (nothing is unpickled)."""
-    import zipfile
-
     data = b""
     try:
         if zipfile.is_zipfile(path):
@@ -200,8 +172,6 @@ def _looks_like_lightning(path: Path) -> bool:
 
 def _is_safetensors(path: Path) -> bool:
     """safetensors: an 8-byte little-endian header length, then a JSON object."""
-    import struct
-
     with open(path, "rb") as fh:
         head = fh.read(9)
     if len(head) < 9:
@@ -210,41 +180,31 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
 
 
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive: a zip file holding ``<name>/constants.pkl`` and ``code/``."""
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
+def _zip_entries(path: Path) -> list[str]:
+    """The names in a zip archive below its top folder (``[]`` for no readable zip)."""
     try:
         with zipfile.ZipFile(path) as z:
-            names = z.namelist()
+            return [n.partition("/")[2] for n in z.namelist()]
     except (zipfile.BadZipFile, OSError):
-        return False
-    rest = [n.partition("/")[2] for n in names]
+        return []
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip file holding ``<name>/constants.pkl`` and ``code/``."""
+    rest = _zip_entries(path) if zipfile.is_zipfile(path) else []
     return "constants.pkl" in rest and any(r.startswith("code/") for r in rest)
 
 
 def _is_torch_save(path: Path) -> bool:
-    """What ``torch.save`` writes: a zip archive with ``<name>/data.pkl``, or (before
-    PyTorch 1.6, ``_use_new_zipfile_serialization=False``) a bare pickle stream."""
-    import zipfile
-
+    """A ``torch.save`` zip with ``<name>/data.pkl``, or a pre-1.6 bare pickle stream."""
     if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                return any(n.partition("/")[2] == "data.pkl" for n in z.namelist())
-        except (zipfile.BadZipFile, OSError):
-            return False
+        return "data.pkl" in _zip_entries(path)
     with open(path, "rb") as fh:
         return fh.read(1) == b"\x80"  # pickle protocol 2+
 
 
 def _load_torchscript(path: Path):
-    import warnings
-
     import torch
-
     try:
         with warnings.catch_warnings():  # torch 2.9+: "torch.jit.load is deprecated"
             warnings.filterwarnings("ignore", category=FutureWarning,
@@ -260,29 +220,20 @@ def _few(items: list[str], k: int = 3) -> str:
 
 
 def fit_weights(model, state: dict, name: str, path) -> None:
-    """Load ``state`` into ``model`` strictly; where the keys or shapes differ, one
-    :class:`DermcamError` naming the counts and the first few of each (missing,
-    unexpected, wrong shape with the file's and the model's shapes)."""
+    """Load ``state`` into ``model`` strictly; a mismatch is one error naming the counts and
+    the first few missing, unexpected and wrongly shaped keys."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     bad = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} ({_few(missing)})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} ({_few(unexpected)})")
-        if bad:
-            shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-                      for k in bad]
-            parts.append(f"wrong shape {len(bad)} ({_few(shapes)})")
+        shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in bad]
+        parts = [f"{what} {len(keys)} ({_few(keys)})" for what, keys in (
+            ("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
         raise DermcamError(f"weights do not fit {name}: {', '.join(parts)}", path)
     model.load_state_dict(state, strict=True)
 
 
 def sha256_of(path: str | Path) -> str:
-    """The file's SHA-256, hex (pooch's hashing, as downloads are checked)."""
     import pooch
-
     return pooch.file_hash(str(path), alg="sha256")

@@ -1,24 +1,11 @@
 """The evaluate stage: the run's models scored on the images a run audits.
 
-``dermcam evaluate RUN`` predicts the run's own test split with every model's best
-checkpoint into the run folder (``predictions.csv``, ``metrics.json``, ``metrics.csv``,
-``figures/``; each model card gets its test metrics), stage ``evaluate``.
-
-``dermcam evaluate RUN --data OTHER`` (:func:`_external`) scores another data set of
-any supported layout (which images: :mod:`dermcam.audit_set`), with the thresholds chosen
-on the training data's validation split, into ``RUN/external/<name>/`` (the same files),
-stage ``external:<name>``. Its ``metrics.json`` holds the same blocks
-(:func:`score_predictions`: CIs, subgroups, calibration before and after) and an
-``external`` block; ``--artifact-labels FILE`` labels the external images
-(``artifact_<name>`` subgroups) without touching the run's own manifest. Images that also
-occur in the run's own data (training and test) are flagged, by file content (SHA-256)
-or as near-duplicates (:mod:`dermcam.duplicates`), and left out with
-``exclude_duplicates``.
-"""
+The run's own test split goes into the run folder (each model card gets its test
+metrics); another data set (``--data``, :func:`_external`) into ``RUN/external/<name>/``
+with the same files, its duplicates of the run's own images flagged."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,24 +38,14 @@ from dermcam.inference import predict_logit_diff
 from dermcam.io import write_csv, write_json
 from dermcam.subgroups import MIN_GROUP, subgroup_analyses
 
-log = logging.getLogger(__name__)
-
 
 def run_evaluate(run_dir: runmod.Run | str | Path, config: EvaluateConfig | None = None,
                  audit: AuditSet | None = None, progress=None) -> dict[str, Any]:
-    """Predict the audited images with every model's best checkpoint and write the metrics
-    (:class:`~dermcam.config.EvaluateConfig` says what each setting does).
+    """Predict the audited images with every model and write the metrics.
 
-    ``audit``: the images (:meth:`AuditSet.open`; default the run's own test split).
-    Refused before the stage starts (one line) when training is not complete, the device
-    is unavailable, a ``by`` column or the artifact labels do not fit, or the images hold
-    one class; a failure once it has started is recorded as 'failed'. Per-subgroup
-    metrics (:mod:`dermcam.subgroups`) for each ``by`` column and, where the audit set
-    joined an artifact label file (:mod:`dermcam.data.artifact_labels`), for each
-    artifact's presence. For the run's own test split that file is then recorded in the
-    manifest (``data.artifacts``, for the later stages), once every check has passed;
-    another set's labels label that set only (:func:`_external`).
-    """
+    Refused in one line before the stage starts when anything does not fit (training, device,
+    ``by``, artifact labels, one class); a later failure is recorded. The run's own split's
+    artifact labels are recorded in the manifest once every check has passed."""
     cfg = config or EvaluateConfig()
     device = str(resolve_device(cfg.device))  # an unavailable device: refused here, once
     run = runmod.Run.of(run_dir, require="train")
@@ -101,11 +78,8 @@ def run_evaluate(run_dir: runmod.Run | str | Path, config: EvaluateConfig | None
 
 def _external(run: runmod.Run, audit: AuditSet, cfg: EvaluateConfig, by, seed: int,
               device: str, progress) -> dict[str, Any]:
-    """Score the run's models on another data set; write ``RUN/external/<name>/``. Returns
-    the metrics (``metrics.json``, the internal evaluation's blocks, calibration included:
-    :func:`score_predictions`), with ``external`` describing the set and its duplicates.
-    Its artifact labels label that set only (the run's own manifest is not changed).
-    Everything is checked (labels, ``by``, both classes) before the stage is recorded."""
+    """Score the run's models on another data set into ``RUN/external/<name>/`` (its artifact
+    labels label that set only); everything is checked before the stage is recorded."""
     ds, samples, name = audit.ds, audit.samples, audit.name
     check_by(ds, by)
     labels = {s.label for s in samples}
@@ -120,7 +94,7 @@ def _external(run: runmod.Run, audit: AuditSet, cfg: EvaluateConfig, by, seed: i
             warm_cache(samples, audit.size, audit.cache, progress=progress)
         own = load_dataset(run.data_root)
         own_split = CachedSplit(own.samples, run.image_size, run.cache)
-        dups = _duplicates(samples, audit.split, own.samples, own_split)
+        dups = find_duplicates(_hashes(samples, audit.split), _hashes(own.samples, own_split))
         n_all = len(samples)
         if cfg.exclude_duplicates and dups:
             samples = [s for s in samples if s.image_id not in dups]
@@ -145,14 +119,9 @@ def _hashes(samples, split) -> list[tuple[str, str, int]]:
              phash(split.cache.get(s, split.size)["image"])) for s in samples]
 
 
-def _duplicates(samples, split, own_samples, own_split) -> dict[str, dict[str, Any]]:
-    return find_duplicates(_hashes(samples, split), _hashes(own_samples, own_split))
-
-
 def _external_block(run: runmod.Run, audit: AuditSet, dups: dict, n_all: int,
                     excluded: bool) -> dict[str, Any]:
-    """An external set's ``metrics.json["external"]``: which set and images were scored,
-    how, and their duplicates in the run's own data."""
+    """An external set's ``metrics.json["external"]``: which images, how, and duplicates."""
     exact = sorted(i for i, d in dups.items() if d["kind"] == "exact")
     near = sorted(i for i, d in dups.items() if d["kind"] == "near")
     return {
@@ -173,11 +142,8 @@ def _score(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int, by, min_gro
            device: str, labels: dict[str, Any] | None, dups: dict | None = None,
            external: dict[str, Any] | None = None
            ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Predict ``audit``'s images with every model and write ``predictions.csv``,
-    ``metrics.json`` and ``metrics.csv`` into ``audit.out``; returns the metrics and each
-    model's threshold.
-    ``dups``: an external set's duplicates (``duplicate``, ``duplicate_of`` columns);
-    ``external``: its ``metrics.json`` block."""
+    """Predict ``audit``'s images with every model; write predictions.csv, metrics.json and
+    metrics.csv into ``audit.out``; returns the metrics and each model's threshold."""
     out = audit.out
     preds, thresholds = predict_models(run, audit.samples, audit.split, device=device)
     preds = annotate_predictions(preds, audit.ds, audit.samples, audit.split, by)
@@ -198,8 +164,7 @@ def _score(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int, by, min_gro
 
 def predict_models(run: runmod.Run, samples, arrays, device: str = "cpu"
                    ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Long predictions (one row per model and sample) of every trained model, and each
-    model's validation-chosen threshold."""
+    """Long predictions (one row per model and sample) and each model's threshold."""
     dev = resolve_device(device)
     rows = []
     thresholds = {}
@@ -224,10 +189,8 @@ def predict_models(run: runmod.Run, samples, arrays, device: str = "cpu"
 
 
 def labels_info(artifacts: str | Path | None, ds=None) -> dict[str, Any] | None:
-    """``metrics.json["artifact_labels"]``: the label file joined (``file``) and, given the
-    data set ``ds`` it was joined to, the join's counts: ``artifacts`` (names),
-    ``n_images`` (the data set's), ``n_matched`` (of those with a row), ``n_unknown`` (ids
-    in the file that are not in the data set). Worded by :func:`dermcam.views.labels_line`."""
+    """``metrics.json["artifact_labels"]``: the label file and, given the data set it was
+    joined to, the join's counts (worded by :func:`dermcam.views.labels_line`)."""
     if artifacts is None:
         return None
     out: dict[str, Any] = {"file": str(Path(artifacts).resolve())}
@@ -244,12 +207,8 @@ def labels_info(artifacts: str | Path | None, ds=None) -> dict[str, Any] | None:
 def score_predictions(preds: pd.DataFrame, thresholds: dict[str, float], ds,
                       run: runmod.Run, n_boot: int, seed: int, by=(),
                       min_group: int | None = None) -> dict[str, Any]:
-    """``metrics.json`` of a predictions table (:func:`predict_models`, annotated), the
-    same for the run's test split and an external set: the metrics with CIs
-    (:func:`dermcam.evaluation.evaluate_predictions`, by ``ds``'s clusters), per subgroup
-    of ``by`` (:func:`dermcam.subgroups.subgroup_analyses`; ``ita_category`` is served by
-    ``ita``, binned into its categories), ECE and Brier before and after calibration (``calibration``:
-    :func:`dermcam.calibration.calibration_summary`) and the models' display names."""
+    """``metrics.json`` of a predictions table, for the own split and external sets alike:
+    metrics with CIs, subgroups of ``by``, calibration before and after, display names."""
 
     result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
                                   cluster_name=cluster_name(ds))
@@ -264,9 +223,7 @@ def score_predictions(preds: pd.DataFrame, thresholds: dict[str, float], ds,
 
 
 def plot_results(result: dict[str, Any], figs: Path, run: runmod.Run) -> None:
-    """The evaluation figures of ``result`` into ``figs``: model comparison, ROC and PR
-    curves, the reliability diagram (dashed: before calibration) and each model's
-    confusion matrix."""
+    """The evaluation figures of ``result`` into ``figs``."""
     plots.plot_model_comparison(result, figs / "model_comparison.png")
     plots.plot_roc_curves(result, figs / "roc_curves.png")
     plots.plot_pr_curves(result, figs / "pr_curves.png",
@@ -283,8 +240,7 @@ def plot_results(result: dict[str, Any], figs: Path, run: runmod.Run) -> None:
 def _evaluate(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int,
               by: tuple[str, ...] = (), min_group: int | None = None, device: str = "cpu",
               labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """The run's own test split scored (:func:`_score`), each checkpoint's model card
-    given its test metrics (``dermcam predict``), and the figures drawn."""
+    """The run's own split scored, each model card given its test metrics, figures drawn."""
     result, thresholds = _score(run, audit, n_boot, seed, by, min_group, device, labels)
     # each checkpoint's model card gets its test metrics with CIs ('dermcam predict')
     evaluated_at = runmod.now()
@@ -306,8 +262,7 @@ _CARD_METRICS = (("threshold_free", ("roc_auc", "average_precision")),
 
 def _card_test_fields(result: dict[str, Any], name: str, ds, evaluated_at: str
                       ) -> dict[str, Any]:
-    """Model-card entries for ``name`` from ``metrics.json`` (``result``): the test
-    metrics with CIs, the test set and how the CIs were made."""
+    """Model-card entries for ``name``: test metrics with CIs, the test set, the CI method."""
     entry = result["models"][name]
     return {
         "test_metrics": {k: {f: entry[block][k][f] for f in ("value", "lo", "hi")}

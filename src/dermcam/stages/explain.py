@@ -1,21 +1,8 @@
 """The explain stage: heatmaps for every model and test image, scored against the masks.
 
-Heatmaps are computed in batches (:mod:`dermcam.attribution`) and streamed to
-``RUN_DIR/attention/<model>/<method>/batch_<start>.npz`` (compressed, float16),
-one file per batch, written atomically. That makes the stage
-
-* resumable: an interrupted run skips the batches already on disk;
-* re-scorable: :func:`score_run` recomputes every metric from the saved heatmaps
-  without touching a model;
-* flat in memory: neither heatmaps nor images of the whole split are held at once.
-
-This module runs the stage over a run; the pieces it composes live below it: the layer
-choice (:mod:`dermcam.layer_choice`, over the localisation benchmark of
-:mod:`dermcam.localisation`), computing the heatmap batches (:mod:`dermcam.cam_batches`,
-files: :mod:`dermcam.heatmap_files`), the sanity check (:func:`dermcam.sanity.check_selection`),
-the scores (:mod:`dermcam.attention_scoring`), the summary (:mod:`dermcam.attention_summary`)
-and the figures (:mod:`dermcam.attention_figures`).
-"""
+Heatmaps are streamed to one compressed batch file each (:mod:`dermcam.heatmap_files`),
+so the stage resumes, re-scores without a model (:func:`score_run`) and stays flat in
+memory; the pieces it composes live below it."""
 
 from __future__ import annotations
 
@@ -55,25 +42,12 @@ __all__ = [
 
 def run_explain(run_dir: runmod.Run | str | Path, config: ExplainConfig | None = None,
                 audit: AuditSet | None = None, progress=None) -> dict[str, Any]:
-    """Compute (or resume) heatmaps for every trained model and the configured methods,
-    then score them; returns the attention summary (:class:`~dermcam.config.ExplainConfig`
-    says what each setting does).
+    """Compute (or resume) heatmaps for every trained model and method, then score them;
+    returns the attention summary.
 
-    ``layer``: see :func:`parse_layer_spec` (default ``auto``: the localisation benchmark
-    picks each model x method's layer on masked validation images). ``shard=(i, n)`` (or
-    ``"i/n"``) computes only batches ``k`` with ``k % n == i`` (for several processes or
-    machines sharing the run folder) and does not score; ``merge=True`` computes nothing,
-    checks every batch is present, and scores them all into one attention.csv. ``device``:
-    where the heatmaps are computed; with a shard, ``auto``/``cuda`` put shard ``i`` on
-    GPU ``i % count`` and on the CPU each of ``n`` shards takes ``1/n`` of the cores. The
-    localisation benchmark and the sanity check run on the CPU.
-
-    ``audit``: the images (:meth:`AuditSet.open`; default the run's own test split), of
-    which those with a lesion mask are explained. Another data set's go into
-    ``RUN/external/<name>/`` as stage ``external:<name>/explain``; its layers are chosen
-    on the run's own validation images and the heatmaps' predicted class uses the run's
-    thresholds.
-    """
+    ``shard=(i, n)`` computes only batches ``k % n == i`` and does not score; ``merge`` only
+    checks and scores. Another data set's masked images go into ``RUN/external/<name>/``,
+    with layers chosen on the run's own validation images."""
     run = runmod.Run.of(run_dir, require="train")
     cfg = config or ExplainConfig()
     cfg = replace(cfg, methods=_check_options(cfg), shard=parse_shard(cfg.shard),
@@ -81,7 +55,10 @@ def run_explain(run_dir: runmod.Run | str | Path, config: ExplainConfig | None =
     audit = audit.at("explain", masks=True) if audit else masked_test_set(run)
     if cfg.by:
         check_by(audit.ds, cfg.by)
-    _check_saved_settings(run, audit, cfg.normalize, cfg.target)
+    if (run.stage_setting(audit.stage, "normalize", cfg.normalize) != cfg.normalize
+            or run.stage_setting(audit.stage, "target", cfg.target) != cfg.target):
+        raise DermcamError("saved heatmaps use another --target/--normalize; delete "
+                           f"{audit.out.heatmaps} to recompute", run.dir)
     dev = resolve_device(cfg.device, cfg.shard)
     set_shard_threads(dev, cfg.shard)
     if cfg.shard is not None:  # a shard only computes its heatmap batches and records nothing
@@ -115,20 +92,10 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     return i, n
 
 
-def _check_saved_settings(run: runmod.Run, audit: AuditSet, normalize: str, target: str
-                          ) -> None:
-    """Refuse to mix heatmaps of another ``--target``/``--normalize`` into saved ones."""
-    if (run.stage_setting(audit.stage, "normalize", normalize) != normalize
-            or run.stage_setting(audit.stage, "target", target) != target):
-        raise DermcamError("saved heatmaps use another --target/--normalize; delete "
-                           f"{audit.out.heatmaps} to recompute", run.dir)
-
-
 def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], cfg: ExplainConfig,
                    dev, progress) -> dict[str, Any]:
-    """The explain stage's work once its inputs are checked: layer choice, heatmaps (or one
-    shard of them: of the first ``limit`` images), sanity check, scores and summary (of
-    every image with saved heatmaps); ``record`` receives what the manifest keeps of it."""
+    """The stage's work once its inputs are checked: layer choice, heatmaps, sanity
+    check, scores and summary; ``record`` receives what the manifest keeps."""
     out, shard = audit.out, cfg.shard
     samples = audit.samples[:cfg.limit] if cfg.limit else audit.samples
     t0 = time.perf_counter()
@@ -148,7 +115,9 @@ def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], cfg
         return {"shard": list(shard), "batches": len(starts), "timing": timing,
                 "folder": str(out.root)}
     if not audit.external:  # the run's own choice, for 'dermcam predict'
-        _record_cam_choice(run, selection)
+        for sel in selection:
+            update_checkpoint(run.model_file(sel["model"]),
+                              {"cam": {k: sel[k] for k in ("method", "layer", "reason")}})
     sanity_res = {}
     t_s = time.perf_counter()
     if cfg.sanity:
@@ -164,7 +133,6 @@ def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], cfg
     if cfg.figures and not audit.external:
         if bench_rows:
             from dermcam.attention_plots import plot_localisation_grid
-
             plot_localisation_grid(bench_rows, out.figures / "localisation_grid.png",
                                    chosen=selection, displays=run.display_names)
         write_examples(run, out, selection, audit.samples)
@@ -186,34 +154,15 @@ def _external_note(run: runmod.Run, audit: AuditSet) -> dict[str, Any]:
         "trained_on": run.data.get("name")}
 
 
-def _record_cam_choice(run: runmod.Run, selection) -> None:
-    """Store each model's chosen CAM method and layer in its checkpoint ('dermcam predict'
-    uses them for its overlays)."""
-    for sel in selection:
-        update_checkpoint(run.model_file(sel["model"]),
-                          {"cam": {k: sel[k] for k in ("method", "layer", "reason")}})
-
-
-def _selection(run: runmod.Run) -> list[dict[str, str]]:
-    """The model x method x layer triples the last explain run scored (from the manifest)."""
-    sel = run.stage_setting("explain", "layers")
-    if sel:
-        return [dict(s) for s in sel]
-    raise DermcamError("no explain selection recorded; run 'dermcam explain' first", run.dir)
-
-
 def score_run(run_dir: runmod.Run | str | Path, selection: list[dict] | None = None,
               sanity: dict | None = None, n_boot: int = 1000, figures: bool = True,
               extra: dict | None = None, margin: float = 0.02, by=(),
               min_group: int | None = None) -> dict[str, Any]:
-    """Score saved heatmap batches against their masks; write attention.csv, summary, figures.
-
-    ``selection``: ``[{model, method, layer}]`` to score (default: what the last explain
-    run recorded in the manifest). ``by``, ``min_group``: the summary by subgroup (see
-    :func:`run_explain`).
-    """
+    """Score saved heatmap batches against their masks; write attention.csv, summary, figures."""
     run = runmod.Run.of(run_dir, require="train")
-    selection = selection or _selection(run)
+    selection = selection or [dict(s) for s in run.stage_setting("explain", "layers") or []]
+    if not selection:
+        raise DermcamError("no explain selection recorded; run 'dermcam explain' first", run.dir)
     return _score(run, masked_test_set(run), selection, sanity, n_boot, figures, extra, margin,
                   by, min_group)
 
@@ -221,9 +170,7 @@ def score_run(run_dir: runmod.Run | str | Path, selection: list[dict] | None = N
 def _score(run: runmod.Run, audit: AuditSet, selection, sanity, n_boot: int, figures: bool,
            extra: dict | None, margin: float, by=(), min_group: int | None = None
            ) -> dict[str, Any]:
-    """:func:`score_run` on ``audit`` (the run's own masked test images, or an external
-    set's), whose heatmaps lie under ``audit.out``; writes there. The heatmaps' target is
-    what ``audit.stage`` recorded."""
+    """:func:`score_run` on ``audit``, whose heatmaps lie (and outputs go) under ``audit.out``."""
     out = audit.out
     att, metric_seconds = attention_table(run, audit, selection, by)
     write_csv(out.attention, att)

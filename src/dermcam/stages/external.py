@@ -1,13 +1,4 @@
-"""The external sets a run records, as the report and the terminal read them.
-
-``dermcam evaluate RUN --data OTHER`` (:func:`dermcam.stages.evaluate.run_evaluate`) scores
-another data set into ``RUN/external/<name>/``, stage ``external:<name>``; ``explain
---data`` and ``probe --data`` audit its masked images into the same folder, stages
-``external:<name>/explain`` and ``external:<name>/probe`` (which images, and the helpers
-they share: :mod:`dermcam.audit_set`). Here: which sets a run holds
-(:func:`external_sets`, :func:`external_audits`) and the internal-versus-external table
-(:func:`side_by_side`).
-"""
+"""The external sets a run records, as the report and the terminal read them."""
 
 from __future__ import annotations
 
@@ -19,8 +10,7 @@ from dermcam.formatting import metric_label
 
 
 def _as_run(run: runmod.Run | str | Path, manifest: dict[str, Any] | None) -> runmod.Run:
-    """``run`` itself, or the run folder ``run`` opened (with ``manifest`` where given,
-    else read from the folder)."""
+    """``run`` itself, or its folder opened (with ``manifest`` where given)."""
     if isinstance(run, runmod.Run):
         return run
     return runmod.Run(run, manifest) if manifest else runmod.Run.open(run)
@@ -28,10 +18,7 @@ def _as_run(run: runmod.Run | str | Path, manifest: dict[str, Any] | None) -> ru
 
 def external_sets(run: runmod.Run | str | Path, manifest: dict[str, Any] | None = None
                   ) -> list[tuple[str, Path, dict[str, Any]]]:
-    """``(name, folder, stage entry)`` of every external set the run records.
-
-    ``run``: a :class:`dermcam.run.Run`, or a run folder (its manifest read unless
-    ``manifest`` is given)."""
+    """``(name, folder, stage entry)`` of every external set the run records."""
     run = _as_run(run, manifest)
     out = []
     for key, entry in sorted(run.stages.items()):
@@ -43,10 +30,7 @@ def external_sets(run: runmod.Run | str | Path, manifest: dict[str, Any] | None 
 
 def external_audits(run: runmod.Run | str | Path, manifest: dict[str, Any] | None = None
                     ) -> dict[str, dict[str, Any]]:
-    """``{name: {"explain": stage entry, "probe": stage entry}}`` of every external set
-    that ``explain --data`` or ``probe --data`` ran on (each stage only where it ran).
-
-    ``run``: a :class:`dermcam.run.Run`, or a run folder (as :func:`external_sets`)."""
+    """``{name: {"explain" | "probe": stage entry}}`` of the external sets audited."""
     run = _as_run(run, manifest)
     out: dict[str, dict[str, Any]] = {}
     for key, entry in sorted(run.stages.items()):
@@ -66,9 +50,8 @@ SIDE_BY_SIDE = tuple((block, key, metric_label(key, short=True)) for block, key 
 
 def side_by_side(internal: dict[str, Any] | None, externals: list[tuple[str, dict[str, Any]]]
                  ) -> list[dict[str, Any]]:
-    """One record per model and test set: ``{"model", "set", "n", "n_malignant", key:
-    {"value", "lo", "hi"}}`` for the keys of :data:`SIDE_BY_SIDE`, the internal test set
-    first (``set`` = ``"internal test"``), then each external set by name."""
+    """One record per model and test set (internal first) with the :data:`SIDE_BY_SIDE`
+    metrics."""
     sets = ([("internal test", internal)] if internal else []) + list(externals)
     models = list(dict.fromkeys(m for _, res in sets for m in (res.get("models") or {})))
     rows = []

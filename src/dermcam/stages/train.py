@@ -1,23 +1,8 @@
 """Training: the ``train`` stage, every model of a run in turn, and ``train_one``.
 
-What the reference study did (Adam, ReduceLROnPlateau, early stopping, stratified
-validation split, flip/rotation/colour-jitter augmentation), plus what it lacked:
-the best checkpoint (by validation AUC or loss) is restored before anything is
-evaluated, class imbalance is handled (weighted loss or balanced sampler), the
-decision threshold is chosen on validation (Youden's J) and recorded, everything
-is seeded, and the run folder records config, versions, data fingerprint and
-wall time. Lightning provides the loop, so ``--devices``/``--strategy``/
-``--precision`` scale the same command from this CPU to many GPUs.
-
-The pieces live below the stage: the options and the Trainer in
-:mod:`dermcam.trainer_setup`, the batches shared among processes in
-:mod:`dermcam.samplers`, the loss and optimizer in :mod:`dermcam.objective`, the
-Lightning module in :mod:`dermcam.lightning_module` and its callbacks in
-:mod:`dermcam.train_callbacks` (both import Lightning, so this stage imports them at first
-use), the calibration and threshold in :mod:`dermcam.decision`, what model.pt and the
-manifest record in :mod:`dermcam.model_records`. The checkpoint format lives in
-:mod:`dermcam.checkpoints`, running a model over images in :mod:`dermcam.inference`.
-"""
+The reference study's recipe, plus: the best checkpoint restored before evaluation, class
+imbalance handled, the threshold chosen on validation, everything seeded and recorded.
+Lightning runs the loop, so the same command scales from a CPU to many GPUs."""
 
 from __future__ import annotations
 
@@ -64,20 +49,16 @@ __all__ = ["IN_MEMORY_BYTES", "CachedSplit", "EpochSampler", "RankBatches",
 
 log = logging.getLogger(__name__)
 
-#: Training holds a split's decoded images in memory when they take at most this many
-#: bytes (ISIC 2016's 900 training images: 11 MB at 64 px, 135 MB at 224 px); a larger
-#: split is streamed from the decode cache, one file per item and epoch. At 64 px the
-#: streamed reads took about 8 s of a 50 s ResNet18 training (benchmarks/README.md).
+#: A training split whose decoded images take at most this many bytes is held in memory
+#: (ISIC 2016: 135 MB at 224 px); a larger one is streamed from the decode cache.
 IN_MEMORY_BYTES = 2 * 1024**3
 
 
 def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tensor | None,
                 augment: bool, monitor: str, seed: int = 0, schedule: str = "plateau",
                 colour_jitter: float = 0.2):
-    """``model`` in a :class:`dermcam.lightning_module.DermClassifier` (Lightning is
-    imported here, at first use)."""
+    """``model`` in a :class:`DermClassifier` (Lightning imported here, at first use)."""
     from dermcam.lightning_module import DermClassifier
-
     return DermClassifier(model, lr, weight_decay, class_weights, augment, monitor, seed,
                           schedule, colour_jitter)
 
@@ -93,25 +74,22 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
     run = runmod.Run.open(out) if resume else None
     if resume:
         cfg = replace(run.config, progress=cfg.progress)
-    # The rank as Lightning's Trainer sees it (SLURM, torchrun, MPI, its own launcher):
-    # only rank 0 prepares the run folder; the others wait for it in fit's setup (barrier).
+    # only rank 0 (as Lightning sees it) prepares the run folder; the others wait in fit's setup
     rank, _ = launch_rank(cfg)
     ds = load_dataset(cfg.data)
     train_samples = ds.split("train")
     if not train_samples:
         raise DermcamError("the data set has no training split", cfg.data)
-    # Refuse a split that cannot be made before any folder is created or image decoded.
+    # a split that cannot be made is refused before any folder is created or image decoded
     tr_idx, va_idx = split_samples(train_samples, cfg.val_fraction, cfg.seed, path=cfg.data)
     if rank == 0 and not resume:
         runmod.prepare_run_dir(out, overwrite)
     elif rank == 0 and run.data.get("fingerprint") != ds.fingerprint():
         raise DermcamError("the data changed since this run started; start a new run", cfg.data)
     _share_cpu_threads(cfg)
-    # A bad image stops here, before the run's manifest exists.
     arrays = _training_images(cfg, train_samples, progress)
-    if rank != 0:
-        # A process started by Lightning's DDP launcher: rank 0 owns the run folder.
-        run = run if resume else runmod.Run(out, {"models": {}})  # read, never written
+    if rank != 0:  # rank 0 owns the run folder: read, never written here
+        run = run if resume else runmod.Run(out, {"models": {}})
     elif not resume:
         run = runmod.Run.start(out, cfg, ds, train_samples)
     else:
@@ -126,7 +104,6 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
 
 
 def _share_cpu_threads(cfg: TrainConfig) -> None:
-    """Several CPU processes each running all cores' threads thrash; share the cores."""
     n_dev = int(cfg.devices) if str(cfg.devices).isdigit() else 1
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto"
                                           and not torch.cuda.is_available())
@@ -134,7 +111,7 @@ def _share_cpu_threads(cfg: TrainConfig) -> None:
 
 
 def _training_images(cfg: TrainConfig, train_samples, progress) -> CachedSplit:
-    """The training split through the decode cache: held in memory up to
+    """The training split through the decode cache: in memory up to
     :data:`IN_MEMORY_BYTES`, else streamed (the cache warmed first)."""
     cache = ImageCache(cfg.cache_dir, resize=cfg.resize)
     arrays = CachedSplit(train_samples, cfg.image_size, cache)
@@ -147,9 +124,8 @@ def _training_images(cfg: TrainConfig, train_samples, progress) -> CachedSplit:
 
 def _train_models(run: runmod.Run, out: Path, cfg: TrainConfig, arrays: CachedSplit,
                   tr_idx, va_idx, rank: int, resume: bool) -> None:
-    """:func:`train_one` for each model the run in folder ``out`` has not finished (``out``,
-    not ``cfg.out``: a resumed run's folder may have moved); rank 0 records each, and a
-    failure as the stage's (Ctrl-C leaves it 'running')."""
+    """:func:`train_one` for each unfinished model (in ``out``: a resumed run may have
+    moved); rank 0 records each, and a failure as the stage's (Ctrl-C leaves it 'running')."""
     try:
         for name in cfg.models:
             if run.model_complete(name):
@@ -161,7 +137,6 @@ def _train_models(run: runmod.Run, out: Path, cfg: TrainConfig, arrays: CachedSp
             if not result or rank != 0:  # non-zero rank in multi-process training
                 continue
             run.record_model(name, result)
-            # Only now: until the manifest says complete, a resume needs last.ckpt.
             _drop_lightning_checkpoints(out, name, cfg)
     except Exception as exc:  # recorded, so later stages say why; Ctrl-C stays 'running'
         if rank == 0:
@@ -170,12 +145,8 @@ def _train_models(run: runmod.Run, out: Path, cfg: TrainConfig, arrays: CachedSp
 
 
 def _drop_lightning_checkpoints(run_dir: Path, name: str, cfg: TrainConfig) -> None:
-    """Delete ``models/<name>/lightning/`` of a finished model unless ``keep_checkpoints``.
-
-    Each of its two files holds the weights and Adam's two moment buffers (ResNet18:
-    about 130 MB each, whatever the input size); ``model.pt`` is all later stages read.
-    With ``--resume`` the run's saved setting applies, like every other option.
-    """
+    """Delete a finished model's ``lightning/`` folder unless ``keep_checkpoints``
+    (weights and Adam's buffers, ~130 MB each for ResNet18; later stages read model.pt)."""
     ckdir = Path(run_dir) / runmod.MODELS_DIR / name / "lightning"
     if not cfg.keep_checkpoints and ckdir.is_dir():
         shutil.rmtree(ckdir)
@@ -184,15 +155,12 @@ def _drop_lightning_checkpoints(run_dir: Path, name: str, cfg: TrainConfig) -> N
 
 def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path,
               resume: bool = False) -> dict[str, Any]:
-    """Train one architecture, restore its best checkpoint, choose the threshold, save.
-
-    Returns the model's manifest record (``{}`` on a process of rank > 0)."""
+    """Train one architecture, restore its best checkpoint, choose the threshold, save;
+    returns its manifest record (``{}`` on rank > 0)."""
     from dermcam.train_callbacks import model_callbacks  # imports Lightning
-
     t0 = time.perf_counter()
     mdir = run_dir / runmod.MODELS_DIR / name
-    ckdir = mdir / "lightning"
-    ytr = arrays.labels[tr_idx]
+    ckdir, ytr = mdir / "lightning", arrays.labels[tr_idx]
     module, info, lr = _build_module(name, cfg, ytr, len(tr_idx))
     train_ds, val_ds = arrays.dataset(tr_idx), arrays.dataset(va_idx)
     callbacks, best_cb, ctrl_c = model_callbacks(cfg, mdir, ckdir)
@@ -200,9 +168,7 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
     if trainer.global_rank == 0:
         ckdir.mkdir(parents=True, exist_ok=True)
     train_dl, val_dl = process_loaders(cfg, trainer, ytr, train_ds, val_ds)
-    # The guard stays on until model.pt is written: a Ctrl-C after the last batch (while
-    # the best checkpoint is restored and the threshold chosen) stops before the save
-    # instead of landing, possibly lost, in code that has no batch boundary.
+    # The guard stays on until model.pt is written, so a late Ctrl-C stops before the save.
     with ctrl_c:
         _fit(name, trainer, module, train_dl, val_dl, ctrl_c, ckdir / "last.ckpt", resume)
         if not trainer.is_global_zero:
@@ -222,7 +188,6 @@ def train_one(name: str, cfg: TrainConfig, arrays, tr_idx, va_idx, run_dir: Path
 def _build_module(name: str, cfg: TrainConfig, ytr: np.ndarray, n_train: int):
     """``(module, info, lr)``: the seeded model ``name`` in its Lightning module."""
     from lightning.pytorch import seed_everything
-
     seed_everything(cfg.seed, workers=True, verbose=False)
     model, info = build_model(name, cfg.weights)
     if use_channels_last(name, cfg.channels_last):
@@ -238,9 +203,8 @@ def _build_module(name: str, cfg: TrainConfig, ytr: np.ndarray, n_train: int):
 
 def _fit(name: str, trainer, module, train_dl, val_dl, ctrl_c, last: Path,
          resume: bool) -> None:
-    """``trainer.fit``, from ``last`` (Lightning's last.ckpt) where resuming and it exists,
-    inside the ``ctrl_c`` guard the caller entered; Ctrl-C, however Lightning reports it,
-    becomes KeyboardInterrupt."""
+    """``trainer.fit``, from Lightning's last.ckpt when resuming; Ctrl-C, however
+    Lightning reports it, becomes KeyboardInterrupt."""
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path:
         log.info("%s: resuming from %s", name, last)
