@@ -161,9 +161,9 @@ def _not_run(model: str, topic: str, why: str, anchor: str = "") -> Finding:
     return Finding(model, topic, "not_run", why, anchor=anchor)
 
 
-def _delta(e: dict[str, Any], key: str = "delta_mean") -> str:
+def _delta(e: dict[str, Any]) -> str:
     """A probe entry's change with its CI, signed, 3 decimals."""
-    return fmt_ci(e[key], e.get("delta_ci_low"), e.get("delta_ci_high"), 3, sign=True)
+    return fmt_ci(e["delta_mean"], e.get("delta_ci_low"), e.get("delta_ci_high"), 3, sign=True)
 
 
 # ----------------------------------------------------------------- rules (pure)
