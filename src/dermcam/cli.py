@@ -1,8 +1,5 @@
-"""The ``dermcam`` command line: a thin typer app, one command per stage.
-
-User errors (:class:`~dermcam.errors.DermcamError`) print one line and exit 2;
-``--debug`` shows the traceback instead.
-"""
+"""The ``dermcam`` command line: a thin typer app, one command per stage. User errors print
+one line and exit 2 (``--debug``: the traceback)."""
 
 from __future__ import annotations
 
@@ -13,9 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from dermcam import options as opt
 from dermcam import run as runmod
+from dermcam import terminal, views
 from dermcam.config import EvaluateConfig, ExplainConfig, ProbeConfig, TrainConfig, parse_lr
 from dermcam.device import inference_batch_size, resolve_device
 from dermcam.errors import DermcamError
@@ -23,37 +22,10 @@ from dermcam.io import read_json
 from dermcam.logs import quiet_libraries
 from dermcam.models import DEFAULT_MODELS, known_models
 from dermcam.run import record_in_run
-from dermcam.terminal import (
-    App,
-    Group,
-    answer,
-    console,
-    detail,
-    err,
-    names,
-    numbers,
-    progress_bar,
-    show,
-    state,
-)
-from dermcam.views import (
-    attention_sections,
-    dataset_lines,
-    dataset_tables,
-    external_line,
-    external_table,
-    labels_line,
-    metrics_tables,
-    models_table,
-    predictions_table,
-    probe_sections,
-    problem_lines,
-    subgroup_tables,
-    training_table,
-)
+from dermcam.terminal import answer, console, detail, err, names, numbers, progress_bar, show, state
 
-app = App(
-    name="dermcam", cls=Group, no_args_is_help=True, add_completion=False,
+app = terminal.App(
+    name="dermcam", cls=terminal.Group, no_args_is_help=True, add_completion=False,
     rich_markup_mode="rich", pretty_exceptions_enable=False,
     help="Train, compare and audit dermoscopy classifiers (benign vs malignant): honest "
          "metrics with confidence intervals and size-aware Grad-CAM attention leakage.\n\n"
@@ -82,14 +54,10 @@ def _main(debug: opt.Debug = False, quiet: opt.Quiet = False, verbose: opt.Verbo
     quiet_libraries(debug)
 
 
-# ----------------------------------------------------------------------- synth
-
 @app.command()
-def synth(
-    out: opt.SynthOut, preset: opt.Preset = "clean", n_train: opt.NTrain = 900,
-    n_test: opt.NTest = 379, size: opt.SynthSize = 256, prevalence: opt.Prevalence = 0.19,
-    seed: opt.Seed = 0, overwrite: opt.Overwrite = False,
-) -> None:
+def synth(out: opt.SynthOut, preset: opt.Preset = "clean", n_train: opt.NTrain = 900,
+          n_test: opt.NTest = 379, size: opt.SynthSize = 256, prevalence: opt.Prevalence = 0.19,
+          seed: opt.Seed = 0, overwrite: opt.Overwrite = False) -> None:
     """Write the synthetic dermoscopy benchmark in the ISIC 2016 Part 3B layout.
 
     Lesions differ by the ABCD cues (asymmetry, border, colour, diameter; malignant
@@ -132,8 +100,6 @@ def _guard_out(out: Path, overwrite: bool, marker: str) -> None:
         shutil.rmtree(out)
 
 
-# ------------------------------------------------------------------------ info
-
 @app.command()
 def info(data: opt.DataDir, check: opt.Check = False, image_size: opt.ImageSizeCheck = 224) -> None:
     """Describe a data set and check all of it: counts per split and class, masks, image
@@ -148,8 +114,6 @@ def info(data: opt.DataDir, check: opt.Check = False, image_size: opt.ImageSizeC
       dermcam info data/isic2016
       dermcam info data/isic2016 --check
     """
-    from rich.markup import escape
-
     from dermcam.data.check import check_dataset
 
     _check_image_size(image_size)
@@ -158,7 +122,7 @@ def info(data: opt.DataDir, check: opt.Check = False, image_size: opt.ImageSizeC
     if report.ok:
         _show_data(data, mask_areas=report.mask_areas)
     if report.problems:
-        for line in problem_lines(report):
+        for line in views.problem_lines(report):
             err.print(escape(line), highlight=False, soft_wrap=True)
     else:
         console.print(report.summary(), highlight=False, soft_wrap=True)
@@ -172,17 +136,14 @@ def _check_image_size(image_size: int) -> None:
 
 
 def _show_data(root: Path, mask_areas: dict[str, float] | None = None) -> None:
-    """The data set's tables and sentences (:func:`dermcam.views.dataset_tables`)."""
     from dermcam.data.describe import describe
 
     d = describe(root, mask_areas=mask_areas)
-    for table in dataset_tables(d, root):
+    for table in views.dataset_tables(d, root):
         show(table)
-    for line in dataset_lines(d):
+    for line in views.dataset_lines(d):
         console.print(line)
 
-
-# ----------------------------------------------------------------------- train
 
 @app.command()
 def models(image_size: opt.ModelsImageSize = 224, run_dir: opt.ModelsRun = None) -> None:
@@ -198,24 +159,23 @@ def models(image_size: opt.ModelsImageSize = 224, run_dir: opt.ModelsRun = None)
     """
     if run_dir is not None:
         image_size = runmod.Run.open(run_dir).image_size
-    show(models_table(image_size, known_models(image_size)))
+    show(views.models_table(image_size, known_models(image_size)))
 
 
 @app.command()
-def train(
-    data: opt.DataDir, out: opt.Out = Path("runs/run"),
-    models: opt.Models = ",".join(DEFAULT_MODELS), weights: opt.Weights = "imagenet",
-    image_size: opt.ImageSize = 224, epochs: opt.Epochs = 30, batch_size: opt.BatchSize = 16,
-    lr: opt.LearningRate = "1e-3", patience: opt.Patience = 5, schedule: opt.Schedule = "plateau",
-    monitor: opt.Monitor = "val_auc", imbalance: opt.Imbalance = "weighted_loss",
-    calibration: opt.Calibration = "platt", val_fraction: opt.ValFraction = 0.2,
-    seed: opt.TrainSeed = 0, augment: opt.Augment = True, colour_jitter: opt.ColourJitter = 0.2,
-    accelerator: opt.Accelerator = "auto", devices: opt.Devices = "1",
-    strategy: opt.Strategy = "auto", precision: opt.TrainPrecision = "auto",
-    num_workers: opt.NumWorkers = None, num_nodes: opt.NumNodes = 1,
-    deterministic: opt.Deterministic = False, overwrite: opt.Overwrite = False,
-    resume: opt.Resume = False, keep_checkpoints: opt.KeepCheckpoints = False,
-) -> None:
+def train(data: opt.DataDir, out: opt.Out = Path("runs/run"),
+          models: opt.Models = ",".join(DEFAULT_MODELS), weights: opt.Weights = "imagenet",
+          image_size: opt.ImageSize = 224, epochs: opt.Epochs = 30, batch_size: opt.BatchSize = 16,
+          lr: opt.LearningRate = "1e-3", patience: opt.Patience = 5,
+          schedule: opt.Schedule = "plateau", monitor: opt.Monitor = "val_auc",
+          imbalance: opt.Imbalance = "weighted_loss", calibration: opt.Calibration = "platt",
+          val_fraction: opt.ValFraction = 0.2, seed: opt.TrainSeed = 0, augment: opt.Augment = True,
+          colour_jitter: opt.ColourJitter = 0.2, accelerator: opt.Accelerator = "auto",
+          devices: opt.Devices = "1", strategy: opt.Strategy = "auto",
+          precision: opt.TrainPrecision = "auto", num_workers: opt.NumWorkers = None,
+          num_nodes: opt.NumNodes = 1, deterministic: opt.Deterministic = False,
+          overwrite: opt.Overwrite = False, resume: opt.Resume = False,
+          keep_checkpoints: opt.KeepCheckpoints = False) -> None:
     """Fine-tune each model; keep its best checkpoint; choose its threshold on validation.
 
     \b
@@ -234,22 +194,17 @@ def train(
         manifest = do_train(cfg, overwrite=overwrite, resume=resume, progress=cb)
     if not manifest:  # a worker process of multi-process training: rank 0 reports
         return
-
-    table = training_table(runmod.Run(out, manifest).model_records)
+    table = views.training_table(runmod.Run(out, manifest).model_records)
     show(table)
     detail(out, "train", [table])
     console.print(f"run folder: {out.resolve()}  (next: dermcam evaluate {out})")
 
 
-# -------------------------------------------------------------------- evaluate
-
 @app.command()
-def evaluate(
-    run_dir: opt.RunDir, n_boot: opt.NBoot = 1000, data: opt.ExternalData = None,
-    name: opt.ExternalName = None, by: opt.By = None, min_group: opt.EvaluateMinGroup = 20,
-    exclude_duplicates: opt.ExcludeDuplicates = False, artifact_labels: opt.ArtifactLabels = None,
-    device: opt.Device = "auto",
-) -> None:
+def evaluate(run_dir: opt.RunDir, n_boot: opt.NBoot = 1000, data: opt.ExternalData = None,
+             name: opt.ExternalName = None, by: opt.By = None, min_group: opt.EvaluateMinGroup = 20,
+             exclude_duplicates: opt.ExcludeDuplicates = False,
+             artifact_labels: opt.ArtifactLabels = None, device: opt.Device = "auto") -> None:
     """Test-set metrics with 95 % CIs, baselines, and paired model comparisons.
 
     \b
@@ -265,22 +220,21 @@ def evaluate(
     with progress_bar("load test images") as cb:
         result = run_evaluate(run_dir, cfg, audit, progress=cb)
     if result.get("artifact_labels"):
-        console.print(labels_line(result["artifact_labels"]), highlight=False)
-    tables = metrics_tables(result)
-    ext = result.get("external")
-    if ext:
+        console.print(views.labels_line(result["artifact_labels"]), highlight=False)
+    tables = views.metrics_tables(result)
+    if ext := result.get("external"):
         internal = runmod.Outputs(run_dir).metrics
-        tables.insert(0, external_table(read_json(internal) if internal.exists() else None,
-                                        [(ext["name"], result)]))
+        tables.insert(0, views.external_table(read_json(internal) if internal.exists() else None,
+                                              [(ext["name"], result)]))
     show(tables[0])
-    _finish(run_dir, "evaluate", tables + subgroup_tables(result),
+    _finish(run_dir, "evaluate", tables + views.subgroup_tables(result),
             ("discrimination", "calibration", "output range", "external", "subgroups"),
             audit.out.metrics)
 
 
 def _config(cls, options: dict, **more):
-    """The stage's config (:mod:`dermcam.config`) from the command's options of the same
-    names, ``more`` replacing or adding fields (each stage reads ``--by``'s text itself)."""
+    """The stage's config from the command's options of the same names, ``more`` replacing or
+    adding fields."""
     same = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
     return cls(**{**same, **more})
 
@@ -294,9 +248,8 @@ def _audit_set(run_dir: Path, data: Path | None, name: str | None, artifacts: Pa
 
 def _masked_images(run_dir: Path, data: Path | None, name: str | None, artifacts: Path | None
                    ) -> tuple:
-    """explain's and probe's images and output folder: with ``--data`` another set's
-    (:func:`_audit_set`); else None, the stage's own choice from the run's test split, with
-    ``--artifact-labels`` first checked and recorded in the run for the later stages."""
+    """explain's and probe's images and output folder: with ``--data`` another set's; else
+    None (the run's test split), ``--artifact-labels`` recorded in the run for later stages."""
     if data is not None:
         audit = _audit_set(run_dir, data, name, artifacts)
         return audit, audit.out.root
@@ -307,26 +260,22 @@ def _masked_images(run_dir: Path, data: Path | None, name: str | None, artifacts
 
 def _finish(run_dir: Path, stage: str, tables: list, topics: tuple[str, ...],
             written: Path) -> None:
-    """A stage's last words: its detail tables (--verbose, dermcam.log), its findings on
-    ``topics``, and the summary file it wrote."""
+    """A stage's last words: its detail tables, its findings on ``topics``, the file it wrote."""
     detail(run_dir, stage, tables)
     answer(run_dir, topics)
     console.print(f"wrote {written.resolve()} (--verbose or dermcam.log: every table)")
 
 
-# --------------------------------------------------------------------- explain
-
 @app.command()
-def explain(
-    run_dir: opt.RunDir, methods: opt.Methods = "auto", target: opt.Target = "malignant",
-    normalize: opt.Normalize = "minmax", limit: opt.Limit = None, batch_size: opt.CamBatch = 16,
-    sanity: opt.Sanity = True, n_boot: opt.NBoot = 1000, shard: opt.Shard = None,
-    merge: opt.Merge = False, layer: opt.Layer = "auto", bench_methods: opt.BenchMethods = None,
-    bench_images: opt.BenchImages = 64, cascade: opt.Cascade = True, margin: opt.Margin = 0.02,
-    artifact_labels: opt.ArtifactLabels = None, device: opt.CamDevice = "auto",
-    data: opt.ExternalData = None, name: opt.ExternalName = None, by: opt.By = None,
-    min_group: opt.MinGroup = 20,
-) -> None:
+def explain(run_dir: opt.RunDir, methods: opt.Methods = "auto", target: opt.Target = "malignant",
+            normalize: opt.Normalize = "minmax", limit: opt.Limit = None,
+            batch_size: opt.CamBatch = 16, sanity: opt.Sanity = True, n_boot: opt.NBoot = 1000,
+            shard: opt.Shard = None, merge: opt.Merge = False, layer: opt.Layer = "auto",
+            bench_methods: opt.BenchMethods = None, bench_images: opt.BenchImages = 64,
+            cascade: opt.Cascade = True, margin: opt.Margin = 0.02,
+            artifact_labels: opt.ArtifactLabels = None, device: opt.CamDevice = "auto",
+            data: opt.ExternalData = None, name: opt.ExternalName = None, by: opt.By = None,
+            min_group: opt.MinGroup = 20) -> None:
     """Grad-CAM heatmaps for every model and test image with a mask, scored against the mask.
 
     Writes attention.csv (per image x model x method: the study's leakage and size-aware
@@ -347,30 +296,29 @@ def explain(
         None if bench_methods in (None, "all") else names(bench_methods)))
     with progress_bar("Grad-CAM batches") as cb:
         summary = run_explain(run_dir, cfg, audit, progress=cb)
-    ext = summary.get("external") or {}
     if shard is not None:
         again = f" --data {data}" + (f" --name {name}" if name else "") if data else ""
         console.print(f"shard {shard}: {summary['batches']} batch(es) written under "
                       f"{summary.get('folder', where)}/attention; when every shard is done: "
                       f"dermcam explain {run_dir}{again} --merge")
         return
-    if ext:
-        console.print(external_line(ext))
-    _finish(run_dir, "explain", attention_sections(summary, runmod.Run.open(run_dir).display_names),
-            ("where it looks", "size confound", "artifact"), where / runmod.ATTENTION_SUMMARY)
+    if ext := summary.get("external") or {}:
+        console.print(views.external_line(ext))
+    tables = views.attention_sections(summary, runmod.Run.open(run_dir).display_names)
+    _finish(run_dir, "explain", tables, ("where it looks", "size confound", "artifact"),
+            where / runmod.ATTENTION_SUMMARY)
 
 
 @app.command()
-def audit(
-    weights: opt.AuditWeights, data: opt.AuditData, arch: opt.Arch, out: opt.Out,
-    image_size: opt.AuditImageSize = 224, malignant_class: opt.MalignantClass = None,
-    malignant_classes: opt.MalignantClasses = None, mean: opt.Mean = None, std: opt.Std = None,
-    resize: opt.Resize = "squash", threshold: opt.Threshold = None,
-    calibration: opt.Calibration = "platt", by: opt.By = None,
-    artifact_labels: opt.ArtifactLabels = None, placements: opt.Placements = 2,
-    limit: opt.Limit = None, device: opt.Device = "auto", precision: opt.ProbePrecision = "auto",
-    overwrite: opt.Overwrite = False, debug: opt.Debug = False,
-) -> None:
+def audit(weights: opt.AuditWeights, data: opt.AuditData, arch: opt.Arch, out: opt.Out,
+          image_size: opt.AuditImageSize = 224, malignant_class: opt.MalignantClass = None,
+          malignant_classes: opt.MalignantClasses = None, mean: opt.Mean = None,
+          std: opt.Std = None, resize: opt.Resize = "squash", threshold: opt.Threshold = None,
+          calibration: opt.Calibration = "platt", by: opt.By = None,
+          artifact_labels: opt.ArtifactLabels = None, placements: opt.Placements = 2,
+          limit: opt.Limit = None, device: opt.Device = "auto",
+          precision: opt.ProbePrecision = "auto", overwrite: opt.Overwrite = False,
+          debug: opt.Debug = False) -> None:
     """The full audit of a model trained elsewhere, into an ordinary run folder.
 
     Reads P(malignant) from any head (docs/audit.md), then evaluates, explains (method
@@ -388,7 +336,6 @@ def audit(
 
     state["debug"] = state["debug"] or debug
     _check_image_size(image_size)
-
     picked = numbers(malignant_classes, int) or (
         (malignant_class,) if malignant_class is not None else None)
     run = do_audit(weights, data, out, arch=arch, image_size=image_size, malignant=picked,
@@ -401,17 +348,13 @@ def audit(
     console.print(f"report: {run.report.resolve()}")
 
 
-# ----------------------------------------------------------------------- probe
-
 @app.command()
-def probe(
-    run_dir: opt.ProbeRun, probes: opt.Probes = None, artifacts: opt.Artifacts = None,
-    placements: opt.Placements = 3, seed: opt.ProbeSeed = None, limit: opt.Limit = None,
-    batch_size: opt.ProbeBatch = 32, inpaint: opt.Inpaint = "telea", n_boot: opt.NBoot = 1000,
-    artifact_labels: opt.ProbeLabels = None, device: opt.Device = "auto",
-    data: opt.ExternalData = None, name: opt.ExternalName = None, by: opt.By = None,
-    min_group: opt.MinGroup = 20, precision: opt.ProbePrecision = "32-true",
-) -> None:
+def probe(run_dir: opt.ProbeRun, probes: opt.Probes = None, artifacts: opt.Artifacts = None,
+          placements: opt.Placements = 3, seed: opt.ProbeSeed = None, limit: opt.Limit = None,
+          batch_size: opt.ProbeBatch = 32, inpaint: opt.Inpaint = "telea", n_boot: opt.NBoot = 1000,
+          artifact_labels: opt.ProbeLabels = None, device: opt.Device = "auto",
+          data: opt.ExternalData = None, name: opt.ExternalName = None, by: opt.By = None,
+          min_group: opt.MinGroup = 20, precision: opt.ProbePrecision = "32-true") -> None:
     """Behavioural audit: change the image, watch the malignant probability.
 
     Every masked test image: lesion inpainted, background flattened, painted artifacts in
@@ -438,12 +381,11 @@ def probe(
     with progress_bar("probe batches") as cb:
         entries = run_probe(run_dir, cfg, audit, progress=cb)
     summary = read_summary_object(where) or {}
-    ext = summary.get("external") or {}
-    if ext:
-        console.print(external_line(ext))
-    _finish(run_dir, "probe", probe_sections({**summary, "entries": entries}, run.display_names),
-            ("output range", "lesion reliance", "context", "marked regions", "artifact"),
-            where / runmod.PROBE_SUMMARY)
+    if ext := summary.get("external") or {}:
+        console.print(views.external_line(ext))
+    tables = views.probe_sections({**summary, "entries": entries}, run.display_names)
+    _finish(run_dir, "probe", tables, ("output range", "lesion reliance", "context",
+                                       "marked regions", "artifact"), where / runmod.PROBE_SUMMARY)
 
 
 @app.command()
@@ -461,17 +403,13 @@ def report(run_dir: opt.ReportRun, out: opt.ReportOut = None) -> None:
     console.print(f"wrote {run_report(run_dir, out)}")
 
 
-# ------------------------------------------------------------------------ demo
-
 @app.command()
-def demo(
-    out: opt.DemoOut = Path("dermcam-demo"), preset: opt.Preset = "clean",
-    n_train: opt.NTrain = 900, n_test: opt.NTest = 379, image_size: opt.ImageSize = 64,
-    epochs: opt.Epochs = 10, source_size: opt.SourceSize = 128,
-    models: opt.Models = ",".join(DEFAULT_MODELS), seed: opt.DemoSeed = 0,
-    overwrite: opt.Overwrite = True, shortcut: opt.Shortcut = True,
-    precision: opt.TrainPrecision = "auto", method: opt.DemoMethod = "hirescam",
-) -> None:
+def demo(out: opt.DemoOut = Path("dermcam-demo"), preset: opt.Preset = "clean",
+         n_train: opt.NTrain = 900, n_test: opt.NTest = 379, image_size: opt.ImageSize = 64,
+         epochs: opt.Epochs = 10, source_size: opt.SourceSize = 128,
+         models: opt.Models = ",".join(DEFAULT_MODELS), seed: opt.DemoSeed = 0,
+         overwrite: opt.Overwrite = True, shortcut: opt.Shortcut = True,
+         precision: opt.TrainPrecision = "auto", method: opt.DemoMethod = "hirescam") -> None:
     """The whole study on the synthetic benchmark: synth -> train -> evaluate -> explain ->
     probe -> report, plus a planted shortcut that the audit must catch.
 
@@ -498,10 +436,9 @@ def demo(
 
 
 @app.command()
-def download(
-    dataset: opt.Dataset, out: opt.DownloadOut, base_url: opt.BaseUrl = None,
-    checksums: opt.Checksums = None, retries: opt.Retries = 2, timeout: opt.Timeout = 60.0,
-) -> None:
+def download(dataset: opt.Dataset, out: opt.DownloadOut, base_url: opt.BaseUrl = None,
+             checksums: opt.Checksums = None, retries: opt.Retries = 2,
+             timeout: opt.Timeout = 60.0) -> None:
     """Fetch, verify and safely unpack a public data set, then check its published counts.
 
     A re-run fetches only the missing files; each is moved into place once its size (and
@@ -525,14 +462,10 @@ def download(
     console.print(f"wrote {out / dl.RECORD}  (next: dermcam train {out})")
 
 
-# --------------------------------------------------------------------- predict
-
 @app.command()
-def predict(
-    checkpoint: opt.Checkpoint, images: opt.Images, masks: opt.Masks = None,
-    out: opt.PredictOut = Path("predictions"), batch_size: opt.PredictBatch = None,
-    skip_bad: opt.SkipBad = False, device: opt.Device = "auto",
-) -> None:
+def predict(checkpoint: opt.Checkpoint, images: opt.Images, masks: opt.Masks = None,
+            out: opt.PredictOut = Path("predictions"), batch_size: opt.PredictBatch = None,
+            skip_bad: opt.SkipBad = False, device: opt.Device = "auto") -> None:
     """Classify new images: malignancy probability, decision and Grad-CAM overlay per image.
 
     The decision uses the threshold chosen on validation and stored in the checkpoint.
@@ -556,23 +489,19 @@ def predict(
     console.print("[bold]model card[/]")
     for line in model_card_lines(res.card):
         console.print(f"  {line}", highlight=False)
-    show(predictions_table(res.table))
+    show(views.predictions_table(res.table))
     console.print(f"wrote {res.csv_path} and {len(res.table)} overlays in {out / 'overlays'}; "
                   f"{len(res.skipped)} skipped")
 
 
-# -------------------------------------------------------------- entry point
-
 def main() -> None:
-    """Console entry: run the app, turning user errors into one line and exit code 2."""
+    """Console entry: user errors become one line and exit code 2."""
     debug = "--debug" in sys.argv
     try:
         app()
     except DermcamError as exc:
         if debug:
             raise
-        from rich.markup import escape
-
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:

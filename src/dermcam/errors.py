@@ -1,9 +1,5 @@
-"""User-facing errors.
-
-A :class:`DermcamError` carries one line that names the file (or option) and the
-problem, and says what to do where that is known. The CLI prints it without a
-traceback and exits non-zero; anything else is a bug and keeps its traceback.
-"""
+"""User-facing errors: one line naming the file (or option), the problem and what to do; the
+CLI prints it without a traceback. Anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 

@@ -1,15 +1,8 @@
-"""Findings: the answers a run gives, computed once from its summary files.
-
-A finding is one model's answer to one question (``topic``), with a ``status``, one plain
-sentence, the number it rests on (value, 95 % CI, n) and where the detail lives (the
-summary file and JSON pointer it was read from, and the report's anchor). The terminal,
-the report and ``RUN/findings.json`` all show these same objects; nothing here reads
-images or models, only the summaries the stages wrote.
-
-The rules that set each status are :data:`RULES` (shown in the report's method notes,
-and in docs/findings.md); each is tested on hand-made summaries. The margin is the probes'
-negligible change in P(malignant), 0.02, and the attention summary's equivalence margin.
-A stage that has not run gives ``not_run`` for its topics, never ``ok``.
+"""Findings: one model's answer to one question (``topic``), with a status, one sentence, the
+number it rests on (value, 95 % CI, n), the summary file and JSON pointer it was read from and
+the report's anchor. Built only from the summaries the stages wrote; the terminal, the report
+and ``RUN/findings.json`` show the same objects. Rules: :data:`RULES` and docs/findings.md; a
+stage that has not run gives ``not_run``, never ``ok``.
 """
 
 from __future__ import annotations
@@ -28,15 +21,15 @@ __all__ = ["RULES", "Finding", "display_names", "STATUSES", "TOPICS", "MARGIN", 
            "build_findings", "write_findings", "read_findings", "fine_line", "status_counts"]
 
 FINDINGS = runmod.FINDINGS
+SHORTCUT = runmod.SHORTCUT_EXPERIMENT
 STATUSES = ("alarm", "caution", "ok", "not_run")
 #: The core topics, in the order they are told; each model gets one finding for each.
 TOPICS = ("discrimination", "calibration", "where it looks", "size confound",
           "lesion reliance", "context")
 #: The probes' negligible change in P(malignant) (``dermcam.config.NEGLIGIBLE_DELTA``).
 MARGIN = 0.02
-#: A change within the margin reads as negligible only where the model's P(malignant) on
-#: the test images spans at least this many margins between its 5th and 95th percentiles:
-#: a model whose (calibrated) output barely varies cannot move much whatever it relies on.
+#: A change within the margin reads as negligible only where P(malignant) on the test images
+#: spans at least this many margins (5th to 95th percentile): a flat output cannot move much.
 SPREAD_MARGINS = 5
 ECE_OK, ECE_ALARM = 0.05, 0.15
 MAX_UNDEFINED = 0.05
@@ -123,10 +116,15 @@ def _v(x: Any) -> float | None:
     return float(x) if is_number(x) else None
 
 
+def _found(model: str, topic: str, status: str, sentence: str, value: Any, lo: Any, hi: Any,
+           n: Any, source: str, anchor: str) -> Finding:
+    """A :class:`Finding` whose value and CI are read as numbers (None where they are not)."""
+    return Finding(model, topic, status, sentence, _v(value), _ci2(lo, hi), n, source, anchor)
+
+
 def _probe_verdict(lo: Any, hi: Any, margin: float = MARGIN, narrow: bool = False) -> str:
-    """The probes' rule: ``reliance`` when the CI lies beyond +-margin, ``negligible``
-    when within it, ``inconclusive`` when it crosses it (or is undefined), or when it lies
-    within it but the model's output is ``narrow`` (:func:`output_range`)."""
+    """``reliance`` when the CI lies beyond +-margin, ``negligible`` within it (unless the
+    output is ``narrow``: :func:`output_range`), else (or undefined) ``inconclusive``."""
     if not (is_number(lo) and is_number(hi)):
         return "inconclusive"
     if lo > margin or hi < -margin:
@@ -138,10 +136,8 @@ def _probe_verdict(lo: Any, hi: Any, margin: float = MARGIN, narrow: bool = Fals
 
 def output_range(model: str, entry: dict[str, Any] | None, n: int | None, source: str,
                  margin: float = MARGIN) -> Finding | None:
-    """A caution where the model's P(malignant) on the test images (``metrics.json``'s
-    ``prob_range``) spans less than :data:`SPREAD_MARGINS` margins, so that no probe's
-    change within the margin reads as negligible; None where it spans more (or is not
-    recorded)."""
+    """A caution where ``metrics.json``'s ``prob_range`` spans less than
+    :data:`SPREAD_MARGINS` margins (no probe then reads as negligible); else None."""
     r = (entry or {}).get("prob_range") or {}
     lo, hi = r.get("p05"), r.get("p95")
     if not (is_number(lo) and is_number(hi)) or hi - lo + 1e-9 >= SPREAD_MARGINS * margin:
@@ -158,12 +154,16 @@ NARROW = "within the margin, but its output barely varies (output range)"
 
 
 def _narrowed(lo: Any, hi: Any, margin: float, narrow: bool) -> str:
-    """``"; "`` + :data:`NARROW` where ``narrow`` turned a negligible CI inconclusive."""
     return f"; {NARROW}" if narrow and _probe_verdict(lo, hi, margin) == "negligible" else ""
 
 
 def _not_run(model: str, topic: str, why: str, anchor: str = "") -> Finding:
     return Finding(model, topic, "not_run", why, anchor=anchor)
+
+
+def _delta(e: dict[str, Any]) -> str:
+    """A probe entry's change with its CI, signed, 3 decimals."""
+    return fmt_ci(e["delta_mean"], e.get("delta_ci_low"), e.get("delta_ci_high"), 3, sign=True)
 
 
 # ----------------------------------------------------------------- rules (pure)
@@ -173,49 +173,44 @@ def discrimination(model: str, entry: dict[str, Any] | None, n: int | None,
                    n_malignant: int | None, source: str,
                    topic: str = "discrimination", anchor: str = "comparison",
                    rule: str | None = None) -> Finding:
-    """From one model's ``metrics.json`` entry (``threshold_free.roc_auc``); ``rule``:
-    how an audited model's threshold was set (trained runs: always Youden's J)."""
+    """From ``threshold_free.roc_auc``; ``rule``: how an audited model's threshold was set."""
     auc = ((entry or {}).get("threshold_free") or {}).get("roc_auc") or {}
     if not is_number(auc.get("value")):
         return _not_run(model, topic, "no test ROC AUC: run 'dermcam evaluate'", anchor)
     at = (entry or {}).get("at_threshold") or {}
-    sens = (at.get("sensitivity") or {}).get("value")
-    spec = (at.get("specificity") or {}).get("value")
-    ci = _ci2(auc.get("lo"), auc.get("hi"))
-    chance = ci is None or ci[0] <= 0.5
-    head = f"ROC AUC {fmt_ci(auc['value'], auc.get('lo'), auc.get('hi'), 3)}, n = {n}"
+    lo, hi = auc.get("lo"), auc.get("hi")
+    chance = _ci2(lo, hi) is None or lo <= 0.5
+    head = f"ROC AUC {fmt_ci(auc['value'], lo, hi, 3)}, n = {n}"
     if n_malignant is not None:
         head += f" ({n_malignant} malignant)"
-    if chance:
-        sentence = f"No better than chance: {head}."
-    else:
-        sentence = (f"{head}; sensitivity {fmt_num(sens, 2)}, specificity {fmt_num(spec, 2)} "
-                    f"at its threshold{f' ({rule})' if rule else ''}.")
-    return Finding(model, topic, "alarm" if chance else "ok", sentence, _v(auc["value"]), ci,
-                   n, source, anchor)
-
-
-def calibration(model: str, entry: dict[str, Any] | None, n: int | None,
-                source: str, method: str | None = None) -> Finding:
-    """From ``threshold_free.ece`` (after the run's calibration; ``method``: an audited
-    model's, named in the sentence)."""
-    ece = ((entry or {}).get("threshold_free") or {}).get("ece") or {}
-    v = ece.get("value")
-    if not is_number(v):
-        return _not_run(model, "calibration", "no ECE: run 'dermcam evaluate'", "comparison")
-    status = "ok" if v <= ECE_OK else "caution" if v <= ECE_ALARM else "alarm"
-    word = {"ok": "Well calibrated", "caution": "Somewhat miscalibrated",
-            "alarm": "Miscalibrated"}[status]
-    return Finding(model, "calibration", status,
-                   f"{word}: expected calibration error {fmt_ci(v, ece.get('lo'), ece.get('hi'), 3)}"
-                   f", n = {n}" + (f" ({_CALIBRATED[method]})." if method else "."), _v(v), _ci2(ece.get("lo"), ece.get("hi")), n, source,
-                   "comparison")
+    sens, spec = ((at.get(k) or {}).get("value") for k in ("sensitivity", "specificity"))
+    sentence = f"No better than chance: {head}." if chance else (
+        f"{head}; sensitivity {fmt_num(sens, 2)}, specificity {fmt_num(spec, 2)} "
+        f"at its threshold{f' ({rule})' if rule else ''}.")
+    return _found(model, topic, "alarm" if chance else "ok", sentence, auc["value"], lo, hi, n,
+                  source, anchor)
 
 
 #: How an audited model was calibrated, as the calibration finding says it.
 _CALIBRATED = {"platt": "after Platt scaling fitted on validation",
                "temperature": "after temperature scaling fitted on validation",
                "none": "as the model outputs it, uncalibrated"}
+
+
+def calibration(model: str, entry: dict[str, Any] | None, n: int | None,
+                source: str, method: str | None = None) -> Finding:
+    """From ``threshold_free.ece``; ``method``: an audited model's, named in the sentence."""
+    ece = ((entry or {}).get("threshold_free") or {}).get("ece") or {}
+    v, lo, hi = ece.get("value"), ece.get("lo"), ece.get("hi")
+    if not is_number(v):
+        return _not_run(model, "calibration", "no ECE: run 'dermcam evaluate'", "comparison")
+    status = "ok" if v <= ECE_OK else "caution" if v <= ECE_ALARM else "alarm"
+    word = {"ok": "Well calibrated", "caution": "Somewhat miscalibrated",
+            "alarm": "Miscalibrated"}[status]
+    return _found(model, "calibration", status,
+                  f"{word}: expected calibration error {fmt_ci(v, lo, hi, 3)}, n = {n}"
+                  + (f" ({_CALIBRATED[method]})." if method else "."), v, lo, hi, n, source,
+                  "comparison")
 
 
 def where_it_looks(model: str, test: dict[str, Any] | None, undefined_share: float | None,
@@ -229,29 +224,23 @@ def where_it_looks(model: str, test: dict[str, Any] | None, undefined_share: flo
     lo, hi = (guard.get("pixel_auroc_ci") or [None, None])[:2]
     where = f"{test.get('method', '')} at {test.get('layer', '')}".strip()
     num = f"median pixel AUROC {fmt_ci(med, lo, hi, 2)}, n = {guard.get('n')}, {where}"
-    san = (test.get("sanity") or {})
+    san = test.get("sanity") or {}
     san = san.get("full") if isinstance(san.get("full"), dict) else san
     verdict = san.get("verdict") if isinstance(san, dict) else None
-    problems = []
-    if not guard.get("better_than_uniform"):
-        problems.append("maps no better than uniform attention")
+    problems = [] if guard.get("better_than_uniform") else ["maps no better than uniform attention"]
     if verdict and verdict != "passed":
         problems.append(f"sanity check {verdict}")
     if is_number(undefined_share) and undefined_share > MAX_UNDEFINED:
         problems.append(f"{fmt_pct(undefined_share, 0)} of maps undefined")
-    if problems:
-        sentence = f"Heatmaps not to be read: {'; '.join(problems)} ({num})."
-        status = "caution"
-    else:
-        sentence = f"Looks at the lesion: {num}" + ("; sanity check passed." if verdict else ".")
-        status = "ok"
-    return Finding(model, "where it looks", status, sentence, _v(med), _ci2(lo, hi),
-                   guard.get("n"), source, "attention")
+    sentence = (f"Heatmaps not to be read: {'; '.join(problems)} ({num})." if problems else
+                f"Looks at the lesion: {num}" + ("; sanity check passed." if verdict else "."))
+    return _found(model, "where it looks", "caution" if problems else "ok", sentence, med, lo,
+                  hi, guard.get("n"), source, "attention")
 
 
 def size_confound(model: str, test: dict[str, Any] | None, source: str) -> Finding:
-    """The study's question, benign vs malignant leakage, after adjusting for lesion area
-    (``tests[...].size_confound``); only read when the maps beat uniform attention."""
+    """Benign vs malignant leakage after adjusting for lesion area (``size_confound``); only
+    read when the maps beat uniform attention."""
     test = test or {}
     sc = test.get("size_confound") or {}
     if not sc or not is_number(sc.get("class_coef_adjusted")):
@@ -262,8 +251,6 @@ def size_confound(model: str, test: dict[str, Any] | None, source: str) -> Findi
                         "attention, so their leakage says nothing about the classes.",
                         "attention")
     v, (lo, hi) = sc["class_coef_adjusted"], (sc.get("class_ci_adjusted") or [None, None])[:2]
-    gap = fmt_ci(v, lo, hi, 3, sign=True)
-    share = fmt_pct(sc.get("share_explained"), 0)
     verdict = sc.get("verdict")
     if verdict == "remains":
         status, head = "ok", "Malignant-minus-benign leakage gap remains after adjusting for area"
@@ -271,9 +258,10 @@ def size_confound(model: str, test: dict[str, Any] | None, source: str) -> Findi
         status, head = "caution", "Leakage gap between classes is explained by lesion size"
     else:
         status, head = "caution", "Leakage gap after adjusting for area is inconclusive"
-    return Finding(model, "size confound", status,
-                   f"{head}: {gap} (area explains {share} of it), n = {sc.get('n')}.", _v(v),
-                   _ci2(lo, hi), sc.get("n"), source, "attention")
+    return _found(model, "size confound", status,
+                  f"{head}: {fmt_ci(v, lo, hi, 3, sign=True)} (area explains "
+                  f"{fmt_pct(sc.get('share_explained'), 0)} of it), n = {sc.get('n')}.", v, lo,
+                  hi, sc.get("n"), source, "attention")
 
 
 def lesion_reliance(model: str, entry: dict[str, Any] | None, source: str) -> Finding:
@@ -281,23 +269,17 @@ def lesion_reliance(model: str, entry: dict[str, Any] | None, source: str) -> Fi
     if not entry or not is_number(entry.get("auc")):
         return _not_run(model, "lesion reliance", "lesion-removed probe not run: run "
                         "'dermcam probe'", "probe")
-    lo, hi = entry.get("auc_ci_low"), entry.get("auc_ci_high")
+    lo, hi, n = entry.get("auc_ci_low"), entry.get("auc_ci_high"), entry.get("n")
     if not (is_number(lo) and is_number(hi)):
-        return Finding(model, "lesion reliance", "caution", "Lesion reliance inconclusive: "
-                       f"ROC AUC {fmt_num(entry['auc'], 2)} with the lesion removed has no CI, "
-                       f"n = {entry.get('n')}.", _v(entry["auc"]), None, entry.get("n"),
-                       source, "probe")
-    above = lo > 0.5
-    auc = fmt_ci(entry["auc"], lo, hi, 2)
-    intact = fmt_num(entry.get("auc_intact"), 2)
-    if above:
-        sentence = (f"Still classifies with the lesion removed: ROC AUC {auc} "
-                    f"(intact {intact}), n = {entry.get('n')}.")
-    else:
-        sentence = (f"Relies on the lesion: ROC AUC falls from {intact} to {auc} with it "
-                    f"removed, n = {entry.get('n')}.")
-    return Finding(model, "lesion reliance", "caution" if above else "ok", sentence,
-                   _v(entry["auc"]), _ci2(lo, hi), entry.get("n"), source, "probe")
+        return _found(model, "lesion reliance", "caution", "Lesion reliance inconclusive: "
+                      f"ROC AUC {fmt_num(entry['auc'], 2)} with the lesion removed has no CI, "
+                      f"n = {n}.", entry["auc"], None, None, n, source, "probe")
+    auc, intact = fmt_ci(entry["auc"], lo, hi, 2), fmt_num(entry.get("auc_intact"), 2)
+    sentence = (f"Still classifies with the lesion removed: ROC AUC {auc} (intact {intact}), "
+                f"n = {n}." if lo > 0.5 else f"Relies on the lesion: ROC AUC falls from "
+                f"{intact} to {auc} with it removed, n = {n}.")
+    return _found(model, "lesion reliance", "caution" if lo > 0.5 else "ok", sentence,
+                  entry["auc"], lo, hi, n, source, "probe")
 
 
 def context(model: str, entry: dict[str, Any] | None, source: str,
@@ -308,20 +290,19 @@ def context(model: str, entry: dict[str, Any] | None, source: str,
                         "'dermcam probe'", "probe")
     lo, hi = entry.get("delta_ci_low"), entry.get("delta_ci_high")
     verdict = _probe_verdict(lo, hi, margin, narrow)
-    d = fmt_ci(entry["delta_mean"], lo, hi, 3, sign=True)
     text = {"reliance": "Depends on the surroundings",
             "negligible": "Surroundings barely matter",
             "inconclusive": "Reliance on the surroundings is inconclusive"}[verdict]
-    return Finding(model, "context", "ok" if verdict == "negligible" else "caution",
-                   f"{text}: replacing them changes P(malignant) by {d} (margin ±{margin:g}), "
-                   f"n = {entry.get('n')}{_narrowed(lo, hi, margin, narrow)}.",
-                   _v(entry["delta_mean"]), _ci2(lo, hi), entry.get("n"), source, "probe")
+    return _found(model, "context", "ok" if verdict == "negligible" else "caution",
+                  f"{text}: replacing them changes P(malignant) by {_delta(entry)} (margin "
+                  f"±{margin:g}), n = {entry.get('n')}{_narrowed(lo, hi, margin, narrow)}.",
+                  entry["delta_mean"], lo, hi, entry.get("n"), source, "probe")
 
 
 def artifact_gap(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Benign lesions called malignant with minus without the artifact, from the
-    ``artifact_<name>`` subgroup result of one model (groups ``"1"`` and ``"0"``): false-
-    positive rates, their difference and its 95 % CI (Newcombe, statsmodels), n benign."""
+    """Benign lesions called malignant with minus without the artifact, from one model's
+    ``artifact_<name>`` subgroup result (groups ``"1"``, ``"0"``): false-positive rates,
+    their difference with its 95 % CI (Newcombe, statsmodels), n benign."""
     from statsmodels.stats.proportion import confint_proportions_2indep
 
     groups = {str(g.get("group")): g for g in (result or {}).get("groups") or []}
@@ -343,8 +324,8 @@ def _sign(x: float) -> int:
 
 
 def _gap_direction(gap: dict[str, Any]) -> int:
-    """+1 (-1) when more (fewer) benign lesions are called malignant with the artifact,
-    the CI excluding 0; 0 otherwise."""
+    """+1 (-1) when more (fewer) benign lesions are called malignant with the artifact, the
+    CI excluding 0; else 0."""
     lo, hi = gap["ci"]
     return int(lo > 0) - int(hi < 0)
 
@@ -361,9 +342,8 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
              margin: float = MARGIN, swap: dict[str, Any] | None = None,
              swap_source: str = "", gap: dict[str, Any] | None = None,
              narrow: bool = False) -> Finding:
-    """One artifact, its evidence combined: the real-pixel context swap where it ran (it
-    decides), else the painted-artifact insertion probe, the heatmaps' mass on it and the
-    false-positive gap by its presence (:func:`artifact_gap`)."""
+    """One artifact's evidence combined: the real-pixel context swap decides where it ran,
+    else the painted insertion probe, the maps' mass on it and the false-positive gap."""
     topic = f"artifact: {name}"
     if swap and is_number(swap.get("delta_mean")):
         return _artifact_by_swap(model, name, swap, inserted, attention, swap_source, margin,
@@ -378,18 +358,16 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
         inconclusive = verdict == "inconclusive"
         value, ci, n, source = _v(inserted["delta_mean"]), _ci2(lo, hi), inserted.get("n"), \
             probe_source
-        parts.append(f"painted in, it moves P(malignant) "
-                     f"{fmt_ci(inserted['delta_mean'], lo, hi, 3, sign=True)} (n = {n})"
+        parts.append(f"painted in, it moves P(malignant) {_delta(inserted)} (n = {n})"
                      f"{_narrowed(lo, hi, margin, narrow)}")
     if attention and is_number(attention.get("ratio")):
-        attends = bool(attention.get("attends"))
-        evidence += attends
-        r = fmt_ci(attention["ratio"], attention.get("ratio_ci_low"),
-                   attention.get("ratio_ci_high"), 2)
-        parts.append(f"maps give it {r}x its area share (n = {attention.get('n')})")
+        evidence += bool(attention.get("attends"))
+        lo, hi = attention.get("ratio_ci_low"), attention.get("ratio_ci_high")
+        parts.append(f"maps give it {fmt_ci(attention['ratio'], lo, hi, 2)}x its area share "
+                     f"(n = {attention.get('n')})")
         if value is None:
             value, n, source = _v(attention["ratio"]), attention.get("n"), attention_source
-            ci = _ci2(attention.get("ratio_ci_low"), attention.get("ratio_ci_high"))
+            ci = _ci2(lo, hi)
     if gap:
         evidence += _gap_direction(gap) != 0
         parts.append(_gap_text(gap))
@@ -426,9 +404,8 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
          disagree).append(f"maps {fmt_num(attention['ratio'], 2)}x its area")
     if gap:
         (agree if _gap_direction(gap) == direction else disagree).append(_gap_text(gap))
-    d = fmt_ci(swap["delta_mean"], lo, hi, 3, sign=True)
     carry = f", {swap['images_with']} carry it" if swap.get("images_with") else ""
-    text = (f"surroundings with real {name} move P(malignant) {d} vs without "
+    text = (f"surroundings with real {name} move P(malignant) {_delta(swap)} vs without "
             f"(n = {swap.get('n')}{carry}; control "
             f"{fmt_num(swap.get('control_mean'), 3, sign=True)})"
             f"{_narrowed(lo, hi, margin, narrow)}")
@@ -437,37 +414,31 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
     elif verdict == "inconclusive":
         status, head = "caution", f"Reliance on the {name} inconclusive"
     elif disagree:
-        status, head = ("caution",
-                        f"Negligible reaction to real {name} in the surroundings; other "
-                        "evidence does not agree")
+        status, head = ("caution", f"Negligible reaction to real {name} in the surroundings; "
+                        "other evidence does not agree")
     else:
         status, head = "ok", f"Ignores the {name}"
-    if agree:
-        text += f"; agrees: {', '.join(agree)}"
-    if disagree:
-        text += f"; disagrees: {', '.join(disagree)} (the real-pixel swap decides)"
-    return Finding(model, f"artifact: {name}", status, f"{head}: {text}.",
-                   _v(swap["delta_mean"]), _ci2(lo, hi), swap.get("n"), source, "probe")
+    text += f"; agrees: {', '.join(agree)}" if agree else ""
+    text += f"; disagrees: {', '.join(disagree)} (the real-pixel swap decides)" if disagree else ""
+    return _found(model, f"artifact: {name}", status, f"{head}: {text}.", swap["delta_mean"], lo,
+                  hi, swap.get("n"), source, "probe")
 
 
 def marked_regions(model: str, removed: dict[str, Any] | None,
                    pasted: dict[str, Any] | None, source: str,
                    margin: float = MARGIN, narrow: bool = False) -> Finding | None:
-    """From the ``hot_removed`` / ``hot_transplanted`` probe entries: does the model use
-    what its heatmaps mark off the lesion? None when the probe did not run (it is
-    optional); where the regions come from images with a labelled artifact more often than
-    its share, the sentence names it."""
+    """From the ``hot_removed`` / ``hot_transplanted`` entries: does the model use what its
+    maps mark off the lesion? None when the (optional) probe did not run; the sentence names
+    an artifact whose images give the regions more often than its share."""
     if not (pasted and is_number(pasted.get("delta_mean"))):
         return None
     done = [e for e in (removed, pasted) if e and is_number(e.get("delta_mean"))]
     verdicts = [_probe_verdict(e.get("delta_ci_low"), e.get("delta_ci_high"), margin, narrow)
                 for e in done]
-    lo, hi = pasted.get("delta_ci_low"), pasted.get("delta_ci_high")
     text = (f"off-lesion regions its maps mark, pasted into other images, move P(malignant) "
-            f"{fmt_ci(pasted['delta_mean'], lo, hi, 3, sign=True)} vs random regions")
+            f"{_delta(pasted)} vs random regions")
     if removed and is_number(removed.get("delta_mean")):
-        text += (", removed " + fmt_ci(removed["delta_mean"], removed.get("delta_ci_low"),
-                                       removed.get("delta_ci_high"), 3, sign=True))
+        text += ", removed " + _delta(removed)
     text += f" (n = {pasted.get('n')})"
     if any(_narrowed(e.get("delta_ci_low"), e.get("delta_ci_high"), margin, narrow)
            for e in done):
@@ -478,15 +449,17 @@ def marked_regions(model: str, removed: dict[str, Any] | None,
                   reverse=True)
     if over:
         _, a, v = over[0]
-        text += f"; {fmt_pct(v['share'], 0)} come from images with {a} (vs {fmt_pct(v['share_all'], 0)})"
+        text += (f"; {fmt_pct(v['share'], 0)} come from images with {a} "
+                 f"(vs {fmt_pct(v['share_all'], 0)})")
     if "reliance" in verdicts:
         status, head = "caution", "Uses what its maps mark off the lesion"
     elif "inconclusive" in verdicts:
         status, head = "caution", "Use of what its maps mark off the lesion inconclusive"
     else:
         status, head = "ok", "What its maps mark off the lesion does not move it"
-    return Finding(model, "marked regions", status, f"{head}: {text}.", _v(pasted["delta_mean"]),
-                   _ci2(lo, hi), pasted.get("n"), source, "probe")
+    return _found(model, "marked regions", status, f"{head}: {text}.", pasted["delta_mean"],
+                  pasted.get("delta_ci_low"), pasted.get("delta_ci_high"), pasted.get("n"),
+                  source, "probe")
 
 
 def subgroups(model: str, column: str, result: dict[str, Any] | None,
@@ -500,52 +473,47 @@ def subgroups(model: str, column: str, result: dict[str, Any] | None,
     if len(groups) < 2:
         return _not_run(model, topic, f"fewer than two {column} groups large enough to "
                         "compare", "subgroups")
-    all_groups = result.get("groups") or []
     low = min(groups, key=lambda g: (g.get("roc_auc") or {}).get("value", math.inf))
-    source = f"{source}/groups/{all_groups.index(low)}/roc_auc/value"
+    source = f"{source}/groups/{(result.get('groups') or []).index(low)}/roc_auc/value"
     auc = low.get("roc_auc") or {}
     p = het.get("p_adjusted", het.get("p"))
     differs = is_number(p) and p < 0.05
-    where = f"lowest in {column} = {low.get('group')}: ROC AUC " \
-            f"{fmt_ci(auc.get('value'), auc.get('lo'), auc.get('hi'), 2)}, n = {low.get('n')}"
+    where = (f"lowest in {column} = {low.get('group')}: ROC AUC "
+             f"{fmt_ci(auc.get('value'), auc.get('lo'), auc.get('hi'), 2)}, n = {low.get('n')}")
     smallest = min(int(g.get("n") or 0) for g in groups)
     sentence = (f"ROC AUC differs across {column} groups (Holm {fmt_p(p, label='p')}); "
                 f"{where}." if differs else
                 f"No AUC difference detected across {len(groups)} {column} groups "
                 f"(Holm {fmt_p(p, label='p')}; smallest n = {smallest}); {where}.")
-    return Finding(model, topic, "caution" if differs else "ok", sentence,
-                   _v(auc.get("value")), _ci2(auc.get("lo"), auc.get("hi")), low.get("n"),
-                   source, "subgroups")
+    return _found(model, topic, "caution" if differs else "ok", sentence, auc.get("value"),
+                  auc.get("lo"), auc.get("hi"), low.get("n"), source, "subgroups")
 
 
 def shortcut(exp: dict[str, Any], role: str) -> Finding:
-    """The demo's planted shortcut, for the control (``role='control'``) or the
-    shortcut-trained model (``'shortcut'``), from ``shortcut_experiment.json``."""
+    """The demo's planted shortcut, for the ``"control"`` or the ``"shortcut"``-trained
+    model, from ``shortcut_experiment.json``."""
     r = exp["runs"][role]
     art = exp.get("artifact", "artifact")
-    ratio = fmt_ci(r.get("ratio"), r.get("ratio_ci_low"), r.get("ratio_ci_high"), 2)
+    lo, hi = r.get("ratio_ci_low"), r.get("ratio_ci_high")
+    ratio = fmt_ci(r.get("ratio"), lo, hi, 2)
     pvc = exp.get("probe_vs_control") or {}
     model = exp["model"] if role == "control" else f"{exp['model']} (shortcut-trained)"
     src = f"{SHORTCUT}#{_pointer('runs', role, 'ratio')}"
-    ci = _ci2(r.get("ratio_ci_low"), r.get("ratio_ci_high"))
+    flagged = bool(r.get("flagged"))
     if role == "shortcut":
         probe_more = is_number(pvc.get("ci_low")) and pvc["ci_low"] > pvc.get("margin", MARGIN)
-        caught = bool(r.get("flagged")) or probe_more
+        caught = flagged or probe_more
         extra = (f"; pasted in, it adds "
                  f"{fmt_ci(pvc.get('diff'), pvc.get('ci_low'), pvc.get('ci_high'), 2, sign=True)}"
-                 f" vs the control (n = {pvc.get('n')})") \
-            if is_number(pvc.get("diff")) else ""
+                 f" vs the control (n = {pvc.get('n')})") if is_number(pvc.get("diff")) else ""
         head = f"Relies on the planted {art}" if caught else f"Planted {art} not detected"
-        return Finding(model, "shortcut", "alarm" if caught else "caution",
-                       f"{head}: maps give it {ratio}x its area share (n = {r['n']}){extra}.",
-                       _v(r.get("ratio")), ci, r.get("n"), src, "shortcut")
-    flagged = bool(r.get("flagged"))
-    return Finding(model, "shortcut", "caution" if flagged else "ok",
-                   f"Control ({art}s independent of the label): maps give the {art} {ratio}x "
-                   f"its area share (n = {r['n']}), {'flagged' if flagged else 'not flagged'}.", _v(r.get("ratio")), ci, r.get("n"), src, "shortcut")
-
-
-SHORTCUT = runmod.SHORTCUT_EXPERIMENT
+        return _found(model, "shortcut", "alarm" if caught else "caution",
+                      f"{head}: maps give it {ratio}x its area share (n = {r['n']}){extra}.",
+                      r.get("ratio"), lo, hi, r.get("n"), src, "shortcut")
+    return _found(model, "shortcut", "caution" if flagged else "ok",
+                  f"Control ({art}s independent of the label): maps give the {art} {ratio}x "
+                  f"its area share (n = {r['n']}), {'flagged' if flagged else 'not flagged'}.",
+                  r.get("ratio"), lo, hi, r.get("n"), src, "shortcut")
 
 
 # ----------------------------------------------------------------- a run's findings
@@ -556,8 +524,8 @@ def _read(path: Path) -> Any:
 
 
 def build_findings(run_dir: str | Path) -> list[Finding]:
-    """Every model's findings from a run folder's summaries, core topics first in
-    :data:`TOPICS` order, then artifacts, subgroups, external sets and the shortcut."""
+    """Every model's findings from a run folder's summaries: core topics in :data:`TOPICS`
+    order, then artifacts, subgroups, external sets and the shortcut."""
     run = runmod.Run.open(run_dir)
     out = runmod.Outputs(run.dir)
     metrics = _read(out.metrics) or {}
@@ -570,6 +538,7 @@ def build_findings(run_dir: str | Path) -> list[Finding]:
     chosen = {c["model"]: c for c in summary.get("layer_choice") or []}
     idx = {(e["model"], e["probe"], e.get("artifact") or None): i
            for i, e in enumerate(entries)}
+    sub = metrics.get("subgroups") or {}
     findings: list[Finding] = []
     for m in models:
         entry = (metrics.get("models") or {}).get(m)
@@ -593,36 +562,29 @@ def build_findings(run_dir: str | Path) -> list[Finding]:
             return (entries[i] if i is not None else None,
                     f"{runmod.PROBE_SUMMARY}#{_pointer('entries', i, field)}")
 
-        e, src = probe("lesion_removed", field="auc")
-        findings.append(lesion_reliance(m, e, src))
+        findings.append(lesion_reliance(m, *probe("lesion_removed", field="auc")))
         spread = output_range(m, entry, test.get("n"),
                               f"{runmod.METRICS}#{_pointer('models', m, 'prob_range')}", margin)
         narrow = spread is not None
-        e, src = probe("background_removed")
-        findings.append(context(m, e, src, margin, narrow))
+        findings.append(context(m, *probe("background_removed"), margin, narrow))
         findings += [spread] if spread else []
         att_rows = {r["artifact"]: (i, r) for i, r in enumerate(summary.get("artifacts") or [])
                     if r.get("model") == m and (not t or r.get("method") == t["method"])}
-        names = sorted({k[2] for k in idx if k[0] == m and k[1] in ("artifact_inserted",
-                                                                     "context_swap")
-                        and k[2]} | set(att_rows))
-        removed, _ = probe("hot_removed")
-        pasted, src = probe("hot_transplanted")
-        found = marked_regions(m, removed, pasted, src, margin, narrow)
+        names = sorted({k[2] for k in idx if k[0] == m and k[2]
+                        and k[1] in ("artifact_inserted", "context_swap")} | set(att_rows))
+        found = marked_regions(m, probe("hot_removed")[0], *probe("hot_transplanted"), margin,
+                               narrow)
         findings += [found] if found else []
-        sub = metrics.get("subgroups") or {}
         for a in names:
-            e, src = probe("artifact_inserted", a)
-            sw, sw_src = probe("context_swap", a)
             i, row = att_rows.get(a, (None, None))
             gap = artifact_gap(((sub.get(f"artifact_{a}") or {}).get("models") or {}).get(m))
-            findings.append(artifact(m, a, e, row, src,
-                                     f"{runmod.ATTENTION_SUMMARY}#{_pointer('artifacts', i, 'ratio')}",
-                                     margin, sw, sw_src, gap, narrow))
-        for col, res in (metrics.get("subgroups") or {}).items():
-            r = ((res or {}).get("models") or {}).get(m)
-            findings.append(subgroups(m, col, r, f"{runmod.METRICS}#"
-                                      f"{_pointer('subgroups', col, 'models', m)}"))
+            e, src = probe("artifact_inserted", a)
+            att_src = f"{runmod.ATTENTION_SUMMARY}#{_pointer('artifacts', i, 'ratio')}"
+            findings.append(artifact(m, a, e, row, src, att_src, margin,
+                                     *probe("context_swap", a), gap, narrow))
+        for col, res in sub.items():
+            sptr = f"{runmod.METRICS}#{_pointer('subgroups', col, 'models', m)}"
+            findings.append(subgroups(m, col, ((res or {}).get("models") or {}).get(m), sptr))
         for name in _external_names(run):
             em = _read(run.external(name).metrics) or {}
             et = em.get("test") or {}
@@ -641,13 +603,11 @@ def _test_key(summary: dict[str, Any], model: str, chosen: dict[str, Any] | None
     tests = summary.get("tests") or {}
     if chosen and f"{model}/{chosen['method']}" in tests:
         return f"{model}/{chosen['method']}"
-    keys = [k for k in tests if k.split("/", 1)[0] == model]
-    return keys[0] if keys else None
+    return next((k for k in tests if k.split("/", 1)[0] == model), None)
 
 
 def _undefined_share(summary: dict[str, Any], model: str, test: dict | None) -> float | None:
-    """Share of ``model``'s test heatmaps at its method with no defined pixel AUROC, from
-    the summary's ``overall`` rows (``n`` images, ``n_nan`` undefined)."""
+    """Share of ``model``'s heatmaps at its method with no pixel AUROC (``overall`` rows)."""
     if not test:
         return None
     for r in summary.get("overall") or []:
@@ -660,17 +620,14 @@ def _undefined_share(summary: dict[str, Any], model: str, test: dict | None) -> 
 
 def _external_names(run: runmod.Run) -> list[str]:
     folder = run.dir / runmod.EXTERNAL_DIR
-    if not folder.is_dir():
-        return []
     return sorted(p.name for p in folder.iterdir()
-                  if (p / runmod.METRICS).is_file())
+                  if (p / runmod.METRICS).is_file()) if folder.is_dir() else []
 
 
 def display_names(run: runmod.Run, findings: list[Finding]) -> dict[str, str]:
-    """Each finding's model as the run names it (``ResNet18``; a qualified model such as
-    ``resnet18 (shortcut-trained)`` keeps its qualifier)."""
-    names = run.display_names
-    out = {}
+    """Each finding's model as the run names it (a qualifier such as ``(shortcut-trained)``
+    kept)."""
+    names, out = run.display_names, {}
     for f in findings:
         base, _, rest = f.model.partition(" ")
         out[f.model] = names.get(f.model) or (names.get(base, base) + (f" {rest}" if rest else ""))

@@ -1,12 +1,8 @@
-"""Number, p-value and CI formatting, and the labels of the classification metrics.
+"""Number, p-value and CI formatting, and the labels of the classification metrics: the one
+home for how dermcam writes a number. Imports nothing heavy.
 
-The one home for how dermcam writes a number (the report, the library's sentences,
-the terminal tables). Imports nothing heavy: no numpy, pandas or torch.
-
-Conventions: a value that is None, NaN, infinite, a bool or not a number at all is
-shown as ``missing`` (``"n/a"`` unless the caller says otherwise); ``digits`` is the
-number of decimals; ``minus`` is the character written for a negative sign (the
-library's sentences use the typographic minus :data:`MINUS`).
+A value that is None, NaN, infinite, a bool or not a number is shown as ``missing``;
+``digits`` is the number of decimals; ``minus`` the character written for a negative sign.
 """
 
 from __future__ import annotations
@@ -16,23 +12,11 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = [
-    "MINUS",
-    "MetricLabel",
-    "METRIC_LABELS",
-    "metric_label",
-    "is_number",
-    "fmt_num",
-    "fmt_pct",
-    "fmt_p",
-    "fmt_ci",
-    "fmt_ci_entry",
-    "fmt_seconds",
-]
+__all__ = ["MINUS", "MetricLabel", "METRIC_LABELS", "metric_label", "is_number", "fmt_num",
+           "fmt_pct", "fmt_p", "fmt_ci", "fmt_ci_entry", "fmt_seconds"]
 
 #: The typographic minus sign (U+2212).
 MINUS = "\u2212"
-
 #: ``fmt_ci``'s default layout: ``0.817 [0.750, 0.883]``.
 CI_BRACKETS = "{v} [{lo}, {hi}]"
 
@@ -41,17 +25,14 @@ CI_BRACKETS = "{v} [{lo}, {hi}]"
 
 
 def is_number(v: Any) -> bool:
-    """True for a finite real number: ``int``, ``float`` and numpy's integer and floating
-    scalars (``float32``, ``int64``: a stage's in-memory results may hold them); False for
-    None, NaN, +-inf, bools (numpy's too), strings and other types."""
+    """True for a finite real number, numpy scalars included; False for None, NaN, +-inf,
+    bools (numpy's too) and anything else."""
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def fmt_num(v: Any, digits: int = 3, *, missing: str = "n/a", sign: bool = False,
             minus: str = "-") -> str:
-    """``v`` with ``digits`` decimals (``0.8166`` -> ``"0.817"``); ``missing`` where
-    :func:`is_number` is False. ``sign``: always write the sign (``+0.012``);
-    ``minus``: the character that replaces ``-`` (e.g. :data:`MINUS`)."""
+    """``v`` with ``digits`` decimals; ``sign``: always write the sign (``+0.012``)."""
     if not is_number(v):
         return missing
     s = f"{float(v):{'+' if sign else ''}.{int(digits)}f}"
@@ -59,22 +40,14 @@ def fmt_num(v: Any, digits: int = 3, *, missing: str = "n/a", sign: bool = False
 
 
 def fmt_pct(v: Any, digits: int = 1, *, missing: str = "n/a") -> str:
-    """A share as a percentage with ``digits`` decimals and no space before the ``%``
-    (``0.123`` -> ``"12.3%"``, Python's ``%`` format spec); ``missing`` where
-    :func:`is_number` is False."""
-    if not is_number(v):
-        return missing
-    return f"{float(v):.{int(digits)}%}"
+    """A share as a percentage, no space before the ``%`` (``0.123`` -> ``"12.3%"``)."""
+    return f"{float(v):.{int(digits)}%}" if is_number(v) else missing
 
 
 def fmt_p(p: Any, digits: int = 3, *, significant: bool = False, label: str = "",
           missing: str = "n/a", floor: float = 0.001) -> str:
-    """A p-value: ``"< 0.001"`` below ``floor``, else ``digits`` decimals (``"0.012"``),
-    or ``digits`` significant digits with ``significant=True`` (``"0.0015"``, ``"1"``).
-
-    ``label`` (e.g. ``"p"``) is written in front: ``"p < 0.001"``, ``"p = 0.012"``;
-    ``missing`` is returned as it is for a p that is not a finite number.
-    """
+    """A p-value: ``"< 0.001"`` below ``floor``, else ``digits`` decimals (or significant
+    digits with ``significant=True``); ``label`` in front: ``"p < 0.001"``, ``"p = 0.012"``."""
     if not is_number(p):
         return missing
     if p < floor:
@@ -89,14 +62,10 @@ def fmt_p(p: Any, digits: int = 3, *, significant: bool = False, label: str = ""
 def fmt_ci(value: Any, lo: Any, hi: Any, digits: int = 3, *, template: str = CI_BRACKETS,
            collapse: bool = True, missing: str = "n/a", sign: bool = False,
            minus: str = "-") -> str:
-    """A point estimate with its interval, laid out by ``template`` (fields ``{v}``,
-    ``{lo}``, ``{hi}``; default ``"0.817 [0.750, 0.883]"``, e.g. ``"{v} ({lo}–{hi})"``
-    for a range). Numbers as :func:`fmt_num` with ``digits``, ``sign`` and ``minus``.
-
-    ``collapse=True``: ``missing`` when the value is undefined, the value alone when a
-    bound is; ``collapse=False``: every part is formatted on its own (``missing`` in
-    its place), the template always filled.
-    """
+    """A point estimate with its interval, laid out by ``template`` (fields ``{v}``, ``{lo}``,
+    ``{hi}``), numbers as :func:`fmt_num`. ``collapse=True``: ``missing`` for an undefined
+    value, the value alone when a bound is undefined; ``collapse=False``: every part on its
+    own (``missing`` in its place)."""
     def f(x: Any) -> str:
         return fmt_num(x, digits, missing=missing, sign=sign, minus=minus)
 
@@ -110,10 +79,8 @@ def fmt_ci(value: Any, lo: Any, hi: Any, digits: int = 3, *, template: str = CI_
 
 def fmt_ci_entry(entry: Any, digits: int = 3, *, collapse: bool = True,
                  missing: str = "n/a") -> str:
-    """:func:`fmt_ci` of a ``{"value", "lo", "hi"}`` mapping (how metrics.json and the
-    subgroup analyses store an estimate): ``missing`` where ``entry`` is not a mapping or
-    its value is not a number; otherwise the bounds as ``collapse`` says (True: the value
-    alone when a bound is undefined; False: ``missing`` in its place)."""
+    """:func:`fmt_ci` of a ``{"value", "lo", "hi"}`` mapping (``missing`` where it is not one
+    or its value is not a number)."""
     if not isinstance(entry, dict) or not is_number(entry.get("value")):
         return missing
     return fmt_ci(entry["value"], entry.get("lo"), entry.get("hi"), digits, collapse=collapse,
@@ -121,8 +88,7 @@ def fmt_ci_entry(entry: Any, digits: int = 3, *, collapse: bool = True,
 
 
 def fmt_seconds(s: Any) -> str:
-    """A duration: ``"12.3 s"`` under two minutes, ``"2.5 min (150 s)"`` from there on;
-    ``"n/a"`` when not a finite number."""
+    """``"12.3 s"`` under two minutes, ``"2.5 min (150 s)"`` from there on."""
     if not is_number(s):
         return "n/a"
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min ({s:.0f} s)"
@@ -133,8 +99,8 @@ def fmt_seconds(s: Any) -> str:
 
 @dataclass(frozen=True)
 class MetricLabel:
-    """How a classification metric is named and read: ``label`` for the report,
-    ``short`` for narrow tables (defaults to ``label``), and its direction."""
+    """A metric's ``label``, its ``short`` form for narrow tables (default ``label``) and its
+    direction."""
 
     label: str
     higher_is_better: bool
@@ -145,9 +111,7 @@ class MetricLabel:
             object.__setattr__(self, "short", self.label)
 
 
-#: Every classification metric dermcam reports, by its key in ``metrics.json``
-#: (``at_threshold`` / ``at_0.5`` / ``threshold_free`` blocks, and ``calibration``'s
-#: ``ece`` / ``brier``).
+#: Every classification metric dermcam reports, by its key in ``metrics.json``.
 METRIC_LABELS: dict[str, MetricLabel] = {
     "accuracy": MetricLabel("Accuracy", True),
     "balanced_accuracy": MetricLabel("Balanced accuracy", True, "Balanced acc."),
@@ -168,8 +132,7 @@ METRIC_LABELS: dict[str, MetricLabel] = {
 
 
 def metric_label(key: str, short: bool = False) -> str:
-    """The display label of metric ``key`` (its ``short`` form with ``short=True``).
-    Raises ``KeyError`` naming the known keys for an unknown one."""
+    """The display label of metric ``key``; a ``KeyError`` names the known keys."""
     try:
         entry = METRIC_LABELS[key]
     except KeyError:

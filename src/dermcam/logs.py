@@ -1,11 +1,6 @@
-"""What the command-line entries show of the libraries' logging and warnings.
-
-Both entries (``dermcam`` and the study scripts) call :func:`quiet_libraries` once at
-start-up. Without ``--debug`` it silences Lightning's informational logging and the few
-library warnings listed in :data:`HARMLESS_WARNINGS`; every other warning reaches stderr,
-above all scikit-learn's and numpy's (an undefined metric, a division by zero, an
-ill-conditioned fit), which an honest evaluation must show. With ``--debug`` nothing is
-filtered. Importing this module imports no library.
+"""What the command-line entries show of the libraries' logging and warnings: without
+``--debug``, Lightning's info logs and the :data:`HARMLESS_WARNINGS` are hidden; every other
+warning (scikit-learn's, numpy's: an honest evaluation must show them) reaches stderr.
 """
 
 from __future__ import annotations
@@ -20,11 +15,9 @@ LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric",
                      "lightning.fabric.utilities.rank_zero",
                      "lightning.fabric.utilities.distributed")
 
-# (category, module regex, message regex, why it is harmless). The module is the one that
-# issues the warning (Lightning's rank_zero_warn attributes it to its caller); each entry
-# matches one known message, so a new warning from the same module is still shown.
-# PossibleUserWarning subclasses UserWarning: matching on UserWarning keeps Lightning
-# unimported until training starts.
+# (category, module regex, message regex, why it is harmless); each matches one known message,
+# so a new warning from the same module is still shown. UserWarning rather than Lightning's
+# PossibleUserWarning (a subclass) keeps Lightning unimported until training starts.
 HARMLESS_WARNINGS: tuple[tuple[type[Warning], str, str, str], ...] = (
     (UserWarning, r"lightning\.pytorch\.trainer\.connectors\.data_connector\Z",
      r"The '\w+' does not have many workers",

@@ -1,8 +1,5 @@
-"""What a trained model's files say about it: the model card and the rest of the payload
-stored in ``model.pt`` (:func:`dermcam.checkpoints.save_checkpoint`), and its entry in the
-run's manifest. Plain dicts of plain values, built from the training's facts and the
-validation :class:`dermcam.decision.Decision`.
-"""
+"""What a trained model's files say about it: the model card and payload stored in
+``model.pt`` and its manifest entry, plain dicts built from the training's facts."""
 
 from __future__ import annotations
 
@@ -35,8 +32,7 @@ def model_card(info, cfg: TrainConfig, n_train: int, n_val: int,
 
 def checkpoint_payload(cfg: TrainConfig, decision: Decision, best_epoch: int,
                        best_score: float, card: dict[str, Any]) -> dict[str, Any]:
-    """What ``model.pt`` stores beside the weights: size, threshold, best epoch, calibration
-    and the ``card`` (:func:`model_card`)."""
+    """What ``model.pt`` stores beside the weights, the ``card`` included."""
     return {"image_size": cfg.image_size, "threshold": decision.threshold,
             "best_epoch": best_epoch, "monitor": cfg.monitor, "best_score": best_score,
             "temperature": decision.temperature, "calibration_bias": decision.bias,
@@ -51,8 +47,7 @@ def model_record(name: str, info, cfg: TrainConfig, trainer, decision: Decision,
     return {"display_name": info.display_name, "weights_source": info.weights_source,
             "target_layer": info.target_layer, "best_epoch": best_epoch,
             "epochs_run": int(trainer.current_epoch), "monitor": cfg.monitor,
-            "best_score": best_score,
-            "val_auc": decision.val_auc, "threshold": decision.threshold,
+            "best_score": best_score, "val_auc": decision.val_auc, "threshold": decision.threshold,
             "temperature": decision.temperature, "calibration_bias": decision.bias,
             "global_batch_size": cfg.batch_size, "world_size": world,
             "per_process_batch_size": math.ceil(cfg.batch_size / world),

@@ -1,9 +1,5 @@
-"""The ``dermcam`` command line's options, each declared once with its help.
-
-A command names an option's type here and gives its default (``epochs: Epochs = 30``), so
-its signature reads as the list of what it takes; an option several commands take has one
-declaration and one help text. :mod:`dermcam.terminal` formats the help.
-"""
+"""The ``dermcam`` command line's options, each declared once with its help; a command gives
+the type and its default (``epochs: Epochs = 30``)."""
 
 from __future__ import annotations
 
@@ -15,9 +11,8 @@ from typer import Option as Opt
 
 from dermcam.device import PRECISION_HELP
 
-#: Stands for the CAM registry's method names (:data:`dermcam.attribution.METHODS`) in a
-#: help text; filled in when a command's options are first read, so that importing the CLI
-#: (``dermcam info``, ``dermcam --help``) does not import torch with the registry.
+#: Stands for the CAM registry's method names in a help text, filled in when a command's
+#: options are first read: importing the CLI does not import torch with the registry.
 CAM_METHODS = "{cam_methods}"
 DEVICES = "auto (CUDA when available, else CPU), cpu, cuda or cuda:INDEX"
 ARTIFACT_LABELS = ("Per-image artifact labels (e.g. isic_bias.csv of Bissoto et al. 2020, "
@@ -27,9 +22,8 @@ ARTIFACT_LABELS = ("Per-image artifact labels (e.g. isic_bias.csv of Bissoto et 
 
 # ------------------------------------------------------------------ several commands
 RunDir = Annotated[Path, Arg(help="Run folder written by 'dermcam train'.")]
-DataDir = Annotated[Path, Arg(
-    help="Data set folder of any layout dermcam reads (ISIC 2016/2017, HAM10000, PH2, a "
-         "generic labels.csv).")]
+DataDir = Annotated[Path, Arg(help="Data set folder of any layout dermcam reads (ISIC 2016/2017, "
+                                   "HAM10000, PH2, a generic labels.csv).")]
 Out = Annotated[Path, Opt("--out", "-o", help="Run folder to create.")]
 Device = Annotated[str, Opt(help=f"Where the models run: {DEVICES}.")]
 ExternalName = Annotated[str | None, Opt(
@@ -38,9 +32,8 @@ By = Annotated[str | None, Opt(
     help="Results per subgroup of these comma-separated columns: any metadata column of the "
          "layout, or 'ita' (skin tone estimated from the image).")]
 MinGroup = Annotated[int, Opt(help="Subgroups with fewer images are too few to estimate.")]
-EvaluateMinGroup = Annotated[int, Opt(
-    "--min-group", help="Subgroups with fewer images (or under 5 of a class) are too few to "
-                        "estimate.")]
+EvaluateMinGroup = Annotated[int, Opt("--min-group", help="Subgroups with fewer images (or under "
+                                                          "5 of a class) are too few to estimate.")]
 NBoot = Annotated[int, Opt(help="Bootstrap resamples for 95 % CIs.")]
 ArtifactLabels = Annotated[Path | None, Opt("--artifact-labels", help=ARTIFACT_LABELS)]
 Limit = Annotated[int | None, Opt(help="Only the first N masked images.")]
@@ -48,9 +41,8 @@ Models = Annotated[str, Opt(help="Comma-separated torchvision model names.")]
 ImageSize = Annotated[int, Opt(help="Model input side in pixels (224 on real data).")]
 Epochs = Annotated[int, Opt(help="Maximum epochs per model (early stopping may end sooner).")]
 TrainPrecision = Annotated[str, Opt(help="Training precision: " + PRECISION_HELP)]
-Preset = Annotated[str, Opt(
-    help="Synthetic data: 'clean': artifacts independent of the label; 'shortcut': rulers "
-         "tied to malignancy in training only.")]
+Preset = Annotated[str, Opt(help="Synthetic data: 'clean': artifacts independent of the label; "
+                                 "'shortcut': rulers tied to malignancy in training only.")]
 NTrain = Annotated[int, Opt(help="Synthetic training images (ISIC 2016: 900).")]
 NTest = Annotated[int, Opt(help="Synthetic test images (ISIC 2016: 379).")]
 Seed = Annotated[int, Opt(help="Random seed (same seed, same bytes).")]
@@ -81,15 +73,13 @@ Prevalence = Annotated[float, Opt(help="Malignant share.")]
 Check = Annotated[bool, Opt(
     help="Decode every image and mask (in parallel, filling the decode cache at --image-size), "
          "so truncated image data are found too; run it once before training.")]
-ModelsImageSize = Annotated[int, Opt(
-    "--image-size", help="Input side in pixels at which to show each candidate layer's "
-                         "spatial size.")]
+ModelsImageSize = Annotated[int, Opt("--image-size", help="Input side in pixels at which to show "
+                                                          "each candidate layer's spatial size.")]
 ModelsRun = Annotated[Path | None, Opt("--run", help="A run folder: use its input size.")]
 
 # ------------------------------------------------------------------ train
-Weights = Annotated[str, Opt(
-    help="'imagenet' (torchvision weights API and TORCH_HOME cache), 'none' (from scratch) or a "
-         "state-dict PATH.")]
+Weights = Annotated[str, Opt(help="'imagenet' (torchvision weights API and TORCH_HOME cache), "
+                                  "'none' (from scratch) or a state-dict PATH.")]
 BatchSize = Annotated[int, Opt(help="Images per training batch.")]
 LearningRate = Annotated[str, Opt(
     "--lr", help="Adam learning rate: one for every model (1e-3), or with per-model rates, e.g. "
@@ -101,9 +91,8 @@ Schedule = Annotated[str, Opt(
 Monitor = Annotated[str, Opt(help="Best checkpoint by val_auc or val_loss.")]
 Imbalance = Annotated[str, Opt(help="weighted_loss, balanced_sampler or none.")]
 ValFraction = Annotated[float, Opt(help="Stratified validation share of the training split.")]
-TrainSeed = Annotated[int, Opt(
-    "--seed", help="Random seed (validation split, weights of new layers, augmentation, batch "
-                   "order).")]
+TrainSeed = Annotated[int, Opt("--seed", help="Random seed (validation split, weights of new "
+                                              "layers, augmentation, batch order).")]
 Augment = Annotated[bool, Opt(help="Flips, rotation, colour jitter.")]
 ColourJitter = Annotated[float, Opt(
     help="Colour jitter when augmenting: brightness, contrast and saturation each scaled by a "
@@ -131,30 +120,25 @@ ExcludeDuplicates = Annotated[bool, Opt(
 Methods = Annotated[str, Opt(
     help=f"Comma-separated CAM methods (pytorch-grad-cam): {CAM_METHODS}; or auto: the "
          "localisation benchmark chooses each model's method with its layer.")]
-Target = Annotated[str, Opt(
-    help="Class each heatmap explains: malignant (one question for every image, so classes "
-         "compare), predicted (the study's; benign evidence lies mostly off the lesion) or "
-         "true.")]
+Target = Annotated[str, Opt(help="Class each heatmap explains: malignant (one question for every "
+                                 "image, so classes compare), predicted (the study's; benign "
+                                 "evidence lies mostly off the lesion) or true.")]
 Normalize = Annotated[str, Opt(help="minmax (ReLU + per-image min-max, the study's) or raw "
                                     "(ReLU only).")]
 CamBatch = Annotated[int, Opt("--batch-size", help="Images per Grad-CAM batch.")]
 Sanity = Annotated[bool, Opt(help="Randomised-weights sanity check (Adebayo et al. 2018).")]
-Shard = Annotated[str | None, Opt(
-    help="Compute only part i/n of the batches (e.g. 0/4), for several processes or machines; "
-         "then run --merge.")]
-Merge = Annotated[bool, Opt(help="Score the batches written by all shards into one "
-                                 "attention.csv.")]
-Layer = Annotated[str, Opt(
-    help="CAM layer: auto (the localisation benchmark's best on masked validation images, "
-         "sane), last (the study's last block), a layer name, or model=layer,... "
-         "('dermcam models' lists them).")]
+Shard = Annotated[str | None, Opt(help="Compute only part i/n of the batches (e.g. 0/4), for "
+                                       "several processes or machines; then run --merge.")]
+Merge = Annotated[bool, Opt(help="Score the batches written by all shards into one attention.csv.")]
+Layer = Annotated[str, Opt(help="CAM layer: auto (the localisation benchmark's best on masked "
+                                "validation images, sane), last (the study's last block), a "
+                                "layer name, or model=layer,... ('dermcam models' lists them).")]
 BenchMethods = Annotated[str | None, Opt(
     help="Methods the localisation benchmark scores at every candidate layer (comma-separated, "
          "or all; default: all).")]
 BenchImages = Annotated[int, Opt(help="Validation images the localisation benchmark scores.")]
-Cascade = Annotated[bool, Opt(
-    help="Cascading randomisation in the sanity check (one step per block, from the output "
-         "down).")]
+Cascade = Annotated[bool, Opt(help="Cascading randomisation in the sanity check (one step per "
+                                   "block, from the output down).")]
 Margin = Annotated[float, Opt(
     help="Equivalence margin of the lesion-size confound test (TOST), in units of each metric "
          "(leakage, excess leakage, pixel AUROC): an adjusted class gap within +-margin counts "
@@ -164,9 +148,8 @@ CamDevice = Annotated[str, Opt(
                      "each shard on its own GPU, and on the CPU the shards split the cores.")]
 
 # ------------------------------------------------------------------ probe
-ProbeRun = Annotated[Path, Arg(
-    help="Run folder written by 'dermcam train' (explain first to also test whether the "
-         "heatmaps track the behaviour).")]
+ProbeRun = Annotated[Path, Arg(help="Run folder written by 'dermcam train' (explain first to "
+                                    "also test whether the heatmaps track the behaviour).")]
 Probes = Annotated[str | None, Opt(
     help="Comma-separated probes: lesion_removed, background_removed, artifact_inserted, "
          "artifact_removed (the default), context_swap (default with --artifact-labels), "
@@ -195,14 +178,11 @@ Arch = Annotated[str, Opt(
     help="Architecture of the weights: torchvision's (resnet18; 'dermcam models') or timm's "
          "(timm:convnext_tiny), built without pretrained weights.")]
 AuditImageSize = Annotated[int, Opt("--image-size", help="Input side the model was trained at.")]
-MalignantClass = Annotated[int | None, Opt(
-    help="Two outputs: which one is malignant (default 1).")]
-MalignantClasses = Annotated[str | None, Opt(
-    help="K > 2 outputs: the malignant ones, summed (e.g. 0,1,4 for HAM10000's mel, bcc, "
-         "akiec).")]
-Mean = Annotated[str | None, Opt(
-    help="Input mean per RGB channel, e.g. 0.5,0.5,0.5 (default ImageNet's; timm: the "
-         "architecture's own).")]
+MalignantClass = Annotated[int | None, Opt(help="Two outputs: which one is malignant (default 1).")]
+MalignantClasses = Annotated[str | None, Opt(help="K > 2 outputs: the malignant ones, summed "
+                                                  "(e.g. 0,1,4 for HAM10000's mel, bcc, akiec).")]
+Mean = Annotated[str | None, Opt(help="Input mean per RGB channel, e.g. 0.5,0.5,0.5 (default "
+                                      "ImageNet's; timm: the architecture's own).")]
 Std = Annotated[str | None, Opt(help="Input std per RGB channel, as --mean.")]
 Resize = Annotated[str, Opt(
     help="squash (to a square) or shorter-side-crop (shorter side, then centre crop).")]
@@ -218,9 +198,8 @@ ReportOut = Annotated[Path | None, Opt(
 DemoOut = Annotated[Path, Opt("--out", "-o", help="Folder for the data and the run.")]
 SourceSize = Annotated[int, Opt(help="Side of the generated images in pixels.")]
 DemoSeed = Annotated[int, Opt("--seed", help="Random seed of the data and the training.")]
-Shortcut = Annotated[bool, Opt(
-    help="Also train one model where rulers mark malignancy in training only, and audit it "
-         "beside its control.")]
+Shortcut = Annotated[bool, Opt(help="Also train one model where rulers mark malignancy in "
+                                    "training only, and audit it beside its control.")]
 DemoMethod = Annotated[str, Opt(
     "--method", help="CAM method of the audit (its layer chosen by the localisation benchmark; "
                      "'auto' chooses the method too). HiResCAM credits only where the output is "

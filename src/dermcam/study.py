@@ -1,27 +1,9 @@
-"""The reference study's two scripts, kept working on top of dermcam.
-
-People arriving from the published study run, in the folder holding the ISIC 2016
-Part 3B files::
-
-    python skin_lesion_analysis.py     # train and compare ResNet18, EfficientNet-B0, MobileNet-V2
-    python gradcam_analysis.py         # Grad-CAM attention leakage
-
-Both scripts are thin wrappers over :func:`main_train` and :func:`main_gradcam`. The work
-is dermcam's (``train`` -> ``evaluate`` -> ``explain`` in the run folder
-``results_visualization/run``); the study's figure and file names are then written as
-copies of the run's outputs::
-
-    results_visualization/model_comparison.png
-    results_visualization/<model>_confusion_matrix.png
-    results_visualization/summary_plots/attention_leakage_analysis.png   (EfficientNet-B0
-                                                  when trained, as in the study, else the first)
-    results_visualization/summary_plots/leakage_vs_accuracy.png
-    results_visualization/gradcam_plots/<model>_gradcam_<most|least>_<id>.png
-    results_visualization/gradcam_leakage_results.csv
-
-What differs from the study (and why) is dermcam's: the best checkpoint rather than the
-last epoch, class-imbalance handling, a validation-chosen threshold, CIs, every test
-image rather than the first 20. User errors print one line (``error: ...``) and exit 2.
+"""The reference study's two scripts (``python skin_lesion_analysis.py``, ``python
+gradcam_analysis.py``, in the folder holding the ISIC 2016 Part 3B files), kept working on top
+of dermcam: the work is ``train`` -> ``evaluate`` -> ``explain`` in ``results_visualization/run``,
+and the study's figure and file names are written as copies of the run's outputs. What differs
+from the study (best checkpoint, imbalance handling, validation-chosen threshold, CIs, every
+test image) is dermcam's. User errors print one line (``error: ...``) and exit 2.
 """
 
 from __future__ import annotations
@@ -65,8 +47,6 @@ _HINT = ("run this script in the folder holding the ISIC 2016 Part 3B files, or 
          "--data DIR")
 
 
-# ----------------------------------------------------------------------- helpers
-
 def _say(*parts: Any) -> None:
     print(*parts, flush=True)
 
@@ -83,6 +63,12 @@ def _models(text: str) -> list[str]:
     if not names:
         raise DermcamError("--models is empty; name at least one model, e.g. resnet18")
     return list(dict.fromkeys(names))
+
+
+def _plots_saved(paths: list[Path], say) -> None:
+    say("\nPlots saved to:")
+    for path in paths:
+        say(f"  - {path}")
 
 
 def _check_data(data: Path) -> Path:
@@ -130,8 +116,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
 
-# ---------------------------------------------------------------- training script
-
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="skin_lesion_analysis.py",
@@ -167,10 +151,8 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
                 image_size: int = 224, epochs: int = 30, batch_size: int = 16, seed: int = 42,
                 n_boot: int = 1000, resume: bool = False, progress: bool = False,
                 say=_say) -> dict[str, Any]:
-    """dermcam train + evaluate into ``results/run``; the study's figures under ``results``.
-
-    Returns the evaluation result (:func:`dermcam.evaluation.evaluate_predictions`).
-    """
+    """dermcam train + evaluate into ``results/run``, the study's figures under ``results``;
+    returns the evaluation result."""
     from dermcam.stages.evaluate import run_evaluate  # torch, at first use: --help stays fast
     from dermcam.stages.train import train
 
@@ -198,9 +180,7 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
         fname = f"{name}_confusion_matrix.png"
         written.append(_copy(figs / fname, results / fname))
     print_comparison(result, say)
-    say("\nPlots saved to:")
-    for path in written:
-        say(f"  - {path}")
+    _plots_saved(written, say)
     say(f"dermcam's run folder: {run} (metrics.json, predictions.csv, figures/); next: "
         "python gradcam_analysis.py")
     return result
@@ -214,37 +194,27 @@ def print_comparison(result: dict[str, Any], say=_say) -> None:
                   ("Benign_F1", "f1_benign"), ("Malignant_F1", "f1_malignant"))
     rows = [["Model"] + [c for c, _ in study_cols]]
     for name, entry in result["models"].items():
-        cells = []
-        for _, key in study_cols:
-            v = entry["at_threshold"][key]["value"]
-            cells.append("nan" if v is None else f"{v:.4f}")
-        rows.append([name] + cells)
+        values = (entry["at_threshold"][key]["value"] for _, key in study_cols)
+        rows.append([name] + ["nan" if v is None else f"{v:.4f}" for v in values])
     say("\nComparison of all models (test set, at each model's validation-chosen threshold):")
     say(_text_table(rows))
     say("\nWith 95% confidence intervals, and the predict-all-benign baseline:")
     from dermcam.evaluation import format_comparison  # scikit-learn, at first use
 
     say(_text_table(format_comparison(result)))
-    pairs = pairwise_table(result)
-    if pairs:
+    if pairs := pairwise_table(result):
         say(f"\n{pairs.title}:")
         say(_text_table([pairs.columns, *pairs.rows]))
         say(pairs.note)
 
 
-def _train_main(args: argparse.Namespace) -> None:
-    train_study(data=args.data, results=args.results, models=_models(args.models),
-                weights=args.weights, image_size=args.image_size, epochs=args.epochs,
-                batch_size=args.batch_size, seed=args.seed, n_boot=args.n_boot,
-                resume=args.resume, progress=sys.stdout.isatty())
-
-
 def main_train(argv: Sequence[str] | None = None) -> int:
     """``python skin_lesion_analysis.py``: returns the exit code."""
-    return _run(train_parser().parse_args(argv), _train_main)
+    return _run(train_parser().parse_args(argv), lambda a: train_study(
+        data=a.data, results=a.results, models=_models(a.models), weights=a.weights,
+        image_size=a.image_size, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
+        n_boot=a.n_boot, resume=a.resume, progress=sys.stdout.isatty()))
 
-
-# ---------------------------------------------------------------- Grad-CAM script
 
 def gradcam_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -267,8 +237,8 @@ def gradcam_parser() -> argparse.ArgumentParser:
 def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
                   model: str | None = None, batch_size: int = 16, n_boot: int = 1000,
                   progress=None, say=_say) -> dict[str, Any]:
-    """dermcam explain (Grad-CAM) on ``results/run``; the study's figures and CSV under
-    ``results``. Returns the attention summary (:func:`dermcam.stages.explain.run_explain`)."""
+    """dermcam explain (Grad-CAM) on ``results/run``, the study's figures and CSV under
+    ``results``; returns the attention summary."""
     import pandas as pd
 
     from dermcam.stages.explain import run_explain  # torch, at first use: --help stays fast
@@ -298,31 +268,25 @@ def gradcam_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     say(f"Running Grad-CAM analysis with attention leakage ({', '.join(names)}; every test "
         "image with a mask)...")
     t_start = time.time()
-    # The study's layer (the last convolutional block) and target (the predicted class), to
-    # reproduce its numbers; 'dermcam explain' chooses a layer that localises instead
-    # (--layer auto) and explains the malignant class of every image.
+    # The study's layer (last block) and target (predicted class), to reproduce its numbers;
+    # 'dermcam explain' chooses a layer that localises and explains the malignant class.
     summary = run_explain(run, ExplainConfig(methods=[METHOD], batch_size=batch_size, n_boot=n_boot,
                                              layer="last", target="predicted"), progress=progress)
     figs = runmod.Outputs(run).figures
     summary_dir = results / "summary_plots"
-    written = [
-        _copy(figs / f"attention_leakage_analysis_{chosen}.png",
-              summary_dir / "attention_leakage_analysis.png"),
-        _copy(figs / "leakage_vs_accuracy.png", summary_dir / "leakage_vs_accuracy.png"),
-    ]
+    written = [_copy(figs / f"attention_leakage_analysis_{chosen}.png",
+                     summary_dir / "attention_leakage_analysis.png"),
+               _copy(figs / "leakage_vs_accuracy.png", summary_dir / "leakage_vs_accuracy.png")]
     plots_dir = results / "gradcam_plots"
     n_examples = _copy_examples(figs / "examples", plots_dir, names, since=t_start - 2.0)
     att = pd.read_csv(runmod.Outputs(run).attention, dtype={"image_id": str, "reason": str},
                       keep_default_na=False, na_values=[""])
-    g = att[(att["model"] == chosen) & (att["method"] == METHOD)]
-    table = study_leakage_table(g)
+    table = study_leakage_table(att[(att["model"] == chosen) & (att["method"] == METHOD)])
     csv_path = write_csv(results / "gradcam_leakage_results.csv", table)
     display = opened.model_record(chosen).get("display_name", chosen)
     print_leakage(table, display, summary.get("tests", {}).get(f"{chosen}/{METHOD}", {}), say)
     say(f"Results saved to '{csv_path}'")
-    say("\nPlots saved to:")
-    for path in written:
-        say(f"  - {path}")
+    _plots_saved(written, say)
     say(f"  - {plots_dir}/ ({n_examples} individual visualizations: the most and least "
         "leaking images per model)")
     say(f"dermcam's attention.csv, attention_summary.json and figures: {run}")
@@ -345,11 +309,8 @@ def _copy_examples(src_dir: Path, dst_dir: Path, models: Sequence[str], since: f
 
 
 def study_leakage_table(att):
-    """attention.csv rows of one model and method -> the study's CSV columns, then dermcam's.
-
-    ``pred_label`` is dermcam's decision at the validation-chosen threshold (the study
-    used argmax, i.e. 0.5).
-    """
+    """attention.csv rows of one model and method -> the study's CSV columns, then dermcam's
+    (``pred_label``: the decision at the validation-chosen threshold; the study used 0.5)."""
     import pandas as pd
 
     out = pd.DataFrame({
@@ -379,17 +340,12 @@ def print_leakage(table, display: str, tests: dict[str, Any], say=_say) -> None:
             say(f"  Mean outside attention: {g['outside_score'].mean():.4f}")
             say(f"  Mean chance leakage (1 - lesion area): {g['chance_leakage'].mean():.4f}")
             say(f"  Mean excess leakage (leakage - chance): {g['excess_leakage'].mean():+.4f}")
-
     size = confound_line(tests.get("size_confound") or {})
     if size:
         say(f"Lesion size: {size}")
 
 
-def _gradcam_main(args: argparse.Namespace) -> None:
-    gradcam_study(data=args.data, results=args.results, model=args.model,
-                  batch_size=args.batch_size, n_boot=args.n_boot)
-
-
 def main_gradcam(argv: Sequence[str] | None = None) -> int:
     """``python gradcam_analysis.py``: returns the exit code."""
-    return _run(gradcam_parser().parse_args(argv), _gradcam_main)
+    return _run(gradcam_parser().parse_args(argv), lambda a: gradcam_study(
+        data=a.data, results=a.results, model=a.model, batch_size=a.batch_size, n_boot=a.n_boot))

@@ -1,11 +1,5 @@
-"""The terminal side of the ``dermcam`` command line: how its help reads and what it prints
-(its options are declared in :mod:`dermcam.options`).
-
-:class:`App` rewraps each command's docstring and shows flags bare; :func:`show`
-renders a :class:`dermcam.views.Table` with rich, :func:`detail` writes a stage's detail
-tables to the run's ``dermcam.log``, :func:`answer` prints the findings and
-:func:`progress_bar` drives a rich progress bar (none with ``--quiet``).
-"""
+"""The terminal side of the ``dermcam`` command line: how its help reads (options are in
+:mod:`dermcam.options`) and how tables, findings and progress are printed."""
 
 from __future__ import annotations
 
@@ -27,18 +21,13 @@ from dermcam.views import findings_lines
 
 
 def paragraphs(doc: str | None) -> str | None:
-    """A docstring with each paragraph on one line, for the help formatter to wrap.
-
-    Typer's rich help keeps a docstring's hard line breaks, so text wrapped at 88
-    columns in the source breaks mid-sentence in a wider terminal. Paragraphs are
-    separated by blank lines; one that starts with ``\\b`` keeps its breaks (click's
-    convention for verbatim blocks).
-    """
+    """A docstring with each paragraph on one line: typer's help keeps hard line breaks, which
+    break mid-sentence in a wide terminal. A paragraph starting with ``\\b`` keeps its breaks
+    (click's verbatim blocks)."""
     if not doc:
         return doc
-    paragraphs = inspect.cleandoc(doc).split("\n\n")
     return "\n\n".join(p if p.startswith("\b") else " ".join(s.strip() for s in p.splitlines())
-                       for p in paragraphs)
+                       for p in inspect.cleandoc(doc).split("\n\n"))
 
 
 #: The order ``dermcam --help`` lists the commands in: the order a study runs them.
@@ -47,10 +36,8 @@ PIPELINE = ("demo", "download", "synth", "info", "models", "train", "evaluate", 
 
 
 def bare_flags(params: list) -> list:
-    """``params`` with no type placeholder on flags: typer's rich help prints one after every
-    option (``--overwrite <bool>``), though a flag takes no value. An empty metavar is the
-    placeholder it then prints. :data:`CAM_METHODS` in a help text becomes the registry's
-    methods."""
+    """``params`` with an empty metavar on flags (typer would print ``--overwrite <bool>``) and
+    :data:`CAM_METHODS` in a help text replaced by the registry's methods."""
     for p in params:
         if getattr(p, "is_flag", False) and p.metavar is None:
             p.metavar = ""
@@ -73,8 +60,7 @@ class Command(BareFlags, typer.core.TyperCommand):
 
 
 class Group(BareFlags, typer.core.TyperGroup):
-    """The top-level group: commands listed in :data:`PIPELINE` order (any other command
-    after them, in the order it was added)."""
+    """The top-level group: commands listed in :data:`PIPELINE` order, any other after."""
 
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
@@ -102,6 +88,7 @@ err = Console(stderr=True)
 #: Set by the app's callback from ``--debug``, ``--quiet``, ``--verbose``.
 state = {"debug": False, "quiet": False, "verbose": False}
 
+
 def names(text: str | None) -> list[str]:
     """A comma-separated option's names, blanks dropped."""
     return [n.strip() for n in (text or "").split(",") if n.strip()]
@@ -116,8 +103,8 @@ def numbers(text: str | None, kind=float) -> tuple | None:
 
 
 def show(table, to: Console | None = None) -> None:
-    """Print a :class:`dermcam.views.Table` (None prints nothing). Every string is plain
-    text, never markup: rich would read a CI cell ``0.03 [n/a, 0.06]`` as a style tag."""
+    """Print a :class:`dermcam.views.Table` (None prints nothing), every string as plain text:
+    rich would read a CI cell ``0.03 [n/a, 0.06]`` as markup."""
     if table is None:
         return
     t = Table(title=Text(table.title))
@@ -132,7 +119,7 @@ def show(table, to: Console | None = None) -> None:
 
 def detail(run_dir: Path, heading: str, tables) -> None:
     """A stage's detail tables: printed with ``--verbose``, always appended to
-    ``RUN/dermcam.log`` (plain text, as the terminal would show them)."""
+    ``RUN/dermcam.log`` as plain text."""
     tables = [t for t in tables if t is not None]
     if state["verbose"]:
         for t in tables:
@@ -141,18 +128,18 @@ def detail(run_dir: Path, heading: str, tables) -> None:
     if not path.parent.is_dir():
         return
     with path.open("a", encoding="utf-8") as fh:
-        log_console = Console(file=fh, width=160, no_color=True, highlight=False)
-        log_console.rule(f"{heading} ({runmod.now()})")
+        log = Console(file=fh, width=160, no_color=True, highlight=False)
+        log.rule(f"{heading} ({runmod.now()})")
         for t in tables:
-            show(t, log_console)
+            show(t, log)
 
 
 STYLE = {"alarm": "bold red", "caution": "yellow", "ok": "green", "not_run": "dim"}
 
 
 def answer(run_dir: Path, topics: tuple[str, ...] = ()) -> None:
-    """Write ``RUN/findings.json`` and print the findings on ``topics`` (prefixes; all
-    when empty), as :func:`dermcam.views.findings_lines` lays them out."""
+    """Write ``RUN/findings.json`` and print the findings on ``topics`` (prefixes; all when
+    empty)."""
     _, found = write_findings(run_dir)
     lines = findings_lines(found, display_names(runmod.Run.open(run_dir), found), topics)
     width = max((len(name) for name, _, _ in lines), default=0)

@@ -1,11 +1,6 @@
-"""Tables built once, as data, from a run's summaries; rendered by the terminal (rich) and
-the report (Jinja2) alike.
-
-A :class:`Table` is a title, column names, rows of already formatted cells and an optional
-note. Builders take the summary objects the stages write (``metrics.json``,
-``attention_summary.json``, ``probe_summary.json``, ``shortcut_experiment.json``, the
-manifest's model records) and never read images or models; :func:`run_sections` reads a
-run folder's files and returns every table grouped by report section.
+"""Tables built once, as data, from a run's summaries; rendered by the terminal (rich) and the
+report (Jinja2) alike. Builders take the summary objects the stages write and never read
+images or models; :func:`run_sections` reads a run folder and groups every table by section.
 """
 
 from __future__ import annotations
@@ -20,13 +15,13 @@ from dermcam.formatting import fmt_ci, fmt_num, fmt_p, fmt_pct, fmt_seconds, is_
 from dermcam.io import read_json
 from dermcam.stages.external import SIDE_BY_SIDE, side_by_side
 
-__all__ = ["Table", "ci_cell", "training_table", "imported_table", "metrics_tables", "localisation_table",
-           "attention_table", "artifacts_table", "probe_table", "presence_table",
-           "shortcut_table", "subgroup_tables", "external_table",
+__all__ = ["Table", "ci_cell", "training_table", "imported_table", "metrics_tables",
+           "localisation_table", "attention_table", "artifacts_table", "probe_table",
+           "presence_table", "shortcut_table", "subgroup_tables", "external_table",
            "run_sections", "SECTIONS", "dataset_tables", "dataset_lines", "problem_lines",
-           "models_table", "predictions_table",
-           "findings_lines", "pairwise_table", "confound_caveats", "confound_line",
-           "labels_line", "heterogeneity_note", "kruskal_note"]
+           "models_table", "predictions_table", "findings_lines", "pairwise_table",
+           "confound_caveats", "confound_line", "labels_line", "heterogeneity_note",
+           "kruskal_note"]
 
 #: Report sections holding detail tables, in page order: (anchor, title).
 SECTIONS = (("training", "Training"), ("comparison", "Model comparison"),
@@ -69,13 +64,19 @@ def method_at(method: str, layer: str) -> str:
     return f"{method} @ {layer}" if layer else method
 
 
+def _cam(chosen: dict[str, tuple[str, str]] | None, name: str, record: dict[str, Any]) -> str:
+    """The CAM a model was read with: the chosen method at its layer, else the record's."""
+    method, layer = (chosen or {}).get(name, ("", record.get("target_layer", "")))
+    return method_at(method, layer) if method else layer
+
+
 # ----------------------------------------------------------------- training, evaluation
 
 
 def training_table(records: dict[str, dict[str, Any]],
                    chosen: dict[str, tuple[str, str]] | None = None) -> Table:
-    """One row per trained model; epochs counted from 1; ``chosen``: model -> (method,
-    layer) the attention analysis used (else the architecture's default CAM layer)."""
+    """One row per trained model, epochs counted from 1; ``chosen``: model -> (method, layer)
+    of the attention analysis (else the architecture's default CAM layer)."""
     t = Table("Training (best checkpoint on validation)",
               ["model", "weights", "learning rate", "epochs run", "best epoch",
                "best validation", "threshold", "CAM", "time"], numeric_from=2)
@@ -83,34 +84,27 @@ def training_table(records: dict[str, dict[str, Any]],
         if m.get("source"):  # audited from outside: imported_table
             continue
         best = m.get("best_epoch")
-        method, layer = (chosen or {}).get(name, ("", m.get("target_layer", "")))
-        cam = method_at(method, layer) if method else layer
         t.add(m.get("display_name", name), m.get("weights_source", "?"),
-              f"{m['lr']:g}" if is_number(m.get("lr")) else "-",
-              m.get("epochs_run", "-"),
+              f"{m['lr']:g}" if is_number(m.get("lr")) else "-", m.get("epochs_run", "-"),
               best + 1 if isinstance(best, int) else "-",  # recorded from 0
               f"{m.get('monitor', '')} {fmt_num(m.get('best_score'), 3)}".strip(),
-              fmt_num(m.get("threshold"), 3), cam,
+              fmt_num(m.get("threshold"), 3), _cam(chosen, name, m),
               fmt_seconds(m.get("wall_time_s")))
     return t
 
 
 def imported_table(records: dict[str, dict[str, Any]],
                    chosen: dict[str, tuple[str, str]] | None = None) -> Table:
-    """One row per model audited from outside dermcam (``dermcam audit``): where it came
-    from, how its outputs are read, how its threshold was set, the CAM it was read with."""
+    """One row per model audited from outside dermcam (``dermcam audit``)."""
     t = Table("Audited models (trained outside dermcam)",
               ["model", "file", "form", "SHA-256", "outputs", "threshold", "CAM"],
               numeric_from=99)
     for name, m in records.items():
-        src = m.get("source")
-        if not src:
-            continue
-        method, layer = (chosen or {}).get(name, ("", m.get("target_layer", "")))
-        t.add(m.get("display_name", name), src.get("file") or "in memory", src.get("form", "?"),
-              (src.get("sha256") or "-")[:12], src.get("read_as", "?"),
-              f"{fmt_num(m.get('threshold'), 3)} ({m.get('threshold_rule', '?')})",
-              method_at(method, layer) if method else layer)
+        if src := m.get("source"):
+            t.add(m.get("display_name", name), src.get("file") or "in memory",
+                  src.get("form", "?"), (src.get("sha256") or "-")[:12], src.get("read_as", "?"),
+                  f"{fmt_num(m.get('threshold'), 3)} ({m.get('threshold_rule', '?')})",
+                  _cam(chosen, name, m))
     return t
 
 
@@ -121,8 +115,8 @@ _MAIN = (("at_threshold", "accuracy"), ("at_threshold", "balanced_accuracy"),
 
 
 def metrics_tables(result: dict[str, Any]) -> list[Table]:
-    """The comparison (at each model's threshold, with the all-benign baseline),
-    calibration before and after scaling, and the paired tests."""
+    """The comparison (with the all-benign baseline), calibration before and after scaling,
+    and the paired tests."""
     names = result.get("display_names") or {}
     test = result.get("test") or {}
     t = Table(f"Test set, n = {test.get('n')} ({test.get('n_malignant')} malignant): "
@@ -135,17 +129,14 @@ def metrics_tables(result: dict[str, Any]) -> list[Table]:
     if base:
         t.add("all benign (baseline)", "-", *(_entry(base.get(k)) for _, k in _MAIN))
     out = [t]
-    calib = result.get("calibration") or {}
-    if calib:
+    if calib := result.get("calibration") or {}:
         c = Table("Calibration on the test set, before and after scaling",
                   ["model", "T, b", "ECE before", "ECE after", "Brier before", "Brier after"])
         for m, v in calib.items():
             c.add(names.get(m, m), f"{fmt_num(v.get('temperature'), 2)}, "
                                    f"{fmt_num(v.get('bias'), 2, sign=True)}",
-                  _entry((v.get("before") or {}).get("ece")),
-                  _entry((v.get("after") or {}).get("ece")),
-                  _entry((v.get("before") or {}).get("brier")),
-                  _entry((v.get("after") or {}).get("brier")))
+                  *(_entry((v.get(when) or {}).get(k)) for k in ("ece", "brier")
+                    for when in ("before", "after")))
         out.append(c)
     p = pairwise_table(result)
     return out + ([p] if p else [])
@@ -154,27 +145,24 @@ def metrics_tables(result: dict[str, Any]) -> list[Table]:
 def pairwise_table(result: dict[str, Any]) -> Table | None:
     """The paired model comparisons of ``metrics.json`` (None with fewer than two models)."""
     names = result.get("display_names") or {}
-    pairs = result.get("pairwise") or []
-    if pairs:
-        p = Table("Paired comparisons (same test images)",
-                  ["models", "ΔAUC [95 % CI]", "DeLong p (Holm)", "Δaccuracy [95 % CI]",
-                   "McNemar p"],
-                  note="p >= 0.05 is inconclusive, not evidence of equal performance.")
-        for r in pairs:
-            auc, acc = r.get("auc") or {}, r.get("accuracy") or {}
-            p.add(f"{names.get(r['b'], r['b'])} - {names.get(r['a'], r['a'])}",
-                  ci_cell(auc.get("diff"), auc.get("lo"), auc.get("hi"), 3, sign=True),
-                  fmt_num(auc.get("p_adjusted", r.get("p_holm")), 3),
-                  ci_cell(acc.get("diff"), acc.get("lo"), acc.get("hi"), 3, sign=True),
-                  fmt_num((acc.get("mcnemar") or {}).get("p"), 3))
-        return p
-    return None
+    if not (pairs := result.get("pairwise") or []):
+        return None
+    p = Table("Paired comparisons (same test images)",
+              ["models", "ΔAUC [95 % CI]", "DeLong p (Holm)", "Δaccuracy [95 % CI]",
+               "McNemar p"], note="p >= 0.05 is inconclusive, not evidence of equal performance.")
+    for r in pairs:
+        auc, acc = r.get("auc") or {}, r.get("accuracy") or {}
+        p.add(f"{names.get(r['b'], r['b'])} - {names.get(r['a'], r['a'])}",
+              ci_cell(auc.get("diff"), auc.get("lo"), auc.get("hi"), 3, sign=True),
+              fmt_num(auc.get("p_adjusted", r.get("p_holm")), 3),
+              ci_cell(acc.get("diff"), acc.get("lo"), acc.get("hi"), 3, sign=True),
+              fmt_num((acc.get("mcnemar") or {}).get("p"), 3))
+    return p
 
 
 def external_table(internal: dict[str, Any] | None,
                    externals: list[tuple[str, dict[str, Any]]],
                    names: dict[str, str] | None = None) -> Table | None:
-
     if not externals:
         return None
     if names is None:  # as the metrics files name them
@@ -187,8 +175,7 @@ def external_table(internal: dict[str, Any] | None,
               numeric_from=2)
     notes = []
     for name, res in externals:
-        d = (res.get("external") or {}).get("duplicates")
-        if d:
+        if d := (res.get("external") or {}).get("duplicates"):
             ids = ", ".join((d.get("exact", []) + d.get("near", []))[:8])
             notes.append(f"{name}: {d['n_exact']} exact and {d['n_near']} near-duplicate "
                          f"image(s) of {d['against']}" + (f" ({ids})" if ids else "")
@@ -205,8 +192,7 @@ def subgroup_tables(result: dict[str, Any]) -> list[Table]:
     """One table per ``--by`` column and model (:func:`dermcam.subgroups.subgroup_table`)."""
     from dermcam.subgroups import subgroup_table
 
-    out = []
-    names = result.get("display_names") or {}
+    out, names = [], result.get("display_names") or {}
     for col, analysis in (result.get("subgroups") or {}).items():
         for model in analysis["models"]:
             rows = subgroup_table(analysis, model)
@@ -264,8 +250,7 @@ def localisation_table(rows: list[dict[str, Any]],
 def attention_table(summary: dict[str, Any], names: dict[str, str] | None = None
                     ) -> Table | None:
     """Per model at its method: leakage by class and the size-confound test."""
-    tests = summary.get("tests") or {}
-    if not tests:
+    if not (tests := summary.get("tests") or {}):
         return None
     t = Table("Leakage by class and the lesion-size confound (heatmaps explain the "
               f"{summary.get('target', 'malignant')} class)",
@@ -279,11 +264,7 @@ def attention_table(summary: dict[str, Any], names: dict[str, str] | None = None
         model, method = key.rsplit("/", 1)
         g = e.get("uniform_guard") or {}
         sc = e.get("size_confound") or {}
-
-        def cls(label, metric, model=model, method=method):
-            r = by.get((model, method, label, metric)) or {}
-            return ci_cell(r.get("mean"), r.get("ci_low"), r.get("ci_high"), 3)
-
+        cls = [by.get((model, method, lab, "leakage")) or {} for lab in (0, 1)]
         chance = [fmt_num((by.get((model, method, lab, "chance_leakage")) or {}).get("mean"), 3)
                   for lab in (0, 1)]
         lo, hi = (sc.get("class_ci_adjusted") or [None, None])[:2]
@@ -291,8 +272,8 @@ def attention_table(summary: dict[str, Any], names: dict[str, str] | None = None
             caveats.setdefault(c, []).append(_n(names, model))
         t.add(_n(names, model), method_at(method, e.get("layer", "")),
               ci_cell(g.get("median_pixel_auroc"), *(g.get("pixel_auroc_ci") or [None, None])[:2]),
-              cls(0, "leakage"), cls(1, "leakage"), " / ".join(chance),
-              ci_cell(sc.get("class_coef_adjusted"), lo, hi, 3, sign=True),
+              *(ci_cell(r.get("mean"), r.get("ci_low"), r.get("ci_high"), 3) for r in cls),
+              " / ".join(chance), ci_cell(sc.get("class_coef_adjusted"), lo, hi, 3, sign=True),
               fmt_pct(sc.get("share_explained"), 0),
               sc.get("verdict", "-") if g.get("better_than_uniform") else "not interpreted")
     t.note = ("Gap: malignant minus benign mean leakage adjusted for lesion area (OLS, HC3 "
@@ -305,12 +286,10 @@ def attention_table(summary: dict[str, Any], names: dict[str, str] | None = None
 
 def confound_caveats(sc: dict[str, Any], miss: dict[str, Any] | None = None,
                      alpha: float = 0.05) -> list[str]:
-    """What a size-confound result's verdict rests on, in short phrases, from its fields
-    (:func:`dermcam.leakage.size_confound`): the multiplicity-adjusted p-values it was
-    decided on, a degenerate fit, the linear fallback for the area term, results pooled
-    over the explained classes, numbers per image under cluster resampling; and, given the
-    same metric's :func:`dermcam.leakage.missing_at_chance` entry ``miss``, whether scoring
-    the undefined heatmaps at chance moves the class comparison across ``alpha``."""
+    """What a size-confound verdict (:func:`dermcam.leakage.size_confound`) rests on, in short
+    phrases; with the metric's :func:`dermcam.leakage.missing_at_chance` entry ``miss``, also
+    whether scoring the undefined heatmaps at chance moves the class comparison across
+    ``alpha``."""
     out = []
     basis, reason = sc.get("verdict_basis") or "", sc.get("reason") or ""
     if basis.endswith("-adjusted p"):
@@ -342,8 +321,8 @@ def confound_caveats(sc: dict[str, Any], miss: dict[str, Any] | None = None,
 
 
 def confound_line(sc: dict[str, Any]) -> str:
-    """A size-confound result in one line: the adjusted gap with its CI, the verdict and
-    its :func:`confound_caveats` (``""`` without a verdict)."""
+    """A size-confound result in one line: adjusted gap with CI, verdict and caveats (``""``
+    without a verdict)."""
     if not sc.get("verdict"):
         return ""
     lo, hi = (sc.get("class_ci_adjusted") or [None, None])[:2]
@@ -355,8 +334,7 @@ def confound_line(sc: dict[str, Any]) -> str:
 
 def artifacts_table(rows: list[dict[str, Any]] | None, names: dict[str, str] | None = None
                     ) -> Table | None:
-    rows = [r for r in rows or [] if r.get("n", 0) >= 2]
-    if not rows:
+    if not (rows := [r for r in rows or [] if r.get("n", 0) >= 2]):
         return None
     t = Table("Heatmap mass on artifacts relative to their area (1 = uniform), on images "
               "that carry them", ["model", "CAM", "artifact", "n", "ratio [95 % CI]",
@@ -427,10 +405,8 @@ def probe_table(entries: list[dict[str, Any]], names: dict[str, str] | None = No
                    "reaction to the painted look, not to real artifacts. " + CAVEAT)
     for e in entries:
         what = PROBE_TITLES[e["probe"]]
-        if e.get("artifact"):
-            what = f"{e['artifact']} {what}"
-        t.add(_n(names, e["model"]), what, e["n"],
-              ci_cell(e["delta_mean"], e["delta_ci_low"], e["delta_ci_high"], 3, sign=True),
+        t.add(_n(names, e["model"]), f"{e['artifact']} {what}" if e.get("artifact") else what,
+              e["n"], ci_cell(e["delta_mean"], e["delta_ci_low"], e["delta_ci_high"], 3, sign=True),
               fmt_pct(e["flip_to_malignant"], 0), fmt_pct(e["flip_to_benign"], 0),
               ci_cell(e["auc"], e.get("auc_ci_low"), e.get("auc_ci_high"), 3) if "auc" in e else "",
               fmt_num(e.get("auc_intact"), 3) if "auc" in e else "")
@@ -450,13 +426,10 @@ def presence_table(rows: list[dict[str, Any]] | None, names: dict[str, str] | No
               note="Two-sided Mann-Whitney of the per-image change; p >= 0.05 is "
                    "inconclusive.")
     for r in rows:
-        w, wo = r["with"], r["without"]
         t.add(_n(names, r["model"]), PROBE_TITLES.get(r["probe"], r["probe"]), r["artifact"],
-              w["n"],
-              ci_cell(w.get("delta_mean"), w.get("delta_ci_low"), w.get("delta_ci_high"), 3, True),
-              wo["n"],
-              ci_cell(wo.get("delta_mean"), wo.get("delta_ci_low"), wo.get("delta_ci_high"), 3,
-                  True), fmt_num(r.get("delta_p_adjusted", r.get("delta_p")), 3))
+              *(x for g in (r["with"], r["without"]) for x in (g["n"], ci_cell(
+                  g.get("delta_mean"), g.get("delta_ci_low"), g.get("delta_ci_high"), 3, True))),
+              fmt_num(r.get("delta_p_adjusted", r.get("delta_p")), 3))
     return t
 
 
@@ -475,8 +448,8 @@ def shortcut_table(exp: dict[str, Any], names: dict[str, str] | None = None) -> 
         t.add(f"{_n(names, exp['model'])} ({role})", r.get("layer"), r.get("n"),
               ci_cell(r.get("ratio"), r.get("ratio_ci_low"), r.get("ratio_ci_high")),
               "yes" if r.get("flagged") else "no",
-              ci_cell(pr.get("insert_delta"), pr.get("insert_ci_low"), pr.get("insert_ci_high"), 3,
-                  True),
+              ci_cell(pr.get("insert_delta"), pr.get("insert_ci_low"), pr.get("insert_ci_high"),
+                      3, True),
               ci_cell(r.get("test_auc"), r.get("test_auc_ci_low"), r.get("test_auc_ci_high"), 3))
     return t
 
@@ -486,16 +459,14 @@ def shortcut_table(exp: dict[str, Any], names: dict[str, str] | None = None) -> 
 
 def findings_lines(findings, names: dict[str, str], topics: tuple[str, ...] = ()
                    ) -> list[tuple[str, str, str]]:
-    """The findings on ``topics`` (prefixes; all when empty) as the terminal lists them,
-    ``(model name, status, text)``: per model, one line per topic that is not ok, then one
-    line with what is fine (status ``ok``)."""
+    """The findings on ``topics`` (prefixes; all when empty) as ``(model name, status, text)``:
+    per model, one line per topic that is not ok, then one ``ok`` line with what is fine."""
     found = [f for f in findings if not topics or f.topic.startswith(topics)]
     out = []
     for model in dict.fromkeys(f.model for f in found):
         out += [(names[model], f.status, f"{f.topic}: {f.sentence}") for f in found
                 if f.model == model and f.status != "ok"]
-        fine = fine_line(found, model)
-        if fine:
+        if fine := fine_line(found, model):
             out.append((names[model], "ok", fine))
     return out
 
@@ -504,9 +475,8 @@ def findings_lines(findings, names: dict[str, str], topics: tuple[str, ...] = ()
 
 
 def dataset_tables(d: dict[str, Any], root: str | Path) -> list[Table]:
-    """What :func:`dermcam.data.describe.describe` found: counts per split and class (the
-    sampled image sizes as its note) and, where the metadata records artifacts, the share of
-    images carrying each."""
+    """What :func:`dermcam.data.describe.describe` found: counts per split and class and,
+    where the metadata records artifacts, the share of images carrying each."""
     t = Table(f"{d['name']} ({d['layout']} layout) — {root}",
               ["split", "images", "benign", "malignant", "malignant %", "with mask",
                "mean lesion area"],
@@ -515,8 +485,7 @@ def dataset_tables(d: dict[str, Any], root: str | Path) -> list[Table]:
         t.add(split, s["n"], s["benign"], s["malignant"],
               f"{100 * s['malignant'] / max(s['n'], 1):.1f}", s["with_mask"],
               fmt_num(s.get("mean_lesion_area"), 3, missing="-"))
-    arts = d.get("artifacts")
-    if not arts:
+    if not (arts := d.get("artifacts")):
         return [t]
     cols = list(next(iter(arts.values())))
     a = Table("background artifacts: share of images carrying each", ["artifact", *cols])
@@ -526,16 +495,15 @@ def dataset_tables(d: dict[str, Any], root: str | Path) -> list[Table]:
 
 
 def dataset_lines(d: dict[str, Any]) -> list[str]:
-    """The sentences under a data set's tables: the comparison with the published counts,
-    then the layout's notes."""
+    """The comparison with the published counts, then the layout's notes."""
     official = [d["official_check"]] if d.get("official_check") else []
     return official + [f"note: {n}" for n in d.get("notes", [])]
 
 
 def problem_lines(report, shown: int = 10) -> list[str]:
-    """A data check's problems (:class:`dermcam.data.check.CheckReport`), one line each:
-    every error, then the warnings, at most ``shown`` of each kind (the same message but for
-    its numbers) and a count of the rest, then the summary line."""
+    """A data check's problems, one line each: every error, then at most ``shown`` warnings
+    of each kind (the same message but for its numbers) and a count of the rest, then the
+    summary line."""
     import re
 
     lines = [f"error: {p}" for p in report.errors]
@@ -550,9 +518,8 @@ def problem_lines(report, shown: int = 10) -> list[str]:
 
 
 def models_table(image_size: int, rows: list[dict[str, Any]]) -> Table:
-    """The architectures dermcam knows; ``rows``: name, display_name, cam_layer, grid
-    (candidate layer -> (h, w) at ``image_size``) and weights (None when ImageNet weights
-    are cached, else the path they would be read from)."""
+    """The architectures dermcam knows; ``rows``: name, display_name, cam_layer, grid (layer
+    -> (h, w)) and weights (None when ImageNet weights are cached, else their path)."""
     t = Table(f"models at {image_size} px input (any other torchvision classifier also "
               "works by name)", ["name", "architecture", "study's CAM layer",
                                  "candidate layers (h x w)", "ImageNet weights"],
@@ -578,8 +545,7 @@ def predictions_table(table, shown: int = 20) -> Table:
 
 
 def labels_line(info: dict[str, Any]) -> str:
-    """The line on artifact labels joined to a data set (``metrics.json["artifact_labels"]``,
-    :func:`dermcam.stages.evaluate.labels_info`)."""
+    """The line on artifact labels joined to a data set (``metrics.json["artifact_labels"]``)."""
     text = f"artifact labels from {Path(info['file']).name}"
     if "n_matched" in info:
         text += (f": {info['n_matched']} of {info['n_images']} images "
@@ -606,6 +572,12 @@ def _maybe(path: Path) -> Any:
         return None
 
 
+def _probes(path: Path) -> Any:
+    """A probe summary, an older plain list of entries as ``{"entries": ...}``."""
+    probes = _maybe(path)
+    return {"entries": probes} if isinstance(probes, list) else probes
+
+
 def chosen_layers(summary: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
     return {c["model"]: (c["method"], c["layer"])
             for c in (summary or {}).get("layer_choice") or []}
@@ -615,31 +587,23 @@ def run_sections(run_dir: str | Path) -> dict[str, list[Table]]:
     """Every detail table of a run folder, by report section (:data:`SECTIONS`)."""
     run = runmod.Run.open(run_dir)
     out = runmod.Outputs(run.dir)
-    metrics = _maybe(out.metrics)
-    summary = _maybe(out.attention_summary)
-    probes = _maybe(out.probe_summary)
-    if isinstance(probes, list):
-        probes = {"entries": probes}
+    metrics, summary = _maybe(out.metrics), _maybe(out.attention_summary)
+    probes = _probes(out.probe_summary)
     chosen = chosen_layers(summary)
     names = dict(run.display_names)
     sec: dict[str, list[Table]] = {k: [] for k, _ in SECTIONS}
-    for table in (training_table(run.model_records, chosen),
-                  imported_table(run.model_records, chosen)):
-        if table.rows:
-            sec["training"].append(table)
+    sec["training"] += [t for t in (training_table(run.model_records, chosen),
+                                    imported_table(run.model_records, chosen)) if t.rows]
     if metrics:
         sec["comparison"] += metrics_tables(metrics)
         sec["subgroups"] += subgroup_tables(metrics)
     ext_dir = run.dir / runmod.EXTERNAL_DIR
-    externals = sorted((p.name, m) for p in (ext_dir.iterdir() if ext_dir.is_dir() else [])
-                       if (m := _maybe(p / runmod.METRICS)))
-    t = external_table(metrics, externals, names)
-    if t:
+    folders = sorted(ext_dir.iterdir()) if ext_dir.is_dir() else []
+    externals = sorted((p.name, m) for p in folders if (m := _maybe(p / runmod.METRICS)))
+    if t := external_table(metrics, externals, names):
         sec["external"].append(t)
-    for folder in sorted(ext_dir.iterdir() if ext_dir.is_dir() else []):
-        es, ep = _maybe(folder / runmod.ATTENTION_SUMMARY), _maybe(folder / runmod.PROBE_SUMMARY)
-        if isinstance(ep, list):
-            ep = {"entries": ep}
+    for folder in folders:
+        es, ep = _maybe(folder / runmod.ATTENTION_SUMMARY), _probes(folder / runmod.PROBE_SUMMARY)
         for t in ((attention_sections(es, names) if isinstance(es, dict) else [])
                   + (probe_sections(ep, names) if isinstance(ep, dict) else [])):
             t.title = f"{folder.name}: {t.title}"
@@ -655,9 +619,8 @@ def run_sections(run_dir: str | Path) -> dict[str, list[Table]]:
 
 
 def run_facts(run: runmod.Run) -> tuple[list[tuple[str, Any]], Table]:
-    """What a run's manifest records, in words: ``(facts, stages)``, the facts as ``(label,
-    value)`` pairs (data, seed, versions, training settings, "not recorded" where absent)
-    and a table of its stages (status, wall time, when finished)."""
+    """What a run's manifest records: ``(facts, stages)``, the facts as ``(label, value)``
+    pairs ("not recorded" where absent) and a table of its stages."""
     data, cfg = run.data, run.recorded_config
     counts = "; ".join(f"{split} {c.get('benign', 0)} benign / {c.get('malignant', 0)} "
                        "malignant" for split, c in (data.get("counts") or {}).items()

@@ -1,9 +1,6 @@
 """The report's gallery: per model and method, the images whose heatmaps leak most and least
-and the missed malignant lesions, each a strip image | heatmap | lesion mask | leak overlay.
-
-Strips are drawn (:func:`dermcam.pictures.render_strip`) from the heatmaps the explain stage
-saved and the run's own test images and masks (through the decode cache), so the page shows
-exactly the maps that were scored.
+and the missed malignant lesions, each a strip image | heatmap | mask | leak overlay drawn
+from the heatmaps explain saved, so the page shows exactly the maps that were scored.
 """
 
 from __future__ import annotations
@@ -38,13 +35,9 @@ class Case:
 
 def select_cases(att: pd.DataFrame, n_extreme: int = N_EXTREME, n_missed: int = N_MISSED
                  ) -> tuple[list[Case], list[str]]:
-    """Pick the cards for one model/method.
-
-    ``att`` holds the attention.csv rows of one model and method. Returns the
-    cases (``n_extreme`` highest and lowest excess leakage among images with a
-    defined value, then up to ``n_missed`` misclassified malignant lesions, each
-    image once) and the ids of the misclassified malignant lesions left out by the cap.
-    """
+    """The cards for one model and method's attention.csv rows: the ``n_extreme`` highest and
+    lowest defined excess leakage, then up to ``n_missed`` missed malignant lesions, each
+    image once; and the ids of the missed ones left out by the cap."""
     ex = pd.to_numeric(att["excess_leakage"], errors="coerce")
     valid = att[np.isfinite(ex.to_numpy(dtype=np.float64))].copy()
     valid["_ex"] = ex[valid.index]
@@ -53,11 +46,7 @@ def select_cases(att: pd.DataFrame, n_extreme: int = N_EXTREME, n_missed: int = 
 
     def add(rows: pd.DataFrame, kind: str) -> None:
         for r in rows.drop(columns=["_ex"], errors="ignore").to_dict(orient="records"):
-            key = str(r["image_id"])
-            if key in picked:
-                picked[key].kinds.append(kind)
-            else:
-                picked[key] = Case(r, [kind])
+            picked.setdefault(str(r["image_id"]), Case(r, [])).kinds.append(kind)
 
     add(valid.tail(n_extreme).iloc[::-1], "most")
     add(valid.head(n_extreme), "least")
@@ -107,8 +96,8 @@ def _cls(v: Any) -> str:
 
 
 def cards(run: runmod.Run, names: dict[str, str], data_uri) -> tuple[list[dict], list[str]]:
-    """The gallery's cards (highest/lowest excess leakage and missed malignant lesions, per
-    model and method, strips as ``data_uri(png)``) and notes on what could not be shown."""
+    """The gallery's cards, per model and method (strips as ``data_uri(png)``), and notes on
+    what could not be shown."""
     path = runmod.Outputs(run.dir).attention
     if not path.exists():
         return [], []

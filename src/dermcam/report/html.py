@@ -1,10 +1,7 @@
-"""``report.html``: one self-contained page that answers on its first screen.
-
-One card per model (its findings, :mod:`dermcam.findings`) and the pictures the stages drew
-open the page; below, folded sections show :func:`dermcam.views.run_sections`' tables and
-the run's figures. Jinja2 renders ``templates/`` with autoescaping on; figures are ``data:``
-URIs and the Content-Security-Policy allows only them, the inline style and the one script
-(by its SHA-256 hash), so the page opens offline and loads nothing from outside.
+"""``report.html``: one self-contained page, a card per model and the stages' pictures first,
+then folded sections of tables and figures. Jinja2 autoescapes; figures are ``data:`` URIs
+and the Content-Security-Policy allows only them, the inline style and the one script (by its
+SHA-256 hash), so the page opens offline and loads nothing from outside.
 """
 
 from __future__ import annotations
@@ -159,8 +156,7 @@ def sections(run: runmod.Run, names: dict[str, str]) -> list[Section]:
     models = list(run.model_records) or run.configured_models
     out = []
     for anchor, title in SECTIONS:
-        ts = tables.get(anchor) or []
-        if not ts:
+        if not (ts := tables.get(anchor) or []):
             continue
         figs, absent, alone = [], [], []
         for pattern, caption in FIGURES.get(anchor, []):
@@ -186,18 +182,14 @@ def sections(run: runmod.Run, names: dict[str, str]) -> list[Section]:
 
 def _external_figures(run: runmod.Run) -> list[Figure]:
     folder = run.dir / runmod.EXTERNAL_DIR
-    out = []
-    for d in sorted(folder.iterdir()) if folder.is_dir() else []:
-        for rel, what in (("roc_curves.png", "ROC curves"), ("reliability.png", "Reliability")):
-            fig, _ = _png(d / runmod.FIGURES_DIR / rel, f"{what} on {d.name}")
-            if fig:
-                out.append(fig)
-    return out
+    return [fig for d in (sorted(folder.iterdir()) if folder.is_dir() else [])
+            for rel, what in (("roc_curves.png", "ROC curves"), ("reliability.png", "Reliability"))
+            if (fig := _png(d / runmod.FIGURES_DIR / rel, f"{what} on {d.name}")[0])]
 
 
 def pictures(run: runmod.Run) -> tuple[list[Figure], list[str]]:
-    """The first screen's pictures, drawn by the stages: the per-model examples (explain)
-    and the planted shortcut (the demo); a note where explain ran but drew no examples."""
+    """The first screen's pictures (explain's examples, the demo's shortcut); a note where
+    explain ran but drew no examples."""
     figs, notes = [], []
     for rel, caption in PICTURES:
         fig, why = _png(run.dir / runmod.FIGURES_DIR / rel, caption)
@@ -206,9 +198,6 @@ def pictures(run: runmod.Run) -> tuple[list[Figure], list[str]]:
         elif rel == runmod.EXAMPLES_PNG and runmod.Outputs(run.dir).attention.exists():
             notes.append(f"figures/{rel} {why}: 'dermcam explain {run.dir}' draws it.")
     return figs, notes
-
-
-# ----------------------------------------------------------------- method notes
 
 
 def notes_context(run: runmod.Run) -> dict[str, Any]:
@@ -234,9 +223,6 @@ def notes_context(run: runmod.Run) -> dict[str, Any]:
             "definitions": {k: d if isinstance(d, dict) else {} for k, d in
                             (summ.get("metric_definitions") or {}).items()},
             "caveat": CAVEAT, "rules": RULES}
-
-
-# ----------------------------------------------------------------- page
 
 
 def environment() -> jinja2.Environment:
@@ -274,10 +260,8 @@ def render(run_dir: str | Path) -> str:
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the run's self-contained HTML report (and ``RUN/findings.json``); returns its
-    path. ``out`` defaults to ``RUN_DIR/report.html``; an existing folder gets
-    ``report.html`` inside it. Raises :class:`DermcamError` when ``run_dir`` is not a
-    dermcam run folder; a stage that has not run shows as ``not run`` findings."""
+    """Write the run's HTML report (and ``RUN/findings.json``); returns its path. ``out``:
+    default ``RUN_DIR/report.html``; an existing folder gets ``report.html`` inside it."""
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir / runmod.REPORT
     if target.is_dir():
