@@ -4,11 +4,9 @@
     images/<image_id>.jpg|.png
     masks/<image_id>.png            (optional; or a relative path in the 'mask' column)
 
-``label`` is benign/malignant or 0/1; ``split`` is train/test. Without a split
-column, a seeded stratified 20 % of the images is held out as the test split
-(and ``dermcam info`` says so). ``group`` (optional) names the lesion or patient an
-image belongs to: images of one group stay on one side of every split, and bootstrap
-CIs and paired tests resample whole groups.
+``label`` is benign/malignant or 0/1; ``split`` train/test (without it, a seeded
+stratified 20 % is the test split). ``group`` names the lesion or patient: a group stays
+on one side of every split, and bootstrap CIs resample whole groups.
 """
 
 from __future__ import annotations
@@ -20,10 +18,10 @@ from dermcam.data.dataset import (
     DataSet,
     Problem,
     Sample,
-    check_duplicates,
-    find_image,
+    image_path,
     parse_label,
     read_csv_rows,
+    rows_to_samples,
 )
 from dermcam.data.paths import check_id, safe_join
 from dermcam.data.splits import TEST_FRACTION, holdout, lesion_holdout
@@ -54,55 +52,40 @@ def load(root: Path, check_files: bool = True, problems: list[Problem] | None = 
     col = {name: header.index(name) for name in header}
     img_dir = safe_join(root, IMAGE_DIR, csv_path)
     mask_dir = safe_join(root, MASK_DIR, csv_path)
-    samples = []
-    seen: dict[str, int] = {}
-    for i, row in enumerate(rows[1:], start=2):
-        row = row + [""] * (len(header) - len(row))
-        try:
-            image_id = check_id(row[col["image_id"]], csv_path)
-            label = parse_label(row[col["label"]], csv_path, i)
-            split = row[col["split"]].lower() if "split" in col else ""
-            if split and split not in SPLITS:
-                raise DermcamError(f"line {i}: split {split!r} is not one of {SPLITS}",
+
+    def parse(i: int, row: list[str]) -> Sample:
+        image_id = check_id(row[col["image_id"]], csv_path)
+        label = parse_label(row[col["label"]], csv_path, i)
+        split = row[col["split"]].lower() if "split" in col else ""
+        if split and split not in SPLITS:
+            raise DermcamError(f"line {i}: split {split!r} is not one of {SPLITS}", csv_path)
+        path = image_path(img_dir, image_id, csv_path, check_files)
+        mask_path = None
+        if "mask" in col and row[col["mask"]]:
+            mask_path = safe_join(root, row[col["mask"]], csv_path)
+            if not mask_path.exists():
+                raise DermcamError(f"line {i}: mask file {row[col['mask']]!r} not found",
                                    csv_path)
-            image_path = (find_image(img_dir, image_id, csv_path) if check_files
-                          else safe_join(img_dir, image_id + ".jpg", csv_path))
-            mask_path = None
-            if "mask" in col and row[col["mask"]]:
-                mask_path = safe_join(root, row[col["mask"]], csv_path)
-                if not mask_path.exists():
-                    raise DermcamError(f"line {i}: mask file {row[col['mask']]!r} not found",
-                                       csv_path)
-            elif mask_dir.is_dir():
-                for ext in (".png", "_segmentation.png", "_Segmentation.png", ".jpg"):
-                    p = safe_join(mask_dir, image_id + ext, csv_path)
-                    if p.exists():
-                        mask_path = p
-                        break
-        except DermcamError as exc:
-            if problems is None:
-                raise
-            problems.append(Problem.from_error(exc, csv_path, i, row[col["image_id"]] or None))
-            continue
-        if problems is not None and image_id in seen:
-            problems.append(Problem(str(csv_path), f"duplicate image id (first on line "
-                                                   f"{seen[image_id]})", "error", i, image_id))
-            continue
-        seen.setdefault(image_id, i)
+        elif mask_dir.is_dir():
+            masks = (safe_join(mask_dir, image_id + ext, csv_path)
+                     for ext in (".png", "_segmentation.png", "_Segmentation.png", ".jpg"))
+            mask_path = next((p for p in masks if p.exists()), None)
         group = row[col["group"]].strip() if "group" in col else ""
-        samples.append(Sample(image_id, image_path, label, split, mask_path,
-                              group=group or None))
-    check_duplicates(samples, csv_path)
+        return Sample(image_id, path, label, split, mask_path, group=group or None)
+
+    padded = [(i, row + [""] * (len(header) - len(row))) for i, row in enumerate(rows[1:], 2)]
+    samples = rows_to_samples(padded, col["image_id"], csv_path, problems, parse)
     ds = DataSet(name=root.name, root=root, layout="generic", samples=samples)
     if "split" not in col or all(not s.split for s in samples):
-        if any(s.group for s in samples):  # whole groups, as HAM10000's lesion_id
+        grouped = any(s.group for s in samples)
+        if grouped:  # whole groups, as HAM10000's lesion_id
             ds.samples = lesion_holdout(samples, {s.image_id: s.group or "\0" + s.image_id
                                                   for s in samples}, TEST_FRACTION)
         else:
             ds.samples = holdout(samples)
         ds.notes.append(f"no split column: a seeded stratified {TEST_FRACTION:.0%} "
                         "of images is held out as the test split"
-                        + (" (whole groups)" if any(s.group for s in samples) else ""))
+                        + (" (whole groups)" if grouped else ""))
     elif any(not s.split for s in samples):
         raise DermcamError("some rows have a split and some do not; fill the split column",
                            csv_path)

@@ -1,6 +1,4 @@
-"""ISIC 2017 Challenge (Part 3, lesion classification) in its official layout.
-
-::
+"""ISIC 2017 Challenge (Part 3, lesion classification) in its official layout::
 
     ISIC-2017_Training_Data/ISIC_0000000.jpg           (also *_superpixels.png: ignored)
     ISIC-2017_Training_Part1_GroundTruth/ISIC_0000000_segmentation.png
@@ -8,9 +6,8 @@
     ISIC-2017_Validation_{Data,Part1_GroundTruth,Part3_GroundTruth.csv}
     ISIC-2017_Test_v2_{Data,Part1_GroundTruth,Part3_GroundTruth.csv}
 
-The binary task is melanoma (1) against everything else (0), the challenge's
-Part 3a; ``target`` names another 0/1 column of the ground truth instead.
-Training and validation form the train split; the test set is the test split.
+Label 1 = melanoma (Part 3a), or another 0/1 ``target`` column. Training and validation
+form the train split.
 """
 
 from __future__ import annotations
@@ -22,7 +19,8 @@ from dermcam.data.dataset import (
     Sample,
     check_duplicates,
     class_counts,
-    find_image,
+    existing,
+    image_path,
     read_csv_rows,
 )
 from dermcam.data.paths import check_id, safe_join
@@ -52,16 +50,6 @@ def matches(root: Path) -> bool:
     return any((root / label_csv(part)).exists() for part, _ in PARTS)
 
 
-def _binary(value: str, column: str, csv_path: Path, line: int) -> int:
-    try:
-        v = float(value)
-    except ValueError:
-        v = float("nan")
-    if v not in (0.0, 1.0):
-        raise DermcamError(f"line {line}: {column} value {value!r} is not 0/1", csv_path)
-    return int(v)
-
-
 def _read_part(root: Path, part: str, split: str, target: str, check_files: bool
                ) -> list[Sample]:
     csv_path = root / label_csv(part)
@@ -86,12 +74,15 @@ def _read_part(root: Path, part: str, split: str, target: str, check_files: bool
             raise DermcamError(f"line {i}: expected {len(header)} columns, got "
                                f"{','.join(row)!r}", csv_path)
         image_id = check_id(row[id_col], csv_path)
-        label = _binary(row[y_col], target, csv_path, i)
-        image_path = (find_image(img_dir, image_id, csv_path) if check_files
-                      else safe_join(img_dir, image_id + ".jpg", csv_path))
-        mask = safe_join(m_dir, image_id + MASK_SUFFIX, csv_path)
-        samples.append(Sample(image_id, image_path, label, split,
-                              mask if mask.exists() else None))
+        try:
+            label = float(row[y_col])
+        except ValueError:
+            label = float("nan")
+        if label not in (0.0, 1.0):
+            raise DermcamError(f"line {i}: {target} value {row[y_col]!r} is not 0/1", csv_path)
+        path = image_path(img_dir, image_id, csv_path, check_files)
+        mask = existing(safe_join(m_dir, image_id + MASK_SUFFIX, csv_path))
+        samples.append(Sample(image_id, path, int(label), split, mask))
     check_duplicates(samples, csv_path)
     return samples
 
