@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dermcam.data import generic, isic2016
 from dermcam.data.cache import ImageCache
@@ -53,7 +53,6 @@ class CheckReport:
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
-
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity != "error"]
@@ -81,29 +80,17 @@ class _Header:
 
 def _header(path: Path) -> _Header | Problem:
     """Read a file's image header only; a Problem with the same wording as decoding's."""
-    if not path.exists():
-        return Problem(str(path), "file not found")
-    if path.is_file() and path.stat().st_size == 0:
-        return Problem(str(path), "file is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            mode = im.mode
-            try:
-                orientation = int(im.getexif().get(0x0112, 1) or 1)
-            except Exception:  # malformed EXIF: decoding ignores it too
-                orientation = 1
-    except Image.DecompressionBombError as exc:
-        return Problem(str(path), f"image too large, refused as a possible decompression bomb "
-                                  f"({exc})")
-    except UnidentifiedImageError:
-        return Problem(str(path), "not a readable image (unknown or corrupt format)")
-    except (OSError, SyntaxError, ValueError) as exc:
-        return Problem(str(path), f"corrupt or truncated image ({exc})")
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and w * h > limit:
-        return Problem(str(path), f"image too large, refused as a possible decompression bomb "
-                                  f"({w}x{h} px exceeds PIL's limit of {limit} px)")
+        im = open_checked(path, load=False)
+    except DermcamError as exc:
+        return Problem.from_error(exc, path)
+    with im:
+        w, h = im.size
+        mode = im.mode
+        try:
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
+        except Exception:  # malformed EXIF: decoding ignores it too
+            orientation = 1
     if orientation in SWAPS_AXES:
         w, h = h, w
     return _Header((w, h), mode, orientation)
@@ -223,8 +210,7 @@ def _split_problems(ds: DataSet, found: list[Problem]) -> list[Problem]:
             continue
         counts = np.bincount([s.label for s in samples], minlength=2)
         if counts.min() == 0:
-            have, lack = (LABEL_NAMES[0], LABEL_NAMES[1]) if counts[1] == 0 else (
-                LABEL_NAMES[1], LABEL_NAMES[0])
+            have, lack = LABEL_NAMES if counts[1] == 0 else LABEL_NAMES[::-1]
             why = ("training needs both classes" if split == "train" else
                    "ROC AUC, sensitivity and specificity are undefined")
             out.append(Problem(str(src), f"the {split} split holds only {have} images "
@@ -263,10 +249,9 @@ def check_dataset(root: str | Path, decode: bool = True, image_size: int = 224, 
     if decode and cache is None:
         cache = ImageCache()
     samples = ds.samples
-    report.n_images = len(samples)
-    report.n_masks = sum(1 for s in samples if s.mask_path is not None)
+    report.n_images, report.n_masks = len(samples), sum(s.mask_path is not None for s in samples)
     results = pool_map(lambda s: _check_sample(s, decode, image_size, cache), samples,
-                     workers or min(4, os.cpu_count() or 1), progress)
+                       workers or min(4, os.cpu_count() or 1), progress)
     for s, (found, area) in zip(samples, results):
         problems += found
         if area is not None:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dermcam.data.artifact_labels import artifact_columns
 from dermcam.data.cache import decode_sample
 from dermcam.data.dataset import LABEL_NAMES
 from dermcam.data.images import read_mask
@@ -36,10 +37,6 @@ def read_metadata(ds):
     for i in meta["image_id"]:
         check_id(i, ds.metadata_path)
     return meta
-
-
-def artifact_columns(meta) -> list[str]:
-    return [c for c in meta.columns if c.startswith("artifact_")] if meta is not None else []
 
 
 def describe(root: str | Path, check: bool = False,

@@ -36,8 +36,7 @@ def matches(root: Path) -> bool:
     return (root / CSV_NAME).exists()
 
 
-def load(root: Path, check_files: bool = True, problems: list[Problem] | None = None
-         ) -> DataSet:
+def load(root: Path, check_files: bool = True, problems: list[Problem] | None = None) -> DataSet:
     """The data set under ``root``; with ``problems``, each bad row is recorded there and
     left out instead of raising at the first."""
     csv_path = root / CSV_NAME

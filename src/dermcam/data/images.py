@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 MASK_THRESHOLD = 128
 
 
-def open_checked(path: Path, draft_size: int | None = None) -> Image.Image:
-    """``Image.open`` and ``load`` with one-line errors; ``draft_size``: decode big JPEGs at a
-    reduced DCT scale (the largest saving when ~4000 px ISIC images become 224 px)."""
+def open_checked(path: Path, draft_size: int | None = None, load: bool = True) -> Image.Image:
+    """``Image.open`` and ``load`` (unless not ``load``: the header only) with one-line errors;
+    ``draft_size``: decode big JPEGs at a reduced DCT scale (the largest saving when ~4000 px
+    ISIC images become 224 px)."""
     if not path.exists():
         raise DermcamError("file not found", path)
     if path.is_file() and path.stat().st_size == 0:
@@ -36,6 +37,8 @@ def open_checked(path: Path, draft_size: int | None = None) -> Image.Image:
             raise DermcamError(
                 f"image too large, refused as a possible decompression bomb ({full_size[0]}x"
                 f"{full_size[1]} px exceeds PIL's limit of {limit} px)", path)
+        if not load:
+            return img
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         img.load()

@@ -68,8 +68,7 @@ def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files:
     return rows_to_samples(rows, 0, csv_path, problems, parse)
 
 
-def load(root: Path, check_files: bool = True, problems: list[Problem] | None = None
-         ) -> DataSet:
+def load(root: Path, check_files: bool = True, problems: list[Problem] | None = None) -> DataSet:
     """The data set under ``root``; with ``problems``, every bad row (or unreadable ground
     truth) is recorded there and left out instead of raising at the first."""
 

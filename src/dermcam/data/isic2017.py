@@ -50,8 +50,7 @@ def matches(root: Path) -> bool:
     return any((root / label_csv(part)).exists() for part, _ in PARTS)
 
 
-def _read_part(root: Path, part: str, split: str, target: str, check_files: bool
-               ) -> list[Sample]:
+def _read_part(root: Path, part: str, split: str, target: str, check_files: bool) -> list[Sample]:
     csv_path = root / label_csv(part)
     if not csv_path.exists():
         return []

@@ -18,6 +18,9 @@ from PIL import Image, ImageDraw
 __all__ = ["ARTIFACTS", "PAINTERS", "composite", "lesion_geometry", "lesion_params", "lighting",
            "paint_artifact", "paint_lesion", "paint_skin"]
 
+Rng = np.random.Generator
+Paint = tuple[np.ndarray, np.ndarray]  # an artifact painter's alpha (S, S) and colour
+
 ARTIFACTS: tuple[str, ...] = ("ruler", "ink", "patch", "vignette", "hair")
 """Artifact names; the code written in the artifact map is ``index + 1`` (0 = none)."""
 
@@ -51,8 +54,7 @@ def _cubic_matrix(size: int, n: int) -> tuple[np.ndarray, np.ndarray, float]:
     return m, mt, gain
 
 
-def _noise(rng: np.random.Generator, size: int, cells: float,
-           win: tuple[slice, slice] | None = None) -> np.ndarray:
+def _noise(rng: Rng, size: int, cells: float, win: tuple[slice, slice] | None = None) -> np.ndarray:
     """Smooth ``(S, S)`` float32 noise, mean 0, variance about 1, with about ``cells``
     features across (bicubic upsampling of a coarse grid); or only its ``win`` window."""
     n = max(2, int(round(cells)))
@@ -92,7 +94,7 @@ _SKIN_LIGHT = (np.array([236, 212, 188], np.float32), np.array([240, 203, 200], 
 _SKIN_DARK = (np.array([168, 118, 86], np.float32), np.array([160, 108, 94], np.float32))
 
 
-def paint_skin(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def paint_skin(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Skin ``(S, S, 3)`` float32 and its texture modulation ``(S, S)``."""
     tone = float(rng.beta(1.5, 4.0))           # 0 fair .. 1 darker; ISIC is mostly fair skin
     hue = float(rng.uniform())                 # 0 yellow-brown .. 1 pink
@@ -109,7 +111,7 @@ def paint_skin(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
     return skin, texture
 
 
-def lighting(rng: np.random.Generator, size: int) -> np.ndarray:
+def lighting(rng: Rng, size: int) -> np.ndarray:
     """Dermoscope illumination ``(S, S)``: bright centre, gentle fall-off and tilt."""
     xx, yy = _grid(size)
     cx, cy = (float(v) for v in size * (0.5 + rng.uniform(-0.08, 0.08, 2)))
@@ -132,7 +134,7 @@ _EXTRA_COLOURS = ("black", "blue_grey", "red", "white")
 _EXTRA_WEIGHTS = np.array([0.33, 0.30, 0.20, 0.17])
 
 
-def _colour_set(rng: np.random.Generator, label: int) -> list[str]:
+def _colour_set(rng: Rng, label: int) -> list[str]:
     """Distinct lesion colours: benign mostly 1-2 browns, malignant mostly 2-5 colours."""
     if label == 0:
         n = int(rng.choice([1, 2, 3], p=[0.55, 0.40, 0.05]))
@@ -150,7 +152,7 @@ def _colour_set(rng: np.random.Generator, label: int) -> list[str]:
     return chosen
 
 
-def lesion_params(rng: np.random.Generator, label: int) -> dict[str, Any]:
+def lesion_params(rng: Rng, label: int) -> dict[str, Any]:
     """Shape and colour parameters; the ABCD cues differ by label, with overlap."""
     mal = label == 1
 
@@ -168,7 +170,7 @@ def lesion_params(rng: np.random.Generator, label: int) -> dict[str, Any]:
     }
 
 
-def _radius_table(rng: np.random.Generator, p: dict[str, Any], n: int = 2048):
+def _radius_table(rng: Rng, p: dict[str, Any], n: int = 2048):
     """Relative radius ``f(theta)`` on ``n`` angles (mean about 1) and the angles."""
     th = np.linspace(-np.pi, np.pi, n, endpoint=False)
     f = np.ones(n)
@@ -195,12 +197,12 @@ class _Frame(namedtuple("_Frame", "size win x0 y0 cx cy r0 th_tab f_tab xx yy r 
     outline radius ``rad``, ``rho = r / rad`` and the lesion ``mask`` (bool).
     """
 
-    def noise(self, rng: np.random.Generator, cells: float) -> np.ndarray:
+    def noise(self, rng: Rng, cells: float) -> np.ndarray:
         """:func:`_noise` of the whole image, cut to the window: ``(h, w)`` float32."""
         return _noise(rng, self.size, cells, self.win)
 
 
-def _lesion_frame(rng: np.random.Generator, size: int, p: dict[str, Any]) -> _Frame:
+def _lesion_frame(rng: Rng, size: int, p: dict[str, Any]) -> _Frame:
     """Draw the outline ``r < r0 * f(theta)``, scale it to the lesion area and place it."""
     th_tab, f_tab = _radius_table(rng, p)
     r0 = math.sqrt(p["area"] * size * size / (math.pi * float(np.mean(f_tab ** 2))))
@@ -225,7 +227,7 @@ def _lesion_frame(rng: np.random.Generator, size: int, p: dict[str, Any]) -> _Fr
     return _Frame(size, win, x0, y0, cx, cy, r0, th_tab, f_tab, xx, yy, r, rad, rho, mask)
 
 
-def paint_lesion(rng: np.random.Generator, size: int, skin: np.ndarray, texture: np.ndarray,
+def paint_lesion(rng: Rng, size: int, skin: np.ndarray, texture: np.ndarray,
                  p: dict[str, Any]) -> tuple[np.ndarray, float]:
     """Paint the lesion onto ``skin (S, S, 3)`` in place; the mask ``(S, S)`` bool and its
     Feret diameter (px). Pigment is absorbance ``A`` applied as ``skin * exp(-A * d)``, the
@@ -245,8 +247,7 @@ def paint_lesion(rng: np.random.Generator, size: int, skin: np.ndarray, texture:
     return full, _feret(fr.mask)
 
 
-def _core_density(rng: np.random.Generator, fr: _Frame,
-                  p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _core_density(rng: Rng, fr: _Frame, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """``(core, dens)``, each ``(h, w)``: distance (in ``r0``) from an off-centre pigment
     core (offset growing with asymmetry), and the pigment density: core plus mottling."""
     off = p["asymmetry"] * 2.2 * fr.r0
@@ -258,7 +259,7 @@ def _core_density(rng: np.random.Generator, fr: _Frame,
     return core, dens
 
 
-def _brown_absorbance(rng: np.random.Generator, fr: _Frame, p: dict[str, Any],
+def _brown_absorbance(rng: Rng, fr: _Frame, p: dict[str, Any],
                       dens: np.ndarray, absorb: dict[str, np.ndarray]) -> np.ndarray:
     """Absorbance ``(h, w, 3)`` of the brown base: light to dark brown along the density
     (or one brown modulated by it), fine grainy mottling and often a reticulation."""
@@ -288,7 +289,7 @@ _EXTRA_PEAKS = {"red": (0.55, 0.85), "blue_grey": (0.6, 0.9), "white": (0.45, 0.
                 "black": (0.75, 0.95)}
 
 
-def _extra_colours(rng: np.random.Generator, fr: _Frame, A: np.ndarray,
+def _extra_colours(rng: Rng, fr: _Frame, A: np.ndarray,
                    absorb: dict[str, np.ndarray], core: np.ndarray,
                    interior: np.ndarray) -> np.ndarray | None:
     """Blend the extra colours into ``A`` in place as soft, mottled regions inside the
@@ -312,7 +313,7 @@ def _extra_colours(rng: np.random.Generator, fr: _Frame, A: np.ndarray,
     return white
 
 
-def _globules(rng: np.random.Generator, fr: _Frame, A: np.ndarray,
+def _globules(rng: Rng, fr: _Frame, A: np.ndarray,
               absorb: dict[str, np.ndarray], interior: np.ndarray) -> None:
     """Blend dots into ``A`` in place: irregular black dots, or regular brown globules."""
     irregular = "black" in absorb
@@ -339,7 +340,7 @@ def _globules(rng: np.random.Generator, fr: _Frame, A: np.ndarray,
     A += (dot_a - A) * (dots * rng.uniform(0.7, 0.95) * interior)[..., None]
 
 
-def _apply_pigment(rng: np.random.Generator, fr: _Frame, p: dict[str, Any], skin: np.ndarray,
+def _apply_pigment(rng: Rng, fr: _Frame, p: dict[str, Any], skin: np.ndarray,
                    texture: np.ndarray, A: np.ndarray, white: np.ndarray | None) -> None:
     """Darken the window ``skin (h, w, 3)`` in place by ``exp(-A * d)``, then blend white
     over; outside the mask ``d`` is an anti-aliasing halo of at most one pixel."""
@@ -353,7 +354,7 @@ def _apply_pigment(rng: np.random.Generator, fr: _Frame, p: dict[str, Any], skin
         skin += (col * (0.9 + 0.1 * texture)[..., None] - skin) * (white * d)[..., None]
 
 
-def _absorbance(name: str, rng: np.random.Generator) -> np.ndarray:
+def _absorbance(name: str, rng: Rng) -> np.ndarray:
     """Absorbance ``(3,)`` of a lesion colour: ``-log`` of its transmittance on fair skin."""
     ref = np.asarray(_COLOURS[name], np.float32) * np.float32(rng.uniform(0.92, 1.06))
     ref = ref * rng.uniform(0.96, 1.04, 3).astype(np.float32)
@@ -384,8 +385,7 @@ def _side_clearance(mask: np.ndarray) -> np.ndarray:
     return np.array([rows[0], s - 1 - cols[-1], s - 1 - rows[-1], cols[0]], dtype=float)
 
 
-def _ruler(rng: np.random.Generator, size: int, mask: np.ndarray,
-           lesion: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _ruler(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> Paint:
     """Dark band with tick marks along the edge with the most free skin."""
     band_cv, tick_cv = _Canvas(size), _Canvas(size)
     ss = band_cv.ss
@@ -420,8 +420,7 @@ def _ruler(rng: np.random.Generator, size: int, mask: np.ndarray,
     return np.maximum(alpha_b, ticks * 0.95), col
 
 
-def _ink(rng: np.random.Generator, size: int, mask: np.ndarray,
-         lesion: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _ink(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> Paint:
     """Violet/blue pen mark: an arc round the lesion, or pen dots on free skin."""
     cv = _Canvas(size)
     ss, draw = cv.ss, cv.draw
@@ -455,8 +454,7 @@ def _ink(rng: np.random.Generator, size: int, mask: np.ndarray,
     return alpha, np.array(hues[int(rng.integers(len(hues)))], np.float32)
 
 
-def _patch(rng: np.random.Generator, size: int, mask: np.ndarray,
-           lesion: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _patch(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> Paint:
     """Colour calibration patch (square with a dark rim, or a disc) towards a corner."""
     cv = _Canvas(size)
     ss = cv.ss
@@ -486,8 +484,7 @@ def _patch(rng: np.random.Generator, size: int, mask: np.ndarray,
     return cv.alpha(), col
 
 
-def _vignette(rng: np.random.Generator, size: int, mask: np.ndarray,
-              lesion: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _vignette(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> Paint:
     """Dark corners outside the dermoscope's circular field of view."""
     xx, yy = _grid(size)
     cx, cy = (float(v) for v in size * (0.5 + rng.uniform(-0.02, 0.02, 2)))
@@ -498,8 +495,7 @@ def _vignette(rng: np.random.Generator, size: int, mask: np.ndarray,
     return alpha.astype(np.float32), col
 
 
-def _hair(rng: np.random.Generator, size: int, mask: np.ndarray,
-          lesion: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _hair(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> Paint:
     """A few thin dark curved hairs (quadratic Bezier curves)."""
     cv = _Canvas(size)
     ss = cv.ss
@@ -557,7 +553,7 @@ def composite(img: np.ndarray, alpha: np.ndarray, col: np.ndarray, allowed: np.n
 
 
 def paint_artifact(image: np.ndarray, keep_clear: np.ndarray, name: str,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   rng: Rng) -> tuple[np.ndarray, np.ndarray]:
     """Paint artifact ``name`` onto a copy of ``image (S, S, 3) uint8`` with the generator's
     own painter, placed by ``rng``; ``keep_clear (S, S) bool`` pixels (the lesion) stay
     bit-identical. Returns ``(new (S, S, 3) uint8, changed (S, S) bool)``."""

@@ -238,8 +238,7 @@ def _seeds(seed: int, split: str, index: int) -> list[np.random.SeedSequence]:
     return np.random.SeedSequence([seed, _SPLIT_CODE[split], index]).spawn(2 + len(ARTIFACTS))
 
 
-def _render(seed: int, split: str, index: int, label: int, size: int, rates: Rates
-            ) -> SynthSample:
+def _render(seed: int, split: str, index: int, label: int, size: int, rates: Rates) -> SynthSample:
     streams = [np.random.default_rng(s) for s in _seeds(seed, split, index)]
     rng, rng_draw = streams[0], streams[1]
     skin, texture = painters.paint_skin(rng, size)
