@@ -1,14 +1,10 @@
-"""Skin tone estimated from the image: the individual typology angle (ITA), since
-dermoscopy sets rarely carry Fitzpatrick labels::
-
-    ITA = arctan((L* - 50) / b*) * 180 / pi          (degrees; CIELAB, sRGB, D65)
-
-from the median L* and b* of the skin: pixels outside the lesion mask grown by
-:data:`MASK_MARGIN` (without a mask the lesion pulls it darker), minus vignette (L* <
-:data:`DARK_L`) and glare (a channel >= :data:`SATURATED`). NaN with a reason under
-:data:`MIN_SKIN_FRACTION` of skin or a median b* <= 0. An estimate: lighting, white
-balance and gel move L* and b*, and ITA categories are not Fitzpatrick types.
-Categories (Chardon et al. 1991; Del Bino & Bernerd 2013): :data:`ITA_CATEGORIES`.
+"""Skin tone estimated from the image (dermoscopy sets rarely carry Fitzpatrick labels): the
+individual typology angle ``ITA = arctan((L* - 50) / b*) * 180 / pi`` (CIELAB, D65) of the
+median L* and b* of the skin: outside the lesion mask grown by :data:`MASK_MARGIN`, minus
+vignette (L* < :data:`DARK_L`) and glare (a channel >= :data:`SATURATED`). NaN, with a
+reason, below :data:`MIN_SKIN_FRACTION` of skin or at a median b* <= 0. An estimate:
+lighting and white balance move it, and ITA categories (Chardon et al. 1991; Del Bino &
+Bernerd 2013) are not Fitzpatrick types.
 """
 
 from __future__ import annotations

@@ -36,10 +36,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem in a data set: the file, the CSV line and image id where known.
-
-    ``severity``: ``"error"`` (unusable as it is) or ``"warning"`` (converted on the way in).
-    """
+    """One problem in a data set: the file, CSV line and image id where known; ``severity``
+    ``"error"`` (unusable as it is) or ``"warning"`` (converted on the way in)."""
 
     path: str
     message: str

@@ -1,14 +1,8 @@
-"""Fetch the official ISIC 2016 Part 3B files (four, into one folder), verify them and
-unpack them safely; ``download.json`` records URLs, sizes, SHA-256 and whether each was
-verified.
-
-pooch fetches each file (http, https, or ``file://`` for a mirror) to a temporary file and
-moves it into place only after its SHA-256, when known, matched; a file already present is
-not fetched again. Without a known checksum the computed one is recorded and the file is
-reported *not verified*. Archives are unpacked only after every member was checked (no
-absolute paths, ``..``, links, special files or oversized members): a refused archive
-writes nothing.
-"""
+"""Fetch the official ISIC 2016 Part 3B files with pooch (http(s), or ``file://`` for a
+mirror), verify them and unpack them safely. A file appears only after its SHA-256, when
+known, matched (else the computed one is recorded, *not verified*, in ``download.json``);
+one already present is not fetched again. Archives are unpacked only after every member
+was checked (no absolute paths, ``..``, links, special files or oversized members)."""
 
 from __future__ import annotations
 
@@ -243,23 +237,18 @@ def safe_extract(archive: str | Path, dest: str | Path,
         if len(infos) > max_members:
             raise DermcamError(f"refused to extract: {len(infos)} members, over the "
                                f"{max_members} limit", archive)
-        plan = []
-        total = 0
-        for info in infos:
-            if info.filename.startswith("__MACOSX/"):
-                continue
+        plan = [info for info in infos if not info.filename.startswith("__MACOSX/")]
+        for info in plan:
             reason = _unsafe_reason(info, max_member_bytes)
             if reason:
                 raise DermcamError(f"refused to extract: member {info.filename!r} {reason}",
                                    archive)
-            total += info.file_size
-            plan.append(info)
+        total = sum(info.file_size for info in plan)
         if total > max_total_bytes:
             raise DermcamError(f"refused to extract: {total} bytes uncompressed, over the "
                                f"{max_total_bytes}-byte limit", archive)
         dest.mkdir(parents=True, exist_ok=True)
-        # Resolve every target before writing any (an existing symlinked folder in
-        # dest could otherwise lead a member out).
+        # every target resolved before writing any: a symlinked folder could lead one out
         targets = [safe_join(dest, info.filename.rstrip("/"), archive) for info in plan]
         done_bytes = 0
         for info, target in zip(plan, targets):
@@ -296,15 +285,11 @@ class DownloadResult:
 
     def summary_lines(self) -> list[str]:
         """One line per file and archive (the official count check is in ``official_check``)."""
-        lines = []
-        for f in self.files:
-            check = ("SHA-256 verified" if f.verified else
-                     f"SHA-256 not verified (no known checksum; recorded in {RECORD})")
-            lines.append(f"{f.name}: {f.status}, {f.size} bytes, {check}")
-        for name, c in self.extracted.items():
-            lines.append(f"{name}: {c['written']} file(s) extracted, {c['kept']} already "
-                         "present")
-        return lines
+        unverified = f"SHA-256 not verified (no known checksum; recorded in {RECORD})"
+        return ([f"{f.name}: {f.status}, {f.size} bytes, "
+                 f"{'SHA-256 verified' if f.verified else unverified}" for f in self.files]
+                + [f"{name}: {c['written']} file(s) extracted, {c['kept']} already present"
+                   for name, c in self.extracted.items()])
 
 
 def check_supported(dataset: str) -> None:

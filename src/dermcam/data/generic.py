@@ -1,12 +1,8 @@
-"""A generic layout for bringing other data sets::
-
-    labels.csv      header: image_id,label[,mask][,split][,group]
-    images/<image_id>.jpg|.png
-    masks/<image_id>.png            (optional; or a relative path in the 'mask' column)
-
-``label`` is benign/malignant or 0/1; ``split`` train/test (without it, a seeded
-stratified 20 % is the test split). ``group`` names the lesion or patient: a group stays
-on one side of every split, and bootstrap CIs resample whole groups.
+"""A generic layout for other data sets: ``labels.csv`` (header ``image_id,label[,mask]
+[,split][,group]``; label benign/malignant or 0/1), ``images/<image_id>.jpg|.png`` and
+optional ``masks/<image_id>.png`` (or a relative path in ``mask``). Without a split a seeded
+stratified 20 % is the test split; a ``group`` (lesion or patient) stays on one side of
+every split, and bootstrap CIs resample whole groups.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""HAM10000 (the ISIC 2018 Task 3 training set) in its published layout::
-
-    HAM10000_metadata.csv      header: lesion_id,image_id,dx,dx_type,age,sex,localization
-    HAM10000_images_part_1/ISIC_0024306.jpg     and HAM10000_images_part_2/
-                                                (or one HAM10000_images/ folder)
-    HAM10000_segmentations_lesion_tschandl/ISIC_0024306_segmentation.png   (optional;
-                                                or masks/ISIC_0024306[_segmentation].png)
-
-Label 1 = ``dx`` in ``malignant`` (default mel, bcc, akiec). Many lesions have several
-images, so the test split is a seeded 20 % of each class's *lesions* (malignant when any
-image is); computed here, not by scikit-learn, so it does not change between versions.
+"""HAM10000 (ISIC 2018 Task 3 training) as published: ``HAM10000_metadata.csv``
+(``lesion_id,image_id,dx,...``), images in ``HAM10000_images_part_{1,2}/`` (or one
+``HAM10000_images/``), optional masks ``HAM10000_segmentations_lesion_tschandl/<id>
+_segmentation.png`` or ``masks/``. Label 1 = ``dx`` in ``malignant`` (default mel, bcc,
+akiec). Many lesions have several images, so the test split is a seeded 20 % of each class's
+*lesions* (malignant when any image is), computed here so it does not change with
+scikit-learn's versions.
 """
 
 from __future__ import annotations

@@ -533,11 +533,9 @@ def lesion_geometry(mask: np.ndarray) -> dict[str, float]:
 
 
 def composite(img: np.ndarray, alpha: np.ndarray, col: np.ndarray, allowed: np.ndarray):
-    """Blend a painter's output into ``img (S, S, 3) float32`` in place, only where ``allowed``.
-
-    Returns ``(window, changed)``: the bounding window of the painted pixels and, within it,
-    the ``bool`` pixels whose rounded value changed (``(None, None)`` when nothing painted).
-    """
+    """Blend a painter's output into ``img (S, S, 3) float32`` in place where ``allowed``;
+    ``(window, changed)``: the painted pixels' bounding window and, within it, those whose
+    rounded value changed (``(None, None)`` when nothing painted)."""
     alpha = np.where(allowed, np.clip(alpha, 0.0, 1.0), np.float32(0.0))
     rows, cols = np.nonzero(alpha.any(1))[0], np.nonzero(alpha.any(0))[0]
     if rows.size == 0:

@@ -1,13 +1,7 @@
-"""The synthetic dermoscopy benchmark, written in ISIC 2016 Part 3B's layout (plus
-``ISIC_xxx_Artifacts.png`` maps, ``metadata.csv`` and ``synth.json``) so one loader reads
-real and synthetic data; docs/data.md describes the images, :mod:`dermcam.data.painters`
-paints them.
-
-Benign and malignant differ only through overlapping ABCD cues; malignant lesions are
-larger (the lesion-size confound the leakage analysis has to handle). Artifacts are
-painted only outside the lesion mask; the artifact map holds, per pixel, the code (index
-in :data:`ARTIFACTS` + 1) of the artifact that changed its 8-bit value, the later one in
-ARTIFACTS order winning.
+"""The synthetic dermoscopy benchmark (docs/data.md), in ISIC 2016 Part 3B's layout plus
+``ISIC_xxx_Artifacts.png`` maps (per pixel, the code of the last artifact in
+:data:`ARTIFACTS` order that changed its 8-bit value; never inside the lesion),
+``metadata.csv`` and ``synth.json``; :mod:`dermcam.data.painters` paints the images.
 
 Determinism: each image draws from ``SeedSequence([seed, split_code, i])`` spawned into
 streams for skin and lesion, the artifact draws and each artifact's geometry, so files are
@@ -109,12 +103,9 @@ def _check_preset(preset: str) -> None:
 
 @dataclass
 class SynthConfig:
-    """What to generate; bad values raise :class:`ValueError` at construction.
-
-    ``artifact_rates`` (None: the preset's) overrides the preset artifact by artifact with
-    one number (all four cells) or a dict of all four ``(split, label)`` cells (``"train/1"``
-    spelling accepted, as in ``synth.json``).
-    """
+    """What to generate (:class:`ValueError` for bad values). ``artifact_rates`` overrides
+    the preset's per artifact: one number, or all four ``(split, label)`` (or ``"train/1"``)
+    cells."""
 
     n_train: int = 900
     n_test: int = 379
@@ -371,12 +362,8 @@ def _is_tmp(name: str) -> bool:
 
 
 def _prepare(out: Path, config: SynthConfig, wanted: dict[str, set[str]]) -> None:
-    """Make ``out`` ready: new, empty, or a previous synthetic set (never anything else).
-
-    The completeness markers (ground truth, ``metadata.csv``) go first and ``synth.json``
-    says ``"generating"``, so an interrupted run stays recognisable as ours; stale images
-    of a larger set and leftover temporary files are removed.
-    """
+    """Make ``out`` ready: new, empty, or a previous synthetic set (never anything else);
+    ``synth.json`` says ``"generating"`` so an interrupted run stays recognisable as ours."""
     if out.exists() and not out.is_dir():
         raise DermcamError("output path exists and is not a folder", out)
     out.mkdir(parents=True, exist_ok=True)
@@ -411,14 +398,10 @@ def _prepare(out: Path, config: SynthConfig, wanted: dict[str, set[str]]) -> Non
 def generate(out_dir: str | Path, config: SynthConfig,
              progress: Callable[[int, int], None] | None = None, *,
              workers: int | None = None, reference: str | Path | None = None) -> Path:
-    """Write the synthetic data set for ``config`` into ``out_dir`` and return its path.
-
-    ``workers`` render threads (default up to 2; numpy and PIL release the GIL, and every
-    image has its own seeds, so the files do not depend on it). ``out_dir`` must be new,
-    empty or a previous synthetic set. Images first, then ground truth, ``metadata.csv``
-    and ``synth.json`` (``"complete"``), every file atomically. ``reference``: a complete
-    set of the same seed, sizes and prevalence with other artifact rates; images planting
-    the same artifacts under both rate tables are hard-linked from it (same bytes).
+    """Write the data set for ``config`` into ``out_dir`` (new, empty or a previous synthetic
+    set), images first, every file atomically, on ``workers`` threads (the files do not
+    depend on it). ``reference``: a complete set differing only in artifact rates, whose
+    images planting the same artifacts under both rate tables are hard-linked (same bytes).
     """
     if not isinstance(config, SynthConfig):
         raise TypeError(f"config must be a SynthConfig, got {type(config).__name__}")
