@@ -130,6 +130,23 @@ def read_csv_rows(path: Path) -> list[list[str]]:
     return [[c.strip() for c in r] for r in rows]
 
 
+def csv_table(path: Path, required: Sequence[str], empty: str, names: str
+               ) -> tuple[list[str], list[list[str]]]:
+    """``(lower-case header, rows)`` of a CSV whose header must hold ``required`` (one-line
+    errors: ``empty`` for no rows; ``names`` says which columns, with the header found)."""
+    rows = read_csv_rows(path)
+    if not rows:
+        raise DermcamError(empty, path)
+    header = [h.lower() for h in rows[0]]
+    if any(c not in header for c in required):
+        raise DermcamError(f"{names}, got {','.join(rows[0])!r}", path)
+    return header, rows
+
+
+def short_row(i: int, row: list[str], header: list[str], path: Path) -> DermcamError:
+    return DermcamError(f"line {i}: expected {len(header)} columns, got {','.join(row)!r}", path)
+
+
 def rows_to_samples(rows: Iterable[tuple[int, list[str]]], id_col: int, csv_path: Path,
                     problems: list[Problem] | None, parse: Callable[[int, list[str]], Sample]
                     ) -> list[Sample]:

@@ -14,9 +14,9 @@ from dermcam.data.dataset import (
     DataSet,
     Problem,
     Sample,
+    csv_table,
     image_path,
     parse_label,
-    read_csv_rows,
     rows_to_samples,
 )
 from dermcam.data.paths import check_id, safe_join
@@ -36,14 +36,8 @@ def load(root: Path, check_files: bool = True, problems: list[Problem] | None = 
     """The data set under ``root``; with ``problems``, each bad row is recorded there and
     left out instead of raising at the first."""
     csv_path = root / CSV_NAME
-    rows = read_csv_rows(csv_path)
-    if not rows:
-        raise DermcamError("empty CSV", csv_path)
-    header = [h.lower() for h in rows[0]]
-    if "image_id" not in header or "label" not in header:
-        raise DermcamError(
-            f"header row must name 'image_id' and 'label' columns, got {','.join(rows[0])!r}",
-            csv_path)
+    header, rows = csv_table(csv_path, ("image_id", "label"), "empty CSV",
+                              "header row must name 'image_id' and 'label' columns")
     col = {name: header.index(name) for name in header}
     img_dir = safe_join(root, IMAGE_DIR, csv_path)
     mask_dir = safe_join(root, MASK_DIR, csv_path)

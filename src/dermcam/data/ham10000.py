@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from dermcam.data.dataset import IMAGE_EXTS, DataSet, Sample, check_duplicates, read_csv_rows
+from dermcam.data.dataset import IMAGE_EXTS, DataSet, Sample, check_duplicates, csv_table, short_row
 from dermcam.data.paths import check_id, safe_join
 from dermcam.data.splits import TEST_FRACTION, lesion_holdout
 from dermcam.errors import DermcamError
@@ -68,13 +68,8 @@ def load(root: Path, check_files: bool = True,
     if unknown:
         raise DermcamError(f"unknown diagnosis code(s) {unknown} in the malignant set; "
                            f"HAM10000 uses {', '.join(DIAGNOSES)}")
-    rows = read_csv_rows(csv_path)
-    if not rows:
-        raise DermcamError("empty metadata CSV", csv_path)
-    header = [h.lower() for h in rows[0]]
-    if any(c not in header for c in ("lesion_id", "image_id", "dx")):
-        raise DermcamError(f"header must name lesion_id, image_id and dx columns, got "
-                           f"{','.join(rows[0])!r}", csv_path)
+    header, rows = csv_table(csv_path, ("lesion_id", "image_id", "dx"), "empty metadata CSV",
+                              "header must name lesion_id, image_id and dx columns")
     c_lesion, c_id, c_dx = (header.index(c) for c in ("lesion_id", "image_id", "dx"))
     dirs = [safe_join(root, d, csv_path) for d in IMAGE_DIRS]
     images = _index(dirs, IMAGE_EXTS)  # Kaggle copies hold both part_1 and ham10000_images_part_1
@@ -85,8 +80,7 @@ def load(root: Path, check_files: bool = True,
     samples, groups, dx_counts = [], {}, {}
     for i, row in enumerate(rows[1:], start=2):
         if len(row) <= max(c_lesion, c_id, c_dx):
-            raise DermcamError(f"line {i}: expected {len(header)} columns, got "
-                               f"{','.join(row)!r}", csv_path)
+            raise short_row(i, row, header, csv_path)
         image_id = check_id(row[c_id], csv_path)
         lesion = row[c_lesion].strip()
         if not lesion:

@@ -19,9 +19,10 @@ from dermcam.data.dataset import (
     Sample,
     check_duplicates,
     class_counts,
+    csv_table,
     existing,
     image_path,
-    read_csv_rows,
+    short_row,
 )
 from dermcam.data.paths import check_id, safe_join
 from dermcam.errors import DermcamError
@@ -54,13 +55,8 @@ def _read_part(root: Path, part: str, split: str, target: str, check_files: bool
     csv_path = root / label_csv(part)
     if not csv_path.exists():
         return []
-    rows = read_csv_rows(csv_path)
-    if not rows:
-        raise DermcamError("empty ground-truth CSV", csv_path)
-    header = [h.lower() for h in rows[0]]
-    if "image_id" not in header or target not in header:
-        raise DermcamError(f"header must name 'image_id' and '{target}' columns, got "
-                           f"{','.join(rows[0])!r}", csv_path)
+    header, rows = csv_table(csv_path, ("image_id", target), "empty ground-truth CSV",
+                              f"header must name 'image_id' and '{target}' columns")
     id_col, y_col = header.index("image_id"), header.index(target)
     img_dir = safe_join(root, data_dir(part), csv_path)
     if check_files and not img_dir.is_dir():
@@ -70,8 +66,7 @@ def _read_part(root: Path, part: str, split: str, target: str, check_files: bool
     samples = []
     for i, row in enumerate(rows[1:], start=2):
         if len(row) <= max(id_col, y_col):
-            raise DermcamError(f"line {i}: expected {len(header)} columns, got "
-                               f"{','.join(row)!r}", csv_path)
+            raise short_row(i, row, header, csv_path)
         image_id = check_id(row[id_col], csv_path)
         try:
             label = float(row[y_col])
