@@ -99,7 +99,4 @@ def ita_category(angle: float) -> str:
     """The ITA category of ``angle`` (degrees); ``""`` for NaN."""
     if angle is None or not math.isfinite(angle):
         return ""
-    for name, lower in ITA_CATEGORIES:
-        if angle > lower:
-            return name
-    return ITA_CATEGORIES[-1][0]
+    return next((name for name, lower in ITA_CATEGORIES if angle > lower), ITA_CATEGORIES[-1][0])

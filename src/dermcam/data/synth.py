@@ -60,6 +60,7 @@ METADATA_COLUMNS = (["image_id", "split", "label", "lesion_area"]
 
 _CLEAN_RATES = {"ruler": 0.2, "ink": 0.1, "patch": 0.1, "vignette": 0.3, "hair": 0.3}
 Rates = Mapping[str, Mapping[tuple[str, int], float]]
+Job = tuple[Path, str, int, str, int, int]  # folder, image_id, seed, split, index, label
 
 
 def _flat(rate: float) -> dict[tuple[str, int], float]:
@@ -315,7 +316,7 @@ def _reusable(reference: Path, config: SynthConfig
         return {}, {}
 
 
-def _reuse(job: tuple[Path, str, int, str, int, int], row: dict[str, Any], reference: Path,
+def _reuse(job: Job, row: dict[str, Any], reference: Path,
            planted: tuple[str, ...]) -> dict[str, Any] | None:
     """Hard-link (or copy) the reference's three files of this image and return its
     ``metadata.csv`` row, or ``None`` when a file is missing."""
@@ -335,8 +336,7 @@ def _reuse(job: tuple[Path, str, int, str, int, int], row: dict[str, Any], refer
     return {**row, **ints, "_planted": planted}
 
 
-def _make_and_write(job: tuple[Path, str, int, str, int, int], size: int, rates: Rates
-                    ) -> dict[str, Any]:
+def _make_and_write(job: Job, size: int, rates: Rates) -> dict[str, Any]:
     """Render one image, write its three files, return its ``metadata.csv`` row."""
     folder, image_id, seed, split, index, label = job
     s = _render(seed, split, index, label, size, rates)
@@ -361,7 +361,7 @@ def _is_tmp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def _prepare(out: Path, config: SynthConfig, wanted: dict[str, set[str]]) -> None:
+def _prepare(out: Path, config: SynthConfig, jobs: list[Job]) -> None:
     """Make ``out`` ready: new, empty, or a previous synthetic set (never anything else);
     ``synth.json`` says ``"generating"`` so an interrupted run stays recognisable as ours."""
     if out.exists() and not out.is_dir():
@@ -388,10 +388,11 @@ def _prepare(out: Path, config: SynthConfig, wanted: dict[str, set[str]]) -> Non
         (out / name).unlink(missing_ok=True)
     write_json(out / SYNTH_JSON, {"generator": _GENERATOR, "generator_version": GENERATOR_VERSION,
                                   "status": "generating", "config": config.to_dict()})
+    wanted = {(folder.name, image_id) for folder, image_id, *_ in jobs}
     for d in (TRAIN_DIR, TEST_DIR):
         (out / d).mkdir(exist_ok=True)
         for p in (out / d).iterdir():
-            if _is_tmp(p.name) or p.name[:12] not in wanted[d]:
+            if _is_tmp(p.name) or (d, p.name[:12]) not in wanted:
                 p.unlink()
 
 
@@ -408,8 +409,8 @@ def generate(out_dir: str | Path, config: SynthConfig,
     SynthConfig.__post_init__(config)  # re-validate: fields may have been changed since
     out = Path(out_dir)
     rates = config.rates()
-    jobs, wanted = _jobs(out, config)
-    _prepare(out, config, wanted)
+    jobs = _jobs(out, config)
+    _prepare(out, config, jobs)
     n_workers = max(1, min(workers if workers is not None else min(2, os.cpu_count() or 1), 8))
     if len(jobs) < _POOL_MIN_IMAGES:
         n_workers = 1
@@ -428,21 +429,14 @@ def generate(out_dir: str | Path, config: SynthConfig,
     return out
 
 
-def _jobs(out: Path, config: SynthConfig
-          ) -> tuple[list[tuple[Path, str, int, str, int, int]], dict[str, set[str]]]:
-    """One job ``(folder, image_id, seed, split, index, label)`` per image (test ids continue
-    the training numbering) and the image ids wanted in each image folder."""
-    jobs = []
-    wanted: dict[str, set[str]] = {TRAIN_DIR: set(), TEST_DIR: set()}
-    for split, folder, offset in (("train", TRAIN_DIR, 0), ("test", TEST_DIR, config.n_train)):
-        for i, y in enumerate(split_labels(config, split)):
-            image_id = f"ISIC_{offset + i:07d}"
-            wanted[folder].add(image_id)
-            jobs.append((out / folder, image_id, int(config.seed), split, i, int(y)))
-    return jobs, wanted
+def _jobs(out: Path, config: SynthConfig) -> list[Job]:
+    """One job per image; test ids continue the training numbering."""
+    parts = (("train", TRAIN_DIR, 0), ("test", TEST_DIR, config.n_train))
+    return [(out / folder, f"ISIC_{offset + i:07d}", int(config.seed), split, i, int(y))
+            for split, folder, offset in parts for i, y in enumerate(split_labels(config, split))]
 
 
-def _make_or_reuse(job: tuple[Path, str, int, str, int, int],
+def _make_or_reuse(job: Job,
                    render: Callable[[Any], dict[str, Any]], reference: Path,
                    ref_rows: dict[str, dict[str, Any]], rates: Rates, ref_rates: Rates
                    ) -> dict[str, Any]:
