@@ -13,7 +13,7 @@ from PIL import Image
 
 from dermcam.data.artifact_labels import artifact_columns
 from dermcam.data.cache import decode_sample
-from dermcam.data.dataset import LABEL_NAMES
+from dermcam.data.dataset import LABEL_NAMES, class_counts
 from dermcam.data.images import read_mask
 from dermcam.data.isic2016 import OFFICIAL_COUNTS
 from dermcam.data.layouts import load_dataset
@@ -52,14 +52,13 @@ def describe(root: str | Path, check: bool = False,
                            "splits": {}, "notes": list(ds.notes)}
     for split in ("train", "test"):
         samples = ds.split(split)
-        c = Counter(s.label for s in samples)
         areas = [area[s.image_id] for s in samples if s.image_id in area]
         if not areas and mask_areas:
             areas = [mask_areas[s.image_id] for s in samples if s.image_id in mask_areas]
         if check and not areas:
             areas = [float(read_mask(s.mask_path).mean()) for s in samples if s.mask_path]
         out["splits"][split] = {
-            "n": len(samples), LABEL_NAMES[0]: c.get(0, 0), LABEL_NAMES[1]: c.get(1, 0),
+            "n": len(samples), **class_counts(samples),
             "with_mask": sum(1 for s in samples if s.mask_path is not None),
             "mean_lesion_area": float(np.mean(areas)) if areas else None}
     sizes = Counter()
