@@ -1,12 +1,6 @@
-"""Batch preprocessing and per-sample augmentation on tensors.
-
-Images stay ``uint8`` in memory (decoded once by the cache); each batch is
-converted and augmented as a whole on the training device. torchvision's v2
-transforms draw one set of random parameters per call, so a batch would share
-one flip/rotation; here every sample gets its own, in a handful of tensor ops.
-
-Shape contracts: ``(N, H, W, 3) uint8`` in, ``(N, 3, H, W) float32`` out.
-"""
+"""Batch preprocessing and per-sample augmentation on tensors: ``(N, H, W, 3) uint8`` in,
+``(N, 3, H, W) float32`` out, on the training device. Unlike torchvision's v2 transforms
+(one set of random parameters per call), every sample gets its own flip and rotation."""
 
 from __future__ import annotations
 
@@ -39,13 +33,10 @@ def preprocess(batch: torch.Tensor) -> torch.Tensor:
 def augment(x: torch.Tensor, rotation: float = 20.0, jitter: float = 0.2,
             generator: torch.Generator | None = None,
             draws: torch.Tensor | None = None) -> torch.Tensor:
-    """Random flips, rotation (±``rotation`` degrees) and colour jitter, per sample.
-
-    ``x`` is ``(N, 3, H, W)`` in [0, 1] (before normalisation). ``draws``: the ``(N, 6)``
-    uniform numbers to use instead of drawing them (a process's rows of a global batch's).
-    """
-    n = x.shape[0]
-    dev = x.device
+    """Random flips, rotation (±``rotation`` degrees) and colour jitter per sample of ``x
+    (N, 3, H, W)`` in [0, 1]; ``draws``: the ``(N, 6)`` uniforms to use (a process's rows of
+    a global batch's)."""
+    n, dev = x.shape[0], x.device
     if draws is not None and tuple(draws.shape) != (n, 6):
         raise ValueError(f"draws must be ({n}, 6), got {tuple(draws.shape)}")
     r = (torch.rand(n, 6, generator=generator) if draws is None else draws).to(dev)
@@ -58,9 +49,7 @@ def augment(x: torch.Tensor, rotation: float = 20.0, jitter: float = 0.2,
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if jitter > 0:
-        b = (1 + (r[:, 3] * 2 - 1) * jitter).view(n, 1, 1, 1).to(x.dtype)
-        c = (1 + (r[:, 4] * 2 - 1) * jitter).view(n, 1, 1, 1).to(x.dtype)
-        s = (1 + (r[:, 5] * 2 - 1) * jitter).view(n, 1, 1, 1).to(x.dtype)
+        b, c, s = ((1 + (r[:, k] * 2 - 1) * jitter).view(n, 1, 1, 1).to(x.dtype) for k in (3, 4, 5))
         x = x * b
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * c + mean

@@ -1,24 +1,10 @@
-"""Skin tone estimated from the image: the individual typology angle (ITA).
-
-Dermoscopy sets rarely carry Fitzpatrick labels, so dermcam *estimates* skin tone from
-the pixels of the skin around the lesion::
-
-    ITA = arctan((L* - 50) / b*) * 180 / pi          (degrees)
-
-with L* and b* from CIELAB (sRGB, D65 white; :func:`srgb_to_lab`). The skin is every
-pixel outside the lesion mask, the mask first grown by :data:`MASK_MARGIN` of the image
-side so the lesion's border stays out, minus the dermoscope's dark vignette and frame
-(L* < :data:`DARK_L`) and saturated pixels (any channel >= :data:`SATURATED`: specular
-glare). Without a mask the whole image minus those pixels is used, so the lesion itself
-pulls the estimate darker (``ita_source`` says which). ITA is computed from the median
-L* and the median b* of the skin pixels; with fewer than :data:`MIN_SKIN_FRACTION` of
-the image left, or a median b* <= 0 (not skin-coloured), it is NaN with a reason.
-
-It is an estimate: lighting, the dermoscope's white balance, gel and polarisation all
-move L* and b*, and ITA categories are not Fitzpatrick types.
-
-Categories (Chardon et al. 1991; Del Bino & Bernerd 2013), upper bounds inclusive:
-very light > 55, light 41-55, intermediate 28-41, tan 10-28, brown -30-10, dark <= -30.
+"""Skin tone estimated from the image (dermoscopy sets rarely carry Fitzpatrick labels): the
+individual typology angle ``ITA = arctan((L* - 50) / b*) * 180 / pi`` (CIELAB, D65) of the
+median L* and b* of the skin: outside the lesion mask grown by :data:`MASK_MARGIN`, minus
+vignette (L* < :data:`DARK_L`) and glare (a channel >= :data:`SATURATED`). NaN, with a
+reason, below :data:`MIN_SKIN_FRACTION` of skin or at a median b* <= 0. An estimate:
+lighting and white balance move it, and ITA categories (Chardon et al. 1991; Del Bino &
+Bernerd 2013) are not Fitzpatrick types.
 """
 
 from __future__ import annotations
@@ -53,7 +39,7 @@ ITA_CATEGORIES: tuple[tuple[str, float], ...] = (
 
 def srgb_to_lab(rgb) -> np.ndarray:
     """CIELAB of sRGB colours: ``(..., 3)`` uint8 (0-255) or float (0-1) in, ``(..., 3)``
-    float64 out (L* in 0-100). D65 white; the sRGB transfer curve of IEC 61966-2-1."""
+    float64 out (L* in 0-100)."""
     a = np.asarray(rgb)
     if a.shape[-1:] != (3,):
         raise ValueError(f"expected (..., 3) RGB values, got shape {a.shape}")
@@ -62,28 +48,14 @@ def srgb_to_lab(rgb) -> np.ndarray:
     xyz = lin @ _RGB_TO_XYZ.T / np.asarray(D65_WHITE)
     eps = (6 / 29) ** 3
     f = np.where(xyz > eps, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    lab = np.empty_like(f)
-    lab[..., 0] = 116 * f[..., 1] - 16
-    lab[..., 1] = 500 * (f[..., 0] - f[..., 1])
-    lab[..., 2] = 200 * (f[..., 1] - f[..., 2])
-    return lab
-
-
-def _grow(mask: np.ndarray, radius: int) -> np.ndarray:
-    if radius <= 0 or not mask.any():
-        return mask
-    from scipy import ndimage
-
-    return ndimage.binary_dilation(mask, iterations=radius)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], axis=-1)
 
 
 def skin_pixels(image: np.ndarray, mask: np.ndarray | None = None,
                 lab: np.ndarray | None = None) -> np.ndarray:
-    """``(H, W)`` bool: the pixels ITA is estimated from (see the module docstring).
-
-    ``image``: ``(H, W, 3)`` uint8; ``mask``: ``(H, W)`` lesion mask (nonzero = lesion)
-    or None.
-    """
+    """``(H, W)`` bool: the pixels ITA is estimated from, of ``image (H, W, 3) uint8``
+    outside ``mask (H, W)`` (nonzero = lesion; or None)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
@@ -93,8 +65,13 @@ def skin_pixels(image: np.ndarray, mask: np.ndarray | None = None,
         mask = np.asarray(mask)
         if mask.shape != image.shape[:2]:
             raise ValueError(f"mask must be {image.shape[:2]}, got {mask.shape}")
+        mask = mask.astype(bool)
         radius = int(round(MASK_MARGIN * max(image.shape[:2])))
-        keep &= ~_grow(mask.astype(bool), radius)
+        if radius > 0 and mask.any():
+            from scipy import ndimage
+
+            mask = ndimage.binary_dilation(mask, iterations=radius)
+        keep &= ~mask
     return keep
 
 
@@ -122,7 +99,4 @@ def ita_category(angle: float) -> str:
     """The ITA category of ``angle`` (degrees); ``""`` for NaN."""
     if angle is None or not math.isfinite(angle):
         return ""
-    for name, lower in ITA_CATEGORIES:
-        if angle > lower:
-            return name
-    return ITA_CATEGORIES[-1][0]
+    return next((name for name, lower in ITA_CATEGORIES if angle > lower), ITA_CATEGORIES[-1][0])

@@ -1,22 +1,10 @@
-"""Per-image artifact annotations a user holds, joined to any layout by image id (#16 item 5).
+"""Per-image artifact annotations a user holds (e.g. Bissoto et al.'s ``isic_bias.csv``,
+``;``- or ``,``-separated), joined to any layout by image id.
 
-The reference format is ``isic_bias.csv`` of Bissoto et al. (2020), ``;``-separated with
-a header::
-
-    image;dark_corner;hair;gel_border;gel_bubble;ruler;ink;patches;label;label_string
-    ISIC_0000000.jpg;0;1;0;0;0;0;0;0;benign
-
-Any such table is read the same way: the first column (or one named ``image`` /
-``image_id``) holds image ids with or without a file extension; every other column whose
-values are all 0/1 is an artifact flag, kept as ``artifact_<name>`` (the synthetic
-benchmark's metadata names), so ``evaluate --by artifact_hair``, the attention summary
-and the probes split by artifact presence on real images. The table's own diagnosis
-(``label``, ``label_string``) is not used: the layout's labels are. A comma-separated
-table is accepted too.
-
-:func:`attach` joins the table to a loaded :class:`~dermcam.data.dataset.DataSet` as the
-DataFrame attribute ``artifact_labels`` (read by :func:`dermcam.data.metadata.
-metadata_table`), and notes ids the data set does not hold and images without a row.
+The id column is the first (or one named ``image`` / ``image_id``), with or without a file
+extension; every other all-0/1 column is a flag, kept as ``artifact_<name>`` (the synthetic
+benchmark's metadata names) so ``--by``, the attention summary and the probes split by it.
+The table's own diagnosis columns are not used. docs/data.md shows the format.
 """
 
 from __future__ import annotations
@@ -48,11 +36,8 @@ def _strip_ext(name: str) -> str:
 
 
 def read_artifact_labels(path: str | Path) -> pd.DataFrame:
-    """``DataFrame`` with ``image_id`` and one 0/1 ``artifact_<name>`` column per flag.
-
-    Raises one-line :class:`DermcamError` naming the file, line and image id for a bad
-    row (a flag that is not 0/1, a repeated id, a short row).
-    """
+    """``DataFrame`` with ``image_id`` and one 0/1 ``artifact_<name>`` column per flag;
+    one-line errors naming the file, line and image id for a bad row."""
     path = Path(path)
     if not path.is_file():
         raise DermcamError("artifact label file not found", path)
@@ -98,10 +83,9 @@ def read_artifact_labels(path: str | Path) -> pd.DataFrame:
     if not flags:
         raise DermcamError("no 0/1 artifact columns found", path)
     out = pd.DataFrame({"image_id": ids})
-    for k in cand:
-        if k in flags:
-            name = header[k].lower().removeprefix(PREFIX).replace(" ", "_")
-            out[PREFIX + name] = pd.array(values[k], dtype="Int64")
+    for k in (k for k in cand if k in flags):
+        name = header[k].lower().removeprefix(PREFIX).replace(" ", "_")
+        out[PREFIX + name] = pd.array(values[k], dtype="Int64")
     return out
 
 
@@ -111,9 +95,8 @@ def artifact_columns(table: pd.DataFrame | None) -> list[str]:
 
 
 def attach(ds, path: str | Path):
-    """Join the labels in ``path`` to ``ds`` by image id (as ``ds.artifact_labels``, only
-    the data set's images); a note says how many matched, which ids are unknown, and how
-    many images have no row. Refuses a table matching none of the images. Returns ``ds``."""
+    """Join the labels in ``path`` to ``ds`` as ``ds.artifact_labels`` (its images only),
+    noting the matches, unknown ids and images without a row; returns ``ds``."""
     table = read_artifact_labels(path)
     have = {s.image_id for s in ds.samples}
     known = table["image_id"].isin(have)
@@ -140,14 +123,9 @@ def join_note(ds) -> str:
 
 
 def split_by_presence(df: pd.DataFrame, columns, metrics) -> list[dict]:
-    """Each metric on images with versus without each artifact (a pure table function).
-
-    ``df``: one row per image (e.g. one model x method of attention.csv) with the 0/1
-    ``columns`` and the ``metrics``. Per column and metric: ``n`` and mean with and
-    without the artifact (undefined values, NaN, left out), ``diff`` = with - without,
-    and a two-sided Mann-Whitney ``p`` (NaN when a side has no value). Rows with a
-    missing flag are in neither side.
-    """
+    """Each metric on images with versus without each artifact: per column and metric,
+    ``n`` and mean on each side (NaN values and missing flags left out), ``diff`` = with -
+    without and a two-sided Mann-Whitney ``p`` (NaN when a side is empty)."""
     from scipy.stats import mannwhitneyu
 
     rows = []
@@ -156,11 +134,12 @@ def split_by_presence(df: pd.DataFrame, columns, metrics) -> list[dict]:
         for metric in metrics:
             v = pd.to_numeric(df[metric], errors="coerce")
             a, b = v[flag == 1].dropna(), v[flag == 0].dropna()
-            p = float(mannwhitneyu(a, b).pvalue) if len(a) and len(b) else float("nan")
+            both = len(a) and len(b)
+            nan = float("nan")
             rows.append({"artifact": col.removeprefix(PREFIX), "metric": metric,
                          "n_with": int(len(a)), "n_without": int(len(b)),
-                         "mean_with": float(a.mean()) if len(a) else float("nan"),
-                         "mean_without": float(b.mean()) if len(b) else float("nan"),
-                         "diff": float(a.mean() - b.mean()) if len(a) and len(b)
-                         else float("nan"), "p": p})
+                         "mean_with": float(a.mean()) if len(a) else nan,
+                         "mean_without": float(b.mean()) if len(b) else nan,
+                         "diff": float(a.mean() - b.mean()) if both else nan,
+                         "p": float(mannwhitneyu(a, b).pvalue) if both else nan})
     return rows

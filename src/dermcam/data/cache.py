@@ -1,19 +1,11 @@
-"""Decode-and-resize cache.
+"""Decode-and-resize cache: each (file, size) is decoded and resized once (decoding big
+ISIC JPEGs every epoch was the reference study's main waste), kept as an ``.npz`` keyed
+by the file's path, size and mtime, so an edited file is decoded again.
 
-Real ISIC JPEGs are up to several thousand pixels wide; decoding them every
-epoch was the reference study's main waste. Each (file, size) is decoded and
-resized once, stored as an uncompressed ``.npz`` under the cache folder, and
-reused across epochs and runs. The key holds the file's resolved path, byte size
-and modification time, so an edited file is decoded again.
-
-Shape contracts: an item is ``image (S, S, 3) uint8``, ``mask (S, S) uint8`` in
-{0, 1} or ``None``, ``artifacts (S, S) uint8`` artifact codes or ``None``.
-Two resize rules (:data:`RESIZE_RULES`): ``"squash"`` (the default) squashes the
-image to a square, as ``torchvision.transforms.Resize((S, S))`` would do (the
-reference study's preprocessing); ``"shorter-side-crop"`` matches ``Resize(S)`` then
-``CenterCrop(S)``: the largest centred square of the image (and of its mask and
-artifact map, each in its own pixel coordinates) is cut out, then resized as squash
-does. A model trained elsewhere expects the rule it was trained with.
+An item is ``image (S, S, 3) uint8``, ``mask (S, S) uint8`` in {0, 1} and ``artifacts
+(S, S) uint8`` codes (or None). :data:`RESIZE_RULES`: ``"squash"`` (the reference study's
+``Resize((S, S))``) or ``"shorter-side-crop"`` (``Resize(S)`` then ``CenterCrop(S)``,
+each of image, mask and artifact map cut in its own pixel coordinates).
 """
 
 from __future__ import annotations
@@ -22,14 +14,13 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dermcam.data.dataset import Sample
+from dermcam.data.dataset import Sample, pool_map
 from dermcam.data.images import open_checked, open_image_sized, open_mask
 from dermcam.errors import DermcamError
 from dermcam.io import atomic_path
@@ -54,8 +45,7 @@ def default_cache_dir() -> Path:
     env = os.environ.get("DERMCAM_CACHE")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dermcam"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dermcam"
 
 
 def _stat_key(path: Path | None) -> str:
@@ -96,18 +86,14 @@ class ImageCache:
                  _stat_key(sample.mask_path), _stat_key(sample.artifact_path)]
         if self.resize != "squash":  # squash keeps the key it always had: old caches stay valid
             parts.append(self.resize)
-        raw = "||".join(parts)
-        return hashlib.sha1(raw.encode()).hexdigest()
-
-    def _path(self, key: str) -> Path:
-        return self.dir / key[:2] / f"{key}.npz"
+        return hashlib.sha1("||".join(parts).encode()).hexdigest()
 
     def get(self, sample: Sample, size: int) -> dict[str, np.ndarray | None]:
         try:
             key = self.key(sample, size)
         except FileNotFoundError as exc:
             raise DermcamError("file not found", exc.filename) from exc
-        path = self._path(key)
+        path = self.dir / key[:2] / f"{key}.npz"
         if self.enabled and path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
@@ -153,68 +139,51 @@ def _centre_square(im: Image.Image) -> Image.Image:
 
 def decode_sample(sample: Sample, size: int, resize: str = "squash"
                   ) -> dict[str, np.ndarray | None]:
-    """Decode one sample's image (and mask, artifacts) resized to ``(size, size)`` by the
-    rule ``resize`` (:data:`RESIZE_RULES`)."""
-    crop = check_resize(resize) == "shorter-side-crop"
-    # A JPEG may be drafted to a smaller scale; the centred square is cut in the drafted
-    # image's own coordinates (it is scale-free), the mask's in the full-size mask's.
+    """One sample's image (and mask, artifacts) at ``(size, size)`` by the rule ``resize``."""
+    crop = _centre_square if check_resize(resize) == "shorter-side-crop" else (lambda im: im)
+    # a drafted JPEG's centred square is cut in its own (scale-free) coordinates
     img, full = open_image_sized(sample.image_path, draft_size=size)
-    if crop:
-        img = _centre_square(img)
-    image = np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=2.0), np.uint8)
-    mask = None
+    image = np.asarray(crop(img).resize((size, size), Image.BILINEAR, reducing_gap=2.0),
+                       np.uint8)
+    mask = artifacts = None
     if sample.mask_path is not None:
         m = open_mask(sample.mask_path)
         if m.size != full:
             raise DermcamError(
                 f"mask is {m.size[0]}x{m.size[1]} but its image is {full[0]}x{full[1]}",
                 sample.mask_path)
-        if crop:
-            m = _centre_square(m)
         # reducing_gap: box-reduce first (like the image), then the antialiased resize
-        mask = (np.asarray(m.resize((size, size), Image.BILINEAR, reducing_gap=2.0))
+        mask = (np.asarray(crop(m).resize((size, size), Image.BILINEAR, reducing_gap=2.0))
                 >= 128).astype(np.uint8)
-    artifacts = None
     if sample.artifact_path is not None:
         a = open_checked(sample.artifact_path)  # one-line errors for bad files, like images
         if a.size != full:
             raise DermcamError("artifact map size differs from its image", sample.artifact_path)
-        if crop:
-            a = _centre_square(a)
-        artifacts = np.asarray(a.convert("L").resize((size, size), Image.NEAREST), np.uint8)
+        artifacts = np.asarray(crop(a).convert("L").resize((size, size), Image.NEAREST),
+                               np.uint8)
     return {"image": image, "mask": mask, "artifacts": artifacts}
 
 
 def load_arrays(samples: Sequence[Sample], size: int, cache: ImageCache | None = None,
                 progress: Callable[[int, int], None] | None = None,
                 workers: int | None = None) -> Arrays:
-    """Decode (or fetch from the cache) every sample at ``size`` into arrays.
-
-    Masks are returned only if every sample has one; otherwise ``masks`` is None.
-    """
+    """Decode (or fetch from the cache) every sample at ``size`` into arrays; ``masks`` and
+    ``artifacts`` only when every sample has one."""
     cache = cache or ImageCache(enabled=False)
     n = len(samples)
     images = np.empty((n, size, size, 3), np.uint8)
-    all_masks = all(s.mask_path is not None for s in samples) and n > 0
-    all_art = all(s.artifact_path is not None for s in samples) and n > 0
-    masks = np.empty((n, size, size), np.uint8) if all_masks else None
-    arts = np.empty((n, size, size), np.uint8) if all_art else None
-    workers = workers or os.cpu_count() or 1  # PIL decodes without the GIL: every core
-
-    def one(i: int):
-        return i, cache.get(samples[i], size)
-
-    done = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, item in pool.map(one, range(n)):
-            images[i] = item["image"]
-            if masks is not None:
-                masks[i] = item["mask"]
-            if arts is not None:
-                arts[i] = item["artifacts"]
-            done += 1
-            if progress:
-                progress(done, n)
+    masks = np.empty((n, size, size), np.uint8) if n and all(
+        s.mask_path is not None for s in samples) else None
+    arts = np.empty((n, size, size), np.uint8) if n and all(
+        s.artifact_path is not None for s in samples) else None
+    items = pool_map(lambda s: cache.get(s, size), samples, workers or os.cpu_count() or 1,
+                     progress)  # PIL decodes without the GIL: every core
+    for i, item in enumerate(items):
+        images[i] = item["image"]
+        if masks is not None:
+            masks[i] = item["mask"]
+        if arts is not None:
+            arts[i] = item["artifacts"]
     labels = np.array([s.label for s in samples], dtype=np.int64)
     return Arrays([s.image_id for s in samples], labels, images, masks, arts)
 
@@ -223,11 +192,6 @@ def warm_cache(samples: Sequence[Sample], size: int, cache: ImageCache,
                progress: Callable[[int, int], None] | None = None,
                workers: int | None = None) -> None:
     """Decode every sample once into the cache (nothing is kept in memory)."""
-    n = len(samples)
-    workers = workers or os.cpu_count() or 1  # PIL decodes without the GIL: every core
-    done = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(lambda s: cache.get(s, size) and None, samples):
-            done += 1
-            if progress:
-                progress(done, n)
+    for _ in pool_map(lambda s: cache.get(s, size) and None, samples,
+                      workers or os.cpu_count() or 1, progress):
+        pass

@@ -1,11 +1,4 @@
-"""A split read through the decode cache, as torch Datasets (training, evaluate, probe,
-external).
-
-:class:`CachedSplit` streams each item from :class:`dermcam.data.cache.ImageCache`, or
-holds the split's decoded images in one array once :meth:`CachedSplit.hold_in_memory`
-has read them. Its own module because it imports torch; :mod:`dermcam.data.splits`
-holds the pure split functions.
-"""
+"""A split read through the decode cache, as torch Datasets (its own module: torch)."""
 
 from __future__ import annotations
 
@@ -18,13 +11,9 @@ __all__ = ["CachedSplit"]
 
 
 class CachedSplit:
-    """A split read through the decode cache: streamed, or held in memory once loaded.
-
-    ``dataset(idx)`` is a torch Dataset of ``(uint8 (S, S, 3), label)`` for those rows.
-    Until :meth:`hold_in_memory`, each item is read from the cache when the loader asks
-    for it, so memory does not grow with the number of images; after it, items come
-    from one ``(N, S, S, 3)`` array (shared copy-on-write with forked loader workers).
-    """
+    """``dataset(idx)``: a torch Dataset of ``(uint8 (S, S, 3), label)``, each item read from
+    the cache as asked (memory does not grow with the images) until :meth:`hold_in_memory`,
+    then from one ``(N, S, S, 3)`` array (shared copy-on-write with forked workers)."""
 
     def __init__(self, samples, size: int, cache):
         self.samples = list(samples)

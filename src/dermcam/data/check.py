@@ -1,22 +1,10 @@
 """Check a whole data set at once: every CSV row, image, mask and artifact map.
 
-:func:`check_dataset` lists **every** problem it finds as a :class:`Problem` (the
-file, the CSV line and image id where there is one, the message, and a severity), so
-a user fixing a data set sees them all in one run rather than one per attempt.
-
-- ``error``: the data set cannot be used as it is (a bad label or id, a missing,
-  empty, corrupt or truncated file, a mask whose size differs from its image, an empty
-  split, a split holding one class).
-- ``warning``: odd but usable input that is converted on the way in (16-bit or
-  palette images, EXIF rotation, masks with grey levels, images much smaller than the
-  model input, too few images of a class for the default validation split).
-
-With ``decode=True`` every image and mask is decoded once, in a thread pool, through
-the decode cache (:class:`dermcam.data.cache.ImageCache`) at the model input size, so a
-later ``dermcam train`` at that size finds them cached. With ``decode=False`` only the
-file headers are read (fast): truncated image data are not seen then.
-
-The module logs and never prints; the CLI prints the problems.
+:func:`check_dataset` lists **every** problem (one :class:`Problem` each, ``error`` when
+the data set cannot be used as it is, ``warning`` for odd input converted on the way in),
+so a user sees them all in one run. With ``decode=True`` every file is decoded once
+through the decode cache at the model input size (a later ``train`` finds them cached);
+else only headers are read, and truncated data are not seen. Logs, never prints.
 """
 
 from __future__ import annotations
@@ -24,18 +12,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dermcam.data import generic, isic2016
 from dermcam.data.cache import ImageCache
-from dermcam.data.dataset import LABEL_NAMES, SPLITS, DataSet, Problem, Sample
+from dermcam.data.dataset import LABEL_NAMES, SPLITS, DataSet, Problem, Sample, pool_map
 from dermcam.data.describe import read_metadata
-from dermcam.data.images import open_checked, open_image_sized, open_mask
+from dermcam.data.images import SWAPS_AXES, open_checked, open_image_sized, open_mask
 from dermcam.data.layouts import load_dataset
 from dermcam.errors import DermcamError
 
@@ -48,7 +35,6 @@ SMALL_SHARE = 0.5
 #: The validation share 'dermcam train' uses by default (for the class-count warning).
 DEFAULT_VAL_FRACTION = 0.2
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that transpose width and height
 
 
 @dataclass
@@ -85,9 +71,6 @@ class CheckReport:
                 f"{checked}")
 
 
-# ------------------------------------------------------------------- files
-
-
 @dataclass
 class _Header:
     size: tuple[int, int]  # (W, H) after EXIF orientation
@@ -97,30 +80,18 @@ class _Header:
 
 def _header(path: Path) -> _Header | Problem:
     """Read a file's image header only; a Problem with the same wording as decoding's."""
-    if not path.exists():
-        return Problem(str(path), "file not found")
-    if path.is_file() and path.stat().st_size == 0:
-        return Problem(str(path), "file is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            mode = im.mode
-            try:
-                orientation = int(im.getexif().get(0x0112, 1) or 1)
-            except Exception:  # malformed EXIF: decoding ignores it too
-                orientation = 1
-    except Image.DecompressionBombError as exc:
-        return Problem(str(path), f"image too large, refused as a possible decompression bomb "
-                                  f"({exc})")
-    except UnidentifiedImageError:
-        return Problem(str(path), "not a readable image (unknown or corrupt format)")
-    except (OSError, SyntaxError, ValueError) as exc:
-        return Problem(str(path), f"corrupt or truncated image ({exc})")
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and w * h > limit:
-        return Problem(str(path), f"image too large, refused as a possible decompression bomb "
-                                  f"({w}x{h} px exceeds PIL's limit of {limit} px)")
-    if orientation in _SWAPS_AXES:
+        im = open_checked(path, load=False)
+    except DermcamError as exc:
+        return Problem.from_error(exc, path)
+    with im:
+        w, h = im.size
+        mode = im.mode
+        try:
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
+        except Exception:  # malformed EXIF: decoding ignores it too
+            orientation = 1
+    if orientation in SWAPS_AXES:
         w, h = h, w
     return _Header((w, h), mode, orientation)
 
@@ -163,13 +134,9 @@ def _mask_levels(path: Path) -> Problem | None:
 
 def _decode_alone(path: Path, kind: str, size: int) -> Problem | None:
     """Decode one file by itself (image, mask or artifact map); its Problem, if any."""
+    opener = {"image": lambda p: open_image_sized(p, draft_size=size), "mask": open_mask}
     try:
-        if kind == "image":
-            open_image_sized(path, draft_size=size)
-        elif kind == "mask":
-            open_mask(path)
-        else:
-            open_checked(path)
+        opener.get(kind, open_checked)(path)
     except DermcamError as exc:
         return Problem.from_error(exc, path)
     return None
@@ -200,31 +167,21 @@ def _check_sample(sample: Sample, decode: bool, size: int, cache
             except DermcamError as exc:
                 problems.append(Problem.from_error(exc, sample.image_path))
                 if exc.path == str(sample.image_path):  # the mask was not reached: try it
-                    for kind, path in files[1:]:
-                        p = path is not None and _decode_alone(path, kind, size)
-                        if p:
-                            problems.append(p)
+                    problems += filter(None, [_decode_alone(path, kind, size)
+                                              for kind, path in files[1:] if path is not None])
         else:  # decode the files whose header was fine, each alone, for their own problems
             bad = {p.path for p in problems}
-            for kind, path in files:
-                if path is not None and str(path) not in bad:
-                    p = _decode_alone(path, kind, size)
-                    if p:
-                        problems.append(p)
+            problems += filter(None, [_decode_alone(path, kind, size) for kind, path in files
+                                      if path is not None and str(path) not in bad])
     if isinstance(img, _Header):
         mask = heads.get("mask")
         problems += _warnings(sample, img, mask if isinstance(mask, _Header) else None, size)
     if decode and isinstance(heads.get("mask"), _Header):
         try:
-            p = _mask_levels(sample.mask_path)
-            if p:
-                problems.append(p)
+            problems += filter(None, [_mask_levels(sample.mask_path)])
         except Exception as exc:  # already reported as an error when it matters
             log.debug("%s: mask levels not checked (%s)", sample.mask_path, exc)
     return problems, area
-
-
-# ------------------------------------------------------------------ data set
 
 
 def _split_source(ds: DataSet, split: str) -> Path:
@@ -236,11 +193,8 @@ def _split_source(ds: DataSet, split: str) -> Path:
 
 
 def _split_problems(ds: DataSet, found: list[Problem]) -> list[Problem]:
-    """Empty splits, one-class splits, and too few of a class for a validation split.
-
-    A split whose source already has an error (rows left out) is not judged again: its
-    counts are a consequence, not another problem to fix.
-    """
+    """Empty splits, one-class splits, too few of a class for a validation split; not for
+    a split whose source already has an error (its counts are a consequence)."""
     out = []
     for split in SPLITS:
         samples = ds.split(split)
@@ -256,8 +210,7 @@ def _split_problems(ds: DataSet, found: list[Problem]) -> list[Problem]:
             continue
         counts = np.bincount([s.label for s in samples], minlength=2)
         if counts.min() == 0:
-            have, lack = (LABEL_NAMES[0], LABEL_NAMES[1]) if counts[1] == 0 else (
-                LABEL_NAMES[1], LABEL_NAMES[0])
+            have, lack = LABEL_NAMES if counts[1] == 0 else LABEL_NAMES[::-1]
             why = ("training needs both classes" if split == "train" else
                    "ROC AUC, sensitivity and specificity are undefined")
             out.append(Problem(str(src), f"the {split} split holds only {have} images "
@@ -276,13 +229,8 @@ def _split_problems(ds: DataSet, found: list[Problem]) -> list[Problem]:
 def check_dataset(root: str | Path, decode: bool = True, image_size: int = 224, cache=None,
                   workers: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    """Check every CSV row and every image, mask and artifact map under ``root``.
-
-    ``decode``: decode each file (through ``cache``, default the user's decode cache, at
-    ``image_size``) rather than read its header only. Returns a :class:`CheckReport`
-    listing every problem; raises nothing for bad data.
-    """
-
+    """Check every CSV row, image, mask and artifact map under ``root`` (``decode``: through
+    ``cache``, default the user's, at ``image_size``); raises nothing for bad data."""
     root = Path(root)
     report = CheckReport(root, decoded=decode)
     problems: list[Problem] = []
@@ -301,19 +249,13 @@ def check_dataset(root: str | Path, decode: bool = True, image_size: int = 224, 
     if decode and cache is None:
         cache = ImageCache()
     samples = ds.samples
-    report.n_images = len(samples)
-    report.n_masks = sum(1 for s in samples if s.mask_path is not None)
-    workers = workers or min(4, os.cpu_count() or 1)
-    done = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for s, (found, area) in zip(samples, pool.map(
-                lambda s: _check_sample(s, decode, image_size, cache), samples)):
-            problems += found
-            if area is not None:
-                report.mask_areas[s.image_id] = area
-            done += 1
-            if progress:
-                progress(done, len(samples))
+    report.n_images, report.n_masks = len(samples), sum(s.mask_path is not None for s in samples)
+    results = pool_map(lambda s: _check_sample(s, decode, image_size, cache), samples,
+                       workers or min(4, os.cpu_count() or 1), progress)
+    for s, (found, area) in zip(samples, results):
+        problems += found
+        if area is not None:
+            report.mask_areas[s.image_id] = area
     report.problems = problems
     log.info("%s", report.summary())
     return report

@@ -1,11 +1,5 @@
-"""Samples and data sets: the base every layout builds on.
-
-A :class:`Sample` is one image with its label (0 = benign, 1 = malignant), its
-lesion mask when present, its split and its id. A :class:`DataSet` is the list of
-samples found under a data root plus what the layout told us about it. The layouts
-(:mod:`dermcam.data.isic2016`, ...) import this module and nothing of each other's;
-:mod:`dermcam.data.layouts` names them and loads a folder with the one that fits.
-"""
+"""Samples and data sets: the base every layout builds on (the layouts import this module
+and nothing of each other's; :mod:`dermcam.data.layouts` picks the one that fits)."""
 
 from __future__ import annotations
 
@@ -14,6 +8,8 @@ import hashlib
 import io
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +27,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", 
 class Sample:
     image_id: str
     image_path: Path
-    label: int
+    label: int  # 0 benign, 1 malignant
     split: str
     mask_path: Path | None = None
     artifact_path: Path | None = None
@@ -40,11 +36,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem found in a data set: the file, the CSV line and image id where known.
-
-    ``severity`` is ``"error"`` (the data set cannot be used as it is) or ``"warning"``
-    (odd but usable: converted, rotated or resized on the way in).
-    """
+    """One problem in a data set: the file, CSV line and image id where known; ``severity``
+    ``"error"`` (unusable as it is) or ``"warning"`` (converted on the way in)."""
 
     path: str
     message: str
@@ -113,8 +106,7 @@ def parse_label(value: str, source: str | Path, line: int | None = None) -> int:
     where = f"line {line}: " if line is not None else ""
     if not v:
         raise DermcamError(f"{where}blank label (expected benign/malignant or 0/1)", source)
-    raise DermcamError(
-        f"{where}label {value!r} is neither benign/malignant nor 0/1", source)
+    raise DermcamError(f"{where}label {value!r} is neither benign/malignant nor 0/1", source)
 
 
 def read_csv_rows(path: Path) -> list[list[str]]:
@@ -138,12 +130,61 @@ def read_csv_rows(path: Path) -> list[list[str]]:
     return [[c.strip() for c in r] for r in rows]
 
 
-def find_image(folder: Path, image_id: str, source: Path) -> Path:
+def csv_table(path: Path, required: Sequence[str], empty: str, names: str
+               ) -> tuple[list[str], list[list[str]]]:
+    """``(lower-case header, rows)`` of a CSV whose header must hold ``required`` (one-line
+    errors: ``empty`` for no rows; ``names`` says which columns, with the header found)."""
+    rows = read_csv_rows(path)
+    if not rows:
+        raise DermcamError(empty, path)
+    header = [h.lower() for h in rows[0]]
+    if any(c not in header for c in required):
+        raise DermcamError(f"{names}, got {','.join(rows[0])!r}", path)
+    return header, rows
+
+
+def short_row(i: int, row: list[str], header: list[str], path: Path) -> DermcamError:
+    return DermcamError(f"line {i}: expected {len(header)} columns, got {','.join(row)!r}", path)
+
+
+def rows_to_samples(rows: Iterable[tuple[int, list[str]]], id_col: int, csv_path: Path,
+                    problems: list[Problem] | None, parse: Callable[[int, list[str]], Sample]
+                    ) -> list[Sample]:
+    """``parse(line, row)`` of each numbered CSV row; with ``problems``, a bad or repeated row
+    is recorded there and left out instead of raising."""
+    samples = []
+    seen: dict[str, int] = {}
+    for i, row in rows:
+        try:
+            sample = parse(i, row)
+        except DermcamError as exc:
+            if problems is None:
+                raise
+            problems.append(Problem.from_error(exc, csv_path, i, row[id_col] or None))
+            continue
+        if problems is not None and sample.image_id in seen:
+            problems.append(Problem(str(csv_path), f"duplicate image id (first on line "
+                                    f"{seen[sample.image_id]})", "error", i, sample.image_id))
+            continue
+        seen.setdefault(sample.image_id, i)
+        samples.append(sample)
+    check_duplicates(samples, csv_path)
+    return samples
+
+
+def image_path(folder: Path, image_id: str, source: Path, check_files: bool) -> Path:
+    """The image file of ``image_id`` in ``folder`` (``.jpg`` assumed without ``check_files``)."""
+    if not check_files:
+        return safe_join(folder, image_id + ".jpg", source)
     for ext in IMAGE_EXTS:
         p = safe_join(folder, image_id + ext, source)
         if p.exists():
             return p
     raise DermcamError(f"no image file for id {image_id!r} in {folder}", source)
+
+
+def existing(path: Path) -> Path | None:
+    return path if path.exists() else None
 
 
 def check_duplicates(samples: list[Sample], source: Path) -> None:
@@ -156,3 +197,14 @@ def check_duplicates(samples: list[Sample], source: Path) -> None:
 def class_counts(samples: list[Sample]) -> dict[str, int]:
     c = Counter(s.label for s in samples)
     return {LABEL_NAMES[0]: c.get(0, 0), LABEL_NAMES[1]: c.get(1, 0)}
+
+
+def pool_map(fn: Callable, items: Sequence, workers: int,
+             progress: Callable[[int, int], None] | None = None) -> Iterator:
+    """``fn`` of each item, in order, on ``workers`` threads (PIL and numpy release the GIL;
+    one: in this thread), calling ``progress(done, total)`` here as results arrive."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for done, out in enumerate(pool.map(fn, items) if workers > 1 else map(fn, items), 1):
+            yield out
+            if progress:
+                progress(done, len(items))

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dermcam.data.artifact_labels import artifact_columns
 from dermcam.data.cache import decode_sample
-from dermcam.data.dataset import LABEL_NAMES
+from dermcam.data.dataset import LABEL_NAMES, class_counts
 from dermcam.data.images import read_mask
 from dermcam.data.isic2016 import OFFICIAL_COUNTS
 from dermcam.data.layouts import load_dataset
@@ -38,18 +39,11 @@ def read_metadata(ds):
     return meta
 
 
-def artifact_columns(meta) -> list[str]:
-    return [c for c in meta.columns if c.startswith("artifact_")] if meta is not None else []
-
-
 def describe(root: str | Path, check: bool = False,
              mask_areas: dict[str, float] | None = None) -> dict[str, Any]:
-    """Counts per split and class, mask coverage, sampled image sizes, artifact rates.
-
-    ``mask_areas`` (image id -> lesion share, e.g. from
-    :func:`dermcam.data.check.check_dataset`) fills the mean lesion area where the
-    metadata has none, without decoding the masks again.
-    """
+    """Counts per split and class, mask coverage, sampled image sizes, artifact rates;
+    ``mask_areas`` (image id -> lesion share, from a check) fills the mean lesion area
+    where the metadata has none."""
     ds = load_dataset(root)
     meta = read_metadata(ds)
     area = dict(zip(meta["image_id"], meta["lesion_area"])) if (
@@ -58,14 +52,13 @@ def describe(root: str | Path, check: bool = False,
                            "splits": {}, "notes": list(ds.notes)}
     for split in ("train", "test"):
         samples = ds.split(split)
-        c = Counter(s.label for s in samples)
         areas = [area[s.image_id] for s in samples if s.image_id in area]
         if not areas and mask_areas:
             areas = [mask_areas[s.image_id] for s in samples if s.image_id in mask_areas]
         if check and not areas:
             areas = [float(read_mask(s.mask_path).mean()) for s in samples if s.mask_path]
         out["splits"][split] = {
-            "n": len(samples), LABEL_NAMES[0]: c.get(0, 0), LABEL_NAMES[1]: c.get(1, 0),
+            "n": len(samples), **class_counts(samples),
             "with_mask": sum(1 for s in samples if s.mask_path is not None),
             "mean_lesion_area": float(np.mean(areas)) if areas else None}
     sizes = Counter()
@@ -81,15 +74,11 @@ def describe(root: str | Path, check: bool = False,
     out["image_sizes"] = ", ".join(f"{k} ({v})" for k, v in sizes.most_common(5))
     cols = artifact_columns(meta)
     if cols:
-        arts: dict[str, dict[str, float]] = {}
-        for col in cols:
-            rates = {}
-            for split in ("train", "test"):
-                for label, lname in enumerate(LABEL_NAMES):
-                    sel = meta[(meta["split"] == split) & (meta["label"] == label)]
-                    rates[f"{split} {lname}"] = float(sel[col].mean()) if len(sel) else 0.0
-            arts[col.removeprefix("artifact_")] = rates
-        out["artifacts"] = arts
+        cells = {f"{split} {lname}": meta[(meta["split"] == split) & (meta["label"] == label)]
+                 for split in ("train", "test") for label, lname in enumerate(LABEL_NAMES)}
+        out["artifacts"] = {col.removeprefix("artifact_"): {
+            k: float(sel[col].mean()) if len(sel) else 0.0 for k, sel in cells.items()}
+            for col in cols}
     if ds.name == "ISIC 2016 Part 3B":
         out["official_check"] = compare_official(out["splits"])[1]
     return out
@@ -97,13 +86,9 @@ def describe(root: str | Path, check: bool = False,
 
 def compare_official(splits: dict[str, dict[str, Any]], official: dict | None = None,
                      name: str = "ISIC 2016 Part 3B") -> tuple[bool, str]:
-    """Compare per-split class counts (``describe()["splits"]``) with published ones.
-
-    ``official`` defaults to :data:`dermcam.data.isic2016.OFFICIAL_COUNTS`. Returns
-    ``(match, sentence)``; the sentence says "match" or "differ".
-    """
-    if official is None:
-        official = OFFICIAL_COUNTS
+    """``(match, sentence)``: per-split class counts (``describe()["splits"]``) against
+    ``official`` (default ISIC 2016's)."""
+    official = OFFICIAL_COUNTS if official is None else official
 
     def fmt(c: dict) -> str:
         return "; ".join(f"{sp} {c[sp][LABEL_NAMES[0]] + c[sp][LABEL_NAMES[1]]} = "

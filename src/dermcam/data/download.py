@@ -1,25 +1,8 @@
-"""Fetch the official ISIC 2016 Part 3B files, verify them and unpack them safely.
-
-::
-
-    download_isic2016(DIR)        # the four official files, into DIR
-    DIR/ISBI2016_ISIC_Part3B_Training_Data.zip -> DIR/ISBI2016_ISIC_Part3B_Training_Data/
-    DIR/ISBI2016_ISIC_Part3B_Test_Data.zip     -> DIR/ISBI2016_ISIC_Part3B_Test_Data/
-    DIR/ISBI2016_ISIC_Part3B_{Training,Test}_GroundTruth.csv
-    DIR/download.json             URLs, sizes, SHA-256 and whether each was verified
-
-Each file is fetched with pooch (``pooch.retrieve``; http, https, or ``file://`` for a
-local mirror), which streams it to a temporary file beside the target, checks its
-SHA-256 when one is known (``--checksums FILE`` or :data:`KNOWN_SHA256`) and only then
-moves it into place. A file already present is not fetched again (its checksum is
-checked when known), so an interrupted download resumes at the next missing file. A
-dropped transfer is retried. When no checksum is known the computed one is recorded in
-``download.json`` and the file is reported as *not verified*, never as verified.
-
-Archives are unpacked member by member after every member has been checked: no
-absolute paths, no ``..``, no symbolic links or special files, no member over
-:data:`MAX_MEMBER_BYTES`. A refused archive writes nothing.
-"""
+"""Fetch the official ISIC 2016 Part 3B files with pooch (http(s), or ``file://`` for a
+mirror), verify them and unpack them safely. A file appears only after its SHA-256, when
+known, matched (else the computed one is recorded, *not verified*, in ``download.json``);
+one already present is not fetched again. Archives are unpacked only after every member
+was checked (no absolute paths, ``..``, links, special files or oversized members)."""
 
 from __future__ import annotations
 
@@ -31,7 +14,6 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -80,8 +62,6 @@ class _Retryable(Exception):
 
 @dataclass
 class Fetched:
-    """One downloaded file: where from, where to, how big, its SHA-256 and how it was checked."""
-
     name: str
     url: str
     path: str
@@ -90,8 +70,6 @@ class Fetched:
     verified: bool  # True only when compared with a known checksum
     status: str = "downloaded"  # downloaded | already present
 
-
-# --------------------------------------------------------------------- checksums
 
 def read_checksums(path: str | Path) -> dict[str, str]:
     """Parse ``sha256sum`` output (``HEX  NAME`` or ``HEX *NAME``; ``#`` comments) -> {name: hex}."""
@@ -115,8 +93,6 @@ def read_checksums(path: str | Path) -> dict[str, str]:
     return out
 
 
-# --------------------------------------------------------------------- fetching
-
 def normalize_base_url(base_url: str) -> str:
     """``http(s)://`` or ``file://`` URL ending in ``/``; a local folder becomes a file URL."""
     base = str(base_url).strip()
@@ -131,8 +107,7 @@ def normalize_base_url(base_url: str) -> str:
 
 
 class _Progress:
-    """pooch's progress-bar protocol (``total``, ``update``, ``reset``, ``close``) as
-    ``progress(done, total)`` calls."""
+    """pooch's progress-bar protocol as ``progress(done, total)`` calls."""
 
     def __init__(self, progress: Progress):
         self.progress, self.total, self.done = progress, None, 0
@@ -157,18 +132,6 @@ def _copy_file_url(url: str, output_file: str, _pooch=None) -> None:
     shutil.copyfile(src, output_file)
 
 
-@contextmanager
-def _quiet_pooch():
-    """pooch logs each download at INFO on its own handler; dermcam reports its own steps."""
-    logger = pooch.get_logger()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _fetch_once(url: str, dest: Path, expected: str | None, progress: Progress | None,
                 timeout: float) -> None:
     if urlparse(url).scheme == "file":
@@ -177,10 +140,12 @@ def _fetch_once(url: str, dest: Path, expected: str | None, progress: Progress |
         downloader = pooch.HTTPDownloader(
             progressbar=_Progress(progress) if progress else False, chunk_size=CHUNK,
             timeout=timeout, headers={"User-Agent": f"dermcam/{__version__}"})
+    logger = pooch.get_logger()  # pooch logs each download at INFO: dermcam says its own
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
-        with _quiet_pooch():
-            pooch.retrieve(url, f"sha256:{expected}" if expected else None, fname=dest.name,
-                           path=dest.parent, downloader=downloader)
+        pooch.retrieve(url, f"sha256:{expected}" if expected else None, fname=dest.name,
+                       path=dest.parent, downloader=downloader)
     except requests.HTTPError as exc:
         code, reason = exc.response.status_code, exc.response.reason
         if 500 <= code < 600:
@@ -200,19 +165,15 @@ def _fetch_once(url: str, dest: Path, expected: str | None, progress: Progress |
                            f"{got.group(1)} (the download was discarded)", url) from exc
     except OSError as exc:
         raise DermcamError(f"could not write ({exc.strerror or exc})", dest) from exc
+    finally:
+        logger.setLevel(level)
 
 
 def fetch(url: str, dest: str | Path, expected_sha256: str | None = None,
           progress: Progress | None = None, timeout: float = TIMEOUT_S,
           retries: int = RETRIES, backoff_s: float = BACKOFF_S) -> Fetched:
-    """Download ``url`` to ``dest`` (pooch), checking ``expected_sha256`` when given.
-
-    ``progress(done_bytes, total_bytes)`` is called as bytes arrive (``total_bytes``
-    is None when the server sends no Content-Length). A dropped or truncated transfer,
-    a timeout or a server error (5xx) is retried ``retries`` times. ``dest`` appears only
-    after the whole file arrived (and its checksum, when known, matched); a mismatch
-    leaves nothing. Errors are one line naming the URL.
-    """
+    """Download ``url`` to ``dest``, checking ``expected_sha256`` when given; a drop, timeout,
+    truncation or 5xx is retried ``retries`` times. ``progress(done, total or None)``."""
     dest = Path(dest)
     if expected_sha256 is not None and not _HEX64.match(expected_sha256):
         raise DermcamError(f"expected SHA-256 for {dest.name} is not 64 hex digits")
@@ -234,8 +195,6 @@ def fetch(url: str, dest: str | Path, expected_sha256: str | None = None,
     return Fetched(dest.name, url, str(dest), dest.stat().st_size, digest,
                    expected_sha256 is not None)
 
-
-# -------------------------------------------------------------------- extraction
 
 def _unsafe_reason(info: zipfile.ZipInfo, max_member_bytes: int) -> str | None:
     name = info.filename
@@ -263,14 +222,9 @@ def safe_extract(archive: str | Path, dest: str | Path,
                  max_total_bytes: int = MAX_ARCHIVE_BYTES,
                  max_members: int = MAX_MEMBERS,
                  progress: Progress | None = None) -> dict[str, int]:
-    """Unpack ``archive`` under ``dest`` after checking every member; returns counts.
-
-    Refuses (one-line :class:`DermcamError` naming the archive and member, nothing
-    written) absolute paths, ``..``, backslash paths, symbolic links, special files,
-    members over ``max_member_bytes`` and archives over ``max_members`` /
-    ``max_total_bytes``. Each file is written atomically; a file already present
-    with the member's size is kept (re-runs are cheap). ``__MACOSX/`` is skipped.
-    """
+    """Unpack ``archive`` under ``dest`` after checking every member (nothing is written
+    when one is refused); each file atomically, one already there with the member's size
+    kept. ``__MACOSX/`` is skipped. Returns the counts written, kept and folders."""
     archive, dest = Path(archive), Path(dest)
     try:
         zf = zipfile.ZipFile(archive)
@@ -283,23 +237,18 @@ def safe_extract(archive: str | Path, dest: str | Path,
         if len(infos) > max_members:
             raise DermcamError(f"refused to extract: {len(infos)} members, over the "
                                f"{max_members} limit", archive)
-        plan = []
-        total = 0
-        for info in infos:
-            if info.filename.startswith("__MACOSX/"):
-                continue
+        plan = [info for info in infos if not info.filename.startswith("__MACOSX/")]
+        for info in plan:
             reason = _unsafe_reason(info, max_member_bytes)
             if reason:
                 raise DermcamError(f"refused to extract: member {info.filename!r} {reason}",
                                    archive)
-            total += info.file_size
-            plan.append(info)
+        total = sum(info.file_size for info in plan)
         if total > max_total_bytes:
             raise DermcamError(f"refused to extract: {total} bytes uncompressed, over the "
                                f"{max_total_bytes}-byte limit", archive)
         dest.mkdir(parents=True, exist_ok=True)
-        # Resolve every target before writing any (an existing symlinked folder in
-        # dest could otherwise lead a member out).
+        # every target resolved before writing any: a symlinked folder could lead one out
         targets = [safe_join(dest, info.filename.rstrip("/"), archive) for info in plan]
         done_bytes = 0
         for info, target in zip(plan, targets):
@@ -325,8 +274,6 @@ def safe_extract(archive: str | Path, dest: str | Path,
     return counts
 
 
-# ---------------------------------------------------------------------- ISIC 2016
-
 @dataclass
 class DownloadResult:
     root: Path
@@ -338,15 +285,11 @@ class DownloadResult:
 
     def summary_lines(self) -> list[str]:
         """One line per file and archive (the official count check is in ``official_check``)."""
-        lines = []
-        for f in self.files:
-            check = ("SHA-256 verified" if f.verified else
-                     f"SHA-256 not verified (no known checksum; recorded in {RECORD})")
-            lines.append(f"{f.name}: {f.status}, {f.size} bytes, {check}")
-        for name, c in self.extracted.items():
-            lines.append(f"{name}: {c['written']} file(s) extracted, {c['kept']} already "
-                         "present")
-        return lines
+        unverified = f"SHA-256 not verified (no known checksum; recorded in {RECORD})"
+        return ([f"{f.name}: {f.status}, {f.size} bytes, "
+                 f"{'SHA-256 verified' if f.verified else unverified}" for f in self.files]
+                + [f"{name}: {c['written']} file(s) extracted, {c['kept']} already present"
+                   for name, c in self.extracted.items()])
 
 
 def check_supported(dataset: str) -> None:
@@ -366,11 +309,8 @@ def download_isic2016(dest: str | Path, base_url: str = DEFAULT_BASE_URL,
                       max_member_bytes: int = MAX_MEMBER_BYTES) -> DownloadResult:
     """Fetch, verify and unpack ISIC 2016 Part 3B into ``dest``; compare its counts.
 
-    ``checksums``: a ``sha256sum``-style file or a ``{name: hex}`` mapping; it
-    overrides :data:`KNOWN_SHA256`. ``progress(done, total)`` reports bytes of the
-    file in flight (and members while unpacking); ``say(line)`` reports each step.
-    Files already present are not fetched again (their checksum is checked when
-    known). Writes ``dest/download.json``.
+    ``checksums``: a ``sha256sum``-style file or ``{name: hex}``, over :data:`KNOWN_SHA256`;
+    ``say(line)`` reports each step.
     """
     dest = Path(dest).resolve()
     if dest.exists() and not dest.is_dir():

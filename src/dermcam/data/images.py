@@ -1,14 +1,10 @@
-"""Decoding images and masks into arrays, with one-line errors for bad files.
-
-Shape contracts:
-- :func:`read_image` -> ``(H, W, 3) uint8`` RGB, EXIF orientation applied.
-  Grayscale, RGBA, palette and 16-bit images are converted, not rejected.
-- :func:`read_mask` -> ``(H, W) bool``; anti-aliased masks are thresholded at
-  half intensity (>= 128 of 255) and colour masks are reduced to luminance.
-"""
+"""Decoding images (``(H, W, 3) uint8`` RGB, EXIF orientation applied; grayscale, RGBA,
+palette and 16-bit converted) and masks (``(H, W) bool``, thresholded at half intensity),
+with one-line errors for bad files."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -22,9 +18,10 @@ log = logging.getLogger(__name__)
 MASK_THRESHOLD = 128
 
 
-def open_checked(path: Path, draft_size: int | None = None) -> Image.Image:
-    """``Image.open`` and ``load`` with one-line errors (missing, empty, not an image, corrupt,
-    over PIL's decompression-bomb limit); ``draft_size``: decode big JPEGs at a reduced scale."""
+def open_checked(path: Path, draft_size: int | None = None, load: bool = True) -> Image.Image:
+    """``Image.open`` and ``load`` (unless not ``load``: the header only) with one-line errors;
+    ``draft_size``: decode big JPEGs at a reduced DCT scale (the largest saving when ~4000 px
+    ISIC images become 224 px)."""
     if not path.exists():
         raise DermcamError("file not found", path)
     if path.is_file() and path.stat().st_size == 0:
@@ -32,18 +29,17 @@ def open_checked(path: Path, draft_size: int | None = None) -> Image.Image:
     try:
         img = Image.open(path)  # raises DecompressionBombError above 2x the limit
         full_size = img.size
-        # Between 1x and 2x PIL only warns. Check here rather than turn the warning into
-        # an error: warnings.catch_warnings() is not thread-safe and load_arrays decodes
-        # in threads.
+        # Between 1x and 2x PIL only warns; checked here, as catch_warnings() is not
+        # thread-safe and load_arrays decodes in threads.
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and full_size[0] * full_size[1] > limit:
             img.close()
             raise DermcamError(
                 f"image too large, refused as a possible decompression bomb ({full_size[0]}x"
                 f"{full_size[1]} px exceeds PIL's limit of {limit} px)", path)
+        if not load:
+            return img
         if draft_size and img.format == "JPEG":
-            # Decode big JPEGs at a reduced DCT scale: the single largest saving
-            # when real ISIC images (up to ~4000 px) are resized to 224 px.
             img.draft("RGB", (draft_size, draft_size))
         img.load()
         img._dermcam_full_size = full_size
@@ -70,16 +66,13 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that transpose width and height
+SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that transpose width and height
 
 
 def open_image_sized(path: str | Path, draft_size: int | None = None
                      ) -> tuple[Image.Image, tuple[int, int]]:
-    """Open an image (RGB, EXIF orientation applied) and return its full ``(W, H)``.
-
-    With ``draft_size`` a JPEG may be decoded at a reduced scale; the returned size
-    is still the full-resolution size, for checking it against the mask.
-    """
+    """An image (RGB, EXIF orientation applied) and its full-resolution ``(W, H)`` (even when
+    drafted at a reduced scale), for checking it against the mask."""
     path = Path(path)
     img = open_checked(path, draft_size)
     w, h = getattr(img, "_dermcam_full_size", None) or img.size
@@ -89,19 +82,14 @@ def open_image_sized(path: str | Path, draft_size: int | None = None
     except Exception as exc:  # malformed EXIF should not lose the image
         log.warning("%s: could not apply EXIF orientation (%s)", path, exc)
         orientation = 1
-    if orientation in _SWAPS_AXES:
+    if orientation in SWAPS_AXES:
         w, h = h, w
     return Image.fromarray(_to_rgb(img)), (w, h)
 
 
-def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
-    """Open an image with EXIF orientation applied (a PIL image, RGB)."""
-    return open_image_sized(path, draft_size)[0]
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as ``(H, W, 3) uint8`` RGB."""
-    return np.asarray(open_image(path))
+    return np.asarray(open_image_sized(path)[0])
 
 
 def mask_to_bool(arr: np.ndarray) -> np.ndarray:
@@ -129,14 +117,10 @@ def mask_to_bool(arr: np.ndarray) -> np.ndarray:
 
 def open_mask(path: str | Path) -> Image.Image:
     """Open a mask as a PIL ``L`` image with values exactly 0 or 255."""
-    path = Path(path)
-    img = open_checked(path)
-    try:
+    img = open_checked(Path(path))
+    with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
-    except Exception:
-        pass
-    arr = np.asarray(img)
-    return Image.fromarray((mask_to_bool(arr).astype(np.uint8) * 255), mode="L")
+    return Image.fromarray((mask_to_bool(np.asarray(img)).astype(np.uint8) * 255), mode="L")
 
 
 def read_mask(path: str | Path) -> np.ndarray:

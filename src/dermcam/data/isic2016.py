@@ -1,6 +1,4 @@
-"""ISIC 2016 Challenge Part 3B (lesion classification) in its official layout.
-
-::
+"""ISIC 2016 Challenge Part 3B (lesion classification) in its official layout::
 
     ISBI2016_ISIC_Part3B_Training_Data/ISIC_0000000.jpg
     ISBI2016_ISIC_Part3B_Training_Data/ISIC_0000000_Segmentation.png   (0/255 mask)
@@ -8,8 +6,7 @@
     ISBI2016_ISIC_Part3B_Training_GroundTruth.csv    no header: ISIC_0000000,benign|malignant
     ISBI2016_ISIC_Part3B_Test_GroundTruth.csv        no header: ISIC_0000000,0.0|1.0
 
-The synthetic benchmark writes the same layout, plus ``ISIC_xxx_Artifacts.png``
-maps and ``metadata.csv``, which this loader picks up when present.
+The synthetic benchmark adds ``ISIC_xxx_Artifacts.png`` maps and ``metadata.csv``.
 """
 
 from __future__ import annotations
@@ -20,10 +17,11 @@ from dermcam.data.dataset import (
     DataSet,
     Problem,
     Sample,
-    check_duplicates,
-    find_image,
+    existing,
+    image_path,
     parse_label,
     read_csv_rows,
+    rows_to_samples,
 )
 from dermcam.data.paths import check_id, safe_join
 from dermcam.errors import DermcamError
@@ -45,50 +43,32 @@ def matches(root: Path) -> bool:
 
 
 def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files: bool,
-                problems: list[Problem] | None = None):
-    """The split's samples; with ``problems``, bad rows are recorded there and skipped."""
+                problems: list[Problem] | None = None) -> list[Sample]:
     csv_path = root / csv_name
     if not csv_path.exists():
         return []
     img_dir = safe_join(root, folder, csv_path)
     if not img_dir.is_dir():
         raise DermcamError(f"image folder {folder} is missing beside the ground truth", csv_path)
-    samples = []
-    seen: dict[str, int] = {}
-    for i, row in enumerate(read_csv_rows(csv_path), start=1):
-        if i == 1 and row and row[0].lower() in ("image_id", "image", "id", "isic_id"):
-            continue  # tolerate a header row some re-packagings add
-        try:
-            if len(row) < 2:
-                raise DermcamError(f"line {i}: expected 'image_id,label', got "
-                                   f"{','.join(row)!r}", csv_path)
-            image_id = check_id(row[0], csv_path)
-            label = parse_label(row[1], csv_path, i)
-            if check_files:
-                image_path = find_image(img_dir, image_id, csv_path)
-            else:
-                image_path = safe_join(img_dir, image_id + ".jpg", csv_path)
-            mask = safe_join(img_dir, image_id + MASK_SUFFIX, csv_path)
-            art = safe_join(img_dir, image_id + ARTIFACT_SUFFIX, csv_path)
-        except DermcamError as exc:
-            if problems is None:
-                raise
-            problems.append(Problem.from_error(exc, csv_path, i, row[0] if row else None))
-            continue
-        if problems is not None and image_id in seen:
-            problems.append(Problem(str(csv_path), f"duplicate image id (first on line "
-                                                   f"{seen[image_id]})", "error", i, image_id))
-            continue
-        seen.setdefault(image_id, i)
-        samples.append(Sample(image_id, image_path, label, split,
-                              mask if mask.exists() else None,
-                              art if art.exists() else None))
-    check_duplicates(samples, csv_path)
-    return samples
+
+    def parse(i: int, row: list[str]) -> Sample:
+        if len(row) < 2:
+            raise DermcamError(f"line {i}: expected 'image_id,label', got {','.join(row)!r}",
+                               csv_path)
+        image_id = check_id(row[0], csv_path)
+        label = parse_label(row[1], csv_path, i)
+        path = image_path(img_dir, image_id, csv_path, check_files)
+        mask = safe_join(img_dir, image_id + MASK_SUFFIX, csv_path)
+        art = safe_join(img_dir, image_id + ARTIFACT_SUFFIX, csv_path)
+        return Sample(image_id, path, label, split, existing(mask), existing(art))
+
+    rows = list(enumerate(read_csv_rows(csv_path), start=1))
+    if rows and rows[0][1][0].lower() in ("image_id", "image", "id", "isic_id"):
+        rows = rows[1:]  # tolerate a header row some re-packagings add
+    return rows_to_samples(rows, 0, csv_path, problems, parse)
 
 
-def load(root: Path, check_files: bool = True, problems: list[Problem] | None = None
-         ) -> DataSet:
+def load(root: Path, check_files: bool = True, problems: list[Problem] | None = None) -> DataSet:
     """The data set under ``root``; with ``problems``, every bad row (or unreadable ground
     truth) is recorded there and left out instead of raising at the first."""
 
@@ -110,12 +90,10 @@ def load(root: Path, check_files: bool = True, problems: list[Problem] | None = 
     for image_id in both:
         problems.append(Problem(str(root / TEST_CSV), f"image id also in {TRAIN_CSV}",
                                 image_id=image_id))
-    test = [s for s in test if s.image_id not in both]
-    samples = train + test
-    meta = root / "metadata.csv"
+    samples = train + [s for s in test if s.image_id not in both]
     name = "synthetic dermoscopy benchmark" if (root / "synth.json").exists() else "ISIC 2016 Part 3B"
     ds = DataSet(name=name, root=root, layout="isic2016", samples=samples,
-                 metadata_path=meta if meta.exists() else None)
+                 metadata_path=existing(root / "metadata.csv"))
     missing = sum(1 for s in samples if s.mask_path is None)
     if missing:
         ds.notes.append(f"{missing} image(s) have no {MASK_SUFFIX} mask")

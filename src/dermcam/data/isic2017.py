@@ -1,6 +1,4 @@
-"""ISIC 2017 Challenge (Part 3, lesion classification) in its official layout.
-
-::
+"""ISIC 2017 Challenge (Part 3, lesion classification) in its official layout::
 
     ISIC-2017_Training_Data/ISIC_0000000.jpg           (also *_superpixels.png: ignored)
     ISIC-2017_Training_Part1_GroundTruth/ISIC_0000000_segmentation.png
@@ -8,9 +6,8 @@
     ISIC-2017_Validation_{Data,Part1_GroundTruth,Part3_GroundTruth.csv}
     ISIC-2017_Test_v2_{Data,Part1_GroundTruth,Part3_GroundTruth.csv}
 
-The binary task is melanoma (1) against everything else (0), the challenge's
-Part 3a; ``target`` names another 0/1 column of the ground truth instead.
-Training and validation form the train split; the test set is the test split.
+Label 1 = melanoma (Part 3a), or another 0/1 ``target`` column. Training and validation
+form the train split.
 """
 
 from __future__ import annotations
@@ -22,8 +19,10 @@ from dermcam.data.dataset import (
     Sample,
     check_duplicates,
     class_counts,
-    find_image,
-    read_csv_rows,
+    csv_table,
+    existing,
+    image_path,
+    short_row,
 )
 from dermcam.data.paths import check_id, safe_join
 from dermcam.errors import DermcamError
@@ -52,28 +51,12 @@ def matches(root: Path) -> bool:
     return any((root / label_csv(part)).exists() for part, _ in PARTS)
 
 
-def _binary(value: str, column: str, csv_path: Path, line: int) -> int:
-    try:
-        v = float(value)
-    except ValueError:
-        v = float("nan")
-    if v not in (0.0, 1.0):
-        raise DermcamError(f"line {line}: {column} value {value!r} is not 0/1", csv_path)
-    return int(v)
-
-
-def _read_part(root: Path, part: str, split: str, target: str, check_files: bool
-               ) -> list[Sample]:
+def _read_part(root: Path, part: str, split: str, target: str, check_files: bool) -> list[Sample]:
     csv_path = root / label_csv(part)
     if not csv_path.exists():
         return []
-    rows = read_csv_rows(csv_path)
-    if not rows:
-        raise DermcamError("empty ground-truth CSV", csv_path)
-    header = [h.lower() for h in rows[0]]
-    if "image_id" not in header or target not in header:
-        raise DermcamError(f"header must name 'image_id' and '{target}' columns, got "
-                           f"{','.join(rows[0])!r}", csv_path)
+    header, rows = csv_table(csv_path, ("image_id", target), "empty ground-truth CSV",
+                              f"header must name 'image_id' and '{target}' columns")
     id_col, y_col = header.index("image_id"), header.index(target)
     img_dir = safe_join(root, data_dir(part), csv_path)
     if check_files and not img_dir.is_dir():
@@ -83,15 +66,17 @@ def _read_part(root: Path, part: str, split: str, target: str, check_files: bool
     samples = []
     for i, row in enumerate(rows[1:], start=2):
         if len(row) <= max(id_col, y_col):
-            raise DermcamError(f"line {i}: expected {len(header)} columns, got "
-                               f"{','.join(row)!r}", csv_path)
+            raise short_row(i, row, header, csv_path)
         image_id = check_id(row[id_col], csv_path)
-        label = _binary(row[y_col], target, csv_path, i)
-        image_path = (find_image(img_dir, image_id, csv_path) if check_files
-                      else safe_join(img_dir, image_id + ".jpg", csv_path))
-        mask = safe_join(m_dir, image_id + MASK_SUFFIX, csv_path)
-        samples.append(Sample(image_id, image_path, label, split,
-                              mask if mask.exists() else None))
+        try:
+            label = float(row[y_col])
+        except ValueError:
+            label = float("nan")
+        if label not in (0.0, 1.0):
+            raise DermcamError(f"line {i}: {target} value {row[y_col]!r} is not 0/1", csv_path)
+        path = image_path(img_dir, image_id, csv_path, check_files)
+        mask = existing(safe_join(m_dir, image_id + MASK_SUFFIX, csv_path))
+        samples.append(Sample(image_id, path, int(label), split, mask))
     check_duplicates(samples, csv_path)
     return samples
 

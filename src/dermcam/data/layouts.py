@@ -1,11 +1,5 @@
-"""The registry of data layouts, and loading a folder with the one that fits.
-
-Each layout module (:mod:`~dermcam.data.isic2016`, :mod:`~dermcam.data.isic2017`,
-:mod:`~dermcam.data.ham10000`, :mod:`~dermcam.data.ph2`, :mod:`~dermcam.data.generic`)
-offers ``matches(root)`` and ``load(root, check_files)`` and imports only the base
-(:mod:`dermcam.data.dataset`, :mod:`dermcam.data.paths`, :mod:`dermcam.data.splits`);
-this module reads them in detection order.
-"""
+"""The registry of data layouts, and loading a folder with the one that fits. Each layout
+module offers ``matches(root)`` and ``load(root, check_files)``."""
 
 from __future__ import annotations
 
@@ -45,18 +39,11 @@ def detect_layout(root: str | Path) -> str:
 def load_dataset(root: str | Path, check_files: bool = True,
                  problems: list[Problem] | None = None,
                  artifacts: str | Path | None = None) -> DataSet:
-    """Load any supported layout under ``root``.
-
-    ``artifacts``: a per-image artifact label table (e.g. Bissoto et al.'s
-    ``isic_bias.csv``) joined by image id as ``artifact_<name>`` metadata columns
-    (:mod:`dermcam.data.artifact_labels`).
-
-    With a ``problems`` list, the layouts that support it (ISIC 2016, generic) record
-    each bad CSV row there and skip it instead of raising at the first one, so a checker
-    can list them all; an empty data set is then left for the caller to report.
-    """
-    layout = detect_layout(root)
-    module = LAYOUTS[layout]
+    """Load any supported layout under ``root``; ``artifacts``: an artifact label table
+    (:mod:`dermcam.data.artifact_labels`). With ``problems``, the layouts that can (ISIC
+    2016, generic) record each bad row there and skip it, and an empty set is the caller's
+    to report."""
+    module = LAYOUTS[detect_layout(root)]
     if problems is not None and "problems" in inspect.signature(module.load).parameters:
         ds = module.load(Path(root), check_files=check_files, problems=problems)
     else:

@@ -1,17 +1,7 @@
-"""Per-image metadata a layout carries, as one table for subgroup analyses (``--by``).
-
-What each layout offers (besides ``label`` and ``split``):
-
-- HAM10000: ``lesion_id, dx, dx_type, age, sex, localization`` (``HAM10000_metadata.csv``);
-- generic: every column of ``labels.csv`` beyond ``image_id, label, split, mask``
-  (``group`` included);
-- ISIC 2016 / the synthetic benchmark: ``metadata.csv`` beside the ground truth
-  (the generator writes artifact flags and lesion areas there);
-- any table a loader attaches to the :class:`~dermcam.data.dataset.DataSet` as a
-  pandas DataFrame attribute with an ``image_id`` column (e.g. joined artifact labels).
-
-Columns are read as they are; numbers stay numbers so subgroups can bin them.
-"""
+"""Per-image metadata a layout carries, as one table for subgroup analyses (``--by``):
+HAM10000's metadata CSV, the extra columns of a generic ``labels.csv``, a ``metadata.csv``
+beside the ground truth (ISIC 2016, the synthetic benchmark) and any ``image_id`` table a
+loader attached to the data set (joined artifact labels). Numbers stay numbers."""
 
 from __future__ import annotations
 
@@ -41,11 +31,8 @@ def _read(path: Path) -> pd.DataFrame:
 
 
 def metadata_table(ds) -> pd.DataFrame | None:
-    """``DataFrame`` indexed by ``image_id``, one column per metadata field, or None.
-
-    Tables from several sources are joined on ``image_id`` (the first source wins a
-    column name both hold).
-    """
+    """``DataFrame`` indexed by ``image_id``, one column per metadata field, or None; the
+    first source wins a column name two hold."""
     tables: list[pd.DataFrame] = []
     if ds.layout == "ham10000":
         tables.append(_read(Path(ds.root) / ham10000.METADATA))
@@ -60,10 +47,8 @@ def metadata_table(ds) -> pd.DataFrame | None:
     for t in tables:
         t = t.drop(columns=[c for c in t.columns if c in _NOT_METADATA - {"image_id"}])
         t = t.drop_duplicates("image_id").set_index("image_id")
-        if out is None:
-            out = t
-        else:
-            out = out.join(t[[c for c in t.columns if c not in out.columns]], how="outer")
+        out = t if out is None else out.join(t[[c for c in t.columns if c not in out.columns]],
+                                             how="outer")
     if out is None or not len(out.columns):
         return None
     return out

@@ -1,35 +1,25 @@
-"""The painters of the synthetic dermoscopy benchmark: pure numpy/PIL, no files, no config.
+"""The painters of the synthetic dermoscopy benchmark: vectorised numpy/PIL, no files.
 
-Each takes a :class:`numpy.random.Generator` and an image size and returns or paints
-arrays (all vectorised numpy, no per-pixel Python loops): the skin and the dermoscope's
-lighting, the lesion (its mask is the ground truth the image is drawn from) and the
-artifacts in :data:`ARTIFACTS` order. :mod:`dermcam.data.synth` draws the seeds, decides
-which artifacts an image carries, composites them and writes the files; its module
-docstring describes the images and the determinism contract these functions keep (the
-order of every random draw is part of it).
+Each takes a :class:`numpy.random.Generator` and paints the skin, lighting, lesion (its
+mask is the ground truth the image is drawn from) or an artifact. The order of every
+random draw is part of the determinism contract of :mod:`dermcam.data.synth`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import namedtuple
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = [
-    "ARTIFACTS",
-    "PAINTERS",
-    "composite",
-    "lesion_geometry",
-    "lesion_params",
-    "lighting",
-    "paint_artifact",
-    "paint_lesion",
-    "paint_skin",
-]
+__all__ = ["ARTIFACTS", "PAINTERS", "composite", "lesion_geometry", "lesion_params", "lighting",
+           "paint_artifact", "paint_lesion", "paint_skin"]
+
+Rng = np.random.Generator
+Paint = tuple[np.ndarray, np.ndarray]  # an artifact painter's alpha (S, S) and colour
 
 ARTIFACTS: tuple[str, ...] = ("ruler", "ink", "patch", "vignette", "hair")
 """Artifact names; the code written in the artifact map is ``index + 1`` (0 = none)."""
@@ -40,16 +30,14 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates ``(xx, yy)``, each ``(S, S)`` float32, read-only."""
     c = np.arange(size, dtype=np.float32) + 0.5
     xx, yy = np.meshgrid(c, c)
-    xx.flags.writeable = False
-    yy.flags.writeable = False
+    xx.flags.writeable = yy.flags.writeable = False
     return xx, yy
 
 
 @lru_cache(maxsize=256)
 def _cubic_matrix(size: int, n: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(size, n + 4)`` Catmull-Rom weights that interpolate ``n + 4`` coarse samples at
-    ``size`` evenly spaced points of ``[1, n + 2)``, its transpose (both read-only), and
-    the RMS gain that makes upsampled unit white noise unit variance on average."""
+    """``(size, n + 4)`` Catmull-Rom weights interpolating ``n + 4`` coarse samples at
+    ``size`` points, their transpose (read-only), and the RMS gain of the upsampling."""
     x = 1.0 + (np.arange(size) + 0.5) * (n + 1) / size  # in [1, n + 2): taps stay in range
     i0 = np.floor(x).astype(int)
     t = x - i0
@@ -62,23 +50,19 @@ def _cubic_matrix(size: int, n: int) -> tuple[np.ndarray, np.ndarray, float]:
         np.add.at(m, (np.arange(size), np.clip(i0 - 1 + k, 0, n + 3)), w[:, k])
     gain = float(np.sqrt(np.mean(np.sum(m.astype(np.float64) ** 2, axis=1))))
     mt = np.ascontiguousarray(m.T)
-    m.flags.writeable = False
-    mt.flags.writeable = False
+    m.flags.writeable = mt.flags.writeable = False
     return m, mt, gain
 
 
-def _noise(rng: np.random.Generator, size: int, cells: float,
-           win: tuple[slice, slice] | None = None) -> np.ndarray:
-    """Smooth Gaussian noise with about ``cells`` features across the image: ``(S, S)``
-    float32, mean 0 and variance about 1 (separable bicubic upsampling of a coarse random
-    grid), or only its ``win = (rows, cols)`` window, with the same random draws."""
+def _noise(rng: Rng, size: int, cells: float, win: tuple[slice, slice] | None = None) -> np.ndarray:
+    """Smooth ``(S, S)`` float32 noise, mean 0, variance about 1, with about ``cells``
+    features across (bicubic upsampling of a coarse grid); or only its ``win`` window."""
     n = max(2, int(round(cells)))
     m, mt, gain = _cubic_matrix(size, n)
     g = rng.standard_normal((n + 4, n + 4), dtype=np.float32)
     if win is not None:
         m, mt = m[win[0]], mt[:, win[1]]
-    # einsum (not matmul): numpy's own loops, so no BLAS threads and no dependence of the
-    # result on the BLAS build's blocking; keeps files byte-identical run to run
+    # einsum, not matmul: no BLAS, whose blocking would change the bytes between builds
     a = np.einsum("ik,kj->ij", np.einsum("ik,kj->ij", m, g), mt)
     a *= np.float32(1.0 / (gain * gain))
     return a
@@ -89,19 +73,18 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-def _canvas(size: int, ss: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
-    im = Image.new("L", (size * ss, size * ss), 0)
-    return im, ImageDraw.Draw(im)
+class _Canvas:
+    """A supersampled (``ss`` times) ``L`` drawing, read back as an ``(S, S)`` alpha."""
 
+    def __init__(self, size: int):
+        self.size, self.ss = size, 4 if size <= 128 else 2
+        self.im = Image.new("L", (size * self.ss, size * self.ss), 0)
+        self.draw = ImageDraw.Draw(self.im)
 
-def _canvas_alpha(im: Image.Image, size: int) -> np.ndarray:
-    """Box-downsample a supersampled drawing to an ``(S, S)`` alpha in [0, 1]."""
-    small = im.resize((size, size), Image.Resampling.BOX)
-    return np.asarray(small, dtype=np.float32) / 255.0
-
-
-def _supersample(size: int) -> int:
-    return 4 if size <= 128 else 2
+    def alpha(self) -> np.ndarray:
+        """Box-downsampled to ``(S, S)`` float32 in [0, 1]."""
+        small = self.im.resize((self.size, self.size), Image.Resampling.BOX)
+        return np.asarray(small, dtype=np.float32) / 255.0
 
 
 # --------------------------------------------------------------------------- skin
@@ -111,7 +94,7 @@ _SKIN_LIGHT = (np.array([236, 212, 188], np.float32), np.array([240, 203, 200], 
 _SKIN_DARK = (np.array([168, 118, 86], np.float32), np.array([160, 108, 94], np.float32))
 
 
-def paint_skin(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def paint_skin(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Skin ``(S, S, 3)`` float32 and its texture modulation ``(S, S)``."""
     tone = float(rng.beta(1.5, 4.0))           # 0 fair .. 1 darker; ISIC is mostly fair skin
     hue = float(rng.uniform())                 # 0 yellow-brown .. 1 pink
@@ -128,7 +111,7 @@ def paint_skin(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
     return skin, texture
 
 
-def lighting(rng: np.random.Generator, size: int) -> np.ndarray:
+def lighting(rng: Rng, size: int) -> np.ndarray:
     """Dermoscope illumination ``(S, S)``: bright centre, gentle fall-off and tilt."""
     xx, yy = _grid(size)
     cx, cy = (float(v) for v in size * (0.5 + rng.uniform(-0.08, 0.08, 2)))
@@ -145,18 +128,13 @@ def lighting(rng: np.random.Generator, size: int) -> np.ndarray:
 # white (regression) is blended over.
 _REF_SKIN = np.array([238, 210, 195], np.float32)
 _COLOURS: dict[str, tuple[int, int, int]] = {
-    "light_brown": (182, 122, 78),
-    "dark_brown": (100, 58, 36),
-    "black": (40, 32, 32),
-    "blue_grey": (108, 116, 142),
-    "red": (196, 70, 78),
-    "white": (236, 230, 230),
-}
+    "light_brown": (182, 122, 78), "dark_brown": (100, 58, 36), "black": (40, 32, 32),
+    "blue_grey": (108, 116, 142), "red": (196, 70, 78), "white": (236, 230, 230)}
 _EXTRA_COLOURS = ("black", "blue_grey", "red", "white")
 _EXTRA_WEIGHTS = np.array([0.33, 0.30, 0.20, 0.17])
 
 
-def _colour_set(rng: np.random.Generator, label: int) -> list[str]:
+def _colour_set(rng: Rng, label: int) -> list[str]:
     """Distinct lesion colours: benign mostly 1-2 browns, malignant mostly 2-5 colours."""
     if label == 0:
         n = int(rng.choice([1, 2, 3], p=[0.55, 0.40, 0.05]))
@@ -174,7 +152,7 @@ def _colour_set(rng: np.random.Generator, label: int) -> list[str]:
     return chosen
 
 
-def lesion_params(rng: np.random.Generator, label: int) -> dict[str, Any]:
+def lesion_params(rng: Rng, label: int) -> dict[str, Any]:
     """Shape and colour parameters; the ABCD cues differ by label, with overlap."""
     mal = label == 1
 
@@ -192,7 +170,7 @@ def lesion_params(rng: np.random.Generator, label: int) -> dict[str, Any]:
     }
 
 
-def _radius_table(rng: np.random.Generator, p: dict[str, Any], n: int = 2048):
+def _radius_table(rng: Rng, p: dict[str, Any], n: int = 2048):
     """Relative radius ``f(theta)`` on ``n`` angles (mean about 1) and the angles."""
     th = np.linspace(-np.pi, np.pi, n, endpoint=False)
     f = np.ones(n)
@@ -210,38 +188,21 @@ def _radius_table(rng: np.random.Generator, p: dict[str, Any], n: int = 2048):
     f += p["border"] * bord / (bord.std() + 1e-9)
     return th, np.maximum(f, 0.35)
 
-@dataclass(frozen=True, eq=False)
-class _Frame:
+
+class _Frame(namedtuple("_Frame", "size win x0 y0 cx cy r0 th_tab f_tab xx yy r rad rho mask")):
     """A placed lesion outline on its bounding window ``win`` (top-left pixel ``x0, y0``).
 
-    ``cx, cy`` (centre) and ``r0`` (scale) are in image pixels, ``th_tab, f_tab`` the
-    radius table; per window pixel, ``(h, w)`` each: its centre ``xx, yy``, distance ``r``
-    from the lesion centre, outline radius ``rad`` in that direction, ``rho = r / rad``
-    and the lesion ``mask`` (bool).
+    ``cx, cy, r0`` (centre, scale) in image pixels, ``th_tab, f_tab`` the radius table; per
+    window pixel ``(h, w)``: centre ``xx, yy``, distance ``r`` from the lesion centre,
+    outline radius ``rad``, ``rho = r / rad`` and the lesion ``mask`` (bool).
     """
 
-    size: int
-    win: tuple[slice, slice]
-    x0: int
-    y0: int
-    cx: float
-    cy: float
-    r0: float
-    th_tab: np.ndarray
-    f_tab: np.ndarray
-    xx: np.ndarray
-    yy: np.ndarray
-    r: np.ndarray
-    rad: np.ndarray
-    rho: np.ndarray
-    mask: np.ndarray
-
-    def noise(self, rng: np.random.Generator, cells: float) -> np.ndarray:
+    def noise(self, rng: Rng, cells: float) -> np.ndarray:
         """:func:`_noise` of the whole image, cut to the window: ``(h, w)`` float32."""
         return _noise(rng, self.size, cells, self.win)
 
 
-def _lesion_frame(rng: np.random.Generator, size: int, p: dict[str, Any]) -> _Frame:
+def _lesion_frame(rng: Rng, size: int, p: dict[str, Any]) -> _Frame:
     """Draw the outline ``r < r0 * f(theta)``, scale it to the lesion area and place it."""
     th_tab, f_tab = _radius_table(rng, p)
     r0 = math.sqrt(p["area"] * size * size / (math.pi * float(np.mean(f_tab ** 2))))
@@ -266,15 +227,11 @@ def _lesion_frame(rng: np.random.Generator, size: int, p: dict[str, Any]) -> _Fr
     return _Frame(size, win, x0, y0, cx, cy, r0, th_tab, f_tab, xx, yy, r, rad, rho, mask)
 
 
-def paint_lesion(rng: np.random.Generator, size: int, skin: np.ndarray, texture: np.ndarray,
+def paint_lesion(rng: Rng, size: int, skin: np.ndarray, texture: np.ndarray,
                  p: dict[str, Any]) -> tuple[np.ndarray, float]:
-    """Paint the lesion onto ``skin`` ``(S, S, 3)`` in place (``texture (S, S)``).
-
-    Pigment is an absorbance field ``A`` applied as ``skin * exp(-A * d)``, with
-    ``d`` the pigment density that fades towards the border inside the mask (so edges
-    fade to a lighter shade of the same colour, as real pigment does). White (regression)
-    is blended over. Returns the mask ``(S, S)`` bool and its Feret diameter in pixels.
-    """
+    """Paint the lesion onto ``skin (S, S, 3)`` in place; the mask ``(S, S)`` bool and its
+    Feret diameter (px). Pigment is absorbance ``A`` applied as ``skin * exp(-A * d)``, the
+    density ``d`` fading inside the mask, so edges fade to a lighter shade as real pigment."""
     fr = _lesion_frame(rng, size, p)
     core, dens = _core_density(rng, fr, p)
     absorb = {name: _absorbance(name, rng) for name in p["colours"]}
@@ -290,11 +247,9 @@ def paint_lesion(rng: np.random.Generator, size: int, skin: np.ndarray, texture:
     return full, _feret(fr.mask)
 
 
-def _core_density(rng: np.random.Generator, fr: _Frame,
-                  p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """``(core, dens)``, each ``(h, w)``: the distance from an off-centre pigment core (in
-    units of ``r0``; the offset grows with asymmetry) and the pigment density, the core
-    plus mottling."""
+def _core_density(rng: Rng, fr: _Frame, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(core, dens)``, each ``(h, w)``: distance (in ``r0``) from an off-centre pigment
+    core (offset growing with asymmetry), and the pigment density: core plus mottling."""
     off = p["asymmetry"] * 2.2 * fr.r0
     ang = rng.uniform(0, 2 * np.pi)
     core = np.hypot(fr.xx - (fr.cx + off * math.cos(ang)),
@@ -304,7 +259,7 @@ def _core_density(rng: np.random.Generator, fr: _Frame,
     return core, dens
 
 
-def _brown_absorbance(rng: np.random.Generator, fr: _Frame, p: dict[str, Any],
+def _brown_absorbance(rng: Rng, fr: _Frame, p: dict[str, Any],
                       dens: np.ndarray, absorb: dict[str, np.ndarray]) -> np.ndarray:
     """Absorbance ``(h, w, 3)`` of the brown base: light to dark brown along the density
     (or one brown modulated by it), fine grainy mottling and often a reticulation."""
@@ -317,9 +272,7 @@ def _brown_absorbance(rng: np.random.Generator, fr: _Frame, p: dict[str, Any],
     else:
         z = np.clip((dens - inside.mean()) / (inside.std() + 1e-6), -2.0, 2.0)
         A = absorb[browns[0]] * (1.0 + 0.12 * z)[..., None]
-    # fine grainy mottling
     A *= (1.0 + 0.08 * fr.noise(rng, min(fr.size / 4, 50)))[..., None]
-
     # pigment-network-like reticulation: zero crossings of band-limited noise
     if rng.uniform() < 0.65:
         cells = min(rng.uniform(40, 60), fr.size / 3.2)
@@ -336,7 +289,7 @@ _EXTRA_PEAKS = {"red": (0.55, 0.85), "blue_grey": (0.6, 0.9), "white": (0.45, 0.
                 "black": (0.75, 0.95)}
 
 
-def _extra_colours(rng: np.random.Generator, fr: _Frame, A: np.ndarray,
+def _extra_colours(rng: Rng, fr: _Frame, A: np.ndarray,
                    absorb: dict[str, np.ndarray], core: np.ndarray,
                    interior: np.ndarray) -> np.ndarray | None:
     """Blend the extra colours into ``A`` in place as soft, mottled regions inside the
@@ -360,7 +313,7 @@ def _extra_colours(rng: np.random.Generator, fr: _Frame, A: np.ndarray,
     return white
 
 
-def _globules(rng: np.random.Generator, fr: _Frame, A: np.ndarray,
+def _globules(rng: Rng, fr: _Frame, A: np.ndarray,
               absorb: dict[str, np.ndarray], interior: np.ndarray) -> None:
     """Blend dots into ``A`` in place: irregular black dots, or regular brown globules."""
     irregular = "black" in absorb
@@ -387,13 +340,10 @@ def _globules(rng: np.random.Generator, fr: _Frame, A: np.ndarray,
     A += (dot_a - A) * (dots * rng.uniform(0.7, 0.95) * interior)[..., None]
 
 
-def _apply_pigment(rng: np.random.Generator, fr: _Frame, p: dict[str, Any], skin: np.ndarray,
+def _apply_pigment(rng: Rng, fr: _Frame, p: dict[str, Any], skin: np.ndarray,
                    texture: np.ndarray, A: np.ndarray, white: np.ndarray | None) -> None:
-    """Darken the window ``skin (h, w, 3)`` in place by ``exp(-A * d)``, then blend white over.
-
-    The density ``d`` fades inside the mask towards the border; outside it is an
-    anti-aliasing halo of at most one pixel.
-    """
+    """Darken the window ``skin (h, w, 3)`` in place by ``exp(-A * d)``, then blend white
+    over; outside the mask ``d`` is an anti-aliasing halo of at most one pixel."""
     d = p["edge_alpha"] + (1.0 - p["edge_alpha"]) * _smoothstep((1.0 - fr.rho) / p["edge_width"])
     d *= np.clip(1.0 + 0.15 * fr.noise(rng, rng.uniform(8, 14)), 0.7, 1.0)
     halo = np.clip(1.0 - (fr.r - fr.rad), 0.0, 1.0) * p["edge_alpha"] * 0.5
@@ -404,7 +354,7 @@ def _apply_pigment(rng: np.random.Generator, fr: _Frame, p: dict[str, Any], skin
         skin += (col * (0.9 + 0.1 * texture)[..., None] - skin) * (white * d)[..., None]
 
 
-def _absorbance(name: str, rng: np.random.Generator) -> np.ndarray:
+def _absorbance(name: str, rng: Rng) -> np.ndarray:
     """Absorbance ``(3,)`` of a lesion colour: ``-log`` of its transmittance on fair skin."""
     ref = np.asarray(_COLOURS[name], np.float32) * np.float32(rng.uniform(0.92, 1.06))
     ref = ref * rng.uniform(0.96, 1.04, 3).astype(np.float32)
@@ -424,6 +374,8 @@ def _feret(mask: np.ndarray, n_dir: int = 64) -> float:
 
 
 # --------------------------------------------------------------------------- artifacts
+# Each painter returns ``alpha (S, S)`` in [0, 1] and a colour ``(3,)`` or ``(S, S, 3)``;
+# the caller zeroes alpha inside the lesion and composites ``img + (colour - img) * alpha``.
 
 def _side_clearance(mask: np.ndarray) -> np.ndarray:
     """Free rows/columns between the lesion and the top, right, bottom, left edges."""
@@ -433,18 +385,17 @@ def _side_clearance(mask: np.ndarray) -> np.ndarray:
     return np.array([rows[0], s - 1 - cols[-1], s - 1 - rows[-1], cols[0]], dtype=float)
 
 
-def _ruler(rng: np.random.Generator, size: int, mask: np.ndarray,
-           lesion: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _ruler(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> Paint:
     """Dark band with tick marks along the edge with the most free skin."""
-    ss = _supersample(size)
+    band_cv, tick_cv = _Canvas(size), _Canvas(size)
+    ss = band_cv.ss
     clear = _side_clearance(mask)
     side = int(np.argmax(clear + rng.uniform(0, 0.05 * size, 4)))
     width = rng.uniform(0.045, 0.07) * size
     room = clear[side] - width - 0.03 * size
     dist = float(np.clip(rng.uniform(0.05, 0.11) * size, 0.05 * size, max(0.05 * size, room)))
     tilt = math.radians(rng.uniform(-7, 7))
-    im, draw = _canvas(size, ss)
-    # draw for the top edge; the canvas is rotated to ``side`` below (square images)
+    # drawn for the top edge, then rotated to ``side`` (square images)
     c, sn = math.cos(tilt), math.sin(tilt)
     mid = np.array([0.5 * size, dist])
 
@@ -453,30 +404,26 @@ def _ruler(rng: np.random.Generator, size: int, mask: np.ndarray,
         return (float(x * ss), float(y * ss))
 
     half = 0.75 * size
-    draw.polygon([pt(-half, 0), pt(half, 0), pt(half, width), pt(-half, width)], fill=150)
-    band = _canvas_alpha(im, size)
-    im2, draw2 = _canvas(size, ss)
+    band_cv.draw.polygon([pt(-half, 0), pt(half, 0), pt(half, width), pt(-half, width)],
+                         fill=150)
     step = rng.uniform(0.035, 0.05) * size
     lw = max(1, int(round(rng.uniform(0.004, 0.007) * size * ss)))
     for j, u in enumerate(np.arange(-half, half, step)):
         length = (0.55 if j % 5 == 0 else 0.3) * width
-        draw2.line([pt(u, width - length), pt(u, width + 0.35 * length)], fill=255, width=lw)
-    ticks = _canvas_alpha(im2, size)
-    k = side  # top, right, bottom, left -> rotate the top drawing clockwise k quarter turns
-    band, ticks = np.rot90(band, -k), np.rot90(ticks, -k)
+        tick_cv.draw.line([pt(u, width - length), pt(u, width + 0.35 * length)], fill=255,
+                          width=lw)
+    # top, right, bottom, left: rotate the top drawing clockwise ``side`` quarter turns
+    band, ticks = np.rot90(band_cv.alpha(), -side), np.rot90(tick_cv.alpha(), -side)
     dark = np.array([48, 42, 40], np.float32) * np.float32(rng.uniform(0.8, 1.2))
-    tick_col = np.array([18, 16, 16], np.float32)
     alpha_b = band * rng.uniform(0.6, 0.85)
-    col = np.where((ticks > band * 0.5)[..., None], tick_col, dark)
-    alpha = np.maximum(alpha_b, ticks * 0.95)
-    return alpha, col
+    col = np.where((ticks > band * 0.5)[..., None], np.array([18, 16, 16], np.float32), dark)
+    return np.maximum(alpha_b, ticks * 0.95), col
 
 
-def _ink(rng: np.random.Generator, size: int, mask: np.ndarray,
-         lesion: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _ink(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> Paint:
     """Violet/blue pen mark: an arc round the lesion, or pen dots on free skin."""
-    ss = _supersample(size)
-    im, draw = _canvas(size, ss)
+    cv = _Canvas(size)
+    ss, draw = cv.ss, cv.draw
     cx, cy, reach = lesion["cx"], lesion["cy"], lesion["reach"]
     rad = reach + rng.uniform(0.05, 0.1) * size
     width = max(1, int(round(max(rng.uniform(0.012, 0.02) * size, 1.2) * ss)))
@@ -501,17 +448,16 @@ def _ink(rng: np.random.Generator, size: int, mask: np.ndarray,
                 ln = rng.uniform(0.06, 0.14) * size * ss
                 draw.line([(x * ss, y * ss), (x * ss + ln * math.cos(a2),
                                               y * ss + ln * math.sin(a2))], fill=255, width=width)
-    alpha = _canvas_alpha(im, size)
+    alpha = cv.alpha()
     alpha *= np.clip(rng.uniform(0.6, 0.85) + 0.12 * _noise(rng, size, 20), 0.3, 1.0)
     hues = [(118, 64, 158), (92, 58, 150), (62, 78, 168)]
-    col = np.array(hues[int(rng.integers(len(hues)))], np.float32)
-    return alpha, col
+    return alpha, np.array(hues[int(rng.integers(len(hues)))], np.float32)
 
 
-def _patch(rng: np.random.Generator, size: int, mask: np.ndarray,
-           lesion: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _patch(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> Paint:
     """Colour calibration patch (square with a dark rim, or a disc) towards a corner."""
-    ss = _supersample(size)
+    cv = _Canvas(size)
+    ss = cv.ss
     half = rng.uniform(0.035, 0.06) * size
     # the diagonal direction with the least lesion nearby, inside the always-visible field
     best, where = None, None
@@ -524,28 +470,21 @@ def _patch(rng: np.random.Generator, size: int, mask: np.ndarray,
         if best is None or overlap < best:
             best, where = overlap, (x, y)
     x, y = where
-    im, draw = _canvas(size, ss)
     box = [(x - half) * ss, (y - half) * ss, (x + half) * ss, (y + half) * ss]
     palette = [(200, 40, 40), (40, 150, 60), (40, 70, 180), (230, 200, 40), (128, 128, 128),
                (245, 245, 245)]
     fill = np.array(palette[int(rng.integers(len(palette)))], np.float32)
-    if rng.uniform() < 0.6:
-        draw.rectangle(box, fill=255)
-        alpha = _canvas_alpha(im, size)
-        im2, draw2 = _canvas(size, ss)
-        rim = max(1, int(round(0.008 * size * ss)))
-        draw2.rectangle(box, outline=255, width=rim)
-        rim_a = _canvas_alpha(im2, size)
-        col = np.where((rim_a > 0.5)[..., None], np.array([25, 25, 25], np.float32), fill)
-    else:
-        draw.ellipse(box, fill=255)
-        alpha = _canvas_alpha(im, size)
-        col = fill
-    return alpha, col
+    if rng.uniform() >= 0.6:
+        cv.draw.ellipse(box, fill=255)
+        return cv.alpha(), fill
+    cv.draw.rectangle(box, fill=255)
+    rim = _Canvas(size)
+    rim.draw.rectangle(box, outline=255, width=max(1, int(round(0.008 * size * ss))))
+    col = np.where((rim.alpha() > 0.5)[..., None], np.array([25, 25, 25], np.float32), fill)
+    return cv.alpha(), col
 
 
-def _vignette(rng: np.random.Generator, size: int, mask: np.ndarray,
-              lesion: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _vignette(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> Paint:
     """Dark corners outside the dermoscope's circular field of view."""
     xx, yy = _grid(size)
     cx, cy = (float(v) for v in size * (0.5 + rng.uniform(-0.02, 0.02, 2)))
@@ -556,11 +495,10 @@ def _vignette(rng: np.random.Generator, size: int, mask: np.ndarray,
     return alpha.astype(np.float32), col
 
 
-def _hair(rng: np.random.Generator, size: int, mask: np.ndarray,
-          lesion: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _hair(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> Paint:
     """A few thin dark curved hairs (quadratic Bezier curves)."""
-    ss = _supersample(size)
-    im, draw = _canvas(size, ss)
+    cv = _Canvas(size)
+    ss = cv.ss
     t = np.linspace(0, 1, 48)[:, None]
     for _ in range(int(rng.integers(2, 8))):
         ang = rng.uniform(0, 2 * np.pi)
@@ -573,18 +511,18 @@ def _hair(rng: np.random.Generator, size: int, mask: np.ndarray,
         p1 = (p0 + p2) / 2 + bend * np.array([-math.sin(d), math.cos(d)])
         pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
         w = max(1, int(round(rng.uniform(0.004, 0.008) * size * ss)))
-        draw.line([(float(a) * ss, float(b) * ss) for a, b in pts], fill=255, width=w,
-                  joint="curve")
-    alpha = _canvas_alpha(im, size) * rng.uniform(0.8, 1.0)
-    col = np.array([38, 28, 24], np.float32) * np.float32(rng.uniform(0.7, 1.5))
-    return alpha, col
+        cv.draw.line([(float(a) * ss, float(b) * ss) for a, b in pts], fill=255, width=w,
+                     joint="curve")
+    alpha = cv.alpha() * rng.uniform(0.8, 1.0)
+    return alpha, np.array([38, 28, 24], np.float32) * np.float32(rng.uniform(0.7, 1.5))
+
+
+PAINTERS = {"ruler": _ruler, "ink": _ink, "patch": _patch, "vignette": _vignette, "hair": _hair}
 
 
 def lesion_geometry(mask: np.ndarray) -> dict[str, float]:
-    """Centre ``cx, cy`` and ``reach`` (largest centre-to-pixel distance) of a ``(S, S)`` mask.
-
-    An empty mask counts as a point lesion in the image centre.
-    """
+    """Centre ``cx, cy`` and ``reach`` (largest centre-to-pixel distance) of a ``(S, S)``
+    mask; an empty mask is a point lesion in the image centre."""
     ys, xs = np.nonzero(mask)
     if xs.size == 0:
         c = 0.5 * mask.shape[0]
@@ -595,11 +533,9 @@ def lesion_geometry(mask: np.ndarray) -> dict[str, float]:
 
 
 def composite(img: np.ndarray, alpha: np.ndarray, col: np.ndarray, allowed: np.ndarray):
-    """Blend a painter's output into ``img (S, S, 3) float32`` in place, only where ``allowed``.
-
-    Returns ``(window, changed)``: the bounding window of the painted pixels and, within it,
-    the ``bool`` pixels whose rounded value changed (``(None, None)`` when nothing painted).
-    """
+    """Blend a painter's output into ``img (S, S, 3) float32`` in place where ``allowed``;
+    ``(window, changed)``: the painted pixels' bounding window and, within it, those whose
+    rounded value changed (``(None, None)`` when nothing painted)."""
     alpha = np.where(allowed, np.clip(alpha, 0.0, 1.0), np.float32(0.0))
     rows, cols = np.nonzero(alpha.any(1))[0], np.nonzero(alpha.any(0))[0]
     if rows.size == 0:
@@ -615,14 +551,10 @@ def composite(img: np.ndarray, alpha: np.ndarray, col: np.ndarray, allowed: np.n
 
 
 def paint_artifact(image: np.ndarray, keep_clear: np.ndarray, name: str,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Paint artifact ``name`` (one of :data:`ARTIFACTS`) onto a copy of ``image``.
-
-    ``image``: ``(S, S, 3) uint8``; ``keep_clear``: ``(S, S) bool``, pixels that must stay
-    bit-identical (the lesion, usually dilated). The painter is the synthetic generator's
-    own, placed by ``rng`` (same seed, same pixels). Returns ``(new (S, S, 3) uint8,
-    changed (S, S) bool)``.
-    """
+                   rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    """Paint artifact ``name`` onto a copy of ``image (S, S, 3) uint8`` with the generator's
+    own painter, placed by ``rng``; ``keep_clear (S, S) bool`` pixels (the lesion) stay
+    bit-identical. Returns ``(new (S, S, 3) uint8, changed (S, S) bool)``."""
     if name not in PAINTERS:
         raise ValueError(f"unknown artifact {name!r}; choose from {', '.join(ARTIFACTS)}")
     image = np.asarray(image)
@@ -631,9 +563,8 @@ def paint_artifact(image: np.ndarray, keep_clear: np.ndarray, name: str,
     keep_clear = np.asarray(keep_clear, bool)
     if keep_clear.shape != image.shape[:2]:
         raise ValueError(f"keep_clear must be {image.shape[:2]}, got {keep_clear.shape}")
-    size = image.shape[0]
     img = image.astype(np.float32)
-    alpha, col = PAINTERS[name](rng, size, keep_clear, lesion_geometry(keep_clear))
+    alpha, col = PAINTERS[name](rng, image.shape[0], keep_clear, lesion_geometry(keep_clear))
     win, ch = composite(img, alpha, col, ~keep_clear)
     changed = np.zeros(image.shape[:2], bool)
     out = image.copy()
@@ -641,8 +572,3 @@ def paint_artifact(image: np.ndarray, keep_clear: np.ndarray, name: str,
         changed[win] = ch
         out[changed] = np.rint(img[changed]).astype(np.uint8)
     return out, changed
-
-
-# Each painter returns ``alpha (S, S)`` in [0, 1] and a colour ``(3,)`` or ``(S, S, 3)``;
-# the caller zeroes alpha inside the lesion and composites ``img + (colour - img) * alpha``.
-PAINTERS = {"ruler": _ruler, "ink": _ink, "patch": _patch, "vignette": _vignette, "hair": _hair}

@@ -23,13 +23,11 @@ def check_id(image_id: str, source: str | Path) -> str:
 
 
 def safe_join(root: str | Path, relative: str | Path, source: str | Path) -> Path:
-    """Join ``relative`` under ``root``, refusing absolute paths, ``..`` and symlinks out.
-
-    ``source`` names the file the path came from, for the error message.
-    """
+    """Join ``relative`` under ``root``, refusing absolute paths, ``..`` and symlinks out;
+    ``source`` (the file the path came from) is named in the error."""
     root_resolved = Path(root).resolve()
     rel = Path(str(relative).strip())
-    if rel.is_absolute() or any(part == ".." for part in rel.parts) or "\\" in str(relative):
+    if rel.is_absolute() or ".." in rel.parts or "\\" in str(relative):
         raise DermcamError(f"path {str(relative)!r} escapes the data folder {root}", source)
     candidate = Path(root) / rel
     resolved = candidate.resolve()

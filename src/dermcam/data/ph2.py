@@ -1,24 +1,12 @@
-"""PH2 (Hospital Pedro Hispano, 200 dermoscopic images) in its published layout.
-
-::
+"""PH2 (Hospital Pedro Hispano, 200 dermoscopic images) in its published layout::
 
     PH2Dataset/PH2_dataset.txt
     PH2Dataset/PH2 Dataset images/IMD002/IMD002_Dermoscopic_Image/IMD002.bmp
     PH2Dataset/PH2 Dataset images/IMD002/IMD002_lesion/IMD002_lesion.bmp
 
-The data root may be the folder holding ``PH2Dataset/`` or ``PH2Dataset`` itself.
-``PH2_dataset.txt`` is a ``||``-delimited table; a data row reads
-``|| IMD003 ||   (histology)   ||   0 ||   0 |  T | ...``: name, histological
-diagnosis (often blank), **clinical diagnosis** (0 common nevus, 1 atypical
-nevus, 2 melanoma), then the dermoscopic criteria. The column is found by its
-header, ``Clinical Diagnosis``. Label 1 = melanoma. Copies in circulation may hold a
-tab-separated ``PH2_dataset.txt`` (``Name<TAB>Clinical Diagnosis<TAB>...``, CRLF line
-ends) or only ``PH2_dataset.xlsx`` (the clinical diagnosis as three columns, Common
-Nevus / Atypical Nevus / Melanoma, marked ``X``; read with openpyxl); both are read
-(:func:`read_table`), the ``.txt`` first when both are there.
-
-There is no official split: a seeded stratified 20 % is held out as the test
-split, as for the generic layout.
+The root may be ``PH2Dataset`` or the folder holding it. Label 1 = melanoma (clinical
+diagnosis 2; 0 and 1 are common and atypical nevi). :func:`read_table` reads the table's
+three forms in circulation. No official split: a seeded stratified 20 % is the test split.
 """
 
 from __future__ import annotations
@@ -27,7 +15,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from dermcam.data.dataset import DataSet, Sample, check_duplicates
+from dermcam.data.dataset import DataSet, Sample, check_duplicates, existing
 from dermcam.data.paths import check_id, safe_join
 from dermcam.data.splits import TEST_FRACTION, holdout
 from dermcam.errors import DermcamError
@@ -51,8 +39,7 @@ _CODES = {**{str(k): k for k in CLINICAL}, **{f"{k}.0": k for k in CLINICAL},
 
 def base_dir(root: Path) -> Path:
     """``root/PH2Dataset`` when it exists, else ``root``."""
-    inner = root / FOLDER
-    return inner if inner.is_dir() else root
+    return root / FOLDER if (root / FOLDER).is_dir() else root
 
 
 def matches(root: Path) -> bool:
@@ -61,8 +48,8 @@ def matches(root: Path) -> bool:
 
 
 def _text_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """``(line number, cells)`` of a ``||``/``|``- or tab-separated text table (any line
-    ends); in the tab dialect a leading empty cell is added, so the name is cell 1 in both."""
+    """``(line number, cells)`` of a ``||``/``|``- or tab-separated table (any line ends);
+    the name is cell 1 in both dialects."""
     try:
         text = path.read_bytes().decode("utf-8-sig", errors="replace")
     except OSError as exc:
@@ -99,12 +86,9 @@ def _norm(cell: str) -> str:
 def read_table(path: Path) -> dict[str, int]:
     """``{image id: clinical diagnosis code}`` from the PH2 table, in file order.
 
-    Reads the three forms in circulation: the published ``||``-separated
-    ``PH2_dataset.txt``; a tab-separated ``PH2_dataset.txt`` (``Name<TAB>Clinical
-    Diagnosis<TAB>...``, any line ends); and ``PH2_dataset.xlsx``, whose clinical
-    diagnosis is three columns, ``Common Nevus``, ``Atypical Nevus`` and ``Melanoma``,
-    one of them marked ``X`` per image. In the text forms the ``Clinical Diagnosis``
-    column holds 0, 1 or 2 (or the class name); it is found by its header.
+    The published ``||``-separated or a tab-separated ``PH2_dataset.txt`` (the ``Clinical
+    Diagnosis`` column, found by its header, holds 0, 1, 2 or the class name), or
+    ``PH2_dataset.xlsx`` (``Common Nevus`` / ``Atypical Nevus`` / ``Melanoma``, one marked X).
     """
     path = Path(path)
     xlsx = path.suffix.lower() in (".xlsx", ".xlsm")
@@ -153,15 +137,9 @@ def read_table(path: Path) -> dict[str, int]:
     return out
 
 
-def table_path(root: Path) -> Path:
-    """The table ``load`` reads: ``PH2_dataset.txt`` when present, else the spreadsheet."""
-    base = base_dir(root)
-    return base / TABLE if (base / TABLE).exists() else base / TABLE_XLSX
-
-
 def load(root: Path, check_files: bool = True, seed: int = 0) -> DataSet:
     base = base_dir(root)
-    table = table_path(root)
+    table = base / TABLE if (base / TABLE).exists() else base / TABLE_XLSX  # .txt first
     codes = read_table(table)
     images = safe_join(base, IMAGES, table)
     samples = []
@@ -171,8 +149,7 @@ def load(root: Path, check_files: bool = True, seed: int = 0) -> DataSet:
         if check_files and not image.exists():
             raise DermcamError(f"no image file for {image_id} (expected {image})", table)
         mask = safe_join(images, f"{image_id}/{image_id}_lesion/{image_id}_lesion.bmp", table)
-        samples.append(Sample(image_id, image, int(code in MALIGNANT_CODES), "",
-                              mask if mask.exists() else None))
+        samples.append(Sample(image_id, image, int(code in MALIGNANT_CODES), "", existing(mask)))
     check_duplicates(samples, table)
     ds = DataSet(name="PH2", root=root, layout="ph2", samples=holdout(samples, seed))
     by_dx = Counter(CLINICAL[c] for c in codes.values())

@@ -1,15 +1,6 @@
-"""Splits: the held-out test split a layout draws when it has no official one, and the
-seeded train/validation split training (and the stages that re-create it) use.
-
-- :func:`holdout` -> a seeded stratified :data:`TEST_FRACTION` of each class's images is
-  the test split (generic ``labels.csv`` without a split column, PH2).
-- :func:`lesion_holdout` -> the same by group (HAM10000's ``lesion_id``), so no group
-  straddles the split.
-- :func:`stratified_split` -> ``(train_idx, val_idx)`` of a training split, stratified by
-  class (and by group where groups repeat), with one-line errors when it cannot be done.
-
-Pure functions of their inputs and the seed: no I/O, no torch.
-"""
+"""Splits: the seeded test split a layout without an official one draws (by image or by
+group), and the seeded stratified train/validation split of training. Pure functions of
+their inputs and the seed."""
 
 from __future__ import annotations
 
@@ -36,22 +27,17 @@ def holdout(samples: list[Sample], seed: int = 0) -> list[Sample]:
     for label in (0, 1):
         group = sorted((s for s in samples if s.label == label), key=lambda s: s.image_id)
         rng.shuffle(group)
-        n_test = round(len(group) * TEST_FRACTION)
-        test_ids = {s.image_id for s in group[:n_test]}
+        test_ids = {s.image_id for s in group[:round(len(group) * TEST_FRACTION)]}
         out += [Sample(s.image_id, s.image_path, s.label,
                        "test" if s.image_id in test_ids else "train", s.mask_path,
-                       group=s.group)
-                for s in group]
+                       group=s.group) for s in group]
     return sorted(out, key=lambda s: s.image_id)
 
 
 def lesion_holdout(samples: list[Sample], groups: dict[str, str], fraction: float = TEST_FRACTION,
                    seed: int = 0) -> list[Sample]:
-    """Split by group: a seeded ``fraction`` of each class's groups becomes the test split.
-
-    A group's class is malignant when any of its samples is. Deterministic for a
-    given seed and set of groups; samples keep their order.
-    """
+    """A seeded ``fraction`` of each class's groups (malignant when any sample is) becomes
+    the test split; samples keep their order."""
     group_label: dict[str, int] = {}
     for s in samples:
         g = groups[s.image_id]
@@ -68,14 +54,10 @@ def lesion_holdout(samples: list[Sample], groups: dict[str, str], fraction: floa
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
                      source: str = "training split", groups=None, path=None
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified train/validation indices; clear errors when it cannot be done.
-
-    Each class needs at least ``max(2, ceil(1 / val_fraction))`` images, so that the
-    validation split holds both classes whatever the seed (the threshold and the
-    validation AUC need both). With ``groups`` (e.g. HAM10000 lesion ids) that repeat,
-    the split is stratified by group (scikit-learn's StratifiedGroupKFold, first fold),
-    so no group straddles it. ``path`` (the data folder) is named in the errors.
-    """
+    """Seeded stratified train/validation indices; one-line errors (naming ``path``) when it
+    cannot be done. Each class needs ``max(2, ceil(1 / val_fraction))`` images so validation
+    holds both whatever the seed (the threshold and AUC need both); repeating ``groups``
+    (lesion ids) split by group (StratifiedGroupKFold, first fold)."""
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < val_fraction < 1.0:
@@ -111,9 +93,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
 
 def split_samples(samples, val_fraction: float, seed: int, path=None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`stratified_split` of a split's samples by their labels and groups: the
-    training / validation indices training uses, and every stage that needs its
-    validation part (the localisation benchmark, an outside model's threshold)."""
+    """:func:`stratified_split` of a split's samples by their labels and groups (training,
+    and every stage that needs its validation part)."""
     labels = np.array([s.label for s in samples], dtype=np.int64)
     return stratified_split(labels, val_fraction, seed, groups=[s.group for s in samples],
                             path=path)
