@@ -1,12 +1,10 @@
 """Pictures of heatmaps over images, drawn with numpy and PIL at panel resolution.
 
-The report gallery's strip (:func:`render_strip`), the explain stage's per-model examples
-(:func:`examples_png`, ``figures/examples.png``) and the demo's planted-shortcut picture
-(:func:`render_shortcut_example`, ``figures/shortcut_example.png``). Image and heatmap are
-resized to the panel first and the lesion outline traced on the resized mask, so the border
-stays a crisp one-pixel line; matplotlib's figures (:mod:`dermcam.attention_plots`) cannot
-promise that, hence PIL here. Text in DejaVu Sans, the font matplotlib ships (found on disk,
-matplotlib is not imported); Pillow's own font where it is missing. No pyplot.
+The report gallery's strip, the explain stage's per-model examples (``figures/examples.png``)
+and the demo's planted-shortcut picture. Image and heatmap are resized to the panel first
+and the lesion outline traced on the resized mask, so the border stays a crisp one-pixel
+line (matplotlib cannot promise that). Text in matplotlib's bundled DejaVu Sans, found on
+disk without importing matplotlib.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from dermcam.overlay import jet, outline
 PANEL = 112
 _GAP = 4
 #: Per-model examples: panel edge, gap inside an image | heatmap pair, gap between pairs,
-#: outer margin (px). With ``n=3``: 3 pairs of 180 px panels, 1168 px wide.
+#: outer margin (px).
 EX_PANEL = 180
 EX_GAP = 4
 EX_PAIR_GAP = 24
@@ -81,8 +79,7 @@ def _panel(arr: np.ndarray, size: int, nearest: bool = False):
 
 
 def _to_png(canvas) -> bytes:
-    """Lossless RGB PNG: a 256-colour palette (as the strips use) bands the heatmaps'
-    gradients visibly at this size, and these are the report's first pictures."""
+    """Lossless RGB PNG: a 256-colour palette bands the heatmaps' gradients at this size."""
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -90,15 +87,9 @@ def _to_png(canvas) -> bytes:
 
 def render_strip(cam: np.ndarray, image: np.ndarray | None = None,
                  mask: np.ndarray | None = None, panel: int = PANEL) -> bytes:
-    """PNG bytes of one gallery strip.
-
-    ``cam`` ``(H, W)`` non-negative heatmap; ``image`` ``(H, W, 3) uint8`` and
-    ``mask`` ``(H, W)`` bool/0-1 at the same size, or ``None``. With both, four
-    panels: image, heatmap over the image (jet, white lesion outline), mask, and
-    the leak overlay (red = heatmap outside the lesion, green = inside, opacity
-    following the heatmap). Without them, the heatmap alone. Stored as a
-    256-colour palette PNG.
-    """
+    """PNG bytes of one gallery strip: with ``image (H, W, 3) uint8`` and ``mask (H, W)``,
+    image | heatmap over it | mask | leak overlay (red off the lesion, green on it); without
+    them the ``cam (H, W)`` alone."""
     from PIL import Image
 
     cam = np.asarray(cam, dtype=np.float64)
@@ -136,13 +127,9 @@ def render_strip(cam: np.ndarray, image: np.ndarray | None = None,
 
 
 def heat_panel(cam: np.ndarray, image: np.ndarray, mask: np.ndarray | None, size: int):
-    """A ``size`` x ``size`` PIL image: the heatmap (jet, scaled to its maximum) blended
-    half and half over the image, with the lesion border as a white line.
-
-    ``cam`` ``(H, W)``, ``image`` ``(H, W, 3) uint8``, ``mask`` ``(H, W)`` bool or None (no
-    line). All three are resized to ``size`` first (bilinear; the mask thresholded at 0.5
-    after resizing) and the border traced there, so it stays one pixel wide.
-    """
+    """A ``size`` x ``size`` PIL image: the heatmap (jet, scaled to its maximum) blended half
+    and half over the image, the lesion border (``mask``, or None) traced in white after
+    resizing so it stays one pixel wide."""
     from PIL import Image
 
     cam = np.asarray(cam, dtype=np.float64)
@@ -189,20 +176,10 @@ def _median_row(rows: pd.DataFrame, column: str) -> dict[str, Any] | None:
 
 
 def pick_examples(att: pd.DataFrame, n: int = 3) -> list[tuple[str, dict[str, Any] | None]]:
-    """The images :func:`examples_png` shows for one model at one method and layer.
-
-    ``att``: attention.csv rows of that model, method and layer. Returns ``n`` (1-3)
-    ``(kind, row or None)`` pairs, kinds in :data:`EXAMPLE_KINDS` order:
-
-    1. ``malignant``: among malignant images classified malignant (``pred == label``) with
-       a defined pixel AUROC, the one at the lower median of pixel AUROC;
-    2. ``benign``: the same among benign images classified benign;
-    3. ``misclassified``: among images whose ``pred`` differs from ``label``, the one with
-       the highest excess leakage (leakage minus the uniform heatmap's, ``1 - lesion
-       area``: the gallery's measure, fair to small lesions).
-
-    Ties go to the smaller image id; ``None`` where no image qualifies.
-    """
+    """The ``n`` (1-3) ``(kind, row or None)`` picks :func:`examples_png` shows from one model
+    x method x layer's attention.csv rows: the correctly called malignant, then benign,
+    image at the lower median of pixel AUROC, and the misclassified image with the highest
+    excess leakage (fair to small lesions). Ties go to the smaller image id."""
     if not 1 <= n <= len(EXAMPLE_KINDS):
         raise ValueError(f"n must be 1 to {len(EXAMPLE_KINDS)}, got {n}")
     lab = pd.to_numeric(att["label"], errors="coerce")
@@ -225,18 +202,10 @@ def pick_examples(att: pd.DataFrame, n: int = 3) -> list[tuple[str, dict[str, An
 
 
 def examples_png(rows, names: dict[str, str] | None = None) -> bytes:
-    """PNG bytes of the per-model examples, one row per model at a method and layer.
-
-    ``rows``: ``[(choice, cells)]``, ``choice`` a ``{model, method, layer}`` dict and
-    ``cells`` the :func:`pick_examples` picks as ``(kind, row, image (S, S, 3) uint8,
-    mask (S, S) or None, cam (S, S))`` (``row`` and the arrays None where no image
-    qualifies; the explain stage gathers them). Each pick is drawn as image | heatmap over
-    the image with the lesion border in white, captioned with its id, true class,
-    P(malignant) and pixel AUROC; ``names``: display names of the models. With ``n``
-    picks per row, ``2 * EX_MARGIN + n * (2 * EX_PANEL + EX_GAP) + (n - 1) * EX_PAIR_GAP``
-    wide (1168 px for ``n = 3``); ``2 * EX_MARGIN + EX_HEADING`` high plus ``EX_TITLE +
-    EX_LABEL + EX_PANEL + EX_CAPTION`` per row.
-    """
+    """PNG bytes of the per-model examples, one row per ``(choice, cells)`` of ``rows``:
+    ``choice`` a ``{model, method, layer}`` dict, ``cells`` the :func:`pick_examples` picks
+    as ``(kind, row, image, mask, cam)`` (None where no image qualifies), each drawn as image
+    | heatmap with a caption. 1168 px wide for 3 picks."""
     from PIL import Image, ImageDraw
 
     n = max((len(cells) for _, cells in rows), default=1)
@@ -296,12 +265,9 @@ def _lines(text: str, width: int, font) -> list[str]:
 
 
 def render_shortcut_example(case) -> bytes:
-    """PNG bytes of a :class:`dermcam.demo.ShortcutCase`: one row per model (control, then
-    shortcut), each the image with the pasted artifact | its heatmap over it with the
-    lesion border in white, beside the model's P(malignant) before -> after the paste (red
-    where the change reaches the probes' negligible margin) and the decision at its
-    threshold; under the rows, the rule that picked the image. 802 px wide (``SC_TEXT`` +
-    two ``SC_PANEL`` panels), about 600 px high."""
+    """PNG bytes of a :class:`dermcam.demo.ShortcutCase`: per model (control, then shortcut)
+    the pasted image | its heatmap, beside P(malignant) before -> after the paste and the
+    decisions; under the rows, the rule that picked the image."""
     from PIL import Image, ImageDraw
 
     titles = {"control": "Control", "shortcut": "Shortcut model"}
@@ -333,7 +299,6 @@ def render_shortcut_example(case) -> bytes:
                   fill=(170, 0, 0) if abs(after - before) >= NEGLIGIBLE_DELTA else _INK)
         draw.text((x, y + 112), f"change {fmt_num(after - before, 2, sign=True, minus=MINUS)}",
                   font=_font(13), fill=_INK)
-
         called = ["malignant" if p >= r["threshold"] else "benign" for p in (before, after)]
         draw.text((x, y + 130), f"decision at threshold {fmt_num(r['threshold'], 2)}: "
                   f"{called[0]} → {called[1]}", font=_font(13), fill=_INK)
