@@ -1,10 +1,7 @@
 """Figures for the attention-leakage audit: the reference study's and size-aware ones.
 
-``build_*`` returns the Figure (Agg canvas, no pyplot); ``plot_*`` writes it atomically to
-a path (format from the suffix, PNG without one) and returns the path. Per-image tables
-carry the scoring stage's columns (``label`` 0/1, ``leakage``, ``inside_score``,
-``outside_score``, ``lesion_area``, ``correct``, ``model``, ``method``); NaN rows are left
-out of a panel.
+``build_*`` returns the Figure (Agg canvas, no pyplot); ``plot_*`` writes it atomically and
+returns the path. Tables carry the scoring stage's columns; NaN rows leave a panel.
 """
 
 from __future__ import annotations
@@ -19,6 +16,7 @@ from matplotlib.figure import Figure
 
 from dermcam.io import save_figure
 from dermcam.leakage import CHANCE, LABEL_NAMES, METRICS, bootstrap_mean_ci, score_batch
+from dermcam.overlay import leak_overlay, unit_cam
 from dermcam.plots import new_figure
 
 log = logging.getLogger(__name__)
@@ -81,8 +79,7 @@ def _scatter_by_class(ax, lab: pd.Series, x: pd.Series, y: pd.Series, label) -> 
     return drawn
 
 
-def build_attention_summary(df: pd.DataFrame, title: str = "Attention leakage analysis"
-                            ) -> Figure:
+def build_attention_summary(df: pd.DataFrame, title: str = "Attention leakage analysis") -> Figure:
     """The study's 2 x 2 figure for one model x method (rows are pooled): leakage box plot
     and histogram by class, inside vs outside score, mean leakage per class with bootstrap
     CI (and the mean chance leakage ``1 - lesion_area`` where the table has it)."""
@@ -180,10 +177,6 @@ GROUP_NAMES = {0: "benign (specificity)", 1: "malignant (sensitivity)",
                "all": "all images (both classes)"}
 
 
-def _group_key(key) -> str:
-    return " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-
-
 def _n_text(ns: Sequence[int]) -> str:
     """``n=12`` where every model has the same n, else ``n=10-12``."""
     ns = sorted(set(ns))
@@ -218,7 +211,7 @@ def build_leakage_vs_accuracy(df: pd.DataFrame,
     model_handles = []
     for (key, g), marker in zip(groups, MODEL_MARKERS, strict=False):
         parts = key if isinstance(key, tuple) else (key,)
-        name = _group_key((displays.get(parts[0], parts[0]), *parts[1:]))
+        name = " / ".join(str(k) for k in (displays.get(parts[0], parts[0]), *parts[1:]))
         points = {}
         for c in (0, 1, "all"):
             gc = g if c == "all" else g[g["_label"] == c]
@@ -230,8 +223,7 @@ def build_leakage_vs_accuracy(df: pd.DataFrame,
                            edgecolors="white", linewidths=0.6, zorder=3)
         if 0 in points and 1 in points:  # the point over all images lies on this segment
             ax.plot(*zip(points[0], points[1], strict=True), color="0.6", lw=0.8, zorder=1)
-        model_handles.append(ax.scatter([], [], marker=marker, s=50, color="0.45",
-                                        label=name))
+        model_handles.append(ax.scatter([], [], marker=marker, s=50, color="0.45", label=name))
     group_handles = [ax.scatter([], [], marker="o", s=50,
                                 color=ALL_COLOUR if c == "all" else CLASS_COLOURS[c],
                                 label=f"{GROUP_NAMES[c]}, {_n_text(counts[c])}")
@@ -370,8 +362,7 @@ def build_size_aware_table(summary_df: pd.DataFrame,
         stat = stats.get(metric, "mean")
         models, methods, grid = _table_values(summary_df, metric, stat)
         entry = METRICS.get(metric)
-        higher = True if entry is None or entry.higher_is_better is None else \
-            entry.higher_is_better
+        higher = True if entry is None or entry.higher_is_better is None else entry.higher_is_better
         chance = CHANCE.get(metric)
         vmin, vmax = _colour_range(grid[np.isfinite(grid)], chance)
         ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn" if higher else "RdYlGn_r",
@@ -431,14 +422,9 @@ def _ink(rgba) -> str:
 def build_localisation_grid(rows, chosen=None, displays: dict[str, str] | None = None,
                             title: str = "Localisation benchmark: median pixel AUROC by "
                                          "CAM method and layer") -> Figure:
-    """The localisation benchmark as a CAM method x layer heat-grid, one panel per model.
-
-    ``rows``: the benchmark's candidates (``localisation.json``'s ``rows``), methods and
-    layers in order of appearance; ``chosen``: ``layer_choice`` records or ``{model:
-    (method, layer)}``, outlined in black. Cells show the median pixel AUROC (red-yellow-
-    green, 0 to 1); one that cannot be chosen is washed out and hatched by reason
-    (:data:`GRID_HATCHES`), with the share of undefined maps above ``MAX_UNDEFINED``.
-    """
+    """The localisation benchmark's rows as a CAM method x layer heat-grid per model: the median
+    pixel AUROC, ``chosen`` cells outlined, cells that cannot be chosen washed out and hatched
+    by reason (:data:`GRID_HATCHES`)."""
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
@@ -543,8 +529,7 @@ def _draw_grid_cell(ax, i: int, j: int, v: float, r, ink: str) -> None:
                 bbox={"boxstyle": "round,pad=0.1", "lw": 0, "fc": "white", "alpha": 0.8})
 
 
-def _mark_chosen(ax, want: tuple[str, str] | None, methods: list[str],
-                 layers: list[str]) -> str:
+def _mark_chosen(ax, want: tuple[str, str] | None, methods: list[str], layers: list[str]) -> str:
     """Outline the chosen cell; returns the title's note where it is not in the grid."""
     from matplotlib.patches import Rectangle
 
@@ -561,8 +546,7 @@ def _grid_axes(ax, g: pd.DataFrame, methods: list[str], layers: list[str]) -> No
     """Ticks (layers with their heatmap grid where known, methods) and white cell borders."""
     ticks = []
     for layer in layers:
-        gr = g.loc[g["layer"].astype(str) == layer, "grid"].iloc[0] \
-            if "grid" in g.columns else None
+        gr = g.loc[g["layer"].astype(str) == layer, "grid"].iloc[0] if "grid" in g.columns else None
         ok = isinstance(gr, (list, tuple, np.ndarray)) and len(gr) == 2 and gr[0]
         ticks.append(f"{layer}\n{gr[0]}\u00d7{gr[1]}" if ok else layer)
     ax.set_xticks(range(len(layers)), ticks, fontsize=8)
@@ -600,8 +584,7 @@ def plot_localisation_grid(rows, path, chosen=None, displays: dict[str, str] | N
     return save_figure(build_localisation_grid(rows, chosen, displays, title), path)
 
 
-def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray,
-                  title: str = "") -> Figure:
+def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, title: str = "") -> Figure:
     """Four panels for one image: image, heatmap (jet overlay), mask, leak overlay (red:
     attention off the lesion, green: on it). ``image (H, W, 3) uint8``, ``cam (H, W)``
     non-negative, ``mask (H, W)`` bool/0-1; the title gives the leakage."""
@@ -620,22 +603,16 @@ def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray,
     if np.isfinite(values["excess_leakage"][0]):
         leak_text += (f" (chance {values['chance_leakage'][0]:.1%}, "
                       f"excess {values['excess_leakage'][0]:+.1%})")
-    c = np.nan_to_num(cam.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
-    peak = c.max()
-    cn = c / peak if peak > 0 else c
+    cn = unit_cam(cam)
     img = image.astype(np.float64) / 255.0
 
     from matplotlib import colormaps
 
     heat = 0.5 * img + 0.5 * colormaps["jet"](cn)[..., :3]
-    alpha = (0.85 * cn)[..., None]
-    colour = np.where(m[..., None], np.array([0.0, 0.8, 0.0]), np.array([0.9, 0.0, 0.0]))
-    grey = img.mean(axis=2, keepdims=True) * 0.6
-    leak_overlay = grey * (1 - alpha) + colour * alpha
     fig = new_figure((14, 4.2))
     axes = fig.subplots(1, 4)
     panels = [(image, "image"), (heat, "heatmap (jet)"), (m, "lesion mask"),
-              (leak_overlay, "red = leaked, green = on lesion")]
+              (leak_overlay(img, m, cn), "red = leaked, green = on lesion")]
     for ax, (arr, name) in zip(axes, panels, strict=True):
         if arr.ndim == 2:
             ax.imshow(arr, cmap="gray", vmin=0, vmax=1)

@@ -1,11 +1,8 @@
 """The localisation benchmark: which CAM method, at which depth, localises the lesion.
 
-At a 64 px input the last block of ResNet18, EfficientNet-B0 and MobileNet-V2 is 2 x 2 and
-its maps are barely better than uniform, so every method x candidate layer of a trained
-model is scored (median pixel AUROC with a bootstrap CI, share of undefined maps, the
-model-randomisation sanity check, time per image) on masked *validation* images, and
-:func:`choose` picks the best defensible layer (docs/attention.md). ``x (N, 3, S, S)``
-normalised input, ``masks (N, S, S)`` bool.
+At a 64 px input the last block of ResNet18 is 2 x 2 and its maps barely beat uniform, so
+every method x candidate layer is scored on masked *validation* images and :func:`choose`
+picks the best defensible one (docs/attention.md). ``x (N, 3, S, S)``, ``masks (N, S, S)``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Audit a classifier trained anywhere: its file (or module) in, an ordinary dermcam run out.
 
-The model is read safely (state dicts or TorchScript, never a pickle), fitted to dermcam's
-contract (two logits on ImageNet-normalised input), its threshold and calibration chosen on
-the validation part of the data's training split, and the run goes through evaluate,
-explain, probe and report as a trained run does (docs/audit.md).
+Read safely (never a pickle), fitted to dermcam's contract, threshold and calibration
+chosen on validation, then evaluate, explain, probe and report (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -238,10 +236,6 @@ def _check_same_outputs(script, model, size: int, path, arch: str) -> None:
                            "plain model's state_dict instead", path)
 
 
-def _model_key(arch: str) -> str:
-    return arch.replace("timm:", "timm-")
-
-
 def import_model(model, info, io: dict, source: dict, data: str | Path, out: str | Path,
                  reading: Reading, overwrite: bool = False, progress=None) -> runmod.Run:
     """Make the run folder ``out`` for an outside model (manifest, ``model.pt``, threshold and
@@ -251,7 +245,7 @@ def import_model(model, info, io: dict, source: dict, data: str | Path, out: str
     train_samples, test_samples = ds.split("train"), ds.split("test")
     if not test_samples:
         raise DermcamError("the data set has no test split to audit", data)
-    name = _model_key(reading.arch)
+    name = reading.arch.replace("timm:", "timm-")
     cfg = TrainConfig(data=str(data), out=str(out), models=[name], weights=source["form"],
                       image_size=reading.image_size, max_epochs=0, seed=reading.seed,
                       val_fraction=reading.val_fraction, cache_dir=reading.cache_dir,
@@ -312,11 +306,9 @@ def audit(model, data: str | Path, out: str | Path, *, arch: str | None = None,
           say=None, progress_bar=None) -> runmod.Run:
     """The full audit of a model trained anywhere, into the run folder ``out``.
 
-    ``model``: a weights file (state dict, TorchScript) or a ``torch.nn.Module``; ``arch``:
-    its architecture (``resnet18``, ``timm:convnext_tiny``; found by itself for a module).
-    ``data``: its test split is audited, its training split's validation part chooses the
-    threshold, calibration and CAM layer. Returns the run (findings:
-    ``dermcam.findings.read_findings(run.dir)``).
+    ``model``: a weights file or a ``torch.nn.Module``; ``arch``: its architecture (found by
+    itself for a module). ``data``: its test split is audited, its validation part chooses the
+    threshold, calibration and CAM layer. Returns the run.
     """
     say = say or (lambda *a: None)
     bar = progress_bar or (lambda desc: contextlib.nullcontext())

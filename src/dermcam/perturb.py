@@ -1,10 +1,7 @@
 """Pure image perturbations the probes are made of: each changes only the pixels it names.
 
-Painted (lesion inpainted, background flattened, artifacts painted in or out) and real
-pixels (a lesion on another image's surroundings, heatmap-marked regions removed or moved,
-each against random regions of the same shapes). Images ``(H, W, 3) uint8``, masks
-``(H, W)`` bool; OpenCV imported at first use. :func:`perturb` makes every variant of one
-image in a fixed order, each placement from its own seeded generator.
+Images ``(H, W, 3) uint8``, masks ``(H, W)`` bool; OpenCV imported at first use.
+:func:`perturb` makes every variant of one image, each placement from its own seeded rng.
 """
 
 from __future__ import annotations
@@ -126,9 +123,6 @@ def remove_artifact(image: np.ndarray, artifact_pixels: np.ndarray, keep: np.nda
     return inpaint(image, grown & ~np.asarray(keep, bool), method)
 
 
-# ------------------------------------------------------------------ real pixels
-
-
 def lesion_geometry(mask: np.ndarray) -> tuple[float, float, float]:
     """``(area share, centre row, centre column)`` of an ``(H, W)`` mask, the centre as a
     fraction of the side; NaN for an empty mask."""
@@ -146,8 +140,7 @@ def lesion_geometry(mask: np.ndarray) -> tuple[float, float, float]:
 COLOUR_SCALE = 20.0
 
 
-def skin_ring(image: np.ndarray, mask: np.ndarray, feather: float = DILATE_FRACTION
-              ) -> np.ndarray:
+def skin_ring(image: np.ndarray, mask: np.ndarray, feather: float = DILATE_FRACTION) -> np.ndarray:
     """``(3,)`` mean CIELAB colour (OpenCV's 8-bit scale) of the skin ring between the mask
     dilated by ``feather`` and by 6 x ``feather`` (the whole image where the ring is empty):
     where a moved lesion meets its new surroundings, so donors are matched on it."""
@@ -237,8 +230,7 @@ def _components(region: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(rows, cols)`` of each 8-connected component of ``region``, in OpenCV's order."""
     import cv2
 
-    n, comp = cv2.connectedComponents(np.asarray(region, bool).astype(np.uint8),
-                                      connectivity=8)
+    n, comp = cv2.connectedComponents(np.asarray(region, bool).astype(np.uint8), connectivity=8)
     return [np.nonzero(comp == c) for c in range(1, n)]
 
 
@@ -290,8 +282,6 @@ def transplant(source: np.ndarray, target: np.ndarray, region: np.ndarray,
         out[rows, cols] = source[rows + dr, cols + dc]
     return out
 
-
-# ------------------------------------------------------------------ the probes' variants
 
 #: Probe names, in the order they run and are reported.
 PROBES: tuple[str, ...] = ("lesion_removed", "background_removed", "artifact_inserted",

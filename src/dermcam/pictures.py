@@ -1,10 +1,8 @@
 """Pictures of heatmaps over images, drawn with numpy and PIL at panel resolution.
 
-The report gallery's strip, the explain stage's per-model examples (``figures/examples.png``)
-and the demo's planted-shortcut picture. Image and heatmap are resized to the panel first
-and the lesion outline traced on the resized mask, so the border stays a crisp one-pixel
-line (matplotlib cannot promise that). Text in matplotlib's bundled DejaVu Sans, found on
-disk without importing matplotlib.
+Image and heatmap are resized to the panel first and the outline traced on the resized
+mask, so the border stays a crisp one-pixel line (matplotlib cannot promise that). Text in
+matplotlib's bundled DejaVu Sans, found without importing matplotlib.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import pandas as pd
 
 from dermcam.config import NEGLIGIBLE_DELTA
 from dermcam.formatting import MINUS, fmt_num
-from dermcam.overlay import jet, outline
+from dermcam.overlay import jet, leak_overlay, outline, unit_cam
 
 #: Gallery strip: edge of one panel and the gap between panels (px).
 PANEL = 112
@@ -95,9 +93,7 @@ def render_strip(cam: np.ndarray, image: np.ndarray | None = None,
     cam = np.asarray(cam, dtype=np.float64)
     if cam.ndim != 2:
         raise ValueError(f"cam must be (H, W), got shape {cam.shape}")
-    c = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
-    peak = c.max()
-    cn = c / peak if peak > 0 else c
+    cn = unit_cam(cam)
     if image is None or mask is None:
         panels = [_panel(jet(cn), panel)]
     else:
@@ -109,10 +105,7 @@ def render_strip(cam: np.ndarray, image: np.ndarray | None = None,
         img = image.astype(np.float64) / 255.0
         edge = outline(m)[..., None] if (m.any() and not m.all()) else np.zeros(m.shape + (1,), bool)
         heat = np.where(edge, 1.0, 0.5 * img + 0.5 * jet(cn))
-        alpha = (0.85 * cn)[..., None]
-        colour = np.where(m[..., None], np.array([0.0, 0.8, 0.0]), np.array([0.9, 0.0, 0.0]))
-        grey = img.mean(axis=2, keepdims=True) * 0.6
-        leak = np.where(edge, 1.0, grey * (1 - alpha) + colour * alpha)
+        leak = np.where(edge, 1.0, leak_overlay(img, m, cn))
         panels = [_panel(image, panel), _panel(heat, panel),
                   _panel(np.repeat(m[..., None], 3, axis=2).astype(np.float64), panel, True),
                   _panel(leak, panel)]
@@ -137,12 +130,9 @@ def heat_panel(cam: np.ndarray, image: np.ndarray, mask: np.ndarray | None, size
     if cam.ndim != 2 or image.shape != cam.shape + (3,):
         raise ValueError(f"cam must be (H, W) and image (H, W, 3) at its size, got "
                          f"{cam.shape} and {image.shape}")
-    c = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
-    c = c / c.max() if c.max() > 0 else c
-    img = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((size, size),
-                                                                    Image.BILINEAR))
-    cz = np.asarray(Image.fromarray(c.astype(np.float32)).resize((size, size),
-                                                                Image.BILINEAR))
+    c = unit_cam(cam)
+    img = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((size, size), Image.BILINEAR))
+    cz = np.asarray(Image.fromarray(c.astype(np.float32)).resize((size, size), Image.BILINEAR))
     out = 0.5 * img.astype(np.float64) / 255.0 + 0.5 * jet(np.clip(cz, 0, 1))
     if mask is not None:
         m = np.asarray(mask, dtype=np.float32)
@@ -152,9 +142,6 @@ def heat_panel(cam: np.ndarray, image: np.ndarray, mask: np.ndarray | None, size
         if mz.any() and not mz.all():
             out[outline(mz)] = 1.0
     return _panel(out, size)
-
-
-# ------------------------------------------------------------------ per-model examples
 
 
 def _class_name(label: Any) -> str:
@@ -238,16 +225,12 @@ def examples_png(rows, names: dict[str, str] | None = None) -> bytes:
             canvas.paste(heat_panel(cam, image, mask, EX_PANEL), (x + EX_PANEL + EX_GAP, py))
             cy = py + EX_PANEL + 4
             truth = _class_name(r.get("label"))
-            called = "" if kind != "misclassified" else \
-                f", called {_class_name(r.get('pred'))}"
+            called = "" if kind != "misclassified" else f", called {_class_name(r.get('pred'))}"
             draw.text((x, cy), f"{r['image_id']} · {truth}{called}", font=_font(13), fill=_INK)
             draw.text((x, cy + 17), f"P(malignant) {fmt_num(r.get('prob_malignant'), 2)} · "
                       f"pixel AUROC {fmt_num(r.get('pixel_auroc'), 2)}", font=_font(13),
                       fill=_INK)
     return _to_png(canvas)
-
-
-# ------------------------------------------------------------------ planted shortcut
 
 
 def _lines(text: str, width: int, font) -> list[str]:

@@ -83,9 +83,6 @@ def _unit_square(ax: Any) -> None:
     ax.set_ylim(-0.01, 1.01)
 
 
-# --------------------------------------------------------------------------- comparison
-
-
 def build_model_comparison(result: Mapping[str, Any],
                            metrics: Sequence[str] = ("accuracy", "f1_benign", "f1_malignant"),
                            at: str = "at_threshold") -> Figure:
@@ -159,9 +156,6 @@ def plot_model_comparison(result: Mapping[str, Any], path: str | os.PathLike[str
     return save_figure(build_model_comparison(result, metrics, at), path)
 
 
-# --------------------------------------------------------------------------- confusion matrix
-
-
 def build_confusion_matrix(cm: Any, labels: Sequence[str], title: str | None = None) -> Figure:
     """Confusion matrix ``(K, K)`` (rows true, columns predicted): counts and row
     percentages, coloured by the row-normalised rate."""
@@ -193,9 +187,6 @@ def plot_confusion_matrix(cm: Any, labels: Sequence[str], path: str | os.PathLik
                           title: str | None = None) -> Path:
     """Write :func:`build_confusion_matrix` to ``path`` and return the path."""
     return save_figure(build_confusion_matrix(cm, labels, title), path)
-
-
-# --------------------------------------------------------------------------- ROC / PR
 
 
 def build_roc_curves(result: Mapping[str, Any]) -> Figure:
@@ -272,9 +263,6 @@ def plot_pr_curves(result: Mapping[str, Any], path: str | os.PathLike[str],
     return save_figure(build_pr_curves(result, dataset), path)
 
 
-# --------------------------------------------------------------------------- calibration
-
-
 def _finite_curve(rel: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """A reliability block's (mean predicted, fraction positive) where both are finite."""
     mp = np.array([_num(v) for v in rel["mean_predicted"]])
@@ -324,9 +312,6 @@ def build_reliability(result: Mapping[str, Any]) -> Figure:
 def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write :func:`build_reliability` to ``path`` and return the path."""
     return save_figure(build_reliability(result), path)
-
-
-# --------------------------------------------------------------------------- training
 
 
 _HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc")

@@ -44,7 +44,6 @@ from dermcam.probe_stats import (
 
 log = logging.getLogger(__name__)
 
-# ------------------------------------------------------------------ context swap
 
 #: Donors per image and side (twice without the artifact, for the control): with 3 the null
 #: swap's CI reached beyond +-0.02 on real images, with 10 it stays within (benchmarks/README.md).
@@ -147,8 +146,6 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
     return entries
 
 
-# ------------------------------------------------------------------ hot spots
-
 HOT_METHOD = ("the off-lesion regions holding the most heatmap mass (components of the top "
               "10 % of the map outside the dilated lesion, at most 8 % of the image) against "
               "random off-lesion regions of the same shapes: inpainted away, or their real "
@@ -223,14 +220,10 @@ def hot_spots(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
               k: int = SWAP_DONORS, n_boot: int = 1000, seed: int = 0,
               feather: float = DILATE_FRACTION, method: str = "telea", batch_size: int = 64,
               device="cpu") -> list[dict[str, Any]]:
-    """Does a model use what its heatmap marks off the lesion? Label-free, real pixels.
-
-    Per model (``heatmaps[name]``: an ``(H, W)`` map or None per image): P(malignant) with
-    the marked region inpainted minus with a random region of the same shapes inpainted
-    (``hot_removed``), and the same for the region's pixels pasted into ``k`` other images
-    (``hot_transplanted``). With ``flags``, transplant entries name the artifacts the
-    regions come from (``sources``).
-    """
+    """Does a model use what its heatmap marks off the lesion? Label-free, real pixels: the
+    marked region inpainted (``hot_removed``) or pasted into ``k`` other images
+    (``hot_transplanted``), each minus a random region of the same shapes. ``heatmaps[name]``:
+    an ``(H, W)`` map or None per image; with ``flags``, ``sources`` names the artifacts."""
     keep = [~dilate_mask(m, 2 * feather) for m in masks]
     entries = []
     for name, model, thr in models:

@@ -84,8 +84,7 @@ def by_class(labels: np.ndarray, stat, prefix: str = "delta", valid: np.ndarray 
 def diff_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
                  prefix: str = "delta", overall: bool = True) -> dict[str, Any]:
     """Mean paired difference with its bootstrap CI, overall and per class (:func:`by_class`)."""
-    return by_class(labels, lambda keep: mean_ci(d[keep], n_boot, seed), prefix,
-                    overall=overall)
+    return by_class(labels, lambda keep: mean_ci(d[keep], n_boot, seed), prefix, overall=overall)
 
 
 def crossed_side_means(owner: np.ndarray, donor: np.ndarray, side: np.ndarray, p: np.ndarray,
@@ -145,13 +144,9 @@ def _method(probe: str, artifact: str, cfg: PerturbConfig, placements: int) -> s
 
 def summarise(df: pd.DataFrame, cfg: PerturbConfig | None = None, n_boot: int = 1000,
               seed: int = 0, attention: pd.DataFrame | None = None) -> list[dict[str, Any]]:
-    """``probe.csv`` rows -> one entry per model x probe [x artifact] (docs/probes.md).
-
-    ``delta_mean`` with a bootstrap CI over images (placements averaged first, so they do
-    not count as independent images), overall and per class; flip rates over (image,
-    placement) rows. Removal probes add AUC/AP intact and perturbed with the DeLong p and,
-    with ``attention``, Spearman's rho between leakage and ``|delta|``.
-    """
+    """``probe.csv`` rows -> one entry per model x probe [x artifact] (docs/probes.md): the mean
+    change with a bootstrap CI over images (placements averaged first), flip rates, and for
+    removal probes AUC/AP intact vs perturbed and, with ``attention``, rho with leakage."""
     entries: list[dict[str, Any]] = []
     cfg = cfg or PerturbConfig()
     df = normalise_rows(df)

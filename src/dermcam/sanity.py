@@ -1,12 +1,9 @@
 """Model-randomisation sanity check (Adebayo et al., 2018), with a verdict that can say "don't know".
 
-Heatmaps explain the *model* only if they change when its weights are re-initialised.
-Similarity per image is |Spearman rho| (an inverted map is as model-blind as an identical
-one), averaged over several random inits; the verdict is the median over images with a
-bootstrap 95 % CI, ``None`` where the CI includes the threshold or too few images are valid.
-``chance_abs_rho`` (mismatched pairs) shows how similar unrelated maps of a coarse CAM grid
-already are. Method and numbers: docs/attention.md. Heatmaps are ``(N, H, W)``; random
-ones ``(N, H, W)``, ``(K, N, H, W)`` or ``K`` arrays ``(N, H, W)``. Lower is better.
+Heatmaps explain the *model* only if they change when its weights are re-initialised:
+similarity is |Spearman rho| (an inverted map is as model-blind as an identical one) over
+random inits, judged by the median over images with a bootstrap CI (docs/attention.md).
+Heatmaps ``(N, H, W)``; random ones ``(N, H, W)``, ``(K, N, H, W)`` or ``K`` such arrays.
 """
 
 from __future__ import annotations
@@ -123,15 +120,10 @@ def _mean_over_inits(x: np.ndarray, ok: np.ndarray, count: np.ndarray) -> np.nda
 def sanity_verdict(cams_trained, cams_random, threshold: float = 0.5, n_boot: int = 1000,
                    seed: int = 0, min_images: int = MIN_IMAGES, log_result: bool = True
                    ) -> dict[str, Any]:
-    """Verdict of the model-randomisation check from heatmaps of the same images and target
-    classes: ``cams_trained (N, H, W)``, ``cams_random`` from ``K`` re-initialised copies.
-
-    ``passed``: False when the median |rho| is >= ``threshold``; True when the CI's upper
-    end is below it with at least ``min_images`` valid images; else None, with ``reason``
-    ``no_valid_images``, ``too_few_images`` or ``ci_includes_threshold``. Also per-image
-    ``rank_correlation``/``abs_rank_correlation`` ``(N,)``, ``median_rho`` (near -1:
-    inverted maps), ``chance_abs_rho`` and per-init medians. ``log_result=False`` for
-    callers that report many candidates in a table of their own.
+    """Verdict from heatmaps of the same images and classes: ``cams_trained (N, H, W)``, and
+    ``cams_random`` from ``K`` re-initialised copies. ``passed``: False when the median |rho|
+    is >= ``threshold``, True when the CI's upper end is below it on at least ``min_images``
+    valid images, else None with a ``reason``. ``chance_abs_rho``: mismatched pairs' median.
     """
     out = _verdict(cams_trained, cams_random, threshold, n_boot, seed, min_images)
     if log_result:
@@ -269,12 +261,9 @@ def model_randomisation(model, target_layer: str, method: str, x, targets, train
                         n_boot: int = 1000, batch_size: int = 32) -> dict[str, Any]:
     """Full and cascading model randomisation for one model, CAM method and image batch.
 
-    ``x (N, 3, H, W)`` preprocessed images, ``targets (N,)`` the classes the trained
-    ``trained_heatmaps (N, size, size)`` explain. Full: ``n_inits`` copies
-    (:func:`randomised_copies`) judged by :func:`sanity_verdict`. Cascade: one copy, its
-    :func:`cascade_blocks` re-initialised cumulatively from the output down (block ``j``
-    from the top with seed ``seed + j``). ``model`` is never modified. Returns a JSON-ready
-    dict: ``full``, ``cascade`` (top block first), ``blocks``, ``not_reset`` and settings.
+    ``x (N, 3, H, W)``, ``targets (N,)``, ``trained_heatmaps (N, size, size)``. Full:
+    ``n_inits`` copies judged by :func:`sanity_verdict`; cascade: :func:`cascade_blocks`
+    re-initialised cumulatively from the output down. ``model`` is never modified.
     """
     n, targets, trained, device = _randomisation_inputs(model, x, targets, trained_heatmaps,
                                                         size, n_inits, batch_size)
@@ -294,8 +283,7 @@ def model_randomisation(model, target_layer: str, method: str, x, targets, train
         log.warning("model randomisation: %d parameter tensor(s) have no reset_parameters and "
                     "keep their trained values: %s", len(not_reset),
                     ", ".join(sorted(not_reset)[:5]))
-    full = {k: [float(f) for f in v] if isinstance(v, np.ndarray) else v
-            for k, v in full.items()}
+    full = {k: [float(f) for f in v] if isinstance(v, np.ndarray) else v for k, v in full.items()}
     return {"full": full, "cascade": steps, "blocks": names,
             "not_reset": sorted(not_reset), "method": method, "layer": target_layer,
             "normalize": normalize, "n_images": int(n), "n_inits": int(n_inits),

@@ -1,12 +1,9 @@
-"""The probe stage: does the model *use* what lies outside the lesion?
+"""The probe stage: does the model *use* what lies outside the lesion? (docs/probes.md)
 
 A heatmap says where gradients flow, not what a model relies on, so the probes change the
-image (lesion inpainted away, background flattened to skin colour, artifacts painted in or
-inpainted out, real-pixel swaps) and watch P(malignant) (docs/probes.md). This module is
-the stage over a run folder: inputs, resumable batches (``probe/batch_<start>.csv``),
-``probe.csv``, ``probe_summary.json``, figures and the manifest record; the pieces live in
-:mod:`dermcam.perturb`, :mod:`dermcam.probe_scoring`, :mod:`dermcam.probe_real`,
-:mod:`dermcam.probe_stats` and :mod:`dermcam.probe_figures`, re-exported here.
+image and watch P(malignant). This is the stage over a run folder (resumable batches,
+``probe.csv``, ``probe_summary.json``, figures, manifest); the pieces below it
+(perturb, probe_scoring, probe_real, probe_stats, probe_figures) are re-exported here.
 """
 
 from __future__ import annotations
@@ -87,11 +84,7 @@ def artifact_flags(ds, samples) -> pd.DataFrame | None:
     ids = [s.image_id for s in samples]
     out = meta.reindex(ids)[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
     out = out.loc[:, out.notna().any()]
-    return None if out.empty or not len(out.columns) else \
-        out.rename_axis("image_id").reset_index()
-
-
-# ------------------------------------------------------------------ probe.csv, per batch
+    return None if out.empty or not len(out.columns) else out.rename_axis("image_id").reset_index()
 
 
 def _batch_rows(models, chunk, items, cfg: PerturbConfig, batch_size: int, pool, clock,
@@ -124,10 +117,6 @@ def _batch_rows(models, chunk, items, cfg: PerturbConfig, batch_size: int, pool,
             "decision_perturbed": (p1 >= thr).astype(int),
             "changed_share": [v.changed_share for v in flat], "lesion_area": areas[owner]}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CSV_COLUMNS)
-
-
-def _batch_path(out: runmod.Outputs, start: int) -> Path:
-    return out.probe_batches / f"batch_{start:06d}.csv"
 
 
 def read_rows(path: str | Path) -> pd.DataFrame:
@@ -173,7 +162,7 @@ def _probe_batches(out: runmod.Outputs, samples, names, models, cfg, cache, size
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for k, start in enumerate(starts):
-            path = _batch_path(out, start)
+            path = out.probe_batches / f"batch_{start:06d}.csv"
             chunk = samples[start:start + batch_size]
             rows = _resumed(path, chunk, names, cache, size, skipped)
             if rows is None:
@@ -195,9 +184,6 @@ def _probe_batches(out: runmod.Outputs, samples, names, models, cfg, cache, size
     df = df[CSV_COLUMNS].sort_values(["model", "image_id", "probe", "artifact", "placement"],
                                      kind="stable").reset_index(drop=True)
     return df, clock, timing
-
-
-# ------------------------------------------------------------------ the stage
 
 
 def run_probe(run_dir: runmod.Run | str | Path, config: ProbeConfig | None = None,
@@ -306,8 +292,7 @@ def _summary(run: runmod.Run, audit: AuditSet, df: pd.DataFrame, cfg: PerturbCon
     ds, cache, size = audit.ds, audit.cache, audit.size
     explained = run.stage_entry(audit.key("explain"))
     attention = _attention_for_tracking(audit.out, explained)
-    entries = [] if df.empty else summarise(df, cfg, n_boot=n_boot, seed=seed,
-                                            attention=attention)
+    entries = [] if df.empty else summarise(df, cfg, n_boot=n_boot, seed=seed, attention=attention)
     summary: dict[str, Any] = {"schema_version": SUMMARY_SCHEMA, "entries": entries}
     if by:
         summary["subgroups"] = probe_subgroups(
@@ -353,9 +338,6 @@ def _timing(timing: dict[str, Any], clock: Clock, n_images: int, t0: float) -> N
         "wall_seconds": round(time.perf_counter() - t0, 2)})
 
 
-# ------------------------------------------------------------------ what explain wrote
-
-
 def chosen_heatmaps(root: Path, st: dict[str, Any], names, samples) -> dict[str, list]:
     """``{model: [heatmap or None per sample]}`` at each model's chosen method and layer
     (``st``: explain's manifest entry)."""
@@ -390,9 +372,6 @@ def _attention_for_tracking(out: runmod.Outputs, st: dict | None) -> pd.DataFram
         if m.any() and sel["model"] not in {k["model"].iloc[0] for k in keep}:
             keep.append(att[m].assign(cam=f"{sel['method']}@{sel['layer']}"))
     return pd.concat(keep, ignore_index=True) if keep else None
-
-
-# ------------------------------------------------------------------ reading the outputs
 
 
 def read_summary_object(folder: str | Path) -> dict[str, Any] | None:
