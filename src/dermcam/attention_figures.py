@@ -19,8 +19,7 @@ from dermcam.pictures import examples_png, pick_examples
 
 def _images_of(run: runmod.Run, out: runmod.Outputs, sel: dict[str, str], ids: set[str],
                by_id: dict[str, Any]) -> dict[str, tuple[dict, np.ndarray]]:
-    """``{image id: (cached item, saved heatmap)}`` of ``ids`` at ``sel`` (``{model, method,
-    layer}``)."""
+    """``{image id: (cached item, saved heatmap)}`` of ``ids`` at ``sel``."""
     heats = heatmaps_by_id(out.root, sel["model"], sel["method"], sel["layer"], ids)
     return {i: (run.cache.get(by_id[i], run.image_size), heats[i]) for i in sorted(ids)}
 
@@ -63,8 +62,7 @@ def attention_figures(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame, s
 
 def example_rows(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame, selection,
                  samples, n: int = 3) -> list[tuple[dict, list[tuple]]]:
-    """What :func:`dermcam.pictures.examples_png` draws: per ``selection`` entry, the
-    :func:`dermcam.pictures.pick_examples` picks as ``(kind, row, image, mask, heatmap)``."""
+    """What :func:`dermcam.pictures.examples_png` draws: the picks of each ``selection`` entry."""
     by_id = {s.image_id: s for s in samples}
     rows = []
     for c in selection:

@@ -21,20 +21,10 @@ from dermcam.plots import new_figure
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "build_attention_summary",
-    "build_leakage_vs_accuracy",
-    "build_leakage_vs_area",
-    "build_size_aware_table",
-    "build_localisation_grid",
-    "build_example",
-    "plot_attention_summary",
-    "plot_leakage_vs_accuracy",
-    "plot_leakage_vs_area",
-    "plot_size_aware_table",
-    "plot_localisation_grid",
-    "plot_example",
-]
+__all__ = ["build_attention_summary", "build_leakage_vs_accuracy", "build_leakage_vs_area",
+           "build_size_aware_table", "build_localisation_grid", "build_example",
+           "plot_attention_summary", "plot_leakage_vs_accuracy", "plot_leakage_vs_area",
+           "plot_size_aware_table", "plot_localisation_grid", "plot_example"]
 
 CLASS_COLOURS = {0: "#1f77b4", 1: "#d62728"}  # benign blue, malignant red
 SIZE_AWARE = ("excess_leakage", "localisation_gain", "pixel_auroc", "pointing_game")
@@ -289,8 +279,7 @@ def plot_leakage_vs_area(df: pd.DataFrame, path, title: str = "Leakage vs lesion
 
 
 def _table_values(summary_df: pd.DataFrame, metric: str, stat: str = "mean"):
-    """(models, methods, grid) of one metric's ``stat`` (mean or median) per model x method,
-    from a long (:func:`dermcam.leakage.summarise`) or wide (per image) table."""
+    """(models, methods, grid) of one metric's ``stat`` from a long or wide summary table."""
     if stat not in ("mean", "median"):
         raise ValueError(f"stat must be 'mean' or 'median', got {stat!r}")
     if "metric" in summary_df.columns:
@@ -502,8 +491,7 @@ def _ineligible_reasons(r) -> list[str]:
 
 
 def _draw_grid_cell(ax, i: int, j: int, v: float, r, ink: str) -> None:
-    """Cell ``(i, j)``: washed out and hatched where it cannot be chosen, its value, and the
-    share of undefined maps where that is above ``MAX_UNDEFINED``."""
+    """Cell ``(i, j)``: washed out and hatched where it cannot be chosen, and its value."""
     from matplotlib.patches import Rectangle
 
     from dermcam.localisation import MAX_UNDEFINED

@@ -69,8 +69,7 @@ def _check_layer_names(loaded, choice: dict[str, str]) -> None:
 
 def _select_layers(name: str, info, c: str, methods, mine: list[dict], first_bench: str
                    ) -> list[dict[str, str]]:
-    """Model ``name``'s ``{model, method, layer, reason}`` rows for layer choice ``c``, from
-    its benchmark rows ``mine`` where the benchmark decides."""
+    """Model ``name``'s ``{model, method, layer, reason}`` rows for layer choice ``c``."""
     if list(methods) == ["auto"]:
         if c != "auto":
             raise DermcamError("--methods auto chooses the layer too; drop --layer or "

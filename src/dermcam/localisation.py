@@ -244,8 +244,7 @@ def artifact_ratios(df, artifacts: Sequence[str], n_boot: int = 1000, seed: int 
 
 
 def artifact_test_images(run, artifact: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(images (N, H, W, 3) uint8, artifact maps (N, H, W), code)``: a run's masked test
-    images whose per-pixel artifact maps carry ``artifact`` (the synthetic benchmark's)."""
+    """``(images, artifact maps, code)``: a run's masked test images carrying ``artifact``."""
     code = ARTIFACTS.index(artifact) + 1
     items = [run.cache.get(s, run.image_size) for s in run.test_samples(require_masks=True)]
     keep = [it for it in items if it["artifacts"] is not None and (it["artifacts"] == code).any()]
@@ -329,8 +328,7 @@ def validation_samples(run: runmod.Run) -> list:
 
 
 def benchmark_images(run: runmod.Run, test_samples, n: int, seed: int) -> tuple[list, str]:
-    """``(samples, "validation" or "test")``: the benchmark's images, masked validation
-    images where there are enough, else ``test_samples``."""
+    """``(samples, "validation" or "test")``: masked validation images where enough, else test."""
     val = validation_samples(run)
     if len(val) >= min(n, 16):
         pool, where = val, "validation"
@@ -349,8 +347,7 @@ def random_copies(model, k: int, seed: int) -> list:
 
 
 def target_classes(model, x, target, labels, threshold) -> np.ndarray:
-    """The classes ``(N,)`` explained under ``--target``: ``labels``, malignant, or the class
-    predicted at ``threshold``."""
+    """The classes ``(N,)`` explained under ``--target``: true, malignant or predicted."""
     import torch
 
     if target == "true":

@@ -238,8 +238,7 @@ def _check_same_outputs(script, model, size: int, path, arch: str) -> None:
 
 def import_model(model, info, io: dict, source: dict, data: str | Path, out: str | Path,
                  reading: Reading, overwrite: bool = False, progress=None) -> runmod.Run:
-    """Make the run folder ``out`` for an outside model (manifest, ``model.pt``, threshold and
-    calibration chosen on ``data``'s validation part) and return the run."""
+    """Make the run folder ``out`` for an outside model and return the run."""
     t0 = time.perf_counter()
     ds = load_dataset(data)
     train_samples, test_samples = ds.split("train"), ds.split("test")

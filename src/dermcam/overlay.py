@@ -8,8 +8,7 @@ __all__ = ["jet", "leak_overlay", "outline", "unit_cam"]
 
 
 def jet(x: np.ndarray) -> np.ndarray:
-    """The jet colour map, piecewise linear: ``(...)`` in ``[0, 1]`` -> ``(..., 3)`` RGB in
-    ``[0, 1]`` (each channel clipped)."""
+    """The jet colour map: ``(...)`` in ``[0, 1]`` -> ``(..., 3)`` RGB in ``[0, 1]``, clipped."""
     x = np.asarray(x)
     return np.stack([np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3, 2, 1)], axis=-1)
 

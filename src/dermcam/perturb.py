@@ -107,15 +107,13 @@ def remove_background(image: np.ndarray, region: np.ndarray,
 
 def insert_artifact(image: np.ndarray, region: np.ndarray, name: str,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Artifact ``name`` painted outside ``region`` by the synthetic generator's painter:
-    ``(image (H, W, 3) uint8, changed (H, W) bool)``."""
+    """Artifact ``name`` painted outside ``region``: ``(image, changed (H, W) bool)``."""
     return paint_artifact(image, region, name, rng)
 
 
 def remove_artifact(image: np.ndarray, artifact_pixels: np.ndarray, keep: np.ndarray,
                     method: str = "telea") -> np.ndarray:
-    """Inpaint ``artifact_pixels`` (grown by one pixel to catch anti-aliased edges), never
-    touching ``keep`` (the lesion)."""
+    """Inpaint ``artifact_pixels`` (grown by one pixel for anti-aliased edges), never ``keep``."""
     import cv2
 
     px = np.asarray(artifact_pixels, bool)
@@ -124,8 +122,7 @@ def remove_artifact(image: np.ndarray, artifact_pixels: np.ndarray, keep: np.nda
 
 
 def lesion_geometry(mask: np.ndarray) -> tuple[float, float, float]:
-    """``(area share, centre row, centre column)`` of an ``(H, W)`` mask, the centre as a
-    fraction of the side; NaN for an empty mask."""
+    """``(area share, centre row, centre column)`` of a mask as fractions; NaN when empty."""
     m = np.asarray(mask, bool)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
@@ -268,8 +265,7 @@ def shift(region: np.ndarray, shifts: list[tuple[int, int]]) -> np.ndarray:
 
 def transplant(source: np.ndarray, target: np.ndarray, region: np.ndarray,
                read: list[tuple[int, int]] | None = None) -> np.ndarray:
-    """``target`` with ``source``'s pixels pasted exactly onto ``region``, each component read
-    from ``source`` shifted by ``read`` (:func:`random_shifts`; by default in place)."""
+    """``target`` with ``source``'s pixels pasted exactly onto ``region`` (shifted by ``read``)."""
     source, target, region = np.asarray(source), np.asarray(target), np.asarray(region, bool)
     check_image(source, region)
     if target.shape != source.shape:

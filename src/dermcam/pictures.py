@@ -151,15 +151,14 @@ def _class_name(label: Any) -> str:
         return "unknown class"
 
 
-def _median_row(rows: pd.DataFrame, column: str) -> dict[str, Any] | None:
-    """The row at the lower median of ``column`` (finite values only; ties by image id)."""
-    v = pd.to_numeric(rows[column], errors="coerce")
+def _ranked_row(rows: pd.DataFrame, v: pd.Series, at) -> dict[str, Any] | None:
+    """The row at ``at(n)`` of the ``n`` rows sorted by finite ``v``, ties by image id; or None."""
     keep = np.isfinite(v.to_numpy(np.float64))
     ok = rows.loc[keep].assign(_v=v.to_numpy()[keep])  # values: an empty frame takes no index
     if ok.empty:
         return None
     ok = ok.assign(_id=ok["image_id"].astype(str)).sort_values(["_v", "_id"], kind="stable")
-    return ok.iloc[(len(ok) - 1) // 2].drop(["_v", "_id"]).to_dict()
+    return ok.iloc[at(len(ok))].drop(["_v", "_id"]).to_dict()
 
 
 def pick_examples(att: pd.DataFrame, n: int = 3) -> list[tuple[str, dict[str, Any] | None]]:
@@ -175,15 +174,13 @@ def pick_examples(att: pd.DataFrame, n: int = 3) -> list[tuple[str, dict[str, An
     for kind, _ in EXAMPLE_KINDS[:n]:
         if kind == "misclassified":
             wrong = att[(lab != pred) & lab.notna() & pred.notna()]
-            ex = pd.to_numeric(wrong["excess_leakage"], errors="coerce")
-            keep = np.isfinite(ex.to_numpy(np.float64))
-            ok = wrong.loc[keep].assign(_v=-ex.to_numpy()[keep],
-                                        _id=wrong["image_id"].astype(str).to_numpy()[keep])
-            row = (ok.sort_values(["_v", "_id"], kind="stable").iloc[0]
-                   .drop(["_v", "_id"]).to_dict() if len(ok) else None)
+            row = _ranked_row(wrong, -pd.to_numeric(wrong["excess_leakage"], errors="coerce"),
+                              lambda k: 0)  # the highest excess leakage
         else:
             cls = int(kind == "malignant")
-            row = _median_row(att[(lab == cls) & (pred == cls)], "pixel_auroc")
+            ok = att[(lab == cls) & (pred == cls)]
+            row = _ranked_row(ok, pd.to_numeric(ok["pixel_auroc"], errors="coerce"),
+                              lambda k: (k - 1) // 2)  # the lower median
         out.append((kind, row))
     return out
 

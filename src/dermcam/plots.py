@@ -23,22 +23,10 @@ from matplotlib.figure import Figure
 from dermcam.formatting import fmt_ci_entry, metric_label
 from dermcam.io import save_figure as _save_atomic
 
-__all__ = [
-    "new_figure",
-    "save_figure",
-    "build_model_comparison",
-    "build_confusion_matrix",
-    "build_roc_curves",
-    "build_pr_curves",
-    "build_reliability",
-    "build_training_history",
-    "plot_model_comparison",
-    "plot_confusion_matrix",
-    "plot_roc_curves",
-    "plot_pr_curves",
-    "plot_reliability",
-    "plot_training_history",
-]
+__all__ = ["new_figure", "save_figure", "build_model_comparison", "build_confusion_matrix",
+           "build_roc_curves", "build_pr_curves", "build_reliability",
+           "build_training_history", "plot_model_comparison", "plot_confusion_matrix",
+           "plot_roc_curves", "plot_pr_curves", "plot_reliability", "plot_training_history"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +111,7 @@ def build_model_comparison(result: Mapping[str, Any],
 
 def _values_and_whiskers(entry: Mapping[str, Any], metrics: Sequence[str], at: str
                          ) -> tuple[list[float], list[float], list[float]]:
-    """One model's value per metric (threshold-free where it has it, else ``entry[at]``)
-    and its whiskers below and above (0 where the CI's end is not finite)."""
+    """One model's value per metric and its whiskers below and above (0 at a non-finite end)."""
     vals, los, his = [], [], []
     for metric in metrics:
         block = entry["threshold_free"] if metric in entry["threshold_free"] else entry[at]
@@ -157,8 +144,7 @@ def plot_model_comparison(result: Mapping[str, Any], path: str | os.PathLike[str
 
 
 def build_confusion_matrix(cm: Any, labels: Sequence[str], title: str | None = None) -> Figure:
-    """Confusion matrix ``(K, K)`` (rows true, columns predicted): counts and row
-    percentages, coloured by the row-normalised rate."""
+    """Confusion matrix ``(K, K)`` (rows true): counts and row percentages, coloured by rate."""
     cm = np.asarray(cm, dtype=np.float64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(labels):
         raise ValueError(
@@ -190,8 +176,7 @@ def plot_confusion_matrix(cm: Any, labels: Sequence[str], path: str | os.PathLik
 
 
 def build_roc_curves(result: Mapping[str, Any]) -> Figure:
-    """All models' ROC curves (AUC with 95 % CI in the legend), the chance diagonal, and
-    each model's operating point at its chosen threshold."""
+    """All models' ROC curves (AUC with CI), the chance diagonal, and the operating points."""
     models = _models(result)
     fig = new_figure((5.2, 5.0))
     ax = fig.add_subplot()

@@ -108,8 +108,7 @@ def build_examples_figure(examples: Sequence[tuple[str, int, list[Variant], np.n
 
 def write_figures(figdir: Path, df: pd.DataFrame, entries, samples, cache, size: int,
                   cfg: PerturbConfig, displays: dict[str, str]) -> None:
-    """The three figures into ``figdir``; the examples are a malignant then a benign probed
-    image (one carrying an artifact where any does), one placement of each perturbation."""
+    """The three figures into ``figdir``; the examples: a malignant then a benign probed image."""
     save_figure(build_delta_figure(df, displays), figdir / "probe_delta.png")
     if any(e["probe"] in ("lesion_removed", "background_removed") for e in entries):
         save_figure(build_auc_figure(entries, displays), figdir / "probe_auc.png")

@@ -277,8 +277,7 @@ def artifact_presence(df: pd.DataFrame, flags: pd.DataFrame, n_boot: int = 1000,
 
 def _tracking(att: pd.DataFrame, model: str, per_img: pd.DataFrame, n_boot: int, seed: int
               ) -> dict[str, Any]:
-    """Spearman's rho (bootstrap CI) of each image's (excess) leakage at the chosen CAM and
-    ``|delta|``."""
+    """Spearman's rho (bootstrap CI) of each image's (excess) leakage and ``|delta|``."""
     a = att[att["model"] == model].drop_duplicates("image_id").set_index("image_id")
     ids = per_img.index.intersection(a.index)
     if len(ids) == 0:

@@ -26,14 +26,8 @@ from dermcam.stats import bootstrap_median_ci
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "MIN_IMAGES",
-    "sanity_verdict",
-    "cascade_blocks",
-    "randomise_parameters",
-    "model_randomisation",
-    "check_selection",
-]
+__all__ = ["MIN_IMAGES", "sanity_verdict", "cascade_blocks", "randomise_parameters",
+           "model_randomisation", "check_selection"]
 
 #: Fewest valid images for which ``passed`` can be True: below 6 no distribution-free 95 %
 #: interval of a median exists (all of 5 values on one side of it: 2 / 2**5 = 6 %).
@@ -318,8 +312,7 @@ def _randomisation_inputs(model, x, targets, trained_heatmaps, size: int, n_init
 
 
 def _explainer_options(reshape_transform) -> dict[str, Any]:
-    """:class:`CamExplainer` keywords: ``reshape_transform`` where given (``ValueError``
-    where this version's explainer does not take one)."""
+    """Explainer keywords: ``reshape_transform`` where given (``ValueError`` if unsupported)."""
     if reshape_transform is None:
         return {}
     if "reshape_transform" not in inspect.signature(CamExplainer).parameters:

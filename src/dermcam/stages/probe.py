@@ -135,8 +135,7 @@ def read_rows(path: str | Path) -> pd.DataFrame:
 
 
 def _resumed(path: Path, chunk, names, cache, size: int, skipped: list) -> pd.DataFrame | None:
-    """The rows an earlier run wrote for ``chunk`` at ``path`` (its skipped images appended
-    to ``skipped``), or None."""
+    """The rows an earlier run wrote for ``chunk`` at ``path``, or None."""
     if not path.exists():
         return None
     rows = read_rows(path)
@@ -227,8 +226,7 @@ def run_probe(run_dir: runmod.Run | str | Path, config: ProbeConfig | None = Non
 
 
 def _check_inputs(run: runmod.Run, audit: AuditSet, cfg: PerturbConfig, by) -> None:
-    """Refuse in one line an unknown ``--by`` column, a context swap without artifact labels,
-    hot spots without heatmaps."""
+    """Refuse an unknown ``--by`` column, a context swap without labels, hot spots without maps."""
     ds = audit.ds
     if by:
         check_by(ds, by)
@@ -248,12 +246,9 @@ def _probe_stage(run: runmod.Run, audit: AuditSet, names, cfg, seed: int, t0: fl
                  precisions: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Batches, summary and figures of ``audit``; ``record`` gets what the manifest keeps."""
     out, cache, size = audit.out, audit.cache, audit.size
-    samples, skipped = [], []
-    for s in audit.samples:
-        if s.mask_path is None:
-            skipped.append({"image_id": s.image_id, "reason": "no lesion mask"})
-        else:
-            samples.append(s)
+    samples = [s for s in audit.samples if s.mask_path is not None]
+    skipped = [{"image_id": s.image_id, "reason": "no lesion mask"} for s in audit.samples
+               if s.mask_path is None]
     models = load_models(run, names, device, precisions)
     df, clock, timing = _probe_batches(out, samples, names, models, cfg, cache, size,
                                        skipped, batch_size, progress, workers, device)
@@ -339,8 +334,7 @@ def _timing(timing: dict[str, Any], clock: Clock, n_images: int, t0: float) -> N
 
 
 def chosen_heatmaps(root: Path, st: dict[str, Any], names, samples) -> dict[str, list]:
-    """``{model: [heatmap or None per sample]}`` at each model's chosen method and layer
-    (``st``: explain's manifest entry)."""
+    """``{model: [heatmap or None per sample]}`` at each model's chosen method and layer."""
     out: dict[str, list] = {m: [None] * len(samples) for m in names}
     where = {s.image_id: k for k, s in enumerate(samples)}
     for sel in st.get("layers") or []:
@@ -356,8 +350,7 @@ def chosen_heatmaps(root: Path, st: dict[str, Any], names, samples) -> dict[str,
 
 
 def _attention_for_tracking(out: runmod.Outputs, st: dict | None) -> pd.DataFrame | None:
-    """attention.csv rows at each model's chosen method and layer (None without a complete
-    explain)."""
+    """attention.csv rows at each model's chosen method and layer (None without explain)."""
     path = out.attention
     st = st or {}
     if not path.exists() or st.get("status") != runmod.STATUS_COMPLETE:
