@@ -1,8 +1,5 @@
-"""The explain stage's pictures, from attention.csv's rows and the saved heatmaps: the
-attention figures (drawn by :mod:`dermcam.attention_plots`, imported at first use: it
-imports matplotlib) and the report's first picture, ``figures/examples.png``
-(:func:`dermcam.pictures.examples_png`).
-"""
+"""The explain stage's pictures from attention.csv's rows and the saved heatmaps: the
+attention figures and the report's first picture, ``figures/examples.png``."""
 
 from __future__ import annotations
 
@@ -22,16 +19,14 @@ from dermcam.pictures import examples_png, pick_examples
 
 def _images_of(run: runmod.Run, out: runmod.Outputs, sel: dict[str, str], ids: set[str],
                by_id: dict[str, Any]) -> dict[str, tuple[dict, np.ndarray]]:
-    """``{image id: (cached item, saved heatmap)}`` of ``ids`` for ``sel`` (``{model,
-    method, layer}``), the heatmaps read from ``out``; ``by_id``: the samples by id."""
+    """``{image id: (cached item, saved heatmap)}`` of ``ids`` at ``sel``."""
     heats = heatmaps_by_id(out.root, sel["model"], sel["method"], sel["layer"], ids)
     return {i: (run.cache.get(by_id[i], run.image_size), heats[i]) for i in sorted(ids)}
 
 
 def attention_figures(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame, samples,
                       n_examples: int = 3) -> None:
-    """The attention figures into ``out.figures`` (``out``: the run's own outputs, or an
-    external set's, holding the heatmaps; ``samples``: the images scored)."""
+    """The attention figures into ``out.figures`` (``samples``: the images scored)."""
     figs = out.figures
     by_id = {s.image_id: s for s in samples}
     first_method = sorted(att["method"].unique())[0]
@@ -67,10 +62,7 @@ def attention_figures(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame, s
 
 def example_rows(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame, selection,
                  samples, n: int = 3) -> list[tuple[dict, list[tuple]]]:
-    """What :func:`dermcam.pictures.examples_png` draws: per ``selection`` entry (``{model,
-    method, layer}``), the ``n`` images :func:`dermcam.pictures.pick_examples` picks from
-    its ``att`` rows, as ``(kind, row, image, mask, saved heatmap)`` (``None`` for all but
-    ``kind`` where no image qualifies); ``samples``: the images scored."""
+    """What :func:`dermcam.pictures.examples_png` draws: the picks of each ``selection`` entry."""
     by_id = {s.image_id: s for s in samples}
     rows = []
     for c in selection:
@@ -91,8 +83,7 @@ def example_rows(run: runmod.Run, out: runmod.Outputs, att: pd.DataFrame, select
 
 
 def write_examples(run: runmod.Run, out: runmod.Outputs, selection, samples) -> Path:
-    """``figures/examples.png`` (:func:`dermcam.pictures.examples_png` of
-    :func:`example_rows`, from the attention.csv just written), the report's first picture."""
+    """``figures/examples.png`` from the attention.csv just written."""
     att = pd.read_csv(out.attention, dtype={"image_id": str, "model": str, "method": str,
                                             "layer": str}, keep_default_na=False,
                       na_values=[""])

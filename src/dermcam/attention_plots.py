@@ -1,18 +1,7 @@
 """Figures for the attention-leakage audit: the reference study's and size-aware ones.
 
-Each figure comes in two forms: ``build_*`` takes a per-image table (or
-arrays) and returns the :class:`~matplotlib.figure.Figure`, so tests can look at
-what was drawn; ``plot_*`` takes the same data and an output path, writes the
-built figure there atomically (a temporary file in the same folder, then
-``os.replace``) and returns the path as a :class:`pathlib.Path`. Figures are
-built on :class:`matplotlib.figure.Figure` with the Agg canvas: no pyplot, no
-window, no global state. The file format follows the path's suffix (PNG when
-there is none).
-
-Per-image tables use the columns written by the scoring stage: ``label``
-(0 benign, 1 malignant), ``leakage``, ``inside_score``, ``outside_score``,
-``lesion_area``, ``correct`` and, for grouping, ``model`` and ``method``.
-Rows with NaN in a plotted column are left out of that panel.
+``build_*`` returns the Figure (Agg canvas, no pyplot); ``plot_*`` writes it atomically and
+returns the path. Tables carry the scoring stage's columns; NaN rows leave a panel.
 """
 
 from __future__ import annotations
@@ -27,36 +16,18 @@ from matplotlib.figure import Figure
 
 from dermcam.io import save_figure
 from dermcam.leakage import CHANCE, LABEL_NAMES, METRICS, bootstrap_mean_ci, score_batch
+from dermcam.overlay import leak_overlay, unit_cam
 from dermcam.plots import new_figure
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "build_attention_summary",
-    "build_leakage_vs_accuracy",
-    "build_leakage_vs_area",
-    "build_size_aware_table",
-    "build_localisation_grid",
-    "build_example",
-    "plot_attention_summary",
-    "plot_leakage_vs_accuracy",
-    "plot_leakage_vs_area",
-    "plot_size_aware_table",
-    "plot_localisation_grid",
-    "plot_example",
-]
+__all__ = ["build_attention_summary", "build_leakage_vs_accuracy", "build_leakage_vs_area",
+           "build_size_aware_table", "build_localisation_grid", "build_example",
+           "plot_attention_summary", "plot_leakage_vs_accuracy", "plot_leakage_vs_area",
+           "plot_size_aware_table", "plot_localisation_grid", "plot_example"]
 
 CLASS_COLOURS = {0: "#1f77b4", 1: "#d62728"}  # benign blue, malignant red
 SIZE_AWARE = ("excess_leakage", "localisation_gain", "pixel_auroc", "pointing_game")
-
-
-def _figure(width: float, height: float) -> Figure:
-    return new_figure((width, height))
-
-
-def _save(fig: Figure, path, dpi: int = 150) -> Path:
-    """Write ``fig`` to ``path`` atomically and return the path."""
-    return save_figure(fig, path, dpi=dpi)
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -65,10 +36,13 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} needs column(s) {missing}; the table has {list(df.columns)}")
 
 
+def _numeric(df: pd.DataFrame, *columns: str) -> list[pd.Series]:
+    return [pd.to_numeric(df[c], errors="coerce") for c in columns]
+
+
 def _by_class(df: pd.DataFrame, column: str) -> dict[int, np.ndarray]:
     """``{0: benign values, 1: malignant values}`` with NaNs dropped."""
-    lab = pd.to_numeric(df["label"], errors="coerce")
-    x = pd.to_numeric(df[column], errors="coerce")
+    lab, x = _numeric(df, "label", column)
     return {c: x[(lab == c) & x.notna()].to_numpy(dtype=float) for c in (0, 1)}
 
 
@@ -77,16 +51,14 @@ def _no_data(ax, text: str = "no data") -> None:
 
 
 def _name_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
-    """The axis labels, then the title, of one panel."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
 
 
 def _scatter_by_class(ax, lab: pd.Series, x: pd.Series, y: pd.Series, label) -> bool:
-    """One scatter per class (benign, then malignant) of the rows where ``x`` and ``y``
-    are both defined, in the class's colour; ``label(c, n)`` names class ``c`` drawn with
-    ``n`` points. True when any point was drawn."""
+    """One scatter per class of the rows where ``x`` and ``y`` are defined; ``label(c, n)``
+    names class ``c`` with ``n`` points. True when any point was drawn."""
     drawn = False
     for c in (0, 1):
         sel = (lab == c) & x.notna() & y.notna()
@@ -97,20 +69,13 @@ def _scatter_by_class(ax, lab: pd.Series, x: pd.Series, y: pd.Series, label) -> 
     return drawn
 
 
-def build_attention_summary(df: pd.DataFrame, title: str = "Attention leakage analysis"
-                            ) -> Figure:
-    """The study's 2 x 2 figure (``attention_leakage_analysis.png``), for one table.
-
-    Panels: leakage box plot by class; leakage histogram with the mean line
-    (class means dashed); inside vs outside score scatter coloured by class, with
-    the diagonal; mean leakage per class with 95 % bootstrap CI whiskers, and the
-    class's mean chance leakage (``1 - lesion_area``) as a black tick when the
-    table has ``lesion_area``. Needs ``label``, ``leakage``, ``inside_score``,
-    ``outside_score``. Pass one model x method at a time: rows are pooled.
-    """
+def build_attention_summary(df: pd.DataFrame, title: str = "Attention leakage analysis") -> Figure:
+    """The study's 2 x 2 figure for one model x method (rows are pooled): leakage box plot
+    and histogram by class, inside vs outside score, mean leakage per class with bootstrap
+    CI (and the mean chance leakage ``1 - lesion_area`` where the table has it)."""
     _require(df, ["label", "leakage", "inside_score", "outside_score"], "plot_attention_summary")
     leak = _by_class(df, "leakage")
-    fig = _figure(11, 8.5)
+    fig = new_figure((11, 8.5))
     (ax_box, ax_hist), (ax_sc, ax_bar) = fig.subplots(2, 2)
     present = [c for c in (0, 1) if leak[c].size]
     _leakage_box_panel(ax_box, leak, present)
@@ -122,7 +87,6 @@ def build_attention_summary(df: pd.DataFrame, title: str = "Attention leakage an
 
 
 def _leakage_box_panel(ax, leak: dict[int, np.ndarray], present: list[int]) -> None:
-    """Box plot of leakage by class (``present``: the classes with values), n per class."""
     if present:
         bp = ax.boxplot([leak[c] for c in present], positions=present, widths=0.5,
                         patch_artist=True)
@@ -138,7 +102,6 @@ def _leakage_box_panel(ax, leak: dict[int, np.ndarray], present: list[int]) -> N
 
 
 def _leakage_hist_panel(ax, leak: dict[int, np.ndarray], present: list[int]) -> None:
-    """Histogram of leakage over both classes with its mean line, class means dashed."""
     allv = np.concatenate([leak[0], leak[1]])
     if allv.size:
         ax.hist(allv, bins=np.linspace(0, 1, 31), color="grey", alpha=0.6)
@@ -153,10 +116,7 @@ def _leakage_hist_panel(ax, leak: dict[int, np.ndarray], present: list[int]) -> 
 
 
 def _inside_outside_panel(ax, df: pd.DataFrame) -> None:
-    """Inside vs outside score per image, coloured by class, with the diagonal."""
-    lab = pd.to_numeric(df["label"], errors="coerce")
-    ins = pd.to_numeric(df["inside_score"], errors="coerce")
-    outs = pd.to_numeric(df["outside_score"], errors="coerce")
+    lab, ins, outs = _numeric(df, "label", "inside_score", "outside_score")
     if _scatter_by_class(ax, lab, outs, ins, lambda c, n: LABEL_NAMES[c]):
         lim = float(np.nanmax([ins.max(), outs.max(), 1e-12])) * 1.05
         ax.plot([0, lim], [0, lim], color="black", lw=1, ls=":", label="inside = outside")
@@ -168,8 +128,6 @@ def _inside_outside_panel(ax, df: pd.DataFrame) -> None:
 
 
 def _mean_leakage_panel(ax, df: pd.DataFrame, leak: dict[int, np.ndarray]) -> None:
-    """Mean leakage per class with bootstrap CI whiskers, and the class's mean chance
-    leakage where the table has ``lesion_area``."""
     means = [leak[c].mean() if leak[c].size else np.nan for c in (0, 1)]
     cis = [bootstrap_mean_ci(leak[c]) for c in (0, 1)]
     err = np.array([[m - lo if np.isfinite(lo) else 0.0, hi - m if np.isfinite(hi) else 0.0]
@@ -198,20 +156,15 @@ def _mean_leakage_panel(ax, df: pd.DataFrame, leak: dict[int, np.ndarray]) -> No
 def plot_attention_summary(df: pd.DataFrame, path, title: str = "Attention leakage analysis"
                            ) -> Path:
     """Write :func:`build_attention_summary` to ``path`` and return the path."""
-    return _save(build_attention_summary(df, title), path)
+    return save_figure(build_attention_summary(df, title), path)
 
 
 #: One marker per model (or model x method) in :func:`build_leakage_vs_accuracy`.
 MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
-#: Colour of the point over both classes.
-ALL_COLOUR = "black"
+ALL_COLOUR = "black"  # the point over both classes
 #: What "share correct" means within each group of :func:`build_leakage_vs_accuracy`.
 GROUP_NAMES = {0: "benign (specificity)", 1: "malignant (sensitivity)",
                "all": "all images (both classes)"}
-
-
-def _group_key(key) -> str:
-    return " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
 
 
 def _n_text(ns: Sequence[int]) -> str:
@@ -224,15 +177,9 @@ def build_leakage_vs_accuracy(df: pd.DataFrame,
                               title: str = "Attention leakage vs share classified correctly",
                               displays: dict[str, str] | None = None) -> Figure:
     """Per model (x method where several): mean leakage vs share classified correctly,
-    within each class and over all images.
-
-    Every model gets its own marker and every group its own colour (benign blue:
-    the share correct is the specificity; malignant red: the sensitivity; black: all
-    images), and the legend lists both, so each of the model x 3 points is named; a
-    thin grey line joins one model's points. The study's ``leakage_vs_accuracy.png``.
-    Needs ``model``, ``label``, ``leakage``, ``correct``; ``displays`` maps model
-    names to the names shown.
-    """
+    within each class (specificity, sensitivity) and over all images; a marker per model,
+    a colour per group, a grey line joining one model's classes. ``displays``: model names
+    shown."""
     _require(df, ["model", "label", "leakage", "correct"], "plot_leakage_vs_accuracy")
     displays = displays or {}
     keys = ["model"]
@@ -242,7 +189,7 @@ def build_leakage_vs_accuracy(df: pd.DataFrame,
                   _correct=df["correct"].astype(float),
                   _label=pd.to_numeric(df["label"], errors="coerce"))
     d = d[d["_leak"].notna() & d["_correct"].notna()]
-    fig = _figure(8, 6)
+    fig = new_figure((8, 6))
     ax = fig.subplots()
     if d.empty:
         _no_data(ax)
@@ -254,7 +201,7 @@ def build_leakage_vs_accuracy(df: pd.DataFrame,
     model_handles = []
     for (key, g), marker in zip(groups, MODEL_MARKERS, strict=False):
         parts = key if isinstance(key, tuple) else (key,)
-        name = _group_key((displays.get(parts[0], parts[0]), *parts[1:]))
+        name = " / ".join(str(k) for k in (displays.get(parts[0], parts[0]), *parts[1:]))
         points = {}
         for c in (0, 1, "all"):
             gc = g if c == "all" else g[g["_label"] == c]
@@ -266,8 +213,7 @@ def build_leakage_vs_accuracy(df: pd.DataFrame,
                            edgecolors="white", linewidths=0.6, zorder=3)
         if 0 in points and 1 in points:  # the point over all images lies on this segment
             ax.plot(*zip(points[0], points[1], strict=True), color="0.6", lw=0.8, zorder=1)
-        model_handles.append(ax.scatter([], [], marker=marker, s=50, color="0.45",
-                                        label=name))
+        model_handles.append(ax.scatter([], [], marker=marker, s=50, color="0.45", label=name))
     group_handles = [ax.scatter([], [], marker="o", s=50,
                                 color=ALL_COLOUR if c == "all" else CLASS_COLOURS[c],
                                 label=f"{GROUP_NAMES[c]}, {_n_text(counts[c])}")
@@ -287,31 +233,23 @@ def plot_leakage_vs_accuracy(df: pd.DataFrame, path,
                              title: str = "Attention leakage vs share classified correctly",
                              displays: dict[str, str] | None = None) -> Path:
     """Write :func:`build_leakage_vs_accuracy` to ``path`` and return the path."""
-    return _save(build_leakage_vs_accuracy(df, title, displays), path)
+    return save_figure(build_leakage_vs_accuracy(df, title, displays), path)
 
 
-def build_leakage_vs_area(df: pd.DataFrame,
-                          title: str = "Leakage vs lesion area",
+def build_leakage_vs_area(df: pd.DataFrame, title: str = "Leakage vs lesion area",
                           displays: dict[str, str] | None = None) -> Figure:
-    """Leakage against lesion area, coloured by class, with the chance line; one panel
-    per model (x method where several) when the table has a ``model`` column.
-
-    The dashed line ``leakage = 1 - area`` is what a uniform heatmap scores:
-    points below it attend to the lesion more than chance. Each panel's legend gives
-    its own n images per class (one row per image there). Needs ``label``,
-    ``leakage``, ``lesion_area``; ``displays`` maps model names to the names shown.
-    """
+    """Leakage against lesion area by class, with the chance line ``leakage = 1 - area``
+    (a uniform heatmap: points below attend to the lesion more than chance); one panel per
+    model (x method where several) when the table has ``model``."""
     _require(df, ["label", "leakage", "lesion_area"], "plot_leakage_vs_area")
     displays = displays or {}
     keys = [k for k in ("model", "method") if k in df.columns
             and (k == "model" or df[k].nunique(dropna=False) > 1)]
     panels = [(None, df)] if not keys else list(df.groupby(keys, sort=True))
-    fig = _figure(max(7.0, 5.0 * len(panels)) if len(panels) > 1 else 7, 6)
+    fig = new_figure((max(7.0, 5.0 * len(panels)) if len(panels) > 1 else 7, 6))
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True))
     for ax, (key, g) in zip(axes, panels, strict=True):
-        lab = pd.to_numeric(g["label"], errors="coerce")
-        x = pd.to_numeric(g["lesion_area"], errors="coerce")
-        y = pd.to_numeric(g["leakage"], errors="coerce")
+        lab, x, y = _numeric(g, "label", "lesion_area", "leakage")
         _scatter_by_class(ax, lab, x, y, lambda c, n: f"{LABEL_NAMES[c]} (n={n} images)")
         ax.plot([0, 1], [1, 0], color="black", ls="--", lw=1.5,
                 label="chance: uniform heatmap (1 - area)")
@@ -323,9 +261,8 @@ def build_leakage_vs_area(df: pd.DataFrame,
         ax.legend(fontsize=8)
         if key is not None:
             model = key[0] if isinstance(key, tuple) else key
-            where = [f"{g[k].iloc[0]}" for k in ("method", "layer")
-                     if k in g.columns and g[k].nunique(dropna=False) == 1]
-            where = " at ".join(where)
+            where = " at ".join(f"{g[k].iloc[0]}" for k in ("method", "layer")
+                                if k in g.columns and g[k].nunique(dropna=False) == 1)
             ax.set_title(f"{displays.get(model, model)}" + (f" ({where})" if where else ""),
                          fontsize=10)
     if keys:
@@ -335,16 +272,14 @@ def build_leakage_vs_area(df: pd.DataFrame,
     return fig
 
 
-def plot_leakage_vs_area(df: pd.DataFrame, path,
-                         title: str = "Leakage vs lesion area",
+def plot_leakage_vs_area(df: pd.DataFrame, path, title: str = "Leakage vs lesion area",
                          displays: dict[str, str] | None = None) -> Path:
     """Write :func:`build_leakage_vs_area` to ``path`` and return the path."""
-    return _save(build_leakage_vs_area(df, title, displays), path)
+    return save_figure(build_leakage_vs_area(df, title, displays), path)
 
 
 def _table_values(summary_df: pd.DataFrame, metric: str, stat: str = "mean"):
-    """(models, methods, values) for one metric from a long or wide summary table;
-    ``stat``: ``"mean"`` or ``"median"`` per model x method."""
+    """(models, methods, grid) of one metric's ``stat`` from a long or wide summary table."""
     if stat not in ("mean", "median"):
         raise ValueError(f"stat must be 'mean' or 'median', got {stat!r}")
     if "metric" in summary_df.columns:
@@ -367,7 +302,6 @@ def _table_values(summary_df: pd.DataFrame, metric: str, stat: str = "mean"):
             d = d[["model", "method", stat]]
         col = stat
     else:
-        # Wide: one row per image (or per group), the statistic taken over the rows.
         _require(summary_df, ["model", "method", metric], "plot_size_aware_table")
         d = summary_df.assign(_v=pd.to_numeric(summary_df[metric], errors="coerce"))
         d = d.groupby(["model", "method"], sort=True)["_v"].agg(stat).reset_index()
@@ -380,60 +314,48 @@ def _table_values(summary_df: pd.DataFrame, metric: str, stat: str = "mean"):
     return models, methods, grid
 
 
-#: The statistic each size-aware panel shows, as the summary's text quotes it: the
-#: uniform-attention guard and the localisation benchmark report the *median* pixel
-#: AUROC; excess leakage, localisation gain and the pointing game (a hit rate) are
-#: reported as means.
+#: The statistic each size-aware panel shows, as the summary's text quotes it (the median
+#: pixel AUROC, the means of the others).
 SIZE_AWARE_STATS = {"excess_leakage": "mean", "localisation_gain": "mean",
                     "pixel_auroc": "median", "pointing_game": "mean"}
+
+
+def _colour_range(finite: np.ndarray, chance: float | None) -> tuple[float, float]:
+    """Centred on chance where it is fixed (at least +-0.1, so noise-level differences are
+    not painted deep red vs deep green), else 0-1 for shares, else the data's range."""
+    if chance is not None:
+        dev = float(np.abs(finite - chance).max()) if finite.size else 0.0
+        half = max(dev, 0.1)
+        return chance - half, chance + half
+    if finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1):
+        return 0.0, 1.0
+    vmin, vmax = float(finite.min()), float(finite.max())
+    return (vmin - 0.5, vmax + 0.5) if vmin == vmax else (vmin, vmax)
 
 
 def build_size_aware_table(summary_df: pd.DataFrame,
                            metrics: Sequence[str] = SIZE_AWARE,
                            title: str = "Size-aware localisation scores",
                            stats: dict[str, str] | None = None) -> Figure:
-    """Model x method heat-tables of the size-aware scores, one panel per metric.
-
-    ``summary_df`` is either :func:`dermcam.leakage.summarise` output (long:
-    ``model, method, metric, mean, median`` and optionally ``label, n``) or a wide
-    table with one column per metric and one row per image. Each panel shows the
-    statistic ``stats[metric]`` (default :data:`SIZE_AWARE_STATS`: the median pixel
-    AUROC, the mean of the others), named in its title, so that the figure shows what
-    the summary's text quotes. Per-class long rows are pooled into n-weighted means;
-    a median cannot be pooled that way and raises ``ValueError``. Cells are coloured
-    green = better: centred on the metric's chance level where it is fixed
-    (``dermcam.leakage.CHANCE``, scale at least chance +- 0.1), else on a 0-1 scale
-    for shares.
-    """
+    """Model x method heat-tables of the size-aware scores, one panel per metric, each the
+    statistic ``stats[metric]`` (default :data:`SIZE_AWARE_STATS`). Per-class long rows
+    are pooled into n-weighted means (a median cannot be: ``ValueError``). Green = better."""
     metrics = list(metrics)
     if not metrics:
         raise ValueError("plot_size_aware_table needs at least one metric")
     stats = {**SIZE_AWARE_STATS, **(stats or {})}
-    fig = _figure(4.2 * len(metrics), 1.2 + 0.55 * max(
-        2, summary_df["model"].nunique() if "model" in summary_df.columns else 2))
+    fig = new_figure((4.2 * len(metrics), 1.2 + 0.55 * max(
+        2, summary_df["model"].nunique() if "model" in summary_df.columns else 2)))
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
     for ax, metric in zip(axes, metrics, strict=True):
         stat = stats.get(metric, "mean")
         models, methods, grid = _table_values(summary_df, metric, stat)
         entry = METRICS.get(metric)
-        higher = True if entry is None or entry.higher_is_better is None else \
-            entry.higher_is_better
-        cmap = "RdYlGn" if higher else "RdYlGn_r"
-        finite = grid[np.isfinite(grid)]
+        higher = True if entry is None or entry.higher_is_better is None else entry.higher_is_better
         chance = CHANCE.get(metric)
-        if chance is not None:
-            # Centred on chance; at least +-0.1 so that noise-level differences
-            # between cells are not painted as deep red vs deep green.
-            dev = float(np.abs(finite - chance).max()) if finite.size else 0.0
-            half = max(dev, 0.1)
-            vmin, vmax = chance - half, chance + half
-        elif finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1):
-            vmin, vmax = 0.0, 1.0
-        else:
-            vmin, vmax = float(finite.min()), float(finite.max())
-            if vmin == vmax:
-                vmin, vmax = vmin - 0.5, vmax + 0.5
-        ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        vmin, vmax = _colour_range(grid[np.isfinite(grid)], chance)
+        ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn" if higher else "RdYlGn_r",
+                  vmin=vmin, vmax=vmax, aspect="auto")
         for i in range(len(models)):
             for j in range(len(methods)):
                 v = grid[i, j]
@@ -441,9 +363,9 @@ def build_size_aware_table(summary_df: pd.DataFrame,
                         va="center", fontsize=9)
         ax.set_xticks(range(len(methods)), [str(m) for m in methods], rotation=30, ha="right")
         ax.set_yticks(range(len(models)), [str(m) for m in models])
-        arrow = "higher" if higher else "lower"
         sub = "" if chance is None else f", chance {chance:g}"
-        ax.set_title(f"{stat} {metric}\n({arrow} is better{sub})", fontsize=10)
+        ax.set_title(f"{stat} {metric}\n({'higher' if higher else 'lower'} is better{sub})",
+                     fontsize=10)
     fig.suptitle(title)
     return fig
 
@@ -453,7 +375,7 @@ def plot_size_aware_table(summary_df: pd.DataFrame, path,
                           title: str = "Size-aware localisation scores",
                           stats: dict[str, str] | None = None) -> Path:
     """Write :func:`build_size_aware_table` to ``path`` and return the path."""
-    return _save(build_size_aware_table(summary_df, metrics, title, stats), path)
+    return save_figure(build_size_aware_table(summary_df, metrics, title, stats), path)
 
 
 #: Hatches of :func:`build_localisation_grid`, one per reason a candidate cannot be chosen
@@ -472,8 +394,7 @@ def _passed(v) -> bool | None:
 
 
 def _chosen_cells(chosen) -> dict[str, tuple[str, str]]:
-    """``{model: (method, layer)}`` from the run's ``layer_choice`` records (or a
-    mapping already of that form)."""
+    """``{model: (method, layer)}`` from ``layer_choice`` records (or a mapping of that form)."""
     if chosen is None:
         return {}
     if isinstance(chosen, dict):
@@ -490,23 +411,9 @@ def _ink(rgba) -> str:
 def build_localisation_grid(rows, chosen=None, displays: dict[str, str] | None = None,
                             title: str = "Localisation benchmark: median pixel AUROC by "
                                          "CAM method and layer") -> Figure:
-    """The localisation benchmark as a CAM method x layer heat-grid, one panel per model.
-
-    ``rows``: the benchmark's candidates, one dict (or table row) per model x method x
-    layer with ``model, method, layer, median_pixel_auroc, ci_low`` and optionally
-    ``ci_high, undefined_share, sanity_passed, grid, n, images`` (``localisation.json``'s
-    ``rows``, or ``attention_summary.json``'s ``localisation``); methods and layers keep
-    their order of appearance (layers shallow to deep). ``chosen``: the run's
-    ``layer_choice`` records (``{model, method, layer}``) or ``{model: (method, layer)}``;
-    the chosen cell gets a thick black outline.
-
-    Cell colour and text: the median pixel AUROC, on a red-yellow-green scale from 0 to 1
-    centred on 0.5 (uniform attention). A cell that cannot be chosen
-    (:func:`dermcam.localisation.eligible`) is washed out and hatched by reason: ``//``
-    its CI lower bound is at most 0.5, ``\\\\`` its sanity check failed, ``..``
-    inconclusive or not run; a second line gives the share of undefined maps where it
-    is above :data:`dermcam.localisation.MAX_UNDEFINED`.
-    """
+    """The localisation benchmark's rows as a CAM method x layer heat-grid per model: the median
+    pixel AUROC, ``chosen`` cells outlined, cells that cannot be chosen washed out and hatched
+    by reason (:data:`GRID_HATCHES`)."""
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
@@ -518,7 +425,7 @@ def build_localisation_grid(rows, chosen=None, displays: dict[str, str] | None =
     n_rows = max(len(p[2]) for p in panels)
     n_cols = sum(len(p[3]) for p in panels)
     width = max(9.0, 2.2 + 0.95 * n_cols + 1.4 * len(panels))
-    fig = _figure(width, 2.6 + 0.5 * n_rows)
+    fig = new_figure((width, 2.6 + 0.5 * n_rows))
     axes = np.atleast_1d(fig.subplots(1, len(panels), width_ratios=[len(p[3]) for p in panels]))
     image = None
     for ax, (model, g, methods, layers) in zip(axes, panels, strict=True):
@@ -536,8 +443,6 @@ def build_localisation_grid(rows, chosen=None, displays: dict[str, str] | None =
 
 
 def _benchmark_table(rows) -> pd.DataFrame:
-    """The localisation benchmark's rows as a table; ``ValueError`` when there is none or
-    a needed column is missing."""
     df = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
     if df.empty:
         raise ValueError("plot_localisation_grid needs at least one benchmark row")
@@ -557,8 +462,7 @@ def _grid_panels(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, list[str], l
 
 
 def _draw_grid_panel(ax, g: pd.DataFrame, methods: list[str], layers: list[str], cmap, norm):
-    """One model's method x layer grid on ``ax``: the median pixel AUROC as the image and
-    each candidate's cell (:func:`_draw_grid_cell`); returns the image."""
+    """One model's method x layer grid on ``ax``; returns the image."""
     grid = np.full((len(methods), len(layers)), np.nan)
     cells = {}
     for r in g.to_dict("records"):
@@ -573,8 +477,7 @@ def _draw_grid_panel(ax, g: pd.DataFrame, methods: list[str], layers: list[str],
 
 
 def _ineligible_reasons(r) -> list[str]:
-    """Why candidate ``r`` cannot be chosen, as keys of :data:`GRID_HATCHES` in that
-    order (the share of undefined maps aside); ``[]`` when nothing stands against it."""
+    """Why candidate ``r`` cannot be chosen, as :data:`GRID_HATCHES` keys in that order."""
     lo = float(r["ci_low"]) if r["ci_low"] is not None else np.nan
     reasons = []
     if not (np.isfinite(lo) and lo > 0.5):
@@ -588,9 +491,7 @@ def _ineligible_reasons(r) -> list[str]:
 
 
 def _draw_grid_cell(ax, i: int, j: int, v: float, r, ink: str) -> None:
-    """Cell ``(i, j)`` of candidate ``r`` with value ``v``: washed out and hatched where it
-    cannot be chosen, its value in ``ink`` (black on a washed-out cell), and the share
-    of undefined maps where it is above :data:`dermcam.localisation.MAX_UNDEFINED`."""
+    """Cell ``(i, j)``: washed out and hatched where it cannot be chosen, and its value."""
     from matplotlib.patches import Rectangle
 
     from dermcam.localisation import MAX_UNDEFINED
@@ -602,8 +503,7 @@ def _draw_grid_cell(ax, i: int, j: int, v: float, r, ink: str) -> None:
                                alpha=0.55, edgecolor="none", zorder=2))
         ink = "black"
     if reasons:
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=0,
-                               edgecolor="0.35",
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=0, edgecolor="0.35",
                                hatch="".join(GRID_HATCHES[k] for k in reasons),
                                zorder=2, gid="hatch:" + ",".join(reasons)))
     ax.text(j, i, f"{v:.3f}" if np.isfinite(v) else "n/a", ha="center",
@@ -614,14 +514,11 @@ def _draw_grid_cell(ax, i: int, j: int, v: float, r, ink: str) -> None:
     if undefined > MAX_UNDEFINED:
         ax.text(j, i + 0.32, f"{undefined:.0%} undef.", ha="center", va="center",
                 fontsize=6.5, color="black", zorder=4, gid="note",
-                bbox={"boxstyle": "round,pad=0.1", "lw": 0, "fc": "white",
-                      "alpha": 0.8})
+                bbox={"boxstyle": "round,pad=0.1", "lw": 0, "fc": "white", "alpha": 0.8})
 
 
-def _mark_chosen(ax, want: tuple[str, str] | None, methods: list[str],
-                 layers: list[str]) -> str:
-    """Outline the chosen ``(method, layer)`` cell; returns the title's note where the
-    choice is not in the grid (``""`` otherwise, or without a choice)."""
+def _mark_chosen(ax, want: tuple[str, str] | None, methods: list[str], layers: list[str]) -> str:
+    """Outline the chosen cell; returns the title's note where it is not in the grid."""
     from matplotlib.patches import Rectangle
 
     if want is not None and want[0] in methods and want[1] in layers:
@@ -637,8 +534,7 @@ def _grid_axes(ax, g: pd.DataFrame, methods: list[str], layers: list[str]) -> No
     """Ticks (layers with their heatmap grid where known, methods) and white cell borders."""
     ticks = []
     for layer in layers:
-        gr = g.loc[g["layer"].astype(str) == layer, "grid"].iloc[0] \
-            if "grid" in g.columns else None
+        gr = g.loc[g["layer"].astype(str) == layer, "grid"].iloc[0] if "grid" in g.columns else None
         ok = isinstance(gr, (list, tuple, np.ndarray)) and len(gr) == 2 and gr[0]
         ticks.append(f"{layer}\n{gr[0]}\u00d7{gr[1]}" if ok else layer)
     ax.set_xticks(range(len(layers)), ticks, fontsize=8)
@@ -673,21 +569,14 @@ def plot_localisation_grid(rows, path, chosen=None, displays: dict[str, str] | N
                            title: str = "Localisation benchmark: median pixel AUROC by "
                                         "CAM method and layer") -> Path:
     """Write :func:`build_localisation_grid` to ``path`` and return the path."""
-    return _save(build_localisation_grid(rows, chosen, displays, title), path)
+    return save_figure(build_localisation_grid(rows, chosen, displays, title), path)
 
 
-def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray,
-                  title: str = "") -> Figure:
-    """Four panels for one image: image, heatmap (jet overlay), mask, leak overlay.
-
-    ``image`` ``(H, W, 3) uint8``, ``cam`` ``(H, W)`` non-negative, ``mask`` ``(H, W)``
-    bool/0-1, all at the same ``H, W``. In the last panel red shows attention
-    outside the lesion (leaked) and green attention on it, with opacity following
-    the heatmap; the title gives the leakage (or why it is undefined).
-    """
-    image = np.asarray(image)
-    cam = np.asarray(cam)
-    mask = np.asarray(mask)
+def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, title: str = "") -> Figure:
+    """Four panels for one image: image, heatmap (jet overlay), mask, leak overlay (red:
+    attention off the lesion, green: on it). ``image (H, W, 3) uint8``, ``cam (H, W)``
+    non-negative, ``mask (H, W)`` bool/0-1; the title gives the leakage."""
+    image, cam, mask = np.asarray(image), np.asarray(cam), np.asarray(mask)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got shape {image.shape} "
                          f"dtype {image.dtype}")
@@ -702,25 +591,16 @@ def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray,
     if np.isfinite(values["excess_leakage"][0]):
         leak_text += (f" (chance {values['chance_leakage'][0]:.1%}, "
                       f"excess {values['excess_leakage'][0]:+.1%})")
-
-    c = np.nan_to_num(cam.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
-    peak = c.max()
-    cn = c / peak if peak > 0 else c
+    cn = unit_cam(cam)
     img = image.astype(np.float64) / 255.0
 
     from matplotlib import colormaps
 
-    jet = colormaps["jet"](cn)[..., :3]
-    heat = 0.5 * img + 0.5 * jet
-    alpha = (0.85 * cn)[..., None]
-    colour = np.where(m[..., None], np.array([0.0, 0.8, 0.0]), np.array([0.9, 0.0, 0.0]))
-    grey = img.mean(axis=2, keepdims=True) * 0.6
-    leak_overlay = grey * (1 - alpha) + colour * alpha
-
-    fig = _figure(14, 4.2)
+    heat = 0.5 * img + 0.5 * colormaps["jet"](cn)[..., :3]
+    fig = new_figure((14, 4.2))
     axes = fig.subplots(1, 4)
     panels = [(image, "image"), (heat, "heatmap (jet)"), (m, "lesion mask"),
-              (leak_overlay, "red = leaked, green = on lesion")]
+              (leak_overlay(img, m, cn), "red = leaked, green = on lesion")]
     for ax, (arr, name) in zip(axes, panels, strict=True):
         if arr.ndim == 2:
             ax.imshow(arr, cmap="gray", vmin=0, vmax=1)
@@ -738,4 +618,4 @@ def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray,
 def plot_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, path,
                  title: str = "") -> Path:
     """Write :func:`build_example` to ``path`` and return the path."""
-    return _save(build_example(image, cam, mask, title), path)
+    return save_figure(build_example(image, cam, mask, title), path)

@@ -1,7 +1,5 @@
-"""Which layer (and, with ``--methods auto``, which CAM method) the explain stage explains
-each trained model at: ``--layer`` parsed, the named layers checked, and the
-localisation benchmark (:mod:`dermcam.localisation`) run or reused where it decides.
-"""
+"""Which layer (and, with ``--methods auto``, which CAM method) explain uses per model:
+``--layer`` parsed and checked, the localisation benchmark run or reused where it decides."""
 
 from __future__ import annotations
 
@@ -14,12 +12,8 @@ from dermcam.localisation import benchmark_rows, choose
 
 
 def parse_layer_spec(spec: str | dict | None, names) -> dict[str, str]:
-    """``--layer`` -> ``{model: choice}``; a choice is ``auto``, ``last`` or a layer name.
-
-    ``auto`` (the default) runs the localisation benchmark; ``last`` is the study's layer
-    (the last convolutional block); ``NAME`` applies one layer to every model;
-    ``resnet18=layer2,mobilenet_v2=features.13`` names one per model (others: auto).
-    """
+    """``--layer`` -> ``{model: auto | last | layer name}``: one choice for every model, or
+    ``resnet18=layer2,mobilenet_v2=features.13`` per model (others: auto)."""
     if isinstance(spec, dict):
         return {n: spec.get(n, "auto") for n in names}
     spec = (spec or "auto").strip()
@@ -41,11 +35,8 @@ def parse_layer_spec(spec: str | dict | None, names) -> dict[str, str]:
 def resolve_layers(run: runmod.Run, names, methods, spec, bench_methods=None,
                    bench_images: int = 64, normalize="minmax", target="malignant",
                    n_boot: int = 1000) -> tuple[list[dict[str, str]], list]:
-    """``(selection [{model, method, layer, reason}], benchmark rows)``.
-
-    ``methods`` may be ``["auto"]``: then each model's method is chosen with its layer,
-    over ``bench_methods``, by the localisation benchmark.
-    """
+    """``(selection [{model, method, layer, reason}], benchmark rows)``; ``methods ==
+    ["auto"]`` chooses each model's method with its layer, over ``bench_methods``."""
     choice = parse_layer_spec(spec, names)
     auto_method = list(methods) == ["auto"]
     loaded = {name: run.load_model(name)[:2] for name in names}
@@ -78,10 +69,7 @@ def _check_layer_names(loaded, choice: dict[str, str]) -> None:
 
 def _select_layers(name: str, info, c: str, methods, mine: list[dict], first_bench: str
                    ) -> list[dict[str, str]]:
-    """Model ``name``'s ``{model, method, layer, reason}`` rows for layer choice ``c``
-    (``reason``: :data:`dermcam.localisation.CHOICE_REASONS`), from
-    its benchmark rows ``mine`` where the benchmark decides (``methods == ["auto"]``: the
-    method too, defaulting to ``first_bench``)."""
+    """Model ``name``'s ``{model, method, layer, reason}`` rows for layer choice ``c``."""
     if list(methods) == ["auto"]:
         if c != "auto":
             raise DermcamError("--methods auto chooses the layer too; drop --layer or "

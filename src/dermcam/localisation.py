@@ -1,29 +1,8 @@
 """The localisation benchmark: which CAM method, at which depth, localises the lesion.
 
-The depth of the hooked layer decides, as much as the method, whether a heatmap says
-anything: at a 64 px input the last block of ResNet18, EfficientNet-B0 and
-MobileNet-V2 is 2 x 2, and its maps are barely better than uniform attention. For a
-trained model this module scores every method x candidate layer on images with lesion
-masks (by default the run's *validation* images, so the choice is not made on the test
-images the audit then reports):
-
-* median pixel AUROC (lesion vs background pixels; 0.5 = uniform attention) with a
-  95 % bootstrap CI over images, and ``better_than_uniform`` (CI above 0.5);
-* the share of undefined maps (all zero after ReLU, or constant);
-* the model-randomisation sanity check (Adebayo et al. 2018) against freshly
-  initialised copies of the architecture (:func:`dermcam.sanity.sanity_verdict`);
-* time per image.
-
-:func:`choose` then picks, per model and method, the best *defensible* layer: the
-highest median pixel AUROC among candidates that beat uniform attention, leave at most
-5 % of maps undefined and pass the sanity check (with a reason code).
-
-Over a run, :func:`benchmark_rows` draws the images (:func:`benchmark_images`), scores
-every trained model (:func:`localisation_benchmark`) and keeps the rows in
-``localisation.json`` with the settings they were computed under, reusing them while the
-settings match.
-
-Shape contracts: ``x (N, 3, S, S)`` normalised input, ``masks (N, S, S)`` bool.
+At a 64 px input the last block of ResNet18 is 2 x 2 and its maps barely beat uniform, so
+every method x candidate layer is scored on masked *validation* images and :func:`choose`
+picks the best defensible one (docs/attention.md). ``x (N, 3, S, S)``, ``masks (N, S, S)``.
 """
 
 from __future__ import annotations
@@ -77,12 +56,9 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
                      ) -> dict[tuple[str, str], np.ndarray]:
     """Heatmaps ``{(layer, method): (N, size, size)}`` from one forward and one backward.
 
-    Every candidate layer is hooked at once; the graph is re-rooted at the shallowest
-    (parameters frozen), so one backward pass of the explained logits yields each
-    layer's gradient. pytorch-grad-cam's own ``get_cam_image`` turns activations and
-    gradients into maps, then the post-processing is :class:`CamExplainer`'s (ReLU,
-    min-max or raw, resize; EigenCAM oriented), so the maps equal one
-    ``CamExplainer`` run per layer and method (tested), at a fraction of the cost.
+    Every layer is hooked at once and the graph re-rooted at the shallowest (parameters
+    frozen), so one backward pass yields each layer's gradient; the maps equal one
+    :class:`CamExplainer` run per layer and method (tested), at a fraction of the cost.
     """
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -93,7 +69,6 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
         raise ValueError(f"model has no layer(s) {missing}")
     acts: dict[str, torch.Tensor] = {}
     grads: dict[str, torch.Tensor] = {}
-    handles = []
 
     def hook(name):
         def fn(_m, _i, out):
@@ -110,8 +85,7 @@ def multi_layer_cams(model, layers: Sequence[str], methods: Sequence[str], x,
     model.eval()
     for p in params:
         p.requires_grad_(False)
-    for name in order:
-        handles.append(model.get_submodule(name).register_forward_hook(hook(name)))
+    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in order]
     try:
         with torch.enable_grad():
             logits = model(x)
@@ -152,13 +126,9 @@ def score_candidates(model, name: str, layers: Sequence[str], methods: Sequence[
                      random_models: Sequence = (), normalize: str = "minmax",
                      n_boot: int = 1000, seed: int = 0, images: str = "validation"
                      ) -> list[dict[str, Any]]:
-    """Score every ``method`` x ``layer`` of one trained model on ``x`` against ``masks``.
-
-    ``classes`` ``(N,)`` are the classes the heatmaps explain (the same for the trained
-    and the random models). ``random_models``: randomly initialised copies of the
-    architecture for the sanity check (none: the check is skipped). Returns one
-    JSON-ready dict per candidate.
-    """
+    """One JSON-ready row per ``method`` x ``layer`` of one trained model, scored on ``x``
+    against ``masks``; ``classes (N,)``: the classes explained (the same for the
+    ``random_models``, the sanity check's nulls; none: the check is skipped)."""
     grid = layer_grid(model, layers, x.shape[-1])
     t0 = time.perf_counter()
     trained = multi_layer_cams(model, layers, methods, x, classes, size, normalize)
@@ -203,23 +173,17 @@ def eligible(row: dict[str, Any], max_undefined: float = MAX_UNDEFINED) -> bool:
             and row.get("sanity_passed") is True)
 
 
-#: Why a layer was chosen (``layer_choice[*]["reason"]``): the best eligible candidate
-#: of the benchmark, the study's layer because none was eligible (its maps are not to be
-#: read spatially), the study's layer as asked (``--layer last``/``study``), the user's.
+#: Why a layer was chosen (``layer_choice[*]["reason"]``): the best eligible candidate, the
+#: study's layer because none was (not to be read spatially), the study's layer as asked
+#: (``--layer last``/``study``), the user's.
 CHOICE_REASONS = ("best_eligible", "none_eligible", "study_layer", "user_layer")
 
 
 def choose(rows: Sequence[dict[str, Any]], default_layer: str, default_method: str,
            max_undefined: float = MAX_UNDEFINED) -> tuple[str, str, str]:
-    """``(method, layer, reason)`` for one model, from its benchmark ``rows``.
-
-    ``rows``: that model's candidates (one method, or several when the method is chosen
-    too), each method's layers in shallow-to-deep order. Among the eligible ones (see
-    :func:`eligible`) the highest median pixel AUROC wins (ties go to the deeper layer,
-    nearer the decision): reason ``"best_eligible"``. With none eligible,
-    ``default_method`` at the study's ``default_layer`` is kept: ``"none_eligible"``
-    (:data:`CHOICE_REASONS`; the rows say why each candidate was not eligible).
-    """
+    """``(method, layer, reason)`` for one model from its benchmark ``rows`` (layers shallow
+    to deep): the eligible candidate with the highest median pixel AUROC (ties to the
+    deeper layer, nearer the decision), else ``default_method`` at ``default_layer``."""
     ok = [r for r in rows if eligible(r, max_undefined)]
     if not ok:
         return default_method, default_layer, "none_eligible"
@@ -229,14 +193,9 @@ def choose(rows: Sequence[dict[str, Any]], default_layer: str, default_method: s
 
 
 def uniform_guard(df, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Do one model x method x layer's maps beat uniform attention on the audited images?
-
-    ``df``: attention.csv rows with ``pixel_auroc`` and ``excess_leakage``. The maps beat
-    uniform attention when the median pixel AUROC's 95 % CI lies above 0.5 *and* the mean
-    excess leakage's CI lies below 0 (``better_than_uniform``; ``auroc_above_chance`` and
-    ``excess_below_zero`` say which part holds). Otherwise leakage and its class
-    comparison should not be read spatially.
-    """
+    """Do one model x method x layer's maps (attention.csv rows) beat uniform attention?
+    Yes when the median pixel AUROC's 95 % CI lies above 0.5 *and* the mean excess
+    leakage's below 0; otherwise leakage should not be read spatially."""
     auroc = np.asarray(df["pixel_auroc"], dtype=np.float64)
     excess = np.asarray(df["excess_leakage"], dtype=np.float64)
     med, lo, hi = median_ci(auroc, n_boot, seed)
@@ -244,8 +203,7 @@ def uniform_guard(df, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     ex_lo, ex_hi = bootstrap_mean_ci(excess, n_boot, seed)
     auroc_ok = bool(np.isfinite(lo) and lo > 0.5)
     excess_ok = bool(np.isfinite(ex_hi) and ex_hi < 0)
-    better = auroc_ok and excess_ok
-    return {"better_than_uniform": better, "median_pixel_auroc": med,
+    return {"better_than_uniform": auroc_ok and excess_ok, "median_pixel_auroc": med,
             "pixel_auroc_ci": [lo, hi], "mean_excess_leakage": ex,
             "excess_leakage_ci": [ex_lo, ex_hi], "n": int(np.isfinite(auroc).sum()),
             "auroc_above_chance": auroc_ok, "excess_below_zero": excess_ok}
@@ -255,11 +213,9 @@ def artifact_ratios(df, artifacts: Sequence[str], n_boot: int = 1000, seed: int 
                     ) -> list[dict[str, Any]]:
     """Heatmap mass on each artifact relative to its area (1 = uniform), with a 95 % CI.
 
-    ``df``: one model x method x layer's attention.csv rows with ``artifact_<a>`` (0/1),
-    ``mass_<a>`` (share of heatmap mass on the artifact's pixels) and ``area_<a>`` (share
-    of the image it covers). On the images that carry the artifact:
-    ``ratio = mean(mass) / mean(area)`` (a ratio of means, stable where single artifacts
-    are tiny), CI by bootstrap over images. ``attends`` is True when the CI lies above 1.
+    ``df``: attention.csv rows with ``artifact_<a>`` (0/1), ``mass_<a>`` and ``area_<a>``.
+    On the images carrying it, ``ratio = mean(mass) / mean(area)`` (a ratio of means,
+    stable where single artifacts are tiny); ``attends`` when the CI lies above 1.
     """
     rows = []
     for a in artifacts:
@@ -288,9 +244,7 @@ def artifact_ratios(df, artifacts: Sequence[str], n_boot: int = 1000, seed: int 
 
 
 def artifact_test_images(run, artifact: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(images, artifact maps, code)``: a run's masked test images that carry
-    ``artifact`` (per-pixel artifact maps, as the synthetic benchmark writes), at the run's
-    input size, ``(N, H, W, 3) uint8`` and ``(N, H, W)`` codes; ``code`` is the artifact's."""
+    """``(images, artifact maps, code)``: a run's masked test images carrying ``artifact``."""
     code = ARTIFACTS.index(artifact) + 1
     items = [run.cache.get(s, run.image_size) for s in run.test_samples(require_masks=True)]
     keep = [it for it in items if it["artifacts"] is not None and (it["artifacts"] == code).any()]
@@ -304,10 +258,8 @@ def artifact_ratio_at(model, method: str, layer: str, images: np.ndarray, maps: 
                       code: int, artifact: str, target: str = "malignant",
                       n_boot: int = 1000, seed: int = 0,
                       threshold: float | None = None) -> dict[str, Any]:
-    """:func:`artifact_ratios` of ``model``'s ``method`` maps at ``layer`` on ``images``
-    (computed here, not read from attention.csv): for comparing methods and layers, or a
-    model with its weights re-initialised, on the same images. ``threshold``: with
-    ``target="predicted"``, the run's decision threshold (as explain uses it)."""
+    """:func:`artifact_ratios` of ``model``'s ``method`` maps at ``layer``, computed here on
+    ``images`` (to compare methods, layers or re-initialised weights on the same images)."""
     import pandas as pd
     import torch
 
@@ -322,20 +274,11 @@ def artifact_ratio_at(model, method: str, layer: str, images: np.ndarray, maps: 
 
 def paired_artifact_ratio(df, control, artifact: str, n_boot: int = 1000, seed: int = 0
                           ) -> dict[str, Any]:
-    """How much more heatmap mass one model puts on an artifact than a control, on the
-    same images: ``relative = mean(mass) / mean(mass_control)`` over the images both
-    audited that carry it (their artifact areas are the same pixels, so this is the ratio
-    of the two models' mass/area ratios), with a paired percentile bootstrap CI over
-    images. ``more_than_control`` is True when the CI lies above 1.
-
-    An artifact's ratio against uniform attention (:func:`artifact_ratios`) can exceed 1
-    for a model trained without the shortcut: its features may still respond to the
-    artifact (the seed-0 demo's control ResNet18 puts 1.98x the rulers' share of its
-    layer1 map on them, where the same network with random weights puts 1.0-1.2x:
-    ``benchmarks/bench_artifact_null.py``), and random weights alone can put somewhat more
-    than the share on a dark band. Against a control trained without the shortcut, that
-    shared pull cancels. ``df`` and ``control``: attention.csv rows of one model x method x layer
-    each, with ``image_id``, ``artifact_<a>``, ``mass_<a>`` and ``area_<a>``.
+    """How much more heatmap mass a model puts on an artifact than a control on the same
+    images: ``relative = mean(mass) / mean(mass_control)`` with a paired bootstrap CI;
+    ``more_than_control`` when it lies above 1. A model trained without the shortcut can
+    exceed 1 against uniform attention too (features respond to the artifact:
+    ``benchmarks/bench_artifact_null.py``); against such a control that shared pull cancels.
     """
     cols = [f"artifact_{artifact}", f"mass_{artifact}", f"area_{artifact}"]
     out: dict[str, Any] = {"artifact": artifact, "n": 0, "relative": np.nan,
@@ -366,8 +309,7 @@ def paired_artifact_ratio(df, control, artifact: str, n_boot: int = 1000, seed: 
 
 
 def masked_test_set(run: runmod.Run) -> AuditSet:
-    """The run's own masked test images (the explain stage's, heatmaps and scores in the
-    run folder; the benchmark's images where validation images are too few)."""
+    """The run's own masked test images (the explain stage's)."""
     return AuditSet.open(run).at("explain", masks=True, missing=(
         "no test images with lesion masks: attention leakage needs masks"))
 
@@ -386,8 +328,7 @@ def validation_samples(run: runmod.Run) -> list:
 
 
 def benchmark_images(run: runmod.Run, test_samples, n: int, seed: int) -> tuple[list, str]:
-    """``(samples, "validation" or "test")``: images for the localisation benchmark,
-    validation images with masks, else ``test_samples``."""
+    """``(samples, "validation" or "test")``: masked validation images where enough, else test."""
     val = validation_samples(run)
     if len(val) >= min(n, 16):
         pool, where = val, "validation"
@@ -401,16 +342,12 @@ def benchmark_images(run: runmod.Run, test_samples, n: int, seed: int) -> tuple[
 
 
 def random_copies(model, k: int, seed: int) -> list:
-    """``k`` randomised copies of ``model``: the nulls of the reported sanity check
-    (:func:`dermcam.sanity.randomised_copies`, same seeds), so that a layer chosen for
-    passing it on validation images is judged as the final check judges it."""
+    """``k`` randomised copies of ``model``: the reported sanity check's nulls (same seeds)."""
     return [m.eval() for m in randomised_copies(model, k, seed)]
 
 
 def target_classes(model, x, target, labels, threshold) -> np.ndarray:
-    """The classes ``(N,)`` the heatmaps of ``x`` explain under explain's ``--target``:
-    the true ``labels``, malignant, or the class predicted at ``threshold`` (on calibrated
-    probabilities, as the threshold was chosen on them)."""
+    """The classes ``(N,)`` explained under ``--target``: true, malignant or predicted."""
     import torch
 
     if target == "true":
@@ -426,8 +363,7 @@ def target_classes(model, x, target, labels, threshold) -> np.ndarray:
 def localisation_benchmark(run: runmod.Run, names, methods, n_images: int = 64,
                            n_inits: int = 2, normalize: str = "minmax", target="malignant",
                            n_boot: int = 1000) -> list[dict[str, Any]]:
-    """Every model x method x candidate layer scored on masked validation images (on the
-    CPU)."""
+    """Every model x method x candidate layer scored on masked validation images (CPU)."""
     size, seed = run.image_size, run.seed
     test_samples = masked_test_set(run).samples
     samples, where = benchmark_images(run, test_samples, n_images, seed)
@@ -445,9 +381,8 @@ def localisation_benchmark(run: runmod.Run, names, methods, n_images: int = 64,
 
 def benchmark_rows(run: runmod.Run, names, methods, n_images: int, normalize: str,
                    target: str, n_boot: int) -> list[dict[str, Any]]:
-    """:func:`localisation_benchmark`'s rows, reused from ``localisation.json`` when it was
-    computed for the same models, methods, image count, normalisation and target, else
-    computed and saved there."""
+    """:func:`localisation_benchmark`'s rows, reused from ``localisation.json`` while its
+    key (models, methods, image count, normalisation, target) matches, else computed."""
     key = {"models": list(names), "methods": list(methods), "n_images": int(n_images),
            "normalize": normalize, "target": target}
     rows = _saved_rows(run, key)
@@ -460,12 +395,8 @@ def benchmark_rows(run: runmod.Run, names, methods, n_images: int, normalize: st
 
 def _saved_rows(run: runmod.Run, key: dict[str, Any]) -> list[dict[str, Any]] | None:
     path = run.outputs.localisation
-    if not path.exists():
-        return None
     try:
-        saved = read_json(path)
+        saved = read_json(path) if path.exists() else {}
     except Exception:
         return None
-    if saved.get("key") != key:
-        return None
-    return saved["rows"]
+    return saved["rows"] if saved.get("key") == key else None

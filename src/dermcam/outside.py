@@ -1,16 +1,7 @@
 """Audit a classifier trained anywhere: its file (or module) in, an ordinary dermcam run out.
 
-    dermcam audit model.pt --arch resnet18 --data data/isic2016 --out runs/mine
-
-or, from Python, ``dermcam.audit(model, "data/isic2016", out="runs/mine")``. The model is
-read safely (:func:`dermcam.weight_files.read_weights`: state dicts of any training framework,
-TorchScript; never a pickle), its head and preprocessing are fitted to dermcam's contract
-(two logits [benign, malignant] on ImageNet-normalised input,
-:func:`dermcam.models.attach_io`), its threshold and calibration are chosen on the
-validation part of the data's training split (the part ``dermcam train`` holds out, same
-seed), and the run then goes through evaluate, explain (the localisation benchmark, the
-sanity check), probe and report as a trained run does. Afterwards it is an ordinary run:
-``dermcam explain RUN --layer ...``, ``dermcam probe RUN ...``, ``dermcam report RUN``.
+Read safely (never a pickle), fitted to dermcam's contract, threshold and calibration
+chosen on validation, then evaluate, explain, probe and report (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -55,8 +46,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Reading", "audit", "import_model", "load_outside", "read_module"]
 
-#: The probes of an audit (every one a trained run gets by default; hot spots follow
-#: explain; the context swap needs artifact labels).
+#: Placements per painted artifact in an audit's probes.
 AUDIT_PLACEMENTS = 2
 
 
@@ -64,11 +54,9 @@ AUDIT_PLACEMENTS = 2
 class Reading:
     """How an outside model's file and outputs are read, recorded in the run.
 
-    ``malignant``: the output classes that are malignant: one logit needs none (P =
-    sigmoid(z)); two default to ``(1,)``; K > 2 must be named (their softmax
-    probabilities are summed). ``mean``/``std``: the model's input normalisation (None:
-    ImageNet's, or a timm architecture's own defaults). ``resize``: squash or
-    shorter-side-crop. ``threshold``: None chooses Youden's on validation.
+    ``malignant``: the malignant output classes (one logit: none; two: ``(1,)`` by default;
+    K > 2 must be named, their softmax probabilities summed). ``mean``/``std``: None for
+    ImageNet's or a timm model's own; ``threshold``: None chooses Youden's on validation.
     """
 
     arch: str
@@ -168,10 +156,8 @@ def _build(reading: Reading, state: dict, where):
 
 
 def load_outside(weights: str | Path, reading: Reading):
-    """An outside model file -> ``(model, info, io, source)``: ``model`` fitted to dermcam's
-    contract, ``io`` its head and normalisation, ``source`` what the run records of the
-    file (path, SHA-256, form, architecture, how its outputs are read). Every problem is
-    one :class:`DermcamError` naming the file."""
+    """An outside model file -> ``(model, info, io, source)``: the fitted model, its head and
+    normalisation, what the run records of the file; problems are one-line errors."""
     path = Path(weights)
     if not path.is_file():
         raise DermcamError("weights file not found" if not path.exists() else
@@ -185,10 +171,8 @@ def load_outside(weights: str | Path, reading: Reading):
 
 
 def read_module(module, reading: Reading | None = None, **options):
-    """A ``torch.nn.Module`` in memory -> ``(model, info, io, source)`` as
-    :func:`load_outside`: its weights are copied into a fresh ``arch`` (given, or found:
-    a timm model's own name, else the torchvision architecture whose parameters match),
-    so later stages can rebuild it from the run's checkpoint."""
+    """A ``torch.nn.Module`` -> ``(model, info, io, source)`` as :func:`load_outside`, its
+    weights copied into a fresh ``arch`` so later stages can rebuild it from the checkpoint."""
     if reading is None:
         reading = Reading(arch=options.pop("arch", None) or infer_arch(module), **options)
     where = f"model {type(module).__name__}"
@@ -201,9 +185,8 @@ def read_module(module, reading: Reading | None = None, **options):
 
 
 def infer_arch(module) -> str:
-    """A module's architecture name: timm's own record, else the torchvision model of the
-    same class whose parameter names and shapes (head aside) match, built on the meta
-    device (no memory, no weights)."""
+    """A module's architecture: timm's own record, else the torchvision model of its class
+    whose parameter shapes (head aside) match, built on the meta device (no memory)."""
     import torch
     from torchvision import models as tvm
 
@@ -227,7 +210,7 @@ def infer_arch(module) -> str:
 
 
 def _check_same_outputs(script, model, size: int, path, arch: str) -> None:
-    """The TorchScript module and ``arch`` with its weights give the same logits (Grad-CAM
+    """Refuse a TorchScript file whose logits differ from ``arch`` with its weights (Grad-CAM
     needs the Python module, so the file's weights run in ``arch``)."""
     import torch
 
@@ -253,22 +236,15 @@ def _check_same_outputs(script, model, size: int, path, arch: str) -> None:
                            "plain model's state_dict instead", path)
 
 
-def _model_key(arch: str) -> str:
-    return arch.replace("timm:", "timm-")
-
-
 def import_model(model, info, io: dict, source: dict, data: str | Path, out: str | Path,
                  reading: Reading, overwrite: bool = False, progress=None) -> runmod.Run:
-    """Make the run folder ``out`` for an outside model: its manifest (as training writes
-    one), its ``model.pt`` with the head, normalisation and source recorded, and the
-    threshold and calibration chosen on the validation part of ``data``'s training split
-    (``reading.threshold`` given: that one). Returns the run."""
+    """Make the run folder ``out`` for an outside model and return the run."""
     t0 = time.perf_counter()
     ds = load_dataset(data)
     train_samples, test_samples = ds.split("train"), ds.split("test")
     if not test_samples:
         raise DermcamError("the data set has no test split to audit", data)
-    name = _model_key(reading.arch)
+    name = reading.arch.replace("timm:", "timm-")
     cfg = TrainConfig(data=str(data), out=str(out), models=[name], weights=source["form"],
                       image_size=reading.image_size, max_epochs=0, seed=reading.seed,
                       val_fraction=reading.val_fraction, cache_dir=reading.cache_dir,
@@ -329,16 +305,9 @@ def audit(model, data: str | Path, out: str | Path, *, arch: str | None = None,
           say=None, progress_bar=None) -> runmod.Run:
     """The full audit of a model trained anywhere, into the run folder ``out``.
 
-    ``model``: a weights file (state dict of any training framework, TorchScript) or a
-    ``torch.nn.Module`` in memory; ``arch`` names its architecture (torchvision's
-    ``resnet18``, timm's ``timm:convnext_tiny``; found by itself for a module).
-    ``data``: a data folder of any layout dermcam reads: its test split is audited, its
-    training split's validation part chooses the threshold, calibration and CAM layer.
-    ``malignant``: the malignant output classes (see :class:`Reading`). Then evaluate
-    (``by`` subgroups), explain (the localisation benchmark chooses method and layer; the
-    sanity check), every probe (``placements`` per painted artifact; the context swap
-    with ``artifact_labels``; hot spots) and the report. Returns the run; its findings
-    are ``dermcam.findings.read_findings(run.dir)``.
+    ``model``: a weights file or a ``torch.nn.Module``; ``arch``: its architecture (found by
+    itself for a module). ``data``: its test split is audited, its validation part chooses the
+    threshold, calibration and CAM layer. Returns the run.
     """
     say = say or (lambda *a: None)
     bar = progress_bar or (lambda desc: contextlib.nullcontext())

@@ -1,15 +1,7 @@
 """Pure image perturbations the probes are made of: each changes only the pixels it names.
 
-Painted: the lesion inpainted away, the background flattened to the skin's colour, the
-synthetic generator's artifacts painted in or inpainted out. Real pixels: a lesion moved
-onto another image's surroundings (:func:`swap_context`), and the off-lesion regions a
-heatmap marks (:func:`hot_regions`) inpainted away or moved into another image
-(:func:`transplant`), each against a random region of the same shapes
-(:func:`random_like`). Images are ``(H, W, 3) uint8``, masks ``(H, W)`` bool. OpenCV is
-imported at first use.
-
-:func:`perturb` makes every variant a :class:`PerturbConfig` asks for of one image, in a
-fixed order, each placement from its own seeded generator.
+Images ``(H, W, 3) uint8``, masks ``(H, W)`` bool; OpenCV imported at first use.
+:func:`perturb` makes every variant of one image, each placement from its own seeded rng.
 """
 
 from __future__ import annotations
@@ -41,11 +33,8 @@ def check_image(image: np.ndarray, mask: np.ndarray) -> None:
 
 
 def dilate_mask(mask: np.ndarray, fraction: float = DILATE_FRACTION) -> np.ndarray:
-    """``(H, W)`` mask -> ``(H, W) bool`` dilated by ``max(1, round(fraction * side))`` pixels.
-
-    An elliptical structuring element (OpenCV), so the margin is round, not square.
-    ``fraction=0`` returns the mask itself as ``bool``.
-    """
+    """``(H, W)`` mask -> ``(H, W) bool`` dilated by ``max(1, round(fraction * side))`` pixels
+    with an elliptical element (a round margin); ``fraction=0``: the mask itself."""
     import cv2
 
     m = np.asarray(mask).astype(bool)
@@ -61,16 +50,11 @@ def dilate_mask(mask: np.ndarray, fraction: float = DILATE_FRACTION) -> np.ndarr
 def inpaint(image: np.ndarray, region: np.ndarray, method: str = "telea",
             radius: float | None = None) -> np.ndarray:
     """Fill ``region`` of ``image`` from its surroundings; pixels outside stay bit-identical.
-
-    ``image``: ``(H, W, 3) uint8``; ``region``: ``(H, W) bool``. ``method``: ``telea``
-    (Telea 2004, :data:`cv2.INPAINT_TELEA`) or ``ns`` (Navier-Stokes). ``radius``: the
-    neighbourhood each filled pixel is estimated from, :data:`INPAINT_RADIUS` pixels by
-    default (OpenCV's usual 3; larger radii cost quadratically more and blur more).
-    """
+    ``method``: ``telea`` (Telea 2004) or ``ns`` (Navier-Stokes); ``radius`` defaults to
+    :data:`INPAINT_RADIUS` (larger radii cost quadratically more and blur more)."""
     import cv2
 
-    image = np.asarray(image)
-    region = np.asarray(region, bool)
+    image, region = np.asarray(image), np.asarray(region, bool)
     check_image(image, region)
     if method not in INPAINT_METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; choose from "
@@ -87,15 +71,10 @@ def inpaint(image: np.ndarray, region: np.ndarray, method: str = "telea",
 
 def skin_colour(image: np.ndarray, exclude: np.ndarray,
                 artifacts: np.ndarray | None = None) -> np.ndarray:
-    """The median colour ``(3,) uint8`` of an image's own skin.
-
-    Skin is every pixel outside ``exclude`` (the dilated lesion), minus known artifact
-    pixels (``artifacts`` codes > 0), dark pixels (luminance below half the median, e.g.
-    vignette corners) and near-saturated ones (a channel >= 250). Falls back to all
-    pixels outside ``exclude``, then to the whole image, when too few remain.
-    """
-    image = np.asarray(image)
-    exclude = np.asarray(exclude, bool)
+    """The median colour ``(3,) uint8`` of an image's own skin: outside ``exclude``, minus
+    artifact pixels, dark ones (vignette corners) and near-saturated ones, falling back to
+    all pixels outside ``exclude``, then the whole image, when too few remain."""
+    image, exclude = np.asarray(image), np.asarray(exclude, bool)
     check_image(image, exclude)
     lum = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     outside = ~exclude
@@ -120,8 +99,7 @@ def remove_lesion(image: np.ndarray, region: np.ndarray, method: str = "telea") 
 def remove_background(image: np.ndarray, region: np.ndarray,
                       artifacts: np.ndarray | None = None) -> np.ndarray:
     """Everything outside ``region`` (the dilated lesion) set to the image's skin colour."""
-    image = np.asarray(image)
-    region = np.asarray(region, bool)
+    image, region = np.asarray(image), np.asarray(region, bool)
     out = image.copy()
     out[~region] = skin_colour(image, region, artifacts)
     return out
@@ -129,17 +107,13 @@ def remove_background(image: np.ndarray, region: np.ndarray,
 
 def insert_artifact(image: np.ndarray, region: np.ndarray, name: str,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Artifact ``name`` painted outside ``region`` by the synthetic generator's painter.
-
-    Returns ``(image (H, W, 3) uint8, changed (H, W) bool)``; ``region`` stays bit-identical.
-    """
+    """Artifact ``name`` painted outside ``region``: ``(image, changed (H, W) bool)``."""
     return paint_artifact(image, region, name, rng)
 
 
 def remove_artifact(image: np.ndarray, artifact_pixels: np.ndarray, keep: np.ndarray,
                     method: str = "telea") -> np.ndarray:
-    """Inpaint ``artifact_pixels`` (grown by one pixel to catch anti-aliased edges), never
-    touching ``keep`` (the lesion)."""
+    """Inpaint ``artifact_pixels`` (grown by one pixel for anti-aliased edges), never ``keep``."""
     import cv2
 
     px = np.asarray(artifact_pixels, bool)
@@ -147,14 +121,8 @@ def remove_artifact(image: np.ndarray, artifact_pixels: np.ndarray, keep: np.nda
     return inpaint(image, grown & ~np.asarray(keep, bool), method)
 
 
-
-
-# ------------------------------------------------------------------ real pixels
-
-
 def lesion_geometry(mask: np.ndarray) -> tuple[float, float, float]:
-    """``(area share, centre row, centre column)`` of an ``(H, W)`` mask, the centre as a
-    fraction of the side; NaN for an empty mask."""
+    """``(area share, centre row, centre column)`` of a mask as fractions; NaN when empty."""
     m = np.asarray(mask, bool)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
@@ -169,12 +137,10 @@ def lesion_geometry(mask: np.ndarray) -> tuple[float, float, float]:
 COLOUR_SCALE = 20.0
 
 
-def skin_ring(image: np.ndarray, mask: np.ndarray, feather: float = DILATE_FRACTION
-              ) -> np.ndarray:
-    """``(3,)`` mean CIELAB colour (OpenCV's 8-bit scale) of the skin ring around a lesion:
-    outside its mask dilated by ``feather``, inside it dilated by 6 x ``feather`` (the
-    whole image's mean when the ring is empty). Where a moved lesion meets its new
-    surroundings, so donors can be matched on it."""
+def skin_ring(image: np.ndarray, mask: np.ndarray, feather: float = DILATE_FRACTION) -> np.ndarray:
+    """``(3,)`` mean CIELAB colour (OpenCV's 8-bit scale) of the skin ring between the mask
+    dilated by ``feather`` and by 6 x ``feather`` (the whole image where the ring is empty):
+    where a moved lesion meets its new surroundings, so donors are matched on it."""
     import cv2
 
     image, m = np.asarray(image), np.asarray(mask, bool)
@@ -185,11 +151,9 @@ def skin_ring(image: np.ndarray, mask: np.ndarray, feather: float = DILATE_FRACT
 
 
 def match_donors(geometry: np.ndarray, i: int, pool: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` images of ``pool`` (indices, never ``i``) closest to image ``i``: distance
-    ``|log(area_i / area_j)| + |centre_i - centre_j|`` over ``geometry`` rows ``(area,
-    centre row, centre column)`` of :func:`lesion_geometry`, plus, where rows go on with
-    the :func:`skin_ring` colour, ``|colour_i - colour_j| / COLOUR_SCALE``; ties by index.
-    ``(<= k,)`` indices."""
+    """The ``k`` indices of ``pool`` (never ``i``) closest to image ``i``: distance
+    ``|log(area_i / area_j)| + |centre_i - centre_j|`` (+ ``|colour_i - colour_j| /
+    COLOUR_SCALE`` where ``geometry`` rows carry the :func:`skin_ring` colour); ties by index."""
     geometry = np.asarray(geometry, np.float64)
     pool = np.asarray([j for j in pool if j != i], np.int64)
     if pool.size == 0:
@@ -203,17 +167,11 @@ def match_donors(geometry: np.ndarray, i: int, pool: np.ndarray, k: int) -> np.n
 
 def swap_context(image: np.ndarray, mask: np.ndarray, canvas: np.ndarray,
                  feather: float = DILATE_FRACTION) -> np.ndarray:
-    """``image``'s lesion on ``canvas``'s surroundings: ``(H, W, 3) uint8``.
-
-    Pixels inside ``mask`` are ``image``'s exactly; a band of ``feather`` x the side around
-    it blends the two (a Gaussian ramp, so the seam is no sharp cue); everything beyond
-    twice that is ``canvas``'s exactly (another image with its own lesion inpainted away:
-    :func:`swap_canvas`).
-    """
+    """``image``'s lesion (exactly) on ``canvas``'s surroundings (:func:`swap_canvas`),
+    blended over a Gaussian ramp ``feather`` x the side wide so the seam is no sharp cue."""
     import cv2
 
-    image, canvas = np.asarray(image), np.asarray(canvas)
-    m = np.asarray(mask, bool)
+    image, canvas, m = np.asarray(image), np.asarray(canvas), np.asarray(mask, bool)
     check_image(image, m)
     if canvas.shape != image.shape:
         raise ValueError(f"canvas must be {image.shape}, got {canvas.shape}")
@@ -233,23 +191,17 @@ def swap_canvas(donor: np.ndarray, donor_mask: np.ndarray, feather: float = DILA
     return inpaint(donor, dilate_mask(donor_mask, feather), method)
 
 
-#: :func:`hot_regions`: candidate pixels are the top share of the heatmap over the whole
-#: image; the regions kept cover at most ``HOT_BUDGET`` of it; a component under
-#: ``HOT_MIN`` of the image is speckle and left out.
+#: :func:`hot_regions`: the heatmap's top share, the most of the image kept, and the
+#: smallest component (speckle below it is left out).
 HOT_TOP, HOT_BUDGET, HOT_MIN = 0.10, 0.08, 0.002
 
 
 def hot_regions(heatmap: np.ndarray, mask: np.ndarray, feather: float = DILATE_FRACTION,
                 top: float = HOT_TOP, budget: float = HOT_BUDGET,
                 min_share: float = HOT_MIN) -> np.ndarray:
-    """The off-lesion regions holding the most heatmap mass: ``(H, W) bool``.
-
-    Candidates are the pixels in the top ``top`` share of ``heatmap`` (resized to the
-    mask's shape if it differs) that lie outside the lesion dilated by twice ``feather``;
-    their 8-connected components of at least ``min_share`` of the image are taken in order
-    of heatmap mass while their union stays within ``budget`` of the image. Empty when
-    the heatmap's top pixels are all on or next to the lesion.
-    """
+    """The off-lesion regions holding the most heatmap mass: ``(H, W) bool``. The 8-connected
+    components of the top ``top`` share outside the lesion dilated by ``2 * feather`` (at
+    least ``min_share`` each), taken by mass while their union stays within ``budget``."""
     import cv2
 
     m = np.asarray(mask, bool)
@@ -275,16 +227,15 @@ def _components(region: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(rows, cols)`` of each 8-connected component of ``region``, in OpenCV's order."""
     import cv2
 
-    n, comp = cv2.connectedComponents(np.asarray(region, bool).astype(np.uint8),
-                                      connectivity=8)
+    n, comp = cv2.connectedComponents(np.asarray(region, bool).astype(np.uint8), connectivity=8)
     return [np.nonzero(comp == c) for c in range(1, n)]
 
 
 def random_shifts(region: np.ndarray, allowed: np.ndarray, rng: np.random.Generator,
                   tries: int = 200) -> list[tuple[int, int]] | None:
-    """One random shift ``(rows, cols)`` per component of ``region`` that puts it wholly
-    inside ``allowed``, off ``region`` and off the components already placed; None when a
-    component finds no place in ``tries``. :func:`shift` draws the moved region."""
+    """One random shift ``(rows, cols)`` per component of ``region`` putting it wholly inside
+    ``allowed``, off ``region`` and the components already placed; None when one does not fit
+    in ``tries``."""
     region, allowed = np.asarray(region, bool), np.asarray(allowed, bool)
     free = allowed & ~region
     height, width = region.shape
@@ -314,11 +265,8 @@ def shift(region: np.ndarray, shifts: list[tuple[int, int]]) -> np.ndarray:
 
 def transplant(source: np.ndarray, target: np.ndarray, region: np.ndarray,
                read: list[tuple[int, int]] | None = None) -> np.ndarray:
-    """``target`` with ``source``'s pixels pasted, exactly, onto ``region``: ``(H, W, 3)
-    uint8``. Each component of ``region`` takes the pixels of the same shape in
-    ``source`` shifted by ``read`` (:func:`random_shifts`; by default in place)."""
-    source, target = np.asarray(source), np.asarray(target)
-    region = np.asarray(region, bool)
+    """``target`` with ``source``'s pixels pasted exactly onto ``region`` (shifted by ``read``)."""
+    source, target, region = np.asarray(source), np.asarray(target), np.asarray(region, bool)
     check_image(source, region)
     if target.shape != source.shape:
         raise ValueError(f"target must be {source.shape}, got {target.shape}")
@@ -331,11 +279,9 @@ def transplant(source: np.ndarray, target: np.ndarray, region: np.ndarray,
     return out
 
 
-# ------------------------------------------------------------------ the probes' variants
-
+#: Probe names, in the order they run and are reported.
 PROBES: tuple[str, ...] = ("lesion_removed", "background_removed", "artifact_inserted",
                            "artifact_removed")
-"""Probe names, in the order they run and are reported."""
 
 #: Probes that run only when asked for: the context swap needs per-image artifact labels.
 OPTIONAL_PROBES: tuple[str, ...] = ("context_swap", "hot_spots")
@@ -427,13 +373,9 @@ class Clock:
 
 def perturb(image: np.ndarray, mask: np.ndarray, artifacts: np.ndarray | None, image_id: str,
             cfg: PerturbConfig, clock: Clock | None = None) -> list[Variant]:
-    """Every perturbation ``cfg`` asks for of one image, in a fixed order.
-
-    ``image (S, S, 3) uint8``, ``mask (S, S)`` lesion, ``artifacts (S, S) uint8`` codes
-    (``index + 1`` into the generator's artifact list, 0 none) or None.
-    """
-    image = np.asarray(image)
-    mask = np.asarray(mask).astype(bool)
+    """Every perturbation ``cfg`` asks for of one image, in a fixed order; ``artifacts (S, S)``
+    codes (``index + 1`` into the generator's list, 0 none) or None."""
+    image, mask = np.asarray(image), np.asarray(mask).astype(bool)
     check_image(image, mask)
     region = dilate_mask(mask, cfg.dilate)
     n_px = float(mask.size)

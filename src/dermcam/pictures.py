@@ -1,12 +1,8 @@
 """Pictures of heatmaps over images, drawn with numpy and PIL at panel resolution.
 
-The report gallery's strip (:func:`render_strip`), the explain stage's per-model examples
-(:func:`examples_png`, ``figures/examples.png``) and the demo's planted-shortcut picture
-(:func:`render_shortcut_example`, ``figures/shortcut_example.png``). Image and heatmap are
-resized to the panel first and the lesion outline traced on the resized mask, so the border
-stays a crisp one-pixel line; matplotlib's figures (:mod:`dermcam.attention_plots`) cannot
-promise that, hence PIL here. Text in DejaVu Sans, the font matplotlib ships (found on disk,
-matplotlib is not imported); Pillow's own font where it is missing. No pyplot.
+Image and heatmap are resized to the panel first and the outline traced on the resized
+mask, so the border stays a crisp one-pixel line (matplotlib cannot promise that). Text in
+matplotlib's bundled DejaVu Sans, found without importing matplotlib.
 """
 
 from __future__ import annotations
@@ -20,13 +16,13 @@ import pandas as pd
 
 from dermcam.config import NEGLIGIBLE_DELTA
 from dermcam.formatting import MINUS, fmt_num
-from dermcam.overlay import jet, outline
+from dermcam.overlay import jet, leak_overlay, outline, unit_cam
 
 #: Gallery strip: edge of one panel and the gap between panels (px).
 PANEL = 112
 _GAP = 4
 #: Per-model examples: panel edge, gap inside an image | heatmap pair, gap between pairs,
-#: outer margin (px). With ``n=3``: 3 pairs of 180 px panels, 1168 px wide.
+#: outer margin (px).
 EX_PANEL = 180
 EX_GAP = 4
 EX_PAIR_GAP = 24
@@ -81,8 +77,7 @@ def _panel(arr: np.ndarray, size: int, nearest: bool = False):
 
 
 def _to_png(canvas) -> bytes:
-    """Lossless RGB PNG: a 256-colour palette (as the strips use) bands the heatmaps'
-    gradients visibly at this size, and these are the report's first pictures."""
+    """Lossless RGB PNG: a 256-colour palette bands the heatmaps' gradients at this size."""
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -90,23 +85,15 @@ def _to_png(canvas) -> bytes:
 
 def render_strip(cam: np.ndarray, image: np.ndarray | None = None,
                  mask: np.ndarray | None = None, panel: int = PANEL) -> bytes:
-    """PNG bytes of one gallery strip.
-
-    ``cam`` ``(H, W)`` non-negative heatmap; ``image`` ``(H, W, 3) uint8`` and
-    ``mask`` ``(H, W)`` bool/0-1 at the same size, or ``None``. With both, four
-    panels: image, heatmap over the image (jet, white lesion outline), mask, and
-    the leak overlay (red = heatmap outside the lesion, green = inside, opacity
-    following the heatmap). Without them, the heatmap alone. Stored as a
-    256-colour palette PNG.
-    """
+    """PNG bytes of one gallery strip: with ``image (H, W, 3) uint8`` and ``mask (H, W)``,
+    image | heatmap over it | mask | leak overlay (red off the lesion, green on it); without
+    them the ``cam (H, W)`` alone."""
     from PIL import Image
 
     cam = np.asarray(cam, dtype=np.float64)
     if cam.ndim != 2:
         raise ValueError(f"cam must be (H, W), got shape {cam.shape}")
-    c = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
-    peak = c.max()
-    cn = c / peak if peak > 0 else c
+    cn = unit_cam(cam)
     if image is None or mask is None:
         panels = [_panel(jet(cn), panel)]
     else:
@@ -118,10 +105,7 @@ def render_strip(cam: np.ndarray, image: np.ndarray | None = None,
         img = image.astype(np.float64) / 255.0
         edge = outline(m)[..., None] if (m.any() and not m.all()) else np.zeros(m.shape + (1,), bool)
         heat = np.where(edge, 1.0, 0.5 * img + 0.5 * jet(cn))
-        alpha = (0.85 * cn)[..., None]
-        colour = np.where(m[..., None], np.array([0.0, 0.8, 0.0]), np.array([0.9, 0.0, 0.0]))
-        grey = img.mean(axis=2, keepdims=True) * 0.6
-        leak = np.where(edge, 1.0, grey * (1 - alpha) + colour * alpha)
+        leak = np.where(edge, 1.0, leak_overlay(img, m, cn))
         panels = [_panel(image, panel), _panel(heat, panel),
                   _panel(np.repeat(m[..., None], 3, axis=2).astype(np.float64), panel, True),
                   _panel(leak, panel)]
@@ -136,13 +120,9 @@ def render_strip(cam: np.ndarray, image: np.ndarray | None = None,
 
 
 def heat_panel(cam: np.ndarray, image: np.ndarray, mask: np.ndarray | None, size: int):
-    """A ``size`` x ``size`` PIL image: the heatmap (jet, scaled to its maximum) blended
-    half and half over the image, with the lesion border as a white line.
-
-    ``cam`` ``(H, W)``, ``image`` ``(H, W, 3) uint8``, ``mask`` ``(H, W)`` bool or None (no
-    line). All three are resized to ``size`` first (bilinear; the mask thresholded at 0.5
-    after resizing) and the border traced there, so it stays one pixel wide.
-    """
+    """A ``size`` x ``size`` PIL image: the heatmap (jet, scaled to its maximum) blended half
+    and half over the image, the lesion border (``mask``, or None) traced in white after
+    resizing so it stays one pixel wide."""
     from PIL import Image
 
     cam = np.asarray(cam, dtype=np.float64)
@@ -150,12 +130,9 @@ def heat_panel(cam: np.ndarray, image: np.ndarray, mask: np.ndarray | None, size
     if cam.ndim != 2 or image.shape != cam.shape + (3,):
         raise ValueError(f"cam must be (H, W) and image (H, W, 3) at its size, got "
                          f"{cam.shape} and {image.shape}")
-    c = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
-    c = c / c.max() if c.max() > 0 else c
-    img = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((size, size),
-                                                                    Image.BILINEAR))
-    cz = np.asarray(Image.fromarray(c.astype(np.float32)).resize((size, size),
-                                                                Image.BILINEAR))
+    c = unit_cam(cam)
+    img = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((size, size), Image.BILINEAR))
+    cz = np.asarray(Image.fromarray(c.astype(np.float32)).resize((size, size), Image.BILINEAR))
     out = 0.5 * img.astype(np.float64) / 255.0 + 0.5 * jet(np.clip(cz, 0, 1))
     if mask is not None:
         m = np.asarray(mask, dtype=np.float32)
@@ -167,9 +144,6 @@ def heat_panel(cam: np.ndarray, image: np.ndarray, mask: np.ndarray | None, size
     return _panel(out, size)
 
 
-# ------------------------------------------------------------------ per-model examples
-
-
 def _class_name(label: Any) -> str:
     try:
         return {0: "benign", 1: "malignant"}[int(label)]
@@ -177,32 +151,21 @@ def _class_name(label: Any) -> str:
         return "unknown class"
 
 
-def _median_row(rows: pd.DataFrame, column: str) -> dict[str, Any] | None:
-    """The row at the lower median of ``column`` (finite values only; ties by image id)."""
-    v = pd.to_numeric(rows[column], errors="coerce")
+def _ranked_row(rows: pd.DataFrame, v: pd.Series, at) -> dict[str, Any] | None:
+    """The row at ``at(n)`` of the ``n`` rows sorted by finite ``v``, ties by image id; or None."""
     keep = np.isfinite(v.to_numpy(np.float64))
     ok = rows.loc[keep].assign(_v=v.to_numpy()[keep])  # values: an empty frame takes no index
     if ok.empty:
         return None
     ok = ok.assign(_id=ok["image_id"].astype(str)).sort_values(["_v", "_id"], kind="stable")
-    return ok.iloc[(len(ok) - 1) // 2].drop(["_v", "_id"]).to_dict()
+    return ok.iloc[at(len(ok))].drop(["_v", "_id"]).to_dict()
 
 
 def pick_examples(att: pd.DataFrame, n: int = 3) -> list[tuple[str, dict[str, Any] | None]]:
-    """The images :func:`examples_png` shows for one model at one method and layer.
-
-    ``att``: attention.csv rows of that model, method and layer. Returns ``n`` (1-3)
-    ``(kind, row or None)`` pairs, kinds in :data:`EXAMPLE_KINDS` order:
-
-    1. ``malignant``: among malignant images classified malignant (``pred == label``) with
-       a defined pixel AUROC, the one at the lower median of pixel AUROC;
-    2. ``benign``: the same among benign images classified benign;
-    3. ``misclassified``: among images whose ``pred`` differs from ``label``, the one with
-       the highest excess leakage (leakage minus the uniform heatmap's, ``1 - lesion
-       area``: the gallery's measure, fair to small lesions).
-
-    Ties go to the smaller image id; ``None`` where no image qualifies.
-    """
+    """The ``n`` (1-3) ``(kind, row or None)`` picks :func:`examples_png` shows from one model
+    x method x layer's attention.csv rows: the correctly called malignant, then benign,
+    image at the lower median of pixel AUROC, and the misclassified image with the highest
+    excess leakage (fair to small lesions). Ties go to the smaller image id."""
     if not 1 <= n <= len(EXAMPLE_KINDS):
         raise ValueError(f"n must be 1 to {len(EXAMPLE_KINDS)}, got {n}")
     lab = pd.to_numeric(att["label"], errors="coerce")
@@ -211,32 +174,22 @@ def pick_examples(att: pd.DataFrame, n: int = 3) -> list[tuple[str, dict[str, An
     for kind, _ in EXAMPLE_KINDS[:n]:
         if kind == "misclassified":
             wrong = att[(lab != pred) & lab.notna() & pred.notna()]
-            ex = pd.to_numeric(wrong["excess_leakage"], errors="coerce")
-            keep = np.isfinite(ex.to_numpy(np.float64))
-            ok = wrong.loc[keep].assign(_v=-ex.to_numpy()[keep],
-                                        _id=wrong["image_id"].astype(str).to_numpy()[keep])
-            row = (ok.sort_values(["_v", "_id"], kind="stable").iloc[0]
-                   .drop(["_v", "_id"]).to_dict() if len(ok) else None)
+            row = _ranked_row(wrong, -pd.to_numeric(wrong["excess_leakage"], errors="coerce"),
+                              lambda k: 0)  # the highest excess leakage
         else:
             cls = int(kind == "malignant")
-            row = _median_row(att[(lab == cls) & (pred == cls)], "pixel_auroc")
+            ok = att[(lab == cls) & (pred == cls)]
+            row = _ranked_row(ok, pd.to_numeric(ok["pixel_auroc"], errors="coerce"),
+                              lambda k: (k - 1) // 2)  # the lower median
         out.append((kind, row))
     return out
 
 
 def examples_png(rows, names: dict[str, str] | None = None) -> bytes:
-    """PNG bytes of the per-model examples, one row per model at a method and layer.
-
-    ``rows``: ``[(choice, cells)]``, ``choice`` a ``{model, method, layer}`` dict and
-    ``cells`` the :func:`pick_examples` picks as ``(kind, row, image (S, S, 3) uint8,
-    mask (S, S) or None, cam (S, S))`` (``row`` and the arrays None where no image
-    qualifies; the explain stage gathers them). Each pick is drawn as image | heatmap over
-    the image with the lesion border in white, captioned with its id, true class,
-    P(malignant) and pixel AUROC; ``names``: display names of the models. With ``n``
-    picks per row, ``2 * EX_MARGIN + n * (2 * EX_PANEL + EX_GAP) + (n - 1) * EX_PAIR_GAP``
-    wide (1168 px for ``n = 3``); ``2 * EX_MARGIN + EX_HEADING`` high plus ``EX_TITLE +
-    EX_LABEL + EX_PANEL + EX_CAPTION`` per row.
-    """
+    """PNG bytes of the per-model examples, one row per ``(choice, cells)`` of ``rows``:
+    ``choice`` a ``{model, method, layer}`` dict, ``cells`` the :func:`pick_examples` picks
+    as ``(kind, row, image, mask, cam)`` (None where no image qualifies), each drawn as image
+    | heatmap with a caption. 1168 px wide for 3 picks."""
     from PIL import Image, ImageDraw
 
     n = max((len(cells) for _, cells in rows), default=1)
@@ -269,16 +222,12 @@ def examples_png(rows, names: dict[str, str] | None = None) -> bytes:
             canvas.paste(heat_panel(cam, image, mask, EX_PANEL), (x + EX_PANEL + EX_GAP, py))
             cy = py + EX_PANEL + 4
             truth = _class_name(r.get("label"))
-            called = "" if kind != "misclassified" else \
-                f", called {_class_name(r.get('pred'))}"
+            called = "" if kind != "misclassified" else f", called {_class_name(r.get('pred'))}"
             draw.text((x, cy), f"{r['image_id']} · {truth}{called}", font=_font(13), fill=_INK)
             draw.text((x, cy + 17), f"P(malignant) {fmt_num(r.get('prob_malignant'), 2)} · "
                       f"pixel AUROC {fmt_num(r.get('pixel_auroc'), 2)}", font=_font(13),
                       fill=_INK)
     return _to_png(canvas)
-
-
-# ------------------------------------------------------------------ planted shortcut
 
 
 def _lines(text: str, width: int, font) -> list[str]:
@@ -296,12 +245,9 @@ def _lines(text: str, width: int, font) -> list[str]:
 
 
 def render_shortcut_example(case) -> bytes:
-    """PNG bytes of a :class:`dermcam.demo.ShortcutCase`: one row per model (control, then
-    shortcut), each the image with the pasted artifact | its heatmap over it with the
-    lesion border in white, beside the model's P(malignant) before -> after the paste (red
-    where the change reaches the probes' negligible margin) and the decision at its
-    threshold; under the rows, the rule that picked the image. 802 px wide (``SC_TEXT`` +
-    two ``SC_PANEL`` panels), about 600 px high."""
+    """PNG bytes of a :class:`dermcam.demo.ShortcutCase`: per model (control, then shortcut)
+    the pasted image | its heatmap, beside P(malignant) before -> after the paste and the
+    decisions; under the rows, the rule that picked the image."""
     from PIL import Image, ImageDraw
 
     titles = {"control": "Control", "shortcut": "Shortcut model"}
@@ -333,7 +279,6 @@ def render_shortcut_example(case) -> bytes:
                   fill=(170, 0, 0) if abs(after - before) >= NEGLIGIBLE_DELTA else _INK)
         draw.text((x, y + 112), f"change {fmt_num(after - before, 2, sign=True, minus=MINUS)}",
                   font=_font(13), fill=_INK)
-
         called = ["malignant" if p >= r["threshold"] else "benign" for p in (before, after)]
         draw.text((x, y + 130), f"decision at threshold {fmt_num(r['threshold'], 2)}: "
                   f"{called[0]} → {called[1]}", font=_font(13), fill=_INK)

@@ -1,16 +1,8 @@
 """Figures for the evaluation: model comparison, confusion matrix, ROC/PR, calibration, training.
 
-Each figure comes in two forms. ``build_*`` takes the ``metrics.json`` dict of
-:func:`dermcam.evaluation.evaluate_predictions` (or plain arrays/DataFrames) and
-returns the :class:`~matplotlib.figure.Figure`, so tests and notebooks can look
-at what was drawn. ``plot_*`` takes the same data and a path, writes the built
-figure there and returns the path as a :class:`pathlib.Path`. The format comes
-from the path's suffix (``.png``, ``.pdf``, ``.svg``).
-
-Figures are built with :class:`matplotlib.figure.Figure` on the Agg canvas, never
-through ``pyplot``: no global figure state, no windows, nothing to close, safe
-in worker threads. Files are written atomically (a temporary file in the same
-folder, then ``os.replace``), so a crash never leaves a half-written image.
+``build_*`` takes the ``metrics.json`` dict (or arrays/DataFrames) and returns the Figure;
+``plot_*`` writes it atomically to a path whose suffix picks the format and returns the path.
+Figures use the Agg canvas, never pyplot: no global state, safe in worker threads.
 """
 
 from __future__ import annotations
@@ -31,42 +23,27 @@ from matplotlib.figure import Figure
 from dermcam.formatting import fmt_ci_entry, metric_label
 from dermcam.io import save_figure as _save_atomic
 
-__all__ = [
-    "new_figure",
-    "save_figure",
-    "build_model_comparison",
-    "build_confusion_matrix",
-    "build_roc_curves",
-    "build_pr_curves",
-    "build_reliability",
-    "build_training_history",
-    "plot_model_comparison",
-    "plot_confusion_matrix",
-    "plot_roc_curves",
-    "plot_pr_curves",
-    "plot_reliability",
-    "plot_training_history",
-]
+__all__ = ["new_figure", "save_figure", "build_model_comparison", "build_confusion_matrix",
+           "build_roc_curves", "build_pr_curves", "build_reliability",
+           "build_training_history", "plot_model_comparison", "plot_confusion_matrix",
+           "plot_roc_curves", "plot_pr_curves", "plot_reliability", "plot_training_history"]
 
 logger = logging.getLogger(__name__)
 
 _DPI = 150
-#: Tick labels wider than this are broken at spaces over lines, so a long metric name
-#: (``spec_at_95_sens``) does not run into its neighbours' labels.
+#: Tick labels are wrapped at this width so a long metric name does not hit its neighbours.
 _TICK_WIDTH = 20
 
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
-    """A figure with its own Agg canvas (no pyplot state: nothing is shown, nothing
-    leaks between calls) and constrained layout; every dermcam plot starts here."""
+    """A constrained-layout figure on its own Agg canvas; every dermcam plot starts here."""
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = _DPI) -> Path:
-    """Write ``fig`` to ``path`` atomically; the format is the path's suffix
-    (:func:`dermcam.io.save_figure`)."""
+    """Write ``fig`` to ``path`` atomically (:func:`dermcam.io.save_figure`)."""
     return _save_atomic(fig, path, dpi=dpi)
 
 
@@ -89,30 +66,20 @@ def _label(name: str, entry: Mapping[str, Any]) -> str:
     return str(entry.get("display_name", name))
 
 
-def _metric_tick(key: str) -> str:
-    """The tick label of metric ``key``: its short label in
-    :data:`dermcam.formatting.METRIC_LABELS` (a ``KeyError`` naming the known keys for
-    an unknown one), broken over lines of at most ``_TICK_WIDTH`` characters."""
-    return textwrap.fill(metric_label(key, short=True), _TICK_WIDTH)
+def _unit_square(ax: Any) -> None:
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
 
 
-# --------------------------------------------------------------------------- comparison
-
-
-def build_model_comparison(
-    result: Mapping[str, Any],
-    metrics: Sequence[str] = ("accuracy", "f1_benign", "f1_malignant"),
-    at: str = "at_threshold",
-) -> Figure:
-    """Grouped bars per metric, one bar per model, 95 % CI whiskers.
-
-    The reference study's figure (accuracy and per-class F1), made honest: each
-    bar carries its bootstrap interval and the all-benign baseline is drawn as a
-    dashed line across each metric group. ``at``: ``"at_threshold"`` or
-    ``"at_0.5"``; threshold-free metrics (``roc_auc`` ...) may be listed too.
-    """
+def build_model_comparison(result: Mapping[str, Any],
+                           metrics: Sequence[str] = ("accuracy", "f1_benign", "f1_malignant"),
+                           at: str = "at_threshold") -> Figure:
+    """Grouped bars per metric, one bar per model, 95 % CI whiskers, and the all-benign
+    baseline dashed across each group. ``at``: ``"at_threshold"`` or ``"at_0.5"``;
+    threshold-free metrics may be listed too."""
     models = _models(result)
-    ticks = [_metric_tick(m) for m in metrics]  # an unknown metric fails before drawing
+    # an unknown metric fails (KeyError) before drawing
+    ticks = [textwrap.fill(metric_label(m, short=True), _TICK_WIDTH) for m in metrics]
     baseline = result.get("baselines", {}).get("all_benign", {})
     n_m, n_k = len(models), len(metrics)
     width = 0.8 / n_m
@@ -122,33 +89,29 @@ def build_model_comparison(
         x = np.arange(n_k) - 0.4 + width * (i + 0.5)
         _draw_model_bars(ax, x, width, _values_and_whiskers(entry, metrics, at), f"C{i}",
                          _label(name, entry))
-    _draw_baseline(ax, baseline, metrics)
+    drew_baseline = False  # one legend entry for the baseline
+    for j, metric in enumerate(metrics):
+        v = _num(baseline.get(metric, {}).get("value"))
+        if math.isfinite(v):
+            ax.hlines(v, j - 0.45, j + 0.45, colors="0.2", linestyles="--", linewidth=1.2,
+                      label=None if drew_baseline else "All-benign baseline")
+            drew_baseline = True
     ax.set_xticks(np.arange(n_k), ticks)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("Score (95 % CI)")
     test = result.get("test", {})
     where = "validation-chosen threshold" if at == "at_threshold" else "threshold 0.5"
-    ax.set_title(
-        f"Test set: n = {test.get('n', '?')}, {test.get('n_malignant', '?')} malignant ({where})",
-        fontsize=10,
-    )
-    ax.legend(
-        fontsize=8,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.08),
-        ncols=min(n_m + 1, 4),
-        frameon=False,
-    )
+    ax.set_title(f"Test set: n = {test.get('n', '?')}, {test.get('n_malignant', '?')} "
+                 f"malignant ({where})", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08),
+              ncols=min(n_m + 1, 4), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
 
-def _values_and_whiskers(
-    entry: Mapping[str, Any], metrics: Sequence[str], at: str
-) -> tuple[list[float], list[float], list[float]]:
-    """One model's value of each metric (threshold-free where the model has it, else
-    from ``entry[at]``) and its whiskers' lengths below and above (0 where the CI's end
-    is not finite)."""
+def _values_and_whiskers(entry: Mapping[str, Any], metrics: Sequence[str], at: str
+                         ) -> tuple[list[float], list[float], list[float]]:
+    """One model's value per metric and its whiskers below and above (0 at a non-finite end)."""
     vals, los, his = [], [], []
     for metric in metrics:
         block = entry["threshold_free"] if metric in entry["threshold_free"] else entry[at]
@@ -160,81 +123,32 @@ def _values_and_whiskers(
     return vals, los, his
 
 
-def _draw_model_bars(
-    ax: Any,
-    x: np.ndarray,
-    width: float,
-    values: tuple[list[float], list[float], list[float]],
-    color: str,
-    label: str,
-) -> None:
-    """One model's bars at ``x`` with CI whiskers (``values``: from
-    :func:`_values_and_whiskers`), each value printed inside its bar."""
+def _draw_model_bars(ax: Any, x: np.ndarray, width: float,
+                     values: tuple[list[float], list[float], list[float]], color: str,
+                     label: str) -> None:
+    """One model's bars at ``x`` with CI whiskers, each value printed inside its bar."""
     vals, los, his = values
-    ax.bar(
-        x,
-        vals,
-        width,
-        color=color,
-        label=label,
-        yerr=np.vstack([los, his]),
-        capsize=3,
-        error_kw={"elinewidth": 1},
-    )
+    ax.bar(x, vals, width, color=color, label=label, yerr=np.vstack([los, his]), capsize=3,
+           error_kw={"elinewidth": 1})
     for xi, v in zip(x, vals, strict=True):
         if math.isfinite(v) and v >= 0.12:  # value printed inside the bar, clear of whiskers
-            ax.text(
-                xi,
-                0.02,
-                f"{v:.3f}",
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                rotation=90,
-                color="white",
-            )
+            ax.text(xi, 0.02, f"{v:.3f}", ha="center", va="bottom", fontsize=7, rotation=90,
+                    color="white")
 
 
-def _draw_baseline(ax: Any, baseline: Mapping[str, Any], metrics: Sequence[str]) -> None:
-    """The all-benign baseline's value as a dashed line across each metric's group (one
-    legend entry)."""
-    drew_baseline = False
-    for j, metric in enumerate(metrics):
-        v = _num(baseline.get(metric, {}).get("value"))
-        if math.isfinite(v):
-            ax.hlines(
-                v,
-                j - 0.45,
-                j + 0.45,
-                colors="0.2",
-                linestyles="--",
-                linewidth=1.2,
-                label=None if drew_baseline else "All-benign baseline",
-            )
-            drew_baseline = True
-
-
-def plot_model_comparison(
-    result: Mapping[str, Any],
-    path: str | os.PathLike[str],
-    metrics: Sequence[str] = ("accuracy", "f1_benign", "f1_malignant"),
-    at: str = "at_threshold",
-) -> Path:
+def plot_model_comparison(result: Mapping[str, Any], path: str | os.PathLike[str],
+                          metrics: Sequence[str] = ("accuracy", "f1_benign", "f1_malignant"),
+                          at: str = "at_threshold") -> Path:
     """Write :func:`build_model_comparison` to ``path`` and return the path."""
     return save_figure(build_model_comparison(result, metrics, at), path)
 
 
-# --------------------------------------------------------------------------- confusion matrix
-
-
 def build_confusion_matrix(cm: Any, labels: Sequence[str], title: str | None = None) -> Figure:
-    """Confusion matrix ``(K, K)`` (rows = true, columns = predicted) with counts
-    and row percentages; the colour is the row-normalised rate."""
+    """Confusion matrix ``(K, K)`` (rows true): counts and row percentages, coloured by rate."""
     cm = np.asarray(cm, dtype=np.float64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(labels):
         raise ValueError(
-            f"cm must be (K, K) with K = len(labels) = {len(labels)}, got shape {cm.shape}"
-        )
+            f"cm must be (K, K) with K = len(labels) = {len(labels)}, got shape {cm.shape}")
     rows = cm.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where(rows > 0, cm / rows, 0.0)
@@ -244,15 +158,8 @@ def build_confusion_matrix(cm: Any, labels: Sequence[str], title: str | None = N
     fig.colorbar(im, ax=ax, fraction=0.046, label="Row rate")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(
-                j,
-                i,
-                f"{int(cm[i, j])}\n{100 * rate[i, j]:.1f} %",
-                ha="center",
-                va="center",
-                color="white" if rate[i, j] > 0.5 else "black",
-                fontsize=10,
-            )
+            ax.text(j, i, f"{int(cm[i, j])}\n{100 * rate[i, j]:.1f} %", ha="center",
+                    va="center", color="white" if rate[i, j] > 0.5 else "black", fontsize=10)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("Predicted")
@@ -262,45 +169,29 @@ def build_confusion_matrix(cm: Any, labels: Sequence[str], title: str | None = N
     return fig
 
 
-def plot_confusion_matrix(
-    cm: Any, labels: Sequence[str], path: str | os.PathLike[str], title: str | None = None
-) -> Path:
+def plot_confusion_matrix(cm: Any, labels: Sequence[str], path: str | os.PathLike[str],
+                          title: str | None = None) -> Path:
     """Write :func:`build_confusion_matrix` to ``path`` and return the path."""
     return save_figure(build_confusion_matrix(cm, labels, title), path)
 
 
-# --------------------------------------------------------------------------- ROC / PR
-
-
-def _operating_point(entry: Mapping[str, Any]) -> tuple[float, float]:
-    at = entry.get("at_threshold", {})
-    sens = _num(at.get("sensitivity", {}).get("value"))
-    spec = _num(at.get("specificity", {}).get("value"))
-    return sens, spec
-
-
 def build_roc_curves(result: Mapping[str, Any]) -> Figure:
-    """All models' ROC curves on one axis, AUC with 95 % CI in the legend, the
-    chance diagonal, and each model's operating point at its chosen threshold."""
+    """All models' ROC curves (AUC with CI), the chance diagonal, and the operating points."""
     models = _models(result)
     fig = new_figure((5.2, 5.0))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls=":", color="0.5", label="Chance (AUC 0.5)")
     for i, (name, entry) in enumerate(models):
         roc = entry["roc_curve"]
-        auc = entry["threshold_free"]["roc_auc"]
-        ax.plot(
-            roc["fpr"],
-            roc["tpr"],
-            color=f"C{i}",
-            lw=1.6,
-            label=f"{_label(name, entry)}: AUC {_ci_text(auc)}",
-        )
-        sens, spec = _operating_point(entry)
+        ax.plot(roc["fpr"], roc["tpr"], color=f"C{i}", lw=1.6,
+                label=f"{_label(name, entry)}: AUC "
+                      f"{_ci_text(entry['threshold_free']['roc_auc'])}")
+        at = entry.get("at_threshold", {})
+        sens = _num(at.get("sensitivity", {}).get("value"))
+        spec = _num(at.get("specificity", {}).get("value"))
         if math.isfinite(sens) and math.isfinite(spec):
             ax.plot([1 - spec], [sens], "o", color=f"C{i}", ms=5, mec="black", mew=0.6)
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
+    _unit_square(ax)
     ax.set_aspect("equal")
     ax.set_xlabel("1 \u2212 specificity (false positive rate)")
     ax.set_ylabel("Sensitivity (true positive rate)")
@@ -316,34 +207,23 @@ def plot_roc_curves(result: Mapping[str, Any], path: str | os.PathLike[str]) -> 
 
 
 def build_pr_curves(result: Mapping[str, Any], dataset: str | None = None) -> Figure:
-    """All models' precision-recall curves, AP with 95 % CI in the legend (ranked by AP,
-    highest first; colours stay in the models' order, as in the ROC figure), and the
-    prevalence line (the AP of a classifier without skill).
-
-    ``dataset``: the name of the data set the curves were measured on (the run's, or an
-    external set's), put in the title; without it the title names none.
-    """
+    """All models' precision-recall curves, AP with 95 % CI in the legend (ranked by AP;
+    colours in the models' order, as in the ROC figure), and the prevalence line (the AP
+    without skill). ``dataset``: named in the title where given."""
     models = _models(result)
     prevalence = _num(result.get("test", {}).get("prevalence"))
     fig = new_figure((5.2, 5.0))
     ax = fig.add_subplot()
     handles = []
     if math.isfinite(prevalence):
-        handles.append(ax.axhline(
-            prevalence, ls=":", color="0.5", label=f"Prevalence (chance AP {prevalence:.3f})"
-        ))
+        handles.append(ax.axhline(prevalence, ls=":", color="0.5",
+                                  label=f"Prevalence (chance AP {prevalence:.3f})"))
     ranked = []
     for i, (name, entry) in enumerate(models):
         pr = entry["pr_curve"]
         ap = entry["threshold_free"]["average_precision"]
-        (curve,) = ax.step(
-            pr["recall"],
-            pr["precision"],
-            where="post",
-            color=f"C{i}",
-            lw=1.6,
-            label=f"{_label(name, entry)}: AP {_ci_text(ap)}",
-        )
+        (curve,) = ax.step(pr["recall"], pr["precision"], where="post", color=f"C{i}", lw=1.6,
+                           label=f"{_label(name, entry)}: AP {_ci_text(ap)}")
         value = _num(ap.get("value"))
         ranked.append((-value if math.isfinite(value) else math.inf, i, curve))
         sens = _num(entry.get("at_threshold", {}).get("recall_malignant", {}).get("value"))
@@ -351,8 +231,7 @@ def build_pr_curves(result: Mapping[str, Any], dataset: str | None = None) -> Fi
         if math.isfinite(sens) and math.isfinite(prec):
             ax.plot([sens], [prec], "o", color=f"C{i}", ms=5, mec="black", mew=0.6)
     handles += [curve for *_, curve in sorted(ranked, key=lambda t: t[:2])]
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
+    _unit_square(ax)
     ax.set_xlabel("Recall (sensitivity)")
     ax.set_ylabel("Precision (malignant)")
     where = f" on {dataset}" if dataset else ""
@@ -369,17 +248,18 @@ def plot_pr_curves(result: Mapping[str, Any], path: str | os.PathLike[str],
     return save_figure(build_pr_curves(result, dataset), path)
 
 
-# --------------------------------------------------------------------------- calibration
+def _finite_curve(rel: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A reliability block's (mean predicted, fraction positive) where both are finite."""
+    mp = np.array([_num(v) for v in rel["mean_predicted"]])
+    fp = np.array([_num(v) for v in rel["fraction_positive"]])
+    ok = np.isfinite(mp) & np.isfinite(fp)
+    return mp[ok], fp[ok]
 
 
 def build_reliability(result: Mapping[str, Any]) -> Figure:
-    """Reliability diagram: observed malignant fraction against mean predicted
-    probability per bin for every model (ECE with CI in the legend), the
-    diagonal of perfect calibration, and a histogram of predictions below.
-
-    With ``result["calibration"]`` (:func:`dermcam.calibration.calibration_summary`)
-    each model's curve before temperature scaling is drawn dashed beside the calibrated
-    one (solid), ECE before and after and ``T`` in the legend."""
+    """Reliability diagram per model (ECE with CI in the legend), the diagonal, and a
+    histogram of predictions below. With ``result["calibration"]`` each model's curve
+    before temperature scaling is drawn dashed, with ECE before and ``T`` in the legend."""
     models = _models(result)
     calib = result.get("calibration") or {}
     fig = new_figure((5.2, 6.0))
@@ -387,31 +267,17 @@ def build_reliability(result: Mapping[str, Any]) -> Figure:
     top.plot([0, 1], [0, 1], ls=":", color="0.5", label="Perfect calibration")
     for i, (name, entry) in enumerate(models):
         rel = entry["reliability"]
-        mp = np.array([_num(v) for v in rel["mean_predicted"]])
-        fp = np.array([_num(v) for v in rel["fraction_positive"]])
-        ok = np.isfinite(mp) & np.isfinite(fp)
         ece = entry["threshold_free"]["ece"]
-        top.plot(
-            mp[ok],
-            fp[ok],
-            "o-",
-            color=f"C{i}",
-            ms=4,
-            lw=1.3,
-            label=f"{_label(name, entry)}: ECE {_ci_text(ece)}"
-            + (f" (T = {_num(calib[name]['temperature']):.2f}, "
-               f"b = {_num(calib[name].get('bias', 0.0)):+.2f})" if name in calib else ""),
-        )
+        top.plot(*_finite_curve(rel), "o-", color=f"C{i}", ms=4, lw=1.3,
+                 label=f"{_label(name, entry)}: ECE {_ci_text(ece)}"
+                 + (f" (T = {_num(calib[name]['temperature']):.2f}, "
+                    f"b = {_num(calib[name].get('bias', 0.0)):+.2f})" if name in calib else ""))
         if name in calib:  # before calibration, dashed
-            before = calib[name]["reliability_before"]
-            mb = np.array([_num(v) for v in before["mean_predicted"]])
-            fb = np.array([_num(v) for v in before["fraction_positive"]])
-            okb = np.isfinite(mb) & np.isfinite(fb)
-            top.plot(mb[okb], fb[okb], "x--", color=f"C{i}", ms=4, lw=1.0, alpha=0.6,
+            top.plot(*_finite_curve(calib[name]["reliability_before"]), "x--", color=f"C{i}",
+                     ms=4, lw=1.0, alpha=0.6,
                      label=f"  before scaling: ECE {_ci_text(calib[name]['before']['ece'])}")
-        lower = np.array([_num(v) for v in rel["bin_lower"]])
-        upper = np.array([_num(v) for v in rel["bin_upper"]])
-        count = np.array([_num(v) for v in rel["count"]])
+        lower, upper, count = (np.array([_num(v) for v in rel[k]])
+                               for k in ("bin_lower", "bin_upper", "count"))
         w = (upper - lower) / (len(models) + 1)
         bottom.bar(lower + w * (i + 0.5), count, w, color=f"C{i}", align="edge")
     top.set_xlim(0, 1)
@@ -433,20 +299,13 @@ def plot_reliability(result: Mapping[str, Any], path: str | os.PathLike[str]) ->
     return save_figure(build_reliability(result), path)
 
 
-# --------------------------------------------------------------------------- training
-
-
 _HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc")
 
 
 def build_training_history(history_df: pd.DataFrame) -> Figure:
-    """Per-epoch train/validation loss (left) and validation AUC (right).
-
-    ``history_df`` needs columns ``epoch, train_loss, val_loss, val_auc``; an
-    optional ``model`` column draws one line per model. Rows with a NaN in a
-    column are skipped for that line only (Lightning logs train and validation
-    values on separate rows).
-    """
+    """Per-epoch train/validation loss (left) and validation AUC (right), one line per
+    ``model`` where that column exists. A NaN skips that line's row only (Lightning logs
+    train and validation values on separate rows)."""
     missing = [c for c in _HISTORY_COLUMNS if c not in history_df.columns]
     if missing:
         raise ValueError(f"history_df lacks columns {missing}; have {list(history_df.columns)}")
@@ -461,37 +320,22 @@ def build_training_history(history_df: pd.DataFrame) -> Figure:
         for col, ls, label in (("train_loss", "-", "train"), ("val_loss", "--", "val")):
             s = g[["epoch", col]].dropna().sort_values("epoch")
             if len(s):
-                ax_loss.plot(
-                    s["epoch"],
-                    s[col],
-                    ls=ls,
-                    color=f"C{i}",
-                    marker=".",
-                    label=f"{prefix}{label} loss",
-                )
+                ax_loss.plot(s["epoch"], s[col], ls=ls, color=f"C{i}", marker=".",
+                             label=f"{prefix}{label} loss")
         s = g[["epoch", "val_auc"]].dropna().sort_values("epoch")
         if len(s):
-            ax_auc.plot(
-                s["epoch"],
-                s["val_auc"],
-                color=f"C{i}",
-                marker=".",
-                label=f"{prefix}val {metric_label('roc_auc', short=True)}".strip(),
-            )
+            ax_auc.plot(s["epoch"], s["val_auc"], color=f"C{i}", marker=".",
+                        label=f"{prefix}val {metric_label('roc_auc', short=True)}".strip())
             best = s.loc[s["val_auc"].idxmax()]
-            ax_auc.plot(
-                [best["epoch"]], [best["val_auc"]], "*", color=f"C{i}", ms=10, mec="black", mew=0.5
-            )
-    ax_loss.set_xlabel("Epoch")
-    ax_loss.set_ylabel("Loss")
-    ax_loss.set_title("Loss", fontsize=10)
-    ax_loss.legend(fontsize=7)
-    ax_loss.grid(alpha=0.3)
-    ax_auc.set_xlabel("Epoch")
-    ax_auc.set_ylabel("Validation ROC AUC")
-    ax_auc.set_title("Validation AUC (star: best epoch)", fontsize=10)
-    ax_auc.legend(fontsize=7)
-    ax_auc.grid(alpha=0.3)
+            ax_auc.plot([best["epoch"]], [best["val_auc"]], "*", color=f"C{i}", ms=10,
+                        mec="black", mew=0.5)
+    for ax, ylabel, title in ((ax_loss, "Loss", "Loss"),
+                              (ax_auc, "Validation ROC AUC", "Validation AUC (star: best epoch)")):
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     return fig
 
 

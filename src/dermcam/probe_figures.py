@@ -1,7 +1,5 @@
-"""The probe stage's figures: the per-image change under each probe (``probe_delta.png``),
-ROC AUC intact vs lesion / background removed (``probe_auc.png``) and a grid of example
-perturbations (``probe_examples.png``). Builders return a matplotlib Figure (imported at
-first use, no pyplot); :func:`write_figures` saves them into a run's figures folder."""
+"""The probe stage's figures: ``probe_delta.png``, ``probe_auc.png`` (ROC AUC intact vs
+lesion / background removed) and ``probe_examples.png``."""
 
 from __future__ import annotations
 
@@ -110,9 +108,7 @@ def build_examples_figure(examples: Sequence[tuple[str, int, list[Variant], np.n
 
 def write_figures(figdir: Path, df: pd.DataFrame, entries, samples, cache, size: int,
                   cfg: PerturbConfig, displays: dict[str, str]) -> None:
-    """The three figures into ``figdir``; the examples are a malignant then a benign probed
-    image (``samples``, pixels from ``cache`` at ``size``), the first carrying an artifact,
-    each with one placement of every perturbation ``cfg`` asks for."""
+    """The three figures into ``figdir``; the examples: a malignant then a benign probed image."""
     save_figure(build_delta_figure(df, displays), figdir / "probe_delta.png")
     if any(e["probe"] in ("lesion_removed", "background_removed") for e in entries):
         save_figure(build_auc_figure(entries, displays), figdir / "probe_auc.png")

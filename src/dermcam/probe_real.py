@@ -1,10 +1,9 @@
 """The real-pixel probes: pixels moved between real images rather than painted.
 
-:func:`context_swap` pastes each lesion onto matched images' surroundings, with and without
+:func:`context_swap` pastes each lesion onto matched images' surroundings with and without
 a labelled artifact; :func:`hot_spots` removes or transplants the off-lesion regions a
-model's heatmap marks, each against random regions of the same shapes. Both score the
-composites with every model (:func:`dermcam.probe_scoring.score_images`) and return one
-``probe_summary.json`` entry per model [x artifact]. OpenCV is imported at first use.
+heatmap marks, against random regions of the same shapes. One summary entry per model
+[x artifact].
 """
 
 from __future__ import annotations
@@ -45,14 +44,11 @@ from dermcam.probe_stats import (
 
 log = logging.getLogger(__name__)
 
-# ------------------------------------------------------------------ context swap
 
-#: Donors per image and side (with the artifact; without it, twice, for the control). With 3
-#: the null swap's crossed CI reached beyond +-0.02 on real images; with 10 it stays within
-#: (benchmarks/README.md, "Donor images are a sample too").
+#: Donors per image and side (twice without the artifact, for the control): with 3 the null
+#: swap's CI reached beyond +-0.02 on real images, with 10 it stays within (benchmarks/README.md).
 SWAP_DONORS = 10
-#: The sides of a swap, coded for :func:`dermcam.probe_stats.crossed_side_means`: donors
-#: with the artifact, without it, and other donors without it (the control).
+#: The sides of a swap: donors with the artifact, without it, other donors without (control).
 WITH, WITHOUT, CONTROL = 0, 1, 2
 SWAP_METHOD = ("each test lesion (its mask, exactly) pasted with a feathered edge onto the "
                "surroundings of other test images, whose own lesion is inpainted away; donors "
@@ -61,10 +57,9 @@ SWAP_METHOD = ("each test lesion (its mask, exactly) pasted with a feathered edg
 
 def _swap_plans(flags: pd.DataFrame, geometry: np.ndarray, n: int, k: int, min_images: int
                 ) -> tuple[dict[tuple[int, int], int], list[tuple]]:
-    """Every artifact's plan: ``(column, n with, n without, owners, donors, sides, where)``,
-    where ``sides`` codes :data:`WITH`, :data:`WITHOUT`, :data:`CONTROL` and ``where``
-    indexes ``pairs`` (``(image, donor) -> composite``): a lesion on a donor's surroundings
-    is one composite, made and scored once however many artifacts' comparisons it enters."""
+    """Every artifact's plan ``(column, n with, n without, owners, donors, sides, where)``;
+    ``where`` indexes ``pairs`` (``(image, donor) -> composite``), so a composite is made
+    and scored once however many artifacts' comparisons it enters."""
     pairs: dict[tuple[int, int], int] = {}
     plans = []
     for col in (c for c in flags.columns if c.startswith(PREFIX)):
@@ -120,13 +115,9 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
                  batch_size: int = 64, device="cpu", min_images: int = 6,
                  progress=None) -> list[dict[str, Any]]:
     """Real-pixel reliance on each labelled artifact: every image's lesion on the
-    surroundings of ``k`` matched images that carry the artifact and of ``k`` that do not
-    (``delta``: mean P(malignant) with minus without, per image; the bootstrap CI resamples
-    the images and the donors, :func:`dermcam.probe_stats.crossed_side_means`),
-    and on two sets of ``k`` without it (``control``, the null). ``flags``: 0/1
-    ``artifact_<name>`` columns aligned with ``images``; artifacts with fewer than
-    ``min_images`` images on either side are left out. One entry per model and artifact.
-    """
+    surroundings of ``k`` matched donors with it and ``k`` without (``delta``, CI resampling
+    images and donors), and two sets without it (``control``, the null). ``flags``: 0/1
+    ``artifact_<name>`` columns; artifacts under ``min_images`` a side are left out."""
     geometry = np.array([(*lesion_geometry(m), *skin_ring(im, m, feather))
                          for im, m in zip(images, masks, strict=True)])
     canvases: dict[int, np.ndarray] = {}
@@ -155,11 +146,6 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
     return entries
 
 
-# ------------------------------------------------------------------ hot spots
-
-#: The heatmap-guided probes: off-lesion regions a model's heatmap marks, inpainted away
-#: (``hot_removed``) or moved into ``k`` other images (``hot_transplanted``), each against
-#: random off-lesion regions of the same shapes.
 HOT_METHOD = ("the off-lesion regions holding the most heatmap mass (components of the top "
               "10 % of the map outside the dilated lesion, at most 8 % of the image) against "
               "random off-lesion regions of the same shapes: inpainted away, or their real "
@@ -234,19 +220,10 @@ def hot_spots(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
               k: int = SWAP_DONORS, n_boot: int = 1000, seed: int = 0,
               feather: float = DILATE_FRACTION, method: str = "telea", batch_size: int = 64,
               device="cpu") -> list[dict[str, Any]]:
-    """Does a model use what its heatmap marks off the lesion? Label-free, real pixels.
-
-    For each model (``heatmaps[name]``: one ``(H, W)`` map per image, None or NaN where an
-    image has none) and image whose map marks an off-lesion region
-    (:func:`dermcam.perturb.hot_regions`): P(malignant) with that region inpainted minus
-    with a random off-lesion region of the same shapes inpainted (``hot_removed``), and,
-    in ``k`` other images whose dilated lesion it misses, with the region's pixels pasted
-    in minus with the random region's pixels pasted at the same place
-    (``hot_transplanted``, averaged over the ``k``). Bootstrap CIs over images. With
-    ``flags`` (0/1 ``artifact_<name>``), each transplant entry says which artifacts the
-    regions come from: ``sources[name]`` = share of the images with a region carrying it,
-    its share among all images, and the mean change from images with and without it.
-    """
+    """Does a model use what its heatmap marks off the lesion? Label-free, real pixels: the
+    marked region inpainted (``hot_removed``) or pasted into ``k`` other images
+    (``hot_transplanted``), each minus a random region of the same shapes. ``heatmaps[name]``:
+    an ``(H, W)`` map or None per image; with ``flags``, ``sources`` names the artifacts."""
     keep = [~dilate_mask(m, 2 * feather) for m in masks]
     entries = []
     for name, model, thr in models:

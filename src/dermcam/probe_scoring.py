@@ -1,5 +1,4 @@
-"""How the probes score images: each trained model loaded once, in its inference precision,
-and the malignant probability of a stack of images. torch is imported at first use."""
+"""How the probes score images: each model loaded once in its inference precision."""
 
 from __future__ import annotations
 
@@ -12,9 +11,8 @@ from dermcam import run as runmod
 from dermcam.device import resolve_precision
 from dermcam.errors import DermcamError
 
-#: ``--precision`` of the probe's inference: float32 (as ``dermcam evaluate`` scores), or
-#: bfloat16 autocast (``auto``: where the hardware computes it natively and it is faster
-#: for the model at the run's input size, the rule training uses).
+#: ``--precision`` of the probe's inference: float32 (as evaluate), bfloat16 autocast, or
+#: ``auto`` (bfloat16 where native and faster, the rule training uses).
 INFERENCE_PRECISIONS = ("32-true", "bf16-mixed", "auto")
 
 
@@ -33,8 +31,7 @@ def inference_precision(spec: str, name: str, device, image_size: int) -> str:
 
 def load_models(run: runmod.Run, names: Sequence[str], device,
                 precisions: dict[str, str] | None = None) -> list[tuple[str, Any, float]]:
-    """``(name, model, threshold)`` per model, each scored in its resolved precision
-    (``precisions``: :func:`inference_precision` per model; float32 where absent)."""
+    """``(name, model, threshold)`` per model in its ``precisions`` entry (float32 where absent)."""
     import torch
 
     from dermcam.inference import Bf16Inference, folded_for_inference, use_channels_last

@@ -1,11 +1,7 @@
 """The probes' statistics: ``probe.csv`` rows -> the entries of ``probe_summary.json``.
 
-Pure functions on DataFrames and arrays (no I/O): :func:`summarise` (one entry per model x
-probe [x artifact]), :func:`probe_subgroups` (``--by``), :func:`artifact_presence` (removal
-with versus without each labelled artifact), and the paired-difference summary the
-real-pixel probes (:mod:`dermcam.probe_real`) share with them. Bootstrap CIs are over
-images, each image's placements averaged first; the context swap's also resample its donor
-images (:func:`crossed_side_means`).
+Pure functions (no I/O). Bootstrap CIs are over images, each image's placements averaged
+first; the context swap's also resample its donor images (:func:`crossed_side_means`).
 """
 
 from __future__ import annotations
@@ -55,8 +51,7 @@ def find(entries: Sequence[dict[str, Any]], model: str, probe: str,
 
 
 def mean_ci(v: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
-    """``(mean, lo, hi)`` of ``(N,)`` probability changes, percentile bootstrap CI over the
-    values; NaN where there are none (the CI also with one)."""
+    """``(mean, lo, hi)`` of ``(N,)`` changes, percentile bootstrap CI; NaN CI below 2 values."""
     v = np.asarray(v, np.float64)
     if v.size == 0:
         return math.nan, math.nan, math.nan
@@ -73,10 +68,8 @@ def rate(num: int, den: int) -> float:
 
 def by_class(labels: np.ndarray, stat, prefix: str = "delta", valid: np.ndarray | None = None,
              overall: bool = True) -> dict[str, Any]:
-    """``stat(keep) -> (mean, lo, hi)`` over the images ``keep`` selects: over all ``valid``
-    images (``overall``) and per class (``labels`` 0/1), named as the probes' entries are:
-    ``delta_mean``, ``delta_ci_low``, ``delta_ci_high``, ``n``, then ``delta_benign``,
-    ``delta_benign_ci_low``, ``delta_benign_ci_high``, ``n_benign`` and malignant's."""
+    """``stat(keep) -> (mean, lo, hi)`` over all ``valid`` images (``overall``) and per class,
+    keyed ``delta_mean, delta_ci_low, delta_ci_high, n``, ``delta_benign, ..., n_benign``..."""
     valid = np.ones(len(labels), bool) if valid is None else valid
     out: dict[str, Any] = {}
     tags = (("", valid),) if overall else ()
@@ -90,22 +83,17 @@ def by_class(labels: np.ndarray, stat, prefix: str = "delta", valid: np.ndarray 
 
 def diff_summary(d: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
                  prefix: str = "delta", overall: bool = True) -> dict[str, Any]:
-    """Mean paired difference with its bootstrap CI (:func:`mean_ci`), over all images
-    (``overall``) and per class: :func:`by_class`."""
-    return by_class(labels, lambda keep: mean_ci(d[keep], n_boot, seed), prefix,
-                    overall=overall)
+    """Mean paired difference with its bootstrap CI, overall and per class (:func:`by_class`)."""
+    return by_class(labels, lambda keep: mean_ci(d[keep], n_boot, seed), prefix, overall=overall)
 
 
 def crossed_side_means(owner: np.ndarray, donor: np.ndarray, side: np.ndarray, p: np.ndarray,
                        n: int, n_boot: int, seed: int
                        ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], np.ndarray]:
-    """A design where each of ``n`` images (``owner``) is scored on several other images
-    (``donor``): ``(R,)`` rows of owner, donor, side code and score ``p``. Per side code,
-    each image's mean score ``(N,)`` (NaN where it has none on that side) and its crossed
-    bootstrap replicates ``(N, B)``, the donor images resampled (Owen 2007): the
-    surroundings are a sample too, and a change carried by a few donors is not taken for a
-    change that comes with the artifact. Also the images' own resampling counts ``(N, B)``,
-    for :func:`crossed_diff_summary`."""
+    """Each of ``n`` images (``owner``) scored on other images (``donor``), ``(R,)`` rows with
+    a side code and score ``p``. Per side, each image's mean score ``(N,)`` and its crossed
+    bootstrap replicates ``(N, B)`` with the donors resampled (Owen 2007: the surroundings
+    are a sample too); also the images' own resampling counts ``(N, B)``."""
     w_donor = np.random.default_rng([seed, 1]).multinomial(
         n, np.full(n, 1 / n), n_boot).T.astype(np.float64)  # (N donors, B)
     w_image = np.random.default_rng([seed, 2]).multinomial(
@@ -124,9 +112,8 @@ def crossed_side_means(owner: np.ndarray, donor: np.ndarray, side: np.ndarray, p
 def crossed_diff_summary(means: dict[int, tuple[np.ndarray, np.ndarray]], w_image: np.ndarray,
                          labels: np.ndarray, a: int, b: int, prefix: str = "delta"
                          ) -> dict[str, Any]:
-    """:func:`diff_summary` of :func:`crossed_side_means`: each image's change is its mean
-    score on side ``a`` minus its mean on side ``b`` (images lacking a side left out); the
-    CIs resample the images (``w_image``) and the donors. ``labels``: ``(N,)`` 0/1."""
+    """:func:`diff_summary` of :func:`crossed_side_means`: each image's mean on side ``a``
+    minus on side ``b`` (images lacking one left out), CIs resampling images and donors."""
     (pa, ba), (pb, bb) = means[a], means[b]
     d, boot = pa - pb, ba - bb
 
@@ -157,19 +144,9 @@ def _method(probe: str, artifact: str, cfg: PerturbConfig, placements: int) -> s
 
 def summarise(df: pd.DataFrame, cfg: PerturbConfig | None = None, n_boot: int = 1000,
               seed: int = 0, attention: pd.DataFrame | None = None) -> list[dict[str, Any]]:
-    """``probe.csv`` rows -> one entry per model x probe [x artifact].
-
-    Per entry: ``n`` images; ``delta_mean`` with a 95 % bootstrap CI over images (each
-    image's change averaged over its placements first, so placements are not counted as
-    independent images), the same per class (``delta_benign``, ``delta_malignant``);
-    ``flip_to_malignant`` = share of (image, placement) rows decided benign intact and
-    malignant perturbed among those decided benign intact (``flip_to_benign`` likewise).
-    For lesion and background removal also ``auc``/``ap`` with stratified bootstrap CIs,
-    ``auc_intact``/``ap_intact`` on the same images, the DeLong p of the AUC change, and,
-    when ``attention`` (attention.csv at the chosen CAM) is given, Spearman's rho between
-    each image's leakage (and excess leakage) and the size of its probability change
-    ``|delta|`` with a bootstrap CI.
-    """
+    """``probe.csv`` rows -> one entry per model x probe [x artifact] (docs/probes.md): the mean
+    change with a bootstrap CI over images (placements averaged first), flip rates, and for
+    removal probes AUC/AP intact vs perturbed and, with ``attention``, rho with leakage."""
     entries: list[dict[str, Any]] = []
     cfg = cfg or PerturbConfig()
     df = normalise_rows(df)
@@ -204,10 +181,9 @@ def summarise(df: pd.DataFrame, cfg: PerturbConfig | None = None, n_boot: int = 
 
 
 def per_image(df: pd.DataFrame) -> pd.DataFrame:
-    """``probe.csv`` rows -> one row per model x probe x artifact x image: ``delta`` (its
-    placements averaged), ``flip_rate`` (share of its placements whose decision at the
-    run's threshold changed, either way; 0 or 1 with one placement), ``label``,
-    ``prob_intact``, ``prob_perturbed`` (mean) and ``placements``."""
+    """``probe.csv`` rows -> one row per model x probe x artifact x image: ``delta`` and
+    ``prob_perturbed`` averaged over placements, ``flip_rate`` (share of placements whose
+    decision changed, either way), ``label``, ``prob_intact``, ``placements``."""
     d = normalise_rows(df)
     d = d.assign(flipped=(d["decision_perturbed"] != d["decision_intact"]).astype(float))
     return d.groupby(["model", "probe", "artifact", "image_id"], sort=True).agg(
@@ -219,12 +195,9 @@ def per_image(df: pd.DataFrame) -> pd.DataFrame:
 def probe_subgroups(df: pd.DataFrame, columns: pd.DataFrame, by, n_boot: int = 1000,
                     seed: int = 0, min_group: int | None = None) -> dict[str, Any]:
     """``probe_summary.json["subgroups"]``: per ``--by`` column, model x probe [x artifact]
-    and group, the mean change in malignant probability with a paired 95 % CI (bootstrap
-    over images of each image's perturbed minus intact probability) and the flip rate
-    (Wilson CI where each image has one decision, else a bootstrap over images), n
-    images, and Kruskal-Wallis across groups (Holm over columns and entries);
-    :func:`dermcam.subgroups.subgroup_summary_analyses`. ``columns``: ``image_id`` and
-    the ``by`` columns (:func:`dermcam.audit_set.image_columns`)."""
+    and group, the mean change and flip rate with CIs and Kruskal-Wallis across groups
+    (:func:`dermcam.subgroups.subgroup_summary_analyses`); ``columns``: ``image_id`` and
+    the ``by`` columns."""
     table = per_image(df).merge(columns, on="image_id", how="left")
     out = subgroup_summary_analyses(
         table, by_names(by), list(SUBGROUP_TITLES), ("model", "probe", "artifact"),
@@ -237,10 +210,9 @@ def probe_subgroups(df: pd.DataFrame, columns: pd.DataFrame, by, n_boot: int = 1
 
 def auc_fast(y: np.ndarray, p_intact: np.ndarray, p_pert: np.ndarray, n_boot: int,
              seed: int) -> dict[str, Any]:
-    """ROC AUC and AP of the perturbed and intact probabilities with stratified percentile
-    bootstrap CIs (the same resamples for all four, vectorised as evaluate does, matching
-    scikit-learn), and the DeLong p of the AUC change; NaN with ``auc_reason`` when the
-    images hold one class (or none)."""
+    """ROC AUC and AP, perturbed and intact, with stratified bootstrap CIs (the same
+    resamples for all four, as evaluate does) and the DeLong p of the AUC change; NaN with
+    ``auc_reason`` when the images hold fewer than two classes."""
     y = np.asarray(y, np.int64)
     if np.unique(y).size < 2:
         return {**{f"{k}{s}{c}": math.nan for k in ("auc", "ap") for s in ("", "_intact")
@@ -271,18 +243,11 @@ def _presence_side(h: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
 
 def artifact_presence(df: pd.DataFrame, flags: pd.DataFrame, n_boot: int = 1000,
                       seed: int = 0) -> list[dict[str, Any]]:
-    """Lesion and background removal on images with versus without each artifact.
-
-    ``flags``: ``image_id`` and 0/1 ``artifact_<name>`` columns
-    (:func:`dermcam.stages.probe.artifact_flags`; an image whose flag is missing is on
-    neither side). One record per model x removal probe x artifact: ``with`` and
-    ``without`` each hold ``n``, ``n_malignant``, the mean change with its 95 % bootstrap
-    CI (``delta_mean``, ``delta_ci_low``, ``delta_ci_high``) and the ROC AUC and AP on
-    those images, perturbed and intact, with CIs (:func:`auc_fast`); ``delta_diff``
-    (with - without) and ``delta_p`` (two-sided Mann-Whitney,
-    :func:`dermcam.data.artifact_labels.split_by_presence`), Holm-adjusted over all
-    records (``delta_p_adjusted``).
-    """
+    """Lesion and background removal on images with versus without each artifact
+    (``flags``: ``image_id`` and 0/1 ``artifact_<name>``; a missing flag is on neither
+    side). Per model x removal probe x artifact: ``with``/``without`` blocks
+    (:func:`_presence_side`), ``delta_diff`` and a Mann-Whitney ``delta_p``, Holm-adjusted
+    over all records."""
     cols = [c for c in flags.columns if c.startswith(PREFIX)]
     pi = per_image(df)
     pi = pi[pi["probe"].isin(("lesion_removed", "background_removed"))]
@@ -312,8 +277,7 @@ def artifact_presence(df: pd.DataFrame, flags: pd.DataFrame, n_boot: int = 1000,
 
 def _tracking(att: pd.DataFrame, model: str, per_img: pd.DataFrame, n_boot: int, seed: int
               ) -> dict[str, Any]:
-    """Spearman's rho (bootstrap CI) between each image's leakage and excess leakage at the
-    chosen CAM (``att``: attention.csv rows with a ``cam`` column) and ``|delta|``."""
+    """Spearman's rho (bootstrap CI) of each image's (excess) leakage and ``|delta|``."""
     a = att[att["model"] == model].drop_duplicates("image_id").set_index("image_id")
     ids = per_img.index.intersection(a.index)
     if len(ids) == 0:

@@ -1,40 +1,9 @@
 """Model-randomisation sanity check (Adebayo et al., 2018), with a verdict that can say "don't know".
 
-A saliency method explains the *model* only if its heatmaps change when the
-model's weights are destroyed. The check compares, image by image, the heatmap of
-the trained model with the heatmap of the same architecture after its weights
-are re-initialised:
-
-* **Similarity is |Spearman rho|** between the two maps of one image (average
-  ranks for ties). The absolute value matters: an inverted map (rho = -1) is as
-  much a function of the image, and as little of the model, as an identical one.
-  The earlier check used the signed rho and so passed inverted maps.
-* **Several random inits.** Per image, |rho| is averaged over the inits that give
-  a defined value; the statistic is the median over images of that average.
-* **A bootstrap 95 % CI over images** (images resampled, inits kept) decides the
-  verdict: ``passed`` is True only when the CI's upper end is below the
-  threshold, False when the median itself is at or above it, and None
-  ("inconclusive") otherwise: the CI includes the threshold, fewer than
-  :data:`MIN_IMAGES` images are valid, or none is.
-* **A chance level.** ``chance_abs_rho`` is the same statistic for mismatched
-  pairs (trained map of image i, random map of image i + 1). Unrelated maps are
-  not at |rho| = 0 when the CAM grid is coarse: upsampled from 2 x 2 cells
-  (resnet18's ``layer4`` at 64 px) two independent maps have median |rho| about
-  0.45, from 7 x 7 (224 px) about 0.1. Near the threshold, the check cannot pass
-  whatever the method does.
-* **Cascading randomisation** (:func:`model_randomisation`): the model's blocks
-  (:func:`cascade_blocks`) are re-initialised cumulatively from the output down,
-  and the similarity is reported after each step, showing which layers the
-  heatmaps actually depend on.
-
-:func:`sanity_verdict` is a pure function on arrays (no torch);
-:func:`model_randomisation` is the shell that builds the randomised copies and
-their heatmaps through :class:`dermcam.attribution.CamExplainer`;
-:func:`check_selection` runs it for the explain stage on a run's chosen layers.
-
-Shape contracts: heatmaps ``(N, H, W)``; randomised heatmaps ``(N, H, W)`` (one
-init), ``(K, N, H, W)`` or a list of ``K`` arrays ``(N, H, W)``; per-image
-results ``(N,)``. Lower similarity is better (the method passes).
+Heatmaps explain the *model* only if they change when its weights are re-initialised:
+similarity is |Spearman rho| (an inverted map is as model-blind as an identical one) over
+random inits, judged by the median over images with a bootstrap CI (docs/attention.md).
+Heatmaps ``(N, H, W)``; random ones ``(N, H, W)``, ``(K, N, H, W)`` or ``K`` such arrays.
 """
 
 from __future__ import annotations
@@ -57,28 +26,16 @@ from dermcam.stats import bootstrap_median_ci
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "MIN_IMAGES",
-    "sanity_verdict",
-    "cascade_blocks",
-    "randomise_parameters",
-    "model_randomisation",
-    "check_selection",
-]
+__all__ = ["MIN_IMAGES", "sanity_verdict", "cascade_blocks", "randomise_parameters",
+           "model_randomisation", "check_selection"]
 
-#: Fewest valid images for which ``passed`` can be True. Below 6 no
-#: distribution-free 95 % interval of a median exists (the chance that all of
-#: 5 values fall on one side of the median is 2 / 2**5 = 6 %), and a bootstrap
-#: percentile interval of so few values is too narrow to trust.
+#: Fewest valid images for which ``passed`` can be True: below 6 no distribution-free 95 %
+#: interval of a median exists (all of 5 values on one side of it: 2 / 2**5 = 6 %).
 MIN_IMAGES = 6
 
 # Images per internal chunk: bounds the temporary (chunk, H*W) float64 arrays.
 _CHUNK = 16
 
-
-# ---------------------------------------------------------------------------
-# Input checks
-# ---------------------------------------------------------------------------
 
 def _as_maps(maps, name: str) -> np.ndarray:
     arr = np.asarray(maps)
@@ -115,10 +72,6 @@ def _as_inits(cams_random, shape: tuple[int, ...]) -> list[np.ndarray]:
     return inits
 
 
-# ---------------------------------------------------------------------------
-# Spearman rank correlation of maps, vectorised over images
-# ---------------------------------------------------------------------------
-
 def _centred_ranks(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(n, P)`` -> centred average ranks ``(n, P)``, their norms ``(n,)``, finite ``(n,)``."""
     good = np.isfinite(flat).all(axis=1)
@@ -150,14 +103,6 @@ def _spearman(a: np.ndarray, inits: Sequence[np.ndarray]) -> np.ndarray:
     return rho
 
 
-# ---------------------------------------------------------------------------
-# The verdict
-# ---------------------------------------------------------------------------
-
-def _median_ci(v: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    return bootstrap_median_ci(v, n_boot, seed, what="median |rho|")
-
-
 def _mean_over_inits(x: np.ndarray, ok: np.ndarray, count: np.ndarray) -> np.ndarray:
     total = np.where(ok, x, 0.0).sum(axis=0)
     out = np.full(x.shape[1], np.nan)
@@ -169,40 +114,13 @@ def _mean_over_inits(x: np.ndarray, ok: np.ndarray, count: np.ndarray) -> np.nda
 def sanity_verdict(cams_trained, cams_random, threshold: float = 0.5, n_boot: int = 1000,
                    seed: int = 0, min_images: int = MIN_IMAGES, log_result: bool = True
                    ) -> dict[str, Any]:
-    """Verdict of the model-randomisation check from heatmaps.
-
-    ``cams_trained`` ``(N, H, W)``: heatmaps of N images from the trained model.
-    ``cams_random``: the same images' heatmaps (same target classes) from ``K``
-    randomly re-initialised copies: ``(K, N, H, W)``, a list of ``K`` arrays
-    ``(N, H, W)``, or one ``(N, H, W)`` (K = 1).
-
-    Similarity per image and init is ``|rho|`` (Spearman; NaN where either map is
-    constant or non-finite). Per image it is averaged over the inits where it is
-    defined; an image is valid when at least one init is. The statistic is the
-    median over valid images, with a percentile bootstrap 95 % CI over images
-    (``n_boot`` resamples, ``numpy.random.default_rng(seed)``). Lower is better.
-
-    ``passed``: False when the median is >= ``threshold``; True when the CI's
-    upper end is < ``threshold`` and at least ``min_images`` images are valid;
-    None (inconclusive) otherwise, with ``reason`` one of ``"no_valid_images"``,
-    ``"too_few_images"``, ``"ci_includes_threshold"`` (``""`` when decided).
-
-    Returns a dict: ``rank_correlation`` ``(N,)`` signed rho averaged over inits
-    and ``abs_rank_correlation`` ``(N,)`` |rho| averaged over inits (numpy
-    arrays, NaN for invalid images); floats ``median_abs_rho`` (also under
-    ``median``, for older readers), ``ci_low``, ``ci_high``, ``mean_abs_rho``,
-    ``median_rho`` (median of the signed per-image values: near -1 means inverted
-    maps), ``chance_abs_rho`` (median |rho| of mismatched pairs, the trained map of
-    image i against the random map of image i + 1: what unrelated maps of this
-    resolution and layout reach; near ``threshold`` the check cannot pass; NaN below 2
-    images); lists ``per_init_median`` and ``per_init_n_valid`` (median |rho| and valid
-    images of each init); ints ``n_valid``, ``n_images``, ``n_inits``,
-    ``n_boot``, ``min_images``; ``threshold``, ``passed``, ``verdict``
-    (``"passed"``/``"failed"``/``"inconclusive"``) and ``reason``. ``log_result=False``:
-    do not log the verdict (callers that report many candidates in a table of their own).
+    """Verdict from heatmaps of the same images and classes: ``cams_trained (N, H, W)``, and
+    ``cams_random`` from ``K`` re-initialised copies. ``passed``: False when the median |rho|
+    is >= ``threshold``, True when the CI's upper end is below it on at least ``min_images``
+    valid images, else None with a ``reason``. ``chance_abs_rho``: mismatched pairs' median.
     """
     out = _verdict(cams_trained, cams_random, threshold, n_boot, seed, min_images)
-    if log_result:  # not e.g. the localisation benchmark, which reports every candidate
+    if log_result:
         log.log(logging.WARNING if out["passed"] is False else logging.INFO,
                 "model randomisation %s%s: median |rho| %.2f [%.2f, %.2f] on %d of %d images "
                 "x %d init(s), threshold %g, mismatched pairs %.2f", out["verdict"],
@@ -223,7 +141,6 @@ def _verdict(cams_trained, cams_random, threshold: float, n_boot: int, seed: int
     if int(n_boot) < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     n_boot = int(n_boot)
-
     rho = _spearman(a, inits)  # (K, N)
     ok = ~np.isnan(rho)
     count = ok.sum(axis=0)
@@ -238,10 +155,9 @@ def _verdict(cams_trained, cams_random, threshold: float, n_boot: int, seed: int
         med_signed = float(np.median(signed_img[count > 0]))
     else:
         med = mean = med_signed = math.nan
-    lo, hi = _median_ci(valid, n_boot, seed)
+    lo, hi = bootstrap_median_ci(valid, n_boot, seed, what="median |rho|")
     per_init = [float(np.median(np.abs(r[~np.isnan(r)]))) if (~np.isnan(r)).any() else math.nan
                 for r in rho]
-
     if n_valid == 0:
         passed, reason = None, "no_valid_images"
     elif med >= threshold:
@@ -252,16 +168,15 @@ def _verdict(cams_trained, cams_random, threshold: float, n_boot: int, seed: int
         passed, reason = True, ""
     else:
         passed, reason = None, "ci_includes_threshold"
-    verdict = {True: "passed", False: "failed", None: "inconclusive"}[passed]
-    chance = _chance(a, inits)
     return {
         "rank_correlation": signed_img, "abs_rank_correlation": abs_img,
         "median_abs_rho": med, "median": med, "ci_low": lo, "ci_high": hi,
-        "mean_abs_rho": mean, "median_rho": med_signed, "chance_abs_rho": chance,
+        "mean_abs_rho": mean, "median_rho": med_signed, "chance_abs_rho": _chance(a, inits),
         "per_init_median": per_init, "per_init_n_valid": [int(c) for c in ok.sum(axis=1)],
         "n_valid": n_valid, "n_images": int(n), "n_inits": int(k), "n_boot": n_boot,
         "min_images": int(min_images), "threshold": threshold, "passed": passed,
-        "verdict": verdict, "reason": reason,
+        "verdict": {True: "passed", False: "failed", None: "inconclusive"}[passed],
+        "reason": reason,
     }
 
 
@@ -276,21 +191,10 @@ def _chance(a: np.ndarray, inits: Sequence[np.ndarray]) -> float:
     return float(np.median(per_img)) if per_img.size else math.nan
 
 
-# ---------------------------------------------------------------------------
-# Randomising a model
-# ---------------------------------------------------------------------------
-
 def cascade_blocks(model, target_layer: str | None = None) -> list[str]:
-    """Names of ``model``'s blocks for cascading randomisation, in forward order.
-
-    The blocks are the model's top-level children that hold parameters; the
-    top-level ``nn.Sequential`` child that contains ``target_layer`` strictly
-    inside it (the trunk, e.g. ``features`` of EfficientNet / MobileNet /
-    DenseNet / VGG) is replaced by its own parametrised children. resnet18 with
-    ``layer4``: ``conv1, bn1, layer1, layer2, layer3, layer4, fc``;
-    efficientnet_b0 with ``features.8``: ``features.0 .. features.8, classifier``.
-    The order is registration order, which is forward order for torchvision.
-    """
+    """Names of ``model``'s parametrised top-level children, in forward (registration)
+    order, the ``nn.Sequential`` trunk holding ``target_layer`` replaced by its own children:
+    resnet18 at ``layer4``: ``conv1, bn1, layer1 .. layer4, fc``."""
     import torch.nn as nn
 
     names = []
@@ -304,16 +208,10 @@ def cascade_blocks(model, target_layer: str | None = None) -> list[str]:
 
 
 def randomise_parameters(module, seed: int) -> list[str]:
-    """Re-initialise ``module`` in place: ``reset_parameters()`` on every submodule.
-
-    Runs under ``torch.manual_seed(seed)`` for the CPU generator, inside
-    ``torch.random.fork_rng`` so the caller's random state is left as it was;
-    call it on a CPU module for the same weights on every machine. BatchNorm's
-    reset also resets its running statistics. Modules with only the private
-    ``_reset_parameters`` (``nn.MultiheadAttention``) get that. Returns the names
-    of parameters no reset covers (held directly by a module without either
-    method); they keep their trained values.
-    """
+    """Re-initialise ``module`` in place (``reset_parameters()``, or the private
+    ``_reset_parameters`` of ``nn.MultiheadAttention``, on every submodule) under
+    ``seed`` on the CPU generator, the caller's random state kept. Returns the names of
+    parameters no reset covers (they keep their trained values)."""
     import torch
 
     not_reset = []
@@ -338,14 +236,9 @@ def _randomise_on_cpu(module, seed: int, device) -> list[str]:
 
 
 def randomised_copies(model, n_inits: int, seed: int, not_reset: set[str] | None = None):
-    """The full randomisation's null models, one at a time: copy ``i`` of ``n_inits`` is a
-    deep copy of ``model`` re-initialised by :func:`randomise_parameters` with seed
-    ``seed + i`` (on the CPU, then moved to ``model``'s device). ``model`` is never
-    modified. :func:`model_randomisation` and the localisation benchmark
-    (:mod:`dermcam.localisation`) draw their nulls here, so a layer chosen for passing
-    the sanity check is held to the same null the reported check uses. Names of
-    parameters no reset covers are added to ``not_reset``.
-    """
+    """The null models, one at a time: copy ``i`` re-initialised with seed ``seed + i`` (on
+    the CPU, then moved to ``model``'s device). The localisation benchmark draws its nulls
+    here too, so a layer chosen for passing is held to the reported check's null."""
     device = next(iter(model.parameters())).device
     for i in range(int(n_inits)):
         m = copy.deepcopy(model)
@@ -355,15 +248,6 @@ def randomised_copies(model, n_inits: int, seed: int, not_reset: set[str] | None
         yield m
 
 
-def _jsonable(v: dict) -> dict:
-    out = {}
-    for key, val in v.items():
-        if isinstance(val, np.ndarray):
-            val = [float(x) for x in val]
-        out[key] = val
-    return out
-
-
 def model_randomisation(model, target_layer: str, method: str, x, targets, trained_heatmaps,
                         size: int, normalize: str = "minmax", n_inits: int = 3,
                         cascade: bool = True, seed: int = 0, reshape_transform=None, *,
@@ -371,24 +255,9 @@ def model_randomisation(model, target_layer: str, method: str, x, targets, train
                         n_boot: int = 1000, batch_size: int = 32) -> dict[str, Any]:
     """Full and cascading model randomisation for one model, CAM method and image batch.
 
-    ``model``: the trained torch module (never modified: every randomised model
-    is a deep copy). ``x`` ``(N, 3, H, W)`` preprocessed images; ``targets``
-    ``(N,)`` the classes ``trained_heatmaps`` ``(N, size, size)`` explain (the
-    trained model's heatmaps, same ``method``, layer and ``normalize``).
-
-    *Full*: ``n_inits`` copies, init ``i`` re-initialised entirely by
-    :func:`randomise_parameters` with seed ``seed + i``; their heatmaps of the
-    same images and target classes go to :func:`sanity_verdict`.
-    *Cascade* (``cascade=True``): one copy, its :func:`cascade_blocks` (or
-    ``blocks``, forward order) re-initialised cumulatively from the output down
-    (block ``j`` from the top with seed ``seed + j``), heatmaps after each step.
-
-    Heatmaps are computed in batches of ``batch_size`` on the model's device.
-    Returns a JSON-ready dict: ``full`` (the verdict, per-image arrays as lists),
-    ``cascade`` (``[{"block", "median_abs_rho", "ci_low", "ci_high", "n_valid"}]``,
-    top block first; ``[]`` when off), ``blocks`` (forward order), ``not_reset``
-    (parameters no reset covered), ``method``, ``layer``, ``normalize``,
-    ``n_images``, ``n_inits``, ``seed``.
+    ``x (N, 3, H, W)``, ``targets (N,)``, ``trained_heatmaps (N, size, size)``. Full:
+    ``n_inits`` copies judged by :func:`sanity_verdict`; cascade: :func:`cascade_blocks`
+    re-initialised cumulatively from the output down. ``model`` is never modified.
     """
     n, targets, trained, device = _randomisation_inputs(model, x, targets, trained_heatmaps,
                                                         size, n_inits, batch_size)
@@ -401,7 +270,6 @@ def model_randomisation(model, target_layer: str, method: str, x, targets, train
     not_reset: set[str] = set()
     full_maps = [heatmaps(m) for m in randomised_copies(model, n_inits, seed, not_reset)]
     full = sanity_verdict(trained, full_maps, threshold=threshold, n_boot=n_boot, seed=seed)
-
     names = list(blocks) if blocks is not None else cascade_blocks(model, target_layer)
     steps = (_cascade_steps(model, names, trained, heatmaps, seed, device, threshold, n_boot,
                             not_reset) if cascade else [])
@@ -409,7 +277,8 @@ def model_randomisation(model, target_layer: str, method: str, x, targets, train
         log.warning("model randomisation: %d parameter tensor(s) have no reset_parameters and "
                     "keep their trained values: %s", len(not_reset),
                     ", ".join(sorted(not_reset)[:5]))
-    return {"full": _jsonable(full), "cascade": steps, "blocks": names,
+    full = {k: [float(f) for f in v] if isinstance(v, np.ndarray) else v for k, v in full.items()}
+    return {"full": full, "cascade": steps, "blocks": names,
             "not_reset": sorted(not_reset), "method": method, "layer": target_layer,
             "normalize": normalize, "n_images": int(n), "n_inits": int(n_inits),
             "seed": int(seed)}
@@ -417,9 +286,8 @@ def model_randomisation(model, target_layer: str, method: str, x, targets, train
 
 def _randomisation_inputs(model, x, targets, trained_heatmaps, size: int, n_inits: int,
                           batch_size: int):
-    """:func:`model_randomisation`'s inputs checked (``ValueError`` naming the offending
-    shape or value): ``(N, targets (N,) int64, trained heatmaps (N, size, size) float32,
-    the model's device)``."""
+    """The inputs checked: ``(N, targets (N,) int64, trained (N, size, size) float32,
+    the model's device)``; ``ValueError`` naming the offending shape or value."""
     import torch
 
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
@@ -444,50 +312,41 @@ def _randomisation_inputs(model, x, targets, trained_heatmaps, size: int, n_init
 
 
 def _explainer_options(reshape_transform) -> dict[str, Any]:
-    """Keyword arguments for :class:`dermcam.attribution.CamExplainer` beyond the model,
-    layer and method: ``reshape_transform`` where one is given (``ValueError`` where this
-    version's explainer does not take one)."""
-    options = {}
-    if reshape_transform is not None:
-        if "reshape_transform" not in inspect.signature(CamExplainer).parameters:
-            raise ValueError("reshape_transform was given, but dermcam.attribution.CamExplainer "
-                             "does not take one in this version")
-        options["reshape_transform"] = reshape_transform
-    return options
+    """Explainer keywords: ``reshape_transform`` where given (``ValueError`` if unsupported)."""
+    if reshape_transform is None:
+        return {}
+    if "reshape_transform" not in inspect.signature(CamExplainer).parameters:
+        raise ValueError("reshape_transform was given, but dermcam.attribution.CamExplainer "
+                         "does not take one in this version")
+    return {"reshape_transform": reshape_transform}
 
 
 def _batched_heatmaps(m, target_layer: str, method: str, options: dict[str, Any], x,
                       targets: np.ndarray, size: int, normalize: str, batch_size: int,
                       device) -> np.ndarray:
-    """``m``'s heatmaps ``(N, size, size)`` of images ``x`` for classes ``targets``, computed
-    on ``device`` in batches of ``batch_size``."""
-    n = x.shape[0]
+    """``m``'s heatmaps ``(N, size, size)`` of ``x`` for ``targets``, in batches on ``device``."""
     out = []
     with CamExplainer(m, target_layer, method, **options) as ex:
-        for s in range(0, n, batch_size):
-            cb = ex.compute(x[s:s + batch_size].to(device),
-                            target=targets[s:s + batch_size], size=size,
-                            normalize=normalize)
-            out.append(cb.heatmaps)
+        for s in range(0, x.shape[0], batch_size):
+            out.append(ex.compute(x[s:s + batch_size].to(device),
+                                  target=targets[s:s + batch_size], size=size,
+                                  normalize=normalize).heatmaps)
     return np.concatenate(out) if out else np.zeros((0, size, size), np.float32)
 
 
 def _cascade_steps(model, names: Sequence[str], trained: np.ndarray, heatmaps, seed: int,
                    device, threshold: float, n_boot: int, not_reset: set[str]
                    ) -> list[dict[str, Any]]:
-    """The cascade on one deep copy of ``model``: blocks ``names`` (forward order)
-    re-initialised cumulatively from the top (block ``j`` from the top with seed
-    ``seed + j``), the similarity of ``heatmaps(copy)`` to ``trained`` after each step.
-    Parameters no reset covers are added to ``not_reset``."""
+    """The cascade on one deep copy of ``model``: ``names`` re-initialised cumulatively from
+    the top (seed ``seed + j``), the similarity to ``trained`` after each step."""
     steps = []
     m = copy.deepcopy(model)
     for j, name in enumerate(reversed(names)):
         not_reset.update(f"{name}.{p}" for p in
                          _randomise_on_cpu(m.get_submodule(name), seed + j, device))
         v = _verdict(trained, heatmaps(m), threshold, n_boot, seed)
-        steps.append({"block": name, "median_abs_rho": v["median_abs_rho"],
-                      "ci_low": v["ci_low"], "ci_high": v["ci_high"],
-                      "n_valid": v["n_valid"]})
+        steps.append({"block": name, **{k: v[k] for k in ("median_abs_rho", "ci_low",
+                                                           "ci_high", "n_valid")}})
         log.debug("cascade %s: median |rho| %.3f", name, v["median_abs_rho"])
     return steps
 
@@ -495,10 +354,9 @@ def _cascade_steps(model, names: Sequence[str], trained: np.ndarray, heatmaps, s
 def check_selection(run: runmod.Run, selection, samples, normalize, k: int = 64,
                     n_boot: int = 1000, cascade: bool = True,
                     out: runmod.Outputs | None = None) -> dict[str, dict[str, Any]]:
-    """Adebayo et al. (2018) on the chosen layers (``selection``: ``[{model, method,
-    layer}]``), on the CPU, on the first ``k`` of ``samples``: full and cascading
-    randomisation (the trained heatmaps read from ``out``, default the run's own), as
-    ``{"model/method": model_randomisation(...)}``."""
+    """:func:`model_randomisation` of each chosen ``{model, method, layer}`` on the CPU, on
+    the first ``k`` of ``samples`` (trained heatmaps read from ``out``, default the run's),
+    as ``{"model/method": result}``."""
     size = run.image_size
     chunk = samples[:k]
     x, _, _ = stack_samples(run.cache, chunk, size)

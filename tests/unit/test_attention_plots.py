@@ -480,5 +480,5 @@ def test_build_example_known_single_hot_pixel():
 
 def test_plot_writes_what_build_draws(tmp_path):
     df = _known_table()
-    expected = P._save(P.build_leakage_vs_area(df, title="x"), tmp_path / "b.png").read_bytes()
+    expected = P.save_figure(P.build_leakage_vs_area(df, title="x"), tmp_path / "b.png").read_bytes()
     assert P.plot_leakage_vs_area(df, tmp_path / "p.png", title="x").read_bytes() == expected

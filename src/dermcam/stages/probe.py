@@ -1,43 +1,9 @@
-"""The probe stage: does the model *use* what lies outside the lesion?
+"""The probe stage: does the model *use* what lies outside the lesion? (docs/probes.md)
 
-A heatmap says where gradients flow, not what a model relies on. The probes change
-the image and watch the malignant probability (Bissoto et al. 2019; Winkler et al.
-2019; Nauta et al. 2022):
-
-``lesion_removed``
-    the lesion (its mask dilated by a small margin) inpainted from the surrounding
-    skin (OpenCV's Telea method by default, or Navier-Stokes). A model that still
-    ranks malignant above benign images without the lesion uses context.
-``background_removed``
-    everything outside the dilated lesion replaced by one flat skin colour: the
-    median of the image's own skin pixels (dark vignette corners, near-saturated
-    pixels and known artifact pixels excluded).
-``artifact_inserted``
-    each of the synthetic generator's artifact painters (ruler, ink, colour patch,
-    dark corners, hair) pasted outside the dilated lesion, ``placements`` seeded
-    placements per image and artifact.
-``artifact_removed``
-    where the data carry per-pixel artifact maps (the synthetic benchmark), each
-    artifact an image carries inpainted away.
-
-Perturbations are made at the run's input size, once per image (not per model), and
-every model scores them in batches. Pure functions here change only the pixels they
-name (tested bit for bit); :func:`run_probe` is the stage over a run folder: resumable
-per batch (``RUN_DIR/probe/batch_<start>.csv``), then ``probe.csv`` (one row per image x
-model x probe x artifact x placement, with the intact and perturbed probability),
-``probe_summary.json`` (``entries``: one per model x probe [x artifact]; with ``--by``
-also ``subgroups``; where images carry artifact labels also ``artifact_presence``) and
-figures. ``run_probe(data=OTHER)`` probes another data set's masked images into
-``RUN/external/<name>/`` with the run's thresholds.
-
-This module is the stage over a run folder (inputs, batches and their resume, the
-manifest record); the pieces live below it: :mod:`dermcam.perturb` (the variants of one
-image), :mod:`dermcam.probe_scoring` (models and their precision),
-:mod:`dermcam.probe_real` (context swap, hot spots), :mod:`dermcam.probe_stats` (the
-summary) and :mod:`dermcam.probe_figures`. Their public names are re-exported here.
-
-Caveats the outputs repeat: inpainting leaves traces a model may react to; a changed
-prediction shows reliance, an unchanged one does not prove its absence.
+A heatmap says where gradients flow, not what a model relies on, so the probes change the
+image and watch P(malignant). This is the stage over a run folder (resumable batches,
+``probe.csv``, ``probe_summary.json``, figures, manifest); the pieces below it
+(perturb, probe_scoring, probe_real, probe_stats, probe_figures) are re-exported here.
 """
 
 from __future__ import annotations
@@ -110,8 +76,7 @@ CSV_COLUMNS = ["image_id", "label", "model", "probe", "artifact", "placement", "
 
 
 def artifact_flags(ds, samples) -> pd.DataFrame | None:
-    """``image_id`` and the 0/1 ``artifact_<name>`` metadata of ``samples`` (the synthetic
-    benchmark's ``metadata.csv`` or joined artifact labels), or None when there are none."""
+    """``image_id`` and the 0/1 ``artifact_<name>`` metadata of ``samples``, or None."""
     meta = metadata_table(ds)
     cols = [c for c in (meta.columns if meta is not None else []) if c.startswith(PREFIX)]
     if not cols:
@@ -119,11 +84,7 @@ def artifact_flags(ds, samples) -> pd.DataFrame | None:
     ids = [s.image_id for s in samples]
     out = meta.reindex(ids)[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
     out = out.loc[:, out.notna().any()]
-    return None if out.empty or not len(out.columns) else \
-        out.rename_axis("image_id").reset_index()
-
-
-# ------------------------------------------------------------------ probe.csv, per batch
+    return None if out.empty or not len(out.columns) else out.rename_axis("image_id").reset_index()
 
 
 def _batch_rows(models, chunk, items, cfg: PerturbConfig, batch_size: int, pool, clock,
@@ -158,10 +119,6 @@ def _batch_rows(models, chunk, items, cfg: PerturbConfig, batch_size: int, pool,
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CSV_COLUMNS)
 
 
-def _batch_path(out: runmod.Outputs, start: int) -> Path:
-    return out.probe_batches / f"batch_{start:06d}.csv"
-
-
 def read_rows(path: str | Path) -> pd.DataFrame:
     """A ``probe.csv`` (or one batch of it) as a DataFrame; ``artifact`` is "" where none."""
     try:
@@ -178,8 +135,7 @@ def read_rows(path: str | Path) -> pd.DataFrame:
 
 
 def _resumed(path: Path, chunk, names, cache, size: int, skipped: list) -> pd.DataFrame | None:
-    """The rows an earlier run of the same configuration wrote for ``chunk`` at ``path``
-    (the images it skipped appended to ``skipped``), or None where there are none."""
+    """The rows an earlier run wrote for ``chunk`` at ``path``, or None."""
     if not path.exists():
         return None
     rows = read_rows(path)
@@ -196,9 +152,8 @@ def _resumed(path: Path, chunk, names, cache, size: int, skipped: list) -> pd.Da
 
 def _probe_batches(out: runmod.Outputs, samples, names, models, cfg, cache, size: int,
                    skipped: list, batch_size: int, progress, workers, device):
-    """``(probe rows, inpainting clock, timing)``: every batch of ``samples`` perturbed once
-    and scored by every model, or read back from ``probe/`` where an earlier run of the same
-    configuration wrote it. Images that cannot be probed are appended to ``skipped``."""
+    """``(probe rows, inpainting clock, timing)``: every batch perturbed once and scored by
+    every model, or read back from ``probe/``; images that cannot be probed go to ``skipped``."""
     clock = Clock()
     timing = {"perturb_seconds": 0.0, "predict_seconds": 0.0, "images_scored": 0}
     starts = list(range(0, len(samples), batch_size))
@@ -206,7 +161,7 @@ def _probe_batches(out: runmod.Outputs, samples, names, models, cfg, cache, size
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for k, start in enumerate(starts):
-            path = _batch_path(out, start)
+            path = out.probe_batches / f"batch_{start:06d}.csv"
             chunk = samples[start:start + batch_size]
             rows = _resumed(path, chunk, names, cache, size, skipped)
             if rows is None:
@@ -230,26 +185,12 @@ def _probe_batches(out: runmod.Outputs, samples, names, models, cfg, cache, size
     return df, clock, timing
 
 
-# ------------------------------------------------------------------ the stage
-
-
 def run_probe(run_dir: runmod.Run | str | Path, config: ProbeConfig | None = None,
               audit: AuditSet | None = None, progress=None) -> list[dict[str, Any]]:
-    """Run the probes on every trained model and every masked test image; write the outputs
-    (:class:`~dermcam.config.ProbeConfig` says what each setting does).
-
-    Resumes per batch of ``batch_size`` images when the same configuration ran before
-    (another configuration starts over). Returns the ``probe_summary.json`` entries
-    (:func:`read_summary_object` reads the whole summary).
-
-    ``audit``: the images (:meth:`AuditSet.open`; default the run's own test split).
-    Another data set's masked images are probed into ``RUN/external/<name>/``, stage
-    ``external:<name>/probe``, at the run's thresholds. Where the images carry artifact
-    flags (``artifact_<name>`` metadata: the synthetic benchmark's, or joined labels), the
-    lesion and background removal are also split by each artifact's presence.
-    ``precision``: ``32-true`` scores in float32, as ``dermcam evaluate`` does;
-    ``bf16-mixed`` under bfloat16 autocast (faster where bfloat16 is native, probabilities
-    about 1e-2 away); ``auto`` per model, by the rule ``--precision auto`` trains with.
+    """Run the probes on every trained model and masked image of ``audit`` (default the
+    run's test split; another data set's go to ``RUN/external/<name>/`` at the run's
+    thresholds) and write the outputs (settings: :class:`~dermcam.config.ProbeConfig`).
+    Resumes per batch when the same configuration ran before. Returns the summary's entries.
     """
     run = runmod.Run.of(run_dir, require="train")
     opts = config or ProbeConfig()
@@ -285,8 +226,7 @@ def run_probe(run_dir: runmod.Run | str | Path, config: ProbeConfig | None = Non
 
 
 def _check_inputs(run: runmod.Run, audit: AuditSet, cfg: PerturbConfig, by) -> None:
-    """Refuse, in one line, what the probes asked for cannot run on: an unknown ``--by``
-    column, a context swap without artifact labels, hot spots without heatmaps."""
+    """Refuse an unknown ``--by`` column, a context swap without labels, hot spots without maps."""
     ds = audit.ds
     if by:
         check_by(ds, by)
@@ -304,15 +244,11 @@ def _probe_stage(run: runmod.Run, audit: AuditSet, names, cfg, seed: int, t0: fl
                  record: dict[str, Any], *, batch_size: int, n_boot: int, progress,
                  figures: bool, workers, device, by, min_group,
                  precisions: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """The probe stage's work on ``audit`` once its inputs are checked: batches, summary,
-    figures; ``record`` receives what the manifest keeps of it."""
+    """Batches, summary and figures of ``audit``; ``record`` gets what the manifest keeps."""
     out, cache, size = audit.out, audit.cache, audit.size
-    samples, skipped = [], []
-    for s in audit.samples:
-        if s.mask_path is None:
-            skipped.append({"image_id": s.image_id, "reason": "no lesion mask"})
-        else:
-            samples.append(s)
+    samples = [s for s in audit.samples if s.mask_path is not None]
+    skipped = [{"image_id": s.image_id, "reason": "no lesion mask"} for s in audit.samples
+               if s.mask_path is None]
     models = load_models(run, names, device, precisions)
     df, clock, timing = _probe_batches(out, samples, names, models, cfg, cache, size,
                                        skipped, batch_size, progress, workers, device)
@@ -346,14 +282,12 @@ def _probe_stage(run: runmod.Run, audit: AuditSet, names, cfg, seed: int, t0: fl
 def _summary(run: runmod.Run, audit: AuditSet, df: pd.DataFrame, cfg: PerturbConfig, probed,
              models, names, record: dict[str, Any], *, n_boot: int, seed: int, by, min_group,
              batch_size: int, device) -> dict[str, Any]:
-    """``probe_summary.json``: the entries (the real-pixel probes' last), by subgroup with
-    ``by``, by artifact presence where the images carry artifact flags, and what an
-    external set is."""
+    """``probe_summary.json``: the entries (real-pixel probes last), subgroups with ``by``,
+    artifact presence where images carry artifact flags, and what an external set is."""
     ds, cache, size = audit.ds, audit.cache, audit.size
     explained = run.stage_entry(audit.key("explain"))
     attention = _attention_for_tracking(audit.out, explained)
-    entries = [] if df.empty else summarise(df, cfg, n_boot=n_boot, seed=seed,
-                                            attention=attention)
+    entries = [] if df.empty else summarise(df, cfg, n_boot=n_boot, seed=seed, attention=attention)
     summary: dict[str, Any] = {"schema_version": SUMMARY_SCHEMA, "entries": entries}
     if by:
         summary["subgroups"] = probe_subgroups(
@@ -399,12 +333,8 @@ def _timing(timing: dict[str, Any], clock: Clock, n_images: int, t0: float) -> N
         "wall_seconds": round(time.perf_counter() - t0, 2)})
 
 
-# ------------------------------------------------------------------ what explain wrote
-
-
 def chosen_heatmaps(root: Path, st: dict[str, Any], names, samples) -> dict[str, list]:
-    """``{model: [heatmap or None per sample]}`` at each model's chosen method and layer
-    (``st``: the explain stage's manifest entry)."""
+    """``{model: [heatmap or None per sample]}`` at each model's chosen method and layer."""
     out: dict[str, list] = {m: [None] * len(samples) for m in names}
     where = {s.image_id: k for k, s in enumerate(samples)}
     for sel in st.get("layers") or []:
@@ -420,8 +350,7 @@ def chosen_heatmaps(root: Path, st: dict[str, Any], names, samples) -> dict[str,
 
 
 def _attention_for_tracking(out: runmod.Outputs, st: dict | None) -> pd.DataFrame | None:
-    """attention.csv rows of ``out`` at each model's chosen method and layer (``st``:
-    the explain stage's manifest entry; None without a complete explain)."""
+    """attention.csv rows at each model's chosen method and layer (None without explain)."""
     path = out.attention
     st = st or {}
     if not path.exists() or st.get("status") != runmod.STATUS_COMPLETE:
@@ -438,13 +367,9 @@ def _attention_for_tracking(out: runmod.Outputs, st: dict | None) -> pd.DataFram
     return pd.concat(keep, ignore_index=True) if keep else None
 
 
-# ------------------------------------------------------------------ reading the outputs
-
-
 def read_summary_object(folder: str | Path) -> dict[str, Any] | None:
-    """The whole ``probe_summary.json`` in ``folder`` (a run or an external set's folder):
-    ``{"entries", ...}``; a summary written before schema 2 (a bare list of entries) is
-    read as its entries. None when there is none."""
+    """The whole ``probe_summary.json`` in ``folder`` (None when there is none); a pre-schema-2
+    bare list of entries is read as its entries."""
     path = Path(folder) / PROBE_SUMMARY
     if not path.exists():
         return None
