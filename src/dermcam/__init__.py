@@ -13,5 +13,4 @@ def audit(model, data, out, **options):
     """The full audit of a model trained anywhere (a module or a weights file) on ``data``, into
     the run folder ``out``; returns the run (options: :func:`dermcam.outside.audit`)."""
     from dermcam.outside import audit as full_audit
-
     return full_audit(model, data, out, **options)

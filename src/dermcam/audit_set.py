@@ -26,9 +26,9 @@ from dermcam.data.metadata import metadata_table
 from dermcam.errors import DermcamError
 from dermcam.skin import ita_category, ita_with_reason
 
-__all__ = ["AuditSet", "SKIN_COLUMNS", "annotate_predictions", "available_columns",
-           "by_columns", "by_names", "check_by", "cluster_name", "external_samples",
-           "image_columns", "load_test_split", "safe_name", "stage_key"]
+__all__ = ["AuditSet", "SKIN_COLUMNS", "annotate_predictions", "by_columns", "by_names",
+           "check_by", "cluster_name", "external_samples", "image_columns", "safe_name",
+           "stage_key"]
 
 #: ``--by`` names served by the image itself rather than the metadata.
 SKIN_COLUMNS = ("ita", "ita_category")
@@ -118,12 +118,6 @@ class AuditSet:
                 "root": str(Path(self.ds.root).resolve()), "layout": self.ds.layout}
 
 
-def load_test_split(run: runmod.Run, artifacts: str | Path | None = None):
-    """``(dataset, samples, CachedSplit)``: the run's test split, its cache warmed here."""
-    audit = AuditSet.open(run, artifacts=artifacts).at("evaluate", warm=True)
-    return audit.ds, audit.samples, audit.split
-
-
 # ------------------------------------------------------------------ external sets
 
 def safe_name(text: str) -> str:
@@ -165,17 +159,12 @@ def by_columns(by) -> tuple[str, ...]:
                                if c.strip()))
 
 
-def available_columns(ds) -> list[str]:
+def check_by(ds, by) -> None:
+    """Refuse (one line) a ``--by`` column the data set does not carry."""
     meta = metadata_table(ds)
     cols = list(SKIN_COLUMNS) + (list(meta.columns) if meta is not None else [])
     if any(s.group is not None for s in ds.samples) and "group" not in cols:
         cols.append("group")
-    return cols
-
-
-def check_by(ds, by) -> None:
-    """Refuse (one line) a ``--by`` column the data set does not carry."""
-    cols = available_columns(ds)
     for c in by_columns(by):
         if c not in cols:
             raise DermcamError(f"--by {c}: no such column; {ds.name} offers "

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
 import platform
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,12 @@ from dermcam.config import TrainConfig
 from dermcam.errors import DermcamError
 from dermcam.io import MANIFEST, SCHEMA_VERSION, read_json, write_json
 
+log = logging.getLogger(__name__)
+
 STATUS_COMPLETE = "complete"
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
     out = {"dermcam": __version__, "python": platform.python_version()}
     for mod, dist in (("torch", "torch"), ("torchvision", "torchvision"),
                       ("lightning", "lightning"), ("numpy", "numpy"), ("sklearn", "scikit-learn"),
@@ -55,16 +59,15 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
             what = "another run" if (out / MANIFEST).exists() else "other files"
             raise DermcamError(f"output folder already holds {what}; choose a new folder or "
                                "pass --overwrite", out)
-        if (out / MANIFEST).exists():
-            for child in (MODELS_DIR, FIGURES_DIR, HEATMAP_DIR, PROBE_DIR, "report_files",
-                          EXTERNAL_DIR):
-                shutil.rmtree(out / child, ignore_errors=True)
-            for f in out.glob("*"):
-                if f.is_file():
-                    f.unlink()
-        else:
+        if not (out / MANIFEST).exists():
             raise DermcamError("--overwrite only replaces a dermcam run folder; this one holds "
                                "other files", out)
+        for child in (MODELS_DIR, FIGURES_DIR, HEATMAP_DIR, PROBE_DIR, "report_files",
+                      EXTERNAL_DIR):
+            shutil.rmtree(out / child, ignore_errors=True)
+        for f in out.glob("*"):
+            if f.is_file():
+                f.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".dermcam-write-test"
@@ -77,7 +80,6 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
 def read_manifest(run_dir: str | Path, require: str | None = None,
                   settled: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a run's manifest, refusing (one line) what a later stage must not read.
-
     ``require``: that stage must be complete; ``settled``: these may be absent or complete but
     not running or failed, since their files may then be stale or missing."""
     run_dir = Path(run_dir)
@@ -182,22 +184,18 @@ class Outputs:
     def __repr__(self) -> str:
         return f"Outputs({str(self.root)!r})"
 
-    predictions = property(lambda self: self.root / PREDICTIONS)
-    metrics = property(lambda self: self.root / METRICS)
-    metrics_csv = property(lambda self: self.root / METRICS_CSV)
-    attention = property(lambda self: self.root / ATTENTION)
-    attention_summary = property(lambda self: self.root / ATTENTION_SUMMARY)
-    localisation = property(lambda self: self.root / LOCALISATION)
-    probe_csv = property(lambda self: self.root / PROBE_CSV)
-    probe_summary = property(lambda self: self.root / PROBE_SUMMARY)
-    figures = property(lambda self: self.root / FIGURES_DIR)
-    heatmaps = property(lambda self: self.root / HEATMAP_DIR)
-    probe_batches = property(lambda self: self.root / PROBE_DIR)
-    manifest = property(lambda self: self.root / MANIFEST)
-    overlays = property(lambda self: self.root / OVERLAY_DIR)
-
     def overlay(self, image_id: str) -> Path:
         return self.root / OVERLAY_DIR / f"{image_id}.png"
+
+
+# Outputs' file paths by attribute: ``Outputs(root).metrics == root / METRICS``.
+for _attr, _name in {
+        "predictions": PREDICTIONS, "metrics": METRICS, "metrics_csv": METRICS_CSV,
+        "attention": ATTENTION, "attention_summary": ATTENTION_SUMMARY,
+        "localisation": LOCALISATION, "probe_csv": PROBE_CSV, "probe_summary": PROBE_SUMMARY,
+        "figures": FIGURES_DIR, "heatmaps": HEATMAP_DIR, "probe_batches": PROBE_DIR,
+        "manifest": MANIFEST, "overlays": OVERLAY_DIR}.items():
+    setattr(Outputs, _attr, property(lambda self, name=_name: self.root / name))
 
 
 def recorded_kind(folder: str | Path) -> str | None:
@@ -219,8 +217,7 @@ class Run:
     def __init__(self, run_dir: str | Path, manifest: dict[str, Any]):
         self.dir = Path(run_dir)
         self.manifest = manifest
-        self._dataset = None
-        self._cache = None
+        self._dataset = self._cache = None
         self._models: dict[str, tuple] = {}
 
     @classmethod
@@ -373,13 +370,11 @@ class Run:
     def dataset(self):
         """The training data set, with the run's artifact labels joined (opened once)."""
         if self._dataset is None:
-            import logging
-
             from dermcam.data import load_dataset
             self._dataset = load_dataset(self.data["root"],
                                          artifacts=self.data.get("artifacts"))
             if self._dataset.fingerprint() != self.data.get("fingerprint"):
-                logging.getLogger(__name__).warning(
+                log.warning(
                     "data under %s changed since training (fingerprint differs)",
                     self._dataset.root)
         return self._dataset
@@ -451,7 +446,6 @@ class Run:
     def stage(self, name: str, **info: Any) -> Iterator[dict[str, Any]]:
         """Record stage ``name``: running, then complete with its wall time and the yielded
         dict, or failed with the error's first line (Ctrl-C: 'interrupted'); re-raises."""
-        import time
         t0 = time.perf_counter()
         self.manifest = set_stage(self.dir, name, "running", **info)
         record: dict[str, Any] = {}

@@ -69,7 +69,6 @@ def skin_pixels(image: np.ndarray, mask: np.ndarray | None = None,
         radius = int(round(MASK_MARGIN * max(image.shape[:2])))
         if radius > 0 and mask.any():
             from scipy import ndimage
-
             mask = ndimage.binary_dilation(mask, iterations=radius)
         keep &= ~mask
     return keep

@@ -127,7 +127,6 @@ def split_by_presence(df: pd.DataFrame, columns, metrics) -> list[dict]:
     ``n`` and mean on each side (NaN values and missing flags left out), ``diff`` = with -
     without and a two-sided Mann-Whitney ``p`` (NaN when a side is empty)."""
     from scipy.stats import mannwhitneyu
-
     rows = []
     for col in columns:
         flag = pd.to_numeric(df[col], errors="coerce")

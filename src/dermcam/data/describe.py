@@ -89,12 +89,10 @@ def compare_official(splits: dict[str, dict[str, Any]], official: dict | None = 
     """``(match, sentence)``: per-split class counts (``describe()["splits"]``) against
     ``official`` (default ISIC 2016's)."""
     official = OFFICIAL_COUNTS if official is None else official
-
     def fmt(c: dict) -> str:
         return "; ".join(f"{sp} {c[sp][LABEL_NAMES[0]] + c[sp][LABEL_NAMES[1]]} = "
                          f"{c[sp][LABEL_NAMES[0]]} {LABEL_NAMES[0]} + {c[sp][LABEL_NAMES[1]]} "
                          f"{LABEL_NAMES[1]}" for sp in official)
-
     got = {sp: {k: int(splits.get(sp, {}).get(k, 0)) for k in LABEL_NAMES} for sp in official}
     if got == official:
         return True, f"counts match the published {name} counts ({fmt(official)})"

@@ -155,10 +155,8 @@ def _colour_set(rng: Rng, label: int) -> list[str]:
 def lesion_params(rng: Rng, label: int) -> dict[str, Any]:
     """Shape and colour parameters; the ABCD cues differ by label, with overlap."""
     mal = label == 1
-
     def lognorm(median: float, sd: float) -> float:
         return float(np.exp(rng.normal(math.log(median), sd)))
-
     return {
         "area": float(np.clip(lognorm(0.23 if mal else 0.14, 0.5), 0.03, 0.5)),
         "asymmetry": float(np.clip(lognorm(0.11 if mal else 0.06, 0.5), 0.005, 0.35)),
@@ -398,11 +396,9 @@ def _ruler(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> P
     # drawn for the top edge, then rotated to ``side`` (square images)
     c, sn = math.cos(tilt), math.sin(tilt)
     mid = np.array([0.5 * size, dist])
-
     def pt(u, v):  # u along the ruler from its middle, v inwards
         x, y = mid + np.array([u * c - v * sn, u * sn + v * c])
         return (float(x * ss), float(y * ss))
-
     half = 0.75 * size
     band_cv.draw.polygon([pt(-half, 0), pt(half, 0), pt(half, width), pt(-half, width)],
                          fill=150)
