@@ -1,6 +1,5 @@
 """dermcam: train, compare and audit dermoscopy classifiers. Importing it imports nothing
-heavy (no torch, matplotlib); import the stage you need, or audit a model with :func:`audit`.
-"""
+heavy (no torch, matplotlib); import the stage you need, or audit a model with :func:`audit`."""
 
 __version__ = "0.1.0"
 

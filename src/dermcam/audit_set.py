@@ -1,9 +1,6 @@
-"""The images a stage audits, opened once (:class:`AuditSet`), and the per-image columns
-every stage records (skin tone, ``--by`` metadata).
-
-A run audits its own test split (outputs in the run folder) or another data set
-(``--data OTHER``, into ``RUN/external/<name>/``): its official test split where the layout
-has one (ISIC 2016/2017, a generic split column holding both), else every image."""
+"""The images a stage audits, opened once (:class:`AuditSet`): the run's own test split, or
+another data set's official test split where it has one, else every image (``--data OTHER``,
+into ``RUN/external/<name>/``); and the per-image columns (skin tone, ``--by`` metadata)."""
 
 from __future__ import annotations
 
@@ -35,8 +32,6 @@ SKIN_COLUMNS = ("ita", "ita_category")
 #: Layouts whose test split is official; the others are scored whole.
 _OFFICIAL_SPLIT = ("isic2016", "isic2017")
 
-
-# ------------------------------------------------------------------ the audit set
 
 @dataclass
 class AuditSet:
@@ -118,8 +113,6 @@ class AuditSet:
                 "root": str(Path(self.ds.root).resolve()), "layout": self.ds.layout}
 
 
-# ------------------------------------------------------------------ external sets
-
 def safe_name(text: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
     if not name:
@@ -142,8 +135,6 @@ def stage_key(name: str, stage: str | None = None) -> str:
     """``external:<name>`` for evaluate (``stage`` None), else ``external:<name>/<stage>``."""
     return f"external:{name}" if stage is None else f"external:{name}/{stage}"
 
-
-# ------------------------------------------------------------------ per-image columns
 
 def cluster_name(ds) -> str:
     """What a sample's ``group`` is called in outputs: lesion_id for HAM10000, else group."""

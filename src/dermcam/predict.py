@@ -63,8 +63,6 @@ class PredictResult:
         return Outputs(self.out).predictions
 
 
-# ------------------------------------------------------------------------- inputs
-
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Files as given; folders scanned (sorted, not recursively) for images, leaving out
     masks and maps (stems ending in :data:`NOT_IMAGE_STEMS`)."""
@@ -106,8 +104,6 @@ def _ids(paths: Sequence[Path]) -> list[str]:
         out.append(base if seen[base] == 1 else f"{base}__{seen[base]}")
     return out
 
-
-# --------------------------------------------------------------------- model card
 
 def model_card(payload: dict[str, Any], info) -> dict[str, Any]:
     """The checkpoint's model card, fields older checkpoints lack filled from the payload."""
@@ -158,10 +154,7 @@ def model_card_lines(card: dict[str, Any]) -> list[str]:
     return lines
 
 
-# ------------------------------------------------------------------------ overlay
-
-def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None,
-                panel: int = OVERLAY_PANEL) -> bytes:
+def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None) -> bytes:
     """PNG bytes: the image beside its heatmap over it (jet, 50 %), lesion outline in white.
     ``image (S, S, 3) uint8``, ``cam (S, S)`` non-negative, ``mask (S, S)`` bool or None."""
     from PIL import Image
@@ -174,7 +167,7 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
     heat = 0.5 * image.astype(np.float64) / 255.0 + 0.5 * jet(c)
     if mask is not None and mask.any() and not mask.all():
         heat[outline(mask.astype(bool))] = 1.0
-    side, gap = max(panel, image.shape[0]), 4
+    side, gap = max(OVERLAY_PANEL, image.shape[0]), 4
     tiles = [Image.fromarray(image), Image.fromarray((heat * 255).round().astype(np.uint8))]
     strip = Image.new("RGB", (2 * side + gap, side), (255, 255, 255))
     for k, t in enumerate(tiles):
@@ -183,8 +176,6 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
     strip.save(buf, format="PNG")
     return buf.getvalue()
 
-
-# ------------------------------------------------------------------------ predict
 
 def _prepare_out(out: Outputs) -> None:
     """Create ``out``; clear a previous prediction there, refuse any other dermcam output."""

@@ -242,7 +242,6 @@ class Run:
         self.manifest = read_manifest(self.dir)
         return self
 
-    # ----------------------------------------------------------------- paths
     @property
     def outputs(self) -> Outputs:
         """The files of the run's own audit (test split)."""
@@ -262,7 +261,6 @@ class Run:
     def history_file(self, name: str) -> Path:
         return self.dir / MODELS_DIR / name / HISTORY_FILE
 
-    # ---------------------------------------------------------------- config
     @property
     def config(self) -> TrainConfig:
         known = set(TrainConfig.__dataclass_fields__)
@@ -281,47 +279,12 @@ class Run:
         return self.manifest["config"].get("cache_dir")
 
     @property
-    def recorded_config(self) -> dict[str, Any]:
-        """The configuration as recorded (``{}`` where none); :attr:`config` fills defaults."""
-        return _mapping(self.manifest.get("config"))
-
-    @property
     def configured_models(self) -> list[str]:
         return list(self.recorded_config.get("models") or [])
 
     @property
-    def recorded_seed(self) -> Any:
-        """The seed as recorded, or None (:attr:`seed` is the int, and raises)."""
-        return self.manifest.get("seed")
-
-    @property
-    def status(self) -> str | None:
-        return self.manifest.get("status")
-
-    @property
-    def created(self) -> str | None:
-        return self.manifest.get("created")
-
-    @property
-    def updated(self) -> str | None:
-        return self.manifest.get("updated")
-
-    @property
-    def versions(self) -> dict[str, str]:
-        return _mapping(self.manifest.get("versions"))
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """What training recorded of its data (``{}`` where nothing or no mapping)."""
-        return _mapping(self.manifest.get("data"))
-
-    @property
     def data_root(self) -> Path:
         return Path(self.data["root"])
-
-    @property
-    def stages(self) -> dict[str, Any]:
-        return _mapping(self.manifest.get("stages"))
 
     def stage_entry(self, name: str) -> dict[str, Any]:
         return _mapping(self.stages.get(name))
@@ -357,7 +320,6 @@ class Run:
         """What ``stage`` recorded under ``key``, or ``default``."""
         return self.stage_entry(stage).get(key, default)
 
-    # ------------------------------------------------------- opened once, kept
     @property
     def cache(self):
         if self._cache is None:
@@ -391,7 +353,6 @@ class Run:
             self._models[name] = load_checkpoint(self.model_file(name))
         return self._models[name]
 
-    # ------------------------------------------------- written by training
     @classmethod
     def start(cls, run_dir: str | Path, cfg: TrainConfig, ds, train_samples, **train: Any
               ) -> Run:
@@ -441,7 +402,6 @@ class Run:
         'running' so --resume can continue)."""
         self.manifest = set_stage(self.dir, stage, status, run_status=run_status, **info)
 
-    # ---------------------------------------------------------------- stages
     @contextlib.contextmanager
     def stage(self, name: str, **info: Any) -> Iterator[dict[str, Any]]:
         """Record stage ``name``: running, then complete with its wall time and the yielded
@@ -461,6 +421,16 @@ class Run:
             raise
         self.manifest = set_stage(self.dir, name, STATUS_COMPLETE,
                                   wall_time_s=round(time.perf_counter() - t0, 2), **record)
+
+
+# Manifest fields as recorded: values (None where absent) and mappings (``{}`` where absent or
+# not one); ``seed`` and ``config`` are the checked ones, ``data`` what training recorded.
+for _attr, _key in (("status", "status"), ("created", "created"), ("updated", "updated"),
+                    ("recorded_seed", "seed")):
+    setattr(Run, _attr, property(lambda self, k=_key: self.manifest.get(k)))
+for _attr, _key in (("recorded_config", "config"), ("versions", "versions"), ("data", "data"),
+                    ("stages", "stages")):
+    setattr(Run, _attr, property(lambda self, k=_key: _mapping(self.manifest.get(k))))
 
 
 def record_in_run(run_dir: str | Path, path: str | Path, ds=None) -> str:

@@ -2,8 +2,7 @@
 [,split][,group]``; label benign/malignant or 0/1), ``images/<image_id>.jpg|.png`` and
 optional ``masks/<image_id>.png`` (or a relative path in ``mask``). Without a split a seeded
 stratified 20 % is the test split; a ``group`` (lesion or patient) stays on one side of
-every split, and bootstrap CIs resample whole groups.
-"""
+every split, and bootstrap CIs resample whole groups."""
 
 from __future__ import annotations
 

@@ -6,8 +6,7 @@
     ISBI2016_ISIC_Part3B_Training_GroundTruth.csv    no header: ISIC_0000000,benign|malignant
     ISBI2016_ISIC_Part3B_Test_GroundTruth.csv        no header: ISIC_0000000,0.0|1.0
 
-The synthetic benchmark adds ``ISIC_xxx_Artifacts.png`` maps and ``metadata.csv``.
-"""
+The synthetic benchmark adds ``ISIC_xxx_Artifacts.png`` maps and ``metadata.csv``."""
 
 from __future__ import annotations
 

@@ -6,8 +6,7 @@
 
 The root may be ``PH2Dataset`` or the folder holding it. Label 1 = melanoma (clinical
 diagnosis 2; 0 and 1 are common and atypical nevi). :func:`read_table` reads the table's
-three forms in circulation. No official split: a seeded stratified 20 % is the test split.
-"""
+three forms in circulation. No official split: a seeded stratified 20 % is the test split."""
 
 from __future__ import annotations
 
