@@ -1,6 +1,5 @@
 """dermcam: train, compare and audit dermoscopy classifiers. Importing it imports nothing
-heavy (no torch, matplotlib); import the stage you need, or audit a model with :func:`audit`.
-"""
+heavy (no torch, matplotlib); import the stage you need, or audit a model with :func:`audit`."""
 
 __version__ = "0.1.0"
 
@@ -13,5 +12,4 @@ def audit(model, data, out, **options):
     """The full audit of a model trained anywhere (a module or a weights file) on ``data``, into
     the run folder ``out``; returns the run (options: :func:`dermcam.outside.audit`)."""
     from dermcam.outside import audit as full_audit
-
     return full_audit(model, data, out, **options)

@@ -1,9 +1,6 @@
-"""The images a stage audits, opened once (:class:`AuditSet`), and the per-image columns
-every stage records (skin tone, ``--by`` metadata).
-
-A run audits its own test split (outputs in the run folder) or another data set
-(``--data OTHER``, into ``RUN/external/<name>/``): its official test split where the layout
-has one (ISIC 2016/2017, a generic split column holding both), else every image."""
+"""The images a stage audits, opened once (:class:`AuditSet`): the run's own test split, or
+another data set's official test split where it has one, else every image (``--data OTHER``,
+into ``RUN/external/<name>/``); and the per-image columns (skin tone, ``--by`` metadata)."""
 
 from __future__ import annotations
 
@@ -26,17 +23,15 @@ from dermcam.data.metadata import metadata_table
 from dermcam.errors import DermcamError
 from dermcam.skin import ita_category, ita_with_reason
 
-__all__ = ["AuditSet", "SKIN_COLUMNS", "annotate_predictions", "available_columns",
-           "by_columns", "by_names", "check_by", "cluster_name", "external_samples",
-           "image_columns", "load_test_split", "safe_name", "stage_key"]
+__all__ = ["AuditSet", "SKIN_COLUMNS", "annotate_predictions", "by_columns", "by_names",
+           "check_by", "cluster_name", "external_samples", "image_columns", "safe_name",
+           "stage_key"]
 
 #: ``--by`` names served by the image itself rather than the metadata.
 SKIN_COLUMNS = ("ita", "ita_category")
 #: Layouts whose test split is official; the others are scored whole.
 _OFFICIAL_SPLIT = ("isic2016", "isic2017")
 
-
-# ------------------------------------------------------------------ the audit set
 
 @dataclass
 class AuditSet:
@@ -118,14 +113,6 @@ class AuditSet:
                 "root": str(Path(self.ds.root).resolve()), "layout": self.ds.layout}
 
 
-def load_test_split(run: runmod.Run, artifacts: str | Path | None = None):
-    """``(dataset, samples, CachedSplit)``: the run's test split, its cache warmed here."""
-    audit = AuditSet.open(run, artifacts=artifacts).at("evaluate", warm=True)
-    return audit.ds, audit.samples, audit.split
-
-
-# ------------------------------------------------------------------ external sets
-
 def safe_name(text: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
     if not name:
@@ -149,8 +136,6 @@ def stage_key(name: str, stage: str | None = None) -> str:
     return f"external:{name}" if stage is None else f"external:{name}/{stage}"
 
 
-# ------------------------------------------------------------------ per-image columns
-
 def cluster_name(ds) -> str:
     """What a sample's ``group`` is called in outputs: lesion_id for HAM10000, else group."""
     return "lesion_id" if getattr(ds, "layout", "") == "ham10000" else "group"
@@ -165,17 +150,12 @@ def by_columns(by) -> tuple[str, ...]:
                                if c.strip()))
 
 
-def available_columns(ds) -> list[str]:
+def check_by(ds, by) -> None:
+    """Refuse (one line) a ``--by`` column the data set does not carry."""
     meta = metadata_table(ds)
     cols = list(SKIN_COLUMNS) + (list(meta.columns) if meta is not None else [])
     if any(s.group is not None for s in ds.samples) and "group" not in cols:
         cols.append("group")
-    return cols
-
-
-def check_by(ds, by) -> None:
-    """Refuse (one line) a ``--by`` column the data set does not carry."""
-    cols = available_columns(ds)
     for c in by_columns(by):
         if c not in cols:
             raise DermcamError(f"--by {c}: no such column; {ds.name} offers "

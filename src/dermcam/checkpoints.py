@@ -1,9 +1,6 @@
-"""Checkpoints: the one home of dermcam's ``model.pt`` format (tensors and plain values,
-read with ``weights_only=True``).
-
-Optional fields, for models trained elsewhere: ``num_outputs`` (the head's, loaded strictly),
-``io`` (:func:`dermcam.models.attach_io`'s arguments), ``image_size`` (a ``timm:`` model's)
-and ``source`` (where the weights came from; not read when loading)."""
+"""Checkpoints: the one home of dermcam's ``model.pt`` format (tensors and plain values, read
+with ``weights_only=True``). Optional fields for models trained elsewhere: ``num_outputs``,
+``io`` (:func:`dermcam.models.attach_io`'s arguments), ``image_size`` and ``source``."""
 
 from __future__ import annotations
 

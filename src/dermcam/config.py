@@ -84,7 +84,6 @@ def parse_lr(spec: str | float) -> tuple[float, dict[str, float]]:
     return default, per
 
 
-# ------------------------------------------------------------------ the audit stages
 # ``by``: columns (metadata, ``ita``) for results by subgroup, groups under ``min_group``
 # images too few to estimate; ``device``: auto, cpu, cuda or cuda:i
 # (dermcam.device.resolve_device); ``n_boot``: bootstrap resamples of every CI.

@@ -66,7 +66,6 @@ CPU_BF16_DEPTHWISE_MIN_SIDE = 128
 def resolve_precision(spec: str, accelerator: str = "auto", depthwise: bool = False,
                       image_size: int | None = None) -> str:
     """``--precision auto`` -> the precision one model trains in here; others as given.
-
     ``bf16-mixed`` where bfloat16 is native, except depthwise nets below
     :data:`CPU_BF16_DEPTHWISE_MIN_SIDE` px on the CPU; else ``32-true``. A fixed rule, not a
     timing, so the same machine and seed give the same bytes."""

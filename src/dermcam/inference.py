@@ -103,8 +103,6 @@ def _logit_diffs(model, batches, device) -> np.ndarray:
     return torch.cat(out).numpy() if out else np.zeros(0, np.float64)
 
 
-# ------------------------------------------------------------ memory format
-
 def use_channels_last(name: str, setting: str = "auto") -> bool:
     """Whether model ``name`` runs channels-last: ``setting`` on/off, or ``auto``
     (:func:`depthwise_net`)."""

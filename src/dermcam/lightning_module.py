@@ -17,12 +17,6 @@ from dermcam.samplers import dedupe_by_index, rank_slice
 __all__ = ["DermClassifier"]
 
 
-def _as_param_dtype(x: torch.Tensor, model) -> torch.Tensor:
-    """Cast input to the weights' dtype under --precision bf16-true / 16-true."""
-    p = next(model.parameters(), None)
-    return x if p is None or p.dtype == x.dtype else x.to(p.dtype)
-
-
 class DermClassifier(pl.LightningModule):
     """Binary dermoscopy classifier on uint8 NHWC batches.
 
@@ -57,7 +51,9 @@ class DermClassifier(pl.LightningModule):
         return (n_global, lo) if hi > lo else (max(n_global, n_local), 0)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(_as_param_dtype(normalize(x), self.model))
+        """Logits of normalised ``x``, cast to the weights' dtype (--precision bf16-true)."""
+        x, p = normalize(x), next(self.model.parameters(), None)
+        return self.model(x if p is None or p.dtype == x.dtype else x.to(p.dtype))
 
     def training_step(self, batch, batch_idx):
         images, labels, *rest = batch  # rest: (keep,) weights, 0 for a padded repeat

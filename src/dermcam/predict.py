@@ -6,9 +6,11 @@ the decision uses the checkpoint's validation threshold, and the heatmaps explai
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,8 +63,6 @@ class PredictResult:
         return Outputs(self.out).predictions
 
 
-# ------------------------------------------------------------------------- inputs
-
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Files as given; folders scanned (sorted, not recursively) for images, leaving out
     masks and maps (stems ending in :data:`NOT_IMAGE_STEMS`)."""
@@ -105,26 +105,6 @@ def _ids(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------- model card
-
-def load_classifier(checkpoint: str | Path):
-    """``(model, info, payload)`` from a dermcam checkpoint with the fields predict needs."""
-    path = Path(checkpoint)
-    if path.is_file():
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-        if magic != b"PK\x03\x04":  # torch.save writes a zip archive
-            raise DermcamError("not a PyTorch checkpoint file (expected a dermcam "
-                               "RUN/models/<name>/model.pt)", path)
-    model, info, payload = load_checkpoint(checkpoint)
-    size, thr = payload.get("image_size"), payload.get("threshold")
-    if not isinstance(size, int) or size < 8 or not isinstance(thr, (int, float)) or not (
-            0.0 <= float(thr) <= 1.0):
-        raise DermcamError("not a trained dermcam classifier checkpoint (no image_size and "
-                           "validation threshold); use RUN/models/<name>/model.pt", checkpoint)
-    return model, info, payload
-
-
 def model_card(payload: dict[str, Any], info) -> dict[str, Any]:
     """The checkpoint's model card, fields older checkpoints lack filled from the payload."""
     card = dict(payload.get("model_card") or {})
@@ -162,7 +142,6 @@ def model_card_lines(card: dict[str, Any]) -> list[str]:
             lo, hi = m.get("lo"), m.get("hi")
             rng = f" ({lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else ""
             return f"{name.replace('_', ' ')} {m['value']:.3f}{rng}"
-
         ts = card.get("test_set") or {}
         lines.append(f"test set {ts.get('name', '?')} (n={ts.get('n', '?')}, "
                      f"{ts.get('n_malignant', '?')} malignant), 95 % CI: "
@@ -175,15 +154,9 @@ def model_card_lines(card: dict[str, Any]) -> list[str]:
     return lines
 
 
-# ------------------------------------------------------------------------ overlay
-
-def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None,
-                panel: int = OVERLAY_PANEL) -> bytes:
+def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None) -> bytes:
     """PNG bytes: the image beside its heatmap over it (jet, 50 %), lesion outline in white.
-
     ``image (S, S, 3) uint8``, ``cam (S, S)`` non-negative, ``mask (S, S)`` bool or None."""
-    import io
-
     from PIL import Image
     if image.ndim != 3 or cam.shape != image.shape[:2] or (
             mask is not None and mask.shape != cam.shape):
@@ -194,7 +167,7 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
     heat = 0.5 * image.astype(np.float64) / 255.0 + 0.5 * jet(c)
     if mask is not None and mask.any() and not mask.all():
         heat[outline(mask.astype(bool))] = 1.0
-    side, gap = max(panel, image.shape[0]), 4
+    side, gap = max(OVERLAY_PANEL, image.shape[0]), 4
     tiles = [Image.fromarray(image), Image.fromarray((heat * 255).round().astype(np.uint8))]
     strip = Image.new("RGB", (2 * side + gap, side), (255, 255, 255))
     for k, t in enumerate(tiles):
@@ -204,11 +177,8 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
     return buf.getvalue()
 
 
-# ------------------------------------------------------------------------ predict
-
 def _prepare_out(out: Outputs) -> None:
     """Create ``out``; clear a previous prediction there, refuse any other dermcam output."""
-    import shutil
     if out.root.exists() and not out.root.is_dir():
         raise DermcamError("output path exists and is not a folder", out.root)
     if out.manifest.exists():
@@ -247,9 +217,21 @@ class _Classifier:
 
 
 def _load(checkpoint: Path) -> _Classifier:
-    """The checkpoint's classifier with the CAM method and layer explain chose (else
-    Grad-CAM at the study's layer)."""
-    model, info, payload = load_classifier(checkpoint)
+    """The checkpoint's classifier (with the fields predict needs) and the CAM method and
+    layer explain chose (else Grad-CAM at the study's layer)."""
+    path = Path(checkpoint)
+    if path.is_file():
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+            raise DermcamError("not a PyTorch checkpoint file (expected a dermcam "
+                               "RUN/models/<name>/model.pt)", path)
+    model, info, payload = load_checkpoint(checkpoint)
+    size, thr = payload.get("image_size"), payload.get("threshold")
+    if not isinstance(size, int) or size < 8 or not isinstance(thr, (int, float)) or not (
+            0.0 <= float(thr) <= 1.0):
+        raise DermcamError("not a trained dermcam classifier checkpoint (no image_size and "
+                           "validation threshold); use RUN/models/<name>/model.pt", checkpoint)
     cam = payload.get("cam") or {}
     return _Classifier(model, model_card(payload, info), int(payload["image_size"]),
                        float(payload["threshold"]), cam.get("method", "gradcam"),
@@ -265,22 +247,6 @@ def _decode(job: tuple[Path, str], mask_dir: Path | None, size: int, resize: str
             Sample(image_id, path, 0, "test", mask_path), size, resize)
     except DermcamError as exc:
         return path, image_id, mask_path, exc
-
-
-def _readable(decoded, skip_bad: bool, warn: Callable[[str], None],
-              skipped: list[tuple[str, str]]) -> list[tuple]:
-    """The decoded items of one batch; an unreadable one raises, or with ``skip_bad`` is
-    warned about and added to ``skipped``."""
-    items = []
-    for path, image_id, mask_path, item in decoded:
-        if isinstance(item, DermcamError):
-            if not skip_bad:
-                raise item
-            warn(f"skipped: {item}")
-            skipped.append((str(path), str(item)))
-            continue
-        items.append((path, image_id, mask_path, item))
-    return items
 
 
 def _mask_scores(items, heatmaps: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -342,7 +308,15 @@ def _predict_all(clf: _Classifier, paths: list[Path], mask_dir: Path | None, out
     with pool, CamExplainer(clf.model, clf.cam_layer, clf.cam_method) as ex:
         for start in range(0, total, batch_size):
             jobs = zip(paths[start:start + batch_size], ids[start:start + batch_size])
-            items = _readable(pool.map(decode, jobs), skip_bad, warn, skipped)
+            items = []
+            for path, image_id, mask_path, item in pool.map(decode, jobs):
+                if isinstance(item, DermcamError):  # unreadable: raise, or warn and skip
+                    if not skip_bad:
+                        raise item
+                    warn(f"skipped: {item}")
+                    skipped.append((str(path), str(item)))
+                else:
+                    items.append((path, image_id, mask_path, item))
             if items:
                 rows += _predict_batch(ex, clf, items, device, out, mask_dir is not None)
             if progress:
@@ -367,7 +341,6 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
             device: str = "cpu", progress: Callable[[int, int], None] | None = None,
             warn: Callable[[str], None] | None = None) -> PredictResult:
     """Probability of malignancy, decision and Grad-CAM overlay for each input image.
-
     ``masks``: a folder of lesion masks; images with one also get the attention metrics. An
     unreadable image raises a one-line error, or with ``skip_bad`` is warned about and left out."""
     import pandas as pd

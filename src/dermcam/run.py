@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
 import platform
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,12 @@ from dermcam.config import TrainConfig
 from dermcam.errors import DermcamError
 from dermcam.io import MANIFEST, SCHEMA_VERSION, read_json, write_json
 
+log = logging.getLogger(__name__)
+
 STATUS_COMPLETE = "complete"
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
     out = {"dermcam": __version__, "python": platform.python_version()}
     for mod, dist in (("torch", "torch"), ("torchvision", "torchvision"),
                       ("lightning", "lightning"), ("numpy", "numpy"), ("sklearn", "scikit-learn"),
@@ -55,16 +59,15 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
             what = "another run" if (out / MANIFEST).exists() else "other files"
             raise DermcamError(f"output folder already holds {what}; choose a new folder or "
                                "pass --overwrite", out)
-        if (out / MANIFEST).exists():
-            for child in (MODELS_DIR, FIGURES_DIR, HEATMAP_DIR, PROBE_DIR, "report_files",
-                          EXTERNAL_DIR):
-                shutil.rmtree(out / child, ignore_errors=True)
-            for f in out.glob("*"):
-                if f.is_file():
-                    f.unlink()
-        else:
+        if not (out / MANIFEST).exists():
             raise DermcamError("--overwrite only replaces a dermcam run folder; this one holds "
                                "other files", out)
+        for child in (MODELS_DIR, FIGURES_DIR, HEATMAP_DIR, PROBE_DIR, "report_files",
+                      EXTERNAL_DIR):
+            shutil.rmtree(out / child, ignore_errors=True)
+        for f in out.glob("*"):
+            if f.is_file():
+                f.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".dermcam-write-test"
@@ -77,7 +80,6 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
 def read_manifest(run_dir: str | Path, require: str | None = None,
                   settled: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a run's manifest, refusing (one line) what a later stage must not read.
-
     ``require``: that stage must be complete; ``settled``: these may be absent or complete but
     not running or failed, since their files may then be stale or missing."""
     run_dir = Path(run_dir)
@@ -182,22 +184,18 @@ class Outputs:
     def __repr__(self) -> str:
         return f"Outputs({str(self.root)!r})"
 
-    predictions = property(lambda self: self.root / PREDICTIONS)
-    metrics = property(lambda self: self.root / METRICS)
-    metrics_csv = property(lambda self: self.root / METRICS_CSV)
-    attention = property(lambda self: self.root / ATTENTION)
-    attention_summary = property(lambda self: self.root / ATTENTION_SUMMARY)
-    localisation = property(lambda self: self.root / LOCALISATION)
-    probe_csv = property(lambda self: self.root / PROBE_CSV)
-    probe_summary = property(lambda self: self.root / PROBE_SUMMARY)
-    figures = property(lambda self: self.root / FIGURES_DIR)
-    heatmaps = property(lambda self: self.root / HEATMAP_DIR)
-    probe_batches = property(lambda self: self.root / PROBE_DIR)
-    manifest = property(lambda self: self.root / MANIFEST)
-    overlays = property(lambda self: self.root / OVERLAY_DIR)
-
     def overlay(self, image_id: str) -> Path:
         return self.root / OVERLAY_DIR / f"{image_id}.png"
+
+
+# Outputs' file paths by attribute: ``Outputs(root).metrics == root / METRICS``.
+for _attr, _name in {
+        "predictions": PREDICTIONS, "metrics": METRICS, "metrics_csv": METRICS_CSV,
+        "attention": ATTENTION, "attention_summary": ATTENTION_SUMMARY,
+        "localisation": LOCALISATION, "probe_csv": PROBE_CSV, "probe_summary": PROBE_SUMMARY,
+        "figures": FIGURES_DIR, "heatmaps": HEATMAP_DIR, "probe_batches": PROBE_DIR,
+        "manifest": MANIFEST, "overlays": OVERLAY_DIR}.items():
+    setattr(Outputs, _attr, property(lambda self, name=_name: self.root / name))
 
 
 def recorded_kind(folder: str | Path) -> str | None:
@@ -219,8 +217,7 @@ class Run:
     def __init__(self, run_dir: str | Path, manifest: dict[str, Any]):
         self.dir = Path(run_dir)
         self.manifest = manifest
-        self._dataset = None
-        self._cache = None
+        self._dataset = self._cache = None
         self._models: dict[str, tuple] = {}
 
     @classmethod
@@ -245,7 +242,6 @@ class Run:
         self.manifest = read_manifest(self.dir)
         return self
 
-    # ----------------------------------------------------------------- paths
     @property
     def outputs(self) -> Outputs:
         """The files of the run's own audit (test split)."""
@@ -265,7 +261,6 @@ class Run:
     def history_file(self, name: str) -> Path:
         return self.dir / MODELS_DIR / name / HISTORY_FILE
 
-    # ---------------------------------------------------------------- config
     @property
     def config(self) -> TrainConfig:
         known = set(TrainConfig.__dataclass_fields__)
@@ -284,47 +279,12 @@ class Run:
         return self.manifest["config"].get("cache_dir")
 
     @property
-    def recorded_config(self) -> dict[str, Any]:
-        """The configuration as recorded (``{}`` where none); :attr:`config` fills defaults."""
-        return _mapping(self.manifest.get("config"))
-
-    @property
     def configured_models(self) -> list[str]:
         return list(self.recorded_config.get("models") or [])
 
     @property
-    def recorded_seed(self) -> Any:
-        """The seed as recorded, or None (:attr:`seed` is the int, and raises)."""
-        return self.manifest.get("seed")
-
-    @property
-    def status(self) -> str | None:
-        return self.manifest.get("status")
-
-    @property
-    def created(self) -> str | None:
-        return self.manifest.get("created")
-
-    @property
-    def updated(self) -> str | None:
-        return self.manifest.get("updated")
-
-    @property
-    def versions(self) -> dict[str, str]:
-        return _mapping(self.manifest.get("versions"))
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """What training recorded of its data (``{}`` where nothing or no mapping)."""
-        return _mapping(self.manifest.get("data"))
-
-    @property
     def data_root(self) -> Path:
         return Path(self.data["root"])
-
-    @property
-    def stages(self) -> dict[str, Any]:
-        return _mapping(self.manifest.get("stages"))
 
     def stage_entry(self, name: str) -> dict[str, Any]:
         return _mapping(self.stages.get(name))
@@ -360,7 +320,6 @@ class Run:
         """What ``stage`` recorded under ``key``, or ``default``."""
         return self.stage_entry(stage).get(key, default)
 
-    # ------------------------------------------------------- opened once, kept
     @property
     def cache(self):
         if self._cache is None:
@@ -373,13 +332,11 @@ class Run:
     def dataset(self):
         """The training data set, with the run's artifact labels joined (opened once)."""
         if self._dataset is None:
-            import logging
-
             from dermcam.data import load_dataset
             self._dataset = load_dataset(self.data["root"],
                                          artifacts=self.data.get("artifacts"))
             if self._dataset.fingerprint() != self.data.get("fingerprint"):
-                logging.getLogger(__name__).warning(
+                log.warning(
                     "data under %s changed since training (fingerprint differs)",
                     self._dataset.root)
         return self._dataset
@@ -396,7 +353,6 @@ class Run:
             self._models[name] = load_checkpoint(self.model_file(name))
         return self._models[name]
 
-    # ------------------------------------------------- written by training
     @classmethod
     def start(cls, run_dir: str | Path, cfg: TrainConfig, ds, train_samples, **train: Any
               ) -> Run:
@@ -446,12 +402,10 @@ class Run:
         'running' so --resume can continue)."""
         self.manifest = set_stage(self.dir, stage, status, run_status=run_status, **info)
 
-    # ---------------------------------------------------------------- stages
     @contextlib.contextmanager
     def stage(self, name: str, **info: Any) -> Iterator[dict[str, Any]]:
         """Record stage ``name``: running, then complete with its wall time and the yielded
         dict, or failed with the error's first line (Ctrl-C: 'interrupted'); re-raises."""
-        import time
         t0 = time.perf_counter()
         self.manifest = set_stage(self.dir, name, "running", **info)
         record: dict[str, Any] = {}
@@ -467,6 +421,16 @@ class Run:
             raise
         self.manifest = set_stage(self.dir, name, STATUS_COMPLETE,
                                   wall_time_s=round(time.perf_counter() - t0, 2), **record)
+
+
+# Manifest fields as recorded: values (None where absent) and mappings (``{}`` where absent or
+# not one); ``seed`` and ``config`` are the checked ones, ``data`` what training recorded.
+for _attr, _key in (("status", "status"), ("created", "created"), ("updated", "updated"),
+                    ("recorded_seed", "seed")):
+    setattr(Run, _attr, property(lambda self, k=_key: self.manifest.get(k)))
+for _attr, _key in (("recorded_config", "config"), ("versions", "versions"), ("data", "data"),
+                    ("stages", "stages")):
+    setattr(Run, _attr, property(lambda self, k=_key: _mapping(self.manifest.get(k))))
 
 
 def record_in_run(run_dir: str | Path, path: str | Path, ds=None) -> str:

@@ -1,11 +1,7 @@
-"""Skin tone estimated from the image (dermoscopy sets rarely carry Fitzpatrick labels): the
-individual typology angle ``ITA = arctan((L* - 50) / b*) * 180 / pi`` (CIELAB, D65) of the
-median L* and b* of the skin: outside the lesion mask grown by :data:`MASK_MARGIN`, minus
-vignette (L* < :data:`DARK_L`) and glare (a channel >= :data:`SATURATED`). NaN, with a
-reason, below :data:`MIN_SKIN_FRACTION` of skin or at a median b* <= 0. An estimate:
-lighting and white balance move it, and ITA categories (Chardon et al. 1991; Del Bino &
-Bernerd 2013) are not Fitzpatrick types.
-"""
+"""Skin tone from the image (dermoscopy sets rarely carry Fitzpatrick labels): the individual
+typology angle ``ITA = arctan((L* - 50) / b*) * 180 / pi`` of the skin's median L* and b*
+outside the grown lesion mask, vignette and glare (docs/evaluation.md). An estimate: lighting
+and white balance move it, and ITA categories are not Fitzpatrick types."""
 
 from __future__ import annotations
 
@@ -69,7 +65,6 @@ def skin_pixels(image: np.ndarray, mask: np.ndarray | None = None,
         radius = int(round(MASK_MARGIN * max(image.shape[:2])))
         if radius > 0 and mask.any():
             from scipy import ndimage
-
             mask = ndimage.binary_dilation(mask, iterations=radius)
         keep &= ~mask
     return keep

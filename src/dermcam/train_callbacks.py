@@ -64,17 +64,14 @@ class CtrlCAtBatchBoundary(pl.Callback):
 class HistoryWriter(pl.Callback):
     """Writes ``history.csv`` (one row per epoch) atomically after each validation."""
 
-    #: Its rows' key in last.ckpt: its old name, so resuming an older run keeps its history.
-    STATE_KEY = "make_history_callback.<locals>.HistoryWriter"
+    #: Its rows' key in last.ckpt (Lightning's ``state_key`` property, overridden): its old
+    #: name, so resuming an older run keeps its history.
+    state_key = "make_history_callback.<locals>.HistoryWriter"
 
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()
-
-    @property
-    def state_key(self) -> str:
-        return self.STATE_KEY
 
     def on_train_epoch_end(self, trainer, module):
         if trainer.sanity_checking or not trainer.is_global_zero:

@@ -18,7 +18,7 @@ from dermcam.models import check_model_name
 from dermcam.objective import MONITORS, SCHEDULES
 
 __all__ = ["IMBALANCES", "LAUNCHER_RANKS", "PRECISIONS", "check_train_config",
-           "launch_rank", "make_trainer", "model_precision", "trainer_kwargs"]
+           "launch_rank", "make_trainer", "trainer_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,6 @@ def check_train_config(cfg: TrainConfig) -> None:
                   "weighted_loss, balanced_sampler or none")
 
 
-def model_precision(cfg: TrainConfig, name: str) -> str:
-    return resolve_precision(cfg.precision, cfg.accelerator,
-                             depthwise=depthwise_net(name),
-                             image_size=cfg.image_size)
-
-
 def trainer_kwargs(cfg: TrainConfig, precision: str | None = None) -> dict[str, Any]:
     """The Trainer arguments that decide devices, processes, precision and determinism
     (``precision``: the model's; default ``cfg.precision`` resolved)."""
@@ -84,7 +78,6 @@ def trainer_kwargs(cfg: TrainConfig, precision: str | None = None) -> dict[str, 
 
 def launch_rank(cfg: TrainConfig) -> tuple[int, int]:
     """``(global rank, world size)`` of this process, as Lightning's Trainer detects them.
-
     A process a launcher numbered above 0 that the Trainer would run as rank 0 (``srun -n 4``
     with ``--devices 1``, ``mpirun`` without mpi4py) is refused before it touches the run folder."""
     import lightning.pytorch as pl
@@ -112,9 +105,11 @@ def launch_rank(cfg: TrainConfig) -> tuple[int, int]:
 
 
 def make_trainer(name: str, cfg: TrainConfig, callbacks: list, mdir: Path):
-    """``(Trainer, precision)`` for model ``name`` (its precision: :func:`model_precision`)."""
+    """``(Trainer, precision)`` for model ``name`` (its precision resolved for its kind of
+    net and the input size)."""
     import lightning.pytorch as pl
-    precision = model_precision(cfg, name)
+    precision = resolve_precision(cfg.precision, cfg.accelerator, depthwise=depthwise_net(name),
+                                  image_size=cfg.image_size)
     if precision != cfg.precision:
         log.info("%s: --precision %s trains in %s here", name, cfg.precision, precision)
     trainer = pl.Trainer(

@@ -63,7 +63,6 @@ _SAVE_STATE_DICT = "save the weights with torch.save(model.state_dict(), PATH)"
 
 def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
     """``(state_dict, form, script)`` from a weights file trained anywhere, never unpickling code.
-
     Wrapper prefixes (DDP, ``torch.compile``, Lightning) are stripped where every key has one;
     ``form`` says what the file was; ``script`` is the module of a TorchScript file, else None."""
     import torch
@@ -72,10 +71,10 @@ def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
         raise DermcamError("weights file not found", path)
     if not path.is_file():
         raise DermcamError("not a file (expected a weights file saved with torch.save)", path)
-    if _is_torchscript(path):
-        script = _load_torchscript(path)
-        state, labels = _strip_wrappers(dict(script.state_dict()))
-        return state, _form("TorchScript", labels), script
+    entries = _zip_entries(path) if zipfile.is_zipfile(path) else None
+    if entries and "constants.pkl" in entries and any(r.startswith("code/") for r in entries):
+        script = _load_torchscript(path)  # TorchScript: <name>/constants.pkl and code/
+        return _stripped(dict(script.state_dict()), "TorchScript", script)
     if _is_safetensors(path):
         from safetensors.torch import load_file
         try:
@@ -83,9 +82,9 @@ def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
         except Exception as exc:
             raise DermcamError(f"not a readable safetensors file ({first_line(exc)})",
                                path) from exc
-        state, labels = _strip_wrappers(state)
-        return state, _form("safetensors", labels), None
-    if not _is_torch_save(path):
+        return _stripped(state, "safetensors")
+    # torch.save: a zip with <name>/data.pkl, or a pre-1.6 bare pickle stream (protocol 2+)
+    if not ("data.pkl" in entries if entries is not None else _first_byte(path) == b"\x80"):
         raise DermcamError("not a PyTorch weights file (neither torch.save nor TorchScript "
                            "nor safetensors); " + _SAVE_STATE_DICT, path)
     try:
@@ -105,22 +104,16 @@ def read_weights(path: str | Path) -> tuple[dict, str, object | None]:
         raise DermcamError(f"holds a {type(obj).__name__}, not a state dict: "
                            + _SAVE_STATE_DICT, path)
     if _all_tensors(obj):
-        state, labels = _strip_wrappers(obj)
-        return state, _form("state dict", labels), None
+        return _stripped(obj, "state dict")
     if obj.get("format") == "dermcam-checkpoint" and isinstance(obj.get("state_dict"), dict):
-        state, labels = _strip_wrappers(obj["state_dict"])
-        return state, _form("dermcam checkpoint", labels), None
+        return _stripped(obj["state_dict"], "dermcam checkpoint")
     if isinstance(obj.get("state_dict"), dict) and _all_tensors(obj["state_dict"]):
-        base = ("Lightning checkpoint" if any(k in obj for k in LIGHTNING_KEYS)
-                else "checkpoint dict")
-        state, labels = _strip_wrappers(obj["state_dict"])
-        return state, _form(base, [x for x in labels if x != "wrapper"]
-                            if base == "Lightning checkpoint" else labels), None
+        return _stripped(obj["state_dict"], "Lightning checkpoint"
+                         if any(k in obj for k in LIGHTNING_KEYS) else "checkpoint dict")
     for key in ("model_state_dict", "model", "net", "weights"):
         inner = obj.get(key)
         if isinstance(inner, dict) and inner and _all_tensors(inner):
-            state, labels = _strip_wrappers(inner)
-            return state, _form(f"checkpoint dict ({key!r})", labels), None
+            return _stripped(inner, f"checkpoint dict ({key!r})")
     raise DermcamError("holds a dict without a state dict of tensors (no 'state_dict' entry); "
                        + _SAVE_STATE_DICT, path)
 
@@ -131,8 +124,9 @@ def _all_tensors(d: dict) -> bool:
                            for k, v in d.items())
 
 
-def _strip_wrappers(state: dict) -> tuple[dict, list[str]]:
-    """Strip :data:`WRAPPER_PREFIXES` while every key has one; the labels, outermost first."""
+def _stripped(state: dict, base: str, script=None) -> tuple[dict, str, object | None]:
+    """``(state, form, script)``: :data:`WRAPPER_PREFIXES` stripped while every key has one,
+    ``form`` naming ``base`` and the wrappers, outermost first."""
     labels: list[str] = []
     while state:
         prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)),
@@ -141,15 +135,12 @@ def _strip_wrappers(state: dict) -> tuple[dict, list[str]]:
             break
         state = {k[len(prefix):]: v for k, v in state.items()}
         labels.append(WRAPPER_PREFIXES[prefix])
-    return state, labels
-
-
-def _form(base: str, labels: list[str]) -> str:
-    if not labels:
-        return base
-    if base == "state dict":
-        return f"{' + '.join(labels)} state dict"
-    return f"{base} ({' + '.join(labels)})"
+    if base == "Lightning checkpoint":
+        labels = [x for x in labels if x != "wrapper"]
+    if labels:
+        base = (f"{' + '.join(labels)} state dict" if base == "state dict"
+                else f"{base} ({' + '.join(labels)})")
+    return state, base, script
 
 
 def _looks_like_lightning(path: Path) -> bool:
@@ -189,18 +180,9 @@ def _zip_entries(path: Path) -> list[str]:
         return []
 
 
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive: a zip file holding ``<name>/constants.pkl`` and ``code/``."""
-    rest = _zip_entries(path) if zipfile.is_zipfile(path) else []
-    return "constants.pkl" in rest and any(r.startswith("code/") for r in rest)
-
-
-def _is_torch_save(path: Path) -> bool:
-    """A ``torch.save`` zip with ``<name>/data.pkl``, or a pre-1.6 bare pickle stream."""
-    if zipfile.is_zipfile(path):
-        return "data.pkl" in _zip_entries(path)
+def _first_byte(path: Path) -> bytes:
     with open(path, "rb") as fh:
-        return fh.read(1) == b"\x80"  # pickle protocol 2+
+        return fh.read(1)
 
 
 def _load_torchscript(path: Path):
@@ -215,10 +197,6 @@ def _load_torchscript(path: Path):
                            path) from exc
 
 
-def _few(items: list[str], k: int = 3) -> str:
-    return ", ".join(items[:k]) + (" …" if len(items) > k else "")
-
-
 def fit_weights(model, state: dict, name: str, path) -> None:
     """Load ``state`` into ``model`` strictly; a mismatch is one error naming the counts and
     the first few missing, unexpected and wrongly shaped keys."""
@@ -228,8 +206,9 @@ def fit_weights(model, state: dict, name: str, path) -> None:
     bad = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or bad:
         shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in bad]
-        parts = [f"{what} {len(keys)} ({_few(keys)})" for what, keys in (
-            ("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
+        parts = [f"{what} {len(keys)} ({', '.join(keys[:3])}{' …' * (len(keys) > 3)})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("wrong shape", shapes)) if keys]
         raise DermcamError(f"weights do not fit {name}: {', '.join(parts)}", path)
     model.load_state_dict(state, strict=True)
 

@@ -1,11 +1,6 @@
-"""Per-image artifact annotations a user holds (e.g. Bissoto et al.'s ``isic_bias.csv``,
-``;``- or ``,``-separated), joined to any layout by image id.
-
-The id column is the first (or one named ``image`` / ``image_id``), with or without a file
-extension; every other all-0/1 column is a flag, kept as ``artifact_<name>`` (the synthetic
-benchmark's metadata names) so ``--by``, the attention summary and the probes split by it.
-The table's own diagnosis columns are not used. docs/data.md shows the format.
-"""
+"""Per-image artifact annotations a user holds (e.g. Bissoto et al.'s ``isic_bias.csv``),
+joined to any layout by image id; each all-0/1 column becomes an ``artifact_<name>`` flag
+that ``--by``, the attention summary and the probes split by (format: docs/data.md)."""
 
 from __future__ import annotations
 
@@ -127,7 +122,6 @@ def split_by_presence(df: pd.DataFrame, columns, metrics) -> list[dict]:
     ``n`` and mean on each side (NaN values and missing flags left out), ``diff`` = with -
     without and a two-sided Mann-Whitney ``p`` (NaN when a side is empty)."""
     from scipy.stats import mannwhitneyu
-
     rows = []
     for col in columns:
         flag = pd.to_numeric(df[col], errors="coerce")

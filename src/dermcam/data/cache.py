@@ -1,12 +1,7 @@
-"""Decode-and-resize cache: each (file, size) is decoded and resized once (decoding big
-ISIC JPEGs every epoch was the reference study's main waste), kept as an ``.npz`` keyed
-by the file's path, size and mtime, so an edited file is decoded again.
-
-An item is ``image (S, S, 3) uint8``, ``mask (S, S) uint8`` in {0, 1} and ``artifacts
-(S, S) uint8`` codes (or None). :data:`RESIZE_RULES`: ``"squash"`` (the reference study's
-``Resize((S, S))``) or ``"shorter-side-crop"`` (``Resize(S)`` then ``CenterCrop(S)``,
-each of image, mask and artifact map cut in its own pixel coordinates).
-"""
+"""Decode-and-resize cache (decoding big ISIC JPEGs every epoch was the reference study's main
+waste): an item per (file, size, mtime) as an ``.npz`` of ``image (S, S, 3)``, ``mask`` and
+``artifacts (S, S)``, uint8; :data:`RESIZE_RULES`: ``Resize((S, S))`` or ``Resize(S)`` then
+``CenterCrop(S)``, each of image, mask and map cut in its own pixel coordinates."""
 
 from __future__ import annotations
 

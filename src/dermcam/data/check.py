@@ -1,11 +1,5 @@
-"""Check a whole data set at once: every CSV row, image, mask and artifact map.
-
-:func:`check_dataset` lists **every** problem (one :class:`Problem` each, ``error`` when
-the data set cannot be used as it is, ``warning`` for odd input converted on the way in),
-so a user sees them all in one run. With ``decode=True`` every file is decoded once
-through the decode cache at the model input size (a later ``train`` finds them cached);
-else only headers are read, and truncated data are not seen. Logs, never prints.
-"""
+"""Check a whole data set at once: every CSV row, image, mask and artifact map, listing every
+problem (``error``: unusable as it is, ``warning``: converted on the way in). Logs, never prints."""
 
 from __future__ import annotations
 

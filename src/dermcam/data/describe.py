@@ -84,19 +84,16 @@ def describe(root: str | Path, check: bool = False,
     return out
 
 
-def compare_official(splits: dict[str, dict[str, Any]], official: dict | None = None,
-                     name: str = "ISIC 2016 Part 3B") -> tuple[bool, str]:
-    """``(match, sentence)``: per-split class counts (``describe()["splits"]``) against
-    ``official`` (default ISIC 2016's)."""
-    official = OFFICIAL_COUNTS if official is None else official
-
+def compare_official(splits: dict[str, dict[str, Any]]) -> tuple[bool, str]:
+    """``(match, sentence)``: per-split class counts (``describe()["splits"]``) against ISIC
+    2016's published ones."""
     def fmt(c: dict) -> str:
         return "; ".join(f"{sp} {c[sp][LABEL_NAMES[0]] + c[sp][LABEL_NAMES[1]]} = "
                          f"{c[sp][LABEL_NAMES[0]]} {LABEL_NAMES[0]} + {c[sp][LABEL_NAMES[1]]} "
-                         f"{LABEL_NAMES[1]}" for sp in official)
-
-    got = {sp: {k: int(splits.get(sp, {}).get(k, 0)) for k in LABEL_NAMES} for sp in official}
-    if got == official:
-        return True, f"counts match the published {name} counts ({fmt(official)})"
-    return False, (f"counts differ from the published {name} counts: found {fmt(got)}, "
-                   f"published {fmt(official)} (a subset or a modified copy?)")
+                         f"{LABEL_NAMES[1]}" for sp in OFFICIAL_COUNTS)
+    got = {sp: {k: int(splits.get(sp, {}).get(k, 0)) for k in LABEL_NAMES}
+           for sp in OFFICIAL_COUNTS}
+    if got == OFFICIAL_COUNTS:
+        return True, f"counts match the published ISIC 2016 Part 3B counts ({fmt(got)})"
+    return False, (f"counts differ from the published ISIC 2016 Part 3B counts: found "
+                   f"{fmt(got)}, published {fmt(OFFICIAL_COUNTS)} (a subset or a modified copy?)")

@@ -308,7 +308,6 @@ def download_isic2016(dest: str | Path, base_url: str = DEFAULT_BASE_URL,
                       backoff_s: float = BACKOFF_S,
                       max_member_bytes: int = MAX_MEMBER_BYTES) -> DownloadResult:
     """Fetch, verify and unpack ISIC 2016 Part 3B into ``dest``; compare its counts.
-
     ``checksums``: a ``sha256sum``-style file or ``{name: hex}``, over :data:`KNOWN_SHA256`;
     ``say(line)`` reports each step.
     """

@@ -2,8 +2,7 @@
 [,split][,group]``; label benign/malignant or 0/1), ``images/<image_id>.jpg|.png`` and
 optional ``masks/<image_id>.png`` (or a relative path in ``mask``). Without a split a seeded
 stratified 20 % is the test split; a ``group`` (lesion or patient) stays on one side of
-every split, and bootstrap CIs resample whole groups.
-"""
+every split, and bootstrap CIs resample whole groups."""
 
 from __future__ import annotations
 
@@ -41,7 +40,6 @@ def load(root: Path, check_files: bool = True, problems: list[Problem] | None = 
     col = {name: header.index(name) for name in header}
     img_dir = safe_join(root, IMAGE_DIR, csv_path)
     mask_dir = safe_join(root, MASK_DIR, csv_path)
-
     def parse(i: int, row: list[str]) -> Sample:
         image_id = check_id(row[col["image_id"]], csv_path)
         label = parse_label(row[col["label"]], csv_path, i)
@@ -61,7 +59,6 @@ def load(root: Path, check_files: bool = True, problems: list[Problem] | None = 
             mask_path = next((p for p in masks if p.exists()), None)
         group = row[col["group"]].strip() if "group" in col else ""
         return Sample(image_id, path, label, split, mask_path, group=group or None)
-
     padded = [(i, row + [""] * (len(header) - len(row))) for i, row in enumerate(rows[1:], 2)]
     samples = rows_to_samples(padded, col["image_id"], csv_path, problems, parse)
     ds = DataSet(name=root.name, root=root, layout="generic", samples=samples)

@@ -4,8 +4,7 @@
 _segmentation.png`` or ``masks/``. Label 1 = ``dx`` in ``malignant`` (default mel, bcc,
 akiec). Many lesions have several images, so the test split is a seeded 20 % of each class's
 *lesions* (malignant when any image is), computed here so it does not change with
-scikit-learn's versions.
-"""
+scikit-learn's versions."""
 
 from __future__ import annotations
 

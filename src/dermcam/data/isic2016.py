@@ -6,8 +6,7 @@
     ISBI2016_ISIC_Part3B_Training_GroundTruth.csv    no header: ISIC_0000000,benign|malignant
     ISBI2016_ISIC_Part3B_Test_GroundTruth.csv        no header: ISIC_0000000,0.0|1.0
 
-The synthetic benchmark adds ``ISIC_xxx_Artifacts.png`` maps and ``metadata.csv``.
-"""
+The synthetic benchmark adds ``ISIC_xxx_Artifacts.png`` maps and ``metadata.csv``."""
 
 from __future__ import annotations
 
@@ -50,7 +49,6 @@ def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files:
     img_dir = safe_join(root, folder, csv_path)
     if not img_dir.is_dir():
         raise DermcamError(f"image folder {folder} is missing beside the ground truth", csv_path)
-
     def parse(i: int, row: list[str]) -> Sample:
         if len(row) < 2:
             raise DermcamError(f"line {i}: expected 'image_id,label', got {','.join(row)!r}",
@@ -61,7 +59,6 @@ def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files:
         mask = safe_join(img_dir, image_id + MASK_SUFFIX, csv_path)
         art = safe_join(img_dir, image_id + ARTIFACT_SUFFIX, csv_path)
         return Sample(image_id, path, label, split, existing(mask), existing(art))
-
     rows = list(enumerate(read_csv_rows(csv_path), start=1))
     if rows and rows[0][1][0].lower() in ("image_id", "image", "id", "isic_id"):
         rows = rows[1:]  # tolerate a header row some re-packagings add
@@ -71,7 +68,6 @@ def _read_split(root: Path, csv_name: str, folder: str, split: str, check_files:
 def load(root: Path, check_files: bool = True, problems: list[Problem] | None = None) -> DataSet:
     """The data set under ``root``; with ``problems``, every bad row (or unreadable ground
     truth) is recorded there and left out instead of raising at the first."""
-
     def read(csv_name: str, folder: str, split: str) -> list[Sample]:
         if problems is None:
             return _read_split(root, csv_name, folder, split, check_files)
@@ -80,7 +76,6 @@ def load(root: Path, check_files: bool = True, problems: list[Problem] | None = 
         except DermcamError as exc:
             problems.append(Problem.from_error(exc, root / csv_name))
             return []
-
     train = read(TRAIN_CSV, TRAIN_DIR, "train")
     test = read(TEST_CSV, TEST_DIR, "test")
     both = sorted({s.image_id for s in train} & {s.image_id for s in test})

@@ -7,8 +7,7 @@
     ISIC-2017_Test_v2_{Data,Part1_GroundTruth,Part3_GroundTruth.csv}
 
 Label 1 = melanoma (Part 3a), or another 0/1 ``target`` column. Training and validation
-form the train split.
-"""
+form the train split."""
 
 from __future__ import annotations
 

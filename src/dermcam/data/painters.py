@@ -2,8 +2,7 @@
 
 Each takes a :class:`numpy.random.Generator` and paints the skin, lighting, lesion (its
 mask is the ground truth the image is drawn from) or an artifact. The order of every
-random draw is part of the determinism contract of :mod:`dermcam.data.synth`.
-"""
+random draw is part of the determinism contract of :mod:`dermcam.data.synth`."""
 
 from __future__ import annotations
 
@@ -87,8 +86,6 @@ class _Canvas:
         return np.asarray(small, dtype=np.float32) / 255.0
 
 
-# --------------------------------------------------------------------------- skin
-
 # Light (fair) and darker skin endpoints, for a yellow-brown and a pink hue.
 _SKIN_LIGHT = (np.array([236, 212, 188], np.float32), np.array([240, 203, 200], np.float32))
 _SKIN_DARK = (np.array([168, 118, 86], np.float32), np.array([160, 108, 94], np.float32))
@@ -120,8 +117,6 @@ def lighting(rng: Rng, size: int) -> np.ndarray:
     tilt = ((xx - size / 2) * math.cos(ang) + (yy - size / 2) * math.sin(ang)) / size
     return (1.0 - rng.uniform(0.03, 0.12) * r2 + rng.uniform(0.0, 0.06) * tilt).astype(np.float32)
 
-
-# --------------------------------------------------------------------------- lesion
 
 # Lesion colours as seen on fair skin (sRGB). Pigments are applied as absorbance
 # (transmittance relative to _REF_SKIN), so they darken any skin tone consistently;
@@ -155,10 +150,8 @@ def _colour_set(rng: Rng, label: int) -> list[str]:
 def lesion_params(rng: Rng, label: int) -> dict[str, Any]:
     """Shape and colour parameters; the ABCD cues differ by label, with overlap."""
     mal = label == 1
-
     def lognorm(median: float, sd: float) -> float:
         return float(np.exp(rng.normal(math.log(median), sd)))
-
     return {
         "area": float(np.clip(lognorm(0.23 if mal else 0.14, 0.5), 0.03, 0.5)),
         "asymmetry": float(np.clip(lognorm(0.11 if mal else 0.06, 0.5), 0.005, 0.35)),
@@ -373,7 +366,6 @@ def _feret(mask: np.ndarray, n_dir: int = 64) -> float:
     return float((proj.max(0) - proj.min(0)).max() + 1.0)
 
 
-# --------------------------------------------------------------------------- artifacts
 # Each painter returns ``alpha (S, S)`` in [0, 1] and a colour ``(3,)`` or ``(S, S, 3)``;
 # the caller zeroes alpha inside the lesion and composites ``img + (colour - img) * alpha``.
 
@@ -398,11 +390,9 @@ def _ruler(rng: Rng, size: int, mask: np.ndarray, lesion: dict[str, float]) -> P
     # drawn for the top edge, then rotated to ``side`` (square images)
     c, sn = math.cos(tilt), math.sin(tilt)
     mid = np.array([0.5 * size, dist])
-
     def pt(u, v):  # u along the ruler from its middle, v inwards
         x, y = mid + np.array([u * c - v * sn, u * sn + v * c])
         return (float(x * ss), float(y * ss))
-
     half = 0.75 * size
     band_cv.draw.polygon([pt(-half, 0), pt(half, 0), pt(half, width), pt(-half, width)],
                          fill=150)

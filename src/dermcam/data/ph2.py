@@ -6,8 +6,7 @@
 
 The root may be ``PH2Dataset`` or the folder holding it. Label 1 = melanoma (clinical
 diagnosis 2; 0 and 1 are common and atypical nevi). :func:`read_table` reads the table's
-three forms in circulation. No official split: a seeded stratified 20 % is the test split.
-"""
+three forms in circulation. No official split: a seeded stratified 20 % is the test split."""
 
 from __future__ import annotations
 
@@ -66,7 +65,6 @@ def _text_rows(path: Path) -> list[tuple[int, list[str]]]:
 def _sheet_rows(path: Path) -> list[tuple[int, list[str]]]:
     """``(sheet row number, cells)`` of the first sheet of ``PH2_dataset.xlsx``."""
     import pandas as pd
-
     try:
         df = pd.read_excel(path, header=None, dtype=str, engine="openpyxl")
     except ImportError as exc:
@@ -85,7 +83,6 @@ def _norm(cell: str) -> str:
 
 def read_table(path: Path) -> dict[str, int]:
     """``{image id: clinical diagnosis code}`` from the PH2 table, in file order.
-
     The published ``||``-separated or a tab-separated ``PH2_dataset.txt`` (the ``Clinical
     Diagnosis`` column, found by its header, holds 0, 1, 2 or the class name), or
     ``PH2_dataset.xlsx`` (``Common Nevus`` / ``Atypical Nevus`` / ``Melanoma``, one marked X).

@@ -59,7 +59,6 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
     holds both whatever the seed (the threshold and AUC need both); repeating ``groups``
     (lesion ids) split by group (StratifiedGroupKFold, first fold)."""
     from sklearn.model_selection import train_test_split
-
     if not 0.0 < val_fraction < 1.0:
         raise DermcamError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     counts = np.bincount(labels, minlength=2)
@@ -79,7 +78,6 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
     idx = np.arange(len(labels))
     if groups is not None and None not in groups and len(set(groups)) < len(groups):
         from sklearn.model_selection import StratifiedGroupKFold
-
         k = max(2, round(1 / val_fraction))
         sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         tr, va = next(sgkf.split(idx, labels, groups))

@@ -1,14 +1,8 @@
-"""The synthetic dermoscopy benchmark (docs/data.md), in ISIC 2016 Part 3B's layout plus
-``ISIC_xxx_Artifacts.png`` maps (per pixel, the code of the last artifact in
-:data:`ARTIFACTS` order that changed its 8-bit value; never inside the lesion),
-``metadata.csv`` and ``synth.json``; :mod:`dermcam.data.painters` paints the images.
-
-Determinism: each image draws from ``SeedSequence([seed, split_code, i])`` spawned into
-streams for skin and lesion, the artifact draws and each artifact's geometry, so files are
-byte-identical whatever the worker count, and ``clean`` and ``shortcut`` of one seed share
-skin and lesions (a counterfactual pair). Labels: exactly ``round(n * prevalence)``
-malignant per split, shuffled by ``SeedSequence([seed, 100 + split_code])``.
-"""
+"""The synthetic dermoscopy benchmark (docs/data.md): ISIC 2016 Part 3B's layout plus
+``ISIC_xxx_Artifacts.png`` maps, ``metadata.csv`` and ``synth.json``, painted by
+:mod:`dermcam.data.painters`. Each image draws from ``SeedSequence([seed, split_code, i])``, so
+files are byte-identical whatever the worker count, and ``clean`` and ``shortcut`` of one seed
+share skin and lesions (a counterfactual pair)."""
 
 from __future__ import annotations
 
@@ -78,8 +72,6 @@ PRESETS: dict[str, dict[str, dict[tuple[str, int], float]]] = {
 }
 """``PRESETS[preset][artifact][(split, label)]`` -> probability that an image carries it."""
 
-
-# --------------------------------------------------------------------------- config
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
@@ -200,8 +192,6 @@ def split_labels(config: SynthConfig, split: str) -> np.ndarray:
     return rng.permutation(labels)
 
 
-# --------------------------------------------------------------------------- one sample
-
 @dataclass(eq=False)
 class SynthSample:
     """One rendered sample before encoding: ``image (S, S, 3) uint8``, ``mask (S, S) bool``,
@@ -267,8 +257,6 @@ def render_sample(config: SynthConfig, split: str, index: int) -> SynthSample:
     return _render(config.seed, split, index, int(labels[index]), config.image_size,
                    config.rates())
 
-
-# --------------------------------------------------------------------------- writing
 
 def _encode(a: np.ndarray, **save: Any) -> bytes:
     buf = io.BytesIO()

@@ -63,8 +63,6 @@ def make_module(model, lr: float, weight_decay: float, class_weights: torch.Tens
                           schedule, colour_jitter)
 
 
-# ------------------------------------------------------------------------ train
-
 def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False,
           progress=None) -> dict[str, Any]:
     """Train every model in ``cfg.models`` into the run folder ``cfg.out``."""
