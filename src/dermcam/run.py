@@ -184,18 +184,22 @@ class Outputs:
     def __repr__(self) -> str:
         return f"Outputs({str(self.root)!r})"
 
+    predictions = property(lambda self: self.root / PREDICTIONS)
+    metrics = property(lambda self: self.root / METRICS)
+    metrics_csv = property(lambda self: self.root / METRICS_CSV)
+    attention = property(lambda self: self.root / ATTENTION)
+    attention_summary = property(lambda self: self.root / ATTENTION_SUMMARY)
+    localisation = property(lambda self: self.root / LOCALISATION)
+    probe_csv = property(lambda self: self.root / PROBE_CSV)
+    probe_summary = property(lambda self: self.root / PROBE_SUMMARY)
+    figures = property(lambda self: self.root / FIGURES_DIR)
+    heatmaps = property(lambda self: self.root / HEATMAP_DIR)
+    probe_batches = property(lambda self: self.root / PROBE_DIR)
+    manifest = property(lambda self: self.root / MANIFEST)
+    overlays = property(lambda self: self.root / OVERLAY_DIR)
+
     def overlay(self, image_id: str) -> Path:
         return self.root / OVERLAY_DIR / f"{image_id}.png"
-
-
-# Outputs' file paths by attribute: ``Outputs(root).metrics == root / METRICS``.
-for _attr, _name in {
-        "predictions": PREDICTIONS, "metrics": METRICS, "metrics_csv": METRICS_CSV,
-        "attention": ATTENTION, "attention_summary": ATTENTION_SUMMARY,
-        "localisation": LOCALISATION, "probe_csv": PROBE_CSV, "probe_summary": PROBE_SUMMARY,
-        "figures": FIGURES_DIR, "heatmaps": HEATMAP_DIR, "probe_batches": PROBE_DIR,
-        "manifest": MANIFEST, "overlays": OVERLAY_DIR}.items():
-    setattr(Outputs, _attr, property(lambda self, name=_name: self.root / name))
 
 
 def recorded_kind(folder: str | Path) -> str | None:
@@ -277,6 +281,17 @@ class Run:
     @property
     def cache_dir(self) -> str | None:
         return self.manifest["config"].get("cache_dir")
+
+    # The manifest's fields as recorded: a value (None where absent) or a mapping ({} where
+    # absent or not one); seed and config above are the checked ones.
+    status = property(lambda self: self.manifest.get("status"))
+    created = property(lambda self: self.manifest.get("created"))
+    updated = property(lambda self: self.manifest.get("updated"))
+    recorded_seed = property(lambda self: self.manifest.get("seed"))
+    recorded_config = property(lambda self: _mapping(self.manifest.get("config")))
+    versions = property(lambda self: _mapping(self.manifest.get("versions")))
+    data = property(lambda self: _mapping(self.manifest.get("data")))
+    stages = property(lambda self: _mapping(self.manifest.get("stages")))
 
     @property
     def configured_models(self) -> list[str]:
@@ -421,16 +436,6 @@ class Run:
             raise
         self.manifest = set_stage(self.dir, name, STATUS_COMPLETE,
                                   wall_time_s=round(time.perf_counter() - t0, 2), **record)
-
-
-# Manifest fields as recorded: values (None where absent) and mappings (``{}`` where absent or
-# not one); ``seed`` and ``config`` are the checked ones, ``data`` what training recorded.
-for _attr, _key in (("status", "status"), ("created", "created"), ("updated", "updated"),
-                    ("recorded_seed", "seed")):
-    setattr(Run, _attr, property(lambda self, k=_key: self.manifest.get(k)))
-for _attr, _key in (("recorded_config", "config"), ("versions", "versions"), ("data", "data"),
-                    ("stages", "stages")):
-    setattr(Run, _attr, property(lambda self, k=_key: _mapping(self.manifest.get(k))))
 
 
 def record_in_run(run_dir: str | Path, path: str | Path, ds=None) -> str:
