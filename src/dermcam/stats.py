@@ -21,7 +21,8 @@ from statsmodels.stats.multitest import multipletests
 __all__ = ["stratified_bootstrap_indices", "bootstrap_indices", "bootstrap_counts",
            "bootstrap_ci", "percentile_interval", "summarise_paired_diff", "delong_test",
            "delong_components", "mcnemar", "adjust_pvalues", "cluster_info", "cluster_labels",
-           "cluster_bootstrap_counts", "resampling_weights", "as_labels"]
+           "cluster_bootstrap_counts", "resampling_weights", "as_labels", "ci_entry",
+           "adjust_in_place"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +119,9 @@ def cluster_info(groups: Any) -> tuple[np.ndarray, int] | None:
     """
     if groups is None:
         return None
-    arr = np.asarray(groups, dtype=object).ravel() if np.ndim(groups) else np.asarray(
-        [groups], dtype=object)
-    g = np.empty(arr.size, dtype=object)
-    for i, v in enumerate(arr):
-        g[i] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-    missing = np.array([v == "" for v in g], dtype=bool)
+    g = np.array(["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+                  for v in np.atleast_1d(np.asarray(groups, dtype=object)).ravel()], dtype=object)
+    missing = g == ""
     if missing.any():  # own cluster each, named so they cannot collide with real ids
         g[missing] = [f"\x00missing{i}" for i in np.flatnonzero(missing)]
     _, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
@@ -210,6 +208,13 @@ def percentile_interval(
                     what, boot.size - n_ok, boot.size)
     lo, hi = np.quantile(boot[ok], [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def ci_entry(value: float, boot: Any, alpha: float = 0.05, what: str = "metric"
+             ) -> dict[str, float]:
+    """``{"value", "lo", "hi"}``: ``value`` with the percentile interval of ``boot``."""
+    lo, hi = percentile_interval(boot, alpha, what=what)
+    return {"value": float(value), "lo": lo, "hi": hi}
 
 
 def bootstrap_median_ci(v: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
@@ -413,3 +418,15 @@ def adjust_pvalues(pvalues: Any, method: str = "holm") -> np.ndarray:
     elif ok.any():
         out[ok] = multipletests(p[ok], method=method)[1]
     return out
+
+
+def adjust_in_place(tests: list[dict[str, Any]], family: str, method: str = "holm",
+                    key: str = "p", named: bool = True) -> int:
+    """Adjust the ``key`` p-values of one family of test dicts in place (``p_adjusted``,
+    ``adjust_method`` unless not ``named``, ``family``); returns how many are finite."""
+    raw = [t.get(key, math.nan) for t in tests]
+    adj = adjust_pvalues(raw, method) if tests else []
+    name = {"adjust_method": ADJUST_METHODS[method]} if named else {}
+    for t, pa in zip(tests, adj, strict=True):
+        t.update(p_adjusted=float(pa), **name, family=family)
+    return int(np.isfinite(np.asarray(raw, dtype=np.float64)).sum())
