@@ -355,10 +355,8 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) ->
     reason = ""
     if se <= DELONG_ZERO_SE:  # constant placement values: a true 0 or its round-off
         reason, se = "zero_variance", 0.0
-        if abs(diff) < 1e-15:  # identical (or identically ranked) scores
-            z, p, lo, hi = 0.0, 1.0, 0.0, 0.0
-        else:
-            z = p = lo = hi = math.nan
+        # identical (or identically ranked) scores: no difference, else no test
+        z, p, lo, hi = (0.0, 1.0, 0.0, 0.0) if abs(diff) < 1e-15 else (math.nan,) * 4
     else:
         z = diff / se
         p = float(2 * _sstats.norm.sf(abs(z)))
@@ -379,9 +377,8 @@ def mcnemar(correct_a: Any, correct_b: Any) -> dict[str, Any]:
     ca = np.asarray(correct_a).astype(bool)
     cb = np.asarray(correct_b).astype(bool)
     if ca.ndim != 1 or ca.shape != cb.shape:
-        raise ValueError(
-            f"correct_a and correct_b must be (N,) of equal length, got {ca.shape} and {cb.shape}"
-        )
+        raise ValueError("correct_a and correct_b must be (N,) of equal length, got "
+                         f"{ca.shape} and {cb.shape}")
     b = int(np.count_nonzero(ca & ~cb))
     c = int(np.count_nonzero(~ca & cb))
     exact = b + c < MCNEMAR_EXACT_BELOW

@@ -188,10 +188,8 @@ def _score(cams, masks, wanted: Iterable[str]) -> tuple[dict[str, np.ndarray], n
         rr = _chunk_reasons(cc, mm)
         vals = _chunk_metrics(cc, mm, wanted)
         for reason, blanked in UNDEFINED_WHEN.items():
-            hit = rr == reason
-            if hit.any():
-                for k in blanked & wanted:
-                    vals[k][hit] = np.nan
+            for k in blanked & wanted:
+                vals[k][rr == reason] = np.nan
         for k in wanted:
             values[k][s:s + _CHUNK] = vals[k]
         reasons[s:s + _CHUNK] = rr
@@ -259,7 +257,7 @@ def rank_accuracy(cams, masks, ties: str = "average") -> np.ndarray:
         return _score(cams, masks, ["rank_accuracy"])[0]["rank_accuracy"]
     if ties != "stable":
         raise ValueError(f"ties must be 'average' or 'stable', got {ties!r}")
-    values, reasons = _score(cams, masks, ["lesion_area"])
+    reasons = _score(cams, masks, ["lesion_area"])[1]
     c, m = _check_pair(cams, masks)
     n, p = c.shape
     out = np.full(n, np.nan)
@@ -377,11 +375,8 @@ def score_batch(cams, masks) -> tuple[dict[str, np.ndarray], np.ndarray]:
     metric is defined; undefined values are NaN per :data:`UNDEFINED_WHEN`.
     """
     values, reasons = _score(cams, masks, METRICS)
-    values = {k: values[k] for k in METRICS}
-    if len(reasons):
-        bad = reasons != ""
-        if bad.any():
-            counts = pd.Series(reasons[bad]).value_counts().to_dict()
-            log.info("score_batch: %d of %d images have undefined metrics: %s",
-                     int(bad.sum()), len(reasons), counts)
-    return values, reasons
+    bad = reasons != ""
+    if bad.any():
+        log.info("score_batch: %d of %d images have undefined metrics: %s", int(bad.sum()),
+                 len(reasons), pd.Series(reasons[bad]).value_counts().to_dict())
+    return {k: values[k] for k in METRICS}, reasons

@@ -36,6 +36,7 @@ from dermcam.errors import DermcamError
 from dermcam.evaluation import evaluate_predictions, metrics_table
 from dermcam.inference import predict_logit_diff
 from dermcam.io import write_csv, write_json
+from dermcam.stages.external import SIDE_BY_SIDE
 from dermcam.subgroups import MIN_GROUP, subgroup_analyses
 
 
@@ -143,7 +144,8 @@ def _score(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int, by, min_gro
            external: dict[str, Any] | None = None
            ) -> tuple[dict[str, Any], dict[str, float]]:
     """Predict ``audit``'s images with every model; write predictions.csv, metrics.json and
-    metrics.csv into ``audit.out``; returns the metrics and each model's threshold."""
+    metrics.csv into ``audit.out``; returns the metrics and each model's threshold. The
+    metrics: CIs, subgroups of ``by``, calibration before and after, display names."""
     out = audit.out
     preds, thresholds = predict_models(run, audit.samples, audit.split, device=device)
     preds = annotate_predictions(preds, audit.ds, audit.samples, audit.split, by)
@@ -152,7 +154,15 @@ def _score(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int, by, min_gro
         preds["duplicate_of"] = preds["image_id"].map(
             lambda i: dups.get(i, {}).get("match", ""))
     write_csv(out.predictions, preds)
-    result = score_predictions(preds, thresholds, audit.ds, run, n_boot, seed, by, min_group)
+    result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
+                                  cluster_name=cluster_name(audit.ds))
+    if by:
+        result["subgroups"] = subgroup_analyses(
+            preds, by_names(by), thresholds, n_boot=n_boot, seed=seed,
+            min_group=MIN_GROUP if min_group is None else min_group)
+    # ECE and Brier before and after calibration (Platt or temperature), with CIs
+    result["calibration"] = calibration_summary(preds, n_boot=n_boot, seed=seed)
+    result["display_names"] = {m: run.model_record(m)["display_name"] for m in thresholds}
     if labels:
         result["artifact_labels"] = labels
     if external is not None:
@@ -204,24 +214,6 @@ def labels_info(artifacts: str | Path | None, ds=None) -> dict[str, Any] | None:
     return out
 
 
-def score_predictions(preds: pd.DataFrame, thresholds: dict[str, float], ds,
-                      run: runmod.Run, n_boot: int, seed: int, by=(),
-                      min_group: int | None = None) -> dict[str, Any]:
-    """``metrics.json`` of a predictions table, for the own split and external sets alike:
-    metrics with CIs, subgroups of ``by``, calibration before and after, display names."""
-
-    result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
-                                  cluster_name=cluster_name(ds))
-    if by:
-        result["subgroups"] = subgroup_analyses(
-            preds, by_names(by), thresholds, n_boot=n_boot, seed=seed,
-            min_group=MIN_GROUP if min_group is None else min_group)
-    # ECE and Brier before and after calibration (Platt or temperature), with CIs
-    result["calibration"] = calibration_summary(preds, n_boot=n_boot, seed=seed)
-    result["display_names"] = {m: run.model_record(m)["display_name"] for m in thresholds}
-    return result
-
-
 def plot_results(result: dict[str, Any], figs: Path, run: runmod.Run) -> None:
     """The evaluation figures of ``result`` into ``figs``."""
     plots.plot_model_comparison(result, figs / "model_comparison.png")
@@ -256,17 +248,13 @@ def _evaluate(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int,
     return result
 
 
-_CARD_METRICS = (("threshold_free", ("roc_auc", "average_precision")),
-                 ("at_threshold", ("sensitivity", "specificity", "balanced_accuracy")))
-
-
 def _card_test_fields(result: dict[str, Any], name: str, ds, evaluated_at: str
                       ) -> dict[str, Any]:
     """Model-card entries for ``name``: test metrics with CIs, the test set, the CI method."""
     entry = result["models"][name]
     return {
         "test_metrics": {k: {f: entry[block][k][f] for f in ("value", "lo", "hi")}
-                         for block, keys in _CARD_METRICS for k in keys},
+                         for block, k, _ in SIDE_BY_SIDE},
         "test_set": {"name": str(ds.name), "n": int(result["test"]["n"]),
                      "n_malignant": int(result["test"]["n_malignant"])},
         "test_ci": (f"{1 - result['alpha']:.0%} percentile bootstrap, stratified, "
