@@ -54,17 +54,15 @@ class _Scoring:
     @classmethod
     def of(cls, run: runmod.Run, ds, samples) -> _Scoring:
         by_id = {s.image_id: s for s in samples}
-        size, cache = run.image_size, run.cache
         meta = read_metadata(ds)
         labels = getattr(ds, "artifact_labels", None)
-        return cls(by_id, size, cache, run.thresholds,
+        return cls(by_id, run.image_size, run.cache, run.thresholds,
                    any(s.group is not None for s in samples), tuple(ARTIFACTS),
                    meta.set_index("image_id") if meta is not None else None,
                    labels.set_index("image_id") if labels is not None else None)
 
 
-def _scored_batches(out: runmod.Outputs, selection, sc: _Scoring
-                    ) -> tuple[pd.DataFrame, float]:
+def _scored_batches(out: runmod.Outputs, selection, sc: _Scoring) -> tuple[pd.DataFrame, float]:
     """``(attention rows, seconds scoring)`` of every saved batch of ``selection``."""
     frames = []
     metric_seconds = 0.0

@@ -1,12 +1,8 @@
 """Platt and temperature scaling of the malignant probability, and calibration scores.
 
-A weighted loss or a balanced sampler shifts and stretches the probabilities. Temperature
-scaling (Guo et al. 2017, ``sigmoid((z1 - z0) / T)``) undoes a stretch but not a shift: a
-class-weighted loss offsets every logit, the NLL is then lowest at ``T -> inf`` and every
-probability is squeezed towards 0.5 (planted-shortcut twin: ``T = 66``). Platt scaling
-(the default) fits the shift too, ``sigmoid((z1 - z0) / T + b)``. Neither changes a
-ranking, so the threshold is chosen afterwards on calibrated probabilities. ``T`` and
-``b`` live in the checkpoint and on the loaded model (:data:`ATTR`, :data:`BIAS_ATTR`).
+Platt scaling (the default), ``sigmoid((z1 - z0) / T + b)``, also fits the logit offset of a
+class-weighted loss, which temperature scaling alone answers with ``T -> inf`` (docs/training.md).
+``T`` and ``b`` live in the checkpoint and on the loaded model (:data:`ATTR`, :data:`BIAS_ATTR`).
 """
 
 from __future__ import annotations
@@ -179,8 +175,7 @@ def bias_of(model) -> float:
     return float(getattr(model, BIAS_ATTR, 0.0))
 
 
-def _boot_scores(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int
-                 ) -> dict[str, np.ndarray]:
+def _boot_scores(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
     """ECE and Brier on every resample: ``w (B, N)`` multiplicities -> ``(B,)`` each."""
     from dermcam.reliability import batch_ece
 

@@ -77,16 +77,14 @@ def as_scores(s: Any, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def stratified_bootstrap_indices(
-    y: Any, n_boot: int, seed: int | np.random.Generator = 0
-) -> np.ndarray:
+def stratified_bootstrap_indices(y: Any, n_boot: int, seed: int | np.random.Generator = 0
+                                 ) -> np.ndarray:
     """``(n_boot, N)`` bootstrap indices drawn within each class of ``(N,)`` ``y``."""
     return bootstrap_indices(y, n_boot, seed, stratified=True)
 
 
-def bootstrap_indices(
-    y: Any, n_boot: int, seed: int | np.random.Generator = 0, stratified: bool = True
-) -> np.ndarray:
+def bootstrap_indices(y: Any, n_boot: int, seed: int | np.random.Generator = 0,
+                      stratified: bool = True) -> np.ndarray:
     """``(n_boot, N)`` bootstrap indices, stratified by ``y`` (each class keeps its count)
     or plain; seeded by ``np.random.default_rng(seed)``."""
     y = np.asarray(y)
@@ -141,10 +139,9 @@ def cluster_labels(y: Any, cluster: np.ndarray, n_clusters: int) -> np.ndarray:
     return yc
 
 
-def cluster_bootstrap_counts(
-    y: Any, cluster: np.ndarray, n_clusters: int, n_boot: int,
-    seed: int | np.random.Generator = 0, stratified: bool = True,
-) -> np.ndarray:
+def cluster_bootstrap_counts(y: Any, cluster: np.ndarray, n_clusters: int, n_boot: int,
+                             seed: int | np.random.Generator = 0, stratified: bool = True
+                             ) -> np.ndarray:
     """Cluster bootstrap as ``(n_boot, N)`` float64 sample weights.
 
     Whole clusters (``cluster`` from :func:`cluster_info`) are drawn, stratified by the
@@ -157,10 +154,8 @@ def cluster_bootstrap_counts(
     return bootstrap_counts(idx, int(n_clusters))[:, cluster]
 
 
-def resampling_weights(
-    y: Any, n_boot: int, seed: int | np.random.Generator = 0, stratified: bool = True,
-    groups: Any = None,
-) -> np.ndarray:
+def resampling_weights(y: Any, n_boot: int, seed: int | np.random.Generator = 0,
+                       stratified: bool = True, groups: Any = None) -> np.ndarray:
     """``(n_boot, N)`` bootstrap multiplicities: per sample, or per cluster with ``groups``."""
     y = np.asarray(y)
     info = cluster_info(groups)
@@ -187,10 +182,9 @@ def bootstrap_counts(indices: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
 
-def percentile_interval(
-    boot: Any, alpha: float = 0.05, min_valid_fraction: float = MIN_VALID_FRACTION,
-    what: str = "metric",
-) -> tuple[float, float]:
+def percentile_interval(boot: Any, alpha: float = 0.05,
+                        min_valid_fraction: float = MIN_VALID_FRACTION, what: str = "metric"
+                        ) -> tuple[float, float]:
     """``(lo, hi)`` percentile interval of ``(B,)`` bootstrap values, non-finite ones
     dropped; ``(nan, nan)`` when fewer than ``min_valid_fraction`` are finite."""
     boot = np.asarray(boot, dtype=np.float64).ravel()
@@ -254,11 +248,9 @@ def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int
     return rho, lo, hi, int(x.size)
 
 
-def bootstrap_ci(
-    metric_fn: Callable[..., float], y_true: Any, *arrays: Any, n_boot: int = 1000,
-    seed: int | np.random.Generator = 0, alpha: float = 0.05, stratified: bool = True,
-    min_valid_fraction: float = MIN_VALID_FRACTION,
-) -> tuple[float, float, float]:
+def bootstrap_ci(metric_fn: Callable[..., float], y_true: Any, *arrays: Any, n_boot: int = 1000,
+                 seed: int | np.random.Generator = 0, alpha: float = 0.05, stratified: bool = True,
+                 min_valid_fraction: float = MIN_VALID_FRACTION) -> tuple[float, float, float]:
     """``(point, lo, hi)``: percentile bootstrap CI of ``metric_fn(y_true, *arrays)``.
 
     One call per resample (the reference for the vectorised paths of
@@ -287,10 +279,9 @@ def _safe_call(fn: Callable[..., float], *args: Any) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def summarise_paired_diff(
-    point_diff: float, boot_diff: Any, alpha: float = 0.05,
-    min_valid_fraction: float = MIN_VALID_FRACTION, what: str = "difference",
-) -> dict[str, float]:
+def summarise_paired_diff(point_diff: float, boot_diff: Any, alpha: float = 0.05,
+                          min_valid_fraction: float = MIN_VALID_FRACTION, what: str = "difference"
+                          ) -> dict[str, float]:
     """``{"diff", "lo", "hi", "p", "n_valid"}`` from ``(B,)`` bootstrap differences.
 
     ``p = min(1, 2 * min((1 + #{d* <= 0}), (1 + #{d* >= 0})) / (B + 1))``: consistent with
@@ -309,9 +300,8 @@ def summarise_paired_diff(
     return {"diff": float(point_diff), "lo": lo, "hi": hi, "p": float(p), "n_valid": int(b)}
 
 
-def delong_components(
-    y: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def delong_components(y: np.ndarray, scores: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fast DeLong (Sun & Xu 2014) for ``(K, N)`` ``scores``: ``(auc (K,), v10 (K, m),
     v01 (K, n))``, the placement values of the m positives and n negatives (ties 1/2)."""
     pos = scores[:, y == 1]

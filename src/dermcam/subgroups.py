@@ -1,13 +1,6 @@
-"""Metrics with CIs per subgroup (``dermcam evaluate --by COLUMN``), and heterogeneity tests.
-
-:func:`bin_column` makes the groups (few values kept, other numbers cut at quartiles,
-``ita`` in the ITA categories, missing its own group). :func:`subgroup_metrics` gives per
-model and group n, ROC AUC, accuracy, sensitivity and specificity with bootstrap CIs (or
-"too few to estimate"), with Cochran's Q on the group AUCs (DeLong variances) and a
-chi-square of correct x group (which also moves with prevalence). :func:`subgroup_summaries`
-does the same for per-image attention and probe scores, with Kruskal-Wallis tests.
-Tests are Holm-adjusted over all columns and models of one evaluation.
-"""
+"""Metrics with CIs per subgroup (``dermcam evaluate --by COLUMN``) and heterogeneity tests:
+Cochran's Q of the group AUCs, chi-square of correct x group, Kruskal-Wallis for per-image
+scores, Holm-adjusted over all columns and models of one evaluation (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -46,7 +39,8 @@ def _edge(x: float) -> str:
 
 
 def bin_column(values: pd.Series, name: str = "") -> tuple[pd.Series, str]:
-    """``(group label per row (str), how the groups were made)``; see the module docstring."""
+    """``(group label per row (str), how the groups were made)``: few values kept, other
+    numbers cut at quartiles, ``ita`` in the ITA categories, missing its own group."""
     v = pd.Series(values).reset_index(drop=True)
     num = pd.to_numeric(v, errors="coerce")
     is_num = num.notna().sum() > 0 and num.notna().sum() == v.notna().sum()

@@ -1,12 +1,8 @@
 """Evaluate and compare models on one test set: :func:`evaluate_predictions`.
 
-Every figure gets a stratified (or cluster) bootstrap CI from one shared set of resamples,
-beside the all-benign baseline; model pairs are compared with DeLong, paired bootstraps and
-McNemar, Holm-adjusted within each family. The result (NaN -> ``None``) holds the settings,
-``test`` counts, ``models`` (per model: CIs ``{"value", "lo", "hi"}`` of every metric at
-its threshold, at 0.5 and threshold-free, confusion matrices, ROC/PR and reliability
-curves, ``prob_range``), ``baselines``, ``pairwise`` tests (differences ``b - a``),
-``resampling`` and ``multiplicity``: see :func:`_assemble` and :func:`_model_entry`.
+Every figure gets a stratified (or cluster) bootstrap CI from one shared set of resamples; model
+pairs are compared with DeLong, paired bootstraps and McNemar, Holm-adjusted within each family.
+The result's keys: see :func:`_assemble` and :func:`_model_entry` (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -70,18 +66,15 @@ def display_name(model: str) -> str:
 # --------------------------------------------------------------------------- evaluate
 
 
-def _validate_predictions(
-    predictions: pd.DataFrame,
-) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def _validate_predictions(predictions: pd.DataFrame
+                          ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Returns ``(models, image_ids (N,), y (N,), probs (K, N))`` aligned on image_id."""
     if not isinstance(predictions, pd.DataFrame):
         raise ValueError(f"predictions must be a pandas DataFrame, got {type(predictions)}")
     missing = [c for c in _REQUIRED_COLUMNS if c not in predictions.columns]
     if missing:
-        raise ValueError(
-            f"predictions lack columns {missing}; "
-            f"need {list(_REQUIRED_COLUMNS)}, have {list(predictions.columns)}"
-        )
+        raise ValueError(f"predictions lack columns {missing}; need {list(_REQUIRED_COLUMNS)}, "
+                         f"have {list(predictions.columns)}")
     df = predictions.loc[:, list(_REQUIRED_COLUMNS)]
     if df.empty:
         raise ValueError("predictions are empty")
@@ -97,10 +90,8 @@ def _validate_predictions(
     for m in models[1:]:
         if sets[m] != ref:
             only_ref, only_m = len(ref - sets[m]), len(sets[m] - ref)
-            raise ValueError(
-                f"models must be evaluated on the same images: {models[0]!r} has "
-                f"{only_ref} image_ids that {m!r} lacks, {m!r} has {only_m} extra"
-            )
+            raise ValueError(f"models must be evaluated on the same images: {models[0]!r} has "
+                             f"{only_ref} image_ids that {m!r} lacks, {m!r} has {only_m} extra")
     wide = df.pivot(index="image_id", columns="model", values="prob_malignant").sort_index()
     y = as_labels(_per_image(df, "label", wide.index, "labels").to_numpy(), "label")
     probs = np.vstack([labels_probs(y, wide[m].to_numpy(dtype=np.float64))[1] for m in models])
@@ -128,10 +119,8 @@ def _jsonable(obj: Any) -> Any:
     """Plain-Python, JSON-ready copy: numpy scalars/arrays -> float/int/list, NaN/inf -> None."""
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -153,11 +142,8 @@ class _Inputs:
     names: dict[str, str]
 
 
-def _prepare_inputs(
-    predictions: pd.DataFrame,
-    thresholds: Mapping[str, float],
-    display_names: Mapping[str, str] | None,
-) -> _Inputs:
+def _prepare_inputs(predictions: pd.DataFrame, thresholds: Mapping[str, float],
+                    display_names: Mapping[str, str] | None) -> _Inputs:
     """Validate the predictions and thresholds; ``ValueError`` on anything unusable."""
     models, image_ids, y, probs = _validate_predictions(predictions)
     clusters = None
@@ -169,10 +155,8 @@ def _prepare_inputs(
         raise ValueError("'all_benign' is reserved for the baseline; rename that model")
     missing = [m for m in models if m not in thresholds]
     if missing:
-        raise ValueError(
-            f"no threshold for models {missing}; choose them on validation "
-            "(e.g. youden_threshold) or pass 0.5 explicitly"
-        )
+        raise ValueError(f"no threshold for models {missing}; choose them on validation "
+                         "(e.g. youden_threshold) or pass 0.5 explicitly")
     thr = {m: float(thresholds[m]) for m in models}
     names = {m: str((display_names or {}).get(m) or display_name(m)) for m in models}
     for m, t in thr.items():
@@ -181,9 +165,8 @@ def _prepare_inputs(
     return _Inputs(models, y, probs, clusters, thr, names)
 
 
-def _bootstrap_distributions(
-    data: _Inputs, baseline_prob: np.ndarray, n_boot: int, seed: int, n_bins: int
-) -> dict[str, dict[str, np.ndarray]]:
+def _bootstrap_distributions(data: _Inputs, baseline_prob: np.ndarray, n_boot: int, seed: int,
+                             n_bins: int) -> dict[str, dict[str, np.ndarray]]:
     """``{subject: {key: (B,)}}`` for every model and ``all_benign`` on the same stratified
     resamples of the images or of whole clusters, in chunks of resamples to bound memory:
     ``thr:<metric>``, ``half:<metric>`` (models only) and the threshold-free metrics."""
@@ -211,19 +194,15 @@ def _bootstrap_distributions(
     return {s: {key: np.concatenate(v) for key, v in d.items()} for s, d in boot.items()}
 
 
-def _ci_block(
-    point: Mapping[str, Any], boot: Mapping[str, np.ndarray], keys: tuple[str, ...],
-    prefix: str, alpha: float, what: str,
-) -> dict[str, dict[str, float]]:
+def _ci_block(point: Mapping[str, Any], boot: Mapping[str, np.ndarray], keys: tuple[str, ...],
+              prefix: str, alpha: float, what: str) -> dict[str, dict[str, float]]:
     """``{metric: {"value", "lo", "hi"}}`` for ``keys``, bootstraps under ``prefix + metric``."""
     return {key: _ci(point[key], boot[f"{prefix}{key}"], alpha, f"{what} {key}")
             for key in keys}
 
 
-def _model_entry(
-    m: str, data: _Inputs, p: np.ndarray, b: Mapping[str, np.ndarray], alpha: float,
-    n_bins: int,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _model_entry(m: str, data: _Inputs, p: np.ndarray, b: Mapping[str, np.ndarray], alpha: float,
+                 n_bins: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(models[m] entry, point metrics at m's threshold)`` of one model."""
     y, both = data.y, both_classes(data.y)
     pt = classification_metrics(y, p, data.thr[m], n_bins)
@@ -245,21 +224,17 @@ def _model_entry(
     return entry, pt
 
 
-def _paired_diff(
-    metric: str, a: str, b: str, points: Mapping[str, Mapping[str, Any]],
-    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float, what: str,
-    boot_key: str | None = None,
-) -> dict[str, Any]:
+def _paired_diff(metric: str, a: str, b: str, points: Mapping[str, Mapping[str, Any]],
+                 bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float, what: str,
+                 boot_key: str | None = None) -> dict[str, Any]:
     """Paired bootstrap of ``metric`` b - a on the shared resamples."""
     key = boot_key or metric
     return summarise_paired_diff(points[b][metric] - points[a][metric],
                                  bootc[b][key] - bootc[a][key], alpha, what=f"{what} {b} - {a}")
 
 
-def _pair_entry(
-    a: str, b: str, data: _Inputs, points: Mapping[str, Mapping[str, Any]],
-    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float,
-) -> dict[str, Any]:
+def _pair_entry(a: str, b: str, data: _Inputs, points: Mapping[str, Mapping[str, Any]],
+                bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float) -> dict[str, Any]:
     """DeLong, paired bootstraps (AUC, AP, accuracy) and McNemar for one model pair."""
     y, probs, thr = data.y, data.probs, data.thr
     ia, ib = data.models.index(a), data.models.index(b)
@@ -285,10 +260,9 @@ _PAIR_FAMILIES: dict[str, tuple[str, Any]] = {
 }
 
 
-def _pairwise(
-    data: _Inputs, points: Mapping[str, Mapping[str, Any]],
-    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _pairwise(data: _Inputs, points: Mapping[str, Mapping[str, Any]],
+              bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``(every model pair in order of first appearance, tested, each family of
     :data:`_PAIR_FAMILIES` Holm-adjusted over the pairs; the ``multiplicity`` block)``. The
     primary AUC verdict is DeLong, or with clusters the paired cluster bootstrap."""
@@ -307,11 +281,9 @@ def _pairwise(
                       "primary_auc": "auc_delong" if clusters is None else "auc_bootstrap"}
 
 
-def _assemble(
-    data: _Inputs, settings: Mapping[str, Any], models: dict[str, Any],
-    all_benign: dict[str, Any], pairwise: list[dict[str, Any]], cluster_name: str,
-    multiplicity: dict[str, Any],
-) -> dict[str, Any]:
+def _assemble(data: _Inputs, settings: Mapping[str, Any], models: dict[str, Any],
+              all_benign: dict[str, Any], pairwise: list[dict[str, Any]], cluster_name: str,
+              multiplicity: dict[str, Any]) -> dict[str, Any]:
     """The result dict of :func:`evaluate_predictions`, in its documented key order."""
     n, n_mal = data.y.size, int(data.y.sum())
     prevalence = n_mal / n
@@ -333,16 +305,10 @@ def _assemble(
     }
 
 
-def evaluate_predictions(
-    predictions: pd.DataFrame,
-    thresholds: Mapping[str, float],
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-    n_bins: int = 10,
-    display_names: Mapping[str, str] | None = None,
-    cluster_name: str = "group",
-) -> dict[str, Any]:
+def evaluate_predictions(predictions: pd.DataFrame, thresholds: Mapping[str, float],
+                         n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, n_bins: int = 10,
+                         display_names: Mapping[str, str] | None = None, cluster_name: str = "group"
+                         ) -> dict[str, Any]:
     """Evaluate and compare models on one test set, with CIs for every figure.
 
     ``predictions``: ``image_id, model, label, prob_malignant`` (optionally ``group``: whole

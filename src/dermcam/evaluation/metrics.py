@@ -62,9 +62,8 @@ def specificity_at_sensitivity(y_true: Any, prob: Any, target: float = _SENS_TAR
     return float(1.0 - fpr[tpr >= target - _TIE_TOL].min())
 
 
-def classification_metrics(
-    y_true: Any, prob: Any, threshold: float = 0.5, n_bins: int = 10
-) -> dict[str, Any]:
+def classification_metrics(y_true: Any, prob: Any, threshold: float = 0.5, n_bins: int = 10
+                           ) -> dict[str, Any]:
     """All point metrics of one model (scikit-learn based): :data:`THRESHOLD_METRICS` at
     ``prob >= threshold``, ``confusion_matrix`` ``[[tn, fp], [fn, tp]]``, the threshold-free
     metrics, ``n``, ``n_malignant`` and ``threshold``; undefined values (one class, 0/0) NaN."""
@@ -98,9 +97,8 @@ def classification_metrics(
     }
 
 
-def batch_threshold_metrics(
-    w: np.ndarray, y: np.ndarray, pred: np.ndarray
-) -> dict[str, np.ndarray]:
+def batch_threshold_metrics(w: np.ndarray, y: np.ndarray, pred: np.ndarray
+                            ) -> dict[str, np.ndarray]:
     """Each of :data:`THRESHOLD_METRICS` as ``(B,)`` for ``w (B, N)`` multiplicities, from
     the confusion counts; 0/0 -> NaN."""
     pos, pp = y == 1, pred.astype(bool)
@@ -125,9 +123,8 @@ def batch_threshold_metrics(
         }
 
 
-def batch_ranking_metrics(
-    w: np.ndarray, y: np.ndarray, prob: np.ndarray, n_bins: int, target: float = _SENS_TARGET
-) -> dict[str, np.ndarray]:
+def batch_ranking_metrics(w: np.ndarray, y: np.ndarray, prob: np.ndarray, n_bins: int,
+                          target: float = _SENS_TARGET) -> dict[str, np.ndarray]:
     """ROC AUC, AP, specificity at ``target`` sensitivity and ECE, ``(B,)`` each, for every
     row of ``w (B, N)``; ties handled as scikit-learn does on the resampled data."""
     order = np.argsort(-prob, kind="stable")  # descending scores

@@ -61,9 +61,8 @@ def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0,
 
 
 def summarise(df: pd.DataFrame, metrics: Sequence[str],
-              by: Sequence[str] = ("model", "method", "label"),
-              n_boot: int = 1000, seed: int = 0, cluster_col: str | None = None
-              ) -> pd.DataFrame:
+              by: Sequence[str] = ("model", "method", "label"), n_boot: int = 1000, seed: int = 0,
+              cluster_col: str | None = None) -> pd.DataFrame:
     """Per-group statistics of each metric, one row per group x metric, with a 95 % CI of
     the mean: Wilson for 0/1 values (a percentile bootstrap collapses near 0 and 1), else a
     percentile bootstrap, same ``seed`` per group. With shared ``cluster_col`` clusters the

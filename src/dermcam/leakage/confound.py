@@ -1,17 +1,11 @@
-"""Is a class difference in a localisation metric explained by lesion size?
+"""Is a class difference in a localisation metric explained by lesion size? (docs/attention.md)
 
-:func:`size_confound` fits two OLS models with HC3 standard errors (:func:`ols_fit`) on the
-rows where metric, area and label are present: ``metric ~ 1 + malignant`` and
-``metric ~ 1 + malignant + cr(area)``, a natural cubic spline (at most ``n // 15`` df,
-linear below 30 images) so a non-linear size dependence is not read as a class effect.
-The verdict (:data:`VERDICTS`), in this order: ``"explained by size"`` when the adjusted
-gap is equivalent to 0 within ``+-margin`` (TOST p < alpha, even if its CI excludes 0);
-``"remains"`` when the adjusted gap differs from 0 and does not reverse a clear
-unadjusted gap; ``"inconclusive"`` otherwise (p >= alpha is not absence). Degenerate
-data never give a p-value from round-off: a constant metric is ``"constant_metric"``, an
-exact function of area (leakage = 1 - area) ``"perfect_fit"``, explained by size.
-:func:`adjust_confound` decides again on multiplicity-adjusted p-values. Every result
-key is listed in the code below; docs/attention.md explains the test.
+:func:`size_confound` fits ``metric ~ 1 + malignant`` and ``metric ~ 1 + malignant + cr(area)``
+(OLS, HC3; a natural cubic spline, so a non-linear size effect is not read as class). Verdicts
+(:data:`VERDICTS`), in order: ``"explained by size"`` when the adjusted gap is equivalent to 0
+within ``+-margin`` (TOST p < alpha); ``"remains"`` when it differs from 0 and does not reverse
+a clear unadjusted gap; else ``"inconclusive"``. Round-off never makes a p-value: a constant
+metric is ``"constant_metric"``, an exact function of area ``"perfect_fit"``.
 """
 
 from __future__ import annotations
@@ -96,8 +90,7 @@ def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC
     }
 
 
-def _area_basis(area: np.ndarray, mal: np.ndarray, df: int
-                ) -> tuple[np.ndarray, list[str], str]:
+def _area_basis(area: np.ndarray, mal: np.ndarray, df: int) -> tuple[np.ndarray, list[str], str]:
     """``(basis (n, k), names, formula)`` of the area term: patsy's centred natural cubic
     spline ``cr(area, df)`` (it contains the straight line, so ``1 - area`` fits exactly),
     ``df`` lowered while the design is rank deficient, linear area below 2; ValueError when
@@ -326,8 +319,7 @@ def _verdict(r: dict, p_class: float, p_eq: float) -> str:
     return "inconclusive"
 
 
-def adjust_confound(r: dict, k_class: int | None = None,
-                    k_equivalence: int | None = None) -> dict:
+def adjust_confound(r: dict, k_class: int | None = None, k_equivalence: int | None = None) -> dict:
     """Decide a :func:`size_confound` result ``r`` again on its adjusted p-values
     (``p_adjusted``, ``equivalence["p_adjusted"]``; family sizes ``k_class``,
     ``k_equivalence``), raw decisions kept; unchanged without p-values. Returns ``r``."""

@@ -139,10 +139,9 @@ def _external_block(run: runmod.Run, audit: AuditSet, dups: dict, n_all: int,
             "matches": dups, "excluded": bool(excluded and dups)}}
 
 
-def _score(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int, by, min_group,
-           device: str, labels: dict[str, Any] | None, dups: dict | None = None,
-           external: dict[str, Any] | None = None
-           ) -> tuple[dict[str, Any], dict[str, float]]:
+def _score(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int, by, min_group, device: str,
+           labels: dict[str, Any] | None, dups: dict | None = None,
+           external: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """Predict ``audit``'s images with every model; write predictions.csv, metrics.json and
     metrics.csv into ``audit.out``; returns the metrics and each model's threshold. The
     metrics: CIs, subgroups of ``by``, calibration before and after, display names."""
@@ -183,8 +182,7 @@ def predict_models(run: runmod.Run, samples, arrays, device: str = "cpu"
         z = predict_logit_diff(model.to(dev), arrays.dataset(np.arange(len(arrays))),
                                batch_size=inference_batch_size(dev, None), device=dev)
         prob = apply_temperature(z, temperature_of(model), bias_of(model))  # every stage's
-        thr = float(payload["threshold"])
-        thresholds[name] = thr
+        thresholds[name] = thr = float(payload["threshold"])
         rows.append(pd.DataFrame({
             "image_id": [s.image_id for s in samples], "model": name, "label": arrays.labels,
             "prob_malignant": np.round(prob.astype(np.float64), 6),
@@ -248,8 +246,7 @@ def _evaluate(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int,
     return result
 
 
-def _card_test_fields(result: dict[str, Any], name: str, ds, evaluated_at: str
-                      ) -> dict[str, Any]:
+def _card_test_fields(result: dict[str, Any], name: str, ds, evaluated_at: str) -> dict[str, Any]:
     """Model-card entries for ``name``: test metrics with CIs, the test set, the CI method."""
     entry = result["models"][name]
     return {

@@ -118,11 +118,9 @@ def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], cfg
         for sel in selection:
             update_checkpoint(run.model_file(sel["model"]),
                               {"cam": {k: sel[k] for k in ("method", "layer", "reason")}})
-    sanity_res = {}
     t_s = time.perf_counter()
-    if cfg.sanity:
-        sanity_res = check_selection(run, selection, samples, cfg.normalize, n_boot=cfg.n_boot,
-                                     cascade=cfg.cascade, out=out)
+    sanity_res = check_selection(run, selection, samples, cfg.normalize, n_boot=cfg.n_boot,
+                                 cascade=cfg.cascade, out=out) if cfg.sanity else {}
     timing["sanity_seconds"] = round(time.perf_counter() - t_s, 3)
     t_score = time.perf_counter()
     extra = {"timing": timing, "layer_choice": selection, "localisation": bench_rows}
