@@ -29,8 +29,11 @@ def attention_table(run: runmod.Run, audit: AuditSet, selection, by=()
     the ``--by`` columns, floats rounded to 6 decimals."""
     sc = _Scoring.of(run, audit.ds, audit.samples)
     att, metric_seconds = _scored_batches(audit.out, selection, sc)
-    if by:  # the --by columns (ita from the image), one value per image
-        att = _with_image_columns(att, audit.ds, sc, by)
+    if by:  # the --by columns (metadata, ita from the image), one value per image
+        cols = image_columns(audit.ds, [sc.by_id[i] for i in att["image_id"].unique()],
+                             sc.cache, sc.size, by)
+        att = att.merge(cols[[c for c in cols.columns if c == "image_id"
+                              or c not in att.columns]], on="image_id", how="left")
     float_cols = att.select_dtypes("float").columns
     att[float_cols] = att[float_cols].round(6)
     return att, metric_seconds
@@ -51,17 +54,15 @@ class _Scoring:
     @classmethod
     def of(cls, run: runmod.Run, ds, samples) -> _Scoring:
         by_id = {s.image_id: s for s in samples}
-        size, cache = run.image_size, run.cache
         meta = read_metadata(ds)
         labels = getattr(ds, "artifact_labels", None)
-        return cls(by_id, size, cache, run.thresholds,
+        return cls(by_id, run.image_size, run.cache, run.thresholds,
                    any(s.group is not None for s in samples), tuple(ARTIFACTS),
                    meta.set_index("image_id") if meta is not None else None,
                    labels.set_index("image_id") if labels is not None else None)
 
 
-def _scored_batches(out: runmod.Outputs, selection, sc: _Scoring
-                    ) -> tuple[pd.DataFrame, float]:
+def _scored_batches(out: runmod.Outputs, selection, sc: _Scoring) -> tuple[pd.DataFrame, float]:
     """``(attention rows, seconds scoring)`` of every saved batch of ``selection``."""
     frames = []
     metric_seconds = 0.0
@@ -133,11 +134,3 @@ def _add_artifact_columns(df: pd.DataFrame, ids: list[str], items, cams: np.ndar
         for col in sc.labels_by_id.columns:
             if col not in df.columns:
                 df[col] = sc.labels_by_id.reindex(ids)[col].to_numpy()
-
-
-def _with_image_columns(att: pd.DataFrame, ds, sc: _Scoring, by) -> pd.DataFrame:
-    """``att`` with the ``--by`` columns (metadata, ``ita`` from the image) per image."""
-    cols = image_columns(ds, [sc.by_id[i] for i in att["image_id"].unique()], sc.cache,
-                         sc.size, by)
-    return att.merge(cols[[c for c in cols.columns if c == "image_id"
-                           or c not in att.columns]], on="image_id", how="left")

@@ -9,14 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from dermcam import leakage as lk
 from dermcam import run as runmod
 from dermcam.audit_set import by_names
 from dermcam.localisation import artifact_ratios, uniform_guard
-from dermcam.stats import ADJUST_METHODS, adjust_pvalues, resampling_label
+from dermcam.stats import ADJUST_METHODS, adjust_in_place, resampling_label
 from dermcam.subgroups import MIN_GROUP, subgroup_summary_analyses
 
 SUMMARY_METRICS = ("leakage", "inside_score", "outside_score", "lesion_area", "chance_leakage",
@@ -44,6 +43,10 @@ ATTENTION_FAMILIES = {
                           "labels): one test per artifact x metric x model x method"),
 }
 
+#: The raw p-value of each family's test dicts.
+_RAW_P = {"class_pooled": "p_value", "class_within_target": "p_value",
+          "size_confound": "class_p_adjusted", "equivalence": "p", "artifact_presence": "p"}
+
 #: What the attention summary still computes per image when it resamples clusters.
 PER_IMAGE_WHEN_CLUSTERED = (
     "Mann-Whitney p-values (class comparisons, artifact presence)",
@@ -69,8 +72,7 @@ def summarise_attention(att: pd.DataFrame, target, sanity: dict, n_boot: int, se
     target = explained_class(target)
     stats = dict(n_boot=n_boot, seed=seed, cluster_col=cluster_col)
     by_class = lk.summarise(att, SUMMARY_METRICS, by=("model", "method", "label"), **stats)
-    by_correct = lk.summarise(att, ("leakage", "excess_leakage", "pixel_auroc"),
-                              by=("model", "method", "correct"), **stats)
+    by_correct = lk.summarise(att, TEST_METRICS, by=("model", "method", "correct"), **stats)
     overall = lk.summarise(att, SUMMARY_METRICS, by=("model", "method"), **stats)
     tests, artifact_rows = {}, []
     families: dict[str, list[dict]] = {f: [] for f in ATTENTION_FAMILIES}
@@ -81,9 +83,18 @@ def summarise_attention(att: pd.DataFrame, target, sanity: dict, n_boot: int, se
         if key in sanity:
             tests[key]["sanity"] = sanity[key]
         artifact_rows += rows
-    multiplicity = _finish_tests(tests, families)
+    multiplicity = {f: {"method": ADJUST_METHODS[method], "tests": what,
+                        "k": adjust_in_place(families[f], f, method, _RAW_P[f])}
+                    for f, (method, what) in ATTENTION_FAMILIES.items()}
+    for entry in tests.values():  # the size-confound verdicts, decided on adjusted p-values
+        for res in (entry.get("size_confounds") or {}).values():
+            lk.adjust_confound(res, multiplicity["size_confound"]["k"],
+                               multiplicity["equivalence"]["k"])
     reasons = att.loc[att["reason"] != "", "reason"].value_counts().to_dict()
-    extra = _subgroups(att, by, n_boot, seed, min_group, cluster_col) if by else {}
+    extra = {"subgroups": subgroup_summary_analyses(
+        att, by_names(by), list(SUBGROUP_TITLES), ("model", "method"), n_boot=n_boot,
+        seed=seed, min_group=MIN_GROUP if min_group is None else int(min_group),
+        cluster_col=cluster_col, what="models x methods")} if by else {}
     return {**extra, "schema_version": 1, "n_images": int(att["image_id"].nunique()),
             "models": sorted(att["model"].unique().tolist()),
             "methods": sorted(att["method"].unique().tolist()),
@@ -179,16 +190,15 @@ def _artifact_tests(g: pd.DataFrame, entry: dict[str, Any], families, n_boot: in
     """``artifacts`` (mass on artifact pixel maps) and ``artifact_presence`` (by labelled
     presence); returns the artifact ratio rows."""
     rows: list[dict] = []
-    arts = [c.removeprefix("artifact_") for c in g.columns if c.startswith("artifact_")
-            and f"mass_{c.removeprefix('artifact_')}" in g.columns]
+    names = [c.removeprefix("artifact_") for c in g.columns if c.startswith("artifact_")]
+    arts = [a for a in names if f"mass_{a}" in g.columns]
     if arts:
         try:
             entry["artifacts"] = lk.artifact_summary(g, arts).to_dict(orient="records")
         except ValueError as exc:
             entry["artifacts"] = {"error": str(exc)}
         rows = artifact_ratios(g, arts, n_boot=n_boot, seed=seed)
-    presence = [c for c in g.columns if c.startswith("artifact_")
-                and f"mass_{c.removeprefix('artifact_')}" not in g.columns]
+    presence = [f"artifact_{a}" for a in names if a not in arts]
     if presence:  # labels without pixel maps (real images): leakage by presence
         try:
             entry["artifact_presence"] = lk.presence_comparison(
@@ -199,39 +209,3 @@ def _artifact_tests(g: pd.DataFrame, entry: dict[str, Any], families, n_boot: in
     return rows
 
 
-def _finish_tests(tests: dict[str, dict], families) -> dict[str, Any]:
-    """Adjust each family's p-values, then decide the size-confound verdicts on them;
-    returns the families' description."""
-    multiplicity = _adjust_families(families, adjust_pvalues, ADJUST_METHODS)
-    for entry in tests.values():
-        for res in (entry.get("size_confounds") or {}).values():
-            lk.adjust_confound(res, multiplicity["size_confound"]["k"],
-                               multiplicity["equivalence"]["k"])
-    return multiplicity
-
-
-def _subgroups(att: pd.DataFrame, by, n_boot: int, seed: int, min_group: int | None,
-               cluster_col: str | None) -> dict[str, Any]:
-    """``{"subgroups": ...}``: the attention summary by the ``--by`` columns."""
-    return {"subgroups": subgroup_summary_analyses(
-        att, by_names(by), list(SUBGROUP_TITLES), ("model", "method"), n_boot=n_boot,
-        seed=seed, min_group=MIN_GROUP if min_group is None else int(min_group),
-        cluster_col=cluster_col, what="models x methods")}
-
-
-def _adjust_families(members: dict[str, list[dict]], adjust, names) -> dict[str, Any]:
-    """Adjust each family's p-values in place (``p_adjusted``, ``adjust_method``,
-    ``family``) and describe the families."""
-    raw_key = {"class_pooled": "p_value", "class_within_target": "p_value",
-               "size_confound": "class_p_adjusted", "equivalence": "p",
-               "artifact_presence": "p"}
-    out = {}
-    for family, dicts in members.items():
-        method, what = ATTENTION_FAMILIES[family]
-        raw = [float(d.get(raw_key[family], np.nan)) for d in dicts]
-        adj = adjust(raw, method) if dicts else np.array([])
-        for d, pa in zip(dicts, adj, strict=True):
-            d.update(p_adjusted=float(pa), adjust_method=names[method], family=family)
-        out[family] = {"method": names[method], "tests": what,
-                       "k": int(np.isfinite(np.asarray(raw, dtype=np.float64)).sum())}
-    return out

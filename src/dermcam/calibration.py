@@ -1,12 +1,8 @@
 """Platt and temperature scaling of the malignant probability, and calibration scores.
 
-A weighted loss or a balanced sampler shifts and stretches the probabilities. Temperature
-scaling (Guo et al. 2017, ``sigmoid((z1 - z0) / T)``) undoes a stretch but not a shift: a
-class-weighted loss offsets every logit, the NLL is then lowest at ``T -> inf`` and every
-probability is squeezed towards 0.5 (planted-shortcut twin: ``T = 66``). Platt scaling
-(the default) fits the shift too, ``sigmoid((z1 - z0) / T + b)``. Neither changes a
-ranking, so the threshold is chosen afterwards on calibrated probabilities. ``T`` and
-``b`` live in the checkpoint and on the loaded model (:data:`ATTR`, :data:`BIAS_ATTR`).
+Platt scaling (the default), ``sigmoid((z1 - z0) / T + b)``, also fits the logit offset of a
+class-weighted loss, which temperature scaling alone answers with ``T -> inf`` (docs/training.md).
+``T`` and ``b`` live in the checkpoint and on the loaded model (:data:`ATTR`, :data:`BIAS_ATTR`).
 """
 
 from __future__ import annotations
@@ -179,16 +175,11 @@ def bias_of(model) -> float:
     return float(getattr(model, BIAS_ATTR, 0.0))
 
 
-def _boot_scores(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int
-                 ) -> dict[str, np.ndarray]:
+def _boot_scores(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
     """ECE and Brier on every resample: ``w (B, N)`` multiplicities -> ``(B,)`` each."""
-    from dermcam.reliability import bin_ids
+    from dermcam.reliability import batch_ece
 
-    tot = w.sum(axis=1)
-    onehot = np.zeros((p.size, n_bins))
-    onehot[np.arange(p.size), bin_ids(p, n_bins)] = 1.0
-    gap = w @ (onehot * (y - p)[:, None])
-    return {"ece": np.abs(gap).sum(axis=1) / tot, "brier": w @ ((p - y) ** 2) / tot}
+    return {"ece": batch_ece(w, y, p, n_bins), "brier": w @ ((p - y) ** 2) / w.sum(axis=1)}
 
 
 def calibration_summary(predictions, temperatures: dict[str, float] | None = None,
@@ -197,7 +188,7 @@ def calibration_summary(predictions, temperatures: dict[str, float] | None = Non
     """ECE and Brier before and after calibration, per model, with bootstrap CIs (``change``
     = after - before on the same resamples); ``{}`` without ``prob_malignant_uncalibrated``."""
     from dermcam.reliability import reliability_curve
-    from dermcam.stats import percentile_interval, resampling_weights
+    from dermcam.stats import ci_entry, resampling_weights
 
     if "prob_malignant_uncalibrated" not in predictions.columns:
         return {}
@@ -210,11 +201,6 @@ def calibration_summary(predictions, temperatures: dict[str, float] | None = Non
         w = resampling_weights(y.astype(int), n_boot, seed, groups=groups).astype(np.float64)
         b_boot, a_boot = _boot_scores(y, before, w, n_bins), _boot_scores(y, after, w, n_bins)
         b_pt, a_pt = calibration_scores(y, before, n_bins), calibration_scores(y, after, n_bins)
-
-        def ci(value: float, boot: np.ndarray, what: str) -> dict[str, float]:
-            lo, hi = percentile_interval(boot, alpha, what=what)
-            return {"value": float(value), "lo": lo, "hi": hi}
-
         t = (temperatures or {}).get(model)
         if t is None and "temperature" in df.columns:
             t = df["temperature"].iloc[0]
@@ -222,10 +208,12 @@ def calibration_summary(predictions, temperatures: dict[str, float] | None = Non
             "temperature": math.nan if t is None else float(t),
             "bias": (float(df["calibration_bias"].iloc[0])
                      if "calibration_bias" in df.columns else 0.0),
-            "before": {k: ci(b_pt[k], b_boot[k], f"{model} {k}") for k in ("ece", "brier")},
-            "after": {k: ci(a_pt[k], a_boot[k], f"{model} {k}") for k in ("ece", "brier")},
-            "change": {k: ci(a_pt[k] - b_pt[k], a_boot[k] - b_boot[k], f"{model} d{k}")
+            "before": {k: ci_entry(b_pt[k], b_boot[k], alpha, f"{model} {k}")
                        for k in ("ece", "brier")},
+            "after": {k: ci_entry(a_pt[k], a_boot[k], alpha, f"{model} {k}")
+                      for k in ("ece", "brier")},
+            "change": {k: ci_entry(a_pt[k] - b_pt[k], a_boot[k] - b_boot[k], alpha,
+                                   f"{model} d{k}") for k in ("ece", "brier")},
             "reliability_before": {k: v.tolist() for k, v in
                                    reliability_curve(y, before, n_bins).items()},
         }

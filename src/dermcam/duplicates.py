@@ -1,10 +1,6 @@
 """Images that occur in two data sets: exact copies (SHA-256 of the file) and
-near-duplicates (a 64-bit DCT pHash within :data:`NEAR_DISTANCE` bits).
-
-ISIC releases overlap (2017's training images include 2016's), so an external test set
-may hold training images. pHash: luma, 32 x 32 bilinear, orthonormal 2-D DCT-II, one bit
-per 8 x 8 low-frequency coefficient above their median (DC left out); unrelated photos
-differ in about 32 bits.
+near-duplicates (a 64-bit DCT pHash within :data:`NEAR_DISTANCE` bits; unrelated photos differ in
+about 32). ISIC releases overlap, so an external test set may hold training images.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ import numpy as np
 
 from dermcam.stats import as_labels, as_scores
 
-__all__ = ["labels_probs", "bin_ids", "expected_calibration_error", "reliability_curve"]
+__all__ = ["labels_probs", "bin_ids", "expected_calibration_error", "batch_ece",
+           "reliability_curve"]
 
 
 def labels_probs(y_true: Any, prob: Any, unit: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +45,15 @@ def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = 10) -> floa
     bins = bin_ids(p, n_bins)
     gap = np.bincount(bins, weights=y - p, minlength=int(n_bins))
     return float(np.abs(gap).sum() / y.size)
+
+
+def batch_ece(w: np.ndarray, y: np.ndarray, prob: np.ndarray, n_bins: int) -> np.ndarray:
+    """The ECE of every resample, ``(B,)``, for ``w (B, N)`` multiplicities: per-bin sums of
+    ``y - prob`` as one matrix product."""
+    m = np.zeros((prob.size, int(n_bins)))
+    m[np.arange(prob.size), bin_ids(prob, n_bins)] = y - prob
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.abs(w @ m).sum(axis=1) / w.sum(axis=1)
 
 
 def reliability_curve(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, np.ndarray]:

@@ -21,7 +21,8 @@ from statsmodels.stats.multitest import multipletests
 __all__ = ["stratified_bootstrap_indices", "bootstrap_indices", "bootstrap_counts",
            "bootstrap_ci", "percentile_interval", "summarise_paired_diff", "delong_test",
            "delong_components", "mcnemar", "adjust_pvalues", "cluster_info", "cluster_labels",
-           "cluster_bootstrap_counts", "resampling_weights", "as_labels"]
+           "cluster_bootstrap_counts", "resampling_weights", "as_labels", "ci_entry",
+           "adjust_in_place"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +77,14 @@ def as_scores(s: Any, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def stratified_bootstrap_indices(
-    y: Any, n_boot: int, seed: int | np.random.Generator = 0
-) -> np.ndarray:
+def stratified_bootstrap_indices(y: Any, n_boot: int, seed: int | np.random.Generator = 0
+                                 ) -> np.ndarray:
     """``(n_boot, N)`` bootstrap indices drawn within each class of ``(N,)`` ``y``."""
     return bootstrap_indices(y, n_boot, seed, stratified=True)
 
 
-def bootstrap_indices(
-    y: Any, n_boot: int, seed: int | np.random.Generator = 0, stratified: bool = True
-) -> np.ndarray:
+def bootstrap_indices(y: Any, n_boot: int, seed: int | np.random.Generator = 0,
+                      stratified: bool = True) -> np.ndarray:
     """``(n_boot, N)`` bootstrap indices, stratified by ``y`` (each class keeps its count)
     or plain; seeded by ``np.random.default_rng(seed)``."""
     y = np.asarray(y)
@@ -118,12 +117,9 @@ def cluster_info(groups: Any) -> tuple[np.ndarray, int] | None:
     """
     if groups is None:
         return None
-    arr = np.asarray(groups, dtype=object).ravel() if np.ndim(groups) else np.asarray(
-        [groups], dtype=object)
-    g = np.empty(arr.size, dtype=object)
-    for i, v in enumerate(arr):
-        g[i] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-    missing = np.array([v == "" for v in g], dtype=bool)
+    g = np.array(["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+                  for v in np.atleast_1d(np.asarray(groups, dtype=object)).ravel()], dtype=object)
+    missing = g == ""
     if missing.any():  # own cluster each, named so they cannot collide with real ids
         g[missing] = [f"\x00missing{i}" for i in np.flatnonzero(missing)]
     _, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
@@ -143,10 +139,9 @@ def cluster_labels(y: Any, cluster: np.ndarray, n_clusters: int) -> np.ndarray:
     return yc
 
 
-def cluster_bootstrap_counts(
-    y: Any, cluster: np.ndarray, n_clusters: int, n_boot: int,
-    seed: int | np.random.Generator = 0, stratified: bool = True,
-) -> np.ndarray:
+def cluster_bootstrap_counts(y: Any, cluster: np.ndarray, n_clusters: int, n_boot: int,
+                             seed: int | np.random.Generator = 0, stratified: bool = True
+                             ) -> np.ndarray:
     """Cluster bootstrap as ``(n_boot, N)`` float64 sample weights.
 
     Whole clusters (``cluster`` from :func:`cluster_info`) are drawn, stratified by the
@@ -159,10 +154,8 @@ def cluster_bootstrap_counts(
     return bootstrap_counts(idx, int(n_clusters))[:, cluster]
 
 
-def resampling_weights(
-    y: Any, n_boot: int, seed: int | np.random.Generator = 0, stratified: bool = True,
-    groups: Any = None,
-) -> np.ndarray:
+def resampling_weights(y: Any, n_boot: int, seed: int | np.random.Generator = 0,
+                       stratified: bool = True, groups: Any = None) -> np.ndarray:
     """``(n_boot, N)`` bootstrap multiplicities: per sample, or per cluster with ``groups``."""
     y = np.asarray(y)
     info = cluster_info(groups)
@@ -189,10 +182,9 @@ def bootstrap_counts(indices: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
 
-def percentile_interval(
-    boot: Any, alpha: float = 0.05, min_valid_fraction: float = MIN_VALID_FRACTION,
-    what: str = "metric",
-) -> tuple[float, float]:
+def percentile_interval(boot: Any, alpha: float = 0.05,
+                        min_valid_fraction: float = MIN_VALID_FRACTION, what: str = "metric"
+                        ) -> tuple[float, float]:
     """``(lo, hi)`` percentile interval of ``(B,)`` bootstrap values, non-finite ones
     dropped; ``(nan, nan)`` when fewer than ``min_valid_fraction`` are finite."""
     boot = np.asarray(boot, dtype=np.float64).ravel()
@@ -210,6 +202,13 @@ def percentile_interval(
                     what, boot.size - n_ok, boot.size)
     lo, hi = np.quantile(boot[ok], [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def ci_entry(value: float, boot: Any, alpha: float = 0.05, what: str = "metric"
+             ) -> dict[str, float]:
+    """``{"value", "lo", "hi"}``: ``value`` with the percentile interval of ``boot``."""
+    lo, hi = percentile_interval(boot, alpha, what=what)
+    return {"value": float(value), "lo": lo, "hi": hi}
 
 
 def bootstrap_median_ci(v: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
@@ -249,11 +248,9 @@ def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int
     return rho, lo, hi, int(x.size)
 
 
-def bootstrap_ci(
-    metric_fn: Callable[..., float], y_true: Any, *arrays: Any, n_boot: int = 1000,
-    seed: int | np.random.Generator = 0, alpha: float = 0.05, stratified: bool = True,
-    min_valid_fraction: float = MIN_VALID_FRACTION,
-) -> tuple[float, float, float]:
+def bootstrap_ci(metric_fn: Callable[..., float], y_true: Any, *arrays: Any, n_boot: int = 1000,
+                 seed: int | np.random.Generator = 0, alpha: float = 0.05, stratified: bool = True,
+                 min_valid_fraction: float = MIN_VALID_FRACTION) -> tuple[float, float, float]:
     """``(point, lo, hi)``: percentile bootstrap CI of ``metric_fn(y_true, *arrays)``.
 
     One call per resample (the reference for the vectorised paths of
@@ -282,10 +279,9 @@ def _safe_call(fn: Callable[..., float], *args: Any) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def summarise_paired_diff(
-    point_diff: float, boot_diff: Any, alpha: float = 0.05,
-    min_valid_fraction: float = MIN_VALID_FRACTION, what: str = "difference",
-) -> dict[str, float]:
+def summarise_paired_diff(point_diff: float, boot_diff: Any, alpha: float = 0.05,
+                          min_valid_fraction: float = MIN_VALID_FRACTION, what: str = "difference"
+                          ) -> dict[str, float]:
     """``{"diff", "lo", "hi", "p", "n_valid"}`` from ``(B,)`` bootstrap differences.
 
     ``p = min(1, 2 * min((1 + #{d* <= 0}), (1 + #{d* >= 0})) / (B + 1))``: consistent with
@@ -304,9 +300,8 @@ def summarise_paired_diff(
     return {"diff": float(point_diff), "lo": lo, "hi": hi, "p": float(p), "n_valid": int(b)}
 
 
-def delong_components(
-    y: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def delong_components(y: np.ndarray, scores: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fast DeLong (Sun & Xu 2014) for ``(K, N)`` ``scores``: ``(auc (K,), v10 (K, m),
     v01 (K, n))``, the placement values of the m positives and n negatives (ties 1/2)."""
     pos = scores[:, y == 1]
@@ -350,10 +345,8 @@ def delong_test(y_true: Any, score_a: Any, score_b: Any, alpha: float = 0.05) ->
     reason = ""
     if se <= DELONG_ZERO_SE:  # constant placement values: a true 0 or its round-off
         reason, se = "zero_variance", 0.0
-        if abs(diff) < 1e-15:  # identical (or identically ranked) scores
-            z, p, lo, hi = 0.0, 1.0, 0.0, 0.0
-        else:
-            z = p = lo = hi = math.nan
+        # identical (or identically ranked) scores: no difference, else no test
+        z, p, lo, hi = (0.0, 1.0, 0.0, 0.0) if abs(diff) < 1e-15 else (math.nan,) * 4
     else:
         z = diff / se
         p = float(2 * _sstats.norm.sf(abs(z)))
@@ -374,9 +367,8 @@ def mcnemar(correct_a: Any, correct_b: Any) -> dict[str, Any]:
     ca = np.asarray(correct_a).astype(bool)
     cb = np.asarray(correct_b).astype(bool)
     if ca.ndim != 1 or ca.shape != cb.shape:
-        raise ValueError(
-            f"correct_a and correct_b must be (N,) of equal length, got {ca.shape} and {cb.shape}"
-        )
+        raise ValueError("correct_a and correct_b must be (N,) of equal length, got "
+                         f"{ca.shape} and {cb.shape}")
     b = int(np.count_nonzero(ca & ~cb))
     c = int(np.count_nonzero(~ca & cb))
     exact = b + c < MCNEMAR_EXACT_BELOW
@@ -413,3 +405,15 @@ def adjust_pvalues(pvalues: Any, method: str = "holm") -> np.ndarray:
     elif ok.any():
         out[ok] = multipletests(p[ok], method=method)[1]
     return out
+
+
+def adjust_in_place(tests: list[dict[str, Any]], family: str, method: str = "holm",
+                    key: str = "p", named: bool = True) -> int:
+    """Adjust the ``key`` p-values of one family of test dicts in place (``p_adjusted``,
+    ``adjust_method`` unless not ``named``, ``family``); returns how many are finite."""
+    raw = [t.get(key, math.nan) for t in tests]
+    adj = adjust_pvalues(raw, method) if tests else []
+    name = {"adjust_method": ADJUST_METHODS[method]} if named else {}
+    for t, pa in zip(tests, adj, strict=True):
+        t.update(p_adjusted=float(pa), **name, family=family)
+    return int(np.isfinite(np.asarray(raw, dtype=np.float64)).sum())

@@ -1,13 +1,6 @@
-"""Metrics with CIs per subgroup (``dermcam evaluate --by COLUMN``), and heterogeneity tests.
-
-:func:`bin_column` makes the groups (few values kept, other numbers cut at quartiles,
-``ita`` in the ITA categories, missing its own group). :func:`subgroup_metrics` gives per
-model and group n, ROC AUC, accuracy, sensitivity and specificity with bootstrap CIs (or
-"too few to estimate"), with Cochran's Q on the group AUCs (DeLong variances) and a
-chi-square of correct x group (which also moves with prevalence). :func:`subgroup_summaries`
-does the same for per-image attention and probe scores, with Kruskal-Wallis tests.
-Tests are Holm-adjusted over all columns and models of one evaluation.
-"""
+"""Metrics with CIs per subgroup (``dermcam evaluate --by COLUMN``) and heterogeneity tests:
+Cochran's Q of the group AUCs, chi-square of correct x group, Kruskal-Wallis for per-image
+scores, Holm-adjusted over all columns and models of one evaluation (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -25,7 +18,7 @@ from dermcam.evaluation import (
 )
 from dermcam.formatting import fmt_ci_entry, metric_label
 from dermcam.skin import ita_category
-from dermcam.stats import adjust_pvalues, delong_components, percentile_interval, resampling_weights
+from dermcam.stats import adjust_in_place, ci_entry, delong_components, resampling_weights
 
 __all__ = ["MIN_GROUP", "MIN_PER_CLASS", "SUBGROUP_METRICS", "bin_column",
            "subgroup_metrics", "subgroup_analyses", "cochran_q_auc", "image_levels",
@@ -38,6 +31,7 @@ N_QUANTILE_BINS = 4
 SUBGROUP_METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")
 TOO_FEW = "too few to estimate"
 MISSING = "missing"
+FEWER = "fewer than 2 estimable groups"
 
 
 def _edge(x: float) -> str:
@@ -45,7 +39,8 @@ def _edge(x: float) -> str:
 
 
 def bin_column(values: pd.Series, name: str = "") -> tuple[pd.Series, str]:
-    """``(group label per row (str), how the groups were made)``; see the module docstring."""
+    """``(group label per row (str), how the groups were made)``: few values kept, other
+    numbers cut at quartiles, ``ita`` in the ITA categories, missing its own group."""
     v = pd.Series(values).reset_index(drop=True)
     num = pd.to_numeric(v, errors="coerce")
     is_num = num.notna().sum() > 0 and num.notna().sum() == v.notna().sum()
@@ -61,8 +56,8 @@ def bin_column(values: pd.Series, name: str = "") -> tuple[pd.Series, str]:
                                     "bins, left edge exclusive)")
     if is_num:
         labels = num.map(lambda x: MISSING if pd.isna(x) else _edge(x))
-        return labels.astype(str), "each value its own group"
-    labels = v.map(lambda x: MISSING if pd.isna(x) or str(x).strip() == "" else str(x).strip())
+    else:
+        labels = v.map(lambda x: MISSING if pd.isna(x) or str(x).strip() == "" else str(x).strip())
     return labels.astype(str), "each value its own group"
 
 
@@ -73,6 +68,10 @@ def _auc_var(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
         return math.nan, math.nan
     auc, v10, v01 = delong_components(y, p[None, :])
     return float(auc[0]), float(np.var(v10[0], ddof=1) / m + np.var(v01[0], ddof=1) / n)
+
+
+def _untestable(stat: str, df: int, reason: str) -> dict[str, Any]:
+    return {stat: math.nan, "df": df, "p": math.nan, "reason": reason}
 
 
 def cochran_q_auc(aucs, variances) -> dict[str, Any]:
@@ -86,11 +85,10 @@ def cochran_q_auc(aucs, variances) -> dict[str, Any]:
     ok = np.isfinite(a) & np.isfinite(v)
     a, v = a[ok], v[ok]
     if a.size < 2:
-        return {"q": math.nan, "df": int(max(a.size - 1, 0)), "p": math.nan,
-                "reason": "fewer than 2 estimable groups"}
+        return _untestable("q", int(max(a.size - 1, 0)), FEWER)
     if (v <= 1e-12).any():
-        return {"q": math.nan, "df": int(a.size - 1), "p": math.nan,
-                "reason": "a group's AUC has zero variance (perfect or constant ranking)"}
+        return _untestable("q", int(a.size - 1),
+                           "a group's AUC has zero variance (perfect or constant ranking)")
     w = 1 / v
     pooled = float((w * a).sum() / w.sum())
     q = float((w * (a - pooled) ** 2).sum())
@@ -103,11 +101,10 @@ def _accuracy_chi2(correct_by_group: list[np.ndarray]) -> dict[str, Any]:
 
     table = np.array([[int(c.sum()), int((~c).sum())] for c in correct_by_group])
     if table.shape[0] < 2:
-        return {"chi2": math.nan, "df": 0, "p": math.nan,
-                "reason": "fewer than 2 estimable groups"}
+        return _untestable("chi2", 0, FEWER)
     if (table.sum(axis=0) == 0).any():
-        return {"chi2": math.nan, "df": int(table.shape[0] - 1), "p": math.nan,
-                "reason": "every image correct (or every one wrong)"}
+        return _untestable("chi2", int(table.shape[0] - 1),
+                           "every image correct (or every one wrong)")
     chi2, p, df, _ = st.chi2_contingency(table, correction=False)
     return {"chi2": float(chi2), "df": int(df), "p": float(p), "reason": ""}
 
@@ -131,8 +128,7 @@ def _group_rows(d: pd.DataFrame, thr: float, n_boot: int, seed: int, alpha: floa
                                if "group" in g.columns else None)
         boot = {**batch_threshold_metrics(w, y, p >= thr), **batch_ranking_metrics(w, y, p, 10)}
         for k in SUBGROUP_METRICS:
-            lo, hi = percentile_interval(boot[k], alpha, what=f"{level} {k}")
-            row[k] = {"value": float(pt[k]), "lo": lo, "hi": hi}
+            row[k] = ci_entry(pt[k], boot[k], alpha, f"{level} {k}")
         row.update(estimable=True, note="")
         rows.append(row)
         aucs[str(level)] = _auc_var(y, p)
@@ -175,18 +171,10 @@ def subgroup_analyses(preds: pd.DataFrame, columns: list[str], thresholds: dict[
     out = {c: subgroup_metrics(preds, c, thresholds, n_boot, seed, alpha, min_group,
                                min_per_class) for c in columns}
     for kind in ("auc", "accuracy"):
-        holm_in_place([m["heterogeneity"][kind] for r in out.values()
-                       for m in r["models"].values()],
-                      f"subgroup heterogeneity ({kind}) over {len(columns)} column(s) x models")
+        adjust_in_place([m["heterogeneity"][kind] for r in out.values()
+                         for m in r["models"].values()],
+                        f"subgroup heterogeneity ({kind}) over {len(columns)} column(s) x models")
     return out
-
-
-def holm_in_place(tests: list[dict[str, Any]], family: str) -> None:
-    """Holm-adjust the ``p`` of each test dict in place (``p_adjusted``, ``adjust_method``,
-    ``family``); NaN stays NaN."""
-    adj = adjust_pvalues([t["p"] for t in tests], "holm") if tests else []
-    for t, pa in zip(tests, adj):
-        t.update(p_adjusted=float(pa), adjust_method="Holm", family=family)
 
 
 # ------------------------------------------------ attention and probe summaries by group
@@ -209,11 +197,9 @@ def kruskal_across(samples: list[np.ndarray]) -> dict[str, Any]:
     vals = [v[np.isfinite(v)] for v in vals]
     vals = [v for v in vals if v.size]
     if len(vals) < 2:
-        return {"h": math.nan, "df": int(max(len(vals) - 1, 0)), "p": math.nan,
-                "reason": "fewer than 2 estimable groups"}
+        return _untestable("h", int(max(len(vals) - 1, 0)), FEWER)
     if np.ptp(np.concatenate(vals)) == 0:
-        return {"h": math.nan, "df": len(vals) - 1, "p": math.nan,
-                "reason": "every value is the same"}
+        return _untestable("h", len(vals) - 1, "every value is the same")
     h, p = st.kruskal(*vals)
     return {"h": float(h), "df": len(vals) - 1, "p": float(p), "reason": ""}
 
@@ -269,33 +255,27 @@ def subgroup_summary_analyses(table: pd.DataFrame, columns, metrics, keys,
     out = {c: subgroup_summaries(table, c, metrics, keys, n_boot, seed, min_group,
                                  cluster_col) for c in columns}
     for m in metrics:
-        holm_in_place([e["heterogeneity"][m] for r in out.values() for e in r["entries"]],
-                      f"subgroup heterogeneity ({m}) over {len(columns)} column(s) x {what}")
+        adjust_in_place([e["heterogeneity"][m] for r in out.values() for e in r["entries"]],
+                        f"subgroup heterogeneity ({m}) over {len(columns)} column(s) x {what}")
     return out
+
+
+def _row(g: dict[str, Any], lead: list[str], metrics, digits: int) -> list[str]:
+    """A printed group row: ``lead``, then the note or each metric's CI."""
+    if not g["estimable"]:
+        return [*lead, g["note"]] + [""] * (len(metrics) - 1)
+    return [*lead, *(fmt_ci_entry(g.get(m), digits, collapse=False) for m in metrics)]
 
 
 def subgroup_table(analysis: dict[str, Any], model: str, digits: int = 2) -> list[list[str]]:
     """Rows for a printed table: header, then one row per group (``n/a`` where undefined)."""
-    head = ["group", "n", "malignant",
-            *(metric_label(k, short=True) for k in SUBGROUP_METRICS)]
-    rows = [head]
-    for g in analysis["models"][model]["groups"]:
-        if not g["estimable"]:
-            rows.append([g["group"], str(g["n"]), str(g["n_malignant"]), g["note"], "", "", ""])
-        else:
-            rows.append([g["group"], str(g["n"]), str(g["n_malignant"])]
-                        + [fmt_ci_entry(g[k], digits, collapse=False) for k in SUBGROUP_METRICS])
-    return rows
+    return [["group", "n", "malignant", *(metric_label(k, short=True) for k in SUBGROUP_METRICS)],
+            *(_row(g, [g["group"], str(g["n"]), str(g["n_malignant"])], SUBGROUP_METRICS, digits)
+              for g in analysis["models"][model]["groups"])]
 
 
 def summary_table(analysis: dict[str, Any], entry: dict[str, Any], metrics,
                   titles=None, digits: int = 3) -> list[list[str]]:
     """Rows for a printed table of one :func:`subgroup_summaries` entry."""
-    titles = list(titles or metrics)
-    rows = [["group", "n", *titles]]
-    for g in entry["groups"]:
-        rows.append([g["group"], str(g["n"])] + ([g["note"]] + [""] * (len(metrics) - 1)
-                                                 if not g["estimable"] else
-                                                 [fmt_ci_entry(g.get(m), digits, collapse=False)
-                                                  for m in metrics]))
-    return rows
+    return [["group", "n", *(titles or metrics)],
+            *(_row(g, [g["group"], str(g["n"])], metrics, digits) for g in entry["groups"])]

@@ -1,12 +1,8 @@
 """Test-set evaluation a reviewer would accept: metrics, bootstrap CIs, paired tests.
 
-Labels: 0 = benign, 1 = malignant; ``prob`` is P(malignant) and a threshold ``t`` means
-"malignant if ``prob >= t``" everywhere. With 75 malignant of 379 images, "all benign"
-already scores 0.802 accuracy, so every figure has a CI and an all-benign baseline beside
-it (docs/evaluation.md). Bootstrap figures are computed for all resamples at once from
-``(B, N)`` multiplicities, tested against the scikit-learn reference
-:func:`classification_metrics`. Modules: :mod:`~dermcam.evaluation.metrics`,
-:mod:`~dermcam.evaluation.compare` and :mod:`~dermcam.evaluation.tables`.
+Labels 0 = benign, 1 = malignant; "malignant if ``prob >= t``" everywhere. Every figure has a CI
+and the all-benign baseline beside it (docs/evaluation.md); bootstrap figures come from ``(B, N)``
+multiplicities, tested against the scikit-learn reference :func:`classification_metrics`.
 """
 
 from __future__ import annotations

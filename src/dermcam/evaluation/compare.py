@@ -1,12 +1,8 @@
 """Evaluate and compare models on one test set: :func:`evaluate_predictions`.
 
-Every figure gets a stratified (or cluster) bootstrap CI from one shared set of resamples,
-beside the all-benign baseline; model pairs are compared with DeLong, paired bootstraps and
-McNemar, Holm-adjusted within each family. The result (NaN -> ``None``) holds the settings,
-``test`` counts, ``models`` (per model: CIs ``{"value", "lo", "hi"}`` of every metric at
-its threshold, at 0.5 and threshold-free, confusion matrices, ROC/PR and reliability
-curves, ``prob_range``), ``baselines``, ``pairwise`` tests (differences ``b - a``),
-``resampling`` and ``multiplicity``: see :func:`_assemble` and :func:`_model_entry`.
+Every figure gets a stratified (or cluster) bootstrap CI from one shared set of resamples; model
+pairs are compared with DeLong, paired bootstraps and McNemar, Holm-adjusted within each family.
+The result's keys: see :func:`_assemble` and :func:`_model_entry` (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -35,14 +31,14 @@ from dermcam.models import display_name as registry_name
 from dermcam.reliability import labels_probs, reliability_curve
 from dermcam.stats import (
     ADJUST_METHODS,
-    adjust_pvalues,
+    adjust_in_place,
     as_labels,
     bootstrap_counts,
+    ci_entry,
     cluster_info,
     cluster_labels,
     delong_test,
     mcnemar,
-    percentile_interval,
     stratified_bootstrap_indices,
     summarise_paired_diff,
 )
@@ -70,18 +66,15 @@ def display_name(model: str) -> str:
 # --------------------------------------------------------------------------- evaluate
 
 
-def _validate_predictions(
-    predictions: pd.DataFrame,
-) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def _validate_predictions(predictions: pd.DataFrame
+                          ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Returns ``(models, image_ids (N,), y (N,), probs (K, N))`` aligned on image_id."""
     if not isinstance(predictions, pd.DataFrame):
         raise ValueError(f"predictions must be a pandas DataFrame, got {type(predictions)}")
     missing = [c for c in _REQUIRED_COLUMNS if c not in predictions.columns]
     if missing:
-        raise ValueError(
-            f"predictions lack columns {missing}; "
-            f"need {list(_REQUIRED_COLUMNS)}, have {list(predictions.columns)}"
-        )
+        raise ValueError(f"predictions lack columns {missing}; need {list(_REQUIRED_COLUMNS)}, "
+                         f"have {list(predictions.columns)}")
     df = predictions.loc[:, list(_REQUIRED_COLUMNS)]
     if df.empty:
         raise ValueError("predictions are empty")
@@ -97,50 +90,37 @@ def _validate_predictions(
     for m in models[1:]:
         if sets[m] != ref:
             only_ref, only_m = len(ref - sets[m]), len(sets[m] - ref)
-            raise ValueError(
-                f"models must be evaluated on the same images: {models[0]!r} has "
-                f"{only_ref} image_ids that {m!r} lacks, {m!r} has {only_m} extra"
-            )
-    n_labels = df.groupby("image_id")["label"].nunique()
-    if (n_labels > 1).any():
-        bad = n_labels.index[n_labels > 1][:3].tolist()
-        raise ValueError(f"image_ids with different labels across models: {bad}")
+            raise ValueError(f"models must be evaluated on the same images: {models[0]!r} has "
+                             f"{only_ref} image_ids that {m!r} lacks, {m!r} has {only_m} extra")
     wide = df.pivot(index="image_id", columns="model", values="prob_malignant").sort_index()
-    labels = df.drop_duplicates("image_id").set_index("image_id")["label"].loc[wide.index]
-    y = as_labels(labels.to_numpy(), "label")
+    y = as_labels(_per_image(df, "label", wide.index, "labels").to_numpy(), "label")
     probs = np.vstack([labels_probs(y, wide[m].to_numpy(dtype=np.float64))[1] for m in models])
     return models, wide.index.to_numpy(), y, probs
 
 
-def _image_groups(predictions: pd.DataFrame, image_ids: np.ndarray) -> np.ndarray | None:
-    """The ``group`` column per image (aligned with ``image_ids``), or None without one."""
-    if "group" not in predictions.columns:
-        return None
-    g = predictions.loc[:, ["image_id", "group"]]
-    g = g.assign(group=g["group"].astype(object).where(g["group"].notna(), None))
-    n_groups = g.groupby("image_id")["group"].nunique(dropna=False)
-    if (n_groups > 1).any():
-        bad = n_groups.index[n_groups > 1][:3].tolist()
-        raise ValueError(f"image_ids with different groups across models: {bad}")
-    per_image = g.drop_duplicates("image_id").set_index("image_id")["group"]
-    return per_image.loc[image_ids].to_numpy(dtype=object)
+def _per_image(df: pd.DataFrame, column: str, image_ids, what: str) -> pd.Series:
+    """``column``'s one value per image, aligned with ``image_ids``; ValueError where models
+    disagree."""
+    n_values = df.groupby("image_id")[column].nunique(dropna=False)
+    if (n_values > 1).any():
+        bad = n_values.index[n_values > 1][:3].tolist()
+        raise ValueError(f"image_ids with different {what} across models: {bad}")
+    per_image = df.drop_duplicates("image_id").set_index("image_id")[column]
+    return per_image.loc[image_ids]
 
 
 def _ci(value: float, boot: np.ndarray, alpha: float, what: str) -> dict[str, float]:
     if not math.isfinite(value):
         return {"value": math.nan, "lo": math.nan, "hi": math.nan}
-    lo, hi = percentile_interval(boot, alpha, what=what)
-    return {"value": float(value), "lo": lo, "hi": hi}
+    return ci_entry(value, boot, alpha, what)
 
 
 def _jsonable(obj: Any) -> Any:
     """Plain-Python, JSON-ready copy: numpy scalars/arrays -> float/int/list, NaN/inf -> None."""
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -162,22 +142,21 @@ class _Inputs:
     names: dict[str, str]
 
 
-def _prepare_inputs(
-    predictions: pd.DataFrame,
-    thresholds: Mapping[str, float],
-    display_names: Mapping[str, str] | None,
-) -> _Inputs:
+def _prepare_inputs(predictions: pd.DataFrame, thresholds: Mapping[str, float],
+                    display_names: Mapping[str, str] | None) -> _Inputs:
     """Validate the predictions and thresholds; ``ValueError`` on anything unusable."""
     models, image_ids, y, probs = _validate_predictions(predictions)
-    clusters = cluster_info(_image_groups(predictions, image_ids))
+    clusters = None
+    if "group" in predictions.columns:
+        g = predictions.loc[:, ["image_id", "group"]]
+        g = g.assign(group=g["group"].astype(object).where(g["group"].notna(), None))
+        clusters = cluster_info(_per_image(g, "group", image_ids, "groups").to_numpy(object))
     if "all_benign" in models:
         raise ValueError("'all_benign' is reserved for the baseline; rename that model")
     missing = [m for m in models if m not in thresholds]
     if missing:
-        raise ValueError(
-            f"no threshold for models {missing}; choose them on validation "
-            "(e.g. youden_threshold) or pass 0.5 explicitly"
-        )
+        raise ValueError(f"no threshold for models {missing}; choose them on validation "
+                         "(e.g. youden_threshold) or pass 0.5 explicitly")
     thr = {m: float(thresholds[m]) for m in models}
     names = {m: str((display_names or {}).get(m) or display_name(m)) for m in models}
     for m, t in thr.items():
@@ -186,37 +165,15 @@ def _prepare_inputs(
     return _Inputs(models, y, probs, clusters, thr, names)
 
 
-def _resample_indices(
-    y: np.ndarray, clusters: tuple[np.ndarray, int] | None, n_boot: int, seed: int
-) -> tuple[np.ndarray, int, np.ndarray | None]:
-    """``(idx (B, n_units), n_units, expand)``: stratified resamples of the images, or of
-    whole clusters (``expand`` maps each image to its cluster; None without clusters)."""
-    if clusters is None:
-        return stratified_bootstrap_indices(y, n_boot, seed), y.size, None
-    expand, n_units = clusters
-    return stratified_bootstrap_indices(cluster_labels(y, expand, n_units), n_boot, seed), \
-        n_units, expand
-
-
-def _resample_metrics(
-    w: np.ndarray, y: np.ndarray, p: np.ndarray, thr: float, at_half: bool, n_bins: int
-) -> dict[str, np.ndarray]:
-    """Every bootstrap metric of one subject on ``w (B, N)``, each ``(B,)``: ``thr:<metric>``,
-    ``half:<metric>`` (with ``at_half``) and the threshold-free metrics."""
-    parts = {f"thr:{key}": v for key, v in batch_threshold_metrics(w, y, p >= thr).items()}
-    if at_half:
-        parts.update({f"half:{k}": v for k, v in batch_threshold_metrics(w, y, p >= 0.5).items()})
-    parts.update(batch_ranking_metrics(w, y, p, n_bins))
-    return parts
-
-
-def _bootstrap_distributions(
-    data: _Inputs, baseline_prob: np.ndarray, n_boot: int, seed: int, n_bins: int
-) -> dict[str, dict[str, np.ndarray]]:
-    """``{subject: {key: (B,)}}`` for every model and ``all_benign`` on the same resamples,
-    in chunks of resamples to bound memory."""
+def _bootstrap_distributions(data: _Inputs, baseline_prob: np.ndarray, n_boot: int, seed: int,
+                             n_bins: int) -> dict[str, dict[str, np.ndarray]]:
+    """``{subject: {key: (B,)}}`` for every model and ``all_benign`` on the same stratified
+    resamples of the images or of whole clusters, in chunks of resamples to bound memory:
+    ``thr:<metric>``, ``half:<metric>`` (models only) and the threshold-free metrics."""
     y, n = data.y, data.y.size
-    idx, n_units, expand = _resample_indices(y, data.clusters, n_boot, seed)
+    expand, n_units = data.clusters or (None, n)
+    idx = stratified_bootstrap_indices(y if expand is None else cluster_labels(y, expand, n_units),
+                                       n_boot, seed)
     subjects = {**{m: data.probs[i] for i, m in enumerate(data.models)},
                 "all_benign": baseline_prob}
     sub_thr = {**data.thr, "all_benign": 0.5}
@@ -226,37 +183,32 @@ def _bootstrap_distributions(
         w = bootstrap_counts(idx[start : start + chunk], n_units)
         w = w if expand is None else w[:, expand]
         for s, p in subjects.items():
-            for key, v in _resample_metrics(w, y, p, sub_thr[s], s != "all_benign",
-                                            n_bins).items():
+            parts = {f"thr:{k}": v
+                     for k, v in batch_threshold_metrics(w, y, p >= sub_thr[s]).items()}
+            if s != "all_benign":
+                parts.update({f"half:{k}": v
+                              for k, v in batch_threshold_metrics(w, y, p >= 0.5).items()})
+            parts.update(batch_ranking_metrics(w, y, p, n_bins))
+            for key, v in parts.items():
                 boot[s].setdefault(key, []).append(v)
     return {s: {key: np.concatenate(v) for key, v in d.items()} for s, d in boot.items()}
 
 
-def _ci_block(
-    point: Mapping[str, Any], boot: Mapping[str, np.ndarray], keys: tuple[str, ...],
-    prefix: str, alpha: float, what: str,
-) -> dict[str, dict[str, float]]:
+def _ci_block(point: Mapping[str, Any], boot: Mapping[str, np.ndarray], keys: tuple[str, ...],
+              prefix: str, alpha: float, what: str) -> dict[str, dict[str, float]]:
     """``{metric: {"value", "lo", "hi"}}`` for ``keys``, bootstraps under ``prefix + metric``."""
     return {key: _ci(point[key], boot[f"{prefix}{key}"], alpha, f"{what} {key}")
             for key in keys}
 
 
-def _curves(y: np.ndarray, p: np.ndarray) -> dict[str, dict[str, Any]]:
-    """ROC and precision-recall curves of one model (empty with one class only)."""
-    both = both_classes(y)
-    fpr, tpr, _ = skm.roc_curve(y, p) if both else ([], [], None)
-    prec, rec, _ = skm.precision_recall_curve(y, p) if both else ([], [], None)
-    return {"roc_curve": {"fpr": fpr, "tpr": tpr}, "pr_curve": {"precision": prec, "recall": rec}}
-
-
-def _model_entry(
-    m: str, data: _Inputs, p: np.ndarray, b: Mapping[str, np.ndarray], alpha: float,
-    n_bins: int,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _model_entry(m: str, data: _Inputs, p: np.ndarray, b: Mapping[str, np.ndarray], alpha: float,
+                 n_bins: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(models[m] entry, point metrics at m's threshold)`` of one model."""
-    y = data.y
+    y, both = data.y, both_classes(data.y)
     pt = classification_metrics(y, p, data.thr[m], n_bins)
     pt_half = classification_metrics(y, p, 0.5, n_bins)
+    fpr, tpr, _ = skm.roc_curve(y, p) if both else ([], [], None)  # empty with one class
+    prec, rec, _ = skm.precision_recall_curve(y, p) if both else ([], [], None)
     entry = {
         "display_name": data.names[m], "threshold": data.thr[m],
         "at_threshold": _ci_block(pt, b, THRESHOLD_METRICS, "thr:", alpha, m),
@@ -265,39 +217,24 @@ def _model_entry(
         "threshold_free": _ci_block(pt, b, THRESHOLD_FREE_METRICS, "", alpha, m),
         "confusion_matrix": pt["confusion_matrix"],
         "confusion_matrix_at_0.5": pt_half["confusion_matrix"],
-        **_curves(y, p),
+        "roc_curve": {"fpr": fpr, "tpr": tpr}, "pr_curve": {"precision": prec, "recall": rec},
         "reliability": reliability_curve(y, p, n_bins),
         "prob_range": dict(zip(("p05", "p95"), np.percentile(p, [5, 95]).tolist())),
     }
     return entry, pt
 
 
-def _baseline_block(
-    y: np.ndarray, baseline_prob: np.ndarray, bb: Mapping[str, np.ndarray], alpha: float,
-    n_bins: int,
-) -> dict[str, dict[str, float]]:
-    """All metrics of the all-benign classifier (constant score 0 at threshold 0.5)."""
-    pb = classification_metrics(y, baseline_prob, 0.5, n_bins)
-    out = _ci_block(pb, bb, THRESHOLD_METRICS, "thr:", alpha, "all_benign")
-    out.update(_ci_block(pb, bb, THRESHOLD_FREE_METRICS, "", alpha, "all_benign"))
-    return out
-
-
-def _paired_diff(
-    metric: str, a: str, b: str, points: Mapping[str, Mapping[str, Any]],
-    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float, what: str,
-    boot_key: str | None = None,
-) -> dict[str, Any]:
+def _paired_diff(metric: str, a: str, b: str, points: Mapping[str, Mapping[str, Any]],
+                 bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float, what: str,
+                 boot_key: str | None = None) -> dict[str, Any]:
     """Paired bootstrap of ``metric`` b - a on the shared resamples."""
     key = boot_key or metric
     return summarise_paired_diff(points[b][metric] - points[a][metric],
                                  bootc[b][key] - bootc[a][key], alpha, what=f"{what} {b} - {a}")
 
 
-def _pair_entry(
-    a: str, b: str, data: _Inputs, points: Mapping[str, Mapping[str, Any]],
-    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float,
-) -> dict[str, Any]:
+def _pair_entry(a: str, b: str, data: _Inputs, points: Mapping[str, Mapping[str, Any]],
+                bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float) -> dict[str, Any]:
     """DeLong, paired bootstraps (AUC, AP, accuracy) and McNemar for one model pair."""
     y, probs, thr = data.y, data.probs, data.thr
     ia, ib = data.models.index(a), data.models.index(b)
@@ -323,78 +260,42 @@ _PAIR_FAMILIES: dict[str, tuple[str, Any]] = {
 }
 
 
-def _adjust_families(pairwise: list[dict[str, Any]]) -> None:
-    """Holm-adjust each family of :data:`_PAIR_FAMILIES` over the pairs, in place
-    (``p_adjusted``, ``family``)."""
-    for family, (_, get) in _PAIR_FAMILIES.items():
-        adj = adjust_pvalues([get(pw)["p"] for pw in pairwise], "holm")
-        for pw, pa in zip(pairwise, adj, strict=True):
-            get(pw).update(p_adjusted=float(pa), family=family)
-
-
-def _pair_verdicts(pairwise: list[dict[str, Any]], data: _Inputs, alpha: float) -> None:
-    """Each pair's primary AUC verdict, in place: DeLong, or with clusters the paired
-    cluster bootstrap."""
+def _pairwise(data: _Inputs, points: Mapping[str, Mapping[str, Any]],
+              bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(every model pair in order of first appearance, tested, each family of
+    :data:`_PAIR_FAMILIES` Holm-adjusted over the pairs; the ``multiplicity`` block)``. The
+    primary AUC verdict is DeLong, or with clusters the paired cluster bootstrap."""
+    pairwise = [_pair_entry(a, b, data, points, bootc, alpha)
+                for a, b in combinations(data.models, 2)]
+    families = {f: {"test": desc, "over": "model pairs",
+                    "k": adjust_in_place([get(pw) for pw in pairwise], f, named=False)}
+                for f, (desc, get) in _PAIR_FAMILIES.items()}
     clusters = data.clusters
     for pw in pairwise:
-        dl = pw["auc"] if clusters is None else pw["auc_bootstrap"]
-        pa = dl["p_adjusted"]
+        pa = (pw["auc"] if clusters is None else pw["auc_bootstrap"])["p_adjusted"]
         pw["auc_test"] = "DeLong" if clusters is None else "paired cluster bootstrap"
         pw["p_holm"] = float(pa)
         pw["significant"] = bool(math.isfinite(pa) and pa < alpha)
+    return pairwise, {"method": ADJUST_METHODS["holm"], "families": families,
+                      "primary_auc": "auc_delong" if clusters is None else "auc_bootstrap"}
 
 
-def _pairwise(
-    data: _Inputs, points: Mapping[str, Mapping[str, Any]],
-    bootc: Mapping[str, Mapping[str, np.ndarray]], alpha: float,
-) -> list[dict[str, Any]]:
-    """Every model pair in order of first appearance, tested and adjusted."""
-    pairwise = [_pair_entry(a, b, data, points, bootc, alpha)
-                for a, b in combinations(data.models, 2)]
-    _adjust_families(pairwise)
-    _pair_verdicts(pairwise, data, alpha)
-    return pairwise
-
-
-def _resampling_fields(
-    clusters: tuple[np.ndarray, int] | None, cluster_name: str
-) -> dict[str, str]:
-    """``ci_method`` and ``resampling``: images, or whole clusters."""
-    if clusters is None:
-        return {"ci_method": "percentile bootstrap, resampled within each class (stratified)",
-                "resampling": "images"}
-    return {
-        "ci_method": f"percentile cluster bootstrap: whole {cluster_name} clusters resampled "
-        "within each class (a cluster is malignant if any of its images is)",
-        "resampling": f"cluster ({cluster_name}), {clusters[1]} clusters",
-    }
-
-
-def _multiplicity(pairwise: list[dict[str, Any]], clusters: Any) -> dict[str, Any]:
-    """The ``multiplicity`` block: method, families with their sizes, primary AUC test."""
-    return {
-        "method": ADJUST_METHODS["holm"],
-        "families": {
-            f: {"test": desc, "over": "model pairs",
-                "k": int(sum(math.isfinite(get(pw)["p"]) for pw in pairwise))}
-            for f, (desc, get) in _PAIR_FAMILIES.items()
-        },
-        "primary_auc": "auc_delong" if clusters is None else "auc_bootstrap",
-    }
-
-
-def _assemble(
-    data: _Inputs, settings: Mapping[str, Any], models: dict[str, Any],
-    all_benign: dict[str, Any], pairwise: list[dict[str, Any]], cluster_name: str,
-) -> dict[str, Any]:
+def _assemble(data: _Inputs, settings: Mapping[str, Any], models: dict[str, Any],
+              all_benign: dict[str, Any], pairwise: list[dict[str, Any]], cluster_name: str,
+              multiplicity: dict[str, Any]) -> dict[str, Any]:
     """The result dict of :func:`evaluate_predictions`, in its documented key order."""
     n, n_mal = data.y.size, int(data.y.sum())
     prevalence = n_mal / n
+    resampling = ({"ci_method": "percentile bootstrap, resampled within each class "
+                   "(stratified)", "resampling": "images"} if data.clusters is None else
+                  {"ci_method": f"percentile cluster bootstrap: whole {cluster_name} clusters "
+                   "resampled within each class (a cluster is malignant if any of its images "
+                   "is)", "resampling": f"cluster ({cluster_name}), {data.clusters[1]} clusters"})
     return {
         "schema_version": SCHEMA_VERSION, "n_boot": int(settings["n_boot"]),
         "seed": settings["seed"], "alpha": float(settings["alpha"]),
-        "n_bins": int(settings["n_bins"]), **_resampling_fields(data.clusters, cluster_name),
-        "multiplicity": _multiplicity(pairwise, data.clusters),
+        "n_bins": int(settings["n_bins"]), **resampling, "multiplicity": multiplicity,
         "threshold_rule": "malignant if prob_malignant >= threshold", "pairwise_diff": "b - a",
         "test": {"n": n, "n_malignant": n_mal, "n_benign": n - n_mal, "prevalence": prevalence},
         "models": models,
@@ -404,16 +305,10 @@ def _assemble(
     }
 
 
-def evaluate_predictions(
-    predictions: pd.DataFrame,
-    thresholds: Mapping[str, float],
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-    n_bins: int = 10,
-    display_names: Mapping[str, str] | None = None,
-    cluster_name: str = "group",
-) -> dict[str, Any]:
+def evaluate_predictions(predictions: pd.DataFrame, thresholds: Mapping[str, float],
+                         n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, n_bins: int = 10,
+                         display_names: Mapping[str, str] | None = None, cluster_name: str = "group"
+                         ) -> dict[str, Any]:
     """Evaluate and compare models on one test set, with CIs for every figure.
 
     ``predictions``: ``image_id, model, label, prob_malignant`` (optionally ``group``: whole
@@ -430,10 +325,14 @@ def evaluate_predictions(
     points: dict[str, dict[str, Any]] = {}
     for i, m in enumerate(data.models):
         out_models[m], points[m] = _model_entry(m, data, data.probs[i], bootc[m], alpha, n_bins)
-    all_benign = _baseline_block(data.y, baseline_prob, bootc["all_benign"], alpha, n_bins)
-    pairwise = _pairwise(data, points, bootc, alpha)
+    # the all-benign classifier: constant score 0 at threshold 0.5
+    pb, bb = classification_metrics(data.y, baseline_prob, 0.5, n_bins), bootc["all_benign"]
+    all_benign = {**_ci_block(pb, bb, THRESHOLD_METRICS, "thr:", alpha, "all_benign"),
+                  **_ci_block(pb, bb, THRESHOLD_FREE_METRICS, "", alpha, "all_benign")}
+    pairwise, multiplicity = _pairwise(data, points, bootc, alpha)
     settings = {"n_boot": n_boot, "seed": seed, "alpha": alpha, "n_bins": n_bins}
-    result = _assemble(data, settings, out_models, all_benign, pairwise, cluster_name)
+    result = _assemble(data, settings, out_models, all_benign, pairwise, cluster_name,
+                       multiplicity)
     logger.info("evaluated %d models on %d images (%d malignant), %d resamples: "
                 "bootstrap %.2fs, total %.2fs", len(data.models), data.y.size,
                 int(data.y.sum()), n_boot, t_boot, time.perf_counter() - t0)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from dermcam.reliability import bin_ids, expected_calibration_error, labels_probs
+from dermcam.reliability import batch_ece, expected_calibration_error, labels_probs
 
 __all__ = ["THRESHOLD_METRICS", "THRESHOLD_FREE_METRICS", "both_classes",
            "youden_threshold", "specificity_at_sensitivity", "classification_metrics",
@@ -62,9 +62,8 @@ def specificity_at_sensitivity(y_true: Any, prob: Any, target: float = _SENS_TAR
     return float(1.0 - fpr[tpr >= target - _TIE_TOL].min())
 
 
-def classification_metrics(
-    y_true: Any, prob: Any, threshold: float = 0.5, n_bins: int = 10
-) -> dict[str, Any]:
+def classification_metrics(y_true: Any, prob: Any, threshold: float = 0.5, n_bins: int = 10
+                           ) -> dict[str, Any]:
     """All point metrics of one model (scikit-learn based): :data:`THRESHOLD_METRICS` at
     ``prob >= threshold``, ``confusion_matrix`` ``[[tn, fp], [fn, tp]]``, the threshold-free
     metrics, ``n``, ``n_malignant`` and ``threshold``; undefined values (one class, 0/0) NaN."""
@@ -98,10 +97,15 @@ def classification_metrics(
     }
 
 
-def _metrics_from_counts(
-    tn: np.ndarray, fp: np.ndarray, fn: np.ndarray, tp: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Threshold metrics from confusion counts, all ``(B,)``; 0/0 -> NaN."""
+def batch_threshold_metrics(w: np.ndarray, y: np.ndarray, pred: np.ndarray
+                            ) -> dict[str, np.ndarray]:
+    """Each of :data:`THRESHOLD_METRICS` as ``(B,)`` for ``w (B, N)`` multiplicities, from
+    the confusion counts; 0/0 -> NaN."""
+    pos, pp = y == 1, pred.astype(bool)
+    tp = w @ (pos & pp).astype(np.float64)
+    fn = w @ (pos & ~pp).astype(np.float64)
+    fp = w @ (~pos & pp).astype(np.float64)
+    tn = w @ (~pos & ~pp).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         sens = tp / (tp + fn)
         spec = tn / (tn + fp)
@@ -119,21 +123,8 @@ def _metrics_from_counts(
         }
 
 
-def batch_threshold_metrics(
-    w: np.ndarray, y: np.ndarray, pred: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Each of :data:`THRESHOLD_METRICS` as ``(B,)`` for ``w (B, N)`` multiplicities."""
-    pos, pp = y == 1, pred.astype(bool)
-    tp = w @ (pos & pp).astype(np.float64)
-    fn = w @ (pos & ~pp).astype(np.float64)
-    fp = w @ (~pos & pp).astype(np.float64)
-    tn = w @ (~pos & ~pp).astype(np.float64)
-    return _metrics_from_counts(tn, fp, fn, tp)
-
-
-def batch_ranking_metrics(
-    w: np.ndarray, y: np.ndarray, prob: np.ndarray, n_bins: int, target: float = _SENS_TARGET
-) -> dict[str, np.ndarray]:
+def batch_ranking_metrics(w: np.ndarray, y: np.ndarray, prob: np.ndarray, n_bins: int,
+                          target: float = _SENS_TARGET) -> dict[str, np.ndarray]:
     """ROC AUC, AP, specificity at ``target`` sensitivity and ECE, ``(B,)`` each, for every
     row of ``w (B, N)``; ties handled as scikit-learn does on the resampled data."""
     order = np.argsort(-prob, kind="stable")  # descending scores
@@ -162,15 +153,9 @@ def batch_ranking_metrics(
     if target <= 0:
         spec = np.ones(w.shape[0])
     nan = np.full(w.shape[0], np.nan)
-    # ECE: per-bin sums of (y - p), weighted by multiplicity.
-    bins = bin_ids(prob, n_bins)
-    m = np.zeros((prob.size, int(n_bins)))
-    m[np.arange(prob.size), bins] = y - prob
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ece = np.abs(w @ m).sum(axis=1) / w.sum(axis=1)
     return {
         "roc_auc": np.where(defined, auc, nan),
         "average_precision": np.where(defined, ap, nan),
         "spec_at_95_sens": np.where(defined, spec, nan),
-        "ece": ece,
+        "ece": batch_ece(w, y, prob, n_bins),
     }

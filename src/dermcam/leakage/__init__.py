@@ -1,13 +1,9 @@
-"""Localisation metrics for CAM heatmaps against lesion masks, and their statistics.
-
-Pure functions on arrays and per-image tables (no I/O, plotting or torch), one concern per
-module, each module's public names re-exported here (``from dermcam import leakage as lk``):
-:mod:`~dermcam.leakage.metrics` (per-image metrics, ``(N, H, W)`` x2 -> ``(N,)``),
-:mod:`~dermcam.leakage.compare` (class comparisons and summaries of a per-image table),
-:mod:`~dermcam.leakage.confound` (is a class difference explained by lesion size?),
-:mod:`~dermcam.leakage.artifacts` (metrics by artifact presence) and
-:mod:`~dermcam.leakage.checks` (shared checks, and the round-off rule: values that differ
-only by round-off are constant, so no test and no p-value).
+"""Localisation metrics for CAM heatmaps against lesion masks, and their statistics: pure
+functions, each module's public names re-exported here (``from dermcam import leakage as lk``):
+per-image :mod:`~dermcam.leakage.metrics`, class comparisons and summaries
+(:mod:`~dermcam.leakage.compare`), the size confound (:mod:`~dermcam.leakage.confound`),
+artifact presence (:mod:`~dermcam.leakage.artifacts`) and shared checks
+(:mod:`~dermcam.leakage.checks`: values that differ only by round-off are constant).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0,
     """``(low, high)`` percentile bootstrap CI of the mean of a 1-D sample, NaNs dropped;
     ``(nan, nan)`` below 2 values. With ``groups`` (cluster ids) that share clusters, whole
     clusters are resampled (plain) and values weighted by their cluster's count."""
-    from dermcam.stats import cluster_bootstrap_counts, cluster_info
+    from dermcam.stats import cluster_info
 
     x = np.asarray(x, dtype=np.float64).ravel()
     keep = ~np.isnan(x)
@@ -47,9 +47,7 @@ def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0,
     if info is not None:
         if info[1] < 2:
             return (np.nan, np.nan)
-        w = cluster_bootstrap_counts(np.zeros(n, np.int64), info[0], info[1], n_boot, seed,
-                                     stratified=False)
-        means = (w @ x) / w.sum(axis=1)
+        means = _cluster_means(x, info, n_boot, seed)
     else:
         rng = np.random.default_rng(seed)
         means = np.empty(n_boot)
@@ -63,9 +61,8 @@ def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0,
 
 
 def summarise(df: pd.DataFrame, metrics: Sequence[str],
-              by: Sequence[str] = ("model", "method", "label"),
-              n_boot: int = 1000, seed: int = 0, cluster_col: str | None = None
-              ) -> pd.DataFrame:
+              by: Sequence[str] = ("model", "method", "label"), n_boot: int = 1000, seed: int = 0,
+              cluster_col: str | None = None) -> pd.DataFrame:
     """Per-group statistics of each metric, one row per group x metric, with a 95 % CI of
     the mean: Wilson for 0/1 values (a percentile bootstrap collapses near 0 and 1), else a
     percentile bootstrap, same ``seed`` per group. With shared ``cluster_col`` clusters the
@@ -114,19 +111,27 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str],
     return pd.DataFrame(rows, columns=cols)
 
 
+def _cluster_means(x: np.ndarray, info: tuple[np.ndarray, int], n_boot: int, seed: int
+                   ) -> np.ndarray:
+    """``(n_boot,)`` means of ``x`` over plain resamples of whole clusters (``info`` from
+    :func:`dermcam.stats.cluster_info`), each value weighted by its cluster's count."""
+    from dermcam.stats import cluster_bootstrap_counts
+
+    w = cluster_bootstrap_counts(np.zeros(x.size, np.int64), info[0], info[1], n_boot, seed,
+                                 stratified=False)
+    return (w @ x) / w.sum(axis=1)
+
+
 def _design_effect(x: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> float:
     """Cluster-bootstrap variance of the mean of ``x`` over the i.i.d. ``var / n``, at least
     1 (1 for a constant ``x``)."""
-    from dermcam.stats import cluster_bootstrap_counts, cluster_info
+    from dermcam.stats import cluster_info
 
     info = cluster_info(groups)
     var = float(x.var())
     if info is None or var == 0 or n_boot < 2:
         return 1.0
-    w = cluster_bootstrap_counts(np.zeros(x.size, np.int64), info[0], info[1], n_boot, seed,
-                                 stratified=False)
-    boot = (w @ x) / w.sum(axis=1)
-    return max(1.0, float(boot.var(ddof=1)) / (var / x.size))
+    return max(1.0, float(_cluster_means(x, info, n_boot, seed).var(ddof=1)) / (var / x.size))
 
 
 def _wilson_ci(successes: float, n: float, level: float = 0.95) -> tuple[float, float]:
@@ -137,24 +142,19 @@ def _wilson_ci(successes: float, n: float, level: float = 0.95) -> tuple[float, 
     return float(lo), float(hi)
 
 
-def _split_classes(df: pd.DataFrame, metric: str, label_col: str):
-    require_columns(df, [metric, label_col])
-    x = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64)
-    lab = label_values(df, label_col)
-    ok = ~np.isnan(x) & ~np.isnan(lab)
-    return x[ok & (lab == 0)], x[ok & (lab == 1)], int((~ok).sum())
-
-
 def compare_classes(df: pd.DataFrame, metric: str, label_col: str = "label") -> dict:
     """Benign (label 0) vs malignant (label 1) on one metric: two-sided Mann-Whitney U, with
     counts, medians, means, ``cles`` (P(malignant > benign) + 0.5 P(tie)), ``rank_biserial``
     and ``reason`` (``"too_few"``, or ``"constant_metric"`` where ranks would order round-off)."""
-    ben, mal, n_nan = _split_classes(df, metric, label_col)
+    require_columns(df, [metric, label_col])
+    x = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64)
     lab = label_values(df, label_col)
-    missing = np.isnan(pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64))
+    missing = np.isnan(x)
+    ok = ~missing & ~np.isnan(lab)
+    ben, mal = x[ok & (lab == 0)], x[ok & (lab == 1)]
     out = {
         "metric": metric, "n_benign": int(ben.size), "n_malignant": int(mal.size),
-        "n_nan": n_nan, "n_nan_benign": int((missing & (lab == 0)).sum()),
+        "n_nan": int((~ok).sum()), "n_nan_benign": int((missing & (lab == 0)).sum()),
         "n_nan_malignant": int((missing & (lab == 1)).sum()),
         "median_benign": float(np.median(ben)) if ben.size else np.nan,
         "median_malignant": float(np.median(mal)) if mal.size else np.nan,
@@ -201,17 +201,13 @@ def compare_classes_by_target(df: pd.DataFrame, metric: str, target_col: str = "
 
 def _chance_values(df: pd.DataFrame, metric: str) -> np.ndarray | None:
     """``(N,)`` the score a uniform heatmap gets on each row, or None if it has none."""
-    area = (pd.to_numeric(df["lesion_area"], errors="coerce").to_numpy(dtype=np.float64)
-            if "lesion_area" in df.columns else None)
     if metric in CHANCE:
         return np.full(len(df), CHANCE[metric], dtype=np.float64)
-    if area is None:
+    if "lesion_area" not in df.columns or metric not in ("leakage", "rank_accuracy",
+                                                          "pointing_game"):
         return None
-    if metric == "leakage":
-        return 1.0 - area
-    if metric in ("rank_accuracy", "pointing_game"):
-        return area.copy()
-    return None
+    area = pd.to_numeric(df["lesion_area"], errors="coerce").to_numpy(dtype=np.float64)
+    return 1.0 - area if metric == "leakage" else area
 
 
 #: How :func:`missing_at_chance` scores an undefined heatmap, per metric.

@@ -1,17 +1,11 @@
-"""Is a class difference in a localisation metric explained by lesion size?
+"""Is a class difference in a localisation metric explained by lesion size? (docs/attention.md)
 
-:func:`size_confound` fits two OLS models with HC3 standard errors (:func:`ols_fit`) on the
-rows where metric, area and label are present: ``metric ~ 1 + malignant`` and
-``metric ~ 1 + malignant + cr(area)``, a natural cubic spline (at most ``n // 15`` df,
-linear below 30 images) so a non-linear size dependence is not read as a class effect.
-The verdict (:data:`VERDICTS`), in this order: ``"explained by size"`` when the adjusted
-gap is equivalent to 0 within ``+-margin`` (TOST p < alpha, even if its CI excludes 0);
-``"remains"`` when the adjusted gap differs from 0 and does not reverse a clear
-unadjusted gap; ``"inconclusive"`` otherwise (p >= alpha is not absence). Degenerate
-data never give a p-value from round-off: a constant metric is ``"constant_metric"``, an
-exact function of area (leakage = 1 - area) ``"perfect_fit"``, explained by size.
-:func:`adjust_confound` decides again on multiplicity-adjusted p-values. Every result
-key is listed in the code below; docs/attention.md explains the test.
+:func:`size_confound` fits ``metric ~ 1 + malignant`` and ``metric ~ 1 + malignant + cr(area)``
+(OLS, HC3; a natural cubic spline, so a non-linear size effect is not read as class). Verdicts
+(:data:`VERDICTS`), in order: ``"explained by size"`` when the adjusted gap is equivalent to 0
+within ``+-margin`` (TOST p < alpha); ``"remains"`` when it differs from 0 and does not reverse
+a clear unadjusted gap; else ``"inconclusive"``. Round-off never makes a p-value: a constant
+metric is ``"constant_metric"``, an exact function of area ``"perfect_fit"``.
 """
 
 from __future__ import annotations
@@ -76,8 +70,7 @@ def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC
     elif cov_type == "HC3" and ((q_mat ** 2).sum(axis=1) > 1.0 - 1e-10).any():
         reason = "leverage_one"
     if reason:
-        nan = np.full(p, np.nan)
-        se, t, pval, lo, hi = nan, nan, nan, nan, nan
+        se = t = pval = lo = hi = np.full(p, np.nan)
     else:
         if cov_type == "HC3":
             res = res.get_robustcov_results(cov_type="HC3", use_t=True)
@@ -97,8 +90,7 @@ def ols_fit(y, X, names: Sequence[str], level: float = 0.95, cov_type: str = "HC
     }
 
 
-def _area_basis(area: np.ndarray, mal: np.ndarray, df: int
-                ) -> tuple[np.ndarray, list[str], str]:
+def _area_basis(area: np.ndarray, mal: np.ndarray, df: int) -> tuple[np.ndarray, list[str], str]:
     """``(basis (n, k), names, formula)`` of the area term: patsy's centred natural cubic
     spline ``cr(area, df)`` (it contains the straight line, so ``1 - area`` fits exactly),
     ``df`` lowered while the design is rank deficient, linear area below 2; ValueError when
@@ -178,7 +170,10 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
     level = 1.0 - alpha
     out = _blank_result(metric, mal, n_dropped, alpha, margin, explained, target_mode,
                         cluster_name)
-    _correlations(out, y, area)
+    if y.size >= 3 and not is_constant(y) and not is_constant(area):  # else NaN
+        sp, pe = stats.spearmanr(y, area), stats.pearsonr(y, area)
+        out.update(spearman_rho=float(sp.statistic), spearman_p=float(sp.pvalue),
+                   pearson_r=float(pe.statistic), pearson_p=float(pe.pvalue))
     ones = np.ones_like(y)
     wanted_df = min(spline_df, y.size // _N_PER_AREA_DF)
     try:
@@ -191,8 +186,17 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
                     exc)
         out["reason"] = "ols_failed"
         return out
-    _record_fits(out, metric, area_term, area_names, wanted_df, m1, m2)
-    du, da = out["class_coef_unadjusted"], out["class_coef_adjusted"]
+    spline = area_term.startswith("cr(")  # the fitted models and their class coefficients
+    c1, c2 = m1["coef"]["malignant"], m2["coef"]["malignant"]
+    out.update(model=f"{metric} ~ 1 + malignant + {area_term}",
+               area_model=("spline" if spline else "linear_few_images" if wanted_df < 2
+                           else "linear_few_areas"),
+               spline_df=len(area_names) if spline else 1,
+               ols_class=m1, ols_class_area=m2, class_coef_unadjusted=c1["coef"],
+               class_ci_unadjusted=(c1["ci_low"], c1["ci_high"]), class_p_unadjusted=c1["p"],
+               class_coef_adjusted=c2["coef"], class_ci_adjusted=(c2["ci_low"], c2["ci_high"]),
+               class_p_adjusted=c2["p"])
+    du, da = c1["coef"], c2["coef"]
     if m1["reason"] == "constant_outcome":
         out.update(reason="constant_metric", class_effect_survives=False)
         return out
@@ -207,7 +211,10 @@ def size_confound(df: pd.DataFrame, metric: str = "leakage", area_col: str = "le
     if m2["reason"]:
         out["reason"] = f"adjusted model: {m2['reason']}"
         return out
-    _equivalence(out, m2, alpha, margin)
+    dof = m2["df_resid"]  # the TOST p and 1 - 2 alpha CI of the adjusted gap
+    q = stats.t.ppf(1.0 - alpha, dof)
+    out["equivalence"].update(p=_tost_p(c2["coef"], c2["se"], dof, margin),
+                              ci=(c2["coef"] - q * c2["se"], c2["coef"] + q * c2["se"]))
     _decide(out)
     return out
 
@@ -255,32 +262,6 @@ def _blank_result(metric: str, mal: np.ndarray, n_dropped: int, alpha: float, ma
     }
 
 
-def _correlations(out: dict, y: np.ndarray, area: np.ndarray) -> None:
-    """Spearman and Pearson correlations of the metric with the area, in place (NaN below
-    3 rows or when either is constant)."""
-    if y.size >= 3 and not is_constant(y) and not is_constant(area):
-        sp = stats.spearmanr(y, area)
-        pe = stats.pearsonr(y, area)
-        out.update(spearman_rho=float(sp.statistic), spearman_p=float(sp.pvalue),
-                   pearson_r=float(pe.statistic), pearson_p=float(pe.pvalue))
-
-
-def _record_fits(out: dict, metric: str, area_term: str, area_names: list[str],
-                 wanted_df: int, m1: dict, m2: dict) -> None:
-    """The fitted models (``m1`` unadjusted, ``m2`` area-adjusted) and their class
-    coefficients, in place."""
-    spline = area_term.startswith("cr(")
-    out["model"] = f"{metric} ~ 1 + malignant + {area_term}"
-    out["area_model"] = ("spline" if spline else "linear_few_images" if wanted_df < 2
-                         else "linear_few_areas")
-    out["spline_df"] = len(area_names) if spline else 1
-    c1, c2 = m1["coef"]["malignant"], m2["coef"]["malignant"]
-    out.update(ols_class=m1, ols_class_area=m2, class_coef_unadjusted=c1["coef"],
-               class_ci_unadjusted=(c1["ci_low"], c1["ci_high"]), class_p_unadjusted=c1["p"],
-               class_coef_adjusted=c2["coef"], class_ci_adjusted=(c2["ci_low"], c2["ci_high"]),
-               class_p_adjusted=c2["p"])
-
-
 def _decide_exact(out: dict, exact_area: bool, margin: float) -> None:
     """Verdict of an adjusted model without residual variance (exact gap, no p-value), in
     place; ``exact_area``: the metric is an exact function of the area alone."""
@@ -296,15 +277,6 @@ def _decide_exact(out: dict, exact_area: bool, margin: float) -> None:
         out["class_coef_adjusted"] = 0.0
         if np.isfinite(out["share_explained"]):
             out["share_explained"] = 1.0
-
-
-def _equivalence(out: dict, m2: dict, alpha: float, margin: float) -> None:
-    """The TOST p-value and ``1 - 2 alpha`` CI of the adjusted class gap, in place."""
-    c2 = m2["coef"]["malignant"]
-    da, dof = c2["coef"], m2["df_resid"]
-    q = stats.t.ppf(1.0 - alpha, dof)
-    out["equivalence"].update(p=_tost_p(da, c2["se"], dof, margin),
-                              ci=(da - q * c2["se"], da + q * c2["se"]))
 
 
 #: The numbers of :func:`size_confound` that treat images as independent even where the
@@ -347,8 +319,7 @@ def _verdict(r: dict, p_class: float, p_eq: float) -> str:
     return "inconclusive"
 
 
-def adjust_confound(r: dict, k_class: int | None = None,
-                    k_equivalence: int | None = None) -> dict:
+def adjust_confound(r: dict, k_class: int | None = None, k_equivalence: int | None = None) -> dict:
     """Decide a :func:`size_confound` result ``r`` again on its adjusted p-values
     (``p_adjusted``, ``equivalence["p_adjusted"]``; family sizes ``k_class``,
     ``k_equivalence``), raw decisions kept; unchanged without p-values. Returns ``r``."""

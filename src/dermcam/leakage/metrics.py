@@ -1,10 +1,8 @@
-"""Per-image localisation metrics of CAM heatmaps against lesion masks.
-
-Every metric takes ``cams (N, H, W)`` (non-negative, high = attended) and ``masks
-(N, H, W)`` (bool or 0/1, True = lesion) and returns ``(N,)`` float64. Undefined cases are
-NaN, never a fake 0 (:data:`UNDEFINED_WHEN`; :func:`score_batch` gives the reason). The
-study's leakage, inside and outside scores ignore lesion size (a uniform heatmap leaks
-``1 - lesion_area``); the size-aware scores have a known chance level (:data:`CHANCE`).
+"""Per-image localisation metrics of CAM heatmaps ``cams (N, H, W)`` (non-negative, high =
+attended) against lesion ``masks (N, H, W)`` (bool or 0/1), each ``(N,)`` float64; undefined is
+NaN, never a fake 0 (:data:`UNDEFINED_WHEN`). The study's leakage, inside and outside scores ignore
+lesion size (a uniform heatmap leaks ``1 - lesion_area``); the size-aware ones have a known chance
+level (:data:`CHANCE`).
 """
 
 from __future__ import annotations
@@ -71,10 +69,8 @@ def _as_masks(masks, name: str = "masks") -> np.ndarray:
     ok = (arr == 0) | (arr == 1)
     if not ok.all():
         bad = arr[~ok].flat[0]
-        raise ValueError(
-            f"{name} must be bool or 0/1, found the value {bad!r}: threshold the mask first "
-            "(dermcam.data.images.mask_to_bool)"
-        )
+        raise ValueError(f"{name} must be bool or 0/1, found the value {bad!r}: threshold the "
+                         "mask first (dermcam.data.images.mask_to_bool)")
     return arr != 0
 
 
@@ -188,10 +184,8 @@ def _score(cams, masks, wanted: Iterable[str]) -> tuple[dict[str, np.ndarray], n
         rr = _chunk_reasons(cc, mm)
         vals = _chunk_metrics(cc, mm, wanted)
         for reason, blanked in UNDEFINED_WHEN.items():
-            hit = rr == reason
-            if hit.any():
-                for k in blanked & wanted:
-                    vals[k][hit] = np.nan
+            for k in blanked & wanted:
+                vals[k][rr == reason] = np.nan
         for k in wanted:
             values[k][s:s + _CHUNK] = vals[k]
         reasons[s:s + _CHUNK] = rr
@@ -259,7 +253,7 @@ def rank_accuracy(cams, masks, ties: str = "average") -> np.ndarray:
         return _score(cams, masks, ["rank_accuracy"])[0]["rank_accuracy"]
     if ties != "stable":
         raise ValueError(f"ties must be 'average' or 'stable', got {ties!r}")
-    values, reasons = _score(cams, masks, ["lesion_area"])
+    reasons = _score(cams, masks, ["lesion_area"])[1]
     c, m = _check_pair(cams, masks)
     n, p = c.shape
     out = np.full(n, np.nan)
@@ -296,10 +290,8 @@ def artifact_mass(cams, artifact_maps, codes) -> dict:
         if a.shape[0] != n or a.shape[2:] != (h, w):
             raise ValueError(f"artifact_maps (N, A, H, W) {a.shape} does not match cams {c.shape}")
         if isinstance(codes, Mapping) or len(codes) != a.shape[1]:
-            raise ValueError(
-                f"for (N, A, H, W) artifact_maps, codes must be a sequence of A={a.shape[1]} "
-                f"names, got {codes!r}"
-            )
+            raise ValueError(f"for (N, A, H, W) artifact_maps, codes must be a sequence of "
+                             f"A={a.shape[1]} names, got {codes!r}")
         layers = {code: _as_masks(a[:, i], "artifact_maps") for i, code in enumerate(codes)}
     elif a.ndim == 3:
         if a.shape != c.shape:
@@ -307,9 +299,8 @@ def artifact_mass(cams, artifact_maps, codes) -> dict:
         items = codes.items() if isinstance(codes, Mapping) else ((v, v) for v in codes)
         layers = {name: a == value for name, value in items}
     else:
-        raise ValueError(
-            f"artifact_maps must be (N, H, W) labels or (N, A, H, W) masks, got shape {a.shape}"
-        )
+        raise ValueError("artifact_maps must be (N, H, W) labels or (N, A, H, W) masks, got "
+                         f"shape {a.shape}")
     flat = c.reshape(n, -1)
     with np.errstate(invalid="ignore"):
         total = flat.sum(axis=1, dtype=np.float64)
@@ -377,11 +368,8 @@ def score_batch(cams, masks) -> tuple[dict[str, np.ndarray], np.ndarray]:
     metric is defined; undefined values are NaN per :data:`UNDEFINED_WHEN`.
     """
     values, reasons = _score(cams, masks, METRICS)
-    values = {k: values[k] for k in METRICS}
-    if len(reasons):
-        bad = reasons != ""
-        if bad.any():
-            counts = pd.Series(reasons[bad]).value_counts().to_dict()
-            log.info("score_batch: %d of %d images have undefined metrics: %s",
-                     int(bad.sum()), len(reasons), counts)
-    return values, reasons
+    bad = reasons != ""
+    if bad.any():
+        log.info("score_batch: %d of %d images have undefined metrics: %s", int(bad.sum()),
+                 len(reasons), pd.Series(reasons[bad]).value_counts().to_dict())
+    return {k: values[k] for k in METRICS}, reasons

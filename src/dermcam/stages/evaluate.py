@@ -36,6 +36,7 @@ from dermcam.errors import DermcamError
 from dermcam.evaluation import evaluate_predictions, metrics_table
 from dermcam.inference import predict_logit_diff
 from dermcam.io import write_csv, write_json
+from dermcam.stages.external import SIDE_BY_SIDE
 from dermcam.subgroups import MIN_GROUP, subgroup_analyses
 
 
@@ -138,12 +139,12 @@ def _external_block(run: runmod.Run, audit: AuditSet, dups: dict, n_all: int,
             "matches": dups, "excluded": bool(excluded and dups)}}
 
 
-def _score(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int, by, min_group,
-           device: str, labels: dict[str, Any] | None, dups: dict | None = None,
-           external: dict[str, Any] | None = None
-           ) -> tuple[dict[str, Any], dict[str, float]]:
+def _score(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int, by, min_group, device: str,
+           labels: dict[str, Any] | None, dups: dict | None = None,
+           external: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """Predict ``audit``'s images with every model; write predictions.csv, metrics.json and
-    metrics.csv into ``audit.out``; returns the metrics and each model's threshold."""
+    metrics.csv into ``audit.out``; returns the metrics and each model's threshold. The
+    metrics: CIs, subgroups of ``by``, calibration before and after, display names."""
     out = audit.out
     preds, thresholds = predict_models(run, audit.samples, audit.split, device=device)
     preds = annotate_predictions(preds, audit.ds, audit.samples, audit.split, by)
@@ -152,7 +153,15 @@ def _score(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int, by, min_gro
         preds["duplicate_of"] = preds["image_id"].map(
             lambda i: dups.get(i, {}).get("match", ""))
     write_csv(out.predictions, preds)
-    result = score_predictions(preds, thresholds, audit.ds, run, n_boot, seed, by, min_group)
+    result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
+                                  cluster_name=cluster_name(audit.ds))
+    if by:
+        result["subgroups"] = subgroup_analyses(
+            preds, by_names(by), thresholds, n_boot=n_boot, seed=seed,
+            min_group=MIN_GROUP if min_group is None else min_group)
+    # ECE and Brier before and after calibration (Platt or temperature), with CIs
+    result["calibration"] = calibration_summary(preds, n_boot=n_boot, seed=seed)
+    result["display_names"] = {m: run.model_record(m)["display_name"] for m in thresholds}
     if labels:
         result["artifact_labels"] = labels
     if external is not None:
@@ -173,8 +182,7 @@ def predict_models(run: runmod.Run, samples, arrays, device: str = "cpu"
         z = predict_logit_diff(model.to(dev), arrays.dataset(np.arange(len(arrays))),
                                batch_size=inference_batch_size(dev, None), device=dev)
         prob = apply_temperature(z, temperature_of(model), bias_of(model))  # every stage's
-        thr = float(payload["threshold"])
-        thresholds[name] = thr
+        thresholds[name] = thr = float(payload["threshold"])
         rows.append(pd.DataFrame({
             "image_id": [s.image_id for s in samples], "model": name, "label": arrays.labels,
             "prob_malignant": np.round(prob.astype(np.float64), 6),
@@ -202,24 +210,6 @@ def labels_info(artifacts: str | Path | None, ds=None) -> dict[str, Any] | None:
                    n_images=len(have), n_matched=int(joined["image_id"].isin(have).sum()),
                    n_unknown=int((~ids.isin(have)).sum()))
     return out
-
-
-def score_predictions(preds: pd.DataFrame, thresholds: dict[str, float], ds,
-                      run: runmod.Run, n_boot: int, seed: int, by=(),
-                      min_group: int | None = None) -> dict[str, Any]:
-    """``metrics.json`` of a predictions table, for the own split and external sets alike:
-    metrics with CIs, subgroups of ``by``, calibration before and after, display names."""
-
-    result = evaluate_predictions(preds, thresholds, n_boot=n_boot, seed=seed,
-                                  cluster_name=cluster_name(ds))
-    if by:
-        result["subgroups"] = subgroup_analyses(
-            preds, by_names(by), thresholds, n_boot=n_boot, seed=seed,
-            min_group=MIN_GROUP if min_group is None else min_group)
-    # ECE and Brier before and after calibration (Platt or temperature), with CIs
-    result["calibration"] = calibration_summary(preds, n_boot=n_boot, seed=seed)
-    result["display_names"] = {m: run.model_record(m)["display_name"] for m in thresholds}
-    return result
 
 
 def plot_results(result: dict[str, Any], figs: Path, run: runmod.Run) -> None:
@@ -256,17 +246,12 @@ def _evaluate(run: runmod.Run, audit: AuditSet, n_boot: int, seed: int,
     return result
 
 
-_CARD_METRICS = (("threshold_free", ("roc_auc", "average_precision")),
-                 ("at_threshold", ("sensitivity", "specificity", "balanced_accuracy")))
-
-
-def _card_test_fields(result: dict[str, Any], name: str, ds, evaluated_at: str
-                      ) -> dict[str, Any]:
+def _card_test_fields(result: dict[str, Any], name: str, ds, evaluated_at: str) -> dict[str, Any]:
     """Model-card entries for ``name``: test metrics with CIs, the test set, the CI method."""
     entry = result["models"][name]
     return {
         "test_metrics": {k: {f: entry[block][k][f] for f in ("value", "lo", "hi")}
-                         for block, keys in _CARD_METRICS for k in keys},
+                         for block, k, _ in SIDE_BY_SIDE},
         "test_set": {"name": str(ds.name), "n": int(result["test"]["n"]),
                      "n_malignant": int(result["test"]["n_malignant"])},
         "test_ci": (f"{1 - result['alpha']:.0%} percentile bootstrap, stratified, "

@@ -118,16 +118,18 @@ def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], cfg
         for sel in selection:
             update_checkpoint(run.model_file(sel["model"]),
                               {"cam": {k: sel[k] for k in ("method", "layer", "reason")}})
-    sanity_res = {}
     t_s = time.perf_counter()
-    if cfg.sanity:
-        sanity_res = check_selection(run, selection, samples, cfg.normalize, n_boot=cfg.n_boot,
-                                     cascade=cfg.cascade, out=out)
+    sanity_res = check_selection(run, selection, samples, cfg.normalize, n_boot=cfg.n_boot,
+                                 cascade=cfg.cascade, out=out) if cfg.sanity else {}
     timing["sanity_seconds"] = round(time.perf_counter() - t_s, 3)
     t_score = time.perf_counter()
     extra = {"timing": timing, "layer_choice": selection, "localisation": bench_rows}
-    if audit.external:
-        extra["external"] = _external_note(run, audit)
+    if audit.external:  # which set was audited, and how
+        extra["external"] = {
+            **audit.about(), "images": f"{audit.which}, those with a lesion mask",
+            "thresholds": "each model's threshold chosen on the training data's validation "
+                          "split", "layers": "chosen on the run's own validation images",
+            "trained_on": run.data.get("name")}
     summary = _score(run, audit, selection, sanity_res, cfg.n_boot, cfg.figures, extra,
                      cfg.margin, cfg.by, cfg.min_group)
     if cfg.figures and not audit.external:
@@ -143,15 +145,6 @@ def _explain_stage(run: runmod.Run, audit: AuditSet, record: dict[str, Any], cfg
                   normalize=cfg.normalize, limit=cfg.limit, n_images=len(samples),
                   layers=selection, timing=timing, by=list(cfg.by))
     return summary
-
-
-def _external_note(run: runmod.Run, audit: AuditSet) -> dict[str, Any]:
-    """The attention summary's ``external``: which set was audited, and how."""
-    return {
-        **audit.about(), "images": f"{audit.which}, those with a lesion mask",
-        "thresholds": "each model's threshold chosen on the training data's validation "
-                      "split", "layers": "chosen on the run's own validation images",
-        "trained_on": run.data.get("name")}
 
 
 def score_run(run_dir: runmod.Run | str | Path, selection: list[dict] | None = None,

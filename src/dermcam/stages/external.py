@@ -9,33 +9,30 @@ from dermcam import run as runmod
 from dermcam.formatting import metric_label
 
 
-def _as_run(run: runmod.Run | str | Path, manifest: dict[str, Any] | None) -> runmod.Run:
-    """``run`` itself, or its folder opened (with ``manifest`` where given)."""
-    if isinstance(run, runmod.Run):
-        return run
-    return runmod.Run(run, manifest) if manifest else runmod.Run.open(run)
+def _external_entries(run: runmod.Run | str | Path, manifest: dict[str, Any] | None
+                      ) -> tuple[runmod.Run, list[tuple[str, dict[str, Any]]]]:
+    """``(run, [(key after "external:", stage entry)])``; ``run`` itself, or its folder opened
+    (with ``manifest`` where given)."""
+    if not isinstance(run, runmod.Run):
+        run = runmod.Run(run, manifest) if manifest else runmod.Run.open(run)
+    return run, [(key.split(":", 1)[1], entry) for key, entry in sorted(run.stages.items())
+                 if key.startswith("external:") and isinstance(entry, dict)]
 
 
 def external_sets(run: runmod.Run | str | Path, manifest: dict[str, Any] | None = None
                   ) -> list[tuple[str, Path, dict[str, Any]]]:
     """``(name, folder, stage entry)`` of every external set the run records."""
-    run = _as_run(run, manifest)
-    out = []
-    for key, entry in sorted(run.stages.items()):
-        if key.startswith("external:") and "/" not in key and isinstance(entry, dict):
-            name = key.split(":", 1)[1]
-            out.append((name, run.external(name).root, entry))
-    return out
+    run, entries = _external_entries(run, manifest)
+    return [(name, run.external(name).root, entry) for name, entry in entries if "/" not in name]
 
 
 def external_audits(run: runmod.Run | str | Path, manifest: dict[str, Any] | None = None
                     ) -> dict[str, dict[str, Any]]:
     """``{name: {"explain" | "probe": stage entry}}`` of the external sets audited."""
-    run = _as_run(run, manifest)
     out: dict[str, dict[str, Any]] = {}
-    for key, entry in sorted(run.stages.items()):
-        if key.startswith("external:") and "/" in key and isinstance(entry, dict):
-            name, stage = key.split(":", 1)[1].split("/", 1)
+    for key, entry in _external_entries(run, manifest)[1]:
+        if "/" in key:
+            name, stage = key.split("/", 1)
             out.setdefault(name, {})[stage] = entry
     return out
 
