@@ -356,11 +356,9 @@ def build_size_aware_table(summary_df: pd.DataFrame,
         vmin, vmax = _colour_range(grid[np.isfinite(grid)], chance)
         ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn" if higher else "RdYlGn_r",
                   vmin=vmin, vmax=vmax, aspect="auto")
-        for i in range(len(models)):
-            for j in range(len(methods)):
-                v = grid[i, j]
-                ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.3f}", ha="center",
-                        va="center", fontsize=9)
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.3f}", ha="center",
+                    va="center", fontsize=9)
         ax.set_xticks(range(len(methods)), [str(m) for m in methods], rotation=30, ha="right")
         ax.set_yticks(range(len(models)), [str(m) for m in models])
         sub = "" if chance is None else f", chance {chance:g}"
@@ -386,22 +384,6 @@ GRID_HATCH_NAMES = {"uniform": "95 % CI lower bound \u2264 0.5 (not better than 
                     "sanity_unknown": "sanity check inconclusive or not run"}
 
 
-def _passed(v) -> bool | None:
-    """A sanity verdict as read back from JSON or a table: True, False or None."""
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return None
-    return bool(v)
-
-
-def _chosen_cells(chosen) -> dict[str, tuple[str, str]]:
-    """``{model: (method, layer)}`` from ``layer_choice`` records (or a mapping of that form)."""
-    if chosen is None:
-        return {}
-    if isinstance(chosen, dict):
-        return {str(k): (str(v[0]), str(v[1])) for k, v in chosen.items()}
-    return {str(c["model"]): (str(c["method"]), str(c["layer"])) for c in chosen}
-
-
 def _ink(rgba) -> str:
     """Black or white text, whichever reads on the colour ``rgba``."""
     r, g, b = rgba[:3]
@@ -417,10 +399,21 @@ def build_localisation_grid(rows, chosen=None, displays: dict[str, str] | None =
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
-    df = _benchmark_table(rows)
+    df = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+    if df.empty:
+        raise ValueError("plot_localisation_grid needs at least one benchmark row")
+    _require(df, ["model", "method", "layer", "median_pixel_auroc", "ci_low"],
+             "plot_localisation_grid")
     displays = displays or {}
-    picked = _chosen_cells(chosen)
-    panels = _grid_panels(df)
+    if isinstance(chosen, dict):  # {model: (method, layer)}, or layer_choice records
+        picked = {str(k): (str(v[0]), str(v[1])) for k, v in chosen.items()}
+    else:
+        picked = {str(c["model"]): (str(c["method"]), str(c["layer"])) for c in chosen or ()}
+    panels = []  # (model, its rows, its methods, its layers), all in order of appearance
+    for model in dict.fromkeys(df["model"].astype(str)):
+        g = df[df["model"].astype(str) == model]
+        panels.append((model, g, list(dict.fromkeys(g["method"].astype(str))),
+                       list(dict.fromkeys(g["layer"].astype(str)))))
     cmap, norm = colormaps["RdYlGn"], Normalize(0.0, 1.0)
     n_rows = max(len(p[2]) for p in panels)
     n_cols = sum(len(p[3]) for p in panels)
@@ -440,25 +433,6 @@ def build_localisation_grid(rows, chosen=None, displays: dict[str, str] | None =
     _grid_key(fig, list(axes), image, width)
     fig.suptitle(title)
     return fig
-
-
-def _benchmark_table(rows) -> pd.DataFrame:
-    df = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
-    if df.empty:
-        raise ValueError("plot_localisation_grid needs at least one benchmark row")
-    _require(df, ["model", "method", "layer", "median_pixel_auroc", "ci_low"],
-             "plot_localisation_grid")
-    return df
-
-
-def _grid_panels(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, list[str], list[str]]]:
-    """``(model, its rows, its methods, its layers)`` per model, all in order of appearance."""
-    panels = []
-    for model in dict.fromkeys(df["model"].astype(str)):
-        g = df[df["model"].astype(str) == model]
-        panels.append((model, g, list(dict.fromkeys(g["method"].astype(str))),
-                       list(dict.fromkeys(g["layer"].astype(str)))))
-    return panels
 
 
 def _draw_grid_panel(ax, g: pd.DataFrame, methods: list[str], layers: list[str], cmap, norm):
@@ -482,11 +456,11 @@ def _ineligible_reasons(r) -> list[str]:
     reasons = []
     if not (np.isfinite(lo) and lo > 0.5):
         reasons.append("uniform")
-    verdict = _passed(r.get("sanity_passed"))
-    if verdict is False:
-        reasons.append("sanity_failed")
-    elif verdict is None:
+    verdict = r.get("sanity_passed")  # as read back from JSON or a table: NaN is unknown
+    if verdict is None or (isinstance(verdict, float) and np.isnan(verdict)):
         reasons.append("sanity_unknown")
+    elif not verdict:
+        reasons.append("sanity_failed")
     return reasons
 
 
@@ -576,6 +550,8 @@ def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, title: s
     """Four panels for one image: image, heatmap (jet overlay), mask, leak overlay (red:
     attention off the lesion, green: on it). ``image (H, W, 3) uint8``, ``cam (H, W)``
     non-negative, ``mask (H, W)`` bool/0-1; the title gives the leakage."""
+    from matplotlib import colormaps
+
     image, cam, mask = np.asarray(image), np.asarray(cam), np.asarray(mask)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got shape {image.shape} "
@@ -593,9 +569,6 @@ def build_example(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, title: s
                       f"excess {values['excess_leakage'][0]:+.1%})")
     cn = unit_cam(cam)
     img = image.astype(np.float64) / 255.0
-
-    from matplotlib import colormaps
-
     heat = 0.5 * img + 0.5 * colormaps["jet"](cn)[..., :3]
     fig = new_figure((14, 4.2))
     axes = fig.subplots(1, 4)

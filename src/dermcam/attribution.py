@@ -287,21 +287,18 @@ class CamExplainer:
                 raise DermcamError(f"layer {self.layer_name!r} did not run in the forward "
                                    "pass (an auxiliary head?); hook one that does")
             probs = calibrated_prob(self.model, outputs.detach().float()).cpu().numpy()
-            if isinstance(target, str):
-                if target == "predicted":  # the calibrated arg-max, or at ``threshold``
-                    cut = 0.5 if threshold is None else threshold
-                    classes = (probs >= cut).astype(np.int64)
-                elif target == "true":
-                    if labels is None:
-                        raise ValueError("target='true' needs labels")
-                    classes = np.asarray(labels, dtype=np.int64)
-                elif target == "malignant":
-                    classes = np.ones(len(x), np.int64)
-                else:
-                    raise DermcamError(f"unknown target {target!r}; choose from "
-                                       f"{', '.join(TARGETS)}")
-            else:
+            if not isinstance(target, str):
                 classes = np.asarray(target, dtype=np.int64)
+            elif target == "predicted":  # the calibrated arg-max, or at ``threshold``
+                classes = (probs >= (0.5 if threshold is None else threshold)).astype(np.int64)
+            elif target == "true" and labels is not None:
+                classes = np.asarray(labels, dtype=np.int64)
+            elif target == "malignant":
+                classes = np.ones(len(x), np.int64)
+            elif target == "true":
+                raise ValueError("target='true' needs labels")
+            else:
+                raise DermcamError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
             targets = [ClassifierOutputTarget(int(c)) for c in classes]
             if needs_grad:
                 self.model.zero_grad(set_to_none=True)

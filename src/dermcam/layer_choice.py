@@ -40,31 +40,25 @@ def resolve_layers(run: runmod.Run, names, methods, spec, bench_methods=None,
     choice = parse_layer_spec(spec, names)
     auto_method = list(methods) == ["auto"]
     loaded = {name: run.load_model(name)[:2] for name in names}
-    _check_layer_names(loaded, choice)
-    auto = [n for n in names if choice[n] == "auto" or auto_method]
-    bench = [check_method(m) for m in (bench_methods or METHODS)]
-    if not auto_method:
-        bench = list(dict.fromkeys([*methods, *bench]))
-    rows: list[dict[str, Any]] = []
-    scored = names if bench_methods else auto
-    if scored:
-        rows = benchmark_rows(run, scored, bench, bench_images, normalize, target, n_boot)
-    selection = []
-    for name in names:
-        selection += _select_layers(name, loaded[name][1], choice[name], methods,
-                                    [r for r in rows if r["model"] == name], bench[0])
-    return selection, rows
-
-
-def _check_layer_names(loaded, choice: dict[str, str]) -> None:
-    """Refuse a ``--layer`` name that a model does not have."""
-    for name, c in choice.items():
+    for name, c in choice.items():  # refuse a --layer name the model does not have
         if c not in ("auto", "last", "study"):
             try:
                 loaded[name][0].get_submodule(c)
             except AttributeError:
                 raise DermcamError(f"--layer: {name} has no layer {c!r}; 'dermcam models' "
                                    "lists the candidates") from None
+    auto = [n for n in names if choice[n] == "auto" or auto_method]
+    bench = [check_method(m) for m in (bench_methods or METHODS)]
+    if not auto_method:
+        bench = list(dict.fromkeys([*methods, *bench]))
+    scored = names if bench_methods else auto
+    rows: list[dict[str, Any]] = (benchmark_rows(run, scored, bench, bench_images, normalize,
+                                                 target, n_boot) if scored else [])
+    selection = []
+    for name in names:
+        selection += _select_layers(name, loaded[name][1], choice[name], methods,
+                                    [r for r in rows if r["model"] == name], bench[0])
+    return selection, rows
 
 
 def _select_layers(name: str, info, c: str, methods, mine: list[dict], first_bench: str

@@ -154,15 +154,12 @@ def score_candidates(model, name: str, layers: Sequence[str], methods: Sequence[
             }
             if not np.isfinite(heat).any():  # the method could not run at this layer
                 row["error"] = "cannot run at this layer"
-            if nulls and "error" not in row:
-                verdict = sanity_verdict(heat, np.stack([nl[(layer, method)] for nl in nulls]),
-                                         n_boot=n_boot, seed=seed, log_result=False)
-                row.update({"sanity_median_abs_rho": verdict["median"],
-                            "sanity_ci_high": verdict["ci_high"],
-                            "sanity_passed": verdict["passed"]})
-            else:
-                row.update({"sanity_median_abs_rho": np.nan, "sanity_ci_high": np.nan,
-                            "sanity_passed": None})
+            verdict = (sanity_verdict(heat, np.stack([nl[(layer, method)] for nl in nulls]),
+                                      n_boot=n_boot, seed=seed, log_result=False)
+                       if nulls and "error" not in row else
+                       {"median": np.nan, "ci_high": np.nan, "passed": None})
+            row.update({"sanity_median_abs_rho": verdict["median"],
+                        "sanity_ci_high": verdict["ci_high"], "sanity_passed": verdict["passed"]})
             rows.append(row)
     return rows
 
@@ -232,13 +229,10 @@ def artifact_ratios(df, artifacts: Sequence[str], n_boot: int = 1000, seed: int 
                                "area_share": np.nan, "ratio": np.nan, "ratio_ci_low": np.nan,
                                "ratio_ci_high": np.nan, "attends": False}
         if n >= 2:
-            ratio = float(mass.mean() / area.mean())
-            idx = bootstrap_indices(mass, n_boot, seed, stratified=False)
-            boot = mass[idx].mean(axis=1) / area[idx].mean(axis=1)
-            lo, hi = np.quantile(boot, [0.025, 0.975])
+            lo, hi = _ratio_ci(mass, area, n_boot, seed)
             row.update({"mass_share": float(mass.mean()), "area_share": float(area.mean()),
-                        "ratio": ratio, "ratio_ci_low": float(lo), "ratio_ci_high": float(hi),
-                        "attends": bool(lo > 1)})
+                        "ratio": float(mass.mean() / area.mean()), "ratio_ci_low": lo,
+                        "ratio_ci_high": hi, "attends": bool(lo > 1)})
         rows.append(row)
     return rows
 
@@ -299,13 +293,20 @@ def paired_artifact_ratio(df, control, artifact: str, n_boot: int = 1000, seed: 
     out["n"] = n = int(ok.sum())
     if n < 2 or mc.mean() <= 0:
         return out
-    idx = bootstrap_indices(m, n_boot, seed, stratified=False)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boot = m[idx].mean(axis=1) / mc[idx].mean(axis=1)
-    lo, hi = np.quantile(boot[np.isfinite(boot)], [0.025, 0.975])
-    out.update({"relative": float(m.mean() / mc.mean()), "ci_low": float(lo),
-                "ci_high": float(hi), "more_than_control": bool(lo > 1)})
+    lo, hi = _ratio_ci(m, mc, n_boot, seed)
+    out.update({"relative": float(m.mean() / mc.mean()), "ci_low": lo, "ci_high": hi,
+                "more_than_control": bool(lo > 1)})
     return out
+
+
+def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    """95 % percentile bootstrap CI of ``mean(num) / mean(den)``, paired ``(N,)`` values
+    resampled together (non-finite replicates, a zero denominator's, left out)."""
+    idx = bootstrap_indices(num, n_boot, seed, stratified=False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = num[idx].mean(axis=1) / den[idx].mean(axis=1)
+    lo, hi = np.quantile(boot[np.isfinite(boot)], [0.025, 0.975])
+    return float(lo), float(hi)
 
 
 def masked_test_set(run: runmod.Run) -> AuditSet:
@@ -314,22 +315,15 @@ def masked_test_set(run: runmod.Run) -> AuditSet:
         "no test images with lesion masks: attention leakage needs masks"))
 
 
-def validation_samples(run: runmod.Run) -> list:
-    """The run's validation images (the training split's held-out part) that have masks."""
-    train = run.dataset.split("train")
-    if not train:
-        return []
-    cfg = run.config
-    try:
-        _, va = split_samples(train, cfg.val_fraction, cfg.seed)
-    except DermcamError:
-        return []
-    return [train[i] for i in va if train[i].mask_path is not None]
-
-
 def benchmark_images(run: runmod.Run, test_samples, n: int, seed: int) -> tuple[list, str]:
-    """``(samples, "validation" or "test")``: masked validation images where enough, else test."""
-    val = validation_samples(run)
+    """``(samples, "validation" or "test")``: masked validation images (the training split's
+    held-out part) where enough, else test."""
+    train = run.dataset.split("train")
+    try:
+        va = split_samples(train, run.config.val_fraction, run.config.seed)[1] if train else []
+    except DermcamError:
+        va = []
+    val = [train[i] for i in va if train[i].mask_path is not None]
     if len(val) >= min(n, 16):
         pool, where = val, "validation"
     else:
@@ -385,18 +379,14 @@ def benchmark_rows(run: runmod.Run, names, methods, n_images: int, normalize: st
     key (models, methods, image count, normalisation, target) matches, else computed."""
     key = {"models": list(names), "methods": list(methods), "n_images": int(n_images),
            "normalize": normalize, "target": target}
-    rows = _saved_rows(run, key)
-    if rows is None:
-        rows = localisation_benchmark(run, names, methods, n_images,
-                                      normalize=normalize, target=target, n_boot=n_boot)
-        write_json(run.outputs.localisation, {"key": key, "rows": rows})
-    return rows
-
-
-def _saved_rows(run: runmod.Run, key: dict[str, Any]) -> list[dict[str, Any]] | None:
     path = run.outputs.localisation
     try:
         saved = read_json(path) if path.exists() else {}
     except Exception:
-        return None
-    return saved["rows"] if saved.get("key") == key else None
+        saved = {}
+    if saved.get("key") == key:
+        return saved["rows"]
+    rows = localisation_benchmark(run, names, methods, n_images,
+                                  normalize=normalize, target=target, n_boot=n_boot)
+    write_json(path, {"key": key, "rows": rows})
+    return rows

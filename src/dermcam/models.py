@@ -170,12 +170,9 @@ def _registry_spec(model) -> ModelSpec | None:
     """The registry entry whose torchvision architecture ``model`` is (any head size)."""
     if not type(model).__module__.startswith("torchvision."):
         return None
-    kinds = {"ResNet": "resnet18", "EfficientNet": "efficientnet_b0",
-             "MobileNetV2": "mobilenet_v2"}
-    name = kinds.get(type(model).__name__)
-    if name is None or name not in REGISTRY:
-        return None
-    return REGISTRY[name] if _fingerprint(model) == _registry_fingerprint(name) else None
+    name = {"ResNet": "resnet18", "EfficientNet": "efficientnet_b0",
+            "MobileNetV2": "mobilenet_v2"}.get(type(model).__name__)
+    return REGISTRY[name] if name and _fingerprint(model) == _registry_fingerprint(name) else None
 
 
 def candidate_layers(model) -> tuple[str, ...]:
@@ -246,9 +243,9 @@ def _load_imagenet(name: str):
     from torchvision.models import get_model_weights
     weights = get_model_weights(name).DEFAULT
     path = imagenet_weights_path(name)
-    if not path.exists():
-        log.info("ImageNet weights for %s not cached at %s; downloading", name, path)
     cached = path.exists()
+    if not cached:
+        log.info("ImageNet weights for %s not cached at %s; downloading", name, path)
     try:
         if cached:  # a hand-copied file is checked before torch unpickles it
             verify_weights_file(path)

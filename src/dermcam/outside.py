@@ -124,22 +124,9 @@ def _read_as(k: int, malignant: tuple[int, ...]) -> str:
             "probabilities; heatmaps explain log P(malignant)")
 
 
-def _fitted(model, info, state, reading: Reading, where, form: str, script=None):
-    """``model`` with its weights and dermcam's input/output contract; ``(model, io)``."""
-    fit_weights(model, state, reading.arch, where)
-    if script is not None:
-        _check_same_outputs(script, model, reading.image_size, where, reading.arch)
-    k = _count_outputs(model, reading.image_size, where)
-    malignant = _malignant(k, reading.malignant, where)
-    mean, std = _norm(reading, model)
-    attach_io(model, k, malignant, mean, std)
-    io = {"outputs": k, "malignant": list(malignant), "mean": list(mean), "std": list(std)}
-    log.info("%s (%s): %s", where, form, _read_as(k, malignant))
-    return model, io
-
-
-def _build(reading: Reading, state: dict, where):
-    """``arch`` with a head as wide as the file's."""
+def _fitted(reading: Reading, state: dict, where, form: str, source: dict, script=None):
+    """``arch`` with a head as wide as the file's, ``state`` and dermcam's input/output
+    contract: ``(model, info, io, source)``, ``source`` completed."""
     try:
         model, info = build_model(reading.arch, "none", image_size=reading.image_size)
     except DermcamError as exc:
@@ -152,7 +139,17 @@ def _build(reading: Reading, state: dict, where):
     if k != 2:
         model, info = build_model(reading.arch, "none", num_classes=k,
                                   image_size=reading.image_size)
-    return model, info
+    fit_weights(model, state, reading.arch, where)
+    if script is not None:
+        _check_same_outputs(script, model, reading.image_size, where, reading.arch)
+    k = _count_outputs(model, reading.image_size, where)
+    malignant = _malignant(k, reading.malignant, where)
+    mean, std = _norm(reading, model)
+    attach_io(model, k, malignant, mean, std)
+    io = {"outputs": k, "malignant": list(malignant), "mean": list(mean), "std": list(std)}
+    read_as = _read_as(k, malignant)
+    log.info("%s (%s): %s", where, form, read_as)
+    return model, info, io, {**source, "form": form, "arch": reading.arch, "read_as": read_as}
 
 
 def load_outside(weights: str | Path, reading: Reading):
@@ -163,11 +160,8 @@ def load_outside(weights: str | Path, reading: Reading):
         raise DermcamError("weights file not found" if not path.exists() else
                            "not a file (expected a state dict or a TorchScript file)", path)
     state, form, script = read_weights(path)
-    model, info = _build(reading, state, path)
-    model, io = _fitted(model, info, state, reading, path, form, script)
-    source = {"file": str(path.resolve()), "sha256": sha256_of(path), "form": form,
-              "arch": reading.arch, "read_as": _read_as(io["outputs"], tuple(io["malignant"]))}
-    return model, info, io, source
+    return _fitted(reading, state, path, form,
+                   {"file": str(path.resolve()), "sha256": sha256_of(path)}, script)
 
 
 def read_module(module, reading: Reading | None = None, **options):
@@ -175,13 +169,9 @@ def read_module(module, reading: Reading | None = None, **options):
     weights copied into a fresh ``arch`` so later stages can rebuild it from the checkpoint."""
     if reading is None:
         reading = Reading(arch=options.pop("arch", None) or infer_arch(module), **options)
-    where = f"model {type(module).__name__}"
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    model, info = _build(reading, state, where)
-    model, io = _fitted(model, info, state, reading, where, "module in memory")
-    source = {"file": None, "form": "module in memory", "arch": reading.arch,
-              "read_as": _read_as(io["outputs"], tuple(io["malignant"]))}
-    return model, info, io, source
+    return _fitted(reading, state, f"model {type(module).__name__}", "module in memory",
+                   {"file": None})
 
 
 def infer_arch(module) -> str:

@@ -87,8 +87,20 @@ def build_model_comparison(result: Mapping[str, Any],
     ax = fig.add_subplot()
     for i, (name, entry) in enumerate(models):
         x = np.arange(n_k) - 0.4 + width * (i + 0.5)
-        _draw_model_bars(ax, x, width, _values_and_whiskers(entry, metrics, at), f"C{i}",
-                         _label(name, entry))
+        vals, los, his = [], [], []  # whiskers: 0 at a non-finite CI end
+        for metric in metrics:
+            ci = (entry["threshold_free"] if metric in entry["threshold_free"]
+                  else entry[at])[metric]
+            v, lo, hi = _num(ci["value"]), _num(ci["lo"]), _num(ci["hi"])
+            vals.append(v)
+            los.append(v - lo if math.isfinite(lo) else 0.0)
+            his.append(hi - v if math.isfinite(hi) else 0.0)
+        ax.bar(x, vals, width, color=f"C{i}", label=_label(name, entry),
+               yerr=np.vstack([los, his]), capsize=3, error_kw={"elinewidth": 1})
+        for xi, v in zip(x, vals, strict=True):
+            if math.isfinite(v) and v >= 0.12:  # value printed inside the bar, clear of whiskers
+                ax.text(xi, 0.02, f"{v:.3f}", ha="center", va="bottom", fontsize=7,
+                        rotation=90, color="white")
     drew_baseline = False  # one legend entry for the baseline
     for j, metric in enumerate(metrics):
         v = _num(baseline.get(metric, {}).get("value"))
@@ -107,33 +119,6 @@ def build_model_comparison(result: Mapping[str, Any],
               ncols=min(n_m + 1, 4), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig
-
-
-def _values_and_whiskers(entry: Mapping[str, Any], metrics: Sequence[str], at: str
-                         ) -> tuple[list[float], list[float], list[float]]:
-    """One model's value per metric and its whiskers below and above (0 at a non-finite end)."""
-    vals, los, his = [], [], []
-    for metric in metrics:
-        block = entry["threshold_free"] if metric in entry["threshold_free"] else entry[at]
-        ci = block[metric]
-        v, lo, hi = _num(ci["value"]), _num(ci["lo"]), _num(ci["hi"])
-        vals.append(v)
-        los.append(v - lo if math.isfinite(lo) else 0.0)
-        his.append(hi - v if math.isfinite(hi) else 0.0)
-    return vals, los, his
-
-
-def _draw_model_bars(ax: Any, x: np.ndarray, width: float,
-                     values: tuple[list[float], list[float], list[float]], color: str,
-                     label: str) -> None:
-    """One model's bars at ``x`` with CI whiskers, each value printed inside its bar."""
-    vals, los, his = values
-    ax.bar(x, vals, width, color=color, label=label, yerr=np.vstack([los, his]), capsize=3,
-           error_kw={"elinewidth": 1})
-    for xi, v in zip(x, vals, strict=True):
-        if math.isfinite(v) and v >= 0.12:  # value printed inside the bar, clear of whiskers
-            ax.text(xi, 0.02, f"{v:.3f}", ha="center", va="bottom", fontsize=7, rotation=90,
-                    color="white")
 
 
 def plot_model_comparison(result: Mapping[str, Any], path: str | os.PathLike[str],
@@ -156,10 +141,9 @@ def build_confusion_matrix(cm: Any, labels: Sequence[str], title: str | None = N
     ax = fig.add_subplot()
     im = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, label="Row rate")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{int(cm[i, j])}\n{100 * rate[i, j]:.1f} %", ha="center",
-                    va="center", color="white" if rate[i, j] > 0.5 else "black", fontsize=10)
+    for (i, j), n in np.ndenumerate(cm):
+        ax.text(j, i, f"{int(n)}\n{100 * rate[i, j]:.1f} %", ha="center", va="center",
+                color="white" if rate[i, j] > 0.5 else "black", fontsize=10)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("Predicted")

@@ -8,6 +8,7 @@ heatmap marks, against random regions of the same shapes. One summary entry per 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -104,8 +105,7 @@ def _swap_entry(name: str, thr: float, plan: tuple, p_all: np.ndarray, labels: n
                                                         "control").items()
                 if k2.startswith("control")},
              "flip_to_malignant": rate(int((benign_before & (after >= thr)).sum()),
-                                       int(benign_before.sum()))}
-    entry.update(flip_to_benign=math.nan)
+                                       int(benign_before.sum())), "flip_to_benign": math.nan}
     return entry
 
 
@@ -120,12 +120,10 @@ def context_swap(models, images: np.ndarray, masks: np.ndarray, labels: np.ndarr
     ``artifact_<name>`` columns; artifacts under ``min_images`` a side are left out."""
     geometry = np.array([(*lesion_geometry(m), *skin_ring(im, m, feather))
                          for im, m in zip(images, masks, strict=True)])
-    canvases: dict[int, np.ndarray] = {}
 
+    @functools.cache
     def canvas(j: int) -> np.ndarray:
-        if j not in canvases:
-            canvases[j] = swap_canvas(images[j], masks[j], feather, method)
-        return canvases[j]
+        return swap_canvas(images[j], masks[j], feather, method)
 
     pairs, plans = _swap_plans(flags, geometry, len(images), k, min_images)
     if not plans:
@@ -246,12 +244,10 @@ def _sources(flags: pd.DataFrame, idx: np.ndarray, d: np.ndarray, n_boot: int,
     out = {}
     for col in (c for c in flags.columns if c.startswith(PREFIX)):
         has = flags[col].to_numpy()[idx] == 1
-        m1, lo1, hi1 = mean_ci(d[has], n_boot, seed)
-        m0, lo0, hi0 = mean_ci(d[~has], n_boot, seed)
-        out[col[len(PREFIX):]] = {
+        e = out[col[len(PREFIX):]] = {
             "share": float(has.mean()) if len(has) else math.nan,
-            "share_all": float(np.nanmean(flags[col].to_numpy() == 1)),
-            "n_with": int(has.sum()), "delta_with": m1, "delta_with_ci_low": lo1,
-            "delta_with_ci_high": hi1, "delta_without": m0, "delta_without_ci_low": lo0,
-            "delta_without_ci_high": hi0}
+            "share_all": float(np.nanmean(flags[col].to_numpy() == 1)), "n_with": int(has.sum())}
+        for side, sel in (("with", has), ("without", ~has)):
+            e.update(zip((f"delta_{side}", f"delta_{side}_ci_low", f"delta_{side}_ci_high"),
+                         mean_ci(d[sel], n_boot, seed)))
     return out

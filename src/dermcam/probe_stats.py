@@ -169,8 +169,8 @@ def summarise(df: pd.DataFrame, cfg: PerturbConfig | None = None, n_boot: int = 
             **diff_summary(d, per_img["label"].to_numpy(), n_boot, seed, overall=False),
         }
         if probe in ("lesion_removed", "background_removed"):
-            y = per_img["label"].to_numpy(np.int64)
-            e.update(auc_fast(y, per_img["prob_intact"].to_numpy(np.float64),
+            e.update(auc_fast(per_img["label"].to_numpy(np.int64),
+                              per_img["prob_intact"].to_numpy(np.float64),
                               per_img["prob_perturbed"].to_numpy(np.float64), n_boot, seed))
         e["method"] = _method(probe, artifact, cfg, e["placements"])
         if probe in ("lesion_removed", "background_removed") and attention is not None:
@@ -230,23 +230,12 @@ def auc_fast(y: np.ndarray, p_intact: np.ndarray, p_pert: np.ndarray, n_boot: in
     return out
 
 
-def _presence_side(h: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
-    """One side (with or without an artifact) of an :func:`artifact_presence` record."""
-    y = h["label"].to_numpy(np.int64)
-    mean, lo, hi = mean_ci(h["delta"].to_numpy(np.float64), n_boot, seed)
-    block: dict[str, Any] = {"n": int(len(h)), "n_malignant": int(y.sum()),
-                             "delta_mean": mean, "delta_ci_low": lo, "delta_ci_high": hi}
-    block.update(auc_fast(y, h["prob_intact"].to_numpy(np.float64),
-                          h["prob_perturbed"].to_numpy(np.float64), n_boot, seed))
-    return block
-
-
 def artifact_presence(df: pd.DataFrame, flags: pd.DataFrame, n_boot: int = 1000,
                       seed: int = 0) -> list[dict[str, Any]]:
     """Lesion and background removal on images with versus without each artifact
     (``flags``: ``image_id`` and 0/1 ``artifact_<name>``; a missing flag is on neither
-    side). Per model x removal probe x artifact: ``with``/``without`` blocks
-    (:func:`_presence_side`), ``delta_diff`` and a Mann-Whitney ``delta_p``, Holm-adjusted
+    side). Per model x removal probe x artifact: ``with``/``without`` blocks (n, mean
+    change, AUCs), ``delta_diff`` and a Mann-Whitney ``delta_p``, Holm-adjusted
     over all records."""
     cols = [c for c in flags.columns if c.startswith(PREFIX)]
     pi = per_image(df)
@@ -265,7 +254,13 @@ def artifact_presence(df: pd.DataFrame, flags: pd.DataFrame, n_boot: int = 1000,
                                    "test": "Mann-Whitney of the per-image change, with vs "
                                            "without"}
             for side, sel in (("with", flag == 1), ("without", flag == 0)):
-                row[side] = _presence_side(g[sel.to_numpy()], n_boot, seed)
+                h = g[sel.to_numpy()]
+                y = h["label"].to_numpy(np.int64)
+                mean, lo, hi = mean_ci(h["delta"].to_numpy(np.float64), n_boot, seed)
+                row[side] = {"n": int(len(h)), "n_malignant": int(y.sum()), "delta_mean": mean,
+                             "delta_ci_low": lo, "delta_ci_high": hi,
+                             **auc_fast(y, h["prob_intact"].to_numpy(np.float64),
+                                        h["prob_perturbed"].to_numpy(np.float64), n_boot, seed)}
             rows.append(row)
     rows.sort(key=entry_key)
     adj = adjust_pvalues([r["delta_p"] for r in rows], "holm") if rows else []

@@ -9,7 +9,6 @@ Heatmaps ``(N, H, W)``; random ones ``(N, H, W)``, ``(K, N, H, W)`` or ``K`` suc
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
 from collections.abc import Sequence
@@ -104,11 +103,8 @@ def _spearman(a: np.ndarray, inits: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _mean_over_inits(x: np.ndarray, ok: np.ndarray, count: np.ndarray) -> np.ndarray:
-    total = np.where(ok, x, 0.0).sum(axis=0)
-    out = np.full(x.shape[1], np.nan)
-    has = count > 0
-    out[has] = total[has] / count[has]
-    return out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(ok, x, 0.0).sum(axis=0) / count, np.nan)
 
 
 def sanity_verdict(cams_trained, cams_random, threshold: float = 0.5, n_boot: int = 1000,
@@ -261,11 +257,15 @@ def model_randomisation(model, target_layer: str, method: str, x, targets, train
     """
     n, targets, trained, device = _randomisation_inputs(model, x, targets, trained_heatmaps,
                                                         size, n_inits, batch_size)
-    options = _explainer_options(reshape_transform)
 
-    def heatmaps(m) -> np.ndarray:
-        return _batched_heatmaps(m, target_layer, method, options, x, targets, size,
-                                 normalize, batch_size, device)
+    def heatmaps(m) -> np.ndarray:  # m's (N, size, size) maps, in batches on device
+        out = []
+        with CamExplainer(m, target_layer, method, reshape_transform=reshape_transform) as ex:
+            for s in range(0, n, batch_size):
+                out.append(ex.compute(x[s:s + batch_size].to(device),
+                                      target=targets[s:s + batch_size], size=size,
+                                      normalize=normalize).heatmaps)
+        return np.concatenate(out) if out else np.zeros((0, size, size), np.float32)
 
     not_reset: set[str] = set()
     full_maps = [heatmaps(m) for m in randomised_copies(model, n_inits, seed, not_reset)]
@@ -309,29 +309,6 @@ def _randomisation_inputs(model, x, targets, trained_heatmaps, size: int, n_init
     if not params:
         raise ValueError(f"{type(model).__name__} has no parameters to randomise")
     return n, targets, trained, params[0].device
-
-
-def _explainer_options(reshape_transform) -> dict[str, Any]:
-    """Explainer keywords: ``reshape_transform`` where given (``ValueError`` if unsupported)."""
-    if reshape_transform is None:
-        return {}
-    if "reshape_transform" not in inspect.signature(CamExplainer).parameters:
-        raise ValueError("reshape_transform was given, but dermcam.attribution.CamExplainer "
-                         "does not take one in this version")
-    return {"reshape_transform": reshape_transform}
-
-
-def _batched_heatmaps(m, target_layer: str, method: str, options: dict[str, Any], x,
-                      targets: np.ndarray, size: int, normalize: str, batch_size: int,
-                      device) -> np.ndarray:
-    """``m``'s heatmaps ``(N, size, size)`` of ``x`` for ``targets``, in batches on ``device``."""
-    out = []
-    with CamExplainer(m, target_layer, method, **options) as ex:
-        for s in range(0, x.shape[0], batch_size):
-            out.append(ex.compute(x[s:s + batch_size].to(device),
-                                  target=targets[s:s + batch_size], size=size,
-                                  normalize=normalize).heatmaps)
-    return np.concatenate(out) if out else np.zeros((0, size, size), np.float32)
 
 
 def _cascade_steps(model, names: Sequence[str], trained: np.ndarray, heatmaps, seed: int,

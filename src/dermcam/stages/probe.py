@@ -84,7 +84,7 @@ def artifact_flags(ds, samples) -> pd.DataFrame | None:
     ids = [s.image_id for s in samples]
     out = meta.reindex(ids)[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
     out = out.loc[:, out.notna().any()]
-    return None if out.empty or not len(out.columns) else out.rename_axis("image_id").reset_index()
+    return None if out.empty else out.rename_axis("image_id").reset_index()
 
 
 def _batch_rows(models, chunk, items, cfg: PerturbConfig, batch_size: int, pool, clock,
@@ -96,9 +96,9 @@ def _batch_rows(models, chunk, items, cfg: PerturbConfig, batch_size: int, pool,
     variants = list(pool.map(lambda j: perturb(j[1], j[2], j[3], j[0], cfg, clock), jobs))
     timing["perturb_seconds"] += time.perf_counter() - t0
     intact = np.stack([j[1] for j in jobs])
-    stack = np.stack([v.image for vs in variants for v in vs]) if any(variants) else intact[:0]
-    owner = np.repeat(np.arange(len(jobs)), [len(vs) for vs in variants])
     flat = [v for vs in variants for v in vs]
+    stack = np.stack([v.image for v in flat]) if flat else intact[:0]
+    owner = np.repeat(np.arange(len(jobs)), [len(vs) for vs in variants])
     areas = np.array([float(np.asarray(j[2]).astype(bool).mean()) for j in jobs])
     labels = np.array([s.label for s in chunk], np.int64)
     frames = []
@@ -218,11 +218,7 @@ def run_probe(run_dir: runmod.Run | str | Path, config: ProbeConfig | None = Non
     # a failure (Ctrl-C too) is recorded; the batches on disk resume next time
     with run.stage(audit.stage, config=asdict(cfg), config_key=cfg.key(), limit=limit,
                    batch_size=batch_size, precision=precisions, **audit.where) as record:
-        entries = _probe_stage(run, audit, names, cfg, seed, t0, record,
-                               batch_size=batch_size, n_boot=opts.n_boot, progress=progress,
-                               figures=opts.figures, workers=opts.workers, device=opts.device,
-                               by=by, min_group=opts.min_group, precisions=precisions)
-    return entries
+        return _probe_stage(run, audit, names, cfg, opts, by, precisions, t0, record, progress)
 
 
 def _check_inputs(run: runmod.Run, audit: AuditSet, cfg: PerturbConfig, by) -> None:
@@ -240,18 +236,17 @@ def _check_inputs(run: runmod.Run, audit: AuditSet, cfg: PerturbConfig, by) -> N
                            "run 'dermcam explain' on these images first", run.dir)
 
 
-def _probe_stage(run: runmod.Run, audit: AuditSet, names, cfg, seed: int, t0: float,
-                 record: dict[str, Any], *, batch_size: int, n_boot: int, progress,
-                 figures: bool, workers, device, by, min_group,
-                 precisions: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def _probe_stage(run: runmod.Run, audit: AuditSet, names, cfg: PerturbConfig,
+                 opts: ProbeConfig, by, precisions: dict[str, str], t0: float,
+                 record: dict[str, Any], progress) -> list[dict[str, Any]]:
     """Batches, summary and figures of ``audit``; ``record`` gets what the manifest keeps."""
-    out, cache, size = audit.out, audit.cache, audit.size
+    out, cache, size, device = audit.out, audit.cache, audit.size, opts.device
     samples = [s for s in audit.samples if s.mask_path is not None]
     skipped = [{"image_id": s.image_id, "reason": "no lesion mask"} for s in audit.samples
                if s.mask_path is None]
     models = load_models(run, names, device, precisions)
     df, clock, timing = _probe_batches(out, samples, names, models, cfg, cache, size,
-                                       skipped, batch_size, progress, workers, device)
+                                       skipped, opts.batch_size, progress, opts.workers, device)
     if not set(cfg.probes) - set(OPTIONAL_PROBES):  # only the real-pixel probes
         probed = [s for s in samples if skip_reason(cache.get(s, size)["mask"]) is None]
     else:
@@ -260,11 +255,9 @@ def _probe_stage(run: runmod.Run, audit: AuditSet, names, cfg, seed: int, t0: fl
         raise DermcamError("no test image could be probed (the probes need lesion masks): "
                            f"{len(skipped)} skipped", audit.ds.root)
     write_csv(out.probe_csv, df)
-    summary = _summary(run, audit, df, cfg, probed, models, names, record, n_boot=n_boot,
-                       seed=seed, by=by, min_group=min_group, batch_size=batch_size,
-                       device=device)
+    summary = _summary(run, audit, df, cfg, probed, models, names, record, opts, by)
     write_json(out.probe_summary, summary)
-    if figures and not df.empty:
+    if opts.figures and not df.empty:
         write_figures(out.figures, df, summary["entries"], samples, cache, size, cfg,
                       run.display_names)
     _timing(timing, clock, len(probed), t0)
@@ -280,11 +273,10 @@ def _probe_stage(run: runmod.Run, audit: AuditSet, names, cfg, seed: int, t0: fl
 
 
 def _summary(run: runmod.Run, audit: AuditSet, df: pd.DataFrame, cfg: PerturbConfig, probed,
-             models, names, record: dict[str, Any], *, n_boot: int, seed: int, by, min_group,
-             batch_size: int, device) -> dict[str, Any]:
+             models, names, record: dict[str, Any], opts: ProbeConfig, by) -> dict[str, Any]:
     """``probe_summary.json``: the entries (real-pixel probes last), subgroups with ``by``,
     artifact presence where images carry artifact flags, and what an external set is."""
-    ds, cache, size = audit.ds, audit.cache, audit.size
+    ds, cache, size, n_boot, seed = audit.ds, audit.cache, audit.size, opts.n_boot, cfg.seed
     explained = run.stage_entry(audit.key("explain"))
     attention = _attention_for_tracking(audit.out, explained)
     entries = [] if df.empty else summarise(df, cfg, n_boot=n_boot, seed=seed, attention=attention)
@@ -292,7 +284,7 @@ def _summary(run: runmod.Run, audit: AuditSet, df: pd.DataFrame, cfg: PerturbCon
     if by:
         summary["subgroups"] = probe_subgroups(
             df, image_columns(ds, probed, cache, size, by), by, n_boot=n_boot, seed=seed,
-            min_group=min_group)
+            min_group=opts.min_group)
     flags = artifact_flags(ds, probed)
     if flags is not None:
         summary["artifact_presence"] = artifact_presence(df, flags, n_boot=n_boot, seed=seed)
@@ -303,7 +295,7 @@ def _summary(run: runmod.Run, audit: AuditSet, df: pd.DataFrame, cfg: PerturbCon
         masks = np.stack([np.asarray(it["mask"], bool) for it in items])
         labels = np.array([s.label for s in probed])
         common = dict(n_boot=n_boot, seed=seed, feather=cfg.dilate, method=cfg.inpaint,
-                      batch_size=batch_size * 2, device=device)
+                      batch_size=opts.batch_size * 2, device=opts.device)
     for p in real:
         t1 = time.perf_counter()
         if p == "context_swap" and flags is not None:
@@ -322,12 +314,11 @@ def _summary(run: runmod.Run, audit: AuditSet, df: pd.DataFrame, cfg: PerturbCon
 
 def _timing(timing: dict[str, Any], clock: Clock, n_images: int, t0: float) -> None:
     """``timing`` rounded for the manifest, with the throughput and the wall time."""
-    scored = timing["images_scored"]
     timing.update({
         "inpaint_seconds": round(clock.seconds, 3),
         "perturb_seconds": round(timing["perturb_seconds"], 3),
         "predict_seconds": round(timing["predict_seconds"], 3),
-        "scored_images_per_second": round(scored / timing["predict_seconds"], 1)
+        "scored_images_per_second": round(timing["images_scored"] / timing["predict_seconds"], 1)
         if timing["predict_seconds"] > 0 else None,
         "probed_images_per_second": round(n_images / (time.perf_counter() - t0), 2),
         "wall_seconds": round(time.perf_counter() - t0, 2)})
@@ -351,11 +342,9 @@ def chosen_heatmaps(root: Path, st: dict[str, Any], names, samples) -> dict[str,
 
 def _attention_for_tracking(out: runmod.Outputs, st: dict | None) -> pd.DataFrame | None:
     """attention.csv rows at each model's chosen method and layer (None without explain)."""
-    path = out.attention
-    st = st or {}
-    if not path.exists() or st.get("status") != runmod.STATUS_COMPLETE:
+    if not out.attention.exists() or (st or {}).get("status") != runmod.STATUS_COMPLETE:
         return None
-    att = pd.read_csv(path, dtype={"image_id": str, "model": str, "method": str, "layer": str},
+    att = pd.read_csv(out.attention, dtype={"image_id": str, "model": str, "method": str, "layer": str},
                       keep_default_na=False, na_values=[""])
     keep = []
     for sel in st.get("layers") or []:
