@@ -324,8 +324,7 @@ def _sign(x: float) -> int:
 def _gap_direction(gap: dict[str, Any]) -> int:
     """+1 (-1) when more (fewer) benign lesions are called malignant with the artifact, the
     CI excluding 0; else 0."""
-    lo, hi = gap["ci"]
-    return int(lo > 0) - int(hi < 0)
+    return int(gap["ci"][0] > 0) - int(gap["ci"][1] < 0)
 
 
 def _gap_text(gap: dict[str, Any]) -> str:
@@ -347,8 +346,7 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
         return _artifact_by_swap(model, name, swap, inserted, attention, swap_source, margin,
                                  gap, narrow)
     parts, evidence, inconclusive = [], 0, False
-    value = ci = n = None
-    source = ""
+    value, ci, n, source = None, None, None, ""
     if inserted and is_number(inserted.get("delta_mean")):
         lo, hi = inserted.get("delta_ci_low"), inserted.get("delta_ci_high")
         verdict = _probe_verdict(lo, hi, margin, narrow)
