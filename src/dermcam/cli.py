@@ -259,8 +259,10 @@ def _masked_images(run_dir: Path, data: Path | None, name: str | None, artifacts
 
 
 def _finish(run_dir: Path, stage: str, tables: list, topics: tuple[str, ...],
-            written: Path) -> None:
-    """A stage's last words: its detail tables, its findings on ``topics``, the file it wrote."""
+            written: Path, external: dict | None = None) -> None:
+    """A stage's last words: external set, detail tables, findings on ``topics``, file written."""
+    if external:
+        console.print(views.external_line(external))
     detail(run_dir, stage, tables)
     answer(run_dir, topics)
     console.print(f"wrote {written.resolve()} (--verbose or dermcam.log: every table)")
@@ -302,11 +304,9 @@ def explain(run_dir: opt.RunDir, methods: opt.Methods = "auto", target: opt.Targ
                       f"{summary.get('folder', where)}/attention; when every shard is done: "
                       f"dermcam explain {run_dir}{again} --merge")
         return
-    if ext := summary.get("external") or {}:
-        console.print(views.external_line(ext))
     tables = views.attention_sections(summary, runmod.Run.open(run_dir).display_names)
     _finish(run_dir, "explain", tables, ("where it looks", "size confound", "artifact"),
-            where / runmod.ATTENTION_SUMMARY)
+            where / runmod.ATTENTION_SUMMARY, summary.get("external"))
 
 
 @app.command()
@@ -381,11 +381,10 @@ def probe(run_dir: opt.ProbeRun, probes: opt.Probes = None, artifacts: opt.Artif
     with progress_bar("probe batches") as cb:
         entries = run_probe(run_dir, cfg, audit, progress=cb)
     summary = read_summary_object(where) or {}
-    if ext := summary.get("external") or {}:
-        console.print(views.external_line(ext))
     tables = views.probe_sections({**summary, "entries": entries}, run.display_names)
     _finish(run_dir, "probe", tables, ("output range", "lesion reliance", "context",
-                                       "marked regions", "artifact"), where / runmod.PROBE_SUMMARY)
+                                       "marked regions", "artifact"), where / runmod.PROBE_SUMMARY,
+            summary.get("external"))
 
 
 @app.command()

@@ -234,7 +234,7 @@ def _chosen(summary: dict[str, Any], model: str) -> tuple[str, str]:
 
 def _artifact_row(summary: dict[str, Any], model: str, method: str, artifact: str) -> dict:
     for r in summary.get("artifacts") or []:
-        if r["model"] == model and r["method"] == method and r["artifact"] == artifact:
+        if (r["model"], r["method"], r["artifact"]) == (model, method, artifact):
             return r
     raise DermcamError(f"attention_summary.json has no {artifact} entry for {model}/{method}")
 
@@ -256,46 +256,37 @@ def shortcut_experiment(control_run: Path, shortcut_run: Path, model: str, metho
                            "runs": {}}
     for role, run in (("control", Path(control_run)), ("shortcut", Path(shortcut_run))):
         files = runmod.Outputs(run)
-        summ = read_json(files.attention_summary)
-        metrics = read_json(files.metrics)
-        art = _artifact_row(summ, model, method, artifact)
-        auc = metrics["models"][model]["threshold_free"]["roc_auc"]
+        art = _artifact_row(read_json(files.attention_summary), model, method, artifact)
+        auc = read_json(files.metrics)["models"][model]["threshold_free"]["roc_auc"]
         out["runs"][role] = {
             "run": str(run), "layer": art["layer"], "n": art["n"],
             "mass_share": art["mass_share"], "area_share": art["area_share"],
             "ratio": art["ratio"], "ratio_ci_low": art["ratio_ci_low"],
             "ratio_ci_high": art["ratio_ci_high"], "flagged": bool(art["attends"]),
             "test_auc": auc["value"], "test_auc_ci_low": auc["lo"],
-            "test_auc_ci_high": auc["hi"]}
-    for role, run in (("control", Path(control_run)), ("shortcut", Path(shortcut_run))):
-        out["runs"][role]["probe"] = _probe_evidence(run, model, artifact)
+            "test_auc_ci_high": auc["hi"], "probe": _probe_evidence(run, model, artifact)}
     c, s = out["runs"]["control"], out["runs"]["shortcut"]
     out["caught"] = bool(s["flagged"] and not c["flagged"])
     # the same test images: masses compare image by image (a control can exceed uniform too)
-    rel = _relative_to_control(Path(control_run), Path(shortcut_run), model, method,
-                               c["layer"], artifact)
-    out["relative_to_control"] = rel
+    rows = [_rows(runmod.Outputs(run).attention,
+                  {"model": model, "method": method, "layer": c["layer"]},
+                  keep_default_na=False, na_values=[""]) for run in (shortcut_run, control_run)]
+    rel = out["relative_to_control"] = paired_artifact_ratio(*rows, artifact)
     out["caught_vs_control"] = bool(rel["more_than_control"])
     if c["probe"] and s["probe"]:
         out["caught_by_probe"] = bool(s["probe"]["reacts"] and not c["probe"]["reacts"])
         # the same seeded placements on the same images: the reactions pair up
-        pvc = _probe_vs_control(Path(control_run), Path(shortcut_run), model, artifact)
-        out["probe_vs_control"] = pvc
+        pvc = out["probe_vs_control"] = _probe_vs_control(Path(control_run),
+                                                          Path(shortcut_run), model, artifact)
         out["caught_by_probe_vs_control"] = bool(pvc["n"] >= 2
                                                  and pvc["ci_low"] > pvc["margin"])
     return out
 
 
-def _relative_to_control(control_run: Path, shortcut_run: Path, model: str, method: str,
-                         layer: str, artifact: str) -> dict[str, Any]:
-    """:func:`paired_artifact_ratio` of the two runs' attention rows."""
-    rows = []
-    for run in (shortcut_run, control_run):
-        att = pd.read_csv(runmod.Outputs(run).attention, dtype={"image_id": str},
-                          keep_default_na=False, na_values=[""])
-        rows.append(att[(att["model"] == model) & (att["method"] == method)
-                        & (att["layer"] == layer)])
-    return paired_artifact_ratio(rows[0], rows[1], artifact)
+def _rows(path: Path, where: dict[str, str], **read: Any) -> pd.DataFrame:
+    """The rows of a run's CSV whose columns equal ``where``'s values."""
+    d = pd.read_csv(path, dtype={"image_id": str}, **read)
+    return d[(d[list(where)] == pd.Series(where)).all(axis=1)]
 
 
 def _probe_vs_control(control_run: Path, shortcut_run: Path, model: str, artifact: str,
@@ -304,12 +295,9 @@ def _probe_vs_control(control_run: Path, shortcut_run: Path, model: str, artifac
     by image and placement, averaged per image, with a bootstrap CI; ``margin``: the
     negligible change the CI must clear."""
     keys = ["image_id", "placement"]
-    parts = []
-    for run in (shortcut_run, control_run):
-        d = pd.read_csv(runmod.Outputs(run).probe_csv, dtype={"image_id": str})
-        d = d[(d["model"] == model) & (d["probe"] == "artifact_inserted")
-              & (d["artifact"] == artifact)]
-        parts.append(d[keys + ["delta"]])
+    parts = [_rows(runmod.Outputs(run).probe_csv, {"model": model, "probe": "artifact_inserted",
+                                                   "artifact": artifact})[keys + ["delta"]]
+             for run in (shortcut_run, control_run)]
     both = parts[0].merge(parts[1], on=keys, suffixes=("", "_control"))
     per_image = (both["delta"] - both["delta_control"]).groupby(both["image_id"]).mean()
     diff = per_image.to_numpy(np.float64)
@@ -325,19 +313,15 @@ def _probe_vs_control(control_run: Path, shortcut_run: Path, model: str, artifac
 def _probe_evidence(run: Path, model: str, artifact: str) -> dict[str, Any] | None:
     """Artifact insertion and removal from a run's probe summary (None without probes);
     ``reacts``: insertion CI above 0 and mean change at least the negligible margin."""
-    entries = read_summary(run)
-    if not entries:
-        return None
-    ins = find(entries, model, "artifact_inserted", artifact)
-    rem = find(entries, model, "artifact_removed", artifact)
-    if ins is None:
+    entries = read_summary(run) or []
+    if (ins := find(entries, model, "artifact_inserted", artifact)) is None:
         return None
     ev = {"insert_delta": ins["delta_mean"], "insert_ci_low": ins["delta_ci_low"],
           "insert_ci_high": ins["delta_ci_high"], "insert_n": ins["n"],
           "insert_flip_to_malignant": ins["flip_to_malignant"],
           "insert_flip_to_benign": ins["flip_to_benign"],
           "reacts": bool(ins["delta_ci_low"] > 0 and ins["delta_mean"] >= NEGLIGIBLE_DELTA)}
-    if rem is not None:
+    if (rem := find(entries, model, "artifact_removed", artifact)) is not None:
         ev.update({"remove_malignant_delta": rem["delta_malignant"],
                    "remove_malignant_ci_low": rem["delta_malignant_ci_low"],
                    "remove_malignant_ci_high": rem["delta_malignant_ci_high"],

@@ -125,13 +125,11 @@ def _found(model: str, topic: str, status: str, sentence: str, value: Any, lo: A
 def _probe_verdict(lo: Any, hi: Any, margin: float = MARGIN, narrow: bool = False) -> str:
     """``reliance`` when the CI lies beyond +-margin, ``negligible`` within it (unless the
     output is ``narrow``: :func:`output_range`), else (or undefined) ``inconclusive``."""
-    if not (is_number(lo) and is_number(hi)):
-        return "inconclusive"
-    if lo > margin or hi < -margin:
+    defined = is_number(lo) and is_number(hi)
+    if defined and (lo > margin or hi < -margin):
         return "reliance"
-    if -margin <= lo and hi <= margin:
-        return "inconclusive" if narrow else "negligible"
-    return "inconclusive"
+    within = defined and -margin <= lo and hi <= margin
+    return "negligible" if within and not narrow else "inconclusive"
 
 
 def output_range(model: str, entry: dict[str, Any] | None, n: int | None, source: str,
@@ -180,9 +178,8 @@ def discrimination(model: str, entry: dict[str, Any] | None, n: int | None,
     at = (entry or {}).get("at_threshold") or {}
     lo, hi = auc.get("lo"), auc.get("hi")
     chance = _ci2(lo, hi) is None or lo <= 0.5
-    head = f"ROC AUC {fmt_ci(auc['value'], lo, hi, 3)}, n = {n}"
-    if n_malignant is not None:
-        head += f" ({n_malignant} malignant)"
+    head = f"ROC AUC {fmt_ci(auc['value'], lo, hi, 3)}, n = {n}" + (
+        f" ({n_malignant} malignant)" if n_malignant is not None else "")
     sens, spec = ((at.get(k) or {}).get("value") for k in ("sensitivity", "specificity"))
     sentence = f"No better than chance: {head}." if chance else (
         f"{head}; sensitivity {fmt_num(sens, 2)}, specificity {fmt_num(spec, 2)} "
@@ -238,6 +235,13 @@ def where_it_looks(model: str, test: dict[str, Any] | None, undefined_share: flo
                   hi, guard.get("n"), source, "attention")
 
 
+#: The size-confound verdict's status and sentence head (None: inconclusive).
+_CONFOUND_HEADS = {
+    "remains": ("ok", "Malignant-minus-benign leakage gap remains after adjusting for area"),
+    "explained by size": ("caution", "Leakage gap between classes is explained by lesion size"),
+    None: ("caution", "Leakage gap after adjusting for area is inconclusive")}
+
+
 def size_confound(model: str, test: dict[str, Any] | None, source: str) -> Finding:
     """Benign vs malignant leakage after adjusting for lesion area (``size_confound``); only
     read when the maps beat uniform attention."""
@@ -251,13 +255,7 @@ def size_confound(model: str, test: dict[str, Any] | None, source: str) -> Findi
                         "attention, so their leakage says nothing about the classes.",
                         "attention")
     v, (lo, hi) = sc["class_coef_adjusted"], (sc.get("class_ci_adjusted") or [None, None])[:2]
-    verdict = sc.get("verdict")
-    if verdict == "remains":
-        status, head = "ok", "Malignant-minus-benign leakage gap remains after adjusting for area"
-    elif verdict == "explained by size":
-        status, head = "caution", "Leakage gap between classes is explained by lesion size"
-    else:
-        status, head = "caution", "Leakage gap after adjusting for area is inconclusive"
+    status, head = _CONFOUND_HEADS.get(sc.get("verdict"), _CONFOUND_HEADS[None])
     return _found(model, "size confound", status,
                   f"{head}: {fmt_ci(v, lo, hi, 3, sign=True)} (area explains "
                   f"{fmt_pct(sc.get('share_explained'), 0)} of it), n = {sc.get('n')}.", v, lo,
@@ -326,8 +324,7 @@ def _sign(x: float) -> int:
 def _gap_direction(gap: dict[str, Any]) -> int:
     """+1 (-1) when more (fewer) benign lesions are called malignant with the artifact, the
     CI excluding 0; else 0."""
-    lo, hi = gap["ci"]
-    return int(lo > 0) - int(hi < 0)
+    return int(gap["ci"][0] > 0) - int(gap["ci"][1] < 0)
 
 
 def _gap_text(gap: dict[str, Any]) -> str:
@@ -349,8 +346,7 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
         return _artifact_by_swap(model, name, swap, inserted, attention, swap_source, margin,
                                  gap, narrow)
     parts, evidence, inconclusive = [], 0, False
-    value = ci = n = None
-    source = ""
+    value, ci, n, source = None, None, None, ""
     if inserted and is_number(inserted.get("delta_mean")):
         lo, hi = inserted.get("delta_ci_low"), inserted.get("delta_ci_high")
         verdict = _probe_verdict(lo, hi, margin, narrow)
@@ -373,12 +369,9 @@ def artifact(model: str, name: str, inserted: dict[str, Any] | None,
         parts.append(_gap_text(gap))
     if not parts:
         return _not_run(model, topic, f"no {name} probe or attention evidence", "probe")
-    if evidence >= 2:
-        status, head = "alarm", f"Relies on the {name}"
-    elif evidence == 1 or inconclusive:
-        status, head = "caution", f"May rely on the {name}"
-    else:
-        status, head = "ok", f"Ignores the {name}"
+    status, head = (("alarm", f"Relies on the {name}") if evidence >= 2 else
+                    ("caution", f"May rely on the {name}") if evidence == 1 or inconclusive else
+                    ("ok", f"Ignores the {name}"))
     return Finding(model, topic, status, f"{head}: {'; '.join(parts)}.", value, ci, n, source,
                    "probe")
 
@@ -409,15 +402,11 @@ def _artifact_by_swap(model: str, name: str, swap: dict[str, Any],
             f"(n = {swap.get('n')}{carry}; control "
             f"{fmt_num(swap.get('control_mean'), 3, sign=True)})"
             f"{_narrowed(lo, hi, margin, narrow)}")
-    if verdict == "reliance":
-        status, head = "alarm", f"Relies on the {name}"
-    elif verdict == "inconclusive":
-        status, head = "caution", f"Reliance on the {name} inconclusive"
-    elif disagree:
-        status, head = ("caution", f"Negligible reaction to real {name} in the surroundings; "
-                        "other evidence does not agree")
-    else:
-        status, head = "ok", f"Ignores the {name}"
+    status, head = (
+        ("alarm", f"Relies on the {name}") if verdict == "reliance" else
+        ("caution", f"Reliance on the {name} inconclusive") if verdict == "inconclusive" else
+        ("caution", f"Negligible reaction to real {name} in the surroundings; other evidence "
+                    "does not agree") if disagree else ("ok", f"Ignores the {name}"))
     text += f"; agrees: {', '.join(agree)}" if agree else ""
     text += f"; disagrees: {', '.join(disagree)} (the real-pixel swap decides)" if disagree else ""
     return _found(model, f"artifact: {name}", status, f"{head}: {text}.", swap["delta_mean"], lo,
@@ -451,12 +440,11 @@ def marked_regions(model: str, removed: dict[str, Any] | None,
         _, a, v = over[0]
         text += (f"; {fmt_pct(v['share'], 0)} come from images with {a} "
                  f"(vs {fmt_pct(v['share_all'], 0)})")
-    if "reliance" in verdicts:
-        status, head = "caution", "Uses what its maps mark off the lesion"
-    elif "inconclusive" in verdicts:
-        status, head = "caution", "Use of what its maps mark off the lesion inconclusive"
-    else:
-        status, head = "ok", "What its maps mark off the lesion does not move it"
+    status, head = (
+        ("caution", "Uses what its maps mark off the lesion") if "reliance" in verdicts else
+        ("caution", "Use of what its maps mark off the lesion inconclusive")
+        if "inconclusive" in verdicts else
+        ("ok", "What its maps mark off the lesion does not move it"))
     return _found(model, "marked regions", status, f"{head}: {text}.", pasted["delta_mean"],
                   pasted.get("delta_ci_low"), pasted.get("delta_ci_high"), pasted.get("n"),
                   source, "probe")

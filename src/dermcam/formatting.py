@@ -50,12 +50,8 @@ def fmt_p(p: Any, digits: int = 3, *, significant: bool = False, label: str = ""
     digits with ``significant=True``); ``label`` in front: ``"p < 0.001"``, ``"p = 0.012"``."""
     if not is_number(p):
         return missing
-    if p < floor:
-        text = f"< {floor:g}"
-    else:
-        text = f"{p:.{int(digits)}{'g' if significant else 'f'}}"
-        if label:
-            text = f"= {text}"
+    value = f"{p:.{int(digits)}{'g' if significant else 'f'}}"
+    text = f"< {floor:g}" if p < floor else f"= {value}" if label else value
     return f"{label} {text}" if label else text
 
 
@@ -133,8 +129,6 @@ METRIC_LABELS: dict[str, MetricLabel] = {
 
 def metric_label(key: str, short: bool = False) -> str:
     """The display label of metric ``key``; a ``KeyError`` names the known keys."""
-    try:
-        entry = METRIC_LABELS[key]
-    except KeyError:
-        raise KeyError(f"no label for metric {key!r}; known: {sorted(METRIC_LABELS)}") from None
-    return entry.short if short else entry.label
+    if key not in METRIC_LABELS:
+        raise KeyError(f"no label for metric {key!r}; known: {sorted(METRIC_LABELS)}")
+    return METRIC_LABELS[key].short if short else METRIC_LABELS[key].label

@@ -43,10 +43,6 @@ DERMCAM_LEAKAGE_COLUMNS = ("model", "prob_malignant", "lesion_area", "chance_lea
                            "rank_accuracy", "pointing_game", "reason")
 LEAKAGE_COLUMNS = STUDY_LEAKAGE_COLUMNS + DERMCAM_LEAKAGE_COLUMNS
 
-_HINT = ("run this script in the folder holding the ISIC 2016 Part 3B files, or pass "
-         "--data DIR")
-
-
 def _say(*parts: Any) -> None:
     print(*parts, flush=True)
 
@@ -69,14 +65,6 @@ def _plots_saved(paths: list[Path], say) -> None:
     say("\nPlots saved to:")
     for path in paths:
         say(f"  - {path}")
-
-
-def _check_data(data: Path) -> Path:
-    try:
-        detect_layout(data)
-    except DermcamError as exc:
-        raise DermcamError(f"{exc} ({_HINT})") from exc
-    return data.resolve()
 
 
 def _text_table(rows: Sequence[Sequence[str]]) -> str:
@@ -158,7 +146,12 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
 
     results = Path(results)
     run = results / RUN_SUBDIR
-    data = _check_data(Path(data))
+    try:
+        detect_layout(Path(data))
+    except DermcamError as exc:
+        raise DermcamError(f"{exc} (run this script in the folder holding the ISIC 2016 Part 3B "
+                           "files, or pass --data DIR)") from exc
+    data = Path(data).resolve()
     cfg = TrainConfig(data=str(data), out=str(run), models=list(models), weights=weights,
                       image_size=image_size, max_epochs=epochs, batch_size=batch_size,
                       seed=seed, progress=progress)
@@ -175,10 +168,8 @@ def train_study(data: str | Path = ".", results: str | Path = RESULTS_DIR,
     say("Evaluating on the test set (95% bootstrap CIs)...")
     result = run_evaluate(run, EvaluateConfig(n_boot=n_boot))
     figs = runmod.Outputs(run).figures
-    written = [_copy(figs / "model_comparison.png", results / "model_comparison.png")]
-    for name in result["models"]:
-        fname = f"{name}_confusion_matrix.png"
-        written.append(_copy(figs / fname, results / fname))
+    written = [_copy(figs / f, results / f) for f in ["model_comparison.png", *(
+        f"{name}_confusion_matrix.png" for name in result["models"])]]
     print_comparison(result, say)
     _plots_saved(written, say)
     say(f"dermcam's run folder: {run} (metrics.json, predictions.csv, figures/); next: "
@@ -340,8 +331,7 @@ def print_leakage(table, display: str, tests: dict[str, Any], say=_say) -> None:
             say(f"  Mean outside attention: {g['outside_score'].mean():.4f}")
             say(f"  Mean chance leakage (1 - lesion area): {g['chance_leakage'].mean():.4f}")
             say(f"  Mean excess leakage (leakage - chance): {g['excess_leakage'].mean():+.4f}")
-    size = confound_line(tests.get("size_confound") or {})
-    if size:
+    if size := confound_line(tests.get("size_confound") or {}):
         say(f"Lesion size: {size}")
 
 

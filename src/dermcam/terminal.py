@@ -35,24 +35,20 @@ PIPELINE = ("demo", "download", "synth", "info", "models", "train", "evaluate", 
             "probe", "report", "audit", "predict")
 
 
-def bare_flags(params: list) -> list:
-    """``params`` with an empty metavar on flags (typer would print ``--overwrite <bool>``) and
-    :data:`CAM_METHODS` in a help text replaced by the registry's methods."""
-    for p in params:
-        if getattr(p, "is_flag", False) and p.metavar is None:
-            p.metavar = ""
-        if CAM_METHODS in (getattr(p, "help", None) or ""):
-            from dermcam.attribution import METHODS
-
-            p.help = p.help.replace(CAM_METHODS, ", ".join(METHODS))
-    return params
-
-
 class BareFlags:
-    """Help that shows flags bare and the registry's methods (:func:`bare_flags`)."""
+    """Help that shows flags with an empty metavar (typer would print ``--overwrite <bool>``)
+    and :data:`CAM_METHODS` in a help text replaced by the registry's methods."""
 
     def get_params(self, ctx):
-        return bare_flags(super().get_params(ctx))
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+            if CAM_METHODS in (getattr(p, "help", None) or ""):
+                from dermcam.attribution import METHODS
+
+                p.help = p.help.replace(CAM_METHODS, ", ".join(METHODS))
+        return params
 
 
 class Command(BareFlags, typer.core.TyperCommand):

@@ -125,8 +125,7 @@ def metrics_tables(result: dict[str, Any]) -> list[Table]:
     for m, e in (result.get("models") or {}).items():
         t.add(names.get(m, e.get("display_name", m)), fmt_num(e.get("threshold"), 3),
               *(_entry((e.get(sec) or {}).get(k)) for sec, k in _MAIN))
-    base = (result.get("baselines") or {}).get("all_benign")
-    if base:
+    if base := (result.get("baselines") or {}).get("all_benign"):
         t.add("all benign (baseline)", "-", *(_entry(base.get(k)) for _, k in _MAIN))
     out = [t]
     if calib := result.get("calibration") or {}:
@@ -295,12 +294,10 @@ def confound_caveats(sc: dict[str, Any], miss: dict[str, Any] | None = None,
     if basis.endswith("-adjusted p"):
         k = (sc.get("family_sizes") or {}).get("size_confound")
         out.append(f"verdicts on {basis}-values" + (f" ({k} tests)" if k else ""))
-    if reason == "perfect_fit":
-        out.append("an exact fit in area, so no p-value")
-    elif reason == "constant_metric":
-        out.append("the metric is constant, nothing to test")
-    elif reason:
-        out.append("the size model could not be estimated")
+    if reason:
+        out.append({"perfect_fit": "an exact fit in area, so no p-value",
+                    "constant_metric": "the metric is constant, nothing to test"}.get(
+            reason, "the size model could not be estimated"))
     if sc.get("area_model") in ("linear_few_images", "linear_few_areas"):
         out.append("linear in area (too few "
                    + ("images" if sc["area_model"] == "linear_few_images" else "distinct areas")

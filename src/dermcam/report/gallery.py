@@ -50,8 +50,7 @@ def select_cases(att: pd.DataFrame, n_extreme: int = N_EXTREME, n_missed: int = 
 
     add(valid.tail(n_extreme).iloc[::-1], "most")
     add(valid.head(n_extreme), "least")
-    lab = pd.to_numeric(att["label"], errors="coerce")
-    pred = pd.to_numeric(att["pred"], errors="coerce")
+    lab, pred = (pd.to_numeric(att[c], errors="coerce") for c in ("label", "pred"))
     missed = att[(lab == 1) & (pred == 0)].sort_values("prob_malignant", kind="stable")
     add(missed.head(n_missed), "missed")
     left_out = [str(i) for i in missed["image_id"].iloc[n_missed:]]
@@ -144,10 +143,8 @@ def cards(run: runmod.Run, names: dict[str, str], data_uri) -> tuple[list[dict],
 
 def filters(cards: list[dict]) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """The gallery's selects: ``(card data key, label, [(value, text)])``."""
-    models = dict((c["model"], c["name"]) for c in cards)
     methods = list(dict.fromkeys(c["method"] for c in cards))
-    out = [("model", "Model", list(models.items()))]
-    if len(methods) > 1:
-        out.append(("method", "Method", [(m, m) for m in methods]))
-    return out + [("cls", "Class", [("benign", "benign"), ("malignant", "malignant")]),
-                  ("kind", "Shown because", list(KINDS.items()))]
+    return [("model", "Model", list({c["model"]: c["name"] for c in cards}.items())),
+            *([("method", "Method", [(m, m) for m in methods])] if len(methods) > 1 else []),
+            ("cls", "Class", [("benign", "benign"), ("malignant", "malignant")]),
+            ("kind", "Shown because", list(KINDS.items()))]

@@ -107,12 +107,6 @@ def _data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _wide(png: bytes) -> bool:
-    """More than twice as wide as high (from the PNG header)."""
-    w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    return h > 0 and w > 2 * h
-
-
 def _png(path: Path, caption: str) -> tuple[Figure | None, str]:
     """``(Figure, "")`` of a PNG file, or ``(None, why not)``."""
     if not path.is_file():
@@ -122,7 +116,8 @@ def _png(path: Path, caption: str) -> tuple[Figure | None, str]:
         return None, "not a PNG"
     if len(data) > MAX_FIGURE_BYTES:
         return None, f"{len(data) / 1e6:.1f} MB, too large to embed"
-    return Figure(_data_uri(data), caption, wide=_wide(data)), ""
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # PNG header
+    return Figure(_data_uri(data), caption, wide=h > 0 and w > 2 * h), ""
 
 
 def script() -> str:
@@ -266,7 +261,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     target = Path(out) if out is not None else run_dir / runmod.REPORT
     if target.is_dir():
         target = target / runmod.REPORT
-    text = render(run_dir)
-    write_text(target, text)
+    write_text(target, text := render(run_dir))
     log.info("wrote %s (%.1f MB)", target, len(text.encode("utf-8")) / 1e6)
     return target
