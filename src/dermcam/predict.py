@@ -28,7 +28,7 @@ from dermcam.data.dataset import Sample
 from dermcam.errors import DermcamError
 from dermcam.io import write_bytes, write_csv, write_json
 from dermcam.leakage import METRICS, score_batch
-from dermcam.overlay import jet, outline
+from dermcam.overlay import jet, outline, unit_cam
 from dermcam.run import (  # run-folder-style file names live there
     Outputs,
     now,
@@ -162,9 +162,7 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
             mask is not None and mask.shape != cam.shape):
         raise ValueError(f"image {image.shape}, cam {cam.shape} and mask "
                          f"{None if mask is None else mask.shape} must be (S, S, 3), (S, S)")
-    c = np.nan_to_num(np.asarray(cam, np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(0)
-    c = c / c.max() if c.max() > 0 else c
-    heat = 0.5 * image.astype(np.float64) / 255.0 + 0.5 * jet(c)
+    heat = 0.5 * image.astype(np.float64) / 255.0 + 0.5 * jet(unit_cam(cam))
     if mask is not None and mask.any() and not mask.all():
         heat[outline(mask.astype(bool))] = 1.0
     side, gap = max(OVERLAY_PANEL, image.shape[0]), 4
